@@ -1,0 +1,229 @@
+//! pb -> domain conversions for request fields, with field-precise, PII-free errors.
+
+use std::fmt;
+
+use domicile_types::{
+    Channel, ConsentAction, IdentifierKind, Jurisdiction, Link, NormalizedIdentifier, Purpose,
+    SubjectRef,
+};
+
+use crate::pb::common::v1 as common;
+
+/// A request field that failed validation. `Display` names the field and the rule broken, never
+/// the value that was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl fmt::Display) -> Self {
+        Self { field: field.into(), description: description.to_string() }
+    }
+
+    pub fn required(field: impl Into<String>) -> Self {
+        Self::new(field, "is required")
+    }
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.field, self.description)
+    }
+}
+
+impl std::error::Error for FieldViolation {}
+
+impl From<FieldViolation> for tonic::Status {
+    fn from(v: FieldViolation) -> Self {
+        tonic::Status::invalid_argument(v.to_string())
+    }
+}
+
+/// A subject named pseudonymously: what may travel to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectKey {
+    Link(Link),
+    Ref(SubjectRef),
+}
+
+impl SubjectKey {
+    pub fn to_pb(&self) -> common::SubjectKey {
+        let key = match self {
+            SubjectKey::Link(link) => common::subject_key::Key::Link(link.to_string()),
+            SubjectKey::Ref(subject) => common::subject_key::Key::SubjectRef(subject.to_string()),
+        };
+        common::SubjectKey { key: Some(key) }
+    }
+}
+
+pub fn jurisdiction(field: &str, text: &str) -> Result<Jurisdiction, FieldViolation> {
+    if text.is_empty() {
+        return Err(FieldViolation::required(field));
+    }
+    Jurisdiction::parse(text).map_err(|e| FieldViolation::new(field, e))
+}
+
+pub fn purpose(field: &str, text: &str) -> Result<Purpose, FieldViolation> {
+    if text.is_empty() {
+        return Err(FieldViolation::required(field));
+    }
+    Purpose::parse(text).map_err(|e| FieldViolation::new(field, e))
+}
+
+pub fn channel(field: &str, text: &str) -> Result<Channel, FieldViolation> {
+    if text.is_empty() {
+        return Err(FieldViolation::required(field));
+    }
+    Channel::parse(text).map_err(|e| FieldViolation::new(field, e))
+}
+
+/// Channels of a consent record: at least one, no duplicates.
+pub fn channels(field: &str, texts: &[String]) -> Result<Vec<Channel>, FieldViolation> {
+    if texts.is_empty() {
+        return Err(FieldViolation::required(field));
+    }
+    let mut out = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let c = channel(&format!("{field}[{i}]"), text)?;
+        if out.contains(&c) {
+            return Err(FieldViolation::new(format!("{field}[{i}]"), "repeats an earlier channel"));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+pub fn identifier(field: &str, pb: Option<&common::Identifier>) -> Result<NormalizedIdentifier, FieldViolation> {
+    let pb = pb.ok_or_else(|| FieldViolation::required(field))?;
+    if pb.kind.is_empty() {
+        return Err(FieldViolation::required(format!("{field}.kind")));
+    }
+    let kind = IdentifierKind::parse(&pb.kind).ok_or_else(|| {
+        let expected: Vec<&str> = IdentifierKind::ALL.iter().map(|k| k.as_str()).collect();
+        FieldViolation::new(format!("{field}.kind"), format!("unknown identifier kind: expected one of {}", expected.join(", ")))
+    })?;
+    NormalizedIdentifier::normalize(kind, &pb.value).map_err(|e| FieldViolation::new(format!("{field}.value"), e))
+}
+
+/// Identifiers of a registration: at least one, each valid.
+pub fn identifiers(field: &str, pbs: &[common::Identifier]) -> Result<Vec<NormalizedIdentifier>, FieldViolation> {
+    if pbs.is_empty() {
+        return Err(FieldViolation::new(field, "at least one identifier is required"));
+    }
+    if pbs.len() > MAX_IDENTIFIERS {
+        return Err(FieldViolation::new(field, format!("at most {MAX_IDENTIFIERS} identifiers per request")));
+    }
+    pbs.iter()
+        .enumerate()
+        .map(|(i, pb)| identifier(&format!("{field}[{i}]"), Some(pb)))
+        .collect()
+}
+
+/// Bounds the work and storage one registration can cause.
+pub const MAX_IDENTIFIERS: usize = 32;
+
+pub fn link(field: &str, text: &str) -> Result<Link, FieldViolation> {
+    Link::parse(text).map_err(|e| FieldViolation::new(field, e))
+}
+
+pub fn subject_ref(field: &str, text: &str) -> Result<SubjectRef, FieldViolation> {
+    SubjectRef::parse(text).map_err(|e| FieldViolation::new(field, e))
+}
+
+pub fn subject_key(field: &str, pb: Option<&common::SubjectKey>) -> Result<SubjectKey, FieldViolation> {
+    match pb.and_then(|k| k.key.as_ref()) {
+        None => Err(FieldViolation::new(field, "a link or a subject ref is required")),
+        Some(common::subject_key::Key::Link(text)) => link(&format!("{field}.link"), text).map(SubjectKey::Link),
+        Some(common::subject_key::Key::SubjectRef(text)) => {
+            subject_ref(&format!("{field}.subject_ref"), text).map(SubjectKey::Ref)
+        }
+    }
+}
+
+pub fn consent_action(field: &str, value: i32) -> Result<ConsentAction, FieldViolation> {
+    match common::ConsentAction::try_from(value) {
+        Ok(common::ConsentAction::Grant) => Ok(ConsentAction::Grant),
+        Ok(common::ConsentAction::Deny) => Ok(ConsentAction::Deny),
+        Ok(common::ConsentAction::Withdraw) => Ok(ConsentAction::Withdraw),
+        Ok(common::ConsentAction::Unspecified) => Err(FieldViolation::required(field)),
+        Err(_) => Err(FieldViolation::new(field, "unknown consent action")),
+    }
+}
+
+pub fn consent_action_to_pb(action: ConsentAction) -> common::ConsentAction {
+    match action {
+        ConsentAction::Grant => common::ConsentAction::Grant,
+        ConsentAction::Deny => common::ConsentAction::Deny,
+        ConsentAction::Withdraw => common::ConsentAction::Withdraw,
+    }
+}
+
+/// Seconds since the Unix epoch; sub-second precision is not meaningful for consent.
+pub fn timestamp(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, FieldViolation> {
+    match ts {
+        None => Ok(None),
+        Some(ts) if !(0..1_000_000_000).contains(&ts.nanos) => Err(FieldViolation::new(field, "nanos out of range")),
+        // Years 1970..=9999: anything else is a client bug, not a date a consent was given.
+        Some(ts) if !(0..=253_402_300_799).contains(&ts.seconds) => {
+            Err(FieldViolation::new(field, "must be between 1970 and 9999"))
+        }
+        Some(ts) => Ok(Some(ts.seconds)),
+    }
+}
+
+pub fn to_timestamp(unix: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: unix, nanos: 0 }
+}
+
+pub fn identifier_to_pb(id: &NormalizedIdentifier) -> common::Identifier {
+    common::Identifier { kind: id.kind().as_str().to_owned(), value: id.expose_value().to_owned() }
+}
+
+/// Bounds free-text evidence fields so a caller cannot store arbitrary payloads.
+pub fn short_text(field: &str, text: &str, max: usize) -> Result<String, FieldViolation> {
+    if text.len() > max {
+        return Err(FieldViolation::new(field, format!("is longer than {max} bytes")));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldViolation::new(field, "contains control characters"));
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_name_the_field_not_the_value() {
+        let pb = common::Identifier { kind: "email".into(), value: "private.person@@example".into() };
+        let err = identifier("identifiers[0]", Some(&pb)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("identifiers[0].value"), "{msg}");
+        assert!(!msg.contains("private.person"), "{msg}");
+
+        let err = purpose("purpose", "jane@example.com").unwrap_err().to_string();
+        assert!(err.contains("`purpose`") && !err.contains("jane"), "{err}");
+        let err = jurisdiction("jurisdiction", "").unwrap_err().to_string();
+        assert!(err.contains("is required"), "{err}");
+    }
+
+    #[test]
+    fn subject_keys() {
+        assert!(subject_key("subject", None).is_err());
+        let key = common::SubjectKey { key: Some(common::subject_key::Key::Link("lk_00".into())) };
+        assert_eq!(subject_key("subject", Some(&key)).unwrap_err().field, "subject.link");
+    }
+
+    #[test]
+    fn descriptor_set_decodes() {
+        use prost::Message;
+        let fds = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).unwrap();
+        let names: Vec<_> = fds.file.iter().filter_map(|f| f.package.clone()).collect();
+        for pkg in ["domicile.common.v1", "domicile.gateway.v1", "domicile.node.v1"] {
+            assert!(names.iter().any(|n| n == pkg), "{pkg} missing");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Channel identifiers and their normalisation.
+//!
+//! Two captures of the same address must produce the same bytes, or links (keyed pseudonyms of
+//! identifiers) would split one person into two. Normalisation is therefore strict and shared by
+//! every component that computes links (node and gateway).
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifierKind {
+    Email,
+    Phone,
+    Device,
+    ChatHandle,
+    CrmAccount,
+}
+
+impl IdentifierKind {
+    pub const ALL: &'static [IdentifierKind] = &[
+        IdentifierKind::Email,
+        IdentifierKind::Phone,
+        IdentifierKind::Device,
+        IdentifierKind::ChatHandle,
+        IdentifierKind::CrmAccount,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifierKind::Email => "email",
+            IdentifierKind::Phone => "phone",
+            IdentifierKind::Device => "device",
+            IdentifierKind::ChatHandle => "chat_handle",
+            IdentifierKind::CrmAccount => "crm_account",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for IdentifierKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an identifier was refused. Never carries the value (it is personal data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentifierError {
+    #[error("{kind} identifier is empty")]
+    Empty { kind: IdentifierKind },
+    #[error("{kind} identifier is longer than {max} bytes")]
+    TooLong { kind: IdentifierKind, max: usize },
+    #[error("{kind} identifier is malformed: {reason}")]
+    Malformed { kind: IdentifierKind, reason: &'static str },
+}
+
+impl IdentifierError {
+    pub fn kind(&self) -> IdentifierKind {
+        match self {
+            IdentifierError::Empty { kind }
+            | IdentifierError::TooLong { kind, .. }
+            | IdentifierError::Malformed { kind, .. } => *kind,
+        }
+    }
+}
+
+/// An identifier in canonical form. Its `Debug` is redacted so it cannot leak through a log.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct NormalizedIdentifier {
+    kind: IdentifierKind,
+    value: String,
+}
+
+impl fmt::Debug for NormalizedIdentifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NormalizedIdentifier({}, <redacted>)", self.kind)
+    }
+}
+
+const MAX_EMAIL: usize = 254;
+const MAX_OPAQUE: usize = 128;
+
+impl NormalizedIdentifier {
+    /// Validates and canonicalises `raw` as an identifier of `kind`.
+    pub fn normalize(kind: IdentifierKind, raw: &str) -> Result<Self, IdentifierError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(IdentifierError::Empty { kind });
+        }
+        let value = match kind {
+            IdentifierKind::Email => normalize_email(raw)?,
+            IdentifierKind::Phone => normalize_phone(raw)?,
+            IdentifierKind::Device => normalize_token(kind, raw, MAX_OPAQUE, 8)?,
+            IdentifierKind::CrmAccount => normalize_token(kind, raw, 64, 1)?,
+            IdentifierKind::ChatHandle => normalize_chat(raw)?,
+        };
+        Ok(Self { kind, value })
+    }
+
+    pub fn kind(&self) -> IdentifierKind {
+        self.kind
+    }
+
+    /// The canonical value. Personal data: keep it inside the home region.
+    pub fn expose_value(&self) -> &str {
+        &self.value
+    }
+}
+
+fn malformed(kind: IdentifierKind, reason: &'static str) -> IdentifierError {
+    IdentifierError::Malformed { kind, reason }
+}
+
+fn normalize_email(raw: &str) -> Result<String, IdentifierError> {
+    let kind = IdentifierKind::Email;
+    if raw.len() > MAX_EMAIL {
+        return Err(IdentifierError::TooLong { kind, max: MAX_EMAIL });
+    }
+    let (local, domain) = raw
+        .rsplit_once('@')
+        .ok_or_else(|| malformed(kind, "missing `@`"))?;
+    if local.is_empty() || local.len() > 64 {
+        return Err(malformed(kind, "local part must be 1-64 bytes"));
+    }
+    let local_ok = local.chars().all(|c| {
+        c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+    }) && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..");
+    if !local_ok {
+        return Err(malformed(kind, "local part has characters that are not allowed"));
+    }
+    // Internationalised domains are compared in their ASCII (punycode) form.
+    let domain = idna::domain_to_ascii(domain).map_err(|_| malformed(kind, "domain is not a valid host name"))?;
+    let labels: Vec<&str> = domain.split('.').collect();
+    let labels_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            (1..=63).contains(&l.len())
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !labels_ok {
+        return Err(malformed(kind, "domain is not a valid host name"));
+    }
+    // Mailbox providers treat local parts case-insensitively in practice; matching people across
+    // channels matters more than RFC 5321's theoretical case sensitivity.
+    Ok(format!("{}@{}", local.to_lowercase(), domain))
+}
+
+fn normalize_phone(raw: &str) -> Result<String, IdentifierError> {
+    let kind = IdentifierKind::Phone;
+    let mut digits = String::with_capacity(16);
+    let mut chars = raw.chars();
+    if chars.next() != Some('+') {
+        return Err(malformed(kind, "must be in international E.164 form starting with `+`"));
+    }
+    for c in chars {
+        match c {
+            '0'..='9' => digits.push(c),
+            ' ' | '-' | '.' | '(' | ')' => {}
+            _ => return Err(malformed(kind, "may contain only digits and separators")),
+        }
+    }
+    if !(8..=15).contains(&digits.len()) {
+        return Err(malformed(kind, "E.164 numbers have 8 to 15 digits"));
+    }
+    if digits.starts_with('0') {
+        return Err(malformed(kind, "country calling codes never start with 0"));
+    }
+    Ok(format!("+{digits}"))
+}
+
+fn normalize_token(kind: IdentifierKind, raw: &str, max: usize, min: usize) -> Result<String, IdentifierError> {
+    if raw.len() > max {
+        return Err(IdentifierError::TooLong { kind, max });
+    }
+    if raw.len() < min {
+        return Err(malformed(kind, "too short"));
+    }
+    if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) {
+        return Err(malformed(kind, "may contain only letters, digits and `._:-`"));
+    }
+    Ok(raw.to_owned())
+}
+
+fn normalize_chat(raw: &str) -> Result<String, IdentifierError> {
+    let kind = IdentifierKind::ChatHandle;
+    if raw.len() > MAX_OPAQUE {
+        return Err(IdentifierError::TooLong { kind, max: MAX_OPAQUE });
+    }
+    let (platform, handle) = raw
+        .split_once(':')
+        .ok_or_else(|| malformed(kind, "must be `platform:handle`"))?;
+    let platform_ok = (1..=32).contains(&platform.len())
+        && platform.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !platform_ok {
+        return Err(malformed(kind, "platform must be letters, digits, `_` or `-`"));
+    }
+    if handle.is_empty() || handle.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(malformed(kind, "handle must be non-empty without spaces"));
+    }
+    Ok(format!("{}:{}", platform.to_ascii_lowercase(), handle.to_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(kind: IdentifierKind, raw: &str) -> Result<String, IdentifierError> {
+        NormalizedIdentifier::normalize(kind, raw).map(|n| n.expose_value().to_owned())
+    }
+
+    #[test]
+    fn email_is_canonical() {
+        assert_eq!(norm(IdentifierKind::Email, "  Anna.Schmidt@Example.DE ").unwrap(), "anna.schmidt@example.de");
+        assert_eq!(norm(IdentifierKind::Email, "jürgen@bücher.de").unwrap(), "jürgen@xn--bcher-kva.de");
+        for bad in ["", "no-at", "@example.de", "a@b", "a..b@example.de", "a b@example.de", "a@-x.de", ".a@example.de"] {
+            assert!(norm(IdentifierKind::Email, bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn phone_is_e164() {
+        assert_eq!(norm(IdentifierKind::Phone, "+49 151 1234-5678").unwrap(), "+4915112345678");
+        assert_eq!(norm(IdentifierKind::Phone, "+1 (212) 555-0100").unwrap(), "+12125550100");
+        for bad in ["015112345678", "+0151123456", "+49", "+4915112345678901234", "+49abc12345678"] {
+            assert!(norm(IdentifierKind::Phone, bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_the_value() {
+        let err = NormalizedIdentifier::normalize(IdentifierKind::Email, "secret-person@@").unwrap_err();
+        assert!(!err.to_string().contains("secret"));
+        let id = NormalizedIdentifier::normalize(IdentifierKind::Email, "secret@example.com").unwrap();
+        assert!(!format!("{id:?}").contains("secret"));
+    }
+
+    #[test]
+    fn chat_and_tokens() {
+        assert_eq!(norm(IdentifierKind::ChatHandle, "WhatsApp:AnnaS").unwrap(), "whatsapp:annas");
+        assert!(norm(IdentifierKind::ChatHandle, "nohandle").is_err());
+        assert!(norm(IdentifierKind::Device, "short").is_err());
+        assert_eq!(norm(IdentifierKind::Device, "cookie-1234abcd").unwrap(), "cookie-1234abcd");
+        assert!(norm(IdentifierKind::CrmAccount, "acc 1").is_err());
+    }
+}
