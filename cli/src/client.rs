@@ -1,0 +1,347 @@
+//! Calling a running gateway: register, consent, decide, resolve.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use domicile_proto::pb::common::v1 as common;
+use domicile_proto::pb::gateway::v1 as pb;
+use domicile_proto::pb::gateway::v1::domicile_client::DomicileClient;
+use domicile_runtime::pki::GATEWAY_SERVER_NAME;
+use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
+use tonic::transport::{Channel, Endpoint};
+
+/// Written by `cluster up` so other commands find the gateway and a client certificate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClusterFile {
+    pub gateway: SocketAddr,
+    pub tls: TlsFiles,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Directory of a cluster started with `domicile cluster up`.
+    #[arg(long, global = true, default_value = ".domicile", env = "DOMICILE_CLUSTER_DIR")]
+    cluster_dir: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Connects to the gateway of the cluster in `dir` with its client certificate.
+pub async fn connect_to_cluster(dir: &Path) -> anyhow::Result<DomicileClient<Channel>> {
+    let path = dir.join("cluster.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {} (is `domicile cluster up` running?)", path.display()))?;
+    let file: ClusterFile = serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    connect(file.gateway, &file.tls).await
+}
+
+pub async fn connect(gateway: SocketAddr, tls: &TlsFiles) -> anyhow::Result<DomicileClient<Channel>> {
+    install_crypto_provider();
+    let material = TlsMaterial::load(tls)?;
+    let channel = Endpoint::from_shared(format!("https://{gateway}"))?
+        .tls_config(material.client(GATEWAY_SERVER_NAME))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    Ok(DomicileClient::new(channel))
+}
+
+/// Identifier flags shared by every command that names a subject.
+#[derive(Debug, Clone, Default, Args)]
+pub struct IdentifierArgs {
+    #[arg(long)]
+    email: Vec<String>,
+    /// Phone number in E.164 form, e.g. +4915112345678.
+    #[arg(long)]
+    phone: Vec<String>,
+    /// Device or cookie id.
+    #[arg(long)]
+    device: Vec<String>,
+    /// Chat handle as `platform:handle`.
+    #[arg(long)]
+    chat: Vec<String>,
+    /// CRM account id.
+    #[arg(long)]
+    crm: Vec<String>,
+}
+
+impl IdentifierArgs {
+    fn identifiers(&self) -> Vec<common::Identifier> {
+        let mut out = Vec::new();
+        for (kind, values) in [
+            ("email", &self.email),
+            ("phone", &self.phone),
+            ("device", &self.device),
+            ("chat_handle", &self.chat),
+            ("crm_account", &self.crm),
+        ] {
+            out.extend(values.iter().map(|v| common::Identifier { kind: kind.to_owned(), value: v.clone() }));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubjectArgs {
+    #[command(flatten)]
+    identifiers: IdentifierArgs,
+    /// A link (`lk_…`).
+    #[arg(long)]
+    link: Option<String>,
+    /// A subject ref (`<region>/<id>`).
+    #[arg(long)]
+    subject: Option<String>,
+}
+
+impl SubjectArgs {
+    fn selector(&self) -> anyhow::Result<pb::SubjectSelector> {
+        use pb::subject_selector::Selector;
+        let mut choices: Vec<Selector> = self.identifiers.identifiers().into_iter().map(Selector::Identifier).collect();
+        choices.extend(self.link.clone().map(Selector::Link));
+        choices.extend(self.subject.clone().map(Selector::SubjectRef));
+        anyhow::ensure!(choices.len() == 1, "name the subject with exactly one of --email, --phone, --device, --chat, --crm, --link or --subject");
+        Ok(pb::SubjectSelector { selector: choices.pop() })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Jurisdiction (ISO 3166-1 alpha-2, optionally with subdivision): DE, US, US-CA.
+    #[arg(long)]
+    jurisdiction: String,
+    #[command(flatten)]
+    identifiers: IdentifierArgs,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Action {
+    Grant,
+    Deny,
+    Withdraw,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsentArgs {
+    /// What to record.
+    #[arg(value_enum)]
+    action: Action,
+    #[command(flatten)]
+    subject: SubjectArgs,
+    #[arg(long)]
+    purpose: String,
+    /// Channel(s) the record covers; repeat for several.
+    #[arg(long = "channel", required = true)]
+    channels: Vec<String>,
+    /// Version of the notice the person saw.
+    #[arg(long, default_value = "")]
+    notice_version: String,
+    /// System that captured the consent.
+    #[arg(long, default_value = "domicile-cli")]
+    source_system: String,
+    /// The double opt-in confirmation step has completed.
+    #[arg(long)]
+    double_opt_in: bool,
+    /// When the person acted (RFC 3339); default now.
+    #[arg(long)]
+    captured_at: Option<String>,
+    /// When a grant lapses (RFC 3339).
+    #[arg(long)]
+    expires_at: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    #[command(flatten)]
+    subject: SubjectArgs,
+    #[arg(long)]
+    purpose: String,
+    #[arg(long)]
+    channel: String,
+    /// Decide as of this time (RFC 3339); default now.
+    #[arg(long)]
+    at: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    identifiers: IdentifierArgs,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+fn timestamp(flag: &str, text: Option<&String>) -> anyhow::Result<Option<prost_types::Timestamp>> {
+    text.map(|t| {
+        let ts: jiff::Timestamp = t.parse().with_context(|| format!("--{flag} must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z"))?;
+        Ok(prost_types::Timestamp { seconds: ts.as_second(), nanos: 0 })
+    })
+    .transpose()
+}
+
+use domicile_proto::prost_types;
+
+/// Runs one call and turns its outcome into output and an exit code: 0 on success, 1 when the
+/// gateway refused (with the gRPC code and message), 2 for bad command-line input.
+async fn call<T>(
+    connection: &Connection,
+    request: impl AsyncFnOnce(&mut DomicileClient<Channel>) -> Result<T, tonic::Status>,
+    print: impl FnOnce(&T, bool),
+) -> ExitCode {
+    let mut client = match connect_to_cluster(&connection.cluster_dir).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match request(&mut client).await {
+        Ok(reply) => {
+            print(&reply, connection.json);
+            ExitCode::SUCCESS
+        }
+        Err(status) => {
+            if connection.json {
+                let body = serde_json::json!({"error": {"code": format!("{:?}", status.code()), "message": status.message()}});
+                println!("{body}");
+            } else {
+                eprintln!("error: {:?}: {}", status.code(), status.message());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
+}
+
+pub async fn register(args: RegisterArgs) -> ExitCode {
+    let request = pb::RegisterRequest { jurisdiction: args.jurisdiction.clone(), identifiers: args.identifiers.identifiers() };
+    call(&args.connection, async |c| c.register(request).await.map(|r| r.into_inner()), |r, json| {
+        if json {
+            println!("{}", serde_json::json!({"subject_ref": r.subject_ref, "home_region": r.home_region, "links": r.links, "created": r.created}));
+        } else {
+            println!("{} subject {}", if r.created { "Registered" } else { "Found existing" }, r.subject_ref);
+            println!("  home region  {}", r.home_region);
+            for link in &r.links {
+                println!("  link         {link}");
+            }
+        }
+    })
+    .await
+}
+
+pub async fn consent(args: ConsentArgs) -> ExitCode {
+    let selector = match args.subject.selector() {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let (captured_at, expires_at) = match (timestamp("captured-at", args.captured_at.as_ref()), timestamp("expires-at", args.expires_at.as_ref())) {
+        (Ok(c), Ok(e)) => (c, e),
+        (Err(e), _) | (_, Err(e)) => return usage(e),
+    };
+    let action = match args.action {
+        Action::Grant => common::ConsentAction::Grant,
+        Action::Deny => common::ConsentAction::Deny,
+        Action::Withdraw => common::ConsentAction::Withdraw,
+    };
+    let request = pb::RecordConsentRequest {
+        subject: Some(selector),
+        purpose: args.purpose.clone(),
+        channels: args.channels.clone(),
+        action: action as i32,
+        evidence: Some(common::Evidence {
+            notice_version: args.notice_version.clone(),
+            capture_channel: String::new(),
+            source_system: args.source_system.clone(),
+            double_opt_in_confirmed: args.double_opt_in,
+        }),
+        captured_at,
+        expires_at,
+    };
+    let verb = match args.action {
+        Action::Grant => "Granted",
+        Action::Deny => "Denied",
+        Action::Withdraw => "Withdrew",
+    };
+    let what = format!("{} via {}", args.purpose, args.channels.join(", "));
+    call(&args.connection, async |c| c.record_consent(request).await.map(|r| r.into_inner()), |r, json| {
+        if json {
+            println!("{}", serde_json::json!({"subject_ref": r.subject_ref, "sequence": r.sequence, "recorded_at": r.recorded_at.map(|t| t.seconds)}));
+        } else {
+            println!("{verb} {what} for {} (ledger entry {})", r.subject_ref, r.sequence);
+        }
+    })
+    .await
+}
+
+pub async fn decide(args: DecideArgs) -> ExitCode {
+    let selector = match args.subject.selector() {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let at = match timestamp("at", args.at.as_ref()) {
+        Ok(at) => at,
+        Err(e) => return usage(e),
+    };
+    let request = pb::DecideRequest { subject: Some(selector), purpose: args.purpose.clone(), channel: args.channel.clone(), at };
+    let what = format!("{} via {}", args.purpose, args.channel);
+    call(&args.connection, async |c| c.decide(request).await.map(|r| r.into_inner()), |r, json| {
+        let Some(d) = &r.decision else { return };
+        let effect = match common::Effect::try_from(d.effect) {
+            Ok(common::Effect::Allow) => "allow",
+            _ => "deny",
+        };
+        let pack = d.pack.as_ref().map(|p| format!("{}@{}", p.id, p.version)).unwrap_or_default();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "effect": effect, "reasons": d.reasons, "pack": pack, "explanation": d.explanation,
+                    "obligations": d.obligations.iter().map(|o| serde_json::json!({"id": o.id, "text": o.text})).collect::<Vec<_>>(),
+                    "valid_until": d.valid_until.map(|t| t.seconds), "subject_ref": d.subject_ref, "region": d.region,
+                })
+            );
+        } else {
+            println!("{} {what}", effect.to_uppercase());
+            println!("  subject      {} (decided in {})", d.subject_ref, d.region);
+            println!("  pack         {pack}");
+            println!("  reasons      {}", d.reasons.join(", "));
+            println!("  why          {}", d.explanation);
+            for o in &d.obligations {
+                println!("  obligation   {}: {}", o.id, o.text);
+            }
+        }
+    })
+    .await
+}
+
+pub async fn resolve(args: ResolveArgs) -> ExitCode {
+    let mut ids = args.identifiers.identifiers();
+    if ids.len() != 1 {
+        return usage(anyhow::anyhow!("name exactly one identifier (--email, --phone, --device, --chat or --crm)"));
+    }
+    let request = pb::ResolveRequest { identifier: ids.pop() };
+    call(&args.connection, async |c| c.resolve(request).await.map(|r| r.into_inner()), |r, json| {
+        if json {
+            println!("{}", serde_json::json!({"link": r.link, "subject_ref": r.subject_ref, "home_region": r.home_region}));
+        } else {
+            println!("link         {}", r.link);
+            println!("subject      {}", r.subject_ref);
+            println!("home region  {}", r.home_region);
+        }
+    })
+    .await
+}

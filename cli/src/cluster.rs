@@ -1,0 +1,341 @@
+//! Local multi-region clusters made of real processes: one node per region and a gateway, on
+//! loopback, with a generated CA and sled data under one directory.
+//!
+//! The same code runs `domicile cluster up` and the end-to-end test harness, so what the tests
+//! prove is what a newcomer runs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use domicile_gateway::GatewayConfig;
+use domicile_gateway::config::RegionEndpoint;
+use domicile_node::NodeConfig;
+use domicile_runtime::pki::ClusterPki;
+use domicile_runtime::process::{ReadyLine, load_or_create_secret, shutdown_signal};
+use domicile_runtime::tls::TlsFiles;
+use domicile_types::RegionId;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::ClusterFile;
+use crate::topology::Topology;
+
+/// How long a process may take from spawn to its ready line before start-up is declared failed.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long processes get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Start every region's node and a gateway; Ctrl-C stops them. Reuses data from earlier runs.
+    Up {
+        /// Directory for certificates, keys, configs, logs and sled data.
+        #[arg(long, default_value = ".domicile")]
+        dir: PathBuf,
+        /// Policy pack directory.
+        #[arg(long, default_value = "policy-packs")]
+        packs: PathBuf,
+        /// Topology file (default: the built-in 3-region topology, deploy/local/topology.toml).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Address for the gateway.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        gateway_listen: SocketAddr,
+    },
+}
+
+pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    match args.command {
+        ClusterCommand::Up { dir, packs, topology, gateway_listen } => {
+            let topology = Topology::load(topology.as_deref())?;
+            let options = ClusterOptions {
+                dir,
+                packs_dir: packs,
+                regions: topology.region_ids(),
+                gateway_listen,
+                binary: std::env::current_exe().context("cannot find the domicile binary")?,
+            };
+            up(options).await
+        }
+    }
+}
+
+async fn up(options: ClusterOptions) -> anyhow::Result<()> {
+    println!("Starting a local Domicile cluster in {}", absolute(&options.dir).display());
+    let mut cluster = LocalCluster::start(options).await?;
+    println!();
+    println!("  {:<12} {:<22} {}", "ROLE", "ADDRESS", "LOG");
+    for process in cluster.processes() {
+        println!("  {:<12} {:<22} {}", process.label(), process.addr, process.log.display());
+    }
+    println!();
+    println!("Gateway ready on {} (mutual TLS; client certificate in {}).", cluster.gateway_addr(), cluster.dir().join("pki").display());
+    println!("Try:  domicile register --jurisdiction DE --email anna@example.de --phone +4915112345678");
+    println!("Press Ctrl-C to stop.");
+    tokio::select! {
+        _ = shutdown_signal() => {
+            println!("\nStopping...");
+        }
+        exited = cluster.wait_for_exit() => {
+            eprintln!("error: {exited}: stopping the cluster");
+        }
+    }
+    cluster.stop().await;
+    println!("Stopped. Data kept in {}; run the same command to start again.", cluster.dir().display());
+    Ok(())
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub dir: PathBuf,
+    pub packs_dir: PathBuf,
+    pub regions: Vec<RegionId>,
+    pub gateway_listen: SocketAddr,
+    /// The `domicile` binary to run nodes and the gateway with.
+    pub binary: PathBuf,
+}
+
+/// One running child process.
+#[derive(Debug)]
+pub struct Process {
+    pub role: &'static str,
+    pub region: Option<RegionId>,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Process {
+    pub fn label(&self) -> String {
+        match &self.region {
+            Some(region) => format!("{} {region}", self.role),
+            None => self.role.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+#[derive(Debug)]
+pub struct LocalCluster {
+    dir: PathBuf,
+    options: ClusterOptions,
+    nodes: BTreeMap<RegionId, Process>,
+    gateway: Option<Process>,
+    client_tls: TlsFiles,
+}
+
+impl LocalCluster {
+    /// Generates (or reuses) the PKI and link key, starts every node, then the gateway, and
+    /// returns once each has announced readiness.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Self> {
+        let dir = absolute(&options.dir);
+        for sub in ["pki", "config", "logs", "data"] {
+            std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+        }
+        let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
+        let link_key_file = dir.join("pki").join("link.key");
+        load_or_create_secret(&link_key_file, true).context("cannot create the link key")?;
+        let client_tls = pki.client("cli")?;
+        let packs_dir = absolute(&options.packs_dir);
+        anyhow::ensure!(packs_dir.is_dir(), "pack directory {} does not exist (run from the repository root or pass --packs)", packs_dir.display());
+
+        let mut cluster = Self { dir: dir.clone(), options: options.clone(), nodes: BTreeMap::new(), gateway: None, client_tls };
+        for region in &options.regions {
+            let config = NodeConfig {
+                version: 1,
+                region: region.clone(),
+                listen: "127.0.0.1:0".parse()?,
+                data_dir: dir.join("data").join(region.as_str()),
+                packs_dir: packs_dir.clone(),
+                link_key_file: link_key_file.clone(),
+                tls: pki.node(region)?,
+            };
+            let path = dir.join("config").join(format!("node-{region}.toml"));
+            write_toml(&path, &config)?;
+            let process = spawn(&options.binary, "node", Some(region.clone()), &path, &dir).await?;
+            cluster.nodes.insert(region.clone(), process);
+        }
+        cluster.start_gateway(&pki, &packs_dir, &link_key_file).await?;
+        cluster.write_cluster_file()?;
+        Ok(cluster)
+    }
+
+    async fn start_gateway(&mut self, pki: &ClusterPki, packs_dir: &Path, link_key_file: &Path) -> anyhow::Result<()> {
+        let config = GatewayConfig {
+            version: 1,
+            listen: self.options.gateway_listen,
+            packs_dir: packs_dir.to_owned(),
+            link_key_file: link_key_file.to_owned(),
+            tls: pki.gateway()?,
+            node_timeout_ms: 2_000,
+            regions: self
+                .nodes
+                .iter()
+                .map(|(id, p)| RegionEndpoint { id: id.clone(), endpoint: p.addr.to_string() })
+                .collect(),
+        };
+        let path = self.dir.join("config").join("gateway.toml");
+        write_toml(&path, &config)?;
+        self.gateway = Some(spawn(&self.options.binary, "gateway", None, &path, &self.dir).await?);
+        Ok(())
+    }
+
+    fn write_cluster_file(&self) -> anyhow::Result<()> {
+        let file = ClusterFile { gateway: self.gateway_addr(), tls: self.client_tls.clone() };
+        let path = self.dir.join("cluster.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&file)?).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway.as_ref().map(|g| g.addr).unwrap_or(self.options.gateway_listen)
+    }
+
+    pub fn node_addr(&self, region: &RegionId) -> Option<SocketAddr> {
+        self.nodes.get(region).map(|p| p.addr)
+    }
+
+    pub fn node_data_dir(&self, region: &RegionId) -> PathBuf {
+        self.dir.join("data").join(region.as_str())
+    }
+
+    /// Certificate and key a caller of the gateway uses.
+    pub fn client_tls(&self) -> &TlsFiles {
+        &self.client_tls
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = &Process> {
+        self.nodes.values().chain(self.gateway.iter())
+    }
+
+    /// Resolves when any process exits on its own, naming it.
+    pub async fn wait_for_exit(&mut self) -> String {
+        let mut waits = Vec::new();
+        for process in self.nodes.values_mut().chain(self.gateway.iter_mut()) {
+            let label = process.label();
+            let child = &mut process.child;
+            waits.push(Box::pin(async move {
+                let status = child.wait().await;
+                format!("{label} exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))
+            }));
+        }
+        if waits.is_empty() {
+            return "no processes".to_owned();
+        }
+        first_ready(waits).await
+    }
+
+    /// Asks every process to stop (SIGTERM), gateway first, and waits; kills stragglers.
+    pub async fn stop(&mut self) {
+        if let Some(gateway) = self.gateway.as_mut() {
+            stop_process(gateway).await;
+        }
+        for node in self.nodes.values_mut() {
+            stop_process(node).await;
+        }
+    }
+}
+
+/// Output of whichever future finishes first.
+async fn first_ready<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::Output {
+    std::future::poll_fn(move |cx| {
+        for f in futures.iter_mut() {
+            if let std::task::Poll::Ready(output) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(output);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn stop_process(process: &mut Process) {
+    if let Some(pid) = process.child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, process.child.wait()).await.is_err() {
+        let _ = process.child.kill().await;
+    }
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let text = toml::to_string_pretty(value)?;
+    std::fs::write(path, format!("# Generated by `domicile cluster up`; rewritten on every start.\n{text}"))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Starts `binary <role> --config <config>` and waits for its ready line on stdout. Logs go to
+/// `<dir>/logs/<label>.log`; the child is killed if the handle is dropped.
+async fn spawn(binary: &Path, role: &'static str, region: Option<RegionId>, config: &Path, dir: &Path) -> anyhow::Result<Process> {
+    let name = match &region {
+        Some(r) => format!("{role}-{r}"),
+        None => role.to_owned(),
+    };
+    let log = dir.join("logs").join(format!("{name}.log"));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut child = Command::new(binary)
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stdout = child.stdout.take().context("child has no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(READY_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(ready) = ReadyLine::parse(&line) {
+                return Ok::<_, std::io::Error>(Some(ready));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    let ready = match ready {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            bail!("{name} exited before it was ready ({status}); see {}:\n{}", log.display(), tail(&log));
+        }
+        Err(_) => bail!("{name} was not ready within {READY_TIMEOUT:?}; see {}", log.display()),
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Process { role, region, addr: ready.addr, config: config.to_owned(), log, child })
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

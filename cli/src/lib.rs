@@ -1,0 +1,136 @@
+//! The `domicile` command line: thin dispatch over library functions.
+
+pub mod client;
+pub mod cluster;
+mod packs;
+pub mod topology;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use domicile_runtime::config::EXIT_CONFIG;
+use domicile_runtime::process::ReadyLine;
+use domicile_runtime::telemetry;
+
+/// Domicile: residency-aware consent and identity for every channel.
+#[derive(Debug, Parser)]
+#[command(name = "domicile", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a local multi-region cluster (nodes and a gateway on loopback) until Ctrl-C.
+    Cluster(cluster::ClusterArgs),
+    /// Register a subject of a jurisdiction with one or more identifiers.
+    Register(client::RegisterArgs),
+    /// Record a consent grant, denial or withdrawal.
+    Consent(client::ConsentArgs),
+    /// Ask whether a subject may be contacted for a purpose on a channel.
+    Decide(client::DecideArgs),
+    /// Show the link, subject ref and home region of an identifier.
+    Resolve(client::ResolveArgs),
+    /// Validate and test policy packs.
+    #[command(subcommand)]
+    Packs(packs::PacksCommand),
+    /// Run a regional node (used by deployments and by `cluster`).
+    Node(ServerArgs),
+    /// Run a gateway (used by deployments and by `cluster`).
+    Gateway(ServerArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// Entry point shared by the `domicile` binary and the test harness's copy of it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Node(args) => run_node(args).await,
+        Command::Gateway(args) => run_gateway(args).await,
+        Command::Cluster(args) => report(cluster::run(args).await),
+        Command::Register(args) => client::register(args).await,
+        Command::Consent(args) => client::consent(args).await,
+        Command::Decide(args) => client::decide(args).await,
+        Command::Resolve(args) => client::resolve(args).await,
+        Command::Packs(command) => packs::run(command),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+fn announce(role: &'static str, region: Option<String>) -> impl FnOnce(std::net::SocketAddr) {
+    move |addr| {
+        if let Err(e) = ReadyLine::new(role, region.as_deref(), addr).announce() {
+            tracing::error!(error = %e, "cannot announce readiness on stdout");
+        }
+    }
+}
+
+async fn run_node(args: ServerArgs) -> ExitCode {
+    telemetry::init(args.log_json);
+    let config = match domicile_node::NodeConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let result = async {
+        let listener = bind(config.listen).await?;
+        let region = config.region.to_string();
+        domicile_node::serve(config, listener, announce("node", Some(region)), domicile_runtime::process::shutdown_signal()).await
+    }
+    .await;
+    report(result)
+}
+
+async fn run_gateway(args: ServerArgs) -> ExitCode {
+    telemetry::init(args.log_json);
+    let config = match domicile_gateway::GatewayConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let result = async {
+        let listener = bind(config.listen).await?;
+        domicile_gateway::serve(config, listener, announce("gateway", None), domicile_runtime::process::shutdown_signal()).await
+    }
+    .await;
+    report(result)
+}

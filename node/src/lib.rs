@@ -1,0 +1,74 @@
+//! Domicile regional node.
+//!
+//! A node keeps the personal data of one region: subjects, their identifiers, links and the
+//! consent ledger, in sled. It is the only component that touches storage and the only one that
+//! ever sees identifiers at rest. Gateways reach it over mutual TLS and, apart from
+//! registration, speak to it only in links and subject refs.
+
+pub mod config;
+mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use domicile_proto::pb::node::v1::regional_node_server::RegionalNodeServer;
+use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
+use domicile_types::LinkKey;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::NodeConfig;
+pub use service::NodeService;
+use store::{SledStore, Store};
+
+/// Largest request a node accepts; registrations and consent records are small.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Runs a node until `shutdown` resolves. `ready` is called with the bound address once every
+/// dependency (packs, store, keys, TLS) is loaded and the server is about to accept.
+pub async fn serve(
+    config: NodeConfig,
+    listener: TcpListener,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    install_crypto_provider();
+    let tls = TlsMaterial::load(&config.tls)?;
+    let (packs, warnings) = domicile_runtime::packs::load_dir(&config.packs_dir)?;
+    for warning in &warnings {
+        tracing::warn!(%warning, "policy pack warning");
+    }
+    let key_bytes = std::fs::read(&config.link_key_file)
+        .with_context(|| format!("cannot read link key file {}", config.link_key_file.display()))?;
+    let link_key = LinkKey::from_bytes(&key_bytes)?;
+    let store = Arc::new(
+        SledStore::open(&config.data_dir)
+            .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?,
+    );
+    let service = NodeService::new(config.region.clone(), Arc::clone(&store), Arc::new(packs), link_key);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(domicile_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(region = %config.region, %addr, "node serving");
+    ready(addr);
+    Server::builder()
+        .tls_config(tls.server())?
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(RegionalNodeServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await?;
+    store.flush().await?;
+    tracing::info!(region = %config.region, "node stopped");
+    Ok(())
+}
