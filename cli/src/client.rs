@@ -104,7 +104,10 @@ impl SubjectArgs {
         let mut choices: Vec<Selector> = self.identifiers.identifiers().into_iter().map(Selector::Identifier).collect();
         choices.extend(self.link.clone().map(Selector::Link));
         choices.extend(self.subject.clone().map(Selector::SubjectRef));
-        anyhow::ensure!(choices.len() == 1, "name the subject with exactly one of --email, --phone, --device, --chat, --crm, --link or --subject");
+        anyhow::ensure!(
+            choices.len() == 1,
+            "name the subject with exactly one of --email, --phone, --device, --chat, --crm, --link or --subject"
+        );
         Ok(pb::SubjectSelector { selector: choices.pop() })
     }
 }
@@ -183,7 +186,8 @@ pub struct ResolveArgs {
 
 fn timestamp(flag: &str, text: Option<&String>) -> anyhow::Result<Option<prost_types::Timestamp>> {
     text.map(|t| {
-        let ts: jiff::Timestamp = t.parse().with_context(|| format!("--{flag} must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z"))?;
+        let ts: jiff::Timestamp =
+            t.parse().with_context(|| format!("--{flag} must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z"))?;
         Ok(prost_types::Timestamp { seconds: ts.as_second(), nanos: 0 })
     })
     .transpose()
@@ -212,7 +216,8 @@ async fn call<T>(
         }
         Err(status) => {
             if connection.json {
-                let body = serde_json::json!({"error": {"code": format!("{:?}", status.code()), "message": status.message()}});
+                let body =
+                    serde_json::json!({"error": {"code": format!("{:?}", status.code()), "message": status.message()}});
                 println!("{body}");
             } else {
                 eprintln!("error: {:?}: {}", status.code(), status.message());
@@ -228,7 +233,8 @@ fn usage(e: anyhow::Error) -> ExitCode {
 }
 
 pub async fn register(args: RegisterArgs) -> ExitCode {
-    let request = pb::RegisterRequest { jurisdiction: args.jurisdiction.clone(), identifiers: args.identifiers.identifiers() };
+    let request =
+        pb::RegisterRequest { jurisdiction: args.jurisdiction.clone(), identifiers: args.identifiers.identifiers() };
     call(&args.connection, async |c| c.register(request).await.map(|r| r.into_inner()), |r, json| {
         if json {
             println!("{}", serde_json::json!({"subject_ref": r.subject_ref, "home_region": r.home_region, "links": r.links, "created": r.created}));
@@ -248,7 +254,10 @@ pub async fn consent(args: ConsentArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage(e),
     };
-    let (captured_at, expires_at) = match (timestamp("captured-at", args.captured_at.as_ref()), timestamp("expires-at", args.expires_at.as_ref())) {
+    let (captured_at, expires_at) = match (
+        timestamp("captured-at", args.captured_at.as_ref()),
+        timestamp("expires-at", args.expires_at.as_ref()),
+    ) {
         (Ok(c), Ok(e)) => (c, e),
         (Err(e), _) | (_, Err(e)) => return usage(e),
     };
@@ -296,7 +305,8 @@ pub async fn decide(args: DecideArgs) -> ExitCode {
         Ok(at) => at,
         Err(e) => return usage(e),
     };
-    let request = pb::DecideRequest { subject: Some(selector), purpose: args.purpose.clone(), channel: args.channel.clone(), at };
+    let request =
+        pb::DecideRequest { subject: Some(selector), purpose: args.purpose.clone(), channel: args.channel.clone(), at };
     let what = format!("{} via {}", args.purpose, args.channel);
     call(&args.connection, async |c| c.decide(request).await.map(|r| r.into_inner()), |r, json| {
         let Some(d) = &r.decision else { return };
@@ -334,14 +344,21 @@ pub async fn resolve(args: ResolveArgs) -> ExitCode {
         return usage(anyhow::anyhow!("name exactly one identifier (--email, --phone, --device, --chat or --crm)"));
     }
     let request = pb::ResolveRequest { identifier: ids.pop() };
-    call(&args.connection, async |c| c.resolve(request).await.map(|r| r.into_inner()), |r, json| {
-        if json {
-            println!("{}", serde_json::json!({"link": r.link, "subject_ref": r.subject_ref, "home_region": r.home_region}));
-        } else {
-            println!("link         {}", r.link);
-            println!("subject      {}", r.subject_ref);
-            println!("home region  {}", r.home_region);
-        }
-    })
+    call(
+        &args.connection,
+        async |c| c.resolve(request).await.map(|r| r.into_inner()),
+        |r, json| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"link": r.link, "subject_ref": r.subject_ref, "home_region": r.home_region})
+                );
+            } else {
+                println!("link         {}", r.link);
+                println!("subject      {}", r.subject_ref);
+                println!("home region  {}", r.home_region);
+            }
+        },
+    )
     .await
 }

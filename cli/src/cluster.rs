@@ -75,12 +75,16 @@ async fn up(options: ClusterOptions) -> anyhow::Result<()> {
     println!("Starting a local Domicile cluster in {}", absolute(&options.dir).display());
     let mut cluster = LocalCluster::start(options).await?;
     println!();
-    println!("  {:<12} {:<22} {}", "ROLE", "ADDRESS", "LOG");
+    println!("  {:<16} {:<22} LOG", "ROLE", "ADDRESS");
     for process in cluster.processes() {
-        println!("  {:<12} {:<22} {}", process.label(), process.addr, process.log.display());
+        println!("  {:<16} {:<22} {}", process.label(), process.addr, process.log.display());
     }
     println!();
-    println!("Gateway ready on {} (mutual TLS; client certificate in {}).", cluster.gateway_addr(), cluster.dir().join("pki").display());
+    println!(
+        "Gateway ready on {} (mutual TLS; client certificate in {}).",
+        cluster.gateway_addr(),
+        cluster.dir().join("pki").display()
+    );
     println!("Try:  domicile register --jurisdiction DE --email anna@example.de --phone +4915112345678");
     println!("Press Ctrl-C to stop.");
     tokio::select! {
@@ -149,16 +153,22 @@ impl LocalCluster {
     pub async fn start(options: ClusterOptions) -> anyhow::Result<Self> {
         let dir = absolute(&options.dir);
         for sub in ["pki", "config", "logs", "data"] {
-            std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
         }
         let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
         let link_key_file = dir.join("pki").join("link.key");
         load_or_create_secret(&link_key_file, true).context("cannot create the link key")?;
         let client_tls = pki.client("cli")?;
         let packs_dir = absolute(&options.packs_dir);
-        anyhow::ensure!(packs_dir.is_dir(), "pack directory {} does not exist (run from the repository root or pass --packs)", packs_dir.display());
+        anyhow::ensure!(
+            packs_dir.is_dir(),
+            "pack directory {} does not exist (run from the repository root or pass --packs)",
+            packs_dir.display()
+        );
 
-        let mut cluster = Self { dir: dir.clone(), options: options.clone(), nodes: BTreeMap::new(), gateway: None, client_tls };
+        let mut cluster =
+            Self { dir: dir.clone(), options: options.clone(), nodes: BTreeMap::new(), gateway: None, client_tls };
         for region in &options.regions {
             let config = NodeConfig {
                 version: 1,
@@ -202,7 +212,8 @@ impl LocalCluster {
     fn write_cluster_file(&self) -> anyhow::Result<()> {
         let file = ClusterFile { gateway: self.gateway_addr(), tls: self.client_tls.clone() };
         let path = self.dir.join("cluster.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&file)?).with_context(|| format!("cannot write {}", path.display()))
+        std::fs::write(&path, serde_json::to_vec_pretty(&file)?)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -289,7 +300,13 @@ fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
 
 /// Starts `binary <role> --config <config>` and waits for its ready line on stdout. Logs go to
 /// `<dir>/logs/<label>.log`; the child is killed if the handle is dropped.
-async fn spawn(binary: &Path, role: &'static str, region: Option<RegionId>, config: &Path, dir: &Path) -> anyhow::Result<Process> {
+async fn spawn(
+    binary: &Path,
+    role: &'static str,
+    region: Option<RegionId>,
+    config: &Path,
+    dir: &Path,
+) -> anyhow::Result<Process> {
     let name = match &region {
         Some(r) => format!("{role}-{r}"),
         None => role.to_owned(),

@@ -112,7 +112,13 @@ async fn run_node(args: ServerArgs) -> ExitCode {
     let result = async {
         let listener = bind(config.listen).await?;
         let region = config.region.to_string();
-        domicile_node::serve(config, listener, announce("node", Some(region)), domicile_runtime::process::shutdown_signal()).await
+        domicile_node::serve(
+            config,
+            listener,
+            announce("node", Some(region)),
+            domicile_runtime::process::shutdown_signal(),
+        )
+        .await
     }
     .await;
     report(result)
@@ -129,7 +135,13 @@ async fn run_gateway(args: ServerArgs) -> ExitCode {
     };
     let result = async {
         let listener = bind(config.listen).await?;
-        domicile_gateway::serve(config, listener, announce("gateway", None), domicile_runtime::process::shutdown_signal()).await
+        domicile_gateway::serve(
+            config,
+            listener,
+            announce("gateway", None),
+            domicile_runtime::process::shutdown_signal(),
+        )
+        .await
     }
     .await;
     report(result)

@@ -189,7 +189,12 @@ impl Domicile for GatewayService {
         let (region, key) = self.target(req.subject.as_ref())?;
         let reply = self
             .node(&region)?
-            .decide(node_pb::DecideRequest { subject: Some(key.to_pb()), purpose: req.purpose, channel: req.channel, at: req.at })
+            .decide(node_pb::DecideRequest {
+                subject: Some(key.to_pb()),
+                purpose: req.purpose,
+                channel: req.channel,
+                at: req.at,
+            })
             .await
             .map_err(|s| node_status(&region, s))?
             .into_inner();

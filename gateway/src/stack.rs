@@ -26,7 +26,11 @@ pub fn server(tls: ServerTlsConfig) -> Result<Server, tonic::transport::Error> {
 /// Channel to one region's node: mutual TLS where the node's certificate must name the region
 /// (the TLS config carries the region's server name), a per-call deadline, lazy connection so a
 /// region that is down at start does not stop the gateway from serving the others.
-pub fn node_channel(endpoint: &str, tls: ClientTlsConfig, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+pub fn node_channel(
+    endpoint: &str,
+    tls: ClientTlsConfig,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("https://{endpoint}"))?
         .tls_config(tls)?
         .connect_timeout(CONNECT_TIMEOUT)

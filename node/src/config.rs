@@ -31,7 +31,10 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: Self = load(path, ENV_PREFIX)?;
         if config.version != 1 {
-            return Err(ConfigError { path: path.display().to_string(), message: "unsupported `version`: expected 1".into() });
+            return Err(ConfigError {
+                path: path.display().to_string(),
+                message: "unsupported `version`: expected 1".into(),
+            });
         }
         Ok(config)
     }

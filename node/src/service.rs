@@ -27,10 +27,7 @@ pub struct NodeService<S> {
 }
 
 pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Maps storage failures to statuses. Messages are generic: details go to the log, which holds
@@ -126,10 +123,13 @@ impl<S: Store> RegionalNode for NodeService<S> {
         if !pack.home_regions().contains(&self.region) {
             return Err(Status::failed_precondition("this region may not hold subjects of this jurisdiction"));
         }
-        let linked: Vec<_> = identifiers.into_iter().map(|id| {
-            let link = self.link_key.link(&id);
-            (id, link)
-        }).collect();
+        let linked: Vec<_> = identifiers
+            .into_iter()
+            .map(|id| {
+                let link = self.link_key.link(&id);
+                (id, link)
+            })
+            .collect();
         let new_subject = domicile_runtime::process::random_bytes::<16>()
             .map_err(|_| Status::unavailable("random source unavailable"))?;
         let registered = self
@@ -166,13 +166,15 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let evidence = match req.evidence {
             None => Evidence::default(),
             Some(e) => Evidence {
-                notice_version: convert::short_text("evidence.notice_version", &e.notice_version, MAX_TEXT).map_err(invalid)?,
+                notice_version: convert::short_text("evidence.notice_version", &e.notice_version, MAX_TEXT)
+                    .map_err(invalid)?,
                 capture_channel: if e.capture_channel.is_empty() {
                     None
                 } else {
                     Some(convert::channel("evidence.capture_channel", &e.capture_channel).map_err(invalid)?)
                 },
-                source_system: convert::short_text("evidence.source_system", &e.source_system, MAX_TEXT).map_err(invalid)?,
+                source_system: convert::short_text("evidence.source_system", &e.source_system, MAX_TEXT)
+                    .map_err(invalid)?,
                 double_opt_in_confirmed: e.double_opt_in_confirmed,
             },
         };
@@ -219,14 +221,13 @@ impl<S: Store> RegionalNode for NodeService<S> {
             .packs
             .get(&record.jurisdiction)
             .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
-        let consent = self.store.current_consent(&subject, purpose, channel).map_err(store_status)?.map(|c| {
-            ConsentFact {
+        let consent =
+            self.store.current_consent(&subject, purpose, channel).map_err(store_status)?.map(|c| ConsentFact {
                 state: c.state,
                 captured_at_unix: c.captured_at,
                 expires_at_unix: c.expires_at,
                 double_opt_in_confirmed: c.double_opt_in_confirmed,
-            }
-        });
+            });
         let decision = pack.decide(&DecisionInput { purpose, channel, at_unix: at, consent });
         tracing::debug!(region = %self.region, pack = %decision.pack, %purpose, %channel, effect = decision.effect.as_str(), reasons = ?decision.reasons, "decision");
         Ok(Response::new(pb::DecideResponse { decision: Some(self.decision_to_pb(subject, &decision)) }))
@@ -234,7 +235,10 @@ impl<S: Store> RegionalNode for NodeService<S> {
 
     type ListLinksStream = LinkStream;
 
-    async fn list_links(&self, request: Request<pb::ListLinksRequest>) -> Result<Response<Self::ListLinksStream>, Status> {
+    async fn list_links(
+        &self,
+        request: Request<pb::ListLinksRequest>,
+    ) -> Result<Response<Self::ListLinksStream>, Status> {
         let batch_size = match request.into_inner().batch_size {
             0 => DEFAULT_LINK_BATCH,
             n => (n as usize).min(65_536),
@@ -248,7 +252,10 @@ impl<S: Store> RegionalNode for NodeService<S> {
             for item in store.links() {
                 match item {
                     Ok((link, subject)) => {
-                        batch.push(pb::LinkEntry { link: link.as_bytes().to_vec(), subject_id: subject.as_bytes().to_vec() });
+                        batch.push(pb::LinkEntry {
+                            link: link.as_bytes().to_vec(),
+                            subject_id: subject.as_bytes().to_vec(),
+                        });
                         if batch.len() == batch_size {
                             let entries = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
                             if tx.blocking_send(Ok(pb::LinkBatch { region: region.clone(), entries })).is_err() {

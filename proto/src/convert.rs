@@ -3,8 +3,7 @@
 use std::fmt;
 
 use domicile_types::{
-    Channel, ConsentAction, IdentifierKind, Jurisdiction, Link, NormalizedIdentifier, Purpose,
-    SubjectRef,
+    Channel, ConsentAction, IdentifierKind, Jurisdiction, Link, NormalizedIdentifier, Purpose, SubjectRef,
 };
 
 use crate::pb::common::v1 as common;
@@ -102,7 +101,10 @@ pub fn identifier(field: &str, pb: Option<&common::Identifier>) -> Result<Normal
     }
     let kind = IdentifierKind::parse(&pb.kind).ok_or_else(|| {
         let expected: Vec<&str> = IdentifierKind::ALL.iter().map(|k| k.as_str()).collect();
-        FieldViolation::new(format!("{field}.kind"), format!("unknown identifier kind: expected one of {}", expected.join(", ")))
+        FieldViolation::new(
+            format!("{field}.kind"),
+            format!("unknown identifier kind: expected one of {}", expected.join(", ")),
+        )
     })?;
     NormalizedIdentifier::normalize(kind, &pb.value).map_err(|e| FieldViolation::new(format!("{field}.value"), e))
 }
@@ -115,10 +117,7 @@ pub fn identifiers(field: &str, pbs: &[common::Identifier]) -> Result<Vec<Normal
     if pbs.len() > MAX_IDENTIFIERS {
         return Err(FieldViolation::new(field, format!("at most {MAX_IDENTIFIERS} identifiers per request")));
     }
-    pbs.iter()
-        .enumerate()
-        .map(|(i, pb)| identifier(&format!("{field}[{i}]"), Some(pb)))
-        .collect()
+    pbs.iter().enumerate().map(|(i, pb)| identifier(&format!("{field}[{i}]"), Some(pb))).collect()
 }
 
 /// Bounds the work and storage one registration can cause.

@@ -119,15 +119,12 @@ fn normalize_email(raw: &str) -> Result<String, IdentifierError> {
     if raw.len() > MAX_EMAIL {
         return Err(IdentifierError::TooLong { kind, max: MAX_EMAIL });
     }
-    let (local, domain) = raw
-        .rsplit_once('@')
-        .ok_or_else(|| malformed(kind, "missing `@`"))?;
+    let (local, domain) = raw.rsplit_once('@').ok_or_else(|| malformed(kind, "missing `@`"))?;
     if local.is_empty() || local.len() > 64 {
         return Err(malformed(kind, "local part must be 1-64 bytes"));
     }
-    let local_ok = local.chars().all(|c| {
-        c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c)
-    }) && !local.starts_with('.')
+    let local_ok = local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+        && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..");
     if !local_ok {
@@ -192,9 +189,7 @@ fn normalize_chat(raw: &str) -> Result<String, IdentifierError> {
     if raw.len() > MAX_OPAQUE {
         return Err(IdentifierError::TooLong { kind, max: MAX_OPAQUE });
     }
-    let (platform, handle) = raw
-        .split_once(':')
-        .ok_or_else(|| malformed(kind, "must be `platform:handle`"))?;
+    let (platform, handle) = raw.split_once(':').ok_or_else(|| malformed(kind, "must be `platform:handle`"))?;
     let platform_ok = (1..=32).contains(&platform.len())
         && platform.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !platform_ok {
@@ -218,7 +213,8 @@ mod tests {
     fn email_is_canonical() {
         assert_eq!(norm(IdentifierKind::Email, "  Anna.Schmidt@Example.DE ").unwrap(), "anna.schmidt@example.de");
         assert_eq!(norm(IdentifierKind::Email, "jürgen@bücher.de").unwrap(), "jürgen@xn--bcher-kva.de");
-        for bad in ["", "no-at", "@example.de", "a@b", "a..b@example.de", "a b@example.de", "a@-x.de", ".a@example.de"] {
+        for bad in ["", "no-at", "@example.de", "a@b", "a..b@example.de", "a b@example.de", "a@-x.de", ".a@example.de"]
+        {
             assert!(norm(IdentifierKind::Email, bad).is_err(), "{bad:?} should be rejected");
         }
     }

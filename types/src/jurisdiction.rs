@@ -29,10 +29,7 @@ impl Jurisdiction {
             Some((c, s)) => (c, Some(s)),
             None => (text, None),
         };
-        let country_bytes: [u8; 2] = country
-            .as_bytes()
-            .try_into()
-            .map_err(|_| JurisdictionError::Malformed)?;
+        let country_bytes: [u8; 2] = country.as_bytes().try_into().map_err(|_| JurisdictionError::Malformed)?;
         if !country_bytes.iter().all(u8::is_ascii_alphabetic) {
             return Err(JurisdictionError::Malformed);
         }
@@ -69,10 +66,7 @@ impl Jurisdiction {
 }
 
 fn is_assigned(code: [u8; 2]) -> bool {
-    ISO_3166_ALPHA2
-        .as_bytes()
-        .chunks_exact(2)
-        .any(|pair| pair == code)
+    ISO_3166_ALPHA2.as_bytes().chunks_exact(2).any(|pair| pair == code)
 }
 
 impl fmt::Display for Jurisdiction {

@@ -15,9 +15,7 @@ impl RegionId {
         let bytes = text.as_bytes();
         let ok = (2..=32).contains(&bytes.len())
             && bytes.first().is_some_and(u8::is_ascii_lowercase)
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && !text.ends_with('-');
         if ok { Ok(Self(text.to_owned())) } else { Err(RegionError) }
     }

@@ -114,7 +114,8 @@ impl Store for SledStore {
                     (id, record, false)
                 }
                 None => {
-                    let record = SubjectRecord { jurisdiction: jurisdiction.clone(), identifiers: Vec::new(), created_at: now };
+                    let record =
+                        SubjectRecord { jurisdiction: jurisdiction.clone(), identifiers: Vec::new(), created_at: now };
                     (new_subject, record, true)
                 }
             };
@@ -262,7 +263,7 @@ mod tests {
         let de = Jurisdiction::parse("DE").unwrap();
         let email = ident(IdentifierKind::Email, "a@example.de");
         let phone = ident(IdentifierKind::Phone, "+4915112345678");
-        let first = store.register(&de, &[email.clone()], SubjectId::from_bytes([1; 16]), 0).unwrap();
+        let first = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0).unwrap();
         assert!(first.created);
         let again = store.register(&de, &[email.clone(), phone.clone()], SubjectId::from_bytes([2; 16]), 0).unwrap();
         assert!(!again.created);
@@ -270,10 +271,16 @@ mod tests {
         assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(first.subject));
 
         let other = ident(IdentifierKind::Email, "b@example.de");
-        store.register(&de, &[other.clone()], SubjectId::from_bytes([3; 16]), 0).unwrap();
-        assert!(matches!(store.register(&de, &[email.clone(), other], SubjectId::from_bytes([4; 16]), 0), Err(StoreError::Conflict)));
+        store.register(&de, std::slice::from_ref(&other), SubjectId::from_bytes([3; 16]), 0).unwrap();
+        assert!(matches!(
+            store.register(&de, &[email.clone(), other], SubjectId::from_bytes([4; 16]), 0),
+            Err(StoreError::Conflict)
+        ));
         let fr = Jurisdiction::parse("FR").unwrap();
-        assert!(matches!(store.register(&fr, &[email], SubjectId::from_bytes([5; 16]), 0), Err(StoreError::JurisdictionMismatch)));
+        assert!(matches!(
+            store.register(&fr, &[email], SubjectId::from_bytes([5; 16]), 0),
+            Err(StoreError::JurisdictionMismatch)
+        ));
     }
 
     #[test]

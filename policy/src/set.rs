@@ -1,0 +1,182 @@
+//! A set of packs compiled together, indexed by jurisdiction.
+
+use std::collections::BTreeMap;
+
+use domicile_types::{Jurisdiction, RegionId};
+
+use crate::diag::{Diagnostic, Diagnostics, PackSource, Sink};
+use crate::pack::{Pack, parse_pack};
+
+/// Why no home region could be chosen. Deliberately carries no subject data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResidencyError {
+    #[error("no policy pack covers the subject's jurisdiction")]
+    NoPack,
+    #[error("none of the regions the pack allows is available")]
+    NoAllowedRegion,
+}
+
+/// Every pack a process uses. Immutable once compiled: reload by compiling a new set and
+/// swapping it in (e.g. behind an `Arc`), so requests in flight keep their snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct PackSet {
+    packs: Vec<Pack>,
+    by_jurisdiction: BTreeMap<Jurisdiction, usize>,
+}
+
+impl PackSet {
+    pub fn empty() -> PackSet {
+        PackSet::default()
+    }
+
+    /// Parses, validates and compiles every source. All problems of all files come back at
+    /// once; errors make it fail, warnings are returned alongside success.
+    pub fn compile(sources: &[PackSource]) -> Result<(PackSet, Vec<Diagnostic>), Diagnostics> {
+        let mut sinks: Vec<Sink<'_>> = Vec::with_capacity(sources.len());
+        let mut parsed = Vec::with_capacity(sources.len());
+        for source in sources {
+            let mut sink = Sink::new(source);
+            let (pack, header) = parse_pack(source, &mut sink);
+            sinks.push(sink);
+            parsed.push((pack, header));
+        }
+
+        // Each jurisdiction and each pack id must belong to exactly one pack, or which pack
+        // decides would depend on load order.
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        let mut jurisdictions: BTreeMap<Jurisdiction, usize> = BTreeMap::new();
+        for (i, (_, header)) in parsed.iter().enumerate() {
+            if let Some(id) = &header.id {
+                match ids.get(id.get_ref()) {
+                    Some(&first) => {
+                        let first_path = sources.get(first).map_or("", |s| s.path.as_str());
+                        if let Some(sink) = sinks.get_mut(i) {
+                            sink.error(&id.span(), format!("pack id is already used by {first_path}"));
+                        }
+                    }
+                    None => {
+                        ids.insert(id.get_ref().clone(), i);
+                    }
+                }
+            }
+            if let Some(j) = &header.jurisdiction {
+                match jurisdictions.get(j.get_ref()) {
+                    Some(&first) => {
+                        let first_path = sources.get(first).map_or("", |s| s.path.as_str());
+                        if let Some(sink) = sinks.get_mut(i) {
+                            sink.error(
+                                &j.span(),
+                                format!("jurisdiction {} is already covered by {first_path}", j.get_ref()),
+                            );
+                        }
+                    }
+                    None => {
+                        jurisdictions.insert(j.get_ref().clone(), i);
+                    }
+                }
+            }
+        }
+
+        let mut failed = false;
+        let mut diagnostics = Vec::new();
+        for sink in sinks {
+            failed |= sink.has_errors();
+            diagnostics.extend(sink.finish());
+        }
+        if failed {
+            return Err(Diagnostics(diagnostics));
+        }
+        let packs: Vec<Pack> = parsed.into_iter().filter_map(|(pack, _)| pack).collect();
+        let by_jurisdiction = packs.iter().enumerate().map(|(i, p)| (p.jurisdiction().clone(), i)).collect();
+        Ok((PackSet { packs, by_jurisdiction }, diagnostics))
+    }
+
+    /// The pack for a jurisdiction: an exact match (`US-CA`) first, else the country's (`US`).
+    /// `None` means no pack applies and callers must deny.
+    pub fn get(&self, jurisdiction: &Jurisdiction) -> Option<&Pack> {
+        self.by_jurisdiction
+            .get(jurisdiction)
+            .or_else(|| jurisdiction.subdivision().and_then(|_| self.by_jurisdiction.get(&jurisdiction.country())))
+            .and_then(|&i| self.packs.get(i))
+    }
+
+    pub fn get_by_id(&self, id: &str) -> Option<&Pack> {
+        self.packs.iter().find(|p| p.id() == id)
+    }
+
+    pub fn packs(&self) -> impl Iterator<Item = &Pack> {
+        self.packs.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.packs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
+    }
+
+    /// The home region for subjects of `jurisdiction`: the first of the pack's home regions that
+    /// is in `available`. Fails closed when there is no pack or no allowed region is available.
+    pub fn home_region(&self, jurisdiction: &Jurisdiction, available: &[RegionId]) -> Result<RegionId, ResidencyError> {
+        let pack = self.get(jurisdiction).ok_or(ResidencyError::NoPack)?;
+        pack.home_regions().iter().find(|r| available.contains(r)).cloned().ok_or(ResidencyError::NoAllowedRegion)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(id: &str, jurisdiction: &str, region: &str) -> PackSource {
+        PackSource::new(
+            format!("{id}.toml"),
+            format!(
+                "schema = 1\n[pack]\nid = \"{id}\"\njurisdiction = \"{jurisdiction}\"\nversion = \"1\"\ntitle = \"t\"\n\
+                 [residency]\nhome_regions = [\"{region}\"]\nlocalisation = \"none\"\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn subdivision_overlay_wins_then_country_pack() {
+        let (set, warnings) =
+            PackSet::compile(&[pack("us", "US", "us-east"), pack("us-ca", "US-CA", "us-west")]).unwrap();
+        assert!(warnings.iter().all(|w| !w.is_error()));
+        let get = |j: &str| set.get(&Jurisdiction::parse(j).unwrap()).map(|p| p.id().to_owned());
+        assert_eq!(get("US-CA").as_deref(), Some("us-ca"));
+        assert_eq!(get("US-NY").as_deref(), Some("us"));
+        assert_eq!(get("US").as_deref(), Some("us"));
+        assert_eq!(get("DE"), None);
+        let ny = Jurisdiction::parse("us-ny").unwrap();
+        assert_eq!(
+            set.home_region(&ny, &[RegionId::parse("us-east").unwrap()]).map(|r| r.to_string()),
+            Ok("us-east".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_country_pack_does_not_answer_for_another_country() {
+        let (set, _) = PackSet::compile(&[pack("de", "DE", "eu-central")]).unwrap();
+        assert!(set.get(&Jurisdiction::parse("AT").unwrap()).is_none());
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_jurisdictions_and_ids_are_errors_in_the_later_file() {
+        let err = PackSet::compile(&[pack("de", "DE", "eu-central"), pack("de", "de", "eu-west")]).unwrap_err();
+        let errors: Vec<String> = err.errors().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{err}");
+        assert!(errors.contains(&"de.toml:3:6: error: pack id is already used by de.toml".to_owned()), "{err}");
+        assert!(
+            errors.contains(&"de.toml:4:16: error: jurisdiction DE is already covered by de.toml".to_owned()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_sources_is_an_empty_set() {
+        let (set, warnings) = PackSet::compile(&[]).unwrap();
+        assert!(set.is_empty() && warnings.is_empty());
+    }
+}

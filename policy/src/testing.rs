@@ -1,0 +1,340 @@
+//! Table-driven pack tests: `policy-packs/<cc>/tests/*.toml` run against the compiled pack.
+
+use std::fmt;
+
+use domicile_types::{Channel, ConsentState, Purpose};
+use toml::Spanned;
+
+use crate::diag::{Diagnostics, PackSource, Sink};
+use crate::eval::{ConsentFact, Decision, DecisionInput, Effect, Outcome};
+use crate::pack::{Pack, PackRef, SCHEMA_VERSION};
+use crate::reader::{Table, parse_document, timestamp_text};
+use crate::time::{format_rfc3339, parse_rfc3339};
+
+const ROOT_KEYS: &[&str] = &["schema", "pack", "case"];
+const CASE_KEYS: &[&str] = &[
+    "name",
+    "purpose",
+    "channel",
+    "at",
+    "at_unix",
+    "consent",
+    "expect",
+    "reasons",
+    "outcome",
+    "obligations",
+    "valid_until",
+    "valid_until_unix",
+    "note",
+];
+const CONSENT_KEYS: &[&str] =
+    &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in"];
+
+/// The result of one test case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseResult {
+    pub name: String,
+    pub path: String,
+    pub line: usize,
+    pub passed: bool,
+    /// What did not match, one entry per expectation.
+    pub failures: Vec<String>,
+    pub decision: Decision,
+}
+
+/// The results of a pack's test files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestReport {
+    pub pack: PackRef,
+    pub cases: Vec<CaseResult>,
+    pub passed: usize,
+    pub failed: usize,
+    /// Rules no case exercised (as the deciding rule), in pack order.
+    pub uncovered_rules: Vec<String>,
+}
+
+impl TestReport {
+    /// At least one case ran and none failed.
+    pub fn all_passed(&self) -> bool {
+        self.failed == 0 && !self.cases.is_empty()
+    }
+}
+
+impl fmt::Display for TestReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for case in &self.cases {
+            if case.passed {
+                writeln!(f, "ok     {}: {}", self.pack.id, case.name)?;
+            } else {
+                writeln!(
+                    f,
+                    "FAILED {}: {} ({}:{}): {}",
+                    self.pack.id,
+                    case.name,
+                    case.path,
+                    case.line,
+                    case.failures.join("; ")
+                )?;
+            }
+        }
+        write!(f, "{}: {} passed, {} failed", self.pack, self.passed, self.failed)?;
+        if !self.uncovered_rules.is_empty() {
+            write!(f, "; uncovered rules: {}", self.uncovered_rules.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+struct Case {
+    name: String,
+    path: String,
+    line: usize,
+    input: DecisionInput,
+    expect: Effect,
+    reasons: Vec<String>,
+    outcome: Option<Outcome>,
+    obligations: Option<Vec<String>>,
+    valid_until: Option<i64>,
+}
+
+/// Runs one test file against `pack`. Pure. A malformed file is an `Err` with every problem found.
+pub fn run_tests(pack: &Pack, source: &PackSource) -> Result<TestReport, Diagnostics> {
+    run_test_files(pack, std::slice::from_ref(source))
+}
+
+/// Runs several test files against `pack`; coverage is computed over all of them together.
+pub fn run_test_files(pack: &Pack, sources: &[PackSource]) -> Result<TestReport, Diagnostics> {
+    let mut cases = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut failed = false;
+    for source in sources {
+        let mut sink = Sink::new(source);
+        read_cases(pack, source, &mut sink, &mut cases);
+        failed |= sink.has_errors();
+        diagnostics.extend(sink.finish());
+    }
+    if failed {
+        return Err(Diagnostics(diagnostics));
+    }
+
+    let mut covered = vec![false; pack.rules().len()];
+    let mut results = Vec::with_capacity(cases.len());
+    for case in cases {
+        let verdict = pack.evaluate(&case.input);
+        if let Some(rule) = verdict.rule
+            && let Some(i) = pack.rules().iter().position(|r| r.id == rule.id)
+            && let Some(flag) = covered.get_mut(i)
+        {
+            *flag = true;
+        }
+        let decision = pack.decision(&verdict);
+        let failures = check(&case, &decision, verdict.outcome);
+        results.push(CaseResult {
+            name: case.name,
+            path: case.path,
+            line: case.line,
+            passed: failures.is_empty(),
+            failures,
+            decision,
+        });
+    }
+    let passed = results.iter().filter(|r| r.passed).count();
+    let uncovered_rules =
+        pack.rules().iter().zip(&covered).filter(|(_, covered)| !**covered).map(|(rule, _)| rule.id.clone()).collect();
+    Ok(TestReport { pack: pack.pack_ref(), failed: results.len() - passed, passed, cases: results, uncovered_rules })
+}
+
+fn check(case: &Case, decision: &Decision, outcome: Outcome) -> Vec<String> {
+    let mut failures = Vec::new();
+    if decision.effect != case.expect {
+        failures.push(format!("expected {}, got {} ({})", case.expect, decision.effect, decision.explanation));
+    }
+    for reason in &case.reasons {
+        if !decision.reasons.contains(reason) {
+            failures.push(format!("expected reason `{reason}`, got [{}]", decision.reasons.join(", ")));
+        }
+    }
+    if let Some(expected) = case.outcome
+        && expected != outcome
+    {
+        failures.push(format!("expected outcome {expected}, got {outcome}"));
+    }
+    if let Some(expected) = &case.obligations {
+        let mut expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        let mut got: Vec<&str> = decision.obligations.iter().map(|o| o.id.as_str()).collect();
+        expected.sort_unstable();
+        got.sort_unstable();
+        if expected != got {
+            failures.push(format!("expected obligations [{}], got [{}]", expected.join(", "), got.join(", ")));
+        }
+    }
+    if let Some(expected) = case.valid_until
+        && decision.valid_until_unix != Some(expected)
+    {
+        let got = decision.valid_until_unix.map_or_else(|| "none".to_owned(), format_rfc3339);
+        failures.push(format!("expected valid_until {}, got {got}", format_rfc3339(expected)));
+    }
+    failures
+}
+
+fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, out: &mut Vec<Case>) {
+    let Some(doc) = parse_document(sink, &source.text) else {
+        return;
+    };
+    let root = Table::new(sink, doc.get_ref(), doc.span(), "the test file", ROOT_KEYS);
+    if let Some(schema) = root.opt_int(sink, "schema")
+        && *schema.get_ref() != SCHEMA_VERSION
+    {
+        sink.error(
+            &schema.span(),
+            format!("unsupported schema {}; this engine reads schema {SCHEMA_VERSION}", schema.get_ref()),
+        );
+    }
+    if let Some(id) = root.opt_str(sink, "pack")
+        && *id.get_ref() != pack.id()
+    {
+        sink.error(&id.span(), format!("test file is for another pack; running against `{}`", pack.id()));
+    }
+    let tables = root.tables(sink, "case");
+    if tables.is_empty() {
+        // A test file that runs nothing must not look like a pass.
+        sink.error(&root.span(), "test file has no `[[case]]` entries");
+    }
+    let mut names: Vec<(String, usize)> = Vec::new();
+    for (table, span) in tables {
+        let line = sink.line_of(&span);
+        let t = Table::new(sink, table, span, "[[case]]", CASE_KEYS);
+        let name = t.req_str(sink, "name").and_then(|v| {
+            if v.get_ref().trim().is_empty() {
+                sink.error(&v.span(), "`name` must not be empty");
+                return None;
+            }
+            if let Some((_, first)) = names.iter().find(|(n, _)| n == v.get_ref()) {
+                sink.error(&v.span(), format!("duplicate case name; first used at line {first}"));
+                return None;
+            }
+            names.push(((*v.get_ref()).to_owned(), line));
+            Some((*v.get_ref()).to_owned())
+        });
+        let purpose = t.req_str(sink, "purpose").and_then(|v| term(sink, &v, Purpose::parse));
+        let channel = t.req_str(sink, "channel").and_then(|v| term(sink, &v, Channel::parse));
+        let at = instant(sink, &t, "at", true).flatten();
+        let consent = read_consent(sink, &t, at);
+        let expect = t.req_str(sink, "expect").and_then(|v| {
+            let effect = Effect::parse(v.get_ref());
+            if effect.is_none() {
+                sink.error(&v.span(), "`expect` must be `allow` or `deny`");
+            }
+            effect
+        });
+        let mut reasons = Vec::new();
+        if let Some(list) = t.opt_strings(sink, "reasons") {
+            for item in list.get_ref() {
+                let known = pack.rule(item.get_ref()).is_some() || *item.get_ref() == pack.default_reason();
+                if known {
+                    reasons.push((*item.get_ref()).to_owned());
+                } else {
+                    sink.error(&item.span(), format!("reason is not a rule of pack `{}`", pack.id()));
+                }
+            }
+        }
+        let outcome = t.opt_str(sink, "outcome").and_then(|v| {
+            let outcome = Outcome::parse(v.get_ref());
+            if outcome.is_none() {
+                let expected = Outcome::ALL.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
+                sink.error(&v.span(), format!("unknown outcome; expected one of {expected}"));
+            }
+            outcome
+        });
+        let obligations = t.opt_strings(sink, "obligations").map(|list| {
+            let mut ids = Vec::new();
+            for item in list.get_ref() {
+                if pack.obligations().iter().any(|o| o.id == *item.get_ref()) {
+                    ids.push((*item.get_ref()).to_owned());
+                } else {
+                    sink.error(&item.span(), format!("obligation is not defined in pack `{}`", pack.id()));
+                }
+            }
+            ids
+        });
+        let valid_until = instant(sink, &t, "valid_until", false).flatten();
+        let _ = t.opt_str(sink, "note");
+        if let (Some(name), Some(purpose), Some(channel), Some(at_unix), Some(consent), Some(expect)) =
+            (name, purpose, channel, at, consent, expect)
+        {
+            out.push(Case {
+                name,
+                path: source.path.clone(),
+                line,
+                input: DecisionInput { purpose, channel, at_unix, consent },
+                expect,
+                reasons,
+                outcome,
+                obligations,
+                valid_until,
+            });
+        }
+    }
+}
+
+fn term<T, E: fmt::Display>(
+    sink: &mut Sink<'_>,
+    value: &Spanned<&str>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Option<T> {
+    match parse(value.get_ref()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            sink.error(&value.span(), e.to_string());
+            None
+        }
+    }
+}
+
+/// Reads `<key>` (RFC 3339 string or TOML date-time) or `<key>_unix` (integer seconds).
+/// `None` on error, `Some(None)` when absent and optional.
+fn instant(sink: &mut Sink<'_>, table: &Table<'_, '_>, key: &str, required: bool) -> Option<Option<i64>> {
+    let unix_key = format!("{key}_unix");
+    match (table.get(key), table.get(&unix_key)) {
+        (Some(_), Some(v)) => {
+            sink.error(&v.span(), format!("give either `{key}` or `{unix_key}`, not both"));
+            None
+        }
+        (Some(v), None) => {
+            let parsed = timestamp_text(v).as_deref().and_then(parse_rfc3339);
+            if parsed.is_none() {
+                sink.error(
+                    &v.span(),
+                    format!("`{key}` must be an RFC 3339 timestamp with an offset, e.g. `2026-11-23T10:00:00Z`"),
+                );
+                return None;
+            }
+            Some(parsed)
+        }
+        (None, Some(_)) => table.opt_int(sink, &unix_key).map(|v| Some(*v.get_ref())),
+        (None, None) if required => {
+            sink.error(&table.span(), format!("missing key `{key}` (or `{unix_key}`)"));
+            None
+        }
+        (None, None) => Some(None),
+    }
+}
+
+/// `None` on error; `Some(None)` when the case has no consent on record.
+fn read_consent(sink: &mut Sink<'_>, case: &Table<'_, '_>, at: Option<i64>) -> Option<Option<ConsentFact>> {
+    let Some((table, span)) = case.table(sink, "consent", false) else {
+        return if case.get("consent").is_some() { None } else { Some(None) };
+    };
+    let t = Table::new(sink, table, span, "`consent`", CONSENT_KEYS);
+    let state = t.req_str(sink, "state").and_then(|v| term(sink, &v, ConsentState::parse));
+    // Without `captured_at` the consent is taken as captured at the decision instant.
+    let captured = instant(sink, &t, "captured_at", false).map(|c| c.or(at));
+    let expires = instant(sink, &t, "expires_at", false);
+    let double_opt_in = t.opt_bool(sink, "double_opt_in").is_some_and(|b| *b.get_ref());
+    match (state, captured, expires) {
+        (Some(state), Some(Some(captured_at_unix)), Some(expires_at_unix)) => {
+            Some(Some(ConsentFact { state, captured_at_unix, expires_at_unix, double_opt_in_confirmed: double_opt_in }))
+        }
+        _ => None,
+    }
+}

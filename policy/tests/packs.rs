@@ -1,0 +1,108 @@
+//! Loads the real packs under `policy-packs/`, compiles them together and runs their tests.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers; clippy.toml only exempts the #[test] fns themselves"
+)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use domicile_policy::{PackSet, PackSource, run_test_files};
+
+fn packs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-packs")
+}
+
+fn read(path: &Path) -> PackSource {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let shown = path.strip_prefix(packs_dir()).unwrap_or(path);
+    PackSource::new(shown.display().to_string(), text)
+}
+
+fn pack_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(packs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("pack.toml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn test_files(dir: &Path) -> Vec<PackSource> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("tests"))
+        .map(|rd| rd.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.iter().map(|p| read(p)).collect()
+}
+
+#[test]
+fn every_pack_compiles_and_passes_its_tests_with_full_rule_coverage() {
+    let dirs = pack_dirs();
+    assert!(dirs.len() >= 4, "expected at least the de, fr, us and br packs");
+    let sources: Vec<PackSource> = dirs.iter().map(|d| read(&d.join("pack.toml"))).collect();
+    let (set, warnings) = PackSet::compile(&sources).unwrap_or_else(|d| panic!("packs do not compile:\n{d}"));
+    assert!(warnings.iter().all(|w| !w.is_error()));
+    for w in &warnings {
+        println!("{w}");
+    }
+    assert_eq!(set.len(), dirs.len());
+    for dir in &dirs {
+        let id = dir.file_name().unwrap().to_str().unwrap();
+        let pack = set.get_by_id(id).unwrap_or_else(|| panic!("pack in {id}/ must have id `{id}`"));
+        let tests = test_files(dir);
+        assert!(!tests.is_empty(), "{id}: no tests/*.toml");
+        let report = run_test_files(pack, &tests).unwrap_or_else(|d| panic!("{id}: bad test file:\n{d}"));
+        println!("{report}");
+        assert!(report.all_passed(), "{id}: failing cases:\n{report}");
+        assert!(report.uncovered_rules.is_empty(), "{id}: uncovered rules {:?}", report.uncovered_rules);
+    }
+}
+
+fn compiled() -> PackSet {
+    let sources: Vec<PackSource> = pack_dirs().iter().map(|d| read(&d.join("pack.toml"))).collect();
+    PackSet::compile(&sources).unwrap().0
+}
+
+#[test]
+fn rule_ids_other_crates_depend_on_are_stable() {
+    use domicile_policy::{DecisionInput, Effect};
+    use domicile_types::{Channel, Jurisdiction, Purpose, RegionId};
+
+    let set = compiled();
+    let input =
+        DecisionInput { purpose: Purpose::Marketing, channel: Channel::Email, at_unix: 1_795_428_000, consent: None };
+
+    let de = set.get(&Jurisdiction::parse("DE").unwrap()).unwrap();
+    let d = de.decide(&input);
+    assert_eq!((d.effect, d.reasons.as_slice()), (Effect::Deny, ["de.marketing.email".to_owned()].as_slice()));
+    assert_eq!(d.pack.to_string(), "de@2026.11.0");
+
+    // US-CA has no overlay yet, so the federal pack answers.
+    let us = set.get(&Jurisdiction::parse("US-CA").unwrap()).unwrap();
+    let d = us.decide(&input);
+    assert_eq!((d.effect, d.reasons.as_slice()), (Effect::Allow, ["us.marketing.email".to_owned()].as_slice()));
+    assert!(d.obligations.iter().any(|o| o.id == "unsubscribe"));
+
+    let regions: Vec<RegionId> =
+        ["us-east", "eu-central", "sa-east"].iter().map(|r| RegionId::parse(r).unwrap()).collect();
+    for (cc, home) in [("DE", "eu-central"), ("FR", "eu-central"), ("US", "us-east"), ("BR", "sa-east")] {
+        let j = Jurisdiction::parse(cc).unwrap();
+        assert_eq!(set.home_region(&j, &regions).unwrap().as_str(), home, "{cc}");
+    }
+    assert!(set.home_region(&Jurisdiction::parse("JP").unwrap(), &regions).is_err());
+}
+
+#[test]
+fn every_rule_is_annotated() {
+    for pack in compiled().packs() {
+        for rule in pack.rules() {
+            assert!(rule.source.is_some(), "{}: rules cite where the fact was found", rule.id);
+            assert!(rule.id.starts_with(&format!("{}.", pack.id())));
+        }
+    }
+}
