@@ -181,7 +181,7 @@ impl LocalCluster {
             };
             let path = dir.join("config").join(format!("node-{region}.toml"));
             write_toml(&path, &config)?;
-            let process = spawn(&options.binary, "node", Some(region.clone()), &path, &dir).await?;
+            let process = spawn(&options.binary, "node", Some(region.clone()), &path, &dir, &[]).await?;
             cluster.nodes.insert(region.clone(), process);
         }
         cluster.start_gateway(&pki, &packs_dir, &link_key_file).await?;
@@ -205,7 +205,7 @@ impl LocalCluster {
         };
         let path = self.dir.join("config").join("gateway.toml");
         write_toml(&path, &config)?;
-        self.gateway = Some(spawn(&self.options.binary, "gateway", None, &path, &self.dir).await?);
+        self.gateway = Some(spawn(&self.options.binary, "gateway", None, &path, &self.dir, &[]).await?);
         Ok(())
     }
 
@@ -258,6 +258,34 @@ impl LocalCluster {
         first_ready(waits).await
     }
 
+    /// Kills a region's node with SIGKILL (no chance to flush or clean up), as a crash would.
+    pub async fn kill_node(&mut self, region: &RegionId) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
+        node.child.kill().await.context("cannot kill the node")?;
+        Ok(())
+    }
+
+    /// Starts a region's node again on the address it had, with the same data, so the gateway's
+    /// connection to that region recovers.
+    pub async fn restart_node(&mut self, region: &RegionId) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
+        if node.child.try_wait()?.is_none() {
+            stop_process(node).await;
+        }
+        let listen = node.addr.to_string();
+        let restarted = spawn(
+            &self.options.binary,
+            "node",
+            Some(region.clone()),
+            &node.config,
+            &self.dir,
+            &[("DOMICILE_NODE_LISTEN", listen)],
+        )
+        .await?;
+        *node = restarted;
+        Ok(())
+    }
+
     /// Asks every process to stop (SIGTERM), gateway first, and waits; kills stragglers.
     pub async fn stop(&mut self) {
         if let Some(gateway) = self.gateway.as_mut() {
@@ -306,6 +334,7 @@ async fn spawn(
     region: Option<RegionId>,
     config: &Path,
     dir: &Path,
+    env: &[(&str, String)],
 ) -> anyhow::Result<Process> {
     let name = match &region {
         Some(r) => format!("{role}-{r}"),
@@ -321,6 +350,7 @@ async fn spawn(
         .arg(role)
         .arg("--config")
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))

@@ -511,3 +511,45 @@ async fn every_process_serves_health_and_reflection() {
         assert!(services.iter().any(|s| s == "grpc.health.v1.Health"), "{name} lists {services:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_of_the_node() {
+    let mut cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let eu = region("eu-central");
+    let mut people = Vec::new();
+    for i in 0..20 {
+        let email = format!("durable-{i}@example.de");
+        client
+            .register(gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![identifier("email", &email)] })
+            .await
+            .expect("register");
+        record(&mut client, by_identifier("email", &email), common::ConsentAction::Grant, "marketing", "email").await;
+        people.push(email);
+    }
+    // The last acknowledged write is a withdrawal; kill -9 right after its acknowledgement.
+    record(&mut client, by_identifier("email", &people[0]), common::ConsentAction::Withdraw, "marketing", "email").await;
+    cluster.cluster.kill_node(&eu).await.unwrap();
+
+    // While the region is down its subjects get UNAVAILABLE, never an allow.
+    let status = client
+        .decide(gw::DecideRequest {
+            subject: by_identifier("email", &people[1]),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            at: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    cluster.cluster.restart_node(&eu).await.expect("node restarts on its data");
+    let d = decide(&mut client, by_identifier("email", &people[0]), "marketing", "email").await;
+    assert_eq!(effect(&d), common::Effect::Deny, "the acknowledged withdrawal survived kill -9");
+    for email in &people[1..] {
+        let d = decide(&mut client, by_identifier("email", email), "marketing", "email").await;
+        assert_eq!(effect(&d), common::Effect::Allow, "the acknowledged grant survived kill -9");
+    }
+    let info = cluster.node(&eu).await.unwrap().info(node::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.subjects, 20);
+}
