@@ -528,7 +528,8 @@ async fn acknowledged_writes_survive_kill_9_of_the_node() {
         people.push(email);
     }
     // The last acknowledged write is a withdrawal; kill -9 right after its acknowledgement.
-    record(&mut client, by_identifier("email", &people[0]), common::ConsentAction::Withdraw, "marketing", "email").await;
+    record(&mut client, by_identifier("email", &people[0]), common::ConsentAction::Withdraw, "marketing", "email")
+        .await;
     cluster.cluster.kill_node(&eu).await.unwrap();
 
     // While the region is down its subjects get UNAVAILABLE, never an allow.
