@@ -1,5 +1,6 @@
 //! The `domicile` command line: thin dispatch over library functions.
 
+mod audit;
 pub mod client;
 pub mod cluster;
 mod packs;
@@ -36,6 +37,9 @@ enum Command {
     /// Validate and test policy packs.
     #[command(subcommand)]
     Packs(packs::PacksCommand),
+    /// Check a node's audit log offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run a regional node (used by deployments and by `cluster`).
     Node(ServerArgs),
     /// Run a gateway (used by deployments and by `cluster`).
@@ -75,6 +79,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Decide(args) => client::decide(args).await,
         Command::Resolve(args) => client::resolve(args).await,
         Command::Packs(command) => packs::run(command),
+        Command::Audit(command) => audit::run(command),
     }
 }
 

@@ -67,6 +67,12 @@ impl Directory {
         true
     }
 
+    /// Forgets links (after an erasure). Returns how many were present.
+    pub fn remove(&self, links: &[Link]) -> usize {
+        let mut inner = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        links.iter().filter(|link| inner.links.remove(*link).is_some()).count()
+    }
+
     /// Loads a batch of a region's links during a rebuild.
     pub fn load_batch(&self, region: &RegionId, entries: impl IntoIterator<Item = (Link, SubjectId)>) {
         let Some(index) = self.region_index(region) else { return };

@@ -214,4 +214,39 @@ impl Domicile for GatewayService {
             subject_ref: subject.to_string(),
         }))
     }
+
+    async fn consent_history(
+        &self,
+        request: Request<pb::ConsentHistoryRequest>,
+    ) -> Result<Response<pb::ConsentHistoryResponse>, Status> {
+        let (region, key) = self.target(request.get_ref().subject.as_ref())?;
+        let reply = self
+            .node(&region)?
+            .consent_history(node_pb::ConsentHistoryRequest { subject: Some(key.to_pb()) })
+            .await
+            .map_err(|s| node_status(&region, s))?
+            .into_inner();
+        Ok(Response::new(pb::ConsentHistoryResponse { subject_ref: reply.subject_ref, entries: reply.entries }))
+    }
+
+    async fn erase(&self, request: Request<pb::EraseRequest>) -> Result<Response<pb::EraseResponse>, Status> {
+        let (region, key) = self.target(request.get_ref().subject.as_ref())?;
+        let reply = self
+            .node(&region)?
+            .erase(node_pb::EraseRequest { subject: Some(key.to_pb()) })
+            .await
+            .map_err(|s| node_status(&region, s))?
+            .into_inner();
+        // The node has erased; drop the links here at once so no later lookup finds the subject.
+        // Other gateways learn it from the node's ERASED change event.
+        let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
+        let removed = self.directory.remove(&links);
+        tracing::info!(%region, links = removed, "subject erased");
+        Ok(Response::new(pb::EraseResponse {
+            subject_ref: reply.subject_ref,
+            links_removed: reply.links.len() as u64,
+            consent_records_erased: reply.consent_records_erased,
+            erased_at: reply.erased_at,
+        }))
+    }
 }

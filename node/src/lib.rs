@@ -5,6 +5,7 @@
 //! ever sees identifiers at rest. Gateways reach it over mutual TLS and, apart from
 //! registration, speak to it only in links and subject refs.
 
+pub mod audit;
 pub mod config;
 mod service;
 pub mod store;
@@ -49,7 +50,12 @@ pub async fn serve(
         SledStore::open(&config.data_dir)
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?,
     );
-    let service = NodeService::new(config.region.clone(), Arc::clone(&store), Arc::new(packs), link_key);
+    let audit = Arc::new(
+        audit::AuditLog::open(&config.data_dir, &config.region)
+            .with_context(|| format!("cannot open the audit log in {}", config.data_dir.display()))?,
+    );
+    let service =
+        NodeService::new(config.region.clone(), Arc::clone(&store), Arc::new(packs), link_key, Arc::clone(&audit))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;
@@ -69,6 +75,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await?;
     store.flush().await?;
+    audit.sync()?;
     tracing::info!(region = %config.region, "node stopped");
     Ok(())
 }

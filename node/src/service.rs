@@ -12,7 +12,8 @@ use domicile_types::{Link, LinkKey, RegionId, SubjectId, SubjectRef};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::store::{Evidence, NewConsent, Store, StoreError};
+use crate::audit::{AuditEvent, AuditLog, erasure_proof};
+use crate::store::{Change, ChangeEvent, ConsentRecord, Evidence, NewConsent, Store, StoreError};
 
 /// Captures may be stamped slightly ahead of this node's clock; beyond that they are a client bug.
 const MAX_CLOCK_SKEW_SECS: i64 = 300;
@@ -24,6 +25,10 @@ pub struct NodeService<S> {
     store: Arc<S>,
     packs: Arc<PackSet>,
     link_key: LinkKey,
+    /// Highest change-event sequence known durable. Watchers deliver nothing beyond it, so a
+    /// subscriber never sees a change that a crash could still undo.
+    durable: tokio::sync::watch::Sender<Option<u64>>,
+    audit: Arc<AuditLog>,
 }
 
 pub(crate) fn now_unix() -> i64 {
@@ -40,6 +45,7 @@ fn store_status(e: StoreError) -> Status {
         StoreError::JurisdictionMismatch => {
             Status::failed_precondition("an identifier already belongs to a subject of another jurisdiction")
         }
+        StoreError::NotFound => Status::not_found("no such subject in this region"),
         StoreError::Backend(detail) => {
             tracing::error!(%detail, "storage backend failure");
             Status::unavailable("storage unavailable")
@@ -56,8 +62,69 @@ fn invalid(v: FieldViolation) -> Status {
 }
 
 impl<S: Store> NodeService<S> {
-    pub fn new(region: RegionId, store: Arc<S>, packs: Arc<PackSet>, link_key: LinkKey) -> Self {
-        Self { region, store, packs, link_key }
+    pub fn new(
+        region: RegionId,
+        store: Arc<S>,
+        packs: Arc<PackSet>,
+        link_key: LinkKey,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, StoreError> {
+        // Everything recovered from disk is durable.
+        let (durable, _) = tokio::sync::watch::channel(store.last_event()?);
+        Ok(Self { region, store, packs, link_key, durable, audit })
+    }
+
+    /// Records an audit entry. A change or decision that cannot be audited is refused
+    /// (invariant 5), never served unaudited.
+    fn audit(&self, event: AuditEvent, subject: SubjectId) -> Result<(), Status> {
+        self.audit.append(event, Some(&self.subject_ref(subject)), now_unix()).map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit log append failed");
+            Status::unavailable("audit log unavailable")
+        })
+    }
+
+    /// Makes the store and the audit log durable: the point after which a write may be
+    /// acknowledged (invariant 7).
+    async fn make_durable(&self) -> Result<(), Status> {
+        let audit = Arc::clone(&self.audit);
+        let (store, audit) = tokio::join!(self.store.flush(), tokio::task::spawn_blocking(move || audit.sync()));
+        store.map_err(store_status)?;
+        match audit {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                tracing::error!("audit log sync failed");
+                Err(Status::unavailable("audit log unavailable"))
+            }
+        }
+    }
+
+    /// Marks events up to `sequence` durable and wakes watchers. Called after a flush.
+    fn publish(&self, sequence: u64) {
+        self.durable.send_if_modified(|current| match current {
+            Some(c) if *c >= sequence => false,
+            _ => {
+                *current = Some(sequence);
+                true
+            }
+        });
+    }
+
+    fn entry_to_pb(record: &ConsentRecord) -> common::ConsentEntry {
+        common::ConsentEntry {
+            sequence: record.sequence,
+            purpose: record.purpose.to_string(),
+            channels: record.channels.iter().map(ToString::to_string).collect(),
+            state: record.state.to_string(),
+            captured_at: Some(convert::to_timestamp(record.captured_at)),
+            recorded_at: Some(convert::to_timestamp(record.recorded_at)),
+            expires_at: record.expires_at.map(convert::to_timestamp),
+            evidence: Some(common::Evidence {
+                notice_version: record.evidence.notice_version.clone(),
+                capture_channel: record.evidence.capture_channel.map(|c| c.to_string()).unwrap_or_default(),
+                source_system: record.evidence.source_system.clone(),
+                double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+            }),
+        }
     }
 
     fn subject_ref(&self, id: SubjectId) -> SubjectRef {
@@ -77,7 +144,7 @@ impl<S: Store> NodeService<S> {
                 if subject.region != self.region {
                     return Err(Status::failed_precondition("subject ref names another region"));
                 }
-                match self.store.subject(&subject.id).map_err(store_status)? {
+                match self.store.subject_meta(&subject.id).map_err(store_status)? {
                     Some(_) => Ok(subject.id),
                     None => Err(Status::not_found("no such subject in this region")),
                 }
@@ -106,7 +173,40 @@ impl<S: Store> NodeService<S> {
     }
 }
 
+/// Turns stored events into wire events; owned by each watch task.
+struct EventRenderer {
+    region: RegionId,
+}
+
+impl EventRenderer {
+    fn render(&self, event: &ChangeEvent) -> common::ChangeEvent {
+        let mut pb = common::ChangeEvent {
+            sequence: event.sequence,
+            at: Some(convert::to_timestamp(event.at)),
+            region: self.region.to_string(),
+            subject_ref: SubjectRef { region: self.region.clone(), id: event.subject }.to_string(),
+            links: event.links.iter().map(Link::to_string).collect(),
+            ..Default::default()
+        };
+        match &event.change {
+            Change::Registered => pb.kind = common::ChangeKind::Registered as i32,
+            Change::Erased => pb.kind = common::ChangeKind::Erased as i32,
+            Change::Consent { purpose, channels, state } => {
+                pb.kind = common::ChangeKind::Consent as i32;
+                pb.purpose = purpose.to_string();
+                pb.channels = channels.iter().map(ToString::to_string).collect();
+                pb.state = state.to_string();
+            }
+        }
+        pb
+    }
+}
+
 type LinkStream = Pin<Box<dyn Stream<Item = Result<pb::LinkBatch, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<common::ChangeEvent, Status>> + Send>>;
+
+/// Events sent to one watcher per read of the store, bounding the work of one wake-up.
+const WATCH_BATCH: usize = 1024;
 
 #[tonic::async_trait]
 impl<S: Store> RegionalNode for NodeService<S> {
@@ -136,7 +236,14 @@ impl<S: Store> RegionalNode for NodeService<S> {
             .store
             .register(&jurisdiction, &linked, SubjectId::from_bytes(new_subject), now_unix())
             .map_err(store_status)?;
-        self.store.flush().await.map_err(store_status)?;
+        self.audit(
+            AuditEvent::Registration { identifiers: linked.len(), jurisdiction: jurisdiction.clone() },
+            registered.subject,
+        )?;
+        self.make_durable().await?;
+        if let Some(event) = registered.event {
+            self.publish(event);
+        }
         tracing::info!(region = %self.region, %jurisdiction, created = registered.created, identifiers = linked.len(), "subject registered");
         Ok(Response::new(pb::RegisterResponse {
             subject_ref: self.subject_ref(registered.subject).to_string(),
@@ -179,7 +286,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
             },
         };
         let subject = self.resolve(&key)?;
-        let record = self
+        let (record, event) = self
             .store
             .append_consent(
                 &subject,
@@ -194,8 +301,18 @@ impl<S: Store> RegionalNode for NodeService<S> {
                 },
             )
             .map_err(store_status)?;
+        self.audit(
+            AuditEvent::Consent {
+                purpose: record.purpose,
+                channels: record.channels.clone(),
+                state: record.state,
+                sequence: record.sequence,
+            },
+            subject,
+        )?;
         // Acknowledge only once durable (invariant 7); every later decision reads this state.
-        self.store.flush().await.map_err(store_status)?;
+        self.make_durable().await?;
+        self.publish(event);
         tracing::info!(region = %self.region, %purpose, state = %record.state, sequence = record.sequence, "consent recorded");
         Ok(Response::new(pb::RecordConsentResponse {
             subject_ref: self.subject_ref(subject).to_string(),
@@ -211,15 +328,15 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
         let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
         let subject = self.resolve(&key)?;
-        let record = self
+        let meta = self
             .store
-            .subject(&subject)
+            .subject_meta(&subject)
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found("no such subject in this region"))?;
         // No pack: fail closed with a status, never a default allow (invariant 3).
         let pack = self
             .packs
-            .get(&record.jurisdiction)
+            .get(&meta.jurisdiction)
             .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
         let consent =
             self.store.current_consent(&subject, purpose, channel).map_err(store_status)?.map(|c| ConsentFact {
@@ -229,6 +346,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
                 double_opt_in_confirmed: c.double_opt_in_confirmed,
             });
         let decision = pack.decide(&DecisionInput { purpose, channel, at_unix: at, consent });
+        self.audit(AuditEvent::decision(purpose, channel, &decision), subject)?;
         tracing::debug!(region = %self.region, pack = %decision.pack, %purpose, %channel, effect = decision.effect.as_str(), reasons = ?decision.reasons, "decision");
         Ok(Response::new(pb::DecideResponse { decision: Some(self.decision_to_pb(subject, &decision)) }))
     }
@@ -291,5 +409,120 @@ impl<S: Store> RegionalNode for NodeService<S> {
             subjects,
             links,
         }))
+    }
+
+    async fn consent_history(
+        &self,
+        request: Request<pb::ConsentHistoryRequest>,
+    ) -> Result<Response<pb::ConsentHistoryResponse>, Status> {
+        let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
+        let subject = self.resolve(&key)?;
+        let history = self.store.consent_history(&subject).map_err(store_status)?;
+        Ok(Response::new(pb::ConsentHistoryResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            entries: history.iter().map(Self::entry_to_pb).collect(),
+        }))
+    }
+
+    async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
+        let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
+        let subject = self.resolve(&key)?;
+        let meta = self
+            .store
+            .subject_meta(&subject)
+            .map_err(store_status)?
+            .ok_or_else(|| store_status(StoreError::NotFound))?;
+        let record = self
+            .store
+            .subject_record(&subject)
+            .map_err(store_status)?
+            .ok_or_else(|| store_status(StoreError::NotFound))?;
+        let history = self.store.consent_history(&subject).map_err(store_status)?;
+        let now = now_unix();
+        let document = serde_json::json!({
+            "schema": "domicile.export.v1",
+            "subject_ref": self.subject_ref(subject).to_string(),
+            "region": self.region.to_string(),
+            "jurisdiction": meta.jurisdiction.to_string(),
+            "created_at": meta.created_at,
+            "restricted": meta.restricted,
+            "identifiers": record.identifiers.iter().map(|i| serde_json::json!({"kind": i.kind().as_str(), "value": i.expose_value()})).collect::<Vec<_>>(),
+            "profile": record.profile,
+            "consent": history,
+            "generated_at": now,
+        });
+        let document =
+            serde_json::to_vec_pretty(&document).map_err(|_| Status::internal("cannot encode the export"))?;
+        tracing::info!(region = %self.region, "subject exported");
+        Ok(Response::new(pb::ExportResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            document,
+            generated_at: Some(convert::to_timestamp(now)),
+        }))
+    }
+
+    async fn erase(&self, request: Request<pb::EraseRequest>) -> Result<Response<pb::EraseResponse>, Status> {
+        let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
+        let subject = self.resolve(&key)?;
+        let now = now_unix();
+        let erased = self.store.erase(&subject, now).map_err(store_status)?;
+        // The audit keeps a PII-free proof: a digest an auditor holding the subject ref can check.
+        let proof = erasure_proof(&self.subject_ref(subject), &erased.links, now);
+        self.audit(AuditEvent::Erasure { links_removed: erased.links.len(), proof }, subject)?;
+        self.make_durable().await?;
+        self.publish(erased.event);
+        tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
+        Ok(Response::new(pb::EraseResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            links: erased.links.iter().map(Link::to_string).collect(),
+            consent_records_erased: erased.consent_records as u64,
+            erased_at: Some(convert::to_timestamp(now)),
+        }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let mut after = request.into_inner().after_sequence;
+        let mut durable = self.durable.subscribe();
+        let store = Arc::clone(&self.store);
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BATCH);
+        let this = EventRenderer { region: self.region.clone() };
+        tokio::spawn(async move {
+            loop {
+                let limit = *durable.borrow_and_update();
+                let batch: Result<Vec<ChangeEvent>, StoreError> = store
+                    .events_after(after)
+                    .take_while(|e| match (e, limit) {
+                        (Ok(e), Some(limit)) => e.sequence <= limit,
+                        (Ok(_), None) => false,
+                        (Err(_), _) => true,
+                    })
+                    .take(WATCH_BATCH)
+                    .collect();
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    // Wait for the next durable write; stop when the node shuts down.
+                    tokio::select! {
+                        changed = durable.changed() => if changed.is_err() { return },
+                        () = tx.closed() => return,
+                    }
+                    continue;
+                }
+                for event in &batch {
+                    after = Some(event.sequence);
+                    if tx.send(Ok(this.render(event))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

@@ -181,15 +181,31 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    // Residency at rest: stop everything (flushing sled) and read the raw files.
+    // The EU node holds the DE subject (read back in-region through its export).
+    let mut eu_node = cluster.node(&region("eu-central")).await.unwrap();
+    let export = eu_node
+        .export(node::ExportRequest {
+            subject: Some(common::SubjectKey {
+                key: Some(common::subject_key::Key::SubjectRef(registered.subject_ref.clone())),
+            }),
+        })
+        .await
+        .expect("export in-region")
+        .into_inner();
+    let document = String::from_utf8(export.document).unwrap();
+    assert!(document.contains(DE_EMAIL_NORMALIZED) && document.contains(DE_PHONE_NORMALIZED));
+    for other in ["us-east", "sa-east"] {
+        let info = cluster.node(&region(other)).await.unwrap().info(node::InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.subjects, u64::from(other == "us-east"), "{other} holds only its own subjects");
+    }
+
+    // Residency at rest: stop everything (flushing sled) and read the raw files. Nothing the
+    // cluster wrote outside the EU node holds the DE identifiers, and even there they are
+    // encrypted at rest (checked below by searching every file, EU included).
     cluster.stop().await;
     let dir = cluster.dir().to_owned();
     let eu = dir.join("data/eu-central");
-    assert!(
-        !files_containing(&eu, DE_EMAIL_NORMALIZED.as_bytes()).is_empty(),
-        "the EU node holds the DE subject's email"
-    );
-    assert!(!files_containing(&eu, DE_PHONE_NORMALIZED.as_bytes()).is_empty(), "the EU node holds the phone");
+    assert!(!files_under(&eu).is_empty(), "the EU node wrote its database");
     let mut needles: Vec<&[u8]> =
         vec![DE_EMAIL.as_bytes(), DE_EMAIL_NORMALIZED.as_bytes(), DE_PHONE.as_bytes(), DE_PHONE_NORMALIZED.as_bytes()];
     needles.push(b"residency-probe");
@@ -200,9 +216,10 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
             assert!(files_containing(&path, needle).is_empty(), "{other} holds DE personal data");
         }
     }
-    // Everything else the cluster wrote: configs, certificates, every process's logs
-    // (including the gateway's and the EU node's own log).
-    for path in files_under(&dir).into_iter().filter(|p| !p.starts_with(&eu)) {
+    // Everything the cluster wrote: configs, certificates, every process's logs (including the
+    // gateway's and the EU node's own), and the EU node's own storage, where identifiers are
+    // sealed with the subject's key.
+    for path in files_under(&dir) {
         let bytes = std::fs::read(&path).unwrap();
         for needle in &needles {
             assert!(!bytes.windows(needle.len()).any(|w| w == *needle), "{} contains DE personal data", path.display());
@@ -426,7 +443,11 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "no pack for JP yet: refused");
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "JP subjects live in ap-northeast, which this cluster lacks: refused"
+    );
 
     // Consent records for a valid subject with no consent ledger change keep the ledger empty:
     // the FR subject's decisions still carry no consent.

@@ -1,9 +1,13 @@
 //! Storage behind a trait, so a region can move from sled to another engine without touching the
-//! gRPC layer. Every mutating call returns only once the change is durable (invariant 7).
+//! gRPC layer. Every mutating call is durable once `flush` returns (invariant 7), and personal data
+//! is encrypted per subject at rest so erasure can destroy it (invariant 6).
 
 mod sled_store;
+pub mod vault;
 
 pub use sled_store::SledStore;
+
+use std::collections::BTreeMap;
 
 use domicile_types::{Channel, ConsentState, Jurisdiction, Link, NormalizedIdentifier, Purpose, SubjectId};
 
@@ -15,18 +19,32 @@ pub enum StoreError {
     /// An identifier already belongs to a subject of another jurisdiction.
     #[error("identifier belongs to a subject of another jurisdiction")]
     JurisdictionMismatch,
+    #[error("no such subject")]
+    NotFound,
     #[error("storage failure: {0}")]
     Backend(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
 }
 
-/// What a node keeps about a subject.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SubjectRecord {
+/// What a node keeps about a subject outside the encrypted record: enough to route and decide,
+/// nothing that identifies the person.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubjectMeta {
     pub jurisdiction: Jurisdiction,
-    pub identifiers: Vec<NormalizedIdentifier>,
     pub created_at: i64,
+    /// Processing restricted (GDPR Art. 18): decisions deny until lifted.
+    #[serde(default)]
+    pub restricted: bool,
+}
+
+/// The subject's personal data. Stored only encrypted with the subject's key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubjectRecord {
+    pub identifiers: Vec<NormalizedIdentifier>,
+    /// Free-form profile fields (name, language, …), personal data.
+    #[serde(default)]
+    pub profile: BTreeMap<String, String>,
 }
 
 /// How a consent was captured.
@@ -82,6 +100,8 @@ pub struct Registered {
     pub subject: SubjectId,
     pub links: Vec<Link>,
     pub created: bool,
+    /// Sequence of the change event, if new links were added.
+    pub event: Option<u64>,
 }
 
 /// A new consent record before the store assigns its sequence number.
@@ -96,6 +116,31 @@ pub struct NewConsent {
     pub evidence: Evidence,
 }
 
+/// What erasure removed.
+#[derive(Debug, Clone)]
+pub struct Erased {
+    pub links: Vec<Link>,
+    pub consent_records: usize,
+    pub event: u64,
+}
+
+/// A pseudonymous change, as watchers see it. Carries links and vocabulary values only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeEvent {
+    pub sequence: u64,
+    pub at: i64,
+    pub subject: SubjectId,
+    pub links: Vec<Link>,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Change {
+    Registered,
+    Consent { purpose: Purpose, channels: Vec<Channel>, state: ConsentState },
+    Erased,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Stores a subject with its identifiers (already normalised, with their links), or adds new
     /// identifiers to the one subject that already holds some of them.
@@ -108,10 +153,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Registered, StoreError>;
 
     fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError>;
-    fn subject(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError>;
+    fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError>;
+    /// The decrypted personal record; `None` if the subject does not exist or was erased.
+    fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError>;
 
-    /// Appends to the ledger and updates the current state; returns the record as stored.
-    fn append_consent(&self, subject: &SubjectId, consent: NewConsent) -> Result<ConsentRecord, StoreError>;
+    /// Appends to the ledger and updates the current state; returns the record as stored and the
+    /// sequence of its change event.
+    fn append_consent(&self, subject: &SubjectId, consent: NewConsent) -> Result<(ConsentRecord, u64), StoreError>;
     fn current_consent(
         &self,
         subject: &SubjectId,
@@ -120,8 +168,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<CurrentConsent>, StoreError>;
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError>;
 
+    /// Destroys the subject's key, then removes its records, links and current state.
+    fn erase(&self, subject: &SubjectId, now: i64) -> Result<Erased, StoreError>;
+
     /// Every (link, subject) pair, for rebuilding gateway directories.
     fn links(&self) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send>;
+    /// Change events with a sequence number greater than `after` (all, if `None`), in order.
+    /// Events become visible in sequence order: writers allocate and insert them one at a time.
+    fn events_after(&self, after: Option<u64>) -> Box<dyn Iterator<Item = Result<ChangeEvent, StoreError>> + Send>;
+    /// The highest event sequence stored, if any.
+    fn last_event(&self) -> Result<Option<u64>, StoreError>;
     fn counts(&self) -> Result<(u64, u64), StoreError>;
 
     /// Makes every change so far durable. Called before acknowledging a write.

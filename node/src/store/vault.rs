@@ -1,0 +1,227 @@
+//! Per-subject data keys, kept where they can really be destroyed.
+//!
+//! Every subject's personal data is encrypted at rest with its own AES-256-GCM key. Erasure
+//! destroys the key (invariant 6). sled is log-structured, so a value deleted from it can linger
+//! in old segments; keys therefore live outside sled, in a file of fixed-size slots that erasure
+//! overwrites in place with zeros and syncs. Once a slot is zeroed, the subject's ciphertexts in
+//! sled — including stale copies — can no longer be decrypted.
+//!
+//! Overwriting in place relies on the filesystem rewriting the same blocks (true for ext4 and
+//! xfs; copy-on-write filesystems such as btrfs or ZFS need the data directory on an encrypted
+//! volume whose keys are rotated, see deploy/README.md).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use domicile_types::{SUBJECT_ID_LEN, SubjectId};
+use hashbrown::HashMap;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::StoreError;
+
+const KEY_LEN: usize = 32;
+const SLOT_LEN: usize = SUBJECT_ID_LEN + KEY_LEN;
+const NONCE_LEN: usize = 12;
+const FILE_NAME: &str = "subject-keys.bin";
+
+/// A subject's data key. Only ever held in memory.
+pub struct SubjectKey {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectKey(<redacted>)")
+    }
+}
+
+impl SubjectKey {
+    fn from_bytes(bytes: &[u8; KEY_LEN]) -> Result<Self, StoreError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StoreError::Corrupt("subject key".into()))?;
+        Ok(Self { key: LessSafeKey::new(unbound) })
+    }
+
+    /// `nonce ‖ ciphertext ‖ tag`. `context` (e.g. the subject id and record kind) is
+    /// authenticated, so a ciphertext cannot be moved to another subject or record.
+    pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).map_err(|_| StoreError::Backend("random source failed".into()))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut out[NONCE_LEN..])
+            .map_err(|_| StoreError::Backend("encryption failed".into()))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(StoreError::Corrupt("sealed record too short".into()));
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| StoreError::Corrupt("nonce".into()))?;
+        let mut buffer = body.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(context), &mut buffer)
+            .map_err(|_| StoreError::Corrupt("record fails authentication".into()))?;
+        Ok(plain.to_vec())
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    slots: HashMap<SubjectId, (u64, [u8; KEY_LEN])>,
+    free: Vec<u64>,
+    next: u64,
+}
+
+/// The key file of one node.
+#[derive(Debug)]
+pub struct KeyVault {
+    inner: Mutex<Inner>,
+}
+
+impl KeyVault {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let io = |e: std::io::Error| StoreError::Backend(format!("key file: {e}"));
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path).map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut slots = HashMap::new();
+        let mut free = Vec::new();
+        // A torn final slot (crash mid-append) is ignored: its subject was never acknowledged.
+        let whole = bytes.len() / SLOT_LEN;
+        for index in 0..whole {
+            let slot = &bytes[index * SLOT_LEN..(index + 1) * SLOT_LEN];
+            if slot.iter().all(|b| *b == 0) {
+                free.push(index as u64);
+                continue;
+            }
+            let id =
+                SubjectId::from_slice(&slot[..SUBJECT_ID_LEN]).map_err(|_| StoreError::Corrupt("key slot".into()))?;
+            let mut key = [0u8; KEY_LEN];
+            key.copy_from_slice(&slot[SUBJECT_ID_LEN..]);
+            slots.insert(id, (index as u64, key));
+        }
+        Ok(Self { inner: Mutex::new(Inner { file, slots, free, next: whole as u64 }) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The subject's key, if it exists (it does not after erasure).
+    pub fn get(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
+        match self.lock().slots.get(subject) {
+            Some((_, bytes)) => SubjectKey::from_bytes(bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the subject's key, creating and durably storing a new one if needed.
+    pub fn get_or_create(&self, subject: &SubjectId) -> Result<SubjectKey, StoreError> {
+        let mut inner = self.lock();
+        if let Some((_, bytes)) = inner.slots.get(subject) {
+            return SubjectKey::from_bytes(bytes);
+        }
+        let mut key = [0u8; KEY_LEN];
+        SystemRandom::new().fill(&mut key).map_err(|_| StoreError::Backend("random source failed".into()))?;
+        let index = match inner.free.pop() {
+            Some(i) => i,
+            None => {
+                let i = inner.next;
+                inner.next += 1;
+                i
+            }
+        };
+        let mut slot = [0u8; SLOT_LEN];
+        slot[..SUBJECT_ID_LEN].copy_from_slice(subject.as_bytes());
+        slot[SUBJECT_ID_LEN..].copy_from_slice(&key);
+        write_slot(&mut inner.file, index, &slot)?;
+        inner.slots.insert(*subject, (index, key));
+        SubjectKey::from_bytes(&key)
+    }
+
+    /// Destroys the subject's key: its slot is overwritten with zeros and synced before this
+    /// returns. Returns whether a key existed.
+    pub fn destroy(&self, subject: &SubjectId) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some((index, _)) = inner.slots.remove(subject) else { return Ok(false) };
+        write_slot(&mut inner.file, index, &[0u8; SLOT_LEN])?;
+        inner.free.push(index);
+        Ok(true)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Raw key bytes, for tests that prove destruction by searching the disk for them.
+    #[cfg(test)]
+    pub fn raw_key(&self, subject: &SubjectId) -> Option<[u8; KEY_LEN]> {
+        self.lock().slots.get(subject).map(|(_, k)| *k)
+    }
+}
+
+fn write_slot(file: &mut File, index: u64, slot: &[u8; SLOT_LEN]) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Backend(format!("key file: {e}"));
+    file.seek(SeekFrom::Start(index * SLOT_LEN as u64)).map_err(io)?;
+    file.write_all(slot).map_err(io)?;
+    file.sync_data().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_destroy() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = KeyVault::open(dir.path()).unwrap();
+        let s = SubjectId::from_bytes([1; 16]);
+        let key = vault.get_or_create(&s).unwrap();
+        let sealed = key.seal(b"ctx", b"secret profile").unwrap();
+        assert_eq!(key.open(b"ctx", &sealed).unwrap(), b"secret profile");
+        assert!(key.open(b"other-ctx", &sealed).is_err(), "context is authenticated");
+        let raw = vault.raw_key(&s).unwrap();
+
+        // Keys survive reopen.
+        drop(vault);
+        let vault = KeyVault::open(dir.path()).unwrap();
+        let key = vault.get(&s).unwrap().unwrap();
+        assert_eq!(key.open(b"ctx", &sealed).unwrap(), b"secret profile");
+
+        assert!(vault.destroy(&s).unwrap());
+        assert!(vault.get(&s).unwrap().is_none());
+        let file = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!file.windows(KEY_LEN).any(|w| w == raw), "the key bytes are gone from disk");
+        drop(vault);
+        let vault = KeyVault::open(dir.path()).unwrap();
+        assert!(vault.get(&s).unwrap().is_none(), "destruction survives reopen");
+
+        // Freed slots are reused.
+        let t = SubjectId::from_bytes([2; 16]);
+        vault.get_or_create(&t).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(), SLOT_LEN as u64);
+    }
+}

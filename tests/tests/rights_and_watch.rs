@@ -1,0 +1,212 @@
+//! Rights and change events on real processes: erasure (invariant 6), consent history, and the
+//! resumable watch stream.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::node::v1 as node;
+use domicile_cluster_tests::{TestCluster, files_containing, region};
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+
+fn identifier(kind: &str, value: &str) -> common::Identifier {
+    common::Identifier { kind: kind.into(), value: value.into() }
+}
+
+fn by_email(value: &str) -> Option<gw::SubjectSelector> {
+    Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(identifier("email", value))) })
+}
+
+fn consent(
+    subject: Option<gw::SubjectSelector>,
+    action: common::ConsentAction,
+    channel: &str,
+) -> gw::RecordConsentRequest {
+    gw::RecordConsentRequest {
+        subject,
+        purpose: "marketing".into(),
+        channels: vec![channel.into()],
+        action: action as i32,
+        evidence: Some(common::Evidence { notice_version: "v7".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn by_ref(subject_ref: &str) -> Option<common::SubjectKey> {
+    Some(common::SubjectKey { key: Some(common::subject_key::Key::SubjectRef(subject_ref.into())) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
+    let mut cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let email = "erase.probe.person@example.fr";
+    let phone = "+33612345678";
+    let subject = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "FR".into(),
+            identifiers: vec![identifier("email", email), identifier("phone", phone)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .register(gw::RegisterRequest {
+            jurisdiction: "FR".into(),
+            identifiers: vec![identifier("email", "stays@example.fr")],
+        })
+        .await
+        .unwrap();
+    client.record_consent(consent(by_email(email), common::ConsentAction::Grant, "email")).await.unwrap();
+    client.record_consent(consent(by_email(email), common::ConsentAction::Withdraw, "email")).await.unwrap();
+
+    let history =
+        client.consent_history(gw::ConsentHistoryRequest { subject: by_email(email) }).await.unwrap().into_inner();
+    let states: Vec<&str> = history.entries.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(states, ["granted", "withdrawn"], "the ledger keeps every record in order");
+    assert_eq!(history.entries[0].evidence.as_ref().unwrap().notice_version, "v7");
+
+    let erased = client.erase(gw::EraseRequest { subject: by_email(email) }).await.expect("erase").into_inner();
+    assert_eq!(erased.subject_ref, subject.subject_ref);
+    assert_eq!(erased.links_removed, 2);
+    assert_eq!(erased.consent_records_erased, 2);
+
+    // Gone for every lookup path: identifier, link, subject ref; a second erase finds nothing.
+    for selector in [
+        by_email(email),
+        Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Link(subject.links[1].clone())) }),
+        Some(gw::SubjectSelector {
+            selector: Some(gw::subject_selector::Selector::SubjectRef(subject.subject_ref.clone())),
+        }),
+    ] {
+        let status = client
+            .decide(gw::DecideRequest {
+                subject: selector,
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                at: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    }
+    assert_eq!(client.erase(gw::EraseRequest { subject: by_email(email) }).await.unwrap_err().code(), Code::NotFound);
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let status = eu.export(node::ExportRequest { subject: by_ref(&subject.subject_ref) }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "exports fail for an erased subject");
+    // Other subjects are untouched.
+    let other = client
+        .decide(gw::DecideRequest {
+            subject: by_email("stays@example.fr"),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            at: None,
+        })
+        .await
+        .expect("another subject still decides");
+    assert!(other.into_inner().decision.is_some());
+    // A fresh gateway would not find the links either: the node no longer lists them.
+    let mut listed = eu.list_links(node::ListLinksRequest { batch_size: 0 }).await.unwrap().into_inner();
+    let mut links = Vec::new();
+    while let Some(batch) = listed.message().await.unwrap() {
+        links.extend(batch.entries);
+    }
+    assert_eq!(links.len(), 1, "only the other subject's link remains");
+
+    // Raw storage holds none of the identifiers.
+    cluster.stop().await;
+    for needle in [email.as_bytes(), phone.as_bytes(), b"erase.probe"] {
+        assert!(files_containing(cluster.dir(), needle).is_empty());
+    }
+
+    // The region's audit log verifies offline and covers registrations, consent changes,
+    // decisions and the erasure, with only a PII-free proof of the latter.
+    let data = cluster.dir().join("data/eu-central");
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(BIN).args(["audit", "verify", "--json"]).arg(path).output().unwrap()
+    };
+    let ok = verify(&data);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    let log_path = data.join("audit.log");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for kind in ["\"registration\"", "\"consent\"", "\"decision\"", "\"erasure\""] {
+        assert!(log.contains(kind), "audit log has a {kind} entry");
+    }
+    // Tamper with one entry: turn the first recorded decision's effect around.
+    let lines: Vec<&str> = log.lines().collect();
+    let (index, line) = lines.iter().enumerate().find(|(_, l)| l.contains("\"kind\":\"decision\"")).unwrap();
+    let tampered_line = if line.contains("\"deny\"") {
+        line.replace("\"deny\"", "\"allow\"")
+    } else {
+        line.replace("\"allow\"", "\"deny\"")
+    };
+    assert_ne!(&tampered_line, line);
+    let mut tampered: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    tampered[index] = tampered_line;
+    std::fs::write(&log_path, tampered.join("\n") + "\n").unwrap();
+    let bad = verify(&data);
+    assert_eq!(bad.status.code(), Some(1), "tampering is detected");
+    let report = String::from_utf8_lossy(&bad.stdout);
+    assert!(report.contains(&format!("\"line\":{}", index + 1)), "the report names the entry: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_reconnects_misses_no_event() {
+    let cluster = TestCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut node_client = cluster.node(&region("us-east")).await.unwrap();
+    let email = "watch.me@example.com";
+    let registered = client
+        .register(gw::RegisterRequest { jurisdiction: "US".into(), identifiers: vec![identifier("email", email)] })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut stream = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().expect("the registration event");
+    assert_eq!(first.kind, common::ChangeKind::Registered as i32);
+    assert_eq!(first.links, registered.links);
+    assert_eq!(first.subject_ref, registered.subject_ref);
+
+    // Live events arrive as they are acknowledged.
+    client.record_consent(consent(by_email(email), common::ConsentAction::Deny, "email")).await.unwrap();
+    let live = stream.message().await.unwrap().expect("a live event");
+    assert_eq!(live.kind, common::ChangeKind::Consent as i32);
+    assert_eq!((live.purpose.as_str(), live.state.as_str()), ("marketing", "denied"));
+    assert_eq!(live.channels, ["email"]);
+    assert_eq!(live.links, registered.links, "events carry links, never identifiers");
+    let last_seen = live.sequence;
+
+    // Disconnect; changes keep happening.
+    drop(stream);
+    client.record_consent(consent(by_email(email), common::ConsentAction::Grant, "sms")).await.unwrap();
+    client.record_consent(consent(by_email(email), common::ConsentAction::Withdraw, "sms")).await.unwrap();
+    client.erase(gw::EraseRequest { subject: by_email(email) }).await.unwrap();
+
+    // Resume after the last sequence seen: exactly the three missed events, in order.
+    let mut resumed =
+        node_client.watch(node::WatchRequest { after_sequence: Some(last_seen) }).await.unwrap().into_inner();
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(resumed.message().await.unwrap().expect("missed event"));
+    }
+    assert!(missed.iter().all(|e| e.sequence > last_seen));
+    assert!(missed.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    let kinds: Vec<(i32, &str)> = missed.iter().map(|e| (e.kind, e.state.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (common::ChangeKind::Consent as i32, "granted"),
+            (common::ChangeKind::Consent as i32, "withdrawn"),
+            (common::ChangeKind::Erased as i32, ""),
+        ]
+    );
+    assert_eq!(missed[2].links, registered.links, "the erasure event tells watchers which links to drop");
+}
