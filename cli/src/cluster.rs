@@ -15,6 +15,8 @@ use clap::{Args, Subcommand};
 use domicile_gateway::GatewayConfig;
 use domicile_gateway::config::RegionEndpoint;
 use domicile_node::NodeConfig;
+use domicile_runtime::identity::{CallerIdentity, Scope};
+use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::pki::ClusterPki;
 use domicile_runtime::process::{ReadyLine, load_or_create_secret, shutdown_signal};
 use domicile_runtime::tls::TlsFiles;
@@ -29,6 +31,8 @@ use crate::topology::Topology;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long processes get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Local clusters pick up pack edits quickly.
+pub const DEFAULT_PACKS_RELOAD_MS: u64 = 2_000;
 
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
@@ -65,6 +69,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 regions: topology.region_ids(),
                 gateway_listen,
                 binary: std::env::current_exe().context("cannot find the domicile binary")?,
+                packs_trust: None,
+                packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
             };
             up(options).await
         }
@@ -112,6 +118,10 @@ pub struct ClusterOptions {
     pub gateway_listen: SocketAddr,
     /// The `domicile` binary to run nodes and the gateway with.
     pub binary: PathBuf,
+    /// Signature policy for the pack set (none: unsigned packs load, for development).
+    pub packs_trust: Option<TrustConfig>,
+    /// Pack reload polling interval in milliseconds (0: only on SIGHUP).
+    pub packs_reload_ms: u64,
 }
 
 /// One running child process.
@@ -159,7 +169,9 @@ impl LocalCluster {
         let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
         let link_key_file = dir.join("pki").join("link.key");
         load_or_create_secret(&link_key_file, true).context("cannot create the link key")?;
-        let client_tls = pki.client("cli")?;
+        // The CLI may do everything; it is an operator tool of the first region.
+        let first = options.regions.first().context("a cluster needs at least one region")?;
+        let client_tls = pki.caller(&CallerIdentity::new("cli", first.clone(), &Scope::ALL)?)?;
         let packs_dir = absolute(&options.packs_dir);
         anyhow::ensure!(
             packs_dir.is_dir(),
@@ -178,6 +190,8 @@ impl LocalCluster {
                 packs_dir: packs_dir.clone(),
                 link_key_file: link_key_file.clone(),
                 tls: pki.node(region)?,
+                packs_trust: options.packs_trust.clone(),
+                packs_reload_ms: options.packs_reload_ms,
             };
             let path = dir.join("config").join(format!("node-{region}.toml"));
             write_toml(&path, &config)?;
@@ -202,6 +216,8 @@ impl LocalCluster {
                 .iter()
                 .map(|(id, p)| RegionEndpoint { id: id.clone(), endpoint: p.addr.to_string() })
                 .collect(),
+            packs_trust: self.options.packs_trust.clone(),
+            packs_reload_ms: self.options.packs_reload_ms,
         };
         let path = self.dir.join("config").join("gateway.toml");
         write_toml(&path, &config)?;

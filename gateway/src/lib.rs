@@ -4,10 +4,15 @@
 //! memory, finds each subject's home region in its link directory and forwards the request to
 //! that region's node only. It persists nothing and logs no personal data (invariant 1).
 
+pub mod auth;
+mod batch;
 pub mod config;
 pub mod directory;
+pub mod guard;
 mod service;
 pub mod stack;
+mod sync;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,9 +21,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domicile_proto::pb::gateway::v1::domicile_server::DomicileServer;
-use domicile_proto::pb::node::v1 as node_pb;
+use domicile_runtime::packs::{PackReloader, keep_reloading};
 use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
-use domicile_types::{Link, LinkKey, RegionId, SubjectId};
+use domicile_types::LinkKey;
 use hashbrown::HashMap;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -32,7 +37,6 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long start-up waits for the first directory load before serving anyway; regions not
 /// loaded by then keep retrying and their subjects get UNAVAILABLE meanwhile.
 const INITIAL_SYNC_WAIT: Duration = Duration::from_secs(10);
-const SYNC_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs a gateway until `shutdown` resolves; `ready` gets the bound address once it serves.
 pub async fn serve(
@@ -43,10 +47,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     install_crypto_provider();
     let tls = TlsMaterial::load(&config.tls)?;
-    let (packs, warnings) = domicile_runtime::packs::load_dir(&config.packs_dir)?;
-    for warning in &warnings {
+    let packs = Arc::new(PackReloader::new(config.packs_dir.clone(), config.packs_trust.clone())?);
+    for warning in &packs.current().warnings {
         tracing::warn!(%warning, "policy pack warning");
     }
+    tokio::spawn(keep_reloading(Arc::clone(&packs), Duration::from_millis(config.packs_reload_ms)));
     let key_bytes = std::fs::read(&config.link_key_file)
         .with_context(|| format!("cannot read link key file {}", config.link_key_file.display()))?;
     let link_key = LinkKey::from_bytes(&key_bytes)?;
@@ -54,20 +59,24 @@ pub async fn serve(
     let timeout = Duration::from_millis(config.node_timeout_ms);
     let mut nodes = HashMap::new();
     for region in &config.regions {
-        let channel = stack::node_channel(&region.endpoint, tls.client(&region.id.node_server_name()), timeout)
+        let guard = guard::RegionState::new(region.id.clone(), guard::GuardSettings::default());
+        let channel = stack::node_channel(&region.endpoint, tls.client(&region.id.node_server_name()), timeout, guard)
             .with_context(|| format!("bad endpoint for region {}", region.id))?;
         nodes.insert(region.id.clone(), NodeClient::new(channel));
     }
     let nodes = Arc::new(nodes);
     let directory = Arc::new(Directory::new(config.regions.iter().map(|r| r.id.clone()).collect()));
 
+    // One follower per region for the gateway's lifetime: snapshot, then change events.
     let mut initial = Vec::new();
     for (region, client) in nodes.iter() {
-        initial.push(tokio::spawn(keep_syncing(region.clone(), client.clone(), Arc::clone(&directory))));
+        let (loaded, first_load) = tokio::sync::oneshot::channel();
+        tokio::spawn(sync::follow_region(region.clone(), client.clone(), Arc::clone(&directory), loaded));
+        initial.push(first_load);
     }
     let all_synced = async {
-        for task in &mut initial {
-            let _ = task.await;
+        for first_load in &mut initial {
+            let _ = first_load.await;
         }
     };
     if tokio::time::timeout(INITIAL_SYNC_WAIT, all_synced).await.is_err() {
@@ -75,7 +84,7 @@ pub async fn serve(
     }
     tracing::info!(links = directory.len(), "directory loaded");
 
-    let service = GatewayService::new(Arc::new(packs), link_key, Arc::clone(&directory), Arc::clone(&nodes));
+    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&nodes));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DomicileServer<GatewayService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -94,44 +103,4 @@ pub async fn serve(
         .await?;
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-/// Loads one region's links into the directory, retrying until it succeeds.
-async fn keep_syncing(region: RegionId, client: NodeClient, directory: Arc<Directory>) {
-    loop {
-        match sync_region(&region, client.clone(), &directory).await {
-            Ok(count) => {
-                directory.mark_synced(&region);
-                tracing::info!(%region, links = count, "region directory loaded");
-                return;
-            }
-            Err(status) => {
-                tracing::warn!(%region, code = ?status.code(), "cannot load region directory yet; retrying");
-                tokio::time::sleep(SYNC_RETRY).await;
-            }
-        }
-    }
-}
-
-async fn sync_region(region: &RegionId, mut client: NodeClient, directory: &Directory) -> Result<usize, tonic::Status> {
-    let mut stream = client.list_links(node_pb::ListLinksRequest { batch_size: 0 }).await?.into_inner();
-    let mut count = 0;
-    while let Some(batch) = stream.message().await? {
-        if batch.region != region.as_str() {
-            return Err(tonic::Status::failed_precondition("node answered for another region"));
-        }
-        // A malformed entry means a broken node: refuse the whole load rather than serve a
-        // directory with silent holes.
-        let entries = batch
-            .entries
-            .iter()
-            .map(|e| match (Link::from_slice(&e.link), SubjectId::from_slice(&e.subject_id)) {
-                (Ok(link), Ok(subject)) => Ok((link, subject)),
-                _ => Err(tonic::Status::data_loss("node sent a malformed link entry")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        count += entries.len();
-        directory.load_batch(region, entries);
-    }
-    Ok(count)
 }

@@ -5,28 +5,36 @@
 
 use std::sync::Arc;
 
-use domicile_policy::{PackSet, ResidencyError};
+use domicile_policy::ResidencyError;
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
+use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_server::Domicile;
 use domicile_proto::pb::gateway::v1::subject_selector::Selector;
 use domicile_proto::pb::node::v1 as node_pb;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_runtime::packs::PackReloader;
 use domicile_types::{Link, LinkKey, RegionId, SubjectRef};
 use hashbrown::HashMap;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::directory::{Directory, Miss};
+use crate::stack::NodeChannel;
 
-pub type NodeClient = RegionalNodeClient<Channel>;
+pub type NodeClient = RegionalNodeClient<NodeChannel>;
 
+/// Longest interaction summary a node accepts; checked here too so an oversized payload is
+/// refused before it is forwarded.
+const MAX_SUMMARY: usize = 2048;
+
+/// Cheap to clone: streaming handlers hand a clone to their tasks.
+#[derive(Clone)]
 pub struct GatewayService {
-    packs: Arc<PackSet>,
-    link_key: LinkKey,
+    packs: Arc<PackReloader>,
+    link_key: Arc<LinkKey>,
     directory: Arc<Directory>,
     nodes: Arc<HashMap<RegionId, NodeClient>>,
-    regions: Vec<RegionId>,
+    regions: Arc<Vec<RegionId>>,
 }
 
 fn invalid(v: FieldViolation) -> Status {
@@ -35,7 +43,7 @@ fn invalid(v: FieldViolation) -> Status {
 
 /// A node's answer, as the caller sees it. Node statuses are PII-free by construction and pass
 /// through; transport failures become UNAVAILABLE for that region only (fail closed).
-fn node_status(region: &RegionId, status: Status) -> Status {
+pub(crate) fn node_status(region: &RegionId, status: Status) -> Status {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             tracing::warn!(%region, code = ?status.code(), "home region unreachable");
@@ -47,17 +55,22 @@ fn node_status(region: &RegionId, status: Status) -> Status {
 
 impl GatewayService {
     pub fn new(
-        packs: Arc<PackSet>,
+        packs: Arc<PackReloader>,
         link_key: LinkKey,
         directory: Arc<Directory>,
         nodes: Arc<HashMap<RegionId, NodeClient>>,
     ) -> Self {
         let mut regions: Vec<RegionId> = nodes.keys().cloned().collect();
         regions.sort();
-        Self { packs, link_key, directory, nodes, regions }
+        Self { packs, link_key: Arc::new(link_key), directory, nodes, regions: Arc::new(regions) }
     }
 
-    fn node(&self, region: &RegionId) -> Result<NodeClient, Status> {
+    /// The deployment's regions, sorted.
+    pub(crate) fn regions(&self) -> &[RegionId] {
+        &self.regions
+    }
+
+    pub(crate) fn node(&self, region: &RegionId) -> Result<NodeClient, Status> {
         self.nodes
             .get(region)
             .cloned()
@@ -72,18 +85,27 @@ impl GatewayService {
     }
 
     /// Finds the home region of the selected subject and the pseudonymous key to send there.
-    fn target(&self, selector: Option<&pb::SubjectSelector>) -> Result<(RegionId, SubjectKey), Status> {
+    pub(crate) fn target(&self, selector: Option<&pb::SubjectSelector>) -> Result<(RegionId, SubjectKey), Status> {
+        self.target_field("subject", selector)
+    }
+
+    /// [`Self::target`] for a selector in field `field` (errors name it).
+    pub(crate) fn target_field(
+        &self,
+        field: &str,
+        selector: Option<&pb::SubjectSelector>,
+    ) -> Result<(RegionId, SubjectKey), Status> {
         let selector = selector
             .and_then(|s| s.selector.as_ref())
-            .ok_or_else(|| FieldViolation::new("subject", "an identifier, a link or a subject ref is required"))?;
+            .ok_or_else(|| FieldViolation::new(field, "an identifier, a link or a subject ref is required"))?;
         let subject = match selector {
             Selector::Identifier(id) => {
-                let identifier = convert::identifier("subject.identifier", Some(id)).map_err(invalid)?;
+                let identifier = convert::identifier(&format!("{field}.identifier"), Some(id)).map_err(invalid)?;
                 self.lookup(&self.link_key.link(&identifier))?
             }
-            Selector::Link(text) => self.lookup(&convert::link("subject.link", text).map_err(invalid)?)?,
+            Selector::Link(text) => self.lookup(&convert::link(&format!("{field}.link"), text).map_err(invalid)?)?,
             Selector::SubjectRef(text) => {
-                let subject = convert::subject_ref("subject.subject_ref", text).map_err(invalid)?;
+                let subject = convert::subject_ref(&format!("{field}.subject_ref"), text).map_err(invalid)?;
                 if !self.nodes.contains_key(&subject.region) {
                     return Err(Status::not_found("subject ref names a region this deployment does not have"));
                 }
@@ -96,16 +118,32 @@ impl GatewayService {
 
 #[tonic::async_trait]
 impl Domicile for GatewayService {
+    type DecideStreamStream = crate::batch::ResultStream;
+
+    async fn decide_stream(
+        &self,
+        request: Request<Streaming<pb::DecideStreamItem>>,
+    ) -> Result<Response<Self::DecideStreamStream>, Status> {
+        Ok(Response::new(crate::batch::decide_stream(self.clone(), request.into_inner())))
+    }
+
+    type WatchStream = crate::watch::EventStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(crate::watch::watch(self, &request.get_ref().resume_token)?))
+    }
+
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = request.into_inner();
         let jurisdiction = convert::jurisdiction("jurisdiction", &req.jurisdiction).map_err(invalid)?;
         let identifiers = convert::identifiers("identifiers", &req.identifiers).map_err(invalid)?;
-        let home = self.packs.home_region(&jurisdiction, &self.regions).map_err(|e| match e {
-            ResidencyError::NoPack => Status::failed_precondition("no policy pack covers this jurisdiction"),
-            ResidencyError::NoAllowedRegion => {
-                Status::failed_precondition("no region of this deployment may hold subjects of this jurisdiction")
-            }
-        })?;
+        let home =
+            self.packs.current().packs.home_region(&jurisdiction, self.regions.as_slice()).map_err(|e| match e {
+                ResidencyError::NoPack => Status::failed_precondition("no policy pack covers this jurisdiction"),
+                ResidencyError::NoAllowedRegion => {
+                    Status::failed_precondition("no region of this deployment may hold subjects of this jurisdiction")
+                }
+            })?;
         let links: Vec<Link> = identifiers.iter().map(|id| self.link_key.link(id)).collect();
         // Identity never spans regions: an identifier already held elsewhere stays there, and its
         // value is not sent to a second region.
@@ -247,6 +285,172 @@ impl Domicile for GatewayService {
             links_removed: reply.links.len() as u64,
             consent_records_erased: reply.consent_records_erased,
             erased_at: reply.erased_at,
+            rights_request: reply.rights_request,
+        }))
+    }
+
+    async fn merge(&self, request: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
+        let req = request.into_inner();
+        let (into_region, into_key) = self.target_field("into", req.into.as_ref())?;
+        let (from_region, from_key) = self.target_field("from", req.from.as_ref())?;
+        // Refused here, before any node is called: each half's data stays in its own region.
+        if into_region != from_region {
+            return Err(Status::failed_precondition("merging subjects of different regions is not allowed"));
+        }
+        let reply = self
+            .node(&into_region)?
+            .merge(node_pb::MergeRequest { into: Some(into_key.to_pb()), from: Some(from_key.to_pb()) })
+            .await
+            .map_err(|s| node_status(&into_region, s))?
+            .into_inner();
+        let into = SubjectRef::parse(&reply.subject_ref)
+            .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
+        if into.region != into_region {
+            return Err(Status::internal("home region returned a subject ref of another region"));
+        }
+        // The moved links name `into` from now on; other gateways learn it from the change events.
+        let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
+        self.directory.insert(&into, &links);
+        tracing::info!(region = %into_region, links = links.len(), "subjects merged");
+        Ok(Response::new(pb::MergeResponse {
+            subject_ref: reply.subject_ref,
+            links_moved: reply.links_moved,
+            consent_records_moved: reply.consent_records_moved,
+            interactions_moved: reply.interactions_moved,
+            home_region: into_region.to_string(),
+        }))
+    }
+
+    async fn record_interaction(
+        &self,
+        request: Request<pb::RecordInteractionRequest>,
+    ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+        let req = request.into_inner();
+        // Cheap checks before routing; the node validates the rest (kind, intent, texts).
+        convert::channel("channel", &req.channel).map_err(invalid)?;
+        convert::timestamp("occurred_at", req.occurred_at.as_ref()).map_err(invalid)?;
+        if req.summary.len() > MAX_SUMMARY {
+            return Err(FieldViolation::new("summary", format!("is longer than {MAX_SUMMARY} bytes")).into());
+        }
+        let (region, key) = self.target(req.subject.as_ref())?;
+        let reply = self
+            .node(&region)?
+            .record_interaction(node_pb::RecordInteractionRequest {
+                subject: Some(key.to_pb()),
+                channel: req.channel,
+                occurred_at: req.occurred_at,
+                kind: req.kind,
+                intent: req.intent,
+                summary: req.summary,
+                reference: req.reference,
+                open: req.open,
+            })
+            .await
+            .map_err(|s| node_status(&region, s))?
+            .into_inner();
+        Ok(Response::new(pb::RecordInteractionResponse {
+            subject_ref: reply.subject_ref,
+            sequence: reply.sequence,
+            recorded_at: reply.recorded_at,
+        }))
+    }
+
+    async fn get_context(
+        &self,
+        request: Request<pb::GetContextRequest>,
+    ) -> Result<Response<pb::GetContextResponse>, Status> {
+        let req = request.into_inner();
+        let (region, key) = self.target(req.subject.as_ref())?;
+        // Always minimised at the source: the gateway may be in another region than the subject,
+        // and interaction content is personal data no pack lets leave its home region (invariant
+        // 2). The full context is served only by the node, to callers in its region.
+        let reply = self
+            .node(&region)?
+            .get_context(node_pb::GetContextRequest { subject: Some(key.to_pb()), limit: req.limit, minimised: true })
+            .await
+            .map_err(|s| node_status(&region, s))?
+            .into_inner();
+        if !reply.minimised {
+            tracing::error!(%region, "node ignored a minimised context request");
+            return Err(Status::internal("home region returned a context that is not minimised"));
+        }
+        let strip = |mut i: common::Interaction| {
+            i.summary.clear();
+            i.reference.clear();
+            i
+        };
+        Ok(Response::new(pb::GetContextResponse {
+            subject_ref: reply.subject_ref,
+            latest_by_channel: reply.latest_by_channel.into_iter().map(strip).collect(),
+            open_intents: reply.open_intents,
+            recent: reply.recent.into_iter().map(strip).collect(),
+            minimised: true,
+            home_region: region.to_string(),
+        }))
+    }
+
+    async fn rectify(&self, request: Request<pb::RectifyRequest>) -> Result<Response<pb::RectifyResponse>, Status> {
+        let req = request.into_inner();
+        let normalise = |field: &str, pbs: &[common::Identifier]| {
+            if pbs.is_empty() { Ok(Vec::new()) } else { convert::identifiers(field, pbs).map_err(invalid) }
+        };
+        let add = normalise("add_identifiers", &req.add_identifiers)?;
+        let remove = normalise("remove_identifiers", &req.remove_identifiers)?;
+        let (region, key) = self.target(req.subject.as_ref())?;
+        // As for registration: an identifier held in another region stays there, and its value
+        // is not sent to this subject's region.
+        for id in &add {
+            match self.directory.lookup(&self.link_key.link(id)) {
+                Ok(existing) if existing.region != region => {
+                    return Err(Status::failed_precondition(
+                        "an identifier already belongs to a subject of another region",
+                    ));
+                }
+                Ok(_) | Err(Miss::Unknown) => {}
+                Err(Miss::Incomplete) => {
+                    return Err(Status::unavailable("the directory is still loading a region: retry shortly"));
+                }
+            }
+        }
+        let reply = self
+            .node(&region)?
+            .rectify(node_pb::RectifyRequest {
+                subject: Some(key.to_pb()),
+                add_identifiers: add.iter().map(convert::identifier_to_pb).collect(),
+                remove_identifiers: remove.iter().map(convert::identifier_to_pb).collect(),
+                set_profile: req.set_profile,
+                remove_profile: req.remove_profile,
+            })
+            .await
+            .map_err(|s| node_status(&region, s))?
+            .into_inner();
+        let subject = SubjectRef::parse(&reply.subject_ref)
+            .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
+        let parse = |links: &[String]| links.iter().filter_map(|l| Link::parse(l).ok()).collect::<Vec<Link>>();
+        self.directory.remove_subject_links(&subject, &parse(&reply.links_removed));
+        self.directory.insert(&subject, &parse(&reply.links_added));
+        tracing::info!(%region, added = reply.links_added.len(), removed = reply.links_removed.len(), "subject rectified");
+        Ok(Response::new(pb::RectifyResponse {
+            subject_ref: reply.subject_ref,
+            links_added: reply.links_added.len() as u64,
+            links_removed: reply.links_removed.len() as u64,
+            rights_request: reply.rights_request,
+        }))
+    }
+
+    async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
+        let req = request.into_inner();
+        let (region, key) = self.target(req.subject.as_ref())?;
+        let reply = self
+            .node(&region)?
+            .restrict(node_pb::RestrictRequest { subject: Some(key.to_pb()), restricted: req.restricted })
+            .await
+            .map_err(|s| node_status(&region, s))?
+            .into_inner();
+        Ok(Response::new(pb::RestrictResponse {
+            subject_ref: reply.subject_ref,
+            restricted: reply.restricted,
+            rights_request: reply.rights_request,
         }))
     }
 }

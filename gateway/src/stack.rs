@@ -1,9 +1,14 @@
 //! The one place where the gateway's service stacks are assembled: the server stack that faces
 //! callers and the client stack towards each region's node. Read top to bottom, outermost first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
+use tower::layer::util::{Identity, Stack};
+
+use crate::auth::AuthLayer;
+use crate::guard::{RegionGuard, RegionGuardLayer, RegionState};
 
 /// Deadline for a whole caller request (covers the node hop and directory work).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -11,30 +16,44 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Caller-facing server: mutual TLS (callers need a certificate from the cluster CA), a request
-/// deadline that also honours the caller's `grpc-timeout`, and load shedding so overload answers
-/// RESOURCE_EXHAUSTED quickly instead of queueing without bound.
-pub fn server(tls: ServerTlsConfig) -> Result<Server, tonic::transport::Error> {
+/// The client stack to one region's node.
+pub type NodeChannel = RegionGuard<Channel>;
+
+/// Caller-facing server, outermost first:
+/// 1. mutual TLS: a presented certificate must chain to the cluster CA (else the handshake
+///    fails). A certificate is optional at the TLS layer only so that its absence gets a precise
+///    UNAUTHENTICATED from (4) instead of an opaque handshake failure;
+/// 2. a request deadline that also honours the caller's `grpc-timeout`;
+/// 3. load shedding: overload answers RESOURCE_EXHAUSTED quickly instead of queueing;
+/// 4. caller identity and scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED.
+pub fn server(tls: ServerTlsConfig) -> Result<Server<Stack<AuthLayer, Identity>>, tonic::transport::Error> {
     Ok(Server::builder()
-        .tls_config(tls)?
+        .tls_config(tls.client_auth_optional(true))?
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .load_shed(true)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        .layer(AuthLayer::default()))
 }
 
-/// Channel to one region's node: mutual TLS where the node's certificate must name the region
-/// (the TLS config carries the region's server name), a per-call deadline, lazy connection so a
-/// region that is down at start does not stop the gateway from serving the others.
+/// Client stack to one region's node, outermost first:
+/// 1. the region guard (`guard.rs`): load shedding and a circuit breaker per region;
+/// 2. a per-call deadline (the region's budget; expiry counts as a failure in (1));
+/// 3. mutual TLS where the node's certificate must name the region (the TLS config carries the
+///    region's server name), so nothing is sent to a node of another region;
+/// 4. lazy connection, so a region that is down at start does not stop the gateway from serving
+///    the others, and a reconnect is attempted on the next call after a failure.
 pub fn node_channel(
     endpoint: &str,
     tls: ClientTlsConfig,
     timeout: Duration,
-) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("https://{endpoint}"))?
+    guard: Arc<RegionState>,
+) -> Result<NodeChannel, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(format!("https://{endpoint}"))?
         .tls_config(tls)?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)
         .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(tower::ServiceBuilder::new().layer(RegionGuardLayer::new(guard)).service(channel))
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use domicile_runtime::config::{ConfigError, load};
+use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::tls::TlsFiles;
 use domicile_types::RegionId;
 
@@ -25,6 +26,16 @@ pub struct NodeConfig {
     /// The deployment's link key (at least 32 bytes), shared with gateways.
     pub link_key_file: PathBuf,
     pub tls: TlsFiles,
+    /// Who must have signed the pack set; absent: unsigned sets load (development only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs_trust: Option<TrustConfig>,
+    /// How often to look for a changed pack set, in milliseconds; 0: only on SIGHUP.
+    #[serde(default = "default_packs_reload_ms")]
+    pub packs_reload_ms: u64,
+}
+
+pub(crate) fn default_packs_reload_ms() -> u64 {
+    5_000
 }
 
 impl NodeConfig {

@@ -5,7 +5,9 @@
 //! ever sees identifiers at rest. Gateways reach it over mutual TLS and, apart from
 //! registration, speak to it only in links and subject refs.
 
+mod access;
 pub mod audit;
+mod commit;
 pub mod config;
 mod service;
 pub mod store;
@@ -13,9 +15,11 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNodeServer;
+use domicile_runtime::packs::{PackReloader, keep_reloading};
 use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
 use domicile_types::LinkKey;
 use tokio::net::TcpListener;
@@ -26,8 +30,8 @@ pub use config::NodeConfig;
 pub use service::NodeService;
 use store::{SledStore, Store};
 
-/// Largest request a node accepts; registrations and consent records are small.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest request a node accepts: batches of decisions are the big ones.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Runs a node until `shutdown` resolves. `ready` is called with the bound address once every
 /// dependency (packs, store, keys, TLS) is loaded and the server is about to accept.
@@ -39,10 +43,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     install_crypto_provider();
     let tls = TlsMaterial::load(&config.tls)?;
-    let (packs, warnings) = domicile_runtime::packs::load_dir(&config.packs_dir)?;
-    for warning in &warnings {
+    let packs = Arc::new(PackReloader::new(config.packs_dir.clone(), config.packs_trust.clone())?);
+    for warning in &packs.current().warnings {
         tracing::warn!(%warning, "policy pack warning");
     }
+    tokio::spawn(keep_reloading(Arc::clone(&packs), Duration::from_millis(config.packs_reload_ms)));
     let key_bytes = std::fs::read(&config.link_key_file)
         .with_context(|| format!("cannot read link key file {}", config.link_key_file.display()))?;
     let link_key = LinkKey::from_bytes(&key_bytes)?;
@@ -54,8 +59,7 @@ pub async fn serve(
         audit::AuditLog::open(&config.data_dir, &config.region)
             .with_context(|| format!("cannot open the audit log in {}", config.data_dir.display()))?,
     );
-    let service =
-        NodeService::new(config.region.clone(), Arc::clone(&store), Arc::new(packs), link_key, Arc::clone(&audit))?;
+    let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&audit))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;
@@ -69,6 +73,7 @@ pub async fn serve(
     ready(addr);
     Server::builder()
         .tls_config(tls.server())?
+        .layer(access::AccessLayer::new(config.region.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegionalNodeServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))

@@ -3,32 +3,49 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use domicile_policy::{ConsentFact, DecisionInput, Effect, PackSet};
+use domicile_policy::{ConsentFact, DecisionInput, Effect, Period};
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
-use domicile_types::{Link, LinkKey, RegionId, SubjectId, SubjectRef};
+use domicile_runtime::packs::PackReloader;
+use domicile_types::{Channel, Jurisdiction, Link, LinkKey, Purpose, RegionId, SubjectId, SubjectRef};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditEvent, AuditLog, erasure_proof};
-use crate::store::{Change, ChangeEvent, ConsentRecord, Evidence, NewConsent, Store, StoreError};
+use crate::audit::{AuditEvent, AuditLog, RequestId, RightsKind, RightsStatus, erasure_proof};
+use crate::commit::{FlushFn, GroupCommit};
+use crate::store::{
+    Change, ChangeEvent, ConsentRecord, Evidence, Interaction, InteractionKind, NewConsent, NewInteraction,
+    Rectification, RightsRequestRecord, Store, StoreError,
+};
 
 /// Captures may be stamped slightly ahead of this node's clock; beyond that they are a client bug.
 const MAX_CLOCK_SKEW_SECS: i64 = 300;
 const MAX_TEXT: usize = 256;
 const DEFAULT_LINK_BATCH: usize = 4096;
+/// Bounds one batch call's work; gateways split audiences into batches of this size or less.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+const MAX_SUMMARY: usize = 2048;
+const MAX_REFERENCE: usize = 128;
+const MAX_INTENT: usize = 64;
+const DEFAULT_CONTEXT: usize = 20;
+const MAX_CONTEXT: usize = 100;
+const MAX_PROFILE_FIELDS: usize = 64;
+const MAX_PROFILE_NAME: usize = 64;
+/// Used when the subject's pack names no rights deadline; the response says so.
+const DEFAULT_RIGHTS_DEADLINE: Period = Period::Days(30);
 
 pub struct NodeService<S> {
     region: RegionId,
     store: Arc<S>,
-    packs: Arc<PackSet>,
+    packs: Arc<PackReloader>,
     link_key: LinkKey,
     /// Highest change-event sequence known durable. Watchers deliver nothing beyond it, so a
     /// subscriber never sees a change that a crash could still undo.
     durable: tokio::sync::watch::Sender<Option<u64>>,
     audit: Arc<AuditLog>,
+    commit: Arc<GroupCommit>,
 }
 
 pub(crate) fn now_unix() -> i64 {
@@ -46,6 +63,10 @@ fn store_status(e: StoreError) -> Status {
             Status::failed_precondition("an identifier already belongs to a subject of another jurisdiction")
         }
         StoreError::NotFound => Status::not_found("no such subject in this region"),
+        StoreError::MergeJurisdictionMismatch => {
+            Status::failed_precondition("merging subjects of different jurisdictions is not allowed")
+        }
+        StoreError::NotHeld => Status::failed_precondition("an identifier to remove does not belong to the subject"),
         StoreError::Backend(detail) => {
             tracing::error!(%detail, "storage backend failure");
             Status::unavailable("storage unavailable")
@@ -61,17 +82,79 @@ fn invalid(v: FieldViolation) -> Status {
     v.into()
 }
 
+/// `[a-z0-9._-]{1,max}`: intents and profile field names are vocabulary, not free text.
+fn token(field: &str, text: &str, max: usize) -> Result<String, FieldViolation> {
+    if text.is_empty() || text.len() > max {
+        return Err(FieldViolation::new(field, format!("must be 1-{max} bytes")));
+    }
+    if !text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
+        return Err(FieldViolation::new(field, "may contain only `a-z`, `0-9`, `.`, `_` and `-`"));
+    }
+    Ok(text.to_owned())
+}
+
+/// Free text such as an interaction summary: line breaks and tabs allowed, other controls not.
+fn free_text(field: &str, text: &str, max: usize) -> Result<String, FieldViolation> {
+    if text.len() > max {
+        return Err(FieldViolation::new(field, format!("is longer than {max} bytes")));
+    }
+    if text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err(FieldViolation::new(field, "contains control characters"));
+    }
+    Ok(text.to_owned())
+}
+
+/// The warm hand-off view of an interaction log: the latest interaction per channel, intents
+/// whose latest interaction is still open, and the `limit` most recent, all newest first.
+/// "Latest" is by occurrence time (then recording order), so late-recorded entries sort right.
+fn context_of(mut log: Vec<Interaction>, limit: usize) -> (Vec<Interaction>, Vec<String>, Vec<Interaction>) {
+    log.sort_by_key(|i| std::cmp::Reverse((i.occurred_at, i.sequence)));
+    let mut latest_by_channel: Vec<Interaction> = Vec::new();
+    let mut seen_intents: Vec<&str> = Vec::new();
+    let mut open_intents = Vec::new();
+    for interaction in &log {
+        if !latest_by_channel.iter().any(|i| i.channel == interaction.channel) {
+            latest_by_channel.push(interaction.clone());
+        }
+        if !seen_intents.contains(&interaction.intent.as_str()) {
+            seen_intents.push(&interaction.intent);
+            if interaction.open {
+                open_intents.push(interaction.intent.clone());
+            }
+        }
+    }
+    let recent = log.iter().take(limit).cloned().collect();
+    (latest_by_channel, open_intents, recent)
+}
+
 impl<S: Store> NodeService<S> {
     pub fn new(
         region: RegionId,
         store: Arc<S>,
-        packs: Arc<PackSet>,
+        packs: Arc<PackReloader>,
         link_key: LinkKey,
         audit: Arc<AuditLog>,
     ) -> Result<Self, StoreError> {
         // Everything recovered from disk is durable.
         let (durable, _) = tokio::sync::watch::channel(store.last_event()?);
-        Ok(Self { region, store, packs, link_key, durable, audit })
+        // One flush (store and audit log) serves every write waiting when it starts.
+        let flush: FlushFn = {
+            let (store, audit) = (Arc::clone(&store), Arc::clone(&audit));
+            Arc::new(move || {
+                let (store, audit) = (Arc::clone(&store), Arc::clone(&audit));
+                Box::pin(async move {
+                    let synced = tokio::task::spawn_blocking(move || audit.sync());
+                    store.flush().await.map_err(|e| e.to_string())?;
+                    match synced.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            })
+        };
+        let commit = GroupCommit::start(flush);
+        Ok(Self { region, store, packs, link_key, durable, audit, commit })
     }
 
     /// Records an audit entry. A change or decision that cannot be audited is refused
@@ -86,16 +169,10 @@ impl<S: Store> NodeService<S> {
     /// Makes the store and the audit log durable: the point after which a write may be
     /// acknowledged (invariant 7).
     async fn make_durable(&self) -> Result<(), Status> {
-        let audit = Arc::clone(&self.audit);
-        let (store, audit) = tokio::join!(self.store.flush(), tokio::task::spawn_blocking(move || audit.sync()));
-        store.map_err(store_status)?;
-        match audit {
-            Ok(Ok(())) => Ok(()),
-            _ => {
-                tracing::error!("audit log sync failed");
-                Err(Status::unavailable("audit log unavailable"))
-            }
-        }
+        self.commit.commit().await.map_err(|e| {
+            tracing::error!(error = %e, "write could not be made durable");
+            Status::unavailable("storage unavailable")
+        })
     }
 
     /// Marks events up to `sequence` durable and wakes watchers. Called after a flush.
@@ -127,6 +204,89 @@ impl<S: Store> NodeService<S> {
         }
     }
 
+    /// A completed rights request with its deadline from the subject's pack (or the default,
+    /// named as such in `deadline_basis`).
+    fn rights_request(
+        &self,
+        jurisdiction: &Jurisdiction,
+        kind: RightsKind,
+        now: i64,
+    ) -> Result<RightsRequestRecord, Status> {
+        let id = domicile_runtime::process::random_bytes::<16>()
+            .map_err(|_| Status::unavailable("random source unavailable"))?;
+        let loaded = self.packs.current();
+        let pack = loaded.packs.get(jurisdiction);
+        let (deadline_at, deadline_basis) = match pack.and_then(|p| p.rights().deadline.map(|d| (p, d))) {
+            Some((pack, period)) => (period.after(now), format!("pack {}@{}: {period}", pack.id(), pack.version())),
+            None => (
+                DEFAULT_RIGHTS_DEADLINE.after(now),
+                format!("default: {DEFAULT_RIGHTS_DEADLINE} (the subject's pack sets no rights deadline)"),
+            ),
+        };
+        Ok(RightsRequestRecord {
+            request_id: RequestId::from_bytes(id).to_string(),
+            kind: kind.as_str().to_owned(),
+            received_at: now,
+            deadline_at,
+            status: RightsStatus::Completed.as_str().to_owned(),
+            deadline_basis,
+            completed_at: Some(now),
+        })
+    }
+
+    /// Audits a rights request (the audit keeps it even after the subject is erased).
+    fn audit_rights(&self, record: &RightsRequestRecord, kind: RightsKind, subject: SubjectId) -> Result<(), Status> {
+        let request_id = RequestId::parse(&record.request_id).map_err(|_| Status::internal("malformed request id"))?;
+        self.audit(
+            AuditEvent::RightsRequest {
+                kind,
+                request_id,
+                deadline_at: record.deadline_at,
+                status: RightsStatus::Completed,
+            },
+            subject,
+        )
+    }
+
+    /// Records, audits and (with the caller's `make_durable`) keeps a rights request.
+    fn book_rights(&self, subject: SubjectId, kind: RightsKind, now: i64) -> Result<RightsRequestRecord, Status> {
+        let meta = self
+            .store
+            .subject_meta(&subject)
+            .map_err(store_status)?
+            .ok_or_else(|| store_status(StoreError::NotFound))?;
+        let record = self.rights_request(&meta.jurisdiction, kind, now)?;
+        self.store.append_rights_request(&subject, &record).map_err(store_status)?;
+        self.audit_rights(&record, kind, subject)?;
+        Ok(record)
+    }
+
+    fn rights_to_pb(record: &RightsRequestRecord) -> common::RightsRequest {
+        common::RightsRequest {
+            request_id: record.request_id.clone(),
+            kind: record.kind.clone(),
+            received_at: Some(convert::to_timestamp(record.received_at)),
+            deadline_at: Some(convert::to_timestamp(record.deadline_at)),
+            status: record.status.clone(),
+            deadline_basis: record.deadline_basis.clone(),
+            completed_at: record.completed_at.map(convert::to_timestamp),
+        }
+    }
+
+    fn interaction_to_pb(interaction: &Interaction, minimised: bool) -> common::Interaction {
+        common::Interaction {
+            sequence: interaction.sequence,
+            channel: interaction.channel.to_string(),
+            occurred_at: Some(convert::to_timestamp(interaction.occurred_at)),
+            recorded_at: Some(convert::to_timestamp(interaction.recorded_at)),
+            kind: interaction.kind.as_str().to_owned(),
+            intent: interaction.intent.clone(),
+            summary: if minimised { String::new() } else { interaction.summary.clone() },
+            reference: if minimised { String::new() } else { interaction.reference.clone() },
+            open: interaction.open,
+        }
+    }
+
     fn subject_ref(&self, id: SubjectId) -> SubjectRef {
         SubjectRef { region: self.region.clone(), id }
     }
@@ -150,6 +310,55 @@ impl<S: Store> NodeService<S> {
                 }
             }
         }
+    }
+
+    /// One decision: the subject's pack evaluated against the current consent, audited.
+    fn decide_one(
+        &self,
+        key: &SubjectKey,
+        purpose: Purpose,
+        channel: Channel,
+        at: i64,
+    ) -> Result<common::Decision, Status> {
+        let subject = self.resolve(key)?;
+        let meta = self
+            .store
+            .subject_meta(&subject)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found("no such subject in this region"))?;
+        // No pack: fail closed with a status, never a default allow (invariant 3). The request
+        // keeps this snapshot even if a reload swaps the set meanwhile.
+        let loaded = self.packs.current();
+        let pack = loaded
+            .packs
+            .get(&meta.jurisdiction)
+            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
+        if meta.restricted {
+            // Right to restriction: nothing is processed for the subject until lifted, whatever
+            // consent says. Still audited and explainable like any decision.
+            let decision = domicile_policy::Decision {
+                effect: Effect::Deny,
+                reasons: vec![format!("{}.restricted", pack.id())],
+                pack: pack.pack_ref(),
+                obligations: Vec::new(),
+                explanation: "processing restricted at the subject's request (right to restriction)".to_owned(),
+                valid_until_unix: None,
+            };
+            self.audit(AuditEvent::decision(purpose, channel, &decision), subject)?;
+            return Ok(self.decision_to_pb(subject, &decision));
+        }
+        let consent =
+            self.store.current_consent(&subject, purpose, channel).map_err(store_status)?.map(|c| ConsentFact {
+                state: c.state,
+                captured_at_unix: c.captured_at,
+                expires_at_unix: c.expires_at,
+                double_opt_in_confirmed: c.double_opt_in_confirmed,
+                kind: None,
+            });
+        let decision = pack.decide(&DecisionInput::new(purpose, channel, at, consent));
+        self.audit(AuditEvent::decision(purpose, channel, &decision), subject)?;
+        tracing::debug!(region = %self.region, pack = %decision.pack, %purpose, %channel, effect = decision.effect.as_str(), reasons = ?decision.reasons, "decision");
+        Ok(self.decision_to_pb(subject, &decision))
     }
 
     fn decision_to_pb(&self, subject: SubjectId, decision: &domicile_policy::Decision) -> common::Decision {
@@ -191,6 +400,7 @@ impl EventRenderer {
         match &event.change {
             Change::Registered => pb.kind = common::ChangeKind::Registered as i32,
             Change::Erased => pb.kind = common::ChangeKind::Erased as i32,
+            Change::LinksRemoved => pb.kind = common::ChangeKind::LinksRemoved as i32,
             Change::Consent { purpose, channels, state } => {
                 pb.kind = common::ChangeKind::Consent as i32;
                 pb.purpose = purpose.to_string();
@@ -216,7 +426,8 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let identifiers = convert::identifiers("identifiers", &req.identifiers).map_err(invalid)?;
         // Defence in depth for residency (invariant 1): even a misrouted request cannot make this
         // node store a subject its pack does not allow here.
-        let pack = self
+        let loaded = self.packs.current();
+        let pack = loaded
             .packs
             .get(&jurisdiction)
             .ok_or_else(|| Status::failed_precondition("no policy pack covers this jurisdiction"))?;
@@ -327,28 +538,42 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let purpose = convert::purpose("purpose", &req.purpose).map_err(invalid)?;
         let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
         let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
-        let subject = self.resolve(&key)?;
-        let meta = self
-            .store
-            .subject_meta(&subject)
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found("no such subject in this region"))?;
-        // No pack: fail closed with a status, never a default allow (invariant 3).
-        let pack = self
-            .packs
-            .get(&meta.jurisdiction)
-            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
-        let consent =
-            self.store.current_consent(&subject, purpose, channel).map_err(store_status)?.map(|c| ConsentFact {
-                state: c.state,
-                captured_at_unix: c.captured_at,
-                expires_at_unix: c.expires_at,
-                double_opt_in_confirmed: c.double_opt_in_confirmed,
-            });
-        let decision = pack.decide(&DecisionInput { purpose, channel, at_unix: at, consent });
-        self.audit(AuditEvent::decision(purpose, channel, &decision), subject)?;
-        tracing::debug!(region = %self.region, pack = %decision.pack, %purpose, %channel, effect = decision.effect.as_str(), reasons = ?decision.reasons, "decision");
-        Ok(Response::new(pb::DecideResponse { decision: Some(self.decision_to_pb(subject, &decision)) }))
+        let decision = self.decide_one(&key, purpose, channel, at)?;
+        Ok(Response::new(pb::DecideResponse { decision: Some(decision) }))
+    }
+
+    async fn decide_batch(
+        &self,
+        request: Request<pb::DecideBatchRequest>,
+    ) -> Result<Response<pb::DecideBatchResponse>, Status> {
+        let req = request.into_inner();
+        if req.items.len() > MAX_BATCH_ITEMS {
+            return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")).into());
+        }
+        let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
+        let outcomes = req
+            .items
+            .iter()
+            .map(|item| {
+                let result = (|| {
+                    let key = convert::subject_key("subject", item.subject.as_ref()).map_err(invalid)?;
+                    let purpose = convert::purpose("purpose", &item.purpose).map_err(invalid)?;
+                    let channel = convert::channel("channel", &item.channel).map_err(invalid)?;
+                    self.decide_one(&key, purpose, channel, at)
+                })();
+                pb::DecideOutcome {
+                    id: item.id,
+                    result: Some(match result {
+                        Ok(decision) => pb::decide_outcome::Result::Decision(decision),
+                        Err(status) => pb::decide_outcome::Result::Error(common::ItemError {
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        }),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::DecideBatchResponse { outcomes }))
     }
 
     type ListLinksStream = LinkStream;
@@ -364,6 +589,8 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let store = Arc::clone(&self.store);
         let region = self.region.to_string();
+        // Read before iterating: every durable event up to here is already in the links tree.
+        let as_of_sequence = *self.durable.borrow();
         // sled iteration blocks; keep it off the async workers.
         tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(batch_size);
@@ -376,7 +603,10 @@ impl<S: Store> RegionalNode for NodeService<S> {
                         });
                         if batch.len() == batch_size {
                             let entries = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                            if tx.blocking_send(Ok(pb::LinkBatch { region: region.clone(), entries })).is_err() {
+                            if tx
+                                .blocking_send(Ok(pb::LinkBatch { region: region.clone(), entries, as_of_sequence }))
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -388,7 +618,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
                 }
             }
             if !batch.is_empty() {
-                let _ = tx.blocking_send(Ok(pb::LinkBatch { region, entries: batch }));
+                let _ = tx.blocking_send(Ok(pb::LinkBatch { region, entries: batch, as_of_sequence }));
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -396,9 +626,12 @@ impl<S: Store> RegionalNode for NodeService<S> {
 
     async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
         let (subjects, links) = self.store.counts().map_err(store_status)?;
+        let loaded = self.packs.current();
         Ok(Response::new(pb::InfoResponse {
             region: self.region.to_string(),
-            packs: self
+            packs_content_hash: loaded.content_hash.clone(),
+            packs_reload_error: self.packs.last_error().unwrap_or_default(),
+            packs: loaded
                 .packs
                 .packs()
                 .map(|p| {
@@ -439,6 +672,10 @@ impl<S: Store> RegionalNode for NodeService<S> {
             .ok_or_else(|| store_status(StoreError::NotFound))?;
         let history = self.store.consent_history(&subject).map_err(store_status)?;
         let now = now_unix();
+        // Bookkeeping first, so the document lists this request too.
+        let rights_request = self.book_rights(subject, RightsKind::Access, now)?;
+        let interactions = self.store.interactions(&subject).map_err(store_status)?;
+        let rights_requests = self.store.rights_requests(&subject).map_err(store_status)?;
         let document = serde_json::json!({
             "schema": "domicile.export.v1",
             "subject_ref": self.subject_ref(subject).to_string(),
@@ -449,15 +686,19 @@ impl<S: Store> RegionalNode for NodeService<S> {
             "identifiers": record.identifiers.iter().map(|i| serde_json::json!({"kind": i.kind().as_str(), "value": i.expose_value()})).collect::<Vec<_>>(),
             "profile": record.profile,
             "consent": history,
+            "interactions": interactions,
+            "rights_requests": rights_requests,
             "generated_at": now,
         });
         let document =
             serde_json::to_vec_pretty(&document).map_err(|_| Status::internal("cannot encode the export"))?;
+        self.make_durable().await?;
         tracing::info!(region = %self.region, "subject exported");
         Ok(Response::new(pb::ExportResponse {
             subject_ref: self.subject_ref(subject).to_string(),
             document,
             generated_at: Some(convert::to_timestamp(now)),
+            rights_request: Some(Self::rights_to_pb(&rights_request)),
         }))
     }
 
@@ -465,7 +706,15 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
         let subject = self.resolve(&key)?;
         let now = now_unix();
+        let meta = self
+            .store
+            .subject_meta(&subject)
+            .map_err(store_status)?
+            .ok_or_else(|| store_status(StoreError::NotFound))?;
+        // Not stored with the subject (it is about to go): the audit log and the response keep it.
+        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Erasure, now)?;
         let erased = self.store.erase(&subject, now).map_err(store_status)?;
+        self.audit_rights(&rights_request, RightsKind::Erasure, subject)?;
         // The audit keeps a PII-free proof: a digest an auditor holding the subject ref can check.
         let proof = erasure_proof(&self.subject_ref(subject), &erased.links, now);
         self.audit(AuditEvent::Erasure { links_removed: erased.links.len(), proof }, subject)?;
@@ -477,6 +726,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
             links: erased.links.iter().map(Link::to_string).collect(),
             consent_records_erased: erased.consent_records as u64,
             erased_at: Some(convert::to_timestamp(now)),
+            rights_request: Some(Self::rights_to_pb(&rights_request)),
         }))
     }
 
@@ -524,5 +774,255 @@ impl<S: Store> RegionalNode for NodeService<S> {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn merge(&self, request: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
+        let req = request.into_inner();
+        let into_key = convert::subject_key("into", req.into.as_ref()).map_err(invalid)?;
+        let from_key = convert::subject_key("from", req.from.as_ref()).map_err(invalid)?;
+        // Identity never spans regions: each half's data must stay where it is.
+        for key in [&into_key, &from_key] {
+            if let SubjectKey::Ref(subject) = key
+                && subject.region != self.region
+            {
+                return Err(Status::failed_precondition("merging subjects of different regions is not allowed"));
+            }
+        }
+        let into = self.resolve(&into_key)?;
+        let from = self.resolve(&from_key)?;
+        if into == from {
+            return Err(FieldViolation::new("from", "names the same subject as `into`").into());
+        }
+        let now = now_unix();
+        let merged = self.store.merge(&into, &from, now).map_err(store_status)?;
+        self.audit(AuditEvent::Merge { from: self.subject_ref(from), into: self.subject_ref(into) }, into)?;
+        self.make_durable().await?;
+        self.publish(merged.event);
+        tracing::info!(region = %self.region, links = merged.links.len(), consent_records = merged.consent_records, interactions = merged.interactions, "subjects merged");
+        Ok(Response::new(pb::MergeResponse {
+            subject_ref: self.subject_ref(into).to_string(),
+            links_moved: merged.links.len() as u64,
+            consent_records_moved: merged.consent_records as u64,
+            links: merged.links.iter().map(Link::to_string).collect(),
+            interactions_moved: merged.interactions as u64,
+            merged_subject_ref: self.subject_ref(from).to_string(),
+        }))
+    }
+
+    async fn record_interaction(
+        &self,
+        request: Request<pb::RecordInteractionRequest>,
+    ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+        let req = request.into_inner();
+        let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
+        let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
+        let now = now_unix();
+        let occurred_at = convert::timestamp("occurred_at", req.occurred_at.as_ref()).map_err(invalid)?.unwrap_or(now);
+        if occurred_at > now + MAX_CLOCK_SKEW_SECS {
+            return Err(FieldViolation::new("occurred_at", "is in the future").into());
+        }
+        let kind = InteractionKind::parse(&req.kind).ok_or_else(|| {
+            let expected: Vec<&str> = InteractionKind::ALL.iter().map(|k| k.as_str()).collect();
+            FieldViolation::new("kind", format!("expected one of {}", expected.join(", ")))
+        })?;
+        let intent = token("intent", &req.intent, MAX_INTENT).map_err(invalid)?;
+        let summary = free_text("summary", &req.summary, MAX_SUMMARY).map_err(invalid)?;
+        let reference = convert::short_text("reference", &req.reference, MAX_REFERENCE).map_err(invalid)?;
+        let subject = self.resolve(&key)?;
+        let stored = self
+            .store
+            .append_interaction(
+                &subject,
+                NewInteraction {
+                    channel,
+                    occurred_at,
+                    recorded_at: now,
+                    kind,
+                    intent,
+                    summary,
+                    reference,
+                    open: req.open,
+                },
+            )
+            .map_err(store_status)?;
+        self.make_durable().await?;
+        tracing::info!(region = %self.region, %channel, kind = kind.as_str(), sequence = stored.sequence, "interaction recorded");
+        Ok(Response::new(pb::RecordInteractionResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            sequence: stored.sequence,
+            recorded_at: Some(convert::to_timestamp(now)),
+        }))
+    }
+
+    async fn get_context(
+        &self,
+        request: Request<pb::GetContextRequest>,
+    ) -> Result<Response<pb::ContextResponse>, Status> {
+        let req = request.into_inner();
+        let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
+        let limit = match req.limit as usize {
+            0 => DEFAULT_CONTEXT,
+            n if n > MAX_CONTEXT => {
+                return Err(FieldViolation::new("limit", format!("at most {MAX_CONTEXT}")).into());
+            }
+            n => n,
+        };
+        let subject = self.resolve(&key)?;
+        let log = self.store.interactions(&subject).map_err(store_status)?;
+        let (latest, open_intents, recent) = context_of(log, limit);
+        let minimised = req.minimised;
+        Ok(Response::new(pb::ContextResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            latest_by_channel: latest.iter().map(|i| Self::interaction_to_pb(i, minimised)).collect(),
+            open_intents,
+            recent: recent.iter().map(|i| Self::interaction_to_pb(i, minimised)).collect(),
+            minimised,
+        }))
+    }
+
+    async fn rectify(&self, request: Request<pb::RectifyRequest>) -> Result<Response<pb::RectifyResponse>, Status> {
+        let req = request.into_inner();
+        let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
+        let linked = |field: &str, pbs: &[common::Identifier]| -> Result<Vec<_>, Status> {
+            if pbs.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(convert::identifiers(field, pbs)
+                .map_err(invalid)?
+                .into_iter()
+                .map(|id| {
+                    let link = self.link_key.link(&id);
+                    (id, link)
+                })
+                .collect())
+        };
+        let add = linked("add_identifiers", &req.add_identifiers)?;
+        let remove = linked("remove_identifiers", &req.remove_identifiers)?;
+        if add.iter().any(|(_, l)| remove.iter().any(|(_, r)| r == l)) {
+            return Err(
+                FieldViolation::new("remove_identifiers", "names an identifier also in `add_identifiers`").into()
+            );
+        }
+        if req.set_profile.len() + req.remove_profile.len() > MAX_PROFILE_FIELDS {
+            return Err(FieldViolation::new(
+                "set_profile",
+                format!("at most {MAX_PROFILE_FIELDS} profile fields per request"),
+            )
+            .into());
+        }
+        let mut set_profile = std::collections::BTreeMap::new();
+        for (name, value) in &req.set_profile {
+            let name = token("set_profile.key", name, MAX_PROFILE_NAME).map_err(invalid)?;
+            let value = convert::short_text("set_profile.value", value, MAX_TEXT).map_err(invalid)?;
+            set_profile.insert(name, value);
+        }
+        let remove_profile = req
+            .remove_profile
+            .iter()
+            .map(|name| token("remove_profile", name, MAX_PROFILE_NAME))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        if remove_profile.iter().any(|name| set_profile.contains_key(name)) {
+            return Err(FieldViolation::new("remove_profile", "names a field also in `set_profile`").into());
+        }
+        if add.is_empty() && remove.is_empty() && set_profile.is_empty() && remove_profile.is_empty() {
+            return Err(FieldViolation::new("subject", "nothing to rectify: no identifier or profile change").into());
+        }
+        let subject = self.resolve(&key)?;
+        let now = now_unix();
+        let change = Rectification { add, remove, set_profile, remove_profile };
+        let rectified = self.store.rectify(&subject, &change, now).map_err(store_status)?;
+        let rights_request = self.book_rights(subject, RightsKind::Rectification, now)?;
+        self.make_durable().await?;
+        if let Some(event) = rectified.event {
+            self.publish(event);
+        }
+        tracing::info!(region = %self.region, added = rectified.added.len(), removed = rectified.removed.len(), "subject rectified");
+        Ok(Response::new(pb::RectifyResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            links_added: rectified.added.iter().map(Link::to_string).collect(),
+            links_removed: rectified.removed.iter().map(Link::to_string).collect(),
+            rights_request: Some(Self::rights_to_pb(&rights_request)),
+        }))
+    }
+
+    async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
+        let req = request.into_inner();
+        let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
+        let subject = self.resolve(&key)?;
+        let now = now_unix();
+        self.store.set_restricted(&subject, req.restricted).map_err(store_status)?;
+        let rights_request = self.book_rights(subject, RightsKind::Restriction, now)?;
+        // Acknowledged only once durable: every later decision reflects it.
+        self.make_durable().await?;
+        tracing::info!(region = %self.region, restricted = req.restricted, "restriction changed");
+        Ok(Response::new(pb::RestrictResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            restricted: req.restricted,
+            rights_request: Some(Self::rights_to_pb(&rights_request)),
+        }))
+    }
+
+    async fn list_rights_requests(
+        &self,
+        request: Request<pb::ListRightsRequestsRequest>,
+    ) -> Result<Response<pb::ListRightsRequestsResponse>, Status> {
+        let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
+        let subject = self.resolve(&key)?;
+        let requests = self.store.rights_requests(&subject).map_err(store_status)?;
+        Ok(Response::new(pb::ListRightsRequestsResponse {
+            subject_ref: self.subject_ref(subject).to_string(),
+            requests: requests.iter().map(Self::rights_to_pb).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(sequence: u64, channel: Channel, occurred_at: i64, intent: &str, open: bool) -> Interaction {
+        Interaction {
+            sequence,
+            channel,
+            occurred_at,
+            recorded_at: occurred_at,
+            kind: InteractionKind::Message,
+            intent: intent.into(),
+            summary: format!("summary {sequence}"),
+            reference: String::new(),
+            open,
+        }
+    }
+
+    #[test]
+    fn context_shows_latest_per_channel_and_open_intents() {
+        let log = vec![
+            at(1, Channel::Web, 10, "billing.dispute", true),
+            at(2, Channel::Chat, 20, "billing.dispute", true),
+            at(3, Channel::Chat, 30, "delivery.status", true),
+            // Recorded last but happened before: sorts by occurrence.
+            at(4, Channel::Voice, 15, "billing.dispute", false),
+            at(5, Channel::Email, 25, "address.change", false),
+        ];
+        let (latest, open, recent) = context_of(log, 3);
+        let seqs = |v: &[Interaction]| v.iter().map(|i| i.sequence).collect::<Vec<_>>();
+        assert_eq!(seqs(&latest), [3, 5, 4, 1], "one per channel, newest first");
+        // billing.dispute's latest (chat at 20) is open; address.change closed.
+        assert_eq!(open, ["delivery.status", "billing.dispute"]);
+        assert_eq!(seqs(&recent), [3, 5, 2]);
+    }
+
+    #[test]
+    fn tokens_and_free_text_are_checked_without_echoing() {
+        assert!(token("intent", "billing.dispute", 64).is_ok());
+        for bad in ["", "Billing", "a b", &"x".repeat(65)] {
+            let err = token("intent", bad, 64).unwrap_err().to_string();
+            assert!(err.contains("intent"), "{err}");
+            assert!(bad.is_empty() || !err.contains(bad), "{err}");
+        }
+        assert!(free_text("summary", "line one\nline two\ttab", 2048).is_ok());
+        assert!(free_text("summary", "bell\u{7}", 2048).is_err());
+        assert!(free_text("summary", &"x".repeat(2049), 2048).is_err());
     }
 }

@@ -1,15 +1,23 @@
 //! The evaluator: a precompiled purpose × channel table, so a decision is one array lookup and a
-//! few comparisons. Everything a decision returns as text is built when the pack is compiled.
+//! few comparisons per applicable rule (at most one per pack in the `extends` chain). Everything
+//! a decision returns as text is built when the pack is compiled, except the next opening of a
+//! calling window.
 
 use std::fmt;
 
 use domicile_types::{Channel, ConsentState, Purpose};
 
-use crate::model::{Basis, Obligation, Rule};
+use crate::model::{Basis, CallingWindow, ConsentKind, Lifetime, Obligation, Register, Rule};
 use crate::pack::{Pack, PackRef};
+use crate::zone::Zone;
 
 /// Number of purpose × channel cells in a compiled table.
 pub(crate) const CELLS: usize = Purpose::COUNT * Channel::COUNT;
+
+/// Obligation ids the engine attaches itself; packs may not define them.
+pub(crate) const BUILTIN_OBLIGATIONS: &[&str] = &[CALLING_WINDOW];
+/// Attached to a deny outside a calling window: when contact may happen next.
+pub const CALLING_WINDOW: &str = "outside-window";
 
 pub(crate) fn cell_index(purpose: Purpose, channel: Channel) -> usize {
     purpose.index() * Channel::COUNT + channel.index()
@@ -24,15 +32,46 @@ pub struct DecisionInput {
     /// The instant the decision is for, in unix seconds (the library has no clock).
     pub at_unix: i64,
     pub consent: Option<ConsentFact>,
+    /// The subject's time zone, for calling windows. `None`: the window must hold in every zone
+    /// the pack lists, which fails safe for countries with several zones.
+    pub subject_time_zone: Option<Zone>,
+    /// Facts the caller asserts about this contact (soft opt-in conditions, register screening).
+    pub facts: Facts,
+}
+
+impl DecisionInput {
+    /// An input with no time zone and no asserted facts.
+    pub fn new(purpose: Purpose, channel: Channel, at_unix: i64, consent: Option<ConsentFact>) -> Self {
+        Self { purpose, channel, at_unix, consent, subject_time_zone: None, facts: Facts::default() }
+    }
+}
+
+/// Facts about one contact that rules may depend on. The default asserts nothing, which never
+/// turns a deny into an allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Facts {
+    /// Soft opt-in: the contact details were obtained from the subject in a sale.
+    pub contact_from_sale: bool,
+    /// Soft opt-in: the message is about the sender's own similar products or services.
+    pub similar_products: bool,
+    /// Soft opt-in: a clear, free opt-out was offered at collection and is in every message.
+    pub opt_out_offered: bool,
+    /// Result of screening the contact against the register the rule names: `Some(true)` = listed
+    /// (deny), `Some(false)` = screened and not listed, `None` = not screened yet (the decision
+    /// carries an obligation to screen).
+    pub on_register: Option<bool>,
 }
 
 /// The current consent state for one purpose × channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsentFact {
     pub state: ConsentState,
+    /// When the consent was given; for implied consent, the date of the purchase or inquiry.
     pub captured_at_unix: i64,
     pub expires_at_unix: Option<i64>,
     pub double_opt_in_confirmed: bool,
+    /// What the consent rests on; `None` is read as express consent.
+    pub kind: Option<ConsentKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,13 +136,19 @@ macro_rules! outcomes {
 outcomes! {
     DefaultDeny => "default_deny", "no rule", Deny;
     Prohibited => "prohibited", "prohibited", Deny;
+    Gap => "gap", "declared gap", Deny;
     ConsentGranted => "consent_granted", "consent granted", Allow;
+    SoftOptIn => "soft_opt_in", "soft opt-in conditions hold", Allow;
     NoObjection => "no_objection", "no objection", Allow;
     NoConsent => "no_consent", "no consent", Deny;
     ConsentDenied => "consent_denied", "consent denied", Deny;
     ConsentWithdrawn => "consent_withdrawn", "consent withdrawn", Deny;
     ConsentExpired => "consent_expired", "consent expired", Deny;
+    ConsentKindNotAccepted => "consent_kind_not_accepted", "consent kind not accepted", Deny;
     DoubleOptInUnconfirmed => "double_opt_in_unconfirmed", "double opt-in not confirmed", Deny;
+    OnRegister => "on_register", "on a do-not-contact register", Deny;
+    OutsideWindow => "outside_window", "outside the calling window", Deny;
+    NotInEffect => "not_in_effect", "pack not in effect", Deny;
 }
 
 impl fmt::Display for Outcome {
@@ -116,13 +161,15 @@ impl fmt::Display for Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub effect: Effect,
-    /// The deciding rule id, or `<pack-id>.default-deny`.
+    /// The deciding rule ids (every denying rule of a deny, every allowing rule of an allow), or
+    /// `<pack-id>.default-deny` / `<pack-id>.not-in-effect`.
     pub reasons: Vec<String>,
     pub pack: PackRef,
-    /// Attached to allow decisions only.
+    /// The allowing rules' obligations; on a deny outside a calling window, when contact may happen.
     pub obligations: Vec<Obligation>,
     pub explanation: String,
-    /// When an allow stops holding (a consent's expiry); `None` when it does not lapse by itself.
+    /// When the decision stops holding: an allow's consent expiry or window close, or when a deny
+    /// outside a calling window turns into a window; `None` when it does not change by itself.
     pub valid_until_unix: Option<i64>,
 }
 
@@ -131,61 +178,107 @@ pub struct Decision {
 pub struct Verdict<'p> {
     pub effect: Effect,
     pub outcome: Outcome,
-    /// The deciding rule; `None` for a default deny.
+    /// The deciding rule (the first denying one of a deny); `None` for a default deny.
     pub rule: Option<&'p Rule>,
     pub valid_until_unix: Option<i64>,
     cell: usize,
-    rule_index: usize,
+    /// Position of the deciding rule in the table's entries.
+    position: usize,
+    /// Which of the cell's entries are reasons (bit k = k-th entry of the cell).
+    mask: u32,
+    /// Which entries denied only because of the calling window.
+    window_mask: u32,
 }
+
+impl Verdict<'_> {
+    /// The rules that are reasons for this verdict, in the pack's order (most specific first).
+    pub fn reasons<'a>(&'a self, pack: &'a Pack) -> impl Iterator<Item = &'a Rule> + 'a {
+        let (start, len) = pack.table().cell(self.cell);
+        (0..len).filter(move |k| self.mask & (1 << k) != 0).filter_map(move |k| {
+            pack.table().entries.get(start + k).and_then(|&i| pack.effective_rules().get(usize::from(i)))
+        })
+    }
+}
+
+/// A rule with its references resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledRule {
+    pub(crate) obligations: Vec<Obligation>,
+    pub(crate) lifetime: Lifetime,
+    pub(crate) window: Option<CallingWindow>,
+    pub(crate) register: Option<Register>,
+}
+
+/// At most this many rules (one per pack of a chain, or dated versions) may share a cell.
+pub(crate) const MAX_RULES_PER_CELL: usize = 32;
 
 /// The compiled form of a pack's rules.
 #[derive(Debug, Clone)]
 pub(crate) struct DecisionTable {
-    /// Index into the pack's rules, per purpose × channel cell.
-    cells: [Option<u16>; CELLS],
-    /// `explanations[cell * Outcome::COUNT + outcome]`, prebuilt so deciding only clones.
+    /// Per purpose × channel cell: the slice of `entries` that applies.
+    cells: [(u16, u8); CELLS],
+    /// Indices into the pack's effective rules, per cell, most specific first.
+    pub(crate) entries: Box<[u16]>,
+    /// Parallel to the pack's effective rules.
+    pub(crate) compiled: Box<[CompiledRule]>,
+    /// `explanations[position * Outcome::COUNT + outcome]`, prebuilt so deciding only clones.
     explanations: Box<[String]>,
-    /// Resolved obligations per rule, in rule order.
-    obligations: Box<[Vec<Obligation>]>,
+    zones: Vec<Zone>,
+    effective: (Option<i64>, Option<i64>),
     default_reason: String,
+    not_in_effect_reason: String,
+    default_explanations: Box<[String]>,
 }
 
 impl DecisionTable {
-    /// Builds the table. Overlaps and dangling obligations were rejected by validation; here the
-    /// first rule for a cell wins and unknown obligations are skipped, so this cannot fail.
-    pub(crate) fn compile(pack: &PackRef, rules: &[Rule], defined: &[Obligation]) -> Self {
-        let mut cells = [None; CELLS];
-        for (index, rule) in rules.iter().enumerate() {
-            let Ok(index) = u16::try_from(index) else {
-                break;
-            };
-            for &channel in &rule.channels {
-                if let Some(cell) = cells.get_mut(cell_index(rule.purpose, channel)) {
-                    cell.get_or_insert(index);
-                }
-            }
-        }
-        let mut explanations = Vec::with_capacity(CELLS * Outcome::COUNT);
+    /// Builds the table from per-cell rule lists (indices into `rules`). Validation rejected
+    /// overlaps and dangling references, so this cannot fail; lists longer than the cap are cut.
+    pub(crate) fn compile(
+        pack: &PackRef,
+        rules: &[Rule],
+        cell_rules: &[Vec<u16>],
+        compiled: Vec<CompiledRule>,
+        zones: Vec<Zone>,
+        effective: (Option<i64>, Option<i64>),
+    ) -> Self {
+        let mut cells = [(0u16, 0u8); CELLS];
+        let mut entries = Vec::new();
+        let mut explanations = Vec::new();
         for &purpose in Purpose::ALL {
             for &channel in Channel::ALL {
-                let rule =
-                    cells.get(cell_index(purpose, channel)).copied().flatten().and_then(|i| rules.get(usize::from(i)));
-                for &outcome in Outcome::ALL {
-                    explanations.push(explain(pack, purpose, channel, rule, outcome));
+                let cell = cell_index(purpose, channel);
+                let list = cell_rules.get(cell).map_or(&[][..], |l| &l[..l.len().min(MAX_RULES_PER_CELL)]);
+                if let (Some(slot), Ok(start), Ok(len)) =
+                    (cells.get_mut(cell), u16::try_from(entries.len()), u8::try_from(list.len()))
+                {
+                    *slot = (start, len);
+                }
+                for &i in list {
+                    entries.push(i);
+                    let rule = rules.get(usize::from(i));
+                    for &outcome in Outcome::ALL {
+                        explanations.push(explain(pack, purpose, channel, rule, outcome));
+                    }
                 }
             }
         }
-        let obligations = rules
+        let default_explanations = [Outcome::DefaultDeny, Outcome::NotInEffect]
             .iter()
-            .map(|rule| {
-                rule.obligations.iter().filter_map(|id| defined.iter().find(|o| &o.id == id).cloned()).collect()
+            .map(|&o| match o {
+                Outcome::NotInEffect => format!("{}: {pack} is not in effect at the decision time", o.phrase()),
+                _ => format!("{}: no rule of {pack} decides this purpose and channel; denied by default", o.phrase()),
             })
             .collect();
         Self {
             cells,
+            entries: entries.into_boxed_slice(),
+            compiled: compiled.into_boxed_slice(),
             explanations: explanations.into_boxed_slice(),
-            obligations,
+            zones,
+            effective,
             default_reason: format!("{}.default-deny", pack.id),
+            not_in_effect_reason: format!("{}.not-in-effect", pack.id),
+            default_explanations,
         }
     }
 
@@ -193,8 +286,21 @@ impl DecisionTable {
         &self.default_reason
     }
 
-    pub(crate) fn rule_at(&self, purpose: Purpose, channel: Channel) -> Option<usize> {
-        self.cells.get(cell_index(purpose, channel)).copied().flatten().map(usize::from)
+    pub(crate) fn not_in_effect_reason(&self) -> &str {
+        &self.not_in_effect_reason
+    }
+
+    pub(crate) fn cell(&self, cell: usize) -> (usize, usize) {
+        self.cells.get(cell).map_or((0, 0), |&(s, l)| (usize::from(s), usize::from(l)))
+    }
+
+    pub(crate) fn entries(&self, purpose: Purpose, channel: Channel) -> &[u16] {
+        let (start, len) = self.cell(cell_index(purpose, channel));
+        self.entries.get(start..start + len).unwrap_or(&[])
+    }
+
+    pub(crate) fn zones(&self) -> &[Zone] {
+        &self.zones
     }
 }
 
@@ -215,71 +321,233 @@ fn explain(pack: &PackRef, purpose: Purpose, channel: Channel, rule: Option<&Rul
     }
 }
 
-/// Applies a basis to the consent on record. Fails closed: a grant captured after the decision
-/// instant does not count yet, while an objection counts whenever it was recorded.
-fn judge(basis: Basis, at_unix: i64, consent: Option<&ConsentFact>) -> (Outcome, Option<i64>) {
-    let state = consent.map(|c| c.state);
-    match basis {
-        Basis::Prohibited => (Outcome::Prohibited, None),
+/// What the consent on record says for a consent-based rule. Fails closed: a grant captured after
+/// the decision instant does not count yet, while an objection counts whenever it was recorded.
+fn judge_consent(
+    basis: Basis,
+    lifetime: &Lifetime,
+    at_unix: i64,
+    consent: Option<&ConsentFact>,
+) -> (Outcome, Option<i64>) {
+    let Some(c) = consent else { return (Outcome::NoConsent, None) };
+    match c.state {
+        ConsentState::Denied => (Outcome::ConsentDenied, None),
+        ConsentState::Withdrawn => (Outcome::ConsentWithdrawn, None),
+        ConsentState::Granted if c.captured_at_unix > at_unix => (Outcome::NoConsent, None),
+        ConsentState::Granted => {
+            let Some(limit) = lifetime.accepts(c.kind.unwrap_or(ConsentKind::Express)) else {
+                return (Outcome::ConsentKindNotAccepted, None);
+            };
+            let lapses = limit.map(|p| p.after(c.captured_at_unix));
+            let expiry = match (c.expires_at_unix, lapses) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if expiry.is_some_and(|e| e <= at_unix) {
+                (Outcome::ConsentExpired, None)
+            } else if basis == Basis::DoubleOptIn && !c.double_opt_in_confirmed {
+                (Outcome::DoubleOptInUnconfirmed, None)
+            } else {
+                (Outcome::ConsentGranted, expiry)
+            }
+        }
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One rule's verdict on an input: the outcome and until when it holds.
+pub(crate) fn judge(
+    rule: &Rule,
+    compiled: &CompiledRule,
+    input: &DecisionInput,
+    pack_zones: &[Zone],
+) -> (Outcome, Option<i64>) {
+    let at = input.at_unix;
+    let state = input.consent.as_ref().map(|c| c.state);
+    let (outcome, valid_until) = match rule.basis {
+        Basis::Prohibited => return (Outcome::Prohibited, None),
+        Basis::Gap => return (Outcome::Gap, None),
         Basis::OptOut | Basis::LegitimateInterest => match state {
             Some(ConsentState::Denied) => (Outcome::ConsentDenied, None),
             Some(ConsentState::Withdrawn) => (Outcome::ConsentWithdrawn, None),
             Some(ConsentState::Granted) => (Outcome::ConsentGranted, None),
             None => (Outcome::NoObjection, None),
         },
-        Basis::OptIn | Basis::DoubleOptIn => match consent {
-            None => (Outcome::NoConsent, None),
-            Some(c) => match c.state {
-                ConsentState::Denied => (Outcome::ConsentDenied, None),
-                ConsentState::Withdrawn => (Outcome::ConsentWithdrawn, None),
-                ConsentState::Granted if c.captured_at_unix > at_unix => (Outcome::NoConsent, None),
-                ConsentState::Granted if c.expires_at_unix.is_some_and(|e| e <= at_unix) => {
-                    (Outcome::ConsentExpired, None)
-                }
-                ConsentState::Granted if basis == Basis::DoubleOptIn && !c.double_opt_in_confirmed => {
-                    (Outcome::DoubleOptInUnconfirmed, None)
-                }
-                ConsentState::Granted => (Outcome::ConsentGranted, c.expires_at_unix),
-            },
+        Basis::OptIn | Basis::DoubleOptIn => judge_consent(rule.basis, &compiled.lifetime, at, input.consent.as_ref()),
+        Basis::SoftOptIn => match judge_consent(rule.basis, &compiled.lifetime, at, input.consent.as_ref()) {
+            // An objection ends a soft opt-in too.
+            granted @ (Outcome::ConsentGranted, _) => granted,
+            objection @ (Outcome::ConsentDenied | Outcome::ConsentWithdrawn, _) => objection,
+            _ if rule.conditions.iter().all(|c| c.holds(&input.facts)) => (Outcome::SoftOptIn, None),
+            other => other,
         },
+    };
+    if outcome.effect() == Effect::Deny {
+        return (outcome, valid_until);
     }
+    let valid_until = min_opt(valid_until, rule.effective_until);
+    if let Some(register) = &compiled.register
+        && input.facts.on_register == Some(true)
+        && !(register.exempt_with_consent && outcome == Outcome::ConsentGranted)
+    {
+        return (Outcome::OnRegister, None);
+    }
+    if let Some(window) = &compiled.window {
+        let zones = input.subject_time_zone.as_ref().map_or(pack_zones, std::slice::from_ref);
+        return match window.check(zones, at) {
+            Ok(close) => (outcome, min_opt(valid_until, Some(close))),
+            Err(next) => (Outcome::OutsideWindow, next),
+        };
+    }
+    (outcome, valid_until)
 }
 
 impl Pack {
     /// The decision without building its owned parts: no allocation, for hot loops and benchmarks.
+    /// Every rule covering the cell and in effect is judged; any deny wins over every allow.
     pub fn evaluate(&self, input: &DecisionInput) -> Verdict<'_> {
         let cell = cell_index(input.purpose, input.channel);
         let table = self.table();
-        let rule_index = table.cells.get(cell).copied().flatten().map_or(usize::MAX, usize::from);
-        let rule = self.rules().get(rule_index);
-        let (outcome, valid_until_unix) = match rule {
-            None => (Outcome::DefaultDeny, None),
-            Some(rule) => judge(rule.basis, input.at_unix, input.consent.as_ref()),
+        let default = |outcome| Verdict {
+            effect: Effect::Deny,
+            outcome,
+            rule: None,
+            valid_until_unix: None,
+            cell,
+            position: usize::MAX,
+            mask: 0,
+            window_mask: 0,
         };
-        Verdict { effect: outcome.effect(), outcome, rule, valid_until_unix, cell, rule_index }
+        let (from, until) = table.effective;
+        if from.is_some_and(|f| input.at_unix < f) || until.is_some_and(|u| input.at_unix >= u) {
+            return default(Outcome::NotInEffect);
+        }
+        let (start, len) = table.cell(cell);
+        let mut allow: Option<(usize, Outcome)> = None;
+        let mut deny: Option<(usize, Outcome)> = None;
+        let (mut allow_mask, mut deny_mask, mut window_mask) = (0u32, 0u32, 0u32);
+        let mut allow_until: Option<i64> = None;
+        let mut reopen: Option<i64> = None;
+        for k in 0..len {
+            let position = start + k;
+            let Some(index) = table.entries.get(position).map(|&i| usize::from(i)) else { break };
+            let (Some(rule), Some(compiled)) = (self.effective_rules.get(index), table.compiled.get(index)) else {
+                break;
+            };
+            if !rule.in_effect(input.at_unix) {
+                continue;
+            }
+            let (outcome, until) = judge(rule, compiled, input, table.zones());
+            if outcome.effect() == Effect::Allow {
+                allow_mask |= 1 << k;
+                allow_until = min_opt(allow_until, until);
+                allow.get_or_insert((position, outcome));
+            } else {
+                deny_mask |= 1 << k;
+                if outcome == Outcome::OutsideWindow {
+                    window_mask |= 1 << k;
+                    reopen = reopen.max(until);
+                }
+                deny.get_or_insert((position, outcome));
+            }
+        }
+        let rule_at =
+            |position: usize| table.entries.get(position).and_then(|&i| self.effective_rules.get(usize::from(i)));
+        match (deny, allow) {
+            (Some((position, outcome)), _) => Verdict {
+                effect: Effect::Deny,
+                outcome,
+                rule: rule_at(position),
+                // A deny lifts by itself only when every denying rule waits for a window.
+                valid_until_unix: if window_mask == deny_mask { reopen } else { None },
+                cell,
+                position,
+                mask: deny_mask,
+                window_mask,
+            },
+            (None, Some((position, outcome))) => Verdict {
+                effect: Effect::Allow,
+                outcome,
+                rule: rule_at(position),
+                valid_until_unix: allow_until,
+                cell,
+                position,
+                mask: allow_mask,
+                window_mask: 0,
+            },
+            (None, None) => default(Outcome::DefaultDeny),
+        }
     }
 
     /// Decides one purpose × channel for one subject at one instant. Pure and O(1).
     pub fn decide(&self, input: &DecisionInput) -> Decision {
-        self.decision(&self.evaluate(input))
+        self.build_decision(&self.evaluate(input), input.subject_time_zone.as_ref())
     }
 
-    /// Builds the owned [`Decision`] for a verdict of this pack.
+    /// Builds the owned [`Decision`] for a verdict of this pack (window times in the pack's zone).
     pub fn decision(&self, verdict: &Verdict<'_>) -> Decision {
+        self.build_decision(verdict, None)
+    }
+
+    fn build_decision(&self, verdict: &Verdict<'_>, zone: Option<&Zone>) -> Decision {
         let table = self.table();
-        let reason = verdict.rule.map_or(table.default_reason.as_str(), |r| r.id.as_str());
-        let obligations = match (verdict.effect, verdict.rule) {
-            (Effect::Allow, Some(_)) => table.obligations.get(verdict.rule_index).cloned().unwrap_or_default(),
-            _ => Vec::new(),
+        let mut reasons = Vec::with_capacity(verdict.mask.count_ones().max(1) as usize);
+        let mut obligations: Vec<Obligation> = Vec::new();
+        let explanation = if verdict.rule.is_none() {
+            let (reason, text) = match verdict.outcome {
+                Outcome::NotInEffect => (table.not_in_effect_reason(), table.default_explanations.get(1)),
+                _ => (table.default_reason(), table.default_explanations.first()),
+            };
+            reasons.push(reason.to_owned());
+            text.cloned().unwrap_or_default()
+        } else {
+            let (start, len) = table.cell(verdict.cell);
+            for k in (0..len).filter(|k| verdict.mask & (1 << k) != 0) {
+                let Some(index) = table.entries.get(start + k).map(|&i| usize::from(i)) else { continue };
+                if let Some(rule) = self.effective_rules.get(index) {
+                    reasons.push(rule.id.clone());
+                }
+                if verdict.effect == Effect::Allow
+                    && let Some(compiled) = table.compiled.get(index)
+                {
+                    for o in &compiled.obligations {
+                        if !obligations.iter().any(|x| x.id == o.id) {
+                            obligations.push(o.clone());
+                        }
+                    }
+                }
+            }
+            let mut text = table
+                .explanations
+                .get(verdict.position * Outcome::COUNT + verdict.outcome as usize)
+                .cloned()
+                .unwrap_or_default();
+            if verdict.window_mask != 0 {
+                let zone = zone.or_else(|| table.zones().first());
+                let when = match (verdict.valid_until_unix, zone) {
+                    (Some(t), Some(z)) => {
+                        format!("contact may happen from {} ({})", z.describe(t), crate::time::format_rfc3339(t))
+                    }
+                    (Some(t), None) => format!("contact may happen from {}", crate::time::format_rfc3339(t)),
+                    (None, _) => "no calling window opens within the next week".to_owned(),
+                };
+                text.push_str(&format!("; {when}"));
+                obligations.push(Obligation {
+                    id: CALLING_WINDOW.to_owned(),
+                    text: format!("outside the calling window; {when}"),
+                });
+            }
+            text
         };
-        let explanation = table
-            .explanations
-            .get(verdict.cell * Outcome::COUNT + verdict.outcome as usize)
-            .cloned()
-            .unwrap_or_default();
         Decision {
             effect: verdict.effect,
-            reasons: vec![reason.to_owned()],
+            reasons,
             pack: self.pack_ref(),
             obligations,
             explanation,
@@ -356,11 +624,17 @@ confidence = "P"
     }
 
     fn input(purpose: Purpose, channel: Channel, consent: Option<ConsentFact>) -> DecisionInput {
-        DecisionInput { purpose, channel, at_unix: T0, consent }
+        DecisionInput::new(purpose, channel, T0, consent)
     }
 
     fn fact(state: ConsentState) -> ConsentFact {
-        ConsentFact { state, captured_at_unix: T0 - 86_400, expires_at_unix: None, double_opt_in_confirmed: false }
+        ConsentFact {
+            state,
+            captured_at_unix: T0 - 86_400,
+            expires_at_unix: None,
+            double_opt_in_confirmed: false,
+            kind: None,
+        }
     }
 
     #[test]

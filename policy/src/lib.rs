@@ -8,23 +8,35 @@
 //! Semantics, fixed for every pack:
 //! - **Default deny.** A purpose × channel no rule covers is denied with reason
 //!   `<pack-id>.default-deny`; a jurisdiction without a pack has no decision at all and callers deny.
-//! - **One rule per cell.** Two rules covering the same purpose × channel are a compile error, so a
-//!   decision never depends on rule order.
+//! - **One rule per cell and pack.** Two rules of one pack covering the same purpose × channel at
+//!   the same time are a compile error, so a decision never depends on rule order.
+//! - **Deny beats allow.** Where a pack extends another (baseline → country → subdivision
+//!   overlay), every rule of the chain covering the cell is weighed and any deny wins; a rule can
+//!   only override an inherited one by naming it in `replaces`.
 //! - **Decisions are explainable.** Each names the pack `id@version` and the deciding rule id, and
 //!   carries the rule's obligations when it allows.
 
 mod diag;
 mod eval;
+mod explain;
+mod link;
 mod model;
 mod pack;
 mod reader;
 mod set;
+pub mod signing;
 mod testing;
 pub mod time;
+mod zone;
 
 pub use diag::{Diagnostic, Diagnostics, PackSource, Severity};
-pub use eval::{ConsentFact, Decision, DecisionInput, Effect, Outcome, Verdict};
-pub use model::{Basis, Confidence, Localisation, Obligation, Rule};
-pub use pack::{Pack, PackRef, SCHEMA_VERSION};
+pub use eval::{CALLING_WINDOW, ConsentFact, Decision, DecisionInput, Effect, Facts, Outcome, Verdict};
+pub use explain::{Change, Check, DecisionSummary, Trace, TraceRule, diff};
+pub use model::{
+    Basis, CallingWindow, Confidence, ConsentKind, Lifetime, Localisation, Obligation, Period, Register, Rights, Rule,
+    SoftCondition, Transfer,
+};
+pub use pack::{MIN_SCHEMA_VERSION, Pack, PackKind, PackRef, Residency, SCHEMA_VERSION};
 pub use set::{PackSet, ResidencyError};
 pub use testing::{CaseResult, TestReport, run_test_files, run_tests};
+pub use zone::Zone;

@@ -9,12 +9,20 @@ use toml::Spanned;
 
 use crate::diag::{PackSource, Sink};
 use crate::eval::DecisionTable;
-use crate::model::{Basis, Confidence, Localisation, Obligation, Rule};
-use crate::reader::{Span, Table, parse_document};
+use crate::model::{
+    Basis, CallingWindow, Confidence, ConsentKind, Lifetime, Localisation, Obligation, Period, Register, Rights, Rule,
+    SoftCondition, Transfer,
+};
+use crate::reader::{Span, Table, parse_document, timestamp_text};
+use crate::time::parse_rfc3339;
+use crate::zone::{WEEKDAYS, Zone, parse_slot};
 
-/// The schema version this engine reads. A pack declaring another version is refused rather than
-/// half-understood.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The newest schema version this engine reads. A pack declaring another version is refused
+/// rather than half-understood. Schema 2 adds nothing schema 1 packs cannot use; it makes
+/// coverage strict: a purpose × channel no rule decides is an error, not a warning.
+pub const SCHEMA_VERSION: i64 = 2;
+/// The oldest schema version still read.
+pub const MIN_SCHEMA_VERSION: i64 = 1;
 
 /// Names the exact pack text a decision came from: `id@version`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,19 +37,57 @@ impl fmt::Display for PackRef {
     }
 }
 
-/// A validated, compiled pack for one jurisdiction.
+/// What a pack is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PackKind {
+    /// Answers for its jurisdiction (a country, or a subdivision overlay extending its country).
+    Jurisdiction,
+    /// Shared rules (e.g. EU/EEA) that jurisdiction packs extend; never answers by itself.
+    Baseline,
+}
+
+/// Where the pack's subjects' data lives and what may leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Residency {
+    /// Allowed storage regions, in order of preference.
+    pub home_regions: Vec<RegionId>,
+    pub localisation: Localisation,
+    /// Identifiers must be collected in-country: the gateway must not route registration through
+    /// a region outside the home regions.
+    pub in_country_collection: bool,
+    /// Context fields that may leave the home region in minimised form (e.g. `country`, `language`).
+    pub minimised_fields: Vec<String>,
+    pub transfers: Vec<Transfer>,
+}
+
+/// A validated, compiled pack for one jurisdiction (or a baseline), with what it inherits.
 #[derive(Debug, Clone)]
 pub struct Pack {
-    pack_ref: PackRef,
-    title: String,
-    jurisdiction: Jurisdiction,
-    home_regions: Vec<RegionId>,
-    localisation: Localisation,
-    obligations: Vec<Obligation>,
-    rules: Vec<Rule>,
-    revision: String,
-    path: String,
-    table: DecisionTable,
+    pub(crate) pack_ref: PackRef,
+    pub(crate) schema: i64,
+    pub(crate) kind: PackKind,
+    pub(crate) title: String,
+    pub(crate) jurisdiction: Option<Jurisdiction>,
+    /// This pack first, then the packs it extends, nearest first.
+    pub(crate) chain: Vec<PackRef>,
+    pub(crate) owners: Vec<String>,
+    pub(crate) references: Vec<String>,
+    pub(crate) effective_from: Option<i64>,
+    pub(crate) effective_until: Option<i64>,
+    pub(crate) time_zones: Vec<Zone>,
+    pub(crate) residency: Residency,
+    pub(crate) rights: Rights,
+    pub(crate) obligations: Vec<Obligation>,
+    pub(crate) lifetimes: Vec<Lifetime>,
+    pub(crate) windows: Vec<CallingWindow>,
+    pub(crate) registers: Vec<Register>,
+    /// Rules this pack's file defines.
+    pub(crate) rules: Vec<Rule>,
+    /// Rules that decide for this pack: its own and those it inherits, most specific first.
+    pub(crate) effective_rules: Vec<Rule>,
+    pub(crate) revision: String,
+    pub(crate) path: String,
+    pub(crate) table: DecisionTable,
 }
 
 impl Pack {
@@ -57,43 +103,114 @@ impl Pack {
         &self.pack_ref.version
     }
 
+    pub fn schema(&self) -> i64 {
+        self.schema
+    }
+
+    pub fn kind(&self) -> PackKind {
+        self.kind
+    }
+
     pub fn title(&self) -> &str {
         &self.title
     }
 
-    pub fn jurisdiction(&self) -> &Jurisdiction {
-        &self.jurisdiction
+    /// The jurisdiction the pack answers for; `None` for a baseline.
+    pub fn jurisdiction(&self) -> Option<&Jurisdiction> {
+        self.jurisdiction.as_ref()
+    }
+
+    /// `id@version` of this pack and of every pack it extends, nearest first.
+    pub fn chain(&self) -> &[PackRef] {
+        &self.chain
+    }
+
+    pub fn owners(&self) -> &[String] {
+        &self.owners
+    }
+
+    /// Legal texts the pack as a whole rests on.
+    pub fn references(&self) -> &[String] {
+        &self.references
+    }
+
+    /// The period the pack version is meant to be in force (`[from, until)`, unix seconds).
+    pub fn effective(&self) -> (Option<i64>, Option<i64>) {
+        (self.effective_from, self.effective_until)
+    }
+
+    /// The zones calling windows are checked in when the subject's zone is not known.
+    pub fn time_zones(&self) -> &[Zone] {
+        &self.time_zones
+    }
+
+    pub fn residency(&self) -> &Residency {
+        &self.residency
     }
 
     /// Allowed storage regions for the pack's subjects, in order of preference.
     pub fn home_regions(&self) -> &[RegionId] {
-        &self.home_regions
+        &self.residency.home_regions
     }
 
     pub fn localisation(&self) -> Localisation {
-        self.localisation
+        self.residency.localisation
     }
 
+    pub fn rights(&self) -> &Rights {
+        &self.rights
+    }
+
+    /// Obligations rules may attach: this pack's and inherited ones.
     pub fn obligations(&self) -> &[Obligation] {
         &self.obligations
     }
 
+    pub fn lifetimes(&self) -> &[Lifetime] {
+        &self.lifetimes
+    }
+
+    pub fn windows(&self) -> &[CallingWindow] {
+        &self.windows
+    }
+
+    pub fn registers(&self) -> &[Register] {
+        &self.registers
+    }
+
+    /// The rules this pack's own file defines (what its tests must cover).
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
-    pub fn rule(&self, id: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.id == id)
+    /// Every rule that can decide for this pack: its own and inherited ones.
+    pub fn effective_rules(&self) -> &[Rule] {
+        &self.effective_rules
     }
 
-    /// The rule that decides `purpose` on `channel`, if any.
+    /// A rule this pack can decide by, own or inherited.
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.effective_rules.iter().find(|r| r.id == id)
+    }
+
+    /// The most specific rule covering `purpose` on `channel` (ignoring effective dates), if any.
     pub fn rule_for(&self, purpose: Purpose, channel: Channel) -> Option<&Rule> {
-        self.table.rule_at(purpose, channel).and_then(|i| self.rules.get(i))
+        self.rules_for(purpose, channel).next()
+    }
+
+    /// Every rule covering `purpose` on `channel`, most specific first (ignoring effective dates).
+    pub fn rules_for(&self, purpose: Purpose, channel: Channel) -> impl Iterator<Item = &Rule> {
+        self.table.entries(purpose, channel).iter().filter_map(|&i| self.effective_rules.get(usize::from(i)))
     }
 
     /// The reason a default deny carries: `<pack-id>.default-deny`.
     pub fn default_reason(&self) -> &str {
         self.table.default_reason()
+    }
+
+    /// The reason a decision outside the pack's effective period carries: `<pack-id>.not-in-effect`.
+    pub fn not_in_effect_reason(&self) -> &str {
+        self.table.not_in_effect_reason()
     }
 
     /// SHA-256 (hex) of the pack text, so a decision can be replayed against the exact bytes.
@@ -111,18 +228,112 @@ impl Pack {
     }
 }
 
+/// A rule with the spans of everything it refers to, for set-level checks.
+pub(crate) struct ParsedRule {
+    pub(crate) rule: Rule,
+    pub(crate) span: Span,
+    pub(crate) window_span: Option<Span>,
+    pub(crate) replaces_spans: Vec<Span>,
+}
+
+/// One pack file, read and checked on its own; the set resolves `extends` and references.
+pub(crate) struct Parsed {
+    pub(crate) schema: i64,
+    pub(crate) id: String,
+    pub(crate) version: String,
+    pub(crate) title: String,
+    pub(crate) kind: PackKind,
+    pub(crate) jurisdiction: Option<Jurisdiction>,
+    pub(crate) owners: Vec<String>,
+    pub(crate) references: Vec<String>,
+    pub(crate) effective_from: Option<i64>,
+    pub(crate) effective_until: Option<i64>,
+    pub(crate) time_zones: Vec<Zone>,
+    pub(crate) residency: Option<Residency>,
+    pub(crate) rights: Rights,
+    pub(crate) obligations: Vec<(Obligation, Span)>,
+    pub(crate) lifetimes: Vec<(Lifetime, Span)>,
+    pub(crate) windows: Vec<(CallingWindow, Span)>,
+    pub(crate) registers: Vec<(Register, Span)>,
+    pub(crate) rules: Vec<ParsedRule>,
+    pub(crate) pack_span: Span,
+    pub(crate) revision: String,
+    pub(crate) path: String,
+}
+
+/// What a rule refers to by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefKind {
+    Obligation,
+    Lifetime,
+    Window,
+    Register,
+    Replaces,
+}
+
+impl RefKind {
+    pub(crate) fn undefined(self) -> &'static str {
+        match self {
+            RefKind::Obligation => "undefined obligation; define it under [obligations]",
+            RefKind::Lifetime => "undefined lifetime; define it under [lifetimes]",
+            RefKind::Window => "undefined calling window; define it under [windows]",
+            RefKind::Register => "undefined register; define it under [registers]",
+            RefKind::Replaces => "`replaces` names no rule of an extended pack",
+        }
+    }
+}
+
 /// What cross-pack checks need even from a pack that has errors of its own.
 pub(crate) struct Header {
     pub(crate) id: Option<Spanned<String>>,
     pub(crate) jurisdiction: Option<Spanned<Jurisdiction>>,
+    pub(crate) baseline: bool,
+    pub(crate) extends: Option<Spanned<String>>,
+    /// References not defined in this file, to resolve against the packs it extends.
+    pub(crate) unresolved: Vec<(RefKind, String, Span)>,
 }
 
-const ROOT_KEYS: &[&str] = &["schema", "pack", "residency", "obligations", "rule"];
-const PACK_KEYS: &[&str] = &["id", "jurisdiction", "version", "title"];
-const RESIDENCY_KEYS: &[&str] = &["home_regions", "localisation"];
+const ROOT_KEYS: &[&str] =
+    &["schema", "pack", "residency", "rights", "obligations", "lifetimes", "windows", "registers", "rule"];
+const PACK_KEYS: &[&str] = &[
+    "id",
+    "jurisdiction",
+    "version",
+    "title",
+    "kind",
+    "extends",
+    "owners",
+    "references",
+    "effective_from",
+    "effective_until",
+    "time_zones",
+];
+const RESIDENCY_KEYS: &[&str] =
+    &["home_regions", "localisation", "in_country_collection", "minimised_fields", "transfer"];
+const TRANSFER_KEYS: &[&str] = &["id", "to", "purposes", "condition", "cite", "minimised_only"];
+const RIGHTS_KEYS: &[&str] = &["deadline", "extension", "age_of_digital_consent", "cite"];
 const OBLIGATION_KEYS: &[&str] = &["text"];
-const RULE_KEYS: &[&str] =
-    &["id", "purpose", "channels", "basis", "cite", "source", "confidence", "obligations", "note"];
+const LIFETIME_KEYS: &[&str] = &["express", "implied_purchase", "implied_inquiry", "cite"];
+const WINDOW_KEYS: &[&str] = &["mon", "tue", "wed", "thu", "fri", "sat", "sun", "cite"];
+const REGISTER_KEYS: &[&str] = &["name", "cite", "exempt_with_consent"];
+const RULE_KEYS: &[&str] = &[
+    "id",
+    "purpose",
+    "channels",
+    "basis",
+    "cite",
+    "source",
+    "confidence",
+    "obligations",
+    "note",
+    "effective_from",
+    "effective_until",
+    "lifetime",
+    "window",
+    "screen",
+    "conditions",
+    "replaces",
+];
 
 /// `[a-z0-9][a-z0-9_-]*`: ids appear in reasons, logs and file names.
 pub(crate) fn is_id_segment(s: &str) -> bool {
@@ -139,9 +350,46 @@ fn is_version(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
 }
 
-/// Reads and validates one pack file. Returns the pack only when the file has no errors.
-pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pack>, Header) {
-    let mut header = Header { id: None, jurisdiction: None };
+fn schema_message(found: i64) -> String {
+    format!("unsupported schema {found}; this engine reads schema {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}")
+}
+
+/// An instant written as an RFC 3339 string or TOML date-time with an offset.
+fn opt_instant(sink: &mut Sink<'_>, table: &Table<'_, '_>, key: &str) -> Option<Spanned<i64>> {
+    let value = table.get(key)?;
+    let parsed = timestamp_text(value).as_deref().and_then(parse_rfc3339);
+    if parsed.is_none() {
+        sink.error(&value.span(), format!("`{key}` must be an RFC 3339 timestamp with an offset"));
+    }
+    parsed.map(|t| Spanned::new(value.span(), t))
+}
+
+fn owned_strings(sink: &mut Sink<'_>, table: &Table<'_, '_>, key: &str) -> Vec<String> {
+    table
+        .opt_strings(sink, key)
+        .map(|l| l.get_ref().iter().map(|s| (*s.get_ref()).to_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn check_range(sink: &mut Sink<'_>, from: Option<&Spanned<i64>>, until: Option<&Spanned<i64>>) {
+    if let (Some(from), Some(until)) = (from, until)
+        && until.get_ref() <= from.get_ref()
+    {
+        sink.error(&until.span(), "`effective_until` must be later than `effective_from`");
+    }
+}
+
+fn period(sink: &mut Sink<'_>, value: &Spanned<&str>, key: &str) -> Option<Period> {
+    let parsed = Period::parse(value.get_ref());
+    if parsed.is_none() {
+        sink.error(&value.span(), format!("`{key}` must be a period such as `30 days`, `6 months` or `2 years`"));
+    }
+    parsed
+}
+
+/// Reads and validates one pack file on its own. `None` when the file has errors.
+pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Parsed>, Header) {
+    let mut header = Header { id: None, jurisdiction: None, baseline: false, extends: None, unresolved: Vec::new() };
     let Some(doc) = parse_document(sink, &source.text) else {
         return (None, header);
     };
@@ -149,23 +397,23 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
     let root_table = doc.get_ref();
 
     // The schema decides how everything else is read, so check it before the rest.
-    match root_table.get("schema") {
+    let schema = match root_table.get("schema") {
         None => {
-            sink.error(&(0..0), format!("missing key `schema`; this engine reads schema {SCHEMA_VERSION}"));
+            sink.error(
+                &(0..0),
+                format!("missing key `schema`; this engine reads schema {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}"),
+            );
             return (None, header);
         }
         Some(value) => match crate::reader::integer(sink, value, "schema") {
-            Some(v) if *v.get_ref() == SCHEMA_VERSION => {}
+            Some(v) if (MIN_SCHEMA_VERSION..=SCHEMA_VERSION).contains(v.get_ref()) => *v.get_ref(),
             Some(v) => {
-                sink.error(
-                    &v.span(),
-                    format!("unsupported schema {}; this engine reads schema {SCHEMA_VERSION}", v.get_ref()),
-                );
+                sink.error(&v.span(), schema_message(*v.get_ref()));
                 return (None, header);
             }
             None => return (None, header),
         },
-    }
+    };
 
     let root = Table::new(sink, root_table, root_span, "the pack file", ROOT_KEYS);
 
@@ -173,6 +421,12 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
     let mut id = None;
     let mut version = None;
     let mut title = None;
+    let mut kind = PackKind::Jurisdiction;
+    let mut extends = None;
+    let mut owners = Vec::new();
+    let mut references = Vec::new();
+    let (mut effective_from, mut effective_until) = (None, None);
+    let mut time_zones = Vec::new();
     let mut pack_span = 0..0;
     if let Some((table, span)) = root.table(sink, "pack", true) {
         let meta = Table::new(sink, table, span.clone(), "[pack]", PACK_KEYS);
@@ -187,7 +441,23 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
                 );
             }
         }
-        if let Some(v) = meta.req_str(sink, "jurisdiction") {
+        if let Some(v) = meta.opt_str(sink, "kind") {
+            match *v.get_ref() {
+                "jurisdiction" => {}
+                "baseline" => kind = PackKind::Baseline,
+                _ => sink.error(&v.span(), "unknown kind; expected one of `jurisdiction`, `baseline`"),
+            }
+        }
+        header.baseline = kind == PackKind::Baseline;
+        if header.baseline {
+            // A baseline answers for no jurisdiction by itself; packs opt in with `extends`.
+            if let Some(v) = meta.get("jurisdiction") {
+                sink.error(
+                    &v.span(),
+                    "a baseline answers for no jurisdiction; jurisdiction packs name it in `extends`",
+                );
+            }
+        } else if let Some(v) = meta.req_str(sink, "jurisdiction") {
             match Jurisdiction::parse(v.get_ref()) {
                 Ok(j) => header.jurisdiction = Some(Spanned::new(v.span(), j)),
                 Err(e) => sink.error(&v.span(), e.to_string()),
@@ -201,16 +471,38 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
             }
         }
         title = meta.req_non_empty(sink, "title");
+        if let Some(v) = meta.opt_str(sink, "extends") {
+            if is_pack_id(v.get_ref()) {
+                extends = Some(Spanned::new(v.span(), (*v.get_ref()).to_owned()));
+            } else {
+                sink.error(&v.span(), "`extends` must name a pack id");
+            }
+        }
+        owners = owned_strings(sink, &meta, "owners");
+        references = owned_strings(sink, &meta, "references");
+        effective_from = opt_instant(sink, &meta, "effective_from");
+        effective_until = opt_instant(sink, &meta, "effective_until");
+        check_range(sink, effective_from.as_ref(), effective_until.as_ref());
+        if let Some(list) = meta.opt_strings(sink, "time_zones") {
+            for item in list.get_ref() {
+                match Zone::parse(item.get_ref()) {
+                    Some(z) if time_zones.contains(&z) => sink.error(&item.span(), "time zone listed twice"),
+                    Some(z) => time_zones.push(z),
+                    None => sink.error(&item.span(), "unknown time zone; use an IANA name such as `Europe/Paris`"),
+                }
+            }
+        }
     }
     header.id = id.clone();
+    header.extends = extends.clone();
     let pack_id = id.as_ref().map(|s| s.get_ref().clone());
 
-    // [residency]
-    let mut home_regions = Vec::new();
-    let mut localisation = None;
-    if let Some((table, span)) = root.table(sink, "residency", true) {
-        let residency = Table::new(sink, table, span, "[residency]", RESIDENCY_KEYS);
-        if let Some(list) = residency.req_strings(sink, "home_regions") {
+    // [residency]: required unless inherited.
+    let mut residency = None;
+    if let Some((table, span)) = root.table(sink, "residency", extends.is_none()) {
+        let r = Table::new(sink, table, span, "[residency]", RESIDENCY_KEYS);
+        let mut home_regions = Vec::new();
+        if let Some(list) = r.req_strings(sink, "home_regions") {
             if list.get_ref().is_empty() {
                 sink.error(&list.span(), "`home_regions` must name at least one region");
             }
@@ -222,40 +514,177 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
                 }
             }
         }
-        if let Some(v) = residency.req_str(sink, "localisation") {
-            localisation = Localisation::parse(v.get_ref());
-            if localisation.is_none() {
+        let localisation = r.req_str(sink, "localisation").and_then(|v| {
+            let l = Localisation::parse(v.get_ref());
+            if l.is_none() {
                 sink.error(&v.span(), Localisation::expected());
             }
+            l
+        });
+        let in_country_collection = r.opt_bool(sink, "in_country_collection").is_some_and(|b| *b.get_ref());
+        let minimised_fields = owned_strings(sink, &r, "minimised_fields");
+        let mut transfers = Vec::new();
+        for (table, span) in r.tables(sink, "transfer") {
+            let t = Table::new(sink, table, span, "[[residency.transfer]]", TRANSFER_KEYS);
+            let tid = t.req_str(sink, "id").and_then(|v| {
+                if is_id_segment(v.get_ref()) {
+                    Some((*v.get_ref()).to_owned())
+                } else {
+                    sink.error(&v.span(), "transfer id must be `a-z`, `0-9`, `_` or `-`");
+                    None
+                }
+            });
+            let mut to = Vec::new();
+            if let Some(list) = t.opt_strings(sink, "to") {
+                for item in list.get_ref() {
+                    match RegionId::parse(item.get_ref()) {
+                        Ok(region) => to.push(region),
+                        Err(e) => sink.error(&item.span(), e.to_string()),
+                    }
+                }
+            }
+            let mut purposes = Vec::new();
+            if let Some(list) = t.opt_strings(sink, "purposes") {
+                for item in list.get_ref() {
+                    match Purpose::parse(item.get_ref()) {
+                        Ok(p) => purposes.push(p),
+                        Err(e) => sink.error(&item.span(), e.to_string()),
+                    }
+                }
+            }
+            let condition = t.req_non_empty(sink, "condition");
+            let cite = t.req_non_empty(sink, "cite");
+            let minimised_only = t.opt_bool(sink, "minimised_only").is_none_or(|b| *b.get_ref());
+            if let (Some(id), Some(condition), Some(cite)) = (tid, condition, cite) {
+                transfers.push(Transfer { id, to, purposes, condition, cite, minimised_only });
+            }
+        }
+        if let Some(localisation) = localisation {
+            residency =
+                Some(Residency { home_regions, localisation, in_country_collection, minimised_fields, transfers });
         }
     }
 
-    // [obligations.<id>]
-    let mut obligations: Vec<(Obligation, Span)> = Vec::new();
-    // Every key under [obligations] is an author-chosen id, so there is no unknown-key check.
-    if let Some((table, _)) = root.table(sink, "obligations", false) {
-        for (key, value) in table.iter() {
-            let key_text: &str = key.get_ref().as_ref();
-            if !is_id_segment(key_text) {
-                sink.error(&key.span(), "obligation id must be `a-z`, `0-9`, `_` or `-`");
-                continue;
-            }
-            let toml::de::DeValue::Table(body) = value.get_ref() else {
-                sink.error(&value.span(), "an obligation must be a table with `text`");
-                continue;
-            };
-            let body = Table::new(sink, body, value.span(), "an obligation", OBLIGATION_KEYS);
-            if let Some(text) = body.req_non_empty(sink, "text") {
-                obligations.push((Obligation { id: key_text.to_owned(), text }, key.span()));
+    // [rights]
+    let mut rights = Rights::default();
+    if let Some((table, span)) = root.table(sink, "rights", false) {
+        let r = Table::new(sink, table, span, "[rights]", RIGHTS_KEYS);
+        rights.deadline = r.opt_str(sink, "deadline").and_then(|v| period(sink, &v, "deadline"));
+        rights.extension = r.opt_str(sink, "extension").and_then(|v| period(sink, &v, "extension"));
+        if let Some(age) = r.opt_int(sink, "age_of_digital_consent") {
+            match u8::try_from(*age.get_ref()) {
+                Ok(a) if (1..=25).contains(&a) => rights.age_of_digital_consent = Some(a),
+                _ => sink.error(&age.span(), "`age_of_digital_consent` must be between 1 and 25"),
             }
         }
+        rights.cite = r.opt_str(sink, "cite").map(|s| (*s.get_ref()).to_owned());
     }
+
+    // [obligations.<id>], [lifetimes.<id>], [windows.<id>], [registers.<id>]: author-chosen ids.
+    let mut obligations: Vec<(Obligation, Span)> = Vec::new();
+    named_tables(sink, &root, "obligations", "an obligation", OBLIGATION_KEYS, |sink, id, t, key_span| {
+        if let Some(text) = t.req_non_empty(sink, "text") {
+            obligations.push((Obligation { id: id.to_owned(), text }, key_span));
+        }
+    });
+    let mut lifetimes: Vec<(Lifetime, Span)> = Vec::new();
+    named_tables(sink, &root, "lifetimes", "a lifetime", LIFETIME_KEYS, |sink, id, t, key_span| {
+        let mut kinds = [None; 3];
+        for kind in ConsentKind::ALL {
+            if let Some(v) = t.opt_str(sink, kind.as_str()) {
+                let value =
+                    if *v.get_ref() == "unlimited" { Some(None) } else { period(sink, &v, kind.as_str()).map(Some) };
+                if let Some(slot) = kinds.get_mut(kind.index()) {
+                    *slot = value;
+                }
+            }
+        }
+        if kinds.iter().all(Option::is_none) {
+            sink.error(&key_span, "a lifetime must accept at least one consent kind");
+        }
+        let line = sink.line_of(&key_span);
+        if let Some(cite) = t.req_non_empty(sink, "cite") {
+            lifetimes.push((Lifetime { id: id.to_owned(), kinds, cite, line }, key_span));
+        }
+    });
+    let mut windows: Vec<(CallingWindow, Span)> = Vec::new();
+    named_tables(sink, &root, "windows", "a calling window", WINDOW_KEYS, |sink, id, t, key_span| {
+        let mut days: [Vec<(u16, u16)>; 7] = Default::default();
+        for (day, name) in days.iter_mut().zip(WEEKDAYS) {
+            let Some(list) = t.opt_strings(sink, name) else { continue };
+            for item in list.get_ref() {
+                match parse_slot(item.get_ref()) {
+                    Some(slot) if day.iter().any(|s| s.0 < slot.1 && slot.0 < s.1) => {
+                        sink.error(&item.span(), "time slot overlaps another slot of the same day");
+                    }
+                    Some(slot) => day.push(slot),
+                    None => sink.error(&item.span(), "time slot must be `HH:MM-HH:MM`, start before end"),
+                }
+            }
+            day.sort_unstable();
+        }
+        if days.iter().all(Vec::is_empty) {
+            sink.warning(&key_span, "calling window has no slots; contact is never allowed");
+        }
+        let line = sink.line_of(&key_span);
+        if let Some(cite) = t.req_non_empty(sink, "cite") {
+            windows.push((CallingWindow { id: id.to_owned(), days, cite, line }, key_span));
+        }
+    });
+    let mut registers: Vec<(Register, Span)> = Vec::new();
+    named_tables(sink, &root, "registers", "a register", REGISTER_KEYS, |sink, id, t, key_span| {
+        let name = t.req_non_empty(sink, "name");
+        let cite = t.req_non_empty(sink, "cite");
+        let exempt_with_consent = t.opt_bool(sink, "exempt_with_consent").is_some_and(|b| *b.get_ref());
+        let line = sink.line_of(&key_span);
+        if let (Some(name), Some(cite)) = (name, cite) {
+            registers.push((Register { id: id.to_owned(), name, cite, exempt_with_consent, line }, key_span));
+        }
+    });
+    // One namespace: obligations, lifetimes, windows and registers are all named by id in rules
+    // and decisions, so an id may be defined only once per pack.
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let all_names = obligations
+        .iter()
+        .map(|(o, s)| (o.id.clone(), s.clone()))
+        .chain(lifetimes.iter().map(|(o, s)| (o.id.clone(), s.clone())))
+        .chain(windows.iter().map(|(o, s)| (o.id.clone(), s.clone())))
+        .chain(registers.iter().map(|(o, s)| (o.id.clone(), s.clone())))
+        .collect::<Vec<_>>();
+    for (name, span) in all_names {
+        let line = sink.line_of(&span);
+        if crate::eval::BUILTIN_OBLIGATIONS.contains(&name.as_str()) {
+            sink.error(&span, format!("`{name}` is a reserved obligation id"));
+        } else if let Some(first) = names.get(&name) {
+            sink.error(&span, format!("`{name}` is already defined at line {first}"));
+        } else {
+            names.insert(name, line);
+        }
+    }
+
+    // A reference not defined here is an error, unless an extended pack may define it.
+    let mut used: Vec<String> = Vec::new();
+    let mut resolve = |sink: &mut Sink<'_>, header: &mut Header, kind: RefKind, name: &str, span: &Span| {
+        let local = match kind {
+            RefKind::Obligation => obligations.iter().any(|(o, _)| o.id == name),
+            RefKind::Lifetime => lifetimes.iter().any(|(o, _)| o.id == name),
+            RefKind::Window => windows.iter().any(|(o, _)| o.id == name),
+            RefKind::Register => registers.iter().any(|(o, _)| o.id == name),
+            RefKind::Replaces => false,
+        };
+        if local {
+            used.push(name.to_owned());
+        } else if header.extends.is_some() {
+            header.unresolved.push((kind, name.to_owned(), span.clone()));
+        } else {
+            sink.error(span, kind.undefined());
+        }
+    };
 
     // [[rule]]
-    let mut rules: Vec<Rule> = Vec::new();
+    let mut rules: Vec<ParsedRule> = Vec::new();
     let mut rule_lines: BTreeMap<String, usize> = BTreeMap::new();
-    let mut covered: BTreeMap<(Purpose, Channel), (String, usize)> = BTreeMap::new();
-    let mut used_obligations: Vec<&str> = Vec::new();
+    let mut covered: BTreeMap<(Purpose, Channel), Vec<(usize, usize)>> = BTreeMap::new();
     let rule_tables = root.tables(sink, "rule");
     for (table, span) in &rule_tables {
         let line = sink.line_of(span);
@@ -271,7 +700,11 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
                 None
             }
         });
+        let from = opt_instant(sink, &r, "effective_from");
+        let until = opt_instant(sink, &r, "effective_until");
+        check_range(sink, from.as_ref(), until.as_ref());
         let mut channels = Vec::new();
+        let mut channel_spans = Vec::new();
         let mut channels_ok = true;
         if let Some(list) = r.req_strings(sink, "channels") {
             if list.get_ref().is_empty() {
@@ -282,18 +715,8 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
                 match Channel::parse(item.get_ref()) {
                     Ok(c) if channels.contains(&c) => sink.error(&item.span(), "channel listed twice"),
                     Ok(c) => {
-                        // Two rules for one cell would make the decision depend on rule order.
-                        if let (Some(p), Some(id)) = (purpose, &rule_id) {
-                            if let Some((other, other_line)) = covered.get(&(p, c)) {
-                                sink.error(
-                                    &item.span(),
-                                    format!("{p} by {c} is already covered by rule `{other}` at line {other_line}"),
-                                );
-                            } else {
-                                covered.insert((p, c), (id.clone(), line));
-                            }
-                        }
                         channels.push(c);
+                        channel_spans.push(item.span());
                     }
                     Err(e) => {
                         sink.error(&item.span(), e.to_string());
@@ -324,85 +747,185 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
         if let Some(list) = r.opt_strings(sink, "obligations") {
             for item in list.get_ref() {
                 let name: &str = item.get_ref();
-                if !obligations.iter().any(|(o, _)| o.id == name) {
-                    sink.error(&item.span(), "undefined obligation; define it under [obligations]");
-                } else if rule_obligations.iter().any(|o: &String| o == name) {
+                if rule_obligations.iter().any(|o: &String| o == name) {
                     sink.error(&item.span(), "obligation listed twice");
                 } else {
+                    resolve(sink, &mut header, RefKind::Obligation, name, &item.span());
                     rule_obligations.push(name.to_owned());
-                    used_obligations.push(name);
                 }
             }
-            if basis == Some(Basis::Prohibited) && !list.get_ref().is_empty() {
+            if basis.is_some_and(|b| !b.can_allow()) && !list.get_ref().is_empty() {
                 sink.warning(&list.span(), "obligations on a prohibited rule are never attached to a decision");
             }
         }
-        let note = r.opt_str(sink, "note").map(|s| (*s.get_ref()).to_owned());
-        if let (Some(id), Some(purpose), true, Some(basis), Some(cite), Some(confidence)) =
-            (rule_id, purpose, channels_ok, basis, cite, confidence)
+        let reference = |sink: &mut Sink<'_>, key: &str| -> Option<Spanned<String>> {
+            r.opt_str(sink, key).map(|v| Spanned::new(v.span(), (*v.get_ref()).to_owned()))
+        };
+        let lifetime = reference(sink, "lifetime");
+        let window = reference(sink, "window");
+        let screen = reference(sink, "screen");
+        for (kind, value) in [(RefKind::Lifetime, &lifetime), (RefKind::Window, &window), (RefKind::Register, &screen)]
         {
-            rules.push(Rule {
-                id,
-                purpose,
-                channels,
-                basis,
-                cite,
-                source: source_note,
-                confidence,
-                obligations: rule_obligations,
-                note,
-                line,
-            });
+            if let Some(v) = value {
+                resolve(sink, &mut header, kind, v.get_ref(), &v.span());
+            }
+        }
+        if let (Some(b), Some(l)) = (basis, &lifetime)
+            && !matches!(b, Basis::OptIn | Basis::DoubleOptIn | Basis::SoftOptIn)
+        {
+            sink.error(&l.span(), format!("`lifetime` only applies to consent-based rules, not `{b}`"));
+        }
+        let mut conditions = Vec::new();
+        if let Some(list) = r.opt_strings(sink, "conditions") {
+            if basis != Some(Basis::SoftOptIn) {
+                sink.error(&list.span(), "`conditions` only applies to `soft_opt_in` rules");
+            }
+            for item in list.get_ref() {
+                match SoftCondition::parse(item.get_ref()) {
+                    Some(c) if conditions.contains(&c) => sink.error(&item.span(), "condition listed twice"),
+                    Some(c) => conditions.push(c),
+                    None => sink.error(&item.span(), SoftCondition::expected()),
+                }
+            }
+            if list.get_ref().is_empty() {
+                sink.error(&list.span(), "`conditions` must name at least one condition");
+            }
+        } else if basis == Some(Basis::SoftOptIn) {
+            conditions = SoftCondition::ALL.to_vec();
+        }
+        let mut replaces = Vec::new();
+        let mut replaces_spans = Vec::new();
+        if let Some(list) = r.opt_strings(sink, "replaces") {
+            if extends.is_none() {
+                sink.error(&list.span(), "`replaces` needs `extends` in [pack]: only inherited rules can be replaced");
+            }
+            for item in list.get_ref() {
+                if extends.is_some() {
+                    resolve(sink, &mut header, RefKind::Replaces, item.get_ref(), &item.span());
+                }
+                replaces.push((*item.get_ref()).to_owned());
+                replaces_spans.push(item.span());
+            }
+        }
+        let note = r.opt_str(sink, "note").map(|s| (*s.get_ref()).to_owned());
+        let Some(rule_id) = rule_id else { continue };
+        let rule = Rule {
+            id: rule_id,
+            purpose: purpose.unwrap_or(Purpose::Marketing),
+            channels,
+            basis: basis.unwrap_or(Basis::Prohibited),
+            cite: cite.clone().unwrap_or_default(),
+            source: source_note,
+            confidence: confidence.unwrap_or(Confidence::Uncertain),
+            obligations: rule_obligations,
+            note,
+            line,
+            effective_from: from.as_ref().map(|v| *v.get_ref()),
+            effective_until: until.as_ref().map(|v| *v.get_ref()),
+            lifetime: lifetime.as_ref().map(|v| v.get_ref().clone()),
+            window: window.as_ref().map(|v| v.get_ref().clone()),
+            screen: screen.as_ref().map(|v| v.get_ref().clone()),
+            conditions,
+            replaces,
+            pack_id: pack_id.clone().unwrap_or_default(),
+            path: source.path.clone(),
+        };
+        // Two rules for one cell in force at the same time would make the decision depend on
+        // rule order; rules with disjoint effective periods may share a cell.
+        if let Some(p) = purpose {
+            let index = rules.len();
+            for (c, cspan) in rule.channels.iter().zip(&channel_spans) {
+                let entry = covered.entry((p, *c)).or_default();
+                for &(other, other_line) in entry.iter() {
+                    if let Some(o) = rules.get(other).map(|o| &o.rule)
+                        && o.overlaps_in_time(&rule)
+                    {
+                        sink.error(
+                            cspan,
+                            format!("{p} by {c} is already covered by rule `{}` at line {other_line}", o.id),
+                        );
+                    }
+                }
+                entry.push((index, line));
+            }
+        }
+        if purpose.is_some() && channels_ok && basis.is_some() && cite.is_some() && confidence.is_some() {
+            rules.push(ParsedRule { rule, span: span.clone(), window_span: window.map(|v| v.span()), replaces_spans });
         }
     }
-
-    for (obligation, span) in &obligations {
-        if !used_obligations.contains(&obligation.id.as_str()) {
-            sink.warning(span, "obligation is not used by any rule");
-        }
-    }
-    if sink.has_errors() {
-        // Coverage of a pack with broken rules would only list false gaps.
-    } else if rule_tables.is_empty() {
-        sink.warning(&pack_span, "pack has no rules; every decision is a default deny");
-    } else {
-        // Default deny makes gaps safe, but a gap may also be an oversight; say which.
-        for &purpose in Purpose::ALL {
-            let missing: Vec<&str> =
-                Channel::ALL.iter().filter(|&&c| !covered.contains_key(&(purpose, c))).map(|c| c.as_str()).collect();
-            if !missing.is_empty() {
-                sink.warning(
-                    &pack_span,
-                    format!("no rule for {purpose} by {}; these default to deny", missing.join(", ")),
-                );
+    if kind != PackKind::Baseline {
+        for (obligation, span) in &obligations {
+            if !used.contains(&obligation.id) {
+                sink.warning(span, "obligation is not used by any rule");
             }
         }
     }
+    if rule_tables.is_empty() && extends.is_none() {
+        sink.warning(&pack_span, "pack has no rules; every decision is a default deny");
+    }
 
     if sink.has_errors() {
         return (None, header);
     }
-    let (Some(id), Some(version), Some(title), Some(jurisdiction), Some(localisation)) =
-        (pack_id, version, title, header.jurisdiction.as_ref(), localisation)
-    else {
+    let (Some(id), Some(version), Some(title)) = (pack_id, version, title) else {
         return (None, header);
     };
-    let pack_ref = PackRef { id, version };
-    let obligations: Vec<Obligation> = obligations.into_iter().map(|(o, _)| o).collect();
-    let table = DecisionTable::compile(&pack_ref, &rules, &obligations);
-    let pack = Pack {
-        pack_ref,
+    let jurisdiction = header.jurisdiction.as_ref().map(|j| j.get_ref().clone());
+    if jurisdiction.is_none() && kind == PackKind::Jurisdiction {
+        return (None, header);
+    }
+    let parsed = Parsed {
+        schema,
+        id,
+        version,
         title,
-        jurisdiction: jurisdiction.get_ref().clone(),
-        home_regions,
-        localisation,
+        kind,
+        jurisdiction,
+        owners,
+        references,
+        effective_from: effective_from.map(|v| *v.get_ref()),
+        effective_until: effective_until.map(|v| *v.get_ref()),
+        time_zones,
+        residency,
+        rights,
         obligations,
+        lifetimes,
+        windows,
+        registers,
         rules,
+        pack_span,
         revision: hex::encode(Sha256::digest(source.text.as_bytes())),
         path: source.path.clone(),
-        table,
     };
-    (Some(pack), header)
+    (Some(parsed), header)
+}
+
+/// Walks `[<key>.<id>]` tables whose keys are author-chosen ids.
+fn named_tables<'t, 'i>(
+    sink: &mut Sink<'_>,
+    root: &Table<'t, 'i>,
+    key: &str,
+    what: &'static str,
+    known: &[&str],
+    mut each: impl FnMut(&mut Sink<'_>, &str, &Table<'t, 'i>, Span),
+) {
+    let Some((table, _)) = root.table(sink, key, false) else { return };
+    for (name, value) in table.iter() {
+        let name_text: &str = name.get_ref().as_ref();
+        if !is_id_segment(name_text) {
+            sink.error(
+                &name.span(),
+                format!("{} id must be `a-z`, `0-9`, `_` or `-`", &what[what.find(' ').map_or(0, |i| i + 1)..]),
+            );
+            continue;
+        }
+        let toml::de::DeValue::Table(body) = value.get_ref() else {
+            sink.error(&value.span(), format!("{what} must be a table"));
+            continue;
+        };
+        let body = Table::new(sink, body, value.span(), what, known);
+        each(sink, name_text, &body, name.span());
+    }
 }
 
 fn check_rule_id(
@@ -456,7 +979,7 @@ mod tests {
     fn compiled_pack_exposes_its_metadata() {
         let pack = compile(RULE).unwrap();
         assert_eq!(pack.pack_ref().to_string(), "p@1");
-        assert_eq!(pack.jurisdiction().to_string(), "FR");
+        assert_eq!(pack.jurisdiction().map(ToString::to_string).as_deref(), Some("FR"));
         assert_eq!(pack.localisation(), Localisation::Strict);
         assert_eq!(pack.home_regions(), [RegionId::parse("eu-central").unwrap()]);
         assert_eq!(pack.rule_for(Purpose::Marketing, Channel::Email).map(|r| r.id.as_str()), Some("p.m"));

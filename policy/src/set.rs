@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use domicile_types::{Jurisdiction, RegionId};
 
 use crate::diag::{Diagnostic, Diagnostics, PackSource, Sink};
-use crate::pack::{Pack, parse_pack};
+use crate::link::link;
+use crate::pack::{Pack, Parsed, RefKind, parse_pack};
 
 /// Why no home region could be chosen. Deliberately carries no subject data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +32,12 @@ impl PackSet {
 
     /// Parses, validates and compiles every source. All problems of all files come back at
     /// once; errors make it fail, warnings are returned alongside success.
+    ///
+    /// Packs may extend one another (`[pack] extends = "<id>"`): a country extends a baseline, a
+    /// subdivision overlay extends its country. A decision then weighs every rule of the chain
+    /// that covers the purpose × channel and is in effect: **any deny beats every allow**, so a
+    /// more specific pack can only tighten what it inherits, unless a rule names the inherited
+    /// rule in `replaces` (visible in review, and checked to exist).
     pub fn compile(sources: &[PackSource]) -> Result<(PackSet, Vec<Diagnostic>), Diagnostics> {
         let mut sinks: Vec<Sink<'_>> = Vec::with_capacity(sources.len());
         let mut parsed = Vec::with_capacity(sources.len());
@@ -59,7 +66,9 @@ impl PackSet {
                     }
                 }
             }
-            if let Some(j) = &header.jurisdiction {
+            if let Some(j) = &header.jurisdiction
+                && !header.baseline
+            {
                 match jurisdictions.get(j.get_ref()) {
                     Some(&first) => {
                         let first_path = sources.get(first).map_or("", |s| s.path.as_str());
@@ -77,6 +86,81 @@ impl PackSet {
             }
         }
 
+        // Resolve `extends` into chains (this pack first).
+        let mut chains: Vec<Vec<usize>> = Vec::with_capacity(parsed.len());
+        for (i, (_, header)) in parsed.iter().enumerate() {
+            let mut chain = vec![i];
+            let mut problem = None;
+            let mut current = i;
+            while let Some(extends) = parsed.get(current).and_then(|(_, h)| h.extends.as_ref()) {
+                match ids.get(extends.get_ref()) {
+                    None => {
+                        if current == i {
+                            problem = Some((extends.span(), "`extends` names no pack in this set".to_owned()));
+                        }
+                        break;
+                    }
+                    Some(&next) if chain.contains(&next) => {
+                        if let Some(e) = &header.extends {
+                            problem = Some((e.span(), "`extends` forms a cycle".to_owned()));
+                        }
+                        break;
+                    }
+                    Some(&next) => {
+                        let parent_baseline = parsed.get(next).is_some_and(|(_, h)| h.baseline);
+                        if current == i && header.baseline && !parent_baseline {
+                            problem = Some((extends.span(), "a baseline can only extend another baseline".to_owned()));
+                        }
+                        chain.push(next);
+                        current = next;
+                    }
+                }
+            }
+            if let (Some((span, message)), Some(sink)) = (problem, sinks.get_mut(i)) {
+                sink.error(&span, message);
+            }
+            chains.push(chain);
+        }
+
+        // References a file leaves to the packs it extends.
+        for (i, chain) in chains.iter().enumerate() {
+            let Some((_, header)) = parsed.get(i) else { continue };
+            let ancestors: Vec<&Parsed> =
+                chain.iter().skip(1).filter_map(|&a| parsed.get(a).and_then(|(p, _)| p.as_ref())).collect();
+            if ancestors.len() + 1 != chain.len() || header.extends.is_none() {
+                // A broken ancestor reports its own errors; resolving against it would guess.
+                continue;
+            }
+            for (kind, name, span) in &header.unresolved {
+                let found = ancestors.iter().any(|p| match kind {
+                    RefKind::Obligation => p.obligations.iter().any(|(o, _)| &o.id == name),
+                    RefKind::Lifetime => p.lifetimes.iter().any(|(o, _)| &o.id == name),
+                    RefKind::Window => p.windows.iter().any(|(o, _)| &o.id == name),
+                    RefKind::Register => p.registers.iter().any(|(o, _)| &o.id == name),
+                    RefKind::Replaces => p.rules.iter().any(|r| &r.rule.id == name),
+                });
+                if !found && let Some(sink) = sinks.get_mut(i) {
+                    sink.error(span, kind.undefined());
+                }
+            }
+        }
+
+        // Link every pack whose whole chain read cleanly, so chain-level problems (gaps,
+        // unreachable rules) are reported in the same run as other files' errors.
+        let mut packs = Vec::new();
+        for (i, chain) in chains.iter().enumerate() {
+            let members: Vec<&Parsed> =
+                chain.iter().filter_map(|&a| parsed.get(a).and_then(|(p, _)| p.as_ref())).collect();
+            let chain_ok =
+                members.len() == chain.len() && chain.iter().all(|&a| sinks.get(a).is_some_and(|s| !s.has_errors()));
+            if chain_ok
+                && let Some(sink) = sinks.get_mut(i)
+                && let Some(pack) = link(&members, sink)
+            {
+                packs.push(pack);
+            }
+        }
+
         let mut failed = false;
         let mut diagnostics = Vec::new();
         for sink in sinks {
@@ -86,8 +170,8 @@ impl PackSet {
         if failed {
             return Err(Diagnostics(diagnostics));
         }
-        let packs: Vec<Pack> = parsed.into_iter().filter_map(|(pack, _)| pack).collect();
-        let by_jurisdiction = packs.iter().enumerate().map(|(i, p)| (p.jurisdiction().clone(), i)).collect();
+        let by_jurisdiction =
+            packs.iter().enumerate().filter_map(|(i, p)| p.jurisdiction().map(|j| (j.clone(), i))).collect();
         Ok((PackSet { packs, by_jurisdiction }, diagnostics))
     }
 
@@ -100,6 +184,7 @@ impl PackSet {
             .and_then(|&i| self.packs.get(i))
     }
 
+    /// Any pack by id, baselines included.
     pub fn get_by_id(&self, id: &str) -> Option<&Pack> {
         self.packs.iter().find(|p| p.id() == id)
     }

@@ -6,10 +6,12 @@ use domicile_types::{Channel, ConsentState, Purpose};
 use toml::Spanned;
 
 use crate::diag::{Diagnostics, PackSource, Sink};
-use crate::eval::{ConsentFact, Decision, DecisionInput, Effect, Outcome};
-use crate::pack::{Pack, PackRef, SCHEMA_VERSION};
+use crate::eval::{BUILTIN_OBLIGATIONS, ConsentFact, Decision, DecisionInput, Effect, Facts, Outcome};
+use crate::model::ConsentKind;
+use crate::pack::{MIN_SCHEMA_VERSION, Pack, PackRef, SCHEMA_VERSION};
 use crate::reader::{Table, parse_document, timestamp_text};
 use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::zone::Zone;
 
 const ROOT_KEYS: &[&str] = &["schema", "pack", "case"];
 const CASE_KEYS: &[&str] = &[
@@ -26,9 +28,12 @@ const CASE_KEYS: &[&str] = &[
     "valid_until",
     "valid_until_unix",
     "note",
+    "time_zone",
+    "facts",
 ];
 const CONSENT_KEYS: &[&str] =
-    &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in"];
+    &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in", "kind"];
+const FACT_KEYS: &[&str] = &["contact_from_sale", "similar_products", "opt_out_offered", "on_register"];
 
 /// The result of one test case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,13 +126,15 @@ pub fn run_test_files(pack: &Pack, sources: &[PackSource]) -> Result<TestReport,
     let mut results = Vec::with_capacity(cases.len());
     for case in cases {
         let verdict = pack.evaluate(&case.input);
-        if let Some(rule) = verdict.rule
-            && let Some(i) = pack.rules().iter().position(|r| r.id == rule.id)
-            && let Some(flag) = covered.get_mut(i)
-        {
-            *flag = true;
+        // A rule is covered when it is one of the reasons of some case's decision.
+        for rule in verdict.reasons(pack) {
+            if let Some(i) = pack.rules().iter().position(|r| r.id == rule.id)
+                && let Some(flag) = covered.get_mut(i)
+            {
+                *flag = true;
+            }
         }
-        let decision = pack.decision(&verdict);
+        let decision = pack.decide(&case.input);
         let failures = check(&case, &decision, verdict.outcome);
         results.push(CaseResult {
             name: case.name,
@@ -183,11 +190,14 @@ fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, out: &mut V
     };
     let root = Table::new(sink, doc.get_ref(), doc.span(), "the test file", ROOT_KEYS);
     if let Some(schema) = root.opt_int(sink, "schema")
-        && *schema.get_ref() != SCHEMA_VERSION
+        && !(MIN_SCHEMA_VERSION..=SCHEMA_VERSION).contains(schema.get_ref())
     {
         sink.error(
             &schema.span(),
-            format!("unsupported schema {}; this engine reads schema {SCHEMA_VERSION}", schema.get_ref()),
+            format!(
+                "unsupported schema {}; this engine reads schema {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}",
+                schema.get_ref()
+            ),
         );
     }
     if let Some(id) = root.opt_str(sink, "pack")
@@ -230,7 +240,9 @@ fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, out: &mut V
         let mut reasons = Vec::new();
         if let Some(list) = t.opt_strings(sink, "reasons") {
             for item in list.get_ref() {
-                let known = pack.rule(item.get_ref()).is_some() || *item.get_ref() == pack.default_reason();
+                let known = pack.rule(item.get_ref()).is_some()
+                    || *item.get_ref() == pack.default_reason()
+                    || *item.get_ref() == pack.not_in_effect_reason();
                 if known {
                     reasons.push((*item.get_ref()).to_owned());
                 } else {
@@ -249,7 +261,11 @@ fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, out: &mut V
         let obligations = t.opt_strings(sink, "obligations").map(|list| {
             let mut ids = Vec::new();
             for item in list.get_ref() {
-                if pack.obligations().iter().any(|o| o.id == *item.get_ref()) {
+                let name: &str = item.get_ref();
+                if pack.obligations().iter().any(|o| o.id == name)
+                    || pack.registers().iter().any(|r| r.id == name)
+                    || BUILTIN_OBLIGATIONS.contains(&name)
+                {
                     ids.push((*item.get_ref()).to_owned());
                 } else {
                     sink.error(&item.span(), format!("obligation is not defined in pack `{}`", pack.id()));
@@ -259,14 +275,32 @@ fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, out: &mut V
         });
         let valid_until = instant(sink, &t, "valid_until", false).flatten();
         let _ = t.opt_str(sink, "note");
-        if let (Some(name), Some(purpose), Some(channel), Some(at_unix), Some(consent), Some(expect)) =
-            (name, purpose, channel, at, consent, expect)
+        let mut zone_ok = true;
+        let subject_time_zone = t.opt_str(sink, "time_zone").and_then(|v| {
+            let zone = Zone::parse(v.get_ref());
+            if zone.is_none() {
+                sink.error(&v.span(), "unknown time zone; use an IANA name such as `Europe/Paris`");
+                zone_ok = false;
+            }
+            zone
+        });
+        let facts = read_facts(sink, &t);
+        if let (
+            Some(name),
+            Some(purpose),
+            Some(channel),
+            Some(at_unix),
+            Some(consent),
+            Some(expect),
+            Some(facts),
+            true,
+        ) = (name, purpose, channel, at, consent, expect, facts, zone_ok)
         {
             out.push(Case {
                 name,
                 path: source.path.clone(),
                 line,
-                input: DecisionInput { purpose, channel, at_unix, consent },
+                input: DecisionInput { purpose, channel, at_unix, consent, subject_time_zone, facts },
                 expect,
                 reasons,
                 outcome,
@@ -331,10 +365,38 @@ fn read_consent(sink: &mut Sink<'_>, case: &Table<'_, '_>, at: Option<i64>) -> O
     let captured = instant(sink, &t, "captured_at", false).map(|c| c.or(at));
     let expires = instant(sink, &t, "expires_at", false);
     let double_opt_in = t.opt_bool(sink, "double_opt_in").is_some_and(|b| *b.get_ref());
-    match (state, captured, expires) {
-        (Some(state), Some(Some(captured_at_unix)), Some(expires_at_unix)) => {
-            Some(Some(ConsentFact { state, captured_at_unix, expires_at_unix, double_opt_in_confirmed: double_opt_in }))
+    let mut kind_ok = true;
+    let kind = t.opt_str(sink, "kind").and_then(|v| {
+        let kind = ConsentKind::parse(v.get_ref());
+        if kind.is_none() {
+            sink.error(&v.span(), ConsentKind::expected());
+            kind_ok = false;
         }
+        kind
+    });
+    match (state, captured, expires, kind_ok) {
+        (Some(state), Some(Some(captured_at_unix)), Some(expires_at_unix), true) => Some(Some(ConsentFact {
+            state,
+            captured_at_unix,
+            expires_at_unix,
+            double_opt_in_confirmed: double_opt_in,
+            kind,
+        })),
         _ => None,
     }
+}
+
+/// `facts = { contact_from_sale = true, on_register = false, ... }`; `None` on error.
+fn read_facts(sink: &mut Sink<'_>, case: &Table<'_, '_>) -> Option<Facts> {
+    let Some((table, span)) = case.table(sink, "facts", false) else {
+        return if case.get("facts").is_some() { None } else { Some(Facts::default()) };
+    };
+    let t = Table::new(sink, table, span, "`facts`", FACT_KEYS);
+    let flag = |sink: &mut Sink<'_>, key| t.opt_bool(sink, key).is_some_and(|b| *b.get_ref());
+    Some(Facts {
+        contact_from_sale: flag(sink, "contact_from_sale"),
+        similar_products: flag(sink, "similar_products"),
+        opt_out_offered: flag(sink, "opt_out_offered"),
+        on_register: t.opt_bool(sink, "on_register").map(|b| *b.get_ref()),
+    })
 }

@@ -66,6 +66,27 @@ pub fn format_rfc3339(unix: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
+/// `unix` plus `months` calendar months in UTC, the day clamped to the target month's length.
+pub(crate) fn add_months(unix: i64, months: u32) -> i64 {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let total = y * 12 + (m - 1) + i64::from(months);
+    let (ty, tm) = (total.div_euclid(12), total.rem_euclid(12) + 1);
+    let td = d.min(days_in_month(ty, tm));
+    days_from_civil(ty, tm, td) * 86_400 + secs
+}
+
+/// `unix` minus `months` calendar months in UTC, the day clamped to the target month's length.
+pub(crate) fn sub_months(unix: i64, months: u32) -> i64 {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let total = y * 12 + (m - 1) - i64::from(months);
+    let (ty, tm) = (total.div_euclid(12), total.rem_euclid(12) + 1);
+    days_from_civil(ty, tm, d.min(days_in_month(ty, tm))) * 86_400 + secs
+}
+
 fn digits(b: &[u8], start: usize, len: usize) -> Option<i64> {
     let slice = b.get(start..start + len)?;
     slice.iter().try_fold(0i64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
@@ -141,6 +162,15 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn adds_calendar_months() {
+        let t = |s| parse_rfc3339(s).unwrap();
+        assert_eq!(add_months(t("2024-11-23T10:00:00Z"), 24), t("2026-11-23T10:00:00Z"));
+        assert_eq!(add_months(t("2026-01-31T00:00:00Z"), 1), t("2026-02-28T00:00:00Z"));
+        assert_eq!(add_months(t("2023-12-31T23:59:59Z"), 2), t("2024-02-29T23:59:59Z"));
+        assert_eq!(add_months(t("2026-05-01T00:00:00Z"), 6), t("2026-11-01T00:00:00Z"));
     }
 
     #[test]

@@ -42,6 +42,7 @@ fn assert_has(
 
 fn compile_broken() -> Diagnostics {
     PackSet::compile(&[
+        real_pack("_baseline"),
         real_pack("de"),
         fixture("broken-semantics.toml"),
         fixture("bad-syntax.toml"),
@@ -106,14 +107,18 @@ fn syntax_errors_are_all_reported_and_stop_only_their_file() {
     for path in ["broken-semantics.toml", "future-schema.toml", "broken-types.toml"] {
         assert!(!located(&diagnostics, path).is_empty(), "{path} was not checked");
     }
-    // The good pack among them contributed warnings only.
+    // The good packs among them contributed warnings only.
     assert!(located(&diagnostics, "de/pack.toml").iter().all(|f| f.2 == Severity::Warning));
+    assert!(located(&diagnostics, "_baseline/pack.toml").iter().all(|f| f.2 == Severity::Warning));
 }
 
 #[test]
 fn a_newer_schema_is_refused_before_anything_else_is_read() {
     let found = located(&compile_broken(), "future-schema.toml");
-    assert_eq!(found, vec![(2, 10, Severity::Error, "unsupported schema 2; this engine reads schema 1".to_owned())]);
+    assert_eq!(
+        found,
+        vec![(2, 10, Severity::Error, "unsupported schema 3; this engine reads schema 1 to 2".to_owned())]
+    );
 }
 
 #[test]
@@ -121,7 +126,8 @@ fn diagnostics_render_as_path_line_column() {
     let diagnostics = compile_broken();
     let text = diagnostics.to_string();
     assert!(
-        text.lines().any(|l| l == "future-schema.toml:2:10: error: unsupported schema 2; this engine reads schema 1"),
+        text.lines()
+            .any(|l| l == "future-schema.toml:2:10: error: unsupported schema 3; this engine reads schema 1 to 2"),
         "{text}"
     );
     assert!(text.lines().any(|l| l.starts_with("broken-semantics.toml:19:14: warning: ")), "{text}");
@@ -133,7 +139,7 @@ fn diagnostics_render_as_path_line_column() {
 #[test]
 fn missing_schema_is_an_error() {
     let err = PackSet::compile(&[PackSource::new("x.toml", "[pack]\nid = \"x\"\n")]).unwrap_err();
-    assert_eq!(err.to_string(), "x.toml:1:1: error: missing key `schema`; this engine reads schema 1");
+    assert_eq!(err.to_string(), "x.toml:1:1: error: missing key `schema`; this engine reads schema 1 to 2");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! readiness reporting and shutdown signals.
 
 pub mod config;
+pub mod identity;
 pub mod packs;
 pub mod pki;
 pub mod process;

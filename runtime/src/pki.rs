@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use domicile_types::RegionId;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
+use crate::identity::CallerIdentity;
 use crate::tls::TlsFiles;
 
 pub const GATEWAY_SERVER_NAME: &str = "gateway.domicile.internal";
@@ -32,7 +35,8 @@ pub struct ClusterPki {
     ca_key: KeyPair,
 }
 
-fn ca_params() -> CertificateParams {
+/// The CA's name and constraints; also what issuers are rebuilt from when signing leaves.
+pub(crate) fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_COMMON_NAME);
@@ -69,27 +73,48 @@ impl ClusterPki {
     /// A node of `region`: server and client auth, named for its region.
     pub fn node(&self, region: &RegionId) -> Result<TlsFiles, PkiError> {
         let name = format!("node-{region}");
-        self.leaf(&name, &[region.node_server_name()], true)
+        self.leaf(&name, &[region.node_server_name()], Vec::new(), true, |_| true)
     }
 
     /// A gateway: server auth for callers, client auth towards nodes.
     pub fn gateway(&self) -> Result<TlsFiles, PkiError> {
-        self.leaf("gateway", &[GATEWAY_SERVER_NAME.to_owned()], true)
+        self.leaf("gateway", &[GATEWAY_SERVER_NAME.to_owned()], Vec::new(), true, |_| true)
     }
 
-    /// A caller of the gateway (the CLI, a test, a channel service).
-    pub fn client(&self, name: &str) -> Result<TlsFiles, PkiError> {
-        self.leaf(&format!("client-{name}"), &[format!("{name}.client.domicile.internal")], false)
+    /// A caller (the CLI, a channel service, an operator tool): a client certificate whose URI
+    /// SAN names the caller, its region and its scopes (format: `identity.rs`), written as
+    /// `client-<name>.pem`. An existing certificate is reused only if it names exactly this
+    /// identity, so changing scopes or region re-issues it.
+    pub fn caller(&self, caller: &CallerIdentity) -> Result<TlsFiles, PkiError> {
+        self.caller_as(&format!("client-{}", caller.name), caller)
     }
 
-    fn leaf(&self, file_stem: &str, dns_names: &[String], server: bool) -> Result<TlsFiles, PkiError> {
+    /// As [`ClusterPki::caller`], under a chosen file stem.
+    pub fn caller_as(&self, file_stem: &str, caller: &CallerIdentity) -> Result<TlsFiles, PkiError> {
+        let uri = caller.to_uri();
+        let san = SanType::URI(uri.clone().try_into()?);
+        let dns = [format!("{}.client.domicile.internal", caller.name)];
+        self.leaf(file_stem, &dns, vec![san], false, |der| der.windows(uri.len()).any(|w| w == uri.as_bytes()))
+    }
+
+    fn leaf(
+        &self,
+        file_stem: &str,
+        dns_names: &[String],
+        extra_sans: Vec<SanType>,
+        server: bool,
+        reusable: impl Fn(&[u8]) -> bool,
+    ) -> Result<TlsFiles, PkiError> {
         let files = TlsFiles {
             ca: self.ca_path(),
             cert: self.dir.join(format!("{file_stem}.pem")),
             key: self.dir.join(format!("{file_stem}.key")),
         };
         if files.cert.exists() && files.key.exists() {
-            return Ok(files);
+            let existing = CertificateDer::from_pem_file(&files.cert).ok();
+            if existing.is_some_and(|der| reusable(der.as_ref())) {
+                return Ok(files);
+            }
         }
         let mut sans: Vec<String> = dns_names.to_vec();
         if server {
@@ -98,6 +123,7 @@ impl ClusterPki {
             sans.push("127.0.0.1".to_owned());
         }
         let mut params = CertificateParams::new(sans)?;
+        params.subject_alt_names.extend(extra_sans);
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, file_stem);
         dn.push(DnType::OrganizationName, "Domicile");
@@ -134,6 +160,20 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_certificates_are_reissued_when_the_identity_changes() {
+        use crate::identity::Scope;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::open_or_create(dir.path()).unwrap();
+        let region = RegionId::parse("eu-central").unwrap();
+        let decide = CallerIdentity::new("shop", region.clone(), &[Scope::Decide]).unwrap();
+        let files = pki.caller(&decide).unwrap();
+        let first = std::fs::read(&files.cert).unwrap();
+        assert_eq!(std::fs::read(&pki.caller(&decide).unwrap().cert).unwrap(), first, "same identity: reused");
+        let more = CallerIdentity::new("shop", region, &[Scope::Decide, Scope::Capture]).unwrap();
+        assert_ne!(std::fs::read(&pki.caller(&more).unwrap().cert).unwrap(), first, "new scopes: re-issued");
+    }
 
     #[test]
     fn issues_and_reuses() {

@@ -4,15 +4,24 @@
 //! exactly what operators run. Readiness is the child's ready line followed by a real health
 //! RPC; there are no sleeps and no fixed ports.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use anyhow::Context;
 use domicile_cli::cluster::{ClusterOptions, LocalCluster};
+use domicile_gateway::GatewayConfig;
 use domicile_proto::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_runtime::identity::{CallerIdentity, Scope, issue_caller_cert};
 use domicile_runtime::pki::ClusterPki;
+use domicile_runtime::process::ReadyLine;
 use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
 use domicile_types::RegionId;
-use tonic::transport::{Channel, Endpoint};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -29,8 +38,19 @@ pub fn region(id: &str) -> RegionId {
     RegionId::parse(id).unwrap_or_else(|e| panic!("bad region {id}: {e}"))
 }
 
+/// What a test may change about a cluster.
+#[derive(Debug, Default)]
+pub struct TestOptions {
+    /// Default: the repository's `policy-packs/`.
+    pub packs_dir: Option<PathBuf>,
+    pub packs_trust: Option<domicile_runtime::packs::TrustConfig>,
+    /// Default: `DEFAULT_PACKS_RELOAD_MS`.
+    pub packs_reload_ms: Option<u64>,
+}
+
 pub struct TestCluster {
     pub cluster: LocalCluster,
+    binary: PathBuf,
     // Dropped last: holds the cluster's files.
     _dir: tempfile::TempDir,
 }
@@ -39,17 +59,24 @@ impl TestCluster {
     /// Starts one node per region and a gateway with the repository's packs, and waits until
     /// each answers a health check over mutual TLS.
     pub async fn start(binary: &str, regions: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(binary, regions, TestOptions::default()).await
+    }
+
+    /// As [`TestCluster::start`], with a pack directory and signature policy of the test's own.
+    pub async fn start_with(binary: &str, regions: &[&str], options: TestOptions) -> anyhow::Result<Self> {
         install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let cluster = LocalCluster::start(ClusterOptions {
             dir: dir.path().to_owned(),
-            packs_dir: repo_packs(),
+            packs_dir: options.packs_dir.unwrap_or_else(repo_packs),
             regions: regions.iter().map(|r| region(r)).collect(),
             gateway_listen: "127.0.0.1:0".parse()?,
             binary: PathBuf::from(binary),
+            packs_trust: options.packs_trust,
+            packs_reload_ms: options.packs_reload_ms.unwrap_or(domicile_cli::cluster::DEFAULT_PACKS_RELOAD_MS),
         })
         .await?;
-        let this = Self { cluster, _dir: dir };
+        let this = Self { cluster, binary: PathBuf::from(binary), _dir: dir };
         this.wait_healthy().await?;
         Ok(this)
     }
@@ -86,15 +113,108 @@ impl TestCluster {
         Ok(DomicileClient::new(self.gateway_channel().await?))
     }
 
-    /// A channel to a region's node with a certificate from the cluster CA.
+    /// A channel to a region's node as an operator of that region (nodes admit only gateways
+    /// and callers of their own region).
     pub async fn node_channel(&self, region: &RegionId) -> anyhow::Result<Channel> {
         let addr = self.cluster.node_addr(region).ok_or_else(|| anyhow::anyhow!("no node for {region}"))?;
-        let tls = self.pki()?.client("test-operator")?;
+        let operator = CallerIdentity::new(&format!("operator-{region}"), region.clone(), &Scope::ALL)?;
+        let tls = self.pki()?.caller(&operator)?;
         channel(&addr.to_string(), &tls, &region.node_server_name()).await
     }
 
     pub async fn node(&self, region: &RegionId) -> anyhow::Result<RegionalNodeClient<Channel>> {
         Ok(RegionalNodeClient::new(self.node_channel(region).await?))
+    }
+
+    /// Issues a caller certificate from the cluster CA naming `name`, `region` and `scopes`.
+    pub fn issue_caller(&self, name: &str, region_id: &str, scopes: &[Scope]) -> anyhow::Result<TlsFiles> {
+        let caller = CallerIdentity::new(name, region(region_id), scopes)?;
+        Ok(issue_caller_cert(&self.dir().join("pki"), &format!("client-{name}"), &caller)?)
+    }
+
+    /// A gateway client presenting `tls` (which need not be from this cluster's CA).
+    pub async fn gateway_as(&self, tls: &TlsFiles) -> anyhow::Result<DomicileClient<Channel>> {
+        self.gateway_at_as(self.cluster.gateway_addr(), tls).await
+    }
+
+    /// A client of the gateway at `addr` presenting `tls`.
+    pub async fn gateway_at_as(&self, addr: SocketAddr, tls: &TlsFiles) -> anyhow::Result<DomicileClient<Channel>> {
+        Ok(DomicileClient::new(channel(&addr.to_string(), tls, domicile_runtime::pki::GATEWAY_SERVER_NAME).await?))
+    }
+
+    /// A client of the gateway at `addr` with the CLI's certificate.
+    pub async fn gateway_at(&self, addr: SocketAddr) -> anyhow::Result<DomicileClient<Channel>> {
+        self.gateway_at_as(addr, self.cluster.client_tls()).await
+    }
+
+    /// A gateway client that trusts the cluster CA but presents no certificate.
+    pub async fn gateway_without_certificate(&self) -> anyhow::Result<DomicileClient<Channel>> {
+        let ca = std::fs::read(&self.cluster.client_tls().ca)?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name(domicile_runtime::pki::GATEWAY_SERVER_NAME);
+        let channel = Endpoint::from_shared(format!("https://{}", self.cluster.gateway_addr()))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(DomicileClient::new(channel))
+    }
+
+    /// Starts one more gateway process on the cluster's configuration, with some regions' node
+    /// endpoints replaced (e.g. by a recording proxy). It shares nothing with the cluster's own
+    /// gateway but the nodes.
+    pub async fn start_gateway(
+        &self,
+        label: &str,
+        endpoints: &[(RegionId, SocketAddr)],
+    ) -> anyhow::Result<ExtraGateway> {
+        let mut config = GatewayConfig::load(&self.dir().join("config").join("gateway.toml"))?;
+        config.listen = "127.0.0.1:0".parse()?;
+        for (id, addr) in endpoints {
+            let slot = config.regions.iter_mut().find(|r| &r.id == id).context("no such region")?;
+            slot.endpoint = addr.to_string();
+        }
+        let path = self.dir().join("config").join(format!("gateway-{label}.toml"));
+        std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+        let log = self.dir().join("logs").join(format!("gateway-{label}.log"));
+        let mut child = tokio::process::Command::new(&self.binary)
+            .arg("gateway")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log)?))
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(ready) = ReadyLine::parse(&line) {
+                    return Ok::<_, std::io::Error>(Some(ready));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .context("gateway not ready in time")??
+        .with_context(|| format!("gateway {label} exited before it was ready; see {}", log.display()))?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let gateway = ExtraGateway { addr: ready.addr, _child: child };
+        check_serving(self.gateway_channel_at(gateway.addr).await?, "domicile.gateway.v1.Domicile").await?;
+        Ok(gateway)
+    }
+
+    async fn gateway_channel_at(&self, addr: SocketAddr) -> anyhow::Result<Channel> {
+        channel(&addr.to_string(), self.cluster.client_tls(), domicile_runtime::pki::GATEWAY_SERVER_NAME).await
+    }
+
+    /// Starts a TLS-terminating recording proxy in front of `region`'s node (see
+    /// [`RecordingProxy`]).
+    pub async fn recording_proxy(&self, region_id: &RegionId) -> anyhow::Result<RecordingProxy> {
+        let upstream = self.cluster.node_addr(region_id).context("no node for region")?;
+        let pki = self.pki()?;
+        RecordingProxy::start(region_id, upstream, &pki.node(region_id)?, &pki.gateway()?).await
     }
 
     /// Stops every process (SIGTERM, graceful) so their files can be inspected.
@@ -139,4 +259,152 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .into_iter()
         .filter(|path| std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)))
         .collect()
+}
+
+/// A gateway process started by [`TestCluster::start_gateway`]; killed when dropped.
+pub struct ExtraGateway {
+    pub addr: SocketAddr,
+    _child: tokio::process::Child,
+}
+
+/// Polls `probe` until it returns `Some` or `deadline` passes: for effects that propagate
+/// asynchronously (change events), never for readiness.
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Everything one gateway↔node connection carried, decrypted.
+#[derive(Debug, Default, Clone)]
+pub struct Recording {
+    /// Bytes the gateway sent to the node.
+    pub to_node: Vec<u8>,
+    /// Bytes the node sent to the gateway.
+    pub from_node: Vec<u8>,
+}
+
+impl Recording {
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        let has = |hay: &[u8]| !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle);
+        has(&self.to_node) || has(&self.from_node)
+    }
+}
+
+/// A man-in-the-middle between a gateway and one region's node that records every byte of
+/// their conversation after TLS decryption: HTTP/2 frames with the gRPC messages inside, exactly
+/// what the TLS records protect on the wire. It terminates the gateway's mutual TLS with the
+/// node's own certificate (so the gateway's region-name check passes) and opens its own mutual
+/// TLS to the node with the gateway's certificate. Header blocks are HPACK-compressed, so a
+/// value in a header might not show up verbatim; gRPC message bodies (the only place the
+/// gateway puts request data) are plain protobuf, where strings appear byte for byte.
+pub struct RecordingProxy {
+    pub addr: SocketAddr,
+    recording: Arc<Mutex<Recording>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn certs(path: &Path) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    Ok(rustls_pki_types::CertificateDer::pem_file_iter(path)?.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn key(path: &Path) -> anyhow::Result<rustls_pki_types::PrivateKeyDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    Ok(rustls_pki_types::PrivateKeyDer::from_pem_file(path)?)
+}
+
+impl RecordingProxy {
+    async fn start(
+        region: &RegionId,
+        upstream: SocketAddr,
+        node: &TlsFiles,
+        gateway: &TlsFiles,
+    ) -> anyhow::Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs(&node.ca)? {
+            roots.add(cert)?;
+        }
+        let roots = Arc::new(roots);
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .build()?;
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&node.cert)?, key(&node.key)?)?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs(&gateway.cert)?, key(&gateway.key)?)?;
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let server_name = rustls_pki_types::ServerName::try_from(region.node_server_name())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let recording = Arc::new(Mutex::new(Recording::default()));
+        let shared = Arc::clone(&recording);
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (acceptor, connector, name, rec) =
+                    (acceptor.clone(), connector.clone(), server_name.clone(), Arc::clone(&shared));
+                connections.spawn(async move {
+                    let Ok(inbound) = acceptor.accept(inbound).await else { return };
+                    let Ok(tcp) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let Ok(outbound) = connector.connect(name, tcp).await else { return };
+                    let (gr, gw) = tokio::io::split(inbound);
+                    let (nr, nw) = tokio::io::split(outbound);
+                    tokio::join!(pump(gr, nw, Arc::clone(&rec), true), pump(nr, gw, rec, false));
+                });
+            }
+        });
+        Ok(Self { addr, recording, task })
+    }
+
+    pub fn recording(&self) -> Recording {
+        self.recording.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+async fn pump<R, W>(mut from: R, mut to: W, recording: Arc<Mutex<Recording>>, to_node: bool)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Ok(mut rec) = recording.lock() {
+            let side = if to_node { &mut rec.to_node } else { &mut rec.from_node };
+            side.extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

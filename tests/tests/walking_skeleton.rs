@@ -484,7 +484,13 @@ async fn nodes_refuse_callers_without_a_cluster_certificate() {
     // A certificate from another CA.
     let foreign_dir = tempfile::tempdir().unwrap();
     let foreign = domicile_runtime::pki::ClusterPki::open_or_create(foreign_dir.path()).unwrap();
-    let mut foreign_files = foreign.client("intruder").unwrap();
+    let intruder = domicile_runtime::identity::CallerIdentity::new(
+        "intruder",
+        eu.clone(),
+        &domicile_runtime::identity::Scope::ALL,
+    )
+    .unwrap();
+    let mut foreign_files = foreign.caller(&intruder).unwrap();
     foreign_files.ca = cluster.dir().join("pki/ca.pem"); // trusts the real server, presents a foreign identity
     let result = async {
         let channel =
@@ -495,8 +501,29 @@ async fn nodes_refuse_callers_without_a_cluster_certificate() {
     .await;
     assert!(result.is_err(), "a caller with a foreign certificate was served");
 
+    // A valid cluster caller of another region must go through a gateway.
+    let us_operator = domicile_runtime::identity::CallerIdentity::new(
+        "us-operator",
+        region("us-east"),
+        &domicile_runtime::identity::Scope::ALL,
+    )
+    .unwrap();
+    let us_files = cluster.pki().unwrap().caller(&us_operator).unwrap();
+    let channel = domicile_cluster_tests::channel(&addr.to_string(), &us_files, &eu.node_server_name()).await.unwrap();
+    let status = domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient::new(channel)
+        .info(node::InfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
     // A node certificate names its region: dialling eu-central while expecting us-east fails.
-    let tls = cluster.pki().unwrap().client("test-operator").unwrap();
+    let operator = domicile_runtime::identity::CallerIdentity::new(
+        "operator",
+        eu.clone(),
+        &domicile_runtime::identity::Scope::ALL,
+    )
+    .unwrap();
+    let tls = cluster.pki().unwrap().caller(&operator).unwrap();
     let result = domicile_cluster_tests::channel(&addr.to_string(), &tls, &region("us-east").node_server_name()).await;
     assert!(result.is_err(), "a node answered for another region's name");
 }

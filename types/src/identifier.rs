@@ -148,27 +148,47 @@ fn normalize_email(raw: &str) -> Result<String, IdentifierError> {
     Ok(format!("{}@{}", local.to_lowercase(), domain))
 }
 
+/// Longest raw phone input accepted: E.164 has at most 15 digits; this leaves room for
+/// separators and bounds the parser's work on hostile input.
+const MAX_PHONE_INPUT: usize = 40;
+
 fn normalize_phone(raw: &str) -> Result<String, IdentifierError> {
     let kind = IdentifierKind::Phone;
-    let mut digits = String::with_capacity(16);
-    let mut chars = raw.chars();
-    if chars.next() != Some('+') {
+    if raw.len() > MAX_PHONE_INPUT {
+        return Err(IdentifierError::TooLong { kind, max: MAX_PHONE_INPUT });
+    }
+    // International form only: without a country code the number's meaning depends on where it
+    // was dialled, and node and gateway must derive the same link without such context.
+    let Some(rest) = raw.strip_prefix('+') else {
         return Err(malformed(kind, "must be in international E.164 form starting with `+`"));
+    };
+    // Checked before the library sees it: libphonenumber accepts vanity letters and extensions,
+    // which would make two spellings of one line differ (or one spelling mean two lines).
+    if !rest.chars().all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')')) {
+        return Err(malformed(kind, "may contain only digits and separators"));
     }
-    for c in chars {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' | '.' | '(' | ')' => {}
-            _ => return Err(malformed(kind, "may contain only digits and separators")),
-        }
-    }
-    if !(8..=15).contains(&digits.len()) {
-        return Err(malformed(kind, "E.164 numbers have 8 to 15 digits"));
-    }
-    if digits.starts_with('0') {
+    if rest.trim_start_matches([' ', '-', '.', '(', ')']).starts_with('0') {
         return Err(malformed(kind, "country calling codes never start with 0"));
     }
-    Ok(format!("+{digits}"))
+    let number = phonenumber::parse(None, raw).map_err(|e| {
+        malformed(
+            kind,
+            match e {
+                phonenumber::ParseError::InvalidCountryCode => "unknown country calling code",
+                phonenumber::ParseError::TooShortNsn | phonenumber::ParseError::TooShortAfterIdd => {
+                    "too short for its country"
+                }
+                phonenumber::ParseError::TooLong => "too long for its country",
+                _ => "not a phone number",
+            },
+        )
+    })?;
+    // libphonenumber's metadata decides: a number no operator could have assigned is refused, so
+    // typos do not become identities that never match the real number.
+    if !phonenumber::is_valid(&number) {
+        return Err(malformed(kind, "not a valid number for its country"));
+    }
+    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
 
 fn normalize_token(kind: IdentifierKind, raw: &str, max: usize, min: usize) -> Result<String, IdentifierError> {
@@ -223,7 +243,26 @@ mod tests {
     fn phone_is_e164() {
         assert_eq!(norm(IdentifierKind::Phone, "+49 151 1234-5678").unwrap(), "+4915112345678");
         assert_eq!(norm(IdentifierKind::Phone, "+1 (212) 555-0100").unwrap(), "+12125550100");
-        for bad in ["015112345678", "+0151123456", "+49", "+4915112345678901234", "+49abc12345678"] {
+        assert_eq!(norm(IdentifierKind::Phone, "+49 151 7394 2265").unwrap(), "+4915173942265");
+        assert_eq!(norm(IdentifierKind::Phone, "+33 6 12 34 56 78").unwrap(), "+33612345678");
+        assert_eq!(norm(IdentifierKind::Phone, "+55 11 98765-4321").unwrap(), "+5511987654321");
+        // The written "(0)" trunk prefix is not part of the international number.
+        assert_eq!(norm(IdentifierKind::Phone, "+49 (0)151 1234 5678").unwrap(), "+4915112345678");
+        for bad in [
+            "015112345678",
+            "+0151123456",
+            "+49",
+            "+4915112345678901234",
+            "+49abc12345678",
+            "+1-800-FLOWERS",
+            "+49 151 1234 5678 ext. 9",
+            // Right length, but North American area codes never start with 0 or 1.
+            "+1 012 555 0100",
+            // Unassigned country calling code.
+            "+999 1234 5678",
+            // Too short for the German plan.
+            "+49 151 1",
+        ] {
             assert!(norm(IdentifierKind::Phone, bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -232,6 +271,8 @@ mod tests {
     fn errors_never_echo_the_value() {
         let err = NormalizedIdentifier::normalize(IdentifierKind::Email, "secret-person@@").unwrap_err();
         assert!(!err.to_string().contains("secret"));
+        let err = NormalizedIdentifier::normalize(IdentifierKind::Phone, "+49 999 999").unwrap_err();
+        assert!(!err.to_string().contains("999"));
         let id = NormalizedIdentifier::normalize(IdentifierKind::Email, "secret@example.com").unwrap();
         assert!(!format!("{id:?}").contains("secret"));
     }

@@ -21,6 +21,12 @@ pub enum StoreError {
     JurisdictionMismatch,
     #[error("no such subject")]
     NotFound,
+    /// A merge named subjects of different jurisdictions (their packs differ).
+    #[error("subjects belong to different jurisdictions")]
+    MergeJurisdictionMismatch,
+    /// A rectification removes an identifier the subject does not hold.
+    #[error("identifier does not belong to the subject")]
+    NotHeld,
     #[error("storage failure: {0}")]
     Backend(String),
     #[error("stored record is corrupt: {0}")]
@@ -137,8 +143,126 @@ pub struct ChangeEvent {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     Registered,
-    Consent { purpose: Purpose, channels: Vec<Channel>, state: ConsentState },
+    Consent {
+        purpose: Purpose,
+        channels: Vec<Channel>,
+        state: ConsentState,
+    },
     Erased,
+    /// Identifiers were removed from a subject that remains (rectification).
+    LinksRemoved,
+}
+
+/// What a channel interaction was. A closed vocabulary, so context stays comparable across
+/// channel systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionKind {
+    Message,
+    Call,
+    Email,
+    Visit,
+    SurveyResponse,
+    Purchase,
+    Complaint,
+}
+
+impl InteractionKind {
+    pub const ALL: &'static [InteractionKind] = &[
+        InteractionKind::Message,
+        InteractionKind::Call,
+        InteractionKind::Email,
+        InteractionKind::Visit,
+        InteractionKind::SurveyResponse,
+        InteractionKind::Purchase,
+        InteractionKind::Complaint,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InteractionKind::Message => "message",
+            InteractionKind::Call => "call",
+            InteractionKind::Email => "email",
+            InteractionKind::Visit => "visit",
+            InteractionKind::SurveyResponse => "survey_response",
+            InteractionKind::Purchase => "purchase",
+            InteractionKind::Complaint => "complaint",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == text)
+    }
+}
+
+/// A channel interaction before the store assigns its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInteraction {
+    pub channel: Channel,
+    pub occurred_at: i64,
+    pub recorded_at: i64,
+    pub kind: InteractionKind,
+    pub intent: String,
+    /// Personal data.
+    pub summary: String,
+    pub reference: String,
+    pub open: bool,
+}
+
+/// One entry of a subject's interaction log. Stored only sealed with the subject's key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Interaction {
+    pub sequence: u64,
+    pub channel: Channel,
+    pub occurred_at: i64,
+    pub recorded_at: i64,
+    pub kind: InteractionKind,
+    pub intent: String,
+    pub summary: String,
+    pub reference: String,
+    pub open: bool,
+}
+
+/// The bookkeeping of one rights request (export, rectification, restriction). Vocabulary values
+/// as text so the stored format does not depend on the audit module's enums.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RightsRequestRecord {
+    pub request_id: String,
+    pub kind: String,
+    pub received_at: i64,
+    pub deadline_at: i64,
+    pub status: String,
+    pub deadline_basis: String,
+    pub completed_at: Option<i64>,
+}
+
+/// What a merge moved.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    /// Links that named `from` and now name `into`.
+    pub links: Vec<Link>,
+    pub consent_records: usize,
+    pub interactions: usize,
+    /// Sequence of the last change event (the REGISTERED one for `into`).
+    pub event: u64,
+}
+
+/// A rectification of identifiers and profile fields.
+#[derive(Debug, Clone, Default)]
+pub struct Rectification {
+    pub add: Vec<(NormalizedIdentifier, Link)>,
+    pub remove: Vec<(NormalizedIdentifier, Link)>,
+    pub set_profile: BTreeMap<String, String>,
+    pub remove_profile: Vec<String>,
+}
+
+/// What a rectification changed.
+#[derive(Debug, Clone)]
+pub struct Rectified {
+    pub added: Vec<Link>,
+    pub removed: Vec<Link>,
+    /// Sequence of the last change event, if links changed.
+    pub event: Option<u64>,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -170,6 +294,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Destroys the subject's key, then removes its records, links and current state.
     fn erase(&self, subject: &SubjectId, now: i64) -> Result<Erased, StoreError>;
+
+    /// Moves everything of `from` (identifiers, profile, links, consent ledger, interactions,
+    /// rights requests) into `into`, re-sealed with `into`'s key; the current state per purpose ×
+    /// channel becomes whichever record `CurrentConsent::supersedes` the other; then `from` is
+    /// erased (key destroyed). Emits ERASED for `from`'s links, then REGISTERED for `into`.
+    fn merge(&self, into: &SubjectId, from: &SubjectId, now: i64) -> Result<Merged, StoreError>;
+
+    /// Adds and removes identifiers (re-linking them) and sets or removes profile fields, all or
+    /// nothing. Emits LINKS_REMOVED for removed links and REGISTERED for added ones.
+    fn rectify(&self, subject: &SubjectId, change: &Rectification, now: i64) -> Result<Rectified, StoreError>;
+
+    /// Sets or lifts the restriction of processing.
+    fn set_restricted(&self, subject: &SubjectId, restricted: bool) -> Result<(), StoreError>;
+
+    fn append_interaction(&self, subject: &SubjectId, interaction: NewInteraction) -> Result<Interaction, StoreError>;
+    /// The subject's interactions in recording order.
+    fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError>;
+
+    fn append_rights_request(&self, subject: &SubjectId, request: &RightsRequestRecord) -> Result<(), StoreError>;
+    /// The subject's rights requests in recording order.
+    fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError>;
 
     /// Every (link, subject) pair, for rebuilding gateway directories.
     fn links(&self) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send>;

@@ -3,7 +3,8 @@
 //! Trees: `meta` (subject id → jurisdiction, links, flags; no personal data), `subjects`
 //! (subject id → sealed identifiers and profile), `links` (link → subject id), `consent`
 //! (subject id ‖ sequence → sealed ledger entry), `current` (subject id ‖ purpose ‖ channel →
-//! sealed record in force) and `events` (sequence → pseudonymous change event). Sealed values are
+//! sealed record in force), `interactions` and `rights` (subject id ‖ sequence → sealed
+//! interaction / rights request) and `events` (sequence → pseudonymous change event). Sealed values are
 //! AES-256-GCM under the subject's key from `vault`, with the tree, subject and key as associated
 //! data. Keys use vocabulary names, not enum indices, so the format survives reordering.
 
@@ -15,8 +16,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::vault::{KeyVault, SubjectKey};
 use super::{
-    Change, ChangeEvent, ConsentRecord, CurrentConsent, Erased, NewConsent, Registered, Store, StoreError, SubjectMeta,
-    SubjectRecord,
+    Change, ChangeEvent, ConsentRecord, CurrentConsent, Erased, Interaction, Merged, NewConsent, NewInteraction,
+    Rectification, Rectified, Registered, RightsRequestRecord, Store, StoreError, SubjectMeta, SubjectRecord,
 };
 
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct SledStore {
     links: sled::Tree,
     consent: sled::Tree,
     current: sled::Tree,
+    interactions: sled::Tree,
+    rights: sled::Tree,
     events: sled::Tree,
     /// Serialises event allocation and insertion, so events appear in sequence order and a
     /// watcher that resumes after N can never miss a smaller sequence committed later.
@@ -41,6 +44,9 @@ struct MetaEntry {
     meta: SubjectMeta,
     links: Vec<Link>,
 }
+
+/// One entry moved between subjects: old key, new key, value sealed for the new subject.
+type Move = (sled::IVec, Vec<u8>, Vec<u8>);
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -65,6 +71,8 @@ fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, Stor
     })
 }
 
+/// Key of a per-subject log entry (consent ledger, interactions, rights requests): sorting by key
+/// sorts by subject, then recording order.
 fn consent_key(subject: &SubjectId, sequence: u64) -> [u8; SUBJECT_ID_LEN + 8] {
     let mut key = [0u8; SUBJECT_ID_LEN + 8];
     key[..SUBJECT_ID_LEN].copy_from_slice(subject.as_bytes());
@@ -114,6 +122,8 @@ impl SledStore {
             links: db.open_tree("links").map_err(backend)?,
             consent: db.open_tree("consent").map_err(backend)?,
             current: db.open_tree("current").map_err(backend)?,
+            interactions: db.open_tree("interactions").map_err(backend)?,
+            rights: db.open_tree("rights").map_err(backend)?,
             events: db.open_tree("events").map_err(backend)?,
             write_lock: std::sync::Mutex::new(()),
             db,
@@ -147,6 +157,47 @@ impl SledStore {
         Ok((sequence, encode(&event)?))
     }
 
+    fn prefix_keys(tree: &sled::Tree, subject: &SubjectId) -> Result<Vec<sled::IVec>, StoreError> {
+        tree.scan_prefix(subject.as_bytes()).keys().collect::<Result<_, _>>().map_err(backend)
+    }
+
+    /// Opens every sealed entry of a per-subject log, in key order.
+    fn open_log<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &[u8],
+        subject: &SubjectId,
+    ) -> Result<Vec<T>, StoreError> {
+        let key = self.key(subject)?;
+        tree.scan_prefix(subject.as_bytes())
+            .map(|item| {
+                let (k, value) = item.map_err(backend)?;
+                open(&key, name, &k, &value)
+            })
+            .collect()
+    }
+
+    /// Re-seals every entry of `from`'s log in `tree` under `into`'s key, keeping the sequence
+    /// part of each key. Returns (old key, new key, new sealed value) triples.
+    fn reseal_log(
+        tree: &sled::Tree,
+        name: &[u8],
+        from: (&SubjectId, &SubjectKey),
+        into: (&SubjectId, &SubjectKey),
+    ) -> Result<Vec<Move>, StoreError> {
+        tree.scan_prefix(from.0.as_bytes())
+            .map(|item| {
+                let (old, value) = item.map_err(backend)?;
+                let plain = from.1.open(&context(name, &old), &value)?;
+                let mut new = Vec::with_capacity(old.len());
+                new.extend_from_slice(into.0.as_bytes());
+                new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
+                let sealed = into.1.seal(&context(name, &new), &plain)?;
+                Ok((old, new, sealed))
+            })
+            .collect()
+    }
+
     /// Raw key bytes of a subject, for tests that prove erasure by searching the disk.
     #[cfg(test)]
     pub(crate) fn raw_key(&self, id: &SubjectId) -> Option<[u8; 32]> {
@@ -171,7 +222,7 @@ impl Store for SledStore {
                 break;
             }
         }
-        // Created (and synced) before any sealed value refers to it.
+        // Created before any sealed value refers to it; durable at the next flush.
         let key = self.vault.get_or_create(&candidate)?;
         let _serial = self.serialise_writes();
         let event_seq = self.db.generate_id().map_err(backend)?;
@@ -314,23 +365,29 @@ impl Store for SledStore {
             Change::Consent { purpose: record.purpose, channels: record.channels.clone(), state: record.state },
             record.recorded_at,
         )?;
-        let result = (&self.consent, &self.current, &self.events).transaction(|(ledger, current, events)| {
-            ledger.insert(&ledger_key[..], sealed_entry.as_slice())?;
-            for (k, sealed) in &sealed_current {
-                let replace = match current.get(k)? {
-                    None => true,
-                    Some(bytes) => match open::<CurrentConsent>(&key, b"current", k, &bytes) {
-                        Ok(existing) => candidate.supersedes(&existing),
-                        Err(e) => return abort(e),
-                    },
-                };
-                if replace {
-                    current.insert(k.as_slice(), sealed.as_slice())?;
+        let result =
+            (&self.meta, &self.consent, &self.current, &self.events).transaction(|(meta, ledger, current, events)| {
+                // A merge or erasure that committed since the checks above took the subject away;
+                // a record written now would be sealed under a destroyed key.
+                if meta.get(subject.as_bytes())?.is_none() {
+                    return abort(StoreError::NotFound);
                 }
-            }
-            events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
-            Ok(())
-        });
+                ledger.insert(&ledger_key[..], sealed_entry.as_slice())?;
+                for (k, sealed) in &sealed_current {
+                    let replace = match current.get(k)? {
+                        None => true,
+                        Some(bytes) => match open::<CurrentConsent>(&key, b"current", k, &bytes) {
+                            Ok(existing) => candidate.supersedes(&existing),
+                            Err(e) => return abort(e),
+                        },
+                    };
+                    if replace {
+                        current.insert(k.as_slice(), sealed.as_slice())?;
+                    }
+                }
+                events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+                Ok(())
+            });
         flatten(result)?;
         Ok((record, event_seq))
     }
@@ -349,46 +406,299 @@ impl Store for SledStore {
     }
 
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
-        let key = self.key(subject)?;
-        self.consent
-            .scan_prefix(subject.as_bytes())
-            .map(|item| {
-                let (k, value) = item.map_err(backend)?;
-                open(&key, b"consent", &k, &value)
-            })
-            .collect()
+        self.open_log(&self.consent, b"consent", subject)
     }
 
     fn erase(&self, subject: &SubjectId, now: i64) -> Result<Erased, StoreError> {
+        // Held throughout, so no write for this subject lands between the scan and the removal.
+        let _serial = self.serialise_writes();
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         // Crypto-shredding first: from here on nothing sealed for this subject can be read, even
         // if the rest of the clean-up were interrupted.
         self.vault.destroy(subject)?;
-        let ledger_keys: Vec<sled::IVec> =
-            self.consent.scan_prefix(subject.as_bytes()).keys().collect::<Result<_, _>>().map_err(backend)?;
-        let current_keys: Vec<sled::IVec> =
-            self.current.scan_prefix(subject.as_bytes()).keys().collect::<Result<_, _>>().map_err(backend)?;
-        let _serial = self.serialise_writes();
+        let ledger_keys = Self::prefix_keys(&self.consent, subject)?;
+        let current_keys = Self::prefix_keys(&self.current, subject)?;
+        let interaction_keys = Self::prefix_keys(&self.interactions, subject)?;
+        let rights_keys = Self::prefix_keys(&self.rights, subject)?;
         let (event_seq, event) = self.event_bytes(*subject, entry.links.clone(), Change::Erased, now)?;
-        let result = (&self.meta, &self.subjects, &self.links, &self.consent, &self.current, &self.events).transaction(
-            |(meta, subjects, links, ledger, current, events)| {
+        let result = (
+            &self.meta,
+            &self.subjects,
+            &self.links,
+            &self.consent,
+            &self.current,
+            &self.interactions,
+            &self.rights,
+            &self.events,
+        )
+            .transaction(|(meta, subjects, links, ledger, current, interactions, rights, events)| {
                 meta.remove(&subject.as_bytes()[..])?;
                 subjects.remove(&subject.as_bytes()[..])?;
                 for link in &entry.links {
                     links.remove(&link.as_bytes()[..])?;
                 }
-                for k in &ledger_keys {
-                    ledger.remove(k)?;
-                }
-                for k in &current_keys {
-                    current.remove(k)?;
+                for (tree, keys) in [
+                    (ledger, &ledger_keys),
+                    (current, &current_keys),
+                    (interactions, &interaction_keys),
+                    (rights, &rights_keys),
+                ] {
+                    for k in keys {
+                        tree.remove(k)?;
+                    }
                 }
                 events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
                 Ok(())
-            },
-        );
+            });
         flatten(result)?;
         Ok(Erased { links: entry.links, consent_records: ledger_keys.len(), event: event_seq })
+    }
+
+    fn merge(&self, into: &SubjectId, from: &SubjectId, now: i64) -> Result<Merged, StoreError> {
+        if into == from {
+            return Err(StoreError::Conflict);
+        }
+        // Held throughout: every writer takes this lock, so nothing is written to either subject
+        // between reading their data and replacing it.
+        let _serial = self.serialise_writes();
+        let mut into_entry = self.meta_entry(into)?.ok_or(StoreError::NotFound)?;
+        let from_entry = self.meta_entry(from)?.ok_or(StoreError::NotFound)?;
+        if into_entry.meta.jurisdiction != from_entry.meta.jurisdiction {
+            return Err(StoreError::MergeJurisdictionMismatch);
+        }
+        let into_key = self.key(into)?;
+        let from_key = self.key(from)?;
+
+        let mut record = self.subject_record(into)?.unwrap_or_default();
+        let from_record = self.subject_record(from)?.unwrap_or_default();
+        for identifier in from_record.identifiers {
+            if !record.identifiers.contains(&identifier) {
+                record.identifiers.push(identifier);
+            }
+        }
+        // The remaining subject's values win; fields only `from` had are kept.
+        for (field, value) in from_record.profile {
+            record.profile.entry(field).or_insert(value);
+        }
+        let moved_links = from_entry.links.clone();
+        for link in &moved_links {
+            if !into_entry.links.contains(link) {
+                into_entry.links.push(*link);
+            }
+        }
+        // Fail closed: a restriction on either half holds for the merged subject.
+        into_entry.meta.restricted |= from_entry.meta.restricted;
+        into_entry.meta.created_at = into_entry.meta.created_at.min(from_entry.meta.created_at);
+        let sealed_record = seal(&into_key, b"subjects", into.as_bytes(), &record)?;
+        let meta_bytes = encode(&into_entry)?;
+
+        let ledger = Self::reseal_log(&self.consent, b"consent", (from, &from_key), (into, &into_key))?;
+        let interactions = Self::reseal_log(&self.interactions, b"interactions", (from, &from_key), (into, &into_key))?;
+        let rights = Self::reseal_log(&self.rights, b"rights", (from, &from_key), (into, &into_key))?;
+        // The record in force per purpose × channel is the one that supersedes the other, so an
+        // older grant of one half never overrides a withdrawal or denial of the other.
+        let mut current_writes = Vec::new();
+        let from_current = Self::prefix_keys(&self.current, from)?;
+        for old in &from_current {
+            let Some(bytes) = self.current.get(old).map_err(backend)? else { continue };
+            let candidate: CurrentConsent = open(&from_key, b"current", old, &bytes)?;
+            let mut new = Vec::with_capacity(old.len());
+            new.extend_from_slice(into.as_bytes());
+            new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
+            let replace = match self.current.get(&new).map_err(backend)? {
+                None => true,
+                Some(bytes) => candidate.supersedes(&open::<CurrentConsent>(&into_key, b"current", &new, &bytes)?),
+            };
+            if replace {
+                let sealed = seal(&into_key, b"current", &new, &candidate)?;
+                current_writes.push((new, sealed));
+            }
+        }
+        let (erased_seq, erased_event) = self.event_bytes(*from, moved_links.clone(), Change::Erased, now)?;
+        let (registered_seq, registered_event) =
+            self.event_bytes(*into, moved_links.clone(), Change::Registered, now)?;
+        let result = (
+            &self.meta,
+            &self.subjects,
+            &self.links,
+            &self.consent,
+            &self.current,
+            &self.interactions,
+            &self.rights,
+            &self.events,
+        )
+            .transaction(
+                |(meta, subjects, links, ledger_tree, current, interaction_tree, rights_tree, events)| {
+                    meta.insert(&into.as_bytes()[..], meta_bytes.as_slice())?;
+                    meta.remove(&from.as_bytes()[..])?;
+                    subjects.insert(&into.as_bytes()[..], sealed_record.as_slice())?;
+                    subjects.remove(&from.as_bytes()[..])?;
+                    for link in &moved_links {
+                        links.insert(&link.as_bytes()[..], &into.as_bytes()[..])?;
+                    }
+                    for (tree, moves) in
+                        [(ledger_tree, &ledger), (interaction_tree, &interactions), (rights_tree, &rights)]
+                    {
+                        for (old, new, sealed) in moves {
+                            tree.remove(old)?;
+                            tree.insert(new.as_slice(), sealed.as_slice())?;
+                        }
+                    }
+                    for old in &from_current {
+                        current.remove(old)?;
+                    }
+                    for (new, sealed) in &current_writes {
+                        current.insert(new.as_slice(), sealed.as_slice())?;
+                    }
+                    events.insert(&erased_seq.to_be_bytes()[..], erased_event.as_slice())?;
+                    events.insert(&registered_seq.to_be_bytes()[..], registered_event.as_slice())?;
+                    Ok(())
+                },
+            );
+        flatten(result)?;
+        // The moved data must be durable before `from`'s key can go: destroyed first, a crash
+        // could bring back the pre-merge state with `from`'s records sealed under no key.
+        self.db.flush().map_err(backend)?;
+        self.vault.destroy(from)?;
+        Ok(Merged {
+            links: moved_links,
+            consent_records: ledger.len(),
+            interactions: interactions.len(),
+            event: registered_seq,
+        })
+    }
+
+    fn rectify(&self, subject: &SubjectId, change: &Rectification, now: i64) -> Result<Rectified, StoreError> {
+        let _serial = self.serialise_writes();
+        let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        let key = self.key(subject)?;
+        let mut record = self.subject_record(subject)?.unwrap_or_default();
+        let mut removed = Vec::new();
+        for (identifier, link) in &change.remove {
+            let held = record.identifiers.contains(identifier) || entry.links.contains(link);
+            if !held {
+                return Err(StoreError::NotHeld);
+            }
+            record.identifiers.retain(|i| i != identifier);
+            entry.links.retain(|l| l != link);
+            if !removed.contains(link) {
+                removed.push(*link);
+            }
+        }
+        let mut added = Vec::new();
+        for (identifier, link) in &change.add {
+            match self.subject_by_link(link)? {
+                Some(other) if other != *subject => return Err(StoreError::Conflict),
+                _ => {}
+            }
+            if !record.identifiers.contains(identifier) {
+                record.identifiers.push(identifier.clone());
+            }
+            if !entry.links.contains(link) {
+                entry.links.push(*link);
+                added.push(*link);
+            }
+        }
+        for field in &change.remove_profile {
+            record.profile.remove(field);
+        }
+        for (field, value) in &change.set_profile {
+            record.profile.insert(field.clone(), value.clone());
+        }
+        let sealed = seal(&key, b"subjects", subject.as_bytes(), &record)?;
+        let meta_bytes = encode(&entry)?;
+        let mut events_out = Vec::new();
+        if !removed.is_empty() {
+            events_out.push(self.event_bytes(*subject, removed.clone(), Change::LinksRemoved, now)?);
+        }
+        if !added.is_empty() {
+            events_out.push(self.event_bytes(*subject, added.clone(), Change::Registered, now)?);
+        }
+        let result =
+            (&self.meta, &self.subjects, &self.links, &self.events).transaction(|(meta, subjects, links, events)| {
+                for link in &removed {
+                    // Only a link that still names this subject is dropped.
+                    if links.get(link.as_bytes())?.as_deref() == Some(&subject.as_bytes()[..]) {
+                        links.remove(&link.as_bytes()[..])?;
+                    }
+                }
+                for link in &added {
+                    if let Some(value) = links.get(link.as_bytes())?
+                        && value.as_ref() != &subject.as_bytes()[..]
+                    {
+                        return abort(StoreError::Conflict);
+                    }
+                    links.insert(&link.as_bytes()[..], &subject.as_bytes()[..])?;
+                }
+                subjects.insert(&subject.as_bytes()[..], sealed.as_slice())?;
+                meta.insert(&subject.as_bytes()[..], meta_bytes.as_slice())?;
+                for (seq, bytes) in &events_out {
+                    events.insert(&seq.to_be_bytes()[..], bytes.as_slice())?;
+                }
+                Ok(())
+            });
+        flatten(result)?;
+        Ok(Rectified { added, removed, event: events_out.last().map(|(seq, _)| *seq) })
+    }
+
+    fn set_restricted(&self, subject: &SubjectId, restricted: bool) -> Result<(), StoreError> {
+        let _serial = self.serialise_writes();
+        let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        entry.meta.restricted = restricted;
+        self.meta.insert(subject.as_bytes(), encode(&entry)?).map_err(backend)?;
+        Ok(())
+    }
+
+    fn append_interaction(&self, subject: &SubjectId, interaction: NewInteraction) -> Result<Interaction, StoreError> {
+        let key = self.key(subject)?;
+        let _serial = self.serialise_writes();
+        let sequence = self.db.generate_id().map_err(backend)?;
+        let stored = Interaction {
+            sequence,
+            channel: interaction.channel,
+            occurred_at: interaction.occurred_at,
+            recorded_at: interaction.recorded_at,
+            kind: interaction.kind,
+            intent: interaction.intent,
+            summary: interaction.summary,
+            reference: interaction.reference,
+            open: interaction.open,
+        };
+        let k = consent_key(subject, sequence);
+        let sealed = seal(&key, b"interactions", &k, &stored)?;
+        let result = (&self.meta, &self.interactions).transaction(|(meta, interactions)| {
+            if meta.get(subject.as_bytes())?.is_none() {
+                return abort(StoreError::NotFound);
+            }
+            interactions.insert(&k[..], sealed.as_slice())?;
+            Ok(())
+        });
+        flatten(result)?;
+        Ok(stored)
+    }
+
+    fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {
+        self.open_log(&self.interactions, b"interactions", subject)
+    }
+
+    fn append_rights_request(&self, subject: &SubjectId, request: &RightsRequestRecord) -> Result<(), StoreError> {
+        let key = self.key(subject)?;
+        let _serial = self.serialise_writes();
+        let sequence = self.db.generate_id().map_err(backend)?;
+        let k = consent_key(subject, sequence);
+        let sealed = seal(&key, b"rights", &k, request)?;
+        let result = (&self.meta, &self.rights).transaction(|(meta, rights)| {
+            if meta.get(subject.as_bytes())?.is_none() {
+                return abort(StoreError::NotFound);
+            }
+            rights.insert(&k[..], sealed.as_slice())?;
+            Ok(())
+        });
+        flatten(result)
+    }
+
+    fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
+        self.open_log(&self.rights, b"rights", subject)
     }
 
     fn links(&self) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send> {
@@ -427,6 +737,8 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        // Keys first: a sealed record must never be durable without the key that opens it.
+        self.vault.sync()?;
         self.db.flush_async().await.map(|_| ()).map_err(backend)
     }
 }
@@ -573,6 +885,170 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.consent_history(&s).unwrap().len(), 1);
         assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers.len(), 1);
+    }
+
+    fn consent_on(state: ConsentState, captured_at: i64, channel: Channel) -> NewConsent {
+        NewConsent { channels: vec![channel], ..consent(state, captured_at) }
+    }
+
+    fn interaction(summary: &str, occurred_at: i64) -> NewInteraction {
+        NewInteraction {
+            channel: Channel::Chat,
+            occurred_at,
+            recorded_at: occurred_at,
+            kind: super::super::InteractionKind::Message,
+            intent: "billing.dispute".into(),
+            summary: summary.into(),
+            reference: "T-1".into(),
+            open: true,
+        }
+    }
+
+    fn rights(kind: &str) -> RightsRequestRecord {
+        RightsRequestRecord {
+            request_id: "00".repeat(16),
+            kind: kind.into(),
+            received_at: 1,
+            deadline_at: 2,
+            status: "completed".into(),
+            deadline_basis: "test".into(),
+            completed_at: Some(1),
+        }
+    }
+
+    #[test]
+    fn merge_moves_everything_and_never_lets_an_older_grant_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let into = subject(&store, "into@example.de");
+        let from = subject(&store, "from.person@example.de");
+        // Email: `into` withdrew at 200, `from` holds an older grant (100) → withdrawn.
+        store.append_consent(&into, consent(ConsentState::Withdrawn, 200)).unwrap();
+        store.append_consent(&from, consent(ConsentState::Granted, 100)).unwrap();
+        // SMS: `into` granted at 100, `from` withdrew later (300) → withdrawn.
+        store.append_consent(&into, consent_on(ConsentState::Granted, 100, Channel::Sms)).unwrap();
+        store.append_consent(&from, consent_on(ConsentState::Withdrawn, 300, Channel::Sms)).unwrap();
+        // Post: only `from` has a record → it carries over.
+        store.append_consent(&from, consent_on(ConsentState::Granted, 50, Channel::Post)).unwrap();
+        store.append_interaction(&from, interaction("moved summary", 10)).unwrap();
+        store.append_rights_request(&from, &rights("access")).unwrap();
+        let from_links = store.meta_entry(&from).unwrap().unwrap().links;
+        store.set_restricted(&from, true).unwrap();
+
+        let merged = store.merge(&into, &from, 400).unwrap();
+        flush(&store);
+        assert_eq!(merged.links, from_links);
+        assert_eq!((merged.consent_records, merged.interactions), (3, 1));
+        let state = |channel| store.current_consent(&into, Purpose::Marketing, channel).unwrap().unwrap().state;
+        assert_eq!(state(Channel::Email), ConsentState::Withdrawn, "an older grant never overrides a withdrawal");
+        assert_eq!(state(Channel::Sms), ConsentState::Withdrawn, "a later withdrawal of `from` wins");
+        assert_eq!(state(Channel::Post), ConsentState::Granted);
+        let history = store.consent_history(&into).unwrap();
+        assert_eq!(history.len(), 5);
+        assert!(history.windows(2).all(|w| w[0].sequence < w[1].sequence), "ledger stays in recording order");
+        assert_eq!(store.interactions(&into).unwrap()[0].summary, "moved summary");
+        assert_eq!(store.rights_requests(&into).unwrap().len(), 1);
+        let record = store.subject_record(&into).unwrap().unwrap();
+        assert_eq!(record.identifiers.len(), 2);
+        assert_eq!(store.subject_by_link(&from_links[0]).unwrap(), Some(into));
+        assert!(store.subject_meta(&into).unwrap().unwrap().restricted, "a restriction of either half holds");
+        // `from` is gone, its key destroyed.
+        assert!(store.subject_meta(&from).unwrap().is_none());
+        assert!(store.raw_key(&from).is_none());
+        assert!(matches!(store.consent_history(&from), Err(StoreError::NotFound)));
+        assert!(store.current.scan_prefix(from.as_bytes()).next().is_none());
+        assert!(store.interactions.scan_prefix(from.as_bytes()).next().is_none());
+        // Events: ERASED for `from`'s links, then REGISTERED for `into` with the same links.
+        let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+        let tail = &events[events.len() - 2..];
+        assert_eq!((tail[0].subject, &tail[0].change, &tail[0].links), (from, &Change::Erased, &from_links));
+        assert_eq!((tail[1].subject, &tail[1].change, &tail[1].links), (into, &Change::Registered, &from_links));
+        assert_eq!(tail[1].sequence, merged.event);
+        assert!(matches!(store.merge(&into, &from, 401), Err(StoreError::NotFound)));
+        assert!(matches!(store.merge(&into, &into, 401), Err(StoreError::Conflict)));
+        // Survives a reopen: everything moved was flushed.
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.consent_history(&into).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn merge_refuses_subjects_of_different_jurisdictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let de = subject(&store, "de@example.de");
+        let fr = Jurisdiction::parse("FR").unwrap();
+        let other = store
+            .register(&fr, &[ident(IdentifierKind::Email, "fr@example.fr")], SubjectId::from_bytes([7; 16]), 0)
+            .unwrap()
+            .subject;
+        assert!(matches!(store.merge(&de, &other, 1), Err(StoreError::MergeJurisdictionMismatch)));
+        assert!(store.subject_meta(&other).unwrap().is_some(), "nothing changed");
+    }
+
+    #[test]
+    fn rectify_relinks_identifiers_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let s = subject(&store, "old@example.de");
+        let other = subject(&store, "someone.else@example.de");
+        let old = ident(IdentifierKind::Email, "old@example.de");
+        let new = ident(IdentifierKind::Email, "new@example.de");
+        let phone = ident(IdentifierKind::Phone, "+4915112345678");
+        let change = Rectification {
+            add: vec![new.clone(), phone.clone()],
+            remove: vec![old.clone()],
+            set_profile: [("name".to_owned(), "Anna".to_owned())].into(),
+            remove_profile: vec![],
+        };
+        let rectified = store.rectify(&s, &change, 5).unwrap();
+        assert_eq!(rectified.added, vec![new.1, phone.1]);
+        assert_eq!(rectified.removed, vec![old.1]);
+        assert_eq!(store.subject_by_link(&old.1).unwrap(), None);
+        assert_eq!(store.subject_by_link(&new.1).unwrap(), Some(s));
+        let record = store.subject_record(&s).unwrap().unwrap();
+        assert_eq!(record.identifiers, vec![new.0.clone(), phone.0.clone()]);
+        assert_eq!(record.profile.get("name").map(String::as_str), Some("Anna"));
+        let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+        let tail = &events[events.len() - 2..];
+        assert_eq!((&tail[0].change, &tail[0].links), (&Change::LinksRemoved, &vec![old.1]));
+        assert_eq!((&tail[1].change, &tail[1].links), (&Change::Registered, &vec![new.1, phone.1]));
+
+        // Another subject's identifier, or one the subject does not hold: refused, nothing changes.
+        let theirs = ident(IdentifierKind::Email, "someone.else@example.de");
+        let refused = Rectification { add: vec![theirs.clone()], remove: vec![phone.clone()], ..Default::default() };
+        assert!(matches!(store.rectify(&s, &refused, 6), Err(StoreError::Conflict)));
+        let not_held = Rectification { remove: vec![old.clone()], ..Default::default() };
+        assert!(matches!(store.rectify(&s, &not_held, 6), Err(StoreError::NotHeld)));
+        assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(s));
+        assert_eq!(store.subject_by_link(&theirs.1).unwrap(), Some(other));
+    }
+
+    #[test]
+    fn interactions_and_rights_are_sealed_and_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let s = subject(&store, "talk@example.de");
+        let summary = "customer disputes invoice probe-7731";
+        let first = store.append_interaction(&s, interaction(summary, 10)).unwrap();
+        let second = store.append_interaction(&s, interaction("later", 5)).unwrap();
+        assert!(first.sequence < second.sequence);
+        store.append_rights_request(&s, &rights("rectification")).unwrap();
+        store.set_restricted(&s, true).unwrap();
+        flush(&store);
+        assert!(store.subject_meta(&s).unwrap().unwrap().restricted);
+        let log = store.interactions(&s).unwrap();
+        assert_eq!(log.iter().map(|i| i.summary.as_str()).collect::<Vec<_>>(), [summary, "later"]);
+        let on_disk = walk(dir.path())
+            .into_iter()
+            .any(|p| std::fs::read(p).unwrap().windows(summary.len()).any(|w| w == summary.as_bytes()));
+        assert!(!on_disk, "interaction summaries are encrypted at rest");
+        store.erase(&s, 20).unwrap();
+        assert!(matches!(store.interactions(&s), Err(StoreError::NotFound)));
+        assert!(matches!(store.rights_requests(&s), Err(StoreError::NotFound)));
+        assert!(store.interactions.is_empty() && store.rights.is_empty());
+        assert!(matches!(store.append_interaction(&s, interaction("x", 1)), Err(StoreError::NotFound)));
+        assert!(matches!(store.set_restricted(&s, false), Err(StoreError::NotFound)));
     }
 
     fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

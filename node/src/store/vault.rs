@@ -81,6 +81,9 @@ struct Inner {
     slots: HashMap<SubjectId, (u64, [u8; KEY_LEN])>,
     free: Vec<u64>,
     next: u64,
+    /// Slots written since the last sync; consent writes never touch keys, so most flushes
+    /// skip this file's fsync.
+    dirty: bool,
 }
 
 /// The key file of one node.
@@ -119,7 +122,7 @@ impl KeyVault {
             key.copy_from_slice(&slot[SUBJECT_ID_LEN..]);
             slots.insert(id, (index as u64, key));
         }
-        Ok(Self { inner: Mutex::new(Inner { file, slots, free, next: whole as u64 }) })
+        Ok(Self { inner: Mutex::new(Inner { file, slots, free, next: whole as u64, dirty: false }) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -134,7 +137,9 @@ impl KeyVault {
         }
     }
 
-    /// Returns the subject's key, creating and durably storing a new one if needed.
+    /// Returns the subject's key, creating a new one if needed. The new slot is written but not
+    /// synced: `sync` (called by the store's flush, before any acknowledgement) makes it durable,
+    /// so many registrations share one fsync.
     pub fn get_or_create(&self, subject: &SubjectId) -> Result<SubjectKey, StoreError> {
         let mut inner = self.lock();
         if let Some((_, bytes)) = inner.slots.get(subject) {
@@ -154,18 +159,38 @@ impl KeyVault {
         slot[..SUBJECT_ID_LEN].copy_from_slice(subject.as_bytes());
         slot[SUBJECT_ID_LEN..].copy_from_slice(&key);
         write_slot(&mut inner.file, index, &slot)?;
+        inner.dirty = true;
         inner.slots.insert(*subject, (index, key));
         SubjectKey::from_bytes(&key)
     }
 
-    /// Destroys the subject's key: its slot is overwritten with zeros and synced before this
-    /// returns. Returns whether a key existed.
+    /// Destroys the subject's key: its slot is overwritten with zeros (durable at the next
+    /// `sync`, which precedes the erasure's acknowledgement). Returns whether a key existed.
     pub fn destroy(&self, subject: &SubjectId) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         let Some((index, _)) = inner.slots.remove(subject) else { return Ok(false) };
         write_slot(&mut inner.file, index, &[0u8; SLOT_LEN])?;
+        inner.dirty = true;
         inner.free.push(index);
         Ok(true)
+    }
+
+    /// Makes every slot write so far durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let file = {
+            let mut inner = self.lock();
+            if !inner.dirty {
+                return Ok(());
+            }
+            inner.dirty = false;
+            // Clone the handle so the fsync runs without holding the lock; a write racing with
+            // it sets `dirty` again and is covered by the next sync.
+            inner.file.try_clone().map_err(|e| StoreError::Backend(format!("key file: {e}")))?
+        };
+        file.sync_data().map_err(|e| {
+            self.lock().dirty = true;
+            StoreError::Backend(format!("key file: {e}"))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -186,8 +211,7 @@ impl KeyVault {
 fn write_slot(file: &mut File, index: u64, slot: &[u8; SLOT_LEN]) -> Result<(), StoreError> {
     let io = |e: std::io::Error| StoreError::Backend(format!("key file: {e}"));
     file.seek(SeekFrom::Start(index * SLOT_LEN as u64)).map_err(io)?;
-    file.write_all(slot).map_err(io)?;
-    file.sync_data().map_err(io)
+    file.write_all(slot).map_err(io)
 }
 
 #[cfg(test)]
@@ -200,6 +224,7 @@ mod tests {
         let vault = KeyVault::open(dir.path()).unwrap();
         let s = SubjectId::from_bytes([1; 16]);
         let key = vault.get_or_create(&s).unwrap();
+        vault.sync().unwrap();
         let sealed = key.seal(b"ctx", b"secret profile").unwrap();
         assert_eq!(key.open(b"ctx", &sealed).unwrap(), b"secret profile");
         assert!(key.open(b"other-ctx", &sealed).is_err(), "context is authenticated");
@@ -212,6 +237,7 @@ mod tests {
         assert_eq!(key.open(b"ctx", &sealed).unwrap(), b"secret profile");
 
         assert!(vault.destroy(&s).unwrap());
+        vault.sync().unwrap();
         assert!(vault.get(&s).unwrap().is_none());
         let file = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
         assert!(!file.windows(KEY_LEN).any(|w| w == raw), "the key bytes are gone from disk");

@@ -1,0 +1,171 @@
+//! Node benchmarks, in process, on real sled files with real fsync (no gRPC transport):
+//!
+//! - durable consent writes per second, one writer vs many concurrent writers (group commit);
+//! - node-side decision latency with N subjects stored.
+//!
+//! `cargo bench -p domicile-node --bench node` (env: BENCH_SUBJECTS=1000000, BENCH_SECS=5).
+//! Prints a table; BENCHMARKS.md records the figures with the machine and date.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark harness")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domicile_node::NodeService;
+use domicile_node::audit::AuditLog;
+use domicile_node::store::{SledStore, Store};
+use domicile_proto::pb::common::v1 as common;
+use domicile_proto::pb::node::v1 as pb;
+use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
+use domicile_types::{IdentifierKind, Jurisdiction, LinkKey, NormalizedIdentifier, RegionId, SubjectId};
+use hdrhistogram::Histogram;
+use tonic::Request;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Fixture {
+    service: Arc<NodeService<SledStore>>,
+    store: Arc<SledStore>,
+    subjects: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn packs() -> Arc<domicile_runtime::packs::PackReloader> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-packs");
+    Arc::new(domicile_runtime::packs::PackReloader::new(dir, None).expect("packs"))
+}
+
+/// Registers `n` DE subjects straight into the store (the bulk path), `subject_refs` returned.
+async fn fixture(n: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let region = RegionId::parse("eu-central").unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let key = LinkKey::from_bytes(&[7; 32]).unwrap();
+    let de = Jurisdiction::parse("DE").unwrap();
+    let started = Instant::now();
+    let mut subjects = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = NormalizedIdentifier::normalize(IdentifierKind::CrmAccount, &format!("acct-{i}")).unwrap();
+        let link = key.link(&id);
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        raw[8..].copy_from_slice(&[0x5a; 8]);
+        let registered = store.register(&de, &[(id, link)], SubjectId::from_bytes(raw), 0).unwrap();
+        subjects.push(format!("eu-central/{}", registered.subject));
+        if n >= 100_000 && i % 100_000 == 0 && i > 0 {
+            eprintln!("  loaded {i} subjects ({:.0}/s)", i as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+    store.flush().await.unwrap();
+    let audit = Arc::new(AuditLog::open(dir.path(), &region).unwrap());
+    let service = Arc::new(NodeService::new(region, Arc::clone(&store), packs(), key, audit).unwrap());
+    Fixture { service, store, subjects, _dir: dir }
+}
+
+fn subject_key(subject_ref: &str) -> Option<common::SubjectKey> {
+    Some(common::SubjectKey { key: Some(common::subject_key::Key::SubjectRef(subject_ref.to_owned())) })
+}
+
+async fn durable_writes(fixture: &Fixture, writers: usize, secs: u64) -> (f64, Histogram<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let service = Arc::clone(&fixture.service);
+        let subjects = fixture.subjects.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).unwrap();
+            let mut i = w;
+            while Instant::now() < deadline {
+                let subject = &subjects[i % subjects.len()];
+                let action = if i % 2 == 0 { common::ConsentAction::Grant } else { common::ConsentAction::Withdraw };
+                let t = Instant::now();
+                service
+                    .record_consent(Request::new(pb::RecordConsentRequest {
+                        subject: subject_key(subject),
+                        purpose: "marketing".into(),
+                        channels: vec!["email".into()],
+                        action: action as i32,
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap();
+                hist.record(t.elapsed().as_micros() as u64).unwrap();
+                i += writers;
+            }
+            hist
+        }));
+    }
+    let start = Instant::now();
+    let mut total = Histogram::<u64>::new(3).unwrap();
+    for task in tasks {
+        total.add(task.await.unwrap()).unwrap();
+    }
+    (total.len() as f64 / start.elapsed().as_secs_f64(), total)
+}
+
+async fn decisions(fixture: &Fixture, count: usize) -> Histogram<u64> {
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let n = fixture.subjects.len();
+    // A cheap deterministic spread over the key space (no rand dependency).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let subject = &fixture.subjects[(x as usize) % n];
+        let t = Instant::now();
+        let reply = fixture
+            .service
+            .decide(Request::new(pb::DecideRequest {
+                subject: subject_key(subject),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                at: None,
+            }))
+            .await
+            .unwrap();
+        hist.record(t.elapsed().as_nanos() as u64).unwrap();
+        assert!(reply.into_inner().decision.is_some());
+    }
+    hist
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let subjects = env_usize("BENCH_SUBJECTS", 1_000_000);
+    let secs = env_usize("BENCH_SECS", 5) as u64;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    println!("== durable consent writes (record_consent → sled flush + audit fsync before the reply)");
+    let small = rt.block_on(fixture(10_000));
+    for writers in [1, 16, 64, 256] {
+        let (rate, hist) = rt.block_on(durable_writes(&small, writers, secs));
+        println!(
+            "writers {writers:>4}: {rate:>9.0} writes/s   latency p50 {:>6} µs  p99 {:>6} µs  max {:>6} µs",
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99),
+            hist.max()
+        );
+    }
+    drop(small);
+
+    println!("== node-side decisions with {subjects} subjects stored (one caller, sequential)");
+    let t = Instant::now();
+    let big = rt.block_on(fixture(subjects));
+    println!("loaded {subjects} subjects in {:.1} s", t.elapsed().as_secs_f64());
+    let (stored, links) = big.store.counts().unwrap();
+    assert_eq!(stored as usize, subjects);
+    assert_eq!(links as usize, subjects);
+    let _warm = rt.block_on(decisions(&big, 20_000));
+    let hist = rt.block_on(decisions(&big, 200_000));
+    println!(
+        "decide: p50 {:.1} µs  p90 {:.1} µs  p99 {:.1} µs  max {:.1} µs  ({} decisions)",
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.9) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        hist.max() as f64 / 1000.0,
+        hist.len()
+    );
+}

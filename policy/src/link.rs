@@ -1,0 +1,222 @@
+//! Linking: one pack plus the packs it extends become one compiled table, with the checks that
+//! need the whole chain (coverage gaps, unreachable rules, replaced rules, time zones).
+
+use domicile_types::{Channel, Purpose};
+
+use crate::diag::Sink;
+use crate::eval::{CELLS, CompiledRule, DecisionTable, MAX_RULES_PER_CELL, cell_index};
+use crate::model::{CallingWindow, Lifetime, Obligation, Register, Rights, Rule};
+use crate::pack::{Pack, PackKind, PackRef, Parsed};
+
+/// `members[0]` is the pack being linked, then the packs it extends, nearest first. Problems are
+/// reported on `sink` (the file of `members[0]`); `None` when there were errors.
+pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
+    let me = *members.first()?;
+    let errors_before = sink.diagnostics.iter().filter(|d| d.is_error()).count();
+
+    // Effective rules, most specific first; each remembers how deep in the chain it was defined.
+    let mut effective: Vec<(Rule, usize)> = Vec::new();
+    let mut cell_rules: Vec<Vec<u16>> = vec![Vec::new(); CELLS];
+    for (depth, member) in members.iter().enumerate() {
+        for parsed in &member.rules {
+            let rule = &parsed.rule;
+            let Ok(index) = u16::try_from(effective.len()) else { break };
+            for &channel in &rule.channels {
+                let cell = cell_index(rule.purpose, channel);
+                let replaced = effective.iter().any(|(other, d)| {
+                    *d < depth
+                        && other.purpose == rule.purpose
+                        && other.channels.contains(&channel)
+                        && other.replaces.contains(&rule.id)
+                });
+                if !replaced && let Some(list) = cell_rules.get_mut(cell) {
+                    list.push(index);
+                }
+            }
+            effective.push((rule.clone(), depth));
+        }
+    }
+
+    // Own rules: replaced rules must share a cell; rules that can never allow are flagged.
+    for parsed in &me.rules {
+        let rule = &parsed.rule;
+        for (target, span) in rule.replaces.iter().zip(&parsed.replaces_spans) {
+            let shares = effective.iter().any(|(other, d)| {
+                *d > 0
+                    && &other.id == target
+                    && other.purpose == rule.purpose
+                    && other.channels.iter().any(|c| rule.channels.contains(c))
+            });
+            if !shares {
+                sink.warning(
+                    span,
+                    "replaced rule covers none of this rule's purpose × channel cells; nothing is replaced",
+                );
+            }
+        }
+        if rule.basis.can_allow() {
+            let blocker = rule.channels.iter().try_fold(None::<&str>, |found, &channel| {
+                let list = cell_rules.get(cell_index(rule.purpose, channel))?;
+                let denier = list.iter().filter_map(|&i| effective.get(usize::from(i))).find(|(other, _)| {
+                    !other.basis.can_allow() && other.effective_from.is_none() && other.effective_until.is_none()
+                })?;
+                Some(found.or(Some(denier.0.id.as_str())))
+            });
+            if let Some(Some(blocker)) = blocker {
+                sink.warning(
+                    &parsed.span,
+                    format!("unreachable rule: `{blocker}` denies every purpose × channel it covers; use `replaces` to override"),
+                );
+            }
+        }
+        let starts_after_pack = matches!((rule.effective_from, me.effective_until), (Some(f), Some(u)) if f >= u);
+        let ends_before_pack = matches!((rule.effective_until, me.effective_from), (Some(u), Some(f)) if u <= f);
+        if starts_after_pack || ends_before_pack {
+            sink.warning(&parsed.span, "unreachable rule: never in effect while the pack is");
+        }
+    }
+
+    for (cell, list) in cell_rules.iter().enumerate() {
+        if list.len() > MAX_RULES_PER_CELL {
+            sink.error(&me.pack_span, format!("more than {MAX_RULES_PER_CELL} rules share cell {cell}"));
+        }
+    }
+
+    // Coverage: gaps must be declared (`basis = "gap"`). Baselines may leave cells to countries.
+    if me.kind == PackKind::Jurisdiction {
+        for &purpose in Purpose::ALL {
+            let missing: Vec<&str> = Channel::ALL
+                .iter()
+                .filter(|&&c| cell_rules.get(cell_index(purpose, c)).is_none_or(Vec::is_empty))
+                .map(|c| c.as_str())
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let message = format!("no rule for {purpose} by {}; these default to deny", missing.join(", "));
+            if me.schema >= 2 {
+                sink.error(&me.pack_span, format!("{message}; declare them with `basis = \"gap\"`"));
+            } else {
+                sink.warning(&me.pack_span, message);
+            }
+        }
+    }
+
+    // Named definitions resolve lexically: from the rule's own pack outwards.
+    let mut compiled = Vec::with_capacity(effective.len());
+    for (rule, depth) in &effective {
+        let obligations: Vec<Obligation> = rule
+            .obligations
+            .iter()
+            .filter_map(|id| {
+                members
+                    .iter()
+                    .skip(*depth)
+                    .find_map(|m| m.obligations.iter().find(|(o, _)| &o.id == id))
+                    .map(|(o, _)| o.clone())
+            })
+            .collect();
+        let lifetime = rule
+            .lifetime
+            .as_ref()
+            .and_then(|id| members.iter().skip(*depth).find_map(|m| m.lifetimes.iter().find(|(l, _)| &l.id == id)))
+            .map_or_else(Lifetime::express_only, |(l, _)| l.clone());
+        let window: Option<CallingWindow> = rule
+            .window
+            .as_ref()
+            .and_then(|id| members.iter().skip(*depth).find_map(|m| m.windows.iter().find(|(w, _)| &w.id == id)))
+            .map(|(w, _)| w.clone());
+        let register: Option<Register> = rule
+            .screen
+            .as_ref()
+            .and_then(|id| members.iter().skip(*depth).find_map(|m| m.registers.iter().find(|(r, _)| &r.id == id)))
+            .map(|(r, _)| r.clone());
+        let mut obligations = obligations;
+        if let Some(r) = &register {
+            obligations.push(Obligation {
+                id: r.id.clone(),
+                text: format!("screen the contact against {} before contact ({})", r.name, r.cite),
+            });
+        }
+        compiled.push(CompiledRule { obligations, lifetime, window, register });
+    }
+
+    let time_zones = members.iter().map(|m| &m.time_zones).find(|z| !z.is_empty()).cloned().unwrap_or_default();
+    if time_zones.is_empty()
+        && let Some((rule, _)) = effective.iter().find(|(r, _)| r.window.is_some())
+    {
+        let span = me.rules.iter().find(|p| p.rule.id == rule.id).and_then(|p| p.window_span.clone());
+        sink.error(
+            &span.unwrap_or_else(|| me.pack_span.clone()),
+            "calling windows need the subject's time zone: list `time_zones` in [pack]",
+        );
+    }
+    let Some(residency) = members.iter().find_map(|m| m.residency.clone()) else {
+        sink.error(&me.pack_span, "missing key `residency` in the pack file and no extended pack defines it");
+        return None;
+    };
+    let mut rights = Rights::default();
+    for m in members {
+        rights.deadline = rights.deadline.or(m.rights.deadline);
+        rights.extension = rights.extension.or(m.rights.extension);
+        rights.age_of_digital_consent = rights.age_of_digital_consent.or(m.rights.age_of_digital_consent);
+        rights.cite = rights.cite.take().or_else(|| m.rights.cite.clone());
+    }
+    // Definitions visible to this pack: its own shadow inherited ones of the same id.
+    fn merged<T: Clone>(members: &[&Parsed], get: impl Fn(&Parsed) -> Vec<(String, T)>) -> Vec<T> {
+        let mut seen: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for m in members {
+            for (id, item) in get(m) {
+                if !seen.contains(&id) {
+                    seen.push(id);
+                    out.push(item);
+                }
+            }
+        }
+        out
+    }
+    let obligations = merged(members, |m| m.obligations.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let lifetimes = merged(members, |m| m.lifetimes.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let windows = merged(members, |m| m.windows.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let registers = merged(members, |m| m.registers.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+
+    if sink.diagnostics.iter().filter(|d| d.is_error()).count() > errors_before {
+        return None;
+    }
+    let pack_ref = PackRef { id: me.id.clone(), version: me.version.clone() };
+    let chain = members.iter().map(|m| PackRef { id: m.id.clone(), version: m.version.clone() }).collect();
+    let effective_rules: Vec<Rule> = effective.into_iter().map(|(r, _)| r).collect();
+    let table = DecisionTable::compile(
+        &pack_ref,
+        &effective_rules,
+        &cell_rules,
+        compiled,
+        time_zones.clone(),
+        (me.effective_from, me.effective_until),
+    );
+    Some(Pack {
+        pack_ref,
+        schema: me.schema,
+        kind: me.kind,
+        title: me.title.clone(),
+        jurisdiction: me.jurisdiction.clone(),
+        chain,
+        owners: me.owners.clone(),
+        references: me.references.clone(),
+        effective_from: me.effective_from,
+        effective_until: me.effective_until,
+        time_zones,
+        residency,
+        rights,
+        obligations,
+        lifetimes,
+        windows,
+        registers,
+        rules: me.rules.iter().map(|p| p.rule.clone()).collect(),
+        effective_rules,
+        revision: me.revision.clone(),
+        path: me.path.clone(),
+        table,
+    })
+}

@@ -1,0 +1,181 @@
+//! Proof that nothing personal crosses a border: every byte between a gateway and each region's
+//! node is recorded after TLS decryption (a TLS-terminating proxy per region, see
+//! `RecordingProxy`), while subjects of three regions are registered, consent is captured,
+//! decisions (unary and batch) are taken, history is read, change events are watched and a
+//! subject is erased. No seeded identifier, in the form given or normalised, may appear in the
+//! traffic with any node other than its home region's, and (to prove the recorder sees plain
+//! bytes) each does appear in its home region's traffic, carried by registration.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use std::time::Duration;
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::{TestCluster, region};
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+const REGIONS: &[&str] = &["eu-central", "us-east", "sa-east"];
+
+struct Seed {
+    jurisdiction: &'static str,
+    home: &'static str,
+    /// (kind, value as given, normalised forms and fragments that must not cross)
+    identifiers: &'static [(&'static str, &'static str, &'static [&'static str])],
+}
+
+const SEEDS: &[Seed] = &[
+    Seed {
+        jurisdiction: "DE",
+        home: "eu-central",
+        identifiers: &[
+            (
+                "email",
+                "Greta.Traffic-Probe@Example.DE",
+                &["greta.traffic-probe@example.de", "Traffic-Probe", "traffic-probe"],
+            ),
+            ("phone", "+49 151 2468 1357", &["+4915124681357", "15124681357", "2468 1357"]),
+        ],
+    },
+    Seed {
+        jurisdiction: "US",
+        home: "us-east",
+        identifiers: &[
+            ("email", "hank.wiretap-probe@example.com", &["hank.wiretap-probe", "wiretap-probe"]),
+            ("crm_account", "CRM-US-99173", &["CRM-US-99173", "crm-us-99173", "99173"]),
+        ],
+    },
+    Seed {
+        jurisdiction: "BR",
+        home: "sa-east",
+        identifiers: &[("email", "joana.sniffer-probe@example.com.br", &["joana.sniffer-probe", "sniffer-probe"])],
+    },
+];
+
+fn selector(kind: &str, value: &str) -> Option<gw::SubjectSelector> {
+    Some(gw::SubjectSelector {
+        selector: Some(gw::subject_selector::Selector::Identifier(common::Identifier {
+            kind: kind.into(),
+            value: value.into(),
+        })),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_identifier_crosses_to_a_node_of_another_region() {
+    let cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let mut proxies = Vec::new();
+    for r in REGIONS {
+        proxies.push((r.to_owned(), cluster.recording_proxy(&region(r)).await.expect("proxy starts")));
+    }
+    let endpoints: Vec<_> = proxies.iter().map(|(r, p)| (region(r), p.addr)).collect();
+    let gateway = cluster.start_gateway("recorded", &endpoints).await.expect("recorded gateway starts");
+    let mut client = cluster.gateway_at(gateway.addr).await.unwrap();
+    let mut watch = client.watch(gw::WatchRequest::default()).await.unwrap().into_inner();
+
+    for seed in SEEDS {
+        let registered = client
+            .register(gw::RegisterRequest {
+                jurisdiction: seed.jurisdiction.into(),
+                identifiers: seed
+                    .identifiers
+                    .iter()
+                    .map(|(kind, value, _)| common::Identifier { kind: (*kind).into(), value: (*value).into() })
+                    .collect(),
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        assert_eq!(registered.home_region, seed.home);
+        for (kind, value, _) in seed.identifiers {
+            // Capture, decisions, resolution and history, each addressed by the identifier.
+            client
+                .record_consent(gw::RecordConsentRequest {
+                    subject: selector(kind, value),
+                    purpose: "marketing".into(),
+                    channels: vec!["email".into(), "sms".into()],
+                    action: common::ConsentAction::Grant as i32,
+                    evidence: Some(common::Evidence { notice_version: "n1".into(), ..Default::default() }),
+                    ..Default::default()
+                })
+                .await
+                .expect("consent");
+            client
+                .decide(gw::DecideRequest {
+                    subject: selector(kind, value),
+                    purpose: "marketing".into(),
+                    channel: "email".into(),
+                    at: None,
+                })
+                .await
+                .expect("decide");
+            client
+                .resolve(gw::ResolveRequest {
+                    identifier: Some(common::Identifier { kind: (*kind).into(), value: (*value).into() }),
+                })
+                .await
+                .expect("resolve");
+            client
+                .consent_history(gw::ConsentHistoryRequest { subject: selector(kind, value) })
+                .await
+                .expect("history");
+        }
+    }
+    // A batch over every identifier of every region.
+    let items: Vec<gw::DecideStreamItem> = SEEDS
+        .iter()
+        .flat_map(|s| s.identifiers.iter())
+        .enumerate()
+        .map(|(i, (kind, value, _))| gw::DecideStreamItem {
+            id: i as u64,
+            subject: selector(kind, value),
+            purpose: "marketing".into(),
+            channel: "sms".into(),
+        })
+        .collect();
+    let count = items.len();
+    let mut results = client.decide_stream(tokio_stream::iter(items)).await.unwrap().into_inner();
+    let mut answered = 0;
+    while let Some(result) = results.message().await.unwrap() {
+        assert!(matches!(result.result, Some(gw::decide_stream_result::Result::Decision(_))));
+        answered += 1;
+    }
+    assert_eq!(answered, count);
+    // Change events flow through the proxies too.
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
+    assert!(event.event.is_some());
+    // Rights: erase the US subject by its CRM id.
+    client.erase(gw::EraseRequest { subject: selector("crm_account", "CRM-US-99173") }).await.expect("erase");
+
+    for seed in SEEDS {
+        for (_, value, fragments) in seed.identifiers {
+            for needle in std::iter::once(value).chain(fragments.iter()) {
+                for (proxy_region, proxy) in &proxies {
+                    let recording = proxy.recording();
+                    assert!(!recording.to_node.is_empty(), "traffic with {proxy_region} was recorded");
+                    if *proxy_region == seed.home {
+                        continue;
+                    }
+                    assert!(
+                        !recording.contains(needle.as_bytes()),
+                        "an identifier of a {} subject appeared in traffic with {proxy_region}",
+                        seed.home
+                    );
+                }
+            }
+        }
+        // The recorder sees plain bytes: registration carried the identifiers home.
+        let home = &proxies.iter().find(|(r, _)| *r == seed.home).unwrap().1;
+        let (_, value, fragments) = seed.identifiers[0];
+        let recording = home.recording();
+        assert!(
+            std::iter::once(&value).chain(fragments.iter()).any(|n| recording.contains(n.as_bytes())),
+            "registration reaches the home region in the clear"
+        );
+    }
+}
