@@ -141,12 +141,17 @@ fn main() {
     println!("== durable consent writes (record_consent → sled flush + audit fsync before the reply)");
     let small = rt.block_on(fixture(10_000));
     for writers in [1, 16, 64, 256] {
+        let before = small.service.commit_stats();
         let (rate, hist) = rt.block_on(durable_writes(&small, writers, secs));
+        let after = small.service.commit_stats();
+        let flushes = after.flushes - before.flushes;
         println!(
-            "writers {writers:>4}: {rate:>9.0} writes/s   latency p50 {:>6} µs  p99 {:>6} µs  max {:>6} µs",
+            "writers {writers:>4}: {rate:>9.0} writes/s   latency p50 {:>6} µs  p99 {:>6} µs  max {:>6} µs   {:.1} writes/flush, flush {:.2} ms",
             hist.value_at_quantile(0.5),
             hist.value_at_quantile(0.99),
-            hist.max()
+            hist.max(),
+            (after.commits - before.commits) as f64 / flushes.max(1) as f64,
+            (after.flush_micros - before.flush_micros) as f64 / flushes.max(1) as f64 / 1000.0,
         );
     }
     drop(small);

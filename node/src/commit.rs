@@ -32,6 +32,16 @@ pub struct GroupCommit {
     issued: AtomicU64,
     wake: Notify,
     committed: watch::Sender<Committed>,
+    flushes: AtomicU64,
+    flush_micros: AtomicU64,
+}
+
+/// How the committer has been doing, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    pub commits: u64,
+    pub flushes: u64,
+    pub flush_micros: u64,
 }
 
 impl GroupCommit {
@@ -41,6 +51,8 @@ impl GroupCommit {
             issued: AtomicU64::new(0),
             wake: Notify::new(),
             committed: watch::channel(Committed::default()).0,
+            flushes: AtomicU64::new(0),
+            flush_micros: AtomicU64::new(0),
         });
         let committer = Arc::clone(&this);
         tokio::spawn(async move { committer.run(flush).await });
@@ -57,7 +69,11 @@ impl GroupCommit {
                 self.wake.notified().await;
                 continue;
             }
-            match flush().await {
+            let started = std::time::Instant::now();
+            let result = flush().await;
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            match result {
                 Ok(()) => self.committed.send_modify(|c| c.upto = target),
                 Err(e) => {
                     if e != last_error {
@@ -70,6 +86,14 @@ impl GroupCommit {
                     });
                 }
             }
+        }
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.issued.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            flush_micros: self.flush_micros.load(Ordering::Relaxed),
         }
     }
 

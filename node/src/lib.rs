@@ -7,7 +7,7 @@
 
 mod access;
 pub mod audit;
-mod commit;
+pub mod commit;
 pub mod config;
 mod service;
 pub mod store;

@@ -157,6 +157,11 @@ impl<S: Store> NodeService<S> {
         Ok(Self { region, store, packs, link_key, durable, audit, commit })
     }
 
+    /// Group-commit figures (commits, flushes, time spent flushing).
+    pub fn commit_stats(&self) -> crate::commit::CommitStats {
+        self.commit.stats()
+    }
+
     /// Records an audit entry. A change or decision that cannot be audited is refused
     /// (invariant 5), never served unaudited.
     fn audit(&self, event: AuditEvent, subject: SubjectId) -> Result<(), Status> {
