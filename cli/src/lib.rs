@@ -105,9 +105,19 @@ fn announce(role: &'static str, region: Option<String>) -> impl FnOnce(std::net:
     }
 }
 
-async fn run_node(args: ServerArgs) -> ExitCode {
+/// Loads a server's configuration (exit 64 when it is bad), binds its listener and runs it until
+/// SIGINT/SIGTERM, announcing readiness on stdout.
+async fn run_server<C, F>(
+    args: ServerArgs,
+    load: impl FnOnce(&std::path::Path) -> Result<C, domicile_runtime::config::ConfigError>,
+    listen: impl FnOnce(&C) -> std::net::SocketAddr,
+    serve: impl FnOnce(C, tokio::net::TcpListener) -> F,
+) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     telemetry::init(args.log_json);
-    let config = match domicile_node::NodeConfig::load(&args.config) {
+    let config = match load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -115,39 +125,44 @@ async fn run_node(args: ServerArgs) -> ExitCode {
         }
     };
     let result = async {
-        let listener = bind(config.listen).await?;
-        let region = config.region.to_string();
-        domicile_node::serve(
-            config,
-            listener,
-            announce("node", Some(region)),
-            domicile_runtime::process::shutdown_signal(),
-        )
-        .await
+        let listener = bind(listen(&config)).await?;
+        serve(config, listener).await
     }
     .await;
     report(result)
 }
 
+async fn run_node(args: ServerArgs) -> ExitCode {
+    run_server(
+        args,
+        domicile_node::NodeConfig::load,
+        |c| c.listen,
+        |config, listener| {
+            let region = config.region.to_string();
+            domicile_node::serve(
+                config,
+                listener,
+                announce("node", Some(region)),
+                domicile_runtime::process::shutdown_signal(),
+            )
+        },
+    )
+    .await
+}
+
 async fn run_gateway(args: ServerArgs) -> ExitCode {
-    telemetry::init(args.log_json);
-    let config = match domicile_gateway::GatewayConfig::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
-    };
-    let result = async {
-        let listener = bind(config.listen).await?;
-        domicile_gateway::serve(
-            config,
-            listener,
-            announce("gateway", None),
-            domicile_runtime::process::shutdown_signal(),
-        )
-        .await
-    }
-    .await;
-    report(result)
+    run_server(
+        args,
+        domicile_gateway::GatewayConfig::load,
+        |c| c.listen,
+        |config, listener| {
+            domicile_gateway::serve(
+                config,
+                listener,
+                announce("gateway", None),
+                domicile_runtime::process::shutdown_signal(),
+            )
+        },
+    )
+    .await
 }

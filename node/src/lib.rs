@@ -15,13 +15,12 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNodeServer;
-use domicile_runtime::packs::{PackReloader, keep_reloading};
+use domicile_runtime::packs::start_packs;
+use domicile_runtime::process::read_link_key;
 use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
-use domicile_types::LinkKey;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -43,14 +42,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     install_crypto_provider();
     let tls = TlsMaterial::load(&config.tls)?;
-    let packs = Arc::new(PackReloader::new(config.packs_dir.clone(), config.packs_trust.clone())?);
-    for warning in &packs.current().warnings {
-        tracing::warn!(%warning, "policy pack warning");
-    }
-    tokio::spawn(keep_reloading(Arc::clone(&packs), Duration::from_millis(config.packs_reload_ms)));
-    let key_bytes = std::fs::read(&config.link_key_file)
-        .with_context(|| format!("cannot read link key file {}", config.link_key_file.display()))?;
-    let link_key = LinkKey::from_bytes(&key_bytes)?;
+    let packs = start_packs(&config.packs_dir, config.packs_trust.as_ref(), config.packs_reload_ms)?;
+    let link_key = read_link_key(&config.link_key_file)?;
     let store = Arc::new(
         SledStore::open(&config.data_dir)
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?,

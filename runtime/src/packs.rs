@@ -321,6 +321,21 @@ pub async fn keep_reloading(reloader: Arc<PackReloader>, every: std::time::Durat
     }
 }
 
+/// Loads the pack set a server starts with, logs its warnings, and keeps it current in the
+/// background (polling every `reload_ms`, and on SIGHUP). Fails if the first set cannot load.
+pub fn start_packs(
+    dir: &Path,
+    trust: Option<&TrustConfig>,
+    reload_ms: u64,
+) -> Result<Arc<PackReloader>, PackLoadError> {
+    let packs = Arc::new(PackReloader::new(dir.to_owned(), trust.cloned())?);
+    for warning in &packs.current().warnings {
+        tracing::warn!(%warning, "policy pack warning");
+    }
+    tokio::spawn(keep_reloading(Arc::clone(&packs), std::time::Duration::from_millis(reload_ms)));
+    Ok(packs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,6 +95,13 @@ pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     Ok(bytes)
 }
 
+/// Reads the deployment's link key file.
+pub fn read_link_key(path: &Path) -> anyhow::Result<domicile_types::LinkKey> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read link key file {}: {e}", path.display()))?;
+    Ok(domicile_types::LinkKey::from_bytes(&bytes)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

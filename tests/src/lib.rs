@@ -223,6 +223,34 @@ impl TestCluster {
     }
 }
 
+// === request builders shared by the scenarios ===
+
+pub fn identifier(kind: &str, value: &str) -> pb::common::v1::Identifier {
+    pb::common::v1::Identifier { kind: kind.into(), value: value.into() }
+}
+
+/// Selects a subject through the gateway by one of its identifiers.
+pub fn select(kind: &str, value: &str) -> Option<pb::gateway::v1::SubjectSelector> {
+    use pb::gateway::v1::{SubjectSelector, subject_selector::Selector};
+    Some(SubjectSelector { selector: Some(Selector::Identifier(identifier(kind, value))) })
+}
+
+pub fn select_email(value: &str) -> Option<pb::gateway::v1::SubjectSelector> {
+    select("email", value)
+}
+
+/// Selects a subject through the gateway by its subject ref.
+pub fn select_ref(subject_ref: &str) -> Option<pb::gateway::v1::SubjectSelector> {
+    use pb::gateway::v1::{SubjectSelector, subject_selector::Selector};
+    Some(SubjectSelector { selector: Some(Selector::SubjectRef(subject_ref.into())) })
+}
+
+/// Names a subject to a node by its subject ref.
+pub fn node_ref(subject_ref: &str) -> Option<pb::common::v1::SubjectKey> {
+    use pb::common::v1::{SubjectKey, subject_key::Key};
+    Some(SubjectKey { key: Some(Key::SubjectRef(subject_ref.into())) })
+}
+
 pub async fn channel(addr: &str, tls: &TlsFiles, server_name: &str) -> anyhow::Result<Channel> {
     let material = TlsMaterial::load(tls)?;
     Ok(Endpoint::from_shared(format!("https://{addr}"))?.tls_config(material.client(server_name))?.connect().await?)

@@ -15,20 +15,12 @@ use std::time::{Duration, Instant};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
+use domicile_cluster_tests::select_email as by_email;
 use domicile_cluster_tests::{TestCluster, eventually, region};
 use tonic::Code;
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
-
-fn by_email(value: &str) -> Option<gw::SubjectSelector> {
-    Some(gw::SubjectSelector {
-        selector: Some(gw::subject_selector::Selector::Identifier(common::Identifier {
-            kind: "email".into(),
-            value: value.into(),
-        })),
-    })
-}
 
 fn decide_req(value: &str) -> gw::DecideRequest {
     gw::DecideRequest { subject: by_email(value), purpose: "marketing".into(), channel: "email".into(), at: None }

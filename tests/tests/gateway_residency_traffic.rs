@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::select as selector;
 use domicile_cluster_tests::{TestCluster, region};
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
@@ -56,15 +57,6 @@ const SEEDS: &[Seed] = &[
         identifiers: &[("email", "joana.sniffer-probe@example.com.br", &["joana.sniffer-probe", "sniffer-probe"])],
     },
 ];
-
-fn selector(kind: &str, value: &str) -> Option<gw::SubjectSelector> {
-    Some(gw::SubjectSelector {
-        selector: Some(gw::subject_selector::Selector::Identifier(common::Identifier {
-            kind: kind.into(),
-            value: value.into(),
-        })),
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_identifier_crosses_to_a_node_of_another_region() {

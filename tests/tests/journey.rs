@@ -14,6 +14,7 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::{TestCluster, region};
+use domicile_cluster_tests::{identifier, select as by};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -24,14 +25,6 @@ const CHAT: &str = "webchat:Anna.Journey";
 const EMAIL: &str = "anna.journey@example.de";
 const PHONE: &str = "+49 151 2468 9753";
 const CHAT_SUMMARY: &str = "Customer disputes invoice 4711, asked for a callback tomorrow";
-
-fn identifier(kind: &str, value: &str) -> common::Identifier {
-    common::Identifier { kind: kind.into(), value: value.into() }
-}
-
-fn by(kind: &str, value: &str) -> Option<gw::SubjectSelector> {
-    Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(identifier(kind, value))) })
-}
 
 async fn register(client: &mut DomicileClient<Channel>, identifiers: &[(&str, &str)]) -> gw::RegisterResponse {
     client

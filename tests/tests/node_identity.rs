@@ -18,26 +18,11 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::{TestCluster, eventually, region};
+use domicile_cluster_tests::{identifier, node_ref as key, select as by, select_ref as by_ref};
 use tonic::Code;
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
-
-fn identifier(kind: &str, value: &str) -> common::Identifier {
-    common::Identifier { kind: kind.into(), value: value.into() }
-}
-
-fn by(kind: &str, value: &str) -> Option<gw::SubjectSelector> {
-    Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(identifier(kind, value))) })
-}
-
-fn by_ref(subject_ref: &str) -> Option<gw::SubjectSelector> {
-    Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::SubjectRef(subject_ref.into())) })
-}
-
-fn key(subject_ref: &str) -> Option<common::SubjectKey> {
-    Some(common::SubjectKey { key: Some(common::subject_key::Key::SubjectRef(subject_ref.into())) })
-}
 
 async fn register(client: &mut DomicileClient<Channel>, jurisdiction: &str, ids: &[(&str, &str)]) -> String {
     client

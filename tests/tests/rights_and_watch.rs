@@ -12,17 +12,10 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::{TestCluster, files_containing, region};
+use domicile_cluster_tests::{identifier, node_ref as by_ref, select_email as by_email};
 use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
-
-fn identifier(kind: &str, value: &str) -> common::Identifier {
-    common::Identifier { kind: kind.into(), value: value.into() }
-}
-
-fn by_email(value: &str) -> Option<gw::SubjectSelector> {
-    Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(identifier("email", value))) })
-}
 
 fn consent(
     subject: Option<gw::SubjectSelector>,
@@ -37,10 +30,6 @@ fn consent(
         evidence: Some(common::Evidence { notice_version: "v7".into(), ..Default::default() }),
         ..Default::default()
     }
-}
-
-fn by_ref(subject_ref: &str) -> Option<common::SubjectKey> {
-    Some(common::SubjectKey { key: Some(common::subject_key::Key::SubjectRef(subject_ref.into())) })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::{TestCluster, files_containing, files_under, region};
+use domicile_cluster_tests::{identifier, select as by_identifier};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -26,14 +27,6 @@ const DE_EMAIL_NORMALIZED: &str = "anna.residency-probe@example.de";
 const DE_PHONE: &str = "+49 151 7394 2265";
 const DE_PHONE_NORMALIZED: &str = "+4915173942265";
 const US_EMAIL: &str = "bob.optout-probe@example.com";
-
-fn identifier(kind: &str, value: &str) -> common::Identifier {
-    common::Identifier { kind: kind.into(), value: value.into() }
-}
-
-fn by_identifier(kind: &str, value: &str) -> Option<gw::SubjectSelector> {
-    Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(identifier(kind, value))) })
-}
 
 async fn decide(
     client: &mut DomicileClient<Channel>,
