@@ -17,12 +17,13 @@ use domicile_gateway::config::RegionEndpoint;
 use domicile_node::NodeConfig;
 use domicile_runtime::identity::{CallerIdentity, Scope};
 use domicile_runtime::packs::TrustConfig;
-use domicile_runtime::pki::ClusterPki;
+use domicile_runtime::pki::{ClusterPki, GATEWAY_SERVER_NAME};
 use domicile_runtime::process::{ReadyLine, load_or_create_secret, shutdown_signal};
-use domicile_runtime::tls::TlsFiles;
+use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
 use domicile_types::RegionId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::client::ClusterFile;
 use crate::topology::Topology;
@@ -57,6 +58,86 @@ enum ClusterCommand {
         #[arg(long, default_value = "127.0.0.1:50051")]
         gateway_listen: SocketAddr,
     },
+    /// Report the regions, nodes (reachability, subjects, links, packs) and gateway of a running
+    /// `cluster up`.
+    Status {
+        #[arg(long, default_value = ".domicile")]
+        dir: PathBuf,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running `cluster up` (SIGTERM to its supervisor) and wait until it has exited.
+    Down {
+        #[arg(long, default_value = ".domicile")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate from the cluster CA in `--pki` (created if absent) for a deployment.
+    /// An existing node or gateway certificate is kept; delete its files to re-issue (rotation).
+    Issue {
+        /// Directory holding `ca.pem` and `ca.key`; certificates are written beside them.
+        #[arg(long)]
+        pki: PathBuf,
+        #[command(subcommand)]
+        what: IssueCommand,
+    },
+    /// Check one process's grpc.health.v1 over mutual TLS; exit 0 when it serves. For exec probes
+    /// (Kubernetes' native gRPC probe cannot present a client certificate).
+    Probe {
+        /// `host:port` of the node or gateway.
+        #[arg(long)]
+        addr: String,
+        /// Name the server's certificate must carry, e.g. `eu-central.node.domicile.internal`
+        /// or `gateway.domicile.internal`.
+        #[arg(long)]
+        server_name: String,
+        #[arg(long)]
+        ca: PathBuf,
+        /// Client certificate: for a node, a caller of the node's region.
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IssueCommand {
+    /// A node certificate naming `<region>.node.domicile.internal` (`node-<region>.{pem,key}`).
+    Node { region: RegionId },
+    /// The gateway certificate, naming `gateway.domicile.internal` (`gateway.{pem,key}`).
+    Gateway,
+    /// A caller certificate (`client-<name>.{pem,key}`): operators, services, health probes.
+    Caller {
+        name: String,
+        #[arg(long)]
+        region: RegionId,
+        /// Comma-separated: decide, capture, context, rights, admin (none: health only).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+}
+
+fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
+    let pki = ClusterPki::open_or_create(pki_dir)?;
+    let files = match what {
+        IssueCommand::Node { region } => pki.node(&region)?,
+        IssueCommand::Gateway => pki.gateway()?,
+        IssueCommand::Caller { name, region, scopes } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s)
+                        .with_context(|| format!("unknown scope (known: {:?})", Scope::ALL.map(Scope::as_str)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            pki.caller(&CallerIdentity::new(&name, region, &scopes)?)?
+        }
+    };
+    println!("ca   {}\ncert {}\nkey  {}", files.ca.display(), files.cert.display(), files.key.display());
+    Ok(())
 }
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
@@ -74,12 +155,38 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             };
             up(options).await
         }
+        ClusterCommand::Status { dir, json } => {
+            let status = status(&dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        ClusterCommand::Down { dir } => down(&dir).await,
+        ClusterCommand::Issue { pki, what } => issue(&pki, what),
+        ClusterCommand::Probe { addr, server_name, ca, cert, key, timeout_ms } => {
+            let tls = TlsFiles { ca, cert, key };
+            health(&addr, &server_name, &tls, Duration::from_millis(timeout_ms)).await
+        }
     }
 }
 
 async fn up(options: ClusterOptions) -> anyhow::Result<()> {
     println!("Starting a local Domicile cluster in {}", absolute(&options.dir).display());
+    let supervisor_path = absolute(&options.dir).join(SUPERVISOR_FILE);
+    if let Some(running) = read_supervisor(&supervisor_path)?
+        && pid_alive(running.pid)
+    {
+        bail!(
+            "a cluster is already running from {} (pid {}); stop it with `domicile cluster down`",
+            supervisor_path.display(),
+            running.pid
+        );
+    }
     let mut cluster = LocalCluster::start(options).await?;
+    write_supervisor(&supervisor_path, &cluster)?;
     println!();
     println!("  {:<16} {:<22} LOG", "ROLE", "ADDRESS");
     for process in cluster.processes() {
@@ -92,7 +199,7 @@ async fn up(options: ClusterOptions) -> anyhow::Result<()> {
         cluster.dir().join("pki").display()
     );
     println!("Try:  domicile register --jurisdiction DE --email anna@example.de --phone +4915112345678");
-    println!("Press Ctrl-C to stop.");
+    println!("Press Ctrl-C (or run `domicile cluster down`) to stop.");
     tokio::select! {
         _ = shutdown_signal() => {
             println!("\nStopping...");
@@ -102,8 +209,267 @@ async fn up(options: ClusterOptions) -> anyhow::Result<()> {
         }
     }
     cluster.stop().await;
+    let _ = std::fs::remove_file(&supervisor_path);
     println!("Stopped. Data kept in {}; run the same command to start again.", cluster.dir().display());
     Ok(())
+}
+
+/// Written by `cluster up` while it runs, so `status` and `down` find the processes.
+const SUPERVISOR_FILE: &str = "supervisor.json";
+/// How long `down` waits for the supervisor to stop its children and exit.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SupervisorFile {
+    /// The `cluster up` process; SIGTERM makes it stop the gateway, then the nodes.
+    pid: u32,
+    gateway: SupervisedProcess,
+    nodes: Vec<SupervisedProcess>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SupervisedProcess {
+    region: Option<RegionId>,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    log: PathBuf,
+}
+
+impl SupervisedProcess {
+    fn of(process: &Process) -> Self {
+        Self { region: process.region.clone(), addr: process.addr, pid: process.pid(), log: process.log.clone() }
+    }
+}
+
+fn write_supervisor(path: &Path, cluster: &LocalCluster) -> anyhow::Result<()> {
+    let gateway = cluster.gateway.as_ref().context("the gateway did not start")?;
+    let file = SupervisorFile {
+        pid: std::process::id(),
+        gateway: SupervisedProcess::of(gateway),
+        nodes: cluster.nodes.values().map(SupervisedProcess::of).collect(),
+    };
+    std::fs::write(path, serde_json::to_vec_pretty(&file)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_supervisor(path: &Path) -> anyhow::Result<Option<SupervisorFile>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    // Signal 0 checks existence only; EPERM still means the process exists.
+    if matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None), Err(nix::errno::Errno::ESRCH)) {
+        return false;
+    }
+    // A zombie has exited but still answers signal 0 until its parent reaps it (Linux only).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+/// Stops the `cluster up` running from `dir` and waits until it has exited.
+pub async fn down(dir: &Path) -> anyhow::Result<()> {
+    let path = absolute(dir).join(SUPERVISOR_FILE);
+    let Some(file) = read_supervisor(&path)? else {
+        bail!("no cluster is running from {} ({} is absent)", absolute(dir).display(), SUPERVISOR_FILE);
+    };
+    if !pid_alive(file.pid) {
+        let _ = std::fs::remove_file(&path);
+        println!("The cluster was not running (stale {SUPERVISOR_FILE} removed).");
+        return Ok(());
+    }
+    let raw = i32::try_from(file.pid).context("bad pid")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGTERM)
+        .with_context(|| format!("cannot signal the cluster supervisor (pid {})", file.pid))?;
+    let deadline = tokio::time::Instant::now() + DOWN_TIMEOUT;
+    while pid_alive(file.pid) {
+        // `cluster up` may be a child of this shell's parent, not ours: poll rather than wait.
+        if tokio::time::Instant::now() > deadline {
+            bail!("the cluster supervisor (pid {}) did not exit within {DOWN_TIMEOUT:?}", file.pid);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&path);
+    println!("Stopped the cluster in {}.", absolute(dir).display());
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterStatus {
+    pub dir: PathBuf,
+    /// Whether the `cluster up` supervisor is alive.
+    pub running: bool,
+    pub regions: Vec<RegionId>,
+    pub nodes: Vec<NodeStatus>,
+    pub gateway: GatewayStatus,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    pub region: RegionId,
+    pub addr: SocketAddr,
+    pub reachable: bool,
+    pub subjects: Option<u64>,
+    pub links: Option<u64>,
+    /// `id@version` of each pack the node serves.
+    pub packs: Vec<String>,
+    pub packs_content_hash: Option<String>,
+    /// Why the last pack reload was refused, if it was.
+    pub packs_reload_error: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GatewayStatus {
+    pub addr: SocketAddr,
+    pub reachable: bool,
+    /// Links the gateway's directory should hold once in sync: the sum over reachable nodes (the
+    /// gateway has no RPC reporting its own directory size).
+    pub directory_links_expected: u64,
+    pub error: Option<String>,
+}
+
+/// Asks every process of the cluster running from `dir` how it is.
+pub async fn status(dir: &Path) -> anyhow::Result<ClusterStatus> {
+    let dir = absolute(dir);
+    let path = dir.join(SUPERVISOR_FILE);
+    let file = read_supervisor(&path)?
+        .with_context(|| format!("no cluster is running from {} ({SUPERVISOR_FILE} is absent)", dir.display()))?;
+    install_crypto_provider();
+    let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
+    let mut nodes = Vec::new();
+    for node in &file.nodes {
+        let region = node.region.clone().context("a node without a region in the supervisor file")?;
+        nodes.push(node_status(&pki, region, node.addr).await);
+    }
+    let cluster: ClusterFile =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).context("cannot read cluster.json")?)
+            .context("cannot parse cluster.json")?;
+    let gateway_health =
+        health(&file.gateway.addr.to_string(), GATEWAY_SERVER_NAME, &cluster.tls, Duration::from_secs(3)).await;
+    Ok(ClusterStatus {
+        dir: dir.clone(),
+        running: pid_alive(file.pid),
+        regions: nodes.iter().map(|n| n.region.clone()).collect(),
+        gateway: GatewayStatus {
+            addr: file.gateway.addr,
+            reachable: gateway_health.is_ok(),
+            directory_links_expected: nodes.iter().filter_map(|n| n.links).sum(),
+            error: gateway_health.err().map(|e| format!("{e:#}")),
+        },
+        nodes,
+    })
+}
+
+async fn node_status(pki: &ClusterPki, region: RegionId, addr: SocketAddr) -> NodeStatus {
+    let mut status = NodeStatus {
+        region: region.clone(),
+        addr,
+        reachable: false,
+        subjects: None,
+        links: None,
+        packs: Vec::new(),
+        packs_content_hash: None,
+        packs_reload_error: None,
+        error: None,
+    };
+    match node_info(pki, &region, addr).await {
+        Ok(info) => {
+            status.reachable = true;
+            status.subjects = Some(info.subjects);
+            status.links = Some(info.links);
+            status.packs = info.packs.iter().map(|p| format!("{}@{}", p.id, p.version)).collect();
+            status.packs_content_hash = Some(info.packs_content_hash);
+            status.packs_reload_error = Some(info.packs_reload_error).filter(|e| !e.is_empty());
+        }
+        Err(e) => status.error = Some(format!("{e:#}")),
+    }
+    status
+}
+
+/// The node's Info, called as an operator of the node's own region (nodes admit only gateways
+/// and in-region callers; they check no scopes).
+async fn node_info(
+    pki: &ClusterPki,
+    region: &RegionId,
+    addr: SocketAddr,
+) -> anyhow::Result<domicile_proto::pb::node::v1::InfoResponse> {
+    use domicile_proto::pb::node::v1::InfoRequest;
+    use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
+    let caller = CallerIdentity::new(&format!("operator-{region}"), region.clone(), &[])?;
+    let tls = pki.caller(&caller)?;
+    let channel = tls_channel(&addr.to_string(), &region.node_server_name(), &tls, Duration::from_secs(3)).await?;
+    let info = RegionalNodeClient::new(channel).info(InfoRequest {}).await?;
+    Ok(info.into_inner())
+}
+
+async fn tls_channel(addr: &str, server_name: &str, tls: &TlsFiles, timeout: Duration) -> anyhow::Result<Channel> {
+    install_crypto_provider();
+    let material = TlsMaterial::load(tls)?;
+    Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(material.client(server_name))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {addr}"))
+}
+
+/// `Ok` if the process at `addr` reports SERVING on grpc.health.v1 (overall status).
+pub async fn health(addr: &str, server_name: &str, tls: &TlsFiles, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tls_channel(addr, server_name, tls, timeout).await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .with_context(|| format!("health check of {addr} failed"))?;
+    let serving = response.into_inner().status == ServingStatus::Serving as i32;
+    anyhow::ensure!(serving, "{addr} is not serving");
+    Ok(())
+}
+
+fn print_status(status: &ClusterStatus) {
+    let state = if status.running { "running" } else { "supervisor not running" };
+    println!("Cluster in {} ({state}); regions: {}", status.dir.display(), join_regions(&status.regions));
+    println!();
+    println!("  {:<12} {:<22} {:<9} {:>8} {:>8}  PACKS", "REGION", "ADDRESS", "STATE", "SUBJECTS", "LINKS");
+    for node in &status.nodes {
+        let state = if node.reachable { "up" } else { "DOWN" };
+        let num = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".to_owned());
+        let hash = node.packs_content_hash.as_deref().map(|h| &h[..h.len().min(12)]).unwrap_or("-");
+        println!(
+            "  {:<12} {:<22} {:<9} {:>8} {:>8}  {} packs, set {hash}",
+            node.region.as_str(),
+            node.addr,
+            state,
+            num(node.subjects),
+            num(node.links),
+            node.packs.len(),
+        );
+        if let Some(e) = &node.packs_reload_error {
+            println!("      pack reload refused: {e}");
+        }
+        if let Some(e) = &node.error {
+            println!("      {e}");
+        }
+    }
+    let state = if status.gateway.reachable { "up" } else { "DOWN" };
+    println!(
+        "  {:<12} {:<22} {:<9} directory should hold {} links",
+        "gateway", status.gateway.addr, state, status.gateway.directory_links_expected
+    );
+    if let Some(e) = &status.gateway.error {
+        println!("      {e}");
+    }
+}
+
+fn join_regions(regions: &[RegionId]) -> String {
+    regions.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -192,6 +558,7 @@ impl LocalCluster {
                 tls: pki.node(region)?,
                 packs_trust: options.packs_trust.clone(),
                 packs_reload_ms: options.packs_reload_ms,
+                otlp_endpoint: None,
             };
             let path = dir.join("config").join(format!("node-{region}.toml"));
             write_toml(&path, &config)?;
@@ -218,6 +585,7 @@ impl LocalCluster {
                 .collect(),
             packs_trust: self.options.packs_trust.clone(),
             packs_reload_ms: self.options.packs_reload_ms,
+            otlp_endpoint: None,
         };
         let path = self.dir.join("config").join("gateway.toml");
         write_toml(&path, &config)?;

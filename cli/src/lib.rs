@@ -3,6 +3,7 @@
 mod audit;
 pub mod client;
 pub mod cluster;
+mod load;
 mod packs;
 pub mod topology;
 
@@ -40,6 +41,8 @@ enum Command {
     /// Check a node's audit log offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Measure a running cluster: decide, batch, writes, withdrawal lag, vs a gRPC echo baseline.
+    Load(load::LoadArgs),
     /// Run a regional node (used by deployments and by `cluster`).
     Node(ServerArgs),
     /// Run a gateway (used by deployments and by `cluster`).
@@ -80,6 +83,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Resolve(args) => client::resolve(args).await,
         Command::Packs(command) => packs::run(command),
         Command::Audit(command) => audit::run(command),
+        Command::Load(args) => load::run(args).await,
     }
 }
 

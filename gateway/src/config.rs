@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use domicile_runtime::config::{ConfigError, load};
+use domicile_runtime::config::{
+    ConfigError, ConfigIssue, HOST_PORT, Kind, REGION, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE, Table, UNSIGNED, VERSION_1,
+    load, optional, required,
+};
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::tls::TlsFiles;
 use domicile_types::RegionId;
@@ -32,6 +35,9 @@ pub struct GatewayConfig {
     /// How often to look for a changed pack set, in milliseconds; 0: only on SIGHUP.
     #[serde(default = "default_packs_reload_ms")]
     pub packs_reload_ms: u64,
+    /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`; absent: no export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 fn default_packs_reload_ms() -> u64 {
@@ -50,20 +56,37 @@ fn default_node_timeout_ms() -> u64 {
     2_000
 }
 
+static REGION_TABLE: Table = Table { fields: &[required("id", REGION), required("endpoint", HOST_PORT)] };
+
+/// The keys a gateway file may hold; kept beside the struct (the test below checks they agree).
+pub static SCHEMA: Table = Table {
+    fields: &[
+        VERSION_1,
+        required("listen", SOCKET_ADDR),
+        required("packs_dir", Kind::Text),
+        required("link_key_file", Kind::Text),
+        required("tls", Kind::Table(&TLS_TABLE)),
+        optional("node_timeout_ms", UNSIGNED),
+        required("regions", Kind::Array { item: &Kind::Table(&REGION_TABLE), min_len: 1 }),
+        optional("packs_trust", Kind::Table(&TRUST_TABLE)),
+        optional("packs_reload_ms", UNSIGNED),
+        optional("otlp_endpoint", Kind::Text),
+    ],
+};
+
 impl GatewayConfig {
+    /// Loads and checks a gateway file; the error lists every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = load(path, ENV_PREFIX)?;
-        let err = |message: &str| ConfigError { path: path.display().to_string(), message: message.to_owned() };
-        if config.version != 1 {
-            return Err(err("unsupported `version`: expected 1"));
+        let config: Self = load(path, ENV_PREFIX, &SCHEMA)?;
+        // Duplicates are only visible once the structure is sound; report them all together.
+        let mut issues = Vec::new();
+        for (i, region) in config.regions.iter().enumerate() {
+            if config.regions[..i].iter().any(|r| r.id == region.id) {
+                issues.push(ConfigIssue { key: format!("regions[{i}].id"), message: "region listed twice".to_owned() });
+            }
         }
-        if config.regions.is_empty() {
-            return Err(err("`regions` must list at least one region"));
-        }
-        let mut ids: Vec<&RegionId> = config.regions.iter().map(|r| &r.id).collect();
-        ids.sort();
-        if ids.windows(2).any(|w| w[0] == w[1]) {
-            return Err(err("`regions` lists a region twice"));
+        if !issues.is_empty() {
+            return Err(ConfigError { path: path.display().to_string(), issues });
         }
         Ok(config)
     }

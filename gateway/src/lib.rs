@@ -46,6 +46,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     install_crypto_provider();
+    let otlp = match &config.otlp_endpoint {
+        Some(endpoint) => Some(domicile_runtime::telemetry::start_otlp("domicile-gateway", endpoint, &[])?),
+        None => None,
+    };
     let tls = TlsMaterial::load(&config.tls)?;
     let packs = start_packs(&config.packs_dir, config.packs_trust.as_ref(), config.packs_reload_ms)?;
     let link_key = read_link_key(&config.link_key_file)?;
@@ -96,5 +100,8 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await?;
     tracing::info!("gateway stopped");
+    if let Some(otlp) = otlp {
+        otlp.shutdown().await;
+    }
     Ok(())
 }

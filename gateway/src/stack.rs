@@ -4,8 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
 use tower::layer::util::{Identity, Stack};
+use tower::util::MapRequest;
 
 use crate::auth::AuthLayer;
 use crate::guard::{RegionGuard, RegionGuardLayer, RegionState};
@@ -16,8 +19,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Adds the W3C trace context of the calling span to each node call.
+type InjectTrace = fn(http::Request<Body>) -> http::Request<Body>;
+
 /// The client stack to one region's node.
-pub type NodeChannel = RegionGuard<Channel>;
+pub type NodeChannel = RegionGuard<MapRequest<Channel, InjectTrace>>;
 
 /// Caller-facing server, outermost first:
 /// 1. mutual TLS: a presented certificate must chain to the cluster CA (else the handshake
@@ -33,6 +39,8 @@ pub fn server(tls: ServerTlsConfig) -> Result<Server<Stack<AuthLayer, Identity>>
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .load_shed(true)
         .tcp_nodelay(true)
+        // One span per request, continuing the caller's W3C trace if it sent one.
+        .trace_fn(|request| domicile_runtime::telemetry::server_span("gateway", request))
         .layer(AuthLayer::default()))
 }
 
@@ -41,7 +49,8 @@ pub fn server(tls: ServerTlsConfig) -> Result<Server<Stack<AuthLayer, Identity>>
 /// 2. a per-call deadline (the region's budget; expiry counts as a failure in (1));
 /// 3. mutual TLS where the node's certificate must name the region (the TLS config carries the
 ///    region's server name), so nothing is sent to a node of another region;
-/// 4. lazy connection, so a region that is down at start does not stop the gateway from serving
+/// 4. W3C trace context of the calling request's span (nothing when OTLP export is off);
+/// 5. lazy connection, so a region that is down at start does not stop the gateway from serving
 ///    the others, and a reconnect is attempted on the next call after a failure.
 pub fn node_channel(
     endpoint: &str,
@@ -55,5 +64,6 @@ pub fn node_channel(
         .timeout(timeout)
         .tcp_nodelay(true)
         .connect_lazy();
-    Ok(tower::ServiceBuilder::new().layer(RegionGuardLayer::new(guard)).service(channel))
+    let inject: InjectTrace = domicile_runtime::telemetry::inject_context;
+    Ok(tower::ServiceBuilder::new().layer(RegionGuardLayer::new(guard)).map_request(inject).service(channel))
 }

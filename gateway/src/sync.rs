@@ -143,6 +143,8 @@ async fn snapshot(
     directory: &Directory,
 ) -> Result<(usize, Option<u64>), tonic::Status> {
     let mut stream = client.list_links(node_pb::ListLinksRequest { batch_size: 0 }).await?.into_inner();
+    // A failed earlier attempt may have staged part of a snapshot: start over.
+    directory.begin_load(region);
     let mut count = 0;
     let mut as_of = None;
     while let Some(batch) = stream.message().await? {

@@ -132,6 +132,43 @@ async fn decisions(fixture: &Fixture, count: usize) -> Histogram<u64> {
     hist
 }
 
+/// `DecideBatch` calls of 1,000 items from `callers` concurrent callers for `secs`.
+async fn batch_decisions(fixture: &Fixture, callers: usize, secs: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let service = Arc::clone(&fixture.service);
+        let subjects = fixture.subjects.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut decided = 0usize;
+            let mut next = c * 7919;
+            while Instant::now() < deadline {
+                let items = (0..1000)
+                    .map(|i| {
+                        next = next.wrapping_add(104_729);
+                        pb::DecideItem {
+                            id: i,
+                            subject: subject_key(&subjects[next % subjects.len()]),
+                            purpose: "marketing".into(),
+                            channel: "email".into(),
+                        }
+                    })
+                    .collect();
+                let reply =
+                    service.decide_batch(Request::new(pb::DecideBatchRequest { items, at: None })).await.unwrap();
+                decided += reply.into_inner().outcomes.len();
+            }
+            decided
+        }));
+    }
+    let start = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let subjects = env_usize("BENCH_SUBJECTS", 1_000_000);
@@ -160,6 +197,10 @@ fn main() {
     let t = Instant::now();
     let big = rt.block_on(fixture(subjects));
     println!("loaded {subjects} subjects in {:.1} s", t.elapsed().as_secs_f64());
+    for callers in [1, 2] {
+        let rate = rt.block_on(batch_decisions(&big, callers, secs));
+        println!("decide batch (1,000 items per call), {callers} caller(s): {rate:.0} decisions/s");
+    }
     let (stored, links) = big.store.counts().unwrap();
     assert_eq!(stored as usize, subjects);
     assert_eq!(links as usize, subjects);

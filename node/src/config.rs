@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use domicile_runtime::config::{ConfigError, load};
+use domicile_runtime::config::{
+    ConfigError, Kind, REGION, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE, Table, UNSIGNED, VERSION_1, load, optional,
+    required,
+};
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::tls::TlsFiles;
 use domicile_types::RegionId;
@@ -32,21 +35,86 @@ pub struct NodeConfig {
     /// How often to look for a changed pack set, in milliseconds; 0: only on SIGHUP.
     #[serde(default = "default_packs_reload_ms")]
     pub packs_reload_ms: u64,
+    /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`; absent: no export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 pub(crate) fn default_packs_reload_ms() -> u64 {
     5_000
 }
 
+/// The keys a node file may hold; kept beside the struct (the test below checks they agree).
+pub static SCHEMA: Table = Table {
+    fields: &[
+        VERSION_1,
+        required("region", REGION),
+        required("listen", SOCKET_ADDR),
+        required("data_dir", Kind::Text),
+        required("packs_dir", Kind::Text),
+        required("link_key_file", Kind::Text),
+        required("tls", Kind::Table(&TLS_TABLE)),
+        optional("packs_trust", Kind::Table(&TRUST_TABLE)),
+        optional("packs_reload_ms", UNSIGNED),
+        optional("otlp_endpoint", Kind::Text),
+    ],
+};
+
 impl NodeConfig {
+    /// Loads and checks a node file; the error lists every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = load(path, ENV_PREFIX)?;
-        if config.version != 1 {
-            return Err(ConfigError {
-                path: path.display().to_string(),
-                message: "unsupported `version`: expected 1".into(),
-            });
-        }
-        Ok(config)
+        load(path, ENV_PREFIX, &SCHEMA)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use domicile_runtime::config::check;
+    use domicile_runtime::packs::{TrustConfig, TrustedKeyFile};
+    use domicile_runtime::tls::TlsFiles;
+
+    use super::*;
+
+    fn deploy(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    }
+
+    #[test]
+    fn schema_accepts_every_field_of_the_struct() {
+        let config = NodeConfig {
+            version: 1,
+            region: RegionId::parse("eu-central").unwrap(),
+            listen: "127.0.0.1:7001".parse().unwrap(),
+            data_dir: "/d".into(),
+            packs_dir: "/p".into(),
+            link_key_file: "/k".into(),
+            tls: TlsFiles { ca: "ca".into(), cert: "c".into(), key: "k".into() },
+            packs_trust: Some(TrustConfig {
+                trusted_keys: vec![TrustedKeyFile { key_id: "a".into(), public_key_file: "a.pub".into() }],
+                min_signatures: 1,
+            }),
+            packs_reload_ms: 10,
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+        };
+        let value = serde_json::to_value(&config).unwrap();
+        assert_eq!(check(&value, &SCHEMA), vec![]);
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let config = NodeConfig::load(&deploy("deploy/examples/node-eu-central.toml")).unwrap();
+        assert_eq!(config.region.as_str(), "eu-central");
+    }
+
+    #[test]
+    fn two_mistakes_are_both_reported() {
+        let path = deploy("cli/tests/fixtures/node-two-mistakes.toml");
+        let err = NodeConfig::load(&path).unwrap_err();
+        let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["listen", "packs_reload"], "{err}");
+        let text = err.to_string();
+        assert!(text.contains("node-two-mistakes.toml"), "{text}");
     }
 }

@@ -41,6 +41,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     install_crypto_provider();
+    let otlp = match &config.otlp_endpoint {
+        Some(endpoint) => Some(domicile_runtime::telemetry::start_otlp(
+            "domicile-node",
+            endpoint,
+            &[("domicile.region", config.region.to_string())],
+        )?),
+        None => None,
+    };
     let tls = TlsMaterial::load(&config.tls)?;
     let packs = start_packs(&config.packs_dir, config.packs_trust.as_ref(), config.packs_reload_ms)?;
     let link_key = read_link_key(&config.link_key_file)?;
@@ -66,6 +74,8 @@ pub async fn serve(
     ready(addr);
     Server::builder()
         .tls_config(tls.server())?
+        // One span per request, continuing the gateway's W3C trace.
+        .trace_fn(|request| domicile_runtime::telemetry::server_span("node", request))
         .layer(access::AccessLayer::new(config.region.clone()))
         .add_service(health_service)
         .add_service(reflection)
@@ -75,5 +85,8 @@ pub async fn serve(
     store.flush().await?;
     audit.sync()?;
     tracing::info!(region = %config.region, "node stopped");
+    if let Some(otlp) = otlp {
+        otlp.shutdown().await;
+    }
     Ok(())
 }

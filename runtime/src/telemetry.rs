@@ -1,24 +1,204 @@
-//! Structured logs on stderr (stdout is reserved for the ready line and command output).
+//! Structured logs on stderr (stdout is reserved for the ready line and command output), and
+//! optional OTLP trace export with W3C trace context between gateway and nodes.
 //!
-//! Log fields are chosen at call sites from an allow-list of non-personal values: regions,
-//! pack ids, rule ids, purposes, channels, status codes, links and subject refs. Identifiers
-//! and consent evidence are never logged.
+//! Log fields and span attributes are chosen at call sites from an allow-list of non-personal
+//! values: regions, pack ids, rule ids, purposes, channels, status codes, links, subject refs and
+//! RPC method paths. Identifiers and consent evidence are never logged or traced.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample, Span, SpanData,
+    SpanProcessor,
+};
+use tonic::codegen::http;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Environment variable holding the log filter, e.g. `info` or `domicile_node=debug`.
 pub const LOG_ENV: &str = "DOMICILE_LOG";
 
+/// The exporter, once a configuration names an endpoint. Logging starts before the
+/// configuration is read, and a layer added later through `reload` cannot be downcast to (which
+/// trace-context propagation needs), so the OpenTelemetry layer is always installed and only
+/// its processor and sampler look here.
+static EXPORT: OnceLock<BatchSpanProcessor> = OnceLock::new();
+/// Keeps the provider the always-installed layer's tracer belongs to.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Forwards to [`EXPORT`] once it is set; drops spans before.
+#[derive(Debug)]
+struct DeferredExport;
+
+impl SpanProcessor for DeferredExport {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        if let Some(export) = EXPORT.get() {
+            export.on_start(span, cx);
+        }
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if let Some(export) = EXPORT.get() {
+            export.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        EXPORT.get().map_or(Ok(()), |export| export.force_flush())
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        EXPORT.get().map_or(Ok(()), |export| export.shutdown_with_timeout(timeout))
+    }
+}
+
+/// Samples (parent-based, else always) only while export is on, so spans cost little when off.
+#[derive(Debug, Clone)]
+struct SampleWhenExporting;
+
+impl ShouldSample for SampleWhenExporting {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        if EXPORT.get().is_some() {
+            return Sampler::ParentBased(Box::new(Sampler::AlwaysOn)).should_sample(
+                parent_context,
+                trace_id,
+                name,
+                span_kind,
+                attributes,
+                links,
+            );
+        }
+        SamplingResult {
+            decision: SamplingDecision::Drop,
+            attributes: Vec::new(),
+            trace_state: parent_context.map(|c| c.span().span_context().trace_state().clone()).unwrap_or_default(),
+        }
+    }
+}
+
 /// Installs the global subscriber. `json` selects machine-readable lines.
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(true)
-        .with_ansi(std::io::stderr().is_terminal());
+    let provider = PROVIDER.get_or_init(|| {
+        SdkTracerProvider::builder().with_span_processor(DeferredExport).with_sampler(SampleWhenExporting).build()
+    });
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("domicile"));
+    let ansi = std::io::stderr().is_terminal();
+    let fmt_json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(true));
+    let fmt_text = (!json)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(true).with_ansi(ansi));
     // A second init (e.g. in tests) is not an error worth failing for.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = tracing_subscriber::registry().with(filter).with(otel).with(fmt_json).with(fmt_text).try_init();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("OTLP export was already started in this process")]
+    AlreadyStarted,
+}
+
+/// Flushes and stops OTLP export when the process ends.
+#[derive(Debug)]
+pub struct OtlpGuard(());
+
+impl OtlpGuard {
+    /// Exports what is buffered. Runs on a blocking thread: the SDK's shutdown blocks, and on the
+    /// async runtime it would starve the very export it waits for (crate-stack.md §7.5).
+    pub async fn shutdown(self) {
+        let done = tokio::task::spawn_blocking(|| EXPORT.get().map_or(Ok(()), |export| export.shutdown())).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// Starts exporting spans over OTLP/gRPC (plaintext or `https://` per `endpoint`) as
+/// `service_name`, with `attributes` on the resource (e.g. the region). Must run inside the
+/// Tokio runtime. Export failures are logged by the SDK and never fail requests.
+pub fn start_otlp(
+    service_name: &'static str,
+    endpoint: &str,
+    attributes: &[(&'static str, String)],
+) -> Result<OtlpGuard, TelemetryError> {
+    if EXPORT.get().is_some() {
+        return Err(TelemetryError::AlreadyStarted);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .with_attributes(attributes.iter().map(|(k, v)| opentelemetry::KeyValue::new(*k, v.clone())))
+        .build();
+    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    processor.set_resource(&resource);
+    EXPORT.set(processor).map_err(|_| TelemetryError::AlreadyStarted)?;
+    Ok(OtlpGuard(()))
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The span of one inbound RPC, a child of the caller's W3C `traceparent` if it sent one. Only
+/// the method path is recorded: request contents may be personal data.
+pub fn server_span<B>(role: &'static str, request: &http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!("rpc", otel.kind = "server", role, rpc = %request.uri().path());
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    // Fails only when no OpenTelemetry layer is installed, i.e. export is off.
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Adds the current span's W3C trace context to an outbound request (nothing when export is
+/// off: the context is then invalid and the propagator writes no header).
+pub fn inject_context<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
+    });
+    request
 }

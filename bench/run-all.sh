@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Reproduces every figure in BENCHMARKS.md: the policy evaluation bench (vs Cedar), the regional
+# node bench (durable writes, decision latency) and the load tool against a release-built local
+# cluster (echo baseline, decide, batch, writes, withdrawal -> watcher, dataset setup).
+#
+# Usage (from anywhere in the repository):
+#   bench/run-all.sh
+# Environment (defaults in brackets):
+#   BENCH_SECS [3]            criterion measurement time per benchmark
+#   BENCH_SUBJECTS [1000000]  subjects stored for the node decision bench
+#   LOAD_SUBJECTS [100000]    subjects the load tool sets up through the gateway
+#   LOAD_DURATION [5]         seconds per timed load scenario
+#   LOAD_CONCURRENCY [1024]   concurrent callers for the load tool (decide needs many: see BENCHMARKS.md)
+#   LOAD_WITHDRAWALS [1000]   withdrawals for the propagation / read-your-writes check
+#   SKIP_COMPONENT_BENCHES    set to 1 to run only the load tool
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export BENCH_SECS="${BENCH_SECS:-3}"
+LOAD_SUBJECTS="${LOAD_SUBJECTS:-100000}"
+LOAD_DURATION="${LOAD_DURATION:-5}"
+LOAD_CONCURRENCY="${LOAD_CONCURRENCY:-1024}"
+LOAD_WITHDRAWALS="${LOAD_WITHDRAWALS:-1000}"
+
+echo "== machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(date -u +%Y-%m-%dT%H:%MZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $(rustc --version)"
+
+if [[ "${SKIP_COMPONENT_BENCHES:-0}" != 1 ]]; then
+  echo "== policy evaluation vs Cedar"
+  cargo bench -p domicile-policy --bench decide
+  echo "== regional node: durable writes and decision latency"
+  BENCH_SUBJECTS="${BENCH_SUBJECTS:-1000000}" cargo bench -p domicile-node --bench node
+fi
+
+echo "== load tool through gateway and nodes"
+cargo build --release -p domicile-cli
+dir="$(mktemp -d)"
+cluster_pid=""
+cleanup() {
+  if [[ -n "$cluster_pid" ]] && kill -0 "$cluster_pid" 2>/dev/null; then
+    kill -INT "$cluster_pid" 2>/dev/null || true
+    wait "$cluster_pid" 2>/dev/null || true
+  fi
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+./target/release/domicile cluster up --dir "$dir" --gateway-listen 127.0.0.1:0 >"$dir/cluster-up.log" 2>&1 &
+cluster_pid=$!
+for _ in $(seq 1 120); do
+  [[ -f "$dir/cluster.json" ]] && break
+  if ! kill -0 "$cluster_pid" 2>/dev/null; then
+    cat "$dir/cluster-up.log" >&2
+    echo "error: the local cluster did not start" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+[[ -f "$dir/cluster.json" ]] || { echo "error: no cluster.json after 60 s" >&2; exit 1; }
+
+./target/release/domicile load all --cluster-dir "$dir" \
+  --subjects "$LOAD_SUBJECTS" --duration "$LOAD_DURATION" \
+  --concurrency "$LOAD_CONCURRENCY" --withdrawals "$LOAD_WITHDRAWALS" "$@"
