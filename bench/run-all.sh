@@ -8,6 +8,7 @@
 # Environment (defaults in brackets):
 #   BENCH_SECS [3]            criterion measurement time per benchmark
 #   BENCH_SUBJECTS [1000000]  subjects stored for the node decision bench
+#   BENCH_LINKS [1000000]     links in the node behind the gateway cold-start bench
 #   LOAD_SUBJECTS [100000]    subjects the load tool sets up through the gateway
 #   LOAD_DURATION [5]         seconds per timed load scenario
 #   LOAD_CONCURRENCY [1024]   concurrent callers for the load tool (decide needs many: see BENCHMARKS.md)
@@ -30,6 +31,10 @@ if [[ "${SKIP_COMPONENT_BENCHES:-0}" != 1 ]]; then
   cargo bench -p domicile-policy --bench decide
   echo "== regional node: durable writes and decision latency"
   BENCH_SUBJECTS="${BENCH_SUBJECTS:-1000000}" cargo bench -p domicile-node --bench node
+  echo "== gateway cold start with a large directory"
+  BENCH_LINKS="${BENCH_LINKS:-1000000}" cargo bench -p domicile-cluster-tests --bench gateway_cold_start
+  echo "== gateway directory memory per link"
+  cargo test -p domicile-gateway --release directory::tests::a_million_links -- --nocapture
 fi
 
 echo "== load tool through gateway and nodes"

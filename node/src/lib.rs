@@ -80,7 +80,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegionalNodeServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per call).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     store.flush().await?;
     audit.sync()?;
