@@ -281,14 +281,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         ),
     ];
     for (name, request, field) in register_cases {
-        let status = client.register(request).await.expect_err(name);
-        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(
-            status.message().contains(&format!("`{field}`")),
-            "{name}: message names `{field}`: {}",
-            status.message()
-        );
-        assert!(!status.message().contains(secret), "{name}: message echoes the value");
+        assert_invalid_field(name, client.register(request).await.expect_err(name), field, secret);
     }
 
     let known = || by_identifier("email", "known@example.fr");
@@ -343,14 +336,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         ),
     ];
     for (name, request, field) in decide_cases {
-        let status = client.decide(request).await.expect_err(name);
-        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(
-            status.message().contains(&format!("`{field}`")),
-            "{name}: message names `{field}`: {}",
-            status.message()
-        );
-        assert!(!status.message().contains(secret), "{name}: message echoes the value");
+        assert_invalid_field(name, client.decide(request).await.expect_err(name), field, secret);
     }
 
     let consent_cases: Vec<(&str, gw::RecordConsentRequest, &str)> = vec![
@@ -402,14 +388,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         ),
     ];
     for (name, request, field) in consent_cases {
-        let status = client.record_consent(request).await.expect_err(name);
-        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(
-            status.message().contains(&format!("`{field}`")),
-            "{name}: message names `{field}`: {}",
-            status.message()
-        );
-        assert!(!status.message().contains(secret), "{name}: message echoes the value");
+        assert_invalid_field(name, client.record_consent(request).await.expect_err(name), field, secret);
     }
 
     // Oversized payloads are refused before they reach any handler.
@@ -594,4 +573,11 @@ async fn acknowledged_writes_survive_kill_9_of_the_node() {
     }
     let info = cluster.node(&eu).await.unwrap().info(node::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.subjects, 20);
+}
+
+/// A bad-input refusal: INVALID_ARGUMENT naming `field`, never echoing `secret`.
+fn assert_invalid_field(name: &str, status: tonic::Status, field: &str, secret: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+    assert!(status.message().contains(&format!("`{field}`")), "{name}: message names `{field}`: {}", status.message());
+    assert!(!status.message().contains(secret), "{name}: message echoes the value");
 }
