@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -31,7 +31,7 @@ use crate::topology::Topology;
 /// How long a process may take from spawn to its ready line before start-up is declared failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long processes get to stop after SIGTERM before they are killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Local clusters pick up pack edits quickly.
 pub const DEFAULT_PACKS_RELOAD_MS: u64 = 2_000;
 
@@ -559,6 +559,7 @@ impl LocalCluster {
                 packs_trust: options.packs_trust.clone(),
                 packs_reload_ms: options.packs_reload_ms,
                 otlp_endpoint: None,
+                otlp_metrics_interval_ms: None,
             };
             let path = dir.join("config").join(format!("node-{region}.toml"));
             write_toml(&path, &config)?;
@@ -586,6 +587,7 @@ impl LocalCluster {
             packs_trust: self.options.packs_trust.clone(),
             packs_reload_ms: self.options.packs_reload_ms,
             otlp_endpoint: None,
+            otlp_metrics_interval_ms: None,
         };
         let path = self.dir.join("config").join("gateway.toml");
         write_toml(&path, &config)?;
@@ -649,13 +651,22 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Starts a region's node again on the address it had, with the same data, so the gateway's
-    /// connection to that region recovers.
-    pub async fn restart_node(&mut self, region: &RegionId) -> anyhow::Result<()> {
+    /// Stops a region's node as a supervisor would: SIGTERM, then SIGKILL if it is still running
+    /// after [`STOP_GRACE`]. Start it again with [`LocalCluster::restart_node`].
+    pub async fn stop_node(&mut self, region: &RegionId) -> anyhow::Result<Stopped> {
         let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
-        if node.child.try_wait()?.is_none() {
-            stop_process(node).await;
-        }
+        Ok(stop_process(node).await)
+    }
+
+    /// Starts a region's node again on the address it had, with the same data, so the gateway's
+    /// connection to that region recovers. A node still running is stopped first (as
+    /// [`LocalCluster::stop_node`] does), and how it stopped is returned.
+    pub async fn restart_node(&mut self, region: &RegionId) -> anyhow::Result<Option<Stopped>> {
+        let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
+        let stopped = match node.child.try_wait()? {
+            None => Some(stop_process(node).await),
+            Some(_) => None,
+        };
         let listen = node.addr.to_string();
         let restarted = spawn(
             &self.options.binary,
@@ -667,6 +678,42 @@ impl LocalCluster {
         )
         .await?;
         *node = restarted;
+        Ok(stopped)
+    }
+
+    /// Kills the gateway with SIGKILL, as a crash would. It persists nothing: everything it knew
+    /// is derived from the nodes.
+    pub async fn kill_gateway(&mut self) -> anyhow::Result<()> {
+        let gateway = self.gateway.as_mut().context("the gateway did not start")?;
+        gateway.child.kill().await.context("cannot kill the gateway")?;
+        Ok(())
+    }
+
+    /// Stops the gateway as a supervisor would: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    pub async fn stop_gateway(&mut self) -> anyhow::Result<Stopped> {
+        let gateway = self.gateway.as_mut().context("the gateway did not start")?;
+        Ok(stop_process(gateway).await)
+    }
+
+    /// Starts the gateway again on the address it had (stopping it first with SIGTERM if it still
+    /// runs), so callers' channels reconnect. Its directory starts empty and is rebuilt from every
+    /// node's snapshot before it reports ready.
+    pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        let gateway = self.gateway.as_mut().context("the gateway did not start")?;
+        if gateway.child.try_wait()?.is_none() {
+            stop_process(gateway).await;
+        }
+        let listen = gateway.addr.to_string();
+        let restarted = spawn(
+            &self.options.binary,
+            "gateway",
+            None,
+            &gateway.config,
+            &self.dir,
+            &[("DOMICILE_GATEWAY_LISTEN", listen)],
+        )
+        .await?;
+        *gateway = restarted;
         Ok(())
     }
 
@@ -694,14 +741,40 @@ async fn first_ready<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::
     .await
 }
 
-async fn stop_process(process: &mut Process) {
+/// How a process stopped when asked to.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    /// Its exit status, if it could be collected.
+    pub status: Option<std::process::ExitStatus>,
+    /// It was still running [`STOP_GRACE`] after SIGTERM and had to be killed (SIGKILL).
+    pub killed: bool,
+    /// From SIGTERM to exit.
+    pub took: Duration,
+}
+
+impl Stopped {
+    /// Stopped on its own after SIGTERM, exiting with success.
+    pub fn gracefully(&self) -> bool {
+        !self.killed && self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process is still running after [`STOP_GRACE`].
+async fn stop_process(process: &mut Process) -> Stopped {
+    let started = Instant::now();
     if let Some(pid) = process.child.id() {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
-    if tokio::time::timeout(STOP_GRACE, process.child.wait()).await.is_err() {
-        let _ = process.child.kill().await;
-    }
+    let (status, killed) = match tokio::time::timeout(STOP_GRACE, process.child.wait()).await {
+        Ok(status) => (status.ok(), false),
+        Err(_) => {
+            eprintln!("{} still running {STOP_GRACE:?} after SIGTERM: killing it", process.label());
+            let _ = process.child.kill().await;
+            (process.child.wait().await.ok(), true)
+        }
+    };
+    Stopped { status, killed, took: started.elapsed() }
 }
 
 fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {

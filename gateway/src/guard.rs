@@ -9,6 +9,9 @@
 //!   circuit. Calls to other regions are unaffected.
 //!
 //! Every refusal is an error status, so a down region can never turn into an allow (invariant 3).
+//! A call that gets no answer from the node at all (connection refused or broken, or refused
+//! by a node that is shutting down: HTTP/2 GOAWAY, which tonic would report as INTERNAL) is
+//! UNAVAILABLE, so callers retry it like any other outage of the region.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -166,6 +169,21 @@ pub struct RegionGuard<S> {
     state: Arc<RegionState>,
 }
 
+/// The status of a call that got no response from the node. Statuses (ours, tonic's) pass
+/// through; transport failures are UNAVAILABLE. A node that is shutting down sends GOAWAY, and
+/// a call the channel hands to that connection before it reconnects is refused unsent
+/// (`GoAway(NO_ERROR)`), which tonic codes as INTERNAL; it is an outage of the region like any
+/// other, never an answer.
+fn unanswered(region: &RegionId, error: BoxError) -> BoxError {
+    match error.downcast::<Status>() {
+        Ok(status) => status,
+        Err(error) => {
+            tracing::debug!(%region, error = %error, "node call failed in transport");
+            Box::new(Status::unavailable(format!("region `{region}` did not answer")))
+        }
+    }
+}
+
 /// gRPC `UNAVAILABLE` in response headers (a trailers-only reply): the node is up but cannot
 /// serve, which counts as a failure like a broken connection.
 fn is_unavailable<B>(response: &http::Response<B>) -> bool {
@@ -194,6 +212,7 @@ where
         };
         let slot = Slot { state: Arc::clone(&self.state), probe, done: false };
         let call = self.inner.call(request);
+        let state = Arc::clone(&self.state);
         Box::pin(async move {
             match call.await {
                 Ok(response) => {
@@ -202,7 +221,7 @@ where
                 }
                 Err(e) => {
                     slot.finish(false);
-                    Err(e.into())
+                    Err(unanswered(&state.region, e.into()))
                 }
             }
         })
@@ -236,6 +255,16 @@ mod tests {
         s.record(true, true);
         assert!(!s.is_open());
         assert!(!s.admit().unwrap());
+    }
+
+    #[test]
+    fn a_call_without_an_answer_is_unavailable_and_statuses_pass_through() {
+        let region = RegionId::parse("eu-central").unwrap();
+        let refused: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let status = unanswered(&region, refused).downcast::<Status>().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let ours: BoxError = Box::new(Status::resource_exhausted("shed"));
+        assert_eq!(unanswered(&region, ours).downcast::<Status>().unwrap().code(), tonic::Code::ResourceExhausted);
     }
 
     #[test]

@@ -6,9 +6,11 @@
 
 pub mod auth;
 mod batch;
+mod coalesce;
 pub mod config;
 pub mod directory;
 pub mod guard;
+mod metrics;
 mod service;
 pub mod stack;
 mod sync;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use domicile_proto::pb::gateway::v1::domicile_server::DomicileServer;
 use domicile_runtime::packs::start_packs;
-use domicile_runtime::process::read_link_key;
+use domicile_runtime::process::{Shutdown, read_link_key};
 use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
 use hashbrown::HashMap;
 use tokio::net::TcpListener;
@@ -37,8 +39,14 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long start-up waits for the first directory load before serving anyway; regions not
 /// loaded by then keep retrying and their subjects get UNAVAILABLE meanwhile.
 const INITIAL_SYNC_WAIT: Duration = Duration::from_secs(10);
+/// How long a stopping gateway waits for open connections to finish their requests before it
+/// stops anyway. Watch streams end at once; this bounds anything else a caller holds open (a
+/// DecideStream, say).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a gateway until `shutdown` resolves; `ready` gets the bound address once it serves.
+/// On `shutdown` it stops accepting, ends every caller's Watch stream (UNAVAILABLE) and lets
+/// requests in flight finish, for at most [`DRAIN_TIMEOUT`].
 pub async fn serve(
     config: GatewayConfig,
     listener: TcpListener,
@@ -47,7 +55,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     install_crypto_provider();
     let otlp = match &config.otlp_endpoint {
-        Some(endpoint) => Some(domicile_runtime::telemetry::start_otlp("domicile-gateway", endpoint, &[])?),
+        Some(endpoint) => Some(domicile_runtime::telemetry::start_otlp(
+            "domicile-gateway",
+            "gateway",
+            endpoint,
+            domicile_runtime::metrics::interval_from_ms(config.otlp_metrics_interval_ms),
+            &[],
+        )?),
         None => None,
     };
     let tls = TlsMaterial::load(&config.tls)?;
@@ -67,11 +81,15 @@ pub async fn serve(
 
     // One follower per region for the gateway's lifetime: snapshot, then change events.
     let mut initial = Vec::new();
+    let mut lags = Vec::new();
     for (region, client) in nodes.iter() {
         let (loaded, first_load) = tokio::sync::oneshot::channel();
-        tokio::spawn(sync::follow_region(region.clone(), client.clone(), Arc::clone(&directory), loaded));
+        let lag = Arc::new(metrics::RegionLag::new());
+        lags.push((region.clone(), Arc::clone(&lag)));
+        tokio::spawn(sync::follow_region(region.clone(), client.clone(), Arc::clone(&directory), loaded, lag));
         initial.push(first_load);
     }
+    metrics::observe(Arc::clone(&directory), lags);
     let all_synced = async {
         for first_load in &mut initial {
             let _ = first_load.await;
@@ -82,7 +100,9 @@ pub async fn serve(
     }
     tracing::info!(links = directory.len(), "directory loaded");
 
-    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&nodes));
+    let stopping = Shutdown::new();
+    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&nodes))
+        .with_shutdown(stopping.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DomicileServer<GatewayService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -93,13 +113,20 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, regions = nodes.len(), "gateway serving");
     ready(addr);
-    stack::server(tls.server())?
+    let shutdown = stopping.after(async move {
+        shutdown.await;
+        tracing::info!("gateway stopping: ending watch streams, finishing requests in flight");
+    });
+    let server = stack::server(tls.server())?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(DomicileServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per call).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+    match stopping.drain(server, DRAIN_TIMEOUT).await {
+        Some(served) => served?,
+        None => tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown began; stopping anyway"),
+    }
     tracing::info!("gateway stopped");
     if let Some(otlp) = otlp {
         otlp.shutdown().await;

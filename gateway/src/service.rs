@@ -14,10 +14,12 @@ use domicile_proto::pb::gateway::v1::subject_selector::Selector;
 use domicile_proto::pb::node::v1 as node_pb;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_runtime::packs::PackReloader;
+use domicile_runtime::process::Shutdown;
 use domicile_types::{Link, LinkKey, RegionId, SubjectRef};
 use hashbrown::HashMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::coalesce::Coalescer;
 use crate::directory::{Directory, Miss};
 use crate::stack::NodeChannel;
 
@@ -35,6 +37,9 @@ pub struct GatewayService {
     directory: Arc<Directory>,
     nodes: Arc<HashMap<RegionId, NodeClient>>,
     regions: Arc<Vec<RegionId>>,
+    coalescer: Arc<Coalescer>,
+    /// The server's shutdown: callers' watch streams end when it begins (`watch.rs`).
+    shutdown: Shutdown,
 }
 
 fn invalid(v: FieldViolation) -> Status {
@@ -62,7 +67,27 @@ impl GatewayService {
     ) -> Self {
         let mut regions: Vec<RegionId> = nodes.keys().cloned().collect();
         regions.sort();
-        Self { packs, link_key: Arc::new(link_key), directory, nodes, regions: Arc::new(regions) }
+        let coalescer = Arc::new(Coalescer::start(&nodes));
+        Self {
+            packs,
+            link_key: Arc::new(link_key),
+            directory,
+            nodes,
+            regions: Arc::new(regions),
+            coalescer,
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// Ends every caller's watch stream when `shutdown` begins, so a graceful stop is not held
+    /// up by the connections they keep open.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
     }
 
     /// The deployment's regions, sorted.
@@ -118,13 +143,13 @@ impl GatewayService {
 
 #[tonic::async_trait]
 impl Domicile for GatewayService {
-    type DecideStreamStream = crate::batch::ResultStream;
+    type DecideStreamStream = crate::metrics::CountedResults<crate::batch::ResultStream>;
 
     async fn decide_stream(
         &self,
         request: Request<Streaming<pb::DecideStreamItem>>,
     ) -> Result<Response<Self::DecideStreamStream>, Status> {
-        Ok(Response::new(crate::batch::decide_stream(self.clone(), request.into_inner())))
+        Ok(Response::new(crate::metrics::counted(crate::batch::decide_stream(self.clone(), request.into_inner()))))
     }
 
     type WatchStream = crate::watch::EventStream;
@@ -225,19 +250,25 @@ impl Domicile for GatewayService {
         convert::channel("channel", &req.channel).map_err(invalid)?;
         convert::timestamp("at", req.at.as_ref()).map_err(invalid)?;
         let (region, key) = self.target(req.subject.as_ref())?;
-        let reply = self
-            .node(&region)?
-            .decide(node_pb::DecideRequest {
-                subject: Some(key.to_pb()),
-                purpose: req.purpose,
-                channel: req.channel,
-                at: req.at,
-            })
-            .await
-            .map_err(|s| node_status(&region, s))?
-            .into_inner();
-        // A reply without a decision is a broken node: never read it as an allow.
-        let decision = reply.decision.ok_or_else(|| Status::internal("home region returned no decision"))?;
+        let decision = if req.at.is_none() {
+            // Decisions for now are coalesced with concurrent ones into node batches.
+            self.coalescer.decide(&region, key.to_pb(), req.purpose, req.channel).await?
+        } else {
+            let reply = self
+                .node(&region)?
+                .decide(node_pb::DecideRequest {
+                    subject: Some(key.to_pb()),
+                    purpose: req.purpose,
+                    channel: req.channel,
+                    at: req.at,
+                })
+                .await
+                .map_err(|s| node_status(&region, s))?
+                .into_inner();
+            // A reply without a decision is a broken node: never read it as an allow.
+            reply.decision.ok_or_else(|| Status::internal("home region returned no decision"))?
+        };
+        crate::metrics::decided(&decision);
         Ok(Response::new(pb::DecideResponse { decision: Some(decision) }))
     }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use domicile_runtime::metrics::RpcMetricsLayer;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
@@ -22,6 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Adds the W3C trace context of the calling span to each node call.
 type InjectTrace = fn(http::Request<Body>) -> http::Request<Body>;
 
+/// The caller-facing server's own layers (see [`server`]).
+pub type ServerLayers = Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>;
+
 /// The client stack to one region's node.
 pub type NodeChannel = RegionGuard<MapRequest<Channel, InjectTrace>>;
 
@@ -31,8 +35,10 @@ pub type NodeChannel = RegionGuard<MapRequest<Channel, InjectTrace>>;
 ///    UNAUTHENTICATED from (4) instead of an opaque handshake failure;
 /// 2. a request deadline that also honours the caller's `grpc-timeout`;
 /// 3. load shedding: overload answers RESOURCE_EXHAUSTED quickly instead of queueing;
-/// 4. caller identity and scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED.
-pub fn server(tls: ServerTlsConfig) -> Result<Server<Stack<AuthLayer, Identity>>, tonic::transport::Error> {
+/// 4. RPC metrics (`domicile.rpc.duration` by method and code; failed unary decides also count
+///    as failed decisions), so (5)'s refusals are measured too;
+/// 5. caller identity and scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED.
+pub fn server(tls: ServerTlsConfig) -> Result<Server<ServerLayers>, tonic::transport::Error> {
     Ok(Server::builder()
         .tls_config(tls.client_auth_optional(true))?
         .timeout(REQUEST_TIMEOUT)
@@ -41,6 +47,10 @@ pub fn server(tls: ServerTlsConfig) -> Result<Server<Stack<AuthLayer, Identity>>
         .tcp_nodelay(true)
         // One span per request, continuing the caller's W3C trace if it sent one.
         .trace_fn(|request| domicile_runtime::telemetry::server_span("gateway", request))
+        .layer(
+            RpcMetricsLayer::new(crate::metrics::served_methods(), &[])
+                .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
+        )
         .layer(AuthLayer::default()))
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::NodeClient;
 use crate::directory::Directory;
+use crate::metrics::RegionLag;
 
 /// Reconnect delays grow from the first to the last, doubling.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -43,12 +44,14 @@ impl Backoff {
     }
 }
 
-/// Follows one region forever. `loaded` fires once its first snapshot is in the directory.
+/// Follows one region forever. `loaded` fires once its first snapshot is in the directory;
+/// `lag` tracks how far behind the node the directory may be (`metrics.rs`).
 pub(crate) async fn follow_region(
     region: RegionId,
     client: NodeClient,
     directory: Arc<Directory>,
     loaded: oneshot::Sender<()>,
+    lag: Arc<RegionLag>,
 ) {
     let mut loaded = Some(loaded);
     let mut backoff = Backoff::new();
@@ -58,6 +61,7 @@ pub(crate) async fn follow_region(
             Ok((count, as_of)) => {
                 cursor = as_of;
                 directory.mark_synced(&region);
+                lag.following();
                 tracing::info!(%region, links = count, "region directory loaded");
                 if let Some(tx) = loaded.take() {
                     let _ = tx.send(());
@@ -74,6 +78,7 @@ pub(crate) async fn follow_region(
         match client.clone().watch(node_pb::WatchRequest { after_sequence: cursor }).await {
             Ok(response) => {
                 backoff.reset();
+                lag.following();
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
@@ -82,6 +87,7 @@ pub(crate) async fn follow_region(
                                 continue;
                             }
                             apply(&region, &event, &directory);
+                            lag.applied(event.at.as_ref());
                             cursor = Some(event.sequence);
                         }
                         Ok(None) => {
@@ -97,6 +103,7 @@ pub(crate) async fn follow_region(
             }
             Err(status) => tracing::debug!(%region, code = ?status.code(), "cannot watch region yet; retrying"),
         }
+        lag.stopped();
         backoff.wait().await;
     }
 }

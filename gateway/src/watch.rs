@@ -66,15 +66,29 @@ pub fn watch(service: &GatewayService, token: &str) -> Result<EventStream, Statu
     }
     drop(merge_tx);
     let (tx, rx) = mpsc::channel(BUFFER);
+    let shutdown = service.shutdown().clone();
     tokio::spawn(async move {
-        // Owning the followers here means they are aborted as soon as the caller goes away.
+        // Owning the followers here means they are aborted as soon as the caller goes away, or
+        // the gateway stops.
         let _followers = followers;
-        while let Some((region, event)) = merge_rx.recv().await {
-            cursors.insert(region, Some(event.sequence));
-            let resume_token = encode_token(&cursors);
-            if tx.send(Ok(pb::WatchEvent { event: Some(event), resume_token })).await.is_err() {
-                return;
+        let merge = async {
+            while let Some((region, event)) = merge_rx.recv().await {
+                cursors.insert(region, Some(event.sequence));
+                let resume_token = encode_token(&cursors);
+                if tx.send(Ok(pb::WatchEvent { event: Some(event), resume_token })).await.is_err() {
+                    return;
+                }
             }
+        };
+        // The stream never ends by itself, and a graceful stop waits for every connection to
+        // close: end it when shutdown begins, after the events already queued, with UNAVAILABLE
+        // (retryable) so the caller resumes with its last token on another or restarted gateway.
+        tokio::select! {
+            biased;
+            () = shutdown.begun() => {
+                let _ = tx.try_send(Err(Status::unavailable("gateway is shutting down")));
+            }
+            () = merge => {}
         }
     });
     Ok(ReceiverStream::new(rx))

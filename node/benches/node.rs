@@ -175,9 +175,11 @@ fn main() {
     let secs = env_usize("BENCH_SECS", 5) as u64;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
+    // BENCH_ONLY=decide skips the write figures (e.g. to profile decisions under callgrind).
+    let writes = std::env::var("BENCH_ONLY").map_or(true, |only| only != "decide");
     println!("== durable consent writes (record_consent → sled flush + audit fsync before the reply)");
-    let small = rt.block_on(fixture(10_000));
-    for writers in [1, 16, 64, 256] {
+    let small = rt.block_on(fixture(if writes { 10_000 } else { 10 }));
+    for writers in [1, 16, 64, 256].into_iter().filter(|_| writes) {
         let before = small.service.commit_stats();
         let (rate, hist) = rt.block_on(durable_writes(&small, writers, secs));
         let after = small.service.commit_stats();

@@ -315,12 +315,7 @@ impl AuditEvent {
             AuditEvent::Decision { purpose, channel, effect, reasons, pack } => {
                 // Rule ids and pack refs come from loaded packs, but they are strings in public
                 // types, so check they are still the pack grammar's tokens (no `@`, spaces, …).
-                if !reasons.iter().all(|r| is_token(r, false)) {
-                    return Err(AuditError::InvalidField { field: "reasons" });
-                }
-                if !is_token(&pack.id, false) || !is_token(&pack.version, true) {
-                    return Err(AuditError::InvalidField { field: "pack" });
-                }
+                check_decision(reasons, pack)?;
                 put("purpose", purpose.as_str().to_owned());
                 put("channel", channel.as_str().to_owned());
                 put("effect", effect.as_str().to_owned());
@@ -378,16 +373,99 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// The hashed part of an entry: [`AuditRecord`] without `hash`, same order.
+/// The hashed part of an entry: [`AuditRecord`] without `hash`, same order. `D` serialises as
+/// a string map with keys in byte order (a `BTreeMap`, or [`DecisionDetail`] on the hot path).
 #[derive(Serialize)]
-struct Hashed<'a> {
+struct Hashed<'a, D: Serialize> {
     seq: u64,
     at: i64,
     region: &'a str,
     kind: AuditKind,
     subject: Option<&'a str>,
-    detail: &'a BTreeMap<String, String>,
+    detail: &'a D,
     prev: &'a str,
+}
+
+/// Appends the canonical line of an entry to `out` (with its `\n`) and returns its hash as hex.
+/// The line is `Hashed` with `,"hash":"…"` spliced in before the closing brace, which is exactly
+/// how serde serialises [`AuditRecord`] (same members, same order, `hash` last), so the line is
+/// serialised and hashed once.
+fn write_entry<D: Serialize>(out: &mut Vec<u8>, hashed: &Hashed<'_, D>) -> Result<[u8; 64], serde_json::Error> {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, hashed)?;
+    let mut hex = [0u8; 64];
+    // Cannot fail: the buffer is exactly twice the digest's length.
+    let _ = hex::encode_to_slice(Sha256::digest(&out[start..]), &mut hex);
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(&hex);
+    out.extend_from_slice(b"\"}\n");
+    Ok(hex)
+}
+
+/// A decision's `detail` map, serialised without building one: keys in byte order, values as
+/// [`AuditEvent::Decision`]'s `detail` spells them (tested to be identical).
+struct DecisionDetail<'a> {
+    purpose: Purpose,
+    channel: Channel,
+    decision: &'a Decision,
+}
+
+/// Serialises as a string through `Display`, without allocating it.
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Rule ids joined by commas.
+struct Joined<'a>(&'a [String]);
+
+impl fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, reason) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for DecisionDetail<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("channel", self.channel.as_str())?;
+        map.serialize_entry("effect", self.decision.effect.as_str())?;
+        map.serialize_entry("pack", &Shown(&self.decision.pack))?;
+        map.serialize_entry("purpose", self.purpose.as_str())?;
+        map.serialize_entry("reasons", &Shown(Joined(&self.decision.reasons)))?;
+        map.end()
+    }
+}
+
+/// One decision to audit: what [`AuditLog::append_decisions`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionEntry<'a> {
+    pub subject: &'a SubjectRef,
+    pub purpose: Purpose,
+    pub channel: Channel,
+    pub decision: &'a Decision,
+}
+
+/// The checks [`AuditEvent::detail`] makes on a decision's strings.
+fn check_decision(reasons: &[String], pack: &PackRef) -> Result<(), AuditError> {
+    if !reasons.iter().all(|r| is_token(r, false)) {
+        return Err(AuditError::InvalidField { field: "reasons" });
+    }
+    if !is_token(&pack.id, false) || !is_token(&pack.version, true) {
+        return Err(AuditError::InvalidField { field: "pack" });
+    }
+    Ok(())
 }
 
 impl AuditRecord {
@@ -683,35 +761,93 @@ impl AuditLog {
             return Err(AuditError::ForeignSubject);
         }
         let detail = event.detail()?;
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let subject = subject.map(SubjectRef::to_string);
+        let kind = event.kind();
+        let mut state = self.lock()?;
+        let mut line = Vec::with_capacity(512);
+        let seq = state.next_seq;
+        let hashed = Hashed {
+            seq,
+            at,
+            region: self.region.as_str(),
+            kind,
+            subject: subject.as_deref(),
+            detail: &detail,
+            prev: &state.head,
+        };
+        let hash = write_entry(&mut line, &hashed)?;
+        let record = AuditRecord {
+            seq,
+            at,
+            region: self.region.to_string(),
+            kind,
+            subject,
+            detail,
+            prev: state.head.clone(),
+            hash: String::from_utf8_lossy(&hash).into_owned(),
+        };
+        Self::write(&mut state, &line, 1, &hash)?;
+        Ok(record)
+    }
+
+    /// Appends one entry per decision, in order, with one `write` for all of them: the hot path of
+    /// batch decisions. Entries are the same as [`AuditLog::append`] writes for
+    /// [`AuditEvent::decision`]. All or nothing: on error no entry is kept.
+    pub fn append_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), AuditError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut refs = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.subject.region != self.region {
+                return Err(AuditError::ForeignSubject);
+            }
+            check_decision(&entry.decision.reasons, &entry.decision.pack)?;
+            refs.push(entry.subject.to_string());
+        }
+        let mut state = self.lock()?;
+        let mut lines = Vec::with_capacity(entries.len() * 384);
+        let mut prev = state.head.as_bytes().try_into().unwrap_or([b'0'; 64]);
+        for (i, (entry, subject)) in entries.iter().zip(&refs).enumerate() {
+            let detail = DecisionDetail { purpose: entry.purpose, channel: entry.channel, decision: entry.decision };
+            let hashed = Hashed {
+                seq: state.next_seq + i as u64,
+                at,
+                region: self.region.as_str(),
+                kind: AuditKind::Decision,
+                subject: Some(subject),
+                detail: &detail,
+                // Hex digits only, so always UTF-8.
+                prev: std::str::from_utf8(&prev).unwrap_or(GENESIS),
+            };
+            prev = write_entry(&mut lines, &hashed)?;
+        }
+        Self::write(&mut state, &lines, entries.len() as u64, &prev)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, AuditError> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.unwritable {
             return Err(AuditError::Unwritable);
         }
-        let mut record = AuditRecord {
-            seq: state.next_seq,
-            at,
-            region: self.region.to_string(),
-            kind: event.kind(),
-            subject: subject.map(SubjectRef::to_string),
-            detail,
-            prev: state.head.clone(),
-            hash: String::new(),
-        };
-        record.hash = record.compute_hash()?;
-        let mut line = serde_json::to_vec(&record)?;
-        line.push(b'\n');
-        if let Err(e) = state.file.write_all(&line) {
-            // Remove whatever part of the line reached the file so the chain stays appendable.
+        Ok(state)
+    }
+
+    /// Writes complete lines with one `write` and advances the chain to `head`; on failure
+    /// removes whatever part reached the file so the chain stays appendable.
+    fn write(state: &mut State, lines: &[u8], entries: u64, head: &[u8; 64]) -> Result<(), AuditError> {
+        if let Err(e) = state.file.write_all(lines) {
             let len = state.len;
             if state.file.set_len(len).is_err() {
                 state.unwritable = true;
             }
             return Err(AuditError::Io(e));
         }
-        state.len += line.len() as u64;
-        state.next_seq += 1;
-        state.head.clone_from(&record.hash);
-        Ok(record)
+        state.len += lines.len() as u64;
+        state.next_seq += entries;
+        state.head.clear();
+        state.head.push_str(std::str::from_utf8(head).unwrap_or(GENESIS));
+        Ok(())
     }
 
     /// Makes every entry appended so far durable (fsync). Blocking: from async code call it where
@@ -816,6 +952,63 @@ mod tests {
             Err(VerifyError::Tampered(t)) => t,
             other => panic!("expected tampering, got {other:?}"),
         }
+    }
+
+    /// The batch path must write byte for byte what one `append` per decision writes, or
+    /// `verify` (which demands canonical lines) would call the log tampered.
+    #[test]
+    fn batched_decisions_are_the_same_entries_as_single_appends() {
+        let decisions = [
+            Decision {
+                effect: Effect::Deny,
+                reasons: vec!["de.marketing.email".into(), "de.withdrawn".into()],
+                pack: PackRef { id: "de".into(), version: "2026.1+r2".into() },
+                obligations: Vec::new(),
+                explanation: "not in the log".into(),
+                valid_until_unix: None,
+            },
+            Decision {
+                effect: Effect::Allow,
+                reasons: vec!["de.marketing.email".into()],
+                pack: PackRef { id: "de".into(), version: "2026.1".into() },
+                obligations: Vec::new(),
+                explanation: String::new(),
+                valid_until_unix: Some(1_800_000_000),
+            },
+        ];
+        let (one, batched) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let single = AuditLog::open(one.path(), &region()).unwrap();
+        let batch = AuditLog::open(batched.path(), &region()).unwrap();
+        single.append(consent(1), Some(&subject(1)), 1_700_000_000).unwrap();
+        batch.append(consent(1), Some(&subject(1)), 1_700_000_000).unwrap();
+        let subjects = [subject(1), subject(2)];
+        let mut entries = Vec::new();
+        for (decision, subject) in decisions.iter().zip(&subjects) {
+            single
+                .append(
+                    AuditEvent::decision(Purpose::Marketing, Channel::Email, decision),
+                    Some(subject),
+                    1_700_000_001,
+                )
+                .unwrap();
+            entries.push(DecisionEntry { subject, purpose: Purpose::Marketing, channel: Channel::Email, decision });
+        }
+        batch.append_decisions(&entries, 1_700_000_001).unwrap();
+        // And the chain continues from the batch's last entry.
+        single.append(consent(2), Some(&subject(2)), 1_700_000_002).unwrap();
+        batch.append(consent(2), Some(&subject(2)), 1_700_000_002).unwrap();
+        assert_eq!(single.head(), batch.head());
+        assert_eq!(std::fs::read(single.path()).unwrap(), std::fs::read(batch.path()).unwrap());
+        assert_eq!(verify_file(batch.path()).unwrap().entries, 4);
+
+        // A foreign subject or a non-token rule id refuses the whole batch, writing nothing.
+        let foreign = SubjectRef { region: RegionId::parse("us-east").unwrap(), id: SubjectId::from_bytes([5; 16]) };
+        let bad = [entries[0], DecisionEntry { subject: &foreign, ..entries[1] }];
+        assert!(matches!(batch.append_decisions(&bad, 1), Err(AuditError::ForeignSubject)));
+        let odd = Decision { reasons: vec!["has space".into()], ..decisions[0].clone() };
+        let bad = [entries[0], DecisionEntry { decision: &odd, ..entries[1] }];
+        assert!(matches!(batch.append_decisions(&bad, 1), Err(AuditError::InvalidField { field: "reasons" })));
+        assert_eq!(verify_file(batch.path()).unwrap().entries, 4);
     }
 
     #[test]

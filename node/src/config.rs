@@ -35,9 +35,13 @@ pub struct NodeConfig {
     /// How often to look for a changed pack set, in milliseconds; 0: only on SIGHUP.
     #[serde(default = "default_packs_reload_ms")]
     pub packs_reload_ms: u64,
-    /// OTLP/gRPC collector for traces, e.g. `http://127.0.0.1:4317`; absent: no export.
+    /// OTLP/gRPC collector for traces and metrics, e.g. `http://127.0.0.1:4317`; absent: no
+    /// export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    /// How often metrics are exported to `otlp_endpoint`, in milliseconds; absent or 0: 10 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_metrics_interval_ms: Option<u64>,
 }
 
 pub(crate) fn default_packs_reload_ms() -> u64 {
@@ -57,6 +61,7 @@ pub static SCHEMA: Table = Table {
         optional("packs_trust", Kind::Table(&TRUST_TABLE)),
         optional("packs_reload_ms", UNSIGNED),
         optional("otlp_endpoint", Kind::Text),
+        optional("otlp_metrics_interval_ms", UNSIGNED),
     ],
 };
 
@@ -97,6 +102,7 @@ mod tests {
             }),
             packs_reload_ms: 10,
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            otlp_metrics_interval_ms: Some(1_000),
         };
         let value = serde_json::to_value(&config).unwrap();
         assert_eq!(check(&value, &SCHEMA), vec![]);

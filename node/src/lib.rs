@@ -15,11 +15,13 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNodeServer;
+use domicile_runtime::metrics::RpcMetricsLayer;
 use domicile_runtime::packs::start_packs;
-use domicile_runtime::process::read_link_key;
+use domicile_runtime::process::{Shutdown, read_link_key};
 use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -31,9 +33,25 @@ use store::{SledStore, Store};
 
 /// Largest request a node accepts: batches of decisions are the big ones.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// How long a stopping node waits for open connections to finish their requests before it
+/// stops anyway. Watch streams end at once; this bounds anything else a client holds open.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The method paths a node serves: the closed set its RPC metrics may name.
+fn served_methods() -> Vec<String> {
+    domicile_proto::method_paths(&[
+        domicile_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ])
+}
 
 /// Runs a node until `shutdown` resolves. `ready` is called with the bound address once every
 /// dependency (packs, store, keys, TLS) is loaded and the server is about to accept.
+///
+/// On `shutdown` the node stops accepting, ends every open Watch stream (UNAVAILABLE, so
+/// followers reconnect), lets requests in flight finish (at most [`DRAIN_TIMEOUT`]), then
+/// flushes the store and syncs the audit log before returning.
 pub async fn serve(
     config: NodeConfig,
     listener: TcpListener,
@@ -44,7 +62,9 @@ pub async fn serve(
     let otlp = match &config.otlp_endpoint {
         Some(endpoint) => Some(domicile_runtime::telemetry::start_otlp(
             "domicile-node",
+            "node",
             endpoint,
+            domicile_runtime::metrics::interval_from_ms(config.otlp_metrics_interval_ms),
             &[("domicile.region", config.region.to_string())],
         )?),
         None => None,
@@ -60,7 +80,9 @@ pub async fn serve(
         audit::AuditLog::open(&config.data_dir, &config.region)
             .with_context(|| format!("cannot open the audit log in {}", config.data_dir.display()))?,
     );
-    let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&audit))?;
+    let stopping = Shutdown::new();
+    let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&audit))?
+        .with_shutdown(stopping.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;
@@ -72,17 +94,32 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(region = %config.region, %addr, "node serving");
     ready(addr);
-    Server::builder()
+    let region = config.region.clone();
+    let shutdown = stopping.after(async move {
+        shutdown.await;
+        tracing::info!(%region, "node stopping: ending watch streams, finishing requests in flight");
+    });
+    let server = Server::builder()
         .tls_config(tls.server())?
         // One span per request, continuing the gateway's W3C trace.
         .trace_fn(|request| domicile_runtime::telemetry::server_span("node", request))
+        // Duration and code of every call, refusals by the access layer included.
+        .layer(RpcMetricsLayer::new(served_methods(), &[("region", config.region.to_string())]))
         .layer(access::AccessLayer::new(config.region.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegionalNodeServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per call).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+    match stopping.drain(server, DRAIN_TIMEOUT).await {
+        Some(served) => served?,
+        None => tracing::warn!(
+            region = %config.region,
+            "connections still open {DRAIN_TIMEOUT:?} after shutdown began; stopping anyway"
+        ),
+    }
+    // Every acknowledged write is durable already (acknowledged only after a flush); this
+    // covers anything applied since.
     store.flush().await?;
     audit.sync()?;
     tracing::info!(region = %config.region, "node stopped");

@@ -8,16 +8,17 @@ use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
-use domicile_runtime::packs::PackReloader;
+use domicile_runtime::packs::{LoadedPacks, PackReloader};
+use domicile_runtime::process::Shutdown;
 use domicile_types::{Channel, Jurisdiction, Link, LinkKey, Purpose, RegionId, SubjectId, SubjectRef};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditEvent, AuditLog, RequestId, RightsKind, RightsStatus, erasure_proof};
+use crate::audit::{AuditEvent, AuditLog, DecisionEntry, RequestId, RightsKind, RightsStatus, erasure_proof};
 use crate::commit::{FlushFn, GroupCommit};
 use crate::store::{
     Change, ChangeEvent, ConsentRecord, Evidence, Interaction, InteractionKind, NewConsent, NewInteraction,
-    Rectification, RightsRequestRecord, Store, StoreError,
+    Rectification, RightsRequestRecord, Store, StoreError, SubjectMeta,
 };
 
 /// Captures may be stamped slightly ahead of this node's clock; beyond that they are a client bug.
@@ -44,6 +45,8 @@ pub struct NodeService<S> {
     /// Highest change-event sequence known durable. Watchers deliver nothing beyond it, so a
     /// subscriber never sees a change that a crash could still undo.
     durable: tokio::sync::watch::Sender<Option<u64>>,
+    /// The server's shutdown: open watch streams end when it begins (see `watch`).
+    shutdown: Shutdown,
     audit: Arc<AuditLog>,
     commit: Arc<GroupCommit>,
 }
@@ -154,7 +157,14 @@ impl<S: Store> NodeService<S> {
             })
         };
         let commit = GroupCommit::start(flush);
-        Ok(Self { region, store, packs, link_key, durable, audit, commit })
+        Ok(Self { region, store, packs, link_key, durable, shutdown: Shutdown::new(), audit, commit })
+    }
+
+    /// Ends every open watch stream when `shutdown` begins, so a graceful stop is not held up by
+    /// the connections they keep open.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Group-commit figures (commits, flushes, time spent flushing).
@@ -299,41 +309,43 @@ impl<S: Store> NodeService<S> {
     /// Finds the subject a pseudonymous key names. A subject ref of another region is refused:
     /// this node can hold nothing about it.
     fn resolve(&self, key: &SubjectKey) -> Result<SubjectId, Status> {
-        match key {
+        self.resolve_meta(key).map(|(id, _)| id)
+    }
+
+    /// [`Self::resolve`], also returning the subject's metadata (read once).
+    fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), Status> {
+        let id = match key {
             SubjectKey::Link(link) => self
                 .store
                 .subject_by_link(link)
                 .map_err(store_status)?
-                .ok_or_else(|| Status::not_found("no subject holds this link in this region")),
+                .ok_or_else(|| Status::not_found("no subject holds this link in this region"))?,
             SubjectKey::Ref(subject) => {
                 if subject.region != self.region {
                     return Err(Status::failed_precondition("subject ref names another region"));
                 }
-                match self.store.subject_meta(&subject.id).map_err(store_status)? {
-                    Some(_) => Ok(subject.id),
-                    None => Err(Status::not_found("no such subject in this region")),
-                }
+                subject.id
             }
+        };
+        match self.store.subject_meta(&id).map_err(store_status)? {
+            Some(meta) => Ok((id, meta)),
+            None => Err(Status::not_found("no such subject in this region")),
         }
     }
 
-    /// One decision: the subject's pack evaluated against the current consent, audited.
-    fn decide_one(
+    /// One decision: the subject's pack (from `loaded`, the call's snapshot of the pack set, so a
+    /// reload meanwhile cannot mix versions) evaluated against the current consent. Not yet
+    /// audited: the caller audits before answering.
+    fn evaluate(
         &self,
+        loaded: &LoadedPacks,
         key: &SubjectKey,
         purpose: Purpose,
         channel: Channel,
         at: i64,
-    ) -> Result<common::Decision, Status> {
-        let subject = self.resolve(key)?;
-        let meta = self
-            .store
-            .subject_meta(&subject)
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found("no such subject in this region"))?;
-        // No pack: fail closed with a status, never a default allow (invariant 3). The request
-        // keeps this snapshot even if a reload swaps the set meanwhile.
-        let loaded = self.packs.current();
+    ) -> Result<(SubjectId, domicile_policy::Decision), Status> {
+        let (subject, meta) = self.resolve_meta(key)?;
+        // No pack: fail closed with a status, never a default allow (invariant 3).
         let pack = loaded
             .packs
             .get(&meta.jurisdiction)
@@ -349,8 +361,7 @@ impl<S: Store> NodeService<S> {
                 explanation: "processing restricted at the subject's request (right to restriction)".to_owned(),
                 valid_until_unix: None,
             };
-            self.audit(AuditEvent::decision(purpose, channel, &decision), subject)?;
-            return Ok(self.decision_to_pb(subject, &decision));
+            return Ok((subject, decision));
         }
         let consent =
             self.store.current_consent(&subject, purpose, channel).map_err(store_status)?.map(|c| ConsentFact {
@@ -361,12 +372,42 @@ impl<S: Store> NodeService<S> {
                 kind: None,
             });
         let decision = pack.decide(&DecisionInput::new(purpose, channel, at, consent));
-        self.audit(AuditEvent::decision(purpose, channel, &decision), subject)?;
         tracing::debug!(region = %self.region, pack = %decision.pack, %purpose, %channel, effect = decision.effect.as_str(), reasons = ?decision.reasons, "decision");
-        Ok(self.decision_to_pb(subject, &decision))
+        Ok((subject, decision))
     }
 
-    fn decision_to_pb(&self, subject: SubjectId, decision: &domicile_policy::Decision) -> common::Decision {
+    /// Audits evaluated decisions (one write for all) and turns them into wire decisions. A
+    /// decision that cannot be audited is not served (invariant 5): then every one fails.
+    fn audit_decisions(
+        &self,
+        decided: &[(SubjectId, Purpose, Channel, domicile_policy::Decision)],
+    ) -> Result<Vec<common::Decision>, Status> {
+        let refs: Vec<SubjectRef> = decided.iter().map(|(subject, ..)| self.subject_ref(*subject)).collect();
+        let entries: Vec<DecisionEntry<'_>> = decided
+            .iter()
+            .zip(&refs)
+            .map(|((_, purpose, channel, decision), subject)| DecisionEntry {
+                subject,
+                purpose: *purpose,
+                channel: *channel,
+                decision,
+            })
+            .collect();
+        self.audit.append_decisions(&entries, now_unix()).map_err(|e| {
+            tracing::error!(error = %e, "audit log append failed");
+            Status::unavailable("audit log unavailable")
+        })?;
+        Ok(decided
+            .iter()
+            .zip(refs)
+            .map(|((_, _, _, decision), subject)| {
+                domicile_runtime::metrics::decided(&self.region, decision);
+                self.decision_to_pb(subject, decision)
+            })
+            .collect())
+    }
+
+    fn decision_to_pb(&self, subject: SubjectRef, decision: &domicile_policy::Decision) -> common::Decision {
         common::Decision {
             effect: match decision.effect {
                 Effect::Allow => common::Effect::Allow,
@@ -381,7 +422,7 @@ impl<S: Store> NodeService<S> {
                 .collect(),
             explanation: decision.explanation.clone(),
             valid_until: decision.valid_until_unix.map(convert::to_timestamp),
-            subject_ref: self.subject_ref(subject).to_string(),
+            subject_ref: subject.to_string(),
             region: self.region.to_string(),
         }
     }
@@ -543,8 +584,9 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let purpose = convert::purpose("purpose", &req.purpose).map_err(invalid)?;
         let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
         let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
-        let decision = self.decide_one(&key, purpose, channel, at)?;
-        Ok(Response::new(pb::DecideResponse { decision: Some(decision) }))
+        let (subject, decision) = self.evaluate(&self.packs.current(), &key, purpose, channel, at)?;
+        let decision = self.audit_decisions(&[(subject, purpose, channel, decision)])?.pop();
+        Ok(Response::new(pb::DecideResponse { decision }))
     }
 
     async fn decide_batch(
@@ -556,28 +598,47 @@ impl<S: Store> RegionalNode for NodeService<S> {
             return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")).into());
         }
         let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
-        let outcomes = req
-            .items
-            .iter()
-            .map(|item| {
-                let result = (|| {
-                    let key = convert::subject_key("subject", item.subject.as_ref()).map_err(invalid)?;
-                    let purpose = convert::purpose("purpose", &item.purpose).map_err(invalid)?;
-                    let channel = convert::channel("channel", &item.channel).map_err(invalid)?;
-                    self.decide_one(&key, purpose, channel, at)
-                })();
-                pb::DecideOutcome {
-                    id: item.id,
-                    result: Some(match result {
-                        Ok(decision) => pb::decide_outcome::Result::Decision(decision),
-                        Err(status) => pb::decide_outcome::Result::Error(common::ItemError {
-                            code: status.code() as i32,
-                            message: status.message().to_owned(),
-                        }),
-                    }),
-                }
+        // One pack-set snapshot for the whole batch, and one audit write for all its decisions.
+        let loaded = self.packs.current();
+        let item_error = |status: &Status| {
+            pb::decide_outcome::Result::Error(common::ItemError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
             })
-            .collect();
+        };
+        let mut results: Vec<Option<pb::decide_outcome::Result>> = vec![None; req.items.len()];
+        let mut decided = Vec::with_capacity(req.items.len());
+        let mut positions = Vec::with_capacity(req.items.len());
+        for (position, item) in req.items.iter().enumerate() {
+            let evaluated = (|| {
+                let key = convert::subject_key("subject", item.subject.as_ref()).map_err(invalid)?;
+                let purpose = convert::purpose("purpose", &item.purpose).map_err(invalid)?;
+                let channel = convert::channel("channel", &item.channel).map_err(invalid)?;
+                let (subject, decision) = self.evaluate(&loaded, &key, purpose, channel, at)?;
+                Ok::<_, Status>((subject, purpose, channel, decision))
+            })();
+            match evaluated {
+                Ok(d) => {
+                    decided.push(d);
+                    positions.push(position);
+                }
+                Err(status) => results[position] = Some(item_error(&status)),
+            }
+        }
+        match self.audit_decisions(&decided) {
+            Ok(decisions) => {
+                for (position, decision) in positions.into_iter().zip(decisions) {
+                    results[position] = Some(pb::decide_outcome::Result::Decision(decision));
+                }
+            }
+            Err(status) => {
+                for position in positions {
+                    results[position] = Some(item_error(&status));
+                }
+            }
+        }
+        let outcomes =
+            req.items.iter().zip(results).map(|(item, result)| pb::DecideOutcome { id: item.id, result }).collect();
         Ok(Response::new(pb::DecideBatchResponse { outcomes }))
     }
 
@@ -741,41 +802,57 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let mut after = request.into_inner().after_sequence;
         let mut durable = self.durable.subscribe();
         let store = Arc::clone(&self.store);
+        let shutdown = self.shutdown.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BATCH);
         let this = EventRenderer { region: self.region.clone() };
         tokio::spawn(async move {
-            loop {
-                let limit = *durable.borrow_and_update();
-                let batch: Result<Vec<ChangeEvent>, StoreError> = store
-                    .events_after(after)
-                    .take_while(|e| match (e, limit) {
-                        (Ok(e), Some(limit)) => e.sequence <= limit,
-                        (Ok(_), None) => false,
-                        (Err(_), _) => true,
-                    })
-                    .take(WATCH_BATCH)
-                    .collect();
-                let batch = match batch {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
-                        return;
+            let follow = async {
+                loop {
+                    let limit = *durable.borrow_and_update();
+                    let batch: Result<Vec<ChangeEvent>, StoreError> = store
+                        .events_after(after)
+                        .take_while(|e| match (e, limit) {
+                            (Ok(e), Some(limit)) => e.sequence <= limit,
+                            (Ok(_), None) => false,
+                            (Err(_), _) => true,
+                        })
+                        .take(WATCH_BATCH)
+                        .collect();
+                    let batch = match batch {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(store_status(e))).await;
+                            return;
+                        }
+                    };
+                    if batch.is_empty() {
+                        // Wait for the next durable write; stop if the service goes away.
+                        tokio::select! {
+                            changed = durable.changed() => if changed.is_err() { return },
+                            () = tx.closed() => return,
+                        }
+                        continue;
                     }
-                };
-                if batch.is_empty() {
-                    // Wait for the next durable write; stop when the node shuts down.
-                    tokio::select! {
-                        changed = durable.changed() => if changed.is_err() { return },
-                        () = tx.closed() => return,
+                    for event in &batch {
+                        after = Some(event.sequence);
+                        if tx.send(Ok(this.render(event))).await.is_err() {
+                            return;
+                        }
                     }
-                    continue;
                 }
-                for event in &batch {
-                    after = Some(event.sequence);
-                    if tx.send(Ok(this.render(event))).await.is_err() {
-                        return;
-                    }
+            };
+            // A graceful stop waits for every connection to close, and a follower's stream never
+            // ends by itself: it would hold the gateway's connection (and this process) open. So
+            // it ends when shutdown begins, with UNAVAILABLE after the events already queued: the
+            // follower reconnects (to this node once it is back) and resumes after its cursor.
+            // A follower not reading gets no status (its queue is full), just the end of stream,
+            // on which followers reconnect too.
+            tokio::select! {
+                biased;
+                () = shutdown.begun() => {
+                    let _ = tx.try_send(Err(Status::unavailable("node is shutting down")));
                 }
+                () = follow => {}
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

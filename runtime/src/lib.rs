@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod packs;
 pub mod pki;
 pub mod process;

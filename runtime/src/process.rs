@@ -58,6 +58,76 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A server's shutdown, broadcast to the work that must end for it to finish.
+///
+/// tonic's graceful shutdown stops accepting, then waits for every open connection to close.
+/// A long-lived response stream (a `Watch` that a gateway or a caller follows) keeps its
+/// connection open for as long as it runs, so those streams select on [`Shutdown::begun`] and
+/// end as soon as shutdown starts; the server's shutdown future is wrapped in
+/// [`Shutdown::after`] so that both happen at the same moment. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Shutdown(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// Not begun yet.
+    pub fn new() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    /// Starts shutdown: every [`Shutdown::begun`] resolves, now and later. Idempotent.
+    pub fn begin(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn has_begun(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown has begun (at once if it already has).
+    pub async fn begun(&self) {
+        let mut begun = self.0.subscribe();
+        // The sender lives in `self`, so this cannot fail while we wait.
+        let _ = begun.wait_for(|b| *b).await;
+    }
+
+    /// `signal`, then [`Shutdown::begin`]: the future to hand the server as its shutdown signal.
+    pub fn after<F>(&self, signal: F) -> impl std::future::Future<Output = ()> + use<F>
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let this = self.clone();
+        async move {
+            signal.await;
+            this.begin();
+        }
+    }
+
+    /// Runs `server` (whose shutdown signal is [`Shutdown::after`]) to completion, or until
+    /// `drain` has passed since shutdown began with connections still open: a client holding
+    /// some other stream open must not keep the process from stopping. `None` if it gave up.
+    /// Requests still running then are abandoned, never acknowledged: a write is acknowledged
+    /// only once it is durable, so giving up loses none that was.
+    pub async fn drain<T>(
+        &self,
+        server: impl std::future::Future<Output = T>,
+        drain: std::time::Duration,
+    ) -> Option<T> {
+        tokio::select! {
+            output = server => Some(output),
+            () = async {
+                self.begun().await;
+                tokio::time::sleep(drain).await;
+            } => None,
+        }
+    }
+}
+
 /// Writes a file only the owner can read (keys, link secrets).
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
@@ -105,6 +175,38 @@ pub fn read_link_key(path: &Path) -> anyhow::Result<domicile_types::LinkKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn shutdown_reaches_every_waiter_before_and_after_it_begins() {
+        let shutdown = Shutdown::new();
+        assert!(!shutdown.has_begun());
+        let early = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { shutdown.begun().await }
+        });
+        let (fire, signal) = tokio::sync::oneshot::channel::<()>();
+        let stop = tokio::spawn(shutdown.after(async move {
+            let _ = signal.await;
+        }));
+        tokio::task::yield_now().await;
+        assert!(!early.is_finished());
+        let _ = fire.send(());
+        stop.await.unwrap();
+        early.await.unwrap();
+        assert!(shutdown.has_begun());
+        // A waiter that arrives late is not left hanging.
+        tokio::time::timeout(std::time::Duration::from_secs(1), shutdown.begun()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn drain_gives_up_on_a_server_that_never_finishes() {
+        let shutdown = Shutdown::new();
+        let done = shutdown.drain(async { 7 }, std::time::Duration::from_secs(60)).await;
+        assert_eq!(done, Some(7));
+        shutdown.begin();
+        let stuck = shutdown.drain(std::future::pending::<()>(), std::time::Duration::from_millis(10)).await;
+        assert_eq!(stuck, None);
+    }
 
     #[test]
     fn ready_line_round_trip() {

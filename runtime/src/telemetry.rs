@@ -1,9 +1,11 @@
 //! Structured logs on stderr (stdout is reserved for the ready line and command output), and
-//! optional OTLP trace export with W3C trace context between gateway and nodes.
+//! optional OTLP export of traces (with W3C trace context between gateway and nodes) and of
+//! metrics (`crate::metrics`).
 //!
 //! Log fields and span attributes are chosen at call sites from an allow-list of non-personal
 //! values: regions, pack ids, rule ids, purposes, channels, status codes, links, subject refs and
-//! RPC method paths. Identifiers and consent evidence are never logged or traced.
+//! RPC method paths. Identifiers and consent evidence are never logged or traced. Metric
+//! attributes are narrower still: no links or subject refs either.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -123,22 +125,30 @@ pub enum TelemetryError {
 pub struct OtlpGuard(());
 
 impl OtlpGuard {
-    /// Exports what is buffered. Runs on a blocking thread: the SDK's shutdown blocks, and on the
-    /// async runtime it would starve the very export it waits for (crate-stack.md §7.5).
+    /// Exports what is buffered (spans, and a last collection of metrics). Runs on a blocking
+    /// thread: the SDK's shutdown blocks, and on the async runtime it would starve the very
+    /// export it waits for (crate-stack.md §7.5).
     pub async fn shutdown(self) {
-        let done = tokio::task::spawn_blocking(|| EXPORT.get().map_or(Ok(()), |export| export.shutdown())).await;
+        let done = tokio::task::spawn_blocking(|| {
+            let metrics = crate::metrics::shutdown();
+            EXPORT.get().map_or(Ok(()), |export| export.shutdown()).and(metrics)
+        })
+        .await;
         if let Ok(Err(e)) = done {
             tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly");
         }
     }
 }
 
-/// Starts exporting spans over OTLP/gRPC (plaintext or `https://` per `endpoint`) as
-/// `service_name`, with `attributes` on the resource (e.g. the region). Must run inside the
-/// Tokio runtime. Export failures are logged by the SDK and never fail requests.
+/// Starts exporting spans and metrics over OTLP/gRPC (plaintext or `https://` per `endpoint`) as
+/// `service_name`, with `attributes` on the resource (e.g. the region). Metrics carry `role`
+/// (`gateway`, `node`) and are exported every `metrics_interval`. Must run inside the Tokio
+/// runtime. Export failures are logged by the SDK and never fail requests.
 pub fn start_otlp(
     service_name: &'static str,
+    role: &'static str,
     endpoint: &str,
+    metrics_interval: Duration,
     attributes: &[(&'static str, String)],
 ) -> Result<OtlpGuard, TelemetryError> {
     if EXPORT.get().is_some() {
@@ -153,6 +163,7 @@ pub fn start_otlp(
         .with_service_name(service_name)
         .with_attributes(attributes.iter().map(|(k, v)| opentelemetry::KeyValue::new(*k, v.clone())))
         .build();
+    crate::metrics::start(role, endpoint, metrics_interval, resource.clone())?;
     let mut processor = BatchSpanProcessor::builder(exporter).build();
     processor.set_resource(&resource);
     EXPORT.set(processor).map_err(|_| TelemetryError::AlreadyStarted)?;
@@ -185,12 +196,24 @@ impl Injector for HeaderInjector<'_> {
 
 /// The span of one inbound RPC, a child of the caller's W3C `traceparent` if it sent one. Only
 /// the method path is recorded: request contents may be personal data.
+///
+/// With export off and debug logging off there is no span at all: a span per request costs the
+/// subscriber a few microseconds (field formatting, span storage) that only traces and debug
+/// logs use, on a path that serves tens of thousands of requests per second per core.
 pub fn server_span<B>(role: &'static str, request: &http::Request<B>) -> tracing::Span {
+    if !spans_wanted() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!("rpc", otel.kind = "server", role, rpc = %request.uri().path());
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
     // Fails only when no OpenTelemetry layer is installed, i.e. export is off.
     let _ = span.set_parent(parent);
     span
+}
+
+/// Whether per-request spans are worth making: traces are exported, or debug logs are on.
+pub fn spans_wanted() -> bool {
+    EXPORT.get().is_some() || tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG
 }
 
 /// Adds the current span's W3C trace context to an outbound request (nothing when export is
@@ -201,4 +224,22 @@ pub fn inject_context<B>(mut request: http::Request<B>) -> http::Request<B> {
         p.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
     });
     request
+}
+
+/// The current span's trace context, carried to work another task does on the request's behalf.
+#[derive(Debug, Clone)]
+pub struct TraceParent(Context);
+
+/// Captures the current span's trace context (an empty one when export is off).
+pub fn trace_parent() -> TraceParent {
+    if !spans_wanted() {
+        return TraceParent(Context::new());
+    }
+    TraceParent(tracing::Span::current().context())
+}
+
+/// Makes `span` a child of `parent`, so calls made inside it continue the parent's trace.
+pub fn continue_trace(span: &tracing::Span, parent: TraceParent) {
+    // Fails only when no OpenTelemetry layer is installed, i.e. export is off.
+    let _ = span.set_parent(parent.0);
 }

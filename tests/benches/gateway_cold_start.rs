@@ -75,6 +75,7 @@ async fn run(links: usize) {
         packs_trust: None,
         packs_reload_ms: 0,
         otlp_endpoint: None,
+        otlp_metrics_interval_ms: None,
     };
     let (node_ready_tx, node_ready) = tokio::sync::oneshot::channel();
     tokio::spawn(domicile_node::serve(
@@ -100,6 +101,7 @@ async fn run(links: usize) {
         packs_trust: None,
         packs_reload_ms: 0,
         otlp_endpoint: None,
+        otlp_metrics_interval_ms: None,
     };
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let started = Instant::now();

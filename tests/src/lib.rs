@@ -217,6 +217,13 @@ impl TestCluster {
         RecordingProxy::start(region_id, upstream, &pki.node(region_id)?, &pki.gateway()?).await
     }
 
+    /// Starts the cluster's gateway again on its address (see `LocalCluster::restart_gateway`)
+    /// and waits until it and every node answer a health check.
+    pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        self.cluster.restart_gateway().await?;
+        self.wait_healthy().await
+    }
+
     /// Stops every process (SIGTERM, graceful) so their files can be inspected.
     pub async fn stop(&mut self) {
         self.cluster.stop().await;

@@ -318,7 +318,12 @@ impl Store for SledStore {
     }
 
     fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
-        Ok(self.meta_entry(id)?.map(|e| e.meta))
+        // The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
+        // directly (unknown members such as `links` are skipped, not built).
+        match self.meta.get(id.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some),
+        }
     }
 
     fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
@@ -885,6 +890,11 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.consent_history(&s).unwrap().len(), 1);
         assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers.len(), 1);
+        // The decision path's lean read sees what the full entry holds, restriction included.
+        store.set_restricted(&s, true).unwrap();
+        let meta = store.subject_meta(&s).unwrap().unwrap();
+        assert!(meta.restricted);
+        assert_eq!(Some(meta), store.meta_entry(&s).unwrap().map(|e| e.meta));
     }
 
     fn consent_on(state: ConsentState, captured_at: i64, channel: Channel) -> NewConsent {

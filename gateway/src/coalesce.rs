@@ -1,0 +1,158 @@
+//! Unary decisions coalesced into node batches ("smart batching").
+//!
+//! Each region has one queue and a small number of node calls in flight. A decision that finds a
+//! free call slot goes out at once, alone, so a lightly loaded gateway adds no waiting. While
+//! every slot is busy, arriving decisions queue, and the next free slot takes all of them (up to
+//! [`MAX_ITEMS`]) in one `DecideBatch` call. Under load this replaces many node round trips, each
+//! paying HTTP/2, TLS and protobuf framing on both sides, with one, without a timer.
+//!
+//! Semantics are those of a unary node `Decide` at the current time: the node evaluates each item
+//! on its own and audits each decision; a per-item error comes back as that caller's status with
+//! the node's code and message; a failed call fails (closed) every decision in it with the
+//! region's UNAVAILABLE. The batch call's span is a child of the first caller's span, so a lone
+//! decision's trace runs from the gateway into the node unchanged.
+
+use std::sync::Arc;
+
+use domicile_proto::pb::common::v1 as common;
+use domicile_proto::pb::node::v1 as node_pb;
+use domicile_runtime::telemetry::{self, TraceParent};
+use domicile_types::RegionId;
+use hashbrown::HashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tonic::{Code, Status};
+use tracing::Instrument as _;
+
+use crate::service::{NodeClient, node_status};
+
+/// Node calls in flight per region. Small on purpose: queueing behind a busy call is what forms
+/// batches (with more slots, calls go out nearly empty and each decision pays a round trip's
+/// framing again), and one node call already uses a node thread fully.
+pub const CALLS_IN_FLIGHT: usize = 2;
+/// Most decisions in one coalesced call.
+pub const MAX_ITEMS: usize = 512;
+/// Decisions waiting per region before callers are turned away (RESOURCE_EXHAUSTED).
+const QUEUE: usize = 16 * 1024;
+
+type Reply = oneshot::Sender<Result<common::Decision, Status>>;
+
+struct Pending {
+    item: node_pb::DecideItem,
+    /// The caller's trace context, so the node call continues its trace.
+    parent: TraceParent,
+    reply: Reply,
+}
+
+/// One queue per region; cheap to share.
+pub struct Coalescer {
+    queues: HashMap<RegionId, mpsc::Sender<Pending>>,
+}
+
+impl Coalescer {
+    /// Starts one batching task per region. Must run inside the Tokio runtime; the tasks end
+    /// when the coalescer is dropped.
+    pub fn start(nodes: &HashMap<RegionId, NodeClient>) -> Self {
+        let queues = nodes
+            .iter()
+            .map(|(region, client)| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(batcher(region.clone(), client.clone(), rx));
+                (region.clone(), tx)
+            })
+            .collect();
+        Self { queues }
+    }
+
+    /// Decides now for `subject` in `region`, coalesced with concurrent decisions for that region.
+    pub async fn decide(
+        &self,
+        region: &RegionId,
+        subject: common::SubjectKey,
+        purpose: String,
+        channel: String,
+    ) -> Result<common::Decision, Status> {
+        let queue = self
+            .queues
+            .get(region)
+            .ok_or_else(|| Status::failed_precondition(format!("region `{region}` is not part of this deployment")))?;
+        let (reply, answer) = oneshot::channel();
+        let item = node_pb::DecideItem { id: 0, subject: Some(subject), purpose, channel };
+        let parent = telemetry::trace_parent();
+        queue.try_send(Pending { item, parent, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                Status::resource_exhausted(format!("too many decisions waiting for region `{region}`"))
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                Status::unavailable(format!("home region `{region}` is unavailable"))
+            }
+        })?;
+        // A dropped reply means the batch task is gone: never an allow.
+        answer.await.unwrap_or_else(|_| Err(Status::unavailable(format!("home region `{region}` is unavailable"))))
+    }
+}
+
+/// Takes everything queued whenever a call slot is free.
+async fn batcher(region: RegionId, client: NodeClient, mut queue: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(MAX_ITEMS);
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+        if queue.recv_many(&mut batch, MAX_ITEMS).await == 0 {
+            return;
+        }
+        let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_ITEMS));
+        tokio::spawn(call(region.clone(), client.clone(), taken, slot));
+    }
+}
+
+/// One node call for a batch; every caller still waiting gets exactly one answer.
+async fn call(region: RegionId, mut client: NodeClient, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
+    // Callers that gave up (deadline, disconnect) are not decided for.
+    let mut items = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut parent = None;
+    for pending in batch.into_iter().filter(|p| !p.reply.is_closed()) {
+        parent.get_or_insert(pending.parent);
+        items.push(node_pb::DecideItem { id: replies.len() as u64, ..pending.item });
+        replies.push(pending.reply);
+    }
+    let Some(parent) = parent else { return };
+    let span = if telemetry::spans_wanted() {
+        let span = tracing::info_span!("decide_batch", %region, items = items.len());
+        telemetry::continue_trace(&span, parent);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let answer = client.decide_batch(node_pb::DecideBatchRequest { items, at: None }).instrument(span).await;
+    drop(slot);
+    let outcomes = match answer {
+        Ok(answer) => answer.into_inner().outcomes,
+        Err(status) => {
+            let status = node_status(&region, status);
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+            return;
+        }
+    };
+    if outcomes.len() != replies.len() || outcomes.iter().enumerate().any(|(i, o)| o.id != i as u64) {
+        tracing::error!(%region, "node answered a batch with mismatched outcomes");
+        for reply in replies {
+            let _ = reply.send(Err(Status::internal("home region answered a batch incompletely")));
+        }
+        return;
+    }
+    for (outcome, reply) in outcomes.into_iter().zip(replies) {
+        let result = match outcome.result {
+            Some(node_pb::decide_outcome::Result::Decision(decision)) => Ok(decision),
+            // The node's own status for this item, mapped as a unary answer would be.
+            Some(node_pb::decide_outcome::Result::Error(error)) => {
+                Err(node_status(&region, Status::new(Code::from(error.code), error.message)))
+            }
+            // No decision is not an allow.
+            None => Err(Status::internal("home region returned no decision")),
+        };
+        let _ = reply.send(result);
+    }
+}
