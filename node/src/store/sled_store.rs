@@ -35,6 +35,90 @@ pub struct SledStore {
     /// Serialises event allocation and insertion, so events appear in sequence order and a
     /// watcher that resumes after N can never miss a smaller sequence committed later.
     write_lock: std::sync::Mutex<()>,
+    /// Decision inputs already read (see [`ReadCache`]).
+    cache: ReadCache,
+}
+
+/// Subjects whose decision inputs are kept in memory before the cache starts over.
+const CACHED_SUBJECTS: usize = 1 << 20;
+
+/// What every decision reads, kept in memory so a decision costs no storage read once a subject
+/// has been decided for: its [`SubjectMeta`] and, per purpose × channel, the consent in force
+/// (decrypted; `None` when there is none).
+///
+/// Never stale, by construction: every write takes the write lock through [`WriteGuard`], which
+/// on release (after the write is in sled) removes the subjects it wrote and bumps `epoch`. A
+/// read that missed notes the epoch before reading sled and fills the cache only if the epoch is
+/// unchanged when it takes the cache lock, so a value read before a concurrent write can never
+/// land after that write's removal. Erasure removes the decrypted values with the subject.
+#[derive(Debug, Default)]
+struct ReadCache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    epoch: u64,
+    subjects: hashbrown::HashMap<SubjectId, Cached>,
+}
+
+#[derive(Debug, Default)]
+struct Cached {
+    meta: Option<SubjectMeta>,
+    current: Vec<((Purpose, Channel), Option<CurrentConsent>)>,
+}
+
+impl ReadCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cached value, or the epoch to fill under.
+    fn get<T>(&self, id: &SubjectId, read: impl FnOnce(&Cached) -> Option<T>) -> Result<T, u64> {
+        let inner = self.lock();
+        inner.subjects.get(id).and_then(read).ok_or(inner.epoch)
+    }
+
+    /// Stores a value read from sled at `epoch`, unless a write has happened since.
+    fn fill(&self, id: &SubjectId, epoch: u64, write: impl FnOnce(&mut Cached)) {
+        let mut inner = self.lock();
+        if inner.epoch != epoch {
+            return;
+        }
+        if inner.subjects.len() >= CACHED_SUBJECTS && !inner.subjects.contains_key(id) {
+            inner.subjects.clear();
+        }
+        write(inner.subjects.entry(*id).or_default());
+    }
+
+    fn invalidate(&self, ids: &[SubjectId]) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        for id in ids {
+            inner.subjects.remove(id);
+        }
+    }
+}
+
+/// The write lock, held for one write; releasing it invalidates the cached inputs of the subjects
+/// the write touched (see [`ReadCache`]).
+struct WriteGuard<'a> {
+    _lock: std::sync::MutexGuard<'a, ()>,
+    cache: &'a ReadCache,
+    touched: Vec<SubjectId>,
+}
+
+impl WriteGuard<'_> {
+    /// Adds a subject found during the write.
+    fn touch(&mut self, id: SubjectId) {
+        self.touched.push(id);
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.cache.invalidate(&self.touched);
+    }
 }
 
 /// Stored beside the sealed record: what routing, decisions and watchers need.
@@ -126,6 +210,7 @@ impl SledStore {
             rights: db.open_tree("rights").map_err(backend)?,
             events: db.open_tree("events").map_err(backend)?,
             write_lock: std::sync::Mutex::new(()),
+            cache: ReadCache::default(),
             db,
         })
     }
@@ -141,8 +226,13 @@ impl SledStore {
         self.vault.get(id)?.ok_or(StoreError::NotFound)
     }
 
-    fn serialise_writes(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Takes the write lock for a write to `subjects` (their cached inputs go when it is released).
+    fn serialise_writes(&self, subjects: &[SubjectId]) -> WriteGuard<'_> {
+        WriteGuard {
+            _lock: self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            cache: &self.cache,
+            touched: subjects.to_vec(),
+        }
     }
 
     fn event_bytes(
@@ -224,7 +314,7 @@ impl Store for SledStore {
         }
         // Created before any sealed value refers to it; durable at the next flush.
         let key = self.vault.get_or_create(&candidate)?;
-        let _serial = self.serialise_writes();
+        let mut serial = self.serialise_writes(&[candidate]);
         let event_seq = self.db.generate_id().map_err(backend)?;
         let result =
             (&self.meta, &self.subjects, &self.links, &self.events).transaction(|(meta, subjects, links, events)| {
@@ -307,7 +397,9 @@ impl Store for SledStore {
                     event: added_any.then_some(event_seq),
                 })
             });
-        flatten(result)
+        let registered = flatten(result)?;
+        serial.touch(registered.subject);
+        Ok(registered)
     }
 
     fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
@@ -320,10 +412,18 @@ impl Store for SledStore {
     fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
         // The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
         // directly (unknown members such as `links` are skipped, not built).
-        match self.meta.get(id.as_bytes()).map_err(backend)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some),
+        let epoch = match self.cache.get(id, |c| c.meta.clone()) {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(epoch) => epoch,
+        };
+        let meta: Option<SubjectMeta> = match self.meta.get(id.as_bytes()).map_err(backend)? {
+            None => None,
+            Some(bytes) => Some(decode(&bytes)?),
+        };
+        if let Some(meta) = &meta {
+            self.cache.fill(id, epoch, |c| c.meta = Some(meta.clone()));
         }
+        Ok(meta)
     }
 
     fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
@@ -337,7 +437,7 @@ impl Store for SledStore {
     fn append_consent(&self, subject: &SubjectId, consent: NewConsent) -> Result<(ConsentRecord, u64), StoreError> {
         let key = self.key(subject)?;
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
-        let _serial = self.serialise_writes();
+        let _serial = self.serialise_writes(&[*subject]);
         let sequence = self.db.generate_id().map_err(backend)?;
         let record = ConsentRecord {
             sequence,
@@ -403,11 +503,22 @@ impl Store for SledStore {
         purpose: Purpose,
         channel: Channel,
     ) -> Result<Option<CurrentConsent>, StoreError> {
+        let cell = (purpose, channel);
+        let cached = self.cache.get(subject, |c| c.current.iter().find(|(k, _)| *k == cell).map(|(_, v)| v.clone()));
+        let epoch = match cached {
+            Ok(current) => return Ok(current),
+            Err(epoch) => epoch,
+        };
         let k = current_key(subject, purpose, channel);
-        match self.current.get(&k).map_err(backend)? {
-            None => Ok(None),
-            Some(bytes) => open(&self.key(subject)?, b"current", &k, &bytes).map(Some),
+        let current: Option<CurrentConsent> = match self.current.get(&k).map_err(backend)? {
+            None => None,
+            Some(bytes) => Some(open(&self.key(subject)?, b"current", &k, &bytes)?),
+        };
+        // Only for subjects that exist: a `None` for an erased or unknown subject is not kept.
+        if self.vault.get(subject)?.is_some() {
+            self.cache.fill(subject, epoch, |c| c.current.push((cell, current.clone())));
         }
+        Ok(current)
     }
 
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
@@ -416,7 +527,7 @@ impl Store for SledStore {
 
     fn erase(&self, subject: &SubjectId, now: i64) -> Result<Erased, StoreError> {
         // Held throughout, so no write for this subject lands between the scan and the removal.
-        let _serial = self.serialise_writes();
+        let _serial = self.serialise_writes(&[*subject]);
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         // Crypto-shredding first: from here on nothing sealed for this subject can be read, even
         // if the rest of the clean-up were interrupted.
@@ -465,7 +576,7 @@ impl Store for SledStore {
         }
         // Held throughout: every writer takes this lock, so nothing is written to either subject
         // between reading their data and replacing it.
-        let _serial = self.serialise_writes();
+        let _serial = self.serialise_writes(&[*into, *from]);
         let mut into_entry = self.meta_entry(into)?.ok_or(StoreError::NotFound)?;
         let from_entry = self.meta_entry(from)?.ok_or(StoreError::NotFound)?;
         if into_entry.meta.jurisdiction != from_entry.meta.jurisdiction {
@@ -574,7 +685,7 @@ impl Store for SledStore {
     }
 
     fn rectify(&self, subject: &SubjectId, change: &Rectification, now: i64) -> Result<Rectified, StoreError> {
-        let _serial = self.serialise_writes();
+        let _serial = self.serialise_writes(&[*subject]);
         let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         let key = self.key(subject)?;
         let mut record = self.subject_record(subject)?.unwrap_or_default();
@@ -647,7 +758,7 @@ impl Store for SledStore {
     }
 
     fn set_restricted(&self, subject: &SubjectId, restricted: bool) -> Result<(), StoreError> {
-        let _serial = self.serialise_writes();
+        let _serial = self.serialise_writes(&[*subject]);
         let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         entry.meta.restricted = restricted;
         self.meta.insert(subject.as_bytes(), encode(&entry)?).map_err(backend)?;
@@ -656,7 +767,7 @@ impl Store for SledStore {
 
     fn append_interaction(&self, subject: &SubjectId, interaction: NewInteraction) -> Result<Interaction, StoreError> {
         let key = self.key(subject)?;
-        let _serial = self.serialise_writes();
+        let _serial = self.serialise_writes(&[*subject]);
         let sequence = self.db.generate_id().map_err(backend)?;
         let stored = Interaction {
             sequence,
@@ -688,7 +799,7 @@ impl Store for SledStore {
 
     fn append_rights_request(&self, subject: &SubjectId, request: &RightsRequestRecord) -> Result<(), StoreError> {
         let key = self.key(subject)?;
-        let _serial = self.serialise_writes();
+        let _serial = self.serialise_writes(&[*subject]);
         let sequence = self.db.generate_id().map_err(backend)?;
         let k = consent_key(subject, sequence);
         let sealed = seal(&key, b"rights", &k, request)?;
@@ -810,6 +921,73 @@ mod tests {
             store.register(&fr, &[email], SubjectId::from_bytes([5; 16]), 0),
             Err(StoreError::JurisdictionMismatch)
         ));
+    }
+
+    /// Reads that the cache serves must change with every kind of write (invariant 4: a
+    /// withdrawal, restriction, erasure or merge is seen by the very next decision).
+    #[test]
+    fn cached_decision_inputs_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let state =
+            |s: &SubjectId| store.current_consent(s, Purpose::Marketing, Channel::Email).unwrap().map(|c| c.state);
+        let a = subject(&store, "ca@example.de");
+        // (The helper derives ids from the e-mail's length, hence the different lengths.)
+        // Cached as "none", then as granted: each read twice so the second is served from memory.
+        assert_eq!(state(&a), None);
+        assert_eq!(state(&a), None);
+        store.append_consent(&a, consent(ConsentState::Granted, 100)).unwrap();
+        assert_eq!(state(&a), Some(ConsentState::Granted));
+        assert_eq!(state(&a), Some(ConsentState::Granted));
+        store.append_consent(&a, consent(ConsentState::Withdrawn, 200)).unwrap();
+        assert_eq!(state(&a), Some(ConsentState::Withdrawn));
+
+        assert!(!store.subject_meta(&a).unwrap().unwrap().restricted);
+        store.set_restricted(&a, true).unwrap();
+        assert!(store.subject_meta(&a).unwrap().unwrap().restricted);
+
+        // Merge: `into` sees the merged records; `from` is gone.
+        let b = subject(&store, "cbb@example.de");
+        store.append_consent(&b, consent(ConsentState::Granted, 300)).unwrap();
+        let c = subject(&store, "cccc@example.de");
+        assert_eq!(state(&c), None);
+        assert_eq!(state(&b), Some(ConsentState::Granted));
+        store.merge(&c, &b, 400).unwrap();
+        assert_eq!(state(&c), Some(ConsentState::Granted));
+        assert!(store.subject_meta(&b).unwrap().is_none());
+        assert_eq!(state(&b), None);
+
+        // Erasure: nothing decrypted survives in memory either.
+        store.erase(&c, 500).unwrap();
+        assert!(store.subject_meta(&c).unwrap().is_none());
+        assert_eq!(state(&c), None);
+        assert!(store.cache.lock().subjects.get(&c).is_none());
+    }
+
+    /// A value read before a write must not be cached after that write's invalidation.
+    #[test]
+    fn a_read_racing_a_write_never_caches_the_old_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let s = subject(&store, "race@example.de");
+        store.append_consent(&s, consent(ConsentState::Granted, 100)).unwrap();
+        // A reader misses and notes the epoch, reads "granted" from sled …
+        let epoch = store.cache.get(&s, |c| c.current.first().map(|(_, v)| v.clone())).unwrap_err();
+        let stale = store.current.get(current_key(&s, Purpose::Marketing, Channel::Email)).unwrap();
+        assert!(stale.is_some());
+        // … a withdrawal commits and releases the write lock …
+        store.append_consent(&s, consent(ConsentState::Withdrawn, 200)).unwrap();
+        // … and the reader's late fill with the old value is dropped.
+        let old = CurrentConsent {
+            sequence: 1,
+            state: ConsentState::Granted,
+            captured_at: 100,
+            expires_at: None,
+            double_opt_in_confirmed: false,
+        };
+        store.cache.fill(&s, epoch, |c| c.current.push(((Purpose::Marketing, Channel::Email), Some(old))));
+        let now = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+        assert_eq!(now.state, ConsentState::Withdrawn);
     }
 
     #[test]
