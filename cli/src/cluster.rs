@@ -118,6 +118,33 @@ enum IssueCommand {
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
     },
+    /// A signed caller token (printed on stdout) for a caller that cannot hold a certificate:
+    /// sent as `authorization: Bearer <token>`. Uses (or creates) `token-signing.key`; gateways
+    /// verify with `token-signing.pub` (`token_public_key_file`).
+    Token {
+        name: String,
+        #[arg(long)]
+        region: RegionId,
+        /// Comma-separated: decide, capture, context, rights, admin.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+fn parse_scopes(scopes: &[String]) -> anyhow::Result<Vec<Scope>> {
+    scopes
+        .iter()
+        .map(|s| Scope::parse(s).with_context(|| format!("unknown scope (known: {:?})", Scope::ALL.map(Scope::as_str))))
+        .collect()
+}
+
+/// The cluster's token public key file in `pki_dir`, creating the key pair if absent.
+fn token_public_key(pki_dir: &Path) -> anyhow::Result<PathBuf> {
+    domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
+    Ok(pki_dir.join(domicile_runtime::token::PUBLIC_KEY_FILE))
 }
 
 fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
@@ -126,14 +153,15 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
         IssueCommand::Node { region } => pki.node(&region)?,
         IssueCommand::Gateway => pki.gateway()?,
         IssueCommand::Caller { name, region, scopes } => {
-            let scopes = scopes
-                .iter()
-                .map(|s| {
-                    Scope::parse(s)
-                        .with_context(|| format!("unknown scope (known: {:?})", Scope::ALL.map(Scope::as_str)))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            pki.caller(&CallerIdentity::new(&name, region, &scopes)?)?
+            pki.caller(&CallerIdentity::new(&name, region, &parse_scopes(&scopes)?)?)?
+        }
+        IssueCommand::Token { name, region, scopes, ttl_secs } => {
+            let caller = CallerIdentity::new(&name, region, &parse_scopes(&scopes)?)?;
+            let issuer = domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let expires_at = i64::try_from(now.saturating_add(ttl_secs)).context("--ttl-secs is too large")?;
+            println!("{}", issuer.issue(&caller, expires_at));
+            return Ok(());
         }
     };
     println!("ca   {}\ncert {}\nkey  {}", files.ca.display(), files.cert.display(), files.key.display());
@@ -588,6 +616,7 @@ impl LocalCluster {
             packs_reload_ms: self.options.packs_reload_ms,
             otlp_endpoint: None,
             otlp_metrics_interval_ms: None,
+            token_public_key_file: Some(token_public_key(&self.dir.join("pki"))?),
         };
         let path = self.dir.join("config").join("gateway.toml");
         write_toml(&path, &config)?;

@@ -85,6 +85,47 @@ fn up_status_down() {
     // A certificate must name the server it dials: a node is not the gateway.
     assert!(!probe(node["addr"].as_str().unwrap(), "gateway.domicile.internal").success());
 
+    // A token issued by the CLI from the cluster's key works at the gateway `cluster up`
+    // configured, for a caller with no certificate at all.
+    let out = domicile()
+        .args(["cluster", "issue", "--pki", pki.to_str().unwrap(), "token", "kiosk", "--region", "eu-central"])
+        .args(["--scopes", "decide", "--ttl-secs", "120"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let gateway = status["gateway"]["addr"].as_str().unwrap().to_owned();
+    let codes = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let ca = tonic::transport::Certificate::from_pem(std::fs::read(pki.join("ca.pem")).unwrap());
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(ca).domain_name("gateway.domicile.internal");
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{gateway}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut codes = Vec::new();
+        for bearer in [token.clone(), format!("{token}00")] {
+            let mut request = tonic::Request::new(domicile_proto::pb::gateway::v1::DecideRequest {
+                subject: Some(domicile_proto::pb::gateway::v1::SubjectSelector {
+                    selector: Some(domicile_proto::pb::gateway::v1::subject_selector::Selector::SubjectRef(
+                        "eu-central/00000000000000000000000000000000".into(),
+                    )),
+                }),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                at: None,
+            });
+            request.metadata_mut().insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+            let mut client = domicile_proto::pb::gateway::v1::domicile_client::DomicileClient::new(channel.clone());
+            codes.push(client.decide(request).await.unwrap_err().code());
+        }
+        codes
+    });
+    // Authorised (the subject is simply unknown); a corrupted token is not.
+    assert_eq!(codes, vec![tonic::Code::NotFound, tonic::Code::Unauthenticated]);
+
     let out = domicile().args(["cluster", "down", "--dir", dir_arg]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -124,6 +124,7 @@ fn gateway_schema_matches_the_struct() {
         packs_reload_ms: 10,
         otlp_endpoint: Some("http://127.0.0.1:4317".into()),
         otlp_metrics_interval_ms: Some(1_000),
+        token_public_key_file: Some("token-signing.pub".into()),
     };
     let value = serde_json::to_value(&config).unwrap();
     assert_eq!(check(&value, &domicile_gateway::config::SCHEMA), vec![]);

@@ -6,6 +6,11 @@
 //! certificate's URI SAN (format: `domicile_runtime::identity`) and checks the scope the method
 //! needs: no certificate or no valid identity → UNAUTHENTICATED, a missing scope →
 //! PERMISSION_DENIED. The identity is put into the request extensions for the handlers.
+//!
+//! A caller without a client certificate may instead send `authorization: Bearer <token>`, a
+//! token signed with the cluster's token key naming the same identity plus an expiry
+//! (`domicile_runtime::token`), when the gateway is configured with the public key. A presented
+//! certificate always wins over a token.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use domicile_runtime::identity::{CallerIdentity, Scope, caller_from_der, peer_certs};
+use domicile_runtime::token::{TokenError, TokenVerifier};
 use hashbrown::HashMap;
 use tonic::Status;
 use tonic::codegen::http;
@@ -42,17 +48,38 @@ pub fn required_scope(path: &str) -> Option<Scope> {
 }
 
 type Cache = Arc<RwLock<HashMap<Vec<u8>, Result<Arc<CallerIdentity>, &'static str>>>>;
+/// Verified tokens and their expiry, so a caller's repeated token costs one signature check.
+type TokenCache = Arc<RwLock<HashMap<String, (Arc<CallerIdentity>, i64)>>>;
 
 #[derive(Debug, Clone, Default)]
 pub struct AuthLayer {
     cache: Cache,
+    tokens: Option<Arc<TokenVerifier>>,
+    token_cache: TokenCache,
+}
+
+impl AuthLayer {
+    /// Certificates only.
+    pub fn certificates_only() -> Self {
+        Self::default()
+    }
+
+    /// Certificates, or tokens verified with `verifier` from callers without one.
+    pub fn with_tokens(verifier: TokenVerifier) -> Self {
+        Self { tokens: Some(Arc::new(verifier)), ..Self::default() }
+    }
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, cache: Arc::clone(&self.cache) }
+        Auth {
+            inner,
+            cache: Arc::clone(&self.cache),
+            tokens: self.tokens.clone(),
+            token_cache: Arc::clone(&self.token_cache),
+        }
     }
 }
 
@@ -60,12 +87,17 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     cache: Cache,
+    tokens: Option<Arc<TokenVerifier>>,
+    token_cache: TokenCache,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl<S> Auth<S> {
     fn identify<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, Status> {
-        let certs = peer_certs(request)
-            .ok_or_else(|| Status::unauthenticated("a client certificate from the cluster CA is required"))?;
+        let Some(certs) = peer_certs(request) else { return self.identify_by_token(request) };
         let key = certs.leaf();
         if let Some(known) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(key) {
             return known.clone().map_err(Status::unauthenticated);
@@ -77,6 +109,42 @@ impl<S> Auth<S> {
         }
         cache.insert(key.to_vec(), parsed.clone());
         parsed.map_err(Status::unauthenticated)
+    }
+
+    /// A caller without a certificate: a valid, unexpired token, or UNAUTHENTICATED. The status
+    /// never repeats the token.
+    fn identify_by_token<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, Status> {
+        let Some(verifier) = &self.tokens else {
+            return Err(Status::unauthenticated("a client certificate from the cluster CA is required"));
+        };
+        let token = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("a client certificate from the cluster CA or a signed token is required")
+            })?;
+        let now = now_unix();
+        if let Some((caller, expires_at)) = self.token_cache.read().unwrap_or_else(|p| p.into_inner()).get(token)
+            && *expires_at > now
+        {
+            return Ok(Arc::clone(caller));
+        }
+        let verified = verifier.verify(token, now).map_err(|e| {
+            tracing::info!(reason = %e, "token refused");
+            Status::unauthenticated(match e {
+                TokenError::Expired => "token has expired",
+                _ => "token is not valid for this cluster",
+            })
+        })?;
+        let caller = Arc::new(verified.caller);
+        let mut cache = self.token_cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), (Arc::clone(&caller), verified.expires_at));
+        Ok(caller)
     }
 
     fn authorise<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, Status> {

@@ -42,6 +42,10 @@ pub struct GatewayConfig {
     /// How often metrics are exported to `otlp_endpoint`, in milliseconds; absent or 0: 10 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_metrics_interval_ms: Option<u64>,
+    /// The cluster's token public key (hex, `token-signing.pub`): callers without a client
+    /// certificate may then present a signed token. Absent: certificates only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_public_key_file: Option<PathBuf>,
 }
 
 fn default_packs_reload_ms() -> u64 {
@@ -76,6 +80,7 @@ pub static SCHEMA: Table = Table {
         optional("packs_reload_ms", UNSIGNED),
         optional("otlp_endpoint", Kind::Text),
         optional("otlp_metrics_interval_ms", UNSIGNED),
+        optional("token_public_key_file", Kind::Text),
     ],
 };
 

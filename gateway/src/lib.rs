@@ -67,6 +67,12 @@ pub async fn serve(
     let tls = TlsMaterial::load(&config.tls)?;
     let packs = start_packs(&config.packs_dir, config.packs_trust.as_ref(), config.packs_reload_ms)?;
     let link_key = read_link_key(&config.link_key_file)?;
+    let auth = match &config.token_public_key_file {
+        Some(path) => auth::AuthLayer::with_tokens(
+            domicile_runtime::token::TokenVerifier::from_file(path).context("cannot load the token public key")?,
+        ),
+        None => auth::AuthLayer::certificates_only(),
+    };
 
     let timeout = Duration::from_millis(config.node_timeout_ms);
     let mut nodes = HashMap::new();
@@ -117,7 +123,7 @@ pub async fn serve(
         shutdown.await;
         tracing::info!("gateway stopping: ending watch streams, finishing requests in flight");
     });
-    let server = stack::server(tls.server())?
+    let server = stack::server(tls.server(), auth)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(DomicileServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))

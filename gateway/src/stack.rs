@@ -37,8 +37,9 @@ pub type NodeChannel = RegionGuard<MapRequest<Channel, InjectTrace>>;
 /// 3. load shedding: overload answers RESOURCE_EXHAUSTED quickly instead of queueing;
 /// 4. RPC metrics (`domicile.rpc.duration` by method and code; failed unary decides also count
 ///    as failed decisions), so (5)'s refusals are measured too;
-/// 5. caller identity and scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED.
-pub fn server(tls: ServerTlsConfig) -> Result<Server<ServerLayers>, tonic::transport::Error> {
+/// 5. caller identity (client certificate, else a signed token when `auth` accepts them) and
+///    scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED.
+pub fn server(tls: ServerTlsConfig, auth: AuthLayer) -> Result<Server<ServerLayers>, tonic::transport::Error> {
     Ok(Server::builder()
         .tls_config(tls.client_auth_optional(true))?
         .timeout(REQUEST_TIMEOUT)
@@ -51,7 +52,7 @@ pub fn server(tls: ServerTlsConfig) -> Result<Server<ServerLayers>, tonic::trans
             RpcMetricsLayer::new(crate::metrics::served_methods(), &[])
                 .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
         )
-        .layer(AuthLayer::default()))
+        .layer(auth))
 }
 
 /// Client stack to one region's node, outermost first:

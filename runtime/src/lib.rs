@@ -11,3 +11,4 @@ pub mod pki;
 pub mod process;
 pub mod telemetry;
 pub mod tls;
+pub mod token;

@@ -102,6 +102,7 @@ async fn run(links: usize) {
         packs_reload_ms: 0,
         otlp_endpoint: None,
         otlp_metrics_interval_ms: None,
+        token_public_key_file: None,
     };
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let started = Instant::now();

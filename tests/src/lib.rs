@@ -149,15 +149,19 @@ impl TestCluster {
 
     /// A gateway client that trusts the cluster CA but presents no certificate.
     pub async fn gateway_without_certificate(&self) -> anyhow::Result<DomicileClient<Channel>> {
+        Ok(DomicileClient::new(self.channel_without_certificate().await?))
+    }
+
+    /// A TLS channel to the gateway that presents no client certificate (for token callers).
+    pub async fn channel_without_certificate(&self) -> anyhow::Result<Channel> {
         let ca = std::fs::read(&self.cluster.client_tls().ca)?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))
             .domain_name(domicile_runtime::pki::GATEWAY_SERVER_NAME);
-        let channel = Endpoint::from_shared(format!("https://{}", self.cluster.gateway_addr()))?
+        Ok(Endpoint::from_shared(format!("https://{}", self.cluster.gateway_addr()))?
             .tls_config(tls)?
             .connect()
-            .await?;
-        Ok(DomicileClient::new(channel))
+            .await?)
     }
 
     /// Starts one more gateway process on the cluster's configuration, with some regions' node

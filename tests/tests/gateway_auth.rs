@@ -1,5 +1,6 @@
 //! Caller identity and scopes at the gateway: mutual TLS with the cluster CA plus a caller
-//! identity (URI SAN) whose scopes cover the method.
+//! identity (URI SAN) whose scopes cover the method, or, without a certificate, a token signed
+//! with the cluster's token key.
 
 #![allow(
     clippy::expect_used,
@@ -95,4 +96,74 @@ async fn callers_need_a_cluster_certificate_an_identity_and_the_scope() {
     cli.resolve(gw::ResolveRequest { identifier: register_request().identifiers.into_iter().next() })
         .await
         .expect("the CLI certificate has every scope");
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type TokenClient = domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+fn with_token(channel: tonic::transport::Channel, token: String) -> TokenClient {
+    let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
+    domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient::with_interceptor(channel, bearer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_certificate_can_use_a_signed_token_with_its_scopes_and_expiry() {
+    use domicile_runtime::identity::CallerIdentity;
+    use domicile_runtime::token::TokenIssuer;
+
+    let cluster = TestCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let issuer = TokenIssuer::open_or_create(&cluster.dir().join("pki")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let kiosk = CallerIdentity::new("kiosk", region("us-east"), &[Scope::Decide]).unwrap();
+    let channel = cluster.channel_without_certificate().await.unwrap();
+
+    // A decide-only token: decisions pass authorisation, captures do not.
+    let mut client = with_token(channel.clone(), issuer.issue(&kiosk, now + 600));
+    let status = client.decide(decide_request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "authorised; the subject is simply unknown: {status:?}");
+    let status = client.register(register_request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Expired, tampered, and signed by another cluster's key: all UNAUTHENTICATED, and the
+    // status never repeats the token.
+    let expired = issuer.issue(&kiosk, now - 1);
+    let everything = CallerIdentity::new("kiosk", region("us-east"), &Scope::ALL).unwrap();
+    let genuine = issuer.issue(&kiosk, now + 600);
+    let widened = issuer.issue(&everything, now + 600);
+    // The payload of a widened token with the genuine token's signature.
+    let tampered = format!("{}.{}", widened.rsplit_once('.').unwrap().0, genuine.rsplit_once('.').unwrap().1);
+    let other_dir = tempfile::tempdir().unwrap();
+    let foreign = TokenIssuer::open_or_create(other_dir.path()).unwrap().issue(&everything, now + 600);
+    for token in [&expired, &tampered, &foreign, &"dmt1.not-a-token".to_owned()] {
+        let status = with_token(channel.clone(), token.clone()).decide(decide_request()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(!status.message().contains(token.as_str()), "no token in the status");
+    }
+
+    // A capture token registers.
+    let form = CallerIdentity::new("web-form", region("us-east"), &[Scope::Capture]).unwrap();
+    let mut form = with_token(channel.clone(), issuer.issue(&form, now + 600));
+    form.register(register_request()).await.expect("a capture token registers");
+
+    // A certificate wins over a token: the decide-only certificate stays decide-only even
+    // with an all-scopes token beside it.
+    let decider = cluster.issue_caller("campaigns", "us-east", &[Scope::Decide]).unwrap();
+    let tls_channel =
+        domicile_cluster_tests::channel(&cluster.cluster.gateway_addr().to_string(), &decider, GATEWAY_SERVER_NAME)
+            .await
+            .unwrap();
+    let status = with_token(tls_channel, widened.clone()).register(register_request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }

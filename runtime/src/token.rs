@@ -1,0 +1,199 @@
+//! Signed caller tokens: the gateway's alternative to a client certificate for callers that
+//! cannot hold one (a kiosk, a browser-side component behind a proxy, a SaaS connector).
+//!
+//! A token names exactly what a caller certificate names (caller, region, scopes: the same
+//! [`CallerIdentity`] URI) plus an expiry, signed with the cluster's Ed25519 token key:
+//!
+//! ```text
+//! dmt1.<hex(payload)>.<hex(signature)>      payload = "<expires_at unix seconds> <caller URI>"
+//! signature = Ed25519(token key, "domicile-token-v1\0" ‖ payload)
+//! ```
+//!
+//! Sent as `authorization: Bearer <token>` over TLS. Hex keeps it header-safe without another
+//! encoding dependency; the domain prefix keeps the key from signing anything else by accident.
+//! Tokens carry no personal data, and errors never echo the token.
+
+use std::path::Path;
+
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+
+use crate::identity::CallerIdentity;
+
+pub const TOKEN_PREFIX: &str = "dmt1.";
+const DOMAIN: &[u8] = b"domicile-token-v1\0";
+/// Longest token accepted; a longer header value is refused before any work.
+const MAX_TOKEN_LEN: usize = 1024;
+
+/// File names in a cluster's PKI directory.
+pub const SIGNING_KEY_FILE: &str = "token-signing.key";
+pub const PUBLIC_KEY_FILE: &str = "token-signing.pub";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("not a Domicile token")]
+    Malformed,
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token names an invalid caller")]
+    BadCaller,
+    #[error("token key is invalid: {0}")]
+    BadKey(&'static str),
+    #[error("cannot read or write the token key {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+/// Issues tokens with the cluster's private token key.
+pub struct TokenIssuer {
+    key: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenIssuer(<redacted>)")
+    }
+}
+
+impl TokenIssuer {
+    /// Opens `<pki_dir>/token-signing.key`, creating it (0600) and `token-signing.pub` (hex of
+    /// the public key, what gateways are configured with) if absent.
+    pub fn open_or_create(pki_dir: &Path) -> Result<Self, TokenError> {
+        let path = pki_dir.join(SIGNING_KEY_FILE);
+        let io = |e: std::io::Error| TokenError::Io { path: path.display().to_string(), message: e.to_string() };
+        let pkcs8 = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let generated = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                    .map_err(|_| TokenError::BadKey("system random source failed"))?;
+                std::fs::create_dir_all(pki_dir).map_err(io)?;
+                crate::process::write_private_file(&path, generated.as_ref()).map_err(io)?;
+                generated.as_ref().to_vec()
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let key = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| TokenError::BadKey("not an Ed25519 PKCS#8 key"))?;
+        let public = pki_dir.join(PUBLIC_KEY_FILE);
+        if !public.exists() {
+            std::fs::write(&public, format!("{}\n", hex::encode(key.public_key().as_ref())))
+                .map_err(|e| TokenError::Io { path: public.display().to_string(), message: e.to_string() })?;
+        }
+        Ok(Self { key })
+    }
+
+    /// A token for `caller`, valid until `expires_at` (unix seconds).
+    pub fn issue(&self, caller: &CallerIdentity, expires_at: i64) -> String {
+        let payload = format!("{expires_at} {}", caller.to_uri());
+        let mut message = DOMAIN.to_vec();
+        message.extend_from_slice(payload.as_bytes());
+        let signature = self.key.sign(&message);
+        format!("{TOKEN_PREFIX}{}.{}", hex::encode(payload), hex::encode(signature.as_ref()))
+    }
+}
+
+/// Verifies tokens with the cluster's public token key (all a gateway holds).
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    public_key: Vec<u8>,
+}
+
+/// A verified token: who calls, and until when the token may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub caller: CallerIdentity,
+    pub expires_at: i64,
+}
+
+impl TokenVerifier {
+    /// From the hex public key, as in `token-signing.pub`.
+    pub fn from_hex(text: &str) -> Result<Self, TokenError> {
+        let public_key = hex::decode(text.trim()).map_err(|_| TokenError::BadKey("not hex"))?;
+        if public_key.len() != 32 {
+            return Err(TokenError::BadKey("an Ed25519 public key is 32 bytes"));
+        }
+        Ok(Self { public_key })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TokenError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        Self::from_hex(&text)
+    }
+
+    /// Checks form, signature, then expiry against `now` (unix seconds).
+    pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
+        let (payload, signature) = rest.split_once('.').ok_or(TokenError::Malformed)?;
+        let payload = hex::decode(payload).map_err(|_| TokenError::Malformed)?;
+        let signature = hex::decode(signature).map_err(|_| TokenError::Malformed)?;
+        let mut message = DOMAIN.to_vec();
+        message.extend_from_slice(&payload);
+        UnparsedPublicKey::new(&ED25519, &self.public_key)
+            .verify(&message, &signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        // Only signed bytes are parsed from here on.
+        let payload = std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed)?;
+        let (expires_at, uri) = payload.split_once(' ').ok_or(TokenError::Malformed)?;
+        let expires_at: i64 = expires_at.parse().map_err(|_| TokenError::Malformed)?;
+        if expires_at <= now {
+            return Err(TokenError::Expired);
+        }
+        let caller = CallerIdentity::parse_uri(uri).map_err(|_| TokenError::BadCaller)?;
+        Ok(Verified { caller, expires_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domicile_types::RegionId;
+
+    use super::*;
+    use crate::identity::Scope;
+
+    fn caller() -> CallerIdentity {
+        CallerIdentity::new("kiosk", RegionId::parse("eu-central").unwrap(), &[Scope::Decide]).unwrap()
+    }
+
+    fn pair() -> (tempfile::TempDir, TokenIssuer, TokenVerifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = TokenIssuer::open_or_create(dir.path()).unwrap();
+        let verifier = TokenVerifier::from_file(&dir.path().join(PUBLIC_KEY_FILE)).unwrap();
+        (dir, issuer, verifier)
+    }
+
+    #[test]
+    fn a_token_names_its_caller_until_it_expires() {
+        let (dir, issuer, verifier) = pair();
+        let token = issuer.issue(&caller(), 2_000);
+        let verified = verifier.verify(&token, 1_000).unwrap();
+        assert_eq!(verified, Verified { caller: caller(), expires_at: 2_000 });
+        assert!(verified.caller.has(Scope::Decide) && !verified.caller.has(Scope::Capture));
+        assert_eq!(verifier.verify(&token, 2_000), Err(TokenError::Expired));
+        // Reopening keeps the key: earlier tokens still verify.
+        let again = TokenIssuer::open_or_create(dir.path()).unwrap();
+        assert_eq!(verifier.verify(&again.issue(&caller(), 2_000), 1_000).unwrap().caller, caller());
+    }
+
+    #[test]
+    fn tampered_foreign_and_malformed_tokens_are_refused() {
+        let (_dir, issuer, verifier) = pair();
+        let token = issuer.issue(&caller(), 2_000);
+        // Widen the scopes in the payload: the signature no longer matches.
+        let (head, signature) = token.rsplit_once('.').unwrap();
+        let payload = String::from_utf8(hex::decode(head.trim_start_matches(TOKEN_PREFIX)).unwrap()).unwrap();
+        let widened = payload.replace("scopes=decide", "scopes=decide,admin");
+        let forged = format!("{TOKEN_PREFIX}{}.{signature}", hex::encode(widened));
+        assert_eq!(verifier.verify(&forged, 1_000), Err(TokenError::BadSignature));
+        // Signed by another cluster's key.
+        let (_other_dir, other, _) = pair();
+        assert_eq!(verifier.verify(&other.issue(&caller(), 2_000), 1_000), Err(TokenError::BadSignature));
+        for junk in ["", "dmt1.", "dmt1.zz.zz", "Bearer x", &"a".repeat(5_000), &token[..token.len() - 2]] {
+            assert!(verifier.verify(junk, 1_000).is_err(), "{junk:.20} must be refused");
+        }
+        assert!(matches!(TokenVerifier::from_hex("abcd"), Err(TokenError::BadKey(_))));
+    }
+}
