@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domicile_proto::convert;
-use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::node::v1 as node_pb;
 use domicile_types::RegionId;
@@ -22,11 +21,12 @@ use hashbrown::HashMap;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-use crate::NodeClient;
+use crate::raw::{self, RawOutcome, RawResult};
 use crate::service::{GatewayService, node_status};
+use crate::stack::NodeChannel;
 
 /// Items per node call (the node accepts up to 10,000).
 pub const BATCH_SIZE: usize = 1_000;
@@ -36,28 +36,49 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
 const LINGER: Duration = Duration::from_millis(2);
 /// Results buffered towards a caller.
 const OUTPUT_BUFFER: usize = 4 * BATCH_SIZE;
+/// The output buffer counts chunks (a node call's results, or one item's error).
+const OUTPUT_CHUNKS: usize = OUTPUT_BUFFER / BATCH_SIZE;
 
-pub type ResultStream = ReceiverStream<Result<pb::DecideStreamResult, Status>>;
+/// Results as the caller receives them: `DecideStreamResult`s, decisions as the node encoded
+/// them (`raw.rs`). They arrive a node call's worth at a time (one channel message per call,
+/// not per item) and leave one by one.
+pub struct ResultStream {
+    chunks: mpsc::Receiver<Vec<RawOutcome>>,
+    current: std::vec::IntoIter<RawOutcome>,
+}
 
-fn item_error(id: u64, status: &Status) -> pb::DecideStreamResult {
-    pb::DecideStreamResult {
-        id,
-        result: Some(pb::decide_stream_result::Result::Error(common::ItemError {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        })),
+impl Stream for ResultStream {
+    type Item = Result<RawOutcome, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            if let Some(result) = self.current.next() {
+                return std::task::Poll::Ready(Some(Ok(result)));
+            }
+            match std::task::ready!(self.chunks.poll_recv(cx)) {
+                Some(chunk) => self.current = chunk.into_iter(),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
     }
 }
 
+fn item_error(id: u64, status: &Status) -> RawOutcome {
+    RawOutcome::error(id, status)
+}
+
 pub fn decide_stream(service: GatewayService, input: Streaming<pb::DecideStreamItem>) -> ResultStream {
-    let (tx, rx) = mpsc::channel(OUTPUT_BUFFER);
+    let (tx, rx) = mpsc::channel(OUTPUT_CHUNKS);
     tokio::spawn(Driver { service, tx, pending: HashMap::new(), tasks: JoinSet::new() }.run(input));
-    ReceiverStream::new(rx)
+    ResultStream { chunks: rx, current: Vec::new().into_iter() }
 }
 
 struct Driver {
     service: GatewayService,
-    tx: mpsc::Sender<Result<pb::DecideStreamResult, Status>>,
+    tx: mpsc::Sender<Vec<RawOutcome>>,
     pending: HashMap<RegionId, Vec<node_pb::DecideItem>>,
     tasks: JoinSet<()>,
 }
@@ -82,7 +103,7 @@ impl Driver {
                 }
                 Some(Ok(Some(item))) => match self.service.batch_item(item) {
                     Err((id, status)) => {
-                        if self.tx.send(Ok(item_error(id, &status))).await.is_err() {
+                        if self.tx.send(vec![item_error(id, &status)]).await.is_err() {
                             return;
                         }
                     }
@@ -136,7 +157,7 @@ impl Driver {
         if self.tx.is_closed() {
             return false;
         }
-        let client = self.service.node(&region);
+        let client = self.service.node_channel(&region);
         let tx = self.tx.clone();
         self.tasks.spawn(async move {
             let results = match client {
@@ -144,26 +165,19 @@ impl Driver {
                 Err(status) => items.iter().map(|i| item_error(i.id, &status)).collect(),
             };
             drop(permit);
-            for result in results {
-                if tx.send(Ok(result)).await.is_err() {
-                    return;
-                }
-            }
+            // A caller that has gone just drops them.
+            let _ = tx.send(results).await;
         });
         true
     }
 }
 
 /// One node call; every item gets exactly one result.
-async fn run_batch(
-    region: &RegionId,
-    mut client: NodeClient,
-    items: Vec<node_pb::DecideItem>,
-) -> Vec<pb::DecideStreamResult> {
+async fn run_batch(region: &RegionId, channel: NodeChannel, items: Vec<node_pb::DecideItem>) -> Vec<RawOutcome> {
     let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
-    let reply = client.decide_batch(node_pb::DecideBatchRequest { items, at: None }).await;
+    let reply = raw::decide_batch(channel, node_pb::DecideBatchRequest { items, at: None }).await;
     let outcomes = match reply {
-        Ok(reply) => reply.into_inner().outcomes,
+        Ok(reply) => reply.outcomes,
         Err(status) => {
             let status = node_status(region, status);
             return ids.iter().map(|id| item_error(*id, &status)).collect();
@@ -177,13 +191,7 @@ async fn run_batch(
     outcomes
         .into_iter()
         .map(|outcome| match outcome.result {
-            Some(node_pb::decide_outcome::Result::Decision(decision)) => pb::DecideStreamResult {
-                id: outcome.id,
-                result: Some(pb::decide_stream_result::Result::Decision(decision)),
-            },
-            Some(node_pb::decide_outcome::Result::Error(error)) => {
-                pb::DecideStreamResult { id: outcome.id, result: Some(pb::decide_stream_result::Result::Error(error)) }
-            }
+            Some(RawResult::Decision(_) | RawResult::Error(_)) => outcome,
             // No decision is not an allow.
             None => item_error(outcome.id, &Status::internal("home region returned no decision")),
         })

@@ -11,6 +11,7 @@ pub mod config;
 pub mod directory;
 pub mod guard;
 mod metrics;
+mod raw;
 mod service;
 pub mod stack;
 mod sync;
@@ -76,11 +77,13 @@ pub async fn serve(
 
     let timeout = Duration::from_millis(config.node_timeout_ms);
     let mut nodes = HashMap::new();
+    let mut channels = HashMap::new();
     for region in &config.regions {
         let guard = guard::RegionState::new(region.id.clone(), guard::GuardSettings::default());
         let channel = stack::node_channel(&region.endpoint, tls.client(&region.id.node_server_name()), timeout, guard)
             .with_context(|| format!("bad endpoint for region {}", region.id))?;
-        nodes.insert(region.id.clone(), NodeClient::new(channel));
+        nodes.insert(region.id.clone(), NodeClient::new(channel.clone()));
+        channels.insert(region.id.clone(), channel);
     }
     let nodes = Arc::new(nodes);
     let directory = Arc::new(Directory::new(config.regions.iter().map(|r| r.id.clone()).collect()));
@@ -107,7 +110,7 @@ pub async fn serve(
     tracing::info!(links = directory.len(), "directory loaded");
 
     let stopping = Shutdown::new();
-    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&nodes))
+    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&nodes), Arc::new(channels))
         .with_shutdown(stopping.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DomicileServer<GatewayService>>().await;
@@ -126,7 +129,8 @@ pub async fn serve(
     let server = stack::server(tls.server(), auth)?
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(DomicileServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        // The Domicile service, with DecideStream forwarding node-encoded decisions (`raw.rs`).
+        .add_service(raw::DecideStreamRoute::new(service, MAX_REQUEST_BYTES))
         // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per call).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
     match stopping.drain(server, DRAIN_TIMEOUT).await {

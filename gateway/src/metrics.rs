@@ -12,13 +12,15 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use domicile_proto::pb::common::v1 as common;
-use domicile_proto::pb::gateway::v1 as pb;
 use domicile_runtime::metrics::{self, KeyValue, Outcome};
 use domicile_types::RegionId;
 use tokio_stream::Stream;
 use tonic::{Code, Status};
 
+use prost::Message as _;
+
 use crate::directory::Directory;
+use crate::raw::{RawOutcome, RawResult};
 
 /// The unary decide; its failures are counted by the RPC metrics layer (`stack.rs`).
 pub(crate) const DECIDE_METHOD: &str = "/domicile.gateway.v1.Domicile/Decide";
@@ -61,7 +63,7 @@ pub(crate) fn counted<S>(results: S) -> CountedResults<S> {
 
 impl<S> Stream for CountedResults<S>
 where
-    S: Stream<Item = Result<pb::DecideStreamResult, Status>> + Unpin,
+    S: Stream<Item = Result<RawOutcome, Status>> + Unpin,
 {
     type Item = S::Item;
 
@@ -71,8 +73,13 @@ where
             && metrics::enabled()
         {
             match &result.result {
-                Some(pb::decide_stream_result::Result::Decision(decision)) => decided(decision),
-                Some(pb::decide_stream_result::Result::Error(error)) => {
+                // Decisions pass through encoded (`raw.rs`); only counting them decodes them,
+                // and only while metrics are exported.
+                Some(RawResult::Decision(bytes)) => match common::Decision::decode(bytes.clone()) {
+                    Ok(decision) => decided(&decision),
+                    Err(_) => metrics::decision_failed(Code::Internal),
+                },
+                Some(RawResult::Error(error)) => {
                     metrics::decision_failed(Code::from_i32(error.code));
                 }
                 None => {}

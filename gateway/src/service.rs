@@ -36,6 +36,8 @@ pub struct GatewayService {
     link_key: Arc<LinkKey>,
     directory: Arc<Directory>,
     nodes: Arc<HashMap<RegionId, NodeClient>>,
+    /// The same connections, for calls made without the generated client (`raw.rs`).
+    channels: Arc<HashMap<RegionId, NodeChannel>>,
     regions: Arc<Vec<RegionId>>,
     coalescer: Arc<Coalescer>,
     /// The server's shutdown: callers' watch streams end when it begins (`watch.rs`).
@@ -64,6 +66,7 @@ impl GatewayService {
         link_key: LinkKey,
         directory: Arc<Directory>,
         nodes: Arc<HashMap<RegionId, NodeClient>>,
+        channels: Arc<HashMap<RegionId, NodeChannel>>,
     ) -> Self {
         let mut regions: Vec<RegionId> = nodes.keys().cloned().collect();
         regions.sort();
@@ -73,6 +76,7 @@ impl GatewayService {
             link_key: Arc::new(link_key),
             directory,
             nodes,
+            channels,
             regions: Arc::new(regions),
             coalescer,
             shutdown: Shutdown::new(),
@@ -93,6 +97,13 @@ impl GatewayService {
     /// The deployment's regions, sorted.
     pub(crate) fn regions(&self) -> &[RegionId] {
         &self.regions
+    }
+
+    pub(crate) fn node_channel(&self, region: &RegionId) -> Result<NodeChannel, Status> {
+        self.channels
+            .get(region)
+            .cloned()
+            .ok_or_else(|| Status::failed_precondition(format!("region `{region}` is not part of this deployment")))
     }
 
     pub(crate) fn node(&self, region: &RegionId) -> Result<NodeClient, Status> {
@@ -143,13 +154,15 @@ impl GatewayService {
 
 #[tonic::async_trait]
 impl Domicile for GatewayService {
-    type DecideStreamStream = crate::metrics::CountedResults<crate::batch::ResultStream>;
+    type DecideStreamStream = tokio_stream::Empty<Result<pb::DecideStreamResult, Status>>;
 
+    /// Never reached: `raw::DecideStreamRoute` serves `DecideStream` (decisions forwarded
+    /// encoded) before the generated server sees it.
     async fn decide_stream(
         &self,
-        request: Request<Streaming<pb::DecideStreamItem>>,
+        _request: Request<Streaming<pb::DecideStreamItem>>,
     ) -> Result<Response<Self::DecideStreamStream>, Status> {
-        Ok(Response::new(crate::metrics::counted(crate::batch::decide_stream(self.clone(), request.into_inner()))))
+        Err(Status::internal("DecideStream is served by its own route"))
     }
 
     type WatchStream = crate::watch::EventStream;

@@ -314,7 +314,16 @@ impl<S: Store> NodeService<S> {
 
     /// [`Self::resolve`], also returning the subject's metadata (read once).
     fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), Status> {
-        let id = match key {
+        let id = self.resolve_id(key)?;
+        match self.store.subject_meta(&id).map_err(store_status)? {
+            Some(meta) => Ok((id, meta)),
+            None => Err(Status::not_found("no such subject in this region")),
+        }
+    }
+
+    /// The subject id a key names, without checking the subject exists (a ref) yet.
+    fn resolve_id(&self, key: &SubjectKey) -> Result<SubjectId, Status> {
+        Ok(match key {
             SubjectKey::Link(link) => self
                 .store
                 .subject_by_link(link)
@@ -326,11 +335,7 @@ impl<S: Store> NodeService<S> {
                 }
                 subject.id
             }
-        };
-        match self.store.subject_meta(&id).map_err(store_status)? {
-            Some(meta) => Ok((id, meta)),
-            None => Err(Status::not_found("no such subject in this region")),
-        }
+        })
     }
 
     /// One decision: the subject's pack (from `loaded`, the call's snapshot of the pack set, so a
@@ -344,7 +349,12 @@ impl<S: Store> NodeService<S> {
         channel: Channel,
         at: i64,
     ) -> Result<(SubjectId, domicile_policy::Decision), Status> {
-        let (subject, meta) = self.resolve_meta(key)?;
+        let subject = self.resolve_id(key)?;
+        let (meta, current) = self
+            .store
+            .decision_inputs(&subject, purpose, channel)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found("no such subject in this region"))?;
         // No pack: fail closed with a status, never a default allow (invariant 3).
         let pack = loaded
             .packs
@@ -363,14 +373,13 @@ impl<S: Store> NodeService<S> {
             };
             return Ok((subject, decision));
         }
-        let consent =
-            self.store.current_consent(&subject, purpose, channel).map_err(store_status)?.map(|c| ConsentFact {
-                state: c.state,
-                captured_at_unix: c.captured_at,
-                expires_at_unix: c.expires_at,
-                double_opt_in_confirmed: c.double_opt_in_confirmed,
-                kind: None,
-            });
+        let consent = current.map(|c| ConsentFact {
+            state: c.state,
+            captured_at_unix: c.captured_at,
+            expires_at_unix: c.expires_at,
+            double_opt_in_confirmed: c.double_opt_in_confirmed,
+            kind: None,
+        });
         let decision = pack.decide(&DecisionInput::new(purpose, channel, at, consent));
         tracing::debug!(region = %self.region, pack = %decision.pack, %purpose, %channel, effect = decision.effect.as_str(), reasons = ?decision.reasons, "decision");
         Ok((subject, decision))
@@ -380,7 +389,7 @@ impl<S: Store> NodeService<S> {
     /// decision that cannot be audited is not served (invariant 5): then every one fails.
     fn audit_decisions(
         &self,
-        decided: &[(SubjectId, Purpose, Channel, domicile_policy::Decision)],
+        decided: Vec<(SubjectId, Purpose, Channel, domicile_policy::Decision)>,
     ) -> Result<Vec<common::Decision>, Status> {
         let refs: Vec<SubjectRef> = decided.iter().map(|(subject, ..)| self.subject_ref(*subject)).collect();
         let entries: Vec<DecisionEntry<'_>> = decided
@@ -397,33 +406,35 @@ impl<S: Store> NodeService<S> {
             tracing::error!(error = %e, "audit log append failed");
             Status::unavailable("audit log unavailable")
         })?;
+        drop(entries);
         Ok(decided
-            .iter()
+            .into_iter()
             .zip(refs)
             .map(|((_, _, _, decision), subject)| {
-                domicile_runtime::metrics::decided(&self.region, decision);
-                self.decision_to_pb(subject, decision)
+                domicile_runtime::metrics::decided(&self.region, &decision);
+                self.decision_into_pb(subject, decision)
             })
             .collect())
     }
 
-    fn decision_to_pb(&self, subject: SubjectRef, decision: &domicile_policy::Decision) -> common::Decision {
+    /// The wire decision; moves the decision's strings rather than copying them.
+    fn decision_into_pb(&self, subject: SubjectRef, decision: domicile_policy::Decision) -> common::Decision {
         common::Decision {
             effect: match decision.effect {
                 Effect::Allow => common::Effect::Allow,
                 Effect::Deny => common::Effect::Deny,
             } as i32,
-            reasons: decision.reasons.clone(),
-            pack: Some(common::PackRef { id: decision.pack.id.clone(), version: decision.pack.version.clone() }),
+            reasons: decision.reasons,
+            pack: Some(common::PackRef { id: decision.pack.id, version: decision.pack.version }),
             obligations: decision
                 .obligations
-                .iter()
-                .map(|o| common::Obligation { id: o.id.clone(), text: o.text.clone() })
+                .into_iter()
+                .map(|o| common::Obligation { id: o.id, text: o.text })
                 .collect(),
-            explanation: decision.explanation.clone(),
+            explanation: decision.explanation,
             valid_until: decision.valid_until_unix.map(convert::to_timestamp),
             subject_ref: subject.to_string(),
-            region: self.region.to_string(),
+            region: self.region.as_str().to_owned(),
         }
     }
 }
@@ -585,7 +596,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
         let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
         let (subject, decision) = self.evaluate(&self.packs.current(), &key, purpose, channel, at)?;
-        let decision = self.audit_decisions(&[(subject, purpose, channel, decision)])?.pop();
+        let decision = self.audit_decisions(vec![(subject, purpose, channel, decision)])?.pop();
         Ok(Response::new(pb::DecideResponse { decision }))
     }
 
@@ -625,7 +636,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
                 Err(status) => results[position] = Some(item_error(&status)),
             }
         }
-        match self.audit_decisions(&decided) {
+        match self.audit_decisions(decided) {
             Ok(decisions) => {
                 for (position, decision) in positions.into_iter().zip(decisions) {
                     results[position] = Some(pb::decide_outcome::Result::Decision(decision));

@@ -19,9 +19,11 @@ const TEXT_PREFIX: &str = "lk_";
 #[error("link key must be at least 32 bytes")]
 pub struct LinkKeyError;
 
-/// The deployment's secret for computing links. `Debug` never prints it.
+/// The deployment's secret for computing links. `Debug` never prints it. Holds the HMAC state
+/// already keyed, so a link costs the message's hash blocks only (campaign batches derive one
+/// per item).
 #[derive(Clone)]
-pub struct LinkKey(Vec<u8>);
+pub struct LinkKey(Hmac<Sha256>);
 
 impl fmt::Debug for LinkKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,16 +33,15 @@ impl fmt::Debug for LinkKey {
 
 impl LinkKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, LinkKeyError> {
-        if bytes.len() < 32 { Err(LinkKeyError) } else { Ok(Self(bytes.to_vec())) }
+        if bytes.len() < 32 {
+            return Err(LinkKeyError);
+        }
+        // HMAC accepts keys of any length; the error arm cannot happen.
+        <Hmac<Sha256> as KeyInit>::new_from_slice(bytes).map(Self).map_err(|_| LinkKeyError)
     }
 
     pub fn link(&self, identifier: &NormalizedIdentifier) -> Link {
-        // INVARIANT: HMAC accepts keys of any length, so this cannot fail; fall back to an
-        // all-zero link would be wrong, so the length check lives in `from_bytes`.
-        let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0) {
-            Ok(mac) => mac,
-            Err(_) => return Link([0; LINK_LEN]),
-        };
+        let mut mac = self.0.clone();
         mac.update(DOMAIN_SEPARATOR);
         mac.update(&[0]);
         mac.update(identifier.kind().as_str().as_bytes());

@@ -31,7 +31,10 @@ impl SubjectId {
 
 impl fmt::Display for SubjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        // On the stack: every decision formats a subject ref (no allocation per call).
+        let mut hex = [0u8; 2 * SUBJECT_ID_LEN];
+        hex::encode_to_slice(self.0, &mut hex).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -77,7 +80,9 @@ impl SubjectRef {
 
 impl fmt::Display for SubjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.region, self.id)
+        f.write_str(self.region.as_str())?;
+        f.write_str("/")?;
+        fmt::Display::fmt(&self.id, f)
     }
 }
 

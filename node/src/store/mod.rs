@@ -290,6 +290,18 @@ pub trait Store: Send + Sync + 'static {
         purpose: Purpose,
         channel: Channel,
     ) -> Result<Option<CurrentConsent>, StoreError>;
+    /// What a decision reads: the subject's metadata and the consent in force for one
+    /// purpose × channel; `None` for an unknown subject. One call, so a store can serve both from
+    /// one lookup.
+    fn decision_inputs(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<(SubjectMeta, Option<CurrentConsent>)>, StoreError> {
+        let Some(meta) = self.subject_meta(subject)? else { return Ok(None) };
+        Ok(Some((meta, self.current_consent(subject, purpose, channel)?)))
+    }
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError>;
 
     /// Destroys the subject's key, then removes its records, links and current state.

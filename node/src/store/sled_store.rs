@@ -521,6 +521,25 @@ impl Store for SledStore {
         Ok(current)
     }
 
+    fn decision_inputs(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<(SubjectMeta, Option<CurrentConsent>)>, StoreError> {
+        // Both from one cache lookup when a decision for this cell was made before.
+        let cell = (purpose, channel);
+        let cached = self.cache.get(subject, |c| {
+            let current = c.current.iter().find(|(k, _)| *k == cell).map(|(_, v)| v.clone())?;
+            Some((c.meta.clone()?, current))
+        });
+        if let Ok((meta, current)) = cached {
+            return Ok(Some((meta, current)));
+        }
+        let Some(meta) = self.subject_meta(subject)? else { return Ok(None) };
+        Ok(Some((meta, self.current_consent(subject, purpose, channel)?)))
+    }
+
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
         self.open_log(&self.consent, b"consent", subject)
     }
@@ -939,12 +958,22 @@ mod tests {
         store.append_consent(&a, consent(ConsentState::Granted, 100)).unwrap();
         assert_eq!(state(&a), Some(ConsentState::Granted));
         assert_eq!(state(&a), Some(ConsentState::Granted));
+        // The decision path reads both at once (one cache lookup): same answers.
+        let inputs = |s: &SubjectId| {
+            store
+                .decision_inputs(s, Purpose::Marketing, Channel::Email)
+                .unwrap()
+                .map(|(meta, current)| (meta.restricted, current.map(|c| c.state)))
+        };
+        assert_eq!(inputs(&a), Some((false, Some(ConsentState::Granted))));
         store.append_consent(&a, consent(ConsentState::Withdrawn, 200)).unwrap();
         assert_eq!(state(&a), Some(ConsentState::Withdrawn));
+        assert_eq!(inputs(&a), Some((false, Some(ConsentState::Withdrawn))));
 
         assert!(!store.subject_meta(&a).unwrap().unwrap().restricted);
         store.set_restricted(&a, true).unwrap();
         assert!(store.subject_meta(&a).unwrap().unwrap().restricted);
+        assert_eq!(inputs(&a), Some((true, Some(ConsentState::Withdrawn))));
 
         // Merge: `into` sees the merged records; `from` is gone.
         let b = subject(&store, "cbb@example.de");
@@ -960,6 +989,7 @@ mod tests {
         // Erasure: nothing decrypted survives in memory either.
         store.erase(&c, 500).unwrap();
         assert!(store.subject_meta(&c).unwrap().is_none());
+        assert_eq!(inputs(&c), None);
         assert_eq!(state(&c), None);
         assert!(store.cache.lock().subjects.get(&c).is_none());
     }
