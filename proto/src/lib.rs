@@ -65,4 +65,26 @@ mod tests {
         assert!(paths.iter().any(|p| p == "/domicile.node.v1.RegionalNode/DecideBatch"), "{paths:?}");
         assert!(paths.iter().all(|p| p.starts_with("/domicile.")), "{paths:?}");
     }
+
+    /// The gateway forwards a node's encoded `DecideOutcome`s as `DecideStreamResult`s
+    /// (gateway/src/raw.rs): every field must match in number, type, label and oneof.
+    #[test]
+    fn decide_outcome_and_decide_stream_result_are_one_message_on_the_wire() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let message = |package: &str, name: &str| {
+            let file = set.file.iter().find(|f| f.package() == package).unwrap();
+            let message = file.message_type.iter().find(|m| m.name() == name).unwrap();
+            let mut fields: Vec<_> = message
+                .field
+                .iter()
+                .map(|f| (f.number(), f.r#type(), f.label(), f.type_name().to_owned(), f.oneof_index))
+                .collect();
+            fields.sort_by_key(|f| f.0);
+            fields
+        };
+        let node = message("domicile.node.v1", "DecideOutcome");
+        assert!(!node.is_empty());
+        assert_eq!(node, message("domicile.gateway.v1", "DecideStreamResult"));
+    }
 }
