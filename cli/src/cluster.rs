@@ -158,8 +158,9 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
         IssueCommand::Token { name, region, scopes, ttl_secs } => {
             let caller = CallerIdentity::new(&name, region, &parse_scopes(&scopes)?)?;
             let issuer = domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            let expires_at = i64::try_from(now.saturating_add(ttl_secs)).context("--ttl-secs is too large")?;
+            let ttl = i64::try_from(ttl_secs).context("--ttl-secs is too large")?;
+            let expires_at =
+                domicile_runtime::process::now_unix().checked_add(ttl).context("--ttl-secs is too large")?;
             println!("{}", issuer.issue(&caller, expires_at));
             return Ok(());
         }

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use domicile_runtime::identity::{CallerIdentity, Scope, caller_from_der, peer_certs};
+use domicile_runtime::process::now_unix;
 use domicile_runtime::token::{TokenError, TokenVerifier};
 use hashbrown::HashMap;
 use tonic::Status;
@@ -89,10 +90,6 @@ pub struct Auth<S> {
     cache: Cache,
     tokens: Option<Arc<TokenVerifier>>,
     token_cache: TokenCache,
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl<S> Auth<S> {

@@ -66,10 +66,6 @@ impl Stream for ResultStream {
     }
 }
 
-fn item_error(id: u64, status: &Status) -> RawOutcome {
-    RawOutcome::error(id, status)
-}
-
 pub fn decide_stream(service: GatewayService, input: Streaming<pb::DecideStreamItem>) -> ResultStream {
     let (tx, rx) = mpsc::channel(OUTPUT_CHUNKS);
     tokio::spawn(Driver { service, tx, pending: HashMap::new(), tasks: JoinSet::new() }.run(input));
@@ -103,7 +99,7 @@ impl Driver {
                 }
                 Some(Ok(Some(item))) => match self.service.batch_item(item) {
                     Err((id, status)) => {
-                        if self.tx.send(vec![item_error(id, &status)]).await.is_err() {
+                        if self.tx.send(vec![RawOutcome::error(id, &status)]).await.is_err() {
                             return;
                         }
                     }
@@ -162,7 +158,7 @@ impl Driver {
         self.tasks.spawn(async move {
             let results = match client {
                 Ok(client) => run_batch(&region, client, items).await,
-                Err(status) => items.iter().map(|i| item_error(i.id, &status)).collect(),
+                Err(status) => items.iter().map(|i| RawOutcome::error(i.id, &status)).collect(),
             };
             drop(permit);
             // A caller that has gone just drops them.
@@ -180,20 +176,20 @@ async fn run_batch(region: &RegionId, channel: NodeChannel, items: Vec<node_pb::
         Ok(reply) => reply.outcomes,
         Err(status) => {
             let status = node_status(region, status);
-            return ids.iter().map(|id| item_error(*id, &status)).collect();
+            return ids.iter().map(|id| RawOutcome::error(*id, &status)).collect();
         }
     };
     if outcomes.len() != ids.len() || outcomes.iter().zip(&ids).any(|(o, id)| o.id != *id) {
         tracing::error!(%region, "node answered a batch with mismatched outcomes");
         let status = Status::internal("home region answered a batch incompletely");
-        return ids.iter().map(|id| item_error(*id, &status)).collect();
+        return ids.iter().map(|id| RawOutcome::error(*id, &status)).collect();
     }
     outcomes
         .into_iter()
         .map(|outcome| match outcome.result {
             Some(RawResult::Decision(_) | RawResult::Error(_)) => outcome,
             // No decision is not an allow.
-            None => item_error(outcome.id, &Status::internal("home region returned no decision")),
+            None => RawOutcome::error(outcome.id, &Status::internal("home region returned no decision")),
         })
         .collect()
 }

@@ -23,7 +23,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::{Code, Status};
 use tracing::Instrument as _;
 
-use crate::service::{NodeClient, node_status};
+use crate::service::{NodeClient, node_status, region_unavailable, unknown_region};
+use crate::stack::NodeChannel;
 
 /// Node calls in flight per region. Small on purpose: queueing behind a busy call is what forms
 /// batches (with more slots, calls go out nearly empty and each decision pays a round trip's
@@ -51,12 +52,12 @@ pub struct Coalescer {
 impl Coalescer {
     /// Starts one batching task per region. Must run inside the Tokio runtime; the tasks end
     /// when the coalescer is dropped.
-    pub fn start(nodes: &HashMap<RegionId, NodeClient>) -> Self {
-        let queues = nodes
+    pub fn start(channels: &HashMap<RegionId, NodeChannel>) -> Self {
+        let queues = channels
             .iter()
-            .map(|(region, client)| {
+            .map(|(region, channel)| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(batcher(region.clone(), client.clone(), rx));
+                tokio::spawn(batcher(region.clone(), NodeClient::new(channel.clone()), rx));
                 (region.clone(), tx)
             })
             .collect();
@@ -71,10 +72,7 @@ impl Coalescer {
         purpose: String,
         channel: String,
     ) -> Result<common::Decision, Status> {
-        let queue = self
-            .queues
-            .get(region)
-            .ok_or_else(|| Status::failed_precondition(format!("region `{region}` is not part of this deployment")))?;
+        let queue = self.queues.get(region).ok_or_else(|| unknown_region(region))?;
         let (reply, answer) = oneshot::channel();
         let item = node_pb::DecideItem { id: 0, subject: Some(subject), purpose, channel };
         let parent = telemetry::trace_parent();
@@ -82,12 +80,10 @@ impl Coalescer {
             mpsc::error::TrySendError::Full(_) => {
                 Status::resource_exhausted(format!("too many decisions waiting for region `{region}`"))
             }
-            mpsc::error::TrySendError::Closed(_) => {
-                Status::unavailable(format!("home region `{region}` is unavailable"))
-            }
+            mpsc::error::TrySendError::Closed(_) => region_unavailable(region),
         })?;
         // A dropped reply means the batch task is gone: never an allow.
-        answer.await.unwrap_or_else(|_| Err(Status::unavailable(format!("home region `{region}` is unavailable"))))
+        answer.await.unwrap_or_else(|_| Err(region_unavailable(region)))
     }
 }
 

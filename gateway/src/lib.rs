@@ -76,26 +76,30 @@ pub async fn serve(
     };
 
     let timeout = Duration::from_millis(config.node_timeout_ms);
-    let mut nodes = HashMap::new();
     let mut channels = HashMap::new();
     for region in &config.regions {
         let guard = guard::RegionState::new(region.id.clone(), guard::GuardSettings::default());
         let channel = stack::node_channel(&region.endpoint, tls.client(&region.id.node_server_name()), timeout, guard)
             .with_context(|| format!("bad endpoint for region {}", region.id))?;
-        nodes.insert(region.id.clone(), NodeClient::new(channel.clone()));
         channels.insert(region.id.clone(), channel);
     }
-    let nodes = Arc::new(nodes);
+    let channels = Arc::new(channels);
     let directory = Arc::new(Directory::new(config.regions.iter().map(|r| r.id.clone()).collect()));
 
     // One follower per region for the gateway's lifetime: snapshot, then change events.
     let mut initial = Vec::new();
     let mut lags = Vec::new();
-    for (region, client) in nodes.iter() {
+    for (region, channel) in channels.iter() {
         let (loaded, first_load) = tokio::sync::oneshot::channel();
         let lag = Arc::new(metrics::RegionLag::new());
         lags.push((region.clone(), Arc::clone(&lag)));
-        tokio::spawn(sync::follow_region(region.clone(), client.clone(), Arc::clone(&directory), loaded, lag));
+        tokio::spawn(sync::follow_region(
+            region.clone(),
+            NodeClient::new(channel.clone()),
+            Arc::clone(&directory),
+            loaded,
+            lag,
+        ));
         initial.push(first_load);
     }
     metrics::observe(Arc::clone(&directory), lags);
@@ -110,7 +114,7 @@ pub async fn serve(
     tracing::info!(links = directory.len(), "directory loaded");
 
     let stopping = Shutdown::new();
-    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&nodes), Arc::new(channels))
+    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&channels))
         .with_shutdown(stopping.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DomicileServer<GatewayService>>().await;
@@ -120,7 +124,7 @@ pub async fn serve(
         .build_v1()?;
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, regions = nodes.len(), "gateway serving");
+    tracing::info!(%addr, regions = channels.len(), "gateway serving");
     ready(addr);
     let shutdown = stopping.after(async move {
         shutdown.await;

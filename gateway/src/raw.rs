@@ -72,7 +72,7 @@ pub async fn decide_batch(
     channel: crate::stack::NodeChannel,
     request: node_pb::DecideBatchRequest,
 ) -> Result<RawDecideBatchResponse, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+    let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| Status::unavailable(format!("node not ready: {e}")))?;
     let codec = tonic_prost::ProstCodec::<node_pb::DecideBatchRequest, RawDecideBatchResponse>::default();
     let path = http::uri::PathAndQuery::from_static(DECIDE_BATCH_PATH);

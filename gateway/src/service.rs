@@ -35,8 +35,7 @@ pub struct GatewayService {
     packs: Arc<PackReloader>,
     link_key: Arc<LinkKey>,
     directory: Arc<Directory>,
-    nodes: Arc<HashMap<RegionId, NodeClient>>,
-    /// The same connections, for calls made without the generated client (`raw.rs`).
+    /// Each region's node connection (clients are made per call: `NodeClient::new` is free).
     channels: Arc<HashMap<RegionId, NodeChannel>>,
     regions: Arc<Vec<RegionId>>,
     coalescer: Arc<Coalescer>,
@@ -54,10 +53,20 @@ pub(crate) fn node_status(region: &RegionId, status: Status) -> Status {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             tracing::warn!(%region, code = ?status.code(), "home region unreachable");
-            Status::unavailable(format!("home region `{region}` is unavailable"))
+            region_unavailable(region)
         }
         _ => status,
     }
+}
+
+/// What a caller sees for a region that cannot answer (never an allow).
+pub(crate) fn region_unavailable(region: &RegionId) -> Status {
+    Status::unavailable(format!("home region `{region}` is unavailable"))
+}
+
+/// A region this gateway was not configured with.
+pub(crate) fn unknown_region(region: &RegionId) -> Status {
+    Status::failed_precondition(format!("region `{region}` is not part of this deployment"))
 }
 
 impl GatewayService {
@@ -65,17 +74,15 @@ impl GatewayService {
         packs: Arc<PackReloader>,
         link_key: LinkKey,
         directory: Arc<Directory>,
-        nodes: Arc<HashMap<RegionId, NodeClient>>,
         channels: Arc<HashMap<RegionId, NodeChannel>>,
     ) -> Self {
-        let mut regions: Vec<RegionId> = nodes.keys().cloned().collect();
+        let mut regions: Vec<RegionId> = channels.keys().cloned().collect();
         regions.sort();
-        let coalescer = Arc::new(Coalescer::start(&nodes));
+        let coalescer = Arc::new(Coalescer::start(&channels));
         Self {
             packs,
             link_key: Arc::new(link_key),
             directory,
-            nodes,
             channels,
             regions: Arc::new(regions),
             coalescer,
@@ -100,17 +107,11 @@ impl GatewayService {
     }
 
     pub(crate) fn node_channel(&self, region: &RegionId) -> Result<NodeChannel, Status> {
-        self.channels
-            .get(region)
-            .cloned()
-            .ok_or_else(|| Status::failed_precondition(format!("region `{region}` is not part of this deployment")))
+        self.channels.get(region).cloned().ok_or_else(|| unknown_region(region))
     }
 
     pub(crate) fn node(&self, region: &RegionId) -> Result<NodeClient, Status> {
-        self.nodes
-            .get(region)
-            .cloned()
-            .ok_or_else(|| Status::failed_precondition(format!("region `{region}` is not part of this deployment")))
+        self.node_channel(region).map(NodeClient::new)
     }
 
     fn lookup(&self, link: &Link) -> Result<SubjectRef, Status> {
@@ -142,7 +143,7 @@ impl GatewayService {
             Selector::Link(text) => self.lookup(&convert::link(&format!("{field}.link"), text).map_err(invalid)?)?,
             Selector::SubjectRef(text) => {
                 let subject = convert::subject_ref(&format!("{field}.subject_ref"), text).map_err(invalid)?;
-                if !self.nodes.contains_key(&subject.region) {
+                if !self.channels.contains_key(&subject.region) {
                     return Err(Status::not_found("subject ref names a region this deployment does not have"));
                 }
                 subject

@@ -9,7 +9,7 @@ use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
 use domicile_runtime::packs::{LoadedPacks, PackReloader};
-use domicile_runtime::process::Shutdown;
+use domicile_runtime::process::{Shutdown, now_unix};
 use domicile_types::{Channel, Jurisdiction, Link, LinkKey, Purpose, RegionId, SubjectId, SubjectRef};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -49,10 +49,6 @@ pub struct NodeService<S> {
     shutdown: Shutdown,
     audit: Arc<AuditLog>,
     commit: Arc<GroupCommit>,
-}
-
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Maps storage failures to statuses. Messages are generic: details go to the log, which holds

@@ -157,6 +157,11 @@ pub fn load_or_create_secret(path: &Path, create: bool) -> std::io::Result<Vec<u
     }
 }
 
+/// Wall-clock time in unix seconds (0 if the clock is before 1970).
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Fresh random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut bytes = [0u8; N];

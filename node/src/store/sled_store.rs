@@ -510,12 +510,14 @@ impl Store for SledStore {
             Err(epoch) => epoch,
         };
         let k = current_key(subject, purpose, channel);
-        let current: Option<CurrentConsent> = match self.current.get(&k).map_err(backend)? {
-            None => None,
-            Some(bytes) => Some(open(&self.key(subject)?, b"current", &k, &bytes)?),
+        let key = self.vault.get(subject)?;
+        let current: Option<CurrentConsent> = match (self.current.get(&k).map_err(backend)?, &key) {
+            (None, _) => None,
+            (Some(bytes), Some(key)) => Some(open(key, b"current", &k, &bytes)?),
+            (Some(_), None) => return Err(StoreError::NotFound),
         };
         // Only for subjects that exist: a `None` for an erased or unknown subject is not kept.
-        if self.vault.get(subject)?.is_some() {
+        if key.is_some() {
             self.cache.fill(subject, epoch, |c| c.current.push((cell, current.clone())));
         }
         Ok(current)
