@@ -29,7 +29,6 @@ use domicile_runtime::process::{Shutdown, read_link_key};
 use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
 use hashbrown::HashMap;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::GatewayConfig;
 use directory::Directory;
@@ -130,13 +129,13 @@ pub async fn serve(
         shutdown.await;
         tracing::info!("gateway stopping: ending watch streams, finishing requests in flight");
     });
-    let server = stack::server(tls.server(), auth)?
+    let incoming = stack::incoming(listener, &tls)?;
+    let server = stack::server(auth)
         .add_service(health_service)
         .add_service(reflection)
         // The Domicile service, with DecideStream forwarding node-encoded decisions (`raw.rs`).
         .add_service(raw::DecideStreamRoute::new(service, MAX_REQUEST_BYTES))
-        // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per call).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     match stopping.drain(server, DRAIN_TIMEOUT).await {
         Some(served) => served?,
         None => tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown began; stopping anyway"),

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domicile_runtime::metrics::RpcMetricsLayer;
+use domicile_runtime::tls::{ClientAuth, Incoming, TlsConfigError, TlsMaterial};
+use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server};
 use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequest;
 
@@ -29,30 +31,35 @@ pub type ServerLayers = Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>;
 /// The client stack to one region's node.
 pub type NodeChannel = RegionGuard<MapRequest<Channel, InjectTrace>>;
 
-/// Caller-facing server, outermost first:
-/// 1. mutual TLS: a presented certificate must chain to the cluster CA (else the handshake
-///    fails). A certificate is optional at the TLS layer only so that its absence gets a precise
-///    UNAUTHENTICATED from (4) instead of an opaque handshake failure;
+/// Caller connections: mutual TLS, where a presented certificate must chain to the cluster CA
+/// (else the handshake fails). A certificate is optional at the TLS layer only so that its
+/// absence gets a precise UNAUTHENTICATED from [`server`]'s (5) instead of an opaque handshake
+/// failure. Accepted by `domicile_runtime::tls::incoming` rather than tonic, so that replies
+/// completing together share one write (see there).
+pub fn incoming(listener: TcpListener, tls: &TlsMaterial) -> Result<Incoming, TlsConfigError> {
+    Ok(domicile_runtime::tls::incoming(listener, tls.acceptor(ClientAuth::Optional)?))
+}
+
+/// Caller-facing server for the connections of [`incoming`], outermost first:
+/// 1. mutual TLS ([`incoming`]);
 /// 2. a request deadline that also honours the caller's `grpc-timeout`;
 /// 3. load shedding: overload answers RESOURCE_EXHAUSTED quickly instead of queueing;
 /// 4. RPC metrics (`domicile.rpc.duration` by method and code; failed unary decides also count
 ///    as failed decisions), so (5)'s refusals are measured too;
 /// 5. caller identity (client certificate, else a signed token when `auth` accepts them) and
 ///    scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED.
-pub fn server(tls: ServerTlsConfig, auth: AuthLayer) -> Result<Server<ServerLayers>, tonic::transport::Error> {
-    Ok(Server::builder()
-        .tls_config(tls.client_auth_optional(true))?
+pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
+    Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .load_shed(true)
-        .tcp_nodelay(true)
         // One span per request, continuing the caller's W3C trace if it sent one.
         .trace_fn(|request| domicile_runtime::telemetry::server_span("gateway", request))
         .layer(
             RpcMetricsLayer::new(crate::metrics::served_methods(), &[])
                 .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
         )
-        .layer(auth))
+        .layer(auth)
 }
 
 /// Client stack to one region's node, outermost first:

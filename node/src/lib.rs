@@ -22,10 +22,9 @@ use domicile_proto::pb::node::v1::regional_node_server::RegionalNodeServer;
 use domicile_runtime::metrics::RpcMetricsLayer;
 use domicile_runtime::packs::start_packs;
 use domicile_runtime::process::{Shutdown, read_link_key};
-use domicile_runtime::tls::{TlsMaterial, install_crypto_provider};
+use domicile_runtime::tls::{ClientAuth, TlsMaterial, install_crypto_provider};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::NodeConfig;
 pub use service::NodeService;
@@ -99,8 +98,10 @@ pub async fn serve(
         shutdown.await;
         tracing::info!(%region, "node stopping: ending watch streams, finishing requests in flight");
     });
+    // Mutual TLS with a client certificate required; accepted by the runtime rather than tonic
+    // so that replies completing together share one write (see `tls::incoming`).
+    let incoming = domicile_runtime::tls::incoming(listener, tls.acceptor(ClientAuth::Required)?);
     let server = Server::builder()
-        .tls_config(tls.server())?
         // One span per request, continuing the gateway's W3C trace.
         .trace_fn(|request| domicile_runtime::telemetry::server_span("node", request))
         // Duration and code of every call, refusals by the access layer included.
@@ -109,8 +110,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegionalNodeServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        // Without TCP_NODELAY small replies wait for the peer's delayed ACK (~40 ms per call).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     match stopping.drain(server, DRAIN_TIMEOUT).await {
         Some(served) => served?,
         None => tracing::warn!(

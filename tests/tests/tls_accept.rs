@@ -1,0 +1,90 @@
+//! How the node and gateway accept connections (`runtime/src/tls.rs`): mutual TLS handshakes run
+//! concurrently, so peers that connect and then stall, or speak something other than TLS, hold up
+//! no one else and stop nothing; a node insists on a client certificate during the handshake.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use std::time::Duration;
+
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::node::v1 as node_pb;
+use domicile_cluster_tests::{TestCluster, region, select_email};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+
+/// Connections that never complete a handshake: some send nothing, some send bytes that are not
+/// TLS. Returned so that they stay open while the test goes on.
+async fn stalled_and_garbage(addr: std::net::SocketAddr) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for i in 0..32 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        if i % 4 == 0 {
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        }
+        held.push(tcp);
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_or_non_tls_connections_block_no_one_and_nodes_require_a_client_certificate() {
+    let cluster = TestCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let us = region("us-east");
+    let node_addr = cluster.cluster.node_addr(&us).unwrap();
+
+    let _held_gateway = stalled_and_garbage(cluster.cluster.gateway_addr()).await;
+    let _held_node = stalled_and_garbage(node_addr).await;
+
+    // With 64 handshakes pending, a proper caller is served at once by both servers, through
+    // new connections (the first ones are made only now).
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut gateway = cluster.gateway().await.unwrap();
+        let status = gateway
+            .decide(gw::DecideRequest {
+                subject: select_email("nobody.tls@example.com"),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                at: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "served and authorised: {status:?}");
+        let mut node = cluster.node(&us).await.unwrap();
+        node.list_links(node_pb::ListLinksRequest { batch_size: 0 }).await.expect("the node serves its operator");
+    })
+    .await;
+    assert!(served.is_ok(), "stalled handshakes held up other callers");
+
+    // A node never serves a peer without a certificate: the handshake itself is refused.
+    let ca = std::fs::read(&cluster.cluster.client_tls().ca).unwrap();
+    let anonymous = ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name(us.node_server_name());
+    let refused = match Endpoint::from_shared(format!("https://{node_addr}"))
+        .unwrap()
+        .tls_config(anonymous)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(channel) => {
+            let status = domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient::new(channel)
+                .list_links(node_pb::ListLinksRequest { batch_size: 0 })
+                .await
+                .unwrap_err();
+            // The server aborts the handshake; how the client reports it depends on timing.
+            matches!(status.code(), Code::Unknown | Code::Unavailable | Code::Cancelled)
+        }
+    };
+    assert!(refused, "a node served a peer without a client certificate");
+}
