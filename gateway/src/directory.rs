@@ -48,10 +48,15 @@ impl Inner {
     fn get(&self, link: &Link) -> Option<Entry> {
         match self.delta.get(link) {
             Some(change) => *change,
-            None => {
-                self.base.binary_search_by(|(l, _)| l.cmp(link)).ok().and_then(|i| self.base.get(i)).map(|(_, e)| *e)
-            }
+            None => self.position(link).ok().and_then(|i| self.base.get(i)).map(|(_, e)| *e),
         }
+    }
+
+    /// Binary search of the base by the link read as a big-endian integer: the same order as
+    /// comparing the bytes, but one integer comparison per step instead of a `memcmp` call.
+    fn position(&self, link: &Link) -> Result<usize, usize> {
+        let key = u128::from_be_bytes(*link.as_bytes());
+        self.base.binary_search_by(|(l, _)| u128::from_be_bytes(*l.as_bytes()).cmp(&key))
     }
 
     fn set(&mut self, link: Link, entry: Option<Entry>) {
@@ -201,7 +206,7 @@ impl Directory {
     /// Links that name a subject now.
     pub fn len(&self) -> usize {
         let inner = self.read();
-        let in_base = |link: &Link| inner.base.binary_search_by(|(l, _)| l.cmp(link)).is_ok();
+        let in_base = |link: &Link| inner.position(link).is_ok();
         let adjust: isize = inner
             .delta
             .iter()
