@@ -48,15 +48,24 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     })
 }
 
-type Cache = Arc<RwLock<HashMap<Vec<u8>, Result<Arc<CallerIdentity>, &'static str>>>>;
-/// Verified tokens and their expiry, so a caller's repeated token costs one signature check.
-type TokenCache = Arc<RwLock<HashMap<String, (Arc<CallerIdentity>, i64)>>>;
+/// A certificate's caller, or why it names none.
+type Identified = Result<Arc<CallerIdentity>, &'static str>;
+
+/// What the layer shares between connections and requests, behind one `Arc`: the server clones
+/// its stack for every request, and each shared counter touched then is a cache line bouncing
+/// between cores.
+#[derive(Debug, Default)]
+struct State {
+    /// Callers by leaf certificate (DER), so a connection's certificate is parsed once.
+    cache: RwLock<HashMap<Vec<u8>, Identified>>,
+    tokens: Option<TokenVerifier>,
+    /// Verified tokens and their expiry, so a caller's repeated token costs one signature check.
+    token_cache: RwLock<HashMap<String, (Arc<CallerIdentity>, i64)>>,
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct AuthLayer {
-    cache: Cache,
-    tokens: Option<Arc<TokenVerifier>>,
-    token_cache: TokenCache,
+    state: Arc<State>,
 }
 
 impl AuthLayer {
@@ -67,7 +76,7 @@ impl AuthLayer {
 
     /// Certificates, or tokens verified with `verifier` from callers without one.
     pub fn with_tokens(verifier: TokenVerifier) -> Self {
-        Self { tokens: Some(Arc::new(verifier)), ..Self::default() }
+        Self { state: Arc::new(State { tokens: Some(verifier), ..State::default() }) }
     }
 }
 
@@ -75,32 +84,25 @@ impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            cache: Arc::clone(&self.cache),
-            tokens: self.tokens.clone(),
-            token_cache: Arc::clone(&self.token_cache),
-        }
+        Auth { inner, state: Arc::clone(&self.state) }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    cache: Cache,
-    tokens: Option<Arc<TokenVerifier>>,
-    token_cache: TokenCache,
+    state: Arc<State>,
 }
 
 impl<S> Auth<S> {
     fn identify<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, Status> {
         let Some(certs) = peer_certs(request) else { return self.identify_by_token(request) };
         let key = certs.leaf();
-        if let Some(known) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+        if let Some(known) = self.state.cache.read().unwrap_or_else(|p| p.into_inner()).get(key) {
             return known.clone().map_err(Status::unauthenticated);
         }
         let parsed = caller_from_der(key).map(Arc::new);
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.state.cache.write().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
@@ -111,7 +113,7 @@ impl<S> Auth<S> {
     /// A caller without a certificate: a valid, unexpired token, or UNAUTHENTICATED. The status
     /// never repeats the token.
     fn identify_by_token<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, Status> {
-        let Some(verifier) = &self.tokens else {
+        let Some(verifier) = &self.state.tokens else {
             return Err(Status::unauthenticated("a client certificate from the cluster CA is required"));
         };
         let token = request
@@ -123,7 +125,7 @@ impl<S> Auth<S> {
                 Status::unauthenticated("a client certificate from the cluster CA or a signed token is required")
             })?;
         let now = now_unix();
-        if let Some((caller, expires_at)) = self.token_cache.read().unwrap_or_else(|p| p.into_inner()).get(token)
+        if let Some((caller, expires_at)) = self.state.token_cache.read().unwrap_or_else(|p| p.into_inner()).get(token)
             && *expires_at > now
         {
             return Ok(Arc::clone(caller));
@@ -136,7 +138,7 @@ impl<S> Auth<S> {
             })
         })?;
         let caller = Arc::new(verified.caller);
-        let mut cache = self.token_cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.state.token_cache.write().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }

@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use domicile_proto::pb::common::v1 as common;
@@ -84,13 +85,16 @@ pub async fn decide_batch(
 #[derive(Clone)]
 pub struct DecideStreamRoute {
     typed: DomicileServer<GatewayService>,
-    service: GatewayService,
+    /// The service the typed server holds too; shared, because the route is cloned for every
+    /// request and each `Arc` inside a cloned `GatewayService` is a contended counter.
+    service: Arc<GatewayService>,
     max_request: usize,
 }
 
 impl DecideStreamRoute {
     pub fn new(service: GatewayService, max_request: usize) -> Self {
-        let typed = DomicileServer::new(service.clone()).max_decoding_message_size(max_request);
+        let service = Arc::new(service);
+        let typed = DomicileServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_request);
         Self { typed, service, max_request }
     }
 }
@@ -99,7 +103,7 @@ impl tonic::server::NamedService for DecideStreamRoute {
     const NAME: &'static str = <DomicileServer<GatewayService> as tonic::server::NamedService>::NAME;
 }
 
-struct Handler(GatewayService);
+struct Handler(Arc<GatewayService>);
 
 impl tonic::server::StreamingService<pb::DecideStreamItem> for Handler {
     type Response = RawOutcome;
@@ -107,7 +111,7 @@ impl tonic::server::StreamingService<pb::DecideStreamItem> for Handler {
     type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, request: tonic::Request<tonic::Streaming<pb::DecideStreamItem>>) -> Self::Future {
-        let results = crate::batch::decide_stream(self.0.clone(), request.into_inner());
+        let results = crate::batch::decide_stream(GatewayService::clone(&self.0), request.into_inner());
         std::future::ready(Ok(tonic::Response::new(crate::metrics::counted(results))))
     }
 }
@@ -125,7 +129,7 @@ impl tower::Service<http::Request<Body>> for DecideStreamRoute {
         if request.uri().path() != DECIDE_STREAM_PATH {
             return Box::pin(self.typed.call(request));
         }
-        let handler = Handler(self.service.clone());
+        let handler = Handler(Arc::clone(&self.service));
         let max_request = self.max_request;
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<RawOutcome, pb::DecideStreamItem>::default();
