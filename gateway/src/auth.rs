@@ -172,12 +172,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // Nothing downstream reads the caller, so it is not attached to the request.
         match self.authorise(&request) {
-            Ok(caller) => {
-                request.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(request))
-            }
+            Ok(_) => Box::pin(self.inner.call(request)),
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
     }
