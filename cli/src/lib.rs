@@ -82,8 +82,8 @@ pub fn main() -> ExitCode {
 /// its connection task, which then runs at once and flushes that one reply, so N replies cost N
 /// writes and N packets. Without it the connection task runs after the stream tasks and sends
 /// their replies together (with `tls::incoming`, which lets h2 copy them into one buffer).
-/// Measured on the local cluster: unary decisions ≈ 38k → 46k/s, batch ≈ 250k → 275k/s
-/// (BENCHMARKS.md). Needs `--cfg tokio_unstable` (.cargo/config.toml); without it, the default.
+/// In interleaved runs on the local cluster: unary decisions ≈ 38k → 46k/s, batch ≈ 240k →
+/// 275k/s. Needs `--cfg tokio_unstable` (.cargo/config.toml); without it, Tokio's default.
 fn server_runtime(builder: &mut tokio::runtime::Builder) {
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
