@@ -693,22 +693,7 @@ impl LocalCluster {
     /// [`LocalCluster::stop_node`] does), and how it stopped is returned.
     pub async fn restart_node(&mut self, region: &RegionId) -> anyhow::Result<Option<Stopped>> {
         let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
-        let stopped = match node.child.try_wait()? {
-            None => Some(stop_process(node).await),
-            Some(_) => None,
-        };
-        let listen = node.addr.to_string();
-        let restarted = spawn(
-            &self.options.binary,
-            "node",
-            Some(region.clone()),
-            &node.config,
-            &self.dir,
-            &[("DOMICILE_NODE_LISTEN", listen)],
-        )
-        .await?;
-        *node = restarted;
-        Ok(stopped)
+        respawn(node, &self.options.binary, &self.dir, "DOMICILE_NODE_LISTEN").await
     }
 
     /// Kills the gateway with SIGKILL, as a crash would. It persists nothing: everything it knew
@@ -730,20 +715,7 @@ impl LocalCluster {
     /// node's snapshot before it reports ready.
     pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
         let gateway = self.gateway.as_mut().context("the gateway did not start")?;
-        if gateway.child.try_wait()?.is_none() {
-            stop_process(gateway).await;
-        }
-        let listen = gateway.addr.to_string();
-        let restarted = spawn(
-            &self.options.binary,
-            "gateway",
-            None,
-            &gateway.config,
-            &self.dir,
-            &[("DOMICILE_GATEWAY_LISTEN", listen)],
-        )
-        .await?;
-        *gateway = restarted;
+        respawn(gateway, &self.options.binary, &self.dir, "DOMICILE_GATEWAY_LISTEN").await?;
         Ok(())
     }
 
@@ -769,6 +741,24 @@ async fn first_ready<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::
         std::task::Poll::Pending
     })
     .await
+}
+
+/// Starts `process` again with its configuration on the address it had (`listen_var` overrides
+/// the configured listen address), stopping it first if it still runs; returns how it stopped.
+async fn respawn(
+    process: &mut Process,
+    binary: &Path,
+    dir: &Path,
+    listen_var: &'static str,
+) -> anyhow::Result<Option<Stopped>> {
+    let stopped = match process.child.try_wait()? {
+        None => Some(stop_process(process).await),
+        Some(_) => None,
+    };
+    let listen = process.addr.to_string();
+    *process =
+        spawn(binary, process.role, process.region.clone(), &process.config, dir, &[(listen_var, listen)]).await?;
+    Ok(stopped)
 }
 
 /// How a process stopped when asked to.
