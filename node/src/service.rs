@@ -77,6 +77,12 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// A change or decision that cannot be audited is refused, never served unaudited (invariant 5).
+fn audit_unavailable(e: crate::audit::AuditError) -> Status {
+    tracing::error!(error = %e, "audit log append failed");
+    Status::unavailable("audit log unavailable")
+}
+
 fn invalid(v: FieldViolation) -> Status {
     v.into()
 }
@@ -171,10 +177,7 @@ impl<S: Store> NodeService<S> {
     /// Records an audit entry. A change or decision that cannot be audited is refused
     /// (invariant 5), never served unaudited.
     fn audit(&self, event: AuditEvent, subject: SubjectId) -> Result<(), Status> {
-        self.audit.append(event, Some(&self.subject_ref(subject)), now_unix()).map(|_| ()).map_err(|e| {
-            tracing::error!(error = %e, "audit log append failed");
-            Status::unavailable("audit log unavailable")
-        })
+        self.audit.append(event, Some(&self.subject_ref(subject)), now_unix()).map(|_| ()).map_err(audit_unavailable)
     }
 
     /// Makes the store and the audit log durable: the point after which a write may be
@@ -398,10 +401,7 @@ impl<S: Store> NodeService<S> {
                 decision,
             })
             .collect();
-        self.audit.append_decisions(&entries, now_unix()).map_err(|e| {
-            tracing::error!(error = %e, "audit log append failed");
-            Status::unavailable("audit log unavailable")
-        })?;
+        self.audit.append_decisions(&entries, now_unix()).map_err(audit_unavailable)?;
         drop(entries);
         Ok(decided
             .into_iter()
@@ -732,12 +732,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
         let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
-        let subject = self.resolve(&key)?;
-        let meta = self
-            .store
-            .subject_meta(&subject)
-            .map_err(store_status)?
-            .ok_or_else(|| store_status(StoreError::NotFound))?;
+        let (subject, meta) = self.resolve_meta(&key)?;
         let record = self
             .store
             .subject_record(&subject)
@@ -777,13 +772,8 @@ impl<S: Store> RegionalNode for NodeService<S> {
 
     async fn erase(&self, request: Request<pb::EraseRequest>) -> Result<Response<pb::EraseResponse>, Status> {
         let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
-        let subject = self.resolve(&key)?;
+        let (subject, meta) = self.resolve_meta(&key)?;
         let now = now_unix();
-        let meta = self
-            .store
-            .subject_meta(&subject)
-            .map_err(store_status)?
-            .ok_or_else(|| store_status(StoreError::NotFound))?;
         // Not stored with the subject (it is about to go): the audit log and the response keep it.
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Erasure, now)?;
         let erased = self.store.erase(&subject, now).map_err(store_status)?;
