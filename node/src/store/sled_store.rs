@@ -76,6 +76,14 @@ struct Cached {
     current: Vec<((Purpose, Channel), Option<CurrentConsent>)>,
 }
 
+impl Cached {
+    /// The consent in force for one purpose × channel, if it was read before (`Some(None)`:
+    /// read, and there is none).
+    fn current(&self, cell: (Purpose, Channel)) -> Option<Option<CurrentConsent>> {
+        self.current.iter().find(|(k, _)| *k == cell).map(|(_, v)| v.clone())
+    }
+}
+
 impl Default for ReadCache {
     fn default() -> Self {
         Self { shards: (0..CACHE_SHARDS).map(|_| std::sync::Mutex::default()).collect() }
@@ -235,6 +243,11 @@ impl SledStore {
     }
 
     fn meta_entry(&self, id: &SubjectId) -> Result<Option<MetaEntry>, StoreError> {
+        self.meta_as(id)
+    }
+
+    /// The subject's stored metadata decoded as `T` (`MetaEntry`, or only its `SubjectMeta`).
+    fn meta_as<T: serde::de::DeserializeOwned>(&self, id: &SubjectId) -> Result<Option<T>, StoreError> {
         match self.meta.get(id.as_bytes()).map_err(backend)? {
             None => Ok(None),
             Some(bytes) => decode(&bytes).map(Some),
@@ -435,10 +448,7 @@ impl Store for SledStore {
             Ok(meta) => return Ok(Some(meta)),
             Err(epoch) => epoch,
         };
-        let meta: Option<SubjectMeta> = match self.meta.get(id.as_bytes()).map_err(backend)? {
-            None => None,
-            Some(bytes) => Some(decode(&bytes)?),
-        };
+        let meta: Option<SubjectMeta> = self.meta_as(id)?;
         if let Some(meta) = &meta {
             self.cache.fill(id, epoch, |c| c.meta = Some(meta.clone()));
         }
@@ -523,7 +533,7 @@ impl Store for SledStore {
         channel: Channel,
     ) -> Result<Option<CurrentConsent>, StoreError> {
         let cell = (purpose, channel);
-        let cached = self.cache.get(subject, |c| c.current.iter().find(|(k, _)| *k == cell).map(|(_, v)| v.clone()));
+        let cached = self.cache.get(subject, |c| c.current(cell));
         let epoch = match cached {
             Ok(current) => return Ok(current),
             Err(epoch) => epoch,
@@ -551,7 +561,7 @@ impl Store for SledStore {
         // Both from one cache lookup when a decision for this cell was made before.
         let cell = (purpose, channel);
         let cached = self.cache.get(subject, |c| {
-            let current = c.current.iter().find(|(k, _)| *k == cell).map(|(_, v)| v.clone())?;
+            let current = c.current(cell)?;
             Some((c.meta.clone()?, current))
         });
         if let Ok((meta, current)) = cached {
