@@ -5,7 +5,7 @@
 //! of another CA never completes the handshake). This layer reads the caller identity from the
 //! certificate's URI SAN (format: `domicile_runtime::identity`) and checks the scope the method
 //! needs: no certificate or no valid identity → UNAUTHENTICATED, a missing scope →
-//! PERMISSION_DENIED. The identity is put into the request extensions for the handlers.
+//! PERMISSION_DENIED.
 //!
 //! A caller without a client certificate may instead send `authorization: Bearer <token>`, a
 //! token signed with the cluster's token key naming the same identity plus an expiry

@@ -34,10 +34,9 @@ pub const BATCH_SIZE: usize = 1_000;
 pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
 /// How long a partly filled batch waits for more items before it is sent anyway.
 const LINGER: Duration = Duration::from_millis(2);
-/// Results buffered towards a caller.
-const OUTPUT_BUFFER: usize = 4 * BATCH_SIZE;
-/// The output buffer counts chunks (a node call's results, or one item's error).
-const OUTPUT_CHUNKS: usize = OUTPUT_BUFFER / BATCH_SIZE;
+/// Results buffered towards a caller, in chunks (a node call's results, or one item's error):
+/// about four batches.
+const OUTPUT_CHUNKS: usize = 4;
 
 /// Results as the caller receives them: `DecideStreamResult`s, decisions as the node encoded
 /// them (`raw.rs`). They arrive a node call's worth at a time (one channel message per call,

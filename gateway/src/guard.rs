@@ -212,7 +212,6 @@ where
         };
         let slot = Slot { state: Arc::clone(&self.state), probe, done: false };
         let call = self.inner.call(request);
-        let state = Arc::clone(&self.state);
         Box::pin(async move {
             match call.await {
                 Ok(response) => {
@@ -220,8 +219,9 @@ where
                     Ok(response)
                 }
                 Err(e) => {
+                    let e = unanswered(&slot.state.region, e.into());
                     slot.finish(false);
-                    Err(unanswered(&state.region, e.into()))
+                    Err(e)
                 }
             }
         })
