@@ -133,10 +133,7 @@ impl TrustConfig {
             .map(|k| {
                 let bad = |reason: String| PackLoadError::TrustedKey { key_id: k.key_id.clone(), reason };
                 let text = std::fs::read_to_string(&k.public_key_file).map_err(|e| bad(e.to_string()))?;
-                let public_key = hex::decode(text.trim()).map_err(|_| bad("not hex".to_owned()))?;
-                if public_key.len() != 32 {
-                    return Err(bad("an Ed25519 public key is 32 bytes".to_owned()));
-                }
+                let public_key = crate::token::ed25519_public_key(&text).map_err(|e| bad(e.to_owned()))?;
                 Ok(TrustedKey { key_id: k.key_id.clone(), public_key })
             })
             .collect()

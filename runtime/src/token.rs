@@ -105,14 +105,19 @@ pub struct Verified {
     pub expires_at: i64,
 }
 
+/// An Ed25519 public key from its hex text (as in `token-signing.pub` and pack trust keys).
+pub(crate) fn ed25519_public_key(text: &str) -> Result<Vec<u8>, &'static str> {
+    let key = hex::decode(text.trim()).map_err(|_| "not hex")?;
+    if key.len() != 32 {
+        return Err("an Ed25519 public key is 32 bytes");
+    }
+    Ok(key)
+}
+
 impl TokenVerifier {
     /// From the hex public key, as in `token-signing.pub`.
     pub fn from_hex(text: &str) -> Result<Self, TokenError> {
-        let public_key = hex::decode(text.trim()).map_err(|_| TokenError::BadKey("not hex"))?;
-        if public_key.len() != 32 {
-            return Err(TokenError::BadKey("an Ed25519 public key is 32 bytes"));
-        }
-        Ok(Self { public_key })
+        Ok(Self { public_key: ed25519_public_key(text).map_err(TokenError::BadKey)? })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
