@@ -48,6 +48,25 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     })
 }
 
+/// Methods whose handlers need the caller (its region, for the subject's residency rules:
+/// in-country collection and transfers). Only these get it attached, so the decision path pays
+/// nothing for it.
+fn needs_caller(path: &str) -> bool {
+    path.strip_prefix("/domicile.gateway.v1.Domicile/").is_some_and(|method| {
+        matches!(method, "Register" | "RecordConsent" | "RecordInteraction" | "Rectify" | "GetContext")
+    })
+}
+
+/// The authenticated caller of a request, for the methods of [`needs_caller`]. Missing means the
+/// stack was assembled without the auth layer: refused, never treated as a local caller.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Arc<CallerIdentity>, Status> {
+    request
+        .extensions()
+        .get::<Arc<CallerIdentity>>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the caller is not identified"))
+}
+
 /// A certificate's caller, or why it names none.
 type Identified = Result<Arc<CallerIdentity>, &'static str>;
 
@@ -172,10 +191,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // Nothing downstream reads the caller, so it is not attached to the request.
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.authorise(&request) {
-            Ok(_) => Box::pin(self.inner.call(request)),
+            Ok(caller) => {
+                if needs_caller(request.uri().path()) {
+                    request.extensions_mut().insert(caller);
+                }
+                Box::pin(self.inner.call(request))
+            }
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
     }

@@ -64,6 +64,12 @@ pub(crate) fn region_unavailable(region: &RegionId) -> Status {
     Status::unavailable(format!("home region `{region}` is unavailable"))
 }
 
+/// A request the subject's pack does not allow from the caller's region.
+pub(crate) fn residency_refused(refusal: domicile_policy::ResidencyRefusal) -> Status {
+    tracing::info!(reason = %refusal, "refused by residency rules");
+    Status::permission_denied(refusal.to_string())
+}
+
 /// A region this gateway was not configured with.
 pub(crate) fn unknown_region(region: &RegionId) -> Status {
     Status::failed_precondition(format!("region `{region}` is not part of this deployment"))
@@ -173,16 +179,24 @@ impl Domicile for GatewayService {
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
         let jurisdiction = convert::jurisdiction("jurisdiction", &req.jurisdiction).map_err(invalid)?;
         let identifiers = convert::identifiers("identifiers", &req.identifiers).map_err(invalid)?;
-        let home =
-            self.packs.current().packs.home_region(&jurisdiction, self.regions.as_slice()).map_err(|e| match e {
+        let home = {
+            let loaded = self.packs.current();
+            let home = loaded.packs.home_region(&jurisdiction, self.regions.as_slice()).map_err(|e| match e {
                 ResidencyError::NoPack => Status::failed_precondition("no policy pack covers this jurisdiction"),
                 ResidencyError::NoAllowedRegion => {
                     Status::failed_precondition("no region of this deployment may hold subjects of this jurisdiction")
                 }
             })?;
+            // In-country collection is refused here, before any identifier is sent anywhere.
+            if let Some(pack) = loaded.packs.get(&jurisdiction) {
+                pack.check_collection(Some(&caller.region)).map_err(residency_refused)?;
+            }
+            home
+        };
         let links: Vec<Link> = identifiers.iter().map(|id| self.link_key.link(id)).collect();
         // Identity never spans regions: an identifier already held elsewhere stays there, and its
         // value is not sent to a second region.
@@ -204,6 +218,7 @@ impl Domicile for GatewayService {
             .register(node_pb::RegisterRequest {
                 jurisdiction: jurisdiction.to_string(),
                 identifiers: identifiers.iter().map(convert::identifier_to_pb).collect(),
+                caller_region: caller.region.to_string(),
             })
             .await
             .map_err(|s| node_status(&home, s))?
@@ -231,6 +246,7 @@ impl Domicile for GatewayService {
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
         // Validate everything before routing, so bad input never reaches a node.
         convert::purpose("purpose", &req.purpose).map_err(invalid)?;
@@ -247,6 +263,7 @@ impl Domicile for GatewayService {
                 evidence: req.evidence,
                 captured_at: req.captured_at,
                 expires_at: req.expires_at,
+                caller_region: caller.region.to_string(),
             })
             .await
             .map_err(|s| node_status(&region, s))?
@@ -370,6 +387,7 @@ impl Domicile for GatewayService {
         &self,
         request: Request<pb::RecordInteractionRequest>,
     ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
         // Cheap checks before routing; the node validates the rest (kind, intent, texts).
         convert::channel("channel", &req.channel).map_err(invalid)?;
@@ -389,6 +407,7 @@ impl Domicile for GatewayService {
                 summary: req.summary,
                 reference: req.reference,
                 open: req.open,
+                caller_region: caller.region.to_string(),
             })
             .await
             .map_err(|s| node_status(&region, s))?
@@ -404,14 +423,25 @@ impl Domicile for GatewayService {
         &self,
         request: Request<pb::GetContextRequest>,
     ) -> Result<Response<pb::GetContextResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
+        if !req.purpose.is_empty() {
+            convert::purpose("purpose", &req.purpose).map_err(invalid)?;
+        }
         let (region, key) = self.target(req.subject.as_ref())?;
         // Always minimised at the source: the gateway may be in another region than the subject,
         // and interaction content is personal data no pack lets leave its home region (invariant
-        // 2). The full context is served only by the node, to callers in its region.
+        // 2). The full context is served only by the node, to callers in its region. The node,
+        // which knows the subject's pack, applies its transfer rules to the caller's region.
         let reply = self
             .node(&region)?
-            .get_context(node_pb::GetContextRequest { subject: Some(key.to_pb()), limit: req.limit, minimised: true })
+            .get_context(node_pb::GetContextRequest {
+                subject: Some(key.to_pb()),
+                limit: req.limit,
+                minimised: true,
+                purpose: req.purpose,
+                caller_region: caller.region.to_string(),
+            })
             .await
             .map_err(|s| node_status(&region, s))?
             .into_inner();
@@ -431,10 +461,14 @@ impl Domicile for GatewayService {
             recent: reply.recent.into_iter().map(strip).collect(),
             minimised: true,
             home_region: region.to_string(),
+            profile: reply.profile,
+            transfer: reply.transfer,
+            pack: reply.pack,
         }))
     }
 
     async fn rectify(&self, request: Request<pb::RectifyRequest>) -> Result<Response<pb::RectifyResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
         let normalise = |field: &str, pbs: &[common::Identifier]| {
             if pbs.is_empty() { Ok(Vec::new()) } else { convert::identifiers(field, pbs).map_err(invalid) }
@@ -465,6 +499,7 @@ impl Domicile for GatewayService {
                 remove_identifiers: remove.iter().map(convert::identifier_to_pb).collect(),
                 set_profile: req.set_profile,
                 remove_profile: req.remove_profile,
+                caller_region: caller.region.to_string(),
             })
             .await
             .map_err(|s| node_status(&region, s))?

@@ -12,14 +12,32 @@ use domicile_types::RegionId;
 use tonic::Status;
 use tonic::codegen::http;
 
-/// Why a peer is refused, or `Ok` if it may call this node.
-pub fn admit(region: &RegionId, leaf_der: &[u8]) -> Result<(), Status> {
+/// Who an admitted peer is; handlers read it from the request's extensions, because what a
+/// peer may receive differs: a gateway serves callers of every region, so it gets no export and
+/// no full context, and states the region of the caller it acts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    Gateway,
+    /// A service or operator of this node's region.
+    InRegion,
+}
+
+impl Requester {
+    /// The requester of a request that passed [`AccessLayer`]; `None` if it did not (an
+    /// in-process call), which handlers treat as the least trusted case.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<Self> {
+        request.extensions().get::<Requester>().copied()
+    }
+}
+
+/// Why a peer is refused, or who it is if it may call this node.
+pub fn admit(region: &RegionId, leaf_der: &[u8]) -> Result<Requester, Status> {
     let names = peer_names(leaf_der).map_err(Status::unauthenticated)?;
     if names.has_dns(GATEWAY_SERVER_NAME) {
-        return Ok(());
+        return Ok(Requester::Gateway);
     }
     match names.caller {
-        Some(Ok(caller)) if &caller.region == region => Ok(()),
+        Some(Ok(caller)) if &caller.region == region => Ok(Requester::InRegion),
         Some(Ok(_)) => Err(Status::permission_denied("callers of another region must go through a gateway")),
         Some(Err(reason)) => Err(Status::unauthenticated(reason)),
         None => Err(Status::permission_denied("only gateways and services of this region may call a node")),
@@ -65,13 +83,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let verdict = match peer_certs(&request) {
             None => Err(Status::unauthenticated("a client certificate from the cluster CA is required")),
             Some(certs) => admit(&self.region, certs.leaf()),
         };
         match verdict {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(requester) => {
+                request.extensions_mut().insert(requester);
+                Box::pin(self.inner.call(request))
+            }
             Err(status) => {
                 tracing::info!(region = %self.region, code = ?status.code(), "node call refused");
                 Box::pin(std::future::ready(Ok(status.into_http())))
@@ -98,9 +119,9 @@ mod tests {
         let pki = ClusterPki::open_or_create(dir.path()).unwrap();
         let eu = RegionId::parse("eu-central").unwrap();
         let us = RegionId::parse("us-east").unwrap();
-        assert!(admit(&eu, &der(&pki.gateway().unwrap().cert)).is_ok());
+        assert_eq!(admit(&eu, &der(&pki.gateway().unwrap().cert)).unwrap(), Requester::Gateway);
         let local = CallerIdentity::new("ops", eu.clone(), &[Scope::Admin]).unwrap();
-        assert!(admit(&eu, &der(&pki.caller(&local).unwrap().cert)).is_ok());
+        assert_eq!(admit(&eu, &der(&pki.caller(&local).unwrap().cert)).unwrap(), Requester::InRegion);
         let foreign = CallerIdentity::new("us-ops", us.clone(), &Scope::ALL).unwrap();
         let refused = admit(&eu, &der(&pki.caller(&foreign).unwrap().cert)).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);

@@ -94,6 +94,8 @@ pub enum AuditKind {
     RightsRequest,
     Erasure,
     Merge,
+    /// Personal data served to a caller outside the subject's home regions under a pack transfer.
+    Transfer,
 }
 
 impl AuditKind {
@@ -105,6 +107,7 @@ impl AuditKind {
             AuditKind::RightsRequest => "rights_request",
             AuditKind::Erasure => "erasure",
             AuditKind::Merge => "merge",
+            AuditKind::Transfer => "transfer",
         }
     }
 }
@@ -256,12 +259,46 @@ fn len_u32(len: usize) -> u32 {
 /// - merge: `from`, `into` (subject refs)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditEvent {
-    Registration { identifiers: usize, jurisdiction: Jurisdiction },
-    Consent { purpose: Purpose, channels: Vec<Channel>, state: ConsentState, sequence: u64 },
-    Decision { purpose: Purpose, channel: Channel, effect: Effect, reasons: Vec<String>, pack: PackRef },
-    RightsRequest { kind: RightsKind, request_id: RequestId, deadline_at: i64, status: RightsStatus },
-    Erasure { links_removed: usize, proof: ErasureProof },
-    Merge { from: SubjectRef, into: SubjectRef },
+    Registration {
+        identifiers: usize,
+        jurisdiction: Jurisdiction,
+    },
+    Consent {
+        purpose: Purpose,
+        channels: Vec<Channel>,
+        state: ConsentState,
+        sequence: u64,
+    },
+    Decision {
+        purpose: Purpose,
+        channel: Channel,
+        effect: Effect,
+        reasons: Vec<String>,
+        pack: PackRef,
+    },
+    RightsRequest {
+        kind: RightsKind,
+        request_id: RequestId,
+        deadline_at: i64,
+        status: RightsStatus,
+    },
+    Erasure {
+        links_removed: usize,
+        proof: ErasureProof,
+    },
+    Merge {
+        from: SubjectRef,
+        into: SubjectRef,
+    },
+    /// What left the home regions (`what`: e.g. `context.minimised`), to which region, for
+    /// which purpose, under which transfer of which pack.
+    Transfer {
+        what: &'static str,
+        to: RegionId,
+        purpose: Purpose,
+        transfer: String,
+        pack: PackRef,
+    },
 }
 
 impl AuditEvent {
@@ -284,6 +321,7 @@ impl AuditEvent {
             AuditEvent::RightsRequest { .. } => AuditKind::RightsRequest,
             AuditEvent::Erasure { .. } => AuditKind::Erasure,
             AuditEvent::Merge { .. } => AuditKind::Merge,
+            AuditEvent::Transfer { .. } => AuditKind::Transfer,
         }
     }
 
@@ -335,6 +373,18 @@ impl AuditEvent {
             AuditEvent::Merge { from, into } => {
                 put("from", from.to_string());
                 put("into", into.to_string());
+            }
+            AuditEvent::Transfer { what, to, purpose, transfer, pack } => {
+                // The transfer id comes from a loaded pack; check it is still a pack token.
+                if !is_token(transfer, false) {
+                    return Err(AuditError::InvalidField { field: "transfer" });
+                }
+                check_decision(&[], pack)?;
+                put("what", (*what).to_owned());
+                put("to", to.to_string());
+                put("purpose", purpose.as_str().to_owned());
+                put("transfer", transfer.clone());
+                put("pack", pack.to_string());
             }
         }
         Ok(d)

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use domicile_policy::{ConsentFact, DecisionInput, Effect, Period};
+use domicile_policy::{ConsentFact, DecisionInput, Effect, Period, ResidencyRefusal};
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
@@ -14,6 +14,7 @@ use domicile_types::{Channel, Jurisdiction, Link, LinkKey, Purpose, RegionId, Su
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::access::Requester;
 use crate::audit::{AuditEvent, AuditLog, DecisionEntry, RequestId, RightsKind, RightsStatus, erasure_proof};
 use crate::commit::{FlushFn, GroupCommit};
 use crate::store::{
@@ -81,6 +82,12 @@ fn store_status(e: StoreError) -> Status {
 fn audit_unavailable(e: crate::audit::AuditError) -> Status {
     tracing::error!(error = %e, "audit log append failed");
     Status::unavailable("audit log unavailable")
+}
+
+/// A request the subject's pack does not allow from the caller's region (PII-free message).
+fn residency_refused(refusal: ResidencyRefusal) -> Status {
+    tracing::info!(reason = %refusal, "refused by residency rules");
+    Status::permission_denied(refusal.to_string())
 }
 
 fn invalid(v: FieldViolation) -> Status {
@@ -301,6 +308,35 @@ impl<S: Store> NodeService<S> {
         }
     }
 
+    /// The region of the caller a request is for: this node's own for a caller of its region;
+    /// for a gateway, the region it states (`stated`, from the caller's certificate or token);
+    /// `None` when unknown (a gateway that states none, or an in-process call), which every
+    /// residency rule that depends on it treats as "outside".
+    fn caller_region<T>(&self, request: &Request<T>, stated: &str) -> Result<Option<RegionId>, Status> {
+        Ok(match Requester::of(request) {
+            Some(Requester::InRegion) => Some(self.region.clone()),
+            Some(Requester::Gateway) if !stated.is_empty() => {
+                Some(RegionId::parse(stated).map_err(|_| FieldViolation::new("caller_region", "is not a region id"))?)
+            }
+            Some(Requester::Gateway) | None => None,
+        })
+    }
+
+    /// Refuses a capture for a subject of `jurisdiction` when its pack requires in-country
+    /// collection and the caller is not of a home region. A caller of this region always is
+    /// (this node holds only subjects whose pack lists it).
+    fn check_collection(&self, jurisdiction: &Jurisdiction, caller_region: Option<&RegionId>) -> Result<(), Status> {
+        if caller_region == Some(&self.region) {
+            return Ok(());
+        }
+        let loaded = self.packs.current();
+        let pack = loaded
+            .packs
+            .get(jurisdiction)
+            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
+        pack.check_collection(caller_region).map_err(residency_refused)
+    }
+
     fn subject_ref(&self, id: SubjectId) -> SubjectRef {
         SubjectRef { region: self.region.clone(), id }
     }
@@ -474,6 +510,7 @@ const WATCH_BATCH: usize = 1024;
 #[tonic::async_trait]
 impl<S: Store> RegionalNode for NodeService<S> {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller_region = self.caller_region(&request, &request.get_ref().caller_region)?;
         let req = request.into_inner();
         let jurisdiction = convert::jurisdiction("jurisdiction", &req.jurisdiction).map_err(invalid)?;
         let identifiers = convert::identifiers("identifiers", &req.identifiers).map_err(invalid)?;
@@ -487,6 +524,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         if !pack.home_regions().contains(&self.region) {
             return Err(Status::failed_precondition("this region may not hold subjects of this jurisdiction"));
         }
+        pack.check_collection(caller_region.as_ref()).map_err(residency_refused)?;
         let linked: Vec<_> = identifiers
             .into_iter()
             .map(|id| {
@@ -520,6 +558,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
+        let caller_region = self.caller_region(&request, &request.get_ref().caller_region)?;
         let req = request.into_inner();
         let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
         let purpose = convert::purpose("purpose", &req.purpose).map_err(invalid)?;
@@ -549,7 +588,8 @@ impl<S: Store> RegionalNode for NodeService<S> {
                 double_opt_in_confirmed: e.double_opt_in_confirmed,
             },
         };
-        let subject = self.resolve(&key)?;
+        let (subject, meta) = self.resolve_meta(&key)?;
+        self.check_collection(&meta.jurisdiction, caller_region.as_ref())?;
         let (record, event) = self
             .store
             .append_consent(
@@ -731,6 +771,12 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
+        // Exports are delivered in the home region: a gateway serves callers of every region.
+        if Requester::of(&request) != Some(Requester::InRegion) {
+            return Err(Status::permission_denied(
+                "exports are delivered in the home region: call this region's node as a service of the region",
+            ));
+        }
         let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
         let (subject, meta) = self.resolve_meta(&key)?;
         let record = self
@@ -892,6 +938,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::RecordInteractionRequest>,
     ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+        let caller_region = self.caller_region(&request, &request.get_ref().caller_region)?;
         let req = request.into_inner();
         let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
         let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
@@ -907,7 +954,8 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let intent = token("intent", &req.intent, MAX_INTENT).map_err(invalid)?;
         let summary = free_text("summary", &req.summary, MAX_SUMMARY).map_err(invalid)?;
         let reference = convert::short_text("reference", &req.reference, MAX_REFERENCE).map_err(invalid)?;
-        let subject = self.resolve(&key)?;
+        let (subject, meta) = self.resolve_meta(&key)?;
+        self.check_collection(&meta.jurisdiction, caller_region.as_ref())?;
         let stored = self
             .store
             .append_interaction(
@@ -937,6 +985,8 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::GetContextRequest>,
     ) -> Result<Response<pb::ContextResponse>, Status> {
+        let requester = Requester::of(&request);
+        let caller_region = self.caller_region(&request, &request.get_ref().caller_region)?;
         let req = request.into_inner();
         let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
         let limit = match req.limit as usize {
@@ -946,20 +996,81 @@ impl<S: Store> RegionalNode for NodeService<S> {
             }
             n => n,
         };
-        let subject = self.resolve(&key)?;
+        // Full context (summaries, references, every profile field) only to callers of this
+        // region; a gateway may be serving anyone.
+        if !req.minimised && requester != Some(Requester::InRegion) {
+            return Err(Status::permission_denied(
+                "full context is served only to services of the home region: ask for the minimised form",
+            ));
+        }
+        let purpose = if req.purpose.is_empty() {
+            None
+        } else {
+            Some(convert::purpose("purpose", &req.purpose).map_err(invalid)?)
+        };
+        let (subject, meta) = self.resolve_meta(&key)?;
+        let loaded = self.packs.current();
+        let pack = loaded
+            .packs
+            .get(&meta.jurisdiction)
+            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
+        // Residency: a caller outside the home regions needs a transfer of the pack for its
+        // region and purpose (invariant 2); it is audited before anything is read.
+        let domestic = caller_region.as_ref().is_some_and(|r| *r == self.region || pack.home_regions().contains(r));
+        let transfer = if domestic {
+            None
+        } else {
+            let purpose = purpose.ok_or_else(|| {
+                FieldViolation::new("purpose", "is required when the caller is outside the subject's home regions")
+            })?;
+            let transfer = pack.check_transfer(caller_region.as_ref(), purpose).map_err(residency_refused)?;
+            // `check_transfer` never permits an unknown region.
+            if let (Some(transfer), Some(to)) = (transfer, caller_region.clone()) {
+                self.audit(
+                    AuditEvent::Transfer {
+                        what: "context.minimised",
+                        to,
+                        purpose,
+                        transfer: transfer.id.clone(),
+                        pack: pack.pack_ref(),
+                    },
+                    subject,
+                )?;
+                self.make_durable().await?;
+            }
+            transfer
+        };
+        let minimised = req.minimised || transfer.is_some();
+        let record = self
+            .store
+            .subject_record(&subject)
+            .map_err(store_status)?
+            .ok_or_else(|| store_status(StoreError::NotFound))?;
+        let profile = if minimised {
+            let named = &pack.residency().minimised_fields;
+            record.profile.into_iter().filter(|(name, _)| named.contains(name)).collect()
+        } else {
+            record.profile.into_iter().collect()
+        };
         let log = self.store.interactions(&subject).map_err(store_status)?;
         let (latest, open_intents, recent) = context_of(log, limit);
-        let minimised = req.minimised;
+        if let Some(transfer) = transfer {
+            tracing::info!(region = %self.region, transfer = %transfer.id, pack = %pack.pack_ref(), "minimised context transferred");
+        }
         Ok(Response::new(pb::ContextResponse {
             subject_ref: self.subject_ref(subject).to_string(),
             latest_by_channel: latest.iter().map(|i| Self::interaction_to_pb(i, minimised)).collect(),
             open_intents,
             recent: recent.iter().map(|i| Self::interaction_to_pb(i, minimised)).collect(),
             minimised,
+            profile,
+            transfer: transfer.map(|t| t.id.clone()).unwrap_or_default(),
+            pack: Some(common::PackRef { id: pack.id().to_owned(), version: pack.version().to_owned() }),
         }))
     }
 
     async fn rectify(&self, request: Request<pb::RectifyRequest>) -> Result<Response<pb::RectifyResponse>, Status> {
+        let caller_region = self.caller_region(&request, &request.get_ref().caller_region)?;
         let req = request.into_inner();
         let key = convert::subject_key("subject", req.subject.as_ref()).map_err(invalid)?;
         let linked = |field: &str, pbs: &[common::Identifier]| -> Result<Vec<_>, Status> {
@@ -1007,7 +1118,11 @@ impl<S: Store> RegionalNode for NodeService<S> {
         if add.is_empty() && remove.is_empty() && set_profile.is_empty() && remove_profile.is_empty() {
             return Err(FieldViolation::new("subject", "nothing to rectify: no identifier or profile change").into());
         }
-        let subject = self.resolve(&key)?;
+        let (subject, meta) = self.resolve_meta(&key)?;
+        // Adding identifiers or profile values collects personal data; removing does not.
+        if !add.is_empty() || !set_profile.is_empty() {
+            self.check_collection(&meta.jurisdiction, caller_region.as_ref())?;
+        }
         let now = now_unix();
         let change = Rectification { add, remove, set_profile, remove_profile };
         let rectified = self.store.rectify(&subject, &change, now).map_err(store_status)?;

@@ -36,7 +36,9 @@ pub use model::{
     Basis, CallingWindow, Confidence, ConsentKind, Lifetime, Localisation, Obligation, Period, Register, Rights, Rule,
     SoftCondition, Transfer,
 };
-pub use pack::{MIN_SCHEMA_VERSION, Pack, PackKind, PackRef, Residency, SCHEMA_VERSION};
+pub use pack::{
+    MIN_SCHEMA_VERSION, Pack, PackKind, PackRef, Residency, ResidencyRefusal, SCHEMA_VERSION, TransferCheck,
+};
 pub use set::{PackSet, ResidencyError};
 pub use testing::{CaseResult, TestReport, run_test_files, run_tests};
 pub use zone::Zone;

@@ -6,7 +6,7 @@ use domicile_types::{Channel, Purpose};
 use crate::diag::Sink;
 use crate::eval::{CELLS, CompiledRule, DecisionTable, MAX_RULES_PER_CELL, cell_index};
 use crate::model::{CallingWindow, Lifetime, Obligation, Register, Rights, Rule};
-use crate::pack::{Pack, PackKind, PackRef, Parsed};
+use crate::pack::{Pack, PackKind, PackRef, Parsed, Residency};
 
 /// `members[0]` is the pack being linked, then the packs it extends, nearest first. Problems are
 /// reported on `sink` (the file of `members[0]`); `None` when there were errors.
@@ -151,9 +151,20 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
             "calling windows need the subject's time zone: list `time_zones` in [pack]",
         );
     }
-    let Some(residency) = members.iter().find_map(|m| m.residency.clone()) else {
+    // Residency: home regions and localisation from the nearest pack with a `[residency]`; each
+    // optional key from the nearest pack that states it, so an overlay that only moves the home
+    // region keeps its baseline's transfers and minimised fields.
+    let stated = || members.iter().filter_map(|m| m.residency.as_ref());
+    let Some(nearest) = stated().next() else {
         sink.error(&me.pack_span, "missing key `residency` in the pack file and no extended pack defines it");
         return None;
+    };
+    let residency = Residency {
+        home_regions: nearest.home_regions.clone(),
+        localisation: nearest.localisation,
+        in_country_collection: stated().find_map(|r| r.in_country_collection).unwrap_or(false),
+        minimised_fields: stated().find_map(|r| r.minimised_fields.clone()).unwrap_or_default(),
+        transfers: stated().find_map(|r| r.transfers.clone()).unwrap_or_default(),
     };
     let mut rights = Rights::default();
     for m in members {

@@ -52,12 +52,90 @@ pub struct Residency {
     /// Allowed storage regions, in order of preference.
     pub home_regions: Vec<RegionId>,
     pub localisation: Localisation,
-    /// Identifiers must be collected in-country: the gateway must not route registration through
-    /// a region outside the home regions.
+    /// Personal data must be collected in-country: captures (registration, consent,
+    /// interactions, rectification) are accepted only from callers of a home region.
     pub in_country_collection: bool,
-    /// Context fields that may leave the home region in minimised form (e.g. `country`, `language`).
+    /// Profile fields that may leave the home region in minimised context (e.g. `country`,
+    /// `language`), where a transfer allows context to leave at all.
     pub minimised_fields: Vec<String>,
     pub transfers: Vec<Transfer>,
+}
+
+/// Whether data of a pack's subject may be served to a caller of some region (see
+/// [`Residency::transfer_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferCheck<'a> {
+    /// The caller's region is one of the home regions: nothing leaves them.
+    Domestic,
+    /// A `[[residency.transfer]]` of the pack allows it (minimised fields only).
+    Permitted(&'a Transfer),
+    /// No transfer of the pack names that region and purpose (default deny).
+    Refused,
+}
+
+impl Residency {
+    /// Whether a caller of `region` may capture personal data of the pack's subjects.
+    pub fn collection_allowed_from(&self, region: &RegionId) -> bool {
+        !self.in_country_collection || self.home_regions.contains(region)
+    }
+
+    /// Whether the pack lets its subjects' data reach a caller of `region` for `purpose`: the
+    /// first transfer whose regions (empty: any) and purposes (empty: any) both match.
+    /// Localisation does not widen this: without a matching transfer, nothing leaves.
+    pub fn transfer_to(&self, region: &RegionId, purpose: Purpose) -> TransferCheck<'_> {
+        if self.home_regions.contains(region) {
+            return TransferCheck::Domestic;
+        }
+        self.transfers
+            .iter()
+            .find(|t| {
+                (t.to.is_empty() || t.to.contains(region)) && (t.purposes.is_empty() || t.purposes.contains(&purpose))
+            })
+            .map_or(TransferCheck::Refused, TransferCheck::Permitted)
+    }
+}
+
+/// Why a pack's residency rules refuse a request. The message names the pack and regions only,
+/// so it can go to any caller and any log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResidencyRefusal {
+    /// `in_country_collection`: the caller is not of a home region (or its region is unknown).
+    Collection { pack: PackRef, caller_region: Option<RegionId> },
+    /// No `[[residency.transfer]]` lets the data reach the caller's region for the purpose.
+    Transfer { pack: PackRef, caller_region: Option<RegionId>, purpose: Purpose },
+}
+
+impl fmt::Display for ResidencyRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let region = |r: &Option<RegionId>| {
+            r.as_ref().map_or_else(|| "an unknown region".to_owned(), |r| format!("region `{r}`"))
+        };
+        match self {
+            ResidencyRefusal::Collection { pack, caller_region } => write!(
+                f,
+                "pack `{pack}` requires in-country collection: a caller of {} may not capture its subjects' data",
+                region(caller_region)
+            ),
+            ResidencyRefusal::Transfer { pack, caller_region, purpose } => write!(
+                f,
+                "pack `{pack}` lists no transfer to {} for purpose `{purpose}`: the data stays in its home region",
+                region(caller_region)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ResidencyRefusal {}
+
+/// `[residency]` as one file states it. The optional keys a file leaves out are inherited from
+/// the packs it extends (`link.rs`); `transfer = []` states "none".
+#[derive(Debug, Clone)]
+pub(crate) struct ParsedResidency {
+    pub(crate) home_regions: Vec<RegionId>,
+    pub(crate) localisation: Localisation,
+    pub(crate) in_country_collection: Option<bool>,
+    pub(crate) minimised_fields: Option<Vec<String>>,
+    pub(crate) transfers: Option<Vec<Transfer>>,
 }
 
 /// A validated, compiled pack for one jurisdiction (or a baseline), with what it inherits.
@@ -93,6 +171,33 @@ pub struct Pack {
 impl Pack {
     pub fn pack_ref(&self) -> PackRef {
         self.pack_ref.clone()
+    }
+
+    /// Whether a caller of `caller_region` (`None`: unknown) may capture personal data of this
+    /// pack's subjects (`in_country_collection`).
+    pub fn check_collection(&self, caller_region: Option<&RegionId>) -> Result<(), ResidencyRefusal> {
+        match caller_region {
+            Some(region) if self.residency.collection_allowed_from(region) => Ok(()),
+            None if !self.residency.in_country_collection => Ok(()),
+            _ => Err(ResidencyRefusal::Collection { pack: self.pack_ref(), caller_region: caller_region.cloned() }),
+        }
+    }
+
+    /// Whether this pack's subjects' data may reach a caller of `caller_region` (`None`:
+    /// unknown, never allowed) for `purpose`: `Ok(None)` for a caller of a home region,
+    /// `Ok(Some(transfer))` for the transfer that allows it.
+    pub fn check_transfer(
+        &self,
+        caller_region: Option<&RegionId>,
+        purpose: Purpose,
+    ) -> Result<Option<&Transfer>, ResidencyRefusal> {
+        let refused =
+            || ResidencyRefusal::Transfer { pack: self.pack_ref(), caller_region: caller_region.cloned(), purpose };
+        match caller_region.map(|r| self.residency.transfer_to(r, purpose)) {
+            Some(TransferCheck::Domestic) => Ok(None),
+            Some(TransferCheck::Permitted(transfer)) => Ok(Some(transfer)),
+            Some(TransferCheck::Refused) | None => Err(refused()),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -249,7 +354,7 @@ pub(crate) struct Parsed {
     pub(crate) effective_from: Option<i64>,
     pub(crate) effective_until: Option<i64>,
     pub(crate) time_zones: Vec<Zone>,
-    pub(crate) residency: Option<Residency>,
+    pub(crate) residency: Option<ParsedResidency>,
     pub(crate) rights: Rights,
     pub(crate) obligations: Vec<(Obligation, Span)>,
     pub(crate) lifetimes: Vec<(Lifetime, Span)>,
@@ -521,8 +626,20 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
             }
             l
         });
-        let in_country_collection = r.opt_bool(sink, "in_country_collection").is_some_and(|b| *b.get_ref());
-        let minimised_fields = owned_strings(sink, &r, "minimised_fields");
+        let in_country_collection = r.opt_bool(sink, "in_country_collection").map(|b| *b.get_ref());
+        let minimised_fields = r.opt_strings(sink, "minimised_fields").map(|list| {
+            let mut fields = Vec::new();
+            for item in list.get_ref() {
+                // Profile field names, as the node accepts them.
+                if item.get_ref().len() <= 64 && item.get_ref().split('.').all(is_id_segment) {
+                    fields.push((*item.get_ref()).to_owned());
+                } else {
+                    sink.error(&item.span(), "minimised fields are profile field names: `a-z`, `0-9`, `_`, `-`, dot-separated, at most 64 bytes");
+                }
+            }
+            fields
+        });
+        let transfers_given = r.get("transfer").is_some();
         let mut transfers = Vec::new();
         for (table, span) in r.tables(sink, "transfer") {
             let t = Table::new(sink, table, span, "[[residency.transfer]]", TRANSFER_KEYS);
@@ -560,8 +677,13 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
             }
         }
         if let Some(localisation) = localisation {
-            residency =
-                Some(Residency { home_regions, localisation, in_country_collection, minimised_fields, transfers });
+            residency = Some(ParsedResidency {
+                home_regions,
+                localisation,
+                in_country_collection,
+                minimised_fields,
+                transfers: transfers_given.then_some(transfers),
+            });
         }
     }
 

@@ -191,3 +191,72 @@ fn a_deliberately_broken_schema_2_pack_reports_every_problem() {
     let text = err.to_string();
     assert!(text.lines().all(|l| l.split(':').count() >= 4), "every line is path:line:column: ...\n{text}");
 }
+
+/// Residency on the real packs: an overlay that states only its home region inherits the
+/// baseline's transfers and minimised fields; transfers are default deny; RU collects in-country.
+#[test]
+fn residency_is_inherited_key_by_key_and_transfers_are_default_deny() {
+    use domicile_policy::TransferCheck;
+    use domicile_types::RegionId;
+    let set = real();
+    let pack = |j: &str| set.get(&Jurisdiction::parse(j).unwrap()).unwrap();
+    let region = |r: &str| RegionId::parse(r).unwrap();
+
+    let de = pack("DE").residency();
+    assert_eq!(de.home_regions, [region("eu-central")], "DE's own home region wins");
+    assert_eq!(de.minimised_fields, ["country", "language"], "inherited from the EU baseline");
+    assert_eq!(de.transfer_to(&region("eu-central"), Purpose::Marketing), TransferCheck::Domestic);
+    match de.transfer_to(&region("us-east"), Purpose::Service) {
+        TransferCheck::Permitted(t) => assert_eq!(t.id, "us-dpf"),
+        other => panic!("the baseline's DPF transfer applies to DE: {other:?}"),
+    }
+    assert_eq!(de.transfer_to(&region("us-east"), Purpose::Marketing), TransferCheck::Refused, "purpose not named");
+    assert_eq!(de.transfer_to(&region("sa-east"), Purpose::Service), TransferCheck::Refused, "region not named");
+
+    // BR: one transfer for any region and purpose.
+    assert!(
+        matches!(pack("BR").residency().transfer_to(&region("eu-central"), Purpose::Marketing), TransferCheck::Permitted(t) if t.id == "anpd-scc")
+    );
+    // CN is strict and lists no transfer; RU says `transfer = []` and collects in-country.
+    assert_eq!(pack("CN").residency().transfer_to(&region("us-east"), Purpose::Service), TransferCheck::Refused);
+    let ru = pack("RU").residency();
+    assert_eq!(ru.transfer_to(&region("eu-central"), Purpose::Service), TransferCheck::Refused);
+    assert!(ru.in_country_collection);
+    assert!(ru.collection_allowed_from(&region("ru-central")));
+    assert!(!ru.collection_allowed_from(&region("eu-central")));
+    assert!(pack("DE").residency().collection_allowed_from(&region("us-east")), "no in-country rule for DE");
+    // A subdivision overlay without [residency] inherits it whole.
+    assert_eq!(pack("US-CA").residency(), pack("US").residency());
+}
+
+/// `transfer = []` in an overlay drops inherited transfers; a bad minimised field is reported
+/// at its position.
+#[test]
+fn an_overlay_can_drop_inherited_transfers_and_bad_minimised_fields_are_located() {
+    use domicile_policy::TransferCheck;
+    use domicile_types::RegionId;
+    let base = PackSource::new(
+        "base/pack.toml",
+        "schema = 1\n[pack]\nid = \"base\"\nkind = \"baseline\"\nversion = \"1\"\ntitle = \"b\"\n\
+         [residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\nminimised_fields = [\"country\"]\n\
+         [[residency.transfer]]\nid = \"any\"\ncondition = \"c\"\ncite = \"c\"\n",
+    );
+    let overlay = |extra: &str| {
+        PackSource::new(
+            "xx/pack.toml",
+            format!(
+                "schema = 1\n[pack]\nid = \"xx\"\njurisdiction = \"DE\"\nversion = \"1\"\ntitle = \"x\"\nextends = \"base\"\n\
+                 [residency]\nhome_regions = [\"eu-west\"]\nlocalisation = \"none\"\n{extra}"
+            ),
+        )
+    };
+    let (set, _) = PackSet::compile(&[base.clone(), overlay("transfer = []\n")]).unwrap();
+    let r = set.get(&Jurisdiction::parse("DE").unwrap()).unwrap().residency().clone();
+    assert_eq!(r.minimised_fields, ["country"]);
+    assert_eq!(r.transfer_to(&RegionId::parse("us-east").unwrap(), Purpose::Service), TransferCheck::Refused);
+
+    let errors = PackSet::compile(&[base, overlay("minimised_fields = [\"Country Name\"]\n")]).unwrap_err();
+    let error = errors.errors().next().expect("one error");
+    assert_eq!((error.path.as_str(), error.line), ("xx/pack.toml", 11), "{error}");
+    assert!(error.message.contains("profile field names"), "{error}");
+}

@@ -1,10 +1,12 @@
 //! Proof that nothing personal crosses a border: every byte between a gateway and each region's
 //! node is recorded after TLS decryption (a TLS-terminating proxy per region, see
 //! `RecordingProxy`), while subjects of three regions are registered, consent is captured,
-//! decisions (unary and batch) are taken, history is read, change events are watched and a
-//! subject is erased. No seeded identifier, in the form given or normalised, may appear in the
-//! traffic with any node other than its home region's, and (to prove the recorder sees plain
-//! bytes) each does appear in its home region's traffic, carried by registration.
+//! decisions (unary and batch) are taken, history is read, profiles are rectified, interactions
+//! recorded, context is read from callers of other regions (under the packs' transfers),
+//! processing is restricted, change events are watched and a subject is erased. No seeded
+//! identifier (in the form given or normalised), profile value or interaction summary may appear
+//! in the traffic with any node other than its home region's, and (to prove the recorder sees
+//! plain bytes) each does appear in its home region's traffic.
 
 #![allow(
     clippy::expect_used,
@@ -19,6 +21,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::select as selector;
 use domicile_cluster_tests::{TestCluster, region};
+use domicile_runtime::identity::Scope;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
 const REGIONS: &[&str] = &["eu-central", "us-east", "sa-east"];
@@ -28,6 +31,10 @@ struct Seed {
     home: &'static str,
     /// (kind, value as given, normalised forms and fragments that must not cross)
     identifiers: &'static [(&'static str, &'static str, &'static [&'static str])],
+    /// A profile value (field `tier`, which no pack lets leave) and an interaction summary.
+    personal: [&'static str; 2],
+    /// A caller region outside the home region whose context request the pack allows.
+    reader: &'static str,
 }
 
 const SEEDS: &[Seed] = &[
@@ -42,6 +49,8 @@ const SEEDS: &[Seed] = &[
             ),
             ("phone", "+49 151 2468 1357", &["+4915124681357", "15124681357", "2468 1357"]),
         ],
+        personal: ["Tier-Greta-Probe-Gold", "Greta asked about invoice DE-55810"],
+        reader: "us-east",
     },
     Seed {
         jurisdiction: "US",
@@ -50,11 +59,15 @@ const SEEDS: &[Seed] = &[
             ("email", "hank.wiretap-probe@example.com", &["hank.wiretap-probe", "wiretap-probe"]),
             ("crm_account", "CRM-US-99173", &["CRM-US-99173", "crm-us-99173", "99173"]),
         ],
+        personal: ["Tier-Hank-Probe-Silver", "Hank disputed order US-31337"],
+        reader: "sa-east",
     },
     Seed {
         jurisdiction: "BR",
         home: "sa-east",
         identifiers: &[("email", "joana.sniffer-probe@example.com.br", &["joana.sniffer-probe", "sniffer-probe"])],
+        personal: ["Tier-Joana-Probe-Bronze", "Joana queixou-se do pedido BR-27182"],
+        reader: "eu-central",
     },
 ];
 
@@ -68,6 +81,12 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
     let endpoints: Vec<_> = proxies.iter().map(|(r, p)| (region(r), p.addr)).collect();
     let gateway = cluster.start_gateway("recorded", &endpoints).await.expect("recorded gateway starts");
     let mut client = cluster.gateway_at(gateway.addr).await.unwrap();
+    let scopes = [Scope::Context, Scope::Decide];
+    let mut readers = std::collections::HashMap::new();
+    for r in REGIONS {
+        let tls = cluster.issue_caller(&format!("reader-{r}"), r, &scopes).unwrap();
+        readers.insert(*r, cluster.gateway_at_as(gateway.addr, &tls).await.unwrap());
+    }
     let mut watch = client.watch(gw::WatchRequest::default()).await.unwrap().into_inner();
 
     for seed in SEEDS {
@@ -117,6 +136,51 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
                 .await
                 .expect("history");
         }
+        // Rights and context: profile and interaction content stay home; a reader of another
+        // region gets the minimised context under the pack's transfer.
+        let (kind, value, _) = seed.identifiers[0];
+        let [tier, summary] = seed.personal;
+        client
+            .rectify(gw::RectifyRequest {
+                subject: selector(kind, value),
+                set_profile: [("tier".to_owned(), tier.to_owned()), ("language".to_owned(), "xx".to_owned())].into(),
+                ..Default::default()
+            })
+            .await
+            .expect("rectify");
+        client
+            .record_interaction(gw::RecordInteractionRequest {
+                subject: selector(kind, value),
+                channel: "chat".into(),
+                kind: "message".into(),
+                intent: "order.dispute".into(),
+                summary: summary.into(),
+                reference: format!("ref-{tier}"),
+                open: true,
+                ..Default::default()
+            })
+            .await
+            .expect("interaction");
+        let reader = readers.get_mut(seed.reader).unwrap();
+        let context = reader
+            .get_context(gw::GetContextRequest {
+                subject: selector(kind, value),
+                purpose: "service".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("context under a transfer")
+            .into_inner();
+        assert!(!context.transfer.is_empty(), "served under a named transfer");
+        assert_eq!(context.open_intents, ["order.dispute"]);
+        client
+            .restrict(gw::RestrictRequest { subject: selector(kind, value), restricted: true })
+            .await
+            .expect("restrict");
+        client
+            .restrict(gw::RestrictRequest { subject: selector(kind, value), restricted: false })
+            .await
+            .expect("lift restriction");
     }
     // A batch over every identifier of every region.
     let items: Vec<gw::DecideStreamItem> = SEEDS
@@ -145,8 +209,9 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
     client.erase(gw::EraseRequest { subject: selector("crm_account", "CRM-US-99173") }).await.expect("erase");
 
     for seed in SEEDS {
-        for (_, value, fragments) in seed.identifiers {
-            for needle in std::iter::once(value).chain(fragments.iter()) {
+        let personal = seed.personal.iter().map(|p| ("", *p, &[][..]));
+        for (_, value, fragments) in seed.identifiers.iter().copied().chain(personal) {
+            for needle in std::iter::once(&value).chain(fragments.iter()) {
                 for (proxy_region, proxy) in &proxies {
                     let recording = proxy.recording();
                     assert!(!recording.to_node.is_empty(), "traffic with {proxy_region} was recorded");
@@ -169,5 +234,8 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
             std::iter::once(&value).chain(fragments.iter()).any(|n| recording.contains(n.as_bytes())),
             "registration reaches the home region in the clear"
         );
+        for p in seed.personal {
+            assert!(recording.contains(p.as_bytes()), "captures reach the home region in the clear");
+        }
     }
 }

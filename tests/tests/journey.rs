@@ -141,7 +141,7 @@ async fn web_to_chat_to_phone_honours_the_withdrawal_and_hands_off_the_context()
 
     // The agent's context (through the gateway, minimised) shows the chat and its open intent.
     let context = client
-        .get_context(gw::GetContextRequest { subject: by("phone", PHONE), limit: 0 })
+        .get_context(gw::GetContextRequest { subject: by("phone", PHONE), ..Default::default() })
         .await
         .expect("context")
         .into_inner();
@@ -167,7 +167,7 @@ async fn web_to_chat_to_phone_honours_the_withdrawal_and_hands_off_the_context()
                 key: Some(common::subject_key::Key::SubjectRef(web.subject_ref.clone())),
             }),
             limit: 10,
-            minimised: false,
+            ..Default::default()
         })
         .await
         .expect("in-region context")

@@ -112,8 +112,11 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
     assert_eq!(d.effect, common::Effect::Deny as i32, "an older grant never overrides a withdrawal: {d:?}");
     let history = client.consent_history(gw::ConsentHistoryRequest { subject: by("email", email) }).await.unwrap();
     assert_eq!(history.into_inner().entries.len(), 2, "both ledgers are kept");
-    let context =
-        client.get_context(gw::GetContextRequest { subject: by("email", email), limit: 0 }).await.unwrap().into_inner();
+    let context = client
+        .get_context(gw::GetContextRequest { subject: by("email", email), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(context.open_intents, ["contract.cancel"]);
     let resolved =
         client.resolve(gw::ResolveRequest { identifier: Some(identifier("phone", phone)) }).await.unwrap().into_inner();

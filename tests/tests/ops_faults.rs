@@ -303,6 +303,7 @@ async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_an
         .register(node::RegisterRequest {
             jurisdiction: "BR".into(),
             identifiers: newcomer_ids.iter().map(|(k, v)| identifier(k, v)).collect(),
+            ..Default::default()
         })
         .await
         .unwrap()

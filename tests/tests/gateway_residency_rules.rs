@@ -1,0 +1,225 @@
+//! Residency rules on every flow, end to end on real processes (issue: gateway residency):
+//! - in-country collection: RU's pack requires it, so captures of RU subjects by callers of
+//!   another region are refused and store nothing, while decisions still cross;
+//! - context: a caller outside the subject's home region gets the minimised context only under
+//!   a `[[residency.transfer]]` of the subject's pack for its region and purpose (DE → us-east
+//!   for service via the EU baseline's DPF transfer; BR to anyone), else PERMISSION_DENIED; a
+//!   served transfer is audited in the home region;
+//! - exports and full context are served only to callers of the home region, never to a
+//!   gateway.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
+use domicile_cluster_tests::pb::node::v1 as node;
+use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_cluster_tests::{TestCluster, channel, node_ref, region, select, select_ref};
+use domicile_runtime::identity::Scope;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+const REGIONS: &[&str] = &["eu-central", "us-east", "sa-east", "ru-central"];
+const SCOPES: &[Scope] = &[Scope::Decide, Scope::Capture, Scope::Context, Scope::Rights];
+
+const RU_EMAIL: &str = "ivan.residency-probe@example.ru";
+const DE_EMAIL: &str = "lena.residency-probe@example.de";
+const BR_EMAIL: &str = "caio.residency-probe@example.com.br";
+/// A profile field the packs never name as minimised: it must never leave the home region.
+const SECRET_TIER: &str = "Platinum-Residency-Probe";
+
+async fn agent(cluster: &TestCluster, region_id: &str) -> DomicileClient<Channel> {
+    let tls = cluster.issue_caller(&format!("agent-{region_id}"), region_id, SCOPES).unwrap();
+    cluster.gateway_as(&tls).await.unwrap()
+}
+
+fn register(jurisdiction: &str, email: &str) -> gw::RegisterRequest {
+    gw::RegisterRequest {
+        jurisdiction: jurisdiction.into(),
+        identifiers: vec![common::Identifier { kind: "email".into(), value: email.into() }],
+    }
+}
+
+fn grant(subject_ref: &str) -> gw::RecordConsentRequest {
+    gw::RecordConsentRequest {
+        subject: select_ref(subject_ref),
+        purpose: "marketing".into(),
+        channels: vec!["email".into()],
+        action: common::ConsentAction::Grant as i32,
+        evidence: Some(common::Evidence { notice_version: "n1".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn interaction(subject_ref: &str, summary: &str) -> gw::RecordInteractionRequest {
+    gw::RecordInteractionRequest {
+        subject: select_ref(subject_ref),
+        channel: "chat".into(),
+        kind: "message".into(),
+        intent: "billing.dispute".into(),
+        summary: summary.into(),
+        open: true,
+        ..Default::default()
+    }
+}
+
+fn context(subject_ref: &str, purpose: &str) -> gw::GetContextRequest {
+    gw::GetContextRequest { subject: select_ref(subject_ref), purpose: purpose.into(), ..Default::default() }
+}
+
+fn assert_refused(status: &tonic::Status, code: Code, needles: &[&str]) {
+    assert_eq!(status.code(), code, "{status:?}");
+    for needle in needles {
+        assert!(status.message().contains(needle), "`{needle}` in {:?}", status.message());
+    }
+    for value in [RU_EMAIL, DE_EMAIL, BR_EMAIL, SECRET_TIER] {
+        assert!(!status.message().contains(value), "the status echoes no personal data");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_context_and_exports_follow_the_subjects_pack() {
+    let mut cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let (mut eu, mut us, mut sa, mut ru) = (
+        agent(&cluster, "eu-central").await,
+        agent(&cluster, "us-east").await,
+        agent(&cluster, "sa-east").await,
+        agent(&cluster, "ru-central").await,
+    );
+
+    // --- In-country collection (RU) --------------------------------------------------------
+    let refused = eu.register(register("RU", RU_EMAIL)).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["ru@", "in-country collection", "eu-central"]);
+    let unknown = eu
+        .resolve(gw::ResolveRequest {
+            identifier: Some(common::Identifier { kind: "email".into(), value: RU_EMAIL.into() }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "the refused registration stored nothing");
+
+    let ivan = ru.register(register("RU", RU_EMAIL)).await.expect("an in-country caller registers").into_inner();
+    assert_eq!(ivan.home_region, "ru-central");
+    let refused = eu.record_consent(grant(&ivan.subject_ref)).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["ru@", "in-country collection"]);
+    let refused = us.record_interaction(interaction(&ivan.subject_ref, "from abroad")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["ru@", "us-east"]);
+    let refused = eu
+        .rectify(gw::RectifyRequest {
+            subject: select_ref(&ivan.subject_ref),
+            set_profile: [("tier".to_owned(), SECRET_TIER.to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["ru@"]);
+    let history = ru
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&ivan.subject_ref) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(history.entries.is_empty(), "the refused capture wrote nothing");
+    ru.record_consent(grant(&ivan.subject_ref)).await.expect("an in-country caller captures consent");
+    // Decisions are not collection: they cross, and reflect the in-country capture.
+    let decision = eu
+        .decide(gw::DecideRequest {
+            subject: select("email", RU_EMAIL),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            at: None,
+        })
+        .await
+        .expect("decisions cross")
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(decision.effect, common::Effect::Allow as i32);
+    // RU lists no transfer: its context stays home.
+    let refused = eu.get_context(context(&ivan.subject_ref, "service")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["ru@", "no transfer", "eu-central"]);
+    ru.get_context(context(&ivan.subject_ref, "")).await.expect("in-country context");
+
+    // --- Context under the DE pack (EU baseline: DPF transfer to us-east for service) -------
+    let lena = eu.register(register("DE", DE_EMAIL)).await.unwrap().into_inner();
+    eu.rectify(gw::RectifyRequest {
+        subject: select_ref(&lena.subject_ref),
+        set_profile: [
+            ("country".to_owned(), "DE".to_owned()),
+            ("language".to_owned(), "de".to_owned()),
+            ("tier".to_owned(), SECRET_TIER.to_owned()),
+        ]
+        .into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eu.record_interaction(interaction(&lena.subject_ref, "asked about invoice 4711")).await.unwrap();
+
+    let home = eu.get_context(context(&lena.subject_ref, "")).await.expect("home-region context").into_inner();
+    assert!(home.minimised && home.transfer.is_empty());
+    assert_eq!(home.pack.as_ref().map(|p| p.id.as_str()), Some("de"));
+    let minimised_profile = [("country".to_owned(), "DE".to_owned()), ("language".to_owned(), "de".to_owned())].into();
+    assert_eq!(home.profile, minimised_profile, "only the pack's minimised fields, even at home, via the gateway");
+
+    let missing = us.get_context(context(&lena.subject_ref, "")).await.unwrap_err();
+    assert_refused(&missing, Code::InvalidArgument, &["purpose"]);
+    let abroad = us.get_context(context(&lena.subject_ref, "service")).await.expect("DPF transfer").into_inner();
+    assert_eq!(abroad.transfer, "us-dpf");
+    assert!(abroad.minimised);
+    assert_eq!(abroad.profile, minimised_profile);
+    assert_eq!(abroad.open_intents, ["billing.dispute"]);
+    for i in abroad.recent.iter().chain(&abroad.latest_by_channel) {
+        assert!(i.summary.is_empty() && i.reference.is_empty(), "no interaction content crosses");
+    }
+    let refused = us.get_context(context(&lena.subject_ref, "marketing")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["de@", "us-east", "marketing"]);
+    let refused = sa.get_context(context(&lena.subject_ref, "service")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east"]);
+
+    // BR: the ANPD clauses allow any region and purpose.
+    let caio = sa.register(register("BR", BR_EMAIL)).await.unwrap().into_inner();
+    let br = us.get_context(context(&caio.subject_ref, "marketing")).await.expect("ANPD transfer").into_inner();
+    assert_eq!(br.transfer, "anpd-scc");
+
+    // --- Exports and full context: home region only, never through a gateway ---------------
+    let eu_region = region("eu-central");
+    let addr = cluster.cluster.node_addr(&eu_region).unwrap().to_string();
+    let gateway_tls = cluster.pki().unwrap().gateway().unwrap();
+    let mut as_gateway =
+        RegionalNodeClient::new(channel(&addr, &gateway_tls, &eu_region.node_server_name()).await.unwrap());
+    let export = node::ExportRequest { subject: node_ref(&lena.subject_ref) };
+    let refused = as_gateway.export(export.clone()).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["home region"]);
+    let full = node::GetContextRequest { subject: node_ref(&lena.subject_ref), ..Default::default() };
+    let refused = as_gateway.get_context(full.clone()).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["home region"]);
+    let us_tls = cluster.issue_caller("us-exporter", "us-east", &Scope::ALL).unwrap();
+    let mut foreign = RegionalNodeClient::new(channel(&addr, &us_tls, &eu_region.node_server_name()).await.unwrap());
+    let refused = foreign.export(export.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "a caller of another region: {refused:?}");
+    let mut local = cluster.node(&eu_region).await.unwrap();
+    let document = local.export(export).await.expect("in-region export").into_inner().document;
+    assert!(String::from_utf8_lossy(&document).contains(SECRET_TIER), "the export is complete, in the region");
+    let full = local.get_context(full).await.expect("in-region full context").into_inner();
+    assert!(!full.minimised);
+    assert_eq!(full.profile.get("tier").map(String::as_str), Some(SECRET_TIER));
+
+    // The transfer is audited in the home region, and the log still verifies.
+    cluster.stop().await;
+    let data = cluster.dir().join("data/eu-central");
+    let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    let transfers: Vec<&str> = log.lines().filter(|l| l.contains("\"kind\":\"transfer\"")).collect();
+    assert_eq!(transfers.len(), 1, "one served transfer, refusals move nothing");
+    for field in ["\"transfer\":\"us-dpf\"", "\"to\":\"us-east\"", "\"purpose\":\"service\"", "\"pack\":\"de@"] {
+        assert!(transfers[0].contains(field), "{field} in {}", transfers[0]);
+    }
+    let verify = std::process::Command::new(BIN).args(["audit", "verify"]).arg(&data).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
