@@ -64,12 +64,6 @@ pub(crate) fn region_unavailable(region: &RegionId) -> Status {
     Status::unavailable(format!("home region `{region}` is unavailable"))
 }
 
-/// A request the subject's pack does not allow from the caller's region.
-pub(crate) fn residency_refused(refusal: domicile_policy::ResidencyRefusal) -> Status {
-    tracing::info!(reason = %refusal, "refused by residency rules");
-    Status::permission_denied(refusal.to_string())
-}
-
 /// A region this gateway was not configured with.
 pub(crate) fn unknown_region(region: &RegionId) -> Status {
     Status::failed_precondition(format!("region `{region}` is not part of this deployment"))
@@ -141,14 +135,24 @@ impl GatewayService {
         let selector = selector
             .and_then(|s| s.selector.as_ref())
             .ok_or_else(|| FieldViolation::new(field, "an identifier, a link or a subject ref is required"))?;
+        // Field paths for errors; spelled out for the common `subject` so the batch path does not
+        // format one per item.
+        let path = |leaf: &'static str| -> std::borrow::Cow<'static, str> {
+            match (field, leaf) {
+                ("subject", "identifier") => "subject.identifier".into(),
+                ("subject", "link") => "subject.link".into(),
+                ("subject", "subject_ref") => "subject.subject_ref".into(),
+                _ => format!("{field}.{leaf}").into(),
+            }
+        };
         let subject = match selector {
             Selector::Identifier(id) => {
-                let identifier = convert::identifier(&format!("{field}.identifier"), Some(id)).map_err(invalid)?;
+                let identifier = convert::identifier(&path("identifier"), Some(id)).map_err(invalid)?;
                 self.lookup(&self.link_key.link(&identifier))?
             }
-            Selector::Link(text) => self.lookup(&convert::link(&format!("{field}.link"), text).map_err(invalid)?)?,
+            Selector::Link(text) => self.lookup(&convert::link(&path("link"), text).map_err(invalid)?)?,
             Selector::SubjectRef(text) => {
-                let subject = convert::subject_ref(&format!("{field}.subject_ref"), text).map_err(invalid)?;
+                let subject = convert::subject_ref(&path("subject_ref"), text).map_err(invalid)?;
                 if !self.channels.contains_key(&subject.region) {
                     return Err(Status::not_found("subject ref names a region this deployment does not have"));
                 }
@@ -193,7 +197,7 @@ impl Domicile for GatewayService {
             })?;
             // In-country collection is refused here, before any identifier is sent anywhere.
             if let Some(pack) = loaded.packs.get(&jurisdiction) {
-                pack.check_collection(Some(&caller.region)).map_err(residency_refused)?;
+                pack.check_collection(Some(&caller.region)).map_err(convert::residency_refused)?;
             }
             home
         };

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use domicile_policy::{ConsentFact, DecisionInput, Effect, Period, ResidencyRefusal};
+use domicile_policy::{ConsentFact, DecisionInput, Effect, Period};
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
@@ -82,12 +82,6 @@ fn store_status(e: StoreError) -> Status {
 fn audit_unavailable(e: crate::audit::AuditError) -> Status {
     tracing::error!(error = %e, "audit log append failed");
     Status::unavailable("audit log unavailable")
-}
-
-/// A request the subject's pack does not allow from the caller's region (PII-free message).
-fn residency_refused(refusal: ResidencyRefusal) -> Status {
-    tracing::info!(reason = %refusal, "refused by residency rules");
-    Status::permission_denied(refusal.to_string())
 }
 
 fn invalid(v: FieldViolation) -> Status {
@@ -334,7 +328,7 @@ impl<S: Store> NodeService<S> {
             .packs
             .get(jurisdiction)
             .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
-        pack.check_collection(caller_region).map_err(residency_refused)
+        pack.check_collection(caller_region).map_err(convert::residency_refused)
     }
 
     fn subject_ref(&self, id: SubjectId) -> SubjectRef {
@@ -524,7 +518,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         if !pack.home_regions().contains(&self.region) {
             return Err(Status::failed_precondition("this region may not hold subjects of this jurisdiction"));
         }
-        pack.check_collection(caller_region.as_ref()).map_err(residency_refused)?;
+        pack.check_collection(caller_region.as_ref()).map_err(convert::residency_refused)?;
         let linked: Vec<_> = identifiers
             .into_iter()
             .map(|id| {
@@ -1023,7 +1017,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
             let purpose = purpose.ok_or_else(|| {
                 FieldViolation::new("purpose", "is required when the caller is outside the subject's home regions")
             })?;
-            let transfer = pack.check_transfer(caller_region.as_ref(), purpose).map_err(residency_refused)?;
+            let transfer = pack.check_transfer(caller_region.as_ref(), purpose).map_err(convert::residency_refused)?;
             // `check_transfer` never permits an unknown region.
             if let (Some(transfer), Some(to)) = (transfer, caller_region.clone()) {
                 self.audit(

@@ -34,6 +34,12 @@ impl fmt::Display for FieldViolation {
 
 impl std::error::Error for FieldViolation {}
 
+/// A request the subject's pack does not allow from the caller's region. The refusal names the
+/// pack and regions only, so it is safe for any caller.
+pub fn residency_refused(refusal: domicile_policy::ResidencyRefusal) -> tonic::Status {
+    tonic::Status::permission_denied(refusal.to_string())
+}
+
 impl From<FieldViolation> for tonic::Status {
     fn from(v: FieldViolation) -> Self {
         tonic::Status::invalid_argument(v.to_string())
