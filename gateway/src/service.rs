@@ -458,6 +458,14 @@ impl Domicile for GatewayService {
             i.reference.clear();
             i
         };
+        // The same defence for the profile: only fields the named pack lets minimised context
+        // carry (none if this gateway does not know the pack).
+        let mut profile = reply.profile;
+        {
+            let loaded = self.packs.current();
+            let allowed = reply.pack.as_ref().and_then(|p| loaded.packs.get_by_id(&p.id));
+            profile.retain(|name, _| allowed.is_some_and(|p| p.residency().minimised_fields.contains(name)));
+        }
         Ok(Response::new(pb::GetContextResponse {
             subject_ref: reply.subject_ref,
             latest_by_channel: reply.latest_by_channel.into_iter().map(strip).collect(),
@@ -465,7 +473,7 @@ impl Domicile for GatewayService {
             recent: reply.recent.into_iter().map(strip).collect(),
             minimised: true,
             home_region: region.to_string(),
-            profile: reply.profile,
+            profile,
             transfer: reply.transfer,
             pack: reply.pack,
         }))

@@ -451,7 +451,7 @@ impl<S: Store> NodeService<S> {
                 Effect::Deny => common::Effect::Deny,
             } as i32,
             reasons: decision.reasons,
-            pack: Some(common::PackRef { id: decision.pack.id, version: decision.pack.version }),
+            pack: Some(convert::pack_ref_to_pb(decision.pack)),
             obligations: decision
                 .obligations
                 .into_iter()
@@ -738,14 +738,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
             region: self.region.to_string(),
             packs_content_hash: loaded.content_hash.clone(),
             packs_reload_error: self.packs.last_error().unwrap_or_default(),
-            packs: loaded
-                .packs
-                .packs()
-                .map(|p| {
-                    let r = p.pack_ref();
-                    common::PackRef { id: r.id, version: r.version }
-                })
-                .collect(),
+            packs: loaded.packs.packs().map(|p| convert::pack_ref_to_pb(p.pack_ref())).collect(),
             subjects,
             links,
         }))
@@ -1059,7 +1052,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
             minimised,
             profile,
             transfer: transfer.map(|t| t.id.clone()).unwrap_or_default(),
-            pack: Some(common::PackRef { id: pack.id().to_owned(), version: pack.version().to_owned() }),
+            pack: Some(convert::pack_ref_to_pb(pack.pack_ref())),
         }))
     }
 

@@ -34,6 +34,10 @@ impl fmt::Display for FieldViolation {
 
 impl std::error::Error for FieldViolation {}
 
+pub fn pack_ref_to_pb(pack: domicile_policy::PackRef) -> common::PackRef {
+    common::PackRef { id: pack.id, version: pack.version }
+}
+
 /// A request the subject's pack does not allow from the caller's region. The refusal names the
 /// pack and regions only, so it is safe for any caller.
 pub fn residency_refused(refusal: domicile_policy::ResidencyRefusal) -> tonic::Status {
