@@ -379,7 +379,7 @@ impl AuditEvent {
                 if !is_token(transfer, false) {
                     return Err(AuditError::InvalidField { field: "transfer" });
                 }
-                check_decision(&[], pack)?;
+                check_pack(pack)?;
                 put("what", (*what).to_owned());
                 put("to", to.to_string());
                 put("purpose", purpose.as_str().to_owned());
@@ -512,6 +512,10 @@ fn check_decision(reasons: &[String], pack: &PackRef) -> Result<(), AuditError> 
     if !reasons.iter().all(|r| is_token(r, false)) {
         return Err(AuditError::InvalidField { field: "reasons" });
     }
+    check_pack(pack)
+}
+
+fn check_pack(pack: &PackRef) -> Result<(), AuditError> {
     if !is_token(&pack.id, false) || !is_token(&pack.version, true) {
         return Err(AuditError::InvalidField { field: "pack" });
     }
