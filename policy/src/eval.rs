@@ -194,9 +194,7 @@ impl Verdict<'_> {
     /// The rules that are reasons for this verdict, in the pack's order (most specific first).
     pub fn reasons<'a>(&'a self, pack: &'a Pack) -> impl Iterator<Item = &'a Rule> + 'a {
         let (start, len) = pack.table().cell(self.cell);
-        (0..len).filter(move |k| self.mask & (1 << k) != 0).filter_map(move |k| {
-            pack.table().entries.get(start + k).and_then(|&i| pack.effective_rules().get(usize::from(i)))
-        })
+        deciding_rules(pack, pack.table().entries.get(start..start + len).unwrap_or(&[]), self.mask)
     }
 }
 
@@ -227,6 +225,7 @@ pub(crate) struct DecisionTable {
     effective: (Option<i64>, Option<i64>),
     default_reason: String,
     not_in_effect_reason: String,
+    restricted_reason: String,
     default_explanations: Box<[String]>,
 }
 
@@ -278,6 +277,7 @@ impl DecisionTable {
             effective,
             default_reason: format!("{}.default-deny", pack.id),
             not_in_effect_reason: format!("{}.not-in-effect", pack.id),
+            restricted_reason: format!("{}.restricted", pack.id),
             default_explanations,
         }
     }
@@ -288,6 +288,10 @@ impl DecisionTable {
 
     pub(crate) fn not_in_effect_reason(&self) -> &str {
         &self.not_in_effect_reason
+    }
+
+    pub(crate) fn restricted_reason(&self) -> &str {
+        &self.restricted_reason
     }
 
     pub(crate) fn cell(&self, cell: usize) -> (usize, usize) {
@@ -487,73 +491,170 @@ impl Pack {
 
     /// Decides one purpose × channel for one subject at one instant. Pure and O(1).
     pub fn decide(&self, input: &DecisionInput) -> Decision {
-        self.build_decision(&self.evaluate(input), input.subject_time_zone.as_ref())
+        self.decision_parts(&self.evaluate(input), input.subject_time_zone.as_ref()).to_decision()
     }
 
     /// Builds the owned [`Decision`] for a verdict of this pack (window times in the pack's zone).
     pub fn decision(&self, verdict: &Verdict<'_>) -> Decision {
-        self.build_decision(verdict, None)
+        self.decision_parts(verdict, None).to_decision()
     }
 
-    fn build_decision(&self, verdict: &Verdict<'_>, zone: Option<&Zone>) -> Decision {
+    /// The decision of a verdict of this pack borrowed from the pack: what [`Pack::decide`]
+    /// returns, without allocating it. `zone` is the subject's, for the text of a calling window.
+    pub fn decision_parts<'p>(&'p self, verdict: &Verdict<'p>, zone: Option<&Zone>) -> DecisionParts<'p> {
         let table = self.table();
-        let mut reasons = Vec::with_capacity(verdict.mask.count_ones().max(1) as usize);
-        let mut obligations: Vec<Obligation> = Vec::new();
-        let explanation = if verdict.rule.is_none() {
-            let (reason, text) = match verdict.outcome {
-                Outcome::NotInEffect => (table.not_in_effect_reason(), table.default_explanations.get(1)),
-                _ => (table.default_reason(), table.default_explanations.first()),
+        let fixed = |reason: &'p str, explanation: Option<&'p String>| DecisionParts {
+            effect: verdict.effect,
+            pack: &self.pack_ref,
+            valid_until_unix: verdict.valid_until_unix,
+            explanation: explanation.map_or("", String::as_str),
+            window: None,
+            reasons: Reasons::Fixed(reason),
+        };
+        if verdict.rule.is_none() {
+            return match verdict.outcome {
+                Outcome::NotInEffect => fixed(table.not_in_effect_reason(), table.default_explanations.get(1)),
+                _ => fixed(table.default_reason(), table.default_explanations.first()),
             };
-            reasons.push(reason.to_owned());
-            text.cloned().unwrap_or_default()
-        } else {
-            let (start, len) = table.cell(verdict.cell);
-            for k in (0..len).filter(|k| verdict.mask & (1 << k) != 0) {
-                let Some(index) = table.entries.get(start + k).map(|&i| usize::from(i)) else { continue };
-                if let Some(rule) = self.effective_rules.get(index) {
-                    reasons.push(rule.id.clone());
+        }
+        let window = (verdict.window_mask != 0).then(|| {
+            let zone = zone.or_else(|| table.zones().first());
+            let when = match (verdict.valid_until_unix, zone) {
+                (Some(t), Some(z)) => {
+                    format!("contact may happen from {} ({})", z.describe(t), crate::time::format_rfc3339(t))
                 }
-                if verdict.effect == Effect::Allow
-                    && let Some(compiled) = table.compiled.get(index)
-                {
-                    for o in &compiled.obligations {
-                        if !obligations.iter().any(|x| x.id == o.id) {
-                            obligations.push(o.clone());
-                        }
-                    }
-                }
-            }
-            let mut text = table
-                .explanations
-                .get(verdict.position * Outcome::COUNT + verdict.outcome as usize)
-                .cloned()
-                .unwrap_or_default();
-            if verdict.window_mask != 0 {
-                let zone = zone.or_else(|| table.zones().first());
-                let when = match (verdict.valid_until_unix, zone) {
-                    (Some(t), Some(z)) => {
-                        format!("contact may happen from {} ({})", z.describe(t), crate::time::format_rfc3339(t))
-                    }
-                    (Some(t), None) => format!("contact may happen from {}", crate::time::format_rfc3339(t)),
-                    (None, _) => "no calling window opens within the next week".to_owned(),
-                };
-                text.push_str(&format!("; {when}"));
-                obligations.push(Obligation {
+                (Some(t), None) => format!("contact may happen from {}", crate::time::format_rfc3339(t)),
+                (None, _) => "no calling window opens within the next week".to_owned(),
+            };
+            Box::new(WindowNote {
+                explanation: format!("; {when}"),
+                obligation: Obligation {
                     id: CALLING_WINDOW.to_owned(),
                     text: format!("outside the calling window; {when}"),
-                });
-            }
-            text
-        };
-        Decision {
+                },
+            })
+        });
+        let (start, len) = table.cell(verdict.cell);
+        DecisionParts {
             effect: verdict.effect,
-            reasons,
-            pack: self.pack_ref(),
-            obligations,
-            explanation,
+            pack: &self.pack_ref,
             valid_until_unix: verdict.valid_until_unix,
+            explanation: table
+                .explanations
+                .get(verdict.position * Outcome::COUNT + verdict.outcome as usize)
+                .map_or("", String::as_str),
+            window,
+            reasons: Reasons::Rules {
+                pack: self,
+                entries: table.entries.get(start..start + len).unwrap_or(&[]),
+                mask: verdict.mask,
+            },
         }
     }
+
+    /// The decision for a subject who restricted processing (right to restriction): a deny
+    /// whatever consent says, by the pack's `<pack-id>.restricted` reason.
+    pub fn restricted_parts(&self) -> DecisionParts<'_> {
+        DecisionParts {
+            effect: Effect::Deny,
+            pack: &self.pack_ref,
+            valid_until_unix: None,
+            explanation: RESTRICTED_EXPLANATION,
+            window: None,
+            reasons: Reasons::Fixed(self.table().restricted_reason()),
+        }
+    }
+}
+
+const RESTRICTED_EXPLANATION: &str = "processing restricted at the subject's request (right to restriction)";
+
+/// A decision borrowed from its pack: the content of a [`Decision`] without the allocations
+/// (only a deny outside a calling window owns the text saying when contact may happen). The
+/// node encodes and audits decisions from this; [`DecisionParts::to_decision`] is the owned form.
+#[derive(Debug, Clone)]
+pub struct DecisionParts<'p> {
+    pub effect: Effect,
+    pub pack: &'p PackRef,
+    pub valid_until_unix: Option<i64>,
+    /// The prebuilt explanation; see [`DecisionParts::explanation`] for the whole text.
+    explanation: &'p str,
+    window: Option<Box<WindowNote>>,
+    reasons: Reasons<'p>,
+}
+
+#[derive(Debug, Clone)]
+struct WindowNote {
+    /// Appended to the explanation.
+    explanation: String,
+    obligation: Obligation,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reasons<'p> {
+    /// A default deny, not in effect, restricted: one reason the pack prebuilt.
+    Fixed(&'p str),
+    /// The cell's rules (indices into the pack's effective rules) selected by `mask`.
+    Rules { pack: &'p Pack, entries: &'p [u16], mask: u32 },
+}
+
+impl<'p> DecisionParts<'p> {
+    /// The ids of the rules that decided, in the pack's order (most specific first).
+    pub fn reasons(&self) -> impl Iterator<Item = &'p str> + use<'p> {
+        let (fixed, rules) = match self.reasons {
+            Reasons::Fixed(reason) => (Some(reason), None),
+            Reasons::Rules { pack, entries, mask } => (None, Some(deciding_rules(pack, entries, mask))),
+        };
+        fixed.into_iter().chain(rules.into_iter().flatten().map(|rule| rule.id.as_str()))
+    }
+
+    /// The allowing rules' obligations (each id once, first wins), and on a deny outside a
+    /// calling window the note of when contact may happen.
+    pub fn obligations(&self) -> impl Iterator<Item = &Obligation> + '_ {
+        let rules = match self.reasons {
+            Reasons::Rules { pack, entries, mask } if self.effect == Effect::Allow => Some((pack, entries, mask)),
+            _ => None,
+        };
+        let all = move || {
+            rules.into_iter().flat_map(|(pack, entries, mask)| {
+                deciding_compiled(pack, entries, mask).flat_map(|compiled| compiled.obligations.iter())
+            })
+        };
+        all()
+            .enumerate()
+            .filter(move |(n, o)| !all().take(*n).any(|earlier| earlier.id == o.id))
+            .map(|(_, o)| o)
+            .chain(self.window.iter().map(|w| &w.obligation))
+    }
+
+    /// The explanation in its parts (concatenated, they are [`Decision::explanation`]): the
+    /// prebuilt text and, outside a calling window, when contact may happen.
+    pub fn explanation(&self) -> [&str; 2] {
+        [self.explanation, self.window.as_ref().map_or("", |w| w.explanation.as_str())]
+    }
+
+    pub fn to_decision(&self) -> Decision {
+        Decision {
+            effect: self.effect,
+            reasons: self.reasons().map(str::to_owned).collect(),
+            pack: self.pack.clone(),
+            obligations: self.obligations().cloned().collect(),
+            explanation: self.explanation().concat(),
+            valid_until_unix: self.valid_until_unix,
+        }
+    }
+}
+
+/// The cell entries `mask` selects, as positions into the pack's effective rules.
+fn deciding_indices(entries: &[u16], mask: u32) -> impl Iterator<Item = usize> + '_ {
+    entries.iter().enumerate().filter(move |&(k, _)| k < 32 && mask & (1 << k) != 0).map(|(_, &i)| usize::from(i))
+}
+
+fn deciding_rules<'p>(pack: &'p Pack, entries: &'p [u16], mask: u32) -> impl Iterator<Item = &'p Rule> + 'p {
+    deciding_indices(entries, mask).filter_map(move |i| pack.effective_rules.get(i))
+}
+
+fn deciding_compiled<'p>(pack: &'p Pack, entries: &'p [u16], mask: u32) -> impl Iterator<Item = &'p CompiledRule> + 'p {
+    deciding_indices(entries, mask).filter_map(move |i| pack.table().compiled.get(i))
 }
 
 #[cfg(test)]

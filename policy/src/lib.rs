@@ -30,7 +30,7 @@ pub mod time;
 mod zone;
 
 pub use diag::{Diagnostic, Diagnostics, PackSource, Severity};
-pub use eval::{CALLING_WINDOW, ConsentFact, Decision, DecisionInput, Effect, Facts, Outcome, Verdict};
+pub use eval::{CALLING_WINDOW, ConsentFact, Decision, DecisionInput, DecisionParts, Effect, Facts, Outcome, Verdict};
 pub use explain::{Change, Check, DecisionSummary, Trace, TraceRule, diff};
 pub use model::{
     Basis, CallingWindow, Confidence, ConsentKind, Lifetime, Localisation, Obligation, Period, Register, Rights, Rule,

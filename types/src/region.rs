@@ -12,12 +12,16 @@ pub struct RegionId(String);
 
 impl RegionId {
     pub fn parse(text: &str) -> Result<Self, RegionError> {
+        if Self::is_valid(text) { Ok(Self(text.to_owned())) } else { Err(RegionError) }
+    }
+
+    /// Whether `text` is a region id (what [`RegionId::parse`] accepts).
+    pub fn is_valid(text: &str) -> bool {
         let bytes = text.as_bytes();
-        let ok = (2..=32).contains(&bytes.len())
+        (2..=32).contains(&bytes.len())
             && bytes.first().is_some_and(u8::is_ascii_lowercase)
             && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-            && !text.ends_with('-');
-        if ok { Ok(Self(text.to_owned())) } else { Err(RegionError) }
+            && !text.ends_with('-')
     }
 
     pub fn as_str(&self) -> &str {
