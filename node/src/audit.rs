@@ -17,10 +17,40 @@
 //!
 //! - `seq` starts at 1 and grows by exactly 1 per entry.
 //! - `at` is unix seconds, supplied by the caller.
-//! - `kind` is one of `registration`, `consent`, `decision`, `rights_request`, `erasure`, `merge`.
+//! - `kind` is one of `registration`, `consent`, `decisions`, `decision` (older logs and single
+//!   [`AuditLog::append`]s), `rights_request`, `erasure`, `merge`, `transfer`.
 //! - `subject` is a subject ref or `null`.
-//! - `detail` is a string → string map with keys in byte order (see [`AuditEvent`] for its keys).
+//! - `detail` is a string → string map with keys in byte order (see [`AuditEvent`] for its keys,
+//!   and below for `decisions`).
 //! - `prev` is the previous entry's `hash`; the first entry's `prev` is 64 zeros ([`GENESIS`]).
+//!
+//! # Decisions entries
+//!
+//! Decisions are audited in batches ([`AuditLog::append_decisions`]): one `decisions` entry holds
+//! many decisions, so a 10,000-item `DecideBatch` costs about 20 entries (one line and one
+//! SHA-256 each), not 10,000. Its `subject` is `null` and its `detail` has exactly two
+//! keys:
+//!
+//! - `count`: the number of decisions in the entry, in decimal (at least 1);
+//! - `decisions`: the decisions joined by `;`, each six fields joined by one space:
+//!   `<subject id> <purpose> <channel> <effect> <reasons> <pack>`, where the subject id is the
+//!   32 lower-case hex digits of a subject of the entry's `region` (a node's log holds only its
+//!   own region's subjects), `reasons` are the deciding rule ids joined by `,` (empty only for a
+//!   decision without reasons, which the evaluator never makes) and `pack` is `id@version`.
+//!
+//! ```text
+//! {"seq":2,"at":1700000001,"region":"eu-central","kind":"decisions","subject":null,
+//!  "detail":{"count":"2","decisions":"0101…01 marketing email deny de.marketing.email,de.withdrawn
+//!  de@2026.1+r2;0202…02 marketing sms allow de.marketing.sms de@2026.1"},"prev":"<64 hex>",
+//!  "hash":"<64 hex>"}
+//! ```
+//!
+//! Every field is a vocabulary term, hex digits or a pack-grammar token, none of which contains
+//! ` `, `;`, `,`, `@`, `"` or `\`, so the string needs no JSON escaping and parses back
+//! unambiguously ([`AuditRecord::decisions`]). An entry's `decisions` string is at most 48 KiB: a
+//! larger batch continues in the next entry (next `seq`, chained as usual), and a single decision
+//! longer than that is refused. [`verify`] also requires every `decisions` entry to parse and its
+//! `count` to match.
 //!
 //! # Canonical hash
 //!
@@ -64,7 +94,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use domicile_policy::{Decision, Effect, PackRef};
-use domicile_types::{Channel, ConsentState, Jurisdiction, Link, Purpose, RegionId, SubjectRef};
+use domicile_types::{
+    Channel, ConsentState, Jurisdiction, Link, Purpose, RegionId, SUBJECT_ID_LEN, SubjectId, SubjectRef,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -74,9 +106,14 @@ pub const FILE_NAME: &str = "audit.log";
 /// `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Our entries are a few hundred bytes; a longer line was not written by a node, and the cap
-/// keeps a hostile file from exhausting the verifier's memory.
-const MAX_LINE: u64 = 64 * 1024;
+/// Our entries are a few hundred bytes, `decisions` entries at most about 49 KiB; a longer line
+/// was not written by a node, and the cap keeps a hostile file from exhausting the verifier's
+/// memory.
+const MAX_LINE: u64 = 1024 * 1024;
+
+/// The most bytes of a `decisions` entry's `decisions` string; a batch past it continues in the
+/// next entry.
+const MAX_DECISIONS_BYTES: usize = 48 * 1024;
 
 const ERASURE_PROOF_DOMAIN: &[u8] = b"domicile.audit.erasure-proof.v1\0";
 
@@ -90,7 +127,10 @@ const ERASURE_PROOF_DOMAIN: &[u8] = b"domicile.audit.erasure-proof.v1\0";
 pub enum AuditKind {
     Registration,
     Consent,
+    /// One decision ([`AuditEvent::Decision`]); batches write [`AuditKind::Decisions`].
     Decision,
+    /// Many decisions in one entry (see the module doc).
+    Decisions,
     RightsRequest,
     Erasure,
     Merge,
@@ -104,6 +144,7 @@ impl AuditKind {
             AuditKind::Registration => "registration",
             AuditKind::Consent => "consent",
             AuditKind::Decision => "decision",
+            AuditKind::Decisions => "decisions",
             AuditKind::RightsRequest => "rights_request",
             AuditKind::Erasure => "erasure",
             AuditKind::Merge => "merge",
@@ -253,7 +294,8 @@ fn len_u32(len: usize) -> u32 {
 /// - registration: `identifiers` (count), `jurisdiction`
 /// - consent: `purpose`, `channels` (comma-separated), `state`, `sequence` (ledger sequence)
 /// - decision: `purpose`, `channel`, `effect`, `reasons` (comma-separated rule ids), `pack`
-///   (`id@version`)
+///   (`id@version`); the node audits decisions in batches instead ([`AuditLog::append_decisions`],
+///   `decisions` entries: `count`, `decisions`, see the module doc)
 /// - rights_request: `right`, `request_id`, `deadline_at`, `status`
 /// - erasure: `links_removed`, `proof`
 /// - merge: `from`, `into` (subject refs)
@@ -424,7 +466,7 @@ pub struct AuditRecord {
 }
 
 /// The hashed part of an entry: [`AuditRecord`] without `hash`, same order. `D` serialises as
-/// a string map with keys in byte order (a `BTreeMap`, or [`DecisionDetail`] on the hot path).
+/// a string map with keys in byte order (a `BTreeMap`).
 #[derive(Serialize)]
 struct Hashed<'a, D: Serialize> {
     seq: u64,
@@ -453,63 +495,96 @@ fn write_entry<D: Serialize>(out: &mut Vec<u8>, hashed: &Hashed<'_, D>) -> Resul
     Ok(hex)
 }
 
-/// A decision's `detail` map, serialised without building one: keys in byte order, values as
-/// [`AuditEvent::Decision`]'s `detail` spells them (tested to be identical).
-struct DecisionDetail<'a> {
-    purpose: Purpose,
-    channel: Channel,
-    decision: &'a Decision,
-}
-
-/// Serialises as a string through `Display`, without allocating it.
-struct Shown<T>(T);
-
-impl<T: fmt::Display> Serialize for Shown<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
-/// Rule ids joined by commas.
-struct Joined<'a>(&'a [String]);
-
-impl fmt::Display for Joined<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, reason) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            f.write_str(reason)?;
-        }
-        Ok(())
-    }
-}
-
-impl Serialize for DecisionDetail<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = serializer.serialize_map(Some(5))?;
-        map.serialize_entry("channel", self.channel.as_str())?;
-        map.serialize_entry("effect", self.decision.effect.as_str())?;
-        map.serialize_entry("pack", &Shown(&self.decision.pack))?;
-        map.serialize_entry("purpose", self.purpose.as_str())?;
-        map.serialize_entry("reasons", &Shown(Joined(&self.decision.reasons)))?;
-        map.end()
-    }
-}
-
-/// One decision to audit: what [`AuditLog::append_decisions`] takes.
+/// One decision of a batch entry (what [`AuditLog::append_decisions`] takes).
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionEntry<'a> {
-    pub subject: &'a SubjectRef,
+    /// A subject of this log's region.
+    pub subject: SubjectId,
     pub purpose: Purpose,
     pub channel: Channel,
-    pub decision: &'a Decision,
+    pub effect: Effect,
+    /// The deciding rule ids (written comma-joined).
+    pub reasons: &'a [&'a str],
+    pub pack: &'a PackRef,
 }
 
-/// The checks [`AuditEvent::detail`] makes on a decision's strings.
-fn check_decision(reasons: &[String], pack: &PackRef) -> Result<(), AuditError> {
-    if !reasons.iter().all(|r| is_token(r, false)) {
+impl DecisionEntry<'_> {
+    /// Bytes of this decision in a `decisions` string (see the module doc).
+    fn encoded_len(&self) -> usize {
+        let reasons = self.reasons.iter().map(|r| r.len() + 1).sum::<usize>().saturating_sub(1);
+        2 * SUBJECT_ID_LEN
+            + self.purpose.as_str().len()
+            + self.channel.as_str().len()
+            + self.effect.as_str().len()
+            + reasons
+            + self.pack.id.len()
+            + 1
+            + self.pack.version.len()
+            + 5
+    }
+
+    /// Appends this decision's text to a `decisions` string.
+    fn write_to(&self, out: &mut Vec<u8>) {
+        let mut hex = [0u8; 2 * SUBJECT_ID_LEN];
+        // Cannot fail: the buffer is exactly twice the id's length.
+        let _ = hex::encode_to_slice(self.subject.as_bytes(), &mut hex);
+        out.extend_from_slice(&hex);
+        for field in [self.purpose.as_str(), self.channel.as_str(), self.effect.as_str()] {
+            out.push(b' ');
+            out.extend_from_slice(field.as_bytes());
+        }
+        out.push(b' ');
+        for (i, reason) in self.reasons.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(reason.as_bytes());
+        }
+        out.push(b' ');
+        out.extend_from_slice(self.pack.id.as_bytes());
+        out.push(b'@');
+        out.extend_from_slice(self.pack.version.as_bytes());
+    }
+}
+
+/// Appends the canonical line of a `decisions` entry holding `decisions` (at least one) to `out`
+/// (with its `\n`) and returns its hash as hex. Writes exactly what `serde_json` writes for the
+/// equivalent [`AuditRecord`] (tested): `region` is a [`RegionId`] (`[a-z0-9-]`), `prev` hex and
+/// the decisions string vocabulary tokens, none of which JSON escapes.
+fn write_decisions_entry(
+    out: &mut Vec<u8>,
+    seq: u64,
+    at: i64,
+    region: &RegionId,
+    prev: &[u8],
+    decisions: &[DecisionEntry<'_>],
+) -> io::Result<[u8; 64]> {
+    let start = out.len();
+    write!(out, "{{\"seq\":{seq},\"at\":{at},\"region\":\"{region}\",\"kind\":\"decisions\",\"subject\":null,")?;
+    write!(out, "\"detail\":{{\"count\":\"{}\",\"decisions\":\"", decisions.len())?;
+    for (i, decision) in decisions.iter().enumerate() {
+        if i > 0 {
+            out.push(b';');
+        }
+        decision.write_to(out);
+    }
+    out.extend_from_slice(b"\"},\"prev\":\"");
+    out.extend_from_slice(prev);
+    out.extend_from_slice(b"\"}");
+    let mut hex = [0u8; 64];
+    // Cannot fail: the buffer is exactly twice the digest's length.
+    let _ = hex::encode_to_slice(Sha256::digest(&out[start..]), &mut hex);
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(&hex);
+    out.extend_from_slice(b"\"}\n");
+    Ok(hex)
+}
+
+/// The checks [`AuditEvent::detail`] and [`AuditLog::append_decisions`] make on a decision's
+/// strings: rule ids and pack refs come from loaded packs, but they are strings in public types.
+fn check_decision<R: AsRef<str>>(reasons: &[R], pack: &PackRef) -> Result<(), AuditError> {
+    if !reasons.iter().all(|r| is_token(r.as_ref(), false)) {
         return Err(AuditError::InvalidField { field: "reasons" });
     }
     check_pack(pack)
@@ -536,6 +611,92 @@ impl AuditRecord {
         };
         Ok(hex::encode(Sha256::digest(serde_json::to_vec(&hashed)?)))
     }
+
+    /// The decisions a `decisions` entry holds, in order; `None` for entries of other kinds.
+    /// Strict: the entry must be exactly what [`AuditLog::append_decisions`] writes (no subject,
+    /// only `count` and `decisions`, six well-formed fields per decision, a matching count).
+    pub fn decisions(&self) -> Option<Result<Vec<AuditedDecision>, DecisionsError>> {
+        (self.kind == AuditKind::Decisions).then(|| self.parse_decisions())
+    }
+
+    fn parse_decisions(&self) -> Result<Vec<AuditedDecision>, DecisionsError> {
+        if self.subject.is_some() {
+            return Err(DecisionsError::Subject);
+        }
+        let (Some(count), Some(text), 2) = (self.detail.get("count"), self.detail.get("decisions"), self.detail.len())
+        else {
+            return Err(DecisionsError::Keys);
+        };
+        let decisions = text
+            .split(';')
+            .enumerate()
+            .map(|(i, decision)| AuditedDecision::parse(decision, i + 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        if *count != decisions.len().to_string() {
+            return Err(DecisionsError::Count);
+        }
+        Ok(decisions)
+    }
+}
+
+/// One decision read back from a `decisions` entry ([`AuditRecord::decisions`]). Its subject is
+/// of the entry's region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditedDecision {
+    pub subject: SubjectId,
+    pub purpose: Purpose,
+    pub channel: Channel,
+    pub effect: Effect,
+    pub reasons: Vec<String>,
+    pub pack: PackRef,
+}
+
+impl AuditedDecision {
+    /// Parses one `;`-separated item; `position` is 1-based, for the error.
+    fn parse(text: &str, position: usize) -> Result<Self, DecisionsError> {
+        let field = |field| DecisionsError::Field { position, field };
+        let fields: Vec<&str> = text.split(' ').collect();
+        let [subject, purpose, channel, effect, reasons, pack] = fields[..] else {
+            return Err(DecisionsError::FieldCount { position });
+        };
+        let mut id = [0u8; SUBJECT_ID_LEN];
+        if subject.bytes().any(|b| b.is_ascii_uppercase()) || hex::decode_to_slice(subject, &mut id).is_err() {
+            return Err(field("subject"));
+        }
+        let reasons = if reasons.is_empty() { Vec::new() } else { reasons.split(',').map(str::to_owned).collect() };
+        if !reasons.iter().all(|r| is_token(r, false)) {
+            return Err(field("reasons"));
+        }
+        let pack = match pack.split_once('@') {
+            Some((id, version)) if is_token(id, false) && is_token(version, true) => {
+                PackRef { id: id.to_owned(), version: version.to_owned() }
+            }
+            _ => return Err(field("pack")),
+        };
+        Ok(Self {
+            subject: SubjectId::from_bytes(id),
+            purpose: Purpose::parse(purpose).map_err(|_| field("purpose"))?,
+            channel: Channel::parse(channel).map_err(|_| field("channel"))?,
+            effect: Effect::parse(effect).ok_or_else(|| field("effect"))?,
+            reasons,
+            pack,
+        })
+    }
+}
+
+/// Why a `decisions` entry does not read back ([`AuditRecord::decisions`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionsError {
+    #[error("names a subject (a decisions entry's subject is null)")]
+    Subject,
+    #[error("detail must have exactly `count` and `decisions`")]
+    Keys,
+    #[error("`count` does not match the number of decisions")]
+    Count,
+    #[error("decision {position} does not have six space-separated fields")]
+    FieldCount { position: usize },
+    #[error("decision {position} has a malformed `{field}`")]
+    Field { position: usize, field: &'static str },
 }
 
 /// The last entry: what the node reports so it can be anchored outside the node.
@@ -572,6 +733,8 @@ pub enum TamperReason {
     NotCanonical,
     #[error("region differs from the log's region `{expected}`")]
     RegionChanged { expected: String },
+    #[error("malformed decisions entry: {0}")]
+    BadDecisions(DecisionsError),
 }
 
 /// The first entry that fails verification. `seq` is the entry's own (possibly edited) `seq`
@@ -705,6 +868,10 @@ impl Chain {
         // Hash-equal but differently spelled lines (escapes, spacing, member order) are edits too.
         if serde_json::to_vec(&record).ok().as_deref() != Some(body) {
             return Err(fail(TamperReason::NotCanonical));
+        }
+        // A node writes only well-formed decisions entries, so anything else was rewritten.
+        if let Some(Err(e)) = record.decisions() {
+            return Err(fail(TamperReason::BadDecisions(e)));
         }
         match &self.region {
             None => self.region = Some(record.region.clone()),
@@ -844,39 +1011,45 @@ impl AuditLog {
         Ok(record)
     }
 
-    /// Appends one entry per decision, in order, with one `write` for all of them: the hot path of
-    /// batch decisions. Entries are the same as [`AuditLog::append`] writes for
-    /// [`AuditEvent::decision`]. All or nothing: on error no entry is kept.
+    /// Appends a batch of decisions as `decisions` entries (see the module doc): one entry, or
+    /// one more each time the entry's `decisions` string would pass 48 KiB, chained as usual and
+    /// written with one `write`; the hot path of batch decisions. All or nothing: every decision
+    /// is checked first and on error nothing is written. An empty batch writes nothing.
     pub fn append_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), AuditError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut refs = Vec::with_capacity(entries.len());
-        for entry in entries {
-            if entry.subject.region != self.region {
-                return Err(AuditError::ForeignSubject);
+        // Check every decision and cut the batch into entries before touching the file.
+        let mut ends = Vec::new();
+        let mut total = 0;
+        let mut current = 0; // bytes of the current entry's decisions string
+        for (i, entry) in entries.iter().enumerate() {
+            check_decision(entry.reasons, entry.pack)?;
+            let len = entry.encoded_len();
+            if len > MAX_DECISIONS_BYTES {
+                // Only a decision with hundreds of reasons; no pack can make one.
+                return Err(AuditError::InvalidField { field: "reasons" });
             }
-            check_decision(&entry.decision.reasons, &entry.decision.pack)?;
-            refs.push(entry.subject.to_string());
+            if current > 0 && current + 1 + len > MAX_DECISIONS_BYTES {
+                ends.push(i);
+                current = 0;
+            }
+            current += if current > 0 { 1 + len } else { len };
+            total += len + 1;
         }
+        ends.push(entries.len());
+
         let mut state = self.lock()?;
-        let mut lines = Vec::with_capacity(entries.len() * 384);
-        let mut prev = state.head.as_bytes().try_into().unwrap_or([b'0'; 64]);
-        for (i, (entry, subject)) in entries.iter().zip(&refs).enumerate() {
-            let detail = DecisionDetail { purpose: entry.purpose, channel: entry.channel, decision: entry.decision };
-            let hashed = Hashed {
-                seq: state.next_seq + i as u64,
-                at,
-                region: self.region.as_str(),
-                kind: AuditKind::Decision,
-                subject: Some(subject),
-                detail: &detail,
-                // Hex digits only, so always UTF-8.
-                prev: std::str::from_utf8(&prev).unwrap_or(GENESIS),
-            };
-            prev = write_entry(&mut lines, &hashed)?;
+        let mut lines = Vec::with_capacity(total + ends.len() * 320);
+        let mut head = state.head.as_bytes().try_into().unwrap_or([b'0'; 64]);
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            let seq = state.next_seq + i as u64;
+            let decisions = entries.get(start..end).unwrap_or_default();
+            head = write_decisions_entry(&mut lines, seq, at, &self.region, &head, decisions)?;
+            start = end;
         }
-        Self::write(&mut state, &lines, entries.len() as u64, &prev)
+        Self::write(&mut state, &lines, ends.len() as u64, &head)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, AuditError> {
@@ -932,8 +1105,6 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-
-    use domicile_types::SubjectId;
 
     use super::*;
 
@@ -1008,61 +1179,328 @@ mod tests {
         }
     }
 
-    /// The batch path must write byte for byte what one `append` per decision writes, or
-    /// `verify` (which demands canonical lines) would call the log tampered.
-    #[test]
-    fn batched_decisions_are_the_same_entries_as_single_appends() {
-        let decisions = [
-            Decision {
-                effect: Effect::Deny,
-                reasons: vec!["de.marketing.email".into(), "de.withdrawn".into()],
-                pack: PackRef { id: "de".into(), version: "2026.1+r2".into() },
-                obligations: Vec::new(),
-                explanation: "not in the log".into(),
-                valid_until_unix: None,
-            },
-            Decision {
-                effect: Effect::Allow,
-                reasons: vec!["de.marketing.email".into()],
-                pack: PackRef { id: "de".into(), version: "2026.1".into() },
-                obligations: Vec::new(),
-                explanation: String::new(),
-                valid_until_unix: Some(1_800_000_000),
-            },
-        ];
-        let (one, batched) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let single = AuditLog::open(one.path(), &region()).unwrap();
-        let batch = AuditLog::open(batched.path(), &region()).unwrap();
-        single.append(consent(1), Some(&subject(1)), 1_700_000_000).unwrap();
-        batch.append(consent(1), Some(&subject(1)), 1_700_000_000).unwrap();
-        let subjects = [subject(1), subject(2)];
-        let mut entries = Vec::new();
-        for (decision, subject) in decisions.iter().zip(&subjects) {
-            single
-                .append(
-                    AuditEvent::decision(Purpose::Marketing, Channel::Email, decision),
-                    Some(subject),
-                    1_700_000_001,
-                )
-                .unwrap();
-            entries.push(DecisionEntry { subject, purpose: Purpose::Marketing, channel: Channel::Email, decision });
-        }
-        batch.append_decisions(&entries, 1_700_000_001).unwrap();
-        // And the chain continues from the batch's last entry.
-        single.append(consent(2), Some(&subject(2)), 1_700_000_002).unwrap();
-        batch.append(consent(2), Some(&subject(2)), 1_700_000_002).unwrap();
-        assert_eq!(single.head(), batch.head());
-        assert_eq!(std::fs::read(single.path()).unwrap(), std::fs::read(batch.path()).unwrap());
-        assert_eq!(verify_file(batch.path()).unwrap().entries, 4);
+    fn pack(version: &str) -> PackRef {
+        PackRef { id: "de".into(), version: version.into() }
+    }
 
-        // A foreign subject or a non-token rule id refuses the whole batch, writing nothing.
-        let foreign = SubjectRef { region: RegionId::parse("us-east").unwrap(), id: SubjectId::from_bytes([5; 16]) };
-        let bad = [entries[0], DecisionEntry { subject: &foreign, ..entries[1] }];
-        assert!(matches!(batch.append_decisions(&bad, 1), Err(AuditError::ForeignSubject)));
-        let odd = Decision { reasons: vec!["has space".into()], ..decisions[0].clone() };
-        let bad = [entries[0], DecisionEntry { decision: &odd, ..entries[1] }];
-        assert!(matches!(batch.append_decisions(&bad, 1), Err(AuditError::InvalidField { field: "reasons" })));
-        assert_eq!(verify_file(batch.path()).unwrap().entries, 4);
+    /// One decision's owned inputs: subject, purpose, channel, effect, reasons, pack.
+    type Input = (SubjectId, Purpose, Channel, Effect, Vec<&'static str>, PackRef);
+
+    /// Owned inputs of a batch; [`Batch::entries`] borrows them as `append_decisions` takes them.
+    struct Batch {
+        decisions: Vec<Input>,
+    }
+
+    impl Batch {
+        fn sample() -> Self {
+            Batch {
+                decisions: vec![
+                    (
+                        subject(1).id,
+                        Purpose::Marketing,
+                        Channel::Email,
+                        Effect::Deny,
+                        vec!["de.marketing.email", "de.withdrawn"],
+                        pack("2026.1+r2"),
+                    ),
+                    (
+                        subject(2).id,
+                        Purpose::Marketing,
+                        Channel::Sms,
+                        Effect::Allow,
+                        vec!["de.marketing.sms"],
+                        pack("2026.1"),
+                    ),
+                    (
+                        subject(3).id,
+                        Purpose::Survey,
+                        Channel::VoiceAutomated,
+                        Effect::Allow,
+                        vec!["de.survey.voice_automated"],
+                        pack("2026.1"),
+                    ),
+                ],
+            }
+        }
+
+        /// `n` decisions of distinct subjects, about 100 bytes each.
+        fn many(n: usize) -> Self {
+            let decisions = (0..n)
+                .map(|i| {
+                    let mut id = [0u8; SUBJECT_ID_LEN];
+                    id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    let effect = if i % 3 == 0 { Effect::Deny } else { Effect::Allow };
+                    let reasons = if i % 2 == 0 { vec!["de.marketing.email"] } else { vec!["de.a", "de.b", "de.c"] };
+                    (SubjectId::from_bytes(id), Purpose::Marketing, Channel::Email, effect, reasons, pack("2026.1"))
+                })
+                .collect();
+            Batch { decisions }
+        }
+
+        fn entries(&self) -> Vec<DecisionEntry<'_>> {
+            self.decisions
+                .iter()
+                .map(|(subject, purpose, channel, effect, reasons, pack)| DecisionEntry {
+                    subject: *subject,
+                    purpose: *purpose,
+                    channel: *channel,
+                    effect: *effect,
+                    reasons,
+                    pack,
+                })
+                .collect()
+        }
+
+        fn audited(&self) -> Vec<AuditedDecision> {
+            self.decisions
+                .iter()
+                .map(|(subject, purpose, channel, effect, reasons, pack)| AuditedDecision {
+                    subject: *subject,
+                    purpose: *purpose,
+                    channel: *channel,
+                    effect: *effect,
+                    reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+                    pack: pack.clone(),
+                })
+                .collect()
+        }
+    }
+
+    fn record(line: &str) -> AuditRecord {
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_one_decisions_entry_that_chains_verifies_and_reads_back() {
+        let (dir, path) = log_with(1);
+        let log = AuditLog::open(dir.path(), &region()).unwrap();
+        let batch = Batch::sample();
+        log.append_decisions(&batch.entries(), 1_700_000_001).unwrap();
+        assert_eq!(log.head().seq, 2);
+        let after = log.append(consent(2), Some(&subject(2)), 1_700_000_002).unwrap();
+        drop(log);
+
+        let all = lines(&path);
+        assert_eq!(all.len(), 3, "one entry for the whole batch");
+        let entry = record(&all[1]);
+        assert_eq!((entry.seq, entry.kind, entry.subject.as_deref()), (2, AuditKind::Decisions, None));
+        assert_eq!(entry.prev, record(&all[0]).hash);
+        assert_eq!(after.prev, entry.hash, "the chain continues after the batch");
+        assert_eq!(entry.detail.keys().collect::<Vec<_>>(), ["count", "decisions"]);
+        assert_eq!(entry.detail["count"], "3");
+        assert_eq!(
+            entry.detail["decisions"],
+            format!(
+                "{} marketing email deny de.marketing.email,de.withdrawn de@2026.1+r2;\
+                 {} marketing sms allow de.marketing.sms de@2026.1;\
+                 {} survey voice_automated allow de.survey.voice_automated de@2026.1",
+                "01".repeat(16),
+                "02".repeat(16),
+                "03".repeat(16)
+            )
+        );
+        assert_eq!(entry.decisions(), Some(Ok(batch.audited())));
+        assert_eq!(record(&all[0]).decisions(), None, "other kinds hold no decisions");
+        let report = verify_file(dir.path()).unwrap();
+        assert_eq!((report.entries, report.head_hash), (3, after.hash));
+    }
+
+    /// The hot path writes the line by hand; it must be exactly what serde writes for the same
+    /// record, or `verify` (which demands canonical lines) would call the log tampered.
+    #[test]
+    fn a_decisions_line_is_byte_identical_to_the_serialised_record() {
+        for at in [1_700_000_001, 0, -5, i64::MAX] {
+            let (dir, path) = log_with(1);
+            let log = AuditLog::open(dir.path(), &region()).unwrap();
+            let prev = log.head().hash;
+            let batch = Batch::sample();
+            log.append_decisions(&batch.entries(), at).unwrap();
+            drop(log);
+
+            let decisions = batch
+                .decisions
+                .iter()
+                .map(|(subject, purpose, channel, effect, reasons, pack)| {
+                    format!("{subject} {purpose} {channel} {effect} {} {pack}", reasons.join(","))
+                })
+                .collect::<Vec<_>>()
+                .join(";");
+            let detail: BTreeMap<String, String> =
+                [("count".to_owned(), "3".to_owned()), ("decisions".to_owned(), decisions)].into();
+            let mut expected = AuditRecord {
+                seq: 2,
+                at,
+                region: "eu-central".into(),
+                kind: AuditKind::Decisions,
+                subject: None,
+                detail,
+                prev,
+                hash: String::new(),
+            };
+            expected.hash = expected.compute_hash().unwrap();
+            let mut bytes = serde_json::to_vec(&expected).unwrap();
+            bytes.push(b'\n');
+            let file = std::fs::read(&path).unwrap();
+            let second = file.iter().position(|&b| b == b'\n').unwrap() + 1;
+            assert_eq!(String::from_utf8_lossy(&file[second..]), String::from_utf8_lossy(&bytes), "at {at}");
+            assert_eq!(verify_file(&path).unwrap().entries, 2);
+        }
+    }
+
+    #[test]
+    fn a_large_batch_is_cut_into_chained_entries_below_the_cap() {
+        let (dir, path) = log_with(1);
+        let log = AuditLog::open(dir.path(), &region()).unwrap();
+        let batch = Batch::many(10_000);
+        let entries = batch.entries();
+        log.append_decisions(&entries, 1_700_000_001).unwrap();
+        let head = log.head();
+        drop(log);
+
+        let all = lines(&path);
+        let records: Vec<AuditRecord> = all[1..].iter().map(|l| record(l)).collect();
+        assert!((10..40).contains(&records.len()), "{} entries", records.len());
+        assert_eq!(head.seq, 1 + records.len() as u64);
+        let mut read_back = Vec::new();
+        let mut prev = record(&all[0]).hash;
+        for (i, (line, entry)) in all[1..].iter().zip(&records).enumerate() {
+            assert_eq!((entry.seq, &entry.prev), (2 + i as u64, &prev));
+            prev.clone_from(&entry.hash);
+            assert!(line.len() < MAX_LINE as usize);
+            let text = &entry.detail["decisions"];
+            assert!(text.len() <= MAX_DECISIONS_BYTES, "entry {i}: {} bytes", text.len());
+            let decisions = entry.decisions().unwrap().unwrap();
+            assert_eq!(entry.detail["count"], decisions.len().to_string());
+            // Greedy: an entry is cut only where the next decision would not fit.
+            if let Some(next) = entries.get(read_back.len() + decisions.len()) {
+                assert!(text.len() + 1 + next.encoded_len() > MAX_DECISIONS_BYTES, "entry {i} cut early");
+            }
+            read_back.extend(decisions);
+        }
+        assert_eq!(head.hash, prev);
+        assert_eq!(read_back, batch.audited());
+        assert_eq!(verify_file(dir.path()).unwrap().entries, head.seq);
+    }
+
+    #[test]
+    fn an_invalid_reason_or_pack_refuses_the_whole_batch_writing_nothing() {
+        let (dir, path) = log_with(1);
+        let before = std::fs::read(&path).unwrap();
+        let log = AuditLog::open(dir.path(), &region()).unwrap();
+        let head = log.head();
+        let batch = Batch::sample();
+        let good = batch.entries();
+        let bad_pack = PackRef { id: "de".into(), version: "+49 151 1234567".into() };
+        let long: Vec<String> = (0..400).map(|i| format!("{i:0>128}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let cases: [(&[&str], &PackRef, &str); 6] = [
+            (&["jane@example.com"], good[1].pack, "reasons"),
+            (&["de gdpr"], good[1].pack, "reasons"),
+            (&[""], good[1].pack, "reasons"),
+            (&["a;b"], good[1].pack, "reasons"),
+            (&long, good[1].pack, "reasons"),
+            (good[1].reasons, &bad_pack, "pack"),
+        ];
+        for (reasons, pack, expected) in cases {
+            let mut entries = good.clone();
+            entries[2] = DecisionEntry { reasons, pack, ..entries[2] };
+            match log.append_decisions(&entries, 1_700_000_001) {
+                Err(AuditError::InvalidField { field }) => assert_eq!(field, expected),
+                other => panic!("expected a refusal of `{expected}`, got {other:?}"),
+            }
+        }
+        log.append_decisions(&[], 1_700_000_001).unwrap();
+        assert_eq!(log.head(), head);
+        drop(log);
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+    }
+
+    #[test]
+    fn flipping_one_decisions_effect_is_detected_naming_the_entry() {
+        let (dir, path) = log_with(1);
+        let log = AuditLog::open(dir.path(), &region()).unwrap();
+        log.append_decisions(&Batch::sample().entries(), 1_700_000_001).unwrap();
+        log.append(consent(2), Some(&subject(2)), 1_700_000_002).unwrap();
+        drop(log);
+        let mut all = lines(&path);
+        assert!(all[1].contains(" allow "));
+        all[1] = all[1].replacen(" allow ", " deny ", 1);
+        write_lines(&path, &all);
+        let t = tamper(&path);
+        assert_eq!((t.seq, t.line, t.reason), (Some(2), 2, TamperReason::HashMismatch));
+    }
+
+    /// Someone who rewrites the chain could still not slip in a decisions entry a node would not
+    /// write: verify reads every one back.
+    #[test]
+    fn a_rehashed_malformed_decisions_entry_is_tampering() {
+        let edits: [(&str, &str, DecisionsError); 4] = [
+            ("count", "2", DecisionsError::Count),
+            ("count", "03", DecisionsError::Count),
+            ("decisions", "", DecisionsError::FieldCount { position: 1 }),
+            ("extra", "1", DecisionsError::Keys),
+        ];
+        for (key, value, expected) in edits {
+            let (dir, path) = log_with(1);
+            let log = AuditLog::open(dir.path(), &region()).unwrap();
+            log.append_decisions(&Batch::sample().entries(), 1_700_000_001).unwrap();
+            drop(log);
+            let mut all = lines(&path);
+            let mut entry = record(&all[1]);
+            entry.detail.insert(key.into(), value.into());
+            entry.hash = entry.compute_hash().unwrap();
+            all[1] = serde_json::to_string(&entry).unwrap();
+            write_lines(&path, &all);
+            let t = tamper(&path);
+            assert_eq!((t.seq, t.line, t.reason), (Some(2), 2, TamperReason::BadDecisions(expected)));
+        }
+    }
+
+    #[test]
+    fn decisions_read_back_strictly() {
+        let entry = |subject: Option<&str>, count: &str, decisions: &str| AuditRecord {
+            seq: 1,
+            at: 0,
+            region: "eu-central".into(),
+            kind: AuditKind::Decisions,
+            subject: subject.map(str::to_owned),
+            detail: [("count".to_owned(), count.to_owned()), ("decisions".to_owned(), decisions.to_owned())].into(),
+            prev: GENESIS.into(),
+            hash: String::new(),
+        };
+        let id = "ab".repeat(16);
+        let good = format!("{id} marketing email allow de.a,de.b de@1");
+        let parsed = entry(None, "1", &good).decisions().unwrap().unwrap();
+        assert_eq!(parsed[0].subject, SubjectId::from_bytes([0xab; 16]));
+        assert_eq!(parsed[0].reasons, ["de.a", "de.b"]);
+        assert_eq!(parsed[0].pack, PackRef { id: "de".into(), version: "1".into() });
+        let no_reasons = format!("{id} marketing email allow  de@1");
+        assert_eq!(entry(None, "1", &no_reasons).decisions().unwrap().unwrap()[0].reasons, Vec::<String>::new());
+
+        let field = |position, field| DecisionsError::Field { position, field };
+        let cases: Vec<(Option<&str>, &str, String, DecisionsError)> = vec![
+            (Some("eu-central/ab"), "1", good.clone(), DecisionsError::Subject),
+            (None, "2", good.clone(), DecisionsError::Count),
+            (None, "1", format!("{good};{good}"), DecisionsError::Count),
+            (None, "2", format!("{good};"), DecisionsError::FieldCount { position: 2 }),
+            (None, "1", format!("{good} extra"), DecisionsError::FieldCount { position: 1 }),
+            (None, "1", format!("{id}  marketing email allow de.a de@1"), DecisionsError::FieldCount { position: 1 }),
+            (None, "1", good.replace(&id, &"AB".repeat(16)), field(1, "subject")),
+            (None, "1", good.replace(&id, "abab"), field(1, "subject")),
+            (None, "1", good.replace("marketing", "spam"), field(1, "purpose")),
+            (None, "1", good.replace("email", "fax"), field(1, "channel")),
+            (None, "1", good.replace("allow", "maybe"), field(1, "effect")),
+            (None, "1", good.replace("de.a,de.b", "de.a,,de.b"), field(1, "reasons")),
+            (None, "1", good.replace("de.a", "De.a"), field(1, "reasons")),
+            (None, "1", good.replace("de@1", "de1"), field(1, "pack")),
+            (None, "1", good.replace("de@1", "de@1@2"), field(1, "pack")),
+        ];
+        for (subject, count, decisions, expected) in cases {
+            assert_eq!(entry(subject, count, &decisions).decisions(), Some(Err(expected)), "{decisions}");
+        }
+        let mut record = entry(None, "1", &good);
+        record.detail.remove("count");
+        assert_eq!(record.decisions(), Some(Err(DecisionsError::Keys)));
     }
 
     #[test]
@@ -1142,6 +1580,30 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let t = tamper(&path);
             assert_eq!(t.line, 2, "byte {i}: {t}");
+        }
+    }
+
+    #[test]
+    fn any_single_byte_change_of_a_decisions_entry_is_detected_at_that_line() {
+        let (dir, path) = log_with(1);
+        let log = AuditLog::open(dir.path(), &region()).unwrap();
+        log.append_decisions(&Batch::sample().entries(), 1_700_000_001).unwrap();
+        log.append(consent(2), Some(&subject(2)), 1_700_000_002).unwrap();
+        drop(log);
+        let original = std::fs::read(&path).unwrap();
+        let second = original.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let end = second + original[second..].iter().position(|&b| b == b'\n').unwrap();
+        for i in second..end {
+            for replacement in [b'x', b' ', b';'] {
+                let mut bytes = original.clone();
+                if bytes[i] == replacement {
+                    continue;
+                }
+                bytes[i] = replacement;
+                std::fs::write(&path, &bytes).unwrap();
+                let t = tamper(&path);
+                assert_eq!(t.line, 2, "byte {i}: {t}");
+            }
         }
     }
 
@@ -1300,14 +1762,17 @@ mod tests {
         for event in every_event() {
             log.append(event, Some(&subject(1)), 1_700_000_000).unwrap();
         }
+        let batch = Batch::sample();
+        log.append_decisions(&batch.entries()[..2], 1_700_000_000).unwrap();
         drop(log);
-        let expected_detail: [(&str, &[&str]); 6] = [
+        let expected_detail: [(&str, &[&str]); 7] = [
             ("registration", &["identifiers", "jurisdiction"]),
             ("consent", &["channels", "purpose", "sequence", "state"]),
             ("decision", &["channel", "effect", "pack", "purpose", "reasons"]),
             ("rights_request", &["deadline_at", "request_id", "right", "status"]),
             ("erasure", &["links_removed", "proof"]),
             ("merge", &["from", "into"]),
+            ("decisions", &["count", "decisions"]),
         ];
         let all = lines(&path);
         assert_eq!(all.len(), expected_detail.len());
@@ -1321,12 +1786,20 @@ mod tests {
             keys_sorted.sort_unstable();
             assert_eq!(keys_sorted, expected);
             assert_eq!(object["kind"], kind);
+            if kind == "decisions" {
+                assert_eq!(object["subject"], serde_json::Value::Null);
+            }
             let detail = object["detail"].as_object().unwrap();
             assert_eq!(detail.keys().map(String::as_str).collect::<Vec<_>>(), detail_keys, "{kind}");
-            for v in detail.values() {
+            for (k, v) in detail {
                 let v = v.as_str().unwrap();
-                // Vocabulary, ids, numbers, digests: no spaces, no `@`-free-text, no quotes.
-                assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b"@,._+-/".contains(&b)), "{kind}: {v}");
+                // Vocabulary, ids, numbers, digests: no spaces, no `@`-free-text, no quotes. A
+                // decisions string separates such tokens with single spaces and `;`.
+                let separators: &[u8] = if k == "decisions" { b" ;" } else { b"" };
+                assert!(
+                    v.bytes().all(|b| b.is_ascii_alphanumeric() || b"@,._+-/".contains(&b) || separators.contains(&b)),
+                    "{kind}: {v}"
+                );
             }
         }
         let detail_of = |i: usize| -> BTreeMap<String, String> {
@@ -1339,7 +1812,9 @@ mod tests {
         assert_eq!(detail_of(3)["request_id"], "09".repeat(16));
         assert_eq!(detail_of(4)["proof"].len(), 64);
         assert_eq!(detail_of(5)["from"], subject(2).to_string());
-        assert_eq!(verify_file(dir.path()).unwrap().entries, 6);
+        assert_eq!(detail_of(6)["count"], "2");
+        assert_eq!(record(&all[6]).decisions(), Some(Ok(batch.audited()[..2].to_vec())));
+        assert_eq!(verify_file(dir.path()).unwrap().entries, 7);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod access;
 pub mod audit;
 pub mod commit;
 pub mod config;
+mod raw;
 mod service;
 pub mod store;
 
@@ -109,7 +110,7 @@ pub async fn serve(
         .layer(access::AccessLayer::new(config.region.clone()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RegionalNodeServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(raw::DecideBatchRoute::new(service, MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown);
     match stopping.drain(server, DRAIN_TIMEOUT).await {
         Some(served) => served?,

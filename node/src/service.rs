@@ -3,11 +3,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use domicile_policy::{ConsentFact, DecisionInput, Effect, Period};
+use domicile_policy::{ConsentFact, DecisionInput, DecisionParts, Period};
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
+use domicile_proto::raw::{EncodedDecideBatch, RawDecideBatchRequest, SubjectKeyRef};
 use domicile_runtime::packs::{LoadedPacks, PackReloader};
 use domicile_runtime::process::{Shutdown, now_unix};
 use domicile_types::{Channel, Jurisdiction, Link, LinkKey, Purpose, RegionId, SubjectId, SubjectRef};
@@ -352,33 +353,37 @@ impl<S: Store> NodeService<S> {
 
     /// The subject id a key names, without checking the subject exists (a ref) yet.
     fn resolve_id(&self, key: &SubjectKey) -> Result<SubjectId, Status> {
+        self.resolve_key(key.as_key_ref())
+    }
+
+    fn resolve_key(&self, key: SubjectKeyRef<'_>) -> Result<SubjectId, Status> {
         Ok(match key {
-            SubjectKey::Link(link) => self
+            SubjectKeyRef::Link(link) => self
                 .store
-                .subject_by_link(link)
+                .subject_by_link(&link)
                 .map_err(store_status)?
                 .ok_or_else(|| Status::not_found("no subject holds this link in this region"))?,
-            SubjectKey::Ref(subject) => {
-                if subject.region != self.region {
+            SubjectKeyRef::Ref { region, id } => {
+                if region != self.region.as_str() {
                     return Err(Status::failed_precondition("subject ref names another region"));
                 }
-                subject.id
+                id
             }
         })
     }
 
     /// One decision: the subject's pack (from `loaded`, the call's snapshot of the pack set, so a
-    /// reload meanwhile cannot mix versions) evaluated against the current consent. Not yet
-    /// audited: the caller audits before answering.
-    fn evaluate(
+    /// reload meanwhile cannot mix versions) evaluated against the current consent, borrowed from
+    /// the pack. Not yet audited: the caller audits before answering.
+    fn evaluate<'p>(
         &self,
-        loaded: &LoadedPacks,
-        key: &SubjectKey,
+        loaded: &'p LoadedPacks,
+        key: SubjectKeyRef<'_>,
         purpose: Purpose,
         channel: Channel,
         at: i64,
-    ) -> Result<(SubjectId, domicile_policy::Decision), Status> {
-        let subject = self.resolve_id(key)?;
+    ) -> Result<(SubjectId, DecisionParts<'p>), Status> {
+        let subject = self.resolve_key(key)?;
         let (meta, current) = self
             .store
             .decision_inputs(&subject, purpose, channel)
@@ -392,15 +397,7 @@ impl<S: Store> NodeService<S> {
         if meta.restricted {
             // Right to restriction: nothing is processed for the subject until lifted, whatever
             // consent says. Still audited and explainable like any decision.
-            let decision = domicile_policy::Decision {
-                effect: Effect::Deny,
-                reasons: vec![format!("{}.restricted", pack.id())],
-                pack: pack.pack_ref(),
-                obligations: Vec::new(),
-                explanation: "processing restricted at the subject's request (right to restriction)".to_owned(),
-                valid_until_unix: None,
-            };
-            return Ok((subject, decision));
+            return Ok((subject, pack.restricted_parts()));
         }
         let consent = current.map(|c| ConsentFact {
             state: c.state,
@@ -409,60 +406,94 @@ impl<S: Store> NodeService<S> {
             double_opt_in_confirmed: c.double_opt_in_confirmed,
             kind: None,
         });
-        let decision = pack.decide(&DecisionInput::new(purpose, channel, at, consent));
-        tracing::debug!(region = %self.region, pack = %decision.pack, %purpose, %channel, effect = decision.effect.as_str(), reasons = ?decision.reasons, "decision");
-        Ok((subject, decision))
+        let input = DecisionInput::new(purpose, channel, at, consent);
+        let parts = pack.decision_parts(&pack.evaluate(&input), input.subject_time_zone.as_ref());
+        tracing::debug!(region = %self.region, pack = %parts.pack, %purpose, %channel, effect = parts.effect.as_str(), "decision");
+        Ok((subject, parts))
     }
 
-    /// Audits evaluated decisions (one write for all) and turns them into wire decisions. A
-    /// decision that cannot be audited is not served (invariant 5): then every one fails.
-    fn audit_decisions(
+    /// Decides a batch: every item against one pack-set snapshot, all decisions audited with one
+    /// write, each outcome encoded from the pack's borrowed parts (no owned decision is built).
+    /// A decision that cannot be audited is not served (invariant 5): then every one fails.
+    /// Used for both `Decide` and `DecideBatch`.
+    pub fn decide_items<'k>(
         &self,
-        decided: Vec<(SubjectId, Purpose, Channel, domicile_policy::Decision)>,
-    ) -> Result<Vec<common::Decision>, Status> {
-        let refs: Vec<SubjectRef> = decided.iter().map(|(subject, ..)| self.subject_ref(*subject)).collect();
+        items: impl ExactSizeIterator<Item = (u64, Result<(SubjectKeyRef<'k>, Purpose, Channel), FieldViolation>)>,
+        at: i64,
+    ) -> EncodedDecideBatch {
+        let loaded = self.packs.current();
+        let count = items.len();
+        let mut decided = Vec::with_capacity(count);
+        let mut outcomes = Vec::with_capacity(count);
+        for (id, item) in items {
+            let evaluated = item.map_err(Status::from).and_then(|(key, purpose, channel)| {
+                self.evaluate(&loaded, key, purpose, channel, at)
+                    .map(|(subject, parts)| (subject, purpose, channel, parts))
+            });
+            match evaluated {
+                Ok(decision) => {
+                    outcomes.push((id, Ok(decided.len())));
+                    decided.push(decision);
+                }
+                Err(status) => outcomes.push((id, Err(status))),
+            }
+        }
+        // Every reason of the batch in one list; each entry borrows its own slice of it.
+        let mut reasons: Vec<&str> = Vec::with_capacity(decided.len() * 2);
+        let mut spans = Vec::with_capacity(decided.len());
+        for (.., parts) in &decided {
+            let start = reasons.len();
+            reasons.extend(parts.reasons());
+            spans.push(start..reasons.len());
+        }
         let entries: Vec<DecisionEntry<'_>> = decided
             .iter()
-            .zip(&refs)
-            .map(|((_, purpose, channel, decision), subject)| DecisionEntry {
-                subject,
+            .zip(spans)
+            .map(|((subject, purpose, channel, parts), span)| DecisionEntry {
+                subject: *subject,
                 purpose: *purpose,
                 channel: *channel,
-                decision,
+                effect: parts.effect,
+                reasons: reasons.get(span).unwrap_or_default(),
+                pack: parts.pack,
             })
             .collect();
-        self.audit.append_decisions(&entries, now_unix()).map_err(audit_unavailable)?;
-        drop(entries);
-        Ok(decided
-            .into_iter()
-            .zip(refs)
-            .map(|((_, _, _, decision), subject)| {
-                domicile_runtime::metrics::decided(&self.region, &decision);
-                self.decision_into_pb(subject, decision)
-            })
-            .collect())
+        let audited = self.audit.append_decisions(&entries, now_unix()).map_err(audit_unavailable);
+        let mut out = EncodedDecideBatch::with_capacity(count);
+        for (id, outcome) in outcomes {
+            match (outcome, &audited) {
+                (Ok(index), Ok(())) => {
+                    if let Some((subject, _, _, parts)) = decided.get(index) {
+                        domicile_runtime::metrics::decided(&self.region, parts.effect, parts.pack);
+                        out.push_decision(id, parts, self.region.as_str(), *subject);
+                    }
+                }
+                (Ok(_), Err(status)) => out.push_error(id, status),
+                (Err(status), _) => out.push_error(id, &status),
+            }
+        }
+        out
     }
 
-    /// The wire decision; moves the decision's strings rather than copying them.
-    fn decision_into_pb(&self, subject: SubjectRef, decision: domicile_policy::Decision) -> common::Decision {
-        common::Decision {
-            effect: match decision.effect {
-                Effect::Allow => common::Effect::Allow,
-                Effect::Deny => common::Effect::Deny,
-            } as i32,
-            reasons: decision.reasons,
-            pack: Some(convert::pack_ref_to_pb(decision.pack)),
-            obligations: decision
-                .obligations
-                .into_iter()
-                .map(|o| common::Obligation { id: o.id, text: o.text })
-                .collect(),
-            explanation: decision.explanation,
-            valid_until: decision.valid_until_unix.map(convert::to_timestamp),
-            subject_ref: subject.to_string(),
-            region: self.region.as_str().to_owned(),
+    /// `DecideBatch` with the outcomes encoded as they are sent: what the node serves (see
+    /// [`crate::raw`]); the generated trait method decodes this for in-process callers.
+    pub fn decide_batch_encoded(&self, request: RawDecideBatchRequest) -> Result<EncodedDecideBatch, Status> {
+        if request.items.len() > MAX_BATCH_ITEMS {
+            return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")).into());
         }
+        let at = convert::timestamp("at", request.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
+        let items = request.items.iter().map(|item| {
+            let read = || Ok((item.subject_key("subject")?, item.purpose("purpose")?, item.channel("channel")?));
+            (item.id, read())
+        });
+        Ok(self.decide_items(items, at))
     }
+}
+
+/// The generated response of an encoded batch, for in-process callers of the trait methods.
+fn decoded(batch: &EncodedDecideBatch) -> Result<pb::DecideBatchResponse, Status> {
+    use domicile_proto::prost::Message as _;
+    pb::DecideBatchResponse::decode(batch.as_bytes()).map_err(|_| Status::internal("batch encoding failed"))
 }
 
 /// Turns stored events into wire events; owned by each watch task.
@@ -625,11 +656,18 @@ impl<S: Store> RegionalNode for NodeService<S> {
         let purpose = convert::purpose("purpose", &req.purpose).map_err(invalid)?;
         let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
         let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
-        let (subject, decision) = self.evaluate(&self.packs.current(), &key, purpose, channel, at)?;
-        let decision = self.audit_decisions(vec![(subject, purpose, channel, decision)])?.pop();
-        Ok(Response::new(pb::DecideResponse { decision }))
+        let batch = self.decide_items(std::iter::once((0, Ok((key.as_key_ref(), purpose, channel)))), at);
+        match decoded(&batch)?.outcomes.pop().and_then(|o| o.result) {
+            Some(pb::decide_outcome::Result::Decision(decision)) => {
+                Ok(Response::new(pb::DecideResponse { decision: Some(decision) }))
+            }
+            Some(pb::decide_outcome::Result::Error(e)) => Err(Status::new(tonic::Code::from(e.code), e.message)),
+            None => Err(Status::internal("batch encoding failed")),
+        }
     }
 
+    /// Served by [`NodeService::decide_batch_encoded`] on the wire; this typed form is for
+    /// in-process callers (tests, benches) and decodes the same bytes.
     async fn decide_batch(
         &self,
         request: Request<pb::DecideBatchRequest>,
@@ -639,48 +677,23 @@ impl<S: Store> RegionalNode for NodeService<S> {
             return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")).into());
         }
         let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
-        // One pack-set snapshot for the whole batch, and one audit write for all its decisions.
-        let loaded = self.packs.current();
-        let item_error = |status: &Status| {
-            pb::decide_outcome::Result::Error(common::ItemError {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
+        let keys: Vec<_> = req
+            .items
+            .iter()
+            .map(|item| {
+                let key = convert::subject_key("subject", item.subject.as_ref())?;
+                Ok::<_, FieldViolation>((
+                    key,
+                    convert::purpose("purpose", &item.purpose)?,
+                    convert::channel("channel", &item.channel)?,
+                ))
             })
-        };
-        let mut results: Vec<Option<pb::decide_outcome::Result>> = vec![None; req.items.len()];
-        let mut decided = Vec::with_capacity(req.items.len());
-        let mut positions = Vec::with_capacity(req.items.len());
-        for (position, item) in req.items.iter().enumerate() {
-            let evaluated = (|| {
-                let key = convert::subject_key("subject", item.subject.as_ref()).map_err(invalid)?;
-                let purpose = convert::purpose("purpose", &item.purpose).map_err(invalid)?;
-                let channel = convert::channel("channel", &item.channel).map_err(invalid)?;
-                let (subject, decision) = self.evaluate(&loaded, &key, purpose, channel, at)?;
-                Ok::<_, Status>((subject, purpose, channel, decision))
-            })();
-            match evaluated {
-                Ok(d) => {
-                    decided.push(d);
-                    positions.push(position);
-                }
-                Err(status) => results[position] = Some(item_error(&status)),
-            }
-        }
-        match self.audit_decisions(decided) {
-            Ok(decisions) => {
-                for (position, decision) in positions.into_iter().zip(decisions) {
-                    results[position] = Some(pb::decide_outcome::Result::Decision(decision));
-                }
-            }
-            Err(status) => {
-                for position in positions {
-                    results[position] = Some(item_error(&status));
-                }
-            }
-        }
-        let outcomes =
-            req.items.iter().zip(results).map(|(item, result)| pb::DecideOutcome { id: item.id, result }).collect();
-        Ok(Response::new(pb::DecideBatchResponse { outcomes }))
+            .collect();
+        let items =
+            req.items.iter().zip(&keys).map(|(item, key)| {
+                (item.id, key.as_ref().map(|(k, p, c)| (k.as_key_ref(), *p, *c)).map_err(Clone::clone))
+            });
+        Ok(Response::new(decoded(&self.decide_items(items, at))?))
     }
 
     type ListLinksStream = LinkStream;

@@ -5,6 +5,7 @@
 //! never echo its value (invariant 8).
 
 pub mod convert;
+pub mod raw;
 
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "generated code")]
 pub mod pb {
@@ -64,6 +65,10 @@ mod tests {
         assert!(paths.iter().any(|p| p == "/domicile.gateway.v1.Domicile/Decide"), "{paths:?}");
         assert!(paths.iter().any(|p| p == "/domicile.node.v1.RegionalNode/DecideBatch"), "{paths:?}");
         assert!(paths.iter().all(|p| p.starts_with("/domicile.")), "{paths:?}");
+        // The hand-written wire types name real methods.
+        for path in [super::raw::DECIDE_BATCH_PATH, super::raw::DECIDE_STREAM_PATH] {
+            assert!(paths.iter().any(|p| p == path), "{path}");
+        }
     }
 
     /// The gateway forwards a node's encoded `DecideOutcome`s as `DecideStreamResult`s

@@ -234,8 +234,8 @@ pub fn count_decision(outcome: Outcome, region: &str, pack_id: &str, pack_versio
 
 /// Counts a decision a node made (and audited).
 #[inline]
-pub fn decided(region: &domicile_types::RegionId, decision: &domicile_policy::Decision) {
-    count_decision(decision.effect.into(), region.as_str(), &decision.pack.id, &decision.pack.version);
+pub fn decided(region: &domicile_types::RegionId, effect: domicile_policy::Effect, pack: &domicile_policy::PackRef) {
+    count_decision(effect.into(), region.as_str(), &pack.id, &pack.version);
 }
 
 /// Counts a request for a decision that failed with `code`.
