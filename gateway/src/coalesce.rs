@@ -16,14 +16,16 @@ use std::sync::Arc;
 
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as node_pb;
+use domicile_proto::raw::RawResult;
 use domicile_runtime::telemetry::{self, TraceParent};
 use domicile_types::RegionId;
 use hashbrown::HashMap;
+use prost::bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::{Code, Status};
 use tracing::Instrument as _;
 
-use crate::service::{NodeClient, node_status, region_unavailable, unknown_region};
+use crate::service::{node_status, region_unavailable, unknown_region};
 use crate::stack::NodeChannel;
 
 /// Node calls in flight per region. Small on purpose: queueing behind a busy call is what forms
@@ -35,7 +37,8 @@ pub const MAX_ITEMS: usize = 512;
 /// Decisions waiting per region before callers are turned away (RESOURCE_EXHAUSTED).
 const QUEUE: usize = 16 * 1024;
 
-type Reply = oneshot::Sender<Result<common::Decision, Status>>;
+/// The decision as the node encoded it: forwarded to the caller as is (`raw.rs`).
+type Reply = oneshot::Sender<Result<Bytes, Status>>;
 
 struct Pending {
     item: node_pb::DecideItem,
@@ -57,7 +60,7 @@ impl Coalescer {
             .iter()
             .map(|(region, channel)| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(batcher(region.clone(), NodeClient::new(channel.clone()), rx));
+                tokio::spawn(batcher(region.clone(), channel.clone(), rx));
                 (region.clone(), tx)
             })
             .collect();
@@ -71,7 +74,7 @@ impl Coalescer {
         subject: common::SubjectKey,
         purpose: String,
         channel: String,
-    ) -> Result<common::Decision, Status> {
+    ) -> Result<Bytes, Status> {
         let queue = self.queues.get(region).ok_or_else(|| unknown_region(region))?;
         let (reply, answer) = oneshot::channel();
         let item = node_pb::DecideItem { id: 0, subject: Some(subject), purpose, channel };
@@ -88,7 +91,7 @@ impl Coalescer {
 }
 
 /// Takes everything queued whenever a call slot is free.
-async fn batcher(region: RegionId, client: NodeClient, mut queue: mpsc::Receiver<Pending>) {
+async fn batcher(region: RegionId, channel: NodeChannel, mut queue: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_ITEMS);
     loop {
@@ -97,12 +100,12 @@ async fn batcher(region: RegionId, client: NodeClient, mut queue: mpsc::Receiver
             return;
         }
         let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_ITEMS));
-        tokio::spawn(call(region.clone(), client.clone(), taken, slot));
+        tokio::spawn(call(region.clone(), channel.clone(), taken, slot));
     }
 }
 
 /// One node call for a batch; every caller still waiting gets exactly one answer.
-async fn call(region: RegionId, mut client: NodeClient, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
+async fn call(region: RegionId, channel: NodeChannel, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
     // Callers that gave up (deadline, disconnect) are not decided for.
     let mut items = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
@@ -120,10 +123,11 @@ async fn call(region: RegionId, mut client: NodeClient, batch: Vec<Pending>, slo
     } else {
         tracing::Span::none()
     };
-    let answer = client.decide_batch(node_pb::DecideBatchRequest { items, at: None }).instrument(span).await;
+    let answer =
+        crate::raw::decide_batch(channel, node_pb::DecideBatchRequest { items, at: None }).instrument(span).await;
     drop(slot);
     let outcomes = match answer {
-        Ok(answer) => answer.into_inner().outcomes,
+        Ok(answer) => answer.outcomes,
         Err(status) => {
             let status = node_status(&region, status);
             for reply in replies {
@@ -141,13 +145,13 @@ async fn call(region: RegionId, mut client: NodeClient, batch: Vec<Pending>, slo
     }
     for (outcome, reply) in outcomes.into_iter().zip(replies) {
         let result = match outcome.result {
-            Some(node_pb::decide_outcome::Result::Decision(decision)) => Ok(decision),
+            Some(RawResult::Decision(decision)) if !decision.is_empty() => Ok(decision),
             // The node's own status for this item, mapped as a unary answer would be.
-            Some(node_pb::decide_outcome::Result::Error(error)) => {
+            Some(RawResult::Error(error)) => {
                 Err(node_status(&region, Status::new(Code::from(error.code), error.message)))
             }
             // No decision is not an allow.
-            None => Err(Status::internal("home region returned no decision")),
+            Some(RawResult::Decision(_)) | None => Err(Status::internal("home region returned no decision")),
         };
         let _ = reply.send(result);
     }

@@ -134,7 +134,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         // The Domicile service, with DecideStream forwarding node-encoded decisions (`raw.rs`).
-        .add_service(raw::DecideStreamRoute::new(service, MAX_REQUEST_BYTES))
+        .add_service(raw::DecisionRoute::new(service, MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown);
     match stopping.drain(server, DRAIN_TIMEOUT).await {
         Some(served) => served?,

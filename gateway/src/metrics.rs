@@ -23,7 +23,7 @@ use crate::directory::Directory;
 use crate::raw::{RawOutcome, RawResult};
 
 /// The unary decide; its failures are counted by the RPC metrics layer (`stack.rs`).
-pub(crate) const DECIDE_METHOD: &str = "/domicile.gateway.v1.Domicile/Decide";
+pub(crate) use domicile_proto::raw::DECIDE_PATH as DECIDE_METHOD;
 
 /// The method paths the gateway serves: the closed set its RPC metrics may name.
 pub(crate) fn served_methods() -> Vec<String> {

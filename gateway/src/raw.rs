@@ -7,8 +7,9 @@
 //! re-encoding of a decision's strings per item (a quarter of the gateway's CPU in batch), and
 //! the gateway cannot alter a decision on the way.
 //!
-//! Used by `DecideStream` only: the route in [`DecideStreamRoute`] serves that one method with
-//! these types and hands every other method to the generated service.
+//! Unary `Decide` answers the same way ([`RawDecideResponse`]): the node's encoded decision is
+//! the caller's. The route in [`DecisionRoute`] serves these two methods with these types
+//! and hands every other method to the generated service.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,7 +20,10 @@ use std::task::{Context, Poll};
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_server::DomicileServer;
 use domicile_proto::pb::node::v1 as node_pb;
-pub use domicile_proto::raw::{DECIDE_BATCH_PATH, DECIDE_STREAM_PATH, RawDecideBatchResponse, RawOutcome, RawResult};
+pub use domicile_proto::raw::{
+    DECIDE_BATCH_PATH, DECIDE_PATH, DECIDE_STREAM_PATH, RawDecideBatchResponse, RawDecideResponse, RawOutcome,
+    RawResult,
+};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -41,7 +45,7 @@ pub async fn decide_batch(
 /// The gateway's `Domicile` service as mounted: `DecideStream` is served here with
 /// [`RawOutcome`] results, every other method by the generated server.
 #[derive(Clone)]
-pub struct DecideStreamRoute {
+pub struct DecisionRoute {
     typed: DomicileServer<GatewayService>,
     /// The service the typed server holds too; shared, because the route is cloned for every
     /// request and each `Arc` inside a cloned `GatewayService` is a contended counter.
@@ -49,7 +53,7 @@ pub struct DecideStreamRoute {
     max_request: usize,
 }
 
-impl DecideStreamRoute {
+impl DecisionRoute {
     pub fn new(service: GatewayService, max_request: usize) -> Self {
         let service = Arc::new(service);
         let typed = DomicileServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_request);
@@ -57,7 +61,7 @@ impl DecideStreamRoute {
     }
 }
 
-impl tonic::server::NamedService for DecideStreamRoute {
+impl tonic::server::NamedService for DecisionRoute {
     const NAME: &'static str = <DomicileServer<GatewayService> as tonic::server::NamedService>::NAME;
 }
 
@@ -74,7 +78,22 @@ impl tonic::server::StreamingService<pb::DecideStreamItem> for Handler {
     }
 }
 
-impl tower::Service<http::Request<Body>> for DecideStreamRoute {
+struct UnaryHandler(Arc<GatewayService>);
+
+impl tonic::server::UnaryService<pb::DecideRequest> for UnaryHandler {
+    type Response = RawDecideResponse;
+    type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<RawDecideResponse>, Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<pb::DecideRequest>) -> Self::Future {
+        let service = Arc::clone(&self.0);
+        Box::pin(async move {
+            let decision = service.decide_encoded(request.into_inner()).await?;
+            Ok(tonic::Response::new(RawDecideResponse { decision }))
+        })
+    }
+}
+
+impl tower::Service<http::Request<Body>> for DecisionRoute {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -84,15 +103,27 @@ impl tower::Service<http::Request<Body>> for DecideStreamRoute {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != DECIDE_STREAM_PATH {
-            return Box::pin(self.typed.call(request));
-        }
-        let handler = Handler(Arc::clone(&self.service));
         let max_request = self.max_request;
-        Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<RawOutcome, pb::DecideStreamItem>::default();
-            let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_request), None);
-            Ok(grpc.streaming(handler, request).await)
-        })
+        match request.uri().path() {
+            DECIDE_STREAM_PATH => {
+                let handler = Handler(Arc::clone(&self.service));
+                Box::pin(async move {
+                    let codec = tonic_prost::ProstCodec::<RawOutcome, pb::DecideStreamItem>::default();
+                    let mut grpc =
+                        tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_request), None);
+                    Ok(grpc.streaming(handler, request).await)
+                })
+            }
+            DECIDE_PATH => {
+                let handler = UnaryHandler(Arc::clone(&self.service));
+                Box::pin(async move {
+                    let codec = tonic_prost::ProstCodec::<RawDecideResponse, pb::DecideRequest>::default();
+                    let mut grpc =
+                        tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_request), None);
+                    Ok(grpc.unary(handler, request).await)
+                })
+            }
+            _ => Box::pin(self.typed.call(request)),
+        }
     }
 }

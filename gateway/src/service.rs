@@ -13,10 +13,13 @@ use domicile_proto::pb::gateway::v1::domicile_server::Domicile;
 use domicile_proto::pb::gateway::v1::subject_selector::Selector;
 use domicile_proto::pb::node::v1 as node_pb;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_proto::raw::RawResult;
 use domicile_runtime::packs::PackReloader;
 use domicile_runtime::process::Shutdown;
 use domicile_types::{Link, LinkKey, RegionId, SubjectRef};
 use hashbrown::HashMap;
+use prost::Message as _;
+use prost::bytes::Bytes;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::coalesce::Coalescer;
@@ -106,6 +109,42 @@ impl GatewayService {
         &self.regions
     }
 
+    /// A unary decision, answered with the decision as the subject's home region encoded it
+    /// (the gateway neither decodes nor alters it). Decisions for now are coalesced with
+    /// concurrent ones into node batches; one at a stated time is a batch of one at that time.
+    pub(crate) async fn decide_encoded(&self, req: pb::DecideRequest) -> Result<Bytes, Status> {
+        convert::purpose("purpose", &req.purpose).map_err(invalid)?;
+        convert::channel("channel", &req.channel).map_err(invalid)?;
+        convert::timestamp("at", req.at.as_ref()).map_err(invalid)?;
+        let (region, key) = self.target(req.subject.as_ref())?;
+        let decision = if req.at.is_none() {
+            self.coalescer.decide(&region, key.to_pb(), req.purpose, req.channel).await?
+        } else {
+            let item =
+                node_pb::DecideItem { id: 0, subject: Some(key.to_pb()), purpose: req.purpose, channel: req.channel };
+            let request = node_pb::DecideBatchRequest { items: vec![item], at: req.at };
+            let reply = crate::raw::decide_batch(self.node_channel(&region)?, request)
+                .await
+                .map_err(|s| node_status(&region, s))?;
+            match reply.outcomes.into_iter().next().and_then(|o| o.result) {
+                Some(RawResult::Decision(decision)) if !decision.is_empty() => decision,
+                Some(RawResult::Error(e)) => {
+                    return Err(node_status(&region, Status::new(Code::from(e.code), e.message)));
+                }
+                // A reply without a decision is a broken node: never read it as an allow.
+                _ => return Err(Status::internal("home region returned no decision")),
+            }
+        };
+        if domicile_runtime::metrics::enabled() {
+            // Counting by pack needs the pack: decoded only while metrics are exported.
+            match common::Decision::decode(decision.clone()) {
+                Ok(decoded) => crate::metrics::decided(&decoded),
+                Err(_) => return Err(Status::internal("home region returned no decision")),
+            }
+        }
+        Ok(decision)
+    }
+
     pub(crate) fn node_channel(&self, region: &RegionId) -> Result<NodeChannel, Status> {
         self.channels.get(region).cloned().ok_or_else(|| unknown_region(region))
     }
@@ -167,7 +206,7 @@ impl GatewayService {
 impl Domicile for GatewayService {
     type DecideStreamStream = tokio_stream::Empty<Result<pb::DecideStreamResult, Status>>;
 
-    /// Never reached: `raw::DecideStreamRoute` serves `DecideStream` (decisions forwarded
+    /// Never reached: `raw::DecisionRoute` serves `DecideStream` (decisions forwarded
     /// encoded) before the generated server sees it.
     async fn decide_stream(
         &self,
@@ -279,31 +318,12 @@ impl Domicile for GatewayService {
         }))
     }
 
+    /// Served by [`GatewayService::decide_encoded`] on the wire (`raw.rs`); this typed form is
+    /// for in-process callers and decodes the same bytes.
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
-        let req = request.into_inner();
-        convert::purpose("purpose", &req.purpose).map_err(invalid)?;
-        convert::channel("channel", &req.channel).map_err(invalid)?;
-        convert::timestamp("at", req.at.as_ref()).map_err(invalid)?;
-        let (region, key) = self.target(req.subject.as_ref())?;
-        let decision = if req.at.is_none() {
-            // Decisions for now are coalesced with concurrent ones into node batches.
-            self.coalescer.decide(&region, key.to_pb(), req.purpose, req.channel).await?
-        } else {
-            let reply = self
-                .node(&region)?
-                .decide(node_pb::DecideRequest {
-                    subject: Some(key.to_pb()),
-                    purpose: req.purpose,
-                    channel: req.channel,
-                    at: req.at,
-                })
-                .await
-                .map_err(|s| node_status(&region, s))?
-                .into_inner();
-            // A reply without a decision is a broken node: never read it as an allow.
-            reply.decision.ok_or_else(|| Status::internal("home region returned no decision"))?
-        };
-        crate::metrics::decided(&decision);
+        let decision = self.decide_encoded(request.into_inner()).await?;
+        let decision =
+            common::Decision::decode(decision).map_err(|_| Status::internal("home region returned no decision"))?;
         Ok(Response::new(pb::DecideResponse { decision: Some(decision) }))
     }
 

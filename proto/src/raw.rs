@@ -21,6 +21,9 @@ use crate::pb::common::v1 as common;
 /// The node method [`RawDecideBatchRequest`] and [`EncodedDecideBatch`] are the wire types of.
 pub const DECIDE_BATCH_PATH: &str = "/domicile.node.v1.RegionalNode/DecideBatch";
 
+/// The gateway method [`RawDecideResponse`] answers.
+pub const DECIDE_PATH: &str = "/domicile.gateway.v1.Domicile/Decide";
+
 /// The gateway method whose results [`RawOutcome`] reads.
 pub const DECIDE_STREAM_PATH: &str = "/domicile.gateway.v1.Domicile/DecideStream";
 
@@ -306,6 +309,15 @@ impl RawOutcome {
     }
 }
 
+/// `domicile.gateway.v1.DecideResponse` with its decision kept as the node encoded it, so the
+/// gateway answers a unary decision without decoding and re-encoding it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawDecideResponse {
+    /// An encoded `domicile.common.v1.Decision`; never empty (a decision always has an effect).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub decision: Bytes,
+}
+
 #[cfg(test)]
 mod tests {
     use domicile_policy::{ConsentFact, DecisionInput, PackSet, PackSource};
@@ -519,5 +531,14 @@ mod tests {
             assert_eq!(raw.encode_to_vec(), expected.encode_to_vec());
             assert_eq!(gateway::DecideStreamResult::decode(raw.encode_to_vec().as_slice()).unwrap(), expected);
         }
+    }
+
+    /// A decision forwarded as encoded is the caller's typed `DecideResponse` byte for byte.
+    #[test]
+    fn a_forwarded_decision_is_the_callers_decide_response() {
+        let typed = gateway::DecideResponse { decision: Some(decision()) };
+        let raw = RawDecideResponse { decision: Bytes::from(decision().encode_to_vec()) };
+        assert_eq!(raw.encode_to_vec(), typed.encode_to_vec());
+        assert_eq!(gateway::DecideResponse::decode(raw.encode_to_vec().as_slice()).unwrap(), typed);
     }
 }
