@@ -14,6 +14,7 @@
 #   LOAD_CONCURRENCY [1024]   concurrent callers for the load tool (decide needs many: see BENCHMARKS.md)
 #   LOAD_WITHDRAWALS [1000]   withdrawals for the propagation / read-your-writes check
 #   SKIP_COMPONENT_BENCHES    set to 1 to run only the load tool
+#   CLUSTER_ARGS              extra `cluster up` arguments, e.g. `--node-worker-threads 0`
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -49,7 +50,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-./target/release/domicile cluster up --dir "$dir" --gateway-listen 127.0.0.1:0 >"$dir/cluster-up.log" 2>&1 &
+./target/release/domicile cluster up --dir "$dir" --gateway-listen 127.0.0.1:0 ${CLUSTER_ARGS:-} >"$dir/cluster-up.log" 2>&1 &
 cluster_pid=$!
 for _ in $(seq 1 120); do
   [[ -f "$dir/cluster.json" ]] && break

@@ -57,6 +57,11 @@ enum ClusterCommand {
         /// Address for the gateway.
         #[arg(long, default_value = "127.0.0.1:50051")]
         gateway_listen: SocketAddr,
+        /// Runtime worker threads of each node (0: one per core). Every process of a local
+        /// cluster shares this machine; one thread per node leaves the cores to the gateway and
+        /// the callers instead of oversubscribing them (BENCHMARKS.md).
+        #[arg(long, default_value_t = 1)]
+        node_worker_threads: u16,
     },
     /// Report the regions, nodes (reachability, subjects, links, packs) and gateway of a running
     /// `cluster up`.
@@ -171,7 +176,7 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
-        ClusterCommand::Up { dir, packs, topology, gateway_listen } => {
+        ClusterCommand::Up { dir, packs, topology, gateway_listen, node_worker_threads } => {
             let topology = Topology::load(topology.as_deref())?;
             let options = ClusterOptions {
                 dir,
@@ -181,6 +186,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 binary: std::env::current_exe().context("cannot find the domicile binary")?,
                 packs_trust: None,
                 packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
+                node_worker_threads: (node_worker_threads > 0).then_some(node_worker_threads),
             };
             up(options).await
         }
@@ -517,6 +523,8 @@ pub struct ClusterOptions {
     pub packs_trust: Option<TrustConfig>,
     /// Pack reload polling interval in milliseconds (0: only on SIGHUP).
     pub packs_reload_ms: u64,
+    /// Runtime worker threads per node (`None`: one per core).
+    pub node_worker_threads: Option<u16>,
 }
 
 /// One running child process.
@@ -527,6 +535,8 @@ pub struct Process {
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Arguments after `--config`, kept for a restart.
+    args: Vec<String>,
     child: Child,
 }
 
@@ -592,7 +602,11 @@ impl LocalCluster {
             };
             let path = dir.join("config").join(format!("node-{region}.toml"));
             write_toml(&path, &config)?;
-            let process = spawn(&options.binary, "node", Some(region.clone()), &path, &dir, &[]).await?;
+            let args: Vec<String> = match options.node_worker_threads {
+                Some(threads) => vec!["--worker-threads".to_owned(), threads.to_string()],
+                None => Vec::new(),
+            };
+            let process = spawn(&options.binary, "node", Some(region.clone()), &path, &args, &dir, &[]).await?;
             cluster.nodes.insert(region.clone(), process);
         }
         cluster.start_gateway(&pki, &packs_dir, &link_key_file).await?;
@@ -621,7 +635,7 @@ impl LocalCluster {
         };
         let path = self.dir.join("config").join("gateway.toml");
         write_toml(&path, &config)?;
-        self.gateway = Some(spawn(&self.options.binary, "gateway", None, &path, &self.dir, &[]).await?);
+        self.gateway = Some(spawn(&self.options.binary, "gateway", None, &path, &[], &self.dir, &[]).await?);
         Ok(())
     }
 
@@ -756,8 +770,9 @@ async fn respawn(
         Some(_) => None,
     };
     let listen = process.addr.to_string();
-    *process =
-        spawn(binary, process.role, process.region.clone(), &process.config, dir, &[(listen_var, listen)]).await?;
+    let args = std::mem::take(&mut process.args);
+    *process = spawn(binary, process.role, process.region.clone(), &process.config, &args, dir, &[(listen_var, listen)])
+        .await?;
     Ok(stopped)
 }
 
@@ -803,13 +818,14 @@ fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Starts `binary <role> --config <config>` and waits for its ready line on stdout. Logs go to
-/// `<dir>/logs/<label>.log`; the child is killed if the handle is dropped.
+/// Starts `binary <role> --config <config> <args>` and waits for its ready line on stdout. Logs
+/// go to `<dir>/logs/<label>.log`; the child is killed if the handle is dropped.
 async fn spawn(
     binary: &Path,
     role: &'static str,
     region: Option<RegionId>,
     config: &Path,
+    args: &[String],
     dir: &Path,
     env: &[(&str, String)],
 ) -> anyhow::Result<Process> {
@@ -827,6 +843,7 @@ async fn spawn(
         .arg(role)
         .arg("--config")
         .arg(config)
+        .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -855,7 +872,7 @@ async fn spawn(
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Process { role, region, addr: ready.addr, config: config.to_owned(), log, child })
+    Ok(Process { role, region, addr: ready.addr, config: config.to_owned(), log, args: args.to_vec(), child })
 }
 
 fn tail(path: &Path) -> String {

@@ -57,6 +57,10 @@ struct ServerArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Runtime worker threads (default: one per core). Processes that share a machine, like a
+    /// local cluster's nodes, serve better with fewer threads than cores between them.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 /// Entry point shared by the `domicile` binary and the test harness's copy of it.
@@ -64,8 +68,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if matches!(cli.command, Command::Node(_) | Command::Gateway(_)) {
+    if let Command::Node(args) | Command::Gateway(args) = &cli.command {
         server_runtime(&mut builder);
+        if let Some(threads) = args.worker_threads {
+            builder.worker_threads(usize::from(threads));
+        }
     }
     let runtime = match builder.build() {
         Ok(rt) => rt,

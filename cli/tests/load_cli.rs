@@ -84,6 +84,7 @@ async fn all_scenarios_against_a_local_cluster() {
         binary: PathBuf::from(BIN),
         packs_trust: None,
         packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
+        node_worker_threads: Some(1),
     })
     .await
     .unwrap();

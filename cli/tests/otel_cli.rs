@@ -209,6 +209,7 @@ async fn start_cluster(dir: &Path, endpoint: &str, extra: &[(&str, &str)]) -> Lo
         binary: wrapper(dir, endpoint, extra),
         packs_trust: None,
         packs_reload_ms: 0,
+        node_worker_threads: None,
     };
     LocalCluster::start(options).await.unwrap()
 }

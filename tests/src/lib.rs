@@ -74,6 +74,8 @@ impl TestCluster {
             binary: PathBuf::from(binary),
             packs_trust: options.packs_trust,
             packs_reload_ms: options.packs_reload_ms.unwrap_or(domicile_cli::cluster::DEFAULT_PACKS_RELOAD_MS),
+            // As `cluster up`: every test cluster shares the test machine's cores.
+            node_worker_threads: Some(1),
         })
         .await?;
         let this = Self { cluster, binary: PathBuf::from(binary), _dir: dir };
