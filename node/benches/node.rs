@@ -17,6 +17,8 @@ use domicile_node::store::{SledStore, Store};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
+use domicile_proto::prost::Message as _;
+use domicile_proto::raw::RawDecideBatchRequest;
 use domicile_types::{IdentifierKind, Jurisdiction, LinkKey, NormalizedIdentifier, RegionId, SubjectId};
 use hdrhistogram::Histogram;
 use tonic::Request;
@@ -154,9 +156,15 @@ async fn batch_decisions(fixture: &Fixture, callers: usize, secs: u64) -> f64 {
                         }
                     })
                     .collect();
-                let reply =
-                    service.decide_batch(Request::new(pb::DecideBatchRequest { items, at: None })).await.unwrap();
-                decided += reply.into_inner().outcomes.len();
+                // As the server does: read the request in place, encode the outcomes as sent.
+                let wire = pb::DecideBatchRequest { items, at: None }.encode_to_vec();
+                let raw = RawDecideBatchRequest::decode(wire.as_slice()).unwrap();
+                let reply = service.decide_batch_encoded(raw).unwrap();
+                if decided == 0 {
+                    let outcomes = pb::DecideBatchResponse::decode(reply.as_bytes()).unwrap().outcomes;
+                    assert!(outcomes.iter().all(|o| matches!(o.result, Some(pb::decide_outcome::Result::Decision(_)))));
+                }
+                decided += 1000;
             }
             decided
         }));
