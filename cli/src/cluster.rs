@@ -771,8 +771,9 @@ async fn respawn(
     };
     let listen = process.addr.to_string();
     let args = std::mem::take(&mut process.args);
-    *process = spawn(binary, process.role, process.region.clone(), &process.config, &args, dir, &[(listen_var, listen)])
-        .await?;
+    *process =
+        spawn(binary, process.role, process.region.clone(), &process.config, &args, dir, &[(listen_var, listen)])
+            .await?;
     Ok(stopped)
 }
 

@@ -13,10 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domicile_proto::convert;
-use domicile_proto::pb::gateway::v1 as pb;
-use domicile_proto::pb::node::v1 as node_pb;
-use domicile_types::RegionId;
+use domicile_proto::convert::SubjectKey;
+use domicile_proto::raw::{EncodedDecideBatchRequest, RawDecideStreamItem};
+use domicile_types::{Channel, Purpose, RegionId};
 use hashbrown::HashMap;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -65,7 +64,7 @@ impl Stream for ResultStream {
     }
 }
 
-pub fn decide_stream(service: GatewayService, input: Streaming<pb::DecideStreamItem>) -> ResultStream {
+pub fn decide_stream(service: GatewayService, input: Streaming<RawDecideStreamItem>) -> ResultStream {
     let (tx, rx) = mpsc::channel(OUTPUT_CHUNKS);
     tokio::spawn(Driver { service, tx, pending: HashMap::new(), tasks: JoinSet::new() }.run(input));
     ResultStream { chunks: rx, current: Vec::new().into_iter() }
@@ -74,12 +73,19 @@ pub fn decide_stream(service: GatewayService, input: Streaming<pb::DecideStreamI
 struct Driver {
     service: GatewayService,
     tx: mpsc::Sender<Vec<RawOutcome>>,
-    pending: HashMap<RegionId, Vec<node_pb::DecideItem>>,
+    pending: HashMap<RegionId, Pending>,
     tasks: JoinSet<()>,
 }
 
+/// One region's next node call: the items encoded as they will be sent, and their ids.
+#[derive(Default)]
+struct Pending {
+    ids: Vec<u64>,
+    request: EncodedDecideBatchRequest,
+}
+
 impl Driver {
-    async fn run(mut self, mut input: Streaming<pb::DecideStreamItem>) {
+    async fn run(mut self, mut input: Streaming<RawDecideStreamItem>) {
         let permits = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
         let mut flush_at: Option<Instant> = None;
         loop {
@@ -102,10 +108,15 @@ impl Driver {
                             return;
                         }
                     }
-                    Ok((region, item)) => {
-                        let queue = self.pending.entry(region.clone()).or_default();
-                        queue.push(item);
-                        if queue.len() >= BATCH_SIZE {
+                    Ok((id, region, key, purpose, channel)) => {
+                        // No region name cloned per item: only for a region's first pending item.
+                        let queue = match self.pending.get_mut(&region) {
+                            Some(queue) => queue,
+                            None => self.pending.entry(region.clone()).or_default(),
+                        };
+                        queue.ids.push(id);
+                        queue.request.push(id, &key, purpose, channel);
+                        if queue.ids.len() >= BATCH_SIZE {
                             let items = std::mem::take(queue);
                             if !self.send_batch(&permits, region, items).await {
                                 return;
@@ -134,7 +145,7 @@ impl Driver {
         let regions: Vec<RegionId> = self.pending.keys().cloned().collect();
         for region in regions {
             let items = self.pending.remove(&region).unwrap_or_default();
-            if !items.is_empty() && !self.send_batch(permits, region, items).await {
+            if !items.ids.is_empty() && !self.send_batch(permits, region, items).await {
                 return false;
             }
         }
@@ -142,12 +153,7 @@ impl Driver {
     }
 
     /// Starts one node call once a slot is free. False when the caller has gone.
-    async fn send_batch(
-        &mut self,
-        permits: &Arc<Semaphore>,
-        region: RegionId,
-        items: Vec<node_pb::DecideItem>,
-    ) -> bool {
+    async fn send_batch(&mut self, permits: &Arc<Semaphore>, region: RegionId, items: Pending) -> bool {
         let Ok(permit) = Arc::clone(permits).acquire_owned().await else { return false };
         if self.tx.is_closed() {
             return false;
@@ -157,7 +163,7 @@ impl Driver {
         self.tasks.spawn(async move {
             let results = match client {
                 Ok(client) => run_batch(&region, client, items).await,
-                Err(status) => items.iter().map(|i| RawOutcome::error(i.id, &status)).collect(),
+                Err(status) => items.ids.iter().map(|id| RawOutcome::error(*id, &status)).collect(),
             };
             drop(permit);
             // A caller that has gone just drops them.
@@ -168,9 +174,9 @@ impl Driver {
 }
 
 /// One node call; every item gets exactly one result.
-async fn run_batch(region: &RegionId, channel: NodeChannel, items: Vec<node_pb::DecideItem>) -> Vec<RawOutcome> {
-    let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
-    let reply = raw::decide_batch(channel, node_pb::DecideBatchRequest { items, at: None }).await;
+async fn run_batch(region: &RegionId, channel: NodeChannel, items: Pending) -> Vec<RawOutcome> {
+    let Pending { ids, request } = items;
+    let reply = raw::decide_batch(channel, request).await;
     let outcomes = match reply {
         Ok(reply) => reply.outcomes,
         Err(status) => {
@@ -194,16 +200,21 @@ async fn run_batch(region: &RegionId, channel: NodeChannel, items: Vec<node_pb::
 }
 
 impl GatewayService {
-    /// Validates one item and finds where it goes; an error is that item's result.
-    fn batch_item(&self, item: pb::DecideStreamItem) -> Result<(RegionId, node_pb::DecideItem), (u64, Status)> {
+    /// Validates one item (read in place) and finds where it goes; an error is that item's result.
+    #[allow(clippy::type_complexity, reason = "one item's parts, taken apart at once by the caller")]
+    fn batch_item(
+        &self,
+        item: RawDecideStreamItem,
+    ) -> Result<(u64, RegionId, SubjectKey, Purpose, Channel), (u64, Status)> {
         let id = item.id;
         let fail = |status: Status| (id, status);
-        convert::purpose("purpose", &item.purpose).map_err(|v| fail(v.into()))?;
-        convert::channel("channel", &item.channel).map_err(|v| fail(v.into()))?;
-        let (region, key) = self.target(item.subject.as_ref()).map_err(fail)?;
-        Ok((
-            region,
-            node_pb::DecideItem { id, subject: Some(key.to_pb()), purpose: item.purpose, channel: item.channel },
-        ))
+        let purpose = item.purpose("purpose").map_err(|v| fail(v.into()))?;
+        let channel = item.channel("channel").map_err(|v| fail(v.into()))?;
+        let selector = match &item.subject {
+            Some(subject) => subject.view("subject").map_err(|v| fail(v.into()))?,
+            None => None,
+        };
+        let (region, key) = self.target_of("subject", selector).map_err(fail)?;
+        Ok((id, region, key, purpose, channel))
     }
 }

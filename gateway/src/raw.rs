@@ -19,10 +19,9 @@ use std::task::{Context, Poll};
 
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_server::DomicileServer;
-use domicile_proto::pb::node::v1 as node_pb;
 pub use domicile_proto::raw::{
-    DECIDE_BATCH_PATH, DECIDE_PATH, DECIDE_STREAM_PATH, RawDecideBatchResponse, RawDecideResponse, RawOutcome,
-    RawResult,
+    DECIDE_BATCH_PATH, DECIDE_PATH, DECIDE_STREAM_PATH, RawDecideBatchResponse, RawDecideResponse, RawDecideStreamItem,
+    RawOutcome, RawResult,
 };
 use tonic::Status;
 use tonic::body::Body;
@@ -31,13 +30,14 @@ use tonic::codegen::http;
 use crate::service::GatewayService;
 
 /// Calls a node's `DecideBatch`, reading the answer with decisions kept encoded.
-pub async fn decide_batch(
+/// The request is the generated `DecideBatchRequest` or an `EncodedDecideBatchRequest`.
+pub async fn decide_batch<M: prost::Message + Send + Sync + 'static>(
     channel: crate::stack::NodeChannel,
-    request: node_pb::DecideBatchRequest,
+    request: M,
 ) -> Result<RawDecideBatchResponse, Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| Status::unavailable(format!("node not ready: {e}")))?;
-    let codec = tonic_prost::ProstCodec::<node_pb::DecideBatchRequest, RawDecideBatchResponse>::default();
+    let codec = tonic_prost::ProstCodec::<M, RawDecideBatchResponse>::default();
     let path = http::uri::PathAndQuery::from_static(DECIDE_BATCH_PATH);
     Ok(grpc.unary(tonic::Request::new(request), path, codec).await?.into_inner())
 }
@@ -67,12 +67,12 @@ impl tonic::server::NamedService for DecisionRoute {
 
 struct Handler(Arc<GatewayService>);
 
-impl tonic::server::StreamingService<pb::DecideStreamItem> for Handler {
+impl tonic::server::StreamingService<RawDecideStreamItem> for Handler {
     type Response = RawOutcome;
     type ResponseStream = crate::metrics::CountedResults<crate::batch::ResultStream>;
     type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
 
-    fn call(&mut self, request: tonic::Request<tonic::Streaming<pb::DecideStreamItem>>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<RawDecideStreamItem>>) -> Self::Future {
         let results = crate::batch::decide_stream(GatewayService::clone(&self.0), request.into_inner());
         std::future::ready(Ok(tonic::Response::new(crate::metrics::counted(results))))
     }
@@ -108,7 +108,7 @@ impl tower::Service<http::Request<Body>> for DecisionRoute {
             DECIDE_STREAM_PATH => {
                 let handler = Handler(Arc::clone(&self.service));
                 Box::pin(async move {
-                    let codec = tonic_prost::ProstCodec::<RawOutcome, pb::DecideStreamItem>::default();
+                    let codec = tonic_prost::ProstCodec::<RawOutcome, RawDecideStreamItem>::default();
                     let mut grpc =
                         tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_request), None);
                     Ok(grpc.streaming(handler, request).await)

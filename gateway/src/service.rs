@@ -13,7 +13,7 @@ use domicile_proto::pb::gateway::v1::domicile_server::Domicile;
 use domicile_proto::pb::gateway::v1::subject_selector::Selector;
 use domicile_proto::pb::node::v1 as node_pb;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
-use domicile_proto::raw::RawResult;
+use domicile_proto::raw::{RawResult, SelectorRef};
 use domicile_runtime::packs::PackReloader;
 use domicile_runtime::process::Shutdown;
 use domicile_types::{Link, LinkKey, RegionId, SubjectRef};
@@ -171,9 +171,22 @@ impl GatewayService {
         field: &str,
         selector: Option<&pb::SubjectSelector>,
     ) -> Result<(RegionId, SubjectKey), Status> {
-        let selector = selector
-            .and_then(|s| s.selector.as_ref())
-            .ok_or_else(|| FieldViolation::new(field, "an identifier, a link or a subject ref is required"))?;
+        let selector = selector.and_then(|s| s.selector.as_ref()).map(|s| match s {
+            Selector::Identifier(id) => SelectorRef::Identifier { kind: &id.kind, value: &id.value },
+            Selector::Link(text) => SelectorRef::Link(text),
+            Selector::SubjectRef(text) => SelectorRef::SubjectRef(text),
+        });
+        self.target_of(field, selector)
+    }
+
+    /// [`Self::target_field`] for a selector however it was read (`DecideStream` reads in place).
+    pub(crate) fn target_of(
+        &self,
+        field: &str,
+        selector: Option<SelectorRef<'_>>,
+    ) -> Result<(RegionId, SubjectKey), Status> {
+        let selector =
+            selector.ok_or_else(|| FieldViolation::new(field, "an identifier, a link or a subject ref is required"))?;
         // Field paths for errors; spelled out for the common `subject` so the batch path does not
         // format one per item.
         let path = |leaf: &'static str| -> std::borrow::Cow<'static, str> {
@@ -185,12 +198,12 @@ impl GatewayService {
             }
         };
         let subject = match selector {
-            Selector::Identifier(id) => {
-                let identifier = convert::identifier(&path("identifier"), Some(id)).map_err(invalid)?;
+            SelectorRef::Identifier { kind, value } => {
+                let identifier = convert::identifier_parts(&path("identifier"), kind, value).map_err(invalid)?;
                 self.lookup(&self.link_key.link(&identifier))?
             }
-            Selector::Link(text) => self.lookup(&convert::link(&path("link"), text).map_err(invalid)?)?,
-            Selector::SubjectRef(text) => {
+            SelectorRef::Link(text) => self.lookup(&convert::link(&path("link"), text).map_err(invalid)?)?,
+            SelectorRef::SubjectRef(text) => {
                 let subject = convert::subject_ref(&path("subject_ref"), text).map_err(invalid)?;
                 if !self.channels.contains_key(&subject.region) {
                     return Err(Status::not_found("subject ref names a region this deployment does not have"));

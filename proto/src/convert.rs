@@ -106,17 +106,22 @@ pub fn channels(field: &str, texts: &[String]) -> Result<Vec<Channel>, FieldViol
 
 pub fn identifier(field: &str, pb: Option<&common::Identifier>) -> Result<NormalizedIdentifier, FieldViolation> {
     let pb = pb.ok_or_else(|| FieldViolation::required(field))?;
-    if pb.kind.is_empty() {
+    identifier_parts(field, &pb.kind, &pb.value)
+}
+
+/// [`identifier`] from its kind and value, however they were read.
+pub fn identifier_parts(field: &str, kind: &str, value: &str) -> Result<NormalizedIdentifier, FieldViolation> {
+    if kind.is_empty() {
         return Err(FieldViolation::required(format!("{field}.kind")));
     }
-    let kind = IdentifierKind::parse(&pb.kind).ok_or_else(|| {
+    let kind = IdentifierKind::parse(kind).ok_or_else(|| {
         let expected: Vec<&str> = IdentifierKind::ALL.iter().map(|k| k.as_str()).collect();
         FieldViolation::new(
             format!("{field}.kind"),
             format!("unknown identifier kind: expected one of {}", expected.join(", ")),
         )
     })?;
-    NormalizedIdentifier::normalize(kind, &pb.value).map_err(|e| FieldViolation::new(format!("{field}.value"), e))
+    NormalizedIdentifier::normalize(kind, value).map_err(|e| FieldViolation::new(format!("{field}.value"), e))
 }
 
 /// Identifiers of a registration: at least one, each valid.

@@ -114,6 +114,187 @@ impl RawDecideItem {
     }
 }
 
+/// `domicile.gateway.v1.DecideStreamItem` with its strings kept as received: what the gateway
+/// reads from a caller's `DecideStream`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawDecideStreamItem {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(message, optional, tag = "2")]
+    pub subject: Option<RawSubjectSelector>,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub purpose: Bytes,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub channel: Bytes,
+}
+
+/// `domicile.gateway.v1.SubjectSelector`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawSubjectSelector {
+    #[prost(oneof = "RawSelector", tags = "1, 2, 3")]
+    pub selector: Option<RawSelector>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum RawSelector {
+    #[prost(message, tag = "1")]
+    Identifier(RawIdentifier),
+    #[prost(bytes = "bytes", tag = "2")]
+    Link(Bytes),
+    #[prost(bytes = "bytes", tag = "3")]
+    SubjectRef(Bytes),
+}
+
+/// `domicile.common.v1.Identifier`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawIdentifier {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub kind: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+}
+
+/// A subject selector read in place; strings are checked for UTF-8 where they are read
+/// ([`RawSubjectSelector::view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectorRef<'a> {
+    Identifier { kind: &'a str, value: &'a str },
+    Link(&'a str),
+    SubjectRef(&'a str),
+}
+
+impl RawSubjectSelector {
+    /// The selector's strings; `field` names the selector in errors (`<field>.link`, …).
+    pub fn view(&self, field: &str) -> Result<Option<SelectorRef<'_>>, FieldViolation> {
+        fn text<'b>(field: &str, leaf: &str, bytes: &'b [u8]) -> Result<&'b str, FieldViolation> {
+            std::str::from_utf8(bytes).map_err(|_| FieldViolation::new(format!("{field}.{leaf}"), "is not UTF-8"))
+        }
+        Ok(match &self.selector {
+            None => None,
+            Some(RawSelector::Identifier(id)) => Some(SelectorRef::Identifier {
+                kind: text(field, "identifier.kind", &id.kind)?,
+                value: text(field, "identifier.value", &id.value)?,
+            }),
+            Some(RawSelector::Link(bytes)) => Some(SelectorRef::Link(text(field, "link", bytes)?)),
+            Some(RawSelector::SubjectRef(bytes)) => Some(SelectorRef::SubjectRef(text(field, "subject_ref", bytes)?)),
+        })
+    }
+}
+
+impl RawDecideStreamItem {
+    pub fn purpose(&self, field: &str) -> Result<domicile_types::Purpose, FieldViolation> {
+        convert::purpose(field, utf8(field, &self.purpose)?)
+    }
+
+    pub fn channel(&self, field: &str) -> Result<domicile_types::Channel, FieldViolation> {
+        convert::channel(field, utf8(field, &self.channel)?)
+    }
+}
+
+/// A node `DecideBatchRequest` (`repeated DecideItem items = 1`, no `at`) encoded item by item,
+/// from domain values: what the gateway sends a home region for a `DecideStream`.
+#[derive(Default, Clone, PartialEq)]
+pub struct EncodedDecideBatchRequest {
+    bytes: Vec<u8>,
+    items: usize,
+}
+
+impl fmt::Debug for EncodedDecideBatchRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedDecideBatchRequest").field("items", &self.items).finish_non_exhaustive()
+    }
+}
+
+impl EncodedDecideBatchRequest {
+    pub fn with_capacity(items: usize) -> Self {
+        Self { bytes: Vec::with_capacity(items * 72), items: 0 }
+    }
+
+    /// Appends `DecideItem { id, subject, purpose, channel }`.
+    pub fn push(
+        &mut self,
+        id: u64,
+        subject: &convert::SubjectKey,
+        purpose: domicile_types::Purpose,
+        channel: domicile_types::Channel,
+    ) {
+        // `lk_` + 32 hex digits, or `<region>/` + 32 hex digits: on the stack.
+        let mut hex = [0u8; 32];
+        let (key_tag, prefix, raw): (u32, &str, &[u8]) = match subject {
+            convert::SubjectKey::Link(link) => (1, LINK_PREFIX, link.as_bytes()),
+            convert::SubjectKey::Ref(subject) => (2, subject.region.as_str(), subject.id.as_bytes()),
+        };
+        // Cannot fail: links and subject ids are both 16 bytes.
+        let _ = hex::encode_to_slice(raw, &mut hex);
+        let hex = std::str::from_utf8(&hex).unwrap_or_default();
+        let slash = if key_tag == 2 { "/" } else { "" };
+        let key_len = prefix.len() + slash.len() + hex.len();
+        let subject_len = str_field_len(key_tag, key_len);
+        let (purpose, channel) = (purpose.as_str(), channel.as_str());
+        let id_len = if id == 0 { 0 } else { 1 + encoded_len_varint(id) };
+        let item_len = id_len
+            + 1
+            + encoded_len_varint(subject_len as u64)
+            + subject_len
+            + str_field_len(3, purpose.len())
+            + str_field_len(4, channel.len());
+        let buf = &mut self.bytes;
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(item_len as u64, buf);
+        if id != 0 {
+            encode_key(1, WireType::Varint, buf);
+            encode_varint(id, buf);
+        }
+        encode_key(2, WireType::LengthDelimited, buf);
+        encode_varint(subject_len as u64, buf);
+        put_str(buf, key_tag, &[prefix, slash, hex]);
+        put_str(buf, 3, &[purpose]);
+        put_str(buf, 4, &[channel]);
+        self.items += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.items
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl prost::Message for EncodedDecideBatchRequest {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.bytes);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever encoded; a node reads it as a RawDecideBatchRequest.
+        skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items = 0;
+    }
+}
+
+/// How a link is spelled on the wire (`domicile_types::Link`'s `Display`).
+const LINK_PREFIX: &str = "lk_";
+
 /// A `DecideBatchResponse` (`repeated DecideOutcome outcomes = 1`) encoded outcome by outcome.
 /// As a [`prost::Message`] it encodes to exactly these bytes; it is never decoded.
 #[derive(Default, Clone, PartialEq)]
@@ -540,5 +721,81 @@ mod tests {
         let raw = RawDecideResponse { decision: Bytes::from(decision().encode_to_vec()) };
         assert_eq!(raw.encode_to_vec(), typed.encode_to_vec());
         assert_eq!(gateway::DecideResponse::decode(raw.encode_to_vec().as_slice()).unwrap(), typed);
+    }
+
+    #[test]
+    fn encoded_node_requests_are_the_generated_encoding_byte_for_byte() {
+        use domicile_types::{Channel, Link, Purpose, RegionId, SubjectRef};
+        let keys = [
+            convert::SubjectKey::Link(Link::from_bytes(std::array::from_fn(|i| (i as u8) * 17))),
+            convert::SubjectKey::Ref(SubjectRef {
+                region: RegionId::parse("sa-east").unwrap(),
+                id: SubjectId::from_bytes(std::array::from_fn(|i| 255 - i as u8)),
+            }),
+        ];
+        let mut encoded = EncodedDecideBatchRequest::default();
+        let mut typed = node::DecideBatchRequest::default();
+        for (n, (key, purpose, channel)) in [
+            (&keys[0], Purpose::Marketing, Channel::Email),
+            (&keys[1], Purpose::Service, Channel::VoiceAutomated),
+            (&keys[0], Purpose::Research, Channel::Sms),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Ids 0 (omitted on the wire), small and large.
+            let id = [0, 7, u64::MAX][n];
+            encoded.push(id, key, purpose, channel);
+            typed.items.push(node::DecideItem {
+                id,
+                subject: Some(key.to_pb()),
+                purpose: purpose.as_str().into(),
+                channel: channel.as_str().into(),
+            });
+        }
+        assert_eq!(encoded.len(), 3);
+        assert_eq!(encoded.as_bytes(), typed.encode_to_vec().as_slice());
+        assert_eq!(prost::Message::encoded_len(&encoded), encoded.as_bytes().len());
+        // And the node reads it back as sent.
+        let read = RawDecideBatchRequest::decode(encoded.encode_to_vec().as_slice()).unwrap();
+        for (raw, key) in read.items.iter().zip([&keys[0], &keys[1], &keys[0]]) {
+            assert_eq!(raw.subject_key("subject").unwrap(), key.as_key_ref());
+        }
+    }
+
+    #[test]
+    fn raw_stream_items_read_what_the_generated_item_holds() {
+        let selectors = [
+            gateway::subject_selector::Selector::Identifier(common::Identifier {
+                kind: "email".into(),
+                value: "a@example.com".into(),
+            }),
+            gateway::subject_selector::Selector::Link("lk_x".into()),
+            gateway::subject_selector::Selector::SubjectRef("eu-central/00".into()),
+        ];
+        for selector in selectors {
+            let typed = gateway::DecideStreamItem {
+                id: 42,
+                subject: Some(gateway::SubjectSelector { selector: Some(selector.clone()) }),
+                purpose: "marketing".into(),
+                channel: "sms".into(),
+            };
+            let raw = RawDecideStreamItem::decode(typed.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(raw.id, 42);
+            assert_eq!(raw.purpose("purpose"), convert::purpose("purpose", "marketing"));
+            assert_eq!(raw.channel("channel"), convert::channel("channel", "sms"));
+            let view = raw.subject.as_ref().unwrap().view("subject").unwrap().unwrap();
+            let expected = match &selector {
+                gateway::subject_selector::Selector::Identifier(id) => {
+                    SelectorRef::Identifier { kind: &id.kind, value: &id.value }
+                }
+                gateway::subject_selector::Selector::Link(l) => SelectorRef::Link(l),
+                gateway::subject_selector::Selector::SubjectRef(s) => SelectorRef::SubjectRef(s),
+            };
+            assert_eq!(view, expected);
+        }
+        let bad = RawSubjectSelector { selector: Some(RawSelector::Link(Bytes::from_static(b"\xc3"))) };
+        assert_eq!(bad.view("items.subject").unwrap_err().field, "items.subject.link");
+        assert_eq!(RawSubjectSelector { selector: None }.view("subject").unwrap(), None);
     }
 }

@@ -84,6 +84,12 @@ async fn a_down_region_fails_closed_while_others_are_served_and_it_returns_withi
     }
     items.push(item(10_000, "stranger@example.com", "marketing"));
     items.push(item(10_001, "up.region@example.de", "astrology"));
+    items.push(gw::DecideStreamItem {
+        id: 10_002,
+        subject: None,
+        purpose: "marketing".into(),
+        channel: "email".into(),
+    });
     let results = decide_stream(&mut client, items).await;
     for id in 0..2_500u64 {
         let expected = if id % 2 == 0 { common::Effect::Allow } else { common::Effect::Deny };
@@ -91,6 +97,7 @@ async fn a_down_region_fails_closed_while_others_are_served_and_it_returns_withi
     }
     assert_eq!(effect_of(&results[&10_000]), Err(Code::NotFound));
     assert_eq!(effect_of(&results[&10_001]), Err(Code::InvalidArgument));
+    assert_eq!(effect_of(&results[&10_002]), Err(Code::InvalidArgument), "no subject is no decision");
 
     // Kill us-east (SIGKILL, as a crash).
     let us_east = region("us-east");
