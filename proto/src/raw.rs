@@ -18,6 +18,36 @@ use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encode
 use crate::convert::{self, FieldViolation};
 use crate::pb::common::v1 as common;
 
+/// A message built already encoded (its `bytes`): prost writes those bytes as they are. Never
+/// decoded (the other side reads the generated or raw type); `clear` empties it.
+macro_rules! encoded_message {
+    ($name:ident) => {
+        impl prost::Message for $name {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                buf.put_slice(&self.bytes);
+            }
+
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), prost::DecodeError> {
+                skip_field(wire_type, tag, buf, ctx)
+            }
+
+            fn encoded_len(&self) -> usize {
+                self.bytes.len()
+            }
+
+            fn clear(&mut self) {
+                *self = Self::default();
+            }
+        }
+    };
+}
+
 /// The node method [`RawDecideBatchRequest`] and [`EncodedDecideBatch`] are the wire types of.
 pub const DECIDE_BATCH_PATH: &str = "/domicile.node.v1.RegionalNode/DecideBatch";
 
@@ -266,31 +296,7 @@ impl EncodedDecideBatchRequest {
     }
 }
 
-impl prost::Message for EncodedDecideBatchRequest {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.bytes);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only ever encoded; a node reads it as a RawDecideBatchRequest.
-        skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.items = 0;
-    }
-}
+encoded_message!(EncodedDecideBatchRequest);
 
 /// How a link is spelled on the wire (`domicile_types::Link`'s `Display`).
 const LINK_PREFIX: &str = "lk_";
@@ -358,30 +364,7 @@ impl EncodedDecideBatch {
     }
 }
 
-impl prost::Message for EncodedDecideBatch {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.bytes);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only ever encoded; a decoder would use the generated DecideBatchResponse.
-        skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-    }
-}
+encoded_message!(EncodedDecideBatch);
 
 /// A string field made of `parts`, omitted when empty as prost omits a default.
 fn put_str(buf: &mut Vec<u8>, tag: u32, parts: &[&str]) {
