@@ -478,16 +478,21 @@ impl<S: Store> NodeService<S> {
     /// `DecideBatch` with the outcomes encoded as they are sent: what the node serves (see
     /// [`crate::raw`]); the generated trait method decodes this for in-process callers.
     pub fn decide_batch_encoded(&self, request: RawDecideBatchRequest) -> Result<EncodedDecideBatch, Status> {
-        if request.items.len() > MAX_BATCH_ITEMS {
-            return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")).into());
-        }
-        let at = convert::timestamp("at", request.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
+        let at = batch_time(request.items.len(), request.at.as_ref())?;
         let items = request.items.iter().map(|item| {
             let read = || Ok((item.subject_key("subject")?, item.purpose("purpose")?, item.channel("channel")?));
             (item.id, read())
         });
         Ok(self.decide_items(items, at))
     }
+}
+
+/// A batch's size check and evaluation time (default now), for both forms of `DecideBatch`.
+fn batch_time(items: usize, at: Option<&domicile_proto::prost_types::Timestamp>) -> Result<i64, Status> {
+    if items > MAX_BATCH_ITEMS {
+        return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")).into());
+    }
+    Ok(convert::timestamp("at", at).map_err(invalid)?.unwrap_or_else(now_unix))
 }
 
 /// The generated response of an encoded batch, for in-process callers of the trait methods.
@@ -673,10 +678,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
         let req = request.into_inner();
-        if req.items.len() > MAX_BATCH_ITEMS {
-            return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")).into());
-        }
-        let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?.unwrap_or_else(now_unix);
+        let at = batch_time(req.items.len(), req.at.as_ref())?;
         let keys: Vec<_> = req
             .items
             .iter()
