@@ -37,6 +37,12 @@ pub struct Directory {
 #[derive(Debug, Default)]
 struct Inner {
     base: Vec<(Link, Entry)>,
+    /// `buckets[p]` is where links whose top `bucket_bits` bits equal `p` start in `base`
+    /// (`buckets[p + 1]` where they end). Links are keyed hashes, so evenly spread: a lookup
+    /// binary-searches its bucket of a few entries (one or two cache lines) instead of the whole
+    /// array (about twenty dependent cache misses at a million links). About 1.5 bytes per link.
+    buckets: Vec<u32>,
+    bucket_bits: u32,
     delta: HashMap<Link, Option<Entry>>,
     /// Snapshots being loaded, per region; invisible until the region is marked synced (its
     /// lookups answer "incomplete" meanwhile, which fails closed).
@@ -52,11 +58,53 @@ impl Inner {
         }
     }
 
-    /// Binary search of the base by the link read as a big-endian integer: the same order as
-    /// comparing the bytes, but one integer comparison per step instead of a `memcmp` call.
-    fn position(&self, link: &Link) -> Result<usize, usize> {
+    /// Binary search of the link's bucket of the base by the link read as a big-endian integer:
+    /// the same order as comparing the bytes, but one integer comparison per step instead of a
+    /// `memcmp` call. `Ok` is an index of `base`.
+    fn position(&self, link: &Link) -> Result<usize, ()> {
         let key = u128::from_be_bytes(*link.as_bytes());
-        self.base.binary_search_by(|(l, _)| u128::from_be_bytes(*l.as_bytes()).cmp(&key))
+        let (start, end) = self.bucket(key);
+        let bucket = self.base.get(start..end).ok_or(())?;
+        bucket
+            .binary_search_by(|(l, _)| u128::from_be_bytes(*l.as_bytes()).cmp(&key))
+            .map(|i| start + i)
+            .map_err(|_| ())
+    }
+
+    /// The range of `base` that can hold `key` (all of it when there is no bucket index).
+    fn bucket(&self, key: u128) -> (usize, usize) {
+        let prefix = if self.bucket_bits == 0 { 0 } else { (key >> (128 - self.bucket_bits)) as usize };
+        match (self.buckets.get(prefix), self.buckets.get(prefix + 1)) {
+            (Some(&start), Some(&end)) => (start as usize, end as usize),
+            _ => (0, self.base.len()),
+        }
+    }
+
+    /// Rebuilds the bucket index after the base changed: one bucket per two to four links.
+    fn index_base(&mut self) {
+        self.buckets = Vec::new();
+        self.bucket_bits = 0;
+        let len = self.base.len();
+        if len < 64 || u32::try_from(len).is_err() {
+            return;
+        }
+        let bits = (usize::BITS - 1 - len.leading_zeros()).saturating_sub(1).min(26);
+        let mut buckets = Vec::with_capacity((1usize << bits) + 1);
+        let mut next = 0usize;
+        for (i, (link, _)) in self.base.iter().enumerate() {
+            let prefix = (u128::from_be_bytes(*link.as_bytes()) >> (128 - bits)) as usize;
+            // Every bucket up to this link's starts here (empty buckets start where the next begins).
+            while next <= prefix {
+                buckets.push(i as u32);
+                next += 1;
+            }
+        }
+        while next <= 1usize << bits {
+            buckets.push(len as u32);
+            next += 1;
+        }
+        self.buckets = buckets;
+        self.bucket_bits = bits;
     }
 
     fn set(&mut self, link: Link, entry: Option<Entry>) {
@@ -92,6 +140,7 @@ impl Inner {
         }
         merged.shrink_to_fit();
         self.base = merged;
+        self.index_base();
     }
 
     fn fold_delta(&mut self) {
@@ -230,6 +279,7 @@ impl Directory {
         let delta_buckets =
             if inner.delta.capacity() == 0 { 0 } else { (inner.delta.capacity() * 8 / 7).next_power_of_two() };
         inner.base.capacity() * std::mem::size_of::<(Link, Entry)>()
+            + inner.buckets.capacity() * std::mem::size_of::<u32>()
             + delta_buckets * (std::mem::size_of::<(Link, Option<Entry>)>() + 1)
     }
 }
@@ -270,6 +320,59 @@ mod tests {
         assert_eq!(dir.remove_subject_links(&anna, &[a, b]), 1);
         assert_eq!(dir.lookup(&b), Ok(bert));
         assert!(dir.lookup(&a).is_err());
+    }
+
+    /// Links spread like the keyed hashes they are, so the bucket index is really used: every
+    /// stored link is found (first in the array, then after changes folded in), and links near
+    /// them (same bucket, neighbouring buckets, the extremes) are not.
+    #[test]
+    fn bucketed_lookups_find_exactly_the_stored_links() {
+        let eu = region("eu-central");
+        let dir = Directory::new(vec![eu.clone()]);
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut random_link = || {
+            let mut bytes = [0u8; 16];
+            for half in bytes.chunks_mut(8) {
+                // splitmix64
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                half.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+            }
+            Link::from_bytes(bytes)
+        };
+        let stored: Vec<Link> = (0..20_000).map(|_| random_link()).collect();
+        let subject = |i: usize| SubjectId::from_bytes([(i % 251) as u8; 16]);
+        dir.begin_load(&eu);
+        dir.load_batch(&eu, stored.iter().enumerate().map(|(i, l)| (*l, subject(i))));
+        dir.mark_synced(&eu);
+        let neighbour = |link: &Link, delta: i128| {
+            Link::from_bytes((u128::from_be_bytes(*link.as_bytes()) as i128).wrapping_add(delta).to_be_bytes())
+        };
+        let check = |dir: &Directory, stored: &[Link]| {
+            for (i, link) in stored.iter().enumerate() {
+                assert_eq!(dir.lookup(link).map(|s| s.id), Ok(subject(i)));
+                for delta in [-1, 1, 1 << 100, -(1 << 100)] {
+                    let near = neighbour(link, delta);
+                    if !stored.contains(&near) {
+                        assert_eq!(dir.lookup(&near), Err(Miss::Unknown));
+                    }
+                }
+            }
+            for edge in [[0u8; 16], [0xff; 16]] {
+                assert_eq!(dir.lookup(&Link::from_bytes(edge)), Err(Miss::Unknown));
+            }
+        };
+        check(&dir, &stored);
+        // New links beyond the fold threshold, so the array and its index are rebuilt.
+        let more: Vec<Link> = (0..5_000).map(|_| random_link()).collect();
+        for (i, link) in more.iter().enumerate() {
+            dir.insert(&SubjectRef { region: eu.clone(), id: subject(20_000 + i) }, &[*link]);
+        }
+        let all: Vec<Link> = stored.iter().chain(&more).copied().collect();
+        check(&dir, &all);
+        assert_eq!(dir.len(), 25_000);
     }
 
     /// Memory per link at a million links, the goal being 64 bytes: the sorted array

@@ -114,7 +114,57 @@ fn malformed(kind: IdentifierKind, reason: &'static str) -> IdentifierError {
     IdentifierError::Malformed { kind, reason }
 }
 
+/// Characters RFC 5322 allows in a local part besides letters and digits.
+const LOCAL_SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~.";
+
+/// The common case in one pass and one allocation: an ASCII address with a valid local part and
+/// a plain letters-digits-hyphens domain without punycode labels, which `normalize_email` would
+/// lower-case in full. `None` for everything else, valid or not, which `normalize_email` then
+/// judges (so every error comes from one place). Campaign batches normalise every identifier in
+/// the gateway, which made the general path a tenth of its CPU.
+fn email_fast(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    if bytes.len() > MAX_EMAIL {
+        return None;
+    }
+    let at = bytes.iter().rposition(|&b| b == b'@')?;
+    let (local, domain) = (&bytes[..at], &bytes[at + 1..]);
+    if local.is_empty() || local.len() > 64 || local.first() == Some(&b'.') || local.last() == Some(&b'.') {
+        return None;
+    }
+    let mut previous = 0u8;
+    for &b in local {
+        if !(b.is_ascii_alphanumeric() || LOCAL_SPECIALS.contains(&b)) || (b == b'.' && previous == b'.') {
+            return None;
+        }
+        previous = b;
+    }
+    let mut labels = 0;
+    for label in domain.split(|&b| b == b'.') {
+        labels += 1;
+        let plain = (1..=63).contains(&label.len())
+            && label.first() != Some(&b'-')
+            && label.last() != Some(&b'-')
+            && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+            && !(label.len() >= 4 && label[..4].eq_ignore_ascii_case(b"xn--"));
+        if !plain {
+            return None;
+        }
+    }
+    if labels < 2 {
+        return None;
+    }
+    // All ASCII here, so lower-casing bytes is lower-casing characters.
+    let mut out = raw.to_owned();
+    out.make_ascii_lowercase();
+    Some(out)
+}
+
 fn normalize_email(raw: &str) -> Result<String, IdentifierError> {
+    email_fast(raw).map_or_else(|| normalize_email_general(raw), Ok)
+}
+
+fn normalize_email_general(raw: &str) -> Result<String, IdentifierError> {
     let kind = IdentifierKind::Email;
     if raw.len() > MAX_EMAIL {
         return Err(IdentifierError::TooLong { kind, max: MAX_EMAIL });
@@ -123,7 +173,7 @@ fn normalize_email(raw: &str) -> Result<String, IdentifierError> {
     if local.is_empty() || local.len() > 64 {
         return Err(malformed(kind, "local part must be 1-64 bytes"));
     }
-    let local_ok = local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+    let local_ok = local.chars().all(|c| c.is_alphanumeric() || (c.is_ascii() && LOCAL_SPECIALS.contains(&(c as u8))))
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..");
@@ -249,6 +299,42 @@ mod tests {
         {
             assert!(norm(IdentifierKind::Email, bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    /// The fast path is an optimisation only: wherever it answers, the general rules give the
+    /// same answer. Random addresses over an alphabet of every character class the rules treat
+    /// differently (case, specials, dots, hyphens, `@`, punycode prefixes, non-ASCII).
+    #[test]
+    fn email_fast_path_agrees_with_the_general_rules() {
+        const PIECES: &[&str] = &[
+            "a", "Z", "0", "9", ".", "..", "-", "_", "+", "!", "~", "@", "xn--", "XN--", "é", "ß", " ", "(", ",",
+            "example", "DE", "x", "b\u{0}",
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut fast_hits, mut agreed) = (0, 0);
+        for _ in 0..200_000 {
+            let len = 1 + next() % 12;
+            let mut raw: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+            if next() % 2 == 0 {
+                // Most real addresses have exactly one `@` followed by a dotted domain.
+                raw = format!("{raw}@{}.{}", PIECES[(next() % 4) as usize + 19], PIECES[(next() % 3) as usize + 20]);
+            }
+            let general = normalize_email_general(&raw);
+            if let Some(fast) = email_fast(&raw) {
+                fast_hits += 1;
+                assert_eq!(Ok(fast), general, "{raw:?}");
+            } else if general.is_ok() && raw.is_ascii() && !raw.to_ascii_lowercase().contains("xn--") {
+                panic!("{raw:?} is plain ASCII and valid, but the fast path gave up on it");
+            }
+            agreed += 1;
+        }
+        assert!(fast_hits > 5_000, "only {fast_hits} of {agreed} inputs took the fast path");
     }
 
     #[test]
