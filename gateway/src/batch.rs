@@ -78,26 +78,41 @@ struct Driver {
 }
 
 /// One region's next node call: the items encoded as they will be sent, and their ids.
-#[derive(Default)]
 struct Pending {
     ids: Vec<u64>,
     request: EncodedDecideBatchRequest,
 }
 
+impl Pending {
+    /// Sized for a full batch up front: growing by doubling copied each batch several times.
+    fn new() -> Self {
+        Self { ids: Vec::with_capacity(BATCH_SIZE), request: EncodedDecideBatchRequest::with_capacity(BATCH_SIZE) }
+    }
+}
+
 impl Driver {
     async fn run(mut self, mut input: Streaming<RawDecideStreamItem>) {
         let permits = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
-        let mut flush_at: Option<Instant> = None;
+        // One timer, re-armed once per linger period (a timer per item cost more than the item's
+        // directory lookup); armed only while some batch is partly filled.
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        let mut lingering = false;
         loop {
-            let next = match flush_at {
+            let next = if lingering {
                 // `Streaming::message` keeps its state in the stream, so giving up on it at the
                 // linger deadline loses nothing.
-                Some(at) => tokio::time::timeout_at(at, input.message()).await.ok(),
-                None => Some(input.message().await),
+                tokio::select! {
+                    biased;
+                    message = input.message() => Some(message),
+                    () = &mut linger => None,
+                }
+            } else {
+                Some(input.message().await)
             };
             match next {
                 None => {
-                    flush_at = None;
+                    lingering = false;
                     if !self.flush_all(&permits).await {
                         return;
                     }
@@ -112,17 +127,18 @@ impl Driver {
                         // No region name cloned per item: only for a region's first pending item.
                         let queue = match self.pending.get_mut(&region) {
                             Some(queue) => queue,
-                            None => self.pending.entry(region.clone()).or_default(),
+                            None => self.pending.entry(region.clone()).or_insert_with(Pending::new),
                         };
                         queue.ids.push(id);
                         queue.request.push(id, &key, purpose, channel);
                         if queue.ids.len() >= BATCH_SIZE {
-                            let items = std::mem::take(queue);
+                            let items = std::mem::replace(queue, Pending::new());
                             if !self.send_batch(&permits, region, items).await {
                                 return;
                             }
-                        } else if flush_at.is_none() {
-                            flush_at = Some(Instant::now() + LINGER);
+                        } else if !lingering {
+                            linger.as_mut().reset(Instant::now() + LINGER);
+                            lingering = true;
                         }
                     }
                 },
@@ -144,7 +160,7 @@ impl Driver {
     async fn flush_all(&mut self, permits: &Arc<Semaphore>) -> bool {
         let regions: Vec<RegionId> = self.pending.keys().cloned().collect();
         for region in regions {
-            let items = self.pending.remove(&region).unwrap_or_default();
+            let Some(items) = self.pending.remove(&region) else { continue };
             if !items.ids.is_empty() && !self.send_batch(permits, region, items).await {
                 return false;
             }

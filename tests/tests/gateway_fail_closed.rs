@@ -99,6 +99,31 @@ async fn a_down_region_fails_closed_while_others_are_served_and_it_returns_withi
     assert_eq!(effect_of(&results[&10_001]), Err(Code::InvalidArgument));
     assert_eq!(effect_of(&results[&10_002]), Err(Code::InvalidArgument), "no subject is no decision");
 
+    // An interactive caller: a few items with the stream left open are answered anyway (a partly
+    // filled node batch goes out after a short linger), and the stream keeps serving after it.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut open =
+        client.decide_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream opens").into_inner();
+    for round in 0..2u64 {
+        for id in 0..3u64 {
+            let value = if id % 2 == 0 { "down.region@example.com" } else { "up.region@example.de" };
+            tx.send(item(round * 10 + id, value, "marketing")).await.unwrap();
+        }
+        let mut answered = Vec::new();
+        for _ in 0..3 {
+            let result = tokio::time::timeout(Duration::from_secs(5), open.message())
+                .await
+                .expect("answered while the stream is still open")
+                .expect("stream stays up")
+                .expect("a result");
+            answered.push(result.id);
+        }
+        answered.sort_unstable();
+        assert_eq!(answered, [round * 10, round * 10 + 1, round * 10 + 2]);
+    }
+    drop(tx);
+    assert!(open.message().await.expect("clean end").is_none(), "the stream ends once the input does");
+
     // Kill us-east (SIGKILL, as a crash).
     let us_east = region("us-east");
     cluster.cluster.kill_node(&us_east).await.unwrap();
