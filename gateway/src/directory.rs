@@ -272,8 +272,8 @@ impl Directory {
         self.len() == 0
     }
 
-    /// Heap bytes held for links: the sorted array's capacity, and the change map's buckets
-    /// (used or not) with their control bytes.
+    /// Heap bytes held for links: the sorted array's capacity, its bucket index, and the change
+    /// map's buckets (used or not) with their control bytes.
     pub fn table_bytes(&self) -> usize {
         let inner = self.read();
         let delta_buckets =
@@ -376,7 +376,7 @@ mod tests {
     }
 
     /// Memory per link at a million links, the goal being 64 bytes: the sorted array
-    /// costs 34 bytes per link, plus the change map's share.
+    /// costs 34 bytes per link, its bucket index about one, plus the change map's share.
     #[test]
     fn a_million_links_cost_under_64_bytes_each_and_changes_fold_in() {
         let eu = region("eu-central");
