@@ -44,9 +44,9 @@ struct Inner {
     buckets: Vec<u32>,
     bucket_bits: u32,
     delta: HashMap<Link, Option<Entry>>,
-    /// Snapshots being loaded, per region; invisible until the region is marked synced (its
-    /// lookups answer "incomplete" meanwhile, which fails closed).
-    staging: HashMap<u16, Vec<(Link, Entry)>>,
+    /// Snapshots being loaded, per region, as the batches the node sent; invisible until the
+    /// region is marked synced (its lookups answer "incomplete" meanwhile, which fails closed).
+    staging: HashMap<u16, Vec<Vec<(Link, Entry)>>>,
     synced: HashSet<u16>,
 }
 
@@ -148,6 +148,21 @@ impl Inner {
     }
 }
 
+/// One region's snapshot batches as one sorted array without duplicate links. Nodes send
+/// batches that are each in order and do not overlap (scanned in parallel, so interleaved):
+/// ordered by their first link they concatenate into sorted order, which the sort then only
+/// checks. Any other order is still sorted correctly, just more slowly.
+fn sorted_snapshot(mut batches: Vec<Vec<(Link, Entry)>>) -> Vec<(Link, Entry)> {
+    batches.sort_unstable_by_key(|b| b.first().map(|x| x.0));
+    let mut all = Vec::with_capacity(batches.iter().map(Vec::len).sum());
+    for batch in batches {
+        all.extend(batch);
+    }
+    all.sort_unstable_by_key(|x| x.0);
+    all.dedup_by(|x, y| x.0 == y.0);
+    all
+}
+
 impl Directory {
     pub fn new(regions: Vec<RegionId>) -> Self {
         Self { regions, inner: RwLock::new(Inner::default()) }
@@ -226,20 +241,27 @@ impl Directory {
     /// Loads a batch of a region's snapshot; visible once the region is marked synced.
     pub fn load_batch(&self, region: &RegionId, entries: impl IntoIterator<Item = (Link, SubjectId)>) {
         let Some(index) = self.region_index(region) else { return };
-        let mut inner = self.write();
-        let staged = inner.staging.entry(index).or_default();
-        staged.extend(entries.into_iter().map(|(link, subject)| (link, Entry { region: index, subject })));
+        let batch: Vec<_> =
+            entries.into_iter().map(|(link, subject)| (link, Entry { region: index, subject })).collect();
+        self.write().staging.entry(index).or_default().push(batch);
     }
 
     /// The region's snapshot is complete: merge it in (changes recorded since, in `delta`, stay
     /// newer) and let misses for it become "unknown".
     pub fn mark_synced(&self, region: &RegionId) {
         let Some(index) = self.region_index(region) else { return };
+        // Sorted outside the lock, so lookups for other regions carry on meanwhile; only this
+        // region's sync task stages its snapshot.
+        let staged = self.write().staging.remove(&index).map(sorted_snapshot);
         let mut inner = self.write();
-        if let Some(mut staged) = inner.staging.remove(&index) {
-            staged.sort_unstable_by_key(|x| x.0);
-            staged.dedup_by(|x, y| x.0 == y.0);
-            inner.merge(staged.into_iter().map(|(l, e)| (l, Some(e))).collect());
+        if let Some(staged) = staged {
+            if inner.base.is_empty() {
+                // The usual cold start: the first region's snapshot becomes the array as it is.
+                inner.base = staged;
+                inner.index_base();
+            } else {
+                inner.merge(staged.into_iter().map(|(l, e)| (l, Some(e))).collect());
+            }
         }
         inner.synced.insert(index);
     }
@@ -371,6 +393,63 @@ mod tests {
         let all: Vec<Link> = stored.iter().chain(&more).copied().collect();
         check(&dir, &all);
         assert_eq!(dir.len(), 25_000);
+    }
+
+    /// Snapshots arrive as interleaved batches from parallel scans (and, for robustness, in any
+    /// order); a second region's snapshot merges into the first's; changes recorded while a
+    /// snapshot loads, or pending when the next one merges, stay newer than the snapshots.
+    #[test]
+    fn interleaved_snapshot_batches_and_a_second_region_merge_correctly() {
+        let (eu, us) = (region("eu-central"), region("us-east"));
+        let dir = Directory::new(vec![eu.clone(), us.clone()]);
+        let link = |i: u32| {
+            // Spread over the first byte like keyed hashes.
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&i.wrapping_mul(0x9E37_79B1).to_be_bytes());
+            Link::from_bytes(bytes)
+        };
+        let id = |i: u32| SubjectId::from_bytes([(i % 7) as u8; 16]);
+        let sorted_batches = |range: std::ops::Range<u32>| {
+            let mut links: Vec<(Link, SubjectId)> = range.map(|i| (link(i), id(i))).collect();
+            links.sort_unstable_by_key(|x| x.0);
+            let (low, high): (Vec<_>, Vec<_>) = links.into_iter().partition(|(l, _)| l.as_bytes()[0] < 0x80);
+            (low, high)
+        };
+        dir.begin_load(&eu);
+        let (low, high) = sorted_batches(0..10_000);
+        // Two parts scanned side by side: their batches alternate.
+        for (a, b) in low.chunks(1000).zip(high.chunks(1000)) {
+            dir.load_batch(&eu, a.iter().copied());
+            dir.load_batch(&eu, b.iter().copied());
+        }
+        for rest in
+            low.chunks(1000).skip(high.chunks(1000).count()).chain(high.chunks(1000).skip(low.chunks(1000).count()))
+        {
+            dir.load_batch(&eu, rest.iter().copied());
+        }
+        // A registration recorded during the load stays newer than the snapshot.
+        let moved = SubjectRef { region: eu.clone(), id: SubjectId::from_bytes([9; 16]) };
+        dir.insert(&moved, &[link(5)]);
+        dir.mark_synced(&eu);
+        // An erasure after it, pending in the change map while the next region merges in.
+        assert_eq!(dir.remove(&[link(6)]), 1);
+        dir.begin_load(&us);
+        // Batches in no useful order at all.
+        let (low, high) = sorted_batches(10_000..12_000);
+        dir.load_batch(&us, high.iter().rev().copied());
+        dir.load_batch(&us, low.iter().copied());
+        dir.mark_synced(&us);
+        for i in 0..12_000 {
+            let expected = match i {
+                5 => Ok(moved.clone()),
+                6 => Err(Miss::Unknown),
+                i if i < 10_000 => Ok(SubjectRef { region: eu.clone(), id: id(i) }),
+                i => Ok(SubjectRef { region: us.clone(), id: id(i) }),
+            };
+            assert_eq!(dir.lookup(&link(i)), expected, "link {i}");
+        }
+        assert_eq!(dir.lookup(&link(12_000)), Err(Miss::Unknown));
+        assert_eq!(dir.len(), 11_999);
     }
 
     /// Memory per link at a million links, the goal being 64 bytes: the sorted array

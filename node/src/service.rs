@@ -27,6 +27,8 @@ use crate::store::{
 const MAX_CLOCK_SKEW_SECS: i64 = 300;
 const MAX_TEXT: usize = 256;
 const DEFAULT_LINK_BATCH: usize = 4096;
+/// At most this many threads scan links for one ListLinks call.
+const MAX_LINK_SCAN_PARTS: usize = 4;
 /// Bounds one batch call's work; gateways split audiences into batches of this size or less.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
 const MAX_SUMMARY: usize = 2048;
@@ -708,41 +710,45 @@ impl<S: Store> RegionalNode for NodeService<S> {
             0 => DEFAULT_LINK_BATCH,
             n => (n as usize).min(65_536),
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let store = Arc::clone(&self.store);
+        // A cold node pages its links tree in from disk as it goes; that dominates a gateway's
+        // cold start, so the key space is split into parts scanned side by side. Batches of
+        // different parts interleave; each holds links in order and parts do not overlap.
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_LINK_SCAN_PARTS);
+        let (tx, rx) = tokio::sync::mpsc::channel(2 * parts);
         let region = self.region.to_string();
         // Read before iterating: every durable event up to here is already in the links tree.
         let as_of_sequence = *self.durable.borrow();
-        // sled iteration blocks; keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::with_capacity(batch_size);
-            for item in store.links() {
-                match item {
-                    Ok((link, subject)) => {
-                        batch.push(pb::LinkEntry {
-                            link: link.as_bytes().to_vec(),
-                            subject_id: subject.as_bytes().to_vec(),
-                        });
-                        if batch.len() == batch_size {
-                            let entries = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                            if tx
-                                .blocking_send(Ok(pb::LinkBatch { region: region.clone(), entries, as_of_sequence }))
-                                .is_err()
-                            {
-                                return;
+        for first_bytes in link_scan_parts(parts) {
+            let (store, tx, region) = (Arc::clone(&self.store), tx.clone(), region.clone());
+            // sled iteration blocks; keep it off the async workers.
+            tokio::task::spawn_blocking(move || {
+                let mut batch = Vec::with_capacity(batch_size);
+                for item in store.links(first_bytes) {
+                    match item {
+                        Ok((link, subject)) => {
+                            batch.push(pb::LinkEntry {
+                                link: link.as_bytes().to_vec(),
+                                subject_id: subject.as_bytes().to_vec(),
+                            });
+                            if batch.len() == batch_size {
+                                let entries = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                                let batch = pb::LinkBatch { region: region.clone(), entries, as_of_sequence };
+                                if tx.blocking_send(Ok(batch)).is_err() {
+                                    return;
+                                }
                             }
                         }
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(store_status(e)));
-                        return;
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(store_status(e)));
+                            return;
+                        }
                     }
                 }
-            }
-            if !batch.is_empty() {
-                let _ = tx.blocking_send(Ok(pb::LinkBatch { region, entries: batch, as_of_sequence }));
-            }
-        });
+                if !batch.is_empty() {
+                    let _ = tx.blocking_send(Ok(pb::LinkBatch { region, entries: batch, as_of_sequence }));
+                }
+            });
+        }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -1173,9 +1179,31 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 }
 
+/// Splits the first-byte space of links into `parts` contiguous, disjoint ranges covering it all.
+fn link_scan_parts(parts: usize) -> Vec<std::ops::RangeInclusive<u8>> {
+    let parts = parts.clamp(1, 256);
+    (0..parts)
+        .map(|i| {
+            let first = (i * 256 / parts) as u8;
+            let last = ((i + 1) * 256 / parts - 1) as u8;
+            first..=last
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_scan_parts_cover_every_first_byte_once() {
+        for parts in [1, 2, 3, 4, 7, 256, 1000] {
+            let ranges = link_scan_parts(parts);
+            assert_eq!(ranges.len(), parts.min(256));
+            let covered: Vec<u8> = ranges.iter().flat_map(|r| r.clone()).collect();
+            assert_eq!(covered, (0..=255).collect::<Vec<u8>>(), "{parts} parts");
+        }
+    }
 
     fn at(sequence: u64, channel: Channel, occurred_at: i64, intent: &str, open: bool) -> Interaction {
         Interaction {

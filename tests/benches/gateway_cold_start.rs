@@ -1,7 +1,8 @@
 //! Gateway cold start with a large link directory: a real node (in process, real sled files,
 //! mutual TLS over loopback) holding `BENCH_LINKS` links, and a gateway started against it. The
 //! figure is the time from calling the gateway's `serve` to its readiness, which it signals only
-//! after every region's directory snapshot is loaded.
+//! after every region's directory snapshot is loaded. A second gateway started afterwards shows
+//! a restart against the then warm node.
 //!
 //! `BENCH_LINKS=1000000 cargo bench -p domicile-cluster-tests --bench gateway_cold_start`
 
@@ -88,13 +89,11 @@ async fn run(links: usize) {
     ));
     node_ready.await.unwrap();
 
-    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway_addr = gateway_listener.local_addr().unwrap();
-    let gateway_config = GatewayConfig {
+    let gateway_config = |listen| GatewayConfig {
         version: 1,
-        listen: gateway_addr,
-        packs_dir,
-        link_key_file,
+        listen,
+        packs_dir: packs_dir.clone(),
+        link_key_file: link_key_file.clone(),
         tls: pki.gateway().unwrap(),
         node_timeout_ms: 10_000,
         regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string() }],
@@ -104,18 +103,10 @@ async fn run(links: usize) {
         otlp_metrics_interval_ms: None,
         token_public_key_file: None,
     };
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let started = Instant::now();
-    tokio::spawn(domicile_gateway::serve(
-        gateway_config,
-        gateway_listener,
-        move |_| {
-            let _ = ready_tx.send(());
-        },
-        std::future::pending(),
-    ));
-    ready.await.unwrap();
-    let cold_start = started.elapsed();
+    // Cold node and cold gateway: the node pages its links in from disk while it streams them.
+    let (gateway_addr, cold_start) = start_gateway(gateway_config).await;
+    // A gateway restarted against the now warm node, as in a rolling gateway deploy.
+    let (_, restart) = start_gateway(gateway_config).await;
 
     // The directory really is complete: the last subject's last identifier resolves.
     let cli = CallerIdentity::new("bench", eu.clone(), &Scope::ALL).unwrap();
@@ -131,4 +122,25 @@ async fn run(links: usize) {
         .expect("the last link is in the directory");
     assert!(reply.into_inner().subject_ref.starts_with("eu-central/"));
     println!("gateway cold start with {links} links in the directory: {:.2} s", cold_start.as_secs_f64());
+    println!("gateway restart against the warm node, {links} links: {:.2} s", restart.as_secs_f64());
+}
+
+/// Starts a gateway on a fresh port; its address and the time from `serve` to readiness.
+async fn start_gateway(
+    config: impl Fn(std::net::SocketAddr) -> GatewayConfig,
+) -> (std::net::SocketAddr, std::time::Duration) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let started = Instant::now();
+    tokio::spawn(domicile_gateway::serve(
+        config(addr),
+        listener,
+        move |_| {
+            let _ = ready_tx.send(());
+        },
+        std::future::pending(),
+    ));
+    ready.await.unwrap();
+    (addr, started.elapsed())
 }

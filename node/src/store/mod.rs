@@ -328,8 +328,13 @@ pub trait Store: Send + Sync + 'static {
     /// The subject's rights requests in recording order.
     fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError>;
 
-    /// Every (link, subject) pair, for rebuilding gateway directories.
-    fn links(&self) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send>;
+    /// Every (link, subject) pair whose link starts with a byte in `first_bytes`, in link order,
+    /// for rebuilding gateway directories. Links are keyed hashes, so equal byte ranges hold about
+    /// equal shares: disjoint ranges can be scanned in parallel.
+    fn links(
+        &self,
+        first_bytes: std::ops::RangeInclusive<u8>,
+    ) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send>;
     /// Change events with a sequence number greater than `after` (all, if `None`), in order.
     /// Events become visible in sequence order: writers allocate and insert them one at a time.
     fn events_after(&self, after: Option<u64>) -> Box<dyn Iterator<Item = Result<ChangeEvent, StoreError>> + Send>;

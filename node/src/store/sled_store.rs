@@ -867,8 +867,22 @@ impl Store for SledStore {
         self.open_log(&self.rights, b"rights", subject)
     }
 
-    fn links(&self) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send> {
-        Box::new(self.links.iter().map(|item| {
+    fn links(
+        &self,
+        first_bytes: std::ops::RangeInclusive<u8>,
+    ) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send> {
+        let (first, last) = first_bytes.into_inner();
+        if first > last {
+            return Box::new(std::iter::empty());
+        }
+        // Keys are 16-byte links: [first] sorts before every link starting with `first`, and
+        // [last + 1] after every link starting with `last`.
+        let start = [first];
+        let range = match last.checked_add(1) {
+            Some(end) => self.links.range(start..[end]),
+            None => self.links.range(start..),
+        };
+        Box::new(range.map(|item| {
             let (key, value) = item.map_err(backend)?;
             let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("link key".into()))?;
             let subject = SubjectId::from_slice(&value).map_err(|_| StoreError::Corrupt("link entry".into()))?;
@@ -942,6 +956,34 @@ mod tests {
         let fresh = SubjectId::from_bytes(*b"0123456789abcdef");
         let fresh = SubjectId::from_bytes(fresh.as_bytes().map(|b| b ^ email.len() as u8));
         store.register(&de, &[ident(IdentifierKind::Email, email)], fresh, 0).unwrap().subject
+    }
+
+    #[test]
+    fn link_ranges_partition_the_links_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let de = Jurisdiction::parse("DE").unwrap();
+        for s in 0..300u32 {
+            let mut raw = [0u8; 16];
+            raw[..4].copy_from_slice(&s.to_be_bytes());
+            let id = ident(IdentifierKind::CrmAccount, &format!("acct-{s}"));
+            store.register(&de, &[id], SubjectId::from_bytes(raw), 0).unwrap();
+        }
+        let scan = |r: std::ops::RangeInclusive<u8>| store.links(r).map(|item| item.unwrap().0).collect::<Vec<_>>();
+        let all = scan(0..=255);
+        assert_eq!(all.len(), 300);
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "in link order");
+        // Parts split at a byte boundary together give every link exactly once.
+        for split in [0u8, 1, 0x7f, 0x80, 0xfe] {
+            let (low, high) = (scan(0..=split), scan(split + 1..=255));
+            assert!(low.iter().all(|l| l.as_bytes()[0] <= split));
+            assert!(high.iter().all(|l| l.as_bytes()[0] > split));
+            assert_eq!([low, high].concat(), all, "split after {split:#x}");
+        }
+        assert_eq!(scan(0xff..=0xff), all.iter().copied().filter(|l| l.as_bytes()[0] == 0xff).collect::<Vec<_>>());
+        #[allow(clippy::reversed_empty_ranges, reason = "an empty range yields nothing")]
+        let empty = scan(9..=8);
+        assert!(empty.is_empty());
     }
 
     #[test]
