@@ -417,15 +417,16 @@ mod tests {
         };
         dir.begin_load(&eu);
         let (low, high) = sorted_batches(0..10_000);
-        // Two parts scanned side by side: their batches alternate.
-        for (a, b) in low.chunks(1000).zip(high.chunks(1000)) {
-            dir.load_batch(&eu, a.iter().copied());
-            dir.load_batch(&eu, b.iter().copied());
-        }
-        for rest in
-            low.chunks(1000).skip(high.chunks(1000).count()).chain(high.chunks(1000).skip(low.chunks(1000).count()))
-        {
-            dir.load_batch(&eu, rest.iter().copied());
+        // Two parts scanned side by side: their batches alternate until both are done.
+        let (mut low, mut high) = (low.chunks(1000), high.chunks(1000));
+        loop {
+            let (a, b) = (low.next(), high.next());
+            if a.is_none() && b.is_none() {
+                break;
+            }
+            for batch in [a, b].into_iter().flatten() {
+                dir.load_batch(&eu, batch.iter().copied());
+            }
         }
         // A registration recorded during the load stays newer than the snapshot.
         let moved = SubjectRef { region: eu.clone(), id: SubjectId::from_bytes([9; 16]) };
