@@ -8,6 +8,7 @@
 mod identifier;
 mod jurisdiction;
 mod link;
+mod ownership;
 mod region;
 mod subject;
 mod vocab;
@@ -15,6 +16,7 @@ mod vocab;
 pub use identifier::{IdentifierError, IdentifierKind, NormalizedIdentifier};
 pub use jurisdiction::{Jurisdiction, JurisdictionError};
 pub use link::{LINK_LEN, Link, LinkError, LinkKey, LinkKeyError};
+pub use ownership::{ArbiterMap, ArbiterMapError};
 pub use region::{RegionError, RegionId};
 pub use subject::{SUBJECT_ID_LEN, SubjectId, SubjectRef, SubjectRefError};
 pub use vocab::{Channel, ConsentAction, ConsentState, Purpose, UnknownTerm};

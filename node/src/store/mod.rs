@@ -9,7 +9,7 @@ pub use sled_store::SledStore;
 
 use std::collections::BTreeMap;
 
-use domicile_types::{Channel, ConsentState, Jurisdiction, Link, NormalizedIdentifier, Purpose, SubjectId};
+use domicile_types::{Channel, ConsentState, Jurisdiction, Link, NormalizedIdentifier, Purpose, RegionId, SubjectId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,6 +27,14 @@ pub enum StoreError {
     /// A rectification removes an identifier the subject does not hold.
     #[error("identifier does not belong to the subject")]
     NotHeld,
+    /// A concurrent change moved something this write relied on (a link it found held or free);
+    /// nothing was written, and the write may be tried again from the start.
+    #[error("a concurrent change interfered; retry")]
+    Retry,
+    /// A write with the same idempotency key was recorded meanwhile: nothing was written, and
+    /// the earlier write's result is to be replayed.
+    #[error("the write was already applied under its idempotency key")]
+    Replayed,
     #[error("storage failure: {0}")]
     Backend(String),
     #[error("stored record is corrupt: {0}")]
@@ -84,24 +92,58 @@ pub struct CurrentConsent {
     pub captured_at: i64,
     pub expires_at: Option<i64>,
     pub double_opt_in_confirmed: bool,
+    /// When the node recorded it; absent in records stored before it was kept (their capture
+    /// time then counts as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<i64>,
+}
+
+/// How far a capture time may lie from the time a node records it, either way, before it is
+/// refused (ahead) or trusted as an order (behind). Clocks of capture systems drift; within this
+/// window the order of two records cannot be told from their capture times.
+pub const CLOCK_SKEW_SECS: i64 = 300;
+
+/// The time a record counts at when records are ordered (policy-packs/README.md, "Order of
+/// consent records"):
+/// - a capture cannot have happened after the node recorded it, so a capture time ahead of the
+///   recording counts as the recording time (a future-dated grant cannot outrank a withdrawal
+///   recorded before it);
+/// - a withdrawal or denial captured within [`CLOCK_SKEW_SECS`] before its recording counts as
+///   recorded: its capture time may be skewed, and an acknowledged withdrawal must beat every
+///   grant recorded before it (invariant 4);
+/// - otherwise (a grant, or a restriction captured long before it was entered) the capture time.
+pub fn counted_at(state: ConsentState, captured_at: i64, recorded_at: Option<i64>) -> i64 {
+    let Some(recorded_at) = recorded_at else { return captured_at };
+    let restrictive = !matches!(state, ConsentState::Granted);
+    if restrictive && captured_at >= recorded_at.saturating_sub(CLOCK_SKEW_SECS) {
+        recorded_at
+    } else {
+        captured_at.min(recorded_at)
+    }
 }
 
 impl CurrentConsent {
+    /// The time this record counts at when ordered against another ([`counted_at`]).
+    pub fn counted_at(&self) -> i64 {
+        counted_at(self.state, self.captured_at, self.recorded_at)
+    }
+
     /// Whether `self` (a newly appended record) replaces `existing` as the one in force.
-    /// Later capture wins, whatever order records arrive in, so an old grant replayed after a
-    /// withdrawal never revives consent. At equal capture times the more restrictive wins.
+    /// The later counted time wins ([`counted_at`]), whatever order records arrive in, so an old
+    /// grant replayed after a withdrawal never revives consent, nor does a grant dated in the
+    /// future. At equal times the more restrictive wins, then the later recorded.
     pub fn supersedes(&self, existing: &CurrentConsent) -> bool {
         let restrictiveness = |s: ConsentState| match s {
             ConsentState::Granted => 0,
             ConsentState::Denied | ConsentState::Withdrawn => 1,
         };
-        (self.captured_at, restrictiveness(self.state), self.sequence)
-            > (existing.captured_at, restrictiveness(existing.state), existing.sequence)
+        (self.counted_at(), restrictiveness(self.state), self.sequence)
+            > (existing.counted_at(), restrictiveness(existing.state), existing.sequence)
     }
 }
 
 /// Outcome of a registration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Registered {
     pub subject: SubjectId,
     pub links: Vec<Link>,
@@ -123,11 +165,14 @@ pub struct NewConsent {
 }
 
 /// What erasure removed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Erased {
+    /// Empty in a replayed result: nothing of the subject is kept, its links neither.
     pub links: Vec<Link>,
     pub consent_records: usize,
     pub event: u64,
+    pub at: i64,
+    pub rights_request: RightsRequestRecord,
 }
 
 /// A pseudonymous change, as watchers see it. Carries links and vocabulary values only.
@@ -237,8 +282,10 @@ pub struct RightsRequestRecord {
 }
 
 /// What a merge moved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Merged {
+    /// The subject merged into the other and gone.
+    pub from: SubjectId,
     /// Links that named `from` and now name `into`.
     pub links: Vec<Link>,
     pub consent_records: usize,
@@ -257,33 +304,114 @@ pub struct Rectification {
 }
 
 /// What a rectification changed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Rectified {
     pub added: Vec<Link>,
     pub removed: Vec<Link>,
     /// Sequence of the last change event, if links changed.
     pub event: Option<u64>,
+    pub rights_request: RightsRequestRecord,
+}
+
+/// A write's idempotency: the key it was sent with and the fingerprint of the request (keyed
+/// hashes the service computes, so neither reveals the request), kept with the write's result in
+/// the same transaction, so a repeated request is applied once (issue: unknown outcomes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: [u8; 32],
+    pub fingerprint: [u8; 32],
+    pub at: i64,
+}
+
+/// What an earlier write with the same idempotency key left. Its result is the pair of the
+/// write's subject and what the store method returned (for a restriction: the flag and the
+/// rights request; for an erasure: [`Erased`] without its links).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    pub fingerprint: [u8; 32],
+    pub at: i64,
+    /// The write's result as the store returned it (encoded), or `None` when it can no longer be
+    /// read: it was sealed with the key of a subject erased since.
+    pub result: Option<Vec<u8>>,
+}
+
+/// A region's claim on a link, as the link's arbiter keeps it (ARCHITECTURE.md, "Identifier
+/// ownership").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub region: RegionId,
+    /// The highest fencing generation the region claimed it with.
+    pub generation: u64,
+}
+
+/// A link this region claimed and must give up at its arbiter (a link removed by erasure or
+/// rectification, or claimed for a write that did not complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Release {
+    pub link: Link,
+    pub generation: u64,
 }
 
 pub trait Store: Send + Sync + 'static {
     /// Stores a subject with its identifiers (already normalised, with their links), or adds new
-    /// identifiers to the one subject that already holds some of them.
+    /// identifiers to the one subject that already holds some of them. A link no subject of this
+    /// region holds is stored only if it is in `claimed` (this region's granted claims, with their
+    /// generations, ARCHITECTURE.md "Identifier ownership"); one that another write took or
+    /// freed meanwhile makes the whole write [`StoreError::Retry`].
     fn register(
         &self,
         jurisdiction: &Jurisdiction,
         identifiers: &[(NormalizedIdentifier, Link)],
         new_subject: SubjectId,
         now: i64,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
     ) -> Result<Registered, StoreError>;
+
+    /// The result of an earlier write made with idempotency key `key`, if one was recorded.
+    fn replay(&self, key: &[u8; 32]) -> Result<Option<Replay>, StoreError>;
+    /// Forgets idempotency records made before `before`; returns how many.
+    fn purge_idempotency(&self, before: i64) -> Result<usize, StoreError>;
+
+    /// A new fencing generation for this region's claims: greater than every one before, also
+    /// across restarts.
+    fn next_generation(&self) -> Result<u64, StoreError>;
+    /// As the arbiter of `links`: claims each for `region` unless another region holds it.
+    /// Returns, per link, `None` when the claim is granted (the link was free or already the
+    /// region's; the claim's generation becomes the higher of the two) or the region holding it.
+    fn claim_links(
+        &self,
+        region: &RegionId,
+        generation: u64,
+        links: &[Link],
+    ) -> Result<Vec<Option<RegionId>>, StoreError>;
+    /// As the arbiter: gives up each claim held by `region` whose generation is not above the
+    /// release's (a later claim of the region outranks an earlier release). Returns how many.
+    fn release_links(&self, region: &RegionId, releases: &[Release]) -> Result<usize, StoreError>;
+    /// As the arbiter: the claim on `link`, if any.
+    fn claim(&self, link: &Link) -> Result<Option<Claim>, StoreError>;
+    /// Releases this region still has to send to arbiters, oldest first, at most `limit`.
+    fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError>;
+    /// Queues releases (for claims granted to a write that did not complete).
+    fn queue_releases(&self, releases: &[Release]) -> Result<(), StoreError>;
+    /// Forgets releases the arbiters have answered.
+    fn releases_done(&self, releases: &[Release]) -> Result<(), StoreError>;
+    /// How many releases are waiting.
+    fn pending_release_count(&self) -> Result<u64, StoreError>;
 
     fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError>;
     fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError>;
     /// The decrypted personal record; `None` if the subject does not exist or was erased.
     fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError>;
 
-    /// Appends to the ledger and updates the current state; returns the record as stored and the
-    /// sequence of its change event.
-    fn append_consent(&self, subject: &SubjectId, consent: NewConsent) -> Result<(ConsentRecord, u64), StoreError>;
+    /// Appends to the ledger (at the next ledger position) and updates the current state;
+    /// returns the record as stored and the sequence of its change event.
+    fn append_consent(
+        &self,
+        subject: &SubjectId,
+        consent: NewConsent,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(ConsentRecord, u64), StoreError>;
     fn current_consent(
         &self,
         subject: &SubjectId,
@@ -304,23 +432,58 @@ pub trait Store: Send + Sync + 'static {
     }
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError>;
 
-    /// Destroys the subject's key, then removes its records, links and current state.
-    fn erase(&self, subject: &SubjectId, now: i64) -> Result<Erased, StoreError>;
+    /// Destroys the subject's key, then removes its records, links and current state; queues the
+    /// releases of the subject's claimed links. `rights_request` is the erasure request (kept in
+    /// the result only, as the subject goes).
+    fn erase(
+        &self,
+        subject: &SubjectId,
+        now: i64,
+        rights_request: &RightsRequestRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Erased, StoreError>;
 
     /// Moves everything of `from` (identifiers, profile, links, consent ledger, interactions,
     /// rights requests) into `into`, re-sealed with `into`'s key; the current state per purpose ×
     /// channel becomes whichever record `CurrentConsent::supersedes` the other; then `from` is
     /// erased (key destroyed). Emits ERASED for `from`'s links, then REGISTERED for `into`.
-    fn merge(&self, into: &SubjectId, from: &SubjectId, now: i64) -> Result<Merged, StoreError>;
+    fn merge(
+        &self,
+        into: &SubjectId,
+        from: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Merged, StoreError>;
 
     /// Adds and removes identifiers (re-linking them) and sets or removes profile fields, all or
-    /// nothing. Emits LINKS_REMOVED for removed links and REGISTERED for added ones.
-    fn rectify(&self, subject: &SubjectId, change: &Rectification, now: i64) -> Result<Rectified, StoreError>;
+    /// nothing, and records `rights_request` with them. Emits LINKS_REMOVED for removed links
+    /// (their claims are queued for release) and REGISTERED for added ones, which, as in
+    /// [`Store::register`], must be held by the subject already or be in `claimed`.
+    fn rectify(
+        &self,
+        subject: &SubjectId,
+        change: &Rectification,
+        now: i64,
+        rights_request: &RightsRequestRecord,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Rectified, StoreError>;
 
-    /// Sets or lifts the restriction of processing.
-    fn set_restricted(&self, subject: &SubjectId, restricted: bool) -> Result<(), StoreError>;
+    /// Sets or lifts the restriction of processing and records `rights_request` with it.
+    fn set_restricted(
+        &self,
+        subject: &SubjectId,
+        restricted: bool,
+        rights_request: &RightsRequestRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<RightsRequestRecord, StoreError>;
 
-    fn append_interaction(&self, subject: &SubjectId, interaction: NewInteraction) -> Result<Interaction, StoreError>;
+    fn append_interaction(
+        &self,
+        subject: &SubjectId,
+        interaction: NewInteraction,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Interaction, StoreError>;
     /// The subject's interactions in recording order.
     fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError>;
 

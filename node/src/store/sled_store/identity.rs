@@ -1,0 +1,460 @@
+//! Who a subject is: registration, rectification, merge and erasure.
+//!
+//! Every link made live here must be held by the subject already or come with this region's
+//! granted claim (`claimed`, ARCHITECTURE.md "Identifier ownership"); every link removed queues
+//! the release of its claim in the same transaction.
+
+use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, SUBJECT_ID_LEN, SubjectId};
+use sled::Transactional;
+
+use super::claims::{check_replay, hold, record_replay, release_held};
+use super::{
+    Change, ChangeEvent, CurrentConsent, Erased, Idempotency, MetaEntry, Merged, Rectification, Rectified,
+    Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort,
+    backend, consent_key, decode, encode, flatten, open, or_abort, seal,
+};
+
+/// Inside a transaction: the subject a live link names.
+fn live_subject(links: &sled::transaction::TransactionalTree, link: &Link) -> TxResult<Option<SubjectId>> {
+    match links.get(&link.as_bytes()[..])? {
+        None => Ok(None),
+        Some(value) => match SubjectId::from_slice(&value) {
+            Ok(id) => Ok(Some(id)),
+            Err(_) => abort(StoreError::Corrupt("link entry".into())),
+        },
+    }
+}
+
+/// The claim of `claimed` for `link`: a link that no subject holds may become live only with one.
+fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {
+    match claimed.iter().find(|c| c.link == *link) {
+        Some(claim) => Ok(claim),
+        // Free now but not claimed by this write: it was held when the write looked, and a
+        // concurrent erasure or rectification freed it. Start over.
+        None => abort(StoreError::Retry),
+    }
+}
+
+impl SledStore {
+    pub(super) fn register_subject(
+        &self,
+        jurisdiction: &Jurisdiction,
+        identifiers: &[(NormalizedIdentifier, Link)],
+        new_subject: SubjectId,
+        now: i64,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Registered, StoreError> {
+        // Find the existing subject (outside the transaction only to pick the key; the
+        // transaction re-checks every link).
+        let mut candidate = new_subject;
+        for (_, link) in identifiers {
+            if let Some(id) = self.subject_by_link_raw(link)? {
+                candidate = id;
+                break;
+            }
+        }
+        // Created before any sealed value refers to it; durable at the next flush.
+        let key = self.vault.get_or_create(&candidate)?;
+        let mut serial = self.serialise_writes(&[candidate]);
+        let event_seq = self.db.generate_id().map_err(backend)?;
+        let trees = (&self.meta, &self.subjects, &self.links, &self.events, &self.held, &self.idempotency);
+        let result = trees.transaction(|(meta, subjects, links, events, held, replays)| {
+            check_replay(replays, idempotency)?;
+            let mut existing: Option<SubjectId> = None;
+            for (_, link) in identifiers {
+                if let Some(id) = live_subject(links, link)? {
+                    match existing {
+                        Some(other) if other != id => return abort(StoreError::Conflict),
+                        _ => existing = Some(id),
+                    }
+                }
+            }
+            let subject = existing.unwrap_or(new_subject);
+            if subject != candidate {
+                // A concurrent write moved the links since the candidate was picked.
+                return abort(StoreError::Retry);
+            }
+            let (mut entry, mut record, created) = match meta.get(subject.as_bytes())? {
+                Some(bytes) => {
+                    let entry: MetaEntry = or_abort(decode(&bytes))?;
+                    if &entry.meta.jurisdiction != jurisdiction {
+                        return abort(StoreError::JurisdictionMismatch);
+                    }
+                    let record: SubjectRecord = match subjects.get(subject.as_bytes())? {
+                        Some(sealed) => or_abort(open(&key, b"subjects", subject.as_bytes(), &sealed))?,
+                        None => SubjectRecord::default(),
+                    };
+                    (entry, record, false)
+                }
+                None => {
+                    let meta = SubjectMeta { jurisdiction: jurisdiction.clone(), created_at: now, restricted: false };
+                    (MetaEntry { meta, links: Vec::new() }, SubjectRecord::default(), true)
+                }
+            };
+            let mut added = Vec::new();
+            for (identifier, link) in identifiers {
+                if live_subject(links, link)?.is_none() {
+                    hold(held, claim_for(claimed, link)?)?;
+                }
+                if !record.identifiers.contains(identifier) {
+                    record.identifiers.push(identifier.clone());
+                }
+                if !entry.links.contains(link) {
+                    entry.links.push(*link);
+                    added.push(*link);
+                }
+                links.insert(&link.as_bytes()[..], &subject.as_bytes()[..])?;
+            }
+            subjects.insert(&subject.as_bytes()[..], or_abort(seal(&key, b"subjects", subject.as_bytes(), &record))?)?;
+            meta.insert(&subject.as_bytes()[..], or_abort(encode(&entry))?)?;
+            let added_any = !added.is_empty();
+            if added_any {
+                let event =
+                    ChangeEvent { sequence: event_seq, at: now, subject, links: added, change: Change::Registered };
+                events.insert(&event_seq.to_be_bytes()[..], or_abort(encode(&event))?)?;
+            }
+            let registered = Registered {
+                subject,
+                links: identifiers.iter().map(|(_, l)| *l).collect(),
+                created,
+                event: added_any.then_some(event_seq),
+            };
+            record_replay(replays, idempotency, Some((&subject, &key)), &(subject, &registered))?;
+            Ok(registered)
+        });
+        let registered = flatten(result)?;
+        serial.touch(registered.subject);
+        Ok(registered)
+    }
+
+    /// The subject a link names, read outside any transaction.
+    pub(super) fn subject_by_link_raw(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
+        match self.links.get(link.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => SubjectId::from_slice(&v).map(Some).map_err(|_| StoreError::Corrupt("link entry".into())),
+        }
+    }
+
+    pub(super) fn erase_subject(
+        &self,
+        subject: &SubjectId,
+        now: i64,
+        rights_request: &RightsRequestRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Erased, StoreError> {
+        // Held throughout, so no write for this subject lands between the scan and the removal.
+        let _serial = self.serialise_writes(&[*subject]);
+        // Checked before anything else (under the lock): the key's destruction below cannot wait
+        // for the transaction to find that this erasure was already made.
+        if let Some(i) = idempotency
+            && self.idempotency.get(i.key).map_err(backend)?.is_some()
+        {
+            return Err(StoreError::Replayed);
+        }
+        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        // Crypto-shredding first: from here on nothing sealed for this subject can be read, even
+        // if the rest of the clean-up were interrupted.
+        self.vault.destroy(subject)?;
+        let ledger_keys = Self::prefix_keys(&self.consent, subject)?;
+        let current_keys = Self::prefix_keys(&self.current, subject)?;
+        let interaction_keys = Self::prefix_keys(&self.interactions, subject)?;
+        let rights_keys = Self::prefix_keys(&self.rights, subject)?;
+        let (event_seq, event) = self.event_bytes(*subject, entry.links.clone(), Change::Erased, now)?;
+        let erased = Erased {
+            links: entry.links.clone(),
+            consent_records: ledger_keys.len(),
+            event: event_seq,
+            at: now,
+            rights_request: rights_request.clone(),
+        };
+        // What a repeated request gets: nothing of the subject, not even its links.
+        let receipt = Erased { links: Vec::new(), ..erased.clone() };
+        let trees = [
+            &self.meta,
+            &self.subjects,
+            &self.links,
+            &self.consent,
+            &self.current,
+            &self.interactions,
+            &self.rights,
+            &self.events,
+            &self.held,
+            &self.releases,
+            &self.idempotency,
+        ];
+        let result = trees.as_slice().transaction(|trees| {
+            let [meta, subjects, links, ledger, current, interactions, rights, events, held, releases, replays] =
+                trees.as_slice()
+            else {
+                return abort(StoreError::Backend("transaction trees".into()));
+            };
+            check_replay(replays, idempotency)?;
+            meta.remove(&subject.as_bytes()[..])?;
+            subjects.remove(&subject.as_bytes()[..])?;
+            for link in &entry.links {
+                links.remove(&link.as_bytes()[..])?;
+                release_held(held, releases, link)?;
+            }
+            for (tree, keys) in [
+                (ledger, &ledger_keys),
+                (current, &current_keys),
+                (interactions, &interaction_keys),
+                (rights, &rights_keys),
+            ] {
+                for k in keys {
+                    tree.remove(k)?;
+                }
+            }
+            events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+            record_replay(replays, idempotency, None, &(*subject, &receipt))?;
+            Ok(())
+        });
+        flatten(result)?;
+        Ok(erased)
+    }
+
+    pub(super) fn merge_subjects(
+        &self,
+        into: &SubjectId,
+        from: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Merged, StoreError> {
+        if into == from {
+            return Err(StoreError::Conflict);
+        }
+        // Held throughout: every writer takes this lock, so nothing is written to either subject
+        // between reading their data and replacing it.
+        let _serial = self.serialise_writes(&[*into, *from]);
+        let mut into_entry = self.meta_entry(into)?.ok_or(StoreError::NotFound)?;
+        let from_entry = self.meta_entry(from)?.ok_or(StoreError::NotFound)?;
+        if into_entry.meta.jurisdiction != from_entry.meta.jurisdiction {
+            return Err(StoreError::MergeJurisdictionMismatch);
+        }
+        let into_key = self.key(into)?;
+        let from_key = self.key(from)?;
+
+        let mut record = self.subject_record_raw(into)?.unwrap_or_default();
+        let from_record = self.subject_record_raw(from)?.unwrap_or_default();
+        for identifier in from_record.identifiers {
+            if !record.identifiers.contains(&identifier) {
+                record.identifiers.push(identifier);
+            }
+        }
+        // The remaining subject's values win; fields only `from` had are kept.
+        for (field, value) in from_record.profile {
+            record.profile.entry(field).or_insert(value);
+        }
+        let moved_links = from_entry.links.clone();
+        for link in &moved_links {
+            if !into_entry.links.contains(link) {
+                into_entry.links.push(*link);
+            }
+        }
+        // Fail closed: a restriction on either half holds for the merged subject.
+        into_entry.meta.restricted |= from_entry.meta.restricted;
+        into_entry.meta.created_at = into_entry.meta.created_at.min(from_entry.meta.created_at);
+        let sealed_record = seal(&into_key, b"subjects", into.as_bytes(), &record)?;
+        let meta_bytes = encode(&into_entry)?;
+
+        let ledger = Self::reseal_log(&self.consent, b"consent", (from, &from_key), (into, &into_key))?;
+        let interactions = Self::reseal_log(&self.interactions, b"interactions", (from, &from_key), (into, &into_key))?;
+        let rights = Self::reseal_log(&self.rights, b"rights", (from, &from_key), (into, &into_key))?;
+        // The record in force per purpose × channel is the one that supersedes the other, so an
+        // older grant of one half never overrides a withdrawal or denial of the other.
+        let mut current_writes = Vec::new();
+        let from_current = Self::prefix_keys(&self.current, from)?;
+        for old in &from_current {
+            let Some(bytes) = self.current.get(old).map_err(backend)? else { continue };
+            let candidate: CurrentConsent = open(&from_key, b"current", old, &bytes)?;
+            let mut new = Vec::with_capacity(old.len());
+            new.extend_from_slice(into.as_bytes());
+            new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
+            let replace = match self.current.get(&new).map_err(backend)? {
+                None => true,
+                Some(bytes) => candidate.supersedes(&open::<CurrentConsent>(&into_key, b"current", &new, &bytes)?),
+            };
+            if replace {
+                let sealed = seal(&into_key, b"current", &new, &candidate)?;
+                current_writes.push((new, sealed));
+            }
+        }
+        let (erased_seq, erased_event) = self.event_bytes(*from, moved_links.clone(), Change::Erased, now)?;
+        let (registered_seq, registered_event) =
+            self.event_bytes(*into, moved_links.clone(), Change::Registered, now)?;
+        let merged = Merged {
+            from: *from,
+            links: moved_links.clone(),
+            consent_records: ledger.len(),
+            interactions: interactions.len(),
+            event: registered_seq,
+        };
+        let trees = [
+            &self.meta,
+            &self.subjects,
+            &self.links,
+            &self.consent,
+            &self.current,
+            &self.interactions,
+            &self.rights,
+            &self.events,
+            &self.idempotency,
+        ];
+        let result = trees.as_slice().transaction(|trees| {
+            let [meta, subjects, links, ledger_tree, current, interaction_tree, rights_tree, events, replays] =
+                trees.as_slice()
+            else {
+                return abort(StoreError::Backend("transaction trees".into()));
+            };
+            check_replay(replays, idempotency)?;
+            meta.insert(&into.as_bytes()[..], meta_bytes.as_slice())?;
+            meta.remove(&from.as_bytes()[..])?;
+            subjects.insert(&into.as_bytes()[..], sealed_record.as_slice())?;
+            subjects.remove(&from.as_bytes()[..])?;
+            // Links stay in this region, so their claims (and `held` generations) stay as they are.
+            for link in &moved_links {
+                links.insert(&link.as_bytes()[..], &into.as_bytes()[..])?;
+            }
+            for (tree, moves) in [(ledger_tree, &ledger), (interaction_tree, &interactions), (rights_tree, &rights)] {
+                for (old, new, sealed) in moves {
+                    tree.remove(old)?;
+                    tree.insert(new.as_slice(), sealed.as_slice())?;
+                }
+            }
+            for old in &from_current {
+                current.remove(old)?;
+            }
+            for (new, sealed) in &current_writes {
+                current.insert(new.as_slice(), sealed.as_slice())?;
+            }
+            events.insert(&erased_seq.to_be_bytes()[..], erased_event.as_slice())?;
+            events.insert(&registered_seq.to_be_bytes()[..], registered_event.as_slice())?;
+            record_replay(replays, idempotency, Some((into, &into_key)), &(*into, &merged))?;
+            Ok(())
+        });
+        flatten(result)?;
+        // The moved data must be durable before `from`'s key can go: destroyed first, a crash
+        // could bring back the pre-merge state with `from`'s records sealed under no key.
+        self.db.flush().map_err(backend)?;
+        self.vault.destroy(from)?;
+        Ok(merged)
+    }
+
+    pub(super) fn rectify_subject(
+        &self,
+        subject: &SubjectId,
+        change: &Rectification,
+        now: i64,
+        rights_request: &RightsRequestRecord,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Rectified, StoreError> {
+        let _serial = self.serialise_writes(&[*subject]);
+        let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        let key = self.key(subject)?;
+        let mut record = self.subject_record_raw(subject)?.unwrap_or_default();
+        let mut removed = Vec::new();
+        for (identifier, link) in &change.remove {
+            let held = record.identifiers.contains(identifier) || entry.links.contains(link);
+            if !held {
+                return Err(StoreError::NotHeld);
+            }
+            record.identifiers.retain(|i| i != identifier);
+            entry.links.retain(|l| l != link);
+            if !removed.contains(link) {
+                removed.push(*link);
+            }
+        }
+        let mut added = Vec::new();
+        for (identifier, link) in &change.add {
+            match self.subject_by_link_raw(link)? {
+                Some(other) if other != *subject => return Err(StoreError::Conflict),
+                _ => {}
+            }
+            if !record.identifiers.contains(identifier) {
+                record.identifiers.push(identifier.clone());
+            }
+            if !entry.links.contains(link) {
+                entry.links.push(*link);
+                added.push(*link);
+            }
+        }
+        for field in &change.remove_profile {
+            record.profile.remove(field);
+        }
+        for (field, value) in &change.set_profile {
+            record.profile.insert(field.clone(), value.clone());
+        }
+        let sealed = seal(&key, b"subjects", subject.as_bytes(), &record)?;
+        let meta_bytes = encode(&entry)?;
+        let mut events_out = Vec::new();
+        if !removed.is_empty() {
+            events_out.push(self.event_bytes(*subject, removed.clone(), Change::LinksRemoved, now)?);
+        }
+        if !added.is_empty() {
+            events_out.push(self.event_bytes(*subject, added.clone(), Change::Registered, now)?);
+        }
+        let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
+        let sealed_rights = seal(&key, b"rights", &rights_key, rights_request)?;
+        let rectified = Rectified {
+            added: added.clone(),
+            removed: removed.clone(),
+            event: events_out.last().map(|(seq, _)| *seq),
+            rights_request: rights_request.clone(),
+        };
+        let trees = [
+            &self.meta,
+            &self.subjects,
+            &self.links,
+            &self.events,
+            &self.rights,
+            &self.held,
+            &self.releases,
+            &self.idempotency,
+        ];
+        let result = trees.as_slice().transaction(|trees| {
+            let [meta, subjects, links, events, rights, held, releases, replays] = trees.as_slice() else {
+                return abort(StoreError::Backend("transaction trees".into()));
+            };
+            check_replay(replays, idempotency)?;
+            if meta.get(subject.as_bytes())?.is_none() {
+                return abort(StoreError::NotFound);
+            }
+            for link in &removed {
+                // Only a link that still names this subject is dropped.
+                if live_subject(links, link)? == Some(*subject) {
+                    links.remove(&link.as_bytes()[..])?;
+                    release_held(held, releases, link)?;
+                }
+            }
+            for link in &added {
+                match live_subject(links, link)? {
+                    Some(other) if other != *subject => return abort(StoreError::Conflict),
+                    Some(_) => {}
+                    None => hold(held, claim_for(claimed, link)?)?,
+                }
+                links.insert(&link.as_bytes()[..], &subject.as_bytes()[..])?;
+            }
+            subjects.insert(&subject.as_bytes()[..], sealed.as_slice())?;
+            meta.insert(&subject.as_bytes()[..], meta_bytes.as_slice())?;
+            for (seq, bytes) in &events_out {
+                events.insert(&seq.to_be_bytes()[..], bytes.as_slice())?;
+            }
+            rights.insert(&rights_key[..], sealed_rights.as_slice())?;
+            record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &rectified))?;
+            Ok(())
+        });
+        flatten(result)?;
+        Ok(rectified)
+    }
+
+    /// The subject's decrypted record, read outside any transaction.
+    pub(super) fn subject_record_raw(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
+        let Some(key) = self.vault.get(id)? else { return Ok(None) };
+        match self.subjects.get(id.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(sealed) => open(&key, b"subjects", id.as_bytes(), &sealed).map(Some),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The embedded default: sled, one database per node, plus the key vault beside it.
+//!
+//! Trees: `meta` (subject id → jurisdiction, links, flags; no personal data), `subjects`
+//! (subject id → sealed identifiers and profile), `links` (link → subject id), `consent`
+//! (subject id ‖ ledger position → sealed ledger entry), `current` (subject id ‖ purpose ‖
+//! channel → sealed record in force), `interactions` and `rights` (subject id ‖ sequence → sealed
+//! interaction / rights request), `events` (sequence → pseudonymous change event), `counters`
+//! (the consent ledger's last position). Identifier ownership (`claims.rs`): `claims` (link →
+//! the region holding it, for links this region arbitrates), `held` (link → generation of this
+//! region's claim on its own live links), `releases` (link ‖ generation → claims to give up).
+//! `idempotency` (key → a write's result, sealed with its subject's key). Sealed values are
+//! AES-256-GCM under the subject's key from `vault`, with the tree, subject and key as associated
+//! data. Keys use vocabulary names, not enum indices, so the format survives reordering.
+//!
+//! The write methods live by capability: `identity.rs` (register, rectify, merge, erase),
+//! `records.rs` (consent, interactions, rights, restriction), `claims.rs` (claims, releases,
+//! idempotency records).
+
+use std::path::Path;
+
+use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose, SUBJECT_ID_LEN, SubjectId};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+mod cache;
+mod claims;
+mod identity;
+mod records;
+
+use super::vault::{KeyVault, SubjectKey};
+use super::{
+    Change, ChangeEvent, Claim, ConsentRecord, CurrentConsent, Erased, Idempotency, Interaction, Merged, NewConsent,
+    NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord, Store, StoreError,
+    SubjectMeta, SubjectRecord,
+};
+use cache::{ReadCache, WriteGuard};
+use domicile_types::RegionId;
+
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    vault: KeyVault,
+    meta: sled::Tree,
+    subjects: sled::Tree,
+    links: sled::Tree,
+    consent: sled::Tree,
+    current: sled::Tree,
+    interactions: sled::Tree,
+    rights: sled::Tree,
+    events: sled::Tree,
+    counters: sled::Tree,
+    claims: sled::Tree,
+    held: sled::Tree,
+    releases: sled::Tree,
+    idempotency: sled::Tree,
+    /// Serialises event allocation and insertion, so events appear in sequence order and a
+    /// watcher that resumes after N can never miss a smaller sequence committed later.
+    write_lock: std::sync::Mutex<()>,
+    /// Decision inputs already read (see [`ReadCache`]).
+    cache: ReadCache,
+}
+
+/// Stored beside the sealed record: what routing, decisions and watchers need.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MetaEntry {
+    #[serde(flatten)]
+    meta: SubjectMeta,
+    links: Vec<Link>,
+}
+
+/// One entry moved between subjects: old key, new key, value sealed for the new subject.
+type Move = (sled::IVec, Vec<u8>, Vec<u8>);
+
+/// `counters` key of the consent ledger's last position.
+const LEDGER_POSITION: &[u8] = b"consent_ledger";
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Turns a store error met inside a transaction into its abort.
+fn or_abort<T>(result: Result<T, StoreError>) -> TxResult<T> {
+    result.map_err(ConflictableTransactionError::Abort)
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    })
+}
+
+/// Key of a per-subject log entry (consent ledger, interactions, rights requests): sorting by key
+/// sorts by subject, then recording order.
+fn consent_key(subject: &SubjectId, sequence: u64) -> [u8; SUBJECT_ID_LEN + 8] {
+    let mut key = [0u8; SUBJECT_ID_LEN + 8];
+    key[..SUBJECT_ID_LEN].copy_from_slice(subject.as_bytes());
+    key[SUBJECT_ID_LEN..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn current_key(subject: &SubjectId, purpose: Purpose, channel: Channel) -> Vec<u8> {
+    let mut key = Vec::with_capacity(SUBJECT_ID_LEN + 32);
+    key.extend_from_slice(subject.as_bytes());
+    key.extend_from_slice(purpose.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(channel.as_str().as_bytes());
+    key
+}
+
+/// Associated data binding a sealed value to its tree and key.
+fn context(tree: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tree.len() + 1 + key.len());
+    out.extend_from_slice(tree);
+    out.push(0);
+    out.extend_from_slice(key);
+    out
+}
+
+fn seal<T: serde::Serialize>(key: &SubjectKey, tree: &[u8], db_key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+    key.seal(&context(tree, db_key), &encode(value)?)
+}
+
+fn open<T: serde::de::DeserializeOwned>(
+    key: &SubjectKey,
+    tree: &[u8],
+    db_key: &[u8],
+    sealed: &[u8],
+) -> Result<T, StoreError> {
+    decode(&key.open(&context(tree, db_key), sealed)?)
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let db = sled::Config::new().path(dir.join("db")).open().map_err(backend)?;
+        Self {
+            vault: KeyVault::open(dir)?,
+            meta: db.open_tree("meta").map_err(backend)?,
+            subjects: db.open_tree("subjects").map_err(backend)?,
+            links: db.open_tree("links").map_err(backend)?,
+            consent: db.open_tree("consent").map_err(backend)?,
+            current: db.open_tree("current").map_err(backend)?,
+            interactions: db.open_tree("interactions").map_err(backend)?,
+            rights: db.open_tree("rights").map_err(backend)?,
+            events: db.open_tree("events").map_err(backend)?,
+            counters: db.open_tree("counters").map_err(backend)?,
+            claims: db.open_tree("claims").map_err(backend)?,
+            held: db.open_tree("held").map_err(backend)?,
+            releases: db.open_tree("releases").map_err(backend)?,
+            idempotency: db.open_tree("idempotency").map_err(backend)?,
+            write_lock: std::sync::Mutex::new(()),
+            cache: ReadCache::default(),
+            db,
+        }
+        .with_ledger_counter()
+    }
+
+    /// Starts the consent ledger's position counter after every position already used: stores
+    /// written before the ledger had its own counter numbered records from the shared event
+    /// counter, and positions order a subject's records, so they only ever grow.
+    fn with_ledger_counter(self) -> Result<Self, StoreError> {
+        if self.counters.get(LEDGER_POSITION).map_err(backend)?.is_none() {
+            let mut last = 0u64;
+            for key in self.consent.iter().keys() {
+                let key = key.map_err(backend)?;
+                let tail = key.get(SUBJECT_ID_LEN..).and_then(|t| <[u8; 8]>::try_from(t).ok());
+                let position = tail.ok_or_else(|| StoreError::Corrupt("consent key".into()))?;
+                last = last.max(u64::from_be_bytes(position));
+            }
+            self.counters.insert(LEDGER_POSITION, &last.to_be_bytes()).map_err(backend)?;
+        }
+        Ok(self)
+    }
+
+    /// The consent ledger's last position; read under the write lock.
+    fn ledger_position(&self) -> Result<u64, StoreError> {
+        let bytes = self.counters.get(LEDGER_POSITION).map_err(backend)?;
+        let bytes = bytes.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok());
+        bytes.map(u64::from_be_bytes).ok_or_else(|| StoreError::Corrupt("ledger counter".into()))
+    }
+
+    fn meta_entry(&self, id: &SubjectId) -> Result<Option<MetaEntry>, StoreError> {
+        self.meta_as(id)
+    }
+
+    /// The subject's stored metadata decoded as `T` (`MetaEntry`, or only its `SubjectMeta`).
+    fn meta_as<T: serde::de::DeserializeOwned>(&self, id: &SubjectId) -> Result<Option<T>, StoreError> {
+        match self.meta.get(id.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some),
+        }
+    }
+
+    fn key(&self, id: &SubjectId) -> Result<SubjectKey, StoreError> {
+        self.vault.get(id)?.ok_or(StoreError::NotFound)
+    }
+
+    /// Takes the write lock for a write to `subjects` (their cached inputs go when it is released).
+    fn serialise_writes(&self, subjects: &[SubjectId]) -> WriteGuard<'_> {
+        WriteGuard {
+            _lock: self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            cache: &self.cache,
+            touched: subjects.to_vec(),
+        }
+    }
+
+    fn event_bytes(
+        &self,
+        subject: SubjectId,
+        links: Vec<Link>,
+        change: Change,
+        at: i64,
+    ) -> Result<(u64, Vec<u8>), StoreError> {
+        let sequence = self.db.generate_id().map_err(backend)?;
+        let event = ChangeEvent { sequence, at, subject, links, change };
+        Ok((sequence, encode(&event)?))
+    }
+
+    fn prefix_keys(tree: &sled::Tree, subject: &SubjectId) -> Result<Vec<sled::IVec>, StoreError> {
+        tree.scan_prefix(subject.as_bytes()).keys().collect::<Result<_, _>>().map_err(backend)
+    }
+
+    /// Opens every sealed entry of a per-subject log, in key order.
+    fn open_log<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &[u8],
+        subject: &SubjectId,
+    ) -> Result<Vec<T>, StoreError> {
+        let key = self.key(subject)?;
+        tree.scan_prefix(subject.as_bytes())
+            .map(|item| {
+                let (k, value) = item.map_err(backend)?;
+                open(&key, name, &k, &value)
+            })
+            .collect()
+    }
+
+    /// Re-seals every entry of `from`'s log in `tree` under `into`'s key, keeping the sequence
+    /// part of each key. Returns (old key, new key, new sealed value) triples.
+    fn reseal_log(
+        tree: &sled::Tree,
+        name: &[u8],
+        from: (&SubjectId, &SubjectKey),
+        into: (&SubjectId, &SubjectKey),
+    ) -> Result<Vec<Move>, StoreError> {
+        tree.scan_prefix(from.0.as_bytes())
+            .map(|item| {
+                let (old, value) = item.map_err(backend)?;
+                let plain = from.1.open(&context(name, &old), &value)?;
+                let mut new = Vec::with_capacity(old.len());
+                new.extend_from_slice(into.0.as_bytes());
+                new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
+                let sealed = into.1.seal(&context(name, &new), &plain)?;
+                Ok((old, new, sealed))
+            })
+            .collect()
+    }
+
+    /// Raw key bytes of a subject, for tests that prove erasure by searching the disk.
+    #[cfg(test)]
+    pub(crate) fn raw_key(&self, id: &SubjectId) -> Option<[u8; 32]> {
+        self.vault.raw_key(id)
+    }
+}
+
+impl Store for SledStore {
+    fn register(
+        &self,
+        jurisdiction: &Jurisdiction,
+        identifiers: &[(NormalizedIdentifier, Link)],
+        new_subject: SubjectId,
+        now: i64,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Registered, StoreError> {
+        self.register_subject(jurisdiction, identifiers, new_subject, now, claimed, idempotency)
+    }
+
+    fn replay(&self, key: &[u8; 32]) -> Result<Option<Replay>, StoreError> {
+        self.read_replay(key)
+    }
+
+    fn purge_idempotency(&self, before: i64) -> Result<usize, StoreError> {
+        self.purge_replays(before)
+    }
+
+    fn next_generation(&self) -> Result<u64, StoreError> {
+        // sled's ids grow across restarts too (recovery skips ahead of any id handed out).
+        self.db.generate_id().map_err(backend)
+    }
+
+    fn claim_links(
+        &self,
+        region: &RegionId,
+        generation: u64,
+        links: &[Link],
+    ) -> Result<Vec<Option<RegionId>>, StoreError> {
+        self.grant_claims(region, generation, links)
+    }
+
+    fn release_links(&self, region: &RegionId, releases: &[Release]) -> Result<usize, StoreError> {
+        self.give_up_claims(region, releases)
+    }
+
+    fn claim(&self, link: &Link) -> Result<Option<Claim>, StoreError> {
+        self.read_claim(link)
+    }
+
+    fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError> {
+        self.read_releases(limit)
+    }
+
+    fn queue_releases(&self, releases: &[Release]) -> Result<(), StoreError> {
+        self.add_releases(releases)
+    }
+
+    fn releases_done(&self, releases: &[Release]) -> Result<(), StoreError> {
+        self.remove_releases(releases)
+    }
+
+    fn pending_release_count(&self) -> Result<u64, StoreError> {
+        Ok(self.releases.len() as u64)
+    }
+
+    fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
+        self.subject_by_link_raw(link)
+    }
+
+    fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
+        // The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
+        // directly (unknown members such as `links` are skipped, not built).
+        let epoch = match self.cache.get(id, |c| c.meta.clone()) {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(epoch) => epoch,
+        };
+        let meta: Option<SubjectMeta> = self.meta_as(id)?;
+        if let Some(meta) = &meta {
+            self.cache.fill(id, epoch, |c| c.meta = Some(meta.clone()));
+        }
+        Ok(meta)
+    }
+
+    fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
+        self.subject_record_raw(id)
+    }
+
+    fn current_consent(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<CurrentConsent>, StoreError> {
+        let cell = (purpose, channel);
+        let cached = self.cache.get(subject, |c| c.current(cell));
+        let epoch = match cached {
+            Ok(current) => return Ok(current),
+            Err(epoch) => epoch,
+        };
+        let k = current_key(subject, purpose, channel);
+        let key = self.vault.get(subject)?;
+        let current: Option<CurrentConsent> = match (self.current.get(&k).map_err(backend)?, &key) {
+            (None, _) => None,
+            (Some(bytes), Some(key)) => Some(open(key, b"current", &k, &bytes)?),
+            (Some(_), None) => return Err(StoreError::NotFound),
+        };
+        // Only for subjects that exist: a `None` for an erased or unknown subject is not kept.
+        if key.is_some() {
+            self.cache.fill(subject, epoch, |c| c.current.push((cell, current.clone())));
+        }
+        Ok(current)
+    }
+
+    fn decision_inputs(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<(SubjectMeta, Option<CurrentConsent>)>, StoreError> {
+        // Both from one cache lookup when a decision for this cell was made before.
+        let cell = (purpose, channel);
+        let cached = self.cache.get(subject, |c| {
+            let current = c.current(cell)?;
+            Some((c.meta.clone()?, current))
+        });
+        if let Ok((meta, current)) = cached {
+            return Ok(Some((meta, current)));
+        }
+        let Some(meta) = self.subject_meta(subject)? else { return Ok(None) };
+        Ok(Some((meta, self.current_consent(subject, purpose, channel)?)))
+    }
+
+    fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
+        self.open_log(&self.consent, b"consent", subject)
+    }
+
+    fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {
+        self.open_log(&self.interactions, b"interactions", subject)
+    }
+
+    fn append_rights_request(&self, subject: &SubjectId, request: &RightsRequestRecord) -> Result<(), StoreError> {
+        let key = self.key(subject)?;
+        let _serial = self.serialise_writes(&[*subject]);
+        let sequence = self.db.generate_id().map_err(backend)?;
+        let k = consent_key(subject, sequence);
+        let sealed = seal(&key, b"rights", &k, request)?;
+        let result = (&self.meta, &self.rights).transaction(|(meta, rights)| {
+            if meta.get(subject.as_bytes())?.is_none() {
+                return abort(StoreError::NotFound);
+            }
+            rights.insert(&k[..], sealed.as_slice())?;
+            Ok(())
+        });
+        flatten(result)
+    }
+
+    fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
+        self.open_log(&self.rights, b"rights", subject)
+    }
+
+    fn links(
+        &self,
+        first_bytes: std::ops::RangeInclusive<u8>,
+    ) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send> {
+        let (first, last) = first_bytes.into_inner();
+        if first > last {
+            return Box::new(std::iter::empty());
+        }
+        // Keys are 16-byte links: [first] sorts before every link starting with `first`, and
+        // [last + 1] after every link starting with `last`.
+        let start = [first];
+        let range = match last.checked_add(1) {
+            Some(end) => self.links.range(start..[end]),
+            None => self.links.range(start..),
+        };
+        Box::new(range.map(|item| {
+            let (key, value) = item.map_err(backend)?;
+            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("link key".into()))?;
+            let subject = SubjectId::from_slice(&value).map_err(|_| StoreError::Corrupt("link entry".into()))?;
+            Ok((link, subject))
+        }))
+    }
+
+    fn events_after(&self, after: Option<u64>) -> Box<dyn Iterator<Item = Result<ChangeEvent, StoreError>> + Send> {
+        let range = match after {
+            None => self.events.iter(),
+            Some(u64::MAX) => return Box::new(std::iter::empty()),
+            Some(n) => self.events.range((n + 1).to_be_bytes()..),
+        };
+        Box::new(range.map(|item| {
+            let (_, value) = item.map_err(backend)?;
+            decode(&value)
+        }))
+    }
+
+    fn last_event(&self) -> Result<Option<u64>, StoreError> {
+        match self.events.last().map_err(backend)? {
+            None => Ok(None),
+            Some((k, _)) => {
+                let bytes: [u8; 8] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt("event key".into()))?;
+                Ok(Some(u64::from_be_bytes(bytes)))
+            }
+        }
+    }
+
+    fn counts(&self) -> Result<(u64, u64), StoreError> {
+        Ok((self.meta.len() as u64, self.links.len() as u64))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Keys first: a sealed record must never be durable without the key that opens it.
+        self.vault.sync()?;
+        self.db.flush_async().await.map(|_| ()).map_err(backend)
+    }
+
+    fn append_consent(
+        &self,
+        subject: &SubjectId,
+        consent: NewConsent,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(ConsentRecord, u64), StoreError> {
+        self.record_consent(subject, consent, idempotency)
+    }
+
+    fn erase(
+        &self,
+        subject: &SubjectId,
+        now: i64,
+        rights_request: &RightsRequestRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Erased, StoreError> {
+        self.erase_subject(subject, now, rights_request, idempotency)
+    }
+
+    fn merge(
+        &self,
+        into: &SubjectId,
+        from: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Merged, StoreError> {
+        self.merge_subjects(into, from, now, idempotency)
+    }
+
+    fn rectify(
+        &self,
+        subject: &SubjectId,
+        change: &Rectification,
+        now: i64,
+        rights_request: &RightsRequestRecord,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Rectified, StoreError> {
+        self.rectify_subject(subject, change, now, rights_request, claimed, idempotency)
+    }
+
+    fn set_restricted(
+        &self,
+        subject: &SubjectId,
+        restricted: bool,
+        rights_request: &RightsRequestRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<RightsRequestRecord, StoreError> {
+        self.restrict_subject(subject, restricted, rights_request, idempotency)
+    }
+
+    fn append_interaction(
+        &self,
+        subject: &SubjectId,
+        interaction: NewInteraction,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Interaction, StoreError> {
+        self.record_interaction(subject, interaction, idempotency)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! What is recorded about a subject: consent, interactions, and the restriction of processing.
+
+use domicile_types::SubjectId;
+use sled::Transactional;
+
+use super::claims::{check_replay, record_replay};
+use super::{
+    Change, ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction,
+    RightsRequestRecord, SledStore, StoreError, abort, backend, consent_key, current_key, encode, flatten, open,
+    or_abort, seal,
+};
+
+impl SledStore {
+    pub(super) fn record_consent(
+        &self,
+        subject: &SubjectId,
+        consent: NewConsent,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(ConsentRecord, u64), StoreError> {
+        let key = self.key(subject)?;
+        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        let _serial = self.serialise_writes(&[*subject]);
+        // Positions of the consent ledger are its own (not shared with change events): read
+        // under the write lock, which every writer holds, and written with the record.
+        let sequence = self.ledger_position()? + 1;
+        let record = ConsentRecord {
+            sequence,
+            purpose: consent.purpose,
+            channels: consent.channels,
+            state: consent.state,
+            captured_at: consent.captured_at,
+            recorded_at: consent.recorded_at,
+            expires_at: consent.expires_at,
+            evidence: consent.evidence,
+        };
+        let ledger_key = consent_key(subject, sequence);
+        let sealed_entry = seal(&key, b"consent", &ledger_key, &record)?;
+        let candidate = CurrentConsent {
+            sequence,
+            state: record.state,
+            captured_at: record.captured_at,
+            expires_at: record.expires_at,
+            double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+            recorded_at: Some(record.recorded_at),
+        };
+        let mut sealed_current = Vec::with_capacity(record.channels.len());
+        for channel in &record.channels {
+            let k = current_key(subject, record.purpose, *channel);
+            let sealed = seal(&key, b"current", &k, &candidate)?;
+            sealed_current.push((k, sealed));
+        }
+        let (event_seq, event) = self.event_bytes(
+            *subject,
+            entry.links,
+            Change::Consent { purpose: record.purpose, channels: record.channels.clone(), state: record.state },
+            record.recorded_at,
+        )?;
+        let result = (&self.meta, &self.consent, &self.current, &self.events, &self.counters, &self.idempotency)
+            .transaction(|(meta, ledger, current, events, counters, replays)| {
+                check_replay(replays, idempotency)?;
+                // A merge or erasure that committed since the checks above took the subject away;
+                // a record written now would be sealed under a destroyed key.
+                if meta.get(subject.as_bytes())?.is_none() {
+                    return abort(StoreError::NotFound);
+                }
+                ledger.insert(&ledger_key[..], sealed_entry.as_slice())?;
+                counters.insert(LEDGER_POSITION, &sequence.to_be_bytes()[..])?;
+                for (k, sealed) in &sealed_current {
+                    let replace = match current.get(k)? {
+                        None => true,
+                        Some(bytes) => candidate.supersedes(&or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?),
+                    };
+                    if replace {
+                        current.insert(k.as_slice(), sealed.as_slice())?;
+                    }
+                }
+                events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+                let recorded = (record.clone(), event_seq);
+                record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &recorded))?;
+                Ok(recorded)
+            });
+        flatten(result)
+    }
+
+    pub(super) fn restrict_subject(
+        &self,
+        subject: &SubjectId,
+        restricted: bool,
+        rights_request: &RightsRequestRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<RightsRequestRecord, StoreError> {
+        let key = self.key(subject)?;
+        let _serial = self.serialise_writes(&[*subject]);
+        let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        entry.meta.restricted = restricted;
+        let meta_bytes = encode(&entry)?;
+        let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
+        let sealed_rights = seal(&key, b"rights", &rights_key, rights_request)?;
+        let result = (&self.meta, &self.rights, &self.idempotency).transaction(|(meta, rights, replays)| {
+            check_replay(replays, idempotency)?;
+            if meta.get(subject.as_bytes())?.is_none() {
+                return abort(StoreError::NotFound);
+            }
+            meta.insert(&subject.as_bytes()[..], meta_bytes.as_slice())?;
+            rights.insert(&rights_key[..], sealed_rights.as_slice())?;
+            record_replay(replays, idempotency, Some((subject, &key)), &(*subject, (restricted, rights_request)))?;
+            Ok(())
+        });
+        flatten(result)?;
+        Ok(rights_request.clone())
+    }
+
+    pub(super) fn record_interaction(
+        &self,
+        subject: &SubjectId,
+        interaction: NewInteraction,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Interaction, StoreError> {
+        let key = self.key(subject)?;
+        let _serial = self.serialise_writes(&[*subject]);
+        let sequence = self.db.generate_id().map_err(backend)?;
+        let stored = Interaction {
+            sequence,
+            channel: interaction.channel,
+            occurred_at: interaction.occurred_at,
+            recorded_at: interaction.recorded_at,
+            kind: interaction.kind,
+            intent: interaction.intent,
+            summary: interaction.summary,
+            reference: interaction.reference,
+            open: interaction.open,
+        };
+        let k = consent_key(subject, sequence);
+        let sealed = seal(&key, b"interactions", &k, &stored)?;
+        let result = (&self.meta, &self.interactions, &self.idempotency).transaction(|(meta, interactions, replays)| {
+            check_replay(replays, idempotency)?;
+            if meta.get(subject.as_bytes())?.is_none() {
+                return abort(StoreError::NotFound);
+            }
+            interactions.insert(&k[..], sealed.as_slice())?;
+            record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &stored))?;
+            Ok(())
+        });
+        flatten(result)?;
+        Ok(stored)
+    }
+}

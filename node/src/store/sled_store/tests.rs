@@ -1,0 +1,425 @@
+use super::super::Evidence;
+use super::*;
+use domicile_types::{ConsentState, IdentifierKind, LinkKey};
+
+fn ident(kind: IdentifierKind, v: &str) -> (NormalizedIdentifier, Link) {
+    let id = NormalizedIdentifier::normalize(kind, v).unwrap();
+    let link = LinkKey::from_bytes(&[9; 32]).unwrap().link(&id);
+    (id, link)
+}
+
+fn consent(state: ConsentState, captured_at: i64) -> NewConsent {
+    NewConsent {
+        purpose: Purpose::Marketing,
+        channels: vec![Channel::Email],
+        state,
+        captured_at,
+        recorded_at: captured_at,
+        expires_at: None,
+        evidence: Evidence::default(),
+    }
+}
+
+fn flush(store: &SledStore) {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(store.flush()).unwrap();
+}
+
+fn subject(store: &SledStore, email: &str) -> SubjectId {
+    let de = Jurisdiction::parse("DE").unwrap();
+    let fresh = SubjectId::from_bytes(*b"0123456789abcdef");
+    let fresh = SubjectId::from_bytes(fresh.as_bytes().map(|b| b ^ email.len() as u8));
+    store.register(&de, &[ident(IdentifierKind::Email, email)], fresh, 0).unwrap().subject
+}
+
+#[test]
+fn link_ranges_partition_the_links_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let de = Jurisdiction::parse("DE").unwrap();
+    for s in 0..300u32 {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&s.to_be_bytes());
+        let id = ident(IdentifierKind::CrmAccount, &format!("acct-{s}"));
+        store.register(&de, &[id], SubjectId::from_bytes(raw), 0).unwrap();
+    }
+    let scan = |r: std::ops::RangeInclusive<u8>| store.links(r).map(|item| item.unwrap().0).collect::<Vec<_>>();
+    let all = scan(0..=255);
+    assert_eq!(all.len(), 300);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "in link order");
+    // Parts split at a byte boundary together give every link exactly once.
+    for split in [0u8, 1, 0x7f, 0x80, 0xfe] {
+        let (low, high) = (scan(0..=split), scan(split + 1..=255));
+        assert!(low.iter().all(|l| l.as_bytes()[0] <= split));
+        assert!(high.iter().all(|l| l.as_bytes()[0] > split));
+        assert_eq!([low, high].concat(), all, "split after {split:#x}");
+    }
+    assert_eq!(scan(0xff..=0xff), all.iter().copied().filter(|l| l.as_bytes()[0] == 0xff).collect::<Vec<_>>());
+    #[allow(clippy::reversed_empty_ranges, reason = "an empty range yields nothing")]
+    let empty = scan(9..=8);
+    assert!(empty.is_empty());
+}
+
+#[test]
+fn register_merges_known_identifiers_and_refuses_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let de = Jurisdiction::parse("DE").unwrap();
+    let email = ident(IdentifierKind::Email, "a@example.de");
+    let phone = ident(IdentifierKind::Phone, "+4915112345678");
+    let first = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0).unwrap();
+    assert!(first.created);
+    let again = store.register(&de, &[email.clone(), phone.clone()], SubjectId::from_bytes([2; 16]), 0).unwrap();
+    assert!(!again.created);
+    assert_eq!(again.subject, first.subject);
+    assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(first.subject));
+    let record = store.subject_record(&first.subject).unwrap().unwrap();
+    assert_eq!(record.identifiers.len(), 2);
+
+    let other = ident(IdentifierKind::Email, "b@example.de");
+    store.register(&de, std::slice::from_ref(&other), SubjectId::from_bytes([3; 16]), 0).unwrap();
+    assert!(matches!(
+        store.register(&de, &[email.clone(), other], SubjectId::from_bytes([4; 16]), 0),
+        Err(StoreError::Conflict)
+    ));
+    let fr = Jurisdiction::parse("FR").unwrap();
+    assert!(matches!(
+        store.register(&fr, &[email], SubjectId::from_bytes([5; 16]), 0),
+        Err(StoreError::JurisdictionMismatch)
+    ));
+}
+
+/// Reads that the cache serves must change with every kind of write (invariant 4: a
+/// withdrawal, restriction, erasure or merge is seen by the very next decision).
+#[test]
+fn cached_decision_inputs_follow_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let state =
+        |s: &SubjectId| store.current_consent(s, Purpose::Marketing, Channel::Email).unwrap().map(|c| c.state);
+    let a = subject(&store, "ca@example.de");
+    // (The helper derives ids from the e-mail's length, hence the different lengths.)
+    // Cached as "none", then as granted: each read twice so the second is served from memory.
+    assert_eq!(state(&a), None);
+    assert_eq!(state(&a), None);
+    store.append_consent(&a, consent(ConsentState::Granted, 100)).unwrap();
+    assert_eq!(state(&a), Some(ConsentState::Granted));
+    assert_eq!(state(&a), Some(ConsentState::Granted));
+    // The decision path reads both at once (one cache lookup): same answers.
+    let inputs = |s: &SubjectId| {
+        store
+            .decision_inputs(s, Purpose::Marketing, Channel::Email)
+            .unwrap()
+            .map(|(meta, current)| (meta.restricted, current.map(|c| c.state)))
+    };
+    assert_eq!(inputs(&a), Some((false, Some(ConsentState::Granted))));
+    store.append_consent(&a, consent(ConsentState::Withdrawn, 200)).unwrap();
+    assert_eq!(state(&a), Some(ConsentState::Withdrawn));
+    assert_eq!(inputs(&a), Some((false, Some(ConsentState::Withdrawn))));
+
+    assert!(!store.subject_meta(&a).unwrap().unwrap().restricted);
+    store.set_restricted(&a, true).unwrap();
+    assert!(store.subject_meta(&a).unwrap().unwrap().restricted);
+    assert_eq!(inputs(&a), Some((true, Some(ConsentState::Withdrawn))));
+
+    // Merge: `into` sees the merged records; `from` is gone.
+    let b = subject(&store, "cbb@example.de");
+    store.append_consent(&b, consent(ConsentState::Granted, 300)).unwrap();
+    let c = subject(&store, "cccc@example.de");
+    assert_eq!(state(&c), None);
+    assert_eq!(state(&b), Some(ConsentState::Granted));
+    store.merge(&c, &b, 400).unwrap();
+    assert_eq!(state(&c), Some(ConsentState::Granted));
+    assert!(store.subject_meta(&b).unwrap().is_none());
+    assert_eq!(state(&b), None);
+
+    // Erasure: nothing decrypted survives in memory either.
+    store.erase(&c, 500).unwrap();
+    assert!(store.subject_meta(&c).unwrap().is_none());
+    assert_eq!(inputs(&c), None);
+    assert_eq!(state(&c), None);
+    assert!(store.cache.shard(&c).subjects.get(&c).is_none());
+}
+
+/// A value read before a write must not be cached after that write's invalidation.
+#[test]
+fn a_read_racing_a_write_never_caches_the_old_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = subject(&store, "race@example.de");
+    store.append_consent(&s, consent(ConsentState::Granted, 100)).unwrap();
+    // A reader misses and notes the epoch, reads "granted" from sled …
+    let epoch = store.cache.get(&s, |c| c.current.first().map(|(_, v)| v.clone())).unwrap_err();
+    let stale = store.current.get(current_key(&s, Purpose::Marketing, Channel::Email)).unwrap();
+    assert!(stale.is_some());
+    // … a withdrawal commits and releases the write lock …
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 200)).unwrap();
+    // … and the reader's late fill with the old value is dropped.
+    let old = CurrentConsent {
+        sequence: 1,
+        state: ConsentState::Granted,
+        captured_at: 100,
+        expires_at: None,
+        double_opt_in_confirmed: false,
+    };
+    store.cache.fill(&s, epoch, |c| c.current.push(((Purpose::Marketing, Channel::Email), Some(old))));
+    let now = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    assert_eq!(now.state, ConsentState::Withdrawn);
+}
+
+#[test]
+fn older_grant_never_overrides_newer_withdrawal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = subject(&store, "w@example.de");
+    store.append_consent(&s, consent(ConsentState::Granted, 100)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 200)).unwrap();
+    // A grant captured earlier but recorded later (e.g. a delayed batch) must not win.
+    store.append_consent(&s, consent(ConsentState::Granted, 150)).unwrap();
+    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    assert_eq!(current.state, ConsentState::Withdrawn);
+    // Equal capture times: the restrictive record wins.
+    store.append_consent(&s, consent(ConsentState::Granted, 200)).unwrap();
+    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    assert_eq!(current.state, ConsentState::Withdrawn);
+    assert_eq!(store.consent_history(&s).unwrap().len(), 4, "the ledger keeps every record");
+    assert!(store.current_consent(&s, Purpose::Marketing, Channel::Sms).unwrap().is_none());
+}
+
+#[test]
+fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let email = "erase.me.probe@example.de";
+    let s = subject(&store, email);
+    let keep = subject(&store, "keep.me@example.de");
+    store.append_consent(&s, consent(ConsentState::Granted, 1)).unwrap();
+    flush(&store);
+    let key = store.raw_key(&s).unwrap();
+    let scan = |needle: &[u8]| {
+        walk(dir.path()).into_iter().any(|p| std::fs::read(p).unwrap().windows(needle.len()).any(|w| w == needle))
+    };
+    assert!(!scan(email.as_bytes()), "identifiers are encrypted at rest");
+    assert!(scan(&key), "the key is on disk before erasure");
+
+    let erased = store.erase(&s, 2).unwrap();
+    flush(&store);
+    assert_eq!(erased.links.len(), 1);
+    assert!(!scan(&key), "no copy of the subject key survives anywhere in the data directory");
+    assert!(store.subject_record(&s).unwrap().is_none());
+    assert!(store.subject_meta(&s).unwrap().is_none());
+    assert!(matches!(store.consent_history(&s), Err(StoreError::NotFound)));
+    assert!(matches!(store.erase(&s, 3), Err(StoreError::NotFound)));
+    assert!(store.subject_by_link(&erased.links[0]).unwrap().is_none());
+    assert!(store.subject_record(&keep).unwrap().is_some(), "other subjects are untouched");
+    let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    assert!(matches!(events.last().unwrap().change, Change::Erased));
+}
+
+#[test]
+fn events_are_ordered_and_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = subject(&store, "e@example.de");
+    store.append_consent(&s, consent(ConsentState::Granted, 1)).unwrap();
+    let (_, last) = store.append_consent(&s, consent(ConsentState::Withdrawn, 2)).unwrap();
+    let everything: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    assert_eq!(everything.len(), 3, "registration and two consent changes");
+    assert!(everything.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    assert_eq!(store.last_event().unwrap(), Some(last));
+    let resumed: Vec<_> = store.events_after(Some(everything[0].sequence)).map(Result::unwrap).collect();
+    assert_eq!(resumed, everything[1..]);
+    assert!(store.events_after(Some(last)).next().is_none());
+}
+
+#[test]
+fn survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s;
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        s = subject(&store, "r@example.de");
+        store.append_consent(&s, consent(ConsentState::Granted, 1)).unwrap();
+        flush(&store);
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.consent_history(&s).unwrap().len(), 1);
+    assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers.len(), 1);
+    // The decision path's lean read sees what the full entry holds, restriction included.
+    store.set_restricted(&s, true).unwrap();
+    let meta = store.subject_meta(&s).unwrap().unwrap();
+    assert!(meta.restricted);
+    assert_eq!(Some(meta), store.meta_entry(&s).unwrap().map(|e| e.meta));
+}
+
+fn consent_on(state: ConsentState, captured_at: i64, channel: Channel) -> NewConsent {
+    NewConsent { channels: vec![channel], ..consent(state, captured_at) }
+}
+
+fn interaction(summary: &str, occurred_at: i64) -> NewInteraction {
+    NewInteraction {
+        channel: Channel::Chat,
+        occurred_at,
+        recorded_at: occurred_at,
+        kind: super::super::InteractionKind::Message,
+        intent: "billing.dispute".into(),
+        summary: summary.into(),
+        reference: "T-1".into(),
+        open: true,
+    }
+}
+
+fn rights(kind: &str) -> RightsRequestRecord {
+    RightsRequestRecord {
+        request_id: "00".repeat(16),
+        kind: kind.into(),
+        received_at: 1,
+        deadline_at: 2,
+        status: "completed".into(),
+        deadline_basis: "test".into(),
+        completed_at: Some(1),
+    }
+}
+
+#[test]
+fn merge_moves_everything_and_never_lets_an_older_grant_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let into = subject(&store, "into@example.de");
+    let from = subject(&store, "from.person@example.de");
+    // Email: `into` withdrew at 200, `from` holds an older grant (100) → withdrawn.
+    store.append_consent(&into, consent(ConsentState::Withdrawn, 200)).unwrap();
+    store.append_consent(&from, consent(ConsentState::Granted, 100)).unwrap();
+    // SMS: `into` granted at 100, `from` withdrew later (300) → withdrawn.
+    store.append_consent(&into, consent_on(ConsentState::Granted, 100, Channel::Sms)).unwrap();
+    store.append_consent(&from, consent_on(ConsentState::Withdrawn, 300, Channel::Sms)).unwrap();
+    // Post: only `from` has a record → it carries over.
+    store.append_consent(&from, consent_on(ConsentState::Granted, 50, Channel::Post)).unwrap();
+    store.append_interaction(&from, interaction("moved summary", 10)).unwrap();
+    store.append_rights_request(&from, &rights("access")).unwrap();
+    let from_links = store.meta_entry(&from).unwrap().unwrap().links;
+    store.set_restricted(&from, true).unwrap();
+
+    let merged = store.merge(&into, &from, 400).unwrap();
+    flush(&store);
+    assert_eq!(merged.links, from_links);
+    assert_eq!((merged.consent_records, merged.interactions), (3, 1));
+    let state = |channel| store.current_consent(&into, Purpose::Marketing, channel).unwrap().unwrap().state;
+    assert_eq!(state(Channel::Email), ConsentState::Withdrawn, "an older grant never overrides a withdrawal");
+    assert_eq!(state(Channel::Sms), ConsentState::Withdrawn, "a later withdrawal of `from` wins");
+    assert_eq!(state(Channel::Post), ConsentState::Granted);
+    let history = store.consent_history(&into).unwrap();
+    assert_eq!(history.len(), 5);
+    assert!(history.windows(2).all(|w| w[0].sequence < w[1].sequence), "ledger stays in recording order");
+    assert_eq!(store.interactions(&into).unwrap()[0].summary, "moved summary");
+    assert_eq!(store.rights_requests(&into).unwrap().len(), 1);
+    let record = store.subject_record(&into).unwrap().unwrap();
+    assert_eq!(record.identifiers.len(), 2);
+    assert_eq!(store.subject_by_link(&from_links[0]).unwrap(), Some(into));
+    assert!(store.subject_meta(&into).unwrap().unwrap().restricted, "a restriction of either half holds");
+    // `from` is gone, its key destroyed.
+    assert!(store.subject_meta(&from).unwrap().is_none());
+    assert!(store.raw_key(&from).is_none());
+    assert!(matches!(store.consent_history(&from), Err(StoreError::NotFound)));
+    assert!(store.current.scan_prefix(from.as_bytes()).next().is_none());
+    assert!(store.interactions.scan_prefix(from.as_bytes()).next().is_none());
+    // Events: ERASED for `from`'s links, then REGISTERED for `into` with the same links.
+    let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    let tail = &events[events.len() - 2..];
+    assert_eq!((tail[0].subject, &tail[0].change, &tail[0].links), (from, &Change::Erased, &from_links));
+    assert_eq!((tail[1].subject, &tail[1].change, &tail[1].links), (into, &Change::Registered, &from_links));
+    assert_eq!(tail[1].sequence, merged.event);
+    assert!(matches!(store.merge(&into, &from, 401), Err(StoreError::NotFound)));
+    assert!(matches!(store.merge(&into, &into, 401), Err(StoreError::Conflict)));
+    // Survives a reopen: everything moved was flushed.
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.consent_history(&into).unwrap().len(), 5);
+}
+
+#[test]
+fn merge_refuses_subjects_of_different_jurisdictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let de = subject(&store, "de@example.de");
+    let fr = Jurisdiction::parse("FR").unwrap();
+    let other = store
+        .register(&fr, &[ident(IdentifierKind::Email, "fr@example.fr")], SubjectId::from_bytes([7; 16]), 0)
+        .unwrap()
+        .subject;
+    assert!(matches!(store.merge(&de, &other, 1), Err(StoreError::MergeJurisdictionMismatch)));
+    assert!(store.subject_meta(&other).unwrap().is_some(), "nothing changed");
+}
+
+#[test]
+fn rectify_relinks_identifiers_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = subject(&store, "old@example.de");
+    let other = subject(&store, "someone.else@example.de");
+    let old = ident(IdentifierKind::Email, "old@example.de");
+    let new = ident(IdentifierKind::Email, "new@example.de");
+    let phone = ident(IdentifierKind::Phone, "+4915112345678");
+    let change = Rectification {
+        add: vec![new.clone(), phone.clone()],
+        remove: vec![old.clone()],
+        set_profile: [("name".to_owned(), "Anna".to_owned())].into(),
+        remove_profile: vec![],
+    };
+    let rectified = store.rectify(&s, &change, 5).unwrap();
+    assert_eq!(rectified.added, vec![new.1, phone.1]);
+    assert_eq!(rectified.removed, vec![old.1]);
+    assert_eq!(store.subject_by_link(&old.1).unwrap(), None);
+    assert_eq!(store.subject_by_link(&new.1).unwrap(), Some(s));
+    let record = store.subject_record(&s).unwrap().unwrap();
+    assert_eq!(record.identifiers, vec![new.0.clone(), phone.0.clone()]);
+    assert_eq!(record.profile.get("name").map(String::as_str), Some("Anna"));
+    let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    let tail = &events[events.len() - 2..];
+    assert_eq!((&tail[0].change, &tail[0].links), (&Change::LinksRemoved, &vec![old.1]));
+    assert_eq!((&tail[1].change, &tail[1].links), (&Change::Registered, &vec![new.1, phone.1]));
+
+    // Another subject's identifier, or one the subject does not hold: refused, nothing changes.
+    let theirs = ident(IdentifierKind::Email, "someone.else@example.de");
+    let refused = Rectification { add: vec![theirs.clone()], remove: vec![phone.clone()], ..Default::default() };
+    assert!(matches!(store.rectify(&s, &refused, 6), Err(StoreError::Conflict)));
+    let not_held = Rectification { remove: vec![old.clone()], ..Default::default() };
+    assert!(matches!(store.rectify(&s, &not_held, 6), Err(StoreError::NotHeld)));
+    assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(s));
+    assert_eq!(store.subject_by_link(&theirs.1).unwrap(), Some(other));
+}
+
+#[test]
+fn interactions_and_rights_are_sealed_and_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = subject(&store, "talk@example.de");
+    let summary = "customer disputes invoice probe-7731";
+    let first = store.append_interaction(&s, interaction(summary, 10)).unwrap();
+    let second = store.append_interaction(&s, interaction("later", 5)).unwrap();
+    assert!(first.sequence < second.sequence);
+    store.append_rights_request(&s, &rights("rectification")).unwrap();
+    store.set_restricted(&s, true).unwrap();
+    flush(&store);
+    assert!(store.subject_meta(&s).unwrap().unwrap().restricted);
+    let log = store.interactions(&s).unwrap();
+    assert_eq!(log.iter().map(|i| i.summary.as_str()).collect::<Vec<_>>(), [summary, "later"]);
+    let on_disk = walk(dir.path())
+        .into_iter()
+        .any(|p| std::fs::read(p).unwrap().windows(summary.len()).any(|w| w == summary.as_bytes()));
+    assert!(!on_disk, "interaction summaries are encrypted at rest");
+    store.erase(&s, 20).unwrap();
+    assert!(matches!(store.interactions(&s), Err(StoreError::NotFound)));
+    assert!(matches!(store.rights_requests(&s), Err(StoreError::NotFound)));
+    assert!(store.interactions.is_empty() && store.rights.is_empty());
+    assert!(matches!(store.append_interaction(&s, interaction("x", 1)), Err(StoreError::NotFound)));
+    assert!(matches!(store.set_restricted(&s, false), Err(StoreError::NotFound)));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
