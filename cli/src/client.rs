@@ -142,10 +142,11 @@ pub struct ConsentArgs {
     /// Channel(s) the record covers; repeat for several.
     #[arg(long = "channel", required = true)]
     channels: Vec<String>,
-    /// Version of the notice the person saw.
+    /// Version of the notice the person saw: an identifier such as `privacy-notice-v3` (letters,
+    /// digits, `.`, `_`, `:`, `-`; never personal data).
     #[arg(long, default_value = "")]
     notice_version: String,
-    /// System that captured the consent.
+    /// System that captured the consent, as an identifier (like `--notice-version`).
     #[arg(long, default_value = "domicile-cli")]
     source_system: String,
     /// The double opt-in confirmation step has completed.
@@ -157,6 +158,10 @@ pub struct ConsentArgs {
     /// When a grant lapses (RFC 3339).
     #[arg(long)]
     expires_at: Option<String>,
+    /// Makes a retry safe: the same record sent again with the same key is applied once. After a
+    /// DEADLINE_EXCEEDED (outcome unknown), retry with the key the error names.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
     #[command(flatten)]
     connection: Connection,
 }
@@ -233,8 +238,11 @@ fn usage(e: anyhow::Error) -> ExitCode {
 }
 
 pub async fn register(args: RegisterArgs) -> ExitCode {
-    let request =
-        pb::RegisterRequest { jurisdiction: args.jurisdiction.clone(), identifiers: args.identifiers.identifiers() };
+    let request = pb::RegisterRequest {
+        jurisdiction: args.jurisdiction.clone(),
+        identifiers: args.identifiers.identifiers(),
+        ..Default::default()
+    };
     call(&args.connection, async |c| c.register(request).await.map(|r| r.into_inner()), |r, json| {
         if json {
             println!("{}", serde_json::json!({"subject_ref": r.subject_ref, "home_region": r.home_region, "links": r.links, "created": r.created}));
@@ -279,6 +287,7 @@ pub async fn consent(args: ConsentArgs) -> ExitCode {
         }),
         captured_at,
         expires_at,
+        idempotency_key: args.idempotency_key.clone(),
     };
     let verb = match args.action {
         Action::Grant => "Granted",

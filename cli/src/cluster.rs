@@ -434,7 +434,7 @@ async fn node_info(
 ) -> anyhow::Result<domicile_proto::pb::node::v1::InfoResponse> {
     use domicile_proto::pb::node::v1::InfoRequest;
     use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
-    let caller = CallerIdentity::new(&format!("operator-{region}"), region.clone(), &[])?;
+    let caller = CallerIdentity::new(&format!("operator-{region}"), region.clone(), &[Scope::Admin])?;
     let tls = pki.caller(&caller)?;
     let channel = tls_channel(&addr.to_string(), &region.node_server_name(), &tls, Duration::from_secs(3)).await?;
     let info = RegionalNodeClient::new(channel).info(InfoRequest {}).await?;
@@ -586,11 +586,25 @@ impl LocalCluster {
 
         let mut cluster =
             Self { dir: dir.clone(), options: options.clone(), nodes: BTreeMap::new(), gateway: None, client_tls };
+        // Every node's address is known before any starts: each node's configuration lists them
+        // all (identifier ownership: nodes claim identifiers at each other).
+        let mut addrs = BTreeMap::new();
+        for region in &options.regions {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").context("no free port for a node")?;
+            addrs.insert(region.clone(), probe.local_addr()?);
+        }
+        let ownership = domicile_node::config::OwnershipConfig {
+            regions: addrs
+                .iter()
+                .map(|(id, addr)| RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
+                .collect(),
+            claim_timeout_ms: 2_000,
+        };
         for region in &options.regions {
             let config = NodeConfig {
                 version: 1,
                 region: region.clone(),
-                listen: "127.0.0.1:0".parse()?,
+                listen: *addrs.get(region).context("a region without an address")?,
                 data_dir: dir.join("data").join(region.as_str()),
                 packs_dir: packs_dir.clone(),
                 link_key_file: link_key_file.clone(),
@@ -599,6 +613,7 @@ impl LocalCluster {
                 packs_reload_ms: options.packs_reload_ms,
                 otlp_endpoint: None,
                 otlp_metrics_interval_ms: None,
+                ownership: ownership.clone(),
             };
             let path = dir.join("config").join(format!("node-{region}.toml"));
             write_toml(&path, &config)?;

@@ -245,6 +245,7 @@ fn consent(
         }),
         captured_at: None,
         expires_at: None,
+        idempotency_key: String::new(),
     }
 }
 
@@ -513,6 +514,7 @@ async fn setup(gw: &Gateway, args: &LoadArgs) -> anyhow::Result<Measured> {
                     .register(pb::RegisterRequest {
                         jurisdiction: jurisdiction.to_owned(),
                         identifiers: vec![email(n)],
+                        ..Default::default()
                     })
                     .await;
                 // Consent by link: the gateway routes it without resolving the identifier again.
@@ -782,7 +784,11 @@ async fn withdrawal(gw: &Gateway, args: &LoadArgs) -> anyhow::Result<Measured> {
     for (i, jurisdiction) in SENTINELS.iter().enumerate() {
         let id = common::Identifier { kind: "email".into(), value: format!("load-sentinel-{stamp}-{i}@example.test") };
         let r = client
-            .register(pb::RegisterRequest { jurisdiction: (*jurisdiction).to_owned(), identifiers: vec![id] })
+            .register(pb::RegisterRequest {
+                jurisdiction: (*jurisdiction).to_owned(),
+                identifiers: vec![id],
+                ..Default::default()
+            })
             .await
             .map_err(|s| anyhow::anyhow!("withdrawal: cannot register a sentinel: {}", status(s)))?
             .into_inner();

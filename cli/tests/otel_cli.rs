@@ -372,7 +372,11 @@ async fn metrics_arrive_and_no_personal_data_reaches_metrics_spans_or_logs() {
         ("BR", vec![identifier("email", BR_EMAIL)]),
     ] {
         let reply = client
-            .register(gw::RegisterRequest { jurisdiction: jurisdiction.into(), identifiers })
+            .register(gw::RegisterRequest {
+                jurisdiction: jurisdiction.into(),
+                identifiers,
+                idempotency_key: String::new(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -389,6 +393,7 @@ async fn metrics_arrive_and_no_personal_data_reaches_metrics_spans_or_logs() {
             summary: format!("Annegret {SURNAME} called from {DE_PHONE} about an invoice; reply to {DE_EMAIL}"),
             reference: REFERENCE.into(),
             open: true,
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();
@@ -418,6 +423,7 @@ async fn metrics_arrive_and_no_personal_data_reaches_metrics_spans_or_logs() {
         evidence: evidence(),
         captured_at: None,
         expires_at: None,
+        idempotency_key: String::new(),
     };
     let mut expect = |decision: common::Decision, effect: &str, decided: &mut Tally| {
         assert_eq!(effect_name(&decision), effect, "{decision:?}");

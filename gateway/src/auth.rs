@@ -48,12 +48,22 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     })
 }
 
-/// Methods whose handlers need the caller (its region, for the subject's residency rules:
-/// in-country collection and transfers). Only these get it attached, so the decision path pays
-/// nothing for it.
+/// Methods whose handlers need the caller: its region, for the subject's residency rules
+/// (in-country collection and transfers), and its name, which scopes a write's idempotency key.
+/// Only these get it attached, so the decision path pays nothing for it.
 fn needs_caller(path: &str) -> bool {
     path.strip_prefix("/domicile.gateway.v1.Domicile/").is_some_and(|method| {
-        matches!(method, "Register" | "RecordConsent" | "RecordInteraction" | "Rectify" | "GetContext")
+        matches!(
+            method,
+            "Register"
+                | "RecordConsent"
+                | "RecordInteraction"
+                | "Rectify"
+                | "GetContext"
+                | "Erase"
+                | "Merge"
+                | "Restrict"
+        )
     })
 }
 

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use domicile_runtime::config::RegionEndpoint;
 use domicile_runtime::config::{
-    ConfigError, ConfigIssue, HOST_PORT, Kind, REGION, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE, Table, UNSIGNED, VERSION_1,
-    load, optional, required,
+    ConfigError, Kind, REGION_ENDPOINT_TABLE, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE, Table, UNSIGNED, VERSION_1,
+    duplicate_regions, load, optional, required,
 };
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::tls::TlsFiles;
-use domicile_types::RegionId;
 
 pub const ENV_PREFIX: &str = "DOMICILE_GATEWAY";
 
@@ -52,19 +52,9 @@ fn default_packs_reload_ms() -> u64 {
     5_000
 }
 
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionEndpoint {
-    pub id: RegionId,
-    /// `host:port` of the region's node.
-    pub endpoint: String,
-}
-
 fn default_node_timeout_ms() -> u64 {
     2_000
 }
-
-static REGION_TABLE: Table = Table { fields: &[required("id", REGION), required("endpoint", HOST_PORT)] };
 
 /// The keys a gateway file may hold; kept beside the struct (the test below checks they agree).
 pub static SCHEMA: Table = Table {
@@ -75,7 +65,7 @@ pub static SCHEMA: Table = Table {
         required("link_key_file", Kind::Text),
         required("tls", Kind::Table(&TLS_TABLE)),
         optional("node_timeout_ms", UNSIGNED),
-        required("regions", Kind::Array { item: &Kind::Table(&REGION_TABLE), min_len: 1 }),
+        required("regions", Kind::Array { item: &Kind::Table(&REGION_ENDPOINT_TABLE), min_len: 1 }),
         optional("packs_trust", Kind::Table(&TRUST_TABLE)),
         optional("packs_reload_ms", UNSIGNED),
         optional("otlp_endpoint", Kind::Text),
@@ -89,12 +79,7 @@ impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: Self = load(path, ENV_PREFIX, &SCHEMA)?;
         // Duplicates are only visible once the structure is sound; report them all together.
-        let mut issues = Vec::new();
-        for (i, region) in config.regions.iter().enumerate() {
-            if config.regions[..i].iter().any(|r| r.id == region.id) {
-                issues.push(ConfigIssue { key: format!("regions[{i}].id"), message: "region listed twice".to_owned() });
-            }
-        }
+        let issues = duplicate_regions("regions", &config.regions);
         if !issues.is_empty() {
             return Err(ConfigError { path: path.display().to_string(), issues });
         }

@@ -174,20 +174,57 @@ pub struct RegionGuard<S> {
 /// a call the channel hands to that connection before it reconnects is refused unsent
 /// (`GoAway(NO_ERROR)`), which tonic codes as INTERNAL; it is an outage of the region like any
 /// other, never an answer.
+///
+/// Whether the request may have reached the node is kept with the status ([`SENT_METADATA`]):
+/// a call refused before it was sent (no connection could be made) was certainly not applied;
+/// any other (a timeout, a connection lost mid-call) may have been, which a write reports as an
+/// unknown outcome (`writes.rs`).
 fn unanswered(region: &RegionId, error: BoxError) -> BoxError {
     match error.downcast::<Status>() {
         Ok(status) => status,
         Err(error) => {
             tracing::debug!(%region, error = %error, "node call failed in transport");
-            Box::new(Status::unavailable(format!("region `{region}` did not answer")))
+            let sent = if never_sent(&*error) { "no" } else { "maybe" };
+            let mut status = Status::unavailable(format!("region `{region}` did not answer"));
+            status.metadata_mut().insert(SENT_METADATA, tonic::metadata::MetadataValue::from_static(sent));
+            Box::new(status)
         }
     }
 }
 
+/// Status metadata the gateway sets on a node call that got no answer: `no` when the request
+/// certainly never left (the connection could not be made), `maybe` otherwise.
+pub const SENT_METADATA: &str = "domicile-sent";
+
+/// Whether `error` means the request never left this process: the connection to the node could
+/// not be established (refused, unreachable, name not found).
+fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::NotFound
+            )
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// gRPC `UNAVAILABLE` in response headers (a trailers-only reply): the node is up but cannot
-/// serve, which counts as a failure like a broken connection.
+/// serve, which counts as a failure like a broken connection, unless the node marked it with a
+/// cause of its own (`domicile_proto::CAUSE_METADATA`: it serves, but an identifier's arbiter
+/// could not be reached, say).
 fn is_unavailable<B>(response: &http::Response<B>) -> bool {
     response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14")
+        && !response.headers().contains_key(domicile_proto::CAUSE_METADATA)
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RegionGuard<S>
@@ -263,6 +300,10 @@ mod tests {
         let refused: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let status = unanswered(&region, refused).downcast::<Status>().unwrap();
         assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.metadata().get(SENT_METADATA).unwrap(), "no", "refused: never sent");
+        let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let status = unanswered(&region, reset).downcast::<Status>().unwrap();
+        assert_eq!(status.metadata().get(SENT_METADATA).unwrap(), "maybe", "reset mid-call: maybe applied");
         let ours: BoxError = Box::new(Status::resource_exhausted("shed"));
         assert_eq!(unanswered(&region, ours).downcast::<Status>().unwrap().code(), tonic::Code::ResourceExhausted);
     }

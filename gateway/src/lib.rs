@@ -16,6 +16,7 @@ mod service;
 pub mod stack;
 mod sync;
 mod watch;
+mod writes;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -25,6 +25,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::coalesce::Coalescer;
 use crate::directory::{Directory, Miss};
 use crate::stack::NodeChannel;
+use crate::writes::{WriteKey, write_status};
 
 pub type NodeClient = RegionalNodeClient<NodeChannel>;
 
@@ -51,8 +52,13 @@ fn invalid(v: FieldViolation) -> Status {
 }
 
 /// A node's answer, as the caller sees it. Node statuses are PII-free by construction and pass
-/// through; transport failures become UNAVAILABLE for that region only (fail closed).
+/// through; transport failures become UNAVAILABLE for that region only (fail closed). A status the
+/// node marked with its cause (`domicile_proto::CAUSE_METADATA`, e.g. an identifier's arbiter
+/// is unreachable) passes through as it is, whatever its code.
 pub(crate) fn node_status(region: &RegionId, status: Status) -> Status {
+    if status.metadata().contains_key(domicile_proto::CAUSE_METADATA) {
+        return status;
+    }
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             tracing::warn!(%region, code = ?status.code(), "home region unreachable");
@@ -151,6 +157,26 @@ impl GatewayService {
 
     pub(crate) fn node(&self, region: &RegionId) -> Result<NodeClient, Status> {
         self.node_channel(region).map(NodeClient::new)
+    }
+
+    /// Refuses links this gateway knows to be held in a region other than `home`, before any
+    /// identifier is sent there: its value is not sent to a second region. This is a courtesy,
+    /// not the guarantee: the home node claims every new link at its arbiter before storing it
+    /// (ARCHITECTURE.md "Identifier ownership"), so a link this gateway does not know yet (a
+    /// region still loading, a registration a moment ago through another gateway) is refused
+    /// there instead.
+    fn refuse_links_held_elsewhere(&self, links: &[Link], home: &RegionId) -> Result<(), Status> {
+        for link in links {
+            match self.directory.lookup(link) {
+                Ok(existing) if &existing.region != home => {
+                    return Err(Status::failed_precondition(
+                        "an identifier already belongs to a subject of another region",
+                    ));
+                }
+                Ok(_) | Err(Miss::Unknown | Miss::Incomplete) => {}
+            }
+        }
+        Ok(())
     }
 
     fn lookup(&self, link: &Link) -> Result<SubjectRef, Status> {
@@ -253,31 +279,19 @@ impl Domicile for GatewayService {
             }
             home
         };
+        let key = WriteKey::new(&caller, &req.idempotency_key)?;
         let links: Vec<Link> = identifiers.iter().map(|id| self.link_key.link(id)).collect();
-        // Identity never spans regions: an identifier already held elsewhere stays there, and its
-        // value is not sent to a second region.
-        for link in &links {
-            match self.directory.lookup(link) {
-                Ok(existing) if existing.region != home => {
-                    return Err(Status::failed_precondition(
-                        "an identifier already belongs to a subject of another region",
-                    ));
-                }
-                Ok(_) | Err(Miss::Unknown) => {}
-                Err(Miss::Incomplete) => {
-                    return Err(Status::unavailable("the directory is still loading a region: retry shortly"));
-                }
-            }
-        }
+        self.refuse_links_held_elsewhere(&links, &home)?;
         let mut node = self.node(&home)?;
         let reply = node
             .register(node_pb::RegisterRequest {
                 jurisdiction: jurisdiction.to_string(),
                 identifiers: identifiers.iter().map(convert::identifier_to_pb).collect(),
                 caller_region: caller.region.to_string(),
+                idempotency_key: key.for_node(),
             })
             .await
-            .map_err(|s| node_status(&home, s))?
+            .map_err(|s| write_status(&home, s, &key))?
             .into_inner();
         let subject = SubjectRef::parse(&reply.subject_ref)
             .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
@@ -308,6 +322,11 @@ impl Domicile for GatewayService {
         convert::purpose("purpose", &req.purpose).map_err(invalid)?;
         convert::channels("channels", &req.channels).map_err(invalid)?;
         convert::consent_action("action", req.action).map_err(invalid)?;
+        if let Some(evidence) = &req.evidence {
+            convert::evidence_token("evidence.notice_version", &evidence.notice_version).map_err(invalid)?;
+            convert::evidence_token("evidence.source_system", &evidence.source_system).map_err(invalid)?;
+        }
+        let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.target(req.subject.as_ref())?;
         let reply = self
             .node(&region)?
@@ -320,9 +339,10 @@ impl Domicile for GatewayService {
                 captured_at: req.captured_at,
                 expires_at: req.expires_at,
                 caller_region: caller.region.to_string(),
+                idempotency_key: write.for_node(),
             })
             .await
-            .map_err(|s| node_status(&region, s))?
+            .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
         Ok(Response::new(pb::RecordConsentResponse {
             subject_ref: reply.subject_ref,
@@ -367,12 +387,14 @@ impl Domicile for GatewayService {
     }
 
     async fn erase(&self, request: Request<pb::EraseRequest>) -> Result<Response<pb::EraseResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
+        let write = WriteKey::new(&caller, &request.get_ref().idempotency_key)?;
         let (region, key) = self.target(request.get_ref().subject.as_ref())?;
         let reply = self
             .node(&region)?
-            .erase(node_pb::EraseRequest { subject: Some(key.to_pb()) })
+            .erase(node_pb::EraseRequest { subject: Some(key.to_pb()), idempotency_key: write.for_node() })
             .await
-            .map_err(|s| node_status(&region, s))?
+            .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
         // The node has erased; drop the links here at once so no later lookup finds the subject.
         // Other gateways learn it from the node's ERASED change event.
@@ -389,7 +411,9 @@ impl Domicile for GatewayService {
     }
 
     async fn merge(&self, request: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
+        let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (into_region, into_key) = self.target_field("into", req.into.as_ref())?;
         let (from_region, from_key) = self.target_field("from", req.from.as_ref())?;
         // Refused here, before any node is called: each half's data stays in its own region.
@@ -398,9 +422,13 @@ impl Domicile for GatewayService {
         }
         let reply = self
             .node(&into_region)?
-            .merge(node_pb::MergeRequest { into: Some(into_key.to_pb()), from: Some(from_key.to_pb()) })
+            .merge(node_pb::MergeRequest {
+                into: Some(into_key.to_pb()),
+                from: Some(from_key.to_pb()),
+                idempotency_key: write.for_node(),
+            })
             .await
-            .map_err(|s| node_status(&into_region, s))?
+            .map_err(|s| write_status(&into_region, s, &write))?
             .into_inner();
         let into = SubjectRef::parse(&reply.subject_ref)
             .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
@@ -432,6 +460,7 @@ impl Domicile for GatewayService {
         if req.summary.len() > MAX_SUMMARY {
             return Err(FieldViolation::new("summary", format!("is longer than {MAX_SUMMARY} bytes")).into());
         }
+        let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.target(req.subject.as_ref())?;
         let reply = self
             .node(&region)?
@@ -445,9 +474,10 @@ impl Domicile for GatewayService {
                 reference: req.reference,
                 open: req.open,
                 caller_region: caller.region.to_string(),
+                idempotency_key: write.for_node(),
             })
             .await
-            .map_err(|s| node_status(&region, s))?
+            .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
         Ok(Response::new(pb::RecordInteractionResponse {
             subject_ref: reply.subject_ref,
@@ -520,22 +550,12 @@ impl Domicile for GatewayService {
         };
         let add = normalise("add_identifiers", &req.add_identifiers)?;
         let remove = normalise("remove_identifiers", &req.remove_identifiers)?;
+        let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.target(req.subject.as_ref())?;
         // As for registration: an identifier held in another region stays there, and its value
         // is not sent to this subject's region.
-        for id in &add {
-            match self.directory.lookup(&self.link_key.link(id)) {
-                Ok(existing) if existing.region != region => {
-                    return Err(Status::failed_precondition(
-                        "an identifier already belongs to a subject of another region",
-                    ));
-                }
-                Ok(_) | Err(Miss::Unknown) => {}
-                Err(Miss::Incomplete) => {
-                    return Err(Status::unavailable("the directory is still loading a region: retry shortly"));
-                }
-            }
-        }
+        let added: Vec<Link> = add.iter().map(|id| self.link_key.link(id)).collect();
+        self.refuse_links_held_elsewhere(&added, &region)?;
         let reply = self
             .node(&region)?
             .rectify(node_pb::RectifyRequest {
@@ -545,9 +565,10 @@ impl Domicile for GatewayService {
                 set_profile: req.set_profile,
                 remove_profile: req.remove_profile,
                 caller_region: caller.region.to_string(),
+                idempotency_key: write.for_node(),
             })
             .await
-            .map_err(|s| node_status(&region, s))?
+            .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
         let subject = SubjectRef::parse(&reply.subject_ref)
             .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
@@ -564,13 +585,19 @@ impl Domicile for GatewayService {
     }
 
     async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
+        let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.target(req.subject.as_ref())?;
         let reply = self
             .node(&region)?
-            .restrict(node_pb::RestrictRequest { subject: Some(key.to_pb()), restricted: req.restricted })
+            .restrict(node_pb::RestrictRequest {
+                subject: Some(key.to_pb()),
+                restricted: req.restricted,
+                idempotency_key: write.for_node(),
+            })
             .await
-            .map_err(|s| node_status(&region, s))?
+            .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
         Ok(Response::new(pb::RestrictResponse {
             subject_ref: reply.subject_ref,

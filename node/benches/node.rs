@@ -54,7 +54,9 @@ async fn fixture(n: usize) -> Fixture {
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&(i as u64).to_be_bytes());
         raw[8..].copy_from_slice(&[0x5a; 8]);
-        let registered = store.register(&de, &[(id, link)], SubjectId::from_bytes(raw), 0).unwrap();
+        // The region is the only one, so it arbitrates its own links: granted as claimed.
+        let claim = [domicile_node::store::Release { link, generation: 1 }];
+        let registered = store.register(&de, &[(id, link)], SubjectId::from_bytes(raw), 0, &claim, None).unwrap();
         subjects.push(format!("eu-central/{}", registered.subject));
         if n >= 100_000 && i % 100_000 == 0 && i > 0 {
             eprintln!("  loaded {i} subjects ({:.0}/s)", i as f64 / started.elapsed().as_secs_f64());
@@ -62,7 +64,9 @@ async fn fixture(n: usize) -> Fixture {
     }
     store.flush().await.unwrap();
     let audit = Arc::new(AuditLog::open(dir.path(), &region).unwrap());
-    let service = Arc::new(NodeService::new(region, Arc::clone(&store), packs(), key, audit).unwrap());
+    let ownership =
+        Arc::new(domicile_node::ownership::Ownership::single_region(region.clone(), Arc::clone(&store)).unwrap());
+    let service = Arc::new(NodeService::new(region, Arc::clone(&store), packs(), key, audit, ownership).unwrap());
     Fixture { service, store, subjects, _dir: dir }
 }
 

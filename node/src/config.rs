@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use domicile_runtime::config::{
-    ConfigError, Kind, REGION, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE, Table, UNSIGNED, VERSION_1, load, optional,
-    required,
+    ConfigError, ConfigIssue, Kind, REGION, REGION_ENDPOINT_TABLE, RegionEndpoint, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE,
+    Table, UNSIGNED, VERSION_1, duplicate_regions, load, optional, required,
 };
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::tls::TlsFiles;
@@ -42,7 +42,34 @@ pub struct NodeConfig {
     /// How often metrics are exported to `otlp_endpoint`, in milliseconds; absent or 0: 10 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_metrics_interval_ms: Option<u64>,
+    /// Identifier ownership: the deployment's regions. Required, even for one region: a node
+    /// that assumed it was alone would let another region register the same identifier.
+    pub ownership: OwnershipConfig,
 }
+
+/// The deployment's regions, as every node must list them alike: each identifier's claim is kept
+/// by one of them (its arbiter, ARCHITECTURE.md "Identifier ownership").
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnershipConfig {
+    /// Every region of the deployment, this node's own included, with its node's `host:port`
+    /// (this node's own entry is not dialled).
+    pub regions: Vec<RegionEndpoint>,
+    /// Deadline of one claim or release at another region's node, in milliseconds.
+    #[serde(default = "default_claim_timeout_ms")]
+    pub claim_timeout_ms: u64,
+}
+
+fn default_claim_timeout_ms() -> u64 {
+    2_000
+}
+
+static OWNERSHIP_TABLE: Table = Table {
+    fields: &[
+        required("regions", Kind::Array { item: &Kind::Table(&REGION_ENDPOINT_TABLE), min_len: 1 }),
+        optional("claim_timeout_ms", UNSIGNED),
+    ],
+};
 
 pub(crate) fn default_packs_reload_ms() -> u64 {
     5_000
@@ -62,13 +89,25 @@ pub static SCHEMA: Table = Table {
         optional("packs_reload_ms", UNSIGNED),
         optional("otlp_endpoint", Kind::Text),
         optional("otlp_metrics_interval_ms", UNSIGNED),
+        required("ownership", Kind::Table(&OWNERSHIP_TABLE)),
     ],
 };
 
 impl NodeConfig {
     /// Loads and checks a node file; the error lists every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        load(path, ENV_PREFIX, &SCHEMA)
+        let config: Self = load(path, ENV_PREFIX, &SCHEMA)?;
+        let mut issues = duplicate_regions("ownership.regions", &config.ownership.regions);
+        if !config.ownership.regions.iter().any(|r| r.id == config.region) {
+            issues.push(ConfigIssue {
+                key: "ownership.regions".to_owned(),
+                message: "must list this node's own region".to_owned(),
+            });
+        }
+        if !issues.is_empty() {
+            return Err(ConfigError { path: path.display().to_string(), issues });
+        }
+        Ok(config)
     }
 }
 
@@ -103,6 +142,13 @@ mod tests {
             packs_reload_ms: 10,
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
             otlp_metrics_interval_ms: Some(1_000),
+            ownership: OwnershipConfig {
+                regions: vec![RegionEndpoint {
+                    id: RegionId::parse("eu-central").unwrap(),
+                    endpoint: "127.0.0.1:7001".into(),
+                }],
+                claim_timeout_ms: 500,
+            },
         };
         let value = serde_json::to_value(&config).unwrap();
         assert_eq!(check(&value, &SCHEMA), vec![]);

@@ -9,6 +9,9 @@ mod access;
 pub mod audit;
 pub mod commit;
 pub mod config;
+mod error;
+mod idempotency;
+pub mod ownership;
 mod raw;
 mod service;
 pub mod store;
@@ -80,9 +83,25 @@ pub async fn serve(
         audit::AuditLog::open(&config.data_dir, &config.region)
             .with_context(|| format!("cannot open the audit log in {}", config.data_dir.display()))?,
     );
+    let ownership = Arc::new(
+        ownership::Ownership::new(config.region.clone(), &config.ownership, &tls, Arc::clone(&store))
+            .context("bad ownership configuration")?,
+    );
+    tracing::info!(region = %config.region, arbiter_map = ownership.map().digest(), regions = ownership.map().regions().len(), "identifier ownership");
+    // Claims to give up (from erasures, removals, writes that did not complete) are sent from
+    // a durable queue for the node's lifetime; idempotency records expire after a day.
+    tokio::spawn(Arc::clone(&ownership).run_releases());
+    tokio::spawn(idempotency::purge_expired(Arc::clone(&store)));
     let stopping = Shutdown::new();
-    let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&audit))?
-        .with_shutdown(stopping.clone());
+    let service = NodeService::new(
+        config.region.clone(),
+        Arc::clone(&store),
+        packs,
+        link_key,
+        Arc::clone(&audit),
+        Arc::clone(&ownership),
+    )?
+    .with_shutdown(stopping.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;

@@ -183,6 +183,12 @@ impl Pack {
         }
     }
 
+    /// Whether `region` (`None`: unknown, never) is one of this pack's home regions: where its
+    /// subjects may be stored, and whose callers get their data without a transfer.
+    pub fn is_home(&self, region: Option<&RegionId>) -> bool {
+        region.is_some_and(|r| self.residency.home_regions.contains(r))
+    }
+
     /// Whether this pack's subjects' data may reach a caller of `caller_region` (`None`:
     /// unknown, never allowed) for `purpose`: `Ok(None)` for a caller of a home region,
     /// `Ok(Some(transfer))` for the transfer that allows it.

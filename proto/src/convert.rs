@@ -187,6 +187,11 @@ pub fn timestamp(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Opt
     }
 }
 
+/// [`timestamp`] in milliseconds (for ordering records captured within the same second).
+pub fn timestamp_ms(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, FieldViolation> {
+    Ok(timestamp(field, ts)?.zip(ts).map(|(seconds, ts)| seconds * 1000 + i64::from(ts.nanos / 1_000_000)))
+}
+
 pub fn to_timestamp(unix: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: unix, nanos: 0 }
 }
@@ -206,9 +211,66 @@ pub fn short_text(field: &str, text: &str, max: usize) -> Result<String, FieldVi
     Ok(text.to_owned())
 }
 
+/// Longest evidence token (`notice_version`, `source_system`).
+pub const MAX_EVIDENCE_TOKEN: usize = 64;
+/// Longest run of digits an evidence token may hold: dates (`20260101`) pass, a phone number
+/// does not.
+const MAX_DIGIT_RUN: usize = 8;
+
+/// Whether `text` is an evidence token: 1-64 characters of `A-Z a-z 0-9 . _ : -`, starting with
+/// a letter or digit, with no run of more than 8 digits. Evidence names *which* notice and
+/// *which* system, so it is an identifier, never free text: nothing free-form is kept with a
+/// consent record or crosses with a consent history (invariant 2). An e-mail address (`@`), a
+/// phone number (`+`, long digit runs) or a name with spaces is refused.
+pub fn is_evidence_token(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut run = 0;
+    (1..=MAX_EVIDENCE_TOKEN).contains(&bytes.len())
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.iter().all(|b| {
+            run = if b.is_ascii_digit() { run + 1 } else { 0 };
+            run <= MAX_DIGIT_RUN && (b.is_ascii_alphanumeric() || b"._:-".contains(b))
+        })
+}
+
+/// An evidence token field (see [`is_evidence_token`]); empty is allowed (not given).
+pub fn evidence_token(field: &str, text: &str) -> Result<String, FieldViolation> {
+    if text.is_empty() || is_evidence_token(text) {
+        return Ok(text.to_owned());
+    }
+    Err(FieldViolation::new(
+        field,
+        format!(
+            "must be an identifier of 1-{MAX_EVIDENCE_TOKEN} characters of `A-Z`, `a-z`, `0-9`, `.`, `_`, `:` and `-` \
+             (e.g. `privacy-notice-v3`), with at most {MAX_DIGIT_RUN} digits in a row"
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evidence_is_a_token_never_personal_free_text() {
+        for good in ["v3", "privacy-notice-v3", "web-preference-centre", "crm:salesforce", "notice_2026.01", "20260101"]
+        {
+            assert!(evidence_token("evidence.notice_version", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "anna@example.de",
+            "+4915112345678",
+            "4915112345678",
+            "Anna Schmidt",
+            "-leading",
+            "line\nbreak",
+            &"x".repeat(65),
+        ] {
+            let err = evidence_token("evidence.notice_version", bad).unwrap_err().to_string();
+            assert!(err.contains("evidence.notice_version"), "{err}");
+            assert!(!err.contains(bad), "{err}");
+        }
+    }
 
     #[test]
     fn violations_name_the_field_not_the_value() {

@@ -27,6 +27,19 @@ pub mod pb {
 }
 
 /// Encoded descriptors of every Domicile service, for gRPC server reflection.
+/// Status metadata key by which a node marks a status its gateway must pass to the caller as it
+/// is, rather than read as the region failing: the value names the cause. Set only on statuses
+/// whose code alone would mislead (UNAVAILABLE or DEADLINE_EXCEEDED that are not an outage of
+/// the node itself).
+pub const CAUSE_METADATA: &str = "domicile-cause";
+/// [`CAUSE_METADATA`]: the region arbitrating an identifier could not be reached (identifier
+/// ownership); the node itself serves.
+pub const CAUSE_ARBITER_UNREACHABLE: &str = "arbiter-unreachable";
+/// [`CAUSE_METADATA`]: a write's outcome is unknown; retry it with the same idempotency key.
+pub const CAUSE_OUTCOME_UNKNOWN: &str = "outcome-unknown";
+/// Status metadata key holding the idempotency key to retry a write with.
+pub const IDEMPOTENCY_KEY_METADATA: &str = "domicile-idempotency-key";
+
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("domicile_descriptor");
 
 pub use prost;

@@ -129,6 +129,30 @@ pub const REGION: Kind = Kind::Checked(check_region);
 pub const HOST_PORT: Kind = Kind::Checked(check_host_port);
 pub const UNSIGNED: Kind = Kind::Unsigned { exactly: None };
 
+/// One region of a deployment and where its node listens (gateways route to it; nodes claim
+/// identifiers at it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionEndpoint {
+    pub id: domicile_types::RegionId,
+    /// `host:port` of the region's node.
+    pub endpoint: String,
+}
+
+/// [`RegionEndpoint`].
+pub static REGION_ENDPOINT_TABLE: Table = Table { fields: &[required("id", REGION), required("endpoint", HOST_PORT)] };
+
+/// Issues for regions listed twice in `regions` (at key `path[i].id`).
+pub fn duplicate_regions(path: &str, regions: &[RegionEndpoint]) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        if regions[..i].iter().any(|r| r.id == region.id) {
+            issues.push(ConfigIssue { key: format!("{path}[{i}].id"), message: "region listed twice".to_owned() });
+        }
+    }
+    issues
+}
+
 /// [`crate::tls::TlsFiles`].
 pub static TLS_TABLE: Table =
     Table { fields: &[required("ca", Kind::Text), required("cert", Kind::Text), required("key", Kind::Text)] };

@@ -55,7 +55,10 @@ async fn run(links: usize) {
                 .collect();
             let mut raw = [0x33u8; 16];
             raw[..8].copy_from_slice(&(s as u64).to_be_bytes());
-            store.register(&de, &ids, SubjectId::from_bytes(raw), 0).unwrap();
+            // One region: it arbitrates its own links, so they are claimed as they are written.
+            let claims: Vec<_> =
+                ids.iter().map(|(_, link)| domicile_node::store::Release { link: *link, generation: 1 }).collect();
+            store.register(&de, &ids, SubjectId::from_bytes(raw), 0, &claims, None).unwrap();
         }
         store.flush().await.unwrap();
         let (_, stored) = store.counts().unwrap();
@@ -77,6 +80,10 @@ async fn run(links: usize) {
         packs_reload_ms: 0,
         otlp_endpoint: None,
         otlp_metrics_interval_ms: None,
+        ownership: domicile_node::config::OwnershipConfig {
+            regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string() }],
+            claim_timeout_ms: 2_000,
+        },
     };
     let (node_ready_tx, node_ready) = tokio::sync::oneshot::channel();
     tokio::spawn(domicile_node::serve(

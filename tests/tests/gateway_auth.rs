@@ -36,6 +36,7 @@ fn register_request() -> gw::RegisterRequest {
     gw::RegisterRequest {
         jurisdiction: "US".into(),
         identifiers: vec![common::Identifier { kind: "email".into(), value: "auth.probe@example.com".into() }],
+        idempotency_key: String::new(),
     }
 }
 
@@ -82,7 +83,10 @@ async fn callers_need_a_cluster_certificate_an_identity_and_the_scope() {
     let status = decider.register(register_request()).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("capture"), "the message names the missing scope");
-    let status = decider.erase(gw::EraseRequest { subject: decide_request().subject }).await.unwrap_err();
+    let status = decider
+        .erase(gw::EraseRequest { subject: decide_request().subject, idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     let status = decider.resolve(gw::ResolveRequest { identifier: None }).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);

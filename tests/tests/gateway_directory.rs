@@ -35,7 +35,11 @@ async fn a_second_gateway_learns_registrations_and_erasures_from_node_events() {
     let mut a = cluster.gateway().await.unwrap();
     // Registered before gateway B exists: B must find it through its start-up load.
     let early = a
-        .register(gw::RegisterRequest { jurisdiction: "US".into(), identifiers: vec![email("early.dir@example.com")] })
+        .register(gw::RegisterRequest {
+            jurisdiction: "US".into(),
+            identifiers: vec![email("early.dir@example.com")],
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -47,7 +51,11 @@ async fn a_second_gateway_learns_registrations_and_erasures_from_node_events() {
 
     // Registered through A after B started: B learns it from the node's change stream.
     let late = a
-        .register(gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![email("late.dir@example.de")] })
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![email("late.dir@example.de")],
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -63,7 +71,7 @@ async fn a_second_gateway_learns_registrations_and_erasures_from_node_events() {
     // Erased through A: B forgets both subjects' links.
     for value in ["late.dir@example.de", "early.dir@example.com"] {
         let selector = gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(email(value))) };
-        a.erase(gw::EraseRequest { subject: Some(selector) }).await.unwrap();
+        a.erase(gw::EraseRequest { subject: Some(selector), idempotency_key: String::new() }).await.unwrap();
         let gone = eventually(PROPAGATION, || {
             let mut b = b.clone();
             async move { (resolve(&mut b, value).await.err()?.code() == Code::NotFound).then_some(()) }

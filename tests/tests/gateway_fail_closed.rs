@@ -31,6 +31,7 @@ async fn register(client: &mut DomicileClient<Channel>, jurisdiction: &str, valu
         .register(gw::RegisterRequest {
             jurisdiction: jurisdiction.into(),
             identifiers: vec![common::Identifier { kind: "email".into(), value: value.into() }],
+            idempotency_key: String::new(),
         })
         .await
         .expect("register");

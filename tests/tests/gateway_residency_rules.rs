@@ -44,6 +44,7 @@ fn register(jurisdiction: &str, email: &str) -> gw::RegisterRequest {
     gw::RegisterRequest {
         jurisdiction: jurisdiction.into(),
         identifiers: vec![common::Identifier { kind: "email".into(), value: email.into() }],
+        idempotency_key: String::new(),
     }
 }
 

@@ -98,6 +98,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
                     .iter()
                     .map(|(kind, value, _)| common::Identifier { kind: (*kind).into(), value: (*value).into() })
                     .collect(),
+                idempotency_key: String::new(),
             })
             .await
             .expect("register")
@@ -174,11 +175,19 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
         assert!(!context.transfer.is_empty(), "served under a named transfer");
         assert_eq!(context.open_intents, ["order.dispute"]);
         client
-            .restrict(gw::RestrictRequest { subject: selector(kind, value), restricted: true })
+            .restrict(gw::RestrictRequest {
+                subject: selector(kind, value),
+                restricted: true,
+                idempotency_key: String::new(),
+            })
             .await
             .expect("restrict");
         client
-            .restrict(gw::RestrictRequest { subject: selector(kind, value), restricted: false })
+            .restrict(gw::RestrictRequest {
+                subject: selector(kind, value),
+                restricted: false,
+                idempotency_key: String::new(),
+            })
             .await
             .expect("lift restriction");
     }
@@ -206,7 +215,10 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
     let event = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
     assert!(event.event.is_some());
     // Rights: erase the US subject by its CRM id.
-    client.erase(gw::EraseRequest { subject: selector("crm_account", "CRM-US-99173") }).await.expect("erase");
+    client
+        .erase(gw::EraseRequest { subject: selector("crm_account", "CRM-US-99173"), idempotency_key: String::new() })
+        .await
+        .expect("erase");
 
     for seed in SEEDS {
         let personal = seed.personal.iter().map(|p| ("", *p, &[][..]));

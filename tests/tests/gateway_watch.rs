@@ -30,12 +30,20 @@ async fn one_stream_merges_every_region_and_resumes_from_a_token() {
     let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let de = client
-        .register(gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![email("watch.de@example.de")] })
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![email("watch.de@example.de")],
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     let us = client
-        .register(gw::RegisterRequest { jurisdiction: "US".into(), identifiers: vec![email("watch.us@example.com")] })
+        .register(gw::RegisterRequest {
+            jurisdiction: "US".into(),
+            identifiers: vec![email("watch.us@example.com")],
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();

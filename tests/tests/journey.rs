@@ -31,6 +31,7 @@ async fn register(client: &mut DomicileClient<Channel>, identifiers: &[(&str, &s
         .register(gw::RegisterRequest {
             jurisdiction: "DE".into(),
             identifiers: identifiers.iter().map(|(k, v)| identifier(k, v)).collect(),
+            idempotency_key: String::new(),
         })
         .await
         .expect("register")
@@ -90,6 +91,7 @@ async fn interaction(
             summary: summary.into(),
             reference: format!("{channel}-ref-1"),
             open,
+            idempotency_key: String::new(),
         })
         .await
         .expect("record interaction");

@@ -29,6 +29,7 @@ async fn register(client: &mut DomicileClient<Channel>, jurisdiction: &str, ids:
         .register(gw::RegisterRequest {
             jurisdiction: jurisdiction.into(),
             identifiers: ids.iter().map(|(k, v)| identifier(k, v)).collect(),
+            idempotency_key: String::new(),
         })
         .await
         .expect("register")
@@ -99,7 +100,7 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
         .unwrap();
 
     let merged = client
-        .merge(gw::MergeRequest { into: by("email", email), from: by("phone", phone) })
+        .merge(gw::MergeRequest { into: by("email", email), from: by("phone", phone), idempotency_key: String::new() })
         .await
         .expect("merge")
         .into_inner();
@@ -154,8 +155,10 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
     assert_eq!(found.as_deref(), Some(into.as_str()));
 
     // Merging a subject with itself is bad input.
-    let status =
-        client.merge(gw::MergeRequest { into: by("email", email), from: by("phone", phone) }).await.unwrap_err();
+    let status = client
+        .merge(gw::MergeRequest { into: by("email", email), from: by("phone", phone), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
 
@@ -167,17 +170,26 @@ async fn merges_across_regions_or_jurisdictions_are_refused() {
     let us = register(&mut client, "US", &[("email", "cross.us@example.com")]).await;
     let fr = register(&mut client, "FR", &[("email", "cross.fr@example.fr")]).await;
 
-    let status = client.merge(gw::MergeRequest { into: by_ref(&de), from: by_ref(&us) }).await.unwrap_err();
+    let status = client
+        .merge(gw::MergeRequest { into: by_ref(&de), from: by_ref(&us), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("different regions"), "{status:?}");
     // The node refuses too (defence in depth), before touching anything.
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
-    let status = eu.merge(node::MergeRequest { into: key(&de), from: key(&us) }).await.unwrap_err();
+    let status = eu
+        .merge(node::MergeRequest { into: key(&de), from: key(&us), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("different regions"), "{status:?}");
 
     // Same region, different jurisdictions (different packs): refused as well.
-    let status = client.merge(gw::MergeRequest { into: by_ref(&de), from: by_ref(&fr) }).await.unwrap_err();
+    let status = client
+        .merge(gw::MergeRequest { into: by_ref(&de), from: by_ref(&fr), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("jurisdictions"), "{status:?}");
 
@@ -186,7 +198,10 @@ async fn merges_across_regions_or_jurisdictions_are_refused() {
         let d = decide(&mut client, by_ref(subject)).await;
         assert_eq!(&d.subject_ref, subject);
     }
-    let status = client.merge(gw::MergeRequest { into: by_ref(&de), from: None }).await.unwrap_err();
+    let status = client
+        .merge(gw::MergeRequest { into: by_ref(&de), from: None, idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("from"), "{status:?}");
 }
@@ -208,6 +223,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
             remove_identifiers: vec![identifier("email", old_email)],
             set_profile: [("preferred_name".to_owned(), "Anni".to_owned())].into(),
             remove_profile: vec![],
+            idempotency_key: String::new(),
         })
         .await
         .expect("rectify")
@@ -244,7 +260,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
     // Restriction: every decision denies, naming the restriction, until lifted.
     assert_eq!(decide(&mut client, by("phone", phone)).await.effect, common::Effect::Allow as i32);
     let restricted = client
-        .restrict(gw::RestrictRequest { subject: by("phone", phone), restricted: true })
+        .restrict(gw::RestrictRequest { subject: by("phone", phone), restricted: true, idempotency_key: String::new() })
         .await
         .expect("restrict")
         .into_inner();
@@ -267,7 +283,14 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
         assert_eq!(d.reasons, ["de.restricted"]);
         assert_eq!(d.explanation, "processing restricted at the subject's request (right to restriction)");
     }
-    client.restrict(gw::RestrictRequest { subject: by("phone", phone), restricted: false }).await.unwrap();
+    client
+        .restrict(gw::RestrictRequest {
+            subject: by("phone", phone),
+            restricted: false,
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap();
     assert_eq!(decide(&mut client, by("phone", phone)).await.effect, common::Effect::Allow as i32);
 
     // Export stays in-region (node only) and is booked as an access request.
@@ -283,7 +306,11 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
     let kinds: Vec<String> = listed.into_inner().requests.into_iter().map(|r| r.kind).collect();
     assert_eq!(kinds, ["rectification", "restriction", "restriction", "access"]);
 
-    let erased = client.erase(gw::EraseRequest { subject: by("phone", phone) }).await.unwrap().into_inner();
+    let erased = client
+        .erase(gw::EraseRequest { subject: by("phone", phone), idempotency_key: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(erased.rights_request.unwrap().kind, "erasure");
     let status = eu.list_rights_requests(node::ListRightsRequestsRequest { subject: key(&subject) }).await;
     assert_eq!(status.unwrap_err().code(), Code::NotFound);

@@ -75,6 +75,7 @@ async fn signed_sets_reload_live_and_tampered_sets_are_refused() {
         .register(gw::RegisterRequest {
             jurisdiction: "DE".into(),
             identifiers: vec![common::Identifier { kind: "email".into(), value: "reload.probe@example.de".into() }],
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();

@@ -42,6 +42,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
         .register(gw::RegisterRequest {
             jurisdiction: "FR".into(),
             identifiers: vec![identifier("email", email), identifier("phone", phone)],
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()
@@ -50,6 +51,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
         .register(gw::RegisterRequest {
             jurisdiction: "FR".into(),
             identifiers: vec![identifier("email", "stays@example.fr")],
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();
@@ -62,7 +64,11 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
     assert_eq!(states, ["granted", "withdrawn"], "the ledger keeps every record in order");
     assert_eq!(history.entries[0].evidence.as_ref().unwrap().notice_version, "v7");
 
-    let erased = client.erase(gw::EraseRequest { subject: by_email(email) }).await.expect("erase").into_inner();
+    let erased = client
+        .erase(gw::EraseRequest { subject: by_email(email), idempotency_key: String::new() })
+        .await
+        .expect("erase")
+        .into_inner();
     assert_eq!(erased.subject_ref, subject.subject_ref);
     assert_eq!(erased.links_removed, 2);
     assert_eq!(erased.consent_records_erased, 2);
@@ -86,7 +92,14 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
     }
-    assert_eq!(client.erase(gw::EraseRequest { subject: by_email(email) }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        client
+            .erase(gw::EraseRequest { subject: by_email(email), idempotency_key: String::new() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
     let status = eu.export(node::ExportRequest { subject: by_ref(&subject.subject_ref) }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "exports fail for an erased subject");
@@ -154,7 +167,11 @@ async fn a_watcher_that_reconnects_misses_no_event() {
     let mut node_client = cluster.node(&region("us-east")).await.unwrap();
     let email = "watch.me@example.com";
     let registered = client
-        .register(gw::RegisterRequest { jurisdiction: "US".into(), identifiers: vec![identifier("email", email)] })
+        .register(gw::RegisterRequest {
+            jurisdiction: "US".into(),
+            identifiers: vec![identifier("email", email)],
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -178,7 +195,7 @@ async fn a_watcher_that_reconnects_misses_no_event() {
     drop(stream);
     client.record_consent(consent(by_email(email), common::ConsentAction::Grant, "sms")).await.unwrap();
     client.record_consent(consent(by_email(email), common::ConsentAction::Withdraw, "sms")).await.unwrap();
-    client.erase(gw::EraseRequest { subject: by_email(email) }).await.unwrap();
+    client.erase(gw::EraseRequest { subject: by_email(email), idempotency_key: String::new() }).await.unwrap();
 
     // Resume after the last sequence seen: exactly the three missed events, in order.
     let mut resumed =

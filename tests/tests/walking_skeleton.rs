@@ -64,6 +64,7 @@ async fn record(
             }),
             captured_at: None,
             expires_at: None,
+            idempotency_key: String::new(),
         })
         .await
         .expect("record consent");
@@ -83,6 +84,7 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
         .register(gw::RegisterRequest {
             jurisdiction: "DE".into(),
             identifiers: vec![identifier("email", DE_EMAIL), identifier("phone", DE_PHONE)],
+            idempotency_key: String::new(),
         })
         .await
         .expect("register DE subject")
@@ -164,7 +166,11 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
 
     // US: marketing email is opt-out. Allowed without consent, denied after an opt-out.
     let us = client
-        .register(gw::RegisterRequest { jurisdiction: "US".into(), identifiers: vec![identifier("email", US_EMAIL)] })
+        .register(gw::RegisterRequest {
+            jurisdiction: "US".into(),
+            identifiers: vec![identifier("email", US_EMAIL)],
+            idempotency_key: String::new(),
+        })
         .await
         .expect("register US subject")
         .into_inner();
@@ -183,6 +189,7 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
         .register(gw::RegisterRequest {
             jurisdiction: "DE".into(),
             identifiers: vec![identifier("email", DE_EMAIL_NORMALIZED)],
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()
@@ -192,7 +199,11 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
 
     // An identifier held in one region cannot be claimed by a subject of another.
     let err = client
-        .register(gw::RegisterRequest { jurisdiction: "BR".into(), identifiers: vec![identifier("email", DE_EMAIL)] })
+        .register(gw::RegisterRequest {
+            jurisdiction: "BR".into(),
+            identifiers: vec![identifier("email", DE_EMAIL)],
+            idempotency_key: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -252,6 +263,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         .register(gw::RegisterRequest {
             jurisdiction: "FR".into(),
             identifiers: vec![identifier("email", "known@example.fr")],
+            idempotency_key: String::new(),
         })
         .await
         .expect("valid registration");
@@ -269,7 +281,11 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         ("empty request", gw::RegisterRequest::default(), "jurisdiction"),
         (
             "unknown country",
-            gw::RegisterRequest { jurisdiction: "QQ".into(), identifiers: vec![identifier("email", "a@example.com")] },
+            gw::RegisterRequest {
+                jurisdiction: "QQ".into(),
+                identifiers: vec![identifier("email", "a@example.com")],
+                idempotency_key: String::new(),
+            },
             "jurisdiction",
         ),
         (
@@ -277,15 +293,21 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
             gw::RegisterRequest {
                 jurisdiction: secret.into(),
                 identifiers: vec![identifier("email", "a@example.com")],
+                idempotency_key: String::new(),
             },
             "jurisdiction",
         ),
-        ("no identifiers", gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![] }, "identifiers"),
+        (
+            "no identifiers",
+            gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![], idempotency_key: String::new() },
+            "identifiers",
+        ),
         (
             "malformed email",
             gw::RegisterRequest {
                 jurisdiction: "DE".into(),
                 identifiers: vec![identifier("email", &format!("{secret}@@example"))],
+                idempotency_key: String::new(),
             },
             "identifiers[0].value",
         ),
@@ -294,12 +316,17 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
             gw::RegisterRequest {
                 jurisdiction: "DE".into(),
                 identifiers: vec![identifier("email", "ok@example.de"), identifier("phone", &format!("0049{secret}"))],
+                idempotency_key: String::new(),
             },
             "identifiers[1].value",
         ),
         (
             "unknown identifier kind",
-            gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![identifier(secret, "x")] },
+            gw::RegisterRequest {
+                jurisdiction: "DE".into(),
+                identifiers: vec![identifier(secret, "x")],
+                idempotency_key: String::new(),
+            },
             "identifiers[0].kind",
         ),
     ];
@@ -416,8 +443,14 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
 
     // Oversized payloads are refused before they reach any handler.
     let huge = identifier("email", &format!("{}@example.com", "a".repeat(200_000)));
-    let status =
-        client.register(gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![huge] }).await.unwrap_err();
+    let status = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![huge],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{status:?}");
 
     // Unknown subject and a country without a pack fail closed, not open.
@@ -435,6 +468,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         .register(gw::RegisterRequest {
             jurisdiction: "JP".into(),
             identifiers: vec![identifier("email", "jp@example.jp")],
+            idempotency_key: String::new(),
         })
         .await
         .unwrap_err();
@@ -564,7 +598,11 @@ async fn acknowledged_writes_survive_kill_9_of_the_node() {
     for i in 0..20 {
         let email = format!("durable-{i}@example.de");
         client
-            .register(gw::RegisterRequest { jurisdiction: "DE".into(), identifiers: vec![identifier("email", &email)] })
+            .register(gw::RegisterRequest {
+                jurisdiction: "DE".into(),
+                identifiers: vec![identifier("email", &email)],
+                idempotency_key: String::new(),
+            })
             .await
             .expect("register");
         record(&mut client, by_identifier("email", &email), common::ConsentAction::Grant, "marketing", "email").await;

@@ -40,6 +40,20 @@ impl LinkKey {
         <Hmac<Sha256> as KeyInit>::new_from_slice(bytes).map(Self).map_err(|_| LinkKeyError)
     }
 
+    /// A keyed digest of `parts` under `domain` (distinct from every link's domain), for other
+    /// pseudonyms the deployment derives from its key, such as idempotency keys: equal inputs
+    /// give equal digests on every node, and nobody without the key can test a guess.
+    pub fn digest(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(domain);
+        for part in parts {
+            mac.update(&[0]);
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn link(&self, identifier: &NormalizedIdentifier) -> Link {
         let mut mac = self.0.clone();
         mac.update(DOMAIN_SEPARATOR);

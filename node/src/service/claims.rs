@@ -20,7 +20,9 @@ fn links_of(bytes: &[Vec<u8>]) -> Result<Vec<Link>, Status> {
     }
     bytes
         .iter()
-        .map(|b| Link::from_slice(b).map_err(|_| Status::invalid_argument("`links` holds a value that is not 16 bytes")))
+        .map(|b| {
+            Link::from_slice(b).map_err(|_| Status::invalid_argument("`links` holds a value that is not 16 bytes"))
+        })
         .collect()
 }
 
@@ -64,11 +66,8 @@ impl<S: Store> NodeService<S> {
         let req = request.into_inner();
         let links = links_of(&req.releases.iter().map(|r| r.link.clone()).collect::<Vec<_>>())?;
         self.ownership.check_request(&region, &req.map_digest, &links)?;
-        let releases: Vec<Release> = links
-            .into_iter()
-            .zip(&req.releases)
-            .map(|(link, r)| Release { link, generation: r.generation })
-            .collect();
+        let releases: Vec<Release> =
+            links.into_iter().zip(&req.releases).map(|(link, r)| Release { link, generation: r.generation }).collect();
         let released = self.store.release_links(&region, &releases).map_err(store_status)?;
         self.make_durable().await?;
         tracing::info!(region = %self.region, claimant = %region, released, "identifier claims released");

@@ -3,14 +3,14 @@
 use domicile_proto::convert::{self, FieldViolation};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
-use domicile_runtime::process::now_unix;
+use domicile_runtime::process::now_unix_ms;
 use domicile_types::SubjectId;
 use tonic::{Request, Status};
 
 use super::NodeService;
 use crate::audit::AuditEvent;
 use crate::error::{invalid, store_status};
-use crate::store::{CLOCK_SKEW_SECS, ConsentRecord, Evidence, NewConsent, Store, StoreError};
+use crate::store::{CLOCK_SKEW_SECS, ConsentRecord, Evidence, NewConsent, Store, StoreError, counted_at_ms};
 
 /// How a consent was captured, checked: evidence names a notice and a system as tokens, never
 /// free text (see `convert::is_evidence_token`).
@@ -60,8 +60,11 @@ impl<S: Store> NodeService<S> {
         let purpose = convert::purpose("purpose", &req.purpose).map_err(invalid)?;
         let channels = convert::channels("channels", &req.channels).map_err(invalid)?;
         let action = convert::consent_action("action", req.action).map_err(invalid)?;
-        let now = now_unix();
-        let captured_at = convert::timestamp("captured_at", req.captured_at.as_ref()).map_err(invalid)?.unwrap_or(now);
+        let now_ms = now_unix_ms();
+        let now = now_ms.div_euclid(1000);
+        let captured_at_ms =
+            convert::timestamp_ms("captured_at", req.captured_at.as_ref()).map_err(invalid)?.unwrap_or(now_ms);
+        let captured_at = captured_at_ms.div_euclid(1000);
         // Clocks drift; beyond that a capture time ahead of this node is a client bug. Within it,
         // the time still counts as at most the recording time (`store::counted_at`).
         if captured_at > now + CLOCK_SKEW_SECS {
@@ -72,9 +75,8 @@ impl<S: Store> NodeService<S> {
             return Err(FieldViolation::new("expires_at", "must be after `captured_at`").into());
         }
         let evidence = evidence(req.evidence.as_ref()).map_err(invalid)?;
-        let tag = self.idempotency("RecordConsent", &request, &req.idempotency_key, req, |r| {
-            r.idempotency_key.clear()
-        })?;
+        let tag =
+            self.idempotency("RecordConsent", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
         let render = |subject: SubjectId, record: &ConsentRecord| pb::RecordConsentResponse {
             subject_ref: self.subject_ref(subject).to_string(),
             sequence: record.sequence,
@@ -91,6 +93,7 @@ impl<S: Store> NodeService<S> {
             state: action.resulting_state(),
             captured_at,
             recorded_at: now,
+            counted_at_ms: counted_at_ms(action.resulting_state(), captured_at_ms, now_ms),
             expires_at,
             evidence,
         };

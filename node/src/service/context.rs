@@ -101,9 +101,8 @@ impl<S: Store> NodeService<S> {
         let intent = token("intent", &req.intent, MAX_INTENT).map_err(invalid)?;
         let summary = free_text("summary", &req.summary, MAX_SUMMARY).map_err(invalid)?;
         let reference = convert::short_text("reference", &req.reference, MAX_REFERENCE).map_err(invalid)?;
-        let tag = self.idempotency("RecordInteraction", &request, &req.idempotency_key, req, |r| {
-            r.idempotency_key.clear()
-        })?;
+        let tag =
+            self.idempotency("RecordInteraction", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
         let render = |subject: SubjectId, stored: &Interaction| pb::RecordInteractionResponse {
             subject_ref: self.subject_ref(subject).to_string(),
             sequence: stored.sequence,

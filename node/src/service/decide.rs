@@ -162,7 +162,6 @@ impl<S: Store> NodeService<S> {
         Ok(self.decide_items(items, at))
     }
 }
-}
 
 /// A batch's size check and evaluation time (default now), for both forms of `DecideBatch`.
 fn batch_time(items: usize, at: Option<&domicile_proto::prost_types::Timestamp>) -> Result<i64, Status> {

@@ -80,8 +80,7 @@ impl<S: Store> NodeService<S> {
             }
             pack.check_collection(caller_region.as_ref()).map_err(convert::residency_refused)?;
         }
-        let tag =
-            self.idempotency("Register", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
+        let tag = self.idempotency("Register", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
         let render = |registered: &Registered| pb::RegisterResponse {
             subject_ref: self.subject_ref(registered.subject).to_string(),
             links: registered.links.iter().map(Link::to_string).collect(),
@@ -104,7 +103,9 @@ impl<S: Store> NodeService<S> {
             .await?;
         let registered = match written {
             Ok(registered) => registered,
-            Err(StoreError::Replayed) => return self.replay_or(tag.as_ref(), |(_, r): (SubjectId, Registered)| render(&r)),
+            Err(StoreError::Replayed) => {
+                return self.replay_or(tag.as_ref(), |(_, r): (SubjectId, Registered)| render(&r));
+            }
             Err(e) => return Err(store_status(e)),
         };
         self.audit(

@@ -42,8 +42,6 @@ use crate::idempotency;
 use crate::ownership::Ownership;
 use crate::store::{Idempotency, Store, StoreError, SubjectMeta};
 
-pub use decide::MAX_BATCH_ITEMS;
-
 pub struct NodeService<S> {
     region: RegionId,
     store: Arc<S>,
@@ -109,11 +107,16 @@ impl<S: Store> NodeService<S> {
     }
 
     /// Makes the store and the audit log durable: the point after which a write may be
-    /// acknowledged (invariant 7).
+    /// acknowledged (invariant 7). When that fails, a change already applied may still reach the
+    /// disk (the store flushes on its own too): its outcome is unknown, and the status says so,
+    /// so that a gateway tells its caller to retry with the write's idempotency key.
     async fn make_durable(&self) -> Result<(), Status> {
         self.commit.commit().await.map_err(|e| {
             tracing::error!(error = %e, "write could not be made durable");
-            Status::unavailable("storage unavailable")
+            crate::error::marked(
+                Status::unavailable("storage unavailable: the change may or may not be kept"),
+                domicile_proto::CAUSE_OUTCOME_UNKNOWN,
+            )
         })
     }
 

@@ -80,7 +80,10 @@ impl<S: Store> NodeService<S> {
         )
     }
 
-    pub(super) async fn export_subject(&self, request: Request<pb::ExportRequest>) -> Result<pb::ExportResponse, Status> {
+    pub(super) async fn export_subject(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<pb::ExportResponse, Status> {
         // Exports are delivered in the home region: a gateway serves callers of every region
         // (the access layer refuses gateways already; this holds for in-process callers too).
         if !Requester::is_in_region(Requester::of(&request)) {

@@ -92,10 +92,13 @@ pub struct CurrentConsent {
     pub captured_at: i64,
     pub expires_at: Option<i64>,
     pub double_opt_in_confirmed: bool,
-    /// When the node recorded it; absent in records stored before it was kept (their capture
-    /// time then counts as it is).
+    /// When the node recorded it; absent in records stored before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recorded_at: Option<i64>,
+    /// The time the record counts at when ordered ([`counted_at_ms`]), in milliseconds; absent in
+    /// records stored before it was kept (their capture time then counts as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at_ms: Option<i64>,
 }
 
 /// How far a capture time may lie from the time a node records it, either way, before it is
@@ -103,8 +106,8 @@ pub struct CurrentConsent {
 /// window the order of two records cannot be told from their capture times.
 pub const CLOCK_SKEW_SECS: i64 = 300;
 
-/// The time a record counts at when records are ordered (policy-packs/README.md, "Order of
-/// consent records"):
+/// The time a record counts at when records are ordered, in milliseconds (policy-packs/README.md,
+/// "Order of consent records"):
 /// - a capture cannot have happened after the node recorded it, so a capture time ahead of the
 ///   recording counts as the recording time (a future-dated grant cannot outrank a withdrawal
 ///   recorded before it);
@@ -112,33 +115,32 @@ pub const CLOCK_SKEW_SECS: i64 = 300;
 ///   recorded: its capture time may be skewed, and an acknowledged withdrawal must beat every
 ///   grant recorded before it (invariant 4);
 /// - otherwise (a grant, or a restriction captured long before it was entered) the capture time.
-pub fn counted_at(state: ConsentState, captured_at: i64, recorded_at: Option<i64>) -> i64 {
-    let Some(recorded_at) = recorded_at else { return captured_at };
+pub fn counted_at_ms(state: ConsentState, captured_at_ms: i64, recorded_at_ms: i64) -> i64 {
     let restrictive = !matches!(state, ConsentState::Granted);
-    if restrictive && captured_at >= recorded_at.saturating_sub(CLOCK_SKEW_SECS) {
-        recorded_at
+    if restrictive && captured_at_ms >= recorded_at_ms.saturating_sub(CLOCK_SKEW_SECS * 1000) {
+        recorded_at_ms
     } else {
-        captured_at.min(recorded_at)
+        captured_at_ms.min(recorded_at_ms)
     }
 }
 
 impl CurrentConsent {
-    /// The time this record counts at when ordered against another ([`counted_at`]).
-    pub fn counted_at(&self) -> i64 {
-        counted_at(self.state, self.captured_at, self.recorded_at)
+    /// The time this record counts at when ordered against another ([`counted_at_ms`]).
+    pub fn counted_at_ms(&self) -> i64 {
+        self.counted_at_ms.unwrap_or_else(|| self.captured_at.saturating_mul(1000))
     }
 
     /// Whether `self` (a newly appended record) replaces `existing` as the one in force.
-    /// The later counted time wins ([`counted_at`]), whatever order records arrive in, so an old
-    /// grant replayed after a withdrawal never revives consent, nor does a grant dated in the
+    /// The later counted time wins ([`counted_at_ms`]), whatever order records arrive in, so an
+    /// old grant replayed after a withdrawal never revives consent, nor does a grant dated in the
     /// future. At equal times the more restrictive wins, then the later recorded.
     pub fn supersedes(&self, existing: &CurrentConsent) -> bool {
         let restrictiveness = |s: ConsentState| match s {
             ConsentState::Granted => 0,
             ConsentState::Denied | ConsentState::Withdrawn => 1,
         };
-        (self.counted_at(), restrictiveness(self.state), self.sequence)
-            > (existing.counted_at(), restrictiveness(existing.state), existing.sequence)
+        (self.counted_at_ms(), restrictiveness(self.state), self.sequence)
+            > (existing.counted_at_ms(), restrictiveness(existing.state), existing.sequence)
     }
 }
 
@@ -160,6 +162,8 @@ pub struct NewConsent {
     pub state: ConsentState,
     pub captured_at: i64,
     pub recorded_at: i64,
+    /// The time the record counts at when ordered ([`counted_at_ms`]).
+    pub counted_at_ms: i64,
     pub expires_at: Option<i64>,
     pub evidence: Evidence,
 }

@@ -30,9 +30,9 @@ pub(super) struct ReadCache {
 const CACHE_SHARDS: usize = 64;
 
 #[derive(Debug, Default)]
-struct CacheInner {
+pub(super) struct CacheInner {
     epoch: u64,
-    subjects: hashbrown::HashMap<SubjectId, Cached>,
+    pub(super) subjects: hashbrown::HashMap<SubjectId, Cached>,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +56,7 @@ impl Default for ReadCache {
 }
 
 impl ReadCache {
-    fn shard(&self, id: &SubjectId) -> std::sync::MutexGuard<'_, CacheInner> {
+    pub(super) fn shard(&self, id: &SubjectId) -> std::sync::MutexGuard<'_, CacheInner> {
         // Mixed, so ids that differ only in some bytes still spread over the shards.
         let x = u128::from_le_bytes(*id.as_bytes());
         let mixed = ((x as u64) ^ ((x >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -112,4 +112,3 @@ impl Drop for WriteGuard<'_> {
         self.cache.invalidate(&self.touched);
     }
 }
-

@@ -184,10 +184,8 @@ impl SledStore {
         let Some(bytes) = self.idempotency.get(key).map_err(backend)? else { return Ok(None) };
         let entry: ReplayEntry = decode(&bytes)?;
         let corrupt = || StoreError::Corrupt("idempotency entry".into());
-        let fingerprint: [u8; 32] = hex::decode(&entry.fingerprint)
-            .ok()
-            .and_then(|f| f.try_into().ok())
-            .ok_or_else(corrupt)?;
+        let fingerprint: [u8; 32] =
+            hex::decode(&entry.fingerprint).ok().and_then(|f| f.try_into().ok()).ok_or_else(corrupt)?;
         let stored = hex::decode(&entry.result).map_err(|_| corrupt())?;
         let result = match entry.subject {
             None => Some(stored),

@@ -9,9 +9,9 @@ use sled::Transactional;
 
 use super::claims::{check_replay, hold, record_replay, release_held};
 use super::{
-    Change, ChangeEvent, CurrentConsent, Erased, Idempotency, MetaEntry, Merged, Rectification, Rectified,
-    Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort,
-    backend, consent_key, decode, encode, flatten, open, or_abort, seal,
+    Change, ChangeEvent, CurrentConsent, Erased, Idempotency, Merged, MetaEntry, Rectification, Rectified, Registered,
+    Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend,
+    consent_key, decode, encode, flatten, open, or_abort, seal,
 };
 
 /// Inside a transaction: the subject a live link names.
@@ -106,7 +106,8 @@ impl SledStore {
                 }
                 links.insert(&link.as_bytes()[..], &subject.as_bytes()[..])?;
             }
-            subjects.insert(&subject.as_bytes()[..], or_abort(seal(&key, b"subjects", subject.as_bytes(), &record))?)?;
+            subjects
+                .insert(&subject.as_bytes()[..], or_abort(seal(&key, b"subjects", subject.as_bytes(), &record))?)?;
             meta.insert(&subject.as_bytes()[..], or_abort(encode(&entry))?)?;
             let added_any = !added.is_empty();
             if added_any {

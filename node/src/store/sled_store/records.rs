@@ -42,6 +42,7 @@ impl SledStore {
             expires_at: record.expires_at,
             double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
             recorded_at: Some(record.recorded_at),
+            counted_at_ms: Some(consent.counted_at_ms),
         };
         let mut sealed_current = Vec::with_capacity(record.channels.len());
         for channel in &record.channels {
@@ -68,7 +69,9 @@ impl SledStore {
                 for (k, sealed) in &sealed_current {
                     let replace = match current.get(k)? {
                         None => true,
-                        Some(bytes) => candidate.supersedes(&or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?),
+                        Some(bytes) => {
+                            candidate.supersedes(&or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?)
+                        }
                     };
                     if replace {
                         current.insert(k.as_slice(), sealed.as_slice())?;
@@ -132,15 +135,16 @@ impl SledStore {
         };
         let k = consent_key(subject, sequence);
         let sealed = seal(&key, b"interactions", &k, &stored)?;
-        let result = (&self.meta, &self.interactions, &self.idempotency).transaction(|(meta, interactions, replays)| {
-            check_replay(replays, idempotency)?;
-            if meta.get(subject.as_bytes())?.is_none() {
-                return abort(StoreError::NotFound);
-            }
-            interactions.insert(&k[..], sealed.as_slice())?;
-            record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &stored))?;
-            Ok(())
-        });
+        let result =
+            (&self.meta, &self.interactions, &self.idempotency).transaction(|(meta, interactions, replays)| {
+                check_replay(replays, idempotency)?;
+                if meta.get(subject.as_bytes())?.is_none() {
+                    return abort(StoreError::NotFound);
+                }
+                interactions.insert(&k[..], sealed.as_slice())?;
+                record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &stored))?;
+                Ok(())
+            });
         flatten(result)?;
         Ok(stored)
     }

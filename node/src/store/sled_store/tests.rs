@@ -8,6 +8,16 @@ fn ident(kind: IdentifierKind, v: &str) -> (NormalizedIdentifier, Link) {
     (id, link)
 }
 
+/// Claims for every link of `identifiers`, as granted by their arbiter (these tests are the
+/// region's only store).
+fn claim_all(identifiers: &[(NormalizedIdentifier, Link)]) -> Vec<Release> {
+    identifiers.iter().map(|(_, link)| Release { link: *link, generation: 1 }).collect()
+}
+
+fn claims_for(change: &Rectification) -> Vec<Release> {
+    claim_all(&change.add)
+}
+
 fn consent(state: ConsentState, captured_at: i64) -> NewConsent {
     NewConsent {
         purpose: Purpose::Marketing,
@@ -15,6 +25,7 @@ fn consent(state: ConsentState, captured_at: i64) -> NewConsent {
         state,
         captured_at,
         recorded_at: captured_at,
+        counted_at_ms: captured_at * 1000,
         expires_at: None,
         evidence: Evidence::default(),
     }
@@ -28,7 +39,17 @@ fn subject(store: &SledStore, email: &str) -> SubjectId {
     let de = Jurisdiction::parse("DE").unwrap();
     let fresh = SubjectId::from_bytes(*b"0123456789abcdef");
     let fresh = SubjectId::from_bytes(fresh.as_bytes().map(|b| b ^ email.len() as u8));
-    store.register(&de, &[ident(IdentifierKind::Email, email)], fresh, 0).unwrap().subject
+    store
+        .register(
+            &de,
+            &[ident(IdentifierKind::Email, email)],
+            fresh,
+            0,
+            &claim_all(&[ident(IdentifierKind::Email, email)]),
+            None,
+        )
+        .unwrap()
+        .subject
 }
 
 #[test]
@@ -40,7 +61,16 @@ fn link_ranges_partition_the_links_in_order() {
         let mut raw = [0u8; 16];
         raw[..4].copy_from_slice(&s.to_be_bytes());
         let id = ident(IdentifierKind::CrmAccount, &format!("acct-{s}"));
-        store.register(&de, &[id], SubjectId::from_bytes(raw), 0).unwrap();
+        store
+            .register(
+                &de,
+                std::slice::from_ref(&id),
+                SubjectId::from_bytes(raw),
+                0,
+                &claim_all(std::slice::from_ref(&id)),
+                None,
+            )
+            .unwrap();
     }
     let scan = |r: std::ops::RangeInclusive<u8>| store.links(r).map(|item| item.unwrap().0).collect::<Vec<_>>();
     let all = scan(0..=255);
@@ -66,9 +96,27 @@ fn register_merges_known_identifiers_and_refuses_conflicts() {
     let de = Jurisdiction::parse("DE").unwrap();
     let email = ident(IdentifierKind::Email, "a@example.de");
     let phone = ident(IdentifierKind::Phone, "+4915112345678");
-    let first = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0).unwrap();
+    let first = store
+        .register(
+            &de,
+            std::slice::from_ref(&email),
+            SubjectId::from_bytes([1; 16]),
+            0,
+            &claim_all(std::slice::from_ref(&email)),
+            None,
+        )
+        .unwrap();
     assert!(first.created);
-    let again = store.register(&de, &[email.clone(), phone.clone()], SubjectId::from_bytes([2; 16]), 0).unwrap();
+    let again = store
+        .register(
+            &de,
+            &[email.clone(), phone.clone()],
+            SubjectId::from_bytes([2; 16]),
+            0,
+            &claim_all(&[email.clone(), phone.clone()]),
+            None,
+        )
+        .unwrap();
     assert!(!again.created);
     assert_eq!(again.subject, first.subject);
     assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(first.subject));
@@ -76,14 +124,37 @@ fn register_merges_known_identifiers_and_refuses_conflicts() {
     assert_eq!(record.identifiers.len(), 2);
 
     let other = ident(IdentifierKind::Email, "b@example.de");
-    store.register(&de, std::slice::from_ref(&other), SubjectId::from_bytes([3; 16]), 0).unwrap();
+    store
+        .register(
+            &de,
+            std::slice::from_ref(&other),
+            SubjectId::from_bytes([3; 16]),
+            0,
+            &claim_all(std::slice::from_ref(&other)),
+            None,
+        )
+        .unwrap();
     assert!(matches!(
-        store.register(&de, &[email.clone(), other], SubjectId::from_bytes([4; 16]), 0),
+        store.register(
+            &de,
+            &[email.clone(), other.clone()],
+            SubjectId::from_bytes([4; 16]),
+            0,
+            &claim_all(&[email.clone(), other]),
+            None
+        ),
         Err(StoreError::Conflict)
     ));
     let fr = Jurisdiction::parse("FR").unwrap();
     assert!(matches!(
-        store.register(&fr, &[email], SubjectId::from_bytes([5; 16]), 0),
+        store.register(
+            &fr,
+            std::slice::from_ref(&email),
+            SubjectId::from_bytes([5; 16]),
+            0,
+            &claim_all(std::slice::from_ref(&email)),
+            None
+        ),
         Err(StoreError::JurisdictionMismatch)
     ));
 }
@@ -94,14 +165,13 @@ fn register_merges_known_identifiers_and_refuses_conflicts() {
 fn cached_decision_inputs_follow_every_write() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
-    let state =
-        |s: &SubjectId| store.current_consent(s, Purpose::Marketing, Channel::Email).unwrap().map(|c| c.state);
+    let state = |s: &SubjectId| store.current_consent(s, Purpose::Marketing, Channel::Email).unwrap().map(|c| c.state);
     let a = subject(&store, "ca@example.de");
     // (The helper derives ids from the e-mail's length, hence the different lengths.)
     // Cached as "none", then as granted: each read twice so the second is served from memory.
     assert_eq!(state(&a), None);
     assert_eq!(state(&a), None);
-    store.append_consent(&a, consent(ConsentState::Granted, 100)).unwrap();
+    store.append_consent(&a, consent(ConsentState::Granted, 100), None).unwrap();
     assert_eq!(state(&a), Some(ConsentState::Granted));
     assert_eq!(state(&a), Some(ConsentState::Granted));
     // The decision path reads both at once (one cache lookup): same answers.
@@ -112,28 +182,28 @@ fn cached_decision_inputs_follow_every_write() {
             .map(|(meta, current)| (meta.restricted, current.map(|c| c.state)))
     };
     assert_eq!(inputs(&a), Some((false, Some(ConsentState::Granted))));
-    store.append_consent(&a, consent(ConsentState::Withdrawn, 200)).unwrap();
+    store.append_consent(&a, consent(ConsentState::Withdrawn, 200), None).unwrap();
     assert_eq!(state(&a), Some(ConsentState::Withdrawn));
     assert_eq!(inputs(&a), Some((false, Some(ConsentState::Withdrawn))));
 
     assert!(!store.subject_meta(&a).unwrap().unwrap().restricted);
-    store.set_restricted(&a, true).unwrap();
+    store.set_restricted(&a, true, &rights("restriction"), None).unwrap();
     assert!(store.subject_meta(&a).unwrap().unwrap().restricted);
     assert_eq!(inputs(&a), Some((true, Some(ConsentState::Withdrawn))));
 
     // Merge: `into` sees the merged records; `from` is gone.
     let b = subject(&store, "cbb@example.de");
-    store.append_consent(&b, consent(ConsentState::Granted, 300)).unwrap();
+    store.append_consent(&b, consent(ConsentState::Granted, 300), None).unwrap();
     let c = subject(&store, "cccc@example.de");
     assert_eq!(state(&c), None);
     assert_eq!(state(&b), Some(ConsentState::Granted));
-    store.merge(&c, &b, 400).unwrap();
+    store.merge(&c, &b, 400, None).unwrap();
     assert_eq!(state(&c), Some(ConsentState::Granted));
     assert!(store.subject_meta(&b).unwrap().is_none());
     assert_eq!(state(&b), None);
 
     // Erasure: nothing decrypted survives in memory either.
-    store.erase(&c, 500).unwrap();
+    store.erase(&c, 500, &rights("erasure"), None).unwrap();
     assert!(store.subject_meta(&c).unwrap().is_none());
     assert_eq!(inputs(&c), None);
     assert_eq!(state(&c), None);
@@ -146,13 +216,13 @@ fn a_read_racing_a_write_never_caches_the_old_value() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let s = subject(&store, "race@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 100)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 100), None).unwrap();
     // A reader misses and notes the epoch, reads "granted" from sled …
     let epoch = store.cache.get(&s, |c| c.current.first().map(|(_, v)| v.clone())).unwrap_err();
     let stale = store.current.get(current_key(&s, Purpose::Marketing, Channel::Email)).unwrap();
     assert!(stale.is_some());
     // … a withdrawal commits and releases the write lock …
-    store.append_consent(&s, consent(ConsentState::Withdrawn, 200)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 200), None).unwrap();
     // … and the reader's late fill with the old value is dropped.
     let old = CurrentConsent {
         sequence: 1,
@@ -160,6 +230,8 @@ fn a_read_racing_a_write_never_caches_the_old_value() {
         captured_at: 100,
         expires_at: None,
         double_opt_in_confirmed: false,
+        recorded_at: None,
+        counted_at_ms: None,
     };
     store.cache.fill(&s, epoch, |c| c.current.push(((Purpose::Marketing, Channel::Email), Some(old))));
     let now = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
@@ -171,14 +243,14 @@ fn older_grant_never_overrides_newer_withdrawal() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let s = subject(&store, "w@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 100)).unwrap();
-    store.append_consent(&s, consent(ConsentState::Withdrawn, 200)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 100), None).unwrap();
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 200), None).unwrap();
     // A grant captured earlier but recorded later (e.g. a delayed batch) must not win.
-    store.append_consent(&s, consent(ConsentState::Granted, 150)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 150), None).unwrap();
     let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
     assert_eq!(current.state, ConsentState::Withdrawn);
     // Equal capture times: the restrictive record wins.
-    store.append_consent(&s, consent(ConsentState::Granted, 200)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 200), None).unwrap();
     let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
     assert_eq!(current.state, ConsentState::Withdrawn);
     assert_eq!(store.consent_history(&s).unwrap().len(), 4, "the ledger keeps every record");
@@ -192,7 +264,7 @@ fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
     let email = "erase.me.probe@example.de";
     let s = subject(&store, email);
     let keep = subject(&store, "keep.me@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 1)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
     flush(&store);
     let key = store.raw_key(&s).unwrap();
     let scan = |needle: &[u8]| {
@@ -201,14 +273,14 @@ fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
     assert!(!scan(email.as_bytes()), "identifiers are encrypted at rest");
     assert!(scan(&key), "the key is on disk before erasure");
 
-    let erased = store.erase(&s, 2).unwrap();
+    let erased = store.erase(&s, 2, &rights("erasure"), None).unwrap();
     flush(&store);
     assert_eq!(erased.links.len(), 1);
     assert!(!scan(&key), "no copy of the subject key survives anywhere in the data directory");
     assert!(store.subject_record(&s).unwrap().is_none());
     assert!(store.subject_meta(&s).unwrap().is_none());
     assert!(matches!(store.consent_history(&s), Err(StoreError::NotFound)));
-    assert!(matches!(store.erase(&s, 3), Err(StoreError::NotFound)));
+    assert!(matches!(store.erase(&s, 3, &rights("erasure"), None), Err(StoreError::NotFound)));
     assert!(store.subject_by_link(&erased.links[0]).unwrap().is_none());
     assert!(store.subject_record(&keep).unwrap().is_some(), "other subjects are untouched");
     let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
@@ -220,8 +292,8 @@ fn events_are_ordered_and_resumable() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let s = subject(&store, "e@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 1)).unwrap();
-    let (_, last) = store.append_consent(&s, consent(ConsentState::Withdrawn, 2)).unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
+    let (_, last) = store.append_consent(&s, consent(ConsentState::Withdrawn, 2), None).unwrap();
     let everything: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
     assert_eq!(everything.len(), 3, "registration and two consent changes");
     assert!(everything.windows(2).all(|w| w[0].sequence < w[1].sequence));
@@ -238,14 +310,14 @@ fn survives_reopen() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         s = subject(&store, "r@example.de");
-        store.append_consent(&s, consent(ConsentState::Granted, 1)).unwrap();
+        store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
         flush(&store);
     }
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.consent_history(&s).unwrap().len(), 1);
     assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers.len(), 1);
     // The decision path's lean read sees what the full entry holds, restriction included.
-    store.set_restricted(&s, true).unwrap();
+    store.set_restricted(&s, true, &rights("restriction"), None).unwrap();
     let meta = store.subject_meta(&s).unwrap().unwrap();
     assert!(meta.restricted);
     assert_eq!(Some(meta), store.meta_entry(&s).unwrap().map(|e| e.meta));
@@ -287,19 +359,19 @@ fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     let into = subject(&store, "into@example.de");
     let from = subject(&store, "from.person@example.de");
     // Email: `into` withdrew at 200, `from` holds an older grant (100) → withdrawn.
-    store.append_consent(&into, consent(ConsentState::Withdrawn, 200)).unwrap();
-    store.append_consent(&from, consent(ConsentState::Granted, 100)).unwrap();
+    store.append_consent(&into, consent(ConsentState::Withdrawn, 200), None).unwrap();
+    store.append_consent(&from, consent(ConsentState::Granted, 100), None).unwrap();
     // SMS: `into` granted at 100, `from` withdrew later (300) → withdrawn.
-    store.append_consent(&into, consent_on(ConsentState::Granted, 100, Channel::Sms)).unwrap();
-    store.append_consent(&from, consent_on(ConsentState::Withdrawn, 300, Channel::Sms)).unwrap();
+    store.append_consent(&into, consent_on(ConsentState::Granted, 100, Channel::Sms), None).unwrap();
+    store.append_consent(&from, consent_on(ConsentState::Withdrawn, 300, Channel::Sms), None).unwrap();
     // Post: only `from` has a record → it carries over.
-    store.append_consent(&from, consent_on(ConsentState::Granted, 50, Channel::Post)).unwrap();
-    store.append_interaction(&from, interaction("moved summary", 10)).unwrap();
+    store.append_consent(&from, consent_on(ConsentState::Granted, 50, Channel::Post), None).unwrap();
+    store.append_interaction(&from, interaction("moved summary", 10), None).unwrap();
     store.append_rights_request(&from, &rights("access")).unwrap();
     let from_links = store.meta_entry(&from).unwrap().unwrap().links;
-    store.set_restricted(&from, true).unwrap();
+    store.set_restricted(&from, true, &rights("restriction"), None).unwrap();
 
-    let merged = store.merge(&into, &from, 400).unwrap();
+    let merged = store.merge(&into, &from, 400, None).unwrap();
     flush(&store);
     assert_eq!(merged.links, from_links);
     assert_eq!((merged.consent_records, merged.interactions), (3, 1));
@@ -311,7 +383,8 @@ fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     assert_eq!(history.len(), 5);
     assert!(history.windows(2).all(|w| w[0].sequence < w[1].sequence), "ledger stays in recording order");
     assert_eq!(store.interactions(&into).unwrap()[0].summary, "moved summary");
-    assert_eq!(store.rights_requests(&into).unwrap().len(), 1);
+    // The access request, and the restriction's (recorded with it).
+    assert_eq!(store.rights_requests(&into).unwrap().len(), 2);
     let record = store.subject_record(&into).unwrap().unwrap();
     assert_eq!(record.identifiers.len(), 2);
     assert_eq!(store.subject_by_link(&from_links[0]).unwrap(), Some(into));
@@ -328,8 +401,8 @@ fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     assert_eq!((tail[0].subject, &tail[0].change, &tail[0].links), (from, &Change::Erased, &from_links));
     assert_eq!((tail[1].subject, &tail[1].change, &tail[1].links), (into, &Change::Registered, &from_links));
     assert_eq!(tail[1].sequence, merged.event);
-    assert!(matches!(store.merge(&into, &from, 401), Err(StoreError::NotFound)));
-    assert!(matches!(store.merge(&into, &into, 401), Err(StoreError::Conflict)));
+    assert!(matches!(store.merge(&into, &from, 401, None), Err(StoreError::NotFound)));
+    assert!(matches!(store.merge(&into, &into, 401, None), Err(StoreError::Conflict)));
     // Survives a reopen: everything moved was flushed.
     drop(store);
     let store = SledStore::open(dir.path()).unwrap();
@@ -343,10 +416,17 @@ fn merge_refuses_subjects_of_different_jurisdictions() {
     let de = subject(&store, "de@example.de");
     let fr = Jurisdiction::parse("FR").unwrap();
     let other = store
-        .register(&fr, &[ident(IdentifierKind::Email, "fr@example.fr")], SubjectId::from_bytes([7; 16]), 0)
+        .register(
+            &fr,
+            &[ident(IdentifierKind::Email, "fr@example.fr")],
+            SubjectId::from_bytes([7; 16]),
+            0,
+            &claim_all(&[ident(IdentifierKind::Email, "fr@example.fr")]),
+            None,
+        )
         .unwrap()
         .subject;
-    assert!(matches!(store.merge(&de, &other, 1), Err(StoreError::MergeJurisdictionMismatch)));
+    assert!(matches!(store.merge(&de, &other, 1, None), Err(StoreError::MergeJurisdictionMismatch)));
     assert!(store.subject_meta(&other).unwrap().is_some(), "nothing changed");
 }
 
@@ -365,7 +445,7 @@ fn rectify_relinks_identifiers_all_or_nothing() {
         set_profile: [("name".to_owned(), "Anna".to_owned())].into(),
         remove_profile: vec![],
     };
-    let rectified = store.rectify(&s, &change, 5).unwrap();
+    let rectified = store.rectify(&s, &change, 5, &rights("rectification"), &claims_for(&change), None).unwrap();
     assert_eq!(rectified.added, vec![new.1, phone.1]);
     assert_eq!(rectified.removed, vec![old.1]);
     assert_eq!(store.subject_by_link(&old.1).unwrap(), None);
@@ -381,9 +461,15 @@ fn rectify_relinks_identifiers_all_or_nothing() {
     // Another subject's identifier, or one the subject does not hold: refused, nothing changes.
     let theirs = ident(IdentifierKind::Email, "someone.else@example.de");
     let refused = Rectification { add: vec![theirs.clone()], remove: vec![phone.clone()], ..Default::default() };
-    assert!(matches!(store.rectify(&s, &refused, 6), Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.rectify(&s, &refused, 6, &rights("rectification"), &claims_for(&refused), None),
+        Err(StoreError::Conflict)
+    ));
     let not_held = Rectification { remove: vec![old.clone()], ..Default::default() };
-    assert!(matches!(store.rectify(&s, &not_held, 6), Err(StoreError::NotHeld)));
+    assert!(matches!(
+        store.rectify(&s, &not_held, 6, &rights("rectification"), &claims_for(&not_held), None),
+        Err(StoreError::NotHeld)
+    ));
     assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(s));
     assert_eq!(store.subject_by_link(&theirs.1).unwrap(), Some(other));
 }
@@ -394,11 +480,11 @@ fn interactions_and_rights_are_sealed_and_erased() {
     let store = SledStore::open(dir.path()).unwrap();
     let s = subject(&store, "talk@example.de");
     let summary = "customer disputes invoice probe-7731";
-    let first = store.append_interaction(&s, interaction(summary, 10)).unwrap();
-    let second = store.append_interaction(&s, interaction("later", 5)).unwrap();
+    let first = store.append_interaction(&s, interaction(summary, 10), None).unwrap();
+    let second = store.append_interaction(&s, interaction("later", 5), None).unwrap();
     assert!(first.sequence < second.sequence);
     store.append_rights_request(&s, &rights("rectification")).unwrap();
-    store.set_restricted(&s, true).unwrap();
+    store.set_restricted(&s, true, &rights("restriction"), None).unwrap();
     flush(&store);
     assert!(store.subject_meta(&s).unwrap().unwrap().restricted);
     let log = store.interactions(&s).unwrap();
@@ -407,12 +493,12 @@ fn interactions_and_rights_are_sealed_and_erased() {
         .into_iter()
         .any(|p| std::fs::read(p).unwrap().windows(summary.len()).any(|w| w == summary.as_bytes()));
     assert!(!on_disk, "interaction summaries are encrypted at rest");
-    store.erase(&s, 20).unwrap();
+    store.erase(&s, 20, &rights("erasure"), None).unwrap();
     assert!(matches!(store.interactions(&s), Err(StoreError::NotFound)));
     assert!(matches!(store.rights_requests(&s), Err(StoreError::NotFound)));
     assert!(store.interactions.is_empty() && store.rights.is_empty());
-    assert!(matches!(store.append_interaction(&s, interaction("x", 1)), Err(StoreError::NotFound)));
-    assert!(matches!(store.set_restricted(&s, false), Err(StoreError::NotFound)));
+    assert!(matches!(store.append_interaction(&s, interaction("x", 1), None), Err(StoreError::NotFound)));
+    assert!(matches!(store.set_restricted(&s, false, &rights("restriction"), None), Err(StoreError::NotFound)));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -422,4 +508,184 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
     }
     out
+}
+
+fn region(id: &str) -> domicile_types::RegionId {
+    domicile_types::RegionId::parse(id).unwrap()
+}
+
+fn link(n: u8) -> Link {
+    Link::from_bytes([n; 16])
+}
+
+#[test]
+fn an_arbiter_grants_each_link_to_one_region_and_only_a_current_release_frees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (eu, us) = (region("eu-central"), region("us-east"));
+    assert_eq!(store.claim_links(&eu, 5, &[link(1), link(2)]).unwrap(), vec![None, None]);
+    // Another region is told who holds it; a claim of the holder again is granted.
+    assert_eq!(store.claim_links(&us, 9, &[link(1), link(3)]).unwrap(), vec![Some(eu.clone()), None]);
+    assert_eq!(store.claim_links(&eu, 7, &[link(1)]).unwrap(), vec![None]);
+    assert_eq!(store.claim(&link(1)).unwrap(), Some(Claim { region: eu.clone(), generation: 7 }));
+    // A late claim of an older generation never lowers the generation.
+    assert_eq!(store.claim_links(&eu, 6, &[link(1)]).unwrap(), vec![None]);
+    assert_eq!(store.claim(&link(1)).unwrap().unwrap().generation, 7);
+    // A release from before the last claim is stale: it frees nothing (the write that claimed
+    // at 7 may have made the link live). Another region cannot release it either.
+    assert_eq!(store.release_links(&eu, &[Release { link: link(1), generation: 5 }]).unwrap(), 0);
+    assert_eq!(store.release_links(&us, &[Release { link: link(1), generation: 99 }]).unwrap(), 0);
+    assert_eq!(store.release_links(&eu, &[Release { link: link(1), generation: 7 }]).unwrap(), 1);
+    assert_eq!(store.claim(&link(1)).unwrap(), None);
+    assert_eq!(store.claim_links(&us, 10, &[link(1)]).unwrap(), vec![None], "free again: anyone may claim");
+    // Survives a reopen.
+    flush(&store);
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.claim(&link(1)).unwrap(), Some(Claim { region: us, generation: 10 }));
+    assert!(store.next_generation().unwrap() > 0);
+}
+
+#[test]
+fn a_link_becomes_live_only_with_a_claim_and_leaving_queues_its_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let de = Jurisdiction::parse("DE").unwrap();
+    let email = ident(IdentifierKind::Email, "claimed@example.de");
+    let phone = ident(IdentifierKind::Phone, "+4915112345678");
+    // Without a claim for a free link the write is refused (and retried by the service).
+    let unclaimed = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0, &[], None);
+    assert!(matches!(unclaimed, Err(StoreError::Retry)));
+    assert!(store.subject_by_link(&email.1).unwrap().is_none());
+    let claim = Release { link: email.1, generation: 11 };
+    let s = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0, &[claim], None);
+    let s = s.unwrap().subject;
+    // A link the subject holds already needs no claim.
+    store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([2; 16]), 0, &[], None).unwrap();
+    // Rectification adds with a claim and removes by queueing the release of the removed one.
+    let change = Rectification { add: vec![phone.clone()], remove: vec![email.clone()], ..Default::default() };
+    let refused = store.rectify(&s, &change, 1, &rights("rectification"), &[], None);
+    assert!(matches!(refused, Err(StoreError::Retry)));
+    let phone_claim = Release { link: phone.1, generation: 12 };
+    store.rectify(&s, &change, 1, &rights("rectification"), &[phone_claim], None).unwrap();
+    assert_eq!(store.pending_releases(10).unwrap(), vec![claim]);
+    store.releases_done(&[claim]).unwrap();
+    // Erasure queues the rest.
+    store.erase(&s, 2, &rights("erasure"), None).unwrap();
+    assert_eq!(store.pending_releases(10).unwrap(), vec![phone_claim]);
+    assert_eq!(store.pending_release_count().unwrap(), 1);
+}
+
+#[test]
+fn a_write_repeated_with_its_idempotency_key_is_applied_once_and_sealed_with_its_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = subject(&store, "idem@example.de");
+    let tag = Idempotency { key: [1; 32], fingerprint: [2; 32], at: 100 };
+    let (first, _) = store.append_consent(&s, consent(ConsentState::Withdrawn, 10), Some(&tag)).unwrap();
+    let again = store.append_consent(&s, consent(ConsentState::Withdrawn, 10), Some(&tag));
+    assert!(matches!(again, Err(StoreError::Replayed)));
+    assert_eq!(store.consent_history(&s).unwrap().len(), 1, "applied once");
+    let replay = store.replay(&tag.key).unwrap().unwrap();
+    assert_eq!((replay.fingerprint, replay.at), (tag.fingerprint, 100));
+    let (subject, (record, _)): (SubjectId, (ConsentRecord, u64)) =
+        serde_json::from_slice(&replay.result.unwrap()).unwrap();
+    assert_eq!((subject, record.sequence), (s, first.sequence));
+    // Sealed with the subject's key: after erasure the result is gone with it, the erasure's
+    // own record (which names no data of the subject) stays readable.
+    let erase_tag = Idempotency { key: [3; 32], fingerprint: [4; 32], at: 100 };
+    store.erase(&s, 20, &rights("erasure"), Some(&erase_tag)).unwrap();
+    assert_eq!(store.replay(&tag.key).unwrap().unwrap().result, None);
+    let erased: (SubjectId, Erased) =
+        serde_json::from_slice(&store.replay(&erase_tag.key).unwrap().unwrap().result.unwrap()).unwrap();
+    assert!(erased.1.links.is_empty(), "a replayed erasure names no links");
+    assert_eq!(store.purge_idempotency(101).unwrap(), 2);
+    assert!(store.replay(&erase_tag.key).unwrap().is_none());
+}
+
+#[test]
+fn ledger_positions_are_the_ledgers_own_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let a = subject(&store, "one@example.de");
+    let b = subject(&store, "two@example.de");
+    let (first, _) = store.append_consent(&a, consent(ConsentState::Granted, 1), None).unwrap();
+    store.append_interaction(&a, interaction("between", 1), None).unwrap();
+    let (second, _) = store.append_consent(&b, consent(ConsentState::Granted, 1), None).unwrap();
+    assert_eq!((first.sequence, second.sequence), (1, 2), "no gaps for events or interactions");
+    flush(&store);
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    let (third, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).unwrap();
+    assert_eq!(third.sequence, 3);
+}
+
+#[test]
+fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let a = subject(&store, "legacy@example.de");
+    // As a store written before the ledger had its own counter: a record at position 40.
+    let key = store.key(&a).unwrap();
+    let record = ConsentRecord {
+        sequence: 40,
+        purpose: Purpose::Marketing,
+        channels: vec![Channel::Email],
+        state: ConsentState::Granted,
+        captured_at: 1,
+        recorded_at: 1,
+        expires_at: None,
+        evidence: Evidence::default(),
+    };
+    let k = consent_key(&a, 40);
+    store.consent.insert(k, seal(&key, b"consent", &k, &record).unwrap()).unwrap();
+    store.counters.remove(LEDGER_POSITION).unwrap();
+    flush(&store);
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    let (next, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).unwrap();
+    assert_eq!(next.sequence, 41);
+    let history = store.consent_history(&a).unwrap();
+    assert_eq!(history.iter().map(|r| r.sequence).collect::<Vec<_>>(), [40, 41], "recording order kept");
+}
+
+#[test]
+fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = subject(&store, "skew@example.de");
+    let at = |state, captured_at: i64, recorded_at: i64| NewConsent {
+        captured_at,
+        recorded_at,
+        counted_at_ms: super::super::counted_at_ms(state, captured_at * 1000, recorded_at * 1000),
+        ..consent(state, 0)
+    };
+    let current = || store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap().state;
+    // Capture system 290 s ahead: the grant counts at its recording, 1000.
+    store.append_consent(&s, at(ConsentState::Granted, 1290, 1000), None).unwrap();
+    store.append_consent(&s, at(ConsentState::Withdrawn, 1005, 1005), None).unwrap();
+    assert_eq!(current(), ConsentState::Withdrawn, "clock ahead: the grant claims a capture after the withdrawal");
+    // A later grant, correctly dated, revives consent.
+    store.append_consent(&s, at(ConsentState::Granted, 1100, 1100), None).unwrap();
+    assert_eq!(current(), ConsentState::Granted);
+    // Capture system 290 s behind, withdrawing: within the skew window it counts as recorded.
+    store.append_consent(&s, at(ConsentState::Withdrawn, 1200 - 290, 1200), None).unwrap();
+    assert_eq!(current(), ConsentState::Withdrawn, "clock behind: an acknowledged withdrawal still wins");
+    // A withdrawal entered long after it was given (a paper form) counts at its capture time:
+    // a grant given since stays in force.
+    store.append_consent(&s, at(ConsentState::Granted, 1300, 1300), None).unwrap();
+    store.append_consent(&s, at(ConsentState::Withdrawn, 500, 2000), None).unwrap();
+    assert_eq!(current(), ConsentState::Granted);
+    // Within one millisecond of each other a withdrawal wins; a grant a moment later re-grants.
+    let ms = |state, captured_ms: i64, recorded_ms: i64| NewConsent {
+        captured_at: captured_ms / 1000,
+        recorded_at: recorded_ms / 1000,
+        counted_at_ms: super::super::counted_at_ms(state, captured_ms, recorded_ms),
+        ..consent(state, 0)
+    };
+    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_000_100, 3_000_100), None).unwrap();
+    store.append_consent(&s, ms(ConsentState::Granted, 3_000_100, 3_000_100), None).unwrap();
+    assert_eq!(current(), ConsentState::Withdrawn, "a tie goes to the restrictive record");
+    store.append_consent(&s, ms(ConsentState::Granted, 3_000_350, 3_000_351), None).unwrap();
+    assert_eq!(current(), ConsentState::Granted, "a grant in the same second, after the withdrawal");
 }

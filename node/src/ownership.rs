@@ -1,0 +1,417 @@
+//! Identifier ownership across regions (invariant 9: one identifier, one subject, one home).
+//!
+//! Each link has one arbiter region (`domicile_types::ArbiterMap`), whose node keeps which region
+//! holds the link. Before this node makes a link live (registration, an identifier added by
+//! rectification) it claims the link at its arbiter, under a fencing generation; only a granted
+//! claim lets the store take the link. When a link leaves (erasure, removal) or a claimed write
+//! does not complete, the claim is released, from a durable queue, by a background task. The
+//! protocol, its failure cases and why it is safe are in ARCHITECTURE.md ("Identifier
+//! ownership").
+//!
+//! Within this region, writes that claim the same link are serialised by [`LinkLocks`], so a
+//! claim is made only for a link that no subject here holds, and a claim given up after a failed
+//! write cannot belong to a link another write made live meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domicile_proto::pb::node::v1 as pb;
+use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_runtime::tls::TlsMaterial;
+use domicile_types::{ArbiterMap, Link, RegionId};
+use hashbrown::HashMap;
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::OwnershipConfig;
+use crate::store::{Release, Store, StoreError};
+
+/// Lock stripes: links that share one are serialised together (rarely, and only briefly).
+const STRIPES: usize = 1024;
+/// Releases sent to one arbiter per call.
+const RELEASE_BATCH: usize = 1000;
+/// How long the release task waits before trying an unreachable arbiter again.
+const RELEASE_RETRY: Duration = Duration::from_secs(2);
+
+/// Why links could not all be claimed. Nothing stays claimed for the write (its granted claims
+/// are released) and nothing is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Another region holds at least one of the links.
+    HeldElsewhere,
+    /// The arbiter of at least one link could not be asked, or did not answer in time.
+    Unreachable(RegionId),
+    /// An arbiter uses another map of the deployment's regions: a configuration fault.
+    MapMismatch(RegionId),
+    Store(String),
+}
+
+/// Region-local locks per link (striped), held by a write from its claims until its store write.
+pub struct LinkLocks {
+    stripes: Vec<Arc<Mutex<()>>>,
+}
+
+impl Default for LinkLocks {
+    fn default() -> Self {
+        Self { stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect() }
+    }
+}
+
+/// The locks of one write, released on drop.
+pub struct LinkGuard {
+    _held: Vec<OwnedMutexGuard<()>>,
+}
+
+impl LinkLocks {
+    /// Takes the stripes of `links`, in stripe order (so two writes never wait on each other in
+    /// a circle).
+    pub async fn lock(&self, links: &[Link]) -> LinkGuard {
+        let mut stripes: Vec<usize> = links
+            .iter()
+            .map(|l| usize::from(u16::from_be_bytes([l.as_bytes()[0], l.as_bytes()[1]])) % STRIPES)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut held = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            if let Some(lock) = self.stripes.get(stripe) {
+                held.push(Arc::clone(lock).lock_owned().await);
+            }
+        }
+        LinkGuard { _held: held }
+    }
+}
+
+/// This node's part in identifier ownership: claimant for its own writes, arbiter for the links
+/// the map gives its region.
+pub struct Ownership<S> {
+    region: RegionId,
+    map: ArbiterMap,
+    store: Arc<S>,
+    /// The other regions' nodes (lazy connections).
+    peers: HashMap<RegionId, RegionalNodeClient<Channel>>,
+    locks: LinkLocks,
+    /// Wakes the release task.
+    released: Notify,
+}
+
+impl<S: Store> Ownership<S> {
+    pub fn new(region: RegionId, config: &OwnershipConfig, tls: &TlsMaterial, store: Arc<S>) -> anyhow::Result<Self> {
+        let map = ArbiterMap::new(config.regions.iter().map(|r| r.id.clone()))?;
+        anyhow::ensure!(map.contains(&region), "the ownership regions must list this node's region");
+        let timeout = Duration::from_millis(config.claim_timeout_ms);
+        let mut peers = HashMap::new();
+        for peer in config.regions.iter().filter(|r| r.id != region) {
+            let channel = Endpoint::from_shared(format!("https://{}", peer.endpoint))?
+                .tls_config(tls.client(&peer.id.node_server_name()))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .tcp_nodelay(true)
+                .connect_lazy();
+            peers.insert(peer.id.clone(), RegionalNodeClient::new(channel));
+        }
+        Ok(Self { region, map, store, peers, locks: LinkLocks::default(), released: Notify::new() })
+    }
+
+    /// Only this region, arbiter of every link (in-process tests and benches).
+    pub fn single_region(region: RegionId, store: Arc<S>) -> anyhow::Result<Self> {
+        let map = ArbiterMap::new([region.clone()])?;
+        Ok(Self { region, map, store, peers: HashMap::new(), locks: LinkLocks::default(), released: Notify::new() })
+    }
+
+    pub fn map(&self) -> &ArbiterMap {
+        &self.map
+    }
+
+    /// See [`LinkLocks::lock`].
+    pub async fn lock(&self, links: &[Link]) -> LinkGuard {
+        self.locks.lock(links).await
+    }
+
+    /// Claims `links` (none of them held by a subject of this region) for this region, each at
+    /// its arbiter, all under one new generation. Either every claim is granted and returned, or
+    /// none is kept: claims granted before a refusal or a failure are released.
+    pub async fn claim(&self, links: &[Link]) -> Result<Vec<Release>, ClaimError> {
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        let generation = self.store.next_generation().map_err(|e| ClaimError::Store(e.to_string()))?;
+        let mut by_arbiter: BTreeMap<&RegionId, Vec<Link>> = BTreeMap::new();
+        for link in links {
+            by_arbiter.entry(self.map.arbiter(link)).or_default().push(*link);
+        }
+        let asks = by_arbiter.into_iter().map(|(arbiter, links)| async move {
+            let outcome = self.ask(arbiter, generation, &links).await;
+            (arbiter.clone(), links, outcome)
+        });
+        let answers = futures_join_all(asks).await;
+        let mut granted = Vec::new();
+        let mut error = None;
+        for (arbiter, links, outcome) in answers {
+            match outcome {
+                Ok(holders) => {
+                    for (link, holder) in links.iter().zip(holders) {
+                        match holder {
+                            None => granted.push(Release { link: *link, generation }),
+                            Some(_) => error = error.or(Some(ClaimError::HeldElsewhere)),
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The claims may have been granted with the answer lost: release them too
+                    // (a release only ever undoes this generation's claim or an older one).
+                    granted.extend(links.iter().map(|link| Release { link: *link, generation }));
+                    let e = match e {
+                        AskError::Unreachable => ClaimError::Unreachable(arbiter),
+                        AskError::MapMismatch => ClaimError::MapMismatch(arbiter),
+                        AskError::Store(e) => ClaimError::Store(e),
+                    };
+                    // An unreachable arbiter is the most useful thing to report.
+                    error = match (error, e) {
+                        (Some(ClaimError::Unreachable(r)), _) => Some(ClaimError::Unreachable(r)),
+                        (_, e) => Some(e),
+                    };
+                }
+            }
+        }
+        match error {
+            None => Ok(granted),
+            Some(e) => {
+                self.abandon(&granted);
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks `arbiter` (possibly this node) to claim `links` for this region.
+    async fn ask(
+        &self,
+        arbiter: &RegionId,
+        generation: u64,
+        links: &[Link],
+    ) -> Result<Vec<Option<RegionId>>, AskError> {
+        if arbiter == &self.region {
+            return self.store.claim_links(&self.region, generation, links).map_err(|e| AskError::Store(e.to_string()));
+        }
+        let mut peer = self.peers.get(arbiter).cloned().ok_or(AskError::Unreachable)?;
+        let request = pb::ClaimLinksRequest {
+            map_digest: self.map.digest().to_owned(),
+            region: self.region.to_string(),
+            generation,
+            links: links.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        };
+        let reply = peer.claim_links(request).await.map_err(|status| {
+            if status.code() == tonic::Code::FailedPrecondition && status.message().contains("arbiter map") {
+                tracing::error!(region = %self.region, %arbiter, "arbiter uses another map of the deployment's regions");
+                AskError::MapMismatch
+            } else {
+                tracing::warn!(region = %self.region, %arbiter, code = ?status.code(), "claim not answered");
+                AskError::Unreachable
+            }
+        })?;
+        let results = reply.into_inner().results;
+        if results.len() != links.len() {
+            tracing::error!(region = %self.region, %arbiter, "claim answer does not match the request");
+            return Err(AskError::Unreachable);
+        }
+        results
+            .into_iter()
+            .map(|r| match r.held_by.as_str() {
+                "" => Ok(None),
+                held_by => RegionId::parse(held_by).map(Some).map_err(|_| AskError::Unreachable),
+            })
+            .collect()
+    }
+
+    /// Queues the release of claims a write did not use (they are sent by the release task).
+    /// Called with the links' locks held, for links no subject of this region holds.
+    pub fn abandon(&self, claims: &[Release]) {
+        if claims.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.queue_releases(claims) {
+            // The claims stay with this region (no second owner can appear); the repair
+            // command finds claims no subject holds.
+            tracing::error!(region = %self.region, error = %e, "cannot queue claim releases");
+        }
+        self.released.notify_one();
+    }
+
+    /// Wakes the release task (after a write queued releases in its own transaction).
+    pub fn releases_queued(&self) {
+        self.released.notify_one();
+    }
+
+    /// As the arbiter: checks that a claim or release of `region` under `digest` is for this
+    /// node, and that every link is one this region arbitrates.
+    pub fn check_request(&self, region: &RegionId, digest: &str, links: &[Link]) -> Result<(), tonic::Status> {
+        if digest != self.map.digest() {
+            tracing::error!(region = %self.region, claimant = %region, "claim under another arbiter map refused");
+            return Err(tonic::Status::failed_precondition(
+                "the claimant's arbiter map differs from this node's: the nodes must list the same regions",
+            ));
+        }
+        if !self.map.contains(region) || region == &self.region {
+            return Err(tonic::Status::invalid_argument("`region` is not another region of this deployment"));
+        }
+        if links.iter().any(|l| self.map.arbiter(l) != &self.region) {
+            return Err(tonic::Status::invalid_argument("`links` names a link this region does not arbitrate"));
+        }
+        Ok(())
+    }
+
+    /// Sends queued releases until none is left; runs for the node's lifetime.
+    pub async fn run_releases(self: Arc<Self>) {
+        loop {
+            let pending = match self.store.pending_releases(RELEASE_BATCH * 4) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(region = %self.region, error = %e, "cannot read queued claim releases");
+                    Vec::new()
+                }
+            };
+            let mut unreachable = false;
+            if !pending.is_empty() {
+                let mut by_arbiter: BTreeMap<&RegionId, Vec<Release>> = BTreeMap::new();
+                for release in pending {
+                    by_arbiter.entry(self.map.arbiter(&release.link)).or_default().push(release);
+                }
+                for (arbiter, releases) in by_arbiter {
+                    for chunk in releases.chunks(RELEASE_BATCH) {
+                        match self.send_releases(arbiter, chunk).await {
+                            Ok(()) => {
+                                if let Err(e) = self.store.releases_done(chunk) {
+                                    tracing::error!(region = %self.region, error = %e, "cannot drop sent releases");
+                                }
+                            }
+                            Err(()) => unreachable = true,
+                        }
+                    }
+                }
+                if !unreachable {
+                    continue;
+                }
+            }
+            let wait = if unreachable { RELEASE_RETRY } else { Duration::from_secs(30) };
+            let _ = tokio::time::timeout(wait, self.released.notified()).await;
+        }
+    }
+
+    async fn send_releases(&self, arbiter: &RegionId, releases: &[Release]) -> Result<(), ()> {
+        if arbiter == &self.region {
+            return match self.store.release_links(&self.region, releases) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::error!(region = %self.region, error = %e, "cannot release claims");
+                    Err(())
+                }
+            };
+        }
+        let mut peer = self.peers.get(arbiter).cloned().ok_or(())?;
+        let request = pb::ReleaseLinksRequest {
+            map_digest: self.map.digest().to_owned(),
+            region: self.region.to_string(),
+            releases: releases
+                .iter()
+                .map(|r| pb::LinkRelease { link: r.link.as_bytes().to_vec(), generation: r.generation })
+                .collect(),
+        };
+        match peer.release_links(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                tracing::warn!(region = %self.region, %arbiter, code = ?status.code(), "claim releases not answered; retrying later");
+                Err(())
+            }
+        }
+    }
+}
+
+enum AskError {
+    Unreachable,
+    MapMismatch,
+    Store(String),
+}
+
+/// Runs futures concurrently and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Statuses for [`ClaimError`]s. PII-free: they name regions and causes, never links.
+pub fn claim_status(error: ClaimError) -> tonic::Status {
+    match error {
+        ClaimError::HeldElsewhere => {
+            tonic::Status::failed_precondition("an identifier already belongs to a subject of another region")
+        }
+        ClaimError::Unreachable(arbiter) => crate::error::marked(
+            tonic::Status::unavailable(format!(
+                "region `{arbiter}` arbitrates one of these identifiers and cannot be reached: the registration \
+                 is refused rather than risk a second owner; retry later"
+            )),
+            domicile_proto::CAUSE_ARBITER_UNREACHABLE,
+        ),
+        ClaimError::MapMismatch(arbiter) => tonic::Status::failed_precondition(format!(
+            "region `{arbiter}` lists other regions for this deployment: the nodes' ownership configuration must agree"
+        )),
+        ClaimError::Store(detail) => {
+            tracing::error!(%detail, "storage failure while claiming identifiers");
+            tonic::Status::unavailable("storage unavailable")
+        }
+    }
+}
+
+impl From<StoreError> for ClaimError {
+    fn from(e: StoreError) -> Self {
+        ClaimError::Store(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(first: u8, second: u8) -> Link {
+        let mut bytes = [7u8; 16];
+        bytes[0] = first;
+        bytes[1] = second;
+        Link::from_bytes(bytes)
+    }
+
+    #[tokio::test]
+    async fn one_write_at_a_time_per_link_and_no_circular_wait() {
+        let locks = Arc::new(LinkLocks::default());
+        let (a, b) = (link(1, 1), link(200, 3));
+        let held = locks.lock(&[b, a, a]).await;
+        // The same links, named in the other order, wait for the first write.
+        let waiting = {
+            let locks = Arc::clone(&locks);
+            tokio::spawn(async move { locks.lock(&[a, b]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        // Another link is not held up.
+        let other = tokio::time::timeout(Duration::from_secs(1), locks.lock(&[link(9, 9)])).await;
+        assert!(other.is_ok());
+        drop(held);
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiting).await.is_ok());
+    }
+}
