@@ -64,7 +64,12 @@ pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
                 .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
         )
         .layer(auth)
-        .layer(WireLayer::new("gateway", crate::MAX_REQUEST_BYTES, &crate::metrics::SERVED_DESCRIPTOR_SETS))
+        .layer(WireLayer::new(
+            "gateway",
+            crate::MAX_REQUEST_BYTES,
+            domicile_proto::GATEWAY_DESCRIPTOR_SET,
+            &crate::metrics::TONIC_SERVICES,
+        ))
 }
 
 /// Client stack to one region's node, outermost first:

@@ -137,10 +137,17 @@ impl<D: prost::Message + Default> Decoder for RequestDecoder<D> {
 struct Rules {
     role: &'static str,
     limit: usize,
-    /// Method path → whether the caller streams requests.
-    methods: HashMap<String, bool>,
+    methods: HashMap<String, Method>,
     /// The services, for the message of an unknown method.
     services: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Method {
+    /// The caller streams requests (else a request carries exactly one message).
+    client_streaming: bool,
+    /// Served with tonic's codec, not [`RequestCodec`] (health, reflection).
+    foreign_codec: bool,
 }
 
 /// A server layer, innermost (after authentication, so only identified callers learn what a
@@ -153,15 +160,17 @@ pub struct WireLayer {
 
 impl WireLayer {
     /// `role` names the process in messages (`gateway`, `node`); `limit` is its largest request
-    /// message in bytes (give tonic's services the same or a larger one); `descriptor_sets` are
-    /// the encoded descriptors of every service it mounts.
-    pub fn new(role: &'static str, limit: usize, descriptor_sets: &[&[u8]]) -> Self {
+    /// message in bytes (give tonic's services the same or a larger one); `own` is the encoded
+    /// descriptor set of the services it serves with [`RequestCodec`], `others` those of the
+    /// services it mounts with tonic's codec (health, reflection). Nothing else is served.
+    pub fn new(role: &'static str, limit: usize, own: &[u8], others: &[&[u8]]) -> Self {
         use prost::Message as _;
         let mut methods = HashMap::new();
         let mut services = Vec::new();
-        for set in descriptor_sets {
+        let sets = std::iter::once((own, false)).chain(others.iter().map(|set| (*set, true)));
+        for (set, foreign_codec) in sets {
             // Compiled-in constants: one that does not decode contributes nothing.
-            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else { continue };
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else { continue };
             for file in &set.file {
                 for service in &file.service {
                     let name = match file.package() {
@@ -169,7 +178,9 @@ impl WireLayer {
                         package => format!("{package}.{}", service.name()),
                     };
                     for method in &service.method {
-                        methods.insert(format!("/{name}/{}", method.name()), method.client_streaming());
+                        let client_streaming = method.client_streaming();
+                        methods
+                            .insert(format!("/{name}/{}", method.name()), Method { client_streaming, foreign_codec });
                     }
                     services.push(name);
                 }
@@ -211,7 +222,7 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let rules = &self.rules;
-        let Some(&client_streaming) = rules.methods.get(request.uri().path()) else {
+        let Some(&method) = rules.methods.get(request.uri().path()) else {
             let status = Status::unimplemented(format!(
                 "no such method on this {}; it serves {} (list them with gRPC reflection)",
                 rules.role, rules.services
@@ -222,15 +233,16 @@ where
         // (and tonic then checks that it supports that).
         let announced = request.headers().get("grpc-encoding").is_some_and(|e| e.as_bytes() != b"identity");
         let (role, limit) = (rules.role, rules.limit);
-        let request = request.map(|inner| Body::new(FrameGuard::new(inner, role, limit, !client_streaming, announced)));
-        WireFuture::Inner(self.inner.call(request))
+        let unary = !method.client_streaming;
+        let request = request.map(|inner| Body::new(FrameGuard::new(inner, role, limit, unary, announced)));
+        WireFuture::Inner { future: self.inner.call(request), recode: method.foreign_codec }
     }
 }
 
 /// The future of [`WireGuard`].
 pub enum WireFuture<F> {
     Refused(Option<http::Response<Body>>),
-    Inner(F),
+    Inner { future: F, recode: bool },
 }
 
 impl<F, E> Future for WireFuture<F>
@@ -242,13 +254,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             WireFuture::Refused(response) => Poll::Ready(Ok(response.take().unwrap_or_default())),
-            WireFuture::Inner(inner) => Pin::new(inner).poll(cx).map_ok(recode_decode_failure),
+            WireFuture::Inner { future, recode: false } => Pin::new(future).poll(cx),
+            WireFuture::Inner { future, recode: true } => Pin::new(future).poll(cx).map_ok(recode_decode_failure),
         }
     }
 }
 
 /// Services whose codec is not ours (health) answer a request they cannot decode with tonic's
 /// `INTERNAL` before any handler runs; such an answer is recoded with [`decode_error_status`].
+/// Never applied to our own services: there such an `INTERNAL` can only come from a handler,
+/// e.g. the gateway failing to decode a node's reply, which is our fault and stays `INTERNAL`.
 fn recode_decode_failure(response: http::Response<Body>) -> http::Response<Body> {
     let internal = response.headers().get(Status::GRPC_STATUS).is_some_and(|code| code.as_bytes() == b"13");
     if !internal {
@@ -457,6 +472,47 @@ mod tests {
         let status = decode::<gateway::RegisterRequest>(&nested);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().starts_with("malformed request: nested too deeply"), "{status:?}");
+    }
+
+    /// Calls `service` (whose futures are ready at once) with an empty request to `path`.
+    fn answer<S>(service: &mut S, path: &str) -> Status
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = std::convert::Infallible>,
+        S::Future: Unpin,
+    {
+        let request = http::Request::builder().uri(path).body(Body::empty()).unwrap();
+        let mut future = service.call(request);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut future).poll(&mut cx) {
+            Poll::Ready(Ok(response)) => Status::from_header_map(response.headers()).unwrap(),
+            Poll::Pending => panic!("not ready"),
+        }
+    }
+
+    #[test]
+    fn only_answers_of_a_foreign_codec_are_recoded_and_unknown_methods_are_unimplemented() {
+        use tower::Layer as _;
+        // The node's service stands in for health: mounted with tonic's codec.
+        let layer = WireLayer::new("gateway", 100, crate::GATEWAY_DESCRIPTOR_SET, &[crate::NODE_DESCRIPTOR_SET]);
+        let text = "failed to decode Protobuf message: Identifier.value: RegisterRequest.identifiers: invalid string \
+                    value: data is not UTF-8 encoded";
+        let mut service = layer.layer(tower::service_fn(|_: http::Request<Body>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(Status::internal(text).into_http::<Body>()))
+        }));
+        let recoded = answer(&mut service, "/domicile.node.v1.RegionalNode/Register");
+        assert_eq!(recoded.code(), tonic::Code::InvalidArgument);
+        assert_eq!(recoded.message(), "invalid `identifiers.value`: is not UTF-8");
+        // Our own services decode with RequestCodec: an INTERNAL from them is a handler's (say, a
+        // node reply the gateway could not decode) and stays INTERNAL.
+        let kept = answer(&mut service, "/domicile.gateway.v1.Domicile/Register");
+        assert_eq!(kept.code(), tonic::Code::Internal);
+        let unknown = answer(&mut service, "/domicile.gateway.v1.Domicile/Nothing");
+        assert_eq!(unknown.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            unknown.message(),
+            "no such method on this gateway; it serves domicile.gateway.v1.Domicile, domicile.node.v1.RegionalNode \
+             (list them with gRPC reflection)"
+        );
     }
 
     fn guard(limit: usize, unary: bool) -> FrameGuard {
