@@ -9,6 +9,11 @@
 //!
 //! Fail closed: an item whose subject is unknown, whose region is down or whose node answer is
 //! malformed gets an error result, never a decision.
+//!
+//! An item that cannot be read (not valid protobuf: INVALID_ARGUMENT; over the gateway's request
+//! limit: RESOURCE_EXHAUSTED, both from `domicile_proto::wire`) ends the stream with that status,
+//! naming the item's position in the stream; every item read before it still gets its result
+//! first. (Its id cannot be trusted, so it gets no result of its own.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +46,16 @@ const OUTPUT_CHUNKS: usize = 4;
 /// them (`raw.rs`). They arrive a node call's worth at a time (one channel message per call,
 /// not per item) and leave one by one.
 pub struct ResultStream {
-    chunks: mpsc::Receiver<Vec<RawOutcome>>,
+    chunks: mpsc::Receiver<Chunk>,
     current: std::vec::IntoIter<RawOutcome>,
+}
+
+/// What the driver sends towards the caller.
+enum Chunk {
+    /// A node call's results, or one item's error.
+    Results(Vec<RawOutcome>),
+    /// The input broke: the stream's final status, sent after every earlier item's results.
+    End(Status),
 }
 
 impl Stream for ResultStream {
@@ -57,7 +70,11 @@ impl Stream for ResultStream {
                 return std::task::Poll::Ready(Some(Ok(result)));
             }
             match std::task::ready!(self.chunks.poll_recv(cx)) {
-                Some(chunk) => self.current = chunk.into_iter(),
+                Some(Chunk::Results(chunk)) => self.current = chunk.into_iter(),
+                Some(Chunk::End(status)) => {
+                    self.chunks.close();
+                    return std::task::Poll::Ready(Some(Err(status)));
+                }
                 None => return std::task::Poll::Ready(None),
             }
         }
@@ -72,7 +89,7 @@ pub fn decide_stream(service: GatewayService, input: Streaming<RawDecideStreamIt
 
 struct Driver {
     service: GatewayService,
-    tx: mpsc::Sender<Vec<RawOutcome>>,
+    tx: mpsc::Sender<Chunk>,
     pending: HashMap<RegionId, Pending>,
     tasks: JoinSet<()>,
 }
@@ -98,6 +115,8 @@ impl Driver {
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         let mut lingering = false;
+        // Items read so far, to name the one that breaks the input.
+        let mut read: u64 = 0;
         loop {
             let next = if lingering {
                 // `Streaming::message` keeps its state in the stream, so giving up on it at the
@@ -119,11 +138,13 @@ impl Driver {
                 }
                 Some(Ok(Some(item))) => match self.service.batch_item(item) {
                     Err((id, status)) => {
-                        if self.tx.send(vec![RawOutcome::error(id, &status)]).await.is_err() {
+                        read += 1;
+                        if self.tx.send(Chunk::Results(vec![RawOutcome::error(id, &status)])).await.is_err() {
                             return;
                         }
                     }
                     Ok((id, region, key, purpose, channel)) => {
+                        read += 1;
                         // No region name cloned per item: only for a region's first pending item.
                         let queue = match self.pending.get_mut(&region) {
                             Some(queue) => queue,
@@ -150,6 +171,11 @@ impl Driver {
                 }
                 Some(Err(status)) => {
                     tracing::debug!(code = ?status.code(), "decide stream input broke");
+                    // Every item read so far gets its result, then the stream ends with the status.
+                    if self.flush_all(&permits).await {
+                        while self.tasks.join_next().await.is_some() {}
+                        let _ = self.tx.send(Chunk::End(broken_input(status, read + 1))).await;
+                    }
                     return;
                 }
             }
@@ -183,9 +209,20 @@ impl Driver {
             };
             drop(permit);
             // A caller that has gone just drops them.
-            let _ = tx.send(results).await;
+            let _ = tx.send(Chunk::Results(results)).await;
         });
         true
+    }
+}
+
+/// The stream's final status when item `position` (from 1) cannot be read: the wire's status
+/// (`domicile_proto::wire`), saying which item it is.
+fn broken_input(status: Status, position: u64) -> Status {
+    match status.code() {
+        code @ (tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted) => {
+            Status::new(code, format!("item {position} of the stream: {}", status.message()))
+        }
+        _ => status,
     }
 }
 

@@ -119,7 +119,8 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DomicileServer<GatewayService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(domicile_proto::FILE_DESCRIPTOR_SET)
+        // The gateway's own service only: it does not serve the node API.
+        .register_encoded_file_descriptor_set(domicile_proto::GATEWAY_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 

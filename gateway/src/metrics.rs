@@ -25,13 +25,14 @@ use crate::raw::{RawOutcome, RawResult};
 /// The unary decide; its failures are counted by the RPC metrics layer (`stack.rs`).
 pub(crate) use domicile_proto::raw::DECIDE_PATH as DECIDE_METHOD;
 
+/// The services a gateway mounts beside its own, with tonic's codec: health and reflection v1.
+pub(crate) const TONIC_SERVICES: [&[u8]; 2] =
+    [tonic_health::pb::FILE_DESCRIPTOR_SET, tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET];
+
 /// The method paths the gateway serves: the closed set its RPC metrics may name.
 pub(crate) fn served_methods() -> Vec<String> {
-    domicile_proto::method_paths(&[
-        domicile_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-    ])
+    let [health, reflection] = TONIC_SERVICES;
+    domicile_proto::method_paths(&[domicile_proto::GATEWAY_DESCRIPTOR_SET, health, reflection])
 }
 
 /// Counts a decision returned to a caller, by the effect, region and pack the node named.

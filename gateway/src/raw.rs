@@ -23,6 +23,7 @@ pub use domicile_proto::raw::{
     DECIDE_BATCH_PATH, DECIDE_PATH, DECIDE_STREAM_PATH, RawDecideBatchResponse, RawDecideResponse, RawDecideStreamItem,
     RawOutcome, RawResult,
 };
+use domicile_proto::wire::RequestCodec;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -43,7 +44,8 @@ pub async fn decide_batch<M: prost::Message + Send + Sync + 'static>(
 }
 
 /// The gateway's `Domicile` service as mounted: `DecideStream` is served here with
-/// [`RawOutcome`] results, every other method by the generated server.
+/// [`RawOutcome`] results, every other method by the generated server. Requests are read with
+/// the generated server's codec ([`RequestCodec`]), so a malformed one is answered alike.
 #[derive(Clone)]
 pub struct DecisionRoute {
     typed: DomicileServer<GatewayService>,
@@ -108,7 +110,7 @@ impl tower::Service<http::Request<Body>> for DecisionRoute {
             DECIDE_STREAM_PATH => {
                 let handler = Handler(Arc::clone(&self.service));
                 Box::pin(async move {
-                    let codec = tonic_prost::ProstCodec::<RawOutcome, RawDecideStreamItem>::default();
+                    let codec = RequestCodec::<RawOutcome, RawDecideStreamItem>::default();
                     let mut grpc =
                         tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_request), None);
                     Ok(grpc.streaming(handler, request).await)
@@ -117,7 +119,7 @@ impl tower::Service<http::Request<Body>> for DecisionRoute {
             DECIDE_PATH => {
                 let handler = UnaryHandler(Arc::clone(&self.service));
                 Box::pin(async move {
-                    let codec = tonic_prost::ProstCodec::<RawDecideResponse, pb::DecideRequest>::default();
+                    let codec = RequestCodec::<RawDecideResponse, pb::DecideRequest>::default();
                     let mut grpc =
                         tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_request), None);
                     Ok(grpc.unary(handler, request).await)

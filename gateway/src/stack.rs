@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use domicile_proto::wire::WireLayer;
 use domicile_runtime::metrics::RpcMetricsLayer;
 use domicile_runtime::tls::{ClientAuth, Incoming, TlsConfigError, TlsMaterial};
 use tokio::net::TcpListener;
@@ -26,7 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 type InjectTrace = fn(http::Request<Body>) -> http::Request<Body>;
 
 /// The caller-facing server's own layers (see [`server`]).
-pub type ServerLayers = Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>;
+pub type ServerLayers = Stack<WireLayer, Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>>;
 
 /// The client stack to one region's node.
 pub type NodeChannel = RegionGuard<MapRequest<Channel, InjectTrace>>;
@@ -47,7 +48,10 @@ pub fn incoming(listener: TcpListener, tls: &TlsMaterial) -> Result<Incoming, Tl
 /// 4. RPC metrics (`domicile.rpc.duration` by method and code; failed unary decides also count
 ///    as failed decisions), so (5)'s refusals are measured too;
 /// 5. caller identity (client certificate, else a signed token when `auth` accepts them) and
-///    scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED.
+///    scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED;
+/// 6. the wire guard (`domicile_proto::wire`): a method the gateway does not serve is
+///    UNIMPLEMENTED naming what it serves; a request message over [`crate::MAX_REQUEST_BYTES`] is
+///    RESOURCE_EXHAUSTED, a broken gRPC frame INVALID_ARGUMENT (no input is buffered for it).
 pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
     Server::builder()
         .timeout(REQUEST_TIMEOUT)
@@ -60,6 +64,12 @@ pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
                 .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
         )
         .layer(auth)
+        .layer(WireLayer::new(
+            "gateway",
+            crate::MAX_REQUEST_BYTES,
+            domicile_proto::GATEWAY_DESCRIPTOR_SET,
+            &crate::metrics::TONIC_SERVICES,
+        ))
 }
 
 /// Client stack to one region's node, outermost first:

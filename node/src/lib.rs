@@ -40,13 +40,14 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// stops anyway. Watch streams end at once; this bounds anything else a client holds open.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The services a node mounts beside its own, with tonic's codec: health and reflection v1.
+const TONIC_SERVICES: [&[u8]; 2] =
+    [tonic_health::pb::FILE_DESCRIPTOR_SET, tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET];
+
 /// The method paths a node serves: the closed set its RPC metrics may name.
 fn served_methods() -> Vec<String> {
-    domicile_proto::method_paths(&[
-        domicile_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-    ])
+    let [health, reflection] = TONIC_SERVICES;
+    domicile_proto::method_paths(&[domicile_proto::NODE_DESCRIPTOR_SET, health, reflection])
 }
 
 /// Runs a node until `shutdown` resolves. `ready` is called with the bound address once every
@@ -106,7 +107,8 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(domicile_proto::FILE_DESCRIPTOR_SET)
+        // The node's own service only: it does not serve the gateway API.
+        .register_encoded_file_descriptor_set(domicile_proto::NODE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
@@ -127,6 +129,14 @@ pub async fn serve(
         // Duration and code of every call, refusals by the access layer included.
         .layer(RpcMetricsLayer::new(served_methods(), &[("region", config.region.to_string())]))
         .layer(access::AccessLayer::new(config.region.clone()))
+        // Innermost: unknown methods (UNIMPLEMENTED naming what a node serves), request messages
+        // over MAX_REQUEST_BYTES (RESOURCE_EXHAUSTED) and broken gRPC frames (INVALID_ARGUMENT).
+        .layer(domicile_proto::wire::WireLayer::new(
+            "node",
+            MAX_REQUEST_BYTES,
+            domicile_proto::NODE_DESCRIPTOR_SET,
+            &TONIC_SERVICES,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(raw::DecideBatchRoute::new(service, MAX_REQUEST_BYTES))

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNodeServer;
 use domicile_proto::raw::{DECIDE_BATCH_PATH, EncodedDecideBatch, RawDecideBatchRequest};
+use domicile_proto::wire::RequestCodec;
 use tonic::body::Body;
 use tonic::codegen::http;
 
@@ -73,7 +74,8 @@ impl<S: Store + 'static> tower::Service<http::Request<Body>> for DecideBatchRout
         let handler = Handler(Arc::clone(&self.service));
         let max_request = self.max_request;
         Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<EncodedDecideBatch, RawDecideBatchRequest>::default();
+            // The generated server's codec: a malformed request is answered alike.
+            let codec = RequestCodec::<EncodedDecideBatch, RawDecideBatchRequest>::default();
             let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max_request), None);
             Ok(grpc.unary(handler, request).await)
         })

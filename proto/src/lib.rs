@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod raw;
+pub mod wire;
 
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "generated code")]
 pub mod pb {
@@ -17,16 +18,17 @@ pub mod pb {
     pub mod gateway {
         pub mod v1 {
             tonic::include_proto!("domicile.gateway.v1");
+            include!(concat!(env!("OUT_DIR"), "/clients/domicile.gateway.v1.rs"));
         }
     }
     pub mod node {
         pub mod v1 {
             tonic::include_proto!("domicile.node.v1");
+            include!(concat!(env!("OUT_DIR"), "/clients/domicile.node.v1.rs"));
         }
     }
 }
 
-/// Encoded descriptors of every Domicile service, for gRPC server reflection.
 /// Status metadata key by which a node marks a status its gateway must pass to the caller as it
 /// is, rather than read as the region failing: the value names the cause. Set only on statuses
 /// whose code alone would mislead (UNAVAILABLE or DEADLINE_EXCEEDED that are not an outage of
@@ -40,7 +42,15 @@ pub const CAUSE_OUTCOME_UNKNOWN: &str = "outcome-unknown";
 /// Status metadata key holding the idempotency key to retry a write with.
 pub const IDEMPOTENCY_KEY_METADATA: &str = "domicile-idempotency-key";
 
+/// Encoded descriptors of every Domicile service (tests and tools; each process serves one of
+/// the two below).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("domicile_descriptor");
+
+/// `domicile.gateway.v1.Domicile` with what it imports: what a gateway's reflection lists.
+pub const GATEWAY_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gateway_descriptor");
+
+/// `domicile.node.v1.RegionalNode` with what it imports: what a node's reflection lists.
+pub const NODE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("node_descriptor");
 
 pub use prost;
 pub use prost_types;
@@ -81,6 +91,26 @@ mod tests {
         // The hand-written wire types name real methods.
         for path in [super::raw::DECIDE_BATCH_PATH, super::raw::DECIDE_STREAM_PATH] {
             assert!(paths.iter().any(|p| p == path), "{path}");
+        }
+    }
+
+    /// Each process lists only the service it serves, with every file that service imports.
+    #[test]
+    fn each_process_descriptor_set_holds_its_own_service_and_its_imports() {
+        use prost::Message as _;
+        for (set, service) in [
+            (super::GATEWAY_DESCRIPTOR_SET, "/domicile.gateway.v1.Domicile/"),
+            (super::NODE_DESCRIPTOR_SET, "/domicile.node.v1.RegionalNode/"),
+        ] {
+            let paths = super::method_paths(&[set]);
+            assert!(!paths.is_empty() && paths.iter().all(|p| p.starts_with(service)), "{paths:?}");
+            let set = prost_types::FileDescriptorSet::decode(set).unwrap();
+            let names: Vec<&str> = set.file.iter().map(|f| f.name()).collect();
+            for file in &set.file {
+                for dependency in &file.dependency {
+                    assert!(names.contains(&dependency.as_str()), "{service}: {dependency} missing");
+                }
+            }
         }
     }
 
