@@ -114,7 +114,9 @@ impl SubjectArgs {
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
-    /// Jurisdiction (ISO 3166-1 alpha-2, optionally with subdivision): DE, US, US-CA.
+    /// Jurisdiction: an ISO 3166-1 alpha-2 country (DE, US) or an ISO 3166-2 subdivision (US-CA,
+    /// US-TX), any case. A subdivision without a pack of its own is decided by its country's pack,
+    /// and decisions say so.
     #[arg(long)]
     jurisdiction: String,
     #[command(flatten)]
@@ -331,12 +333,17 @@ pub async fn decide(args: DecideArgs) -> ExitCode {
                     "effect": effect, "reasons": d.reasons, "pack": pack, "explanation": d.explanation,
                     "obligations": d.obligations.iter().map(|o| serde_json::json!({"id": o.id, "text": o.text})).collect::<Vec<_>>(),
                     "valid_until": d.valid_until.map(|t| t.seconds), "subject_ref": d.subject_ref, "region": d.region,
+                    "pack_jurisdiction": d.pack_jurisdiction, "country_fallback": d.country_fallback,
                 })
             );
         } else {
             println!("{} {what}", effect.to_uppercase());
             println!("  subject      {} (decided in {})", d.subject_ref, d.region);
-            println!("  pack         {pack}");
+            if d.country_fallback {
+                println!("  pack         {pack} ({}: country fallback, no pack of the subdivision)", d.pack_jurisdiction);
+            } else {
+                println!("  pack         {pack} ({})", d.pack_jurisdiction);
+            }
             println!("  reasons      {}", d.reasons.join(", "));
             println!("  why          {}", d.explanation);
             for o in &d.obligations {

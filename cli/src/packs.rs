@@ -96,7 +96,8 @@ pub enum PacksCommand {
 pub struct ExplainArgs {
     #[arg(long, default_value = "policy-packs")]
     packs: PathBuf,
-    /// ISO 3166-1 alpha-2, optionally with a subdivision: `DE`, `US-CA`.
+    /// ISO 3166-1 alpha-2 country or ISO 3166-2 subdivision: `DE`, `US-CA`, `US-TX`. A
+    /// subdivision without a pack of its own is explained with its country's, saying so.
     #[arg(long)]
     jurisdiction: String,
     #[arg(long)]
@@ -366,10 +367,11 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         Ok(set) => set,
         Err(code) => return code,
     };
-    let Some(pack) = set.get(&jurisdiction) else {
+    // A subdivision without a pack of its own is explained with its country's, saying so.
+    let Some(found) = set.lookup(&jurisdiction) else {
         return failure("no policy pack covers this jurisdiction; decisions are denied");
     };
-    let trace = pack.explain(&input);
+    let trace = found.explain(&input);
     match args.format {
         Format::Human => outln!("{trace}"),
         Format::Json => match serde_json::to_string_pretty(&trace) {

@@ -130,6 +130,54 @@ fn explain_names_the_rule_and_its_legal_reference() {
 }
 
 #[test]
+fn explain_says_when_a_subdivision_falls_back_to_its_country_pack() {
+    let explain = |jurisdiction: &str, format: &str| {
+        domicile(&[
+            "packs",
+            "explain",
+            "--jurisdiction",
+            jurisdiction,
+            "--purpose",
+            "marketing",
+            "--channel",
+            "email",
+            "--at",
+            "2026-11-23T10:00:00Z",
+            "--format",
+            format,
+        ])
+    };
+    // Texas has no pack of its own: the federal pack explains it, and says it stands in.
+    let out = explain("us-tx", "human");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("country fallback: no pack covers the subject's subdivision"), "{stdout}");
+    assert!(stdout.contains("the pack of its country US"), "{stdout}");
+    let trace: serde_json::Value = serde_json::from_str(&text(&explain("US-TX", "json")).0).unwrap();
+    assert_eq!((trace["jurisdiction"].as_str(), trace["country_fallback"].as_bool()), (Some("US"), Some(true)));
+    assert!(trace["pack"].as_str().unwrap().starts_with("us@"), "{trace}");
+    assert!(trace["explanation"].as_str().unwrap().contains("country fallback"), "{trace}");
+
+    // California has its overlay: no fallback claimed.
+    let out = explain("US-CA", "human");
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    assert!(stdout.contains("us-ca@") && !stdout.contains("fallback"), "{stdout}");
+    let trace: serde_json::Value = serde_json::from_str(&text(&explain("US-CA", "json")).0).unwrap();
+    assert_eq!((trace["jurisdiction"].as_str(), trace["country_fallback"].as_bool()), (Some("US-CA"), Some(false)));
+
+    // A code ISO 3166-2 does not list is a usage error that does not echo it.
+    for bad in ["US-CAL", "de-zz", "BR-XX"] {
+        let out = explain(bad, "human");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stdout}{stderr}");
+        assert!(stderr.contains("ISO 3166-2"), "{stderr}");
+        let value = bad.split_once('-').unwrap().1;
+        assert!(!stderr.contains(bad) && !stderr.contains(value), "{bad}: {stderr}");
+    }
+}
+
+#[test]
 fn diff_lists_changed_decisions_and_exits_1_when_something_changed() {
     let next = root().join("policy/tests/fixtures/diff/de-next");
     let out = domicile(&["packs", "diff", "policy-packs/de", next.to_str().unwrap(), "--at", "2026-11-23T10:00:00Z"]);

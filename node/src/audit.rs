@@ -1872,6 +1872,8 @@ mod tests {
             obligations: vec![],
             explanation: "free text that must not reach the log".into(),
             valid_until_unix: None,
+            jurisdiction: "DE".into(),
+            country_fallback: false,
         };
         let event = AuditEvent::decision(Purpose::Marketing, Channel::Email, &decision);
         let detail = event.detail().unwrap();

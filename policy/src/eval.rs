@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use domicile_types::{Channel, ConsentState, Purpose};
+use domicile_types::{Channel, ConsentState, Jurisdiction, Purpose};
 
 use crate::model::{Basis, CallingWindow, ConsentKind, Lifetime, Obligation, Register, Rule};
 use crate::pack::{Pack, PackRef};
@@ -171,6 +171,11 @@ pub struct Decision {
     /// When the decision stops holding: an allow's consent expiry or window close, or when a deny
     /// outside a calling window turns into a window; `None` when it does not change by itself.
     pub valid_until_unix: Option<i64>,
+    /// The jurisdiction of the pack that decided (`US-CA`, `US`).
+    pub jurisdiction: String,
+    /// The subject's jurisdiction is a subdivision without a pack of its own (`US-TX`) and its
+    /// country's pack decided ([`crate::PackSet::lookup`]); the explanation says so too.
+    pub country_fallback: bool,
 }
 
 /// The allocation-free core of a decision; [`Pack::decide`] turns it into a [`Decision`].
@@ -227,6 +232,11 @@ pub(crate) struct DecisionTable {
     not_in_effect_reason: String,
     restricted_reason: String,
     default_explanations: Box<[String]>,
+    /// The pack's jurisdiction as decisions name it (`US`; empty for a baseline).
+    jurisdiction: String,
+    /// Appended to the explanation when a country pack answers for a subdivision without a pack
+    /// of its own (empty for packs that are not a country's).
+    fallback_note: String,
 }
 
 impl DecisionTable {
@@ -234,6 +244,7 @@ impl DecisionTable {
     /// overlaps and dangling references, so this cannot fail; lists longer than the cap are cut.
     pub(crate) fn compile(
         pack: &PackRef,
+        jurisdiction: Option<&Jurisdiction>,
         rules: &[Rule],
         cell_rules: &[Vec<u16>],
         compiled: Vec<CompiledRule>,
@@ -279,6 +290,13 @@ impl DecisionTable {
             not_in_effect_reason: format!("{}.not-in-effect", pack.id),
             restricted_reason: format!("{}.restricted", pack.id),
             default_explanations,
+            jurisdiction: jurisdiction.map(ToString::to_string).unwrap_or_default(),
+            fallback_note: match jurisdiction {
+                Some(j) if j.subdivision().is_none() => format!(
+                    "; country fallback: no pack covers the subject's subdivision, so {pack}, the pack of its country {j}, applied"
+                ),
+                _ => String::new(),
+            },
         }
     }
 
@@ -507,7 +525,10 @@ impl Pack {
             effect: verdict.effect,
             pack: &self.pack_ref,
             valid_until_unix: verdict.valid_until_unix,
+            jurisdiction: &table.jurisdiction,
+            country_fallback: false,
             explanation: explanation.map_or("", String::as_str),
+            fallback_note: &table.fallback_note,
             window: None,
             reasons: Reasons::Fixed(reason),
         };
@@ -539,10 +560,13 @@ impl Pack {
             effect: verdict.effect,
             pack: &self.pack_ref,
             valid_until_unix: verdict.valid_until_unix,
+            jurisdiction: &table.jurisdiction,
+            country_fallback: false,
             explanation: table
                 .explanations
                 .get(verdict.position * Outcome::COUNT + verdict.outcome as usize)
                 .map_or("", String::as_str),
+            fallback_note: &table.fallback_note,
             window,
             reasons: Reasons::Rules {
                 pack: self,
@@ -555,13 +579,17 @@ impl Pack {
     /// The decision for a subject who restricted processing (right to restriction): a deny
     /// whatever consent says, by the pack's `<pack-id>.restricted` reason.
     pub fn restricted_parts(&self) -> DecisionParts<'_> {
+        let table = self.table();
         DecisionParts {
             effect: Effect::Deny,
             pack: &self.pack_ref,
             valid_until_unix: None,
+            jurisdiction: &table.jurisdiction,
+            country_fallback: false,
             explanation: RESTRICTED_EXPLANATION,
+            fallback_note: &table.fallback_note,
             window: None,
-            reasons: Reasons::Fixed(self.table().restricted_reason()),
+            reasons: Reasons::Fixed(table.restricted_reason()),
         }
     }
 }
@@ -576,8 +604,15 @@ pub struct DecisionParts<'p> {
     pub effect: Effect,
     pub pack: &'p PackRef,
     pub valid_until_unix: Option<i64>,
+    /// The jurisdiction of the pack that decided (`US-CA`, `US`), as the pack prebuilt it.
+    pub jurisdiction: &'p str,
+    /// A country's pack answering for a subdivision without a pack of its own; set through
+    /// [`DecisionParts::with_country_fallback`] (or [`crate::PackMatch`]), never guessed.
+    pub country_fallback: bool,
     /// The prebuilt explanation; see [`DecisionParts::explanation`] for the whole text.
     explanation: &'p str,
+    /// The pack's prebuilt note saying a country fallback happened, shown when it did.
+    fallback_note: &'p str,
     window: Option<Box<WindowNote>>,
     reasons: Reasons<'p>,
 }
@@ -627,9 +662,21 @@ impl<'p> DecisionParts<'p> {
     }
 
     /// The explanation in its parts (concatenated, they are [`Decision::explanation`]): the
-    /// prebuilt text and, outside a calling window, when contact may happen.
-    pub fn explanation(&self) -> [&str; 2] {
-        [self.explanation, self.window.as_ref().map_or("", |w| w.explanation.as_str())]
+    /// prebuilt text, outside a calling window when contact may happen, and on a country
+    /// fallback the pack's note saying so.
+    pub fn explanation(&self) -> [&str; 3] {
+        [
+            self.explanation,
+            self.window.as_ref().map_or("", |w| w.explanation.as_str()),
+            if self.country_fallback { self.fallback_note } else { "" },
+        ]
+    }
+
+    /// Marks the decision as a country pack's answer for a subdivision without a pack of its own
+    /// (`fallback` from [`crate::PackSet::lookup`]). Borrowed text only: no allocation.
+    pub fn with_country_fallback(mut self, fallback: bool) -> Self {
+        self.country_fallback = fallback;
+        self
     }
 
     pub fn to_decision(&self) -> Decision {
@@ -640,6 +687,8 @@ impl<'p> DecisionParts<'p> {
             obligations: self.obligations().cloned().collect(),
             explanation: self.explanation().concat(),
             valid_until_unix: self.valid_until_unix,
+            jurisdiction: self.jurisdiction.to_owned(),
+            country_fallback: self.country_fallback,
         }
     }
 }

@@ -45,6 +45,11 @@ pub struct TraceRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Trace {
     pub pack: String,
+    /// The jurisdiction of the pack that decided (`US-CA`, `US`).
+    pub jurisdiction: String,
+    /// The pack is the country's, standing in for a subdivision without a pack of its own
+    /// ([`crate::PackMatch::explain`]).
+    pub country_fallback: bool,
     /// The packs consulted, nearest first (`de@2026.11.0`, `eu@2026.11.0`).
     pub chain: Vec<String>,
     pub purpose: String,
@@ -136,6 +141,8 @@ impl Pack {
         }
         Trace {
             pack: self.pack_ref().to_string(),
+            jurisdiction: decision.jurisdiction.clone(),
+            country_fallback: decision.country_fallback,
             chain: self.chain().iter().map(ToString::to_string).collect(),
             purpose: input.purpose.as_str().to_owned(),
             channel: input.channel.as_str().to_owned(),
@@ -209,6 +216,13 @@ fn consent_checks(
 impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} by {} at {} in {}", self.purpose, self.channel, self.at, self.pack)?;
+        if self.country_fallback {
+            writeln!(
+                f,
+                "country fallback: no pack covers the subject's subdivision; {}, the pack of its country {}, applies",
+                self.pack, self.jurisdiction
+            )?;
+        }
         writeln!(f, "packs consulted: {}", self.chain.join(" → "))?;
         if self.rules.is_empty() {
             writeln!(f, "no rule covers this purpose and channel")?;

@@ -39,6 +39,6 @@ pub use model::{
 pub use pack::{
     MIN_SCHEMA_VERSION, Pack, PackKind, PackRef, Residency, ResidencyRefusal, SCHEMA_VERSION, TransferCheck,
 };
-pub use set::{PackSet, ResidencyError};
+pub use set::{PackMatch, PackSet, ResidencyError};
 pub use testing::{CaseResult, TestReport, run_test_files, run_tests};
 pub use zone::Zone;

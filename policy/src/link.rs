@@ -200,6 +200,7 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
     let effective_rules: Vec<Rule> = effective.into_iter().map(|(r, _)| r).collect();
     let table = DecisionTable::compile(
         &pack_ref,
+        me.jurisdiction.as_ref(),
         &effective_rules,
         &cell_rules,
         compiled,

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use domicile_types::{Jurisdiction, RegionId};
 
 use crate::diag::{Diagnostic, Diagnostics, PackSource, Sink};
+use crate::eval::{Decision, DecisionInput, DecisionParts, Verdict};
+use crate::explain::Trace;
 use crate::link::link;
 use crate::pack::{Pack, Parsed, RefKind, parse_pack};
+use crate::zone::Zone;
 
 /// Why no home region could be chosen. Deliberately carries no subject data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +18,44 @@ pub enum ResidencyError {
     NoPack,
     #[error("none of the regions the pack allows is available")]
     NoAllowedRegion,
+}
+
+/// The pack that answers for a jurisdiction ([`PackSet::lookup`]), and whether it is the
+/// country's pack standing in for a subdivision that has no pack of its own. Decisions made
+/// through it say so (`country_fallback`, and a note in the explanation).
+#[derive(Debug, Clone, Copy)]
+pub struct PackMatch<'s> {
+    pub pack: &'s Pack,
+    /// The jurisdiction asked for is a subdivision (`US-TX`) without a pack of its own, and this
+    /// is its country's pack (`US`).
+    pub country_fallback: bool,
+}
+
+impl<'s> PackMatch<'s> {
+    /// [`Pack::decision_parts`], marked as a country fallback when it is one.
+    pub fn decision_parts(&self, verdict: &Verdict<'s>, zone: Option<&Zone>) -> DecisionParts<'s> {
+        self.pack.decision_parts(verdict, zone).with_country_fallback(self.country_fallback)
+    }
+
+    /// [`Pack::restricted_parts`], marked as a country fallback when it is one.
+    pub fn restricted_parts(&self) -> DecisionParts<'s> {
+        self.pack.restricted_parts().with_country_fallback(self.country_fallback)
+    }
+
+    /// [`Pack::decide`], marked as a country fallback when it is one.
+    pub fn decide(&self, input: &DecisionInput) -> Decision {
+        self.decision_parts(&self.pack.evaluate(input), input.subject_time_zone.as_ref()).to_decision()
+    }
+
+    /// [`Pack::explain`], saying when the country's pack stands in for the subdivision.
+    pub fn explain(&self, input: &DecisionInput) -> Trace {
+        let mut trace = self.pack.explain(input);
+        if self.country_fallback {
+            trace.country_fallback = true;
+            trace.explanation = self.decide(input).explanation;
+        }
+        trace
+    }
 }
 
 /// Every pack a process uses. Immutable once compiled: reload by compiling a new set and
@@ -175,13 +216,23 @@ impl PackSet {
         Ok((PackSet { packs, by_jurisdiction }, diagnostics))
     }
 
-    /// The pack for a jurisdiction: an exact match (`US-CA`) first, else the country's (`US`).
-    /// `None` means no pack applies and callers must deny.
+    /// The pack for a jurisdiction: an exact match (`US-CA`) first, else, for a subdivision
+    /// without a pack of its own (`US-TX`), the country's (`US`), marked as that fallback so the
+    /// decisions it makes say so. `None` means no pack applies and callers must deny.
+    pub fn lookup(&self, jurisdiction: &Jurisdiction) -> Option<PackMatch<'_>> {
+        let (index, country_fallback) = match self.by_jurisdiction.get(jurisdiction) {
+            Some(&i) => (i, false),
+            None if jurisdiction.subdivision().is_some() => (*self.by_jurisdiction.get(&jurisdiction.country())?, true),
+            None => return None,
+        };
+        self.packs.get(index).map(|pack| PackMatch { pack, country_fallback })
+    }
+
+    /// The pack for a jurisdiction ([`PackSet::lookup`] without saying whether it is a country
+    /// fallback): for residency, rights and collection rules, which a fallback pack sets as
+    /// much as its own subjects'. Decisions go through [`PackSet::lookup`].
     pub fn get(&self, jurisdiction: &Jurisdiction) -> Option<&Pack> {
-        self.by_jurisdiction
-            .get(jurisdiction)
-            .or_else(|| jurisdiction.subdivision().and_then(|_| self.by_jurisdiction.get(&jurisdiction.country())))
-            .and_then(|&i| self.packs.get(i))
+        self.lookup(jurisdiction).map(|m| m.pack)
     }
 
     /// Any pack by id, baselines included.
@@ -237,6 +288,61 @@ mod tests {
         assert_eq!(
             set.home_region(&ny, &[RegionId::parse("us-east").unwrap()]).map(|r| r.to_string()),
             Ok("us-east".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_subdivision_without_a_pack_falls_back_to_its_country_explicitly() {
+        let (set, _) = PackSet::compile(&[pack("us", "US", "us-east"), pack("us-ca", "US-CA", "us-west")]).unwrap();
+        let lookup = |j: &str| {
+            let m = set.lookup(&Jurisdiction::parse(j).unwrap()).unwrap();
+            (m.pack.id().to_owned(), m.country_fallback)
+        };
+        assert_eq!(lookup("US-CA"), ("us-ca".to_owned(), false));
+        assert_eq!(lookup("us-tx"), ("us".to_owned(), true));
+        assert_eq!(lookup("US"), ("us".to_owned(), false));
+        // A subdivision recorded before codes were checked falls back the same way.
+        let recorded = Jurisdiction::parse_recorded("US-CAL").unwrap();
+        assert!(set.lookup(&recorded).is_some_and(|m| m.pack.id() == "us" && m.country_fallback));
+        assert!(set.lookup(&Jurisdiction::parse("DE-BY").unwrap()).is_none(), "no DE pack: no decision at all");
+
+        // The decision says which pack applied, and that it was a fallback, in fields and text.
+        let input = DecisionInput::new(domicile_types::Purpose::Marketing, domicile_types::Channel::Email, 0, None);
+        let tx = set.lookup(&Jurisdiction::parse("US-TX").unwrap()).unwrap();
+        let d = tx.decide(&input);
+        assert_eq!((d.pack.id.as_str(), d.jurisdiction.as_str(), d.country_fallback), ("us", "US", true));
+        assert!(
+            d.explanation.ends_with(
+                "; country fallback: no pack covers the subject's subdivision, so us@1, the pack of its country US, applied"
+            ),
+            "{}",
+            d.explanation
+        );
+        let restricted = tx.restricted_parts().to_decision();
+        assert!(restricted.country_fallback && restricted.explanation.contains("country fallback"));
+        let trace = tx.explain(&input);
+        assert!(trace.country_fallback && trace.explanation == d.explanation, "{trace:?}");
+        assert!(trace.to_string().contains("country fallback"), "{trace}");
+
+        for j in ["US-CA", "US"] {
+            let m = set.lookup(&Jurisdiction::parse(j).unwrap()).unwrap();
+            let d = m.decide(&input);
+            assert_eq!((d.jurisdiction.as_str(), d.country_fallback), (j, false));
+            assert!(!d.explanation.contains("fallback"), "{}", d.explanation);
+            assert!(!m.restricted_parts().to_decision().country_fallback);
+            let trace = m.explain(&input);
+            assert!(!trace.country_fallback && !trace.to_string().contains("fallback"), "{trace}");
+        }
+    }
+
+    #[test]
+    fn a_pack_must_declare_an_iso_3166_2_subdivision() {
+        let err = PackSet::compile(&[pack("us", "US", "us-east"), pack("us-cal", "US-CAL", "us-west")]).unwrap_err();
+        let errors: Vec<String> = err.errors().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            ["us-cal.toml:4:16: error: jurisdiction names a subdivision that is not an ISO 3166-2 code of its country"],
+            "{err}"
         );
     }
 

@@ -110,6 +110,35 @@ fn rule_ids_other_crates_depend_on_are_stable() {
 }
 
 #[test]
+fn subdivisions_use_their_own_pack_or_fall_back_to_their_country_saying_so() {
+    use domicile_policy::DecisionInput;
+    use domicile_types::{Channel, Jurisdiction, Purpose};
+
+    let set = compiled();
+    let input = DecisionInput::new(Purpose::Marketing, Channel::Email, 1_795_428_000, None);
+    // (jurisdiction, pack that decides, jurisdiction of that pack, country fallback)
+    for (j, pack, pack_jurisdiction, fallback) in [
+        ("US-CA", "us-ca", "US-CA", false),
+        ("us-ca", "us-ca", "US-CA", false),
+        ("US", "us", "US", false),
+        ("US-TX", "us", "US", true),
+        ("US-NY", "us", "US", true),
+        ("DE-BY", "de", "DE", true),
+        ("BR-SP", "br", "BR", true),
+        ("DE", "de", "DE", false),
+    ] {
+        let found = set.lookup(&Jurisdiction::parse(j).unwrap()).unwrap();
+        assert_eq!((found.pack.id(), found.country_fallback), (pack, fallback), "{j}");
+        let d = found.decide(&input);
+        assert_eq!((d.jurisdiction.as_str(), d.country_fallback), (pack_jurisdiction, fallback), "{j}");
+        assert_eq!(d.explanation.contains("country fallback"), fallback, "{j}: {}", d.explanation);
+        // Same rules as the country's own subjects: only the statement differs.
+        let own = set.get(&Jurisdiction::parse(pack_jurisdiction).unwrap()).unwrap().decide(&input);
+        assert_eq!((d.effect, &d.reasons, &d.pack), (own.effect, &own.reasons, &own.pack), "{j}");
+    }
+}
+
+#[test]
 fn every_rule_is_annotated() {
     for pack in compiled().packs() {
         for rule in pack.rules() {

@@ -287,6 +287,22 @@ mod tests {
     }
 
     #[test]
+    fn unknown_subdivisions_are_invalid_naming_the_field_never_the_value() {
+        for (text, value) in [("US-CAL", "CAL"), ("de-zz", "zz"), ("BR-XX", "XX"), ("us-cal", "cal")] {
+            let violation = jurisdiction("jurisdiction", text).unwrap_err();
+            assert_eq!(violation.field, "jurisdiction");
+            let status = tonic::Status::from(violation);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            let msg = status.message();
+            assert!(msg.starts_with("invalid `jurisdiction`: ") && msg.contains("ISO 3166-2"), "{msg}");
+            assert!(!msg.contains(text) && !msg.contains(value), "{text}: {msg}");
+        }
+        for (text, canonical) in [("US-CA", "US-CA"), ("us-tx", "US-TX"), ("de-by", "DE-BY"), ("BR-SP", "BR-SP")] {
+            assert_eq!(jurisdiction("jurisdiction", text).map(|j| j.to_string()), Ok(canonical.to_owned()));
+        }
+    }
+
+    #[test]
     fn subject_keys() {
         assert!(subject_key("subject", None).is_err());
         let key = common::SubjectKey { key: Some(common::subject_key::Key::Link("lk_00".into())) };

@@ -427,6 +427,12 @@ fn put_decision(buf: &mut Vec<u8>, parts: &DecisionParts<'_>, region: &str, subj
     let _ = hex::encode_to_slice(subject.as_bytes(), &mut hex);
     put_str(buf, 7, &[region, "/", std::str::from_utf8(&hex).unwrap_or_default()]);
     put_str(buf, 8, &[region]);
+    put_str(buf, 9, &[parts.jurisdiction]);
+    if parts.country_fallback {
+        // prost omits a false bool and writes a true one as the varint 1.
+        encode_key(10, WireType::Varint, buf);
+        encode_varint(1, buf);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,6 +526,8 @@ mod tests {
             valid_until: d.valid_until_unix.map(convert::to_timestamp),
             subject_ref: format!("{region}/{subject}"),
             region: region.to_owned(),
+            pack_jurisdiction: d.jurisdiction,
+            country_fallback: d.country_fallback,
         }
     }
 
@@ -534,50 +542,59 @@ mod tests {
         let mut expected = node::DecideBatchResponse::default();
         let mut id = 0u64;
         for pack in set.packs() {
+            // A country's pack also answers, as a fallback, for its subdivisions without a pack.
+            let country = pack.jurisdiction().is_some_and(|j| j.subdivision().is_none());
+            let fallbacks: &[bool] = if country { &[false, true] } else { &[false] };
             for &purpose in Purpose::ALL {
                 for &channel in Channel::ALL {
                     for state in consents {
                         for at in times {
-                            let consent = state.map(|state| ConsentFact {
-                                state,
-                                captured_at_unix: 1_700_000_000,
-                                expires_at_unix: Some(1_900_000_000),
-                                double_opt_in_confirmed: false,
-                                kind: None,
-                            });
-                            let input = DecisionInput::new(purpose, channel, at, consent);
-                            let subject = SubjectId::from_bytes(std::array::from_fn(|i| (i as u8) ^ (id as u8)));
-                            let parts = pack.decision_parts(&pack.evaluate(&input), None);
-                            batch.push_decision(id, &parts, region.as_str(), subject);
-                            expected.outcomes.push(node::DecideOutcome {
-                                id,
-                                result: Some(node::decide_outcome::Result::Decision(typed(
-                                    &parts,
-                                    region.as_str(),
-                                    subject,
-                                ))),
-                            });
-                            id += 1;
+                            for &fallback in fallbacks {
+                                let consent = state.map(|state| ConsentFact {
+                                    state,
+                                    captured_at_unix: 1_700_000_000,
+                                    expires_at_unix: Some(1_900_000_000),
+                                    double_opt_in_confirmed: false,
+                                    kind: None,
+                                });
+                                let input = DecisionInput::new(purpose, channel, at, consent);
+                                let subject = SubjectId::from_bytes(std::array::from_fn(|i| (i as u8) ^ (id as u8)));
+                                let parts =
+                                    pack.decision_parts(&pack.evaluate(&input), None).with_country_fallback(fallback);
+                                batch.push_decision(id, &parts, region.as_str(), subject);
+                                expected.outcomes.push(node::DecideOutcome {
+                                    id,
+                                    result: Some(node::decide_outcome::Result::Decision(typed(
+                                        &parts,
+                                        region.as_str(),
+                                        subject,
+                                    ))),
+                                });
+                                id += 1;
+                            }
                         }
                     }
                 }
             }
         }
+        let us_tx = set.lookup(&domicile_types::Jurisdiction::parse("US-TX").unwrap()).unwrap();
         let pack = set.packs().next().unwrap();
-        let restricted = pack.restricted_parts();
-        batch.push_decision(id, &restricted, region.as_str(), SubjectId::from_bytes([1; 16]));
+        for restricted in [pack.restricted_parts(), us_tx.restricted_parts()] {
+            batch.push_decision(id, &restricted, region.as_str(), SubjectId::from_bytes([1; 16]));
+            expected.outcomes.push(node::DecideOutcome {
+                id,
+                result: Some(node::decide_outcome::Result::Decision(typed(
+                    &restricted,
+                    region.as_str(),
+                    SubjectId::from_bytes([1; 16]),
+                ))),
+            });
+            id += 1;
+        }
+        let status = tonic::Status::not_found("no such subject in this region");
+        batch.push_error(id, &status);
         expected.outcomes.push(node::DecideOutcome {
             id,
-            result: Some(node::decide_outcome::Result::Decision(typed(
-                &restricted,
-                region.as_str(),
-                SubjectId::from_bytes([1; 16]),
-            ))),
-        });
-        let status = tonic::Status::not_found("no such subject in this region");
-        batch.push_error(id + 1, &status);
-        expected.outcomes.push(node::DecideOutcome {
-            id: id + 1,
             result: Some(node::decide_outcome::Result::Error(common::ItemError {
                 code: tonic::Code::NotFound as i32,
                 message: "no such subject in this region".into(),
@@ -597,6 +614,14 @@ mod tests {
         assert!(decisions.iter().any(|d| d.valid_until.is_some()));
         assert!(decisions.iter().any(|d| d.reasons.iter().any(|r| r.ends_with(".default-deny"))));
         assert!(decisions.iter().any(|d| d.reasons.iter().any(|r| r.ends_with(".restricted"))));
+        // Every decision names its pack's jurisdiction; country fallbacks say so, overlays not.
+        assert!(
+            decisions.iter().all(|d| !d.pack_jurisdiction.is_empty() || d.pack.as_ref().is_some_and(|p| p.id == "eu"))
+        );
+        assert!(decisions.iter().any(|d| d.pack_jurisdiction == "US-CA" && !d.country_fallback));
+        assert!(decisions.iter().any(|d| d.pack_jurisdiction == "US" && d.country_fallback));
+        assert!(decisions.iter().filter(|d| d.country_fallback).all(|d| d.explanation.contains("country fallback")));
+        assert!(decisions.iter().any(|d| d.country_fallback && d.reasons.iter().any(|r| r == "us.restricted")));
         assert_eq!(batch.as_bytes(), expected.encode_to_vec().as_slice());
         assert_eq!(prost::Message::encoded_len(&batch), batch.as_bytes().len());
         assert_eq!(node::DecideBatchResponse::decode(batch.encode_to_vec().as_slice()).unwrap(), expected);
@@ -659,6 +684,8 @@ mod tests {
             valid_until: None,
             subject_ref: "eu-central/00112233445566778899aabbccddeeff".into(),
             region: "eu-central".into(),
+            pack_jurisdiction: "DE".into(),
+            country_fallback: true,
         }
     }
 

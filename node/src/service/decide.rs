@@ -67,11 +67,17 @@ impl<S: Store> NodeService<S> {
             .decision_inputs(&subject, purpose, channel)
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found("no such subject in this region"))?;
-        let pack = Self::pack_of(loaded, &meta.jurisdiction)?;
+        // No pack: fail closed with a status, never a default allow (invariant 3). A subdivision
+        // without a pack of its own gets its country's, and the decision says so.
+        let found = loaded
+            .packs
+            .lookup(&meta.jurisdiction)
+            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
+        let pack = found.pack;
         if meta.restricted {
             // Right to restriction: nothing is processed for the subject until lifted, whatever
             // consent says. Still audited and explainable like any decision.
-            return Ok((subject, pack.restricted_parts()));
+            return Ok((subject, found.restricted_parts()));
         }
         let consent = current.map(|c| ConsentFact {
             state: c.state,
@@ -83,7 +89,7 @@ impl<S: Store> NodeService<S> {
             kind: None,
         });
         let input = DecisionInput::new(purpose, channel, at, consent);
-        let parts = pack.decision_parts(&pack.evaluate(&input), input.subject_time_zone.as_ref());
+        let parts = found.decision_parts(&pack.evaluate(&input), input.subject_time_zone.as_ref());
         tracing::debug!(region = %self.region, pack = %parts.pack, %purpose, %channel, effect = parts.effect.as_str(), "decision");
         Ok((subject, parts))
     }

@@ -45,6 +45,9 @@ pub enum StoreError {
 /// nothing that identifies the person.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubjectMeta {
+    /// As recorded: a subdivision stored before codes were checked (or since withdrawn from
+    /// ISO 3166-2) stays readable, and its decisions fall back to the country's pack, saying so.
+    #[serde(deserialize_with = "Jurisdiction::deserialize_recorded")]
     pub jurisdiction: Jurisdiction,
     pub created_at: i64,
     /// Processing restricted (GDPR Art. 18): decisions deny until lifted.
@@ -511,4 +514,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every change so far durable. Called before acknowledging a write.
     fn flush(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subdivision_recorded_before_codes_were_checked_stays_readable() {
+        let meta: SubjectMeta = serde_json::from_str(r#"{"jurisdiction":"US-CAL","created_at":1}"#).unwrap();
+        assert_eq!(meta.jurisdiction.to_string(), "US-CAL");
+        assert_eq!(meta.jurisdiction.country().to_string(), "US");
+        assert!(serde_json::from_str::<SubjectMeta>(r#"{"jurisdiction":"QQ","created_at":1}"#).is_err());
+    }
 }
