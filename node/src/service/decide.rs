@@ -67,12 +67,8 @@ impl<S: Store> NodeService<S> {
             .decision_inputs(&subject, purpose, channel)
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found("no such subject in this region"))?;
-        // No pack: fail closed with a status, never a default allow (invariant 3). A subdivision
-        // without a pack of its own gets its country's, and the decision says so.
-        let found = loaded
-            .packs
-            .lookup(&meta.jurisdiction)
-            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))?;
+        // A subdivision without a pack of its own gets its country's, and the decision says so.
+        let found = Self::pack_match(loaded, &meta.jurisdiction)?;
         let pack = found.pack;
         if meta.restricted {
             // Right to restriction: nothing is processed for the subject until lifted, whatever

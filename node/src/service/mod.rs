@@ -24,7 +24,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use domicile_policy::Pack;
+use domicile_policy::{Pack, PackMatch};
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
@@ -146,13 +146,19 @@ impl<S: Store> NodeService<S> {
         })
     }
 
-    /// The pack of a subject's jurisdiction in `loaded`. No pack: fail closed with a status,
-    /// never a default (invariant 3).
-    fn pack_of<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<&'p Pack, Status> {
+    /// The pack of a subject's jurisdiction in `loaded` (a subdivision without a pack of its own:
+    /// its country's, marked as such). No pack: fail closed with a status, never a default
+    /// (invariant 3). The one place a node looks a subject's pack up.
+    fn pack_match<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<PackMatch<'p>, Status> {
         loaded
             .packs
-            .get(jurisdiction)
+            .lookup(jurisdiction)
             .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))
+    }
+
+    /// [`Self::pack_match`]'s pack.
+    fn pack_of<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<&'p Pack, Status> {
+        Self::pack_match(loaded, jurisdiction).map(|m| m.pack)
     }
 
     /// Refuses a capture for a subject of `jurisdiction` when its pack requires in-country
