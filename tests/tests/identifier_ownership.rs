@@ -155,7 +155,7 @@ async fn round(i: usize, gateways: Vec<DomicileClient<Channel>>, shared: Arc<Sha
     };
     // Follow-up through another gateway than the winner's.
     let mut other = gateways[(i + winner + 1) % gateways.len()].clone();
-    let fate = if i % 2 == 0 {
+    let fate = if i.is_multiple_of(2) {
         let granted = other.record_consent(consent(&value, common::ConsentAction::Grant)).await;
         let withdrawn = other.record_consent(consent(&value, common::ConsentAction::Withdraw)).await;
         match (granted, withdrawn) {
@@ -326,6 +326,12 @@ async fn one_identifier_one_subject_under_racing_registrations_across_gateways_a
 
     // Every identifier withdrawn is still held once (in its region) and denied through every
     // gateway; every one erased is held nowhere and known to no gateway.
+    let link_key = domicile_runtime::process::read_link_key(&cluster.dir().join("pki").join("link.key")).unwrap();
+    let held_in = |value: &str| -> Vec<usize> {
+        let id = domicile_types::NormalizedIdentifier::normalize(domicile_types::IdentifierKind::Email, value).unwrap();
+        let link = link_key.link(&id);
+        holders.get(&link.as_bytes()[..]).map(|h| h.iter().map(|(r, _)| *r).collect()).unwrap_or_default()
+    };
     let fates = shared.fates.lock().unwrap().clone();
     assert_eq!(fates.len(), rounds);
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
@@ -345,15 +351,20 @@ async fn one_identifier_one_subject_under_racing_registrations_across_gateways_a
         match fate {
             Fate::Withdrawn { region } => {
                 tally.entry("withdrawn").and_modify(|n| *n += 1).or_insert(1);
+                assert_eq!(held_in(&value), [*region], "round {i}: held once, in its region");
                 let home = resolved.iter().next().cloned();
                 assert_eq!(home.as_deref(), Some(REGIONS[*region]), "round {i}: the withdrawn subject stays home");
                 check_never_allowed(*i, &gateways, &shared, fate).await;
             }
-            Fate::Erased { .. } => {
+            Fate::Erased { region } => {
                 tally.entry("erased").and_modify(|n| *n += 1).or_insert(1);
+                assert!(held_in(&value).is_empty(), "round {i}: erased in {}, still held", REGIONS[*region]);
                 assert!(resolved.is_empty(), "round {i}: an erased identifier is still resolved in {resolved:?}");
             }
-            Fate::Unregistered => *tally.entry("unregistered").or_default() += 1,
+            Fate::Unregistered => {
+                *tally.entry("unregistered").or_default() += 1;
+                assert!(held_in(&value).len() <= 1, "round {i}");
+            }
             Fate::Unsettled => *tally.entry("unsettled").or_default() += 1,
         }
     }
