@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domicile_proto::convert::SubjectKey;
-use domicile_proto::raw::{EncodedDecideBatchRequest, RawDecideStreamItem};
+use domicile_proto::raw::{EncodedDecideBatchRequest, RawDecideStreamItem, RawOutcome};
 use domicile_types::{Channel, Purpose, RegionId};
 use hashbrown::HashMap;
 use tokio::sync::{Semaphore, mpsc};
@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-use crate::raw::{self, RawOutcome, RawResult};
-use crate::service::{GatewayService, node_status};
+use crate::gateway::Gateway;
+use crate::node_client::{decide_batch, outcomes};
 use crate::stack::NodeChannel;
 
 /// Items per node call (the node accepts up to 10,000).
@@ -81,14 +81,14 @@ impl Stream for ResultStream {
     }
 }
 
-pub fn decide_stream(service: GatewayService, input: Streaming<RawDecideStreamItem>) -> ResultStream {
+pub fn decide_stream(gateway: Arc<Gateway>, input: Streaming<RawDecideStreamItem>) -> ResultStream {
     let (tx, rx) = mpsc::channel(OUTPUT_CHUNKS);
-    tokio::spawn(Driver { service, tx, pending: HashMap::new(), tasks: JoinSet::new() }.run(input));
+    tokio::spawn(Driver { gateway, tx, pending: HashMap::new(), tasks: JoinSet::new() }.run(input));
     ResultStream { chunks: rx, current: Vec::new().into_iter() }
 }
 
 struct Driver {
-    service: GatewayService,
+    gateway: Arc<Gateway>,
     tx: mpsc::Sender<Chunk>,
     pending: HashMap<RegionId, Pending>,
     tasks: JoinSet<()>,
@@ -136,7 +136,7 @@ impl Driver {
                         return;
                     }
                 }
-                Some(Ok(Some(item))) => match self.service.batch_item(item) {
+                Some(Ok(Some(item))) => match batch_item(&self.gateway, item) {
                     Err((id, status)) => {
                         read += 1;
                         if self.tx.send(Chunk::Results(vec![RawOutcome::error(id, &status)])).await.is_err() {
@@ -200,7 +200,7 @@ impl Driver {
         if self.tx.is_closed() {
             return false;
         }
-        let client = self.service.node_channel(&region);
+        let client = self.gateway.nodes.channel(&region);
         let tx = self.tx.clone();
         self.tasks.spawn(async move {
             let results = match client {
@@ -229,45 +229,23 @@ fn broken_input(status: Status, position: u64) -> Status {
 /// One node call; every item gets exactly one result.
 async fn run_batch(region: &RegionId, channel: NodeChannel, items: Pending) -> Vec<RawOutcome> {
     let Pending { ids, request } = items;
-    let reply = raw::decide_batch(channel, request).await;
-    let outcomes = match reply {
-        Ok(reply) => reply.outcomes,
-        Err(status) => {
-            let status = node_status(region, status);
-            return ids.iter().map(|id| RawOutcome::error(*id, &status)).collect();
-        }
-    };
-    if outcomes.len() != ids.len() || outcomes.iter().zip(&ids).any(|(o, id)| o.id != *id) {
-        tracing::error!(%region, "node answered a batch with mismatched outcomes");
-        let status = Status::internal("home region answered a batch incompletely");
-        return ids.iter().map(|id| RawOutcome::error(*id, &status)).collect();
-    }
-    outcomes
-        .into_iter()
-        .map(|outcome| match outcome.result {
-            Some(RawResult::Decision(_) | RawResult::Error(_)) => outcome,
-            // No decision is not an allow.
-            None => RawOutcome::error(outcome.id, &Status::internal("home region returned no decision")),
-        })
-        .collect()
+    outcomes(region, &ids, decide_batch(channel, request).await)
 }
 
-impl GatewayService {
-    /// Validates one item (read in place) and finds where it goes; an error is that item's result.
-    #[allow(clippy::type_complexity, reason = "one item's parts, taken apart at once by the caller")]
-    fn batch_item(
-        &self,
-        item: RawDecideStreamItem,
-    ) -> Result<(u64, RegionId, SubjectKey, Purpose, Channel), (u64, Status)> {
-        let id = item.id;
-        let fail = |status: Status| (id, status);
-        let purpose = item.purpose("purpose").map_err(|v| fail(v.into()))?;
-        let channel = item.channel("channel").map_err(|v| fail(v.into()))?;
-        let selector = match &item.subject {
-            Some(subject) => subject.view("subject").map_err(|v| fail(v.into()))?,
-            None => None,
-        };
-        let (region, key) = self.target_of("subject", selector).map_err(fail)?;
-        Ok((id, region, key, purpose, channel))
-    }
+/// Validates one item (read in place) and finds where it goes; an error is that item's result.
+#[allow(clippy::type_complexity, reason = "one item's parts, taken apart at once by the caller")]
+fn batch_item(
+    gateway: &Gateway,
+    item: RawDecideStreamItem,
+) -> Result<(u64, RegionId, SubjectKey, Purpose, Channel), (u64, Status)> {
+    let id = item.id;
+    let fail = |status: Status| (id, status);
+    let purpose = item.purpose("purpose").map_err(|v| fail(v.into()))?;
+    let channel = item.channel("channel").map_err(|v| fail(v.into()))?;
+    let selector = match &item.subject {
+        Some(subject) => subject.view("subject").map_err(|v| fail(v.into()))?,
+        None => None,
+    };
+    let (region, key) = gateway.target_of("subject", selector).map_err(fail)?;
+    Ok((id, region, key, purpose, channel))
 }

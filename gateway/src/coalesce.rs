@@ -14,18 +14,17 @@
 
 use std::sync::Arc;
 
-use domicile_proto::pb::common::v1 as common;
-use domicile_proto::pb::node::v1 as node_pb;
-use domicile_proto::raw::RawResult;
+use domicile_proto::convert::SubjectKey;
+use domicile_proto::raw::EncodedDecideBatchRequest;
 use domicile_runtime::telemetry::{self, TraceParent};
-use domicile_types::RegionId;
+use domicile_types::{Channel, Purpose, RegionId};
 use hashbrown::HashMap;
 use prost::bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::Instrument as _;
 
-use crate::service::{node_status, region_unavailable, unknown_region};
+use crate::node_client::{Nodes, decide_batch, decision_of, outcomes, region_unavailable, unknown_region};
 use crate::stack::NodeChannel;
 
 /// Node calls in flight per region. Small on purpose: queueing behind a busy call is what forms
@@ -41,7 +40,9 @@ const QUEUE: usize = 16 * 1024;
 type Reply = oneshot::Sender<Result<Bytes, Status>>;
 
 struct Pending {
-    item: node_pb::DecideItem,
+    subject: SubjectKey,
+    purpose: Purpose,
+    channel: Channel,
     /// The caller's trace context, so the node call continues its trace.
     parent: TraceParent,
     reply: Reply,
@@ -55,8 +56,8 @@ pub struct Coalescer {
 impl Coalescer {
     /// Starts one batching task per region. Must run inside the Tokio runtime; the tasks end
     /// when the coalescer is dropped.
-    pub fn start(channels: &HashMap<RegionId, NodeChannel>) -> Self {
-        let queues = channels
+    pub fn start(nodes: &Nodes) -> Self {
+        let queues = nodes
             .iter()
             .map(|(region, channel)| {
                 let (tx, rx) = mpsc::channel(QUEUE);
@@ -71,15 +72,14 @@ impl Coalescer {
     pub async fn decide(
         &self,
         region: &RegionId,
-        subject: common::SubjectKey,
-        purpose: String,
-        channel: String,
+        subject: SubjectKey,
+        purpose: Purpose,
+        channel: Channel,
     ) -> Result<Bytes, Status> {
         let queue = self.queues.get(region).ok_or_else(|| unknown_region(region))?;
         let (reply, answer) = oneshot::channel();
-        let item = node_pb::DecideItem { id: 0, subject: Some(subject), purpose, channel };
         let parent = telemetry::trace_parent();
-        queue.try_send(Pending { item, parent, reply }).map_err(|e| match e {
+        queue.try_send(Pending { subject, purpose, channel, parent, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 Status::resource_exhausted(format!("too many decisions waiting for region `{region}`"))
             }
@@ -107,52 +107,27 @@ async fn batcher(region: RegionId, channel: NodeChannel, mut queue: mpsc::Receiv
 /// One node call for a batch; every caller still waiting gets exactly one answer.
 async fn call(region: RegionId, channel: NodeChannel, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
     // Callers that gave up (deadline, disconnect) are not decided for.
-    let mut items = Vec::with_capacity(batch.len());
+    let mut request = EncodedDecideBatchRequest::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     let mut parent = None;
     for pending in batch.into_iter().filter(|p| !p.reply.is_closed()) {
         parent.get_or_insert(pending.parent);
-        items.push(node_pb::DecideItem { id: replies.len() as u64, ..pending.item });
+        request.push(replies.len() as u64, &pending.subject, pending.purpose, pending.channel);
         replies.push(pending.reply);
     }
     let Some(parent) = parent else { return };
     let span = if telemetry::spans_wanted() {
-        let span = tracing::info_span!("decide_batch", %region, items = items.len());
+        let span = tracing::info_span!("decide_batch", %region, items = replies.len());
         telemetry::continue_trace(&span, parent);
         span
     } else {
         tracing::Span::none()
     };
-    let answer =
-        crate::raw::decide_batch(channel, node_pb::DecideBatchRequest { items, at: None }).instrument(span).await;
+    let answer = decide_batch(channel, request).instrument(span).await;
     drop(slot);
-    let outcomes = match answer {
-        Ok(answer) => answer.outcomes,
-        Err(status) => {
-            let status = node_status(&region, status);
-            for reply in replies {
-                let _ = reply.send(Err(status.clone()));
-            }
-            return;
-        }
-    };
-    if outcomes.len() != replies.len() || outcomes.iter().enumerate().any(|(i, o)| o.id != i as u64) {
-        tracing::error!(%region, "node answered a batch with mismatched outcomes");
-        for reply in replies {
-            let _ = reply.send(Err(Status::internal("home region answered a batch incompletely")));
-        }
-        return;
-    }
-    for (outcome, reply) in outcomes.into_iter().zip(replies) {
-        let result = match outcome.result {
-            Some(RawResult::Decision(decision)) if !decision.is_empty() => Ok(decision),
-            // The node's own status for this item, mapped as a unary answer would be.
-            Some(RawResult::Error(error)) => {
-                Err(node_status(&region, Status::new(Code::from(error.code), error.message)))
-            }
-            // No decision is not an allow.
-            Some(RawResult::Decision(_)) | None => Err(Status::internal("home region returned no decision")),
-        };
-        let _ = reply.send(result);
+    let ids: Vec<u64> = (0..replies.len() as u64).collect();
+    for (outcome, reply) in outcomes(&region, &ids, answer).into_iter().zip(replies) {
+        // The node's own status for an item is mapped as a unary answer would be.
+        let _ = reply.send(decision_of(&region, outcome));
     }
 }

@@ -4,19 +4,22 @@
 //! memory, finds each subject's home region in its link directory and forwards the request to
 //! that region's node only. It persists nothing and logs no personal data (invariant 1).
 
+// Modules from the bottom up: each imports only modules above it in this list.
 pub mod auth;
 mod batch;
 mod coalesce;
 pub mod config;
+mod decide;
 pub mod directory;
+mod gateway;
 pub mod guard;
 mod metrics;
-mod raw;
+mod node_client;
+mod route;
 mod service;
 pub mod stack;
 mod sync;
 mod watch;
-mod writes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +36,8 @@ use tokio::net::TcpListener;
 
 pub use config::GatewayConfig;
 use directory::Directory;
-pub use service::{GatewayService, NodeClient};
+pub use node_client::NodeClient;
+pub use service::GatewayService;
 
 /// Largest request the gateway accepts from a caller.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -83,13 +87,13 @@ pub async fn serve(
             .with_context(|| format!("bad endpoint for region {}", region.id))?;
         channels.insert(region.id.clone(), channel);
     }
-    let channels = Arc::new(channels);
+    let nodes = node_client::Nodes::new(channels);
     let directory = Arc::new(Directory::new(config.regions.iter().map(|r| r.id.clone()).collect()));
 
     // One follower per region for the gateway's lifetime: snapshot, then change events.
     let mut initial = Vec::new();
     let mut lags = Vec::new();
-    for (region, channel) in channels.iter() {
+    for (region, channel) in nodes.iter() {
         let (loaded, first_load) = tokio::sync::oneshot::channel();
         let lag = Arc::new(metrics::RegionLag::new());
         lags.push((region.clone(), Arc::clone(&lag)));
@@ -114,8 +118,8 @@ pub async fn serve(
     tracing::info!(links = directory.len(), "directory loaded");
 
     let stopping = Shutdown::new();
-    let service = GatewayService::new(packs, link_key, Arc::clone(&directory), Arc::clone(&channels))
-        .with_shutdown(stopping.clone());
+    let regions = nodes.regions().len();
+    let gateway = Arc::new(gateway::Gateway::new(packs, link_key, Arc::clone(&directory), nodes, stopping.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DomicileServer<GatewayService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -125,7 +129,7 @@ pub async fn serve(
         .build_v1()?;
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, regions = channels.len(), "gateway serving");
+    tracing::info!(%addr, regions, "gateway serving");
     ready(addr);
     let shutdown = stopping.after(async move {
         shutdown.await;
@@ -135,8 +139,8 @@ pub async fn serve(
     let server = stack::server(auth)
         .add_service(health_service)
         .add_service(reflection)
-        // The Domicile service, with DecideStream forwarding node-encoded decisions (`raw.rs`).
-        .add_service(raw::DecisionRoute::new(service, MAX_REQUEST_BYTES))
+        // The Domicile service, with DecideStream forwarding node-encoded decisions (`route.rs`).
+        .add_service(route::DecisionRoute::new(gateway, MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown);
     match stopping.drain(server, DRAIN_TIMEOUT).await {
         Some(served) => served?,

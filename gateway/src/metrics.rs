@@ -20,7 +20,7 @@ use tonic::{Code, Status};
 use prost::Message as _;
 
 use crate::directory::Directory;
-use crate::raw::{RawOutcome, RawResult};
+use domicile_proto::raw::{RawOutcome, RawResult};
 
 /// The unary decide; its failures are counted by the RPC metrics layer (`stack.rs`).
 pub(crate) use domicile_proto::raw::DECIDE_PATH as DECIDE_METHOD;

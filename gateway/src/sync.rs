@@ -15,9 +15,9 @@ use domicile_proto::pb::node::v1 as node_pb;
 use domicile_types::{Link, RegionId, SubjectId, SubjectRef};
 use tokio::sync::oneshot;
 
-use crate::NodeClient;
 use crate::directory::Directory;
 use crate::metrics::RegionLag;
+use crate::node_client::NodeClient;
 
 /// Reconnect delays grow from the first to the last, doubling.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);

@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::NodeClient;
-use crate::service::GatewayService;
+use crate::gateway::Gateway;
+use crate::node_client::NodeClient;
 use crate::sync::Backoff;
 
 const TOKEN_VERSION: &str = "v1:";
@@ -56,17 +56,17 @@ pub fn decode_token(token: &str, regions: &[RegionId]) -> Result<Cursors, Status
     Ok(cursors)
 }
 
-pub fn watch(service: &GatewayService, token: &str) -> Result<EventStream, Status> {
-    let mut cursors = decode_token(token, service.regions())?;
+pub fn watch(gateway: &Gateway, token: &str) -> Result<EventStream, Status> {
+    let mut cursors = decode_token(token, gateway.nodes.regions())?;
     let mut followers = JoinSet::new();
     let (merge_tx, mut merge_rx) = mpsc::channel::<(RegionId, common::ChangeEvent)>(BUFFER);
     for (region, cursor) in &cursors {
-        let client = service.node(region)?;
+        let client = gateway.nodes.client(region)?;
         followers.spawn(follow(region.clone(), client, *cursor, merge_tx.clone()));
     }
     drop(merge_tx);
     let (tx, rx) = mpsc::channel(BUFFER);
-    let shutdown = service.shutdown().clone();
+    let shutdown = gateway.shutdown.clone();
     tokio::spawn(async move {
         // Owning the followers here means they are aborted as soon as the caller goes away, or
         // the gateway stops.

@@ -221,8 +221,8 @@ impl RawDecideStreamItem {
     }
 }
 
-/// A node `DecideBatchRequest` (`repeated DecideItem items = 1`, no `at`) encoded item by item,
-/// from domain values: what the gateway sends a home region for a `DecideStream`.
+/// A node `DecideBatchRequest` (`repeated DecideItem items = 1`, `at = 2`) encoded item by item,
+/// from domain values: what the gateway sends a home region for every decision path.
 #[derive(Default, Clone, PartialEq)]
 pub struct EncodedDecideBatchRequest {
     bytes: Vec<u8>,
@@ -281,6 +281,21 @@ impl EncodedDecideBatchRequest {
         put_str(buf, 3, &[purpose]);
         put_str(buf, 4, &[channel]);
         self.items += 1;
+    }
+
+    /// Sets the time every item is decided at (`at`, whole seconds); default: the node's now.
+    /// Called after the last [`push`](Self::push): fields follow in number order, as prost
+    /// writes them.
+    pub fn at(mut self, at_unix: i64) -> Self {
+        // `google.protobuf.Timestamp { seconds = 1 }`; nanos stay 0 (omitted).
+        let seconds_len = if at_unix == 0 { 0 } else { 1 + encoded_len_varint(at_unix as u64) };
+        encode_key(2, WireType::LengthDelimited, &mut self.bytes);
+        encode_varint(seconds_len as u64, &mut self.bytes);
+        if at_unix != 0 {
+            encode_key(1, WireType::Varint, &mut self.bytes);
+            encode_varint(at_unix as u64, &mut self.bytes);
+        }
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -765,6 +780,17 @@ mod tests {
         }
         assert_eq!(encoded.len(), 3);
         assert_eq!(encoded.as_bytes(), typed.encode_to_vec().as_slice());
+        // With a decision time too, whatever its size (and the epoch itself).
+        for at in [1_790_000_000, 0, 1] {
+            let timed = encoded.clone().at(at);
+            let typed = node::DecideBatchRequest {
+                at: Some(prost_types::Timestamp { seconds: at, nanos: 0 }),
+                ..typed.clone()
+            };
+            assert_eq!(timed.as_bytes(), typed.encode_to_vec().as_slice(), "at {at}");
+            let read = RawDecideBatchRequest::decode(timed.as_bytes()).unwrap();
+            assert_eq!(read.at.map(|t| t.seconds), Some(at));
+        }
         assert_eq!(prost::Message::encoded_len(&encoded), encoded.as_bytes().len());
         // And the node reads it back as sent.
         let read = RawDecideBatchRequest::decode(encoded.encode_to_vec().as_slice()).unwrap();

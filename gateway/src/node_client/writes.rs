@@ -16,8 +16,8 @@ use domicile_types::RegionId;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use super::node_status;
 use crate::guard::SENT_METADATA;
-use crate::service::node_status;
 
 const MAX_KEY: usize = 64;
 

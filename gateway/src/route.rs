@@ -19,29 +19,14 @@ use std::task::{Context, Poll};
 
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_server::DomicileServer;
-pub use domicile_proto::raw::{
-    DECIDE_BATCH_PATH, DECIDE_PATH, DECIDE_STREAM_PATH, RawDecideBatchResponse, RawDecideResponse, RawDecideStreamItem,
-    RawOutcome, RawResult,
-};
+use domicile_proto::raw::{DECIDE_PATH, DECIDE_STREAM_PATH, RawDecideResponse, RawDecideStreamItem, RawOutcome};
 use domicile_proto::wire::RequestCodec;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 
+use crate::gateway::Gateway;
 use crate::service::GatewayService;
-
-/// Calls a node's `DecideBatch`, reading the answer with decisions kept encoded.
-/// The request is the generated `DecideBatchRequest` or an `EncodedDecideBatchRequest`.
-pub async fn decide_batch<M: prost::Message + Send + Sync + 'static>(
-    channel: crate::stack::NodeChannel,
-    request: M,
-) -> Result<RawDecideBatchResponse, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| Status::unavailable(format!("node not ready: {e}")))?;
-    let codec = tonic_prost::ProstCodec::<M, RawDecideBatchResponse>::default();
-    let path = http::uri::PathAndQuery::from_static(DECIDE_BATCH_PATH);
-    Ok(grpc.unary(tonic::Request::new(request), path, codec).await?.into_inner())
-}
 
 /// The gateway's `Domicile` service as mounted: `DecideStream` is served here with
 /// [`RawOutcome`] results, every other method by the generated server. Requests are read with
@@ -49,17 +34,16 @@ pub async fn decide_batch<M: prost::Message + Send + Sync + 'static>(
 #[derive(Clone)]
 pub struct DecisionRoute {
     typed: DomicileServer<GatewayService>,
-    /// The service the typed server holds too; shared, because the route is cloned for every
-    /// request and each `Arc` inside a cloned `GatewayService` is a contended counter.
-    service: Arc<GatewayService>,
+    /// What the typed server's service holds too; the route is cloned for every request.
+    gateway: Arc<Gateway>,
     max_request: usize,
 }
 
 impl DecisionRoute {
-    pub fn new(service: GatewayService, max_request: usize) -> Self {
-        let service = Arc::new(service);
-        let typed = DomicileServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_request);
-        Self { typed, service, max_request }
+    pub fn new(gateway: Arc<Gateway>, max_request: usize) -> Self {
+        let service = GatewayService::new(Arc::clone(&gateway));
+        let typed = DomicileServer::new(service).max_decoding_message_size(max_request);
+        Self { typed, gateway, max_request }
     }
 }
 
@@ -67,7 +51,7 @@ impl tonic::server::NamedService for DecisionRoute {
     const NAME: &'static str = <DomicileServer<GatewayService> as tonic::server::NamedService>::NAME;
 }
 
-struct Handler(Arc<GatewayService>);
+struct Handler(Arc<Gateway>);
 
 impl tonic::server::StreamingService<RawDecideStreamItem> for Handler {
     type Response = RawOutcome;
@@ -75,21 +59,21 @@ impl tonic::server::StreamingService<RawDecideStreamItem> for Handler {
     type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, request: tonic::Request<tonic::Streaming<RawDecideStreamItem>>) -> Self::Future {
-        let results = crate::batch::decide_stream(GatewayService::clone(&self.0), request.into_inner());
+        let results = crate::batch::decide_stream(Arc::clone(&self.0), request.into_inner());
         std::future::ready(Ok(tonic::Response::new(crate::metrics::counted(results))))
     }
 }
 
-struct UnaryHandler(Arc<GatewayService>);
+struct UnaryHandler(Arc<Gateway>);
 
 impl tonic::server::UnaryService<pb::DecideRequest> for UnaryHandler {
     type Response = RawDecideResponse;
     type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<RawDecideResponse>, Status>> + Send>>;
 
     fn call(&mut self, request: tonic::Request<pb::DecideRequest>) -> Self::Future {
-        let service = Arc::clone(&self.0);
+        let gateway = Arc::clone(&self.0);
         Box::pin(async move {
-            let decision = service.decide_encoded(request.into_inner()).await?;
+            let decision = crate::decide::decide(&gateway, request.into_inner()).await?;
             Ok(tonic::Response::new(RawDecideResponse { decision }))
         })
     }
@@ -108,7 +92,7 @@ impl tower::Service<http::Request<Body>> for DecisionRoute {
         let max_request = self.max_request;
         match request.uri().path() {
             DECIDE_STREAM_PATH => {
-                let handler = Handler(Arc::clone(&self.service));
+                let handler = Handler(Arc::clone(&self.gateway));
                 Box::pin(async move {
                     let codec = RequestCodec::<RawOutcome, RawDecideStreamItem>::default();
                     let mut grpc =
@@ -117,7 +101,7 @@ impl tower::Service<http::Request<Body>> for DecisionRoute {
                 })
             }
             DECIDE_PATH => {
-                let handler = UnaryHandler(Arc::clone(&self.service));
+                let handler = UnaryHandler(Arc::clone(&self.gateway));
                 Box::pin(async move {
                     let codec = RequestCodec::<RawDecideResponse, pb::DecideRequest>::default();
                     let mut grpc =

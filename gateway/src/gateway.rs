@@ -1,0 +1,123 @@
+//! What every gateway path shares: the packs, the link key, the directory, each region's node,
+//! the decision coalescer and the server's shutdown, and the one way a request's subject is
+//! resolved to its home region and the pseudonymous key sent there.
+
+use std::sync::Arc;
+
+use domicile_proto::convert::{self, FieldViolation, SubjectKey};
+use domicile_proto::pb::gateway::v1 as pb;
+use domicile_proto::pb::gateway::v1::subject_selector::Selector;
+use domicile_proto::raw::SelectorRef;
+use domicile_runtime::packs::PackReloader;
+use domicile_runtime::process::Shutdown;
+use domicile_types::{Link, LinkKey, RegionId, SubjectRef};
+use tonic::Status;
+
+use crate::coalesce::Coalescer;
+use crate::directory::{Directory, Miss};
+use crate::node_client::Nodes;
+
+pub struct Gateway {
+    pub packs: Arc<PackReloader>,
+    pub link_key: LinkKey,
+    pub directory: Arc<Directory>,
+    pub nodes: Nodes,
+    pub coalescer: Coalescer,
+    /// The server's shutdown: callers' watch streams end when it begins (`watch.rs`).
+    pub shutdown: Shutdown,
+}
+
+fn invalid(v: FieldViolation) -> Status {
+    v.into()
+}
+
+impl Gateway {
+    /// Starts the coalescer's per-region tasks (inside the Tokio runtime).
+    pub fn new(
+        packs: Arc<PackReloader>,
+        link_key: LinkKey,
+        directory: Arc<Directory>,
+        nodes: Nodes,
+        shutdown: Shutdown,
+    ) -> Self {
+        let coalescer = Coalescer::start(&nodes);
+        Self { packs, link_key, directory, nodes, coalescer, shutdown }
+    }
+
+    /// Refuses links this gateway knows to be held in a region other than `home`, before any
+    /// identifier is sent there: its value is not sent to a second region. This is a courtesy,
+    /// not the guarantee: the home node claims every new link at its arbiter before storing it
+    /// (ARCHITECTURE.md "Identifier ownership"), so a link this gateway does not know yet (a
+    /// region still loading, a registration a moment ago through another gateway) is refused
+    /// there instead.
+    pub fn refuse_links_held_elsewhere(&self, links: &[Link], home: &RegionId) -> Result<(), Status> {
+        for link in links {
+            match self.directory.lookup(link) {
+                Ok(existing) if &existing.region != home => {
+                    return Err(Status::failed_precondition(
+                        "an identifier already belongs to a subject of another region",
+                    ));
+                }
+                Ok(_) | Err(Miss::Unknown | Miss::Incomplete) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, link: &Link) -> Result<SubjectRef, Status> {
+        self.directory.lookup(link).map_err(|miss| match miss {
+            Miss::Unknown => Status::not_found("no subject is registered under this identifier or link"),
+            Miss::Incomplete => Status::unavailable("the directory is still loading a region: retry shortly"),
+        })
+    }
+
+    /// Finds the home region of the selected subject and the pseudonymous key to send there.
+    pub fn target(&self, selector: Option<&pb::SubjectSelector>) -> Result<(RegionId, SubjectKey), Status> {
+        self.target_field("subject", selector)
+    }
+
+    /// [`Self::target`] for a selector in field `field` (errors name it).
+    pub fn target_field(
+        &self,
+        field: &str,
+        selector: Option<&pb::SubjectSelector>,
+    ) -> Result<(RegionId, SubjectKey), Status> {
+        let selector = selector.and_then(|s| s.selector.as_ref()).map(|s| match s {
+            Selector::Identifier(id) => SelectorRef::Identifier { kind: &id.kind, value: &id.value },
+            Selector::Link(text) => SelectorRef::Link(text),
+            Selector::SubjectRef(text) => SelectorRef::SubjectRef(text),
+        });
+        self.target_of(field, selector)
+    }
+
+    /// [`Self::target_field`] for a selector however it was read (`DecideStream` reads in place).
+    pub fn target_of(&self, field: &str, selector: Option<SelectorRef<'_>>) -> Result<(RegionId, SubjectKey), Status> {
+        let selector =
+            selector.ok_or_else(|| FieldViolation::new(field, "an identifier, a link or a subject ref is required"))?;
+        // Field paths for errors; spelled out for the common `subject` so the batch path does not
+        // format one per item.
+        let path = |leaf: &'static str| -> std::borrow::Cow<'static, str> {
+            match (field, leaf) {
+                ("subject", "identifier") => "subject.identifier".into(),
+                ("subject", "link") => "subject.link".into(),
+                ("subject", "subject_ref") => "subject.subject_ref".into(),
+                _ => format!("{field}.{leaf}").into(),
+            }
+        };
+        let subject = match selector {
+            SelectorRef::Identifier { kind, value } => {
+                let identifier = convert::identifier_parts(&path("identifier"), kind, value).map_err(invalid)?;
+                self.lookup(&self.link_key.link(&identifier))?
+            }
+            SelectorRef::Link(text) => self.lookup(&convert::link(&path("link"), text).map_err(invalid)?)?,
+            SelectorRef::SubjectRef(text) => {
+                let subject = convert::subject_ref(&path("subject_ref"), text).map_err(invalid)?;
+                if !self.nodes.contains(&subject.region) {
+                    return Err(Status::not_found("subject ref names a region this deployment does not have"));
+                }
+                subject
+            }
+        };
+        Ok((subject.region.clone(), SubjectKey::Ref(subject)))
+    }
+}

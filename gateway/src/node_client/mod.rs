@@ -1,0 +1,182 @@
+//! The bottom of the gateway's request paths: calling a region's node, and reading what it
+//! answers, failing closed. Nothing here knows the caller-facing service.
+//!
+//! - [`Nodes`]: each region's node connection (the client stack of `stack.rs`);
+//! - [`decide_batch`] and [`outcomes`]: the one way a node `DecideBatch` is called and the one
+//!   check that its reply matches the request (else every item fails, never an allow);
+//! - the statuses a caller sees for a node's answer ([`node_status`], [`region_unavailable`],
+//!   [`unknown_region`]) and for a write's ([`writes`]).
+
+pub mod writes;
+
+use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_proto::raw::{
+    DECIDE_BATCH_PATH, EncodedDecideBatchRequest, RawDecideBatchResponse, RawOutcome, RawResult,
+};
+use domicile_types::RegionId;
+use hashbrown::HashMap;
+use prost::bytes::Bytes;
+use tonic::codegen::http;
+use tonic::{Code, Status};
+
+use crate::stack::NodeChannel;
+
+pub type NodeClient = RegionalNodeClient<NodeChannel>;
+
+/// Each region's node connection. Clients are made per call (`NodeClient::new` is free).
+pub struct Nodes {
+    channels: HashMap<RegionId, NodeChannel>,
+    /// The deployment's regions, sorted.
+    regions: Vec<RegionId>,
+}
+
+impl Nodes {
+    pub fn new(channels: HashMap<RegionId, NodeChannel>) -> Self {
+        let mut regions: Vec<RegionId> = channels.keys().cloned().collect();
+        regions.sort();
+        Self { channels, regions }
+    }
+
+    pub fn regions(&self) -> &[RegionId] {
+        &self.regions
+    }
+
+    pub fn contains(&self, region: &RegionId) -> bool {
+        self.channels.contains_key(region)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&RegionId, &NodeChannel)> {
+        self.channels.iter()
+    }
+
+    pub fn channel(&self, region: &RegionId) -> Result<NodeChannel, Status> {
+        self.channels.get(region).cloned().ok_or_else(|| unknown_region(region))
+    }
+
+    pub fn client(&self, region: &RegionId) -> Result<NodeClient, Status> {
+        self.channel(region).map(NodeClient::new)
+    }
+}
+
+/// Calls a node's `DecideBatch`, reading the answer with decisions kept encoded (`raw.rs`).
+pub async fn decide_batch(
+    channel: NodeChannel,
+    request: EncodedDecideBatchRequest,
+) -> Result<RawDecideBatchResponse, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| Status::unavailable(format!("node not ready: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<EncodedDecideBatchRequest, RawDecideBatchResponse>::default();
+    let path = http::uri::PathAndQuery::from_static(DECIDE_BATCH_PATH);
+    Ok(grpc.unary(tonic::Request::new(request), path, codec).await?.into_inner())
+}
+
+/// One outcome per item of a node `DecideBatch` call for the items `ids` (in request order),
+/// failing closed: a failed call is every item's error (the region's status, [`node_status`]); a
+/// reply whose outcomes do not match the items one for one fails every item; an outcome without
+/// a decision or an error is an error. Never an allow that the node did not give.
+pub fn outcomes(region: &RegionId, ids: &[u64], reply: Result<RawDecideBatchResponse, Status>) -> Vec<RawOutcome> {
+    let fail = |status: &Status| ids.iter().map(|id| RawOutcome::error(*id, status)).collect();
+    let outcomes = match reply {
+        Ok(reply) => reply.outcomes,
+        Err(status) => return fail(&node_status(region, status)),
+    };
+    if outcomes.len() != ids.len() || outcomes.iter().zip(ids).any(|(o, id)| o.id != *id) {
+        tracing::error!(%region, "node answered a batch with mismatched outcomes");
+        return fail(&Status::internal("home region answered a batch incompletely"));
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| match outcome.result {
+            Some(RawResult::Decision(ref decision)) if !decision.is_empty() => outcome,
+            Some(RawResult::Error(_)) => outcome,
+            // No decision is not an allow.
+            Some(RawResult::Decision(_)) | None => {
+                RawOutcome::error(outcome.id, &Status::internal("home region returned no decision"))
+            }
+        })
+        .collect()
+}
+
+/// One checked outcome ([`outcomes`]) as a unary answer: the decision as the node encoded it, or
+/// the item's status mapped as a unary node answer would be.
+pub fn decision_of(region: &RegionId, outcome: RawOutcome) -> Result<Bytes, Status> {
+    match outcome.result {
+        Some(RawResult::Decision(decision)) => Ok(decision),
+        Some(RawResult::Error(error)) => Err(node_status(region, Status::new(Code::from(error.code), error.message))),
+        None => Err(Status::internal("home region returned no decision")),
+    }
+}
+
+/// A node's answer, as the caller sees it. Node statuses are PII-free by construction and pass
+/// through; transport failures become UNAVAILABLE for that region only (fail closed). A status the
+/// node marked with its cause (`domicile_proto::CAUSE_METADATA`, e.g. an identifier's arbiter
+/// is unreachable) passes through as it is, whatever its code.
+pub fn node_status(region: &RegionId, status: Status) -> Status {
+    if status.metadata().contains_key(domicile_proto::CAUSE_METADATA) {
+        return status;
+    }
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+            tracing::warn!(%region, code = ?status.code(), "home region unreachable");
+            region_unavailable(region)
+        }
+        _ => status,
+    }
+}
+
+/// What a caller sees for a region that cannot answer (never an allow).
+pub fn region_unavailable(region: &RegionId) -> Status {
+    Status::unavailable(format!("home region `{region}` is unavailable"))
+}
+
+/// A region this gateway was not configured with.
+pub fn unknown_region(region: &RegionId) -> Status {
+    Status::failed_precondition(format!("region `{region}` is not part of this deployment"))
+}
+
+#[cfg(test)]
+mod tests {
+    use domicile_proto::pb::common::v1 as common;
+
+    use super::*;
+
+    fn decided(id: u64) -> RawOutcome {
+        RawOutcome { id, result: Some(RawResult::Decision(Bytes::from_static(&[8, 2]))) }
+    }
+
+    #[test]
+    fn a_reply_that_does_not_match_the_items_fails_every_item_closed() {
+        let region = RegionId::parse("eu-central").unwrap();
+        let answer = |outcomes| Ok(RawDecideBatchResponse { outcomes });
+        let codes = |outcomes: Vec<RawOutcome>| {
+            outcomes
+                .into_iter()
+                .map(|o| match o.result {
+                    Some(RawResult::Decision(_)) => None,
+                    Some(RawResult::Error(e)) => Some(Code::from(e.code)),
+                    None => Some(Code::Ok),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(codes(outcomes(&region, &[4, 9], answer(vec![decided(4), decided(9)]))), [None, None]);
+        for wrong in [vec![decided(4)], vec![decided(9), decided(4)], vec![decided(4), decided(9), decided(9)]] {
+            assert_eq!(codes(outcomes(&region, &[4, 9], answer(wrong))), [Some(Code::Internal); 2]);
+        }
+        let empty = RawOutcome { id: 9, result: Some(RawResult::Decision(Bytes::new())) };
+        let none = RawOutcome { id: 9, result: None };
+        for missing in [empty, none] {
+            assert_eq!(
+                codes(outcomes(&region, &[4, 9], answer(vec![decided(4), missing]))),
+                [None, Some(Code::Internal)],
+                "no decision is not an allow"
+            );
+        }
+        let item_error = RawOutcome {
+            id: 4,
+            result: Some(RawResult::Error(common::ItemError { code: Code::NotFound as i32, message: "x".into() })),
+        };
+        assert_eq!(codes(outcomes(&region, &[4], answer(vec![item_error]))), [Some(Code::NotFound)]);
+        let down = outcomes(&region, &[1, 2], Err(Status::unavailable("gone")));
+        assert_eq!(codes(down), [Some(Code::Unavailable); 2]);
+    }
+}
