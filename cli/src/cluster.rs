@@ -116,34 +116,38 @@ enum IssueCommand {
     Gateway,
     /// A caller certificate (`client-<name>.{pem,key}`): operators, services, health probes.
     Caller {
+        /// Caller name, e.g. `ops-eu` (files `client-<name>.{pem,key}`).
         name: String,
+        /// The caller's region. A node serves callers of its own region (and gateways) only.
         #[arg(long)]
         region: RegionId,
-        /// Comma-separated: decide, capture, context, rights, admin (none: health only).
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
+        /// What the caller may do, comma-separated (none: health checks only).
+        #[arg(long, value_delimiter = ',', value_parser = scope_parser())]
+        scopes: Vec<Scope>,
     },
     /// A signed caller token (printed on stdout) for a caller that cannot hold a certificate:
     /// sent as `authorization: Bearer <token>`. Uses (or creates) `token-signing.key`; gateways
     /// verify with `token-signing.pub` (`token_public_key_file`).
     Token {
+        /// Caller name the token carries.
         name: String,
+        /// The caller's region.
         #[arg(long)]
         region: RegionId,
-        /// Comma-separated: decide, capture, context, rights, admin.
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
+        /// What the caller may do, comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = scope_parser())]
+        scopes: Vec<Scope>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
 }
 
-fn parse_scopes(scopes: &[String]) -> anyhow::Result<Vec<Scope>> {
-    scopes
-        .iter()
-        .map(|s| Scope::parse(s).with_context(|| format!("unknown scope (known: {:?})", Scope::ALL.map(Scope::as_str))))
-        .collect()
+/// `--scopes` values: the caller scopes of `domicile_runtime::identity::Scope`, listed in the help.
+fn scope_parser() -> impl clap::builder::TypedValueParser<Value = Scope> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Scope::ALL.map(Scope::as_str))
+        .try_map(|text: String| Scope::parse(&text).ok_or("unknown scope"))
 }
 
 /// The cluster's token public key file in `pki_dir`, creating the key pair if absent.
@@ -157,11 +161,9 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
     let files = match what {
         IssueCommand::Node { region } => pki.node(&region)?,
         IssueCommand::Gateway => pki.gateway()?,
-        IssueCommand::Caller { name, region, scopes } => {
-            pki.caller(&CallerIdentity::new(&name, region, &parse_scopes(&scopes)?)?)?
-        }
+        IssueCommand::Caller { name, region, scopes } => pki.caller(&CallerIdentity::new(&name, region, &scopes)?)?,
         IssueCommand::Token { name, region, scopes, ttl_secs } => {
-            let caller = CallerIdentity::new(&name, region, &parse_scopes(&scopes)?)?;
+            let caller = CallerIdentity::new(&name, region, &scopes)?;
             let issuer = domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
             let ttl = i64::try_from(ttl_secs).context("--ttl-secs is too large")?;
             let expires_at =
