@@ -467,6 +467,43 @@ async fn a_crashed_process_comes_back_on_its_address_and_a_stopped_region_stays_
     let bob = register(&mut client, "US", "bob@example.com").await;
     assert!(anna.starts_with("eu-central/") && bob.starts_with("us-east/"), "{anna} {bob}");
 
+    // The README's direct node call: an operator certificate of eu-central issued with the CLI,
+    // at eu-central's node (admitted) and at us-east's (refused: another region).
+    let pki_dir = path.join("pki");
+    let issue = ["cluster", "issue", "--pki", pki_dir.to_str().unwrap(), "caller", "ops-eu", "--region", "eu-central"];
+    let (ok, _, stderr) = cli(&[&issue[..], &["--scopes", "decide"]].concat()).await;
+    assert!(ok, "{stderr}");
+    let ops_eu = TlsFiles {
+        ca: pki_dir.join("ca.pem"),
+        cert: pki_dir.join("client-ops-eu.pem"),
+        key: pki_dir.join("client-ops-eu.key"),
+    };
+    for (region, admitted) in [("eu-central", true), ("us-east", false)] {
+        let addr = node_entry(&path, region)["addr"].as_str().unwrap().to_owned();
+        let material = domicile_runtime::tls::TlsMaterial::load(&ops_eu).unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(material.client(&format!("{region}.node.domicile.internal")))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let subject = if admitted { &anna } else { &bob };
+        let request = domicile_proto::pb::node::v1::DecideRequest {
+            subject: Some(domicile_proto::pb::common::v1::SubjectKey {
+                key: Some(domicile_proto::pb::common::v1::subject_key::Key::SubjectRef(subject.clone())),
+            }),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            at: None,
+        };
+        let mut node = domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient::new(channel);
+        match node.decide(request).await {
+            Ok(reply) => assert!(admitted && reply.into_inner().decision.is_some(), "{region}"),
+            Err(status) => assert!(!admitted && status.code() == tonic::Code::PermissionDenied, "{region}: {status:?}"),
+        }
+    }
+
     // eu-central stays up throughout: it must answer, directly and through the gateway, every
     // time it is asked while us-east and then the gateway are killed, stopped and started.
     let pki = domicile_runtime::pki::ClusterPki::open_or_create(&path.join("pki")).unwrap();
