@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a local multi-region cluster (nodes and a gateway on loopback) until Ctrl-C.
+    /// Run a local multi-region cluster (nodes and gateways on loopback, kept running until
+    /// Ctrl-C), rehearse region outages, issue certificates.
     Cluster(cluster::ClusterArgs),
     /// Register a subject of a jurisdiction with one or more identifiers.
     Register(client::RegisterArgs),
