@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::Context;
 use domicile_types::RegionId;
@@ -124,6 +125,11 @@ fn ephemeral_low() -> u16 {
         .unwrap_or(DEFAULT_EPHEMERAL_LOW)
 }
 
+/// Ports this process has drawn from the pool: never handed out twice, so clusters started side
+/// by side in one process (parallel tests) never race each other for a port, nor take the port
+/// of another's process while it is being restarted.
+static DRAWN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
 /// A free port on `ip` that is not in `taken`: drawn at random from below the ephemeral range,
 /// or, when that range leaves no room, from the kernel (port 0).
 async fn pick_free(ip: IpAddr, taken: &BTreeSet<u16>) -> anyhow::Result<SocketAddr> {
@@ -134,8 +140,12 @@ async fn pick_free(ip: IpAddr, taken: &BTreeSet<u16>) -> anyhow::Result<SocketAd
             let offset = random.hash_one(attempt) % u64::from(high - POOL_LOW);
             let port = POOL_LOW + u16::try_from(offset).unwrap_or(0);
             let addr = SocketAddr::new(ip, port);
-            if !taken.contains(&port) && is_free(addr).await {
-                return Ok(addr);
+            let drawn = DRAWN.lock().unwrap_or_else(PoisonError::into_inner).contains(&port);
+            if !drawn && !taken.contains(&port) && is_free(addr).await {
+                // Another task may have drawn it meanwhile: the set decides.
+                if DRAWN.lock().unwrap_or_else(PoisonError::into_inner).insert(port) {
+                    return Ok(addr);
+                }
             }
         }
     }
