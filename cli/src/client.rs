@@ -5,13 +5,37 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_runtime::pki::GATEWAY_SERVER_NAME;
 use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
+use domicile_types::{Channel as ContactChannel, ConsentAction, IdentifierKind, Purpose, UnknownTerm};
 use tonic::transport::{Channel, Endpoint};
+
+/// A value parser for a closed vocabulary of `domicile_types`: the help lists every term (so
+/// `--help` shows what the gateway accepts), and anything else is refused before a call is made.
+fn vocabulary<T: Copy + Send + Sync + 'static>(
+    terms: &'static [T],
+    name: fn(T) -> &'static str,
+    parse: fn(&str) -> Result<T, UnknownTerm>,
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(terms.iter().map(|term| name(*term))).try_map(move |text: String| parse(&text))
+}
+
+fn purposes() -> impl TypedValueParser<Value = Purpose> {
+    vocabulary(Purpose::ALL, Purpose::as_str, Purpose::parse)
+}
+
+fn channels() -> impl TypedValueParser<Value = ContactChannel> {
+    vocabulary(ContactChannel::ALL, ContactChannel::as_str, ContactChannel::parse)
+}
+
+fn consent_actions() -> impl TypedValueParser<Value = ConsentAction> {
+    vocabulary(ConsentAction::ALL, ConsentAction::as_str, ConsentAction::parse)
+}
 
 /// Written by `cluster up` so other commands find the gateway and a client certificate.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -51,38 +75,64 @@ pub async fn connect(gateway: SocketAddr, tls: &TlsFiles) -> anyhow::Result<Domi
     Ok(DomicileClient::new(channel))
 }
 
-/// Identifier flags shared by every command that names a subject.
+/// Identifier flags shared by every command that names a subject: one per identifier kind of
+/// `domicile_types::IdentifierKind` (a test checks that none is missing).
 #[derive(Debug, Clone, Default, Args)]
 pub struct IdentifierArgs {
+    /// E-mail address, e.g. anna@example.de (identifier kind `email`; letter case does not
+    /// matter).
     #[arg(long)]
     email: Vec<String>,
-    /// Phone number in E.164 form, e.g. +4915112345678.
+    /// Phone number in E.164 form, e.g. +4915112345678 (identifier kind `phone`).
     #[arg(long)]
     phone: Vec<String>,
-    /// Device or cookie id.
+    /// Device or cookie id (identifier kind `device`).
     #[arg(long)]
     device: Vec<String>,
-    /// Chat handle as `platform:handle`.
+    /// Chat handle as `platform:handle`, e.g. whatsapp:anna (identifier kind `chat_handle`).
     #[arg(long)]
     chat: Vec<String>,
-    /// CRM account id.
+    /// CRM account id (identifier kind `crm_account`).
     #[arg(long)]
     crm: Vec<String>,
 }
 
 impl IdentifierArgs {
+    /// Each identifier kind with its flag.
+    const FLAGS: [(IdentifierKind, &'static str); 5] = [
+        (IdentifierKind::Email, "email"),
+        (IdentifierKind::Phone, "phone"),
+        (IdentifierKind::Device, "device"),
+        (IdentifierKind::ChatHandle, "chat"),
+        (IdentifierKind::CrmAccount, "crm"),
+    ];
+
+    fn values(&self, kind: IdentifierKind) -> &[String] {
+        match kind {
+            IdentifierKind::Email => &self.email,
+            IdentifierKind::Phone => &self.phone,
+            IdentifierKind::Device => &self.device,
+            IdentifierKind::ChatHandle => &self.chat,
+            IdentifierKind::CrmAccount => &self.crm,
+        }
+    }
+
     fn identifiers(&self) -> Vec<common::Identifier> {
         let mut out = Vec::new();
-        for (kind, values) in [
-            ("email", &self.email),
-            ("phone", &self.phone),
-            ("device", &self.device),
-            ("chat_handle", &self.chat),
-            ("crm_account", &self.crm),
-        ] {
-            out.extend(values.iter().map(|v| common::Identifier { kind: kind.to_owned(), value: v.clone() }));
+        for (kind, _) in Self::FLAGS {
+            let values = self.values(kind);
+            out.extend(values.iter().map(|v| common::Identifier { kind: kind.as_str().to_owned(), value: v.clone() }));
         }
         out
+    }
+
+    /// `--email, --phone, --device, --chat or --crm`.
+    fn flag_list() -> String {
+        let flags: Vec<String> = Self::FLAGS.iter().map(|(_, flag)| format!("--{flag}")).collect();
+        match flags.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => flags.join(""),
+        }
     }
 }
 
@@ -106,7 +156,8 @@ impl SubjectArgs {
         choices.extend(self.subject.clone().map(Selector::SubjectRef));
         anyhow::ensure!(
             choices.len() == 1,
-            "name the subject with exactly one of --email, --phone, --device, --chat, --crm, --link or --subject"
+            "name the subject with exactly one of {}, --link or --subject",
+            IdentifierArgs::flag_list().replace(" or ", ", ")
         );
         Ok(pb::SubjectSelector { selector: choices.pop() })
     }
@@ -125,25 +176,19 @@ pub struct RegisterArgs {
     connection: Connection,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Action {
-    Grant,
-    Deny,
-    Withdraw,
-}
-
 #[derive(Debug, Args)]
 pub struct ConsentArgs {
     /// What to record.
-    #[arg(value_enum)]
-    action: Action,
+    #[arg(value_parser = consent_actions())]
+    action: ConsentAction,
     #[command(flatten)]
     subject: SubjectArgs,
-    #[arg(long)]
-    purpose: String,
+    /// What the consent is for.
+    #[arg(long, value_parser = purposes())]
+    purpose: Purpose,
     /// Channel(s) the record covers; repeat for several.
-    #[arg(long = "channel", required = true)]
-    channels: Vec<String>,
+    #[arg(long = "channel", required = true, value_parser = channels())]
+    channels: Vec<ContactChannel>,
     /// Version of the notice the person saw: an identifier such as `privacy-notice-v3` (letters,
     /// digits, `.`, `_`, `:`, `-`; never personal data).
     #[arg(long, default_value = "")]
@@ -172,10 +217,12 @@ pub struct ConsentArgs {
 pub struct DecideArgs {
     #[command(flatten)]
     subject: SubjectArgs,
-    #[arg(long)]
-    purpose: String,
-    #[arg(long)]
-    channel: String,
+    /// What the contact would be for.
+    #[arg(long, value_parser = purposes())]
+    purpose: Purpose,
+    /// How the subject would be contacted.
+    #[arg(long, value_parser = channels())]
+    channel: ContactChannel,
     /// Decide as of this time (RFC 3339); default now.
     #[arg(long)]
     at: Option<String>,
@@ -272,14 +319,15 @@ pub async fn consent(args: ConsentArgs) -> ExitCode {
         (Err(e), _) | (_, Err(e)) => return usage(e),
     };
     let action = match args.action {
-        Action::Grant => common::ConsentAction::Grant,
-        Action::Deny => common::ConsentAction::Deny,
-        Action::Withdraw => common::ConsentAction::Withdraw,
+        ConsentAction::Grant => common::ConsentAction::Grant,
+        ConsentAction::Deny => common::ConsentAction::Deny,
+        ConsentAction::Withdraw => common::ConsentAction::Withdraw,
     };
+    let channels: Vec<String> = args.channels.iter().map(ToString::to_string).collect();
     let request = pb::RecordConsentRequest {
         subject: Some(selector),
-        purpose: args.purpose.clone(),
-        channels: args.channels.clone(),
+        purpose: args.purpose.to_string(),
+        channels: channels.clone(),
         action: action as i32,
         evidence: Some(common::Evidence {
             notice_version: args.notice_version.clone(),
@@ -292,11 +340,11 @@ pub async fn consent(args: ConsentArgs) -> ExitCode {
         idempotency_key: args.idempotency_key.clone(),
     };
     let verb = match args.action {
-        Action::Grant => "Granted",
-        Action::Deny => "Denied",
-        Action::Withdraw => "Withdrew",
+        ConsentAction::Grant => "Granted",
+        ConsentAction::Deny => "Denied",
+        ConsentAction::Withdraw => "Withdrew",
     };
-    let what = format!("{} via {}", args.purpose, args.channels.join(", "));
+    let what = format!("{} via {}", args.purpose, channels.join(", "));
     call(&args.connection, async |c| c.record_consent(request).await.map(|r| r.into_inner()), |r, json| {
         if json {
             println!("{}", serde_json::json!({"subject_ref": r.subject_ref, "sequence": r.sequence, "recorded_at": r.recorded_at.map(|t| t.seconds)}));
@@ -316,8 +364,12 @@ pub async fn decide(args: DecideArgs) -> ExitCode {
         Ok(at) => at,
         Err(e) => return usage(e),
     };
-    let request =
-        pb::DecideRequest { subject: Some(selector), purpose: args.purpose.clone(), channel: args.channel.clone(), at };
+    let request = pb::DecideRequest {
+        subject: Some(selector),
+        purpose: args.purpose.to_string(),
+        channel: args.channel.to_string(),
+        at,
+    };
     let what = format!("{} via {}", args.purpose, args.channel);
     call(&args.connection, async |c| c.decide(request).await.map(|r| r.into_inner()), |r, json| {
         let Some(d) = &r.decision else { return };
@@ -357,7 +409,7 @@ pub async fn decide(args: DecideArgs) -> ExitCode {
 pub async fn resolve(args: ResolveArgs) -> ExitCode {
     let mut ids = args.identifiers.identifiers();
     if ids.len() != 1 {
-        return usage(anyhow::anyhow!("name exactly one identifier (--email, --phone, --device, --chat or --crm)"));
+        return usage(anyhow::anyhow!("name exactly one identifier ({})", IdentifierArgs::flag_list()));
     }
     let request = pb::ResolveRequest { identifier: ids.pop() };
     call(
@@ -377,4 +429,67 @@ pub async fn resolve(args: ResolveArgs) -> ExitCode {
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Decide {
+        #[command(flatten)]
+        args: DecideArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Consent {
+        #[command(flatten)]
+        args: ConsentArgs,
+    }
+
+    #[test]
+    fn every_identifier_kind_has_a_flag() {
+        let command = IdentifierArgs::augment_args(clap::Command::new("t"));
+        for kind in IdentifierKind::ALL {
+            let (_, flag) = IdentifierArgs::FLAGS.iter().find(|(k, _)| k == kind).expect("a flag for every kind");
+            let arg = command.get_arguments().find(|a| a.get_long() == Some(flag)).expect("the flag exists");
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.contains(&format!("`{}`", kind.as_str())), "--{flag}: {help}");
+        }
+        let mut args = IdentifierArgs::default();
+        args.chat.push("whatsapp:anna".to_owned());
+        assert_eq!(args.identifiers()[0].kind, "chat_handle");
+        assert_eq!(IdentifierArgs::flag_list(), "--email, --phone, --device, --chat or --crm");
+    }
+
+    #[test]
+    fn help_lists_every_purpose_channel_and_action_of_the_vocabulary() {
+        let help = Decide::command().render_long_help().to_string();
+        for term in Purpose::ALL.iter().map(|p| p.as_str()).chain(ContactChannel::ALL.iter().map(|c| c.as_str())) {
+            assert!(help.contains(term), "{term} missing from:\n{help}");
+        }
+        let help = Consent::command().render_long_help().to_string();
+        for term in ConsentAction::ALL.iter().map(|a| a.as_str()).chain(ContactChannel::ALL.iter().map(|c| c.as_str()))
+        {
+            assert!(help.contains(term), "{term} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn vocabulary_flags_parse_to_domain_values_and_refuse_others() {
+        let decide =
+            Decide::try_parse_from(["t", "--email", "a@b.de", "--purpose", "survey", "--channel", "voice_automated"])
+                .unwrap();
+        assert_eq!(decide.args.purpose, Purpose::Survey);
+        assert_eq!(decide.args.channel, ContactChannel::VoiceAutomated);
+        let consent = Consent::try_parse_from(["t", "withdraw", "--phone", "+49151", "--purpose", "marketing"])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(consent.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let wrong =
+            Decide::try_parse_from(["t", "--email", "a@b.de", "--purpose", "spam", "--channel", "email"]).unwrap_err();
+        assert_eq!(wrong.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(wrong.to_string().contains("marketing"), "{wrong}");
+    }
 }

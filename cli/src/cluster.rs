@@ -1,8 +1,12 @@
-//! Local multi-region clusters made of real processes: one node per region and a gateway, on
-//! loopback, with a generated CA and sled data under one directory.
+//! Local multi-region clusters made of real processes: one node per region and one or more
+//! gateways, on loopback, with a generated CA and sled data under one directory.
 //!
 //! The same code runs `domicile cluster up` and the end-to-end test harness, so what the tests
-//! prove is what a newcomer runs.
+//! prove is what a newcomer runs. Every address is chosen before the first process starts
+//! (`addresses.rs`); `cluster up` keeps its processes running (`supervise.rs`).
+
+mod addresses;
+mod supervise;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,12 +22,15 @@ use domicile_node::NodeConfig;
 use domicile_runtime::identity::{CallerIdentity, Scope};
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::pki::{ClusterPki, GATEWAY_SERVER_NAME};
-use domicile_runtime::process::{ReadyLine, load_or_create_secret, shutdown_signal};
+use domicile_runtime::process::{ReadyLine, load_or_create_secret};
 use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
 use domicile_types::RegionId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
+
+pub use addresses::{ADDRESSES_FILE, ClusterAddresses, PortChoice};
+pub use supervise::{ProcessState, SupervisedProcess, SupervisorFile};
 
 use crate::client::ClusterFile;
 use crate::topology::Topology;
@@ -43,9 +50,11 @@ pub struct ClusterArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Start every region's node and a gateway; Ctrl-C stops them. Reuses data from earlier runs.
+    /// Start every region's node and a gateway, and keep them running (a process that crashes is
+    /// restarted, with back-off, on its address); Ctrl-C stops them. Reuses data and node
+    /// addresses from earlier runs.
     Up {
-        /// Directory for certificates, keys, configs, logs and sled data.
+        /// Directory for certificates, keys, configs, logs, sled data and the remembered ports.
         #[arg(long, default_value = ".domicile")]
         dir: PathBuf,
         /// Policy pack directory.
@@ -54,18 +63,24 @@ enum ClusterCommand {
         /// Topology file (default: the built-in 3-region topology, deploy/local/topology.toml).
         #[arg(long)]
         topology: Option<PathBuf>,
-        /// Address for the gateway.
+        /// Address for the gateway. Nodes get the ports after it (50052, 50053, … in topology
+        /// order) at the first start, remembered in `<dir>/addresses.toml` for every later one.
         #[arg(long, default_value = "127.0.0.1:50051")]
         gateway_listen: SocketAddr,
+        /// Gateways to run; the first listens on --gateway-listen, the others on ports chosen
+        /// and remembered like the nodes'.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        gateways: u16,
         /// Runtime worker threads of each node (0: one per core). Every process of a local
         /// cluster shares this machine; one thread per node leaves the cores to the gateway and
         /// the callers instead of oversubscribing them (BENCHMARKS.md).
         #[arg(long, default_value_t = 1)]
         node_worker_threads: u16,
     },
-    /// Report the regions, nodes (reachability, subjects, links, packs) and gateway of a running
-    /// `cluster up`.
+    /// Report the regions, nodes (reachability, subjects, links, packs; stopped or restarting)
+    /// and gateways of a running `cluster up`.
     Status {
+        /// Directory of the cluster (`cluster up --dir`).
         #[arg(long, default_value = ".domicile")]
         dir: PathBuf,
         /// Print machine-readable JSON.
@@ -74,6 +89,24 @@ enum ClusterCommand {
     },
     /// Stop a running `cluster up` (SIGTERM to its supervisor) and wait until it has exited.
     Down {
+        /// Directory of the cluster (`cluster up --dir`).
+        #[arg(long, default_value = ".domicile")]
+        dir: PathBuf,
+    },
+    /// Stop one region's node of the running `cluster up` (SIGTERM: it flushes and exits) and
+    /// keep it stopped until `start-region`: a region-down rehearsal. The gateways and the other
+    /// regions keep serving; calls for the region's subjects get UNAVAILABLE meanwhile.
+    StopRegion {
+        region: RegionId,
+        /// Directory of the cluster (`cluster up --dir`).
+        #[arg(long, default_value = ".domicile")]
+        dir: PathBuf,
+    },
+    /// Start a region's node again (after `stop-region`, or at once when it is waiting to be
+    /// restarted after a crash), on its address and data; returns when it serves.
+    StartRegion {
+        region: RegionId,
+        /// Directory of the cluster (`cluster up --dir`).
         #[arg(long, default_value = ".domicile")]
         dir: PathBuf,
     },
@@ -116,34 +149,38 @@ enum IssueCommand {
     Gateway,
     /// A caller certificate (`client-<name>.{pem,key}`): operators, services, health probes.
     Caller {
+        /// Caller name, e.g. `ops-eu` (files `client-<name>.{pem,key}`).
         name: String,
+        /// The caller's region. A node serves callers of its own region (and gateways) only.
         #[arg(long)]
         region: RegionId,
-        /// Comma-separated: decide, capture, context, rights, admin (none: health only).
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
+        /// What the caller may do, comma-separated (none: health checks only).
+        #[arg(long, value_delimiter = ',', value_parser = scope_parser())]
+        scopes: Vec<Scope>,
     },
     /// A signed caller token (printed on stdout) for a caller that cannot hold a certificate:
     /// sent as `authorization: Bearer <token>`. Uses (or creates) `token-signing.key`; gateways
     /// verify with `token-signing.pub` (`token_public_key_file`).
     Token {
+        /// Caller name the token carries.
         name: String,
+        /// The caller's region.
         #[arg(long)]
         region: RegionId,
-        /// Comma-separated: decide, capture, context, rights, admin.
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
+        /// What the caller may do, comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = scope_parser())]
+        scopes: Vec<Scope>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
 }
 
-fn parse_scopes(scopes: &[String]) -> anyhow::Result<Vec<Scope>> {
-    scopes
-        .iter()
-        .map(|s| Scope::parse(s).with_context(|| format!("unknown scope (known: {:?})", Scope::ALL.map(Scope::as_str))))
-        .collect()
+/// `--scopes` values: the caller scopes of `domicile_runtime::identity::Scope`, listed in the help.
+fn scope_parser() -> impl clap::builder::TypedValueParser<Value = Scope> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Scope::ALL.map(Scope::as_str))
+        .try_map(|text: String| Scope::parse(&text).ok_or("unknown scope"))
 }
 
 /// The cluster's token public key file in `pki_dir`, creating the key pair if absent.
@@ -157,11 +194,9 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
     let files = match what {
         IssueCommand::Node { region } => pki.node(&region)?,
         IssueCommand::Gateway => pki.gateway()?,
-        IssueCommand::Caller { name, region, scopes } => {
-            pki.caller(&CallerIdentity::new(&name, region, &parse_scopes(&scopes)?)?)?
-        }
+        IssueCommand::Caller { name, region, scopes } => pki.caller(&CallerIdentity::new(&name, region, &scopes)?)?,
         IssueCommand::Token { name, region, scopes, ttl_secs } => {
-            let caller = CallerIdentity::new(&name, region, &parse_scopes(&scopes)?)?;
+            let caller = CallerIdentity::new(&name, region, &scopes)?;
             let issuer = domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
             let ttl = i64::try_from(ttl_secs).context("--ttl-secs is too large")?;
             let expires_at =
@@ -176,17 +211,15 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
-        ClusterCommand::Up { dir, packs, topology, gateway_listen, node_worker_threads } => {
+        ClusterCommand::Up { dir, packs, topology, gateway_listen, gateways, node_worker_threads } => {
             let topology = Topology::load(topology.as_deref())?;
+            let binary = std::env::current_exe().context("cannot find the domicile binary")?;
             let options = ClusterOptions {
-                dir,
-                packs_dir: packs,
-                regions: topology.region_ids(),
                 gateway_listen,
-                binary: std::env::current_exe().context("cannot find the domicile binary")?,
-                packs_trust: None,
-                packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
+                gateways: usize::from(gateways),
+                ports: PortChoice::Remembered,
                 node_worker_threads: (node_worker_threads > 0).then_some(node_worker_threads),
+                ..ClusterOptions::new(dir, packs, topology.region_ids(), binary)
             };
             up(options).await
         }
@@ -200,6 +233,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCommand::Down { dir } => down(&dir).await,
+        ClusterCommand::StopRegion { region, dir } => {
+            println!("{}", supervise::request(&dir, supervise::ControlCommand::StopRegion, &region).await?);
+            Ok(())
+        }
+        ClusterCommand::StartRegion { region, dir } => {
+            println!("{}", supervise::request(&dir, supervise::ControlCommand::StartRegion, &region).await?);
+            Ok(())
+        }
         ClusterCommand::Issue { pki, what } => issue(&pki, what),
         ClusterCommand::Probe { addr, server_name, ca, cert, key, timeout_ms } => {
             let tls = TlsFiles { ca, cert, key };
@@ -209,19 +250,17 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 async fn up(options: ClusterOptions) -> anyhow::Result<()> {
-    println!("Starting a local Domicile cluster in {}", absolute(&options.dir).display());
-    let supervisor_path = absolute(&options.dir).join(SUPERVISOR_FILE);
-    if let Some(running) = read_supervisor(&supervisor_path)?
-        && pid_alive(running.pid)
-    {
-        bail!(
-            "a cluster is already running from {} (pid {}); stop it with `domicile cluster down`",
-            supervisor_path.display(),
-            running.pid
-        );
+    let dir = absolute(&options.dir);
+    // Everything that can refuse comes before "Starting": a running cluster, ports in use.
+    supervise::ensure_not_running(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let plan = addresses::plan(&options, &dir).await?;
+    let control = supervise::ControlSocket::bind(&dir)?;
+    println!("Starting a local Domicile cluster in {}", dir.display());
+    for note in &plan.notes {
+        eprintln!("warning: {note}");
     }
-    let mut cluster = LocalCluster::start(options).await?;
-    write_supervisor(&supervisor_path, &cluster)?;
+    let cluster = LocalCluster::start_at(options, plan.addresses).await?;
     println!();
     println!("  {:<16} {:<22} LOG", "ROLE", "ADDRESS");
     for process in cluster.processes() {
@@ -233,94 +272,38 @@ async fn up(options: ClusterOptions) -> anyhow::Result<()> {
         cluster.gateway_addr(),
         cluster.dir().join("pki").display()
     );
+    println!(
+        "Node addresses stay the same at every start ({}). A process that exits is restarted; \
+         `domicile cluster stop-region <region>` / `start-region <region>` rehearse a region outage.",
+        dir.join(ADDRESSES_FILE).display()
+    );
     println!("Try:  domicile register --jurisdiction DE --email anna@example.de --phone +4915112345678");
+    let supervisor = supervise::Supervisor::new(cluster, control)?;
     println!("Press Ctrl-C (or run `domicile cluster down`) to stop.");
-    tokio::select! {
-        _ = shutdown_signal() => {
-            println!("\nStopping...");
-        }
-        exited = cluster.wait_for_exit() => {
-            eprintln!("error: {exited}: stopping the cluster");
-        }
-    }
-    cluster.stop().await;
-    let _ = std::fs::remove_file(&supervisor_path);
-    println!("Stopped. Data kept in {}; run the same command to start again.", cluster.dir().display());
+    supervisor.run().await?;
+    println!("Stopped. Data kept in {}; run the same command to start again.", dir.display());
     Ok(())
 }
 
-/// Written by `cluster up` while it runs, so `status` and `down` find the processes.
-const SUPERVISOR_FILE: &str = "supervisor.json";
 /// How long `down` waits for the supervisor to stop its children and exit.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct SupervisorFile {
-    /// The `cluster up` process; SIGTERM makes it stop the gateway, then the nodes.
-    pid: u32,
-    gateway: SupervisedProcess,
-    nodes: Vec<SupervisedProcess>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct SupervisedProcess {
-    region: Option<RegionId>,
-    addr: SocketAddr,
-    pid: Option<u32>,
-    log: PathBuf,
-}
-
-impl SupervisedProcess {
-    fn of(process: &Process) -> Self {
-        Self { region: process.region.clone(), addr: process.addr, pid: process.pid(), log: process.log.clone() }
-    }
-}
-
-fn write_supervisor(path: &Path, cluster: &LocalCluster) -> anyhow::Result<()> {
-    let gateway = cluster.gateway.as_ref().context("the gateway did not start")?;
-    let file = SupervisorFile {
-        pid: std::process::id(),
-        gateway: SupervisedProcess::of(gateway),
-        nodes: cluster.nodes.values().map(SupervisedProcess::of).collect(),
-    };
-    std::fs::write(path, serde_json::to_vec_pretty(&file)?).with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn read_supervisor(path: &Path) -> anyhow::Result<Option<SupervisorFile>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else { return false };
-    // Signal 0 checks existence only; EPERM still means the process exists.
-    if matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None), Err(nix::errno::Errno::ESRCH)) {
-        return false;
-    }
-    // A zombie has exited but still answers signal 0 until its parent reaps it (Linux only).
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-}
-
 /// Stops the `cluster up` running from `dir` and waits until it has exited.
 pub async fn down(dir: &Path) -> anyhow::Result<()> {
-    let path = absolute(dir).join(SUPERVISOR_FILE);
-    let Some(file) = read_supervisor(&path)? else {
-        bail!("no cluster is running from {} ({} is absent)", absolute(dir).display(), SUPERVISOR_FILE);
+    let path = absolute(dir).join(supervise::SUPERVISOR_FILE);
+    let Some(file) = supervise::read_supervisor(&path)? else {
+        bail!("no cluster is running from {} ({} is absent)", absolute(dir).display(), supervise::SUPERVISOR_FILE);
     };
-    if !pid_alive(file.pid) {
+    if !supervise::pid_alive(file.pid) {
         let _ = std::fs::remove_file(&path);
-        println!("The cluster was not running (stale {SUPERVISOR_FILE} removed).");
+        println!("The cluster was not running (stale {} removed).", supervise::SUPERVISOR_FILE);
         return Ok(());
     }
     let raw = i32::try_from(file.pid).context("bad pid")?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGTERM)
         .with_context(|| format!("cannot signal the cluster supervisor (pid {})", file.pid))?;
     let deadline = tokio::time::Instant::now() + DOWN_TIMEOUT;
-    while pid_alive(file.pid) {
+    while supervise::pid_alive(file.pid) {
         // `cluster up` may be a child of this shell's parent, not ours: poll rather than wait.
         if tokio::time::Instant::now() > deadline {
             bail!("the cluster supervisor (pid {}) did not exit within {DOWN_TIMEOUT:?}", file.pid);
@@ -339,13 +322,24 @@ pub struct ClusterStatus {
     pub running: bool,
     pub regions: Vec<RegionId>,
     pub nodes: Vec<NodeStatus>,
+    /// The first gateway (the one `cluster.json` names).
     pub gateway: GatewayStatus,
+    /// Every gateway, the first included.
+    pub gateways: Vec<GatewayStatus>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeStatus {
     pub region: RegionId,
     pub addr: SocketAddr,
+    /// What the supervisor is doing with the process: running, restarting (after a crash, with
+    /// back-off) or stopped (`cluster stop-region`).
+    pub state: ProcessState,
+    pub pid: Option<u32>,
+    /// Restarts after crashes since `cluster up` started.
+    pub restarts: u32,
+    /// How the process last exited on its own, if it did.
+    pub last_exit: Option<String>,
     pub reachable: bool,
     pub subjects: Option<u64>,
     pub links: Option<u64>,
@@ -359,7 +353,13 @@ pub struct NodeStatus {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GatewayStatus {
+    /// `gateway`, `gateway-2`, …
+    pub name: String,
     pub addr: SocketAddr,
+    pub state: ProcessState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
     pub reachable: bool,
     /// Links the gateway's directory should hold once in sync: the sum over reachable nodes (the
     /// gateway has no RPC reporting its own directory size).
@@ -370,39 +370,57 @@ pub struct GatewayStatus {
 /// Asks every process of the cluster running from `dir` how it is.
 pub async fn status(dir: &Path) -> anyhow::Result<ClusterStatus> {
     let dir = absolute(dir);
-    let path = dir.join(SUPERVISOR_FILE);
-    let file = read_supervisor(&path)?
-        .with_context(|| format!("no cluster is running from {} ({SUPERVISOR_FILE} is absent)", dir.display()))?;
+    let path = dir.join(supervise::SUPERVISOR_FILE);
+    let file = supervise::read_supervisor(&path)?.with_context(|| {
+        format!("no cluster is running from {} ({} is absent)", dir.display(), supervise::SUPERVISOR_FILE)
+    })?;
     install_crypto_provider();
     let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
     let mut nodes = Vec::new();
     for node in &file.nodes {
         let region = node.region.clone().context("a node without a region in the supervisor file")?;
-        nodes.push(node_status(&pki, region, node.addr).await);
+        nodes.push(node_status(&pki, region, node).await);
     }
     let cluster: ClusterFile =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).context("cannot read cluster.json")?)
             .context("cannot parse cluster.json")?;
-    let gateway_health =
-        health(&file.gateway.addr.to_string(), GATEWAY_SERVER_NAME, &cluster.tls, Duration::from_secs(3)).await;
+    let links: u64 = nodes.iter().filter_map(|n| n.links).sum();
+    let mut gateways = Vec::new();
+    for gateway in &file.gateways {
+        let health = match gateway.state {
+            ProcessState::Stopped => Err(anyhow::anyhow!("stopped")),
+            _ => health(&gateway.addr.to_string(), GATEWAY_SERVER_NAME, &cluster.tls, Duration::from_secs(3)).await,
+        };
+        gateways.push(GatewayStatus {
+            name: gateway.name.clone(),
+            addr: gateway.addr,
+            state: gateway.state,
+            pid: gateway.pid,
+            restarts: gateway.restarts,
+            last_exit: gateway.last_exit.clone(),
+            reachable: health.is_ok(),
+            directory_links_expected: links,
+            error: health.err().map(|e| format!("{e:#}")),
+        });
+    }
     Ok(ClusterStatus {
         dir: dir.clone(),
-        running: pid_alive(file.pid),
+        running: supervise::pid_alive(file.pid),
         regions: nodes.iter().map(|n| n.region.clone()).collect(),
-        gateway: GatewayStatus {
-            addr: file.gateway.addr,
-            reachable: gateway_health.is_ok(),
-            directory_links_expected: nodes.iter().filter_map(|n| n.links).sum(),
-            error: gateway_health.err().map(|e| format!("{e:#}")),
-        },
+        gateway: gateways.first().cloned().context("no gateway in the supervisor file")?,
+        gateways,
         nodes,
     })
 }
 
-async fn node_status(pki: &ClusterPki, region: RegionId, addr: SocketAddr) -> NodeStatus {
+async fn node_status(pki: &ClusterPki, region: RegionId, node: &SupervisedProcess) -> NodeStatus {
     let mut status = NodeStatus {
         region: region.clone(),
-        addr,
+        addr: node.addr,
+        state: node.state,
+        pid: node.pid,
+        restarts: node.restarts,
+        last_exit: node.last_exit.clone(),
         reachable: false,
         subjects: None,
         links: None,
@@ -411,7 +429,11 @@ async fn node_status(pki: &ClusterPki, region: RegionId, addr: SocketAddr) -> No
         packs_reload_error: None,
         error: None,
     };
-    match node_info(pki, &region, addr).await {
+    if node.state == ProcessState::Stopped {
+        // Kept down on purpose: nothing to ask.
+        return status;
+    }
+    match node_info(pki, &region, node.addr).await {
         Ok(info) => {
             status.reachable = true;
             status.subjects = Some(info.subjects);
@@ -434,7 +456,7 @@ async fn node_info(
 ) -> anyhow::Result<domicile_proto::pb::node::v1::InfoResponse> {
     use domicile_proto::pb::node::v1::InfoRequest;
     use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
-    let caller = CallerIdentity::new(&format!("operator-{region}"), region.clone(), &[Scope::Admin])?;
+    let caller = CallerIdentity::new(&format!("status-{region}"), region.clone(), &[Scope::Admin])?;
     let tls = pki.caller(&caller)?;
     let channel = tls_channel(&addr.to_string(), &region.node_server_name(), &tls, Duration::from_secs(3)).await?;
     let info = RegionalNodeClient::new(channel).info(InfoRequest {}).await?;
@@ -468,17 +490,43 @@ pub async fn health(addr: &str, server_name: &str, tls: &TlsFiles, timeout: Dura
     Ok(())
 }
 
+/// The STATE column: what the supervisor does with a process, then whether it answers.
+fn state_word(state: ProcessState, reachable: bool) -> &'static str {
+    match (state, reachable) {
+        (ProcessState::Stopped, _) => "STOPPED",
+        (ProcessState::Restarting, _) => "RESTARTING",
+        (ProcessState::Running, true) => "up",
+        (ProcessState::Running, false) => "DOWN",
+    }
+}
+
+/// Lines under a process that is not simply up: why, and what brings it back.
+fn print_supervision(state: ProcessState, restarts: u32, last_exit: Option<&str>, start_hint: Option<&str>) {
+    if state == ProcessState::Stopped {
+        match start_hint {
+            Some(region) => {
+                println!("      stopped with `cluster stop-region`; `domicile cluster start-region {region}` starts it")
+            }
+            None => println!("      stopped"),
+        }
+    }
+    if restarts > 0 || state == ProcessState::Restarting {
+        let exit = last_exit.map(|e| format!("; last exit: {e}")).unwrap_or_default();
+        println!("      restarted {restarts} time(s) after exiting on its own{exit}");
+    }
+}
+
 fn print_status(status: &ClusterStatus) {
     let state = if status.running { "running" } else { "supervisor not running" };
     println!("Cluster in {} ({state}); regions: {}", status.dir.display(), join_regions(&status.regions));
     println!();
-    println!("  {:<12} {:<22} {:<9} {:>8} {:>8}  PACKS", "REGION", "ADDRESS", "STATE", "SUBJECTS", "LINKS");
+    println!("  {:<12} {:<22} {:<10} {:>8} {:>8}  PACKS", "REGION", "ADDRESS", "STATE", "SUBJECTS", "LINKS");
     for node in &status.nodes {
-        let state = if node.reachable { "up" } else { "DOWN" };
+        let state = state_word(node.state, node.reachable);
         let num = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".to_owned());
         let hash = node.packs_content_hash.as_deref().map(|h| &h[..h.len().min(12)]).unwrap_or("-");
         println!(
-            "  {:<12} {:<22} {:<9} {:>8} {:>8}  {} packs, set {hash}",
+            "  {:<12} {:<22} {:<10} {:>8} {:>8}  {} packs, set {hash}",
             node.region.as_str(),
             node.addr,
             state,
@@ -486,6 +534,7 @@ fn print_status(status: &ClusterStatus) {
             num(node.links),
             node.packs.len(),
         );
+        print_supervision(node.state, node.restarts, node.last_exit.as_deref(), Some(node.region.as_str()));
         if let Some(e) = &node.packs_reload_error {
             println!("      pack reload refused: {e}");
         }
@@ -493,13 +542,16 @@ fn print_status(status: &ClusterStatus) {
             println!("      {e}");
         }
     }
-    let state = if status.gateway.reachable { "up" } else { "DOWN" };
-    println!(
-        "  {:<12} {:<22} {:<9} directory should hold {} links",
-        "gateway", status.gateway.addr, state, status.gateway.directory_links_expected
-    );
-    if let Some(e) = &status.gateway.error {
-        println!("      {e}");
+    for gateway in &status.gateways {
+        let state = state_word(gateway.state, gateway.reachable);
+        println!(
+            "  {:<12} {:<22} {:<10} directory should hold {} links",
+            gateway.name, gateway.addr, state, gateway.directory_links_expected
+        );
+        print_supervision(gateway.state, gateway.restarts, gateway.last_exit.as_deref(), None);
+        if let Some(e) = &gateway.error {
+            println!("      {e}");
+        }
     }
 }
 
@@ -516,8 +568,14 @@ pub struct ClusterOptions {
     pub dir: PathBuf,
     pub packs_dir: PathBuf,
     pub regions: Vec<RegionId>,
+    /// Address of the first gateway (port 0: a free port, chosen before any process starts).
     pub gateway_listen: SocketAddr,
-    /// The `domicile` binary to run nodes and the gateway with.
+    /// How many gateways to run (at least one). Each follows every node and has its own
+    /// configuration and log (`gateway.toml`, `gateway-2.toml`, …).
+    pub gateways: usize,
+    /// How node ports, and those of the gateways after the first, are chosen.
+    pub ports: PortChoice,
+    /// The `domicile` binary to run nodes and gateways with.
     pub binary: PathBuf,
     /// Signature policy for the pack set (none: unsigned packs load, for development).
     pub packs_trust: Option<TrustConfig>,
@@ -527,25 +585,90 @@ pub struct ClusterOptions {
     pub node_worker_threads: Option<u16>,
 }
 
+impl ClusterOptions {
+    /// A cluster of `regions` in `dir` as tests run one: a single gateway, every port free and
+    /// chosen at start ([`PortChoice::Fresh`]), unsigned packs polled every
+    /// [`DEFAULT_PACKS_RELOAD_MS`], one node worker thread per core.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        packs_dir: impl Into<PathBuf>,
+        regions: Vec<RegionId>,
+        binary: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            dir: dir.into(),
+            packs_dir: packs_dir.into(),
+            regions,
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateways: 1,
+            ports: PortChoice::Fresh,
+            binary: binary.into(),
+            packs_trust: None,
+            packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
+            node_worker_threads: None,
+        }
+    }
+
+    fn gateway_count(&self) -> usize {
+        self.gateways.max(1)
+    }
+}
+
+/// A process could not listen on its address because another process holds it.
+#[derive(Debug, thiserror::Error)]
+#[error("{process} cannot listen on {addr}: the address is in use by another process")]
+pub struct AddrInUse {
+    pub process: String,
+    pub addr: SocketAddr,
+}
+
+/// Whether `error` (or one of its causes) is an [`AddrInUse`].
+pub fn is_addr_in_use(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<AddrInUse>())
+}
+
+/// Starts lost to another process binding a freshly chosen port first, retried on new ports.
+const PORT_RACE_RETRIES: u32 = 5;
+
+/// Everything needed to start, and start again, one process.
+#[derive(Debug, Clone)]
+struct Launch {
+    binary: PathBuf,
+    role: &'static str,
+    region: Option<RegionId>,
+    /// `node-<region>`, `gateway`, `gateway-2`, …; also the log file's stem.
+    name: String,
+    addr: SocketAddr,
+    config: PathBuf,
+    /// Arguments after `--config`.
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Launch {
+    /// `node eu-central`, `gateway`, `gateway 2`.
+    fn label(&self) -> String {
+        self.name.replacen('-', " ", 1)
+    }
+}
+
 /// One running child process.
 #[derive(Debug)]
 pub struct Process {
     pub role: &'static str,
     pub region: Option<RegionId>,
+    /// `node-<region>`, `gateway`, `gateway-2`, …
+    pub name: String,
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
-    /// Arguments after `--config`, kept for a restart.
-    args: Vec<String>,
+    launch: Launch,
     child: Child,
 }
 
 impl Process {
     pub fn label(&self) -> String {
-        match &self.region {
-            Some(region) => format!("{} {region}", self.role),
-            None => self.role.to_owned(),
-        }
+        self.launch.label()
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -557,20 +680,49 @@ impl Process {
 pub struct LocalCluster {
     dir: PathBuf,
     options: ClusterOptions,
+    addresses: ClusterAddresses,
     nodes: BTreeMap<RegionId, Process>,
-    gateway: Option<Process>,
+    gateways: Vec<Process>,
     client_tls: TlsFiles,
 }
 
 impl LocalCluster {
-    /// Generates (or reuses) the PKI and link key, starts every node, then the gateway, and
-    /// returns once each has announced readiness.
+    /// Chooses every process's address ([`ClusterOptions::ports`]), then starts the cluster on
+    /// them ([`LocalCluster::start_at`]). With [`PortChoice::Fresh`], a start that loses a port
+    /// to another process (which bound it between the choice and the spawn) is retried on new
+    /// ports.
     pub async fn start(options: ClusterOptions) -> anyhow::Result<Self> {
+        let dir = absolute(&options.dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut races = 0;
+        loop {
+            let plan = addresses::plan(&options, &dir).await?;
+            for note in &plan.notes {
+                eprintln!("warning: {note}");
+            }
+            match Self::start_at(options.clone(), plan.addresses).await {
+                Err(e) if options.ports == PortChoice::Fresh && is_addr_in_use(&e) && races < PORT_RACE_RETRIES => {
+                    races += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Generates (or reuses) the PKI and link key, starts every node, then every gateway, on
+    /// `addresses` (all chosen before the first process starts, so each configuration can name
+    /// any other process), and returns once each has announced readiness. If one cannot start,
+    /// those already started are stopped.
+    pub async fn start_at(options: ClusterOptions, addresses: ClusterAddresses) -> anyhow::Result<Self> {
         let dir = absolute(&options.dir);
         for sub in ["pki", "config", "logs", "data"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
         }
+        for region in &options.regions {
+            anyhow::ensure!(addresses.nodes.contains_key(region), "no address for the node of {region}");
+        }
+        anyhow::ensure!(!addresses.gateways.is_empty(), "no address for the gateway");
         let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
         let link_key_file = dir.join("pki").join("link.key");
         load_or_create_secret(&link_key_file, true).context("cannot create the link key")?;
@@ -584,74 +736,120 @@ impl LocalCluster {
             packs_dir.display()
         );
 
-        let mut cluster =
-            Self { dir: dir.clone(), options: options.clone(), nodes: BTreeMap::new(), gateway: None, client_tls };
-        // Every node's address is known before any starts: each node's configuration lists them
-        // all (identifier ownership: nodes claim identifiers at each other).
-        let mut addrs = BTreeMap::new();
-        for region in &options.regions {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").context("no free port for a node")?;
-            addrs.insert(region.clone(), probe.local_addr()?);
+        let mut cluster = Self { dir, options, addresses, nodes: BTreeMap::new(), gateways: Vec::new(), client_tls };
+        if let Err(e) = cluster.spawn_all(&pki, &packs_dir, &link_key_file).await {
+            cluster.stop().await;
+            return Err(e);
         }
-        let ownership = domicile_node::config::OwnershipConfig {
-            regions: addrs
-                .iter()
-                .map(|(id, addr)| RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
-                .collect(),
-            claim_timeout_ms: 2_000,
-        };
-        for region in &options.regions {
-            let config = NodeConfig {
-                version: 1,
-                region: region.clone(),
-                listen: *addrs.get(region).context("a region without an address")?,
-                data_dir: dir.join("data").join(region.as_str()),
-                packs_dir: packs_dir.clone(),
-                link_key_file: link_key_file.clone(),
-                tls: pki.node(region)?,
-                packs_trust: options.packs_trust.clone(),
-                packs_reload_ms: options.packs_reload_ms,
-                otlp_endpoint: None,
-                otlp_metrics_interval_ms: None,
-                ownership: ownership.clone(),
-            };
-            let path = dir.join("config").join(format!("node-{region}.toml"));
-            write_toml(&path, &config)?;
-            let args: Vec<String> = match options.node_worker_threads {
-                Some(threads) => vec!["--worker-threads".to_owned(), threads.to_string()],
-                None => Vec::new(),
-            };
-            let process = spawn(&options.binary, "node", Some(region.clone()), &path, &args, &dir, &[]).await?;
-            cluster.nodes.insert(region.clone(), process);
-        }
-        cluster.start_gateway(&pki, &packs_dir, &link_key_file).await?;
         cluster.write_cluster_file()?;
         Ok(cluster)
     }
 
-    async fn start_gateway(&mut self, pki: &ClusterPki, packs_dir: &Path, link_key_file: &Path) -> anyhow::Result<()> {
-        let config = GatewayConfig {
+    async fn spawn_all(&mut self, pki: &ClusterPki, packs_dir: &Path, link_key_file: &Path) -> anyhow::Result<()> {
+        let regions = self.options.regions.clone();
+        for region in &regions {
+            let config = self.node_config(region, pki, packs_dir, link_key_file)?;
+            let path = self.dir.join("config").join(format!("node-{region}.toml"));
+            write_toml(&path, &config)?;
+            let args: Vec<String> = match self.options.node_worker_threads {
+                Some(threads) => vec!["--worker-threads".to_owned(), threads.to_string()],
+                None => Vec::new(),
+            };
+            let launch = self.launch("node", Some(region.clone()), format!("node-{region}"), config.listen, path, args);
+            let process = launch.spawn().await?;
+            self.nodes.insert(region.clone(), process);
+        }
+        for index in 0..self.addresses.gateways.len() {
+            let config = self.gateway_config(index, pki, packs_dir, link_key_file)?;
+            let name = gateway_name(index);
+            let path = self.dir.join("config").join(format!("{name}.toml"));
+            write_toml(&path, &config)?;
+            let launch = self.launch("gateway", None, name, config.listen, path, Vec::new());
+            let process = launch.spawn().await?;
+            self.gateways.push(process);
+        }
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        role: &'static str,
+        region: Option<RegionId>,
+        name: String,
+        addr: SocketAddr,
+        config: PathBuf,
+        args: Vec<String>,
+    ) -> Launch {
+        let log = self.dir.join("logs").join(format!("{name}.log"));
+        Launch { binary: self.options.binary.clone(), role, region, name, addr, config, args, log }
+    }
+
+    /// A node's configuration. Every address of the cluster is known here (`self.addresses`).
+    fn node_config(
+        &self,
+        region: &RegionId,
+        pki: &ClusterPki,
+        packs_dir: &Path,
+        link_key_file: &Path,
+    ) -> anyhow::Result<NodeConfig> {
+        Ok(NodeConfig {
             version: 1,
-            listen: self.options.gateway_listen,
+            region: region.clone(),
+            listen: self.addresses.node(region).with_context(|| format!("no address for the node of {region}"))?,
+            data_dir: self.node_data_dir(region),
+            packs_dir: packs_dir.to_owned(),
+            link_key_file: link_key_file.to_owned(),
+            tls: pki.node(region)?,
+            packs_trust: self.options.packs_trust.clone(),
+            packs_reload_ms: self.options.packs_reload_ms,
+            otlp_endpoint: None,
+            otlp_metrics_interval_ms: None,
+            // Every region's node, listed alike on each (identifier ownership: nodes claim
+            // identifiers at each other's addresses, all known before any node starts).
+            ownership: domicile_node::config::OwnershipConfig {
+                regions: self
+                    .options
+                    .regions
+                    .iter()
+                    .map(|id| {
+                        let addr =
+                            self.addresses.node(id).with_context(|| format!("no address for the node of {id}"))?;
+                        Ok(RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                claim_timeout_ms: 2_000,
+            },
+        })
+    }
+
+    /// The configuration of gateway `index` (0: the first), following every node.
+    fn gateway_config(
+        &self,
+        index: usize,
+        pki: &ClusterPki,
+        packs_dir: &Path,
+        link_key_file: &Path,
+    ) -> anyhow::Result<GatewayConfig> {
+        Ok(GatewayConfig {
+            version: 1,
+            listen: *self.addresses.gateways.get(index).context("no address for the gateway")?,
             packs_dir: packs_dir.to_owned(),
             link_key_file: link_key_file.to_owned(),
             tls: pki.gateway()?,
             node_timeout_ms: 2_000,
             regions: self
-                .nodes
+                .options
+                .regions
                 .iter()
-                .map(|(id, p)| RegionEndpoint { id: id.clone(), endpoint: p.addr.to_string() })
+                .filter_map(|id| self.addresses.node(id).map(|addr| (id, addr)))
+                .map(|(id, addr)| RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
                 .collect(),
             packs_trust: self.options.packs_trust.clone(),
             packs_reload_ms: self.options.packs_reload_ms,
             otlp_endpoint: None,
             otlp_metrics_interval_ms: None,
             token_public_key_file: Some(token_public_key(&self.dir.join("pki"))?),
-        };
-        let path = self.dir.join("config").join("gateway.toml");
-        write_toml(&path, &config)?;
-        self.gateway = Some(spawn(&self.options.binary, "gateway", None, &path, &[], &self.dir, &[]).await?);
-        Ok(())
+        })
     }
 
     fn write_cluster_file(&self) -> anyhow::Result<()> {
@@ -665,12 +863,23 @@ impl LocalCluster {
         &self.dir
     }
 
+    /// Every process's address, as chosen before the first one started.
+    pub fn addresses(&self) -> &ClusterAddresses {
+        &self.addresses
+    }
+
+    /// The first gateway's address.
     pub fn gateway_addr(&self) -> SocketAddr {
-        self.gateway.as_ref().map(|g| g.addr).unwrap_or(self.options.gateway_listen)
+        self.addresses.gateways.first().copied().unwrap_or(self.options.gateway_listen)
+    }
+
+    /// Every gateway's address, the first one first.
+    pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
+        self.addresses.gateways.clone()
     }
 
     pub fn node_addr(&self, region: &RegionId) -> Option<SocketAddr> {
-        self.nodes.get(region).map(|p| p.addr)
+        self.addresses.node(region)
     }
 
     pub fn node_data_dir(&self, region: &RegionId) -> PathBuf {
@@ -682,75 +891,75 @@ impl LocalCluster {
         &self.client_tls
     }
 
+    /// Every node, then every gateway.
     pub fn processes(&self) -> impl Iterator<Item = &Process> {
-        self.nodes.values().chain(self.gateway.iter())
+        self.nodes.values().chain(self.gateways.iter())
     }
 
-    /// Resolves when any process exits on its own, naming it.
-    pub async fn wait_for_exit(&mut self) -> String {
-        let mut waits = Vec::new();
-        for process in self.nodes.values_mut().chain(self.gateway.iter_mut()) {
-            let label = process.label();
-            let child = &mut process.child;
-            waits.push(Box::pin(async move {
-                let status = child.wait().await;
-                format!("{label} exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))
-            }));
-        }
-        if waits.is_empty() {
-            return "no processes".to_owned();
-        }
-        first_ready(waits).await
+    fn node_mut(&mut self, region: &RegionId) -> anyhow::Result<&mut Process> {
+        self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))
+    }
+
+    fn gateway_mut(&mut self, index: usize) -> anyhow::Result<&mut Process> {
+        let count = self.gateways.len();
+        self.gateways.get_mut(index).with_context(|| format!("no gateway {index} (the cluster runs {count})"))
     }
 
     /// Kills a region's node with SIGKILL (no chance to flush or clean up), as a crash would.
     pub async fn kill_node(&mut self, region: &RegionId) -> anyhow::Result<()> {
-        let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
-        node.child.kill().await.context("cannot kill the node")?;
-        Ok(())
+        self.node_mut(region)?.child.kill().await.context("cannot kill the node")
     }
 
     /// Stops a region's node as a supervisor would: SIGTERM, then SIGKILL if it is still running
     /// after [`STOP_GRACE`]. Start it again with [`LocalCluster::restart_node`].
     pub async fn stop_node(&mut self, region: &RegionId) -> anyhow::Result<Stopped> {
-        let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
-        Ok(stop_process(node).await)
+        Ok(stop_process(self.node_mut(region)?).await)
     }
 
-    /// Starts a region's node again on the address it had, with the same data, so the gateway's
-    /// connection to that region recovers. A node still running is stopped first (as
+    /// Starts a region's node again on the address it had, with the same data, so the gateways'
+    /// connections to that region recover. A node still running is stopped first (as
     /// [`LocalCluster::stop_node`] does), and how it stopped is returned.
     pub async fn restart_node(&mut self, region: &RegionId) -> anyhow::Result<Option<Stopped>> {
-        let node = self.nodes.get_mut(region).with_context(|| format!("no node for {region}"))?;
-        respawn(node, &self.options.binary, &self.dir, "DOMICILE_NODE_LISTEN").await
+        restart(self.node_mut(region)?).await
     }
 
-    /// Kills the gateway with SIGKILL, as a crash would. It persists nothing: everything it knew
-    /// is derived from the nodes.
+    /// Kills the first gateway with SIGKILL (see [`LocalCluster::kill_gateway_at`]).
     pub async fn kill_gateway(&mut self) -> anyhow::Result<()> {
-        let gateway = self.gateway.as_mut().context("the gateway did not start")?;
-        gateway.child.kill().await.context("cannot kill the gateway")?;
-        Ok(())
+        self.kill_gateway_at(0).await
     }
 
-    /// Stops the gateway as a supervisor would: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    /// Kills gateway `index` (0: the first) with SIGKILL, as a crash would. It persists nothing:
+    /// everything it knew is derived from the nodes.
+    pub async fn kill_gateway_at(&mut self, index: usize) -> anyhow::Result<()> {
+        self.gateway_mut(index)?.child.kill().await.context("cannot kill the gateway")
+    }
+
+    /// Stops the first gateway (see [`LocalCluster::stop_gateway_at`]).
     pub async fn stop_gateway(&mut self) -> anyhow::Result<Stopped> {
-        let gateway = self.gateway.as_mut().context("the gateway did not start")?;
-        Ok(stop_process(gateway).await)
+        self.stop_gateway_at(0).await
     }
 
-    /// Starts the gateway again on the address it had (stopping it first with SIGTERM if it still
-    /// runs), so callers' channels reconnect. Its directory starts empty and is rebuilt from every
-    /// node's snapshot before it reports ready.
+    /// Stops gateway `index` as a supervisor would: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    pub async fn stop_gateway_at(&mut self, index: usize) -> anyhow::Result<Stopped> {
+        Ok(stop_process(self.gateway_mut(index)?).await)
+    }
+
+    /// Starts the first gateway again (see [`LocalCluster::restart_gateway_at`]).
     pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
-        let gateway = self.gateway.as_mut().context("the gateway did not start")?;
-        respawn(gateway, &self.options.binary, &self.dir, "DOMICILE_GATEWAY_LISTEN").await?;
+        self.restart_gateway_at(0).await
+    }
+
+    /// Starts gateway `index` again on the address it had (stopping it first with SIGTERM if it
+    /// still runs), so callers' channels reconnect. Its directory starts empty and is rebuilt
+    /// from every node's snapshot before it reports ready.
+    pub async fn restart_gateway_at(&mut self, index: usize) -> anyhow::Result<()> {
+        restart(self.gateway_mut(index)?).await?;
         Ok(())
     }
 
-    /// Asks every process to stop (SIGTERM), gateway first, and waits; kills stragglers.
+    /// Asks every process to stop (SIGTERM), gateways first, and waits; kills stragglers.
     pub async fn stop(&mut self) {
-        if let Some(gateway) = self.gateway.as_mut() {
+        for gateway in &mut self.gateways {
             stop_process(gateway).await;
         }
         for node in self.nodes.values_mut() {
@@ -759,36 +968,22 @@ impl LocalCluster {
     }
 }
 
-/// Output of whichever future finishes first.
-async fn first_ready<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::Output {
-    std::future::poll_fn(move |cx| {
-        for f in futures.iter_mut() {
-            if let std::task::Poll::Ready(output) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready(output);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
+/// `gateway` for the first gateway, then `gateway-2`, `gateway-3`, …
+fn gateway_name(index: usize) -> String {
+    match index {
+        0 => "gateway".to_owned(),
+        n => format!("gateway-{}", n + 1),
+    }
 }
 
-/// Starts `process` again with its configuration on the address it had (`listen_var` overrides
-/// the configured listen address), stopping it first if it still runs; returns how it stopped.
-async fn respawn(
-    process: &mut Process,
-    binary: &Path,
-    dir: &Path,
-    listen_var: &'static str,
-) -> anyhow::Result<Option<Stopped>> {
+/// Starts `process` again with its configuration (and so on its address), stopping it first if
+/// it still runs; returns how it stopped.
+async fn restart(process: &mut Process) -> anyhow::Result<Option<Stopped>> {
     let stopped = match process.child.try_wait()? {
         None => Some(stop_process(process).await),
         Some(_) => None,
     };
-    let listen = process.addr.to_string();
-    let args = std::mem::take(&mut process.args);
-    *process =
-        spawn(binary, process.role, process.region.clone(), &process.config, &args, dir, &[(listen_var, listen)])
-            .await?;
+    *process = process.launch.spawn().await?;
     Ok(stopped)
 }
 
@@ -807,6 +1002,13 @@ impl Stopped {
     /// Stopped on its own after SIGTERM, exiting with success.
     pub fn gracefully(&self) -> bool {
         !self.killed && self.status.is_some_and(|s| s.success())
+    }
+
+    /// E.g. `exited after SIGTERM in 0.21 s (exit status: 0)`.
+    pub fn describe(&self) -> String {
+        let how = if self.killed { "killed (SIGKILL) after not stopping on SIGTERM" } else { "exited after SIGTERM" };
+        let status = self.status.map(|s| format!(" ({s})")).unwrap_or_default();
+        format!("{how} in {:.2} s{status}", self.took.as_secs_f64())
     }
 }
 
@@ -834,61 +1036,73 @@ fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Starts `binary <role> --config <config> <args>` and waits for its ready line on stdout. Logs
-/// go to `<dir>/logs/<label>.log`; the child is killed if the handle is dropped.
-async fn spawn(
-    binary: &Path,
-    role: &'static str,
-    region: Option<RegionId>,
-    config: &Path,
-    args: &[String],
-    dir: &Path,
-    env: &[(&str, String)],
-) -> anyhow::Result<Process> {
-    let name = match &region {
-        Some(r) => format!("{role}-{r}"),
-        None => role.to_owned(),
-    };
-    let log = dir.join("logs").join(format!("{name}.log"));
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    let mut child = Command::new(binary)
-        .arg(role)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let stdout = child.stdout.take().context("child has no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(READY_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(ready) = ReadyLine::parse(&line) {
-                return Ok::<_, std::io::Error>(Some(ready));
+impl Launch {
+    /// Starts `binary <role> --config <config> <args>` and waits for its ready line on stdout.
+    /// Logs go to the launch's log file (appended); the child runs in its own process group (a
+    /// Ctrl-C in `cluster up`'s terminal reaches only the supervisor, which stops the gateways,
+    /// then the nodes) and is killed if the handle is dropped.
+    async fn spawn(&self) -> anyhow::Result<Process> {
+        let log = &self.log;
+        let name = &self.name;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let mut child = Command::new(&self.binary)
+            .arg(self.role)
+            .arg("--config")
+            .arg(&self.config)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        let stdout = child.stdout.take().context("child has no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(READY_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(ready) = ReadyLine::parse(&line) {
+                    return Ok::<_, std::io::Error>(Some(ready));
+                }
             }
-        }
-        Ok(None)
-    })
-    .await;
-    let ready = match ready {
-        Ok(Ok(Some(ready))) => ready,
-        Ok(Ok(None)) | Ok(Err(_)) => {
-            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
-            bail!("{name} exited before it was ready ({status}); see {}:\n{}", log.display(), tail(&log));
-        }
-        Err(_) => bail!("{name} was not ready within {READY_TIMEOUT:?}; see {}", log.display()),
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Process { role, region, addr: ready.addr, config: config.to_owned(), log, args: args.to_vec(), child })
+            Ok(None)
+        })
+        .await;
+        let ready = match ready {
+            Ok(Ok(Some(ready))) => ready,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let status = child.wait().await;
+                if status.as_ref().ok().and_then(|s| s.code()) == Some(i32::from(crate::EXIT_ADDR_IN_USE)) {
+                    return Err(AddrInUse { process: self.label(), addr: self.addr }.into());
+                }
+                let status = status.map(|s| s.to_string()).unwrap_or_default();
+                bail!("{name} exited before it was ready ({status}); see {}:\n{}", log.display(), tail(log));
+            }
+            Err(_) => bail!("{name} was not ready within {READY_TIMEOUT:?}; see {}", log.display()),
+        };
+        anyhow::ensure!(
+            ready.addr == self.addr,
+            "{name} announced {} instead of its configured address {}",
+            ready.addr,
+            self.addr
+        );
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Process {
+            role: self.role,
+            region: self.region.clone(),
+            name: self.name.clone(),
+            addr: self.addr,
+            config: self.config.clone(),
+            log: self.log.clone(),
+            launch: self.clone(),
+            child,
+        })
+    }
 }
 
 fn tail(path: &Path) -> String {

@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a local multi-region cluster (nodes and a gateway on loopback) until Ctrl-C.
+    /// Run a local multi-region cluster (nodes and gateways on loopback, kept running until
+    /// Ctrl-C), rehearse region outages, issue certificates.
     Cluster(cluster::ClusterArgs),
     /// Register a subject of a jurisdiction with one or more identifiers.
     Register(client::RegisterArgs),
@@ -123,9 +124,10 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
-}
+/// Exit code of a node or gateway whose listen address is held by another process (sysexits'
+/// EX_TEMPFAIL: it may be free later). `cluster up` and the test harness tell it from other
+/// failures, so a port lost to another process is reported (or retried on a new port) as such.
+pub const EXIT_ADDR_IN_USE: u8 = 75;
 
 fn announce(role: &'static str, region: Option<String>) -> impl FnOnce(std::net::SocketAddr) {
     move |addr| {
@@ -154,12 +156,16 @@ where
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let result = async {
-        let listener = bind(listen(&config)).await?;
-        serve(config, listener).await
-    }
-    .await;
-    report(result)
+    let addr = listen(&config);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            let in_use = e.kind() == std::io::ErrorKind::AddrInUse;
+            return if in_use { ExitCode::from(EXIT_ADDR_IN_USE) } else { ExitCode::FAILURE };
+        }
+    };
+    report(serve(config, listener).await)
 }
 
 async fn run_node(args: ServerArgs) -> ExitCode {

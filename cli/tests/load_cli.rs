@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use domicile_cli::client::ClusterFile;
-use domicile_cli::cluster::{ClusterOptions, DEFAULT_PACKS_RELOAD_MS, LocalCluster};
+use domicile_cli::cluster::{ClusterOptions, LocalCluster};
 use domicile_runtime::identity::{CallerIdentity, Scope};
 use domicile_runtime::pki::ClusterPki;
 use domicile_types::RegionId;
@@ -76,15 +76,11 @@ async fn silent_server_fails_promptly() {
 async fn all_scenarios_against_a_local_cluster() {
     domicile_runtime::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
+    let regions = ["eu-central", "us-east", "sa-east"].into_iter().map(region).collect();
+    let packs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy-packs");
     let mut cluster = LocalCluster::start(ClusterOptions {
-        dir: dir.path().to_owned(),
-        packs_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy-packs"),
-        regions: ["eu-central", "us-east", "sa-east"].into_iter().map(region).collect(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        binary: PathBuf::from(BIN),
-        packs_trust: None,
-        packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
         node_worker_threads: Some(1),
+        ..ClusterOptions::new(dir.path(), packs, regions, BIN)
     })
     .await
     .unwrap();

@@ -201,15 +201,10 @@ async fn start_receiver() -> (Receiver, String) {
 }
 
 async fn start_cluster(dir: &Path, endpoint: &str, extra: &[(&str, &str)]) -> LocalCluster {
+    let regions = ["eu-central", "us-east", "sa-east"].map(|r| RegionId::parse(r).unwrap()).to_vec();
     let options = ClusterOptions {
-        dir: dir.join("cluster"),
-        packs_dir: root().join("policy-packs"),
-        regions: ["eu-central", "us-east", "sa-east"].map(|r| RegionId::parse(r).unwrap()).to_vec(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        binary: wrapper(dir, endpoint, extra),
-        packs_trust: None,
         packs_reload_ms: 0,
-        node_worker_threads: None,
+        ..ClusterOptions::new(dir.join("cluster"), root().join("policy-packs"), regions, wrapper(dir, endpoint, extra))
     };
     LocalCluster::start(options).await.unwrap()
 }

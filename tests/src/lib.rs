@@ -2,7 +2,9 @@
 //!
 //! Built on the CLI's `LocalCluster` (the code behind `domicile cluster up`), so tests exercise
 //! exactly what operators run. Readiness is the child's ready line followed by a real health
-//! RPC; there are no sleeps and no fixed ports.
+//! RPC; there are no sleeps and no fixed ports: every process's port is a free one chosen before
+//! the cluster starts (so many clusters run side by side, and a restarted process comes back on
+//! its address), and a start that loses a port to another process is retried on new ones.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,9 @@ pub struct TestOptions {
     pub packs_trust: Option<domicile_runtime::packs::TrustConfig>,
     /// Default: `DEFAULT_PACKS_RELOAD_MS`.
     pub packs_reload_ms: Option<u64>,
+    /// Gateways to run, each following every node (default: one). Clients:
+    /// [`TestCluster::gateway_at_index`], [`TestCluster::gateways`].
+    pub gateways: Option<usize>,
 }
 
 pub struct TestCluster {
@@ -66,16 +71,16 @@ impl TestCluster {
     pub async fn start_with(binary: &str, regions: &[&str], options: TestOptions) -> anyhow::Result<Self> {
         install_crypto_provider();
         let dir = tempfile::tempdir()?;
+        let packs_dir = options.packs_dir.unwrap_or_else(repo_packs);
+        let regions = regions.iter().map(|r| region(r)).collect();
+        let defaults = ClusterOptions::new(dir.path(), packs_dir, regions, binary);
         let cluster = LocalCluster::start(ClusterOptions {
-            dir: dir.path().to_owned(),
-            packs_dir: options.packs_dir.unwrap_or_else(repo_packs),
-            regions: regions.iter().map(|r| region(r)).collect(),
-            gateway_listen: "127.0.0.1:0".parse()?,
-            binary: PathBuf::from(binary),
+            gateways: options.gateways.unwrap_or(1),
             packs_trust: options.packs_trust,
-            packs_reload_ms: options.packs_reload_ms.unwrap_or(domicile_cli::cluster::DEFAULT_PACKS_RELOAD_MS),
+            packs_reload_ms: options.packs_reload_ms.unwrap_or(defaults.packs_reload_ms),
             // As `cluster up`: every test cluster shares the test machine's cores.
             node_worker_threads: Some(1),
+            ..defaults
         })
         .await?;
         let this = Self { cluster, binary: PathBuf::from(binary), _dir: dir };
@@ -84,8 +89,9 @@ impl TestCluster {
     }
 
     async fn wait_healthy(&self) -> anyhow::Result<()> {
-        let gateway = self.gateway_channel().await?;
-        check_serving(gateway, "domicile.gateway.v1.Domicile").await?;
+        for addr in self.cluster.gateway_addrs() {
+            check_serving(self.gateway_channel_at(addr).await?, "domicile.gateway.v1.Domicile").await?;
+        }
         for process in self.cluster.processes() {
             if let Some(region) = &process.region {
                 check_serving(self.node_channel(region).await?, "domicile.node.v1.RegionalNode").await?;
@@ -111,8 +117,24 @@ impl TestCluster {
         .await
     }
 
+    /// A client of the first gateway with the CLI's certificate.
     pub async fn gateway(&self) -> anyhow::Result<DomicileClient<Channel>> {
         Ok(DomicileClient::new(self.gateway_channel().await?))
+    }
+
+    /// A client of gateway `index` (0: the first; see [`TestOptions::gateways`]).
+    pub async fn gateway_at_index(&self, index: usize) -> anyhow::Result<DomicileClient<Channel>> {
+        let addr = self.cluster.gateway_addrs().get(index).copied().with_context(|| format!("no gateway {index}"))?;
+        self.gateway_at(addr).await
+    }
+
+    /// One client per gateway, the first gateway's first.
+    pub async fn gateways(&self) -> anyhow::Result<Vec<DomicileClient<Channel>>> {
+        let mut clients = Vec::new();
+        for addr in self.cluster.gateway_addrs() {
+            clients.push(self.gateway_at(addr).await?);
+        }
+        Ok(clients)
     }
 
     /// A channel to a region's node as an operator of that region (nodes admit only gateways
@@ -226,7 +248,13 @@ impl TestCluster {
     /// Starts the cluster's gateway again on its address (see `LocalCluster::restart_gateway`)
     /// and waits until it and every node answer a health check.
     pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
-        self.cluster.restart_gateway().await?;
+        self.restart_gateway_at(0).await
+    }
+
+    /// Starts gateway `index` again on its address and waits until every process answers a
+    /// health check.
+    pub async fn restart_gateway_at(&mut self, index: usize) -> anyhow::Result<()> {
+        self.cluster.restart_gateway_at(index).await?;
         self.wait_healthy().await
     }
 

@@ -68,7 +68,12 @@ async fn signed_sets_reload_live_and_tampered_sets_are_refused() {
         trusted_keys: vec![TrustedKeyFile { key_id: "legal".into(), public_key_file: public.clone() }],
         min_signatures: 1,
     };
-    let options = TestOptions { packs_dir: Some(packs.clone()), packs_trust: Some(trust), packs_reload_ms: Some(100) };
+    let options = TestOptions {
+        packs_dir: Some(packs.clone()),
+        packs_trust: Some(trust),
+        packs_reload_ms: Some(100),
+        ..TestOptions::default()
+    };
     let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("signed set loads");
     let mut client = cluster.gateway().await.unwrap();
     client
