@@ -1,0 +1,180 @@
+use super::*;
+
+fn region(s: &str) -> RegionId {
+    RegionId::parse(s).unwrap()
+}
+
+#[test]
+fn misses_fail_closed_until_every_region_is_loaded() {
+    let dir = Directory::new(vec![region("eu-central"), region("us-east")]);
+    let link = Link::from_bytes([1; 16]);
+    assert_eq!(dir.lookup(&link), Err(Miss::Incomplete));
+    dir.mark_synced(&region("eu-central"));
+    assert_eq!(dir.lookup(&link), Err(Miss::Incomplete));
+    dir.mark_synced(&region("us-east"));
+    assert_eq!(dir.lookup(&link), Err(Miss::Unknown));
+    let subject = SubjectRef { region: region("us-east"), id: SubjectId::from_bytes([2; 16]) };
+    assert!(dir.insert(&subject, &[link]));
+    assert_eq!(dir.lookup(&link), Ok(subject));
+    let stranger = SubjectRef { region: region("ap-south"), id: SubjectId::from_bytes([3; 16]) };
+    assert!(!dir.insert(&stranger, &[Link::from_bytes([4; 16])]));
+}
+
+#[test]
+fn erasure_events_drop_only_links_still_naming_the_subject() {
+    let dir = Directory::new(vec![region("eu-central")]);
+    let anna = SubjectRef { region: region("eu-central"), id: SubjectId::from_bytes([1; 16]) };
+    let bert = SubjectRef { region: region("eu-central"), id: SubjectId::from_bytes([2; 16]) };
+    let (a, b) = (Link::from_bytes([7; 16]), Link::from_bytes([8; 16]));
+    dir.insert(&anna, &[a, b]);
+    // `b` moved to bert after anna's erasure (replayed out of order): it must survive.
+    dir.insert(&bert, &[b]);
+    assert_eq!(dir.remove_subject_links(&anna, &[a, b]), 1);
+    assert_eq!(dir.lookup(&b), Ok(bert));
+    assert!(dir.lookup(&a).is_err());
+}
+
+/// Links spread like the keyed hashes they are, so the bucket index is really used: every
+/// stored link is found (first in the array, then after changes folded in), and links near
+/// them (same bucket, neighbouring buckets, the extremes) are not.
+#[test]
+fn bucketed_lookups_find_exactly_the_stored_links() {
+    let eu = region("eu-central");
+    let dir = Directory::new(vec![eu.clone()]);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random_link = || {
+        let mut bytes = [0u8; 16];
+        for half in bytes.chunks_mut(8) {
+            // splitmix64
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            half.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+        }
+        Link::from_bytes(bytes)
+    };
+    let stored: Vec<Link> = (0..20_000).map(|_| random_link()).collect();
+    let subject = |i: usize| SubjectId::from_bytes([(i % 251) as u8; 16]);
+    dir.begin_load(&eu);
+    dir.load_batch(&eu, stored.iter().enumerate().map(|(i, l)| (*l, subject(i))));
+    dir.mark_synced(&eu);
+    let neighbour = |link: &Link, delta: i128| {
+        Link::from_bytes((u128::from_be_bytes(*link.as_bytes()) as i128).wrapping_add(delta).to_be_bytes())
+    };
+    let check = |dir: &Directory, stored: &[Link]| {
+        let present: HashSet<Link> = stored.iter().copied().collect();
+        for (i, link) in stored.iter().enumerate() {
+            assert_eq!(dir.lookup(link).map(|s| s.id), Ok(subject(i)));
+            for delta in [-1, 1, 1 << 100, -(1 << 100)] {
+                let near = neighbour(link, delta);
+                if !present.contains(&near) {
+                    assert_eq!(dir.lookup(&near), Err(Miss::Unknown));
+                }
+            }
+        }
+        for edge in [[0u8; 16], [0xff; 16]] {
+            assert_eq!(dir.lookup(&Link::from_bytes(edge)), Err(Miss::Unknown));
+        }
+    };
+    check(&dir, &stored);
+    // New links beyond the fold threshold, so the array and its index are rebuilt.
+    let more: Vec<Link> = (0..5_000).map(|_| random_link()).collect();
+    for (i, link) in more.iter().enumerate() {
+        dir.insert(&SubjectRef { region: eu.clone(), id: subject(20_000 + i) }, &[*link]);
+    }
+    let all: Vec<Link> = stored.iter().chain(&more).copied().collect();
+    check(&dir, &all);
+    assert_eq!(dir.len(), 25_000);
+}
+
+/// Snapshots arrive as interleaved batches from parallel scans (and, for robustness, in any
+/// order); a second region's snapshot merges into the first's; changes recorded while a
+/// snapshot loads, or pending when the next one merges, stay newer than the snapshots.
+#[test]
+fn interleaved_snapshot_batches_and_a_second_region_merge_correctly() {
+    let (eu, us) = (region("eu-central"), region("us-east"));
+    let dir = Directory::new(vec![eu.clone(), us.clone()]);
+    let link = |i: u32| {
+        // Spread over the first byte like keyed hashes.
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&i.wrapping_mul(0x9E37_79B1).to_be_bytes());
+        Link::from_bytes(bytes)
+    };
+    let id = |i: u32| SubjectId::from_bytes([(i % 7) as u8; 16]);
+    let sorted_batches = |range: std::ops::Range<u32>| {
+        let mut links: Vec<(Link, SubjectId)> = range.map(|i| (link(i), id(i))).collect();
+        links.sort_unstable_by_key(|x| x.0);
+        let (low, high): (Vec<_>, Vec<_>) = links.into_iter().partition(|(l, _)| l.as_bytes()[0] < 0x80);
+        (low, high)
+    };
+    dir.begin_load(&eu);
+    let (low, high) = sorted_batches(0..10_000);
+    // Two parts scanned side by side: their batches alternate until both are done.
+    let (mut low, mut high) = (low.chunks(1000), high.chunks(1000));
+    loop {
+        let (a, b) = (low.next(), high.next());
+        if a.is_none() && b.is_none() {
+            break;
+        }
+        for batch in [a, b].into_iter().flatten() {
+            dir.load_batch(&eu, batch.iter().copied());
+        }
+    }
+    // A registration recorded during the load stays newer than the snapshot.
+    let moved = SubjectRef { region: eu.clone(), id: SubjectId::from_bytes([9; 16]) };
+    dir.insert(&moved, &[link(5)]);
+    dir.mark_synced(&eu);
+    // An erasure after it, pending in the change map while the next region merges in.
+    assert_eq!(dir.remove(&[link(6)]), 1);
+    dir.begin_load(&us);
+    // Batches in no useful order at all.
+    let (low, high) = sorted_batches(10_000..12_000);
+    dir.load_batch(&us, high.iter().rev().copied());
+    dir.load_batch(&us, low.iter().copied());
+    dir.mark_synced(&us);
+    for i in 0..12_000 {
+        let expected = match i {
+            5 => Ok(moved.clone()),
+            6 => Err(Miss::Unknown),
+            i if i < 10_000 => Ok(SubjectRef { region: eu.clone(), id: id(i) }),
+            i => Ok(SubjectRef { region: us.clone(), id: id(i) }),
+        };
+        assert_eq!(dir.lookup(&link(i)), expected, "link {i}");
+    }
+    assert_eq!(dir.lookup(&link(12_000)), Err(Miss::Unknown));
+    assert_eq!(dir.len(), 11_999);
+}
+
+/// Memory per link at a million links, the goal being 64 bytes: the sorted array
+/// costs 34 bytes per link, its bucket index about one, plus the change map's share.
+#[test]
+fn a_million_links_cost_under_64_bytes_each_and_changes_fold_in() {
+    let eu = region("eu-central");
+    let dir = Directory::new(vec![eu.clone()]);
+    let link = |i: u32| {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        Link::from_bytes(bytes)
+    };
+    dir.begin_load(&eu);
+    dir.load_batch(&eu, (0u32..1_000_000).rev().map(|i| (link(i), SubjectId::from_bytes([1; 16]))));
+    assert!(dir.lookup(&link(7)).is_err(), "a snapshot is invisible until the region is synced");
+    dir.mark_synced(&eu);
+    assert_eq!(dir.len(), 1_000_000);
+    let per_link = dir.table_bytes() / dir.len();
+    println!("directory: {} links, {} bytes per link", dir.len(), per_link);
+    assert!(per_link <= 64, "{per_link} bytes per link");
+
+    // Enough changes to fold the change map into the array several times.
+    let anna = SubjectRef { region: eu.clone(), id: SubjectId::from_bytes([2; 16]) };
+    for i in 0..200_000u32 {
+        dir.insert(&anna, &[link(2_000_000 + i)]);
+        dir.remove(&[link(i)]);
+    }
+    assert_eq!(dir.len(), 1_000_000);
+    assert_eq!(dir.lookup(&link(2_000_001)), Ok(anna));
+    assert_eq!(dir.lookup(&link(5)), Err(Miss::Unknown));
+    assert_eq!(dir.lookup(&link(999_999)).map(|s| s.id), Ok(SubjectId::from_bytes([1; 16])));
+    assert!(dir.table_bytes() / dir.len() <= 64);
+}
