@@ -35,6 +35,10 @@ fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {
     }
 }
 
+/// What a rectification of identifiers did: links added, links removed, the sequence of its last
+/// change event.
+type IdentifierChanges = (Vec<Link>, Vec<Link>, Option<u64>);
+
 impl SledStore {
     pub(super) fn register_subject(
         &self,
@@ -385,7 +389,7 @@ impl SledStore {
         rights_request: Option<&RightsRequestRecord>,
         claimed: &[Release],
         idempotency: Option<&Idempotency>,
-    ) -> Result<(Vec<Link>, Vec<Link>, Option<u64>), StoreError> {
+    ) -> Result<IdentifierChanges, StoreError> {
         let _serial = self.serialise_writes(&[*subject]);
         let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         let key = self.key(subject)?;
