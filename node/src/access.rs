@@ -77,7 +77,9 @@ pub fn rule(path: &str) -> Rule {
         "Export" => Rule::InRegionOnly(Scope::Rights),
         "ClaimLinks" | "ReleaseLinks" => Rule::Peer,
         // Ownership repair acts on the whole region: its operators only.
-        "ClaimsOf" | "ReassertClaims" | "DropLinks" | "ReleaseOrphanClaims" => Rule::InRegionOnly(Scope::Admin),
+        "ClaimsOf" | "ListClaims" | "ReassertClaims" | "DropLinks" | "ReleaseOrphanClaims" => {
+            Rule::InRegionOnly(Scope::Admin)
+        }
         _ => Rule::InRegionOnly(Scope::Admin),
     }
 }
@@ -291,7 +293,7 @@ mod tests {
         let foreign = der(&pki.caller(&CallerIdentity::new("us-ops", us.clone(), &Scope::ALL).unwrap()).unwrap().cert);
         let gateway = der(&pki.gateway().unwrap().cert);
         let node = der(&pki.node(&us).unwrap().cert);
-        for method in ["ClaimsOf", "ReassertClaims", "DropLinks", "ReleaseOrphanClaims"] {
+        for method in ["ClaimsOf", "ListClaims", "ReassertClaims", "DropLinks", "ReleaseOrphanClaims"] {
             let path = format!("/domicile.node.v1.RegionalNode/{method}");
             assert_eq!(rule(&path), Rule::InRegionOnly(Scope::Admin), "{method}");
             assert!(matches!(admit(&eu, &admin, &path).unwrap(), Requester::InRegion(_)), "{method}");

@@ -334,6 +334,15 @@ impl<S: Store> RegionalNode for NodeService<S> {
         self.arbiter_claims(request).map(Response::new)
     }
 
+    type ListClaimsStream = repair::ClaimStream;
+
+    async fn list_claims(
+        &self,
+        request: Request<pb::ListClaimsRequest>,
+    ) -> Result<Response<Self::ListClaimsStream>, Status> {
+        self.claims_snapshot(request).map(Response::new)
+    }
+
     async fn reassert_claims(
         &self,
         request: Request<pb::ReassertClaimsRequest>,

@@ -6,11 +6,14 @@
 //! carry links, subject refs and region names only.
 
 use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use domicile_proto::convert::{self, FieldViolation};
 use domicile_proto::pb::node::v1 as pb;
 use domicile_runtime::process::now_unix;
 use domicile_types::{Link, NormalizedIdentifier, RegionId};
+use tokio_stream::Stream;
 use tonic::{Request, Status};
 
 use super::NodeService;
@@ -21,6 +24,8 @@ use crate::error::{invalid, store_status};
 use crate::ownership::{ClaimOutcome, claim_status};
 use crate::store::{Release, Store};
 
+/// Claims per `ListClaims` batch unless the caller asks for another size.
+const DEFAULT_CLAIM_BATCH: usize = 4096;
 /// Links claimed per batch (one generation, one lock set, one flush each).
 const REASSERT_BATCH: usize = 1_000;
 /// Refused links listed in one answer; the count covers them all.
@@ -36,6 +41,8 @@ fn operator_only<T>(request: &Request<T>) -> Result<(), Status> {
         Some(Requester::InRegion(_)) | None => Ok(()),
     }
 }
+
+pub type ClaimStream = Pin<Box<dyn Stream<Item = Result<pb::ClaimBatch, Status>> + Send>>;
 
 /// Distinct links, in order.
 fn distinct(links: Vec<Link>) -> Vec<Link> {
@@ -73,6 +80,47 @@ impl<S: Store> NodeService<S> {
         Ok(pb::ClaimsOfResponse { claims, arbiter_map_digest: self.ownership.map().digest().to_owned() })
     }
 
+    pub(super) fn claims_snapshot(&self, request: Request<pb::ListClaimsRequest>) -> Result<ClaimStream, Status> {
+        operator_only(&request)?;
+        let batch_size = match request.get_ref().batch_size {
+            0 => DEFAULT_CLAIM_BATCH,
+            n => (n as usize).min(65_536),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let store = Arc::clone(&self.store);
+        // sled iteration blocks; keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let mut entries = Vec::with_capacity(batch_size);
+            for item in store.claims() {
+                match item {
+                    Ok((link, claim)) => {
+                        entries.push(pb::ClaimEntry {
+                            link: link.as_bytes().to_vec(),
+                            claim: Some(pb::LinkClaim {
+                                region: claim.region.to_string(),
+                                generation: claim.generation,
+                            }),
+                        });
+                        if entries.len() == batch_size {
+                            let batch = pb::ClaimBatch { entries: std::mem::take(&mut entries) };
+                            if tx.blocking_send(Ok(batch)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(store_status(e)));
+                        return;
+                    }
+                }
+            }
+            if !entries.is_empty() {
+                let _ = tx.blocking_send(Ok(pb::ClaimBatch { entries }));
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     pub(super) async fn reassert(
         &self,
         request: Request<pb::ReassertClaimsRequest>,
@@ -82,9 +130,10 @@ impl<S: Store> NodeService<S> {
         let chosen = distinct(links_of(&req.links)?);
         let mut report = Reassert::default();
         if !chosen.is_empty() {
-            // Links the repair keeps here: claimed whatever `held` says, and announced again.
+            // Links the repair keeps here, or finds unclaimed at their arbiters: claimed whatever
+            // `held` says.
             for batch in chosen.chunks(REASSERT_BATCH) {
-                self.reassert_batch(batch, true, req.dry_run, true, &mut report).await?;
+                self.reassert_batch(batch, true, req.dry_run, req.announce, &mut report).await?;
             }
         } else {
             let mut scan = self.store.links(0..=u8::MAX);

@@ -421,6 +421,8 @@ pub trait Store: Send + Sync + 'static {
     fn release_links(&self, region: &RegionId, releases: &[Release]) -> Result<usize, StoreError>;
     /// As the arbiter: the claim on `link`, if any.
     fn claim(&self, link: &Link) -> Result<Option<Claim>, StoreError>;
+    /// As the arbiter: every claim kept, in link order.
+    fn claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send>;
     /// Releases this region still has to send to arbiters, oldest first, at most `limit`.
     fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError>;
     /// Queues releases (for claims granted to a write that did not complete).

@@ -164,6 +164,14 @@ impl SledStore {
         }
     }
 
+    pub(super) fn read_claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send> {
+        Box::new(self.claims.iter().map(|item| {
+            let (key, value) = item.map_err(backend)?;
+            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("claim key".into()))?;
+            Ok((link, parse_claim(&value)?))
+        }))
+    }
+
     pub(super) fn read_held(&self, link: &Link) -> Result<Option<u64>, StoreError> {
         match self.held.get(link.as_bytes()).map_err(backend)? {
             Some(value) => parse_generation(&value).map(Some),

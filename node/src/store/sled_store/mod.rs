@@ -322,6 +322,10 @@ impl Store for SledStore {
         self.read_claim(link)
     }
 
+    fn claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send> {
+        self.read_claims()
+    }
+
     fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError> {
         self.read_releases(limit)
     }
