@@ -94,12 +94,29 @@ pub struct RegionSurvey {
     pub unclaimed_at_arbiter: u64,
 }
 
+/// A claim on a link no region holds (left by a write that failed after claiming): it would
+/// refuse the identifier to every other region.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Orphan {
+    pub link: String,
+    pub arbiter: RegionId,
+    pub claimed_by: RegionId,
+}
+
 /// The cluster's state of identifier ownership.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Survey {
     pub regions: Vec<RegionSurvey>,
     pub duplicates: Vec<Duplicate>,
     pub misclaimed: Vec<Misclaim>,
+    pub orphaned: Vec<Orphan>,
+    /// Claims kept by a region that no longer arbitrates their link (the deployment's regions
+    /// changed): never consulted, left alone.
+    pub stale_claims: u64,
+    /// Per region, the links it alone holds that their arbiter has no claim for (counted in
+    /// `regions`).
+    #[serde(skip)]
+    pub unclaimed: BTreeMap<RegionId, Vec<Link>>,
 }
 
 impl Survey {
@@ -107,6 +124,7 @@ impl Survey {
     pub fn is_clean(&self) -> bool {
         self.duplicates.is_empty()
             && self.misclaimed.is_empty()
+            && self.orphaned.is_empty()
             && self.regions.iter().all(|r| r.without_recorded_claim == 0 && r.unclaimed_at_arbiter == 0)
     }
 }
@@ -285,13 +303,14 @@ impl Cluster {
                 unclaimed_at_arbiter: 0,
             });
         }
-        let claims = self.claims_of(holders.keys().copied()).await?;
+        let (mut claims, stale_claims) = self.claims().await?;
         let mut duplicates = Vec::new();
         let mut misclaimed = Vec::new();
+        let mut unclaimed: BTreeMap<RegionId, Vec<Link>> = BTreeMap::new();
         for (link, mut held) in holders {
             held.sort();
             let arbiter = self.map.arbiter(&link).clone();
-            let claimed_by = claims.get(&link).cloned().flatten();
+            let claimed_by = claims.remove(&link);
             if held.len() > 1 {
                 let keep = match &claimed_by {
                     Some(region) if held.iter().any(|h| &h.region == region) => region.clone(),
@@ -306,6 +325,7 @@ impl Cluster {
                     if let Some(r) = regions.iter_mut().find(|r| r.region == holder.region) {
                         r.unclaimed_at_arbiter += 1;
                     }
+                    unclaimed.entry(holder.region).or_default().push(link);
                 }
                 Some(claimed_by) if claimed_by != holder.region => {
                     misclaimed.push(Misclaim { link: link.to_string(), holder, arbiter, claimed_by });
@@ -313,35 +333,47 @@ impl Cluster {
                 Some(_) => {}
             }
         }
+        // What is left are claims on links no region holds.
+        let mut orphaned: Vec<Orphan> = claims
+            .into_iter()
+            .map(|(link, claimed_by)| Orphan {
+                link: link.to_string(),
+                arbiter: self.map.arbiter(&link).clone(),
+                claimed_by,
+            })
+            .collect();
         duplicates.sort_by(|a, b| a.link.cmp(&b.link));
         misclaimed.sort_by(|a, b| a.link.cmp(&b.link));
-        Ok(Survey { regions, duplicates, misclaimed })
+        orphaned.sort_by(|a, b| a.link.cmp(&b.link));
+        Ok(Survey { regions, duplicates, misclaimed, orphaned, stale_claims, unclaimed })
     }
 
-    /// The claim on each link at its arbiter: the region it names, if any.
-    async fn claims_of(&self, links: impl Iterator<Item = Link>) -> anyhow::Result<HashMap<Link, Option<RegionId>>> {
-        let mut by_arbiter: BTreeMap<RegionId, Vec<Link>> = BTreeMap::new();
-        for link in links {
-            by_arbiter.entry(self.map.arbiter(&link).clone()).or_default().push(link);
-        }
+    /// Every claim the arbiters keep (the region each names), and how many claims are kept by a
+    /// region that no longer arbitrates their link.
+    async fn claims(&self) -> anyhow::Result<(HashMap<Link, RegionId>, u64)> {
         let mut claims = HashMap::new();
-        for (arbiter, links) in by_arbiter {
-            let mut node = self.node(&arbiter)?;
-            for chunk in links.chunks(CHUNK) {
-                let request = pb::ClaimsOfRequest { links: chunk.iter().map(|l| l.as_bytes().to_vec()).collect() };
-                let reply = node.claims_of(request).await.with_context(|| format!("ClaimsOf at {arbiter}"))?;
-                let reply = reply.into_inner();
-                anyhow::ensure!(reply.claims.len() == chunk.len(), "{arbiter} answered ClaimsOf for other links");
-                for (link, claim) in chunk.iter().zip(reply.claims) {
-                    let region = match claim.region.as_str() {
-                        "" => None,
-                        name => Some(RegionId::parse(name).context("an arbiter named a malformed region")?),
-                    };
-                    claims.insert(*link, region);
+        let mut stale = 0;
+        for (arbiter, node) in &self.nodes {
+            let mut stream = node
+                .clone()
+                .list_claims(pb::ListClaimsRequest { batch_size: 0 })
+                .await
+                .with_context(|| format!("ListClaims of {arbiter}"))?
+                .into_inner();
+            while let Some(batch) = stream.message().await.with_context(|| format!("ListClaims of {arbiter}"))? {
+                for entry in batch.entries {
+                    let link = Link::from_slice(&entry.link).context("a node sent a malformed link")?;
+                    let claim = entry.claim.unwrap_or_default();
+                    let region = RegionId::parse(&claim.region).context("an arbiter named a malformed region")?;
+                    if self.map.arbiter(&link) != arbiter {
+                        stale += 1;
+                        continue;
+                    }
+                    claims.insert(link, region);
                 }
             }
         }
-        Ok(claims)
+        Ok((claims, stale))
     }
 
     async fn resolve(&self, survey: &Survey) -> anyhow::Result<Actions> {
@@ -366,6 +398,9 @@ impl Cluster {
         }
         for misclaim in &survey.misclaimed {
             orphans.entry(misclaim.claimed_by.clone()).or_default().push(Link::parse(&misclaim.link)?);
+        }
+        for orphan in &survey.orphaned {
+            orphans.entry(orphan.claimed_by.clone()).or_default().push(Link::parse(&orphan.link)?);
         }
         for (region, links) in orphans {
             let mut node = self.node(&region)?;
@@ -401,6 +436,7 @@ impl Cluster {
             for chunk in links.chunks(CHUNK) {
                 let request = pb::ReassertClaimsRequest {
                     links: chunk.iter().map(|l| l.as_bytes().to_vec()).collect(),
+                    announce: true,
                     ..Default::default()
                 };
                 let reply =
@@ -466,15 +502,28 @@ impl Cluster {
             }
             actions.dropped.push(dropped);
         }
-        // 5. Every region claims the links it holds without a recorded claim.
+        // 5. Every region claims the links it holds that their arbiter has no claim for (data
+        //    from before claims, or an arbiter that changed with the deployment's regions), then
+        //    those it has no recorded claim for.
         for (region, node) in &self.nodes {
+            let mut node = node.clone();
+            let mut total = Reasserted::empty(region);
+            if let Some(links) = survey.unclaimed.get(region) {
+                for chunk in links.chunks(CHUNK) {
+                    let request = pb::ReassertClaimsRequest {
+                        links: chunk.iter().map(|l| l.as_bytes().to_vec()).collect(),
+                        ..Default::default()
+                    };
+                    let reply =
+                        node.reassert_claims(request).await.with_context(|| format!("ReassertClaims at {region}"))?;
+                    total.add(&reply.into_inner());
+                }
+            }
             let reply = node
-                .clone()
                 .reassert_claims(pb::ReassertClaimsRequest::default())
                 .await
                 .with_context(|| format!("ReassertClaims at {region}"))?
                 .into_inner();
-            let mut total = Reasserted::empty(region);
             total.add(&reply);
             actions.reasserted.push(total);
         }
@@ -712,6 +761,19 @@ fn survey_text(out: &mut String, survey: &Survey) {
                 m.link, m.holder.subject_ref, m.arbiter, m.claimed_by
             );
         }
+    }
+    if !survey.orphaned.is_empty() {
+        let _ = writeln!(out, "Claimed for a region although no region holds the link: {}", survey.orphaned.len());
+        for o in &survey.orphaned {
+            let _ = writeln!(out, "  link {}  arbiter {} names {}", o.link, o.arbiter, o.claimed_by);
+        }
+    }
+    if survey.stale_claims > 0 {
+        let _ = writeln!(
+            out,
+            "{} claim(s) kept by a region that no longer arbitrates their link (regions changed): ignored",
+            survey.stale_claims
+        );
     }
     if survey.is_clean() {
         let _ = writeln!(out, "Every link is held by one region and claimed for it: nothing to repair.");

@@ -1,9 +1,9 @@
 //! `domicile cluster repair-ownership` on real processes: a cluster holding identifiers twice
 //! (as the concurrent-registration bug left them: one copy with the arbiter's claim, another with
-//! a claim the arbiter never granted; and a pair from before claims existed) and links without
-//! any claim (pre-ownership data) is reported, then repaired so that every identifier has one
-//! owner, the strictest consent state of any copy wins, the arbiters' claims name the kept
-//! regions, gateways follow, and a second run finds nothing.
+//! a claim the arbiter never granted; and a pair from before claims existed), links without any
+//! claim (pre-ownership data) or without one at their arbiter, and orphan claims is reported,
+//! then repaired so that every identifier has one owner, the strictest consent state of any copy
+//! wins, the arbiters' claims name the holders, gateways follow, and a second run finds nothing.
 
 #![allow(
     clippy::expect_used,
@@ -178,6 +178,13 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
         .find(|c| map.arbiter(&link_key.link(c)) == &us)
         .unwrap();
     let carla_link = link_key.link(&carla);
+    // A claim for sa-east on a link no region holds (an orphan), also arbitrated by us-east.
+    let ghost =
+        (0..).map(|i| link_key.link(&email(&format!("ghost{i}@example.com")))).find(|l| map.arbiter(l) == &us).unwrap();
+    // Emil's sa-east copy records a claim its arbiter does not have (as after the deployment's
+    // regions changed and his link's arbiter with them).
+    let emil = email("emil.moved@example.com");
+    let emil_link = link_key.link(&emil);
     // Dora's e-mail ended up in sa-east and us-east, both before claims existed; the us-east
     // copy is restricted and denies marketing e-mail.
     let dora = email("dora.twice@example.com");
@@ -210,6 +217,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
         };
         store.set_restricted(&dora_us, true, &rights, None).unwrap();
         assert_eq!(store.claim_links(&eu, 1, &[carla_link]).unwrap(), vec![None]);
+        assert_eq!(store.claim_links(&sa, 1, &[ghost]).unwrap(), vec![None]);
         store.flush().await.unwrap();
         (anna_us, dora_us)
     };
@@ -221,6 +229,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     let dora_sa = {
         let store = SledStore::open(&sa_dir).unwrap();
         store_subject(&store, "BR", &[(carla.clone(), carla_link)]);
+        store_subject(&store, "BR", &[(emil.clone(), emil_link)]);
         let dora_sa = store_subject(&store, "BR", &[(dora.clone(), dora_link)]);
         store
             .append_consent(&dora_sa, consent(ConsentState::Granted, Purpose::Marketing, Channel::Email, now()), None)
@@ -266,6 +275,14 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
         .map(|r| r["without_recorded_claim"].as_u64().unwrap())
         .sum();
     assert_eq!(unrecorded, 4, "Bruno, Carla and both copies of Dora");
+    let unclaimed: u64 =
+        json["before"]["regions"].as_array().unwrap().iter().map(|r| r["unclaimed_at_arbiter"].as_u64().unwrap()).sum();
+    assert_eq!(unclaimed, 2, "Bruno and Emil (Carla's arbiter names eu-central; Dora is a duplicate)");
+    let orphaned = &json["before"]["orphaned"];
+    assert_eq!(
+        orphaned,
+        &serde_json::json!([{"link": ghost.to_string(), "arbiter": "us-east", "claimed_by": "sa-east"}])
+    );
     let misclaimed = &json["before"]["misclaimed"];
     assert_eq!(misclaimed.as_array().unwrap().len(), 1, "{}", report.stdout);
     assert_eq!(
@@ -298,7 +315,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     );
     assert!(carried.iter().any(|c| c["kept"] == dora_sa.to_string() && c["state"] == "denied"), "{}", applied.stdout);
     assert_eq!(json["actions"]["restricted"], serde_json::json!([dora_sa.to_string()]));
-    assert_eq!(json["actions"]["orphan_claims_released"], serde_json::json!({"eu-central": 1}));
+    assert_eq!(json["actions"]["orphan_claims_released"], serde_json::json!({"eu-central": 1, "sa-east": 1}));
 
     // Every link is held by exactly one region, the kept one.
     let links = links_by_region(&cluster).await;
@@ -351,6 +368,8 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     assert_eq!(claim_of(&cluster, &map, &dora_link).await.as_deref(), Some("sa-east"));
     assert_eq!(claim_of(&cluster, &map, &bruno_link).await.as_deref(), Some("us-east"));
     assert_eq!(claim_of(&cluster, &map, &carla_link).await.as_deref(), Some("sa-east"));
+    assert_eq!(claim_of(&cluster, &map, &emil_link).await.as_deref(), Some("sa-east"));
+    assert_eq!(claim_of(&cluster, &map, &ghost).await, None, "the orphan claim is given up");
 
     // The removal is audited in the removing region as a repair, not as the person's request.
     let audit = std::fs::read_to_string(us_dir.join("audit.log")).unwrap();
@@ -366,6 +385,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     let json = again.json();
     assert_eq!(json["before"]["duplicates"].as_array().unwrap().len(), 0);
     assert!(json["before"]["misclaimed"].as_array().unwrap().is_empty());
+    assert!(json["before"]["orphaned"].as_array().unwrap().is_empty());
     assert!(json["actions"].is_null(), "nothing to do: {}", again.stdout);
     for r in json["before"]["regions"].as_array().unwrap() {
         assert_eq!(
