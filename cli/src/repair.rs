@@ -502,6 +502,19 @@ impl Cluster {
             }
             actions.dropped.push(dropped);
         }
+        // 4b. A consent recorded on a removed copy after step 1 read it (a gateway still routing
+        //     there) is carried over too: histories are read again now that no gateway sends
+        //     anything to the removed copies any more (once they apply the LINKS_REMOVED events).
+        let mut histories: HashMap<String, History> = HashMap::new();
+        for duplicate in &survey.duplicates {
+            let Some(kept) = duplicate.holders.iter().find(|h| h.region == duplicate.keep) else { continue };
+            if not_kept.contains(&Link::parse(&duplicate.link)?) {
+                continue;
+            }
+            for removed in duplicate.holders.iter().filter(|h| h.region != duplicate.keep) {
+                self.carry_consent(kept, removed, &mut histories, &mut actions).await?;
+            }
+        }
         // 5. Every region claims the links it holds that their arbiter has no claim for (data
         //    from before claims, or an arbiter that changed with the deployment's regions), then
         //    those it has no recorded claim for.
