@@ -189,7 +189,8 @@ impl<S: Store> NodeService<S> {
         announce: bool,
         report: &mut Reassert,
     ) -> Result<(), Status> {
-        let _locks = self.ownership.lock(batch).await;
+        // A dry run only counts: it holds up no registration.
+        let _locks = if dry_run { None } else { Some(self.ownership.lock(batch).await) };
         let mut todo = Vec::with_capacity(batch.len());
         for link in batch {
             let held_here = self.store.subject_by_link(link).map_err(store_status)?.is_some();
