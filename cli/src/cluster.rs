@@ -119,6 +119,10 @@ enum ClusterCommand {
         #[command(subcommand)]
         what: IssueCommand,
     },
+    /// Find identifiers held in more than one region (and links without a claim at their
+    /// arbiter) and, with --apply, resolve them: the strictest consent state wins. Exit 0 when
+    /// nothing is left to repair.
+    RepairOwnership(crate::repair::RepairArgs),
     /// Check one process's grpc.health.v1 over mutual TLS; exit 0 when it serves. For exec probes
     /// (Kubernetes' native gRPC probe cannot present a client certificate).
     Probe {
@@ -242,6 +246,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCommand::Issue { pki, what } => issue(&pki, what),
+        ClusterCommand::RepairOwnership(args) => crate::repair::run(args).await,
         ClusterCommand::Probe { addr, server_name, ca, cert, key, timeout_ms } => {
             let tls = TlsFiles { ca, cert, key };
             health(&addr, &server_name, &tls, Duration::from_millis(timeout_ms)).await

@@ -5,6 +5,7 @@ pub mod client;
 pub mod cluster;
 mod load;
 mod packs;
+pub mod repair;
 pub mod topology;
 
 use std::path::PathBuf;

@@ -76,6 +76,10 @@ pub fn rule(path: &str) -> Rule {
         "ListLinks" | "Info" => Rule::Scoped(Scope::Admin),
         "Export" => Rule::InRegionOnly(Scope::Rights),
         "ClaimLinks" | "ReleaseLinks" => Rule::Peer,
+        // Ownership repair acts on the whole region: its operators only.
+        "ClaimsOf" | "ListClaims" | "ReassertClaims" | "DropLinks" | "ReleaseOrphanClaims" => {
+            Rule::InRegionOnly(Scope::Admin)
+        }
         _ => Rule::InRegionOnly(Scope::Admin),
     }
 }
@@ -276,6 +280,27 @@ mod tests {
             admit(&eu, &der(&pki.node(&eu).unwrap().cert), CLAIM).unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
+    }
+
+    #[test]
+    fn ownership_repair_is_for_admins_of_the_region_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::open_or_create(dir.path()).unwrap();
+        let eu = RegionId::parse("eu-central").unwrap();
+        let us = RegionId::parse("us-east").unwrap();
+        let admin = der(&pki.caller(&CallerIdentity::new("ops", eu.clone(), &[Scope::Admin]).unwrap()).unwrap().cert);
+        let rights = der(&pki.caller(&CallerIdentity::new("dpo", eu.clone(), &[Scope::Rights]).unwrap()).unwrap().cert);
+        let foreign = der(&pki.caller(&CallerIdentity::new("us-ops", us.clone(), &Scope::ALL).unwrap()).unwrap().cert);
+        let gateway = der(&pki.gateway().unwrap().cert);
+        let node = der(&pki.node(&us).unwrap().cert);
+        for method in ["ClaimsOf", "ListClaims", "ReassertClaims", "DropLinks", "ReleaseOrphanClaims"] {
+            let path = format!("/domicile.node.v1.RegionalNode/{method}");
+            assert_eq!(rule(&path), Rule::InRegionOnly(Scope::Admin), "{method}");
+            assert!(matches!(admit(&eu, &admin, &path).unwrap(), Requester::InRegion(_)), "{method}");
+            for refused in [&rights, &foreign, &gateway, &node] {
+                assert_eq!(admit(&eu, refused, &path).unwrap_err().code(), tonic::Code::PermissionDenied, "{method}");
+            }
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! - `seq` starts at 1 and grows by exactly 1 per entry.
 //! - `at` is unix seconds, supplied by the caller.
 //! - `kind` is one of `registration`, `consent`, `decisions`, `decision` (older logs and single
-//!   [`AuditLog::append`]s), `rights_request`, `erasure`, `merge`, `transfer`.
+//!   [`AuditLog::append`]s), `rights_request`, `erasure`, `merge`, `transfer`, `ownership_repair`.
 //! - `subject` is a subject ref or `null`.
 //! - `detail` is a string → string map with keys in byte order (see [`AuditEvent`] for its keys,
 //!   and below for `decisions`).
@@ -136,6 +136,9 @@ pub enum AuditKind {
     Merge,
     /// Personal data served to a caller outside the subject's home regions under a pack transfer.
     Transfer,
+    /// Identifiers removed from a subject because another region keeps them (an identifier held
+    /// twice, resolved by `domicile cluster repair-ownership`).
+    OwnershipRepair,
 }
 
 impl AuditKind {
@@ -149,6 +152,7 @@ impl AuditKind {
             AuditKind::Erasure => "erasure",
             AuditKind::Merge => "merge",
             AuditKind::Transfer => "transfer",
+            AuditKind::OwnershipRepair => "ownership_repair",
         }
     }
 }
@@ -299,6 +303,7 @@ fn len_u32(len: usize) -> u32 {
 /// - rights_request: `right`, `request_id`, `deadline_at`, `status`
 /// - erasure: `links_removed`, `proof`
 /// - merge: `from`, `into` (subject refs)
+/// - ownership_repair: `links_removed` (count), `kept_by` (the region that keeps them)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditEvent {
     Registration {
@@ -341,6 +346,11 @@ pub enum AuditEvent {
         transfer: String,
         pack: PackRef,
     },
+    /// Identifiers removed from the subject because another region keeps them (`DropLinks`).
+    OwnershipRepair {
+        links_removed: usize,
+        kept_by: RegionId,
+    },
 }
 
 impl AuditEvent {
@@ -364,6 +374,7 @@ impl AuditEvent {
             AuditEvent::Erasure { .. } => AuditKind::Erasure,
             AuditEvent::Merge { .. } => AuditKind::Merge,
             AuditEvent::Transfer { .. } => AuditKind::Transfer,
+            AuditEvent::OwnershipRepair { .. } => AuditKind::OwnershipRepair,
         }
     }
 
@@ -427,6 +438,10 @@ impl AuditEvent {
                 put("purpose", purpose.as_str().to_owned());
                 put("transfer", transfer.clone());
                 put("pack", pack.to_string());
+            }
+            AuditEvent::OwnershipRepair { links_removed, kept_by } => {
+                put("links_removed", links_removed.to_string());
+                put("kept_by", kept_by.to_string());
             }
         }
         Ok(d)

@@ -133,36 +133,18 @@ impl<S: Store> Ownership<S> {
     /// its arbiter, all under one new generation. Either every claim is granted and returned, or
     /// none is kept: claims granted before a refusal or a failure are released.
     pub async fn claim(&self, links: &[Link]) -> Result<Vec<Release>, ClaimError> {
-        if links.is_empty() {
-            return Ok(Vec::new());
-        }
-        let generation = self.store.next_generation().map_err(|e| ClaimError::Store(e.to_string()))?;
-        let mut by_arbiter: BTreeMap<&RegionId, Vec<Link>> = BTreeMap::new();
-        for link in links {
-            by_arbiter.entry(self.map.arbiter(link)).or_default().push(*link);
-        }
-        let asks = by_arbiter.into_iter().map(|(arbiter, links)| async move {
-            let outcome = self.ask(arbiter, generation, &links).await;
-            (arbiter.clone(), links, outcome)
-        });
-        let answers = futures_join_all(asks).await;
+        let outcomes = self.claim_each(links).await?;
         let mut granted = Vec::new();
         let mut error = None;
-        for (arbiter, links, outcome) in answers {
+        for (_, outcome) in outcomes {
             match outcome {
-                Ok(holders) => {
-                    for (link, holder) in links.iter().zip(holders) {
-                        match holder {
-                            None => granted.push(Release { link: *link, generation }),
-                            Some(_) => error = error.or(Some(ClaimError::HeldElsewhere)),
-                        }
-                    }
-                }
-                Err(e) => {
-                    // The claims may have been granted with the answer lost: release them too
-                    // (a release only ever undoes this generation's claim or an older one).
-                    granted.extend(links.iter().map(|link| Release { link: *link, generation }));
-                    let e = match e {
+                ClaimOutcome::Granted(claim) => granted.push(claim),
+                ClaimOutcome::HeldBy(_) => error = error.or(Some(ClaimError::HeldElsewhere)),
+                ClaimOutcome::Unanswered { arbiter, cause, claim } => {
+                    // The claim may have been granted with the answer lost: release it too (a
+                    // release only ever undoes this generation's claim or an older one).
+                    granted.push(claim);
+                    let e = match cause {
                         AskError::Unreachable => ClaimError::Unreachable(arbiter),
                         AskError::MapMismatch => ClaimError::MapMismatch(arbiter),
                         AskError::Store(e) => ClaimError::Store(e),
@@ -182,6 +164,55 @@ impl<S: Store> Ownership<S> {
                 Err(e)
             }
         }
+    }
+
+    /// Claims `links` for this region, each at its arbiter, all under one new generation, and
+    /// says what became of each (grouped by arbiter). Unlike [`Ownership::claim`] it keeps what
+    /// was granted whatever happened to the others: for links this region already holds
+    /// (`ReassertClaims`), whose claims must stay. Called with the links' locks held.
+    pub async fn claim_each(&self, links: &[Link]) -> Result<Vec<(Link, ClaimOutcome)>, ClaimError> {
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        let generation = self.store.next_generation().map_err(|e| ClaimError::Store(e.to_string()))?;
+        let mut by_arbiter: BTreeMap<&RegionId, Vec<Link>> = BTreeMap::new();
+        for link in links {
+            by_arbiter.entry(self.map.arbiter(link)).or_default().push(*link);
+        }
+        let asks = by_arbiter.into_iter().map(|(arbiter, links)| async move {
+            let outcome = self.ask(arbiter, generation, &links).await;
+            (arbiter.clone(), links, outcome)
+        });
+        let answers = futures_join_all(asks).await;
+        let mut outcomes = Vec::with_capacity(links.len());
+        for (arbiter, links, outcome) in answers {
+            match outcome {
+                Ok(holders) => {
+                    for (link, holder) in links.iter().zip(holders) {
+                        outcomes.push((
+                            *link,
+                            match holder {
+                                None => ClaimOutcome::Granted(Release { link: *link, generation }),
+                                Some(region) => ClaimOutcome::HeldBy(region),
+                            },
+                        ));
+                    }
+                }
+                Err(cause) => {
+                    for link in &links {
+                        outcomes.push((
+                            *link,
+                            ClaimOutcome::Unanswered {
+                                arbiter: arbiter.clone(),
+                                cause: cause.clone(),
+                                claim: Release { link: *link, generation },
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Asks `arbiter` (possibly this node) to claim `links` for this region.
@@ -236,6 +267,37 @@ impl<S: Store> Ownership<S> {
             tracing::error!(region = %self.region, error = %e, "cannot queue claim releases");
         }
         self.released.notify_one();
+    }
+
+    /// Gives up claims of this region now: queues them (so what cannot be sent yet is sent by
+    /// the release task later), then sends them to their arbiters. Returns how many were
+    /// answered and how many stay queued. For claims on links no subject of this region holds,
+    /// called with their locks held (`ReleaseOrphanClaims`).
+    pub async fn release_now(&self, releases: &[Release]) -> Result<(usize, usize), ClaimError> {
+        if releases.is_empty() {
+            return Ok((0, 0));
+        }
+        self.store.queue_releases(releases)?;
+        let mut by_arbiter: BTreeMap<&RegionId, Vec<Release>> = BTreeMap::new();
+        for release in releases {
+            by_arbiter.entry(self.map.arbiter(&release.link)).or_default().push(*release);
+        }
+        let (mut sent, mut queued) = (0, 0);
+        for (arbiter, releases) in by_arbiter {
+            for chunk in releases.chunks(RELEASE_BATCH) {
+                match self.send_releases(arbiter, chunk).await {
+                    Ok(()) => {
+                        self.store.releases_done(chunk)?;
+                        sent += chunk.len();
+                    }
+                    Err(()) => queued += chunk.len(),
+                }
+            }
+        }
+        if queued > 0 {
+            self.released.notify_one();
+        }
+        Ok((sent, queued))
     }
 
     /// Wakes the release task (after a write queued releases in its own transaction).
@@ -327,8 +389,22 @@ impl<S: Store> Ownership<S> {
     }
 }
 
-enum AskError {
+/// What became of one link's claim ([`Ownership::claim_each`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Granted: the link is this region's at its arbiter, under this claim.
+    Granted(Release),
+    /// Another region holds the link.
+    HeldBy(RegionId),
+    /// The arbiter did not answer (or could not be asked): the claim may have been made.
+    Unanswered { arbiter: RegionId, cause: AskError, claim: Release },
+}
+
+/// Why an arbiter did not answer a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskError {
     Unreachable,
+    /// It uses another map of the deployment's regions.
     MapMismatch,
     Store(String),
 }

@@ -12,9 +12,9 @@ use crate::error::store_status;
 use crate::store::{Release, Store};
 
 /// Links per claim or release call.
-const MAX_CLAIMS: usize = 10_000;
+pub(super) const MAX_CLAIMS: usize = 10_000;
 
-fn links_of(bytes: &[Vec<u8>]) -> Result<Vec<Link>, Status> {
+pub(super) fn links_of(bytes: &[Vec<u8>]) -> Result<Vec<Link>, Status> {
     if bytes.len() > MAX_CLAIMS {
         return Err(Status::invalid_argument(format!("at most {MAX_CLAIMS} links per call")));
     }

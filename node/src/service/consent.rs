@@ -127,11 +127,12 @@ impl<S: Store> NodeService<S> {
         request: Request<pb::ConsentHistoryRequest>,
     ) -> Result<pb::ConsentHistoryResponse, Status> {
         let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
-        let subject = self.resolve(&key)?;
+        let (subject, meta) = self.resolve_meta(&key)?;
         let history = self.store.consent_history(&subject).map_err(store_status)?;
         Ok(pb::ConsentHistoryResponse {
             subject_ref: self.subject_ref(subject).to_string(),
             entries: history.iter().map(entry_to_pb).collect(),
+            restricted: meta.restricted,
         })
     }
 }

@@ -7,7 +7,9 @@
 //! - `rights.rs`: export, erasure, restriction, the rights requests' bookkeeping;
 //! - `context.rs`: interactions and the warm hand-off context;
 //! - `follow.rs`: change events, the link snapshot and the node's info;
-//! - `claims.rs`: this node as the arbiter of other regions' identifier claims.
+//! - `claims.rs`: this node as the arbiter of other regions' identifier claims;
+//! - `repair.rs`: operators' repair of identifier ownership (identifiers held twice, claims
+//!   missing or orphaned).
 //!
 //! What they share is here: resolving subject keys, the caller's region, residency checks,
 //! auditing, durability and publishing change events.
@@ -18,6 +20,7 @@ mod context;
 mod decide;
 mod follow;
 mod identity;
+mod repair;
 mod rights;
 #[cfg(test)]
 mod tests;
@@ -331,5 +334,39 @@ impl<S: Store> RegionalNode for NodeService<S> {
         request: Request<pb::ReleaseLinksRequest>,
     ) -> Result<Response<pb::ReleaseLinksResponse>, Status> {
         self.give_up_claims(request).await.map(Response::new)
+    }
+
+    async fn claims_of(&self, request: Request<pb::ClaimsOfRequest>) -> Result<Response<pb::ClaimsOfResponse>, Status> {
+        self.arbiter_claims(request).map(Response::new)
+    }
+
+    type ListClaimsStream = repair::ClaimStream;
+
+    async fn list_claims(
+        &self,
+        request: Request<pb::ListClaimsRequest>,
+    ) -> Result<Response<Self::ListClaimsStream>, Status> {
+        self.claims_snapshot(request).map(Response::new)
+    }
+
+    async fn reassert_claims(
+        &self,
+        request: Request<pb::ReassertClaimsRequest>,
+    ) -> Result<Response<pb::ReassertClaimsResponse>, Status> {
+        self.reassert(request).await.map(Response::new)
+    }
+
+    async fn drop_links(
+        &self,
+        request: Request<pb::DropLinksRequest>,
+    ) -> Result<Response<pb::DropLinksResponse>, Status> {
+        self.drop_subject_links(request).await.map(Response::new)
+    }
+
+    async fn release_orphan_claims(
+        &self,
+        request: Request<pb::ReleaseOrphanClaimsRequest>,
+    ) -> Result<Response<pb::ReleaseOrphanClaimsResponse>, Status> {
+        self.release_orphans(request).await.map(Response::new)
     }
 }

@@ -359,6 +359,30 @@ pub struct Release {
     pub generation: u64,
 }
 
+/// What [`Store::hold_claims`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Links this region holds whose claims are now recorded.
+    pub held: Vec<Link>,
+    /// Claims on links no subject of this region holds any more (removed since they were
+    /// claimed): queued for release instead.
+    pub gone: Vec<Release>,
+    /// Change events emitted to announce the held links (one per subject) and the last one's
+    /// sequence.
+    pub announced: usize,
+    pub event: Option<u64>,
+}
+
+/// What [`Store::drop_links`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub removed: Vec<Link>,
+    /// Links the subject still holds.
+    pub left: usize,
+    /// Sequence of the LINKS_REMOVED change event, if links were removed.
+    pub event: Option<u64>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Stores a subject with its identifiers (already normalised, with their links), or adds new
     /// identifiers to the one subject that already holds some of them. A link no subject of this
@@ -397,6 +421,8 @@ pub trait Store: Send + Sync + 'static {
     fn release_links(&self, region: &RegionId, releases: &[Release]) -> Result<usize, StoreError>;
     /// As the arbiter: the claim on `link`, if any.
     fn claim(&self, link: &Link) -> Result<Option<Claim>, StoreError>;
+    /// As the arbiter: every claim kept, in link order.
+    fn claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send>;
     /// Releases this region still has to send to arbiters, oldest first, at most `limit`.
     fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError>;
     /// Queues releases (for claims granted to a write that did not complete).
@@ -405,6 +431,26 @@ pub trait Store: Send + Sync + 'static {
     fn releases_done(&self, releases: &[Release]) -> Result<(), StoreError>;
     /// How many releases are waiting.
     fn pending_release_count(&self) -> Result<u64, StoreError>;
+
+    /// The generation of this region's recorded claim on a link it holds (`held`), if any: links
+    /// stored before claims existed have none.
+    fn held_claim(&self, link: &Link) -> Result<Option<u64>, StoreError>;
+    /// Records claims granted for links this region already holds (`ReassertClaims`): a link a
+    /// subject here still holds gets its claim recorded (the higher generation, as a write
+    /// would), so its removal releases it; a link no subject holds any more (erased or removed
+    /// since) gets its claim queued for release instead. With `announce`, emits a REGISTERED
+    /// change event per subject for its held links, so followers map them to it again.
+    fn hold_claims(&self, claims: &[Release], announce: bool, now: i64) -> Result<Held, StoreError>;
+    /// Removes identifiers and their links from a subject as a rectification removing them would
+    /// (LINKS_REMOVED change event, claims queued for release), without a rights request: for an
+    /// identifier held twice across regions, which another region keeps. Links the subject does
+    /// not hold (any more) are skipped.
+    fn drop_links(
+        &self,
+        subject: &SubjectId,
+        remove: &[(NormalizedIdentifier, Link)],
+        now: i64,
+    ) -> Result<Dropped, StoreError>;
 
     fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError>;
     fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError>;

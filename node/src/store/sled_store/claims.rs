@@ -4,12 +4,16 @@
 //! A claim value is the claim's generation (8 bytes, big-endian) followed by the holding region's
 //! id. A release key is the link followed by the generation it was claimed with.
 
+use std::collections::BTreeMap;
+
 use domicile_types::{LINK_LEN, Link, RegionId, SubjectId};
+use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
+use super::identity::live_subject;
 use super::{
-    Claim, Idempotency, Release, Replay, SledStore, StoreError, SubjectKey, TxResult, abort, backend, decode, encode,
-    flatten, or_abort,
+    Change, Claim, Held, Idempotency, Release, Replay, SledStore, StoreError, SubjectKey, TxResult, abort, backend,
+    decode, encode, flatten, or_abort,
 };
 
 fn claim_value(region: &RegionId, generation: u64) -> Vec<u8> {
@@ -158,6 +162,63 @@ impl SledStore {
             Some(value) => parse_claim(&value).map(Some),
             None => Ok(None),
         }
+    }
+
+    pub(super) fn read_claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send> {
+        Box::new(self.claims.iter().map(|item| {
+            let (key, value) = item.map_err(backend)?;
+            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("claim key".into()))?;
+            Ok((link, parse_claim(&value)?))
+        }))
+    }
+
+    pub(super) fn read_held(&self, link: &Link) -> Result<Option<u64>, StoreError> {
+        match self.held.get(link.as_bytes()).map_err(backend)? {
+            Some(value) => parse_generation(&value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn hold_granted(&self, claims: &[Release], announce: bool, now: i64) -> Result<Held, StoreError> {
+        // Every writer takes this lock: which subject holds each link cannot change until the
+        // transaction below has committed, so the events name the right subjects.
+        let _serial = self.serialise_writes(&[]);
+        let mut by_subject: BTreeMap<SubjectId, Vec<Link>> = BTreeMap::new();
+        let mut outcome = Held::default();
+        for claim in claims {
+            match self.subject_by_link_raw(&claim.link)? {
+                Some(subject) => {
+                    by_subject.entry(subject).or_default().push(claim.link);
+                    outcome.held.push(claim.link);
+                }
+                None => outcome.gone.push(*claim),
+            }
+        }
+        let mut events = Vec::new();
+        if announce {
+            for (subject, links) in &by_subject {
+                events.push(self.event_bytes(*subject, links.clone(), Change::Registered, now)?);
+            }
+        }
+        let result = (&self.links, &self.held, &self.releases, &self.events).transaction(
+            |(links, held, releases, events_tree)| {
+                for claim in claims {
+                    if live_subject(links, &claim.link)?.is_some() {
+                        hold(held, claim)?;
+                    } else {
+                        releases.insert(&release_key(claim)[..], &[][..])?;
+                    }
+                }
+                for (sequence, event) in &events {
+                    events_tree.insert(&sequence.to_be_bytes()[..], event.as_slice())?;
+                }
+                Ok(())
+            },
+        );
+        flatten(result)?;
+        outcome.announced = events.len();
+        outcome.event = events.last().map(|(sequence, _)| *sequence);
+        Ok(outcome)
     }
 
     pub(super) fn read_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError> {

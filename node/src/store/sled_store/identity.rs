@@ -9,13 +9,13 @@ use sled::Transactional;
 
 use super::claims::{check_replay, hold, record_replay, release_held};
 use super::{
-    Change, ChangeEvent, CurrentConsent, Erased, Idempotency, Merged, MetaEntry, Rectification, Rectified, Registered,
-    Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend,
-    consent_key, decode, encode, flatten, open, or_abort, seal,
+    Change, ChangeEvent, CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Rectification, Rectified,
+    Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort,
+    backend, consent_key, decode, encode, flatten, open, or_abort, seal,
 };
 
 /// Inside a transaction: the subject a live link names.
-fn live_subject(links: &sled::transaction::TransactionalTree, link: &Link) -> TxResult<Option<SubjectId>> {
+pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &Link) -> TxResult<Option<SubjectId>> {
     match links.get(&link.as_bytes()[..])? {
         None => Ok(None),
         Some(value) => match SubjectId::from_slice(&value) {
@@ -34,6 +34,10 @@ fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {
         None => abort(StoreError::Retry),
     }
 }
+
+/// What a rectification of identifiers did: links added, links removed, the sequence of its last
+/// change event.
+type IdentifierChanges = (Vec<Link>, Vec<Link>, Option<u64>);
 
 impl SledStore {
     pub(super) fn register_subject(
@@ -351,6 +355,41 @@ impl SledStore {
         claimed: &[Release],
         idempotency: Option<&Idempotency>,
     ) -> Result<Rectified, StoreError> {
+        let (added, removed, event) =
+            self.change_identifiers(subject, change, now, Some(rights_request), claimed, idempotency)?;
+        Ok(Rectified { added, removed, event, rights_request: rights_request.clone() })
+    }
+
+    /// Removes identifiers from a subject because another region keeps them (ownership repair):
+    /// a rectification without a rights request, skipping those it no longer holds.
+    pub(super) fn drop_subject_links(
+        &self,
+        subject: &SubjectId,
+        remove: &[(NormalizedIdentifier, Link)],
+        now: i64,
+    ) -> Result<Dropped, StoreError> {
+        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        let remove: Vec<_> = remove.iter().filter(|(_, link)| entry.links.contains(link)).cloned().collect();
+        if remove.is_empty() {
+            return Ok(Dropped { left: entry.links.len(), ..Dropped::default() });
+        }
+        let change = Rectification { remove, ..Rectification::default() };
+        let (_, removed, event) = self.change_identifiers(subject, &change, now, None, &[], None)?;
+        let left = self.meta_entry(subject)?.map_or(0, |e| e.links.len());
+        Ok(Dropped { removed, left, event })
+    }
+
+    /// Rectification of identifiers and profile, recorded with its rights request when there is
+    /// one. Returns the links added, those removed and the last change event's sequence.
+    fn change_identifiers(
+        &self,
+        subject: &SubjectId,
+        change: &Rectification,
+        now: i64,
+        rights_request: Option<&RightsRequestRecord>,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<IdentifierChanges, StoreError> {
         let _serial = self.serialise_writes(&[*subject]);
         let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         let key = self.key(subject)?;
@@ -396,13 +435,19 @@ impl SledStore {
         if !added.is_empty() {
             events_out.push(self.event_bytes(*subject, added.clone(), Change::Registered, now)?);
         }
-        let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
-        let sealed_rights = seal(&key, b"rights", &rights_key, rights_request)?;
-        let rectified = Rectified {
-            added: added.clone(),
-            removed: removed.clone(),
-            event: events_out.last().map(|(seq, _)| *seq),
-            rights_request: rights_request.clone(),
+        let rights = match rights_request {
+            Some(request) => {
+                let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
+                let sealed = seal(&key, b"rights", &rights_key, request)?;
+                let rectified = Rectified {
+                    added: added.clone(),
+                    removed: removed.clone(),
+                    event: events_out.last().map(|(seq, _)| *seq),
+                    rights_request: request.clone(),
+                };
+                Some((rights_key, sealed, rectified))
+            }
+            None => None,
         };
         let trees = [
             &self.meta,
@@ -415,7 +460,7 @@ impl SledStore {
             &self.idempotency,
         ];
         let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, links, events, rights, held, releases, replays] = trees.as_slice() else {
+            let [meta, subjects, links, events, rights_tree, held, releases, replays] = trees.as_slice() else {
                 return abort(StoreError::Backend("transaction trees".into()));
             };
             check_replay(replays, idempotency)?;
@@ -442,12 +487,15 @@ impl SledStore {
             for (seq, bytes) in &events_out {
                 events.insert(&seq.to_be_bytes()[..], bytes.as_slice())?;
             }
-            rights.insert(&rights_key[..], sealed_rights.as_slice())?;
-            record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &rectified))?;
+            if let Some((rights_key, sealed_rights, rectified)) = &rights {
+                rights_tree.insert(&rights_key[..], sealed_rights.as_slice())?;
+                record_replay(replays, idempotency, Some((subject, &key)), &(*subject, rectified))?;
+            }
             Ok(())
         });
         flatten(result)?;
-        Ok(rectified)
+        let event = events_out.last().map(|(seq, _)| *seq);
+        Ok((added, removed, event))
     }
 
     /// The subject's decrypted record, read outside any transaction.

@@ -29,9 +29,9 @@ mod records;
 
 use super::vault::{KeyVault, SubjectKey};
 use super::{
-    Change, ChangeEvent, Claim, ConsentRecord, CurrentConsent, Erased, Idempotency, Interaction, Merged, NewConsent,
-    NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord, Store, StoreError,
-    SubjectMeta, SubjectRecord,
+    Change, ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
+    NewConsent, NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord, Store,
+    StoreError, SubjectMeta, SubjectRecord,
 };
 use cache::{ReadCache, WriteGuard};
 use domicile_types::RegionId;
@@ -322,6 +322,10 @@ impl Store for SledStore {
         self.read_claim(link)
     }
 
+    fn claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send> {
+        self.read_claims()
+    }
+
     fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError> {
         self.read_releases(limit)
     }
@@ -336,6 +340,23 @@ impl Store for SledStore {
 
     fn pending_release_count(&self) -> Result<u64, StoreError> {
         Ok(self.releases.len() as u64)
+    }
+
+    fn held_claim(&self, link: &Link) -> Result<Option<u64>, StoreError> {
+        self.read_held(link)
+    }
+
+    fn hold_claims(&self, claims: &[Release], announce: bool, now: i64) -> Result<Held, StoreError> {
+        self.hold_granted(claims, announce, now)
+    }
+
+    fn drop_links(
+        &self,
+        subject: &SubjectId,
+        remove: &[(NormalizedIdentifier, Link)],
+        now: i64,
+    ) -> Result<Dropped, StoreError> {
+        self.drop_subject_links(subject, remove, now)
     }
 
     fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {

@@ -689,3 +689,46 @@ fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
     store.append_consent(&s, ms(ConsentState::Granted, 3_000_350, 3_000_351), None).unwrap();
     assert_eq!(current(), ConsentState::Granted, "a grant in the same second, after the withdrawal");
 }
+
+#[test]
+fn reasserted_claims_are_recorded_and_announced_and_dropped_links_leave_as_removals_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let de = Jurisdiction::parse("DE").unwrap();
+    let email = ident(IdentifierKind::Email, "twice@example.de");
+    let phone = ident(IdentifierKind::Phone, "+4915112345678");
+    let both = [email.clone(), phone.clone()];
+    let s = store.register(&de, &both, SubjectId::from_bytes([3; 16]), 0, &claim_all(&both), None).unwrap().subject;
+    // Data stored before claims existed has no `held` entry.
+    store.held.remove(email.1.as_bytes()).unwrap();
+    assert_eq!(store.held_claim(&email.1).unwrap(), None);
+    assert_eq!(store.held_claim(&phone.1).unwrap(), Some(1));
+
+    // A granted claim is recorded for a link held here; one for a link gone meanwhile is
+    // queued for release; the held links are announced to followers again.
+    let gone = Release { link: link(77), generation: 6 };
+    let held = store.hold_claims(&[Release { link: email.1, generation: 5 }, gone], true, 3).unwrap();
+    assert_eq!((held.held, held.gone, held.announced), (vec![email.1], vec![gone], 1));
+    assert_eq!(store.held_claim(&email.1).unwrap(), Some(5));
+    assert_eq!(store.pending_releases(10).unwrap(), vec![gone]);
+    let last = store.events_after(None).last().unwrap().unwrap();
+    assert_eq!(
+        (last.sequence, last.subject, last.links, last.change),
+        (held.event.unwrap(), s, vec![email.1], Change::Registered)
+    );
+    store.releases_done(&[gone]).unwrap();
+
+    // Dropping a link another region keeps: gone from the subject as a removal would, its claim
+    // queued for release, no rights request recorded (the person asked for nothing).
+    let dropped = store.drop_links(&s, std::slice::from_ref(&email), 4).unwrap();
+    assert_eq!((dropped.removed.clone(), dropped.left), (vec![email.1], 1));
+    assert_eq!(store.subject_by_link(&email.1).unwrap(), None);
+    assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers, vec![phone.0.clone()]);
+    assert_eq!(store.pending_releases(10).unwrap(), vec![Release { link: email.1, generation: 5 }]);
+    let last = store.events_after(None).last().unwrap().unwrap();
+    assert_eq!((last.sequence, last.links, last.change), (dropped.event.unwrap(), vec![email.1], Change::LinksRemoved));
+    assert!(store.rights_requests(&s).unwrap().is_empty());
+    // Again: nothing left to drop.
+    let again = store.drop_links(&s, std::slice::from_ref(&email), 5).unwrap();
+    assert_eq!((again.removed, again.left, again.event), (Vec::new(), 1, None));
+}
