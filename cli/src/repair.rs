@@ -24,7 +24,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use domicile_node::NodeConfig;
-use domicile_node::store::counted_at_ms;
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
@@ -645,14 +644,12 @@ fn subject_key(subject_ref: &str) -> common::SubjectKey {
     common::SubjectKey { key: Some(common::subject_key::Key::SubjectRef(subject_ref.to_owned())) }
 }
 
-/// A subject's consent in force per purpose × channel, derived from its ledger the way its node
-/// derives it (`CurrentConsent::supersedes`: the later counted time, the more restrictive at a
-/// tie, then the later ledger position). The ledger carries whole seconds, so records of the
-/// same second are a tie, which the more restrictive wins: the repair errs on the strict side.
+/// A subject's consent in force per purpose × channel, as its node derives it (the node answers
+/// it with the history: `in_force`), and what this repair has recorded on it since.
 #[derive(Debug, Default)]
 struct History {
-    /// (purpose, channel) → (counted at ms, restrictive, ledger position, state).
-    cells: BTreeMap<(String, String), (i64, bool, u64, ConsentState)>,
+    /// (purpose, channel) → state in force.
+    cells: BTreeMap<(String, String), ConsentState>,
     /// Recorded by this repair (newer than anything in the ledger read).
     carried: BTreeMap<(String, String), ConsentState>,
     restricted: bool,
@@ -661,34 +658,23 @@ struct History {
 impl History {
     fn of(reply: &pb::ConsentHistoryResponse) -> anyhow::Result<Self> {
         let mut history = History { restricted: reply.restricted, ..History::default() };
-        for entry in &reply.entries {
-            let state = ConsentState::parse(&entry.state).context("a node sent an unknown consent state")?;
-            let seconds =
-                |t: Option<&domicile_proto::prost_types::Timestamp>| t.map_or(0, |t| t.seconds.saturating_mul(1000));
-            let counted =
-                counted_at_ms(state, seconds(entry.captured_at.as_ref()), seconds(entry.recorded_at.as_ref()));
-            let rank = (counted, !matches!(state, ConsentState::Granted), entry.sequence, state);
-            for channel in &entry.channels {
-                let cell = history.cells.entry((entry.purpose.clone(), channel.clone())).or_insert(rank);
-                if (rank.0, rank.1, rank.2) > (cell.0, cell.1, cell.2) {
-                    *cell = rank;
-                }
-            }
+        for cell in &reply.in_force {
+            let state = ConsentState::parse(&cell.state).context("a node sent an unknown consent state")?;
+            history.cells.insert((cell.purpose.clone(), cell.channel.clone()), state);
         }
         Ok(history)
     }
 
     /// Every cell's state in force.
     fn in_force(&self) -> Vec<((String, String), ConsentState)> {
-        let mut cells: BTreeMap<(String, String), ConsentState> =
-            self.cells.iter().map(|(cell, rank)| (cell.clone(), rank.3)).collect();
+        let mut cells = self.cells.clone();
         cells.extend(self.carried.iter().map(|(cell, state)| (cell.clone(), *state)));
         cells.into_iter().collect()
     }
 
     fn in_force_at(&self, purpose: &str, channel: &str) -> Option<ConsentState> {
         let cell = (purpose.to_owned(), channel.to_owned());
-        self.carried.get(&cell).copied().or_else(|| self.cells.get(&cell).map(|rank| rank.3))
+        self.carried.get(&cell).copied().or_else(|| self.cells.get(&cell).copied())
     }
 }
 

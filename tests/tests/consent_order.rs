@@ -8,7 +8,8 @@
 //!    system's clock runs behind;
 //! 3. otherwise the capture time orders (a withdrawal typed in long after leaves a grant given
 //!    since in force);
-//! 4. a re-grant recorded after a withdrawal, in the same second, is in force.
+//! 4. a re-grant recorded after a withdrawal, in the same second, is in force, also when its capture
+//!    system stamps whole seconds; one stamped a second earlier is not.
 //!
 //! US marketing email is opt-out (allow until withdrawn) and DE's needs consent (deny without
 //! it), so each step's decision tells the states apart.
@@ -202,4 +203,25 @@ async fn consent_order_holds_under_clock_skew_in_both_directions() {
         }
     }
     assert!(same_second, "no withdrawal and re-grant were recorded in the same second in 10 tries");
+
+    // (f) A capture system that stamps whole seconds: the withdrawal and the re-grant both say
+    // "this second" (the withdrawal counts when recorded, a few milliseconds in): the re-grant,
+    // recorded after it, is in force. One stamped a second earlier (a replay) is not.
+    let subject = register(&mut client, "DE", "whole.seconds@example.de").await;
+    let mut stamped = false;
+    for _ in 0..10 {
+        let second = Timestamp { seconds: now_ms().div_euclid(1000), nanos: 0 };
+        let withdrawn = record(&mut client, &subject, Withdraw, Some(second)).await.expect("withdraw");
+        record(&mut client, &subject, Grant, Some(second)).await.expect("re-grant");
+        if withdrawn.recorded_at.map(|t| t.seconds) == Some(second.seconds) {
+            assert_effect(&mut client, &subject, Allow, &[1, 3600], "DE: re-granted, stamped whole seconds").await;
+            stamped = true;
+            break;
+        }
+    }
+    assert!(stamped, "no withdrawal was recorded in the second it was stamped with in 10 tries");
+    let withdrawn = record(&mut client, &subject, Withdraw, None).await.expect("withdraw again");
+    let before = Timestamp { seconds: withdrawn.recorded_at.map_or(0, |t| t.seconds) - 1, nanos: 0 };
+    record(&mut client, &subject, Grant, Some(before)).await.expect("a grant stamped a second earlier");
+    assert_effect(&mut client, &subject, Deny, &[1, 3600], "DE: a grant from the second before the withdrawal").await;
 }

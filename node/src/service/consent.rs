@@ -129,10 +129,20 @@ impl<S: Store> NodeService<S> {
         let key = convert::subject_key("subject", request.get_ref().subject.as_ref()).map_err(invalid)?;
         let (subject, meta) = self.resolve_meta(&key)?;
         let history = self.store.consent_history(&subject).map_err(store_status)?;
+        let in_force = self.store.consent_in_force(&subject).map_err(store_status)?;
         Ok(pb::ConsentHistoryResponse {
             subject_ref: self.subject_ref(subject).to_string(),
             entries: history.iter().map(entry_to_pb).collect(),
             restricted: meta.restricted,
+            in_force: in_force
+                .into_iter()
+                .map(|(purpose, channel, current)| pb::ConsentInForce {
+                    purpose: purpose.to_string(),
+                    channel: channel.to_string(),
+                    state: current.state.to_string(),
+                    sequence: current.sequence,
+                })
+                .collect(),
         })
     }
 }

@@ -137,13 +137,24 @@ impl CurrentConsent {
     /// The later counted time wins ([`counted_at_ms`]), whatever order records arrive in, so an
     /// old grant replayed after a withdrawal never revives consent, nor does a grant dated in the
     /// future. At equal times the more restrictive wins, then the later recorded.
+    ///
+    /// One exception, for capture systems that stamp whole seconds (or run a little slow): a grant
+    /// recorded after a withdrawal or denial, and captured in the same second that restriction was
+    /// recorded or later, is a re-grant and wins, though its capture time in milliseconds may lie
+    /// just before the restriction's recording. A grant captured in an earlier second (a replay,
+    /// a clock further behind) still loses.
     pub fn supersedes(&self, existing: &CurrentConsent) -> bool {
         let restrictiveness = |s: ConsentState| match s {
             ConsentState::Granted => 0,
             ConsentState::Denied | ConsentState::Withdrawn => 1,
         };
-        (self.counted_at_ms(), restrictiveness(self.state), self.sequence)
-            > (existing.counted_at_ms(), restrictiveness(existing.state), existing.sequence)
+        let regrant = self.state == ConsentState::Granted
+            && existing.state != ConsentState::Granted
+            && self.sequence > existing.sequence
+            && existing.recorded_at.is_some_and(|recorded| self.captured_at >= recorded);
+        regrant
+            || (self.counted_at_ms(), restrictiveness(self.state), self.sequence)
+                > (existing.counted_at_ms(), restrictiveness(existing.state), existing.sequence)
     }
 }
 
@@ -484,6 +495,8 @@ pub trait Store: Send + Sync + 'static {
         Ok(Some((meta, self.current_consent(subject, purpose, channel)?)))
     }
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError>;
+    /// The record in force per purpose × channel (what decisions read), in purpose, channel order.
+    fn consent_in_force(&self, subject: &SubjectId) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError>;
 
     /// Destroys the subject's key, then removes its records, links and current state; queues the
     /// releases of the subject's claimed links. `rights_request` is the erasure request (kept in

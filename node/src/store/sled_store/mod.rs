@@ -426,6 +426,24 @@ impl Store for SledStore {
         Ok(Some((meta, self.current_consent(subject, purpose, channel)?)))
     }
 
+    fn consent_in_force(&self, subject: &SubjectId) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError> {
+        let key = self.key(subject)?;
+        let mut cells = Vec::new();
+        for item in self.current.scan_prefix(subject.as_bytes()) {
+            let (k, value) = item.map_err(backend)?;
+            let corrupt = || StoreError::Corrupt("current consent key".into());
+            let (purpose, channel) = std::str::from_utf8(&k[SUBJECT_ID_LEN..])
+                .ok()
+                .and_then(|cell| cell.split_once('\0'))
+                .ok_or_else(corrupt)?;
+            let purpose = Purpose::parse(purpose).map_err(|_| corrupt())?;
+            let channel = Channel::parse(channel).map_err(|_| corrupt())?;
+            cells.push((purpose, channel, open(&key, b"current", &k, &value)?));
+        }
+        cells.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
+        Ok(cells)
+    }
+
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
         self.open_log(&self.consent, b"consent", subject)
     }

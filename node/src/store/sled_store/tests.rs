@@ -249,11 +249,22 @@ fn older_grant_never_overrides_newer_withdrawal() {
     store.append_consent(&s, consent(ConsentState::Granted, 150), None).unwrap();
     let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
     assert_eq!(current.state, ConsentState::Withdrawn);
-    // Equal capture times: the restrictive record wins.
-    store.append_consent(&s, consent(ConsentState::Granted, 200), None).unwrap();
+    // Equal capture times: a withdrawal recorded after the grant wins; a grant recorded after the
+    // withdrawal, captured in the second the withdrawal was recorded, is a re-grant
+    // (policy-packs/README.md, "Order of consent records", rule 4).
+    store.append_consent(&s, consent(ConsentState::Granted, 300), None).unwrap();
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 300), None).unwrap();
     let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
     assert_eq!(current.state, ConsentState::Withdrawn);
-    assert_eq!(store.consent_history(&s).unwrap().len(), 4, "the ledger keeps every record");
+    store.append_consent(&s, consent(ConsentState::Granted, 300), None).unwrap();
+    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    assert_eq!(current.state, ConsentState::Granted);
+    assert_eq!(store.consent_history(&s).unwrap().len(), 6, "the ledger keeps every record");
+    assert_eq!(
+        store.consent_in_force(&s).unwrap(),
+        vec![(Purpose::Marketing, Channel::Email, current)],
+        "what is in force, per cell, is what decisions read"
+    );
     assert!(store.current_consent(&s, Purpose::Marketing, Channel::Sms).unwrap().is_none());
 }
 
@@ -684,10 +695,17 @@ fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
         ..consent(state, 0)
     };
     store.append_consent(&s, ms(ConsentState::Withdrawn, 3_000_100, 3_000_100), None).unwrap();
-    store.append_consent(&s, ms(ConsentState::Granted, 3_000_100, 3_000_100), None).unwrap();
-    assert_eq!(current(), ConsentState::Withdrawn, "a tie goes to the restrictive record");
     store.append_consent(&s, ms(ConsentState::Granted, 3_000_350, 3_000_351), None).unwrap();
-    assert_eq!(current(), ConsentState::Granted, "a grant in the same second, after the withdrawal");
+    assert_eq!(current(), ConsentState::Granted, "a grant a moment after the withdrawal");
+    // A capture system stamping whole seconds: a re-grant captured "at 3,001 s", recorded just
+    // after a withdrawal recorded at 3,001.200 s, is a re-grant.
+    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_001_200, 3_001_200), None).unwrap();
+    store.append_consent(&s, ms(ConsentState::Granted, 3_001_000, 3_001_400), None).unwrap();
+    assert_eq!(current(), ConsentState::Granted, "a re-grant stamped with the withdrawal's second");
+    // One captured in an earlier second (a replay) does not revive consent.
+    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_002_500, 3_002_500), None).unwrap();
+    store.append_consent(&s, ms(ConsentState::Granted, 3_001_900, 3_002_700), None).unwrap();
+    assert_eq!(current(), ConsentState::Withdrawn, "a replayed grant from the second before");
 }
 
 #[test]
