@@ -3,20 +3,23 @@
 
 use std::path::Path;
 
-use domicile_runtime::config::{Kind, REGION, Table, VERSION_1, optional, required};
+use domicile_runtime::config::RegionText;
 use domicile_types::RegionId;
 
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     #[serde(rename = "region")]
+    #[schemars(length(min = 1))]
     pub regions: Vec<TopologyRegion>,
 }
 
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopologyRegion {
+    #[schemars(with = "RegionText")]
     pub id: RegionId,
     /// Free text for operators, e.g. "EU countries".
     #[serde(default)]
@@ -26,16 +29,10 @@ pub struct TopologyRegion {
 /// The default: three regions, matching the home regions of the bundled packs.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../deploy/local/topology.toml");
 
-static REGION_TABLE: Table = Table { fields: &[required("id", REGION), optional("description", Kind::Text)] };
-
-/// The keys a topology file may hold.
-pub static SCHEMA: Table =
-    Table { fields: &[VERSION_1, required("region", Kind::Array { item: &Kind::Table(&REGION_TABLE), min_len: 1 })] };
-
 impl Topology {
     /// Parses and checks topology text, reporting every problem; `origin` names it in errors.
     pub fn parse_named(origin: &str, text: &str) -> Result<Self, domicile_runtime::config::ConfigError> {
-        let topology: Topology = domicile_runtime::config::parse(origin, text, &SCHEMA)?;
+        let topology: Topology = domicile_runtime::config::parse(origin, text)?;
         let mut issues = Vec::new();
         for (i, region) in topology.regions.iter().enumerate() {
             if topology.regions[..i].iter().any(|r| r.id == region.id) {

@@ -4,20 +4,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use domicile_runtime::config::RegionEndpoint;
-use domicile_runtime::config::{
-    ConfigError, Kind, REGION_ENDPOINT_TABLE, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE, Table, UNSIGNED, VERSION_1,
-    duplicate_regions, load, optional, required,
-};
+use domicile_runtime::config::{ConfigError, SocketAddrText, duplicate_regions, load};
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::tls::TlsFiles;
 
 pub const ENV_PREFIX: &str = "DOMICILE_GATEWAY";
 
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+/// The shape of a gateway file, declared once: its schema, which files are checked against, is
+/// derived from it (`domicile_runtime::config`).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Configuration format version; only 1 exists.
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
+    #[schemars(with = "SocketAddrText")]
     pub listen: SocketAddr,
     /// Directory of policy packs (`<dir>/<pack>/pack.toml`).
     pub packs_dir: PathBuf,
@@ -28,6 +29,7 @@ pub struct GatewayConfig {
     #[serde(default = "default_node_timeout_ms")]
     pub node_timeout_ms: u64,
     /// The regions of the deployment and where their nodes listen.
+    #[schemars(length(min = 1))]
     pub regions: Vec<RegionEndpoint>,
     /// Who must have signed the pack set; absent: unsigned sets load (development only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,28 +58,10 @@ fn default_node_timeout_ms() -> u64 {
     2_000
 }
 
-/// The keys a gateway file may hold; kept beside the struct (the test below checks they agree).
-pub static SCHEMA: Table = Table {
-    fields: &[
-        VERSION_1,
-        required("listen", SOCKET_ADDR),
-        required("packs_dir", Kind::Text),
-        required("link_key_file", Kind::Text),
-        required("tls", Kind::Table(&TLS_TABLE)),
-        optional("node_timeout_ms", UNSIGNED),
-        required("regions", Kind::Array { item: &Kind::Table(&REGION_ENDPOINT_TABLE), min_len: 1 }),
-        optional("packs_trust", Kind::Table(&TRUST_TABLE)),
-        optional("packs_reload_ms", UNSIGNED),
-        optional("otlp_endpoint", Kind::Text),
-        optional("otlp_metrics_interval_ms", UNSIGNED),
-        optional("token_public_key_file", Kind::Text),
-    ],
-};
-
 impl GatewayConfig {
     /// Loads and checks a gateway file; the error lists every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = load(path, ENV_PREFIX, &SCHEMA)?;
+        let config: Self = load(path, ENV_PREFIX)?;
         // Duplicates are only visible once the structure is sound; report them all together.
         let issues = duplicate_regions("regions", &config.regions);
         if !issues.is_empty() {

@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use domicile_runtime::config::{
-    ConfigError, ConfigIssue, Kind, REGION, REGION_ENDPOINT_TABLE, RegionEndpoint, SOCKET_ADDR, TLS_TABLE, TRUST_TABLE,
-    Table, UNSIGNED, VERSION_1, duplicate_regions, load, optional, required,
+    ConfigError, ConfigIssue, RegionEndpoint, RegionText, SocketAddrText, duplicate_regions, load,
 };
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::tls::TlsFiles;
@@ -13,14 +12,19 @@ use domicile_types::RegionId;
 
 pub const ENV_PREFIX: &str = "DOMICILE_NODE";
 
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+/// The shape of a node file, declared once: its schema, which files are checked against, is
+/// derived from it (`domicile_runtime::config`).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Configuration format version; only 1 exists.
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     /// The region this node serves. It stores only subjects whose pack allows this region.
+    #[schemars(with = "RegionText")]
     pub region: RegionId,
     /// Address to listen on; port 0 picks a free port (announced on stdout).
+    #[schemars(with = "SocketAddrText")]
     pub listen: SocketAddr,
     /// Directory of the sled database.
     pub data_dir: PathBuf,
@@ -49,11 +53,12 @@ pub struct NodeConfig {
 
 /// The deployment's regions, as every node must list them alike: each identifier's claim is kept
 /// by one of them (its arbiter, ARCHITECTURE.md "Identifier ownership").
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnershipConfig {
     /// Every region of the deployment, this node's own included, with its node's `host:port`
     /// (this node's own entry is not dialled).
+    #[schemars(length(min = 1))]
     pub regions: Vec<RegionEndpoint>,
     /// Deadline of one claim or release at another region's node, in milliseconds.
     #[serde(default = "default_claim_timeout_ms")]
@@ -64,39 +69,14 @@ fn default_claim_timeout_ms() -> u64 {
     2_000
 }
 
-static OWNERSHIP_TABLE: Table = Table {
-    fields: &[
-        required("regions", Kind::Array { item: &Kind::Table(&REGION_ENDPOINT_TABLE), min_len: 1 }),
-        optional("claim_timeout_ms", UNSIGNED),
-    ],
-};
-
 pub(crate) fn default_packs_reload_ms() -> u64 {
     5_000
 }
 
-/// The keys a node file may hold; kept beside the struct (the test below checks they agree).
-pub static SCHEMA: Table = Table {
-    fields: &[
-        VERSION_1,
-        required("region", REGION),
-        required("listen", SOCKET_ADDR),
-        required("data_dir", Kind::Text),
-        required("packs_dir", Kind::Text),
-        required("link_key_file", Kind::Text),
-        required("tls", Kind::Table(&TLS_TABLE)),
-        optional("packs_trust", Kind::Table(&TRUST_TABLE)),
-        optional("packs_reload_ms", UNSIGNED),
-        optional("otlp_endpoint", Kind::Text),
-        optional("otlp_metrics_interval_ms", UNSIGNED),
-        required("ownership", Kind::Table(&OWNERSHIP_TABLE)),
-    ],
-};
-
 impl NodeConfig {
     /// Loads and checks a node file; the error lists every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = load(path, ENV_PREFIX, &SCHEMA)?;
+        let config: Self = load(path, ENV_PREFIX)?;
         let mut issues = duplicate_regions("ownership.regions", &config.ownership.regions);
         if !config.ownership.regions.iter().any(|r| r.id == config.region) {
             issues.push(ConfigIssue {
@@ -115,7 +95,7 @@ impl NodeConfig {
 mod tests {
     use std::path::PathBuf;
 
-    use domicile_runtime::config::check;
+    use domicile_runtime::config::{check, schema_of};
     use domicile_runtime::packs::{TrustConfig, TrustedKeyFile};
     use domicile_runtime::tls::TlsFiles;
 
@@ -151,7 +131,7 @@ mod tests {
             },
         };
         let value = serde_json::to_value(&config).unwrap();
-        assert_eq!(check(&value, &SCHEMA), vec![]);
+        assert_eq!(check(&value, &schema_of::<NodeConfig>()), vec![]);
     }
 
     #[test]

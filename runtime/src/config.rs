@@ -5,9 +5,11 @@
 //! levels so snake_case keys survive (`DOMICILE_NODE_TLS__CA`).
 //!
 //! serde stops at the first error, so before deserialising, the merged file + environment is
-//! walked against a [`Table`] schema that collects unknown keys, missing required keys, wrong
-//! types and unparsable values, each with its key path. The final serde pass (types use
-//! `deny_unknown_fields`) stays as a backstop should a schema drift from its struct.
+//! walked against the configuration type's own shape (its JSON schema, derived from the serde
+//! struct with `schemars`, so each shape is declared once) collecting unknown keys, missing
+//! required keys, wrong types and unparsable values, each with its key path. Fields of domain
+//! types name their check with `#[schemars(with = "RegionText")]` and the like. The final serde
+//! pass then reads the checked value.
 
 use std::fmt;
 use std::path::Path;
@@ -60,52 +62,22 @@ impl fmt::Display for ConfigError {
 /// Process exit code for a bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// A configuration shape, declared once: the serde struct, whose JSON schema (derived with
+/// `schemars`, every nested table inline) is what files and environment are checked against
+/// before serde reads them, so that every problem is reported at once with its key path.
+pub trait ConfigShape: DeserializeOwned + schemars::JsonSchema {}
+
+impl<T: DeserializeOwned + schemars::JsonSchema> ConfigShape for T {}
+
+/// The JSON schema of `T`, nested tables inline (no `$ref`s to follow).
+pub fn schema_of<T: schemars::JsonSchema>() -> Value {
+    let generator =
+        schemars::generate::SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true).into_generator();
+    generator.into_root_schema_for::<T>().to_value()
+}
+
 /// Checks a text value; the error describes what was expected, without the value.
-pub type TextCheck = fn(&str) -> Result<(), String>;
-
-/// The expected shape of a value.
-#[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    /// Any scalar, read as text (environment values may arrive as numbers).
-    Text,
-    /// Text that must pass a check, e.g. an address or a region id.
-    Checked(TextCheck),
-    /// A non-negative integer, optionally equal to a fixed value (format versions).
-    Unsigned {
-        exactly: Option<u64>,
-    },
-    Table(&'static Table),
-    /// An array whose items all have one shape, with at least `min_len` items.
-    Array {
-        item: &'static Kind,
-        min_len: usize,
-    },
-}
-
-/// One allowed key of a table.
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    pub name: &'static str,
-    pub required: bool,
-    pub kind: Kind,
-}
-
-/// The allowed keys of a table; any other key is an error.
-#[derive(Debug)]
-pub struct Table {
-    pub fields: &'static [Field],
-}
-
-pub const fn required(name: &'static str, kind: Kind) -> Field {
-    Field { name, required: true, kind }
-}
-
-pub const fn optional(name: &'static str, kind: Kind) -> Field {
-    Field { name, required: false, kind }
-}
-
-/// `version = 1`, the only format version so far.
-pub const VERSION_1: Field = required("version", Kind::Unsigned { exactly: Some(1) });
+type TextCheck = fn(&str) -> Result<(), String>;
 
 fn check_socket_addr(text: &str) -> Result<(), String> {
     text.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| "expected an `ip:port` socket address".to_owned())
@@ -124,23 +96,69 @@ fn check_host_port(text: &str) -> Result<(), String> {
     }
 }
 
-pub const SOCKET_ADDR: Kind = Kind::Checked(check_socket_addr);
-pub const REGION: Kind = Kind::Checked(check_region);
-pub const HOST_PORT: Kind = Kind::Checked(check_host_port);
-pub const UNSIGNED: Kind = Kind::Unsigned { exactly: None };
+/// The text checks a schema names in its `format`.
+fn text_check(format: &str) -> Option<TextCheck> {
+    match format {
+        REGION_FORMAT => Some(check_region),
+        SOCKET_ADDR_FORMAT => Some(check_socket_addr),
+        HOST_PORT_FORMAT => Some(check_host_port),
+        _ => None,
+    }
+}
+
+const REGION_FORMAT: &str = "domicile-region";
+const SOCKET_ADDR_FORMAT: &str = "domicile-socket-address";
+const HOST_PORT_FORMAT: &str = "domicile-host-port";
+
+/// A schema for text checked by one of this module's checks (`#[schemars(with = "…")]`).
+macro_rules! checked_text {
+    ($(#[$doc:meta])* $name:ident, $format:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "format": $format })
+            }
+        }
+    };
+}
+
+checked_text!(
+    /// A region id (`eu-central`), for fields of type `RegionId`: `#[schemars(with = "RegionText")]`.
+    RegionText,
+    REGION_FORMAT
+);
+checked_text!(
+    /// An `ip:port` socket address.
+    SocketAddrText,
+    SOCKET_ADDR_FORMAT
+);
+checked_text!(
+    /// A `host:port` endpoint.
+    HostPortText,
+    HOST_PORT_FORMAT
+);
 
 /// One region of a deployment and where its node listens (gateways route to it; nodes claim
 /// identifiers at it).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegionEndpoint {
+    #[schemars(with = "RegionText")]
     pub id: domicile_types::RegionId,
     /// `host:port` of the region's node.
+    #[schemars(with = "HostPortText")]
     pub endpoint: String,
 }
-
-/// [`RegionEndpoint`].
-pub static REGION_ENDPOINT_TABLE: Table = Table { fields: &[required("id", REGION), required("endpoint", HOST_PORT)] };
 
 /// Issues for regions listed twice in `regions` (at key `path[i].id`).
 pub fn duplicate_regions(path: &str, regions: &[RegionEndpoint]) -> Vec<ConfigIssue> {
@@ -153,49 +171,33 @@ pub fn duplicate_regions(path: &str, regions: &[RegionEndpoint]) -> Vec<ConfigIs
     issues
 }
 
-/// [`crate::tls::TlsFiles`].
-pub static TLS_TABLE: Table =
-    Table { fields: &[required("ca", Kind::Text), required("cert", Kind::Text), required("key", Kind::Text)] };
-
-static TRUSTED_KEY_TABLE: Table =
-    Table { fields: &[required("key_id", Kind::Text), required("public_key_file", Kind::Text)] };
-
-/// [`crate::packs::TrustConfig`].
-pub static TRUST_TABLE: Table = Table {
-    fields: &[
-        required("trusted_keys", Kind::Array { item: &Kind::Table(&TRUSTED_KEY_TABLE), min_len: 0 }),
-        required("min_signatures", UNSIGNED),
-    ],
-};
-
-/// Reads `path` (TOML), applies `<env_prefix>_…` overrides, checks the result against `schema`
-/// (every problem at once), then deserialises into `T`.
-pub fn load<T: DeserializeOwned>(path: &Path, env_prefix: &str, schema: &Table) -> Result<T, ConfigError> {
+/// Reads `path` (TOML), applies `<env_prefix>_…` overrides, checks the result against `T`'s
+/// shape (every problem at once), then deserialises into `T`.
+pub fn load<T: ConfigShape>(path: &Path, env_prefix: &str) -> Result<T, ConfigError> {
     let origin = path.display().to_string();
     let builder = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
         .add_source(
             config::Environment::with_prefix(env_prefix).prefix_separator("_").separator("__").try_parsing(true),
         );
-    check_and_build(&origin, builder, schema)
+    check_and_build(&origin, builder)
 }
 
 /// Like [`load`] for TOML text that is not a file on disk (built-in defaults), without
 /// environment overrides; `origin` names it in errors.
-pub fn parse<T: DeserializeOwned>(origin: &str, text: &str, schema: &Table) -> Result<T, ConfigError> {
+pub fn parse<T: ConfigShape>(origin: &str, text: &str) -> Result<T, ConfigError> {
     let builder = config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml));
-    check_and_build(origin, builder, schema)
+    check_and_build(origin, builder)
 }
 
-fn check_and_build<T: DeserializeOwned>(
+fn check_and_build<T: ConfigShape>(
     origin: &str,
     builder: config::ConfigBuilder<config::builder::DefaultState>,
-    schema: &Table,
 ) -> Result<T, ConfigError> {
     // A syntax error or unreadable file leaves nothing to walk: it is the one problem.
     let merged = builder.build().map_err(|e| ConfigError::single(origin, "", e.to_string()))?;
     let value: Value = merged.clone().try_deserialize().map_err(|e| ConfigError::single(origin, "", e.to_string()))?;
-    let issues = check(&value, schema);
+    let issues = check(&value, &schema_of::<T>());
     if !issues.is_empty() {
         return Err(ConfigError { path: origin.to_owned(), issues });
     }
@@ -203,10 +205,10 @@ fn check_and_build<T: DeserializeOwned>(
     merged.try_deserialize::<T>().map_err(|e| ConfigError::single(origin, "", e.to_string()))
 }
 
-/// Every problem of `value` against `schema`, in key order of the schema then the file.
-pub fn check(value: &Value, schema: &Table) -> Vec<ConfigIssue> {
+/// Every problem of `value` against `schema` (a JSON schema from [`schema_of`]).
+pub fn check(value: &Value, schema: &Value) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
-    check_table(value, schema, "", &mut issues);
+    check_value(value, schema, "", &mut issues);
     issues
 }
 
@@ -225,33 +227,6 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-fn check_table(value: &Value, table: &Table, prefix: &str, issues: &mut Vec<ConfigIssue>) {
-    let Value::Object(map) = value else {
-        issues.push(ConfigIssue {
-            key: prefix.to_owned(),
-            message: format!("expected a table, found {}", type_name(value)),
-        });
-        return;
-    };
-    for field in table.fields {
-        let key = join(prefix, field.name);
-        match map.get(field.name) {
-            Some(v) => check_value(v, &field.kind, &key, issues),
-            None if field.required => issues.push(ConfigIssue { key, message: "missing required key".to_owned() }),
-            None => {}
-        }
-    }
-    for name in map.keys() {
-        if !table.fields.iter().any(|f| f.name == name) {
-            let allowed: Vec<&str> = table.fields.iter().map(|f| f.name).collect();
-            issues.push(ConfigIssue {
-                key: join(prefix, name),
-                message: format!("unknown key (allowed here: {})", allowed.join(", ")),
-            });
-        }
-    }
-}
-
 fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -261,47 +236,127 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-fn check_value(value: &Value, kind: &Kind, key: &str, issues: &mut Vec<ConfigIssue>) {
-    let mut push = |message: String| issues.push(ConfigIssue { key: key.to_owned(), message });
-    match kind {
-        Kind::Text => {
-            if scalar_text(value).is_none() {
-                push(format!("expected a string, found {}", type_name(value)));
+/// The schema's types (`"type": "x"` or `["x", "null"]`); an `anyOf` of a schema and null (an
+/// optional table) is read as that schema, optional.
+fn types(schema: &Value) -> (Vec<&str>, &Value) {
+    if let Some(alternatives) = schema.get("anyOf").and_then(Value::as_array) {
+        let mut nullable = false;
+        let mut main = schema;
+        for alternative in alternatives {
+            if alternative.get("type").and_then(Value::as_str) == Some("null") {
+                nullable = true;
+            } else {
+                main = alternative;
             }
         }
-        Kind::Checked(check) => match scalar_text(value) {
-            Some(text) => {
-                if let Err(message) = check(&text) {
-                    push(message);
+        let (mut found, main) = types(main);
+        if nullable {
+            found.push("null");
+        }
+        return (found, main);
+    }
+    let found = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    (found, schema)
+}
+
+fn check_value(value: &Value, schema: &Value, key: &str, issues: &mut Vec<ConfigIssue>) {
+    let mut push = |message: String| issues.push(ConfigIssue { key: key.to_owned(), message });
+    let (kinds, schema) = types(schema);
+    if value.is_null() && kinds.contains(&"null") {
+        return;
+    }
+    match kinds.iter().copied().find(|k| *k != "null") {
+        Some("object") => check_table(value, schema, key, issues),
+        Some("array") => match value {
+            Value::Array(items) => {
+                let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0);
+                if (items.len() as u64) < min {
+                    push(format!("needs at least {min} item(s)"));
+                }
+                if let Some(item) = schema.get("items") {
+                    for (i, v) in items.iter().enumerate() {
+                        check_value(v, item, &format!("{key}[{i}]"), issues);
+                    }
                 }
             }
-            None => push(format!("expected a string, found {}", type_name(value))),
+            other => push(format!("expected an array, found {}", type_name(other))),
         },
-        Kind::Unsigned { exactly } => {
+        Some("integer") => {
             // Environment overrides may arrive as text.
             let n = match value {
                 Value::Number(n) => n.as_u64(),
                 Value::String(s) => s.parse::<u64>().ok(),
                 _ => None,
             };
-            match (n, exactly) {
-                (None, _) => push(format!("expected a non-negative integer, found {}", type_name(value))),
-                (Some(n), Some(want)) if n != *want => push(format!("unsupported value: expected {want}")),
+            let (min, max) =
+                (schema.get("minimum").and_then(Value::as_u64), schema.get("maximum").and_then(Value::as_u64));
+            match n {
+                None => push(format!("expected a non-negative integer, found {}", type_name(value))),
+                // A version: one value allowed.
+                Some(n) if min.is_some() && min == max && Some(n) != min => {
+                    push(format!("unsupported value: expected {}", min.unwrap_or_default()))
+                }
+                Some(n) if max.is_some_and(|max| n > max) => {
+                    push(format!("must be at most {}", max.unwrap_or_default()))
+                }
                 _ => {}
             }
         }
-        Kind::Table(table) => check_table(value, table, key, issues),
-        Kind::Array { item, min_len } => match value {
-            Value::Array(items) => {
-                if items.len() < *min_len {
-                    push(format!("needs at least {min_len} item(s)"));
-                }
-                for (i, v) in items.iter().enumerate() {
-                    check_value(v, item, &format!("{key}[{i}]"), issues);
+        Some("boolean") => {
+            if !matches!(value, Value::Bool(_)) && !matches!(value.as_str(), Some("true" | "false")) {
+                push(format!("expected a boolean, found {}", type_name(value)));
+            }
+        }
+        // Text (also what a schema without a type reads as).
+        _ => match scalar_text(value) {
+            Some(text) => {
+                let check = schema.get("format").and_then(Value::as_str).and_then(text_check);
+                if let Some(Err(message)) = check.map(|check| check(&text)) {
+                    push(message);
                 }
             }
-            other => push(format!("expected an array, found {}", type_name(other))),
+            None => push(format!("expected a string, found {}", type_name(value))),
         },
+    }
+}
+
+fn check_table(value: &Value, schema: &Value, prefix: &str, issues: &mut Vec<ConfigIssue>) {
+    let Value::Object(map) = value else {
+        issues.push(ConfigIssue {
+            key: prefix.to_owned(),
+            message: format!("expected a table, found {}", type_name(value)),
+        });
+        return;
+    };
+    let empty = serde_json::Map::new();
+    let properties = schema.get("properties").and_then(Value::as_object).unwrap_or(&empty);
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (name, property) in properties {
+        let key = join(prefix, name);
+        match map.get(name) {
+            Some(v) => check_value(v, property, &key, issues),
+            None if required.contains(&name.as_str()) => {
+                issues.push(ConfigIssue { key, message: "missing required key".to_owned() })
+            }
+            None => {}
+        }
+    }
+    for name in map.keys() {
+        if !properties.contains_key(name) {
+            let allowed: Vec<&str> = properties.keys().map(String::as_str).collect();
+            issues.push(ConfigIssue {
+                key: join(prefix, name),
+                message: format!("unknown key (allowed here: {})", allowed.join(", ")),
+            });
+        }
     }
 }
 
@@ -309,19 +364,25 @@ fn check_value(value: &Value, kind: &Kind, key: &str, issues: &mut Vec<ConfigIss
 mod tests {
     use super::*;
 
-    static INNER: Table = Table { fields: &[required("id", REGION), required("endpoint", HOST_PORT)] };
-    static SCHEMA: Table = Table {
-        fields: &[
-            VERSION_1,
-            required("listen", SOCKET_ADDR),
-            optional("reload_ms", UNSIGNED),
-            required("tls", Kind::Table(&TLS_TABLE)),
-            required("regions", Kind::Array { item: &Kind::Table(&INNER), min_len: 1 }),
-        ],
-    };
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "read only through its schema")]
+    struct Sample {
+        #[schemars(range(min = 1, max = 1))]
+        version: u32,
+        #[schemars(with = "SocketAddrText")]
+        listen: std::net::SocketAddr,
+        #[serde(default)]
+        reload_ms: u64,
+        tls: crate::tls::TlsFiles,
+        #[schemars(length(min = 1))]
+        regions: Vec<RegionEndpoint>,
+        #[serde(default)]
+        otlp: Option<String>,
+    }
 
     fn issues(text: &str) -> Vec<String> {
-        match parse::<Value>("test.toml", text, &SCHEMA) {
+        match parse::<Sample>("test.toml", text) {
             Ok(_) => Vec::new(),
             Err(e) => e.issues.iter().map(ToString::to_string).collect(),
         }
@@ -356,16 +417,33 @@ mod tests {
             kee = "c.key"
             [[regions]]
             id = "EU!"
-            endpoint = "localhost:7001"
+            endpoint = "localhost"
         "#;
         let found = issues(text);
-        let keys = ["`version`", "`listen`", "`reload_ms`", "`tls.key`", "`tls.kee`", "`regions[0].id`", "`colour`"];
+        let keys = [
+            "`version`",
+            "`listen`",
+            "`reload_ms`",
+            "`tls.key`",
+            "`tls.kee`",
+            "`regions[0].id`",
+            "`regions[0].endpoint`",
+            "`colour`",
+        ];
         for key in keys {
             assert!(found.iter().any(|i| i.starts_with(key)), "{key} not reported in {found:?}");
         }
         assert_eq!(found.len(), keys.len(), "{found:?}");
+        assert!(found.iter().any(|i| i.contains("unsupported value: expected 1")), "{found:?}");
         // Values are never echoed.
         assert!(!found.iter().any(|i| i.contains("nowhere") || i.contains("blue")), "{found:?}");
+    }
+
+    #[test]
+    fn an_empty_list_and_a_missing_table_are_reported() {
+        let found = issues("version = 1\nlisten = \"127.0.0.1:1\"\nregions = []\n");
+        assert!(found.iter().any(|i| i.starts_with("`regions`: needs at least 1")), "{found:?}");
+        assert!(found.iter().any(|i| i.starts_with("`tls`: missing required key")), "{found:?}");
     }
 
     #[test]

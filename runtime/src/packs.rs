@@ -109,7 +109,7 @@ pub fn read_signatures(dir: &Path) -> Result<Option<String>, PackLoadError> {
 
 /// A public key allowed to sign pack sets, as configured: an id and a file holding the hex of
 /// the raw 32-byte Ed25519 public key (as written by `domicile packs keygen`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedKeyFile {
     pub key_id: String,
@@ -117,7 +117,7 @@ pub struct TrustedKeyFile {
 }
 
 /// Signature policy for loading packs. Without one, sets load unsigned (development).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     pub trusted_keys: Vec<TrustedKeyFile>,

@@ -29,7 +29,7 @@ pub fn install_crypto_provider() {
 }
 
 /// Where a process finds its TLS material.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// CA that signs every certificate of the cluster; peers must chain to it.
