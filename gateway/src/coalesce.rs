@@ -24,7 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::Status;
 use tracing::Instrument as _;
 
-use crate::node_client::{Nodes, decide_batch, decision_of, outcomes, region_unavailable, unknown_region};
+use crate::error::{region_unavailable, unknown_region};
+use crate::node_client::{Nodes, decide_batch, decision_of, outcomes};
 use crate::stack::NodeChannel;
 
 /// Node calls in flight per region. Small on purpose: queueing behind a busy call is what forms

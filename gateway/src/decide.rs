@@ -4,7 +4,7 @@
 //! coalesced with concurrent ones (`coalesce.rs`); at a stated time, a batch of one at that time;
 //! the stream's items go in batches (`batch.rs`).
 
-use domicile_proto::convert::{self, FieldViolation};
+use domicile_proto::convert;
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::raw::EncodedDecideBatchRequest;
@@ -12,12 +12,9 @@ use prost::Message as _;
 use prost::bytes::Bytes;
 use tonic::Status;
 
+use crate::error::{invalid, no_decision};
 use crate::gateway::Gateway;
 use crate::node_client::{decide_batch, decision_of, outcomes};
-
-fn invalid(v: FieldViolation) -> Status {
-    v.into()
-}
 
 /// Decides one request: the decision as its home region encoded it.
 pub async fn decide(gateway: &Gateway, req: pb::DecideRequest) -> Result<Bytes, Status> {
@@ -32,14 +29,14 @@ pub async fn decide(gateway: &Gateway, req: pb::DecideRequest) -> Result<Bytes, 
             request.push(0, &key, purpose, channel);
             let reply = decide_batch(gateway.nodes.channel(&region)?, request.at(at)).await;
             let outcome = outcomes(&region, &[0], reply).pop();
-            decision_of(&region, outcome.ok_or_else(|| Status::internal("home region returned no decision"))?)?
+            decision_of(&region, outcome.ok_or_else(no_decision)?)?
         }
     };
     if domicile_runtime::metrics::enabled() {
         // Counting by pack needs the pack: decoded only while metrics are exported.
         match common::Decision::decode(decision.clone()) {
             Ok(decoded) => crate::metrics::decided(&decoded),
-            Err(_) => return Err(Status::internal("home region returned no decision")),
+            Err(_) => return Err(no_decision()),
         }
     }
     Ok(decision)

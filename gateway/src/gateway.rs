@@ -15,6 +15,7 @@ use tonic::Status;
 
 use crate::coalesce::Coalescer;
 use crate::directory::{Directory, Miss};
+use crate::error::{directory_loading, held_elsewhere, invalid, not_registered};
 use crate::node_client::Nodes;
 
 pub struct Gateway {
@@ -25,10 +26,6 @@ pub struct Gateway {
     pub coalescer: Coalescer,
     /// The server's shutdown: callers' watch streams end when it begins (`watch.rs`).
     pub shutdown: Shutdown,
-}
-
-fn invalid(v: FieldViolation) -> Status {
-    v.into()
 }
 
 impl Gateway {
@@ -54,9 +51,7 @@ impl Gateway {
         for link in links {
             match self.directory.lookup(link) {
                 Ok(existing) if &existing.region != home => {
-                    return Err(Status::failed_precondition(
-                        "an identifier already belongs to a subject of another region",
-                    ));
+                    return Err(held_elsewhere());
                 }
                 Ok(_) | Err(Miss::Unknown | Miss::Incomplete) => {}
             }
@@ -66,8 +61,8 @@ impl Gateway {
 
     pub fn lookup(&self, link: &Link) -> Result<SubjectRef, Status> {
         self.directory.lookup(link).map_err(|miss| match miss {
-            Miss::Unknown => Status::not_found("no subject is registered under this identifier or link"),
-            Miss::Incomplete => Status::unavailable("the directory is still loading a region: retry shortly"),
+            Miss::Unknown => not_registered(),
+            Miss::Incomplete => directory_loading(),
         })
     }
 

@@ -4,13 +4,16 @@
 //! memory, finds each subject's home region in its link directory and forwards the request to
 //! that region's node only. It persists nothing and logs no personal data (invariant 1).
 
-// Modules from the bottom up: each imports only modules above it in this list.
+// The modules' import order, bottom up (ARCHITECTURE.md; `tools/module-cycles.py` checks it):
+// config, error, directory, guard, auth, metrics, stack, node_client, coalesce, sync, gateway,
+// decide, batch, watch, service, route.
 pub mod auth;
 mod batch;
 mod coalesce;
 pub mod config;
 mod decide;
 pub mod directory;
+mod error;
 mod gateway;
 pub mod guard;
 mod metrics;

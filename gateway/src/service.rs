@@ -16,7 +16,8 @@ use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::gateway::Gateway;
-use crate::node_client::node_status;
+
+use crate::error::{invalid, malformed_subject_ref, no_decision, node_status};
 use crate::node_client::writes::{WriteKey, write_status};
 
 /// Longest interaction summary a node accepts; checked here too so an oversized payload is
@@ -34,10 +35,6 @@ impl GatewayService {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self { gateway }
     }
-}
-
-fn invalid(v: FieldViolation) -> Status {
-    v.into()
 }
 
 #[tonic::async_trait]
@@ -92,8 +89,7 @@ impl Domicile for GatewayService {
             .await
             .map_err(|s| write_status(&home, s, &key))?
             .into_inner();
-        let subject = SubjectRef::parse(&reply.subject_ref)
-            .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
+        let subject = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
         let node_links: Vec<String> = links.iter().map(Link::to_string).collect();
         if reply.links != node_links || subject.region != home {
             // Gateway and node disagree on the link key or the region: a deployment fault that
@@ -156,8 +152,7 @@ impl Domicile for GatewayService {
     /// is for in-process callers and decodes the same bytes.
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
         let decision = crate::decide::decide(&self.gateway, request.into_inner()).await?;
-        let decision =
-            common::Decision::decode(decision).map_err(|_| Status::internal("home region returned no decision"))?;
+        let decision = common::Decision::decode(decision).map_err(|_| no_decision())?;
         Ok(Response::new(pb::DecideResponse { decision: Some(decision) }))
     }
 
@@ -237,8 +232,7 @@ impl Domicile for GatewayService {
             .await
             .map_err(|s| write_status(&into_region, s, &write))?
             .into_inner();
-        let into = SubjectRef::parse(&reply.subject_ref)
-            .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
+        let into = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
         if into.region != into_region {
             return Err(Status::internal("home region returned a subject ref of another region"));
         }
@@ -383,8 +377,7 @@ impl Domicile for GatewayService {
             .await
             .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
-        let subject = SubjectRef::parse(&reply.subject_ref)
-            .map_err(|_| Status::internal("home region returned a malformed subject ref"))?;
+        let subject = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
         let parse = |links: &[String]| links.iter().filter_map(|l| Link::parse(l).ok()).collect::<Vec<Link>>();
         self.gateway.directory.remove_subject_links(&subject, &parse(&reply.links_removed));
         self.gateway.directory.insert(&subject, &parse(&reply.links_added));

@@ -4,8 +4,8 @@
 //! - [`Nodes`]: each region's node connection (the client stack of `stack.rs`);
 //! - [`decide_batch`] and [`outcomes`]: the one way a node `DecideBatch` is called and the one
 //!   check that its reply matches the request (else every item fails, never an allow);
-//! - the statuses a caller sees for a node's answer ([`node_status`], [`region_unavailable`],
-//!   [`unknown_region`]) and for a write's ([`writes`]).
+//! - the statuses a caller sees for a write whose outcome is unknown ([`writes`]); the others
+//!   are in `error.rs`.
 
 pub mod writes;
 
@@ -19,6 +19,7 @@ use prost::bytes::Bytes;
 use tonic::codegen::http;
 use tonic::{Code, Status};
 
+use crate::error::{no_decision, node_status, unknown_region};
 use crate::stack::NodeChannel;
 
 pub type NodeClient = RegionalNodeClient<NodeChannel>;
@@ -90,9 +91,7 @@ pub fn outcomes(region: &RegionId, ids: &[u64], reply: Result<RawDecideBatchResp
             Some(RawResult::Decision(ref decision)) if !decision.is_empty() => outcome,
             Some(RawResult::Error(_)) => outcome,
             // No decision is not an allow.
-            Some(RawResult::Decision(_)) | None => {
-                RawOutcome::error(outcome.id, &Status::internal("home region returned no decision"))
-            }
+            Some(RawResult::Decision(_)) | None => RawOutcome::error(outcome.id, &no_decision()),
         })
         .collect()
 }
@@ -103,35 +102,8 @@ pub fn decision_of(region: &RegionId, outcome: RawOutcome) -> Result<Bytes, Stat
     match outcome.result {
         Some(RawResult::Decision(decision)) => Ok(decision),
         Some(RawResult::Error(error)) => Err(node_status(region, Status::new(Code::from(error.code), error.message))),
-        None => Err(Status::internal("home region returned no decision")),
+        None => Err(no_decision()),
     }
-}
-
-/// A node's answer, as the caller sees it. Node statuses are PII-free by construction and pass
-/// through; transport failures become UNAVAILABLE for that region only (fail closed). A status the
-/// node marked with its cause (`domicile_proto::CAUSE_METADATA`, e.g. an identifier's arbiter
-/// is unreachable) passes through as it is, whatever its code.
-pub fn node_status(region: &RegionId, status: Status) -> Status {
-    if status.metadata().contains_key(domicile_proto::CAUSE_METADATA) {
-        return status;
-    }
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
-            tracing::warn!(%region, code = ?status.code(), "home region unreachable");
-            region_unavailable(region)
-        }
-        _ => status,
-    }
-}
-
-/// What a caller sees for a region that cannot answer (never an allow).
-pub fn region_unavailable(region: &RegionId) -> Status {
-    Status::unavailable(format!("home region `{region}` is unavailable"))
-}
-
-/// A region this gateway was not configured with.
-pub fn unknown_region(region: &RegionId) -> Status {
-    Status::failed_precondition(format!("region `{region}` is not part of this deployment"))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use domicile_types::RegionId;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use super::node_status;
+use crate::error::node_status;
 use crate::guard::SENT_METADATA;
 
 const MAX_KEY: usize = 64;
