@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use domicile_node::audit::{VerifyError, VerifyReport, verify_file};
+use domicile_audit::{VerifyError, VerifyReport, verify_file};
 
 /// Exit status when the log is readable but does not verify.
 const EXIT_TAMPERED: u8 = 1;
@@ -97,7 +97,7 @@ fn render(path: &Path, result: &Result<VerifyReport, VerifyError>, json: bool) -
 
 #[cfg(test)]
 mod tests {
-    use domicile_node::audit::{AuditEvent, AuditLog};
+    use domicile_audit::{AuditEvent, AuditLog};
     use domicile_types::{Channel, ConsentState, Purpose, RegionId};
 
     use super::*;

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use domicile_audit::AuditLog;
 use domicile_node::NodeService;
-use domicile_node::audit::AuditLog;
 use domicile_node::store::{SledStore, Store};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;

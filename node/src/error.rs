@@ -37,7 +37,7 @@ pub fn store_status(e: StoreError) -> Status {
 }
 
 /// A change or decision that cannot be audited is refused, never served unaudited (invariant 5).
-pub fn audit_unavailable(e: crate::audit::AuditError) -> Status {
+pub fn audit_unavailable(e: domicile_audit::AuditError) -> Status {
     tracing::error!(error = %e, "audit log append failed");
     Status::unavailable("audit log unavailable")
 }

@@ -6,7 +6,6 @@
 //! registration, speak to it only in links and subject refs.
 
 mod access;
-pub mod audit;
 pub mod commit;
 pub mod config;
 mod error;
@@ -81,7 +80,7 @@ pub async fn serve(
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?,
     );
     let audit = Arc::new(
-        audit::AuditLog::open(&config.data_dir, &config.region)
+        domicile_audit::AuditLog::open(&config.data_dir, &config.region)
             .with_context(|| format!("cannot open the audit log in {}", config.data_dir.display()))?,
     );
     let ownership = Arc::new(

@@ -10,6 +10,7 @@ mod jurisdiction;
 mod link;
 mod ownership;
 mod region;
+pub mod rights;
 mod subject;
 mod vocab;
 

@@ -8,9 +8,9 @@ use domicile_types::SubjectId;
 use tonic::{Request, Status};
 
 use super::NodeService;
-use crate::audit::AuditEvent;
 use crate::error::{invalid, store_status};
 use crate::store::{CLOCK_SKEW_SECS, ConsentRecord, Evidence, NewConsent, Store, StoreError, counted_at_ms};
+use domicile_audit::AuditEvent;
 
 /// How a consent was captured, checked: evidence names a notice and a system as tokens, never
 /// free text (see `convert::is_evidence_token`).

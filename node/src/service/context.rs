@@ -11,9 +11,9 @@ use tonic::{Request, Status};
 
 use super::NodeService;
 use crate::access::Requester;
-use crate::audit::AuditEvent;
 use crate::error::{invalid, store_status};
 use crate::store::{CLOCK_SKEW_SECS, Interaction, InteractionKind, NewInteraction, Store, StoreError};
+use domicile_audit::AuditEvent;
 
 const MAX_SUMMARY: usize = 2048;
 const MAX_REFERENCE: usize = 128;

@@ -11,9 +11,9 @@ use domicile_types::{Channel, Purpose, SubjectId};
 use tonic::Status;
 
 use super::NodeService;
-use crate::audit::DecisionEntry;
 use crate::error::{audit_unavailable, invalid, store_status};
 use crate::store::Store;
+use domicile_audit::DecisionEntry;
 
 /// Bounds one batch call's work; gateways split audiences into batches of this size or less.
 pub const MAX_BATCH_ITEMS: usize = 10_000;

@@ -13,10 +13,11 @@ use tonic::{Request, Status};
 use super::NodeService;
 use super::context::token;
 use super::rights::rights_to_pb;
-use crate::audit::{AuditEvent, RightsKind};
 use crate::error::{invalid, store_status};
 use crate::ownership::claim_status;
 use crate::store::{Merged, Rectification, Rectified, Registered, Release, Store, StoreError};
+use domicile_audit::AuditEvent;
+use domicile_types::rights::RightsKind;
 
 /// Attempts of a write whose links a concurrent change moved (an erasure freeing a link it found
 /// held, say) before it gives up with ABORTED.
@@ -109,7 +110,7 @@ impl<S: Store> NodeService<S> {
             Err(e) => return Err(store_status(e)),
         };
         self.audit(
-            crate::audit::AuditEvent::Registration { identifiers: linked.len(), jurisdiction: jurisdiction.clone() },
+            domicile_audit::AuditEvent::Registration { identifiers: linked.len(), jurisdiction: jurisdiction.clone() },
             registered.subject,
         )?;
         self.make_durable().await?;

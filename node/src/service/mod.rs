@@ -38,12 +38,12 @@ use domicile_types::{Jurisdiction, LinkKey, RegionId, SubjectId, SubjectRef};
 use tonic::{Request, Response, Status};
 
 use crate::access::Requester;
-use crate::audit::{AuditEvent, AuditLog};
 use crate::commit::{FlushFn, GroupCommit};
 use crate::error::{audit_unavailable, store_status};
 use crate::idempotency;
 use crate::ownership::Ownership;
 use crate::store::{Idempotency, Store, StoreError, SubjectMeta};
+use domicile_audit::{AuditEvent, AuditLog};
 
 pub struct NodeService<S> {
     region: RegionId,

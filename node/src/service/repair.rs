@@ -19,10 +19,10 @@ use tonic::{Request, Status};
 use super::NodeService;
 use super::claims::links_of;
 use crate::access::Requester;
-use crate::audit::AuditEvent;
 use crate::error::{invalid, store_status};
 use crate::ownership::{ClaimOutcome, claim_status};
 use crate::store::{Release, Store};
+use domicile_audit::AuditEvent;
 
 /// Claims per `ListClaims` batch unless the caller asks for another size.
 const DEFAULT_CLAIM_BATCH: usize = 4096;

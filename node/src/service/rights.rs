@@ -11,9 +11,10 @@ use tonic::{Request, Status};
 
 use super::NodeService;
 use crate::access::Requester;
-use crate::audit::{AuditEvent, RequestId, RightsKind, RightsStatus, erasure_proof};
 use crate::error::{invalid, store_status};
 use crate::store::{Erased, RightsRequestRecord, Store, StoreError};
+use domicile_audit::{AuditEvent, erasure_proof};
+use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
 
 /// Used when the subject's pack names no rights deadline; the response says so.
 const DEFAULT_RIGHTS_DEADLINE: Period = Period::Days(30);

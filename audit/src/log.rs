@@ -1,0 +1,210 @@
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use domicile_types::{RegionId, SubjectRef};
+
+use crate::{
+    AuditError, AuditEvent, AuditHead, AuditRecord, DecisionEntry, FILE_NAME, GENESIS, Hashed, MAX_DECISIONS_BYTES,
+    VerifyError, check_decision, scan, write_decisions_entry, write_entry,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The writer.
+// ---------------------------------------------------------------------------------------------
+
+struct State {
+    file: File,
+    /// Bytes of complete, verified entries: where a failed append is rolled back to.
+    len: u64,
+    next_seq: u64,
+    head: String,
+    /// Set when a partial line could not be removed; appending after it would break the chain.
+    unwritable: bool,
+}
+
+/// The open audit log of one region. Appends are serialised by a mutex; `sync` is not, so one
+/// fsync covers every append that returned before it (group commit).
+pub struct AuditLog {
+    path: PathBuf,
+    region: RegionId,
+    state: Mutex<State>,
+    sync_handle: File,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog").field("path", &self.path).field("region", &self.region).finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens (or creates) `<dir>/audit.log`, verifies the whole chain and continues it. A torn
+    /// final line is dropped with a warning; any other failure refuses the log, naming the entry.
+    pub fn open(dir: &Path, region: &RegionId) -> Result<Self, AuditError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
+        let existed = path.exists();
+        let file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        if !existed {
+            // Make the new file's directory entry durable, or a synced entry could vanish with it.
+            sync_dir(dir)?;
+        }
+        let (report, verified_len) = match scan(BufReader::new(&file)) {
+            Ok(r) => r,
+            Err(VerifyError::Io(e)) => return Err(AuditError::Io(e)),
+            Err(VerifyError::Tampered(t)) => return Err(AuditError::Tampered(t)),
+        };
+        if let Some(found) = report.region
+            && found != region.as_str()
+        {
+            return Err(AuditError::WrongRegion { expected: region.to_string(), found });
+        }
+        if let Some(torn) = report.torn_tail {
+            tracing::warn!(
+                line = torn.line,
+                bytes = torn.bytes,
+                "audit log ends in an incomplete entry (a write interrupted by a crash, never acknowledged); dropping it"
+            );
+            file.set_len(verified_len)?;
+            file.sync_data()?;
+        }
+        let sync_handle = file.try_clone()?;
+        let state =
+            State { file, len: verified_len, next_seq: report.head_seq + 1, head: report.head_hash, unwritable: false };
+        Ok(Self { path, region: region.clone(), state: Mutex::new(state), sync_handle })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry and hands it to the OS (one `write` of the whole line). It is durable only
+    /// after [`AuditLog::sync`]; the node syncs before acknowledging, together with its store.
+    pub fn append(&self, event: AuditEvent, subject: Option<&SubjectRef>, at: i64) -> Result<AuditRecord, AuditError> {
+        // Residency: a node's log only ever names its own region's subjects.
+        if subject.into_iter().chain(event.subject_refs()).any(|s| s.region != self.region) {
+            return Err(AuditError::ForeignSubject);
+        }
+        let detail = event.detail()?;
+        let subject = subject.map(SubjectRef::to_string);
+        let kind = event.kind();
+        let mut state = self.lock()?;
+        let mut line = Vec::with_capacity(512);
+        let seq = state.next_seq;
+        let hashed = Hashed {
+            seq,
+            at,
+            region: self.region.as_str(),
+            kind,
+            subject: subject.as_deref(),
+            detail: &detail,
+            prev: &state.head,
+        };
+        let hash = write_entry(&mut line, &hashed)?;
+        let record = AuditRecord {
+            seq,
+            at,
+            region: self.region.to_string(),
+            kind,
+            subject,
+            detail,
+            prev: state.head.clone(),
+            hash: String::from_utf8_lossy(&hash).into_owned(),
+        };
+        Self::write(&mut state, &line, 1, &hash)?;
+        Ok(record)
+    }
+
+    /// Appends a batch of decisions as `decisions` entries (see the module doc): one entry, or
+    /// one more each time the entry's `decisions` string would pass 48 KiB, chained as usual and
+    /// written with one `write`; the hot path of batch decisions. All or nothing: every decision
+    /// is checked first and on error nothing is written. An empty batch writes nothing.
+    pub fn append_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), AuditError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Check every decision and cut the batch into entries before touching the file.
+        let mut ends = Vec::new();
+        let mut total = 0;
+        let mut current = 0; // bytes of the current entry's decisions string
+        for (i, entry) in entries.iter().enumerate() {
+            check_decision(entry.reasons, entry.pack)?;
+            let len = entry.encoded_len();
+            if len > MAX_DECISIONS_BYTES {
+                // Only a decision with hundreds of reasons; no pack can make one.
+                return Err(AuditError::InvalidField { field: "reasons" });
+            }
+            if current > 0 && current + 1 + len > MAX_DECISIONS_BYTES {
+                ends.push(i);
+                current = 0;
+            }
+            current += if current > 0 { 1 + len } else { len };
+            total += len + 1;
+        }
+        ends.push(entries.len());
+
+        let mut state = self.lock()?;
+        let mut lines = Vec::with_capacity(total + ends.len() * 320);
+        let mut head = state.head.as_bytes().try_into().unwrap_or([b'0'; 64]);
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            let seq = state.next_seq + i as u64;
+            let decisions = entries.get(start..end).unwrap_or_default();
+            head = write_decisions_entry(&mut lines, seq, at, &self.region, &head, decisions)?;
+            start = end;
+        }
+        Self::write(&mut state, &lines, ends.len() as u64, &head)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, AuditError> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.unwritable {
+            return Err(AuditError::Unwritable);
+        }
+        Ok(state)
+    }
+
+    /// Writes complete lines with one `write` and advances the chain to `head`; on failure
+    /// removes whatever part reached the file so the chain stays appendable.
+    fn write(state: &mut State, lines: &[u8], entries: u64, head: &[u8; 64]) -> Result<(), AuditError> {
+        if let Err(e) = state.file.write_all(lines) {
+            let len = state.len;
+            if state.file.set_len(len).is_err() {
+                state.unwritable = true;
+            }
+            return Err(AuditError::Io(e));
+        }
+        state.len += lines.len() as u64;
+        state.next_seq += entries;
+        state.head.clear();
+        state.head.push_str(std::str::from_utf8(head).unwrap_or(GENESIS));
+        Ok(())
+    }
+
+    /// Makes every entry appended so far durable (fsync). Blocking: from async code call it where
+    /// the store's flush is awaited, or in `spawn_blocking`.
+    pub fn sync(&self) -> Result<(), AuditError> {
+        self.sync_handle.sync_data()?;
+        Ok(())
+    }
+
+    /// The last entry's seq and hash, for the node's Info RPC and external anchoring.
+    pub fn head(&self) -> AuditHead {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        AuditHead { seq: state.next_seq - 1, hash: state.head.clone() }
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    // Directories cannot be opened as files here; the file system orders metadata itself.
+    Ok(())
+}
