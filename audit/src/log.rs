@@ -25,6 +25,73 @@ struct State {
     unwritable: bool,
 }
 
+/// Where a [`AuditTxn`] started: what its removal restores.
+struct Mark {
+    len: u64,
+    next_seq: u64,
+    head: String,
+}
+
+/// The audit entries of one store write, held until the write commits (see [`AuditLog::begin`]).
+pub struct AuditTxn<'a> {
+    log: &'a AuditLog,
+    state: std::sync::MutexGuard<'a, State>,
+    start: Mark,
+    appended: bool,
+    done: bool,
+}
+
+impl AuditTxn<'_> {
+    /// Appends an entry of the write (written to the file now, durable with the next sync).
+    pub fn append(&mut self, event: AuditEvent, subject: Option<&SubjectRef>, at: i64) -> Result<(), AuditError> {
+        if self.state.unwritable {
+            return Err(AuditError::Unwritable);
+        }
+        self.appended = true;
+        self.log.append_locked(&mut self.state, event, subject, at).map(|_| ())
+    }
+
+    /// Removes every entry appended so far (a store transaction that runs its body again
+    /// appends them again). If the file cannot be cut back, the log refuses every later append
+    /// ([`AuditError::Unwritable`]): entries of a write that was not stored must not stay.
+    pub fn rollback(&mut self) -> Result<(), AuditError> {
+        if !self.appended {
+            return Ok(());
+        }
+        let state = &mut *self.state;
+        if let Err(e) = state.file.set_len(self.start.len) {
+            state.unwritable = true;
+            tracing::error!(error = %e, "audit entries of a write that was not stored could not be removed");
+            return Err(AuditError::Unwritable);
+        }
+        state.len = self.start.len;
+        state.next_seq = self.start.next_seq;
+        state.head.clone_from(&self.start.head);
+        self.appended = false;
+        Ok(())
+    }
+
+    /// Keeps the entries: the write they record has committed.
+    pub fn commit(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for AuditTxn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // The write did not commit; the error is logged and the log marked unwritable there.
+            let _ = self.rollback();
+        }
+    }
+}
+
+impl fmt::Debug for AuditTxn<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditTxn").field("appended", &self.appended).finish_non_exhaustive()
+    }
+}
+
 /// The open audit log of one region. Appends are serialised by a mutex; `sync` is not, so one
 /// fsync covers every append that returned before it (group commit).
 pub struct AuditLog {
@@ -84,6 +151,27 @@ impl AuditLog {
     /// Appends one entry and hands it to the OS (one `write` of the whole line). It is durable only
     /// after [`AuditLog::sync`]; the node syncs before acknowledging, together with its store.
     pub fn append(&self, event: AuditEvent, subject: Option<&SubjectRef>, at: i64) -> Result<AuditRecord, AuditError> {
+        let mut state = self.lock()?;
+        self.append_locked(&mut state, event, subject, at)
+    }
+
+    /// Starts the entries of one store write: they are appended as the write goes (so a write
+    /// whose entries cannot be appended is aborted before it commits) and kept only when it
+    /// commits ([`AuditTxn::commit`]); dropped uncommitted, they are removed again. The log is held
+    /// until then, so no other entry comes between them and their removal.
+    pub fn begin(&self) -> Result<AuditTxn<'_>, AuditError> {
+        let state = self.lock()?;
+        let start = Mark { len: state.len, next_seq: state.next_seq, head: state.head.clone() };
+        Ok(AuditTxn { log: self, state, start, appended: false, done: false })
+    }
+
+    fn append_locked(
+        &self,
+        state: &mut State,
+        event: AuditEvent,
+        subject: Option<&SubjectRef>,
+        at: i64,
+    ) -> Result<AuditRecord, AuditError> {
         // Residency: a node's log only ever names its own region's subjects.
         if subject.into_iter().chain(event.subject_refs()).any(|s| s.region != self.region) {
             return Err(AuditError::ForeignSubject);
@@ -91,7 +179,6 @@ impl AuditLog {
         let detail = event.detail()?;
         let subject = subject.map(SubjectRef::to_string);
         let kind = event.kind();
-        let mut state = self.lock()?;
         let mut line = Vec::with_capacity(512);
         let seq = state.next_seq;
         let hashed = Hashed {
@@ -114,7 +201,7 @@ impl AuditLog {
             prev: state.head.clone(),
             hash: String::from_utf8_lossy(&hash).into_owned(),
         };
-        Self::write(&mut state, &line, 1, &hash)?;
+        Self::write(state, &line, 1, &hash)?;
         Ok(record)
     }
 

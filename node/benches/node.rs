@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domicile_audit::AuditLog;
 use domicile_node::NodeService;
 use domicile_node::store::{SledStore, Store};
 use domicile_proto::pb::common::v1 as common;
@@ -43,7 +42,7 @@ fn packs() -> Arc<domicile_runtime::packs::PackReloader> {
 async fn fixture(n: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let region = RegionId::parse("eu-central").unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = Arc::new(SledStore::open(dir.path(), &region).unwrap());
     let key = LinkKey::from_bytes(&[7; 32]).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
     let started = Instant::now();
@@ -63,10 +62,9 @@ async fn fixture(n: usize) -> Fixture {
         }
     }
     store.flush().await.unwrap();
-    let audit = Arc::new(AuditLog::open(dir.path(), &region).unwrap());
     let ownership =
         Arc::new(domicile_node::ownership::Ownership::single_region(region.clone(), Arc::clone(&store)).unwrap());
-    let service = Arc::new(NodeService::new(region, Arc::clone(&store), packs(), key, audit, ownership).unwrap());
+    let service = Arc::new(NodeService::new(region, Arc::clone(&store), packs(), key, ownership).unwrap());
     Fixture { service, store, subjects, _dir: dir }
 }
 

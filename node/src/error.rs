@@ -33,6 +33,7 @@ pub fn store_status(e: StoreError) -> Status {
             tracing::error!(%detail, "corrupt record in storage");
             Status::internal("stored data is corrupt")
         }
+        StoreError::Audit(e) => audit_unavailable(e),
     }
 }
 

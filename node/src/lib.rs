@@ -76,12 +76,8 @@ pub async fn serve(
     let packs = start_packs(&config.packs_dir, config.packs_trust.as_ref(), config.packs_reload_ms)?;
     let link_key = read_link_key(&config.link_key_file)?;
     let store = Arc::new(
-        SledStore::open(&config.data_dir)
+        SledStore::open(&config.data_dir, &config.region)
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?,
-    );
-    let audit = Arc::new(
-        domicile_audit::AuditLog::open(&config.data_dir, &config.region)
-            .with_context(|| format!("cannot open the audit log in {}", config.data_dir.display()))?,
     );
     let ownership = Arc::new(
         ownership::Ownership::new(config.region.clone(), &config.ownership, &tls, Arc::clone(&store))
@@ -93,15 +89,8 @@ pub async fn serve(
     tokio::spawn(Arc::clone(&ownership).run_releases());
     tokio::spawn(idempotency::purge_expired(Arc::clone(&store)));
     let stopping = Shutdown::new();
-    let service = NodeService::new(
-        config.region.clone(),
-        Arc::clone(&store),
-        packs,
-        link_key,
-        Arc::clone(&audit),
-        Arc::clone(&ownership),
-    )?
-    .with_shutdown(stopping.clone());
+    let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&ownership))?
+        .with_shutdown(stopping.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;
@@ -150,7 +139,6 @@ pub async fn serve(
     // Every acknowledged write is durable already (acknowledged only after a flush); this
     // covers anything applied since.
     store.flush().await?;
-    audit.sync()?;
     tracing::info!(region = %config.region, "node stopped");
     if let Some(otlp) = otlp {
         otlp.shutdown().await;

@@ -41,7 +41,7 @@ async fn run(links: usize) {
     let data_dir = dir.path().join("data");
     let started = Instant::now();
     {
-        let store = SledStore::open(&data_dir).unwrap();
+        let store = SledStore::open(&data_dir, &eu).unwrap();
         let key = LinkKey::from_bytes(&key_bytes).unwrap();
         let de = Jurisdiction::parse("DE").unwrap();
         for s in 0..links / IDENTIFIERS_PER_SUBJECT {

@@ -195,7 +195,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     cluster.cluster.stop_node(&us).await.unwrap();
     let us_dir = cluster.cluster.node_data_dir(&us);
     let (anna_us, dora_us) = {
-        let store = SledStore::open(&us_dir).unwrap();
+        let store = SledStore::open(&us_dir, &us).unwrap();
         let anna_us = store_subject(&store, "US", &[(anna.clone(), anna_link)]);
         let later = now() + 1;
         store
@@ -227,7 +227,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     cluster.cluster.stop_node(&sa).await.unwrap();
     let sa_dir = cluster.cluster.node_data_dir(&sa);
     let dora_sa = {
-        let store = SledStore::open(&sa_dir).unwrap();
+        let store = SledStore::open(&sa_dir, &sa).unwrap();
         store_subject(&store, "BR", &[(carla.clone(), carla_link)]);
         store_subject(&store, "BR", &[(emil.clone(), emil_link)]);
         let dora_sa = store_subject(&store, "BR", &[(dora.clone(), dora_link)]);

@@ -24,6 +24,19 @@ impl RightsKind {
             RightsKind::Portability => "portability",
         }
     }
+
+    pub const ALL: [RightsKind; 5] = [
+        RightsKind::Access,
+        RightsKind::Rectification,
+        RightsKind::Erasure,
+        RightsKind::Restriction,
+        RightsKind::Portability,
+    ];
+
+    /// The right named by [`RightsKind::as_str`]'s text, as stored with a request.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
 }
 
 /// Where a rights request stands.
@@ -44,6 +57,14 @@ impl RightsStatus {
             RightsStatus::Completed => "completed",
             RightsStatus::Refused => "refused",
         }
+    }
+
+    pub const ALL: [RightsStatus; 4] =
+        [RightsStatus::Received, RightsStatus::Extended, RightsStatus::Completed, RightsStatus::Refused];
+
+    /// The status named by [`RightsStatus::as_str`]'s text, as stored with a request.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 
@@ -88,6 +109,20 @@ mod tests {
         assert_eq!(RequestId::parse(&id.to_string()), Ok(id));
         for bad in ["", "AB", &"ab".repeat(15), &"AB".repeat(16), &"zz".repeat(16)] {
             assert!(RequestId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kinds_and_statuses_read_back_as_stored_and_nothing_else() {
+        for kind in RightsKind::ALL {
+            assert_eq!(RightsKind::parse(kind.as_str()), Some(kind));
+        }
+        for status in RightsStatus::ALL {
+            assert_eq!(RightsStatus::parse(status.as_str()), Some(status));
+        }
+        for bad in ["", "Access", "completed ", "deleted"] {
+            assert_eq!(RightsKind::parse(bad), None, "{bad}");
+            assert_eq!(RightsStatus::parse(bad), None, "{bad}");
         }
     }
 }

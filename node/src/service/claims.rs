@@ -8,7 +8,6 @@ use tonic::{Request, Status};
 
 use super::NodeService;
 use crate::access::Requester;
-use crate::error::store_status;
 use crate::store::{Release, Store};
 
 /// Links per claim or release call.
@@ -45,9 +44,8 @@ impl<S: Store> NodeService<S> {
         let req = request.into_inner();
         let links = links_of(&req.links)?;
         self.ownership.check_request(&region, &req.map_digest, &links)?;
-        let holders = self.store.claim_links(&region, req.generation, &links).map_err(store_status)?;
         // Durable before the claimant may rely on it.
-        self.make_durable().await?;
+        let holders = self.settle_unkeyed(self.store.claim_links(&region, req.generation, &links)).await?;
         let granted = holders.iter().filter(|h| h.is_none()).count();
         tracing::info!(region = %self.region, claimant = %region, granted, refused = holders.len() - granted, "identifier claims");
         Ok(pb::ClaimLinksResponse {
@@ -68,8 +66,7 @@ impl<S: Store> NodeService<S> {
         self.ownership.check_request(&region, &req.map_digest, &links)?;
         let releases: Vec<Release> =
             links.into_iter().zip(&req.releases).map(|(link, r)| Release { link, generation: r.generation }).collect();
-        let released = self.store.release_links(&region, &releases).map_err(store_status)?;
-        self.make_durable().await?;
+        let released = self.settle_unkeyed(self.store.release_links(&region, &releases)).await?;
         tracing::info!(region = %self.region, claimant = %region, released, "identifier claims released");
         Ok(pb::ReleaseLinksResponse { released: released as u64 })
     }

@@ -8,9 +8,9 @@ use domicile_types::SubjectId;
 use tonic::{Request, Status};
 
 use super::NodeService;
+use super::unit::Settled;
 use crate::error::{invalid, store_status};
-use crate::store::{CLOCK_SKEW_SECS, ConsentRecord, Evidence, NewConsent, Store, StoreError, counted_at_ms};
-use domicile_audit::AuditEvent;
+use crate::store::{CLOCK_SKEW_SECS, ConsentRecord, Evidence, NewConsent, Store, counted_at_ms};
 
 /// How a consent was captured, checked: evidence names a notice and a system as tokens, never
 /// free text (see `convert::is_evidence_token`).
@@ -97,27 +97,13 @@ impl<S: Store> NodeService<S> {
             expires_at,
             evidence,
         };
-        let (record, event) = match self.store.append_consent(&subject, consent, tag.as_ref()) {
-            Ok(recorded) => recorded,
-            Err(StoreError::Replayed) => {
-                let replayed = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag.as_ref())?;
-                let (subject, (record, _)) = replayed.ok_or_else(|| store_status(StoreError::Replayed))?;
-                return Ok(render(subject, &record));
+        // Acknowledged only once durable (invariant 7); every later decision reads this state.
+        let (record, _) = match self.settle(self.store.append_consent(&subject, consent, tag.as_ref())).await? {
+            Settled::Applied(recorded) => recorded,
+            Settled::Replayed => {
+                return self.replay_or(tag.as_ref(), |(s, (r, _)): (SubjectId, (ConsentRecord, u64))| render(s, &r));
             }
-            Err(e) => return Err(store_status(e)),
         };
-        self.audit(
-            AuditEvent::Consent {
-                purpose: record.purpose,
-                channels: record.channels.clone(),
-                state: record.state,
-                sequence: record.sequence,
-            },
-            subject,
-        )?;
-        // Acknowledge only once durable (invariant 7); every later decision reads this state.
-        self.make_durable().await?;
-        self.publish(event);
         tracing::info!(region = %self.region, %purpose, state = %record.state, sequence = record.sequence, "consent recorded");
         Ok(render(subject, &record))
     }

@@ -10,6 +10,7 @@ use domicile_types::SubjectId;
 use tonic::{Request, Status};
 
 use super::NodeService;
+use super::unit::Settled;
 use crate::access::Requester;
 use crate::error::{invalid, store_status};
 use crate::store::{CLOCK_SKEW_SECS, Interaction, InteractionKind, NewInteraction, Store, StoreError};
@@ -115,14 +116,12 @@ impl<S: Store> NodeService<S> {
         self.check_collection(&meta.jurisdiction, caller_region.as_ref())?;
         let interaction =
             NewInteraction { channel, occurred_at, recorded_at: now, kind, intent, summary, reference, open: req.open };
-        let stored = match self.store.append_interaction(&subject, interaction, tag.as_ref()) {
-            Ok(stored) => stored,
-            Err(StoreError::Replayed) => {
+        let stored = match self.settle(self.store.append_interaction(&subject, interaction, tag.as_ref())).await? {
+            Settled::Applied(stored) => stored,
+            Settled::Replayed => {
                 return self.replay_or(tag.as_ref(), |(s, i): (SubjectId, Interaction)| render(s, &i));
             }
-            Err(e) => return Err(store_status(e)),
         };
-        self.make_durable().await?;
         tracing::info!(region = %self.region, %channel, kind = kind.as_str(), sequence = stored.sequence, "interaction recorded");
         Ok(render(subject, &stored))
     }
@@ -167,17 +166,14 @@ impl<S: Store> NodeService<S> {
             let transfer = pack.check_transfer(caller_region.as_ref(), purpose).map_err(convert::residency_refused)?;
             // `check_transfer` never permits an unknown region.
             if let (Some(transfer), Some(to)) = (transfer, caller_region.clone()) {
-                self.audit(
-                    AuditEvent::Transfer {
-                        what: "context.minimised",
-                        to,
-                        purpose,
-                        transfer: transfer.id.clone(),
-                        pack: pack.pack_ref(),
-                    },
-                    subject,
-                )?;
-                self.make_durable().await?;
+                let event = AuditEvent::Transfer {
+                    what: "context.minimised",
+                    to,
+                    purpose,
+                    transfer: transfer.id.clone(),
+                    pack: pack.pack_ref(),
+                };
+                self.settle_unkeyed(self.store.audit(event, &subject, now_unix())).await?;
             }
             transfer
         };

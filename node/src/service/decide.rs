@@ -11,7 +11,7 @@ use domicile_types::{Channel, Purpose, SubjectId};
 use tonic::Status;
 
 use super::NodeService;
-use crate::error::{audit_unavailable, invalid, store_status};
+use crate::error::{invalid, store_status};
 use crate::store::Store;
 use domicile_audit::DecisionEntry;
 
@@ -136,7 +136,7 @@ impl<S: Store> NodeService<S> {
                 pack: parts.pack,
             })
             .collect();
-        let audited = self.audit.append_decisions(&entries, now_unix()).map_err(audit_unavailable);
+        let audited = self.store.audit_decisions(&entries, now_unix()).map_err(store_status);
         let mut out = EncodedDecideBatch::with_capacity(count);
         for (id, outcome) in outcomes {
             match (outcome, &audited) {

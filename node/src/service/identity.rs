@@ -13,10 +13,10 @@ use tonic::{Request, Status};
 use super::NodeService;
 use super::context::token;
 use super::rights::rights_to_pb;
+use super::unit::Settled;
 use crate::error::{invalid, store_status};
 use crate::ownership::claim_status;
 use crate::store::{Merged, Rectification, Rectified, Registered, Release, Store, StoreError};
-use domicile_audit::AuditEvent;
 use domicile_types::rights::RightsKind;
 
 /// Attempts of a write whose links a concurrent change moved (an erasure freeing a link it found
@@ -102,21 +102,10 @@ impl<S: Store> NodeService<S> {
                 self.store.register(&jurisdiction, &linked, new_subject, now_unix(), claimed, tag.as_ref())
             })
             .await?;
-        let registered = match written {
-            Ok(registered) => registered,
-            Err(StoreError::Replayed) => {
-                return self.replay_or(tag.as_ref(), |(_, r): (SubjectId, Registered)| render(&r));
-            }
-            Err(e) => return Err(store_status(e)),
+        let registered = match self.settle(written).await? {
+            Settled::Applied(registered) => registered,
+            Settled::Replayed => return self.replay_or(tag.as_ref(), |(_, r): (SubjectId, Registered)| render(&r)),
         };
-        self.audit(
-            domicile_audit::AuditEvent::Registration { identifiers: linked.len(), jurisdiction: jurisdiction.clone() },
-            registered.subject,
-        )?;
-        self.make_durable().await?;
-        if let Some(event) = registered.event {
-            self.publish(event);
-        }
         tracing::info!(region = %self.region, %jurisdiction, created = registered.created, identifiers = linked.len(), "subject registered");
         Ok(render(&registered))
     }
@@ -164,16 +153,12 @@ impl<S: Store> NodeService<S> {
             return Err(FieldViolation::new("from", "names the same subject as `into`").into());
         }
         // Both halves are of this region: the links' claims stay with it as they are.
-        let merged = match self.store.merge(&into, &from, now_unix(), tag.as_ref()) {
-            Ok(merged) => merged,
-            Err(StoreError::Replayed) => {
+        let merged = match self.settle(self.store.merge(&into, &from, now_unix(), tag.as_ref())).await? {
+            Settled::Applied(merged) => merged,
+            Settled::Replayed => {
                 return self.replay_or(tag.as_ref(), |(into, m): (SubjectId, Merged)| render(into, &m));
             }
-            Err(e) => return Err(store_status(e)),
         };
-        self.audit(AuditEvent::Merge { from: self.subject_ref(from), into: self.subject_ref(into) }, into)?;
-        self.make_durable().await?;
-        self.publish(merged.event);
         tracing::info!(region = %self.region, links = merged.links.len(), consent_records = merged.consent_records, interactions = merged.interactions, "subjects merged");
         Ok(render(into, &merged))
     }
@@ -254,22 +239,12 @@ impl<S: Store> NodeService<S> {
                 self.store.rectify(&subject, &change, now, &rights_request, claimed, tag.as_ref())
             })
             .await?;
-        let rectified = match written {
-            Ok(rectified) => rectified,
-            Err(StoreError::Replayed) => {
+        let rectified = match self.settle(written).await? {
+            Settled::Applied(rectified) => rectified,
+            Settled::Replayed => {
                 return self.replay_or(tag.as_ref(), |(s, r): (SubjectId, Rectified)| render(s, &r));
             }
-            Err(e) => return Err(store_status(e)),
         };
-        self.audit_rights(&rights_request, RightsKind::Rectification, subject)?;
-        self.make_durable().await?;
-        if let Some(event) = rectified.event {
-            self.publish(event);
-        }
-        if !rectified.removed.is_empty() {
-            // Their claims were queued with the change, now durable: the arbiters can let go.
-            self.ownership.releases_queued();
-        }
         tracing::info!(region = %self.region, added = rectified.added.len(), removed = rectified.removed.len(), "subject rectified");
         Ok(render(subject, &rectified))
     }

@@ -11,8 +11,9 @@
 //! - `repair.rs`: operators' repair of identifier ownership (identifiers held twice, claims
 //!   missing or orphaned).
 //!
-//! What they share is here: resolving subject keys, the caller's region, residency checks,
-//! auditing, durability and publishing change events.
+//! `unit.rs` is the unit of work every mutating call ends with (durable, then published). What
+//! the handlers share otherwise is here: resolving subject keys, the caller's region, residency
+//! checks, idempotency.
 
 mod claims;
 mod consent;
@@ -24,6 +25,7 @@ mod repair;
 mod rights;
 #[cfg(test)]
 mod tests;
+mod unit;
 
 use std::sync::Arc;
 
@@ -33,17 +35,16 @@ use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
 use domicile_proto::raw::SubjectKeyRef;
 use domicile_runtime::packs::{LoadedPacks, PackReloader};
-use domicile_runtime::process::{Shutdown, now_unix};
+use domicile_runtime::process::Shutdown;
 use domicile_types::{Jurisdiction, LinkKey, RegionId, SubjectId, SubjectRef};
 use tonic::{Request, Response, Status};
 
 use crate::access::Requester;
 use crate::commit::{FlushFn, GroupCommit};
-use crate::error::{audit_unavailable, store_status};
+use crate::error::store_status;
 use crate::idempotency;
 use crate::ownership::Ownership;
 use crate::store::{Idempotency, Store, StoreError, SubjectMeta};
-use domicile_audit::{AuditEvent, AuditLog};
 
 pub struct NodeService<S> {
     region: RegionId,
@@ -55,7 +56,6 @@ pub struct NodeService<S> {
     durable: tokio::sync::watch::Sender<Option<u64>>,
     /// The server's shutdown: open watch streams end when it begins (see `watch`).
     shutdown: Shutdown,
-    audit: Arc<AuditLog>,
     commit: Arc<GroupCommit>,
     ownership: Arc<Ownership<S>>,
 }
@@ -66,29 +66,20 @@ impl<S: Store> NodeService<S> {
         store: Arc<S>,
         packs: Arc<PackReloader>,
         link_key: LinkKey,
-        audit: Arc<AuditLog>,
         ownership: Arc<Ownership<S>>,
     ) -> Result<Self, StoreError> {
         // Everything recovered from disk is durable.
         let (durable, _) = tokio::sync::watch::channel(store.last_event()?);
         // One flush (store and audit log) serves every write waiting when it starts.
         let flush: FlushFn = {
-            let (store, audit) = (Arc::clone(&store), Arc::clone(&audit));
+            let store = Arc::clone(&store);
             Arc::new(move || {
-                let (store, audit) = (Arc::clone(&store), Arc::clone(&audit));
-                Box::pin(async move {
-                    let synced = tokio::task::spawn_blocking(move || audit.sync());
-                    store.flush().await.map_err(|e| e.to_string())?;
-                    match synced.await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                })
+                let store = Arc::clone(&store);
+                Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
             })
         };
         let commit = GroupCommit::start(flush);
-        Ok(Self { region, store, packs, link_key, durable, shutdown: Shutdown::new(), audit, commit, ownership })
+        Ok(Self { region, store, packs, link_key, durable, shutdown: Shutdown::new(), commit, ownership })
     }
 
     /// Ends every open watch stream when `shutdown` begins, so a graceful stop is not held up by
@@ -101,37 +92,6 @@ impl<S: Store> NodeService<S> {
     /// Group-commit figures (commits, flushes, time spent flushing).
     pub fn commit_stats(&self) -> crate::commit::CommitStats {
         self.commit.stats()
-    }
-
-    /// Records an audit entry. A change or decision that cannot be audited is refused
-    /// (invariant 5), never served unaudited.
-    fn audit(&self, event: AuditEvent, subject: SubjectId) -> Result<(), Status> {
-        self.audit.append(event, Some(&self.subject_ref(subject)), now_unix()).map(|_| ()).map_err(audit_unavailable)
-    }
-
-    /// Makes the store and the audit log durable: the point after which a write may be
-    /// acknowledged (invariant 7). When that fails, a change already applied may still reach the
-    /// disk (the store flushes on its own too): its outcome is unknown, and the status says so,
-    /// so that a gateway tells its caller to retry with the write's idempotency key.
-    async fn make_durable(&self) -> Result<(), Status> {
-        self.commit.commit().await.map_err(|e| {
-            tracing::error!(error = %e, "write could not be made durable");
-            crate::error::marked(
-                Status::unavailable("storage unavailable: the change may or may not be kept"),
-                domicile_proto::CAUSE_OUTCOME_UNKNOWN,
-            )
-        })
-    }
-
-    /// Marks events up to `sequence` durable and wakes watchers. Called after a flush.
-    fn publish(&self, sequence: u64) {
-        self.durable.send_if_modified(|current| match current {
-            Some(c) if *c >= sequence => false,
-            _ => {
-                *current = Some(sequence);
-                true
-            }
-        });
     }
 
     /// The region of the caller a request is for: this node's own for a caller of its region;

@@ -22,7 +22,6 @@ use crate::access::Requester;
 use crate::error::{invalid, store_status};
 use crate::ownership::{ClaimOutcome, claim_status};
 use crate::store::{Release, Store};
-use domicile_audit::AuditEvent;
 
 /// Claims per `ListClaims` batch unless the caller asks for another size.
 const DEFAULT_CLAIM_BATCH: usize = 4096;
@@ -222,14 +221,7 @@ impl<S: Store> NodeService<S> {
                 }
             }
         }
-        let held = self.store.hold_claims(&granted, announce, now_unix()).map_err(store_status)?;
-        self.make_durable().await?;
-        if let Some(event) = held.event {
-            self.publish(event);
-        }
-        if !held.gone.is_empty() {
-            self.ownership.releases_queued();
-        }
+        let held = self.settle_unkeyed(self.store.hold_claims(&granted, announce, now_unix())).await?;
         report.claimed += held.held.len() as u64;
         report.gone += held.gone.len() as u64;
         report.announced += held.announced as u64;
@@ -271,19 +263,9 @@ impl<S: Store> NodeService<S> {
                 }
             }
         }
-        let dropped = self.store.drop_links(&subject, &remove, now_unix()).map_err(store_status)?;
-        if !dropped.removed.is_empty() {
-            self.audit(
-                AuditEvent::OwnershipRepair { links_removed: dropped.removed.len(), kept_by: kept_by.clone() },
-                subject,
-            )?;
-            self.make_durable().await?;
-            if let Some(event) = dropped.event {
-                self.publish(event);
-            }
-            // Their claims (if this region had any) were queued with the change, now durable.
-            self.ownership.releases_queued();
-        }
+        // Audited as an ownership repair; their claims (if this region had any) were queued
+        // with the change.
+        let dropped = self.settle_unkeyed(self.store.drop_links(&subject, &remove, &kept_by, now_unix())).await?;
         let left = dropped.left;
         tracing::info!(region = %self.region, %kept_by, removed = dropped.removed.len(), left, "links dropped for ownership repair");
         Ok(pb::DropLinksResponse {

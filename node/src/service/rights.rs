@@ -10,10 +10,10 @@ use domicile_types::{Jurisdiction, Link, SubjectId};
 use tonic::{Request, Status};
 
 use super::NodeService;
+use super::unit::Settled;
 use crate::access::Requester;
 use crate::error::{invalid, store_status};
 use crate::store::{Erased, RightsRequestRecord, Store, StoreError};
-use domicile_audit::{AuditEvent, erasure_proof};
 use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
 
 /// Used when the subject's pack names no rights deadline; the response says so.
@@ -62,25 +62,6 @@ impl<S: Store> NodeService<S> {
         })
     }
 
-    /// Audits a rights request (the audit keeps it even after the subject is erased).
-    pub(super) fn audit_rights(
-        &self,
-        record: &RightsRequestRecord,
-        kind: RightsKind,
-        subject: SubjectId,
-    ) -> Result<(), Status> {
-        let request_id = RequestId::parse(&record.request_id).map_err(|_| Status::internal("malformed request id"))?;
-        self.audit(
-            AuditEvent::RightsRequest {
-                kind,
-                request_id,
-                deadline_at: record.deadline_at,
-                status: RightsStatus::Completed,
-            },
-            subject,
-        )
-    }
-
     pub(super) async fn export_subject(
         &self,
         request: Request<pb::ExportRequest>,
@@ -103,8 +84,8 @@ impl<S: Store> NodeService<S> {
         let now = now_unix();
         // Bookkeeping first, so the document lists this request too.
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Access, now)?;
-        self.store.append_rights_request(&subject, &rights_request).map_err(store_status)?;
-        self.audit_rights(&rights_request, RightsKind::Access, subject)?;
+        // Durable (and audited) before the document leaves.
+        self.settle_unkeyed(self.store.append_rights_request(&subject, &rights_request)).await?;
         let interactions = self.store.interactions(&subject).map_err(store_status)?;
         let rights_requests = self.store.rights_requests(&subject).map_err(store_status)?;
         let document = serde_json::json!({
@@ -123,7 +104,6 @@ impl<S: Store> NodeService<S> {
         });
         let document =
             serde_json::to_vec_pretty(&document).map_err(|_| Status::internal("cannot encode the export"))?;
-        self.make_durable().await?;
         tracing::info!(region = %self.region, "subject exported");
         Ok(pb::ExportResponse {
             subject_ref: self.subject_ref(subject).to_string(),
@@ -152,21 +132,12 @@ impl<S: Store> NodeService<S> {
         let now = now_unix();
         // Not stored with the subject (it is about to go): the audit log and the response keep it.
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Erasure, now)?;
-        let erased = match self.store.erase(&subject, now, &rights_request, tag.as_ref()) {
-            Ok(erased) => erased,
-            Err(StoreError::Replayed) => {
-                return self.replay_or(tag.as_ref(), |(s, e): (SubjectId, Erased)| render(s, &e));
-            }
-            Err(e) => return Err(store_status(e)),
+        // Audited with a PII-free proof (`store::Recorded::Erasure`); the links' claims were
+        // queued with it, released once it is durable.
+        let erased = match self.settle(self.store.erase(&subject, now, &rights_request, tag.as_ref())).await? {
+            Settled::Applied(erased) => erased,
+            Settled::Replayed => return self.replay_or(tag.as_ref(), |(s, e): (SubjectId, Erased)| render(s, &e)),
         };
-        self.audit_rights(&rights_request, RightsKind::Erasure, subject)?;
-        // The audit keeps a PII-free proof: a digest an auditor holding the subject ref can check.
-        let proof = erasure_proof(&self.subject_ref(subject), &erased.links, now);
-        self.audit(AuditEvent::Erasure { links_removed: erased.links.len(), proof }, subject)?;
-        self.make_durable().await?;
-        self.publish(erased.event);
-        // The links' claims were queued with the erasure, now durable: the arbiters can let go.
-        self.ownership.releases_queued();
         tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
         Ok(render(subject, &erased))
     }
@@ -190,16 +161,11 @@ impl<S: Store> NodeService<S> {
         let (subject, meta) = self.resolve_meta(&key)?;
         let now = now_unix();
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Restriction, now)?;
-        match self.store.set_restricted(&subject, req.restricted, &rights_request, tag.as_ref()) {
-            Ok(_) => {}
-            Err(StoreError::Replayed) => {
-                return self.replay_or(tag.as_ref(), |(s, (r, rights)): Restricted| render(s, r, &rights));
-            }
-            Err(e) => return Err(store_status(e)),
-        }
-        self.audit_rights(&rights_request, RightsKind::Restriction, subject)?;
         // Acknowledged only once durable: every later decision reflects it.
-        self.make_durable().await?;
+        let written = self.store.set_restricted(&subject, req.restricted, &rights_request, tag.as_ref());
+        if let Settled::Replayed = self.settle(written).await? {
+            return self.replay_or(tag.as_ref(), |(s, (r, rights)): Restricted| render(s, r, &rights));
+        }
         tracing::info!(region = %self.region, restricted = req.restricted, "restriction changed");
         Ok(render(subject, req.restricted, &rights_request))
     }

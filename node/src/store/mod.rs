@@ -2,9 +2,11 @@
 //! gRPC layer. Every mutating call is durable once `flush` returns (invariant 7), and personal data
 //! is encrypted per subject at rest so erasure can destroy it (invariant 6).
 
+mod change;
 mod sled_store;
 pub mod vault;
 
+pub use change::{Change, ChangeEvent, Recorded};
 pub use sled_store::SledStore;
 
 use std::collections::BTreeMap;
@@ -39,6 +41,9 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The write's audit entries could not be appended: the write was not stored (invariant 5).
+    #[error("audit log: {0}")]
+    Audit(domicile_audit::AuditError),
 }
 
 /// What a node keeps about a subject outside the encrypted record: enough to route and decide,
@@ -191,29 +196,6 @@ pub struct Erased {
     pub event: u64,
     pub at: i64,
     pub rights_request: RightsRequestRecord,
-}
-
-/// A pseudonymous change, as watchers see it. Carries links and vocabulary values only.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ChangeEvent {
-    pub sequence: u64,
-    pub at: i64,
-    pub subject: SubjectId,
-    pub links: Vec<Link>,
-    pub change: Change,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Change {
-    Registered,
-    Consent {
-        purpose: Purpose,
-        channels: Vec<Channel>,
-        state: ConsentState,
-    },
-    Erased,
-    /// Identifiers were removed from a subject that remains (rectification).
-    LinksRemoved,
 }
 
 /// What a channel interaction was. A closed vocabulary, so context stays comparable across
@@ -394,6 +376,12 @@ pub struct Dropped {
     pub event: Option<u64>,
 }
 
+/// A region's durable state: subjects, consent, claims, change events and the audit log.
+///
+/// Every write method is one unit (ARCHITECTURE.md, "Unit of work"): it describes what it does as
+/// [`Recorded`] facts, and in one transaction stores the change, its change events and its audit
+/// entries, all derived from those facts. A write whose audit entries cannot be appended stores
+/// nothing ([`StoreError::Audit`]). Nothing is durable before [`Store::flush`].
 pub trait Store: Send + Sync + 'static {
     /// Stores a subject with its identifiers (already normalised, with their links), or adds new
     /// identifiers to the one subject that already holds some of them. A link no subject of this
@@ -454,12 +442,14 @@ pub trait Store: Send + Sync + 'static {
     fn hold_claims(&self, claims: &[Release], announce: bool, now: i64) -> Result<Held, StoreError>;
     /// Removes identifiers and their links from a subject as a rectification removing them would
     /// (LINKS_REMOVED change event, claims queued for release), without a rights request: for an
-    /// identifier held twice across regions, which another region keeps. Links the subject does
+    /// identifier held twice across regions, which region `kept_by` keeps (audited as an
+    /// ownership repair). Links the subject does
     /// not hold (any more) are skipped.
     fn drop_links(
         &self,
         subject: &SubjectId,
         remove: &[(NormalizedIdentifier, Link)],
+        kept_by: &RegionId,
         now: i64,
     ) -> Result<Dropped, StoreError>;
 
@@ -571,7 +561,14 @@ pub trait Store: Send + Sync + 'static {
     fn last_event(&self) -> Result<Option<u64>, StoreError>;
     fn counts(&self) -> Result<(u64, u64), StoreError>;
 
-    /// Makes every change so far durable. Called before acknowledging a write.
+    /// Appends an audit entry about `subject` that records no stored change (a transfer of its
+    /// data). Every write appends its own entries in its transaction ([`Recorded`]).
+    fn audit(&self, event: domicile_audit::AuditEvent, subject: &SubjectId, at: i64) -> Result<(), StoreError>;
+    /// Appends decisions to the audit log in batch entries.
+    fn audit_decisions(&self, entries: &[domicile_audit::DecisionEntry<'_>], at: i64) -> Result<(), StoreError>;
+
+    /// Makes every change so far durable, audit entries included. Called before acknowledging a
+    /// write.
     fn flush(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
 

@@ -12,7 +12,7 @@ use sled::transaction::TransactionalTree;
 
 use super::identity::live_subject;
 use super::{
-    Change, Claim, Held, Idempotency, Release, Replay, SledStore, StoreError, SubjectKey, TxResult, abort, backend,
+    Claim, Held, Idempotency, Recorded, Release, Replay, SledStore, StoreError, SubjectKey, TxResult, abort, backend,
     decode, encode, flatten, or_abort,
 };
 
@@ -194,12 +194,13 @@ impl SledStore {
                 None => outcome.gone.push(*claim),
             }
         }
-        let mut events = Vec::new();
-        if announce {
-            for (subject, links) in &by_subject {
-                events.push(self.event_bytes(*subject, links.clone(), Change::Registered, now)?);
-            }
-        }
+        let recorded: Vec<Recorded<'_>> = if announce {
+            by_subject.iter().map(|(subject, links)| Recorded::Announced { subject: *subject, links }).collect()
+        } else {
+            Vec::new()
+        };
+        // Nothing is audited: no subject changes (`Recorded::Announced`).
+        let events = self.events_of(&recorded, now)?;
         let result = (&self.links, &self.held, &self.releases, &self.events).transaction(
             |(links, held, releases, events_tree)| {
                 for claim in claims {

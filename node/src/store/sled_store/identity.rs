@@ -4,14 +4,14 @@
 //! granted claim (`claimed`, ARCHITECTURE.md "Identifier ownership"); every link removed queues
 //! the release of its claim in the same transaction.
 
-use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, SUBJECT_ID_LEN, SubjectId};
+use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, hold, record_replay, release_held};
 use super::{
-    Change, ChangeEvent, CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Rectification, Rectified,
-    Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort,
-    backend, consent_key, decode, encode, flatten, open, or_abort, seal,
+    CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Recorded, Rectification, Rectified, Registered,
+    Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend,
+    consent_key, decode, encode, flatten, number_events, open, or_abort, seal,
 };
 
 /// Inside a transaction: the subject a live link names.
@@ -33,6 +33,14 @@ fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {
         // concurrent erasure or rectification freed it. Start over.
         None => abort(StoreError::Retry),
     }
+}
+
+/// Why identifiers change: a rectification (with its rights request) or an ownership repair
+/// (another region keeps them).
+#[derive(Clone, Copy)]
+enum Cause<'a> {
+    Rectification(&'a RightsRequestRecord),
+    KeptBy(&'a RegionId),
 }
 
 /// What a rectification of identifiers did: links added, links removed, the sequence of its last
@@ -61,7 +69,9 @@ impl SledStore {
         // Created before any sealed value refers to it; durable at the next flush.
         let key = self.vault.get_or_create(&candidate)?;
         let mut serial = self.serialise_writes(&[candidate]);
-        let event_seq = self.db.generate_id().map_err(backend)?;
+        // Allocated here: sled's ids cannot be taken inside a transaction.
+        let event_seq = [self.db.generate_id().map_err(backend)?];
+        let audited = self.audited(now)?;
         let trees = (&self.meta, &self.subjects, &self.links, &self.events, &self.held, &self.idempotency);
         let result = trees.transaction(|(meta, subjects, links, events, held, replays)| {
             check_replay(replays, idempotency)?;
@@ -113,22 +123,25 @@ impl SledStore {
             subjects
                 .insert(&subject.as_bytes()[..], or_abort(seal(&key, b"subjects", subject.as_bytes(), &record))?)?;
             meta.insert(&subject.as_bytes()[..], or_abort(encode(&entry))?)?;
-            let added_any = !added.is_empty();
-            if added_any {
-                let event =
-                    ChangeEvent { sequence: event_seq, at: now, subject, links: added, change: Change::Registered };
-                events.insert(&event_seq.to_be_bytes()[..], or_abort(encode(&event))?)?;
+            let recorded =
+                [Recorded::Registration { subject, jurisdiction, identifiers: identifiers.len(), added: &added }];
+            let mut last_event = None;
+            for (sequence, event) in or_abort(number_events(&recorded, now, &event_seq))? {
+                events.insert(&sequence.to_be_bytes()[..], event)?;
+                last_event = Some(sequence);
             }
             let registered = Registered {
                 subject,
                 links: identifiers.iter().map(|(_, l)| *l).collect(),
                 created,
-                event: added_any.then_some(event_seq),
+                event: last_event,
             };
             record_replay(replays, idempotency, Some((&subject, &key)), &(subject, &registered))?;
+            audited.append(&recorded)?;
             Ok(registered)
         });
         let registered = flatten(result)?;
+        audited.commit();
         serial.touch(registered.subject);
         Ok(registered)
     }
@@ -158,14 +171,35 @@ impl SledStore {
             return Err(StoreError::Replayed);
         }
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        let recorded = [
+            Recorded::RightsRequest { subject: *subject, request: rights_request },
+            Recorded::Erasure { subject: *subject, links: &entry.links },
+        ];
+        // Audited before the key goes: an erasure whose entries cannot be appended destroys
+        // nothing.
+        let audited = self.audited(now)?;
+        audited.append_now(&recorded)?;
         // Crypto-shredding first: from here on nothing sealed for this subject can be read, even
         // if the rest of the clean-up were interrupted.
         self.vault.destroy(subject)?;
-        let ledger_keys = Self::prefix_keys(&self.consent, subject)?;
-        let current_keys = Self::prefix_keys(&self.current, subject)?;
-        let interaction_keys = Self::prefix_keys(&self.interactions, subject)?;
-        let rights_keys = Self::prefix_keys(&self.rights, subject)?;
-        let (event_seq, event) = self.event_bytes(*subject, entry.links.clone(), Change::Erased, now)?;
+        let scanned = (|| {
+            Ok::<_, StoreError>((
+                Self::prefix_keys(&self.consent, subject)?,
+                Self::prefix_keys(&self.current, subject)?,
+                Self::prefix_keys(&self.interactions, subject)?,
+                Self::prefix_keys(&self.rights, subject)?,
+                self.events_of(&recorded, now)?,
+            ))
+        })();
+        let (ledger_keys, current_keys, interaction_keys, rights_keys, events_out) = match scanned {
+            Ok(scanned) => scanned,
+            Err(e) => {
+                // The key is gone: what the entries record has happened, whatever follows.
+                audited.commit();
+                return Err(e);
+            }
+        };
+        let event_seq = events_out.last().map_or(0, |(seq, _)| *seq);
         let erased = Erased {
             links: entry.links.clone(),
             consent_records: ledger_keys.len(),
@@ -211,10 +245,15 @@ impl SledStore {
                     tree.remove(k)?;
                 }
             }
-            events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+            for (seq, event) in &events_out {
+                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
+            }
             record_replay(replays, idempotency, None, &(*subject, &receipt))?;
             Ok(())
         });
+        // Kept even if the transaction failed: the key is gone, so the erasure has happened in
+        // substance (a retry removes what is left and is audited again).
+        audited.commit();
         flatten(result)?;
         Ok(erased)
     }
@@ -285,16 +324,16 @@ impl SledStore {
                 current_writes.push((new, sealed));
             }
         }
-        let (erased_seq, erased_event) = self.event_bytes(*from, moved_links.clone(), Change::Erased, now)?;
-        let (registered_seq, registered_event) =
-            self.event_bytes(*into, moved_links.clone(), Change::Registered, now)?;
+        let recorded = [Recorded::Merge { into: *into, from: *from, links: &moved_links }];
+        let events_out = self.events_of(&recorded, now)?;
         let merged = Merged {
             from: *from,
             links: moved_links.clone(),
             consent_records: ledger.len(),
             interactions: interactions.len(),
-            event: registered_seq,
+            event: events_out.last().map_or(0, |(seq, _)| *seq),
         };
+        let audited = self.audited(now)?;
         let trees = [
             &self.meta,
             &self.subjects,
@@ -333,12 +372,14 @@ impl SledStore {
             for (new, sealed) in &current_writes {
                 current.insert(new.as_slice(), sealed.as_slice())?;
             }
-            events.insert(&erased_seq.to_be_bytes()[..], erased_event.as_slice())?;
-            events.insert(&registered_seq.to_be_bytes()[..], registered_event.as_slice())?;
+            for (seq, event) in &events_out {
+                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
+            }
             record_replay(replays, idempotency, Some((into, &into_key)), &(*into, &merged))?;
-            Ok(())
+            audited.append(&recorded)
         });
         flatten(result)?;
+        audited.commit();
         // The moved data must be durable before `from`'s key can go: destroyed first, a crash
         // could bring back the pre-merge state with `from`'s records sealed under no key.
         self.db.flush().map_err(backend)?;
@@ -356,7 +397,7 @@ impl SledStore {
         idempotency: Option<&Idempotency>,
     ) -> Result<Rectified, StoreError> {
         let (added, removed, event) =
-            self.change_identifiers(subject, change, now, Some(rights_request), claimed, idempotency)?;
+            self.change_identifiers(subject, change, now, Cause::Rectification(rights_request), claimed, idempotency)?;
         Ok(Rectified { added, removed, event, rights_request: rights_request.clone() })
     }
 
@@ -366,6 +407,7 @@ impl SledStore {
         &self,
         subject: &SubjectId,
         remove: &[(NormalizedIdentifier, Link)],
+        kept_by: &RegionId,
         now: i64,
     ) -> Result<Dropped, StoreError> {
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
@@ -374,7 +416,7 @@ impl SledStore {
             return Ok(Dropped { left: entry.links.len(), ..Dropped::default() });
         }
         let change = Rectification { remove, ..Rectification::default() };
-        let (_, removed, event) = self.change_identifiers(subject, &change, now, None, &[], None)?;
+        let (_, removed, event) = self.change_identifiers(subject, &change, now, Cause::KeptBy(kept_by), &[], None)?;
         let left = self.meta_entry(subject)?.map_or(0, |e| e.links.len());
         Ok(Dropped { removed, left, event })
     }
@@ -386,7 +428,7 @@ impl SledStore {
         subject: &SubjectId,
         change: &Rectification,
         now: i64,
-        rights_request: Option<&RightsRequestRecord>,
+        cause: Cause<'_>,
         claimed: &[Release],
         idempotency: Option<&Idempotency>,
     ) -> Result<IdentifierChanges, StoreError> {
@@ -428,13 +470,18 @@ impl SledStore {
         }
         let sealed = seal(&key, b"subjects", subject.as_bytes(), &record)?;
         let meta_bytes = encode(&entry)?;
-        let mut events_out = Vec::new();
-        if !removed.is_empty() {
-            events_out.push(self.event_bytes(*subject, removed.clone(), Change::LinksRemoved, now)?);
+        let (rights_request, kept_by) = match cause {
+            Cause::Rectification(request) => (Some(request), None),
+            Cause::KeptBy(region) => (None, Some(region)),
+        };
+        let mut recorded = vec![
+            Recorded::LinksRemoved { subject: *subject, links: &removed, kept_by },
+            Recorded::LinksAdded { subject: *subject, links: &added },
+        ];
+        if let Some(request) = rights_request {
+            recorded.push(Recorded::RightsRequest { subject: *subject, request });
         }
-        if !added.is_empty() {
-            events_out.push(self.event_bytes(*subject, added.clone(), Change::Registered, now)?);
-        }
+        let events_out = self.events_of(&recorded, now)?;
         let rights = match rights_request {
             Some(request) => {
                 let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
@@ -449,6 +496,7 @@ impl SledStore {
             }
             None => None,
         };
+        let audited = self.audited(now)?;
         let trees = [
             &self.meta,
             &self.subjects,
@@ -491,9 +539,10 @@ impl SledStore {
                 rights_tree.insert(&rights_key[..], sealed_rights.as_slice())?;
                 record_replay(replays, idempotency, Some((subject, &key)), &(*subject, rectified))?;
             }
-            Ok(())
+            audited.append(&recorded)
         });
         flatten(result)?;
+        audited.commit();
         let event = events_out.last().map(|(seq, _)| *seq);
         Ok((added, removed, event))
     }

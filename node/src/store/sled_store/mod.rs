@@ -16,7 +16,11 @@
 //! `records.rs` (consent, interactions, rights, restriction), `claims.rs` (claims, releases,
 //! idempotency records).
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
+
+use domicile_audit::{AuditEvent, AuditLog, AuditTxn, DecisionEntry};
 
 use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
@@ -29,9 +33,9 @@ mod records;
 
 use super::vault::{KeyVault, SubjectKey};
 use super::{
-    Change, ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
-    NewConsent, NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord, Store,
-    StoreError, SubjectMeta, SubjectRecord,
+    ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
+    NewConsent, NewInteraction, Recorded, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
+    Store, StoreError, SubjectMeta, SubjectRecord,
 };
 use cache::{ReadCache, WriteGuard};
 use domicile_types::RegionId;
@@ -58,6 +62,48 @@ pub struct SledStore {
     write_lock: std::sync::Mutex<()>,
     /// Decision inputs already read (see [`ReadCache`]).
     cache: ReadCache,
+    /// The region's audit log, `audit.log` beside the database: every write appends its entries
+    /// inside its transaction ([`Audited`]).
+    audit: Arc<AuditLog>,
+    region: domicile_types::RegionId,
+}
+
+/// The audit entries of one write (ARCHITECTURE.md, "Unit of work"). The write takes them under
+/// its write lock, before its transaction starts, holding the audit log; the transaction appends
+/// them as its last step ([`Audited::append`]), so entries that cannot be appended abort it and
+/// nothing is stored; they are kept when it commits ([`Audited::commit`]) and removed when it
+/// does not (dropped).
+pub(super) struct Audited<'a> {
+    txn: RefCell<AuditTxn<'a>>,
+    region: &'a domicile_types::RegionId,
+    at: i64,
+}
+
+impl Audited<'_> {
+    /// Inside the write's transaction: appends the audit entries of `recorded`. sled may run a
+    /// transaction's body again; the entries of an earlier run are removed first.
+    pub(super) fn append(&self, recorded: &[Recorded<'_>]) -> TxResult<()> {
+        or_abort(self.append_now(recorded))
+    }
+
+    /// Appends the audit entries of `recorded` (replacing any appended before), outside a
+    /// transaction: for a write with a step that cannot be undone before its transaction (an
+    /// erasure destroys the subject's key first).
+    pub(super) fn append_now(&self, recorded: &[Recorded<'_>]) -> Result<(), StoreError> {
+        let mut txn = self.txn.borrow_mut();
+        txn.rollback().map_err(StoreError::Audit)?;
+        for fact in recorded {
+            if let Some((event, subject)) = fact.audit(self.region, self.at)? {
+                txn.append(event, Some(&subject), self.at).map_err(StoreError::Audit)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The write committed: its entries stay.
+    pub(super) fn commit(self) {
+        self.txn.into_inner().commit();
+    }
 }
 
 /// Stored beside the sealed record: what routing, decisions and watchers need.
@@ -104,6 +150,20 @@ fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, Stor
     })
 }
 
+/// The change events of `recorded`, numbered with `sequences` (allocated beforehand, one per
+/// event at most; [`SledStore::events_of`]): (sequence, encoded).
+fn number_events(recorded: &[Recorded<'_>], at: i64, sequences: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let changes = recorded.iter().flat_map(Recorded::changes);
+    let mut out = Vec::new();
+    for ((subject, links, change), &sequence) in changes.zip(sequences) {
+        out.push((sequence, encode(&ChangeEvent { sequence, at, subject, links, change })?));
+    }
+    if out.len() < recorded.iter().map(|fact| fact.changes().len()).sum() {
+        return Err(StoreError::Backend("fewer event sequences than change events".into()));
+    }
+    Ok(out)
+}
+
 /// Key of a per-subject log entry (consent ledger, interactions, rights requests): sorting by key
 /// sorts by subject, then recording order.
 fn consent_key(subject: &SubjectId, sequence: u64) -> [u8; SUBJECT_ID_LEN + 8] {
@@ -145,10 +205,15 @@ fn open<T: serde::de::DeserializeOwned>(
 }
 
 impl SledStore {
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit
+    /// log (whose whole chain is verified first).
+    pub fn open(dir: &Path, region: &domicile_types::RegionId) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
+        let audit = Arc::new(AuditLog::open(dir, region).map_err(StoreError::Audit)?);
         let db = sled::Config::new().path(dir.join("db")).open().map_err(backend)?;
         Self {
+            audit,
+            region: region.clone(),
             vault: KeyVault::open(dir)?,
             meta: db.open_tree("meta").map_err(backend)?,
             subjects: db.open_tree("subjects").map_err(backend)?,
@@ -219,16 +284,19 @@ impl SledStore {
         }
     }
 
-    fn event_bytes(
-        &self,
-        subject: SubjectId,
-        links: Vec<Link>,
-        change: Change,
-        at: i64,
-    ) -> Result<(u64, Vec<u8>), StoreError> {
-        let sequence = self.db.generate_id().map_err(backend)?;
-        let event = ChangeEvent { sequence, at, subject, links, change };
-        Ok((sequence, encode(&event)?))
+    /// The change events of `recorded` ([`Recorded::changes`]), numbered: (sequence, encoded).
+    /// Not inside a transaction: sled's ids take the lock a transaction holds.
+    fn events_of(&self, recorded: &[Recorded<'_>], at: i64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let count = recorded.iter().map(|fact| fact.changes().len()).sum();
+        let sequences = (0..count).map(|_| self.db.generate_id().map_err(backend)).collect::<Result<Vec<_>, _>>()?;
+        number_events(recorded, at, &sequences)
+    }
+
+    /// Starts the audit of a write at `at`; taken after the write lock (lock order: write lock,
+    /// audit log, sled's transaction).
+    fn audited(&self, at: i64) -> Result<Audited<'_>, StoreError> {
+        let txn = self.audit.begin().map_err(StoreError::Audit)?;
+        Ok(Audited { txn: RefCell::new(txn), region: &self.region, at })
     }
 
     fn prefix_keys(tree: &sled::Tree, subject: &SubjectId) -> Result<Vec<sled::IVec>, StoreError> {
@@ -354,9 +422,10 @@ impl Store for SledStore {
         &self,
         subject: &SubjectId,
         remove: &[(NormalizedIdentifier, Link)],
+        kept_by: &RegionId,
         now: i64,
     ) -> Result<Dropped, StoreError> {
-        self.drop_subject_links(subject, remove, now)
+        self.drop_subject_links(subject, remove, kept_by, now)
     }
 
     fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
@@ -458,14 +527,18 @@ impl Store for SledStore {
         let sequence = self.db.generate_id().map_err(backend)?;
         let k = consent_key(subject, sequence);
         let sealed = seal(&key, b"rights", &k, request)?;
+        let recorded = [Recorded::RightsRequest { subject: *subject, request }];
+        let audited = self.audited(request.received_at)?;
         let result = (&self.meta, &self.rights).transaction(|(meta, rights)| {
             if meta.get(subject.as_bytes())?.is_none() {
                 return abort(StoreError::NotFound);
             }
             rights.insert(&k[..], sealed.as_slice())?;
-            Ok(())
+            audited.append(&recorded)
         });
-        flatten(result)
+        flatten(result)?;
+        audited.commit();
+        Ok(())
     }
 
     fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
@@ -521,10 +594,26 @@ impl Store for SledStore {
         Ok((self.meta.len() as u64, self.links.len() as u64))
     }
 
+    fn audit(&self, event: AuditEvent, subject: &SubjectId, at: i64) -> Result<(), StoreError> {
+        let subject = domicile_types::SubjectRef { region: self.region.clone(), id: *subject };
+        self.audit.append(event, Some(&subject), at).map(|_| ()).map_err(StoreError::Audit)
+    }
+
+    fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
+        self.audit.append_decisions(entries, at).map_err(StoreError::Audit)
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         // Keys first: a sealed record must never be durable without the key that opens it.
         self.vault.sync()?;
-        self.db.flush_async().await.map(|_| ()).map_err(backend)
+        // The audit log's fsync beside the database's: one wait for both.
+        let audit = Arc::clone(&self.audit);
+        let synced = tokio::task::spawn_blocking(move || audit.sync());
+        self.db.flush_async().await.map_err(backend)?;
+        match synced.await {
+            Ok(result) => result.map_err(StoreError::Audit),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     fn append_consent(

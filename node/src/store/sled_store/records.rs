@@ -5,7 +5,7 @@ use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
 use super::{
-    Change, ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction,
+    ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
     RightsRequestRecord, SledStore, StoreError, abort, backend, consent_key, current_key, encode, flatten, open,
     or_abort, seal,
 };
@@ -50,12 +50,10 @@ impl SledStore {
             let sealed = seal(&key, b"current", &k, &candidate)?;
             sealed_current.push((k, sealed));
         }
-        let (event_seq, event) = self.event_bytes(
-            *subject,
-            entry.links,
-            Change::Consent { purpose: record.purpose, channels: record.channels.clone(), state: record.state },
-            record.recorded_at,
-        )?;
+        let recorded = [Recorded::Consent { subject: *subject, record: &record, links: &entry.links }];
+        let [(event_seq, event)] = <[_; 1]>::try_from(self.events_of(&recorded, record.recorded_at)?)
+            .map_err(|_| StoreError::Backend("one change event per consent record".into()))?;
+        let audited = self.audited(record.recorded_at)?;
         let result = (&self.meta, &self.consent, &self.current, &self.events, &self.counters, &self.idempotency)
             .transaction(|(meta, ledger, current, events, counters, replays)| {
                 check_replay(replays, idempotency)?;
@@ -78,11 +76,14 @@ impl SledStore {
                     }
                 }
                 events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
-                let recorded = (record.clone(), event_seq);
-                record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &recorded))?;
-                Ok(recorded)
+                let result = (record.clone(), event_seq);
+                record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &result))?;
+                audited.append(&recorded)?;
+                Ok(result)
             });
-        flatten(result)
+        let result = flatten(result)?;
+        audited.commit();
+        Ok(result)
     }
 
     pub(super) fn restrict_subject(
@@ -99,6 +100,8 @@ impl SledStore {
         let meta_bytes = encode(&entry)?;
         let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
         let sealed_rights = seal(&key, b"rights", &rights_key, rights_request)?;
+        let recorded = [Recorded::RightsRequest { subject: *subject, request: rights_request }];
+        let audited = self.audited(rights_request.received_at)?;
         let result = (&self.meta, &self.rights, &self.idempotency).transaction(|(meta, rights, replays)| {
             check_replay(replays, idempotency)?;
             if meta.get(subject.as_bytes())?.is_none() {
@@ -107,9 +110,10 @@ impl SledStore {
             meta.insert(&subject.as_bytes()[..], meta_bytes.as_slice())?;
             rights.insert(&rights_key[..], sealed_rights.as_slice())?;
             record_replay(replays, idempotency, Some((subject, &key)), &(*subject, (restricted, rights_request)))?;
-            Ok(())
+            audited.append(&recorded)
         });
         flatten(result)?;
+        audited.commit();
         Ok(rights_request.clone())
     }
 

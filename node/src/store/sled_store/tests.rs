@@ -1,6 +1,11 @@
 use super::super::Evidence;
 use super::*;
+use crate::store::Change;
 use domicile_types::{ConsentState, IdentifierKind, LinkKey};
+
+fn home() -> RegionId {
+    RegionId::parse("eu-central").unwrap()
+}
 
 fn ident(kind: IdentifierKind, v: &str) -> (NormalizedIdentifier, Link) {
     let id = NormalizedIdentifier::normalize(kind, v).unwrap();
@@ -55,7 +60,7 @@ fn subject(store: &SledStore, email: &str) -> SubjectId {
 #[test]
 fn link_ranges_partition_the_links_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
     for s in 0..300u32 {
         let mut raw = [0u8; 16];
@@ -92,7 +97,7 @@ fn link_ranges_partition_the_links_in_order() {
 #[test]
 fn register_merges_known_identifiers_and_refuses_conflicts() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
     let email = ident(IdentifierKind::Email, "a@example.de");
     let phone = ident(IdentifierKind::Phone, "+4915112345678");
@@ -164,7 +169,7 @@ fn register_merges_known_identifiers_and_refuses_conflicts() {
 #[test]
 fn cached_decision_inputs_follow_every_write() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let state = |s: &SubjectId| store.current_consent(s, Purpose::Marketing, Channel::Email).unwrap().map(|c| c.state);
     let a = subject(&store, "ca@example.de");
     // (The helper derives ids from the e-mail's length, hence the different lengths.)
@@ -214,7 +219,7 @@ fn cached_decision_inputs_follow_every_write() {
 #[test]
 fn a_read_racing_a_write_never_caches_the_old_value() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let s = subject(&store, "race@example.de");
     store.append_consent(&s, consent(ConsentState::Granted, 100), None).unwrap();
     // A reader misses and notes the epoch, reads "granted" from sled …
@@ -241,7 +246,7 @@ fn a_read_racing_a_write_never_caches_the_old_value() {
 #[test]
 fn older_grant_never_overrides_newer_withdrawal() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let s = subject(&store, "w@example.de");
     store.append_consent(&s, consent(ConsentState::Granted, 100), None).unwrap();
     store.append_consent(&s, consent(ConsentState::Withdrawn, 200), None).unwrap();
@@ -271,7 +276,7 @@ fn older_grant_never_overrides_newer_withdrawal() {
 #[test]
 fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let email = "erase.me.probe@example.de";
     let s = subject(&store, email);
     let keep = subject(&store, "keep.me@example.de");
@@ -301,7 +306,7 @@ fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
 #[test]
 fn events_are_ordered_and_resumable() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let s = subject(&store, "e@example.de");
     store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
     let (_, last) = store.append_consent(&s, consent(ConsentState::Withdrawn, 2), None).unwrap();
@@ -319,12 +324,12 @@ fn survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let s;
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path(), &home()).unwrap();
         s = subject(&store, "r@example.de");
         store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
         flush(&store);
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     assert_eq!(store.consent_history(&s).unwrap().len(), 1);
     assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers.len(), 1);
     // The decision path's lean read sees what the full entry holds, restriction included.
@@ -366,7 +371,7 @@ fn rights(kind: &str) -> RightsRequestRecord {
 #[test]
 fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let into = subject(&store, "into@example.de");
     let from = subject(&store, "from.person@example.de");
     // Email: `into` withdrew at 200, `from` holds an older grant (100) → withdrawn.
@@ -416,14 +421,14 @@ fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     assert!(matches!(store.merge(&into, &into, 401, None), Err(StoreError::Conflict)));
     // Survives a reopen: everything moved was flushed.
     drop(store);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     assert_eq!(store.consent_history(&into).unwrap().len(), 5);
 }
 
 #[test]
 fn merge_refuses_subjects_of_different_jurisdictions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = subject(&store, "de@example.de");
     let fr = Jurisdiction::parse("FR").unwrap();
     let other = store
@@ -444,7 +449,7 @@ fn merge_refuses_subjects_of_different_jurisdictions() {
 #[test]
 fn rectify_relinks_identifiers_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let s = subject(&store, "old@example.de");
     let other = subject(&store, "someone.else@example.de");
     let old = ident(IdentifierKind::Email, "old@example.de");
@@ -488,7 +493,7 @@ fn rectify_relinks_identifiers_all_or_nothing() {
 #[test]
 fn interactions_and_rights_are_sealed_and_erased() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let s = subject(&store, "talk@example.de");
     let summary = "customer disputes invoice probe-7731";
     let first = store.append_interaction(&s, interaction(summary, 10), None).unwrap();
@@ -532,7 +537,7 @@ fn link(n: u8) -> Link {
 #[test]
 fn an_arbiter_grants_each_link_to_one_region_and_only_a_current_release_frees_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let (eu, us) = (region("eu-central"), region("us-east"));
     assert_eq!(store.claim_links(&eu, 5, &[link(1), link(2)]).unwrap(), vec![None, None]);
     // Another region is told who holds it; a claim of the holder again is granted.
@@ -552,7 +557,7 @@ fn an_arbiter_grants_each_link_to_one_region_and_only_a_current_release_frees_it
     // Survives a reopen.
     flush(&store);
     drop(store);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     assert_eq!(store.claim(&link(1)).unwrap(), Some(Claim { region: us, generation: 10 }));
     assert!(store.next_generation().unwrap() > 0);
 }
@@ -560,7 +565,7 @@ fn an_arbiter_grants_each_link_to_one_region_and_only_a_current_release_frees_it
 #[test]
 fn a_link_becomes_live_only_with_a_claim_and_leaving_queues_its_release() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
     let email = ident(IdentifierKind::Email, "claimed@example.de");
     let phone = ident(IdentifierKind::Phone, "+4915112345678");
@@ -590,7 +595,7 @@ fn a_link_becomes_live_only_with_a_claim_and_leaving_queues_its_release() {
 #[test]
 fn a_write_repeated_with_its_idempotency_key_is_applied_once_and_sealed_with_its_subject() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let s = subject(&store, "idem@example.de");
     let tag = Idempotency { key: [1; 32], fingerprint: [2; 32], at: 100 };
     let (first, _) = store.append_consent(&s, consent(ConsentState::Withdrawn, 10), Some(&tag)).unwrap();
@@ -617,7 +622,7 @@ fn a_write_repeated_with_its_idempotency_key_is_applied_once_and_sealed_with_its
 #[test]
 fn ledger_positions_are_the_ledgers_own_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let a = subject(&store, "one@example.de");
     let b = subject(&store, "two@example.de");
     let (first, _) = store.append_consent(&a, consent(ConsentState::Granted, 1), None).unwrap();
@@ -626,7 +631,7 @@ fn ledger_positions_are_the_ledgers_own_and_survive_a_reopen() {
     assert_eq!((first.sequence, second.sequence), (1, 2), "no gaps for events or interactions");
     flush(&store);
     drop(store);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let (third, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).unwrap();
     assert_eq!(third.sequence, 3);
 }
@@ -634,7 +639,7 @@ fn ledger_positions_are_the_ledgers_own_and_survive_a_reopen() {
 #[test]
 fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let a = subject(&store, "legacy@example.de");
     // As a store written before the ledger had its own counter: a record at position 40.
     let key = store.key(&a).unwrap();
@@ -653,7 +658,7 @@ fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() {
     store.counters.remove(LEDGER_POSITION).unwrap();
     flush(&store);
     drop(store);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let (next, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).unwrap();
     assert_eq!(next.sequence, 41);
     let history = store.consent_history(&a).unwrap();
@@ -663,7 +668,7 @@ fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() {
 #[test]
 fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let s = subject(&store, "skew@example.de");
     let at = |state, captured_at: i64, recorded_at: i64| NewConsent {
         captured_at,
@@ -711,7 +716,7 @@ fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
 #[test]
 fn reasserted_claims_are_recorded_and_announced_and_dropped_links_leave_as_removals_do() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
     let email = ident(IdentifierKind::Email, "twice@example.de");
     let phone = ident(IdentifierKind::Phone, "+4915112345678");
@@ -738,7 +743,7 @@ fn reasserted_claims_are_recorded_and_announced_and_dropped_links_leave_as_remov
 
     // Dropping a link another region keeps: gone from the subject as a removal would, its claim
     // queued for release, no rights request recorded (the person asked for nothing).
-    let dropped = store.drop_links(&s, std::slice::from_ref(&email), 4).unwrap();
+    let dropped = store.drop_links(&s, std::slice::from_ref(&email), &RegionId::parse("us-east").unwrap(), 4).unwrap();
     assert_eq!((dropped.removed.clone(), dropped.left), (vec![email.1], 1));
     assert_eq!(store.subject_by_link(&email.1).unwrap(), None);
     assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers, vec![phone.0.clone()]);
@@ -747,6 +752,6 @@ fn reasserted_claims_are_recorded_and_announced_and_dropped_links_leave_as_remov
     assert_eq!((last.sequence, last.links, last.change), (dropped.event.unwrap(), vec![email.1], Change::LinksRemoved));
     assert!(store.rights_requests(&s).unwrap().is_empty());
     // Again: nothing left to drop.
-    let again = store.drop_links(&s, std::slice::from_ref(&email), 5).unwrap();
+    let again = store.drop_links(&s, std::slice::from_ref(&email), &RegionId::parse("us-east").unwrap(), 5).unwrap();
     assert_eq!((again.removed, again.left, again.event), (Vec::new(), 1, None));
 }

@@ -1,0 +1,156 @@
+//! The unit of work of every mutating call (ARCHITECTURE.md, "Unit of work"):
+//!
+//! 1. **apply**: one store write (`Store`) stores the change, its change events and its audit
+//!    entries in one transaction, all derived from the write's `Recorded` facts. If the audit
+//!    entries cannot be appended the transaction aborts: nothing is stored, nothing published,
+//!    and the caller gets UNAVAILABLE (invariant 5).
+//! 2. **make durable**: one group commit flushes the store and the audit log. If it fails, the
+//!    change may or may not survive a crash: nothing is published, and the caller gets UNAVAILABLE
+//!    marked as an unknown outcome, to retry with the write's idempotency key (invariant 7).
+//! 3. **publish**: only now do watchers see the write's change events, and only now may claims
+//!    the write queued for release be sent to their arbiters.
+//!
+//! Handlers call [`NodeService::settle`] with what the store's write returned; none sequences
+//! these steps itself.
+
+use domicile_types::RegionId;
+use tonic::Status;
+
+use super::NodeService;
+use crate::error::store_status;
+use crate::store::{
+    ConsentRecord, Dropped, Erased, Held, Interaction, Merged, Rectified, Registered, RightsRequestRecord, Store,
+    StoreError,
+};
+
+/// What a write leaves for the steps after it is stored: the last change event to publish and
+/// whether it queued claims for release.
+pub(super) trait Effects {
+    fn last_event(&self) -> Option<u64> {
+        None
+    }
+    fn queued_releases(&self) -> bool {
+        false
+    }
+}
+
+impl Effects for Registered {
+    fn last_event(&self) -> Option<u64> {
+        self.event
+    }
+}
+
+impl Effects for (ConsentRecord, u64) {
+    fn last_event(&self) -> Option<u64> {
+        Some(self.1)
+    }
+}
+
+impl Effects for Erased {
+    fn last_event(&self) -> Option<u64> {
+        Some(self.event)
+    }
+    fn queued_releases(&self) -> bool {
+        true
+    }
+}
+
+impl Effects for Merged {
+    fn last_event(&self) -> Option<u64> {
+        Some(self.event)
+    }
+}
+
+impl Effects for Rectified {
+    fn last_event(&self) -> Option<u64> {
+        self.event
+    }
+    fn queued_releases(&self) -> bool {
+        !self.removed.is_empty()
+    }
+}
+
+impl Effects for Dropped {
+    fn last_event(&self) -> Option<u64> {
+        self.event
+    }
+    fn queued_releases(&self) -> bool {
+        !self.removed.is_empty()
+    }
+}
+
+impl Effects for Held {
+    fn last_event(&self) -> Option<u64> {
+        self.event
+    }
+    fn queued_releases(&self) -> bool {
+        !self.gone.is_empty()
+    }
+}
+
+/// Writes without change events: rights requests, interactions, audit entries of their own, and
+/// claims kept as an arbiter.
+impl Effects for RightsRequestRecord {}
+impl Effects for Interaction {}
+impl Effects for () {}
+impl Effects for usize {}
+impl Effects for Vec<Option<RegionId>> {}
+
+/// A settled write: applied, durable and published; or found already made under its idempotency
+/// key by a concurrent repeat, whose result is to be replayed.
+pub(super) enum Settled<T> {
+    Applied(T),
+    Replayed,
+}
+
+impl<S: Store> NodeService<S> {
+    /// Steps 2 and 3 for `applied`, what the store's write (step 1) returned.
+    pub(super) async fn settle<T: Effects>(&self, applied: Result<T, StoreError>) -> Result<Settled<T>, Status> {
+        let written = match applied {
+            Ok(written) => written,
+            Err(StoreError::Replayed) => return Ok(Settled::Replayed),
+            Err(e) => return Err(store_status(e)),
+        };
+        self.make_durable().await?;
+        if let Some(sequence) = written.last_event() {
+            self.publish(sequence);
+        }
+        if written.queued_releases() {
+            self.ownership.releases_queued();
+        }
+        Ok(Settled::Applied(written))
+    }
+
+    /// [`Self::settle`] for a write without an idempotency key (a replay is then impossible).
+    pub(super) async fn settle_unkeyed<T: Effects>(&self, applied: Result<T, StoreError>) -> Result<T, Status> {
+        match self.settle(applied).await? {
+            Settled::Applied(written) => Ok(written),
+            Settled::Replayed => Err(store_status(StoreError::Replayed)),
+        }
+    }
+
+    /// Makes the store and the audit log durable: the point after which a write may be
+    /// acknowledged (invariant 7). When that fails, a change already applied may still reach the
+    /// disk (the store flushes on its own too): its outcome is unknown, and the status says so,
+    /// so that a gateway tells its caller to retry with the write's idempotency key.
+    async fn make_durable(&self) -> Result<(), Status> {
+        self.commit.commit().await.map_err(|e| {
+            tracing::error!(error = %e, "write could not be made durable");
+            crate::error::marked(
+                Status::unavailable("storage unavailable: the change may or may not be kept"),
+                domicile_proto::CAUSE_OUTCOME_UNKNOWN,
+            )
+        })
+    }
+
+    /// Marks events up to `sequence` durable and wakes watchers. Called after a flush.
+    fn publish(&self, sequence: u64) {
+        self.durable.send_if_modified(|current| match current {
+            Some(c) if *c >= sequence => false,
+            _ => {
+                *current = Some(sequence);
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,131 @@
+//! What a write did, in one vocabulary. A store describes each write as [`Recorded`] facts and
+//! derives from them both the change events it keeps for watchers ([`Recorded::changes`]) and the
+//! audit entries it appends in the same transaction ([`Recorded::audit`]), so the watch stream and
+//! the audit log cannot tell different stories about one write, and no handler writes either by
+//! hand.
+
+use domicile_audit::{AuditEvent, erasure_proof};
+use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
+use domicile_types::{Channel, ConsentState, Jurisdiction, Link, Purpose, RegionId, SubjectId, SubjectRef};
+
+use super::{ConsentRecord, RightsRequestRecord, StoreError};
+
+/// A pseudonymous change, as watchers see it. Carries links and vocabulary values only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeEvent {
+    pub sequence: u64,
+    pub at: i64,
+    pub subject: SubjectId,
+    pub links: Vec<Link>,
+    pub change: Change,
+}
+
+/// The kind of a [`ChangeEvent`] (stored as it is: variants are only ever added).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Change {
+    Registered,
+    Consent {
+        purpose: Purpose,
+        channels: Vec<Channel>,
+        state: ConsentState,
+    },
+    Erased,
+    /// Identifiers were removed from a subject that remains (rectification).
+    LinksRemoved,
+}
+
+/// One thing a write did.
+#[derive(Debug, Clone, Copy)]
+pub enum Recorded<'a> {
+    /// Identifiers registered to `subject`: `identifiers` of the request, `added` the links new
+    /// to the subject.
+    Registration { subject: SubjectId, jurisdiction: &'a Jurisdiction, identifiers: usize, added: &'a [Link] },
+    /// A consent record appended to the subject's ledger; `links` are the subject's.
+    Consent { subject: SubjectId, record: &'a ConsentRecord, links: &'a [Link] },
+    /// Links added to a subject by a rectification (audited as its rights request).
+    LinksAdded { subject: SubjectId, links: &'a [Link] },
+    /// Links removed from a subject that remains: by a rectification (`kept_by` is `None`; audited
+    /// as its rights request), or because region `kept_by` keeps them (ownership repair).
+    LinksRemoved { subject: SubjectId, links: &'a [Link], kept_by: Option<&'a RegionId> },
+    /// Links a subject holds, announced again so followers map them to it (reasserted claims).
+    /// Nothing changed, so nothing is audited.
+    Announced { subject: SubjectId, links: &'a [Link] },
+    /// A rights request completed for `subject` (kept in the audit log even after an erasure).
+    RightsRequest { subject: SubjectId, request: &'a RightsRequestRecord },
+    /// Everything of `subject` removed, its key destroyed; `links` were its links.
+    Erasure { subject: SubjectId, links: &'a [Link] },
+    /// `from` merged into `into`; `links` moved with it.
+    Merge { into: SubjectId, from: SubjectId, links: &'a [Link] },
+}
+
+impl Recorded<'_> {
+    /// The change events watchers see: (subject, links, change), in order.
+    pub fn changes(&self) -> Vec<(SubjectId, Vec<Link>, Change)> {
+        let one = |subject: SubjectId, links: &[Link], change: Change| {
+            if links.is_empty() { Vec::new() } else { vec![(subject, links.to_vec(), change)] }
+        };
+        match *self {
+            Recorded::Registration { subject, added, .. } => one(subject, added, Change::Registered),
+            Recorded::LinksAdded { subject, links } | Recorded::Announced { subject, links } => {
+                one(subject, links, Change::Registered)
+            }
+            // A subject's consent changes are announced even while it holds no link.
+            Recorded::Consent { subject, record, links } => vec![(
+                subject,
+                links.to_vec(),
+                Change::Consent { purpose: record.purpose, channels: record.channels.clone(), state: record.state },
+            )],
+            Recorded::LinksRemoved { subject, links, .. } => one(subject, links, Change::LinksRemoved),
+            Recorded::RightsRequest { .. } => Vec::new(),
+            Recorded::Erasure { subject, links } => vec![(subject, links.to_vec(), Change::Erased)],
+            // Followers drop `from`'s links, then map them to `into`.
+            Recorded::Merge { into, from, links } => {
+                vec![(from, links.to_vec(), Change::Erased), (into, links.to_vec(), Change::Registered)]
+            }
+        }
+    }
+
+    /// The audit entry: the event and the subject it is about (of `region`), at `at`; `None` for
+    /// what the audit log does not record on its own.
+    pub fn audit(&self, region: &RegionId, at: i64) -> Result<Option<(AuditEvent, SubjectRef)>, StoreError> {
+        let of = |id: SubjectId| SubjectRef { region: region.clone(), id };
+        Ok(match *self {
+            Recorded::Registration { subject, jurisdiction, identifiers, .. } => {
+                Some((AuditEvent::Registration { identifiers, jurisdiction: jurisdiction.clone() }, of(subject)))
+            }
+            Recorded::Consent { subject, record, .. } => Some((
+                AuditEvent::Consent {
+                    purpose: record.purpose,
+                    channels: record.channels.clone(),
+                    state: record.state,
+                    sequence: record.sequence,
+                },
+                of(subject),
+            )),
+            Recorded::LinksAdded { .. } | Recorded::Announced { .. } => None,
+            Recorded::LinksRemoved { kept_by: None, .. } => None,
+            Recorded::LinksRemoved { subject, links, kept_by: Some(kept_by) } => Some((
+                AuditEvent::OwnershipRepair { links_removed: links.len(), kept_by: kept_by.clone() },
+                of(subject),
+            )),
+            Recorded::RightsRequest { subject, request } => {
+                let corrupt = |what: &str| StoreError::Corrupt(format!("rights request {what}"));
+                let event = AuditEvent::RightsRequest {
+                    kind: RightsKind::parse(&request.kind).ok_or_else(|| corrupt("kind"))?,
+                    request_id: RequestId::parse(&request.request_id).map_err(|_| corrupt("id"))?,
+                    deadline_at: request.deadline_at,
+                    status: RightsStatus::parse(&request.status).ok_or_else(|| corrupt("status"))?,
+                };
+                Some((event, of(subject)))
+            }
+            // A PII-free proof: a digest an auditor holding the subject ref can check.
+            Recorded::Erasure { subject, links } => Some((
+                AuditEvent::Erasure { links_removed: links.len(), proof: erasure_proof(&of(subject), links, at) },
+                of(subject),
+            )),
+            Recorded::Merge { into, from, .. } => {
+                Some((AuditEvent::Merge { from: of(from), into: of(into) }, of(into)))
+            }
+        })
+    }
+}
