@@ -1,21 +1,21 @@
-//! One policy pack: reading, validating and compiling a `pack.toml`.
+//! One policy pack file: reading and validating a `pack.toml` on its own.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use domicile_types::{Channel, Jurisdiction, Purpose, RegionId};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::diag::{PackSource, Sink};
-use crate::eval::DecisionTable;
+use crate::model::decision::BUILTIN_OBLIGATIONS;
+use crate::model::window::{CallingWindow, WEEKDAYS, parse_slot};
 use crate::model::{
-    Basis, CallingWindow, Confidence, ConsentKind, Lifetime, Localisation, Obligation, Period, Register, Rights, Rule,
+    Basis, Confidence, ConsentKind, Lifetime, Localisation, Obligation, PackKind, Period, Register, Rights, Rule,
     SoftCondition, Transfer,
 };
 use crate::reader::{Span, Table, parse_document, timestamp_text};
 use crate::time::parse_rfc3339;
-use crate::zone::{WEEKDAYS, Zone, parse_slot};
+use crate::zone::Zone;
 
 /// The newest schema version this engine reads. A pack declaring another version is refused
 /// rather than half-understood. Schema 2 adds nothing schema 1 packs cannot use; it makes
@@ -23,109 +23,6 @@ use crate::zone::{WEEKDAYS, Zone, parse_slot};
 pub const SCHEMA_VERSION: i64 = 2;
 /// The oldest schema version still read.
 pub const MIN_SCHEMA_VERSION: i64 = 1;
-
-/// Names the exact pack text a decision came from: `id@version`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PackRef {
-    pub id: String,
-    pub version: String,
-}
-
-impl fmt::Display for PackRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.id, self.version)
-    }
-}
-
-/// What a pack is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PackKind {
-    /// Answers for its jurisdiction (a country, or a subdivision overlay extending its country).
-    Jurisdiction,
-    /// Shared rules (e.g. EU/EEA) that jurisdiction packs extend; never answers by itself.
-    Baseline,
-}
-
-/// Where the pack's subjects' data lives and what may leave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Residency {
-    /// Allowed storage regions, in order of preference.
-    pub home_regions: Vec<RegionId>,
-    pub localisation: Localisation,
-    /// Personal data must be collected in-country: captures (registration, consent,
-    /// interactions, rectification) are accepted only from callers of a home region.
-    pub in_country_collection: bool,
-    /// Profile fields that may leave the home region in minimised context (e.g. `country`,
-    /// `language`), where a transfer allows context to leave at all.
-    pub minimised_fields: Vec<String>,
-    pub transfers: Vec<Transfer>,
-}
-
-/// Whether data of a pack's subject may be served to a caller of some region (see
-/// [`Residency::transfer_to`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransferCheck<'a> {
-    /// The caller's region is one of the home regions: nothing leaves them.
-    Domestic,
-    /// A `[[residency.transfer]]` of the pack allows it (minimised fields only).
-    Permitted(&'a Transfer),
-    /// No transfer of the pack names that region and purpose (default deny).
-    Refused,
-}
-
-impl Residency {
-    /// Whether a caller of `region` may capture personal data of the pack's subjects.
-    pub fn collection_allowed_from(&self, region: &RegionId) -> bool {
-        !self.in_country_collection || self.home_regions.contains(region)
-    }
-
-    /// Whether the pack lets its subjects' data reach a caller of `region` for `purpose`: the
-    /// first transfer whose regions (empty: any) and purposes (empty: any) both match.
-    /// Localisation does not widen this: without a matching transfer, nothing leaves.
-    pub fn transfer_to(&self, region: &RegionId, purpose: Purpose) -> TransferCheck<'_> {
-        if self.home_regions.contains(region) {
-            return TransferCheck::Domestic;
-        }
-        self.transfers
-            .iter()
-            .find(|t| {
-                (t.to.is_empty() || t.to.contains(region)) && (t.purposes.is_empty() || t.purposes.contains(&purpose))
-            })
-            .map_or(TransferCheck::Refused, TransferCheck::Permitted)
-    }
-}
-
-/// Why a pack's residency rules refuse a request. The message names the pack and regions only,
-/// so it can go to any caller and any log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResidencyRefusal {
-    /// `in_country_collection`: the caller is not of a home region (or its region is unknown).
-    Collection { pack: PackRef, caller_region: Option<RegionId> },
-    /// No `[[residency.transfer]]` lets the data reach the caller's region for the purpose.
-    Transfer { pack: PackRef, caller_region: Option<RegionId>, purpose: Purpose },
-}
-
-impl fmt::Display for ResidencyRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let region = |r: &Option<RegionId>| {
-            r.as_ref().map_or_else(|| "an unknown region".to_owned(), |r| format!("region `{r}`"))
-        };
-        match self {
-            ResidencyRefusal::Collection { pack, caller_region } => write!(
-                f,
-                "pack `{pack}` requires in-country collection: a caller of {} may not capture its subjects' data",
-                region(caller_region)
-            ),
-            ResidencyRefusal::Transfer { pack, caller_region, purpose } => write!(
-                f,
-                "pack `{pack}` lists no transfer to {} for purpose `{purpose}`: the data stays in its home region",
-                region(caller_region)
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ResidencyRefusal {}
 
 /// `[residency]` as one file states it. The optional keys a file leaves out are inherited from
 /// the packs it extends (`link.rs`); `transfer = []` states "none".
@@ -136,207 +33,6 @@ pub(crate) struct ParsedResidency {
     pub(crate) in_country_collection: Option<bool>,
     pub(crate) minimised_fields: Option<Vec<String>>,
     pub(crate) transfers: Option<Vec<Transfer>>,
-}
-
-/// A validated, compiled pack for one jurisdiction (or a baseline), with what it inherits.
-#[derive(Debug, Clone)]
-pub struct Pack {
-    pub(crate) pack_ref: PackRef,
-    pub(crate) schema: i64,
-    pub(crate) kind: PackKind,
-    pub(crate) title: String,
-    pub(crate) jurisdiction: Option<Jurisdiction>,
-    /// This pack first, then the packs it extends, nearest first.
-    pub(crate) chain: Vec<PackRef>,
-    pub(crate) owners: Vec<String>,
-    pub(crate) references: Vec<String>,
-    pub(crate) effective_from: Option<i64>,
-    pub(crate) effective_until: Option<i64>,
-    pub(crate) time_zones: Vec<Zone>,
-    pub(crate) residency: Residency,
-    pub(crate) rights: Rights,
-    pub(crate) obligations: Vec<Obligation>,
-    pub(crate) lifetimes: Vec<Lifetime>,
-    pub(crate) windows: Vec<CallingWindow>,
-    pub(crate) registers: Vec<Register>,
-    /// Rules this pack's file defines.
-    pub(crate) rules: Vec<Rule>,
-    /// Rules that decide for this pack: its own and those it inherits, most specific first.
-    pub(crate) effective_rules: Vec<Rule>,
-    pub(crate) revision: String,
-    pub(crate) path: String,
-    pub(crate) table: DecisionTable,
-}
-
-impl Pack {
-    pub fn pack_ref(&self) -> PackRef {
-        self.pack_ref.clone()
-    }
-
-    /// Whether a caller of `caller_region` (`None`: unknown) may capture personal data of this
-    /// pack's subjects (`in_country_collection`).
-    pub fn check_collection(&self, caller_region: Option<&RegionId>) -> Result<(), ResidencyRefusal> {
-        match caller_region {
-            Some(region) if self.residency.collection_allowed_from(region) => Ok(()),
-            None if !self.residency.in_country_collection => Ok(()),
-            _ => Err(ResidencyRefusal::Collection { pack: self.pack_ref(), caller_region: caller_region.cloned() }),
-        }
-    }
-
-    /// Whether `region` (`None`: unknown, never) is one of this pack's home regions: where its
-    /// subjects may be stored, and whose callers get their data without a transfer.
-    pub fn is_home(&self, region: Option<&RegionId>) -> bool {
-        region.is_some_and(|r| self.residency.home_regions.contains(r))
-    }
-
-    /// Whether this pack's subjects' data may reach a caller of `caller_region` (`None`:
-    /// unknown, never allowed) for `purpose`: `Ok(None)` for a caller of a home region,
-    /// `Ok(Some(transfer))` for the transfer that allows it.
-    pub fn check_transfer(
-        &self,
-        caller_region: Option<&RegionId>,
-        purpose: Purpose,
-    ) -> Result<Option<&Transfer>, ResidencyRefusal> {
-        let refused =
-            || ResidencyRefusal::Transfer { pack: self.pack_ref(), caller_region: caller_region.cloned(), purpose };
-        match caller_region.map(|r| self.residency.transfer_to(r, purpose)) {
-            Some(TransferCheck::Domestic) => Ok(None),
-            Some(TransferCheck::Permitted(transfer)) => Ok(Some(transfer)),
-            Some(TransferCheck::Refused) | None => Err(refused()),
-        }
-    }
-
-    pub fn id(&self) -> &str {
-        &self.pack_ref.id
-    }
-
-    pub fn version(&self) -> &str {
-        &self.pack_ref.version
-    }
-
-    pub fn schema(&self) -> i64 {
-        self.schema
-    }
-
-    pub fn kind(&self) -> PackKind {
-        self.kind
-    }
-
-    pub fn title(&self) -> &str {
-        &self.title
-    }
-
-    /// The jurisdiction the pack answers for; `None` for a baseline.
-    pub fn jurisdiction(&self) -> Option<&Jurisdiction> {
-        self.jurisdiction.as_ref()
-    }
-
-    /// `id@version` of this pack and of every pack it extends, nearest first.
-    pub fn chain(&self) -> &[PackRef] {
-        &self.chain
-    }
-
-    pub fn owners(&self) -> &[String] {
-        &self.owners
-    }
-
-    /// Legal texts the pack as a whole rests on.
-    pub fn references(&self) -> &[String] {
-        &self.references
-    }
-
-    /// The period the pack version is meant to be in force (`[from, until)`, unix seconds).
-    pub fn effective(&self) -> (Option<i64>, Option<i64>) {
-        (self.effective_from, self.effective_until)
-    }
-
-    /// The zones calling windows are checked in when the subject's zone is not known.
-    pub fn time_zones(&self) -> &[Zone] {
-        &self.time_zones
-    }
-
-    pub fn residency(&self) -> &Residency {
-        &self.residency
-    }
-
-    /// Allowed storage regions for the pack's subjects, in order of preference.
-    pub fn home_regions(&self) -> &[RegionId] {
-        &self.residency.home_regions
-    }
-
-    pub fn localisation(&self) -> Localisation {
-        self.residency.localisation
-    }
-
-    pub fn rights(&self) -> &Rights {
-        &self.rights
-    }
-
-    /// Obligations rules may attach: this pack's and inherited ones.
-    pub fn obligations(&self) -> &[Obligation] {
-        &self.obligations
-    }
-
-    pub fn lifetimes(&self) -> &[Lifetime] {
-        &self.lifetimes
-    }
-
-    pub fn windows(&self) -> &[CallingWindow] {
-        &self.windows
-    }
-
-    pub fn registers(&self) -> &[Register] {
-        &self.registers
-    }
-
-    /// The rules this pack's own file defines (what its tests must cover).
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
-    /// Every rule that can decide for this pack: its own and inherited ones.
-    pub fn effective_rules(&self) -> &[Rule] {
-        &self.effective_rules
-    }
-
-    /// A rule this pack can decide by, own or inherited.
-    pub fn rule(&self, id: &str) -> Option<&Rule> {
-        self.effective_rules.iter().find(|r| r.id == id)
-    }
-
-    /// The most specific rule covering `purpose` on `channel` (ignoring effective dates), if any.
-    pub fn rule_for(&self, purpose: Purpose, channel: Channel) -> Option<&Rule> {
-        self.rules_for(purpose, channel).next()
-    }
-
-    /// Every rule covering `purpose` on `channel`, most specific first (ignoring effective dates).
-    pub fn rules_for(&self, purpose: Purpose, channel: Channel) -> impl Iterator<Item = &Rule> {
-        self.table.entries(purpose, channel).iter().filter_map(|&i| self.effective_rules.get(usize::from(i)))
-    }
-
-    /// The reason a default deny carries: `<pack-id>.default-deny`.
-    pub fn default_reason(&self) -> &str {
-        self.table.default_reason()
-    }
-
-    /// The reason a decision outside the pack's effective period carries: `<pack-id>.not-in-effect`.
-    pub fn not_in_effect_reason(&self) -> &str {
-        self.table.not_in_effect_reason()
-    }
-
-    /// SHA-256 (hex) of the pack text, so a decision can be replayed against the exact bytes.
-    pub fn revision(&self) -> &str {
-        &self.revision
-    }
-
-    /// The path the pack was compiled from (diagnostics only).
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    pub(crate) fn table(&self) -> &DecisionTable {
-        &self.table
-    }
 }
 
 /// A rule with the spans of everything it refers to, for set-level checks.
@@ -781,7 +477,7 @@ pub(crate) fn parse_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pa
         .collect::<Vec<_>>();
     for (name, span) in all_names {
         let line = sink.line_of(&span);
-        if crate::eval::BUILTIN_OBLIGATIONS.contains(&name.as_str()) {
+        if BUILTIN_OBLIGATIONS.contains(&name.as_str()) {
             sink.error(&span, format!("`{name}` is a reserved obligation id"));
         } else if let Some(first) = names.get(&name) {
             sink.error(&span, format!("`{name}` is already defined at line {first}"));
@@ -1089,7 +785,7 @@ fn check_rule_id(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PackSet;
+    use crate::{Pack, PackSet};
 
     fn compile(rules: &str) -> Result<Pack, String> {
         let text = format!(

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use domicile_types::{Jurisdiction, RegionId};
 
+use crate::compile::link::link;
 use crate::diag::{Diagnostic, Diagnostics, PackSource, Sink};
-use crate::eval::{Decision, DecisionInput, DecisionParts, Verdict};
+use crate::eval::{DecisionParts, Verdict};
 use crate::explain::Trace;
-use crate::link::link;
-use crate::pack::{Pack, Parsed, RefKind, parse_pack};
+use crate::model::{Decision, DecisionInput, Pack};
+use crate::pack::{Parsed, RefKind, parse_pack};
 use crate::zone::Zone;
 
 /// Why no home region could be chosen. Deliberately carries no subject data.

@@ -6,9 +6,9 @@ use domicile_types::{Channel, ConsentState, Purpose};
 use toml::Spanned;
 
 use crate::diag::{Diagnostics, PackSource, Sink};
-use crate::eval::{BUILTIN_OBLIGATIONS, ConsentFact, Decision, DecisionInput, Effect, Facts, Outcome};
-use crate::model::ConsentKind;
-use crate::pack::{MIN_SCHEMA_VERSION, Pack, PackRef, SCHEMA_VERSION};
+use crate::model::decision::BUILTIN_OBLIGATIONS;
+use crate::model::{ConsentFact, ConsentKind, Decision, DecisionInput, Effect, Facts, Outcome, Pack, PackRef};
+use crate::pack::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 use crate::reader::{Table, parse_document, timestamp_text};
 use crate::time::{format_rfc3339, parse_rfc3339};
 use crate::zone::Zone;

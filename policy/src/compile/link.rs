@@ -4,9 +4,12 @@
 use domicile_types::{Channel, Purpose};
 
 use crate::diag::Sink;
-use crate::eval::{CELLS, CompiledRule, DecisionTable, MAX_RULES_PER_CELL, cell_index};
-use crate::model::{CallingWindow, Lifetime, Obligation, Register, Rights, Rule};
-use crate::pack::{Pack, PackKind, PackRef, Parsed, Residency};
+use crate::model::pack::Metadata;
+use crate::model::table::{CELLS, CompiledRule, MAX_RULES_PER_CELL, cell_index};
+use crate::model::{CallingWindow, Lifetime, Obligation, Pack, PackKind, PackRef, Register, Residency, Rights, Rule};
+use crate::pack::Parsed;
+
+use super::table;
 
 /// `members[0]` is the pack being linked, then the packs it extends, nearest first. Problems are
 /// reported on `sink` (the file of `members[0]`); `None` when there were errors.
@@ -198,7 +201,7 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
     let pack_ref = PackRef { id: me.id.clone(), version: me.version.clone() };
     let chain = members.iter().map(|m| PackRef { id: m.id.clone(), version: m.version.clone() }).collect();
     let effective_rules: Vec<Rule> = effective.into_iter().map(|(r, _)| r).collect();
-    let table = DecisionTable::compile(
+    let table = table::build(
         &pack_ref,
         me.jurisdiction.as_ref(),
         &effective_rules,
@@ -207,17 +210,22 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
         time_zones.clone(),
         (me.effective_from, me.effective_until),
     );
-    Some(Pack {
+    let meta = Metadata {
         pack_ref,
         schema: me.schema,
         kind: me.kind,
         title: me.title.clone(),
         jurisdiction: me.jurisdiction.clone(),
-        chain,
         owners: me.owners.clone(),
         references: me.references.clone(),
         effective_from: me.effective_from,
         effective_until: me.effective_until,
+        revision: me.revision.clone(),
+        path: me.path.clone(),
+    };
+    Some(Pack {
+        meta,
+        chain,
         time_zones,
         residency,
         rights,
@@ -227,8 +235,6 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
         registers,
         rules: me.rules.iter().map(|p| p.rule.clone()).collect(),
         effective_rules,
-        revision: me.revision.clone(),
-        path: me.path.clone(),
         table,
     })
 }
