@@ -21,8 +21,7 @@ mod diag;
 mod eval;
 mod explain;
 mod model;
-mod pack;
-mod reader;
+mod read;
 mod set;
 pub mod signing;
 mod testing;
@@ -37,7 +36,7 @@ pub use model::{
     Lifetime, Localisation, Obligation, Outcome, Pack, PackKind, PackRef, Period, Register, Residency,
     ResidencyRefusal, Rights, Rule, SoftCondition, Transfer, TransferCheck,
 };
-pub use pack::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
+pub use read::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use set::{PackMatch, PackSet, ResidencyError};
 pub use testing::{CaseResult, TestReport, run_test_files, run_tests};
 pub use zone::Zone;
