@@ -15,6 +15,12 @@
 //!   only override an inherited one by naming it in `replaces`.
 //! - **Decisions are explainable.** Each names the pack `id@version` and the deciding rule id, and
 //!   carries the rule's obligations when it allows.
+//!
+//! Layout, each module importing only the ones before it: `diag`, `time`, `zone` (leaves);
+//! `model` (the compiled model: rules, residency, decision input and output, the purpose ×
+//! channel table, `Pack`); `read` (one module per table of a pack file, and test files);
+//! `compile` (checks across files, `extends` linking, table building); `eval` (the decision
+//! function over a compiled pack, never `compile`); `explain`, `testing`; `set` (`PackSet`).
 
 mod compile;
 mod diag;
