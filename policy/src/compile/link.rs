@@ -1,5 +1,7 @@
-//! Linking: one pack plus the packs it extends become one compiled table, with the checks that
-//! need the whole chain (coverage gaps, unreachable rules, replaced rules, time zones).
+//! Linking: one pack file plus the files it extends become one compiled [`Pack`] (its table
+//! built by `table`), with the checks that need the whole chain (coverage gaps, unreachable
+//! rules, replaced rules, time zones) and what is inherited (definitions, residency key by key,
+//! rights, time zones).
 
 use domicile_types::{Channel, Purpose};
 
