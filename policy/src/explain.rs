@@ -9,9 +9,9 @@ use std::fmt;
 use domicile_types::{Channel, ConsentState, Purpose};
 use serde::Serialize;
 
-use crate::eval::{ConsentFact, Decision, DecisionInput, Facts, Outcome, judge};
-use crate::model::{Basis, ConsentKind};
-use crate::pack::Pack;
+use crate::eval::judge;
+use crate::model::table::CompiledRule;
+use crate::model::{Basis, ConsentFact, ConsentKind, Decision, DecisionInput, Facts, Outcome, Pack, Rule};
 use crate::time::format_rfc3339;
 
 /// One check a rule made, and whether it held.
@@ -159,12 +159,7 @@ impl Pack {
     }
 }
 
-fn consent_checks(
-    basis: Basis,
-    input: &DecisionInput,
-    compiled: &crate::eval::CompiledRule,
-    rule: &crate::model::Rule,
-) -> Vec<Check> {
+fn consent_checks(basis: Basis, input: &DecisionInput, compiled: &CompiledRule, rule: &Rule) -> Vec<Check> {
     let mut checks = Vec::new();
     let state = input.consent.map(|c| c.state);
     let objection = matches!(state, Some(ConsentState::Denied | ConsentState::Withdrawn));
@@ -205,7 +200,7 @@ fn consent_checks(
                 checks.push(Check { what: "subject has not objected".into(), held: !objection });
                 for condition in &rule.conditions {
                     checks
-                        .push(Check { what: format!("soft opt-in: {condition}"), held: condition.holds(&input.facts) });
+                        .push(Check { what: format!("soft opt-in: {condition}"), held: input.facts.holds(*condition) });
                 }
             }
         }

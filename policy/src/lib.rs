@@ -15,14 +15,19 @@
 //!   only override an inherited one by naming it in `replaces`.
 //! - **Decisions are explainable.** Each names the pack `id@version` and the deciding rule id, and
 //!   carries the rule's obligations when it allows.
+//!
+//! Layout, each module importing only the ones before it: `diag`, `time`, `zone` (leaves);
+//! `model` (the compiled model: rules, residency, decision input and output, the purpose ×
+//! channel table, `Pack`); `read` (one module per table of a pack file, and test files);
+//! `compile` (checks across files, `extends` linking, table building); `eval` (the decision
+//! function over a compiled pack, never `compile`); `explain`, `testing`; `set` (`PackSet`).
 
+mod compile;
 mod diag;
 mod eval;
 mod explain;
-mod link;
 mod model;
-mod pack;
-mod reader;
+mod read;
 mod set;
 pub mod signing;
 mod testing;
@@ -30,15 +35,14 @@ pub mod time;
 mod zone;
 
 pub use diag::{Diagnostic, Diagnostics, PackSource, Severity};
-pub use eval::{CALLING_WINDOW, ConsentFact, Decision, DecisionInput, DecisionParts, Effect, Facts, Outcome, Verdict};
+pub use eval::{DecisionParts, Verdict};
 pub use explain::{Change, Check, DecisionSummary, Trace, TraceRule, diff};
 pub use model::{
-    Basis, CallingWindow, Confidence, ConsentKind, Lifetime, Localisation, Obligation, Period, Register, Rights, Rule,
-    SoftCondition, Transfer,
+    Basis, CALLING_WINDOW, CallingWindow, Confidence, ConsentFact, ConsentKind, Decision, DecisionInput, Effect, Facts,
+    Lifetime, Localisation, Obligation, Outcome, Pack, PackKind, PackRef, Period, Register, Residency,
+    ResidencyRefusal, Rights, Rule, SoftCondition, Transfer, TransferCheck,
 };
-pub use pack::{
-    MIN_SCHEMA_VERSION, Pack, PackKind, PackRef, Residency, ResidencyRefusal, SCHEMA_VERSION, TransferCheck,
-};
+pub use read::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use set::{PackMatch, PackSet, ResidencyError};
 pub use testing::{CaseResult, TestReport, run_test_files, run_tests};
 pub use zone::Zone;

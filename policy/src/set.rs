@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 
 use domicile_types::{Jurisdiction, RegionId};
 
-use crate::diag::{Diagnostic, Diagnostics, PackSource, Sink};
-use crate::eval::{Decision, DecisionInput, DecisionParts, Verdict};
+use crate::compile;
+use crate::diag::{Diagnostic, Diagnostics, PackSource};
+use crate::eval::{DecisionParts, Verdict};
 use crate::explain::Trace;
-use crate::link::link;
-use crate::pack::{Pack, Parsed, RefKind, parse_pack};
+use crate::model::{Decision, DecisionInput, Pack};
 use crate::zone::Zone;
 
 /// Why no home region could be chosen. Deliberately carries no subject data.
@@ -71,7 +71,7 @@ impl PackSet {
         PackSet::default()
     }
 
-    /// Parses, validates and compiles every source. All problems of all files come back at
+    /// Reads, validates and compiles every source (`compile`). All problems of all files come back at
     /// once; errors make it fail, warnings are returned alongside success.
     ///
     /// Packs may extend one another (`[pack] extends = "<id>"`): a country extends a baseline, a
@@ -80,137 +80,7 @@ impl PackSet {
     /// more specific pack can only tighten what it inherits, unless a rule names the inherited
     /// rule in `replaces` (visible in review, and checked to exist).
     pub fn compile(sources: &[PackSource]) -> Result<(PackSet, Vec<Diagnostic>), Diagnostics> {
-        let mut sinks: Vec<Sink<'_>> = Vec::with_capacity(sources.len());
-        let mut parsed = Vec::with_capacity(sources.len());
-        for source in sources {
-            let mut sink = Sink::new(source);
-            let (pack, header) = parse_pack(source, &mut sink);
-            sinks.push(sink);
-            parsed.push((pack, header));
-        }
-
-        // Each jurisdiction and each pack id must belong to exactly one pack, or which pack
-        // decides would depend on load order.
-        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
-        let mut jurisdictions: BTreeMap<Jurisdiction, usize> = BTreeMap::new();
-        for (i, (_, header)) in parsed.iter().enumerate() {
-            if let Some(id) = &header.id {
-                match ids.get(id.get_ref()) {
-                    Some(&first) => {
-                        let first_path = sources.get(first).map_or("", |s| s.path.as_str());
-                        if let Some(sink) = sinks.get_mut(i) {
-                            sink.error(&id.span(), format!("pack id is already used by {first_path}"));
-                        }
-                    }
-                    None => {
-                        ids.insert(id.get_ref().clone(), i);
-                    }
-                }
-            }
-            if let Some(j) = &header.jurisdiction
-                && !header.baseline
-            {
-                match jurisdictions.get(j.get_ref()) {
-                    Some(&first) => {
-                        let first_path = sources.get(first).map_or("", |s| s.path.as_str());
-                        if let Some(sink) = sinks.get_mut(i) {
-                            sink.error(
-                                &j.span(),
-                                format!("jurisdiction {} is already covered by {first_path}", j.get_ref()),
-                            );
-                        }
-                    }
-                    None => {
-                        jurisdictions.insert(j.get_ref().clone(), i);
-                    }
-                }
-            }
-        }
-
-        // Resolve `extends` into chains (this pack first).
-        let mut chains: Vec<Vec<usize>> = Vec::with_capacity(parsed.len());
-        for (i, (_, header)) in parsed.iter().enumerate() {
-            let mut chain = vec![i];
-            let mut problem = None;
-            let mut current = i;
-            while let Some(extends) = parsed.get(current).and_then(|(_, h)| h.extends.as_ref()) {
-                match ids.get(extends.get_ref()) {
-                    None => {
-                        if current == i {
-                            problem = Some((extends.span(), "`extends` names no pack in this set".to_owned()));
-                        }
-                        break;
-                    }
-                    Some(&next) if chain.contains(&next) => {
-                        if let Some(e) = &header.extends {
-                            problem = Some((e.span(), "`extends` forms a cycle".to_owned()));
-                        }
-                        break;
-                    }
-                    Some(&next) => {
-                        let parent_baseline = parsed.get(next).is_some_and(|(_, h)| h.baseline);
-                        if current == i && header.baseline && !parent_baseline {
-                            problem = Some((extends.span(), "a baseline can only extend another baseline".to_owned()));
-                        }
-                        chain.push(next);
-                        current = next;
-                    }
-                }
-            }
-            if let (Some((span, message)), Some(sink)) = (problem, sinks.get_mut(i)) {
-                sink.error(&span, message);
-            }
-            chains.push(chain);
-        }
-
-        // References a file leaves to the packs it extends.
-        for (i, chain) in chains.iter().enumerate() {
-            let Some((_, header)) = parsed.get(i) else { continue };
-            let ancestors: Vec<&Parsed> =
-                chain.iter().skip(1).filter_map(|&a| parsed.get(a).and_then(|(p, _)| p.as_ref())).collect();
-            if ancestors.len() + 1 != chain.len() || header.extends.is_none() {
-                // A broken ancestor reports its own errors; resolving against it would guess.
-                continue;
-            }
-            for (kind, name, span) in &header.unresolved {
-                let found = ancestors.iter().any(|p| match kind {
-                    RefKind::Obligation => p.obligations.iter().any(|(o, _)| &o.id == name),
-                    RefKind::Lifetime => p.lifetimes.iter().any(|(o, _)| &o.id == name),
-                    RefKind::Window => p.windows.iter().any(|(o, _)| &o.id == name),
-                    RefKind::Register => p.registers.iter().any(|(o, _)| &o.id == name),
-                    RefKind::Replaces => p.rules.iter().any(|r| &r.rule.id == name),
-                });
-                if !found && let Some(sink) = sinks.get_mut(i) {
-                    sink.error(span, kind.undefined());
-                }
-            }
-        }
-
-        // Link every pack whose whole chain read cleanly, so chain-level problems (gaps,
-        // unreachable rules) are reported in the same run as other files' errors.
-        let mut packs = Vec::new();
-        for (i, chain) in chains.iter().enumerate() {
-            let members: Vec<&Parsed> =
-                chain.iter().filter_map(|&a| parsed.get(a).and_then(|(p, _)| p.as_ref())).collect();
-            let chain_ok =
-                members.len() == chain.len() && chain.iter().all(|&a| sinks.get(a).is_some_and(|s| !s.has_errors()));
-            if chain_ok
-                && let Some(sink) = sinks.get_mut(i)
-                && let Some(pack) = link(&members, sink)
-            {
-                packs.push(pack);
-            }
-        }
-
-        let mut failed = false;
-        let mut diagnostics = Vec::new();
-        for sink in sinks {
-            failed |= sink.has_errors();
-            diagnostics.extend(sink.finish());
-        }
-        if failed {
-            return Err(Diagnostics(diagnostics));
-        }
+        let (packs, diagnostics) = compile::compile(sources)?;
         let by_jurisdiction =
             packs.iter().enumerate().filter_map(|(i, p)| p.jurisdiction().map(|j| (j.clone(), i))).collect();
         Ok((PackSet { packs, by_jurisdiction }, diagnostics))

@@ -1,16 +1,20 @@
-//! Linking: one pack plus the packs it extends become one compiled table, with the checks that
-//! need the whole chain (coverage gaps, unreachable rules, replaced rules, time zones).
+//! Linking: one pack file plus the files it extends become one compiled [`Pack`] (its table
+//! built by `table`), with the checks that need the whole chain (coverage gaps, unreachable
+//! rules, replaced rules, time zones) and what is inherited (definitions, residency key by key,
+//! rights, time zones).
 
 use domicile_types::{Channel, Purpose};
 
 use crate::diag::Sink;
-use crate::eval::{CELLS, CompiledRule, DecisionTable, MAX_RULES_PER_CELL, cell_index};
-use crate::model::{CallingWindow, Lifetime, Obligation, Register, Rights, Rule};
-use crate::pack::{Pack, PackKind, PackRef, Parsed, Residency};
+use crate::model::table::{CELLS, CompiledRule, MAX_RULES_PER_CELL, cell_index};
+use crate::model::{CallingWindow, Lifetime, Obligation, Pack, PackKind, Register, Residency, Rights, Rule};
+use crate::read::PackFile;
+
+use super::table;
 
 /// `members[0]` is the pack being linked, then the packs it extends, nearest first. Problems are
 /// reported on `sink` (the file of `members[0]`); `None` when there were errors.
-pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
+pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
     let me = *members.first()?;
     let errors_before = sink.diagnostics.iter().filter(|d| d.is_error()).count();
 
@@ -69,8 +73,8 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
                 );
             }
         }
-        let starts_after_pack = matches!((rule.effective_from, me.effective_until), (Some(f), Some(u)) if f >= u);
-        let ends_before_pack = matches!((rule.effective_until, me.effective_from), (Some(u), Some(f)) if u <= f);
+        let starts_after_pack = matches!((rule.effective_from, me.meta.effective_until), (Some(f), Some(u)) if f >= u);
+        let ends_before_pack = matches!((rule.effective_until, me.meta.effective_from), (Some(u), Some(f)) if u <= f);
         if starts_after_pack || ends_before_pack {
             sink.warning(&parsed.span, "unreachable rule: never in effect while the pack is");
         }
@@ -78,12 +82,12 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
 
     for (cell, list) in cell_rules.iter().enumerate() {
         if list.len() > MAX_RULES_PER_CELL {
-            sink.error(&me.pack_span, format!("more than {MAX_RULES_PER_CELL} rules share cell {cell}"));
+            sink.error(&me.span, format!("more than {MAX_RULES_PER_CELL} rules share cell {cell}"));
         }
     }
 
     // Coverage: gaps must be declared (`basis = "gap"`). Baselines may leave cells to countries.
-    if me.kind == PackKind::Jurisdiction {
+    if me.meta.kind == PackKind::Jurisdiction {
         for &purpose in Purpose::ALL {
             let missing: Vec<&str> = Channel::ALL
                 .iter()
@@ -94,10 +98,10 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
                 continue;
             }
             let message = format!("no rule for {purpose} by {}; these default to deny", missing.join(", "));
-            if me.schema >= 2 {
-                sink.error(&me.pack_span, format!("{message}; declare them with `basis = \"gap\"`"));
+            if me.meta.schema >= 2 {
+                sink.error(&me.span, format!("{message}; declare them with `basis = \"gap\"`"));
             } else {
-                sink.warning(&me.pack_span, message);
+                sink.warning(&me.span, message);
             }
         }
     }
@@ -112,24 +116,30 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
                 members
                     .iter()
                     .skip(*depth)
-                    .find_map(|m| m.obligations.iter().find(|(o, _)| &o.id == id))
+                    .find_map(|m| m.definitions.obligations.iter().find(|(o, _)| &o.id == id))
                     .map(|(o, _)| o.clone())
             })
             .collect();
         let lifetime = rule
             .lifetime
             .as_ref()
-            .and_then(|id| members.iter().skip(*depth).find_map(|m| m.lifetimes.iter().find(|(l, _)| &l.id == id)))
+            .and_then(|id| {
+                members.iter().skip(*depth).find_map(|m| m.definitions.lifetimes.iter().find(|(l, _)| &l.id == id))
+            })
             .map_or_else(Lifetime::express_only, |(l, _)| l.clone());
         let window: Option<CallingWindow> = rule
             .window
             .as_ref()
-            .and_then(|id| members.iter().skip(*depth).find_map(|m| m.windows.iter().find(|(w, _)| &w.id == id)))
+            .and_then(|id| {
+                members.iter().skip(*depth).find_map(|m| m.definitions.windows.iter().find(|(w, _)| &w.id == id))
+            })
             .map(|(w, _)| w.clone());
         let register: Option<Register> = rule
             .screen
             .as_ref()
-            .and_then(|id| members.iter().skip(*depth).find_map(|m| m.registers.iter().find(|(r, _)| &r.id == id)))
+            .and_then(|id| {
+                members.iter().skip(*depth).find_map(|m| m.definitions.registers.iter().find(|(r, _)| &r.id == id))
+            })
             .map(|(r, _)| r.clone());
         let mut obligations = obligations;
         if let Some(r) = &register {
@@ -147,7 +157,7 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
     {
         let span = me.rules.iter().find(|p| p.rule.id == rule.id).and_then(|p| p.window_span.clone());
         sink.error(
-            &span.unwrap_or_else(|| me.pack_span.clone()),
+            &span.unwrap_or_else(|| me.span.clone()),
             "calling windows need the subject's time zone: list `time_zones` in [pack]",
         );
     }
@@ -156,7 +166,7 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
     // region keeps its baseline's transfers and minimised fields.
     let stated = || members.iter().filter_map(|m| m.residency.as_ref());
     let Some(nearest) = stated().next() else {
-        sink.error(&me.pack_span, "missing key `residency` in the pack file and no extended pack defines it");
+        sink.error(&me.span, "missing key `residency` in the pack file and no extended pack defines it");
         return None;
     };
     let residency = Residency {
@@ -174,7 +184,7 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
         rights.cite = rights.cite.take().or_else(|| m.rights.cite.clone());
     }
     // Definitions visible to this pack: its own shadow inherited ones of the same id.
-    fn merged<T: Clone>(members: &[&Parsed], get: impl Fn(&Parsed) -> Vec<(String, T)>) -> Vec<T> {
+    fn merged<T: Clone>(members: &[&PackFile], get: impl Fn(&PackFile) -> Vec<(String, T)>) -> Vec<T> {
         let mut seen: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for m in members {
@@ -187,37 +197,31 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
         }
         out
     }
-    let obligations = merged(members, |m| m.obligations.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
-    let lifetimes = merged(members, |m| m.lifetimes.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
-    let windows = merged(members, |m| m.windows.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
-    let registers = merged(members, |m| m.registers.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let obligations =
+        merged(members, |m| m.definitions.obligations.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let lifetimes =
+        merged(members, |m| m.definitions.lifetimes.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let windows = merged(members, |m| m.definitions.windows.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let registers =
+        merged(members, |m| m.definitions.registers.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
 
     if sink.diagnostics.iter().filter(|d| d.is_error()).count() > errors_before {
         return None;
     }
-    let pack_ref = PackRef { id: me.id.clone(), version: me.version.clone() };
-    let chain = members.iter().map(|m| PackRef { id: m.id.clone(), version: m.version.clone() }).collect();
+    let chain = members.iter().map(|m| m.meta.pack_ref.clone()).collect();
     let effective_rules: Vec<Rule> = effective.into_iter().map(|(r, _)| r).collect();
-    let table = DecisionTable::compile(
-        &pack_ref,
-        me.jurisdiction.as_ref(),
+    let table = table::build(
+        &me.meta.pack_ref,
+        me.meta.jurisdiction.as_ref(),
         &effective_rules,
         &cell_rules,
         compiled,
         time_zones.clone(),
-        (me.effective_from, me.effective_until),
+        (me.meta.effective_from, me.meta.effective_until),
     );
     Some(Pack {
-        pack_ref,
-        schema: me.schema,
-        kind: me.kind,
-        title: me.title.clone(),
-        jurisdiction: me.jurisdiction.clone(),
+        meta: me.meta.clone(),
         chain,
-        owners: me.owners.clone(),
-        references: me.references.clone(),
-        effective_from: me.effective_from,
-        effective_until: me.effective_until,
         time_zones,
         residency,
         rights,
@@ -227,8 +231,6 @@ pub(crate) fn link(members: &[&Parsed], sink: &mut Sink<'_>) -> Option<Pack> {
         registers,
         rules: me.rules.iter().map(|p| p.rule.clone()).collect(),
         effective_rules,
-        revision: me.revision.clone(),
-        path: me.path.clone(),
         table,
     })
 }

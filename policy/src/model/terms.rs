@@ -1,8 +1,8 @@
-//! The pack vocabulary: legal bases, confidence tags, localisation modes, rules, obligations.
+//! The words packs are written in: legal bases, consent kinds, soft opt-in conditions, confidence
+//! tags, localisation modes, pack kinds, calendar periods, and the `id@version` a decision names.
+//! Keywords parse from and print as the exact text of the pack format.
 
 use std::fmt;
-
-use domicile_types::{Channel, Purpose};
 
 macro_rules! keyword_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
@@ -108,16 +108,6 @@ keyword_enum!(
     }
 );
 
-impl SoftCondition {
-    pub(crate) fn holds(self, facts: &crate::eval::Facts) -> bool {
-        match self {
-            SoftCondition::ContactFromSale => facts.contact_from_sale,
-            SoftCondition::SimilarProducts => facts.similar_products,
-            SoftCondition::OptOutOffered => facts.opt_out_offered,
-        }
-    }
-}
-
 keyword_enum!(
     /// How sure the pack author is of the fact behind a rule; the tags of country-rules.md.
     Confidence, "confidence", {
@@ -144,11 +134,26 @@ keyword_enum!(
     }
 );
 
-/// Something the caller must do when it acts on an allow, e.g. "include an unsubscribe link".
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Obligation {
+/// What a pack is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PackKind {
+    /// Answers for its jurisdiction (a country, or a subdivision overlay extending its country).
+    Jurisdiction,
+    /// Shared rules (e.g. EU/EEA) that jurisdiction packs extend; never answers by itself.
+    Baseline,
+}
+
+/// Names the exact pack text a decision came from: `id@version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackRef {
     pub id: String,
-    pub text: String,
+    pub version: String,
+}
+
+impl fmt::Display for PackRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.version)
+    }
 }
 
 /// A calendar period: lifetimes, rights deadlines. Months and years are calendar months (a
@@ -195,127 +200,5 @@ impl fmt::Display for Period {
             Period::Months(1) => f.write_str("1 month"),
             Period::Months(m) => write!(f, "{m} months"),
         }
-    }
-}
-
-/// How long each kind of consent counts for a rule. A kind without an entry is not accepted
-/// by rules using this lifetime; `None` inside means accepted without limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lifetime {
-    pub id: String,
-    /// Indexed by [`ConsentKind`]: `None` = kind not accepted, `Some(None)` = no limit.
-    pub kinds: [Option<Option<Period>>; 3],
-    pub cite: String,
-    pub line: usize,
-}
-
-impl Lifetime {
-    /// Only express consent, without limit: what a rule without `lifetime` accepts.
-    pub(crate) fn express_only() -> Lifetime {
-        Lifetime { id: String::new(), kinds: [Some(None), None, None], cite: String::new(), line: 0 }
-    }
-
-    pub fn accepts(&self, kind: ConsentKind) -> Option<Option<Period>> {
-        self.kinds.get(kind.index()).copied().flatten()
-    }
-}
-
-/// Times of the week contact is allowed, in the subject's local time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallingWindow {
-    pub id: String,
-    /// Per weekday, Monday first: `[start, end)` minute-of-day slots, sorted and disjoint.
-    pub days: [Vec<(u16, u16)>; 7],
-    pub cite: String,
-    pub line: usize,
-}
-
-/// A do-not-contact register callers must screen against (Bloctel, National DNC, DNCL, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Register {
-    pub id: String,
-    pub name: String,
-    pub cite: String,
-    /// Whether a granted consent lets the caller contact a number that is on the register
-    /// (most registers exempt prior express consent; `false` is the safe default).
-    pub exempt_with_consent: bool,
-    pub line: usize,
-}
-
-/// A permitted transfer of the pack's subjects' data out of their home regions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transfer {
-    pub id: String,
-    /// Destination regions; empty means any region.
-    pub to: Vec<domicile_types::RegionId>,
-    /// Purposes the transfer is allowed for; empty means any purpose.
-    pub purposes: Vec<Purpose>,
-    /// The mechanism that makes it lawful (adequacy, SCCs, PIA, ...).
-    pub condition: String,
-    pub cite: String,
-    /// Only the pack's minimised fields may be sent.
-    pub minimised_only: bool,
-}
-
-/// Data-subject rights and age thresholds; informative for callers, not used in decisions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rights {
-    /// Time to answer an access (or similar) request.
-    pub deadline: Option<Period>,
-    /// Extension allowed on notice.
-    pub extension: Option<Period>,
-    /// Age below which consent must come from (or with) a parent or guardian.
-    pub age_of_digital_consent: Option<u8>,
-    pub cite: Option<String>,
-}
-
-/// One rule of a pack: a basis for one purpose on one or more channels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// Stable id, `<pack-id>.<...>`; decisions name it as their reason.
-    pub id: String,
-    pub purpose: Purpose,
-    pub channels: Vec<Channel>,
-    pub basis: Basis,
-    /// Statute, article or decision the rule rests on.
-    pub cite: String,
-    /// Where the author found it (research notes, memo).
-    pub source: Option<String>,
-    pub confidence: Confidence,
-    /// Ids of the pack's obligations attached to allow decisions.
-    pub obligations: Vec<String>,
-    pub note: Option<String>,
-    /// Line of the rule in its pack file, for tools that point authors at it.
-    pub line: usize,
-    /// First instant (unix seconds) the rule applies; `None` = always has.
-    pub effective_from: Option<i64>,
-    /// First instant the rule no longer applies; `None` = open-ended.
-    pub effective_until: Option<i64>,
-    /// Id of the pack's lifetime that says which consent kinds count and for how long.
-    pub lifetime: Option<String>,
-    /// Id of the pack's calling window contact must fall in.
-    pub window: Option<String>,
-    /// Id of the register contact must be screened against.
-    pub screen: Option<String>,
-    /// For `soft_opt_in`: the facts that must all hold.
-    pub conditions: Vec<SoftCondition>,
-    /// Ids of rules of extended packs this rule replaces on the cells it covers.
-    pub replaces: Vec<String>,
-    /// The pack that defined the rule (differs from the deciding pack for inherited rules).
-    pub pack_id: String,
-    /// The file the rule was read from.
-    pub path: String,
-}
-
-impl Rule {
-    /// Whether the rule applies at `at_unix`.
-    pub fn in_effect(&self, at_unix: i64) -> bool {
-        self.effective_from.is_none_or(|f| f <= at_unix) && self.effective_until.is_none_or(|u| at_unix < u)
-    }
-
-    pub(crate) fn overlaps_in_time(&self, other: &Rule) -> bool {
-        let start = self.effective_from.unwrap_or(i64::MIN).max(other.effective_from.unwrap_or(i64::MIN));
-        let end = self.effective_until.unwrap_or(i64::MAX).min(other.effective_until.unwrap_or(i64::MAX));
-        start < end
     }
 }

@@ -1,0 +1,98 @@
+//! A rule and the named definitions rules refer to (obligations, consent lifetimes, registers).
+//! Calling windows, the fourth kind, live in `window.rs` with their local-time arithmetic.
+
+use domicile_types::{Channel, Purpose};
+
+use super::terms::{Basis, Confidence, ConsentKind, Period, SoftCondition};
+
+/// Something the caller must do when it acts on an allow, e.g. "include an unsubscribe link".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Obligation {
+    pub id: String,
+    pub text: String,
+}
+
+/// How long each kind of consent counts for a rule. A kind without an entry is not accepted
+/// by rules using this lifetime; `None` inside means accepted without limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifetime {
+    pub id: String,
+    /// Indexed by [`ConsentKind`]: `None` = kind not accepted, `Some(None)` = no limit.
+    pub kinds: [Option<Option<Period>>; 3],
+    pub cite: String,
+    pub line: usize,
+}
+
+impl Lifetime {
+    /// Only express consent, without limit: what a rule without `lifetime` accepts.
+    pub(crate) fn express_only() -> Lifetime {
+        Lifetime { id: String::new(), kinds: [Some(None), None, None], cite: String::new(), line: 0 }
+    }
+
+    pub fn accepts(&self, kind: ConsentKind) -> Option<Option<Period>> {
+        self.kinds.get(kind.index()).copied().flatten()
+    }
+}
+
+/// A do-not-contact register callers must screen against (Bloctel, National DNC, DNCL, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    pub id: String,
+    pub name: String,
+    pub cite: String,
+    /// Whether a granted consent lets the caller contact a number that is on the register
+    /// (most registers exempt prior express consent; `false` is the safe default).
+    pub exempt_with_consent: bool,
+    pub line: usize,
+}
+
+/// One rule of a pack: a basis for one purpose on one or more channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable id, `<pack-id>.<...>`; decisions name it as their reason.
+    pub id: String,
+    pub purpose: Purpose,
+    pub channels: Vec<Channel>,
+    pub basis: Basis,
+    /// Statute, article or decision the rule rests on.
+    pub cite: String,
+    /// Where the author found it (research notes, memo).
+    pub source: Option<String>,
+    pub confidence: Confidence,
+    /// Ids of the pack's obligations attached to allow decisions.
+    pub obligations: Vec<String>,
+    pub note: Option<String>,
+    /// Line of the rule in its pack file, for tools that point authors at it.
+    pub line: usize,
+    /// First instant (unix seconds) the rule applies; `None` = always has.
+    pub effective_from: Option<i64>,
+    /// First instant the rule no longer applies; `None` = open-ended.
+    pub effective_until: Option<i64>,
+    /// Id of the pack's lifetime that says which consent kinds count and for how long.
+    pub lifetime: Option<String>,
+    /// Id of the pack's calling window contact must fall in.
+    pub window: Option<String>,
+    /// Id of the register contact must be screened against.
+    pub screen: Option<String>,
+    /// For `soft_opt_in`: the facts that must all hold.
+    pub conditions: Vec<SoftCondition>,
+    /// Ids of rules of extended packs this rule replaces on the cells it covers.
+    pub replaces: Vec<String>,
+    /// The pack that defined the rule (differs from the deciding pack for inherited rules).
+    pub pack_id: String,
+    /// The file the rule was read from.
+    pub path: String,
+}
+
+impl Rule {
+    /// Whether the rule applies at `at_unix`.
+    pub fn in_effect(&self, at_unix: i64) -> bool {
+        self.effective_from.is_none_or(|f| f <= at_unix) && self.effective_until.is_none_or(|u| at_unix < u)
+    }
+
+    pub(crate) fn overlaps_in_time(&self, other: &Rule) -> bool {
+        let start = self.effective_from.unwrap_or(i64::MIN).max(other.effective_from.unwrap_or(i64::MIN));
+        let end = self.effective_until.unwrap_or(i64::MAX).min(other.effective_until.unwrap_or(i64::MAX));
+        start < end
+    }
+}

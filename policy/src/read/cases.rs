@@ -1,0 +1,247 @@
+//! Pack test files (`tests/*.toml`): `[[case]]` tables with the consent and facts of each case,
+//! read against the compiled pack they test so that a reason or obligation naming nothing in the
+//! pack is reported at its line:column rather than failing as a case. `testing.rs` runs them.
+
+use domicile_types::{Channel, ConsentState, Purpose};
+
+use super::document::{Table, parse_document, timestamp_text};
+use super::metadata::{MIN_SCHEMA_VERSION, SCHEMA_VERSION, schema_message};
+use super::values::term;
+use crate::diag::{PackSource, Sink};
+use crate::model::decision::BUILTIN_OBLIGATIONS;
+use crate::model::{ConsentFact, ConsentKind, DecisionInput, Effect, Facts, Outcome, Pack};
+use crate::time::parse_rfc3339;
+use crate::zone::Zone;
+
+const ROOT_KEYS: &[&str] = &["schema", "pack", "case"];
+const CASE_KEYS: &[&str] = &[
+    "name",
+    "purpose",
+    "channel",
+    "at",
+    "at_unix",
+    "consent",
+    "expect",
+    "reasons",
+    "outcome",
+    "obligations",
+    "valid_until",
+    "valid_until_unix",
+    "note",
+    "time_zone",
+    "facts",
+];
+const CONSENT_KEYS: &[&str] =
+    &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in", "kind"];
+const FACT_KEYS: &[&str] = &["contact_from_sale", "similar_products", "opt_out_offered", "on_register"];
+
+/// One `[[case]]`, checked against the pack it is for.
+pub(crate) struct Case {
+    pub(crate) name: String,
+    pub(crate) path: String,
+    pub(crate) line: usize,
+    pub(crate) input: DecisionInput,
+    pub(crate) expect: Effect,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) obligations: Option<Vec<String>>,
+    pub(crate) valid_until: Option<i64>,
+}
+
+/// Reads one test file's cases into `out`, reporting every problem on `sink`.
+pub(crate) fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, out: &mut Vec<Case>) {
+    let Some(doc) = parse_document(sink, &source.text) else {
+        return;
+    };
+    let root = Table::new(sink, doc.get_ref(), doc.span(), "the test file", ROOT_KEYS);
+    if let Some(schema) = root.opt_int(sink, "schema")
+        && !(MIN_SCHEMA_VERSION..=SCHEMA_VERSION).contains(schema.get_ref())
+    {
+        sink.error(&schema.span(), schema_message(*schema.get_ref()));
+    }
+    if let Some(id) = root.opt_str(sink, "pack")
+        && *id.get_ref() != pack.id()
+    {
+        sink.error(&id.span(), format!("test file is for another pack; running against `{}`", pack.id()));
+    }
+    let tables = root.tables(sink, "case");
+    if tables.is_empty() {
+        // A test file that runs nothing must not look like a pass.
+        sink.error(&root.span(), "test file has no `[[case]]` entries");
+    }
+    let mut names: Vec<(String, usize)> = Vec::new();
+    for (table, span) in tables {
+        let line = sink.line_of(&span);
+        let t = Table::new(sink, table, span, "[[case]]", CASE_KEYS);
+        let name = t.req_str(sink, "name").and_then(|v| {
+            if v.get_ref().trim().is_empty() {
+                sink.error(&v.span(), "`name` must not be empty");
+                return None;
+            }
+            if let Some((_, first)) = names.iter().find(|(n, _)| n == v.get_ref()) {
+                sink.error(&v.span(), format!("duplicate case name; first used at line {first}"));
+                return None;
+            }
+            names.push(((*v.get_ref()).to_owned(), line));
+            Some((*v.get_ref()).to_owned())
+        });
+        let purpose = t.req_str(sink, "purpose").and_then(|v| term(sink, &v, Purpose::parse));
+        let channel = t.req_str(sink, "channel").and_then(|v| term(sink, &v, Channel::parse));
+        let at = instant(sink, &t, "at", true).flatten();
+        let consent = read_consent(sink, &t, at);
+        let expect = t.req_str(sink, "expect").and_then(|v| {
+            let effect = Effect::parse(v.get_ref());
+            if effect.is_none() {
+                sink.error(&v.span(), "`expect` must be `allow` or `deny`");
+            }
+            effect
+        });
+        let mut reasons = Vec::new();
+        if let Some(list) = t.opt_strings(sink, "reasons") {
+            for item in list.get_ref() {
+                let known = pack.rule(item.get_ref()).is_some()
+                    || *item.get_ref() == pack.default_reason()
+                    || *item.get_ref() == pack.not_in_effect_reason();
+                if known {
+                    reasons.push((*item.get_ref()).to_owned());
+                } else {
+                    sink.error(&item.span(), format!("reason is not a rule of pack `{}`", pack.id()));
+                }
+            }
+        }
+        let outcome = t.opt_str(sink, "outcome").and_then(|v| {
+            let outcome = Outcome::parse(v.get_ref());
+            if outcome.is_none() {
+                let expected = Outcome::ALL.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
+                sink.error(&v.span(), format!("unknown outcome; expected one of {expected}"));
+            }
+            outcome
+        });
+        let obligations = t.opt_strings(sink, "obligations").map(|list| {
+            let mut ids = Vec::new();
+            for item in list.get_ref() {
+                let name: &str = item.get_ref();
+                if pack.obligations().iter().any(|o| o.id == name)
+                    || pack.registers().iter().any(|r| r.id == name)
+                    || BUILTIN_OBLIGATIONS.contains(&name)
+                {
+                    ids.push((*item.get_ref()).to_owned());
+                } else {
+                    sink.error(&item.span(), format!("obligation is not defined in pack `{}`", pack.id()));
+                }
+            }
+            ids
+        });
+        let valid_until = instant(sink, &t, "valid_until", false).flatten();
+        let _ = t.opt_str(sink, "note");
+        let mut zone_ok = true;
+        let subject_time_zone = t.opt_str(sink, "time_zone").and_then(|v| {
+            let zone = Zone::parse(v.get_ref());
+            if zone.is_none() {
+                sink.error(&v.span(), "unknown time zone; use an IANA name such as `Europe/Paris`");
+                zone_ok = false;
+            }
+            zone
+        });
+        let facts = read_facts(sink, &t);
+        if let (
+            Some(name),
+            Some(purpose),
+            Some(channel),
+            Some(at_unix),
+            Some(consent),
+            Some(expect),
+            Some(facts),
+            true,
+        ) = (name, purpose, channel, at, consent, expect, facts, zone_ok)
+        {
+            out.push(Case {
+                name,
+                path: source.path.clone(),
+                line,
+                input: DecisionInput { purpose, channel, at_unix, consent, subject_time_zone, facts },
+                expect,
+                reasons,
+                outcome,
+                obligations,
+                valid_until,
+            });
+        }
+    }
+}
+
+/// Reads `<key>` (RFC 3339 string or TOML date-time) or `<key>_unix` (integer seconds).
+/// `None` on error, `Some(None)` when absent and optional.
+fn instant(sink: &mut Sink<'_>, table: &Table<'_, '_>, key: &str, required: bool) -> Option<Option<i64>> {
+    let unix_key = format!("{key}_unix");
+    match (table.get(key), table.get(&unix_key)) {
+        (Some(_), Some(v)) => {
+            sink.error(&v.span(), format!("give either `{key}` or `{unix_key}`, not both"));
+            None
+        }
+        (Some(v), None) => {
+            let parsed = timestamp_text(v).as_deref().and_then(parse_rfc3339);
+            if parsed.is_none() {
+                sink.error(
+                    &v.span(),
+                    format!("`{key}` must be an RFC 3339 timestamp with an offset, e.g. `2026-11-23T10:00:00Z`"),
+                );
+                return None;
+            }
+            Some(parsed)
+        }
+        (None, Some(_)) => table.opt_int(sink, &unix_key).map(|v| Some(*v.get_ref())),
+        (None, None) if required => {
+            sink.error(&table.span(), format!("missing key `{key}` (or `{unix_key}`)"));
+            None
+        }
+        (None, None) => Some(None),
+    }
+}
+
+/// `None` on error; `Some(None)` when the case has no consent on record.
+fn read_consent(sink: &mut Sink<'_>, case: &Table<'_, '_>, at: Option<i64>) -> Option<Option<ConsentFact>> {
+    let Some((table, span)) = case.table(sink, "consent", false) else {
+        return if case.get("consent").is_some() { None } else { Some(None) };
+    };
+    let t = Table::new(sink, table, span, "`consent`", CONSENT_KEYS);
+    let state = t.req_str(sink, "state").and_then(|v| term(sink, &v, ConsentState::parse));
+    // Without `captured_at` the consent is taken as captured at the decision instant.
+    let captured = instant(sink, &t, "captured_at", false).map(|c| c.or(at));
+    let expires = instant(sink, &t, "expires_at", false);
+    let double_opt_in = t.opt_bool(sink, "double_opt_in").is_some_and(|b| *b.get_ref());
+    let mut kind_ok = true;
+    let kind = t.opt_str(sink, "kind").and_then(|v| {
+        let kind = ConsentKind::parse(v.get_ref());
+        if kind.is_none() {
+            sink.error(&v.span(), ConsentKind::expected());
+            kind_ok = false;
+        }
+        kind
+    });
+    match (state, captured, expires, kind_ok) {
+        (Some(state), Some(Some(captured_at_unix)), Some(expires_at_unix), true) => Some(Some(ConsentFact {
+            state,
+            captured_at_unix,
+            expires_at_unix,
+            double_opt_in_confirmed: double_opt_in,
+            kind,
+        })),
+        _ => None,
+    }
+}
+
+/// `facts = { contact_from_sale = true, on_register = false, ... }`; `None` on error.
+fn read_facts(sink: &mut Sink<'_>, case: &Table<'_, '_>) -> Option<Facts> {
+    let Some((table, span)) = case.table(sink, "facts", false) else {
+        return if case.get("facts").is_some() { None } else { Some(Facts::default()) };
+    };
+    let t = Table::new(sink, table, span, "`facts`", FACT_KEYS);
+    let flag = |sink: &mut Sink<'_>, key| t.opt_bool(sink, key).is_some_and(|b| *b.get_ref());
+    Some(Facts {
+        contact_from_sale: flag(sink, "contact_from_sale"),
+        similar_products: flag(sink, "similar_products"),
+        opt_out_offered: flag(sink, "opt_out_offered"),
+        on_register: t.opt_bool(sink, "on_register").map(|b| *b.get_ref()),
+    })
+}
