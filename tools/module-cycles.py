@@ -7,8 +7,49 @@ of the graph is folded into the module that declares it and every "uses" edge be
 between modules (a module's own items excluded); a module's submodules count as the module
 itself only through its `mod` items, so `a::b` using `a` is an edge `a::b -> a`. Prints each
 package's module edges and cycles, and exits 1 if any package has one.
+
+cargo-modules names a method by its type's path (`model::pack::Pack::evaluate`) wherever its
+`impl` block is; a method is folded into the module whose file holds that block instead, since
+that file is what imports what the method uses. (`cargo modules dependencies --acyclic` checks
+items, not modules, and reports every type with a method mentioning the type as a circle.)
 """
-import re, subprocess, sys
+import json, os, re, subprocess, sys
+
+def src_dir(package):
+    meta = json.loads(subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"],
+                                     check=True, capture_output=True, text=True).stdout)
+    for p in meta["packages"]:
+        if p["name"] == package:
+            for t in p["targets"]:
+                if "lib" in t["kind"]:
+                    return os.path.dirname(t["src_path"])
+    raise SystemExit(f"no library target for {package}")
+
+def method_homes(package, crate):
+    """(Type, method) -> module path of the file whose `impl ... Type` block defines it."""
+    root = src_dir(package)
+    homes = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if not f.endswith(".rs"):
+                continue
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, root)[:-3].split(os.sep)
+            if rel[-1] in ("lib", "mod"):
+                rel = rel[:-1]
+            if rel and rel[-1] == "tests":
+                continue
+            module = "::".join([crate] + rel)
+            text = open(path, encoding="utf-8").read()
+            # `impl<..> Type<..> {` or `impl<..> Trait for Type<..> {`, then the block by brace depth.
+            for m in re.finditer(r"^impl(?:<[^{]*?>)?\s+(?:[\w:<>, ']+\s+for\s+)?([A-Za-z_]\w*)[^{;]*\{", text, re.M):
+                depth, i = 1, m.end()
+                while i < len(text) and depth:
+                    depth += {"{": 1, "}": -1}.get(text[i], 0)
+                    i += 1
+                for fn in re.findall(r"\bfn\s+([A-Za-z_]\w*)", text[m.end():i]):
+                    homes.setdefault((m.group(1), fn), module)
+    return homes
 
 def graph(package):
     dot = subprocess.run(
@@ -18,7 +59,12 @@ def graph(package):
     for name, kind in re.findall(r'^\s+"([^"]+)" \[label="([^"|]*)\|', dot, re.M):
         kinds[name] = kind.split()[-1]
     modules = {n for n, k in kinds.items() if k in ("mod", "crate")}
+    types = {n for n, k in kinds.items() if k in ("struct", "enum", "union", "type", "trait")}
+    homes = method_homes(package, package.replace("-", "_"))
     def module_of(name):
+        owner, _, item = name.rpartition("::")
+        if owner in types and (owner.rsplit("::", 1)[-1], item) in homes:
+            return homes[(owner.rsplit("::", 1)[-1], item)]
         while name not in modules and "::" in name:
             name = name.rsplit("::", 1)[0]
         return name

@@ -10,10 +10,9 @@ use domicile_types::{LINK_LEN, Link, RegionId, SubjectId};
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
-use super::identity::live_subject;
 use super::{
     Claim, Held, Idempotency, Recorded, Release, Replay, SledStore, StoreError, SubjectKey, TxResult, abort, backend,
-    decode, encode, flatten, or_abort,
+    decode, encode, flatten, live_subject, or_abort,
 };
 
 fn claim_value(region: &RegionId, generation: u64) -> Vec<u8> {

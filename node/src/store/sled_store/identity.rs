@@ -11,19 +11,8 @@ use super::claims::{check_replay, hold, record_replay, release_held};
 use super::{
     CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Recorded, Rectification, Rectified, Registered,
     Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend,
-    consent_key, decode, encode, flatten, number_events, open, or_abort, seal,
+    consent_key, decode, encode, flatten, live_subject, number_events, open, or_abort, seal,
 };
-
-/// Inside a transaction: the subject a live link names.
-pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &Link) -> TxResult<Option<SubjectId>> {
-    match links.get(&link.as_bytes()[..])? {
-        None => Ok(None),
-        Some(value) => match SubjectId::from_slice(&value) {
-            Ok(id) => Ok(Some(id)),
-            Err(_) => abort(StoreError::Corrupt("link entry".into())),
-        },
-    }
-}
 
 /// The claim of `claimed` for `link`: a link that no subject holds may become live only with one.
 fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {

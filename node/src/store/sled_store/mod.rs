@@ -13,14 +13,15 @@
 //! data. Keys use vocabulary names, not enum indices, so the format survives reordering.
 //!
 //! The write methods live by capability: `identity.rs` (register, rectify, merge, erase),
-//! `records.rs` (consent, interactions, rights, restriction), `claims.rs` (claims, releases,
-//! idempotency records).
+//! `records.rs` (consent, interactions, rights, restriction, and the consent reads decisions
+//! make), `claims.rs` (claims, releases, idempotency records); `unit.rs` is what every write adds
+//! in its transaction (change events and audit entries, `Recorded`); `cache.rs` the decision
+//! inputs already read.
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 
-use domicile_audit::{AuditEvent, AuditLog, AuditTxn, DecisionEntry};
+use domicile_audit::{AuditEvent, AuditLog, DecisionEntry};
 
 use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
@@ -30,6 +31,7 @@ mod cache;
 mod claims;
 mod identity;
 mod records;
+mod unit;
 
 use super::vault::{KeyVault, SubjectKey};
 use super::{
@@ -39,6 +41,7 @@ use super::{
 };
 use cache::{ReadCache, WriteGuard};
 use domicile_types::RegionId;
+use unit::number_events;
 
 #[derive(Debug)]
 pub struct SledStore {
@@ -66,44 +69,6 @@ pub struct SledStore {
     /// inside its transaction ([`Audited`]).
     audit: Arc<AuditLog>,
     region: domicile_types::RegionId,
-}
-
-/// The audit entries of one write (ARCHITECTURE.md, "Unit of work"). The write takes them under
-/// its write lock, before its transaction starts, holding the audit log; the transaction appends
-/// them as its last step ([`Audited::append`]), so entries that cannot be appended abort it and
-/// nothing is stored; they are kept when it commits ([`Audited::commit`]) and removed when it
-/// does not (dropped).
-pub(super) struct Audited<'a> {
-    txn: RefCell<AuditTxn<'a>>,
-    region: &'a domicile_types::RegionId,
-    at: i64,
-}
-
-impl Audited<'_> {
-    /// Inside the write's transaction: appends the audit entries of `recorded`. sled may run a
-    /// transaction's body again; the entries of an earlier run are removed first.
-    pub(super) fn append(&self, recorded: &[Recorded<'_>]) -> TxResult<()> {
-        or_abort(self.append_now(recorded))
-    }
-
-    /// Appends the audit entries of `recorded` (replacing any appended before), outside a
-    /// transaction: for a write with a step that cannot be undone before its transaction (an
-    /// erasure destroys the subject's key first).
-    pub(super) fn append_now(&self, recorded: &[Recorded<'_>]) -> Result<(), StoreError> {
-        let mut txn = self.txn.borrow_mut();
-        txn.rollback().map_err(StoreError::Audit)?;
-        for fact in recorded {
-            if let Some((event, subject)) = fact.audit(self.region, self.at)? {
-                txn.append(event, Some(&subject), self.at).map_err(StoreError::Audit)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The write committed: its entries stay.
-    pub(super) fn commit(self) {
-        self.txn.into_inner().commit();
-    }
 }
 
 /// Stored beside the sealed record: what routing, decisions and watchers need.
@@ -150,18 +115,15 @@ fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, Stor
     })
 }
 
-/// The change events of `recorded`, numbered with `sequences` (allocated beforehand, one per
-/// event at most; [`SledStore::events_of`]): (sequence, encoded).
-fn number_events(recorded: &[Recorded<'_>], at: i64, sequences: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let changes = recorded.iter().flat_map(Recorded::changes);
-    let mut out = Vec::new();
-    for ((subject, links, change), &sequence) in changes.zip(sequences) {
-        out.push((sequence, encode(&ChangeEvent { sequence, at, subject, links, change })?));
+/// Inside a transaction: the subject a live link names.
+pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &Link) -> TxResult<Option<SubjectId>> {
+    match links.get(&link.as_bytes()[..])? {
+        None => Ok(None),
+        Some(value) => match SubjectId::from_slice(&value) {
+            Ok(id) => Ok(Some(id)),
+            Err(_) => abort(StoreError::Corrupt("link entry".into())),
+        },
     }
-    if out.len() < recorded.iter().map(|fact| fact.changes().len()).sum() {
-        return Err(StoreError::Backend("fewer event sequences than change events".into()));
-    }
-    Ok(out)
 }
 
 /// Key of a per-subject log entry (consent ledger, interactions, rights requests): sorting by key
@@ -282,21 +244,6 @@ impl SledStore {
             cache: &self.cache,
             touched: subjects.to_vec(),
         }
-    }
-
-    /// The change events of `recorded` ([`Recorded::changes`]), numbered: (sequence, encoded).
-    /// Not inside a transaction: sled's ids take the lock a transaction holds.
-    fn events_of(&self, recorded: &[Recorded<'_>], at: i64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let count = recorded.iter().map(|fact| fact.changes().len()).sum();
-        let sequences = (0..count).map(|_| self.db.generate_id().map_err(backend)).collect::<Result<Vec<_>, _>>()?;
-        number_events(recorded, at, &sequences)
-    }
-
-    /// Starts the audit of a write at `at`; taken after the write lock (lock order: write lock,
-    /// audit log, sled's transaction).
-    fn audited(&self, at: i64) -> Result<Audited<'_>, StoreError> {
-        let txn = self.audit.begin().map_err(StoreError::Audit)?;
-        Ok(Audited { txn: RefCell::new(txn), region: &self.region, at })
     }
 
     fn prefix_keys(tree: &sled::Tree, subject: &SubjectId) -> Result<Vec<sled::IVec>, StoreError> {
@@ -456,24 +403,7 @@ impl Store for SledStore {
         purpose: Purpose,
         channel: Channel,
     ) -> Result<Option<CurrentConsent>, StoreError> {
-        let cell = (purpose, channel);
-        let cached = self.cache.get(subject, |c| c.current(cell));
-        let epoch = match cached {
-            Ok(current) => return Ok(current),
-            Err(epoch) => epoch,
-        };
-        let k = current_key(subject, purpose, channel);
-        let key = self.vault.get(subject)?;
-        let current: Option<CurrentConsent> = match (self.current.get(&k).map_err(backend)?, &key) {
-            (None, _) => None,
-            (Some(bytes), Some(key)) => Some(open(key, b"current", &k, &bytes)?),
-            (Some(_), None) => return Err(StoreError::NotFound),
-        };
-        // Only for subjects that exist: a `None` for an erased or unknown subject is not kept.
-        if key.is_some() {
-            self.cache.fill(subject, epoch, |c| c.current.push((cell, current.clone())));
-        }
-        Ok(current)
+        self.read_current_consent(subject, purpose, channel)
     }
 
     fn decision_inputs(
@@ -482,35 +412,11 @@ impl Store for SledStore {
         purpose: Purpose,
         channel: Channel,
     ) -> Result<Option<(SubjectMeta, Option<CurrentConsent>)>, StoreError> {
-        // Both from one cache lookup when a decision for this cell was made before.
-        let cell = (purpose, channel);
-        let cached = self.cache.get(subject, |c| {
-            let current = c.current(cell)?;
-            Some((c.meta.clone()?, current))
-        });
-        if let Ok((meta, current)) = cached {
-            return Ok(Some((meta, current)));
-        }
-        let Some(meta) = self.subject_meta(subject)? else { return Ok(None) };
-        Ok(Some((meta, self.current_consent(subject, purpose, channel)?)))
+        self.read_decision_inputs(subject, purpose, channel)
     }
 
     fn consent_in_force(&self, subject: &SubjectId) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError> {
-        let key = self.key(subject)?;
-        let mut cells = Vec::new();
-        for item in self.current.scan_prefix(subject.as_bytes()) {
-            let (k, value) = item.map_err(backend)?;
-            let corrupt = || StoreError::Corrupt("current consent key".into());
-            let (purpose, channel) = std::str::from_utf8(&k[SUBJECT_ID_LEN..])
-                .ok()
-                .and_then(|cell| cell.split_once('\0'))
-                .ok_or_else(corrupt)?;
-            let purpose = Purpose::parse(purpose).map_err(|_| corrupt())?;
-            let channel = Channel::parse(channel).map_err(|_| corrupt())?;
-            cells.push((purpose, channel, open(&key, b"current", &k, &value)?));
-        }
-        cells.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
-        Ok(cells)
+        self.read_consent_in_force(subject)
     }
 
     fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {

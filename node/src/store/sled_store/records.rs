@@ -1,13 +1,13 @@
 //! What is recorded about a subject: consent, interactions, and the restriction of processing.
 
-use domicile_types::SubjectId;
+use domicile_types::{Channel, Purpose, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
 use super::{
     ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
-    RightsRequestRecord, SledStore, StoreError, abort, backend, consent_key, current_key, encode, flatten, open,
-    or_abort, seal,
+    RightsRequestRecord, SledStore, Store, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode,
+    flatten, open, or_abort, seal,
 };
 
 impl SledStore {
@@ -151,5 +151,73 @@ impl SledStore {
             });
         flatten(result)?;
         Ok(stored)
+    }
+
+    // Reads: what decisions and histories see.
+
+    pub(super) fn read_current_consent(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<CurrentConsent>, StoreError> {
+        let cell = (purpose, channel);
+        let cached = self.cache.get(subject, |c| c.current(cell));
+        let epoch = match cached {
+            Ok(current) => return Ok(current),
+            Err(epoch) => epoch,
+        };
+        let k = current_key(subject, purpose, channel);
+        let key = self.vault.get(subject)?;
+        let current: Option<CurrentConsent> = match (self.current.get(&k).map_err(backend)?, &key) {
+            (None, _) => None,
+            (Some(bytes), Some(key)) => Some(open(key, b"current", &k, &bytes)?),
+            (Some(_), None) => return Err(StoreError::NotFound),
+        };
+        // Only for subjects that exist: a `None` for an erased or unknown subject is not kept.
+        if key.is_some() {
+            self.cache.fill(subject, epoch, |c| c.current.push((cell, current.clone())));
+        }
+        Ok(current)
+    }
+
+    pub(super) fn read_decision_inputs(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<(SubjectMeta, Option<CurrentConsent>)>, StoreError> {
+        // Both from one cache lookup when a decision for this cell was made before.
+        let cell = (purpose, channel);
+        let cached = self.cache.get(subject, |c| {
+            let current = c.current(cell)?;
+            Some((c.meta.clone()?, current))
+        });
+        if let Ok((meta, current)) = cached {
+            return Ok(Some((meta, current)));
+        }
+        let Some(meta) = Store::subject_meta(self, subject)? else { return Ok(None) };
+        Ok(Some((meta, self.read_current_consent(subject, purpose, channel)?)))
+    }
+
+    pub(super) fn read_consent_in_force(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError> {
+        let key = self.key(subject)?;
+        let mut cells = Vec::new();
+        for item in self.current.scan_prefix(subject.as_bytes()) {
+            let (k, value) = item.map_err(backend)?;
+            let corrupt = || StoreError::Corrupt("current consent key".into());
+            let (purpose, channel) = std::str::from_utf8(&k[SUBJECT_ID_LEN..])
+                .ok()
+                .and_then(|cell| cell.split_once('\0'))
+                .ok_or_else(corrupt)?;
+            let purpose = Purpose::parse(purpose).map_err(|_| corrupt())?;
+            let channel = Channel::parse(channel).map_err(|_| corrupt())?;
+            cells.push((purpose, channel, open(&key, b"current", &k, &value)?));
+        }
+        cells.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
+        Ok(cells)
     }
 }
