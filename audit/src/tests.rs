@@ -773,3 +773,78 @@ fn decision_event_carries_the_pack_and_reasons() {
     assert_eq!(detail["reasons"], "de-gdpr.email-marketing");
     assert!(detail.values().all(|v| !v.contains("free text")));
 }
+
+// A store write's entries (`AuditLog::begin`): kept when the write commits, gone when it does not.
+
+#[test]
+fn a_committed_write_keeps_its_entries_and_the_chain_continues() {
+    let (dir, path) = log_with(2);
+    let log = AuditLog::open(dir.path(), &region()).unwrap();
+    let before = log.head();
+    let mut txn = log.begin().unwrap();
+    txn.append(consent(10), Some(&subject(1)), 1_700_000_010).unwrap();
+    txn.append(consent(11), Some(&subject(1)), 1_700_000_010).unwrap();
+    txn.commit();
+    assert_eq!(log.head().seq, before.seq + 2);
+    log.append(consent(12), Some(&subject(1)), 1_700_000_011).unwrap();
+    drop(log);
+    let report = verify_file(&path).unwrap();
+    assert_eq!((report.entries, report.torn_tail), (5, None));
+}
+
+#[test]
+fn a_write_that_does_not_commit_leaves_no_entry_and_the_chain_continues_from_before_it() {
+    let (dir, path) = log_with(2);
+    let before_bytes = std::fs::read(&path).unwrap();
+    let log = AuditLog::open(dir.path(), &region()).unwrap();
+    let before = log.head();
+    {
+        let mut txn = log.begin().unwrap();
+        txn.append(consent(10), Some(&subject(1)), 1_700_000_010).unwrap();
+        txn.append(consent(11), Some(&subject(1)), 1_700_000_010).unwrap();
+        // Dropped without commit: the write's transaction aborted.
+    }
+    assert_eq!(log.head(), before);
+    assert_eq!(std::fs::read(&path).unwrap(), before_bytes, "the file is as it was, byte for byte");
+    let next = log.append(consent(12), Some(&subject(1)), 1_700_000_011).unwrap();
+    assert_eq!((next.seq, next.prev.as_str()), (before.seq + 1, before.hash.as_str()));
+    drop(log);
+    assert_eq!(verify_file(&path).unwrap().entries, 3);
+}
+
+#[test]
+fn a_transaction_body_run_again_leaves_only_its_last_run_s_entries() {
+    let (dir, path) = log_with(1);
+    let log = AuditLog::open(dir.path(), &region()).unwrap();
+    let mut txn = log.begin().unwrap();
+    txn.append(consent(10), Some(&subject(1)), 1_700_000_010).unwrap();
+    txn.append(consent(11), Some(&subject(1)), 1_700_000_010).unwrap();
+    txn.rollback().unwrap();
+    txn.append(consent(12), Some(&subject(1)), 1_700_000_010).unwrap();
+    txn.commit();
+    drop(log);
+    let report = verify_file(&path).unwrap();
+    assert_eq!(report.entries, 2);
+    let last = record(lines(&path).last().unwrap());
+    assert_eq!(last.detail.get("sequence").map(String::as_str), Some("12"));
+}
+
+#[test]
+fn appends_of_others_wait_for_an_open_write_and_follow_it() {
+    let (dir, path) = log_with(1);
+    let log = std::sync::Arc::new(AuditLog::open(dir.path(), &region()).unwrap());
+    let mut txn = log.begin().unwrap();
+    txn.append(consent(10), Some(&subject(1)), 1_700_000_010).unwrap();
+    let other = {
+        let log = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || log.append(consent(20), Some(&subject(2)), 1_700_000_020).unwrap().seq)
+    };
+    // The other append cannot land between this write's entries and their removal.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!other.is_finished(), "an append went ahead of an open write");
+    drop(txn);
+    assert_eq!(other.join().unwrap(), 2, "it follows the entry before the aborted write");
+    drop(log);
+    let report = verify_file(&path).unwrap();
+    assert_eq!(report.entries, 2);
+}

@@ -1,0 +1,222 @@
+//! A write whose audit entries cannot be appended is not made (invariant 5; issue 18;
+//! ARCHITECTURE.md "Unit of work"). The node's audit log sits on a tiny tmpfs that the test fills
+//! to the last byte, so appending fails for real (ENOSPC) while the node's database does not.
+//! Then a consent withdrawal, a registration, a restriction, an export and an erasure each
+//! answer UNAVAILABLE (through the gateway and directly at the node) and none leaves a trace: the
+//! ledger, the restriction flag and the subject's data are as before, no identifier was
+//! registered, a watcher sees no change event, and the log holds no partial line; decisions fail
+//! closed meanwhile. With the space back, the subject decides as before and the same writes
+//! succeed, each audited once.
+//!
+//! Needs root (it mounts a tmpfs); without it the test says so and does nothing.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::node::v1 as node;
+use domicile_cluster_tests::{TestCluster, identifier, node_ref, region, select_ref};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+
+/// A tmpfs mounted for the test, unmounted (lazily: the node may still hold the file) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let status =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status();
+        assert!(status.is_ok_and(|s| s.success()), "cannot mount a tmpfs at {}", at.display());
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `path` until a write fails for want of space.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = [0u8; 512];
+    loop {
+        match file.write_all(&block).and_then(|()| file.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return,
+            Err(e) => panic!("filling the tmpfs failed otherwise: {e}"),
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn entries(data_dir: &Path) -> u64 {
+    let report = domicile_audit::verify_file(data_dir).expect("the audit log verifies");
+    assert_eq!(report.torn_tail, None, "no partial line");
+    report.entries
+}
+
+fn consent(subject: &str, action: common::ConsentAction) -> node::RecordConsentRequest {
+    node::RecordConsentRequest {
+        subject: node_ref(subject),
+        purpose: "marketing".into(),
+        channels: vec!["email".into()],
+        action: action as i32,
+        ..Default::default()
+    }
+}
+
+fn decide(subject: &str) -> node::DecideRequest {
+    node::DecideRequest { subject: node_ref(subject), purpose: "marketing".into(), channel: "email".into(), at: None }
+}
+
+fn unavailable<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+    assert!(status.message().contains("audit log unavailable"), "{what}: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable mounts a tmpfs: run as root"
+        );
+        return;
+    }
+    let mut cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let mut client = cluster.gateway().await.unwrap();
+    let anna = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "anna.audit@example.de")],
+            ..Default::default()
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .subject_ref;
+    let mut operator = cluster.node(&eu).await.unwrap();
+    operator.record_consent(consent(&anna, common::ConsentAction::Grant)).await.expect("grant");
+
+    // The audit log moves onto a small tmpfs; the node restarts on it.
+    cluster.cluster.stop_node(&eu).await.unwrap();
+    let data_dir = cluster.cluster.node_data_dir(&eu);
+    let tmpfs = Tmpfs::mount(&cluster.dir().join("auditfs"), "1m");
+    let log = data_dir.join(domicile_audit::FILE_NAME);
+    let moved = tmpfs.0.join(domicile_audit::FILE_NAME);
+    std::fs::copy(&log, &moved).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&moved, &log).unwrap();
+    cluster.cluster.restart_node(&eu).await.unwrap();
+    let mut operator = cluster.node(&eu).await.unwrap();
+    let mut client = cluster.gateway().await.unwrap();
+    fill(&tmpfs.0.join("filler"));
+    // The log's last page may still have room for a few entries: writes go through until it
+    // is full, and the first refused one proves the log is.
+    let mut used_slack = 0;
+    loop {
+        match operator.record_consent(consent(&anna, common::ConsentAction::Grant)).await {
+            Ok(_) => used_slack += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                break;
+            }
+        }
+        assert!(used_slack < 64, "the audit log never filled up");
+    }
+    let audited_before = entries(&data_dir);
+
+    let history = |h: node::ConsentHistoryResponse| (h.entries, h.restricted, h.in_force);
+    let before = history(
+        operator.consent_history(node::ConsentHistoryRequest { subject: node_ref(&anna) }).await.unwrap().into_inner(),
+    );
+    let last_event = {
+        let mut all = operator.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+        let mut last = None;
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), all.next()).await {
+            last = Some(event.unwrap().sequence);
+        }
+        last.expect("the registration and the grants are change events")
+    };
+    let mut watcher =
+        operator.watch(node::WatchRequest { after_sequence: Some(last_event) }).await.unwrap().into_inner();
+
+    // Every kind of write is refused, through the gateway and at the node.
+    let through_gateway = client
+        .record_consent(gw::RecordConsentRequest {
+            subject: select_ref(&anna),
+            purpose: "marketing".into(),
+            channels: vec!["email".into()],
+            action: common::ConsentAction::Withdraw as i32,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(through_gateway.expect_err("gateway withdrawal").code(), Code::Unavailable);
+    unavailable(operator.record_consent(consent(&anna, common::ConsentAction::Withdraw)).await, "withdrawal");
+    let bruno = node::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![identifier("email", "bruno.audit@example.de")],
+        ..Default::default()
+    };
+    unavailable(operator.register(bruno.clone()).await, "registration");
+    let restrict = node::RestrictRequest { subject: node_ref(&anna), restricted: true, ..Default::default() };
+    unavailable(operator.restrict(restrict.clone()).await, "restriction");
+    unavailable(operator.export(node::ExportRequest { subject: node_ref(&anna) }).await, "export");
+    let erase = node::EraseRequest { subject: node_ref(&anna), ..Default::default() };
+    unavailable(operator.erase(erase.clone()).await, "erasure");
+
+    // Nothing of them is stored: the ledger, the flag and what is in force are as before, the
+    // subject's data is still readable (its key was not destroyed).
+    let after = history(
+        operator.consent_history(node::ConsentHistoryRequest { subject: node_ref(&anna) }).await.unwrap().into_inner(),
+    );
+    assert_eq!(after, before, "a refused write changed the subject");
+    // A decision cannot be audited either: it fails closed, never an unaudited answer.
+    unavailable(operator.decide(decide(&anna)).await, "decision");
+    // No event was published, and the log has no partial line and no entry of them.
+    let quiet = tokio::time::timeout(Duration::from_secs(1), watcher.next()).await;
+    assert!(quiet.is_err(), "a refused write published a change event: {quiet:?}");
+    assert_eq!(entries(&data_dir), audited_before, "a refused write left an audit entry");
+
+    // Space back: the same writes succeed, each audited once.
+    std::fs::remove_file(tmpfs.0.join("filler")).unwrap();
+    let decision = operator.decide(decide(&anna)).await.unwrap().into_inner().decision.unwrap();
+    assert_eq!(decision.effect, common::Effect::Allow as i32, "the grant is still in force: {decision:?}");
+    let withdrawn = operator.record_consent(consent(&anna, common::ConsentAction::Withdraw)).await;
+    let withdrawn = withdrawn.expect("withdrawal with space").into_inner();
+    let event = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+        .await
+        .expect("the withdrawal is published")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.kind, common::ChangeKind::Consent as i32, "{event:?}");
+    assert_eq!(event.state, "withdrawn", "{event:?}");
+    assert!(withdrawn.sequence > 0);
+    let registered = operator.register(bruno).await.expect("registration with space").into_inner();
+    assert!(registered.created, "the refused registration had created the subject");
+    operator.erase(erase).await.expect("erasure with space");
+    // A decision, a withdrawal, a registration, and an erasure with its rights request.
+    assert_eq!(entries(&data_dir), audited_before + 5);
+
+    cluster.stop().await;
+    drop(tmpfs);
+}
