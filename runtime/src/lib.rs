@@ -8,6 +8,7 @@ pub mod identity;
 pub mod metrics;
 pub mod packs;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod telemetry;
 pub mod tls;
