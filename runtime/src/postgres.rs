@@ -291,10 +291,11 @@ impl LocalPostgres {
 
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
-        if self.stop_on_drop && self.pid().is_some() {
-            if let Err(e) = self.stop() {
-                tracing::warn!(error = %e, "local PostgreSQL did not stop cleanly");
-            }
+        if self.stop_on_drop
+            && self.pid().is_some()
+            && let Err(e) = self.stop()
+        {
+            tracing::warn!(error = %e, "local PostgreSQL did not stop cleanly");
         }
     }
 }
