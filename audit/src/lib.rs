@@ -93,12 +93,14 @@
 //! (the offline verifier). This crate links no storage engine: `domicile audit verify` and any
 //! auditor's tool read a log with it alone.
 
+mod chain;
 mod error;
 mod event;
 mod format;
 mod log;
 mod verify;
 
+pub use chain::Chain;
 pub use error::*;
 pub use event::*;
 pub use format::*;

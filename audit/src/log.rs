@@ -6,10 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use domicile_types::{RegionId, SubjectRef};
 
-use crate::{
-    AuditError, AuditEvent, AuditHead, AuditRecord, DecisionEntry, FILE_NAME, GENESIS, Hashed, MAX_DECISIONS_BYTES,
-    VerifyError, check_decision, scan, write_decisions_entry, write_entry,
-};
+use crate::{AuditError, AuditEvent, AuditHead, AuditRecord, Chain, DecisionEntry, FILE_NAME, VerifyError, scan};
 
 // ---------------------------------------------------------------------------------------------
 // The writer.
@@ -19,8 +16,7 @@ struct State {
     file: File,
     /// Bytes of complete, verified entries: where a failed append is rolled back to.
     len: u64,
-    next_seq: u64,
-    head: String,
+    chain: Chain,
     /// Set when a partial line could not be removed; appending after it would break the chain.
     unwritable: bool,
 }
@@ -28,8 +24,7 @@ struct State {
 /// Where a [`AuditTxn`] started: what its removal restores.
 struct Mark {
     len: u64,
-    next_seq: u64,
-    head: String,
+    chain: Chain,
 }
 
 /// The audit entries of one store write, held until the write commits (see [`AuditLog::begin`]).
@@ -65,8 +60,7 @@ impl AuditTxn<'_> {
             return Err(AuditError::Unwritable);
         }
         state.len = self.start.len;
-        state.next_seq = self.start.next_seq;
-        state.head.clone_from(&self.start.head);
+        state.chain.clone_from(&self.start.chain);
         self.appended = false;
         Ok(())
     }
@@ -139,8 +133,8 @@ impl AuditLog {
             file.sync_data()?;
         }
         let sync_handle = file.try_clone()?;
-        let state =
-            State { file, len: verified_len, next_seq: report.head_seq + 1, head: report.head_hash, unwritable: false };
+        let chain = Chain::after(region.clone(), report.head_seq, report.head_hash);
+        let state = State { file, len: verified_len, chain, unwritable: false };
         Ok(Self { path, region: region.clone(), state: Mutex::new(state), sync_handle })
     }
 
@@ -161,7 +155,7 @@ impl AuditLog {
     /// until then, so no other entry comes between them and their removal.
     pub fn begin(&self) -> Result<AuditTxn<'_>, AuditError> {
         let state = self.lock()?;
-        let start = Mark { len: state.len, next_seq: state.next_seq, head: state.head.clone() };
+        let start = Mark { len: state.len, chain: state.chain.clone() };
         Ok(AuditTxn { log: self, state, start, appended: false, done: false })
     }
 
@@ -172,36 +166,10 @@ impl AuditLog {
         subject: Option<&SubjectRef>,
         at: i64,
     ) -> Result<AuditRecord, AuditError> {
-        // Residency: a node's log only ever names its own region's subjects.
-        if subject.into_iter().chain(event.subject_refs()).any(|s| s.region != self.region) {
-            return Err(AuditError::ForeignSubject);
-        }
-        let detail = event.detail()?;
-        let subject = subject.map(SubjectRef::to_string);
-        let kind = event.kind();
         let mut line = Vec::with_capacity(512);
-        let seq = state.next_seq;
-        let hashed = Hashed {
-            seq,
-            at,
-            region: self.region.as_str(),
-            kind,
-            subject: subject.as_deref(),
-            detail: &detail,
-            prev: &state.head,
-        };
-        let hash = write_entry(&mut line, &hashed)?;
-        let record = AuditRecord {
-            seq,
-            at,
-            region: self.region.to_string(),
-            kind,
-            subject,
-            detail,
-            prev: state.head.clone(),
-            hash: String::from_utf8_lossy(&hash).into_owned(),
-        };
-        Self::write(state, &line, 1, &hash)?;
+        let mut chain = state.chain.clone();
+        let record = chain.entry(&mut line, event, subject, at)?;
+        Self::write(state, &line, chain)?;
         Ok(record)
     }
 
@@ -210,40 +178,13 @@ impl AuditLog {
     /// written with one `write`; the hot path of batch decisions. All or nothing: every decision
     /// is checked first and on error nothing is written. An empty batch writes nothing.
     pub fn append_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), AuditError> {
-        if entries.is_empty() {
+        let mut state = self.lock()?;
+        let mut lines = Vec::new();
+        let mut chain = state.chain.clone();
+        if chain.decisions(&mut lines, entries, at)? == 0 {
             return Ok(());
         }
-        // Check every decision and cut the batch into entries before touching the file.
-        let mut ends = Vec::new();
-        let mut total = 0;
-        let mut current = 0; // bytes of the current entry's decisions string
-        for (i, entry) in entries.iter().enumerate() {
-            check_decision(entry.reasons, entry.pack)?;
-            let len = entry.encoded_len();
-            if len > MAX_DECISIONS_BYTES {
-                // Only a decision with hundreds of reasons; no pack can make one.
-                return Err(AuditError::InvalidField { field: "reasons" });
-            }
-            if current > 0 && current + 1 + len > MAX_DECISIONS_BYTES {
-                ends.push(i);
-                current = 0;
-            }
-            current += if current > 0 { 1 + len } else { len };
-            total += len + 1;
-        }
-        ends.push(entries.len());
-
-        let mut state = self.lock()?;
-        let mut lines = Vec::with_capacity(total + ends.len() * 320);
-        let mut head = state.head.as_bytes().try_into().unwrap_or([b'0'; 64]);
-        let mut start = 0;
-        for (i, &end) in ends.iter().enumerate() {
-            let seq = state.next_seq + i as u64;
-            let decisions = entries.get(start..end).unwrap_or_default();
-            head = write_decisions_entry(&mut lines, seq, at, &self.region, &head, decisions)?;
-            start = end;
-        }
-        Self::write(&mut state, &lines, ends.len() as u64, &head)
+        Self::write(&mut state, &lines, chain)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, AuditError> {
@@ -254,9 +195,9 @@ impl AuditLog {
         Ok(state)
     }
 
-    /// Writes complete lines with one `write` and advances the chain to `head`; on failure
+    /// Writes complete lines with one `write` and advances the chain to `chain`; on failure
     /// removes whatever part reached the file so the chain stays appendable.
-    fn write(state: &mut State, lines: &[u8], entries: u64, head: &[u8; 64]) -> Result<(), AuditError> {
+    fn write(state: &mut State, lines: &[u8], chain: Chain) -> Result<(), AuditError> {
         if let Err(e) = state.file.write_all(lines) {
             let len = state.len;
             if state.file.set_len(len).is_err() {
@@ -265,9 +206,7 @@ impl AuditLog {
             return Err(AuditError::Io(e));
         }
         state.len += lines.len() as u64;
-        state.next_seq += entries;
-        state.head.clear();
-        state.head.push_str(std::str::from_utf8(head).unwrap_or(GENESIS));
+        state.chain = chain;
         Ok(())
     }
 
@@ -281,7 +220,7 @@ impl AuditLog {
     /// The last entry's seq and hash, for the node's Info RPC and external anchoring.
     pub fn head(&self) -> AuditHead {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        AuditHead { seq: state.next_seq - 1, hash: state.head.clone() }
+        AuditHead { seq: state.chain.last_seq(), hash: state.chain.last_hash().to_owned() }
     }
 }
 

@@ -848,3 +848,41 @@ fn appends_of_others_wait_for_an_open_write_and_follow_it() {
     let report = verify_file(&path).unwrap();
     assert_eq!(report.entries, 2);
 }
+
+#[test]
+fn a_chain_kept_elsewhere_encodes_the_very_lines_the_file_log_writes() {
+    let (dir, path) = log_with(0);
+    let log = AuditLog::open(dir.path(), &region()).unwrap();
+    let mut chain = Chain::new(region());
+    let mut lines = Vec::new();
+    for (i, event) in every_event().into_iter().enumerate() {
+        let at = 1_700_000_000 + i as i64;
+        log.append(event.clone(), Some(&subject(1)), at).unwrap();
+        chain.entry(&mut lines, event, Some(&subject(1)), at).unwrap();
+    }
+    let reasons = ["de.marketing.email.opt_in"];
+    let pack = pack("2");
+    let batch: Vec<DecisionEntry<'_>> = (0..3u8)
+        .map(|i| DecisionEntry {
+            subject: SubjectId::from_bytes([i; 16]),
+            purpose: Purpose::Marketing,
+            channel: Channel::Email,
+            effect: Effect::Allow,
+            reasons: &reasons,
+            pack: &pack,
+        })
+        .collect();
+    log.append_decisions(&batch, 1_700_000_100).unwrap();
+    assert_eq!(chain.decisions(&mut lines, &batch, 1_700_000_100).unwrap(), 1);
+    drop(log);
+    assert_eq!(std::fs::read(&path).unwrap(), lines, "byte for byte");
+    let report = verify(&lines[..]).unwrap();
+    assert_eq!((report.head_seq, report.head_hash.as_str()), (chain.last_seq(), chain.last_hash()));
+    // Continuing from a stored head gives the same next line as continuing the log.
+    let mut resumed = Chain::after(region(), chain.last_seq(), chain.last_hash().to_owned());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    resumed.entry(&mut a, consent(99), Some(&subject(1)), 1).unwrap();
+    chain.entry(&mut b, consent(99), Some(&subject(1)), 1).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(Chain::new(region()).entry(&mut Vec::new(), consent(1), Some(&subject(1)), 1).unwrap().prev, GENESIS);
+}

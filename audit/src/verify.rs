@@ -42,7 +42,7 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, VerifyError> {
 /// Reads and checks every line; also returns the length in bytes of the verified prefix (where a
 /// torn tail starts).
 pub(crate) fn scan(mut reader: impl BufRead) -> Result<(VerifyReport, u64), VerifyError> {
-    let mut chain = Chain { expected_seq: 1, prev: GENESIS.to_owned(), region: None };
+    let mut chain = ChainCheck { expected_seq: 1, prev: GENESIS.to_owned(), region: None };
     let mut line: u64 = 0;
     let mut offset: u64 = 0;
     let mut torn_tail = None;
@@ -75,13 +75,13 @@ pub(crate) fn scan(mut reader: impl BufRead) -> Result<(VerifyReport, u64), Veri
     Ok((report, offset))
 }
 
-struct Chain {
+struct ChainCheck {
     expected_seq: u64,
     prev: String,
     region: Option<String>,
 }
 
-impl Chain {
+impl ChainCheck {
     fn check(&mut self, line: u64, body: &[u8]) -> Result<(), TamperError> {
         let record: AuditRecord = match serde_json::from_slice(body) {
             Ok(r) => r,
