@@ -3,6 +3,7 @@
 //! is encrypted per subject at rest so erasure can destroy it (invariant 6).
 
 mod change;
+pub(crate) mod codec;
 mod sled_store;
 pub mod vault;
 

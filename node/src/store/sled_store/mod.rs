@@ -33,6 +33,7 @@ mod identity;
 mod records;
 mod unit;
 
+use super::codec::{backend, consent_key, context, current_key, decode, encode, open, seal};
 use super::vault::{KeyVault, SubjectKey};
 use super::{
     ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
@@ -92,17 +93,7 @@ fn or_abort<T>(result: Result<T, StoreError>) -> TxResult<T> {
     result.map_err(ConflictableTransactionError::Abort)
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
 
 fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
@@ -126,45 +117,6 @@ pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &
     }
 }
 
-/// Key of a per-subject log entry (consent ledger, interactions, rights requests): sorting by key
-/// sorts by subject, then recording order.
-fn consent_key(subject: &SubjectId, sequence: u64) -> [u8; SUBJECT_ID_LEN + 8] {
-    let mut key = [0u8; SUBJECT_ID_LEN + 8];
-    key[..SUBJECT_ID_LEN].copy_from_slice(subject.as_bytes());
-    key[SUBJECT_ID_LEN..].copy_from_slice(&sequence.to_be_bytes());
-    key
-}
-
-fn current_key(subject: &SubjectId, purpose: Purpose, channel: Channel) -> Vec<u8> {
-    let mut key = Vec::with_capacity(SUBJECT_ID_LEN + 32);
-    key.extend_from_slice(subject.as_bytes());
-    key.extend_from_slice(purpose.as_str().as_bytes());
-    key.push(0);
-    key.extend_from_slice(channel.as_str().as_bytes());
-    key
-}
-
-/// Associated data binding a sealed value to its tree and key.
-fn context(tree: &[u8], key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(tree.len() + 1 + key.len());
-    out.extend_from_slice(tree);
-    out.push(0);
-    out.extend_from_slice(key);
-    out
-}
-
-fn seal<T: serde::Serialize>(key: &SubjectKey, tree: &[u8], db_key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
-    key.seal(&context(tree, db_key), &encode(value)?)
-}
-
-fn open<T: serde::de::DeserializeOwned>(
-    key: &SubjectKey,
-    tree: &[u8],
-    db_key: &[u8],
-    sealed: &[u8],
-) -> Result<T, StoreError> {
-    decode(&key.open(&context(tree, db_key), sealed)?)
-}
 
 impl SledStore {
     /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit
