@@ -34,6 +34,10 @@ pub fn store_status(e: StoreError) -> Status {
             Status::internal("stored data is corrupt")
         }
         StoreError::Audit(e) => audit_unavailable(e),
+        StoreError::OutcomeUnknown => marked(
+            Status::unavailable("storage unavailable: the change may or may not be kept"),
+            domicile_proto::CAUSE_OUTCOME_UNKNOWN,
+        ),
     }
 }
 

@@ -47,7 +47,12 @@ pub(crate) fn context(tree: &[u8], key: &[u8]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn seal<T: serde::Serialize>(key: &SubjectKey, tree: &[u8], db_key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn seal<T: serde::Serialize>(
+    key: &SubjectKey,
+    tree: &[u8],
+    db_key: &[u8],
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
     key.seal(&context(tree, db_key), &encode(value)?)
 }
 

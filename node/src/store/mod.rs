@@ -4,6 +4,7 @@
 
 mod change;
 pub(crate) mod codec;
+pub mod pg_store;
 mod sled_store;
 pub mod vault;
 
@@ -42,6 +43,10 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// A write's commit went unanswered (a database connection lost during it): it may or may
+    /// not have been made; a retry with its idempotency key settles it.
+    #[error("the write's commit went unanswered")]
+    OutcomeUnknown,
     /// The write's audit entries could not be appended: the write was not stored (invariant 5).
     #[error("audit log: {0}")]
     Audit(domicile_audit::AuditError),

@@ -39,7 +39,7 @@ impl std::fmt::Debug for SubjectKey {
 }
 
 impl SubjectKey {
-    fn from_bytes(bytes: &[u8; KEY_LEN]) -> Result<Self, StoreError> {
+    pub(crate) fn from_bytes(bytes: &[u8; KEY_LEN]) -> Result<Self, StoreError> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StoreError::Corrupt("subject key".into()))?;
         Ok(Self { key: LessSafeKey::new(unbound) })
     }

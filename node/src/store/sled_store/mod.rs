@@ -93,8 +93,6 @@ fn or_abort<T>(result: Result<T, StoreError>) -> TxResult<T> {
     result.map_err(ConflictableTransactionError::Abort)
 }
 
-
-
 fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
@@ -116,7 +114,6 @@ pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &
         },
     }
 }
-
 
 impl SledStore {
     /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit

@@ -1,0 +1,350 @@
+//! What is recorded about a subject on PostgreSQL: consent, interactions, rights requests and the
+//! restriction of processing, and the reads decisions and histories make.
+
+use domicile_types::{Channel, Jurisdiction, Link, Purpose, SubjectId};
+use tokio_postgres::GenericClient;
+
+use super::claims::{check_replay, record_replay};
+use super::unit::Write;
+use super::{PgStore, int, pg, subject_id, uint};
+use crate::store::codec::{consent_key, current_key, open, seal};
+use crate::store::vault::SubjectKey;
+use crate::store::{
+    ConsentRecord, CurrentConsent, Idempotency, Interaction, NewConsent, NewInteraction, Recorded, RightsRequestRecord,
+    StoreError, SubjectMeta,
+};
+
+fn bytes(subject: &SubjectId) -> &[u8] {
+    subject.as_bytes().as_slice()
+}
+
+fn meta_of(row: &tokio_postgres::Row, first: usize) -> Result<SubjectMeta, StoreError> {
+    let jurisdiction: &str = row.get(first);
+    Ok(SubjectMeta {
+        jurisdiction: Jurisdiction::parse_recorded(jurisdiction)
+            .map_err(|_| StoreError::Corrupt("subject jurisdiction".into()))?,
+        created_at: row.get(first + 1),
+        restricted: row.get(first + 2),
+    })
+}
+
+impl PgStore {
+    /// The subject's metadata, read in `client` (a write's transaction or a pooled connection).
+    pub(super) async fn meta_in(
+        &self,
+        client: &impl GenericClient,
+        subject: &SubjectId,
+    ) -> Result<Option<SubjectMeta>, StoreError> {
+        let row = client
+            .query_opt("SELECT jurisdiction, created_at, restricted FROM subjects WHERE id = $1", &[&bytes(subject)])
+            .await
+            .map_err(pg)?;
+        row.map(|row| meta_of(&row, 0)).transpose()
+    }
+
+    /// The subject's links, in link order.
+    pub(super) async fn links_of(
+        &self,
+        client: &impl GenericClient,
+        subject: &SubjectId,
+    ) -> Result<Vec<Link>, StoreError> {
+        let rows = client
+            .query("SELECT link FROM links WHERE subject = $1 ORDER BY link", &[&bytes(subject)])
+            .await
+            .map_err(pg)?;
+        rows.iter().map(|row| Link::from_slice(row.get(0)).map_err(|_| StoreError::Corrupt("link".into()))).collect()
+    }
+
+    /// The subject's key inside a write, or `NotFound` (no such subject, or erased).
+    pub(super) async fn live_key(&self, write: &Write<'_>, subject: &SubjectId) -> Result<SubjectKey, StoreError> {
+        if self.meta_in(write.tx(), subject).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        self.key(write.tx(), subject).await?.ok_or(StoreError::NotFound)
+    }
+
+    pub async fn append_consent(
+        &self,
+        subject: &SubjectId,
+        consent: NewConsent,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(ConsentRecord, u64), StoreError> {
+        self.write(consent.recorded_at, async |w| {
+            check_replay(w, idempotency).await?;
+            let key = self.live_key(w, subject).await?;
+            let links = self.links_of(w.tx(), subject).await?;
+            let sequence = w.next_ledger_position();
+            let record = ConsentRecord {
+                sequence,
+                purpose: consent.purpose,
+                channels: consent.channels,
+                state: consent.state,
+                captured_at: consent.captured_at,
+                recorded_at: consent.recorded_at,
+                expires_at: consent.expires_at,
+                evidence: consent.evidence,
+            };
+            let sealed = seal(&key, b"consent", &consent_key(subject, sequence), &record)?;
+            w.tx()
+                .execute(
+                    "INSERT INTO consent (subject, position, sealed) VALUES ($1, $2, $3)",
+                    &[&bytes(subject), &int(sequence), &sealed],
+                )
+                .await
+                .map_err(pg)?;
+            let candidate = CurrentConsent {
+                sequence,
+                state: record.state,
+                captured_at: record.captured_at,
+                expires_at: record.expires_at,
+                double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+                recorded_at: Some(record.recorded_at),
+                counted_at_ms: Some(consent.counted_at_ms),
+            };
+            for channel in &record.channels {
+                let k = current_key(subject, record.purpose, *channel);
+                let existing = w
+                    .tx()
+                    .query_opt(
+                        "SELECT sealed FROM current_consent WHERE subject = $1 AND purpose = $2 AND channel = $3",
+                        &[&bytes(subject), &record.purpose.as_str(), &channel.as_str()],
+                    )
+                    .await
+                    .map_err(pg)?;
+                let replace = match existing {
+                    None => true,
+                    Some(row) => candidate.supersedes(&open::<CurrentConsent>(&key, b"current", &k, row.get(0))?),
+                };
+                if replace {
+                    let sealed = seal(&key, b"current", &k, &candidate)?;
+                    w.tx()
+                        .execute(
+                            "INSERT INTO current_consent (subject, purpose, channel, sealed) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (subject, purpose, channel) DO UPDATE SET sealed = EXCLUDED.sealed",
+                            &[&bytes(subject), &record.purpose.as_str(), &channel.as_str(), &sealed],
+                        )
+                        .await
+                        .map_err(pg)?;
+                }
+            }
+            let recorded = [Recorded::Consent { subject: *subject, record: &record, links: &links }];
+            let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("consent event".into()))?;
+            let result = (record.clone(), event);
+            record_replay(w, idempotency, Some((subject, &key)), &(*subject, &result)).await?;
+            Ok(result)
+        })
+        .await
+    }
+
+    pub async fn set_restricted(
+        &self,
+        subject: &SubjectId,
+        restricted: bool,
+        rights_request: &RightsRequestRecord,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<RightsRequestRecord, StoreError> {
+        self.write(rights_request.received_at, async |w| {
+            check_replay(w, idempotency).await?;
+            let key = self.live_key(w, subject).await?;
+            w.tx()
+                .execute("UPDATE subjects SET restricted = $2 WHERE id = $1", &[&bytes(subject), &restricted])
+                .await
+                .map_err(pg)?;
+            self.insert_rights_request(w, subject, &key, rights_request).await?;
+            w.record(&[Recorded::RightsRequest { subject: *subject, request: rights_request }]).await?;
+            record_replay(w, idempotency, Some((subject, &key)), &(*subject, (restricted, rights_request))).await?;
+            Ok(rights_request.clone())
+        })
+        .await
+    }
+
+    pub async fn append_rights_request(
+        &self,
+        subject: &SubjectId,
+        request: &RightsRequestRecord,
+    ) -> Result<(), StoreError> {
+        self.write(request.received_at, async |w| {
+            let key = self.live_key(w, subject).await?;
+            self.insert_rights_request(w, subject, &key, request).await?;
+            w.record(&[Recorded::RightsRequest { subject: *subject, request }]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores a rights request at the next position of the subjects' logs.
+    pub(super) async fn insert_rights_request(
+        &self,
+        w: &mut Write<'_>,
+        subject: &SubjectId,
+        key: &SubjectKey,
+        request: &RightsRequestRecord,
+    ) -> Result<(), StoreError> {
+        let sequence = w.next_log_position();
+        let sealed = seal(key, b"rights", &consent_key(subject, sequence), request)?;
+        w.tx()
+            .execute(
+                "INSERT INTO rights_requests (subject, sequence, sealed) VALUES ($1, $2, $3)",
+                &[&bytes(subject), &int(sequence), &sealed],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    pub async fn append_interaction(
+        &self,
+        subject: &SubjectId,
+        interaction: NewInteraction,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Interaction, StoreError> {
+        self.write(interaction.recorded_at, async |w| {
+            check_replay(w, idempotency).await?;
+            let key = self.live_key(w, subject).await?;
+            let sequence = w.next_log_position();
+            let stored = Interaction {
+                sequence,
+                channel: interaction.channel,
+                occurred_at: interaction.occurred_at,
+                recorded_at: interaction.recorded_at,
+                kind: interaction.kind,
+                intent: interaction.intent,
+                summary: interaction.summary,
+                reference: interaction.reference,
+                open: interaction.open,
+            };
+            let sealed = seal(&key, b"interactions", &consent_key(subject, sequence), &stored)?;
+            w.tx()
+                .execute(
+                    "INSERT INTO interactions (subject, sequence, sealed) VALUES ($1, $2, $3)",
+                    &[&bytes(subject), &int(sequence), &sealed],
+                )
+                .await
+                .map_err(pg)?;
+            record_replay(w, idempotency, Some((subject, &key)), &(*subject, &stored)).await?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    // Reads.
+
+    pub async fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT subject FROM links WHERE link = $1", &[&link.as_bytes().as_slice()])
+            .await
+            .map_err(pg)?;
+        row.map(|row| subject_id(row.get(0))).transpose()
+    }
+
+    pub async fn subject_meta(&self, subject: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
+        self.meta_in(&**self.client().await?, subject).await
+    }
+
+    pub async fn subject_record(&self, subject: &SubjectId) -> Result<Option<crate::store::SubjectRecord>, StoreError> {
+        let client = self.client().await?;
+        let Some(key) = self.key(&**client, subject).await? else { return Ok(None) };
+        let row =
+            client.query_opt("SELECT record FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
+        match row.as_ref().and_then(|row| row.get::<_, Option<&[u8]>>(0)) {
+            None => Ok(None),
+            Some(sealed) => open(&key, b"subjects", subject.as_bytes(), sealed).map(Some),
+        }
+    }
+
+    pub async fn current_consent(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<CurrentConsent>, StoreError> {
+        Ok(self.decision_inputs(subject, purpose, channel).await?.and_then(|(_, current)| current))
+    }
+
+    /// A subject's metadata and the consent in force for one cell, in one query.
+    pub async fn decision_inputs(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<(SubjectMeta, Option<CurrentConsent>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT s.jurisdiction, s.created_at, s.restricted, c.sealed, k.kek, k.wrapped FROM subjects s \
+                 LEFT JOIN current_consent c ON c.subject = s.id AND c.purpose = $2 AND c.channel = $3 \
+                 LEFT JOIN subject_keys k ON k.subject = s.id WHERE s.id = $1",
+                &[&bytes(subject), &purpose.as_str(), &channel.as_str()],
+            )
+            .await
+            .map_err(pg)?;
+        let Some(row) = row else { return Ok(None) };
+        let meta = meta_of(&row, 0)?;
+        let current = match (row.get::<_, Option<&[u8]>>(3), row.get::<_, Option<i32>>(4)) {
+            (None, _) => None,
+            (Some(sealed), Some(kek)) => {
+                let key = self.keks.unwrap(subject, kek, row.get(5))?;
+                Some(open(&key, b"current", &current_key(subject, purpose, channel), sealed)?)
+            }
+            (Some(_), None) => return Err(StoreError::NotFound),
+        };
+        Ok(Some((meta, current)))
+    }
+
+    pub async fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
+        self.open_log("consent", "position", b"consent", subject).await
+    }
+
+    pub async fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {
+        self.open_log("interactions", "sequence", b"interactions", subject).await
+    }
+
+    pub async fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
+        self.open_log("rights_requests", "sequence", b"rights", subject).await
+    }
+
+    pub async fn consent_in_force(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError> {
+        let client = self.client().await?;
+        let key = self.key(&**client, subject).await?.ok_or(StoreError::NotFound)?;
+        let rows = client
+            .query(
+                "SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1 ORDER BY purpose, channel",
+                &[&bytes(subject)],
+            )
+            .await
+            .map_err(pg)?;
+        let corrupt = || StoreError::Corrupt("current consent cell".into());
+        rows.iter()
+            .map(|row| {
+                let purpose = Purpose::parse(row.get(0)).map_err(|_| corrupt())?;
+                let channel = Channel::parse(row.get(1)).map_err(|_| corrupt())?;
+                let current = open(&key, b"current", &current_key(subject, purpose, channel), row.get(2))?;
+                Ok((purpose, channel, current))
+            })
+            .collect()
+    }
+
+    /// Opens every entry of a per-subject log table, in recording order.
+    async fn open_log<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        order: &str,
+        name: &[u8],
+        subject: &SubjectId,
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.client().await?;
+        let key = self.key(&**client, subject).await?.ok_or(StoreError::NotFound)?;
+        let rows = client
+            .query(
+                &format!("SELECT {order}, sealed FROM {table} WHERE subject = $1 ORDER BY {order}"),
+                &[&bytes(subject)],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(|row| open(&key, name, &consent_key(subject, uint(row.get(0))?), row.get(1))).collect()
+    }
+}

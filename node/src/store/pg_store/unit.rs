@@ -1,0 +1,156 @@
+//! One write on PostgreSQL (ARCHITECTURE.md, "Unit of work"): the region head locked first, the
+//! write's change events and audit entries derived from its `Recorded` facts and inserted in its
+//! transaction, one commit.
+
+use deadpool_postgres::Transaction;
+use domicile_audit::{Chain, DecisionEntry};
+use domicile_types::RegionId;
+
+use super::{int, pg, uint};
+use crate::store::codec::encode;
+use crate::store::{ChangeEvent, Recorded, StoreError};
+
+/// A write in progress: its transaction and the region head it holds.
+pub(super) struct Write<'c> {
+    tx: Transaction<'c>,
+    at: i64,
+    last_event: u64,
+    ledger_position: u64,
+    log_position: u64,
+    generation: u64,
+    chain: Chain,
+}
+
+impl<'c> Write<'c> {
+    /// Locks the region head: from here until commit, no other write of any replica runs.
+    pub(super) async fn begin(tx: Transaction<'c>, region: &RegionId, at: i64) -> Result<Self, StoreError> {
+        let row = tx
+            .query_one(
+                "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position FROM region_head \
+                 WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let chain = Chain::after(region.clone(), uint(row.get(3))?, row.get(4));
+        Ok(Self {
+            tx,
+            at,
+            last_event: uint(row.get(0))?,
+            ledger_position: uint(row.get(1))?,
+            generation: uint(row.get(2))?,
+            log_position: uint(row.get(5))?,
+            chain,
+        })
+    }
+
+    pub(super) fn tx(&self) -> &tokio_postgres::Transaction<'c> {
+        &self.tx
+    }
+
+    /// The consent ledger's next position.
+    pub(super) fn next_ledger_position(&mut self) -> u64 {
+        self.ledger_position += 1;
+        self.ledger_position
+    }
+
+    /// The next position of a subject's interactions and rights requests.
+    pub(super) fn next_log_position(&mut self) -> u64 {
+        self.log_position += 1;
+        self.log_position
+    }
+
+    /// A new claim fencing generation, greater than every one before.
+    pub(super) fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Stores the change events and audit entries of `recorded`; returns the last event's
+    /// sequence, if any.
+    pub(super) async fn record(&mut self, recorded: &[Recorded<'_>]) -> Result<Option<u64>, StoreError> {
+        let mut last = None;
+        for fact in recorded {
+            for (subject, links, change) in fact.changes() {
+                let sequence = self.last_event + 1;
+                let body = encode(&ChangeEvent { sequence, at: self.at, subject, links, change })?;
+                self.tx
+                    .execute("INSERT INTO events (sequence, body) VALUES ($1, $2)", &[&int(sequence), &body])
+                    .await
+                    .map_err(pg)?;
+                self.last_event = sequence;
+                last = Some(sequence);
+            }
+        }
+        let region = self.chain.region().clone();
+        for fact in recorded {
+            if let Some((event, subject)) = fact.audit(&region, self.at)? {
+                let mut line = Vec::with_capacity(512);
+                self.chain.entry(&mut line, event, Some(&subject), self.at).map_err(StoreError::Audit)?;
+                self.insert_audit_lines(&line).await?;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Appends decisions to the audit chain (batch entries, as the file log writes them).
+    pub(super) async fn audit_decisions(&mut self, entries: &[DecisionEntry<'_>]) -> Result<(), StoreError> {
+        let mut lines = Vec::new();
+        self.chain.decisions(&mut lines, entries, self.at).map_err(StoreError::Audit)?;
+        self.insert_audit_lines(&lines).await
+    }
+
+    /// Appends one audit entry that records no stored change.
+    pub(super) async fn audit(
+        &mut self,
+        event: domicile_audit::AuditEvent,
+        subject: &domicile_types::SubjectRef,
+    ) -> Result<(), StoreError> {
+        let mut line = Vec::with_capacity(512);
+        self.chain.entry(&mut line, event, Some(subject), self.at).map_err(StoreError::Audit)?;
+        self.insert_audit_lines(&line).await
+    }
+
+    /// Inserts complete canonical lines (each ending in `\n`), numbered from the chain's
+    /// entries just encoded.
+    async fn insert_audit_lines(&mut self, lines: &[u8]) -> Result<(), StoreError> {
+        let text = std::str::from_utf8(lines).map_err(|_| StoreError::Corrupt("audit line".into()))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let first = self.chain.last_seq() + 1 - lines.len() as u64;
+        for (i, line) in lines.iter().enumerate() {
+            self.tx
+                .execute("INSERT INTO audit (seq, line) VALUES ($1, $2)", &[&int(first + i as u64), line])
+                .await
+                .map_err(pg)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the head and commits. A commit whose answer is lost may or may not have happened:
+    /// [`StoreError::OutcomeUnknown`], retried with the write's idempotency key.
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "UPDATE region_head SET last_event = $1, ledger_position = $2, generation = $3, audit_seq = $4, \
+                 audit_hash = $5, log_position = $6 WHERE id = 1",
+                &[
+                    &int(self.last_event),
+                    &int(self.ledger_position),
+                    &int(self.generation),
+                    &int(self.chain.last_seq()),
+                    &self.chain.last_hash(),
+                    &int(self.log_position),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        self.tx.commit().await.map_err(|e| {
+            if e.code().is_some() {
+                // The server answered: the transaction did not commit.
+                return pg(e);
+            }
+            tracing::error!(error = %pg(e), "postgres commit unanswered");
+            StoreError::OutcomeUnknown
+        })
+    }
+}
