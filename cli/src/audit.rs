@@ -1,10 +1,12 @@
-//! `domicile audit …`: offline checks of a node's audit log (no node needs to run).
+//! `domicile audit …`: offline checks of a region's audit log (no node needs to run), kept in a
+//! file (`audit.log` of an embedded-store node) or in a PostgreSQL region's `audit` table.
 
+use std::io::{BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use domicile_audit::{VerifyError, VerifyReport, verify_file};
+use domicile_audit::{VerifyError, VerifyReport, verify, verify_file};
 
 /// Exit status when the log is readable but does not verify.
 const EXIT_TAMPERED: u8 = 1;
@@ -17,18 +19,84 @@ pub enum AuditCommand {
     /// naming the first tampered entry. Compare the printed head with an externally recorded
     /// head (the node's Info RPC) to also detect a cut tail.
     Verify {
-        /// The node's data directory or its `audit.log` file.
-        path: PathBuf,
+        /// The node's data directory or its `audit.log` file (not with --database-url).
+        #[arg(required_unless_present = "database_url", conflicts_with = "database_url")]
+        path: Option<PathBuf>,
+        /// A PostgreSQL region's database, `postgres://user@host:port/db` (no password in it).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// File whose first line is the database password (else $PGPASSWORD, else none).
+        #[arg(long, requires = "database_url")]
+        password_file: Option<PathBuf>,
         /// Print the result as one JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// Lines read from the database per query.
+const PAGE: i64 = 10_000;
+
+/// Verifies the chain kept in a PostgreSQL region's `audit` table, streamed in `seq` order
+/// through the same verifier as a file. A read that fails part-way is an error, never a shorter
+/// log that verifies.
+fn verify_database(url: &str, password_file: Option<&Path>) -> Result<VerifyReport, VerifyError> {
+    let io = |what: String| VerifyError::Io(std::io::Error::other(what));
+    let mut config: tokio_postgres::Config = url.parse().map_err(|_| io("not a PostgreSQL URL".into()))?;
+    if config.get_password().is_some() {
+        return Err(io("the URL holds a password: give it with --password-file or $PGPASSWORD".into()));
+    }
+    let password = match password_file {
+        Some(file) => Some(std::fs::read_to_string(file)?.lines().next().unwrap_or_default().to_owned()),
+        None => std::env::var("PGPASSWORD").ok(),
+    };
+    if let Some(password) = password {
+        config.password(password);
+    }
+    let (reader, mut writer) = std::io::pipe()?;
+    let fetch = std::thread::spawn(move || -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let (client, connection) =
+                config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot connect: {e}"))?;
+            tokio::spawn(connection);
+            let mut after: i64 = 0;
+            loop {
+                let rows = client
+                    .query("SELECT seq, line FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2", &[&after, &PAGE])
+                    .await
+                    .map_err(|e| format!("cannot read the audit table: {e}"))?;
+                let Some(last) = rows.last() else { return Ok(()) };
+                after = last.get(0);
+                for row in &rows {
+                    let line: &str = row.get(1);
+                    // The verifier stops reading at the first bad entry: a closed pipe then.
+                    if writer.write_all(line.as_bytes()).and_then(|()| writer.write_all(b"\n")).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+    });
+    let report = verify(BufReader::new(reader));
+    match fetch.join() {
+        Ok(Ok(())) => report,
+        Ok(Err(e)) => Err(report.err().filter(|r| matches!(r, VerifyError::Tampered(_))).unwrap_or(io(e))),
+        Err(_) => Err(io("the database reader failed".into())),
+    }
+}
+
 pub fn run(command: AuditCommand) -> ExitCode {
     match command {
-        AuditCommand::Verify { path, json } => {
-            let (code, stdout, stderr) = render(&path, &verify_file(&path), json);
+        AuditCommand::Verify { path, database_url, password_file, json } => {
+            let (what, result) = match (&path, &database_url) {
+                (Some(path), _) => (path.display().to_string(), verify_file(path)),
+                (None, Some(url)) => {
+                    ("the database's audit table".to_owned(), verify_database(url, password_file.as_deref()))
+                }
+                (None, None) => ("nothing".to_owned(), Err(VerifyError::Io(std::io::Error::other("no log named")))),
+            };
+            let (code, stdout, stderr) = render(&what, &result, json);
             if let Some(text) = stdout {
                 println!("{text}");
             }
@@ -41,7 +109,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
 }
 
 /// Exit code, stdout and stderr for a verification result; separate from printing so it is tested.
-fn render(path: &Path, result: &Result<VerifyReport, VerifyError>, json: bool) -> (u8, Option<String>, Option<String>) {
+fn render(what: &str, result: &Result<VerifyReport, VerifyError>, json: bool) -> (u8, Option<String>, Option<String>) {
     match result {
         Ok(report) => {
             let warning = report.torn_tail.map(|t| {
@@ -84,7 +152,7 @@ fn render(path: &Path, result: &Result<VerifyReport, VerifyError>, json: bool) -
             }
         }
         Err(VerifyError::Io(e)) => {
-            let message = format!("cannot read audit log {}: {e}", path.display());
+            let message = format!("cannot read audit log {what}: {e}");
             if json {
                 let value = serde_json::json!({ "status": "error", "error": message });
                 (EXIT_UNREADABLE, Some(value.to_string()), None)
@@ -119,7 +187,7 @@ mod tests {
     }
 
     fn verify(path: &Path, json: bool) -> (u8, Option<String>, Option<String>) {
-        render(path, &verify_file(path), json)
+        render(&path.display().to_string(), &verify_file(path), json)
     }
 
     #[test]
