@@ -432,29 +432,6 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
     outputs.into_iter().flatten().collect()
 }
 
-/// Statuses for [`ClaimError`]s. PII-free: they name regions and causes, never links.
-pub fn claim_status(error: ClaimError) -> tonic::Status {
-    match error {
-        ClaimError::HeldElsewhere => {
-            tonic::Status::failed_precondition("an identifier already belongs to a subject of another region")
-        }
-        ClaimError::Unreachable(arbiter) => crate::error::marked(
-            tonic::Status::unavailable(format!(
-                "region `{arbiter}` arbitrates one of these identifiers and cannot be reached: the registration \
-                 is refused rather than risk a second owner; retry later"
-            )),
-            domicile_proto::CAUSE_ARBITER_UNREACHABLE,
-        ),
-        ClaimError::MapMismatch(arbiter) => tonic::Status::failed_precondition(format!(
-            "region `{arbiter}` lists other regions for this deployment: the nodes' ownership configuration must agree"
-        )),
-        ClaimError::Store(detail) => {
-            tracing::error!(%detail, "storage failure while claiming identifiers");
-            tonic::Status::unavailable("storage unavailable")
-        }
-    }
-}
-
 impl From<StoreError> for ClaimError {
     fn from(e: StoreError) -> Self {
         ClaimError::Store(e.to_string())

@@ -86,7 +86,7 @@ impl<S: Store> NodeService<S> {
             return Ok(render(subject, &record));
         }
         let (subject, meta) = self.resolve_meta(&key)?;
-        self.check_collection(&meta.jurisdiction, caller_region.as_ref())?;
+        self.check_collection_for(&meta.jurisdiction, caller_region.as_ref())?;
         let consent = NewConsent {
             purpose,
             channels,

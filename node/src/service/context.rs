@@ -113,7 +113,7 @@ impl<S: Store> NodeService<S> {
             return Ok(render(subject, &stored));
         }
         let (subject, meta) = self.resolve_meta(&key)?;
-        self.check_collection(&meta.jurisdiction, caller_region.as_ref())?;
+        self.check_collection_for(&meta.jurisdiction, caller_region.as_ref())?;
         let interaction =
             NewInteraction { channel, occurred_at, recorded_at: now, kind, intent, summary, reference, open: req.open };
         let stored = match self.settle(self.store.append_interaction(&subject, interaction, tag.as_ref())).await? {

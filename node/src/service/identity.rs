@@ -12,10 +12,9 @@ use tonic::{Request, Status};
 
 use super::NodeService;
 use super::context::token;
-use super::rights::rights_to_pb;
+use super::rights::wire::rights_to_pb;
 use super::unit::Settled;
-use crate::error::{invalid, store_status};
-use crate::ownership::claim_status;
+use crate::error::{claim_status, invalid, store_status};
 use crate::store::{Merged, Rectification, Rectified, Registered, Release, Store, StoreError};
 use domicile_types::rights::RightsKind;
 
@@ -228,7 +227,7 @@ impl<S: Store> NodeService<S> {
         let (subject, meta) = self.resolve_meta(&key)?;
         // Adding identifiers or profile values collects personal data; removing does not.
         if !add.is_empty() || !set_profile.is_empty() {
-            self.check_collection(&meta.jurisdiction, caller_region.as_ref())?;
+            self.check_collection_for(&meta.jurisdiction, caller_region.as_ref())?;
         }
         let now = now_unix();
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Rectification, now)?;

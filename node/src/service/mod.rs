@@ -26,11 +26,12 @@ mod rights;
 #[cfg(test)]
 mod tests;
 mod unit;
+mod wire;
 
 use std::sync::Arc;
 
 use domicile_policy::{Pack, PackMatch};
-use domicile_proto::convert::{self, FieldViolation, SubjectKey};
+use domicile_proto::convert::SubjectKey;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
 use domicile_proto::raw::SubjectKeyRef;
@@ -39,9 +40,8 @@ use domicile_runtime::process::Shutdown;
 use domicile_types::{Jurisdiction, LinkKey, RegionId, SubjectId, SubjectRef};
 use tonic::{Request, Response, Status};
 
-use crate::access::Requester;
 use crate::commit::{FlushFn, GroupCommit};
-use crate::error::store_status;
+use crate::error::NodeError;
 use crate::idempotency;
 use crate::ownership::Ownership;
 use crate::store::{Idempotency, Store, StoreError, SubjectMeta};
@@ -54,10 +54,20 @@ pub struct NodeService<S> {
     /// Highest change-event sequence known durable. Watchers deliver nothing beyond it, so a
     /// subscriber never sees a change that a crash could still undo.
     durable: tokio::sync::watch::Sender<Option<u64>>,
-    /// The server's shutdown: open watch streams end when it begins (see `watch`).
+    /// The server's shutdown: open watch streams end when it begins (see `follow_events`).
     shutdown: Shutdown,
     commit: Arc<GroupCommit>,
     ownership: Arc<Ownership<S>>,
+}
+
+/// Who an operation is for, as the node's rules need to know it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    /// The caller's region; `None` when unknown, which every residency rule treats as outside.
+    pub region: Option<RegionId>,
+    /// A service of this region calling the node itself (not a gateway acting for a caller of
+    /// any region): only it may be given personal data in full (exports, full context).
+    pub in_region: bool,
 }
 
 impl<S: Store> NodeService<S> {
@@ -94,45 +104,44 @@ impl<S: Store> NodeService<S> {
         self.commit.stats()
     }
 
-    /// The region of the caller a request is for: this node's own for a caller of its region;
-    /// for a gateway, the region it states (`stated`, from the caller's certificate or token);
-    /// `None` when unknown (a gateway that states none, or an in-process call), which every
-    /// residency rule that depends on it treats as "outside".
-    fn caller_region<T>(&self, request: &Request<T>, stated: &str) -> Result<Option<RegionId>, Status> {
-        Ok(match Requester::of(request) {
-            Some(Requester::InRegion(_)) => Some(self.region.clone()),
-            // Only a gateway forwards for callers of other regions: only its statement counts.
-            Some(Requester::Gateway) if !stated.is_empty() => {
-                Some(RegionId::parse(stated).map_err(|_| FieldViolation::new("caller_region", "is not a region id"))?)
-            }
-            Some(Requester::Gateway | Requester::PeerNode(_)) | None => None,
-        })
-    }
-
     /// The pack of a subject's jurisdiction in `loaded` (a subdivision without a pack of its own:
-    /// its country's, marked as such). No pack: fail closed with a status, never a default
-    /// (invariant 3). The one place a node looks a subject's pack up.
-    fn pack_match<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<PackMatch<'p>, Status> {
+    /// its country's, marked as such). No pack: fail closed, never a default (invariant 3). The
+    /// one place a node looks a subject's pack up.
+    fn pack_match<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<PackMatch<'p>, NodeError> {
         loaded
             .packs
             .lookup(jurisdiction)
-            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))
+            .ok_or(NodeError::Precondition("no policy pack covers the subject's jurisdiction"))
     }
 
     /// [`Self::pack_match`]'s pack.
-    fn pack_of<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<&'p Pack, Status> {
+    fn pack_of<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<&'p Pack, NodeError> {
         Self::pack_match(loaded, jurisdiction).map(|m| m.pack)
     }
 
-    /// Refuses a capture for a subject of `jurisdiction` when its pack requires in-country
-    /// collection and the caller is not of a home region. A caller of this region always is
-    /// (this node holds only subjects whose pack lists it).
-    fn check_collection(&self, jurisdiction: &Jurisdiction, caller_region: Option<&RegionId>) -> Result<(), Status> {
+    /// Refuses a capture for a subject of `pack` when it requires in-country collection and the
+    /// caller is not of a home region.
+    /// A caller of this region always is (this node holds only subjects whose pack lists it).
+    fn check_collection(&self, pack: &Pack, caller_region: Option<&RegionId>) -> Result<(), NodeError> {
         if caller_region == Some(&self.region) {
             return Ok(());
         }
+        Ok(pack.check_collection(caller_region)?)
+    }
+
+    /// [`Self::check_collection`] for a subject of `jurisdiction`, with the current packs.
+    fn check_collection_for(
+        &self,
+        jurisdiction: &Jurisdiction,
+        caller_region: Option<&RegionId>,
+    ) -> Result<(), NodeError> {
         let loaded = self.packs.current();
-        Self::pack_of(&loaded, jurisdiction)?.check_collection(caller_region).map_err(convert::residency_refused)
+        self.check_collection(Self::pack_of(&loaded, jurisdiction)?, caller_region)
+    }
+
+    /// The caller's region of `request`, for handlers not yet split into adapter and operation.
+    fn caller_region<T>(&self, request: &Request<T>, stated: &str) -> Result<Option<RegionId>, NodeError> {
+        Ok(self.caller(request, stated)?.region)
     }
 
     fn subject_ref(&self, id: SubjectId) -> SubjectRef {
@@ -141,52 +150,50 @@ impl<S: Store> NodeService<S> {
 
     /// Finds the subject a pseudonymous key names. A subject ref of another region is refused:
     /// this node can hold nothing about it.
-    fn resolve(&self, key: &SubjectKey) -> Result<SubjectId, Status> {
+    fn resolve(&self, key: &SubjectKey) -> Result<SubjectId, NodeError> {
         self.resolve_meta(key).map(|(id, _)| id)
     }
 
     /// [`Self::resolve`], also returning the subject's metadata (read once).
-    fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), Status> {
+    fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), NodeError> {
         let id = self.resolve_key(key.as_key_ref())?;
-        match self.store.subject_meta(&id).map_err(store_status)? {
+        match self.store.subject_meta(&id)? {
             Some(meta) => Ok((id, meta)),
-            None => Err(Status::not_found("no such subject in this region")),
+            None => Err(NodeError::NotFound("no such subject in this region")),
         }
     }
 
-    fn resolve_key(&self, key: SubjectKeyRef<'_>) -> Result<SubjectId, Status> {
+    fn resolve_key(&self, key: SubjectKeyRef<'_>) -> Result<SubjectId, NodeError> {
         Ok(match key {
             SubjectKeyRef::Link(link) => self
                 .store
-                .subject_by_link(&link)
-                .map_err(store_status)?
-                .ok_or_else(|| Status::not_found("no subject holds this link in this region"))?,
+                .subject_by_link(&link)?
+                .ok_or(NodeError::NotFound("no subject holds this link in this region"))?,
             SubjectKeyRef::Ref { region, id } => {
                 if region != self.region.as_str() {
-                    return Err(Status::failed_precondition("subject ref names another region"));
+                    return Err(NodeError::Precondition("subject ref names another region"));
                 }
                 id
             }
         })
     }
 
-    /// The idempotency record of a write (see `crate::idempotency`), `None` without a key.
-    fn idempotency<M: domicile_proto::prost::Message + Clone, T>(
-        &self,
-        method: &str,
-        request: &Request<T>,
-        key: &str,
-        body: &M,
-        clear_key: impl FnOnce(&mut M),
-    ) -> Result<Option<Idempotency>, Status> {
-        idempotency::tag(&self.link_key, method, Requester::of(request), key, body, clear_key)
+    /// The result an earlier write with the same idempotency key left, if any.
+    fn replayed<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<Option<T>, NodeError> {
+        let Some(tag) = tag else { return Ok(None) };
+        idempotency::replayed(tag, self.store.replay(&tag.key)?)
     }
 
-    /// The result an earlier write with the same idempotency key left, if any.
-    fn replayed<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<Option<T>, Status> {
-        let Some(tag) = tag else { return Ok(None) };
-        idempotency::replayed(tag, self.store.replay(&tag.key).map_err(store_status)?)
+    /// The result of an earlier write with the same idempotency key that a concurrent repeat
+    /// found recorded ([`unit::Settled::Replayed`]).
+    fn replayed_after_race<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<T, NodeError> {
+        self.replayed(tag)?.ok_or(NodeError::Store(StoreError::Replayed))
     }
+}
+
+/// An operation's result as a gRPC reply.
+fn respond<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -236,11 +243,11 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
-        self.export_subject(request).await.map(Response::new)
+        respond(rights::wire::export(self, request).await)
     }
 
     async fn erase(&self, request: Request<pb::EraseRequest>) -> Result<Response<pb::EraseResponse>, Status> {
-        self.erase_subject(request).await.map(Response::new)
+        respond(rights::wire::erase(self, request).await)
     }
 
     type WatchStream = follow::EventStream;
@@ -272,14 +279,14 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
-        self.restrict_subject(request).await.map(Response::new)
+        respond(rights::wire::restrict(self, request).await)
     }
 
     async fn list_rights_requests(
         &self,
         request: Request<pb::ListRightsRequestsRequest>,
     ) -> Result<Response<pb::ListRightsRequestsResponse>, Status> {
-        self.rights_requests(request.into_inner()).map(Response::new)
+        respond(rights::wire::list_rights_requests(self, request.into_inner()))
     }
 
     async fn claim_links(

@@ -19,8 +19,8 @@ use tonic::{Request, Status};
 use super::NodeService;
 use super::claims::links_of;
 use crate::access::Requester;
-use crate::error::{invalid, store_status};
-use crate::ownership::{ClaimOutcome, claim_status};
+use crate::error::{claim_status, invalid, store_status};
+use crate::ownership::ClaimOutcome;
 use crate::store::{Release, Store};
 
 /// Claims per `ListClaims` batch unless the caller asks for another size.
