@@ -206,7 +206,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
-        self.record_consent_entry(request).await.map(Response::new)
+        respond(consent::wire::record_consent(self, request).await)
     }
 
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
@@ -239,7 +239,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::ConsentHistoryRequest>,
     ) -> Result<Response<pb::ConsentHistoryResponse>, Status> {
-        self.consent_entries(request).map(Response::new)
+        respond(consent::wire::consent_history(self, request.into_inner()))
     }
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
