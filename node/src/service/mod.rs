@@ -210,7 +210,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
-        self.decide_one(request.into_inner()).map(Response::new)
+        respond(decide::wire::decide(self, request.into_inner()))
     }
 
     /// Served by [`NodeService::decide_batch_encoded`] on the wire; this typed form is for
@@ -219,7 +219,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
-        self.decide_typed_batch(request.into_inner()).map(Response::new)
+        respond(decide::wire::decide_typed_batch(self, request.into_inner()))
     }
 
     type ListLinksStream = follow::LinkStream;
