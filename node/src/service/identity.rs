@@ -11,9 +11,9 @@ use domicile_types::{Link, NormalizedIdentifier, SubjectId};
 use tonic::{Request, Status};
 
 use super::NodeService;
-use super::context::token;
 use super::rights::wire::rights_to_pb;
 use super::unit::Settled;
+use super::wire::token;
 use crate::error::{claim_status, invalid, store_status};
 use crate::store::{Merged, Rectification, Rectified, Registered, Release, Store, StoreError};
 use domicile_types::rights::RightsKind;

@@ -119,9 +119,14 @@ impl<S: Store> NodeService<S> {
         Self::pack_match(loaded, jurisdiction).map(|m| m.pack)
     }
 
+    /// Whether a caller of `caller_region` is in a home region of `pack`'s subjects. A caller of
+    /// this region always is: this node holds only subjects whose pack lists it.
+    fn at_home(&self, pack: &Pack, caller_region: Option<&RegionId>) -> bool {
+        caller_region == Some(&self.region) || pack.is_home(caller_region)
+    }
+
     /// Refuses a capture for a subject of `pack` when it requires in-country collection and the
-    /// caller is not of a home region.
-    /// A caller of this region always is (this node holds only subjects whose pack lists it).
+    /// caller is not of a home region (a caller of this region always is, see [`Self::at_home`]).
     fn check_collection(&self, pack: &Pack, caller_region: Option<&RegionId>) -> Result<(), NodeError> {
         if caller_region == Some(&self.region) {
             return Ok(());
@@ -264,14 +269,14 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::RecordInteractionRequest>,
     ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
-        self.record_interaction_entry(request).await.map(Response::new)
+        respond(context::wire::record_interaction(self, request).await)
     }
 
     async fn get_context(
         &self,
         request: Request<pb::GetContextRequest>,
     ) -> Result<Response<pb::ContextResponse>, Status> {
-        self.context(request).await.map(Response::new)
+        respond(context::wire::get_context(self, request).await)
     }
 
     async fn rectify(&self, request: Request<pb::RectifyRequest>) -> Result<Response<pb::RectifyResponse>, Status> {

@@ -1,4 +1,5 @@
-//! What the gRPC adapters share: who a request is for and the idempotency record of a write.
+//! What the gRPC adapters share: who a request is for, the idempotency record of a write, and
+//! the checks of text fields that are vocabulary or bounded free text.
 
 use domicile_proto::convert::FieldViolation;
 use domicile_proto::prost::Message;
@@ -39,4 +40,26 @@ impl<S: Store> NodeService<S> {
     ) -> Result<Option<Idempotency>, NodeError> {
         idempotency::tag(&self.link_key, method, Requester::of(request), key, body, clear_key)
     }
+}
+
+/// `[a-z0-9._-]{1,max}`: intents and profile field names are vocabulary, not free text.
+pub(super) fn token(field: &str, text: &str, max: usize) -> Result<String, FieldViolation> {
+    if text.is_empty() || text.len() > max {
+        return Err(FieldViolation::new(field, format!("must be 1-{max} bytes")));
+    }
+    if !text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
+        return Err(FieldViolation::new(field, "may contain only `a-z`, `0-9`, `.`, `_` and `-`"));
+    }
+    Ok(text.to_owned())
+}
+
+/// Free text such as an interaction summary: line breaks and tabs allowed, other controls not.
+pub(super) fn free_text(field: &str, text: &str, max: usize) -> Result<String, FieldViolation> {
+    if text.len() > max {
+        return Err(FieldViolation::new(field, format!("is longer than {max} bytes")));
+    }
+    if text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err(FieldViolation::new(field, "contains control characters"));
+    }
+    Ok(text.to_owned())
 }
