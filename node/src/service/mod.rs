@@ -144,11 +144,6 @@ impl<S: Store> NodeService<S> {
         self.check_collection(Self::pack_of(&loaded, jurisdiction)?, caller_region)
     }
 
-    /// The caller's region of `request`, for handlers not yet split into adapter and operation.
-    fn caller_region<T>(&self, request: &Request<T>, stated: &str) -> Result<Option<RegionId>, NodeError> {
-        Ok(self.caller(request, stated)?.region)
-    }
-
     fn subject_ref(&self, id: SubjectId) -> SubjectRef {
         SubjectRef { region: self.region.clone(), id }
     }
@@ -204,7 +199,7 @@ fn respond<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl<S: Store> RegionalNode for NodeService<S> {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        self.register_subject(request).await.map(Response::new)
+        respond(identity::wire::register(self, request).await)
     }
 
     async fn record_consent(
@@ -262,7 +257,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn merge(&self, request: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
-        self.merge_subjects(request).await.map(Response::new)
+        respond(identity::wire::merge(self, request).await)
     }
 
     async fn record_interaction(
@@ -280,7 +275,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn rectify(&self, request: Request<pb::RectifyRequest>) -> Result<Response<pb::RectifyResponse>, Status> {
-        self.rectify_subject(request).await.map(Response::new)
+        respond(identity::wire::rectify(self, request).await)
     }
 
     async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
