@@ -222,17 +222,17 @@ impl<S: Store> RegionalNode for NodeService<S> {
         respond(decide::wire::decide_typed_batch(self, request.into_inner()))
     }
 
-    type ListLinksStream = follow::LinkStream;
+    type ListLinksStream = follow::wire::LinkStream;
 
     async fn list_links(
         &self,
         request: Request<pb::ListLinksRequest>,
     ) -> Result<Response<Self::ListLinksStream>, Status> {
-        Ok(Response::new(self.link_snapshot(request.into_inner())))
+        Ok(Response::new(follow::wire::list_links(self, request.into_inner())))
     }
 
     async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        self.node_info().map(Response::new)
+        respond(follow::wire::info(self))
     }
 
     async fn consent_history(
@@ -250,10 +250,10 @@ impl<S: Store> RegionalNode for NodeService<S> {
         respond(rights::wire::erase(self, request).await)
     }
 
-    type WatchStream = follow::EventStream;
+    type WatchStream = follow::wire::EventStream;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(self.follow_events(request.into_inner().after_sequence)))
+        Ok(Response::new(follow::wire::watch(self, request.into_inner())))
     }
 
     async fn merge(&self, request: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
