@@ -90,7 +90,7 @@ impl From<ResidencyRefusal> for NodeError {
     }
 }
 
-pub fn store_status(e: StoreError) -> Status {
+fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Conflict => Status::failed_precondition(
             "identifiers belong to different subjects: merge the subjects before registering them together",
@@ -133,7 +133,7 @@ fn outcome_unknown() -> Status {
     )
 }
 
-pub fn claim_status(error: ClaimError) -> Status {
+fn claim_status(error: ClaimError) -> Status {
     match error {
         ClaimError::HeldElsewhere => {
             Status::failed_precondition("an identifier already belongs to a subject of another region")
@@ -157,10 +157,6 @@ pub fn claim_status(error: ClaimError) -> Status {
 
 /// Marks `status` with a cause (`domicile_proto::CAUSE_METADATA`) so that a gateway passes it
 /// through as it is instead of reading it as this node being unavailable.
-pub fn invalid(v: FieldViolation) -> Status {
-    v.into()
-}
-
 fn marked(mut status: Status, cause: &'static str) -> Status {
     status.metadata_mut().insert(domicile_proto::CAUSE_METADATA, tonic::metadata::MetadataValue::from_static(cause));
     status

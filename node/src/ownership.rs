@@ -305,24 +305,6 @@ impl<S: Store> Ownership<S> {
         self.released.notify_one();
     }
 
-    /// As the arbiter: checks that a claim or release of `region` under `digest` is for this
-    /// node, and that every link is one this region arbitrates.
-    pub fn check_request(&self, region: &RegionId, digest: &str, links: &[Link]) -> Result<(), tonic::Status> {
-        if digest != self.map.digest() {
-            tracing::error!(region = %self.region, claimant = %region, "claim under another arbiter map refused");
-            return Err(tonic::Status::failed_precondition(
-                "the claimant's arbiter map differs from this node's: the nodes must list the same regions",
-            ));
-        }
-        if !self.map.contains(region) || region == &self.region {
-            return Err(tonic::Status::invalid_argument("`region` is not another region of this deployment"));
-        }
-        if links.iter().any(|l| self.map.arbiter(l) != &self.region) {
-            return Err(tonic::Status::invalid_argument("`links` names a link this region does not arbitrate"));
-        }
-        Ok(())
-    }
-
     /// Sends queued releases until none is left; runs for the node's lifetime.
     pub async fn run_releases(self: Arc<Self>) {
         loop {

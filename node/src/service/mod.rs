@@ -1,19 +1,25 @@
-//! The `domicile.node.v1.RegionalNode` implementation: thin gRPC handlers (convert in, call,
-//! render out) over the node's operations, grouped by capability:
+//! The `domicile.node.v1.RegionalNode` implementation. Each method is a thin gRPC adapter over a
+//! domain operation: it converts the request into domain values, calls the operation on
+//! [`NodeService`] and renders its result; a [`NodeError`] becomes a status in one place
+//! (`crate::error`). The operations take and return domain types only, so another entry (consent
+//! signals from HTTP headers, say) can call them as they are. Per capability, `<capability>/mod.rs`
+//! holds the operations and their domain types, and `<capability>/wire.rs` the adapters with the
+//! inbound and outbound conversions side by side:
 //!
-//! - `identity.rs`: registration, merge, rectification (and the identifier claims they need);
-//! - `consent.rs`: the consent ledger;
-//! - `decide.rs`: decisions, one and in batches;
-//! - `rights.rs`: export, erasure, restriction, the rights requests' bookkeeping;
-//! - `context.rs`: interactions and the warm hand-off context;
-//! - `follow.rs`: change events, the link snapshot and the node's info;
-//! - `claims.rs`: this node as the arbiter of other regions' identifier claims;
-//! - `repair.rs`: operators' repair of identifier ownership (identifiers held twice, claims
+//! - `identity`: registration, merge, rectification (and the identifier claims they need);
+//! - `consent`: the consent ledger;
+//! - `decide`: decisions, one and in batches;
+//! - `rights`: export, erasure, restriction, the rights requests' bookkeeping;
+//! - `context`: interactions and the warm hand-off context;
+//! - `follow`: change events (Watch), the link snapshot and the node's info;
+//! - `claims`: this node as the arbiter of other regions' identifier claims;
+//! - `repair`: operators' repair of identifier ownership (identifiers held twice, claims
 //!   missing or orphaned).
 //!
-//! `unit.rs` is the unit of work every mutating call ends with (durable, then published). What
-//! the handlers share otherwise is here: resolving subject keys, the caller's region, residency
-//! checks, idempotency.
+//! `unit.rs` is the unit of work every mutating operation ends with (durable, then published);
+//! `wire.rs` what the adapters share (the caller, idempotency keys, text fields). What the
+//! operations share is here: resolving subject keys, the subject's pack and the residency checks
+//! on it, replays.
 
 mod claims;
 mod consent;
@@ -293,47 +299,47 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::ClaimLinksRequest>,
     ) -> Result<Response<pb::ClaimLinksResponse>, Status> {
-        self.grant_claims(request).await.map(Response::new)
+        respond(claims::wire::claim_links(self, request).await)
     }
 
     async fn release_links(
         &self,
         request: Request<pb::ReleaseLinksRequest>,
     ) -> Result<Response<pb::ReleaseLinksResponse>, Status> {
-        self.give_up_claims(request).await.map(Response::new)
+        respond(claims::wire::release_links(self, request).await)
     }
 
     async fn claims_of(&self, request: Request<pb::ClaimsOfRequest>) -> Result<Response<pb::ClaimsOfResponse>, Status> {
-        self.arbiter_claims(request).map(Response::new)
+        respond(repair::wire::claims_of(self, request))
     }
 
-    type ListClaimsStream = repair::ClaimStream;
+    type ListClaimsStream = repair::wire::ClaimStream;
 
     async fn list_claims(
         &self,
         request: Request<pb::ListClaimsRequest>,
     ) -> Result<Response<Self::ListClaimsStream>, Status> {
-        self.claims_snapshot(request).map(Response::new)
+        respond(repair::wire::list_claims(self, request))
     }
 
     async fn reassert_claims(
         &self,
         request: Request<pb::ReassertClaimsRequest>,
     ) -> Result<Response<pb::ReassertClaimsResponse>, Status> {
-        self.reassert(request).await.map(Response::new)
+        respond(repair::wire::reassert_claims(self, request).await)
     }
 
     async fn drop_links(
         &self,
         request: Request<pb::DropLinksRequest>,
     ) -> Result<Response<pb::DropLinksResponse>, Status> {
-        self.drop_subject_links(request).await.map(Response::new)
+        respond(repair::wire::drop_links(self, request).await)
     }
 
     async fn release_orphan_claims(
         &self,
         request: Request<pb::ReleaseOrphanClaimsRequest>,
     ) -> Result<Response<pb::ReleaseOrphanClaimsResponse>, Status> {
-        self.release_orphans(request).await.map(Response::new)
+        respond(repair::wire::release_orphan_claims(self, request).await)
     }
 }
