@@ -6,14 +6,13 @@
 //! name itself), the request as a fingerprint, so a key reused for a different request is told
 //! apart and refused.
 
+use crate::access::Requester;
+use crate::error::NodeError;
+use crate::store::{Idempotency, Replay, Store};
 use domicile_proto::convert::FieldViolation;
 use domicile_proto::prost::Message;
 use domicile_runtime::process::now_unix;
 use domicile_types::LinkKey;
-use tonic::Status;
-
-use crate::access::Requester;
-use crate::store::{Idempotency, Replay, Store};
 
 /// Longest key a node accepts (a gateway's scoped keys are `<caller>/<key>`).
 const MAX_KEY: usize = 128;
@@ -34,7 +33,7 @@ pub fn tag<M: Message + Clone>(
     key: &str,
     request: &M,
     clear_key: impl FnOnce(&mut M),
-) -> Result<Option<Idempotency>, Status> {
+) -> Result<Option<Idempotency>, NodeError> {
     if key.is_empty() {
         return Ok(None);
     }
@@ -68,7 +67,7 @@ pub fn tag<M: Message + Clone>(
 pub fn replayed<T: serde::de::DeserializeOwned>(
     tag: &Idempotency,
     replay: Option<Replay>,
-) -> Result<Option<T>, Status> {
+) -> Result<Option<T>, NodeError> {
     let Some(replay) = replay else { return Ok(None) };
     if replay.fingerprint != tag.fingerprint {
         return Err(FieldViolation::new("idempotency_key", "was used before for a different request").into());
@@ -76,8 +75,8 @@ pub fn replayed<T: serde::de::DeserializeOwned>(
     match replay.result {
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|_| Status::internal("stored result of an earlier write is unreadable")),
-        None => Err(Status::already_exists(
+            .map_err(|_| NodeError::Internal("stored result of an earlier write is unreadable")),
+        None => Err(NodeError::AlreadyExists(
             "this write was applied earlier; its subject has been erased since, and its answer with it",
         )),
     }

@@ -305,24 +305,6 @@ impl<S: Store> Ownership<S> {
         self.released.notify_one();
     }
 
-    /// As the arbiter: checks that a claim or release of `region` under `digest` is for this
-    /// node, and that every link is one this region arbitrates.
-    pub fn check_request(&self, region: &RegionId, digest: &str, links: &[Link]) -> Result<(), tonic::Status> {
-        if digest != self.map.digest() {
-            tracing::error!(region = %self.region, claimant = %region, "claim under another arbiter map refused");
-            return Err(tonic::Status::failed_precondition(
-                "the claimant's arbiter map differs from this node's: the nodes must list the same regions",
-            ));
-        }
-        if !self.map.contains(region) || region == &self.region {
-            return Err(tonic::Status::invalid_argument("`region` is not another region of this deployment"));
-        }
-        if links.iter().any(|l| self.map.arbiter(l) != &self.region) {
-            return Err(tonic::Status::invalid_argument("`links` names a link this region does not arbitrate"));
-        }
-        Ok(())
-    }
-
     /// Sends queued releases until none is left; runs for the node's lifetime.
     pub async fn run_releases(self: Arc<Self>) {
         loop {
@@ -430,29 +412,6 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
     })
     .await;
     outputs.into_iter().flatten().collect()
-}
-
-/// Statuses for [`ClaimError`]s. PII-free: they name regions and causes, never links.
-pub fn claim_status(error: ClaimError) -> tonic::Status {
-    match error {
-        ClaimError::HeldElsewhere => {
-            tonic::Status::failed_precondition("an identifier already belongs to a subject of another region")
-        }
-        ClaimError::Unreachable(arbiter) => crate::error::marked(
-            tonic::Status::unavailable(format!(
-                "region `{arbiter}` arbitrates one of these identifiers and cannot be reached: the registration \
-                 is refused rather than risk a second owner; retry later"
-            )),
-            domicile_proto::CAUSE_ARBITER_UNREACHABLE,
-        ),
-        ClaimError::MapMismatch(arbiter) => tonic::Status::failed_precondition(format!(
-            "region `{arbiter}` lists other regions for this deployment: the nodes' ownership configuration must agree"
-        )),
-        ClaimError::Store(detail) => {
-            tracing::error!(%detail, "storage failure while claiming identifiers");
-            tonic::Status::unavailable("storage unavailable")
-        }
-    }
 }
 
 impl From<StoreError> for ClaimError {

@@ -1,19 +1,25 @@
-//! The `domicile.node.v1.RegionalNode` implementation: thin gRPC handlers (convert in, call,
-//! render out) over the node's operations, grouped by capability:
+//! The `domicile.node.v1.RegionalNode` implementation. Each method is a thin gRPC adapter over a
+//! domain operation: it converts the request into domain values, calls the operation on
+//! [`NodeService`] and renders its result; a [`NodeError`] becomes a status in one place
+//! (`crate::error`). The operations take and return domain types only, so another entry (consent
+//! signals from HTTP headers, say) can call them as they are. Per capability, `<capability>/mod.rs`
+//! holds the operations and their domain types, and `<capability>/wire.rs` the adapters with the
+//! inbound and outbound conversions side by side:
 //!
-//! - `identity.rs`: registration, merge, rectification (and the identifier claims they need);
-//! - `consent.rs`: the consent ledger;
-//! - `decide.rs`: decisions, one and in batches;
-//! - `rights.rs`: export, erasure, restriction, the rights requests' bookkeeping;
-//! - `context.rs`: interactions and the warm hand-off context;
-//! - `follow.rs`: change events, the link snapshot and the node's info;
-//! - `claims.rs`: this node as the arbiter of other regions' identifier claims;
-//! - `repair.rs`: operators' repair of identifier ownership (identifiers held twice, claims
+//! - `identity`: registration, merge, rectification (and the identifier claims they need);
+//! - `consent`: the consent ledger;
+//! - `decide`: decisions, one and in batches;
+//! - `rights`: export, erasure, restriction, the rights requests' bookkeeping;
+//! - `context`: interactions and the warm hand-off context;
+//! - `follow`: change events (Watch), the link snapshot and the node's info;
+//! - `claims`: this node as the arbiter of other regions' identifier claims;
+//! - `repair`: operators' repair of identifier ownership (identifiers held twice, claims
 //!   missing or orphaned).
 //!
-//! `unit.rs` is the unit of work every mutating call ends with (durable, then published). What
-//! the handlers share otherwise is here: resolving subject keys, the caller's region, residency
-//! checks, idempotency.
+//! `unit.rs` is the unit of work every mutating operation ends with (durable, then published);
+//! `wire.rs` what the adapters share (the caller, idempotency keys, text fields). What the
+//! operations share is here: resolving subject keys, the subject's pack and the residency checks
+//! on it, replays.
 
 mod claims;
 mod consent;
@@ -26,11 +32,12 @@ mod rights;
 #[cfg(test)]
 mod tests;
 mod unit;
+mod wire;
 
 use std::sync::Arc;
 
 use domicile_policy::{Pack, PackMatch};
-use domicile_proto::convert::{self, FieldViolation, SubjectKey};
+use domicile_proto::convert::SubjectKey;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_server::RegionalNode;
 use domicile_proto::raw::SubjectKeyRef;
@@ -39,9 +46,8 @@ use domicile_runtime::process::Shutdown;
 use domicile_types::{Jurisdiction, LinkKey, RegionId, SubjectId, SubjectRef};
 use tonic::{Request, Response, Status};
 
-use crate::access::Requester;
 use crate::commit::{FlushFn, GroupCommit};
-use crate::error::store_status;
+use crate::error::NodeError;
 use crate::idempotency;
 use crate::ownership::Ownership;
 use crate::store::{Idempotency, Store, StoreError, SubjectMeta};
@@ -54,10 +60,20 @@ pub struct NodeService<S> {
     /// Highest change-event sequence known durable. Watchers deliver nothing beyond it, so a
     /// subscriber never sees a change that a crash could still undo.
     durable: tokio::sync::watch::Sender<Option<u64>>,
-    /// The server's shutdown: open watch streams end when it begins (see `watch`).
+    /// The server's shutdown: open watch streams end when it begins (see `follow_events`).
     shutdown: Shutdown,
     commit: Arc<GroupCommit>,
     ownership: Arc<Ownership<S>>,
+}
+
+/// Who an operation is for, as the node's rules need to know it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    /// The caller's region; `None` when unknown, which every residency rule treats as outside.
+    pub region: Option<RegionId>,
+    /// A service of this region calling the node itself (not a gateway acting for a caller of
+    /// any region): only it may be given personal data in full (exports, full context).
+    pub in_region: bool,
 }
 
 impl<S: Store> NodeService<S> {
@@ -94,45 +110,44 @@ impl<S: Store> NodeService<S> {
         self.commit.stats()
     }
 
-    /// The region of the caller a request is for: this node's own for a caller of its region;
-    /// for a gateway, the region it states (`stated`, from the caller's certificate or token);
-    /// `None` when unknown (a gateway that states none, or an in-process call), which every
-    /// residency rule that depends on it treats as "outside".
-    fn caller_region<T>(&self, request: &Request<T>, stated: &str) -> Result<Option<RegionId>, Status> {
-        Ok(match Requester::of(request) {
-            Some(Requester::InRegion(_)) => Some(self.region.clone()),
-            // Only a gateway forwards for callers of other regions: only its statement counts.
-            Some(Requester::Gateway) if !stated.is_empty() => {
-                Some(RegionId::parse(stated).map_err(|_| FieldViolation::new("caller_region", "is not a region id"))?)
-            }
-            Some(Requester::Gateway | Requester::PeerNode(_)) | None => None,
-        })
-    }
-
     /// The pack of a subject's jurisdiction in `loaded` (a subdivision without a pack of its own:
-    /// its country's, marked as such). No pack: fail closed with a status, never a default
-    /// (invariant 3). The one place a node looks a subject's pack up.
-    fn pack_match<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<PackMatch<'p>, Status> {
+    /// its country's, marked as such). No pack: fail closed, never a default (invariant 3). The
+    /// one place a node looks a subject's pack up.
+    fn pack_match<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<PackMatch<'p>, NodeError> {
         loaded
             .packs
             .lookup(jurisdiction)
-            .ok_or_else(|| Status::failed_precondition("no policy pack covers the subject's jurisdiction"))
+            .ok_or(NodeError::Precondition("no policy pack covers the subject's jurisdiction"))
     }
 
     /// [`Self::pack_match`]'s pack.
-    fn pack_of<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<&'p Pack, Status> {
+    fn pack_of<'p>(loaded: &'p LoadedPacks, jurisdiction: &Jurisdiction) -> Result<&'p Pack, NodeError> {
         Self::pack_match(loaded, jurisdiction).map(|m| m.pack)
     }
 
-    /// Refuses a capture for a subject of `jurisdiction` when its pack requires in-country
-    /// collection and the caller is not of a home region. A caller of this region always is
-    /// (this node holds only subjects whose pack lists it).
-    fn check_collection(&self, jurisdiction: &Jurisdiction, caller_region: Option<&RegionId>) -> Result<(), Status> {
+    /// Whether a caller of `caller_region` is in a home region of `pack`'s subjects. A caller of
+    /// this region always is: this node holds only subjects whose pack lists it.
+    fn at_home(&self, pack: &Pack, caller_region: Option<&RegionId>) -> bool {
+        caller_region == Some(&self.region) || pack.is_home(caller_region)
+    }
+
+    /// Refuses a capture for a subject of `pack` when it requires in-country collection and the
+    /// caller is not of a home region (a caller of this region always is, see [`Self::at_home`]).
+    fn check_collection(&self, pack: &Pack, caller_region: Option<&RegionId>) -> Result<(), NodeError> {
         if caller_region == Some(&self.region) {
             return Ok(());
         }
+        Ok(pack.check_collection(caller_region)?)
+    }
+
+    /// [`Self::check_collection`] for a subject of `jurisdiction`, with the current packs.
+    fn check_collection_for(
+        &self,
+        jurisdiction: &Jurisdiction,
+        caller_region: Option<&RegionId>,
+    ) -> Result<(), NodeError> {
         let loaded = self.packs.current();
-        Self::pack_of(&loaded, jurisdiction)?.check_collection(caller_region).map_err(convert::residency_refused)
+        self.check_collection(Self::pack_of(&loaded, jurisdiction)?, caller_region)
     }
 
     fn subject_ref(&self, id: SubjectId) -> SubjectRef {
@@ -141,69 +156,67 @@ impl<S: Store> NodeService<S> {
 
     /// Finds the subject a pseudonymous key names. A subject ref of another region is refused:
     /// this node can hold nothing about it.
-    fn resolve(&self, key: &SubjectKey) -> Result<SubjectId, Status> {
+    fn resolve(&self, key: &SubjectKey) -> Result<SubjectId, NodeError> {
         self.resolve_meta(key).map(|(id, _)| id)
     }
 
     /// [`Self::resolve`], also returning the subject's metadata (read once).
-    fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), Status> {
+    fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), NodeError> {
         let id = self.resolve_key(key.as_key_ref())?;
-        match self.store.subject_meta(&id).map_err(store_status)? {
+        match self.store.subject_meta(&id)? {
             Some(meta) => Ok((id, meta)),
-            None => Err(Status::not_found("no such subject in this region")),
+            None => Err(NodeError::NotFound("no such subject in this region")),
         }
     }
 
-    fn resolve_key(&self, key: SubjectKeyRef<'_>) -> Result<SubjectId, Status> {
+    fn resolve_key(&self, key: SubjectKeyRef<'_>) -> Result<SubjectId, NodeError> {
         Ok(match key {
             SubjectKeyRef::Link(link) => self
                 .store
-                .subject_by_link(&link)
-                .map_err(store_status)?
-                .ok_or_else(|| Status::not_found("no subject holds this link in this region"))?,
+                .subject_by_link(&link)?
+                .ok_or(NodeError::NotFound("no subject holds this link in this region"))?,
             SubjectKeyRef::Ref { region, id } => {
                 if region != self.region.as_str() {
-                    return Err(Status::failed_precondition("subject ref names another region"));
+                    return Err(NodeError::Precondition("subject ref names another region"));
                 }
                 id
             }
         })
     }
 
-    /// The idempotency record of a write (see `crate::idempotency`), `None` without a key.
-    fn idempotency<M: domicile_proto::prost::Message + Clone, T>(
-        &self,
-        method: &str,
-        request: &Request<T>,
-        key: &str,
-        body: &M,
-        clear_key: impl FnOnce(&mut M),
-    ) -> Result<Option<Idempotency>, Status> {
-        idempotency::tag(&self.link_key, method, Requester::of(request), key, body, clear_key)
+    /// The result an earlier write with the same idempotency key left, if any.
+    fn replayed<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<Option<T>, NodeError> {
+        let Some(tag) = tag else { return Ok(None) };
+        idempotency::replayed(tag, self.store.replay(&tag.key)?)
     }
 
-    /// The result an earlier write with the same idempotency key left, if any.
-    fn replayed<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<Option<T>, Status> {
-        let Some(tag) = tag else { return Ok(None) };
-        idempotency::replayed(tag, self.store.replay(&tag.key).map_err(store_status)?)
+    /// The result of an earlier write with the same idempotency key that a concurrent repeat
+    /// found recorded ([`unit::Settled::Replayed`]).
+    fn replayed_after_race<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<T, NodeError> {
+        self.replayed(tag)?.ok_or(NodeError::Store(StoreError::Replayed))
     }
+}
+
+/// An operation's result as a gRPC reply.
+fn respond<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 #[tonic::async_trait]
 impl<S: Store> RegionalNode for NodeService<S> {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        self.register_subject(request).await.map(Response::new)
+        respond(identity::wire::register(self, request).await)
     }
 
     async fn record_consent(
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
-        self.record_consent_entry(request).await.map(Response::new)
+        respond(consent::wire::record_consent(self, request).await)
     }
 
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
-        self.decide_one(request.into_inner()).map(Response::new)
+        respond(decide::wire::decide(self, request.into_inner()))
     }
 
     /// Served by [`NodeService::decide_batch_encoded`] on the wire; this typed form is for
@@ -212,121 +225,121 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
-        self.decide_typed_batch(request.into_inner()).map(Response::new)
+        respond(decide::wire::decide_typed_batch(self, request.into_inner()))
     }
 
-    type ListLinksStream = follow::LinkStream;
+    type ListLinksStream = follow::wire::LinkStream;
 
     async fn list_links(
         &self,
         request: Request<pb::ListLinksRequest>,
     ) -> Result<Response<Self::ListLinksStream>, Status> {
-        Ok(Response::new(self.link_snapshot(request.into_inner())))
+        Ok(Response::new(follow::wire::list_links(self, request.into_inner())))
     }
 
     async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        self.node_info().map(Response::new)
+        respond(follow::wire::info(self))
     }
 
     async fn consent_history(
         &self,
         request: Request<pb::ConsentHistoryRequest>,
     ) -> Result<Response<pb::ConsentHistoryResponse>, Status> {
-        self.consent_entries(request).map(Response::new)
+        respond(consent::wire::consent_history(self, request.into_inner()))
     }
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
-        self.export_subject(request).await.map(Response::new)
+        respond(rights::wire::export(self, request).await)
     }
 
     async fn erase(&self, request: Request<pb::EraseRequest>) -> Result<Response<pb::EraseResponse>, Status> {
-        self.erase_subject(request).await.map(Response::new)
+        respond(rights::wire::erase(self, request).await)
     }
 
-    type WatchStream = follow::EventStream;
+    type WatchStream = follow::wire::EventStream;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(self.follow_events(request.into_inner().after_sequence)))
+        Ok(Response::new(follow::wire::watch(self, request.into_inner())))
     }
 
     async fn merge(&self, request: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
-        self.merge_subjects(request).await.map(Response::new)
+        respond(identity::wire::merge(self, request).await)
     }
 
     async fn record_interaction(
         &self,
         request: Request<pb::RecordInteractionRequest>,
     ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
-        self.record_interaction_entry(request).await.map(Response::new)
+        respond(context::wire::record_interaction(self, request).await)
     }
 
     async fn get_context(
         &self,
         request: Request<pb::GetContextRequest>,
     ) -> Result<Response<pb::ContextResponse>, Status> {
-        self.context(request).await.map(Response::new)
+        respond(context::wire::get_context(self, request).await)
     }
 
     async fn rectify(&self, request: Request<pb::RectifyRequest>) -> Result<Response<pb::RectifyResponse>, Status> {
-        self.rectify_subject(request).await.map(Response::new)
+        respond(identity::wire::rectify(self, request).await)
     }
 
     async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
-        self.restrict_subject(request).await.map(Response::new)
+        respond(rights::wire::restrict(self, request).await)
     }
 
     async fn list_rights_requests(
         &self,
         request: Request<pb::ListRightsRequestsRequest>,
     ) -> Result<Response<pb::ListRightsRequestsResponse>, Status> {
-        self.rights_requests(request.into_inner()).map(Response::new)
+        respond(rights::wire::list_rights_requests(self, request.into_inner()))
     }
 
     async fn claim_links(
         &self,
         request: Request<pb::ClaimLinksRequest>,
     ) -> Result<Response<pb::ClaimLinksResponse>, Status> {
-        self.grant_claims(request).await.map(Response::new)
+        respond(claims::wire::claim_links(self, request).await)
     }
 
     async fn release_links(
         &self,
         request: Request<pb::ReleaseLinksRequest>,
     ) -> Result<Response<pb::ReleaseLinksResponse>, Status> {
-        self.give_up_claims(request).await.map(Response::new)
+        respond(claims::wire::release_links(self, request).await)
     }
 
     async fn claims_of(&self, request: Request<pb::ClaimsOfRequest>) -> Result<Response<pb::ClaimsOfResponse>, Status> {
-        self.arbiter_claims(request).map(Response::new)
+        respond(repair::wire::claims_of(self, request))
     }
 
-    type ListClaimsStream = repair::ClaimStream;
+    type ListClaimsStream = repair::wire::ClaimStream;
 
     async fn list_claims(
         &self,
         request: Request<pb::ListClaimsRequest>,
     ) -> Result<Response<Self::ListClaimsStream>, Status> {
-        self.claims_snapshot(request).map(Response::new)
+        respond(repair::wire::list_claims(self, request))
     }
 
     async fn reassert_claims(
         &self,
         request: Request<pb::ReassertClaimsRequest>,
     ) -> Result<Response<pb::ReassertClaimsResponse>, Status> {
-        self.reassert(request).await.map(Response::new)
+        respond(repair::wire::reassert_claims(self, request).await)
     }
 
     async fn drop_links(
         &self,
         request: Request<pb::DropLinksRequest>,
     ) -> Result<Response<pb::DropLinksResponse>, Status> {
-        self.drop_subject_links(request).await.map(Response::new)
+        respond(repair::wire::drop_links(self, request).await)
     }
 
     async fn release_orphan_claims(
         &self,
         request: Request<pb::ReleaseOrphanClaimsRequest>,
     ) -> Result<Response<pb::ReleaseOrphanClaimsResponse>, Status> {
-        self.release_orphans(request).await.map(Response::new)
+        respond(repair::wire::release_orphan_claims(self, request).await)
     }
 }

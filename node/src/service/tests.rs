@@ -1,5 +1,6 @@
-use super::context::{context_of, free_text, token};
+use super::context::context_of;
 use super::follow::link_scan_parts;
+use super::wire::{free_text, token};
 use crate::store::{Interaction, InteractionKind};
 use domicile_types::Channel;
 

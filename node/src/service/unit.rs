@@ -10,14 +10,13 @@
 //! 3. **publish**: only now do watchers see the write's change events, and only now may claims
 //!    the write queued for release be sent to their arbiters.
 //!
-//! Handlers call [`NodeService::settle`] with what the store's write returned; none sequences
+//! Operations call [`NodeService::settle`] with what the store's write returned; none sequences
 //! these steps itself.
 
 use domicile_types::RegionId;
-use tonic::Status;
 
 use super::NodeService;
-use crate::error::store_status;
+use crate::error::NodeError;
 use crate::store::{
     ConsentRecord, Dropped, Erased, Held, Interaction, Merged, Rectified, Registered, RightsRequestRecord, Store,
     StoreError,
@@ -105,11 +104,11 @@ pub(super) enum Settled<T> {
 
 impl<S: Store> NodeService<S> {
     /// Steps 2 and 3 for `applied`, what the store's write (step 1) returned.
-    pub(super) async fn settle<T: Effects>(&self, applied: Result<T, StoreError>) -> Result<Settled<T>, Status> {
+    pub(super) async fn settle<T: Effects>(&self, applied: Result<T, StoreError>) -> Result<Settled<T>, NodeError> {
         let written = match applied {
             Ok(written) => written,
             Err(StoreError::Replayed) => return Ok(Settled::Replayed),
-            Err(e) => return Err(store_status(e)),
+            Err(e) => return Err(e.into()),
         };
         self.make_durable().await?;
         if let Some(sequence) = written.last_event() {
@@ -122,10 +121,10 @@ impl<S: Store> NodeService<S> {
     }
 
     /// [`Self::settle`] for a write without an idempotency key (a replay is then impossible).
-    pub(super) async fn settle_unkeyed<T: Effects>(&self, applied: Result<T, StoreError>) -> Result<T, Status> {
+    pub(super) async fn settle_unkeyed<T: Effects>(&self, applied: Result<T, StoreError>) -> Result<T, NodeError> {
         match self.settle(applied).await? {
             Settled::Applied(written) => Ok(written),
-            Settled::Replayed => Err(store_status(StoreError::Replayed)),
+            Settled::Replayed => Err(StoreError::Replayed.into()),
         }
     }
 
@@ -133,13 +132,10 @@ impl<S: Store> NodeService<S> {
     /// acknowledged (invariant 7). When that fails, a change already applied may still reach the
     /// disk (the store flushes on its own too): its outcome is unknown, and the status says so,
     /// so that a gateway tells its caller to retry with the write's idempotency key.
-    async fn make_durable(&self) -> Result<(), Status> {
+    async fn make_durable(&self) -> Result<(), NodeError> {
         self.commit.commit().await.map_err(|e| {
             tracing::error!(error = %e, "write could not be made durable");
-            crate::error::marked(
-                Status::unavailable("storage unavailable: the change may or may not be kept"),
-                domicile_proto::CAUSE_OUTCOME_UNKNOWN,
-            )
+            NodeError::OutcomeUnknown
         })
     }
 

@@ -1,0 +1,101 @@
+//! The consent ledger: recording grants, denials and withdrawals, and reading a subject's history.
+
+pub(super) mod wire;
+
+use domicile_proto::convert::{self, FieldViolation, SubjectKey};
+use domicile_runtime::process::now_unix_ms;
+use domicile_types::{Channel, ConsentAction, Purpose, SubjectId};
+
+use super::unit::Settled;
+use super::{Caller, NodeService};
+use crate::error::NodeError;
+use crate::store::{
+    CLOCK_SKEW_SECS, ConsentRecord, CurrentConsent, Evidence, Idempotency, NewConsent, Store, counted_at_ms,
+};
+
+/// A consent as it was captured, whoever reports it.
+pub(crate) struct ConsentCapture {
+    pub purpose: Purpose,
+    pub channels: Vec<Channel>,
+    pub action: ConsentAction,
+    /// When it was captured, in milliseconds since the epoch; `None`: when it is recorded.
+    pub captured_at_ms: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub evidence: Evidence,
+}
+
+/// A subject's consent ledger, oldest first, and the record in force per purpose × channel.
+pub(crate) struct ConsentHistory {
+    pub subject: SubjectId,
+    pub restricted: bool,
+    pub entries: Vec<ConsentRecord>,
+    pub in_force: Vec<(Purpose, Channel, CurrentConsent)>,
+}
+
+/// Evidence names a notice and a system as tokens, never free text (see
+/// `convert::is_evidence_token`), so nothing free-form is kept with a record or leaves with a
+/// history, whichever entry reported the capture.
+fn check_evidence(evidence: &Evidence) -> Result<(), FieldViolation> {
+    convert::evidence_token("evidence.notice_version", &evidence.notice_version)?;
+    convert::evidence_token("evidence.source_system", &evidence.source_system)?;
+    Ok(())
+}
+
+impl<S: Store> NodeService<S> {
+    /// Records `capture` in the subject's ledger; acknowledged only once durable (invariant 7),
+    /// so every later decision reads this state. Returns the subject and the stored record (the
+    /// first one's, for a repeat under the same idempotency key).
+    pub(crate) async fn capture_consent(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        capture: ConsentCapture,
+        tag: Option<&Idempotency>,
+    ) -> Result<(SubjectId, ConsentRecord), NodeError> {
+        let now_ms = now_unix_ms();
+        let now = now_ms.div_euclid(1000);
+        let captured_at_ms = capture.captured_at_ms.unwrap_or(now_ms);
+        let captured_at = captured_at_ms.div_euclid(1000);
+        // Clocks drift; beyond that a capture time ahead of this node is a client bug. Within it,
+        // the time still counts as at most the recording time (`store::counted_at`).
+        if captured_at > now + CLOCK_SKEW_SECS {
+            return Err(FieldViolation::new("captured_at", "is in the future").into());
+        }
+        if capture.expires_at.is_some_and(|e| e <= captured_at) {
+            return Err(FieldViolation::new("expires_at", "must be after `captured_at`").into());
+        }
+        check_evidence(&capture.evidence)?;
+        if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag)? {
+            return Ok((subject, record));
+        }
+        let (subject, meta) = self.resolve_meta(key)?;
+        self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
+        let state = capture.action.resulting_state();
+        let consent = NewConsent {
+            purpose: capture.purpose,
+            channels: capture.channels,
+            state,
+            captured_at,
+            recorded_at: now,
+            counted_at_ms: counted_at_ms(state, captured_at_ms, now_ms),
+            expires_at: capture.expires_at,
+            evidence: capture.evidence,
+        };
+        let (record, _) = match self.settle(self.store.append_consent(&subject, consent, tag)).await? {
+            Settled::Applied(recorded) => recorded,
+            Settled::Replayed => {
+                let (subject, (record, _)) = self.replayed_after_race::<(SubjectId, (ConsentRecord, u64))>(tag)?;
+                return Ok((subject, record));
+            }
+        };
+        tracing::info!(region = %self.region, purpose = %record.purpose, state = %record.state, sequence = record.sequence, "consent recorded");
+        Ok((subject, record))
+    }
+
+    pub(crate) fn consent_history_of(&self, key: &SubjectKey) -> Result<ConsentHistory, NodeError> {
+        let (subject, meta) = self.resolve_meta(key)?;
+        let entries = self.store.consent_history(&subject)?;
+        let in_force = self.store.consent_in_force(&subject)?;
+        Ok(ConsentHistory { subject, restricted: meta.restricted, entries, in_force })
+    }
+}

@@ -1,0 +1,111 @@
+//! `RecordConsent` and `ConsentHistory` on the wire: requests into domain values, results into
+//! replies.
+
+use domicile_proto::convert::{self, FieldViolation};
+use domicile_proto::pb::common::v1 as common;
+use domicile_proto::pb::node::v1 as pb;
+use domicile_types::SubjectId;
+use tonic::Request;
+
+use super::{ConsentCapture, ConsentHistory};
+use crate::error::NodeError;
+use crate::service::NodeService;
+use crate::store::{ConsentRecord, Evidence, Store};
+
+pub(in crate::service) async fn record_consent<S: Store>(
+    node: &NodeService<S>,
+    request: Request<pb::RecordConsentRequest>,
+) -> Result<pb::RecordConsentResponse, NodeError> {
+    let caller = node.caller(&request, &request.get_ref().caller_region)?;
+    let req = request.get_ref();
+    let key = convert::subject_key("subject", req.subject.as_ref())?;
+    let capture = capture_from_pb(req)?;
+    let tag = node.idempotency("RecordConsent", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
+    let (subject, record) = node.capture_consent(&key, &caller, capture, tag.as_ref()).await?;
+    Ok(recorded_to_pb(node, subject, &record))
+}
+
+pub(in crate::service) fn consent_history<S: Store>(
+    node: &NodeService<S>,
+    request: pb::ConsentHistoryRequest,
+) -> Result<pb::ConsentHistoryResponse, NodeError> {
+    let key = convert::subject_key("subject", request.subject.as_ref())?;
+    Ok(history_to_pb(node, node.consent_history_of(&key)?))
+}
+
+fn capture_from_pb(req: &pb::RecordConsentRequest) -> Result<ConsentCapture, FieldViolation> {
+    Ok(ConsentCapture {
+        purpose: convert::purpose("purpose", &req.purpose)?,
+        channels: convert::channels("channels", &req.channels)?,
+        action: convert::consent_action("action", req.action)?,
+        captured_at_ms: convert::timestamp_ms("captured_at", req.captured_at.as_ref())?,
+        expires_at: convert::timestamp("expires_at", req.expires_at.as_ref())?,
+        evidence: evidence_from_pb(req.evidence.as_ref())?,
+    })
+}
+
+/// How a consent was captured, as sent; `capture_consent` checks that its texts are tokens.
+fn evidence_from_pb(pb: Option<&common::Evidence>) -> Result<Evidence, FieldViolation> {
+    let Some(e) = pb else { return Ok(Evidence::default()) };
+    Ok(Evidence {
+        notice_version: e.notice_version.clone(),
+        capture_channel: if e.capture_channel.is_empty() {
+            None
+        } else {
+            Some(convert::channel("evidence.capture_channel", &e.capture_channel)?)
+        },
+        source_system: e.source_system.clone(),
+        double_opt_in_confirmed: e.double_opt_in_confirmed,
+    })
+}
+
+fn recorded_to_pb<S: Store>(
+    node: &NodeService<S>,
+    subject: SubjectId,
+    record: &ConsentRecord,
+) -> pb::RecordConsentResponse {
+    pb::RecordConsentResponse {
+        subject_ref: node.subject_ref(subject).to_string(),
+        sequence: record.sequence,
+        recorded_at: Some(convert::to_timestamp(record.recorded_at)),
+    }
+}
+
+fn history_to_pb<S: Store>(node: &NodeService<S>, history: ConsentHistory) -> pb::ConsentHistoryResponse {
+    pb::ConsentHistoryResponse {
+        subject_ref: node.subject_ref(history.subject).to_string(),
+        entries: history.entries.iter().map(entry_to_pb).collect(),
+        restricted: history.restricted,
+        in_force: history
+            .in_force
+            .into_iter()
+            .map(|(purpose, channel, current)| pb::ConsentInForce {
+                purpose: purpose.to_string(),
+                channel: channel.to_string(),
+                state: current.state.to_string(),
+                sequence: current.sequence,
+            })
+            .collect(),
+    }
+}
+
+/// A ledger entry as it leaves the node. Evidence stored before it had to be a token is left
+/// out unless it is one, so nothing free-form leaves with a history.
+fn entry_to_pb(record: &ConsentRecord) -> common::ConsentEntry {
+    let token = |text: &str| if convert::is_evidence_token(text) { text.to_owned() } else { String::new() };
+    common::ConsentEntry {
+        sequence: record.sequence,
+        purpose: record.purpose.to_string(),
+        channels: record.channels.iter().map(ToString::to_string).collect(),
+        state: record.state.to_string(),
+        captured_at: Some(convert::to_timestamp(record.captured_at)),
+        recorded_at: Some(convert::to_timestamp(record.recorded_at)),
+        expires_at: record.expires_at.map(convert::to_timestamp),
+        evidence: Some(common::Evidence {
+            notice_version: token(&record.evidence.notice_version),
+            capture_channel: record.evidence.capture_channel.map(|c| c.to_string()).unwrap_or_default(),
+            source_system: token(&record.evidence.source_system),
+            double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+        }),
+    }
+}

@@ -1,0 +1,190 @@
+//! Who a subject is: registration, merge and rectification. Links are made live here only with
+//! this region's granted claim (`crate::ownership`), so no identifier is held in two regions.
+
+pub(super) mod wire;
+
+use std::collections::BTreeMap;
+
+use domicile_proto::convert::{FieldViolation, SubjectKey};
+use domicile_runtime::process::now_unix;
+use domicile_types::rights::RightsKind;
+use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, SubjectId};
+
+use super::unit::Settled;
+use super::{Caller, NodeService};
+use crate::error::NodeError;
+use crate::store::{Idempotency, Merged, Rectification, Rectified, Registered, Release, Store, StoreError};
+
+/// Attempts of a write whose links a concurrent change moved (an erasure freeing a link it found
+/// held, say) before it gives up with ABORTED.
+const MAX_ATTEMPTS: usize = 3;
+
+/// A subject to register with its identifiers (or the subject that already holds them).
+pub(crate) struct Registration {
+    pub jurisdiction: Jurisdiction,
+    pub identifiers: Vec<NormalizedIdentifier>,
+}
+
+/// A rectification: identifiers to add and remove, profile fields to set and remove. Checked
+/// as a whole by its conversion: nothing both added and removed, something to change.
+pub(crate) struct Correction {
+    pub add: Vec<NormalizedIdentifier>,
+    pub remove: Vec<NormalizedIdentifier>,
+    pub set_profile: BTreeMap<String, String>,
+    pub remove_profile: Vec<String>,
+}
+
+impl<S: Store> NodeService<S> {
+    /// Runs a write that makes `links` live here: with their region-local locks held, it claims
+    /// at their arbiters those no subject of this region holds, then lets `write` store them with
+    /// the claims. A write that fails gives its claims up; one that a concurrent change upset
+    /// ([`StoreError::Retry`]) starts over. The outer error is the claims' (or the lock's), the
+    /// inner one the store's.
+    async fn with_claims<T>(
+        &self,
+        links: &[Link],
+        mut write: impl FnMut(&[Release]) -> Result<T, StoreError>,
+    ) -> Result<Result<T, StoreError>, NodeError> {
+        let _locks = self.ownership.lock(links).await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut free = Vec::new();
+            for link in links {
+                if self.store.subject_by_link(link)?.is_none() && !free.contains(link) {
+                    free.push(*link);
+                }
+            }
+            let claimed = self.ownership.claim(&free).await?;
+            match write(&claimed) {
+                Ok(done) => return Ok(Ok(done)),
+                Err(e) => {
+                    // Nothing of the write is stored: under the locks, no other write made these
+                    // links live meanwhile, so their claims can go.
+                    self.ownership.abandon(&claimed);
+                    if matches!(e, StoreError::Retry) && attempt < MAX_ATTEMPTS {
+                        continue;
+                    }
+                    return Ok(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Registers a subject with its identifiers here, or finds the one that holds them.
+    pub(crate) async fn register_subject(
+        &self,
+        caller: &Caller,
+        registration: Registration,
+        tag: Option<&Idempotency>,
+    ) -> Result<Registered, NodeError> {
+        let Registration { jurisdiction, identifiers } = registration;
+        // Defence in depth for residency (invariant 1): even a misrouted request cannot make this
+        // node store a subject its pack does not allow here.
+        {
+            let loaded = self.packs.current();
+            let pack = Self::pack_of(&loaded, &jurisdiction)?;
+            if !pack.is_home(Some(&self.region)) {
+                return Err(NodeError::Precondition("this region may not hold subjects of this jurisdiction"));
+            }
+            self.check_collection(pack, caller.region.as_ref())?;
+        }
+        if let Some((_, registered)) = self.replayed::<(SubjectId, Registered)>(tag)? {
+            return Ok(registered);
+        }
+        let linked: Vec<(NormalizedIdentifier, Link)> =
+            identifiers.into_iter().map(|id| (self.link_key.link(&id), id)).map(|(l, id)| (id, l)).collect();
+        let links: Vec<Link> = linked.iter().map(|(_, l)| *l).collect();
+        let new_subject = SubjectId::from_bytes(
+            domicile_runtime::process::random_bytes::<16>()
+                .map_err(|_| NodeError::Unavailable("random source unavailable"))?,
+        );
+        let written = self
+            .with_claims(&links, |claimed| {
+                self.store.register(&jurisdiction, &linked, new_subject, now_unix(), claimed, tag)
+            })
+            .await?;
+        let registered = match self.settle(written).await? {
+            Settled::Applied(registered) => registered,
+            Settled::Replayed => return Ok(self.replayed_after_race::<(SubjectId, Registered)>(tag)?.1),
+        };
+        tracing::info!(region = %self.region, %jurisdiction, created = registered.created, identifiers = linked.len(), "subject registered");
+        Ok(registered)
+    }
+
+    /// Merges subject `from` into `into`, both of this region. Returns `into` and what moved.
+    pub(crate) async fn merge_subjects(
+        &self,
+        into: &SubjectKey,
+        from: &SubjectKey,
+        tag: Option<&Idempotency>,
+    ) -> Result<(SubjectId, Merged), NodeError> {
+        // Identity never spans regions: each half's data must stay where it is.
+        for key in [into, from] {
+            if let SubjectKey::Ref(subject) = key
+                && subject.region != self.region
+            {
+                return Err(NodeError::Precondition("merging subjects of different regions is not allowed"));
+            }
+        }
+        if let Some(done) = self.replayed::<(SubjectId, Merged)>(tag)? {
+            return Ok(done);
+        }
+        let into = self.resolve(into)?;
+        let from = self.resolve(from)?;
+        if into == from {
+            return Err(FieldViolation::new("from", "names the same subject as `into`").into());
+        }
+        // Both halves are of this region: the links' claims stay with it as they are.
+        let merged = match self.settle(self.store.merge(&into, &from, now_unix(), tag)).await? {
+            Settled::Applied(merged) => merged,
+            Settled::Replayed => return self.replayed_after_race(tag),
+        };
+        tracing::info!(region = %self.region, links = merged.links.len(), consent_records = merged.consent_records, interactions = merged.interactions, "subjects merged");
+        Ok((into, merged))
+    }
+
+    /// Corrects a subject's identifiers and profile, recorded as a rectification request.
+    pub(crate) async fn rectify_subject(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        correction: Correction,
+        tag: Option<&Idempotency>,
+    ) -> Result<(SubjectId, Rectified), NodeError> {
+        if let Some(done) = self.replayed::<(SubjectId, Rectified)>(tag)? {
+            return Ok(done);
+        }
+        let (subject, meta) = self.resolve_meta(key)?;
+        // Adding identifiers or profile values collects personal data; removing does not.
+        if !correction.add.is_empty() || !correction.set_profile.is_empty() {
+            self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
+        }
+        let now = now_unix();
+        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Rectification, now)?;
+        let linked = |ids: Vec<NormalizedIdentifier>| -> Vec<(NormalizedIdentifier, Link)> {
+            ids.into_iter()
+                .map(|id| {
+                    let link = self.link_key.link(&id);
+                    (id, link)
+                })
+                .collect()
+        };
+        let change = Rectification {
+            add: linked(correction.add),
+            remove: linked(correction.remove),
+            set_profile: correction.set_profile,
+            remove_profile: correction.remove_profile,
+        };
+        let added: Vec<Link> = change.add.iter().map(|(_, l)| *l).collect();
+        let written = self
+            .with_claims(&added, |claimed| self.store.rectify(&subject, &change, now, &rights_request, claimed, tag))
+            .await?;
+        let rectified = match self.settle(written).await? {
+            Settled::Applied(rectified) => rectified,
+            Settled::Replayed => return self.replayed_after_race(tag),
+        };
+        tracing::info!(region = %self.region, added = rectified.added.len(), removed = rectified.removed.len(), "subject rectified");
+        Ok((subject, rectified))
+    }
+}

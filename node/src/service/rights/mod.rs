@@ -1,0 +1,156 @@
+//! Data-subject rights: access (export), erasure, restriction, and the bookkeeping of every
+//! rights request with its deadline from the subject's pack.
+
+pub(super) mod wire;
+
+use domicile_policy::Period;
+use domicile_proto::convert::SubjectKey;
+use domicile_runtime::process::now_unix;
+use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
+use domicile_types::{Jurisdiction, SubjectId};
+
+use super::unit::Settled;
+use super::{Caller, NodeService};
+use crate::error::NodeError;
+use crate::store::{Erased, Idempotency, RightsRequestRecord, Store, StoreError};
+
+/// Used when the subject's pack names no rights deadline; the response says so.
+const DEFAULT_RIGHTS_DEADLINE: Period = Period::Days(30);
+
+/// A subject's data as delivered to it (right of access), with the request that asked for it.
+pub(crate) struct Export {
+    pub subject: SubjectId,
+    /// The `domicile.export.v1` JSON document.
+    pub document: Vec<u8>,
+    pub generated_at: i64,
+    pub rights_request: RightsRequestRecord,
+}
+
+/// A restriction set or lifted: the subject, whether it is now restricted, and the request.
+pub(crate) type Restriction = (SubjectId, (bool, RightsRequestRecord));
+
+impl<S: Store> NodeService<S> {
+    /// A completed rights request with its deadline from the subject's pack (or the default,
+    /// named as such in `deadline_basis`).
+    pub(super) fn rights_request(
+        &self,
+        jurisdiction: &Jurisdiction,
+        kind: RightsKind,
+        now: i64,
+    ) -> Result<RightsRequestRecord, NodeError> {
+        let id = domicile_runtime::process::random_bytes::<16>()
+            .map_err(|_| NodeError::Unavailable("random source unavailable"))?;
+        let loaded = self.packs.current();
+        // No pack is no reason to refuse a subject its rights: the default deadline applies.
+        let pack = loaded.packs.get(jurisdiction);
+        let (deadline_at, deadline_basis) = match pack.and_then(|p| p.rights().deadline.map(|d| (p, d))) {
+            Some((pack, period)) => (period.after(now), format!("pack {}@{}: {period}", pack.id(), pack.version())),
+            None => (
+                DEFAULT_RIGHTS_DEADLINE.after(now),
+                format!("default: {DEFAULT_RIGHTS_DEADLINE} (the subject's pack sets no rights deadline)"),
+            ),
+        };
+        Ok(RightsRequestRecord {
+            request_id: RequestId::from_bytes(id).to_string(),
+            kind: kind.as_str().to_owned(),
+            received_at: now,
+            deadline_at,
+            status: RightsStatus::Completed.as_str().to_owned(),
+            deadline_basis,
+            completed_at: Some(now),
+        })
+    }
+
+    /// Everything the node keeps about a subject, for the subject. Exports are delivered in the
+    /// home region only: a gateway serves callers of every region (the access layer refuses
+    /// gateways already; this holds for every other entry too).
+    pub(crate) async fn export_subject(&self, key: &SubjectKey, caller: &Caller) -> Result<Export, NodeError> {
+        if !caller.in_region {
+            return Err(NodeError::PermissionDenied(
+                "exports are delivered in the home region: call this region's node as a service of the region",
+            ));
+        }
+        let (subject, meta) = self.resolve_meta(key)?;
+        let record = self.store.subject_record(&subject)?.ok_or(StoreError::NotFound)?;
+        let history = self.store.consent_history(&subject)?;
+        let now = now_unix();
+        // Bookkeeping first, so the document lists this request too.
+        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Access, now)?;
+        // Durable (and audited) before the document leaves.
+        self.settle_unkeyed(self.store.append_rights_request(&subject, &rights_request)).await?;
+        let interactions = self.store.interactions(&subject)?;
+        let rights_requests = self.store.rights_requests(&subject)?;
+        let document = serde_json::json!({
+            "schema": "domicile.export.v1",
+            "subject_ref": self.subject_ref(subject).to_string(),
+            "region": self.region.to_string(),
+            "jurisdiction": meta.jurisdiction.to_string(),
+            "created_at": meta.created_at,
+            "restricted": meta.restricted,
+            "identifiers": record.identifiers.iter().map(|i| serde_json::json!({"kind": i.kind().as_str(), "value": i.expose_value()})).collect::<Vec<_>>(),
+            "profile": record.profile,
+            "consent": history,
+            "interactions": interactions,
+            "rights_requests": rights_requests,
+            "generated_at": now,
+        });
+        let document =
+            serde_json::to_vec_pretty(&document).map_err(|_| NodeError::Internal("cannot encode the export"))?;
+        tracing::info!(region = %self.region, "subject exported");
+        Ok(Export { subject, document, generated_at: now, rights_request })
+    }
+
+    /// Erases a subject: audited with a PII-free proof (`store::Recorded::Erasure`); the links'
+    /// claims are queued with it and released once it is durable.
+    pub(crate) async fn erase_subject(
+        &self,
+        key: &SubjectKey,
+        tag: Option<&Idempotency>,
+    ) -> Result<(SubjectId, Erased), NodeError> {
+        // Before resolving: after the first erasure the subject is gone, its answer is not.
+        if let Some(done) = self.replayed::<(SubjectId, Erased)>(tag)? {
+            return Ok(done);
+        }
+        let (subject, meta) = self.resolve_meta(key)?;
+        let now = now_unix();
+        // Not stored with the subject (it is about to go): the audit log and the response keep it.
+        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Erasure, now)?;
+        let erased = match self.settle(self.store.erase(&subject, now, &rights_request, tag)).await? {
+            Settled::Applied(erased) => erased,
+            Settled::Replayed => return self.replayed_after_race(tag),
+        };
+        tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
+        Ok((subject, erased))
+    }
+
+    /// Sets or lifts the restriction of processing. Acknowledged only once durable: every later
+    /// decision reflects it.
+    pub(crate) async fn restrict_subject(
+        &self,
+        key: &SubjectKey,
+        restricted: bool,
+        tag: Option<&Idempotency>,
+    ) -> Result<Restriction, NodeError> {
+        if let Some(done) = self.replayed::<Restriction>(tag)? {
+            return Ok(done);
+        }
+        let (subject, meta) = self.resolve_meta(key)?;
+        let now = now_unix();
+        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Restriction, now)?;
+        let written = self.store.set_restricted(&subject, restricted, &rights_request, tag);
+        if let Settled::Replayed = self.settle(written).await? {
+            return self.replayed_after_race(tag);
+        }
+        tracing::info!(region = %self.region, restricted, "restriction changed");
+        Ok((subject, (restricted, rights_request)))
+    }
+
+    /// A subject's rights requests, oldest first.
+    pub(crate) fn rights_requests_of(
+        &self,
+        key: &SubjectKey,
+    ) -> Result<(SubjectId, Vec<RightsRequestRecord>), NodeError> {
+        let subject = self.resolve(key)?;
+        Ok((subject, self.store.rights_requests(&subject)?))
+    }
+}

@@ -1,0 +1,93 @@
+//! `Export`, `Erase`, `Restrict` and `ListRightsRequests` on the wire: requests into domain
+//! values, results into replies.
+
+use domicile_proto::convert;
+use domicile_proto::pb::common::v1 as common;
+use domicile_proto::pb::node::v1 as pb;
+use domicile_types::{Link, SubjectId};
+use tonic::Request;
+
+use super::Export;
+use crate::error::NodeError;
+use crate::service::NodeService;
+use crate::store::{Erased, RightsRequestRecord, Store};
+
+pub(in crate::service) async fn export<S: Store>(
+    node: &NodeService<S>,
+    request: Request<pb::ExportRequest>,
+) -> Result<pb::ExportResponse, NodeError> {
+    let caller = node.caller(&request, "")?;
+    let key = convert::subject_key("subject", request.get_ref().subject.as_ref())?;
+    let export = node.export_subject(&key, &caller).await?;
+    Ok(export_to_pb(node, export))
+}
+
+pub(in crate::service) async fn erase<S: Store>(
+    node: &NodeService<S>,
+    request: Request<pb::EraseRequest>,
+) -> Result<pb::EraseResponse, NodeError> {
+    let req = request.get_ref();
+    let key = convert::subject_key("subject", req.subject.as_ref())?;
+    let tag = node.idempotency("Erase", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
+    let (subject, erased) = node.erase_subject(&key, tag.as_ref()).await?;
+    Ok(erased_to_pb(node, subject, &erased))
+}
+
+pub(in crate::service) async fn restrict<S: Store>(
+    node: &NodeService<S>,
+    request: Request<pb::RestrictRequest>,
+) -> Result<pb::RestrictResponse, NodeError> {
+    let req = request.get_ref();
+    let key = convert::subject_key("subject", req.subject.as_ref())?;
+    let tag = node.idempotency("Restrict", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
+    let (subject, (restricted, rights_request)) = node.restrict_subject(&key, req.restricted, tag.as_ref()).await?;
+    Ok(pb::RestrictResponse {
+        subject_ref: node.subject_ref(subject).to_string(),
+        restricted,
+        rights_request: Some(rights_to_pb(&rights_request)),
+    })
+}
+
+pub(in crate::service) fn list_rights_requests<S: Store>(
+    node: &NodeService<S>,
+    request: pb::ListRightsRequestsRequest,
+) -> Result<pb::ListRightsRequestsResponse, NodeError> {
+    let key = convert::subject_key("subject", request.subject.as_ref())?;
+    let (subject, requests) = node.rights_requests_of(&key)?;
+    Ok(pb::ListRightsRequestsResponse {
+        subject_ref: node.subject_ref(subject).to_string(),
+        requests: requests.iter().map(rights_to_pb).collect(),
+    })
+}
+
+fn export_to_pb<S: Store>(node: &NodeService<S>, export: Export) -> pb::ExportResponse {
+    pb::ExportResponse {
+        subject_ref: node.subject_ref(export.subject).to_string(),
+        document: export.document,
+        generated_at: Some(convert::to_timestamp(export.generated_at)),
+        rights_request: Some(rights_to_pb(&export.rights_request)),
+    }
+}
+
+fn erased_to_pb<S: Store>(node: &NodeService<S>, subject: SubjectId, erased: &Erased) -> pb::EraseResponse {
+    pb::EraseResponse {
+        subject_ref: node.subject_ref(subject).to_string(),
+        links: erased.links.iter().map(Link::to_string).collect(),
+        consent_records_erased: erased.consent_records as u64,
+        erased_at: Some(convert::to_timestamp(erased.at)),
+        rights_request: Some(rights_to_pb(&erased.rights_request)),
+    }
+}
+
+/// A rights request as it leaves the node (with every reply that recorded one).
+pub(in crate::service) fn rights_to_pb(record: &RightsRequestRecord) -> common::RightsRequest {
+    common::RightsRequest {
+        request_id: record.request_id.clone(),
+        kind: record.kind.clone(),
+        received_at: Some(convert::to_timestamp(record.received_at)),
+        deadline_at: Some(convert::to_timestamp(record.deadline_at)),
+        status: record.status.clone(),
+        deadline_basis: record.deadline_basis.clone(),
+        completed_at: record.completed_at.map(convert::to_timestamp),
+    }
+}
