@@ -264,6 +264,9 @@ fn types(schema: &Value) -> (Vec<&str>, &Value) {
 }
 
 fn check_value(value: &Value, schema: &Value, key: &str, issues: &mut Vec<ConfigIssue>) {
+    if let Some(alternatives) = schema.get("oneOf").and_then(Value::as_array) {
+        return check_tagged(value, alternatives, key, issues);
+    }
     let mut push = |message: String| issues.push(ConfigIssue { key: key.to_owned(), message });
     let (kinds, schema) = types(schema);
     if value.is_null() && kinds.contains(&"null") {
@@ -321,6 +324,47 @@ fn check_value(value: &Value, schema: &Value, key: &str, issues: &mut Vec<Config
             }
             None => push(format!("expected a string, found {}", type_name(value))),
         },
+    }
+}
+
+/// A table whose shape depends on one of its keys (a serde enum tagged by, e.g., `kind`): each
+/// alternative fixes the tag with a `const`. The table is checked against the alternative its tag
+/// names, so a mistake is reported against the shape the author chose, not against all of them.
+fn check_tagged(value: &Value, alternatives: &[Value], key: &str, issues: &mut Vec<ConfigIssue>) {
+    let tag_of = |alternative: &Value| {
+        alternative.get("properties").and_then(Value::as_object).and_then(|properties| {
+            properties.iter().find_map(|(name, property)| {
+                property.get("const").and_then(Value::as_str).map(|value| (name.clone(), value.to_owned()))
+            })
+        })
+    };
+    let tags: Vec<(String, String)> = alternatives.iter().filter_map(tag_of).collect();
+    let Some(tag) = tags.first().map(|(name, _)| name.clone()) else {
+        issues.push(ConfigIssue { key: key.to_owned(), message: "the schema has no tag to choose by".to_owned() });
+        return;
+    };
+    let allowed: Vec<&str> = tags.iter().map(|(_, value)| value.as_str()).collect();
+    let Value::Object(map) = value else {
+        issues.push(ConfigIssue {
+            key: key.to_owned(),
+            message: format!("expected a table, found {}", type_name(value)),
+        });
+        return;
+    };
+    let chosen = map.get(&tag).and_then(scalar_text);
+    let alternative = chosen.as_deref().and_then(|chosen| {
+        alternatives.iter().find(|alternative| tag_of(alternative).is_some_and(|(_, value)| value == chosen))
+    });
+    match (alternative, map.contains_key(&tag)) {
+        (Some(alternative), _) => check_table(value, alternative, key, issues),
+        (None, false) => issues.push(ConfigIssue {
+            key: join(key, &tag),
+            message: format!("missing required key (one of: {})", allowed.join(", ")),
+        }),
+        (None, true) => issues.push(ConfigIssue {
+            key: join(key, &tag),
+            message: format!("unsupported value: expected one of {}", allowed.join(", ")),
+        }),
     }
 }
 
@@ -449,5 +493,54 @@ mod tests {
     #[test]
     fn syntax_error_is_one_issue() {
         assert_eq!(issues("version = ").len(), 1);
+    }
+
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(tag = "kind", rename_all = "lowercase")]
+    #[allow(dead_code, reason = "read only through its schema")]
+    enum Engine {
+        Embedded,
+        Server { url: String, pool_size: u32 },
+    }
+
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "read only through its schema")]
+    struct WithEngine {
+        engine: Engine,
+    }
+
+    fn engine_issues(text: &str) -> Vec<String> {
+        match parse::<WithEngine>("test.toml", text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.issues.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_tagged_table_is_checked_against_the_shape_its_tag_names() {
+        assert_eq!(engine_issues("[engine]\nkind = \"embedded\"\n"), Vec::<String>::new());
+        assert_eq!(engine_issues("[engine]\nkind = \"server\"\nurl = \"u\"\npool_size = 2\n"), Vec::<String>::new());
+        // The server shape's own mistakes, all of them, against its keys.
+        let found = engine_issues("[engine]\nkind = \"server\"\npool_size = \"many\"\nuri = \"u\"\n");
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().any(|i| i.starts_with("`engine.url`: missing required key")), "{found:?}");
+        assert!(
+            found.iter().any(|i| i.starts_with("`engine.pool_size`: expected a non-negative integer")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|i| i.starts_with("`engine.uri`: unknown key")), "{found:?}");
+        // An unknown or missing tag names the choices, and never echoes the value.
+        let found = engine_issues("[engine]\nkind = \"mysql-secret\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("`engine.kind`: unsupported value: expected one of embedded, server"),
+            "{found:?}"
+        );
+        assert!(!found[0].contains("mysql-secret"), "{found:?}");
+        let found = engine_issues("[engine]\nurl = \"u\"\n");
+        assert!(found[0].starts_with("`engine.kind`: missing required key (one of: embedded, server)"), "{found:?}");
+        let found = engine_issues("engine = 3\n");
+        assert!(found[0].starts_with("`engine`: expected a table"), "{found:?}");
     }
 }
