@@ -25,6 +25,7 @@ mod follow;
 mod identity;
 mod keys;
 mod records;
+mod store;
 mod unit;
 
 use std::path::PathBuf;

@@ -110,6 +110,28 @@ pub(super) fn record_replay<T: serde::Serialize>(
     Ok(())
 }
 
+/// Claims of `claims` in link order, at most `limit` after `after`.
+pub(super) fn read_claims(
+    claims: &sled::Tree,
+    after: Option<Link>,
+    limit: usize,
+) -> Result<Vec<(Link, Claim)>, StoreError> {
+    let range = match after {
+        Some(link) => {
+            claims.range::<&[u8], _>((std::ops::Bound::Excluded(&link.as_bytes()[..]), std::ops::Bound::Unbounded))
+        }
+        None => claims.iter(),
+    };
+    range
+        .take(limit)
+        .map(|item| {
+            let (key, value) = item.map_err(backend)?;
+            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("claim key".into()))?;
+            Ok((link, parse_claim(&value)?))
+        })
+        .collect()
+}
+
 impl SledStore {
     pub(super) fn grant_claims(
         &self,
@@ -161,14 +183,6 @@ impl SledStore {
             Some(value) => parse_claim(&value).map(Some),
             None => Ok(None),
         }
-    }
-
-    pub(super) fn read_claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send> {
-        Box::new(self.claims.iter().map(|item| {
-            let (key, value) = item.map_err(backend)?;
-            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("claim key".into()))?;
-            Ok((link, parse_claim(&value)?))
-        }))
     }
 
     pub(super) fn read_held(&self, link: &Link) -> Result<Option<u64>, StoreError> {

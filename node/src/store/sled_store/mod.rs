@@ -115,6 +115,40 @@ pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &
     }
 }
 
+/// `(link, subject)` pairs of `links` whose link starts with a byte in `first_bytes`, at most
+/// `limit` after `after`, in link order.
+fn read_links(
+    links: &sled::Tree,
+    first_bytes: std::ops::RangeInclusive<u8>,
+    after: Option<Link>,
+    limit: usize,
+) -> Result<Vec<(Link, SubjectId)>, StoreError> {
+    let (first, last) = first_bytes.into_inner();
+    if first > last {
+        return Ok(Vec::new());
+    }
+    // Keys are 16-byte links: [first] sorts before every link starting with `first`, and
+    // [last + 1] after every link starting with `last`.
+    let start = match after {
+        Some(link) => std::ops::Bound::Excluded(link.as_bytes().to_vec()),
+        None => std::ops::Bound::Included(vec![first]),
+    };
+    let end = match last.checked_add(1) {
+        Some(end) => std::ops::Bound::Excluded(vec![end]),
+        None => std::ops::Bound::Unbounded,
+    };
+    links
+        .range::<Vec<u8>, _>((start, end))
+        .take(limit)
+        .map(|item| {
+            let (key, value) = item.map_err(backend)?;
+            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("link key".into()))?;
+            let subject = SubjectId::from_slice(&value).map_err(|_| StoreError::Corrupt("link entry".into()))?;
+            Ok((link, subject))
+        })
+        .collect()
+}
+
 impl SledStore {
     /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit
     /// log (whose whole chain is verified first).
@@ -168,6 +202,21 @@ impl SledStore {
         let bytes = self.counters.get(LEDGER_POSITION).map_err(backend)?;
         let bytes = bytes.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok());
         bytes.map(u64::from_be_bytes).ok_or_else(|| StoreError::Corrupt("ledger counter".into()))
+    }
+
+    /// The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
+    /// directly (unknown members such as `links` are skipped, not built), from the read cache
+    /// when it holds it.
+    fn read_subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
+        let epoch = match self.cache.get(id, |c| c.meta.clone()) {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(epoch) => epoch,
+        };
+        let meta: Option<SubjectMeta> = self.meta_as(id)?;
+        if let Some(meta) = &meta {
+            self.cache.fill(id, epoch, |c| c.meta = Some(meta.clone()));
+        }
+        Ok(meta)
     }
 
     fn meta_entry(&self, id: &SubjectId) -> Result<Option<MetaEntry>, StoreError> {
@@ -244,7 +293,7 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn register(
+    async fn register(
         &self,
         jurisdiction: &Jurisdiction,
         identifiers: &[(NormalizedIdentifier, Link)],
@@ -256,20 +305,20 @@ impl Store for SledStore {
         self.register_subject(jurisdiction, identifiers, new_subject, now, claimed, idempotency)
     }
 
-    fn replay(&self, key: &[u8; 32]) -> Result<Option<Replay>, StoreError> {
+    async fn replay(&self, key: &[u8; 32]) -> Result<Option<Replay>, StoreError> {
         self.read_replay(key)
     }
 
-    fn purge_idempotency(&self, before: i64) -> Result<usize, StoreError> {
+    async fn purge_idempotency(&self, before: i64) -> Result<usize, StoreError> {
         self.purge_replays(before)
     }
 
-    fn next_generation(&self) -> Result<u64, StoreError> {
+    async fn next_generation(&self) -> Result<u64, StoreError> {
         // sled's ids grow across restarts too (recovery skips ahead of any id handed out).
         self.db.generate_id().map_err(backend)
     }
 
-    fn claim_links(
+    async fn claim_links(
         &self,
         region: &RegionId,
         generation: u64,
@@ -278,43 +327,45 @@ impl Store for SledStore {
         self.grant_claims(region, generation, links)
     }
 
-    fn release_links(&self, region: &RegionId, releases: &[Release]) -> Result<usize, StoreError> {
+    async fn release_links(&self, region: &RegionId, releases: &[Release]) -> Result<usize, StoreError> {
         self.give_up_claims(region, releases)
     }
 
-    fn claim(&self, link: &Link) -> Result<Option<Claim>, StoreError> {
+    async fn claim(&self, link: &Link) -> Result<Option<Claim>, StoreError> {
         self.read_claim(link)
     }
 
-    fn claims(&self) -> Box<dyn Iterator<Item = Result<(Link, Claim), StoreError>> + Send> {
-        self.read_claims()
+    async fn claims_page(&self, after: Option<Link>, limit: usize) -> Result<Vec<(Link, Claim)>, StoreError> {
+        // sled pages its trees in from disk as it iterates: off the async workers.
+        let claims = self.claims.clone();
+        tokio::task::spawn_blocking(move || claims::read_claims(&claims, after, limit)).await.map_err(backend)?
     }
 
-    fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError> {
+    async fn pending_releases(&self, limit: usize) -> Result<Vec<Release>, StoreError> {
         self.read_releases(limit)
     }
 
-    fn queue_releases(&self, releases: &[Release]) -> Result<(), StoreError> {
+    async fn queue_releases(&self, releases: &[Release]) -> Result<(), StoreError> {
         self.add_releases(releases)
     }
 
-    fn releases_done(&self, releases: &[Release]) -> Result<(), StoreError> {
+    async fn releases_done(&self, releases: &[Release]) -> Result<(), StoreError> {
         self.remove_releases(releases)
     }
 
-    fn pending_release_count(&self) -> Result<u64, StoreError> {
+    async fn pending_release_count(&self) -> Result<u64, StoreError> {
         Ok(self.releases.len() as u64)
     }
 
-    fn held_claim(&self, link: &Link) -> Result<Option<u64>, StoreError> {
+    async fn held_claim(&self, link: &Link) -> Result<Option<u64>, StoreError> {
         self.read_held(link)
     }
 
-    fn hold_claims(&self, claims: &[Release], announce: bool, now: i64) -> Result<Held, StoreError> {
+    async fn hold_claims(&self, claims: &[Release], announce: bool, now: i64) -> Result<Held, StoreError> {
         self.hold_granted(claims, announce, now)
     }
 
-    fn drop_links(
+    async fn drop_links(
         &self,
         subject: &SubjectId,
         remove: &[(NormalizedIdentifier, Link)],
@@ -324,29 +375,19 @@ impl Store for SledStore {
         self.drop_subject_links(subject, remove, kept_by, now)
     }
 
-    fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
+    async fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
         self.subject_by_link_raw(link)
     }
 
-    fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
-        // The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
-        // directly (unknown members such as `links` are skipped, not built).
-        let epoch = match self.cache.get(id, |c| c.meta.clone()) {
-            Ok(meta) => return Ok(Some(meta)),
-            Err(epoch) => epoch,
-        };
-        let meta: Option<SubjectMeta> = self.meta_as(id)?;
-        if let Some(meta) = &meta {
-            self.cache.fill(id, epoch, |c| c.meta = Some(meta.clone()));
-        }
-        Ok(meta)
+    async fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
+        self.read_subject_meta(id)
     }
 
-    fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
+    async fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
         self.subject_record_raw(id)
     }
 
-    fn current_consent(
+    async fn current_consent(
         &self,
         subject: &SubjectId,
         purpose: Purpose,
@@ -355,7 +396,7 @@ impl Store for SledStore {
         self.read_current_consent(subject, purpose, channel)
     }
 
-    fn decision_inputs(
+    async fn decision_inputs(
         &self,
         subject: &SubjectId,
         purpose: Purpose,
@@ -364,19 +405,26 @@ impl Store for SledStore {
         self.read_decision_inputs(subject, purpose, channel)
     }
 
-    fn consent_in_force(&self, subject: &SubjectId) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError> {
+    async fn consent_in_force(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError> {
         self.read_consent_in_force(subject)
     }
 
-    fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
+    async fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
         self.open_log(&self.consent, b"consent", subject)
     }
 
-    fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {
+    async fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {
         self.open_log(&self.interactions, b"interactions", subject)
     }
 
-    fn append_rights_request(&self, subject: &SubjectId, request: &RightsRequestRecord) -> Result<(), StoreError> {
+    async fn append_rights_request(
+        &self,
+        subject: &SubjectId,
+        request: &RightsRequestRecord,
+    ) -> Result<(), StoreError> {
         let key = self.key(subject)?;
         let _serial = self.serialise_writes(&[*subject]);
         let sequence = self.db.generate_id().map_err(backend)?;
@@ -396,46 +444,38 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
+    async fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
         self.open_log(&self.rights, b"rights", subject)
     }
 
-    fn links(
+    async fn links_page(
         &self,
         first_bytes: std::ops::RangeInclusive<u8>,
-    ) -> Box<dyn Iterator<Item = Result<(Link, SubjectId), StoreError>> + Send> {
-        let (first, last) = first_bytes.into_inner();
-        if first > last {
-            return Box::new(std::iter::empty());
-        }
-        // Keys are 16-byte links: [first] sorts before every link starting with `first`, and
-        // [last + 1] after every link starting with `last`.
-        let start = [first];
-        let range = match last.checked_add(1) {
-            Some(end) => self.links.range(start..[end]),
-            None => self.links.range(start..),
-        };
-        Box::new(range.map(|item| {
-            let (key, value) = item.map_err(backend)?;
-            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("link key".into()))?;
-            let subject = SubjectId::from_slice(&value).map_err(|_| StoreError::Corrupt("link entry".into()))?;
-            Ok((link, subject))
-        }))
+        after: Option<Link>,
+        limit: usize,
+    ) -> Result<Vec<(Link, SubjectId)>, StoreError> {
+        // sled pages its trees in from disk as it iterates: off the async workers (a gateway's
+        // cold start scans parts of the key space side by side, each on a blocking thread).
+        let links = self.links.clone();
+        tokio::task::spawn_blocking(move || read_links(&links, first_bytes, after, limit)).await.map_err(backend)?
     }
 
-    fn events_after(&self, after: Option<u64>) -> Box<dyn Iterator<Item = Result<ChangeEvent, StoreError>> + Send> {
+    async fn events_page(&self, after: Option<u64>, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {
         let range = match after {
             None => self.events.iter(),
-            Some(u64::MAX) => return Box::new(std::iter::empty()),
+            Some(u64::MAX) => return Ok(Vec::new()),
             Some(n) => self.events.range((n + 1).to_be_bytes()..),
         };
-        Box::new(range.map(|item| {
-            let (_, value) = item.map_err(backend)?;
-            decode(&value)
-        }))
+        range
+            .take(limit)
+            .map(|item| {
+                let (_, value) = item.map_err(backend)?;
+                decode(&value)
+            })
+            .collect()
     }
 
-    fn last_event(&self) -> Result<Option<u64>, StoreError> {
+    async fn last_event(&self) -> Result<Option<u64>, StoreError> {
         match self.events.last().map_err(backend)? {
             None => Ok(None),
             Some((k, _)) => {
@@ -445,16 +485,16 @@ impl Store for SledStore {
         }
     }
 
-    fn counts(&self) -> Result<(u64, u64), StoreError> {
+    async fn counts(&self) -> Result<(u64, u64), StoreError> {
         Ok((self.meta.len() as u64, self.links.len() as u64))
     }
 
-    fn audit(&self, event: AuditEvent, subject: &SubjectId, at: i64) -> Result<(), StoreError> {
+    async fn audit(&self, event: AuditEvent, subject: &SubjectId, at: i64) -> Result<(), StoreError> {
         let subject = domicile_types::SubjectRef { region: self.region.clone(), id: *subject };
         self.audit.append(event, Some(&subject), at).map(|_| ()).map_err(StoreError::Audit)
     }
 
-    fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
+    async fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
         self.audit.append_decisions(entries, at).map_err(StoreError::Audit)
     }
 
@@ -471,7 +511,7 @@ impl Store for SledStore {
         }
     }
 
-    fn append_consent(
+    async fn append_consent(
         &self,
         subject: &SubjectId,
         consent: NewConsent,
@@ -480,7 +520,7 @@ impl Store for SledStore {
         self.record_consent(subject, consent, idempotency)
     }
 
-    fn erase(
+    async fn erase(
         &self,
         subject: &SubjectId,
         now: i64,
@@ -490,7 +530,7 @@ impl Store for SledStore {
         self.erase_subject(subject, now, rights_request, idempotency)
     }
 
-    fn merge(
+    async fn merge(
         &self,
         into: &SubjectId,
         from: &SubjectId,
@@ -500,7 +540,7 @@ impl Store for SledStore {
         self.merge_subjects(into, from, now, idempotency)
     }
 
-    fn rectify(
+    async fn rectify(
         &self,
         subject: &SubjectId,
         change: &Rectification,
@@ -512,7 +552,7 @@ impl Store for SledStore {
         self.rectify_subject(subject, change, now, rights_request, claimed, idempotency)
     }
 
-    fn set_restricted(
+    async fn set_restricted(
         &self,
         subject: &SubjectId,
         restricted: bool,
@@ -522,7 +562,7 @@ impl Store for SledStore {
         self.restrict_subject(subject, restricted, rights_request, idempotency)
     }
 
-    fn append_interaction(
+    async fn append_interaction(
         &self,
         subject: &SubjectId,
         interaction: NewInteraction,

@@ -6,8 +6,8 @@ use sled::Transactional;
 use super::claims::{check_replay, record_replay};
 use super::{
     ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
-    RightsRequestRecord, SledStore, Store, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode,
-    flatten, open, or_abort, seal,
+    RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode, flatten,
+    open, or_abort, seal,
 };
 
 impl SledStore {
@@ -196,7 +196,7 @@ impl SledStore {
         if let Ok((meta, current)) = cached {
             return Ok(Some((meta, current)));
         }
-        let Some(meta) = Store::subject_meta(self, subject)? else { return Ok(None) };
+        let Some(meta) = self.read_subject_meta(subject)? else { return Ok(None) };
         Ok(Some((meta, self.read_current_consent(subject, purpose, channel)?)))
     }
 

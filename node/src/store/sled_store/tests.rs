@@ -36,11 +36,11 @@ fn consent(state: ConsentState, captured_at: i64) -> NewConsent {
     }
 }
 
-fn flush(store: &SledStore) {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(store.flush()).unwrap();
+async fn flush(store: &SledStore) {
+    store.flush().await.unwrap();
 }
 
-fn subject(store: &SledStore, email: &str) -> SubjectId {
+async fn subject(store: &SledStore, email: &str) -> SubjectId {
     let de = Jurisdiction::parse("DE").unwrap();
     let fresh = SubjectId::from_bytes(*b"0123456789abcdef");
     let fresh = SubjectId::from_bytes(fresh.as_bytes().map(|b| b ^ email.len() as u8));
@@ -53,12 +53,13 @@ fn subject(store: &SledStore, email: &str) -> SubjectId {
             &claim_all(&[ident(IdentifierKind::Email, email)]),
             None,
         )
+        .await
         .unwrap()
         .subject
 }
 
-#[test]
-fn link_ranges_partition_the_links_in_order() {
+#[tokio::test]
+async fn link_ranges_partition_the_links_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
@@ -75,27 +76,30 @@ fn link_ranges_partition_the_links_in_order() {
                 &claim_all(std::slice::from_ref(&id)),
                 None,
             )
+            .await
             .unwrap();
     }
-    let scan = |r: std::ops::RangeInclusive<u8>| store.links(r).map(|item| item.unwrap().0).collect::<Vec<_>>();
-    let all = scan(0..=255);
+    let scan = async |r: std::ops::RangeInclusive<u8>| {
+        store.links_page(r, None, usize::MAX).await.unwrap().into_iter().map(|(link, _)| link).collect::<Vec<_>>()
+    };
+    let all = scan(0..=255).await;
     assert_eq!(all.len(), 300);
     assert!(all.windows(2).all(|w| w[0] < w[1]), "in link order");
     // Parts split at a byte boundary together give every link exactly once.
     for split in [0u8, 1, 0x7f, 0x80, 0xfe] {
-        let (low, high) = (scan(0..=split), scan(split + 1..=255));
+        let (low, high) = (scan(0..=split).await, scan(split + 1..=255).await);
         assert!(low.iter().all(|l| l.as_bytes()[0] <= split));
         assert!(high.iter().all(|l| l.as_bytes()[0] > split));
         assert_eq!([low, high].concat(), all, "split after {split:#x}");
     }
-    assert_eq!(scan(0xff..=0xff), all.iter().copied().filter(|l| l.as_bytes()[0] == 0xff).collect::<Vec<_>>());
+    assert_eq!(scan(0xff..=0xff).await, all.iter().copied().filter(|l| l.as_bytes()[0] == 0xff).collect::<Vec<_>>());
     #[allow(clippy::reversed_empty_ranges, reason = "an empty range yields nothing")]
-    let empty = scan(9..=8);
+    let empty = scan(9..=8).await;
     assert!(empty.is_empty());
 }
 
-#[test]
-fn register_merges_known_identifiers_and_refuses_conflicts() {
+#[tokio::test]
+async fn register_merges_known_identifiers_and_refuses_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
@@ -110,6 +114,7 @@ fn register_merges_known_identifiers_and_refuses_conflicts() {
             &claim_all(std::slice::from_ref(&email)),
             None,
         )
+        .await
         .unwrap();
     assert!(first.created);
     let again = store
@@ -121,11 +126,12 @@ fn register_merges_known_identifiers_and_refuses_conflicts() {
             &claim_all(&[email.clone(), phone.clone()]),
             None,
         )
+        .await
         .unwrap();
     assert!(!again.created);
     assert_eq!(again.subject, first.subject);
-    assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(first.subject));
-    let record = store.subject_record(&first.subject).unwrap().unwrap();
+    assert_eq!(store.subject_by_link(&phone.1).await.unwrap(), Some(first.subject));
+    let record = store.subject_record(&first.subject).await.unwrap().unwrap();
     assert_eq!(record.identifiers.len(), 2);
 
     let other = ident(IdentifierKind::Email, "b@example.de");
@@ -138,96 +144,104 @@ fn register_merges_known_identifiers_and_refuses_conflicts() {
             &claim_all(std::slice::from_ref(&other)),
             None,
         )
+        .await
         .unwrap();
     assert!(matches!(
-        store.register(
-            &de,
-            &[email.clone(), other.clone()],
-            SubjectId::from_bytes([4; 16]),
-            0,
-            &claim_all(&[email.clone(), other]),
-            None
-        ),
+        store
+            .register(
+                &de,
+                &[email.clone(), other.clone()],
+                SubjectId::from_bytes([4; 16]),
+                0,
+                &claim_all(&[email.clone(), other]),
+                None
+            )
+            .await,
         Err(StoreError::Conflict)
     ));
     let fr = Jurisdiction::parse("FR").unwrap();
     assert!(matches!(
-        store.register(
-            &fr,
-            std::slice::from_ref(&email),
-            SubjectId::from_bytes([5; 16]),
-            0,
-            &claim_all(std::slice::from_ref(&email)),
-            None
-        ),
+        store
+            .register(
+                &fr,
+                std::slice::from_ref(&email),
+                SubjectId::from_bytes([5; 16]),
+                0,
+                &claim_all(std::slice::from_ref(&email)),
+                None
+            )
+            .await,
         Err(StoreError::JurisdictionMismatch)
     ));
 }
 
 /// Reads that the cache serves must change with every kind of write (invariant 4: a
 /// withdrawal, restriction, erasure or merge is seen by the very next decision).
-#[test]
-fn cached_decision_inputs_follow_every_write() {
+#[tokio::test]
+async fn cached_decision_inputs_follow_every_write() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let state = |s: &SubjectId| store.current_consent(s, Purpose::Marketing, Channel::Email).unwrap().map(|c| c.state);
-    let a = subject(&store, "ca@example.de");
+    let state = async |s: &SubjectId| {
+        store.current_consent(s, Purpose::Marketing, Channel::Email).await.unwrap().map(|c| c.state)
+    };
+    let a = subject(&store, "ca@example.de").await;
     // (The helper derives ids from the e-mail's length, hence the different lengths.)
     // Cached as "none", then as granted: each read twice so the second is served from memory.
-    assert_eq!(state(&a), None);
-    assert_eq!(state(&a), None);
-    store.append_consent(&a, consent(ConsentState::Granted, 100), None).unwrap();
-    assert_eq!(state(&a), Some(ConsentState::Granted));
-    assert_eq!(state(&a), Some(ConsentState::Granted));
+    assert_eq!(state(&a).await, None);
+    assert_eq!(state(&a).await, None);
+    store.append_consent(&a, consent(ConsentState::Granted, 100), None).await.unwrap();
+    assert_eq!(state(&a).await, Some(ConsentState::Granted));
+    assert_eq!(state(&a).await, Some(ConsentState::Granted));
     // The decision path reads both at once (one cache lookup): same answers.
-    let inputs = |s: &SubjectId| {
+    let inputs = async |s: &SubjectId| {
         store
             .decision_inputs(s, Purpose::Marketing, Channel::Email)
+            .await
             .unwrap()
             .map(|(meta, current)| (meta.restricted, current.map(|c| c.state)))
     };
-    assert_eq!(inputs(&a), Some((false, Some(ConsentState::Granted))));
-    store.append_consent(&a, consent(ConsentState::Withdrawn, 200), None).unwrap();
-    assert_eq!(state(&a), Some(ConsentState::Withdrawn));
-    assert_eq!(inputs(&a), Some((false, Some(ConsentState::Withdrawn))));
+    assert_eq!(inputs(&a).await, Some((false, Some(ConsentState::Granted))));
+    store.append_consent(&a, consent(ConsentState::Withdrawn, 200), None).await.unwrap();
+    assert_eq!(state(&a).await, Some(ConsentState::Withdrawn));
+    assert_eq!(inputs(&a).await, Some((false, Some(ConsentState::Withdrawn))));
 
-    assert!(!store.subject_meta(&a).unwrap().unwrap().restricted);
-    store.set_restricted(&a, true, &rights("restriction"), None).unwrap();
-    assert!(store.subject_meta(&a).unwrap().unwrap().restricted);
-    assert_eq!(inputs(&a), Some((true, Some(ConsentState::Withdrawn))));
+    assert!(!store.subject_meta(&a).await.unwrap().unwrap().restricted);
+    store.set_restricted(&a, true, &rights("restriction"), None).await.unwrap();
+    assert!(store.subject_meta(&a).await.unwrap().unwrap().restricted);
+    assert_eq!(inputs(&a).await, Some((true, Some(ConsentState::Withdrawn))));
 
     // Merge: `into` sees the merged records; `from` is gone.
-    let b = subject(&store, "cbb@example.de");
-    store.append_consent(&b, consent(ConsentState::Granted, 300), None).unwrap();
-    let c = subject(&store, "cccc@example.de");
-    assert_eq!(state(&c), None);
-    assert_eq!(state(&b), Some(ConsentState::Granted));
-    store.merge(&c, &b, 400, None).unwrap();
-    assert_eq!(state(&c), Some(ConsentState::Granted));
-    assert!(store.subject_meta(&b).unwrap().is_none());
-    assert_eq!(state(&b), None);
+    let b = subject(&store, "cbb@example.de").await;
+    store.append_consent(&b, consent(ConsentState::Granted, 300), None).await.unwrap();
+    let c = subject(&store, "cccc@example.de").await;
+    assert_eq!(state(&c).await, None);
+    assert_eq!(state(&b).await, Some(ConsentState::Granted));
+    store.merge(&c, &b, 400, None).await.unwrap();
+    assert_eq!(state(&c).await, Some(ConsentState::Granted));
+    assert!(store.subject_meta(&b).await.unwrap().is_none());
+    assert_eq!(state(&b).await, None);
 
     // Erasure: nothing decrypted survives in memory either.
-    store.erase(&c, 500, &rights("erasure"), None).unwrap();
-    assert!(store.subject_meta(&c).unwrap().is_none());
-    assert_eq!(inputs(&c), None);
-    assert_eq!(state(&c), None);
+    store.erase(&c, 500, &rights("erasure"), None).await.unwrap();
+    assert!(store.subject_meta(&c).await.unwrap().is_none());
+    assert_eq!(inputs(&c).await, None);
+    assert_eq!(state(&c).await, None);
     assert!(store.cache.shard(&c).subjects.get(&c).is_none());
 }
 
 /// A value read before a write must not be cached after that write's invalidation.
-#[test]
-fn a_read_racing_a_write_never_caches_the_old_value() {
+#[tokio::test]
+async fn a_read_racing_a_write_never_caches_the_old_value() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let s = subject(&store, "race@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 100), None).unwrap();
+    let s = subject(&store, "race@example.de").await;
+    store.append_consent(&s, consent(ConsentState::Granted, 100), None).await.unwrap();
     // A reader misses and notes the epoch, reads "granted" from sled …
     let epoch = store.cache.get(&s, |c| c.current.first().map(|(_, v)| v.clone())).unwrap_err();
     let stale = store.current.get(current_key(&s, Purpose::Marketing, Channel::Email)).unwrap();
     assert!(stale.is_some());
     // … a withdrawal commits and releases the write lock …
-    store.append_consent(&s, consent(ConsentState::Withdrawn, 200), None).unwrap();
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 200), None).await.unwrap();
     // … and the reader's late fill with the old value is dropped.
     let old = CurrentConsent {
         sequence: 1,
@@ -239,49 +253,49 @@ fn a_read_racing_a_write_never_caches_the_old_value() {
         counted_at_ms: None,
     };
     store.cache.fill(&s, epoch, |c| c.current.push(((Purpose::Marketing, Channel::Email), Some(old))));
-    let now = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    let now = store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap().unwrap();
     assert_eq!(now.state, ConsentState::Withdrawn);
 }
 
-#[test]
-fn older_grant_never_overrides_newer_withdrawal() {
+#[tokio::test]
+async fn older_grant_never_overrides_newer_withdrawal() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let s = subject(&store, "w@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 100), None).unwrap();
-    store.append_consent(&s, consent(ConsentState::Withdrawn, 200), None).unwrap();
+    let s = subject(&store, "w@example.de").await;
+    store.append_consent(&s, consent(ConsentState::Granted, 100), None).await.unwrap();
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 200), None).await.unwrap();
     // A grant captured earlier but recorded later (e.g. a delayed batch) must not win.
-    store.append_consent(&s, consent(ConsentState::Granted, 150), None).unwrap();
-    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 150), None).await.unwrap();
+    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap().unwrap();
     assert_eq!(current.state, ConsentState::Withdrawn);
     // Equal capture times: a withdrawal recorded after the grant wins; a grant recorded after the
     // withdrawal, captured in the second the withdrawal was recorded, is a re-grant
     // (policy-packs/README.md, "Order of consent records", rule 4).
-    store.append_consent(&s, consent(ConsentState::Granted, 300), None).unwrap();
-    store.append_consent(&s, consent(ConsentState::Withdrawn, 300), None).unwrap();
-    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 300), None).await.unwrap();
+    store.append_consent(&s, consent(ConsentState::Withdrawn, 300), None).await.unwrap();
+    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap().unwrap();
     assert_eq!(current.state, ConsentState::Withdrawn);
-    store.append_consent(&s, consent(ConsentState::Granted, 300), None).unwrap();
-    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap();
+    store.append_consent(&s, consent(ConsentState::Granted, 300), None).await.unwrap();
+    let current = store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap().unwrap();
     assert_eq!(current.state, ConsentState::Granted);
-    assert_eq!(store.consent_history(&s).unwrap().len(), 6, "the ledger keeps every record");
+    assert_eq!(store.consent_history(&s).await.unwrap().len(), 6, "the ledger keeps every record");
     assert_eq!(
-        store.consent_in_force(&s).unwrap(),
+        store.consent_in_force(&s).await.unwrap(),
         vec![(Purpose::Marketing, Channel::Email, current)],
         "what is in force, per cell, is what decisions read"
     );
-    assert!(store.current_consent(&s, Purpose::Marketing, Channel::Sms).unwrap().is_none());
+    assert!(store.current_consent(&s, Purpose::Marketing, Channel::Sms).await.unwrap().is_none());
 }
 
-#[test]
-fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
+#[tokio::test]
+async fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let email = "erase.me.probe@example.de";
-    let s = subject(&store, email);
-    let keep = subject(&store, "keep.me@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
-    flush(&store);
+    let s = subject(&store, email).await;
+    let keep = subject(&store, "keep.me@example.de").await;
+    store.append_consent(&s, consent(ConsentState::Granted, 1), None).await.unwrap();
+    flush(&store).await;
     let key = store.raw_key(&s).unwrap();
     let scan = |needle: &[u8]| {
         walk(dir.path()).into_iter().any(|p| std::fs::read(p).unwrap().windows(needle.len()).any(|w| w == needle))
@@ -289,52 +303,52 @@ fn personal_data_is_never_plaintext_and_erasure_destroys_the_key() {
     assert!(!scan(email.as_bytes()), "identifiers are encrypted at rest");
     assert!(scan(&key), "the key is on disk before erasure");
 
-    let erased = store.erase(&s, 2, &rights("erasure"), None).unwrap();
-    flush(&store);
+    let erased = store.erase(&s, 2, &rights("erasure"), None).await.unwrap();
+    flush(&store).await;
     assert_eq!(erased.links.len(), 1);
     assert!(!scan(&key), "no copy of the subject key survives anywhere in the data directory");
-    assert!(store.subject_record(&s).unwrap().is_none());
-    assert!(store.subject_meta(&s).unwrap().is_none());
-    assert!(matches!(store.consent_history(&s), Err(StoreError::NotFound)));
-    assert!(matches!(store.erase(&s, 3, &rights("erasure"), None), Err(StoreError::NotFound)));
-    assert!(store.subject_by_link(&erased.links[0]).unwrap().is_none());
-    assert!(store.subject_record(&keep).unwrap().is_some(), "other subjects are untouched");
-    let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    assert!(store.subject_record(&s).await.unwrap().is_none());
+    assert!(store.subject_meta(&s).await.unwrap().is_none());
+    assert!(matches!(store.consent_history(&s).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.erase(&s, 3, &rights("erasure"), None).await, Err(StoreError::NotFound)));
+    assert!(store.subject_by_link(&erased.links[0]).await.unwrap().is_none());
+    assert!(store.subject_record(&keep).await.unwrap().is_some(), "other subjects are untouched");
+    let events: Vec<_> = store.events_page(None, usize::MAX).await.unwrap();
     assert!(matches!(events.last().unwrap().change, Change::Erased));
 }
 
-#[test]
-fn events_are_ordered_and_resumable() {
+#[tokio::test]
+async fn events_are_ordered_and_resumable() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let s = subject(&store, "e@example.de");
-    store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
-    let (_, last) = store.append_consent(&s, consent(ConsentState::Withdrawn, 2), None).unwrap();
-    let everything: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    let s = subject(&store, "e@example.de").await;
+    store.append_consent(&s, consent(ConsentState::Granted, 1), None).await.unwrap();
+    let (_, last) = store.append_consent(&s, consent(ConsentState::Withdrawn, 2), None).await.unwrap();
+    let everything: Vec<_> = store.events_page(None, usize::MAX).await.unwrap();
     assert_eq!(everything.len(), 3, "registration and two consent changes");
     assert!(everything.windows(2).all(|w| w[0].sequence < w[1].sequence));
-    assert_eq!(store.last_event().unwrap(), Some(last));
-    let resumed: Vec<_> = store.events_after(Some(everything[0].sequence)).map(Result::unwrap).collect();
+    assert_eq!(store.last_event().await.unwrap(), Some(last));
+    let resumed: Vec<_> = store.events_page(Some(everything[0].sequence), usize::MAX).await.unwrap();
     assert_eq!(resumed, everything[1..]);
-    assert!(store.events_after(Some(last)).next().is_none());
+    assert!(store.events_page(Some(last), usize::MAX).await.unwrap().is_empty());
 }
 
-#[test]
-fn survives_reopen() {
+#[tokio::test]
+async fn survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let s;
     {
         let store = SledStore::open(dir.path(), &home()).unwrap();
-        s = subject(&store, "r@example.de");
-        store.append_consent(&s, consent(ConsentState::Granted, 1), None).unwrap();
-        flush(&store);
+        s = subject(&store, "r@example.de").await;
+        store.append_consent(&s, consent(ConsentState::Granted, 1), None).await.unwrap();
+        flush(&store).await;
     }
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    assert_eq!(store.consent_history(&s).unwrap().len(), 1);
-    assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers.len(), 1);
+    assert_eq!(store.consent_history(&s).await.unwrap().len(), 1);
+    assert_eq!(store.subject_record(&s).await.unwrap().unwrap().identifiers.len(), 1);
     // The decision path's lean read sees what the full entry holds, restriction included.
-    store.set_restricted(&s, true, &rights("restriction"), None).unwrap();
-    let meta = store.subject_meta(&s).unwrap().unwrap();
+    store.set_restricted(&s, true, &rights("restriction"), None).await.unwrap();
+    let meta = store.subject_meta(&s).await.unwrap().unwrap();
     assert!(meta.restricted);
     assert_eq!(Some(meta), store.meta_entry(&s).unwrap().map(|e| e.meta));
 }
@@ -368,68 +382,68 @@ fn rights(kind: &str) -> RightsRequestRecord {
     }
 }
 
-#[test]
-fn merge_moves_everything_and_never_lets_an_older_grant_win() {
+#[tokio::test]
+async fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let into = subject(&store, "into@example.de");
-    let from = subject(&store, "from.person@example.de");
+    let into = subject(&store, "into@example.de").await;
+    let from = subject(&store, "from.person@example.de").await;
     // Email: `into` withdrew at 200, `from` holds an older grant (100) → withdrawn.
-    store.append_consent(&into, consent(ConsentState::Withdrawn, 200), None).unwrap();
-    store.append_consent(&from, consent(ConsentState::Granted, 100), None).unwrap();
+    store.append_consent(&into, consent(ConsentState::Withdrawn, 200), None).await.unwrap();
+    store.append_consent(&from, consent(ConsentState::Granted, 100), None).await.unwrap();
     // SMS: `into` granted at 100, `from` withdrew later (300) → withdrawn.
-    store.append_consent(&into, consent_on(ConsentState::Granted, 100, Channel::Sms), None).unwrap();
-    store.append_consent(&from, consent_on(ConsentState::Withdrawn, 300, Channel::Sms), None).unwrap();
+    store.append_consent(&into, consent_on(ConsentState::Granted, 100, Channel::Sms), None).await.unwrap();
+    store.append_consent(&from, consent_on(ConsentState::Withdrawn, 300, Channel::Sms), None).await.unwrap();
     // Post: only `from` has a record → it carries over.
-    store.append_consent(&from, consent_on(ConsentState::Granted, 50, Channel::Post), None).unwrap();
-    store.append_interaction(&from, interaction("moved summary", 10), None).unwrap();
-    store.append_rights_request(&from, &rights("access")).unwrap();
+    store.append_consent(&from, consent_on(ConsentState::Granted, 50, Channel::Post), None).await.unwrap();
+    store.append_interaction(&from, interaction("moved summary", 10), None).await.unwrap();
+    store.append_rights_request(&from, &rights("access")).await.unwrap();
     let from_links = store.meta_entry(&from).unwrap().unwrap().links;
-    store.set_restricted(&from, true, &rights("restriction"), None).unwrap();
+    store.set_restricted(&from, true, &rights("restriction"), None).await.unwrap();
 
-    let merged = store.merge(&into, &from, 400, None).unwrap();
-    flush(&store);
+    let merged = store.merge(&into, &from, 400, None).await.unwrap();
+    flush(&store).await;
     assert_eq!(merged.links, from_links);
     assert_eq!((merged.consent_records, merged.interactions), (3, 1));
-    let state = |channel| store.current_consent(&into, Purpose::Marketing, channel).unwrap().unwrap().state;
-    assert_eq!(state(Channel::Email), ConsentState::Withdrawn, "an older grant never overrides a withdrawal");
-    assert_eq!(state(Channel::Sms), ConsentState::Withdrawn, "a later withdrawal of `from` wins");
-    assert_eq!(state(Channel::Post), ConsentState::Granted);
-    let history = store.consent_history(&into).unwrap();
+    let state = async |channel| store.current_consent(&into, Purpose::Marketing, channel).await.unwrap().unwrap().state;
+    assert_eq!(state(Channel::Email).await, ConsentState::Withdrawn, "an older grant never overrides a withdrawal");
+    assert_eq!(state(Channel::Sms).await, ConsentState::Withdrawn, "a later withdrawal of `from` wins");
+    assert_eq!(state(Channel::Post).await, ConsentState::Granted);
+    let history = store.consent_history(&into).await.unwrap();
     assert_eq!(history.len(), 5);
     assert!(history.windows(2).all(|w| w[0].sequence < w[1].sequence), "ledger stays in recording order");
-    assert_eq!(store.interactions(&into).unwrap()[0].summary, "moved summary");
+    assert_eq!(store.interactions(&into).await.unwrap()[0].summary, "moved summary");
     // The access request, and the restriction's (recorded with it).
-    assert_eq!(store.rights_requests(&into).unwrap().len(), 2);
-    let record = store.subject_record(&into).unwrap().unwrap();
+    assert_eq!(store.rights_requests(&into).await.unwrap().len(), 2);
+    let record = store.subject_record(&into).await.unwrap().unwrap();
     assert_eq!(record.identifiers.len(), 2);
-    assert_eq!(store.subject_by_link(&from_links[0]).unwrap(), Some(into));
-    assert!(store.subject_meta(&into).unwrap().unwrap().restricted, "a restriction of either half holds");
+    assert_eq!(store.subject_by_link(&from_links[0]).await.unwrap(), Some(into));
+    assert!(store.subject_meta(&into).await.unwrap().unwrap().restricted, "a restriction of either half holds");
     // `from` is gone, its key destroyed.
-    assert!(store.subject_meta(&from).unwrap().is_none());
+    assert!(store.subject_meta(&from).await.unwrap().is_none());
     assert!(store.raw_key(&from).is_none());
-    assert!(matches!(store.consent_history(&from), Err(StoreError::NotFound)));
+    assert!(matches!(store.consent_history(&from).await, Err(StoreError::NotFound)));
     assert!(store.current.scan_prefix(from.as_bytes()).next().is_none());
     assert!(store.interactions.scan_prefix(from.as_bytes()).next().is_none());
     // Events: ERASED for `from`'s links, then REGISTERED for `into` with the same links.
-    let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    let events: Vec<_> = store.events_page(None, usize::MAX).await.unwrap();
     let tail = &events[events.len() - 2..];
     assert_eq!((tail[0].subject, &tail[0].change, &tail[0].links), (from, &Change::Erased, &from_links));
     assert_eq!((tail[1].subject, &tail[1].change, &tail[1].links), (into, &Change::Registered, &from_links));
     assert_eq!(tail[1].sequence, merged.event);
-    assert!(matches!(store.merge(&into, &from, 401, None), Err(StoreError::NotFound)));
-    assert!(matches!(store.merge(&into, &into, 401, None), Err(StoreError::Conflict)));
+    assert!(matches!(store.merge(&into, &from, 401, None).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.merge(&into, &into, 401, None).await, Err(StoreError::Conflict)));
     // Survives a reopen: everything moved was flushed.
     drop(store);
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    assert_eq!(store.consent_history(&into).unwrap().len(), 5);
+    assert_eq!(store.consent_history(&into).await.unwrap().len(), 5);
 }
 
-#[test]
-fn merge_refuses_subjects_of_different_jurisdictions() {
+#[tokio::test]
+async fn merge_refuses_subjects_of_different_jurisdictions() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let de = subject(&store, "de@example.de");
+    let de = subject(&store, "de@example.de").await;
     let fr = Jurisdiction::parse("FR").unwrap();
     let other = store
         .register(
@@ -440,18 +454,19 @@ fn merge_refuses_subjects_of_different_jurisdictions() {
             &claim_all(&[ident(IdentifierKind::Email, "fr@example.fr")]),
             None,
         )
+        .await
         .unwrap()
         .subject;
-    assert!(matches!(store.merge(&de, &other, 1, None), Err(StoreError::MergeJurisdictionMismatch)));
-    assert!(store.subject_meta(&other).unwrap().is_some(), "nothing changed");
+    assert!(matches!(store.merge(&de, &other, 1, None).await, Err(StoreError::MergeJurisdictionMismatch)));
+    assert!(store.subject_meta(&other).await.unwrap().is_some(), "nothing changed");
 }
 
-#[test]
-fn rectify_relinks_identifiers_all_or_nothing() {
+#[tokio::test]
+async fn rectify_relinks_identifiers_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let s = subject(&store, "old@example.de");
-    let other = subject(&store, "someone.else@example.de");
+    let s = subject(&store, "old@example.de").await;
+    let other = subject(&store, "someone.else@example.de").await;
     let old = ident(IdentifierKind::Email, "old@example.de");
     let new = ident(IdentifierKind::Email, "new@example.de");
     let phone = ident(IdentifierKind::Phone, "+4915112345678");
@@ -461,15 +476,15 @@ fn rectify_relinks_identifiers_all_or_nothing() {
         set_profile: [("name".to_owned(), "Anna".to_owned())].into(),
         remove_profile: vec![],
     };
-    let rectified = store.rectify(&s, &change, 5, &rights("rectification"), &claims_for(&change), None).unwrap();
+    let rectified = store.rectify(&s, &change, 5, &rights("rectification"), &claims_for(&change), None).await.unwrap();
     assert_eq!(rectified.added, vec![new.1, phone.1]);
     assert_eq!(rectified.removed, vec![old.1]);
-    assert_eq!(store.subject_by_link(&old.1).unwrap(), None);
-    assert_eq!(store.subject_by_link(&new.1).unwrap(), Some(s));
-    let record = store.subject_record(&s).unwrap().unwrap();
+    assert_eq!(store.subject_by_link(&old.1).await.unwrap(), None);
+    assert_eq!(store.subject_by_link(&new.1).await.unwrap(), Some(s));
+    let record = store.subject_record(&s).await.unwrap().unwrap();
     assert_eq!(record.identifiers, vec![new.0.clone(), phone.0.clone()]);
     assert_eq!(record.profile.get("name").map(String::as_str), Some("Anna"));
-    let events: Vec<_> = store.events_after(None).map(Result::unwrap).collect();
+    let events: Vec<_> = store.events_page(None, usize::MAX).await.unwrap();
     let tail = &events[events.len() - 2..];
     assert_eq!((&tail[0].change, &tail[0].links), (&Change::LinksRemoved, &vec![old.1]));
     assert_eq!((&tail[1].change, &tail[1].links), (&Change::Registered, &vec![new.1, phone.1]));
@@ -478,43 +493,43 @@ fn rectify_relinks_identifiers_all_or_nothing() {
     let theirs = ident(IdentifierKind::Email, "someone.else@example.de");
     let refused = Rectification { add: vec![theirs.clone()], remove: vec![phone.clone()], ..Default::default() };
     assert!(matches!(
-        store.rectify(&s, &refused, 6, &rights("rectification"), &claims_for(&refused), None),
+        store.rectify(&s, &refused, 6, &rights("rectification"), &claims_for(&refused), None).await,
         Err(StoreError::Conflict)
     ));
     let not_held = Rectification { remove: vec![old.clone()], ..Default::default() };
     assert!(matches!(
-        store.rectify(&s, &not_held, 6, &rights("rectification"), &claims_for(&not_held), None),
+        store.rectify(&s, &not_held, 6, &rights("rectification"), &claims_for(&not_held), None).await,
         Err(StoreError::NotHeld)
     ));
-    assert_eq!(store.subject_by_link(&phone.1).unwrap(), Some(s));
-    assert_eq!(store.subject_by_link(&theirs.1).unwrap(), Some(other));
+    assert_eq!(store.subject_by_link(&phone.1).await.unwrap(), Some(s));
+    assert_eq!(store.subject_by_link(&theirs.1).await.unwrap(), Some(other));
 }
 
-#[test]
-fn interactions_and_rights_are_sealed_and_erased() {
+#[tokio::test]
+async fn interactions_and_rights_are_sealed_and_erased() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let s = subject(&store, "talk@example.de");
+    let s = subject(&store, "talk@example.de").await;
     let summary = "customer disputes invoice probe-7731";
-    let first = store.append_interaction(&s, interaction(summary, 10), None).unwrap();
-    let second = store.append_interaction(&s, interaction("later", 5), None).unwrap();
+    let first = store.append_interaction(&s, interaction(summary, 10), None).await.unwrap();
+    let second = store.append_interaction(&s, interaction("later", 5), None).await.unwrap();
     assert!(first.sequence < second.sequence);
-    store.append_rights_request(&s, &rights("rectification")).unwrap();
-    store.set_restricted(&s, true, &rights("restriction"), None).unwrap();
-    flush(&store);
-    assert!(store.subject_meta(&s).unwrap().unwrap().restricted);
-    let log = store.interactions(&s).unwrap();
+    store.append_rights_request(&s, &rights("rectification")).await.unwrap();
+    store.set_restricted(&s, true, &rights("restriction"), None).await.unwrap();
+    flush(&store).await;
+    assert!(store.subject_meta(&s).await.unwrap().unwrap().restricted);
+    let log = store.interactions(&s).await.unwrap();
     assert_eq!(log.iter().map(|i| i.summary.as_str()).collect::<Vec<_>>(), [summary, "later"]);
     let on_disk = walk(dir.path())
         .into_iter()
         .any(|p| std::fs::read(p).unwrap().windows(summary.len()).any(|w| w == summary.as_bytes()));
     assert!(!on_disk, "interaction summaries are encrypted at rest");
-    store.erase(&s, 20, &rights("erasure"), None).unwrap();
-    assert!(matches!(store.interactions(&s), Err(StoreError::NotFound)));
-    assert!(matches!(store.rights_requests(&s), Err(StoreError::NotFound)));
+    store.erase(&s, 20, &rights("erasure"), None).await.unwrap();
+    assert!(matches!(store.interactions(&s).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.rights_requests(&s).await, Err(StoreError::NotFound)));
     assert!(store.interactions.is_empty() && store.rights.is_empty());
-    assert!(matches!(store.append_interaction(&s, interaction("x", 1), None), Err(StoreError::NotFound)));
-    assert!(matches!(store.set_restricted(&s, false, &rights("restriction"), None), Err(StoreError::NotFound)));
+    assert!(matches!(store.append_interaction(&s, interaction("x", 1), None).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.set_restricted(&s, false, &rights("restriction"), None).await, Err(StoreError::NotFound)));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -534,75 +549,76 @@ fn link(n: u8) -> Link {
     Link::from_bytes([n; 16])
 }
 
-#[test]
-fn an_arbiter_grants_each_link_to_one_region_and_only_a_current_release_frees_it() {
+#[tokio::test]
+async fn an_arbiter_grants_each_link_to_one_region_and_only_a_current_release_frees_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let (eu, us) = (region("eu-central"), region("us-east"));
-    assert_eq!(store.claim_links(&eu, 5, &[link(1), link(2)]).unwrap(), vec![None, None]);
+    assert_eq!(store.claim_links(&eu, 5, &[link(1), link(2)]).await.unwrap(), vec![None, None]);
     // Another region is told who holds it; a claim of the holder again is granted.
-    assert_eq!(store.claim_links(&us, 9, &[link(1), link(3)]).unwrap(), vec![Some(eu.clone()), None]);
-    assert_eq!(store.claim_links(&eu, 7, &[link(1)]).unwrap(), vec![None]);
-    assert_eq!(store.claim(&link(1)).unwrap(), Some(Claim { region: eu.clone(), generation: 7 }));
+    assert_eq!(store.claim_links(&us, 9, &[link(1), link(3)]).await.unwrap(), vec![Some(eu.clone()), None]);
+    assert_eq!(store.claim_links(&eu, 7, &[link(1)]).await.unwrap(), vec![None]);
+    assert_eq!(store.claim(&link(1)).await.unwrap(), Some(Claim { region: eu.clone(), generation: 7 }));
     // A late claim of an older generation never lowers the generation.
-    assert_eq!(store.claim_links(&eu, 6, &[link(1)]).unwrap(), vec![None]);
-    assert_eq!(store.claim(&link(1)).unwrap().unwrap().generation, 7);
+    assert_eq!(store.claim_links(&eu, 6, &[link(1)]).await.unwrap(), vec![None]);
+    assert_eq!(store.claim(&link(1)).await.unwrap().unwrap().generation, 7);
     // A release from before the last claim is stale: it frees nothing (the write that claimed
     // at 7 may have made the link live). Another region cannot release it either.
-    assert_eq!(store.release_links(&eu, &[Release { link: link(1), generation: 5 }]).unwrap(), 0);
-    assert_eq!(store.release_links(&us, &[Release { link: link(1), generation: 99 }]).unwrap(), 0);
-    assert_eq!(store.release_links(&eu, &[Release { link: link(1), generation: 7 }]).unwrap(), 1);
-    assert_eq!(store.claim(&link(1)).unwrap(), None);
-    assert_eq!(store.claim_links(&us, 10, &[link(1)]).unwrap(), vec![None], "free again: anyone may claim");
+    assert_eq!(store.release_links(&eu, &[Release { link: link(1), generation: 5 }]).await.unwrap(), 0);
+    assert_eq!(store.release_links(&us, &[Release { link: link(1), generation: 99 }]).await.unwrap(), 0);
+    assert_eq!(store.release_links(&eu, &[Release { link: link(1), generation: 7 }]).await.unwrap(), 1);
+    assert_eq!(store.claim(&link(1)).await.unwrap(), None);
+    assert_eq!(store.claim_links(&us, 10, &[link(1)]).await.unwrap(), vec![None], "free again: anyone may claim");
     // Survives a reopen.
-    flush(&store);
+    flush(&store).await;
     drop(store);
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    assert_eq!(store.claim(&link(1)).unwrap(), Some(Claim { region: us, generation: 10 }));
-    assert!(store.next_generation().unwrap() > 0);
+    assert_eq!(store.claim(&link(1)).await.unwrap(), Some(Claim { region: us, generation: 10 }));
+    assert!(store.next_generation().await.unwrap() > 0);
 }
 
-#[test]
-fn a_link_becomes_live_only_with_a_claim_and_leaving_queues_its_release() {
+#[tokio::test]
+async fn a_link_becomes_live_only_with_a_claim_and_leaving_queues_its_release() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
     let email = ident(IdentifierKind::Email, "claimed@example.de");
     let phone = ident(IdentifierKind::Phone, "+4915112345678");
     // Without a claim for a free link the write is refused (and retried by the service).
-    let unclaimed = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0, &[], None);
+    let unclaimed =
+        store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0, &[], None).await;
     assert!(matches!(unclaimed, Err(StoreError::Retry)));
-    assert!(store.subject_by_link(&email.1).unwrap().is_none());
+    assert!(store.subject_by_link(&email.1).await.unwrap().is_none());
     let claim = Release { link: email.1, generation: 11 };
-    let s = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0, &[claim], None);
+    let s = store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([1; 16]), 0, &[claim], None).await;
     let s = s.unwrap().subject;
     // A link the subject holds already needs no claim.
-    store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([2; 16]), 0, &[], None).unwrap();
+    store.register(&de, std::slice::from_ref(&email), SubjectId::from_bytes([2; 16]), 0, &[], None).await.unwrap();
     // Rectification adds with a claim and removes by queueing the release of the removed one.
     let change = Rectification { add: vec![phone.clone()], remove: vec![email.clone()], ..Default::default() };
-    let refused = store.rectify(&s, &change, 1, &rights("rectification"), &[], None);
+    let refused = store.rectify(&s, &change, 1, &rights("rectification"), &[], None).await;
     assert!(matches!(refused, Err(StoreError::Retry)));
     let phone_claim = Release { link: phone.1, generation: 12 };
-    store.rectify(&s, &change, 1, &rights("rectification"), &[phone_claim], None).unwrap();
-    assert_eq!(store.pending_releases(10).unwrap(), vec![claim]);
-    store.releases_done(&[claim]).unwrap();
+    store.rectify(&s, &change, 1, &rights("rectification"), &[phone_claim], None).await.unwrap();
+    assert_eq!(store.pending_releases(10).await.unwrap(), vec![claim]);
+    store.releases_done(&[claim]).await.unwrap();
     // Erasure queues the rest.
-    store.erase(&s, 2, &rights("erasure"), None).unwrap();
-    assert_eq!(store.pending_releases(10).unwrap(), vec![phone_claim]);
-    assert_eq!(store.pending_release_count().unwrap(), 1);
+    store.erase(&s, 2, &rights("erasure"), None).await.unwrap();
+    assert_eq!(store.pending_releases(10).await.unwrap(), vec![phone_claim]);
+    assert_eq!(store.pending_release_count().await.unwrap(), 1);
 }
 
-#[test]
-fn a_write_repeated_with_its_idempotency_key_is_applied_once_and_sealed_with_its_subject() {
+#[tokio::test]
+async fn a_write_repeated_with_its_idempotency_key_is_applied_once_and_sealed_with_its_subject() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let s = subject(&store, "idem@example.de");
+    let s = subject(&store, "idem@example.de").await;
     let tag = Idempotency { key: [1; 32], fingerprint: [2; 32], at: 100 };
-    let (first, _) = store.append_consent(&s, consent(ConsentState::Withdrawn, 10), Some(&tag)).unwrap();
-    let again = store.append_consent(&s, consent(ConsentState::Withdrawn, 10), Some(&tag));
+    let (first, _) = store.append_consent(&s, consent(ConsentState::Withdrawn, 10), Some(&tag)).await.unwrap();
+    let again = store.append_consent(&s, consent(ConsentState::Withdrawn, 10), Some(&tag)).await;
     assert!(matches!(again, Err(StoreError::Replayed)));
-    assert_eq!(store.consent_history(&s).unwrap().len(), 1, "applied once");
-    let replay = store.replay(&tag.key).unwrap().unwrap();
+    assert_eq!(store.consent_history(&s).await.unwrap().len(), 1, "applied once");
+    let replay = store.replay(&tag.key).await.unwrap().unwrap();
     assert_eq!((replay.fingerprint, replay.at), (tag.fingerprint, 100));
     let (subject, (record, _)): (SubjectId, (ConsentRecord, u64)) =
         serde_json::from_slice(&replay.result.unwrap()).unwrap();
@@ -610,37 +626,37 @@ fn a_write_repeated_with_its_idempotency_key_is_applied_once_and_sealed_with_its
     // Sealed with the subject's key: after erasure the result is gone with it, the erasure's
     // own record (which names no data of the subject) stays readable.
     let erase_tag = Idempotency { key: [3; 32], fingerprint: [4; 32], at: 100 };
-    store.erase(&s, 20, &rights("erasure"), Some(&erase_tag)).unwrap();
-    assert_eq!(store.replay(&tag.key).unwrap().unwrap().result, None);
+    store.erase(&s, 20, &rights("erasure"), Some(&erase_tag)).await.unwrap();
+    assert_eq!(store.replay(&tag.key).await.unwrap().unwrap().result, None);
     let erased: (SubjectId, Erased) =
-        serde_json::from_slice(&store.replay(&erase_tag.key).unwrap().unwrap().result.unwrap()).unwrap();
+        serde_json::from_slice(&store.replay(&erase_tag.key).await.unwrap().unwrap().result.unwrap()).unwrap();
     assert!(erased.1.links.is_empty(), "a replayed erasure names no links");
-    assert_eq!(store.purge_idempotency(101).unwrap(), 2);
-    assert!(store.replay(&erase_tag.key).unwrap().is_none());
+    assert_eq!(store.purge_idempotency(101).await.unwrap(), 2);
+    assert!(store.replay(&erase_tag.key).await.unwrap().is_none());
 }
 
-#[test]
-fn ledger_positions_are_the_ledgers_own_and_survive_a_reopen() {
+#[tokio::test]
+async fn ledger_positions_are_the_ledgers_own_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let a = subject(&store, "one@example.de");
-    let b = subject(&store, "two@example.de");
-    let (first, _) = store.append_consent(&a, consent(ConsentState::Granted, 1), None).unwrap();
-    store.append_interaction(&a, interaction("between", 1), None).unwrap();
-    let (second, _) = store.append_consent(&b, consent(ConsentState::Granted, 1), None).unwrap();
+    let a = subject(&store, "one@example.de").await;
+    let b = subject(&store, "two@example.de").await;
+    let (first, _) = store.append_consent(&a, consent(ConsentState::Granted, 1), None).await.unwrap();
+    store.append_interaction(&a, interaction("between", 1), None).await.unwrap();
+    let (second, _) = store.append_consent(&b, consent(ConsentState::Granted, 1), None).await.unwrap();
     assert_eq!((first.sequence, second.sequence), (1, 2), "no gaps for events or interactions");
-    flush(&store);
+    flush(&store).await;
     drop(store);
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let (third, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).unwrap();
+    let (third, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).await.unwrap();
     assert_eq!(third.sequence, 3);
 }
 
-#[test]
-fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() {
+#[tokio::test]
+async fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let a = subject(&store, "legacy@example.de");
+    let a = subject(&store, "legacy@example.de").await;
     // As a store written before the ledger had its own counter: a record at position 40.
     let key = store.key(&a).unwrap();
     let record = ConsentRecord {
@@ -656,42 +672,46 @@ fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() {
     let k = consent_key(&a, 40);
     store.consent.insert(k, seal(&key, b"consent", &k, &record).unwrap()).unwrap();
     store.counters.remove(LEDGER_POSITION).unwrap();
-    flush(&store);
+    flush(&store).await;
     drop(store);
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let (next, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).unwrap();
+    let (next, _) = store.append_consent(&a, consent(ConsentState::Withdrawn, 2), None).await.unwrap();
     assert_eq!(next.sequence, 41);
-    let history = store.consent_history(&a).unwrap();
+    let history = store.consent_history(&a).await.unwrap();
     assert_eq!(history.iter().map(|r| r.sequence).collect::<Vec<_>>(), [40, 41], "recording order kept");
 }
 
-#[test]
-fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
+#[tokio::test]
+async fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
-    let s = subject(&store, "skew@example.de");
+    let s = subject(&store, "skew@example.de").await;
     let at = |state, captured_at: i64, recorded_at: i64| NewConsent {
         captured_at,
         recorded_at,
         counted_at_ms: super::super::counted_at_ms(state, captured_at * 1000, recorded_at * 1000),
         ..consent(state, 0)
     };
-    let current = || store.current_consent(&s, Purpose::Marketing, Channel::Email).unwrap().unwrap().state;
+    let current = async || store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap().unwrap().state;
     // Capture system 290 s ahead: the grant counts at its recording, 1000.
-    store.append_consent(&s, at(ConsentState::Granted, 1290, 1000), None).unwrap();
-    store.append_consent(&s, at(ConsentState::Withdrawn, 1005, 1005), None).unwrap();
-    assert_eq!(current(), ConsentState::Withdrawn, "clock ahead: the grant claims a capture after the withdrawal");
+    store.append_consent(&s, at(ConsentState::Granted, 1290, 1000), None).await.unwrap();
+    store.append_consent(&s, at(ConsentState::Withdrawn, 1005, 1005), None).await.unwrap();
+    assert_eq!(
+        current().await,
+        ConsentState::Withdrawn,
+        "clock ahead: the grant claims a capture after the withdrawal"
+    );
     // A later grant, correctly dated, revives consent.
-    store.append_consent(&s, at(ConsentState::Granted, 1100, 1100), None).unwrap();
-    assert_eq!(current(), ConsentState::Granted);
+    store.append_consent(&s, at(ConsentState::Granted, 1100, 1100), None).await.unwrap();
+    assert_eq!(current().await, ConsentState::Granted);
     // Capture system 290 s behind, withdrawing: within the skew window it counts as recorded.
-    store.append_consent(&s, at(ConsentState::Withdrawn, 1200 - 290, 1200), None).unwrap();
-    assert_eq!(current(), ConsentState::Withdrawn, "clock behind: an acknowledged withdrawal still wins");
+    store.append_consent(&s, at(ConsentState::Withdrawn, 1200 - 290, 1200), None).await.unwrap();
+    assert_eq!(current().await, ConsentState::Withdrawn, "clock behind: an acknowledged withdrawal still wins");
     // A withdrawal entered long after it was given (a paper form) counts at its capture time:
     // a grant given since stays in force.
-    store.append_consent(&s, at(ConsentState::Granted, 1300, 1300), None).unwrap();
-    store.append_consent(&s, at(ConsentState::Withdrawn, 500, 2000), None).unwrap();
-    assert_eq!(current(), ConsentState::Granted);
+    store.append_consent(&s, at(ConsentState::Granted, 1300, 1300), None).await.unwrap();
+    store.append_consent(&s, at(ConsentState::Withdrawn, 500, 2000), None).await.unwrap();
+    assert_eq!(current().await, ConsentState::Granted);
     // Within one millisecond of each other a withdrawal wins; a grant a moment later re-grants.
     let ms = |state, captured_ms: i64, recorded_ms: i64| NewConsent {
         captured_at: captured_ms / 1000,
@@ -699,59 +719,62 @@ fn a_future_dated_grant_never_outranks_a_withdrawal_recorded_after_it() {
         counted_at_ms: super::super::counted_at_ms(state, captured_ms, recorded_ms),
         ..consent(state, 0)
     };
-    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_000_100, 3_000_100), None).unwrap();
-    store.append_consent(&s, ms(ConsentState::Granted, 3_000_350, 3_000_351), None).unwrap();
-    assert_eq!(current(), ConsentState::Granted, "a grant a moment after the withdrawal");
+    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_000_100, 3_000_100), None).await.unwrap();
+    store.append_consent(&s, ms(ConsentState::Granted, 3_000_350, 3_000_351), None).await.unwrap();
+    assert_eq!(current().await, ConsentState::Granted, "a grant a moment after the withdrawal");
     // A capture system stamping whole seconds: a re-grant captured "at 3,001 s", recorded just
     // after a withdrawal recorded at 3,001.200 s, is a re-grant.
-    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_001_200, 3_001_200), None).unwrap();
-    store.append_consent(&s, ms(ConsentState::Granted, 3_001_000, 3_001_400), None).unwrap();
-    assert_eq!(current(), ConsentState::Granted, "a re-grant stamped with the withdrawal's second");
+    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_001_200, 3_001_200), None).await.unwrap();
+    store.append_consent(&s, ms(ConsentState::Granted, 3_001_000, 3_001_400), None).await.unwrap();
+    assert_eq!(current().await, ConsentState::Granted, "a re-grant stamped with the withdrawal's second");
     // One captured in an earlier second (a replay) does not revive consent.
-    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_002_500, 3_002_500), None).unwrap();
-    store.append_consent(&s, ms(ConsentState::Granted, 3_001_900, 3_002_700), None).unwrap();
-    assert_eq!(current(), ConsentState::Withdrawn, "a replayed grant from the second before");
+    store.append_consent(&s, ms(ConsentState::Withdrawn, 3_002_500, 3_002_500), None).await.unwrap();
+    store.append_consent(&s, ms(ConsentState::Granted, 3_001_900, 3_002_700), None).await.unwrap();
+    assert_eq!(current().await, ConsentState::Withdrawn, "a replayed grant from the second before");
 }
 
-#[test]
-fn reasserted_claims_are_recorded_and_announced_and_dropped_links_leave_as_removals_do() {
+#[tokio::test]
+async fn reasserted_claims_are_recorded_and_announced_and_dropped_links_leave_as_removals_do() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
     let email = ident(IdentifierKind::Email, "twice@example.de");
     let phone = ident(IdentifierKind::Phone, "+4915112345678");
     let both = [email.clone(), phone.clone()];
-    let s = store.register(&de, &both, SubjectId::from_bytes([3; 16]), 0, &claim_all(&both), None).unwrap().subject;
+    let s =
+        store.register(&de, &both, SubjectId::from_bytes([3; 16]), 0, &claim_all(&both), None).await.unwrap().subject;
     // Data stored before claims existed has no `held` entry.
     store.held.remove(email.1.as_bytes()).unwrap();
-    assert_eq!(store.held_claim(&email.1).unwrap(), None);
-    assert_eq!(store.held_claim(&phone.1).unwrap(), Some(1));
+    assert_eq!(store.held_claim(&email.1).await.unwrap(), None);
+    assert_eq!(store.held_claim(&phone.1).await.unwrap(), Some(1));
 
     // A granted claim is recorded for a link held here; one for a link gone meanwhile is
     // queued for release; the held links are announced to followers again.
     let gone = Release { link: link(77), generation: 6 };
-    let held = store.hold_claims(&[Release { link: email.1, generation: 5 }, gone], true, 3).unwrap();
+    let held = store.hold_claims(&[Release { link: email.1, generation: 5 }, gone], true, 3).await.unwrap();
     assert_eq!((held.held, held.gone, held.announced), (vec![email.1], vec![gone], 1));
-    assert_eq!(store.held_claim(&email.1).unwrap(), Some(5));
-    assert_eq!(store.pending_releases(10).unwrap(), vec![gone]);
-    let last = store.events_after(None).last().unwrap().unwrap();
+    assert_eq!(store.held_claim(&email.1).await.unwrap(), Some(5));
+    assert_eq!(store.pending_releases(10).await.unwrap(), vec![gone]);
+    let last = store.events_page(None, usize::MAX).await.unwrap().last().cloned().unwrap();
     assert_eq!(
         (last.sequence, last.subject, last.links, last.change),
         (held.event.unwrap(), s, vec![email.1], Change::Registered)
     );
-    store.releases_done(&[gone]).unwrap();
+    store.releases_done(&[gone]).await.unwrap();
 
     // Dropping a link another region keeps: gone from the subject as a removal would, its claim
     // queued for release, no rights request recorded (the person asked for nothing).
-    let dropped = store.drop_links(&s, std::slice::from_ref(&email), &RegionId::parse("us-east").unwrap(), 4).unwrap();
+    let dropped =
+        store.drop_links(&s, std::slice::from_ref(&email), &RegionId::parse("us-east").unwrap(), 4).await.unwrap();
     assert_eq!((dropped.removed.clone(), dropped.left), (vec![email.1], 1));
-    assert_eq!(store.subject_by_link(&email.1).unwrap(), None);
-    assert_eq!(store.subject_record(&s).unwrap().unwrap().identifiers, vec![phone.0.clone()]);
-    assert_eq!(store.pending_releases(10).unwrap(), vec![Release { link: email.1, generation: 5 }]);
-    let last = store.events_after(None).last().unwrap().unwrap();
+    assert_eq!(store.subject_by_link(&email.1).await.unwrap(), None);
+    assert_eq!(store.subject_record(&s).await.unwrap().unwrap().identifiers, vec![phone.0.clone()]);
+    assert_eq!(store.pending_releases(10).await.unwrap(), vec![Release { link: email.1, generation: 5 }]);
+    let last = store.events_page(None, usize::MAX).await.unwrap().last().cloned().unwrap();
     assert_eq!((last.sequence, last.links, last.change), (dropped.event.unwrap(), vec![email.1], Change::LinksRemoved));
-    assert!(store.rights_requests(&s).unwrap().is_empty());
+    assert!(store.rights_requests(&s).await.unwrap().is_empty());
     // Again: nothing left to drop.
-    let again = store.drop_links(&s, std::slice::from_ref(&email), &RegionId::parse("us-east").unwrap(), 5).unwrap();
+    let again =
+        store.drop_links(&s, std::slice::from_ref(&email), &RegionId::parse("us-east").unwrap(), 5).await.unwrap();
     assert_eq!((again.removed, again.left, again.event), (Vec::new(), 1, None));
 }

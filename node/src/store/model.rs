@@ -1,0 +1,336 @@
+//! The values a store keeps and returns: subjects, consent records, interactions, rights
+//! bookkeeping, claims. Plain data, shared by every engine (sled, PostgreSQL) and the service.
+
+use std::collections::BTreeMap;
+
+use domicile_types::{Channel, ConsentState, Jurisdiction, Link, NormalizedIdentifier, Purpose, RegionId, SubjectId};
+
+/// What a node keeps about a subject outside the encrypted record: enough to route and decide,
+/// nothing that identifies the person.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubjectMeta {
+    /// As recorded: a subdivision stored before codes were checked (or since withdrawn from
+    /// ISO 3166-2) stays readable, and its decisions fall back to the country's pack, saying so.
+    #[serde(deserialize_with = "Jurisdiction::deserialize_recorded")]
+    pub jurisdiction: Jurisdiction,
+    pub created_at: i64,
+    /// Processing restricted (GDPR Art. 18): decisions deny until lifted.
+    #[serde(default)]
+    pub restricted: bool,
+}
+
+/// The subject's personal data. Stored only encrypted with the subject's key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubjectRecord {
+    pub identifiers: Vec<NormalizedIdentifier>,
+    /// Free-form profile fields (name, language, …), personal data.
+    #[serde(default)]
+    pub profile: BTreeMap<String, String>,
+}
+
+/// How a consent was captured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Evidence {
+    pub notice_version: String,
+    pub capture_channel: Option<Channel>,
+    pub source_system: String,
+    pub double_opt_in_confirmed: bool,
+}
+
+/// One entry of the append-only consent ledger.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentRecord {
+    pub sequence: u64,
+    pub purpose: Purpose,
+    pub channels: Vec<Channel>,
+    pub state: ConsentState,
+    pub captured_at: i64,
+    pub recorded_at: i64,
+    pub expires_at: Option<i64>,
+    pub evidence: Evidence,
+}
+
+/// The record currently in force for one purpose × channel, kept beside the ledger so a decision
+/// costs one point read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CurrentConsent {
+    pub sequence: u64,
+    pub state: ConsentState,
+    pub captured_at: i64,
+    pub expires_at: Option<i64>,
+    pub double_opt_in_confirmed: bool,
+    /// When the node recorded it; absent in records stored before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<i64>,
+    /// The time the record counts at when ordered ([`counted_at_ms`]), in milliseconds; absent in
+    /// records stored before it was kept (their capture time then counts as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at_ms: Option<i64>,
+}
+
+/// How far a capture time may lie from the time a node records it, either way, before it is
+/// refused (ahead) or trusted as an order (behind). Clocks of capture systems drift; within this
+/// window the order of two records cannot be told from their capture times.
+pub const CLOCK_SKEW_SECS: i64 = 300;
+
+/// The time a record counts at when records are ordered, in milliseconds (policy-packs/README.md,
+/// "Order of consent records"):
+/// - a capture cannot have happened after the node recorded it, so a capture time ahead of the
+///   recording counts as the recording time (a future-dated grant cannot outrank a withdrawal
+///   recorded before it);
+/// - a withdrawal or denial captured within [`CLOCK_SKEW_SECS`] before its recording counts as
+///   recorded: its capture time may be skewed, and an acknowledged withdrawal must beat every
+///   grant recorded before it (invariant 4);
+/// - otherwise (a grant, or a restriction captured long before it was entered) the capture time.
+pub fn counted_at_ms(state: ConsentState, captured_at_ms: i64, recorded_at_ms: i64) -> i64 {
+    let restrictive = !matches!(state, ConsentState::Granted);
+    if restrictive && captured_at_ms >= recorded_at_ms.saturating_sub(CLOCK_SKEW_SECS * 1000) {
+        recorded_at_ms
+    } else {
+        captured_at_ms.min(recorded_at_ms)
+    }
+}
+
+impl CurrentConsent {
+    /// The time this record counts at when ordered against another ([`counted_at_ms`]).
+    pub fn counted_at_ms(&self) -> i64 {
+        self.counted_at_ms.unwrap_or_else(|| self.captured_at.saturating_mul(1000))
+    }
+
+    /// Whether `self` (a newly appended record) replaces `existing` as the one in force.
+    /// The later counted time wins ([`counted_at_ms`]), whatever order records arrive in, so an
+    /// old grant replayed after a withdrawal never revives consent, nor does a grant dated in the
+    /// future. At equal times the more restrictive wins, then the later recorded.
+    ///
+    /// One exception, for capture systems that stamp whole seconds (or run a little slow): a grant
+    /// recorded after a withdrawal or denial, and captured in the same second that restriction was
+    /// recorded or later, is a re-grant and wins, though its capture time in milliseconds may lie
+    /// just before the restriction's recording. A grant captured in an earlier second (a replay,
+    /// a clock further behind) still loses.
+    pub fn supersedes(&self, existing: &CurrentConsent) -> bool {
+        let restrictiveness = |s: ConsentState| match s {
+            ConsentState::Granted => 0,
+            ConsentState::Denied | ConsentState::Withdrawn => 1,
+        };
+        let regrant = self.state == ConsentState::Granted
+            && existing.state != ConsentState::Granted
+            && self.sequence > existing.sequence
+            && existing.recorded_at.is_some_and(|recorded| self.captured_at >= recorded);
+        regrant
+            || (self.counted_at_ms(), restrictiveness(self.state), self.sequence)
+                > (existing.counted_at_ms(), restrictiveness(existing.state), existing.sequence)
+    }
+}
+
+/// Outcome of a registration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Registered {
+    pub subject: SubjectId,
+    pub links: Vec<Link>,
+    pub created: bool,
+    /// Sequence of the change event, if new links were added.
+    pub event: Option<u64>,
+}
+
+/// A new consent record before the store assigns its sequence number.
+#[derive(Debug, Clone)]
+pub struct NewConsent {
+    pub purpose: Purpose,
+    pub channels: Vec<Channel>,
+    pub state: ConsentState,
+    pub captured_at: i64,
+    pub recorded_at: i64,
+    /// The time the record counts at when ordered ([`counted_at_ms`]).
+    pub counted_at_ms: i64,
+    pub expires_at: Option<i64>,
+    pub evidence: Evidence,
+}
+
+/// What erasure removed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Erased {
+    /// Empty in a replayed result: nothing of the subject is kept, its links neither.
+    pub links: Vec<Link>,
+    pub consent_records: usize,
+    pub event: u64,
+    pub at: i64,
+    pub rights_request: RightsRequestRecord,
+}
+
+/// What a channel interaction was. A closed vocabulary, so context stays comparable across
+/// channel systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionKind {
+    Message,
+    Call,
+    Email,
+    Visit,
+    SurveyResponse,
+    Purchase,
+    Complaint,
+}
+
+impl InteractionKind {
+    pub const ALL: &'static [InteractionKind] = &[
+        InteractionKind::Message,
+        InteractionKind::Call,
+        InteractionKind::Email,
+        InteractionKind::Visit,
+        InteractionKind::SurveyResponse,
+        InteractionKind::Purchase,
+        InteractionKind::Complaint,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InteractionKind::Message => "message",
+            InteractionKind::Call => "call",
+            InteractionKind::Email => "email",
+            InteractionKind::Visit => "visit",
+            InteractionKind::SurveyResponse => "survey_response",
+            InteractionKind::Purchase => "purchase",
+            InteractionKind::Complaint => "complaint",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == text)
+    }
+}
+
+/// A channel interaction before the store assigns its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInteraction {
+    pub channel: Channel,
+    pub occurred_at: i64,
+    pub recorded_at: i64,
+    pub kind: InteractionKind,
+    pub intent: String,
+    /// Personal data.
+    pub summary: String,
+    pub reference: String,
+    pub open: bool,
+}
+
+/// One entry of a subject's interaction log. Stored only sealed with the subject's key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Interaction {
+    pub sequence: u64,
+    pub channel: Channel,
+    pub occurred_at: i64,
+    pub recorded_at: i64,
+    pub kind: InteractionKind,
+    pub intent: String,
+    pub summary: String,
+    pub reference: String,
+    pub open: bool,
+}
+
+/// The bookkeeping of one rights request (export, rectification, restriction). Vocabulary values
+/// as text so the stored format does not depend on the audit module's enums.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RightsRequestRecord {
+    pub request_id: String,
+    pub kind: String,
+    pub received_at: i64,
+    pub deadline_at: i64,
+    pub status: String,
+    pub deadline_basis: String,
+    pub completed_at: Option<i64>,
+}
+
+/// What a merge moved.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Merged {
+    /// The subject merged into the other and gone.
+    pub from: SubjectId,
+    /// Links that named `from` and now name `into`.
+    pub links: Vec<Link>,
+    pub consent_records: usize,
+    pub interactions: usize,
+    /// Sequence of the last change event (the REGISTERED one for `into`).
+    pub event: u64,
+}
+
+/// A rectification of identifiers and profile fields.
+#[derive(Debug, Clone, Default)]
+pub struct Rectification {
+    pub add: Vec<(NormalizedIdentifier, Link)>,
+    pub remove: Vec<(NormalizedIdentifier, Link)>,
+    pub set_profile: BTreeMap<String, String>,
+    pub remove_profile: Vec<String>,
+}
+
+/// What a rectification changed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Rectified {
+    pub added: Vec<Link>,
+    pub removed: Vec<Link>,
+    /// Sequence of the last change event, if links changed.
+    pub event: Option<u64>,
+    pub rights_request: RightsRequestRecord,
+}
+
+/// A write's idempotency: the key it was sent with and the fingerprint of the request (keyed
+/// hashes the service computes, so neither reveals the request), kept with the write's result in
+/// the same transaction, so a repeated request is applied once (issue: unknown outcomes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: [u8; 32],
+    pub fingerprint: [u8; 32],
+    pub at: i64,
+}
+
+/// What an earlier write with the same idempotency key left. Its result is the pair of the
+/// write's subject and what the store method returned (for a restriction: the flag and the
+/// rights request; for an erasure: [`Erased`] without its links).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    pub fingerprint: [u8; 32],
+    pub at: i64,
+    /// The write's result as the store returned it (encoded), or `None` when it can no longer be
+    /// read: it was sealed with the key of a subject erased since.
+    pub result: Option<Vec<u8>>,
+}
+
+/// A region's claim on a link, as the link's arbiter keeps it (ARCHITECTURE.md, "Identifier
+/// ownership").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub region: RegionId,
+    /// The highest fencing generation the region claimed it with.
+    pub generation: u64,
+}
+
+/// A link this region claimed and must give up at its arbiter (a link removed by erasure or
+/// rectification, or claimed for a write that did not complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Release {
+    pub link: Link,
+    pub generation: u64,
+}
+
+/// What [`Store::hold_claims`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Links this region holds whose claims are now recorded.
+    pub held: Vec<Link>,
+    /// Claims on links no subject of this region holds any more (removed since they were
+    /// claimed): queued for release instead.
+    pub gone: Vec<Release>,
+    /// Change events emitted to announce the held links (one per subject) and the last one's
+    /// sequence.
+    pub announced: usize,
+    pub event: Option<u64>,
+}
+
+/// What [`Store::drop_links`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub removed: Vec<Link>,
+    /// Links the subject still holds.
+    pub left: usize,
+    /// Sequence of the LINKS_REMOVED change event, if links were removed.
+    pub event: Option<u64>,
+}
