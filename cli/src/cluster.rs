@@ -802,6 +802,7 @@ impl LocalCluster {
             region: region.clone(),
             listen: self.addresses.node(region).with_context(|| format!("no address for the node of {region}"))?,
             data_dir: self.node_data_dir(region),
+            store: Default::default(),
             packs_dir: packs_dir.to_owned(),
             link_key_file: link_key_file.to_owned(),
             tls: pki.node(region)?,

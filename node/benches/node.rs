@@ -55,7 +55,7 @@ async fn fixture(n: usize) -> Fixture {
         raw[8..].copy_from_slice(&[0x5a; 8]);
         // The region is the only one, so it arbitrates its own links: granted as claimed.
         let claim = [domicile_node::store::Release { link, generation: 1 }];
-        let registered = store.register(&de, &[(id, link)], SubjectId::from_bytes(raw), 0, &claim, None).unwrap();
+        let registered = store.register(&de, &[(id, link)], SubjectId::from_bytes(raw), 0, &claim, None).await.unwrap();
         subjects.push(format!("eu-central/{}", registered.subject));
         if n >= 100_000 && i % 100_000 == 0 && i > 0 {
             eprintln!("  loaded {i} subjects ({:.0}/s)", i as f64 / started.elapsed().as_secs_f64());
@@ -64,7 +64,7 @@ async fn fixture(n: usize) -> Fixture {
     store.flush().await.unwrap();
     let ownership =
         Arc::new(domicile_node::ownership::Ownership::single_region(region.clone(), Arc::clone(&store)).unwrap());
-    let service = Arc::new(NodeService::new(region, Arc::clone(&store), packs(), key, ownership).unwrap());
+    let service = Arc::new(NodeService::new(region, Arc::clone(&store), packs(), key, ownership).await.unwrap());
     Fixture { service, store, subjects, _dir: dir }
 }
 
@@ -161,7 +161,7 @@ async fn batch_decisions(fixture: &Fixture, callers: usize, secs: u64) -> f64 {
                 // As the server does: read the request in place, encode the outcomes as sent.
                 let wire = pb::DecideBatchRequest { items, at: None }.encode_to_vec();
                 let raw = RawDecideBatchRequest::decode(wire.as_slice()).unwrap();
-                let reply = service.decide_batch_encoded(raw).unwrap();
+                let reply = service.decide_batch_encoded(raw).await.unwrap();
                 if decided == 0 {
                     let outcomes = pb::DecideBatchResponse::decode(reply.as_bytes()).unwrap().outcomes;
                     assert!(outcomes.iter().all(|o| matches!(o.result, Some(pb::decide_outcome::Result::Decision(_)))));
@@ -213,7 +213,7 @@ fn main() {
         let rate = rt.block_on(batch_decisions(&big, callers, secs));
         println!("decide batch (1,000 items per call), {callers} caller(s): {rate:.0} decisions/s");
     }
-    let (stored, links) = big.store.counts().unwrap();
+    let (stored, links) = rt.block_on(big.store.counts()).unwrap();
     assert_eq!(stored as usize, subjects);
     assert_eq!(links as usize, subjects);
     let _warm = rt.block_on(decisions(&big, 20_000));

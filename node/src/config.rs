@@ -26,8 +26,12 @@ pub struct NodeConfig {
     /// Address to listen on; port 0 picks a free port (announced on stdout).
     #[schemars(with = "SocketAddrText")]
     pub listen: SocketAddr,
-    /// Directory of the sled database.
+    /// The node's own directory: the sled database, key slots and audit log of the embedded
+    /// store (`store.kind = "sled"`).
     pub data_dir: PathBuf,
+    /// Where the region's state is kept; absent: the embedded store in `data_dir`.
+    #[serde(default, skip_serializing_if = "StoreConfig::is_embedded")]
+    pub store: StoreConfig,
     /// Directory of policy packs (`<dir>/<pack>/pack.toml`).
     pub packs_dir: PathBuf,
     /// The deployment's link key (at least 32 bytes), shared with gateways.
@@ -49,6 +53,24 @@ pub struct NodeConfig {
     /// Identifier ownership: the deployment's regions. Required, even for one region: a node
     /// that assumed it was alone would let another region register the same identifier.
     pub ownership: OwnershipConfig,
+}
+
+/// Where a region's state is kept.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
+    /// The embedded store (sled, key slots and `audit.log` in `data_dir`): one node per region.
+    #[default]
+    Sled,
+    /// PostgreSQL: several node replicas of the region over one database (ARCHITECTURE.md,
+    /// "PostgreSQL regions"; deploy/README.md for the database's failover).
+    Postgres(crate::store::pg_store::PgConfig),
+}
+
+impl StoreConfig {
+    fn is_embedded(&self) -> bool {
+        matches!(self, StoreConfig::Sled)
+    }
 }
 
 /// The deployment's regions, as every node must list them alike: each identifier's claim is kept
@@ -112,6 +134,14 @@ mod tests {
             region: RegionId::parse("eu-central").unwrap(),
             listen: "127.0.0.1:7001".parse().unwrap(),
             data_dir: "/d".into(),
+            store: StoreConfig::Postgres(crate::store::pg_store::PgConfig {
+                url: "postgres://domicile@127.0.0.1:5432/eu".into(),
+                password_file: Some("/pw".into()),
+                password_env: None,
+                pool_size: 4,
+                kek_file: "/kek".into(),
+                tls_ca_file: Some("/ca.pem".into()),
+            }),
             packs_dir: "/p".into(),
             link_key_file: "/k".into(),
             tls: TlsFiles { ca: "ca".into(), cert: "c".into(), key: "k".into() },

@@ -87,13 +87,10 @@ pub async fn purge_expired<S: Store>(store: std::sync::Arc<S>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         every.tick().await;
-        let store = std::sync::Arc::clone(&store);
-        let purged = tokio::task::spawn_blocking(move || store.purge_idempotency(now_unix() - RETENTION_SECS)).await;
-        match purged {
-            Ok(Ok(n)) if n > 0 => tracing::info!(records = n, "expired idempotency records purged"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot purge idempotency records"),
-            Err(e) => tracing::warn!(error = %e, "idempotency purge task failed"),
+        match store.purge_idempotency(now_unix() - RETENTION_SECS).await {
+            Ok(n) if n > 0 => tracing::info!(records = n, "expired idempotency records purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot purge idempotency records"),
         }
     }
 }

@@ -29,8 +29,9 @@ use domicile_runtime::tls::{ClientAuth, TlsMaterial, install_crypto_provider};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, StoreConfig};
 pub use service::NodeService;
+use store::pg_store::PgStore;
 use store::{SledStore, Store};
 
 /// Largest request a node accepts: batches of decisions are the big ones.
@@ -75,10 +76,32 @@ pub async fn serve(
     let tls = TlsMaterial::load(&config.tls)?;
     let packs = start_packs(&config.packs_dir, config.packs_trust.as_ref(), config.packs_reload_ms)?;
     let link_key = read_link_key(&config.link_key_file)?;
-    let store = Arc::new(
-        SledStore::open(&config.data_dir, &config.region)
-            .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?,
-    );
+    match &config.store {
+        StoreConfig::Sled => {
+            let store = SledStore::open(&config.data_dir, &config.region)
+                .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+            serve_on(config, Arc::new(store), tls, packs, link_key, otlp, listener, ready, shutdown).await
+        }
+        StoreConfig::Postgres(pg) => {
+            let store = PgStore::open(pg, &config.region).await.context("cannot open the region's PostgreSQL store")?;
+            serve_on(config, Arc::new(store), tls, packs, link_key, otlp, listener, ready, shutdown).await
+        }
+    }
+}
+
+/// Serves the node on `store` (the rest of [`serve`], whichever the store).
+#[allow(clippy::too_many_arguments, reason = "serve's own parts, handed on once")]
+async fn serve_on<S: Store>(
+    config: NodeConfig,
+    store: Arc<S>,
+    tls: TlsMaterial,
+    packs: Arc<domicile_runtime::packs::PackReloader>,
+    link_key: domicile_types::LinkKey,
+    otlp: Option<domicile_runtime::telemetry::OtlpGuard>,
+    listener: TcpListener,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let ownership = Arc::new(
         ownership::Ownership::new(config.region.clone(), &config.ownership, &tls, Arc::clone(&store))
             .context("bad ownership configuration")?,
@@ -89,11 +112,12 @@ pub async fn serve(
     tokio::spawn(Arc::clone(&ownership).run_releases());
     tokio::spawn(idempotency::purge_expired(Arc::clone(&store)));
     let stopping = Shutdown::new();
-    let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&ownership))?
+    let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&ownership))
+        .await?
         .with_shutdown(stopping.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RegionalNodeServer<NodeService<SledStore>>>().await;
+    health.set_serving::<RegionalNodeServer<NodeService<S>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         // The node's own service only: it does not serve the gateway API.
         .register_encoded_file_descriptor_set(domicile_proto::NODE_DESCRIPTOR_SET)

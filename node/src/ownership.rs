@@ -160,7 +160,7 @@ impl<S: Store> Ownership<S> {
         match error {
             None => Ok(granted),
             Some(e) => {
-                self.abandon(&granted);
+                self.abandon(&granted).await;
                 Err(e)
             }
         }
@@ -174,7 +174,7 @@ impl<S: Store> Ownership<S> {
         if links.is_empty() {
             return Ok(Vec::new());
         }
-        let generation = self.store.next_generation().map_err(|e| ClaimError::Store(e.to_string()))?;
+        let generation = self.store.next_generation().await.map_err(|e| ClaimError::Store(e.to_string()))?;
         let mut by_arbiter: BTreeMap<&RegionId, Vec<Link>> = BTreeMap::new();
         for link in links {
             by_arbiter.entry(self.map.arbiter(link)).or_default().push(*link);
@@ -223,7 +223,11 @@ impl<S: Store> Ownership<S> {
         links: &[Link],
     ) -> Result<Vec<Option<RegionId>>, AskError> {
         if arbiter == &self.region {
-            return self.store.claim_links(&self.region, generation, links).map_err(|e| AskError::Store(e.to_string()));
+            return self
+                .store
+                .claim_links(&self.region, generation, links)
+                .await
+                .map_err(|e| AskError::Store(e.to_string()));
         }
         let mut peer = self.peers.get(arbiter).cloned().ok_or(AskError::Unreachable)?;
         let request = pb::ClaimLinksRequest {
@@ -257,11 +261,11 @@ impl<S: Store> Ownership<S> {
 
     /// Queues the release of claims a write did not use (they are sent by the release task).
     /// Called with the links' locks held, for links no subject of this region holds.
-    pub fn abandon(&self, claims: &[Release]) {
+    pub async fn abandon(&self, claims: &[Release]) {
         if claims.is_empty() {
             return;
         }
-        if let Err(e) = self.store.queue_releases(claims) {
+        if let Err(e) = self.store.queue_releases(claims).await {
             // The claims stay with this region (no second owner can appear); the repair
             // command finds claims no subject holds.
             tracing::error!(region = %self.region, error = %e, "cannot queue claim releases");
@@ -277,7 +281,7 @@ impl<S: Store> Ownership<S> {
         if releases.is_empty() {
             return Ok((0, 0));
         }
-        self.store.queue_releases(releases)?;
+        self.store.queue_releases(releases).await?;
         let mut by_arbiter: BTreeMap<&RegionId, Vec<Release>> = BTreeMap::new();
         for release in releases {
             by_arbiter.entry(self.map.arbiter(&release.link)).or_default().push(*release);
@@ -287,7 +291,7 @@ impl<S: Store> Ownership<S> {
             for chunk in releases.chunks(RELEASE_BATCH) {
                 match self.send_releases(arbiter, chunk).await {
                     Ok(()) => {
-                        self.store.releases_done(chunk)?;
+                        self.store.releases_done(chunk).await?;
                         sent += chunk.len();
                     }
                     Err(()) => queued += chunk.len(),
@@ -308,7 +312,7 @@ impl<S: Store> Ownership<S> {
     /// Sends queued releases until none is left; runs for the node's lifetime.
     pub async fn run_releases(self: Arc<Self>) {
         loop {
-            let pending = match self.store.pending_releases(RELEASE_BATCH * 4) {
+            let pending = match self.store.pending_releases(RELEASE_BATCH * 4).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(region = %self.region, error = %e, "cannot read queued claim releases");
@@ -325,7 +329,7 @@ impl<S: Store> Ownership<S> {
                     for chunk in releases.chunks(RELEASE_BATCH) {
                         match self.send_releases(arbiter, chunk).await {
                             Ok(()) => {
-                                if let Err(e) = self.store.releases_done(chunk) {
+                                if let Err(e) = self.store.releases_done(chunk).await {
                                     tracing::error!(region = %self.region, error = %e, "cannot drop sent releases");
                                 }
                             }
@@ -344,7 +348,7 @@ impl<S: Store> Ownership<S> {
 
     async fn send_releases(&self, arbiter: &RegionId, releases: &[Release]) -> Result<(), ()> {
         if arbiter == &self.region {
-            return match self.store.release_links(&self.region, releases) {
+            return match self.store.release_links(&self.region, releases).await {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     tracing::error!(region = %self.region, error = %e, "cannot release claims");

@@ -49,12 +49,13 @@ struct Handler<S>(Arc<NodeService<S>>);
 
 impl<S: Store + 'static> tonic::server::UnaryService<RawDecideBatchRequest> for Handler<S> {
     type Response = EncodedDecideBatch;
-    type Future = std::future::Ready<Result<tonic::Response<EncodedDecideBatch>, tonic::Status>>;
+    type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<EncodedDecideBatch>, tonic::Status>> + Send>>;
 
     fn call(&mut self, request: tonic::Request<RawDecideBatchRequest>) -> Self::Future {
-        // Synchronous like the generated handler's body: reads hit the store's cache, and the
-        // audit append is one buffered write (its fsync is the group commit's, off this path).
-        std::future::ready(self.0.decide_batch_encoded(request.into_inner()).map(tonic::Response::new))
+        // On the embedded store this completes without waiting (reads hit the store's cache, the
+        // audit append is one buffered write); on a database it awaits its queries.
+        let service = Arc::clone(&self.0);
+        Box::pin(async move { service.decide_batch_encoded(request.into_inner()).await.map(tonic::Response::new) })
     }
 }
 

@@ -58,10 +58,10 @@ async fn run(links: usize) {
             // One region: it arbitrates its own links, so they are claimed as they are written.
             let claims: Vec<_> =
                 ids.iter().map(|(_, link)| domicile_node::store::Release { link: *link, generation: 1 }).collect();
-            store.register(&de, &ids, SubjectId::from_bytes(raw), 0, &claims, None).unwrap();
+            store.register(&de, &ids, SubjectId::from_bytes(raw), 0, &claims, None).await.unwrap();
         }
         store.flush().await.unwrap();
-        let (_, stored) = store.counts().unwrap();
+        let (_, stored) = store.counts().await.unwrap();
         assert_eq!(stored as usize, links / IDENTIFIERS_PER_SUBJECT * IDENTIFIERS_PER_SUBJECT);
     }
     eprintln!("node data: {links} links written in {:.1} s", started.elapsed().as_secs_f64());
@@ -73,6 +73,7 @@ async fn run(links: usize) {
         region: eu.clone(),
         listen: node_addr,
         data_dir: data_dir.clone(),
+        store: Default::default(),
         packs_dir: packs_dir.clone(),
         link_key_file: link_key_file.clone(),
         tls: pki.node(&eu).unwrap(),

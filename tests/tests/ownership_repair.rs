@@ -116,11 +116,15 @@ fn consent(state: ConsentState, purpose: Purpose, channel: Channel, at: i64) -> 
 
 /// Stores a subject holding `identifiers` straight into a stopped node's data directory, with a
 /// claim no arbiter granted (as the duplicate-registration bug left them).
-fn store_subject(store: &SledStore, jurisdiction: &str, identifiers: &[(NormalizedIdentifier, Link)]) -> SubjectId {
+async fn store_subject(
+    store: &SledStore,
+    jurisdiction: &str,
+    identifiers: &[(NormalizedIdentifier, Link)],
+) -> SubjectId {
     let fresh = SubjectId::from_bytes(domicile_runtime::process::random_bytes::<16>().unwrap());
     let claims: Vec<Release> = identifiers.iter().map(|(_, link)| Release { link: *link, generation: 1 }).collect();
     let jurisdiction = Jurisdiction::parse(jurisdiction).unwrap();
-    store.register(&jurisdiction, identifiers, fresh, now(), &claims, None).unwrap().subject
+    store.register(&jurisdiction, identifiers, fresh, now(), &claims, None).await.unwrap().subject
 }
 
 /// Forgets that this region claimed `links` (`held`), as in a store written before claims
@@ -196,15 +200,17 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     let us_dir = cluster.cluster.node_data_dir(&us);
     let (anna_us, dora_us) = {
         let store = SledStore::open(&us_dir, &us).unwrap();
-        let anna_us = store_subject(&store, "US", &[(anna.clone(), anna_link)]);
+        let anna_us = store_subject(&store, "US", &[(anna.clone(), anna_link)]).await;
         let later = now() + 1;
         store
             .append_consent(&anna_us, consent(ConsentState::Withdrawn, Purpose::Marketing, Channel::Voice, later), None)
+            .await
             .unwrap();
-        store_subject(&store, "US", &[(bruno.clone(), bruno_link)]);
-        let dora_us = store_subject(&store, "US", &[(dora.clone(), dora_link)]);
+        store_subject(&store, "US", &[(bruno.clone(), bruno_link)]).await;
+        let dora_us = store_subject(&store, "US", &[(dora.clone(), dora_link)]).await;
         store
             .append_consent(&dora_us, consent(ConsentState::Denied, Purpose::Marketing, Channel::Email, now()), None)
+            .await
             .unwrap();
         let rights = RightsRequestRecord {
             request_id: "0".repeat(32),
@@ -215,9 +221,9 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
             deadline_basis: "test".into(),
             completed_at: Some(now()),
         };
-        store.set_restricted(&dora_us, true, &rights, None).unwrap();
-        assert_eq!(store.claim_links(&eu, 1, &[carla_link]).unwrap(), vec![None]);
-        assert_eq!(store.claim_links(&sa, 1, &[ghost]).unwrap(), vec![None]);
+        store.set_restricted(&dora_us, true, &rights, None).await.unwrap();
+        assert_eq!(store.claim_links(&eu, 1, &[carla_link]).await.unwrap(), vec![None]);
+        assert_eq!(store.claim_links(&sa, 1, &[ghost]).await.unwrap(), vec![None]);
         store.flush().await.unwrap();
         (anna_us, dora_us)
     };
@@ -228,11 +234,12 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
     let sa_dir = cluster.cluster.node_data_dir(&sa);
     let dora_sa = {
         let store = SledStore::open(&sa_dir, &sa).unwrap();
-        store_subject(&store, "BR", &[(carla.clone(), carla_link)]);
-        store_subject(&store, "BR", &[(emil.clone(), emil_link)]);
-        let dora_sa = store_subject(&store, "BR", &[(dora.clone(), dora_link)]);
+        store_subject(&store, "BR", &[(carla.clone(), carla_link)]).await;
+        store_subject(&store, "BR", &[(emil.clone(), emil_link)]).await;
+        let dora_sa = store_subject(&store, "BR", &[(dora.clone(), dora_link)]).await;
         store
             .append_consent(&dora_sa, consent(ConsentState::Granted, Purpose::Marketing, Channel::Email, now()), None)
+            .await
             .unwrap();
         store.flush().await.unwrap();
         dora_sa

@@ -77,7 +77,7 @@ pub(crate) struct Caller {
 }
 
 impl<S: Store> NodeService<S> {
-    pub fn new(
+    pub async fn new(
         region: RegionId,
         store: Arc<S>,
         packs: Arc<PackReloader>,
@@ -85,7 +85,7 @@ impl<S: Store> NodeService<S> {
         ownership: Arc<Ownership<S>>,
     ) -> Result<Self, StoreError> {
         // Everything recovered from disk is durable.
-        let (durable, _) = tokio::sync::watch::channel(store.last_event()?);
+        let (durable, _) = tokio::sync::watch::channel(store.last_event().await?);
         // One flush (store and audit log) serves every write waiting when it starts.
         let flush: FlushFn = {
             let store = Arc::clone(&store);
@@ -156,24 +156,25 @@ impl<S: Store> NodeService<S> {
 
     /// Finds the subject a pseudonymous key names. A subject ref of another region is refused:
     /// this node can hold nothing about it.
-    fn resolve(&self, key: &SubjectKey) -> Result<SubjectId, NodeError> {
-        self.resolve_meta(key).map(|(id, _)| id)
+    async fn resolve(&self, key: &SubjectKey) -> Result<SubjectId, NodeError> {
+        self.resolve_meta(key).await.map(|(id, _)| id)
     }
 
     /// [`Self::resolve`], also returning the subject's metadata (read once).
-    fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), NodeError> {
-        let id = self.resolve_key(key.as_key_ref())?;
-        match self.store.subject_meta(&id)? {
+    async fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), NodeError> {
+        let id = self.resolve_key(key.as_key_ref()).await?;
+        match self.store.subject_meta(&id).await? {
             Some(meta) => Ok((id, meta)),
             None => Err(NodeError::NotFound("no such subject in this region")),
         }
     }
 
-    fn resolve_key(&self, key: SubjectKeyRef<'_>) -> Result<SubjectId, NodeError> {
+    async fn resolve_key(&self, key: SubjectKeyRef<'_>) -> Result<SubjectId, NodeError> {
         Ok(match key {
             SubjectKeyRef::Link(link) => self
                 .store
-                .subject_by_link(&link)?
+                .subject_by_link(&link)
+                .await?
                 .ok_or(NodeError::NotFound("no subject holds this link in this region"))?,
             SubjectKeyRef::Ref { region, id } => {
                 if region != self.region.as_str() {
@@ -185,15 +186,21 @@ impl<S: Store> NodeService<S> {
     }
 
     /// The result an earlier write with the same idempotency key left, if any.
-    fn replayed<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<Option<T>, NodeError> {
+    async fn replayed<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: Option<&Idempotency>,
+    ) -> Result<Option<T>, NodeError> {
         let Some(tag) = tag else { return Ok(None) };
-        idempotency::replayed(tag, self.store.replay(&tag.key)?)
+        idempotency::replayed(tag, self.store.replay(&tag.key).await?)
     }
 
     /// The result of an earlier write with the same idempotency key that a concurrent repeat
     /// found recorded ([`unit::Settled::Replayed`]).
-    fn replayed_after_race<T: serde::de::DeserializeOwned>(&self, tag: Option<&Idempotency>) -> Result<T, NodeError> {
-        self.replayed(tag)?.ok_or(NodeError::Store(StoreError::Replayed))
+    async fn replayed_after_race<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: Option<&Idempotency>,
+    ) -> Result<T, NodeError> {
+        self.replayed(tag).await?.ok_or(NodeError::Store(StoreError::Replayed))
     }
 }
 
@@ -216,7 +223,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
-        respond(decide::wire::decide(self, request.into_inner()))
+        respond(decide::wire::decide(self, request.into_inner()).await)
     }
 
     /// Served by [`NodeService::decide_batch_encoded`] on the wire; this typed form is for
@@ -225,7 +232,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
-        respond(decide::wire::decide_typed_batch(self, request.into_inner()))
+        respond(decide::wire::decide_typed_batch(self, request.into_inner()).await)
     }
 
     type ListLinksStream = follow::wire::LinkStream;
@@ -238,14 +245,14 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        respond(follow::wire::info(self))
+        respond(follow::wire::info(self).await)
     }
 
     async fn consent_history(
         &self,
         request: Request<pb::ConsentHistoryRequest>,
     ) -> Result<Response<pb::ConsentHistoryResponse>, Status> {
-        respond(consent::wire::consent_history(self, request.into_inner()))
+        respond(consent::wire::consent_history(self, request.into_inner()).await)
     }
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
@@ -292,7 +299,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::ListRightsRequestsRequest>,
     ) -> Result<Response<pb::ListRightsRequestsResponse>, Status> {
-        respond(rights::wire::list_rights_requests(self, request.into_inner()))
+        respond(rights::wire::list_rights_requests(self, request.into_inner()).await)
     }
 
     async fn claim_links(
@@ -310,7 +317,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
     }
 
     async fn claims_of(&self, request: Request<pb::ClaimsOfRequest>) -> Result<Response<pb::ClaimsOfResponse>, Status> {
-        respond(repair::wire::claims_of(self, request))
+        respond(repair::wire::claims_of(self, request).await)
     }
 
     type ListClaimsStream = repair::wire::ClaimStream;

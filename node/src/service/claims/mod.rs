@@ -41,7 +41,7 @@ impl<S: Store> NodeService<S> {
     ) -> Result<Vec<Option<RegionId>>, NodeError> {
         self.check_claimant(claimant, digest, links)?;
         // Durable before the claimant may rely on it.
-        let holders = self.settle_unkeyed(self.store.claim_links(claimant, generation, links)).await?;
+        let holders = self.settle_unkeyed(self.store.claim_links(claimant, generation, links).await).await?;
         let granted = holders.iter().filter(|h| h.is_none()).count();
         tracing::info!(region = %self.region, %claimant, granted, refused = holders.len() - granted, "identifier claims");
         Ok(holders)
@@ -57,7 +57,7 @@ impl<S: Store> NodeService<S> {
     ) -> Result<usize, NodeError> {
         let links: Vec<Link> = releases.iter().map(|r| r.link).collect();
         self.check_claimant(claimant, digest, &links)?;
-        let released = self.settle_unkeyed(self.store.release_links(claimant, releases)).await?;
+        let released = self.settle_unkeyed(self.store.release_links(claimant, releases).await).await?;
         tracing::info!(region = %self.region, %claimant, released, "identifier claims released");
         Ok(released)
     }

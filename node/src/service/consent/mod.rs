@@ -65,10 +65,10 @@ impl<S: Store> NodeService<S> {
             return Err(FieldViolation::new("expires_at", "must be after `captured_at`").into());
         }
         check_evidence(&capture.evidence)?;
-        if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag)? {
+        if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
             return Ok((subject, record));
         }
-        let (subject, meta) = self.resolve_meta(key)?;
+        let (subject, meta) = self.resolve_meta(key).await?;
         self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
         let state = capture.action.resulting_state();
         let consent = NewConsent {
@@ -81,10 +81,10 @@ impl<S: Store> NodeService<S> {
             expires_at: capture.expires_at,
             evidence: capture.evidence,
         };
-        let (record, _) = match self.settle(self.store.append_consent(&subject, consent, tag)).await? {
+        let (record, _) = match self.settle(self.store.append_consent(&subject, consent, tag).await).await? {
             Settled::Applied(recorded) => recorded,
             Settled::Replayed => {
-                let (subject, (record, _)) = self.replayed_after_race::<(SubjectId, (ConsentRecord, u64))>(tag)?;
+                let (subject, (record, _)) = self.replayed_after_race::<(SubjectId, (ConsentRecord, u64))>(tag).await?;
                 return Ok((subject, record));
             }
         };
@@ -92,10 +92,10 @@ impl<S: Store> NodeService<S> {
         Ok((subject, record))
     }
 
-    pub(crate) fn consent_history_of(&self, key: &SubjectKey) -> Result<ConsentHistory, NodeError> {
-        let (subject, meta) = self.resolve_meta(key)?;
-        let entries = self.store.consent_history(&subject)?;
-        let in_force = self.store.consent_in_force(&subject)?;
+    pub(crate) async fn consent_history_of(&self, key: &SubjectKey) -> Result<ConsentHistory, NodeError> {
+        let (subject, meta) = self.resolve_meta(key).await?;
+        let entries = self.store.consent_history(&subject).await?;
+        let in_force = self.store.consent_in_force(&subject).await?;
         Ok(ConsentHistory { subject, restricted: meta.restricted, entries, in_force })
     }
 }

@@ -25,12 +25,12 @@ pub(in crate::service) async fn record_consent<S: Store>(
     Ok(recorded_to_pb(node, subject, &record))
 }
 
-pub(in crate::service) fn consent_history<S: Store>(
+pub(in crate::service) async fn consent_history<S: Store>(
     node: &NodeService<S>,
     request: pb::ConsentHistoryRequest,
 ) -> Result<pb::ConsentHistoryResponse, NodeError> {
     let key = convert::subject_key("subject", request.subject.as_ref())?;
-    Ok(history_to_pb(node, node.consent_history_of(&key)?))
+    Ok(history_to_pb(node, node.consent_history_of(&key).await?))
 }
 
 fn capture_from_pb(req: &pb::RecordConsentRequest) -> Result<ConsentCapture, FieldViolation> {

@@ -92,17 +92,17 @@ impl<S: Store> NodeService<S> {
         if occurred_at > now + CLOCK_SKEW_SECS {
             return Err(FieldViolation::new("occurred_at", "is in the future").into());
         }
-        if let Some(done) = self.replayed::<(SubjectId, Interaction)>(tag)? {
+        if let Some(done) = self.replayed::<(SubjectId, Interaction)>(tag).await? {
             return Ok(done);
         }
-        let (subject, meta) = self.resolve_meta(key)?;
+        let (subject, meta) = self.resolve_meta(key).await?;
         self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
         let InteractionReport { channel, kind, intent, summary, reference, open, .. } = report;
         let interaction =
             NewInteraction { channel, occurred_at, recorded_at: now, kind, intent, summary, reference, open };
-        let stored = match self.settle(self.store.append_interaction(&subject, interaction, tag)).await? {
+        let stored = match self.settle(self.store.append_interaction(&subject, interaction, tag).await).await? {
             Settled::Applied(stored) => stored,
-            Settled::Replayed => return self.replayed_after_race(tag),
+            Settled::Replayed => return self.replayed_after_race(tag).await,
         };
         tracing::info!(region = %self.region, %channel, kind = kind.as_str(), sequence = stored.sequence, "interaction recorded");
         Ok((subject, stored))
@@ -124,7 +124,7 @@ impl<S: Store> NodeService<S> {
                 "full context is served only to services of the home region: ask for the minimised form",
             ));
         }
-        let (subject, meta) = self.resolve_meta(key)?;
+        let (subject, meta) = self.resolve_meta(key).await?;
         let loaded = self.packs.current();
         let pack = Self::pack_of(&loaded, &meta.jurisdiction)?;
         let caller_region = caller.region.as_ref();
@@ -144,18 +144,18 @@ impl<S: Store> NodeService<S> {
                     transfer: transfer.id.clone(),
                     pack: pack.pack_ref(),
                 };
-                self.settle_unkeyed(self.store.audit(event, &subject, now_unix())).await?;
+                self.settle_unkeyed(self.store.audit(event, &subject, now_unix()).await).await?;
             }
             transfer
         };
         let minimised = query.minimised || transfer.is_some();
-        let record = self.store.subject_record(&subject)?.ok_or(StoreError::NotFound)?;
+        let record = self.store.subject_record(&subject).await?.ok_or(StoreError::NotFound)?;
         let mut profile = record.profile;
         if minimised {
             let named = &pack.residency().minimised_fields;
             profile.retain(|name, _| named.contains(name));
         }
-        let log = self.store.interactions(&subject)?;
+        let log = self.store.interactions(&subject).await?;
         let (mut latest_by_channel, open_intents, mut recent) = context_of(log, query.limit);
         if minimised {
             for interaction in latest_by_channel.iter_mut().chain(recent.iter_mut()) {

@@ -52,7 +52,7 @@ impl<'p> Decided<'p> {
 }
 
 impl<S: Store> NodeService<S> {
-    fn evaluate<'p>(
+    async fn evaluate<'p>(
         &self,
         loaded: &'p LoadedPacks,
         key: SubjectKeyRef<'_>,
@@ -60,10 +60,11 @@ impl<S: Store> NodeService<S> {
         channel: Channel,
         at: i64,
     ) -> Result<SubjectDecision<'p>, NodeError> {
-        let subject = self.resolve_key(key)?;
+        let subject = self.resolve_key(key).await?;
         let (meta, current) = self
             .store
-            .decision_inputs(&subject, purpose, channel)?
+            .decision_inputs(&subject, purpose, channel)
+            .await?
             .ok_or(NodeError::NotFound("no such subject in this region"))?;
         // A subdivision without a pack of its own gets its country's, and the decision says so.
         let found = Self::pack_match(loaded, &meta.jurisdiction)?;
@@ -91,7 +92,7 @@ impl<S: Store> NodeService<S> {
     /// Decides `items` at `at` with the packs of `loaded`, and audits all the decisions with one
     /// write. An item may come refused already (its request could not be read): it is answered
     /// with that, in its place.
-    pub(crate) fn decide_items<'k, 'p>(
+    pub(crate) async fn decide_items<'k, 'p>(
         &self,
         loaded: &'p LoadedPacks,
         items: impl ExactSizeIterator<Item = (u64, Result<(SubjectKeyRef<'k>, Purpose, Channel), FieldViolation>)>,
@@ -101,9 +102,10 @@ impl<S: Store> NodeService<S> {
         let mut decisions = Vec::with_capacity(count);
         let mut outcomes = Vec::with_capacity(count);
         for (id, item) in items {
-            let evaluated = item
-                .map_err(NodeError::from)
-                .and_then(|(key, purpose, channel)| self.evaluate(loaded, key, purpose, channel, at));
+            let evaluated = match item {
+                Ok((key, purpose, channel)) => self.evaluate(loaded, key, purpose, channel, at).await,
+                Err(e) => Err(NodeError::from(e)),
+            };
             match evaluated {
                 Ok(decision) => {
                     outcomes.push((id, Ok(decisions.len())));
@@ -132,7 +134,7 @@ impl<S: Store> NodeService<S> {
                 pack: decision.parts.pack,
             })
             .collect();
-        let audited = self.store.audit_decisions(&entries, now_unix()).map_err(NodeError::from);
+        let audited = self.store.audit_decisions(&entries, now_unix()).await.map_err(NodeError::from);
         if audited.is_ok() {
             for decision in &decisions {
                 domicile_runtime::metrics::decided(&self.region, decision.parts.effect, decision.parts.pack);

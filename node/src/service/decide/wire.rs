@@ -17,7 +17,7 @@ use crate::store::Store;
 /// Bounds one batch call's work; gateways split audiences into batches of this size or less.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
 
-pub(in crate::service) fn decide<S: Store>(
+pub(in crate::service) async fn decide<S: Store>(
     node: &NodeService<S>,
     req: pb::DecideRequest,
 ) -> Result<pb::DecideResponse, NodeError> {
@@ -26,7 +26,7 @@ pub(in crate::service) fn decide<S: Store>(
     let channel = convert::channel("channel", &req.channel)?;
     let at = convert::timestamp("at", req.at.as_ref())?.unwrap_or_else(now_unix);
     let loaded = node.packs.current();
-    let decided = node.decide_items(&loaded, std::iter::once((0, Ok((key.as_key_ref(), purpose, channel)))), at);
+    let decided = node.decide_items(&loaded, std::iter::once((0, Ok((key.as_key_ref(), purpose, channel)))), at).await;
     // Encoded and read back as a batch's item is, so the two forms cannot differ.
     let mut batch = EncodedDecideBatch::with_capacity(1);
     push_decision(node, &mut batch, 0, &decided.into_only()?);
@@ -36,7 +36,7 @@ pub(in crate::service) fn decide<S: Store>(
     }
 }
 
-pub(in crate::service) fn decide_typed_batch<S: Store>(
+pub(in crate::service) async fn decide_typed_batch<S: Store>(
     node: &NodeService<S>,
     req: pb::DecideBatchRequest,
 ) -> Result<pb::DecideBatchResponse, NodeError> {
@@ -59,20 +59,20 @@ pub(in crate::service) fn decide_typed_batch<S: Store>(
         .zip(&keys)
         .map(|(item, key)| (item.id, key.as_ref().map(|(k, p, c)| (k.as_key_ref(), *p, *c)).map_err(Clone::clone)));
     let loaded = node.packs.current();
-    decoded(&encode(node, node.decide_items(&loaded, items, at)))
+    decoded(&encode(node, node.decide_items(&loaded, items, at).await))
 }
 
 impl<S: Store> NodeService<S> {
     /// `DecideBatch` with the outcomes encoded as they are sent: what the node serves (see
     /// [`crate::raw`]); the generated trait method decodes this for in-process callers.
-    pub fn decide_batch_encoded(&self, request: RawDecideBatchRequest) -> Result<EncodedDecideBatch, Status> {
+    pub async fn decide_batch_encoded(&self, request: RawDecideBatchRequest) -> Result<EncodedDecideBatch, Status> {
         let at = batch_time(request.items.len(), request.at.as_ref())?;
         let items = request.items.iter().map(|item| {
             let read = || Ok((item.subject_key("subject")?, item.purpose("purpose")?, item.channel("channel")?));
             (item.id, read())
         });
         let loaded = self.packs.current();
-        Ok(encode(self, self.decide_items(&loaded, items, at)))
+        Ok(encode(self, self.decide_items(&loaded, items, at).await))
     }
 }
 

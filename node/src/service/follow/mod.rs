@@ -53,38 +53,36 @@ impl<S: Store> NodeService<S> {
         let (tx, rx) = tokio::sync::mpsc::channel(2 * parts);
         // Read before iterating: every durable event up to here is already in the links tree.
         let as_of_sequence = *self.durable.borrow();
+        let batch_size = batch_size.max(1);
         for first_bytes in link_scan_parts(parts) {
             let (store, tx) = (Arc::clone(&self.store), tx.clone());
-            // sled iteration blocks; keep it off the async workers.
-            tokio::task::spawn_blocking(move || {
-                let mut batch = Vec::with_capacity(batch_size);
-                for item in store.links(first_bytes) {
-                    match item {
-                        Ok((link, subject)) => {
-                            batch.push(entry(link, subject));
-                            if batch.len() == batch_size {
-                                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                                if tx.blocking_send(Ok(full)).is_err() {
-                                    return;
-                                }
-                            }
-                        }
+            // Each part pages through its range on its own (the store keeps blocking reads off
+            // the async workers).
+            tokio::spawn(async move {
+                let mut after = None;
+                loop {
+                    let page = match store.links_page(first_bytes.clone(), after, batch_size).await {
+                        Ok(page) => page,
                         Err(e) => {
-                            let _ = tx.blocking_send(Err(e.into()));
+                            let _ = tx.send(Err(e.into())).await;
                             return;
                         }
+                    };
+                    let Some((last, _)) = page.last() else { return };
+                    after = Some(*last);
+                    let full = page.len() == batch_size;
+                    let batch = page.into_iter().map(|(link, subject)| entry(link, subject)).collect();
+                    if tx.send(Ok(batch)).await.is_err() || !full {
+                        return;
                     }
-                }
-                if !batch.is_empty() {
-                    let _ = tx.blocking_send(Ok(batch));
                 }
             });
         }
         LinkSnapshot { as_of_sequence, batches: ReceiverStream::new(rx) }
     }
 
-    pub(crate) fn node_info(&self) -> Result<NodeInfo, NodeError> {
-        let (subjects, links) = self.store.counts()?;
+    pub(crate) async fn node_info(&self) -> Result<NodeInfo, NodeError> {
+        let (subjects, links) = self.store.counts().await?;
         let loaded = self.packs.current();
         Ok(NodeInfo {
             packs_content_hash: loaded.content_hash.clone(),
@@ -93,7 +91,7 @@ impl<S: Store> NodeService<S> {
             subjects,
             links,
             arbiter_map_digest: self.ownership.map().digest().to_owned(),
-            pending_releases: self.store.pending_release_count()?,
+            pending_releases: self.store.pending_release_count().await?,
         })
     }
 
@@ -109,15 +107,14 @@ impl<S: Store> NodeService<S> {
             let follow = async {
                 loop {
                     let limit = *durable.borrow_and_update();
-                    let batch: Result<Vec<ChangeEvent>, StoreError> = store
-                        .events_after(after)
-                        .take_while(|e| match (e, limit) {
-                            (Ok(e), Some(limit)) => e.sequence <= limit,
-                            (Ok(_), None) => false,
-                            (Err(_), _) => true,
-                        })
-                        .take(WATCH_BATCH)
-                        .collect();
+                    // Only events known durable (up to `limit`), never one a crash could undo.
+                    let batch: Result<Vec<ChangeEvent>, StoreError> = match limit {
+                        None => Ok(Vec::new()),
+                        Some(limit) => store
+                            .events_page(after, WATCH_BATCH)
+                            .await
+                            .map(|page| page.into_iter().take_while(|e| e.sequence <= limit).collect()),
+                    };
                     let batch = match batch {
                         Ok(b) => b,
                         Err(e) => {

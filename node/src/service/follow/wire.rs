@@ -40,7 +40,7 @@ pub(in crate::service) fn list_links<S: Store>(node: &NodeService<S>, request: p
     }))
 }
 
-pub(in crate::service) fn info<S: Store>(node: &NodeService<S>) -> Result<pb::InfoResponse, NodeError> {
+pub(in crate::service) async fn info<S: Store>(node: &NodeService<S>) -> Result<pb::InfoResponse, NodeError> {
     let NodeInfo {
         packs_content_hash,
         packs_reload_error,
@@ -49,7 +49,7 @@ pub(in crate::service) fn info<S: Store>(node: &NodeService<S>) -> Result<pb::In
         links,
         arbiter_map_digest,
         pending_releases,
-    } = node.node_info()?;
+    } = node.node_info().await?;
     Ok(pb::InfoResponse {
         region: node.region.to_string(),
         packs_content_hash,

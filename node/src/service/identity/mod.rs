@@ -40,10 +40,10 @@ impl<S: Store> NodeService<S> {
     /// the claims. A write that fails gives its claims up; one that a concurrent change upset
     /// ([`StoreError::Retry`]) starts over. The outer error is the claims' (or the lock's), the
     /// inner one the store's.
-    async fn with_claims<T>(
+    async fn with_claims<T, F: Future<Output = Result<T, StoreError>>>(
         &self,
         links: &[Link],
-        mut write: impl FnMut(&[Release]) -> Result<T, StoreError>,
+        mut write: impl FnMut(Vec<Release>) -> F,
     ) -> Result<Result<T, StoreError>, NodeError> {
         let _locks = self.ownership.lock(links).await;
         let mut attempt = 0;
@@ -51,17 +51,17 @@ impl<S: Store> NodeService<S> {
             attempt += 1;
             let mut free = Vec::new();
             for link in links {
-                if self.store.subject_by_link(link)?.is_none() && !free.contains(link) {
+                if self.store.subject_by_link(link).await?.is_none() && !free.contains(link) {
                     free.push(*link);
                 }
             }
             let claimed = self.ownership.claim(&free).await?;
-            match write(&claimed) {
+            match write(claimed.clone()).await {
                 Ok(done) => return Ok(Ok(done)),
                 Err(e) => {
                     // Nothing of the write is stored: under the locks, no other write made these
                     // links live meanwhile, so their claims can go.
-                    self.ownership.abandon(&claimed);
+                    self.ownership.abandon(&claimed).await;
                     if matches!(e, StoreError::Retry) && attempt < MAX_ATTEMPTS {
                         continue;
                     }
@@ -89,7 +89,7 @@ impl<S: Store> NodeService<S> {
             }
             self.check_collection(pack, caller.region.as_ref())?;
         }
-        if let Some((_, registered)) = self.replayed::<(SubjectId, Registered)>(tag)? {
+        if let Some((_, registered)) = self.replayed::<(SubjectId, Registered)>(tag).await? {
             return Ok(registered);
         }
         let linked: Vec<(NormalizedIdentifier, Link)> =
@@ -101,12 +101,13 @@ impl<S: Store> NodeService<S> {
         );
         let written = self
             .with_claims(&links, |claimed| {
-                self.store.register(&jurisdiction, &linked, new_subject, now_unix(), claimed, tag)
+                let (jurisdiction, linked) = (&jurisdiction, &linked);
+                async move { self.store.register(jurisdiction, linked, new_subject, now_unix(), &claimed, tag).await }
             })
             .await?;
         let registered = match self.settle(written).await? {
             Settled::Applied(registered) => registered,
-            Settled::Replayed => return Ok(self.replayed_after_race::<(SubjectId, Registered)>(tag)?.1),
+            Settled::Replayed => return Ok(self.replayed_after_race::<(SubjectId, Registered)>(tag).await?.1),
         };
         tracing::info!(region = %self.region, %jurisdiction, created = registered.created, identifiers = linked.len(), "subject registered");
         Ok(registered)
@@ -127,18 +128,18 @@ impl<S: Store> NodeService<S> {
                 return Err(NodeError::Precondition("merging subjects of different regions is not allowed"));
             }
         }
-        if let Some(done) = self.replayed::<(SubjectId, Merged)>(tag)? {
+        if let Some(done) = self.replayed::<(SubjectId, Merged)>(tag).await? {
             return Ok(done);
         }
-        let into = self.resolve(into)?;
-        let from = self.resolve(from)?;
+        let into = self.resolve(into).await?;
+        let from = self.resolve(from).await?;
         if into == from {
             return Err(FieldViolation::new("from", "names the same subject as `into`").into());
         }
         // Both halves are of this region: the links' claims stay with it as they are.
-        let merged = match self.settle(self.store.merge(&into, &from, now_unix(), tag)).await? {
+        let merged = match self.settle(self.store.merge(&into, &from, now_unix(), tag).await).await? {
             Settled::Applied(merged) => merged,
-            Settled::Replayed => return self.replayed_after_race(tag),
+            Settled::Replayed => return self.replayed_after_race(tag).await,
         };
         tracing::info!(region = %self.region, links = merged.links.len(), consent_records = merged.consent_records, interactions = merged.interactions, "subjects merged");
         Ok((into, merged))
@@ -152,10 +153,10 @@ impl<S: Store> NodeService<S> {
         correction: Correction,
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, Rectified), NodeError> {
-        if let Some(done) = self.replayed::<(SubjectId, Rectified)>(tag)? {
+        if let Some(done) = self.replayed::<(SubjectId, Rectified)>(tag).await? {
             return Ok(done);
         }
-        let (subject, meta) = self.resolve_meta(key)?;
+        let (subject, meta) = self.resolve_meta(key).await?;
         // Adding identifiers or profile values collects personal data; removing does not.
         if !correction.add.is_empty() || !correction.set_profile.is_empty() {
             self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
@@ -178,11 +179,14 @@ impl<S: Store> NodeService<S> {
         };
         let added: Vec<Link> = change.add.iter().map(|(_, l)| *l).collect();
         let written = self
-            .with_claims(&added, |claimed| self.store.rectify(&subject, &change, now, &rights_request, claimed, tag))
+            .with_claims(&added, |claimed| {
+                let (subject, change, rights_request) = (&subject, &change, &rights_request);
+                async move { self.store.rectify(subject, change, now, rights_request, &claimed, tag).await }
+            })
             .await?;
         let rectified = match self.settle(written).await? {
             Settled::Applied(rectified) => rectified,
-            Settled::Replayed => return self.replayed_after_race(tag),
+            Settled::Replayed => return self.replayed_after_race(tag).await,
         };
         tracing::info!(region = %self.region, added = rectified.added.len(), removed = rectified.removed.len(), "subject rectified");
         Ok((subject, rectified))

@@ -67,11 +67,15 @@ fn distinct(links: Vec<Link>) -> Vec<Link> {
 
 impl<S: Store> NodeService<S> {
     /// The claims this node keeps, as the arbiter, for `links` (`None`: unclaimed).
-    pub(crate) fn arbitrated_claims(&self, links: &[Link]) -> Result<Vec<Option<Claim>>, NodeError> {
+    pub(crate) async fn arbitrated_claims(&self, links: &[Link]) -> Result<Vec<Option<Claim>>, NodeError> {
         if links.iter().any(|l| self.ownership.map().arbiter(l) != &self.region) {
             return Err(FieldViolation::new("links", "names a link this region does not arbitrate").into());
         }
-        links.iter().map(|link| Ok(self.store.claim(link)?)).collect()
+        let mut claims = Vec::with_capacity(links.len());
+        for link in links {
+            claims.push(self.store.claim(link).await?);
+        }
+        Ok(claims)
     }
 
     /// Every claim this node keeps as the arbiter, made into entries by `entry`, in link order,
@@ -83,25 +87,23 @@ impl<S: Store> NodeService<S> {
     ) -> ReceiverStream<Result<Vec<E>, NodeError>> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let store = Arc::clone(&self.store);
-        // sled iteration blocks; keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let mut entries = Vec::with_capacity(batch_size);
-            for item in store.claims() {
-                match item {
-                    Ok((link, claim)) => {
-                        entries.push(entry(link, claim));
-                        if entries.len() == batch_size && tx.blocking_send(Ok(std::mem::take(&mut entries))).is_err() {
-                            return;
-                        }
-                    }
+        tokio::spawn(async move {
+            let mut after = None;
+            loop {
+                let page = match store.claims_page(after, batch_size.max(1)).await {
+                    Ok(page) => page,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(e.into()));
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
+                };
+                let Some((last, _)) = page.last() else { return };
+                after = Some(*last);
+                let full = page.len() == batch_size.max(1);
+                let entries = page.into_iter().map(|(link, claim)| entry(link, claim)).collect();
+                if tx.send(Ok(entries)).await.is_err() || !full {
+                    return;
                 }
-            }
-            if !entries.is_empty() {
-                let _ = tx.blocking_send(Ok(entries));
             }
         });
         ReceiverStream::new(rx)
@@ -119,24 +121,24 @@ impl<S: Store> NodeService<S> {
                 self.reassert_batch(batch, true, scope.dry_run, scope.announce, &mut report).await?;
             }
         } else {
-            let mut scan = self.store.links(0..=u8::MAX);
-            let mut batch = Vec::with_capacity(REASSERT_BATCH);
+            let mut after = None;
             loop {
-                batch.clear();
+                let page = self.store.links_page(0..=u8::MAX, after, REASSERT_BATCH).await?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(*last);
                 // Cheap filter first; the batch is checked again under its locks.
-                for item in scan.by_ref() {
-                    let (link, _) = item?;
-                    if scope.all || self.store.held_claim(&link)?.is_none() {
-                        batch.push(link);
-                        if batch.len() == REASSERT_BATCH {
-                            break;
-                        }
+                let mut batch = Vec::with_capacity(page.len());
+                for (link, _) in &page {
+                    if scope.all || self.store.held_claim(link).await?.is_none() {
+                        batch.push(*link);
                     }
                 }
-                if batch.is_empty() {
+                if !batch.is_empty() {
+                    self.reassert_batch(&batch, scope.all, scope.dry_run, false, &mut report).await?;
+                }
+                if page.len() < REASSERT_BATCH {
                     break;
                 }
-                self.reassert_batch(&batch, scope.all, scope.dry_run, false, &mut report).await?;
             }
         }
         tracing::info!(
@@ -167,8 +169,8 @@ impl<S: Store> NodeService<S> {
         let _locks = if dry_run { None } else { Some(self.ownership.lock(batch).await) };
         let mut todo = Vec::with_capacity(batch.len());
         for link in batch {
-            let held_here = self.store.subject_by_link(link)?.is_some();
-            if held_here && (every || self.store.held_claim(link)?.is_none()) {
+            let held_here = self.store.subject_by_link(link).await?.is_some();
+            if held_here && (every || self.store.held_claim(link).await?.is_none()) {
                 todo.push(*link);
             }
         }
@@ -194,7 +196,7 @@ impl<S: Store> NodeService<S> {
                 }
             }
         }
-        let held = self.settle_unkeyed(self.store.hold_claims(&granted, announce, now_unix())).await?;
+        let held = self.settle_unkeyed(self.store.hold_claims(&granted, announce, now_unix()).await).await?;
         report.claimed += held.held.len() as u64;
         report.gone += held.gone.len() as u64;
         report.announced += held.announced as u64;
@@ -213,12 +215,12 @@ impl<S: Store> NodeService<S> {
         if kept_by == &self.region || !self.ownership.map().contains(kept_by) {
             return Err(FieldViolation::new("kept_by", "is not another region of this deployment").into());
         }
-        let (subject, _) = self.resolve_meta(key)?;
-        let record = self.store.subject_record(&subject)?;
+        let (subject, _) = self.resolve_meta(key).await?;
+        let record = self.store.subject_record(&subject).await?;
         let identifiers = record.map(|r| r.identifiers).unwrap_or_default();
         let mut remove: Vec<(NormalizedIdentifier, Link)> = Vec::new();
         for link in distinct(links) {
-            if self.store.subject_by_link(&link)? != Some(subject) {
+            if self.store.subject_by_link(&link).await? != Some(subject) {
                 continue;
             }
             match identifiers.iter().find(|id| self.link_key.link(id) == link) {
@@ -233,7 +235,7 @@ impl<S: Store> NodeService<S> {
         }
         // Audited as an ownership repair; their claims (if this region had any) were queued
         // with the change.
-        let dropped = self.settle_unkeyed(self.store.drop_links(&subject, &remove, kept_by, now_unix())).await?;
+        let dropped = self.settle_unkeyed(self.store.drop_links(&subject, &remove, kept_by, now_unix()).await).await?;
         tracing::info!(region = %self.region, %kept_by, removed = dropped.removed.len(), left = dropped.left, "links dropped for ownership repair");
         Ok((subject, dropped))
     }
@@ -248,7 +250,7 @@ impl<S: Store> NodeService<S> {
         let mut orphans = Vec::with_capacity(links.len());
         let mut held_here = 0u64;
         for link in &links {
-            if self.store.subject_by_link(link)?.is_some() {
+            if self.store.subject_by_link(link).await?.is_some() {
                 held_here += 1;
             } else {
                 orphans.push(*link);
@@ -258,7 +260,7 @@ impl<S: Store> NodeService<S> {
         if !orphans.is_empty() {
             // Above every generation this region claimed with, so the release frees whichever
             // claim of this region the arbiter keeps.
-            let generation = self.store.next_generation()?;
+            let generation = self.store.next_generation().await?;
             let releases: Vec<Release> = orphans.iter().map(|link| Release { link: *link, generation }).collect();
             (released, queued) = self.ownership.release_now(&releases).await?;
         }

@@ -21,13 +21,13 @@ const DEFAULT_CLAIM_BATCH: usize = 4096;
 
 pub type ClaimStream = Pin<Box<dyn Stream<Item = Result<pb::ClaimBatch, Status>> + Send>>;
 
-pub(in crate::service) fn claims_of<S: Store>(
+pub(in crate::service) async fn claims_of<S: Store>(
     node: &NodeService<S>,
     request: Request<pb::ClaimsOfRequest>,
 ) -> Result<pb::ClaimsOfResponse, NodeError> {
     operator_only(&request)?;
     let links = links_of(&request.get_ref().links)?;
-    let claims = node.arbitrated_claims(&links)?;
+    let claims = node.arbitrated_claims(&links).await?;
     Ok(pb::ClaimsOfResponse {
         claims: claims.iter().map(|claim| claim.as_ref().map(claim_to_pb).unwrap_or_default()).collect(),
         arbiter_map_digest: node.ownership.map().digest().to_owned(),

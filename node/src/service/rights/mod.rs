@@ -70,16 +70,16 @@ impl<S: Store> NodeService<S> {
                 "exports are delivered in the home region: call this region's node as a service of the region",
             ));
         }
-        let (subject, meta) = self.resolve_meta(key)?;
-        let record = self.store.subject_record(&subject)?.ok_or(StoreError::NotFound)?;
-        let history = self.store.consent_history(&subject)?;
+        let (subject, meta) = self.resolve_meta(key).await?;
+        let record = self.store.subject_record(&subject).await?.ok_or(StoreError::NotFound)?;
+        let history = self.store.consent_history(&subject).await?;
         let now = now_unix();
         // Bookkeeping first, so the document lists this request too.
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Access, now)?;
         // Durable (and audited) before the document leaves.
-        self.settle_unkeyed(self.store.append_rights_request(&subject, &rights_request)).await?;
-        let interactions = self.store.interactions(&subject)?;
-        let rights_requests = self.store.rights_requests(&subject)?;
+        self.settle_unkeyed(self.store.append_rights_request(&subject, &rights_request).await).await?;
+        let interactions = self.store.interactions(&subject).await?;
+        let rights_requests = self.store.rights_requests(&subject).await?;
         let document = serde_json::json!({
             "schema": "domicile.export.v1",
             "subject_ref": self.subject_ref(subject).to_string(),
@@ -108,16 +108,16 @@ impl<S: Store> NodeService<S> {
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, Erased), NodeError> {
         // Before resolving: after the first erasure the subject is gone, its answer is not.
-        if let Some(done) = self.replayed::<(SubjectId, Erased)>(tag)? {
+        if let Some(done) = self.replayed::<(SubjectId, Erased)>(tag).await? {
             return Ok(done);
         }
-        let (subject, meta) = self.resolve_meta(key)?;
+        let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
         // Not stored with the subject (it is about to go): the audit log and the response keep it.
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Erasure, now)?;
-        let erased = match self.settle(self.store.erase(&subject, now, &rights_request, tag)).await? {
+        let erased = match self.settle(self.store.erase(&subject, now, &rights_request, tag).await).await? {
             Settled::Applied(erased) => erased,
-            Settled::Replayed => return self.replayed_after_race(tag),
+            Settled::Replayed => return self.replayed_after_race(tag).await,
         };
         tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
         Ok((subject, erased))
@@ -131,26 +131,26 @@ impl<S: Store> NodeService<S> {
         restricted: bool,
         tag: Option<&Idempotency>,
     ) -> Result<Restriction, NodeError> {
-        if let Some(done) = self.replayed::<Restriction>(tag)? {
+        if let Some(done) = self.replayed::<Restriction>(tag).await? {
             return Ok(done);
         }
-        let (subject, meta) = self.resolve_meta(key)?;
+        let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Restriction, now)?;
-        let written = self.store.set_restricted(&subject, restricted, &rights_request, tag);
+        let written = self.store.set_restricted(&subject, restricted, &rights_request, tag).await;
         if let Settled::Replayed = self.settle(written).await? {
-            return self.replayed_after_race(tag);
+            return self.replayed_after_race(tag).await;
         }
         tracing::info!(region = %self.region, restricted, "restriction changed");
         Ok((subject, (restricted, rights_request)))
     }
 
     /// A subject's rights requests, oldest first.
-    pub(crate) fn rights_requests_of(
+    pub(crate) async fn rights_requests_of(
         &self,
         key: &SubjectKey,
     ) -> Result<(SubjectId, Vec<RightsRequestRecord>), NodeError> {
-        let subject = self.resolve(key)?;
-        Ok((subject, self.store.rights_requests(&subject)?))
+        let subject = self.resolve(key).await?;
+        Ok((subject, self.store.rights_requests(&subject).await?))
     }
 }

@@ -48,12 +48,12 @@ pub(in crate::service) async fn restrict<S: Store>(
     })
 }
 
-pub(in crate::service) fn list_rights_requests<S: Store>(
+pub(in crate::service) async fn list_rights_requests<S: Store>(
     node: &NodeService<S>,
     request: pb::ListRightsRequestsRequest,
 ) -> Result<pb::ListRightsRequestsResponse, NodeError> {
     let key = convert::subject_key("subject", request.subject.as_ref())?;
-    let (subject, requests) = node.rights_requests_of(&key)?;
+    let (subject, requests) = node.rights_requests_of(&key).await?;
     Ok(pb::ListRightsRequestsResponse {
         subject_ref: node.subject_ref(subject).to_string(),
         requests: requests.iter().map(rights_to_pb).collect(),
