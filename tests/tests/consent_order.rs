@@ -24,7 +24,7 @@
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{TestCluster, identifier, select_ref};
+use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, select_ref};
 use domicile_proto::prost_types::Timestamp;
 use tonic::transport::Channel;
 use tonic::{Code, Status};

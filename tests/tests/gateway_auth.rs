@@ -11,7 +11,7 @@
 
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
-use domicile_cluster_tests::{TestCluster, channel, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, channel, region};
 use domicile_runtime::identity::Scope;
 use domicile_runtime::pki::{ClusterPki, GATEWAY_SERVER_NAME};
 use tonic::Code;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{TestCluster, eventually};
+use domicile_cluster_tests::{Cluster as _, TestCluster, eventually};
 use tonic::Code;
 use tonic::transport::Channel;
 

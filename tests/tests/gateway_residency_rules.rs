@@ -20,7 +20,7 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
-use domicile_cluster_tests::{TestCluster, channel, node_ref, region, select, select_ref};
+use domicile_cluster_tests::{Cluster as _, TestCluster, channel, node_ref, region, select, select_ref};
 use domicile_runtime::identity::Scope;
 use tonic::Code;
 use tonic::transport::Channel;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::select as selector;
-use domicile_cluster_tests::{TestCluster, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, region};
 use domicile_runtime::identity::Scope;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use domicile_cluster_tests::TestCluster;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::{Cluster as _, TestCluster};
 use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");

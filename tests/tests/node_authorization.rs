@@ -19,7 +19,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
-use domicile_cluster_tests::{TestCluster, channel, identifier, node_ref, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, channel, identifier, node_ref, region};
 use domicile_runtime::identity::Scope;
 use domicile_runtime::tls::TlsFiles;
 use domicile_types::{ArbiterMap, Link, RegionId};

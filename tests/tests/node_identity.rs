@@ -17,7 +17,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, eventually, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, eventually, region};
 use domicile_cluster_tests::{identifier, node_ref as key, select as by, select_ref as by_ref};
 use tonic::Code;
 use tonic::transport::Channel;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, TestOptions, region, repo_packs};
+use domicile_cluster_tests::{Cluster as _, TestCluster, TestOptions, region, repo_packs};
 use domicile_runtime::packs::{TrustConfig, TrustedKeyFile, generate_key, sign_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");

@@ -11,7 +11,7 @@
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, files_containing, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, files_containing, region};
 use domicile_cluster_tests::{identifier, node_ref as by_ref, select_email as by_email};
 use tonic::Code;
 

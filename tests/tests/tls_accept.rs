@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node_pb;
-use domicile_cluster_tests::{TestCluster, region, select_email};
+use domicile_cluster_tests::{Cluster as _, TestCluster, region, select_email};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tonic::Code;

@@ -13,7 +13,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, files_containing, files_under, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, files_containing, files_under, region};
 use domicile_cluster_tests::{identifier, select as by_identifier};
 use tonic::Code;
 use tonic::transport::Channel;

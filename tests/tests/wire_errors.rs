@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
-use domicile_cluster_tests::{TestCluster, identifier, region, select_ref};
+use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, region, select_ref};
 use domicile_proto::prost::Message as _;
 use domicile_proto::prost::bytes::{Buf, BufMut, Bytes};
 use domicile_proto::prost::encoding::{WireType, encode_key, encode_varint};
