@@ -3,9 +3,9 @@
 //! gateway` processes run, on the very files `LocalCluster` writes for them (the cluster CA and
 //! certificates, the link key, `config/*.toml`, sled data under `data/<region>/`, the
 //! repository's packs). Callers reach them as they reach processes: mutual TLS over loopback
-//! sockets. What differs is only what a process boundary gives: they start in milliseconds (no
-//! binary to spawn, no port to race for: each listener is bound before any server starts and
-//! handed to its server) and cannot be killed with a signal, paused or restarted. Tests of those
+//! sockets. What differs is what a process boundary gives: no binary is spawned and no port can
+//! be lost to another process (each listener is bound before any server starts and handed to
+//! its server), and a server cannot be killed with a signal, paused or restarted. Tests of those
 //! (kill -9, SIGSTOP, SIGTERM, supervision, restarts) and proofs about every byte a process
 //! wrote (its stderr included) stay on [`crate::TestCluster`].
 //!
@@ -27,10 +27,12 @@
 //!   child of a `LocalCluster`, since configurations are loaded from their files the same way.
 //! - **Stopping.** [`InProcessCluster::stop`] is a process's SIGTERM: each server's shutdown
 //!   future resolves and `serve` returns after its own drain (a node flushes its store and syncs
-//!   its audit log), gateways first; dropping the cluster is `kill -9`: the `serve` futures and
-//!   every task are dropped where they stand. Either way the runtimes are shut down and their
-//!   threads joined before the directory is removed, so nothing outlives the cluster: no task,
-//!   no listener, no open database.
+//!   its audit log), gateways first; dropping the cluster stands for `kill -9`: the `serve`
+//!   futures and every task are dropped where they stand, with no drain and no final flush (but
+//!   destructors run, so it is no proof of what survives a crash: those tests stay on
+//!   processes). Either way the runtimes are shut down and their threads joined before the
+//!   directory is removed, so nothing outlives the cluster: no task, no listener, no open
+//!   database (sled's own I/O thread pool, shared by the process, idles on).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -195,11 +197,6 @@ impl InProcessCluster {
             node.stop().await;
         }
     }
-
-    /// A region's node data directory.
-    pub fn node_data_dir(&self, region: &RegionId) -> PathBuf {
-        self.files.dir.join("data").join(region.as_str())
-    }
 }
 
 impl Drop for InProcessCluster {
@@ -309,7 +306,9 @@ impl Starting {
 }
 
 impl InProcessServer {
-    /// Starts `server` on a runtime of its own, `serve` in `block_on` on a thread of its own.
+    /// Starts `server` on a runtime of its own, `serve` in `block_on` on a thread of its own. The
+    /// runtime is built, run and shut down on that thread only: it never exists where dropping it
+    /// would block an async context.
     fn spawn(
         files: &ProcessFiles,
         server: Server,
@@ -318,23 +317,20 @@ impl InProcessServer {
     ) -> anyhow::Result<Starting> {
         let log = files.log.clone();
         let dispatch = log_dispatch(&log)?;
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().thread_name(files.name.clone());
-        domicile_cli::server_runtime(&mut builder);
-        if let Some(threads) = worker_threads {
-            builder.worker_threads(threads);
-        }
-        let on_start = dispatch.clone();
-        builder.on_thread_start(move || log_to(&on_start)).on_thread_stop(stop_logging);
-        let runtime = builder.build().context("cannot build a server runtime")?;
-
+        let name = files.name.clone();
         let (ready, is_ready) = oneshot::channel();
         let (control, controlled) = watch::channel(Control::Run);
         let (finish, finished) = oneshot::channel();
-        let thread = std::thread::Builder::new().name(files.name.clone()).spawn(move || {
+        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
             let _logging = tracing::dispatcher::set_default(&dispatch);
-            let returned = runtime.block_on(run(server, listener, ready, controlled));
-            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            let returned = match server_runtime(&name, worker_threads, &dispatch) {
+                Ok(runtime) => {
+                    let returned = runtime.block_on(run(server, listener, ready, controlled));
+                    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+                    returned
+                }
+                Err(e) => Err(e),
+            };
             let _ = finish.send(returned);
         })?;
         let server = Self {
@@ -396,6 +392,24 @@ impl Drop for InProcessServer {
             let _ = thread.join();
         }
     }
+}
+
+/// A server's runtime, built as the CLI builds a node's or gateway's (`server_runtime`), its
+/// threads logging to the server's log.
+fn server_runtime(
+    name: &str,
+    worker_threads: Option<usize>,
+    dispatch: &tracing::Dispatch,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name(name);
+    domicile_cli::server_runtime(&mut builder);
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    let on_start = dispatch.clone();
+    builder.on_thread_start(move || log_to(&on_start)).on_thread_stop(stop_logging);
+    builder.build().context("cannot build a server runtime")
 }
 
 /// Runs `server` on `listener` until it returns on its own (after a [`Control::Stop`]) or is
