@@ -3,9 +3,12 @@
 //!
 //! The same code runs `domicile cluster up` and the end-to-end test harness, so what the tests
 //! prove is what a newcomer runs. Every address is chosen before the first process starts
-//! (`addresses.rs`); `cluster up` keeps its processes running (`supervise.rs`).
+//! (`addresses.rs`) and every process's files are written before the first one starts
+//! (`files.rs`; the test harness's in-process clusters run on the same files); `cluster up` keeps
+//! its processes running (`supervise.rs`).
 
 mod addresses;
+mod files;
 mod supervise;
 
 use std::collections::BTreeMap;
@@ -16,13 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use domicile_gateway::GatewayConfig;
-use domicile_gateway::config::RegionEndpoint;
-use domicile_node::NodeConfig;
 use domicile_runtime::identity::{CallerIdentity, Scope};
 use domicile_runtime::packs::TrustConfig;
 use domicile_runtime::pki::{ClusterPki, GATEWAY_SERVER_NAME};
-use domicile_runtime::process::{ReadyLine, load_or_create_secret};
+use domicile_runtime::process::ReadyLine;
 use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
 use domicile_types::RegionId;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -30,6 +30,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
 pub use addresses::{ADDRESSES_FILE, ClusterAddresses, PortChoice};
+pub use files::{ClusterFiles, ProcessFiles};
 pub use supervise::{ProcessState, SupervisedProcess, SupervisorFile};
 
 use crate::client::ClusterFile;
@@ -185,12 +186,6 @@ fn scope_parser() -> impl clap::builder::TypedValueParser<Value = Scope> {
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(Scope::ALL.map(Scope::as_str))
         .try_map(|text: String| Scope::parse(&text).ok_or("unknown scope"))
-}
-
-/// The cluster's token public key file in `pki_dir`, creating the key pair if absent.
-fn token_public_key(pki_dir: &Path) -> anyhow::Result<PathBuf> {
-    domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
-    Ok(pki_dir.join(domicile_runtime::token::PUBLIC_KEY_FILE))
 }
 
 fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
@@ -714,35 +709,22 @@ impl LocalCluster {
         }
     }
 
-    /// Generates (or reuses) the PKI and link key, starts every node, then every gateway, on
-    /// `addresses` (all chosen before the first process starts, so each configuration can name
-    /// any other process), and returns once each has announced readiness. If one cannot start,
-    /// those already started are stopped.
+    /// Writes the cluster's files ([`ClusterFiles::write`]: PKI, link key, every process's
+    /// configuration for `addresses`, all chosen before the first process starts, so each
+    /// configuration can name any other process), starts every node, then every gateway, and
+    /// returns once each has announced readiness. If one cannot start, those already started are
+    /// stopped.
     pub async fn start_at(options: ClusterOptions, addresses: ClusterAddresses) -> anyhow::Result<Self> {
-        let dir = absolute(&options.dir);
-        for sub in ["pki", "config", "logs", "data"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
-        }
-        for region in &options.regions {
-            anyhow::ensure!(addresses.nodes.contains_key(region), "no address for the node of {region}");
-        }
-        anyhow::ensure!(!addresses.gateways.is_empty(), "no address for the gateway");
-        let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
-        let link_key_file = dir.join("pki").join("link.key");
-        load_or_create_secret(&link_key_file, true).context("cannot create the link key")?;
-        // The CLI may do everything; it is an operator tool of the first region.
-        let first = options.regions.first().context("a cluster needs at least one region")?;
-        let client_tls = pki.caller(&CallerIdentity::new("cli", first.clone(), &Scope::ALL)?)?;
-        let packs_dir = absolute(&options.packs_dir);
-        anyhow::ensure!(
-            packs_dir.is_dir(),
-            "pack directory {} does not exist (run from the repository root or pass --packs)",
-            packs_dir.display()
-        );
-
-        let mut cluster = Self { dir, options, addresses, nodes: BTreeMap::new(), gateways: Vec::new(), client_tls };
-        if let Err(e) = cluster.spawn_all(&pki, &packs_dir, &link_key_file).await {
+        let files = ClusterFiles::write(&options, &addresses)?;
+        let mut cluster = Self {
+            dir: files.dir.clone(),
+            options,
+            addresses,
+            nodes: BTreeMap::new(),
+            gateways: Vec::new(),
+            client_tls: files.client_tls.clone(),
+        };
+        if let Err(e) = cluster.spawn_all(&files).await {
             cluster.stop().await;
             return Err(e);
         }
@@ -750,112 +732,34 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    async fn spawn_all(&mut self, pki: &ClusterPki, packs_dir: &Path, link_key_file: &Path) -> anyhow::Result<()> {
-        let regions = self.options.regions.clone();
-        for region in &regions {
-            let config = self.node_config(region, pki, packs_dir, link_key_file)?;
-            let path = self.dir.join("config").join(format!("node-{region}.toml"));
-            write_toml(&path, &config)?;
+    async fn spawn_all(&mut self, files: &ClusterFiles) -> anyhow::Result<()> {
+        for node in &files.nodes {
+            let region = node.region.clone().context("a node without a region")?;
             let args: Vec<String> = match self.options.node_worker_threads {
                 Some(threads) => vec!["--worker-threads".to_owned(), threads.to_string()],
                 None => Vec::new(),
             };
-            let launch = self.launch("node", Some(region.clone()), format!("node-{region}"), config.listen, path, args);
-            let process = launch.spawn().await?;
-            self.nodes.insert(region.clone(), process);
+            let process = self.launch(node, args).spawn().await?;
+            self.nodes.insert(region, process);
         }
-        for index in 0..self.addresses.gateways.len() {
-            let config = self.gateway_config(index, pki, packs_dir, link_key_file)?;
-            let name = gateway_name(index);
-            let path = self.dir.join("config").join(format!("{name}.toml"));
-            write_toml(&path, &config)?;
-            let launch = self.launch("gateway", None, name, config.listen, path, Vec::new());
-            let process = launch.spawn().await?;
+        for gateway in &files.gateways {
+            let process = self.launch(gateway, Vec::new()).spawn().await?;
             self.gateways.push(process);
         }
         Ok(())
     }
 
-    fn launch(
-        &self,
-        role: &'static str,
-        region: Option<RegionId>,
-        name: String,
-        addr: SocketAddr,
-        config: PathBuf,
-        args: Vec<String>,
-    ) -> Launch {
-        let log = self.dir.join("logs").join(format!("{name}.log"));
-        Launch { binary: self.options.binary.clone(), role, region, name, addr, config, args, log }
-    }
-
-    /// A node's configuration. Every address of the cluster is known here (`self.addresses`).
-    fn node_config(
-        &self,
-        region: &RegionId,
-        pki: &ClusterPki,
-        packs_dir: &Path,
-        link_key_file: &Path,
-    ) -> anyhow::Result<NodeConfig> {
-        Ok(NodeConfig {
-            version: 1,
-            region: region.clone(),
-            listen: self.addresses.node(region).with_context(|| format!("no address for the node of {region}"))?,
-            data_dir: self.node_data_dir(region),
-            store: Default::default(),
-            packs_dir: packs_dir.to_owned(),
-            link_key_file: link_key_file.to_owned(),
-            tls: pki.node(region)?,
-            packs_trust: self.options.packs_trust.clone(),
-            packs_reload_ms: self.options.packs_reload_ms,
-            otlp_endpoint: None,
-            otlp_metrics_interval_ms: None,
-            // Every region's node, listed alike on each (identifier ownership: nodes claim
-            // identifiers at each other's addresses, all known before any node starts).
-            ownership: domicile_node::config::OwnershipConfig {
-                regions: self
-                    .options
-                    .regions
-                    .iter()
-                    .map(|id| {
-                        let addr =
-                            self.addresses.node(id).with_context(|| format!("no address for the node of {id}"))?;
-                        Ok(RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
-                    })
-                    .collect::<anyhow::Result<_>>()?,
-                claim_timeout_ms: 2_000,
-            },
-        })
-    }
-
-    /// The configuration of gateway `index` (0: the first), following every node.
-    fn gateway_config(
-        &self,
-        index: usize,
-        pki: &ClusterPki,
-        packs_dir: &Path,
-        link_key_file: &Path,
-    ) -> anyhow::Result<GatewayConfig> {
-        Ok(GatewayConfig {
-            version: 1,
-            listen: *self.addresses.gateways.get(index).context("no address for the gateway")?,
-            packs_dir: packs_dir.to_owned(),
-            link_key_file: link_key_file.to_owned(),
-            tls: pki.gateway()?,
-            node_timeout_ms: 2_000,
-            regions: self
-                .options
-                .regions
-                .iter()
-                .filter_map(|id| self.addresses.node(id).map(|addr| (id, addr)))
-                .map(|(id, addr)| RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
-                .collect(),
-            packs_trust: self.options.packs_trust.clone(),
-            packs_reload_ms: self.options.packs_reload_ms,
-            otlp_endpoint: None,
-            otlp_metrics_interval_ms: None,
-            token_public_key_file: Some(token_public_key(&self.dir.join("pki"))?),
-        })
+    fn launch(&self, files: &ProcessFiles, args: Vec<String>) -> Launch {
+        Launch {
+            binary: self.options.binary.clone(),
+            role: files.role,
+            region: files.region.clone(),
+            name: files.name.clone(),
+            addr: files.addr,
+            config: files.config.clone(),
+            args,
+            log: files.log.clone(),
+        }
     }
 
     fn write_cluster_file(&self) -> anyhow::Result<()> {
@@ -889,7 +793,7 @@ impl LocalCluster {
     }
 
     pub fn node_data_dir(&self, region: &RegionId) -> PathBuf {
-        self.dir.join("data").join(region.as_str())
+        files::node_data_dir(&self.dir, region)
     }
 
     /// Certificate and key a caller of the gateway uses.
@@ -974,14 +878,6 @@ impl LocalCluster {
     }
 }
 
-/// `gateway` for the first gateway, then `gateway-2`, `gateway-3`, …
-fn gateway_name(index: usize) -> String {
-    match index {
-        0 => "gateway".to_owned(),
-        n => format!("gateway-{}", n + 1),
-    }
-}
-
 /// Starts `process` again with its configuration (and so on its address), stopping it first if
 /// it still runs; returns how it stopped.
 async fn restart(process: &mut Process) -> anyhow::Result<Option<Stopped>> {
@@ -1034,12 +930,6 @@ async fn stop_process(process: &mut Process) -> Stopped {
         }
     };
     Stopped { status, killed, took: started.elapsed() }
-}
-
-fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    let text = toml::to_string_pretty(value)?;
-    std::fs::write(path, format!("# Generated by `domicile cluster up`; rewritten on every start.\n{text}"))
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl Launch {

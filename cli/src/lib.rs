@@ -93,7 +93,8 @@ pub fn main() -> ExitCode {
 /// their replies together (with `tls::incoming`, which lets h2 copy them into one buffer).
 /// In interleaved runs on the local cluster: unary decisions ≈ 38k → 46k/s, batch ≈ 240k →
 /// 275k/s. Needs `--cfg tokio_unstable` (.cargo/config.toml); without it, Tokio's default.
-fn server_runtime(builder: &mut tokio::runtime::Builder) {
+/// Public for the test harness, which builds the runtimes of its in-process servers the same way.
+pub fn server_runtime(builder: &mut tokio::runtime::Builder) {
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     #[cfg(not(tokio_unstable))]

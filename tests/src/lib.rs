@@ -1,10 +1,22 @@
-//! Test harness: real clusters of real processes on loopback.
+//! Test harness: real clusters of real processes on loopback, and the same clusters in-process.
 //!
-//! Built on the CLI's `LocalCluster` (the code behind `domicile cluster up`), so tests exercise
-//! exactly what operators run. Readiness is the child's ready line followed by a real health
-//! RPC; there are no sleeps and no fixed ports: every process's port is a free one chosen before
-//! the cluster starts (so many clusters run side by side, and a restarted process comes back on
-//! its address), and a start that loses a port to another process is retried on new ones.
+//! Two layers, one client API ([`Cluster`]):
+//! - [`TestCluster`] runs every node and gateway as a process of its own, through the CLI's
+//!   `LocalCluster` (the code behind `domicile cluster up`), so tests exercise exactly what
+//!   operators run, and can kill (-9), signal, pause, stop and restart processes and read every
+//!   byte they wrote.
+//! - [`InProcessCluster`] (`inprocess.rs`) runs the same `serve` functions on the same files in
+//!   the test process, for scenarios that need none of that; [`ScenarioCluster`] is what those
+//!   scenarios start: in-process, or on processes with `DOMICILE_TEST_CLUSTER=processes`.
+//!
+//! Readiness is a server's ready signal (a process's ready line) followed by a real health RPC;
+//! there are no sleeps and no fixed ports: every process's port is a free one chosen before the
+//! cluster starts (so many clusters run side by side, and a restarted process comes back on its
+//! address), and a start that loses a port to another process is retried on new ones.
+
+mod clients;
+mod inprocess;
+mod scenario;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,20 +27,19 @@ use std::time::Duration;
 use anyhow::Context;
 use domicile_cli::cluster::{ClusterOptions, LocalCluster};
 use domicile_gateway::GatewayConfig;
-use domicile_proto::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
-use domicile_runtime::identity::{CallerIdentity, Scope, issue_caller_cert};
-use domicile_runtime::pki::ClusterPki;
 use domicile_runtime::process::ReadyLine;
 use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
 use domicile_types::RegionId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+pub use clients::Cluster;
 pub use domicile_proto::pb;
+pub use inprocess::{InProcessCluster, InProcessServer};
+pub use scenario::{HARNESS_ENV, ScenarioCluster};
 
 /// The policy packs shipped in the repository.
 pub fn repo_packs() -> PathBuf {
@@ -49,10 +60,11 @@ pub struct TestOptions {
     /// Default: `DEFAULT_PACKS_RELOAD_MS`.
     pub packs_reload_ms: Option<u64>,
     /// Gateways to run, each following every node (default: one). Clients:
-    /// [`TestCluster::gateway_at_index`], [`TestCluster::gateways`].
+    /// [`Cluster::gateway_at_index`], [`Cluster::gateways`].
     pub gateways: Option<usize>,
 }
 
+/// A cluster of real processes (see the crate documentation).
 pub struct TestCluster {
     pub cluster: LocalCluster,
     binary: PathBuf,
@@ -88,106 +100,6 @@ impl TestCluster {
         Ok(this)
     }
 
-    async fn wait_healthy(&self) -> anyhow::Result<()> {
-        for addr in self.cluster.gateway_addrs() {
-            check_serving(self.gateway_channel_at(addr).await?, "domicile.gateway.v1.Domicile").await?;
-        }
-        for process in self.cluster.processes() {
-            if let Some(region) = &process.region {
-                check_serving(self.node_channel(region).await?, "domicile.node.v1.RegionalNode").await?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.cluster.dir()
-    }
-
-    pub fn pki(&self) -> anyhow::Result<ClusterPki> {
-        Ok(ClusterPki::open_or_create(&self.dir().join("pki"))?)
-    }
-
-    pub async fn gateway_channel(&self) -> anyhow::Result<Channel> {
-        channel(
-            &self.cluster.gateway_addr().to_string(),
-            self.cluster.client_tls(),
-            domicile_runtime::pki::GATEWAY_SERVER_NAME,
-        )
-        .await
-    }
-
-    /// A client of the first gateway with the CLI's certificate.
-    pub async fn gateway(&self) -> anyhow::Result<DomicileClient<Channel>> {
-        Ok(DomicileClient::new(self.gateway_channel().await?))
-    }
-
-    /// A client of gateway `index` (0: the first; see [`TestOptions::gateways`]).
-    pub async fn gateway_at_index(&self, index: usize) -> anyhow::Result<DomicileClient<Channel>> {
-        let addr = self.cluster.gateway_addrs().get(index).copied().with_context(|| format!("no gateway {index}"))?;
-        self.gateway_at(addr).await
-    }
-
-    /// One client per gateway, the first gateway's first.
-    pub async fn gateways(&self) -> anyhow::Result<Vec<DomicileClient<Channel>>> {
-        let mut clients = Vec::new();
-        for addr in self.cluster.gateway_addrs() {
-            clients.push(self.gateway_at(addr).await?);
-        }
-        Ok(clients)
-    }
-
-    /// A channel to a region's node as an operator of that region (nodes admit only gateways
-    /// and callers of their own region).
-    pub async fn node_channel(&self, region: &RegionId) -> anyhow::Result<Channel> {
-        let addr = self.cluster.node_addr(region).ok_or_else(|| anyhow::anyhow!("no node for {region}"))?;
-        let operator = CallerIdentity::new(&format!("operator-{region}"), region.clone(), &Scope::ALL)?;
-        let tls = self.pki()?.caller(&operator)?;
-        channel(&addr.to_string(), &tls, &region.node_server_name()).await
-    }
-
-    pub async fn node(&self, region: &RegionId) -> anyhow::Result<RegionalNodeClient<Channel>> {
-        Ok(RegionalNodeClient::new(self.node_channel(region).await?))
-    }
-
-    /// Issues a caller certificate from the cluster CA naming `name`, `region` and `scopes`.
-    pub fn issue_caller(&self, name: &str, region_id: &str, scopes: &[Scope]) -> anyhow::Result<TlsFiles> {
-        let caller = CallerIdentity::new(name, region(region_id), scopes)?;
-        Ok(issue_caller_cert(&self.dir().join("pki"), &format!("client-{name}"), &caller)?)
-    }
-
-    /// A gateway client presenting `tls` (which need not be from this cluster's CA).
-    pub async fn gateway_as(&self, tls: &TlsFiles) -> anyhow::Result<DomicileClient<Channel>> {
-        self.gateway_at_as(self.cluster.gateway_addr(), tls).await
-    }
-
-    /// A client of the gateway at `addr` presenting `tls`.
-    pub async fn gateway_at_as(&self, addr: SocketAddr, tls: &TlsFiles) -> anyhow::Result<DomicileClient<Channel>> {
-        Ok(DomicileClient::new(channel(&addr.to_string(), tls, domicile_runtime::pki::GATEWAY_SERVER_NAME).await?))
-    }
-
-    /// A client of the gateway at `addr` with the CLI's certificate.
-    pub async fn gateway_at(&self, addr: SocketAddr) -> anyhow::Result<DomicileClient<Channel>> {
-        self.gateway_at_as(addr, self.cluster.client_tls()).await
-    }
-
-    /// A gateway client that trusts the cluster CA but presents no certificate.
-    pub async fn gateway_without_certificate(&self) -> anyhow::Result<DomicileClient<Channel>> {
-        Ok(DomicileClient::new(self.channel_without_certificate().await?))
-    }
-
-    /// A TLS channel to the gateway that presents no client certificate (for token callers).
-    pub async fn channel_without_certificate(&self) -> anyhow::Result<Channel> {
-        let ca = std::fs::read(&self.cluster.client_tls().ca)?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .domain_name(domicile_runtime::pki::GATEWAY_SERVER_NAME);
-        Ok(Endpoint::from_shared(format!("https://{}", self.cluster.gateway_addr()))?
-            .tls_config(tls)?
-            .connect()
-            .await?)
-    }
-
     /// Starts one more gateway process on the cluster's configuration, with some regions' node
     /// endpoints replaced (e.g. by a recording proxy). It shares nothing with the cluster's own
     /// gateway but the nodes.
@@ -196,14 +108,8 @@ impl TestCluster {
         label: &str,
         endpoints: &[(RegionId, SocketAddr)],
     ) -> anyhow::Result<ExtraGateway> {
-        let mut config = GatewayConfig::load(&self.dir().join("config").join("gateway.toml"))?;
-        config.listen = "127.0.0.1:0".parse()?;
-        for (id, addr) in endpoints {
-            let slot = config.regions.iter_mut().find(|r| &r.id == id).context("no such region")?;
-            slot.endpoint = addr.to_string();
-        }
-        let path = self.dir().join("config").join(format!("gateway-{label}.toml"));
-        std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+        // The process binds port 0 and announces the port it got.
+        let path = extra_gateway_config(self.dir(), label, "127.0.0.1:0".parse()?, endpoints)?;
         let log = self.dir().join("logs").join(format!("gateway-{label}.log"));
         let mut child = tokio::process::Command::new(&self.binary)
             .arg("gateway")
@@ -228,21 +134,9 @@ impl TestCluster {
         .context("gateway not ready in time")??
         .with_context(|| format!("gateway {label} exited before it was ready; see {}", log.display()))?;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let gateway = ExtraGateway { addr: ready.addr, _child: child };
+        let gateway = ExtraGateway { addr: ready.addr, _running: Running::Process { _child: child } };
         check_serving(self.gateway_channel_at(gateway.addr).await?, "domicile.gateway.v1.Domicile").await?;
         Ok(gateway)
-    }
-
-    async fn gateway_channel_at(&self, addr: SocketAddr) -> anyhow::Result<Channel> {
-        channel(&addr.to_string(), self.cluster.client_tls(), domicile_runtime::pki::GATEWAY_SERVER_NAME).await
-    }
-
-    /// Starts a TLS-terminating recording proxy in front of `region`'s node (see
-    /// [`RecordingProxy`]).
-    pub async fn recording_proxy(&self, region_id: &RegionId) -> anyhow::Result<RecordingProxy> {
-        let upstream = self.cluster.node_addr(region_id).context("no node for region")?;
-        let pki = self.pki()?;
-        RecordingProxy::start(region_id, upstream, &pki.node(region_id)?, &pki.gateway()?).await
     }
 
     /// Starts the cluster's gateway again on its address (see `LocalCluster::restart_gateway`)
@@ -262,6 +156,51 @@ impl TestCluster {
     pub async fn stop(&mut self) {
         self.cluster.stop().await;
     }
+}
+
+impl Cluster for TestCluster {
+    fn dir(&self) -> &Path {
+        self.cluster.dir()
+    }
+
+    fn client_tls(&self) -> &TlsFiles {
+        self.cluster.client_tls()
+    }
+
+    fn gateway_addr(&self) -> SocketAddr {
+        self.cluster.gateway_addr()
+    }
+
+    fn gateway_addrs(&self) -> Vec<SocketAddr> {
+        self.cluster.gateway_addrs()
+    }
+
+    fn regions(&self) -> Vec<RegionId> {
+        self.cluster.processes().filter_map(|p| p.region.clone()).collect()
+    }
+
+    fn node_addr(&self, region: &RegionId) -> Option<SocketAddr> {
+        self.cluster.node_addr(region)
+    }
+}
+
+/// Writes `config/gateway-<label>.toml`: the cluster's gateway configuration listening on
+/// `listen`, with some regions' node endpoints replaced.
+fn extra_gateway_config(
+    dir: &Path,
+    label: &str,
+    listen: SocketAddr,
+    endpoints: &[(RegionId, SocketAddr)],
+) -> anyhow::Result<PathBuf> {
+    let mut config = GatewayConfig::load(&dir.join("config").join("gateway.toml"))?;
+    config.listen = listen;
+    for (id, addr) in endpoints {
+        let slot = config.regions.iter_mut().find(|r| &r.id == id).context("no such region")?;
+        slot.endpoint = addr.to_string();
+    }
+    let path = dir.join("config").join(format!("gateway-{label}.toml"));
+    std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+    Ok(path)
 }
 
 // === request builders shared by the scenarios ===
@@ -330,10 +269,17 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A gateway process started by [`TestCluster::start_gateway`]; killed when dropped.
+/// A gateway started by [`TestCluster::start_gateway`] or [`ScenarioCluster::start_gateway`];
+/// killed (-9, or its in-process equivalent) when dropped.
 pub struct ExtraGateway {
     pub addr: SocketAddr,
-    _child: tokio::process::Child,
+    _running: Running,
+}
+
+/// What keeps an [`ExtraGateway`] running.
+enum Running {
+    Process { _child: tokio::process::Child },
+    InProcess { _server: InProcessServer },
 }
 
 /// Polls `probe` until it returns `Some` or `deadline` passes: for effects that propagate
@@ -401,7 +347,7 @@ fn key(path: &Path) -> anyhow::Result<rustls_pki_types::PrivateKeyDer<'static>> 
 }
 
 impl RecordingProxy {
-    async fn start(
+    pub(crate) async fn start(
         region: &RegionId,
         upstream: SocketAddr,
         node: &TlsFiles,

@@ -25,7 +25,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, identifier, node_ref, region, select_ref};
+use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, node_ref, region, select_ref};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 

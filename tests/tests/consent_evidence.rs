@@ -15,7 +15,7 @@
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, files_containing, identifier, node_ref, region, select_ref};
+use domicile_cluster_tests::{Cluster as _, TestCluster, files_containing, identifier, node_ref, region, select_ref};
 use domicile_proto::prost::Message as _;
 use domicile_runtime::identity::Scope;
 use tonic::Code;

@@ -24,7 +24,7 @@
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{TestCluster, identifier, select_ref};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, identifier, select_ref};
 use domicile_proto::prost_types::Timestamp;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -129,7 +129,7 @@ const LATER: &[i64] = &[290, 300, 301, 360, 3600, 86_400];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_order_holds_under_clock_skew_in_both_directions() {
-    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
 
     // (a) The capture system's clock runs ahead: a grant stamped 290 s in the future, then an

@@ -11,7 +11,7 @@
 
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
-use domicile_cluster_tests::{TestCluster, channel, region};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, channel, region};
 use domicile_runtime::identity::Scope;
 use domicile_runtime::pki::{ClusterPki, GATEWAY_SERVER_NAME};
 use tonic::Code;
@@ -42,7 +42,7 @@ fn register_request() -> gw::RegisterRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_need_a_cluster_certificate_an_identity_and_the_scope() {
-    let cluster = TestCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
 
     // No certificate: TLS lets the connection through so the refusal is a precise status.
     let mut anonymous = cluster.gateway_without_certificate().await.unwrap();
@@ -54,8 +54,8 @@ async fn callers_need_a_cluster_certificate_an_identity_and_the_scope() {
     // It even claims every scope: only the CA makes an identity count.
     let intruder = domicile_runtime::identity::CallerIdentity::new("intruder", region("us-east"), &Scope::ALL).unwrap();
     let foreign = ClusterPki::open_or_create(foreign_dir.path()).unwrap().caller(&intruder).unwrap();
-    let foreign = domicile_runtime::tls::TlsFiles { ca: cluster.cluster.client_tls().ca.clone(), ..foreign };
-    match channel(&cluster.cluster.gateway_addr().to_string(), &foreign, GATEWAY_SERVER_NAME).await {
+    let foreign = domicile_runtime::tls::TlsFiles { ca: cluster.client_tls().ca.clone(), ..foreign };
+    match channel(&cluster.gateway_addr().to_string(), &foreign, GATEWAY_SERVER_NAME).await {
         Err(_) => {}
         Ok(ch) => {
             let status = domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient::new(ch)
@@ -127,7 +127,7 @@ async fn callers_without_a_certificate_can_use_a_signed_token_with_its_scopes_an
     use domicile_runtime::identity::CallerIdentity;
     use domicile_runtime::token::TokenIssuer;
 
-    let cluster = TestCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
     let issuer = TokenIssuer::open_or_create(&cluster.dir().join("pki")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let kiosk = CallerIdentity::new("kiosk", region("us-east"), &[Scope::Decide]).unwrap();
@@ -165,7 +165,7 @@ async fn callers_without_a_certificate_can_use_a_signed_token_with_its_scopes_an
     // with an all-scopes token beside it.
     let decider = cluster.issue_caller("campaigns", "us-east", &[Scope::Decide]).unwrap();
     let tls_channel =
-        domicile_cluster_tests::channel(&cluster.cluster.gateway_addr().to_string(), &decider, GATEWAY_SERVER_NAME)
+        domicile_cluster_tests::channel(&cluster.gateway_addr().to_string(), &decider, GATEWAY_SERVER_NAME)
             .await
             .unwrap();
     let status = with_token(tls_channel, widened.clone()).register(register_request()).await.unwrap_err();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{TestCluster, eventually};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, eventually};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -31,7 +31,7 @@ async fn resolve(client: &mut DomicileClient<Channel>, value: &str) -> Result<gw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_gateway_learns_registrations_and_erasures_from_node_events() {
-    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut a = cluster.gateway().await.unwrap();
     // Registered before gateway B exists: B must find it through its start-up load.
     let early = a

@@ -16,7 +16,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::select_email as by_email;
-use domicile_cluster_tests::{TestCluster, eventually, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, eventually, region};
 use tonic::Code;
 use tonic::transport::Channel;
 

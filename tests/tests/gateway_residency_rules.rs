@@ -1,4 +1,4 @@
-//! Residency rules on every flow, end to end on real processes (issue: gateway residency):
+//! Residency rules on every flow, end to end (issue: gateway residency):
 //! - in-country collection: RU's pack requires it, so captures of RU subjects by callers of
 //!   another region are refused and store nothing, while decisions still cross;
 //! - context: a caller outside the subject's home region gets the minimised context only under
@@ -20,7 +20,7 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
-use domicile_cluster_tests::{TestCluster, channel, node_ref, region, select, select_ref};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, channel, node_ref, region, select, select_ref};
 use domicile_runtime::identity::Scope;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -35,7 +35,7 @@ const BR_EMAIL: &str = "caio.residency-probe@example.com.br";
 /// A profile field the packs never name as minimised: it must never leave the home region.
 const SECRET_TIER: &str = "Platinum-Residency-Probe";
 
-async fn agent(cluster: &TestCluster, region_id: &str) -> DomicileClient<Channel> {
+async fn agent(cluster: &ScenarioCluster, region_id: &str) -> DomicileClient<Channel> {
     let tls = cluster.issue_caller(&format!("agent-{region_id}"), region_id, SCOPES).unwrap();
     cluster.gateway_as(&tls).await.unwrap()
 }
@@ -87,7 +87,7 @@ fn assert_refused(status: &tonic::Status, code: Code, needles: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captures_context_and_exports_follow_the_subjects_pack() {
-    let mut cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let mut cluster = ScenarioCluster::start(BIN, REGIONS).await.expect("cluster starts");
     let (mut eu, mut us, mut sa, mut ru) = (
         agent(&cluster, "eu-central").await,
         agent(&cluster, "us-east").await,
@@ -191,7 +191,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
 
     // --- Exports and full context: home region only, never through a gateway ---------------
     let eu_region = region("eu-central");
-    let addr = cluster.cluster.node_addr(&eu_region).unwrap().to_string();
+    let addr = cluster.node_addr(&eu_region).unwrap().to_string();
     let gateway_tls = cluster.pki().unwrap().gateway().unwrap();
     let mut as_gateway =
         RegionalNodeClient::new(channel(&addr, &gateway_tls, &eu_region.node_server_name()).await.unwrap());

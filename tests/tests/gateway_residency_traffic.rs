@@ -20,7 +20,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::select as selector;
-use domicile_cluster_tests::{TestCluster, region};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, region};
 use domicile_runtime::identity::Scope;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
@@ -73,7 +73,7 @@ const SEEDS: &[Seed] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_identifier_crosses_to_a_node_of_another_region() {
-    let cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, REGIONS).await.expect("cluster starts");
     let mut proxies = Vec::new();
     for r in REGIONS {
         proxies.push((r.to_owned(), cluster.recording_proxy(&region(r)).await.expect("proxy starts")));

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use domicile_cluster_tests::TestCluster;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster};
 use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
@@ -27,7 +27,7 @@ async fn next(stream: &mut tonic::Streaming<gw::WatchEvent>) -> gw::WatchEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_merges_every_region_and_resumes_from_a_token() {
-    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let de = client
         .register(gw::RegisterRequest {

@@ -20,7 +20,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node_pb;
-use domicile_cluster_tests::{TestCluster, region, select_email};
+use domicile_cluster_tests::{Cluster as _, TestCluster, region, select_email};
 use tonic::Code;
 use tonic::transport::Channel;
 

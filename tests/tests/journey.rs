@@ -1,4 +1,4 @@
-//! The acceptance journey on real processes: a person starts on the web (cookie), moves to chat
+//! The acceptance journey end to end: a person starts on the web (cookie), moves to chat
 //! (chat handle + email) and is then called (phone number). Consent given on the web and
 //! withdrawn on chat is honoured on the phone, and the agent's context shows the chat.
 
@@ -13,7 +13,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, region};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, region};
 use domicile_cluster_tests::{identifier, select as by};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -99,7 +99,7 @@ async fn interaction(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_to_chat_to_phone_honours_the_withdrawal_and_hands_off_the_context() {
-    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
 
     // Web: an anonymous visitor known by a cookie gives consent to marketing calls.

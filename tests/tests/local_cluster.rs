@@ -16,7 +16,7 @@ use domicile_cli::cluster::{ClusterAddresses, ClusterOptions, LocalCluster, is_a
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{TestCluster, TestOptions, eventually, region, repo_packs};
+use domicile_cluster_tests::{Cluster as _, TestCluster, TestOptions, eventually, region, repo_packs};
 use domicile_gateway::GatewayConfig;
 use tonic::transport::Channel;
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
-use domicile_cluster_tests::{TestCluster, channel, identifier, node_ref, region};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, channel, identifier, node_ref, region};
 use domicile_runtime::identity::Scope;
 use domicile_runtime::tls::TlsFiles;
 use domicile_types::{ArbiterMap, Link, RegionId};
@@ -521,10 +521,10 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_method_serves_exactly_the_callers_its_rule_admits() {
-    let cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, REGIONS).await.expect("cluster starts");
     let (home, other) = (region(HOME), region(OTHER));
     let pki = cluster.pki().unwrap();
-    let addr = cluster.cluster.node_addr(&home).unwrap().to_string();
+    let addr = cluster.node_addr(&home).unwrap().to_string();
     let server_name = home.node_server_name();
 
     let mut admin = cluster.node(&home).await.unwrap();
@@ -599,7 +599,7 @@ async fn every_node_method_serves_exactly_the_callers_its_rule_admits() {
 
     // Without a certificate there is nobody to authorise: the node's TLS requires one, so not
     // even Info is served (the gateway, which also takes tokens, answers UNAUTHENTICATED instead).
-    let ca = std::fs::read(&cluster.cluster.client_tls().ca).unwrap();
+    let ca = std::fs::read(&cluster.client_tls().ca).unwrap();
     let anonymous = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(

@@ -1,6 +1,7 @@
-//! Identity resolution and rights on real processes: merging subjects (a withdrawal survives an
-//! older grant, cross-region merges are refused), rectification, restriction, rights-request
-//! bookkeeping, and durability of concurrent acknowledged writes across kill -9.
+//! Identity resolution and rights: merging subjects (a withdrawal survives an older grant,
+//! cross-region merges are refused), rectification, restriction, rights-request bookkeeping (on a
+//! `ScenarioCluster`), and durability of concurrent acknowledged writes across kill -9 (on real
+//! processes).
 
 #![allow(
     clippy::expect_used,
@@ -17,7 +18,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, eventually, region};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, TestCluster, eventually, region};
 use domicile_cluster_tests::{identifier, node_ref as key, select as by, select_ref as by_ref};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -73,7 +74,7 @@ fn now() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
-    let cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let email = "merge.into@example.de";
     let phone = "+49 151 2222 3333";
@@ -164,7 +165,7 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merges_across_regions_or_jurisdictions_are_refused() {
-    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let de = register(&mut client, "DE", &[("email", "cross.de@example.de")]).await;
     let us = register(&mut client, "US", &[("email", "cross.us@example.com")]).await;
@@ -208,7 +209,7 @@ async fn merges_across_regions_or_jurisdictions_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
-    let cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let old_email = "rectify.old@example.de";
     let new_email = "rectify.new@example.de";

@@ -24,7 +24,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, eventually, identifier, region};
+use domicile_cluster_tests::{Cluster as _, TestCluster, eventually, identifier, region};
 use domicile_cluster_tests::{node_ref, select as by, select_ref as by_ref};
 use tonic::Code;
 use tonic::transport::Channel;

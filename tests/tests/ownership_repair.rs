@@ -19,7 +19,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, eventually, identifier, node_ref, region, select_email};
+use domicile_cluster_tests::{Cluster as _, TestCluster, eventually, identifier, node_ref, region, select_email};
 use domicile_node::store::{Evidence, NewConsent, Release, RightsRequestRecord, SledStore, Store};
 use domicile_types::{
     ArbiterMap, Channel, ConsentState, IdentifierKind, Jurisdiction, Link, LinkKey, NormalizedIdentifier, Purpose,

@@ -1,4 +1,4 @@
-//! Signed pack sets on real processes: a new signed version is picked up without a restart and
+//! Signed pack sets on a running cluster: a new signed version is picked up without a restart and
 //! named by the very next decisions; a tampered or unsigned set is refused and the previous set
 //! keeps serving; no decision fails during reloads.
 
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, TestOptions, region, repo_packs};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, TestOptions, region, repo_packs};
 use domicile_runtime::packs::{TrustConfig, TrustedKeyFile, generate_key, sign_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
@@ -74,7 +74,7 @@ async fn signed_sets_reload_live_and_tampered_sets_are_refused() {
         packs_reload_ms: Some(100),
         ..TestOptions::default()
     };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("signed set loads");
+    let cluster = ScenarioCluster::start_with(BIN, &["eu-central"], options).await.expect("signed set loads");
     let mut client = cluster.gateway().await.unwrap();
     client
         .register(gw::RegisterRequest {

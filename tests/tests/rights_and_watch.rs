@@ -1,5 +1,5 @@
-//! Rights and change events on real processes: erasure (invariant 6), consent history, and the
-//! resumable watch stream.
+//! Rights and change events: erasure (invariant 6; on real processes, stopped and every byte they
+//! wrote read), consent history, and the resumable watch stream (on a `ScenarioCluster`).
 
 #![allow(
     clippy::expect_used,
@@ -11,7 +11,7 @@
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, files_containing, region};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, TestCluster, files_containing, region};
 use domicile_cluster_tests::{identifier, node_ref as by_ref, select_email as by_email};
 use tonic::Code;
 
@@ -162,7 +162,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_reconnects_misses_no_event() {
-    let cluster = TestCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let mut node_client = cluster.node(&region("us-east")).await.unwrap();
     let email = "watch.me@example.com";

@@ -14,7 +14,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, identifier, region, select as by_identifier};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, identifier, region, select as by_identifier};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -67,7 +67,7 @@ fn pack_id(d: &common::Decision) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_subdivisions_are_refused_and_known_ones_without_a_pack_fall_back_explicitly() {
-    let cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, REGIONS).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let counts = || async {
         let mut all = Vec::new();

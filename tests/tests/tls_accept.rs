@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node_pb;
-use domicile_cluster_tests::{TestCluster, region, select_email};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, region, select_email};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -37,11 +37,11 @@ async fn stalled_and_garbage(addr: std::net::SocketAddr) -> Vec<TcpStream> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_or_non_tls_connections_block_no_one_and_nodes_require_a_client_certificate() {
-    let cluster = TestCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
     let us = region("us-east");
-    let node_addr = cluster.cluster.node_addr(&us).unwrap();
+    let node_addr = cluster.node_addr(&us).unwrap();
 
-    let _held_gateway = stalled_and_garbage(cluster.cluster.gateway_addr()).await;
+    let _held_gateway = stalled_and_garbage(cluster.gateway_addr()).await;
     let _held_node = stalled_and_garbage(node_addr).await;
 
     // With 64 handshakes pending, a proper caller is served at once by both servers, through
@@ -65,7 +65,7 @@ async fn stalled_or_non_tls_connections_block_no_one_and_nodes_require_a_client_
     assert!(served.is_ok(), "stalled handshakes held up other callers");
 
     // A node never serves a peer without a certificate: the handshake itself is refused.
-    let ca = std::fs::read(&cluster.cluster.client_tls().ca).unwrap();
+    let ca = std::fs::read(&cluster.client_tls().ca).unwrap();
     let anonymous = ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
         .domain_name(us.node_server_name());

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{TestCluster, eventually, identifier, region, select_ref};
+use domicile_cluster_tests::{Cluster as _, TestCluster, eventually, identifier, region, select_ref};
 use domicile_types::RegionId;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

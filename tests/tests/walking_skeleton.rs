@@ -1,6 +1,8 @@
-//! The walking skeleton end to end: real node and gateway processes, real mutual TLS, real sled
-//! files. Invariants covered: 1 (residency at rest), 2 (only links cross), 3 (default deny),
-//! 4 (withdrawal is immediate), 5 (decisions name pack and rule), 8 (bad input).
+//! The walking skeleton end to end: real mutual TLS, real sled files. Invariants covered: 1
+//! (residency at rest), 2 (only links cross), 3 (default deny), 4 (withdrawal is immediate), 5
+//! (decisions name pack and rule), 8 (bad input). Residency at rest (every byte the processes
+//! wrote, their logs included) and kill -9 run on real processes; the other scenarios on a
+//! `ScenarioCluster` (in-process unless `DOMICILE_TEST_CLUSTER=processes`).
 
 #![allow(
     clippy::expect_used,
@@ -13,7 +15,7 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{TestCluster, files_containing, files_under, region};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, TestCluster, files_containing, files_under, region};
 use domicile_cluster_tests::{identifier, select as by_identifier};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -256,7 +258,7 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
-    let cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, REGIONS).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let secret = "Zz.Secret-Value";
     client
@@ -488,9 +490,9 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_refuse_callers_without_a_cluster_certificate() {
-    let cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
     let eu = region("eu-central");
-    let addr = cluster.cluster.node_addr(&eu).unwrap();
+    let addr = cluster.node_addr(&eu).unwrap();
     let ca = std::fs::read(cluster.dir().join("pki/ca.pem")).unwrap();
 
     // With a cluster certificate: served.
@@ -564,7 +566,7 @@ async fn every_process_serves_health_and_reflection() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut channels = vec![("gateway", cluster.gateway_channel().await.unwrap(), "domicile.gateway.v1.Domicile")];
     for r in ["eu-central", "us-east"] {
         channels.push((r, cluster.node_channel(&region(r)).await.unwrap(), "domicile.node.v1.RegionalNode"));

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
-use domicile_cluster_tests::{TestCluster, identifier, region, select_ref};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, identifier, region, select_ref};
 use domicile_proto::prost::Message as _;
 use domicile_proto::prost::bytes::{Buf, BufMut, Bytes};
 use domicile_proto::prost::encoding::{WireType, encode_key, encode_varint};
@@ -270,7 +270,7 @@ async fn probe_unary(channel: &Channel, path: &'static str, limit: usize, utf8: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_requests_get_precise_codes_at_the_gateway_and_the_node() {
-    let cluster = TestCluster::start(BIN, &[REGION]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &[REGION]).await.expect("cluster starts");
     let gateway = cluster.gateway_channel().await.unwrap();
     let node = cluster.node_channel(&region(REGION)).await.unwrap();
 
@@ -316,7 +316,7 @@ async fn malformed_and_oversized_requests_get_precise_codes_at_the_gateway_and_t
         other => panic!("{other:?}"),
     }
 
-    // The processes served all of that without a crash.
+    // The servers served all of that without a crash.
     cluster
         .gateway()
         .await
@@ -354,7 +354,7 @@ fn assert_every_item_decided(context: &str, results: &[gw::DecideStreamResult], 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_decide_stream_item_ends_the_stream_precisely_after_every_earlier_item_is_answered() {
-    let cluster = TestCluster::start(BIN, &[REGION]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &[REGION]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let mut subjects = Vec::new();
     for n in 0..3 {
@@ -492,7 +492,7 @@ async fn file_containing(channel: &Channel, symbol: &str) -> Result<(), tonic::S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_process_lists_and_serves_only_its_own_services() {
-    let cluster = TestCluster::start(BIN, &[REGION]).await.expect("cluster starts");
+    let cluster = ScenarioCluster::start(BIN, &[REGION]).await.expect("cluster starts");
     let gateway = cluster.gateway_channel().await.unwrap();
     let node = cluster.node_channel(&region(REGION)).await.unwrap();
     let common = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];
