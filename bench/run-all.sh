@@ -15,6 +15,7 @@
 #   LOAD_WITHDRAWALS [1000]   withdrawals for the propagation / read-your-writes check
 #   SKIP_COMPONENT_BENCHES    set to 1 to run only the load tool
 #   CLUSTER_ARGS              extra `cluster up` arguments, e.g. `--node-worker-threads 0`
+#   CARGO_TARGET_DIR          honoured: the load tool runs the binary built there
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,6 +41,7 @@ fi
 
 echo "== load tool through gateway and nodes"
 cargo build --release -p domicile-cli
+domicile="${CARGO_TARGET_DIR:-target}/release/domicile"
 dir="$(mktemp -d)"
 cluster_pid=""
 cleanup() {
@@ -50,7 +52,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-./target/release/domicile cluster up --dir "$dir" --gateway-listen 127.0.0.1:0 ${CLUSTER_ARGS:-} >"$dir/cluster-up.log" 2>&1 &
+"$domicile" cluster up --dir "$dir" --gateway-listen 127.0.0.1:0 ${CLUSTER_ARGS:-} >"$dir/cluster-up.log" 2>&1 &
 cluster_pid=$!
 for _ in $(seq 1 120); do
   [[ -f "$dir/cluster.json" ]] && break
@@ -63,6 +65,6 @@ for _ in $(seq 1 120); do
 done
 [[ -f "$dir/cluster.json" ]] || { echo "error: no cluster.json after 60 s" >&2; exit 1; }
 
-./target/release/domicile load all --cluster-dir "$dir" \
+"$domicile" load all --cluster-dir "$dir" \
   --subjects "$LOAD_SUBJECTS" --duration "$LOAD_DURATION" \
   --concurrency "$LOAD_CONCURRENCY" --withdrawals "$LOAD_WITHDRAWALS" "$@"
