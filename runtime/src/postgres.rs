@@ -94,6 +94,12 @@ impl LocalPostgres {
             server.init()?;
         }
         server.configure()?;
+        if server.data_dir().join("postmaster.pid").is_file() {
+            // A server left running by an owner that was killed (its data directory is this
+            // owner's alone): stopped, so that it starts with this configuration. Nothing
+            // committed is lost by a fast stop.
+            let _ = server.stop();
+        }
         server.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&server.dir.join("server.log")))?;
         Ok(server)
     }

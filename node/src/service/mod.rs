@@ -59,11 +59,44 @@ pub struct NodeService<S> {
     link_key: LinkKey,
     /// Highest change-event sequence known durable. Watchers deliver nothing beyond it, so a
     /// subscriber never sees a change that a crash could still undo.
-    durable: tokio::sync::watch::Sender<Option<u64>>,
+    durable: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     /// The server's shutdown: open watch streams end when it begins (see `follow_events`).
     shutdown: Shutdown,
     commit: Arc<GroupCommit>,
     ownership: Arc<Ownership<S>>,
+}
+
+/// How often a node over a shared store ([`Store::shared`]) looks for changes other replicas
+/// made: the bound on how late its watchers see them (a withdrawal through one replica reaches
+/// every replica's watchers within it). Decisions never wait for it: they read the store.
+pub const SHARED_STORE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Raises `durable` to the last change event any writer of the shared store committed (every
+/// committed event is durable there), until the service is gone. A failed read is retried at the
+/// next tick: watchers then wait, they never see an event that is not committed.
+async fn follow_other_writers<S: Store>(
+    store: Arc<S>,
+    durable: std::sync::Weak<tokio::sync::watch::Sender<Option<u64>>>,
+) {
+    let mut tick = tokio::time::interval(SHARED_STORE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(durable) = durable.upgrade() else { return };
+        match store.last_event().await {
+            Ok(Some(last)) => {
+                durable.send_if_modified(|current| match current {
+                    Some(c) if *c >= last => false,
+                    _ => {
+                        *current = Some(last);
+                        true
+                    }
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the shared store's last change"),
+        }
+    }
 }
 
 /// Who an operation is for, as the node's rules need to know it.
@@ -95,6 +128,10 @@ impl<S: Store> NodeService<S> {
             })
         };
         let commit = GroupCommit::start(flush);
+        let durable = Arc::new(durable);
+        if store.shared() {
+            tokio::spawn(follow_other_writers(Arc::clone(&store), Arc::downgrade(&durable)));
+        }
         Ok(Self { region, store, packs, link_key, durable, shutdown: Shutdown::new(), commit, ownership })
     }
 

@@ -271,6 +271,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ChangeEvent>, StoreError>> + Send;
     /// The highest event sequence stored, if any.
     fn last_event(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    /// Whether other processes write this store too (node replicas of a region over one
+    /// database): a node then learns of their changes from [`Store::last_event`], not only from
+    /// its own writes, so its watchers miss none. An embedded store has one writer.
+    fn shared(&self) -> bool {
+        false
+    }
     fn counts(&self) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
 
     /// Appends an audit entry about `subject` that records no stored change (a transfer of its

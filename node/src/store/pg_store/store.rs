@@ -226,6 +226,10 @@ impl Store for PgStore {
         PgStore::last_event(self).await
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn counts(&self) -> Result<(u64, u64), StoreError> {
         PgStore::counts(self).await
     }
