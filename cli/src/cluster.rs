@@ -8,6 +8,7 @@
 //! its processes running (`supervise.rs`).
 
 mod addresses;
+mod database;
 mod files;
 mod supervise;
 
@@ -30,6 +31,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
 pub use addresses::{ADDRESSES_FILE, ClusterAddresses, PortChoice};
+pub use database::{ClusterDatabase, ClusterStore, database_name};
 pub use files::{ClusterFiles, ProcessFiles};
 pub use supervise::{ProcessState, SupervisedProcess, SupervisorFile};
 
@@ -77,6 +79,11 @@ enum ClusterCommand {
         /// the callers instead of oversubscribing them (BENCHMARKS.md).
         #[arg(long, default_value_t = 1)]
         node_worker_threads: u16,
+        /// Where the regions keep their state: `sled` (embedded, nothing to install) or
+        /// `postgres` (a PostgreSQL server the cluster starts itself from the machine's installed
+        /// `initdb` and `pg_ctl`, one database per region).
+        #[arg(long, value_enum, default_value_t = ClusterStore::Sled)]
+        store: ClusterStore,
     },
     /// Report the regions, nodes (reachability, subjects, links, packs; stopped or restarting)
     /// and gateways of a running `cluster up`.
@@ -210,7 +217,7 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
-        ClusterCommand::Up { dir, packs, topology, gateway_listen, gateways, node_worker_threads } => {
+        ClusterCommand::Up { dir, packs, topology, gateway_listen, gateways, node_worker_threads, store } => {
             let topology = Topology::load(topology.as_deref())?;
             let binary = std::env::current_exe().context("cannot find the domicile binary")?;
             let options = ClusterOptions {
@@ -218,6 +225,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 gateways: usize::from(gateways),
                 ports: PortChoice::Remembered,
                 node_worker_threads: (node_worker_threads > 0).then_some(node_worker_threads),
+                store,
                 ..ClusterOptions::new(dir, packs, topology.region_ids(), binary)
             };
             up(options).await
@@ -583,6 +591,8 @@ pub struct ClusterOptions {
     pub packs_reload_ms: u64,
     /// Runtime worker threads per node (`None`: one per core).
     pub node_worker_threads: Option<u16>,
+    /// Where the regions keep their state.
+    pub store: ClusterStore,
 }
 
 impl ClusterOptions {
@@ -606,6 +616,7 @@ impl ClusterOptions {
             packs_trust: None,
             packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
             node_worker_threads: None,
+            store: ClusterStore::Sled,
         }
     }
 
@@ -684,6 +695,8 @@ pub struct LocalCluster {
     nodes: BTreeMap<RegionId, Process>,
     gateways: Vec<Process>,
     client_tls: TlsFiles,
+    /// The regions' PostgreSQL server (`--store postgres`), stopped after every node.
+    database: Option<ClusterDatabase>,
 }
 
 impl LocalCluster {
@@ -715,7 +728,14 @@ impl LocalCluster {
     /// returns once each has announced readiness. If one cannot start, those already started are
     /// stopped.
     pub async fn start_at(options: ClusterOptions, addresses: ClusterAddresses) -> anyhow::Result<Self> {
-        let files = ClusterFiles::write(&options, &addresses)?;
+        let database = match options.store {
+            ClusterStore::Sled => None,
+            ClusterStore::Postgres => {
+                let (dir, regions) = (absolute(&options.dir), options.regions.clone());
+                Some(tokio::task::spawn_blocking(move || ClusterDatabase::start(&dir, &regions)).await??)
+            }
+        };
+        let files = ClusterFiles::write(&options, &addresses, database.as_ref())?;
         let mut cluster = Self {
             dir: files.dir.clone(),
             options,
@@ -723,6 +743,7 @@ impl LocalCluster {
             nodes: BTreeMap::new(),
             gateways: Vec::new(),
             client_tls: files.client_tls.clone(),
+            database,
         };
         if let Err(e) = cluster.spawn_all(&files).await {
             cluster.stop().await;
@@ -875,6 +896,15 @@ impl LocalCluster {
         for node in self.nodes.values_mut() {
             stop_process(node).await;
         }
+        if let Some(database) = self.database.take() {
+            // Blocking (pg_ctl waits for the server to stop); dropping stops it too, on error.
+            let _ = tokio::task::spawn_blocking(move || database.server().stop()).await;
+        }
+    }
+
+    /// The regions' PostgreSQL server (`--store postgres`).
+    pub fn database(&self) -> Option<&ClusterDatabase> {
+        self.database.as_ref()
     }
 }
 

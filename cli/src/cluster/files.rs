@@ -16,7 +16,7 @@ use domicile_runtime::process::load_or_create_secret;
 use domicile_runtime::tls::TlsFiles;
 use domicile_types::RegionId;
 
-use super::{ClusterAddresses, ClusterOptions, absolute};
+use super::{ClusterAddresses, ClusterDatabase, ClusterOptions, absolute};
 
 /// Everything a cluster's processes start from, under its directory (`pki/`, `config/`; `logs/`
 /// and `data/` are created for them).
@@ -53,7 +53,12 @@ impl ClusterFiles {
     /// Creates the cluster directory's layout, the PKI and the link key (or reuses them), checks
     /// the pack directory, and writes every process's configuration for `addresses`, all
     /// chosen before any process starts, so each configuration can name any other process.
-    pub fn write(options: &ClusterOptions, addresses: &ClusterAddresses) -> anyhow::Result<Self> {
+    /// With `database`, each region's node keeps its state in its database there.
+    pub fn write(
+        options: &ClusterOptions,
+        addresses: &ClusterAddresses,
+        database: Option<&ClusterDatabase>,
+    ) -> anyhow::Result<Self> {
         let dir = absolute(&options.dir);
         for sub in ["pki", "config", "logs", "data"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -75,8 +80,15 @@ impl ClusterFiles {
             "pack directory {} does not exist (run from the repository root or pass --packs)",
             packs_dir.display()
         );
-        let writer =
-            Writer { options, addresses, dir: &dir, pki: &pki, packs_dir: &packs_dir, link_key_file: &link_key_file };
+        let writer = Writer {
+            options,
+            addresses,
+            dir: &dir,
+            pki: &pki,
+            packs_dir: &packs_dir,
+            link_key_file: &link_key_file,
+            database,
+        };
         let mut nodes = Vec::new();
         for region in &options.regions {
             let config = writer.node_config(region)?;
@@ -128,6 +140,7 @@ struct Writer<'a> {
     pki: &'a ClusterPki,
     packs_dir: &'a Path,
     link_key_file: &'a Path,
+    database: Option<&'a ClusterDatabase>,
 }
 
 impl Writer<'_> {
@@ -144,12 +157,18 @@ impl Writer<'_> {
 
     /// A node's configuration. Every address of the cluster is known here (`self.addresses`).
     fn node_config(&self, region: &RegionId) -> anyhow::Result<NodeConfig> {
+        let data_dir = node_data_dir(self.dir, region);
+        // Holds the region's key-encryption keys when its state is in PostgreSQL.
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
         Ok(NodeConfig {
             version: 1,
             region: region.clone(),
             listen: self.addresses.node(region).with_context(|| format!("no address for the node of {region}"))?,
-            data_dir: node_data_dir(self.dir, region),
-            store: Default::default(),
+            store: match self.database {
+                Some(database) => database.store_config(region, &data_dir),
+                None => Default::default(),
+            },
+            data_dir,
             packs_dir: self.packs_dir.to_owned(),
             link_key_file: self.link_key_file.to_owned(),
             tls: self.pki.node(region)?,
