@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
+use domicile_cli::cluster::ClusterDatabase;
 use domicile_proto::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_runtime::identity::{CallerIdentity, Scope, issue_caller_cert};
@@ -39,6 +40,9 @@ pub trait Cluster {
 
     /// The address of `region`'s node.
     fn node_addr(&self, region: &RegionId) -> Option<SocketAddr>;
+
+    /// The regions' PostgreSQL server, when their state is kept there.
+    fn database(&self) -> Option<&ClusterDatabase>;
 
     fn pki(&self) -> anyhow::Result<ClusterPki> {
         Ok(ClusterPki::open_or_create(&self.dir().join("pki"))?)

@@ -44,7 +44,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use domicile_cli::cluster::{ClusterAddresses, ClusterFiles, ClusterOptions, ProcessFiles};
+use domicile_cli::cluster::{
+    ClusterAddresses, ClusterDatabase, ClusterFiles, ClusterOptions, ClusterStore, ProcessFiles,
+};
 use domicile_gateway::GatewayConfig;
 use domicile_node::NodeConfig;
 use domicile_runtime::tls::{TlsFiles, install_crypto_provider};
@@ -69,6 +71,9 @@ pub struct InProcessCluster {
     /// Gateways before nodes: the order they are stopped and dropped in.
     gateways: Vec<InProcessServer>,
     nodes: BTreeMap<RegionId, InProcessServer>,
+    /// The regions' PostgreSQL server (`ClusterStore::Postgres`), stopped when dropped, after
+    /// every node.
+    database: Option<ClusterDatabase>,
     // Dropped last: holds the cluster's files.
     _dir: tempfile::TempDir,
 }
@@ -112,9 +117,17 @@ impl InProcessCluster {
             gateways: addresses.gateways.len(),
             packs_trust: options.packs_trust,
             packs_reload_ms: options.packs_reload_ms.unwrap_or(defaults.packs_reload_ms),
+            store: options.store,
             ..defaults
         };
-        let files = ClusterFiles::write(&cluster_options, &addresses)?;
+        let database = match options.store {
+            ClusterStore::Sled => None,
+            ClusterStore::Postgres => {
+                let (dir, regions) = (dir.path().to_owned(), cluster_options.regions.clone());
+                Some(tokio::task::spawn_blocking(move || ClusterDatabase::start(&dir, &regions)).await??)
+            }
+        };
+        let files = ClusterFiles::write(&cluster_options, &addresses, database.as_ref())?;
 
         // Nodes first (each other's arbiters, every gateway's upstreams), all starting at once.
         let mut starting = Vec::new();
@@ -126,7 +139,7 @@ impl InProcessCluster {
             starting.push((id, InProcessServer::spawn(node, Server::Node(config), Some(1), listener)));
         }
         let mut cluster =
-            Self { files: files.clone(), addresses, gateways: Vec::new(), nodes: BTreeMap::new(), _dir: dir };
+            Self { files: files.clone(), addresses, gateways: Vec::new(), nodes: BTreeMap::new(), database, _dir: dir };
         let mut failure = None;
         for (id, spawned) in starting {
             match spawned {
@@ -227,6 +240,10 @@ impl Cluster for InProcessCluster {
 
     fn regions(&self) -> Vec<RegionId> {
         self.nodes.keys().cloned().collect()
+    }
+
+    fn database(&self) -> Option<&ClusterDatabase> {
+        self.database.as_ref()
     }
 
     fn node_addr(&self, region: &RegionId) -> Option<SocketAddr> {

@@ -14,6 +14,7 @@
 //! cluster starts (so many clusters run side by side, and a restarted process comes back on its
 //! address), and a start that loses a port to another process is retried on new ones.
 
+mod audit;
 mod clients;
 mod inprocess;
 mod scenario;
@@ -36,6 +37,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+pub use audit::RegionAudit;
 pub use clients::Cluster;
 pub use domicile_proto::pb;
 pub use inprocess::{InProcessCluster, InProcessServer};
@@ -62,6 +64,9 @@ pub struct TestOptions {
     /// Gateways to run, each following every node (default: one). Clients:
     /// [`Cluster::gateway_at_index`], [`Cluster::gateways`].
     pub gateways: Option<usize>,
+    /// Where the regions keep their state (default: sled; `Postgres`: a PostgreSQL server the
+    /// cluster starts, one database per region).
+    pub store: domicile_cli::cluster::ClusterStore,
 }
 
 /// A cluster of real processes (see the crate documentation).
@@ -92,6 +97,7 @@ impl TestCluster {
             packs_reload_ms: options.packs_reload_ms.unwrap_or(defaults.packs_reload_ms),
             // As `cluster up`: every test cluster shares the test machine's cores.
             node_worker_threads: Some(1),
+            store: options.store,
             ..defaults
         })
         .await?;
@@ -177,6 +183,10 @@ impl Cluster for TestCluster {
 
     fn regions(&self) -> Vec<RegionId> {
         self.cluster.processes().filter_map(|p| p.region.clone()).collect()
+    }
+
+    fn database(&self) -> Option<&domicile_cli::cluster::ClusterDatabase> {
+        self.cluster.database()
     }
 
     fn node_addr(&self, region: &RegionId) -> Option<SocketAddr> {

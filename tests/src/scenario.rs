@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use domicile_cli::cluster::ClusterStore;
 use domicile_runtime::tls::TlsFiles;
 use domicile_types::RegionId;
 
@@ -15,6 +16,11 @@ use crate::{Cluster, ExtraGateway, InProcessCluster, Running, TestCluster, TestO
 /// Environment variable choosing the layer scenario tests run on: `in-process` (the default) or
 /// `processes`.
 pub const HARNESS_ENV: &str = "DOMICILE_TEST_CLUSTER";
+
+/// Environment variable choosing where the regions of scenario tests keep their state: `sled`
+/// (the default) or `postgres` (a PostgreSQL server each cluster starts, one database per
+/// region), so that every scenario proves both engines alike (`.ci/run` runs them on both).
+pub const STORE_ENV: &str = "DOMICILE_TEST_STORE";
 
 /// A cluster for a scenario test (see the module documentation).
 pub enum ScenarioCluster {
@@ -41,7 +47,12 @@ impl ScenarioCluster {
     }
 
     /// As [`ScenarioCluster::start`], with options of the test's own.
-    pub async fn start_with(binary: &str, regions: &[&str], options: TestOptions) -> anyhow::Result<Self> {
+    pub async fn start_with(binary: &str, regions: &[&str], mut options: TestOptions) -> anyhow::Result<Self> {
+        match std::env::var(STORE_ENV).as_deref() {
+            Err(_) | Ok("" | "sled") => {}
+            Ok("postgres") => options.store = ClusterStore::Postgres,
+            Ok(other) => anyhow::bail!("{STORE_ENV}={other}: expected `sled` or `postgres`"),
+        }
         match std::env::var(HARNESS_ENV).as_deref() {
             Err(_) | Ok("" | "in-process") => {
                 Ok(Self::InProcess(InProcessCluster::start_with(regions, options).await?))
@@ -94,6 +105,10 @@ impl Cluster for ScenarioCluster {
 
     fn regions(&self) -> Vec<RegionId> {
         on_layer!(self, cluster => cluster.regions())
+    }
+
+    fn database(&self) -> Option<&domicile_cli::cluster::ClusterDatabase> {
+        on_layer!(self, c => c.database())
     }
 
     fn node_addr(&self, region: &RegionId) -> Option<SocketAddr> {

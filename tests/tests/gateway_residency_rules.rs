@@ -20,7 +20,9 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
-use domicile_cluster_tests::{Cluster as _, ScenarioCluster, channel, node_ref, region, select, select_ref};
+use domicile_cluster_tests::{
+    Cluster as _, RegionAudit, ScenarioCluster, channel, node_ref, region, select, select_ref,
+};
 use domicile_runtime::identity::Scope;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -214,13 +216,13 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
 
     // The transfer is audited in the home region, and the log still verifies.
     cluster.stop().await;
-    let data = cluster.dir().join("data/eu-central");
-    let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
-    let transfers: Vec<&str> = log.lines().filter(|l| l.contains("\"kind\":\"transfer\"")).collect();
+    let audit = RegionAudit::of(&cluster, &eu_region);
+    let log = audit.lines().unwrap();
+    let transfers: Vec<&str> = log.iter().map(String::as_str).filter(|l| l.contains("\"kind\":\"transfer\"")).collect();
     assert_eq!(transfers.len(), 1, "one served transfer, refusals move nothing");
     for field in ["\"transfer\":\"us-dpf\"", "\"to\":\"us-east\"", "\"purpose\":\"service\"", "\"pack\":\"de@"] {
         assert!(transfers[0].contains(field), "{field} in {}", transfers[0]);
     }
-    let verify = std::process::Command::new(BIN).args(["audit", "verify"]).arg(&data).output().unwrap();
+    let verify = audit.verify(BIN, false).unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }

@@ -11,7 +11,7 @@
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{Cluster as _, ScenarioCluster, TestCluster, files_containing, region};
+use domicile_cluster_tests::{Cluster as _, RegionAudit, ScenarioCluster, TestCluster, files_containing, region};
 use domicile_cluster_tests::{identifier, node_ref as by_ref, select_email as by_email};
 use tonic::Code;
 
@@ -130,14 +130,10 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
 
     // The region's audit log verifies offline and covers registrations, consent changes,
     // decisions and the erasure, with only a PII-free proof of the latter.
-    let data = cluster.dir().join("data/eu-central");
-    let verify = |path: &std::path::Path| {
-        std::process::Command::new(BIN).args(["audit", "verify", "--json"]).arg(path).output().unwrap()
-    };
-    let ok = verify(&data);
+    let audit = RegionAudit::of(&cluster, &region("eu-central"));
+    let ok = audit.verify(BIN, true).unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
-    let log_path = data.join("audit.log");
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = audit.lines().unwrap().join("\n");
     for kind in ["registration", "consent", "decisions", "erasure"] {
         assert!(log.contains(&format!("\"kind\":\"{kind}\"")), "audit log has a {kind} entry");
     }
@@ -151,10 +147,8 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
         line.replacen(" allow ", " deny ", 1)
     };
     assert_ne!(&tampered_line, line);
-    let mut tampered: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-    tampered[index] = tampered_line;
-    std::fs::write(&log_path, tampered.join("\n") + "\n").unwrap();
-    let bad = verify(&data);
+    audit.replace(index, &tampered_line).unwrap();
+    let bad = audit.verify(BIN, true).unwrap();
     assert_eq!(bad.status.code(), Some(1), "tampering is detected");
     let report = String::from_utf8_lossy(&bad.stdout);
     assert!(report.contains(&format!("\"line\":{}", index + 1)), "the report names the entry: {report}");

@@ -247,8 +247,9 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
     }
     // Everything the cluster wrote: configs, certificates, every process's logs (including the
     // gateway's and the EU node's own), and the EU node's own storage, where identifiers are
-    // sealed with the subject's key.
-    for path in files_under(&dir) {
+    // sealed with the subject's key (on PostgreSQL: every region's database files, WAL included).
+    let database_files = cluster.database().map(|d| files_under(&d.server().data_dir())).unwrap_or_default();
+    for path in files_under(&dir).into_iter().chain(database_files) {
         let bytes = std::fs::read(&path).unwrap();
         for needle in &needles {
             assert!(!bytes.windows(needle.len()).any(|w| w == *needle), "{} contains DE personal data", path.display());
