@@ -1,0 +1,266 @@
+//! Several node replicas of one region over one PostgreSQL database are one region (issue 19,
+//! item 4), on real processes: a second `domicile node` of the region runs beside the cluster's
+//! own on the same database. Writes acknowledged by either replica are what the very next
+//! decision on the other one sees (no stale allow from a replica of its own); a watcher of one
+//! replica receives every change acknowledged by either, in one order, and resumes from its
+//! cursor on the other replica after its own was killed (kill -9); concurrent writers on both
+//! replicas leave one audit chain that `domicile audit verify` accepts from the database.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use domicile_cli::cluster::ClusterStore;
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::node::v1 as node;
+use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_cluster_tests::{
+    Cluster as _, RegionAudit, TestCluster, TestOptions, channel, eventually, identifier, node_ref, region,
+};
+use domicile_types::RegionId;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+const ROUNDS: usize = 20;
+
+type NodeClient = RegionalNodeClient<Channel>;
+
+/// A second node process of a region, on the cluster's node configuration with its own address
+/// and log: the same database, key-encryption keys, packs and certificate.
+struct Replica {
+    child: Child,
+    addr: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Replica {
+    async fn start(cluster: &TestCluster, region: &RegionId) -> Self {
+        let dir = cluster.dir();
+        let text = std::fs::read_to_string(dir.join(format!("config/node-{region}.toml"))).unwrap();
+        let mut config: toml::Table = text.parse().unwrap();
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        config.insert("listen".into(), toml::Value::String(addr.to_string()));
+        let path = dir.join(format!("config/node-{region}-replica.toml"));
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        let log = dir.join(format!("logs/node-{region}-replica.log"));
+        let mut replica = Self { child: spawn(&path, &log), addr, config: path, log };
+        replica.wait_serving(cluster, region).await;
+        replica
+    }
+
+    async fn restart(&mut self, cluster: &TestCluster, region: &RegionId) {
+        self.child = spawn(&self.config, &self.log);
+        self.wait_serving(cluster, region).await;
+    }
+
+    async fn wait_serving(&mut self, cluster: &TestCluster, region: &RegionId) {
+        let serving = eventually(Duration::from_secs(60), || async {
+            let mut client = self.client(cluster, region).await.ok()?;
+            client.info(node::InfoRequest {}).await.ok().map(|_| ())
+        })
+        .await;
+        assert!(serving.is_some(), "the replica serves; see {}", self.log.display());
+    }
+
+    async fn client(&self, cluster: &TestCluster, region: &RegionId) -> anyhow::Result<NodeClient> {
+        let channel = channel(&self.addr.to_string(), cluster.client_tls(), &region.node_server_name()).await?;
+        Ok(RegionalNodeClient::new(channel))
+    }
+
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(BIN)
+        .args(["node", "--worker-threads", "1", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn record(client: &mut NodeClient, subject: &str, action: common::ConsentAction) -> node::RecordConsentResponse {
+    client
+        .record_consent(node::RecordConsentRequest {
+            subject: node_ref(subject),
+            purpose: "marketing".into(),
+            channels: vec!["email".into()],
+            action: action as i32,
+            evidence: Some(common::Evidence { notice_version: "n1".into(), ..Default::default() }),
+            caller_region: "eu-central".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn effect(client: &mut NodeClient, subject: &str) -> i32 {
+    client
+        .decide(node::DecideRequest {
+            subject: node_ref(subject),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            at: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .expect("a decision")
+        .effect
+}
+
+async fn next_event(stream: &mut tonic::Streaming<common::ChangeEvent>) -> common::ChangeEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .expect("the stream stays open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let mut replica = Replica::start(&cluster, &eu).await;
+    let mut first = cluster.node(&eu).await.unwrap();
+    let mut second = replica.client(&cluster, &eu).await.unwrap();
+
+    let mut gateway = cluster.gateway().await.unwrap();
+    let registered = gateway
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "replicated@example.de")],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let subject = registered.subject_ref.clone();
+
+    // A watcher of the second replica, from the region's first change.
+    let mut watch = second.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let registration = next_event(&mut watch).await;
+    assert_eq!(registration.kind, common::ChangeKind::Registered as i32, "written through the first replica");
+
+    // Writes alternate between the replicas; the other one decides right after each
+    // acknowledgement: a grant is in force there, and so is the withdrawal after it.
+    for round in 0..ROUNDS {
+        let (writer, reader) = if round % 2 == 0 { (&mut first, &mut second) } else { (&mut second, &mut first) };
+        record(writer, &subject, common::ConsentAction::Grant).await;
+        assert_eq!(effect(reader, &subject).await, common::Effect::Allow as i32, "round {round}: the grant");
+        record(writer, &subject, common::ConsentAction::Withdraw).await;
+        assert_eq!(
+            effect(reader, &subject).await,
+            common::Effect::Deny as i32,
+            "round {round}: no stale allow after an acknowledged withdrawal"
+        );
+    }
+
+    // The second replica's watcher got every change, from both replicas, in one order.
+    let mut last_seen = registration.sequence;
+    for round in 0..ROUNDS {
+        for state in ["granted", "withdrawn"] {
+            let event = next_event(&mut watch).await;
+            assert_eq!(
+                (event.kind, event.state.as_str()),
+                (common::ChangeKind::Consent as i32, state),
+                "round {round}"
+            );
+            assert!(event.sequence > last_seen, "one order per region");
+            last_seen = event.sequence;
+        }
+    }
+
+    // kill -9 the second replica; changes go on through the first; the watcher resumes from
+    // its cursor on the first replica and misses nothing.
+    replica.kill().await;
+    let err = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("the stream ends");
+    assert!(!matches!(err, Ok(Some(_))), "no event after the replica died: {err:?}");
+    record(&mut first, &subject, common::ConsentAction::Grant).await;
+    record(&mut first, &subject, common::ConsentAction::Deny).await;
+    let mut resumed = first.watch(node::WatchRequest { after_sequence: Some(last_seen) }).await.unwrap().into_inner();
+    for state in ["granted", "denied"] {
+        let event = next_event(&mut resumed).await;
+        assert_eq!(event.state, state, "resumed on the other replica without a gap");
+        assert!(event.sequence > last_seen);
+        last_seen = event.sequence;
+    }
+
+    // The second replica back (restarted on the same database): writers on both replicas at
+    // once leave one audit chain.
+    replica.restart(&cluster, &eu).await;
+    let second = replica.client(&cluster, &eu).await.unwrap();
+    let mut writers = Vec::new();
+    for i in 0..24 {
+        let mut client = if i % 2 == 0 { first.clone() } else { second.clone() };
+        let subject = subject.clone();
+        let action = if i % 3 == 0 { common::ConsentAction::Withdraw } else { common::ConsentAction::Grant };
+        writers.push(tokio::spawn(async move { record(&mut client, &subject, action).await }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut resumed_again = replica
+        .client(&cluster, &eu)
+        .await
+        .unwrap()
+        .watch(node::WatchRequest { after_sequence: Some(last_seen) })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..24 {
+        let event = next_event(&mut resumed_again).await;
+        assert!(event.sequence > last_seen, "one order per region");
+        last_seen = event.sequence;
+    }
+
+    let audit = RegionAudit::of(&cluster, &eu);
+    let verified = audit.verify(BIN, true).unwrap();
+    assert!(verified.status.success(), "one chain: {}", String::from_utf8_lossy(&verified.stdout));
+    let consents = audit.lines().unwrap().iter().filter(|l| l.contains("\"kind\":\"consent\"")).count();
+    assert_eq!(consents, 2 * ROUNDS + 2 + 24, "every acknowledged change is audited once");
+
+    // The region's decisions through the gateway still come from the database.
+    let decided = eventually(Duration::from_secs(5), || {
+        let mut gateway = gateway.clone();
+        let subject = subject.clone();
+        async move {
+            let decision = gateway
+                .decide(gw::DecideRequest {
+                    subject: domicile_cluster_tests::select_ref(&subject),
+                    purpose: "marketing".into(),
+                    channel: "email".into(),
+                    at: None,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .decision?;
+            Some(decision.effect)
+        }
+    })
+    .await;
+    assert!(decided.is_some(), "the gateway decides for the region's subject");
+}
