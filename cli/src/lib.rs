@@ -3,6 +3,7 @@
 mod audit;
 pub mod client;
 pub mod cluster;
+mod kek;
 mod load;
 mod packs;
 pub mod repair;
@@ -43,6 +44,10 @@ enum Command {
     /// Check a node's audit log offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Rotate a PostgreSQL region's key-encryption key (add, rewrap, retire): the purge step
+    /// of erasure on PostgreSQL.
+    #[command(subcommand)]
+    Kek(kek::KekCommand),
     /// Measure a running cluster: decide, batch, writes, withdrawal lag, vs a gRPC echo baseline.
     Load(load::LoadArgs),
     /// Run a regional node (used by deployments and by `cluster`).
@@ -113,6 +118,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Packs(command) => packs::run(command),
         Command::Audit(command) => audit::run(command),
         Command::Load(args) => load::run(args).await,
+        Command::Kek(command) => report(kek::run(command).await),
     }
 }
 

@@ -73,6 +73,47 @@ impl Keks {
         Ok(Self { versions })
     }
 
+    /// Appends a new KEK version (the highest so far plus one) to the file at `path`; returns
+    /// it. Replicas wrap new keys with it once restarted; then `rewrap` moves every stored key.
+    pub fn add_version(path: &Path) -> Result<i32, StoreError> {
+        let current = Self::load(path)?.current();
+        let version = current.checked_add(1).ok_or_else(|| corrupt("no version after the last"))?;
+        let mut key = [0u8; KEY_LEN];
+        SystemRandom::new().fill(&mut key).map_err(|_| StoreError::Backend("random source failed".into()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StoreError::Backend(format!("key-encryption key file {}: {e}", path.display())))?;
+        let text = format!("{}{version} {}\n", ensure_newline(&text), hex::encode(key));
+        replace_private(path, text.as_bytes())?;
+        Ok(version)
+    }
+
+    /// Removes every version but the current one from the file at `path`: each copy of a key
+    /// wrapped with them (old row versions, WAL, standbys, backups) becomes unreadable. The caller
+    /// first makes sure that no stored key uses them (`PgStore::keys_per_version`).
+    pub fn retire_older(path: &Path) -> Result<Vec<i32>, StoreError> {
+        let keks = Self::load(path)?;
+        let current = keks.current();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StoreError::Backend(format!("key-encryption key file {}: {e}", path.display())))?;
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let line = line.trim();
+                line.is_empty()
+                    || line.starts_with('#')
+                    || line.split_once(' ').is_some_and(|(v, _)| v.parse::<i32>() == Ok(current))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        replace_private(path, kept.as_bytes())?;
+        Ok(keks.versions.keys().copied().filter(|v| *v != current).collect())
+    }
+
+    /// The versions the file holds.
+    pub fn versions(&self) -> Vec<i32> {
+        self.versions.keys().copied().collect()
+    }
+
     /// The version new keys are wrapped with.
     pub fn current(&self) -> i32 {
         self.versions.keys().next_back().copied().unwrap_or(0)
@@ -138,6 +179,26 @@ fn aad(subject: &SubjectId) -> Vec<u8> {
     let mut aad = WRAP_DOMAIN.to_vec();
     aad.extend_from_slice(subject.as_bytes());
     aad
+}
+
+fn ensure_newline(text: &str) -> String {
+    if text.is_empty() || text.ends_with('\n') { text.to_owned() } else { format!("{text}\n") }
+}
+
+/// Replaces the file at `path` by one holding `bytes` (mode 0600), atomically: written beside it,
+/// synced, renamed over it, so a crash leaves the old or the new file, never half of one.
+fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".new");
+    let staging = path.with_file_name(name);
+    let _ = std::fs::remove_file(&staging);
+    write_private(&staging, bytes)?;
+    std::fs::rename(&staging, path)
+        .map_err(|e| StoreError::Backend(format!("key-encryption key file {}: {e}", path.display())))?;
+    if let Some(dir) = path.parent().and_then(|dir| std::fs::File::open(dir).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {

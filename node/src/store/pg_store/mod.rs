@@ -239,6 +239,18 @@ impl PgStore {
         Ok(key)
     }
 
+    /// How many stored subject keys each KEK version wraps.
+    pub async fn keys_per_version(&self) -> Result<std::collections::BTreeMap<i32, u64>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT kek, count(*) FROM subject_keys GROUP BY kek", &[]).await.map_err(pg)?;
+        rows.iter().map(|row| Ok((row.get::<_, i32>(0), uint(row.get(1))?))).collect()
+    }
+
+    /// The KEK versions this store was opened with.
+    pub fn kek_versions(&self) -> Vec<i32> {
+        self.keks.versions()
+    }
+
     /// Re-wraps every subject key under the current KEK version (`domicile node rotate-kek`);
     /// returns how many. Afterwards older versions can be deleted from the KEK file, which makes
     /// every copy wrapped with them unreadable.
