@@ -264,3 +264,54 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
     .await;
     assert!(decided.is_some(), "the gateway decides for the region's subject");
 }
+
+/// Withdrawals acknowledged by one replica, each followed at once by a decision on the other:
+/// `DOMICILE_STALE_ROUNDS` of them (default 10,000), spread over subjects written concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_every_time() {
+    let rounds: usize = std::env::var("DOMICILE_STALE_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10_000);
+    const SUBJECTS: usize = 16;
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = Replica::start(&cluster, &eu).await;
+    let first = cluster.node(&eu).await.unwrap();
+    let second = replica.client(&cluster, &eu).await.unwrap();
+    let mut gateway = cluster.gateway().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..SUBJECTS {
+        let subject = gateway
+            .register(gw::RegisterRequest {
+                jurisdiction: "DE".into(),
+                identifiers: vec![identifier("email", &format!("stale.{s}@example.de"))],
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .subject_ref;
+        let (mut a, mut b) = (first.clone(), second.clone());
+        let share = rounds / SUBJECTS + usize::from(s < rounds % SUBJECTS);
+        tasks.push(tokio::spawn(async move {
+            let mut stale = 0;
+            for _ in 0..share {
+                record(&mut a, &subject, common::ConsentAction::Grant).await;
+                record(&mut a, &subject, common::ConsentAction::Withdraw).await;
+                if effect(&mut b, &subject).await != common::Effect::Deny as i32 {
+                    stale += 1;
+                }
+            }
+            stale
+        }));
+    }
+    let mut stale = 0;
+    for task in tasks {
+        stale += task.await.unwrap();
+    }
+    eprintln!(
+        "{rounds} withdrawals through one replica, decided on the other: {stale} stale, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(stale, 0, "no stale allow after an acknowledged withdrawal");
+}
