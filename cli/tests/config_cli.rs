@@ -116,7 +116,11 @@ fn gateway_schema_matches_the_struct() {
         link_key_file: "/k".into(),
         tls: TlsFiles { ca: "ca".into(), cert: "c".into(), key: "k".into() },
         node_timeout_ms: 1,
-        regions: vec![RegionEndpoint { id: RegionId::parse("eu-central").unwrap(), endpoint: "h:1".into() }],
+        regions: vec![RegionEndpoint {
+            id: RegionId::parse("eu-central").unwrap(),
+            endpoint: "h:1".into(),
+            replicas: Vec::new(),
+        }],
         packs_trust: Some(TrustConfig {
             trusted_keys: vec![TrustedKeyFile { key_id: "a".into(), public_key_file: "a.pub".into() }],
             min_signatures: 1,

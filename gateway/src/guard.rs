@@ -31,11 +31,16 @@ pub struct GuardSettings {
     pub max_in_flight: usize,
     pub failure_threshold: u32,
     pub cool_down: Duration,
+    /// Node replicas behind the region's channel: the breaker opens after `failure_threshold`
+    /// consecutive failures per replica (one dead replica among healthy ones is the health
+    /// checks' to take out of the spread, not a region outage), and a decision is tried on
+    /// another replica after a failure (`node_client::decide_batch`).
+    pub replicas: usize,
 }
 
 impl Default for GuardSettings {
     fn default() -> Self {
-        Self { max_in_flight: 1024, failure_threshold: 3, cool_down: Duration::from_millis(500) }
+        Self { max_in_flight: 1024, failure_threshold: 3, cool_down: Duration::from_millis(500), replicas: 1 }
     }
 }
 
@@ -62,6 +67,11 @@ impl RegionState {
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many node replicas serve the region (at least one).
+    pub fn replicas(&self) -> usize {
+        self.settings.replicas.max(1)
     }
 
     /// Whether the circuit is open now (for tests and health reporting).
@@ -112,7 +122,8 @@ impl RegionState {
             return;
         }
         breaker.consecutive_failures = breaker.consecutive_failures.saturating_add(1);
-        if probe || breaker.consecutive_failures >= self.settings.failure_threshold {
+        let threshold = self.settings.failure_threshold.saturating_mul(self.replicas().try_into().unwrap_or(u32::MAX));
+        if probe || breaker.consecutive_failures >= threshold {
             if breaker.open_until.is_none() {
                 tracing::warn!(region = %self.region, failures = breaker.consecutive_failures, "region failing; circuit open");
             }
@@ -227,6 +238,13 @@ fn is_unavailable<B>(response: &http::Response<B>) -> bool {
         && !response.headers().contains_key(domicile_proto::CAUSE_METADATA)
 }
 
+impl<S> RegionGuard<S> {
+    /// The region's shared guard state.
+    pub fn state(&self) -> &RegionState {
+        &self.state
+    }
+}
+
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RegionGuard<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
@@ -272,7 +290,7 @@ mod tests {
     fn state() -> Arc<RegionState> {
         RegionState::new(
             RegionId::parse("eu-central").unwrap(),
-            GuardSettings { max_in_flight: 2, failure_threshold: 2, cool_down: Duration::from_millis(30) },
+            GuardSettings { max_in_flight: 2, failure_threshold: 2, cool_down: Duration::from_millis(30), replicas: 1 },
         )
     }
 

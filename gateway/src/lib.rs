@@ -18,6 +18,7 @@ mod gateway;
 pub mod guard;
 mod metrics;
 mod node_client;
+mod replicas;
 mod route;
 mod service;
 pub mod stack;
@@ -85,8 +86,10 @@ pub async fn serve(
     let timeout = Duration::from_millis(config.node_timeout_ms);
     let mut channels = HashMap::new();
     for region in &config.regions {
-        let guard = guard::RegionState::new(region.id.clone(), guard::GuardSettings::default());
-        let channel = stack::node_channel(&region.endpoint, tls.client(&region.id.node_server_name()), timeout, guard)
+        let endpoints: Vec<&str> = region.endpoints().collect();
+        let settings = guard::GuardSettings { replicas: endpoints.len(), ..guard::GuardSettings::default() };
+        let guard = guard::RegionState::new(region.id.clone(), settings);
+        let channel = stack::node_channel(&endpoints, tls.client(&region.id.node_server_name()), timeout, guard)
             .with_context(|| format!("bad endpoint for region {}", region.id))?;
         channels.insert(region.id.clone(), channel);
     }

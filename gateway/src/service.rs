@@ -78,14 +78,16 @@ impl Domicile for GatewayService {
         let key = WriteKey::new(&caller, &req.idempotency_key)?;
         let links: Vec<Link> = identifiers.iter().map(|id| self.gateway.link_key.link(id)).collect();
         self.gateway.refuse_links_held_elsewhere(&links, &home)?;
-        let mut node = self.gateway.nodes.client(&home)?;
-        let reply = node
-            .register(node_pb::RegisterRequest {
-                jurisdiction: jurisdiction.to_string(),
-                identifiers: identifiers.iter().map(convert::identifier_to_pb).collect(),
-                caller_region: caller.region.to_string(),
-                idempotency_key: key.for_node(),
-            })
+        let request = node_pb::RegisterRequest {
+            jurisdiction: jurisdiction.to_string(),
+            identifiers: identifiers.iter().map(convert::identifier_to_pb).collect(),
+            caller_region: caller.region.to_string(),
+            idempotency_key: key.for_node(),
+        };
+        let reply = self
+            .gateway
+            .nodes
+            .write(&home, request, |mut node, request| async move { node.register(request).await })
             .await
             .map_err(|s| write_status(&home, s, &key))?
             .into_inner();
@@ -126,18 +128,21 @@ impl Domicile for GatewayService {
         let reply = self
             .gateway
             .nodes
-            .client(&region)?
-            .record_consent(node_pb::RecordConsentRequest {
-                subject: Some(key.to_pb()),
-                purpose: req.purpose,
-                channels: req.channels,
-                action: req.action,
-                evidence: req.evidence,
-                captured_at: req.captured_at,
-                expires_at: req.expires_at,
-                caller_region: caller.region.to_string(),
-                idempotency_key: write.for_node(),
-            })
+            .write(
+                &region,
+                node_pb::RecordConsentRequest {
+                    subject: Some(key.to_pb()),
+                    purpose: req.purpose,
+                    channels: req.channels,
+                    action: req.action,
+                    evidence: req.evidence,
+                    captured_at: req.captured_at,
+                    expires_at: req.expires_at,
+                    caller_region: caller.region.to_string(),
+                    idempotency_key: write.for_node(),
+                },
+                |mut node, request| async move { node.record_consent(request).await },
+            )
             .await
             .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
@@ -191,8 +196,11 @@ impl Domicile for GatewayService {
         let reply = self
             .gateway
             .nodes
-            .client(&region)?
-            .erase(node_pb::EraseRequest { subject: Some(key.to_pb()), idempotency_key: write.for_node() })
+            .write(
+                &region,
+                node_pb::EraseRequest { subject: Some(key.to_pb()), idempotency_key: write.for_node() },
+                |mut node, request| async move { node.erase(request).await },
+            )
             .await
             .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
@@ -223,12 +231,15 @@ impl Domicile for GatewayService {
         let reply = self
             .gateway
             .nodes
-            .client(&into_region)?
-            .merge(node_pb::MergeRequest {
-                into: Some(into_key.to_pb()),
-                from: Some(from_key.to_pb()),
-                idempotency_key: write.for_node(),
-            })
+            .write(
+                &into_region,
+                node_pb::MergeRequest {
+                    into: Some(into_key.to_pb()),
+                    from: Some(from_key.to_pb()),
+                    idempotency_key: write.for_node(),
+                },
+                |mut node, request| async move { node.merge(request).await },
+            )
             .await
             .map_err(|s| write_status(&into_region, s, &write))?
             .into_inner();
@@ -266,19 +277,22 @@ impl Domicile for GatewayService {
         let reply = self
             .gateway
             .nodes
-            .client(&region)?
-            .record_interaction(node_pb::RecordInteractionRequest {
-                subject: Some(key.to_pb()),
-                channel: req.channel,
-                occurred_at: req.occurred_at,
-                kind: req.kind,
-                intent: req.intent,
-                summary: req.summary,
-                reference: req.reference,
-                open: req.open,
-                caller_region: caller.region.to_string(),
-                idempotency_key: write.for_node(),
-            })
+            .write(
+                &region,
+                node_pb::RecordInteractionRequest {
+                    subject: Some(key.to_pb()),
+                    channel: req.channel,
+                    occurred_at: req.occurred_at,
+                    kind: req.kind,
+                    intent: req.intent,
+                    summary: req.summary,
+                    reference: req.reference,
+                    open: req.open,
+                    caller_region: caller.region.to_string(),
+                    idempotency_key: write.for_node(),
+                },
+                |mut node, request| async move { node.record_interaction(request).await },
+            )
             .await
             .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
@@ -364,16 +378,19 @@ impl Domicile for GatewayService {
         let reply = self
             .gateway
             .nodes
-            .client(&region)?
-            .rectify(node_pb::RectifyRequest {
-                subject: Some(key.to_pb()),
-                add_identifiers: add.iter().map(convert::identifier_to_pb).collect(),
-                remove_identifiers: remove.iter().map(convert::identifier_to_pb).collect(),
-                set_profile: req.set_profile,
-                remove_profile: req.remove_profile,
-                caller_region: caller.region.to_string(),
-                idempotency_key: write.for_node(),
-            })
+            .write(
+                &region,
+                node_pb::RectifyRequest {
+                    subject: Some(key.to_pb()),
+                    add_identifiers: add.iter().map(convert::identifier_to_pb).collect(),
+                    remove_identifiers: remove.iter().map(convert::identifier_to_pb).collect(),
+                    set_profile: req.set_profile,
+                    remove_profile: req.remove_profile,
+                    caller_region: caller.region.to_string(),
+                    idempotency_key: write.for_node(),
+                },
+                |mut node, request| async move { node.rectify(request).await },
+            )
             .await
             .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
@@ -398,12 +415,15 @@ impl Domicile for GatewayService {
         let reply = self
             .gateway
             .nodes
-            .client(&region)?
-            .restrict(node_pb::RestrictRequest {
-                subject: Some(key.to_pb()),
-                restricted: req.restricted,
-                idempotency_key: write.for_node(),
-            })
+            .write(
+                &region,
+                node_pb::RestrictRequest {
+                    subject: Some(key.to_pb()),
+                    restricted: req.restricted,
+                    idempotency_key: write.for_node(),
+                },
+                |mut node, request| async move { node.restrict(request).await },
+            )
             .await
             .map_err(|s| write_status(&region, s, &write))?
             .into_inner();

@@ -79,19 +79,26 @@ pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
 ///    region's server name), so nothing is sent to a node of another region;
 /// 4. W3C trace context of the calling request's span (nothing when OTLP export is off);
 /// 5. lazy connection, so a region that is down at start does not stop the gateway from serving
-///    the others, and a reconnect is attempted on the next call after a failure.
+///    the others, and a reconnect is attempted on the next call after a failure;
+/// 6. a region of several node replicas (`endpoints`): calls spread over the healthy ones
+///    (`replicas.rs`).
 pub fn node_channel(
-    endpoint: &str,
+    endpoints: &[&str],
     tls: ClientTlsConfig,
     timeout: Duration,
     guard: Arc<RegionState>,
 ) -> Result<NodeChannel, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("https://{endpoint}"))?
-        .tls_config(tls)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let endpoint = |address: &str| -> Result<Endpoint, tonic::transport::Error> {
+        Ok(Endpoint::from_shared(format!("https://{address}"))?
+            .tls_config(tls.clone())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .tcp_nodelay(true))
+    };
+    let channel = match endpoints {
+        [one] => endpoint(one)?.connect_lazy(),
+        several => crate::replicas::spread(several.iter().map(|a| endpoint(a)).collect::<Result<_, _>>()?),
+    };
     let inject: InjectTrace = domicile_runtime::telemetry::inject_context;
     Ok(tower::ServiceBuilder::new().layer(RegionGuardLayer::new(guard)).map_request(inject).service(channel))
 }

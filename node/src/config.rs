@@ -156,6 +156,7 @@ mod tests {
                 regions: vec![RegionEndpoint {
                     id: RegionId::parse("eu-central").unwrap(),
                     endpoint: "127.0.0.1:7001".into(),
+                    replicas: Vec::new(),
                 }],
                 claim_timeout_ms: 500,
             },

@@ -158,6 +158,19 @@ pub struct RegionEndpoint {
     /// `host:port` of the region's node.
     #[schemars(with = "HostPortText")]
     pub endpoint: String,
+    /// `host:port` of further node replicas of the region (a PostgreSQL-backed region runs
+    /// several over one database): gateways spread calls over the healthy ones. Nodes claim
+    /// identifiers at `endpoint` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<HostPortText>")]
+    pub replicas: Vec<String>,
+}
+
+impl RegionEndpoint {
+    /// The region's node and its further replicas, `endpoint` first.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.endpoint.as_str()).chain(self.replicas.iter().map(String::as_str))
+    }
 }
 
 /// Issues for regions listed twice in `regions` (at key `path[i].id`).

@@ -82,7 +82,7 @@ async fn run(links: usize) {
         otlp_endpoint: None,
         otlp_metrics_interval_ms: None,
         ownership: domicile_node::config::OwnershipConfig {
-            regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string() }],
+            regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string(), replicas: Vec::new() }],
             claim_timeout_ms: 2_000,
         },
     };
@@ -104,7 +104,7 @@ async fn run(links: usize) {
         link_key_file: link_key_file.clone(),
         tls: pki.gateway().unwrap(),
         node_timeout_ms: 10_000,
-        regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string() }],
+        regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string(), replicas: Vec::new() }],
         packs_trust: None,
         packs_reload_ms: 0,
         otlp_endpoint: None,

@@ -315,3 +315,156 @@ async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_ever
     );
     assert_eq!(stale, 0, "no stale allow after an acknowledged withdrawal");
 }
+
+/// A gateway process of its own on the cluster's gateway configuration, with `replicas` listed
+/// as further node replicas of `region`.
+async fn gateway_over_replicas(
+    cluster: &TestCluster,
+    region: &RegionId,
+    replicas: &[SocketAddr],
+) -> (Child, SocketAddr) {
+    let dir = cluster.dir();
+    let mut config: toml::Table = std::fs::read_to_string(dir.join("config/gateway.toml")).unwrap().parse().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config.insert("listen".into(), toml::Value::String(addr.to_string()));
+    let regions = config.get_mut("regions").and_then(toml::Value::as_array_mut).unwrap();
+    for entry in regions.iter_mut().filter_map(toml::Value::as_table_mut) {
+        if entry.get("id").and_then(toml::Value::as_str) == Some(region.as_str()) {
+            let list = replicas.iter().map(|a| toml::Value::String(a.to_string())).collect();
+            entry.insert("replicas".into(), toml::Value::Array(list));
+        }
+    }
+    let path = dir.join("config/gateway-replicas.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("logs/gateway-replicas.log")).unwrap();
+    let child = Command::new(BIN)
+        .args(["gateway", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(60), || async {
+        let mut client = cluster.gateway_at(addr).await.ok()?;
+        client
+            .resolve(gw::ResolveRequest { identifier: Some(identifier("email", "nobody@example.de")) })
+            .await
+            .err()
+            .map(|_| ())
+    })
+    .await;
+    assert!(up.is_some(), "the gateway over both replicas serves");
+    (child, addr)
+}
+
+/// kill -9 of one replica of a region while writes and decisions run through a gateway that
+/// spreads over both: the region keeps serving through the other replica, no acknowledged write
+/// is lost, and no decision after an acknowledged withdrawal is an allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_no_write_and_never_allows_a_withdrawn_subject() {
+    const SUBJECTS: usize = 8;
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = Replica::start(&cluster, &eu).await;
+    let (_gateway, addr) = gateway_over_replicas(&cluster, &eu, &[replica.addr]).await;
+    let gateway = cluster.gateway_at(addr).await.unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killed_at = std::sync::Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
+    let mut tasks = Vec::new();
+    for s in 0..SUBJECTS {
+        let mut client = gateway.clone();
+        let (stop, killed_at) = (stop.clone(), killed_at.clone());
+        tasks.push(tokio::spawn(async move {
+            let email = format!("load.{s}@example.de");
+            let subject = client
+                .register(gw::RegisterRequest {
+                    jurisdiction: "DE".into(),
+                    identifiers: vec![identifier("email", &email)],
+                    idempotency_key: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .subject_ref;
+            let select = || domicile_cluster_tests::select_ref(&subject);
+            let (mut acknowledged, mut stale, mut late_failures) = (0u64, 0u64, 0u64);
+            let mut grant = true;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let action = if grant { common::ConsentAction::Grant } else { common::ConsentAction::Withdraw };
+                let written = client
+                    .record_consent(gw::RecordConsentRequest {
+                        subject: select(),
+                        purpose: "marketing".into(),
+                        channels: vec!["email".into()],
+                        action: action as i32,
+                        evidence: Some(common::Evidence { notice_version: "n1".into(), ..Default::default() }),
+                        ..Default::default()
+                    })
+                    .await;
+                // Failures are allowed only around the kill (until the health checks took the
+                // dead replica out); after that the region serves every call.
+                let late = || killed_at.get().is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+                if written.is_err() {
+                    late_failures += u64::from(late());
+                    continue;
+                }
+                acknowledged += 1;
+                if !grant {
+                    let decided = client
+                        .decide(gw::DecideRequest {
+                            subject: select(),
+                            purpose: "marketing".into(),
+                            channel: "email".into(),
+                            at: None,
+                        })
+                        .await;
+                    match decided {
+                        Ok(reply) => {
+                            if reply.into_inner().decision.map(|d| d.effect) != Some(common::Effect::Deny as i32) {
+                                stale += 1;
+                            }
+                        }
+                        Err(_) => late_failures += u64::from(late()),
+                    }
+                }
+                grant = !grant;
+            }
+            (subject, acknowledged, stale, late_failures)
+        }));
+    }
+    // The replica killed is the region's first endpoint: a gateway that did not spread over
+    // both would lose the region with it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut cluster = cluster;
+    cluster.cluster.kill_node(&eu).await.unwrap();
+    killed_at.set(std::time::Instant::now()).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut node = replica.client(&cluster, &eu).await.unwrap();
+    let mut total = 0;
+    for task in tasks {
+        let (subject, acknowledged, stale, late_failures) = task.await.unwrap();
+        assert_eq!(stale, 0, "no allow after an acknowledged withdrawal");
+        assert_eq!(late_failures, 0, "the region keeps serving through the surviving replica");
+        let history = node
+            .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject) })
+            .await
+            .unwrap()
+            .into_inner();
+        // Every acknowledged write is in the ledger (a write retried on the other replica after
+        // a lost reply is there once, under its idempotency key).
+        assert!(
+            history.entries.len() as u64 >= acknowledged,
+            "{} records, {acknowledged} acknowledged",
+            history.entries.len()
+        );
+        total += acknowledged;
+    }
+    eprintln!("{total} acknowledged writes through both replicas, one killed after 2 s");
+    assert!(total > 0);
+}

@@ -186,7 +186,7 @@ impl Writer<'_> {
                     .map(|id| {
                         let addr =
                             self.addresses.node(id).with_context(|| format!("no address for the node of {id}"))?;
-                        Ok(RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
+                        Ok(RegionEndpoint { id: id.clone(), endpoint: addr.to_string(), replicas: Vec::new() })
                     })
                     .collect::<anyhow::Result<_>>()?,
                 claim_timeout_ms: 2_000,
@@ -208,7 +208,7 @@ impl Writer<'_> {
                 .regions
                 .iter()
                 .filter_map(|id| self.addresses.node(id).map(|addr| (id, addr)))
-                .map(|(id, addr)| RegionEndpoint { id: id.clone(), endpoint: addr.to_string() })
+                .map(|(id, addr)| RegionEndpoint { id: id.clone(), endpoint: addr.to_string(), replicas: Vec::new() })
                 .collect(),
             packs_trust: self.options.packs_trust.clone(),
             packs_reload_ms: self.options.packs_reload_ms,

@@ -57,10 +57,56 @@ impl Nodes {
     pub fn client(&self, region: &RegionId) -> Result<NodeClient, Status> {
         self.channel(region).map(NodeClient::new)
     }
+
+    /// Makes a write on `region`'s node with `call`. In a region of several replicas, a write
+    /// that got UNAVAILABLE is made again (through the spread, which takes a replica that fails
+    /// its health checks out of it), up to once per replica: every write carries its idempotency
+    /// key, so one that did reach a replica before its reply was lost is applied once.
+    pub async fn write<Req, Resp, F, Fut>(
+        &self,
+        region: &RegionId,
+        request: Req,
+        call: F,
+    ) -> Result<tonic::Response<Resp>, Status>
+    where
+        Req: Clone,
+        F: Fn(NodeClient, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let channel = self.channel(region)?;
+        let attempts = channel.state().replicas();
+        let mut attempt = 1;
+        loop {
+            match call(NodeClient::new(channel.clone()), request.clone()).await {
+                Err(status) if status.code() == Code::Unavailable && attempt < attempts => attempt += 1,
+                answer => return answer,
+            }
+        }
+    }
 }
 
-/// Calls a node's `DecideBatch`, reading the answer with decisions kept encoded (`raw.rs`).
+/// Calls a node's `DecideBatch`, reading the answer with decisions kept encoded (`raw.rs`). In a
+/// region of several replicas, a call that got UNAVAILABLE is made again (through the spread,
+/// which takes a replica that fails its health checks out of it), up to once per replica: a
+/// decision changes nothing, so asking again is safe.
 pub async fn decide_batch(
+    channel: NodeChannel,
+    request: EncodedDecideBatchRequest,
+) -> Result<RawDecideBatchResponse, Status> {
+    let attempts = channel.state().replicas();
+    if attempts == 1 {
+        return decide_batch_once(channel, request).await;
+    }
+    let mut attempt = 1;
+    loop {
+        match decide_batch_once(channel.clone(), request.clone()).await {
+            Err(status) if status.code() == Code::Unavailable && attempt < attempts => attempt += 1,
+            answer => return answer,
+        }
+    }
+}
+
+async fn decide_batch_once(
     channel: NodeChannel,
     request: EncodedDecideBatchRequest,
 ) -> Result<RawDecideBatchResponse, Status> {
