@@ -76,6 +76,8 @@ pub struct LocalPostgres {
     as_postgres: bool,
     /// Stopped when dropped (not for a server another process started and keeps).
     stop_on_drop: bool,
+    /// A standby's settings (`primary_conninfo`), kept in the configuration written at start.
+    standby_of: Option<String>,
 }
 
 impl LocalPostgres {
@@ -89,10 +91,16 @@ impl LocalPostgres {
             return Err(PostgresError::NoServiceUser);
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let server = Self { dir: dir.to_owned(), bin, port, as_postgres, stop_on_drop: true };
+        let server = Self { dir: dir.to_owned(), bin, port, as_postgres, stop_on_drop: true, standby_of: None };
         if !server.data_dir().join("PG_VERSION").is_file() {
             server.init()?;
         }
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&self) -> Result<(), PostgresError> {
+        let server = self;
         server.configure()?;
         if server.data_dir().join("postmaster.pid").is_file() {
             // A server left running by an owner that was killed (its data directory is this
@@ -101,7 +109,63 @@ impl LocalPostgres {
             let _ = server.stop();
         }
         server.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&server.dir.join("server.log")))?;
-        Ok(server)
+        Ok(())
+    }
+
+    /// A streaming standby of this server in `dir` on `port`, named `name` (its
+    /// `application_name`): a base backup over the primary's Unix socket, then started following
+    /// the primary. Make it synchronous with [`Self::require_synchronous_standby`].
+    pub fn start_standby(&self, dir: &Path, port: u16, name: &str) -> Result<Self, PostgresError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let standby = Self {
+            dir: dir.to_owned(),
+            bin: self.bin.clone(),
+            port,
+            as_postgres: self.as_postgres,
+            stop_on_drop: true,
+            standby_of: Some(format!(
+                "host={} port={} user={ROLE} application_name={name}",
+                self.data_dir().display(),
+                self.port
+            )),
+        };
+        std::fs::copy(self.password_file(), standby.password_file()).map_err(io(dir))?;
+        standby.give_to_postgres(dir)?;
+        let data = standby.data_dir();
+        let socket = self.data_dir();
+        let port_arg = self.port.to_string();
+        let args: Vec<&OsStr> = vec![
+            OsStr::new("-D"),
+            data.as_os_str(),
+            OsStr::new("-h"),
+            socket.as_os_str(),
+            OsStr::new("-p"),
+            OsStr::new(&port_arg),
+            OsStr::new("-U"),
+            OsStr::new(ROLE),
+            OsStr::new("-X"),
+            OsStr::new("stream"),
+            OsStr::new("--checkpoint=fast"),
+        ];
+        self.run("pg_basebackup", &self.tool("pg_basebackup"), &args)?;
+        let signal = data.join("standby.signal");
+        std::fs::write(&signal, b"").map_err(io(&signal))?;
+        standby.give_to_postgres(&signal)?;
+        standby.launch()?;
+        Ok(standby)
+    }
+
+    /// Commits on this server wait until standby `name` has flushed them (synchronous
+    /// replication): a commit acknowledged here survives the loss of this server.
+    pub fn require_synchronous_standby(&self, name: &str) -> Result<(), PostgresError> {
+        self.psql("postgres", &format!("ALTER SYSTEM SET synchronous_standby_names = '{name}'"))?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
+    /// Promotes this standby to a primary (returns once it accepts writes).
+    pub fn promote(&self) -> Result<(), PostgresError> {
+        self.pg_ctl(&["promote", "-w", "-t", "60"], None).map(|_| ())
     }
 
     /// A directory for a server that user `postgres` can reach when this process is root:
@@ -170,8 +234,7 @@ impl LocalPostgres {
             OsStr::new("-c"),
             OsStr::new(sql),
         ];
-        let psql = if self.bin.join("psql").is_file() { self.bin.join("psql") } else { PathBuf::from("psql") };
-        self.run("psql", &psql, &args)
+        self.run("psql", &self.tool("psql"), &args)
     }
 
     /// Stops the server (fast shutdown: sessions are ended, nothing committed is lost).
@@ -238,12 +301,37 @@ impl LocalPostgres {
              fsync = on\n\
              synchronous_commit = on\n\
              full_page_writes = on\n\
-             log_min_messages = warning\n",
+             log_min_messages = warning\n\
+             wal_level = replica\n\
+             max_wal_senders = 4\n\
+             {standby}",
             port = self.port,
             socket = self.data_dir().display(),
+            standby = self.standby_of.as_ref().map(|c| format!("primary_conninfo = '{c}'\n")).unwrap_or_default(),
         );
         std::fs::write(&conf, text).map_err(io(&conf))?;
         self.give_to_postgres(&conf)
+    }
+
+    /// A client program of the installation: beside `initdb` and `pg_ctl` (which may be
+    /// wrappers of their own, as on Debian), else in the newest Debian version directory, else
+    /// on PATH.
+    fn tool(&self, name: &str) -> PathBuf {
+        if self.bin.join(name).is_file() {
+            return self.bin.join(name);
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                let path = entry.path().join("bin").join(name);
+                path.is_file().then_some((version, path))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map_or_else(|| PathBuf::from(name), |(_, path)| path)
     }
 
     fn pg_ctl(&self, args: &[&str], log: Option<&Path>) -> Result<Output, PostgresError> {
