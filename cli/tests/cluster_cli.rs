@@ -605,3 +605,54 @@ async fn a_crashed_process_comes_back_on_its_address_and_a_stopped_region_stays_
     assert!(probes.ok.load(Ordering::SeqCst) > 20, "too few probes to mean anything");
     tokio::task::spawn_blocking(move || up.down()).await.unwrap();
 }
+
+/// `cluster up --store postgres`: the regions run on a PostgreSQL server the cluster starts
+/// itself; the README's tour works on it, the server stops with `cluster down`, and the next
+/// `cluster up --store postgres` on the same directory finds the data again.
+#[test]
+fn up_on_postgres_serves_stops_its_server_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let args = ["--gateway-listen", "127.0.0.1:0", "--store", "postgres"];
+    let up = Up::start(dir.path(), &args);
+    let cluster = ["--cluster-dir", dir_arg];
+    let (ok, _, stderr) =
+        run(&[&["register", "--jurisdiction", "DE", "--email", "pg.tour@example.de"][..], &cluster].concat());
+    assert!(ok, "register: {stderr}\n{}", up.output());
+    let grant = [
+        "consent",
+        "grant",
+        "--email",
+        "pg.tour@example.de",
+        "--purpose",
+        "marketing",
+        "--channel",
+        "email",
+        "--notice-version",
+        "v3",
+    ];
+    let (ok, _, stderr) = run(&[&grant[..], &cluster].concat());
+    assert!(ok, "grant: {stderr}");
+    let decide = ["decide", "--email", "pg.tour@example.de", "--purpose", "marketing", "--channel", "email", "--json"];
+    let (ok, stdout, stderr) = run(&[&decide[..], &cluster].concat());
+    let allowed =
+        |stdout: &str| serde_json::from_str::<serde_json::Value>(stdout).is_ok_and(|v| v["effect"] == "allow");
+    assert!(ok && allowed(&stdout), "decide: {stdout}{stderr}");
+    let server_dir = std::fs::read_to_string(dir.path().join("postgres.dir"))
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap_or_else(|_| dir.path().join("postgres"));
+    let pid_file = server_dir.join("data/postmaster.pid");
+    assert!(pid_file.is_file(), "the cluster's server runs from {}", server_dir.display());
+    up.down();
+    assert!(!pid_file.exists(), "the server stopped with the cluster");
+
+    // Again on the same directory: the subject and its consent are still there.
+    let up = Up::start(dir.path(), &args);
+    let (ok, stdout, stderr) = run(&[&decide[..], &cluster].concat());
+    assert!(
+        ok && stdout.contains("ALLOW") || stdout.to_lowercase().contains("\"allow\""),
+        "decide after restart: {stdout}{stderr}\n{}",
+        up.output()
+    );
+    up.down();
+}

@@ -335,6 +335,8 @@ pub(super) struct Supervisor {
     gateways: Vec<tokio::task::JoinHandle<()>>,
     nodes: Vec<tokio::task::JoinHandle<()>>,
     regions: Arc<BTreeMap<RegionId, mpsc::Sender<Order>>>,
+    /// The regions' PostgreSQL server (`--store postgres`): stopped after the nodes.
+    database: Option<super::ClusterDatabase>,
 }
 
 impl Supervisor {
@@ -342,6 +344,7 @@ impl Supervisor {
     pub(super) fn new(mut cluster: LocalCluster, control: ControlSocket) -> anyhow::Result<Self> {
         let nodes = std::mem::take(&mut cluster.nodes);
         let gateways = std::mem::take(&mut cluster.gateways);
+        let database = cluster.database.take();
         let path = cluster.dir.join(SUPERVISOR_FILE);
         let file = SupervisorFile {
             pid: std::process::id(),
@@ -375,6 +378,7 @@ impl Supervisor {
             gateways: gateway_tasks,
             nodes: node_tasks,
             regions: Arc::new(regions),
+            database,
         })
     }
 
@@ -404,6 +408,9 @@ impl Supervisor {
         let _ = self.stop_nodes.send(true);
         for task in self.nodes {
             let _ = task.await;
+        }
+        if let Some(database) = self.database {
+            let _ = tokio::task::spawn_blocking(move || database.server().stop()).await;
         }
         drop(self.board);
         let _ = std::fs::remove_file(self.dir.join(SUPERVISOR_FILE));

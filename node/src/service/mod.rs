@@ -80,23 +80,37 @@ async fn follow_other_writers<S: Store>(
 ) {
     let mut tick = tokio::time::interval(SHARED_STORE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said once when reads start failing and once when they work again, not every tick.
+    let mut failing = false;
     loop {
         tick.tick().await;
         let Some(durable) = durable.upgrade() else { return };
         match store.last_event().await {
-            Ok(Some(last)) => {
-                durable.send_if_modified(|current| match current {
-                    Some(c) if *c >= last => false,
-                    _ => {
-                        *current = Some(last);
-                        true
-                    }
-                });
+            Ok(last) if failing => {
+                failing = false;
+                tracing::info!("the shared store answers again");
+                raise(&durable, last);
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the shared store's last change"),
+            Ok(last) => raise(&durable, last),
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read the shared store's last change; watchers wait");
+            }
+            Err(_) => {}
         }
     }
+}
+
+/// Raises `durable` to `last` (never lowers it).
+fn raise(durable: &tokio::sync::watch::Sender<Option<u64>>, last: Option<u64>) {
+    let Some(last) = last else { return };
+    durable.send_if_modified(|current| match current {
+        Some(c) if *c >= last => false,
+        _ => {
+            *current = Some(last);
+            true
+        }
+    });
 }
 
 /// Who an operation is for, as the node's rules need to know it.

@@ -141,12 +141,6 @@ impl<S: Store> NodeService<S> {
 
     /// Marks events up to `sequence` durable and wakes watchers. Called after a flush.
     fn publish(&self, sequence: u64) {
-        self.durable.send_if_modified(|current| match current {
-            Some(c) if *c >= sequence => false,
-            _ => {
-                *current = Some(sequence);
-                true
-            }
-        });
+        super::raise(&self.durable, Some(sequence));
     }
 }
