@@ -41,7 +41,7 @@ pub use audit::RegionAudit;
 pub use clients::Cluster;
 pub use domicile_proto::pb;
 pub use inprocess::{InProcessCluster, InProcessServer};
-pub use scenario::{HARNESS_ENV, ScenarioCluster};
+pub use scenario::{HARNESS_ENV, STORE_ENV, ScenarioCluster, apply_store_env};
 
 /// The policy packs shipped in the repository.
 pub fn repo_packs() -> PathBuf {
@@ -82,6 +82,15 @@ impl TestCluster {
     /// each answers a health check over mutual TLS.
     pub async fn start(binary: &str, regions: &[&str]) -> anyhow::Result<Self> {
         Self::start_with(binary, regions, TestOptions::default()).await
+    }
+
+    /// As [`TestCluster::start`], on the engine [`STORE_ENV`] names (sled by default): for tests
+    /// of engine-independent behaviour (fail-closed, kill -9, rolling restarts), which `.ci/run`
+    /// runs on both engines.
+    pub async fn start_on_env_store(binary: &str, regions: &[&str]) -> anyhow::Result<Self> {
+        let mut options = TestOptions::default();
+        apply_store_env(&mut options)?;
+        Self::start_with(binary, regions, options).await
     }
 
     /// As [`TestCluster::start`], with a pack directory and signature policy of the test's own.

@@ -22,6 +22,18 @@ pub const HARNESS_ENV: &str = "DOMICILE_TEST_CLUSTER";
 /// region), so that every scenario proves both engines alike (`.ci/run` runs them on both).
 pub const STORE_ENV: &str = "DOMICILE_TEST_STORE";
 
+/// Sets `options.store` from [`STORE_ENV`], when set. Scenario clusters and process clusters of
+/// tests that prove an engine-independent behaviour (fail-closed, kill -9, rolling restarts)
+/// follow it; tests about the embedded store's own files do not call it.
+pub fn apply_store_env(options: &mut TestOptions) -> anyhow::Result<()> {
+    match std::env::var(STORE_ENV).as_deref() {
+        Err(_) | Ok("" | "sled") => {}
+        Ok("postgres") => options.store = ClusterStore::Postgres,
+        Ok(other) => anyhow::bail!("{STORE_ENV}={other}: expected `sled` or `postgres`"),
+    }
+    Ok(())
+}
+
 /// A cluster for a scenario test (see the module documentation).
 pub enum ScenarioCluster {
     InProcess(InProcessCluster),
@@ -48,11 +60,7 @@ impl ScenarioCluster {
 
     /// As [`ScenarioCluster::start`], with options of the test's own.
     pub async fn start_with(binary: &str, regions: &[&str], mut options: TestOptions) -> anyhow::Result<Self> {
-        match std::env::var(STORE_ENV).as_deref() {
-            Err(_) | Ok("" | "sled") => {}
-            Ok("postgres") => options.store = ClusterStore::Postgres,
-            Ok(other) => anyhow::bail!("{STORE_ENV}={other}: expected `sled` or `postgres`"),
-        }
+        apply_store_env(&mut options)?;
         match std::env::var(HARNESS_ENV).as_deref() {
             Err(_) | Ok("" | "in-process") => {
                 Ok(Self::InProcess(InProcessCluster::start_with(regions, options).await?))

@@ -66,7 +66,7 @@ fn effect_of(result: &gw::decide_stream_result::Result) -> Result<common::Effect
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_region_fails_closed_while_others_are_served_and_it_returns_within_seconds() {
-    let mut cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     // US marketing email is opt-out: with no record the answer is an allow, so a fail-open bug
     // would show as an allow here.

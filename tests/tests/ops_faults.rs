@@ -221,7 +221,7 @@ async fn assert_unknown(client: &mut DomicileClient<Channel>, s: &Seeded, when: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_and_answers_the_same() {
     let started = Instant::now();
-    let mut cluster = TestCluster::start(BIN, &REGIONS).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, &REGIONS).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let t0 = now();
     // Decisions are evaluated as of one fixed time so that "the same" means identical, calling
@@ -388,7 +388,7 @@ async fn a_rolling_restart_of_every_node_under_load_loses_no_acknowledged_write_
     const SUBJECTS_PER_WRITER: usize = 2;
     const DECIDERS: usize = 2;
     let started = Instant::now();
-    let mut cluster = TestCluster::start(BIN, &REGIONS).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, &REGIONS).await.expect("cluster starts");
     let client = cluster.gateway().await.unwrap();
     use common::ConsentAction::{Grant, Withdraw};
     let base = now() - 86_400;
@@ -699,7 +699,7 @@ async fn watched(stream: &mut tonic::Streaming<gw::WatchEvent>, subject_ref: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_followed_by_watch_streams_stops_promptly_on_sigterm_and_keeps_acknowledged_writes() {
-    let mut cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let us_east = region("us-east");
     let mut client = cluster.gateway().await.unwrap();
     let subject_ref = register(&mut client, "US", &[("email", "sigterm@example.com")]).await;

@@ -78,7 +78,7 @@ fn effect(d: &common::Decision) -> common::Effect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
-    let mut cluster = TestCluster::start(BIN, REGIONS).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, REGIONS).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
 
     // A DE subject with an email and a phone number.
@@ -594,7 +594,7 @@ async fn every_process_serves_health_and_reflection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_of_the_node() {
-    let mut cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let eu = region("eu-central");
     let mut people = Vec::new();
