@@ -177,6 +177,35 @@ pub trait Store: Send + Sync + 'static {
             Ok(Some((meta, self.current_consent(subject, purpose, channel).await?)))
         }
     }
+    /// The subjects holding `links`, in order (`None`: held by none here): what a batch of
+    /// decisions resolves at once. By default one [`Store::subject_by_link`] each; a store over a
+    /// network answers all in one query.
+    fn subjects_by_links(
+        &self,
+        links: &[Link],
+    ) -> impl Future<Output = Result<Vec<Option<SubjectId>>, StoreError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(links.len());
+            for link in links {
+                found.push(self.subject_by_link(link).await?);
+            }
+            Ok(found)
+        }
+    }
+    /// [`Store::decision_inputs`] of every item, in order: a batch of decisions reads at once. By
+    /// default one call each.
+    fn decision_inputs_many(
+        &self,
+        items: &[(SubjectId, Purpose, Channel)],
+    ) -> impl Future<Output = Result<Vec<Option<(SubjectMeta, Option<CurrentConsent>)>>, StoreError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(items.len());
+            for (subject, purpose, channel) in items {
+                found.push(self.decision_inputs(subject, *purpose, *channel).await?);
+            }
+            Ok(found)
+        }
+    }
     fn consent_history(
         &self,
         subject: &SubjectId,

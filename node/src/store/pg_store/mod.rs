@@ -107,6 +107,8 @@ pub struct PgStore {
     pool: Pool,
     region: RegionId,
     keks: Keks,
+    /// Decision entries waiting for the next audit write (`follow.rs`).
+    decisions: follow::DecisionAudits,
 }
 
 impl PgStore {
@@ -134,7 +136,7 @@ impl PgStore {
             .build()
             .map_err(|_| StoreError::Backend("postgres pool".into()))?;
         let keks = Keks::load_or_create(&config.kek_file)?;
-        let store = Self { pool, region: region.clone(), keks };
+        let store = Self { pool, region: region.clone(), keks, decisions: follow::DecisionAudits::default() };
         store.migrate().await?;
         Ok(store)
     }

@@ -292,6 +292,73 @@ impl PgStore {
         Ok(Some((meta, current)))
     }
 
+    /// The subjects holding `links`, in order, in one query.
+    pub async fn subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&[u8]> = links.iter().map(|l| l.as_bytes().as_slice()).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT l.subject FROM unnest($1::bytea[]) WITH ORDINALITY AS q(link, n) \
+                 LEFT JOIN links l ON l.link = q.link ORDER BY q.n",
+                &[&keys],
+            )
+            .await
+            .map_err(pg)?;
+        if rows.len() != links.len() {
+            return Err(StoreError::Corrupt("link lookup answered another count".into()));
+        }
+        rows.iter().map(|row| row.get::<_, Option<&[u8]>>(0).map(subject_id).transpose()).collect()
+    }
+
+    /// [`Self::decision_inputs`] of every item, in order, in one query.
+    pub async fn decision_inputs_many(
+        &self,
+        items: &[(SubjectId, Purpose, Channel)],
+    ) -> Result<Vec<Option<(SubjectMeta, Option<CurrentConsent>)>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subjects: Vec<&[u8]> = items.iter().map(|(s, _, _)| s.as_bytes().as_slice()).collect();
+        let purposes: Vec<&str> = items.iter().map(|(_, p, _)| p.as_str()).collect();
+        let channels: Vec<&str> = items.iter().map(|(_, _, c)| c.as_str()).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.jurisdiction, s.created_at, s.restricted, c.sealed, k.kek, k.wrapped \
+                 FROM unnest($1::bytea[], $2::text[], $3::text[]) WITH ORDINALITY AS q(id, purpose, channel, n) \
+                 LEFT JOIN subjects s ON s.id = q.id \
+                 LEFT JOIN current_consent c ON c.subject = q.id AND c.purpose = q.purpose AND c.channel = q.channel \
+                 LEFT JOIN subject_keys k ON k.subject = q.id ORDER BY q.n",
+                &[&subjects, &purposes, &channels],
+            )
+            .await
+            .map_err(pg)?;
+        if rows.len() != items.len() {
+            return Err(StoreError::Corrupt("decision inputs answered another count".into()));
+        }
+        rows.iter()
+            .zip(items)
+            .map(|(row, (subject, purpose, channel))| {
+                if row.get::<_, Option<&str>>(0).is_none() {
+                    return Ok(None);
+                }
+                let meta = meta_of(row, 0)?;
+                let current = match (row.get::<_, Option<&[u8]>>(3), row.get::<_, Option<i32>>(4)) {
+                    (None, _) => None,
+                    (Some(sealed), Some(kek)) => {
+                        let key = self.keks.unwrap(subject, kek, row.get(5))?;
+                        Some(open(&key, b"current", &current_key(subject, *purpose, *channel), sealed)?)
+                    }
+                    (Some(_), None) => return Err(StoreError::NotFound),
+                };
+                Ok(Some((meta, current)))
+            })
+            .collect()
+    }
+
     pub async fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
         self.open_log("consent", "position", b"consent", subject).await
     }

@@ -121,6 +121,17 @@ impl Store for PgStore {
         PgStore::current_consent(self, subject, purpose, channel).await
     }
 
+    async fn subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
+        PgStore::subjects_by_links(self, links).await
+    }
+
+    async fn decision_inputs_many(
+        &self,
+        items: &[(SubjectId, Purpose, Channel)],
+    ) -> Result<Vec<Option<(SubjectMeta, Option<CurrentConsent>)>>, StoreError> {
+        PgStore::decision_inputs_many(self, items).await
+    }
+
     async fn decision_inputs(
         &self,
         subject: &SubjectId,
