@@ -197,7 +197,7 @@ pub trait Store: Send + Sync + 'static {
     fn decision_inputs_many(
         &self,
         items: &[(SubjectId, Purpose, Channel)],
-    ) -> impl Future<Output = Result<Vec<Option<(SubjectMeta, Option<CurrentConsent>)>>, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Option<DecisionInputs>>, StoreError>> + Send {
         async move {
             let mut found = Vec::with_capacity(items.len());
             for (subject, purpose, channel) in items {

@@ -334,3 +334,7 @@ pub struct Dropped {
     /// Sequence of the LINKS_REMOVED change event, if links were removed.
     pub event: Option<u64>,
 }
+
+/// What a decision reads about its subject: the metadata, and the consent in force for the
+/// purpose × channel asked about.
+pub type DecisionInputs = (SubjectMeta, Option<CurrentConsent>);

@@ -16,6 +16,10 @@ use super::NodeService;
 use crate::error::NodeError;
 use crate::store::{CurrentConsent, Store, StoreError, SubjectMeta};
 
+/// One item of a batch as the wire gave it: its id, and its subject key, purpose and channel, or
+/// why it could not be read.
+pub(crate) type BatchItem<'k> = (u64, Result<(SubjectKeyRef<'k>, Purpose, Channel), FieldViolation>);
+
 /// Every item of a batch fails alike when the store could not read for the batch.
 fn batch_read_failed(e: &StoreError) -> NodeError {
     NodeError::from(match e {
@@ -96,7 +100,7 @@ impl<S: Store> NodeService<S> {
     /// subject refs checked to be of this region.
     async fn resolve_items<'k>(
         &self,
-        items: Vec<(u64, Result<(SubjectKeyRef<'k>, Purpose, Channel), FieldViolation>)>,
+        items: Vec<BatchItem<'k>>,
     ) -> Vec<(u64, Result<(SubjectId, Purpose, Channel), NodeError>)> {
         let links: Vec<Link> = items
             .iter()
@@ -143,7 +147,7 @@ impl<S: Store> NodeService<S> {
     pub(crate) async fn decide_items<'k, 'p>(
         &self,
         loaded: &'p LoadedPacks,
-        items: impl ExactSizeIterator<Item = (u64, Result<(SubjectKeyRef<'k>, Purpose, Channel), FieldViolation>)>,
+        items: impl ExactSizeIterator<Item = BatchItem<'k>>,
         at: i64,
     ) -> Decided<'p> {
         let count = items.len();

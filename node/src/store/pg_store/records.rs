@@ -10,8 +10,8 @@ use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::vault::SubjectKey;
 use crate::store::{
-    ConsentRecord, CurrentConsent, Idempotency, Interaction, NewConsent, NewInteraction, Recorded, RightsRequestRecord,
-    StoreError, SubjectMeta,
+    ConsentRecord, CurrentConsent, DecisionInputs, Idempotency, Interaction, NewConsent, NewInteraction, Recorded,
+    RightsRequestRecord, StoreError, SubjectMeta,
 };
 
 fn bytes(subject: &SubjectId) -> &[u8] {
@@ -317,7 +317,7 @@ impl PgStore {
     pub async fn decision_inputs_many(
         &self,
         items: &[(SubjectId, Purpose, Channel)],
-    ) -> Result<Vec<Option<(SubjectMeta, Option<CurrentConsent>)>>, StoreError> {
+    ) -> Result<Vec<Option<DecisionInputs>>, StoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }

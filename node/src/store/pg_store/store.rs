@@ -6,9 +6,9 @@ use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose,
 
 use super::PgStore;
 use crate::store::{
-    ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
-    NewConsent, NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord, Store,
-    StoreError, SubjectMeta, SubjectRecord,
+    ChangeEvent, Claim, ConsentRecord, CurrentConsent, DecisionInputs, Dropped, Erased, Held, Idempotency, Interaction,
+    Merged, NewConsent, NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
+    Store, StoreError, SubjectMeta, SubjectRecord,
 };
 
 impl Store for PgStore {
@@ -128,7 +128,7 @@ impl Store for PgStore {
     async fn decision_inputs_many(
         &self,
         items: &[(SubjectId, Purpose, Channel)],
-    ) -> Result<Vec<Option<(SubjectMeta, Option<CurrentConsent>)>>, StoreError> {
+    ) -> Result<Vec<Option<DecisionInputs>>, StoreError> {
         PgStore::decision_inputs_many(self, items).await
     }
 
