@@ -17,6 +17,7 @@
 mod audit;
 mod clients;
 mod inprocess;
+mod replicas;
 mod scenario;
 
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub use audit::RegionAudit;
 pub use clients::Cluster;
 pub use domicile_proto::pb;
 pub use inprocess::{InProcessCluster, InProcessServer};
+pub use replicas::{Replica, gateway_over_replicas};
 pub use scenario::{HARNESS_ENV, STORE_ENV, ScenarioCluster, apply_store_env};
 
 /// The policy packs shipped in the repository.
@@ -78,6 +80,11 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
+    /// The `domicile` binary its processes run.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// Starts one node per region and a gateway with the repository's packs, and waits until
     /// each answers a health check over mutual TLS.
     pub async fn start(binary: &str, regions: &[&str]) -> anyhow::Result<Self> {

@@ -13,9 +13,6 @@
     reason = "test helpers: a failed call fails the test"
 )]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use domicile_cli::cluster::ClusterStore;
@@ -24,79 +21,15 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_cluster_tests::{
-    Cluster as _, RegionAudit, TestCluster, TestOptions, channel, eventually, identifier, node_ref, region,
+    Cluster as _, RegionAudit, Replica, TestCluster, TestOptions, eventually, gateway_over_replicas, identifier,
+    node_ref, region,
 };
-use domicile_types::RegionId;
-use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
 const ROUNDS: usize = 20;
 
 type NodeClient = RegionalNodeClient<Channel>;
-
-/// A second node process of a region, on the cluster's node configuration with its own address
-/// and log: the same database, key-encryption keys, packs and certificate.
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl Replica {
-    async fn start(cluster: &TestCluster, region: &RegionId) -> Self {
-        let dir = cluster.dir();
-        let text = std::fs::read_to_string(dir.join(format!("config/node-{region}.toml"))).unwrap();
-        let mut config: toml::Table = text.parse().unwrap();
-        let addr = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap()
-        };
-        config.insert("listen".into(), toml::Value::String(addr.to_string()));
-        let path = dir.join(format!("config/node-{region}-replica.toml"));
-        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        let log = dir.join(format!("logs/node-{region}-replica.log"));
-        let mut replica = Self { child: spawn(&path, &log), addr, config: path, log };
-        replica.wait_serving(cluster, region).await;
-        replica
-    }
-
-    async fn restart(&mut self, cluster: &TestCluster, region: &RegionId) {
-        self.child = spawn(&self.config, &self.log);
-        self.wait_serving(cluster, region).await;
-    }
-
-    async fn wait_serving(&mut self, cluster: &TestCluster, region: &RegionId) {
-        let serving = eventually(Duration::from_secs(60), || async {
-            let mut client = self.client(cluster, region).await.ok()?;
-            client.info(node::InfoRequest {}).await.ok().map(|_| ())
-        })
-        .await;
-        assert!(serving.is_some(), "the replica serves; see {}", self.log.display());
-    }
-
-    async fn client(&self, cluster: &TestCluster, region: &RegionId) -> anyhow::Result<NodeClient> {
-        let channel = channel(&self.addr.to_string(), cluster.client_tls(), &region.node_server_name()).await?;
-        Ok(RegionalNodeClient::new(channel))
-    }
-
-    async fn kill(&mut self) {
-        self.child.kill().await.unwrap();
-    }
-}
-
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(BIN)
-        .args(["node", "--worker-threads", "1", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 async fn record(client: &mut NodeClient, subject: &str, action: common::ConsentAction) -> node::RecordConsentResponse {
     client
@@ -143,9 +76,9 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
     let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
     let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
     let eu = region("eu-central");
-    let mut replica = Replica::start(&cluster, &eu).await;
+    let mut replica = Replica::start(&cluster, &eu).await.unwrap();
     let mut first = cluster.node(&eu).await.unwrap();
-    let mut second = replica.client(&cluster, &eu).await.unwrap();
+    let mut second = replica.client(&cluster).await.unwrap();
 
     let mut gateway = cluster.gateway().await.unwrap();
     let registered = gateway
@@ -195,7 +128,7 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
 
     // kill -9 the second replica; changes go on through the first; the watcher resumes from
     // its cursor on the first replica and misses nothing.
-    replica.kill().await;
+    replica.kill().await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("the stream ends");
     assert!(!matches!(err, Ok(Some(_))), "no event after the replica died: {err:?}");
     record(&mut first, &subject, common::ConsentAction::Grant).await;
@@ -210,8 +143,8 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
 
     // The second replica back (restarted on the same database): writers on both replicas at
     // once leave one audit chain.
-    replica.restart(&cluster, &eu).await;
-    let second = replica.client(&cluster, &eu).await.unwrap();
+    replica.restart(&cluster).await.unwrap();
+    let second = replica.client(&cluster).await.unwrap();
     let mut writers = Vec::new();
     for i in 0..24 {
         let mut client = if i % 2 == 0 { first.clone() } else { second.clone() };
@@ -223,7 +156,7 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
         writer.await.unwrap();
     }
     let mut resumed_again = replica
-        .client(&cluster, &eu)
+        .client(&cluster)
         .await
         .unwrap()
         .watch(node::WatchRequest { after_sequence: Some(last_seen) })
@@ -274,9 +207,9 @@ async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_ever
     let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
     let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
     let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await;
+    let replica = Replica::start(&cluster, &eu).await.unwrap();
     let first = cluster.node(&eu).await.unwrap();
-    let second = replica.client(&cluster, &eu).await.unwrap();
+    let second = replica.client(&cluster).await.unwrap();
     let mut gateway = cluster.gateway().await.unwrap();
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
@@ -316,49 +249,6 @@ async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_ever
     assert_eq!(stale, 0, "no stale allow after an acknowledged withdrawal");
 }
 
-/// A gateway process of its own on the cluster's gateway configuration, with `replicas` listed
-/// as further node replicas of `region`.
-async fn gateway_over_replicas(
-    cluster: &TestCluster,
-    region: &RegionId,
-    replicas: &[SocketAddr],
-) -> (Child, SocketAddr) {
-    let dir = cluster.dir();
-    let mut config: toml::Table = std::fs::read_to_string(dir.join("config/gateway.toml")).unwrap().parse().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    config.insert("listen".into(), toml::Value::String(addr.to_string()));
-    let regions = config.get_mut("regions").and_then(toml::Value::as_array_mut).unwrap();
-    for entry in regions.iter_mut().filter_map(toml::Value::as_table_mut) {
-        if entry.get("id").and_then(toml::Value::as_str) == Some(region.as_str()) {
-            let list = replicas.iter().map(|a| toml::Value::String(a.to_string())).collect();
-            entry.insert("replicas".into(), toml::Value::Array(list));
-        }
-    }
-    let path = dir.join("config/gateway-replicas.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("logs/gateway-replicas.log")).unwrap();
-    let child = Command::new(BIN)
-        .args(["gateway", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let up = eventually(Duration::from_secs(60), || async {
-        let mut client = cluster.gateway_at(addr).await.ok()?;
-        client
-            .resolve(gw::ResolveRequest { identifier: Some(identifier("email", "nobody@example.de")) })
-            .await
-            .err()
-            .map(|_| ())
-    })
-    .await;
-    assert!(up.is_some(), "the gateway over both replicas serves");
-    (child, addr)
-}
-
 /// kill -9 of one replica of a region while writes and decisions run through a gateway that
 /// spreads over both: the region keeps serving through the other replica, no acknowledged write
 /// is lost, and no decision after an acknowledged withdrawal is an allow.
@@ -368,8 +258,11 @@ async fn a_replica_killed_under_load_loses_no_write_and_never_allows_a_withdrawn
     let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
     let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
     let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await;
-    let (_gateway, addr) = gateway_over_replicas(&cluster, &eu, &[replica.addr]).await;
+    let replica = Replica::start(&cluster, &eu).await.unwrap();
+    let extra = gateway_over_replicas(&cluster, "replicas", &[(eu.clone(), vec![replica.addr])].into_iter().collect())
+        .await
+        .unwrap();
+    let addr = extra.addr;
     let gateway = cluster.gateway_at(addr).await.unwrap();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -445,7 +338,7 @@ async fn a_replica_killed_under_load_loses_no_write_and_never_allows_a_withdrawn
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
-    let mut node = replica.client(&cluster, &eu).await.unwrap();
+    let mut node = replica.client(&cluster).await.unwrap();
     let mut total = 0;
     for task in tasks {
         let (subject, acknowledged, stale, late_failures) = task.await.unwrap();

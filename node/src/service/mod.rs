@@ -69,7 +69,7 @@ pub struct NodeService<S> {
 /// How often a node over a shared store ([`Store::shared`]) looks for changes other replicas
 /// made: the bound on how late its watchers see them (a withdrawal through one replica reaches
 /// every replica's watchers within it). Decisions never wait for it: they read the store.
-pub const SHARED_STORE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+pub const SHARED_STORE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Raises `durable` to the last change event any writer of the shared store committed (every
 /// committed event is durable there), until the service is gone. A failed read is retried at the
