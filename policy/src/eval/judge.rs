@@ -42,6 +42,20 @@ fn judge_consent(
     }
 }
 
+/// Whether a consent on record is in force for a register's exemption: the rule's own verdict for
+/// a consent-based rule; for an opt-out rule (whose verdict does not look at a grant's validity)
+/// the grant judged as an opt-in would be, against the rule's lifetime: of an accepted kind, not
+/// expired, captured no later than the decision instant. A grant that would not count for an
+/// opt-in never lets a listed number through.
+fn consent_in_force(basis: Basis, outcome: Outcome, lifetime: &Lifetime, input: &DecisionInput) -> bool {
+    match basis {
+        Basis::OptIn | Basis::DoubleOptIn | Basis::SoftOptIn => outcome == Outcome::ConsentGranted,
+        Basis::OptOut | Basis::LegitimateInterest | Basis::Prohibited | Basis::Gap => {
+            judge_consent(Basis::OptIn, lifetime, input.at_unix, input.consent.as_ref()).0 == Outcome::ConsentGranted
+        }
+    }
+}
+
 /// The earlier of two optional instants (`None` = never).
 pub(crate) fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
@@ -83,7 +97,7 @@ pub(crate) fn judge(
     let valid_until = min_opt(valid_until, rule.effective_until);
     if let Some(register) = &compiled.register
         && input.facts.on_register == Some(true)
-        && !(register.exempt_with_consent && outcome == Outcome::ConsentGranted)
+        && !(register.exempt_with_consent && consent_in_force(rule.basis, outcome, &compiled.lifetime, input))
     {
         return (Outcome::OnRegister, None);
     }
