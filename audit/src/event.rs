@@ -118,7 +118,8 @@ fn len_u32(len: usize) -> u32 {
 /// - decision: `purpose`, `channel`, `effect`, `reasons` (comma-separated rule ids), `pack`
 ///   (`id@version`); the node audits decisions in batches instead ([`AuditLog::append_decisions`],
 ///   `decisions` entries: `count`, `decisions`, see the module doc)
-/// - rights_request: `right`, `request_id`, `deadline_at`, `status`
+/// - rights_request: `right`, `request_id`, `deadline_at` (unix seconds, or `none` where the pack
+///   states no deadline: a declared gap, never a made-up one), `status`
 /// - erasure: `links_removed`, `proof`
 /// - merge: `from`, `into` (subject refs)
 /// - ownership_repair: `links_removed` (count), `kept_by` (the region that keeps them)
@@ -144,7 +145,8 @@ pub enum AuditEvent {
     RightsRequest {
         kind: RightsKind,
         request_id: RequestId,
-        deadline_at: i64,
+        /// `None`: the subject's pack states no deadline for the right (a declared gap).
+        deadline_at: Option<i64>,
         status: RightsStatus,
     },
     Erasure {
@@ -234,7 +236,7 @@ impl AuditEvent {
             AuditEvent::RightsRequest { kind, request_id, deadline_at, status } => {
                 put("right", kind.as_str().to_owned());
                 put("request_id", request_id.to_string());
-                put("deadline_at", deadline_at.to_string());
+                put("deadline_at", deadline_at.map_or_else(|| "none".to_owned(), |at| at.to_string()));
                 put("status", status.as_str().to_owned());
             }
             AuditEvent::Erasure { links_removed, proof } => {

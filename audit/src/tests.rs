@@ -42,7 +42,7 @@ fn every_event() -> Vec<AuditEvent> {
         AuditEvent::RightsRequest {
             kind: RightsKind::Access,
             request_id: RequestId::from_bytes([9; 16]),
-            deadline_at: 1_700_086_400,
+            deadline_at: Some(1_700_086_400),
             status: RightsStatus::Received,
         },
         AuditEvent::Erasure {

@@ -82,7 +82,7 @@ fn rights(kind: &str, at: i64) -> RightsRequestRecord {
         request_id: "ab".repeat(16),
         kind: kind.into(),
         received_at: at,
-        deadline_at: at + 86_400,
+        deadline_at: Some(at + 86_400),
         status: "completed".into(),
         deadline_basis: "test".into(),
         completed_at: Some(at),

@@ -412,3 +412,32 @@ async fn concurrent_acknowledged_writes_survive_kill_9_of_the_node() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_without_a_rights_deadline_declares_the_gap_and_invents_none() {
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let email = "no.deadline@example.com";
+    register(&mut client, "US", &[("email", email)]).await;
+    let rectified = client
+        .rectify(gw::RectifyRequest {
+            subject: by("email", email),
+            add_identifiers: vec![],
+            remove_identifiers: vec![],
+            set_profile: [("preferred_name".to_owned(), "Sam".to_owned())].into(),
+            remove_profile: vec![],
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("rectify")
+        .into_inner();
+    let request = rectified.rights_request.expect("a rights request");
+    assert_eq!(request.status, "completed");
+    // No federal US deadline for these rights in the pack: none is made up (no 30 days).
+    assert_eq!(request.deadline_at, None, "{request:?}");
+    assert!(
+        request.deadline_basis.starts_with("gap: pack us@")
+            && request.deadline_basis.contains("states no rights deadline"),
+        "{request:?}"
+    );
+}

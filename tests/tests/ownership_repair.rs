@@ -216,7 +216,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
             request_id: "0".repeat(32),
             kind: "restriction".into(),
             received_at: now(),
-            deadline_at: now() + 86_400,
+            deadline_at: Some(now() + 86_400),
             status: "completed".into(),
             deadline_basis: "test".into(),
             completed_at: Some(now()),

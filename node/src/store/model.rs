@@ -234,7 +234,10 @@ pub struct RightsRequestRecord {
     pub request_id: String,
     pub kind: String,
     pub received_at: i64,
-    pub deadline_at: i64,
+    /// `None`: the subject's pack states no deadline for the right (a declared gap, said in
+    /// `deadline_basis`); never a default no law states.
+    #[serde(default)]
+    pub deadline_at: Option<i64>,
     pub status: String,
     pub deadline_basis: String,
     pub completed_at: Option<i64>,

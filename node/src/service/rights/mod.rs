@@ -3,7 +3,6 @@
 
 pub(super) mod wire;
 
-use domicile_policy::Period;
 use domicile_proto::convert::SubjectKey;
 use domicile_runtime::process::now_unix;
 use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
@@ -13,9 +12,6 @@ use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
 use crate::store::{Erased, Idempotency, RightsRequestRecord, Store, StoreError};
-
-/// Used when the subject's pack names no rights deadline; the response says so.
-const DEFAULT_RIGHTS_DEADLINE: Period = Period::Days(30);
 
 /// A subject's data as delivered to it (right of access), with the request that asked for it.
 pub(crate) struct Export {
@@ -30,8 +26,9 @@ pub(crate) struct Export {
 pub(crate) type Restriction = (SubjectId, (bool, RightsRequestRecord));
 
 impl<S: Store> NodeService<S> {
-    /// A completed rights request with its deadline from the subject's pack (or the default,
-    /// named as such in `deadline_basis`).
+    /// A completed rights request with its deadline from the subject's pack. Where the pack
+    /// states none, the request has no deadline and `deadline_basis` declares the gap: no
+    /// default stands in for a law (the request is carried out at once either way).
     pub(super) fn rights_request(
         &self,
         jurisdiction: &Jurisdiction,
@@ -41,14 +38,17 @@ impl<S: Store> NodeService<S> {
         let id = domicile_runtime::process::random_bytes::<16>()
             .map_err(|_| NodeError::Unavailable("random source unavailable"))?;
         let loaded = self.packs.current();
-        // No pack is no reason to refuse a subject its rights: the default deadline applies.
+        // No pack is no reason to refuse a subject its rights; nor is it a deadline.
         let pack = loaded.packs.get(jurisdiction);
-        let (deadline_at, deadline_basis) = match pack.and_then(|p| p.rights().deadline.map(|d| (p, d))) {
-            Some((pack, period)) => (period.after(now), format!("pack {}@{}: {period}", pack.id(), pack.version())),
-            None => (
-                DEFAULT_RIGHTS_DEADLINE.after(now),
-                format!("default: {DEFAULT_RIGHTS_DEADLINE} (the subject's pack sets no rights deadline)"),
+        let (deadline_at, deadline_basis) = match pack.map(|p| (p, p.rights().deadline)) {
+            Some((pack, Some(period))) => {
+                (Some(period.after(now)), format!("pack {}@{}: {period}", pack.id(), pack.version()))
+            }
+            Some((pack, None)) => (
+                None,
+                format!("gap: pack {}@{} states no rights deadline; carried out on receipt", pack.id(), pack.version()),
             ),
+            None => (None, "gap: no pack covers the subject's jurisdiction; carried out on receipt".to_owned()),
         };
         Ok(RightsRequestRecord {
             request_id: RequestId::from_bytes(id).to_string(),

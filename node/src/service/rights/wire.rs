@@ -85,7 +85,7 @@ pub(in crate::service) fn rights_to_pb(record: &RightsRequestRecord) -> common::
         request_id: record.request_id.clone(),
         kind: record.kind.clone(),
         received_at: Some(convert::to_timestamp(record.received_at)),
-        deadline_at: Some(convert::to_timestamp(record.deadline_at)),
+        deadline_at: record.deadline_at.map(convert::to_timestamp),
         status: record.status.clone(),
         deadline_basis: record.deadline_basis.clone(),
         completed_at: record.completed_at.map(convert::to_timestamp),

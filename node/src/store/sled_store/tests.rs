@@ -375,7 +375,7 @@ fn rights(kind: &str) -> RightsRequestRecord {
         request_id: "00".repeat(16),
         kind: kind.into(),
         received_at: 1,
-        deadline_at: 2,
+        deadline_at: Some(2),
         status: "completed".into(),
         deadline_basis: "test".into(),
         completed_at: Some(1),
