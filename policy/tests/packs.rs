@@ -147,3 +147,17 @@ fn every_rule_is_annotated() {
         }
     }
 }
+
+/// Spain, Italy and the Netherlands are EU member states: their packs extend the EU baseline and
+/// inherit what it states (the GDPR's rights deadline, its obligations and declared gaps).
+#[test]
+fn eu_member_state_packs_extend_the_eu_baseline() {
+    let set = compiled();
+    let eu = set.get_by_id("eu").expect("the EU baseline");
+    for id in ["de", "fr", "es", "it", "nl"] {
+        let pack = set.get_by_id(id).unwrap_or_else(|| panic!("pack {id}"));
+        assert!(pack.chain().iter().any(|p| p.id == "eu"), "{id} extends eu: {:?}", pack.chain());
+        assert!(pack.rights().deadline.is_some(), "{id} states or inherits a rights deadline");
+    }
+    assert!(eu.rights().deadline.is_some());
+}
