@@ -902,6 +902,14 @@ impl LocalCluster {
         }
     }
 
+    /// Removes the regions' PostgreSQL server's directory once it has stopped (a test's
+    /// throwaway cluster; `cluster up` keeps it for the next start).
+    pub fn discard_database_on_drop(&mut self) {
+        if let Some(database) = self.database.as_mut() {
+            database.discard_on_drop();
+        }
+    }
+
     /// The regions' PostgreSQL server (`--store postgres`).
     pub fn database(&self) -> Option<&ClusterDatabase> {
         self.database.as_ref()

@@ -32,7 +32,8 @@ async fn a_database_chain_verifies_and_any_edit_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LocalPostgres::reachable_dir(tmp.path(), "pg").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = LocalPostgres::start(&dir, port).expect("PostgreSQL starts (apt-get install postgresql)");
+    let server =
+        LocalPostgres::start(&dir, port).expect("PostgreSQL starts (apt-get install postgresql)").remove_on_drop();
     server.create_database("region").unwrap();
     let config = PgConfig {
         url: server.url("region"),

@@ -31,7 +31,9 @@ fn free_port() -> u16 {
 fn start() -> Db {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LocalPostgres::reachable_dir(tmp.path(), "pg").unwrap();
-    let server = LocalPostgres::start(&dir, free_port()).expect("PostgreSQL starts (apt-get install postgresql)");
+    let server = LocalPostgres::start(&dir, free_port())
+        .expect("PostgreSQL starts (apt-get install postgresql)")
+        .remove_on_drop();
     let kek = tmp.path().join("kek");
     Db { server, _tmp: tmp, kek }
 }

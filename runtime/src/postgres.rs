@@ -78,6 +78,9 @@ pub struct LocalPostgres {
     stop_on_drop: bool,
     /// A standby's settings (`primary_conninfo`), kept in the configuration written at start.
     standby_of: Option<String>,
+    /// Its directory is removed once it has stopped (a test's throwaway server; root's servers
+    /// live outside the test's temporary directory, see [`LocalPostgres::reachable_dir`]).
+    remove_on_drop: bool,
 }
 
 impl LocalPostgres {
@@ -91,7 +94,15 @@ impl LocalPostgres {
             return Err(PostgresError::NoServiceUser);
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let server = Self { dir: dir.to_owned(), bin, port, as_postgres, stop_on_drop: true, standby_of: None };
+        let server = Self {
+            dir: dir.to_owned(),
+            bin,
+            port,
+            as_postgres,
+            stop_on_drop: true,
+            standby_of: None,
+            remove_on_drop: false,
+        };
         if !server.data_dir().join("PG_VERSION").is_file() {
             server.init()?;
         }
@@ -123,6 +134,7 @@ impl LocalPostgres {
             port,
             as_postgres: self.as_postgres,
             stop_on_drop: true,
+            remove_on_drop: false,
             standby_of: Some(format!(
                 "host={} port={} user={ROLE} application_name={name}",
                 self.data_dir().display(),
@@ -196,6 +208,18 @@ impl LocalPostgres {
     /// A connection URL for database `db` (no password in it: see [`Self::password_file`]).
     pub fn url(&self, db: &str) -> String {
         format!("postgres://{ROLE}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Removes the server's directory (data, password, log) once it has stopped when this value
+    /// is dropped: a throwaway server leaves nothing behind.
+    pub fn remove_on_drop(mut self) -> Self {
+        self.remove_on_drop = true;
+        self
+    }
+
+    /// [`Self::remove_on_drop`] for a server held elsewhere.
+    pub fn set_remove_on_drop(&mut self) {
+        self.remove_on_drop = true;
     }
 
     /// Keeps the server running after this value is dropped (a cluster's server, stopped by
@@ -390,6 +414,11 @@ impl Drop for LocalPostgres {
             && let Err(e) = self.stop()
         {
             tracing::warn!(error = %e, "local PostgreSQL did not stop cleanly");
+        }
+        if self.remove_on_drop && self.stop_on_drop {
+            // A server that did not stop (killed, or its postmaster gone) has nothing running
+            // on the files any more either way once its processes exit.
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

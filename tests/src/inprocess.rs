@@ -124,7 +124,11 @@ impl InProcessCluster {
             ClusterStore::Sled => None,
             ClusterStore::Postgres => {
                 let (dir, regions) = (dir.path().to_owned(), cluster_options.regions.clone());
-                Some(tokio::task::spawn_blocking(move || ClusterDatabase::start(&dir, &regions)).await??)
+                let mut database =
+                    tokio::task::spawn_blocking(move || ClusterDatabase::start(&dir, &regions)).await??;
+                // A test's database server leaves nothing behind (root's lives outside `dir`).
+                database.discard_on_drop();
+                Some(database)
             }
         };
         let files = ClusterFiles::write(&cluster_options, &addresses, database.as_ref())?;

@@ -117,6 +117,9 @@ impl TestCluster {
             ..defaults
         })
         .await?;
+        // A test's database server leaves nothing behind (root's lives outside `dir`).
+        let mut cluster = cluster;
+        cluster.discard_database_on_drop();
         let this = Self { cluster, binary: PathBuf::from(binary), _dir: dir };
         this.wait_healthy().await?;
         Ok(this)

@@ -42,7 +42,7 @@ async fn the_database_fails_over_under_load_without_losing_a_write_or_allowing_a
     // A synchronous standby of the region's primary, and the node pointed at both.
     let primary = cluster.database().expect("a PostgreSQL cluster").server();
     let standby_dir = LocalPostgres::reachable_dir(cluster.dir(), "standby").unwrap();
-    let standby = primary.start_standby(&standby_dir, free_port(), "standby").unwrap();
+    let standby = primary.start_standby(&standby_dir, free_port(), "standby").unwrap().remove_on_drop();
     primary.require_synchronous_standby("standby").unwrap();
     let state = domicile_cluster_tests::eventually(Duration::from_secs(30), || async {
         let out = primary.psql("postgres", "SELECT sync_state FROM pg_stat_replication").ok()?;

@@ -65,6 +65,11 @@ impl ClusterDatabase {
         })
     }
 
+    /// Removes the server's directory once it has stopped (a test's throwaway cluster).
+    pub fn discard_on_drop(&mut self) {
+        self.server.set_remove_on_drop();
+    }
+
     /// The server, for tests that stop or kill it.
     pub fn server(&self) -> &LocalPostgres {
         &self.server
