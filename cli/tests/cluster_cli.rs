@@ -655,4 +655,7 @@ fn up_on_postgres_serves_stops_its_server_and_keeps_the_data() {
         up.output()
     );
     up.down();
+    // `cluster up` keeps its server's directory for the next start; root's lies outside the
+    // cluster directory (postgres.dir), so the test removes it.
+    let _ = std::fs::remove_dir_all(&server_dir);
 }
