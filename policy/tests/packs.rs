@@ -161,3 +161,19 @@ fn eu_member_state_packs_extend_the_eu_baseline() {
     }
     assert!(eu.rights().deadline.is_some());
 }
+
+/// The rights deadlines country-rules.md states are in the packs (a pack without one declares the
+/// gap: its requests carry no deadline, never a default).
+#[test]
+fn packs_state_the_rights_deadlines_their_sources_give() {
+    let set = compiled();
+    let days = |id: &str| {
+        let pack = set.get_by_id(id).unwrap_or_else(|| panic!("pack {id}"));
+        pack.rights().deadline.map(|d| (d.after(0) + 43_200) / 86_400)
+    };
+    for (id, expected) in [("gb", 31), ("kr", 10), ("ru", 10), ("za", 30), ("ch", 30), ("br", 15), ("ca", 30)] {
+        let got = days(id).unwrap_or_else(|| panic!("{id} states no rights deadline"));
+        assert!((expected - 3..=expected).contains(&got), "{id}: {got} days");
+    }
+    assert_eq!(days("us"), None, "no federal US deadline: a declared gap");
+}
