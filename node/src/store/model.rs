@@ -213,6 +213,14 @@ pub struct NewInteraction {
     pub open: bool,
 }
 
+impl NewInteraction {
+    /// The entry as stored, at `sequence` of the subject's log.
+    pub fn numbered(self, sequence: u64) -> Interaction {
+        let NewInteraction { channel, occurred_at, recorded_at, kind, intent, summary, reference, open } = self;
+        Interaction { sequence, channel, occurred_at, recorded_at, kind, intent, summary, reference, open }
+    }
+}
+
 /// One entry of a subject's interaction log. Stored only sealed with the subject's key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Interaction {

@@ -202,17 +202,7 @@ impl PgStore {
             check_replay(w, idempotency).await?;
             let key = self.live_key(w, subject).await?;
             let sequence = w.next_log_position();
-            let stored = Interaction {
-                sequence,
-                channel: interaction.channel,
-                occurred_at: interaction.occurred_at,
-                recorded_at: interaction.recorded_at,
-                kind: interaction.kind,
-                intent: interaction.intent,
-                summary: interaction.summary,
-                reference: interaction.reference,
-                open: interaction.open,
-            };
+            let stored = interaction.numbered(sequence);
             let sealed = seal(&key, b"interactions", &consent_key(subject, sequence), &stored)?;
             w.tx()
                 .execute(
@@ -268,7 +258,7 @@ impl PgStore {
         subject: &SubjectId,
         purpose: Purpose,
         channel: Channel,
-    ) -> Result<Option<(SubjectMeta, Option<CurrentConsent>)>, StoreError> {
+    ) -> Result<Option<DecisionInputs>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -279,8 +269,26 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
-        let Some(row) = row else { return Ok(None) };
-        let meta = meta_of(&row, 0)?;
+        match row {
+            Some(row) => self.inputs_of(&row, subject, purpose, channel),
+            None => Ok(None),
+        }
+    }
+
+    /// Decision inputs from a row of `jurisdiction, created_at, restricted, sealed current
+    /// consent, kek, wrapped key` (a subject left-joined to its consent and key; no jurisdiction:
+    /// no such subject).
+    fn inputs_of(
+        &self,
+        row: &tokio_postgres::Row,
+        subject: &SubjectId,
+        purpose: Purpose,
+        channel: Channel,
+    ) -> Result<Option<DecisionInputs>, StoreError> {
+        if row.get::<_, Option<&str>>(0).is_none() {
+            return Ok(None);
+        }
+        let meta = meta_of(row, 0)?;
         let current = match (row.get::<_, Option<&[u8]>>(3), row.get::<_, Option<i32>>(4)) {
             (None, _) => None,
             (Some(sealed), Some(kek)) => {
@@ -341,21 +349,7 @@ impl PgStore {
         }
         rows.iter()
             .zip(items)
-            .map(|(row, (subject, purpose, channel))| {
-                if row.get::<_, Option<&str>>(0).is_none() {
-                    return Ok(None);
-                }
-                let meta = meta_of(row, 0)?;
-                let current = match (row.get::<_, Option<&[u8]>>(3), row.get::<_, Option<i32>>(4)) {
-                    (None, _) => None,
-                    (Some(sealed), Some(kek)) => {
-                        let key = self.keks.unwrap(subject, kek, row.get(5))?;
-                        Some(open(&key, b"current", &current_key(subject, *purpose, *channel), sealed)?)
-                    }
-                    (Some(_), None) => return Err(StoreError::NotFound),
-                };
-                Ok(Some((meta, current)))
-            })
+            .map(|(row, (subject, purpose, channel))| self.inputs_of(row, subject, *purpose, *channel))
             .collect()
     }
 

@@ -126,17 +126,7 @@ impl SledStore {
         let key = self.key(subject)?;
         let _serial = self.serialise_writes(&[*subject]);
         let sequence = self.db.generate_id().map_err(backend)?;
-        let stored = Interaction {
-            sequence,
-            channel: interaction.channel,
-            occurred_at: interaction.occurred_at,
-            recorded_at: interaction.recorded_at,
-            kind: interaction.kind,
-            intent: interaction.intent,
-            summary: interaction.summary,
-            reference: interaction.reference,
-            open: interaction.open,
-        };
+        let stored = interaction.numbered(sequence);
         let k = consent_key(subject, sequence);
         let sealed = seal(&key, b"interactions", &k, &stored)?;
         let result =
