@@ -15,6 +15,7 @@
 //! address), and a start that loses a port to another process is retried on new ones.
 
 mod audit;
+mod churn;
 mod clients;
 mod inprocess;
 mod replicas;
@@ -39,6 +40,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 pub use audit::RegionAudit;
+pub use churn::{Churn, consent_churn};
 pub use clients::Cluster;
 pub use domicile_proto::pb;
 pub use inprocess::{InProcessCluster, InProcessServer};

@@ -18,10 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use domicile_cli::cluster::ClusterStore;
-use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
-use domicile_cluster_tests::{Cluster as _, TestCluster, TestOptions, identifier, node_ref, region, select_ref};
+use domicile_cluster_tests::{Churn, Cluster as _, TestCluster, TestOptions, consent_churn, node_ref, region};
 use domicile_runtime::postgres::LocalPostgres;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -67,62 +66,10 @@ async fn the_database_fails_over_under_load_without_losing_a_write_or_allowing_a
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for s in 0..SUBJECTS {
-        let mut client = gateway.clone();
-        let stop = Arc::clone(&stop);
+        let (client, stop) = (gateway.clone(), Arc::clone(&stop));
+        let email = format!("failover.{s}@example.de");
         tasks.push(tokio::spawn(async move {
-            let subject = client
-                .register(gw::RegisterRequest {
-                    jurisdiction: "DE".into(),
-                    identifiers: vec![identifier("email", &format!("failover.{s}@example.de"))],
-                    idempotency_key: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .subject_ref;
-            let (mut acknowledged, mut stale, mut failed) = (0u64, 0u64, 0u64);
-            let mut last_success = Vec::new();
-            let mut grant = true;
-            while !stop.load(Ordering::Relaxed) {
-                let action = if grant { common::ConsentAction::Grant } else { common::ConsentAction::Withdraw };
-                let written = client
-                    .record_consent(gw::RecordConsentRequest {
-                        subject: select_ref(&subject),
-                        purpose: "marketing".into(),
-                        channels: vec!["email".into()],
-                        action: action as i32,
-                        evidence: Some(common::Evidence { notice_version: "n1".into(), ..Default::default() }),
-                        ..Default::default()
-                    })
-                    .await;
-                if written.is_err() {
-                    failed += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                acknowledged += 1;
-                if !grant {
-                    let decided = client
-                        .decide(gw::DecideRequest {
-                            subject: select_ref(&subject),
-                            purpose: "marketing".into(),
-                            channel: "email".into(),
-                            at: None,
-                        })
-                        .await;
-                    match decided {
-                        Ok(reply) => {
-                            last_success.push(Instant::now());
-                            if reply.into_inner().decision.map(|d| d.effect) != Some(common::Effect::Deny as i32) {
-                                stale += 1;
-                            }
-                        }
-                        Err(_) => failed += 1,
-                    }
-                }
-                grant = !grant;
-            }
-            (subject, acknowledged, stale, failed, last_success)
+            consent_churn(client, &email, stop, || false, Duration::from_millis(20)).await
         }));
     }
 
@@ -161,7 +108,7 @@ async fn the_database_fails_over_under_load_without_losing_a_write_or_allowing_a
     let mut node_client = cluster.node(&eu).await.unwrap();
     let (mut total, mut failures) = (0, 0);
     for task in tasks {
-        let (subject, acknowledged, stale, failed, _) = task.await.unwrap();
+        let Churn { subject, acknowledged, stale, failed, .. } = task.await.unwrap().unwrap();
         assert_eq!(stale, 0, "no allow after an acknowledged withdrawal, also in the gap");
         let history = node_client
             .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject) })

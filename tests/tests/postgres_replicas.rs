@@ -21,8 +21,8 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_cluster_tests::{
-    Cluster as _, RegionAudit, Replica, TestCluster, TestOptions, eventually, gateway_over_replicas, identifier,
-    node_ref, region,
+    Churn, Cluster as _, RegionAudit, Replica, TestCluster, TestOptions, consent_churn, eventually,
+    gateway_over_replicas, identifier, node_ref, region,
 };
 use tonic::transport::Channel;
 
@@ -269,65 +269,12 @@ async fn a_replica_killed_under_load_loses_no_write_and_never_allows_a_withdrawn
     let killed_at = std::sync::Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
     let mut tasks = Vec::new();
     for s in 0..SUBJECTS {
-        let mut client = gateway.clone();
-        let (stop, killed_at) = (stop.clone(), killed_at.clone());
-        tasks.push(tokio::spawn(async move {
-            let email = format!("load.{s}@example.de");
-            let subject = client
-                .register(gw::RegisterRequest {
-                    jurisdiction: "DE".into(),
-                    identifiers: vec![identifier("email", &email)],
-                    idempotency_key: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .subject_ref;
-            let select = || domicile_cluster_tests::select_ref(&subject);
-            let (mut acknowledged, mut stale, mut late_failures) = (0u64, 0u64, 0u64);
-            let mut grant = true;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let action = if grant { common::ConsentAction::Grant } else { common::ConsentAction::Withdraw };
-                let written = client
-                    .record_consent(gw::RecordConsentRequest {
-                        subject: select(),
-                        purpose: "marketing".into(),
-                        channels: vec!["email".into()],
-                        action: action as i32,
-                        evidence: Some(common::Evidence { notice_version: "n1".into(), ..Default::default() }),
-                        ..Default::default()
-                    })
-                    .await;
-                // Failures are allowed only around the kill (until the health checks took the
-                // dead replica out); after that the region serves every call.
-                let late = || killed_at.get().is_some_and(|t| t.elapsed() > Duration::from_secs(1));
-                if written.is_err() {
-                    late_failures += u64::from(late());
-                    continue;
-                }
-                acknowledged += 1;
-                if !grant {
-                    let decided = client
-                        .decide(gw::DecideRequest {
-                            subject: select(),
-                            purpose: "marketing".into(),
-                            channel: "email".into(),
-                            at: None,
-                        })
-                        .await;
-                    match decided {
-                        Ok(reply) => {
-                            if reply.into_inner().decision.map(|d| d.effect) != Some(common::Effect::Deny as i32) {
-                                stale += 1;
-                            }
-                        }
-                        Err(_) => late_failures += u64::from(late()),
-                    }
-                }
-                grant = !grant;
-            }
-            (subject, acknowledged, stale, late_failures)
-        }));
+        let (client, stop, killed_at) = (gateway.clone(), stop.clone(), killed_at.clone());
+        // Failures are allowed only around the kill (until the health checks took the dead
+        // replica out); after that the region serves every call.
+        let late = move || killed_at.get().is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+        let email = format!("load.{s}@example.de");
+        tasks.push(tokio::spawn(async move { consent_churn(client, &email, stop, late, Duration::ZERO).await }));
     }
     // The replica killed is the region's first endpoint: a gateway that did not spread over
     // both would lose the region with it.
@@ -341,7 +288,7 @@ async fn a_replica_killed_under_load_loses_no_write_and_never_allows_a_withdrawn
     let mut node = replica.client(&cluster).await.unwrap();
     let mut total = 0;
     for task in tasks {
-        let (subject, acknowledged, stale, late_failures) = task.await.unwrap();
+        let Churn { subject, acknowledged, stale, failed_late: late_failures, .. } = task.await.unwrap().unwrap();
         assert_eq!(stale, 0, "no allow after an acknowledged withdrawal");
         assert_eq!(late_failures, 0, "the region keeps serving through the surviving replica");
         let history = node
