@@ -75,6 +75,9 @@ impl Nodes {
     {
         let channel = self.channel(region)?;
         let attempts = channel.state().replicas();
+        if attempts == 1 {
+            return call(NodeClient::new(channel), request).await;
+        }
         let mut attempt = 1;
         loop {
             match call(NodeClient::new(channel.clone()), request.clone()).await {
