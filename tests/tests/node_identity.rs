@@ -329,7 +329,7 @@ struct Ack {
 async fn concurrent_acknowledged_writes_survive_kill_9_of_the_node() {
     const WRITERS: usize = 8;
     const SUBJECTS_PER_WRITER: usize = 4;
-    let mut cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
     let eu = region("eu-central");
     let mut client = cluster.gateway().await.unwrap();
     let mut subjects = Vec::new();

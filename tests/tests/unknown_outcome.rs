@@ -121,7 +121,7 @@ fn assert_unknown(status: &Status, elapsed: Duration, what: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_timed_out_is_unknown_and_its_retry_is_applied_once() {
-    let mut cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let us = region("us-east");
     let mut client = cluster.gateway().await.unwrap();
     let subject =
