@@ -198,7 +198,8 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
     assert!(decided.is_some(), "the gateway decides for the region's subject");
 }
 
-/// Withdrawals acknowledged by one replica, each followed at once by a decision on the other:
+/// Withdrawals acknowledged by one replica, each followed at once by a decision on the other,
+/// which decided the grant just before (so its read cache holds the grant):
 /// `DOMICILE_STALE_ROUNDS` of them (default 10,000), spread over subjects written concurrently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_every_time() {
@@ -227,26 +228,35 @@ async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_ever
         let (mut a, mut b) = (first.clone(), second.clone());
         let share = rounds / SUBJECTS + usize::from(s < rounds % SUBJECTS);
         tasks.push(tokio::spawn(async move {
-            let mut stale = 0;
+            let (mut stale, mut unseen_grants) = (0, 0);
             for _ in 0..share {
                 record(&mut a, &subject, common::ConsentAction::Grant).await;
+                // Decided on the other replica while granted, so the grant is what its read
+                // cache holds when the withdrawal comes.
+                if effect(&mut b, &subject).await != common::Effect::Allow as i32 {
+                    unseen_grants += 1;
+                }
                 record(&mut a, &subject, common::ConsentAction::Withdraw).await;
                 if effect(&mut b, &subject).await != common::Effect::Deny as i32 {
                     stale += 1;
                 }
             }
-            stale
+            (stale, unseen_grants)
         }));
     }
-    let mut stale = 0;
+    let (mut stale, mut unseen_grants) = (0, 0);
     for task in tasks {
-        stale += task.await.unwrap();
+        let (s, u) = task.await.unwrap();
+        stale += s;
+        unseen_grants += u;
     }
     eprintln!(
-        "{rounds} withdrawals through one replica, decided on the other: {stale} stale, {:.1} s",
+        "{rounds} withdrawals through one replica, decided on the other: {stale} stale, {unseen_grants} grants \
+         unseen, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(stale, 0, "no stale allow after an acknowledged withdrawal");
+    assert_eq!(unseen_grants, 0, "an acknowledged grant is the next decision on the other replica too");
 }
 
 /// kill -9 of one replica of a region while writes and decisions run through a gateway that
@@ -307,4 +317,104 @@ async fn a_replica_killed_under_load_loses_no_write_and_never_allows_a_withdrawn
     }
     eprintln!("{total} acknowledged writes through both replicas, one killed after 2 s");
     assert!(total > 0);
+}
+
+fn node_link(link: &str) -> Option<common::SubjectKey> {
+    Some(common::SubjectKey { key: Some(common::subject_key::Key::Link(link.into())) })
+}
+
+/// The decision on `client` for `key` (marketing × email): the effect and the subject decided
+/// for, or the status code.
+async fn decided(client: &mut NodeClient, key: Option<common::SubjectKey>) -> Result<(i32, String), tonic::Code> {
+    let decision = client
+        .decide(node::DecideRequest { subject: key, purpose: "marketing".into(), channel: "email".into(), at: None })
+        .await
+        .map_err(|status| status.code())?
+        .into_inner()
+        .decision
+        .expect("a decision");
+    Ok((decision.effect, decision.subject_ref))
+}
+
+/// Every kind of change that alters what a decision reads, written through one replica after the
+/// other replica decided (and so cached) the state before it: a restriction and its lifting, a
+/// merge that moves a link to another subject, a rectification that removes a link, an erasure.
+/// The other replica's very next decision, by link and by subject ref, reflects each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = Replica::start(&cluster, &eu).await.unwrap();
+    let mut a = cluster.node(&eu).await.unwrap();
+    let mut b = replica.client(&cluster).await.unwrap();
+    let register = |value: &'static str| {
+        let mut a = a.clone();
+        async move {
+            a.register(node::RegisterRequest {
+                jurisdiction: "DE".into(),
+                identifiers: vec![identifier("email", value)],
+                caller_region: "eu-central".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let (one, two) = (register("cache.one@example.de").await, register("cache.two@example.de").await);
+    let (link1, link2) = (one.links[0].clone(), two.links[0].clone());
+    let (allow, deny) = (common::Effect::Allow as i32, common::Effect::Deny as i32);
+    record(&mut a, &two.subject_ref, common::ConsentAction::Grant).await;
+    record(&mut a, &one.subject_ref, common::ConsentAction::Grant).await;
+    assert_eq!(decided(&mut b, node_link(&link1)).await, Ok((allow, one.subject_ref.clone())));
+    assert_eq!(decided(&mut b, node_link(&link2)).await, Ok((allow, two.subject_ref.clone())));
+
+    // Restriction, and lifting it.
+    for (restricted, expected) in [(true, deny), (false, allow)] {
+        a.restrict(node::RestrictRequest { subject: node_ref(&one.subject_ref), restricted, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(
+            decided(&mut b, node_link(&link1)).await,
+            Ok((expected, one.subject_ref.clone())),
+            "restricted = {restricted}"
+        );
+    }
+
+    // The first subject withdraws; the second is merged into it: its link now names the first.
+    record(&mut a, &one.subject_ref, common::ConsentAction::Withdraw).await;
+    assert_eq!(decided(&mut b, node_link(&link1)).await, Ok((deny, one.subject_ref.clone())));
+    a.merge(node::MergeRequest {
+        into: node_ref(&one.subject_ref),
+        from: node_ref(&two.subject_ref),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let after_merge = decided(&mut b, node_link(&link2)).await;
+    assert_eq!(
+        after_merge.clone().map(|(_, s)| s),
+        Ok(one.subject_ref.clone()),
+        "the moved link names the remaining subject"
+    );
+    assert_ne!(after_merge.map(|(e, _)| e), Ok(allow), "a merge never turns a withdrawal into an allow");
+    assert_eq!(decided(&mut b, node_ref(&two.subject_ref)).await, Err(tonic::Code::NotFound), "the merged subject");
+
+    // A rectification removes the moved identifier: its link names no one.
+    a.rectify(node::RectifyRequest {
+        subject: node_ref(&one.subject_ref),
+        remove_identifiers: vec![identifier("email", "cache.two@example.de")],
+        caller_region: "eu-central".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(decided(&mut b, node_link(&link2)).await, Err(tonic::Code::NotFound), "the removed link");
+    assert_eq!(decided(&mut b, node_link(&link1)).await, Ok((deny, one.subject_ref.clone())));
+
+    // Erasure.
+    a.erase(node::EraseRequest { subject: node_ref(&one.subject_ref), ..Default::default() }).await.unwrap();
+    assert_eq!(decided(&mut b, node_link(&link1)).await, Err(tonic::Code::NotFound), "the erased subject's link");
+    assert_eq!(decided(&mut b, node_ref(&one.subject_ref)).await, Err(tonic::Code::NotFound), "the erased subject");
 }

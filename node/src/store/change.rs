@@ -85,6 +85,23 @@ impl Recorded<'_> {
         }
     }
 
+    /// The subjects whose decision inputs (metadata, consent in force, key, links) this may
+    /// have changed: what a read cache must drop. A rights request is included, as a restriction
+    /// is recorded as one; a re-announcement changes nothing.
+    pub fn touched(&self) -> impl Iterator<Item = SubjectId> {
+        let (first, second) = match *self {
+            Recorded::Registration { subject, .. }
+            | Recorded::Consent { subject, .. }
+            | Recorded::LinksAdded { subject, .. }
+            | Recorded::LinksRemoved { subject, .. }
+            | Recorded::RightsRequest { subject, .. }
+            | Recorded::Erasure { subject, .. } => (Some(subject), None),
+            Recorded::Merge { into, from, .. } => (Some(into), Some(from)),
+            Recorded::Announced { .. } => (None, None),
+        };
+        first.into_iter().chain(second)
+    }
+
     /// The audit entry: the event and the subject it is about (of `region`), at `at`; `None` for
     /// what the audit log does not record on its own.
     pub fn audit(&self, region: &RegionId, at: i64) -> Result<Option<(AuditEvent, SubjectRef)>, StoreError> {

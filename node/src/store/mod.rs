@@ -6,6 +6,7 @@ mod change;
 pub(crate) mod codec;
 mod model;
 pub mod pg_store;
+mod read_cache;
 mod sled_store;
 pub mod vault;
 
@@ -176,6 +177,13 @@ pub trait Store: Send + Sync + 'static {
             let Some(meta) = self.subject_meta(subject).await? else { return Ok(None) };
             Ok(Some((meta, self.current_consent(subject, purpose, channel).await?)))
         }
+    }
+    /// Makes the next [`Store::subjects_by_links`] and [`Store::decision_inputs_many`] see every
+    /// write acknowledged before this call, by this process or any other over the same store:
+    /// decisions call it once, first. The embedded store's cache is exact without it; a store
+    /// shared by replicas catches its cache up here.
+    fn sync_reads(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
     }
     /// The subjects holding `links`, in order (`None`: held by none here): what a batch of
     /// decisions resolves at once. By default one [`Store::subject_by_link`] each; a store over a

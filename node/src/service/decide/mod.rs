@@ -151,7 +151,12 @@ impl<S: Store> NodeService<S> {
         at: i64,
     ) -> Decided<'p> {
         let count = items.len();
-        let resolved = self.resolve_items(items.collect()).await;
+        let resolved = match self.store.sync_reads().await {
+            Ok(()) => self.resolve_items(items.collect()).await,
+            Err(e) => {
+                items.map(|(id, item)| (id, item.map_err(NodeError::from).and(Err(batch_read_failed(&e))))).collect()
+            }
+        };
         let wanted: Vec<(SubjectId, Purpose, Channel)> =
             resolved.iter().filter_map(|(_, item)| item.as_ref().ok().copied()).collect();
         let mut inputs = match wanted.is_empty() {

@@ -11,9 +11,10 @@
 //! (`SELECT … FOR UPDATE`): writes of all replicas are serialised, so a check such as "no subject
 //! holds this link" holds until commit, change-event sequences and the audit chain follow commit
 //! order (a watcher resuming after N never misses a smaller sequence committed later), and the
-//! change, its events and its audit entries commit together (`unit.rs`). Reads go to the database
-//! every time (no read cache): a withdrawal acknowledged through one replica is what the next
-//! decision on any replica reads. A commit is durable (`synchronous_commit = on`), so `flush` has
+//! change, its events and its audit entries commit together (`unit.rs`). Decisions read through a
+//! cache that every decision first brings up to date with the subjects touched by writes
+//! committed before it arrived (`fresh.rs`): a withdrawal acknowledged through one replica is what
+//! the next decision on any replica reads. A commit is durable (`synchronous_commit = on`), so `flush` has
 //! nothing left to do.
 //!
 //! The write methods live by capability as in the embedded store: `identity.rs` (register,
@@ -22,6 +23,7 @@
 
 mod claims;
 mod follow;
+mod fresh;
 mod identity;
 mod keys;
 mod records;
@@ -109,6 +111,10 @@ pub struct PgStore {
     keks: Keks,
     /// Decision entries waiting for the next audit write (`follow.rs`).
     decisions: follow::DecisionAudits,
+    /// Decision inputs and link holders read before, kept exact by `fresh`.
+    cache: super::read_cache::ReadCache,
+    links: super::read_cache::LinkCache,
+    fresh: fresh::Fresh,
 }
 
 impl PgStore {
@@ -136,8 +142,19 @@ impl PgStore {
             .build()
             .map_err(|_| StoreError::Backend("postgres pool".into()))?;
         let keks = Keks::load_or_create(&config.kek_file)?;
-        let store = Self { pool, region: region.clone(), keks, decisions: follow::DecisionAudits::default() };
+        let mut store = Self {
+            pool,
+            region: region.clone(),
+            keks,
+            decisions: follow::DecisionAudits::default(),
+            cache: super::read_cache::ReadCache::default(),
+            links: super::read_cache::LinkCache::default(),
+            fresh: fresh::Fresh::default(),
+        };
         store.migrate().await?;
+        let head =
+            store.client().await?.query_one("SELECT touch_seq FROM region_head WHERE id = 1", &[]).await.map_err(pg)?;
+        store.fresh = fresh::Fresh::at(uint(head.get(0))?);
         Ok(store)
     }
 

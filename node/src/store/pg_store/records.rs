@@ -300,8 +300,8 @@ impl PgStore {
         Ok(Some((meta, current)))
     }
 
-    /// The subjects holding `links`, in order, in one query.
-    pub async fn subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
+    /// The subjects holding `links`, in order, in one query (no cache: `fresh.rs`).
+    pub(super) async fn read_subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
         if links.is_empty() {
             return Ok(Vec::new());
         }
@@ -321,8 +321,8 @@ impl PgStore {
         rows.iter().map(|row| row.get::<_, Option<&[u8]>>(0).map(subject_id).transpose()).collect()
     }
 
-    /// [`Self::decision_inputs`] of every item, in order, in one query.
-    pub async fn decision_inputs_many(
+    /// [`Self::decision_inputs`] of every item, in order, in one query (no cache: `fresh.rs`).
+    pub(super) async fn read_decision_inputs_many(
         &self,
         items: &[(SubjectId, Purpose, Channel)],
     ) -> Result<Vec<Option<DecisionInputs>>, StoreError> {

@@ -121,6 +121,10 @@ impl Store for PgStore {
         PgStore::current_consent(self, subject, purpose, channel).await
     }
 
+    async fn sync_reads(&self) -> Result<(), StoreError> {
+        PgStore::sync_reads(self).await
+    }
+
     async fn subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
         PgStore::subjects_by_links(self, links).await
     }

@@ -4,7 +4,7 @@
 
 use deadpool_postgres::Transaction;
 use domicile_audit::{Chain, DecisionEntry};
-use domicile_types::RegionId;
+use domicile_types::{RegionId, SubjectId};
 
 use super::{int, pg, uint};
 use crate::store::codec::encode;
@@ -19,6 +19,10 @@ pub(super) struct Write<'c> {
     log_position: u64,
     generation: u64,
     chain: Chain,
+    /// The last touched-subject row (`fresh.rs`).
+    touch_seq: u64,
+    /// Subjects whose decision inputs this write changed, for every replica's read cache.
+    touched: Vec<SubjectId>,
 }
 
 impl<'c> Write<'c> {
@@ -26,8 +30,8 @@ impl<'c> Write<'c> {
     pub(super) async fn begin(tx: Transaction<'c>, region: &RegionId, at: i64) -> Result<Self, StoreError> {
         let row = tx
             .query_one(
-                "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position FROM region_head \
-                 WHERE id = 1 FOR UPDATE",
+                "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
+                 FROM region_head WHERE id = 1 FOR UPDATE",
                 &[],
             )
             .await
@@ -41,6 +45,8 @@ impl<'c> Write<'c> {
             generation: uint(row.get(2))?,
             log_position: uint(row.get(5))?,
             chain,
+            touch_seq: uint(row.get(6))?,
+            touched: Vec::new(),
         })
     }
 
@@ -71,6 +77,11 @@ impl<'c> Write<'c> {
     pub(super) async fn record(&mut self, recorded: &[Recorded<'_>]) -> Result<Option<u64>, StoreError> {
         let mut last = None;
         for fact in recorded {
+            for subject in fact.touched() {
+                if !self.touched.contains(&subject) {
+                    self.touched.push(subject);
+                }
+            }
             for (subject, links, change) in fact.changes() {
                 let sequence = self.last_event + 1;
                 let body = encode(&ChangeEvent { sequence, at: self.at, subject, links, change })?;
@@ -128,11 +139,12 @@ impl<'c> Write<'c> {
 
     /// Saves the head and commits. A commit whose answer is lost may or may not have happened:
     /// [`StoreError::OutcomeUnknown`], retried with the write's idempotency key.
-    pub(super) async fn commit(self) -> Result<(), StoreError> {
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+        self.publish_touched().await?;
         self.tx
             .execute(
                 "UPDATE region_head SET last_event = $1, ledger_position = $2, generation = $3, audit_seq = $4, \
-                 audit_hash = $5, log_position = $6 WHERE id = 1",
+                 audit_hash = $5, log_position = $6, touch_seq = $7 WHERE id = 1",
                 &[
                     &int(self.last_event),
                     &int(self.ledger_position),
@@ -140,6 +152,7 @@ impl<'c> Write<'c> {
                     &int(self.chain.last_seq()),
                     &self.chain.last_hash(),
                     &int(self.log_position),
+                    &int(self.touch_seq),
                 ],
             )
             .await
@@ -153,4 +166,36 @@ impl<'c> Write<'c> {
             StoreError::OutcomeUnknown
         })
     }
+
+    /// Numbers the subjects this write touched after every earlier write's, for the replicas'
+    /// read caches (`fresh.rs`), and now and then prunes rows every replica has long read (one
+    /// that has not empties its cache).
+    async fn publish_touched(&mut self) -> Result<(), StoreError> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let first = self.touch_seq + 1;
+        let seqs: Vec<i64> = (0..self.touched.len() as u64).map(|i| int(first + i)).collect();
+        let subjects: Vec<&[u8]> = self.touched.iter().map(|s| s.as_bytes().as_slice()).collect();
+        self.tx
+            .execute(
+                "INSERT INTO touched (seq, subject) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                &[&seqs, &subjects],
+            )
+            .await
+            .map_err(pg)?;
+        let last = self.touch_seq + self.touched.len() as u64;
+        if last / TOUCHED_PRUNE_EVERY != self.touch_seq / TOUCHED_PRUNE_EVERY {
+            self.tx
+                .execute("DELETE FROM touched WHERE seq <= $1", &[&int(last.saturating_sub(TOUCHED_KEPT))])
+                .await
+                .map_err(pg)?;
+        }
+        self.touch_seq = last;
+        Ok(())
+    }
 }
+
+/// Touched-subject rows kept for replicas that fall behind, and how often older ones are pruned.
+const TOUCHED_KEPT: u64 = 1 << 18;
+const TOUCHED_PRUNE_EVERY: u64 = 1 << 12;

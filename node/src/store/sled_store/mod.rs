@@ -34,13 +34,14 @@ mod records;
 mod unit;
 
 use super::codec::{backend, consent_key, context, current_key, decode, encode, open, seal};
+use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
 use super::{
     ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
     NewConsent, NewInteraction, Recorded, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
     Store, StoreError, SubjectMeta, SubjectRecord,
 };
-use cache::{ReadCache, WriteGuard};
+use cache::WriteGuard;
 use domicile_types::RegionId;
 use unit::number_events;
 
