@@ -40,13 +40,7 @@ pub(super) async fn record_replay<T: serde::Serialize>(
     result: &T,
 ) -> Result<(), StoreError> {
     let Some(i) = idempotency else { return Ok(()) };
-    let plain = encode(result)?;
-    let (subject, stored) = match sealed_for {
-        Some((subject, key)) => {
-            (Some(subject.as_bytes().to_vec()), key.seal(&context(b"idempotency", &i.key), &plain)?)
-        }
-        None => (None, plain),
-    };
+    let (subject, stored) = replay_row(i, sealed_for, result)?;
     w.tx()
         .execute(
             "INSERT INTO idempotency (key, fingerprint, at, subject, result) VALUES ($1, $2, $3, $4, $5)",
@@ -55,6 +49,21 @@ pub(super) async fn record_replay<T: serde::Serialize>(
         .await
         .map_err(pg)?;
     Ok(())
+}
+
+/// The `subject` and `result` columns of a write's idempotency row.
+pub(super) fn replay_row<T: serde::Serialize>(
+    i: &Idempotency,
+    sealed_for: Option<(&SubjectId, &SubjectKey)>,
+    result: &T,
+) -> Result<(Option<Vec<u8>>, Vec<u8>), StoreError> {
+    let plain = encode(result)?;
+    Ok(match sealed_for {
+        Some((subject, key)) => {
+            (Some(subject.as_bytes().to_vec()), key.seal(&context(b"idempotency", &i.key), &plain)?)
+        }
+        None => (None, plain),
+    })
 }
 
 /// Inside a write removing `link` from this region's live links: its claim, if the region holds

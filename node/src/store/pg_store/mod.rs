@@ -21,6 +21,7 @@
 //! rectify, merge, erase, dropped links), `records.rs` (consent, interactions, rights requests,
 //! restriction, and the reads decisions make), `claims.rs` (claims, releases, idempotency).
 
+mod batch;
 mod claims;
 mod follow;
 mod fresh;
@@ -108,7 +109,9 @@ fn uint(value: i64) -> Result<u64, StoreError> {
 pub struct PgStore {
     pool: Pool,
     region: RegionId,
-    keks: Keks,
+    keks: std::sync::Arc<Keks>,
+    /// The writer task that group-commits consent writes (`batch.rs`).
+    consents: batch::ConsentWriter,
     /// Decision entries waiting for the next audit write (`follow.rs`).
     decisions: follow::DecisionAudits,
     /// Decision inputs and link holders read before, kept exact by `fresh`.
@@ -141,10 +144,11 @@ impl PgStore {
             .max_size(config.pool_size.max(2))
             .build()
             .map_err(|_| StoreError::Backend("postgres pool".into()))?;
-        let keks = Keks::load_or_create(&config.kek_file)?;
+        let keks = std::sync::Arc::new(Keks::load_or_create(&config.kek_file)?);
         let mut store = Self {
-            pool,
+            pool: pool.clone(),
             region: region.clone(),
+            consents: batch::ConsentWriter::start(pool.clone(), keks.clone(), region.clone()),
             keks,
             decisions: follow::DecisionAudits::default(),
             cache: super::read_cache::ReadCache::default(),

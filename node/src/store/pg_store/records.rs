@@ -63,77 +63,14 @@ impl PgStore {
         self.key(write.tx(), subject).await?.ok_or(StoreError::NotFound)
     }
 
+    /// Appends a consent record, group-committed with the others queued meanwhile (`batch.rs`).
     pub async fn append_consent(
         &self,
         subject: &SubjectId,
         consent: NewConsent,
         idempotency: Option<&Idempotency>,
     ) -> Result<(ConsentRecord, u64), StoreError> {
-        self.write(consent.recorded_at, async |w| {
-            check_replay(w, idempotency).await?;
-            let key = self.live_key(w, subject).await?;
-            let links = self.links_of(w.tx(), subject).await?;
-            let sequence = w.next_ledger_position();
-            let record = ConsentRecord {
-                sequence,
-                purpose: consent.purpose,
-                channels: consent.channels,
-                state: consent.state,
-                captured_at: consent.captured_at,
-                recorded_at: consent.recorded_at,
-                expires_at: consent.expires_at,
-                evidence: consent.evidence,
-            };
-            let sealed = seal(&key, b"consent", &consent_key(subject, sequence), &record)?;
-            w.tx()
-                .execute(
-                    "INSERT INTO consent (subject, position, sealed) VALUES ($1, $2, $3)",
-                    &[&bytes(subject), &int(sequence), &sealed],
-                )
-                .await
-                .map_err(pg)?;
-            let candidate = CurrentConsent {
-                sequence,
-                state: record.state,
-                captured_at: record.captured_at,
-                expires_at: record.expires_at,
-                double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
-                recorded_at: Some(record.recorded_at),
-                counted_at_ms: Some(consent.counted_at_ms),
-            };
-            for channel in &record.channels {
-                let k = current_key(subject, record.purpose, *channel);
-                let existing = w
-                    .tx()
-                    .query_opt(
-                        "SELECT sealed FROM current_consent WHERE subject = $1 AND purpose = $2 AND channel = $3",
-                        &[&bytes(subject), &record.purpose.as_str(), &channel.as_str()],
-                    )
-                    .await
-                    .map_err(pg)?;
-                let replace = match existing {
-                    None => true,
-                    Some(row) => candidate.supersedes(&open::<CurrentConsent>(&key, b"current", &k, row.get(0))?),
-                };
-                if replace {
-                    let sealed = seal(&key, b"current", &k, &candidate)?;
-                    w.tx()
-                        .execute(
-                            "INSERT INTO current_consent (subject, purpose, channel, sealed) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (subject, purpose, channel) DO UPDATE SET sealed = EXCLUDED.sealed",
-                            &[&bytes(subject), &record.purpose.as_str(), &channel.as_str(), &sealed],
-                        )
-                        .await
-                        .map_err(pg)?;
-                }
-            }
-            let recorded = [Recorded::Consent { subject: *subject, record: &record, links: &links }];
-            let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("consent event".into()))?;
-            let result = (record.clone(), event);
-            record_replay(w, idempotency, Some((subject, &key)), &(*subject, &result)).await?;
-            Ok(result)
-        })
-        .await
+        self.consents.append(*subject, consent, idempotency.cloned()).await
     }
 
     pub async fn set_restricted(

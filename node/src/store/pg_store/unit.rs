@@ -23,6 +23,9 @@ pub(super) struct Write<'c> {
     touch_seq: u64,
     /// Subjects whose decision inputs this write changed, for every replica's read cache.
     touched: Vec<SubjectId>,
+    /// Change events and audit lines, inserted with the commit (one statement each).
+    events: Vec<(i64, Vec<u8>)>,
+    audit: Vec<(i64, String)>,
 }
 
 impl<'c> Write<'c> {
@@ -47,6 +50,8 @@ impl<'c> Write<'c> {
             chain,
             touch_seq: uint(row.get(6))?,
             touched: Vec::new(),
+            events: Vec::new(),
+            audit: Vec::new(),
         })
     }
 
@@ -85,10 +90,7 @@ impl<'c> Write<'c> {
             for (subject, links, change) in fact.changes() {
                 let sequence = self.last_event + 1;
                 let body = encode(&ChangeEvent { sequence, at: self.at, subject, links, change })?;
-                self.tx
-                    .execute("INSERT INTO events (sequence, body) VALUES ($1, $2)", &[&int(sequence), &body])
-                    .await
-                    .map_err(pg)?;
+                self.events.push((int(sequence), body));
                 self.last_event = sequence;
                 last = Some(sequence);
             }
@@ -122,41 +124,93 @@ impl<'c> Write<'c> {
         self.insert_audit_lines(&line).await
     }
 
-    /// Inserts complete canonical lines (each ending in `\n`), numbered from the chain's
-    /// entries just encoded.
+    /// Keeps complete canonical lines (each ending in `\n`) for the commit, numbered from the
+    /// chain's entries just encoded.
     async fn insert_audit_lines(&mut self, lines: &[u8]) -> Result<(), StoreError> {
         let text = std::str::from_utf8(lines).map_err(|_| StoreError::Corrupt("audit line".into()))?;
         let lines: Vec<&str> = text.lines().collect();
         let first = self.chain.last_seq() + 1 - lines.len() as u64;
         for (i, line) in lines.iter().enumerate() {
-            self.tx
-                .execute("INSERT INTO audit (seq, line) VALUES ($1, $2)", &[&int(first + i as u64), line])
-                .await
-                .map_err(pg)?;
+            self.audit.push((int(first + i as u64), (*line).to_owned()));
         }
         Ok(())
+    }
+
+    /// Sets the time the next recorded facts carry (a batch of writes made at different times).
+    pub(super) fn set_at(&mut self, at: i64) {
+        self.at = at;
     }
 
     /// Saves the head and commits. A commit whose answer is lost may or may not have happened:
     /// [`StoreError::OutcomeUnknown`], retried with the write's idempotency key.
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
-        self.publish_touched().await?;
-        self.tx
-            .execute(
-                "UPDATE region_head SET last_event = $1, ledger_position = $2, generation = $3, audit_seq = $4, \
-                 audit_hash = $5, log_position = $6, touch_seq = $7 WHERE id = 1",
-                &[
-                    &int(self.last_event),
-                    &int(self.ledger_position),
-                    &int(self.generation),
-                    &int(self.chain.last_seq()),
-                    &self.chain.last_hash(),
-                    &int(self.log_position),
-                    &int(self.touch_seq),
-                ],
-            )
-            .await
-            .map_err(pg)?;
+        // The subjects this write touched, numbered after every earlier write's, for the
+        // replicas' read caches (`fresh.rs`); now and then rows every replica has long read are
+        // pruned (one that has not empties its cache).
+        let first_touch = self.touch_seq + 1;
+        self.touch_seq += self.touched.len() as u64;
+        let touch_seqs: Vec<i64> = (first_touch..=self.touch_seq).map(int).collect();
+        let touched: Vec<&[u8]> = self.touched.iter().map(|s| s.as_bytes().as_slice()).collect();
+        let prune_below = (self.touch_seq / TOUCHED_PRUNE_EVERY != (first_touch - 1) / TOUCHED_PRUNE_EVERY)
+            .then(|| int(self.touch_seq.saturating_sub(TOUCHED_KEPT)));
+        let touch = async {
+            if touch_seqs.is_empty() {
+                return Ok(0);
+            }
+            if let Some(below) = prune_below {
+                self.tx.execute("DELETE FROM touched WHERE seq <= $1", &[&below]).await?;
+            }
+            self.tx
+                .execute(
+                    "INSERT INTO touched (seq, subject) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                    &[&touch_seqs, &touched],
+                )
+                .await
+        };
+        // Sent together (the connection pipelines them), so a write pays one round trip here.
+        let (event_seqs, event_bodies): (Vec<i64>, Vec<&[u8]>) =
+            self.events.iter().map(|(seq, body)| (*seq, body.as_slice())).unzip();
+        let (audit_seqs, audit_lines): (Vec<i64>, Vec<&str>) =
+            self.audit.iter().map(|(seq, line)| (*seq, line.as_str())).unzip();
+        let events = async {
+            if event_seqs.is_empty() {
+                return Ok(0);
+            }
+            self.tx
+                .execute(
+                    "INSERT INTO events (sequence, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                    &[&event_seqs, &event_bodies],
+                )
+                .await
+        };
+        let audit = async {
+            if audit_seqs.is_empty() {
+                return Ok(0);
+            }
+            self.tx
+                .execute(
+                    "INSERT INTO audit (seq, line) SELECT * FROM unnest($1::bigint[], $2::text[])",
+                    &[&audit_seqs, &audit_lines],
+                )
+                .await
+        };
+        let counters = [
+            int(self.last_event),
+            int(self.ledger_position),
+            int(self.generation),
+            int(self.chain.last_seq()),
+            int(self.log_position),
+            int(self.touch_seq),
+        ];
+        let hash = self.chain.last_hash();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&counters[0], &counters[1], &counters[2], &counters[3], &hash, &counters[4], &counters[5]];
+        let head = self.tx.execute(
+            "UPDATE region_head SET last_event = $1, ledger_position = $2, generation = $3, audit_seq = $4, \
+             audit_hash = $5, log_position = $6, touch_seq = $7 WHERE id = 1",
+            &params,
+        );
+        tokio::try_join!(touch, events, audit, head).map_err(pg)?;
         self.tx.commit().await.map_err(|e| {
             if e.code().is_some() {
                 // The server answered: the transaction did not commit.
@@ -165,34 +219,6 @@ impl<'c> Write<'c> {
             tracing::error!(error = %pg(e), "postgres commit unanswered");
             StoreError::OutcomeUnknown
         })
-    }
-
-    /// Numbers the subjects this write touched after every earlier write's, for the replicas'
-    /// read caches (`fresh.rs`), and now and then prunes rows every replica has long read (one
-    /// that has not empties its cache).
-    async fn publish_touched(&mut self) -> Result<(), StoreError> {
-        if self.touched.is_empty() {
-            return Ok(());
-        }
-        let first = self.touch_seq + 1;
-        let seqs: Vec<i64> = (0..self.touched.len() as u64).map(|i| int(first + i)).collect();
-        let subjects: Vec<&[u8]> = self.touched.iter().map(|s| s.as_bytes().as_slice()).collect();
-        self.tx
-            .execute(
-                "INSERT INTO touched (seq, subject) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                &[&seqs, &subjects],
-            )
-            .await
-            .map_err(pg)?;
-        let last = self.touch_seq + self.touched.len() as u64;
-        if last / TOUCHED_PRUNE_EVERY != self.touch_seq / TOUCHED_PRUNE_EVERY {
-            self.tx
-                .execute("DELETE FROM touched WHERE seq <= $1", &[&int(last.saturating_sub(TOUCHED_KEPT))])
-                .await
-                .map_err(pg)?;
-        }
-        self.touch_seq = last;
-        Ok(())
     }
 }
 

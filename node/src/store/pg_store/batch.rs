@@ -1,0 +1,355 @@
+//! Group commit of consent writes on PostgreSQL.
+//!
+//! Every write locks the region head until its commit is durable (`unit.rs`), so consent writes
+//! made one transaction each queue behind one another at one WAL flush (and, with a synchronous
+//! standby, one standby round trip) apiece. Instead, callers hand their write to one writer task
+//! per node, which takes every write queued meanwhile (up to [`MAX_BATCH`]) into one
+//! transaction: the state they need is read with three queries for the whole batch, each write is
+//! applied in order in memory exactly as it would be alone (its ledger position, the record in
+//! force per cell, its change event and audit entry, its idempotency row), everything is inserted
+//! with one statement per table, and one commit makes the whole batch durable. Only then is any
+//! of them acknowledged.
+//!
+//! A write that fails on its own (no such subject; its idempotency key already used) fails alone.
+//! A batch the database refuses is tried again one write at a time, so one bad write cannot fail
+//! its neighbours; a batch whose commit goes unanswered is an unknown outcome for every write in
+//! it (each is retried with its idempotency key).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use domicile_types::{Channel, Link, Purpose, RegionId, SubjectId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::claims::replay_row;
+use super::unit::Write;
+use super::{Keks, int, pg, pool_error, subject_id};
+use crate::store::codec::{consent_key, current_key, open, seal};
+use crate::store::vault::SubjectKey;
+use crate::store::{ConsentRecord, CurrentConsent, Idempotency, NewConsent, Recorded, StoreError};
+
+/// Writes taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+type Appended = Result<(ConsentRecord, u64), StoreError>;
+
+struct Job {
+    subject: SubjectId,
+    consent: NewConsent,
+    idempotency: Option<Idempotency>,
+    done: oneshot::Sender<Appended>,
+}
+
+/// The handle callers queue consent writes through; the writer task stops with it.
+#[derive(Debug)]
+pub(super) struct ConsentWriter {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl ConsentWriter {
+    pub(super) fn start(pool: Pool, keks: Arc<Keks>, region: RegionId) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(queue, Batcher { pool, keks, region }));
+        Self { jobs }
+    }
+
+    /// Appends one consent record; answers once it is durable (or refused).
+    pub(super) async fn append(
+        &self,
+        subject: SubjectId,
+        consent: NewConsent,
+        idempotency: Option<Idempotency>,
+    ) -> Appended {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { subject, consent, idempotency, done })
+            .map_err(|_| StoreError::Backend("the consent writer has stopped".into()))?;
+        // A writer that went away mid-batch may have committed it.
+        answer.await.unwrap_or(Err(StoreError::OutcomeUnknown))
+    }
+}
+
+async fn run(mut queue: mpsc::UnboundedReceiver<Job>, batcher: Batcher) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| ((j.subject, j.consent, j.idempotency), j.done)).unzip();
+        let outcomes = match batcher.write(&writes).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if writes.len() > 1 && !matches!(e, StoreError::OutcomeUnknown) => {
+                // Refused and rolled back: each write on its own, so only a bad one fails.
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    outcomes.push(match batcher.write(std::slice::from_ref(write)).await {
+                        Ok(mut one) => one.pop().unwrap_or(Err(StoreError::OutcomeUnknown)),
+                        Err(e) => Err(e),
+                    });
+                }
+                outcomes
+            }
+            Err(e) => writes.iter().map(|_| Err(copy(&e))).collect(),
+        };
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
+        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// Idempotency rows of a batch, as the columns `unnest` takes.
+#[derive(Default)]
+struct ReplayColumns<'a> {
+    keys: Vec<&'a [u8]>,
+    fingerprints: Vec<&'a [u8]>,
+    at: Vec<i64>,
+    subjects: Vec<Option<Vec<u8>>>,
+    results: Vec<Vec<u8>>,
+}
+
+/// Records in force a batch changed, as the columns `unnest` takes.
+#[derive(Default)]
+struct CellColumns<'a> {
+    subjects: Vec<&'a [u8]>,
+    purposes: Vec<&'a str>,
+    channels: Vec<&'a str>,
+    sealed: Vec<Vec<u8>>,
+}
+
+struct Batcher {
+    pool: Pool,
+    keks: Arc<Keks>,
+    region: RegionId,
+}
+
+/// What a batch reads before applying its writes: the live subjects' keys and links.
+type Subjects = HashMap<SubjectId, (SubjectKey, Vec<Link>)>;
+type Cell = (SubjectId, Purpose, Channel);
+
+impl Batcher {
+    async fn write(
+        &self,
+        writes: &[(SubjectId, NewConsent, Option<Idempotency>)],
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.build_transaction().start().await.map_err(pg)?;
+        let at = writes.first().map_or(0, |(_, c, _)| c.recorded_at);
+        let mut w = Write::begin(tx, &self.region, at).await?;
+        let (replayed, subjects, mut current) = self.read(&w, writes).await?;
+
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut used_keys: HashSet<[u8; 32]> = HashSet::new();
+        let mut consent_rows: (Vec<&[u8]>, Vec<i64>, Vec<Vec<u8>>) = Default::default();
+        let mut replay_rows = ReplayColumns::default();
+        let mut dirty: Vec<Cell> = Vec::new();
+        for (subject, consent, idempotency) in writes {
+            if let Some(i) = idempotency
+                && (replayed.contains(&i.key) || used_keys.contains(&i.key))
+            {
+                outcomes.push(Err(StoreError::Replayed));
+                continue;
+            }
+            let Some((key, links)) = subjects.get(subject) else {
+                outcomes.push(Err(StoreError::NotFound));
+                continue;
+            };
+            let sequence = w.next_ledger_position();
+            let record = ConsentRecord {
+                sequence,
+                purpose: consent.purpose,
+                channels: consent.channels.clone(),
+                state: consent.state,
+                captured_at: consent.captured_at,
+                recorded_at: consent.recorded_at,
+                expires_at: consent.expires_at,
+                evidence: consent.evidence.clone(),
+            };
+            consent_rows.0.push(subject.as_bytes().as_slice());
+            consent_rows.1.push(int(sequence));
+            consent_rows.2.push(seal(key, b"consent", &consent_key(subject, sequence), &record)?);
+            let candidate = CurrentConsent {
+                sequence,
+                state: record.state,
+                captured_at: record.captured_at,
+                expires_at: record.expires_at,
+                double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+                recorded_at: Some(record.recorded_at),
+                counted_at_ms: Some(consent.counted_at_ms),
+            };
+            for channel in &record.channels {
+                let cell = (*subject, record.purpose, *channel);
+                let replace = current.get(&cell).is_none_or(|existing| candidate.supersedes(existing));
+                if replace {
+                    current.insert(cell, candidate.clone());
+                    if !dirty.contains(&cell) {
+                        dirty.push(cell);
+                    }
+                }
+            }
+            w.set_at(consent.recorded_at);
+            let recorded = [Recorded::Consent { subject: *subject, record: &record, links }];
+            let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("consent event".into()))?;
+            let result = (record, event);
+            if let Some(i) = idempotency {
+                let (sealed_for, stored) = replay_row(i, Some((subject, key)), &(*subject, &result))?;
+                replay_rows.keys.push(&i.key[..]);
+                replay_rows.fingerprints.push(&i.fingerprint[..]);
+                replay_rows.at.push(i.at);
+                replay_rows.subjects.push(sealed_for);
+                replay_rows.results.push(stored);
+                used_keys.insert(i.key);
+            }
+            outcomes.push(Ok(result));
+        }
+
+        let mut cells = CellColumns::default();
+        for cell in &dirty {
+            let (subject, purpose, channel) = cell;
+            let (Some((key, _)), Some(value)) = (subjects.get(subject), current.get(cell)) else { continue };
+            cells.subjects.push(subject.as_bytes().as_slice());
+            cells.purposes.push(purpose.as_str());
+            cells.channels.push(channel.as_str());
+            cells.sealed.push(seal(key, b"current", &current_key(subject, *purpose, *channel), value)?);
+        }
+        let tx = w.tx();
+        let consent = async {
+            if consent_rows.0.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(
+                "INSERT INTO consent (subject, position, sealed) SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])",
+                &[&consent_rows.0, &consent_rows.1, &consent_rows.2],
+            )
+            .await
+        };
+        let in_force = async {
+            if cells.subjects.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(
+                "INSERT INTO current_consent (subject, purpose, channel, sealed) \
+                 SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bytea[]) \
+                 ON CONFLICT (subject, purpose, channel) DO UPDATE SET sealed = EXCLUDED.sealed",
+                &[&cells.subjects, &cells.purposes, &cells.channels, &cells.sealed],
+            )
+            .await
+        };
+        let replays = async {
+            if replay_rows.keys.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(
+                "INSERT INTO idempotency (key, fingerprint, at, subject, result) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bytea[], $5::bytea[])",
+                &[
+                    &replay_rows.keys,
+                    &replay_rows.fingerprints,
+                    &replay_rows.at,
+                    &replay_rows.subjects,
+                    &replay_rows.results,
+                ],
+            )
+            .await
+        };
+        tokio::try_join!(consent, in_force, replays).map_err(pg)?;
+        w.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// The batch's idempotency keys already used, its live subjects (key and links), and the
+    /// records in force of the cells it writes: three queries, sent together.
+    async fn read(
+        &self,
+        w: &Write<'_>,
+        writes: &[(SubjectId, NewConsent, Option<Idempotency>)],
+    ) -> Result<(HashSet<[u8; 32]>, Subjects, HashMap<Cell, CurrentConsent>), StoreError> {
+        let keys: Vec<&[u8]> = writes.iter().filter_map(|(_, _, i)| i.as_ref().map(|i| &i.key[..])).collect();
+        let mut ids: Vec<&[u8]> = writes.iter().map(|(s, _, _)| s.as_bytes().as_slice()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut cells: Vec<(&[u8], &str, &str)> = writes
+            .iter()
+            .flat_map(|(s, c, _)| {
+                c.channels.iter().map(|ch| (s.as_bytes().as_slice(), c.purpose.as_str(), ch.as_str()))
+            })
+            .collect();
+        cells.sort_unstable();
+        cells.dedup();
+        let (cell_subjects, cell_purposes, cell_channels): (Vec<&[u8]>, Vec<&str>, Vec<&str>) =
+            cells.into_iter().fold(Default::default(), |mut acc, (s, p, c)| {
+                acc.0.push(s);
+                acc.1.push(p);
+                acc.2.push(c);
+                acc
+            });
+        let tx = w.tx();
+        let replayed = async {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query("SELECT key FROM idempotency WHERE key = ANY($1::bytea[])", &[&keys]).await
+        };
+        let live = async {
+            tx.query(
+            "SELECT q.id, k.kek, k.wrapped, ARRAY(SELECT l.link FROM links l WHERE l.subject = q.id ORDER BY l.link) \
+             FROM unnest($1::bytea[]) AS q(id) JOIN subjects s ON s.id = q.id JOIN subject_keys k ON k.subject = q.id",
+            &[&ids],
+        )
+        .await
+        };
+        let in_force = async {
+            tx.query(
+                "SELECT q.subject, q.purpose, q.channel, c.sealed \
+             FROM unnest($1::bytea[], $2::text[], $3::text[]) AS q(subject, purpose, channel) \
+             JOIN current_consent c ON c.subject = q.subject AND c.purpose = q.purpose AND c.channel = q.channel",
+                &[&cell_subjects, &cell_purposes, &cell_channels],
+            )
+            .await
+        };
+        let (replayed, live, in_force) = tokio::try_join!(replayed, live, in_force).map_err(pg)?;
+
+        let replayed = replayed
+            .iter()
+            .map(|row| {
+                <[u8; 32]>::try_from(row.get::<_, &[u8]>(0)).map_err(|_| StoreError::Corrupt("idempotency key".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut subjects = Subjects::with_capacity(live.len());
+        for row in &live {
+            let subject = subject_id(row.get(0))?;
+            let key = self.keks.unwrap(&subject, row.get(1), row.get(2))?;
+            let links = row
+                .get::<_, Vec<&[u8]>>(3)
+                .into_iter()
+                .map(|l| Link::from_slice(l).map_err(|_| StoreError::Corrupt("link".into())))
+                .collect::<Result<_, _>>()?;
+            subjects.insert(subject, (key, links));
+        }
+        let mut current = HashMap::with_capacity(in_force.len());
+        for row in &in_force {
+            let subject = subject_id(row.get(0))?;
+            let corrupt = || StoreError::Corrupt("current consent cell".into());
+            let purpose = Purpose::parse(row.get(1)).map_err(|_| corrupt())?;
+            let channel = Channel::parse(row.get(2)).map_err(|_| corrupt())?;
+            // A cell of a subject without a key belongs to an erased subject: its write fails
+            // with NotFound, so the cell is not needed.
+            let Some((key, _)) = subjects.get(&subject) else { continue };
+            let value: CurrentConsent = open(key, b"current", &current_key(&subject, purpose, channel), row.get(3))?;
+            current.insert((subject, purpose, channel), value);
+        }
+        Ok((replayed, subjects, current))
+    }
+}
