@@ -16,6 +16,8 @@
 #   SKIP_COMPONENT_BENCHES    set to 1 to run only the load tool
 #   CLUSTER_ARGS              extra `cluster up` arguments, e.g. `--node-worker-threads 0`
 #   CARGO_TARGET_DIR          honoured: the load tool runs the binary built there
+# With CLUSTER_ARGS="--store postgres", the PostgreSQL + Cedar baseline (bench/baseline) is then
+# measured with the same load tool and settings.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -68,3 +70,28 @@ done
 "$domicile" load all --cluster-dir "$dir" \
   --subjects "$LOAD_SUBJECTS" --duration "$LOAD_DURATION" \
   --concurrency "$LOAD_CONCURRENCY" --withdrawals "$LOAD_WITHDRAWALS" "$@"
+
+# Issue 19's baseline, for PostgreSQL runs: a consent table in PostgreSQL read per request plus
+# Cedar on the same rules (bench/baseline), driven by the same load tool with the same dataset
+# size, duration and concurrency, after the Domicile cluster has stopped.
+if [[ "${CLUSTER_ARGS:-}" == *postgres* ]]; then
+  cleanup
+  echo "== baseline: PostgreSQL consent table read per request + Cedar (bench/baseline)"
+  cargo build --release -p domicile-baseline
+  baseline_dir="$(mktemp -d)"
+  "${CARGO_TARGET_DIR:-target}/release/domicile-baseline" --dir "$baseline_dir" --subjects "$LOAD_SUBJECTS" \
+    --packs policy-packs >"$baseline_dir/baseline.log" 2>&1 &
+  baseline_pid=$!
+  trap 'kill -TERM "$baseline_pid" 2>/dev/null || true; wait "$baseline_pid" 2>/dev/null || true; rm -rf "$baseline_dir"' EXIT
+  for _ in $(seq 1 240); do
+    [[ -f "$baseline_dir/cluster.json" ]] && break
+    kill -0 "$baseline_pid" 2>/dev/null || { cat "$baseline_dir/baseline.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  max="$("$domicile" load decide --cluster-dir "$baseline_dir" --subjects "$LOAD_SUBJECTS" \
+    --duration "$LOAD_DURATION" --concurrency "$LOAD_CONCURRENCY" --json)"
+  echo "$max"
+  half="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["scenarios"]["decide"]["ops_per_sec"] / 2)' <<<"$max")"
+  "$domicile" load decide --cluster-dir "$baseline_dir" --subjects "$LOAD_SUBJECTS" \
+    --duration "$LOAD_DURATION" --concurrency "$LOAD_CONCURRENCY" --rate "$half"
+fi
