@@ -418,3 +418,57 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
     assert_eq!(decided(&mut b, node_link(&link1)).await, Err(tonic::Code::NotFound), "the erased subject's link");
     assert_eq!(decided(&mut b, node_ref(&one.subject_ref)).await, Err(tonic::Code::NotFound), "the erased subject");
 }
+
+/// Decisions' audit entries wait in the database until chained (node/src/store/pg_store/
+/// decisions.rs): a decision made on one replica after a write acknowledged by the other is
+/// chained after that write, one made before the next write before it, and entries no write
+/// chains are chained by the replicas themselves; the chain verifies throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_chained_in_the_order_they_were_made_around_writes() {
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = Replica::start(&cluster, &eu).await.unwrap();
+    let mut a = cluster.node(&eu).await.unwrap();
+    let mut b = replica.client(&cluster).await.unwrap();
+    let subject = a
+        .register(node::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "chained@example.de")],
+            caller_region: "eu-central".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subject_ref;
+    let id = subject.split('/').nth(1).unwrap().to_owned();
+    record(&mut a, &subject, common::ConsentAction::Grant).await;
+    assert_eq!(effect(&mut b, &subject).await, common::Effect::Allow as i32);
+    record(&mut a, &subject, common::ConsentAction::Withdraw).await;
+    assert_eq!(effect(&mut b, &subject).await, common::Effect::Deny as i32);
+
+    // No write follows the last decision: a replica's chainer chains it.
+    let audit = RegionAudit::of(&cluster, &eu);
+    let mine = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains(&id) && (l.contains("\"kind\":\"consent\"") || l.contains("\"kind\":\"decisions\"")))
+            .map(|l| {
+                let kind = if l.contains("\"kind\":\"consent\"") { "consent" } else { "decisions" };
+                let state =
+                    ["granted", "withdrawn", "allow", "deny"].into_iter().find(|s| l.contains(s)).unwrap_or("?");
+                format!("{kind}:{state}")
+            })
+            .collect()
+    };
+    let chained = eventually(Duration::from_secs(5), || {
+        let found = mine(&audit.lines().unwrap());
+        async move { (found.len() == 4).then_some(found) }
+    })
+    .await
+    .expect("every entry chained within 5 s");
+    assert_eq!(chained, ["consent:granted", "decisions:allow", "consent:withdrawn", "decisions:deny"]);
+    let verified = audit.verify(BIN, true).unwrap();
+    assert!(verified.status.success(), "one chain: {}", String::from_utf8_lossy(&verified.stdout));
+}

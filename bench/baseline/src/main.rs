@@ -73,7 +73,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pack = de_pack(&args.packs)?;
     let (policies, count) = cedar::policies(&pack);
     eprintln!("baseline: {} subjects, DE rules as {count} Cedar policies", args.subjects);
-    let service = Baseline(Arc::new(Inner { pool, policies, authorizer: Authorizer::new(), entities: Entities::empty() }));
+    let service =
+        Baseline(Arc::new(Inner { pool, policies, authorizer: Authorizer::new(), entities: Entities::empty() }));
 
     let pki = ClusterPki::open_or_create(&dir.join("pki"))?;
     let server_tls = TlsMaterial::load(&pki.gateway()?)?;

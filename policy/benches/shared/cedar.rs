@@ -4,7 +4,10 @@
 //! server (`bench/baseline`). Covers the bases the DE pack uses (no windows, registers or dated
 //! rules).
 
-#![allow(clippy::expect_used, reason = "the Cedar text is generated from closed vocabularies: a parse failure is a bug here")]
+#![allow(
+    clippy::expect_used,
+    reason = "the Cedar text is generated from closed vocabularies: a parse failure is a bug here"
+)]
 
 use std::str::FromStr;
 

@@ -14,15 +14,18 @@
 //! change, its events and its audit entries commit together (`unit.rs`). Decisions read through a
 //! cache that every decision first brings up to date with the subjects touched by writes
 //! committed before it arrived (`fresh.rs`): a withdrawal acknowledged through one replica is what
-//! the next decision on any replica reads. A commit is durable (`synchronous_commit = on`), so `flush` has
-//! nothing left to do.
+//! the next decision on any replica reads. A commit is durable (`synchronous_commit = on`), so
+//! `flush` has nothing left to do.
 //!
 //! The write methods live by capability as in the embedded store: `identity.rs` (register,
 //! rectify, merge, erase, dropped links), `records.rs` (consent, interactions, rights requests,
-//! restriction, and the reads decisions make), `claims.rs` (claims, releases, idempotency).
+//! restriction, and the reads decisions make), `claims.rs` (claims, releases, idempotency);
+//! `batch.rs` group-commits consent writes, `fresh.rs` keeps the decision cache exact,
+//! `decisions.rs` queues decisions' audit entries and chains them.
 
 mod batch;
 mod claims;
+mod decisions;
 mod follow;
 mod fresh;
 mod identity;
@@ -113,7 +116,7 @@ pub struct PgStore {
     /// The writer task that group-commits consent writes (`batch.rs`).
     consents: batch::ConsentWriter,
     /// Decision entries waiting for the next audit write (`follow.rs`).
-    decisions: follow::DecisionAudits,
+    decisions: decisions::DecisionAudits,
     /// Decision inputs and link holders read before, kept exact by `fresh`.
     cache: super::read_cache::ReadCache,
     links: super::read_cache::LinkCache,
@@ -150,7 +153,7 @@ impl PgStore {
             region: region.clone(),
             consents: batch::ConsentWriter::start(pool.clone(), keks.clone(), region.clone()),
             keks,
-            decisions: follow::DecisionAudits::default(),
+            decisions: decisions::DecisionAudits::default(),
             cache: super::read_cache::ReadCache::default(),
             links: super::read_cache::LinkCache::default(),
             fresh: fresh::Fresh::default(),
@@ -159,6 +162,7 @@ impl PgStore {
         let head =
             store.client().await?.query_one("SELECT touch_seq FROM region_head WHERE id = 1", &[]).await.map_err(pg)?;
         store.fresh = fresh::Fresh::at(uint(head.get(0))?);
+        tokio::spawn(decisions::chainer(store.pool.clone(), store.region.clone()));
         Ok(store)
     }
 

@@ -31,16 +31,16 @@ pub(super) struct Write<'c> {
 impl<'c> Write<'c> {
     /// Locks the region head: from here until commit, no other write of any replica runs.
     pub(super) async fn begin(tx: Transaction<'c>, region: &RegionId, at: i64) -> Result<Self, StoreError> {
-        let row = tx
-            .query_one(
-                "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
-                 FROM region_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(pg)?;
+        // Sent together: the waiting decision entries are taken once the lock is held.
+        let head = tx.query_one(
+            "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
+             FROM region_head WHERE id = 1 FOR UPDATE",
+            &[],
+        );
+        let waiting = tx.query("DELETE FROM decision_entries RETURNING id, at, body", &[]);
+        let (row, waiting) = tokio::try_join!(head, waiting).map_err(pg)?;
         let chain = Chain::after(region.clone(), uint(row.get(3))?, row.get(4));
-        Ok(Self {
+        let mut write = Self {
             tx,
             at,
             last_event: uint(row.get(0))?,
@@ -52,7 +52,9 @@ impl<'c> Write<'c> {
             touched: Vec::new(),
             events: Vec::new(),
             audit: Vec::new(),
-        })
+        };
+        write.chain_waiting_decisions(waiting).await?;
+        Ok(write)
     }
 
     pub(super) fn tx(&self) -> &tokio_postgres::Transaction<'c> {
@@ -106,10 +108,11 @@ impl<'c> Write<'c> {
         Ok(last)
     }
 
-    /// Appends decisions to the audit chain (batch entries, as the file log writes them).
-    pub(super) async fn audit_decisions(&mut self, entries: &[DecisionEntry<'_>]) -> Result<(), StoreError> {
+    /// Appends decisions made at `at` to the audit chain (batch entries, as the file log writes
+    /// them).
+    pub(super) async fn audit_decisions(&mut self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
         let mut lines = Vec::new();
-        self.chain.decisions(&mut lines, entries, self.at).map_err(StoreError::Audit)?;
+        self.chain.decisions(&mut lines, entries, at).map_err(StoreError::Audit)?;
         self.insert_audit_lines(&lines).await
     }
 
