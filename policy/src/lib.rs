@@ -38,8 +38,8 @@ pub use diag::{Diagnostic, Diagnostics, PackSource, Severity};
 pub use eval::{DecisionParts, Verdict};
 pub use explain::{Change, Check, DecisionSummary, Trace, TraceRule, diff};
 pub use model::{
-    Basis, CALLING_WINDOW, CallingWindow, Confidence, ConsentFact, ConsentKind, Decision, DecisionInput, Effect, Facts,
-    Lifetime, Localisation, Obligation, Outcome, Pack, PackKind, PackRef, Period, Register, Residency,
+    Basis, CALLING_WINDOW, CallingWindow, Confidence, ConsentFact, ConsentKind, Deadline, Decision, DecisionInput,
+    Effect, Facts, Lifetime, Localisation, Obligation, Outcome, Pack, PackKind, PackRef, Period, Register, Residency,
     ResidencyRefusal, Rights, Rule, SoftCondition, Transfer, TransferCheck,
 };
 pub use read::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};

@@ -238,7 +238,7 @@ fn an_overlay_can_drop_inherited_transfers_and_bad_minimised_fields_are_located(
     let base = PackSource::new(
         "base/pack.toml",
         "schema = 1\n[pack]\nid = \"base\"\nkind = \"baseline\"\nversion = \"1\"\ntitle = \"b\"\n\
-         [residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\nminimised_fields = [\"country\"]\n\
+         [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\nminimised_fields = [\"country\"]\n\
          [[residency.transfer]]\nid = \"any\"\ncondition = \"c\"\ncite = \"c\"\n",
     );
     let overlay = |extra: &str| {

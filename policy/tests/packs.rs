@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use domicile_policy::{PackSet, PackSource, run_test_files};
+use domicile_policy::{Deadline, PackSet, PackSource, run_test_files};
 
 fn packs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-packs")
@@ -162,18 +162,55 @@ fn eu_member_state_packs_extend_the_eu_baseline() {
     assert!(eu.rights().deadline.is_some());
 }
 
-/// The rights deadlines country-rules.md states are in the packs (a pack without one declares the
-/// gap: its requests carry no deadline, never a default).
+/// The rights deadlines country-rules.md states are in the packs; where the law fixes no period
+/// the pack says so with its citation (its requests carry no deadline, never a default).
 #[test]
 fn packs_state_the_rights_deadlines_their_sources_give() {
     let set = compiled();
-    let days = |id: &str| {
-        let pack = set.get_by_id(id).unwrap_or_else(|| panic!("pack {id}"));
-        pack.rights().deadline.map(|d| (d.after(0) + 43_200) / 86_400)
-    };
-    for (id, expected) in [("gb", 31), ("kr", 10), ("ru", 10), ("za", 30), ("ch", 30), ("br", 15), ("ca", 30)] {
+    let rights = |id: &str| set.get_by_id(id).unwrap_or_else(|| panic!("pack {id}")).rights().clone();
+    let days = |id: &str| rights(id).deadline.and_then(|d| d.due(0)).map(|due| (due + 43_200) / 86_400);
+    for (id, expected) in [
+        ("gb", 31),
+        ("kr", 10),
+        ("ru", 10),
+        ("za", 30),
+        ("ch", 30),
+        ("br", 15),
+        ("ca", 30),
+        ("sg", 30),
+        ("in", 90),
+        ("us-ca", 45),
+        ("de", 31),
+        ("es", 31),
+    ] {
         let got = days(id).unwrap_or_else(|| panic!("{id} states no rights deadline"));
         assert!((expected - 3..=expected).contains(&got), "{id}: {got} days");
     }
-    assert_eq!(days("us"), None, "no federal US deadline: a declared gap");
+    for id in ["us", "jp", "cn", "au"] {
+        assert_eq!(rights(id).deadline, Some(Deadline::NoFixedPeriod), "{id}: the law fixes no period, declared");
+    }
+    for pack in set.packs().filter(|p| p.jurisdiction().is_some()) {
+        assert!(pack.rights().cite.is_some(), "{}: the rights deadline is cited", pack.id());
+    }
+}
+
+/// A jurisdiction's pack that states no rights deadline, itself or through what it extends, is
+/// refused; so is one that states a deadline without its citation.
+#[test]
+fn a_pack_without_a_rights_deadline_is_refused() {
+    let pack = |rights: &str| {
+        format!(
+            "schema = 1\n[pack]\nid = \"xx\"\njurisdiction = \"JP\"\nversion = \"1\"\ntitle = \"X\"\n{rights}\n\
+             [residency]\nhome_regions = [\"ap-northeast\"]\nlocalisation = \"none\"\n\
+             [[rule]]\nid = \"xx.m\"\npurpose = \"marketing\"\nchannels = [\"email\"]\nbasis = \"opt_in\"\ncite = \"c\"\n\
+             confidence = \"P\"\n"
+        )
+    };
+    let compile = |text: String| PackSet::compile(&[PackSource::new("xx/pack.toml", text)]);
+    let missing = compile(pack("")).expect_err("refused without a deadline");
+    assert!(missing.to_string().contains("missing `[rights] deadline`"), "{missing}");
+    let uncited = compile(pack("[rights]\ndeadline = \"30 days\"")).expect_err("refused without a citation");
+    assert!(uncited.to_string().contains("without `cite`"), "{uncited}");
+    let none = compile(pack("[rights]\ndeadline = \"none\"\ncite = \"APPI art. 33\""));
+    assert!(none.is_ok(), "\"none\" with a citation is a declared fact: {:?}", none.err());
 }

@@ -238,6 +238,10 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
     // DE inherits the GDPR's one month from the EU baseline: 28 to 31 days.
     assert!((28 * 86_400..=31 * 86_400).contains(&(deadline - received)), "{request:?}");
     assert!(request.deadline_basis.contains("de@") && request.deadline_basis.contains("1 month"), "{request:?}");
+    // Extendable by two more months on notice, and cited.
+    let extended = request.extended_deadline_at.unwrap().seconds;
+    assert!((59 * 86_400..=62 * 86_400).contains(&(extended - deadline)), "{request:?}");
+    assert!(request.citation.contains("Art. 12(3)"), "{request:?}");
 
     // The old email no longer names anyone; the new one does.
     let status = client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", old_email)) }).await;
@@ -414,7 +418,7 @@ async fn concurrent_acknowledged_writes_survive_kill_9_of_the_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pack_without_a_rights_deadline_declares_the_gap_and_invents_none() {
+async fn where_the_law_fixes_no_period_the_request_says_so_and_invents_none() {
     let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
     let mut client = cluster.gateway().await.unwrap();
     let email = "no.deadline@example.com";
@@ -433,11 +437,12 @@ async fn a_pack_without_a_rights_deadline_declares_the_gap_and_invents_none() {
         .into_inner();
     let request = rectified.rights_request.expect("a rights request");
     assert_eq!(request.status, "completed");
-    // No federal US deadline for these rights in the pack: none is made up (no 30 days).
-    assert_eq!(request.deadline_at, None, "{request:?}");
+    // No federal US period for these rights: none is made up (no 30 days), the pack says the law
+    // fixes none and cites where.
+    assert_eq!((request.deadline_at, request.extended_deadline_at), (None, None), "{request:?}");
     assert!(
-        request.deadline_basis.starts_with("gap: pack us@")
-            && request.deadline_basis.contains("states no rights deadline"),
+        request.deadline_basis.starts_with("pack us@") && request.deadline_basis.contains("the law fixes no period"),
         "{request:?}"
     );
+    assert!(request.citation.contains("No federal general privacy statute"), "{request:?}");
 }

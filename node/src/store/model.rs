@@ -249,6 +249,12 @@ pub struct RightsRequestRecord {
     pub status: String,
     pub deadline_basis: String,
     pub completed_at: Option<i64>,
+    /// The latest the deadline may be extended to on notice, where the pack states an extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_deadline_at: Option<i64>,
+    /// The pack's citation for the deadline (or for the law fixing none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub citation: Option<String>,
 }
 
 /// What a merge moved.

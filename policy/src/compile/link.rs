@@ -7,7 +7,7 @@ use domicile_types::{Channel, Purpose};
 
 use crate::diag::Sink;
 use crate::model::table::{CELLS, CompiledRule, MAX_RULES_PER_CELL, cell_index};
-use crate::model::{CallingWindow, Lifetime, Obligation, Pack, PackKind, Register, Residency, Rights, Rule};
+use crate::model::{CallingWindow, Deadline, Lifetime, Obligation, Pack, PackKind, Register, Residency, Rights, Rule};
 use crate::read::PackFile;
 
 use super::table;
@@ -182,6 +182,22 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         rights.extension = rights.extension.or(m.rights.extension);
         rights.age_of_digital_consent = rights.age_of_digital_consent.or(m.rights.age_of_digital_consent);
         rights.cite = rights.cite.take().or_else(|| m.rights.cite.clone());
+    }
+    // No silent default in the rights path: a jurisdiction's pack states its deadline (or that
+    // the law fixes none), with the citation, itself or through the packs it extends.
+    if me.meta.kind == PackKind::Jurisdiction {
+        match (rights.deadline, &rights.cite) {
+            (None, _) => sink.error(
+                &me.span,
+                "missing `[rights] deadline`: state the period the law gives to answer a request (e.g. \"1 month\"), \
+                 or \"none\" where it fixes none, with `cite`",
+            ),
+            (Some(_), None) => sink.error(&me.span, "`[rights]` states a deadline without `cite`"),
+            (Some(Deadline::NoFixedPeriod), Some(_)) if rights.extension.is_some() => {
+                sink.error(&me.span, "`[rights] extension` extends a deadline the pack says the law does not fix")
+            }
+            _ => {}
+        }
     }
     // Definitions visible to this pack: its own shadow inherited ones of the same id.
     fn merged<T: Clone>(members: &[&PackFile], get: impl Fn(&PackFile) -> Vec<(String, T)>) -> Vec<T> {

@@ -18,6 +18,9 @@ localisation = "none"
 text = "include an unsubscribe link"
 [obligations.screen]
 text = "screen the register"
+[rights]
+deadline = "1 month"
+cite = "law 0"
 [[rule]]
 id = "t.opt-in"
 purpose = "marketing"

@@ -15,7 +15,7 @@ pub(crate) mod terms;
 pub(crate) mod window;
 
 pub use decision::{CALLING_WINDOW, ConsentFact, Decision, DecisionInput, Effect, Facts, Outcome};
-pub use pack::{Pack, Rights};
+pub use pack::{Deadline, Pack, Rights};
 pub use residency::{Residency, ResidencyRefusal, Transfer, TransferCheck};
 pub use rule::{Lifetime, Obligation, Register, Rule};
 pub use terms::{Basis, Confidence, ConsentKind, Localisation, PackKind, PackRef, Period, SoftCondition};

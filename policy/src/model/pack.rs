@@ -14,13 +14,43 @@ use crate::zone::Zone;
 /// Data-subject rights and age thresholds; informative for callers, not used in decisions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rights {
-    /// Time to answer an access (or similar) request.
-    pub deadline: Option<Period>,
+    /// Time to answer an access (or similar) request, as the law states it. `None`: not stated
+    /// (refused in a jurisdiction's pack: a missing fact is an error, never a default).
+    pub deadline: Option<Deadline>,
     /// Extension allowed on notice.
     pub extension: Option<Period>,
     /// Age below which consent must come from (or with) a parent or guardian.
     pub age_of_digital_consent: Option<u8>,
     pub cite: Option<String>,
+}
+
+/// A rights deadline as a pack states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Within this period of receipt.
+    Within(Period),
+    /// The law states no fixed period (e.g. "without delay", "a reasonable period"): declared, so
+    /// a request carries no deadline and says why, rather than a default no law states.
+    NoFixedPeriod,
+}
+
+impl Deadline {
+    /// The instant a request received at `received` is due, if the law fixes one.
+    pub fn due(self, received: i64) -> Option<i64> {
+        match self {
+            Deadline::Within(period) => Some(period.after(received)),
+            Deadline::NoFixedPeriod => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deadline::Within(period) => period.fmt(f),
+            Deadline::NoFixedPeriod => f.write_str("no fixed period"),
+        }
+    }
 }
 
 /// What a pack file states about the pack itself: its `[pack]` table, and the file it came from.

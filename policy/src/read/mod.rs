@@ -146,7 +146,7 @@ mod tests {
     fn compile(rules: &str) -> Result<Pack, String> {
         let text = format!(
             "schema = 1\n[pack]\nid = \"p\"\njurisdiction = \"FR\"\nversion = \"1\"\ntitle = \"t\"\n\
-             [residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"strict\"\n{rules}"
+             [residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"strict\"\n{rules}\n[rights]\ndeadline = \"1 month\"\ncite = \"c\"\n"
         );
         PackSet::compile(&[PackSource::new("p.toml", text)])
             .map(|(set, _)| set.packs().next().cloned().unwrap())

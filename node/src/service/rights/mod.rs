@@ -3,6 +3,7 @@
 
 pub(super) mod wire;
 
+use domicile_policy::Deadline;
 use domicile_proto::convert::SubjectKey;
 use domicile_runtime::process::now_unix;
 use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
@@ -40,15 +41,33 @@ impl<S: Store> NodeService<S> {
         let loaded = self.packs.current();
         // No pack is no reason to refuse a subject its rights; nor is it a deadline.
         let pack = loaded.packs.get(jurisdiction);
-        let (deadline_at, deadline_basis) = match pack.map(|p| (p, p.rights().deadline)) {
-            Some((pack, Some(period))) => {
-                (Some(period.after(now)), format!("pack {}@{}: {period}", pack.id(), pack.version()))
+        let (deadline_at, extended_deadline_at, deadline_basis, citation) = match pack {
+            Some(pack) => {
+                let rights = pack.rights();
+                let of = format!("pack {}@{}", pack.id(), pack.version());
+                match rights.deadline {
+                    Some(Deadline::Within(period)) => {
+                        let due = period.after(now);
+                        let extended = rights.extension.map(|extension| extension.after(due));
+                        let basis = match rights.extension {
+                            Some(extension) => format!("{of}: {period}, extendable by {extension}"),
+                            None => format!("{of}: {period}"),
+                        };
+                        (Some(due), extended, basis, rights.cite.clone())
+                    }
+                    Some(Deadline::NoFixedPeriod) => (
+                        None,
+                        None,
+                        format!("{of}: the law fixes no period; carried out on receipt"),
+                        rights.cite.clone(),
+                    ),
+                    // Refused when a jurisdiction's pack is compiled; kept as a declared gap.
+                    None => (None, None, format!("gap: {of} states no rights deadline; carried out on receipt"), None),
+                }
             }
-            Some((pack, None)) => (
-                None,
-                format!("gap: pack {}@{} states no rights deadline; carried out on receipt", pack.id(), pack.version()),
-            ),
-            None => (None, "gap: no pack covers the subject's jurisdiction; carried out on receipt".to_owned()),
+            None => {
+                (None, None, "gap: no pack covers the subject's jurisdiction; carried out on receipt".to_owned(), None)
+            }
         };
         Ok(RightsRequestRecord {
             request_id: RequestId::from_bytes(id).to_string(),
@@ -58,6 +77,8 @@ impl<S: Store> NodeService<S> {
             status: RightsStatus::Completed.as_str().to_owned(),
             deadline_basis,
             completed_at: Some(now),
+            extended_deadline_at,
+            citation,
         })
     }
 

@@ -89,5 +89,7 @@ pub(in crate::service) fn rights_to_pb(record: &RightsRequestRecord) -> common::
         status: record.status.clone(),
         deadline_basis: record.deadline_basis.clone(),
         completed_at: record.completed_at.map(convert::to_timestamp),
+        extended_deadline_at: record.extended_deadline_at.map(convert::to_timestamp),
+        citation: record.citation.clone().unwrap_or_default(),
     }
 }

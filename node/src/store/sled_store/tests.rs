@@ -379,6 +379,8 @@ fn rights(kind: &str) -> RightsRequestRecord {
         status: "completed".into(),
         deadline_basis: "test".into(),
         completed_at: Some(1),
+        extended_deadline_at: None,
+        citation: None,
     }
 }
 
