@@ -243,6 +243,10 @@ fn report_json(report: &TestReport) -> serde_json::Value {
             "name": c.name, "path": c.path, "line": c.line, "passed": c.passed, "failures": c.failures,
             "effect": c.decision.effect.as_str(), "reasons": c.decision.reasons,
         })).collect::<Vec<_>>(),
+        "checks": report.checks.iter().map(|c| json!({
+            "name": c.name, "path": c.path, "line": c.line, "passed": c.passed, "failures": c.failures,
+            "answer": c.answer,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -193,9 +193,14 @@ mod tests {
         let invalid = Status::from(NodeError::from(FieldViolation::new("purpose", "is required")));
         assert_eq!((invalid.code(), invalid.message()), (Code::InvalidArgument, "invalid `purpose`: is required"));
         let pack = PackRef { id: "de".into(), version: "1".into() };
-        let refused = Status::from(NodeError::from(ResidencyRefusal::Collection { pack, caller_region: None }));
+        let refused = Status::from(NodeError::from(ResidencyRefusal::Collection {
+            pack,
+            caller_region: None,
+            cite: Some("law 1".into()),
+        }));
         assert_eq!(refused.code(), Code::PermissionDenied);
         assert!(refused.message().contains("an unknown region"), "{}", refused.message());
+        assert!(refused.message().ends_with("(basis: law 1)"), "the refusal names its citation: {}", refused.message());
         let missing = Status::from(NodeError::Store(StoreError::NotFound));
         assert_eq!((missing.code(), missing.message()), (Code::NotFound, "no such subject in this region"));
         let raced = Status::from(NodeError::Store(StoreError::Replayed));

@@ -44,5 +44,5 @@ pub use model::{
 };
 pub use read::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use set::{PackMatch, PackSet, ResidencyError};
-pub use testing::{CaseResult, TestReport, run_test_files, run_tests};
+pub use testing::{CaseResult, CheckResult, TestReport, run_test_files, run_tests};
 pub use zone::Zone;

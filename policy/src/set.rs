@@ -139,7 +139,7 @@ mod tests {
             format!("{id}.toml"),
             format!(
                 "schema = 1\n[pack]\nid = \"{id}\"\njurisdiction = \"{jurisdiction}\"\nversion = \"1\"\ntitle = \"t\"\n\
-                 [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"{region}\"]\nlocalisation = \"none\"\n"
+                 [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"{region}\"]\nlocalisation = \"none\"\ncite = \"c\"\n"
             ),
         )
     }

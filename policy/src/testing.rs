@@ -3,8 +3,8 @@
 use std::fmt;
 
 use crate::diag::{Diagnostics, PackSource, Sink};
-use crate::model::{Decision, Outcome, Pack, PackRef};
-use crate::read::cases::{Case, read_cases};
+use crate::model::{Decision, Outcome, Pack, PackRef, ResidencyRefusal};
+use crate::read::cases::{Case, Check, CheckKind, read_cases};
 use crate::time::format_rfc3339;
 
 /// The result of one test case.
@@ -19,11 +19,25 @@ pub struct CaseResult {
     pub decision: Decision,
 }
 
+/// The result of a rights, transfer or collection check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub name: String,
+    pub path: String,
+    pub line: usize,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    /// What the pack answered, in words (e.g. `due 2027-02-28T10:00:00Z (1 month; cite …)`).
+    pub answer: String,
+}
+
 /// The results of a pack's test files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestReport {
     pub pack: PackRef,
     pub cases: Vec<CaseResult>,
+    /// `[[rights]]`, `[[transfer]]` and `[[collection]]` entries.
+    pub checks: Vec<CheckResult>,
     pub passed: usize,
     pub failed: usize,
     /// Rules no case exercised (as the deciding rule), in pack order.
@@ -33,7 +47,7 @@ pub struct TestReport {
 impl TestReport {
     /// At least one case ran and none failed.
     pub fn all_passed(&self) -> bool {
-        self.failed == 0 && !self.cases.is_empty()
+        self.failed == 0 && !(self.cases.is_empty() && self.checks.is_empty())
     }
 }
 
@@ -54,6 +68,21 @@ impl fmt::Display for TestReport {
                 )?;
             }
         }
+        for check in &self.checks {
+            if check.passed {
+                writeln!(f, "ok     {}: {} ({})", self.pack.id, check.name, check.answer)?;
+            } else {
+                writeln!(
+                    f,
+                    "FAILED {}: {} ({}:{}): {}",
+                    self.pack.id,
+                    check.name,
+                    check.path,
+                    check.line,
+                    check.failures.join("; ")
+                )?;
+            }
+        }
         write!(f, "{}: {} passed, {} failed", self.pack, self.passed, self.failed)?;
         if !self.uncovered_rules.is_empty() {
             write!(f, "; uncovered rules: {}", self.uncovered_rules.join(", "))?;
@@ -70,11 +99,12 @@ pub fn run_tests(pack: &Pack, source: &PackSource) -> Result<TestReport, Diagnos
 /// Runs several test files against `pack`; coverage is computed over all of them together.
 pub fn run_test_files(pack: &Pack, sources: &[PackSource]) -> Result<TestReport, Diagnostics> {
     let mut cases = Vec::new();
+    let mut checks = Vec::new();
     let mut diagnostics = Vec::new();
     let mut failed = false;
     for source in sources {
         let mut sink = Sink::new(source);
-        read_cases(pack, source, &mut sink, &mut cases);
+        read_cases(pack, source, &mut sink, &mut cases, &mut checks);
         failed |= sink.has_errors();
         diagnostics.extend(sink.finish());
     }
@@ -105,10 +135,66 @@ pub fn run_test_files(pack: &Pack, sources: &[PackSource]) -> Result<TestReport,
             decision,
         });
     }
-    let passed = results.iter().filter(|r| r.passed).count();
+    let checks: Vec<CheckResult> = checks.into_iter().map(|c| run_check(pack, c)).collect();
+    let passed = results.iter().filter(|r| r.passed).count() + checks.iter().filter(|c| c.passed).count();
+    let failed = results.len() + checks.len() - passed;
     let uncovered_rules =
         pack.rules().iter().zip(&covered).filter(|(_, covered)| !**covered).map(|(rule, _)| rule.id.clone()).collect();
-    Ok(TestReport { pack: pack.pack_ref(), failed: results.len() - passed, passed, cases: results, uncovered_rules })
+    Ok(TestReport { pack: pack.pack_ref(), failed, passed, cases: results, checks, uncovered_rules })
+}
+
+fn run_check(pack: &Pack, check: Check) -> CheckResult {
+    let when = |t: Option<i64>| t.map_or_else(|| "none".to_owned(), format_rfc3339);
+    let mut failures = Vec::new();
+    let answer = match check.kind {
+        CheckKind::Rights { received, due, extended_to } => {
+            let rights = pack.rights();
+            let got_due = rights.deadline.and_then(|d| d.due(received));
+            let got_extended = got_due.and_then(|due| rights.extension.map(|e| e.after(due)));
+            if got_due != due {
+                failures.push(format!("expected due {}, got {}", when(due), when(got_due)));
+            }
+            if let Some(expected) = extended_to
+                && expected != got_extended
+            {
+                failures.push(format!("expected extended to {}, got {}", when(expected), when(got_extended)));
+            }
+            let stated = rights.deadline.map_or_else(|| "not stated".to_owned(), |d| d.to_string());
+            let cite = rights.cite.as_deref().unwrap_or("no citation");
+            format!("due {} ({stated}; {cite})", when(got_due))
+        }
+        CheckKind::Transfer { caller_region, purpose, allow, transfer } => {
+            let got = pack.check_transfer(caller_region.as_ref(), purpose);
+            let (got_allow, got_transfer, answer) = match &got {
+                Ok(None) => (true, None, "allowed: a home region".to_owned()),
+                Ok(Some(t)) => (true, Some(t.id.clone()), format!("allowed by transfer `{}` ({})", t.id, t.cite)),
+                Err(refusal) => (false, None, refusal_text(refusal)),
+            };
+            if got_allow != allow {
+                failures.push(format!("expected {}, got {answer}", if allow { "allow" } else { "deny" }));
+            } else if transfer.is_some() && got_transfer != transfer {
+                let expected = transfer.unwrap_or_default();
+                failures.push(format!("expected transfer `{expected}`, got {answer}"));
+            }
+            answer
+        }
+        CheckKind::Collection { caller_region, allow } => {
+            let got = pack.check_collection(caller_region.as_ref());
+            let answer = match &got {
+                Ok(()) => "allowed".to_owned(),
+                Err(refusal) => refusal_text(refusal),
+            };
+            if got.is_ok() != allow {
+                failures.push(format!("expected {}, got {answer}", if allow { "allow" } else { "deny" }));
+            }
+            answer
+        }
+    };
+    CheckResult { name: check.name, path: check.path, line: check.line, passed: failures.is_empty(), failures, answer }
+}
+
+fn refusal_text(refusal: &ResidencyRefusal) -> String {
+    format!("refused: {refusal}")
 }
 
 fn check(case: &Case, decision: &Decision, outcome: Outcome) -> Vec<String> {

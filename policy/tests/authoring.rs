@@ -46,7 +46,7 @@ fn explain_de_marketing_by_phone_without_consent_names_the_rule_and_its_citation
     let trace = de.explain(&DecisionInput::new(Purpose::Marketing, Channel::Voice, t("2026-11-23T10:00:00Z"), None));
     assert_eq!(trace.effect, "deny");
     assert_eq!(trace.reasons, ["de.marketing.voice"]);
-    assert_eq!(trace.chain, ["de@2026.11.0", "eu@2026.11.0"]);
+    assert_eq!(trace.chain, ["de@2026.11.0", "eu@2026.12.0"]);
     let rule = &trace.rules[0];
     assert_eq!((rule.rule.as_str(), rule.cite.as_str()), ("de.marketing.voice", "§ 7 Abs. 2 Nr. 1 UWG; § 7a UWG"));
     assert!(rule.checks.iter().any(|c| !c.held && c.what.contains("consent granted")), "{trace}");
@@ -238,7 +238,7 @@ fn an_overlay_can_drop_inherited_transfers_and_bad_minimised_fields_are_located(
     let base = PackSource::new(
         "base/pack.toml",
         "schema = 1\n[pack]\nid = \"base\"\nkind = \"baseline\"\nversion = \"1\"\ntitle = \"b\"\n\
-         [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\nminimised_fields = [\"country\"]\n\
+         [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\ncite = \"c\"\nminimised_fields = [\"country\"]\n\
          [[residency.transfer]]\nid = \"any\"\ncondition = \"c\"\ncite = \"c\"\n",
     );
     let overlay = |extra: &str| {

@@ -172,7 +172,10 @@ fn a_test_file_without_cases_fails() {
     let (set, _) = PackSet::compile(&[fixture("clean-with-warnings.toml")]).unwrap();
     let pack = set.packs().next().unwrap();
     let err = run_tests(pack, &PackSource::new("empty.toml", "pack = \"ok\"\n")).unwrap_err();
-    assert_eq!(err.to_string(), "empty.toml:1:1: error: test file has no `[[case]]` entries");
+    assert_eq!(
+        err.to_string(),
+        "empty.toml:1:1: error: test file has no `[[case]]`, `[[rights]]`, `[[transfer]]` or `[[collection]]` entries"
+    );
     let err = run_tests(pack, &PackSource::new("other.toml", "pack = \"de\"\n[[case]]\nname = \"n\"\npurpose = \"marketing\"\nchannel = \"email\"\nat_unix = 0\nexpect = \"deny\"\n")).unwrap_err();
     assert_eq!(err.to_string(), "other.toml:1:8: error: test file is for another pack; running against `ok`");
 }

@@ -201,7 +201,7 @@ fn a_pack_without_a_rights_deadline_is_refused() {
     let pack = |rights: &str| {
         format!(
             "schema = 1\n[pack]\nid = \"xx\"\njurisdiction = \"JP\"\nversion = \"1\"\ntitle = \"X\"\n{rights}\n\
-             [residency]\nhome_regions = [\"ap-northeast\"]\nlocalisation = \"none\"\n\
+             [residency]\nhome_regions = [\"ap-northeast\"]\nlocalisation = \"none\"\ncite = \"c\"\n\
              [[rule]]\nid = \"xx.m\"\npurpose = \"marketing\"\nchannels = [\"email\"]\nbasis = \"opt_in\"\ncite = \"c\"\n\
              confidence = \"P\"\n"
         )
@@ -213,4 +213,22 @@ fn a_pack_without_a_rights_deadline_is_refused() {
     assert!(uncited.to_string().contains("without `cite`"), "{uncited}");
     let none = compile(pack("[rights]\ndeadline = \"none\"\ncite = \"APPI art. 33\""));
     assert!(none.is_ok(), "\"none\" with a citation is a declared fact: {:?}", none.err());
+}
+
+/// A residency refusal names the law it rests on (`[residency] cite`), here Russia's
+/// localisation rule, inherited nowhere and stated by the pack itself.
+#[test]
+fn residency_refusals_name_their_citation() {
+    let set = compiled();
+    let ru = set.get_by_id("ru").expect("pack ru");
+    let eu = domicile_types::RegionId::parse("eu-central").unwrap();
+    let refused = ru.check_transfer(Some(&eu), domicile_types::Purpose::Service).expect_err("localised");
+    assert!(refused.to_string().contains("(basis: 152-FZ art. 18(5)"), "{refused}");
+    let collection = ru.check_collection(Some(&eu)).expect_err("collected in Russia only");
+    assert!(collection.to_string().contains("152-FZ art. 18(5)"), "{collection}");
+    // Germany inherits the EU baseline's citation.
+    let de = set.get_by_id("de").expect("pack de");
+    let ap = domicile_types::RegionId::parse("ap-northeast").unwrap();
+    let refused = de.check_transfer(Some(&ap), domicile_types::Purpose::Service).expect_err("no transfer to Japan");
+    assert!(refused.to_string().contains("GDPR Chapter V"), "{refused}");
 }

@@ -346,7 +346,7 @@ mod tests {
     use super::*;
 
     const PACK: &str = "schema = 1\n[pack]\nid = \"de\"\njurisdiction = \"DE\"\nversion = \"1\"\ntitle = \"t\"\n\
-        [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\n\
+        [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\ncite = \"c\"\n\
         [[rule]]\nid = \"de.m\"\npurpose = \"marketing\"\nchannels = [\"email\"]\nbasis = \"opt_in\"\ncite = \"c\"\nconfidence = \"P\"\n";
 
     fn write_set(dir: &Path, version: &str) {

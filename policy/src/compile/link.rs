@@ -175,25 +175,42 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         in_country_collection: stated().find_map(|r| r.in_country_collection).unwrap_or(false),
         minimised_fields: stated().find_map(|r| r.minimised_fields.clone()).unwrap_or_default(),
         transfers: stated().find_map(|r| r.transfers.clone()).unwrap_or_default(),
+        cite: stated().find_map(|r| r.cite.clone()),
     };
+    if me.meta.kind == PackKind::Jurisdiction && residency.cite.is_none() {
+        sink.error(
+            &me.span,
+            "`[residency]` needs `cite`: the law that sets where the subjects' data lives and what may leave \
+             (itself or from a pack it extends); residency refusals name it",
+        );
+    }
     let mut rights = Rights::default();
     for m in members {
         rights.deadline = rights.deadline.or(m.rights.deadline);
         rights.extension = rights.extension.or(m.rights.extension);
         rights.age_of_digital_consent = rights.age_of_digital_consent.or(m.rights.age_of_digital_consent);
-        rights.cite = rights.cite.take().or_else(|| m.rights.cite.clone());
     }
+    // Every citation of the chain's `[rights]` tables, nearest first: the deadline's (from the
+    // pack that states it) and those of what nearer packs add (an age threshold, say).
+    let mut cites: Vec<&str> = Vec::new();
+    for cite in members.iter().filter_map(|m| m.rights.cite.as_deref()) {
+        if !cites.contains(&cite) {
+            cites.push(cite);
+        }
+    }
+    rights.cite = (!cites.is_empty()).then(|| cites.join("; "));
+    let deadline_cited = members.iter().find(|m| m.rights.deadline.is_some()).is_some_and(|m| m.rights.cite.is_some());
     // No silent default in the rights path: a jurisdiction's pack states its deadline (or that
     // the law fixes none), with the citation, itself or through the packs it extends.
     if me.meta.kind == PackKind::Jurisdiction {
-        match (rights.deadline, &rights.cite) {
+        match (rights.deadline, deadline_cited) {
             (None, _) => sink.error(
                 &me.span,
                 "missing `[rights] deadline`: state the period the law gives to answer a request (e.g. \"1 month\"), \
                  or \"none\" where it fixes none, with `cite`",
             ),
-            (Some(_), None) => sink.error(&me.span, "`[rights]` states a deadline without `cite`"),
-            (Some(Deadline::NoFixedPeriod), Some(_)) if rights.extension.is_some() => {
+            (Some(_), false) => sink.error(&me.span, "`[rights]` states a deadline without `cite`"),
+            (Some(Deadline::NoFixedPeriod), true) if rights.extension.is_some() => {
                 sink.error(&me.span, "`[rights] extension` extends a deadline the pack says the law does not fix")
             }
             _ => {}

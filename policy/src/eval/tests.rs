@@ -14,6 +14,7 @@ title = "Test"
 [residency]
 home_regions = ["eu-central", "eu-west"]
 localisation = "none"
+cite = "law 0"
 [obligations.unsubscribe]
 text = "include an unsubscribe link"
 [obligations.screen]

@@ -22,6 +22,8 @@ pub struct Residency {
     /// `language`), where a transfer allows context to leave at all.
     pub minimised_fields: Vec<String>,
     pub transfers: Vec<Transfer>,
+    /// The law that sets where the subjects' data lives and what may leave: named in refusals.
+    pub cite: Option<String>,
 }
 
 /// Whether data of a pack's subject may be served to a caller of some region (see
@@ -69,7 +71,11 @@ impl Residency {
         match caller_region {
             Some(region) if self.collection_allowed_from(region) => Ok(()),
             None if !self.in_country_collection => Ok(()),
-            _ => Err(ResidencyRefusal::Collection { pack: pack.clone(), caller_region: caller_region.cloned() }),
+            _ => Err(ResidencyRefusal::Collection {
+                pack: pack.clone(),
+                caller_region: caller_region.cloned(),
+                cite: self.cite.clone(),
+            }),
         }
     }
 
@@ -82,8 +88,12 @@ impl Residency {
         caller_region: Option<&RegionId>,
         purpose: Purpose,
     ) -> Result<Option<&Transfer>, ResidencyRefusal> {
-        let refused =
-            || ResidencyRefusal::Transfer { pack: pack.clone(), caller_region: caller_region.cloned(), purpose };
+        let refused = || ResidencyRefusal::Transfer {
+            pack: pack.clone(),
+            caller_region: caller_region.cloned(),
+            purpose,
+            cite: self.cite.clone(),
+        };
         match caller_region.map(|r| self.transfer_to(r, purpose)) {
             Some(TransferCheck::Domestic) => Ok(None),
             Some(TransferCheck::Permitted(transfer)) => Ok(Some(transfer)),
@@ -117,9 +127,9 @@ pub struct Transfer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResidencyRefusal {
     /// `in_country_collection`: the caller is not of a home region (or its region is unknown).
-    Collection { pack: PackRef, caller_region: Option<RegionId> },
+    Collection { pack: PackRef, caller_region: Option<RegionId>, cite: Option<String> },
     /// No `[[residency.transfer]]` lets the data reach the caller's region for the purpose.
-    Transfer { pack: PackRef, caller_region: Option<RegionId>, purpose: Purpose },
+    Transfer { pack: PackRef, caller_region: Option<RegionId>, purpose: Purpose, cite: Option<String> },
 }
 
 impl fmt::Display for ResidencyRefusal {
@@ -127,17 +137,27 @@ impl fmt::Display for ResidencyRefusal {
         let region = |r: &Option<RegionId>| {
             r.as_ref().map_or_else(|| "an unknown region".to_owned(), |r| format!("region `{r}`"))
         };
-        match self {
-            ResidencyRefusal::Collection { pack, caller_region } => write!(
-                f,
-                "pack `{pack}` requires in-country collection: a caller of {} may not capture its subjects' data",
-                region(caller_region)
-            ),
-            ResidencyRefusal::Transfer { pack, caller_region, purpose } => write!(
-                f,
-                "pack `{pack}` lists no transfer to {} for purpose `{purpose}`: the data stays in its home region",
-                region(caller_region)
-            ),
+        let cite = match self {
+            ResidencyRefusal::Collection { pack, caller_region, cite } => {
+                write!(
+                    f,
+                    "pack `{pack}` requires in-country collection: a caller of {} may not capture its subjects' data",
+                    region(caller_region)
+                )?;
+                cite
+            }
+            ResidencyRefusal::Transfer { pack, caller_region, purpose, cite } => {
+                write!(
+                    f,
+                    "pack `{pack}` lists no transfer to {} for purpose `{purpose}`: the data stays in its home region",
+                    region(caller_region)
+                )?;
+                cite
+            }
+        };
+        match cite {
+            Some(cite) => write!(f, " (basis: {cite})"),
+            None => Ok(()),
         }
     }
 }

@@ -13,7 +13,11 @@ use crate::model::{ConsentFact, ConsentKind, DecisionInput, Effect, Facts, Outco
 use crate::time::parse_rfc3339;
 use crate::zone::Zone;
 
-const ROOT_KEYS: &[&str] = &["schema", "pack", "case"];
+const ROOT_KEYS: &[&str] = &["schema", "pack", "case", "rights", "transfer", "collection"];
+const RIGHTS_KEYS: &[&str] =
+    &["name", "received", "received_unix", "due", "due_unix", "extended_to", "extended_to_unix", "note"];
+const TRANSFER_KEYS: &[&str] = &["name", "caller_region", "purpose", "expect", "transfer", "note"];
+const COLLECTION_KEYS: &[&str] = &["name", "caller_region", "expect", "note"];
 const CASE_KEYS: &[&str] = &[
     "name",
     "purpose",
@@ -35,6 +39,33 @@ const CONSENT_KEYS: &[&str] =
     &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in", "kind"];
 const FACT_KEYS: &[&str] = &["contact_from_sale", "similar_products", "opt_out_offered", "on_register"];
 
+/// A `[[rights]]`, `[[transfer]]` or `[[collection]]` entry: what the pack says about a rights
+/// request or about where its subjects' data may go, rather than a contact decision.
+#[derive(Debug)]
+pub(crate) struct Check {
+    pub(crate) name: String,
+    pub(crate) path: String,
+    pub(crate) line: usize,
+    pub(crate) kind: CheckKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum CheckKind {
+    /// A request received at `received` is due at `due` (`None`: the pack says the law fixes no
+    /// period) and, where given, may be extended to `extended_to` (`Some(None)`: no extension).
+    Rights { received: i64, due: Option<i64>, extended_to: Option<Option<i64>> },
+    /// Whether a caller of `caller_region` (`None`: outside every region) gets the pack's
+    /// subjects' data for `purpose`; and through which transfer (`None`: as a home region).
+    Transfer {
+        caller_region: Option<domicile_types::RegionId>,
+        purpose: Purpose,
+        allow: bool,
+        transfer: Option<String>,
+    },
+    /// Whether a caller of `caller_region` may capture the pack's subjects' data.
+    Collection { caller_region: Option<domicile_types::RegionId>, allow: bool },
+}
+
 /// One `[[case]]`, checked against the pack it is for.
 pub(crate) struct Case {
     pub(crate) name: String,
@@ -49,7 +80,13 @@ pub(crate) struct Case {
 }
 
 /// Reads one test file's cases into `out`, reporting every problem on `sink`.
-pub(crate) fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, out: &mut Vec<Case>) {
+pub(crate) fn read_cases(
+    pack: &Pack,
+    source: &PackSource,
+    sink: &mut Sink<'_>,
+    out: &mut Vec<Case>,
+    checks: &mut Vec<Check>,
+) {
     let Some(doc) = parse_document(sink, &source.text) else {
         return;
     };
@@ -65,26 +102,20 @@ pub(crate) fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, 
         sink.error(&id.span(), format!("test file is for another pack; running against `{}`", pack.id()));
     }
     let tables = root.tables(sink, "case");
-    if tables.is_empty() {
-        // A test file that runs nothing must not look like a pass.
-        sink.error(&root.span(), "test file has no `[[case]]` entries");
-    }
     let mut names: Vec<(String, usize)> = Vec::new();
+    let before = checks.len();
+    read_checks(sink, &root, source, &mut names, checks);
+    if tables.is_empty() && checks.len() == before {
+        // A test file that runs nothing must not look like a pass.
+        sink.error(
+            &root.span(),
+            "test file has no `[[case]]`, `[[rights]]`, `[[transfer]]` or `[[collection]]` entries",
+        );
+    }
     for (table, span) in tables {
         let line = sink.line_of(&span);
         let t = Table::new(sink, table, span, "[[case]]", CASE_KEYS);
-        let name = t.req_str(sink, "name").and_then(|v| {
-            if v.get_ref().trim().is_empty() {
-                sink.error(&v.span(), "`name` must not be empty");
-                return None;
-            }
-            if let Some((_, first)) = names.iter().find(|(n, _)| n == v.get_ref()) {
-                sink.error(&v.span(), format!("duplicate case name; first used at line {first}"));
-                return None;
-            }
-            names.push(((*v.get_ref()).to_owned(), line));
-            Some((*v.get_ref()).to_owned())
-        });
+        let name = case_name(sink, &t, line, &mut names);
         let purpose = t.req_str(sink, "purpose").and_then(|v| term(sink, &v, Purpose::parse));
         let channel = t.req_str(sink, "channel").and_then(|v| term(sink, &v, Channel::parse));
         let at = instant(sink, &t, "at", true).flatten();
@@ -168,6 +199,116 @@ pub(crate) fn read_cases(pack: &Pack, source: &PackSource, sink: &mut Sink<'_>, 
             });
         }
     }
+}
+
+/// A case's `name`: present, not empty, unique in the file.
+fn case_name(sink: &mut Sink<'_>, t: &Table<'_, '_>, line: usize, names: &mut Vec<(String, usize)>) -> Option<String> {
+    t.req_str(sink, "name").and_then(|v| {
+        if v.get_ref().trim().is_empty() {
+            sink.error(&v.span(), "`name` must not be empty");
+            return None;
+        }
+        if let Some((_, first)) = names.iter().find(|(n, _)| n == v.get_ref()) {
+            sink.error(&v.span(), format!("duplicate case name; first used at line {first}"));
+            return None;
+        }
+        names.push(((*v.get_ref()).to_owned(), line));
+        Some((*v.get_ref()).to_owned())
+    })
+}
+
+/// `[[rights]]`, `[[transfer]]` and `[[collection]]` entries.
+fn read_checks(
+    sink: &mut Sink<'_>,
+    root: &Table<'_, '_>,
+    source: &PackSource,
+    names: &mut Vec<(String, usize)>,
+    out: &mut Vec<Check>,
+) {
+    let region = |sink: &mut Sink<'_>, t: &Table<'_, '_>| -> Option<Option<domicile_types::RegionId>> {
+        let v = t.req_str(sink, "caller_region")?;
+        if *v.get_ref() == "none" {
+            return Some(None);
+        }
+        match domicile_types::RegionId::parse(v.get_ref()) {
+            Ok(region) => Some(Some(region)),
+            Err(_) => {
+                sink.error(&v.span(), "`caller_region` must be a region id such as `eu-central`, or \"none\"");
+                None
+            }
+        }
+    };
+    let effect = |sink: &mut Sink<'_>, t: &Table<'_, '_>| -> Option<bool> {
+        let v = t.req_str(sink, "expect")?;
+        match *v.get_ref() {
+            "allow" => Some(true),
+            "deny" => Some(false),
+            _ => {
+                sink.error(&v.span(), "`expect` must be `allow` or `deny`");
+                None
+            }
+        }
+    };
+    for (table, span) in root.tables(sink, "rights") {
+        let line = sink.line_of(&span);
+        let t = Table::new(sink, table, span, "[[rights]]", RIGHTS_KEYS);
+        let name = case_name(sink, &t, line, names);
+        let received = instant(sink, &t, "received", true).flatten();
+        let due = instant_or_none(sink, &t, "due", true).flatten();
+        let extended_to = instant_or_none(sink, &t, "extended_to", false);
+        let _ = t.opt_str(sink, "note");
+        if let (Some(name), Some(received), Some(due), Some(extended_to)) = (name, received, due, extended_to) {
+            out.push(Check {
+                name,
+                path: source.path.clone(),
+                line,
+                kind: CheckKind::Rights { received, due, extended_to },
+            });
+        }
+    }
+    for (table, span) in root.tables(sink, "transfer") {
+        let line = sink.line_of(&span);
+        let t = Table::new(sink, table, span, "[[transfer]]", TRANSFER_KEYS);
+        let name = case_name(sink, &t, line, names);
+        let caller_region = region(sink, &t);
+        let purpose = t.req_str(sink, "purpose").and_then(|v| term(sink, &v, Purpose::parse));
+        let allow = effect(sink, &t);
+        let transfer = t.opt_str(sink, "transfer").map(|v| (*v.get_ref()).to_owned());
+        let _ = t.opt_str(sink, "note");
+        if let (Some(name), Some(caller_region), Some(purpose), Some(allow)) = (name, caller_region, purpose, allow) {
+            let kind = CheckKind::Transfer { caller_region, purpose, allow, transfer };
+            out.push(Check { name, path: source.path.clone(), line, kind });
+        }
+    }
+    for (table, span) in root.tables(sink, "collection") {
+        let line = sink.line_of(&span);
+        let t = Table::new(sink, table, span, "[[collection]]", COLLECTION_KEYS);
+        let name = case_name(sink, &t, line, names);
+        let caller_region = region(sink, &t);
+        let allow = effect(sink, &t);
+        let _ = t.opt_str(sink, "note");
+        if let (Some(name), Some(caller_region), Some(allow)) = (name, caller_region, allow) {
+            out.push(Check {
+                name,
+                path: source.path.clone(),
+                line,
+                kind: CheckKind::Collection { caller_region, allow },
+            });
+        }
+    }
+}
+
+/// [`instant`], or `"none"`: `Some(Some(None))` for "none", `Some(None)` when absent.
+fn instant_or_none(
+    sink: &mut Sink<'_>,
+    table: &Table<'_, '_>,
+    key: &str,
+    required: bool,
+) -> Option<Option<Option<i64>>> {
+    if table.get(key).and_then(timestamp_text).as_deref() == Some("none") {
+        return Some(Some(None));
+    }
+    instant(sink, table, key, required).map(|v| v.map(Some))
 }
 
 /// Reads `<key>` (RFC 3339 string or TOML date-time) or `<key>_unix` (integer seconds).

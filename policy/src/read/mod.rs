@@ -146,7 +146,7 @@ mod tests {
     fn compile(rules: &str) -> Result<Pack, String> {
         let text = format!(
             "schema = 1\n[pack]\nid = \"p\"\njurisdiction = \"FR\"\nversion = \"1\"\ntitle = \"t\"\n\
-             [residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"strict\"\n{rules}\n[rights]\ndeadline = \"1 month\"\ncite = \"c\"\n"
+             [residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"strict\"\ncite = \"c\"\n{rules}\n[rights]\ndeadline = \"1 month\"\ncite = \"c\"\n"
         );
         PackSet::compile(&[PackSource::new("p.toml", text)])
             .map(|(set, _)| set.packs().next().cloned().unwrap())
@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(pack.home_regions(), [RegionId::parse("eu-central").unwrap()]);
         assert_eq!(pack.rule_for(Purpose::Marketing, Channel::Email).map(|r| r.id.as_str()), Some("p.m"));
         assert!(pack.rule_for(Purpose::Marketing, Channel::Sms).is_none());
-        assert_eq!(pack.rule("p.m").map(|r| r.line), Some(10));
+        assert_eq!(pack.rule("p.m").map(|r| r.line), Some(11));
         assert_eq!(pack.default_reason(), "p.default-deny");
         assert_eq!(pack.revision().len(), 64);
         assert_ne!(pack.revision(), compile(&RULE.replace("cite = \"c\"", "cite = \"d\"")).unwrap().revision());
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn rule_ids_are_namespaced_and_the_default_reason_is_reserved() {
         let reserved = compile(&RULE.replace("p.m", "p.default-deny")).unwrap_err();
-        assert!(reserved.contains("11:6: error: rule id is reserved for default-deny decisions"), "{reserved}");
+        assert!(reserved.contains("12:6: error: rule id is reserved for default-deny decisions"), "{reserved}");
         let bare = compile(&RULE.replace("p.m", "m")).unwrap_err();
         assert!(bare.contains("error: rule id must be `<pack-id>.<name>`"), "{bare}");
         let upper = compile(&RULE.replace("p.m", "p.Marketing")).unwrap_err();
@@ -183,6 +183,6 @@ mod tests {
     #[test]
     fn double_listing_is_an_error() {
         let twice = compile(&RULE.replace("[\"email\"]", "[\"email\", \"email\"]")).unwrap_err();
-        assert!(twice.contains("13:22: error: channel listed twice"), "{twice}");
+        assert!(twice.contains("14:22: error: channel listed twice"), "{twice}");
     }
 }

@@ -11,7 +11,7 @@ use crate::diag::Sink;
 use crate::model::{Localisation, Transfer};
 
 const RESIDENCY_KEYS: &[&str] =
-    &["home_regions", "localisation", "in_country_collection", "minimised_fields", "transfer"];
+    &["home_regions", "localisation", "in_country_collection", "minimised_fields", "transfer", "cite"];
 const TRANSFER_KEYS: &[&str] = &["id", "to", "purposes", "condition", "cite", "minimised_only"];
 
 /// `[residency]` as one file states it. The optional keys a file leaves out are inherited from
@@ -23,6 +23,8 @@ pub(crate) struct ParsedResidency {
     pub(crate) in_country_collection: Option<bool>,
     pub(crate) minimised_fields: Option<Vec<String>>,
     pub(crate) transfers: Option<Vec<Transfer>>,
+    /// The law that sets where the subjects' data lives and what may leave.
+    pub(crate) cite: Option<String>,
 }
 
 /// Reads `[residency]`, required unless an extended pack may define it. `None` when absent or
@@ -69,12 +71,14 @@ pub(crate) fn read(sink: &mut Sink<'_>, root: &Table<'_, '_>, required: bool) ->
     let transfers_given = r.get("transfer").is_some();
     let transfers: Vec<Transfer> =
         r.tables(sink, "transfer").into_iter().filter_map(|(table, span)| read_transfer(sink, table, span)).collect();
+    let cite = r.opt_str(sink, "cite").map(|c| (*c.get_ref()).to_owned());
     localisation.map(|localisation| ParsedResidency {
         home_regions,
         localisation,
         in_country_collection,
         minimised_fields,
         transfers: transfers_given.then_some(transfers),
+        cite,
     })
 }
 
