@@ -100,10 +100,18 @@ pub struct ExplainArgs {
     /// subdivision without a pack of its own is explained with its country's, saying so.
     #[arg(long)]
     jurisdiction: String,
-    #[arg(long)]
-    purpose: String,
-    #[arg(long)]
-    channel: String,
+    /// Where the jurisdiction's subjects' data lives and who may receive what (home regions,
+    /// localisation, collection, transfers with conditions and citations), instead of a decision.
+    #[arg(long, conflicts_with_all = ["purpose", "channel"])]
+    residency: bool,
+    /// How long a rights request may take in the jurisdiction (deadline, extension, citation),
+    /// instead of a decision.
+    #[arg(long, conflicts_with_all = ["purpose", "channel"])]
+    rights: bool,
+    #[arg(long, required_unless_present_any = ["residency", "rights"])]
+    purpose: Option<String>,
+    #[arg(long, required_unless_present_any = ["residency", "rights"])]
+    channel: Option<String>,
     /// The consent on record: granted, denied or withdrawn. Omit for none.
     #[arg(long)]
     consent: Option<String>,
@@ -321,11 +329,48 @@ fn instant(text: Option<&str>, what: &str) -> Result<i64, ExitCode> {
     }
 }
 
+/// `explain --residency` / `--rights`: what the jurisdiction's pack says, with its citations.
+fn explain_profiles(args: &ExplainArgs) -> ExitCode {
+    let jurisdiction = match Jurisdiction::parse(&args.jurisdiction) {
+        Ok(j) => j,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let (set, _) = match compile_dir(&args.packs, args.format, true) {
+        Ok(set) => set,
+        Err(code) => return code,
+    };
+    let Some(found) = set.lookup(&jurisdiction) else {
+        return failure("no policy pack covers this jurisdiction; its data is kept nowhere and decisions are denied");
+    };
+    let residency = args.residency.then(|| found.pack.residency_profile(found.country_fallback));
+    let rights = args.rights.then(|| found.pack.rights_profile(found.country_fallback));
+    match args.format {
+        Format::Human => {
+            if let Some(r) = &residency {
+                outln!("{r}");
+            }
+            if let Some(r) = &rights {
+                outln!("{r}");
+            }
+        }
+        Format::Json => match serde_json::to_string_pretty(&json!({ "residency": residency, "rights": rights })) {
+            Ok(text) => outln!("{text}"),
+            Err(e) => return failure(&e.to_string()),
+        },
+    }
+    ExitCode::SUCCESS
+}
+
 fn explain(args: &ExplainArgs) -> ExitCode {
+    if args.residency || args.rights {
+        return explain_profiles(args);
+    }
     let parsed = (|| -> Result<(Jurisdiction, DecisionInput), ExitCode> {
         let jurisdiction = Jurisdiction::parse(&args.jurisdiction).map_err(|e| usage_error(&e.to_string()))?;
-        let purpose = Purpose::parse(&args.purpose).map_err(|e| usage_error(&e.to_string()))?;
-        let channel = Channel::parse(&args.channel).map_err(|e| usage_error(&e.to_string()))?;
+        let purpose =
+            Purpose::parse(args.purpose.as_deref().unwrap_or_default()).map_err(|e| usage_error(&e.to_string()))?;
+        let channel =
+            Channel::parse(args.channel.as_deref().unwrap_or_default()).map_err(|e| usage_error(&e.to_string()))?;
         let at = instant(args.at.as_deref(), "at")?;
         let consent = match &args.consent {
             None => None,

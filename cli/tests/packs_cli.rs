@@ -100,6 +100,8 @@ fn explain_names_the_rule_and_its_legal_reference() {
     assert!(stdout.contains("rule de.marketing.voice"), "{stdout}");
     assert!(stdout.contains("§ 7 Abs. 2 Nr. 1 UWG"), "{stdout}");
     assert!(stdout.contains("decision: deny"), "{stdout}");
+    // The author's note travels with the rule into the human view.
+    assert!(stdout.contains("note: Consumers only with prior express consent"), "{stdout}");
 
     let out = domicile(&[
         "packs",
@@ -127,6 +129,36 @@ fn explain_names_the_rule_and_its_legal_reference() {
     let unknown =
         domicile(&["packs", "explain", "--jurisdiction", "AR", "--purpose", "marketing", "--channel", "voice"]);
     assert_eq!(unknown.status.code(), Some(1));
+}
+
+/// "Where does a subject of X live and who may receive what", "how long for a request in X".
+#[test]
+fn explain_answers_residency_and_rights_with_citations() {
+    let out = domicile(&["packs", "explain", "--jurisdiction", "RU", "--residency", "--rights"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("home regions: ru-central"), "{stdout}");
+    assert!(stdout.contains("localisation: strict"), "{stdout}");
+    assert!(stdout.contains("collection: only callers of a home region"), "{stdout}");
+    assert!(stdout.contains("transfers: none"), "{stdout}");
+    assert!(stdout.contains("basis: 152-FZ art. 18(5)"), "{stdout}");
+    assert!(stdout.contains("deadline: 10 days from receipt"), "{stdout}");
+    assert!(stdout.contains("extension: up to 5 days more"), "{stdout}");
+
+    let out = domicile(&["packs", "explain", "--jurisdiction", "DE", "--residency", "--rights", "--format", "json"]);
+    let answer: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    let transfers = answer["residency"]["transfers"].as_array().unwrap();
+    let dpf = transfers.iter().find(|t| t["id"] == "us-dpf").expect("DE inherits the EU-US DPF transfer");
+    assert_eq!(dpf["to"], serde_json::json!(["us-east"]));
+    assert_eq!(dpf["purposes"], serde_json::json!(["service"]));
+    assert!(dpf["cite"].as_str().unwrap().contains("2023/1795"));
+    assert_eq!(answer["rights"]["deadline"], "1 month");
+    assert_eq!(answer["rights"]["extension"], "2 months");
+    assert!(answer["rights"]["cite"].as_str().unwrap().contains("Art. 12(3)"));
+
+    // A decision question and a profile question are not mixed.
+    let mixed = domicile(&["packs", "explain", "--jurisdiction", "DE", "--rights", "--purpose", "marketing"]);
+    assert_eq!(mixed.status.code(), Some(2));
 }
 
 #[test]

@@ -229,6 +229,12 @@ impl fmt::Display for Trace {
             };
             writeln!(f, "  rule {} [{}:{}]: {verdict}", rule.rule, rule.path, rule.line)?;
             writeln!(f, "    basis {}; cites {} [{}]", rule.basis, rule.cite, rule.confidence)?;
+            if let Some(source) = &rule.source {
+                writeln!(f, "    source: {source}")?;
+            }
+            if let Some(note) = &rule.note {
+                writeln!(f, "    note: {note}")?;
+            }
             for check in &rule.checks {
                 writeln!(f, "    {} {}", if check.held { "✓" } else { "✗" }, check.what)?;
             }

@@ -27,6 +27,7 @@ mod diag;
 mod eval;
 mod explain;
 mod model;
+mod profile;
 mod read;
 mod set;
 pub mod signing;
@@ -42,6 +43,7 @@ pub use model::{
     Effect, Facts, Lifetime, Localisation, Obligation, Outcome, Pack, PackKind, PackRef, Period, Register, Residency,
     ResidencyRefusal, Rights, Rule, SoftCondition, Transfer, TransferCheck,
 };
+pub use profile::{ResidencyProfile, RightsProfile, TransferView};
 pub use read::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use set::{PackMatch, PackSet, ResidencyError};
 pub use testing::{CaseResult, CheckResult, TestReport, run_test_files, run_tests};

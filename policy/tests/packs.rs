@@ -232,3 +232,32 @@ fn residency_refusals_name_their_citation() {
     let refused = de.check_transfer(Some(&ap), domicile_types::Purpose::Service).expect_err("no transfer to Japan");
     assert!(refused.to_string().contains("GDPR Chapter V"), "{refused}");
 }
+
+/// A restriction written only into an obligation's text is flagged: the validator warns where an
+/// obligation reads like register screening or calling hours and the rule enforces neither.
+#[test]
+fn obligations_that_restrict_contact_without_a_screen_or_window_are_flagged() {
+    let pack = |rule_extra: &str| {
+        format!(
+            "schema = 1\n[pack]\nid = \"xx\"\njurisdiction = \"JP\"\nversion = \"1\"\ntitle = \"X\"\ntime_zones = [\"Asia/Tokyo\"]\n\
+             [rights]\ndeadline = \"none\"\ncite = \"c\"\n\
+             [residency]\nhome_regions = [\"ap-northeast\"]\nlocalisation = \"none\"\ncite = \"c\"\n\
+             [obligations.dnc]\ntext = \"screen the number against the national do-not-call register\"\n\
+             [obligations.hours]\ntext = \"call only between 09:00 and 20:00, never on a Sunday\"\n\
+             [registers.national]\nname = \"the national register\"\ncite = \"c\"\nexempt_with_consent = false\n\
+             [windows.day]\nmon = [\"09:00-20:00\"]\ncite = \"c\"\n\
+             [[rule]]\nid = \"xx.m\"\npurpose = \"marketing\"\nchannels = [\"voice\"]\nbasis = \"opt_out\"\ncite = \"c\"\n\
+             confidence = \"P\"\nobligations = [\"dnc\", \"hours\"]\n{rule_extra}"
+        )
+    };
+    let warnings = |text: String| -> Vec<String> {
+        let source = PackSource::new("xx/pack.toml", text);
+        let (_, warnings) = PackSet::compile(&[source]).expect("compiles");
+        warnings.iter().map(ToString::to_string).collect()
+    };
+    let described = warnings(pack(""));
+    assert!(described.iter().any(|w| w.contains("reads like register screening")), "{described:#?}");
+    assert!(described.iter().any(|w| w.contains("reads like calling hours")), "{described:#?}");
+    let enforced = warnings(pack("screen = \"national\"\nwindow = \"day\"\n"));
+    assert!(!enforced.iter().any(|w| w.contains("reads like")), "{enforced:#?}");
+}

@@ -148,6 +148,9 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
                 text: format!("screen the contact against {} before contact ({})", r.name, r.cite),
             });
         }
+        if *depth == 0 {
+            warn_on_unenforced_restrictions(sink, me, rule, &obligations, window.is_some(), register.is_some());
+        }
         compiled.push(CompiledRule { obligations, lifetime, window, register });
     }
 
@@ -266,4 +269,63 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         effective_rules,
         table,
     })
+}
+
+/// Words in an obligation's text that describe a register to screen against.
+const REGISTER_WORDS: &[&str] =
+    &["do-not-call", "do not call", "dnc", "register", "robinson", "bloctel", "tps", "ncpr", "opt-out list"];
+/// Words that describe calling hours or days.
+const WINDOW_WORDS: &[&str] =
+    &["calling hours", "contact hours", "o'clock", "sunday", "saturday", "public holiday", "weekday", "a.m", "p.m"];
+
+/// A restriction written only into an obligation's text is not enforced: a caller that reads the
+/// effect contacts the person anyway. Warns where a rule's obligation reads like register
+/// screening while the rule has no `screen`, or like calling hours while it has no `window`.
+fn warn_on_unenforced_restrictions(
+    sink: &mut Sink<'_>,
+    me: &PackFile,
+    rule: &Rule,
+    obligations: &[Obligation],
+    has_window: bool,
+    has_register: bool,
+) {
+    let span = me.rules.iter().find(|p| p.rule.id == rule.id).map_or_else(|| me.span.clone(), |p| p.span.clone());
+    for obligation in obligations {
+        let text = obligation.text.to_lowercase();
+        let tokens: Vec<&str> = text
+            .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '\'' || c == '.'))
+            .map(|t| t.trim_end_matches('.'))
+            .collect();
+        // One-word terms match whole words ("tps", not "https"); phrases match anywhere.
+        let words =
+            |list: &[&str]| list.iter().any(|w| if w.contains(' ') { text.contains(w) } else { tokens.contains(w) });
+        // A time of day such as 08:00.
+        let clock = text.as_bytes().windows(5).any(|w| {
+            w[0].is_ascii_digit()
+                && w[1].is_ascii_digit()
+                && w[2] == b':'
+                && w[3].is_ascii_digit()
+                && w[4].is_ascii_digit()
+        });
+        if !has_register && words(REGISTER_WORDS) {
+            sink.warning(
+                &span,
+                format!(
+                    "rule `{}`: obligation `{}` reads like register screening, but the rule has no `screen`: \
+                     a number reported as listed is still allowed",
+                    rule.id, obligation.id
+                ),
+            );
+        }
+        if !has_window && (words(WINDOW_WORDS) || clock) {
+            sink.warning(
+                &span,
+                format!(
+                    "rule `{}`: obligation `{}` reads like calling hours, but the rule has no `window`: \
+                     a call at a forbidden hour is still allowed",
+                    rule.id, obligation.id
+                ),
+            );
+        }
+    }
 }
