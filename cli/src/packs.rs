@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod report;
+
 use clap::{Args, Subcommand, ValueEnum};
 use domicile_policy::{
     Change, ConsentFact, ConsentKind, DecisionInput, Diagnostic, Facts, Pack, PackSet, PackSource, TestReport, Zone,
@@ -61,6 +63,19 @@ pub enum PacksCommand {
         at: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+    /// Write the legal workspace: a static site (open OUT/index.html, no server) with the
+    /// country × purpose × channel matrix, a page per pack, residency and rights, and with
+    /// --against the exact changes from another set, ready for sign-off.
+    Report {
+        #[arg(long, default_value = "policy-packs")]
+        packs: PathBuf,
+        /// Directory to write the site into (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Another pack set (e.g. the version in force) to list every change from.
+        #[arg(long)]
+        against: Option<PathBuf>,
     },
     /// Write a new Ed25519 signing key (private key 0600; never commit it) and its public key.
     Keygen {
@@ -159,6 +174,7 @@ pub fn run(command: PacksCommand) -> ExitCode {
         PacksCommand::Validate { dir, format } => validate(&dir, format),
         PacksCommand::Test { dir, format } => test(&dir, format),
         PacksCommand::Explain(args) => explain(&args),
+        PacksCommand::Report { packs, out, against } => report_command(&packs, &out, against.as_deref()),
         PacksCommand::Diff { old, new, packs, at, format } => diff_command(&old, &new, &packs, at.as_deref(), format),
         PacksCommand::Keygen { private, public } => match generate_key(&private, &public) {
             Ok(public_hex) => {
@@ -176,6 +192,24 @@ pub fn run(command: PacksCommand) -> ExitCode {
             Err(e) => failure(&e.to_string()),
         },
         PacksCommand::Verify { dir, trusted, min_signatures, format } => verify(&dir, &trusted, min_signatures, format),
+    }
+}
+
+fn report_command(dir: &Path, out: &Path, against: Option<&Path>) -> ExitCode {
+    let (set, _) = match compile_dir(dir, Format::Human, true) {
+        Ok(set) => set,
+        Err(code) => return code,
+    };
+    let old = match against.map(|a| compile_dir(a, Format::Human, true)).transpose() {
+        Ok(old) => old.map(|(set, _)| set),
+        Err(code) => return code,
+    };
+    match report::write_site(&set, dir, out, old.as_ref().zip(against)) {
+        Ok(count) => {
+            outln!("wrote the report of {count} packs to {} (open index.html)", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => failure(&format!("cannot write the report: {e:#}")),
     }
 }
 
