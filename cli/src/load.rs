@@ -825,22 +825,24 @@ async fn withdrawal(gw: &Gateway, args: &LoadArgs) -> anyhow::Result<Measured> {
     let (mut stale_allows, mut allows_before, mut missing_events, mut errors) = (0u64, 0u64, 0u64, 0u64);
     let mut first_error = None::<String>;
     let start = Instant::now();
+    // Email: no jurisdiction of the dataset limits it to calling hours (texts are under the US
+    // TCPA hours), so "allowed before the withdrawal" does not depend on the time of day.
     for k in 0..total {
         let n = k;
         let step = async {
             client
-                .record_consent(consent(by_email(n), common::ConsentAction::Grant, &["sms"]))
+                .record_consent(consent(by_email(n), common::ConsentAction::Grant, &["email"]))
                 .await
                 .map_err(status)?;
-            let before = client.decide(decide_request(n, "sms")).await.map_err(status)?.into_inner();
+            let before = client.decide(decide_request(n, "email")).await.map_err(status)?.into_inner();
             let sent = Instant::now();
             let reply = client
-                .record_consent(consent(by_email(n), common::ConsentAction::Withdraw, &["sms"]))
+                .record_consent(consent(by_email(n), common::ConsentAction::Withdraw, &["email"]))
                 .await
                 .map_err(status)?
                 .into_inner();
             let acked = Instant::now();
-            let after = client.decide(decide_request(n, "sms")).await.map_err(status)?.into_inner();
+            let after = client.decide(decide_request(n, "email")).await.map_err(status)?.into_inner();
             Ok::<_, String>((
                 is_allow(before.decision.as_ref()),
                 reply.subject_ref,

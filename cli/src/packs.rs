@@ -155,6 +155,12 @@ pub struct ExplainArgs {
     /// Register screening result: true (listed) or false (screened, not listed).
     #[arg(long)]
     on_register: Option<bool>,
+    /// When the subject last bought from the sender (RFC 3339): an existing business relationship.
+    #[arg(long)]
+    last_purchase: Option<String>,
+    /// When the subject last inquired with the sender (RFC 3339).
+    #[arg(long)]
+    last_inquiry: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -439,6 +445,8 @@ fn explain(args: &ExplainArgs) -> ExitCode {
             similar_products: args.similar_products,
             opt_out_offered: args.opt_out_offered,
             on_register: args.on_register,
+            last_purchase_at: args.last_purchase.as_deref().map(|t| instant(Some(t), "last-purchase")).transpose()?,
+            last_inquiry_at: args.last_inquiry.as_deref().map(|t| instant(Some(t), "last-inquiry")).transpose()?,
         };
         Ok((jurisdiction, DecisionInput { purpose, channel, at_unix: at, consent, subject_time_zone, facts }))
     })();

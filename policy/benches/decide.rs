@@ -50,7 +50,7 @@ fn consent(state: ConsentState, captured: i64, expires: Option<i64>) -> ConsentF
 fn differential_check(pack: &Pack, policies: &PolicySet) {
     let authorizer = Authorizer::new();
     let entities = Entities::empty();
-    let soft = Facts { contact_from_sale: true, similar_products: true, opt_out_offered: true, on_register: None };
+    let soft = Facts { contact_from_sale: true, similar_products: true, opt_out_offered: true, ..Facts::default() };
     let consents = [
         None,
         Some(consent(ConsentState::Granted, AT - 86_400, None)),

@@ -330,7 +330,12 @@ pub fn diff(old: &Pack, new: &Pack, around: i64) -> Vec<Change> {
                         at_unix: at,
                         consent,
                         subject_time_zone: None,
-                        facts: *facts,
+                        // A scenario's relationship dates are ages: seconds before the instant.
+                        facts: Facts {
+                            last_purchase_at: facts.last_purchase_at.map(|age| at - age),
+                            last_inquiry_at: facts.last_inquiry_at.map(|age| at - age),
+                            ..*facts
+                        },
                     };
                     let (a, b) = (old.evaluate(&input), new.evaluate(&input));
                     let (a, b) = (
@@ -373,8 +378,25 @@ impl Age {
 type Scenario = (String, Option<(ConsentState, Age, ConsentKind, bool, bool)>, Facts);
 
 fn scenarios() -> Vec<Scenario> {
-    let soft = Facts { contact_from_sale: true, similar_products: true, opt_out_offered: true, on_register: None };
+    let soft = Facts { contact_from_sale: true, similar_products: true, opt_out_offered: true, ..Facts::default() };
+    let listed = Facts { on_register: Some(true), ..Facts::default() };
+    let days = |d: i64| Some(d * 86_400);
     let mut out: Vec<Scenario> = vec![
+        (
+            "no consent, soft opt-in facts, bought 2 months ago".into(),
+            None,
+            Facts { last_purchase_at: days(60), ..soft },
+        ),
+        (
+            "no consent, soft opt-in facts, bought 14 months ago".into(),
+            None,
+            Facts { last_purchase_at: days(420), ..soft },
+        ),
+        ("no consent, bought 2 months ago".into(), None, Facts { last_purchase_at: days(60), ..Facts::default() }),
+        ("no consent, on register, bought 2 months ago".into(), None, Facts { last_purchase_at: days(60), ..listed }),
+        ("no consent, on register, bought 20 months ago".into(), None, Facts { last_purchase_at: days(600), ..listed }),
+        ("no consent, on register, inquired 1 month ago".into(), None, Facts { last_inquiry_at: days(30), ..listed }),
+        ("no consent, on register, inquired 4 months ago".into(), None, Facts { last_inquiry_at: days(120), ..listed }),
         ("no consent".into(), None, Facts::default()),
         ("no consent, soft opt-in facts".into(), None, soft),
         ("no consent, on register".into(), None, Facts { on_register: Some(true), ..Facts::default() }),

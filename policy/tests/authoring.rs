@@ -109,7 +109,7 @@ fn deny_beats_allow_across_baseline_country_and_overlay() {
     let de = set.get(&Jurisdiction::parse("DE").unwrap()).unwrap();
     // The EU baseline would allow an existing customer by soft opt-in; a DE cold call stays denied,
     // and DE postal marketing needs both the baseline and DE rules to allow.
-    let soft = Facts { contact_from_sale: true, similar_products: true, opt_out_offered: true, on_register: None };
+    let soft = Facts { contact_from_sale: true, similar_products: true, opt_out_offered: true, ..Facts::default() };
     let mut input = DecisionInput::new(Purpose::Marketing, Channel::Post, t("2026-11-23T10:00:00Z"), None);
     input.facts = soft;
     assert_eq!(de.decide(&input).reasons, ["de.marketing.post", "eu.marketing.post"]);

@@ -56,6 +56,18 @@ fn consent_in_force(basis: Basis, outcome: Outcome, lifetime: &Lifetime, input: 
     }
 }
 
+/// Contact without consent limited to recent customers (`customer_within`): the verdict stands,
+/// until the relationship lapses, only for a subject with one recent enough.
+fn recent_customer(rule: &Rule, input: &DecisionInput, verdict: (Outcome, Option<i64>)) -> (Outcome, Option<i64>) {
+    match rule.customer_within {
+        None => verdict,
+        Some(limit) => match limit.holds_until(&input.facts, input.at_unix) {
+            Some(end) => (verdict.0, min_opt(verdict.1, Some(end))),
+            None => (Outcome::NoRecentRelationship, None),
+        },
+    }
+}
+
 /// The earlier of two optional instants (`None` = never).
 pub(crate) fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
@@ -80,14 +92,16 @@ pub(crate) fn judge(
             Some(ConsentState::Denied) => (Outcome::ConsentDenied, None),
             Some(ConsentState::Withdrawn) => (Outcome::ConsentWithdrawn, None),
             Some(ConsentState::Granted) => (Outcome::ConsentGranted, None),
-            None => (Outcome::NoObjection, None),
+            None => recent_customer(rule, input, (Outcome::NoObjection, None)),
         },
         Basis::OptIn | Basis::DoubleOptIn => judge_consent(rule.basis, &compiled.lifetime, at, input.consent.as_ref()),
         Basis::SoftOptIn => match judge_consent(rule.basis, &compiled.lifetime, at, input.consent.as_ref()) {
             // An objection ends a soft opt-in too.
             granted @ (Outcome::ConsentGranted, _) => granted,
             objection @ (Outcome::ConsentDenied | Outcome::ConsentWithdrawn, _) => objection,
-            _ if rule.conditions.iter().all(|c| input.facts.holds(*c)) => (Outcome::SoftOptIn, None),
+            _ if rule.conditions.iter().all(|c| input.facts.holds(*c)) => {
+                recent_customer(rule, input, (Outcome::SoftOptIn, None))
+            }
             other => other,
         },
     };
@@ -95,11 +109,16 @@ pub(crate) fn judge(
         return (outcome, valid_until);
     }
     let valid_until = min_opt(valid_until, rule.effective_until);
+    let mut valid_until = valid_until;
     if let Some(register) = &compiled.register
         && input.facts.on_register == Some(true)
         && !(register.exempt_with_consent && consent_in_force(rule.basis, outcome, &compiled.lifetime, input))
     {
-        return (Outcome::OnRegister, None);
+        // An existing business relationship may exempt a listed number, for as long as it lasts.
+        match register.relationship_exemption.and_then(|r| r.holds_until(&input.facts, at)) {
+            Some(end) => valid_until = min_opt(valid_until, Some(end)),
+            None => return (Outcome::OnRegister, None),
+        }
     }
     if let Some(window) = &compiled.window {
         let zones = input.subject_time_zone.as_ref().map_or(pack_zones, std::slice::from_ref);

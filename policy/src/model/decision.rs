@@ -53,6 +53,12 @@ pub struct Facts {
     /// (deny), `Some(false)` = screened and not listed, `None` = not screened yet (the decision
     /// carries an obligation to screen).
     pub on_register: Option<bool>,
+    /// When the subject last bought from (or contracted with) the sender: an existing business
+    /// relationship, for register exemptions and recency conditions. `None`: no such relationship
+    /// known (the conditions that need one fail).
+    pub last_purchase_at: Option<i64>,
+    /// When the subject last inquired or applied with the sender.
+    pub last_inquiry_at: Option<i64>,
 }
 
 impl Facts {
@@ -151,6 +157,7 @@ outcomes! {
     ConsentKindNotAccepted => "consent_kind_not_accepted", "consent kind not accepted", Deny;
     DoubleOptInUnconfirmed => "double_opt_in_unconfirmed", "double opt-in not confirmed", Deny;
     OnRegister => "on_register", "on a do-not-contact register", Deny;
+    NoRecentRelationship => "no_recent_relationship", "no business relationship recent enough", Deny;
     OutsideWindow => "outside_window", "outside the calling window", Deny;
     NotInEffect => "not_in_effect", "pack not in effect", Deny;
 }

@@ -43,7 +43,31 @@ pub struct Register {
     /// Whether a granted consent lets the caller contact a number that is on the register
     /// (most registers exempt prior express consent; `false` is the safe default).
     pub exempt_with_consent: bool,
+    /// An existing business relationship exempts a listed number for this long after the last
+    /// purchase or inquiry (e.g. the US DNC rules: 18 months, 3 months); `None`: no exemption.
+    pub relationship_exemption: Option<Relationship>,
     pub line: usize,
+}
+
+/// How long after the last purchase, and after the last inquiry, a business relationship counts.
+/// `None` for a kind: that kind of contact does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relationship {
+    pub purchase: Option<Period>,
+    pub inquiry: Option<Period>,
+}
+
+impl Relationship {
+    /// Until when the relationship counts at `at` (`None`: it does not count now): the later of
+    /// the purchase's and the inquiry's ends, each counted from its date. A date after `at` does
+    /// not count (a relationship cannot be asserted in advance).
+    pub fn holds_until(&self, facts: &super::decision::Facts, at: i64) -> Option<i64> {
+        let end = |limit: Option<Period>, date: Option<i64>| match (limit, date) {
+            (Some(limit), Some(date)) if date <= at => Some(limit.after(date)).filter(|end| *end > at),
+            _ => None,
+        };
+        end(self.purchase, facts.last_purchase_at).max(end(self.inquiry, facts.last_inquiry_at))
+    }
 }
 
 /// One rule of a pack: a basis for one purpose on one or more channels.
@@ -78,6 +102,10 @@ pub struct Rule {
     pub conditions: Vec<SoftCondition>,
     /// Ids of rules of extended packs this rule replaces on the cells it covers.
     pub replaces: Vec<String>,
+    /// For `opt_out`, `legitimate_interest` and the no-consent branch of `soft_opt_in`: only a
+    /// subject with a business relationship this recent (e.g. customers of the last 12 months)
+    /// may be contacted without consent.
+    pub customer_within: Option<Relationship>,
     /// The pack that defined the rule (differs from the deciding pack for inherited rules).
     pub pack_id: String,
     /// The file the rule was read from.

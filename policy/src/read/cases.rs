@@ -37,7 +37,16 @@ const CASE_KEYS: &[&str] = &[
 ];
 const CONSENT_KEYS: &[&str] =
     &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in", "kind"];
-const FACT_KEYS: &[&str] = &["contact_from_sale", "similar_products", "opt_out_offered", "on_register"];
+const FACT_KEYS: &[&str] = &[
+    "contact_from_sale",
+    "similar_products",
+    "opt_out_offered",
+    "on_register",
+    "last_purchase",
+    "last_purchase_unix",
+    "last_inquiry",
+    "last_inquiry_unix",
+];
 
 /// A `[[rights]]`, `[[transfer]]` or `[[collection]]` entry: what the pack says about a rights
 /// request or about where its subjects' data may go, rather than a contact decision.
@@ -379,10 +388,14 @@ fn read_facts(sink: &mut Sink<'_>, case: &Table<'_, '_>) -> Option<Facts> {
     };
     let t = Table::new(sink, table, span, "`facts`", FACT_KEYS);
     let flag = |sink: &mut Sink<'_>, key| t.opt_bool(sink, key).is_some_and(|b| *b.get_ref());
+    let last_purchase_at = instant(sink, &t, "last_purchase", false)?;
+    let last_inquiry_at = instant(sink, &t, "last_inquiry", false)?;
     Some(Facts {
         contact_from_sale: flag(sink, "contact_from_sale"),
         similar_products: flag(sink, "similar_products"),
         opt_out_offered: flag(sink, "opt_out_offered"),
         on_register: t.opt_bool(sink, "on_register").map(|b| *b.get_ref()),
+        last_purchase_at,
+        last_inquiry_at,
     })
 }

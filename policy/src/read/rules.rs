@@ -32,6 +32,7 @@ const RULE_KEYS: &[&str] = &[
     "screen",
     "conditions",
     "replaces",
+    "customer_within",
 ];
 
 /// A rule with the spans of everything it refers to, for set-level checks.
@@ -225,6 +226,16 @@ fn read_rule(
         }
     }
     let note = r.opt_str(sink, "note").map(|s| (*s.get_ref()).to_owned());
+    let customer_within = super::values::relationship(sink, &r, "customer_within");
+    if customer_within.is_some()
+        && !matches!(basis, Some(Basis::OptOut | Basis::LegitimateInterest | Basis::SoftOptIn))
+        && let Some(v) = r.get("customer_within")
+    {
+        sink.error(
+            &v.span(),
+            "`customer_within` limits contact without consent: only for `opt_out`, `legitimate_interest` or `soft_opt_in`",
+        );
+    }
     let rule_id = rule_id?;
     let rule = Rule {
         id: rule_id,
@@ -244,6 +255,7 @@ fn read_rule(
         screen: screen.as_ref().map(|v| v.get_ref().clone()),
         conditions,
         replaces,
+        customer_within,
         pack_id: pack_id.unwrap_or_default().to_owned(),
         path: path.to_owned(),
     };

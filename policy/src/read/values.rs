@@ -66,3 +66,22 @@ pub(crate) fn term<T, E: fmt::Display>(
         }
     }
 }
+
+/// `{ purchase = "18 months", inquiry = "3 months" }` (either may be left out, not both): how
+/// long after the last purchase and the last inquiry a business relationship counts. `None` when
+/// absent or invalid (reported).
+pub(crate) fn relationship(
+    sink: &mut Sink<'_>,
+    owner: &Table<'_, '_>,
+    key: &str,
+) -> Option<crate::model::rule::Relationship> {
+    let (table, span) = owner.table(sink, key, false)?;
+    let t = Table::new(sink, table, span.clone(), "a relationship limit", &["purchase", "inquiry"]);
+    let purchase = t.opt_str(sink, "purchase").and_then(|v| period(sink, &v, "purchase"));
+    let inquiry = t.opt_str(sink, "inquiry").and_then(|v| period(sink, &v, "inquiry"));
+    if purchase.is_none() && inquiry.is_none() {
+        sink.error(&span, format!("`{key}` needs `purchase` or `inquiry`, a period such as `18 months`"));
+        return None;
+    }
+    Some(crate::model::rule::Relationship { purchase, inquiry })
+}
