@@ -68,6 +68,22 @@ pub struct CurrentConsent {
     pub counted_at_ms: Option<i64>,
 }
 
+impl CurrentConsent {
+    /// The candidate for the record in force that a newly appended ledger entry makes, counted
+    /// at `counted_at_ms` (both engines store this, sealed, per channel the entry covers).
+    pub fn of(record: &ConsentRecord, counted_at_ms: i64) -> Self {
+        Self {
+            sequence: record.sequence,
+            state: record.state,
+            captured_at: record.captured_at,
+            expires_at: record.expires_at,
+            double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+            recorded_at: Some(record.recorded_at),
+            counted_at_ms: Some(counted_at_ms),
+        }
+    }
+}
+
 /// How far a capture time may lie from the time a node records it, either way, before it is
 /// refused (ahead) or trusted as an order (behind). Clocks of capture systems drift; within this
 /// window the order of two records cannot be told from their capture times.

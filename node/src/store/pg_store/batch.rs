@@ -180,15 +180,7 @@ impl Batcher {
             consent_rows.0.push(subject.as_bytes().as_slice());
             consent_rows.1.push(int(sequence));
             consent_rows.2.push(seal(key, b"consent", &consent_key(subject, sequence), &record)?);
-            let candidate = CurrentConsent {
-                sequence,
-                state: record.state,
-                captured_at: record.captured_at,
-                expires_at: record.expires_at,
-                double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
-                recorded_at: Some(record.recorded_at),
-                counted_at_ms: Some(consent.counted_at_ms),
-            };
+            let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
             for channel in &record.channels {
                 let cell = (*subject, record.purpose, *channel);
                 let replace = current.get(&cell).is_none_or(|existing| candidate.supersedes(existing));

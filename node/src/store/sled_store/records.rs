@@ -35,15 +35,7 @@ impl SledStore {
         };
         let ledger_key = consent_key(subject, sequence);
         let sealed_entry = seal(&key, b"consent", &ledger_key, &record)?;
-        let candidate = CurrentConsent {
-            sequence,
-            state: record.state,
-            captured_at: record.captured_at,
-            expires_at: record.expires_at,
-            double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
-            recorded_at: Some(record.recorded_at),
-            counted_at_ms: Some(consent.counted_at_ms),
-        };
+        let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
         let mut sealed_current = Vec::with_capacity(record.channels.len());
         for channel in &record.channels {
             let k = current_key(subject, record.purpose, *channel);
