@@ -48,6 +48,32 @@ async fn consent_writes_sharing_a_transaction_keep_the_rules_of_a_single_write()
         subjects.push(registered.subject_ref);
     }
 
+    // Decisions all along: their audit entries wait in the database until a write (or a
+    // replica's chainer) chains them under the head lock, so every write also takes them. (A
+    // write that took them before the head lock could deadlock with another; the benchmark
+    // found that once. This run exercises the path; it does not reliably reproduce the race.)
+    let deciding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut deciders = tokio::task::JoinSet::new();
+    for d in 0..4 {
+        let (mut client, subject, deciding) = (client.clone(), subjects[d % SUBJECTS].clone(), deciding.clone());
+        deciders.spawn(async move {
+            let mut decided = 0u64;
+            while deciding.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = node::DecideRequest {
+                    subject: node_ref(&subject),
+                    purpose: "marketing".into(),
+                    channel: "email".into(),
+                    at: None,
+                };
+                if let Err(status) = client.decide(request).await {
+                    panic!("a decision during the writes failed: {status:?}");
+                }
+                decided += 1;
+            }
+            decided
+        });
+    }
+
     // Every write at once: alternating grants and withdrawals per subject, each sent COPIES
     // times under one key, and writes for a subject the region does not hold.
     let mut tasks = tokio::task::JoinSet::new();
@@ -81,6 +107,12 @@ async fn consent_writes_sharing_a_transaction_keep_the_rules_of_a_single_write()
             (None, answer) => assert_eq!(answer, Err(tonic::Code::NotFound), "an unknown subject fails alone"),
         }
     }
+    deciding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut decided = 0;
+    while let Some(done) = deciders.join_next().await {
+        decided += done.unwrap();
+    }
+    assert!(decided > 0, "decisions ran during the writes");
     assert_eq!(sequences.len(), SUBJECTS * WRITES_PER_SUBJECT, "every write acknowledged");
     for (write, seen) in &sequences {
         assert_eq!(seen.len(), 1, "write {write:?}: every copy answered with the one record it made");

@@ -133,13 +133,16 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<(), StoreError> {
     let at: Vec<i64> = batch.iter().map(|p| p.at).collect();
     let bodies = batch.iter().map(|p| encode(&p.entries)).collect::<Result<Vec<_>, _>>()?;
     let client = pool.get().await.map_err(pool_error)?;
+    // Prepared first (cached per connection): executing a prepared statement sends it at once,
+    // so the three below go out back to back, in order, and the insert is inside the transaction.
+    let insert = client
+        .prepare_cached("INSERT INTO decision_entries (at, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])")
+        .await
+        .map_err(pg)?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&at, &bodies];
     let (begun, inserted, committed) = tokio::join!(
         client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-        client.execute(
-            "INSERT INTO decision_entries (at, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-            &params
-        ),
+        client.execute(&insert, &params),
         client.batch_execute("COMMIT"),
     );
     // A failed insert aborts the transaction, and the COMMIT after it rolls back without an error:

@@ -31,14 +31,18 @@ pub(super) struct Write<'c> {
 impl<'c> Write<'c> {
     /// Locks the region head: from here until commit, no other write of any replica runs.
     pub(super) async fn begin(tx: Transaction<'c>, region: &RegionId, at: i64) -> Result<Self, StoreError> {
-        // Sent together: the waiting decision entries are taken once the lock is held.
-        let head = tx.query_one(
-            "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
-             FROM region_head WHERE id = 1 FOR UPDATE",
-            &[],
-        );
-        let waiting = tx.query("DELETE FROM decision_entries RETURNING id, at, body", &[]);
-        let (row, waiting) = tokio::try_join!(head, waiting).map_err(pg)?;
+        // The head first, then the waiting decision entries, one after the other: every
+        // transaction must take the head lock before any other lock, or two writes can deadlock
+        // (sent pipelined, the second statement could reach the server first).
+        let row = tx
+            .query_one(
+                "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
+                 FROM region_head WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let waiting = tx.query("DELETE FROM decision_entries RETURNING id, at, body", &[]).await.map_err(pg)?;
         let chain = Chain::after(region.clone(), uint(row.get(3))?, row.get(4));
         let mut write = Self {
             tx,
