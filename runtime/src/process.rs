@@ -142,10 +142,36 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Refuses a file whose mode is looser than its contents allow: a secret (private key, link key,
+/// key-encryption key) that group or others may read or write, or public material (certificate,
+/// CA) that they may write: a loose mode is how a key leaks or a trust anchor gets replaced.
+/// Checked when a process starts; the error names no contents, only the mode and the fix.
+pub fn check_file_mode(path: &Path, secret: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        let (loose, allowed, fix) =
+            if secret { (0o077, "group or others", "600") } else { (0o022, "group or others to write", "644") };
+        if mode & loose != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("mode {mode:03o} allows {allowed} access; refused (chmod {fix})"),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, secret);
+    Ok(())
+}
+
 /// Reads the deployment's link key, creating a random one if `create` and the file is absent.
 pub fn load_or_create_secret(path: &Path, create: bool) -> std::io::Result<Vec<u8>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
+        Ok(bytes) => {
+            check_file_mode(path, true)?;
+            Ok(bytes)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             let mut bytes = vec![0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
@@ -179,12 +205,47 @@ pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
 pub fn read_link_key(path: &Path) -> anyhow::Result<domicile_types::LinkKey> {
     let bytes =
         std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read link key file {}: {e}", path.display()))?;
+    check_file_mode(path, true).map_err(|e| anyhow::anyhow!("link key file {}: {e}", path.display()))?;
     Ok(domicile_types::LinkKey::from_bytes(&bytes)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn secrets_and_trust_anchors_with_loose_modes_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let mode = |m: u32| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m)).unwrap();
+        for (m, secret, ok) in [
+            (0o600, true, true),
+            (0o400, true, true),
+            (0o640, true, false),
+            (0o604, true, false),
+            (0o644, false, true),
+            (0o664, false, false),
+            (0o646, false, false),
+        ] {
+            mode(m);
+            let checked = check_file_mode(&file, secret);
+            assert_eq!(checked.is_ok(), ok, "mode {m:o}, secret {secret}: {checked:?}");
+            if let Err(e) = checked {
+                assert!(e.to_string().contains(&format!("mode {m:03o}")), "{e}");
+            }
+        }
+        // A TLS key loaded with a loose mode is refused, naming the file.
+        let pki = crate::pki::ClusterPki::open_or_create(dir.path()).unwrap();
+        let files = pki.gateway().unwrap();
+        assert!(crate::tls::TlsMaterial::load(&files).is_ok(), "keys are written 0600");
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = crate::tls::TlsMaterial::load(&files).expect_err("a key readable by others");
+        assert!(refused.to_string().contains(&files.key.display().to_string()), "{refused}");
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+    }
 
     #[tokio::test]
     async fn shutdown_reaches_every_waiter_before_and_after_it_begins() {

@@ -49,7 +49,10 @@ pub struct TlsFileError {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| TlsFileError { what, path: path.to_owned(), source })
+    let error = |source| TlsFileError { what, path: path.to_owned(), source };
+    let bytes = std::fs::read(path).map_err(error)?;
+    crate::process::check_file_mode(path, what == "key").map_err(error)?;
+    Ok(bytes)
 }
 
 /// Loaded PEM material.

@@ -54,6 +54,8 @@ impl Keks {
     pub fn load(path: &Path) -> Result<Self, StoreError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StoreError::Backend(format!("key-encryption key file {}: {e}", path.display())))?;
+        domicile_runtime::process::check_file_mode(path, true)
+            .map_err(|e| StoreError::Backend(format!("key-encryption key file {}: {e}", path.display())))?;
         let mut versions = BTreeMap::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let (version, key) = line.split_once(' ').ok_or_else(|| corrupt("a line is not `<version> <hex key>`"))?;
