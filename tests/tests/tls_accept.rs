@@ -88,3 +88,43 @@ async fn stalled_or_non_tls_connections_block_no_one_and_nodes_require_a_client_
     };
     assert!(refused, "a node served a peer without a client certificate");
 }
+
+/// The protocol floor and the cipher suites, tried from outside with OpenSSL's client against the
+/// gateway and a node: TLS 1.1 and a non-AEAD TLS 1.2 suite are refused in the handshake, TLS 1.2
+/// with an AEAD suite and TLS 1.3 are accepted (deploy/README.md lists the suites).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_below_1_2_and_non_aead_suites_are_refused() {
+    let has_openssl = std::process::Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
+    assert!(has_openssl, "this test needs OpenSSL's command-line client (Debian: apt-get install openssl)");
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let tls = cluster.client_tls().clone();
+    let node_addr = cluster.node_addr(&region("eu-central")).unwrap();
+    for addr in [cluster.gateway_addr(), node_addr] {
+        let handshake = |args: &[&str]| {
+            let mut command = std::process::Command::new("openssl");
+            command
+                .arg("s_client")
+                .args(["-connect", &addr.to_string()])
+                .arg("-cert")
+                .arg(&tls.cert)
+                .arg("-key")
+                .arg(&tls.key)
+                .arg("-CAfile")
+                .arg(&tls.ca)
+                .args(args)
+                .stdin(std::process::Stdio::null());
+            let out = command.output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.success() && text.contains("Cipher is ") && !text.contains("Cipher is (NONE)"), text)
+        };
+        // SECLEVEL=0 lets this client offer what a weak client would; refusing is the server's job.
+        let (ok, text) = handshake(&["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]);
+        assert!(!ok, "{addr}: TLS 1.1 must be refused: {text}");
+        let (ok, text) = handshake(&["-tls1_2", "-cipher", "AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA"]);
+        assert!(!ok, "{addr}: a non-AEAD suite must be refused: {text}");
+        let (ok, text) = handshake(&["-tls1_2"]);
+        assert!(ok && text.contains("TLSv1.2"), "{addr}: TLS 1.2 with an AEAD suite is accepted: {text}");
+        let (ok, text) = handshake(&["-tls1_3"]);
+        assert!(ok && text.contains("TLSv1.3"), "{addr}: TLS 1.3 is accepted: {text}");
+    }
+}
