@@ -323,6 +323,20 @@ fn node_link(link: &str) -> Option<common::SubjectKey> {
     Some(common::SubjectKey { key: Some(common::subject_key::Key::Link(link.into())) })
 }
 
+/// Registers a German subject with one email directly at `client`, a node of eu-central.
+async fn register_de(client: &mut NodeClient, email: &str) -> node::RegisterResponse {
+    client
+        .register(node::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", email)],
+            caller_region: "eu-central".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The decision on `client` for `key` (marketing × email): the effect and the subject decided
 /// for, or the status code.
 async fn decided(client: &mut NodeClient, key: Option<common::SubjectKey>) -> Result<(i32, String), tonic::Code> {
@@ -348,21 +362,8 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
     let replica = Replica::start(&cluster, &eu).await.unwrap();
     let mut a = cluster.node(&eu).await.unwrap();
     let mut b = replica.client(&cluster).await.unwrap();
-    let register = |value: &'static str| {
-        let mut a = a.clone();
-        async move {
-            a.register(node::RegisterRequest {
-                jurisdiction: "DE".into(),
-                identifiers: vec![identifier("email", value)],
-                caller_region: "eu-central".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-        }
-    };
-    let (one, two) = (register("cache.one@example.de").await, register("cache.two@example.de").await);
+    let (one, two) =
+        (register_de(&mut a, "cache.one@example.de").await, register_de(&mut a, "cache.two@example.de").await);
     let (link1, link2) = (one.links[0].clone(), two.links[0].clone());
     let (allow, deny) = (common::Effect::Allow as i32, common::Effect::Deny as i32);
     record(&mut a, &two.subject_ref, common::ConsentAction::Grant).await;
@@ -431,17 +432,7 @@ async fn decisions_are_chained_in_the_order_they_were_made_around_writes() {
     let replica = Replica::start(&cluster, &eu).await.unwrap();
     let mut a = cluster.node(&eu).await.unwrap();
     let mut b = replica.client(&cluster).await.unwrap();
-    let subject = a
-        .register(node::RegisterRequest {
-            jurisdiction: "DE".into(),
-            identifiers: vec![identifier("email", "chained@example.de")],
-            caller_region: "eu-central".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .subject_ref;
+    let subject = register_de(&mut a, "chained@example.de").await.subject_ref;
     let id = subject.split('/').nth(1).unwrap().to_owned();
     record(&mut a, &subject, common::ConsentAction::Grant).await;
     assert_eq!(effect(&mut b, &subject).await, common::Effect::Allow as i32);

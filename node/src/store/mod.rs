@@ -55,6 +55,19 @@ pub enum StoreError {
     Audit(domicile_audit::AuditError),
 }
 
+impl StoreError {
+    /// This error again, for each of the many calls one failed read or write served (a batch):
+    /// the kinds that change what a caller does next are kept, the others become `Backend` with
+    /// the same text.
+    pub(crate) fn for_each_caller(&self) -> StoreError {
+        match self {
+            StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
+            StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}
+
 /// A region's durable state: subjects, consent, claims, change events and the audit log.
 ///
 /// Every write method is one unit (ARCHITECTURE.md, "Unit of work"): it describes what it does as

@@ -22,11 +22,7 @@ pub(crate) type BatchItem<'k> = (u64, Result<(SubjectKeyRef<'k>, Purpose, Channe
 
 /// Every item of a batch fails alike when the store could not read for the batch.
 fn batch_read_failed(e: &StoreError) -> NodeError {
-    NodeError::from(match e {
-        StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
-        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
-        other => StoreError::Backend(other.to_string()),
-    })
+    NodeError::from(e.for_each_caller())
 }
 
 /// One decision about one subject, borrowed from the packs it was made with.

@@ -94,19 +94,11 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, batcher: Batcher) {
                 }
                 outcomes
             }
-            Err(e) => writes.iter().map(|_| Err(copy(&e))).collect(),
+            Err(e) => writes.iter().map(|_| Err(e.for_each_caller())).collect(),
         };
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }
-    }
-}
-
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
-        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
-        other => StoreError::Backend(other.to_string()),
     }
 }
 
