@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use addresses::{ADDRESSES_FILE, ClusterAddresses, PortChoice};
 pub use database::{ClusterDatabase, ClusterStore, database_name};
-pub use files::{ClusterFiles, ProcessFiles};
+pub use files::{ClusterFiles, ProcessFiles, REVOCATION_FILE};
 pub use supervise::{ProcessState, SupervisedProcess, SupervisorFile};
 
 use crate::client::ClusterFile;
@@ -182,7 +182,8 @@ enum IssueCommand {
         /// What the caller may do, comma-separated.
         #[arg(long, value_delimiter = ',', value_parser = scope_parser())]
         scopes: Vec<Scope>,
-        /// Lifetime in seconds.
+        /// Lifetime in seconds (gateways refuse more than their `token_max_lifetime_secs`, by
+        /// default one day).
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
@@ -205,9 +206,13 @@ fn issue(pki_dir: &Path, what: IssueCommand) -> anyhow::Result<()> {
             let caller = CallerIdentity::new(&name, region, &scopes)?;
             let issuer = domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
             let ttl = i64::try_from(ttl_secs).context("--ttl-secs is too large")?;
-            let expires_at =
-                domicile_runtime::process::now_unix().checked_add(ttl).context("--ttl-secs is too large")?;
-            println!("{}", issuer.issue(&caller, expires_at));
+            let now = domicile_runtime::process::now_unix();
+            let expires_at = now.checked_add(ttl).context("--ttl-secs is too large")?;
+            let issued = issuer.issue(&caller, now, expires_at)?;
+            // The id on stderr: what a revocation list names (`[[token]] id = …`), kept out of
+            // the output scripts capture as the token.
+            eprintln!("token id {}", issued.id);
+            println!("{}", issued.token);
             return Ok(());
         }
     };

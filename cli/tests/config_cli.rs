@@ -129,6 +129,9 @@ fn gateway_schema_matches_the_struct() {
         otlp_endpoint: Some("http://127.0.0.1:4317".into()),
         otlp_metrics_interval_ms: Some(1_000),
         token_public_key_file: Some("token-signing.pub".into()),
+        token_max_lifetime_secs: Some(3600),
+        revocation_file: Some("revoked.toml".into()),
+        revocation_reload_ms: 1_000,
     };
     let value = serde_json::to_value(&config).unwrap();
     assert_eq!(check(&value, &schema_of::<GatewayConfig>()), vec![]);
@@ -170,7 +173,8 @@ fn config_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every TOML file under deploy/ is a node, gateway or topology config and must load. Kubernetes
+/// Every TOML file under deploy/ is a node, gateway or topology config or a revocation list and
+/// must load. Kubernetes
 /// ConfigMaps are generated from these files (deploy/k8s/kustomization.yaml), so they are covered.
 #[test]
 fn every_config_under_deploy_loads() {
@@ -186,8 +190,11 @@ fn every_config_under_deploy_loads() {
             NodeConfig::load(path).unwrap_or_else(|e| panic!("{e}"));
         } else if name.starts_with("gateway") {
             GatewayConfig::load(path).unwrap_or_else(|e| panic!("{e}"));
+        } else if name.starts_with("revoked") {
+            let text = std::fs::read_to_string(path).unwrap();
+            domicile_runtime::revocation::RevocationList::parse(&text).unwrap_or_else(|e| panic!("{e}"));
         } else {
-            panic!("{}: not a known kind of config (name it node-*, gateway* or topology*)", path.display());
+            panic!("{}: not a known kind of config (name it node-*, gateway*, topology* or revoked*)", path.display());
         }
     }
     let six = Topology::load(Some(&root().join("deploy/local/topology-6.toml"))).unwrap();
@@ -202,6 +209,10 @@ fn k8s_manifests_match_their_configs() {
     let k8s = root().join("deploy/k8s");
     let kustomization = std::fs::read_to_string(k8s.join("kustomization.yaml")).unwrap();
     let gateway = GatewayConfig::load(&k8s.join("config/gateway.toml")).unwrap();
+    // The revocation list every process of the base reads parses as one.
+    assert_eq!(gateway.revocation_file.as_deref(), Some(std::path::Path::new("/etc/domicile/config/revoked.toml")));
+    let revoked = std::fs::read_to_string(k8s.join("config/revoked.toml")).unwrap();
+    domicile_runtime::revocation::RevocationList::parse(&revoked).unwrap();
     let mut regions = Vec::new();
     for entry in std::fs::read_dir(k8s.join("config")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();

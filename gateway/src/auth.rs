@@ -11,22 +11,22 @@
 //! token signed with the cluster's token key naming the same identity plus an expiry
 //! (`domicile_runtime::token`), when the gateway is configured with the public key. A presented
 //! certificate always wins over a token.
+//!
+//! Both are checked against the revocation list in force (`domicile_runtime::revocation`),
+//! reloaded while the gateway serves: a revoked certificate or token is UNAUTHENTICATED from the
+//! next request on, on connections already open too.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use domicile_runtime::identity::{CallerIdentity, Scope, caller_from_der, peer_certs};
 use domicile_runtime::process::now_unix;
+use domicile_runtime::revocation::{GenerationCache, REVOKED, Revocations};
 use domicile_runtime::token::{TokenError, TokenVerifier};
-use hashbrown::HashMap;
 use tonic::Status;
 use tonic::codegen::http;
-
-/// Distinct caller certificates remembered; past this the cache starts over (it only saves
-/// re-parsing, so forgetting is harmless).
-const CACHE_LIMIT: usize = 4096;
 
 /// What a method needs. `None`: any authenticated caller (health, reflection).
 pub fn required_scope(path: &str) -> Option<Scope> {
@@ -83,29 +83,40 @@ type Identified = Result<Arc<CallerIdentity>, &'static str>;
 /// What the layer shares between connections and requests, behind one `Arc`: the server clones
 /// its stack for every request, and each shared counter touched then is a cache line bouncing
 /// between cores.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    /// Callers by leaf certificate (DER), so a connection's certificate is parsed once.
-    cache: RwLock<HashMap<Vec<u8>, Identified>>,
+    /// Callers by leaf certificate (DER), so a connection's certificate is parsed once per
+    /// revocation list.
+    cache: GenerationCache<Vec<u8>, Identified>,
     tokens: Option<TokenVerifier>,
-    /// Verified tokens and their expiry, so a caller's repeated token costs one signature check.
-    token_cache: RwLock<HashMap<String, (Arc<CallerIdentity>, i64)>>,
+    /// Tokens' callers and expiry (or why refused), so a caller's repeated token costs one
+    /// signature check per revocation list.
+    token_cache: GenerationCache<String, Result<(Arc<CallerIdentity>, i64), TokenError>>,
+    revocations: Arc<Revocations>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthLayer {
     state: Arc<State>,
 }
 
 impl AuthLayer {
-    /// Certificates only.
+    /// Certificates only, none revoked.
     pub fn certificates_only() -> Self {
-        Self::default()
+        Self::new(None, Revocations::none())
     }
 
-    /// Certificates, or tokens verified with `verifier` from callers without one.
-    pub fn with_tokens(verifier: TokenVerifier) -> Self {
-        Self { state: Arc::new(State { tokens: Some(verifier), ..State::default() }) }
+    /// Certificates, or tokens verified with `tokens` from callers without one (if given), each
+    /// checked against `revocations`.
+    pub fn new(tokens: Option<TokenVerifier>, revocations: Arc<Revocations>) -> Self {
+        Self {
+            state: Arc::new(State {
+                cache: GenerationCache::default(),
+                tokens,
+                token_cache: GenerationCache::default(),
+                revocations,
+            }),
+        }
     }
 }
 
@@ -126,17 +137,19 @@ pub struct Auth<S> {
 impl<S> Auth<S> {
     fn identify<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, Status> {
         let Some(certs) = peer_certs(request) else { return self.identify_by_token(request) };
-        let key = certs.leaf();
-        if let Some(known) = self.state.cache.read().unwrap_or_else(|p| p.into_inner()).get(key) {
-            return known.clone().map_err(Status::unauthenticated);
-        }
-        let parsed = caller_from_der(key).map(Arc::new);
-        let mut cache = self.state.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(key.to_vec(), parsed.clone());
-        parsed.map_err(Status::unauthenticated)
+        let leaf = certs.leaf();
+        let identified = self.state.cache.get_or_compute(&self.state.revocations, leaf, |revoked| {
+            let caller = caller_from_der(leaf).map(Arc::new);
+            let refused = match &caller {
+                Ok(caller) => revoked.revokes_certificate(leaf, Some(caller)),
+                Err(_) => revoked.revokes_certificate(leaf, None),
+            };
+            if refused {
+                tracing::info!("call refused: revoked certificate");
+            }
+            (if refused { Err(REVOKED) } else { caller }, true)
+        });
+        identified.map_err(Status::unauthenticated)
     }
 
     /// A caller without a certificate: a valid, unexpired token, or UNAUTHENTICATED. The status
@@ -154,25 +167,33 @@ impl<S> Auth<S> {
                 Status::unauthenticated("a client certificate from the cluster CA or a signed token is required")
             })?;
         let now = now_unix();
-        if let Some((caller, expires_at)) = self.state.token_cache.read().unwrap_or_else(|p| p.into_inner()).get(token)
-            && *expires_at > now
-        {
-            return Ok(Arc::clone(caller));
-        }
-        let verified = verifier.verify(token, now).map_err(|e| {
-            tracing::info!(reason = %e, "token refused");
-            Status::unauthenticated(match e {
-                TokenError::Expired => "token has expired",
-                _ => "token is not valid for this cluster",
-            })
-        })?;
-        let caller = Arc::new(verified.caller);
-        let mut cache = self.state.token_cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(token.to_owned(), (Arc::clone(&caller), verified.expires_at));
-        Ok(caller)
+        let checked = self.state.token_cache.get_or_compute(&self.state.revocations, token, |revoked| {
+            let checked = verifier.verify(token, now).and_then(|verified| {
+                if revoked.revokes_token(&verified.id, &verified.caller, verified.issued_at) {
+                    Err(TokenError::Revoked)
+                } else {
+                    Ok((Arc::new(verified.caller), verified.expires_at))
+                }
+            });
+            // A token issued a little ahead of this clock becomes valid: do not remember that.
+            let remember = !matches!(checked, Err(TokenError::NotYetValid));
+            (checked, remember)
+        });
+        let refused = match checked {
+            Ok((caller, expires_at)) if expires_at > now => return Ok(caller),
+            Ok(_) => TokenError::Expired,
+            Err(e) => e,
+        };
+        tracing::info!(reason = %refused, "token refused");
+        Err(Status::unauthenticated(match refused {
+            TokenError::Expired => "token has expired",
+            TokenError::Revoked => REVOKED,
+            TokenError::NotYetValid | TokenError::LifetimeTooLong => {
+                "token lifetime is outside what this gateway accepts: issue a shorter-lived token with a correct clock"
+            }
+            TokenError::OldFormat => "token format no longer accepted: issue a new token",
+            _ => "token is not valid for this cluster",
+        }))
     }
 
     fn authorise<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, Status> {

@@ -48,6 +48,22 @@ pub struct GatewayConfig {
     /// certificate may then present a signed token. Absent: certificates only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_public_key_file: Option<PathBuf>,
+    /// The longest token lifetime accepted (expiry minus issue time), in seconds; absent: one
+    /// day. A token claiming more is refused even while unexpired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_max_lifetime_secs: Option<u32>,
+    /// Revoked certificates, tokens and callers (`domicile_runtime::revocation`), reloaded while
+    /// serving; the gateway does not start if it is given and cannot be read. Absent: nothing is
+    /// revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_file: Option<PathBuf>,
+    /// How often to look for a changed revocation list, in milliseconds (and on SIGHUP).
+    #[serde(default = "default_revocation_reload_ms")]
+    pub revocation_reload_ms: u64,
+}
+
+pub(crate) fn default_revocation_reload_ms() -> u64 {
+    1_000
 }
 
 fn default_packs_reload_ms() -> u64 {

@@ -76,12 +76,26 @@ pub async fn serve(
     let tls = TlsMaterial::load(&config.tls)?;
     let packs = start_packs(&config.packs_dir, config.packs_trust.as_ref(), config.packs_reload_ms)?;
     let link_key = read_link_key(&config.link_key_file)?;
-    let auth = match &config.token_public_key_file {
-        Some(path) => auth::AuthLayer::with_tokens(
-            domicile_runtime::token::TokenVerifier::from_file(path).context("cannot load the token public key")?,
-        ),
-        None => auth::AuthLayer::certificates_only(),
+    let tokens = match &config.token_public_key_file {
+        Some(path) => {
+            let verifier =
+                domicile_runtime::token::TokenVerifier::from_file(path).context("cannot load the token public key")?;
+            Some(match config.token_max_lifetime_secs {
+                Some(secs) => verifier.with_max_lifetime(i64::from(secs)),
+                None => verifier,
+            })
+        }
+        None => None,
     };
+    let revocations = match &config.revocation_file {
+        Some(path) => domicile_runtime::revocation::Revocations::load(path)?,
+        None => domicile_runtime::revocation::Revocations::none(),
+    };
+    tokio::spawn(domicile_runtime::revocation::keep_reloading(
+        Arc::clone(&revocations),
+        Duration::from_millis(config.revocation_reload_ms),
+    ));
+    let auth = auth::AuthLayer::new(tokens, revocations);
 
     let timeout = Duration::from_millis(config.node_timeout_ms);
     let mut channels = HashMap::new();

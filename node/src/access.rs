@@ -3,17 +3,18 @@
 //! door). A certificate from the cluster CA is not enough on its own: a caller of another region
 //! must go through a gateway, which only ever sends it links and decisions (invariant 2), and a
 //! caller of this region gets exactly the methods its scopes allow, with the same scopes as at
-//! the gateway (`gateway/src/auth.rs`).
+//! the gateway (`gateway/src/auth.rs`). A certificate on the revocation list in force is refused
+//! whoever it names (`domicile_runtime::revocation`).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use domicile_runtime::identity::{CallerIdentity, Scope, peer_certs, peer_names};
 use domicile_runtime::pki::GATEWAY_SERVER_NAME;
+use domicile_runtime::revocation::{GenerationCache, REVOKED, RevocationList, Revocations};
 use domicile_types::RegionId;
-use hashbrown::HashMap;
 use tonic::Status;
 use tonic::codegen::http;
 
@@ -94,9 +95,13 @@ enum Peer {
 
 const NODE_NAME_SUFFIX: &str = ".node.domicile.internal";
 
-/// Reads who a leaf certificate names.
-fn identify(leaf_der: &[u8]) -> Result<Peer, Status> {
+/// Reads who a leaf certificate names, unless `revoked` refuses it.
+fn identify(leaf_der: &[u8], revoked: &RevocationList) -> Result<Peer, Status> {
     let names = peer_names(leaf_der).map_err(Status::unauthenticated)?;
+    let caller = names.caller.as_ref().and_then(|c| c.as_ref().ok());
+    if revoked.revokes_certificate(leaf_der, caller) {
+        return Err(Status::unauthenticated(REVOKED));
+    }
     if names.has_dns(GATEWAY_SERVER_NAME) {
         return Ok(Peer::Gateway);
     }
@@ -149,39 +154,25 @@ fn authorise(region: &RegionId, peer: &Peer, rule: Rule) -> Result<Requester, St
 /// Why a peer is refused, or who it is if it may call `path` on this node.
 #[cfg(test)]
 pub fn admit(region: &RegionId, leaf_der: &[u8], path: &str) -> Result<Requester, Status> {
-    authorise(region, &identify(leaf_der)?, rule(path))
+    authorise(region, &identify(leaf_der, &RevocationList::default())?, rule(path))
 }
-
-/// Distinct peer certificates remembered; past this the cache starts over (it only saves
-/// re-parsing, so forgetting is harmless).
-const CACHE_LIMIT: usize = 4096;
-
-/// Who each leaf certificate (DER) names, or why it names nobody.
-type PeerCache = RwLock<HashMap<Vec<u8>, Result<Peer, Status>>>;
 
 #[derive(Debug, Clone)]
 pub struct AccessLayer {
     region: RegionId,
-    /// Who each leaf certificate names, so a connection's certificate is parsed once.
-    cache: Arc<PeerCache>,
+    /// Who each leaf certificate (DER) names, or why it names nobody, so a connection's
+    /// certificate is parsed once per revocation list.
+    cache: Arc<GenerationCache<Vec<u8>, Result<Peer, Status>>>,
+    revocations: Arc<Revocations>,
 }
 
 impl AccessLayer {
-    pub fn new(region: RegionId) -> Self {
-        Self { region, cache: Arc::default() }
+    pub fn new(region: RegionId, revocations: Arc<Revocations>) -> Self {
+        Self { region, cache: Arc::default(), revocations }
     }
 
     fn peer(&self, leaf: &[u8]) -> Result<Peer, Status> {
-        if let Some(known) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(leaf) {
-            return known.clone();
-        }
-        let peer = identify(leaf);
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(leaf.to_vec(), peer.clone());
-        peer
+        self.cache.get_or_compute(&self.revocations, leaf, |revoked| (identify(leaf, revoked), true))
     }
 }
 

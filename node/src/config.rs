@@ -53,6 +53,17 @@ pub struct NodeConfig {
     /// Identifier ownership: the deployment's regions. Required, even for one region: a node
     /// that assumed it was alone would let another region register the same identifier.
     pub ownership: OwnershipConfig,
+    /// Revoked certificates and callers (`domicile_runtime::revocation`), reloaded while serving;
+    /// the node does not start if it is given and cannot be read. Absent: nothing is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_file: Option<PathBuf>,
+    /// How often to look for a changed revocation list, in milliseconds (and on SIGHUP).
+    #[serde(default = "default_revocation_reload_ms")]
+    pub revocation_reload_ms: u64,
+}
+
+pub(crate) fn default_revocation_reload_ms() -> u64 {
+    1_000
 }
 
 /// Where a region's state is kept.
@@ -160,6 +171,8 @@ mod tests {
                 }],
                 claim_timeout_ms: 500,
             },
+            revocation_file: Some("/revoked.toml".into()),
+            revocation_reload_ms: 1_000,
         };
         let value = serde_json::to_value(&config).unwrap();
         assert_eq!(check(&value, &schema_of::<NodeConfig>()), vec![]);

@@ -124,6 +124,15 @@ async fn serve_on<S: Store>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let revocations = match &config.revocation_file {
+        Some(path) => domicile_runtime::revocation::Revocations::load(path)?,
+        None => domicile_runtime::revocation::Revocations::none(),
+    };
+    tokio::spawn(domicile_runtime::revocation::keep_reloading(
+        Arc::clone(&revocations),
+        std::time::Duration::from_millis(config.revocation_reload_ms),
+    ));
+
     let addr = listener.local_addr()?;
     tracing::info!(region = %config.region, %addr, "node serving");
     ready(addr);
@@ -140,7 +149,7 @@ async fn serve_on<S: Store>(
         .trace_fn(|request| domicile_runtime::telemetry::server_span("node", request))
         // Duration and code of every call, refusals by the access layer included.
         .layer(RpcMetricsLayer::new(served_methods(), &[("region", config.region.to_string())]))
-        .layer(access::AccessLayer::new(config.region.clone()))
+        .layer(access::AccessLayer::new(config.region.clone(), revocations))
         // Innermost: unknown methods (UNIMPLEMENTED naming what a node serves), request messages
         // over MAX_REQUEST_BYTES (RESOURCE_EXHAUSTED) and broken gRPC frames (INVALID_ARGUMENT).
         .layer(domicile_proto::wire::WireLayer::new(

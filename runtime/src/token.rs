@@ -2,16 +2,23 @@
 //! cannot hold one (a kiosk, a browser-side component behind a proxy, a SaaS connector).
 //!
 //! A token names exactly what a caller certificate names (caller, region, scopes: the same
-//! [`CallerIdentity`] URI) plus an expiry, signed with the cluster's Ed25519 token key:
+//! [`CallerIdentity`] URI) plus its own id, when it was issued and when it expires, signed with
+//! the cluster's Ed25519 token key:
 //!
 //! ```text
-//! dmt1.<hex(payload)>.<hex(signature)>      payload = "<expires_at unix seconds> <caller URI>"
-//! signature = Ed25519(token key, "domicile-token-v1\0" ‖ payload)
+//! dmt2.<hex(payload)>.<hex(signature)>
+//!     payload   = "<id: 32 hex digits> <issued_at> <expires_at> <caller URI>"   (Unix seconds)
+//!     signature = Ed25519(token key, "domicile-token-v2\0" ‖ payload)
 //! ```
 //!
 //! Sent as `authorization: Bearer <token>` over TLS. Hex keeps it header-safe without another
 //! encoding dependency; the domain prefix keeps the key from signing anything else by accident.
-//! Tokens carry no personal data, and errors never echo the token.
+//! The id lets one token be revoked (`revocation.rs`); the issue time lets every token of a
+//! caller issued before an incident be revoked at once, and bounds replay: a verifier refuses a
+//! token whose lifetime exceeds its maximum or that claims to be issued in the future, so a
+//! token copied from a log cannot be used for longer than the verifier allows, whatever the
+//! issuer wrote. The first format (`dmt1.`, no id or issue time) is refused: it could be neither
+//! revoked alone nor bounded. Tokens carry no personal data, and errors never echo the token.
 
 use std::path::Path;
 
@@ -20,8 +27,11 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 use crate::identity::CallerIdentity;
 
-pub const TOKEN_PREFIX: &str = "dmt1.";
-const DOMAIN: &[u8] = b"domicile-token-v1\0";
+pub const TOKEN_PREFIX: &str = "dmt2.";
+const OLD_PREFIX: &str = "dmt1.";
+const DOMAIN: &[u8] = b"domicile-token-v2\0";
+/// How far in the future an issue time may be (clocks of issuer and verifier differ).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 60;
 /// Longest token accepted; a longer header value is refused before any work.
 const MAX_TOKEN_LEN: usize = 1024;
 
@@ -37,6 +47,14 @@ pub enum TokenError {
     BadSignature,
     #[error("token has expired")]
     Expired,
+    #[error("token claims to be issued in the future")]
+    NotYetValid,
+    #[error("token lifetime exceeds what this verifier accepts")]
+    LifetimeTooLong,
+    #[error("token format dmt1 is no longer accepted; issue a new token")]
+    OldFormat,
+    #[error("token has been revoked")]
+    Revoked,
     #[error("token names an invalid caller")]
     BadCaller,
     #[error("token key is invalid: {0}")]
@@ -82,26 +100,45 @@ impl TokenIssuer {
         Ok(Self { key })
     }
 
-    /// A token for `caller`, valid until `expires_at` (unix seconds).
-    pub fn issue(&self, caller: &CallerIdentity, expires_at: i64) -> String {
-        let payload = format!("{expires_at} {}", caller.to_uri());
+    /// A token for `caller`, issued at `issued_at` and valid until `expires_at` (Unix seconds),
+    /// and its id (what a revocation list names).
+    pub fn issue(&self, caller: &CallerIdentity, issued_at: i64, expires_at: i64) -> Result<Issued, TokenError> {
+        let id = hex::encode(
+            crate::process::random_bytes::<16>().map_err(|_| TokenError::BadKey("system random source failed"))?,
+        );
+        let payload = format!("{id} {issued_at} {expires_at} {}", caller.to_uri());
         let mut message = DOMAIN.to_vec();
         message.extend_from_slice(payload.as_bytes());
         let signature = self.key.sign(&message);
-        format!("{TOKEN_PREFIX}{}.{}", hex::encode(payload), hex::encode(signature.as_ref()))
+        let token = format!("{TOKEN_PREFIX}{}.{}", hex::encode(payload), hex::encode(signature.as_ref()));
+        Ok(Issued { token, id })
     }
+}
+
+/// A freshly issued token and its id.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub id: String,
 }
 
 /// Verifies tokens with the cluster's public token key (all a gateway holds).
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     public_key: Vec<u8>,
+    /// Longest lifetime (expiry minus issue time) accepted, in seconds.
+    max_lifetime_secs: i64,
 }
 
-/// A verified token: who calls, and until when the token may be used.
+/// The longest token lifetime a verifier accepts unless configured otherwise: a working day.
+pub const DEFAULT_MAX_LIFETIME_SECS: i64 = 24 * 3600;
+
+/// A verified token: its id, who calls, and until when the token may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
+    pub id: String,
     pub caller: CallerIdentity,
+    pub issued_at: i64,
     pub expires_at: i64,
 }
 
@@ -117,7 +154,15 @@ pub(crate) fn ed25519_public_key(text: &str) -> Result<Vec<u8>, &'static str> {
 impl TokenVerifier {
     /// From the hex public key, as in `token-signing.pub`.
     pub fn from_hex(text: &str) -> Result<Self, TokenError> {
-        Ok(Self { public_key: ed25519_public_key(text).map_err(TokenError::BadKey)? })
+        Ok(Self {
+            public_key: ed25519_public_key(text).map_err(TokenError::BadKey)?,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
+        })
+    }
+
+    /// The same verifier, accepting lifetimes up to `secs`.
+    pub fn with_max_lifetime(self, secs: i64) -> Self {
+        Self { max_lifetime_secs: secs, ..self }
     }
 
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
@@ -126,10 +171,14 @@ impl TokenVerifier {
         Self::from_hex(&text)
     }
 
-    /// Checks form, signature, then expiry against `now` (unix seconds).
+    /// Checks form, signature, then issue time, lifetime and expiry against `now` (Unix
+    /// seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
+        }
+        if token.starts_with(OLD_PREFIX) {
+            return Err(TokenError::OldFormat);
         }
         let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
         let (payload, signature) = rest.split_once('.').ok_or(TokenError::Malformed)?;
@@ -142,13 +191,25 @@ impl TokenVerifier {
             .map_err(|_| TokenError::BadSignature)?;
         // Only signed bytes are parsed from here on.
         let payload = std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed)?;
-        let (expires_at, uri) = payload.split_once(' ').ok_or(TokenError::Malformed)?;
+        let mut fields = payload.splitn(4, ' ');
+        let mut next = || fields.next().ok_or(TokenError::Malformed);
+        let (id, issued_at, expires_at, uri) = (next()?, next()?, next()?, next()?);
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(TokenError::Malformed);
+        }
+        let issued_at: i64 = issued_at.parse().map_err(|_| TokenError::Malformed)?;
         let expires_at: i64 = expires_at.parse().map_err(|_| TokenError::Malformed)?;
         if expires_at <= now {
             return Err(TokenError::Expired);
         }
+        if issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
+        if expires_at.saturating_sub(issued_at) > self.max_lifetime_secs {
+            return Err(TokenError::LifetimeTooLong);
+        }
         let caller = CallerIdentity::parse_uri(uri).map_err(|_| TokenError::BadCaller)?;
-        Ok(Verified { caller, expires_at })
+        Ok(Verified { id: id.to_owned(), caller, issued_at, expires_at })
     }
 }
 
@@ -173,20 +234,45 @@ mod tests {
     #[test]
     fn a_token_names_its_caller_until_it_expires() {
         let (dir, issuer, verifier) = pair();
-        let token = issuer.issue(&caller(), 2_000);
-        let verified = verifier.verify(&token, 1_000).unwrap();
-        assert_eq!(verified, Verified { caller: caller(), expires_at: 2_000 });
+        let issued = issuer.issue(&caller(), 900, 2_000).unwrap();
+        let verified = verifier.verify(&issued.token, 1_000).unwrap();
+        assert_eq!(verified, Verified { id: issued.id.clone(), caller: caller(), issued_at: 900, expires_at: 2_000 });
         assert!(verified.caller.has(Scope::Decide) && !verified.caller.has(Scope::Capture));
-        assert_eq!(verifier.verify(&token, 2_000), Err(TokenError::Expired));
+        assert_eq!(verifier.verify(&issued.token, 2_000), Err(TokenError::Expired));
+        // Every token has its own id.
+        assert_ne!(issuer.issue(&caller(), 900, 2_000).unwrap().id, issued.id);
         // Reopening keeps the key: earlier tokens still verify.
         let again = TokenIssuer::open_or_create(dir.path()).unwrap();
-        assert_eq!(verifier.verify(&again.issue(&caller(), 2_000), 1_000).unwrap().caller, caller());
+        assert_eq!(
+            verifier.verify(&again.issue(&caller(), 900, 2_000).unwrap().token, 1_000).unwrap().caller,
+            caller()
+        );
+    }
+
+    #[test]
+    fn a_token_is_bounded_by_the_verifier_whatever_its_issuer_wrote() {
+        let (_dir, issuer, verifier) = pair();
+        let now = 1_000_000;
+        // A lifetime longer than the verifier's maximum, even while still inside it.
+        let long = issuer.issue(&caller(), now - 10, now + DEFAULT_MAX_LIFETIME_SECS).unwrap().token;
+        assert_eq!(verifier.verify(&long, now), Err(TokenError::LifetimeTooLong));
+        let short = verifier.clone().with_max_lifetime(60);
+        let hour = issuer.issue(&caller(), now, now + 3600).unwrap().token;
+        assert!(verifier.verify(&hour, now).is_ok());
+        assert_eq!(short.verify(&hour, now), Err(TokenError::LifetimeTooLong));
+        // Issued in the future beyond the clock skew allowed (a clock set ahead to mint tokens).
+        let ahead = issuer.issue(&caller(), now + MAX_CLOCK_SKEW_SECS + 1, now + 600).unwrap().token;
+        assert_eq!(verifier.verify(&ahead, now), Err(TokenError::NotYetValid));
+        let skewed = issuer.issue(&caller(), now + MAX_CLOCK_SKEW_SECS, now + 600).unwrap().token;
+        assert!(verifier.verify(&skewed, now).is_ok());
+        // The first format is refused by name.
+        assert_eq!(verifier.verify("dmt1.00.00", now), Err(TokenError::OldFormat));
     }
 
     #[test]
     fn tampered_foreign_and_malformed_tokens_are_refused() {
         let (_dir, issuer, verifier) = pair();
-        let token = issuer.issue(&caller(), 2_000);
+        let token = issuer.issue(&caller(), 900, 2_000).unwrap().token;
         // Widen the scopes in the payload: the signature no longer matches.
         let (head, signature) = token.rsplit_once('.').unwrap();
         let payload = String::from_utf8(hex::decode(head.trim_start_matches(TOKEN_PREFIX)).unwrap()).unwrap();
@@ -195,7 +281,10 @@ mod tests {
         assert_eq!(verifier.verify(&forged, 1_000), Err(TokenError::BadSignature));
         // Signed by another cluster's key.
         let (_other_dir, other, _) = pair();
-        assert_eq!(verifier.verify(&other.issue(&caller(), 2_000), 1_000), Err(TokenError::BadSignature));
+        assert_eq!(
+            verifier.verify(&other.issue(&caller(), 900, 2_000).unwrap().token, 1_000),
+            Err(TokenError::BadSignature)
+        );
         for junk in ["", "dmt1.", "dmt1.zz.zz", "Bearer x", &"a".repeat(5_000), &token[..token.len() - 2]] {
             assert!(verifier.verify(junk, 1_000).is_err(), "{junk:.20} must be refused");
         }

@@ -85,6 +85,8 @@ async fn run(links: usize) {
             regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string(), replicas: Vec::new() }],
             claim_timeout_ms: 2_000,
         },
+        revocation_file: None,
+        revocation_reload_ms: 1_000,
     };
     let (node_ready_tx, node_ready) = tokio::sync::oneshot::channel();
     tokio::spawn(domicile_node::serve(
@@ -110,6 +112,9 @@ async fn run(links: usize) {
         otlp_endpoint: None,
         otlp_metrics_interval_ms: None,
         token_public_key_file: None,
+        token_max_lifetime_secs: None,
+        revocation_file: None,
+        revocation_reload_ms: 1_000,
     };
     // Cold node and cold gateway: the node pages its links in from disk while it streams them.
     let (gateway_addr, cold_start) = start_gateway(gateway_config).await;

@@ -134,7 +134,7 @@ async fn callers_without_a_certificate_can_use_a_signed_token_with_its_scopes_an
     let channel = cluster.channel_without_certificate().await.unwrap();
 
     // A decide-only token: decisions pass authorisation, captures do not.
-    let mut client = with_token(channel.clone(), issuer.issue(&kiosk, now + 600));
+    let mut client = with_token(channel.clone(), issuer.issue(&kiosk, now, now + 600).unwrap().token);
     let status = client.decide(decide_request()).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "authorised; the subject is simply unknown: {status:?}");
     let status = client.register(register_request()).await.unwrap_err();
@@ -142,14 +142,15 @@ async fn callers_without_a_certificate_can_use_a_signed_token_with_its_scopes_an
 
     // Expired, tampered, and signed by another cluster's key: all UNAUTHENTICATED, and the
     // status never repeats the token.
-    let expired = issuer.issue(&kiosk, now - 1);
+    let expired = issuer.issue(&kiosk, now - 600, now - 1).unwrap().token;
     let everything = CallerIdentity::new("kiosk", region("us-east"), &Scope::ALL).unwrap();
-    let genuine = issuer.issue(&kiosk, now + 600);
-    let widened = issuer.issue(&everything, now + 600);
+    let genuine = issuer.issue(&kiosk, now, now + 600).unwrap().token;
+    let widened = issuer.issue(&everything, now, now + 600).unwrap().token;
     // The payload of a widened token with the genuine token's signature.
     let tampered = format!("{}.{}", widened.rsplit_once('.').unwrap().0, genuine.rsplit_once('.').unwrap().1);
     let other_dir = tempfile::tempdir().unwrap();
-    let foreign = TokenIssuer::open_or_create(other_dir.path()).unwrap().issue(&everything, now + 600);
+    let foreign =
+        TokenIssuer::open_or_create(other_dir.path()).unwrap().issue(&everything, now, now + 600).unwrap().token;
     for token in [&expired, &tampered, &foreign, &"dmt1.not-a-token".to_owned()] {
         let status = with_token(channel.clone(), token.clone()).decide(decide_request()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -158,7 +159,7 @@ async fn callers_without_a_certificate_can_use_a_signed_token_with_its_scopes_an
 
     // A capture token registers.
     let form = CallerIdentity::new("web-form", region("us-east"), &[Scope::Capture]).unwrap();
-    let mut form = with_token(channel.clone(), issuer.issue(&form, now + 600));
+    let mut form = with_token(channel.clone(), issuer.issue(&form, now, now + 600).unwrap().token);
     form.register(register_request()).await.expect("a capture token registers");
 
     // A certificate wins over a token: the decide-only certificate stays decide-only even

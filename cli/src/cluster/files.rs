@@ -120,6 +120,24 @@ fn gateway_name(index: usize) -> String {
     }
 }
 
+/// The cluster's revocation list (`domicile_runtime::revocation`), shared by its gateways and
+/// nodes; created empty if absent and never rewritten, so what an operator revoked stays
+/// revoked across restarts.
+pub const REVOCATION_FILE: &str = "revoked.toml";
+
+fn revocation_file(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join(REVOCATION_FILE);
+    if !path.exists() {
+        std::fs::write(
+            &path,
+            "# Revoked certificates, tokens and callers; reloaded by gateways and nodes while they serve.\n\
+             # Format: domicile_runtime::revocation (deploy/README.md, \"Revoking a caller\").\nversion = 1\n",
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
+}
+
 /// The cluster's token public key file in `pki_dir`, creating the key pair if absent.
 fn token_public_key(pki_dir: &Path) -> anyhow::Result<PathBuf> {
     domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
@@ -191,6 +209,8 @@ impl Writer<'_> {
                     .collect::<anyhow::Result<_>>()?,
                 claim_timeout_ms: 2_000,
             },
+            revocation_file: Some(revocation_file(self.dir)?),
+            revocation_reload_ms: self.options.packs_reload_ms.clamp(10, 1_000),
         })
     }
 
@@ -215,6 +235,9 @@ impl Writer<'_> {
             otlp_endpoint: None,
             otlp_metrics_interval_ms: None,
             token_public_key_file: Some(token_public_key(&self.dir.join("pki"))?),
+            token_max_lifetime_secs: None,
+            revocation_file: Some(revocation_file(self.dir)?),
+            revocation_reload_ms: self.options.packs_reload_ms.clamp(10, 1_000),
         })
     }
 }
