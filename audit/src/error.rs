@@ -10,6 +10,11 @@ pub enum AuditError {
     Io(#[from] io::Error),
     #[error("audit log is tampered at {0}; refusing to append to a broken chain")]
     Tampered(TamperError),
+    #[error(
+        "audit log {path} ends at entry {found}, but entry {synced} was written and synced (audit.head): \
+         the log lost acknowledged entries (truncated or replaced); restore it from a backup"
+    )]
+    Truncated { path: String, found: u64, synced: u64 },
     #[error("audit log belongs to region `{found}`, not `{expected}`")]
     WrongRegion { expected: String, found: String },
     #[error("audit field `{field}` is not a vocabulary token")]

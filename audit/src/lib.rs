@@ -110,6 +110,11 @@ pub use verify::*;
 /// The audit log's file name inside a node's data directory.
 pub const FILE_NAME: &str = "audit.log";
 
+/// Beside the log: the seq of the last entry known synced (`log::AuditLog::sync`), so a log that
+/// lost whole entries from its end, which still verifies as a shorter chain, is told from one
+/// that never had them.
+pub const HEAD_FILE_NAME: &str = "audit.head";
+
 /// `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

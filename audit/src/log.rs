@@ -6,7 +6,9 @@ use std::sync::{Mutex, PoisonError};
 
 use domicile_types::{RegionId, SubjectRef};
 
-use crate::{AuditError, AuditEvent, AuditHead, AuditRecord, Chain, DecisionEntry, FILE_NAME, VerifyError, scan};
+use crate::{
+    AuditError, AuditEvent, AuditHead, AuditRecord, Chain, DecisionEntry, FILE_NAME, HEAD_FILE_NAME, VerifyError, scan,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The writer.
@@ -92,6 +94,9 @@ pub struct AuditLog {
     path: PathBuf,
     region: RegionId,
     state: Mutex<State>,
+    /// `audit.head`, rewritten after syncs with the last committed seq they covered, and the
+    /// highest seq written there.
+    head_file: Mutex<(File, u64)>,
     sync_handle: File,
 }
 
@@ -123,6 +128,12 @@ impl AuditLog {
         {
             return Err(AuditError::WrongRegion { expected: region.to_string(), found });
         }
+        let synced = read_synced_head(dir)?;
+        if synced > report.head_seq {
+            return Err(AuditError::Truncated { path: path.display().to_string(), found: report.head_seq, synced });
+        }
+        let head_file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(HEAD_FILE_NAME))?;
         if let Some(torn) = report.torn_tail {
             tracing::warn!(
                 line = torn.line,
@@ -135,7 +146,13 @@ impl AuditLog {
         let sync_handle = file.try_clone()?;
         let chain = Chain::after(region.clone(), report.head_seq, report.head_hash);
         let state = State { file, len: verified_len, chain, unwritable: false };
-        Ok(Self { path, region: region.clone(), state: Mutex::new(state), sync_handle })
+        Ok(Self {
+            path,
+            region: region.clone(),
+            state: Mutex::new(state),
+            sync_handle,
+            head_file: Mutex::new((head_file, synced)),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -213,14 +230,62 @@ impl AuditLog {
     /// Makes every entry appended so far durable (fsync). Blocking: from async code call it where
     /// the store's flush is awaited, or in `spawn_blocking`.
     pub fn sync(&self) -> Result<(), AuditError> {
+        // The committed head before the fsync: every entry up to it is durable once it returns.
+        // An open write holds the state (its entries may still be removed): then this sync
+        // records nothing, and a later one will.
+        let committed = match self.state.try_lock() {
+            Ok(state) => Some(state.chain.last_seq()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().chain.last_seq()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
         self.sync_handle.sync_data()?;
+        if let Some(seq) = committed {
+            self.record_synced(seq);
+        }
         Ok(())
+    }
+
+    /// Writes `seq` to `audit.head` if it is newer than what is there. Not synced itself: it
+    /// only ever names entries already durable, so losing it weakens the check, never fools it.
+    /// A failure is logged, not returned: the entries are durable whatever this file says.
+    fn record_synced(&self, seq: u64) {
+        let mut head = self.head_file.lock().unwrap_or_else(PoisonError::into_inner);
+        if seq <= head.1 {
+            return;
+        }
+        let line = format!("{seq:020}\n");
+        #[cfg(unix)]
+        let written = std::os::unix::fs::FileExt::write_all_at(&head.0, line.as_bytes(), 0);
+        #[cfg(not(unix))]
+        let written = {
+            use std::io::Seek;
+            head.0.seek(io::SeekFrom::Start(0)).and_then(|_| head.0.write_all(line.as_bytes()))
+        };
+        match written {
+            Ok(()) => head.1 = seq,
+            Err(e) => tracing::warn!(error = %e, "cannot record the synced audit head"),
+        }
     }
 
     /// The last entry's seq and hash, for the node's Info RPC and external anchoring.
     pub fn head(&self) -> AuditHead {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         AuditHead { seq: state.chain.last_seq(), hash: state.chain.last_hash().to_owned() }
+    }
+}
+
+/// The seq `audit.head` in `dir` names (0 without one: a log from before the file existed).
+pub fn read_synced_head(dir: &Path) -> Result<u64, AuditError> {
+    match std::fs::read_to_string(dir.join(HEAD_FILE_NAME)) {
+        Ok(text) if text.trim().is_empty() => Ok(0),
+        Ok(text) => text.trim().parse().map_err(|_| {
+            AuditError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is damaged: not a sequence number", dir.join(HEAD_FILE_NAME).display()),
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(AuditError::Io(e)),
     }
 }
 

@@ -886,3 +886,41 @@ fn a_chain_kept_elsewhere_encodes_the_very_lines_the_file_log_writes() {
     assert_eq!(a, b);
     assert_eq!(Chain::new(region()).entry(&mut Vec::new(), consent(1), Some(&subject(1)), 1).unwrap().prev, GENESIS);
 }
+
+#[test]
+fn a_log_that_lost_synced_entries_from_its_end_is_refused_naming_both_seqs() {
+    let (dir, path) = log_with(3);
+    assert_eq!(read_synced_head(dir.path()).unwrap(), 3, "the sync recorded its head");
+    // Cut the last whole entry: still a valid (shorter) chain, as `audit verify` alone sees it.
+    let kept = lines(&path)[..2].to_vec();
+    write_lines(&path, &kept);
+    assert_eq!(verify_file(&path).unwrap().entries, 2);
+    match AuditLog::open(dir.path(), &region()) {
+        Err(AuditError::Truncated { found: 2, synced: 3, path: named }) => {
+            assert!(named.ends_with("audit.log"), "{named}");
+        }
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    // A whole log replaced by an empty one is the same loss.
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(AuditLog::open(dir.path(), &region()), Err(AuditError::Truncated { found: 0, .. })));
+}
+
+#[test]
+fn entries_removed_by_a_rollback_are_never_recorded_as_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), &region()).unwrap();
+    log.append(consent(0), None, 1_700_000_000).unwrap();
+    {
+        let mut txn = log.begin().unwrap();
+        txn.append(consent(1), None, 1_700_000_001).unwrap();
+        // A sync while the write is open (its entries may still go) records nothing of it.
+        std::thread::scope(|s| s.spawn(|| log.sync().unwrap()).join().unwrap());
+        // Dropped uncommitted: removed.
+    }
+    assert!(read_synced_head(dir.path()).unwrap() <= 1);
+    log.sync().unwrap();
+    assert_eq!(read_synced_head(dir.path()).unwrap(), 1);
+    drop(log);
+    assert_eq!(AuditLog::open(dir.path(), &region()).unwrap().head().seq, 1);
+}

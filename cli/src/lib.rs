@@ -5,6 +5,7 @@ pub mod client;
 pub mod cluster;
 mod kek;
 mod load;
+mod node_check;
 mod packs;
 pub mod repair;
 pub mod topology;
@@ -50,10 +51,20 @@ enum Command {
     Kek(kek::KekCommand),
     /// Measure a running cluster: decide, batch, writes, withdrawal lag, vs a gRPC echo baseline.
     Load(load::LoadArgs),
-    /// Run a regional node (used by deployments and by `cluster`).
-    Node(ServerArgs),
+    /// Run a regional node (used by deployments and by `cluster`): `node --config FILE`; or
+    /// check a stopped node's files offline: `node check`.
+    Node(NodeArgs),
     /// Run a gateway (used by deployments and by `cluster`).
     Gateway(ServerArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct NodeArgs {
+    #[command(subcommand)]
+    command: Option<node_check::NodeCommand>,
+    #[command(flatten)]
+    server: Option<ServerArgs>,
 }
 
 #[derive(Debug, Args)]
@@ -75,7 +86,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Command::Node(args) | Command::Gateway(args) = &cli.command {
+    let server = match &cli.command {
+        Command::Node(NodeArgs { server: Some(args), command: None }) | Command::Gateway(args) => Some(args),
+        _ => None,
+    };
+    if let Some(args) = server {
         server_runtime(&mut builder);
         if let Some(threads) = args.worker_threads {
             builder.worker_threads(usize::from(threads));
@@ -108,7 +123,12 @@ pub fn server_runtime(builder: &mut tokio::runtime::Builder) {
 
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Node(args) => run_node(args).await,
+        Command::Node(NodeArgs { command: Some(command), .. }) => node_check::run(command),
+        Command::Node(NodeArgs { server: Some(args), .. }) => run_node(args).await,
+        Command::Node(NodeArgs { .. }) => {
+            eprintln!("error: `domicile node` needs --config FILE (run a node) or `check` (see --help)");
+            ExitCode::from(64)
+        }
         Command::Gateway(args) => run_gateway(args).await,
         Command::Cluster(args) => report(cluster::run(args).await),
         Command::Register(args) => client::register(args).await,

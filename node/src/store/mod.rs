@@ -13,6 +13,7 @@ pub mod vault;
 pub use change::{Change, ChangeEvent, Recorded};
 pub use model::*;
 pub use sled_store::SledStore;
+pub use sled_store::check::{CheckReport, check as check_sled};
 
 use std::future::Future;
 

@@ -208,6 +208,38 @@ impl KeyVault {
     }
 }
 
+/// What the key file holds, read without opening it for writing (`domicile node check`).
+#[derive(Debug, Default)]
+pub struct VaultScan {
+    /// Live slots: index, subject, key.
+    pub slots: Vec<(u64, SubjectId, [u8; KEY_LEN])>,
+    /// Slots whose subject part is not a subject id.
+    pub unreadable: Vec<u64>,
+    /// Bytes after the last whole slot (a slot write cut short, or a truncated file).
+    pub trailing: usize,
+}
+
+impl VaultScan {
+    pub const FILE_NAME: &'static str = FILE_NAME;
+
+    pub fn read(dir: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(dir.join(FILE_NAME))?;
+        let mut scan = Self { trailing: bytes.len() % SLOT_LEN, ..Self::default() };
+        for (index, slot) in bytes.chunks_exact(SLOT_LEN).enumerate() {
+            if slot.iter().all(|b| *b == 0) {
+                continue;
+            }
+            let mut key = [0u8; KEY_LEN];
+            key.copy_from_slice(&slot[SUBJECT_ID_LEN..]);
+            match SubjectId::from_slice(&slot[..SUBJECT_ID_LEN]) {
+                Ok(id) => scan.slots.push((index as u64, id, key)),
+                Err(_) => scan.unreadable.push(index as u64),
+            }
+        }
+        Ok(scan)
+    }
+}
+
 fn write_slot(file: &mut File, index: u64, slot: &[u8; SLOT_LEN]) -> Result<(), StoreError> {
     let io = |e: std::io::Error| StoreError::Backend(format!("key file: {e}"));
     file.seek(SeekFrom::Start(index * SLOT_LEN as u64)).map_err(io)?;

@@ -28,6 +28,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 mod cache;
+pub mod check;
 mod claims;
 mod identity;
 mod records;
@@ -71,6 +72,35 @@ pub struct SledStore {
     /// inside its transaction ([`Audited`]).
     audit: Arc<AuditLog>,
     region: domicile_types::RegionId,
+    /// `store.head` and the highest event sequence written there (see [`STORE_HEAD_FILE`]).
+    head: std::sync::Mutex<(std::fs::File, u64)>,
+}
+
+/// Beside the database: the last change event known flushed. sled recovers its log by stopping
+/// at the first record that fails its checksum, so a damaged byte can silently cut every later
+/// write; a database whose last event is older than this file names has lost acknowledged
+/// writes, and the node refuses it.
+pub const STORE_HEAD_FILE: &str = "store.head";
+
+/// The event sequence `store.head` in `dir` names (0 without one).
+pub fn read_store_head(dir: &Path) -> Result<u64, StoreError> {
+    match std::fs::read_to_string(dir.join(STORE_HEAD_FILE)) {
+        Ok(text) if text.trim().is_empty() => Ok(0),
+        Ok(text) => text.trim().parse().map_err(|_| StoreError::Corrupt(format!("{STORE_HEAD_FILE} is damaged"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// The last change event's sequence in `events` (0 when empty).
+fn last_event(events: &sled::Tree) -> Result<u64, StoreError> {
+    match events.last().map_err(backend)? {
+        None => Ok(0),
+        Some((key, _)) => {
+            let bytes = <[u8; 8]>::try_from(key.as_ref()).map_err(|_| StoreError::Corrupt("event key".into()))?;
+            Ok(u64::from_be_bytes(bytes))
+        }
+    }
 }
 
 /// Stored beside the sealed record: what routing, decisions and watchers need.
@@ -157,7 +187,25 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let audit = Arc::new(AuditLog::open(dir, region).map_err(StoreError::Audit)?);
         let db = sled::Config::new().path(dir.join("db")).open().map_err(backend)?;
+        let flushed = read_store_head(dir)?;
+        let events = db.open_tree("events").map_err(backend)?;
+        let last = last_event(&events)?;
+        if last < flushed {
+            return Err(StoreError::Corrupt(format!(
+                "{}: the database's last change event is {last}, but event {flushed} was flushed ({STORE_HEAD_FILE}): \
+                 it lost acknowledged writes (damaged or replaced files); restore the region from a backup",
+                dir.join("db").display()
+            )));
+        }
+        let head_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(STORE_HEAD_FILE))
+            .map_err(backend)?;
         Self {
+            head: std::sync::Mutex::new((head_file, flushed)),
             audit,
             region: region.clone(),
             vault: KeyVault::open(dir)?,
@@ -168,7 +216,7 @@ impl SledStore {
             current: db.open_tree("current").map_err(backend)?,
             interactions: db.open_tree("interactions").map_err(backend)?,
             rights: db.open_tree("rights").map_err(backend)?,
-            events: db.open_tree("events").map_err(backend)?,
+            events,
             counters: db.open_tree("counters").map_err(backend)?,
             claims: db.open_tree("claims").map_err(backend)?,
             held: db.open_tree("held").map_err(backend)?,
@@ -179,6 +227,20 @@ impl SledStore {
             db,
         }
         .with_ledger_counter()
+    }
+
+    /// Writes `seq` to `store.head` if newer. Not synced: it only ever names durable events, so
+    /// losing it weakens the check and never fools it; a failure is logged, not returned.
+    fn record_flushed(&self, seq: u64) {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if seq <= head.1 {
+            return;
+        }
+        let line = format!("{seq:020}\n");
+        match std::os::unix::fs::FileExt::write_all_at(&head.0, line.as_bytes(), 0) {
+            Ok(()) => head.1 = seq,
+            Err(e) => tracing::warn!(error = %e, "cannot record the flushed store head"),
+        }
     }
 
     /// Starts the consent ledger's position counter after every position already used: stores
@@ -502,14 +564,18 @@ impl Store for SledStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Keys first: a sealed record must never be durable without the key that opens it.
         self.vault.sync()?;
+        // What this flush covers at least: every event committed before it starts.
+        let covered = last_event(&self.events)?;
         // The audit log's fsync beside the database's: one wait for both.
         let audit = Arc::clone(&self.audit);
         let synced = tokio::task::spawn_blocking(move || audit.sync());
         self.db.flush_async().await.map_err(backend)?;
         match synced.await {
-            Ok(result) => result.map_err(StoreError::Audit),
-            Err(e) => Err(backend(e)),
+            Ok(result) => result.map_err(StoreError::Audit)?,
+            Err(e) => return Err(backend(e)),
         }
+        self.record_flushed(covered);
+        Ok(())
     }
 
     async fn append_consent(

@@ -1,0 +1,250 @@
+//! `domicile node check`: a region's embedded-store files verified offline, every record read the
+//! way the node would read it, so damage is found before a node serves from it, and named by file
+//! and what is wrong. Reports subject ids (random, pseudonymous), never what a record holds.
+//!
+//! What is checked, each against the others:
+//! - `audit.log`: the whole hash chain, its region, and that it still holds every entry
+//!   `audit.head` says was synced (a log cut at an entry boundary verifies as a shorter chain);
+//! - `subject-keys.bin`: whole slots, readable subject ids, one slot per subject;
+//! - `db/` (sled, which checks its own checksums as it reads, but recovers a damaged log by
+//!   cutting it at the damage): still holds every change event `store.head` says was flushed;
+//!   every tree readable; each
+//!   subject's metadata decodes and its links point back to it; every sealed record opens
+//!   (AES-GCM authenticates it with its tree and key) under its subject's key and decodes.
+
+use std::path::Path;
+
+use domicile_types::{Link, RegionId, SUBJECT_ID_LEN, SubjectId};
+use hashbrown::{HashMap, HashSet};
+
+use super::MetaEntry;
+use crate::store::codec::context;
+use crate::store::vault::{SubjectKey, VaultScan};
+
+/// What a check found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub subjects: u64,
+    pub sealed_records: u64,
+    pub audit_entries: u64,
+    /// Damage: the node must not serve from these files as they are.
+    pub problems: Vec<String>,
+    /// Explainable by an interrupted write (a crash): reported, not damage.
+    pub notes: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_sound(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Trees whose values are sealed under the subject whose id starts their key.
+const SEALED_TREES: [&str; 5] = ["subjects", "consent", "current", "interactions", "rights"];
+
+/// Checks the embedded-store files of `region` in `dir` (the node must be stopped: sled holds a
+/// lock on its database while a node runs).
+pub fn check(dir: &Path, region: &RegionId) -> CheckReport {
+    let mut report = CheckReport::default();
+    check_audit(dir, region, &mut report);
+    let keys = check_vault(dir, &mut report);
+    check_db(dir, keys.as_ref(), &mut report);
+    report
+}
+
+fn check_audit(dir: &Path, region: &RegionId, report: &mut CheckReport) {
+    let path = dir.join(domicile_audit::FILE_NAME);
+    match domicile_audit::verify_file(&path) {
+        Ok(verified) => {
+            report.audit_entries = verified.entries;
+            if let Some(found) = &verified.region
+                && found != region.as_str()
+            {
+                report.problems.push(format!("{}: entries of region `{found}`, not `{region}`", path.display()));
+            }
+            if let Some(torn) = verified.torn_tail {
+                report.notes.push(format!(
+                    "{}: line {} is an incomplete entry ({} bytes; a write cut short by a crash, dropped at start)",
+                    path.display(),
+                    torn.line,
+                    torn.bytes
+                ));
+            }
+            match domicile_audit::read_synced_head(dir) {
+                Ok(synced) if synced > verified.head_seq => report.problems.push(format!(
+                    "{}: ends at entry {}, but entry {synced} was synced (audit.head): entries lost from its end",
+                    path.display(),
+                    verified.head_seq
+                )),
+                Ok(_) => {}
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+        Err(domicile_audit::VerifyError::Tampered(t)) => {
+            report.problems.push(format!("{}: chain broken at {t}", path.display()));
+        }
+        Err(domicile_audit::VerifyError::Io(e)) => {
+            report.problems.push(format!("{}: cannot read: {e}", path.display()));
+        }
+    }
+}
+
+fn check_vault(dir: &Path, report: &mut CheckReport) -> Option<HashMap<SubjectId, [u8; 32]>> {
+    let path = dir.join(VaultScan::FILE_NAME);
+    let scan = match VaultScan::read(dir) {
+        Ok(scan) => scan,
+        Err(e) => {
+            report.problems.push(format!("{}: cannot read: {e}", path.display()));
+            return None;
+        }
+    };
+    if scan.trailing != 0 {
+        report.notes.push(format!(
+            "{}: {} bytes after the last whole key slot (a slot write cut short, or a truncated file)",
+            path.display(),
+            scan.trailing
+        ));
+    }
+    for index in &scan.unreadable {
+        report.problems.push(format!("{}: key slot {index} names no valid subject id", path.display()));
+    }
+    let mut keys = HashMap::new();
+    for (index, subject, key) in scan.slots {
+        if keys.insert(subject, key).is_some() {
+            report.problems.push(format!("{}: key slot {index} repeats subject {subject}", path.display()));
+        }
+    }
+    Some(keys)
+}
+
+fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mut CheckReport) {
+    let path = dir.join("db");
+    if !path.exists() {
+        report.problems.push(format!("{}: missing", path.display()));
+        return;
+    }
+    let db = match sled::Config::new().path(&path).open() {
+        Ok(db) => db,
+        Err(e) => {
+            report.problems.push(format!("{}: cannot open (is the node still running?): {e}", path.display()));
+            return;
+        }
+    };
+    match (
+        super::read_store_head(dir),
+        db.open_tree("events").map_err(super::backend).and_then(|e| super::last_event(&e)),
+    ) {
+        (Ok(flushed), Ok(last)) if last < flushed => report.problems.push(format!(
+            "{}: the last change event is {last}, but event {flushed} was flushed ({}): acknowledged writes lost",
+            path.display(),
+            super::STORE_HEAD_FILE
+        )),
+        (Ok(_), Ok(_)) => {}
+        (Err(e), _) | (_, Err(e)) => report.problems.push(format!("{}: {e}", path.display())),
+    }
+    let tree = |name: &str| db.open_tree(name);
+    let (meta, links) = match (tree("meta"), tree("links")) {
+        (Ok(meta), Ok(links)) => (meta, links),
+        (Err(e), _) | (_, Err(e)) => {
+            report.problems.push(format!("{}: cannot open a tree: {e}", path.display()));
+            return;
+        }
+    };
+    let db_name = path.display().to_string();
+
+    // Subjects and their links.
+    let mut subjects = HashSet::new();
+    let mut link_owner: HashMap<Vec<u8>, SubjectId> = HashMap::new();
+    for item in meta.iter() {
+        let (key, value) = match item {
+            Ok(kv) => kv,
+            Err(e) => {
+                report.problems.push(format!("{db_name} tree meta: unreadable: {e}"));
+                break;
+            }
+        };
+        let Ok(subject) = SubjectId::from_slice(&key) else {
+            report.problems.push(format!("{db_name} tree meta: a key that is not a subject id"));
+            continue;
+        };
+        subjects.insert(subject);
+        match serde_json::from_slice::<MetaEntry>(&value) {
+            Ok(entry) => {
+                for link in entry.links {
+                    link_owner.insert(link.as_bytes().to_vec(), subject);
+                }
+            }
+            Err(_) => report.problems.push(format!("{db_name} tree meta: subject {subject}: metadata does not decode")),
+        }
+        if keys.is_some_and(|k| !k.contains_key(&subject)) {
+            report.problems.push(format!(
+                "{db_name}: subject {subject} has no key slot in {} (its sealed records cannot be read; \
+                 an erasure interrupted by a crash, or a damaged key file)",
+                VaultScan::FILE_NAME
+            ));
+        }
+    }
+    report.subjects = subjects.len() as u64;
+    for item in links.iter() {
+        let (key, value) = match item {
+            Ok(kv) => kv,
+            Err(e) => {
+                report.problems.push(format!("{db_name} tree links: unreadable: {e}"));
+                break;
+            }
+        };
+        let (Ok(_link), Ok(subject)) = (Link::from_slice(&key), SubjectId::from_slice(&value)) else {
+            report.problems.push(format!("{db_name} tree links: an entry that is not a link and a subject id"));
+            continue;
+        };
+        if !subjects.contains(&subject) {
+            report.problems.push(format!("{db_name} tree links: a link to subject {subject}, which has no metadata"));
+        } else if link_owner.get(key.as_ref()) != Some(&subject) {
+            report
+                .problems
+                .push(format!("{db_name} tree links: a link of subject {subject} its metadata does not list"));
+        }
+    }
+
+    // Every sealed record, opened as the node would.
+    let Some(keys) = keys else { return };
+    for name in SEALED_TREES {
+        let tree = match db.open_tree(name) {
+            Ok(tree) => tree,
+            Err(e) => {
+                report.problems.push(format!("{db_name} tree {name}: cannot open: {e}"));
+                continue;
+            }
+        };
+        let mut failed: HashMap<SubjectId, u64> = HashMap::new();
+        for item in tree.iter() {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    report.problems.push(format!("{db_name} tree {name}: unreadable: {e}"));
+                    break;
+                }
+            };
+            let Some(Ok(subject)) = key.get(..SUBJECT_ID_LEN).map(SubjectId::from_slice) else {
+                report.problems.push(format!("{db_name} tree {name}: a key that does not start with a subject id"));
+                continue;
+            };
+            report.sealed_records += 1;
+            let Some(key_bytes) = keys.get(&subject) else { continue };
+            let opened = SubjectKey::from_bytes(key_bytes)
+                .and_then(|k| k.open(&context(name.as_bytes(), &key), &value))
+                .ok()
+                .filter(|plain| serde_json::from_slice::<serde::de::IgnoredAny>(plain).is_ok());
+            if opened.is_none() {
+                *failed.entry(subject).or_default() += 1;
+            }
+        }
+        let mut failed: Vec<_> = failed.into_iter().collect();
+        failed.sort();
+        for (subject, count) in failed {
+            report.problems.push(format!(
+                "{db_name} tree {name}: {count} record(s) of subject {subject} fail authentication (damaged record or key)"
+            ));
+        }
+    }
+}
