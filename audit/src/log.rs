@@ -267,6 +267,13 @@ impl AuditLog {
         }
     }
 
+    /// The length in bytes of the log's committed entries and the last one's head: what an
+    /// online backup copies. Waits for a write holding the log (its entries may still go).
+    pub fn committed(&self) -> (u64, AuditHead) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (state.len, AuditHead { seq: state.chain.last_seq(), hash: state.chain.last_hash().to_owned() })
+    }
+
     /// The last entry's seq and hash, for the node's Info RPC and external anchoring.
     pub fn head(&self) -> AuditHead {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);

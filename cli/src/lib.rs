@@ -123,7 +123,7 @@ pub fn server_runtime(builder: &mut tokio::runtime::Builder) {
 
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Node(NodeArgs { command: Some(command), .. }) => node_check::run(command),
+        Command::Node(NodeArgs { command: Some(command), .. }) => node_check::run(command).await,
         Command::Node(NodeArgs { server: Some(args), .. }) => run_node(args).await,
         Command::Node(NodeArgs { .. }) => {
             eprintln!("error: `domicile node` needs --config FILE (run a node) or `check` (see --help)");

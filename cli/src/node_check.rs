@@ -1,6 +1,12 @@
-//! `domicile node check`: a stopped embedded-store node's files verified offline (store, key
-//! slots, audit log against each other; `domicile_node::store::check_sled`). Exit 0 when sound,
-//! 1 naming every problem found, 2 when the files cannot be checked at all.
+//! `domicile node check | backup | restore`: a region's embedded-store files, offline and online.
+//!
+//! - `check`: a stopped node's files verified (store, key slots, audit log against each other;
+//!   `domicile_node::store::check_sled`). Exit 0 when sound, 1 naming every problem found, 2 when
+//!   the files cannot be checked at all.
+//! - `backup`: an online backup streamed from a running node (`Backup`) into a new directory,
+//!   checked against its manifest.
+//! - `restore`: a backup rebuilt into a new data directory, the erasure journal replayed, then
+//!   checked like `check`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,10 +33,170 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take an online backup of a running embedded-store node: its database, key slots and audit
+    /// log of one instant (writes wait while it is taken, decisions do not), written to a new
+    /// directory and checked against the manifest. Needs a certificate of an operator of the
+    /// node's region with the `admin` scope. The backup is the region's personal data: keep it
+    /// encrypted and in the region.
+    Backup {
+        /// The node's address, `host:port`.
+        #[arg(long)]
+        addr: String,
+        /// The node's region (its certificate names `<region>.node.domicile.internal`).
+        #[arg(long)]
+        region: RegionId,
+        /// The cluster CA (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The operator's certificate and key (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Directory to create and write the backup into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild a region's data directory from a backup (offline, into a new directory), replay
+    /// the erasure journal (every subject erased after the backup is erased again), and check
+    /// the result. Then point the node's `data_dir` at it, start it, restart the gateways, and
+    /// run `domicile cluster repair-ownership` (claims made after the backup are gone).
+    Restore {
+        /// The backup directory (`node backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data directory (absent or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        region: RegionId,
+        /// The region's erasure journal as it is now (the node's `erasure_journal_file`); may be
+        /// given more than once. Without it, erasures made after the backup come back.
+        #[arg(long)]
+        erasures: Vec<PathBuf>,
+        /// Restore although no erasure journal is given.
+        #[arg(long)]
+        without_erasure_journal: bool,
+    },
 }
 
-pub fn run(command: NodeCommand) -> ExitCode {
-    let NodeCommand::Check { config, data_dir, region, json } = command;
+pub async fn run(command: NodeCommand) -> ExitCode {
+    match command {
+        NodeCommand::Check { config, data_dir, region, json } => check(config, data_dir, region, json),
+        NodeCommand::Backup { addr, region, ca, cert, key, out } => {
+            let tls = domicile_runtime::tls::TlsFiles { ca, cert, key };
+            match backup(&addr, &region, &tls, &out).await {
+                Ok(manifest) => {
+                    println!(
+                        "backup of {region} in {}: {} subjects, audit entry {}, change event {}",
+                        out.display(),
+                        manifest.subjects,
+                        manifest.audit_seq,
+                        manifest.last_event
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        NodeCommand::Restore { from, data_dir, region, erasures, without_erasure_journal } => {
+            if erasures.is_empty() && !without_erasure_journal {
+                eprintln!(
+                    "error: give the region's erasure journal (--erasures FILE), or --without-erasure-journal \
+                     to restore knowing that erasures made after the backup come back"
+                );
+                return ExitCode::from(64);
+            }
+            match restore(&from, &data_dir, &region, &erasures).await {
+                Ok(replayed) => {
+                    println!("restored {region} into {} ({replayed} erasures replayed)", data_dir.display());
+                    check(None, Some(data_dir), Some(region), false)
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+async fn backup(
+    addr: &str,
+    region: &RegionId,
+    tls: &domicile_runtime::tls::TlsFiles,
+    out: &std::path::Path,
+) -> anyhow::Result<domicile_node::store::BackupManifest> {
+    use anyhow::Context as _;
+    use domicile_proto::pb::node::v1 as pb;
+    use std::io::Write as _;
+    domicile_runtime::tls::install_crypto_provider();
+    let material = domicile_runtime::tls::TlsMaterial::load(tls)?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(material.client(&region.node_server_name()))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the node at {addr}"))?;
+    let mut client = pb::regional_node_client::RegionalNodeClient::new(channel).max_decoding_message_size(4 << 20);
+    std::fs::create_dir(out).with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+    let mut stream = client.backup(pb::BackupRequest {}).await.context("the node refused the backup")?.into_inner();
+    let mut current: Option<(String, std::fs::File)> = None;
+    while let Some(chunk) = stream.message().await.context("the backup stream failed")? {
+        let name = chunk.file;
+        // A file name the node sends must be a plain name: nothing outside `out` is written.
+        anyhow::ensure!(
+            !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..",
+            "the node sent an invalid file name"
+        );
+        if current.as_ref().is_none_or(|(open, _)| *open != name) {
+            if let Some((_, file)) = current.take() {
+                file.sync_all()?;
+            }
+            let path = out.join(&name);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            current = Some((name, file));
+        }
+        if let Some((_, file)) = current.as_mut() {
+            file.write_all(&chunk.data)?;
+        }
+    }
+    if let Some((_, file)) = current.take() {
+        file.sync_all()?;
+    }
+    verify_backup(out)
+}
+
+/// Checks every file of a backup against its manifest.
+fn verify_backup(dir: &std::path::Path) -> anyhow::Result<domicile_node::store::BackupManifest> {
+    Ok(domicile_node::store::read_backup(dir)?)
+}
+
+async fn restore(
+    from: &std::path::Path,
+    into: &std::path::Path,
+    region: &RegionId,
+    journals: &[PathBuf],
+) -> anyhow::Result<usize> {
+    use domicile_node::store::Store as _;
+    let mut erased = Vec::new();
+    for journal in journals {
+        erased.extend(domicile_node::store::read_erasure_journal(journal)?);
+    }
+    domicile_node::store::restore_sled(from, into, region)?;
+    let store = domicile_node::store::SledStore::open(into, region)?;
+    let replayed = store.replay_erasures(&erased, domicile_runtime::process::now_unix())?;
+    store.flush().await?;
+    Ok(replayed)
+}
+
+fn check(config: Option<PathBuf>, data_dir: Option<PathBuf>, region: Option<RegionId>, json: bool) -> ExitCode {
     let (dir, region) = match (config, data_dir, region) {
         (Some(path), _, _) => match domicile_node::NodeConfig::load(&path) {
             Ok(config) if matches!(config.store, StoreConfig::Sled) => (config.data_dir, config.region),

@@ -76,6 +76,8 @@ pub fn rule(path: &str) -> Rule {
         // Pseudonymous, but the whole region at once: operators need `admin`.
         "ListLinks" | "Info" => Rule::Scoped(Scope::Admin),
         "Export" => Rule::InRegionOnly(Scope::Rights),
+        // The whole region's personal data: its operators only.
+        "Backup" => Rule::InRegionOnly(Scope::Admin),
         "ClaimLinks" | "ReleaseLinks" => Rule::Peer,
         // Ownership repair acts on the whole region: its operators only.
         "ClaimsOf" | "ListClaims" | "ReassertClaims" | "DropLinks" | "ReleaseOrphanClaims" => {

@@ -60,6 +60,11 @@ pub struct NodeConfig {
     /// How often to look for a changed revocation list, in milliseconds (and on SIGHUP).
     #[serde(default = "default_revocation_reload_ms")]
     pub revocation_reload_ms: u64,
+    /// Where the embedded store journals erasures (one pseudonymous subject id per line), so a
+    /// restore of an earlier backup erases them again; put it on storage that outlives this
+    /// machine. Absent: `erasures.log` in `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure_journal_file: Option<PathBuf>,
 }
 
 pub(crate) fn default_revocation_reload_ms() -> u64 {
@@ -173,6 +178,7 @@ mod tests {
             },
             revocation_file: Some("/revoked.toml".into()),
             revocation_reload_ms: 1_000,
+            erasure_journal_file: Some("/journal/erasures.log".into()),
         };
         let value = serde_json::to_value(&config).unwrap();
         assert_eq!(check(&value, &schema_of::<NodeConfig>()), vec![]);

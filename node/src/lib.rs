@@ -78,8 +78,11 @@ pub async fn serve(
     let link_key = read_link_key(&config.link_key_file)?;
     match &config.store {
         StoreConfig::Sled => {
-            let store = SledStore::open(&config.data_dir, &config.region)
+            let mut store = SledStore::open(&config.data_dir, &config.region)
                 .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+            if let Some(journal) = &config.erasure_journal_file {
+                store = store.with_erasure_journal(journal).context("cannot open the erasure journal")?;
+            }
             serve_on(config, Arc::new(store), tls, packs, link_key, otlp, listener, ready, shutdown).await
         }
         StoreConfig::Postgres(pg) => {

@@ -138,6 +138,13 @@ fn revocation_file(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Where the node of `region` journals erasures: `<dir>/erasure-journals/<region>.log`.
+pub fn erasure_journal(dir: &Path, region: &RegionId) -> anyhow::Result<PathBuf> {
+    let journals = dir.join("erasure-journals");
+    std::fs::create_dir_all(&journals).with_context(|| format!("cannot create {}", journals.display()))?;
+    Ok(journals.join(format!("{region}.log")))
+}
+
 /// The cluster's token public key file in `pki_dir`, creating the key pair if absent.
 fn token_public_key(pki_dir: &Path) -> anyhow::Result<PathBuf> {
     domicile_runtime::token::TokenIssuer::open_or_create(pki_dir)?;
@@ -211,6 +218,9 @@ impl Writer<'_> {
             },
             revocation_file: Some(revocation_file(self.dir)?),
             revocation_reload_ms: self.options.packs_reload_ms.clamp(10, 1_000),
+            // Outside the region's data directory, as in production (on storage that outlives the
+            // data disk): a restore of a backup replays it (deploy/README.md, "Backup and restore").
+            erasure_journal_file: Some(erasure_journal(self.dir, region)?),
         })
     }
 

@@ -21,6 +21,7 @@
 //! operations share is here: resolving subject keys, the subject's pack and the residency checks
 //! on it, replays.
 
+mod backup;
 mod claims;
 mod consent;
 mod context;
@@ -369,6 +370,12 @@ impl<S: Store> RegionalNode for NodeService<S> {
 
     async fn claims_of(&self, request: Request<pb::ClaimsOfRequest>) -> Result<Response<pb::ClaimsOfResponse>, Status> {
         respond(repair::wire::claims_of(self, request).await)
+    }
+
+    type BackupStream = backup::BackupStream;
+
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        respond(backup::backup(self, request).await)
     }
 
     type ListClaimsStream = repair::wire::ClaimStream;

@@ -13,6 +13,9 @@ pub mod vault;
 pub use change::{Change, ChangeEvent, Recorded};
 pub use model::*;
 pub use sled_store::SledStore;
+pub use sled_store::backup::{
+    Manifest as BackupManifest, StagedBackup, read_backup, read_erasure_journal, restore as restore_sled,
+};
 pub use sled_store::check::{CheckReport, check as check_sled};
 
 use std::future::Future;
@@ -47,6 +50,10 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The operation does not exist on this engine (e.g. an online backup of a PostgreSQL region,
+    /// which PostgreSQL's own tools take).
+    #[error("not available on this store: {0}")]
+    Unsupported(&'static str),
     /// A write's commit went unanswered (a database connection lost during it): it may or may
     /// not have been made; a retry with its idempotency key settles it.
     #[error("the write's commit went unanswered")]
@@ -348,6 +355,14 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every change so far durable, audit entries included. Called before acknowledging a
     /// write.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stages an online backup of the region's files, consistent with each other, on the node's
+    /// disk (`sled_store::backup`); the caller streams and then drops it. The embedded store
+    /// only: a PostgreSQL region is backed up with PostgreSQL's tools.
+    fn backup(&self, now: i64) -> impl Future<Output = Result<StagedBackup, StoreError>> + Send {
+        let _ = now;
+        async { Err(StoreError::Unsupported("back up a PostgreSQL region with PostgreSQL's own tools")) }
+    }
 }
 
 #[cfg(test)]

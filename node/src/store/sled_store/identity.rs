@@ -168,6 +168,8 @@ impl SledStore {
         // nothing.
         let audited = self.audited(now)?;
         audited.append_now(&recorded)?;
+        // Journaled before the key goes, so a restore of an earlier backup erases it again.
+        self.journal_erasure(subject, now)?;
         // Crypto-shredding first: from here on nothing sealed for this subject can be read, even
         // if the rest of the clean-up were interrupted.
         self.vault.destroy(subject)?;

@@ -27,6 +27,7 @@ use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose,
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub mod backup;
 mod cache;
 pub mod check;
 mod claims;
@@ -74,6 +75,29 @@ pub struct SledStore {
     region: domicile_types::RegionId,
     /// `store.head` and the highest event sequence written there (see [`STORE_HEAD_FILE`]).
     head: std::sync::Mutex<(std::fs::File, u64)>,
+    /// The data directory (backups are staged in it).
+    dir: std::path::PathBuf,
+    /// The erasure journal (`backup.rs`), appended and synced before a key is destroyed.
+    journal: std::sync::Mutex<std::fs::File>,
+}
+
+/// A name part no other staged backup of this process has.
+pub(crate) fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{}-{n}", std::process::id(), now_ms())
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+fn open_journal(path: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| backend(format!("erasure journal {}: {e}", path.display())))
 }
 
 /// Beside the database: the last change event known flushed. sled recovers its log by stopping
@@ -187,6 +211,12 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let audit = Arc::new(AuditLog::open(dir, region).map_err(StoreError::Audit)?);
         let db = sled::Config::new().path(dir.join("db")).open().map_err(backend)?;
+        // A backup staged by a process that stopped before streaming it is of no use now.
+        for entry in std::fs::read_dir(dir).map_err(backend)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("backup-staging-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let flushed = read_store_head(dir)?;
         let events = db.open_tree("events").map_err(backend)?;
         let last = last_event(&events)?;
@@ -205,6 +235,8 @@ impl SledStore {
             .open(dir.join(STORE_HEAD_FILE))
             .map_err(backend)?;
         Self {
+            journal: std::sync::Mutex::new(open_journal(&dir.join(backup::ERASURE_JOURNAL_FILE))?),
+            dir: dir.to_owned(),
             head: std::sync::Mutex::new((head_file, flushed)),
             audit,
             region: region.clone(),
@@ -227,6 +259,13 @@ impl SledStore {
             db,
         }
         .with_ledger_counter()
+    }
+
+    /// Keeps the erasure journal at `path` instead of the data directory (a disk that outlives
+    /// this machine's: deploy/README.md, "Backup and restore of a node").
+    pub fn with_erasure_journal(self, path: &Path) -> Result<Self, StoreError> {
+        *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = open_journal(path)?;
+        Ok(self)
     }
 
     /// Writes `seq` to `store.head` if newer. Not synced: it only ever names durable events, so
@@ -559,6 +598,10 @@ impl Store for SledStore {
 
     async fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
         self.audit.append_decisions(entries, at).map_err(StoreError::Audit)
+    }
+
+    async fn backup(&self, now: i64) -> Result<backup::StagedBackup, StoreError> {
+        self.stage_backup(now)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -1,0 +1,328 @@
+//! Online backup and restore of an embedded-store region, and the erasure journal that keeps
+//! erasures made after a backup erased after its restore (deploy/README.md, "Backup and restore
+//! of a node").
+//!
+//! A backup is taken while the node serves: under the write lock (writes wait; decisions do not)
+//! it copies every sled tree into `db.export`, the key slots and the audit log's committed
+//! prefix, so the three are of one instant; the id generator's next value and the heads go into
+//! `manifest.json` with each file's SHA-256. Restore is offline: it checks the manifest, rebuilds
+//! the database, copies the rest, writes `audit.head` and `store.head` from the manifest, and
+//! moves the id generator past every id the backup holds.
+//!
+//! The erasure journal (`erasures.log`, or `erasure_journal_file` on another disk) gets one line
+//! per erasure, synced before its key is destroyed: `<subject id> <unix seconds>`. Subject ids
+//! are random and pseudonymous. Replaying the journal after a restore erases every subject it
+//! names that the backup still holds.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use domicile_types::{RegionId, SubjectId};
+
+use super::{STORE_HEAD_FILE, SledStore, backend, last_event};
+use crate::store::vault::VaultScan;
+use crate::store::{RightsRequestRecord, StoreError};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const DB_EXPORT_FILE: &str = "db.export";
+pub const ERASURE_JOURNAL_FILE: &str = "erasures.log";
+const FORMAT: u32 = 1;
+const EXPORT_MAGIC: &[u8] = b"domicile-sled-export-1\n";
+
+/// One file of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupFile {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What a backup holds, written last (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub region: String,
+    pub created_at: i64,
+    pub subjects: u64,
+    pub audit_seq: u64,
+    pub audit_hash: String,
+    pub last_event: u64,
+    /// The id generator's next value at the backup: a restore starts it there.
+    pub next_id: u64,
+    pub files: Vec<BackupFile>,
+}
+
+/// A backup staged on the node's disk, removed when dropped (after it was streamed).
+#[derive(Debug)]
+pub struct StagedBackup {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl StagedBackup {
+    /// The files to send, the manifest last.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.manifest.files.iter().map(|f| self.dir.join(&f.name)).collect();
+        files.push(self.dir.join(MANIFEST_FILE));
+        files
+    }
+}
+
+impl Drop for StagedBackup {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(error = %e, dir = %self.dir.display(), "cannot remove a staged backup");
+        }
+    }
+}
+
+fn write_chunk(out: &mut impl Write, tag: u8, parts: &[&[u8]]) -> std::io::Result<()> {
+    out.write_all(&[tag])?;
+    for part in parts {
+        out.write_all(&(part.len() as u32).to_be_bytes())?;
+        out.write_all(part)?;
+    }
+    Ok(())
+}
+
+fn read_part(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    // Bounded by what sled accepts for a key or value; a damaged length is refused, not allocated.
+    if len > 64 << 20 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "part longer than any sled value"));
+    }
+    let mut bytes = vec![0u8; len];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = BufReader::new(File::open(path)?);
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok((total, hex::encode(hasher.finish())))
+}
+
+fn copy_prefix(from: &Path, to: &Path, len: u64) -> std::io::Result<()> {
+    let mut input = File::open(from)?.take(len);
+    let mut output = File::create(to)?;
+    let copied = std::io::copy(&mut input, &mut output)?;
+    if copied != len {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than its committed length"));
+    }
+    output.sync_all()
+}
+
+impl SledStore {
+    /// Stages an online backup under the data directory (see the module documentation).
+    pub fn stage_backup(&self, now: i64) -> Result<StagedBackup, StoreError> {
+        let dir = self.dir.join(format!("backup-staging-{}", crate::store::sled_store::unique_suffix()));
+        std::fs::create_dir(&dir).map_err(backend)?;
+        let mut staged = StagedBackup { dir, manifest: Manifest::empty(&self.region, now) };
+        let (mut manifest, dir) = (staged.manifest.clone(), staged.dir.clone());
+        {
+            // Writes wait here; decisions (reads) go on.
+            let _serial = self.serialise_writes(&[]);
+            let mut out = BufWriter::new(File::create(dir.join(DB_EXPORT_FILE)).map_err(backend)?);
+            out.write_all(EXPORT_MAGIC).map_err(backend)?;
+            for name in self.db.tree_names() {
+                write_chunk(&mut out, b'T', &[&name]).map_err(backend)?;
+                for item in self.db.open_tree(&name).map_err(backend)?.iter() {
+                    let (key, value) = item.map_err(backend)?;
+                    write_chunk(&mut out, b'K', &[&key, &value]).map_err(backend)?;
+                }
+            }
+            write_chunk(&mut out, b'E', &[]).map_err(backend)?;
+            out.into_inner().map_err(|e| backend(e.error()))?.sync_all().map_err(backend)?;
+            manifest.next_id = self.db.generate_id().map_err(backend)?;
+            manifest.last_event = last_event(&self.events)?;
+            manifest.subjects = self.meta.len() as u64;
+            self.vault.sync()?;
+            let keys = self.dir.join(VaultScan::FILE_NAME);
+            let key_len = std::fs::metadata(&keys).map_err(backend)?.len();
+            copy_prefix(&keys, &dir.join(VaultScan::FILE_NAME), key_len).map_err(backend)?;
+            let (audit_len, head) = self.audit.committed();
+            copy_prefix(self.audit.path(), &dir.join(domicile_audit::FILE_NAME), audit_len).map_err(backend)?;
+            manifest.audit_seq = head.seq;
+            manifest.audit_hash = head.hash;
+        }
+        for name in [DB_EXPORT_FILE, VaultScan::FILE_NAME, domicile_audit::FILE_NAME] {
+            let (bytes, sha256) = sha256_of(&dir.join(name)).map_err(backend)?;
+            manifest.files.push(BackupFile { name: name.to_owned(), bytes, sha256 });
+        }
+        let text = serde_json::to_vec_pretty(&manifest).map_err(backend)?;
+        std::fs::write(dir.join(MANIFEST_FILE), text).map_err(backend)?;
+        staged.manifest = manifest;
+        Ok(staged)
+    }
+
+    /// Appends `subject`'s erasure to the journal and syncs it, before its key is destroyed.
+    pub(super) fn journal_erasure(&self, subject: &SubjectId, now: i64) -> Result<(), StoreError> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let line = format!("{subject} {now}\n");
+        journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
+        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
+    }
+
+    /// Erases every subject of `journal` this store holds (after a restore); returns how many.
+    /// Audited like any erasure, as a completed request replayed from the journal.
+    pub fn replay_erasures(&self, journal: &[(SubjectId, i64)], now: i64) -> Result<usize, StoreError> {
+        let mut erased = 0;
+        for (subject, at) in journal {
+            if self.meta.get(subject.as_bytes()).map_err(backend)?.is_none() {
+                continue;
+            }
+            let mut id = [0u8; domicile_types::rights::REQUEST_ID_LEN];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+                .map_err(|_| backend("random source failed"))?;
+            let request = RightsRequestRecord {
+                request_id: domicile_types::rights::RequestId::from_bytes(id).to_string(),
+                kind: domicile_types::rights::RightsKind::Erasure.as_str().into(),
+                received_at: *at,
+                deadline_at: None,
+                status: "completed".into(),
+                deadline_basis: "an erasure made after the restored backup, replayed from the erasure journal".into(),
+                completed_at: Some(now),
+                extended_deadline_at: None,
+                citation: None,
+            };
+            self.erase_subject(subject, now, &request, None)?;
+            erased += 1;
+        }
+        Ok(erased)
+    }
+}
+
+impl Manifest {
+    fn empty(region: &RegionId, now: i64) -> Self {
+        Self {
+            format: FORMAT,
+            region: region.to_string(),
+            created_at: now,
+            subjects: 0,
+            audit_seq: 0,
+            audit_hash: String::new(),
+            last_event: 0,
+            next_id: 0,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// Reads an erasure journal: (subject, erased at) per line. A damaged line is an error naming
+/// its number: a journal that cannot be read whole must not be replayed in part.
+pub fn read_erasure_journal(path: &Path) -> Result<Vec<(SubjectId, i64)>, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|e| backend(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let parsed = line.split_once(' ').and_then(|(id, at)| {
+            let id = hex::decode(id).ok()?;
+            Some((SubjectId::from_slice(&id).ok()?, at.parse::<i64>().ok()?))
+        });
+        match parsed {
+            Some(entry) => out.push(entry),
+            // A last line cut by a crash was never followed by its key's destruction.
+            None if n + 1 == text.lines().count() && !text.ends_with('\n') => {}
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} line {}: not `<subject id> <time>`",
+                    path.display(),
+                    n + 1
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a backup's manifest and checks every file against it (size and SHA-256).
+pub fn read_backup(from: &Path) -> Result<Manifest, StoreError> {
+    let damaged = |what: String| StoreError::Corrupt(format!("backup {}: {what}", from.display()));
+    let text = std::fs::read(from.join(MANIFEST_FILE)).map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(damaged(format!("format {} (this build reads {FORMAT})", manifest.format)));
+    }
+    for file in &manifest.files {
+        let (bytes, sha256) = sha256_of(&from.join(&file.name)).map_err(|e| damaged(format!("{}: {e}", file.name)))?;
+        if bytes != file.bytes || sha256 != file.sha256 {
+            return Err(damaged(format!("{} does not match the manifest (damaged or incomplete)", file.name)));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Rebuilds a region's files in `into` (absent or empty) from the backup in `from`, checking
+/// every file against the manifest first.
+pub fn restore(from: &Path, into: &Path, region: &RegionId) -> Result<Manifest, StoreError> {
+    let damaged = |what: String| StoreError::Corrupt(format!("backup {}: {what}", from.display()));
+    let manifest = read_backup(from)?;
+    if manifest.region != region.as_str() {
+        return Err(damaged(format!("a backup of region `{}`, not `{region}`", manifest.region)));
+    }
+    if into.exists() && std::fs::read_dir(into).map_err(backend)?.next().is_some() {
+        return Err(StoreError::Backend(format!("{} is not empty: restore into a new directory", into.display())));
+    }
+    std::fs::create_dir_all(into).map_err(backend)?;
+    {
+        let db = sled::Config::new().path(into.join("db")).open().map_err(backend)?;
+        let mut input = BufReader::new(File::open(from.join(DB_EXPORT_FILE)).map_err(backend)?);
+        let mut magic = vec![0u8; EXPORT_MAGIC.len()];
+        input.read_exact(&mut magic).map_err(backend)?;
+        if magic != EXPORT_MAGIC {
+            return Err(damaged(format!("{DB_EXPORT_FILE} is not a database export")));
+        }
+        let mut tree: Option<sled::Tree> = None;
+        loop {
+            let mut tag = [0u8; 1];
+            input.read_exact(&mut tag).map_err(|e| damaged(format!("{DB_EXPORT_FILE}: {e}")))?;
+            match tag[0] {
+                b'T' => tree = Some(db.open_tree(read_part(&mut input).map_err(backend)?).map_err(backend)?),
+                b'K' => {
+                    let key = read_part(&mut input).map_err(backend)?;
+                    let value = read_part(&mut input).map_err(backend)?;
+                    let tree =
+                        tree.as_ref().ok_or_else(|| damaged(format!("{DB_EXPORT_FILE}: a record before a tree")))?;
+                    tree.insert(key, value).map_err(backend)?;
+                }
+                b'E' => break,
+                _ => return Err(damaged(format!("{DB_EXPORT_FILE}: unknown record"))),
+            }
+        }
+        // Ids are events, interaction and rights keys: new ones must come after the backup's.
+        while db.generate_id().map_err(backend)? < manifest.next_id {}
+        db.flush().map_err(backend)?;
+        let last = db.open_tree("events").map_err(backend).and_then(|e| last_event(&e))?;
+        if last != manifest.last_event {
+            return Err(damaged(format!(
+                "the database export ends at event {last}, the manifest says {}",
+                manifest.last_event
+            )));
+        }
+    }
+    for name in [VaultScan::FILE_NAME, domicile_audit::FILE_NAME] {
+        std::fs::copy(from.join(name), into.join(name)).map_err(backend)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(into.join(VaultScan::FILE_NAME), private).map_err(backend)?;
+    }
+    std::fs::write(into.join(domicile_audit::HEAD_FILE_NAME), format!("{:020}\n", manifest.audit_seq))
+        .map_err(backend)?;
+    std::fs::write(into.join(STORE_HEAD_FILE), format!("{:020}\n", manifest.last_event)).map_err(backend)?;
+    Ok(manifest)
+}
