@@ -6,6 +6,7 @@ pub mod cluster;
 mod kek;
 mod load;
 mod node_check;
+mod signals;
 mod packs;
 pub mod repair;
 pub mod topology;
@@ -42,6 +43,9 @@ enum Command {
     /// Validate and test policy packs.
     #[command(subcommand)]
     Packs(packs::PacksCommand),
+    /// Decode or encode IAB TCF and GPP consent strings (what a string says, in words or JSON).
+    #[command(subcommand)]
+    Signals(signals::SignalsCommand),
     /// Check a node's audit log offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -137,6 +141,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Resolve(args) => client::resolve(args).await,
         Command::Packs(command) => packs::run(command),
         Command::Audit(command) => audit::run(command),
+        Command::Signals(command) => signals::run(command),
         Command::Load(args) => load::run(args).await,
         Command::Kek(command) => report(kek::run(command).await),
     }
