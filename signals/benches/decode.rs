@@ -19,31 +19,17 @@ fn bench(c: &mut Criterion) {
     assert!(domicile_signals::tcf::decode(TC).is_ok());
     assert!(lib_tcstring::TcModelV2::try_from(TC).is_ok());
     assert!(domicile_signals::gpp::decode(GPP).is_ok());
-    assert!(
-        iab_gpp::v1::GPPString::parse_str(GPP)
-            .unwrap()
-            .decode_all_sections()
-            .iter()
-            .all(Result::is_ok)
-    );
+    assert!(iab_gpp::v1::GPPString::parse_str(GPP).unwrap().decode_all_sections().iter().all(Result::is_ok));
 
     let mut g = c.benchmark_group("tc_string");
-    g.bench_function("domicile_signals", |b| {
-        b.iter(|| domicile_signals::tcf::decode(black_box(TC)))
-    });
-    g.bench_function("lib_tcstring", |b| {
-        b.iter(|| lib_tcstring::TcModelV2::try_from(black_box(TC)))
-    });
+    g.bench_function("domicile_signals", |b| b.iter(|| domicile_signals::tcf::decode(black_box(TC))));
+    g.bench_function("lib_tcstring", |b| b.iter(|| lib_tcstring::TcModelV2::try_from(black_box(TC))));
     g.finish();
 
     let mut g = c.benchmark_group("gpp_usnat");
-    g.bench_function("domicile_signals", |b| {
-        b.iter(|| domicile_signals::gpp::decode(black_box(GPP)))
-    });
+    g.bench_function("domicile_signals", |b| b.iter(|| domicile_signals::gpp::decode(black_box(GPP))));
     g.bench_function("iab_gpp", |b| {
-        b.iter(|| {
-            iab_gpp::v1::GPPString::parse_str(black_box(GPP)).map(|s| s.decode_all_sections())
-        })
+        b.iter(|| iab_gpp::v1::GPPString::parse_str(black_box(GPP)).map(|s| s.decode_all_sections()))
     });
     g.finish();
 }

@@ -72,12 +72,7 @@ impl BitReader {
         if nacc > 0 {
             bytes.push((acc << (8 - nacc)) as u8);
         }
-        Ok(Self {
-            bytes,
-            len: raw.len() * 6,
-            pos: 0,
-            segment,
-        })
+        Ok(Self { bytes, len: raw.len() * 6, pos: 0, segment })
     }
 
     /// The same reader, reporting errors under another segment name.
@@ -97,9 +92,7 @@ impl BitReader {
 
     /// The bit at absolute index `i` (false past the end).
     fn bit(&self, i: usize) -> bool {
-        self.bytes
-            .get(i / 8)
-            .is_some_and(|b| (b >> (7 - i % 8)) & 1 == 1)
+        self.bytes.get(i / 8).is_some_and(|b| (b >> (7 - i % 8)) & 1 == 1)
     }
 
     /// Restarts reading from the first bit.
@@ -125,10 +118,7 @@ impl BitReader {
     pub(crate) fn read(&mut self, n: usize) -> Result<u64, SignalError> {
         debug_assert!(n <= 64);
         if n > self.remaining() {
-            return Err(self.err(ErrorKind::UnexpectedEnd {
-                needed: n,
-                available: self.remaining(),
-            }));
+            return Err(self.err(ErrorKind::UnexpectedEnd { needed: n, available: self.remaining() }));
         }
         let mut out: u64 = 0;
         let mut left = n;
@@ -176,9 +166,7 @@ impl BitReader {
         if a > 25 || b > 25 {
             return Err(self.err_at(start, ErrorKind::InvalidLetterCode));
         }
-        Ok([char::from(b'A' + a), char::from(b'A' + b)]
-            .iter()
-            .collect())
+        Ok([char::from(b'A' + a), char::from(b'A' + b)].iter().collect())
     }
 
     /// Reads one Fibonacci-coded integer (Zeckendorf bits, least significant
@@ -221,19 +209,9 @@ impl BitReader {
             let at = self.pos;
             let is_range = self.read_bool()?;
             let start = offset.saturating_add(self.read_fibonacci()?);
-            let end = if is_range {
-                start.saturating_add(self.read_fibonacci()?)
-            } else {
-                start
-            };
+            let end = if is_range { start.saturating_add(self.read_fibonacci()?) } else { start };
             if end > MAX_ID {
-                return Err(self.err_at(
-                    at,
-                    ErrorKind::IdOutOfRange {
-                        id: end,
-                        max: MAX_ID,
-                    },
-                ));
+                return Err(self.err_at(at, ErrorKind::IdOutOfRange { id: end, max: MAX_ID }));
             }
             if ids.len() + (end - start + 1) as usize > limit {
                 return Err(self.err_at(at, ErrorKind::TooManyIds { limit }));
@@ -253,9 +231,7 @@ pub(crate) struct BitWriter {
 
 impl BitWriter {
     pub(crate) fn new() -> Self {
-        Self {
-            bits: Vec::with_capacity(256),
-        }
+        Self { bits: Vec::with_capacity(256) }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -394,10 +370,7 @@ pub(crate) fn check_width(
     bits: u32,
 ) -> Result<(), SignalError> {
     if bits < 64 && value >> bits != 0 {
-        return Err(SignalError::encode(
-            segment,
-            ErrorKind::ValueTooLarge { field, bits },
-        ));
+        return Err(SignalError::encode(segment, ErrorKind::ValueTooLarge { field, bits }));
     }
     Ok(())
 }
@@ -413,10 +386,7 @@ pub(crate) fn check_ids<T: Copy + Into<u32>>(
     for &id in ids {
         let id: u32 = id.into();
         if id == 0 || id > max || id <= prev {
-            return Err(SignalError::encode(
-                segment,
-                ErrorKind::InvalidIdList { field },
-            ));
+            return Err(SignalError::encode(segment, ErrorKind::InvalidIdList { field }));
         }
         prev = id;
     }

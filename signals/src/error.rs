@@ -19,9 +19,7 @@ pub enum ErrorKind {
     UnexpectedEnd { needed: usize, available: usize },
     #[error("unsupported version {found}")]
     UnsupportedVersion { found: u64 },
-    #[error(
-        "TCF policy version {found} is withdrawn (TCF v2.2 requires policy version 4 or later)"
-    )]
+    #[error("TCF policy version {found} is withdrawn (TCF v2.2 requires policy version 4 or later)")]
     WithdrawnPolicyVersion { found: u8 },
     #[error("the disclosed vendors segment is mandatory from TCF policy version 5 (TCF v2.3)")]
     MissingDisclosedVendors,
@@ -56,15 +54,9 @@ pub enum ErrorKind {
     #[error("field {field} must be a strictly increasing list of valid ids")]
     InvalidIdList { field: &'static str },
     #[error("field {field} must have exactly {expected} entries")]
-    WrongLength {
-        field: &'static str,
-        expected: usize,
-    },
+    WrongLength { field: &'static str, expected: usize },
     #[error("field {field} is not valid: {reason}")]
-    InvalidModel {
-        field: &'static str,
-        reason: &'static str,
-    },
+    InvalidModel { field: &'static str, reason: &'static str },
 }
 
 /// A decoding or encoding failure, locating the problem without quoting the
@@ -83,19 +75,11 @@ pub struct SignalError {
 
 impl SignalError {
     pub(crate) fn new(segment: &'static str, offset: usize, kind: ErrorKind) -> Self {
-        Self {
-            segment,
-            offset: Some(offset),
-            kind,
-        }
+        Self { segment, offset: Some(offset), kind }
     }
 
     /// An error with no bit position (structure-level or encode-side).
     pub(crate) fn encode(segment: &'static str, kind: ErrorKind) -> Self {
-        Self {
-            segment,
-            offset: None,
-            kind,
-        }
+        Self { segment, offset: None, kind }
     }
 }

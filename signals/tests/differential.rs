@@ -68,13 +68,9 @@ fn their_leaves(v: &Value, section: &str, out: &mut BTreeMap<String, Value>) {
             (_, other) => other,
         };
         let mapped = match (name, val) {
-            ("mspa_covered_transaction", Value::Bool(b)) => {
-                Value::String(if *b { "yes" } else { "no" }.into())
-            }
+            ("mspa_covered_transaction", Value::Bool(b)) => Value::String(if *b { "yes" } else { "no" }.into()),
             ("created" | "last_updated", Value::Number(n)) => Value::from(n.as_u64().unwrap()),
-            (_, Value::String(s)) if name != "consent_language" && name != "publisher_cc" => {
-                Value::String(snake(s))
-            }
+            (_, Value::String(s)) if name != "consent_language" && name != "publisher_cc" => Value::String(snake(s)),
             (_, Value::Object(_)) => {
                 if matches!(name, "core" | "V1" | "V2") {
                     their_leaves(val, section, out);
@@ -97,11 +93,7 @@ fn compare_gpp(input: &str, stats: &mut Stats) {
         return;
     };
     let their_sections = theirs.decode_all_sections();
-    assert_eq!(
-        their_sections.len(),
-        ours.sections.len(),
-        "{input}: section count"
-    );
+    assert_eq!(their_sections.len(), ours.sections.len(), "{input}: section count");
     for (mine, their) in ours.sections.iter().zip(their_sections) {
         let Ok(their) = their else {
             stats.theirs_refused += 1;
@@ -114,10 +106,7 @@ fn compare_gpp(input: &str, stats: &mut Stats) {
         let (_, body) = their_json.as_object().unwrap().iter().next().unwrap();
         let mut leaves = BTreeMap::new();
         their_leaves(body, mine.name(), &mut leaves);
-        let my_json = serde_json::to_value(gpp::GppString {
-            sections: vec![mine.clone()],
-        })
-        .unwrap();
+        let my_json = serde_json::to_value(gpp::GppString { sections: vec![mine.clone()] }).unwrap();
         let my = &my_json["sections"][0];
         for (k, their_v) in leaves {
             let Some(my_v) = my.get(&k) else { continue };
@@ -126,12 +115,7 @@ fn compare_gpp(input: &str, stats: &mut Stats) {
             } else {
                 my_v.clone()
             };
-            assert_eq!(
-                my_v,
-                their_v,
-                "{}: field {k} differs from iab_gpp",
-                mine.name()
-            );
+            assert_eq!(my_v, their_v, "{}: field {k} differs from iab_gpp", mine.name());
             stats.fields += 1;
         }
         stats.sections += 1;
@@ -165,66 +149,35 @@ fn compare_tcf(input: &str, stats: &mut Stats) {
     assert_eq!(m.publisher_cc, t.publisher_country_code);
     assert_eq!(m.vendor_consents, t.vendors_consent);
     assert_eq!(m.vendor_legitimate_interests, t.vendors_li_consent);
-    assert_eq!(
-        m.disclosed_vendors.clone().unwrap_or_default(),
-        t.disclosed_vendors
-    );
-    assert_eq!(
-        m.allowed_vendors.clone().unwrap_or_default(),
-        t.allowed_vendors
-    );
+    assert_eq!(m.disclosed_vendors.clone().unwrap_or_default(), t.disclosed_vendors);
+    assert_eq!(m.allowed_vendors.clone().unwrap_or_default(), t.allowed_vendors);
     let p = m.publisher_tc.clone();
+    assert_eq!(p.as_ref().map(|p| p.purposes_consent.clone()).unwrap_or_default(), t.publisher_purposes_consent);
     assert_eq!(
-        p.as_ref()
-            .map(|p| p.purposes_consent.clone())
-            .unwrap_or_default(),
-        t.publisher_purposes_consent
-    );
-    assert_eq!(
-        p.as_ref()
-            .map(|p| p.purposes_li_transparency.clone())
-            .unwrap_or_default(),
+        p.as_ref().map(|p| p.purposes_li_transparency.clone()).unwrap_or_default(),
         t.publisher_purposes_li_transparency
     );
+    assert_eq!(p.as_ref().map(|p| p.custom_purposes_consent.clone()).unwrap_or_default(), t.custom_purposes_consent);
     assert_eq!(
-        p.as_ref()
-            .map(|p| p.custom_purposes_consent.clone())
-            .unwrap_or_default(),
-        t.custom_purposes_consent
-    );
-    assert_eq!(
-        p.as_ref()
-            .map(|p| p.custom_purposes_li_transparency.clone())
-            .unwrap_or_default(),
+        p.as_ref().map(|p| p.custom_purposes_li_transparency.clone()).unwrap_or_default(),
         t.custom_purposes_li_transparency
     );
     // Restrictions: lib_tcstring merges entries per (purpose, type); compare unions.
     let mut mine: BTreeMap<(u8, u8), Vec<u16>> = BTreeMap::new();
     for r in &m.publisher_restrictions {
-        let ty = serde_json::to_value(r.restriction_type)
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .len() as u8;
-        mine.entry((r.purpose_id, ty))
-            .or_default()
-            .extend(&r.vendors);
+        let ty = serde_json::to_value(r.restriction_type).unwrap().as_str().unwrap().len() as u8;
+        mine.entry((r.purpose_id, ty)).or_default().extend(&r.vendors);
     }
     let mut theirs: BTreeMap<(u8, u8), Vec<u16>> = BTreeMap::new();
     for r in &t.publisher_restrictions {
         let ty = match r.restriction_type {
             lib_tcstring::PublisherRestrictionType::NotAllowed => "not_allowed",
             lib_tcstring::PublisherRestrictionType::RequireConsent => "require_consent",
-            lib_tcstring::PublisherRestrictionType::RequireLegitimateInterest => {
-                "require_legitimate_interest"
-            }
+            lib_tcstring::PublisherRestrictionType::RequireLegitimateInterest => "require_legitimate_interest",
             lib_tcstring::PublisherRestrictionType::Undefined => "undefined",
         }
         .len() as u8;
-        theirs
-            .entry((r.purpose_id, ty))
-            .or_default()
-            .extend(&r.vendor_list);
+        theirs.entry((r.purpose_id, ty)).or_default().extend(&r.vendor_list);
     }
     for v in mine.values_mut().chain(theirs.values_mut()) {
         v.sort_unstable();
@@ -255,10 +208,7 @@ fn agrees_with_iab_gpp_and_lib_tcstring() {
                 let Ok(section) = gpp::decode_section(sid.unwrap(), &input) else {
                     continue;
                 };
-                let full = gpp::encode(&gpp::GppString {
-                    sections: vec![section],
-                })
-                .unwrap();
+                let full = gpp::encode(&gpp::GppString { sections: vec![section] }).unwrap();
                 let header = full.split('~').next().unwrap();
                 let wrapped = format!("{header}~{input}");
                 compare_gpp(&wrapped, &mut g);
@@ -269,9 +219,6 @@ fn agrees_with_iab_gpp_and_lib_tcstring() {
         }
     }
     println!("iab_gpp: {g:?}\nlib_tcstring: {t:?}");
-    assert!(
-        g.sections >= 80 && g.fields >= 800,
-        "too little GPP overlap: {g:?}"
-    );
+    assert!(g.sections >= 80 && g.fields >= 800, "too little GPP overlap: {g:?}");
     assert!(t.sections >= 10, "too little TCF overlap: {t:?}");
 }

@@ -30,10 +30,7 @@ fn decode_all(s: &str) {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(b % 64)]))
-        .collect()
+    bytes.iter().map(|b| char::from(ALPHABET[usize::from(b % 64)])).collect()
 }
 
 proptest! {
@@ -73,10 +70,7 @@ proptest! {
 fn bits_to_b64(bits: &[bool]) -> String {
     bits.chunks(6)
         .map(|c| {
-            let v = c
-                .iter()
-                .enumerate()
-                .fold(0usize, |acc, (i, &b)| acc | (usize::from(b) << (5 - i)));
+            let v = c.iter().enumerate().fold(0usize, |acc, (i, &b)| acc | (usize::from(b) << (5 - i)));
             char::from(ALPHABET[v])
         })
         .collect()
@@ -127,10 +121,7 @@ fn hostile_lengths_fail_fast() {
         push(&mut b, start, 16);
         push(&mut b, end, 16);
         push(&mut b, 0, 64);
-        assert!(
-            tcf::decode_lenient(&bits_to_b64(&b)).is_err(),
-            "{start}..{end} max {max}"
-        );
+        assert!(tcf::decode_lenient(&bits_to_b64(&b)).is_err(), "{start}..{end} max {max}");
     }
 
     // Overlapping full ranges repeated: bounded by MaxVendorId, so the
@@ -172,8 +163,8 @@ fn hostile_lengths_fail_fast() {
     b.extend([true, true]); // 1
     // 65534 in Fibonacci: long, but the decoder caps the expansion.
     b.extend([
-        false, false, false, false, false, false, false, false, false, false, false, false, false,
-        false, false, false, false, false, false, false, false, false, true, true,
+        false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false,
+        false, false, false, false, false, false, true, true,
     ]);
     let s = format!("{}~1YNN", bits_to_b64(&b));
     assert!(gpp::decode(&s).is_err());

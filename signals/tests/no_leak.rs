@@ -28,17 +28,11 @@ const MALFORMED: &[&str] = &[
 ];
 
 fn assert_no_leak(input: &str, message: &str) {
-    assert!(
-        !message.contains(input),
-        "error quotes the input: {message}"
-    );
+    assert!(!message.contains(input), "error quotes the input: {message}");
     let chars: Vec<char> = input.chars().collect();
     for w in chars.windows(8) {
         let sub: String = w.iter().collect();
-        assert!(
-            !message.contains(&sub),
-            "error contains input substring {sub:?}: {message}"
-        );
+        assert!(!message.contains(&sub), "error contains input substring {sub:?}: {message}");
     }
 }
 
@@ -46,11 +40,9 @@ fn assert_no_leak(input: &str, message: &str) {
 fn errors_never_contain_the_input() {
     let mut errors = 0;
     for input in MALFORMED {
-        for res in [
-            tcf::decode(input).map(|_| ()),
-            tcf::decode_lenient(input).map(|_| ()),
-            gpp::decode(input).map(|_| ()),
-        ] {
+        for res in
+            [tcf::decode(input).map(|_| ()), tcf::decode_lenient(input).map(|_| ()), gpp::decode(input).map(|_| ())]
+        {
             if let Err(e) = res {
                 errors += 1;
                 let msg = e.to_string();

@@ -4,9 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use domicile_signals::gpp::{
-    self, CaPublisherPurposes, GppString, Section, TcfCaV1, UspFlag, UspV1,
-};
+use domicile_signals::gpp::{self, CaPublisherPurposes, GppString, Section, TcfCaV1, UspFlag, UspV1};
 use domicile_signals::tcf::{self, PublisherRestriction, PublisherTc, RestrictionType, TcModel};
 use proptest::prelude::*;
 
@@ -19,16 +17,11 @@ fn vendors() -> impl Strategy<Value = Vec<u16>> {
     prop_oneof![
         prop::collection::btree_set(1u16..=60, 0..40),
         prop::collection::btree_set(1u16..=2000, 0..80),
-        (
-            1u16..=60000,
-            0u16..3000,
-            prop::collection::btree_set(1u16..=65535, 0..10)
-        )
-            .prop_map(|(s, n, extra)| {
-                let mut set: BTreeSet<u16> = (s..=s.saturating_add(n)).collect();
-                set.extend(extra);
-                set
-            }),
+        (1u16..=60000, 0u16..3000, prop::collection::btree_set(1u16..=65535, 0..10)).prop_map(|(s, n, extra)| {
+            let mut set: BTreeSet<u16> = (s..=s.saturating_add(n)).collect();
+            set.extend(extra);
+            set
+        }),
     ]
     .prop_map(|s| s.into_iter().collect())
 }
@@ -48,27 +41,17 @@ fn restriction() -> impl Strategy<Value = PublisherRestriction> {
         ]),
         vendors(),
     )
-        .prop_map(
-            |(purpose_id, restriction_type, vendors)| PublisherRestriction {
-                purpose_id,
-                restriction_type,
-                vendors,
-            },
-        )
+        .prop_map(|(purpose_id, restriction_type, vendors)| PublisherRestriction {
+            purpose_id,
+            restriction_type,
+            vendors,
+        })
 }
 
 fn publisher_tc() -> impl Strategy<Value = PublisherTc> {
     (id_set_u8(24), id_set_u8(24), 0u8..=63).prop_flat_map(|(c, li, n)| {
-        let custom = if n == 0 {
-            Just(Vec::new()).boxed()
-        } else {
-            id_set_u8(n).boxed()
-        };
-        let custom2 = if n == 0 {
-            Just(Vec::new()).boxed()
-        } else {
-            id_set_u8(n).boxed()
-        };
+        let custom = if n == 0 { Just(Vec::new()).boxed() } else { id_set_u8(n).boxed() };
+        let custom2 = if n == 0 { Just(Vec::new()).boxed() } else { id_set_u8(n).boxed() };
         (Just(c), Just(li), Just(n), custom, custom2).prop_map(|(c, li, n, cc, cl)| PublisherTc {
             purposes_consent: c,
             purposes_li_transparency: li,
@@ -167,10 +150,7 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 fn to_b64(bits: &[bool]) -> String {
     bits.chunks(6)
         .map(|c| {
-            let v = c
-                .iter()
-                .enumerate()
-                .fold(0usize, |acc, (i, &b)| acc | (usize::from(b) << (5 - i)));
+            let v = c.iter().enumerate().fold(0usize, |acc, (i, &b)| acc | (usize::from(b) << (5 - i)));
             char::from(ALPHABET[v])
         })
         .collect()
@@ -197,9 +177,7 @@ fn roundtrip_section(section: &Section) {
     let text = gpp::encode_section(section).unwrap();
     let back = gpp::decode_section(section.id(), &text).unwrap();
     assert_eq!(&back, section);
-    let g = GppString {
-        sections: vec![section.clone()],
-    };
+    let g = GppString { sections: vec![section.clone()] };
     let json = serde_json::to_string(&g).unwrap();
     let from_json: GppString = serde_json::from_str(&json).unwrap();
     assert_eq!(from_json, g, "JSON round trip");
@@ -260,20 +238,14 @@ fn us_signals_helper() {
     assert!(s.gpc);
     assert_eq!(s.sections[0].sale_opt_out, gpp::OptOut::OptedOut);
     assert_eq!(s.sections[0].sharing_opt_out, gpp::OptOut::OptedOut);
-    assert_eq!(
-        s.sections[0].targeted_advertising_opt_out,
-        gpp::OptOut::OptedOut
-    );
+    assert_eq!(s.sections[0].targeted_advertising_opt_out, gpp::OptOut::OptedOut);
     // usca has no targeted-advertising field.
     let g = gpp::decode("DBABBg~BVVVVVVY").unwrap();
     let s = g.us_signals();
     assert!(!s.gpc);
     assert_eq!(s.sections[0].name, "usca");
     assert_eq!(s.sections[0].gpc, None);
-    assert_eq!(
-        s.sections[0].targeted_advertising_opt_out,
-        gpp::OptOut::NotApplicable
-    );
+    assert_eq!(s.sections[0].targeted_advertising_opt_out, gpp::OptOut::NotApplicable);
     assert_eq!(s.sections[0].sale_opt_out, gpp::OptOut::OptedOut);
     // uspv1: Y/N opt-out of sale.
     let g = gpp::decode("DBACNY~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA~1YYN").unwrap();
@@ -319,17 +291,14 @@ fn json_shape() {
     let bad = r#"{"sections":[{"id":7,"name":"uspv1","notice":"yes","opt_out_sale":"no","lspa_covered":"no"}]}"#;
     assert!(serde_json::from_str::<GppString>(bad).is_err());
     // An unsupported section from JSON cannot be encoded (its raw text is never serialised).
-    let unsupported: GppString =
-        serde_json::from_str(r#"{"sections":[{"id":4,"name":"unsupported"}]}"#).unwrap();
+    let unsupported: GppString = serde_json::from_str(r#"{"sections":[{"id":4,"name":"unsupported"}]}"#).unwrap();
     assert!(gpp::encode(&unsupported).is_err());
 }
 
 #[test]
 fn policy_rules() {
-    let mut m = tcf::decode_lenient(
-        "CQSbk4AQSbk4ANwAAAENAwCgAAAAAAAAAAYgACPAAAAA.IDKQA4AAgAKAGQAygAAA.YAAAAAAAAAAA",
-    )
-    .unwrap();
+    let mut m =
+        tcf::decode_lenient("CQSbk4AQSbk4ANwAAAENAwCgAAAAAAAAAAYgACPAAAAA.IDKQA4AAgAKAGQAygAAA.YAAAAAAAAAAA").unwrap();
     assert!(tcf::encode(&m).is_err(), "policy 2 is withdrawn");
     m.policy_version = 4;
     let v22 = tcf::encode(&m).unwrap();

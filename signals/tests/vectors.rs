@@ -10,13 +10,7 @@ use serde_json::Value;
 
 /// Checks that `expected` is a subset of `actual`: objects partially,
 /// everything else exactly. A `null` expectation also accepts a missing key.
-fn subset(
-    actual: Option<&Value>,
-    expected: &Value,
-    path: &str,
-    errs: &mut Vec<String>,
-    checked: &mut usize,
-) {
+fn subset(actual: Option<&Value>, expected: &Value, path: &str, errs: &mut Vec<String>, checked: &mut usize) {
     match (expected, actual) {
         (Value::Object(exp), Some(Value::Object(act))) => {
             for (k, v) in exp {
@@ -25,10 +19,7 @@ fn subset(
         }
         (Value::Null, None) => *checked += 1,
         (e, Some(a)) if e == a => *checked += 1,
-        (e, a) => errs.push(format!(
-            "{path}: expected {e}, got {}",
-            a.map_or("<missing>".into(), Value::to_string)
-        )),
+        (e, a) => errs.push(format!("{path}: expected {e}, got {}", a.map_or("<missing>".into(), Value::to_string))),
     }
 }
 
@@ -37,19 +28,13 @@ fn error_matches(err: &domicile_signals::SignalError, want: &str) -> bool {
 }
 
 fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default()
+    v.as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
 }
 
 fn check_tcf(v: &Value, errs: &mut Vec<String>, checked: &mut usize) {
     let input = v["input"].as_str().unwrap();
     let strict = v["strict"].as_bool().unwrap_or(true);
-    let res = if strict {
-        tcf::decode(input)
-    } else {
-        tcf::decode_lenient(input)
-    };
+    let res = if strict { tcf::decode(input) } else { tcf::decode_lenient(input) };
     if let Some(want) = v.get("expect_error").and_then(Value::as_str) {
         match res {
             Err(e) if error_matches(&e, want) => *checked += 1,
@@ -67,11 +52,7 @@ fn check_tcf(v: &Value, errs: &mut Vec<String>, checked: &mut usize) {
     }
     if let Some(Value::Object(m)) = v.get("expect_len") {
         for (path, n) in m {
-            let got = path
-                .split('.')
-                .fold(&json, |acc, k| &acc[k])
-                .as_array()
-                .map(Vec::len);
+            let got = path.split('.').fold(&json, |acc, k| &acc[k]).as_array().map(Vec::len);
             if got.map(|g| g as u64) == n.as_u64() {
                 *checked += 1;
             } else {
@@ -95,10 +76,7 @@ fn check_tcf(v: &Value, errs: &mut Vec<String>, checked: &mut usize) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|x| {
-                    x["purpose_id"] == r["purpose_id"]
-                        && x["restriction_type"] == r["restriction_type"]
-                })
+                .filter(|x| x["purpose_id"] == r["purpose_id"] && x["restriction_type"] == r["restriction_type"])
                 .flat_map(|x| ids(&x["vendors"]))
                 .collect();
             union.sort_unstable();
@@ -132,19 +110,13 @@ fn check_gpp_section(v: &Value, errs: &mut Vec<String>, checked: &mut usize) {
         Ok(s) => s,
         Err(e) => return errs.push(format!("decode failed: {e}")),
     };
-    let json = serde_json::to_value(gpp::GppString {
-        sections: vec![section.clone()],
-    })
-    .unwrap();
+    let json = serde_json::to_value(gpp::GppString { sections: vec![section.clone()] }).unwrap();
     subset(Some(&json["sections"][0]), &v["expect"], "", errs, checked);
     // Strings the reference encoder produced must be reproduced bit for bit.
     if v["reencode_exact"].as_bool() == Some(true) {
         match gpp::encode_section(&section) {
             Ok(s) if s == input => *checked += 1,
-            other => errs.push(format!(
-                "re-encode differs from the reference encoder: {:?}",
-                other.map(|s| s.len())
-            )),
+            other => errs.push(format!("re-encode differs from the reference encoder: {:?}", other.map(|s| s.len()))),
         }
     }
     let again = gpp::encode_section(&section).and_then(|s| gpp::decode_section(id, &s));
@@ -170,31 +142,18 @@ fn check_gpp(v: &Value, errs: &mut Vec<String>, checked: &mut usize) {
     let json = serde_json::to_value(&parsed).unwrap();
     let want = v["sections"].as_array().unwrap();
     if !want.is_empty() && want.len() != parsed.sections.len() {
-        errs.push(format!(
-            "expected {} sections, got {}",
-            want.len(),
-            parsed.sections.len()
-        ));
+        errs.push(format!("expected {} sections, got {}", want.len(), parsed.sections.len()));
     }
     for (i, s) in want.iter().enumerate() {
         let got = &json["sections"][i];
-        subset(
-            Some(got),
-            &serde_json::json!({"id": s["id"]}),
-            &format!("[{i}]"),
-            errs,
-            checked,
-        );
+        subset(Some(got), &serde_json::json!({"id": s["id"]}), &format!("[{i}]"), errs, checked);
         subset(Some(got), &s["expect"], &format!("[{i}]"), errs, checked);
         if let Some(Value::Object(secs)) = s.get("expect_seconds") {
             for (k, sec) in secs {
                 if got[k].as_u64().map(|d| d / 10) == sec.as_u64() {
                     *checked += 1;
                 } else {
-                    errs.push(format!(
-                        "[{i}].{k}: {} deciseconds is not {sec} seconds",
-                        got[k]
-                    ));
+                    errs.push(format!("[{i}].{k}: {} deciseconds is not {sec} seconds", got[k]));
                 }
             }
         }
@@ -208,20 +167,13 @@ fn check_gpp(v: &Value, errs: &mut Vec<String>, checked: &mut usize) {
 #[test]
 fn all_test_data_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "json"));
     files.sort();
     let (mut vectors, mut checked, mut failures) = (0, 0, Vec::new());
     for path in &files {
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        assert!(
-            doc["source"].is_object(),
-            "{} lacks its source",
-            path.display()
-        );
+        assert!(doc["source"].is_object(), "{} lacks its source", path.display());
         let kind = doc["kind"].as_str().unwrap();
         for (i, v) in doc["vectors"].as_array().unwrap().iter().enumerate() {
             vectors += 1;
@@ -233,21 +185,11 @@ fn all_test_data_files() {
                 other => errs.push(format!("unknown kind {other}")),
             }
             let name = path.file_name().unwrap().to_string_lossy();
-            failures.extend(
-                errs.into_iter()
-                    .map(|e| format!("{name}#{i} ({}): {e}", v["test"].as_str().unwrap_or(""))),
-            );
+            failures
+                .extend(errs.into_iter().map(|e| format!("{name}#{i} ({}): {e}", v["test"].as_str().unwrap_or(""))));
         }
     }
-    println!(
-        "{} files, {vectors} vectors, {checked} values checked",
-        files.len()
-    );
+    println!("{} files, {vectors} vectors, {checked} values checked", files.len());
     assert!(files.len() >= 50, "expected the full test-data set");
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }

@@ -102,11 +102,7 @@ impl<T: Field + Copy + Default, const N: usize> Field for [T; N] {
 }
 
 /// Reads `n` 2-bit consent values (usnat, whose length depends on version).
-pub(crate) fn read_consents(
-    r: &mut BitReader,
-    field: &'static str,
-    n: usize,
-) -> Result<Vec<Consent>, SignalError> {
+pub(crate) fn read_consents(r: &mut BitReader, field: &'static str, n: usize) -> Result<Vec<Consent>, SignalError> {
     (0..n).map(|_| Consent::read(r, field)).collect()
 }
 
@@ -150,10 +146,7 @@ impl Subsection for Option<[Consent; 8]> {
     fn decode(text: Option<&str>, segment: &'static str) -> Result<Self, SignalError> {
         let Some(text) = text else { return Ok(None) };
         let mut r = BitReader::from_base64url(text, segment)?;
-        Ok(Some(<[Consent; 8]>::read(
-            &mut r,
-            "sensitive_data_processing",
-        )?))
+        Ok(Some(<[Consent; 8]>::read(&mut r, "sensitive_data_processing")?))
     }
     fn encode(&self) -> Option<String> {
         self.map(|v| {

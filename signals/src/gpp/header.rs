@@ -21,23 +21,11 @@ pub(crate) fn decode(text: &str, found: usize) -> Result<Vec<u16>, SignalError> 
     // Never expand more ids than there are sections: a hostile range such
     // as 1..=65535 fails here instead of allocating.
     let ids = r.read_fibonacci_range(found).map_err(|e| match e.kind {
-        ErrorKind::TooManyIds { .. } => r.err_at(
-            at,
-            ErrorKind::SectionCountMismatch {
-                listed: found + 1,
-                found,
-            },
-        ),
+        ErrorKind::TooManyIds { .. } => r.err_at(at, ErrorKind::SectionCountMismatch { listed: found + 1, found }),
         _ => e,
     })?;
     if ids.len() != found {
-        return Err(r.err_at(
-            at,
-            ErrorKind::SectionCountMismatch {
-                listed: ids.len(),
-                found,
-            },
-        ));
+        return Err(r.err_at(at, ErrorKind::SectionCountMismatch { listed: ids.len(), found }));
     }
     Ok(ids)
 }
@@ -51,13 +39,7 @@ pub(crate) fn encode(ids: &[u16]) -> Result<String, SignalError> {
         prev = id;
     }
     if ids.len() > 4095 {
-        return Err(SignalError::encode(
-            NAME,
-            ErrorKind::ValueTooLarge {
-                field: "section_ids",
-                bits: 12,
-            },
-        ));
+        return Err(SignalError::encode(NAME, ErrorKind::ValueTooLarge { field: "section_ids", bits: 12 }));
     }
     let mut w = BitWriter::new();
     w.write(3, 6);

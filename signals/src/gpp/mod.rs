@@ -24,8 +24,8 @@ use crate::tcf::{Flavor, TcModel};
 pub use fields::{Consent, MspaFlag, MspaMode, Notice, OptOut};
 pub use other::{CaPublisherPurposes, TcfCaV1, UspFlag, UspV1};
 pub use us::{
-    UsCa, UsCo, UsCt, UsDe, UsFl, UsIa, UsIn, UsKy, UsMd, UsMn, UsMt, UsNe, UsNh, UsNj, UsOr, UsRi,
-    UsTn, UsTx, UsUt, UsVa,
+    UsCa, UsCo, UsCt, UsDe, UsFl, UsIa, UsIn, UsKy, UsMd, UsMn, UsMt, UsNe, UsNh, UsNj, UsOr, UsRi, UsTn, UsTx, UsUt,
+    UsVa,
 };
 pub use usnat::UsNat;
 
@@ -172,11 +172,8 @@ pub fn decode(input: &str) -> Result<GppString, SignalError> {
     let head = parts.next().unwrap_or_default();
     let bodies: Vec<&str> = parts.collect();
     let ids = header::decode(head, bodies.len())?;
-    let sections = ids
-        .iter()
-        .zip(&bodies)
-        .map(|(&id, text)| Section::decode(id, text))
-        .collect::<Result<Vec<_>, _>>()?;
+    let sections =
+        ids.iter().zip(&bodies).map(|(&id, text)| Section::decode(id, text)).collect::<Result<Vec<_>, _>>()?;
     Ok(GppString { sections })
 }
 
@@ -244,10 +241,7 @@ impl GppString {
                 })
             })
             .collect();
-        UsSignals {
-            gpc: sections.iter().any(|s| s.gpc == Some(true)),
-            sections,
-        }
+        UsSignals { gpc: sections.iter().any(|s| s.gpc == Some(true)), sections }
     }
 }
 
@@ -272,10 +266,7 @@ mod tagged {
     }
 
     pub(super) fn serialize<S: Serializer>(v: &[Section], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|section| Out {
-            id: section.id(),
-            section,
-        }))
+        s.collect_seq(v.iter().map(|section| Out { id: section.id(), section }))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Section>, D::Error> {
@@ -285,11 +276,7 @@ mod tagged {
             .map(|In { id, section }| match section {
                 Section::Unsupported { raw, .. } => Ok(Section::Unsupported { id, raw }),
                 s if s.id() == id => Ok(s),
-                s => Err(serde::de::Error::custom(format!(
-                    "section {} has id {}, not {id}",
-                    s.name(),
-                    s.id()
-                ))),
+                s => Err(serde::de::Error::custom(format!("section {} has id {}, not {id}", s.name(), s.id()))),
             })
             .collect()
     }

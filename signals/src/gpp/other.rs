@@ -7,9 +7,8 @@ use crate::bits::{BitReader, BitWriter, Padding, check_ids, check_width};
 use crate::error::{ErrorKind, SignalError};
 use crate::tcf::PublisherRestriction;
 use crate::tcf::vendors::{
-    RangeRule, read_fibonacci_restrictions, read_fibonacci_vendor_vector, read_restrictions,
-    read_vendor_vector, write_fibonacci_restrictions, write_fibonacci_vendor_vector,
-    write_restrictions, write_vendor_vector,
+    RangeRule, read_fibonacci_restrictions, read_fibonacci_vendor_vector, read_restrictions, read_vendor_vector,
+    write_fibonacci_restrictions, write_fibonacci_vendor_vector, write_restrictions, write_vendor_vector,
 };
 
 use super::fields::OptOut;
@@ -189,31 +188,11 @@ fn write_core(w: &mut BitWriter, m: &TcfCaV1, mode: Ranges) -> Result<(), Signal
     check_width(CA, "cmp_version", u64::from(m.cmp_version), 12)?;
     check_width(CA, "consent_screen", u64::from(m.consent_screen), 6)?;
     crate::tcf::check_letters(CA, "consent_language", &m.consent_language)?;
-    check_width(
-        CA,
-        "vendor_list_version",
-        u64::from(m.vendor_list_version),
-        12,
-    )?;
+    check_width(CA, "vendor_list_version", u64::from(m.vendor_list_version), 12)?;
     check_width(CA, "tcf_policy_version", u64::from(m.tcf_policy_version), 6)?;
-    check_ids(
-        CA,
-        "special_feature_express_consent",
-        &m.special_feature_express_consent,
-        12,
-    )?;
-    check_ids(
-        CA,
-        "purposes_express_consent",
-        &m.purposes_express_consent,
-        24,
-    )?;
-    check_ids(
-        CA,
-        "purposes_implied_consent",
-        &m.purposes_implied_consent,
-        24,
-    )?;
+    check_ids(CA, "special_feature_express_consent", &m.special_feature_express_consent, 12)?;
+    check_ids(CA, "purposes_express_consent", &m.purposes_express_consent, 24)?;
+    check_ids(CA, "purposes_implied_consent", &m.purposes_implied_consent, 24)?;
     w.write(1, 6);
     w.write(m.created, 36);
     w.write(m.last_updated, 36);
@@ -229,35 +208,13 @@ fn write_core(w: &mut BitWriter, m: &TcfCaV1, mode: Ranges) -> Result<(), Signal
     w.write_id_set(&m.purposes_implied_consent, 24);
     match mode {
         Ranges::Fibonacci => {
-            write_fibonacci_vendor_vector(
-                w,
-                CA,
-                "vendor_express_consent",
-                &m.vendor_express_consent,
-            )?;
-            write_fibonacci_vendor_vector(
-                w,
-                CA,
-                "vendor_implied_consent",
-                &m.vendor_implied_consent,
-            )?;
+            write_fibonacci_vendor_vector(w, CA, "vendor_express_consent", &m.vendor_express_consent)?;
+            write_fibonacci_vendor_vector(w, CA, "vendor_implied_consent", &m.vendor_implied_consent)?;
             write_fibonacci_restrictions(w, CA, &m.pub_restrictions)
         }
         Ranges::Legacy => {
-            write_vendor_vector(
-                w,
-                CA,
-                "vendor_express_consent",
-                &m.vendor_express_consent,
-                RangeRule::GppEs,
-            )?;
-            write_vendor_vector(
-                w,
-                CA,
-                "vendor_implied_consent",
-                &m.vendor_implied_consent,
-                RangeRule::GppEs,
-            )?;
+            write_vendor_vector(w, CA, "vendor_express_consent", &m.vendor_express_consent, RangeRule::GppEs)?;
+            write_vendor_vector(w, CA, "vendor_implied_consent", &m.vendor_implied_consent, RangeRule::GppEs)?;
             write_restrictions(w, CA, &m.pub_restrictions)
         }
     }
@@ -277,12 +234,8 @@ fn read_disclosed(r: &mut BitReader, mode: Ranges) -> Result<Vec<u16>, SignalErr
 fn write_disclosed(w: &mut BitWriter, ids: &Vec<u16>, mode: Ranges) -> Result<(), SignalError> {
     w.write(1, 3);
     match mode {
-        Ranges::Fibonacci => {
-            write_fibonacci_vendor_vector(w, CA_DISCLOSED, "disclosed_vendors", ids)
-        }
-        Ranges::Legacy => {
-            write_vendor_vector(w, CA_DISCLOSED, "disclosed_vendors", ids, RangeRule::GppEs)
-        }
+        Ranges::Fibonacci => write_fibonacci_vendor_vector(w, CA_DISCLOSED, "disclosed_vendors", ids),
+        Ranges::Legacy => write_vendor_vector(w, CA_DISCLOSED, "disclosed_vendors", ids, RangeRule::GppEs),
     }
 }
 
@@ -301,37 +254,12 @@ fn read_pub(r: &mut BitReader) -> Result<CaPublisherPurposes, SignalError> {
 }
 
 fn write_pub(w: &mut BitWriter, p: &CaPublisherPurposes) -> Result<(), SignalError> {
-    check_ids(
-        CA_PUB,
-        "purposes_express_consent",
-        &p.purposes_express_consent,
-        24,
-    )?;
-    check_ids(
-        CA_PUB,
-        "purposes_implied_consent",
-        &p.purposes_implied_consent,
-        24,
-    )?;
-    check_width(
-        CA_PUB,
-        "num_custom_purposes",
-        u64::from(p.num_custom_purposes),
-        6,
-    )?;
+    check_ids(CA_PUB, "purposes_express_consent", &p.purposes_express_consent, 24)?;
+    check_ids(CA_PUB, "purposes_implied_consent", &p.purposes_implied_consent, 24)?;
+    check_width(CA_PUB, "num_custom_purposes", u64::from(p.num_custom_purposes), 6)?;
     let n = u32::from(p.num_custom_purposes);
-    check_ids(
-        CA_PUB,
-        "custom_purposes_express_consent",
-        &p.custom_purposes_express_consent,
-        n,
-    )?;
-    check_ids(
-        CA_PUB,
-        "custom_purposes_implied_consent",
-        &p.custom_purposes_implied_consent,
-        n,
-    )?;
+    check_ids(CA_PUB, "custom_purposes_express_consent", &p.custom_purposes_express_consent, n)?;
+    check_ids(CA_PUB, "custom_purposes_implied_consent", &p.custom_purposes_implied_consent, n)?;
     w.write(3, 3);
     w.write_id_set(&p.purposes_express_consent, 24);
     w.write_id_set(&p.purposes_implied_consent, 24);
@@ -386,33 +314,17 @@ impl UspV1 {
     pub(crate) fn decode(text: &str) -> Result<Self, SignalError> {
         let b = text.as_bytes();
         let field = |i: usize, name: &'static str| {
-            b.get(i)
-                .copied()
-                .and_then(UspFlag::from_char)
-                .ok_or(SignalError::new(
-                    Self::NAME,
-                    i * 8,
-                    ErrorKind::InvalidModel {
-                        field: name,
-                        reason: "must be Y, N or -",
-                    },
-                ))
+            b.get(i).copied().and_then(UspFlag::from_char).ok_or(SignalError::new(
+                Self::NAME,
+                i * 8,
+                ErrorKind::InvalidModel { field: name, reason: "must be Y, N or -" },
+            ))
         };
         if b.len() != 4 {
-            return Err(SignalError::encode(
-                Self::NAME,
-                ErrorKind::WrongLength {
-                    field: "uspv1",
-                    expected: 4,
-                },
-            ));
+            return Err(SignalError::encode(Self::NAME, ErrorKind::WrongLength { field: "uspv1", expected: 4 }));
         }
         if b.first() != Some(&b'1') {
-            return Err(SignalError::new(
-                Self::NAME,
-                0,
-                ErrorKind::UnsupportedVersion { found: 0 },
-            ));
+            return Err(SignalError::new(Self::NAME, 0, ErrorKind::UnsupportedVersion { found: 0 }));
         }
         Ok(Self {
             notice: field(1, "notice")?,
@@ -422,14 +334,7 @@ impl UspV1 {
     }
 
     pub(crate) fn encode(&self) -> String {
-        [
-            '1',
-            self.notice.to_char(),
-            self.opt_out_sale.to_char(),
-            self.lspa_covered.to_char(),
-        ]
-        .iter()
-        .collect()
+        ['1', self.notice.to_char(), self.opt_out_sale.to_char(), self.lspa_covered.to_char()].iter().collect()
     }
 }
 

@@ -21,10 +21,7 @@ pub(crate) trait UsSection {
 }
 
 /// Splits a section into core and one optional subsection.
-pub(crate) fn split_sub<'a>(
-    text: &'a str,
-    name: &'static str,
-) -> Result<(&'a str, Option<&'a str>), SignalError> {
+pub(crate) fn split_sub<'a>(text: &'a str, name: &'static str) -> Result<(&'a str, Option<&'a str>), SignalError> {
     let mut parts = text.split('.');
     let core = parts.next().unwrap_or_default();
     let sub = parts.next();

@@ -57,12 +57,8 @@ impl UsNat {
         let (core, sub) = split_sub(text, NAME)?;
         let mut r = BitReader::from_base64url(core, NAME)?;
         let version = r.read_u8(6)?;
-        let (sdp, kc) = Self::lengths(version).ok_or(r.err_at(
-            0,
-            ErrorKind::UnsupportedVersion {
-                found: u64::from(version),
-            },
-        ))?;
+        let (sdp, kc) =
+            Self::lengths(version).ok_or(r.err_at(0, ErrorKind::UnsupportedVersion { found: u64::from(version) }))?;
         // Early version-2 encoders kept the version-1 layout (12 + 2
         // entries, 60 bits, 66 once padded). iabgpp-es decodes those by
         // length and pads the lists with "not applicable"; so do we.
@@ -77,25 +73,13 @@ impl UsNat {
             sharing_notice: Field::read(&mut r, "sharing_notice")?,
             sale_opt_out_notice: Field::read(&mut r, "sale_opt_out_notice")?,
             sharing_opt_out_notice: Field::read(&mut r, "sharing_opt_out_notice")?,
-            targeted_advertising_opt_out_notice: Field::read(
-                &mut r,
-                "targeted_advertising_opt_out_notice",
-            )?,
-            sensitive_data_processing_opt_out_notice: Field::read(
-                &mut r,
-                "sensitive_data_processing_opt_out_notice",
-            )?,
-            sensitive_data_limit_use_notice: Field::read(
-                &mut r,
-                "sensitive_data_limit_use_notice",
-            )?,
+            targeted_advertising_opt_out_notice: Field::read(&mut r, "targeted_advertising_opt_out_notice")?,
+            sensitive_data_processing_opt_out_notice: Field::read(&mut r, "sensitive_data_processing_opt_out_notice")?,
+            sensitive_data_limit_use_notice: Field::read(&mut r, "sensitive_data_limit_use_notice")?,
             sale_opt_out: Field::read(&mut r, "sale_opt_out")?,
             sharing_opt_out: Field::read(&mut r, "sharing_opt_out")?,
             targeted_advertising_opt_out: Field::read(&mut r, "targeted_advertising_opt_out")?,
-            sensitive_data_processing: pad(
-                read_consents(&mut r, "sensitive_data_processing", read_sdp)?,
-                sdp,
-            ),
+            sensitive_data_processing: pad(read_consents(&mut r, "sensitive_data_processing", read_sdp)?, sdp),
             known_child_sensitive_data_consents: pad(
                 read_consents(&mut r, "known_child_sensitive_data_consents", read_kc)?,
                 kc,
@@ -109,28 +93,18 @@ impl UsNat {
     }
 
     pub(crate) fn encode(&self) -> Result<String, SignalError> {
-        let (sdp, kc) = Self::lengths(self.version).ok_or(SignalError::encode(
-            NAME,
-            ErrorKind::UnsupportedVersion {
-                found: u64::from(self.version),
-            },
-        ))?;
+        let (sdp, kc) = Self::lengths(self.version)
+            .ok_or(SignalError::encode(NAME, ErrorKind::UnsupportedVersion { found: u64::from(self.version) }))?;
         if self.sensitive_data_processing.len() != sdp {
             return Err(SignalError::encode(
                 NAME,
-                ErrorKind::WrongLength {
-                    field: "sensitive_data_processing",
-                    expected: sdp,
-                },
+                ErrorKind::WrongLength { field: "sensitive_data_processing", expected: sdp },
             ));
         }
         if self.known_child_sensitive_data_consents.len() != kc {
             return Err(SignalError::encode(
                 NAME,
-                ErrorKind::WrongLength {
-                    field: "known_child_sensitive_data_consents",
-                    expected: kc,
-                },
+                ErrorKind::WrongLength { field: "known_child_sensitive_data_consents", expected: kc },
             ));
         }
         let mut w = BitWriter::new();
@@ -148,11 +122,7 @@ impl UsNat {
         self.sale_opt_out.write(&mut w);
         self.sharing_opt_out.write(&mut w);
         self.targeted_advertising_opt_out.write(&mut w);
-        for c in self
-            .sensitive_data_processing
-            .iter()
-            .chain(&self.known_child_sensitive_data_consents)
-        {
+        for c in self.sensitive_data_processing.iter().chain(&self.known_child_sensitive_data_consents) {
             c.write(&mut w);
         }
         self.personal_data_consents.write(&mut w);

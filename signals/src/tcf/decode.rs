@@ -66,12 +66,7 @@ fn decode_core(text: &str) -> Result<TcModel, SignalError> {
     let mut r = BitReader::from_base64url(text, CORE)?;
     let version = r.read_u8(6)?;
     if version != 2 {
-        return Err(r.err_at(
-            0,
-            ErrorKind::UnsupportedVersion {
-                found: u64::from(version),
-            },
-        ));
+        return Err(r.err_at(0, ErrorKind::UnsupportedVersion { found: u64::from(version) }));
     }
     Ok(TcModel {
         version,

@@ -153,18 +153,11 @@ impl TcModel {
             return Err(SignalError::new(
                 "core",
                 POLICY_VERSION_OFFSET,
-                ErrorKind::WithdrawnPolicyVersion {
-                    found: self.policy_version,
-                },
+                ErrorKind::WithdrawnPolicyVersion { found: self.policy_version },
             ));
         }
-        if self.policy_version >= DISCLOSED_VENDORS_MANDATORY_FROM
-            && self.disclosed_vendors.is_none()
-        {
-            return Err(SignalError::encode(
-                "disclosed vendors",
-                ErrorKind::MissingDisclosedVendors,
-            ));
+        if self.policy_version >= DISCLOSED_VENDORS_MANDATORY_FROM && self.disclosed_vendors.is_none() {
+            return Err(SignalError::encode("disclosed vendors", ErrorKind::MissingDisclosedVendors));
         }
         Ok(())
     }

@@ -30,9 +30,7 @@ struct IdSet {
 
 impl IdSet {
     fn with_max(max: u32) -> Self {
-        Self {
-            words: vec![0; max as usize / 64 + 1],
-        }
+        Self { words: vec![0; max as usize / 64 + 1] }
     }
 
     /// Sets ids `start..=end` (caller guarantees start ≤ end ≤ max).
@@ -89,10 +87,7 @@ pub(crate) fn read_vendor_vector(r: &mut BitReader) -> Result<Vec<u16>, SignalEr
 /// so a huge claimed MaxVendorId fails fast instead of looping.
 fn read_bitfield(r: &mut BitReader, n: usize) -> Result<Vec<u16>, SignalError> {
     if n > r.remaining() {
-        return Err(r.err(ErrorKind::UnexpectedEnd {
-            needed: n,
-            available: r.remaining(),
-        }));
+        return Err(r.err(ErrorKind::UnexpectedEnd { needed: n, available: r.remaining() }));
     }
     let mut ids = Vec::new();
     let mut id = 1usize;
@@ -121,10 +116,7 @@ fn read_range_entries(r: &mut BitReader) -> Result<Vec<(usize, u32, u32)>, Signa
     let n = r.read(12)? as usize;
     // Each entry takes ≥ 17 bits: a count beyond that is truncated input.
     if n.saturating_mul(17) > r.remaining() {
-        return Err(r.err(ErrorKind::UnexpectedEnd {
-            needed: n * 17,
-            available: r.remaining(),
-        }));
+        return Err(r.err(ErrorKind::UnexpectedEnd { needed: n * 17, available: r.remaining() }));
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -144,9 +136,7 @@ fn read_range_entries(r: &mut BitReader) -> Result<Vec<(usize, u32, u32)>, Signa
 }
 
 /// Reads `NumPubRestrictions(12)` and the restriction entries.
-pub(crate) fn read_restrictions(
-    r: &mut BitReader,
-) -> Result<Vec<PublisherRestriction>, SignalError> {
+pub(crate) fn read_restrictions(r: &mut BitReader) -> Result<Vec<PublisherRestriction>, SignalError> {
     let n = r.read(12)? as usize;
     let mut out = Vec::with_capacity(n.min(64));
     let mut total = 0usize;
@@ -162,18 +152,9 @@ pub(crate) fn read_restrictions(
         }
         total += set.count();
         if total > MAX_RESTRICTION_IDS {
-            return Err(r.err_at(
-                at,
-                ErrorKind::TooManyIds {
-                    limit: MAX_RESTRICTION_IDS,
-                },
-            ));
+            return Err(r.err_at(at, ErrorKind::TooManyIds { limit: MAX_RESTRICTION_IDS }));
         }
-        out.push(PublisherRestriction {
-            purpose_id,
-            restriction_type,
-            vendors: set.into_ids(),
-        });
+        out.push(PublisherRestriction { purpose_id, restriction_type, vendors: set.into_ids() });
     }
     Ok(out)
 }
@@ -181,10 +162,7 @@ pub(crate) fn read_restrictions(
 /// Encoded length in bits of the range entries for `groups` (without the
 /// 12-bit count).
 fn range_entries_len(groups: &[(u16, u16)]) -> usize {
-    groups
-        .iter()
-        .map(|(s, e)| if s == e { 17 } else { 33 })
-        .sum()
+    groups.iter().map(|(s, e)| if s == e { 17 } else { 33 }).sum()
 }
 
 /// Whether the encoder picks range encoding, mirroring the IAB libraries.
@@ -200,11 +178,7 @@ fn use_range(groups: &[(u16, u16)], max: usize, rule: RangeRule) -> bool {
             if max <= 45 {
                 return false;
             }
-            let estimate: usize = 29
-                + groups
-                    .iter()
-                    .map(|(s, e)| if s == e { 16 } else { 33 })
-                    .sum::<usize>();
+            let estimate: usize = 29 + groups.iter().map(|(s, e)| if s == e { 16 } else { 33 }).sum::<usize>();
             estimate - 16 < 17 + max
         }
     }
@@ -251,30 +225,15 @@ pub(crate) fn write_restrictions(
     segment: &'static str,
     restrictions: &[PublisherRestriction],
 ) -> Result<(), SignalError> {
-    check_width(
-        segment,
-        "publisher_restrictions",
-        restrictions.len() as u64,
-        12,
-    )?;
+    check_width(segment, "publisher_restrictions", restrictions.len() as u64, 12)?;
     for pr in restrictions {
         check_width(segment, "purpose_id", u64::from(pr.purpose_id), 6)?;
-        check_ids(
-            segment,
-            "publisher_restrictions.vendors",
-            &pr.vendors,
-            MAX_ID,
-        )?;
+        check_ids(segment, "publisher_restrictions.vendors", &pr.vendors, MAX_ID)?;
     }
     w.write(restrictions.len() as u64, 12);
     for pr in restrictions {
         let groups = group_consecutive(&pr.vendors);
-        check_width(
-            segment,
-            "publisher_restrictions.vendors",
-            groups.len() as u64,
-            12,
-        )?;
+        check_width(segment, "publisher_restrictions.vendors", groups.len() as u64, 12)?;
         w.write(u64::from(pr.purpose_id), 6);
         w.write(pr.restriction_type.bits(), 2);
         write_range_entries(w, &groups);
@@ -292,13 +251,7 @@ pub(crate) fn read_fibonacci_vendor_vector(r: &mut BitReader) -> Result<Vec<u16>
         if let Some(&last) = ids.last()
             && usize::from(last) > max
         {
-            return Err(r.err_at(
-                at,
-                ErrorKind::IdOutOfRange {
-                    id: u32::from(last),
-                    max: max as u32,
-                },
-            ));
+            return Err(r.err_at(at, ErrorKind::IdOutOfRange { id: u32::from(last), max: max as u32 }));
         }
         Ok(ids)
     } else {
@@ -328,9 +281,7 @@ pub(crate) fn write_fibonacci_vendor_vector(
 }
 
 /// GPP `tcfcav1` publisher restrictions with Fibonacci vendor vectors.
-pub(crate) fn read_fibonacci_restrictions(
-    r: &mut BitReader,
-) -> Result<Vec<PublisherRestriction>, SignalError> {
+pub(crate) fn read_fibonacci_restrictions(r: &mut BitReader) -> Result<Vec<PublisherRestriction>, SignalError> {
     let n = r.read(12)? as usize;
     let mut out = Vec::with_capacity(n.min(64));
     let mut total = 0usize;
@@ -341,18 +292,9 @@ pub(crate) fn read_fibonacci_restrictions(
         let vendors = read_fibonacci_vendor_vector(r)?;
         total += vendors.len();
         if total > MAX_RESTRICTION_IDS {
-            return Err(r.err_at(
-                at,
-                ErrorKind::TooManyIds {
-                    limit: MAX_RESTRICTION_IDS,
-                },
-            ));
+            return Err(r.err_at(at, ErrorKind::TooManyIds { limit: MAX_RESTRICTION_IDS }));
         }
-        out.push(PublisherRestriction {
-            purpose_id,
-            restriction_type,
-            vendors,
-        });
+        out.push(PublisherRestriction { purpose_id, restriction_type, vendors });
     }
     Ok(out)
 }
@@ -381,17 +323,9 @@ mod tests {
     #[test]
     fn tcf_es_rule_examples() {
         // Few ids below 46: always bitfield.
-        assert!(!use_range(
-            &group_consecutive(&[1, 2, 40]),
-            40,
-            RangeRule::TcfEs
-        ));
+        assert!(!use_range(&group_consecutive(&[1, 2, 40]), 40, RangeRule::TcfEs));
         // One long run up to a high id: range.
-        assert!(use_range(
-            &group_consecutive(&(1..=1000).collect::<Vec<u16>>()),
-            1000,
-            RangeRule::TcfEs
-        ));
+        assert!(use_range(&group_consecutive(&(1..=1000).collect::<Vec<u16>>()), 1000, RangeRule::TcfEs));
         // Dense alternating ids: bitfield.
         let alt: Vec<u16> = (1..=500).filter(|v| v % 2 == 1).collect();
         assert!(!use_range(&group_consecutive(&alt), 499, RangeRule::TcfEs));
