@@ -334,6 +334,7 @@ pub async fn consent(args: ConsentArgs) -> ExitCode {
             capture_channel: String::new(),
             source_system: args.source_system.clone(),
             double_opt_in_confirmed: args.double_opt_in,
+            signal: None,
         }),
         captured_at,
         expires_at,

@@ -6,9 +6,9 @@ pub mod cluster;
 mod kek;
 mod load;
 mod node_check;
-mod signals;
 mod packs;
 pub mod repair;
+mod signals;
 pub mod topology;
 
 use std::path::PathBuf;

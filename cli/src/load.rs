@@ -242,6 +242,7 @@ fn consent(
             capture_channel: "web".to_owned(),
             source_system: "domicile-load".to_owned(),
             double_opt_in_confirmed: true,
+            signal: None,
         }),
         captured_at: None,
         expires_at: None,

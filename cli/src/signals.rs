@@ -84,7 +84,11 @@ fn decode(input: &Which, format: Format, lenient: bool) -> ExitCode {
                 Ok(text) => text,
                 Err(e) => return fail(format!("cannot read the string: {e}"), 2),
             };
-            let decoded = if lenient { domicile_signals::tcf::decode_lenient(&text) } else { domicile_signals::tcf::decode(&text) };
+            let decoded = if lenient {
+                domicile_signals::tcf::decode_lenient(&text)
+            } else {
+                domicile_signals::tcf::decode(&text)
+            };
             match decoded {
                 Ok(model) => {
                     let mut value = serde_json::to_value(&model).unwrap_or_default();
@@ -180,7 +184,8 @@ fn human(value: &serde_json::Value, indent: usize, out: &mut String) {
         match value {
             Value::Array(items) if items.iter().all(|i| !i.is_object()) => {
                 let shown: Vec<String> = items.iter().take(LIST_SHOWN).map(scalar).collect();
-                let more = if items.len() > LIST_SHOWN { format!(" … ({} in all)", items.len()) } else { String::new() };
+                let more =
+                    if items.len() > LIST_SHOWN { format!(" … ({} in all)", items.len()) } else { String::new() };
                 let list = if items.is_empty() { "none".to_owned() } else { shown.join(", ") };
                 out.push_str(&format!("{pad}{label}: {list}{more}\n"));
             }

@@ -292,6 +292,7 @@ fn evidence() -> Option<common::Evidence> {
         capture_channel: "web".into(),
         source_system: SOURCE_SYSTEM.into(),
         double_opt_in_confirmed: true,
+        signal: None,
     })
 }
 

@@ -37,7 +37,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     };
     Some(match method {
         "Decide" | "DecideStream" => Scope::Decide,
-        "Register" | "RecordConsent" => Scope::Capture,
+        "Register" | "RecordConsent" | "RecordSignal" => Scope::Capture,
         "Merge" | "RecordInteraction" => Scope::Capture,
         "Resolve" | "ConsentHistory" | "Watch" => Scope::Context,
         "GetContext" => Scope::Context,
@@ -57,6 +57,7 @@ fn needs_caller(path: &str) -> bool {
             method,
             "Register"
                 | "RecordConsent"
+                | "RecordSignal"
                 | "RecordInteraction"
                 | "Rectify"
                 | "GetContext"

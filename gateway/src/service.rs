@@ -153,6 +153,58 @@ impl Domicile for GatewayService {
         }))
     }
 
+    async fn record_signal(
+        &self,
+        request: Request<pb::RecordSignalRequest>,
+    ) -> Result<Response<pb::RecordSignalResponse>, Status> {
+        use pb::record_signal_request::Signal;
+        let caller = crate::auth::caller(&request)?;
+        let req = request.into_inner();
+        // Decoded here too, so a malformed string never reaches a node; the error names the
+        // segment or section and the bit offset, never the string.
+        let signal = match req.signal {
+            None => return Err(invalid(FieldViolation::new("signal", "give one of `tcf`, `gpp`, `gpc`"))),
+            Some(Signal::Tcf(text)) => {
+                domicile_signals::tcf::decode(&text).map_err(|e| invalid(FieldViolation::new("tcf", e.to_string())))?;
+                node_pb::record_signal_request::Signal::Tcf(text)
+            }
+            Some(Signal::Gpp(text)) => {
+                domicile_signals::gpp::decode(&text).map_err(|e| invalid(FieldViolation::new("gpp", e.to_string())))?;
+                node_pb::record_signal_request::Signal::Gpp(text)
+            }
+            Some(Signal::Gpc(true)) => node_pb::record_signal_request::Signal::Gpc(true),
+            Some(Signal::Gpc(false)) => {
+                return Err(invalid(FieldViolation::new("gpc", "only `true` (`Sec-GPC: 1`) is a signal")));
+            }
+        };
+        convert::evidence_token("source_system", &req.source_system).map_err(invalid)?;
+        let write = WriteKey::new(&caller, &req.idempotency_key)?;
+        let (region, key) = self.gateway.target(req.subject.as_ref())?;
+        let reply = self
+            .gateway
+            .nodes
+            .write(
+                &region,
+                node_pb::RecordSignalRequest {
+                    subject: Some(key.to_pb()),
+                    signal: Some(signal),
+                    captured_at: req.captured_at,
+                    source_system: req.source_system,
+                    caller_region: caller.region.to_string(),
+                    idempotency_key: write.for_node(),
+                },
+                |mut node, request| async move { node.record_signal(request).await },
+            )
+            .await
+            .map_err(|s| write_status(&region, s, &write))?
+            .into_inner();
+        Ok(Response::new(pb::RecordSignalResponse {
+            subject_ref: reply.subject_ref,
+            recorded: reply.recorded,
+            recorded_only: reply.recorded_only,
+        }))
+    }
+
     /// Served by `route::DecisionRoute` on the wire with the encoded decision; this typed form
     /// is for in-process callers and decodes the same bytes.
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {

@@ -40,8 +40,9 @@ pub use eval::{DecisionParts, Verdict};
 pub use explain::{Change, Check, DecisionSummary, Trace, TraceRule, diff};
 pub use model::{
     Basis, CALLING_WINDOW, CallingWindow, Confidence, ConsentFact, ConsentKind, Deadline, Decision, DecisionInput,
-    Effect, Facts, Lifetime, Localisation, Obligation, Outcome, Pack, PackKind, PackRef, Period, Register, Residency,
-    ResidencyRefusal, Rights, Rule, SoftCondition, Transfer, TransferCheck,
+    Effect, Facts, GpcRule, Lifetime, Localisation, Obligation, OptOutRule, Outcome, Pack, PackKind, PackRef, Period,
+    Register, Residency, ResidencyRefusal, Rights, Rule, Signals, SoftCondition, TcfMapping, TcfSource, Transfer,
+    TransferCheck,
 };
 pub use profile::{ResidencyProfile, RightsProfile, TransferView};
 pub use read::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};

@@ -48,6 +48,7 @@ fn consent(email: &str, action: common::ConsentAction) -> gw::RecordConsentReque
             capture_channel: "web".into(),
             source_system: "shop".into(),
             double_opt_in_confirmed: true,
+            signal: None,
         }),
         ..Default::default()
     }

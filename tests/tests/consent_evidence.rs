@@ -40,6 +40,7 @@ fn evidence(notice_version: &str, source_system: &str) -> common::Evidence {
         capture_channel: "web".into(),
         source_system: source_system.into(),
         double_opt_in_confirmed: true,
+        signal: None,
     }
 }
 

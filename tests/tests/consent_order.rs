@@ -79,6 +79,7 @@ async fn record(
                 capture_channel: "web".into(),
                 source_system: "web-preference-centre".into(),
                 double_opt_in_confirmed: true,
+                signal: None,
             }),
             captured_at,
             ..Default::default()

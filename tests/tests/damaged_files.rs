@@ -92,6 +92,7 @@ async fn damaged_key_slots_audit_logs_and_store_files_are_found_and_never_served
                     capture_channel: "web".into(),
                     source_system: "shop".into(),
                     double_opt_in_confirmed: true,
+                    signal: None,
                 }),
                 ..Default::default()
             })

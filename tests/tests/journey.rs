@@ -55,6 +55,7 @@ async fn consent(
                 capture_channel: captured_on.into(),
                 source_system: format!("{captured_on}-frontend"),
                 double_opt_in_confirmed: false,
+                signal: None,
             }),
             ..Default::default()
         })

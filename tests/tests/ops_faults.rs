@@ -56,6 +56,7 @@ fn evidence() -> Option<common::Evidence> {
         capture_channel: "web".into(),
         source_system: "preference-centre".into(),
         double_opt_in_confirmed: true,
+        signal: None,
     })
 }
 

@@ -63,6 +63,7 @@ async fn record(
                 capture_channel: "web".into(),
                 source_system: "preference-centre".into(),
                 double_opt_in_confirmed: true,
+                signal: None,
             }),
             captured_at: None,
             expires_at: None,

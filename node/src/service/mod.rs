@@ -30,6 +30,7 @@ mod follow;
 mod identity;
 mod repair;
 mod rights;
+mod signals;
 #[cfg(test)]
 mod tests;
 mod unit;
@@ -370,6 +371,13 @@ impl<S: Store> RegionalNode for NodeService<S> {
 
     async fn claims_of(&self, request: Request<pb::ClaimsOfRequest>) -> Result<Response<pb::ClaimsOfResponse>, Status> {
         respond(repair::wire::claims_of(self, request).await)
+    }
+
+    async fn record_signal(
+        &self,
+        request: Request<pb::RecordSignalRequest>,
+    ) -> Result<Response<pb::RecordSignalResponse>, Status> {
+        respond(signals::wire::record_signal(self, request).await)
     }
 
     type BackupStream = backup::BackupStream;

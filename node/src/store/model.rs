@@ -35,6 +35,27 @@ pub struct Evidence {
     pub capture_channel: Option<Channel>,
     pub source_system: String,
     pub double_opt_in_confirmed: bool,
+    /// The web consent signal this entry came from (`RecordSignal`); absent on older entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalEvidence>,
+}
+
+/// A web consent signal kept as evidence with the entries it produced: what it was, who
+/// captured it, what gave it its meaning, and the string itself (sealed with the entry; it never
+/// leaves the home region).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignalEvidence {
+    /// `tcf`, `gpp` or `gpc`.
+    pub kind: String,
+    pub cmp_id: u32,
+    pub cmp_version: u32,
+    pub vendor_list_version: u32,
+    pub policy_version: u32,
+    pub gpp_sections: Vec<u32>,
+    /// The pack's citation for the meaning given to the signal.
+    pub cite: String,
+    /// The TC or GPP string as received (`Sec-GPC: 1` for GPC).
+    pub raw: String,
 }
 
 /// One entry of the append-only consent ledger.

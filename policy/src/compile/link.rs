@@ -7,7 +7,9 @@ use domicile_types::{Channel, Purpose};
 
 use crate::diag::Sink;
 use crate::model::table::{CELLS, CompiledRule, MAX_RULES_PER_CELL, cell_index};
-use crate::model::{CallingWindow, Deadline, Lifetime, Obligation, Pack, PackKind, Register, Residency, Rights, Rule};
+use crate::model::{
+    CallingWindow, Deadline, Lifetime, Obligation, Pack, PackKind, Register, Residency, Rights, Rule, Signals,
+};
 use crate::read::PackFile;
 
 use super::table;
@@ -219,6 +221,15 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
             _ => {}
         }
     }
+    // Each part of `[signals]` from the nearest pack that states it.
+    let signals = Signals {
+        gpc: members.iter().find_map(|m| m.signals.gpc.clone()),
+        opt_out: members.iter().find_map(|m| m.signals.opt_out.clone()),
+        tcf: members.iter().find_map(|m| m.signals.tcf.clone()),
+    };
+    if signals.gpc.as_ref().is_some_and(|g| g.binding) && signals.opt_out.is_none() {
+        sink.error(&me.span, "a binding `[signals.gpc]` needs `[signals.opt_out]`: what the opt-out withdraws");
+    }
     // Definitions visible to this pack: its own shadow inherited ones of the same id.
     fn merged<T: Clone>(members: &[&PackFile], get: impl Fn(&PackFile) -> Vec<(String, T)>) -> Vec<T> {
         let mut seen: Vec<String> = Vec::new();
@@ -261,6 +272,7 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         time_zones,
         residency,
         rights,
+        signals,
         obligations,
         lifetimes,
         windows,

@@ -10,6 +10,7 @@ pub(crate) mod decision;
 pub(crate) mod pack;
 pub(crate) mod residency;
 pub(crate) mod rule;
+pub(crate) mod signals;
 pub(crate) mod table;
 pub(crate) mod terms;
 pub(crate) mod window;
@@ -18,5 +19,6 @@ pub use decision::{CALLING_WINDOW, ConsentFact, Decision, DecisionInput, Effect,
 pub use pack::{Deadline, Pack, Rights};
 pub use residency::{Residency, ResidencyRefusal, Transfer, TransferCheck};
 pub use rule::{Lifetime, Obligation, Register, Rule};
+pub use signals::{GpcRule, OptOutRule, Signals, TcfMapping, TcfSource};
 pub use terms::{Basis, Confidence, ConsentKind, Localisation, PackKind, PackRef, Period, SoftCondition};
 pub use window::CallingWindow;

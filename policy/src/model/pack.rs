@@ -81,6 +81,7 @@ pub struct Pack {
     pub(crate) time_zones: Vec<Zone>,
     pub(crate) residency: Residency,
     pub(crate) rights: Rights,
+    pub(crate) signals: super::signals::Signals,
     pub(crate) obligations: Vec<Obligation>,
     pub(crate) lifetimes: Vec<Lifetime>,
     pub(crate) windows: Vec<CallingWindow>,
@@ -184,6 +185,11 @@ impl Pack {
 
     pub fn rights(&self) -> &Rights {
         &self.rights
+    }
+
+    /// What consent signals mean for this pack's subjects (`[signals]`, as inherited).
+    pub fn signals(&self) -> &super::signals::Signals {
+        &self.signals
     }
 
     /// Obligations rules may attach: this pack's and inherited ones.

@@ -19,6 +19,7 @@ mod registers;
 mod residency;
 mod rights;
 mod rules;
+mod signals;
 mod values;
 mod windows;
 
@@ -28,7 +29,7 @@ use toml::Spanned;
 
 use crate::diag::{PackSource, Sink};
 use crate::model::pack::Metadata;
-use crate::model::{PackKind, PackRef, Rights};
+use crate::model::{PackKind, PackRef, Rights, Signals};
 use crate::zone::Zone;
 
 use document::Span;
@@ -39,7 +40,7 @@ use residency::ParsedResidency;
 use rules::ParsedRule;
 
 const ROOT_KEYS: &[&str] =
-    &["schema", "pack", "residency", "rights", "obligations", "lifetimes", "windows", "registers", "rule"];
+    &["schema", "pack", "residency", "rights", "signals", "obligations", "lifetimes", "windows", "registers", "rule"];
 
 /// One pack file, read and checked on its own; `compile` resolves `extends` and references.
 pub(crate) struct PackFile {
@@ -51,6 +52,8 @@ pub(crate) struct PackFile {
     /// `None`: inherited.
     pub(crate) residency: Option<ParsedResidency>,
     pub(crate) rights: Rights,
+    /// As this file states it (each part `None`: inherited).
+    pub(crate) signals: Signals,
     pub(crate) definitions: Definitions,
     pub(crate) rules: Vec<ParsedRule>,
 }
@@ -86,6 +89,7 @@ pub(crate) fn read_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pac
 
     let residency = residency::read(sink, &root, !extends);
     let rights = rights::read(sink, &root);
+    let signals = signals::read(sink, &root);
     let definitions = Definitions {
         obligations: obligations::read(sink, &root),
         lifetimes: lifetimes::read(sink, &root),
@@ -133,7 +137,8 @@ pub(crate) fn read_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pac
         revision: hex::encode(Sha256::digest(source.text.as_bytes())),
         path: source.path.clone(),
     };
-    let file = PackFile { meta, span: pack.span, time_zones: pack.time_zones, residency, rights, definitions, rules };
+    let file =
+        PackFile { meta, span: pack.span, time_zones: pack.time_zones, residency, rights, signals, definitions, rules };
     (Some(file), header)
 }
 

@@ -56,6 +56,8 @@ fn evidence_from_pb(pb: Option<&common::Evidence>) -> Result<Evidence, FieldViol
         },
         source_system: e.source_system.clone(),
         double_opt_in_confirmed: e.double_opt_in_confirmed,
+        // Only `RecordSignal` sets it, from the signal it decoded itself.
+        signal: None,
     })
 }
 
@@ -91,7 +93,7 @@ fn history_to_pb<S: Store>(node: &NodeService<S>, history: ConsentHistory) -> pb
 
 /// A ledger entry as it leaves the node. Evidence stored before it had to be a token is left
 /// out unless it is one, so nothing free-form leaves with a history.
-fn entry_to_pb(record: &ConsentRecord) -> common::ConsentEntry {
+pub(in crate::service) fn entry_to_pb(record: &ConsentRecord) -> common::ConsentEntry {
     let token = |text: &str| if convert::is_evidence_token(text) { text.to_owned() } else { String::new() };
     common::ConsentEntry {
         sequence: record.sequence,
@@ -106,6 +108,16 @@ fn entry_to_pb(record: &ConsentRecord) -> common::ConsentEntry {
             capture_channel: record.evidence.capture_channel.map(|c| c.to_string()).unwrap_or_default(),
             source_system: token(&record.evidence.source_system),
             double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+            // What the signal was, never the string.
+            signal: record.evidence.signal.as_ref().map(|s| common::SignalEvidence {
+                kind: s.kind.clone(),
+                cmp_id: s.cmp_id,
+                cmp_version: s.cmp_version,
+                vendor_list_version: s.vendor_list_version,
+                policy_version: s.policy_version,
+                gpp_sections: s.gpp_sections.clone(),
+                cite: s.cite.clone(),
+            }),
         }),
     }
 }

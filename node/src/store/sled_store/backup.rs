@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 use domicile_types::{RegionId, SubjectId};
 
-use super::{STORE_HEAD_FILE, SledStore, backend, last_event};
+use super::heads::STORE_HEAD_FILE;
+use super::heads::last_event;
+use super::{SledStore, backend};
 use crate::store::vault::VaultScan;
 use crate::store::{RightsRequestRecord, StoreError};
 
@@ -128,7 +130,7 @@ fn copy_prefix(from: &Path, to: &Path, len: u64) -> std::io::Result<()> {
 impl SledStore {
     /// Stages an online backup under the data directory (see the module documentation).
     pub fn stage_backup(&self, now: i64) -> Result<StagedBackup, StoreError> {
-        let dir = self.dir.join(format!("backup-staging-{}", crate::store::sled_store::unique_suffix()));
+        let dir = self.dir.join(format!("backup-staging-{}", super::heads::unique_suffix()));
         std::fs::create_dir(&dir).map_err(backend)?;
         let mut staged = StagedBackup { dir, manifest: Manifest::empty(&self.region, now) };
         let (mut manifest, dir) = (staged.manifest.clone(), staged.dir.clone());

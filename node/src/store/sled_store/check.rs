@@ -131,13 +131,13 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
         }
     };
     match (
-        super::read_store_head(dir),
-        db.open_tree("events").map_err(super::backend).and_then(|e| super::last_event(&e)),
+        super::heads::read_store_head(dir),
+        db.open_tree("events").map_err(super::backend).and_then(|e| super::heads::last_event(&e)),
     ) {
         (Ok(flushed), Ok(last)) if last < flushed => report.problems.push(format!(
             "{}: the last change event is {last}, but event {flushed} was flushed ({}): acknowledged writes lost",
             path.display(),
-            super::STORE_HEAD_FILE
+            super::heads::STORE_HEAD_FILE
         )),
         (Ok(_), Ok(_)) => {}
         (Err(e), _) | (_, Err(e)) => report.problems.push(format!("{}: {e}", path.display())),

@@ -31,6 +31,7 @@ pub mod backup;
 mod cache;
 pub mod check;
 mod claims;
+mod heads;
 mod identity;
 mod records;
 mod unit;
@@ -45,6 +46,7 @@ use super::{
 };
 use cache::WriteGuard;
 use domicile_types::RegionId;
+use heads::{last_event, open_journal};
 use unit::number_events;
 
 #[derive(Debug)]
@@ -79,52 +81,6 @@ pub struct SledStore {
     dir: std::path::PathBuf,
     /// The erasure journal (`backup.rs`), appended and synced before a key is destroyed.
     journal: std::sync::Mutex<std::fs::File>,
-}
-
-/// A name part no other staged backup of this process has.
-pub(crate) fn unique_suffix() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}-{}-{n}", std::process::id(), now_ms())
-}
-
-fn now_ms() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
-}
-
-fn open_journal(path: &Path) -> Result<std::fs::File, StoreError> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| backend(format!("erasure journal {}: {e}", path.display())))
-}
-
-/// Beside the database: the last change event known flushed. sled recovers its log by stopping
-/// at the first record that fails its checksum, so a damaged byte can silently cut every later
-/// write; a database whose last event is older than this file names has lost acknowledged
-/// writes, and the node refuses it.
-pub const STORE_HEAD_FILE: &str = "store.head";
-
-/// The event sequence `store.head` in `dir` names (0 without one).
-pub fn read_store_head(dir: &Path) -> Result<u64, StoreError> {
-    match std::fs::read_to_string(dir.join(STORE_HEAD_FILE)) {
-        Ok(text) if text.trim().is_empty() => Ok(0),
-        Ok(text) => text.trim().parse().map_err(|_| StoreError::Corrupt(format!("{STORE_HEAD_FILE} is damaged"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(backend(e)),
-    }
-}
-
-/// The last change event's sequence in `events` (0 when empty).
-fn last_event(events: &sled::Tree) -> Result<u64, StoreError> {
-    match events.last().map_err(backend)? {
-        None => Ok(0),
-        Some((key, _)) => {
-            let bytes = <[u8; 8]>::try_from(key.as_ref()).map_err(|_| StoreError::Corrupt("event key".into()))?;
-            Ok(u64::from_be_bytes(bytes))
-        }
-    }
 }
 
 /// Stored beside the sealed record: what routing, decisions and watchers need.
@@ -211,29 +167,8 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let audit = Arc::new(AuditLog::open(dir, region).map_err(StoreError::Audit)?);
         let db = sled::Config::new().path(dir.join("db")).open().map_err(backend)?;
-        // A backup staged by a process that stopped before streaming it is of no use now.
-        for entry in std::fs::read_dir(dir).map_err(backend)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("backup-staging-") {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        let flushed = read_store_head(dir)?;
         let events = db.open_tree("events").map_err(backend)?;
-        let last = last_event(&events)?;
-        if last < flushed {
-            return Err(StoreError::Corrupt(format!(
-                "{}: the database's last change event is {last}, but event {flushed} was flushed ({STORE_HEAD_FILE}): \
-                 it lost acknowledged writes (damaged or replaced files); restore the region from a backup",
-                dir.join("db").display()
-            )));
-        }
-        let head_file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(STORE_HEAD_FILE))
-            .map_err(backend)?;
+        let (head_file, flushed) = heads::open_checked(dir, &events)?;
         Self {
             journal: std::sync::Mutex::new(open_journal(&dir.join(backup::ERASURE_JOURNAL_FILE))?),
             dir: dir.to_owned(),
@@ -259,27 +194,6 @@ impl SledStore {
             db,
         }
         .with_ledger_counter()
-    }
-
-    /// Keeps the erasure journal at `path` instead of the data directory (a disk that outlives
-    /// this machine's: deploy/README.md, "Backup and restore of a node").
-    pub fn with_erasure_journal(self, path: &Path) -> Result<Self, StoreError> {
-        *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = open_journal(path)?;
-        Ok(self)
-    }
-
-    /// Writes `seq` to `store.head` if newer. Not synced: it only ever names durable events, so
-    /// losing it weakens the check and never fools it; a failure is logged, not returned.
-    fn record_flushed(&self, seq: u64) {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        if seq <= head.1 {
-            return;
-        }
-        let line = format!("{seq:020}\n");
-        match std::os::unix::fs::FileExt::write_all_at(&head.0, line.as_bytes(), 0) {
-            Ok(()) => head.1 = seq,
-            Err(e) => tracing::warn!(error = %e, "cannot record the flushed store head"),
-        }
     }
 
     /// Starts the consent ledger's position counter after every position already used: stores
