@@ -7,6 +7,7 @@ mod kek;
 mod load;
 mod node_check;
 mod packs;
+mod records;
 pub mod repair;
 mod signals;
 pub mod topology;
@@ -43,6 +44,10 @@ enum Command {
     /// Validate and test policy packs.
     #[command(subcommand)]
     Packs(packs::PacksCommand),
+    /// A subject's consent ledger as ISO/IEC TS 27560 records or Kantara consent receipts, out of
+    /// and into its home node (in-region only).
+    #[command(subcommand)]
+    Records(records::RecordsCommand),
     /// Decode or encode IAB TCF and GPP consent strings (what a string says, in words or JSON).
     #[command(subcommand)]
     Signals(signals::SignalsCommand),
@@ -142,6 +147,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Packs(command) => packs::run(command),
         Command::Audit(command) => audit::run(command),
         Command::Signals(command) => signals::run(command),
+        Command::Records(command) => records::run(command).await,
         Command::Load(args) => load::run(args).await,
         Command::Kek(command) => report(kek::run(command).await),
     }

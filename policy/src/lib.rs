@@ -30,6 +30,7 @@ mod model;
 mod profile;
 mod read;
 mod set;
+pub mod signal_meaning;
 pub mod signing;
 mod testing;
 pub mod time;

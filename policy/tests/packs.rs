@@ -121,7 +121,7 @@ fn subdivisions_use_their_own_pack_or_fall_back_to_their_country_saying_so() {
         ("US-CA", "us-ca", "US-CA", false),
         ("us-ca", "us-ca", "US-CA", false),
         ("US", "us", "US", false),
-        ("US-TX", "us", "US", true),
+        ("US-TX", "us-tx", "US-TX", false),
         ("US-NY", "us", "US", true),
         ("DE-BY", "de", "DE", true),
         ("BR-SP", "br", "BR", true),

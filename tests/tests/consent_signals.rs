@@ -187,10 +187,10 @@ async fn gpc_binds_where_a_state_law_says_so_from_its_date_and_is_recorded_only_
     let mut gateway = cluster.gateway().await.unwrap();
     let gpc = || gw::record_signal_request::Signal::Gpc(true);
     let ca = || select("email", "sam.gpc@example.com");
-    let tx = || select("email", "tex.gpc@example.com");
+    let ny = || select("email", "nico.gpc@example.com");
     let co = || select("email", "cora.gpc@example.com");
     register(&mut gateway, "US-CA", &[("email", "sam.gpc@example.com")]).await;
-    register(&mut gateway, "US-TX", &[("email", "tex.gpc@example.com")]).await;
+    register(&mut gateway, "US-NY", &[("email", "nico.gpc@example.com")]).await;
     register(&mut gateway, "US-CO", &[("email", "cora.gpc@example.com")]).await;
 
     // California: sharing allowed until the opt-out; GPC is that opt-out, with rule and citation.
@@ -206,14 +206,14 @@ async fn gpc_binds_where_a_state_law_says_so_from_its_date_and_is_recorded_only_
     // Other purposes are untouched.
     assert!(allowed(&decide(&mut gateway, ca(), "marketing", "email").await));
 
-    // Texas has no pack of its own: the federal pack, where GPC is recorded only.
-    let before = decide(&mut gateway, tx(), "profiling", "web").await;
-    let recorded = gateway.record_signal(signal(tx(), gpc())).await.unwrap().into_inner();
+    // New York has no pack of its own: the federal pack, where GPC is recorded only.
+    let before = decide(&mut gateway, ny(), "profiling", "web").await;
+    let recorded = gateway.record_signal(signal(ny(), gpc())).await.unwrap().into_inner();
     assert!(recorded.recorded.is_empty());
     assert!(recorded.recorded_only.contains("recorded only") && recorded.recorded_only.contains("no federal statute"));
-    let after = decide(&mut gateway, tx(), "profiling", "web").await;
+    let after = decide(&mut gateway, ny(), "profiling", "web").await;
     assert_eq!((after.effect, &after.reasons), (before.effect, &before.reasons), "the state's pack decides as before");
-    assert!(allowed(&decide(&mut gateway, tx(), "marketing", "email").await));
+    assert!(allowed(&decide(&mut gateway, ny(), "marketing", "email").await));
 
     // Colorado: binding from 1 July 2024 only. A signal captured before is recorded only.
     let mut early = signal(co(), gpc());

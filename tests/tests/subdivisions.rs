@@ -120,10 +120,10 @@ async fn unknown_subdivisions_are_refused_and_known_ones_without_a_pack_fall_bac
         .expect_err("no subject holds the identifier");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
-    // Texas has no pack of its own: the federal pack decides, and the decision says it stood in.
-    let tx = register(&mut client, "us-tx", "texas.subject@example.com").await;
-    assert_eq!(tx.home_region, "us-east");
-    let d = decide(&mut client, "texas.subject@example.com", "marketing", "email").await;
+    // New York has no pack of its own: the federal pack decides, and the decision says it stood in.
+    let ny = register(&mut client, "us-ny", "newyork.subject@example.com").await;
+    assert_eq!(ny.home_region, "us-east");
+    let d = decide(&mut client, "newyork.subject@example.com", "marketing", "email").await;
     assert_eq!(pack_id(&d), "us");
     assert_eq!((d.pack_jurisdiction.as_str(), d.country_fallback), ("US", true), "{d:?}");
     assert_eq!(d.reasons, ["us.marketing.email"]);
@@ -133,7 +133,7 @@ async fn unknown_subdivisions_are_refused_and_known_ones_without_a_pack_fall_bac
         "{}",
         d.explanation
     );
-    assert!(!d.explanation.contains("TX"), "the subject's subdivision is not named: {}", d.explanation);
+    assert!(!d.explanation.contains("NY"), "the subject's subdivision is not named: {}", d.explanation);
 
     // California has its overlay: it decides, and no fallback is claimed.
     let ca = register(&mut client, "US-CA", "california.subject@example.com").await;
@@ -143,8 +143,8 @@ async fn unknown_subdivisions_are_refused_and_known_ones_without_a_pack_fall_bac
     assert_eq!((d.pack_jurisdiction.as_str(), d.country_fallback), ("US-CA", false), "{d:?}");
     assert_eq!(d.reasons, ["us-ca.profiling.sale-share"], "the overlay's own rule decides");
     assert!(!d.explanation.contains("fallback"), "{}", d.explanation);
-    // The same purpose and channel for Texas: the federal gap, since no overlay applies.
-    let d = decide(&mut client, "texas.subject@example.com", "profiling", "web").await;
+    // The same purpose and channel for New York: the federal gap, since no overlay applies.
+    let d = decide(&mut client, "newyork.subject@example.com", "profiling", "web").await;
     assert_eq!((pack_id(&d), d.country_fallback), ("us", true), "{d:?}");
     assert_ne!(d.reasons, ["us-ca.profiling.sale-share"]);
 
@@ -165,7 +165,7 @@ async fn unknown_subdivisions_are_refused_and_known_ones_without_a_pack_fall_bac
 
     // DecideStream forwards the node's encoded decisions: they say the same.
     let items: Vec<gw::DecideStreamItem> =
-        [(1, "texas.subject@example.com"), (2, "california.subject@example.com"), (3, "bavaria.subject@example.de")]
+        [(1, "newyork.subject@example.com"), (2, "california.subject@example.com"), (3, "bavaria.subject@example.de")]
             .into_iter()
             .map(|(id, email)| gw::DecideStreamItem {
                 id,

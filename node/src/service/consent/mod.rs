@@ -27,6 +27,7 @@ pub(crate) struct ConsentCapture {
 /// A subject's consent ledger, oldest first, and the record in force per purpose × channel.
 pub(crate) struct ConsentHistory {
     pub subject: SubjectId,
+    pub jurisdiction: domicile_types::Jurisdiction,
     pub restricted: bool,
     pub entries: Vec<ConsentRecord>,
     pub in_force: Vec<(Purpose, Channel, CurrentConsent)>,
@@ -96,6 +97,6 @@ impl<S: Store> NodeService<S> {
         let (subject, meta) = self.resolve_meta(key).await?;
         let entries = self.store.consent_history(&subject).await?;
         let in_force = self.store.consent_in_force(&subject).await?;
-        Ok(ConsentHistory { subject, restricted: meta.restricted, entries, in_force })
+        Ok(ConsentHistory { subject, jurisdiction: meta.jurisdiction, restricted: meta.restricted, entries, in_force })
     }
 }

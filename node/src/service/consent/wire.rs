@@ -76,6 +76,7 @@ fn recorded_to_pb<S: Store>(
 fn history_to_pb<S: Store>(node: &NodeService<S>, history: ConsentHistory) -> pb::ConsentHistoryResponse {
     pb::ConsentHistoryResponse {
         subject_ref: node.subject_ref(history.subject).to_string(),
+        jurisdiction: history.jurisdiction.to_string(),
         entries: history.entries.iter().map(entry_to_pb).collect(),
         restricted: history.restricted,
         in_force: history

@@ -1,5 +1,5 @@
 //! `RecordSignal`: a web consent signal (TCF, GPP, GPC) turned into ledger entries by the
-//! subject's pack (`mapping.rs`), each recorded like any consent capture and keeping the signal
+//! subject's pack (`domicile_policy::signal_meaning`), each recorded like any consent capture and keeping the signal
 //! as evidence; a signal the pack gives no meaning to is kept as evidence in the subject's
 //! interaction log and changes no decision.
 
@@ -15,7 +15,7 @@ use super::context::InteractionReport;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
 use crate::store::{ConsentRecord, Evidence, Idempotency, InteractionKind, Store};
-use mapping::Decoded;
+use domicile_policy::signal_meaning::{self, Decoded};
 
 /// A signal as received: decoded, its text (kept as evidence), when and by what it was captured.
 pub(crate) struct SignalCapture {
@@ -63,9 +63,9 @@ impl<S: Store> NodeService<S> {
             let loaded = self.packs.current();
             let pack = Self::pack_of(&loaded, &meta.jurisdiction)?;
             let label = format!("{}@{}", pack.id(), pack.version());
-            (mapping::map(&decoded, pack.signals(), &label, captured_at_ms.div_euclid(1000)), label)
+            (signal_meaning::map(&decoded, pack.signals(), &label, captured_at_ms.div_euclid(1000)), label)
         };
-        let evidence = decoded.evidence(&raw);
+        let evidence = mapping::evidence(&decoded, &raw);
         let mut entries = Vec::new();
         for (index, entry) in mapped.entries.iter().enumerate() {
             let signal = crate::store::SignalEvidence { cite: entry.cite.clone(), ..evidence.clone() };

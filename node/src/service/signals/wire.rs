@@ -6,11 +6,11 @@ use domicile_proto::pb::node::v1 as pb;
 use tonic::Request;
 
 use super::SignalCapture;
-use super::mapping::Decoded;
 use crate::error::NodeError;
 use crate::service::NodeService;
 use crate::service::consent::wire::entry_to_pb;
 use crate::store::Store;
+use domicile_policy::signal_meaning::Decoded;
 
 /// Longest signal string accepted (GPP strings with many sections stay far below).
 const MAX_SIGNAL_LEN: usize = 16 * 1024;

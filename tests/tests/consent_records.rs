@@ -1,0 +1,202 @@
+//! Standard consent records on a real cluster: a subject's ledger exported from its home node as
+//! ISO/IEC TS 27560 records and as Kantara consent receipts, imported into other subjects, gives
+//! the same consent in force and the same decisions; importing the same file again changes
+//! nothing; an operator of another region is refused (in-region only).
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
+use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, region, select_email};
+use domicile_runtime::identity::Scope;
+use domicile_runtime::tls::TlsFiles;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+
+fn domicile(args: &[String]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn node_args(addr: &str, region: &str, tls: &TlsFiles) -> Vec<String> {
+    [
+        "--addr",
+        addr,
+        "--region",
+        region,
+        "--ca",
+        tls.ca.to_str().unwrap(),
+        "--cert",
+        tls.cert.to_str().unwrap(),
+        "--key",
+        tls.key.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+async fn register(gateway: &mut DomicileClient<Channel>, email: &str) -> String {
+    let request = gw::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![identifier("email", email)],
+        idempotency_key: String::new(),
+    };
+    gateway.register(request).await.unwrap().into_inner().subject_ref
+}
+
+async fn consent(
+    gateway: &mut DomicileClient<Channel>,
+    email: &str,
+    purpose: &str,
+    channels: &[&str],
+    action: common::ConsentAction,
+    captured: i64,
+    expires: Option<i64>,
+) {
+    let request = gw::RecordConsentRequest {
+        subject: select_email(email),
+        purpose: purpose.into(),
+        channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+        action: action as i32,
+        evidence: Some(common::Evidence {
+            notice_version: "privacy-notice-v3".into(),
+            capture_channel: "web".into(),
+            source_system: "web-shop".into(),
+            double_opt_in_confirmed: true,
+            signal: None,
+        }),
+        captured_at: Some(prost_types::Timestamp { seconds: captured, nanos: 0 }),
+        expires_at: expires.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+        idempotency_key: String::new(),
+    };
+    gateway.record_consent(request).await.unwrap();
+}
+
+/// The consent in force per purpose × channel, and the decisions on a fixed grid.
+async fn state_of(gateway: &mut DomicileClient<Channel>, email: &str) -> (Vec<(String, String)>, Vec<i32>) {
+    let history =
+        gateway.consent_history(gw::ConsentHistoryRequest { subject: select_email(email) }).await.unwrap().into_inner();
+    let mut in_force: Vec<(String, String)> =
+        history.entries.iter().map(|e| (format!("{}/{}", e.purpose, e.channels.join("+")), e.state.clone())).collect();
+    in_force.sort();
+    let mut decisions = Vec::new();
+    for (purpose, channel) in
+        [("marketing", "email"), ("survey", "sms"), ("survey", "email"), ("profiling", "web"), ("research", "voice")]
+    {
+        let request = gw::DecideRequest {
+            subject: select_email(email),
+            purpose: purpose.into(),
+            channel: channel.into(),
+            at: None,
+        };
+        decisions.push(gateway.decide(request).await.unwrap().into_inner().decision.unwrap().effect);
+    }
+    (in_force, decisions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_exported_as_27560_or_kantara_and_imported_elsewhere_decides_the_same() {
+    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut gateway = cluster.gateway().await.unwrap();
+    let now = domicile_runtime::process::now_unix();
+    let source = "records.source@example.de";
+    let source_ref = register(&mut gateway, source).await;
+    consent(&mut gateway, source, "marketing", &["email"], common::ConsentAction::Grant, now - 3000, None).await;
+    consent(
+        &mut gateway,
+        source,
+        "survey",
+        &["sms", "email"],
+        common::ConsentAction::Grant,
+        now - 2000,
+        Some(now + 86_400),
+    )
+    .await;
+    consent(&mut gateway, source, "marketing", &["email"], common::ConsentAction::Withdraw, now - 1000, None).await;
+    consent(&mut gateway, source, "profiling", &["web"], common::ConsentAction::Deny, now - 900, None).await;
+    consent(&mut gateway, source, "research", &["voice"], common::ConsentAction::Grant, now - 800, None).await;
+    let expected = state_of(&mut gateway, source).await;
+
+    let eu_addr = cluster.node_addr(&region("eu-central")).unwrap().to_string();
+    let ops = cluster.issue_caller("records-ops", "eu-central", &[Scope::Context, Scope::Capture]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (format, target) in [("iso27560", "records.iso@example.de"), ("kantara", "records.kantara@example.de")] {
+        let file = dir.path().join(format!("{format}.json"));
+        let mut args: Vec<String> = ["records", "export"].iter().map(|s| (*s).to_owned()).collect();
+        args.extend(node_args(&eu_addr, "eu-central", &ops));
+        args.extend(
+            [
+                "--subject-ref",
+                &source_ref,
+                "--format",
+                format,
+                "--controller",
+                "Example CX",
+                "--out",
+                file.to_str().unwrap(),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
+        let (code, out, err) = domicile(&args);
+        assert_eq!(code, 0, "{out}{err}");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains(source), "no identifier in the records, only the subject ref");
+        if format == "iso27560" {
+            assert!(text.contains("ISO/IEC TS 27560:2023") && text.contains("dpv:ConsentWithdrawn"), "{text}");
+        } else {
+            assert!(text.contains("KI-CR-v1.1.0") && text.contains("Example CX"), "{text}");
+        }
+
+        let target_ref = register(&mut gateway, target).await;
+        let mut import: Vec<String> = ["records", "import"].iter().map(|s| (*s).to_owned()).collect();
+        import.extend(node_args(&eu_addr, "eu-central", &ops));
+        import.extend(
+            ["--subject-ref", &target_ref, "--format", format, "--file", file.to_str().unwrap()]
+                .iter()
+                .map(|s| (*s).to_owned()),
+        );
+        let (code, out, err) = domicile(&import);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(state_of(&mut gateway, target).await, expected, "{format}: the same consent state and decisions");
+        // Again: nothing changes (each entry carries an idempotency key derived from the record).
+        let entries_before = gateway
+            .consent_history(gw::ConsentHistoryRequest { subject: select_email(target) })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .len();
+        let (code, _, err) = domicile(&import);
+        assert_eq!(code, 0, "{err}");
+        let entries_after = gateway
+            .consent_history(gw::ConsentHistoryRequest { subject: select_email(target) })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .len();
+        assert_eq!(entries_after, entries_before, "{format}: importing the same file twice changes nothing");
+    }
+
+    // In-region only: an operator of another region is refused by the node.
+    let foreign = cluster.issue_caller("us-records-ops", "us-east", &[Scope::Context, Scope::Capture]).unwrap();
+    let mut args: Vec<String> = ["records", "export"].iter().map(|s| (*s).to_owned()).collect();
+    args.extend(node_args(&eu_addr, "eu-central", &foreign));
+    args.extend(["--subject-ref", &source_ref, "--format", "kantara"].iter().map(|s| (*s).to_owned()));
+    let (code, out, err) = domicile(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains("another region") && out.is_empty(), "{err}");
+}
