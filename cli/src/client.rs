@@ -166,7 +166,7 @@ impl SubjectArgs {
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
     /// Jurisdiction: an ISO 3166-1 alpha-2 country (DE, US) or an ISO 3166-2 subdivision (US-CA,
-    /// US-TX), any case. A subdivision without a pack of its own is decided by its country's pack,
+    /// US-NY), any case. A subdivision without a pack of its own is decided by its country's pack,
     /// and decisions say so.
     #[arg(long)]
     jurisdiction: String,

@@ -26,7 +26,7 @@ pub enum ResidencyError {
 #[derive(Debug, Clone, Copy)]
 pub struct PackMatch<'s> {
     pub pack: &'s Pack,
-    /// The jurisdiction asked for is a subdivision (`US-TX`) without a pack of its own, and this
+    /// The jurisdiction asked for is a subdivision (`US-NY`) without a pack of its own, and this
     /// is its country's pack (`US`).
     pub country_fallback: bool,
 }
@@ -87,7 +87,7 @@ impl PackSet {
     }
 
     /// The pack for a jurisdiction: an exact match (`US-CA`) first, else, for a subdivision
-    /// without a pack of its own (`US-TX`), the country's (`US`), marked as that fallback so the
+    /// without a pack of its own (`US-NY`), the country's (`US`), marked as that fallback so the
     /// decisions it makes say so. `None` means no pack applies and callers must deny.
     pub fn lookup(&self, jurisdiction: &Jurisdiction) -> Option<PackMatch<'_>> {
         let (index, country_fallback) = match self.by_jurisdiction.get(jurisdiction) {

@@ -592,7 +592,7 @@ mod tests {
                 }
             }
         }
-        let us_tx = set.lookup(&domicile_types::Jurisdiction::parse("US-TX").unwrap()).unwrap();
+        let us_tx = set.lookup(&domicile_types::Jurisdiction::parse("US-NY").unwrap()).unwrap();
         let pack = set.packs().next().unwrap();
         for restricted in [pack.restricted_parts(), us_tx.restricted_parts()] {
             batch.push_decision(id, &restricted, region.as_str(), SubjectId::from_bytes([1; 16]));

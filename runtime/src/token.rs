@@ -182,6 +182,13 @@ impl TokenVerifier {
         }
         let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
         let (payload, signature) = rest.split_once('.').ok_or(TokenError::Malformed)?;
+        // One spelling per token: `hex::decode` also reads upper case, which made every signed
+        // token verify in 2^n spellings, each a miss of the gateway's token cache (found by
+        // fuzzing, FUZZING.md). Issuers write lower case only.
+        let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !lower_hex(payload) || !lower_hex(signature) {
+            return Err(TokenError::Malformed);
+        }
         let payload = hex::decode(payload).map_err(|_| TokenError::Malformed)?;
         let signature = hex::decode(signature).map_err(|_| TokenError::Malformed)?;
         let mut message = DOMAIN.to_vec();

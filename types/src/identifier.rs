@@ -170,6 +170,11 @@ fn normalize_email_general(raw: &str) -> Result<String, IdentifierError> {
         return Err(IdentifierError::TooLong { kind, max: MAX_EMAIL });
     }
     let (local, domain) = raw.rsplit_once('@').ok_or_else(|| malformed(kind, "missing `@`"))?;
+    // Mailbox providers treat local parts case-insensitively in practice; matching people across
+    // channels matters more than RFC 5321's theoretical case sensitivity. Checked once lower-cased
+    // so the canonical form passes the same checks (`İ` lower-cases to `i` and a combining dot,
+    // which is not allowed; found by fuzzing, FUZZING.md).
+    let local = local.to_lowercase();
     if local.is_empty() || local.len() > 64 {
         return Err(malformed(kind, "local part must be 1-64 bytes"));
     }
@@ -202,9 +207,12 @@ fn normalize_email_general(raw: &str) -> Result<String, IdentifierError> {
     if !labels_ok {
         return Err(malformed(kind, "domain is not a valid host name"));
     }
-    // Mailbox providers treat local parts case-insensitively in practice; matching people across
-    // channels matters more than RFC 5321's theoretical case sensitivity.
-    Ok(format!("{}@{}", local.to_lowercase(), domain))
+    let canonical = format!("{local}@{domain}");
+    // Punycode and lower case can lengthen the address: the canonical form obeys the limit too.
+    if canonical.len() > MAX_EMAIL {
+        return Err(IdentifierError::TooLong { kind, max: MAX_EMAIL });
+    }
+    Ok(canonical)
 }
 
 /// Longest raw phone input accepted: E.164 has at most 15 digits; this leaves room for
@@ -247,8 +255,17 @@ fn normalize_phone(raw: &str) -> Result<String, IdentifierError> {
     if !phonenumber::is_valid(&number) {
         return Err(malformed(kind, "not a valid number for its country"));
     }
-    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    // E.164 numbers have at most 15 digits; libphonenumber's patterns for some countries (DE)
+    // admit longer ones, which no operator can have assigned (found by fuzzing, FUZZING.md).
+    if e164.len() > 1 + MAX_E164_DIGITS {
+        return Err(malformed(kind, "longer than the 15 digits E.164 allows"));
+    }
+    Ok(e164)
 }
+
+/// Most digits of an E.164 number (country code included).
+const MAX_E164_DIGITS: usize = 15;
 
 fn normalize_token(kind: IdentifierKind, raw: &str, max: usize, min: usize) -> Result<String, IdentifierError> {
     if raw.len() > max {
@@ -277,7 +294,12 @@ fn normalize_chat(raw: &str) -> Result<String, IdentifierError> {
     if handle.is_empty() || handle.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(malformed(kind, "handle must be non-empty without spaces"));
     }
-    Ok(format!("{}:{}", platform.to_ascii_lowercase(), handle.to_lowercase()))
+    let canonical = format!("{}:{}", platform.to_ascii_lowercase(), handle.to_lowercase());
+    // Lower case can lengthen the handle (`İ`): the canonical form obeys the limit too.
+    if canonical.len() > MAX_OPAQUE {
+        return Err(IdentifierError::TooLong { kind, max: MAX_OPAQUE });
+    }
+    Ok(canonical)
 }
 
 #[cfg(test)]

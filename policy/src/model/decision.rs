@@ -184,7 +184,7 @@ pub struct Decision {
     pub valid_until_unix: Option<i64>,
     /// The jurisdiction of the pack that decided (`US-CA`, `US`).
     pub jurisdiction: String,
-    /// The subject's jurisdiction is a subdivision without a pack of its own (`US-TX`) and its
+    /// The subject's jurisdiction is a subdivision without a pack of its own (`US-NY`) and its
     /// country's pack decided ([`crate::PackSet::lookup`]); the explanation says so too.
     pub country_fallback: bool,
 }
