@@ -244,7 +244,11 @@ impl<S: Store> NodeService<S> {
         tag: Option<&Idempotency>,
     ) -> Result<Option<T>, NodeError> {
         let Some(tag) = tag else { return Ok(None) };
-        idempotency::replayed(tag, self.store.replay(&tag.key).await?)
+        let replayed = idempotency::replayed(tag, self.store.replay(&tag.key).await?)?;
+        if replayed.is_some() {
+            self.settle_replay().await?;
+        }
+        Ok(replayed)
     }
 
     /// The result of an earlier write with the same idempotency key that a concurrent repeat

@@ -13,6 +13,8 @@
 //! Operations call [`NodeService::settle`] with what the store's write returned; none sequences
 //! these steps itself.
 
+use std::sync::Arc;
+
 use domicile_types::RegionId;
 
 use super::NodeService;
@@ -110,14 +112,38 @@ impl<S: Store> NodeService<S> {
             Err(StoreError::Replayed) => return Ok(Settled::Replayed),
             Err(e) => return Err(e.into()),
         };
-        self.make_durable().await?;
-        if let Some(sequence) = written.last_event() {
-            self.publish(sequence);
-        }
-        if written.queued_releases() {
-            self.ownership.releases_queued();
-        }
+        // Steps 2 and 3 run to the end even if this call is dropped: a caller that gives up (its
+        // deadline, a connection lost after the request arrived) cancels the handler, and the
+        // write it already applied must still be made durable and published, or its change
+        // events would reach no watcher until some later write.
+        let (commit, durable, ownership) =
+            (Arc::clone(&self.commit), Arc::clone(&self.durable), Arc::clone(&self.ownership));
+        let (last_event, queued) = (written.last_event(), written.queued_releases());
+        let settled = tokio::spawn(async move {
+            commit.commit().await.map_err(|e| {
+                tracing::error!(error = %e, "write could not be made durable");
+                NodeError::OutcomeUnknown
+            })?;
+            if let Some(sequence) = last_event {
+                super::raise(&durable, Some(sequence));
+            }
+            if queued {
+                ownership.releases_queued();
+            }
+            Ok::<(), NodeError>(())
+        });
+        settled.await.map_err(|_| NodeError::OutcomeUnknown)??;
         Ok(Settled::Applied(written))
+    }
+
+    /// A write found already made under its idempotency key is answered only once it is
+    /// durable and published: the first attempt may have been cancelled between its write and
+    /// its commit (a caller that gave up), and its answer now acknowledges it.
+    pub(super) async fn settle_replay(&self) -> Result<(), NodeError> {
+        let last = self.store.last_event().await?;
+        self.make_durable().await?;
+        super::raise(&self.durable, last);
+        Ok(())
     }
 
     /// [`Self::settle`] for a write without an idempotency key (a replay is then impossible).
@@ -137,10 +163,5 @@ impl<S: Store> NodeService<S> {
             tracing::error!(error = %e, "write could not be made durable");
             NodeError::OutcomeUnknown
         })
-    }
-
-    /// Marks events up to `sequence` durable and wakes watchers. Called after a flush.
-    fn publish(&self, sequence: u64) {
-        super::raise(&self.durable, Some(sequence));
     }
 }
