@@ -132,6 +132,7 @@ fn gateway_schema_matches_the_struct() {
         token_max_lifetime_secs: Some(3600),
         revocation_file: Some("revoked.toml".into()),
         revocation_reload_ms: 1_000,
+        max_in_flight_per_caller: None,
     };
     let value = serde_json::to_value(&config).unwrap();
     assert_eq!(check(&value, &schema_of::<GatewayConfig>()), vec![]);

@@ -12,6 +12,11 @@
 //! (`domicile_runtime::token`), when the gateway is configured with the public key. A presented
 //! certificate always wins over a token.
 //!
+//! Each caller may have at most a configured number of requests in flight at this gateway
+//! (`max_in_flight_per_caller`, whatever the connections it spreads them over): one more is
+//! answered RESOURCE_EXHAUSTED at once, so a caller that floods the gateway is shed without
+//! queueing and the others keep their latency.
+//!
 //! Both are checked against the revocation list in force (`domicile_runtime::revocation`),
 //! reloaded while the gateway serves: a revoked certificate or token is UNAUTHENTICATED from the
 //! next request on, on connections already open too.
@@ -94,7 +99,47 @@ struct State {
     /// signature check per revocation list.
     token_cache: GenerationCache<String, Result<(Arc<CallerIdentity>, i64), TokenError>>,
     revocations: Arc<Revocations>,
+    limits: CallerLimits,
 }
+
+/// Requests in flight per caller (name and region), each bounded by `per_caller`.
+#[derive(Debug)]
+struct CallerLimits {
+    per_caller: usize,
+    in_flight: std::sync::RwLock<hashbrown::HashMap<(String, String), Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Distinct callers tracked; past this, idle entries are forgotten (a caller with requests in
+/// flight keeps its entry, so no limit is ever reset while it is reached).
+const MAX_TRACKED_CALLERS: usize = 10_000;
+
+impl CallerLimits {
+    fn new(per_caller: usize) -> Self {
+        Self { per_caller: per_caller.max(1), in_flight: std::sync::RwLock::default() }
+    }
+
+    /// A slot for one more request of `caller`, or `None` when it has `per_caller` in flight.
+    fn admit(&self, caller: &CallerIdentity) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let key = (caller.name.clone(), caller.region.to_string());
+        let known = self.in_flight.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let semaphore = match known {
+            Some(semaphore) => semaphore,
+            None => {
+                let mut map = self.in_flight.write().unwrap_or_else(|p| p.into_inner());
+                if map.len() >= MAX_TRACKED_CALLERS {
+                    let full = self.per_caller;
+                    map.retain(|_, s| s.available_permits() < full);
+                }
+                Arc::clone(map.entry(key).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_caller))))
+            }
+        };
+        semaphore.try_acquire_owned().ok()
+    }
+}
+
+/// Requests in flight per caller unless configured otherwise: well above what one service
+/// needs at the gateway's capacity, low enough that one caller cannot hold every slot.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CALLER: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -104,18 +149,19 @@ pub struct AuthLayer {
 impl AuthLayer {
     /// Certificates only, none revoked.
     pub fn certificates_only() -> Self {
-        Self::new(None, Revocations::none())
+        Self::new(None, Revocations::none(), DEFAULT_MAX_IN_FLIGHT_PER_CALLER)
     }
 
     /// Certificates, or tokens verified with `tokens` from callers without one (if given), each
-    /// checked against `revocations`.
-    pub fn new(tokens: Option<TokenVerifier>, revocations: Arc<Revocations>) -> Self {
+    /// checked against `revocations`; at most `per_caller` requests in flight per caller.
+    pub fn new(tokens: Option<TokenVerifier>, revocations: Arc<Revocations>, per_caller: usize) -> Self {
         Self {
             state: Arc::new(State {
                 cache: GenerationCache::default(),
                 tokens,
                 token_cache: GenerationCache::default(),
                 revocations,
+                limits: CallerLimits::new(per_caller),
             }),
         }
     }
@@ -226,10 +272,23 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.authorise(&request) {
             Ok(caller) => {
+                let Some(permit) = self.state.limits.admit(&caller) else {
+                    tracing::info!(caller = %caller.name, "call shed: the caller is at its limit of requests in flight");
+                    let status = Status::resource_exhausted(format!(
+                        "the caller has {} requests in flight at this gateway, its limit: retry later",
+                        self.state.limits.per_caller
+                    ));
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                };
                 if needs_caller(request.uri().path()) {
                     request.extensions_mut().insert(caller);
                 }
-                Box::pin(self.inner.call(request))
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    let response = response.await;
+                    drop(permit);
+                    response
+                })
             }
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }

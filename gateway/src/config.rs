@@ -60,6 +60,10 @@ pub struct GatewayConfig {
     /// How often to look for a changed revocation list, in milliseconds (and on SIGHUP).
     #[serde(default = "default_revocation_reload_ms")]
     pub revocation_reload_ms: u64,
+    /// Requests one caller (certificate or token identity) may have in flight at this gateway,
+    /// over all its connections; more are answered RESOURCE_EXHAUSTED at once. Absent: 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_caller: Option<u32>,
 }
 
 pub(crate) fn default_revocation_reload_ms() -> u64 {

@@ -95,7 +95,10 @@ pub async fn serve(
         Arc::clone(&revocations),
         Duration::from_millis(config.revocation_reload_ms),
     ));
-    let auth = auth::AuthLayer::new(tokens, revocations);
+    let per_caller = config
+        .max_in_flight_per_caller
+        .map_or(auth::DEFAULT_MAX_IN_FLIGHT_PER_CALLER, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let auth = auth::AuthLayer::new(tokens, revocations, per_caller);
 
     let timeout = Duration::from_millis(config.node_timeout_ms);
     let mut channels = HashMap::new();

@@ -116,6 +116,7 @@ async fn run(links: usize) {
         token_max_lifetime_secs: None,
         revocation_file: None,
         revocation_reload_ms: 1_000,
+        max_in_flight_per_caller: None,
     };
     // Cold node and cold gateway: the node pages its links in from disk while it streams them.
     let (gateway_addr, cold_start) = start_gateway(gateway_config).await;

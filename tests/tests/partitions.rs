@@ -291,6 +291,7 @@ async fn a_region_cut_off_fails_closed_in_time_and_catches_up_after_the_heal_wit
         token_max_lifetime_secs: None,
         revocation_file: None,
         revocation_reload_ms: 1_000,
+        max_in_flight_per_caller: None,
     };
     let node_file = dir.path().join("node.toml");
     let gateway_file = dir.path().join("gateway.toml");

@@ -248,6 +248,7 @@ impl Writer<'_> {
             token_max_lifetime_secs: None,
             revocation_file: Some(revocation_file(self.dir)?),
             revocation_reload_ms: self.options.packs_reload_ms.clamp(10, 1_000),
+            max_in_flight_per_caller: None,
         })
     }
 }
