@@ -1,5 +1,5 @@
 //! Differential test: decodes the shared vectors (every input under
-//! `tests/data/`) with this crate, with `iab_gpp` 0.1.2 (GPP) and with
+//! `tests/iab-vectors/`) with this crate, with `iab_gpp` 0.1.2 (GPP) and with
 //! `lib_tcstring` 0.5.0 (TCF), and compares the fields both expose.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// All `(kind, input, section_id)` triples from the test data.
 fn inputs() -> Vec<(String, String, Option<u16>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iab-vectors");
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();

@@ -1,5 +1,5 @@
-//! Loads every file under `tests/data/` and checks every documented value.
-//! File format (see `tests/data/README.md`): `{source, kind, vectors}` with
+//! Loads every file under `tests/iab-vectors/` and checks every documented value.
+//! File format (see `tests/iab-vectors/README.md`): `{source, kind, vectors}` with
 //! kind `tcf`, `gpp` or `gpp_section`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -166,7 +166,7 @@ fn check_gpp(v: &Value, errs: &mut Vec<String>, checked: &mut usize) {
 
 #[test]
 fn all_test_data_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iab-vectors");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "json"));
     files.sort();

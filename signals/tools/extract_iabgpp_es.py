@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Extracts literal section strings and asserted field values from the
-iabgpp-es section tests into tests/data/iabgpp-es-*.json.
+iabgpp-es section tests into tests/iab-vectors/iabgpp-es-*.json.
 
 Usage: extract_iabgpp_es.py <iabgpp-es git dir> <commit> <out dir>
 Values are converted to domicile-signals' JSON (enum names); blocks that

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes tests/data/iabtcf-*.json and tests/data/gpp-spec-examples.json from
+"""Writes tests/iab-vectors/iabtcf-*.json and tests/iab-vectors/gpp-spec-examples.json from
 the IAB repositories (fixed strings and the values their tests assert).
 
 Usage: make_tcf_vectors.py <mirror root> <out dir>
