@@ -99,6 +99,9 @@ fn store_status(e: StoreError) -> Status {
             Status::failed_precondition("an identifier already belongs to a subject of another jurisdiction")
         }
         StoreError::NotFound => Status::not_found("no such subject in this region"),
+        StoreError::StorageFull => Status::resource_exhausted(
+            "the region's disk is full: writes are refused until space returns; decisions are served",
+        ),
         StoreError::Unsupported(what) => Status::failed_precondition(what.to_string()),
         StoreError::MergeJurisdictionMismatch => {
             Status::failed_precondition("merging subjects of different jurisdictions is not allowed")

@@ -110,6 +110,7 @@ impl<S: Store> NodeService<S> {
         let written = match applied {
             Ok(written) => written,
             Err(StoreError::Replayed) => return Ok(Settled::Replayed),
+            Err(e) if self.store.disk_full(&e) => return Err(StoreError::StorageFull.into()),
             Err(e) => return Err(e.into()),
         };
         // Steps 2 and 3 run to the end even if this call is dropped: a caller that gives up (its

@@ -50,6 +50,10 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The region's disk is full: writes are refused until space returns; decisions go on
+    /// (`sled_store/space.rs`).
+    #[error("the region's disk is full")]
+    StorageFull,
     /// The operation does not exist on this engine (e.g. an online backup of a PostgreSQL region,
     /// which PostgreSQL's own tools take).
     #[error("not available on this store: {0}")]
@@ -71,6 +75,7 @@ impl StoreError {
         match self {
             StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
             StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+            StoreError::StorageFull => StoreError::StorageFull,
             other => StoreError::Backend(other.to_string()),
         }
     }
@@ -345,6 +350,13 @@ pub trait Store: Send + Sync + 'static {
         subject: &SubjectId,
         at: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Whether `error` (a write's, a flush's) means the region's disk is full; a store that
+    /// handles that (`sled_store/space.rs`) enters its full mode. Default: never.
+    fn disk_full(&self, error: &StoreError) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Appends decisions to the audit log in batch entries.
     fn audit_decisions(
         &self,

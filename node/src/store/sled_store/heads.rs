@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use super::{SledStore, StoreError, backend};
 
 /// Beside the database: the last change event known flushed. sled recovers its log by stopping
@@ -98,5 +100,30 @@ impl SledStore {
             Ok(()) => head.1 = seq,
             Err(e) => tracing::warn!(error = %e, "cannot record the flushed store head"),
         }
+    }
+    /// The group commit's flush (`Store::flush`): keys, database and audit log, then the heads.
+    pub(super) async fn flush_files(&self) -> Result<(), StoreError> {
+        let flushed = async {
+            // Keys first: a sealed record must never be durable without the key that opens it.
+            self.vault.sync()?;
+            // What this flush covers at least: every event committed before it starts.
+            let covered = last_event(&self.events)?;
+            // The audit log's fsync beside the database's: one wait for both.
+            let audit = Arc::clone(&self.audit);
+            let synced = tokio::task::spawn_blocking(move || audit.sync());
+            self.db.flush_async().await.map_err(backend)?;
+            match synced.await {
+                Ok(result) => result.map_err(StoreError::Audit)?,
+                Err(e) => return Err(backend(e)),
+            }
+            self.record_flushed(covered);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &flushed {
+            // Out of space at the flush: later writes are refused up front (`space.rs`).
+            self.space.on_error(e);
+        }
+        flushed
     }
 }

@@ -34,6 +34,7 @@ mod claims;
 mod heads;
 mod identity;
 mod records;
+mod space;
 mod unit;
 
 use super::codec::{backend, consent_key, context, current_key, decode, encode, open, seal};
@@ -46,7 +47,7 @@ use super::{
 };
 use cache::WriteGuard;
 use domicile_types::RegionId;
-use heads::{last_event, open_journal};
+use heads::open_journal;
 use unit::number_events;
 
 #[derive(Debug)]
@@ -81,6 +82,8 @@ pub struct SledStore {
     dir: std::path::PathBuf,
     /// The erasure journal (`backup.rs`), appended and synced before a key is destroyed.
     journal: std::sync::Mutex<std::fs::File>,
+    /// Full-disk mode and its reserve (`space.rs`).
+    space: space::Space,
 }
 
 /// Stored beside the sealed record: what routing, decisions and watchers need.
@@ -170,6 +173,7 @@ impl SledStore {
         let events = db.open_tree("events").map_err(backend)?;
         let (head_file, flushed) = heads::open_checked(dir, &events)?;
         Self {
+            space: space::Space::open(dir),
             journal: std::sync::Mutex::new(open_journal(&dir.join(backup::ERASURE_JOURNAL_FILE))?),
             dir: dir.to_owned(),
             head: std::sync::Mutex::new((head_file, flushed)),
@@ -511,7 +515,15 @@ impl Store for SledStore {
     }
 
     async fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
-        self.audit.append_decisions(entries, at).map_err(StoreError::Audit)
+        match self.audit.append_decisions(entries, at).map_err(StoreError::Audit) {
+            // Out of space: the reserve is given back and the entries tried once more.
+            Err(e) if self.space.on_error(&e) => self.audit.append_decisions(entries, at).map_err(StoreError::Audit),
+            other => other,
+        }
+    }
+
+    fn disk_full(&self, error: &StoreError) -> bool {
+        self.space.on_error(error)
     }
 
     async fn backup(&self, now: i64) -> Result<backup::StagedBackup, StoreError> {
@@ -519,20 +531,7 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        // Keys first: a sealed record must never be durable without the key that opens it.
-        self.vault.sync()?;
-        // What this flush covers at least: every event committed before it starts.
-        let covered = last_event(&self.events)?;
-        // The audit log's fsync beside the database's: one wait for both.
-        let audit = Arc::clone(&self.audit);
-        let synced = tokio::task::spawn_blocking(move || audit.sync());
-        self.db.flush_async().await.map_err(backend)?;
-        match synced.await {
-            Ok(result) => result.map_err(StoreError::Audit)?,
-            Err(e) => return Err(backend(e)),
-        }
-        self.record_flushed(covered);
-        Ok(())
+        self.flush_files().await
     }
 
     async fn append_consent(

@@ -76,6 +76,8 @@ impl SledStore {
     /// Starts the audit of a write at `at`; taken after the write lock (lock order: write lock,
     /// audit log, sled's transaction).
     pub(super) fn audited(&self, at: i64) -> Result<Audited<'_>, StoreError> {
+        // A full disk refuses writes here, before anything is written (`space.rs`).
+        self.space.check_writable()?;
         let txn = self.audit.begin().map_err(StoreError::Audit)?;
         Ok(Audited { txn: RefCell::new(txn), region: &self.region, at })
     }
