@@ -77,7 +77,7 @@ pub fn rule(path: &str) -> Rule {
         "ListLinks" | "Info" => Rule::Scoped(Scope::Admin),
         "Export" => Rule::InRegionOnly(Scope::Rights),
         // The whole region's personal data: its operators only.
-        "Backup" => Rule::InRegionOnly(Scope::Admin),
+        "Backup" | "ConsentReport" => Rule::InRegionOnly(Scope::Admin),
         "ClaimLinks" | "ReleaseLinks" => Rule::Peer,
         // Ownership repair acts on the whole region: its operators only.
         "ClaimsOf" | "ListClaims" | "ReassertClaims" | "DropLinks" | "ReleaseOrphanClaims" => {

@@ -200,3 +200,62 @@ async fn a_ledger_exported_as_27560_or_kantara_and_imported_elsewhere_decides_th
     assert_ne!(code, 0);
     assert!(err.contains("another region") && out.is_empty(), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consent_report_streams_what_is_in_force_or_the_ledger_of_a_period_in_region_only() {
+    let cluster = TestCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut gateway = cluster.gateway().await.unwrap();
+    let now = domicile_runtime::process::now_unix();
+    let subjects = ["report.a@example.de", "report.b@example.de", "report.c@example.de"];
+    for email in subjects {
+        register(&mut gateway, email).await;
+    }
+    consent(&mut gateway, subjects[0], "marketing", &["email", "sms"], common::ConsentAction::Grant, now - 60, None)
+        .await;
+    consent(&mut gateway, subjects[1], "profiling", &["web"], common::ConsentAction::Deny, now - 30, None).await;
+
+    let eu_addr = cluster.node_addr(&region("eu-central")).unwrap().to_string();
+    let auditor = cluster.issue_caller("auditor", "eu-central", &[Scope::Admin]).unwrap();
+    let report = |extra: &[&str], tls: &TlsFiles| {
+        let mut args: Vec<String> = ["records", "report"].iter().map(|s| (*s).to_owned()).collect();
+        args.extend(node_args(&eu_addr, "eu-central", tls));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        domicile(&args)
+    };
+
+    // In force: one row per subject, purpose and channel, with its evidence; no identifier.
+    let (code, out, err) = report(&["--format", "csv"], &auditor);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("subject_ref,jurisdiction,sequence,purpose,channels,state"), "{out}");
+    assert_eq!(lines.len(), 4, "header + email, sms, web: {out}");
+    assert!(lines.iter().any(|l| l.contains(",marketing,sms,granted,") && l.contains("web-shop")), "{out}");
+    assert!(lines.iter().any(|l| l.contains(",profiling,web,denied,")), "{out}");
+    for email in subjects {
+        assert!(!out.contains(email), "no identifier in the report");
+    }
+
+    // The ledger of a period, as NDJSON: both entries since a minute before; none from tomorrow.
+    let since = jiff::Timestamp::from_second(now - 120).unwrap().to_string();
+    let (code, out, err) = report(&["--ledger", "--from", &since, "--format", "ndjson"], &auditor);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter().all(|r| r["jurisdiction"] == "DE" && r["subject_ref"].as_str().unwrap().starts_with("eu-central/")),
+        "{out}"
+    );
+    let tomorrow = jiff::Timestamp::from_second(now + 86_400).unwrap().to_string();
+    let (code, out, _) = report(&["--ledger", "--from", &tomorrow, "--format", "ndjson"], &auditor);
+    assert_eq!((code, out.as_str()), (0, ""));
+
+    // In-region operators with `admin` only.
+    let foreign = cluster.issue_caller("us-auditor", "us-east", &Scope::ALL).unwrap();
+    let (code, _, err) = report(&[], &foreign);
+    assert_ne!(code, 0);
+    assert!(err.contains("another region"), "{err}");
+    let clerk = cluster.issue_caller("clerk", "eu-central", &[Scope::Rights, Scope::Context]).unwrap();
+    let (code, _, err) = report(&[], &clerk);
+    assert_ne!(code, 0);
+    assert!(err.contains("`admin`"), "{err}");
+}

@@ -21,7 +21,7 @@ pub enum RecordsCommand {
     Export {
         #[command(flatten)]
         node: NodeConnection,
-        /// The subject (its subject ref, `region:hex`).
+        /// The subject (its subject ref, `region/hex`).
         #[arg(long)]
         subject_ref: String,
         #[arg(long, value_enum)]
@@ -29,6 +29,28 @@ pub enum RecordsCommand {
         /// Kantara `piiControllers[].piiController`: the deploying organisation's name.
         #[arg(long, default_value = "")]
         controller: String,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The region's consent report for auditors, streamed from its node: every consent in force
+    /// (one row per subject, purpose and channel, with the evidence of the entry that put it in
+    /// force) or, with `--ledger`, every ledger entry recorded in [--from, --until). Subjects by
+    /// subject ref, never identifiers. Needs an operator of the region with `admin`.
+    Report {
+        #[command(flatten)]
+        node: NodeConnection,
+        /// Ledger entries instead of the consent in force.
+        #[arg(long)]
+        ledger: bool,
+        /// With --ledger: entries recorded at or after this time (RFC 3339).
+        #[arg(long, requires = "ledger")]
+        from: Option<String>,
+        /// With --ledger: entries recorded before this time (RFC 3339).
+        #[arg(long, requires = "ledger")]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
         /// Output file (default: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -47,6 +69,12 @@ pub enum RecordsCommand {
         #[arg(long)]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Ndjson,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -99,6 +127,9 @@ pub async fn run(command: RecordsCommand) -> ExitCode {
             export(&node, &subject_ref, format, &controller, out).await
         }
         RecordsCommand::Import { node, subject_ref, format, file } => import(&node, &subject_ref, format, &file).await,
+        RecordsCommand::Report { node, ledger, from, until, format, out } => {
+            report(&node, ledger, from.as_deref(), until.as_deref(), format, out).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,4 +230,101 @@ fn entry_from_pb(entry: &common::ConsentEntry) -> anyhow::Result<Entry> {
         capture_channel: Channel::parse(&evidence.capture_channel).ok(),
         double_opt_in_confirmed: evidence.double_opt_in_confirmed,
     })
+}
+
+/// Columns of the CSV report, in order (NDJSON objects use the same names).
+const REPORT_COLUMNS: [&str; 14] = [
+    "subject_ref",
+    "jurisdiction",
+    "sequence",
+    "purpose",
+    "channels",
+    "state",
+    "captured_at",
+    "recorded_at",
+    "expires_at",
+    "notice_version",
+    "source_system",
+    "capture_channel",
+    "double_opt_in_confirmed",
+    "signal",
+];
+
+fn timestamp(text: Option<&str>, flag: &str) -> anyhow::Result<Option<prost_types::Timestamp>> {
+    text.map(|t| {
+        let at: jiff::Timestamp = t.parse().with_context(|| format!("{flag} is not an RFC 3339 time"))?;
+        Ok(domicile_proto::convert::to_timestamp(at.as_second()))
+    })
+    .transpose()
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_owned() }
+}
+
+async fn report(
+    node: &NodeConnection,
+    ledger: bool,
+    from: Option<&str>,
+    until: Option<&str>,
+    format: ReportFormat,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let request =
+        pb::ConsentReportRequest { ledger, from: timestamp(from, "--from")?, until: timestamp(until, "--until")? };
+    let mut client = node.connect().await?;
+    let mut stream = client.consent_report(request).await.context("the node refused the report")?.into_inner();
+    let mut writer: Box<dyn std::io::Write> = match &out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    if matches!(format, ReportFormat::Csv) {
+        writeln!(writer, "{}", REPORT_COLUMNS.join(","))?;
+    }
+    let time = |t: Option<&prost_types::Timestamp>| {
+        t.and_then(|t| jiff::Timestamp::from_second(t.seconds).ok()).map(|t| t.to_string()).unwrap_or_default()
+    };
+    let mut rows = 0u64;
+    while let Some(row) = stream.message().await.context("the report stream failed")? {
+        let entry = row.entry.unwrap_or_default();
+        let evidence = entry.evidence.unwrap_or_default();
+        let channels = if row.channel.is_empty() { entry.channels.join(" ") } else { row.channel };
+        let values = [
+            row.subject_ref,
+            row.jurisdiction,
+            entry.sequence.to_string(),
+            entry.purpose,
+            channels,
+            entry.state,
+            time(entry.captured_at.as_ref()),
+            time(entry.recorded_at.as_ref()),
+            time(entry.expires_at.as_ref()),
+            evidence.notice_version,
+            evidence.source_system,
+            evidence.capture_channel,
+            evidence.double_opt_in_confirmed.to_string(),
+            evidence.signal.map(|s| s.kind).unwrap_or_default(),
+        ];
+        match format {
+            ReportFormat::Csv => {
+                let line: Vec<String> = values.iter().map(|v| csv_field(v)).collect();
+                writeln!(writer, "{}", line.join(","))?;
+            }
+            ReportFormat::Ndjson => {
+                let object: serde_json::Map<String, serde_json::Value> = REPORT_COLUMNS
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v)))
+                    .collect();
+                writeln!(writer, "{}", serde_json::Value::Object(object))?;
+            }
+        }
+        rows += 1;
+    }
+    writer.flush()?;
+    eprintln!("{rows} rows");
+    Ok(())
 }

@@ -79,7 +79,7 @@ mod tests {
 
     pub(super) fn sample() -> (Principal, Vec<Entry>) {
         let principal =
-            Principal { subject_ref: "eu-central:00112233445566778899aabbccddeeff".into(), jurisdiction: "DE".into() };
+            Principal { subject_ref: "eu-central/00112233445566778899aabbccddeeff".into(), jurisdiction: "DE".into() };
         let entry = |sequence, purpose, channels: &[Channel], state, captured_at, expires_at| Entry {
             sequence,
             purpose,

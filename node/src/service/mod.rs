@@ -29,6 +29,7 @@ mod decide;
 mod follow;
 mod identity;
 mod repair;
+mod report;
 mod rights;
 mod signals;
 #[cfg(test)]
@@ -382,6 +383,15 @@ impl<S: Store> RegionalNode for NodeService<S> {
         request: Request<pb::RecordSignalRequest>,
     ) -> Result<Response<pb::RecordSignalResponse>, Status> {
         respond(signals::wire::record_signal(self, request).await)
+    }
+
+    type ConsentReportStream = report::ReportStream;
+
+    async fn consent_report(
+        &self,
+        request: Request<pb::ConsentReportRequest>,
+    ) -> Result<Response<Self::ConsentReportStream>, Status> {
+        respond(report::consent_report(self, request))
     }
 
     type BackupStream = backup::BackupStream;

@@ -173,6 +173,13 @@ pub trait Store: Send + Sync + 'static {
 
     fn subject_by_link(&self, link: &Link) -> impl Future<Output = Result<Option<SubjectId>, StoreError>> + Send;
     fn subject_meta(&self, id: &SubjectId) -> impl Future<Output = Result<Option<SubjectMeta>, StoreError>> + Send;
+    /// Up to `limit` subject ids after `after` (from the first when `None`), in id order: a
+    /// region-wide report pages through its subjects with it.
+    fn subjects_after(
+        &self,
+        after: Option<SubjectId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<SubjectId>, StoreError>> + Send;
     /// The decrypted personal record; `None` if the subject does not exist or was erased.
     fn subject_record(&self, id: &SubjectId) -> impl Future<Output = Result<Option<SubjectRecord>, StoreError>> + Send;
 

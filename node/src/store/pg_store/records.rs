@@ -165,6 +165,21 @@ impl PgStore {
         row.map(|row| subject_id(row.get(0))).transpose()
     }
 
+    pub async fn subjects_after(&self, after: Option<SubjectId>, limit: usize) -> Result<Vec<SubjectId>, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after: Vec<u8> = after.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
+        let rows = client
+            .query("SELECT id FROM subjects WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &limit])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                SubjectId::from_slice(row.get::<_, &[u8]>(0)).map_err(|_| StoreError::Corrupt("subject id".into()))
+            })
+            .collect()
+    }
+
     pub async fn subject_meta(&self, subject: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
         self.meta_in(&**self.client().await?, subject).await
     }

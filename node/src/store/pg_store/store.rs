@@ -103,6 +103,10 @@ impl Store for PgStore {
         PgStore::subject_record(self, id).await
     }
 
+    async fn subjects_after(&self, after: Option<SubjectId>, limit: usize) -> Result<Vec<SubjectId>, StoreError> {
+        PgStore::subjects_after(self, after, limit).await
+    }
+
     async fn append_consent(
         &self,
         subject: &SubjectId,

@@ -403,6 +403,10 @@ impl Store for SledStore {
         self.read_subject_meta(id)
     }
 
+    async fn subjects_after(&self, after: Option<SubjectId>, limit: usize) -> Result<Vec<SubjectId>, StoreError> {
+        self.subject_ids_after(after, limit)
+    }
+
     async fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
         self.subject_record_raw(id)
     }
@@ -515,11 +519,7 @@ impl Store for SledStore {
     }
 
     async fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
-        match self.audit.append_decisions(entries, at).map_err(StoreError::Audit) {
-            // Out of space: the reserve is given back and the entries tried once more.
-            Err(e) if self.space.on_error(&e) => self.audit.append_decisions(entries, at).map_err(StoreError::Audit),
-            other => other,
-        }
+        self.audit_decisions_with_reserve(entries, at)
     }
 
     fn disk_full(&self, error: &StoreError) -> bool {

@@ -203,3 +203,21 @@ impl SledStore {
         Ok(cells)
     }
 }
+
+impl SledStore {
+    /// Up to `limit` subject ids after `after`, in id order (`Store::subjects_after`).
+    pub(super) fn subject_ids_after(
+        &self,
+        after: Option<SubjectId>,
+        limit: usize,
+    ) -> Result<Vec<SubjectId>, StoreError> {
+        let range = match after {
+            Some(id) => {
+                self.meta.range((std::ops::Bound::Excluded(id.as_bytes().to_vec()), std::ops::Bound::Unbounded))
+            }
+            None => self.meta.iter(),
+        };
+        let id = |k: sled::IVec| SubjectId::from_slice(&k).map_err(|_| StoreError::Corrupt("subject id".into()));
+        range.keys().take(limit).map(|k| k.map_err(backend).and_then(id)).collect()
+    }
+}

@@ -100,3 +100,18 @@ impl Space {
         true
     }
 }
+
+impl super::SledStore {
+    /// Decisions' audit entries (`Store::audit_decisions`): out of space, the reserve is given
+    /// back and the entries tried once more.
+    pub(super) fn audit_decisions_with_reserve(
+        &self,
+        entries: &[domicile_audit::DecisionEntry<'_>],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        match self.audit.append_decisions(entries, at).map_err(StoreError::Audit) {
+            Err(e) if self.space.on_error(&e) => self.audit.append_decisions(entries, at).map_err(StoreError::Audit),
+            other => other,
+        }
+    }
+}
