@@ -63,7 +63,7 @@ PY
 echo "minute rate/s p50_us p99_us max_us errors memory"
 for minute in $(seq 1 "$SOAK_MINUTES"); do
   line="$("$domicile" load decide --cluster-dir "$dir" --subjects "$LOAD_SUBJECTS" --duration 60 \
-    --concurrency "$LOAD_CONCURRENCY" --rate "$half" --json)"
+    --concurrency "$LOAD_CONCURRENCY" --rate "$half" --no-echo --json 2>/dev/null)"
   stats="$(python3 -c '
 import json, sys
 d = json.load(sys.stdin)["scenarios"]["decide"]

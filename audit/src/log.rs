@@ -284,7 +284,8 @@ impl AuditLog {
 /// The seq `audit.head` in `dir` names (0 without one: a log from before the file existed).
 pub fn read_synced_head(dir: &Path) -> Result<u64, AuditError> {
     match std::fs::read_to_string(dir.join(HEAD_FILE_NAME)) {
-        Ok(text) if text.trim().is_empty() => Ok(0),
+        // NULs are a first write that never reached the disk: nothing was recorded.
+        Ok(text) if text.trim_matches(|c: char| c == '\0' || c.is_whitespace()).is_empty() => Ok(0),
         Ok(text) => text.trim().parse().map_err(|_| {
             AuditError::Io(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -98,6 +98,9 @@ pub struct LoadArgs {
     /// With `all`: skip dataset setup (it is already loaded).
     #[arg(long)]
     skip_setup: bool,
+    /// Skip the echo baseline (a soak's repeated runs, which measure the cluster alone).
+    #[arg(long)]
+    no_echo: bool,
     /// Abort the whole run after this many seconds.
     #[arg(long, default_value_t = 3_600)]
     deadline: u64,
@@ -140,7 +143,7 @@ async fn run_inner(args: &LoadArgs) -> anyhow::Result<Report> {
     if matches!(scenario, Scenario::Setup) || (scenario == Scenario::All && !args.skip_setup) {
         report.push("setup", setup(gw()?, args).await?);
     }
-    if scenario != Scenario::Setup {
+    if scenario != Scenario::Setup && !args.no_echo {
         report.push("echo", echo(args, duration, args.rate).await?);
     }
     if matches!(scenario, Scenario::Decide | Scenario::All) {

@@ -112,7 +112,10 @@ pub async fn run(command: NodeCommand) -> ExitCode {
             }
             match restore(&from, &data_dir, &region, &erasures).await {
                 Ok(replayed) => {
-                    println!("restored {region} into {} ({replayed} erasures replayed)", data_dir.display());
+                    println!(
+                        "restored {region} into {} ({replayed} merges and erasures replayed from the journal)",
+                        data_dir.display()
+                    );
                     check(None, Some(data_dir), Some(region), false)
                 }
                 Err(e) => {
@@ -141,7 +144,14 @@ async fn backup(
         .await
         .with_context(|| format!("cannot reach the node at {addr}"))?;
     let mut client = pb::regional_node_client::RegionalNodeClient::new(channel).max_decoding_message_size(4 << 20);
-    std::fs::create_dir(out).with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+    // The backup holds every subject's key: readable by its owner only.
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(out)
+            .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+    }
     let mut stream = client.backup(pb::BackupRequest {}).await.context("the node refused the backup")?.into_inner();
     let mut current: Option<(String, std::fs::File)> = None;
     while let Some(chunk) = stream.message().await.context("the backup stream failed")? {
@@ -156,11 +166,11 @@ async fn backup(
                 file.sync_all()?;
             }
             let path = out.join(&name);
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
+            let file = {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+            }
+            .with_context(|| format!("cannot create {}", path.display()))?;
             current = Some((name, file));
         }
         if let Some((_, file)) = current.as_mut() {

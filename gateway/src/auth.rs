@@ -223,7 +223,10 @@ impl<S> Auth<S> {
                 }
             });
             // A token issued a little ahead of this clock becomes valid: do not remember that.
-            let remember = !matches!(checked, Err(TokenError::NotYetValid));
+            // Nor junk (malformed, forged): remembering it would let anyone push real callers'
+            // tokens out of the cache.
+            let remember =
+                !matches!(checked, Err(TokenError::NotYetValid | TokenError::Malformed | TokenError::BadSignature));
             (checked, remember)
         });
         let refused = match checked {
@@ -284,14 +287,41 @@ where
                     request.extensions_mut().insert(caller);
                 }
                 let response = self.inner.call(request);
+                // The slot is held until the response body ends: a stream (DecideStream, Watch)
+                // counts for as long as it runs, not only until its headers.
                 Box::pin(async move {
-                    let response = response.await;
-                    drop(permit);
-                    response
+                    let response = response.await?;
+                    Ok(response.map(|body| tonic::body::Body::new(PermitBody { body, _permit: permit })))
                 })
             }
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
+    }
+}
+
+/// A response body holding its caller's in-flight slot until the body is done.
+struct PermitBody {
+    body: tonic::body::Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = <tonic::body::Body as http_body::Body>::Data;
+    type Error = <tonic::body::Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -18,7 +18,6 @@ mod gateway;
 pub mod guard;
 mod metrics;
 mod node_client;
-mod replicas;
 mod route;
 mod service;
 pub mod stack;

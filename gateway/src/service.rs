@@ -162,8 +162,14 @@ impl Domicile for GatewayService {
         let req = request.into_inner();
         // Decoded here too, so a malformed string never reaches a node; the error names the
         // segment or section and the bit offset, never the string.
+        /// Longest signal string accepted (as the node: no GPP string comes near it).
+        const MAX_SIGNAL_LEN: usize = 16 * 1024;
+        let too_long =
+            |field: &str| invalid(FieldViolation::new(field, format!("is longer than {MAX_SIGNAL_LEN} bytes")));
         let signal = match req.signal {
             None => return Err(invalid(FieldViolation::new("signal", "give one of `tcf`, `gpp`, `gpc`"))),
+            Some(Signal::Tcf(text)) if text.len() > MAX_SIGNAL_LEN => return Err(too_long("tcf")),
+            Some(Signal::Gpp(text)) if text.len() > MAX_SIGNAL_LEN => return Err(too_long("gpp")),
             Some(Signal::Tcf(text)) => {
                 domicile_signals::tcf::decode(&text).map_err(|e| invalid(FieldViolation::new("tcf", e.to_string())))?;
                 node_pb::record_signal_request::Signal::Tcf(text)

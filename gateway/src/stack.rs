@@ -97,7 +97,7 @@ pub fn node_channel(
     };
     let channel = match endpoints {
         [one] => endpoint(one)?.connect_lazy(),
-        several => crate::replicas::spread(several.iter().map(|a| endpoint(a)).collect::<Result<_, _>>()?),
+        several => domicile_runtime::replicas::spread(several.iter().map(|a| endpoint(a)).collect::<Result<_, _>>()?),
     };
     let inject: InjectTrace = domicile_runtime::telemetry::inject_context;
     Ok(tower::ServiceBuilder::new().layer(RegionGuardLayer::new(guard)).map_request(inject).service(channel))

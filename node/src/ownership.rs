@@ -103,12 +103,22 @@ impl<S: Store> Ownership<S> {
         let timeout = Duration::from_millis(config.claim_timeout_ms);
         let mut peers = HashMap::new();
         for peer in config.regions.iter().filter(|r| r.id != region) {
-            let channel = Endpoint::from_shared(format!("https://{}", peer.endpoint))?
-                .tls_config(tls.client(&peer.id.node_server_name()))?
-                .connect_timeout(timeout)
-                .timeout(timeout)
-                .tcp_nodelay(true)
-                .connect_lazy();
+            let endpoint = |address: &str| -> anyhow::Result<Endpoint> {
+                Ok(Endpoint::from_shared(format!("https://{address}"))?
+                    .tls_config(tls.client(&peer.id.node_server_name()))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .tcp_nodelay(true))
+            };
+            // An arbiter region with several replicas is asked at whichever is healthy: claims
+            // must not fail because the first listed replica is down.
+            let endpoints: Vec<&str> = peer.endpoints().collect();
+            let channel = match endpoints.as_slice() {
+                [one] => endpoint(one)?.connect_lazy(),
+                several => domicile_runtime::replicas::spread(
+                    several.iter().map(|a| endpoint(a)).collect::<anyhow::Result<_>>()?,
+                ),
+            };
             peers.insert(peer.id.clone(), RegionalNodeClient::new(channel));
         }
         Ok(Self { region, map, store, peers, locks: LinkLocks::default(), released: Notify::new() })

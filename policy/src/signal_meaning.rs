@@ -72,13 +72,17 @@ pub fn map(decoded: &Decoded, signals: &Signals, pack: &str, at: i64) -> Mapped 
         Decoded::Gpc => gpc(signals, pack, at, &mut mapped),
     }
     dedup(&mut mapped.entries);
+    // Restrictive entries last: written one by one, a signal that fails part-way never leaves
+    // a grant standing after its withdrawal was refused, and a withdrawal is the latest word.
+    mapped.entries.sort_by_key(|e| e.action != ConsentAction::Grant);
     mapped
 }
 
-/// The stated TCF bits mapped onto one purpose and channels.
+/// The stated TCF bits mapped onto one purpose and channel (per channel: mappings onto
+/// overlapping channel lists must combine where they overlap).
 struct Cell {
     purpose: Purpose,
-    channels: Vec<Channel>,
+    channel: Channel,
     /// Every stated bit mapped here is set.
     all_set: bool,
     cites: Vec<String>,
@@ -105,27 +109,24 @@ fn map_tcf(model: &TcModel, signals: &Signals, pack: &str, mapped: &mut Mapped) 
                 .map(|p| p.custom_purposes_consent.contains(&n)),
         };
         let Some(set) = stated_set else { continue };
-        match cells.iter_mut().find(|c| c.purpose == m.purpose && c.channels == m.channels) {
-            Some(cell) => {
-                cell.all_set &= set;
-                if !cell.cites.contains(&m.cite) {
-                    cell.cites.push(m.cite.clone());
+        for &channel in &m.channels {
+            match cells.iter_mut().find(|c| c.purpose == m.purpose && c.channel == channel) {
+                Some(cell) => {
+                    cell.all_set &= set;
+                    if !cell.cites.contains(&m.cite) {
+                        cell.cites.push(m.cite.clone());
+                    }
                 }
+                None => cells.push(Cell { purpose: m.purpose, channel, all_set: set, cites: vec![m.cite.clone()] }),
             }
-            None => cells.push(Cell {
-                purpose: m.purpose,
-                channels: m.channels.clone(),
-                all_set: set,
-                cites: vec![m.cite.clone()],
-            }),
         }
     }
     if cells.is_empty() {
         mapped.unmapped.push("the TC string states none of the purposes the pack maps".into());
     }
-    for Cell { purpose, channels, all_set, cites } in cells {
+    for Cell { purpose, channel, all_set, cites } in cells {
         let action = if all_set { ConsentAction::Grant } else { ConsentAction::Withdraw };
-        mapped.entries.push(MappedEntry { purpose, channels, action, cite: cites.join("; ") });
+        mapped.entries.push(MappedEntry { purpose, channels: vec![channel], action, cite: cites.join("; ") });
     }
 }
 

@@ -10,6 +10,7 @@ pub mod packs;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod replicas;
 pub mod revocation;
 pub mod telemetry;
 pub mod tls;

@@ -135,6 +135,16 @@ impl ClusterPki {
             vec![ExtendedKeyUsagePurpose::ClientAuth]
         };
         params.use_authority_key_identifier_extension = true;
+        // Valid from the moment of issue (a minute back for clock skew), so a revocation of a
+        // caller's credentials issued before a time (`revocation.rs`) spares the ones issued
+        // after it; rcgen's default start is 1975.
+        let now = crate::process::now_unix();
+        if let Ok(start) = time::OffsetDateTime::from_unix_timestamp(now - 60) {
+            params.not_before = start;
+        }
+        if let Ok(end) = time::OffsetDateTime::from_unix_timestamp(now + LEAF_VALIDITY_SECS) {
+            params.not_after = end;
+        }
         let key = KeyPair::generate()?;
         let issuer = Issuer::new(ca_params(), &self.ca_key);
         let cert = params.signed_by(&key, &issuer)?;
@@ -143,6 +153,10 @@ impl ClusterPki {
         Ok(files)
     }
 }
+
+/// How long a node, gateway or caller certificate is valid: rotate before (deploy/README.md,
+/// "Certificate rotation").
+const LEAF_VALIDITY_SECS: i64 = 2 * 365 * 24 * 3600;
 
 fn read_string(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })

@@ -120,6 +120,16 @@ impl RevocationList {
             list.tokens.insert(id);
         }
         for (i, entry) in file.caller.iter().enumerate() {
+            // Checked like a caller identity: a name or region that no credential can carry
+            // would revoke nothing while looking as if it did.
+            let valid = domicile_types::RegionId::parse(&entry.region)
+                .ok()
+                .and_then(|region| CallerIdentity::new(&entry.name, region, &[]).ok())
+                .is_some_and(|c| c.name == entry.name);
+            if !valid {
+                problems.push(format!("caller[{i}] is not a caller name and region a credential can carry"));
+                continue;
+            }
             match unix_seconds(&entry.issued_before) {
                 Some(before) => {
                     let key = (entry.name.clone(), entry.region.clone());

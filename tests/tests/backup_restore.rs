@@ -27,6 +27,7 @@ const ERASED: &str = "erased.after.backup@example.de";
 const KEPT: &str = "kept.granted@example.de";
 const NEVER: &str = "kept.never.asked@example.de";
 const BUSY: &str = "busy.during.backup@example.de";
+const MERGED: &str = "merged.after.backup@example.de";
 
 fn domicile(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(BIN).args(args).output().unwrap();
@@ -76,7 +77,7 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
     let eu = region("eu-central");
     let mut cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
     let mut gateway = cluster.gateway().await.unwrap();
-    for email in [ERASED, KEPT, NEVER, BUSY] {
+    for email in [ERASED, KEPT, NEVER, BUSY, MERGED] {
         let request = gw::RegisterRequest {
             jurisdiction: "DE".into(),
             identifiers: vec![identifier("email", email)],
@@ -134,7 +135,7 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
     .await
     .unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("4 subjects"), "{out}");
+    assert!(out.contains("5 subjects"), "{out}");
     let after = acknowledged.load(Ordering::Relaxed);
     assert!(after > during, "writes went on around the backup ({during} → {after})");
     // Decisions as of now (the busy subject's state is whatever the backup caught).
@@ -170,7 +171,10 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
     assert_ne!(refused.0, 0);
     assert!(refused.2.contains("admin"), "{}", refused.2);
 
-    // After the backup: an erasure. Then the machine is lost.
+    // After the backup: a subject merged into another, which is then erased (the merged person
+    // must not come back through the half the backup holds apart). Then the machine is lost.
+    let merge = gw::MergeRequest { into: select_email(ERASED), from: select_email(MERGED), ..Default::default() };
+    gateway.merge(merge).await.unwrap();
     gateway.erase(gw::EraseRequest { subject: select_email(ERASED), idempotency_key: String::new() }).await.unwrap();
     assert_eq!(decide(&cluster, ERASED).await, Err(Code::NotFound));
     cluster.stop().await;
@@ -230,11 +234,12 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
         journal.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("1 erasures replayed") && out.contains("sound"), "{out}");
+    assert!(out.contains("2 merges and erasures replayed") && out.contains("sound"), "{out}");
 
     cluster.cluster.restart_node(&eu).await.unwrap();
     cluster.restart_gateway().await.unwrap();
     assert_eq!(decide(&cluster, ERASED).await, Err(Code::NotFound), "erased after the backup: stays erased");
+    assert_eq!(decide(&cluster, MERGED).await, Err(Code::NotFound), "merged into it, then erased with it");
     for (email, effect) in [KEPT, NEVER].iter().zip(&before) {
         assert_eq!(decide(&cluster, email).await.unwrap(), *effect, "{email}");
     }

@@ -463,3 +463,54 @@ async fn decisions_are_chained_in_the_order_they_were_made_around_writes() {
     let verified = audit.verify(BIN, true).unwrap();
     assert!(verified.status.success(), "one chain: {}", String::from_utf8_lossy(&verified.stdout));
 }
+
+/// Identifier claims at an arbiter region with several replicas go to whichever is healthy: with
+/// the first listed replica of us-east killed, a node of eu-central still registers subjects
+/// whose links us-east arbitrates (before, claims went to the first endpoint only and every such
+/// registration failed closed while it was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_reach_an_arbiter_region_through_any_healthy_replica() {
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let mut cluster = TestCluster::start_with(BIN, &["eu-central", "us-east"], options).await.expect("cluster starts");
+    let (eu, us) = (region("eu-central"), region("us-east"));
+    let replica = Replica::start(&cluster, &us).await.unwrap();
+
+    // eu-central's node learns us-east's second replica, then us-east's first one goes away.
+    let config_path = cluster.dir().join("config/node-eu-central.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&config_path).unwrap().parse().unwrap();
+    let regions = config["ownership"]["regions"].as_array().unwrap().clone();
+    let regions: Vec<toml::Value> = regions
+        .into_iter()
+        .map(|mut r| {
+            if r["id"].as_str() == Some("us-east") {
+                let table = r.as_table_mut().unwrap();
+                table
+                    .insert("replicas".into(), toml::Value::Array(vec![toml::Value::String(replica.addr.to_string())]));
+            }
+            r
+        })
+        .collect();
+    config["ownership"].as_table_mut().unwrap().insert("regions".into(), toml::Value::Array(regions));
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    cluster.cluster.restart_node(&eu).await.unwrap();
+    cluster.cluster.kill_node(&us).await.unwrap();
+
+    // Registrations at eu-central's node: with two regions, each link's arbiter is one of them,
+    // so some of twelve subjects' links are us-east's to grant.
+    let operator = cluster.node(&eu).await.unwrap();
+    for n in 0..12 {
+        let request = node::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", &format!("arbiter.replica.{n}@example.de"))],
+            ..Default::default()
+        };
+        let registered = eventually(Duration::from_secs(10), || {
+            let mut operator = operator.clone();
+            let request = request.clone();
+            async move { operator.register(request).await.ok() }
+        })
+        .await;
+        assert!(registered.is_some_and(|r| r.into_inner().created), "subject {n} registered through us-east's replica");
+    }
+    drop(replica);
+}

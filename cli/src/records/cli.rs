@@ -180,16 +180,27 @@ async fn import(node: &NodeConnection, subject_ref: &str, format: Format, file: 
     // The ledger orders by capture time (then arrival): send them in that order.
     entries.sort_by_key(|e| (e.captured_at, e.sequence));
     let mut client = node.connect().await?;
-    let source = format!("{file:?}");
     for (index, entry) in entries.iter().enumerate() {
         let action = match entry.state {
             ConsentState::Granted => common::ConsentAction::Grant,
             ConsentState::Denied => common::ConsentAction::Deny,
             ConsentState::Withdrawn => common::ConsentAction::Withdraw,
         };
+        // From what the entry is, not where the file lies: the same entries imported again,
+        // from any path, are applied once (for 24 hours).
+        let channels: Vec<&str> = entry.channels.iter().map(|c| c.as_str()).collect();
         let key = format!(
             "import:{}",
-            &super::stable_id(&[&source, subject_ref, &index.to_string(), &entry.sequence.to_string()])[..32]
+            &super::stable_id(&[
+                subject_ref,
+                entry.purpose.as_str(),
+                &channels.join(","),
+                entry.state.as_str(),
+                &entry.captured_at.to_string(),
+                &entry.expires_at.map(|t| t.to_string()).unwrap_or_default(),
+                &entry.notice_version,
+                &entry.source_system,
+            ])[..32]
         );
         client
             .record_consent(pb::RecordConsentRequest {

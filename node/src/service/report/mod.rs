@@ -47,14 +47,18 @@ pub(in crate::service) fn consent_report<S: Store>(
             let Some(last) = page.last().copied() else { return };
             after = Some(last);
             for subject in page {
-                let (meta, history, in_force) = match (
+                // The view in force first, then the ledger: a write in between only adds
+                // entries, so every record in force is found in the history read after it.
+                let (meta, in_force, history) = match (
                     store.subject_meta(&subject).await,
-                    store.consent_history(&subject).await,
                     store.consent_in_force(&subject).await,
+                    store.consent_history(&subject).await,
                 ) {
-                    (Ok(Some(meta)), Ok(history), Ok(in_force)) => (meta, history, in_force),
+                    (Ok(Some(meta)), Ok(in_force), Ok(history)) => (meta, in_force, history),
                     // Erased meanwhile: nothing to report.
-                    (Ok(None), _, _) | (_, Err(crate::store::StoreError::NotFound), _) => continue,
+                    (Ok(None), _, _)
+                    | (_, Err(crate::store::StoreError::NotFound), _)
+                    | (_, _, Err(crate::store::StoreError::NotFound)) => continue,
                     (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                         let _ = sender.send(fail(e)).await;
                         return;

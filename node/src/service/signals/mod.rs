@@ -34,6 +34,19 @@ pub(crate) struct SignalRecorded {
     pub recorded_only: Vec<String>,
 }
 
+/// When the TC string (alone or in a GPP string) was last updated, in milliseconds.
+fn stated_at_ms(decoded: &Decoded) -> Option<i64> {
+    let deciseconds = match decoded {
+        Decoded::Tcf(model) => Some(model.last_updated),
+        Decoded::Gpp(gpp) => gpp.sections.iter().find_map(|s| match s {
+            domicile_signals::gpp::Section::TcfEuV2(model) => Some(model.last_updated),
+            _ => None,
+        }),
+        Decoded::Gpc => None,
+    }?;
+    i64::try_from(deciseconds).ok()?.checked_mul(100)
+}
+
 /// The idempotency key of the `index`th entry of one signal: each entry is one ledger write,
 /// so a retried signal applies each once, including those a failed attempt already applied.
 fn entry_tag(tag: Option<&Idempotency>, index: usize) -> Option<Idempotency> {
@@ -66,6 +79,11 @@ impl<S: Store> NodeService<S> {
             (signal_meaning::map(&decoded, pack.signals(), &label, captured_at_ms.div_euclid(1000)), label)
         };
         let evidence = mapping::evidence(&decoded, &raw);
+        // A grant is dated no later than the TC string says the person answered (its last
+        // update): a string stored in a browser since before a withdrawal, sent again later, must
+        // not count as a grant made after it. Withdrawals keep the capture time (a later date
+        // only makes them stronger).
+        let answered_ms = stated_at_ms(&decoded);
         let mut entries = Vec::new();
         for (index, entry) in mapped.entries.iter().enumerate() {
             let signal = crate::store::SignalEvidence { cite: entry.cite.clone(), ..evidence.clone() };
@@ -73,7 +91,10 @@ impl<S: Store> NodeService<S> {
                 purpose: entry.purpose,
                 channels: entry.channels.clone(),
                 action: entry.action,
-                captured_at_ms: Some(captured_at_ms),
+                captured_at_ms: Some(match (entry.action, answered_ms) {
+                    (domicile_types::ConsentAction::Grant, Some(answered)) => captured_at_ms.min(answered),
+                    _ => captured_at_ms,
+                }),
                 expires_at: None,
                 evidence: Evidence {
                     notice_version: format!("{}-signal", evidence.kind),

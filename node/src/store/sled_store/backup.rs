@@ -10,9 +10,10 @@
 //! moves the id generator past every id the backup holds.
 //!
 //! The erasure journal (`erasures.log`, or `erasure_journal_file` on another disk) gets one line
-//! per erasure, synced before its key is destroyed: `<subject id> <unix seconds>`. Subject ids
-//! are random and pseudonymous. Replaying the journal after a restore erases every subject it
-//! names that the backup still holds.
+//! per erasure, `<subject id> <unix seconds>`, and per merge, `merge <from> <into> <unix
+//! seconds>` (a merge destroys `from`'s key), each synced before the key is destroyed. Subject
+//! ids are random and pseudonymous. Replaying the journal after a restore makes every merge again
+//! and erases every subject it names that the backup still holds, in order.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -178,11 +179,34 @@ impl SledStore {
         journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
     }
 
-    /// Erases every subject of `journal` this store holds (after a restore); returns how many.
-    /// Audited like any erasure, as a completed request replayed from the journal.
-    pub fn replay_erasures(&self, journal: &[(SubjectId, i64)], now: i64) -> Result<usize, StoreError> {
+    /// Appends a merge of `from` into `into` to the journal and syncs it, before `from`'s key is
+    /// destroyed: replayed after a restore, so a subject merged and then erased after the backup
+    /// does not come back through the half the backup still holds apart.
+    pub(super) fn journal_merge(&self, from: &SubjectId, into: &SubjectId, now: i64) -> Result<(), StoreError> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let line = format!("merge {from} {into} {now}\n");
+        journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
+        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
+    }
+
+    /// Replays `journal` on this store (after a restore), in order: a merge whose two subjects
+    /// it holds is made again, a subject it holds that was erased is erased; returns how many
+    /// entries changed something. Audited like any merge and erasure (erasures as completed
+    /// requests replayed from the journal).
+    pub fn replay_erasures(&self, journal: &[JournalEntry], now: i64) -> Result<usize, StoreError> {
         let mut erased = 0;
-        for (subject, at) in journal {
+        for entry in journal {
+            let (subject, at) = match entry {
+                JournalEntry::Merge { from, into } => {
+                    let held = |id: &SubjectId| self.meta.get(id.as_bytes()).map(|m| m.is_some());
+                    if held(from).map_err(backend)? && held(into).map_err(backend)? {
+                        self.merge_subjects(into, from, now, None)?;
+                        erased += 1;
+                    }
+                    continue;
+                }
+                JournalEntry::Erasure { subject, at } => (subject, at),
+            };
             if self.meta.get(subject.as_bytes()).map_err(backend)?.is_none() {
                 continue;
             }
@@ -223,16 +247,34 @@ impl Manifest {
     }
 }
 
-/// Reads an erasure journal: (subject, erased at) per line. A damaged line is an error naming
-/// its number: a journal that cannot be read whole must not be replayed in part.
-pub fn read_erasure_journal(path: &Path) -> Result<Vec<(SubjectId, i64)>, StoreError> {
+/// One line of the erasure journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalEntry {
+    /// `<subject> <unix seconds>`
+    Erasure { subject: SubjectId, at: i64 },
+    /// `merge <from> <into> <unix seconds>`
+    Merge { from: SubjectId, into: SubjectId },
+}
+
+/// Reads an erasure journal, line by line. A damaged line is an error naming its number: a
+/// journal that cannot be read whole must not be replayed in part.
+pub fn read_erasure_journal(path: &Path) -> Result<Vec<JournalEntry>, StoreError> {
     let text = std::fs::read_to_string(path).map_err(|e| backend(format!("{}: {e}", path.display())))?;
+    let subject = |id: &str| hex::decode(id).ok().and_then(|id| SubjectId::from_slice(&id).ok());
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let parsed = line.split_once(' ').and_then(|(id, at)| {
-            let id = hex::decode(id).ok()?;
-            Some((SubjectId::from_slice(&id).ok()?, at.parse::<i64>().ok()?))
-        });
+        let fields: Vec<&str> = line.split(' ').collect();
+        let parsed = match fields.as_slice() {
+            ["merge", from, into, at] => match (subject(from), subject(into), at.parse::<i64>()) {
+                (Some(from), Some(into), Ok(_)) => Some(JournalEntry::Merge { from, into }),
+                _ => None,
+            },
+            [id, at] => match (subject(id), at.parse::<i64>()) {
+                (Some(subject), Ok(at)) => Some(JournalEntry::Erasure { subject, at }),
+                _ => None,
+            },
+            _ => None,
+        };
         match parsed {
             Some(entry) => out.push(entry),
             // A last line cut by a crash was never followed by its key's destruction.
@@ -256,6 +298,15 @@ pub fn read_backup(from: &Path) -> Result<Manifest, StoreError> {
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
     if manifest.format != FORMAT {
         return Err(damaged(format!("format {} (this build reads {FORMAT})", manifest.format)));
+    }
+    // Exactly the files a backup holds, by plain name: nothing unverified is restored, and
+    // nothing outside the backup directory is read.
+    let mut names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    let mut expected = [DB_EXPORT_FILE, VaultScan::FILE_NAME, domicile_audit::FILE_NAME];
+    expected.sort_unstable();
+    if names != expected {
+        return Err(damaged(format!("{MANIFEST_FILE} must list exactly {}", expected.join(", "))));
     }
     for file in &manifest.files {
         let (bytes, sha256) = sha256_of(&from.join(&file.name)).map_err(|e| damaged(format!("{}: {e}", file.name)))?;

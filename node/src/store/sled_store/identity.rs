@@ -374,6 +374,8 @@ impl SledStore {
         // The moved data must be durable before `from`'s key can go: destroyed first, a crash
         // could bring back the pre-merge state with `from`'s records sealed under no key.
         self.db.flush().map_err(backend)?;
+        // Journaled before `from`'s key goes, so a restore of an earlier backup merges again.
+        self.journal_merge(from, into, now)?;
         self.vault.destroy(from)?;
         Ok(merged)
     }

@@ -63,8 +63,9 @@ impl Space {
     }
 
     /// Before a write: refused while the disk is full (trying, at most once a second, to put
-    /// the reserve back, which ends full mode).
-    pub(super) fn check_writable(&self) -> Result<(), StoreError> {
+    /// the reserve back, which ends full mode once `probe`, a flush of the database, works too:
+    /// sled keeps a write error it met until it is reopened, and then the node must restart).
+    pub(super) fn check_writable(&self, probe: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
         if !self.full.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -75,14 +76,16 @@ impl Space {
             }
             *last = Some(Instant::now());
         }
-        match self.write_reserve() {
-            Ok(()) => {
-                self.full.store(false, Ordering::Release);
-                tracing::info!("space is back on the data directory's file system: writes accepted again");
-                Ok(())
-            }
-            Err(_) => Err(StoreError::StorageFull),
+        if self.write_reserve().is_err() {
+            return Err(StoreError::StorageFull);
         }
+        if let Err(e) = probe() {
+            tracing::error!(error = %e, "space is back but the database still refuses writes: restart the node");
+            return Err(StoreError::StorageFull);
+        }
+        self.full.store(false, Ordering::Release);
+        tracing::info!("space is back on the data directory's file system: writes accepted again");
+        Ok(())
     }
 
     /// After an error: if it is a full disk, enter full mode and give the reserve back for

@@ -77,7 +77,7 @@ impl SledStore {
     /// audit log, sled's transaction).
     pub(super) fn audited(&self, at: i64) -> Result<Audited<'_>, StoreError> {
         // A full disk refuses writes here, before anything is written (`space.rs`).
-        self.space.check_writable()?;
+        self.space.check_writable(|| self.db.flush().map(|_| ()).map_err(super::backend))?;
         let txn = self.audit.begin().map_err(StoreError::Audit)?;
         Ok(Audited { txn: RefCell::new(txn), region: &self.region, at })
     }

@@ -1,14 +1,15 @@
 //! A region served by several node replicas (a PostgreSQL-backed region: every replica reads and
-//! writes the one database, so any of them answers alike). Calls are spread over the replicas
+//! writes the one database, so any of them answers alike), as gateways and other regions' nodes
+//! (identifier claims at an arbiter region) call it. Calls are spread over the replicas
 //! (tonic's power-of-two-choices balancer over lazily connected endpoints), and each replica is
 //! health-checked (`grpc.health.v1` for the node service, over the gateway's own mutual TLS)
 //! every [`HEALTH_INTERVAL`]: one that does not answer serving within [`HEALTH_TIMEOUT`] leaves
 //! the spread until it does again. When none answers, all stay in: calls then fail at once on
 //! their connections (UNAVAILABLE, fail closed) rather than wait for a replica to appear.
 //!
-//! What is retried on another replica, and why it is safe, is `node_client`'s: decisions (reads),
-//! and writes (each carries an idempotency key, so a write retried after a lost reply is applied
-//! once).
+//! What is retried on another replica, and why it is safe, is the caller's: the gateway's
+//! `node_client` (decisions, and writes with their idempotency keys), a node's ownership client
+//! (claims and releases, which an arbiter applies idempotently per link and generation).
 
 use std::time::Duration;
 
