@@ -42,30 +42,9 @@ if [[ "${SKIP_COMPONENT_BENCHES:-0}" != 1 ]]; then
 fi
 
 echo "== load tool through gateway and nodes"
-cargo build --release -p domicile-cli
-domicile="${CARGO_TARGET_DIR:-target}/release/domicile"
-dir="$(mktemp -d)"
-cluster_pid=""
-cleanup() {
-  if [[ -n "$cluster_pid" ]] && kill -0 "$cluster_pid" 2>/dev/null; then
-    kill -INT "$cluster_pid" 2>/dev/null || true
-    wait "$cluster_pid" 2>/dev/null || true
-  fi
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-"$domicile" cluster up --dir "$dir" --gateway-listen 127.0.0.1:0 ${CLUSTER_ARGS:-} >"$dir/cluster-up.log" 2>&1 &
-cluster_pid=$!
-for _ in $(seq 1 120); do
-  [[ -f "$dir/cluster.json" ]] && break
-  if ! kill -0 "$cluster_pid" 2>/dev/null; then
-    cat "$dir/cluster-up.log" >&2
-    echo "error: the local cluster did not start" >&2
-    exit 1
-  fi
-  sleep 0.5
-done
-[[ -f "$dir/cluster.json" ]] || { echo "error: no cluster.json after 60 s" >&2; exit 1; }
+# shellcheck source=bench/cluster.sh
+source bench/cluster.sh
+start_release_cluster
 
 "$domicile" load all --cluster-dir "$dir" \
   --subjects "$LOAD_SUBJECTS" --duration "$LOAD_DURATION" \
@@ -75,7 +54,7 @@ done
 # Cedar on the same rules (bench/baseline), driven by the same load tool with the same dataset
 # size, duration and concurrency, after the Domicile cluster has stopped.
 if [[ "${CLUSTER_ARGS:-}" == *postgres* ]]; then
-  cleanup
+  stop_release_cluster
   echo "== baseline: PostgreSQL consent table read per request + Cedar (bench/baseline)"
   cargo build --release -p domicile-baseline
   baseline_dir="$(mktemp -d)"

@@ -18,25 +18,9 @@ LOAD_SUBJECTS="${LOAD_SUBJECTS:-20000}"
 LOAD_CONCURRENCY="${LOAD_CONCURRENCY:-256}"
 
 echo "== machine: $(nproc) vCPUs, $(date -u +%Y-%m-%dT%H:%MZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
-cargo build --release -p domicile-cli
-domicile="${CARGO_TARGET_DIR:-target}/release/domicile"
-dir="$(mktemp -d)"
-cluster_pid=""
-cleanup() {
-  if [[ -n "$cluster_pid" ]] && kill -0 "$cluster_pid" 2>/dev/null; then
-    kill -INT "$cluster_pid" 2>/dev/null || true
-    wait "$cluster_pid" 2>/dev/null || true
-  fi
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-"$domicile" cluster up --dir "$dir" --gateway-listen 127.0.0.1:0 ${CLUSTER_ARGS:-} >"$dir/cluster-up.log" 2>&1 &
-cluster_pid=$!
-for _ in $(seq 1 120); do
-  [[ -f "$dir/cluster.json" && -f "$dir/supervisor.json" ]] && break
-  kill -0 "$cluster_pid" 2>/dev/null || { cat "$dir/cluster-up.log" >&2; exit 1; }
-  sleep 0.5
-done
+# shellcheck source=bench/cluster.sh
+source bench/cluster.sh
+start_release_cluster
 
 "$domicile" load setup --cluster-dir "$dir" --subjects "$LOAD_SUBJECTS" >/dev/null
 max="$("$domicile" load decide --cluster-dir "$dir" --subjects "$LOAD_SUBJECTS" --duration 10 \
