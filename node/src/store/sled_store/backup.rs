@@ -129,6 +129,15 @@ fn copy_prefix(from: &Path, to: &Path, len: u64) -> std::io::Result<()> {
 }
 
 impl SledStore {
+    /// [`SledStore::stage_backup`], long and blocking (every tree copied, fsyncs): the runtime
+    /// worker hands its other tasks on first, so decisions on this node go on meanwhile.
+    pub(super) fn stage_backup_off_workers(&self, now: i64) -> Result<StagedBackup, StoreError> {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.stage_backup(now)),
+            _ => self.stage_backup(now),
+        }
+    }
+
     /// Stages an online backup under the data directory (see the module documentation).
     pub fn stage_backup(&self, now: i64) -> Result<StagedBackup, StoreError> {
         let dir = self.dir.join(format!("backup-staging-{}", super::heads::unique_suffix()));

@@ -527,12 +527,7 @@ impl Store for SledStore {
     }
 
     async fn backup(&self, now: i64) -> Result<backup::StagedBackup, StoreError> {
-        // Long and blocking (every tree copied, fsyncs): the worker hands its other tasks on
-        // first, so decisions on this node go on meanwhile.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.stage_backup(now)),
-            _ => self.stage_backup(now),
-        }
+        self.stage_backup_off_workers(now)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
