@@ -3,7 +3,8 @@
 //! cut, an asymmetric cut (requests arrive, replies are lost), a slow lossy link (200 ms each way,
 //! 5 % loss), and the heal. Fail closed within the node deadline, writes of unknown outcome
 //! settled once by their idempotency key, a change made inside the cut-off region during the cut
-//! reaches the gateway's watchers after the heal with nothing missed, and decisions follow it.
+//! reaches the gateway's watchers after the heal with nothing missed, decisions follow it, and
+//! the gateway's directory follows the region again.
 //!
 //! Cuts and loss are netfilter rules on the veth (`iptables`, in a chain of the test's own in the
 //! root namespace and in the node's namespace); the delay is a relay in the test process between
@@ -423,6 +424,27 @@ async fn a_region_cut_off_fails_closed_in_time_and_catches_up_after_the_heal_wit
     // Before the fix that lets a cancelled write's commit run to its end, the withdrawal applied
     // during the asymmetric cut (its caller gave up) reached no watcher: only the denial came.
     assert_eq!(kinds, [common::ChangeKind::Consent as i32; 2], "the in-region denial and the withdrawal, in order");
+
+    // The gateway's directory follows the region again after the cut: a subject registered at
+    // the node itself (not through this gateway) becomes resolvable there.
+    let mut node_client = domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient::new(
+        channel(&node_addr.to_string(), &tls, &eu.node_server_name()).await.unwrap(),
+    );
+    let direct = domicile_cluster_tests::pb::node::v1::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![identifier("email", "after.cut@example.de")],
+        ..Default::default()
+    };
+    node_client.register(direct).await.unwrap();
+    let resolved = domicile_cluster_tests::eventually(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            let request = gw::ResolveRequest { identifier: Some(identifier("email", "after.cut@example.de")) };
+            client.resolve(request).await.ok()
+        }
+    })
+    .await;
+    assert!(resolved.is_some(), "the directory caught up after the heal");
 
     // 4. A slow, lossy link (200 ms each way, 5 % loss): answers are slower, never wrong.
     let loss: &[&str] = &["-m", "statistic", "--mode", "random", "--probability", "0.05"];
