@@ -2,7 +2,7 @@
 //! driven over the DevTools protocol by `browser/check_report.py`. The matrix shows the 18
 //! countries, a cell's link opens its rule with the citation, and changing one rule in a copy of
 //! the set makes the change page list exactly that change. The matrix screenshot is kept in the
-//! build's temporary directory (`target/tmp/packs-report-matrix.png`), not committed.
+//! build's temporary directory (`CARGO_TARGET_TMPDIR`, `packs-report-matrix.png`), not committed.
 //!
 //! `.ci/run` installs chromium; without it this test fails and says what to install
 //! (`DOMICILE_SKIP_BROWSER=1` skips it explicitly).

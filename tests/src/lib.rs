@@ -17,6 +17,7 @@
 mod audit;
 mod churn;
 mod clients;
+pub mod files;
 mod inprocess;
 mod replicas;
 mod scenario;

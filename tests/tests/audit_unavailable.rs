@@ -19,11 +19,10 @@
     reason = "test helpers: a failed call fails the test"
 )]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use domicile_cluster_tests::files::{Tmpfs, fill, is_root};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
@@ -32,42 +31,6 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
-
-/// A tmpfs mounted for the test, unmounted (lazily: the node may still hold the file) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let status =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status();
-        assert!(status.is_ok_and(|s| s.success()), "cannot mount a tmpfs at {}", at.display());
-        Self(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system holding `path` until a write fails for want of space.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let block = [0u8; 512];
-    loop {
-        match file.write_all(&block).and_then(|()| file.sync_all()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return,
-            Err(e) => panic!("filling the tmpfs failed otherwise: {e}"),
-        }
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
 
 fn entries(data_dir: &Path) -> u64 {
     let report = domicile_audit::verify_file(data_dir).expect("the audit log verifies");
@@ -123,7 +86,7 @@ async fn a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable() {
     // The audit log moves onto a small tmpfs; the node restarts on it.
     cluster.cluster.stop_node(&eu).await.unwrap();
     let data_dir = cluster.cluster.node_data_dir(&eu);
-    let tmpfs = Tmpfs::mount(&cluster.dir().join("auditfs"), "1m");
+    let tmpfs = Tmpfs::mount(&cluster.dir().join("auditfs"), "1m").unwrap();
     let log = data_dir.join(domicile_audit::FILE_NAME);
     let moved = tmpfs.0.join(domicile_audit::FILE_NAME);
     std::fs::copy(&log, &moved).unwrap();
@@ -132,7 +95,7 @@ async fn a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable() {
     cluster.cluster.restart_node(&eu).await.unwrap();
     let mut operator = cluster.node(&eu).await.unwrap();
     let mut client = cluster.gateway().await.unwrap();
-    fill(&tmpfs.0.join("filler"));
+    fill(&tmpfs.0.join("filler")).unwrap();
     // The log's last page may still have room for a few entries: writes go through until it
     // is full, and the first refused one proves the log is.
     let mut used_slack = 0;

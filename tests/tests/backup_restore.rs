@@ -12,10 +12,10 @@
     reason = "test helpers: a failed call fails the test"
 )]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use domicile_cluster_tests::files::copy_dir;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, region, select_email};
@@ -198,7 +198,7 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
 
     // A damaged backup is refused before anything is written.
     let damaged = backup_dir.path().join("damaged");
-    copy_dir(&backup, &damaged);
+    copy_dir(&backup, &damaged).unwrap();
     let export = damaged.join("db.export");
     let mut bytes = std::fs::read(&export).unwrap();
     let middle = bytes.len() / 2;
@@ -269,12 +269,4 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
 
 fn gw_allow() -> i32 {
     common::Effect::Allow as i32
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }

@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+use domicile_cluster_tests::files::copy_dir;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, region, select_email};
@@ -28,23 +29,10 @@ fn node_check(config: &Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Puts the pristine copy back as the region's data directory.
 fn restore(pristine: &Path, data: &Path) {
     std::fs::remove_dir_all(data).unwrap();
-    copy_dir(pristine, data);
+    copy_dir(pristine, data).unwrap();
 }
 
 fn flip_byte(path: &Path, offset: usize) {
@@ -112,7 +100,7 @@ async fn damaged_key_slots_audit_logs_and_store_files_are_found_and_never_served
     let config = cluster.dir().join("config").join("node-eu-central.toml");
     let pristine_dir = tempfile::tempdir().unwrap();
     let pristine = pristine_dir.path().join("eu-central");
-    copy_dir(&data, &pristine);
+    copy_dir(&data, &pristine).unwrap();
 
     // The files as the node left them: sound.
     let (code, out) = node_check(&config);

@@ -11,11 +11,9 @@
     reason = "test helpers: a failed call fails the test"
 )]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use domicile_cluster_tests::files::{Tmpfs, copy_dir, fill, is_root};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, region, select_email};
@@ -23,57 +21,6 @@ use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
 const EMAIL: &str = "full.disk@example.de";
-
-/// A tmpfs mounted for the test, unmounted (lazily) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let status =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status();
-        assert!(status.is_ok_and(|s| s.success()), "cannot mount a tmpfs at {}", at.display());
-        Self(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-/// Fills the file system holding `path` until a write fails for want of space.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    loop {
-        match file.write_all(&block).and_then(|()| file.sync_all()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-            Err(e) => panic!("filling the tmpfs failed otherwise: {e}"),
-        }
-    }
-    let small = [0u8; 512];
-    while file.write_all(&small).and_then(|()| file.sync_all()).is_ok() {}
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn consent(action: common::ConsentAction, purpose: &str) -> gw::RecordConsentRequest {
     gw::RecordConsentRequest {
@@ -119,9 +66,9 @@ async fn a_full_disk_refuses_writes_keeps_deciding_loses_nothing_and_recovers() 
     // The node's whole data directory moves onto a 64 MiB tmpfs; the node restarts on it.
     cluster.cluster.stop_node(&eu).await.unwrap();
     let data_dir = cluster.cluster.node_data_dir(&eu);
-    let tmpfs = Tmpfs::mount(&cluster.dir().join("datafs"), "64m");
+    let tmpfs = Tmpfs::mount(&cluster.dir().join("datafs"), "64m").unwrap();
     let on_tmpfs = tmpfs.0.join("eu-central");
-    copy_dir(&data_dir, &on_tmpfs);
+    copy_dir(&data_dir, &on_tmpfs).unwrap();
     std::fs::remove_dir_all(&data_dir).unwrap();
     std::os::unix::fs::symlink(&on_tmpfs, &data_dir).unwrap();
     cluster.cluster.restart_node(&eu).await.unwrap();
@@ -129,7 +76,7 @@ async fn a_full_disk_refuses_writes_keeps_deciding_loses_nothing_and_recovers() 
     let mut gateway = cluster.gateway().await.unwrap();
     assert_eq!(decide(&cluster, "marketing").await.unwrap(), common::Effect::Allow as i32);
 
-    fill(&tmpfs.0.join("filler"));
+    fill(&tmpfs.0.join("filler")).unwrap();
     // Writes until the first refusal (sled and the log may have room left in their last pages):
     // every acknowledged one is counted, and must be there afterwards.
     let mut acknowledged = 0;

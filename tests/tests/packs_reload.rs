@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use domicile_cluster_tests::files::copy_dir;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
@@ -22,18 +23,6 @@ use domicile_runtime::packs::{TrustConfig, TrustedKeyFile, generate_key, sign_di
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 fn set_de_version(packs: &Path, version: &str) {
     let path = packs.join("de/pack.toml");
@@ -60,7 +49,7 @@ fn decide_request() -> gw::DecideRequest {
 async fn signed_sets_reload_live_and_tampered_sets_are_refused() {
     let work = tempfile::tempdir().unwrap();
     let packs = work.path().join("packs");
-    copy_dir(&repo_packs(), &packs);
+    copy_dir(&repo_packs(), &packs).unwrap();
     let (private, public) = (work.path().join("legal.key"), work.path().join("legal.pub"));
     generate_key(&private, &public).unwrap();
     sign_dir(&packs, "legal", &private).unwrap();
