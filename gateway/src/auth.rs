@@ -120,7 +120,9 @@ impl CallerLimits {
 
     /// A slot for one more request of `caller`, or `None` when it has `per_caller` in flight.
     fn admit(&self, caller: &CallerIdentity) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let key = (caller.name.clone(), caller.region.to_string());
+        // Looked up by borrowed name and region: nothing is allocated per request once a caller
+        // is known.
+        let key = CallerKey(&caller.name, caller.region.as_str());
         let known = self.in_flight.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let semaphore = match known {
             Some(semaphore) => semaphore,
@@ -130,10 +132,21 @@ impl CallerLimits {
                     let full = self.per_caller;
                     map.retain(|_, s| s.available_permits() < full);
                 }
-                Arc::clone(map.entry(key).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_caller))))
+                let owned = (caller.name.clone(), caller.region.to_string());
+                Arc::clone(map.entry(owned).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_caller))))
             }
         };
         semaphore.try_acquire_owned().ok()
+    }
+}
+
+/// A caller's (name, region) borrowed: hashes as the owned key does (a tuple of two strings).
+#[derive(Hash)]
+struct CallerKey<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for CallerKey<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
     }
 }
 
@@ -328,6 +341,21 @@ impl http_body::Body for PermitBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_known_caller_is_found_by_its_borrowed_key() {
+        let limits = CallerLimits::new(1);
+        let caller =
+            CallerIdentity::new("kiosk", domicile_types::RegionId::parse("eu-central").unwrap(), &[Scope::Decide])
+                .unwrap();
+        let held = limits.admit(&caller).unwrap();
+        let map = limits.in_flight.read().unwrap();
+        assert!(map.get(&CallerKey("kiosk", "eu-central")).is_some(), "hashes as the owned key");
+        drop(map);
+        assert!(limits.admit(&caller).is_none(), "its one slot is taken");
+        drop(held);
+        assert!(limits.admit(&caller).is_some());
+    }
 
     #[test]
     fn every_gateway_method_needs_a_scope() {
