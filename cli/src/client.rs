@@ -205,6 +205,14 @@ pub struct ConsentArgs {
     /// When a grant lapses (RFC 3339).
     #[arg(long)]
     expires_at: Option<String>,
+    /// What the consent rests on: express (default), implied_purchase, implied_inquiry or
+    /// guardian (given for a minor by a parent or guardian).
+    #[arg(long, default_value = "")]
+    consent_kind: String,
+    /// The consent covers only these hours: a calling window of the subject's pack (repeatable),
+    /// e.g. `--hours night` for Korea's separate consent to night-time advertising.
+    #[arg(long = "hours")]
+    hours: Vec<String>,
     /// Makes a retry safe: the same record sent again with the same key is applied once. After a
     /// DEADLINE_EXCEEDED (outcome unknown), retry with the key the error names.
     #[arg(long, default_value = "")]
@@ -226,6 +234,33 @@ pub struct DecideArgs {
     /// Decide as of this time (RFC 3339); default now.
     #[arg(long)]
     at: Option<String>,
+    /// Who the contact goes to, where the pack's rules differ: consumer or business.
+    #[arg(long, default_value = "")]
+    recipient: String,
+    /// The subject's age in whole years, for rules that differ for minors.
+    #[arg(long)]
+    age: Option<u32>,
+    /// The subject's IANA time zone, for calling windows; default: every zone of the pack.
+    #[arg(long, default_value = "")]
+    time_zone: String,
+    /// The result of screening the contact against the register the rule names: true (listed)
+    /// or false (screened, not listed).
+    #[arg(long)]
+    on_register: Option<bool>,
+    /// When the subject last bought from the sender (RFC 3339).
+    #[arg(long)]
+    last_purchase: Option<String>,
+    /// When the subject last inquired with the sender (RFC 3339).
+    #[arg(long)]
+    last_inquiry: Option<String>,
+    /// Soft opt-in facts: the details came from a sale, the message is about similar products,
+    /// an opt-out was offered at collection and in every message.
+    #[arg(long)]
+    contact_from_sale: bool,
+    #[arg(long)]
+    similar_products: bool,
+    #[arg(long)]
+    opt_out_offered: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -335,6 +370,8 @@ pub async fn consent(args: ConsentArgs) -> ExitCode {
             source_system: args.source_system.clone(),
             double_opt_in_confirmed: args.double_opt_in,
             signal: None,
+            consent_kind: args.consent_kind.clone(),
+            hours: args.hours.clone(),
         }),
         captured_at,
         expires_at,
@@ -361,15 +398,31 @@ pub async fn decide(args: DecideArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage(e),
     };
-    let at = match timestamp("at", args.at.as_ref()) {
-        Ok(at) => at,
-        Err(e) => return usage(e),
+    let (at, last_purchase_at, last_inquiry_at) = match (
+        timestamp("at", args.at.as_ref()),
+        timestamp("last-purchase", args.last_purchase.as_ref()),
+        timestamp("last-inquiry", args.last_inquiry.as_ref()),
+    ) {
+        (Ok(at), Ok(purchase), Ok(inquiry)) => (at, purchase, inquiry),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return usage(e),
+    };
+    let facts = common::DecisionFacts {
+        contact_from_sale: args.contact_from_sale,
+        similar_products: args.similar_products,
+        opt_out_offered: args.opt_out_offered,
+        on_register: args.on_register,
+        last_purchase_at,
+        last_inquiry_at,
+        recipient: args.recipient.clone(),
+        age: args.age,
+        time_zone: args.time_zone.clone(),
     };
     let request = pb::DecideRequest {
         subject: Some(selector),
         purpose: args.purpose.to_string(),
         channel: args.channel.to_string(),
         at,
+        facts: (facts != common::DecisionFacts::default()).then_some(facts),
     };
     let what = format!("{} via {}", args.purpose, args.channel);
     call(&args.connection, async |c| c.decide(request).await.map(|r| r.into_inner()), |r, json| {

@@ -246,6 +246,7 @@ fn consent(
             source_system: "domicile-load".to_owned(),
             double_opt_in_confirmed: true,
             signal: None,
+            ..Default::default()
         }),
         captured_at: None,
         expires_at: None,
@@ -254,7 +255,13 @@ fn consent(
 }
 
 fn decide_request(n: u64, channel: &str) -> pb::DecideRequest {
-    pb::DecideRequest { subject: by_email(n), purpose: PURPOSE.to_owned(), channel: channel.to_owned(), at: None }
+    pb::DecideRequest {
+        subject: by_email(n),
+        purpose: PURPOSE.to_owned(),
+        channel: channel.to_owned(),
+        at: None,
+        ..Default::default()
+    }
 }
 
 fn is_allow(decision: Option<&common::Decision>) -> bool {
@@ -709,6 +716,7 @@ async fn batch(gw: &Gateway, args: &LoadArgs, duration: Duration) -> anyhow::Res
                     subject: by_email(pick.below(subjects)),
                     purpose: PURPOSE.to_owned(),
                     channel: "email".to_owned(),
+                    ..Default::default()
                 })
                 .collect();
             // Results read with each decision kept encoded (`RawOutcome`, wire-identical to

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 mod report;
 
 use clap::{Args, Subcommand, ValueEnum};
+use domicile_policy::HOLIDAYS_FILE;
 use domicile_policy::{
     Change, ConsentFact, ConsentKind, DecisionInput, Diagnostic, Facts, Pack, PackSet, PackSource, TestReport, Zone,
     diff, run_test_files,
@@ -47,7 +48,7 @@ pub enum PacksCommand {
         format: Format,
     },
     /// Trace one decision: packs consulted, rules weighed, checks that held or failed, citations.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// Every decision that changes between two versions of a pack (or of a whole set), over the
     /// whole decision space. Exit 0 when nothing changed, 1 when something did.
     Diff {
@@ -84,7 +85,8 @@ pub enum PacksCommand {
         #[arg(long)]
         public: PathBuf,
     },
-    /// Sign the set (every pack and test file) with one key; adds to signatures over the same content.
+    /// Sign the set (every pack, holiday calendar and test file) with one key; adds to signatures
+    /// over the same content.
     Sign {
         #[arg(default_value = "policy-packs")]
         dir: PathBuf,
@@ -130,9 +132,12 @@ pub struct ExplainArgs {
     /// The consent on record: granted, denied or withdrawn. Omit for none.
     #[arg(long)]
     consent: Option<String>,
-    /// What the consent rests on: express, implied_purchase or implied_inquiry.
+    /// What the consent rests on: express, implied_purchase, implied_inquiry or guardian.
     #[arg(long)]
     consent_kind: Option<String>,
+    /// Calling windows of the pack the consent is limited to (repeatable), e.g. `night`.
+    #[arg(long = "consent-hours")]
+    consent_hours: Vec<String>,
     /// When the consent was captured (RFC 3339); default: one day before `--at`.
     #[arg(long)]
     captured_at: Option<String>,
@@ -161,6 +166,12 @@ pub struct ExplainArgs {
     /// When the subject last inquired with the sender (RFC 3339).
     #[arg(long)]
     last_inquiry: Option<String>,
+    /// Who the contact goes to, where rules differ: consumer or business. Omit: unknown.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// The subject's age in whole years, for rules with minors bands. Omit: unknown.
+    #[arg(long)]
+    age: Option<u8>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -419,7 +430,9 @@ fn explain(args: &ExplainArgs) -> ExitCode {
                 let kind = match &args.consent_kind {
                     None => None,
                     Some(k) => Some(ConsentKind::parse(k).ok_or_else(|| {
-                        usage_error("unknown consent kind; expected express, implied_purchase or implied_inquiry")
+                        usage_error(
+                            "unknown consent kind; expected express, implied_purchase, implied_inquiry or guardian",
+                        )
                     })?),
                 };
                 let captured = match &args.captured_at {
@@ -433,6 +446,7 @@ fn explain(args: &ExplainArgs) -> ExitCode {
                     expires_at_unix: expires,
                     double_opt_in_confirmed: args.double_opt_in,
                     kind,
+                    hours: args.consent_hours.clone(),
                 })
             }
         };
@@ -447,6 +461,14 @@ fn explain(args: &ExplainArgs) -> ExitCode {
             on_register: args.on_register,
             last_purchase_at: args.last_purchase.as_deref().map(|t| instant(Some(t), "last-purchase")).transpose()?,
             last_inquiry_at: args.last_inquiry.as_deref().map(|t| instant(Some(t), "last-inquiry")).transpose()?,
+            recipient: match &args.recipient {
+                None => None,
+                Some(r) => Some(
+                    domicile_policy::Recipient::parse(r)
+                        .ok_or_else(|| usage_error("unknown recipient; expected consumer or business"))?,
+                ),
+            },
+            age: args.age,
         };
         Ok((jurisdiction, DecisionInput { purpose, channel, at_unix: at, consent, subject_time_zone, facts }))
     })();
@@ -479,6 +501,13 @@ fn declared_id(text: &str) -> Option<String> {
     table.get("pack")?.get("id")?.as_str().map(str::to_owned)
 }
 
+/// The calendar id a holiday calendar file declares (`[calendar] id`), read loosely: only to pair
+/// versions.
+fn declared_calendar(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    table.get("calendar")?.get("id")?.as_str().map(str::to_owned)
+}
+
 fn is_set_dir(path: &Path) -> bool {
     path.is_dir() && !path.join("pack.toml").is_file()
 }
@@ -491,12 +520,24 @@ fn load_version(path: &Path, context: &Path) -> Result<(PackSet, Option<String>)
         let file = if path.is_dir() { path.join("pack.toml") } else { path.to_owned() };
         let text = std::fs::read_to_string(&file).map_err(|e| usage_error(&format!("{}: {e}", file.display())))?;
         let id = declared_id(&text).ok_or_else(|| usage_error(&format!("{}: no `[pack] id`", file.display())))?;
+        // The pack's own holiday calendar, beside it, stands in for the context's of the same id.
+        let calendar = file.parent().map(|d| d.join(HOLIDAYS_FILE)).filter(|c| c.is_file());
+        let calendar = match calendar {
+            Some(c) => Some(PackSource::new(
+                c.display().to_string(),
+                std::fs::read_to_string(&c).map_err(|e| usage_error(&format!("{}: {e}", c.display())))?,
+            )),
+            None => None,
+        };
+        let calendar_id = calendar.as_ref().and_then(|c| declared_calendar(&c.text));
         let mut sources: Vec<PackSource> = read_sources(context)
             .unwrap_or_default()
             .into_iter()
             .filter(|s| declared_id(&s.text).as_deref() != Some(id.as_str()))
+            .filter(|s| !s.is_holiday_calendar() || calendar_id.is_none() || declared_calendar(&s.text) != calendar_id)
             .collect();
         sources.push(PackSource::new(file.display().to_string(), text));
+        sources.extend(calendar);
         return match PackSet::compile(&sources) {
             Ok((set, _)) => Ok((set, Some(id))),
             Err(d) => {

@@ -246,6 +246,7 @@ fn up_status_down() {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             });
             request.metadata_mut().insert("authorization", format!("Bearer {bearer}").parse().unwrap());
             let mut client = domicile_proto::pb::gateway::v1::domicile_client::DomicileClient::new(channel.clone());
@@ -414,6 +415,7 @@ fn decide_request(subject_ref: &str) -> gw::DecideRequest {
         purpose: "marketing".into(),
         channel: "email".into(),
         at: None,
+        ..Default::default()
     }
 }
 
@@ -497,6 +499,7 @@ async fn a_crashed_process_comes_back_on_its_address_and_a_stopped_region_stays_
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         };
         let mut node = domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient::new(channel);
         match node.decide(request).await {

@@ -293,6 +293,7 @@ fn evidence() -> Option<common::Evidence> {
         source_system: SOURCE_SYSTEM.into(),
         double_opt_in_confirmed: true,
         signal: None,
+        ..Default::default()
     })
 }
 
@@ -407,6 +408,7 @@ async fn metrics_arrive_and_no_personal_data_reaches_metrics_spans_or_logs() {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner().decision.unwrap())
@@ -447,6 +449,7 @@ async fn metrics_arrive_and_no_personal_data_reaches_metrics_spans_or_logs() {
             subject: select(kind, value),
             purpose: "marketing".into(),
             channel: "email".into(),
+            ..Default::default()
         })
         .collect();
     let mut results = client.decide_stream(tokio_stream::iter(items)).await.unwrap().into_inner();

@@ -18,7 +18,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domicile_proto::convert::SubjectKey;
+use domicile_proto::convert::{self, SubjectKey};
+use domicile_proto::pb::common::v1 as common;
 use domicile_proto::raw::{EncodedDecideBatchRequest, RawDecideStreamItem, RawOutcome};
 use domicile_types::{Channel, Purpose, RegionId};
 use hashbrown::HashMap;
@@ -143,7 +144,7 @@ impl Driver {
                             return;
                         }
                     }
-                    Ok((id, region, key, purpose, channel)) => {
+                    Ok((id, region, key, purpose, channel, facts)) => {
                         read += 1;
                         // No region name cloned per item: only for a region's first pending item.
                         let queue = match self.pending.get_mut(&region) {
@@ -151,7 +152,7 @@ impl Driver {
                             None => self.pending.entry(region.clone()).or_insert_with(Pending::new),
                         };
                         queue.ids.push(id);
-                        queue.request.push(id, &key, purpose, channel);
+                        queue.request.push(id, &key, purpose, channel, facts.as_ref());
                         if queue.ids.len() >= BATCH_SIZE {
                             let items = std::mem::replace(queue, Pending::new());
                             if !self.send_batch(&permits, region, items).await {
@@ -236,16 +237,20 @@ async fn run_batch(region: &RegionId, channel: NodeChannel, items: Pending) -> V
 #[allow(clippy::type_complexity, reason = "one item's parts, taken apart at once by the caller")]
 fn batch_item(
     gateway: &Gateway,
-    item: RawDecideStreamItem,
-) -> Result<(u64, RegionId, SubjectKey, Purpose, Channel), (u64, Status)> {
+    mut item: RawDecideStreamItem,
+) -> Result<(u64, RegionId, SubjectKey, Purpose, Channel, Option<common::DecisionFacts>), (u64, Status)> {
     let id = item.id;
     let fail = |status: Status| (id, status);
     let purpose = item.purpose("purpose").map_err(|v| fail(v.into()))?;
     let channel = item.channel("channel").map_err(|v| fail(v.into()))?;
+    // Checked here so a bad fact is the caller's error before it costs a node call; forwarded as
+    // sent, to the home region only.
+    convert::decision_facts("facts", item.facts.as_ref()).map_err(|v| fail(v.into()))?;
+    let facts = item.facts.take();
     let selector = match &item.subject {
         Some(subject) => subject.view("subject").map_err(|v| fail(v.into()))?,
         None => None,
     };
     let (region, key) = gateway.target_of("subject", selector).map_err(fail)?;
-    Ok((id, region, key, purpose, channel))
+    Ok((id, region, key, purpose, channel, facts))
 }

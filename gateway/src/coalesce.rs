@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use domicile_proto::convert::SubjectKey;
+use domicile_proto::pb::common::v1 as common;
 use domicile_proto::raw::EncodedDecideBatchRequest;
 use domicile_runtime::telemetry::{self, TraceParent};
 use domicile_types::{Channel, Purpose, RegionId};
@@ -44,6 +45,7 @@ struct Pending {
     subject: SubjectKey,
     purpose: Purpose,
     channel: Channel,
+    facts: Option<common::DecisionFacts>,
     /// The caller's trace context, so the node call continues its trace.
     parent: TraceParent,
     reply: Reply,
@@ -76,11 +78,12 @@ impl Coalescer {
         subject: SubjectKey,
         purpose: Purpose,
         channel: Channel,
+        facts: Option<common::DecisionFacts>,
     ) -> Result<Bytes, Status> {
         let queue = self.queues.get(region).ok_or_else(|| unknown_region(region))?;
         let (reply, answer) = oneshot::channel();
         let parent = telemetry::trace_parent();
-        queue.try_send(Pending { subject, purpose, channel, parent, reply }).map_err(|e| match e {
+        queue.try_send(Pending { subject, purpose, channel, facts, parent, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 Status::resource_exhausted(format!("too many decisions waiting for region `{region}`"))
             }
@@ -113,7 +116,7 @@ async fn call(region: RegionId, channel: NodeChannel, batch: Vec<Pending>, slot:
     let mut parent = None;
     for pending in batch.into_iter().filter(|p| !p.reply.is_closed()) {
         parent.get_or_insert(pending.parent);
-        request.push(replies.len() as u64, &pending.subject, pending.purpose, pending.channel);
+        request.push(replies.len() as u64, &pending.subject, pending.purpose, pending.channel, pending.facts.as_ref());
         replies.push(pending.reply);
     }
     let Some(parent) = parent else { return };

@@ -21,12 +21,14 @@ pub async fn decide(gateway: &Gateway, req: pb::DecideRequest) -> Result<Bytes, 
     let purpose = convert::purpose("purpose", &req.purpose).map_err(invalid)?;
     let channel = convert::channel("channel", &req.channel).map_err(invalid)?;
     let at = convert::timestamp("at", req.at.as_ref()).map_err(invalid)?;
+    // Checked here (a bad fact costs no node call), forwarded as sent to the home region only.
+    convert::decision_facts("facts", req.facts.as_ref()).map_err(invalid)?;
     let (region, key) = gateway.target(req.subject.as_ref())?;
     let decision = match at {
-        None => gateway.coalescer.decide(&region, key, purpose, channel).await?,
+        None => gateway.coalescer.decide(&region, key, purpose, channel, req.facts).await?,
         Some(at) => {
             let mut request = EncodedDecideBatchRequest::with_capacity(1);
-            request.push(0, &key, purpose, channel);
+            request.push(0, &key, purpose, channel, req.facts.as_ref());
             let reply = decide_batch(gateway.nodes.channel(&region)?, request.at(at)).await;
             let outcome = outcomes(&region, &[0], reply).pop();
             decision_of(&region, outcome.ok_or_else(no_decision)?)?

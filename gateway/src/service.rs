@@ -117,7 +117,7 @@ impl Domicile for GatewayService {
         let req = request.into_inner();
         // Validate everything before routing, so bad input never reaches a node.
         convert::purpose("purpose", &req.purpose).map_err(invalid)?;
-        convert::channels("channels", &req.channels).map_err(invalid)?;
+        convert::record_shape(&req.channels, req.evidence.as_ref()).map_err(invalid)?;
         convert::consent_action("action", req.action).map_err(invalid)?;
         if let Some(evidence) = &req.evidence {
             convert::evidence_token("evidence.notice_version", &evidence.notice_version).map_err(invalid)?;

@@ -127,6 +127,7 @@ async fn decisions(fixture: &Fixture, count: usize) -> Histogram<u64> {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             }))
             .await
             .unwrap();
@@ -155,6 +156,7 @@ async fn batch_decisions(fixture: &Fixture, callers: usize, secs: u64) -> f64 {
                             subject: subject_key(&subjects[next % subjects.len()]),
                             purpose: "marketing".into(),
                             channel: "email".into(),
+                            ..Default::default()
                         }
                     })
                     .collect();

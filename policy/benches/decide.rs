@@ -43,6 +43,7 @@ fn consent(state: ConsentState, captured: i64, expires: Option<i64>) -> ConsentF
         expires_at_unix: expires,
         double_opt_in_confirmed: true,
         kind: None,
+        hours: Vec::new(),
     }
 }
 
@@ -62,9 +63,9 @@ fn differential_check(pack: &Pack, policies: &PolicySet) {
     let mut checked = 0;
     for &purpose in Purpose::ALL {
         for &channel in Channel::ALL {
-            for consent in consents {
+            for consent in &consents {
                 for facts in [Facts::default(), soft] {
-                    let mut input = DecisionInput::new(purpose, channel, AT, consent);
+                    let mut input = DecisionInput::new(purpose, channel, AT, consent.clone());
                     input.facts = facts;
                     let ours = pack.evaluate(&input).effect == Effect::Allow;
                     let theirs = authorizer.is_authorized(&cedar_request(&input), policies, &entities).decision()

@@ -3,7 +3,11 @@
 use std::fmt;
 use std::ops::Range;
 
-/// One input file. `path` only appears in diagnostics; nothing here reads the file system.
+/// The file name of a holiday calendar beside a pack (`fr/holidays.toml`).
+pub const HOLIDAYS_FILE: &str = "holidays.toml";
+
+/// One input file. `path` appears in diagnostics, and its file name tells a holiday calendar
+/// ([`HOLIDAYS_FILE`]) from a pack file; nothing here reads the file system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackSource {
     pub path: String,
@@ -13,6 +17,12 @@ pub struct PackSource {
 impl PackSource {
     pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
         Self { path: path.into(), text: text.into() }
+    }
+
+    /// Whether the file is a holiday calendar (`…/holidays.toml`) rather than a pack file. Pack
+    /// sets are compiled from both kinds ([`crate::PackSet::compile`]).
+    pub fn is_holiday_calendar(&self) -> bool {
+        self.path.rsplit(['/', '\\']).next() == Some(HOLIDAYS_FILE)
     }
 }
 

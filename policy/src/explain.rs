@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::eval::judge;
 use crate::model::table::CompiledRule;
+use crate::model::terms::Recipient;
 use crate::model::{Basis, ConsentFact, ConsentKind, Decision, DecisionInput, Facts, Outcome, Pack, Rule};
 use crate::time::format_rfc3339;
 
@@ -90,10 +91,24 @@ impl Pack {
                 },
                 held: in_effect,
             }];
-            let (outcome, effect) = match (in_effect, compiled) {
+            // A rule for other recipient types does not apply; with the type unknown every rule
+            // of the cell is weighed.
+            let applies_to_recipient =
+                input.facts.recipient.is_none_or(|r| rule.recipients.is_empty() || rule.recipients.contains(&r));
+            if !rule.recipients.is_empty() {
+                checks.push(Check {
+                    what: format!(
+                        "rule applies to {} recipients (recipient: {})",
+                        rule.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" and "),
+                        input.facts.recipient.map_or("not known, so every type's rule is weighed", |r| r.as_str())
+                    ),
+                    held: applies_to_recipient,
+                });
+            }
+            let (outcome, effect) = match (in_effect && applies_to_recipient, compiled) {
                 (true, Some(compiled)) => {
                     checks.extend(consent_checks(rule.basis, input, compiled, rule));
-                    let (outcome, _) = judge(rule, compiled, input, self.table().zones());
+                    let (outcome, _) = judge(rule, compiled, input, self.table().zones(), &self.table().windows);
                     if let Some(register) = &compiled.register {
                         checks.push(Check {
                             what: format!(
@@ -116,8 +131,13 @@ impl Pack {
                                 zones.join(", "),
                                 window.describe()
                             ),
-                            held: outcome != Outcome::OutsideWindow,
+                            held: !matches!(outcome, Outcome::OutsideWindow | Outcome::HolidaysNotCovered),
                         });
+                        let window_zones =
+                            input.subject_time_zone.as_ref().map_or(self.time_zones(), std::slice::from_ref);
+                        if let Some((what, held)) = window.holiday_note(window_zones, input.at_unix) {
+                            checks.push(Check { what, held });
+                        }
                     }
                     (Some(outcome.as_str().to_owned()), Some(outcome.effect().as_str().to_owned()))
                 }
@@ -161,7 +181,42 @@ impl Pack {
 
 fn consent_checks(basis: Basis, input: &DecisionInput, compiled: &CompiledRule, rule: &Rule) -> Vec<Check> {
     let mut checks = Vec::new();
-    let state = input.consent.map(|c| c.state);
+    let mut basis = basis;
+    if let Some(minors) = &compiled.minors {
+        let band = minors.band(input.facts.age);
+        let age =
+            input.facts.age.map_or_else(|| format!("not known, treated as {}", minors.unknown_age), |a| a.to_string());
+        checks.push(Check {
+            what: match band {
+                Some(b) => format!(
+                    "subject is under {} (age {age}): {} with {} consent ({})",
+                    b.under,
+                    b.basis,
+                    if b.consent.is_empty() {
+                        "no".to_owned()
+                    } else {
+                        b.consent.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" or ")
+                    },
+                    minors.cite
+                ),
+                None => format!("subject is not a minor under `{}` (age {age})", minors.id),
+            },
+            held: band.is_none(),
+        });
+        if let Some(b) = band {
+            basis = b.basis;
+        }
+    }
+    if let Some(hours) = &compiled.separate_hours {
+        checks.push(Check {
+            what: format!("during `{}` ({}), only a consent naming those hours counts", hours.id, hours.describe()),
+            held: input.consent.as_ref().is_some_and(|c| c.hours.contains(&hours.id)),
+        });
+    }
+    if let Some(c) = input.consent.as_ref().filter(|c| !c.hours.is_empty()) {
+        checks.push(Check { what: format!("consent limited to hours {}", c.hours.join(", ")), held: true });
+    }
+    let state = input.consent.as_ref().map(|c| c.state);
     let objection = matches!(state, Some(ConsentState::Denied | ConsentState::Withdrawn));
     match basis {
         Basis::Prohibited => checks.push(Check { what: "prohibited: never allowed".into(), held: false }),
@@ -170,8 +225,10 @@ fn consent_checks(basis: Basis, input: &DecisionInput, compiled: &CompiledRule, 
             checks.push(Check { what: "subject has not objected".into(), held: !objection });
         }
         Basis::OptIn | Basis::DoubleOptIn | Basis::SoftOptIn => {
-            let granted =
-                input.consent.filter(|c| c.state == ConsentState::Granted && c.captured_at_unix <= input.at_unix);
+            let granted = input
+                .consent
+                .as_ref()
+                .filter(|c| c.state == ConsentState::Granted && c.captured_at_unix <= input.at_unix);
             checks.push(Check { what: "consent granted before the decision time".into(), held: granted.is_some() });
             if let Some(c) = granted {
                 let kind = c.kind.unwrap_or(ConsentKind::Express);
@@ -323,6 +380,7 @@ pub fn diff(old: &Pack, new: &Pack, around: i64) -> Vec<Change> {
                         expires_at_unix: expired.then_some(at - 1),
                         double_opt_in_confirmed: doi,
                         kind: Some(kind),
+                        hours: Vec::new(),
                     });
                     let input = DecisionInput {
                         purpose,
@@ -423,6 +481,28 @@ fn scenarios() -> Vec<Scenario> {
             Facts { on_register: Some(true), ..Facts::default() },
         ),
     ];
+    for recipient in Recipient::ALL {
+        out.push((
+            format!("no consent, {recipient} recipient"),
+            None,
+            Facts { recipient: Some(*recipient), ..Facts::default() },
+        ));
+        out.push((
+            format!("consent granted (express), {recipient} recipient"),
+            Some((ConsentState::Granted, Age::Days(1), ConsentKind::Express, false, false)),
+            Facts { recipient: Some(*recipient), ..Facts::default() },
+        ));
+    }
+    for age in [10u8, 12, 13, 14, 15, 16, 17] {
+        for kind in [ConsentKind::Express, ConsentKind::Guardian] {
+            out.push((
+                format!("consent granted ({kind}), subject aged {age}"),
+                Some((ConsentState::Granted, Age::Days(1), kind, false, false)),
+                Facts { age: Some(age), ..Facts::default() },
+            ));
+        }
+        out.push((format!("no consent, subject aged {age}"), None, Facts { age: Some(age), ..Facts::default() }));
+    }
     for kind in ConsentKind::ALL {
         for months in [0u32, 5, 7, 17, 19, 23, 25, 35, 37] {
             let age = if months == 0 { Age::Days(1) } else { Age::Months(months) };

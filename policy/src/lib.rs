@@ -36,15 +36,17 @@ mod testing;
 pub mod time;
 mod zone;
 
-pub use diag::{Diagnostic, Diagnostics, PackSource, Severity};
+pub use diag::{Diagnostic, Diagnostics, HOLIDAYS_FILE, PackSource, Severity};
 pub use eval::{DecisionParts, Verdict};
 pub use explain::{Change, Check, DecisionSummary, Trace, TraceRule, diff};
+pub use model::ConsentMissing;
 pub use model::{
     Basis, CALLING_WINDOW, CallingWindow, Confidence, ConsentFact, ConsentKind, Deadline, Decision, DecisionInput,
-    Effect, Facts, GpcRule, Lifetime, Localisation, Obligation, OptOutRule, Outcome, Pack, PackKind, PackRef, Period,
-    Register, Residency, ResidencyRefusal, Rights, Rule, Signals, SoftCondition, TcfMapping, TcfSource, Transfer,
-    TransferCheck,
+    Effect, Facts, GpcRule, Lifetime, Localisation, MinorBand, Minors, Obligation, OptOutRule, Outcome, Pack, PackKind,
+    PackRef, Period, Recipient, Register, Residency, ResidencyRefusal, Rights, Rule, Signals, SoftCondition,
+    TcfMapping, TcfSource, Transfer, TransferCheck, TransferConsent, TransferConsentFact, UnknownAge,
 };
+pub use model::{HolidayCalendar, HolidayRule};
 pub use profile::{ResidencyProfile, RightsProfile, TransferView};
 pub use read::{MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use set::{PackMatch, PackSet, ResidencyError};

@@ -20,6 +20,8 @@ pub struct TransferView {
     pub condition: String,
     pub cite: String,
     pub minimised_only: bool,
+    /// Consent kinds the subject must have recorded for the transfer; empty: none needed.
+    pub consent: Vec<String>,
 }
 
 /// A pack's residency.
@@ -74,6 +76,7 @@ impl Pack {
                     condition: t.condition.clone(),
                     cite: t.cite.clone(),
                     minimised_only: t.minimised_only,
+                    consent: t.consent.iter().map(|k| k.as_str().to_owned()).collect(),
                 })
                 .collect(),
             cite: r.cite.clone(),
@@ -129,6 +132,9 @@ impl fmt::Display for ResidencyProfile {
                 if t.minimised_only { ", minimised context only" } else { "" }
             )?;
             writeln!(f, "    condition: {}", t.condition)?;
+            if !t.consent.is_empty() {
+                writeln!(f, "    only on the subject's recorded consent: {}", t.consent.join(" or "))?;
+            }
             writeln!(f, "    cites {}", t.cite)?;
         }
         match &self.cite {

@@ -163,8 +163,8 @@ fn run_check(pack: &Pack, check: Check) -> CheckResult {
             let cite = rights.cite.as_deref().unwrap_or("no citation");
             format!("due {} ({stated}; {cite})", when(got_due))
         }
-        CheckKind::Transfer { caller_region, purpose, allow, transfer } => {
-            let got = pack.check_transfer(caller_region.as_ref(), purpose);
+        CheckKind::Transfer { caller_region, purpose, allow, transfer, consent, at } => {
+            let got = pack.check_transfer(caller_region.as_ref(), purpose, consent.as_ref(), at);
             let (got_allow, got_transfer, answer) = match &got {
                 Ok(None) => (true, None, "allowed: a home region".to_owned()),
                 Ok(Some(t)) => (true, Some(t.id.clone()), format!("allowed by transfer `{}` ({})", t.id, t.cite)),

@@ -22,8 +22,15 @@ fn root() -> PathBuf {
 }
 
 fn sources(dir: &Path) -> Vec<PackSource> {
-    let mut paths: Vec<PathBuf> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().path().join("pack.toml")).filter(|p| p.is_file()).collect();
+    // Each pack file, and its holiday calendar where it has one.
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let dir = e.unwrap().path();
+            [dir.join("pack.toml"), dir.join(domicile_policy::HOLIDAYS_FILE)]
+        })
+        .filter(|p| p.is_file())
+        .collect();
     paths.sort();
     paths
         .iter()
@@ -64,10 +71,15 @@ fn france_telemarketing_outside_the_window_is_denied_with_when_it_may_happen() {
         expires_at_unix: None,
         double_opt_in_confirmed: false,
         kind: None,
+        hours: Vec::new(),
     };
     // Saturday 28 Nov 2026, 11:00 in Paris.
-    let d =
-        fr.decide(&DecisionInput::new(Purpose::Marketing, Channel::Voice, t("2026-11-28T10:00:00Z"), Some(consent)));
+    let d = fr.decide(&DecisionInput::new(
+        Purpose::Marketing,
+        Channel::Voice,
+        t("2026-11-28T10:00:00Z"),
+        Some(consent.clone()),
+    ));
     assert_eq!(d.effect, Effect::Deny);
     assert_eq!(d.reasons, ["fr.marketing.voice"]);
     let o = d.obligations.iter().find(|o| o.id == "outside-window").unwrap();
@@ -90,6 +102,7 @@ fn canada_implied_consent_from_a_purchase_lapses_after_two_years() {
         expires_at_unix: None,
         double_opt_in_confirmed: false,
         kind: Some(ConsentKind::ImpliedPurchase),
+        hours: Vec::new(),
     };
     let v = ca.evaluate(&DecisionInput::new(
         Purpose::Marketing,
@@ -119,6 +132,7 @@ fn deny_beats_allow_across_baseline_country_and_overlay() {
         expires_at_unix: None,
         double_opt_in_confirmed: false,
         kind: None,
+        hours: Vec::new(),
     };
     input.consent = Some(objection);
     let d = de.decide(&input);
@@ -211,7 +225,46 @@ fn residency_is_inherited_key_by_key_and_transfers_are_default_deny() {
         other => panic!("the baseline's DPF transfer applies to DE: {other:?}"),
     }
     assert_eq!(de.transfer_to(&region("us-east"), Purpose::Marketing), TransferCheck::Refused, "purpose not named");
-    assert_eq!(de.transfer_to(&region("sa-east"), Purpose::Service), TransferCheck::Refused, "region not named");
+    // To sa-east only the Art. 49(1)(a) derogation names service data, and it needs the subject's
+    // explicit consent to the transfer.
+    assert!(
+        matches!(de.transfer_to(&region("sa-east"), Purpose::Service), TransferCheck::NeedsConsent(t) if t.id == "explicit-consent")
+    );
+    let consent = |state, kind| domicile_policy::TransferConsentFact {
+        state,
+        kind,
+        captured_at_unix: 1_790_000_000,
+        expires_at_unix: None,
+    };
+    let at = 1_795_000_000;
+    let explicit = consent(domicile_types::ConsentState::Granted, domicile_policy::TransferConsent::Explicit);
+    assert!(matches!(
+        de.transfer_with(&region("sa-east"), Purpose::Service, Some(&explicit), at),
+        TransferCheck::Permitted(t) if t.id == "explicit-consent"
+    ));
+    assert!(
+        matches!(
+            de.transfer_with(&region("sa-east"), Purpose::Service, Some(&explicit), 1_780_000_000),
+            TransferCheck::NeedsConsent(_)
+        ),
+        "a consent captured after the request does not count for it"
+    );
+    let withdrawn = consent(domicile_types::ConsentState::Withdrawn, domicile_policy::TransferConsent::Explicit);
+    assert!(matches!(
+        de.transfer_with(&region("sa-east"), Purpose::Service, Some(&withdrawn), at),
+        TransferCheck::NeedsConsent(_)
+    ));
+    let separate = consent(domicile_types::ConsentState::Granted, domicile_policy::TransferConsent::Separate);
+    assert!(matches!(
+        de.transfer_with(&region("sa-east"), Purpose::Service, Some(&separate), at),
+        TransferCheck::NeedsConsent(_)
+    ));
+    // A consent never widens what no transfer names.
+    assert_eq!(de.transfer_with(&region("sa-east"), Purpose::Marketing, Some(&explicit), at), TransferCheck::Refused);
+    // The DPF transfer needs no consent, so the first matching one still answers for us-east.
+    assert!(
+        matches!(de.transfer_with(&region("us-east"), Purpose::Service, None, at), TransferCheck::Permitted(t) if t.id == "us-dpf")
+    );
 
     // BR: one transfer for any region and purpose.
     assert!(

@@ -71,6 +71,7 @@ fn decide_everything(set: &PackSet) -> Result<(), String> {
                             expires_at_unix: Some(TIMES[(i + 4) % TIMES.len()]),
                             double_opt_in_confirmed: true,
                             kind: None,
+                            hours: Vec::new(),
                         });
                         let decision = pack.decide(&DecisionInput::new(purpose, channel, at, consent));
                         ensure(decision.pack.id == pack.id(), || format!("decision names pack {}", decision.pack.id))?;

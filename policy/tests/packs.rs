@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use domicile_policy::{Deadline, PackSet, PackSource, run_test_files};
+use domicile_policy::{Deadline, HOLIDAYS_FILE, PackSet, PackSource, run_test_files};
 
 fn packs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-packs")
@@ -32,6 +32,18 @@ fn pack_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Every pack file, and beside each its holiday calendar when it has one.
+fn set_sources(dirs: &[PathBuf]) -> Vec<PackSource> {
+    let mut sources = Vec::new();
+    for dir in dirs {
+        sources.push(read(&dir.join("pack.toml")));
+        if dir.join(HOLIDAYS_FILE).is_file() {
+            sources.push(read(&dir.join(HOLIDAYS_FILE)));
+        }
+    }
+    sources
+}
+
 fn test_files(dir: &Path) -> Vec<PackSource> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir.join("tests"))
         .map(|rd| rd.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect())
@@ -44,7 +56,7 @@ fn test_files(dir: &Path) -> Vec<PackSource> {
 fn every_pack_compiles_and_passes_its_tests_with_full_rule_coverage() {
     let dirs = pack_dirs();
     assert!(dirs.len() >= 4, "expected at least the de, fr, us and br packs");
-    let sources: Vec<PackSource> = dirs.iter().map(|d| read(&d.join("pack.toml"))).collect();
+    let sources = set_sources(&dirs);
     let (set, warnings) = PackSet::compile(&sources).unwrap_or_else(|d| panic!("packs do not compile:\n{d}"));
     assert!(warnings.iter().all(|w| !w.is_error()));
     for w in &warnings {
@@ -76,8 +88,7 @@ fn every_pack_compiles_and_passes_its_tests_with_full_rule_coverage() {
 }
 
 fn compiled() -> PackSet {
-    let sources: Vec<PackSource> = pack_dirs().iter().map(|d| read(&d.join("pack.toml"))).collect();
-    PackSet::compile(&sources).unwrap().0
+    PackSet::compile(&set_sources(&pack_dirs())).unwrap().0
 }
 
 #[test]
@@ -222,15 +233,21 @@ fn residency_refusals_name_their_citation() {
     let set = compiled();
     let ru = set.get_by_id("ru").expect("pack ru");
     let eu = domicile_types::RegionId::parse("eu-central").unwrap();
-    let refused = ru.check_transfer(Some(&eu), domicile_types::Purpose::Service).expect_err("localised");
+    let refused = ru.check_transfer(Some(&eu), domicile_types::Purpose::Service, None, 0).expect_err("localised");
     assert!(refused.to_string().contains("(basis: 152-FZ art. 18(5)"), "{refused}");
     let collection = ru.check_collection(Some(&eu)).expect_err("collected in Russia only");
     assert!(collection.to_string().contains("152-FZ art. 18(5)"), "{collection}");
     // Germany inherits the EU baseline's citation.
     let de = set.get_by_id("de").expect("pack de");
     let ap = domicile_types::RegionId::parse("ap-northeast").unwrap();
-    let refused = de.check_transfer(Some(&ap), domicile_types::Purpose::Service).expect_err("no transfer to Japan");
+    let refused =
+        de.check_transfer(Some(&ap), domicile_types::Purpose::Marketing, None, 0).expect_err("no transfer to Japan");
     assert!(refused.to_string().contains("GDPR Chapter V"), "{refused}");
+    // A transfer that needs a recorded consent names its own basis and the consent it needs.
+    let refused =
+        de.check_transfer(Some(&ap), domicile_types::Purpose::Service, None, 0).expect_err("no explicit consent");
+    assert!(refused.to_string().contains("(basis: GDPR Art. 49(1)(a)"), "{refused}");
+    assert!(refused.to_string().contains("`explicit_transfer`"), "{refused}");
 }
 
 /// A restriction written only into an obligation's text is flagged: the validator warns where an
@@ -260,4 +277,48 @@ fn obligations_that_restrict_contact_without_a_screen_or_window_are_flagged() {
     assert!(described.iter().any(|w| w.contains("reads like calling hours")), "{described:#?}");
     let enforced = warnings(pack("screen = \"national\"\nwindow = \"day\"\n"));
     assert!(!enforced.iter().any(|w| w.contains("reads like")), "{enforced:#?}");
+}
+
+#[test]
+fn windows_of_countries_that_close_on_public_holidays_read_a_generated_calendar_that_names_its_source() {
+    use domicile_types::Jurisdiction;
+
+    let set = compiled();
+    // country-rules.md: FR (D.223-9), IT (code of conduct, with pre-holidays), ES (TRLGDCU 96.2),
+    // AU (Industry Standard, national holidays), ZA (CPA s.12).
+    for (cc, windows, eve) in [
+        ("FR", &["telemarketing"][..], false),
+        ("IT", &["calling"][..], true),
+        ("ES", &["calling"][..], false),
+        ("AU", &["telemarketing", "research"][..], false),
+        ("ZA", &["consumer-hours"][..], false),
+    ] {
+        let pack = set.get(&Jurisdiction::parse(cc).unwrap()).unwrap();
+        for id in windows {
+            let window = pack.windows().iter().find(|w| w.id == *id).unwrap_or_else(|| panic!("{cc}: no window {id}"));
+            let rule = window.holidays.as_ref().unwrap_or_else(|| panic!("{cc}/{id}: no holiday calendar"));
+            assert!(rule.holiday.is_empty(), "{cc}/{id}: closed on public holidays");
+            assert_eq!(rule.eve.is_some(), eve, "{cc}/{id}: eve slots");
+            let calendar = &rule.calendar;
+            assert_eq!(calendar.country, cc);
+            assert_eq!(calendar.path, format!("{}/holidays.toml", pack.id()));
+            assert!(
+                calendar.source.starts_with("python-holidays 0.108 (PyPI package `holidays`)"),
+                "{}",
+                calendar.source
+            );
+            assert!(calendar.generated_by.starts_with("python3 tools/holidays.py"), "{}", calendar.generated_by);
+            assert!(calendar.regional.ends_with("[U]"), "{cc}: the regional gap is declared: {}", calendar.regional);
+            assert!(calendar.covers(2026) && calendar.covers(2027), "{cc}: {}", calendar.years_text());
+            assert!(calendar.dates.len() >= 7, "{cc}: {} holidays", calendar.dates.len());
+            assert!(window.describe().contains("public holidays (calendar"), "{}", window.describe());
+            assert!(!window.cite.contains("not modelled [U])"), "{cc}/{id}: {}", window.cite);
+        }
+    }
+    // The generated files say how to reproduce them.
+    for dir in pack_dirs().iter().filter(|d| d.join(HOLIDAYS_FILE).is_file()) {
+        let text = fs::read_to_string(dir.join(HOLIDAYS_FILE)).unwrap();
+        assert!(text.starts_with("# Public holidays for the calling windows of"), "{}", dir.display());
+        assert!(text.contains("#   pip install holidays==0.108 && python3 tools/holidays.py --years 2026 2027\n"));
+    }
 }

@@ -319,3 +319,136 @@ mod tests {
         }
     }
 }
+
+/// The facts a caller asserts about one contact, and the subject's time zone if it gave one.
+/// Left out entirely: nothing asserted. An unknown recipient type, an age beyond a lifetime or a
+/// time zone that is not an IANA name is refused, never read as unknown.
+pub fn decision_facts(
+    field: &str,
+    pb: Option<&common::DecisionFacts>,
+) -> Result<(domicile_policy::Facts, Option<domicile_policy::Zone>), FieldViolation> {
+    let Some(f) = pb else { return Ok((domicile_policy::Facts::default(), None)) };
+    let recipient = match f.recipient.as_str() {
+        "" => None,
+        text => Some(
+            domicile_policy::Recipient::parse(text)
+                .ok_or_else(|| FieldViolation::new(format!("{field}.recipient"), "must be `consumer` or `business`"))?,
+        ),
+    };
+    let age = match f.age {
+        None => None,
+        Some(age) => Some(
+            u8::try_from(age)
+                .ok()
+                .filter(|a| *a <= 130)
+                .ok_or_else(|| FieldViolation::new(format!("{field}.age"), "must be an age in whole years"))?,
+        ),
+    };
+    let zone = match f.time_zone.as_str() {
+        "" => None,
+        name => Some(
+            domicile_policy::Zone::parse(name)
+                .ok_or_else(|| FieldViolation::new(format!("{field}.time_zone"), "must be an IANA time zone name"))?,
+        ),
+    };
+    let facts = domicile_policy::Facts {
+        contact_from_sale: f.contact_from_sale,
+        similar_products: f.similar_products,
+        opt_out_offered: f.opt_out_offered,
+        on_register: f.on_register,
+        last_purchase_at: timestamp(&format!("{field}.last_purchase_at"), f.last_purchase_at.as_ref())?,
+        last_inquiry_at: timestamp(&format!("{field}.last_inquiry_at"), f.last_inquiry_at.as_ref())?,
+        recipient,
+        age,
+    };
+    Ok((facts, zone))
+}
+
+/// The facts back on the wire (what a caller sent, for a gateway forwarding them).
+pub fn decision_facts_to_pb(
+    facts: &domicile_policy::Facts,
+    zone: Option<&domicile_policy::Zone>,
+) -> common::DecisionFacts {
+    common::DecisionFacts {
+        contact_from_sale: facts.contact_from_sale,
+        similar_products: facts.similar_products,
+        opt_out_offered: facts.opt_out_offered,
+        on_register: facts.on_register,
+        last_purchase_at: facts.last_purchase_at.map(to_timestamp),
+        last_inquiry_at: facts.last_inquiry_at.map(to_timestamp),
+        recipient: facts.recipient.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+        age: facts.age.map(u32::from),
+        time_zone: zone.map(|z| z.name().to_owned()).unwrap_or_default(),
+    }
+}
+
+/// What a consent record is, read from its channels and evidence: a consent to contact on the
+/// channels, of a kind (`None`: express) and for some hours, or a consent to transfers of the
+/// purpose's data out of the home regions (no channels, no hours).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordShape {
+    Contact { channels: Vec<Channel>, kind: Option<domicile_policy::ConsentKind>, hours: Vec<String> },
+    Transfer { kind: domicile_policy::TransferConsent },
+}
+
+impl RecordShape {
+    /// The kind as stored with the record (`None`: express consent to contact).
+    pub fn kind_text(&self) -> Option<&'static str> {
+        match self {
+            RecordShape::Contact { kind, .. } => kind.map(domicile_policy::ConsentKind::as_str),
+            RecordShape::Transfer { kind } => Some(kind.as_str()),
+        }
+    }
+}
+
+/// A consent record's channels and `evidence.consent_kind` / `evidence.hours`, checked together:
+/// a transfer consent (`explicit_transfer`, `separate_transfer`) names no channel and no hours;
+/// any other record names at least one channel.
+pub fn record_shape(channels: &[String], evidence: Option<&common::Evidence>) -> Result<RecordShape, FieldViolation> {
+    let (kind, hours) = evidence.map_or(("", &[][..]), |e| (e.consent_kind.as_str(), &e.hours[..]));
+    if let Some(kind) = domicile_policy::TransferConsent::parse(kind) {
+        if !channels.is_empty() {
+            return Err(FieldViolation::new("channels", "must be empty for a consent to transfers"));
+        }
+        if !hours.is_empty() {
+            return Err(FieldViolation::new("evidence.hours", "must be empty for a consent to transfers"));
+        }
+        return Ok(RecordShape::Transfer { kind });
+    }
+    let kind = match kind {
+        "" => None,
+        text => Some(domicile_policy::ConsentKind::parse(text).ok_or_else(|| {
+            FieldViolation::new(
+                "evidence.consent_kind",
+                "must be `express`, `implied_purchase`, `implied_inquiry`, `guardian`, `explicit_transfer` or `separate_transfer`",
+            )
+        })?),
+    };
+    Ok(RecordShape::Contact {
+        channels: self::channels("channels", channels)?,
+        kind,
+        hours: consent_hours("evidence.hours", hours)?,
+    })
+}
+
+/// `evidence.hours`: ids of calling windows (`a-z`, `0-9`, `_`, `-`; at most 8, each at most 64
+/// characters, no repeats). Whether the subject's pack defines them is the node's check.
+pub fn consent_hours(field: &str, hours: &[String]) -> Result<Vec<String>, FieldViolation> {
+    if hours.len() > 8 {
+        return Err(FieldViolation::new(field, "names at most 8 windows"));
+    }
+    for (i, id) in hours.iter().enumerate() {
+        let valid = (1..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(FieldViolation::new(
+                format!("{field}[{i}]"),
+                "must be a window id of `a-z`, `0-9`, `_` or `-`",
+            ));
+        }
+        if hours[..i].contains(id) {
+            return Err(FieldViolation::new(format!("{field}[{i}]"), "is listed twice"));
+        }
+    }
+    Ok(hours.to_vec())
+}

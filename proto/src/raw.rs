@@ -77,6 +77,9 @@ pub struct RawDecideItem {
     pub purpose: Bytes,
     #[prost(bytes = "bytes", tag = "4")]
     pub channel: Bytes,
+    /// Rare on the hot path, so the generated type (it allocates only when present).
+    #[prost(message, optional, tag = "5")]
+    pub facts: Option<common::DecisionFacts>,
 }
 
 /// `domicile.common.v1.SubjectKey`.
@@ -156,6 +159,8 @@ pub struct RawDecideStreamItem {
     pub purpose: Bytes,
     #[prost(bytes = "bytes", tag = "4")]
     pub channel: Bytes,
+    #[prost(message, optional, tag = "5")]
+    pub facts: Option<common::DecisionFacts>,
 }
 
 /// `domicile.gateway.v1.SubjectSelector`.
@@ -240,13 +245,14 @@ impl EncodedDecideBatchRequest {
         Self { bytes: Vec::with_capacity(items * 72), items: 0 }
     }
 
-    /// Appends `DecideItem { id, subject, purpose, channel }`.
+    /// Appends `DecideItem { id, subject, purpose, channel, facts }`.
     pub fn push(
         &mut self,
         id: u64,
         subject: &convert::SubjectKey,
         purpose: domicile_types::Purpose,
         channel: domicile_types::Channel,
+        facts: Option<&common::DecisionFacts>,
     ) {
         // `lk_` + 32 hex digits, or `<region>/` + 32 hex digits: on the stack.
         let mut hex = [0u8; 32];
@@ -267,7 +273,8 @@ impl EncodedDecideBatchRequest {
             + encoded_len_varint(subject_len as u64)
             + subject_len
             + str_field_len(3, purpose.len())
-            + str_field_len(4, channel.len());
+            + str_field_len(4, channel.len())
+            + facts.map_or(0, |f| prost::encoding::message::encoded_len(5, f));
         let buf = &mut self.bytes;
         encode_key(1, WireType::LengthDelimited, buf);
         encode_varint(item_len as u64, buf);
@@ -280,6 +287,9 @@ impl EncodedDecideBatchRequest {
         put_str(buf, key_tag, &[prefix, slash, hex]);
         put_str(buf, 3, &[purpose]);
         put_str(buf, 4, &[channel]);
+        if let Some(facts) = facts {
+            prost::encoding::message::encode(5, facts, buf);
+        }
         self.items += 1;
     }
 
@@ -571,6 +581,7 @@ mod tests {
                                     expires_at_unix: Some(1_900_000_000),
                                     double_opt_in_confirmed: false,
                                     kind: None,
+                                    hours: Vec::new(),
                                 });
                                 let input = DecisionInput::new(purpose, channel, at, consent);
                                 let subject = SubjectId::from_bytes(std::array::from_fn(|i| (i as u8) ^ (id as u8)));
@@ -653,6 +664,7 @@ mod tests {
                     }),
                     purpose: "marketing".into(),
                     channel: "email".into(),
+                    ..Default::default()
                 },
                 node::DecideItem {
                     id: 0,
@@ -661,8 +673,15 @@ mod tests {
                     }),
                     purpose: "service".into(),
                     channel: "sms".into(),
+                    ..Default::default()
                 },
-                node::DecideItem { id: 9, subject: None, purpose: "nope".into(), channel: "\u{e9}".into() },
+                node::DecideItem {
+                    id: 9,
+                    subject: None,
+                    purpose: "nope".into(),
+                    channel: "\u{e9}".into(),
+                    ..Default::default()
+                },
             ],
             at: Some(convert::to_timestamp(1_700_000_000)),
         };
@@ -770,12 +789,22 @@ mod tests {
         {
             // Ids 0 (omitted on the wire), small and large.
             let id = [0, 7, u64::MAX][n];
-            encoded.push(id, key, purpose, channel);
+            // The middle item carries facts (a nested message after the strings).
+            let facts = (n == 1).then(|| common::DecisionFacts {
+                on_register: Some(false),
+                recipient: "business".into(),
+                age: Some(12),
+                time_zone: "Asia/Seoul".into(),
+                last_purchase_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+                ..Default::default()
+            });
+            encoded.push(id, key, purpose, channel, facts.as_ref());
             typed.items.push(node::DecideItem {
                 id,
                 subject: Some(key.to_pb()),
                 purpose: purpose.as_str().into(),
                 channel: channel.as_str().into(),
+                facts,
             });
         }
         assert_eq!(encoded.len(), 3);
@@ -815,6 +844,7 @@ mod tests {
                 subject: Some(gateway::SubjectSelector { selector: Some(selector.clone()) }),
                 purpose: "marketing".into(),
                 channel: "sms".into(),
+                ..Default::default()
             };
             let raw = RawDecideStreamItem::decode(typed.encode_to_vec().as_slice()).unwrap();
             assert_eq!(raw.id, 42);

@@ -191,9 +191,9 @@ fn write_proto_corpus() {
     let link = Link::from_bytes(*b"0123456789abcdef");
     let subject = SubjectRef { region: RegionId::parse("eu-central").unwrap(), id: SubjectId::from_bytes([0xab; 16]) };
     let mut batch = EncodedDecideBatchRequest::with_capacity(3);
-    batch.push(1, &convert::SubjectKey::Link(link), Purpose::Marketing, Channel::Email);
-    batch.push(2, &convert::SubjectKey::Ref(subject.clone()), Purpose::Survey, Channel::Sms);
-    batch.push(u64::MAX, &convert::SubjectKey::Link(link), Purpose::Service, Channel::VoiceAutomated);
+    batch.push(1, &convert::SubjectKey::Link(link), Purpose::Marketing, Channel::Email, None);
+    batch.push(2, &convert::SubjectKey::Ref(subject.clone()), Purpose::Survey, Channel::Sms, None);
+    batch.push(u64::MAX, &convert::SubjectKey::Link(link), Purpose::Service, Channel::VoiceAutomated, None);
     std::fs::write(dir("decide_batch_request").join("three-items-at"), batch.clone().at(1_800_000_000).as_bytes())
         .unwrap();
     std::fs::write(dir("decide_batch_request").join("three-items"), batch.as_bytes()).unwrap();
@@ -204,6 +204,7 @@ fn write_proto_corpus() {
         subject: Some(gateway::SubjectSelector { selector: Some(selector) }),
         purpose: purpose.into(),
         channel: channel.into(),
+        ..Default::default()
     };
     let items = [
         (

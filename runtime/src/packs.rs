@@ -1,12 +1,13 @@
-//! Reads a pack directory (`<dir>/<pack>/pack.toml`, `<dir>/<pack>/tests/*.toml`,
-//! `<dir>/SIGNATURES.toml`) into sources for the pure policy compiler, verifies signatures when
-//! configured, and keeps the last good set across reloads.
+//! Reads a pack directory (`<dir>/<pack>/pack.toml`, the generated holiday calendars
+//! `<dir>/<pack>/holidays.toml`, `<dir>/<pack>/tests/*.toml`, `<dir>/SIGNATURES.toml`) into sources
+//! for the pure policy compiler, verifies signatures when configured, and keeps the last good set
+//! across reloads.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use domicile_policy::signing::{self, SIGNATURES_FILE, SignatureError, TrustedKey, VerifiedSet};
-use domicile_policy::{Diagnostic, PackSet, PackSource};
+use domicile_policy::{Diagnostic, HOLIDAYS_FILE, PackSet, PackSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackLoadError {
@@ -27,7 +28,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackLoadError + use<> {
     move |source| PackLoadError::Io { path, source }
 }
 
-/// Every `<dir>/*/pack.toml`, sorted by path so diagnostics come out in a stable order.
+/// Every `<dir>/*/pack.toml`, and beside each the holiday calendar `holidays.toml` if there is
+/// one, sorted by path so diagnostics come out in a stable order. The compiler tells the two
+/// kinds apart by file name ([`PackSource::is_holiday_calendar`]).
 pub fn read_sources(dir: &Path) -> Result<Vec<PackSource>, PackLoadError> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -35,6 +38,10 @@ pub fn read_sources(dir: &Path) -> Result<Vec<PackSource>, PackLoadError> {
         let candidate = entry.path().join("pack.toml");
         if candidate.is_file() {
             paths.push(candidate);
+            let calendar = entry.path().join(HOLIDAYS_FILE);
+            if calendar.is_file() {
+                paths.push(calendar);
+            }
         }
     }
     paths.sort();
@@ -79,14 +86,17 @@ pub fn read_test_sources(pack_path: &Path) -> Result<Vec<PackSource>, PackLoadEr
         .collect()
 }
 
-/// Every file a signature covers: each pack and its tests, with paths relative to `dir`
-/// (`de/pack.toml`, `de/tests/marketing.toml`), sorted.
+/// Every file a signature covers: each pack, its holiday calendar and its tests, with paths
+/// relative to `dir` (`de/pack.toml`, `fr/holidays.toml`, `de/tests/marketing.toml`), sorted.
 pub fn read_set_files(dir: &Path) -> Result<Vec<PackSource>, PackLoadError> {
     let mut out = Vec::new();
-    for pack in read_sources(dir)? {
-        let full = PathBuf::from(&pack.path);
-        let mut files = vec![pack];
-        files.extend(read_test_sources(&full)?);
+    for source in read_sources(dir)? {
+        let full = PathBuf::from(&source.path);
+        let is_pack = !source.is_holiday_calendar();
+        let mut files = vec![source];
+        if is_pack {
+            files.extend(read_test_sources(&full)?);
+        }
         for mut file in files {
             let relative = Path::new(&file.path).strip_prefix(dir).map(Path::to_path_buf).unwrap_or_default();
             file.path = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
@@ -165,10 +175,11 @@ pub fn load_dir_verified(dir: &Path, trust: Option<&TrustConfig>) -> Result<Load
         }
         None => (signing::Manifest::of(&files).content_hash, Vec::new()),
     };
-    // Compile from the very bytes that were verified, named as on disk for diagnostics.
+    // Compile from the very bytes that were verified (packs and holiday calendars, not tests),
+    // named as on disk for diagnostics.
     let sources: Vec<PackSource> = files
         .into_iter()
-        .filter(|f| f.path.ends_with("/pack.toml"))
+        .filter(|f| f.path.ends_with("/pack.toml") || f.is_holiday_calendar())
         .map(|f| PackSource { path: dir.join(&f.path).display().to_string(), text: f.text })
         .collect();
     let (packs, warnings) = PackSet::compile(&sources).map_err(PackLoadError::Invalid)?;
@@ -345,7 +356,7 @@ pub fn start_packs(
 mod tests {
     use super::*;
 
-    const PACK: &str = "schema = 1\n[pack]\nid = \"de\"\njurisdiction = \"DE\"\nversion = \"1\"\ntitle = \"t\"\n\
+    pub(super) const PACK: &str = "schema = 1\n[pack]\nid = \"de\"\njurisdiction = \"DE\"\nversion = \"1\"\ntitle = \"t\"\n\
         [rights]\ndeadline = \"1 month\"\ncite = \"c\"\n[residency]\nhome_regions = [\"eu-central\"]\nlocalisation = \"none\"\ncite = \"c\"\n\
         [[rule]]\nid = \"de.m\"\npurpose = \"marketing\"\nchannels = [\"email\"]\nbasis = \"opt_in\"\ncite = \"c\"\nconfidence = \"P\"\n";
 
@@ -414,3 +425,6 @@ mod tests {
         assert!(generate_key(&keys.join("legal.key"), &keys.join("other.pub")).is_err(), "never overwrites a key");
     }
 }
+
+#[cfg(test)]
+mod holiday_tests;

@@ -74,6 +74,7 @@ pub async fn consent_churn(
                     purpose: "marketing".into(),
                     channel: "email".into(),
                     at: None,
+                    ..Default::default()
                 })
                 .await;
             match decided {

@@ -49,7 +49,13 @@ fn consent(subject: &str, action: common::ConsentAction) -> node::RecordConsentR
 }
 
 fn decide(subject: &str) -> node::DecideRequest {
-    node::DecideRequest { subject: node_ref(subject), purpose: "marketing".into(), channel: "email".into(), at: None }
+    node::DecideRequest {
+        subject: node_ref(subject),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        at: None,
+        ..Default::default()
+    }
 }
 
 fn unavailable<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {

@@ -50,6 +50,7 @@ fn consent(email: &str, action: common::ConsentAction) -> gw::RecordConsentReque
             source_system: "shop".into(),
             double_opt_in_confirmed: true,
             signal: None,
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -61,6 +62,7 @@ async fn decide(cluster: &TestCluster, email: &str) -> Result<i32, Code> {
         purpose: "marketing".into(),
         channel: "email".into(),
         at: None,
+        ..Default::default()
     };
     let mut gateway = cluster.gateway().await.unwrap();
     gateway.decide(request).await.map(|r| r.into_inner().decision.unwrap().effect).map_err(|s| s.code())

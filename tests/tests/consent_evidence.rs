@@ -41,6 +41,7 @@ fn evidence(notice_version: &str, source_system: &str) -> common::Evidence {
         source_system: source_system.into(),
         double_opt_in_confirmed: true,
         signal: None,
+        ..Default::default()
     }
 }
 
@@ -118,6 +119,7 @@ async fn evidence_is_tokens_refused_without_echo_and_only_tokens_cross() {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .unwrap()

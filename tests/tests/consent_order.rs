@@ -80,6 +80,7 @@ async fn record(
                 source_system: "web-preference-centre".into(),
                 double_opt_in_confirmed: true,
                 signal: None,
+                ..Default::default()
             }),
             captured_at,
             ..Default::default()
@@ -96,6 +97,7 @@ async fn decide(client: &mut Client, subject: &str, at: Option<Timestamp>) -> (c
             purpose: "marketing".into(),
             channel: "email".into(),
             at,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("decide: {e:?}"))

@@ -76,6 +76,7 @@ async fn consent(
             source_system: "web-shop".into(),
             double_opt_in_confirmed: true,
             signal: None,
+            ..Default::default()
         }),
         captured_at: Some(prost_types::Timestamp { seconds: captured, nanos: 0 }),
         expires_at: expires.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
@@ -100,6 +101,7 @@ async fn state_of(gateway: &mut DomicileClient<Channel>, email: &str) -> (Vec<(S
             purpose: purpose.into(),
             channel: channel.into(),
             at: None,
+            ..Default::default()
         };
         decisions.push(gateway.decide(request).await.unwrap().into_inner().decision.unwrap().effect);
     }

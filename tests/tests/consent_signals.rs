@@ -60,7 +60,8 @@ async fn decide(
     purpose: &str,
     channel: &str,
 ) -> common::Decision {
-    let request = gw::DecideRequest { subject, purpose: purpose.into(), channel: channel.into(), at: None };
+    let request =
+        gw::DecideRequest { subject, purpose: purpose.into(), channel: channel.into(), at: None, ..Default::default() };
     client.decide(request).await.unwrap().into_inner().decision.unwrap()
 }
 
@@ -119,8 +120,13 @@ async fn a_tc_string_for_a_cookie_follows_the_person_to_email_and_a_withdrawal_f
     let seen = domicile_cluster_tests::eventually(std::time::Duration::from_secs(5), || {
         let mut second = second.clone();
         async move {
-            let request =
-                gw::DecideRequest { subject: email(), purpose: "marketing".into(), channel: "email".into(), at: None };
+            let request = gw::DecideRequest {
+                subject: email(),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                at: None,
+                ..Default::default()
+            };
             match second.decide(request).await {
                 Ok(response) => response.into_inner().decision,
                 Err(status) => {

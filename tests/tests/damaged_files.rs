@@ -48,6 +48,7 @@ async fn decide(cluster: &TestCluster, email: &str) -> Result<i32, tonic::Status
         purpose: "marketing".into(),
         channel: "email".into(),
         at: None,
+        ..Default::default()
     };
     gateway.decide(request).await.map(|r| r.into_inner().decision.unwrap().effect)
 }
@@ -81,6 +82,7 @@ async fn damaged_key_slots_audit_logs_and_store_files_are_found_and_never_served
                     source_system: "shop".into(),
                     double_opt_in_confirmed: true,
                     signal: None,
+                    ..Default::default()
                 }),
                 ..Default::default()
             })

@@ -23,7 +23,13 @@ use tonic::transport::Channel;
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
 
 fn decide_req(value: &str) -> gw::DecideRequest {
-    gw::DecideRequest { subject: by_email(value), purpose: "marketing".into(), channel: "email".into(), at: None }
+    gw::DecideRequest {
+        subject: by_email(value),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        at: None,
+        ..Default::default()
+    }
 }
 
 async fn register(client: &mut DomicileClient<Channel>, jurisdiction: &str, value: &str) {
@@ -38,7 +44,13 @@ async fn register(client: &mut DomicileClient<Channel>, jurisdiction: &str, valu
 }
 
 fn item(id: u64, value: &str, purpose: &str) -> gw::DecideStreamItem {
-    gw::DecideStreamItem { id, subject: by_email(value), purpose: purpose.into(), channel: "email".into() }
+    gw::DecideStreamItem {
+        id,
+        subject: by_email(value),
+        purpose: purpose.into(),
+        channel: "email".into(),
+        ..Default::default()
+    }
 }
 
 /// Sends `items` through DecideStream and returns the results by id (each id exactly once).
@@ -90,6 +102,7 @@ async fn a_down_region_fails_closed_while_others_are_served_and_it_returns_withi
         subject: None,
         purpose: "marketing".into(),
         channel: "email".into(),
+        ..Default::default()
     });
     let results = decide_stream(&mut client, items).await;
     for id in 0..2_500u64 {

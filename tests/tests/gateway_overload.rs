@@ -46,7 +46,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn decide_request(email: &str) -> gw::DecideRequest {
-    gw::DecideRequest { subject: select_email(email), purpose: "marketing".into(), channel: "email".into(), at: None }
+    gw::DecideRequest {
+        subject: select_email(email),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        at: None,
+        ..Default::default()
+    }
 }
 
 async fn register(gateway: &mut DomicileClient<Channel>, jurisdiction: &str, email: &str) {

@@ -137,6 +137,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .expect("decisions cross")
@@ -184,7 +185,49 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     let refused = us.get_context(context(&lena.subject_ref, "marketing")).await.unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["de@", "us-east", "marketing"]);
     let refused = sa.get_context(context(&lena.subject_ref, "service")).await.unwrap_err();
-    assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east"]);
+    assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east", "explicit_transfer"]);
+
+    // GDPR Art. 49(1)(a): the subject's explicit consent to the transfer, recorded as a ledger
+    // record without channels, lets service context reach sa-east; a withdrawal stops it again.
+    // Such a record sets no contact cell: decisions are as before.
+    let transfer_consent = |action: common::ConsentAction| gw::RecordConsentRequest {
+        subject: select_ref(&lena.subject_ref),
+        purpose: "service".into(),
+        channels: vec![],
+        action: action as i32,
+        evidence: Some(common::Evidence {
+            notice_version: "transfer-notice-v1".into(),
+            consent_kind: "explicit_transfer".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut with_channel = transfer_consent(common::ConsentAction::Grant);
+    with_channel.channels = vec!["email".into()];
+    let status = eu.record_consent(with_channel).await.expect_err("a transfer consent names no channel");
+    assert_refused(&status, Code::InvalidArgument, &["channels"]);
+    let mut no_kind = transfer_consent(common::ConsentAction::Grant);
+    no_kind.evidence = None;
+    let status = eu.record_consent(no_kind).await.expect_err("a contact consent names a channel");
+    assert_refused(&status, Code::InvalidArgument, &["channels"]);
+    eu.record_consent(transfer_consent(common::ConsentAction::Grant)).await.expect("explicit transfer consent");
+    let abroad = sa.get_context(context(&lena.subject_ref, "service")).await.expect("Art. 49 transfer").into_inner();
+    assert_eq!(abroad.transfer, "explicit-consent");
+    assert!(abroad.minimised);
+    assert_eq!(abroad.profile, minimised_profile);
+    let refused = sa.get_context(context(&lena.subject_ref, "marketing")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east", "marketing"]);
+    let history = eu
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&lena.subject_ref) })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = history.entries.last().expect("the transfer consent is in the ledger");
+    assert!(last.channels.is_empty() && last.purpose == "service");
+    assert_eq!(last.evidence.as_ref().map(|e| e.consent_kind.as_str()), Some("explicit_transfer"));
+    eu.record_consent(transfer_consent(common::ConsentAction::Withdraw)).await.expect("withdrawal");
+    let refused = sa.get_context(context(&lena.subject_ref, "service")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east", "explicit_transfer"]);
 
     // BR: the ANPD clauses allow any region and purpose.
     let caio = sa.register(register("BR", BR_EMAIL)).await.unwrap().into_inner();
@@ -219,9 +262,12 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     let audit = RegionAudit::of(&cluster, &eu_region);
     let log = audit.lines().unwrap();
     let transfers: Vec<&str> = log.iter().map(String::as_str).filter(|l| l.contains("\"kind\":\"transfer\"")).collect();
-    assert_eq!(transfers.len(), 1, "one served transfer, refusals move nothing");
+    assert_eq!(transfers.len(), 2, "two served transfers, refusals move nothing");
     for field in ["\"transfer\":\"us-dpf\"", "\"to\":\"us-east\"", "\"purpose\":\"service\"", "\"pack\":\"de@"] {
         assert!(transfers[0].contains(field), "{field} in {}", transfers[0]);
+    }
+    for field in ["\"transfer\":\"explicit-consent\"", "\"to\":\"sa-east\"", "\"purpose\":\"service\""] {
+        assert!(transfers[1].contains(field), "{field} in {}", transfers[1]);
     }
     let verify = audit.verify(BIN, false).unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));

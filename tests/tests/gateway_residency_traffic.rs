@@ -123,6 +123,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
                     purpose: "marketing".into(),
                     channel: "email".into(),
                     at: None,
+                    ..Default::default()
                 })
                 .await
                 .expect("decide");
@@ -201,6 +202,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
             subject: selector(kind, value),
             purpose: "marketing".into(),
             channel: "sms".into(),
+            ..Default::default()
         })
         .collect();
     let count = items.len();

@@ -72,7 +72,13 @@ fn register(jurisdiction: &str, value: &str) -> gw::RegisterRequest {
 }
 
 fn decide(value: &str) -> gw::DecideRequest {
-    gw::DecideRequest { subject: select_email(value), purpose: "marketing".into(), channel: "email".into(), at: None }
+    gw::DecideRequest {
+        subject: select_email(value),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        at: None,
+        ..Default::default()
+    }
 }
 
 fn consent(value: &str, action: common::ConsentAction) -> gw::RecordConsentRequest {

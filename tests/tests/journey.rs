@@ -56,6 +56,7 @@ async fn consent(
                 source_system: format!("{captured_on}-frontend"),
                 double_opt_in_confirmed: false,
                 signal: None,
+                ..Default::default()
             }),
             ..Default::default()
         })
@@ -65,7 +66,13 @@ async fn consent(
 
 async fn call_allowed(client: &mut DomicileClient<Channel>, subject: Option<gw::SubjectSelector>) -> common::Decision {
     client
-        .decide(gw::DecideRequest { subject, purpose: "marketing".into(), channel: "voice".into(), at: None })
+        .decide(gw::DecideRequest {
+            subject,
+            purpose: "marketing".into(),
+            channel: "voice".into(),
+            at: None,
+            ..Default::default()
+        })
         .await
         .expect("decide")
         .into_inner()

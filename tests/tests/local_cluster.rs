@@ -35,6 +35,7 @@ async fn decide(client: &DomicileClient<Channel>, email: &str) -> Result<gw::Dec
         purpose: "marketing".into(),
         channel: "email".into(),
         at: None,
+        ..Default::default()
     };
     client.clone().decide(request).await.map(|r| r.into_inner())
 }

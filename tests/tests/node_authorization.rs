@@ -212,6 +212,7 @@ impl Fixture {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             })
             .await
             .map(|d| d.into_inner().decision.map(|d| (d.effect, d.reasons)))
@@ -310,6 +311,7 @@ async fn call(
                     purpose: "marketing".into(),
                     channel: "email".into(),
                     at: None,
+                    ..Default::default()
                 })
                 .await
                 .map(|r| match r.into_inner().decision {
@@ -326,6 +328,7 @@ async fn call(
                         subject: node_ref(&subject),
                         purpose: "marketing".into(),
                         channel: "email".into(),
+                        ..Default::default()
                     }],
                     at: None,
                 })

@@ -39,8 +39,13 @@ fn consent(action: common::ConsentAction, purpose: &str) -> gw::RecordConsentReq
 
 async fn decide(cluster: &TestCluster, purpose: &str) -> Result<i32, tonic::Status> {
     let mut gateway = cluster.gateway().await.unwrap();
-    let request =
-        gw::DecideRequest { subject: select_email(EMAIL), purpose: purpose.into(), channel: "email".into(), at: None };
+    let request = gw::DecideRequest {
+        subject: select_email(EMAIL),
+        purpose: purpose.into(),
+        channel: "email".into(),
+        at: None,
+        ..Default::default()
+    };
     gateway.decide(request).await.map(|r| r.into_inner().decision.unwrap().effect)
 }
 

@@ -60,7 +60,13 @@ async fn consent(
 
 async fn decide(client: &mut DomicileClient<Channel>, subject: Option<gw::SubjectSelector>) -> common::Decision {
     client
-        .decide(gw::DecideRequest { subject, purpose: "marketing".into(), channel: "voice".into(), at: None })
+        .decide(gw::DecideRequest {
+            subject,
+            purpose: "marketing".into(),
+            channel: "voice".into(),
+            at: None,
+            ..Default::default()
+        })
         .await
         .expect("decide")
         .into_inner()
@@ -131,6 +137,7 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
             purpose: "marketing".into(),
             channel: "voice".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -278,6 +285,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
                 purpose: "marketing".into(),
                 channel: channel.into(),
                 at: None,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -57,6 +57,7 @@ fn evidence() -> Option<common::Evidence> {
         source_system: "preference-centre".into(),
         double_opt_in_confirmed: true,
         signal: None,
+        ..Default::default()
     })
 }
 
@@ -104,7 +105,13 @@ async fn decide(
     at: Option<i64>,
 ) -> Result<common::Decision, tonic::Status> {
     client
-        .decide(gw::DecideRequest { subject, purpose: purpose.into(), channel: channel.into(), at: at.and_then(ts) })
+        .decide(gw::DecideRequest {
+            subject,
+            purpose: purpose.into(),
+            channel: channel.into(),
+            at: at.and_then(ts),
+            ..Default::default()
+        })
         .await
         .map(|r| r.into_inner().decision.expect("a decision"))
 }

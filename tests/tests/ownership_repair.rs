@@ -93,6 +93,7 @@ async fn node_decision(cluster: &TestCluster, subject: &SubjectRef, purpose: &st
         purpose: purpose.into(),
         channel: channel.into(),
         at: None,
+        ..Default::default()
     };
     client.decide(request).await.unwrap().into_inner().decision.expect("a decision")
 }
@@ -356,6 +357,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
                     purpose: "marketing".into(),
                     channel: "voice".into(),
                     at: None,
+                    ..Default::default()
                 })
                 .await
                 .ok()?

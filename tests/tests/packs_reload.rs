@@ -42,6 +42,7 @@ fn decide_request() -> gw::DecideRequest {
         purpose: "marketing".into(),
         channel: "email".into(),
         at: None,
+        ..Default::default()
     }
 }
 

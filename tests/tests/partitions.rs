@@ -209,6 +209,7 @@ async fn decide(client: &mut DomicileClient<Channel>) -> Result<i32, tonic::Stat
         purpose: "marketing".into(),
         channel: "email".into(),
         at: None,
+        ..Default::default()
     };
     client.decide(request).await.map(|r| r.into_inner().decision.unwrap().effect)
 }

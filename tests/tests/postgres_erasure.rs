@@ -145,6 +145,7 @@ async fn after_erasure_and_the_purge_step_no_file_holds_the_subject_or_a_usable_
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .expect("the kept subject is decided")

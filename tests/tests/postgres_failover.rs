@@ -93,6 +93,7 @@ async fn the_database_fails_over_under_load_without_losing_a_write_or_allowing_a
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             })
             .await;
         if decided.is_ok() {

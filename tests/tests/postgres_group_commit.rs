@@ -64,6 +64,7 @@ async fn consent_writes_sharing_a_transaction_keep_the_rules_of_a_single_write()
                     purpose: "marketing".into(),
                     channel: "email".into(),
                     at: None,
+                    ..Default::default()
                 };
                 if let Err(status) = client.decide(request).await {
                     panic!("a decision during the writes failed: {status:?}");
@@ -140,6 +141,7 @@ async fn consent_writes_sharing_a_transaction_keep_the_rules_of_a_single_write()
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             })
             .await
             .unwrap()

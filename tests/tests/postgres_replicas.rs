@@ -54,6 +54,7 @@ async fn effect(client: &mut NodeClient, subject: &str) -> i32 {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -186,6 +187,7 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
                     purpose: "marketing".into(),
                     channel: "email".into(),
                     at: None,
+                    ..Default::default()
                 })
                 .await
                 .ok()?
@@ -341,7 +343,13 @@ async fn register_de(client: &mut NodeClient, email: &str) -> node::RegisterResp
 /// for, or the status code.
 async fn decided(client: &mut NodeClient, key: Option<common::SubjectKey>) -> Result<(i32, String), tonic::Code> {
     let decision = client
-        .decide(node::DecideRequest { subject: key, purpose: "marketing".into(), channel: "email".into(), at: None })
+        .decide(node::DecideRequest {
+            subject: key,
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            at: None,
+            ..Default::default()
+        })
         .await
         .map_err(|status| status.code())?
         .into_inner()

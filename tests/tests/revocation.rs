@@ -37,6 +37,7 @@ fn decide_request() -> gw::DecideRequest {
         purpose: "marketing".into(),
         channel: "email".into(),
         at: None,
+        ..Default::default()
     }
 }
 

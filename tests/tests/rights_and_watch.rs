@@ -87,6 +87,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -110,6 +111,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .expect("another subject still decides");

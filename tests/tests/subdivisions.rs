@@ -30,6 +30,7 @@ async fn decide(client: &mut DomicileClient<Channel>, email: &str, purpose: &str
             purpose: purpose.into(),
             channel: channel.into(),
             at: None,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("decide for {email}: {e:?}"))
@@ -115,6 +116,7 @@ async fn unknown_subdivisions_are_refused_and_known_ones_without_a_pack_fall_bac
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .expect_err("no subject holds the identifier");
@@ -172,6 +174,7 @@ async fn unknown_subdivisions_are_refused_and_known_ones_without_a_pack_fall_bac
                 subject: by_identifier("email", email),
                 purpose: "marketing".into(),
                 channel: "email".into(),
+                ..Default::default()
             })
             .collect();
     let mut results = client.decide_stream(tokio_stream::iter(items)).await.expect("stream opens").into_inner();

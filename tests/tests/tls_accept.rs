@@ -54,6 +54,7 @@ async fn stalled_or_non_tls_connections_block_no_one_and_nodes_require_a_client_
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -87,6 +87,7 @@ async fn effect(client: &mut Client, subject: &str) -> common::Effect {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .expect("decide")
@@ -206,6 +207,7 @@ async fn a_write_that_timed_out_is_unknown_and_its_retry_is_applied_once() {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(decision.map_err(|s| s.code()).err(), Some(Code::Unavailable), "a down region never decides");

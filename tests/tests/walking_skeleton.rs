@@ -37,7 +37,13 @@ async fn decide(
     channel: &str,
 ) -> common::Decision {
     client
-        .decide(gw::DecideRequest { subject, purpose: purpose.into(), channel: channel.into(), at: None })
+        .decide(gw::DecideRequest {
+            subject,
+            purpose: purpose.into(),
+            channel: channel.into(),
+            at: None,
+            ..Default::default()
+        })
         .await
         .expect("decide")
         .into_inner()
@@ -64,6 +70,7 @@ async fn record(
                 source_system: "preference-centre".into(),
                 double_opt_in_confirmed: true,
                 signal: None,
+                ..Default::default()
             }),
             captured_at: None,
             expires_at: None,
@@ -126,6 +133,7 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: Some(domicile_proto::prost_types::Timestamp { seconds: now + offset, nanos: 0 }),
+                ..Default::default()
             })
             .await
             .expect("decide at a time")
@@ -343,17 +351,35 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
         ("empty request", gw::DecideRequest::default(), "purpose"),
         (
             "unknown purpose",
-            gw::DecideRequest { subject: known(), purpose: secret.into(), channel: "email".into(), at: None },
+            gw::DecideRequest {
+                subject: known(),
+                purpose: secret.into(),
+                channel: "email".into(),
+                at: None,
+                ..Default::default()
+            },
             "purpose",
         ),
         (
             "unknown channel",
-            gw::DecideRequest { subject: known(), purpose: "marketing".into(), channel: secret.into(), at: None },
+            gw::DecideRequest {
+                subject: known(),
+                purpose: "marketing".into(),
+                channel: secret.into(),
+                at: None,
+                ..Default::default()
+            },
             "channel",
         ),
         (
             "no subject",
-            gw::DecideRequest { subject: None, purpose: "marketing".into(), channel: "email".into(), at: None },
+            gw::DecideRequest {
+                subject: None,
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                at: None,
+                ..Default::default()
+            },
             "subject",
         ),
         (
@@ -363,6 +389,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             },
             "subject.identifier.value",
         ),
@@ -373,6 +400,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             },
             "subject.identifier.value",
         ),
@@ -385,6 +413,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
                 purpose: "marketing".into(),
                 channel: "email".into(),
                 at: None,
+                ..Default::default()
             },
             "subject.link",
         ),
@@ -464,6 +493,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field_and_writes_nothing() {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -624,6 +654,7 @@ async fn acknowledged_writes_survive_kill_9_of_the_node() {
             purpose: "marketing".into(),
             channel: "email".into(),
             at: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

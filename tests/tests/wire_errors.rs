@@ -295,6 +295,7 @@ async fn malformed_and_oversized_requests_get_precise_codes_at_the_gateway_and_t
         subject: domicile_cluster_tests::node_ref(&format!("{REGION}/{}", "ab".repeat(16))),
         purpose: "marketing".into(),
         channel: "email".into(),
+        ..Default::default()
     };
     let mut item = item.encode_to_vec();
     let at = item.windows(5).position(|w| w == b"email").unwrap();
@@ -331,8 +332,14 @@ async fn malformed_and_oversized_requests_get_precise_codes_at_the_gateway_and_t
 }
 
 fn item(id: u64, subject_ref: &str) -> Vec<u8> {
-    gw::DecideStreamItem { id, subject: select_ref(subject_ref), purpose: "marketing".into(), channel: "email".into() }
-        .encode_to_vec()
+    gw::DecideStreamItem {
+        id,
+        subject: select_ref(subject_ref),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 /// Asserts that `results` answer exactly `ids`, each with a decision.
@@ -421,6 +428,7 @@ async fn a_bad_decide_stream_item_ends_the_stream_precisely_after_every_earlier_
         subject: select_ref(&subjects[0]),
         purpose: "marketing".into(),
         channel: "email".into(),
+        ..Default::default()
     }
     .encode_to_vec();
     let at = bad.windows(5).position(|w| w == b"email").unwrap();

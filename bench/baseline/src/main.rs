@@ -197,6 +197,7 @@ impl Inner {
                 expires_at_unix: row.get(2),
                 double_opt_in_confirmed: row.get(3),
                 kind: None,
+                hours: Vec::new(),
             }),
         };
         let input = DecisionInput::new(purpose, channel, now(), consent);
@@ -268,6 +269,7 @@ mod tests {
                     expires_at_unix: None,
                     double_opt_in_confirmed: true,
                     kind: None,
+                    hours: Vec::new(),
                 });
                 let input = DecisionInput::new(Purpose::Marketing, channel, at, consent);
                 let cedar = Authorizer::new().is_authorized(&cedar::request(&input), &policies, &Entities::empty());

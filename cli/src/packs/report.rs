@@ -1,9 +1,10 @@
 //! `domicile packs report`: the legal workspace. A static site, readable from the files with no
 //! server: the country × purpose × channel matrix (each cell's basis in words and colour, with
-//! marks for windows, registers, lifetimes, unverified sources and dated rules, linked to its
-//! rule and citation), a page per pack (every rule deciding one of its cells, with citation,
-//! confidence, source, dates, obligations and notes; residency; rights), residency and rights
-//! across jurisdictions, and with `--against` a page of exactly what changes between two sets.
+//! marks for windows, public holidays, registers, lifetimes, unverified sources and dated rules,
+//! linked to its rule and citation), a page per pack (every rule deciding one of its cells, with
+//! citation, confidence, source, dates, obligations and notes; the public-holiday calendars its
+//! windows read; residency; rights), residency and rights across jurisdictions, and with
+//! `--against` a page of exactly what changes between two sets.
 //! Pages come from minijinja templates (`cli/templates/report/`), auto-escaped.
 
 use std::collections::BTreeMap;
@@ -55,6 +56,54 @@ struct PackPage {
     rules: Vec<RuleView>,
     residency: ResidencyProfile,
     rights: RightsProfile,
+    /// The public-holiday calendars the pack's calling windows read.
+    holidays: Vec<CalendarView>,
+}
+
+/// A public-holiday calendar as the pack set holds it: its source, coverage, declared gap and dates.
+#[derive(Debug, Clone, Serialize)]
+struct CalendarView {
+    id: String,
+    windows: Vec<String>,
+    country: String,
+    source: String,
+    generated_by: String,
+    years: String,
+    regional: String,
+    confidence: String,
+    path: String,
+    /// `2026-12-25 Christmas Day`, in date order.
+    dates: Vec<String>,
+}
+
+/// The calendars the pack's windows read, each once, in window order.
+fn calendars(pack: &domicile_policy::Pack) -> Vec<CalendarView> {
+    let mut out: Vec<CalendarView> = Vec::new();
+    for window in pack.windows() {
+        let Some(rule) = &window.holidays else { continue };
+        if let Some(view) = out.iter_mut().find(|c| c.id == rule.calendar_id) {
+            view.windows.push(window.id.clone());
+            continue;
+        }
+        let c = &rule.calendar;
+        out.push(CalendarView {
+            id: rule.calendar_id.clone(),
+            windows: vec![window.id.clone()],
+            country: c.country.clone(),
+            source: if c.source.is_empty() {
+                "no holidays.toml of the set provides it".to_owned()
+            } else {
+                c.source.clone()
+            },
+            generated_by: c.generated_by.clone(),
+            years: c.years_text(),
+            regional: c.regional.clone(),
+            confidence: c.confidence.as_str().to_owned(),
+            path: c.path.clone(),
+            dates: c.dates.iter().map(|(d, name)| format!("{d} {name}")).collect(),
+        });
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +269,7 @@ fn pack_page(pack: &domicile_policy::Pack) -> PackPage {
         rules: deciding_rules(pack),
         residency: pack.residency_profile(false),
         rights: pack.rights_profile(false),
+        holidays: calendars(pack),
     }
 }
 
@@ -247,8 +297,14 @@ fn matrix(packs: &[PackPage], set: &PackSet) -> Vec<PurposeSection> {
                             Some(rule) => {
                                 let (label, class) = basis_view(rule.basis);
                                 let mut marks = Vec::new();
+                                let holidays = rule
+                                    .window
+                                    .as_ref()
+                                    .and_then(|id| pack.windows().iter().find(|w| &w.id == id))
+                                    .is_some_and(|w| w.holidays.is_some());
                                 for (present, mark) in [
                                     (rule.window.is_some(), "window"),
+                                    (holidays, "holidays"),
                                     (rule.screen.is_some(), "register"),
                                     (rule.lifetime.is_some(), "lifetime"),
                                     (rule.confidence.as_str() == "U", "[U]"),
@@ -398,6 +454,14 @@ fn facts(p: &PackPage) -> Vec<(&'static str, String)> {
         ("in-country collection", r.in_country_collection.to_string()),
         ("minimised fields", r.minimised_fields.join(", ")),
         ("residency citation", opt(&r.cite)),
+        (
+            "public holidays",
+            p.holidays
+                .iter()
+                .map(|c| format!("{} ({}; {}): {}", c.id, c.source, c.years, c.dates.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        ),
         (
             "transfers",
             r.transfers

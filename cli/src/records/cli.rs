@@ -214,6 +214,7 @@ async fn import(node: &NodeConnection, subject_ref: &str, format: Format, file: 
                     source_system: entry.source_system.clone(),
                     double_opt_in_confirmed: entry.double_opt_in_confirmed,
                     signal: None,
+                    ..Default::default()
                 }),
                 captured_at: Some(domicile_proto::convert::to_timestamp(entry.captured_at)),
                 expires_at: entry.expires_at.map(domicile_proto::convert::to_timestamp),

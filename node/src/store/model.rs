@@ -38,6 +38,12 @@ pub struct Evidence {
     /// The web consent signal this entry came from (`RecordSignal`); absent on older entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalEvidence>,
+    /// What the consent rests on (a pack's consent kind, e.g. `implied_purchase`); absent: express.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_kind: Option<String>,
+    /// Ids of the subject's pack's calling windows the consent is limited to; empty: every hour.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hours: Vec<String>,
 }
 
 /// A web consent signal kept as evidence with the entries it produced: what it was, who
@@ -87,6 +93,12 @@ pub struct CurrentConsent {
     /// records stored before it was kept (their capture time then counts as it is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_at_ms: Option<i64>,
+    /// The record's consent kind ([`Evidence::consent_kind`]); absent: express.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The hours the record is limited to ([`Evidence::hours`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hours: Vec<String>,
 }
 
 impl CurrentConsent {
@@ -101,6 +113,8 @@ impl CurrentConsent {
             double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
             recorded_at: Some(record.recorded_at),
             counted_at_ms: Some(counted_at_ms),
+            kind: record.evidence.consent_kind.clone(),
+            hours: record.evidence.hours.clone(),
         }
     }
 }

@@ -60,7 +60,7 @@ pub fn policies(pack: &Pack) -> (PolicySet, usize) {
 }
 
 pub fn request(input: &DecisionInput) -> Request {
-    let c = input.consent;
+    let c = input.consent.as_ref();
     let state = c.map_or("none", |c| c.state.as_str());
     let pairs = [
         ("at", RestrictedExpression::new_long(input.at_unix)),

@@ -22,21 +22,29 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
 
     // Effective rules, most specific first; each remembers how deep in the chain it was defined.
     let mut effective: Vec<(Rule, usize)> = Vec::new();
-    let mut cell_rules: Vec<Vec<u16>> = vec![Vec::new(); CELLS];
+    // Per cell: rule index and the recipient types it still applies to there.
+    let mut cell_rules: Vec<Vec<(u16, u8)>> = vec![Vec::new(); CELLS];
     for (depth, member) in members.iter().enumerate() {
         for parsed in &member.rules {
             let rule = &parsed.rule;
             let Ok(index) = u16::try_from(effective.len()) else { break };
             for &channel in &rule.channels {
                 let cell = cell_index(rule.purpose, channel);
-                let replaced = effective.iter().any(|(other, d)| {
-                    *d < depth
-                        && other.purpose == rule.purpose
-                        && other.channels.contains(&channel)
-                        && other.replaces.contains(&rule.id)
-                });
-                if !replaced && let Some(list) = cell_rules.get_mut(cell) {
-                    list.push(index);
+                // A replacing rule takes over only for the recipient types it covers.
+                let replaced = effective
+                    .iter()
+                    .filter(|(other, d)| {
+                        *d < depth
+                            && other.purpose == rule.purpose
+                            && other.channels.contains(&channel)
+                            && other.replaces.contains(&rule.id)
+                    })
+                    .fold(0u8, |mask, (other, _)| mask | other.recipient_mask());
+                let applies = rule.recipient_mask() & !replaced;
+                if applies != 0
+                    && let Some(list) = cell_rules.get_mut(cell)
+                {
+                    list.push((index, applies));
                 }
             }
             effective.push((rule.clone(), depth));
@@ -63,8 +71,11 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         if rule.basis.can_allow() {
             let blocker = rule.channels.iter().try_fold(None::<&str>, |found, &channel| {
                 let list = cell_rules.get(cell_index(rule.purpose, channel))?;
-                let denier = list.iter().filter_map(|&i| effective.get(usize::from(i))).find(|(other, _)| {
-                    !other.basis.can_allow() && other.effective_from.is_none() && other.effective_until.is_none()
+                let denier = list.iter().filter_map(|&(i, _)| effective.get(usize::from(i))).find(|(other, _)| {
+                    !other.basis.can_allow()
+                        && other.effective_from.is_none()
+                        && other.effective_until.is_none()
+                        && other.recipient_mask() & rule.recipient_mask() == rule.recipient_mask()
                 })?;
                 Some(found.or(Some(denier.0.id.as_str())))
             });
@@ -153,12 +164,27 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         if *depth == 0 {
             warn_on_unenforced_restrictions(sink, me, rule, &obligations, window.is_some(), register.is_some());
         }
-        compiled.push(CompiledRule { obligations, lifetime, window, register });
+        // Minors bands resolve from the deciding pack outwards: the age is the member state's
+        // (GDPR art. 8 lets each set it) even for a rule its baseline states.
+        let minors = rule
+            .minors
+            .as_ref()
+            .and_then(|id| members.iter().find_map(|m| m.definitions.minors.iter().find(|(d, _)| &d.id == id)))
+            .map(|(d, _)| d.clone());
+        let separate_hours = rule
+            .separate_consent_hours
+            .as_ref()
+            .and_then(|id| {
+                members.iter().skip(*depth).find_map(|m| m.definitions.windows.iter().find(|(w, _)| &w.id == id))
+            })
+            .map(|(w, _)| w.clone());
+        compiled.push(CompiledRule { obligations, lifetime, window, register, minors, separate_hours });
     }
 
     let time_zones = members.iter().map(|m| &m.time_zones).find(|z| !z.is_empty()).cloned().unwrap_or_default();
     if time_zones.is_empty()
-        && let Some((rule, _)) = effective.iter().find(|(r, _)| r.window.is_some())
+        && let Some((rule, _)) =
+            effective.iter().find(|(r, _)| r.window.is_some() || r.separate_consent_hours.is_some())
     {
         let span = me.rules.iter().find(|p| p.rule.id == rule.id).and_then(|p| p.window_span.clone());
         sink.error(
@@ -263,8 +289,11 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         &effective_rules,
         &cell_rules,
         compiled,
-        time_zones.clone(),
-        (me.meta.effective_from, me.meta.effective_until),
+        table::PackTime {
+            zones: time_zones.clone(),
+            windows: windows.clone(),
+            effective: (me.meta.effective_from, me.meta.effective_until),
+        },
     );
     Some(Pack {
         meta: me.meta.clone(),

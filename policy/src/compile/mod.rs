@@ -1,8 +1,10 @@
 //! Compiling a pack set: every file read on its own (`read`), then the checks that need several
 //! files (one pack per id and per jurisdiction, `extends` chains, references left to extended
-//! packs), then each pack linked with the packs it extends (`link`) into a decision table
-//! (`table`). Pure: sources come in as text, and nothing here decides.
+//! packs, holiday calendars joined to the windows that read them: `calendars`), then each pack
+//! linked with the packs it extends (`link`) into a decision table (`table`). Pure: sources come
+//! in as text, and nothing here decides.
 
+mod calendars;
 mod link;
 mod table;
 
@@ -14,12 +16,18 @@ use crate::diag::{Diagnostic, Diagnostics, PackSource, Sink};
 use crate::model::Pack;
 use crate::read::{PackFile, RefKind, read_pack};
 
-/// Reads, validates and links every source. All problems of all files come back at once, each
-/// on its own file; errors make it fail, warnings come back alongside the packs.
-pub(crate) fn compile(sources: &[PackSource]) -> Result<(Vec<Pack>, Vec<Diagnostic>), Diagnostics> {
+/// Reads, validates and links every source: pack files and holiday calendars
+/// ([`PackSource::is_holiday_calendar`]). All problems of all files come back at once, each on its
+/// own file (pack files first, then calendars); errors make it fail, warnings come back alongside
+/// the packs.
+pub(crate) fn compile(all: &[PackSource]) -> Result<(Vec<Pack>, Vec<Diagnostic>), Diagnostics> {
+    let (calendar_files, sources): (Vec<&PackSource>, Vec<&PackSource>) =
+        all.iter().partition(|s| s.is_holiday_calendar());
+    let mut calendar_sinks: Vec<Sink<'_>> = Vec::with_capacity(calendar_files.len());
+    let calendars = calendars::read(&calendar_files, &mut calendar_sinks);
     let mut sinks: Vec<Sink<'_>> = Vec::with_capacity(sources.len());
     let mut parsed = Vec::with_capacity(sources.len());
-    for source in sources {
+    for &source in &sources {
         let mut sink = Sink::new(source);
         let (pack, header) = read_pack(source, &mut sink);
         sinks.push(sink);
@@ -63,6 +71,9 @@ pub(crate) fn compile(sources: &[PackSource]) -> Result<(Vec<Pack>, Vec<Diagnost
             }
         }
     }
+
+    // Windows read their holiday calendars' dates from here on (a missing one fails closed).
+    calendars::join(&mut parsed, &mut sinks, &calendars, &mut calendar_sinks);
 
     // Resolve `extends` into chains (this pack first).
     let mut chains: Vec<Vec<usize>> = Vec::with_capacity(parsed.len());
@@ -138,7 +149,7 @@ pub(crate) fn compile(sources: &[PackSource]) -> Result<(Vec<Pack>, Vec<Diagnost
 
     let mut failed = false;
     let mut diagnostics = Vec::new();
-    for sink in sinks {
+    for sink in sinks.into_iter().chain(calendar_sinks) {
         failed |= sink.has_errors();
         diagnostics.extend(sink.finish());
     }

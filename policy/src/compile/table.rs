@@ -8,21 +8,32 @@ use crate::model::decision::{Effect, Outcome};
 use crate::model::rule::Rule;
 use crate::model::table::{CELLS, CompiledRule, DecisionTable, MAX_RULES_PER_CELL, cell_index};
 use crate::model::terms::PackRef;
+use crate::model::window::CallingWindow;
 use crate::zone::Zone;
 
-/// Builds the table from per-cell rule lists (indices into `rules`). Validation rejected
-/// overlaps and dangling references, so this cannot fail; lists longer than the cap are cut.
+/// What a pack's decisions need of its local time: its zones, every calling window of its chain
+/// (for consent hours), and its effective period `[from, until)`.
+pub(crate) struct PackTime {
+    pub(crate) zones: Vec<Zone>,
+    pub(crate) windows: Vec<CallingWindow>,
+    pub(crate) effective: (Option<i64>, Option<i64>),
+}
+
+/// Builds the table from per-cell rule lists (indices into `rules`, each with the recipient
+/// types it applies to there). Validation rejected overlaps and dangling references, so this
+/// cannot fail; lists longer than the cap are cut.
 pub(crate) fn build(
     pack: &PackRef,
     jurisdiction: Option<&Jurisdiction>,
     rules: &[Rule],
-    cell_rules: &[Vec<u16>],
+    cell_rules: &[Vec<(u16, u8)>],
     compiled: Vec<CompiledRule>,
-    zones: Vec<Zone>,
-    effective: (Option<i64>, Option<i64>),
+    time: PackTime,
 ) -> DecisionTable {
+    let PackTime { zones, windows, effective } = time;
     let mut cells = [(0u16, 0u8); CELLS];
     let mut entries = Vec::new();
+    let mut entry_recipients = Vec::new();
     let mut explanations = Vec::new();
     for &purpose in Purpose::ALL {
         for &channel in Channel::ALL {
@@ -33,8 +44,9 @@ pub(crate) fn build(
             {
                 *slot = (start, len);
             }
-            for &i in list {
+            for &(i, recipients) in list {
                 entries.push(i);
+                entry_recipients.push(recipients);
                 let rule = rules.get(usize::from(i));
                 for &outcome in Outcome::ALL {
                     explanations.push(explain(pack, purpose, channel, rule, outcome));
@@ -52,9 +64,11 @@ pub(crate) fn build(
     DecisionTable {
         cells,
         entries: entries.into_boxed_slice(),
+        entry_recipients: entry_recipients.into_boxed_slice(),
         compiled: compiled.into_boxed_slice(),
         explanations: explanations.into_boxed_slice(),
         zones,
+        windows,
         effective,
         default_reason: format!("{}.default-deny", pack.id),
         not_in_effect_reason: format!("{}.not-in-effect", pack.id),

@@ -17,3 +17,5 @@ pub use verdict::Verdict;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_inputs;

@@ -1,6 +1,6 @@
 //! A verdict as a decision: [`DecisionParts`] borrows every text from the pack (reasons,
-//! obligations, the prebuilt explanation); only a deny outside a calling window formats when
-//! contact may happen. [`Decision`] is its owned form, so the node's wire encoding and the owned
+//! obligations, the prebuilt explanation); only a deny by a calling window formats when contact
+//! may happen (or, for a date without holiday data, which data is missing). [`Decision`] is its owned form, so the node's wire encoding and the owned
 //! decision cannot drift apart.
 
 use crate::model::decision::{CALLING_WINDOW, Decision, DecisionInput, Effect, Outcome};
@@ -44,24 +44,52 @@ impl Pack {
                 _ => fixed(table.default_reason(), table.default_explanations.first()),
             };
         }
-        let window = (verdict.window_mask != 0).then(|| {
+        let (start, len) = table.cell(verdict.cell);
+        let entries = table.entries.get(start..start + len).unwrap_or(&[]);
+        // The holiday calendars of the deciding rules' windows, for what a deny says about them.
+        let calendars = || {
+            let mut seen: Vec<String> = Vec::new();
+            for compiled in deciding_compiled(self, entries, verdict.mask) {
+                if let Some(rule) = compiled.window.as_ref().and_then(|w| w.holidays.as_ref()) {
+                    let text = format!("calendar `{}` covers {}", rule.calendar_id, rule.calendar.years_text());
+                    if !seen.contains(&text) {
+                        seen.push(text);
+                    }
+                }
+            }
+            seen.join(", ")
+        };
+        let window = if verdict.window_mask != 0 {
             let zone = zone.or_else(|| table.zones().first());
             let when = match (verdict.valid_until_unix, zone) {
                 (Some(t), Some(z)) => {
                     format!("contact may happen from {} ({})", z.describe(t), format_rfc3339(t))
                 }
                 (Some(t), None) => format!("contact may happen from {}", format_rfc3339(t)),
-                (None, _) => "no calling window opens within the next week".to_owned(),
+                (None, _) => match calendars() {
+                    held if held.is_empty() => "no calling window opens within the next week".to_owned(),
+                    held => format!("no opening of the calling window is known before the holiday data ends ({held})"),
+                },
             };
-            Box::new(WindowNote {
+            Some(Box::new(WindowNote {
                 explanation: format!("; {when}"),
-                obligation: Obligation {
+                obligation: Some(Obligation {
                     id: CALLING_WINDOW.to_owned(),
                     text: format!("outside the calling window; {when}"),
-                },
-            })
-        });
-        let (start, len) = table.cell(verdict.cell);
+                }),
+            }))
+        } else if verdict.outcome == Outcome::HolidaysNotCovered {
+            // Fail closed: without the year's holiday data no decision inside the window is made.
+            Some(Box::new(WindowNote {
+                explanation: format!(
+                    "; {}: refresh the pack set's holiday data (tools/holidays.py) to decide this date",
+                    calendars()
+                ),
+                obligation: None,
+            }))
+        } else {
+            None
+        };
         DecisionParts {
             effect: verdict.effect,
             pack: &self.meta.pack_ref,
@@ -71,11 +99,7 @@ impl Pack {
             explanation: table.explanation(verdict.position, verdict.outcome),
             fallback_note: &table.fallback_note,
             window,
-            reasons: Reasons::Rules {
-                pack: self,
-                entries: table.entries.get(start..start + len).unwrap_or(&[]),
-                mask: verdict.mask,
-            },
+            reasons: Reasons::Rules { pack: self, entries, mask: verdict.mask },
         }
     }
 
@@ -120,11 +144,13 @@ pub struct DecisionParts<'p> {
     reasons: Reasons<'p>,
 }
 
+/// What a deny by a calling window adds: outside the window, when contact may happen (and the
+/// `outside-window` obligation saying so); for a date without holiday data, which data is missing.
 #[derive(Debug, Clone)]
 struct WindowNote {
     /// Appended to the explanation.
     explanation: String,
-    obligation: Obligation,
+    obligation: Option<Obligation>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +187,7 @@ impl<'p> DecisionParts<'p> {
             .enumerate()
             .filter(move |(n, o)| !all().take(*n).any(|earlier| earlier.id == o.id))
             .map(|(_, o)| o)
-            .chain(self.window.iter().map(|w| &w.obligation))
+            .chain(self.window.iter().filter_map(|w| w.obligation.as_ref()))
     }
 
     /// The explanation in its parts (concatenated, they are [`Decision::explanation`]): the

@@ -77,6 +77,7 @@ fn fact(state: ConsentState) -> ConsentFact {
         expires_at_unix: None,
         double_opt_in_confirmed: false,
         kind: None,
+        hours: Vec::new(),
     }
 }
 
@@ -160,10 +161,10 @@ fn opt_in_needs_a_current_grant() {
 fn double_opt_in_needs_confirmation() {
     let p = pack();
     let unconfirmed = fact(ConsentState::Granted);
-    let v = p.evaluate(&input(Purpose::Marketing, Channel::Messaging, Some(unconfirmed)));
+    let v = p.evaluate(&input(Purpose::Marketing, Channel::Messaging, Some(unconfirmed.clone())));
     assert_eq!((v.effect, v.outcome), (Effect::Deny, Outcome::DoubleOptInUnconfirmed));
     let confirmed = ConsentFact { double_opt_in_confirmed: true, ..unconfirmed };
-    let d = p.decide(&input(Purpose::Marketing, Channel::Messaging, Some(confirmed)));
+    let d = p.decide(&input(Purpose::Marketing, Channel::Messaging, Some(confirmed.clone())));
     assert_eq!(d.effect, Effect::Allow);
     assert_eq!(d.reasons, ["t.double"]);
     let expired = ConsentFact { expires_at_unix: Some(T0), ..confirmed };

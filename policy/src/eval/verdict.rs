@@ -69,7 +69,15 @@ impl Pack {
             if !rule.in_effect(input.at_unix) {
                 continue;
             }
-            let (outcome, until) = judge(rule, compiled, input, table.zones());
+            // A rule for other recipients does not apply; with the recipient unknown every rule
+            // of the cell is weighed, so the contact must be allowed for each type.
+            let recipients = table.entry_recipients.get(position).copied().unwrap_or(0);
+            if let Some(recipient) = input.facts.recipient
+                && recipients & recipient.bit() == 0
+            {
+                continue;
+            }
+            let (outcome, until) = judge(rule, compiled, input, table.zones(), &table.windows);
             if outcome.effect() == Effect::Allow {
                 allow_mask |= 1 << k;
                 allow_until = min_opt(allow_until, until);

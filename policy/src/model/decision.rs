@@ -8,7 +8,7 @@ use std::fmt;
 use domicile_types::{Channel, ConsentState, Purpose};
 
 use super::rule::Obligation;
-use super::terms::{ConsentKind, PackRef, SoftCondition};
+use super::terms::{ConsentKind, PackRef, Recipient, SoftCondition};
 use crate::zone::Zone;
 
 /// Obligation ids the engine attaches itself; packs may not define them.
@@ -59,6 +59,12 @@ pub struct Facts {
     pub last_purchase_at: Option<i64>,
     /// When the subject last inquired or applied with the sender.
     pub last_inquiry_at: Option<i64>,
+    /// Who the contact goes to, where rules differ for consumers and businesses. `None`: not
+    /// known, and the contact must be allowed under the rules for every recipient type.
+    pub recipient: Option<Recipient>,
+    /// The subject's age in whole years, for rules with minors bands (`None`: not known, treated
+    /// as the pack's `[minors]` definition says).
+    pub age: Option<u8>,
 }
 
 impl Facts {
@@ -73,7 +79,7 @@ impl Facts {
 }
 
 /// The current consent state for one purpose × channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentFact {
     pub state: ConsentState,
     /// When the consent was given; for implied consent, the date of the purchase or inquiry.
@@ -82,6 +88,9 @@ pub struct ConsentFact {
     pub double_opt_in_confirmed: bool,
     /// What the consent rests on; `None` is read as express consent.
     pub kind: Option<ConsentKind>,
+    /// Ids of the pack's calling windows the consent is limited to ("call me on weekdays
+    /// 09:00-17:00"); empty: every hour, except hours a rule says need a consent naming them.
+    pub hours: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,9 +165,12 @@ outcomes! {
     ConsentExpired => "consent_expired", "consent expired", Deny;
     ConsentKindNotAccepted => "consent_kind_not_accepted", "consent kind not accepted", Deny;
     DoubleOptInUnconfirmed => "double_opt_in_unconfirmed", "double opt-in not confirmed", Deny;
+    ConsentHoursNotCovered => "consent_hours_not_covered", "the consent does not cover this time of day", Deny;
+    MinorConsentRequired => "minor_consent_required", "the subject is a minor and the consent the law requires for minors is not on record", Deny;
     OnRegister => "on_register", "on a do-not-contact register", Deny;
     NoRecentRelationship => "no_recent_relationship", "no business relationship recent enough", Deny;
     OutsideWindow => "outside_window", "outside the calling window", Deny;
+    HolidaysNotCovered => "holidays_not_covered", "the holiday data does not cover the date", Deny;
     NotInEffect => "not_in_effect", "pack not in effect", Deny;
 }
 

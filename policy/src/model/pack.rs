@@ -4,7 +4,7 @@
 
 use domicile_types::{Channel, Jurisdiction, Purpose, RegionId};
 
-use super::residency::{Residency, ResidencyRefusal, Transfer};
+use super::residency::{Residency, ResidencyRefusal, Transfer, TransferConsentFact};
 use super::rule::{Lifetime, Obligation, Register, Rule};
 use super::table::DecisionTable;
 use super::terms::{Localisation, PackKind, PackRef, Period};
@@ -112,13 +112,17 @@ impl Pack {
 
     /// Whether this pack's subjects' data may reach a caller of `caller_region` (`None`:
     /// unknown, never allowed) for `purpose`: `Ok(None)` for a caller of a home region,
-    /// `Ok(Some(transfer))` for the transfer that allows it.
+    /// `Ok(Some(transfer))` for the transfer that allows it. `consent` is the subject's consent to
+    /// transfers for `purpose` in force in its ledger, for transfers that need one; `at` the
+    /// instant of the request.
     pub fn check_transfer(
         &self,
         caller_region: Option<&RegionId>,
         purpose: Purpose,
+        consent: Option<&TransferConsentFact>,
+        at: i64,
     ) -> Result<Option<&Transfer>, ResidencyRefusal> {
-        self.residency.check_transfer(&self.meta.pack_ref, caller_region, purpose)
+        self.residency.check_transfer(&self.meta.pack_ref, caller_region, purpose, consent, at)
     }
 
     pub fn id(&self) -> &str {

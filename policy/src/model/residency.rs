@@ -5,9 +5,9 @@
 
 use std::fmt;
 
-use domicile_types::{Purpose, RegionId};
+use domicile_types::{ConsentState, Purpose, RegionId};
 
-use super::terms::{Localisation, PackRef};
+use super::terms::{Localisation, PackRef, TransferConsent};
 
 /// Where the pack's subjects' data lives and what may leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +34,34 @@ pub enum TransferCheck<'a> {
     Domestic,
     /// A `[[residency.transfer]]` of the pack allows it (minimised fields only).
     Permitted(&'a Transfer),
+    /// Only transfers that need the subject's recorded consent name that region and purpose, and
+    /// no such consent is in force: the first of them.
+    NeedsConsent(&'a Transfer),
     /// No transfer of the pack names that region and purpose (default deny).
     Refused,
+}
+
+/// The subject's consent to transfers for one purpose, the record in force in its ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferConsentFact {
+    pub state: ConsentState,
+    pub kind: TransferConsent,
+    pub captured_at_unix: i64,
+    pub expires_at_unix: Option<i64>,
+}
+
+impl Transfer {
+    /// Whether the transfer's consent condition holds at `at` for `consent` (none needed, or a
+    /// grant of a named kind, captured by then and not expired).
+    pub fn consent_holds(&self, consent: Option<&TransferConsentFact>, at: i64) -> bool {
+        self.consent.is_empty()
+            || consent.is_some_and(|c| {
+                c.state == ConsentState::Granted
+                    && self.consent.contains(&c.kind)
+                    && c.captured_at_unix <= at
+                    && c.expires_at_unix.is_none_or(|e| e > at)
+            })
+    }
 }
 
 impl Residency {
@@ -44,19 +70,38 @@ impl Residency {
         !self.in_country_collection || self.home_regions.contains(region)
     }
 
-    /// Whether the pack lets its subjects' data reach a caller of `region` for `purpose`: the
-    /// first transfer whose regions (empty: any) and purposes (empty: any) both match.
-    /// Localisation does not widen this: without a matching transfer, nothing leaves.
+    /// Whether the pack lets its subjects' data reach a caller of `region` for `purpose`, with
+    /// no consent to transfers on record: [`Residency::transfer_with`].
     pub fn transfer_to(&self, region: &RegionId, purpose: Purpose) -> TransferCheck<'_> {
+        self.transfer_with(region, purpose, None, 0)
+    }
+
+    /// Whether the pack lets its subjects' data reach a caller of `region` for `purpose` at `at`,
+    /// given the subject's consent to transfers for that purpose: the first transfer whose
+    /// regions (empty: any) and purposes (empty: any) match and whose consent condition holds.
+    /// Localisation does not widen this: without a matching transfer, nothing leaves.
+    pub fn transfer_with(
+        &self,
+        region: &RegionId,
+        purpose: Purpose,
+        consent: Option<&TransferConsentFact>,
+        at: i64,
+    ) -> TransferCheck<'_> {
         if self.home_regions.contains(region) {
             return TransferCheck::Domestic;
         }
-        self.transfers
-            .iter()
-            .find(|t| {
-                (t.to.is_empty() || t.to.contains(region)) && (t.purposes.is_empty() || t.purposes.contains(&purpose))
-            })
-            .map_or(TransferCheck::Refused, TransferCheck::Permitted)
+        let mut matching = self.transfers.iter().filter(|t| {
+            (t.to.is_empty() || t.to.contains(region)) && (t.purposes.is_empty() || t.purposes.contains(&purpose))
+        });
+        let Some(first) = matching.clone().next() else { return TransferCheck::Refused };
+        matching
+            .find(|t| t.consent_holds(consent, at))
+            .map_or(TransferCheck::NeedsConsent(first), TransferCheck::Permitted)
+    }
+
+    /// Whether any transfer needs a recorded consent (so callers read one only then).
+    pub fn needs_consent(&self) -> bool {
+        self.transfers.iter().any(|t| !t.consent.is_empty())
     }
 }
 
@@ -87,6 +132,8 @@ impl Residency {
         pack: &PackRef,
         caller_region: Option<&RegionId>,
         purpose: Purpose,
+        consent: Option<&TransferConsentFact>,
+        at: i64,
     ) -> Result<Option<&Transfer>, ResidencyRefusal> {
         let refused = || ResidencyRefusal::Transfer {
             pack: pack.clone(),
@@ -94,9 +141,19 @@ impl Residency {
             purpose,
             cite: self.cite.clone(),
         };
-        match caller_region.map(|r| self.transfer_to(r, purpose)) {
+        match caller_region.map(|r| self.transfer_with(r, purpose, consent, at)) {
             Some(TransferCheck::Domestic) => Ok(None),
             Some(TransferCheck::Permitted(transfer)) => Ok(Some(transfer)),
+            Some(TransferCheck::NeedsConsent(transfer)) => {
+                Err(ResidencyRefusal::TransferConsent(Box::new(ConsentMissing {
+                    pack: pack.clone(),
+                    caller_region: caller_region.cloned(),
+                    purpose,
+                    transfer: transfer.id.clone(),
+                    kinds: transfer.consent.clone(),
+                    cite: transfer.cite.clone(),
+                })))
+            }
             Some(TransferCheck::Refused) | None => Err(refused()),
         }
     }
@@ -120,6 +177,9 @@ pub struct Transfer {
     pub cite: String,
     /// Only the pack's minimised fields may be sent.
     pub minimised_only: bool,
+    /// The transfer permits only on the subject's recorded consent of one of these kinds; empty:
+    /// no consent needed.
+    pub consent: Vec<TransferConsent>,
 }
 
 /// Why a pack's residency rules refuse a request. The message names the pack and regions only,
@@ -130,6 +190,20 @@ pub enum ResidencyRefusal {
     Collection { pack: PackRef, caller_region: Option<RegionId>, cite: Option<String> },
     /// No `[[residency.transfer]]` lets the data reach the caller's region for the purpose.
     Transfer { pack: PackRef, caller_region: Option<RegionId>, purpose: Purpose, cite: Option<String> },
+    /// The transfer that would let it needs the subject's recorded consent of a named kind, and
+    /// none is in force.
+    TransferConsent(Box<ConsentMissing>),
+}
+
+/// [`ResidencyRefusal::TransferConsent`]: which transfer needed which consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentMissing {
+    pub pack: PackRef,
+    pub caller_region: Option<RegionId>,
+    pub purpose: Purpose,
+    pub transfer: String,
+    pub kinds: Vec<TransferConsent>,
+    pub cite: String,
 }
 
 impl fmt::Display for ResidencyRefusal {
@@ -137,6 +211,7 @@ impl fmt::Display for ResidencyRefusal {
         let region = |r: &Option<RegionId>| {
             r.as_ref().map_or_else(|| "an unknown region".to_owned(), |r| format!("region `{r}`"))
         };
+        let consent_cite;
         let cite = match self {
             ResidencyRefusal::Collection { pack, caller_region, cite } => {
                 write!(
@@ -153,6 +228,17 @@ impl fmt::Display for ResidencyRefusal {
                     region(caller_region)
                 )?;
                 cite
+            }
+            ResidencyRefusal::TransferConsent(missing) => {
+                let ConsentMissing { pack, caller_region, purpose, transfer, kinds, cite } = missing.as_ref();
+                write!(
+                    f,
+                    "pack `{pack}` transfers to {} for purpose `{purpose}` only with the subject's recorded {} consent to the transfer (`{transfer}`), and none is in force",
+                    region(caller_region),
+                    kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" or ")
+                )?;
+                consent_cite = Some(cite.clone());
+                &consent_cite
             }
         };
         match cite {

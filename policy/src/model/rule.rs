@@ -3,7 +3,7 @@
 
 use domicile_types::{Channel, Purpose};
 
-use super::terms::{Basis, Confidence, ConsentKind, Period, SoftCondition};
+use super::terms::{Basis, Confidence, ConsentKind, Period, Recipient, SoftCondition, UnknownAge};
 
 /// Something the caller must do when it acts on an allow, e.g. "include an unsubscribe link".
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -18,7 +18,7 @@ pub struct Obligation {
 pub struct Lifetime {
     pub id: String,
     /// Indexed by [`ConsentKind`]: `None` = kind not accepted, `Some(None)` = no limit.
-    pub kinds: [Option<Option<Period>>; 3],
+    pub kinds: [Option<Option<Period>>; 4],
     pub cite: String,
     pub line: usize,
 }
@@ -26,7 +26,7 @@ pub struct Lifetime {
 impl Lifetime {
     /// Only express consent, without limit: what a rule without `lifetime` accepts.
     pub(crate) fn express_only() -> Lifetime {
-        Lifetime { id: String::new(), kinds: [Some(None), None, None], cite: String::new(), line: 0 }
+        Lifetime { id: String::new(), kinds: [Some(None), None, None, None], cite: String::new(), line: 0 }
     }
 
     pub fn accepts(&self, kind: ConsentKind) -> Option<Option<Period>> {
@@ -58,15 +58,53 @@ pub struct Relationship {
 }
 
 impl Relationship {
-    /// Until when the relationship counts at `at` (`None`: it does not count now): the later of
-    /// the purchase's and the inquiry's ends, each counted from its date. A date after `at` does
-    /// not count (a relationship cannot be asserted in advance).
-    pub fn holds_until(&self, facts: &super::decision::Facts, at: i64) -> Option<i64> {
+    /// Until when the relationship counts at `at` (`None`: it does not count now), given the
+    /// dates of the last purchase and the last inquiry: the later of the purchase's and the
+    /// inquiry's ends, each counted from its date. A date after `at` does not count (a
+    /// relationship cannot be asserted in advance).
+    pub fn holds_until(&self, last_purchase_at: Option<i64>, last_inquiry_at: Option<i64>, at: i64) -> Option<i64> {
         let end = |limit: Option<Period>, date: Option<i64>| match (limit, date) {
             (Some(limit), Some(date)) if date <= at => Some(limit.after(date)).filter(|end| *end > at),
             _ => None,
         };
-        end(self.purchase, facts.last_purchase_at).max(end(self.inquiry, facts.last_inquiry_at))
+        end(self.purchase, last_purchase_at).max(end(self.inquiry, last_inquiry_at))
+    }
+}
+
+/// What a rule requires below an age: the law's bands for minors (e.g. CCPA: under 13 the
+/// parent's opt-in, 13 to 15 the minor's own opt-in, for a sale that is an opt-out for adults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minors {
+    pub id: String,
+    /// Youngest first, `under` strictly increasing.
+    pub bands: Vec<MinorBand>,
+    /// How a subject of unknown age is treated; stated by the pack, never assumed.
+    pub unknown_age: UnknownAge,
+    pub cite: String,
+    pub line: usize,
+}
+
+/// One band: subjects younger than `under` years.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinorBand {
+    pub under: u8,
+    /// `opt_in`, `double_opt_in` or `prohibited`: a band only ever tightens.
+    pub basis: Basis,
+    /// The consent kinds that count for a subject in the band (e.g. `guardian` under 13).
+    pub consent: Vec<ConsentKind>,
+}
+
+impl Minors {
+    /// The band that applies to a subject of `age` years (`None`: unknown), or `None` for the
+    /// rule as written (an adult, or an unknown age the pack treats as adult).
+    pub fn band(&self, age: Option<u8>) -> Option<&MinorBand> {
+        match age {
+            Some(age) => self.bands.iter().find(|b| age < b.under),
+            None => match self.unknown_age {
+                UnknownAge::Adult => None,
+                UnknownAge::Minor => self.bands.first(),
+            },
+        }
     }
 }
 
@@ -106,6 +144,15 @@ pub struct Rule {
     /// subject with a business relationship this recent (e.g. customers of the last 12 months)
     /// may be contacted without consent.
     pub customer_within: Option<Relationship>,
+    /// The recipient types the rule applies to; empty: every type. Two rules of one file may
+    /// share a cell when their recipient types differ.
+    pub recipients: Vec<Recipient>,
+    /// Id of the `[minors]` definition whose bands apply below an age; resolved from the deciding
+    /// pack outwards, so a member state's age applies to its baseline's rules.
+    pub minors: Option<String>,
+    /// Id of a calling window in which a consent counts only if it names those hours (Korea's
+    /// separate consent to night-time advertising).
+    pub separate_consent_hours: Option<String>,
     /// The pack that defined the rule (differs from the deciding pack for inherited rules).
     pub pack_id: String,
     /// The file the rule was read from.
@@ -116,6 +163,15 @@ impl Rule {
     /// Whether the rule applies at `at_unix`.
     pub fn in_effect(&self, at_unix: i64) -> bool {
         self.effective_from.is_none_or(|f| f <= at_unix) && self.effective_until.is_none_or(|u| at_unix < u)
+    }
+
+    /// The recipient types the rule applies to, as a mask of [`Recipient::bit`].
+    pub(crate) fn recipient_mask(&self) -> u8 {
+        if self.recipients.is_empty() {
+            super::terms::ALL_RECIPIENTS
+        } else {
+            self.recipients.iter().fold(0, |m, r| m | r.bit())
+        }
     }
 
     pub(crate) fn overlaps_in_time(&self, other: &Rule) -> bool {

@@ -6,7 +6,7 @@
 use domicile_types::{Channel, Purpose};
 
 use super::decision::Outcome;
-use super::rule::{Lifetime, Obligation, Register};
+use super::rule::{Lifetime, Minors, Obligation, Register};
 use super::window::CallingWindow;
 use crate::zone::Zone;
 
@@ -27,6 +27,9 @@ pub(crate) struct CompiledRule {
     pub(crate) lifetime: Lifetime,
     pub(crate) window: Option<CallingWindow>,
     pub(crate) register: Option<Register>,
+    pub(crate) minors: Option<Minors>,
+    /// The window named by the rule's `separate_consent_hours`.
+    pub(crate) separate_hours: Option<CallingWindow>,
 }
 
 /// At most this many rules (one per pack of a chain, or dated versions) may share a cell.
@@ -40,6 +43,9 @@ pub(crate) struct DecisionTable {
     pub(crate) cells: [(u16, u8); CELLS],
     /// Indices into the pack's effective rules, per cell, most specific first.
     pub(crate) entries: Box<[u16]>,
+    /// Parallel to `entries`: the recipient types ([`super::terms::Recipient::bit`]) the entry
+    /// applies to in its cell (its rule's, less those a more specific pack's rule replaced).
+    pub(crate) entry_recipients: Box<[u8]>,
     /// Parallel to the pack's effective rules.
     pub(crate) compiled: Box<[CompiledRule]>,
     /// `explanations[position * Outcome::COUNT + outcome]` (see [`DecisionTable::explanation`]),
@@ -47,6 +53,9 @@ pub(crate) struct DecisionTable {
     pub(crate) explanations: Box<[String]>,
     /// The pack's time zones, for calling windows when the subject's is not known.
     pub(crate) zones: Vec<Zone>,
+    /// Every calling window of the pack's chain by id (nearest definition first), which a consent
+    /// may be limited to.
+    pub(crate) windows: Vec<CallingWindow>,
     /// The pack's effective period, `[from, until)`.
     pub(crate) effective: (Option<i64>, Option<i64>),
     pub(crate) default_reason: String,

@@ -83,6 +83,9 @@ keyword_enum!(
         ImpliedPurchase => "implied_purchase",
         /// Implied by an inquiry or application; the capture time is the date of the inquiry.
         ImpliedInquiry => "implied_inquiry",
+        /// Given for a minor by the holder of parental responsibility (a parent or guardian); only
+        /// rules whose lifetime or minors band names it accept it.
+        Guardian => "guardian",
     }
 );
 
@@ -92,9 +95,60 @@ impl ConsentKind {
             ConsentKind::Express => 0,
             ConsentKind::ImpliedPurchase => 1,
             ConsentKind::ImpliedInquiry => 2,
+            ConsentKind::Guardian => 3,
         }
     }
 }
+
+keyword_enum!(
+    /// Who a contact goes to, where a country's rules differ (e.g. business e-mail prospecting in
+    /// France, corporate subscribers under PECR). A rule naming none applies to both.
+    Recipient, "recipient", {
+        /// A consumer: a natural person acting outside their trade or profession.
+        Consumer => "consumer",
+        /// A business recipient: a professional address or a corporate subscriber, contacted in
+        /// their professional capacity.
+        Business => "business",
+    }
+);
+
+impl Recipient {
+    /// Bit of this recipient type in a rule's recipient mask.
+    pub(crate) fn bit(self) -> u8 {
+        match self {
+            Recipient::Consumer => 1,
+            Recipient::Business => 2,
+        }
+    }
+}
+
+/// Every recipient type: a rule that names none.
+pub(crate) const ALL_RECIPIENTS: u8 = 3;
+
+keyword_enum!(
+    /// A consent to a transfer of the subject's data out of its home regions, recorded in the
+    /// ledger for a purpose without channels. A `[[residency.transfer]]` naming kinds permits only
+    /// on a granted consent of one of them, in force at the request.
+    TransferConsent, "transfer consent kind", {
+        /// Explicit consent to the transfer after being told of its risks (GDPR art. 49(1)(a)).
+        Explicit => "explicit_transfer",
+        /// A consent to the overseas transfer given separately from any other (PIPA art. 28-8(1)(1),
+        /// PIPL art. 39).
+        Separate => "separate_transfer",
+    }
+);
+
+keyword_enum!(
+    /// How a rule with minors bands treats a subject whose age the caller does not know. Stated
+    /// by the pack (no default): laws with an actual-knowledge standard apply the adult rule,
+    /// others require treating the unknown as a minor.
+    UnknownAge, "unknown-age treatment", {
+        /// The adult rule applies until the caller knows the subject is a minor.
+        Adult => "adult",
+        /// The youngest band applies until the caller knows the subject's age.
+        Minor => "minor",
+    }
+);
 
 keyword_enum!(
     /// A fact the caller asserts for a soft opt-in; a rule lists the ones it requires.

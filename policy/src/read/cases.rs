@@ -9,6 +9,7 @@ use super::metadata::{MIN_SCHEMA_VERSION, SCHEMA_VERSION, schema_message};
 use super::values::term;
 use crate::diag::{PackSource, Sink};
 use crate::model::decision::BUILTIN_OBLIGATIONS;
+use crate::model::terms::Recipient;
 use crate::model::{ConsentFact, ConsentKind, DecisionInput, Effect, Facts, Outcome, Pack};
 use crate::time::parse_rfc3339;
 use crate::zone::Zone;
@@ -16,7 +17,10 @@ use crate::zone::Zone;
 const ROOT_KEYS: &[&str] = &["schema", "pack", "case", "rights", "transfer", "collection"];
 const RIGHTS_KEYS: &[&str] =
     &["name", "received", "received_unix", "due", "due_unix", "extended_to", "extended_to_unix", "note"];
-const TRANSFER_KEYS: &[&str] = &["name", "caller_region", "purpose", "expect", "transfer", "note"];
+const TRANSFER_KEYS: &[&str] =
+    &["name", "caller_region", "purpose", "expect", "transfer", "note", "consent", "at", "at_unix"];
+const TRANSFER_CONSENT_KEYS: &[&str] =
+    &["state", "kind", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix"];
 const COLLECTION_KEYS: &[&str] = &["name", "caller_region", "expect", "note"];
 const CASE_KEYS: &[&str] = &[
     "name",
@@ -36,7 +40,7 @@ const CASE_KEYS: &[&str] = &[
     "facts",
 ];
 const CONSENT_KEYS: &[&str] =
-    &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in", "kind"];
+    &["state", "captured_at", "captured_at_unix", "expires_at", "expires_at_unix", "double_opt_in", "kind", "hours"];
 const FACT_KEYS: &[&str] = &[
     "contact_from_sale",
     "similar_products",
@@ -46,6 +50,8 @@ const FACT_KEYS: &[&str] = &[
     "last_purchase_unix",
     "last_inquiry",
     "last_inquiry_unix",
+    "recipient",
+    "age",
 ];
 
 /// A `[[rights]]`, `[[transfer]]` or `[[collection]]` entry: what the pack says about a rights
@@ -70,6 +76,9 @@ pub(crate) enum CheckKind {
         purpose: Purpose,
         allow: bool,
         transfer: Option<String>,
+        /// The subject's consent to transfers for the purpose, and the request's instant.
+        consent: Option<crate::model::TransferConsentFact>,
+        at: i64,
     },
     /// Whether a caller of `caller_region` may capture the pack's subjects' data.
     Collection { caller_region: Option<domicile_types::RegionId>, allow: bool },
@@ -284,8 +293,13 @@ fn read_checks(
         let allow = effect(sink, &t);
         let transfer = t.opt_str(sink, "transfer").map(|v| (*v.get_ref()).to_owned());
         let _ = t.opt_str(sink, "note");
-        if let (Some(name), Some(caller_region), Some(purpose), Some(allow)) = (name, caller_region, purpose, allow) {
-            let kind = CheckKind::Transfer { caller_region, purpose, allow, transfer };
+        // Without `at` the request is at the epoch's end of 2026 (only consent dates matter).
+        let at = instant(sink, &t, "at", false).map(|a| a.unwrap_or(1_798_761_600));
+        let consent = at.and_then(|at| read_transfer_consent(sink, &t, at));
+        if let (Some(name), Some(caller_region), Some(purpose), Some(allow), Some(at), Some(consent)) =
+            (name, caller_region, purpose, allow, at, consent)
+        {
+            let kind = CheckKind::Transfer { caller_region, purpose, allow, transfer, consent, at };
             out.push(Check { name, path: source.path.clone(), line, kind });
         }
     }
@@ -369,6 +383,11 @@ fn read_consent(sink: &mut Sink<'_>, case: &Table<'_, '_>, at: Option<i64>) -> O
         }
         kind
     });
+    // Hours are window ids of the pack; one it does not define covers nothing (the engine's rule).
+    let hours: Vec<String> = t
+        .opt_strings(sink, "hours")
+        .map(|list| list.get_ref().iter().map(|h| (*h.get_ref()).to_owned()).collect())
+        .unwrap_or_default();
     match (state, captured, expires, kind_ok) {
         (Some(state), Some(Some(captured_at_unix)), Some(expires_at_unix), true) => Some(Some(ConsentFact {
             state,
@@ -376,7 +395,37 @@ fn read_consent(sink: &mut Sink<'_>, case: &Table<'_, '_>, at: Option<i64>) -> O
             expires_at_unix,
             double_opt_in_confirmed: double_opt_in,
             kind,
+            hours,
         })),
+        _ => None,
+    }
+}
+
+/// A transfer check's `consent = { state, kind, captured_at, expires_at }`: `None` on error,
+/// `Some(None)` when the subject has none on record.
+fn read_transfer_consent(
+    sink: &mut Sink<'_>,
+    check: &Table<'_, '_>,
+    at: i64,
+) -> Option<Option<crate::model::TransferConsentFact>> {
+    let Some((table, span)) = check.table(sink, "consent", false) else {
+        return if check.get("consent").is_some() { None } else { Some(None) };
+    };
+    let t = Table::new(sink, table, span, "`consent`", TRANSFER_CONSENT_KEYS);
+    let state = t.req_str(sink, "state").and_then(|v| term(sink, &v, ConsentState::parse));
+    let kind = t.req_str(sink, "kind").and_then(|v| {
+        let kind = crate::model::TransferConsent::parse(v.get_ref());
+        if kind.is_none() {
+            sink.error(&v.span(), crate::model::TransferConsent::expected());
+        }
+        kind
+    });
+    let captured = instant(sink, &t, "captured_at", false).map(|c| c.unwrap_or(at));
+    let expires = instant(sink, &t, "expires_at", false);
+    match (state, kind, captured, expires) {
+        (Some(state), Some(kind), Some(captured_at_unix), Some(expires_at_unix)) => {
+            Some(Some(crate::model::TransferConsentFact { state, kind, captured_at_unix, expires_at_unix }))
+        }
         _ => None,
     }
 }
@@ -390,6 +439,26 @@ fn read_facts(sink: &mut Sink<'_>, case: &Table<'_, '_>) -> Option<Facts> {
     let flag = |sink: &mut Sink<'_>, key| t.opt_bool(sink, key).is_some_and(|b| *b.get_ref());
     let last_purchase_at = instant(sink, &t, "last_purchase", false)?;
     let last_inquiry_at = instant(sink, &t, "last_inquiry", false)?;
+    let mut ok = true;
+    let recipient = t.opt_str(sink, "recipient").and_then(|v| {
+        let parsed = Recipient::parse(v.get_ref());
+        if parsed.is_none() {
+            sink.error(&v.span(), Recipient::expected());
+            ok = false;
+        }
+        parsed
+    });
+    let age = t.opt_int(sink, "age").and_then(|v| {
+        let age = u8::try_from(*v.get_ref()).ok().filter(|a| *a <= 130);
+        if age.is_none() {
+            sink.error(&v.span(), "`age` must be the subject's age in whole years");
+            ok = false;
+        }
+        age
+    });
+    if !ok {
+        return None;
+    }
     Some(Facts {
         contact_from_sale: flag(sink, "contact_from_sale"),
         similar_products: flag(sink, "similar_products"),
@@ -397,5 +466,7 @@ fn read_facts(sink: &mut Sink<'_>, case: &Table<'_, '_>) -> Option<Facts> {
         on_register: t.opt_bool(sink, "on_register").map(|b| *b.get_ref()),
         last_purchase_at,
         last_inquiry_at,
+        recipient,
+        age,
     })
 }

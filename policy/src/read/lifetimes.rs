@@ -6,11 +6,11 @@ use super::values::period;
 use crate::diag::Sink;
 use crate::model::{ConsentKind, Lifetime};
 
-const LIFETIME_KEYS: &[&str] = &["express", "implied_purchase", "implied_inquiry", "cite"];
+const LIFETIME_KEYS: &[&str] = &["express", "implied_purchase", "implied_inquiry", "guardian", "cite"];
 
 pub(crate) fn read(sink: &mut Sink<'_>, root: &Table<'_, '_>) -> Vec<(Lifetime, Span)> {
     named_tables(sink, root, "lifetimes", "a lifetime", LIFETIME_KEYS, |sink, id, t, key_span| {
-        let mut kinds = [None; 3];
+        let mut kinds = [None; 4];
         for kind in ConsentKind::ALL {
             if let Some(v) = t.opt_str(sink, kind.as_str()) {
                 let value =

@@ -3,15 +3,18 @@
 //!
 //! A pack file is read table by table, one module each, in file-independent order: the schema
 //! and `[pack]` (`metadata`), `[residency]`, `[rights]`, the named definitions
-//! (`[obligations.<id>]`, `[lifetimes.<id>]`, `[windows.<id>]`, `[registers.<id>]`, sharing one
+//! (`[obligations.<id>]`, `[lifetimes.<id>]`, `[windows.<id>]`, `[registers.<id>]`, `[minors.<id>]`, sharing one
 //! namespace: `refs`), then `[[rule]]`. Reading checks a file on its own; what needs other packs
 //! (`extends`, inherited references, coverage) is `compile`'s. `document` is the typed reader over
-//! toml's spanned tree, `values` the value readers the tables share, `cases` the test files.
+//! toml's spanned tree, `values` the value readers the tables share, `cases` the test files,
+//! `calendar` the holiday calendar files (`holidays.toml`).
 
+pub(crate) mod calendar;
 pub(crate) mod cases;
 mod document;
 mod lifetimes;
 mod metadata;
+mod minors;
 mod named;
 mod obligations;
 mod refs;
@@ -39,8 +42,19 @@ pub(crate) use refs::RefKind;
 use residency::ParsedResidency;
 use rules::ParsedRule;
 
-const ROOT_KEYS: &[&str] =
-    &["schema", "pack", "residency", "rights", "signals", "obligations", "lifetimes", "windows", "registers", "rule"];
+const ROOT_KEYS: &[&str] = &[
+    "schema",
+    "pack",
+    "residency",
+    "rights",
+    "signals",
+    "obligations",
+    "lifetimes",
+    "windows",
+    "registers",
+    "minors",
+    "rule",
+];
 
 /// One pack file, read and checked on its own; `compile` resolves `extends` and references.
 pub(crate) struct PackFile {
@@ -95,6 +109,7 @@ pub(crate) fn read_pack(source: &PackSource, sink: &mut Sink<'_>) -> (Option<Pac
         lifetimes: lifetimes::read(sink, &root),
         windows: windows::read(sink, &root),
         registers: registers::read(sink, &root),
+        minors: minors::read(sink, &root),
     };
     definitions.check_names(sink);
 

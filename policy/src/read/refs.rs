@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::document::Span;
 use crate::diag::Sink;
 use crate::model::decision::BUILTIN_OBLIGATIONS;
+use crate::model::rule::Minors;
 use crate::model::{CallingWindow, Lifetime, Obligation, Register};
 
 /// What a rule refers to by id.
@@ -17,6 +18,7 @@ pub(crate) enum RefKind {
     Lifetime,
     Window,
     Register,
+    Minors,
     Replaces,
 }
 
@@ -27,6 +29,7 @@ impl RefKind {
             RefKind::Lifetime => "undefined lifetime; define it under [lifetimes]",
             RefKind::Window => "undefined calling window; define it under [windows]",
             RefKind::Register => "undefined register; define it under [registers]",
+            RefKind::Minors => "undefined minors definition; define it under [minors]",
             RefKind::Replaces => "`replaces` names no rule of an extended pack",
         }
     }
@@ -38,6 +41,7 @@ pub(crate) struct Definitions {
     pub(crate) lifetimes: Vec<(Lifetime, Span)>,
     pub(crate) windows: Vec<(CallingWindow, Span)>,
     pub(crate) registers: Vec<(Register, Span)>,
+    pub(crate) minors: Vec<(Minors, Span)>,
 }
 
 impl Definitions {
@@ -49,6 +53,7 @@ impl Definitions {
             RefKind::Lifetime => self.lifetimes.iter().any(|(o, _)| o.id == name),
             RefKind::Window => self.windows.iter().any(|(o, _)| o.id == name),
             RefKind::Register => self.registers.iter().any(|(o, _)| o.id == name),
+            RefKind::Minors => self.minors.iter().any(|(o, _)| o.id == name),
             RefKind::Replaces => false,
         }
     }
@@ -65,6 +70,7 @@ impl Definitions {
             .chain(self.lifetimes.iter().map(|(o, s)| (o.id.clone(), s.clone())))
             .chain(self.windows.iter().map(|(o, s)| (o.id.clone(), s.clone())))
             .chain(self.registers.iter().map(|(o, s)| (o.id.clone(), s.clone())))
+            .chain(self.minors.iter().map(|(o, s)| (o.id.clone(), s.clone())))
             .collect::<Vec<_>>();
         for (name, span) in all_names {
             let line = sink.line_of(&span);

@@ -8,11 +8,12 @@ use toml::de::DeTable;
 use super::document::{Span, Table};
 use super::values::is_id_segment;
 use crate::diag::Sink;
+use crate::model::terms::TransferConsent;
 use crate::model::{Localisation, Transfer};
 
 const RESIDENCY_KEYS: &[&str] =
     &["home_regions", "localisation", "in_country_collection", "minimised_fields", "transfer", "cite"];
-const TRANSFER_KEYS: &[&str] = &["id", "to", "purposes", "condition", "cite", "minimised_only"];
+const TRANSFER_KEYS: &[&str] = &["id", "to", "purposes", "condition", "cite", "minimised_only", "consent"];
 
 /// `[residency]` as one file states it. The optional keys a file leaves out are inherited from
 /// the packs it extends; `transfer = []` states "none".
@@ -114,6 +115,19 @@ fn read_transfer(sink: &mut Sink<'_>, table: &DeTable<'_>, span: Span) -> Option
     let condition = t.req_non_empty(sink, "condition");
     let cite = t.req_non_empty(sink, "cite");
     let minimised_only = t.opt_bool(sink, "minimised_only").is_none_or(|b| *b.get_ref());
+    let mut consent = Vec::new();
+    if let Some(list) = t.opt_strings(sink, "consent") {
+        for item in list.get_ref() {
+            match TransferConsent::parse(item.get_ref()) {
+                Some(k) if consent.contains(&k) => sink.error(&item.span(), "consent kind listed twice"),
+                Some(k) => consent.push(k),
+                None => sink.error(&item.span(), TransferConsent::expected()),
+            }
+        }
+        if list.get_ref().is_empty() {
+            sink.error(&list.span(), "`consent` must name a kind (leave it out when no consent is needed)");
+        }
+    }
     let (Some(id), Some(condition), Some(cite)) = (tid, condition, cite) else { return None };
-    Some(Transfer { id, to, purposes, condition, cite, minimised_only })
+    Some(Transfer { id, to, purposes, condition, cite, minimised_only, consent })
 }

@@ -13,6 +13,7 @@ use super::document::{Span, Table};
 use super::refs::{RefKind, References};
 use super::values::{check_range, is_id_segment, opt_instant};
 use crate::diag::Sink;
+use crate::model::terms::Recipient;
 use crate::model::{Basis, Confidence, Rule, SoftCondition};
 
 const RULE_KEYS: &[&str] = &[
@@ -33,6 +34,9 @@ const RULE_KEYS: &[&str] = &[
     "conditions",
     "replaces",
     "customer_within",
+    "recipients",
+    "minors",
+    "separate_consent_hours",
 ];
 
 /// A rule with the spans of everything it refers to, for set-level checks.
@@ -79,6 +83,7 @@ pub(crate) fn read(
                 for &(other, other_line) in entry.iter() {
                     if let Some(o) = rules.get(other).map(|o| &o.rule)
                         && o.overlaps_in_time(rule)
+                        && o.recipient_mask() & rule.recipient_mask() != 0
                     {
                         sink.error(
                             cspan,
@@ -183,7 +188,15 @@ fn read_rule(
     let lifetime = reference(sink, "lifetime");
     let window = reference(sink, "window");
     let screen = reference(sink, "screen");
-    for (kind, value) in [(RefKind::Lifetime, &lifetime), (RefKind::Window, &window), (RefKind::Register, &screen)] {
+    let minors = reference(sink, "minors");
+    let separate_hours = reference(sink, "separate_consent_hours");
+    for (kind, value) in [
+        (RefKind::Lifetime, &lifetime),
+        (RefKind::Window, &window),
+        (RefKind::Register, &screen),
+        (RefKind::Minors, &minors),
+        (RefKind::Window, &separate_hours),
+    ] {
         if let Some(v) = value {
             refs.resolve(sink, kind, v.get_ref(), &v.span());
         }
@@ -225,6 +238,27 @@ fn read_rule(
             replaces_spans.push(item.span());
         }
     }
+    if let (Some(b), Some(h)) = (basis, &separate_hours)
+        && !matches!(b, Basis::OptIn | Basis::DoubleOptIn | Basis::SoftOptIn)
+    {
+        sink.error(&h.span(), format!("`separate_consent_hours` only applies to consent-based rules, not `{b}`"));
+    }
+    let mut recipients = Vec::new();
+    if let Some(list) = r.opt_strings(sink, "recipients") {
+        for item in list.get_ref() {
+            match Recipient::parse(item.get_ref()) {
+                Some(t) if recipients.contains(&t) => sink.error(&item.span(), "recipient type listed twice"),
+                Some(t) => recipients.push(t),
+                None => sink.error(&item.span(), Recipient::expected()),
+            }
+        }
+        if list.get_ref().is_empty() {
+            sink.error(
+                &list.span(),
+                "`recipients` must name at least one recipient type (leave it out for every type)",
+            );
+        }
+    }
     let note = r.opt_str(sink, "note").map(|s| (*s.get_ref()).to_owned());
     let customer_within = super::values::relationship(sink, &r, "customer_within");
     if customer_within.is_some()
@@ -256,6 +290,9 @@ fn read_rule(
         conditions,
         replaces,
         customer_within,
+        recipients,
+        minors: minors.as_ref().map(|v| v.get_ref().clone()),
+        separate_consent_hours: separate_hours.as_ref().map(|v| v.get_ref().clone()),
         pack_id: pack_id.unwrap_or_default().to_owned(),
         path: path.to_owned(),
     };

@@ -71,6 +71,19 @@ impl<S: Store> NodeService<S> {
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
+        if !capture.evidence.hours.is_empty() {
+            // Hours name calling windows of the subject's pack: one it does not define would cover
+            // nothing, so it is refused here rather than recorded as a consent that never counts.
+            let loaded = self.packs.current();
+            let pack = Self::pack_match(&loaded, &meta.jurisdiction)?.pack;
+            if let Some(i) = capture.evidence.hours.iter().position(|h| !pack.windows().iter().any(|w| &w.id == h)) {
+                return Err(FieldViolation::new(
+                    format!("evidence.hours[{i}]"),
+                    "names no calling window of the subject's pack",
+                )
+                .into());
+            }
+        }
         let state = capture.action.resulting_state();
         let consent = NewConsent {
             purpose: capture.purpose,

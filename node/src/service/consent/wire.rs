@@ -34,13 +34,24 @@ pub(in crate::service) async fn consent_history<S: Store>(
 }
 
 fn capture_from_pb(req: &pb::RecordConsentRequest) -> Result<ConsentCapture, FieldViolation> {
+    let shape = convert::record_shape(&req.channels, req.evidence.as_ref())?;
+    let mut evidence = evidence_from_pb(req.evidence.as_ref())?;
+    evidence.consent_kind = shape.kind_text().map(str::to_owned);
+    let channels = match shape {
+        convert::RecordShape::Contact { channels, hours, .. } => {
+            evidence.hours = hours;
+            channels
+        }
+        // A consent to transfers sets no contact cell: only the ledger holds it.
+        convert::RecordShape::Transfer { .. } => Vec::new(),
+    };
     Ok(ConsentCapture {
         purpose: convert::purpose("purpose", &req.purpose)?,
-        channels: convert::channels("channels", &req.channels)?,
+        channels,
         action: convert::consent_action("action", req.action)?,
         captured_at_ms: convert::timestamp_ms("captured_at", req.captured_at.as_ref())?,
         expires_at: convert::timestamp("expires_at", req.expires_at.as_ref())?,
-        evidence: evidence_from_pb(req.evidence.as_ref())?,
+        evidence,
     })
 }
 
@@ -58,6 +69,9 @@ fn evidence_from_pb(pb: Option<&common::Evidence>) -> Result<Evidence, FieldViol
         double_opt_in_confirmed: e.double_opt_in_confirmed,
         // Only `RecordSignal` sets it, from the signal it decoded itself.
         signal: None,
+        // Set from the record's shape (`convert::record_shape`) by the caller.
+        consent_kind: None,
+        hours: Vec::new(),
     })
 }
 
@@ -109,6 +123,8 @@ pub(in crate::service) fn entry_to_pb(record: &ConsentRecord) -> common::Consent
             capture_channel: record.evidence.capture_channel.map(|c| c.to_string()).unwrap_or_default(),
             source_system: token(&record.evidence.source_system),
             double_opt_in_confirmed: record.evidence.double_opt_in_confirmed,
+            consent_kind: record.evidence.consent_kind.clone().unwrap_or_default(),
+            hours: record.evidence.hours.clone(),
             // What the signal was, never the string.
             signal: record.evidence.signal.as_ref().map(|s| common::SignalEvidence {
                 kind: s.kind.clone(),

@@ -7,7 +7,7 @@ pub(super) mod wire;
 use std::collections::BTreeMap;
 
 use domicile_audit::AuditEvent;
-use domicile_policy::PackRef;
+use domicile_policy::{PackRef, TransferConsent, TransferConsentFact};
 use domicile_proto::convert::{FieldViolation, SubjectKey};
 use domicile_runtime::process::now_unix;
 use domicile_types::{Channel, Purpose, SubjectId};
@@ -15,7 +15,10 @@ use domicile_types::{Channel, Purpose, SubjectId};
 use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
-use crate::store::{CLOCK_SKEW_SECS, Idempotency, Interaction, InteractionKind, NewInteraction, Store, StoreError};
+use crate::store::{
+    CLOCK_SKEW_SECS, CurrentConsent, Idempotency, Interaction, InteractionKind, NewInteraction, Store, StoreError,
+    counted_at_ms,
+};
 
 /// An interaction on a channel as reported, checked for form.
 pub(crate) struct InteractionReport {
@@ -108,6 +111,38 @@ impl<S: Store> NodeService<S> {
         Ok((subject, stored))
     }
 
+    /// The subject's consent to transfers of `purpose`'s data in force: of its ledger's records
+    /// without channels and of a transfer kind, the one the ledger's order puts in force (a later
+    /// withdrawal beats an earlier grant, whatever order they arrived in).
+    async fn transfer_consent(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+    ) -> Result<Option<TransferConsentFact>, NodeError> {
+        let mut in_force: Option<(CurrentConsent, TransferConsent)> = None;
+        for record in self.store.consent_history(subject).await? {
+            if record.purpose != purpose || !record.channels.is_empty() {
+                continue;
+            }
+            let Some(kind) = record.evidence.consent_kind.as_deref().and_then(TransferConsent::parse) else {
+                continue;
+            };
+            // Ledger entries keep whole seconds; ties at a second go to the restrictive record.
+            let counted = counted_at_ms(record.state, record.captured_at * 1000, record.recorded_at * 1000);
+            let candidate = CurrentConsent::of(&record, counted);
+            if in_force.as_ref().is_none_or(|(existing, _)| candidate.supersedes(existing)) {
+                in_force = Some((candidate, kind));
+            }
+        }
+        Ok(in_force.map(|(c, kind)| TransferConsentFact {
+            state: c.state,
+            kind,
+            // A capture cannot have happened after it was recorded.
+            captured_at_unix: c.captured_at.min(c.recorded_at.unwrap_or(c.captured_at)),
+            expires_at_unix: c.expires_at,
+        }))
+    }
+
     /// A subject's hand-off context for `caller`. Residency (invariant 2): a caller outside the
     /// home regions needs a transfer of the pack for its region and purpose, gets the minimised
     /// form only, and the transfer is audited before anything is read.
@@ -134,7 +169,12 @@ impl<S: Store> NodeService<S> {
             let purpose = query.purpose.ok_or_else(|| {
                 FieldViolation::new("purpose", "is required when the caller is outside the subject's home regions")
             })?;
-            let transfer = pack.check_transfer(caller_region, purpose)?;
+            // Only packs with transfers that need a recorded consent cost a ledger read.
+            let consent = match pack.residency().needs_consent() {
+                true => self.transfer_consent(&subject, purpose).await?,
+                false => None,
+            };
+            let transfer = pack.check_transfer(caller_region, purpose, consent.as_ref(), now_unix())?;
             // `check_transfer` never permits an unknown region.
             if let (Some(transfer), Some(to)) = (transfer, caller_region.cloned()) {
                 let event = AuditEvent::Transfer {

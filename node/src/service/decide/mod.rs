@@ -5,7 +5,7 @@
 pub(super) mod wire;
 
 use domicile_audit::DecisionEntry;
-use domicile_policy::{ConsentFact, DecisionInput, DecisionParts};
+use domicile_policy::{ConsentFact, ConsentKind, DecisionInput, DecisionParts, Facts, Zone};
 use domicile_proto::convert::FieldViolation;
 use domicile_proto::raw::SubjectKeyRef;
 use domicile_runtime::packs::LoadedPacks;
@@ -16,9 +16,16 @@ use super::NodeService;
 use crate::error::NodeError;
 use crate::store::{CurrentConsent, Store, StoreError, SubjectMeta};
 
-/// One item of a batch as the wire gave it: its id, and its subject key, purpose and channel, or
-/// why it could not be read.
-pub(crate) type BatchItem<'k> = (u64, Result<(SubjectKeyRef<'k>, Purpose, Channel), FieldViolation>);
+/// What the caller asserted about one contact: the facts the pack may decide on, and the
+/// subject's time zone (`None`: every zone of the pack).
+pub(crate) type Asserted = (Facts, Option<Zone>);
+
+/// One item of a batch as the wire gave it: its id, and its subject key, purpose, channel and
+/// asserted facts, or why it could not be read.
+pub(crate) type BatchItem<'k> = (u64, Result<(SubjectKeyRef<'k>, Purpose, Channel, Asserted), FieldViolation>);
+
+/// An item whose subject is known: what the store reads for, and what the caller asserted.
+type Resolved = ((SubjectId, Purpose, Channel), Asserted);
 
 /// Every item of a batch fails alike when the store could not read for the batch.
 fn batch_read_failed(e: &StoreError) -> NodeError {
@@ -65,7 +72,7 @@ impl<S: Store> NodeService<S> {
     /// consent in force for the purpose × channel).
     fn judge<'p>(
         loaded: &'p LoadedPacks,
-        (subject, purpose, channel): (SubjectId, Purpose, Channel),
+        ((subject, purpose, channel), (facts, zone)): Resolved,
         (meta, current): (SubjectMeta, Option<CurrentConsent>),
         at: i64,
     ) -> Result<SubjectDecision<'p>, NodeError> {
@@ -77,16 +84,26 @@ impl<S: Store> NodeService<S> {
             // consent says. Still audited and explainable like any decision.
             return Ok(SubjectDecision { subject, purpose, channel, parts: found.restricted_parts() });
         }
-        let consent = current.map(|c| ConsentFact {
-            state: c.state,
-            // A capture cannot have happened after it was recorded: a future-dated one counts
-            // from its recording (lifetimes too).
-            captured_at_unix: c.captured_at.min(c.recorded_at.unwrap_or(c.captured_at)),
-            expires_at_unix: c.expires_at,
-            double_opt_in_confirmed: c.double_opt_in_confirmed,
-            kind: None,
-        });
-        let input = DecisionInput::new(purpose, channel, at, consent);
+        let consent = match current {
+            None => None,
+            Some(c) => Some(ConsentFact {
+                state: c.state,
+                // A capture cannot have happened after it was recorded: a future-dated one counts
+                // from its recording (lifetimes too).
+                captured_at_unix: c.captured_at.min(c.recorded_at.unwrap_or(c.captured_at)),
+                expires_at_unix: c.expires_at,
+                double_opt_in_confirmed: c.double_opt_in_confirmed,
+                // Checked when recorded; a kind this build does not know fails the decision.
+                kind: match c.kind.as_deref() {
+                    None => None,
+                    Some(kind) => {
+                        Some(ConsentKind::parse(kind).ok_or(NodeError::Internal("stored consent kind is unknown"))?)
+                    }
+                },
+                hours: c.hours,
+            }),
+        };
+        let input = DecisionInput { purpose, channel, at_unix: at, consent, subject_time_zone: zone, facts };
         let parts = found.decision_parts(&pack.evaluate(&input), input.subject_time_zone.as_ref());
         tracing::debug!(pack = %parts.pack, %purpose, %channel, effect = parts.effect.as_str(), "decision");
         Ok(SubjectDecision { subject, purpose, channel, parts })
@@ -94,14 +111,11 @@ impl<S: Store> NodeService<S> {
 
     /// The subject of every readable item: links resolved with one store call for the batch,
     /// subject refs checked to be of this region.
-    async fn resolve_items<'k>(
-        &self,
-        items: Vec<BatchItem<'k>>,
-    ) -> Vec<(u64, Result<(SubjectId, Purpose, Channel), NodeError>)> {
+    async fn resolve_items<'k>(&self, items: Vec<BatchItem<'k>>) -> Vec<(u64, Result<Resolved, NodeError>)> {
         let links: Vec<Link> = items
             .iter()
             .filter_map(|(_, item)| match item {
-                Ok((SubjectKeyRef::Link(link), _, _)) => Some(*link),
+                Ok((SubjectKeyRef::Link(link), _, _, _)) => Some(*link),
                 _ => None,
             })
             .collect();
@@ -114,7 +128,7 @@ impl<S: Store> NodeService<S> {
             .map(|(id, item)| {
                 let resolved = match item {
                     Err(e) => Err(NodeError::from(e)),
-                    Ok((key, purpose, channel)) => {
+                    Ok((key, purpose, channel, asserted)) => {
                         let subject = match key {
                             SubjectKeyRef::Link(_) => match &mut found {
                                 Ok(found) => found
@@ -128,7 +142,7 @@ impl<S: Store> NodeService<S> {
                                 Err(NodeError::Precondition("subject ref names another region"))
                             }
                         };
-                        subject.map(|subject| (subject, purpose, channel))
+                        subject.map(|subject| ((subject, purpose, channel), asserted))
                     }
                 };
                 (id, resolved)
@@ -154,7 +168,7 @@ impl<S: Store> NodeService<S> {
             }
         };
         let wanted: Vec<(SubjectId, Purpose, Channel)> =
-            resolved.iter().filter_map(|(_, item)| item.as_ref().ok().copied()).collect();
+            resolved.iter().filter_map(|(_, item)| item.as_ref().ok().map(|(wanted, _)| *wanted)).collect();
         let mut inputs = match wanted.is_empty() {
             true => Ok(Vec::new().into_iter()),
             false => self.store.decision_inputs_many(&wanted).await.map(Vec::into_iter),

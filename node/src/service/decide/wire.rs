@@ -24,9 +24,11 @@ pub(in crate::service) async fn decide<S: Store>(
     let key = convert::subject_key("subject", req.subject.as_ref())?;
     let purpose = convert::purpose("purpose", &req.purpose)?;
     let channel = convert::channel("channel", &req.channel)?;
+    let asserted = convert::decision_facts("facts", req.facts.as_ref())?;
     let at = convert::timestamp("at", req.at.as_ref())?.unwrap_or_else(now_unix);
     let loaded = node.packs.current();
-    let decided = node.decide_items(&loaded, std::iter::once((0, Ok((key.as_key_ref(), purpose, channel)))), at).await;
+    let decided =
+        node.decide_items(&loaded, std::iter::once((0, Ok((key.as_key_ref(), purpose, channel, asserted)))), at).await;
     // Encoded and read back as a batch's item is, so the two forms cannot differ.
     let mut batch = EncodedDecideBatch::with_capacity(1);
     push_decision(node, &mut batch, 0, &decided.into_only()?);
@@ -50,14 +52,13 @@ pub(in crate::service) async fn decide_typed_batch<S: Store>(
                 key,
                 convert::purpose("purpose", &item.purpose)?,
                 convert::channel("channel", &item.channel)?,
+                convert::decision_facts("facts", item.facts.as_ref())?,
             ))
         })
         .collect();
-    let items = req
-        .items
-        .iter()
-        .zip(&keys)
-        .map(|(item, key)| (item.id, key.as_ref().map(|(k, p, c)| (k.as_key_ref(), *p, *c)).map_err(Clone::clone)));
+    let items = req.items.iter().zip(&keys).map(|(item, key)| {
+        (item.id, key.as_ref().map(|(k, p, c, a)| (k.as_key_ref(), *p, *c, a.clone())).map_err(Clone::clone))
+    });
     let loaded = node.packs.current();
     decoded(&encode(node, node.decide_items(&loaded, items, at).await))
 }
@@ -68,7 +69,14 @@ impl<S: Store> NodeService<S> {
     pub async fn decide_batch_encoded(&self, request: RawDecideBatchRequest) -> Result<EncodedDecideBatch, Status> {
         let at = batch_time(request.items.len(), request.at.as_ref())?;
         let items = request.items.iter().map(|item| {
-            let read = || Ok((item.subject_key("subject")?, item.purpose("purpose")?, item.channel("channel")?));
+            let read = || {
+                Ok((
+                    item.subject_key("subject")?,
+                    item.purpose("purpose")?,
+                    item.channel("channel")?,
+                    convert::decision_facts("facts", item.facts.as_ref())?,
+                ))
+            };
             (item.id, read())
         });
         let loaded = self.packs.current();

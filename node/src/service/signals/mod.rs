@@ -102,6 +102,8 @@ impl<S: Store> NodeService<S> {
                     source_system: source_system.clone(),
                     double_opt_in_confirmed: false,
                     signal: Some(signal),
+                    consent_kind: None,
+                    hours: Vec::new(),
                 },
             };
             let (_, record) = self.capture_consent(key, caller, capture, entry_tag(tag, index).as_ref()).await?;
