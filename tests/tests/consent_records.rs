@@ -89,8 +89,17 @@ async fn consent(
 async fn state_of(gateway: &mut DomicileClient<Channel>, email: &str) -> (Vec<(String, String)>, Vec<i32>) {
     let history =
         gateway.consent_history(gw::ConsentHistoryRequest { subject: select_email(email) }).await.unwrap().into_inner();
-    let mut in_force: Vec<(String, String)> =
-        history.entries.iter().map(|e| (format!("{}/{}", e.purpose, e.channels.join("+")), e.state.clone())).collect();
+    // Each entry with its kind and hours, so an implied consent or one for some hours that came
+    // back as plain express consent would show.
+    let mut in_force: Vec<(String, String)> = history
+        .entries
+        .iter()
+        .map(|e| {
+            let evidence = e.evidence.clone().unwrap_or_default();
+            let kind = format!("{}/{}", evidence.consent_kind, evidence.hours.join("+"));
+            (format!("{}/{}/{kind}", e.purpose, e.channels.join("+")), e.state.clone())
+        })
+        .collect();
     in_force.sort();
     let mut decisions = Vec::new();
     for (purpose, channel) in
@@ -129,7 +138,28 @@ async fn a_ledger_exported_as_27560_or_kantara_and_imported_elsewhere_decides_th
     consent(&mut gateway, source, "marketing", &["email"], common::ConsentAction::Withdraw, now - 1000, None).await;
     consent(&mut gateway, source, "profiling", &["web"], common::ConsentAction::Deny, now - 900, None).await;
     consent(&mut gateway, source, "research", &["voice"], common::ConsentAction::Grant, now - 800, None).await;
+    // A consent to transfers (no channels) and an implied one travel with their kinds.
+    for (purpose, channels, kind) in
+        [("service", vec![], "explicit_transfer"), ("marketing", vec!["sms".to_owned()], "implied_purchase")]
+    {
+        let request = gw::RecordConsentRequest {
+            subject: select_email(source),
+            purpose: purpose.into(),
+            channels,
+            action: common::ConsentAction::Grant as i32,
+            evidence: Some(common::Evidence {
+                notice_version: "privacy-notice-v3".into(),
+                source_system: "web-shop".into(),
+                consent_kind: kind.into(),
+                ..Default::default()
+            }),
+            captured_at: Some(prost_types::Timestamp { seconds: now - 700, nanos: 0 }),
+            ..Default::default()
+        };
+        gateway.record_consent(request).await.unwrap();
+    }
     let expected = state_of(&mut gateway, source).await;
+    assert!(expected.0.iter().any(|(cell, _)| cell == "service//explicit_transfer/"), "{:?}", expected.0);
 
     let eu_addr = cluster.node_addr(&region("eu-central")).unwrap().to_string();
     let ops = cluster.issue_caller("records-ops", "eu-central", &[Scope::Context, Scope::Capture]).unwrap();

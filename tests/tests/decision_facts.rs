@@ -130,7 +130,35 @@ async fn facts_and_consent_scope_reach_the_pack_through_every_door() {
     let status = grant(&mut client, &kr, "marketing", "sms", "", &["Night Time"]).await.expect_err("malformed");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(!status.message().contains("Night Time"), "{status:?}");
-    assert!(!allowed(&decide(&mut client, &kr, "marketing", "sms", KR_NIGHT, None).await), "a refused write counted");
+    let entries = |history: gw::ConsentHistoryResponse| history.entries.len();
+    let ledger =
+        client.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kr) }).await.unwrap().into_inner();
+    assert_eq!(entries(ledger), 1, "a refused write reached the ledger");
+    // A time zone the caller names must be one of the subject's pack: a caller that could name
+    // any zone could move the night to its own afternoon.
+    for (zone, allowed_zone) in [("Asia/Seoul", true), ("Europe/London", false), ("Etc/GMT-14", false)] {
+        let facts = Some(common::DecisionFacts { time_zone: zone.into(), ..Default::default() });
+        let reply = client
+            .decide(gw::DecideRequest {
+                subject: select_ref(&kr),
+                purpose: "marketing".into(),
+                channel: "sms".into(),
+                at: at(KR_NIGHT),
+                facts,
+            })
+            .await;
+        match (reply, allowed_zone) {
+            (Ok(reply), true) => {
+                let d = reply.into_inner().decision.unwrap();
+                assert!(!allowed(&d), "22:00 in Seoul: {}", d.explanation);
+            }
+            (Err(status), false) => {
+                assert_eq!(status.code(), Code::InvalidArgument, "{zone}: {status:?}");
+                assert!(status.message().contains("facts.time_zone") && !status.message().contains(zone), "{status:?}");
+            }
+            (other, _) => panic!("{zone}: {other:?}"),
+        }
+    }
     // The separate night-time consent, recorded as such, lets the ad through at night.
     grant(&mut client, &kr, "marketing", "sms", "", &["night"]).await.expect("night consent");
     let night = decide(&mut client, &kr, "marketing", "sms", KR_NIGHT, None).await;
@@ -140,6 +168,22 @@ async fn facts_and_consent_scope_reach_the_pack_through_every_door() {
         client.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kr) }).await.unwrap().into_inner();
     let last = history.entries.last().and_then(|e| e.evidence.clone()).expect("evidence");
     assert_eq!(last.hours, ["night"]);
+    // A withdrawal is never refused over hours it repeats (here of a window the pack no longer
+    // has): it covers every hour.
+    let withdrawal = client
+        .record_consent(gw::RecordConsentRequest {
+            subject: select_ref(&kr),
+            purpose: "marketing".into(),
+            channels: vec!["sms".into()],
+            action: common::ConsentAction::Withdraw as i32,
+            evidence: Some(common::Evidence { hours: vec!["weekends".into()], ..Default::default() }),
+            ..Default::default()
+        })
+        .await;
+    assert!(withdrawal.is_ok(), "{withdrawal:?}");
+    for when in [KR_NIGHT, KR_DAY] {
+        assert!(!allowed(&decide(&mut client, &kr, "marketing", "sms", when, None).await), "withdrawn");
+    }
 
     // --- California: age is an input; under 13 only a guardian's opt-in counts. ---
     let ca_minor = register(&mut client, "US-CA", "young.reader@example.com").await;

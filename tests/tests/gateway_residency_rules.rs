@@ -228,6 +228,15 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     eu.record_consent(transfer_consent(common::ConsentAction::Withdraw)).await.expect("withdrawal");
     let refused = sa.get_context(context(&lena.subject_ref, "service")).await.unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east", "explicit_transfer"]);
+    // An earlier grant arriving after the withdrawal (a replay, a late batch) does not revive it.
+    let mut late = transfer_consent(common::ConsentAction::Grant);
+    late.captured_at = Some(domicile_proto::prost_types::Timestamp {
+        seconds: domicile_runtime::process::now_unix() - 3600,
+        nanos: 0,
+    });
+    eu.record_consent(late).await.expect("late grant recorded");
+    let refused = sa.get_context(context(&lena.subject_ref, "service")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east", "explicit_transfer"]);
 
     // BR: the ANPD clauses allow any region and purpose.
     let caio = sa.register(register("BR", BR_EMAIL)).await.unwrap().into_inner();

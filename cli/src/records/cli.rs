@@ -189,19 +189,25 @@ async fn import(node: &NodeConnection, subject_ref: &str, format: Format, file: 
         // From what the entry is, not where the file lies: the same entries imported again,
         // from any path, are applied once (for 24 hours).
         let channels: Vec<&str> = entry.channels.iter().map(|c| c.as_str()).collect();
-        let key = format!(
-            "import:{}",
-            &super::stable_id(&[
-                subject_ref,
-                entry.purpose.as_str(),
-                &channels.join(","),
-                entry.state.as_str(),
-                &entry.captured_at.to_string(),
-                &entry.expires_at.map(|t| t.to_string()).unwrap_or_default(),
-                &entry.notice_version,
-                &entry.source_system,
-            ])[..32]
-        );
+        let expires = entry.expires_at.map(|t| t.to_string()).unwrap_or_default();
+        let captured = entry.captured_at.to_string();
+        let channels = channels.join(",");
+        let hours = entry.hours.join(",");
+        let mut parts = vec![
+            subject_ref,
+            entry.purpose.as_str(),
+            &channels,
+            entry.state.as_str(),
+            &captured,
+            &expires,
+            &entry.notice_version,
+            &entry.source_system,
+        ];
+        // Only when set, so keys of entries without them stay what earlier versions sent.
+        if !entry.consent_kind.is_empty() || !entry.hours.is_empty() {
+            parts.extend([entry.consent_kind.as_str(), hours.as_str()]);
+        }
+        let key = format!("import:{}", &super::stable_id(&parts)[..32]);
         client
             .record_consent(pb::RecordConsentRequest {
                 subject: Some(subject_key(subject_ref)),
@@ -214,7 +220,8 @@ async fn import(node: &NodeConnection, subject_ref: &str, format: Format, file: 
                     source_system: entry.source_system.clone(),
                     double_opt_in_confirmed: entry.double_opt_in_confirmed,
                     signal: None,
-                    ..Default::default()
+                    consent_kind: entry.consent_kind.clone(),
+                    hours: entry.hours.clone(),
                 }),
                 captured_at: Some(domicile_proto::convert::to_timestamp(entry.captured_at)),
                 expires_at: entry.expires_at.map(domicile_proto::convert::to_timestamp),
@@ -241,6 +248,8 @@ fn entry_from_pb(entry: &common::ConsentEntry) -> anyhow::Result<Entry> {
         source_system: evidence.source_system,
         capture_channel: Channel::parse(&evidence.capture_channel).ok(),
         double_opt_in_confirmed: evidence.double_opt_in_confirmed,
+        consent_kind: evidence.consent_kind,
+        hours: evidence.hours,
     })
 }
 

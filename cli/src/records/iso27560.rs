@@ -115,7 +115,22 @@ fn event(entry: &Entry) -> Value {
     if let Some(channel) = entry.capture_channel {
         event["domicile:capture_channel"] = json!(channel.as_str());
     }
+    if !entry.consent_kind.is_empty() {
+        event["domicile:consent_kind"] = json!(entry.consent_kind);
+    }
+    if !entry.hours.is_empty() {
+        event["domicile:hours"] = json!(entry.hours);
+    }
     event
+}
+
+/// A list of strings (absent: empty); `Err` for anything else.
+pub(super) fn strings(value: Option<&Value>) -> Result<Vec<String>, ()> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items.iter().map(|v| v.as_str().map(str::to_owned).ok_or(())).collect(),
+        Some(_) => Err(()),
+    }
 }
 
 /// Ledger entries from 27560 records (a JSON array, or one record), in event order per record.
@@ -208,6 +223,9 @@ pub fn import(value: &Value) -> Result<Vec<Entry>, String> {
                     .get("domicile:double_opt_in_confirmed")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                consent_kind: text("domicile:consent_kind"),
+                hours: strings(event.get("domicile:hours"))
+                    .map_err(|()| format!("{} is not a list of window ids", at("domicile:hours")))?,
             });
         }
     }
@@ -227,7 +245,7 @@ mod tests {
     fn export_then_import_gives_the_same_entries() {
         let (principal, entries) = super::super::tests::sample();
         let records = export(&principal, &entries);
-        assert_eq!(records.as_array().map(Vec::len), Some(4), "one record per purpose and channels");
+        assert_eq!(records.as_array().map(Vec::len), Some(7), "one record per purpose and channels");
         let mut back = import(&records).unwrap();
         back.sort_by_key(|e| e.sequence);
         assert_eq!(back, entries);

@@ -34,6 +34,12 @@ pub fn export(principal: &Principal, entries: &[Entry], controller: &str) -> Val
                 if let Some(expires) = e.expires_at {
                     extension["expires_at"] = json!(expires);
                 }
+                if !e.consent_kind.is_empty() {
+                    extension["consent_kind"] = json!(e.consent_kind);
+                }
+                if !e.hours.is_empty() {
+                    extension["hours"] = json!(e.hours);
+                }
                 json!({
                     "version": VERSION,
                     "jurisdiction": principal.jurisdiction,
@@ -50,7 +56,7 @@ pub fn export(principal: &Principal, entries: &[Entry], controller: &str) -> Val
                         "purposes": [{
                             "purpose": e.purpose.as_str(),
                             "purposeCategory": [e.purpose.as_str()],
-                            "consentType": "EXPLICIT",
+                            "consentType": if e.consent_kind.starts_with("implied") { "IMPLICIT" } else { "EXPLICIT" },
                             "piiCategory": channels,
                             "primaryPurpose": true,
                             "termination": e.expires_at.map_or_else(|| "until withdrawn".to_owned(), |t| format!("at {t} (Unix seconds)")),
@@ -125,6 +131,9 @@ pub fn import(value: &Value) -> Result<Vec<Entry>, String> {
                 .and_then(|d| d.get("double_opt_in_confirmed"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            consent_kind: text(extension.and_then(|d| d.get("consent_kind"))),
+            hours: super::iso27560::strings(extension.and_then(|d| d.get("hours")))
+                .map_err(|()| format!("{} is not a list of window ids", at("domicile.hours")))?,
         });
     }
     Ok(out)

@@ -34,6 +34,11 @@ pub struct Entry {
     pub source_system: String,
     pub capture_channel: Option<Channel>,
     pub double_opt_in_confirmed: bool,
+    /// What the consent rests on (`implied_purchase`, `guardian`, `explicit_transfer`, ...); empty:
+    /// express. A consent to transfers has no channels.
+    pub consent_kind: String,
+    /// The calling windows of the subject's pack the consent is limited to; empty: every hour.
+    pub hours: Vec<String>,
 }
 
 /// RFC 3339 in UTC, seconds.
@@ -91,8 +96,10 @@ mod tests {
             source_system: "web-shop".into(),
             capture_channel: Some(Channel::Web),
             double_opt_in_confirmed: sequence % 2 == 0,
+            consent_kind: String::new(),
+            hours: Vec::new(),
         };
-        let entries = vec![
+        let mut entries = vec![
             entry(1, Purpose::Marketing, &[Channel::Email], ConsentState::Granted, 1_760_000_000, None),
             entry(
                 2,
@@ -105,7 +112,15 @@ mod tests {
             entry(3, Purpose::Marketing, &[Channel::Email], ConsentState::Withdrawn, 1_760_000_200, None),
             entry(4, Purpose::Profiling, &[Channel::Web], ConsentState::Denied, 1_760_000_300, None),
             entry(5, Purpose::Research, &[Channel::Voice], ConsentState::Granted, 1_760_000_400, None),
+            // A consent of another kind, one limited to hours, and a consent to transfers (no
+            // channels): each must come back as it left.
+            entry(6, Purpose::Marketing, &[Channel::Sms], ConsentState::Granted, 1_760_000_500, None),
+            entry(7, Purpose::Marketing, &[Channel::Push], ConsentState::Granted, 1_760_000_600, None),
+            entry(8, Purpose::Service, &[], ConsentState::Granted, 1_760_000_700, None),
         ];
+        entries[5].consent_kind = "implied_purchase".into();
+        entries[6].hours = vec!["night".into()];
+        entries[7].consent_kind = "explicit_transfer".into();
         (principal, entries)
     }
 

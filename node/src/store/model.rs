@@ -44,6 +44,9 @@ pub struct Evidence {
     /// Ids of the subject's pack's calling windows the consent is limited to; empty: every hour.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hours: Vec<String>,
+    /// The pack whose windows `hours` name (set with them): under another pack they cover nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours_pack: Option<String>,
 }
 
 /// A web consent signal kept as evidence with the entries it produced: what it was, who
@@ -99,6 +102,9 @@ pub struct CurrentConsent {
     /// The hours the record is limited to ([`Evidence::hours`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hours: Vec<String>,
+    /// The pack whose windows `hours` name ([`Evidence::hours_pack`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours_pack: Option<String>,
 }
 
 impl CurrentConsent {
@@ -115,6 +121,7 @@ impl CurrentConsent {
             counted_at_ms: Some(counted_at_ms),
             kind: record.evidence.consent_kind.clone(),
             hours: record.evidence.hours.clone(),
+            hours_pack: record.evidence.hours_pack.clone(),
         }
     }
 }

@@ -9,7 +9,7 @@ use domicile_types::ConsentState;
 use crate::model::decision::{ConsentFact, DecisionInput, Effect, Outcome};
 use crate::model::rule::{Lifetime, MinorBand, Rule};
 use crate::model::table::CompiledRule;
-use crate::model::terms::{Basis, ConsentKind};
+use crate::model::terms::{Basis, ConsentKind, UnknownAge};
 use crate::model::window::{CallingWindow, Opening};
 use crate::zone::Zone;
 
@@ -27,28 +27,52 @@ impl Hours<'_> {
     /// zone the subject may be in (a window id the pack does not define covers nothing); inside
     /// the rule's separate hours (open in any of the zones) only a consent naming them counts.
     fn cover(&self, consent: &ConsentFact, at: i64) -> Result<Option<i64>, ()> {
+        // Without a zone nothing can be said about local hours: hours cover nothing then.
+        if self.zones.is_empty() && (!consent.hours.is_empty() || self.separate.is_some()) {
+            return Err(());
+        }
         let mut until = None;
         if !consent.hours.is_empty() {
             let close = consent
                 .hours
                 .iter()
                 .filter_map(|id| self.windows.iter().find(|w| &w.id == id))
-                .filter_map(|w| w.check(self.zones, at).ok())
+                .filter_map(|w| match w.opening(self.zones, at) {
+                    Opening::Open(close) => Some(close),
+                    Opening::Closed(_) | Opening::Uncovered => None,
+                })
                 .max()
                 .ok_or(())?;
             until = Some(close);
         }
         if let Some(separate) = self.separate {
-            let inside = self.zones.iter().any(|z| separate.check(std::slice::from_ref(z), at).is_ok());
-            if inside && !consent.hours.contains(&separate.id) {
-                return Err(());
-            }
-            if !inside {
-                let begins = self.zones.iter().filter_map(|z| separate.next_open(z, at)).min();
-                until = min_opt(until, begins);
+            match self.separate_begins(separate, at) {
+                None if !consent.hours.contains(&separate.id) => return Err(()),
+                None => {}
+                Some(begins) => until = min_opt(until, begins),
             }
         }
         Ok(until)
+    }
+
+    /// When the rule's separate hours begin in some zone (`Some(None)`: not known), or `None`
+    /// when they are on now in some zone, or the holiday calendar cannot tell (fail closed: as if
+    /// they were on).
+    fn separate_begins(&self, separate: &CallingWindow, at: i64) -> Option<Option<i64>> {
+        let mut begins: Option<i64> = None;
+        for zone in self.zones {
+            match separate.opening(std::slice::from_ref(zone), at) {
+                Opening::Open(_) | Opening::Uncovered => return None,
+                Opening::Closed(next) => begins = min_opt(begins, next),
+            }
+        }
+        Some(begins)
+    }
+
+    /// Whether the rule's separate hours are on at `at` in some zone (or cannot be told): then a
+    /// contact that rests on no consent naming them is denied, whatever the basis.
+    fn separate_on(&self, at: i64) -> bool {
+        self.separate.is_some_and(|s| self.zones.is_empty() || self.separate_begins(s, at).is_none())
     }
 }
 
@@ -86,16 +110,32 @@ fn judge_consent(
     }
 }
 
-/// The consent kinds a minors band accepts: each for as long as the rule's lifetime says when it
-/// names the kind, else without a limit of its own (the record's expiry still applies).
+/// The consent kinds a minors band accepts, each for as long as the rule's lifetime lets it
+/// count: a kind the rule's lifetime refuses stays refused, except `guardian`, which counts as
+/// long as the rule lets express consent count when the lifetime does not name it.
 fn band_lifetime<'a>(band: &MinorBand, lifetime: &'a Lifetime) -> Cow<'a, Lifetime> {
     let mut kinds = [None; 4];
     for kind in &band.consent {
+        let limit = match kind {
+            ConsentKind::Guardian => lifetime.accepts(*kind).or_else(|| lifetime.accepts(ConsentKind::Express)),
+            _ => lifetime.accepts(*kind),
+        };
         if let Some(slot) = kinds.get_mut(kind.index()) {
-            *slot = Some(lifetime.accepts(*kind).unwrap_or(None));
+            *slot = limit;
         }
     }
     Cow::Owned(Lifetime { id: lifetime.id.clone(), kinds, cite: lifetime.cite.clone(), line: lifetime.line })
+}
+
+/// How strict a basis is, for a minors band that may only tighten its rule.
+fn strictness(basis: Basis) -> u8 {
+    match basis {
+        Basis::OptOut | Basis::LegitimateInterest => 0,
+        Basis::SoftOptIn => 1,
+        Basis::OptIn => 2,
+        Basis::DoubleOptIn => 3,
+        Basis::Prohibited | Basis::Gap => 4,
+    }
 }
 
 /// Whether a consent on record is in force for a register's exemption: the rule's own verdict for
@@ -150,13 +190,48 @@ pub(crate) fn judge(
     pack_zones: &[Zone],
     windows: &[CallingWindow],
 ) -> (Outcome, Option<i64>) {
-    let at = input.at_unix;
     let zones = input.subject_time_zone.as_ref().map_or(pack_zones, std::slice::from_ref);
     let hours = Hours { separate: compiled.separate_hours.as_ref(), windows, zones };
-    // Below a minors band's age the band's basis and consent kinds replace the rule's.
-    let band = compiled.minors.as_ref().and_then(|m| m.band(input.facts.age));
+    // Below a minors band's age the band tightens the rule. With the age unknown and the pack
+    // saying to treat it as a minor's, the contact must pass every band.
+    let Some(minors) = &compiled.minors else { return judge_as(rule, compiled, input, &hours, None) };
+    let bands: Vec<&MinorBand> = match (input.facts.age, minors.unknown_age) {
+        (Some(age), _) => minors.bands.iter().find(|b| age < b.under).into_iter().collect(),
+        (None, UnknownAge::Adult) => Vec::new(),
+        (None, UnknownAge::Minor) => minors.bands.iter().collect(),
+    };
+    if bands.is_empty() {
+        return judge_as(rule, compiled, input, &hours, None);
+    }
+    let mut allowed: Option<(Outcome, Option<i64>)> = None;
+    for band in bands {
+        let verdict = judge_as(rule, compiled, input, &hours, Some(band));
+        if verdict.0.effect() == Effect::Deny {
+            return verdict;
+        }
+        allowed = Some(match allowed {
+            None => verdict,
+            Some((outcome, until)) => (outcome, min_opt(until, verdict.1)),
+        });
+    }
+    allowed.unwrap_or((Outcome::MinorConsentRequired, None))
+}
+
+/// One rule's verdict under its own basis, or under a minors band's where that is stricter.
+fn judge_as(
+    rule: &Rule,
+    compiled: &CompiledRule,
+    input: &DecisionInput,
+    hours: &Hours<'_>,
+    band: Option<&MinorBand>,
+) -> (Outcome, Option<i64>) {
+    let at = input.at_unix;
     let (basis, lifetime) = match band {
-        Some(band) => (band.basis, band_lifetime(band, &compiled.lifetime)),
+        Some(band) if strictness(band.basis) >= strictness(rule.basis) => {
+            (band.basis, band_lifetime(band, &compiled.lifetime))
+        }
+        // A band never loosens: the rule's own basis stands, with the band's consent kinds.
+        Some(band) => (rule.basis, band_lifetime(band, &compiled.lifetime)),
         None => (rule.basis, Cow::Borrowed(&compiled.lifetime)),
     };
     let state = input.consent.as_ref().map(|c| c.state);
@@ -169,11 +244,12 @@ pub(crate) fn judge(
             Some(ConsentState::Granted) => (Outcome::ConsentGranted, None),
             None => recent_customer(rule, input, (Outcome::NoObjection, None)),
         },
-        Basis::OptIn | Basis::DoubleOptIn => judge_consent(basis, &lifetime, at, input.consent.as_ref(), &hours),
-        Basis::SoftOptIn => match judge_consent(basis, &lifetime, at, input.consent.as_ref(), &hours) {
-            // An objection ends a soft opt-in too.
+        Basis::OptIn | Basis::DoubleOptIn => judge_consent(basis, &lifetime, at, input.consent.as_ref(), hours),
+        Basis::SoftOptIn => match judge_consent(basis, &lifetime, at, input.consent.as_ref(), hours) {
+            // An objection ends a soft opt-in too, and hours that need a consent naming them are
+            // not reached by the soft opt-in either.
             granted @ (Outcome::ConsentGranted, _) => granted,
-            objection @ (Outcome::ConsentDenied | Outcome::ConsentWithdrawn, _) => objection,
+            stop @ (Outcome::ConsentDenied | Outcome::ConsentWithdrawn | Outcome::ConsentHoursNotCovered, _) => stop,
             _ if rule.conditions.iter().all(|c| input.facts.holds(*c)) => {
                 recent_customer(rule, input, (Outcome::SoftOptIn, None))
             }
@@ -187,10 +263,15 @@ pub(crate) fn judge(
         };
         return (outcome, valid_until);
     }
+    // Inside hours that need a consent naming them, an allow that rests on no such consent
+    // (no objection, soft opt-in) does not hold.
+    if outcome != Outcome::ConsentGranted && hours.separate_on(at) {
+        return (Outcome::ConsentHoursNotCovered, None);
+    }
     let mut valid_until = min_opt(valid_until, rule.effective_until);
     if let Some(register) = &compiled.register
         && input.facts.on_register == Some(true)
-        && !(register.exempt_with_consent && consent_in_force(basis, outcome, &lifetime, input, &hours))
+        && !(register.exempt_with_consent && consent_in_force(basis, outcome, &lifetime, input, hours))
     {
         // An existing business relationship may exempt a listed number, for as long as it lasts.
         match register
@@ -202,7 +283,7 @@ pub(crate) fn judge(
         }
     }
     if let Some(window) = &compiled.window {
-        return match window.opening(zones, at) {
+        return match window.opening(hours.zones, at) {
             Opening::Open(close) => (outcome, min_opt(valid_until, Some(close))),
             Opening::Closed(next) => (Outcome::OutsideWindow, next),
             // No holiday data for the date: whether it is a public holiday is unknown, never assumed.

@@ -208,9 +208,12 @@ fn minors_bands_tighten_by_age_and_take_the_deciding_packs_age() {
     // Under 13: only the guardian's.
     assert_eq!(sale(Some(12), Some(grant(ConsentKind::Express, &[]))).1, Outcome::MinorConsentRequired);
     assert_eq!(sale(Some(12), Some(grant(ConsentKind::Guardian, &[]))).0, Effect::Allow);
-    // Unknown age: this definition says treat as the youngest band.
+    // Unknown age, which this definition says to treat as a minor's: the contact must pass every
+    // band, and no one consent kind does here (the guardian's fails 13-15, the minor's own under
+    // 13): the caller has to learn the age.
     assert_eq!(sale(None, None).1, Outcome::MinorConsentRequired);
-    assert_eq!(sale(None, Some(grant(ConsentKind::Guardian, &[]))).0, Effect::Allow);
+    assert_eq!(sale(None, Some(grant(ConsentKind::Guardian, &[]))).1, Outcome::MinorConsentRequired);
+    assert_eq!(sale(None, Some(grant(ConsentKind::Express, &[]))).1, Outcome::MinorConsentRequired);
     // A withdrawal stays a withdrawal, whatever the age.
     let withdrawn = ConsentFact { state: ConsentState::Withdrawn, ..grant(ConsentKind::Guardian, &[]) };
     assert_eq!(sale(Some(12), Some(withdrawn)).1, Outcome::ConsentWithdrawn);
@@ -294,4 +297,51 @@ fn separate_consent_hours_need_a_consent_naming_them() {
     // A consent limited to the night hours does not cover the day.
     assert_eq!(sms(T0, &["night"]).1, Outcome::ConsentHoursNotCovered);
     assert_eq!(sms(T0, &["night", "office"]).1, Outcome::ConsentHoursNotCovered, "office is closed at 19:00");
+}
+
+#[test]
+fn a_minors_band_never_loosens_its_rule() {
+    // A prohibited rule and a double opt-in rule, each with an opt-in band: the band may not let a
+    // minor through on a plain consent where an adult could not be.
+    let strict = MEMBER.replace(
+        "[[rule]]\nid = \"m.survey.b2c\"",
+        "[[rule]]\nid = \"m.research.never\"\npurpose = \"research\"\nchannels = [\"sms\"]\nbasis = \"prohibited\"\n\
+         minors = \"sale\"\ncite = \"never\"\nconfidence = \"S\"\n[[rule]]\nid = \"m.research.doi\"\npurpose = \"research\"\n\
+         channels = [\"email\"]\nbasis = \"double_opt_in\"\nminors = \"sale\"\ncite = \"doi\"\nconfidence = \"S\"\n\
+         [[rule]]\nid = \"m.survey.b2c\"",
+    );
+    let (set, _) = PackSet::compile(&[PackSource::new("base.toml", BASE), PackSource::new("m.toml", &strict)]).unwrap();
+    let pack = set.packs().find(|p| p.pack_ref().id == "m").unwrap();
+    let decide = |channel, age, consent: Option<ConsentFact>| {
+        let mut input = DecisionInput::new(Purpose::Research, channel, T0, consent);
+        input.facts.age = Some(age);
+        pack.evaluate(&input).outcome
+    };
+    let guardian = grant(ConsentKind::Guardian, &[]);
+    assert_eq!(decide(Channel::Sms, 12, Some(guardian.clone())), Outcome::Prohibited);
+    // Double opt-in stays double opt-in under the band: an unconfirmed guardian consent fails.
+    assert_eq!(decide(Channel::Email, 12, Some(guardian.clone())), Outcome::DoubleOptInUnconfirmed);
+    let confirmed = ConsentFact { double_opt_in_confirmed: true, ..guardian };
+    assert_eq!(decide(Channel::Email, 12, Some(confirmed)), Outcome::ConsentGranted);
+}
+
+#[test]
+fn inside_separate_hours_no_allow_rests_on_anything_but_a_consent_naming_them() {
+    // A soft opt-in rule with separate hours: the soft opt-in facts reach the day, not the night.
+    let soft = MEMBER.replace(
+        "id = \"m.marketing.sms\"\npurpose = \"marketing\"\nchannels = [\"sms\"]\nbasis = \"opt_in\"",
+        "id = \"m.marketing.sms\"\npurpose = \"marketing\"\nchannels = [\"sms\"]\nbasis = \"soft_opt_in\"",
+    );
+    let (set, _) = PackSet::compile(&[PackSource::new("base.toml", BASE), PackSource::new("m.toml", &soft)]).unwrap();
+    let pack = set.packs().find(|p| p.pack_ref().id == "m").unwrap();
+    let decide = |at, consent: Option<ConsentFact>| {
+        let mut input = DecisionInput::new(Purpose::Marketing, Channel::Sms, at, consent);
+        input.facts =
+            Facts { contact_from_sale: true, similar_products: true, opt_out_offered: true, ..Facts::default() };
+        pack.evaluate(&input).outcome
+    };
+    assert_eq!(decide(T0 - 8 * HOUR, None), Outcome::SoftOptIn, "11:00 Seoul");
+    assert_eq!(decide(T0 + 3 * HOUR, None), Outcome::ConsentHoursNotCovered, "22:00 Seoul");
+    assert_eq!(decide(T0 + 3 * HOUR, Some(grant(ConsentKind::Express, &[]))), Outcome::ConsentHoursNotCovered);
+    assert_eq!(decide(T0 + 3 * HOUR, Some(grant(ConsentKind::Express, &["night"]))), Outcome::ConsentGranted);
 }

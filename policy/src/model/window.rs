@@ -211,7 +211,9 @@ impl CallingWindow {
 
     /// Whether contact at `at_unix` is inside the window in every zone. `Ok(close)` gives when the
     /// earliest current slot closes; `Err(next)` when it is next open in all zones at once, and
-    /// `Err(None)` also for a date the holiday calendar does not cover (never open).
+    /// `Err(None)` also for a date the holiday calendar does not cover (never open). For tests:
+    /// the engine matches on [`CallingWindow::opening`].
+    #[cfg(test)]
     pub(crate) fn check(&self, zones: &[Zone], at_unix: i64) -> Result<i64, Option<i64>> {
         match self.opening(zones, at_unix) {
             Opening::Open(close) => Ok(close),

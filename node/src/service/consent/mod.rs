@@ -4,7 +4,7 @@ pub(super) mod wire;
 
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_runtime::process::now_unix_ms;
-use domicile_types::{Channel, ConsentAction, Purpose, SubjectId};
+use domicile_types::{Channel, ConsentAction, ConsentState, Purpose, SubjectId};
 
 use super::unit::Settled;
 use super::{Caller, NodeService};
@@ -71,20 +71,28 @@ impl<S: Store> NodeService<S> {
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
-        if !capture.evidence.hours.is_empty() {
+        let state = capture.action.resulting_state();
+        let mut evidence = capture.evidence;
+        if state != ConsentState::Granted {
+            // A denial or withdrawal covers every hour: hours it repeats (perhaps of a window
+            // since renamed) neither limit it nor make it refusable.
+            evidence.hours.clear();
+        }
+        if !evidence.hours.is_empty() {
             // Hours name calling windows of the subject's pack: one it does not define would cover
             // nothing, so it is refused here rather than recorded as a consent that never counts.
+            // The pack is kept with them: under another pack the same ids mean nothing.
             let loaded = self.packs.current();
             let pack = Self::pack_match(&loaded, &meta.jurisdiction)?.pack;
-            if let Some(i) = capture.evidence.hours.iter().position(|h| !pack.windows().iter().any(|w| &w.id == h)) {
+            if let Some(i) = evidence.hours.iter().position(|h| !pack.windows().iter().any(|w| &w.id == h)) {
                 return Err(FieldViolation::new(
                     format!("evidence.hours[{i}]"),
                     "names no calling window of the subject's pack",
                 )
                 .into());
             }
+            evidence.hours_pack = Some(pack.id().to_owned());
         }
-        let state = capture.action.resulting_state();
         let consent = NewConsent {
             purpose: capture.purpose,
             channels: capture.channels,
@@ -93,7 +101,7 @@ impl<S: Store> NodeService<S> {
             recorded_at: now,
             counted_at_ms: counted_at_ms(state, captured_at_ms, now_ms),
             expires_at: capture.expires_at,
-            evidence: capture.evidence,
+            evidence,
         };
         let (record, _) = match self.settle(self.store.append_consent(&subject, consent, tag).await).await? {
             Settled::Applied(recorded) => recorded,

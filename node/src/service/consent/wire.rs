@@ -72,6 +72,7 @@ fn evidence_from_pb(pb: Option<&common::Evidence>) -> Result<Evidence, FieldViol
         // Set from the record's shape (`convert::record_shape`) by the caller.
         consent_kind: None,
         hours: Vec::new(),
+        hours_pack: None,
     })
 }
 

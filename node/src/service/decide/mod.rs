@@ -100,9 +100,25 @@ impl<S: Store> NodeService<S> {
                         Some(ConsentKind::parse(kind).ok_or(NodeError::Internal("stored consent kind is unknown"))?)
                     }
                 },
-                hours: c.hours,
+                // Hours name windows of the pack they were recorded under; under another they
+                // cover nothing (an id with `:` matches no window).
+                hours: match c.hours_pack.as_deref() {
+                    Some(recorded) if recorded != pack.id() => {
+                        c.hours.iter().map(|h| format!("{recorded}:{h}")).collect()
+                    }
+                    _ => c.hours,
+                },
             }),
         };
+        // A caller may narrow the zones to the subject's own, never widen or move them: a zone the
+        // pack does not list would let it pick the local time of calling windows.
+        if let Some(zone) = &zone
+            && !pack.time_zones().iter().any(|z| z.name() == zone.name())
+        {
+            return Err(
+                FieldViolation::new("facts.time_zone", "is not one of the time zones of the subject's pack").into()
+            );
+        }
         let input = DecisionInput { purpose, channel, at_unix: at, consent, subject_time_zone: zone, facts };
         let parts = found.decision_parts(&pack.evaluate(&input), input.subject_time_zone.as_ref());
         tracing::debug!(pack = %parts.pack, %purpose, %channel, effect = parts.effect.as_str(), "decision");

@@ -104,6 +104,7 @@ impl<S: Store> NodeService<S> {
                     signal: Some(signal),
                     consent_kind: None,
                     hours: Vec::new(),
+                    hours_pack: None,
                 },
             };
             let (_, record) = self.capture_consent(key, caller, capture, entry_tag(tag, index).as_ref()).await?;

@@ -253,6 +253,7 @@ async fn a_read_racing_a_write_never_caches_the_old_value() {
         counted_at_ms: None,
         kind: None,
         hours: Vec::new(),
+        hours_pack: None,
     };
     store.cache.fill(&s, epoch, |c| c.current.push(((Purpose::Marketing, Channel::Email), Some(old))));
     let now = store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap().unwrap();
