@@ -120,6 +120,10 @@ struct RuleView {
     window: Option<String>,
     register: Option<String>,
     lifetime: Option<String>,
+    /// "business only" and the like; `None` for a rule of every recipient type.
+    recipients: Option<String>,
+    minors: Option<String>,
+    separate_hours: Option<String>,
     obligations: Vec<String>,
     note: Option<String>,
     path: String,
@@ -192,6 +196,32 @@ fn rule_view(pack: &domicile_policy::Pack, rule: &Rule) -> RuleView {
         Some(l) => format!("{id} ({})", l.cite),
         None => id.clone(),
     });
+    let recipients = (!rule.recipients.is_empty())
+        .then(|| format!("{} only", rule.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" and ")));
+    let minors = rule.minors.as_ref().map(|id| match pack.minors().iter().find(|m| &m.id == id) {
+        Some(m) => {
+            let bands: Vec<String> = m
+                .bands
+                .iter()
+                .map(|b| {
+                    let kinds: Vec<&str> = b.consent.iter().map(|k| k.as_str()).collect();
+                    format!(
+                        "under {}: {} ({})",
+                        b.under,
+                        b.basis,
+                        if kinds.is_empty() { "no consent".into() } else { kinds.join(" or ") }
+                    )
+                })
+                .collect();
+            format!("{id}: {}; unknown age as {} ({})", bands.join("; "), m.unknown_age, m.cite)
+        }
+        None => id.clone(),
+    });
+    let separate_hours =
+        rule.separate_consent_hours.as_ref().map(|id| match pack.windows().iter().find(|w| &w.id == id) {
+            Some(w) => format!("{id}: {} (only a consent recorded for these hours counts; {})", w.describe(), w.cite),
+            None => id.clone(),
+        });
     let obligations = rule
         .obligations
         .iter()
@@ -221,6 +251,9 @@ fn rule_view(pack: &domicile_policy::Pack, rule: &Rule) -> RuleView {
         window,
         register,
         lifetime,
+        recipients,
+        minors,
+        separate_hours,
         obligations,
         note: rule.note.clone(),
         path: rule.path.clone(),
@@ -307,11 +340,30 @@ fn matrix(packs: &[PackPage], set: &PackSet) -> Vec<PurposeSection> {
                                     (holidays, "holidays"),
                                     (rule.screen.is_some(), "register"),
                                     (rule.lifetime.is_some(), "lifetime"),
+                                    (rule.minors.is_some(), "minors"),
+                                    (rule.separate_consent_hours.is_some(), "separate hours"),
                                     (rule.confidence.as_str() == "U", "[U]"),
                                     (rule.effective_from.is_some() || rule.effective_until.is_some(), "dated"),
                                 ] {
                                     if present {
                                         marks.push(mark.to_owned());
+                                    }
+                                }
+                                // A cell whose rules differ by recipient type says so, with the
+                                // other types' basis (each rule is on the pack's page).
+                                if !rule.recipients.is_empty() {
+                                    let own: Vec<&str> = rule.recipients.iter().map(|r| r.as_str()).collect();
+                                    marks.push(format!("{} only", own.join(" and ")));
+                                    for other in pack.rules_for(purpose, channel).skip(1) {
+                                        if !other.recipients.is_empty() && other.recipients != rule.recipients {
+                                            let names: Vec<&str> =
+                                                other.recipients.iter().map(|r| r.as_str()).collect();
+                                            marks.push(format!(
+                                                "{}: {}",
+                                                names.join(" and "),
+                                                basis_view(other.basis).0
+                                            ));
+                                        }
                                     }
                                 }
                                 CellView {
@@ -424,6 +476,9 @@ fn rule_fields(a: &RuleView, b: &RuleView) -> (Vec<String>, Vec<String>) {
             ("window", r.window.clone().unwrap_or_else(|| "none".into())),
             ("register", r.register.clone().unwrap_or_else(|| "none".into())),
             ("lifetime", r.lifetime.clone().unwrap_or_else(|| "none".into())),
+            ("recipients", r.recipients.clone().unwrap_or_else(|| "every type".into())),
+            ("minors", r.minors.clone().unwrap_or_else(|| "none".into())),
+            ("separate consent hours", r.separate_hours.clone().unwrap_or_else(|| "none".into())),
             ("obligations", r.obligations.join(" | ")),
         ]
     };
@@ -466,7 +521,14 @@ fn facts(p: &PackPage) -> Vec<(&'static str, String)> {
             "transfers",
             r.transfers
                 .iter()
-                .map(|t| format!("{} to {} for {} ({})", t.id, t.to.join("/"), t.purposes.join("/"), t.cite))
+                .map(|t| {
+                    let consent = if t.consent.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" on {} consent", t.consent.join("/"))
+                    };
+                    format!("{} to {} for {}{consent} ({})", t.id, t.to.join("/"), t.purposes.join("/"), t.cite)
+                })
                 .collect::<Vec<_>>()
                 .join(" | "),
         ),

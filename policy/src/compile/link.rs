@@ -277,6 +277,7 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
     let windows = merged(members, |m| m.definitions.windows.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
     let registers =
         merged(members, |m| m.definitions.registers.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
+    let minors = merged(members, |m| m.definitions.minors.iter().map(|(o, _)| (o.id.clone(), o.clone())).collect());
 
     if sink.diagnostics.iter().filter(|d| d.is_error()).count() > errors_before {
         return None;
@@ -306,6 +307,7 @@ pub(crate) fn link(members: &[&PackFile], sink: &mut Sink<'_>) -> Option<Pack> {
         lifetimes,
         windows,
         registers,
+        minors,
         rules: me.rules.iter().map(|p| p.rule.clone()).collect(),
         effective_rules,
         table,

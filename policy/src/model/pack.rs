@@ -5,7 +5,7 @@
 use domicile_types::{Channel, Jurisdiction, Purpose, RegionId};
 
 use super::residency::{Residency, ResidencyRefusal, Transfer, TransferConsentFact};
-use super::rule::{Lifetime, Obligation, Register, Rule};
+use super::rule::{Lifetime, Minors, Obligation, Register, Rule};
 use super::table::DecisionTable;
 use super::terms::{Localisation, PackKind, PackRef, Period};
 use super::window::CallingWindow;
@@ -86,6 +86,8 @@ pub struct Pack {
     pub(crate) lifetimes: Vec<Lifetime>,
     pub(crate) windows: Vec<CallingWindow>,
     pub(crate) registers: Vec<Register>,
+    /// `[minors]` definitions visible to this pack (its own shadow inherited ones of the same id).
+    pub(crate) minors: Vec<Minors>,
     /// Rules this pack's file defines.
     pub(crate) rules: Vec<Rule>,
     /// Rules that decide for this pack: its own and those it inherits, most specific first.
@@ -207,6 +209,11 @@ impl Pack {
 
     pub fn windows(&self) -> &[CallingWindow] {
         &self.windows
+    }
+
+    /// The `[minors]` definitions the pack's rules may name, nearest first.
+    pub fn minors(&self) -> &[Minors] {
+        &self.minors
     }
 
     pub fn registers(&self) -> &[Register] {
