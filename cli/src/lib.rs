@@ -3,6 +3,7 @@
 mod audit;
 pub mod client;
 pub mod cluster;
+pub mod import;
 mod kek;
 mod load;
 mod node_check;
@@ -48,6 +49,10 @@ enum Command {
     /// and into its home node (in-region only).
     #[command(subcommand)]
     Records(records::RecordsCommand),
+    /// Import consent from another system (OneTrust, Fides, Transcend, Ketch or Domicile NDJSON)
+    /// through the gateway: each row to its subject's home region, applied once per source event,
+    /// a receipt per row, resumable.
+    Import(import::driver::ImportArgs),
     /// Decode or encode IAB TCF and GPP consent strings (what a string says, in words or JSON).
     #[command(subcommand)]
     Signals(signals::SignalsCommand),
@@ -148,6 +153,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Audit(command) => audit::run(command),
         Command::Signals(command) => signals::run(command),
         Command::Records(command) => records::run(command).await,
+        Command::Import(args) => import::driver::run(args).await,
         Command::Load(args) => load::run(args).await,
         Command::Kek(command) => report(kek::run(command).await),
     }

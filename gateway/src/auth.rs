@@ -42,7 +42,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     };
     Some(match method {
         "Decide" | "DecideStream" => Scope::Decide,
-        "Register" | "RecordConsent" | "RecordSignal" => Scope::Capture,
+        "Register" | "RecordConsent" | "RecordSignal" | "ImportConsent" => Scope::Capture,
         "Merge" | "RecordInteraction" => Scope::Capture,
         "Resolve" | "ConsentHistory" | "Watch" => Scope::Context,
         "GetContext" => Scope::Context,
@@ -63,6 +63,7 @@ fn needs_caller(path: &str) -> bool {
             "Register"
                 | "RecordConsent"
                 | "RecordSignal"
+                | "ImportConsent"
                 | "RecordInteraction"
                 | "Rectify"
                 | "GetContext"

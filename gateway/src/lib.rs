@@ -16,6 +16,7 @@ pub mod directory;
 mod error;
 mod gateway;
 pub mod guard;
+mod import;
 mod metrics;
 mod node_client;
 mod route;

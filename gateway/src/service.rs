@@ -153,6 +153,14 @@ impl Domicile for GatewayService {
         }))
     }
 
+    async fn import_consent(
+        &self,
+        request: Request<pb::ImportConsentRequest>,
+    ) -> Result<Response<pb::ImportConsentResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
+        crate::import::import_consent(&self.gateway, &caller, request.into_inner()).await.map(Response::new)
+    }
+
     async fn record_signal(
         &self,
         request: Request<pb::RecordSignalRequest>,

@@ -70,7 +70,9 @@ pub fn rule(path: &str) -> Rule {
     };
     match method {
         "Decide" | "DecideBatch" => Rule::Scoped(Scope::Decide),
-        "Register" | "RecordConsent" | "RecordSignal" | "Merge" | "RecordInteraction" => Rule::Scoped(Scope::Capture),
+        "Register" | "RecordConsent" | "RecordSignal" | "Merge" | "RecordInteraction" | "ImportConsent" => {
+            Rule::Scoped(Scope::Capture)
+        }
         "ConsentHistory" | "Watch" | "GetContext" => Rule::Scoped(Scope::Context),
         "Erase" | "Rectify" | "Restrict" | "ListRightsRequests" => Rule::Scoped(Scope::Rights),
         // Pseudonymous, but the whole region at once: operators need `admin`.

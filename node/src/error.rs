@@ -42,6 +42,16 @@ pub enum NodeError {
     OutcomeUnknown,
     /// A fault of this node: INTERNAL.
     Internal(&'static str),
+    /// A status already mapped once, repeated for another item of a batch.
+    Replay(tonic::Code, String),
+}
+
+impl NodeError {
+    /// The same refusal again for another item of a batch (errors are not `Clone`): code and
+    /// message kept.
+    pub(crate) fn from_status(status: &Status) -> NodeError {
+        NodeError::Replay(status.code(), status.message().to_owned())
+    }
 }
 
 impl From<NodeError> for Status {
@@ -58,6 +68,7 @@ impl From<NodeError> for Status {
             NodeError::Claims(e) => claim_status(e),
             NodeError::Unavailable(message) => Status::unavailable(message),
             NodeError::OutcomeUnknown => outcome_unknown(),
+            NodeError::Replay(code, message) => Status::new(code, message),
             NodeError::Internal(message) => Status::internal(message),
         }
     }

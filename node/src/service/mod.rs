@@ -28,6 +28,7 @@ mod context;
 mod decide;
 mod follow;
 mod identity;
+mod import;
 mod repair;
 mod report;
 mod rights;
@@ -278,6 +279,13 @@ impl<S: Store> RegionalNode for NodeService<S> {
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
         respond(consent::wire::record_consent(self, request).await)
+    }
+
+    async fn import_consent(
+        &self,
+        request: Request<pb::ImportConsentRequest>,
+    ) -> Result<Response<pb::ImportConsentResponse>, Status> {
+        respond(import::wire::import_consent(self, request).await)
     }
 
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {

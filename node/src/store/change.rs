@@ -28,6 +28,10 @@ pub enum Change {
         purpose: Purpose,
         channels: Vec<Channel>,
         state: ConsentState,
+        /// An imported entry written without broadcast (`domicile import`): stored like every
+        /// event (positions stay dense, caches follow it) but not sent to watchers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        quiet: bool,
     },
     Erased,
     /// Identifiers were removed from a subject that remains (rectification).
@@ -73,7 +77,12 @@ impl Recorded<'_> {
             Recorded::Consent { subject, record, links } => vec![(
                 subject,
                 links.to_vec(),
-                Change::Consent { purpose: record.purpose, channels: record.channels.clone(), state: record.state },
+                Change::Consent {
+                    purpose: record.purpose,
+                    channels: record.channels.clone(),
+                    state: record.state,
+                    quiet: record.evidence.import.as_ref().is_some_and(|i| !i.broadcast),
+                },
             )],
             Recorded::LinksRemoved { subject, links, .. } => one(subject, links, Change::LinksRemoved),
             Recorded::RightsRequest { .. } => Vec::new(),

@@ -47,6 +47,21 @@ pub struct Evidence {
     /// The pack whose windows `hours` name (set with them): under another pack they cover nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hours_pack: Option<String>,
+    /// Set on entries `domicile import` brought from another system: where they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportEvidence>,
+}
+
+/// Where an imported ledger entry came from. The entry keeps the source's capture time; the
+/// pair (source system, event id) is applied once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportEvidence {
+    pub source_system: String,
+    pub source_event_id: String,
+    /// The purpose-mapping file's version the entry was mapped with.
+    pub mapping_version: String,
+    /// Whether watchers were told (`--broadcast`); otherwise the entry is not announced.
+    pub broadcast: bool,
 }
 
 /// A web consent signal kept as evidence with the entries it produced: what it was, who

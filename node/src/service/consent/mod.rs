@@ -42,6 +42,23 @@ fn check_evidence(evidence: &Evidence) -> Result<(), FieldViolation> {
     Ok(())
 }
 
+/// The checks of a capture that need nothing but the capture: its times against this node's
+/// clock, its evidence.
+fn check_capture_fields(capture: &ConsentCapture) -> Result<(), NodeError> {
+    let now = now_unix_ms().div_euclid(1000);
+    let captured_at = capture.captured_at_ms.map_or(now, |ms| ms.div_euclid(1000));
+    // Clocks drift; beyond that a capture time ahead of this node is a client bug. Within it,
+    // the time still counts as at most the recording time (`store::counted_at`).
+    if captured_at > now + CLOCK_SKEW_SECS {
+        return Err(FieldViolation::new("captured_at", "is in the future").into());
+    }
+    if capture.expires_at.is_some_and(|e| e <= captured_at) {
+        return Err(FieldViolation::new("expires_at", "must be after `captured_at`").into());
+    }
+    check_evidence(&capture.evidence)?;
+    Ok(())
+}
+
 impl<S: Store> NodeService<S> {
     /// Records `capture` in the subject's ledger; acknowledged only once durable (invariant 7),
     /// so every later decision reads this state. Returns the subject and the stored record (the
@@ -53,22 +70,47 @@ impl<S: Store> NodeService<S> {
         capture: ConsentCapture,
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, ConsentRecord), NodeError> {
+        let (subject, record) = self.capture_unlogged(key, caller, capture, tag).await?;
+        tracing::info!(region = %self.region, purpose = %record.purpose, state = %record.state, sequence = record.sequence, "consent recorded");
+        Ok((subject, record))
+    }
+
+    /// [`Self::capture_consent`] without its log line: for imports, which log once per batch.
+    pub(crate) async fn capture_unlogged(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        capture: ConsentCapture,
+        tag: Option<&Idempotency>,
+    ) -> Result<(SubjectId, ConsentRecord), NodeError> {
+        check_capture_fields(&capture)?;
+        if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
+            return Ok((subject, record));
+        }
+        let (subject, consent) = self.prepare_consent(key, caller, capture).await?;
+        match self.settle(self.store.append_consent(&subject, consent, tag).await).await? {
+            Settled::Applied((record, _)) => Ok((subject, record)),
+            Settled::Replayed => {
+                let (subject, (record, _)) = self.replayed_after_race::<(SubjectId, (ConsentRecord, u64))>(tag).await?;
+                Ok((subject, record))
+            }
+        }
+    }
+
+    /// Every check a capture passes before it is written, and the record it would write: the
+    /// subject, the collection rule of its pack, hours its pack defines. Writes nothing (an
+    /// import's dry run stops here).
+    pub(crate) async fn prepare_consent(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        capture: ConsentCapture,
+    ) -> Result<(SubjectId, NewConsent), NodeError> {
+        check_capture_fields(&capture)?;
         let now_ms = now_unix_ms();
         let now = now_ms.div_euclid(1000);
         let captured_at_ms = capture.captured_at_ms.unwrap_or(now_ms);
         let captured_at = captured_at_ms.div_euclid(1000);
-        // Clocks drift; beyond that a capture time ahead of this node is a client bug. Within it,
-        // the time still counts as at most the recording time (`store::counted_at`).
-        if captured_at > now + CLOCK_SKEW_SECS {
-            return Err(FieldViolation::new("captured_at", "is in the future").into());
-        }
-        if capture.expires_at.is_some_and(|e| e <= captured_at) {
-            return Err(FieldViolation::new("expires_at", "must be after `captured_at`").into());
-        }
-        check_evidence(&capture.evidence)?;
-        if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
-            return Ok((subject, record));
-        }
         let (subject, meta) = self.resolve_meta(key).await?;
         self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
         let state = capture.action.resulting_state();
@@ -103,15 +145,7 @@ impl<S: Store> NodeService<S> {
             expires_at: capture.expires_at,
             evidence,
         };
-        let (record, _) = match self.settle(self.store.append_consent(&subject, consent, tag).await).await? {
-            Settled::Applied(recorded) => recorded,
-            Settled::Replayed => {
-                let (subject, (record, _)) = self.replayed_after_race::<(SubjectId, (ConsentRecord, u64))>(tag).await?;
-                return Ok((subject, record));
-            }
-        };
-        tracing::info!(region = %self.region, purpose = %record.purpose, state = %record.state, sequence = record.sequence, "consent recorded");
-        Ok((subject, record))
+        Ok((subject, consent))
     }
 
     pub(crate) async fn consent_history_of(&self, key: &SubjectKey) -> Result<ConsentHistory, NodeError> {

@@ -34,24 +34,43 @@ pub(in crate::service) async fn consent_history<S: Store>(
 }
 
 fn capture_from_pb(req: &pb::RecordConsentRequest) -> Result<ConsentCapture, FieldViolation> {
-    let shape = convert::record_shape(&req.channels, req.evidence.as_ref())?;
-    let mut evidence = evidence_from_pb(req.evidence.as_ref())?;
-    evidence.consent_kind = shape.kind_text().map(str::to_owned);
+    capture_of(
+        &req.purpose,
+        &req.channels,
+        req.action,
+        req.evidence.as_ref(),
+        req.captured_at.as_ref(),
+        req.expires_at.as_ref(),
+    )
+}
+
+/// A capture from the fields a consent write carries (`RecordConsent`, an `ImportConsent` item).
+pub(in crate::service) fn capture_of(
+    purpose: &str,
+    channels: &[String],
+    action: i32,
+    evidence: Option<&common::Evidence>,
+    captured_at: Option<&domicile_proto::prost_types::Timestamp>,
+    expires_at: Option<&domicile_proto::prost_types::Timestamp>,
+) -> Result<ConsentCapture, FieldViolation> {
+    let shape = convert::record_shape(channels, evidence)?;
+    let mut stored = evidence_from_pb(evidence)?;
+    stored.consent_kind = shape.kind_text().map(str::to_owned);
     let channels = match shape {
         convert::RecordShape::Contact { channels, hours, .. } => {
-            evidence.hours = hours;
+            stored.hours = hours;
             channels
         }
         // A consent to transfers sets no contact cell: only the ledger holds it.
         convert::RecordShape::Transfer { .. } => Vec::new(),
     };
     Ok(ConsentCapture {
-        purpose: convert::purpose("purpose", &req.purpose)?,
+        purpose: convert::purpose("purpose", purpose)?,
         channels,
-        action: convert::consent_action("action", req.action)?,
-        captured_at_ms: convert::timestamp_ms("captured_at", req.captured_at.as_ref())?,
-        expires_at: convert::timestamp("expires_at", req.expires_at.as_ref())?,
-        evidence,
+        action: convert::consent_action("action", action)?,
+        captured_at_ms: convert::timestamp_ms("captured_at", captured_at)?,
+        expires_at: convert::timestamp("expires_at", expires_at)?,
+        evidence: stored,
     })
 }
 
@@ -73,6 +92,7 @@ fn evidence_from_pb(pb: Option<&common::Evidence>) -> Result<Evidence, FieldViol
         consent_kind: None,
         hours: Vec::new(),
         hours_pack: None,
+        import: None,
     })
 }
 

@@ -22,7 +22,11 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<common::ChangeEvent, Sta
 pub(in crate::service) fn watch<S: Store>(node: &NodeService<S>, request: pb::WatchRequest) -> EventStream {
     let region = node.region.clone();
     let events = node.follow_events(request.after_sequence);
-    Box::pin(events.map(move |event| event.map(|e| event_to_pb(&region, &e)).map_err(Status::from)))
+    // Imported entries written without broadcast are not announced (issue 22: no propagation
+    // side effects of a migration unless asked).
+    let announced =
+        events.filter(|event| !matches!(event, Ok(ChangeEvent { change: Change::Consent { quiet: true, .. }, .. })));
+    Box::pin(announced.map(move |event| event.map(|e| event_to_pb(&region, &e)).map_err(Status::from)))
 }
 
 pub(in crate::service) fn list_links<S: Store>(node: &NodeService<S>, request: pb::ListLinksRequest) -> LinkStream {
@@ -75,7 +79,7 @@ fn event_to_pb(region: &RegionId, event: &ChangeEvent) -> common::ChangeEvent {
         Change::Registered => pb.kind = common::ChangeKind::Registered as i32,
         Change::Erased => pb.kind = common::ChangeKind::Erased as i32,
         Change::LinksRemoved => pb.kind = common::ChangeKind::LinksRemoved as i32,
-        Change::Consent { purpose, channels, state } => {
+        Change::Consent { purpose, channels, state, .. } => {
             pb.kind = common::ChangeKind::Consent as i32;
             pb.purpose = purpose.to_string();
             pb.channels = channels.iter().map(ToString::to_string).collect();

@@ -105,6 +105,7 @@ impl<S: Store> NodeService<S> {
                     consent_kind: None,
                     hours: Vec::new(),
                     hours_pack: None,
+                    import: None,
                 },
             };
             let (_, record) = self.capture_consent(key, caller, capture, entry_tag(tag, index).as_ref()).await?;

@@ -1,0 +1,558 @@
+//! `domicile import`: reads a source file row by row (`formats`), maps each row through the
+//! purpose-mapping file, registers its subject where needed (routed to the home region by its
+//! jurisdiction's pack, through the gateway), and writes the entries in batches with
+//! `ImportConsent`. Every row gets a receipt (accepted, duplicate, refused with the field and the
+//! reason, never a value). A checkpoint file next to the receipts says up to which line every row
+//! has its receipt, so a run killed at any point resumes there; rows after it are sent again and
+//! the nodes answer those already written as duplicates.
+//!
+//! Memory stays flat over any file size: rows are parsed on a blocking thread into a bounded
+//! channel, at most `--in-flight` batches are outstanding, and the subject cache is bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use domicile_proto::pb::common::v1 as common;
+use domicile_proto::pb::gateway::v1 as pb;
+use domicile_proto::pb::gateway::v1::domicile_client::DomicileClient;
+use domicile_runtime::tls::TlsFiles;
+use futures_util::StreamExt as _;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use super::formats::{self, Format};
+use super::mapping::Mapping;
+use super::row::{ImportRow, RowError};
+
+/// Subjects remembered across batches (identifiers → subject ref); cleared when full, so memory
+/// stays bounded whatever the file holds.
+const SUBJECT_CACHE: usize = 200_000;
+/// Registrations in flight within one batch.
+const REGISTRATIONS_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The file to import.
+    file: PathBuf,
+    /// The source format: onetrust (consent receipts, JSON), fides (consent reports, JSON),
+    /// transcend (consent CSV), ketch (consent requests, NDJSON) or ndjson (Domicile's own).
+    #[arg(long)]
+    format: String,
+    /// The purpose-mapping file (TOML, versioned): source purpose or cookie group → purpose ×
+    /// channels.
+    #[arg(long)]
+    mapping: PathBuf,
+    /// Per-row receipts (NDJSON, appended). `<receipts>.checkpoint` records how far every row
+    /// has one; a re-run resumes after it.
+    #[arg(long)]
+    receipts: PathBuf,
+    /// Check every row as a write would (mapping, subject, residency); write nothing, register
+    /// no one.
+    #[arg(long)]
+    dry_run: bool,
+    /// Tell watchers of the imported entries (default: not announced).
+    #[arg(long)]
+    broadcast: bool,
+    /// Rows per ImportConsent call.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Batches in flight.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// The gateway to import through (with --ca, --cert, --key); default: the cluster in
+    /// --cluster-dir.
+    #[arg(long, requires_all = ["ca", "cert", "key"])]
+    gateway: Option<SocketAddr>,
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Directory of a cluster started with `domicile cluster up`.
+    #[arg(long, default_value = ".domicile", env = "DOMICILE_CLUSTER_DIR")]
+    cluster_dir: PathBuf,
+}
+
+/// What became of the rows, for the summary.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: AtomicU64,
+    duplicate: AtomicU64,
+    refused: AtomicU64,
+    /// Rows before the checkpoint of an earlier run.
+    skipped: AtomicU64,
+    /// Source records that are no consent (receipt status `skipped`).
+    not_consent: AtomicU64,
+}
+
+/// One row's receipt.
+enum Receipt {
+    Accepted(u64),
+    Duplicate(u64),
+    Refused {
+        field: String,
+        reason: String,
+    },
+    /// A source record that is not a consent or refusal (e.g. OneTrust PENDING): not imported,
+    /// and not an error either.
+    Skipped {
+        field: String,
+        reason: String,
+    },
+}
+
+/// A batch: the rows read (with their file position) and the rows refused while reading.
+struct Batch {
+    rows: Vec<ImportRow>,
+    refused: Vec<RowError>,
+    /// The last line this batch covers.
+    last_line: usize,
+}
+
+pub async fn run(args: ImportArgs) -> ExitCode {
+    match import(args).await {
+        Ok(tally) => {
+            let refused = tally.refused.load(Ordering::Relaxed);
+            if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn connect(args: &ImportArgs) -> anyhow::Result<DomicileClient<Channel>> {
+    match (&args.gateway, &args.ca, &args.cert, &args.key) {
+        (Some(gateway), Some(ca), Some(cert), Some(key)) => {
+            let tls = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            crate::client::connect(*gateway, &tls).await
+        }
+        _ => crate::client::connect_to_cluster(&args.cluster_dir).await,
+    }
+}
+
+fn checkpoint_path(receipts: &Path) -> PathBuf {
+    let mut name = receipts.as_os_str().to_owned();
+    name.push(".checkpoint");
+    PathBuf::from(name)
+}
+
+/// The line up to which every row has its receipt (0: none).
+fn read_checkpoint(path: &Path) -> anyhow::Result<usize> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().with_context(|| format!("{} is not a line number", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Replaces the checkpoint atomically (write, sync, rename), after the receipts it covers are
+/// synced.
+fn write_checkpoint(path: &Path, line: usize) -> anyhow::Result<()> {
+    let tmp = path.with_extension("checkpoint.tmp");
+    let mut file = File::create(&tmp)?;
+    writeln!(file, "{line}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Counts the bytes read, for progress and ETA.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
+    let format = Format::parse(&args.format).map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let mapping_text =
+        std::fs::read_to_string(&args.mapping).with_context(|| format!("cannot read {}", args.mapping.display()))?;
+    let mapping = Mapping::parse(&mapping_text, &args.mapping.display().to_string())
+        .map_err(|e| anyhow::anyhow!("the mapping file has problems:\n{e}"))?;
+    let mapping_version = mapping.version().to_owned();
+    let total_bytes =
+        std::fs::metadata(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?.len();
+    let file = File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let checkpoint = checkpoint_path(&args.receipts);
+    let resume_after = if args.dry_run { 0 } else { read_checkpoint(&checkpoint)? };
+    let client = connect(&args).await?;
+    let receipts = Arc::new(Mutex::new(BufWriter::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.receipts)
+            .with_context(|| format!("cannot open {}", args.receipts.display()))?,
+    )));
+
+    // Rows are parsed on a blocking thread; the channel bounds how many wait.
+    let read_bytes = Arc::new(AtomicU64::new(0));
+    let (tx, mut batches) = mpsc::channel::<Batch>(args.in_flight.max(1) * 2);
+    let batch_size = args.batch.clamp(1, 5_000);
+    let counting = Counting { inner: file, read: Arc::clone(&read_bytes) };
+    let tally = Arc::new(Tally::default());
+    let reader_tally = Arc::clone(&tally);
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut batch = Batch { rows: Vec::with_capacity(batch_size), refused: Vec::new(), last_line: 0 };
+        for row in formats::rows(format, BufReader::with_capacity(1 << 20, counting), &mapping) {
+            let line = match &row {
+                Ok(row) => row.line,
+                Err(e) => e.line,
+            };
+            if line <= resume_after {
+                reader_tally.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            batch.last_line = batch.last_line.max(line);
+            match row {
+                Ok(row) => batch.rows.push(row),
+                Err(e) => batch.refused.push(e),
+            }
+            if batch.rows.len() + batch.refused.len() >= batch_size {
+                let full = std::mem::replace(
+                    &mut batch,
+                    Batch { rows: Vec::with_capacity(batch_size), refused: Vec::new(), last_line: 0 },
+                );
+                if tx.blocking_send(full).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if !batch.rows.is_empty() || !batch.refused.is_empty() {
+            let _ = tx.blocking_send(batch);
+        }
+        Ok(())
+    });
+
+    let started = Instant::now();
+    let subjects: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks: JoinSet<anyhow::Result<(usize, usize)>> = JoinSet::new();
+    // Batches done out of order: the checkpoint advances over the contiguous prefix only.
+    let mut order = 0usize;
+    let mut finished: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut next_to_checkpoint = 0usize;
+    let mut last_progress = Instant::now();
+    let mut reading = true;
+    loop {
+        // Keep `in_flight` batches outstanding.
+        while reading && tasks.len() < args.in_flight.max(1) {
+            match batches.recv().await {
+                Some(batch) => {
+                    let job = BatchJob {
+                        client: client.clone(),
+                        subjects: Arc::clone(&subjects),
+                        receipts: Arc::clone(&receipts),
+                        tally: Arc::clone(&tally),
+                        mapping_version: mapping_version.clone(),
+                        dry_run: args.dry_run,
+                        broadcast: args.broadcast,
+                    };
+                    let index = order;
+                    order += 1;
+                    tasks.spawn(async move { job.run(batch).await.map(|last| (index, last)) });
+                }
+                None => reading = false,
+            }
+        }
+        let Some(done) = tasks.join_next().await else { break };
+        let (index, last_line) = done.context("an import batch task failed")??;
+        finished.insert(index, last_line);
+        let mut advanced = None;
+        while let Some(line) = finished.remove(&next_to_checkpoint) {
+            advanced = Some(line);
+            next_to_checkpoint += 1;
+        }
+        if let Some(line) = advanced
+            && !args.dry_run
+        {
+            {
+                let mut out = receipts.lock().map_err(|_| anyhow::anyhow!("receipts lock poisoned"))?;
+                out.flush()?;
+                out.get_ref().sync_data()?;
+            }
+            write_checkpoint(&checkpoint, line)?;
+        }
+        if !args.quiet && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            progress(&tally, read_bytes.load(Ordering::Relaxed), total_bytes, started.elapsed());
+        }
+    }
+    reader.await.context("the reader thread failed")??;
+    receipts.lock().map_err(|_| anyhow::anyhow!("receipts lock poisoned"))?.flush()?;
+    if !args.quiet {
+        progress(&tally, total_bytes, total_bytes, started.elapsed());
+        eprintln!();
+    }
+    let (a, d, r, s, n) = (
+        tally.accepted.load(Ordering::Relaxed),
+        tally.duplicate.load(Ordering::Relaxed),
+        tally.refused.load(Ordering::Relaxed),
+        tally.skipped.load(Ordering::Relaxed),
+        tally.not_consent.load(Ordering::Relaxed),
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    let verb = if args.dry_run { "would be accepted" } else { "accepted" };
+    eprintln!(
+        "{a} {verb}, {d} duplicate, {r} refused, {n} not a consent, {s} before the checkpoint in {seconds:.1} s ({:.0} rows/s); receipts in {}",
+        (a + d + r) as f64 / seconds.max(1e-9),
+        args.receipts.display()
+    );
+    Ok(Arc::try_unwrap(tally).unwrap_or_default())
+}
+
+fn progress(tally: &Tally, read: u64, total: u64, elapsed: Duration) {
+    let done = tally.accepted.load(Ordering::Relaxed)
+        + tally.duplicate.load(Ordering::Relaxed)
+        + tally.refused.load(Ordering::Relaxed);
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+    let fraction = if total == 0 { 1.0 } else { read as f64 / total as f64 };
+    let eta = if fraction > 0.0 { elapsed.as_secs_f64() * (1.0 - fraction) / fraction } else { 0.0 };
+    eprint!("\r{done} rows, {rate:.0}/s, {:.0}% read, ETA {eta:.0} s   ", fraction * 100.0);
+}
+
+/// A row's identifiers: (kind, value).
+type Identifiers = Vec<(String, String)>;
+
+/// What one batch needs.
+struct BatchJob {
+    client: DomicileClient<Channel>,
+    subjects: Arc<Mutex<HashMap<String, String>>>,
+    receipts: Arc<Mutex<BufWriter<File>>>,
+    tally: Arc<Tally>,
+    mapping_version: String,
+    dry_run: bool,
+    broadcast: bool,
+}
+
+/// A subject's cache key: its jurisdiction and identifiers, in a stable order.
+fn subject_key(row: &ImportRow) -> String {
+    let mut ids: Vec<String> = row.identifiers.iter().map(|(k, v)| format!("{k}\u{1f}{v}")).collect();
+    ids.sort();
+    format!("{}\u{1e}{}", row.jurisdiction, ids.join("\u{1e}"))
+}
+
+impl BatchJob {
+    /// Registers (or, in a dry run, resolves) the batch's subjects, sends its rows, writes their
+    /// receipts; returns the last line it covers.
+    async fn run(mut self, batch: Batch) -> anyhow::Result<usize> {
+        let mut receipts: Vec<(usize, String, String, Receipt)> = batch
+            .refused
+            .into_iter()
+            .map(|e| {
+                let skip = e.is_skip();
+                let receipt = if skip {
+                    Receipt::Skipped { field: e.field, reason: e.reason }
+                } else {
+                    Receipt::Refused { field: e.field, reason: e.reason }
+                };
+                (e.line, String::new(), String::new(), receipt)
+            })
+            .collect();
+        // The subjects this batch needs that the cache does not hold.
+        let mut wanted: Vec<(String, String, Identifiers)> = Vec::new();
+        {
+            let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+            for row in &batch.rows {
+                let key = subject_key(row);
+                if !cache.contains_key(&key) && !wanted.iter().any(|(k, _, _)| *k == key) {
+                    wanted.push((key, row.jurisdiction.clone(), row.identifiers.clone()));
+                }
+            }
+        }
+        let client = self.client.clone();
+        let dry_run = self.dry_run;
+        let found: Vec<(String, Result<Option<String>, tonic::Status>)> = futures_util::stream::iter(wanted)
+            .map(move |(key, jurisdiction, identifiers)| {
+                let mut client = client.clone();
+                async move { (key, subject_of(&mut client, jurisdiction, identifiers, dry_run).await) }
+            })
+            .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut failed: HashMap<String, tonic::Status> = HashMap::new();
+        let mut unregistered: Vec<String> = Vec::new();
+        {
+            let mut cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+            if cache.len() + found.len() > SUBJECT_CACHE {
+                cache.clear();
+            }
+            for (key, result) in found {
+                match result {
+                    Ok(Some(subject_ref)) => {
+                        cache.insert(key, subject_ref);
+                    }
+                    Ok(None) => unregistered.push(key),
+                    Err(status) => {
+                        failed.insert(key, status);
+                    }
+                }
+            }
+        }
+        let mut items = Vec::with_capacity(batch.rows.len());
+        let mut sent: Vec<&ImportRow> = Vec::with_capacity(batch.rows.len());
+        {
+            let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+            for row in &batch.rows {
+                let key = subject_key(row);
+                let refuse = |field: &str, reason: String| {
+                    (
+                        row.line,
+                        row.source_system.clone(),
+                        row.source_event_id.clone(),
+                        Receipt::Refused { field: field.to_owned(), reason },
+                    )
+                };
+                if let Some(status) = failed.get(&key) {
+                    receipts.push(refuse("identifiers", format!("registration refused: {}", status.message())));
+                    continue;
+                }
+                if unregistered.contains(&key) {
+                    // Dry run: the subject would be registered first.
+                    receipts.push((
+                        row.line,
+                        row.source_system.clone(),
+                        row.source_event_id.clone(),
+                        Receipt::Accepted(0),
+                    ));
+                    continue;
+                }
+                let Some(subject_ref) = cache.get(&key) else {
+                    receipts.push(refuse("identifiers", "the subject could not be resolved".to_owned()));
+                    continue;
+                };
+                items.push(item_of(items.len() as u64, subject_ref, row));
+                sent.push(row);
+            }
+        }
+        if !items.is_empty() {
+            let request = pb::ImportConsentRequest {
+                items,
+                broadcast: self.broadcast,
+                mapping_version: self.mapping_version.clone(),
+                dry_run: self.dry_run,
+            };
+            let reply = self.client.import_consent(request).await;
+            match reply {
+                Ok(reply) => {
+                    for outcome in reply.into_inner().outcomes {
+                        let Some(row) = sent.get(outcome.id as usize) else { continue };
+                        let receipt = match outcome.result {
+                            Some(pb::import_consent_outcome::Result::Accepted(s)) => Receipt::Accepted(s),
+                            Some(pb::import_consent_outcome::Result::Duplicate(s)) => Receipt::Duplicate(s),
+                            Some(pb::import_consent_outcome::Result::Refused(e)) => {
+                                Receipt::Refused { field: String::new(), reason: e.message }
+                            }
+                            None => Receipt::Refused { field: String::new(), reason: "no outcome".to_owned() },
+                        };
+                        receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), receipt));
+                    }
+                }
+                // The batch's outcome is unknown: no receipts, so the checkpoint does not pass it
+                // and a re-run sends it again (the nodes apply each entry once).
+                Err(status) => anyhow::bail!(
+                    "an ImportConsent call failed ({:?}: {}); re-run to resume",
+                    status.code(),
+                    status.message()
+                ),
+            }
+        }
+        receipts.sort_by_key(|r| r.0);
+        let mut out = self.receipts.lock().map_err(|_| anyhow::anyhow!("receipts lock poisoned"))?;
+        for (line, source_system, source_event_id, receipt) in receipts {
+            let value = match receipt {
+                Receipt::Accepted(sequence) => {
+                    self.tally.accepted.fetch_add(1, Ordering::Relaxed);
+                    json!({ "line": line, "source_system": source_system, "source_event_id": source_event_id, "status": if self.dry_run { "would_accept" } else { "accepted" }, "sequence": sequence })
+                }
+                Receipt::Duplicate(sequence) => {
+                    self.tally.duplicate.fetch_add(1, Ordering::Relaxed);
+                    json!({ "line": line, "source_system": source_system, "source_event_id": source_event_id, "status": "duplicate", "sequence": sequence })
+                }
+                Receipt::Skipped { field, reason } => {
+                    self.tally.not_consent.fetch_add(1, Ordering::Relaxed);
+                    json!({ "line": line, "status": "skipped", "field": field, "reason": reason })
+                }
+                Receipt::Refused { field, reason } => {
+                    self.tally.refused.fetch_add(1, Ordering::Relaxed);
+                    json!({ "line": line, "source_system": source_system, "source_event_id": source_event_id, "status": "refused", "field": field, "reason": reason })
+                }
+            };
+            writeln!(out, "{value}")?;
+        }
+        Ok(batch.last_line)
+    }
+}
+
+/// The subject a row names: registered (the gateway routes it to its home region; registering
+/// known identifiers returns their subject), or in a dry run resolved, `None` when it is not
+/// registered yet.
+async fn subject_of(
+    client: &mut DomicileClient<Channel>,
+    jurisdiction: String,
+    identifiers: Identifiers,
+    dry_run: bool,
+) -> Result<Option<String>, tonic::Status> {
+    let identifiers: Vec<common::Identifier> =
+        identifiers.into_iter().map(|(kind, value)| common::Identifier { kind, value }).collect();
+    if dry_run {
+        let Some(first) = identifiers.into_iter().next() else { return Ok(None) };
+        return match client.resolve(pb::ResolveRequest { identifier: Some(first) }).await {
+            Ok(reply) => Ok(Some(reply.into_inner().subject_ref)),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        };
+    }
+    let reply = client.register(pb::RegisterRequest { jurisdiction, identifiers, ..Default::default() }).await?;
+    Ok(Some(reply.into_inner().subject_ref))
+}
+
+fn item_of(id: u64, subject_ref: &str, row: &ImportRow) -> pb::ImportConsentItem {
+    use pb::subject_selector::Selector;
+    let action = match row.action {
+        domicile_types::ConsentAction::Grant => common::ConsentAction::Grant,
+        domicile_types::ConsentAction::Deny => common::ConsentAction::Deny,
+        domicile_types::ConsentAction::Withdraw => common::ConsentAction::Withdraw,
+    };
+    pb::ImportConsentItem {
+        id,
+        subject: Some(pb::SubjectSelector { selector: Some(Selector::SubjectRef(subject_ref.to_owned())) }),
+        purpose: row.purpose.as_str().to_owned(),
+        channels: row.channels.iter().map(|c| c.as_str().to_owned()).collect(),
+        action: action as i32,
+        evidence: Some(common::Evidence {
+            notice_version: row.notice_version.clone(),
+            source_system: row.source_system.clone(),
+            ..Default::default()
+        }),
+        captured_at: Some(domicile_proto::prost_types::Timestamp {
+            seconds: row.captured_at_ms.div_euclid(1000),
+            nanos: (row.captured_at_ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        expires_at: row.expires_at.map(domicile_proto::convert::to_timestamp),
+        source_system: row.source_system.clone(),
+        source_event_id: row.source_event_id.clone(),
+    }
+}

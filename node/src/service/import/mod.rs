@@ -1,0 +1,155 @@
+//! Consent brought from another system (`domicile import`, issue 22): each entry applied once per
+//! source system and event id, with its original capture time, marked imported, and announced to
+//! watchers only when asked. A batch is written subject by subject (a subject's entries in order,
+//! subjects concurrently, so the writes share group commits); every entry is a consent record
+//! like any other, with its audit entry, so decisions name the imported evidence.
+
+pub(super) mod wire;
+
+use std::collections::HashMap;
+
+use domicile_proto::convert::SubjectKey;
+use futures_util::StreamExt as _;
+
+use super::consent::ConsentCapture;
+use super::{Caller, NodeService};
+use crate::error::NodeError;
+use crate::store::{Idempotency, ImportEvidence, Store};
+
+/// Subjects written at once within a batch.
+const SUBJECTS_IN_FLIGHT: usize = 32;
+
+/// One entry to import, as read from the request.
+pub(crate) struct ImportItem {
+    pub key: SubjectKey,
+    pub capture: ConsentCapture,
+    pub source: ImportEvidence,
+}
+
+/// What became of one entry.
+pub(crate) enum Imported {
+    /// Written (a dry run: would be), at this ledger position (0 in a dry run).
+    Accepted(u64),
+    /// Imported before: the earlier entry's position (0 where it cannot be told).
+    Duplicate(u64),
+    Refused(NodeError),
+}
+
+impl<S: Store> NodeService<S> {
+    /// Imports `items` (each already read, or refused with why) for `caller`; one outcome per
+    /// item, in order.
+    pub(crate) async fn import_consents(
+        &self,
+        caller: &Caller,
+        items: Vec<(u64, Result<ImportItem, NodeError>)>,
+        dry_run: bool,
+    ) -> Vec<(u64, Imported)> {
+        let mut outcomes: Vec<(u64, Option<Imported>)> = Vec::with_capacity(items.len());
+        // A subject's entries stay in request order; each subject is one task.
+        let mut groups: HashMap<String, Vec<(usize, ImportItem)>> = HashMap::new();
+        for (index, (id, item)) in items.into_iter().enumerate() {
+            match item {
+                Ok(item) => {
+                    outcomes.push((id, None));
+                    groups.entry(format!("{:?}", item.key.as_key_ref())).or_default().push((index, item));
+                }
+                Err(e) => outcomes.push((id, Some(Imported::Refused(e)))),
+            }
+        }
+        let mut done = futures_util::stream::iter(groups.into_values())
+            .map(|group| self.import_subject(caller, group, dry_run))
+            .buffer_unordered(SUBJECTS_IN_FLIGHT);
+        while let Some(results) = done.next().await {
+            for (index, imported) in results {
+                if let Some(slot) = outcomes.get_mut(index) {
+                    slot.1 = Some(imported);
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|(id, outcome)| (id, outcome.unwrap_or(Imported::Refused(NodeError::Internal("import outcome lost")))))
+            .collect()
+    }
+
+    /// One subject's entries, in order: those whose source event its ledger already holds are
+    /// duplicates (however long ago they were imported); the others are written as consent
+    /// records, each under an idempotency key of its source event, so a concurrent run of the
+    /// same file cannot write one twice either.
+    async fn import_subject(
+        &self,
+        caller: &Caller,
+        group: Vec<(usize, ImportItem)>,
+        dry_run: bool,
+    ) -> Vec<(usize, Imported)> {
+        let mut out = Vec::with_capacity(group.len());
+        let Some(first) = group.first() else { return out };
+        let history = match self.resolve_meta(&first.1.key).await {
+            Ok((subject, _)) => self.store.consent_history(&subject).await.map_err(NodeError::from),
+            Err(e) => Err(e),
+        };
+        let mut seen: HashMap<(String, String), u64> = match history {
+            Ok(entries) => entries
+                .into_iter()
+                .filter_map(|r| r.evidence.import.map(|i| ((i.source_system, i.source_event_id), r.sequence)))
+                .collect(),
+            Err(e) => {
+                // The subject cannot be read: every entry of it fails alike.
+                let status = tonic::Status::from(e);
+                return group
+                    .into_iter()
+                    .map(|(index, _)| (index, Imported::Refused(NodeError::from_status(&status))))
+                    .collect();
+            }
+        };
+        for (index, item) in group {
+            let source = (item.source.source_system.clone(), item.source.source_event_id.clone());
+            if let Some(sequence) = seen.get(&source) {
+                out.push((index, Imported::Duplicate(*sequence)));
+                continue;
+            }
+            let tag = self.import_tag(&item.source);
+            // Written by a run whose entry the ledger scan above raced with.
+            match self.replayed::<(domicile_types::SubjectId, (crate::store::ConsentRecord, u64))>(Some(&tag)).await {
+                Ok(Some((_, (record, _)))) => {
+                    seen.insert(source, record.sequence);
+                    out.push((index, Imported::Duplicate(record.sequence)));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    out.push((index, Imported::Refused(e)));
+                    continue;
+                }
+            }
+            let mut capture = item.capture;
+            capture.evidence.import = Some(item.source);
+            let written = if dry_run {
+                self.prepare_consent(&item.key, caller, capture).await.map(|_| 0)
+            } else {
+                self.capture_unlogged(&item.key, caller, capture, Some(&tag)).await.map(|(_, record)| record.sequence)
+            };
+            match written {
+                Ok(sequence) => {
+                    seen.insert(source, sequence);
+                    out.push((index, Imported::Accepted(sequence)));
+                }
+                Err(e) => out.push((index, Imported::Refused(e))),
+            }
+        }
+        out
+    }
+
+    /// The idempotency record of an imported entry: keyed by its source event (not by caller or
+    /// request), so any run that carries it again is answered with the first entry.
+    fn import_tag(&self, source: &ImportEvidence) -> Idempotency {
+        let key = [source.source_system.as_bytes(), source.source_event_id.as_bytes()];
+        Idempotency {
+            key: self.link_key.digest(b"domicile/import-event/v1", &key),
+            // The same event always carries the same content as far as this check goes: a second
+            // run with a changed mapping is still the same event, and a duplicate.
+            fingerprint: self.link_key.digest(b"domicile/import-event-body/v1", &key),
+            at: domicile_runtime::process::now_unix(),
+        }
+    }
+}

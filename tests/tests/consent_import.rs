@@ -1,0 +1,368 @@
+//! Bulk import of consent from other systems (issue 22, item 3), on a real cluster. Through the
+//! gateway's `ImportConsent`: each entry goes to its subject's home region, keeps its original
+//! capture time, is marked imported and names its source in the history; the same source event
+//! sent again is a duplicate (in one call, in a later call, after a kill); an opt-out wins over a
+//! grant captured at the same time; a dry run writes nothing; watchers hear nothing unless asked;
+//! a bad item is refused alone, naming its field, never its value. Through `domicile import`: every
+//! supported format's sample file imported twice gives the state of one run, with a receipt per
+//! row, and a malformed row is reported by line and field while the rest is imported.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use std::time::Duration;
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, select_ref};
+use domicile_proto::prost_types::Timestamp;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+
+fn at(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp { seconds, nanos: 0 })
+}
+
+fn item(id: u64, subject: &str, action: common::ConsentAction, captured: i64, event: &str) -> gw::ImportConsentItem {
+    gw::ImportConsentItem {
+        id,
+        subject: select_ref(subject),
+        purpose: "marketing".into(),
+        channels: vec!["email".into()],
+        action: action as i32,
+        evidence: Some(common::Evidence {
+            notice_version: "legacy-notice-7".into(),
+            source_system: "legacy-crm".into(),
+            ..Default::default()
+        }),
+        captured_at: at(captured),
+        source_system: "legacy-crm".into(),
+        source_event_id: event.into(),
+        ..Default::default()
+    }
+}
+
+fn request(items: Vec<gw::ImportConsentItem>) -> gw::ImportConsentRequest {
+    gw::ImportConsentRequest { items, mapping_version: "map-2026.12".into(), ..Default::default() }
+}
+
+type Result = Option<gw::import_consent_outcome::Result>;
+
+fn accepted(r: &Result) -> bool {
+    matches!(r, Some(gw::import_consent_outcome::Result::Accepted(s)) if *s > 0)
+}
+
+fn duplicate(r: &Result) -> bool {
+    matches!(r, Some(gw::import_consent_outcome::Result::Duplicate(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_entries_are_applied_once_keep_their_evidence_and_stay_quiet() {
+    let cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let register = |jurisdiction: &str, email: &str| gw::RegisterRequest {
+        jurisdiction: jurisdiction.into(),
+        identifiers: vec![identifier("email", email)],
+        ..Default::default()
+    };
+    let de = client.register(register("DE", "import.de@example.com")).await.unwrap().into_inner().subject_ref;
+    let us = client.register(register("US", "import.us@example.com")).await.unwrap().into_inner().subject_ref;
+    assert!(de.starts_with("eu-central/") && us.starts_with("us-east/"));
+    let mut watch = client.watch(gw::WatchRequest::default()).await.unwrap().into_inner();
+    let now = domicile_runtime::process::now_unix();
+    let (old, older) = (now - 400 * 86_400, now - 800 * 86_400);
+
+    // A dry run checks and writes nothing.
+    let mut dry = request(vec![item(1, &de, common::ConsentAction::Grant, old, "evt-1")]);
+    dry.dry_run = true;
+    let outcomes = client.import_consent(dry).await.unwrap().into_inner().outcomes;
+    assert!(matches!(outcomes[0].result, Some(gw::import_consent_outcome::Result::Accepted(0))), "{outcomes:?}");
+    let history = |subject: &str| gw::ConsentHistoryRequest { subject: select_ref(subject) };
+    assert!(client.consent_history(history(&de)).await.unwrap().into_inner().entries.is_empty(), "a dry run wrote");
+
+    // One call with entries for two regions, a repeat of one event, and a bad item.
+    let mut bad = item(5, &de, common::ConsentAction::Grant, old, "evt-bad");
+    bad.purpose = "jane@example.com".into();
+    let mut no_source = item(6, &de, common::ConsentAction::Grant, old, "");
+    no_source.source_event_id = String::new();
+    let items = vec![
+        item(1, &de, common::ConsentAction::Grant, older, "evt-1"),
+        item(2, &us, common::ConsentAction::Grant, old, "evt-2"),
+        item(3, &de, common::ConsentAction::Grant, older, "evt-1"),
+        // An opt-out captured at the same instant as a grant: the opt-out wins.
+        item(4, &us, common::ConsentAction::Withdraw, old, "evt-4"),
+        bad,
+        no_source,
+    ];
+    let outcomes = client.import_consent(request(items)).await.unwrap().into_inner().outcomes;
+    let ids: Vec<u64> = outcomes.iter().map(|o| o.id).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6], "one outcome per item, in order");
+    assert!(
+        accepted(&outcomes[0].result) && accepted(&outcomes[1].result) && accepted(&outcomes[3].result),
+        "{outcomes:?}"
+    );
+    assert!(duplicate(&outcomes[2].result), "the same event twice in one call: {outcomes:?}");
+    for (i, field) in [(4, "purpose"), (5, "source_event_id")] {
+        match &outcomes[i].result {
+            Some(gw::import_consent_outcome::Result::Refused(e)) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
+                assert!(e.message.contains(field) && !e.message.contains("jane"), "{e:?}");
+            }
+            other => panic!("item {i} was not refused: {other:?}"),
+        }
+    }
+
+    // The same events again, later: duplicates, nothing written.
+    let again = vec![
+        item(1, &de, common::ConsentAction::Grant, older, "evt-1"),
+        item(2, &us, common::ConsentAction::Grant, old, "evt-2"),
+    ];
+    let outcomes = client.import_consent(request(again)).await.unwrap().into_inner().outcomes;
+    assert!(outcomes.iter().all(|o| duplicate(&o.result)), "{outcomes:?}");
+    let de_history = client.consent_history(history(&de)).await.unwrap().into_inner();
+    assert_eq!(de_history.entries.len(), 1, "one entry per source event");
+    let entry = &de_history.entries[0];
+    assert_eq!(entry.captured_at.as_ref().map(|t| t.seconds), Some(older), "the original capture time is kept");
+    assert_eq!(entry.evidence.as_ref().map(|e| e.notice_version.as_str()), Some("legacy-notice-7"));
+    assert_eq!(client.consent_history(history(&us)).await.unwrap().into_inner().entries.len(), 2);
+
+    // Decisions follow: DE (opt-in) allows on the imported grant, US withdrew at the same instant.
+    let decide = |subject: &str| gw::DecideRequest {
+        subject: select_ref(subject),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    };
+    let d = client.decide(decide(&de)).await.unwrap().into_inner().decision.unwrap();
+    assert_eq!(d.effect, common::Effect::Allow as i32, "{}", d.explanation);
+    let d = client.decide(decide(&us)).await.unwrap().into_inner().decision.unwrap();
+    assert_eq!(d.effect, common::Effect::Deny as i32, "the opt-out wins a tie: {}", d.explanation);
+
+    // Watchers heard the registrations, not the imported entries.
+    let mut kinds = Vec::new();
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_millis(500), watch.message()).await.map(|m| m.transpose())
+    {
+        kinds.push(event.event.map(|e| e.kind).unwrap_or_default());
+    }
+    assert!(!kinds.contains(&(common::ChangeKind::Consent as i32)), "imported entries were announced: {kinds:?}");
+    // With broadcast they are.
+    let mut loud = request(vec![item(7, &de, common::ConsentAction::Withdraw, old, "evt-7")]);
+    loud.broadcast = true;
+    assert!(accepted(&client.import_consent(loud).await.unwrap().into_inner().outcomes[0].result));
+    let event = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = watch.message().await.unwrap().unwrap().event.unwrap();
+            if event.kind == common::ChangeKind::Consent as i32 {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a broadcast import is announced");
+    assert_eq!(event.state, "withdrawn");
+}
+
+fn domicile(args: &[String]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn import_args(
+    cluster: &TestCluster,
+    tls: &domicile_runtime::tls::TlsFiles,
+    format: &str,
+    file: &std::path::Path,
+    receipts: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/import-samples");
+    let mut args: Vec<String> = vec![
+        "import".into(),
+        "--format".into(),
+        format.into(),
+        "--mapping".into(),
+        samples.join("mapping.toml").display().to_string(),
+        "--receipts".into(),
+        receipts.display().to_string(),
+        "--gateway".into(),
+        cluster.gateway_addr().to_string(),
+        "--ca".into(),
+        tls.ca.display().to_string(),
+        "--cert".into(),
+        tls.cert.display().to_string(),
+        "--key".into(),
+        tls.key.display().to_string(),
+        "--quiet".into(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push(file.display().to_string());
+    args
+}
+
+fn receipts_of(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn count(receipts: &[serde_json::Value], status: &str) -> usize {
+    receipts.iter().filter(|r| r["status"] == status).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_imports_once_with_a_receipt_per_row_and_malformed_rows_named() {
+    let cluster =
+        TestCluster::start_on_env_store(BIN, &["eu-central", "us-east", "ap-northeast"]).await.expect("cluster starts");
+    let tls = cluster
+        .issue_caller(
+            "importer",
+            "eu-central",
+            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
+        )
+        .unwrap();
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/import-samples");
+    let dir = tempfile::tempdir().unwrap();
+    for (format, file) in [
+        ("ndjson", "domicile.ndjson"),
+        ("onetrust", "onetrust.json"),
+        ("fides", "fides.json"),
+        ("transcend", "transcend.csv"),
+        ("ketch", "ketch.ndjson"),
+    ] {
+        let source = samples.join(file);
+        // A dry run first: nothing written, every row answered.
+        let dry = dir.path().join(format!("{format}.dry.ndjson"));
+        let (code, _, err) = domicile(&import_args(&cluster, &tls, format, &source, &dry, &["--dry-run"]));
+        assert!(code == 0 || code == 1, "{format} dry run: {err}");
+        let first = dir.path().join(format!("{format}.1.ndjson"));
+        let (code, _, err) = domicile(&import_args(&cluster, &tls, format, &source, &first, &[]));
+        let one = receipts_of(&first);
+        assert!(code == 0 || code == 1, "{format}: {err}");
+        assert!(count(&one, "accepted") > 0, "{format}: nothing accepted: {one:?} {err}");
+        assert_eq!(receipts_of(&dry).len(), one.len(), "{format}: the dry run answers every row");
+        assert_eq!(count(&receipts_of(&dry), "refused"), count(&one, "refused"), "{format}: the dry run refuses alike");
+        for receipt in &one {
+            assert!(receipt["line"].as_u64().is_some_and(|l| l > 0), "{format}: {receipt}");
+            let text = receipt.to_string();
+            assert!(!text.contains("@example") && !text.contains("+44"), "{format}: a receipt carries a value: {text}");
+            if receipt["status"] == "refused" {
+                assert!(!receipt["reason"].as_str().unwrap_or_default().is_empty(), "{format}: {receipt}");
+            }
+        }
+        // Every sample has a malformed row in the middle, refused by line and field, and rows
+        // after it imported.
+        let refused: Vec<&serde_json::Value> = one.iter().filter(|r| r["status"] == "refused").collect();
+        assert!(!refused.is_empty(), "{format}: the malformed row was not reported");
+        let last_refused = refused.iter().filter_map(|r| r["line"].as_u64()).max().unwrap();
+        assert!(
+            one.iter()
+                .any(|r| r["status"] == "accepted" && r["line"].as_u64() > Some(refused[0]["line"].as_u64().unwrap())),
+            "{format}: nothing after the malformed row (line {last_refused}) was imported: {one:?}"
+        );
+        // The same file again: nothing new, the same rows refused.
+        let second = dir.path().join(format!("{format}.2.ndjson"));
+        let (code, _, err) = domicile(&import_args(&cluster, &tls, format, &source, &second, &[]));
+        assert!(code == 0 || code == 1, "{format} again: {err}");
+        let two = receipts_of(&second);
+        assert_eq!(count(&two, "accepted"), 0, "{format}: a second run wrote again: {two:?}");
+        assert_eq!(count(&two, "duplicate"), count(&one, "accepted") + count(&one, "duplicate"), "{format}");
+        assert_eq!(count(&two, "refused"), count(&one, "refused"), "{format}");
+    }
+    // A decision for an imported subject names the imported evidence in its history.
+    let mut client = cluster.gateway().await.unwrap();
+    let anna = client
+        .resolve(gw::ResolveRequest { identifier: Some(identifier("email", "anna.schmidt@example.com")) })
+        .await
+        .expect("imported subject registered")
+        .into_inner();
+    let history = client
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&anna.subject_ref) })
+        .await
+        .unwrap()
+        .into_inner();
+    // (She is in the Domicile NDJSON and the OneTrust samples: each entry names its source.)
+    let sources: Vec<&str> =
+        history.entries.iter().map(|e| e.evidence.as_ref().map_or("", |ev| ev.source_system.as_str())).collect();
+    assert!(sources.iter().all(|s| ["crm-legacy", "onetrust"].contains(s)), "{sources:?}");
+    let from_crm = sources.iter().filter(|s| **s == "crm-legacy").count();
+    assert_eq!(from_crm, 2, "one entry per source event after two runs: {history:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
+    let cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let tls = cluster
+        .issue_caller(
+            "importer",
+            "eu-central",
+            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 12,000 events for 1,200 subjects of two regions: grants, then a withdrawal of one channel.
+    let file = dir.path().join("big.ndjson");
+    let mut text = String::new();
+    let subjects = 1_200;
+    for n in 0..12_000usize {
+        let subject = n % subjects;
+        let jurisdiction = if subject % 2 == 0 { "DE" } else { "US" };
+        let action = if n / subjects == 9 { "withdraw" } else { "grant" };
+        let day = 1 + n / subjects;
+        text.push_str(&format!(
+            "{{\"source_system\":\"bulk\",\"source_event_id\":\"e{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"bulk{subject}@example.com\"}}],\"jurisdiction\":\"{jurisdiction}\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-{day:02}T10:00:00Z\"}}\n"
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    let receipts = dir.path().join("receipts.ndjson");
+    let args = import_args(&cluster, &tls, "ndjson", &file, &receipts, &["--batch", "200", "--in-flight", "2"]);
+    let mut child = std::process::Command::new(BIN).args(&args).spawn().unwrap();
+    // Kill -9 once a part of the file has receipts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receipts_of(&receipts).len() < 2_000 {
+        assert!(std::time::Instant::now() < deadline, "the import made no progress");
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let partial = receipts_of(&receipts).len();
+    assert!(partial < 12_000, "the run finished before it could be killed ({partial} receipts)");
+    let (code, _, err) = domicile(&args);
+    assert_eq!(code, 0, "{err}");
+    // Every event is in its subject's ledger exactly once, and the state is one clean run's:
+    // the tenth event (a withdrawal, the latest) is in force.
+    let mut client = cluster.gateway().await.unwrap();
+    for subject in (0..subjects).step_by(7) {
+        let reply = client
+            .consent_history(gw::ConsentHistoryRequest {
+                subject: domicile_cluster_tests::select_email(&format!("bulk{subject}@example.com")),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.entries.len(), 10, "subject {subject}: {} entries", reply.entries.len());
+        let d = client
+            .decide(gw::DecideRequest {
+                subject: domicile_cluster_tests::select_email(&format!("bulk{subject}@example.com")),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap();
+        assert_eq!(d.effect, common::Effect::Deny as i32, "subject {subject}: the withdrawal is in force");
+    }
+}
