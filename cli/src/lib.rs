@@ -10,6 +10,7 @@ mod node_check;
 mod packs;
 mod records;
 pub mod repair;
+mod rights;
 mod signals;
 pub mod topology;
 
@@ -49,6 +50,9 @@ enum Command {
     /// and into its home node (in-region only).
     #[command(subcommand)]
     Records(records::RecordsCommand),
+    /// Data-subject rights at the subject's home node, for operators of its region: export,
+    /// erase, restrict, lift, rectify, the subject's requests and deadlines, context, history.
+    Rights(rights::RightsArgs),
     /// Import consent from another system (OneTrust, Fides, Transcend, Ketch or Domicile NDJSON)
     /// through the gateway: each row to its subject's home region, applied once per source event,
     /// a receipt per row, resumable.
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Signals(command) => signals::run(command),
         Command::Records(command) => records::run(command).await,
         Command::Import(args) => import::driver::run(args).await,
+        Command::Rights(args) => rights::run(args).await,
         Command::Load(args) => load::run(args).await,
         Command::Kek(command) => report(kek::run(command).await),
     }

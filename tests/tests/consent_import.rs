@@ -339,6 +339,17 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
     assert!(partial < 12_000, "the run finished before it could be killed ({partial} receipts)");
     let (code, _, err) = domicile(&args);
     assert_eq!(code, 0, "{err}");
+    // The re-run resumed: rows before the checkpoint were not sent again.
+    let resumed: u64 = err
+        .split(", ")
+        .find_map(|part| {
+            part.strip_suffix(" before the checkpoint in").or_else(|| {
+                part.split(" before the checkpoint").next().filter(|_| part.contains("before the checkpoint"))
+            })
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(resumed > 0, "the re-run did not resume from the checkpoint: {err}");
     // Every event is in its subject's ledger exactly once, and the state is one clean run's:
     // the tenth event (a withdrawal, the latest) is in force.
     let mut client = cluster.gateway().await.unwrap();

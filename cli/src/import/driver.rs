@@ -38,6 +38,8 @@ use super::row::{ImportRow, RowError};
 /// Subjects remembered across batches (identifiers → subject ref); cleared when full, so memory
 /// stays bounded whatever the file holds.
 const SUBJECT_CACHE: usize = 200_000;
+/// Largest ImportConsent call sent: under the gateway's limit on a caller's request (64 KiB).
+const MAX_CALL_BYTES: usize = 56 * 1024;
 /// Registrations in flight within one batch.
 const REGISTRATIONS_IN_FLIGHT: usize = 64;
 
@@ -173,6 +175,23 @@ fn write_checkpoint(path: &Path, line: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A run killed while writing a receipt leaves half a line: it goes, so the receipts a re-run
+/// appends start on a line of their own (the row is past the checkpoint and gets a new receipt).
+fn drop_partial_line(path: &Path) -> anyhow::Result<()> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if bytes.last().is_some_and(|b| *b != b'\n') {
+        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(keep as u64)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Counts the bytes read, for progress and ETA.
 struct Counting<R> {
     inner: R,
@@ -200,6 +219,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let checkpoint = checkpoint_path(&args.receipts);
     let resume_after = if args.dry_run { 0 } else { read_checkpoint(&checkpoint)? };
     let client = connect(&args).await?;
+    drop_partial_line(&args.receipts)?;
     let receipts = Arc::new(Mutex::new(BufWriter::new(
         OpenOptions::new()
             .create(true)
@@ -447,9 +467,23 @@ impl BatchJob {
                 sent.push(row);
             }
         }
-        if !items.is_empty() {
+        // Calls stay under the gateway's request size limit: a batch goes in as many as it needs.
+        let mut chunks: Vec<Vec<pb::ImportConsentItem>> = Vec::new();
+        let mut size = 0usize;
+        for item in items {
+            let len = domicile_proto::prost::Message::encoded_len(&item) + 8;
+            if chunks.last().is_none_or(|c| size + len > MAX_CALL_BYTES && !c.is_empty()) {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(item);
+            }
+        }
+        for chunk in chunks {
             let request = pb::ImportConsentRequest {
-                items,
+                items: chunk,
                 broadcast: self.broadcast,
                 mapping_version: self.mapping_version.clone(),
                 dry_run: self.dry_run,

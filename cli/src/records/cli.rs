@@ -103,7 +103,7 @@ pub struct NodeConnection {
 }
 
 impl NodeConnection {
-    async fn connect(&self) -> anyhow::Result<pb::regional_node_client::RegionalNodeClient<GrpcChannel>> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<pb::regional_node_client::RegionalNodeClient<GrpcChannel>> {
         domicile_runtime::tls::install_crypto_provider();
         let tls =
             domicile_runtime::tls::TlsFiles { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() };

@@ -9,7 +9,7 @@ mod cli;
 pub mod iso27560;
 pub mod kantara;
 
-pub use cli::{RecordsCommand, run};
+pub use cli::{NodeConnection, RecordsCommand, run};
 
 use domicile_types::{Channel, ConsentState, Purpose};
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Bulk import throughput (issue 22): `domicile import` of a generated Domicile NDJSON file into a
+# release-built local three-region cluster, measured beside one RecordConsent call per record
+# through the same gateway (`domicile load writes`) in the same run.
+#
+# Usage: bench/import.sh
+# Environment (defaults in brackets):
+#   IMPORT_ROWS [200000]      rows per file
+#   IMPORT_SUBJECTS [20000]   distinct subjects (spread over DE, US and KR: three regions)
+#   IMPORT_BATCH [2000]       rows per ImportConsent call
+#   IMPORT_IN_FLIGHT [8]      calls in flight
+#   LOAD_DURATION [10]        seconds of the one-call-per-record baseline
+#   LOAD_CONCURRENCY [256]    its concurrent callers
+#   CLUSTER_ARGS              extra `cluster up` arguments, e.g. `--store postgres`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/cluster.sh
+
+rows="${IMPORT_ROWS:-200000}"
+subjects="${IMPORT_SUBJECTS:-20000}"
+echo "== machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(date -u +%Y-%m-%dT%H:%MZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+start_release_cluster
+work="$(mktemp -d)"
+trap 'stop_release_cluster; rm -rf "$work"' EXIT
+
+# Two files over the same subjects: the first registers them, the second finds them registered.
+python3 - "$rows" "$subjects" "$work" <<'PY'
+import sys
+rows, subjects, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+places = ["DE", "US", "KR"]
+for part in (1, 2):
+    with open(f"{work}/part{part}.ndjson", "w") as f:
+        for n in range(rows):
+            s = n % subjects
+            day, sec = divmod(n // subjects + part * 1000, 86400)
+            action = "withdraw" if (n // subjects) % 5 == 4 else "grant"
+            f.write('{"source_system":"bench","source_event_id":"p%d-e%d","identifiers":[{"kind":"email","value":"import%d@example.com"}],"jurisdiction":"%s","purpose":"marketing","channels":["email"],"action":"%s","captured_at":"2025-%02d-%02dT%02d:%02d:%02dZ"}\n'
+                    % (part, n, s, places[s % 3], action, 1 + (n // subjects) % 12, 1 + part, (sec // 3600) % 24, (sec // 60) % 60, sec % 60))
+with open(f"{work}/mapping.toml", "w") as f:
+    # NDJSON rows name Domicile purposes directly; the file still needs one mapping entry.
+    f.write('version = "bench-1"\n[[purpose]]\nsource = "*"\nkey = "marketing"\nmaps_to = "marketing"\nchannels = ["email"]\n')
+PY
+
+run_import() {
+  local part="$1"
+  local start end
+  start=$(date +%s.%N)
+  "$domicile" import --cluster-dir "$dir" --format ndjson --mapping "$work/mapping.toml" \
+    --receipts "$work/receipts$part.ndjson" --batch "${IMPORT_BATCH:-2000}" --in-flight "${IMPORT_IN_FLIGHT:-8}" \
+    --quiet "$work/part$part.ndjson" 2>"$work/import$part.log" || { cat "$work/import$part.log"; exit 1; }
+  end=$(date +%s.%N)
+  local accepted
+  accepted=$(grep -c '"status":"accepted"' "$work/receipts$part.ndjson" || true)
+  python3 -c "import sys; r=int(sys.argv[1]); t=float(sys.argv[3])-float(sys.argv[2]); print(f'import part {sys.argv[4]}: {r} rows accepted in {t:.1f} s = {r/t:,.0f} rows/s')" "$accepted" "$start" "$end" "$part"
+  tail -1 "$work/import$part.log"
+}
+
+echo "== domicile import, subjects not yet registered (registration included)"
+run_import 1
+echo "== domicile import, subjects already registered"
+run_import 2
+echo "== baseline: one RecordConsent call per record through the gateway (domicile load writes)"
+"$domicile" load setup --cluster-dir "$dir" --subjects 10000 >/dev/null 2>&1
+"$domicile" load writes --cluster-dir "$dir" --subjects 10000 --duration "${LOAD_DURATION:-10}" \
+  --concurrency "${LOAD_CONCURRENCY:-256}" 2>&1 | grep -iE "writes|/s" | tail -4
+echo "== memory: the importer's peak RSS, part 1 again (all duplicates) and a 5x longer file"
+python3 - "$work" <<'PY'
+import sys
+work = sys.argv[1]
+with open(f"{work}/part1.ndjson") as src, open(f"{work}/long.ndjson", "w") as dst:
+    lines = src.readlines()
+    for rep in range(5):
+        for line in lines:
+            dst.write(line.replace('"p1-e', f'"r{rep}-e'))
+PY
+for file in part1 long; do
+  /usr/bin/time -f "$file: peak RSS %M KiB, %e s" "$domicile" import --cluster-dir "$dir" --format ndjson \
+    --mapping "$work/mapping.toml" --receipts "$work/mem-$file.ndjson" --quiet "$work/$file.ndjson" 2>&1 | tail -1
+done
