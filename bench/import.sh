@@ -6,7 +6,7 @@
 # Usage: bench/import.sh
 # Environment (defaults in brackets):
 #   IMPORT_ROWS [200000]      rows per file
-#   IMPORT_SUBJECTS [20000]   distinct subjects (spread over DE, US and KR: three regions)
+#   IMPORT_SUBJECTS [20000]   distinct subjects (spread over DE, US and BR: three regions)
 #   IMPORT_BATCH [2000]       rows per ImportConsent call
 #   IMPORT_IN_FLIGHT [8]      calls in flight
 #   LOAD_DURATION [10]        seconds of the one-call-per-record baseline
@@ -27,7 +27,7 @@ trap 'stop_release_cluster; rm -rf "$work"' EXIT
 python3 - "$rows" "$subjects" "$work" <<'PY'
 import sys
 rows, subjects, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-places = ["DE", "US", "KR"]
+places = ["DE", "US", "BR"]
 for part in (1, 2):
     with open(f"{work}/part{part}.ndjson", "w") as f:
         for n in range(rows):

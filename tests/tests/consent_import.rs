@@ -209,8 +209,11 @@ fn import_args(
     args
 }
 
+/// The receipts written so far; a line still being written (no newline yet) is not one.
 fn receipts_of(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn count(receipts: &[serde_json::Value], status: &str) -> usize {

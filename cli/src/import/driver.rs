@@ -40,6 +40,25 @@ use super::row::{ImportRow, RowError};
 const SUBJECT_CACHE: usize = 200_000;
 /// Largest ImportConsent call sent: under the gateway's limit on a caller's request (64 KiB).
 const MAX_CALL_BYTES: usize = 56 * 1024;
+/// Attempts for items a region answers with a transient status.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// A status that says "not now" rather than "never": the item is sent again.
+fn transient(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Aborted
+            | tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::ResourceExhausted
+    )
+}
+
+/// 50 ms, doubling, at most 3.2 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64 << attempt.min(6))
+}
+
 /// Registrations in flight within one batch.
 const REGISTRATIONS_IN_FLIGHT: usize = 64;
 
@@ -425,6 +444,13 @@ impl BatchJob {
                         cache.insert(key, subject_ref);
                     }
                     Ok(None) => unregistered.push(key),
+                    // Still "not now" after the retries: no receipts for this batch, so a re-run
+                    // sends it again rather than skipping rows refused for a passing reason.
+                    Err(status) if transient(status.code()) => anyhow::bail!(
+                        "registration kept failing ({:?}: {}); re-run to resume",
+                        status.code(),
+                        status.message()
+                    ),
                     Err(status) => {
                         failed.insert(key, status);
                     }
@@ -482,35 +508,62 @@ impl BatchJob {
             }
         }
         for chunk in chunks {
-            let request = pb::ImportConsentRequest {
-                items: chunk,
-                broadcast: self.broadcast,
-                mapping_version: self.mapping_version.clone(),
-                dry_run: self.dry_run,
-            };
-            let reply = self.client.import_consent(request).await;
-            match reply {
-                Ok(reply) => {
-                    for outcome in reply.into_inner().outcomes {
-                        let Some(row) = sent.get(outcome.id as usize) else { continue };
-                        let receipt = match outcome.result {
-                            Some(pb::import_consent_outcome::Result::Accepted(s)) => Receipt::Accepted(s),
-                            Some(pb::import_consent_outcome::Result::Duplicate(s)) => Receipt::Duplicate(s),
-                            Some(pb::import_consent_outcome::Result::Refused(e)) => {
-                                Receipt::Refused { field: String::new(), reason: e.message }
-                            }
-                            None => Receipt::Refused { field: String::new(), reason: "no outcome".to_owned() },
-                        };
-                        receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), receipt));
+            // Items a region answered with a transient status (a conflict with a concurrent write
+            // to the subject, a region failing over) are sent again, never receipted as refused:
+            // a refusal before the checkpoint would not be retried by a re-run.
+            let mut pending = chunk;
+            let mut attempt = 0u32;
+            while !pending.is_empty() {
+                let request = pb::ImportConsentRequest {
+                    items: pending.clone(),
+                    broadcast: self.broadcast,
+                    mapping_version: self.mapping_version.clone(),
+                    dry_run: self.dry_run,
+                };
+                let reply = match self.client.import_consent(request).await {
+                    Ok(reply) => reply.into_inner(),
+                    Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
                     }
+                    // The outcome is unknown: no receipts, so the checkpoint does not pass the
+                    // batch and a re-run sends it again (the nodes apply each entry once).
+                    Err(status) => anyhow::bail!(
+                        "an ImportConsent call failed ({:?}: {}); re-run to resume",
+                        status.code(),
+                        status.message()
+                    ),
+                };
+                let mut again = Vec::new();
+                for outcome in reply.outcomes {
+                    let Some(row) = sent.get(outcome.id as usize) else { continue };
+                    let receipt = match outcome.result {
+                        Some(pb::import_consent_outcome::Result::Accepted(s)) => Receipt::Accepted(s),
+                        Some(pb::import_consent_outcome::Result::Duplicate(s)) => Receipt::Duplicate(s),
+                        Some(pb::import_consent_outcome::Result::Refused(e))
+                            if transient(tonic::Code::from_i32(e.code)) =>
+                        {
+                            if attempt >= MAX_ATTEMPTS {
+                                anyhow::bail!("a region kept refusing an item ({}); re-run to resume", e.message);
+                            }
+                            if let Some(item) = pending.iter().find(|i| i.id == outcome.id) {
+                                again.push(item.clone());
+                            }
+                            continue;
+                        }
+                        Some(pb::import_consent_outcome::Result::Refused(e)) => {
+                            Receipt::Refused { field: String::new(), reason: e.message }
+                        }
+                        None => Receipt::Refused { field: String::new(), reason: "no outcome".to_owned() },
+                    };
+                    receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), receipt));
                 }
-                // The batch's outcome is unknown: no receipts, so the checkpoint does not pass it
-                // and a re-run sends it again (the nodes apply each entry once).
-                Err(status) => anyhow::bail!(
-                    "an ImportConsent call failed ({:?}: {}); re-run to resume",
-                    status.code(),
-                    status.message()
-                ),
+                if !again.is_empty() {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                pending = again;
             }
         }
         receipts.sort_by_key(|r| r.0);
@@ -551,15 +604,39 @@ async fn subject_of(
 ) -> Result<Option<String>, tonic::Status> {
     let identifiers: Vec<common::Identifier> =
         identifiers.into_iter().map(|(kind, value)| common::Identifier { kind, value }).collect();
+    let mut attempt = 0;
+    loop {
+        match try_subject_of(client, &jurisdiction, &identifiers, dry_run).await {
+            Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_subject_of(
+    client: &mut DomicileClient<Channel>,
+    jurisdiction: &str,
+    identifiers: &[common::Identifier],
+    dry_run: bool,
+) -> Result<Option<String>, tonic::Status> {
     if dry_run {
-        let Some(first) = identifiers.into_iter().next() else { return Ok(None) };
+        let Some(first) = identifiers.first().cloned() else { return Ok(None) };
         return match client.resolve(pb::ResolveRequest { identifier: Some(first) }).await {
             Ok(reply) => Ok(Some(reply.into_inner().subject_ref)),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(status),
         };
     }
-    let reply = client.register(pb::RegisterRequest { jurisdiction, identifiers, ..Default::default() }).await?;
+    let reply = client
+        .register(pb::RegisterRequest {
+            jurisdiction: jurisdiction.to_owned(),
+            identifiers: identifiers.to_vec(),
+            ..Default::default()
+        })
+        .await?;
     Ok(Some(reply.into_inner().subject_ref))
 }
 

@@ -47,6 +47,12 @@ impl Effects for (ConsentRecord, u64) {
     }
 }
 
+impl Effects for Vec<(ConsentRecord, u64)> {
+    fn last_event(&self) -> Option<u64> {
+        self.iter().map(|(_, event)| *event).max()
+    }
+}
+
 impl Effects for Erased {
     fn last_event(&self) -> Option<u64> {
         Some(self.event)

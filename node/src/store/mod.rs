@@ -191,6 +191,23 @@ pub trait Store: Send + Sync + 'static {
         consent: NewConsent,
         idempotency: Option<&Idempotency>,
     ) -> impl Future<Output = Result<(ConsentRecord, u64), StoreError>> + Send;
+    /// Several records of one subject (an import's), each with its idempotency record: by
+    /// default one [`Store::append_consent`] each; a store may write them in one transaction
+    /// (the embedded store does). Any key already recorded fails the call with
+    /// [`StoreError::Replayed`] before anything of it is written.
+    fn append_consents(
+        &self,
+        subject: &SubjectId,
+        consents: Vec<(NewConsent, Option<Idempotency>)>,
+    ) -> impl Future<Output = Result<Vec<(ConsentRecord, u64)>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(consents.len());
+            for (consent, tag) in consents {
+                out.push(self.append_consent(subject, consent, tag.as_ref()).await?);
+            }
+            Ok(out)
+        }
+    }
     fn current_consent(
         &self,
         subject: &SubjectId,

@@ -14,6 +14,7 @@ use crate::store::{
 };
 
 /// A consent as it was captured, whoever reports it.
+#[derive(Clone)]
 pub(crate) struct ConsentCapture {
     pub purpose: Purpose,
     pub channels: Vec<Channel>,

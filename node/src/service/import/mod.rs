@@ -12,6 +12,7 @@ use domicile_proto::convert::SubjectKey;
 use futures_util::StreamExt as _;
 
 use super::consent::ConsentCapture;
+use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
 use crate::store::{Idempotency, ImportEvidence, Store};
@@ -102,6 +103,9 @@ impl<S: Store> NodeService<S> {
                     .collect();
             }
         };
+        // The entries to write, checked as a write would: written together below.
+        let mut ready: Vec<(usize, domicile_types::SubjectId, crate::store::NewConsent, Idempotency)> = Vec::new();
+        let mut fallback: Vec<(usize, ImportItem, Idempotency)> = Vec::new();
         for (index, item) in group {
             let source = (item.source.source_system.clone(), item.source.source_event_id.clone());
             if let Some(sequence) = seen.get(&source) {
@@ -122,19 +126,54 @@ impl<S: Store> NodeService<S> {
                     continue;
                 }
             }
+            seen.insert(source, 0);
             let mut capture = item.capture;
-            capture.evidence.import = Some(item.source);
-            let written = if dry_run {
-                self.prepare_consent(&item.key, caller, capture).await.map(|_| 0)
-            } else {
-                self.capture_unlogged(&item.key, caller, capture, Some(&tag)).await.map(|(_, record)| record.sequence)
-            };
-            match written {
-                Ok(sequence) => {
-                    seen.insert(source, sequence);
-                    out.push((index, Imported::Accepted(sequence)));
+            capture.evidence.import = Some(item.source.clone());
+            match self.prepare_consent(&item.key, caller, capture.clone()).await {
+                Ok(_) if dry_run => out.push((index, Imported::Accepted(0))),
+                Ok((subject, consent)) => {
+                    ready.push((index, subject, consent, tag));
+                    fallback.push((index, ImportItem { key: item.key, capture, source: item.source }, tag));
                 }
                 Err(e) => out.push((index, Imported::Refused(e))),
+            }
+        }
+        let Some(subject) = ready.first().map(|(_, subject, _, _)| *subject) else { return out };
+        let indices: Vec<usize> = ready.iter().map(|(index, ..)| *index).collect();
+        let batch = ready.into_iter().map(|(_, _, consent, tag)| (consent, Some(tag))).collect();
+        match self.settle(self.store.append_consents(&subject, batch).await).await {
+            Ok(Settled::Applied(results)) => {
+                for (index, (record, _)) in indices.into_iter().zip(results) {
+                    out.push((index, Imported::Accepted(record.sequence)));
+                }
+            }
+            // A run writing the same events raced this one: each entry on its own, answered with
+            // the first write where there was one.
+            Ok(Settled::Replayed) => {
+                for (index, item, tag) in fallback {
+                    let replayed = self
+                        .replayed::<(domicile_types::SubjectId, (crate::store::ConsentRecord, u64))>(Some(&tag))
+                        .await;
+                    let outcome = match replayed {
+                        Ok(Some((_, (record, _)))) => Imported::Duplicate(record.sequence),
+                        Ok(None) => {
+                            let mut capture = item.capture;
+                            capture.evidence.import = Some(item.source);
+                            match self.capture_unlogged(&item.key, caller, capture, Some(&tag)).await {
+                                Ok((_, record)) => Imported::Accepted(record.sequence),
+                                Err(e) => Imported::Refused(e),
+                            }
+                        }
+                        Err(e) => Imported::Refused(e),
+                    };
+                    out.push((index, outcome));
+                }
+            }
+            Err(e) => {
+                let status = tonic::Status::from(e);
+                for index in indices {
+                    out.push((index, Imported::Refused(NodeError::from_status(&status))));
+                }
             }
         }
         out

@@ -543,6 +543,14 @@ impl Store for SledStore {
         self.record_consent(subject, consent, idempotency)
     }
 
+    async fn append_consents(
+        &self,
+        subject: &SubjectId,
+        consents: Vec<(NewConsent, Option<Idempotency>)>,
+    ) -> Result<Vec<(ConsentRecord, u64)>, StoreError> {
+        self.record_consents(subject, consents)
+    }
+
     async fn erase(
         &self,
         subject: &SubjectId,

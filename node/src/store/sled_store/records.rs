@@ -78,6 +78,102 @@ impl SledStore {
         Ok(result)
     }
 
+    /// Several consent records of one subject in one transaction (an import's entries for the
+    /// subject): as [`Self::record_consent`] each, with one write lock, one audit transaction and
+    /// one commit for all. Any idempotency key already recorded aborts the whole batch
+    /// ([`StoreError::Replayed`]): the caller then writes its entries one by one.
+    pub(super) fn record_consents(
+        &self,
+        subject: &SubjectId,
+        consents: Vec<(NewConsent, Option<Idempotency>)>,
+    ) -> Result<Vec<(ConsentRecord, u64)>, StoreError> {
+        let key = self.key(subject)?;
+        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        let _serial = self.serialise_writes(&[*subject]);
+        let first = self.ledger_position()? + 1;
+        let mut records = Vec::with_capacity(consents.len());
+        let mut tags = Vec::with_capacity(consents.len());
+        let mut sealed_entries = Vec::with_capacity(consents.len());
+        let mut candidates = Vec::with_capacity(consents.len());
+        for (offset, (consent, tag)) in consents.into_iter().enumerate() {
+            let sequence = first + offset as u64;
+            let record = ConsentRecord {
+                sequence,
+                purpose: consent.purpose,
+                channels: consent.channels,
+                state: consent.state,
+                captured_at: consent.captured_at,
+                recorded_at: consent.recorded_at,
+                expires_at: consent.expires_at,
+                evidence: consent.evidence,
+            };
+            let ledger_key = consent_key(subject, sequence);
+            sealed_entries.push((ledger_key, seal(&key, b"consent", &ledger_key, &record)?));
+            candidates.push(CurrentConsent::of(&record, consent.counted_at_ms));
+            records.push(record);
+            tags.push(tag);
+        }
+        let Some(last) = records.last().map(|r| r.sequence) else { return Ok(Vec::new()) };
+        // Per cell, the candidate of the batch that the ledger's order puts in force (the cell's
+        // stored record is weighed against it in the transaction).
+        let mut cells: Vec<(Vec<u8>, &CurrentConsent)> = Vec::new();
+        for (record, candidate) in records.iter().zip(&candidates) {
+            for channel in &record.channels {
+                let k = current_key(subject, record.purpose, *channel);
+                match cells.iter_mut().find(|(cell, _)| *cell == k) {
+                    Some((_, best)) if candidate.supersedes(best) => *best = candidate,
+                    Some(_) => {}
+                    None => cells.push((k, candidate)),
+                }
+            }
+        }
+        let sealed_cells: Vec<(Vec<u8>, &CurrentConsent, Vec<u8>)> = cells
+            .into_iter()
+            .map(|(k, c)| seal(&key, b"current", &k, c).map(|sealed| (k, c, sealed)))
+            .collect::<Result<_, _>>()?;
+        let recorded: Vec<Recorded<'_>> =
+            records.iter().map(|record| Recorded::Consent { subject: *subject, record, links: &entry.links }).collect();
+        let recorded_at = records.first().map_or(0, |r| r.recorded_at);
+        let events = self.events_of(&recorded, recorded_at)?;
+        let audited = self.audited(recorded_at)?;
+        let result = (&self.meta, &self.consent, &self.current, &self.events, &self.counters, &self.idempotency)
+            .transaction(|(meta, ledger, current, event_tree, counters, replays)| {
+                for tag in &tags {
+                    check_replay(replays, tag.as_ref())?;
+                }
+                if meta.get(subject.as_bytes())?.is_none() {
+                    return abort(StoreError::NotFound);
+                }
+                for (ledger_key, sealed) in &sealed_entries {
+                    ledger.insert(&ledger_key[..], sealed.as_slice())?;
+                }
+                counters.insert(LEDGER_POSITION, &last.to_be_bytes()[..])?;
+                for (k, candidate, sealed) in &sealed_cells {
+                    let replace = match current.get(k)? {
+                        None => true,
+                        Some(bytes) => {
+                            candidate.supersedes(&or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?)
+                        }
+                    };
+                    if replace {
+                        current.insert(k.as_slice(), sealed.as_slice())?;
+                    }
+                }
+                let mut results = Vec::with_capacity(records.len());
+                for ((record, (event_seq, event)), tag) in records.iter().zip(&events).zip(&tags) {
+                    event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+                    let result = (record.clone(), *event_seq);
+                    record_replay(replays, tag.as_ref(), Some((subject, &key)), &(*subject, &result))?;
+                    results.push(result);
+                }
+                audited.append(&recorded)?;
+                Ok(results)
+            });
+        let result = flatten(result)?;
+        audited.commit();
+        Ok(result)
+    }
+
     pub(super) fn restrict_subject(
         &self,
         subject: &SubjectId,
