@@ -9,9 +9,9 @@ use sled::Transactional;
 
 use super::claims::{check_replay, hold, record_replay, release_held};
 use super::{
-    CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Recorded, Rectification, Rectified, Registered,
-    Release, RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend,
-    consent_key, decode, encode, flatten, live_subject, number_events, open, or_abort, seal,
+    CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Move, Recorded, Rectification, Rectified,
+    Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectKey, SubjectMeta, SubjectRecord, TxResult,
+    abort, backend, consent_key, context, decode, encode, flatten, live_subject, number_events, open, or_abort, seal,
 };
 
 /// The claim of `claimed` for `link`: a link that no subject holds may become live only with one.
@@ -547,5 +547,28 @@ impl SledStore {
             None => Ok(None),
             Some(sealed) => open(&key, b"subjects", id.as_bytes(), &sealed).map(Some),
         }
+    }
+}
+
+impl SledStore {
+    /// Re-seals every entry of `from`'s log in `tree` under `into`'s key, keeping the sequence
+    /// part of each key. Returns (old key, new key, new sealed value) triples.
+    pub(super) fn reseal_log(
+        tree: &sled::Tree,
+        name: &[u8],
+        from: (&SubjectId, &SubjectKey),
+        into: (&SubjectId, &SubjectKey),
+    ) -> Result<Vec<Move>, StoreError> {
+        tree.scan_prefix(from.0.as_bytes())
+            .map(|item| {
+                let (old, value) = item.map_err(backend)?;
+                let plain = from.1.open(&context(name, &old), &value)?;
+                let mut new = Vec::with_capacity(old.len());
+                new.extend_from_slice(into.0.as_bytes());
+                new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
+                let sealed = into.1.seal(&context(name, &new), &plain)?;
+                Ok((old, new, sealed))
+            })
+            .collect()
     }
 }

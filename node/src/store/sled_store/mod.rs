@@ -284,27 +284,6 @@ impl SledStore {
             .collect()
     }
 
-    /// Re-seals every entry of `from`'s log in `tree` under `into`'s key, keeping the sequence
-    /// part of each key. Returns (old key, new key, new sealed value) triples.
-    fn reseal_log(
-        tree: &sled::Tree,
-        name: &[u8],
-        from: (&SubjectId, &SubjectKey),
-        into: (&SubjectId, &SubjectKey),
-    ) -> Result<Vec<Move>, StoreError> {
-        tree.scan_prefix(from.0.as_bytes())
-            .map(|item| {
-                let (old, value) = item.map_err(backend)?;
-                let plain = from.1.open(&context(name, &old), &value)?;
-                let mut new = Vec::with_capacity(old.len());
-                new.extend_from_slice(into.0.as_bytes());
-                new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
-                let sealed = into.1.seal(&context(name, &new), &plain)?;
-                Ok((old, new, sealed))
-            })
-            .collect()
-    }
-
     /// Raw key bytes of a subject, for tests that prove erasure by searching the disk.
     #[cfg(test)]
     pub(crate) fn raw_key(&self, id: &SubjectId) -> Option<[u8; 32]> {
