@@ -1,8 +1,10 @@
 //! Consent brought from another system (`domicile import`, issue 22): each entry applied once per
 //! source system and event id, with its original capture time, marked imported, and announced to
-//! watchers only when asked. A batch is written subject by subject (a subject's entries in order,
-//! subjects concurrently, so the writes share group commits); every entry is a consent record
-//! like any other, with its audit entry, so decisions name the imported evidence.
+//! watchers only when asked. A batch is written subject by subject: a subject's new entries in one
+//! store write (`Store::append_consents`; the embedded store makes it one transaction), subjects
+//! concurrently, so the writes share group commits. Every entry is a consent record like any
+//! other, checked as a capture is and with its own audit entry, so decisions name the imported
+//! evidence.
 
 pub(super) mod wire;
 
