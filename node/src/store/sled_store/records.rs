@@ -17,71 +17,19 @@ impl SledStore {
         consent: NewConsent,
         idempotency: Option<&Idempotency>,
     ) -> Result<(ConsentRecord, u64), StoreError> {
-        let key = self.key(subject)?;
-        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
-        let _serial = self.serialise_writes(&[*subject]);
-        // Positions of the consent ledger are its own (not shared with change events): read
-        // under the write lock, which every writer holds, and written with the record.
-        let sequence = self.ledger_position()? + 1;
-        let record = ConsentRecord {
-            sequence,
-            purpose: consent.purpose,
-            channels: consent.channels,
-            state: consent.state,
-            captured_at: consent.captured_at,
-            recorded_at: consent.recorded_at,
-            expires_at: consent.expires_at,
-            evidence: consent.evidence,
-        };
-        let ledger_key = consent_key(subject, sequence);
-        let sealed_entry = seal(&key, b"consent", &ledger_key, &record)?;
-        let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
-        let mut sealed_current = Vec::with_capacity(record.channels.len());
-        for channel in &record.channels {
-            let k = current_key(subject, record.purpose, *channel);
-            let sealed = seal(&key, b"current", &k, &candidate)?;
-            sealed_current.push((k, sealed));
-        }
-        let recorded = [Recorded::Consent { subject: *subject, record: &record, links: &entry.links }];
-        let [(event_seq, event)] = <[_; 1]>::try_from(self.events_of(&recorded, record.recorded_at)?)
-            .map_err(|_| StoreError::Backend("one change event per consent record".into()))?;
-        let audited = self.audited(record.recorded_at)?;
-        let result = (&self.meta, &self.consent, &self.current, &self.events, &self.counters, &self.idempotency)
-            .transaction(|(meta, ledger, current, events, counters, replays)| {
-                check_replay(replays, idempotency)?;
-                // A merge or erasure that committed since the checks above took the subject away;
-                // a record written now would be sealed under a destroyed key.
-                if meta.get(subject.as_bytes())?.is_none() {
-                    return abort(StoreError::NotFound);
-                }
-                ledger.insert(&ledger_key[..], sealed_entry.as_slice())?;
-                counters.insert(LEDGER_POSITION, &sequence.to_be_bytes()[..])?;
-                for (k, sealed) in &sealed_current {
-                    let replace = match current.get(k)? {
-                        None => true,
-                        Some(bytes) => {
-                            candidate.supersedes(&or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?)
-                        }
-                    };
-                    if replace {
-                        current.insert(k.as_slice(), sealed.as_slice())?;
-                    }
-                }
-                events.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
-                let result = (record.clone(), event_seq);
-                record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &result))?;
-                audited.append(&recorded)?;
-                Ok(result)
-            });
-        let result = flatten(result)?;
-        audited.commit();
-        Ok(result)
+        // One record is a batch of one: one code path for the ledger, the cells, the event, the
+        // audit entry and the idempotency record.
+        self.record_consents(subject, vec![(consent, idempotency.copied())])?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("one record written, none returned".into()))
     }
 
-    /// Several consent records of one subject in one transaction (an import's entries for the
-    /// subject): as [`Self::record_consent`] each, with one write lock, one audit transaction and
-    /// one commit for all. Any idempotency key already recorded aborts the whole batch
-    /// ([`StoreError::Replayed`]): the caller then writes its entries one by one.
+    /// Consent records of one subject in one transaction (one capture, or an import's entries for
+    /// the subject): appended at the next ledger positions (the ledger's own, read under the
+    /// write lock every writer holds), each cell updated where the ledger's order puts a record of
+    /// the batch in force, one change event, one audit entry and the idempotency record of each,
+    /// with one write lock, one audit transaction and one commit for all. Any idempotency key
+    /// already recorded aborts the whole batch ([`StoreError::Replayed`]).
     pub(super) fn record_consents(
         &self,
         subject: &SubjectId,
@@ -141,6 +89,8 @@ impl SledStore {
                 for tag in &tags {
                     check_replay(replays, tag.as_ref())?;
                 }
+                // A merge or erasure that committed since the checks above took the subject away;
+                // a record written now would be sealed under a destroyed key.
                 if meta.get(subject.as_bytes())?.is_none() {
                     return abort(StoreError::NotFound);
                 }
