@@ -74,8 +74,9 @@ pub struct ImportArgs {
     /// channels.
     #[arg(long)]
     mapping: PathBuf,
-    /// Per-row receipts (NDJSON, appended). `<receipts>.checkpoint` records how far every row
-    /// has one; a re-run resumes after it.
+    /// Per-row receipts (NDJSON, appended). `<receipts>.checkpoint` records how many rows, in
+    /// reading order, all have one; a re-run of the same file with the same mapping resumes
+    /// after them.
     #[arg(long)]
     receipts: PathBuf,
     /// Check every row as a write would (mapping, subject, residency); write nothing, register
@@ -141,7 +142,7 @@ enum Receipt {
 struct Batch {
     rows: Vec<ImportRow>,
     refused: Vec<RowError>,
-    /// The last line this batch covers.
+    /// The last row (counted from 1 in reading order) this batch covers.
     last_line: usize,
 }
 
@@ -174,7 +175,7 @@ fn checkpoint_path(receipts: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The line up to which every row has its receipt (0: none).
+/// The number of rows, in reading order, that all have their receipt (0: none).
 fn read_checkpoint(path: &Path) -> anyhow::Result<usize> {
     match std::fs::read_to_string(path) {
         Ok(text) => text.trim().parse().with_context(|| format!("{} is not a line number", path.display())),
@@ -256,16 +257,16 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let reader_tally = Arc::clone(&tally);
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut batch = Batch { rows: Vec::with_capacity(batch_size), refused: Vec::new(), last_line: 0 };
-        for row in formats::rows(format, BufReader::with_capacity(1 << 20, counting), &mapping) {
-            let line = match &row {
-                Ok(row) => row.line,
-                Err(e) => e.line,
-            };
-            if line <= resume_after {
+        // Rows are counted in the order the reader yields them (the same for the same file and
+        // mapping): the checkpoint is a row count, not a line, since a JSON array on one line
+        // puts every record on line 1 and one record may yield several rows.
+        for (ordinal, row) in formats::rows(format, BufReader::with_capacity(1 << 20, counting), &mapping).enumerate() {
+            let ordinal = ordinal + 1;
+            if ordinal <= resume_after {
                 reader_tally.skipped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            batch.last_line = batch.last_line.max(line);
+            batch.last_line = ordinal;
             match row {
                 Ok(row) => batch.rows.push(row),
                 Err(e) => batch.refused.push(e),

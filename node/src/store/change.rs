@@ -28,7 +28,7 @@ pub enum Change {
         purpose: Purpose,
         channels: Vec<Channel>,
         state: ConsentState,
-        /// An imported entry written without broadcast (`domicile import`): stored like every
+        /// An imported grant written without broadcast (`domicile import`): stored like every
         /// event (positions stay dense, caches follow it) but not sent to watchers.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         quiet: bool,
@@ -81,7 +81,10 @@ impl Recorded<'_> {
                     purpose: record.purpose,
                     channels: record.channels.clone(),
                     state: record.state,
-                    quiet: record.evidence.import.as_ref().is_some_and(|i| !i.broadcast),
+                    // Withdrawals and denials are always announced: a follower's suppression list
+                    // must not keep a person granted whom an import has just opted out.
+                    quiet: record.state == ConsentState::Granted
+                        && record.evidence.import.as_ref().is_some_and(|i| !i.broadcast),
                 },
             )],
             Recorded::LinksRemoved { subject, links, .. } => one(subject, links, Change::LinksRemoved),

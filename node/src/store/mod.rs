@@ -192,9 +192,10 @@ pub trait Store: Send + Sync + 'static {
         idempotency: Option<&Idempotency>,
     ) -> impl Future<Output = Result<(ConsentRecord, u64), StoreError>> + Send;
     /// Several records of one subject (an import's), each with its idempotency record: by
-    /// default one [`Store::append_consent`] each; a store may write them in one transaction
-    /// (the embedded store does). Any key already recorded fails the call with
-    /// [`StoreError::Replayed`] before anything of it is written.
+    /// default one [`Store::append_consent`] each, so a key found recorded part-way fails the
+    /// call with [`StoreError::Replayed`] after the entries before it were written (a caller's
+    /// retry finds those as duplicates); a store may write them in one transaction, all or
+    /// nothing (the embedded store does).
     fn append_consents(
         &self,
         subject: &SubjectId,

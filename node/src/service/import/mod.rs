@@ -87,9 +87,9 @@ impl<S: Store> NodeService<S> {
     ) -> Vec<(usize, Imported)> {
         let mut out = Vec::with_capacity(group.len());
         let Some(first) = group.first() else { return out };
-        let history = match self.resolve_meta(&first.1.key).await {
-            Ok((subject, _)) => self.store.consent_history(&subject).await.map_err(NodeError::from),
-            Err(e) => Err(e),
+        let (subject_id, history) = match self.resolve_meta(&first.1.key).await {
+            Ok((subject, _)) => (Some(subject), self.store.consent_history(&subject).await.map_err(NodeError::from)),
+            Err(e) => (None, Err(e)),
         };
         let mut seen: HashMap<(String, String), u64> = match history {
             Ok(entries) => entries
@@ -108,13 +108,22 @@ impl<S: Store> NodeService<S> {
         // The entries to write, checked as a write would: written together below.
         let mut ready: Vec<(usize, domicile_types::SubjectId, crate::store::NewConsent, Idempotency)> = Vec::new();
         let mut fallback: Vec<(usize, ImportItem, Idempotency)> = Vec::new();
+        // A source event repeated within the call gets the first copy's outcome, known only
+        // once that copy is written (or refused).
+        let mut pending: HashMap<(String, String), usize> = HashMap::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
         for (index, item) in group {
             let source = (item.source.source_system.clone(), item.source.source_event_id.clone());
             if let Some(sequence) = seen.get(&source) {
                 out.push((index, Imported::Duplicate(*sequence)));
                 continue;
             }
-            let tag = self.import_tag(&item.source);
+            if let Some(first) = pending.get(&source) {
+                repeats.push((index, *first));
+                continue;
+            }
+            let Some(subject_id) = subject_id else { continue };
+            let tag = self.import_tag(&subject_id, &item.source, &item.capture);
             // Written by a run whose entry the ledger scan above raced with.
             match self.replayed::<(domicile_types::SubjectId, (crate::store::ConsentRecord, u64))>(Some(&tag)).await {
                 Ok(Some((_, (record, _)))) => {
@@ -128,7 +137,7 @@ impl<S: Store> NodeService<S> {
                     continue;
                 }
             }
-            seen.insert(source, 0);
+            pending.insert(source, index);
             let mut capture = item.capture;
             capture.evidence.import = Some(item.source.clone());
             match self.prepare_consent(&item.key, caller, capture.clone()).await {
@@ -140,7 +149,10 @@ impl<S: Store> NodeService<S> {
                 Err(e) => out.push((index, Imported::Refused(e))),
             }
         }
-        let Some(subject) = ready.first().map(|(_, subject, _, _)| *subject) else { return out };
+        let Some(subject) = ready.first().map(|(_, subject, _, _)| *subject) else {
+            copy_outcomes(&mut out, repeats);
+            return out;
+        };
         let indices: Vec<usize> = ready.iter().map(|(index, ..)| *index).collect();
         let batch = ready.into_iter().map(|(_, _, consent, tag)| (consent, Some(tag))).collect();
         match self.settle(self.store.append_consents(&subject, batch).await).await {
@@ -178,19 +190,60 @@ impl<S: Store> NodeService<S> {
                 }
             }
         }
+        copy_outcomes(&mut out, repeats);
         out
     }
 
-    /// The idempotency record of an imported entry: keyed by its source event (not by caller or
-    /// request), so any run that carries it again is answered with the first entry.
-    fn import_tag(&self, source: &ImportEvidence) -> Idempotency {
-        let key = [source.source_system.as_bytes(), source.source_event_id.as_bytes()];
+    /// The idempotency record of an imported entry: keyed by the subject and the source event
+    /// (not by caller or request), so any run that carries the event again for the subject is
+    /// answered with the first entry, and another subject's event of the same id is not this
+    /// one. Fingerprinted by what the entry says: two runs racing with the same event id but
+    /// other content get INVALID_ARGUMENT for the second, not a silent duplicate. (Once the
+    /// first is in the ledger, the event id alone makes a duplicate: the import is idempotent on
+    /// source system and event id.)
+    fn import_tag(
+        &self,
+        subject: &domicile_types::SubjectId,
+        source: &ImportEvidence,
+        capture: &ConsentCapture,
+    ) -> Idempotency {
+        let key = [subject.as_bytes().as_slice(), source.source_system.as_bytes(), source.source_event_id.as_bytes()];
+        let channels: Vec<&str> = capture.channels.iter().map(|c| c.as_str()).collect();
+        let content = format!(
+            "{}|{}|{}|{:?}|{:?}|{:?}|{}",
+            capture.purpose,
+            channels.join(","),
+            capture.action.resulting_state(),
+            capture.captured_at_ms,
+            capture.expires_at,
+            capture.evidence.consent_kind,
+            capture.evidence.hours.join(","),
+        );
         Idempotency {
-            key: self.link_key.digest(b"domicile/import-event/v1", &key),
-            // The same event always carries the same content as far as this check goes: a second
-            // run with a changed mapping is still the same event, and a duplicate.
-            fingerprint: self.link_key.digest(b"domicile/import-event-body/v1", &key),
+            key: self.link_key.digest(b"domicile/import-event/v2", &key),
+            fingerprint: self.link_key.digest(b"domicile/import-event-body/v2", &[content.as_bytes()]),
             at: domicile_runtime::process::now_unix(),
         }
+    }
+}
+
+/// Gives each repeat of a source event within one call (`(index, first index)`) its first copy's
+/// outcome: written → duplicate of it; refused → the same refusal.
+fn copy_outcomes(out: &mut Vec<(usize, Imported)>, repeats: Vec<(usize, usize)>) {
+    for (index, first) in repeats {
+        let copy = match out.iter_mut().find(|(i, _)| *i == first).map(|(_, outcome)| outcome) {
+            Some(Imported::Accepted(sequence) | Imported::Duplicate(sequence)) => Imported::Duplicate(*sequence),
+            Some(slot) => {
+                let taken = std::mem::replace(slot, Imported::Duplicate(0));
+                let status = match taken {
+                    Imported::Refused(e) => tonic::Status::from(e),
+                    _ => tonic::Status::internal("import outcome lost"),
+                };
+                *slot = Imported::Refused(NodeError::from_status(&status));
+                Imported::Refused(NodeError::from_status(&status))
+            }
+            None => Imported::Refused(NodeError::Internal("import outcome lost")),
+        };
+        out.push((index, copy));
     }
 }

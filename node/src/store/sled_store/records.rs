@@ -10,6 +10,9 @@ use super::{
     open, or_abort, seal,
 };
 
+/// A cell's candidates from one batch, in order, each with its sealed form.
+type SealedCandidates<'a> = Vec<(&'a CurrentConsent, Vec<u8>)>;
+
 impl SledStore {
     pub(super) fn record_consent(
         &self,
@@ -62,23 +65,20 @@ impl SledStore {
             tags.push(tag);
         }
         let Some(last) = records.last().map(|r| r.sequence) else { return Ok(Vec::new()) };
-        // Per cell, the candidate of the batch that the ledger's order puts in force (the cell's
-        // stored record is weighed against it in the transaction).
-        let mut cells: Vec<(Vec<u8>, &CurrentConsent)> = Vec::new();
+        // Per cell, the batch's candidates in order, each sealed: in the transaction they are
+        // applied one by one to the stored record, as single writes would be (the ledger's order
+        // is not transitive across its re-grant rule, so no winner is picked beforehand).
+        let mut cells: Vec<(Vec<u8>, SealedCandidates<'_>)> = Vec::new();
         for (record, candidate) in records.iter().zip(&candidates) {
             for channel in &record.channels {
                 let k = current_key(subject, record.purpose, *channel);
+                let sealed = seal(&key, b"current", &k, candidate)?;
                 match cells.iter_mut().find(|(cell, _)| *cell == k) {
-                    Some((_, best)) if candidate.supersedes(best) => *best = candidate,
-                    Some(_) => {}
-                    None => cells.push((k, candidate)),
+                    Some((_, list)) => list.push((candidate, sealed)),
+                    None => cells.push((k, vec![(candidate, sealed)])),
                 }
             }
         }
-        let sealed_cells: Vec<(Vec<u8>, &CurrentConsent, Vec<u8>)> = cells
-            .into_iter()
-            .map(|(k, c)| seal(&key, b"current", &k, c).map(|sealed| (k, c, sealed)))
-            .collect::<Result<_, _>>()?;
         let recorded: Vec<Recorded<'_>> =
             records.iter().map(|record| Recorded::Consent { subject: *subject, record, links: &entry.links }).collect();
         let recorded_at = records.first().map_or(0, |r| r.recorded_at);
@@ -98,15 +98,21 @@ impl SledStore {
                     ledger.insert(&ledger_key[..], sealed.as_slice())?;
                 }
                 counters.insert(LEDGER_POSITION, &last.to_be_bytes()[..])?;
-                for (k, candidate, sealed) in &sealed_cells {
-                    let replace = match current.get(k)? {
-                        None => true,
-                        Some(bytes) => {
-                            candidate.supersedes(&or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?)
-                        }
+                for (k, list) in &cells {
+                    let stored = match current.get(k)? {
+                        None => None,
+                        Some(bytes) => Some(or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?),
                     };
-                    if replace {
-                        current.insert(k.as_slice(), sealed.as_slice())?;
+                    let mut in_force: Option<&CurrentConsent> = stored.as_ref();
+                    let mut write: Option<&[u8]> = None;
+                    for (candidate, sealed) in list {
+                        if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
+                            in_force = Some(*candidate);
+                            write = Some(sealed.as_slice());
+                        }
+                    }
+                    if let Some(sealed) = write {
+                        current.insert(k.as_slice(), sealed)?;
                     }
                 }
                 let mut results = Vec::with_capacity(records.len());
