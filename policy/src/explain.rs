@@ -183,7 +183,7 @@ fn consent_checks(basis: Basis, input: &DecisionInput, compiled: &CompiledRule, 
     let mut checks = Vec::new();
     let mut basis = basis;
     if let Some(minors) = &compiled.minors {
-        let band = minors.band(input.facts.age);
+        let band = minors.bands_for(input.facts.age).first();
         let age =
             input.facts.age.map_or_else(|| format!("not known, treated as {}", minors.unknown_age), |a| a.to_string());
         checks.push(Check {

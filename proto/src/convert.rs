@@ -364,24 +364,6 @@ pub fn decision_facts(
     Ok((facts, zone))
 }
 
-/// The facts back on the wire (what a caller sent, for a gateway forwarding them).
-pub fn decision_facts_to_pb(
-    facts: &domicile_policy::Facts,
-    zone: Option<&domicile_policy::Zone>,
-) -> common::DecisionFacts {
-    common::DecisionFacts {
-        contact_from_sale: facts.contact_from_sale,
-        similar_products: facts.similar_products,
-        opt_out_offered: facts.opt_out_offered,
-        on_register: facts.on_register,
-        last_purchase_at: facts.last_purchase_at.map(to_timestamp),
-        last_inquiry_at: facts.last_inquiry_at.map(to_timestamp),
-        recipient: facts.recipient.map(|r| r.as_str().to_owned()).unwrap_or_default(),
-        age: facts.age.map(u32::from),
-        time_zone: zone.map(|z| z.name().to_owned()).unwrap_or_default(),
-    }
-}
-
 /// What a consent record is, read from its channels and evidence: a consent to contact on the
 /// channels, of a kind (`None`: express) and for some hours, or a consent to transfers of the
 /// purpose's data out of the home regions (no channels, no hours).

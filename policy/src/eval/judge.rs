@@ -9,7 +9,7 @@ use domicile_types::ConsentState;
 use crate::model::decision::{ConsentFact, DecisionInput, Effect, Outcome};
 use crate::model::rule::{Lifetime, MinorBand, Rule};
 use crate::model::table::CompiledRule;
-use crate::model::terms::{Basis, ConsentKind, UnknownAge};
+use crate::model::terms::{Basis, ConsentKind};
 use crate::model::window::{CallingWindow, Opening};
 use crate::zone::Zone;
 
@@ -195,11 +195,7 @@ pub(crate) fn judge(
     // Below a minors band's age the band tightens the rule. With the age unknown and the pack
     // saying to treat it as a minor's, the contact must pass every band.
     let Some(minors) = &compiled.minors else { return judge_as(rule, compiled, input, &hours, None) };
-    let bands: Vec<&MinorBand> = match (input.facts.age, minors.unknown_age) {
-        (Some(age), _) => minors.bands.iter().find(|b| age < b.under).into_iter().collect(),
-        (None, UnknownAge::Adult) => Vec::new(),
-        (None, UnknownAge::Minor) => minors.bands.iter().collect(),
-    };
+    let bands = minors.bands_for(input.facts.age);
     if bands.is_empty() {
         return judge_as(rule, compiled, input, &hours, None);
     }

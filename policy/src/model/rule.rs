@@ -95,15 +95,17 @@ pub struct MinorBand {
 }
 
 impl Minors {
-    /// The band that applies to a subject of `age` years (`None`: unknown), or `None` for the
-    /// rule as written (an adult, or an unknown age the pack treats as adult).
-    pub fn band(&self, age: Option<u8>) -> Option<&MinorBand> {
-        match age {
-            Some(age) => self.bands.iter().find(|b| age < b.under),
-            None => match self.unknown_age {
-                UnknownAge::Adult => None,
-                UnknownAge::Minor => self.bands.first(),
+    /// The bands a subject of `age` years (`None`: unknown) must pass: the one its age falls in;
+    /// none for an adult or an unknown age the pack treats as an adult's (the rule as written);
+    /// every band for an unknown age the pack treats as a minor's.
+    pub fn bands_for(&self, age: Option<u8>) -> &[MinorBand] {
+        match (age, self.unknown_age) {
+            (Some(age), _) => match self.bands.iter().position(|b| age < b.under) {
+                Some(i) => self.bands.get(i..=i).unwrap_or(&[]),
+                None => &[],
             },
+            (None, UnknownAge::Adult) => &[],
+            (None, UnknownAge::Minor) => &self.bands,
         }
     }
 }
