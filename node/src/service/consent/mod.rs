@@ -10,7 +10,8 @@ use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
 use crate::store::{
-    CLOCK_SKEW_SECS, ConsentRecord, CurrentConsent, Evidence, Idempotency, NewConsent, Store, counted_at_ms,
+    CLOCK_SKEW_SECS, ConsentRecord, CurrentConsent, Evidence, Idempotency, NewConsent, Store, SubjectMeta,
+    counted_at_ms,
 };
 
 /// A consent as it was captured, whoever reports it.
@@ -45,7 +46,7 @@ fn check_evidence(evidence: &Evidence) -> Result<(), FieldViolation> {
 
 /// The checks of a capture that need nothing but the capture: its times against this node's
 /// clock, its evidence.
-fn check_capture_fields(capture: &ConsentCapture) -> Result<(), NodeError> {
+pub(in crate::service) fn check_capture_fields(capture: &ConsentCapture) -> Result<(), NodeError> {
     let now = now_unix_ms().div_euclid(1000);
     let captured_at = capture.captured_at_ms.map_or(now, |ms| ms.div_euclid(1000));
     // Clocks drift; beyond that a capture time ahead of this node is a client bug. Within it,
@@ -88,7 +89,8 @@ impl<S: Store> NodeService<S> {
         if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
             return Ok((subject, record));
         }
-        let (subject, consent) = self.prepare_consent(key, caller, capture).await?;
+        let (subject, meta) = self.resolve_meta(key).await?;
+        let consent = self.consent_for(&meta, caller, capture)?;
         match self.settle(self.store.append_consent(&subject, consent, tag).await).await? {
             Settled::Applied((record, _)) => Ok((subject, record)),
             Settled::Replayed => {
@@ -98,21 +100,20 @@ impl<S: Store> NodeService<S> {
         }
     }
 
-    /// Every check a capture passes before it is written, and the record it would write: the
-    /// subject, the collection rule of its pack, hours its pack defines. Writes nothing (an
+    /// The record `capture` makes for a subject already read (`meta`), after the checks that
+    /// need the subject: the collection rule of its pack, hours its pack defines. The capture's
+    /// own fields are checked by the caller ([`check_capture_fields`]). Writes nothing (an
     /// import's dry run stops here).
-    pub(crate) async fn prepare_consent(
+    pub(crate) fn consent_for(
         &self,
-        key: &SubjectKey,
+        meta: &SubjectMeta,
         caller: &Caller,
         capture: ConsentCapture,
-    ) -> Result<(SubjectId, NewConsent), NodeError> {
-        check_capture_fields(&capture)?;
+    ) -> Result<NewConsent, NodeError> {
         let now_ms = now_unix_ms();
         let now = now_ms.div_euclid(1000);
         let captured_at_ms = capture.captured_at_ms.unwrap_or(now_ms);
         let captured_at = captured_at_ms.div_euclid(1000);
-        let (subject, meta) = self.resolve_meta(key).await?;
         self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
         let state = capture.action.resulting_state();
         let mut evidence = capture.evidence;
@@ -146,7 +147,7 @@ impl<S: Store> NodeService<S> {
             expires_at: capture.expires_at,
             evidence,
         };
-        Ok((subject, consent))
+        Ok(consent)
     }
 
     pub(crate) async fn consent_history_of(&self, key: &SubjectKey) -> Result<ConsentHistory, NodeError> {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use domicile_proto::convert::SubjectKey;
 use futures_util::StreamExt as _;
 
-use super::consent::ConsentCapture;
+use super::consent::{ConsentCapture, check_capture_fields};
 use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
@@ -87,8 +87,12 @@ impl<S: Store> NodeService<S> {
     ) -> Vec<(usize, Imported)> {
         let mut out = Vec::with_capacity(group.len());
         let Some(first) = group.first() else { return out };
-        let (subject_id, history) = match self.resolve_meta(&first.1.key).await {
-            Ok((subject, _)) => (Some(subject), self.store.consent_history(&subject).await.map_err(NodeError::from)),
+        // The group's subject, read once: every entry of the group names it by the same key.
+        let (resolved, history) = match self.resolve_meta(&first.1.key).await {
+            Ok((subject, meta)) => {
+                let history = self.store.consent_history(&subject).await.map_err(NodeError::from);
+                (Some((subject, meta)), history)
+            }
             Err(e) => (None, Err(e)),
         };
         let mut seen: HashMap<(String, String), u64> = match history {
@@ -122,8 +126,8 @@ impl<S: Store> NodeService<S> {
                 repeats.push((index, *first));
                 continue;
             }
-            let Some(subject_id) = subject_id else { continue };
-            let tag = self.import_tag(&subject_id, &item.source, &item.capture);
+            let Some((subject_id, meta)) = &resolved else { continue };
+            let tag = self.import_tag(subject_id, &item.source, &item.capture);
             // Written by a run whose entry the ledger scan above raced with.
             match self.replayed::<(domicile_types::SubjectId, (crate::store::ConsentRecord, u64))>(Some(&tag)).await {
                 Ok(Some((_, (record, _)))) => {
@@ -140,10 +144,12 @@ impl<S: Store> NodeService<S> {
             pending.insert(source, index);
             let mut capture = item.capture;
             capture.evidence.import = Some(item.source.clone());
-            match self.prepare_consent(&item.key, caller, capture.clone()).await {
+            let prepared =
+                check_capture_fields(&capture).and_then(|()| self.consent_for(meta, caller, capture.clone()));
+            match prepared {
                 Ok(_) if dry_run => out.push((index, Imported::Accepted(0))),
-                Ok((subject, consent)) => {
-                    ready.push((index, subject, consent, tag));
+                Ok(consent) => {
+                    ready.push((index, *subject_id, consent, tag));
                     fallback.push((index, ImportItem { key: item.key, capture, source: item.source }, tag));
                 }
                 Err(e) => out.push((index, Imported::Refused(e))),
