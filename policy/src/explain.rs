@@ -10,7 +10,7 @@ use domicile_types::{Channel, ConsentState, Purpose};
 use serde::Serialize;
 
 use crate::eval::judge;
-use crate::model::table::CompiledRule;
+use crate::model::table::{CompiledRule, DecisionTable};
 use crate::model::terms::Recipient;
 use crate::model::{Basis, ConsentFact, ConsentKind, Decision, DecisionInput, Facts, Outcome, Pack, Rule};
 use crate::time::format_rfc3339;
@@ -76,7 +76,7 @@ impl Pack {
             None => self.time_zones().iter().map(|z| z.name().to_owned()).collect(),
         };
         let mut rules = Vec::new();
-        for rule in self.rules_for(input.purpose, input.channel) {
+        for (rule, recipients) in self.rules_for_recipients(input.purpose, input.channel) {
             let index = self.effective_rules().iter().position(|r| r.id == rule.id);
             let compiled = index.and_then(|i| self.table().compiled.get(i));
             let in_effect = rule.in_effect(input.at_unix);
@@ -91,15 +91,16 @@ impl Pack {
                 },
                 held: in_effect,
             }];
-            // A rule for other recipient types does not apply; with the type unknown every rule
-            // of the cell is weighed.
-            let applies_to_recipient =
-                input.facts.recipient.is_none_or(|r| rule.recipients.is_empty() || rule.recipients.contains(&r));
-            if !rule.recipients.is_empty() {
+            // A rule for other recipient types does not apply (as the decision weighs it, after
+            // `replaces`); with the type unknown every rule of the cell is weighed.
+            let applies_to_recipient = DecisionTable::weighed_for(recipients, input.facts.recipient);
+            let types: Vec<&str> =
+                Recipient::ALL.iter().filter(|r| recipients & r.bit() != 0).map(|r| r.as_str()).collect();
+            if types.len() < Recipient::ALL.len() {
                 checks.push(Check {
                     what: format!(
                         "rule applies to {} recipients (recipient: {})",
-                        rule.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" and "),
+                        types.join(" and "),
                         input.facts.recipient.map_or("not known, so every type's rule is weighed", |r| r.as_str())
                     ),
                     held: applies_to_recipient,

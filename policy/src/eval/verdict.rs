@@ -5,7 +5,7 @@
 use crate::model::decision::{DecisionInput, Effect, Outcome};
 use crate::model::pack::Pack;
 use crate::model::rule::Rule;
-use crate::model::table::{CompiledRule, cell_index};
+use crate::model::table::{CompiledRule, DecisionTable, cell_index};
 
 use super::judge::{judge, min_opt};
 
@@ -71,10 +71,7 @@ impl Pack {
             }
             // A rule for other recipients does not apply; with the recipient unknown every rule
             // of the cell is weighed, so the contact must be allowed for each type.
-            let recipients = table.entry_recipients.get(position).copied().unwrap_or(0);
-            if let Some(recipient) = input.facts.recipient
-                && recipients & recipient.bit() == 0
-            {
+            if !DecisionTable::weighed_for(table.recipients_at(position), input.facts.recipient) {
                 continue;
             }
             let (outcome, until) = judge(rule, compiled, input, table.zones(), &table.windows);

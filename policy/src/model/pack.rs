@@ -240,6 +240,16 @@ impl Pack {
         self.rules_for(purpose, channel).next()
     }
 
+    /// [`Pack::rules_for`], each with the recipient types it applies to in this cell (its own,
+    /// less those a more specific pack's rule replaced), as decisions weigh it.
+    pub(crate) fn rules_for_recipients(&self, purpose: Purpose, channel: Channel) -> impl Iterator<Item = (&Rule, u8)> {
+        let (start, len) = self.table.cell(super::table::cell_index(purpose, channel));
+        (start..start + len).filter_map(move |position| {
+            let index = usize::from(*self.table.entries.get(position)?);
+            Some((self.effective_rules.get(index)?, self.table.recipients_at(position)))
+        })
+    }
+
     /// Every rule covering `purpose` on `channel`, most specific first (ignoring effective dates).
     pub fn rules_for(&self, purpose: Purpose, channel: Channel) -> impl Iterator<Item = &Rule> {
         self.table.entries(purpose, channel).iter().filter_map(|&i| self.effective_rules.get(usize::from(i)))

@@ -90,6 +90,17 @@ impl DecisionTable {
         self.cells.get(cell).map_or((0, 0), |&(s, l)| (usize::from(s), usize::from(l)))
     }
 
+    /// The recipient types the cell entry at `position` applies to ([`Self::entry_recipients`]).
+    pub(crate) fn recipients_at(&self, position: usize) -> u8 {
+        self.entry_recipients.get(position).copied().unwrap_or(0)
+    }
+
+    /// Whether an entry of recipient types `mask` is weighed for `recipient`: with the type
+    /// unknown every entry is, so the contact must be allowed for each type.
+    pub(crate) fn weighed_for(mask: u8, recipient: Option<super::terms::Recipient>) -> bool {
+        recipient.is_none_or(|r| mask & r.bit() != 0)
+    }
+
     pub(crate) fn entries(&self, purpose: Purpose, channel: Channel) -> &[u16] {
         let (start, len) = self.cell(cell_index(purpose, channel));
         self.entries.get(start..start + len).unwrap_or(&[])
