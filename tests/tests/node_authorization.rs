@@ -39,6 +39,7 @@ type Client = RegionalNodeClient<Channel>;
 enum Method {
     Register,
     RecordConsent,
+    ImportConsent,
     Decide,
     DecideBatch,
     ListLinks,
@@ -58,9 +59,10 @@ enum Method {
 }
 
 /// Every method of the service, in the order of `node.proto` (the table's columns).
-const METHODS: [Method; 18] = [
+const METHODS: [Method; 19] = [
     Method::Register,
     Method::RecordConsent,
+    Method::ImportConsent,
     Method::Decide,
     Method::DecideBatch,
     Method::ListLinks,
@@ -85,6 +87,7 @@ fn mutates(method: Method) -> bool {
     matches!(
         method,
         Method::RecordConsent
+            | Method::ImportConsent
             | Method::Erase
             | Method::Merge
             | Method::RecordInteraction
@@ -102,27 +105,27 @@ enum Cell {
 use Cell::{N, Y};
 
 /// Who calls, and what each method must answer them. Columns as in [`METHODS`]:
-/// Register, RecordConsent, Decide, DecideBatch, ListLinks, Info, ConsentHistory, Export, Erase,
+/// Register, RecordConsent, ImportConsent, Decide, DecideBatch, ListLinks, Info, ConsentHistory, Export, Erase,
 /// Watch, Merge, RecordInteraction, GetContext, Rectify, Restrict, ListRightsRequests,
 /// ClaimLinks, ReleaseLinks.
 #[rustfmt::skip]
-const TABLE: &[(&str, [Cell; 18])] = &[
-    //                        Reg RecC Dec DecB LstL Info Hist Expo Eras Wtch Merg Intr Ctx Rect Rstr Rght Clm Rel
-    ("no scopes",            [N,  N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("decide only",          [N,  N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("capture only",         [Y,  Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,   Y,   N,  N,   N,   N,   N,  N]),
-    ("context only",         [N,  N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,   N,   Y,  N,   N,   N,   N,  N]),
-    ("rights only",          [N,  N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,   N,   N,  Y,   Y,   Y,   N,  N]),
-    ("admin only",           [N,  N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("every scope",          [Y,  Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
+const TABLE: &[(&str, [Cell; 19])] = &[
+    //                        Reg RecC Imp Dec DecB LstL Info Hist Expo Eras Wtch Merg Intr Ctx Rect Rstr Rght Clm Rel
+    ("no scopes",            [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("decide only",          [N,  N, N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,   Y,   N,  N,   N,   N,   N,  N]),
+    ("context only",         [N,  N, N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,   N,   Y,  N,   N,   N,   N,  N]),
+    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,   N,   N,  Y,   Y,   Y,   N,  N]),
+    ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
     // Forwards for callers it authorised itself; never gets an export, never claims.
-    ("gateway",              [Y,  Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
+    ("gateway",              [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
     // A caller of another region must go through a gateway, whatever its scopes.
-    ("other region, every scope", [N, N, N, N,  N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("other region, every scope", [N, N, N, N, N,  N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
     // Another region's node may claim and release identifiers, nothing else.
-    ("other region's node",  [N,  N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   Y,  Y]),
+    ("other region's node",  [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   Y,  Y]),
     // This node's own certificate is nobody's: a node never calls itself remotely.
-    ("this region's node",   [N,  N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("this region's node",   [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
 ];
 
 /// What a cell got.
@@ -301,6 +304,34 @@ async fn call(
                 .map(|r| {
                     let r = r.into_inner();
                     if r.subject_ref == subject && r.sequence > 0 { Ok(()) } else { Err(format!("recorded {r:?}")) }
+                })
+        }
+        Method::ImportConsent => {
+            let subject = subject_for(method, fx, &mut untouched).await;
+            fx.counter += 1;
+            let event = format!("authz-{}", fx.counter);
+            client
+                .import_consent(node::ImportConsentRequest {
+                    items: vec![node::ImportConsentItem {
+                        id: 1,
+                        subject: node_ref(&subject),
+                        purpose: "marketing".into(),
+                        channels: vec!["email".into()],
+                        action: common::ConsentAction::Withdraw as i32,
+                        source_system: "authz".into(),
+                        source_event_id: event,
+                        ..Default::default()
+                    }],
+                    caller_region: here.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    let outcomes = r.into_inner().outcomes;
+                    match outcomes.first().and_then(|o| o.result.as_ref()) {
+                        Some(node::import_consent_outcome::Result::Accepted(s)) if *s > 0 => Ok(()),
+                        other => Err(format!("imported {other:?}")),
+                    }
                 })
         }
         Method::Decide => {
@@ -620,8 +651,8 @@ async fn every_node_method_serves_exactly_the_callers_its_rule_admits() {
 
     if !failures.is_empty() {
         // Columns abbreviated as in TABLE's comment; see the list below for each cell's detail.
-        const HEADS: [&str; 18] = [
-            "Reg", "RecC", "Dec", "DecB", "LstL", "Info", "Hist", "Expo", "Eras", "Wtch", "Merg", "Intr", "Ctx",
+        const HEADS: [&str; 19] = [
+            "Reg", "RecC", "Imp", "Dec", "DecB", "LstL", "Info", "Hist", "Expo", "Eras", "Wtch", "Merg", "Intr", "Ctx",
             "Rect", "Rstr", "Rght", "Clm", "Rel",
         ];
         let mut table = format!("{:<27}", "");
