@@ -26,6 +26,8 @@ pub enum AuditKind {
     RightsRequest,
     Erasure,
     Merge,
+    /// A merge undone: the merged-away subject split off again under a new ref.
+    Unmerge,
     /// Personal data served to a caller outside the subject's home regions under a pack transfer.
     Transfer,
     /// Identifiers removed from a subject because another region keeps them (an identifier held
@@ -43,6 +45,7 @@ impl AuditKind {
             AuditKind::RightsRequest => "rights_request",
             AuditKind::Erasure => "erasure",
             AuditKind::Merge => "merge",
+            AuditKind::Unmerge => "unmerge",
             AuditKind::Transfer => "transfer",
             AuditKind::OwnershipRepair => "ownership_repair",
         }
@@ -157,6 +160,13 @@ pub enum AuditEvent {
         from: SubjectRef,
         into: SubjectRef,
     },
+    /// The subject the entry is about split off `restored`, which was `was` before its merge;
+    /// `flagged` consent entries were kept with both for review.
+    Unmerge {
+        was: SubjectRef,
+        restored: SubjectRef,
+        flagged: usize,
+    },
     /// What left the home regions (`what`: e.g. `context.minimised`), to which region, for
     /// which purpose, under which transfer of which pack.
     Transfer {
@@ -193,6 +203,7 @@ impl AuditEvent {
             AuditEvent::RightsRequest { .. } => AuditKind::RightsRequest,
             AuditEvent::Erasure { .. } => AuditKind::Erasure,
             AuditEvent::Merge { .. } => AuditKind::Merge,
+            AuditEvent::Unmerge { .. } => AuditKind::Unmerge,
             AuditEvent::Transfer { .. } => AuditKind::Transfer,
             AuditEvent::OwnershipRepair { .. } => AuditKind::OwnershipRepair,
         }
@@ -202,6 +213,7 @@ impl AuditEvent {
     pub(crate) fn subject_refs(&self) -> impl Iterator<Item = &SubjectRef> {
         let refs = match self {
             AuditEvent::Merge { from, into } => [Some(from), Some(into)],
+            AuditEvent::Unmerge { was, restored, .. } => [Some(was), Some(restored)],
             _ => [None, None],
         };
         refs.into_iter().flatten()
@@ -246,6 +258,11 @@ impl AuditEvent {
             AuditEvent::Merge { from, into } => {
                 put("from", from.to_string());
                 put("into", into.to_string());
+            }
+            AuditEvent::Unmerge { was, restored, flagged } => {
+                put("was", was.to_string());
+                put("restored", restored.to_string());
+                put("flagged", flagged.to_string());
             }
             AuditEvent::Transfer { what, to, purpose, transfer, pack } => {
                 // The transfer id comes from a loaded pack; check it is still a pack token.

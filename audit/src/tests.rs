@@ -50,6 +50,7 @@ fn every_event() -> Vec<AuditEvent> {
             proof: erasure_proof(&subject(1), &[Link::from_bytes([3; 16])], 1_700_000_000),
         },
         AuditEvent::Merge { from: subject(2), into: subject(1) },
+        AuditEvent::Unmerge { was: subject(2), restored: subject(3), flagged: 1 },
     ]
 }
 
@@ -626,8 +627,10 @@ fn refuses_subjects_of_other_regions_and_writes_nothing() {
     let log = AuditLog::open(dir.path(), &region()).unwrap();
     let foreign = SubjectRef { region: RegionId::parse("us-east").unwrap(), id: SubjectId::from_bytes([1; 16]) };
     assert!(matches!(log.append(consent(1), Some(&foreign), 1), Err(AuditError::ForeignSubject)));
-    let merge = AuditEvent::Merge { from: foreign, into: subject(1) };
+    let merge = AuditEvent::Merge { from: foreign.clone(), into: subject(1) };
     assert!(matches!(log.append(merge, Some(&subject(1)), 1), Err(AuditError::ForeignSubject)));
+    let unmerge = AuditEvent::Unmerge { was: subject(2), restored: foreign, flagged: 0 };
+    assert!(matches!(log.append(unmerge, Some(&subject(1)), 1), Err(AuditError::ForeignSubject)));
     assert_eq!(log.head().seq, 1);
     assert_eq!(lines(&path).len(), 1);
 }
@@ -668,13 +671,14 @@ fn entries_hold_only_the_typed_fields() {
     let batch = Batch::sample();
     log.append_decisions(&batch.entries()[..2], 1_700_000_000).unwrap();
     drop(log);
-    let expected_detail: [(&str, &[&str]); 7] = [
+    let expected_detail: [(&str, &[&str]); 8] = [
         ("registration", &["identifiers", "jurisdiction"]),
         ("consent", &["channels", "purpose", "sequence", "state"]),
         ("decision", &["channel", "effect", "pack", "purpose", "reasons"]),
         ("rights_request", &["deadline_at", "request_id", "right", "status"]),
         ("erasure", &["links_removed", "proof"]),
         ("merge", &["from", "into"]),
+        ("unmerge", &["flagged", "restored", "was"]),
         ("decisions", &["count", "decisions"]),
     ];
     let all = lines(&path);
@@ -714,9 +718,10 @@ fn entries_hold_only_the_typed_fields() {
     assert_eq!(detail_of(3)["request_id"], "09".repeat(16));
     assert_eq!(detail_of(4)["proof"].len(), 64);
     assert_eq!(detail_of(5)["from"], subject(2).to_string());
-    assert_eq!(detail_of(6)["count"], "2");
-    assert_eq!(record(&all[6]).decisions(), Some(Ok(batch.audited()[..2].to_vec())));
-    assert_eq!(verify_file(dir.path()).unwrap().entries, 7);
+    assert_eq!(detail_of(6)["restored"], subject(3).to_string());
+    assert_eq!(detail_of(7)["count"], "2");
+    assert_eq!(record(&all[7]).decisions(), Some(Ok(batch.audited()[..2].to_vec())));
+    assert_eq!(verify_file(dir.path()).unwrap().entries, 8);
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     Some(match method {
         "Decide" | "DecideStream" => Scope::Decide,
         "Register" | "RecordConsent" | "RecordSignal" | "ImportConsent" => Scope::Capture,
-        "Merge" | "RecordInteraction" => Scope::Capture,
+        "Merge" | "Unmerge" | "RecordInteraction" => Scope::Capture,
         "Resolve" | "ConsentHistory" | "Watch" => Scope::Context,
         "GetContext" => Scope::Context,
         "Erase" => Scope::Rights,
@@ -69,6 +69,7 @@ fn needs_caller(path: &str) -> bool {
                 | "GetContext"
                 | "Erase"
                 | "Merge"
+                | "Unmerge"
                 | "Restrict"
         )
     })

@@ -85,6 +85,22 @@ impl Gateway {
         self.target_of(field, selector)
     }
 
+    /// [`Self::target`] for a capture (consent, signal, interaction, import): a subject selected by
+    /// identifier or link is named to its node by that link, so the entry records which
+    /// identifier it came through (an unmerge gives it to that identifier's half); by subject
+    /// ref, by the ref.
+    pub fn capture_target(&self, selector: Option<&pb::SubjectSelector>) -> Result<(RegionId, SubjectKey), Status> {
+        let (region, key) = self.target(selector)?;
+        let link = match selector.and_then(|s| s.selector.as_ref()) {
+            Some(Selector::Identifier(id)) => convert::identifier_parts("subject.identifier", &id.kind, &id.value)
+                .ok()
+                .map(|identifier| self.link_key.link(&identifier)),
+            Some(Selector::Link(text)) => convert::link("subject.link", text).ok(),
+            Some(Selector::SubjectRef(_)) | None => None,
+        };
+        Ok((region, link.map_or(key, SubjectKey::Link)))
+    }
+
     /// [`Self::target_field`] for a selector however it was read (`DecideStream` reads in place).
     pub fn target_of(&self, field: &str, selector: Option<SelectorRef<'_>>) -> Result<(RegionId, SubjectKey), Status> {
         let selector =

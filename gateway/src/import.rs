@@ -45,7 +45,7 @@ pub async fn import_consent(
             .and_then(|_| convert::purpose("purpose", &item.purpose).map(|_| ()))
             .and_then(|()| convert::consent_action("action", item.action).map(|_| ()))
             .map_err(invalid)
-            .and_then(|()| gateway.target(item.subject.as_ref()));
+            .and_then(|()| gateway.capture_target(item.subject.as_ref()));
         let (region, key) = match checked {
             Ok(target) => target,
             Err(status) => {

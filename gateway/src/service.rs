@@ -124,7 +124,7 @@ impl Domicile for GatewayService {
             convert::evidence_token("evidence.source_system", &evidence.source_system).map_err(invalid)?;
         }
         let write = WriteKey::new(&caller, &req.idempotency_key)?;
-        let (region, key) = self.gateway.target(req.subject.as_ref())?;
+        let (region, key) = self.gateway.capture_target(req.subject.as_ref())?;
         let reply = self
             .gateway
             .nodes
@@ -193,7 +193,7 @@ impl Domicile for GatewayService {
         };
         convert::evidence_token("source_system", &req.source_system).map_err(invalid)?;
         let write = WriteKey::new(&caller, &req.idempotency_key)?;
-        let (region, key) = self.gateway.target(req.subject.as_ref())?;
+        let (region, key) = self.gateway.capture_target(req.subject.as_ref())?;
         let reply = self
             .gateway
             .nodes
@@ -326,6 +326,53 @@ impl Domicile for GatewayService {
         }))
     }
 
+    async fn unmerge(&self, request: Request<pb::UnmergeRequest>) -> Result<Response<pb::UnmergeResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
+        let req = request.into_inner();
+        let write = WriteKey::new(&caller, &req.idempotency_key)?;
+        let (region, key) = self.gateway.target_field("subject", req.subject.as_ref())?;
+        let merged = SubjectRef::parse(&req.merged_subject_ref).map_err(|_| {
+            Status::invalid_argument("merged_subject_ref: must be `<region>/<32 lower-case hex digits>`")
+        })?;
+        // A merge never spans regions, so neither does its undoing.
+        if merged.region != region {
+            return Err(Status::failed_precondition("the merged subject ref names another region than the subject"));
+        }
+        let reply = self
+            .gateway
+            .nodes
+            .write(
+                &region,
+                node_pb::UnmergeRequest {
+                    subject: Some(key.to_pb()),
+                    merged_subject_ref: req.merged_subject_ref.clone(),
+                    idempotency_key: write.for_node(),
+                },
+                |mut node, request| async move { node.unmerge(request).await },
+            )
+            .await
+            .map_err(|s| write_status(&region, s, &write))?
+            .into_inner();
+        let restored = SubjectRef::parse(&reply.restored_subject_ref).map_err(|_| malformed_subject_ref())?;
+        if restored.region != region {
+            return Err(Status::internal("home region returned a subject ref of another region"));
+        }
+        // The split-off links name the restored subject from now on; other gateways learn it from
+        // the change events.
+        let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
+        self.gateway.directory.insert(&restored, &links);
+        tracing::info!(%region, links = links.len(), flagged = reply.flagged_for_review, "merge undone");
+        Ok(Response::new(pb::UnmergeResponse {
+            subject_ref: reply.subject_ref,
+            restored_subject_ref: reply.restored_subject_ref,
+            links_moved: links.len() as u64,
+            consent_records: reply.consent_records,
+            interactions: reply.interactions,
+            flagged_for_review: reply.flagged_for_review,
+            home_region: region.to_string(),
+        }))
+    }
+
     async fn record_interaction(
         &self,
         request: Request<pb::RecordInteractionRequest>,
@@ -339,7 +386,7 @@ impl Domicile for GatewayService {
             return Err(FieldViolation::new("summary", format!("is longer than {MAX_SUMMARY} bytes")).into());
         }
         let write = WriteKey::new(&caller, &req.idempotency_key)?;
-        let (region, key) = self.gateway.target(req.subject.as_ref())?;
+        let (region, key) = self.gateway.capture_target(req.subject.as_ref())?;
         let reply = self
             .gateway
             .nodes

@@ -70,7 +70,7 @@ pub fn rule(path: &str) -> Rule {
     };
     match method {
         "Decide" | "DecideBatch" => Rule::Scoped(Scope::Decide),
-        "Register" | "RecordConsent" | "RecordSignal" | "Merge" | "RecordInteraction" | "ImportConsent" => {
+        "Register" | "RecordConsent" | "RecordSignal" | "Merge" | "Unmerge" | "RecordInteraction" | "ImportConsent" => {
             Rule::Scoped(Scope::Capture)
         }
         "ConsentHistory" | "Watch" | "GetContext" => Rule::Scoped(Scope::Context),

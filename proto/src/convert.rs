@@ -58,6 +58,14 @@ pub enum SubjectKey {
 }
 
 impl SubjectKey {
+    /// The link the subject was named by, if it was named by one (not by its ref).
+    pub fn link(&self) -> Option<Link> {
+        match self {
+            SubjectKey::Link(link) => Some(*link),
+            SubjectKey::Ref(_) => None,
+        }
+    }
+
     pub fn to_pb(&self) -> common::SubjectKey {
         let key = match self {
             SubjectKey::Link(link) => common::subject_key::Key::Link(link.to_string()),

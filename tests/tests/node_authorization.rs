@@ -49,6 +49,7 @@ enum Method {
     Erase,
     Watch,
     Merge,
+    Unmerge,
     RecordInteraction,
     GetContext,
     Rectify,
@@ -59,7 +60,7 @@ enum Method {
 }
 
 /// Every method of the service, in the order of `node.proto` (the table's columns).
-const METHODS: [Method; 19] = [
+const METHODS: [Method; 20] = [
     Method::Register,
     Method::RecordConsent,
     Method::ImportConsent,
@@ -72,6 +73,7 @@ const METHODS: [Method; 19] = [
     Method::Erase,
     Method::Watch,
     Method::Merge,
+    Method::Unmerge,
     Method::RecordInteraction,
     Method::GetContext,
     Method::Rectify,
@@ -90,6 +92,7 @@ fn mutates(method: Method) -> bool {
             | Method::ImportConsent
             | Method::Erase
             | Method::Merge
+            | Method::Unmerge
             | Method::RecordInteraction
             | Method::Rectify
             | Method::Restrict
@@ -106,26 +109,26 @@ use Cell::{N, Y};
 
 /// Who calls, and what each method must answer them. Columns as in [`METHODS`]:
 /// Register, RecordConsent, ImportConsent, Decide, DecideBatch, ListLinks, Info, ConsentHistory, Export, Erase,
-/// Watch, Merge, RecordInteraction, GetContext, Rectify, Restrict, ListRightsRequests,
+/// Watch, Merge, Unmerge, RecordInteraction, GetContext, Rectify, Restrict, ListRightsRequests,
 /// ClaimLinks, ReleaseLinks.
 #[rustfmt::skip]
-const TABLE: &[(&str, [Cell; 19])] = &[
-    //                        Reg RecC Imp Dec DecB LstL Info Hist Expo Eras Wtch Merg Intr Ctx Rect Rstr Rght Clm Rel
-    ("no scopes",            [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("decide only",          [N,  N, N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,   Y,   N,  N,   N,   N,   N,  N]),
-    ("context only",         [N,  N, N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,   N,   Y,  N,   N,   N,   N,  N]),
-    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,   N,   N,  Y,   Y,   Y,   N,  N]),
-    ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
+const TABLE: &[(&str, [Cell; 20])] = &[
+    //                        Reg RecC Imp Dec DecB LstL Info Hist Expo Eras Wtch Merg Unm Intr Ctx Rect Rstr Rght Clm Rel
+    ("no scopes",            [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("decide only",          [N,  N, N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,   Y,   Y,   N,  N,   N,   N,   N,  N]),
+    ("context only",         [N,  N, N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,   N,   N,   Y,  N,   N,   N,   N,  N]),
+    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,   N,   N,   N,  Y,   Y,   Y,   N,  N]),
+    ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
     // Forwards for callers it authorised itself; never gets an export, never claims.
-    ("gateway",              [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
+    ("gateway",              [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
     // A caller of another region must go through a gateway, whatever its scopes.
-    ("other region, every scope", [N, N, N, N, N,  N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("other region, every scope", [N, N, N, N, N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
     // Another region's node may claim and release identifiers, nothing else.
-    ("other region's node",  [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   Y,  Y]),
+    ("other region's node",  [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   Y,  Y]),
     // This node's own certificate is nobody's: a node never calls itself remotely.
-    ("this region's node",   [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("this region's node",   [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
 ];
 
 /// What a cell got.
@@ -437,6 +440,37 @@ async fn call(
                         Ok(())
                     } else {
                         Err(format!("merged {r:?}"))
+                    }
+                })
+        }
+        Method::Unmerge => {
+            // Merged by the operator; the cell's caller undoes it.
+            let into = subject_for(method, fx, &mut untouched).await;
+            let from = fx.fresh_subject().await;
+            fx.admin
+                .merge(node::MergeRequest { into: node_ref(&into), from: node_ref(&from), ..Default::default() })
+                .await
+                .expect("the operator merges");
+            if let Some(noted) = untouched.last_mut() {
+                noted.1 = fx.state(&into).await;
+            }
+            client
+                .unmerge(node::UnmergeRequest {
+                    subject: node_ref(&into),
+                    merged_subject_ref: from.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    if r.subject_ref == into
+                        && r.restored_subject_ref.starts_with("us-east/")
+                        && r.restored_subject_ref != from
+                        && r.links.len() == 1
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("unmerged {r:?}"))
                     }
                 })
         }

@@ -339,6 +339,10 @@ impl<S: Store> RegionalNode for NodeService<S> {
         respond(identity::wire::merge(self, request).await)
     }
 
+    async fn unmerge(&self, request: Request<pb::UnmergeRequest>) -> Result<Response<pb::UnmergeResponse>, Status> {
+        respond(identity::wire::unmerge(self, request).await)
+    }
+
     async fn record_interaction(
         &self,
         request: Request<pb::RecordInteractionRequest>,

@@ -25,6 +25,7 @@ fn at(sequence: u64, channel: Channel, occurred_at: i64, intent: &str, open: boo
         summary: format!("summary {sequence}"),
         reference: String::new(),
         open,
+        via: None,
     }
 }
 

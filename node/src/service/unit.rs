@@ -21,7 +21,7 @@ use super::NodeService;
 use crate::error::NodeError;
 use crate::store::{
     ConsentRecord, Dropped, Erased, Held, Interaction, Merged, Rectified, Registered, RightsRequestRecord, Store,
-    StoreError,
+    StoreError, Unmerged,
 };
 
 /// What a write leaves for the steps after it is stored: the last change event to publish and
@@ -63,6 +63,12 @@ impl Effects for Erased {
 }
 
 impl Effects for Merged {
+    fn last_event(&self) -> Option<u64> {
+        Some(self.event)
+    }
+}
+
+impl Effects for Unmerged {
     fn last_event(&self) -> Option<u64> {
         Some(self.event)
     }

@@ -60,6 +60,18 @@ pub enum Recorded<'a> {
     Erasure { subject: SubjectId, links: &'a [Link] },
     /// `from` merged into `into`; `links` moved with it.
     Merge { into: SubjectId, from: SubjectId, links: &'a [Link] },
+    /// A merge undone: `restored` (once `was`) split off `kept` with `links`; each half's consent
+    /// in force as (purpose, state, channels); `flagged` entries were kept with both for review.
+    Unmerge {
+        kept: SubjectId,
+        restored: SubjectId,
+        was: SubjectId,
+        links: &'a [Link],
+        kept_links: &'a [Link],
+        kept_consent: &'a [(Purpose, ConsentState, Vec<Channel>)],
+        restored_consent: &'a [(Purpose, ConsentState, Vec<Channel>)],
+        flagged: usize,
+    },
 }
 
 impl Recorded<'_> {
@@ -94,6 +106,31 @@ impl Recorded<'_> {
             Recorded::Merge { into, from, links } => {
                 vec![(from, links.to_vec(), Change::Erased), (into, links.to_vec(), Change::Registered)]
             }
+            // Each half's links are dropped and mapped afresh, then its consent in force is
+            // announced: a follower keeps no state of the merged subject on either half (a grant
+            // only one half gave must not stay on the other's links).
+            Recorded::Unmerge { kept, restored, links, kept_links, kept_consent, restored_consent, .. } => {
+                let mut out = Vec::new();
+                for (subject, held, consent) in [(kept, kept_links, kept_consent), (restored, links, restored_consent)]
+                {
+                    let dropped =
+                        if subject == kept { kept_links.iter().chain(links).copied().collect() } else { Vec::new() };
+                    if !dropped.is_empty() {
+                        out.push((kept, dropped, Change::LinksRemoved));
+                    }
+                    out.extend(one(subject, held, Change::Registered));
+                    for (purpose, state, channels) in consent {
+                        let change = Change::Consent {
+                            purpose: *purpose,
+                            channels: channels.clone(),
+                            state: *state,
+                            quiet: false,
+                        };
+                        out.push((subject, held.to_vec(), change));
+                    }
+                }
+                out
+            }
         }
     }
 
@@ -109,6 +146,7 @@ impl Recorded<'_> {
             | Recorded::RightsRequest { subject, .. }
             | Recorded::Erasure { subject, .. } => (Some(subject), None),
             Recorded::Merge { into, from, .. } => (Some(into), Some(from)),
+            Recorded::Unmerge { kept, restored, .. } => (Some(kept), Some(restored)),
             Recorded::Announced { .. } => (None, None),
         };
         first.into_iter().chain(second)
@@ -154,6 +192,9 @@ impl Recorded<'_> {
             )),
             Recorded::Merge { into, from, .. } => {
                 Some((AuditEvent::Merge { from: of(from), into: of(into) }, of(into)))
+            }
+            Recorded::Unmerge { kept, restored, was, flagged, .. } => {
+                Some((AuditEvent::Unmerge { was: of(was), restored: of(restored), flagged }, of(kept)))
             }
         })
     }

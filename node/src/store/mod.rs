@@ -8,6 +8,7 @@ mod model;
 pub mod pg_store;
 mod read_cache;
 mod sled_store;
+pub mod split;
 pub mod vault;
 
 pub use change::{Change, ChangeEvent, Recorded};
@@ -297,6 +298,20 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         idempotency: Option<&Idempotency>,
     ) -> impl Future<Output = Result<Merged, StoreError>> + Send;
+
+    /// Undoes the merge of `from` (the id the merged-away subject had) into `subject`: the
+    /// merged-away subject comes back as `restored` (a new id, with a new key) with what
+    /// [`split::split`] gives it, `subject` keeps the rest, in one write with the change events
+    /// and the audit entry ([`Recorded::Unmerge`]). `NotFound` when `subject`'s lineage holds no
+    /// merge of `from`; `Conflict` when `restored` exists.
+    fn unmerge(
+        &self,
+        subject: &SubjectId,
+        from: &SubjectId,
+        restored: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> impl Future<Output = Result<Unmerged, StoreError>> + Send;
 
     /// Adds and removes identifiers (re-linking them) and sets or removes profile fields, all or
     /// nothing, and records `rights_request` with them. Emits LINKS_REMOVED for removed links

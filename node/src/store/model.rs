@@ -26,6 +26,45 @@ pub struct SubjectRecord {
     /// Free-form profile fields (name, language, …), personal data.
     #[serde(default)]
     pub profile: BTreeMap<String, String>,
+    /// The merges that made this subject, oldest first: what each merged-away subject brought,
+    /// so an unmerge can split it back out ([`crate::store::split`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<MergeLineage>,
+}
+
+/// What one merge brought into the subject that remains, kept (sealed with its record) so the
+/// merge can be undone: the merged-away subject's identifiers, links, profile and metadata, and
+/// the positions of both halves' log entries at the time of the merge. An entry at a position
+/// neither half held is later than the merge.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MergeLineage {
+    /// The id the merged-away subject had (its key was destroyed by the merge; an unmerge gives
+    /// it a new id and key).
+    pub from: SubjectId,
+    pub merged_at: i64,
+    pub identifiers: Vec<NormalizedIdentifier>,
+    pub links: Vec<Link>,
+    /// The merged-away subject's profile as it was.
+    pub profile: BTreeMap<String, String>,
+    /// Profile fields only the merged-away subject had, which the merge added to the remaining
+    /// one (removed again by an unmerge if still unchanged).
+    pub added_fields: BTreeMap<String, String>,
+    pub from_created_at: i64,
+    pub into_created_at: i64,
+    pub from_restricted: bool,
+    pub from_positions: LogPositions,
+    pub into_positions: LogPositions,
+    /// The merged-away subject's own lineage (it may have been made by merges too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nested: Vec<MergeLineage>,
+}
+
+/// Positions of a subject's entries in its three logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPositions {
+    pub consent: Vec<u64>,
+    pub interactions: Vec<u64>,
+    pub rights: Vec<u64>,
 }
 
 /// How a consent was captured.
@@ -50,6 +89,10 @@ pub struct Evidence {
     /// Set on entries `domicile import` brought from another system: where they came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<ImportEvidence>,
+    /// The link of the identifier the entry was captured through (absent when the caller named
+    /// the subject by its ref): decides which half keeps the entry if a merge is undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_via: Option<Link>,
 }
 
 /// Where an imported ledger entry came from. The entry keeps the source's capture time; the
@@ -93,6 +136,24 @@ pub struct ConsentRecord {
     pub recorded_at: i64,
     pub expires_at: Option<i64>,
     pub evidence: Evidence,
+    /// The time the entry counts at when ordered ([`counted_at_ms`]); absent on entries stored
+    /// before it was kept (recomputed from their times, [`ConsentRecord::counted_at_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at_ms: Option<i64>,
+    /// Kept with both halves of an unmerge because the identifier it was captured through is not
+    /// known: to be reviewed. A grant so marked counts for neither half (fail closed); a denial
+    /// or withdrawal counts for both.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
+}
+
+impl ConsentRecord {
+    /// The time the entry counts at when ordered ([`counted_at_ms`]).
+    pub fn counted_at_ms(&self) -> i64 {
+        self.counted_at_ms.unwrap_or_else(|| {
+            counted_at_ms(self.state, self.captured_at.saturating_mul(1000), self.recorded_at.saturating_mul(1000))
+        })
+    }
 }
 
 /// The record currently in force for one purpose × channel, kept beside the ledger so a decision
@@ -284,13 +345,15 @@ pub struct NewInteraction {
     pub summary: String,
     pub reference: String,
     pub open: bool,
+    /// The link of the identifier the interaction was recorded through ([`Evidence::captured_via`]).
+    pub via: Option<Link>,
 }
 
 impl NewInteraction {
     /// The entry as stored, at `sequence` of the subject's log.
     pub fn numbered(self, sequence: u64) -> Interaction {
-        let NewInteraction { channel, occurred_at, recorded_at, kind, intent, summary, reference, open } = self;
-        Interaction { sequence, channel, occurred_at, recorded_at, kind, intent, summary, reference, open }
+        let NewInteraction { channel, occurred_at, recorded_at, kind, intent, summary, reference, open, via } = self;
+        Interaction { sequence, channel, occurred_at, recorded_at, kind, intent, summary, reference, open, via }
     }
 }
 
@@ -306,6 +369,8 @@ pub struct Interaction {
     pub summary: String,
     pub reference: String,
     pub open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Link>,
 }
 
 /// The bookkeeping of one rights request (export, rectification, restriction). Vocabulary values
@@ -340,6 +405,23 @@ pub struct Merged {
     pub consent_records: usize,
     pub interactions: usize,
     /// Sequence of the last change event (the REGISTERED one for `into`).
+    pub event: u64,
+}
+
+/// What an unmerge split off.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Unmerged {
+    /// The subject the merged-away one became again (a new id).
+    pub restored: SubjectId,
+    /// The id it had before the merge.
+    pub was: SubjectId,
+    /// Links that named the merged subject and now name `restored`.
+    pub links: Vec<Link>,
+    pub consent_records: usize,
+    pub interactions: usize,
+    /// Entries kept with both halves and marked for review (captured through no known identifier).
+    pub flagged: usize,
+    /// Sequence of the last change event.
     pub event: u64,
 }
 

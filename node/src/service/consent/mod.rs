@@ -90,6 +90,9 @@ impl<S: Store> NodeService<S> {
             return Ok((subject, record));
         }
         let (subject, meta) = self.resolve_meta(key).await?;
+        // Which half keeps the entry if a merge is ever undone (`store::split`).
+        let mut capture = capture;
+        capture.evidence.captured_via = key.link();
         let consent = self.consent_for(&meta, caller, capture)?;
         match self.settle(self.store.append_consent(&subject, consent, tag).await).await? {
             Settled::Applied((record, _)) => Ok((subject, record)),

@@ -93,6 +93,8 @@ fn evidence_from_pb(pb: Option<&common::Evidence>) -> Result<Evidence, FieldViol
         hours: Vec::new(),
         hours_pack: None,
         import: None,
+        // Set from the key the subject was named by, never from the caller's evidence.
+        captured_via: None,
     })
 }
 
@@ -139,6 +141,7 @@ pub(in crate::service) fn entry_to_pb(record: &ConsentRecord) -> common::Consent
         captured_at: Some(convert::to_timestamp(record.captured_at)),
         recorded_at: Some(convert::to_timestamp(record.recorded_at)),
         expires_at: record.expires_at.map(convert::to_timestamp),
+        review: record.review,
         evidence: Some(common::Evidence {
             notice_version: token(&record.evidence.notice_version),
             capture_channel: record.evidence.capture_channel.map(|c| c.to_string()).unwrap_or_default(),

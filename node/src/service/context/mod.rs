@@ -101,8 +101,17 @@ impl<S: Store> NodeService<S> {
         let (subject, meta) = self.resolve_meta(key).await?;
         self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
         let InteractionReport { channel, kind, intent, summary, reference, open, .. } = report;
-        let interaction =
-            NewInteraction { channel, occurred_at, recorded_at: now, kind, intent, summary, reference, open };
+        let interaction = NewInteraction {
+            channel,
+            occurred_at,
+            recorded_at: now,
+            kind,
+            intent,
+            summary,
+            reference,
+            open,
+            via: key.link(),
+        };
         let stored = match self.settle(self.store.append_interaction(&subject, interaction, tag).await).await? {
             Settled::Applied(stored) => stored,
             Settled::Replayed => return self.replayed_after_race(tag).await,

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use domicile_proto::convert::{FieldViolation, SubjectKey};
 use domicile_runtime::process::now_unix;
 use domicile_types::rights::RightsKind;
-use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, SubjectId};
+use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, SubjectId, SubjectRef};
 
 use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
-use crate::store::{Idempotency, Merged, Rectification, Rectified, Registered, Release, Store, StoreError};
+use crate::store::{Idempotency, Merged, Rectification, Rectified, Registered, Release, Store, StoreError, Unmerged};
 
 /// Attempts of a write whose links a concurrent change moved (an erasure freeing a link it found
 /// held, say) before it gives up with ABORTED.
@@ -143,6 +143,38 @@ impl<S: Store> NodeService<S> {
         };
         tracing::info!(region = %self.region, links = merged.links.len(), consent_records = merged.consent_records, interactions = merged.interactions, "subjects merged");
         Ok((into, merged))
+    }
+
+    /// Undoes the merge that brought `merged` (the ref the merged-away subject had) into the
+    /// subject `key` names. Returns the remaining subject and what was split off.
+    pub(crate) async fn unmerge_subject(
+        &self,
+        key: &SubjectKey,
+        merged: &SubjectRef,
+        tag: Option<&Idempotency>,
+    ) -> Result<(SubjectId, Unmerged), NodeError> {
+        if merged.region != self.region {
+            return Err(NodeError::Precondition("the merged subject ref names another region"));
+        }
+        if let Some(done) = self.replayed::<(SubjectId, Unmerged)>(tag).await? {
+            return Ok(done);
+        }
+        let subject = self.resolve(key).await?;
+        let restored = SubjectId::from_bytes(
+            domicile_runtime::process::random_bytes::<16>()
+                .map_err(|_| NodeError::Unavailable("random source unavailable"))?,
+        );
+        let unmerged = match self.store.unmerge(&subject, &merged.id, &restored, now_unix(), tag).await {
+            Err(StoreError::NotFound) => {
+                return Err(NodeError::NotFound("no merge of that subject ref in this subject's lineage"));
+            }
+            written => match self.settle(written).await? {
+                Settled::Applied(unmerged) => unmerged,
+                Settled::Replayed => return self.replayed_after_race(tag).await,
+            },
+        };
+        tracing::info!(region = %self.region, links = unmerged.links.len(), consent_records = unmerged.consent_records, flagged = unmerged.flagged, "merge undone");
+        Ok((subject, unmerged))
     }
 
     /// Corrects a subject's identifiers and profile, recorded as a rectification request.

@@ -47,6 +47,25 @@ pub(in crate::service) async fn merge<S: Store>(
     Ok(merged_to_pb(node, into, &merged))
 }
 
+pub(in crate::service) async fn unmerge<S: Store>(
+    node: &NodeService<S>,
+    request: Request<pb::UnmergeRequest>,
+) -> Result<pb::UnmergeResponse, NodeError> {
+    let req = request.get_ref();
+    let subject = convert::subject_key("subject", req.subject.as_ref())?;
+    let merged = convert::subject_ref("merged_subject_ref", &req.merged_subject_ref)?;
+    let tag = node.idempotency("Unmerge", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
+    let (subject, unmerged) = node.unmerge_subject(&subject, &merged, tag.as_ref()).await?;
+    Ok(pb::UnmergeResponse {
+        subject_ref: node.subject_ref(subject).to_string(),
+        restored_subject_ref: node.subject_ref(unmerged.restored).to_string(),
+        links: unmerged.links.iter().map(Link::to_string).collect(),
+        consent_records: unmerged.consent_records as u64,
+        interactions: unmerged.interactions as u64,
+        flagged_for_review: unmerged.flagged as u64,
+    })
+}
+
 pub(in crate::service) async fn rectify<S: Store>(
     node: &NodeService<S>,
     request: Request<pb::RectifyRequest>,

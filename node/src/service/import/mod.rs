@@ -144,6 +144,7 @@ impl<S: Store> NodeService<S> {
             pending.insert(source, index);
             let mut capture = item.capture;
             capture.evidence.import = Some(item.source.clone());
+            capture.evidence.captured_via = item.key.link();
             let prepared =
                 check_capture_fields(&capture).and_then(|()| self.consent_for(meta, caller, capture.clone()));
             match prepared {

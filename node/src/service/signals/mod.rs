@@ -106,6 +106,8 @@ impl<S: Store> NodeService<S> {
                     hours: Vec::new(),
                     hours_pack: None,
                     import: None,
+                    // Set by `capture_consent` from the key the subject was named by.
+                    captured_via: None,
                 },
             };
             let (_, record) = self.capture_consent(key, caller, capture, entry_tag(tag, index).as_ref()).await?;

@@ -168,6 +168,8 @@ impl Batcher {
                 recorded_at: consent.recorded_at,
                 expires_at: consent.expires_at,
                 evidence: consent.evidence.clone(),
+                counted_at_ms: Some(consent.counted_at_ms),
+                review: false,
             };
             consent_rows.0.push(subject.as_bytes().as_slice());
             consent_rows.1.push(int(sequence));

@@ -11,8 +11,8 @@ use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::vault::SubjectKey;
 use crate::store::{
-    CurrentConsent, Dropped, Erased, Idempotency, Merged, Recorded, Rectification, Rectified, Registered, Release,
-    RightsRequestRecord, StoreError, SubjectRecord,
+    CurrentConsent, Dropped, Erased, Idempotency, MergeLineage, Merged, Recorded, Rectification, Rectified, Registered,
+    Release, RightsRequestRecord, StoreError, SubjectRecord,
 };
 
 fn bytes(subject: &SubjectId) -> &[u8] {
@@ -47,7 +47,7 @@ impl PgStore {
     }
 
     /// The subject's sealed record, opened (empty when it has none).
-    async fn record_in(
+    pub(super) async fn record_in(
         &self,
         w: &Write<'_>,
         subject: &SubjectId,
@@ -61,7 +61,7 @@ impl PgStore {
         }
     }
 
-    async fn save_record(
+    pub(super) async fn save_record(
         &self,
         w: &Write<'_>,
         subject: &SubjectId,
@@ -207,6 +207,27 @@ impl PgStore {
             let from_key = self.live_key(w, from).await?;
             let mut record = self.record_in(w, into, &into_key).await?;
             let from_record = self.record_in(w, from, &from_key).await?;
+            // Kept so the merge can be undone (`store::split`).
+            let lineage = MergeLineage {
+                from: *from,
+                merged_at: now,
+                identifiers: from_record.identifiers.clone(),
+                links: self.links_of(w.tx(), from).await?,
+                profile: from_record.profile.clone(),
+                added_fields: from_record
+                    .profile
+                    .iter()
+                    .filter(|(field, _)| !record.profile.contains_key(*field))
+                    .map(|(f, v)| (f.clone(), v.clone()))
+                    .collect(),
+                from_created_at: from_meta.created_at,
+                into_created_at: into_meta.created_at,
+                from_restricted: from_meta.restricted,
+                from_positions: self.positions(w, from).await?,
+                into_positions: self.positions(w, into).await?,
+                nested: from_record.lineage.clone(),
+            };
+            record.lineage.push(lineage);
             for identifier in from_record.identifiers {
                 if !record.identifiers.contains(&identifier) {
                     record.identifiers.push(identifier);
@@ -303,7 +324,10 @@ impl PgStore {
             let sealed = into_key.seal(&crate::store::codec::context(name, &consent_key(into, position)), &plain)?;
             w.tx()
                 .execute(
-                    &format!("INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3)"),
+                    // An entry both halves hold (kept with both by an earlier unmerge) is kept once.
+                    &format!(
+                        "INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+                    ),
                     &[&bytes(into), &int(position), &sealed],
                 )
                 .await

@@ -33,6 +33,7 @@ mod keys;
 mod records;
 mod store;
 mod unit;
+mod unmerge;
 
 use std::path::PathBuf;
 

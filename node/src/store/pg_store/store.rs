@@ -8,7 +8,7 @@ use super::PgStore;
 use crate::store::{
     ChangeEvent, Claim, ConsentRecord, CurrentConsent, DecisionInputs, Dropped, Erased, Held, Idempotency, Interaction,
     Merged, NewConsent, NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
-    Store, StoreError, SubjectMeta, SubjectRecord,
+    Store, StoreError, SubjectMeta, SubjectRecord, Unmerged,
 };
 
 impl Store for PgStore {
@@ -179,6 +179,17 @@ impl Store for PgStore {
         idempotency: Option<&Idempotency>,
     ) -> Result<Merged, StoreError> {
         PgStore::merge(self, into, from, now, idempotency).await
+    }
+
+    async fn unmerge(
+        &self,
+        subject: &SubjectId,
+        from: &SubjectId,
+        restored: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Unmerged, StoreError> {
+        PgStore::unmerge(self, subject, from, restored, now, idempotency).await
     }
 
     async fn rectify(

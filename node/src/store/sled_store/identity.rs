@@ -13,6 +13,7 @@ use super::{
     Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectKey, SubjectMeta, SubjectRecord, TxResult,
     abort, backend, consent_key, context, decode, encode, flatten, live_subject, number_events, open, or_abort, seal,
 };
+use crate::store::MergeLineage;
 
 /// The claim of `claimed` for `link`: a link that no subject holds may become live only with one.
 fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {
@@ -272,6 +273,26 @@ impl SledStore {
 
         let mut record = self.subject_record_raw(into)?.unwrap_or_default();
         let from_record = self.subject_record_raw(from)?.unwrap_or_default();
+        // Kept so the merge can be undone (`store::split`).
+        let lineage = MergeLineage {
+            from: *from,
+            merged_at: now,
+            identifiers: from_record.identifiers.clone(),
+            links: from_entry.links.clone(),
+            profile: from_record.profile.clone(),
+            added_fields: from_record
+                .profile
+                .iter()
+                .filter(|(field, _)| !record.profile.contains_key(*field))
+                .map(|(f, v)| (f.clone(), v.clone()))
+                .collect(),
+            from_created_at: from_entry.meta.created_at,
+            into_created_at: into_entry.meta.created_at,
+            from_restricted: from_entry.meta.restricted,
+            from_positions: self.positions(from)?,
+            into_positions: self.positions(into)?,
+            nested: from_record.lineage.clone(),
+        };
         for identifier in from_record.identifiers {
             if !record.identifiers.contains(&identifier) {
                 record.identifiers.push(identifier);
@@ -281,6 +302,7 @@ impl SledStore {
         for (field, value) in from_record.profile {
             record.profile.entry(field).or_insert(value);
         }
+        record.lineage.push(lineage);
         let moved_links = from_entry.links.clone();
         for link in &moved_links {
             if !into_entry.links.contains(link) {

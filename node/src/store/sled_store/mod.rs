@@ -36,6 +36,7 @@ mod identity;
 mod records;
 mod space;
 mod unit;
+mod unmerge;
 
 use super::codec::{backend, consent_key, context, current_key, decode, encode, open, seal};
 use super::read_cache::ReadCache;
@@ -43,7 +44,7 @@ use super::vault::{KeyVault, SubjectKey};
 use super::{
     ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
     NewConsent, NewInteraction, Recorded, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
-    Store, StoreError, SubjectMeta, SubjectRecord,
+    Store, StoreError, SubjectMeta, SubjectRecord, Unmerged,
 };
 use cache::WriteGuard;
 use domicile_types::RegionId;
@@ -548,6 +549,17 @@ impl Store for SledStore {
         idempotency: Option<&Idempotency>,
     ) -> Result<Merged, StoreError> {
         self.merge_subjects(into, from, now, idempotency)
+    }
+
+    async fn unmerge(
+        &self,
+        subject: &SubjectId,
+        from: &SubjectId,
+        restored: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Unmerged, StoreError> {
+        self.unmerge_subject(subject, from, restored, now, idempotency)
     }
 
     async fn rectify(

@@ -57,6 +57,8 @@ impl SledStore {
                 recorded_at: consent.recorded_at,
                 expires_at: consent.expires_at,
                 evidence: consent.evidence,
+                counted_at_ms: Some(consent.counted_at_ms),
+                review: false,
             };
             let ledger_key = consent_key(subject, sequence);
             sealed_entries.push((ledger_key, seal(&key, b"consent", &ledger_key, &record)?));

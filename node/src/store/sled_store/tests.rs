@@ -370,6 +370,7 @@ fn interaction(summary: &str, occurred_at: i64) -> NewInteraction {
         summary: summary.into(),
         reference: "T-1".into(),
         open: true,
+        via: None,
     }
 }
 
@@ -673,6 +674,8 @@ async fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() 
         recorded_at: 1,
         expires_at: None,
         evidence: Evidence::default(),
+        counted_at_ms: None,
+        review: false,
     };
     let k = consent_key(&a, 40);
     store.consent.insert(k, seal(&key, b"consent", &k, &record).unwrap()).unwrap();

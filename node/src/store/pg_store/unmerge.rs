@@ -1,0 +1,201 @@
+//! Undoing a merge on PostgreSQL: the plan is `store::split`'s; this reads the merged subject
+//! whole inside one write and stores both halves with the change events and the audit entry.
+
+use domicile_types::SubjectId;
+
+use super::claims::{check_replay, record_replay};
+use super::unit::Write;
+use super::{PgStore, int, pg, uint};
+use crate::store::codec::{consent_key, current_key, open, seal};
+use crate::store::split::{Half, Whole, split};
+use crate::store::vault::SubjectKey;
+use crate::store::{
+    ConsentRecord, Idempotency, Interaction, LogPositions, Recorded, RightsRequestRecord, StoreError, Unmerged,
+};
+
+fn bytes(subject: &SubjectId) -> &[u8] {
+    subject.as_bytes().as_slice()
+}
+
+/// The three per-subject logs: (table, position column, sealing name).
+const LOGS: [(&str, &str, &[u8]); 3] = [
+    ("consent", "position", b"consent"),
+    ("interactions", "sequence", b"interactions"),
+    ("rights_requests", "sequence", b"rights"),
+];
+
+impl PgStore {
+    /// The positions of a subject's entries in its three logs, inside a write.
+    pub(super) async fn positions(&self, w: &Write<'_>, subject: &SubjectId) -> Result<LogPositions, StoreError> {
+        let mut out = [Vec::new(), Vec::new(), Vec::new()];
+        for (i, (table, order, _)) in LOGS.iter().enumerate() {
+            let rows = w
+                .tx()
+                .query(&format!("SELECT {order} FROM {table} WHERE subject = $1 ORDER BY {order}"), &[&bytes(subject)])
+                .await
+                .map_err(pg)?;
+            out[i] = rows.iter().map(|row| uint(row.get(0))).collect::<Result<_, _>>()?;
+        }
+        let [consent, interactions, rights] = out;
+        Ok(LogPositions { consent, interactions, rights })
+    }
+
+    /// Every entry of a subject's log `i` of [`LOGS`], opened, with its position.
+    async fn log_in<T: serde::de::DeserializeOwned>(
+        &self,
+        w: &Write<'_>,
+        i: usize,
+        subject: &SubjectId,
+        key: &SubjectKey,
+    ) -> Result<Vec<(u64, T)>, StoreError> {
+        let (table, order, name) = LOGS[i];
+        let rows = w
+            .tx()
+            .query(
+                &format!("SELECT {order}, sealed FROM {table} WHERE subject = $1 ORDER BY {order}"),
+                &[&bytes(subject)],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let position = uint(row.get(0))?;
+                Ok((position, open(key, name, &consent_key(subject, position), row.get(1))?))
+            })
+            .collect()
+    }
+
+    /// Stores a half under `subject` (whose rows were all removed first).
+    async fn store_half(
+        &self,
+        w: &Write<'_>,
+        subject: &SubjectId,
+        key: &SubjectKey,
+        half: &Half,
+    ) -> Result<(), StoreError> {
+        let insert = async |i: usize, position: u64, sealed: Vec<u8>| -> Result<(), StoreError> {
+            let (table, order, _) = LOGS[i];
+            w.tx()
+                .execute(
+                    &format!("INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3)"),
+                    &[&bytes(subject), &int(position), &sealed],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        };
+        for entry in &half.ledger {
+            insert(0, entry.sequence, seal(key, b"consent", &consent_key(subject, entry.sequence), entry)?).await?;
+        }
+        for entry in &half.interactions {
+            insert(1, entry.sequence, seal(key, b"interactions", &consent_key(subject, entry.sequence), entry)?)
+                .await?;
+        }
+        for (position, request) in &half.rights {
+            insert(2, *position, seal(key, b"rights", &consent_key(subject, *position), request)?).await?;
+        }
+        for ((purpose, channel), current) in &half.current {
+            let sealed = seal(key, b"current", &current_key(subject, *purpose, *channel), current)?;
+            w.tx()
+                .execute(
+                    "INSERT INTO current_consent (subject, purpose, channel, sealed) VALUES ($1, $2, $3, $4)",
+                    &[&bytes(subject), &purpose.as_str(), &channel.as_str(), &sealed],
+                )
+                .await
+                .map_err(pg)?;
+        }
+        self.save_record(w, subject, key, &half.record).await?;
+        w.tx()
+            .execute(
+                "UPDATE subjects SET restricted = $2, created_at = $3 WHERE id = $1",
+                &[&bytes(subject), &half.meta.restricted, &half.meta.created_at],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    pub async fn unmerge(
+        &self,
+        subject: &SubjectId,
+        from: &SubjectId,
+        restored: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Unmerged, StoreError> {
+        if subject == restored {
+            return Err(StoreError::Conflict);
+        }
+        self.write(now, async |w| {
+            check_replay(w, idempotency).await?;
+            let meta = self.meta_in(w.tx(), subject).await?.ok_or(StoreError::NotFound)?;
+            if self.meta_in(w.tx(), restored).await?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            let key = self.live_key(w, subject).await?;
+            let record = self.record_in(w, subject, &key).await?;
+            if !record.lineage.iter().any(|l| l.from == *from) {
+                return Err(StoreError::NotFound);
+            }
+            let ledger: Vec<(u64, ConsentRecord)> = self.log_in(w, 0, subject, &key).await?;
+            let interactions: Vec<(u64, Interaction)> = self.log_in(w, 1, subject, &key).await?;
+            let whole = Whole {
+                meta: meta.clone(),
+                record,
+                links: self.links_of(w.tx(), subject).await?,
+                ledger: ledger.into_iter().map(|(_, r)| r).collect(),
+                interactions: interactions.into_iter().map(|(_, i)| i).collect(),
+                rights: self.log_in::<RightsRequestRecord>(w, 2, subject, &key).await?,
+            };
+            let plan = split(whole, from)?;
+            w.tx()
+                .execute(
+                    "INSERT INTO subjects (id, jurisdiction, created_at) VALUES ($1, $2, $3)",
+                    &[&bytes(restored), &plan.restored.meta.jurisdiction.to_string(), &plan.restored.meta.created_at],
+                )
+                .await
+                .map_err(pg)?;
+            let restored_key = self.key_or_create(w, restored).await?;
+            for (table, _, _) in LOGS {
+                w.tx()
+                    .execute(&format!("DELETE FROM {table} WHERE subject = $1"), &[&bytes(subject)])
+                    .await
+                    .map_err(pg)?;
+            }
+            w.tx().execute("DELETE FROM current_consent WHERE subject = $1", &[&bytes(subject)]).await.map_err(pg)?;
+            self.store_half(w, subject, &key, &plan.kept).await?;
+            self.store_half(w, restored, &restored_key, &plan.restored).await?;
+            // Links stay in this region, so their claims (and `held` generations) stay as they are.
+            let moved: Vec<&[u8]> = plan.restored.links.iter().map(|l| l.as_bytes().as_slice()).collect();
+            w.tx()
+                .execute("UPDATE links SET subject = $1 WHERE link = ANY($2)", &[&bytes(restored), &moved])
+                .await
+                .map_err(pg)?;
+            let kept_consent = plan.kept.announced();
+            let restored_consent = plan.restored.announced();
+            let recorded = [Recorded::Unmerge {
+                kept: *subject,
+                restored: *restored,
+                was: *from,
+                links: &plan.restored.links,
+                kept_links: &plan.kept.links,
+                kept_consent: &kept_consent,
+                restored_consent: &restored_consent,
+                flagged: plan.flagged,
+            }];
+            let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("unmerge events".into()))?;
+            let unmerged = Unmerged {
+                restored: *restored,
+                was: *from,
+                links: plan.restored.links.clone(),
+                consent_records: plan.restored.ledger.len(),
+                interactions: plan.restored.interactions.len(),
+                flagged: plan.flagged,
+                event,
+            };
+            record_replay(w, idempotency, Some((subject, &key)), &(*subject, &unmerged)).await?;
+            Ok(unmerged)
+        })
+        .await
+    }
+}

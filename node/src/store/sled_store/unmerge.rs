@@ -1,0 +1,190 @@
+//! Undoing a merge on sled: the plan is `store::split`'s; this reads the merged subject whole and
+//! writes both halves in one transaction with the change events and the audit entry.
+
+use domicile_types::{Link, SUBJECT_ID_LEN, SubjectId};
+use sled::Transactional;
+
+use super::claims::{check_replay, record_replay};
+use super::{
+    MetaEntry, Recorded, SledStore, StoreError, SubjectKey, abort, backend, consent_key, current_key, encode, flatten,
+    open, seal,
+};
+use crate::store::split::{Half, Whole, split};
+use crate::store::{Idempotency, LogPositions, RightsRequestRecord, Unmerged};
+
+/// The position a per-subject log key ends with.
+fn position_of(key: &[u8]) -> Result<u64, StoreError> {
+    let tail = key.get(SUBJECT_ID_LEN..).and_then(|t| <[u8; 8]>::try_from(t).ok());
+    tail.map(u64::from_be_bytes).ok_or_else(|| StoreError::Corrupt("log key".into()))
+}
+
+/// A half's sealed values: (tree name, key, sealed) for every log entry and cell in force, and
+/// its sealed record.
+struct Sealed {
+    entries: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    record: Vec<u8>,
+    meta: Vec<u8>,
+}
+
+const CONSENT: usize = 0;
+const CURRENT: usize = 1;
+const INTERACTIONS: usize = 2;
+const RIGHTS: usize = 3;
+
+fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Sealed, StoreError> {
+    let mut entries = Vec::new();
+    for entry in &half.ledger {
+        let k = consent_key(subject, entry.sequence);
+        entries.push((CONSENT, k.to_vec(), seal(key, b"consent", &k, entry)?));
+    }
+    for ((purpose, channel), current) in &half.current {
+        let k = current_key(subject, *purpose, *channel);
+        entries.push((CURRENT, k.clone(), seal(key, b"current", &k, current)?));
+    }
+    for entry in &half.interactions {
+        let k = consent_key(subject, entry.sequence);
+        entries.push((INTERACTIONS, k.to_vec(), seal(key, b"interactions", &k, entry)?));
+    }
+    for (position, request) in &half.rights {
+        let k = consent_key(subject, *position);
+        entries.push((RIGHTS, k.to_vec(), seal(key, b"rights", &k, request)?));
+    }
+    Ok(Sealed {
+        entries,
+        record: seal(key, b"subjects", subject.as_bytes(), &half.record)?,
+        meta: encode(&MetaEntry { meta: half.meta.clone(), links: half.links.clone() })?,
+    })
+}
+
+impl SledStore {
+    /// The positions of a subject's entries in its three logs.
+    pub(super) fn positions(&self, subject: &SubjectId) -> Result<LogPositions, StoreError> {
+        let of = |tree: &sled::Tree| -> Result<Vec<u64>, StoreError> {
+            Self::prefix_keys(tree, subject)?.iter().map(|k| position_of(k)).collect()
+        };
+        Ok(LogPositions {
+            consent: of(&self.consent)?,
+            interactions: of(&self.interactions)?,
+            rights: of(&self.rights)?,
+        })
+    }
+
+    pub(super) fn unmerge_subject(
+        &self,
+        subject: &SubjectId,
+        from: &SubjectId,
+        restored: &SubjectId,
+        now: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Unmerged, StoreError> {
+        if subject == restored {
+            return Err(StoreError::Conflict);
+        }
+        let _serial = self.serialise_writes(&[*subject, *restored]);
+        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        if self.meta_entry(restored)?.is_some() {
+            return Err(StoreError::Conflict);
+        }
+        let key = self.key(subject)?;
+        let record = self.subject_record_raw(subject)?.unwrap_or_default();
+        if !record.lineage.iter().any(|l| l.from == *from) {
+            return Err(StoreError::NotFound);
+        }
+        let rights = self
+            .rights
+            .scan_prefix(subject.as_bytes())
+            .map(|item| {
+                let (k, value) = item.map_err(backend)?;
+                Ok((position_of(&k)?, open::<RightsRequestRecord>(&key, b"rights", &k, &value)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let whole = Whole {
+            meta: entry.meta.clone(),
+            record,
+            links: entry.links.clone(),
+            ledger: self.open_log(&self.consent, b"consent", subject)?,
+            interactions: self.open_log(&self.interactions, b"interactions", subject)?,
+            rights,
+        };
+        let plan = split(whole, from)?;
+        // Created (and durable) before any sealed value refers to it.
+        let restored_key = self.vault.get_or_create(restored)?;
+        self.vault.sync()?;
+        let kept = seal_half(subject, &key, &plan.kept)?;
+        let back = seal_half(restored, &restored_key, &plan.restored)?;
+        let old: Vec<(usize, sled::IVec)> = [(CONSENT, &self.consent), (CURRENT, &self.current)]
+            .into_iter()
+            .chain([(INTERACTIONS, &self.interactions), (RIGHTS, &self.rights)])
+            .map(|(i, tree)| Ok(Self::prefix_keys(tree, subject)?.into_iter().map(move |k| (i, k))))
+            .collect::<Result<Vec<_>, StoreError>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let kept_consent = plan.kept.announced();
+        let restored_consent = plan.restored.announced();
+        let links: &[Link] = &plan.restored.links;
+        let recorded = [Recorded::Unmerge {
+            kept: *subject,
+            restored: *restored,
+            was: *from,
+            links,
+            kept_links: &plan.kept.links,
+            kept_consent: &kept_consent,
+            restored_consent: &restored_consent,
+            flagged: plan.flagged,
+        }];
+        let events_out = self.events_of(&recorded, now)?;
+        let unmerged = Unmerged {
+            restored: *restored,
+            was: *from,
+            links: links.to_vec(),
+            consent_records: plan.restored.ledger.len(),
+            interactions: plan.restored.interactions.len(),
+            flagged: plan.flagged,
+            event: events_out.last().map_or(0, |(seq, _)| *seq),
+        };
+        let audited = self.audited(now)?;
+        let trees = [
+            &self.meta,
+            &self.subjects,
+            &self.links,
+            &self.consent,
+            &self.current,
+            &self.interactions,
+            &self.rights,
+            &self.events,
+            &self.idempotency,
+        ];
+        let result = trees.as_slice().transaction(|trees| {
+            let [meta, subjects, link_tree, consent, current, interactions, rights, events, replays] = trees.as_slice()
+            else {
+                return abort(StoreError::Backend("transaction trees".into()));
+            };
+            check_replay(replays, idempotency)?;
+            let logs = [consent, current, interactions, rights];
+            for (tree, k) in &old {
+                logs[*tree].remove(k)?;
+            }
+            for (id, half) in [(subject, &kept), (restored, &back)] {
+                meta.insert(&id.as_bytes()[..], half.meta.as_slice())?;
+                subjects.insert(&id.as_bytes()[..], half.record.as_slice())?;
+                for (tree, k, sealed) in &half.entries {
+                    logs[*tree].insert(k.as_slice(), sealed.as_slice())?;
+                }
+            }
+            // Links stay in this region, so their claims (and `held` generations) stay as they are.
+            for link in links {
+                link_tree.insert(&link.as_bytes()[..], &restored.as_bytes()[..])?;
+            }
+            for (seq, event) in &events_out {
+                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
+            }
+            record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &unmerged))?;
+            audited.append(&recorded)
+        });
+        flatten(result)?;
+        audited.commit();
+        self.db.flush().map_err(backend)?;
+        Ok(unmerged)
+    }
+}

@@ -1,0 +1,264 @@
+//! Undoing a merge, as a pure plan both engines apply: given everything a merged subject holds
+//! and the lineage of one merge, which half keeps what, and what each half's consent in force
+//! is (ARCHITECTURE.md, "Merge and unmerge").
+//!
+//! - Entries at positions a half held when the merge happened go back to that half.
+//! - Entries made since the merge go to the half whose identifier they were captured through;
+//!   entries captured through no known identifier (the caller named the subject by its ref) stay
+//!   with both and are marked for review.
+//! - Each half's record in force per purpose × channel is its ledger replayed in order, as the
+//!   store would have built it, except that a grant marked for review counts for neither half:
+//!   nobody knows whose it was, and a missing fact is never an allow. A denial or withdrawal
+//!   marked for review counts for both, so an unmerge never turns a refusal into an allow.
+//! - A restriction of the merged subject stays on both halves (it is lifted only by a request).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use domicile_types::{Channel, ConsentState, Link, Purpose, SubjectId};
+
+use super::{
+    ConsentRecord, CurrentConsent, Interaction, LogPositions, MergeLineage, RightsRequestRecord, StoreError,
+    SubjectMeta, SubjectRecord,
+};
+
+/// Everything a subject holds, read inside the write that splits it.
+#[derive(Debug, Clone)]
+pub struct Whole {
+    pub meta: SubjectMeta,
+    pub record: SubjectRecord,
+    pub links: Vec<Link>,
+    /// In ledger order.
+    pub ledger: Vec<ConsentRecord>,
+    pub interactions: Vec<Interaction>,
+    /// With their log positions.
+    pub rights: Vec<(u64, RightsRequestRecord)>,
+}
+
+/// One half of a split, to be stored under its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Half {
+    pub meta: SubjectMeta,
+    pub record: SubjectRecord,
+    pub links: Vec<Link>,
+    pub ledger: Vec<ConsentRecord>,
+    /// The record in force per cell (cells with none are absent).
+    pub current: BTreeMap<(Purpose, Channel), CurrentConsent>,
+    pub interactions: Vec<Interaction>,
+    pub rights: Vec<(u64, RightsRequestRecord)>,
+}
+
+impl Half {
+    /// The consent in force as watchers are told it: (purpose, state) → channels.
+    pub fn announced(&self) -> Vec<(Purpose, ConsentState, Vec<Channel>)> {
+        let mut grouped: BTreeMap<(Purpose, u8), (ConsentState, Vec<Channel>)> = BTreeMap::new();
+        for ((purpose, channel), current) in &self.current {
+            let order = match current.state {
+                ConsentState::Granted => 0,
+                ConsentState::Denied => 1,
+                ConsentState::Withdrawn => 2,
+            };
+            grouped.entry((*purpose, order)).or_insert_with(|| (current.state, Vec::new())).1.push(*channel);
+        }
+        grouped.into_iter().map(|((purpose, _), (state, channels))| (purpose, state, channels)).collect()
+    }
+}
+
+/// The plan of an unmerge.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// The subject that stays, without what the merge brought.
+    pub kept: Half,
+    /// The merged-away subject, back.
+    pub restored: Half,
+    /// Consent entries kept with both halves and marked for review.
+    pub flagged: usize,
+    /// The lineage undone.
+    pub lineage: MergeLineage,
+}
+
+/// Which half an entry goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Kept,
+    Restored,
+    Both,
+}
+
+/// Splits `whole` along its merge with `from` (the id the merged-away subject had). `NotFound`
+/// when no merge of `from` is in its lineage.
+pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
+    let Whole { meta, mut record, links, ledger, interactions, rights } = whole;
+    let at = record.lineage.iter().position(|l| l.from == *from).ok_or(StoreError::NotFound)?;
+    let lineage = record.lineage.remove(at);
+    // Entries another merge brought (before or after this one) belong to the remaining subject.
+    let mut others = LogSets::default();
+    for other in &record.lineage {
+        others.add(&other.from_positions);
+    }
+    let from_sets = LogSets::of(&lineage.from_positions);
+    let into_sets = LogSets::of(&lineage.into_positions);
+    let side_of = |position: u64, log: Log, via: Option<&Link>| -> Side {
+        if from_sets.has(log, position) && into_sets.has(log, position) {
+            // Held by both halves at the merge: kept with both by an earlier unmerge.
+            Side::Both
+        } else if from_sets.has(log, position) {
+            Side::Restored
+        } else if into_sets.has(log, position) || others.has(log, position) {
+            Side::Kept
+        } else {
+            match via {
+                Some(link) if lineage.links.contains(link) => Side::Restored,
+                Some(_) => Side::Kept,
+                None => Side::Both,
+            }
+        }
+    };
+
+    let mut kept_ledger = Vec::new();
+    let mut restored_ledger = Vec::new();
+    let mut flagged = 0;
+    for mut entry in ledger {
+        match side_of(entry.sequence, Log::Consent, entry.evidence.captured_via.as_ref()) {
+            Side::Kept => kept_ledger.push(entry),
+            Side::Restored => restored_ledger.push(entry),
+            Side::Both => {
+                entry.review = true;
+                flagged += 1;
+                kept_ledger.push(entry.clone());
+                restored_ledger.push(entry);
+            }
+        }
+    }
+    let mut kept_interactions = Vec::new();
+    let mut restored_interactions = Vec::new();
+    for entry in interactions {
+        match side_of(entry.sequence, Log::Interactions, entry.via.as_ref()) {
+            Side::Kept => kept_interactions.push(entry),
+            Side::Restored => restored_interactions.push(entry),
+            Side::Both => {
+                kept_interactions.push(entry.clone());
+                restored_interactions.push(entry);
+            }
+        }
+    }
+    let mut kept_rights = Vec::new();
+    let mut restored_rights = Vec::new();
+    for (position, request) in rights {
+        // A request since the merge names no identifier: it concerned the person both halves
+        // were taken for, so both keep it.
+        match side_of(position, Log::Rights, None) {
+            Side::Kept => kept_rights.push((position, request)),
+            Side::Restored => restored_rights.push((position, request)),
+            Side::Both => {
+                kept_rights.push((position, request.clone()));
+                restored_rights.push((position, request));
+            }
+        }
+    }
+
+    // Identifiers and links: what the merge brought and the subject still holds goes back.
+    let restored_links: Vec<Link> = links.iter().copied().filter(|l| lineage.links.contains(l)).collect();
+    let kept_links: Vec<Link> = links.iter().copied().filter(|l| !lineage.links.contains(l)).collect();
+    let restored_identifiers =
+        record.identifiers.iter().filter(|i| lineage.identifiers.contains(i)).cloned().collect::<Vec<_>>();
+    record.identifiers.retain(|i| !lineage.identifiers.contains(i));
+    // Fields the merge added go unless changed since; the restored subject gets its own back.
+    for (field, value) in &lineage.added_fields {
+        if record.profile.get(field) == Some(value) {
+            record.profile.remove(field);
+        }
+    }
+    let restored_record = SubjectRecord {
+        identifiers: restored_identifiers,
+        profile: lineage.profile.clone(),
+        lineage: lineage.nested.clone(),
+    };
+    let kept_meta = SubjectMeta { created_at: lineage.into_created_at, ..meta.clone() };
+    // Fail closed: a restriction in force stays on both halves, as does one the restored half
+    // had before the merge.
+    let restored_meta = SubjectMeta {
+        created_at: lineage.from_created_at,
+        restricted: meta.restricted || lineage.from_restricted,
+        ..meta
+    };
+    let kept = Half {
+        current: in_force(&kept_ledger),
+        meta: kept_meta,
+        record,
+        links: kept_links,
+        ledger: kept_ledger,
+        interactions: kept_interactions,
+        rights: kept_rights,
+    };
+    let restored = Half {
+        current: in_force(&restored_ledger),
+        meta: restored_meta,
+        record: restored_record,
+        links: restored_links,
+        ledger: restored_ledger,
+        interactions: restored_interactions,
+        rights: restored_rights,
+    };
+    Ok(Split { kept, restored, flagged, lineage })
+}
+
+/// A ledger's records in force, replayed in order as appends build them
+/// ([`CurrentConsent::supersedes`]); a grant marked for review counts for nothing.
+pub fn in_force(ledger: &[ConsentRecord]) -> BTreeMap<(Purpose, Channel), CurrentConsent> {
+    let mut ordered: Vec<&ConsentRecord> = ledger.iter().collect();
+    ordered.sort_by_key(|r| r.sequence);
+    let mut current: BTreeMap<(Purpose, Channel), CurrentConsent> = BTreeMap::new();
+    for record in ordered {
+        if record.review && record.state == ConsentState::Granted {
+            continue;
+        }
+        let candidate = CurrentConsent::of(record, record.counted_at_ms());
+        for channel in &record.channels {
+            let cell = (record.purpose, *channel);
+            if current.get(&cell).is_none_or(|existing| candidate.supersedes(existing)) {
+                current.insert(cell, candidate.clone());
+            }
+        }
+    }
+    current
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Log {
+    Consent,
+    Interactions,
+    Rights,
+}
+
+#[derive(Debug, Default)]
+struct LogSets {
+    consent: BTreeSet<u64>,
+    interactions: BTreeSet<u64>,
+    rights: BTreeSet<u64>,
+}
+
+impl LogSets {
+    fn of(positions: &LogPositions) -> Self {
+        let mut sets = Self::default();
+        sets.add(positions);
+        sets
+    }
+
+    fn add(&mut self, positions: &LogPositions) {
+        self.consent.extend(&positions.consent);
+        self.interactions.extend(&positions.interactions);
+        self.rights.extend(&positions.rights);
+    }
+
+    fn has(&self, log: Log, position: u64) -> bool {
+        match log {
+            Log::Consent => self.consent.contains(&position),
+            Log::Interactions => self.interactions.contains(&position),
+            Log::Rights => self.rights.contains(&position),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "split_tests.rs"]
+mod tests;

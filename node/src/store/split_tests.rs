@@ -1,0 +1,188 @@
+use std::collections::BTreeMap;
+
+use domicile_types::{
+    Channel, ConsentState, IdentifierKind, Jurisdiction, Link, NormalizedIdentifier, Purpose, SubjectId,
+};
+
+use super::{Whole, split};
+use crate::store::{ConsentRecord, Evidence, LogPositions, MergeLineage, StoreError, SubjectMeta, SubjectRecord};
+
+const A: u8 = 1; // the merged-away subject's links
+const B: u8 = 2; // the remaining subject's links
+
+fn link(n: u8) -> Link {
+    Link::from_bytes([n; 16])
+}
+
+fn subject(n: u8) -> SubjectId {
+    SubjectId::from_bytes([n; 16])
+}
+
+fn email(name: &str) -> NormalizedIdentifier {
+    NormalizedIdentifier::normalize(IdentifierKind::Email, &format!("{name}@example.com")).unwrap()
+}
+
+/// A ledger entry at `sequence`, captured (and recorded) at `at` seconds through `via`.
+fn entry(sequence: u64, state: ConsentState, channel: Channel, at: i64, via: Option<u8>) -> ConsentRecord {
+    ConsentRecord {
+        sequence,
+        purpose: Purpose::Marketing,
+        channels: vec![channel],
+        state,
+        captured_at: at,
+        recorded_at: at,
+        expires_at: None,
+        evidence: Evidence { captured_via: via.map(link), ..Evidence::default() },
+        counted_at_ms: None,
+        review: false,
+    }
+}
+
+fn lineage(from_consent: Vec<u64>, into_consent: Vec<u64>) -> MergeLineage {
+    MergeLineage {
+        from: subject(9),
+        merged_at: 1_000,
+        identifiers: vec![email("a")],
+        links: vec![link(A)],
+        profile: BTreeMap::from([("name".to_owned(), "Ann".to_owned())]),
+        added_fields: BTreeMap::from([("name".to_owned(), "Ann".to_owned())]),
+        from_created_at: 10,
+        into_created_at: 20,
+        from_restricted: false,
+        from_positions: LogPositions { consent: from_consent, ..LogPositions::default() },
+        into_positions: LogPositions { consent: into_consent, ..LogPositions::default() },
+        nested: Vec::new(),
+    }
+}
+
+fn whole(ledger: Vec<ConsentRecord>, lineages: Vec<MergeLineage>) -> Whole {
+    Whole {
+        meta: SubjectMeta { jurisdiction: Jurisdiction::parse("DE").unwrap(), created_at: 10, restricted: false },
+        record: SubjectRecord {
+            identifiers: vec![email("b"), email("a")],
+            profile: BTreeMap::from([("name".to_owned(), "Ann".to_owned()), ("lang".to_owned(), "de".to_owned())]),
+            lineage: lineages,
+        },
+        links: vec![link(B), link(A)],
+        ledger,
+        interactions: Vec::new(),
+        rights: Vec::new(),
+    }
+}
+
+fn state(half: &super::Half, channel: Channel) -> Option<ConsentState> {
+    half.current.get(&(Purpose::Marketing, channel)).map(|c| c.state)
+}
+
+#[test]
+fn entries_from_before_the_merge_go_back_to_their_half_with_identifiers_links_and_profile() {
+    use ConsentState::*;
+    // A granted email; B withdrew email later. Merged: withdrawn. Apart: A granted, B withdrawn,
+    // as without the merge.
+    let ledger =
+        vec![entry(1, Granted, Channel::Email, 100, Some(A)), entry(2, Withdrawn, Channel::Email, 200, Some(B))];
+    let plan = split(whole(ledger, vec![lineage(vec![1], vec![2])]), &subject(9)).unwrap();
+    assert_eq!(state(&plan.restored, Channel::Email), Some(Granted));
+    assert_eq!(state(&plan.kept, Channel::Email), Some(Withdrawn));
+    assert_eq!(plan.restored.links, vec![link(A)]);
+    assert_eq!(plan.kept.links, vec![link(B)]);
+    assert_eq!(plan.restored.record.identifiers, vec![email("a")]);
+    assert_eq!(plan.kept.record.identifiers, vec![email("b")]);
+    // The field the merge added (unchanged since) goes back; the remaining subject's own stays.
+    assert_eq!(plan.kept.record.profile.keys().collect::<Vec<_>>(), vec!["lang"]);
+    assert_eq!(plan.restored.record.profile["name"], "Ann");
+    assert!(plan.kept.record.lineage.is_empty());
+    assert_eq!((plan.kept.meta.created_at, plan.restored.meta.created_at), (20, 10));
+    assert_eq!(plan.flagged, 0);
+}
+
+#[test]
+fn entries_since_the_merge_follow_the_identifier_they_came_through_or_stay_with_both_flagged() {
+    use ConsentState::*;
+    let ledger = vec![
+        entry(5, Granted, Channel::Email, 500, Some(A)),
+        entry(6, Granted, Channel::Sms, 600, Some(B)),
+        // Named by ref: whose was it? Flagged, kept with both; a grant counts for neither.
+        entry(7, Granted, Channel::Voice, 700, None),
+        // A withdrawal named by ref counts for both.
+        entry(8, Withdrawn, Channel::Sms, 800, None),
+        // Captured through a link neither half had at the merge (added later): the remaining one's.
+        entry(9, Granted, Channel::Post, 900, Some(7)),
+    ];
+    let plan = split(whole(ledger, vec![lineage(vec![], vec![])]), &subject(9)).unwrap();
+    assert_eq!(state(&plan.restored, Channel::Email), Some(Granted));
+    assert_eq!(state(&plan.kept, Channel::Email), None);
+    assert_eq!(state(&plan.kept, Channel::Sms), Some(Withdrawn));
+    assert_eq!(state(&plan.restored, Channel::Sms), Some(Withdrawn));
+    assert_eq!(state(&plan.kept, Channel::Voice), None, "a flagged grant is no allow");
+    assert_eq!(state(&plan.restored, Channel::Voice), None, "a flagged grant is no allow");
+    assert_eq!(state(&plan.kept, Channel::Post), Some(Granted));
+    assert_eq!(state(&plan.restored, Channel::Post), None);
+    assert_eq!(plan.flagged, 2);
+    let flagged: Vec<u64> = plan.kept.ledger.iter().filter(|e| e.review).map(|e| e.sequence).collect();
+    assert_eq!(flagged, vec![7, 8]);
+    assert_eq!(plan.restored.ledger.iter().filter(|e| e.review).count(), 2);
+}
+
+#[test]
+fn no_half_is_allowed_where_the_merged_subject_was_refused_by_an_entry_of_unknown_origin() {
+    use ConsentState::*;
+    // Both halves granted before the merge; a withdrawal by ref after it: both stay withdrawn.
+    let ledger = vec![
+        entry(1, Granted, Channel::Email, 100, Some(A)),
+        entry(2, Granted, Channel::Email, 100, Some(B)),
+        entry(3, Withdrawn, Channel::Email, 300, None),
+    ];
+    let plan = split(whole(ledger, vec![lineage(vec![1], vec![2])]), &subject(9)).unwrap();
+    for half in [&plan.kept, &plan.restored] {
+        assert_eq!(state(half, Channel::Email), Some(Withdrawn));
+    }
+}
+
+#[test]
+fn entries_another_merge_brought_stay_with_the_remaining_subject() {
+    use ConsentState::*;
+    // A second merge (of subject 8) after the first brought entry 4, recorded by ref.
+    let mut second = lineage(vec![4], vec![1, 2]);
+    second.from = subject(8);
+    second.links = vec![link(3)];
+    let ledger = vec![entry(1, Granted, Channel::Email, 100, Some(A)), entry(4, Granted, Channel::Sms, 150, None)];
+    let plan = split(whole(ledger, vec![lineage(vec![1], vec![2]), second.clone()]), &subject(9)).unwrap();
+    assert_eq!(state(&plan.kept, Channel::Sms), Some(Granted));
+    assert_eq!(state(&plan.restored, Channel::Sms), None);
+    assert_eq!(plan.flagged, 0);
+    assert_eq!(plan.kept.record.lineage, vec![second]);
+}
+
+#[test]
+fn a_restriction_stays_on_both_halves_and_an_unknown_merge_is_not_found() {
+    let mut merged = whole(Vec::new(), vec![lineage(vec![], vec![])]);
+    merged.meta.restricted = true;
+    let plan = split(merged.clone(), &subject(9)).unwrap();
+    assert!(plan.kept.meta.restricted && plan.restored.meta.restricted);
+    assert!(matches!(split(merged, &subject(7)), Err(StoreError::NotFound)));
+}
+
+#[test]
+fn a_replayed_ledger_gives_the_order_appends_give() {
+    use ConsentState::*;
+    // Arriving out of order: a withdrawal recorded, then an older grant replayed after it.
+    let mut replay = entry(2, Granted, Channel::Email, 100, Some(A));
+    replay.recorded_at = 400;
+    let ledger = vec![entry(1, Withdrawn, Channel::Email, 300, Some(A)), replay];
+    let plan = split(whole(ledger, vec![lineage(vec![1, 2], vec![])]), &subject(9)).unwrap();
+    assert_eq!(state(&plan.restored, Channel::Email), Some(Withdrawn));
+}
+
+#[test]
+fn an_entry_both_halves_held_at_the_merge_stays_with_both() {
+    use ConsentState::*;
+    // Flagged by an earlier unmerge, then the halves merged again: both held position 3.
+    let mut flagged = entry(3, Withdrawn, Channel::Sms, 300, None);
+    flagged.review = true;
+    let plan = split(whole(vec![flagged], vec![lineage(vec![3], vec![3])]), &subject(9)).unwrap();
+    for half in [&plan.kept, &plan.restored] {
+        assert_eq!(state(half, Channel::Sms), Some(Withdrawn));
+        assert!(half.ledger.iter().all(|e| e.review));
+    }
+}

@@ -1,0 +1,275 @@
+//! Unmerge (issue 22): a merge of two people who turn out to be two people is undone. Each half
+//! gets back its identifiers and the consent it brought; entries since the merge follow the
+//! identifier they were captured through; entries captured by subject ref stay with both,
+//! flagged, a flagged grant counting for neither. Checked against a control pair that was never
+//! merged and was given the same consent, on a real cluster (and on PostgreSQL in `.ci/run`),
+//! with a second gateway and a watcher that must see the split.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use std::time::Duration;
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::{
+    Cluster as _, TestCluster, TestOptions, apply_store_env, eventually, identifier, select_email, select_ref,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = gw::domicile_client::DomicileClient<Channel>;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+
+async fn register(client: &mut Client, email: &str) -> String {
+    let request = gw::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![identifier("email", email)],
+        ..Default::default()
+    };
+    client.register(request).await.expect("register").into_inner().subject_ref
+}
+
+async fn consent(
+    client: &mut Client,
+    subject: Option<gw::SubjectSelector>,
+    purpose: &str,
+    channel: &str,
+    action: common::ConsentAction,
+) {
+    client
+        .record_consent(gw::RecordConsentRequest {
+            subject,
+            purpose: purpose.into(),
+            channels: vec![channel.into()],
+            action: action as i32,
+            evidence: Some(common::Evidence {
+                notice_version: "notice-v1".into(),
+                source_system: "preference-centre".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("record consent");
+}
+
+/// (purpose, channel) → (effect, deciding rules) for a subject, over the cells the test touches.
+async fn decisions(client: &mut Client, subject: Option<gw::SubjectSelector>) -> Vec<(String, i32, Vec<String>)> {
+    let mut out = Vec::new();
+    for purpose in ["marketing", "survey"] {
+        for channel in ["email", "sms", "voice", "post"] {
+            let decision = client
+                .decide(gw::DecideRequest {
+                    subject: subject.clone(),
+                    purpose: purpose.into(),
+                    channel: channel.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("decide")
+                .into_inner()
+                .decision
+                .expect("a decision");
+            out.push((format!("{purpose}/{channel}"), decision.effect, decision.reasons));
+        }
+    }
+    out
+}
+
+fn effect_of(table: &[(String, i32, Vec<String>)], cell: &str) -> common::Effect {
+    let (_, effect, _) = table.iter().find(|(c, ..)| c == cell).expect("cell decided");
+    common::Effect::try_from(*effect).expect("an effect")
+}
+
+async fn resolve(client: &mut Client, email: &str) -> Option<(String, String)> {
+    let reply = client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", email)) }).await.ok()?;
+    let reply = reply.into_inner();
+    Some((reply.link, reply.subject_ref))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_merge() {
+    use common::ConsentAction::{Grant, Withdraw};
+    let mut options = TestOptions { gateways: Some(2), ..TestOptions::default() };
+    apply_store_env(&mut options).expect("store from the environment");
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let other_gateway = cluster.gateway_at_index(1).await.unwrap();
+
+    // Two people taken for one, and a control pair given the same consent, never merged.
+    let ann = register(&mut client, "ann@example.com").await;
+    let bea = register(&mut client, "bea@example.com").await;
+    let control_ann = register(&mut client, "control-ann@example.com").await;
+    let control_bea = register(&mut client, "control-bea@example.com").await;
+    let (ann_link, _) = resolve(&mut client, "ann@example.com").await.expect("ann resolves");
+    for (a, b) in [("ann@example.com", "bea@example.com"), ("control-ann@example.com", "control-bea@example.com")] {
+        consent(&mut client, select_email(a), "marketing", "email", Grant).await;
+        consent(&mut client, select_email(b), "marketing", "sms", Grant).await;
+        // Later than the grant above: in the merged subject it wins.
+        consent(&mut client, select_email(b), "marketing", "email", Withdraw).await;
+    }
+
+    let merged = client
+        .merge(gw::MergeRequest { into: select_ref(&bea), from: select_ref(&ann), idempotency_key: String::new() })
+        .await
+        .expect("merge")
+        .into_inner();
+    assert_eq!(merged.subject_ref, bea);
+    let before = decisions(&mut client, select_email("ann@example.com")).await;
+    assert_eq!(effect_of(&before, "marketing/email"), common::Effect::Deny, "merged: the later withdrawal wins");
+
+    // Since the merge: through each person's identifier, and twice by subject ref (whose?).
+    consent(&mut client, select_email("ann@example.com"), "marketing", "voice", Grant).await;
+    consent(&mut client, select_email("control-ann@example.com"), "marketing", "voice", Grant).await;
+    consent(&mut client, select_email("bea@example.com"), "survey", "email", Grant).await;
+    consent(&mut client, select_email("control-bea@example.com"), "survey", "email", Grant).await;
+    consent(&mut client, select_ref(&bea), "survey", "sms", Grant).await;
+    consent(&mut client, select_ref(&bea), "marketing", "post", Withdraw).await;
+    for control in [&control_ann, &control_bea] {
+        consent(&mut client, select_ref(control), "marketing", "post", Withdraw).await;
+    }
+    let merged_now = decisions(&mut client, select_ref(&bea)).await;
+    assert_eq!(effect_of(&merged_now, "survey/sms"), common::Effect::Allow, "merged: the grant by ref counts");
+
+    let mut watch = client.watch(gw::WatchRequest { resume_token: String::new() }).await.unwrap().into_inner();
+
+    let unmerged = client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&bea),
+            merged_subject_ref: ann.clone(),
+            idempotency_key: "unmerge-1".into(),
+        })
+        .await
+        .expect("unmerge")
+        .into_inner();
+    assert_eq!(unmerged.subject_ref, bea);
+    assert_ne!(unmerged.restored_subject_ref, ann, "the merged-away subject comes back under a new ref");
+    assert_eq!(unmerged.links_moved, 1);
+    assert_eq!(unmerged.flagged_for_review, 2, "the two entries recorded by ref");
+    let restored = unmerged.restored_subject_ref.clone();
+
+    // Each half decides as its never-merged control does, flagged entries aside: the grant by
+    // ref counts for neither (no allow nobody can account for), the withdrawal by ref for both.
+    let ann_after = decisions(&mut client, select_email("ann@example.com")).await;
+    let bea_after = decisions(&mut client, select_email("bea@example.com")).await;
+    assert_eq!(ann_after, decisions(&mut client, select_email("control-ann@example.com")).await);
+    assert_eq!(bea_after, decisions(&mut client, select_email("control-bea@example.com")).await);
+    assert_eq!(effect_of(&ann_after, "marketing/email"), common::Effect::Allow, "Ann's own grant, as before the merge");
+    assert_eq!(effect_of(&bea_after, "marketing/email"), common::Effect::Deny);
+    assert_eq!(effect_of(&ann_after, "marketing/voice"), common::Effect::Allow);
+    assert_eq!(effect_of(&bea_after, "marketing/voice"), common::Effect::Deny);
+    for half in [&ann_after, &bea_after] {
+        assert_eq!(effect_of(half, "survey/sms"), common::Effect::Deny, "a flagged grant is no allow");
+        assert_eq!(effect_of(half, "marketing/post"), common::Effect::Deny, "a flagged withdrawal holds for both");
+    }
+
+    // Each half's history shows the flagged entries; the restored one names its new ref.
+    let history = client
+        .consent_history(gw::ConsentHistoryRequest { subject: select_email("ann@example.com") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.subject_ref, restored);
+    assert_eq!(history.entries.iter().filter(|e| e.review).count(), 2);
+    assert_eq!(history.entries.len(), 4, "Ann's grant, her voice grant, the two flagged entries");
+
+    // The gateway that served it, the other gateway (from the change events) and a watcher all
+    // see the split.
+    assert_eq!(resolve(&mut client, "ann@example.com").await.map(|(_, s)| s), Some(restored.clone()));
+    assert_eq!(resolve(&mut client, "bea@example.com").await.map(|(_, s)| s), Some(bea.clone()));
+    let seen = eventually(Duration::from_secs(20), || {
+        let mut other = other_gateway.clone();
+        let restored = restored.clone();
+        async move { (resolve(&mut other, "ann@example.com").await?.1 == restored).then_some(()) }
+    })
+    .await;
+    assert!(seen.is_some(), "the other gateway's directory follows the split");
+    let mut removed_from_bea = false;
+    let mut registered_to_restored = false;
+    let mut restored_consent = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !(removed_from_bea && registered_to_restored && restored_consent.len() >= 2) {
+        let event = tokio::time::timeout_at(deadline, watch.message()).await.expect("events arrive in time");
+        let event = event.unwrap().expect("stream open").event.expect("an event");
+        let kind = common::ChangeKind::try_from(event.kind).unwrap();
+        if event.subject_ref == bea && kind == common::ChangeKind::LinksRemoved && event.links.contains(&ann_link) {
+            removed_from_bea = true;
+        }
+        if event.subject_ref == restored && kind == common::ChangeKind::Registered {
+            assert_eq!(event.links, vec![ann_link.clone()]);
+            registered_to_restored = true;
+        }
+        if event.subject_ref == restored && kind == common::ChangeKind::Consent {
+            assert!(registered_to_restored, "a half's consent is announced after its links");
+            restored_consent.push((event.purpose.clone(), event.state.clone(), event.channels.clone()));
+        }
+    }
+    assert!(restored_consent.contains(&("marketing".into(), "granted".into(), vec!["email".into(), "voice".into()])));
+
+    // A repeat with the same key answers as the first time; the merge is gone from the lineage.
+    let again = client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&bea),
+            merged_subject_ref: ann.clone(),
+            idempotency_key: "unmerge-1".into(),
+        })
+        .await
+        .expect("replayed")
+        .into_inner();
+    assert_eq!(again.restored_subject_ref, restored);
+    let status = client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&bea),
+            merged_subject_ref: ann.clone(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(!status.message().contains(&ann[ann.len() - 32..]), "no ref echoed: {}", status.message());
+    // Never merged: nothing to undo. A ref of another region: refused before any node is called.
+    let status = client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&control_bea),
+            merged_subject_ref: control_ann.clone(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let foreign = format!("us-east/{}", &control_ann[control_ann.len() - 32..]);
+    let status = client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&control_bea),
+            merged_subject_ref: foreign,
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // A merge of the restored half into the other is possible again, and undone again.
+    let merged = client
+        .merge(gw::MergeRequest { into: select_ref(&bea), from: select_ref(&restored), idempotency_key: String::new() })
+        .await
+        .expect("merge again");
+    assert_eq!(merged.into_inner().subject_ref, bea);
+    let split_again = client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&bea),
+            merged_subject_ref: restored.clone(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("second unmerge")
+        .into_inner();
+    assert_eq!(split_again.flagged_for_review, 2, "entries flagged by the first unmerge stay flagged");
+    assert_eq!(decisions(&mut client, select_email("ann@example.com")).await, ann_after);
+    assert_eq!(decisions(&mut client, select_email("bea@example.com")).await, bea_after);
+}
