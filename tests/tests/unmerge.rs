@@ -273,3 +273,60 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
     assert_eq!(decisions(&mut client, select_email("ann@example.com")).await, ann_after);
     assert_eq!(decisions(&mut client, select_email("bea@example.com")).await, bea_after);
 }
+
+/// A withdrawal through one person's identifier racing the unmerge that gives that identifier
+/// back to its person: wherever the race falls, the acknowledged withdrawal holds for that person
+/// (never lands on the other half because the link moved while the write was under way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_racing_an_unmerge_holds_for_the_person_whose_identifier_it_came_through() {
+    use common::ConsentAction::{Grant, Withdraw};
+    let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    for round in 0..25 {
+        let ann_email = format!("race-ann-{round}@example.com");
+        let bea_email = format!("race-bea-{round}@example.com");
+        let ann = register(&mut client, &ann_email).await;
+        let bea = register(&mut client, &bea_email).await;
+        consent(&mut client, select_email(&ann_email), "marketing", "email", Grant).await;
+        consent(&mut client, select_email(&bea_email), "marketing", "email", Grant).await;
+        client
+            .merge(gw::MergeRequest { into: select_ref(&bea), from: select_ref(&ann), idempotency_key: String::new() })
+            .await
+            .expect("merge");
+        // Withdrawals through Ann's identifier keep coming while the unmerge runs (some resolve
+        // the link before it commits and write after).
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for _ in 0..4 {
+            let mut writer = client.clone();
+            let selector = select_email(&ann_email);
+            let done = done.clone();
+            writers.push(tokio::spawn(async move {
+                let mut sent = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) || sent == 0 {
+                    consent(&mut writer, selector.clone(), "marketing", "email", Withdraw).await;
+                    sent += 1;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let unmerged = client
+            .unmerge(gw::UnmergeRequest {
+                subject: select_ref(&bea),
+                merged_subject_ref: ann.clone(),
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect("unmerge")
+            .into_inner();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        for writer in writers {
+            writer.await.expect("every withdrawal is acknowledged");
+        }
+        let ann_after = decisions(&mut client, select_email(&ann_email)).await;
+        let bea_after = decisions(&mut client, select_email(&bea_email)).await;
+        assert_eq!(effect_of(&ann_after, "marketing/email"), common::Effect::Deny, "round {round}: Ann withdrew");
+        assert_eq!(effect_of(&bea_after, "marketing/email"), common::Effect::Allow, "round {round}: Bea did not");
+        assert_eq!(unmerged.flagged_for_review, 0, "round {round}: everything came through an identifier");
+    }
+}

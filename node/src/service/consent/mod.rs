@@ -10,7 +10,7 @@ use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
 use crate::store::{
-    CLOCK_SKEW_SECS, ConsentRecord, CurrentConsent, Evidence, Idempotency, NewConsent, Store, SubjectMeta,
+    CLOCK_SKEW_SECS, ConsentRecord, CurrentConsent, Evidence, Idempotency, NewConsent, Store, StoreError, SubjectMeta,
     counted_at_ms,
 };
 
@@ -89,17 +89,29 @@ impl<S: Store> NodeService<S> {
         if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
             return Ok((subject, record));
         }
-        let (subject, meta) = self.resolve_meta(key).await?;
         // Which half keeps the entry if a merge is ever undone (`store::split`).
         let mut capture = capture;
         capture.evidence.captured_via = key.link();
-        let consent = self.consent_for(&meta, caller, capture)?;
-        match self.settle(self.store.append_consent(&subject, consent, tag).await).await? {
-            Settled::Applied((record, _)) => Ok((subject, record)),
-            Settled::Replayed => {
-                let (subject, (record, _)) = self.replayed_after_race::<(SubjectId, (ConsentRecord, u64))>(tag).await?;
-                Ok((subject, record))
-            }
+        let mut attempt = 0;
+        loop {
+            let (subject, meta) = self.resolve_meta(key).await?;
+            let consent = self.consent_for(&meta, caller, capture.clone())?;
+            let written = match self.store.append_consent(&subject, consent, tag).await {
+                // The link moved to another subject (an unmerge) after it was resolved: once more.
+                Err(StoreError::Retry) if attempt < 2 => {
+                    attempt += 1;
+                    continue;
+                }
+                written => written,
+            };
+            return match self.settle(written).await? {
+                Settled::Applied((record, _)) => Ok((subject, record)),
+                Settled::Replayed => {
+                    let (subject, (record, _)) =
+                        self.replayed_after_race::<(SubjectId, (ConsentRecord, u64))>(tag).await?;
+                    Ok((subject, record))
+                }
+            };
         }
     }
 

@@ -158,6 +158,12 @@ impl Batcher {
                 outcomes.push(Err(StoreError::NotFound));
                 continue;
             };
+            // Captured through a link the subject no longer holds (an unmerge moved it since the
+            // link was resolved): it belongs to another subject, resolve again.
+            if consent.evidence.captured_via.is_some_and(|l| !links.contains(&l)) {
+                outcomes.push(Err(StoreError::Retry));
+                continue;
+            }
             let sequence = w.next_ledger_position();
             let record = ConsentRecord {
                 sequence,

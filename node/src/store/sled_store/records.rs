@@ -5,9 +5,9 @@ use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
 use super::{
-    ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
-    RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode, flatten,
-    open, or_abort, seal,
+    ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, MetaEntry, NewConsent, NewInteraction,
+    Recorded, RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key,
+    decode, encode, flatten, open, or_abort, seal,
 };
 
 /// A cell's candidates from one batch, in order, each with its sealed form.
@@ -93,8 +93,16 @@ impl SledStore {
                 }
                 // A merge or erasure that committed since the checks above took the subject away;
                 // a record written now would be sealed under a destroyed key.
-                if meta.get(subject.as_bytes())?.is_none() {
+                let Some(stored) = meta.get(subject.as_bytes())? else {
                     return abort(StoreError::NotFound);
+                };
+                // An entry captured through a link the subject no longer holds (an unmerge moved
+                // it since the link was resolved) belongs to another subject: resolve again.
+                if records.iter().any(|r| r.evidence.captured_via.is_some()) {
+                    let now_held: MetaEntry = or_abort(decode(&stored))?;
+                    if records.iter().any(|r| r.evidence.captured_via.is_some_and(|l| !now_held.links.contains(&l))) {
+                        return abort(StoreError::Retry);
+                    }
                 }
                 for (ledger_key, sealed) in &sealed_entries {
                     ledger.insert(&ledger_key[..], sealed.as_slice())?;
