@@ -160,10 +160,12 @@ pub enum AuditEvent {
         from: SubjectRef,
         into: SubjectRef,
     },
-    /// The subject the entry is about split off `restored`, which was `was` before its merge;
-    /// `flagged` consent entries were kept with both for review.
+    /// The merged subject the entry is about was split (and retired) into `kept`, the subject
+    /// that remained, and `restored`, which was `was` before its merge; `flagged` consent entries
+    /// were kept with both for review.
     Unmerge {
         was: SubjectRef,
+        kept: SubjectRef,
         restored: SubjectRef,
         flagged: usize,
     },
@@ -212,9 +214,9 @@ impl AuditEvent {
     /// Subject refs named inside the event, for the residency check.
     pub(crate) fn subject_refs(&self) -> impl Iterator<Item = &SubjectRef> {
         let refs = match self {
-            AuditEvent::Merge { from, into } => [Some(from), Some(into)],
-            AuditEvent::Unmerge { was, restored, .. } => [Some(was), Some(restored)],
-            _ => [None, None],
+            AuditEvent::Merge { from, into } => [Some(from), Some(into), None],
+            AuditEvent::Unmerge { was, kept, restored, .. } => [Some(was), Some(kept), Some(restored)],
+            _ => [None, None, None],
         };
         refs.into_iter().flatten()
     }
@@ -259,8 +261,9 @@ impl AuditEvent {
                 put("from", from.to_string());
                 put("into", into.to_string());
             }
-            AuditEvent::Unmerge { was, restored, flagged } => {
+            AuditEvent::Unmerge { was, kept, restored, flagged } => {
                 put("was", was.to_string());
+                put("kept", kept.to_string());
                 put("restored", restored.to_string());
                 put("flagged", flagged.to_string());
             }

@@ -50,7 +50,7 @@ fn every_event() -> Vec<AuditEvent> {
             proof: erasure_proof(&subject(1), &[Link::from_bytes([3; 16])], 1_700_000_000),
         },
         AuditEvent::Merge { from: subject(2), into: subject(1) },
-        AuditEvent::Unmerge { was: subject(2), restored: subject(3), flagged: 1 },
+        AuditEvent::Unmerge { was: subject(2), kept: subject(4), restored: subject(3), flagged: 1 },
     ]
 }
 
@@ -629,7 +629,7 @@ fn refuses_subjects_of_other_regions_and_writes_nothing() {
     assert!(matches!(log.append(consent(1), Some(&foreign), 1), Err(AuditError::ForeignSubject)));
     let merge = AuditEvent::Merge { from: foreign.clone(), into: subject(1) };
     assert!(matches!(log.append(merge, Some(&subject(1)), 1), Err(AuditError::ForeignSubject)));
-    let unmerge = AuditEvent::Unmerge { was: subject(2), restored: foreign, flagged: 0 };
+    let unmerge = AuditEvent::Unmerge { was: subject(2), kept: subject(4), restored: foreign, flagged: 0 };
     assert!(matches!(log.append(unmerge, Some(&subject(1)), 1), Err(AuditError::ForeignSubject)));
     assert_eq!(log.head().seq, 1);
     assert_eq!(lines(&path).len(), 1);
@@ -678,7 +678,7 @@ fn entries_hold_only_the_typed_fields() {
         ("rights_request", &["deadline_at", "request_id", "right", "status"]),
         ("erasure", &["links_removed", "proof"]),
         ("merge", &["from", "into"]),
-        ("unmerge", &["flagged", "restored", "was"]),
+        ("unmerge", &["flagged", "kept", "restored", "was"]),
         ("decisions", &["count", "decisions"]),
     ];
     let all = lines(&path);

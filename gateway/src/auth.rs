@@ -43,11 +43,11 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     Some(match method {
         "Decide" | "DecideStream" => Scope::Decide,
         "Register" | "RecordConsent" | "RecordSignal" | "ImportConsent" => Scope::Capture,
-        "Merge" | "Unmerge" | "RecordInteraction" => Scope::Capture,
+        "Merge" | "RecordInteraction" => Scope::Capture,
         "Resolve" | "ConsentHistory" | "Watch" => Scope::Context,
         "GetContext" => Scope::Context,
         "Erase" => Scope::Rights,
-        "Rectify" | "Restrict" => Scope::Rights,
+        "Rectify" | "Restrict" | "Unmerge" => Scope::Rights,
         // A method added later without a scope here needs admin until someone decides (fail closed).
         _ => Scope::Admin,
     })

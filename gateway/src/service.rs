@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use domicile_policy::ResidencyError;
-use domicile_proto::convert::{self, FieldViolation};
+use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_server::Domicile;
@@ -314,8 +314,11 @@ impl Domicile for GatewayService {
             return Err(Status::internal("home region returned a subject ref of another region"));
         }
         // The moved links name `into` from now on; other gateways learn it from the change events.
+        // Only links that still name `from` here: a replayed reply must not undo a later unmerge.
         let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
-        self.gateway.directory.insert(&into, &links);
+        if let Ok(from) = SubjectRef::parse(&reply.merged_subject_ref) {
+            self.gateway.directory.move_links(&from, &into, &links);
+        }
         tracing::info!(region = %into_region, links = links.len(), "subjects merged");
         Ok(Response::new(pb::MergeResponse {
             subject_ref: reply.subject_ref,
@@ -354,13 +357,20 @@ impl Domicile for GatewayService {
             .map_err(|s| write_status(&region, s, &write))?
             .into_inner();
         let restored = SubjectRef::parse(&reply.restored_subject_ref).map_err(|_| malformed_subject_ref())?;
-        if restored.region != region {
+        let kept = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
+        if restored.region != region || kept.region != region {
             return Err(Status::internal("home region returned a subject ref of another region"));
         }
-        // The split-off links name the restored subject from now on; other gateways learn it from
-        // the change events.
+        // Each half's links name its new ref from now on (the merged ref is retired); other
+        // gateways learn it from the change events.
         let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
-        self.gateway.directory.insert(&restored, &links);
+        let kept_links: Vec<Link> = reply.kept_links.iter().filter_map(|l| Link::parse(l).ok()).collect();
+        // Only links that still name the merged subject here: a replayed reply must not bring
+        // back links a later write moved or erased.
+        if let SubjectKey::Ref(merged) = &key {
+            self.gateway.directory.move_links(merged, &restored, &links);
+            self.gateway.directory.move_links(merged, &kept, &kept_links);
+        }
         tracing::info!(%region, links = links.len(), flagged = reply.flagged_for_review, "merge undone");
         Ok(Response::new(pb::UnmergeResponse {
             subject_ref: reply.subject_ref,

@@ -70,11 +70,12 @@ pub fn rule(path: &str) -> Rule {
     };
     match method {
         "Decide" | "DecideBatch" => Rule::Scoped(Scope::Decide),
-        "Register" | "RecordConsent" | "RecordSignal" | "Merge" | "Unmerge" | "RecordInteraction" | "ImportConsent" => {
+        "Register" | "RecordConsent" | "RecordSignal" | "Merge" | "RecordInteraction" | "ImportConsent" => {
             Rule::Scoped(Scope::Capture)
         }
         "ConsentHistory" | "Watch" | "GetContext" => Rule::Scoped(Scope::Context),
-        "Erase" | "Rectify" | "Restrict" | "ListRightsRequests" => Rule::Scoped(Scope::Rights),
+        // Undoing a merge gives personal data back to a person: the rights scope, as a rectification.
+        "Erase" | "Rectify" | "Restrict" | "ListRightsRequests" | "Unmerge" => Rule::Scoped(Scope::Rights),
         // Pseudonymous, but the whole region at once: operators need `admin`.
         "ListLinks" | "Info" => Rule::Scoped(Scope::Admin),
         "Export" => Rule::InRegionOnly(Scope::Rights),

@@ -116,9 +116,9 @@ const TABLE: &[(&str, [Cell; 20])] = &[
     //                        Reg RecC Imp Dec DecB LstL Info Hist Expo Eras Wtch Merg Unm Intr Ctx Rect Rstr Rght Clm Rel
     ("no scopes",            [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
     ("decide only",          [N,  N, N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,   Y,   Y,   N,  N,   N,   N,   N,  N]),
+    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,   N,   Y,   N,  N,   N,   N,   N,  N]),
     ("context only",         [N,  N, N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,   N,   N,   Y,  N,   N,   N,   N,  N]),
-    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,   N,   N,   N,  Y,   Y,   Y,   N,  N]),
+    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,   Y,   N,   N,  Y,   Y,   Y,   N,  N]),
     ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
     ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
     // Forwards for callers it authorised itself; never gets an export, never claims.
@@ -444,7 +444,7 @@ async fn call(
                 })
         }
         Method::Unmerge => {
-            // Merged by the operator; the cell's caller undoes it.
+            // Merged by the operator; the cell's caller undoes it (a rights request's work).
             let into = subject_for(method, fx, &mut untouched).await;
             let from = fx.fresh_subject().await;
             fx.admin
@@ -463,7 +463,8 @@ async fn call(
                 .await
                 .map(|r| {
                     let r = r.into_inner();
-                    if r.subject_ref == into
+                    if r.subject_ref != into
+                        && r.subject_ref.starts_with("us-east/")
                         && r.restored_subject_ref.starts_with("us-east/")
                         && r.restored_subject_ref != from
                         && r.links.len() == 1

@@ -148,8 +148,11 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
         .await
         .expect("unmerge")
         .into_inner();
-    assert_eq!(unmerged.subject_ref, bea);
+    // Both halves get new refs: the merged ref is retired, so a ref kept from before reaches
+    // neither person.
+    assert_ne!(unmerged.subject_ref, bea);
     assert_ne!(unmerged.restored_subject_ref, ann, "the merged-away subject comes back under a new ref");
+    let kept = unmerged.subject_ref.clone();
     assert_eq!(unmerged.links_moved, 1);
     assert_eq!(unmerged.flagged_for_review, 2, "the two entries recorded by ref");
     let restored = unmerged.restored_subject_ref.clone();
@@ -182,7 +185,19 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
     // The gateway that served it, the other gateway (from the change events) and a watcher all
     // see the split.
     assert_eq!(resolve(&mut client, "ann@example.com").await.map(|(_, s)| s), Some(restored.clone()));
-    assert_eq!(resolve(&mut client, "bea@example.com").await.map(|(_, s)| s), Some(bea.clone()));
+    assert_eq!(resolve(&mut client, "bea@example.com").await.map(|(_, s)| s), Some(kept.clone()));
+    for old in [&bea, &ann] {
+        let status = client
+            .decide(gw::DecideRequest {
+                subject: select_ref(old),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "a retired ref names nobody");
+    }
     let seen = eventually(Duration::from_secs(20), || {
         let mut other = other_gateway.clone();
         let restored = restored.clone();
@@ -198,7 +213,7 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
         let event = tokio::time::timeout_at(deadline, watch.message()).await.expect("events arrive in time");
         let event = event.unwrap().expect("stream open").event.expect("an event");
         let kind = common::ChangeKind::try_from(event.kind).unwrap();
-        if event.subject_ref == bea && kind == common::ChangeKind::LinksRemoved && event.links.contains(&ann_link) {
+        if event.subject_ref == bea && kind == common::ChangeKind::Erased && event.links.contains(&ann_link) {
             removed_from_bea = true;
         }
         if event.subject_ref == restored && kind == common::ChangeKind::Registered {
@@ -256,13 +271,17 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
 
     // A merge of the restored half into the other is possible again, and undone again.
     let merged = client
-        .merge(gw::MergeRequest { into: select_ref(&bea), from: select_ref(&restored), idempotency_key: String::new() })
+        .merge(gw::MergeRequest {
+            into: select_ref(&kept),
+            from: select_ref(&restored),
+            idempotency_key: String::new(),
+        })
         .await
         .expect("merge again");
-    assert_eq!(merged.into_inner().subject_ref, bea);
+    assert_eq!(merged.into_inner().subject_ref, kept);
     let split_again = client
         .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&bea),
+            subject: select_ref(&kept),
             merged_subject_ref: restored.clone(),
             idempotency_key: String::new(),
         })
@@ -328,5 +347,91 @@ async fn a_withdrawal_racing_an_unmerge_holds_for_the_person_whose_identifier_it
         assert_eq!(effect_of(&ann_after, "marketing/email"), common::Effect::Deny, "round {round}: Ann withdrew");
         assert_eq!(effect_of(&bea_after, "marketing/email"), common::Effect::Allow, "round {round}: Bea did not");
         assert_eq!(unmerged.flagged_for_review, 0, "round {round}: everything came through an identifier");
+    }
+}
+
+/// A merge retried with its idempotency key after it was undone: the gateway must not map the
+/// identifiers back to the merged subject, and nobody is routed to the wrong person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_replayed_after_its_unmerge_routes_nobody_to_the_wrong_person() {
+    use common::ConsentAction::{Grant, Withdraw};
+    let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let ann = register(&mut client, "replay-ann@example.com").await;
+    let bea = register(&mut client, "replay-bea@example.com").await;
+    consent(&mut client, select_email("replay-bea@example.com"), "marketing", "sms", Grant).await;
+    consent(&mut client, select_email("replay-ann@example.com"), "marketing", "sms", Withdraw).await;
+    let merge = gw::MergeRequest { into: select_ref(&bea), from: select_ref(&ann), idempotency_key: "m-1".into() };
+    client.merge(merge.clone()).await.expect("merge");
+    let unmerged = client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&bea),
+            merged_subject_ref: ann.clone(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("unmerge")
+        .into_inner();
+    // Its answer was sealed with the merged subject's key, retired with it: the retry learns the
+    // write was applied and its subject is gone, and nothing is routed anywhere.
+    let status = client.merge(merge).await.expect_err("the merged subject is retired");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let resolved = resolve(&mut client, "replay-ann@example.com").await.map(|(_, s)| s);
+    assert_eq!(resolved, Some(unmerged.restored_subject_ref.clone()));
+    let ann_now = decisions(&mut client, select_email("replay-ann@example.com")).await;
+    assert_eq!(effect_of(&ann_now, "marketing/sms"), common::Effect::Deny, "Ann withdrew");
+    let bea_now = decisions(&mut client, select_email("replay-bea@example.com")).await;
+    assert_eq!(effect_of(&bea_now, "marketing/sms"), common::Effect::Allow, "Bea granted");
+}
+
+/// A consent to transfers recorded by ref on the merged subject cannot be attributed: after the
+/// unmerge neither half's data may leave the region on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flagged_transfer_consent_lets_no_half_s_data_leave_the_region() {
+    use domicile_cluster_tests::ScenarioCluster;
+    use domicile_runtime::identity::Scope;
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "sa-east"]).await.expect("cluster starts");
+    let scopes = [Scope::Decide, Scope::Capture, Scope::Context, Scope::Rights];
+    let mut eu = cluster.gateway_as(&cluster.issue_caller("agent-eu", "eu-central", &scopes).unwrap()).await.unwrap();
+    let mut sa = cluster.gateway_as(&cluster.issue_caller("agent-sa", "sa-east", &scopes).unwrap()).await.unwrap();
+    let ann = register(&mut eu, "transfer-ann@example.de").await;
+    let bea = register(&mut eu, "transfer-bea@example.de").await;
+    let context = |subject: &str| gw::GetContextRequest {
+        subject: select_ref(subject),
+        purpose: "service".into(),
+        ..Default::default()
+    };
+    eu.merge(gw::MergeRequest { into: select_ref(&bea), from: select_ref(&ann), idempotency_key: String::new() })
+        .await
+        .expect("merge");
+    // Someone's explicit consent to the transfer, recorded by ref on the merged subject.
+    eu.record_consent(gw::RecordConsentRequest {
+        subject: select_ref(&bea),
+        purpose: "service".into(),
+        channels: vec![],
+        action: common::ConsentAction::Grant as i32,
+        evidence: Some(common::Evidence {
+            notice_version: "transfer-notice-v1".into(),
+            consent_kind: "explicit_transfer".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("transfer consent");
+    assert!(sa.get_context(context(&bea)).await.is_ok(), "merged: the consent counts");
+    let unmerged = eu
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&bea),
+            merged_subject_ref: ann.clone(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("unmerge")
+        .into_inner();
+    assert_eq!(unmerged.flagged_for_review, 1);
+    for half in [&unmerged.subject_ref, &unmerged.restored_subject_ref] {
+        let status = sa.get_context(context(half)).await.expect_err("no transfer on a flagged consent");
+        assert_eq!(status.code(), Code::PermissionDenied);
     }
 }

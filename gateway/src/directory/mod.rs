@@ -231,6 +231,27 @@ impl Directory {
         removed
     }
 
+    /// Maps to `to` the links of `links` that name `from` now (or are unknown): what a merge's or
+    /// an unmerge's reply moved. A link that names someone else by now stays: the reply may be a
+    /// replay of a write whose effect a later one (an unmerge, an erasure) has undone. Returns
+    /// how many were mapped.
+    pub fn move_links(&self, from: &SubjectRef, to: &SubjectRef, links: &[Link]) -> usize {
+        let (Some(from_region), Some(to_region)) = (self.region_index(&from.region), self.region_index(&to.region))
+        else {
+            return 0;
+        };
+        let expected = Entry { region: from_region, subject: from.id };
+        let mut inner = self.write();
+        let mut moved = 0;
+        for link in links {
+            if inner.get(link).is_none_or(|current| current == expected) {
+                inner.set(*link, Some(Entry { region: to_region, subject: to.id }));
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Starts (or restarts, after a failed attempt) loading a region's snapshot.
     pub fn begin_load(&self, region: &RegionId) {
         if let Some(index) = self.region_index(region) {

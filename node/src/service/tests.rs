@@ -26,6 +26,7 @@ fn at(sequence: u64, channel: Channel, occurred_at: i64, intent: &str, open: boo
         reference: String::new(),
         open,
         via: None,
+        review: false,
     }
 }
 

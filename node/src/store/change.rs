@@ -60,9 +60,11 @@ pub enum Recorded<'a> {
     Erasure { subject: SubjectId, links: &'a [Link] },
     /// `from` merged into `into`; `links` moved with it.
     Merge { into: SubjectId, from: SubjectId, links: &'a [Link] },
-    /// A merge undone: `restored` (once `was`) split off `kept` with `links`; each half's consent
-    /// in force as (purpose, state, channels); `flagged` entries were kept with both for review.
+    /// A merge undone: `merged` is retired; `kept` (the remaining subject, new id) keeps
+    /// `kept_links`, `restored` (once `was`, new id) gets `links`; each half's consent in force as
+    /// (purpose, state, channels); `flagged` entries were kept with both for review.
     Unmerge {
+        merged: SubjectId,
         kept: SubjectId,
         restored: SubjectId,
         was: SubjectId,
@@ -106,18 +108,14 @@ impl Recorded<'_> {
             Recorded::Merge { into, from, links } => {
                 vec![(from, links.to_vec(), Change::Erased), (into, links.to_vec(), Change::Registered)]
             }
-            // Each half's links are dropped and mapped afresh, then its consent in force is
-            // announced: a follower keeps no state of the merged subject on either half (a grant
-            // only one half gave must not stay on the other's links).
-            Recorded::Unmerge { kept, restored, links, kept_links, kept_consent, restored_consent, .. } => {
-                let mut out = Vec::new();
+            // The merged subject goes as an erased one does; each half's links are mapped afresh
+            // and its consent in force announced, so a follower keeps no state of the merged
+            // subject on either half (a grant only one half gave must not stay on the other's).
+            Recorded::Unmerge { merged, kept, restored, links, kept_links, kept_consent, restored_consent, .. } => {
+                let all: Vec<Link> = kept_links.iter().chain(links).copied().collect();
+                let mut out = vec![(merged, all, Change::Erased)];
                 for (subject, held, consent) in [(kept, kept_links, kept_consent), (restored, links, restored_consent)]
                 {
-                    let dropped =
-                        if subject == kept { kept_links.iter().chain(links).copied().collect() } else { Vec::new() };
-                    if !dropped.is_empty() {
-                        out.push((kept, dropped, Change::LinksRemoved));
-                    }
                     out.extend(one(subject, held, Change::Registered));
                     for (purpose, state, channels) in consent {
                         let change = Change::Consent {
@@ -138,18 +136,18 @@ impl Recorded<'_> {
     /// have changed: what a read cache must drop. A rights request is included, as a restriction
     /// is recorded as one; a re-announcement changes nothing.
     pub fn touched(&self) -> impl Iterator<Item = SubjectId> {
-        let (first, second) = match *self {
+        let subjects = match *self {
             Recorded::Registration { subject, .. }
             | Recorded::Consent { subject, .. }
             | Recorded::LinksAdded { subject, .. }
             | Recorded::LinksRemoved { subject, .. }
             | Recorded::RightsRequest { subject, .. }
-            | Recorded::Erasure { subject, .. } => (Some(subject), None),
-            Recorded::Merge { into, from, .. } => (Some(into), Some(from)),
-            Recorded::Unmerge { kept, restored, .. } => (Some(kept), Some(restored)),
-            Recorded::Announced { .. } => (None, None),
+            | Recorded::Erasure { subject, .. } => [Some(subject), None, None],
+            Recorded::Merge { into, from, .. } => [Some(into), Some(from), None],
+            Recorded::Unmerge { merged, kept, restored, .. } => [Some(merged), Some(kept), Some(restored)],
+            Recorded::Announced { .. } => [None, None, None],
         };
-        first.into_iter().chain(second)
+        subjects.into_iter().flatten()
     }
 
     /// The audit entry: the event and the subject it is about (of `region`), at `at`; `None` for
@@ -193,9 +191,10 @@ impl Recorded<'_> {
             Recorded::Merge { into, from, .. } => {
                 Some((AuditEvent::Merge { from: of(from), into: of(into) }, of(into)))
             }
-            Recorded::Unmerge { kept, restored, was, flagged, .. } => {
-                Some((AuditEvent::Unmerge { was: of(was), restored: of(restored), flagged }, of(kept)))
-            }
+            Recorded::Unmerge { merged, kept, restored, was, flagged, .. } => Some((
+                AuditEvent::Unmerge { was: of(was), kept: of(kept), restored: of(restored), flagged },
+                of(merged),
+            )),
         })
     }
 }

@@ -299,15 +299,18 @@ pub trait Store: Send + Sync + 'static {
         idempotency: Option<&Idempotency>,
     ) -> impl Future<Output = Result<Merged, StoreError>> + Send;
 
-    /// Undoes the merge of `from` (the id the merged-away subject had) into `subject`: the
-    /// merged-away subject comes back as `restored` (a new id, with a new key) with what
-    /// [`split::split`] gives it, `subject` keeps the rest, in one write with the change events
-    /// and the audit entry ([`Recorded::Unmerge`]). `NotFound` when `subject`'s lineage holds no
-    /// merge of `from`; `Conflict` when `restored` exists.
+    /// Undoes the merge of `from` (the id the merged-away subject had) into `subject`: both halves
+    /// get new ids and keys, `kept` with what [`split::split`] leaves the remaining subject and
+    /// `restored` with what it gives back, and `subject` is retired (its key destroyed, so copies
+    /// of its data in old row versions or log segments cannot be read, and a stale ref reaches
+    /// nobody), in one write with the change events and the audit entry ([`Recorded::Unmerge`]).
+    /// `NotFound` when `subject`'s lineage holds no merge of `from`; `Conflict` when a new id
+    /// exists.
     fn unmerge(
         &self,
         subject: &SubjectId,
         from: &SubjectId,
+        kept: &SubjectId,
         restored: &SubjectId,
         now: i64,
         idempotency: Option<&Idempotency>,

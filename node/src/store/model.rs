@@ -44,6 +44,10 @@ pub struct MergeLineage {
     pub merged_at: i64,
     pub identifiers: Vec<NormalizedIdentifier>,
     pub links: Vec<Link>,
+    /// The remaining subject's links at the merge: an entry captured since through a link in
+    /// neither list (an identifier added since) cannot be attributed.
+    #[serde(default)]
+    pub into_links: Vec<Link>,
     /// The merged-away subject's profile as it was.
     pub profile: BTreeMap<String, String>,
     /// Profile fields only the merged-away subject had, which the merge added to the remaining
@@ -353,7 +357,19 @@ impl NewInteraction {
     /// The entry as stored, at `sequence` of the subject's log.
     pub fn numbered(self, sequence: u64) -> Interaction {
         let NewInteraction { channel, occurred_at, recorded_at, kind, intent, summary, reference, open, via } = self;
-        Interaction { sequence, channel, occurred_at, recorded_at, kind, intent, summary, reference, open, via }
+        Interaction {
+            sequence,
+            channel,
+            occurred_at,
+            recorded_at,
+            kind,
+            intent,
+            summary,
+            reference,
+            open,
+            via,
+            review: false,
+        }
     }
 }
 
@@ -371,6 +387,11 @@ pub struct Interaction {
     pub open: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Link>,
+    /// Kept with both halves of an unmerge because whose it is cannot be told: held for review,
+    /// never shown in a hand-off context nor handed over in an export (it may be the other
+    /// person's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
 }
 
 /// The bookkeeping of one rights request (export, rectification, restriction). Vocabulary values
@@ -411,6 +432,11 @@ pub struct Merged {
 /// What an unmerge split off.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Unmerged {
+    /// The subject that remained, under a new id (the merged subject's id and key are retired,
+    /// so a ref or a copy kept from before cannot reach either half).
+    pub kept: SubjectId,
+    /// Links that now name `kept`.
+    pub kept_links: Vec<Link>,
     /// The subject the merged-away one became again (a new id).
     pub restored: SubjectId,
     /// The id it had before the merge.

@@ -4,8 +4,8 @@
 //!
 //! - Entries at positions a half held when the merge happened go back to that half.
 //! - Entries made since the merge go to the half whose identifier they were captured through;
-//!   entries captured through no known identifier (the caller named the subject by its ref) stay
-//!   with both and are marked for review.
+//!   entries captured through no known identifier (the caller named the subject by its ref, or
+//!   through an identifier added since the merge) stay with both and are marked for review.
 //! - Each half's record in force per purpose × channel is its ledger replayed in order, as the
 //!   store would have built it, except that a grant marked for review counts for neither half:
 //!   nobody knows whose it was, and a missing fact is never an allow. A denial or withdrawal
@@ -92,24 +92,31 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
     let lineage = record.lineage.remove(at);
     // Entries another merge brought (before or after this one) belong to the remaining subject.
     let mut others = LogSets::default();
+    // Links of the remaining subject's side: its own at the merge, and those later (or earlier)
+    // merges brought.
+    let mut kept_side: BTreeSet<Link> = lineage.into_links.iter().copied().collect();
     for other in &record.lineage {
         others.add(&other.from_positions);
+        kept_side.extend(other.links.iter().copied());
     }
     let from_sets = LogSets::of(&lineage.from_positions);
     let into_sets = LogSets::of(&lineage.into_positions);
     let side_of = |position: u64, log: Log, via: Option<&Link>| -> Side {
-        if from_sets.has(log, position) && into_sets.has(log, position) {
-            // Held by both halves at the merge: kept with both by an earlier unmerge.
+        let kept_held = into_sets.has(log, position) || others.has(log, position);
+        if from_sets.has(log, position) && kept_held {
+            // Held by both sides at a merge: kept with both by an earlier unmerge.
             Side::Both
         } else if from_sets.has(log, position) {
             Side::Restored
-        } else if into_sets.has(log, position) || others.has(log, position) {
+        } else if kept_held {
             Side::Kept
         } else {
+            // Since the merge: through whose identifier? One added since, or none (named by
+            // ref), cannot be told.
             match via {
                 Some(link) if lineage.links.contains(link) => Side::Restored,
-                Some(_) => Side::Kept,
-                None => Side::Both,
+                Some(link) if kept_side.contains(link) => Side::Kept,
+                _ => Side::Both,
             }
         }
     };
@@ -131,11 +138,12 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
     }
     let mut kept_interactions = Vec::new();
     let mut restored_interactions = Vec::new();
-    for entry in interactions {
+    for mut entry in interactions {
         match side_of(entry.sequence, Log::Interactions, entry.via.as_ref()) {
             Side::Kept => kept_interactions.push(entry),
             Side::Restored => restored_interactions.push(entry),
             Side::Both => {
+                entry.review = true;
                 kept_interactions.push(entry.clone());
                 restored_interactions.push(entry);
             }
@@ -162,11 +170,11 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
     let restored_identifiers =
         record.identifiers.iter().filter(|i| lineage.identifiers.contains(i)).cloned().collect::<Vec<_>>();
     record.identifiers.retain(|i| !lineage.identifiers.contains(i));
-    // Fields the merge added go unless changed since; the restored subject gets its own back.
-    for (field, value) in &lineage.added_fields {
-        if record.profile.get(field) == Some(value) {
-            record.profile.remove(field);
-        }
+    // Fields the merge added go, changed since or not (a change since cannot be attributed, and
+    // the other person's data must not stay); the restored subject gets its own back as they were
+    // at the merge (a rectification made since to one of them is to be made again).
+    for field in lineage.added_fields.keys() {
+        record.profile.remove(field);
     }
     let restored_record = SubjectRecord {
         identifiers: restored_identifiers,

@@ -44,6 +44,7 @@ fn lineage(from_consent: Vec<u64>, into_consent: Vec<u64>) -> MergeLineage {
         merged_at: 1_000,
         identifiers: vec![email("a")],
         links: vec![link(A)],
+        into_links: vec![link(B)],
         profile: BTreeMap::from([("name".to_owned(), "Ann".to_owned())]),
         added_fields: BTreeMap::from([("name".to_owned(), "Ann".to_owned())]),
         from_created_at: 10,
@@ -106,8 +107,9 @@ fn entries_since_the_merge_follow_the_identifier_they_came_through_or_stay_with_
         entry(7, Granted, Channel::Voice, 700, None),
         // A withdrawal named by ref counts for both.
         entry(8, Withdrawn, Channel::Sms, 800, None),
-        // Captured through a link neither half had at the merge (added later): the remaining one's.
-        entry(9, Granted, Channel::Post, 900, Some(7)),
+        // Captured through a link neither half had at the merge (an identifier added since):
+        // whose? Flagged as well.
+        entry(9, Withdrawn, Channel::Post, 900, Some(7)),
     ];
     let plan = split(whole(ledger, vec![lineage(vec![], vec![])]), &subject(9)).unwrap();
     assert_eq!(state(&plan.restored, Channel::Email), Some(Granted));
@@ -116,12 +118,12 @@ fn entries_since_the_merge_follow_the_identifier_they_came_through_or_stay_with_
     assert_eq!(state(&plan.restored, Channel::Sms), Some(Withdrawn));
     assert_eq!(state(&plan.kept, Channel::Voice), None, "a flagged grant is no allow");
     assert_eq!(state(&plan.restored, Channel::Voice), None, "a flagged grant is no allow");
-    assert_eq!(state(&plan.kept, Channel::Post), Some(Granted));
-    assert_eq!(state(&plan.restored, Channel::Post), None);
-    assert_eq!(plan.flagged, 2);
+    assert_eq!(state(&plan.kept, Channel::Post), Some(Withdrawn));
+    assert_eq!(state(&plan.restored, Channel::Post), Some(Withdrawn));
+    assert_eq!(plan.flagged, 3);
     let flagged: Vec<u64> = plan.kept.ledger.iter().filter(|e| e.review).map(|e| e.sequence).collect();
-    assert_eq!(flagged, vec![7, 8]);
-    assert_eq!(plan.restored.ledger.iter().filter(|e| e.review).count(), 2);
+    assert_eq!(flagged, vec![7, 8, 9]);
+    assert_eq!(plan.restored.ledger.iter().filter(|e| e.review).count(), 3);
 }
 
 #[test]
@@ -185,4 +187,67 @@ fn an_entry_both_halves_held_at_the_merge_stays_with_both() {
         assert_eq!(state(half, Channel::Sms), Some(Withdrawn));
         assert!(half.ledger.iter().all(|e| e.review));
     }
+}
+
+#[test]
+fn a_withdrawal_through_an_identifier_added_since_the_merge_holds_for_both() {
+    use ConsentState::*;
+    // Ann granted before the merge; a phone added to the merged subject since; a withdrawal
+    // through it: whose phone? Both halves are withdrawn.
+    let ledger =
+        vec![entry(1, Granted, Channel::Email, 100, Some(A)), entry(5, Withdrawn, Channel::Email, 500, Some(7))];
+    let mut merged = whole(ledger, vec![lineage(vec![1], vec![])]);
+    merged.links.push(link(7));
+    let plan = split(merged, &subject(9)).unwrap();
+    assert_eq!(plan.flagged, 1);
+    assert_eq!(state(&plan.restored, Channel::Email), Some(Withdrawn));
+    assert_eq!(state(&plan.kept, Channel::Email), Some(Withdrawn));
+}
+
+#[test]
+fn a_flagged_withdrawal_another_merged_half_shares_stays_with_both() {
+    use ConsentState::*;
+    // C was merged into A and unmerged (withdrawal 3 kept with both); then A and C were each
+    // merged into B. Undoing A's merge must leave 3 with B (and C) too.
+    let mut shared = entry(3, Withdrawn, Channel::Email, 300, None);
+    shared.review = true;
+    let ledger = vec![entry(1, Granted, Channel::Email, 100, Some(3)), shared];
+    let mut second = lineage(vec![1, 3], vec![3]);
+    second.from = subject(8);
+    second.links = vec![link(3)];
+    let mut merged = whole(ledger, vec![lineage(vec![3], vec![]), second]);
+    merged.links.push(link(3));
+    let plan = split(merged, &subject(9)).unwrap();
+    assert!(plan.kept.ledger.iter().any(|e| e.sequence == 3));
+    assert_eq!(state(&plan.kept, Channel::Email), Some(Withdrawn));
+}
+
+#[test]
+fn fields_the_merge_added_leave_the_remaining_subject_even_when_changed_since() {
+    let mut merged = whole(Vec::new(), vec![lineage(vec![], vec![])]);
+    merged.record.profile.insert("name".into(), "Ann Corrected".into());
+    let plan = split(merged, &subject(9)).unwrap();
+    assert_eq!(plan.kept.record.profile.get("name"), None);
+    assert_eq!(plan.restored.record.profile["name"], "Ann");
+}
+
+#[test]
+fn interactions_of_unknown_origin_are_held_for_review_on_both_halves() {
+    let mut merged = whole(Vec::new(), vec![lineage(vec![], vec![])]);
+    merged.interactions.push(crate::store::Interaction {
+        sequence: 50,
+        channel: Channel::Voice,
+        occurred_at: 1,
+        recorded_at: 1,
+        kind: crate::store::InteractionKind::Call,
+        intent: "x".into(),
+        summary: "a complaint".into(),
+        reference: "T-1".into(),
+        open: true,
+        via: None,
+        review: false,
+    });
+    let plan = split(merged, &subject(9)).unwrap();
+    assert!(plan.kept.interactions.iter().chain(&plan.restored.interactions).all(|i| i.review));
+    assert_eq!((plan.kept.interactions.len(), plan.restored.interactions.len()), (1, 1));
 }

@@ -97,8 +97,9 @@ impl<S: Store> NodeService<S> {
             let (subject, meta) = self.resolve_meta(key).await?;
             let consent = self.consent_for(&meta, caller, capture.clone())?;
             let written = match self.store.append_consent(&subject, consent, tag).await {
-                // The link moved to another subject (an unmerge) after it was resolved: once more.
-                Err(StoreError::Retry) if attempt < 2 => {
+                // The link moved to another subject after it was resolved (an unmerge, which also
+                // retires the subject it resolved to): once more, from the link.
+                Err(StoreError::Retry) | Err(StoreError::NotFound) if attempt < 2 && key.link().is_some() => {
                     attempt += 1;
                     continue;
                 }

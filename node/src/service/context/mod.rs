@@ -10,7 +10,7 @@ use domicile_audit::AuditEvent;
 use domicile_policy::{PackRef, TransferConsent, TransferConsentFact};
 use domicile_proto::convert::{FieldViolation, SubjectKey};
 use domicile_runtime::process::now_unix;
-use domicile_types::{Channel, Purpose, SubjectId};
+use domicile_types::{Channel, ConsentState, Purpose, SubjectId};
 
 use super::unit::Settled;
 use super::{Caller, NodeService};
@@ -136,6 +136,10 @@ impl<S: Store> NodeService<S> {
             let Some(kind) = record.evidence.consent_kind.as_deref().and_then(TransferConsent::parse) else {
                 continue;
             };
+            // A grant an unmerge could not attribute counts for neither half (`store::split`).
+            if record.review && record.state == ConsentState::Granted {
+                continue;
+            }
             // Ledger entries keep whole seconds; ties at a second go to the restrictive record.
             let counted = counted_at_ms(record.state, record.captured_at * 1000, record.recorded_at * 1000);
             let candidate = CurrentConsent::of(&record, counted);
@@ -204,7 +208,9 @@ impl<S: Store> NodeService<S> {
             let named = &pack.residency().minimised_fields;
             profile.retain(|name, _| named.contains(name));
         }
-        let log = self.store.interactions(&subject).await?;
+        let mut log = self.store.interactions(&subject).await?;
+        // Held for review after an unmerge: possibly the other person's.
+        log.retain(|i| !i.review);
         let (mut latest_by_channel, open_intents, mut recent) = context_of(log, query.limit);
         if minimised {
             for interaction in latest_by_channel.iter_mut().chain(recent.iter_mut()) {

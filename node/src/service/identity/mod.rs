@@ -146,7 +146,8 @@ impl<S: Store> NodeService<S> {
     }
 
     /// Undoes the merge that brought `merged` (the ref the merged-away subject had) into the
-    /// subject `key` names. Returns the remaining subject and what was split off.
+    /// subject `key` names. Returns the remaining subject (under its new id) and what was split
+    /// off.
     pub(crate) async fn unmerge_subject(
         &self,
         key: &SubjectKey,
@@ -160,11 +161,13 @@ impl<S: Store> NodeService<S> {
             return Ok(done);
         }
         let subject = self.resolve(key).await?;
-        let restored = SubjectId::from_bytes(
+        let fresh = || {
             domicile_runtime::process::random_bytes::<16>()
-                .map_err(|_| NodeError::Unavailable("random source unavailable"))?,
-        );
-        let unmerged = match self.store.unmerge(&subject, &merged.id, &restored, now_unix(), tag).await {
+                .map(SubjectId::from_bytes)
+                .map_err(|_| NodeError::Unavailable("random source unavailable"))
+        };
+        let (kept, restored) = (fresh()?, fresh()?);
+        let unmerged = match self.store.unmerge(&subject, &merged.id, &kept, &restored, now_unix(), tag).await {
             Err(StoreError::NotFound) => {
                 return Err(NodeError::NotFound("no merge of that subject ref in this subject's lineage"));
             }
@@ -174,7 +177,7 @@ impl<S: Store> NodeService<S> {
             },
         };
         tracing::info!(region = %self.region, links = unmerged.links.len(), consent_records = unmerged.consent_records, flagged = unmerged.flagged, "merge undone");
-        Ok((subject, unmerged))
+        Ok((unmerged.kept, unmerged))
     }
 
     /// Corrects a subject's identifiers and profile, recorded as a rectification request.

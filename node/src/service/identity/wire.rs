@@ -60,6 +60,7 @@ pub(in crate::service) async fn unmerge<S: Store>(
         subject_ref: node.subject_ref(subject).to_string(),
         restored_subject_ref: node.subject_ref(unmerged.restored).to_string(),
         links: unmerged.links.iter().map(Link::to_string).collect(),
+        kept_links: unmerged.kept_links.iter().map(Link::to_string).collect(),
         consent_records: unmerged.consent_records as u64,
         interactions: unmerged.interactions as u64,
         flagged_for_review: unmerged.flagged as u64,

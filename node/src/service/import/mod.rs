@@ -48,13 +48,27 @@ impl<S: Store> NodeService<S> {
         dry_run: bool,
     ) -> Vec<(u64, Imported)> {
         let mut outcomes: Vec<(u64, Option<Imported>)> = Vec::with_capacity(items.len());
-        // A subject's entries stay in request order; each subject is one task.
+        // A subject's entries stay in request order, whichever of its identifiers names them;
+        // each subject is one task. A key that names no subject is a group of its own (refused).
+        let mut subject_of: HashMap<String, String> = HashMap::new();
         let mut groups: HashMap<String, Vec<(usize, ImportItem)>> = HashMap::new();
         for (index, (id, item)) in items.into_iter().enumerate() {
             match item {
                 Ok(item) => {
                     outcomes.push((id, None));
-                    groups.entry(format!("{:?}", item.key.as_key_ref())).or_default().push((index, item));
+                    let key = format!("{:?}", item.key.as_key_ref());
+                    let group = match subject_of.get(&key) {
+                        Some(group) => group.clone(),
+                        None => {
+                            let group = match self.resolve(&item.key).await {
+                                Ok(subject) => format!("subject {subject}"),
+                                Err(_) => format!("key {key}"),
+                            };
+                            subject_of.insert(key, group.clone());
+                            group
+                        }
+                    };
+                    groups.entry(group).or_default().push((index, item));
                 }
                 Err(e) => outcomes.push((id, Some(Imported::Refused(e)))),
             }

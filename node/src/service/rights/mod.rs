@@ -99,7 +99,10 @@ impl<S: Store> NodeService<S> {
         let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Access, now)?;
         // Durable (and audited) before the document leaves.
         self.settle_unkeyed(self.store.append_rights_request(&subject, &rights_request).await).await?;
-        let interactions = self.store.interactions(&subject).await?;
+        let mut interactions = self.store.interactions(&subject).await?;
+        // Held for review after an unmerge (possibly the other person's): counted, not handed over.
+        let under_review = interactions.iter().filter(|i| i.review).count();
+        interactions.retain(|i| !i.review);
         let rights_requests = self.store.rights_requests(&subject).await?;
         let document = serde_json::json!({
             "schema": "domicile.export.v1",
@@ -112,6 +115,7 @@ impl<S: Store> NodeService<S> {
             "profile": record.profile,
             "consent": history,
             "interactions": interactions,
+            "interactions_under_review": under_review,
             "rights_requests": rights_requests,
             "generated_at": now,
         });

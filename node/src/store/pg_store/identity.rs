@@ -213,6 +213,7 @@ impl PgStore {
                 merged_at: now,
                 identifiers: from_record.identifiers.clone(),
                 links: self.links_of(w.tx(), from).await?,
+                into_links: self.links_of(w.tx(), into).await?,
                 profile: from_record.profile.clone(),
                 added_fields: from_record
                     .profile

@@ -185,11 +185,12 @@ impl Store for PgStore {
         &self,
         subject: &SubjectId,
         from: &SubjectId,
+        kept: &SubjectId,
         restored: &SubjectId,
         now: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<Unmerged, StoreError> {
-        PgStore::unmerge(self, subject, from, restored, now, idempotency).await
+        PgStore::unmerge(self, subject, from, kept, restored, now, idempotency).await
     }
 
     async fn rectify(

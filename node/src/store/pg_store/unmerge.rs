@@ -119,18 +119,21 @@ impl PgStore {
         &self,
         subject: &SubjectId,
         from: &SubjectId,
+        kept: &SubjectId,
         restored: &SubjectId,
         now: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<Unmerged, StoreError> {
-        if subject == restored {
+        if kept == restored || [kept, restored].contains(&subject) {
             return Err(StoreError::Conflict);
         }
         self.write(now, async |w| {
             check_replay(w, idempotency).await?;
             let meta = self.meta_in(w.tx(), subject).await?.ok_or(StoreError::NotFound)?;
-            if self.meta_in(w.tx(), restored).await?.is_some() {
-                return Err(StoreError::Conflict);
+            for id in [kept, restored] {
+                if self.meta_in(w.tx(), id).await?.is_some() {
+                    return Err(StoreError::Conflict);
+                }
             }
             let key = self.live_key(w, subject).await?;
             let record = self.record_in(w, subject, &key).await?;
@@ -148,14 +151,29 @@ impl PgStore {
                 rights: self.log_in::<RightsRequestRecord>(w, 2, subject, &key).await?,
             };
             let plan = split(whole, from)?;
-            w.tx()
-                .execute(
-                    "INSERT INTO subjects (id, jurisdiction, created_at) VALUES ($1, $2, $3)",
-                    &[&bytes(restored), &plan.restored.meta.jurisdiction.to_string(), &plan.restored.meta.created_at],
-                )
-                .await
-                .map_err(pg)?;
-            let restored_key = self.key_or_create(w, restored).await?;
+            let mut keys = Vec::new();
+            for (id, half) in [(kept, &plan.kept), (restored, &plan.restored)] {
+                w.tx()
+                    .execute(
+                        "INSERT INTO subjects (id, jurisdiction, created_at) VALUES ($1, $2, $3)",
+                        &[&bytes(id), &half.meta.jurisdiction.to_string(), &half.meta.created_at],
+                    )
+                    .await
+                    .map_err(pg)?;
+                let id_key = self.key_or_create(w, id).await?;
+                self.store_half(w, id, &id_key, half).await?;
+                // Links stay in this region, so their claims (and `held` generations) stay as
+                // they are.
+                let moved: Vec<&[u8]> = half.links.iter().map(|l| l.as_bytes().as_slice()).collect();
+                w.tx()
+                    .execute("UPDATE links SET subject = $1 WHERE link = ANY($2)", &[&bytes(id), &moved])
+                    .await
+                    .map_err(pg)?;
+                keys.push(id_key);
+            }
+            // The merged subject is retired: its rows and its key go (the purge step of
+            // deploy/README.md makes copies in old row versions and WAL unreadable, as for an
+            // erasure).
             for (table, _, _) in LOGS {
                 w.tx()
                     .execute(&format!("DELETE FROM {table} WHERE subject = $1"), &[&bytes(subject)])
@@ -163,18 +181,13 @@ impl PgStore {
                     .map_err(pg)?;
             }
             w.tx().execute("DELETE FROM current_consent WHERE subject = $1", &[&bytes(subject)]).await.map_err(pg)?;
-            self.store_half(w, subject, &key, &plan.kept).await?;
-            self.store_half(w, restored, &restored_key, &plan.restored).await?;
-            // Links stay in this region, so their claims (and `held` generations) stay as they are.
-            let moved: Vec<&[u8]> = plan.restored.links.iter().map(|l| l.as_bytes().as_slice()).collect();
-            w.tx()
-                .execute("UPDATE links SET subject = $1 WHERE link = ANY($2)", &[&bytes(restored), &moved])
-                .await
-                .map_err(pg)?;
+            w.tx().execute("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(subject)]).await.map_err(pg)?;
+            w.tx().execute("DELETE FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
             let kept_consent = plan.kept.announced();
             let restored_consent = plan.restored.announced();
             let recorded = [Recorded::Unmerge {
-                kept: *subject,
+                merged: *subject,
+                kept: *kept,
                 restored: *restored,
                 was: *from,
                 links: &plan.restored.links,
@@ -185,6 +198,8 @@ impl PgStore {
             }];
             let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("unmerge events".into()))?;
             let unmerged = Unmerged {
+                kept: *kept,
+                kept_links: plan.kept.links.clone(),
                 restored: *restored,
                 was: *from,
                 links: plan.restored.links.clone(),
@@ -193,7 +208,8 @@ impl PgStore {
                 flagged: plan.flagged,
                 event,
             };
-            record_replay(w, idempotency, Some((subject, &key)), &(*subject, &unmerged)).await?;
+            let kept_key = keys.first().ok_or_else(|| StoreError::Backend("unmerge keys".into()))?;
+            record_replay(w, idempotency, Some((kept, kept_key)), &(*kept, &unmerged)).await?;
             Ok(unmerged)
         })
         .await

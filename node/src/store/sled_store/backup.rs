@@ -198,6 +198,23 @@ impl SledStore {
         journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
     }
 
+    /// Journals an unmerge (the merged subject, the merged-away id, the two new ids) before the
+    /// merged subject's key is destroyed: a restore of an earlier backup splits it again, so an
+    /// erasure journaled later of either half finds the half to erase.
+    pub(super) fn journal_unmerge(
+        &self,
+        merged: &SubjectId,
+        from: &SubjectId,
+        kept: &SubjectId,
+        restored: &SubjectId,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let line = format!("unmerge {merged} {from} {kept} {restored} {now}\n");
+        journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
+        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
+    }
+
     /// Replays `journal` on this store (after a restore), in order: a merge whose two subjects
     /// it holds is made again, a subject it holds that was erased is erased; returns how many
     /// entries changed something. Audited like any merge and erasure (erasures as completed
@@ -211,6 +228,18 @@ impl SledStore {
                     if held(from).map_err(backend)? && held(into).map_err(backend)? {
                         self.merge_subjects(into, from, now, None)?;
                         erased += 1;
+                    }
+                    continue;
+                }
+                JournalEntry::Unmerge { merged, from, kept, restored } => {
+                    let held = self.meta.get(merged.as_bytes()).map_err(backend)?.is_some();
+                    if held {
+                        match self.unmerge_subject(merged, from, kept, restored, now, None) {
+                            Ok(_) => erased += 1,
+                            // The backup predates the merge: nothing to split.
+                            Err(StoreError::NotFound) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                     continue;
                 }
@@ -263,6 +292,8 @@ pub enum JournalEntry {
     Erasure { subject: SubjectId, at: i64 },
     /// `merge <from> <into> <unix seconds>`
     Merge { from: SubjectId, into: SubjectId },
+    /// `unmerge <merged> <from> <kept> <restored> <unix seconds>`
+    Unmerge { merged: SubjectId, from: SubjectId, kept: SubjectId, restored: SubjectId },
 }
 
 /// Reads an erasure journal, line by line. A damaged line is an error naming its number: a
@@ -278,6 +309,14 @@ pub fn read_erasure_journal(path: &Path) -> Result<Vec<JournalEntry>, StoreError
                 (Some(from), Some(into), Ok(_)) => Some(JournalEntry::Merge { from, into }),
                 _ => None,
             },
+            ["unmerge", merged, from, kept, restored, at] => {
+                match (subject(merged), subject(from), subject(kept), subject(restored), at.parse::<i64>()) {
+                    (Some(merged), Some(from), Some(kept), Some(restored), Ok(_)) => {
+                        Some(JournalEntry::Unmerge { merged, from, kept, restored })
+                    }
+                    _ => None,
+                }
+            }
             [id, at] => match (subject(id), at.parse::<i64>()) {
                 (Some(subject), Ok(at)) => Some(JournalEntry::Erasure { subject, at }),
                 _ => None,

@@ -279,6 +279,7 @@ impl SledStore {
             merged_at: now,
             identifiers: from_record.identifiers.clone(),
             links: from_entry.links.clone(),
+            into_links: into_entry.links.clone(),
             profile: from_record.profile.clone(),
             added_fields: from_record
                 .profile

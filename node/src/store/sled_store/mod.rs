@@ -555,11 +555,12 @@ impl Store for SledStore {
         &self,
         subject: &SubjectId,
         from: &SubjectId,
+        kept: &SubjectId,
         restored: &SubjectId,
         now: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<Unmerged, StoreError> {
-        self.unmerge_subject(subject, from, restored, now, idempotency)
+        self.unmerge_subject(subject, from, kept, restored, now, idempotency)
     }
 
     async fn rectify(

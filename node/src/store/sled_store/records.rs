@@ -39,8 +39,10 @@ impl SledStore {
         consents: Vec<(NewConsent, Option<Idempotency>)>,
     ) -> Result<Vec<(ConsentRecord, u64)>, StoreError> {
         let key = self.key(subject)?;
-        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         let _serial = self.serialise_writes(&[*subject]);
+        // Read under the lock: the change event names the links the subject holds now (an
+        // unmerge may have moved some since the capture resolved its subject).
+        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         let first = self.ledger_position()? + 1;
         let mut records = Vec::with_capacity(consents.len());
         let mut tags = Vec::with_capacity(consents.len());

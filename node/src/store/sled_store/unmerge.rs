@@ -73,16 +73,17 @@ impl SledStore {
         &self,
         subject: &SubjectId,
         from: &SubjectId,
+        kept: &SubjectId,
         restored: &SubjectId,
         now: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<Unmerged, StoreError> {
-        if subject == restored {
+        if kept == restored || [kept, restored].contains(&subject) {
             return Err(StoreError::Conflict);
         }
-        let _serial = self.serialise_writes(&[*subject, *restored]);
+        let _serial = self.serialise_writes(&[*subject, *kept, *restored]);
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
-        if self.meta_entry(restored)?.is_some() {
+        if self.meta_entry(kept)?.is_some() || self.meta_entry(restored)?.is_some() {
             return Err(StoreError::Conflict);
         }
         let key = self.key(subject)?;
@@ -107,10 +108,11 @@ impl SledStore {
             rights,
         };
         let plan = split(whole, from)?;
-        // Created (and durable) before any sealed value refers to it.
+        // Created (and durable) before any sealed value refers to them.
+        let kept_key = self.vault.get_or_create(kept)?;
         let restored_key = self.vault.get_or_create(restored)?;
         self.vault.sync()?;
-        let kept = seal_half(subject, &key, &plan.kept)?;
+        let kept_half = seal_half(kept, &kept_key, &plan.kept)?;
         let back = seal_half(restored, &restored_key, &plan.restored)?;
         let old: Vec<(usize, sled::IVec)> = [(CONSENT, &self.consent), (CURRENT, &self.current)]
             .into_iter()
@@ -124,7 +126,8 @@ impl SledStore {
         let restored_consent = plan.restored.announced();
         let links: &[Link] = &plan.restored.links;
         let recorded = [Recorded::Unmerge {
-            kept: *subject,
+            merged: *subject,
+            kept: *kept,
             restored: *restored,
             was: *from,
             links,
@@ -135,6 +138,8 @@ impl SledStore {
         }];
         let events_out = self.events_of(&recorded, now)?;
         let unmerged = Unmerged {
+            kept: *kept,
+            kept_links: plan.kept.links.clone(),
             restored: *restored,
             was: *from,
             links: links.to_vec(),
@@ -165,26 +170,33 @@ impl SledStore {
             for (tree, k) in &old {
                 logs[*tree].remove(k)?;
             }
-            for (id, half) in [(subject, &kept), (restored, &back)] {
+            meta.remove(&subject.as_bytes()[..])?;
+            subjects.remove(&subject.as_bytes()[..])?;
+            for (id, half, held) in [(kept, &kept_half, &plan.kept.links), (restored, &back, &plan.restored.links)] {
                 meta.insert(&id.as_bytes()[..], half.meta.as_slice())?;
                 subjects.insert(&id.as_bytes()[..], half.record.as_slice())?;
                 for (tree, k, sealed) in &half.entries {
                     logs[*tree].insert(k.as_slice(), sealed.as_slice())?;
                 }
-            }
-            // Links stay in this region, so their claims (and `held` generations) stay as they are.
-            for link in links {
-                link_tree.insert(&link.as_bytes()[..], &restored.as_bytes()[..])?;
+                // Links stay in this region, so their claims (and `held` generations) stay as
+                // they are.
+                for link in held {
+                    link_tree.insert(&link.as_bytes()[..], &id.as_bytes()[..])?;
+                }
             }
             for (seq, event) in &events_out {
                 events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
             }
-            record_replay(replays, idempotency, Some((subject, &key)), &(*subject, &unmerged))?;
+            record_replay(replays, idempotency, Some((kept, &kept_key)), &(*kept, &unmerged))?;
             audited.append(&recorded)
         });
         flatten(result)?;
         audited.commit();
+        // Durable before the merged subject's key goes (as in a merge), and journaled first, so a
+        // restore of an earlier backup splits it again before it replays later erasures.
         self.db.flush().map_err(backend)?;
+        self.journal_unmerge(subject, from, kept, restored, now)?;
+        self.vault.destroy(subject)?;
         Ok(unmerged)
     }
 }
