@@ -264,7 +264,14 @@ impl Domicile for GatewayService {
             .nodes
             .write(
                 &region,
-                node_pb::EraseRequest { subject: Some(key.to_pb()), idempotency_key: write.for_node() },
+                node_pb::EraseRequest {
+                    subject: Some(key.to_pb()),
+                    idempotency_key: write.for_node(),
+                    // Checked at the node: a verified erasure request of the subject, or an
+                    // operator's override (ARCHITECTURE.md, "Rights requests").
+                    request_id: request.get_ref().request_id.clone(),
+                    override_reason: request.get_ref().override_reason.clone(),
+                },
                 |mut node, request| async move { node.erase(request).await },
             )
             .await

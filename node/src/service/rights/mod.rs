@@ -1,7 +1,13 @@
 //! Data-subject rights: access (export), erasure, restriction, and the bookkeeping of every
 //! rights request with its deadline from the subject's pack.
 
+mod gate;
+mod track;
+pub(super) mod track_wire;
 pub(super) mod wire;
+
+pub(crate) use gate::Authority;
+pub use track::{OverdueCounts, keep_counting_overdue};
 
 use domicile_policy::Deadline;
 use domicile_proto::convert::SubjectKey;
@@ -79,26 +85,36 @@ impl<S: Store> NodeService<S> {
             completed_at: Some(now),
             extended_deadline_at,
             citation,
+            ..Default::default()
         })
     }
 
     /// Everything the node keeps about a subject, for the subject. Exports are delivered in the
     /// home region only: a gateway serves callers of every region (the access layer refuses
     /// gateways already; this holds for every other entry too).
-    pub(crate) async fn export_subject(&self, key: &SubjectKey, caller: &Caller) -> Result<Export, NodeError> {
+    pub(crate) async fn export_subject(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        authority: &Authority,
+    ) -> Result<Export, NodeError> {
         if !caller.in_region {
             return Err(NodeError::PermissionDenied(
                 "exports are delivered in the home region: call this region's node as a service of the region",
             ));
         }
         let (subject, meta) = self.resolve_meta(key).await?;
+        let now = now_unix();
+        // A verified access request (now in progress) or an operator's override, before anything
+        // is read.
+        let started = self.start_request(&subject, &meta.jurisdiction, RightsKind::Access, authority, now).await?;
         let record = self.store.subject_record(&subject).await?.ok_or(StoreError::NotFound)?;
         let history = self.store.consent_history(&subject).await?;
-        let now = now_unix();
         // Bookkeeping first, so the document lists this request too.
-        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Access, now)?;
+        let rights_request = started.completed(now);
         // Durable (and audited) before the document leaves.
         self.settle_unkeyed(self.store.append_rights_request(&subject, &rights_request).await).await?;
+        self.finish_request(&subject, &started, &rights_request, now).await?;
         let interactions = self.store.interactions(&subject).await?;
         let rights_requests = self.store.rights_requests(&subject).await?;
         let document = serde_json::json!({
@@ -126,6 +142,7 @@ impl<S: Store> NodeService<S> {
     pub(crate) async fn erase_subject(
         &self,
         key: &SubjectKey,
+        authority: &Authority,
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, Erased), NodeError> {
         // Before resolving: after the first erasure the subject is gone, its answer is not.
@@ -134,12 +151,17 @@ impl<S: Store> NodeService<S> {
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
+        // A verified erasure request (now in progress) or an operator's override; nothing is
+        // erased without one.
+        let started = self.start_request(&subject, &meta.jurisdiction, RightsKind::Erasure, authority, now).await?;
         // Not stored with the subject (it is about to go): the audit log and the response keep it.
-        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Erasure, now)?;
+        let rights_request = started.completed(now);
         let erased = match self.settle(self.store.erase(&subject, now, &rights_request, tag).await).await? {
             Settled::Applied(erased) => erased,
             Settled::Replayed => return self.replayed_after_race(tag).await,
         };
+        self.finish_request(&subject, &started, &rights_request, now).await?;
+        self.close_requests_of_erased(&subject, &rights_request.request_id, now).await?;
         tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
         Ok((subject, erased))
     }

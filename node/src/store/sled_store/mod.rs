@@ -35,6 +35,7 @@ mod heads;
 mod identity;
 mod records;
 mod space;
+mod tracked;
 mod unit;
 
 use super::codec::{backend, consent_key, context, current_key, decode, encode, open, seal};
@@ -42,8 +43,8 @@ use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
 use super::{
     ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
-    NewConsent, NewInteraction, Recorded, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
-    Store, StoreError, SubjectMeta, SubjectRecord,
+    NewConsent, NewInteraction, OutboxChange, OutboxEntry, Recorded, Rectification, Rectified, Registered, Release,
+    Replay, RightsRequestRecord, Store, StoreError, SubjectMeta, SubjectRecord, TrackedRequest,
 };
 use cache::WriteGuard;
 use domicile_types::RegionId;
@@ -61,6 +62,10 @@ pub struct SledStore {
     current: sled::Tree,
     interactions: sled::Tree,
     rights: sled::Tree,
+    /// Tracked rights requests (request id → PII-free record) and the challenge outbox
+    /// (`tracked.rs`).
+    tracked: sled::Tree,
+    outbox: sled::Tree,
     events: sled::Tree,
     counters: sled::Tree,
     claims: sled::Tree,
@@ -187,6 +192,8 @@ impl SledStore {
             current: db.open_tree("current").map_err(backend)?,
             interactions: db.open_tree("interactions").map_err(backend)?,
             rights: db.open_tree("rights").map_err(backend)?,
+            tracked: db.open_tree("rights_tracked").map_err(backend)?,
+            outbox: db.open_tree("rights_outbox").map_err(backend)?,
             events,
             counters: db.open_tree("counters").map_err(backend)?,
             claims: db.open_tree("claims").map_err(backend)?,
@@ -449,6 +456,32 @@ impl Store for SledStore {
 
     async fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
         self.open_log(&self.rights, b"rights", subject)
+    }
+
+    async fn track_request(
+        &self,
+        request: &TrackedRequest,
+        outbox: OutboxChange<'_>,
+        at: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(), StoreError> {
+        self.write_tracked(request, outbox, at, idempotency)
+    }
+
+    async fn tracked_request(&self, request_id: &str) -> Result<Option<TrackedRequest>, StoreError> {
+        self.read_tracked(request_id)
+    }
+
+    async fn tracked_requests(&self) -> Result<Vec<TrackedRequest>, StoreError> {
+        self.read_all_tracked()
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.read_outbox(limit)
+    }
+
+    async fn remove_outbox(&self, request_ids: &[String]) -> Result<usize, StoreError> {
+        self.delete_outbox(request_ids)
     }
 
     async fn links_page(
