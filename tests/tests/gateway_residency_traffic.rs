@@ -218,7 +218,12 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
     assert!(event.event.is_some());
     // Rights: erase the US subject by its CRM id.
     client
-        .erase(gw::EraseRequest { subject: selector("crm_account", "CRM-US-99173"), idempotency_key: String::new() })
+        .erase(gw::EraseRequest {
+            subject: selector("crm_account", "CRM-US-99173"),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
         .await
         .expect("erase");
 

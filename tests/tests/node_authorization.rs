@@ -400,22 +400,36 @@ async fn call(
         }
         Method::Export => {
             let subject = subject_for(method, fx, &mut untouched).await;
-            client.export(node::ExportRequest { subject: node_ref(&subject) }).await.map(|r| {
-                let r = r.into_inner();
-                let document = String::from_utf8_lossy(&r.document).into_owned();
-                if r.subject_ref == subject && document.contains("@example.com") {
-                    Ok(())
-                } else {
-                    Err("export without the subject's identifiers".into())
-                }
-            })
+            client
+                .export(node::ExportRequest {
+                    subject: node_ref(&subject),
+                    override_reason: "test_fixture".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    let document = String::from_utf8_lossy(&r.document).into_owned();
+                    if r.subject_ref == subject && document.contains("@example.com") {
+                        Ok(())
+                    } else {
+                        Err("export without the subject's identifiers".into())
+                    }
+                })
         }
         Method::Erase => {
             let subject = subject_for(method, fx, &mut untouched).await;
-            client.erase(node::EraseRequest { subject: node_ref(&subject), ..Default::default() }).await.map(|r| {
-                let r = r.into_inner();
-                if r.subject_ref == subject && r.links.len() == 1 { Ok(()) } else { Err(format!("erased {r:?}")) }
-            })
+            client
+                .erase(node::EraseRequest {
+                    subject: node_ref(&subject),
+                    override_reason: "test_fixture".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    if r.subject_ref == subject && r.links.len() == 1 { Ok(()) } else { Err(format!("erased {r:?}")) }
+                })
         }
         Method::Watch => match client.watch(node::WatchRequest { after_sequence: None }).await {
             Err(status) => Err(status),

@@ -143,7 +143,14 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
-    let status = eu.export(node::ExportRequest { subject: key(&from) }).await.unwrap_err();
+    let status = eu
+        .export(node::ExportRequest {
+            subject: key(&from),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
     // The node's change events let any gateway end consistent: a fresh gateway, built from the
@@ -308,7 +315,15 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
 
     // Export stays in-region (node only) and is booked as an access request.
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
-    let export = eu.export(node::ExportRequest { subject: key(&subject) }).await.unwrap().into_inner();
+    let export = eu
+        .export(node::ExportRequest {
+            subject: key(&subject),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(export.rights_request.unwrap().kind, "access");
     let document = String::from_utf8(export.document).unwrap();
     assert!(document.contains(r#""preferred_name": "Anni""#), "{document}");
@@ -320,7 +335,12 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
     assert_eq!(kinds, ["rectification", "restriction", "restriction", "access"]);
 
     let erased = client
-        .erase(gw::EraseRequest { subject: by("phone", phone), idempotency_key: String::new() })
+        .erase(gw::EraseRequest {
+            subject: by("phone", phone),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

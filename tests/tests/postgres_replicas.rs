@@ -423,7 +423,13 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
     assert_eq!(decided(&mut b, node_link(&link1)).await, Ok((deny, one.subject_ref.clone())));
 
     // Erasure.
-    a.erase(node::EraseRequest { subject: node_ref(&one.subject_ref), ..Default::default() }).await.unwrap();
+    a.erase(node::EraseRequest {
+        subject: node_ref(&one.subject_ref),
+        override_reason: "test_fixture".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert_eq!(decided(&mut b, node_link(&link1)).await, Err(tonic::Code::NotFound), "the erased subject's link");
     assert_eq!(decided(&mut b, node_ref(&one.subject_ref)).await, Err(tonic::Code::NotFound), "the erased subject");
 }

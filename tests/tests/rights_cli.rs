@@ -104,7 +104,7 @@ async fn operators_of_the_region_exercise_rights_from_the_command_line() {
 
     let dir = tempfile::tempdir().unwrap();
     let document = dir.path().join("export.json");
-    let (code, out, err) = run(&["export", "--out", document.to_str().unwrap()]);
+    let (code, out, err) = run(&["export", "--override", "test_fixture", "--out", document.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("access request") && out.contains("GDPR"), "the deadline's citation: {out}");
     let exported = std::fs::read_to_string(&document).unwrap();
@@ -122,11 +122,11 @@ async fn operators_of_the_region_exercise_rights_from_the_command_line() {
 
     // An operator of another region is refused: the subject's data stays in its region.
     let us = cluster.issue_caller("us-ops", "us-east", &[Scope::Rights, Scope::Context]).unwrap();
-    let (code, _, err) = rights(&eu, "eu-central", &us, &subject, &["export"]);
+    let (code, _, err) = rights(&eu, "eu-central", &us, &subject, &["export", "--override", "test_fixture"]);
     assert_ne!(code, 0);
     assert!(err.contains("PermissionDenied"), "{err}");
 
-    let (code, out, err) = run(&["erase"]);
+    let (code, out, err) = run(&["erase", "--override", "test_fixture"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("erased: 2 consent records") || out.starts_with("erased: 1 consent records"), "{out}");
     let (code, _, err) = run(&["history"]);
