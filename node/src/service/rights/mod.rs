@@ -188,12 +188,22 @@ impl<S: Store> NodeService<S> {
         Ok((subject, (restricted, rights_request)))
     }
 
-    /// A subject's rights requests, oldest first.
+    /// A subject's rights requests, oldest first: those recorded with the subject and, as they
+    /// now stand, its tracked ones (`track.rs`) that are not (open, linked or refused).
     pub(crate) async fn rights_requests_of(
         &self,
         key: &SubjectKey,
     ) -> Result<(SubjectId, Vec<RightsRequestRecord>), NodeError> {
         let subject = self.resolve(key).await?;
-        Ok((subject, self.store.rights_requests(&subject).await?))
+        let mut requests = self.store.rights_requests(&subject).await?;
+        let tracked = self.store.tracked_requests().await?;
+        for t in tracked.into_iter().filter(|t| t.subject == subject) {
+            if !requests.iter().any(|r| r.request_id == t.record.request_id) {
+                requests.push(t.record);
+            }
+        }
+        // Stable: requests recorded in one second keep their recording order.
+        requests.sort_by_key(|r| r.received_at);
+        Ok((subject, requests))
     }
 }

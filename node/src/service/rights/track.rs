@@ -77,11 +77,11 @@ pub async fn keep_counting_overdue<S: Store>(store: std::sync::Arc<S>, counts: s
     }
 }
 
+/// Overdue requests with their subjects, and their count per kind.
+type Overdue = (Vec<(SubjectId, RightsRequestRecord)>, Vec<(RightsKind, u64)>);
+
 /// The open requests past their deadline at `at`, and their count per kind.
-fn overdue_of(
-    tracked: Vec<TrackedRequest>,
-    at: i64,
-) -> (Vec<(SubjectId, RightsRequestRecord)>, Vec<(RightsKind, u64)>) {
+fn overdue_of(tracked: Vec<TrackedRequest>, at: i64) -> Overdue {
     let overdue: Vec<(SubjectId, RightsRequestRecord)> = tracked
         .into_iter()
         .filter(|t| is_open(&t.record) && t.record.due_at().is_some_and(|due| due < at))
@@ -159,7 +159,7 @@ impl<S: Store> NodeService<S> {
         let _one_at_a_time = self.rights_lock.lock().await;
         if let Some(request) = self.replayed::<RightsRequestRecord>(tag).await? {
             let subject = self.resolve(key).await?;
-            return Ok(self.opened(subject, request).await?);
+            return self.opened(subject, request).await;
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         let record = self.store.subject_record(&subject).await?.ok_or(StoreError::NotFound)?;
@@ -312,10 +312,7 @@ impl<S: Store> NodeService<S> {
 
     /// The region's open requests past their deadline at `as_of`, and their count per kind
     /// (which the gauge reports when `as_of` is now).
-    pub(crate) async fn overdue_rights_requests(
-        &self,
-        as_of: Option<i64>,
-    ) -> Result<(Vec<(SubjectId, RightsRequestRecord)>, Vec<(RightsKind, u64)>), NodeError> {
+    pub(crate) async fn overdue_rights_requests(&self, as_of: Option<i64>) -> Result<Overdue, NodeError> {
         let now = now_unix();
         let at = as_of.unwrap_or(now);
         let (overdue, counts) = overdue_of(self.store.tracked_requests().await?, at);

@@ -134,40 +134,6 @@ pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &
     }
 }
 
-/// `(link, subject)` pairs of `links` whose link starts with a byte in `first_bytes`, at most
-/// `limit` after `after`, in link order.
-fn read_links(
-    links: &sled::Tree,
-    first_bytes: std::ops::RangeInclusive<u8>,
-    after: Option<Link>,
-    limit: usize,
-) -> Result<Vec<(Link, SubjectId)>, StoreError> {
-    let (first, last) = first_bytes.into_inner();
-    if first > last {
-        return Ok(Vec::new());
-    }
-    // Keys are 16-byte links: [first] sorts before every link starting with `first`, and
-    // [last + 1] after every link starting with `last`.
-    let start = match after {
-        Some(link) => std::ops::Bound::Excluded(link.as_bytes().to_vec()),
-        None => std::ops::Bound::Included(vec![first]),
-    };
-    let end = match last.checked_add(1) {
-        Some(end) => std::ops::Bound::Excluded(vec![end]),
-        None => std::ops::Bound::Unbounded,
-    };
-    links
-        .range::<Vec<u8>, _>((start, end))
-        .take(limit)
-        .map(|item| {
-            let (key, value) = item.map_err(backend)?;
-            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("link key".into()))?;
-            let subject = SubjectId::from_slice(&value).map_err(|_| StoreError::Corrupt("link entry".into()))?;
-            Ok((link, subject))
-        })
-        .collect()
-}
-
 impl SledStore {
     /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit
     /// log (whose whole chain is verified first).
@@ -493,7 +459,9 @@ impl Store for SledStore {
         // sled pages its trees in from disk as it iterates: off the async workers (a gateway's
         // cold start scans parts of the key space side by side, each on a blocking thread).
         let links = self.links.clone();
-        tokio::task::spawn_blocking(move || read_links(&links, first_bytes, after, limit)).await.map_err(backend)?
+        tokio::task::spawn_blocking(move || claims::read_links(&links, first_bytes, after, limit))
+            .await
+            .map_err(backend)?
     }
 
     async fn events_page(&self, after: Option<u64>, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {
