@@ -480,6 +480,34 @@ impl Domicile for GatewayService {
         }))
     }
 
+    async fn open_rights_request(
+        &self,
+        request: Request<pb::OpenRightsRequestRequest>,
+    ) -> Result<Response<pb::OpenRightsRequestResponse>, Status> {
+        crate::rights::open(&self.gateway, request).await.map(Response::new)
+    }
+
+    async fn verify_rights_request(
+        &self,
+        request: Request<pb::VerifyRightsRequestRequest>,
+    ) -> Result<Response<pb::VerifyRightsRequestResponse>, Status> {
+        crate::rights::verify(&self.gateway, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_rights_request(
+        &self,
+        request: Request<pb::GetRightsRequestRequest>,
+    ) -> Result<Response<pb::GetRightsRequestResponse>, Status> {
+        crate::rights::get(&self.gateway, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn extend_rights_request(
+        &self,
+        request: Request<pb::ExtendRightsRequestRequest>,
+    ) -> Result<Response<pb::ExtendRightsRequestResponse>, Status> {
+        crate::rights::extend(&self.gateway, request.into_inner()).await.map(Response::new)
+    }
+
     async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
         let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();

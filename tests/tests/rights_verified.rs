@@ -16,7 +16,7 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_cluster_tests::{
-    Cluster as _, TestCluster, TestOptions, files_containing, identifier, node_ref, region, select_ref,
+    Cluster as _, TestCluster, TestOptions, files_containing, identifier, node_ref, region, select_email, select_ref,
 };
 use domicile_node::config::RightsConfig;
 use tonic::Code;
@@ -235,9 +235,10 @@ async fn lifecycle(store: ClusterStore) {
     assert_eq!(counted.count, 1);
     let today = eu.list_overdue_rights_requests(node::ListOverdueRightsRequestsRequest { as_of: None }).await.unwrap();
     assert!(today.into_inner().requests.is_empty(), "nothing is overdue yet");
-    let extended = eu
-        .extend_rights_request(node::ExtendRightsRequestRequest {
-            subject: node_ref(&bert.subject_ref),
+    // Extended through the gateway (audited at the node), to the pack's permitted extension.
+    let extended = client
+        .extend_rights_request(gw::ExtendRightsRequestRequest {
+            subject: select_ref(&bert.subject_ref),
             request_id: pending.request_id.clone(),
         })
         .await
@@ -251,12 +252,53 @@ async fn lifecycle(store: ClusterStore) {
     let listed = eu.list_overdue_rights_requests(overdue(now() + 100 * DAY)).await.unwrap().into_inner();
     assert_eq!(listed.requests.len(), 1, "overdue past the extension");
 
-    // A verified erasure erases; the subject's challenges leave the outbox with it.
-    let erasure = open(&mut eu, &anna, "erasure").await.request.unwrap();
+    // Through the gateway (routed to the home region; the delivery identifier named by value,
+    // turned into its link there): a verified erasure erases, and the subject's challenges leave
+    // the outbox with it.
+    let status = client
+        .open_rights_request(gw::OpenRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            kind: "erasure".into(),
+            deliver_to: select_email("bert.rights@example.fr"),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "another subject's address: {status:?}");
+    let opened = client
+        .open_rights_request(gw::OpenRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            kind: "erasure".into(),
+            deliver_to: select_email("anna.rights@example.fr"),
+            idempotency_key: "open-erasure-1".into(),
+        })
+        .await
+        .expect("opened through the gateway")
+        .into_inner();
+    let erasure = opened.request.unwrap();
+    assert_eq!(erasure.status, "verifying");
     let erasure_code = code_of(&mut eu, &erasure.request_id, &mut codes).await;
     let other = open(&mut eu, &anna, "rectification").await.request.unwrap();
     let _ = code_of(&mut eu, &other.request_id, &mut codes).await;
-    assert!(verify(&mut eu, &anna.subject_ref, &erasure.request_id, &erasure_code).await.verified);
+    let verified = client
+        .verify_rights_request(gw::VerifyRightsRequestRequest {
+            subject: select_email("anna.rights@example.fr"),
+            request_id: erasure.request_id.clone(),
+            code: erasure_code.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.verified, "{verified:?}");
+    let got = client
+        .get_rights_request(gw::GetRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            request_id: erasure.request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.request.unwrap().status, "verified");
     let erased = client
         .erase(gw::EraseRequest {
             subject: select_ref(&anna.subject_ref),
