@@ -52,10 +52,17 @@ enum RightsCommand {
     },
     #[command(flatten)]
     Tracked(tracked::TrackedCommand),
-    /// Right to restriction: nothing is processed for the subject until lifted.
-    Restrict,
-    /// Lift a restriction.
-    Lift,
+    /// Right to restriction: nothing is processed for the subject until lifted (honoured on
+    /// receipt; `--request` names the restriction request it answers).
+    Restrict {
+        #[command(flatten)]
+        authority: Authority,
+    },
+    /// Lift a restriction (needs `--request` or `--override`).
+    Lift {
+        #[command(flatten)]
+        authority: Authority,
+    },
     /// Right to rectification: identifiers added or removed (`KIND=VALUE`), profile fields set
     /// (`NAME=VALUE`) or removed.
     Rectify {
@@ -67,6 +74,8 @@ enum RightsCommand {
         set: Vec<String>,
         #[arg(long = "unset")]
         unset: Vec<String>,
+        #[command(flatten)]
+        authority: Authority,
     },
     /// The subject's rights requests with their deadlines, newest last; overdue ones marked.
     Requests,
@@ -79,9 +88,10 @@ enum RightsCommand {
     History,
 }
 
-/// On what authority an export or erasure is made: a verified request, or an operator's override.
+/// On what authority a right is carried out: a verified request, or an operator's override (the
+/// node says which rights need one).
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 struct Authority {
     /// The verified rights request this answers (`rights open`, then `rights verify`).
     #[arg(long = "request")]
@@ -173,6 +183,7 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     // An export without --out writes the document on stdout: the summary goes to stderr then.
     let summary_on_stderr = matches!(args.command, RightsCommand::Export { out: None, .. });
+    let restricted = matches!(args.command, RightsCommand::Restrict { .. });
     let (summary, words): (Value, String) = match args.command {
         RightsCommand::Tracked(command) => tracked::run(&mut node, command, subject, now).await?,
         RightsCommand::Export { out, authority } => {
@@ -217,10 +228,16 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
                 words,
             )
         }
-        RightsCommand::Restrict | RightsCommand::Lift => {
-            let restricted = matches!(args.command, RightsCommand::Restrict);
+        RightsCommand::Restrict { authority } | RightsCommand::Lift { authority } => {
+            let (request_id, override_reason) = authority.fields();
             let reply = node
-                .restrict(pb::RestrictRequest { subject, restricted, idempotency_key: String::new() })
+                .restrict(pb::RestrictRequest {
+                    subject,
+                    restricted,
+                    idempotency_key: String::new(),
+                    request_id,
+                    override_reason,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -235,7 +252,8 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
                 words,
             )
         }
-        RightsCommand::Rectify { add, remove, set, unset } => {
+        RightsCommand::Rectify { add, remove, set, unset, authority } => {
+            let (request_id, override_reason) = authority.fields();
             let identifier =
                 |flag: &str, text: &String| pair(flag, text).map(|(kind, value)| common::Identifier { kind, value });
             let request = pb::RectifyRequest {
@@ -244,6 +262,8 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
                 remove_identifiers: remove.iter().map(|t| identifier("remove", t)).collect::<anyhow::Result<_>>()?,
                 set_profile: set.iter().map(|t| pair("set", t)).collect::<anyhow::Result<_>>()?,
                 remove_profile: unset,
+                request_id,
+                override_reason,
                 ..Default::default()
             };
             let reply = node.rectify(request).await.map_err(status)?.into_inner();

@@ -461,6 +461,8 @@ impl Domicile for GatewayService {
                     remove_profile: req.remove_profile,
                     caller_region: caller.region.to_string(),
                     idempotency_key: write.for_node(),
+                    request_id: req.request_id,
+                    override_reason: req.override_reason,
                 },
                 |mut node, request| async move { node.rectify(request).await },
             )
@@ -522,6 +524,8 @@ impl Domicile for GatewayService {
                     subject: Some(key.to_pb()),
                     restricted: req.restricted,
                     idempotency_key: write.for_node(),
+                    request_id: req.request_id.clone(),
+                    override_reason: req.override_reason.clone(),
                 },
                 |mut node, request| async move { node.restrict(request).await },
             )

@@ -118,6 +118,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
         .rectify(gw::RectifyRequest {
             subject: select_ref(&ivan.subject_ref),
             set_profile: [("tier".to_owned(), SECRET_TIER.to_owned())].into(),
+            override_reason: "test_fixture".into(),
             ..Default::default()
         })
         .await
@@ -160,6 +161,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
             ("tier".to_owned(), SECRET_TIER.to_owned()),
         ]
         .into(),
+        override_reason: "test_fixture".into(),
         ..Default::default()
     })
     .await

@@ -562,6 +562,7 @@ async fn call(
                     subject: node_ref(&subject),
                     set_profile: [("tier".to_owned(), "gold".to_owned())].into(),
                     caller_region: here.clone(),
+                    override_reason: "test_fixture".into(),
                     ..Default::default()
                 })
                 .await

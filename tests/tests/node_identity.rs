@@ -239,6 +239,8 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
             set_profile: [("preferred_name".to_owned(), "Anni".to_owned())].into(),
             remove_profile: vec![],
             idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
         })
         .await
         .expect("rectify")
@@ -267,19 +269,31 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
         .rectify(gw::RectifyRequest {
             subject: by("phone", phone),
             add_identifiers: vec![identifier("email", "someone.else@example.de")],
+            override_reason: "test_fixture".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(!status.message().contains("someone.else"));
-    let status = client.rectify(gw::RectifyRequest { subject: by("phone", phone), ..Default::default() }).await;
+    let status = client
+        .rectify(gw::RectifyRequest {
+            subject: by("phone", phone),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(status.unwrap_err().code(), Code::InvalidArgument, "an empty rectification is bad input");
 
     // Restriction: every decision denies, naming the restriction, until lifted.
     assert_eq!(decide(&mut client, by("phone", phone)).await.effect, common::Effect::Allow as i32);
     let restricted = client
-        .restrict(gw::RestrictRequest { subject: by("phone", phone), restricted: true, idempotency_key: String::new() })
+        .restrict(gw::RestrictRequest {
+            subject: by("phone", phone),
+            restricted: true,
+            idempotency_key: String::new(),
+            ..Default::default()
+        })
         .await
         .expect("restrict")
         .into_inner();
@@ -308,6 +322,8 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
             subject: by("phone", phone),
             restricted: false,
             idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -459,6 +475,8 @@ async fn where_the_law_fixes_no_period_the_request_says_so_and_invents_none() {
             set_profile: [("preferred_name".to_owned(), "Sam".to_owned())].into(),
             remove_profile: vec![],
             idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
         })
         .await
         .expect("rectify")

@@ -65,6 +65,7 @@ async fn after_erasure_and_the_purge_step_no_file_holds_the_subject_or_a_usable_
             subject: node_ref(&erased),
             set_profile: HashMap::from([("tier".to_owned(), PROFILE_VALUE.to_owned())]),
             caller_region: eu.to_string(),
+            override_reason: "test_fixture".into(),
             ..Default::default()
         })
         .await

@@ -93,12 +93,12 @@ async fn operators_of_the_region_exercise_rights_from_the_command_line() {
     assert!(out.starts_with("restricted; restriction request"), "{out}");
     let d = client.decide(decide()).await.unwrap().into_inner().decision.unwrap();
     assert_eq!(d.effect, common::Effect::Deny as i32, "restricted: {}", d.explanation);
-    let (code, _, err) = run(&["lift"]);
+    let (code, _, err) = run(&["lift", "--override", "test_fixture"]);
     assert_eq!(code, 0, "{err}");
     let d = client.decide(decide()).await.unwrap().into_inner().decision.unwrap();
     assert_eq!(d.effect, common::Effect::Allow as i32, "lifted: {}", d.explanation);
 
-    let (code, out, err) = run(&["--json", "rectify", "--set", "tier=gold"]);
+    let (code, out, err) = run(&["--json", "rectify", "--override", "test_fixture", "--set", "tier=gold"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["rights_request"]["kind"], "rectification");
 

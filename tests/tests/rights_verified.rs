@@ -92,6 +92,7 @@ fn status_of(r: &node::VerifyRightsRequestResponse) -> (&str, &str) {
 }
 
 async fn lifecycle(store: ClusterStore) {
+    let store_is_postgres = matches!(store, ClusterStore::Postgres);
     let options = TestOptions {
         store,
         node_rights: Some(RightsConfig { challenge_ttl_secs: TTL_SECS, challenge_attempts: ATTEMPTS }),
@@ -173,6 +174,29 @@ async fn lifecycle(store: ClusterStore) {
     let status =
         eu.erase(node::EraseRequest { subject: node_ref(&anna.subject_ref), ..Default::default() }).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // A rectification and the lifting of a restriction need the same; a restriction itself is
+    // honoured on receipt (it only narrows processing).
+    let status = eu
+        .rectify(node::RectifyRequest {
+            subject: node_ref(&bert.subject_ref),
+            set_profile: [("tier".to_owned(), "gold".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let restrict = |restricted: bool, override_reason: &str| node::RestrictRequest {
+        subject: node_ref(&bert.subject_ref),
+        restricted,
+        override_reason: override_reason.into(),
+        ..Default::default()
+    };
+    eu.restrict(restrict(true, "")).await.expect("a restriction is honoured on receipt");
+    let status = eu.restrict(restrict(false, "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let lifted = eu.restrict(restrict(false, "identity_checked_in_person")).await.expect("lifted on override");
+    assert_eq!(lifted.into_inner().rights_request.unwrap().override_reason, "identity_checked_in_person");
 
     // The verified request is served, and completed.
     let served = export(&mut eu, &anna.subject_ref, &access.request_id).await.expect("served");
@@ -312,8 +336,11 @@ async fn lifecycle(store: ClusterStore) {
     let left = outbox(&mut eu).await;
     assert!(left.iter().all(|e| e.subject_ref != anna.subject_ref), "{left:?}");
 
-    // No file the cluster wrote (logs, audit log, database) holds a code in clear.
+    // No file the cluster wrote (logs, audit log, database) holds a code in clear; the override
+    // is in the audit log.
     cluster.stop().await;
+    let audited = files_containing(cluster.dir(), b"\"override\":\"identity_checked_in_person\"");
+    assert!(audited.iter().any(|p| p.ends_with("audit.log")) || store_is_postgres, "{audited:?}");
     for code in &codes {
         assert!(files_containing(cluster.dir(), code.as_bytes()).is_empty(), "a challenge code is in a file");
     }

@@ -1,4 +1,4 @@
-//! What an export or an erasure needs (ARCHITECTURE.md, "Rights requests"): a verified request
+//! What an export, an erasure, a rectification or the lifting of a restriction needs (ARCHITECTURE.md, "Rights requests"): a verified request
 //! of the matching kind for the same subject, which the work moves to `in_progress` and then
 //! `completed`; or an operator's override with a reason code, audited as an override. With
 //! neither, nothing is read or erased.
@@ -20,8 +20,11 @@ pub(crate) enum Authority {
     Override(String),
 }
 
-pub(crate) const NEEDS_AUTHORITY: &str = "an export or erasure needs `request_id`, a verified rights request of the subject \
+pub(crate) const NEEDS_AUTHORITY: &str = "an export, erasure or rectification needs `request_id`, a verified rights request of the subject \
      (OpenRightsRequest, VerifyRightsRequest), or `override_reason`, an operator's override";
+
+pub(crate) const NEEDS_AUTHORITY_TO_LIFT: &str = "lifting a restriction needs `request_id`, a verified restriction request \
+     of the subject, or `override_reason`, an operator's override (a restriction itself needs neither)";
 
 impl Authority {
     /// From a request's `request_id` and `override_reason` fields: exactly one of them.
@@ -55,14 +58,14 @@ impl Authority {
 
 /// A right being carried out: its request as recorded, and the tracked request it answers
 /// (none on an override).
-pub(super) struct Started {
+pub(in crate::service) struct Started {
     tracked: bool,
     record: RightsRequestRecord,
 }
 
 impl Started {
     /// The request as completed at `now`.
-    pub(super) fn completed(&self, now: i64) -> RightsRequestRecord {
+    pub(in crate::service) fn completed(&self, now: i64) -> RightsRequestRecord {
         let mut record = self.record.clone();
         record.status = RightsStatus::Completed.as_str().to_owned();
         record.completed_at = Some(now);
@@ -73,7 +76,7 @@ impl Started {
 impl<S: Store> NodeService<S> {
     /// Checks the authority for carrying out `kind` for the subject; a verified request moves to
     /// `in_progress` (durable and audited) before the work begins.
-    pub(super) async fn start_request(
+    pub(in crate::service) async fn start_request(
         &self,
         subject: &SubjectId,
         jurisdiction: &Jurisdiction,
@@ -122,7 +125,7 @@ impl<S: Store> NodeService<S> {
     }
 
     /// Records a tracked request `completed` once its work is done.
-    pub(super) async fn finish_request(
+    pub(in crate::service) async fn finish_request(
         &self,
         subject: &SubjectId,
         started: &Started,

@@ -168,10 +168,13 @@ impl<S: Store> NodeService<S> {
 
     /// Sets or lifts the restriction of processing. Acknowledged only once durable: every later
     /// decision reflects it.
+    /// A restriction is honoured on receipt (it only narrows processing: fail closed); lifting
+    /// one needs a verified restriction request or an operator's override, as an export does.
     pub(crate) async fn restrict_subject(
         &self,
         key: &SubjectKey,
         restricted: bool,
+        authority: Option<&Authority>,
         tag: Option<&Idempotency>,
     ) -> Result<Restriction, NodeError> {
         if let Some(done) = self.replayed::<Restriction>(tag).await? {
@@ -179,10 +182,23 @@ impl<S: Store> NodeService<S> {
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
-        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Restriction, now)?;
+        let started = match authority {
+            Some(authority) => {
+                Some(self.start_request(&subject, &meta.jurisdiction, RightsKind::Restriction, authority, now).await?)
+            }
+            None if restricted => None,
+            None => return Err(NodeError::Precondition(gate::NEEDS_AUTHORITY_TO_LIFT)),
+        };
+        let rights_request = match &started {
+            Some(started) => started.completed(now),
+            None => self.rights_request(&meta.jurisdiction, RightsKind::Restriction, now)?,
+        };
         let written = self.store.set_restricted(&subject, restricted, &rights_request, tag).await;
         if let Settled::Replayed = self.settle(written).await? {
             return self.replayed_after_race(tag).await;
+        }
+        if let Some(started) = &started {
+            self.finish_request(&subject, started, &rights_request, now).await?;
         }
         tracing::info!(region = %self.region, restricted, "restriction changed");
         Ok((subject, (restricted, rights_request)))

@@ -43,8 +43,14 @@ pub(in crate::service) async fn restrict<S: Store>(
 ) -> Result<pb::RestrictResponse, NodeError> {
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
+    // Optional for a restriction, required to lift one (checked with the subject's state).
+    let authority = match (req.request_id.is_empty(), req.override_reason.is_empty()) {
+        (true, true) => None,
+        _ => Some(Authority::from_fields(&req.request_id, &req.override_reason)?),
+    };
     let tag = node.idempotency("Restrict", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
-    let (subject, (restricted, rights_request)) = node.restrict_subject(&key, req.restricted, tag.as_ref()).await?;
+    let (subject, (restricted, rights_request)) =
+        node.restrict_subject(&key, req.restricted, authority.as_ref(), tag.as_ref()).await?;
     Ok(pb::RestrictResponse {
         subject_ref: node.subject_ref(subject).to_string(),
         restricted,
