@@ -301,6 +301,21 @@ async fn lifecycle(store: ClusterStore) {
         .into_inner();
     let erasure = opened.request.unwrap();
     assert_eq!(erasure.status, "verifying");
+    // Repeated with its idempotency key: answered as the first time, no second challenge.
+    let entries = outbox(&mut eu).await.len();
+    let again = client
+        .open_rights_request(gw::OpenRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            kind: "erasure".into(),
+            deliver_to: select_email("anna.rights@example.fr"),
+            idempotency_key: "open-erasure-1".into(),
+        })
+        .await
+        .expect("replayed")
+        .into_inner();
+    assert_eq!(again.request.unwrap().request_id, erasure.request_id);
+    assert_eq!(again.active_request_id, erasure.request_id);
+    assert_eq!(outbox(&mut eu).await.len(), entries);
     let erasure_code = code_of(&mut eu, &erasure.request_id, &mut codes).await;
     let other = open(&mut eu, &anna, "rectification").await.request.unwrap();
     let _ = code_of(&mut eu, &other.request_id, &mut codes).await;

@@ -166,3 +166,27 @@ impl<S: Store> NodeService<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_authority_and_reason_codes_only() {
+        let id = "ab".repeat(16);
+        assert!(matches!(Authority::from_fields(&id, ""), Ok(Authority::Request(r)) if r == id));
+        assert!(matches!(Authority::from_fields("", "court_order"), Ok(Authority::Override(o)) if o == "court_order"));
+        assert!(matches!(Authority::from_fields("", ""), Err(NodeError::Precondition(_))));
+        assert!(matches!(Authority::from_fields(&id, "court_order"), Err(NodeError::InvalidArgument(_))));
+        for bad in ["_x", "Court", "court order", "court-order", "x1", &"a".repeat(41), "anna@example.com"] {
+            let err = Authority::from_fields("", bad).unwrap_err();
+            assert!(
+                matches!(&err, NodeError::Invalid(v) if v.field == "override_reason" && !v.description.contains(bad)),
+                "{bad}"
+            );
+        }
+        assert!(
+            matches!(Authority::from_fields("not-an-id", ""), Err(NodeError::Invalid(v)) if v.field == "request_id")
+        );
+    }
+}

@@ -342,3 +342,60 @@ impl<S: Store> NodeService<S> {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(kind: RightsKind, status: RightsStatus, deadline: i64, extended: Option<i64>) -> TrackedRequest {
+        TrackedRequest {
+            subject: SubjectId::from_bytes([7; domicile_types::SUBJECT_ID_LEN]),
+            record: RightsRequestRecord {
+                request_id: format!("{:032x}", deadline),
+                kind: kind.as_str().to_owned(),
+                status: status.as_str().to_owned(),
+                deadline_at: Some(deadline),
+                extended_deadline_at: Some(deadline + 100),
+                extended_at: extended,
+                ..Default::default()
+            },
+            challenge: None,
+        }
+    }
+
+    #[test]
+    fn overdue_means_open_and_past_the_deadline_in_force_and_the_gauge_counts_by_kind() {
+        let now = 1_000;
+        let requests = vec![
+            // Open and past its deadline: overdue.
+            tracked(RightsKind::Access, RightsStatus::Verifying, now - 1, None),
+            tracked(RightsKind::Erasure, RightsStatus::InProgress, now - 2, None),
+            // Extended: its deadline in force is later.
+            tracked(RightsKind::Access, RightsStatus::Verified, now - 3, Some(now - 10)),
+            // Answered, refused or linked: never overdue.
+            tracked(RightsKind::Access, RightsStatus::Completed, now - 4, None),
+            tracked(RightsKind::Access, RightsStatus::Refused, now - 5, None),
+            tracked(RightsKind::Access, RightsStatus::Linked, now - 6, None),
+            // Not yet due.
+            tracked(RightsKind::Access, RightsStatus::Verifying, now + 1, None),
+        ];
+        let (overdue, counts) = overdue_of(requests.clone(), now);
+        let ids: Vec<i64> = overdue.iter().map(|(_, r)| r.deadline_at.unwrap()).collect();
+        assert_eq!(ids, [now - 1, now - 2]);
+        let gauge = OverdueCounts::default();
+        gauge.set(&counts);
+        let by_kind = gauge.get();
+        assert_eq!(by_kind.len(), RightsKind::ALL.len(), "every kind, zero included");
+        assert!(by_kind.contains(&(RightsKind::Access, 1)) && by_kind.contains(&(RightsKind::Erasure, 1)));
+        assert!(by_kind.contains(&(RightsKind::Portability, 0)));
+        // Past the extension too: the extended one is overdue as well.
+        assert_eq!(overdue_of(requests, now + 200).0.len(), 4);
+    }
+
+    #[test]
+    fn codes_are_compared_whole_and_read_as_typed() {
+        assert!(same_digest(b"abc", b"abc"));
+        assert!(!same_digest(b"abc", b"abd") && !same_digest(b"abc", b"ab"));
+        assert_eq!(normalise_code(" ab-cd 12 "), "ABCD12");
+    }
+}
