@@ -370,3 +370,78 @@ async fn rights_requests_are_verified_tracked_and_listed_when_overdue_on_sled() 
 async fn rights_requests_are_verified_tracked_and_listed_when_overdue_on_postgres() {
     lifecycle(ClusterStore::Postgres).await;
 }
+
+/// An attacker guessing in parallel through two replicas of a PostgreSQL region gets exactly the
+/// configured number of wrong answers: each is counted once (a step overtaken by another
+/// replica's is refused, ABORTED, and writes nothing), then the request is refused and the right
+/// code does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_answers_are_counted_exactly_across_replicas_on_postgres() {
+    let options = TestOptions {
+        store: ClusterStore::Postgres,
+        node_rights: Some(RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 5 }),
+        ..Default::default()
+    };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = domicile_cluster_tests::Replica::start(&cluster, &eu).await.unwrap();
+    let mut first = cluster.node(&eu).await.unwrap();
+    let second = replica.client(&cluster).await.unwrap();
+    let mut client = cluster.gateway().await.unwrap();
+    let carl = register(&mut client, "carl.rights@example.fr").await;
+    let request = open(&mut first, &carl, "erasure").await.request.unwrap();
+    let code = code_of(&mut first, &request.request_id, &mut Vec::new()).await;
+
+    let mut counted = Vec::new();
+    let mut aborted = 0;
+    for _round in 0..20 {
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let mut node = if i % 2 == 0 { first.clone() } else { second.clone() };
+            let (subject, id) = (carl.subject_ref.clone(), request.request_id.clone());
+            tasks.push(tokio::spawn(async move {
+                node.verify_rights_request(node::VerifyRightsRequestRequest {
+                    subject: node_ref(&subject),
+                    request_id: id,
+                    code: format!("WRONG{i:05}"),
+                })
+                .await
+            }));
+        }
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    assert!(!answer.verified);
+                    if answer.request.as_ref().unwrap().status == "verifying" {
+                        counted.push(answer.attempts_left);
+                    }
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                    aborted += 1;
+                }
+            }
+        }
+        let now = first
+            .get_rights_request(node::GetRightsRequestRequest {
+                subject: node_ref(&carl.subject_ref),
+                request_id: request.request_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .request
+            .unwrap();
+        if now.status == "refused" {
+            assert_eq!(now.reason, "verification_failed");
+            break;
+        }
+    }
+    eprintln!("wrong answers counted {counted:?}, {aborted} overtaken");
+    counted.sort_unstable();
+    assert_eq!(counted, [1, 2, 3, 4], "each wrong answer counted once ({aborted} overtaken and refused)");
+    let late = verify(&mut first, &carl.subject_ref, &request.request_id, &code).await;
+    assert!(!late.verified);
+    assert_eq!(status_of(&late), ("refused", "verification_failed"));
+}

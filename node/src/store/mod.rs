@@ -346,12 +346,16 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a tracked rights request (`store/tracked.rs`; replacing the one with its id), its
     /// audit entry (`Recorded::RightsRequest`: every step of a request is audited) and its
     /// outbox change in one transaction, with the write's idempotency record (result: the
-    /// request's record). An outbox entry is sealed under the subject's key, so adding one needs
-    /// a live subject; the other changes do not (an erasure request is completed after its
-    /// subject is gone).
+    /// request's record). `expected` is the request as the step read it (`None`: a new one): if
+    /// the stored one differs (another step came first, in this process or another replica of
+    /// the region), nothing is written and the answer is [`StoreError::Retry`], so a challenge's
+    /// wrong answers are counted exactly however many replicas take them. An outbox entry is
+    /// sealed under the subject's key, so adding one needs a live subject; the other changes do
+    /// not (an erasure request is completed after its subject is gone).
     fn track_request(
         &self,
         request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
         outbox: OutboxChange<'_>,
         at: i64,
         idempotency: Option<&Idempotency>,

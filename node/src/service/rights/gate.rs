@@ -94,10 +94,11 @@ impl<S: Store> NodeService<S> {
             Authority::Request(id) => id,
         };
         let _one_at_a_time = self.rights_lock.lock().await;
-        let mut tracked = match self.store.tracked_request(id).await? {
+        let read = match self.store.tracked_request(id).await? {
             Some(tracked) if tracked.subject == *subject => tracked,
             _ => return Err(NodeError::Precondition("`request_id` names no rights request of this subject")),
         };
+        let mut tracked = read.clone();
         let matches = tracked.record.kind == kind.as_str()
             || (kind == RightsKind::Access && tracked.record.kind == RightsKind::Portability.as_str());
         if !matches {
@@ -106,7 +107,7 @@ impl<S: Store> NodeService<S> {
         match RightsStatus::parse(&tracked.record.status) {
             Some(RightsStatus::Verified) => {
                 tracked.record.status = RightsStatus::InProgress.as_str().to_owned();
-                self.track(&tracked, OutboxChange::Keep, now, None).await?;
+                self.track(&tracked, Some(&read), OutboxChange::Keep, now, None).await?;
             }
             // Begun before and interrupted: carried out again.
             Some(RightsStatus::InProgress) => {}
@@ -133,8 +134,15 @@ impl<S: Store> NodeService<S> {
         now: i64,
     ) -> Result<(), NodeError> {
         if started.tracked {
-            let tracked = TrackedRequest { subject: *subject, record: completed.clone(), challenge: None };
-            self.track(&tracked, OutboxChange::Remove, now, None).await?;
+            self.track_step(&completed.request_id, now, |tracked| {
+                if tracked.subject != *subject {
+                    return false;
+                }
+                tracked.record = completed.clone();
+                tracked.challenge = None;
+                true
+            })
+            .await?;
         }
         Ok(())
     }
@@ -151,15 +159,18 @@ impl<S: Store> NodeService<S> {
         let theirs: Vec<TrackedRequest> =
             self.store.tracked_requests().await?.into_iter().filter(|t| t.subject == *subject).collect();
         let ids: Vec<String> = theirs.iter().map(|t| t.record.request_id.clone()).collect();
-        for mut tracked in theirs {
-            let open = RightsStatus::parse(&tracked.record.status).is_some_and(RightsStatus::is_open);
-            if open && tracked.record.request_id != erasure {
+        for id in ids.iter().filter(|id| id.as_str() != erasure) {
+            self.track_step(id, now, |tracked| {
+                if !RightsStatus::parse(&tracked.record.status).is_some_and(RightsStatus::is_open) {
+                    return false;
+                }
                 tracked.record.status = RightsStatus::Refused.as_str().to_owned();
                 tracked.record.reason = Some("subject_erased".to_owned());
                 tracked.record.completed_at = Some(now);
                 tracked.challenge = None;
-                self.track(&tracked, OutboxChange::Remove, now, None).await?;
-            }
+                true
+            })
+            .await?;
         }
         self.store.remove_outbox(&ids).await?;
         self.make_durable().await?;

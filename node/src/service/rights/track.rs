@@ -136,15 +136,45 @@ impl<S: Store> NodeService<S> {
         }
     }
 
-    /// Stores a step of a tracked request, durable (and audited) before it is answered.
+    /// Stores a step of a tracked request judged against `read` (`None`: a new request),
+    /// durable (and audited) before it is answered. A step another one overtook (another
+    /// replica's, say) is not written: ABORTED, to be tried again.
     pub(super) async fn track(
         &self,
         tracked: &TrackedRequest,
+        read: Option<&TrackedRequest>,
         outbox: OutboxChange<'_>,
         now: i64,
         tag: Option<&Idempotency>,
     ) -> Result<Settled<()>, NodeError> {
-        self.settle(self.store.track_request(tracked, outbox, now, tag).await).await
+        self.settle(self.store.track_request(tracked, read, outbox, now, tag).await).await
+    }
+
+    /// Applies `step` to the tracked request `request_id` as it now stands and stores it,
+    /// reading again if another step overtook it (at most a few times): for the steps that
+    /// follow work already done (completing a request, closing an erased subject's requests),
+    /// which must not fail on a concurrent status query's race.
+    pub(super) async fn track_step(
+        &self,
+        request_id: &str,
+        now: i64,
+        step: impl Fn(&mut TrackedRequest) -> bool,
+    ) -> Result<(), NodeError> {
+        for _ in 0..3 {
+            let Some(read) = self.store.tracked_request(request_id).await? else { return Ok(()) };
+            let mut tracked = read.clone();
+            if !step(&mut tracked) {
+                return Ok(());
+            }
+            match self.store.track_request(&tracked, Some(&read), OutboxChange::Remove, now, None).await {
+                Err(StoreError::Retry) => continue,
+                written => {
+                    self.settle(written).await?;
+                    return Ok(());
+                }
+            }
+        }
+        Err(StoreError::Retry.into())
     }
 
     /// Opens a request of `kind` for the subject, its challenge sent through `deliver_to`, a link
@@ -182,7 +212,7 @@ impl<S: Store> NodeService<S> {
                 request.status = RightsStatus::Linked.as_str().to_owned();
                 request.linked_to = Some(open.record.request_id.clone());
                 let tracked = TrackedRequest { subject, record: request.clone(), challenge: None };
-                self.track(&tracked, OutboxChange::Keep, now, tag).await?
+                self.track(&tracked, None, OutboxChange::Keep, now, tag).await?
             }
             None => {
                 let code = Self::new_code()?;
@@ -206,7 +236,7 @@ impl<S: Store> NodeService<S> {
                     },
                 };
                 let tracked = TrackedRequest { subject, record: request.clone(), challenge: Some(challenge) };
-                self.track(&tracked, OutboxChange::Put(&entry), now, tag).await?
+                self.track(&tracked, None, OutboxChange::Put(&entry), now, tag).await?
             }
         };
         if let Settled::Replayed = written {
@@ -235,7 +265,8 @@ impl<S: Store> NodeService<S> {
     ) -> Result<Answered, NodeError> {
         let _one_at_a_time = self.rights_lock.lock().await;
         let subject = self.resolve(key).await?;
-        let mut tracked = self.tracked_of(&subject, request_id).await?;
+        let read = self.tracked_of(&subject, request_id).await?;
+        let mut tracked = read.clone();
         let status = RightsStatus::parse(&tracked.record.status);
         let verified =
             matches!(status, Some(RightsStatus::Verified | RightsStatus::InProgress | RightsStatus::Completed));
@@ -268,7 +299,7 @@ impl<S: Store> NodeService<S> {
                 OutboxChange::Keep
             }
         };
-        self.track(&tracked, outbox, now, None).await?;
+        self.track(&tracked, Some(&read), outbox, now, None).await?;
         let verified = tracked.record.status == RightsStatus::Verified.as_str();
         let attempts_left = tracked.challenge.as_ref().map_or(0, |c| c.max_failures.saturating_sub(c.failures));
         tracing::info!(region = %self.region, status = %tracked.record.status, "rights request challenge answered");
@@ -293,7 +324,8 @@ impl<S: Store> NodeService<S> {
     ) -> Result<(SubjectId, RightsRequestRecord), NodeError> {
         let _one_at_a_time = self.rights_lock.lock().await;
         let subject = self.resolve(key).await?;
-        let mut tracked = self.tracked_of(&subject, request_id).await?;
+        let read = self.tracked_of(&subject, request_id).await?;
+        let mut tracked = read.clone();
         if !is_open(&tracked.record) {
             return Err(NodeError::Precondition("the rights request is closed (completed, refused or linked)"));
         }
@@ -305,7 +337,7 @@ impl<S: Store> NodeService<S> {
         }
         let now = now_unix();
         tracked.record.extended_at = Some(now);
-        self.track(&tracked, OutboxChange::Keep, now, None).await?;
+        self.track(&tracked, Some(&read), OutboxChange::Keep, now, None).await?;
         tracing::info!(region = %self.region, kind = %tracked.record.kind, "rights request deadline extended");
         Ok((subject, tracked.record))
     }

@@ -232,11 +232,12 @@ impl Store for PgStore {
     async fn track_request(
         &self,
         request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
         outbox: OutboxChange<'_>,
         at: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<(), StoreError> {
-        PgStore::track_request(self, request, outbox, at, idempotency).await
+        PgStore::track_request(self, request, expected, outbox, at, idempotency).await
     }
 
     async fn tracked_request(&self, request_id: &str) -> Result<Option<TrackedRequest>, StoreError> {

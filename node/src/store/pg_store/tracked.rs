@@ -19,6 +19,7 @@ impl PgStore {
     pub async fn track_request(
         &self,
         request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
         outbox: OutboxChange<'_>,
         at: i64,
         idempotency: Option<&Idempotency>,
@@ -26,8 +27,19 @@ impl PgStore {
         let subject = &request.subject;
         let id = request.record.request_id.as_str();
         let body = encode(request)?;
+        let expected = expected.map(encode).transpose()?;
         self.write(at, async |w| {
             check_replay(w, idempotency).await?;
+            // Compare-and-set (every write holds the region head's lock: replicas take turns).
+            let stored = w
+                .tx()
+                .query_opt("SELECT body FROM rights_tracked WHERE request_id = $1", &[&id])
+                .await
+                .map_err(pg)?
+                .map(|row| row.get::<_, Vec<u8>>(0));
+            if stored != expected {
+                return Err(StoreError::Retry);
+            }
             let key = match (outbox, idempotency) {
                 (OutboxChange::Put(_), _) | (_, Some(_)) => Some(self.live_key(w, subject).await?),
                 _ => None,

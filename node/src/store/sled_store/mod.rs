@@ -427,11 +427,12 @@ impl Store for SledStore {
     async fn track_request(
         &self,
         request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
         outbox: OutboxChange<'_>,
         at: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<(), StoreError> {
-        self.write_tracked(request, outbox, at, idempotency)
+        self.write_tracked(request, expected, outbox, at, idempotency)
     }
 
     async fn tracked_request(&self, request_id: &str) -> Result<Option<TrackedRequest>, StoreError> {

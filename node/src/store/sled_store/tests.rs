@@ -807,7 +807,7 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
             expires_at: 100,
             delivery: Delivery { kind: "email".into(), value: email.into(), code: code.into() },
         };
-        store.track_request(&tracked, OutboxChange::Put(&entry), 1, None).await.unwrap();
+        store.track_request(&tracked, None, OutboxChange::Put(&entry), 1, None).await.unwrap();
         flush(&store).await;
         (s, tracked)
     };
@@ -829,7 +829,20 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
     let mut verified = tracked.clone();
     verified.record.status = "verified".into();
     verified.challenge = None;
-    store.track_request(&verified, OutboxChange::Remove, 2, None).await.unwrap();
+    // A step judged against a stale read is refused, and writes nothing.
+    let mut stale = tracked.clone();
+    stale.record.status = "verifying".into();
+    stale.challenge = None;
+    assert!(matches!(
+        store.track_request(&verified, Some(&stale), OutboxChange::Remove, 2, None).await,
+        Err(StoreError::Retry)
+    ));
+    assert_eq!(store.outbox(10).await.unwrap().len(), 1);
+    assert!(matches!(
+        store.track_request(&verified, None, OutboxChange::Remove, 2, None).await,
+        Err(StoreError::Retry)
+    ));
+    store.track_request(&verified, Some(&tracked), OutboxChange::Remove, 2, None).await.unwrap();
     assert!(store.outbox(10).await.unwrap().is_empty());
     assert_eq!(store.tracked_request(&tracked.record.request_id).await.unwrap(), Some(verified));
 
@@ -843,11 +856,12 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
         expires_at: 100,
         delivery: Delivery { kind: "email".into(), value: email.into(), code: code.into() },
     };
-    store.track_request(&again, OutboxChange::Put(&entry), 3, None).await.unwrap();
+    store.track_request(&again, None, OutboxChange::Put(&entry), 3, None).await.unwrap();
     store.erase(&s, 4, &rights("erasure"), None).await.unwrap();
     assert!(store.outbox(10).await.unwrap().is_empty(), "an erased subject's delivery is unreadable");
     assert_eq!(store.remove_outbox(&[again.record.request_id.clone()]).await.unwrap(), 1);
     // A step of a request of the erased subject needs no key (no delivery, no replay record).
+    let before = again.clone();
     again.record.status = "refused".into();
-    store.track_request(&again, OutboxChange::Remove, 5, None).await.unwrap();
+    store.track_request(&again, Some(&before), OutboxChange::Remove, 5, None).await.unwrap();
 }

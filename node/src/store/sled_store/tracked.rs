@@ -5,7 +5,7 @@
 use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
-use super::{Recorded, SledStore, StoreError, backend, decode, encode, flatten, open, seal};
+use super::{Recorded, SledStore, StoreError, abort, backend, decode, encode, flatten, open, seal};
 use crate::store::tracked::StoredOutbox;
 use crate::store::{Delivery, Idempotency, OutboxChange, OutboxEntry, TrackedRequest};
 
@@ -16,10 +16,12 @@ impl SledStore {
     pub(super) fn write_tracked(
         &self,
         request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
         outbox: OutboxChange<'_>,
         at: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<(), StoreError> {
+        let expected = expected.map(encode).transpose()?;
         let subject = &request.subject;
         let id = request.record.request_id.as_bytes();
         // The subject's key only where something is sealed with it.
@@ -46,6 +48,10 @@ impl SledStore {
         let audited = self.audited(at)?;
         let result = (&self.tracked, &self.outbox, &self.idempotency).transaction(|(tracked, outbox_tree, replays)| {
             check_replay(replays, idempotency)?;
+            // Compare-and-set: the step was judged against what it read.
+            if tracked.get(id)?.as_deref() != expected.as_deref() {
+                return abort(StoreError::Retry);
+            }
             tracked.insert(id, value.as_slice())?;
             match (&put, outbox) {
                 (Some(bytes), _) => {
