@@ -368,6 +368,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every tracked request of the region, in id order (PII-free: what the overdue listing
     /// and its gauge read without unsealing a subject).
     fn tracked_requests(&self) -> impl Future<Output = Result<Vec<TrackedRequest>, StoreError>> + Send;
+    /// The tracked requests of one subject. By default a scan of [`Store::tracked_requests`];
+    /// a store with an index by subject reads only the subject's.
+    fn tracked_requests_of(
+        &self,
+        subject: &SubjectId,
+    ) -> impl Future<Output = Result<Vec<TrackedRequest>, StoreError>> + Send {
+        async move { Ok(self.tracked_requests().await?.into_iter().filter(|t| t.subject == *subject).collect()) }
+    }
     /// Up to `limit` outbox entries, oldest first, their deliveries opened; entries whose
     /// subject's key is gone (erased) are skipped.
     fn outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;

@@ -9,7 +9,7 @@ use domicile_types::{Jurisdiction, SubjectId};
 
 use super::super::NodeService;
 use crate::error::NodeError;
-use crate::store::{OutboxChange, RightsRequestRecord, Store, TrackedRequest};
+use crate::store::{OutboxChange, RightsRequestRecord, Store};
 
 /// On what authority a right is carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,8 +156,7 @@ impl<S: Store> NodeService<S> {
         now: i64,
     ) -> Result<(), NodeError> {
         let _one_at_a_time = self.rights_lock.lock().await;
-        let theirs: Vec<TrackedRequest> =
-            self.store.tracked_requests().await?.into_iter().filter(|t| t.subject == *subject).collect();
+        let theirs = self.store.tracked_requests_of(subject).await?;
         let ids: Vec<String> = theirs.iter().map(|t| t.record.request_id.clone()).collect();
         for id in ids.iter().filter(|id| id.as_str() != erasure) {
             self.track_step(id, now, |tracked| {

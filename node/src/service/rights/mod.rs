@@ -212,8 +212,7 @@ impl<S: Store> NodeService<S> {
     ) -> Result<(SubjectId, Vec<RightsRequestRecord>), NodeError> {
         let subject = self.resolve(key).await?;
         let mut requests = self.store.rights_requests(&subject).await?;
-        let tracked = self.store.tracked_requests().await?;
-        for t in tracked.into_iter().filter(|t| t.subject == subject) {
+        for t in self.store.tracked_requests_of(&subject).await? {
             if !requests.iter().any(|r| r.request_id == t.record.request_id) {
                 requests.push(t.record);
             }

@@ -203,10 +203,10 @@ impl<S: Store> NodeService<S> {
         request.completed_at = None;
         let open = self
             .store
-            .tracked_requests()
+            .tracked_requests_of(&subject)
             .await?
             .into_iter()
-            .find(|t| t.subject == subject && t.record.kind == kind.as_str() && is_open(&t.record));
+            .find(|t| t.record.kind == kind.as_str() && is_open(&t.record));
         let written = match open {
             Some(open) => {
                 request.status = RightsStatus::Linked.as_str().to_owned();

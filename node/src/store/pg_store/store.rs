@@ -248,6 +248,10 @@ impl Store for PgStore {
         PgStore::tracked_requests(self).await
     }
 
+    async fn tracked_requests_of(&self, subject: &SubjectId) -> Result<Vec<TrackedRequest>, StoreError> {
+        PgStore::tracked_requests_of(self, subject).await
+    }
+
     async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         PgStore::outbox(self, limit).await
     }

@@ -91,6 +91,16 @@ impl PgStore {
         rows.iter().map(|row| decode(row.get(0))).collect()
     }
 
+    /// Through the index `rights_tracked_subject`.
+    pub async fn tracked_requests_of(&self, subject: &SubjectId) -> Result<Vec<TrackedRequest>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT body FROM rights_tracked WHERE subject = $1 ORDER BY request_id", &[&bytes(subject)])
+            .await
+            .map_err(pg)?;
+        rows.iter().map(|row| decode(row.get(0))).collect()
+    }
+
     pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
