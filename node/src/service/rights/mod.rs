@@ -1,5 +1,8 @@
 //! Data-subject rights: access (export), erasure, restriction, and the bookkeeping of every
-//! rights request with its deadline from the subject's pack.
+//! rights request with its deadline from the subject's pack. Requests are tracked from receipt
+//! (`track.rs`: open with a one-time challenge, verify, extend, overdue); an export, erasure,
+//! rectification or lifted restriction needs a verified one or an operator's override
+//! (`gate.rs`).
 
 mod gate;
 mod track;
@@ -33,9 +36,9 @@ pub(crate) struct Export {
 pub(crate) type Restriction = (SubjectId, (bool, RightsRequestRecord));
 
 impl<S: Store> NodeService<S> {
-    /// A completed rights request with its deadline from the subject's pack. Where the pack
-    /// states none, the request has no deadline and `deadline_basis` declares the gap: no
-    /// default stands in for a law (the request is carried out at once either way).
+    /// A rights request with its deadline from the subject's pack, completed now (a tracked
+    /// request's caller sets where it stands instead). Where the pack states none, the request
+    /// has no deadline and `deadline_basis` declares the gap: no default stands in for a law.
     pub(super) fn rights_request(
         &self,
         jurisdiction: &Jurisdiction,
