@@ -151,6 +151,12 @@ pub enum AuditEvent {
         /// `None`: the subject's pack states no deadline for the right (a declared gap).
         deadline_at: Option<i64>,
         status: RightsStatus,
+        /// Why a request was refused (`verification_failed`, `challenge_expired`, …): a
+        /// vocabulary token, never free text. Absent from entries before the tracked lifecycle.
+        reason: Option<String>,
+        /// The operator's override of the verification a request otherwise needs: its reason
+        /// code (a vocabulary token). Absent unless overridden.
+        override_reason: Option<String>,
     },
     Erasure {
         links_removed: usize,
@@ -247,7 +253,16 @@ impl AuditEvent {
                 put("reasons", reasons.join(","));
                 put("pack", pack.to_string());
             }
-            AuditEvent::RightsRequest { kind, request_id, deadline_at, status } => {
+            AuditEvent::RightsRequest { kind, request_id, deadline_at, status, reason, override_reason } => {
+                // Reasons are codes of a closed grammar, but strings in a public type: check.
+                for (field, value) in [("reason", reason), ("override", override_reason)] {
+                    if let Some(value) = value {
+                        if !is_token(value, false) {
+                            return Err(AuditError::InvalidField { field });
+                        }
+                        put(field, value.clone());
+                    }
+                }
                 put("right", kind.as_str().to_owned());
                 put("request_id", request_id.to_string());
                 put("deadline_at", deadline_at.map_or_else(|| "none".to_owned(), |at| at.to_string()));

@@ -44,6 +44,8 @@ fn every_event() -> Vec<AuditEvent> {
             request_id: RequestId::from_bytes([9; 16]),
             deadline_at: Some(1_700_086_400),
             status: RightsStatus::Received,
+            reason: None,
+            override_reason: None,
         },
         AuditEvent::Erasure {
             links_removed: 1,

@@ -144,12 +144,16 @@ fn write_audit_corpus() {
                 request_id: RequestId::from_bytes([9; 16]),
                 deadline_at: Some(at + 30 * 86_400),
                 status: RightsStatus::Received,
+                reason: None,
+                override_reason: None,
             },
             AuditEvent::RightsRequest {
                 kind: RightsKind::Erasure,
                 request_id: RequestId::from_bytes([10; 16]),
                 deadline_at: None,
                 status: RightsStatus::Received,
+                reason: None,
+                override_reason: None,
             },
             AuditEvent::Erasure {
                 links_removed: 1,

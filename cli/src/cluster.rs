@@ -598,6 +598,8 @@ pub struct ClusterOptions {
     pub node_worker_threads: Option<u16>,
     /// Where the regions keep their state.
     pub store: ClusterStore,
+    /// How the nodes verify rights requests (challenge lifetime and attempts).
+    pub node_rights: domicile_node::config::RightsConfig,
 }
 
 impl ClusterOptions {
@@ -622,6 +624,7 @@ impl ClusterOptions {
             packs_reload_ms: DEFAULT_PACKS_RELOAD_MS,
             node_worker_threads: None,
             store: ClusterStore::Sled,
+            node_rights: Default::default(),
         }
     }
 

@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 use crate::records::NodeConnection;
 
+#[path = "rights_tracked.rs"]
+mod tracked;
+
 #[derive(Debug, Args)]
 pub struct RightsArgs {
     #[command(subcommand)]
@@ -36,17 +39,30 @@ enum RightsCommand {
         /// Where the document goes (default: stdout; the summary then goes to stderr).
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        authority: Authority,
     },
     /// Right to erasure: identifiers, profile, ledger and interactions destroyed (crypto-shredded).
     Erase {
         /// Makes a retry safe (applied once).
         #[arg(long, default_value = "")]
         idempotency_key: String,
+        #[command(flatten)]
+        authority: Authority,
     },
-    /// Right to restriction: nothing is processed for the subject until lifted.
-    Restrict,
-    /// Lift a restriction.
-    Lift,
+    #[command(flatten)]
+    Tracked(tracked::TrackedCommand),
+    /// Right to restriction: nothing is processed for the subject until lifted (honoured on
+    /// receipt; `--request` names the restriction request it answers).
+    Restrict {
+        #[command(flatten)]
+        authority: Authority,
+    },
+    /// Lift a restriction (needs `--request` or `--override`).
+    Lift {
+        #[command(flatten)]
+        authority: Authority,
+    },
     /// Right to rectification: identifiers added or removed (`KIND=VALUE`), profile fields set
     /// (`NAME=VALUE`) or removed.
     Rectify {
@@ -58,6 +74,8 @@ enum RightsCommand {
         set: Vec<String>,
         #[arg(long = "unset")]
         unset: Vec<String>,
+        #[command(flatten)]
+        authority: Authority,
     },
     /// The subject's rights requests with their deadlines, newest last; overdue ones marked.
     Requests,
@@ -68,6 +86,26 @@ enum RightsCommand {
     },
     /// The subject's consent ledger and what is in force.
     History,
+}
+
+/// On what authority a right is carried out: a verified request, or an operator's override (the
+/// node says which rights need one).
+#[derive(Debug, Args)]
+#[group(required = false, multiple = false)]
+struct Authority {
+    /// The verified rights request this answers (`rights open`, then `rights verify`).
+    #[arg(long = "request")]
+    request: Option<String>,
+    /// An operator's override of the verification: a reason code (`[a-z_]`, e.g.
+    /// `court_order`), audited as an override.
+    #[arg(long = "override")]
+    override_reason: Option<String>,
+}
+
+impl Authority {
+    fn fields(self) -> (String, String) {
+        (self.request.unwrap_or_default(), self.override_reason.unwrap_or_default())
+    }
 }
 
 fn key(subject_ref: &str) -> Option<common::SubjectKey> {
@@ -81,19 +119,24 @@ fn pair(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
         .with_context(|| format!("--{flag} takes NAME=VALUE"))
 }
 
-fn time(ts: Option<&prost_types::Timestamp>) -> Value {
+pub(super) fn time(ts: Option<&prost_types::Timestamp>) -> Value {
     ts.and_then(|t| jiff::Timestamp::from_second(t.seconds).ok()).map_or(Value::Null, |t| json!(t.to_string()))
 }
 
 /// A rights request as JSON, with whether it is overdue now.
-fn request_json(r: &common::RightsRequest, now: i64) -> Value {
-    let overdue = r.status != "completed"
-        && r.status != "refused"
-        && r.extended_deadline_at.as_ref().or(r.deadline_at.as_ref()).is_some_and(|d| d.seconds < now);
+pub(super) fn request_json(r: &common::RightsRequest, now: i64) -> Value {
+    let open = !matches!(r.status.as_str(), "completed" | "refused" | "linked");
+    let due = if r.extended_at.is_some() { r.extended_deadline_at.as_ref() } else { r.deadline_at.as_ref() };
+    let overdue = open && due.is_some_and(|d| d.seconds < now);
     json!({
         "request_id": r.request_id,
         "kind": r.kind,
         "status": r.status,
+        "reason": r.reason,
+        "linked_to": r.linked_to,
+        "override_reason": r.override_reason,
+        "verified_at": time(r.verified_at.as_ref()),
+        "extended_at": time(r.extended_at.as_ref()),
         "received_at": time(r.received_at.as_ref()),
         "deadline_at": time(r.deadline_at.as_ref()),
         "extended_deadline_at": time(r.extended_deadline_at.as_ref()),
@@ -104,7 +147,7 @@ fn request_json(r: &common::RightsRequest, now: i64) -> Value {
     })
 }
 
-fn describe_request(r: &Value) -> String {
+pub(super) fn describe_request(r: &Value) -> String {
     let deadline = match r["deadline_at"].as_str() {
         Some(d) => format!("due {d}"),
         None => "no deadline".to_owned(),
@@ -132,16 +175,24 @@ pub async fn run(args: RightsArgs) -> ExitCode {
 }
 
 async fn rights(args: RightsArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.subject_ref.is_empty(), "--subject-ref is required");
+    let region_wide = matches!(args.command, RightsCommand::Tracked(ref c) if c.region_wide());
+    anyhow::ensure!(region_wide || !args.subject_ref.is_empty(), "--subject-ref is required");
     let mut node = args.node.connect().await?;
     let now = domicile_runtime::process::now_unix();
     let subject = key(&args.subject_ref);
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     // An export without --out writes the document on stdout: the summary goes to stderr then.
-    let summary_on_stderr = matches!(args.command, RightsCommand::Export { out: None });
+    let summary_on_stderr = matches!(args.command, RightsCommand::Export { out: None, .. });
+    let restricted = matches!(args.command, RightsCommand::Restrict { .. });
     let (summary, words): (Value, String) = match args.command {
-        RightsCommand::Export { out } => {
-            let reply = node.export(pb::ExportRequest { subject }).await.map_err(status)?.into_inner();
+        RightsCommand::Tracked(command) => tracked::run(&mut node, command, subject, now).await?,
+        RightsCommand::Export { out, authority } => {
+            let (request_id, override_reason) = authority.fields();
+            let reply = node
+                .export(pb::ExportRequest { subject, request_id, override_reason })
+                .await
+                .map_err(status)?
+                .into_inner();
             match &out {
                 Some(path) => {
                     std::fs::write(path, &reply.document).with_context(|| format!("cannot write {}", path.display()))?
@@ -158,8 +209,13 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
                 words,
             )
         }
-        RightsCommand::Erase { idempotency_key } => {
-            let reply = node.erase(pb::EraseRequest { subject, idempotency_key }).await.map_err(status)?.into_inner();
+        RightsCommand::Erase { idempotency_key, authority } => {
+            let (request_id, override_reason) = authority.fields();
+            let reply = node
+                .erase(pb::EraseRequest { subject, idempotency_key, request_id, override_reason })
+                .await
+                .map_err(status)?
+                .into_inner();
             let request = reply.rights_request.as_ref().map_or(Value::Null, |r| request_json(r, now));
             let words = format!(
                 "erased: {} consent records, {} links dropped; {}",
@@ -172,10 +228,16 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
                 words,
             )
         }
-        RightsCommand::Restrict | RightsCommand::Lift => {
-            let restricted = matches!(args.command, RightsCommand::Restrict);
+        RightsCommand::Restrict { authority } | RightsCommand::Lift { authority } => {
+            let (request_id, override_reason) = authority.fields();
             let reply = node
-                .restrict(pb::RestrictRequest { subject, restricted, idempotency_key: String::new() })
+                .restrict(pb::RestrictRequest {
+                    subject,
+                    restricted,
+                    idempotency_key: String::new(),
+                    request_id,
+                    override_reason,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -190,7 +252,8 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
                 words,
             )
         }
-        RightsCommand::Rectify { add, remove, set, unset } => {
+        RightsCommand::Rectify { add, remove, set, unset, authority } => {
+            let (request_id, override_reason) = authority.fields();
             let identifier =
                 |flag: &str, text: &String| pair(flag, text).map(|(kind, value)| common::Identifier { kind, value });
             let request = pb::RectifyRequest {
@@ -199,6 +262,8 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
                 remove_identifiers: remove.iter().map(|t| identifier("remove", t)).collect::<anyhow::Result<_>>()?,
                 set_profile: set.iter().map(|t| pair("set", t)).collect::<anyhow::Result<_>>()?,
                 remove_profile: unset,
+                request_id,
+                override_reason,
                 ..Default::default()
             };
             let reply = node.rectify(request).await.map_err(status)?.into_inner();

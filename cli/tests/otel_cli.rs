@@ -271,7 +271,7 @@ const SOURCE_SYSTEM: &str = "otelseed-preference-centre";
 const MARKERS: [&str; 4] = ["otelseed", "vollmerhausen", "annegret", "4915112345678"];
 
 /// Attribute keys a Domicile metric may carry: all of them name closed, non-personal sets.
-const ALLOWED_KEYS: [&str; 6] = ["role", "effect", "region", "pack_version", "code", "rpc"];
+const ALLOWED_KEYS: [&str; 7] = ["role", "effect", "region", "pack_version", "code", "rpc", "kind"];
 
 fn select(kind: &str, value: &str) -> Option<gw::SubjectSelector> {
     Some(gw::SubjectSelector {
@@ -338,6 +338,10 @@ fn assert_closed_attributes(points: &PointMap, decided: &Tally) {
                 "pack_version" => decided.keys().any(|(_, _, pack)| pack == value),
                 "code" => value.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
                 "rpc" => value == "other" || value.starts_with("/domicile.") || value.starts_with("/grpc."),
+                // Rights request kinds (`domicile.rights.overdue`).
+                "kind" => {
+                    ["access", "rectification", "erasure", "restriction", "portability"].contains(&value.as_str())
+                }
                 _ => false,
             };
             assert!(closed, "{service} {metric}: `{key}` = {value:?} is not from a closed set");
@@ -525,6 +529,14 @@ async fn metrics_arrive_and_no_personal_data_reaches_metrics_spans_or_logs() {
             let directory = point(&points, "domicile-gateway", "domicile.directory.links", &[]);
             if directory != links.len() as f64 {
                 missing.push(format!("directory links {directory} != {}", links.len()));
+            }
+            // Every node reports its overdue rights requests per kind (none here).
+            let overdue_kinds = points
+                .keys()
+                .filter(|(s, _, m, a)| s == "domicile-node" && m == "domicile.rights.overdue" && a.contains_key("kind"))
+                .count();
+            if overdue_kinds < 5 {
+                missing.push(format!("overdue rights requests by kind: {overdue_kinds} series"));
             }
             for region in ["eu-central", "us-east", "sa-east"] {
                 let lag = points.iter().find(|((s, _, m, a), _)| {

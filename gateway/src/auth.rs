@@ -48,6 +48,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
         "GetContext" => Scope::Context,
         "Erase" => Scope::Rights,
         "Rectify" | "Restrict" | "Unmerge" => Scope::Rights,
+        "OpenRightsRequest" | "VerifyRightsRequest" | "GetRightsRequest" | "ExtendRightsRequest" => Scope::Rights,
         // A method added later without a scope here needs admin until someone decides (fail closed).
         _ => Scope::Admin,
     })
@@ -71,6 +72,7 @@ fn needs_caller(path: &str) -> bool {
                 | "Merge"
                 | "Unmerge"
                 | "Restrict"
+                | "OpenRightsRequest"
         )
     })
 }
@@ -363,6 +365,8 @@ mod tests {
     fn every_gateway_method_needs_a_scope() {
         assert_eq!(required_scope("/domicile.gateway.v1.Domicile/Decide"), Some(Scope::Decide));
         assert_eq!(required_scope("/domicile.gateway.v1.Domicile/Erase"), Some(Scope::Rights));
+        assert_eq!(required_scope("/domicile.gateway.v1.Domicile/OpenRightsRequest"), Some(Scope::Rights));
+        assert_eq!(required_scope("/domicile.gateway.v1.Domicile/VerifyRightsRequest"), Some(Scope::Rights));
         assert_eq!(required_scope("/domicile.gateway.v1.Domicile/SomethingNew"), Some(Scope::Admin));
         assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);
     }

@@ -19,6 +19,7 @@ pub mod guard;
 mod import;
 mod metrics;
 mod node_client;
+mod rights;
 mod route;
 mod service;
 pub mod stack;

@@ -264,7 +264,14 @@ impl Domicile for GatewayService {
             .nodes
             .write(
                 &region,
-                node_pb::EraseRequest { subject: Some(key.to_pb()), idempotency_key: write.for_node() },
+                node_pb::EraseRequest {
+                    subject: Some(key.to_pb()),
+                    idempotency_key: write.for_node(),
+                    // Checked at the node: a verified erasure request of the subject, or an
+                    // operator's override (ARCHITECTURE.md, "Rights requests").
+                    request_id: request.get_ref().request_id.clone(),
+                    override_reason: request.get_ref().override_reason.clone(),
+                },
                 |mut node, request| async move { node.erase(request).await },
             )
             .await
@@ -511,6 +518,8 @@ impl Domicile for GatewayService {
                     remove_profile: req.remove_profile,
                     caller_region: caller.region.to_string(),
                     idempotency_key: write.for_node(),
+                    request_id: req.request_id,
+                    override_reason: req.override_reason,
                 },
                 |mut node, request| async move { node.rectify(request).await },
             )
@@ -530,6 +539,34 @@ impl Domicile for GatewayService {
         }))
     }
 
+    async fn open_rights_request(
+        &self,
+        request: Request<pb::OpenRightsRequestRequest>,
+    ) -> Result<Response<pb::OpenRightsRequestResponse>, Status> {
+        crate::rights::open(&self.gateway, request).await.map(Response::new)
+    }
+
+    async fn verify_rights_request(
+        &self,
+        request: Request<pb::VerifyRightsRequestRequest>,
+    ) -> Result<Response<pb::VerifyRightsRequestResponse>, Status> {
+        crate::rights::verify(&self.gateway, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_rights_request(
+        &self,
+        request: Request<pb::GetRightsRequestRequest>,
+    ) -> Result<Response<pb::GetRightsRequestResponse>, Status> {
+        crate::rights::get(&self.gateway, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn extend_rights_request(
+        &self,
+        request: Request<pb::ExtendRightsRequestRequest>,
+    ) -> Result<Response<pb::ExtendRightsRequestResponse>, Status> {
+        crate::rights::extend(&self.gateway, request.into_inner()).await.map(Response::new)
+    }
+
     async fn restrict(&self, request: Request<pb::RestrictRequest>) -> Result<Response<pb::RestrictResponse>, Status> {
         let caller = crate::auth::caller(&request)?;
         let req = request.into_inner();
@@ -544,6 +581,8 @@ impl Domicile for GatewayService {
                     subject: Some(key.to_pb()),
                     restricted: req.restricted,
                     idempotency_key: write.for_node(),
+                    request_id: req.request_id.clone(),
+                    override_reason: req.override_reason.clone(),
                 },
                 |mut node, request| async move { node.restrict(request).await },
             )

@@ -76,6 +76,14 @@ pub fn rule(path: &str) -> Rule {
         "ConsentHistory" | "Watch" | "GetContext" => Rule::Scoped(Scope::Context),
         // Undoing a merge gives personal data back to a person: the rights scope, as a rectification.
         "Erase" | "Rectify" | "Restrict" | "ListRightsRequests" | "Unmerge" => Rule::Scoped(Scope::Rights),
+        // Tracked rights requests of one subject: like the rights they lead to.
+        "OpenRightsRequest" | "VerifyRightsRequest" | "GetRightsRequest" | "ExtendRightsRequest" => {
+            Rule::Scoped(Scope::Rights)
+        }
+        // The challenge outbox holds identifiers and codes (personal data, delivered in the home
+        // region like an export), and the overdue listing is the whole region's queue: the
+        // region's rights desk and delivery system, never a gateway.
+        "ReadChallengeOutbox" | "AckChallengeOutbox" | "ListOverdueRightsRequests" => Rule::InRegionOnly(Scope::Rights),
         // Pseudonymous, but the whole region at once: operators need `admin`.
         "ListLinks" | "Info" => Rule::Scoped(Scope::Admin),
         "Export" => Rule::InRegionOnly(Scope::Rights),

@@ -65,6 +65,37 @@ pub struct NodeConfig {
     /// machine. Absent: `erasures.log` in `data_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erasure_journal_file: Option<PathBuf>,
+    /// Tracked rights requests: their challenges' lifetime and attempt limit.
+    #[serde(default)]
+    pub rights: RightsConfig,
+}
+
+/// How rights requests are verified (ARCHITECTURE.md, "Rights requests").
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RightsConfig {
+    /// How long a challenge code may be answered, in seconds (default 86400, 24 hours).
+    #[serde(default = "default_challenge_ttl_secs")]
+    #[schemars(range(min = 1))]
+    pub challenge_ttl_secs: u64,
+    /// Wrong codes that refuse a request (default 5).
+    #[serde(default = "default_challenge_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub challenge_attempts: u32,
+}
+
+impl Default for RightsConfig {
+    fn default() -> Self {
+        Self { challenge_ttl_secs: default_challenge_ttl_secs(), challenge_attempts: default_challenge_attempts() }
+    }
+}
+
+fn default_challenge_ttl_secs() -> u64 {
+    86_400
+}
+
+fn default_challenge_attempts() -> u32 {
+    5
 }
 
 pub(crate) fn default_revocation_reload_ms() -> u64 {
@@ -179,6 +210,7 @@ mod tests {
             revocation_file: Some("/revoked.toml".into()),
             revocation_reload_ms: 1_000,
             erasure_journal_file: Some("/journal/erasures.log".into()),
+            rights: RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 3 },
         };
         let value = serde_json::to_value(&config).unwrap();
         assert_eq!(check(&value, &schema_of::<NodeConfig>()), vec![]);

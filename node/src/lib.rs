@@ -117,7 +117,21 @@ async fn serve_on<S: Store>(
     let stopping = Shutdown::new();
     let service = NodeService::new(config.region.clone(), Arc::clone(&store), packs, link_key, Arc::clone(&ownership))
         .await?
-        .with_shutdown(stopping.clone());
+        .with_shutdown(stopping.clone())
+        .with_rights(config.rights.clone());
+    // Overdue rights requests per kind, counted every minute, reported as a gauge.
+    let overdue = service.overdue_counts();
+    tokio::spawn(service::rights::keep_counting_overdue(Arc::clone(&store), Arc::clone(&overdue)));
+    domicile_runtime::metrics::observe_u64(
+        "domicile.rights.overdue",
+        "{request}",
+        "Open rights requests past their (extended) deadline, by kind",
+        move |observer| {
+            for (kind, count) in overdue.get() {
+                observer.observe(count, &[domicile_runtime::metrics::KeyValue::new("kind", kind.as_str())]);
+            }
+        },
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<S>>>().await;

@@ -88,8 +88,7 @@ fn rights(kind: &str, at: i64) -> RightsRequestRecord {
         status: "completed".into(),
         deadline_basis: "test".into(),
         completed_at: Some(at),
-        extended_deadline_at: None,
-        citation: None,
+        ..Default::default()
     }
 }
 

@@ -88,6 +88,7 @@ async fn run(links: usize) {
         revocation_file: None,
         revocation_reload_ms: 1_000,
         erasure_journal_file: None,
+        rights: Default::default(),
     };
     let (node_ready_tx, node_ready) = tokio::sync::oneshot::channel();
     tokio::spawn(domicile_node::serve(

@@ -72,6 +72,8 @@ pub struct TestOptions {
     /// Where the regions keep their state (default: sled; `Postgres`: a PostgreSQL server the
     /// cluster starts, one database per region).
     pub store: domicile_cli::cluster::ClusterStore,
+    /// How the nodes verify rights requests (default: the node's defaults).
+    pub node_rights: Option<domicile_node::config::RightsConfig>,
 }
 
 /// A cluster of real processes (see the crate documentation).
@@ -117,6 +119,7 @@ impl TestCluster {
             // As `cluster up`: every test cluster shares the test machine's cores.
             node_worker_threads: Some(1),
             store: options.store,
+            node_rights: options.node_rights.unwrap_or_default(),
             ..defaults
         })
         .await?;

@@ -152,8 +152,18 @@ async fn a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable() {
     unavailable(operator.register(bruno.clone()).await, "registration");
     let restrict = node::RestrictRequest { subject: node_ref(&anna), restricted: true, ..Default::default() };
     unavailable(operator.restrict(restrict.clone()).await, "restriction");
-    unavailable(operator.export(node::ExportRequest { subject: node_ref(&anna) }).await, "export");
-    let erase = node::EraseRequest { subject: node_ref(&anna), ..Default::default() };
+    unavailable(
+        operator
+            .export(node::ExportRequest {
+                subject: node_ref(&anna),
+                override_reason: "test_fixture".into(),
+                ..Default::default()
+            })
+            .await,
+        "export",
+    );
+    let erase =
+        node::EraseRequest { subject: node_ref(&anna), override_reason: "test_fixture".into(), ..Default::default() };
     unavailable(operator.erase(erase.clone()).await, "erasure");
 
     // Nothing of them is stored: the ledger, the flag and what is in force are as before, the

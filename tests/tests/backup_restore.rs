@@ -177,7 +177,15 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
     // must not come back through the half the backup holds apart). Then the machine is lost.
     let merge = gw::MergeRequest { into: select_email(ERASED), from: select_email(MERGED), ..Default::default() };
     gateway.merge(merge).await.unwrap();
-    gateway.erase(gw::EraseRequest { subject: select_email(ERASED), idempotency_key: String::new() }).await.unwrap();
+    gateway
+        .erase(gw::EraseRequest {
+            subject: select_email(ERASED),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(decide(&cluster, ERASED).await, Err(Code::NotFound));
     cluster.stop().await;
     let data = cluster.dir().join("data").join("eu-central");

@@ -85,7 +85,12 @@ async fn callers_need_a_cluster_certificate_an_identity_and_the_scope() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("capture"), "the message names the missing scope");
     let status = decider
-        .erase(gw::EraseRequest { subject: decide_request().subject, idempotency_key: String::new() })
+        .erase(gw::EraseRequest {
+            subject: decide_request().subject,
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);

@@ -71,7 +71,14 @@ async fn a_second_gateway_learns_registrations_and_erasures_from_node_events() {
     // Erased through A: B forgets both subjects' links.
     for value in ["late.dir@example.de", "early.dir@example.com"] {
         let selector = gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(email(value))) };
-        a.erase(gw::EraseRequest { subject: Some(selector), idempotency_key: String::new() }).await.unwrap();
+        a.erase(gw::EraseRequest {
+            subject: Some(selector),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let gone = eventually(PROPAGATION, || {
             let mut b = b.clone();
             async move { (resolve(&mut b, value).await.err()?.code() == Code::NotFound).then_some(()) }

@@ -118,6 +118,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
         .rectify(gw::RectifyRequest {
             subject: select_ref(&ivan.subject_ref),
             set_profile: [("tier".to_owned(), SECRET_TIER.to_owned())].into(),
+            override_reason: "test_fixture".into(),
             ..Default::default()
         })
         .await
@@ -160,6 +161,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
             ("tier".to_owned(), SECRET_TIER.to_owned()),
         ]
         .into(),
+        override_reason: "test_fixture".into(),
         ..Default::default()
     })
     .await
@@ -249,7 +251,11 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     let gateway_tls = cluster.pki().unwrap().gateway().unwrap();
     let mut as_gateway =
         RegionalNodeClient::new(channel(&addr, &gateway_tls, &eu_region.node_server_name()).await.unwrap());
-    let export = node::ExportRequest { subject: node_ref(&lena.subject_ref) };
+    let export = node::ExportRequest {
+        subject: node_ref(&lena.subject_ref),
+        override_reason: "test_fixture".into(),
+        ..Default::default()
+    };
     let refused = as_gateway.export(export.clone()).await.unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["home region"]);
     let full = node::GetContextRequest { subject: node_ref(&lena.subject_ref), ..Default::default() };

@@ -146,6 +146,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
             .rectify(gw::RectifyRequest {
                 subject: selector(kind, value),
                 set_profile: [("tier".to_owned(), tier.to_owned()), ("language".to_owned(), "xx".to_owned())].into(),
+                override_reason: "test_fixture".into(),
                 ..Default::default()
             })
             .await
@@ -180,6 +181,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
                 subject: selector(kind, value),
                 restricted: true,
                 idempotency_key: String::new(),
+                ..Default::default()
             })
             .await
             .expect("restrict");
@@ -188,6 +190,8 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
                 subject: selector(kind, value),
                 restricted: false,
                 idempotency_key: String::new(),
+                override_reason: "test_fixture".into(),
+                ..Default::default()
             })
             .await
             .expect("lift restriction");
@@ -218,7 +222,12 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
     assert!(event.event.is_some());
     // Rights: erase the US subject by its CRM id.
     client
-        .erase(gw::EraseRequest { subject: selector("crm_account", "CRM-US-99173"), idempotency_key: String::new() })
+        .erase(gw::EraseRequest {
+            subject: selector("crm_account", "CRM-US-99173"),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
         .await
         .expect("erase");
 

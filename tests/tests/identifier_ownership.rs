@@ -177,7 +177,11 @@ async fn round(i: usize, gateways: Vec<DomicileClient<Channel>>, shared: Arc<Sha
             }
         }
     } else {
-        let erase = gw::EraseRequest { subject: select_email(&value), ..Default::default() };
+        let erase = gw::EraseRequest {
+            subject: select_email(&value),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        };
         match other.erase(erase).await {
             Ok(_) => Fate::Erased { region: winner },
             Err(status) if shared.is_down(winner) || status.code() == Code::NotFound => Fate::Unsettled,

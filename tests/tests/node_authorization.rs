@@ -55,12 +55,19 @@ enum Method {
     Rectify,
     Restrict,
     ListRightsRequests,
+    OpenRightsRequest,
+    VerifyRightsRequest,
+    GetRightsRequest,
+    ExtendRightsRequest,
+    ListOverdueRightsRequests,
+    ReadChallengeOutbox,
+    AckChallengeOutbox,
     ClaimLinks,
     ReleaseLinks,
 }
 
 /// Every method of the service, in the order of `node.proto` (the table's columns).
-const METHODS: [Method; 20] = [
+const METHODS: [Method; 27] = [
     Method::Register,
     Method::RecordConsent,
     Method::ImportConsent,
@@ -79,6 +86,13 @@ const METHODS: [Method; 20] = [
     Method::Rectify,
     Method::Restrict,
     Method::ListRightsRequests,
+    Method::OpenRightsRequest,
+    Method::VerifyRightsRequest,
+    Method::GetRightsRequest,
+    Method::ExtendRightsRequest,
+    Method::ListOverdueRightsRequests,
+    Method::ReadChallengeOutbox,
+    Method::AckChallengeOutbox,
     Method::ClaimLinks,
     Method::ReleaseLinks,
 ];
@@ -96,6 +110,10 @@ fn mutates(method: Method) -> bool {
             | Method::RecordInteraction
             | Method::Rectify
             | Method::Restrict
+            | Method::OpenRightsRequest
+            | Method::VerifyRightsRequest
+            | Method::ExtendRightsRequest
+            | Method::AckChallengeOutbox
     )
 }
 
@@ -110,25 +128,27 @@ use Cell::{N, Y};
 /// Who calls, and what each method must answer them. Columns as in [`METHODS`]:
 /// Register, RecordConsent, ImportConsent, Decide, DecideBatch, ListLinks, Info, ConsentHistory, Export, Erase,
 /// Watch, Merge, Unmerge, RecordInteraction, GetContext, Rectify, Restrict, ListRightsRequests,
-/// ClaimLinks, ReleaseLinks.
+/// OpenRightsRequest, VerifyRightsRequest, GetRightsRequest, ExtendRightsRequest,
+/// ListOverdueRightsRequests, ReadChallengeOutbox, AckChallengeOutbox, ClaimLinks, ReleaseLinks.
 #[rustfmt::skip]
-const TABLE: &[(&str, [Cell; 20])] = &[
-    //                        Reg RecC Imp Dec DecB LstL Info Hist Expo Eras Wtch Merg Unm Intr Ctx Rect Rstr Rght Clm Rel
-    ("no scopes",            [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("decide only",          [N,  N, N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,   N,   Y,   N,  N,   N,   N,   N,  N]),
-    ("context only",         [N,  N, N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,   N,   N,   Y,  N,   N,   N,   N,  N]),
-    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,   Y,   N,   N,  Y,   Y,   Y,   N,  N]),
-    ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
-    ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
-    // Forwards for callers it authorised itself; never gets an export, never claims.
-    ("gateway",              [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,   N,  N]),
+const TABLE: &[(&str, [Cell; 27])] = &[
+    //                        Reg RecC Imp Dec DecB LstL Info Hist Expo Eras Wtch Merg Unm Intr Ctx Rect Rstr Rght Open Vrfy GetR Extd Ovrd OutR OutA Clm Rel
+    ("no scopes",            [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
+    ("decide only",          [N,  N, N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
+    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,  N,   Y,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
+    ("context only",         [N,  N, N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,  N,   N,   Y,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
+    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,  Y,   N,   N,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,  N]),
+    ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
+    ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,  N]),
+    // Forwards for callers it authorised itself; never gets an export, the challenge outbox or
+    // the region's overdue queue, never claims.
+    ("gateway",              [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,  Y,   Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,   N,   N,   N,  N]),
     // A caller of another region must go through a gateway, whatever its scopes.
-    ("other region, every scope", [N, N, N, N, N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("other region, every scope", [N, N, N, N, N,  N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
     // Another region's node may claim and release identifiers, nothing else.
-    ("other region's node",  [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   Y,  Y]),
+    ("other region's node",  [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   Y,  Y]),
     // This node's own certificate is nobody's: a node never calls itself remotely.
-    ("this region's node",   [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,   N,  N]),
+    ("this region's node",   [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
 ];
 
 /// What a cell got.
@@ -206,7 +226,8 @@ impl Fixture {
 
     /// What the node holds about a subject, read by the operator: a refused write must leave it.
     async fn state(&mut self, subject_ref: &str) -> String {
-        let subject = node_ref(subject_ref);
+        let subject_ref = subject_ref.to_owned();
+        let subject = node_ref(&subject_ref);
         let history = match self.admin.consent_history(node::ConsentHistoryRequest { subject: subject.clone() }).await {
             Ok(h) => h.into_inner().entries.len(),
             Err(status) => return format!("history: {:?}", status.code()),
@@ -236,9 +257,55 @@ impl Fixture {
             .admin
             .list_rights_requests(node::ListRightsRequestsRequest { subject })
             .await
-            .map(|r| r.into_inner().requests.len())
+            .map(|r| {
+                r.into_inner().requests.into_iter().map(|q| (q.status, q.extended_at.is_some())).collect::<Vec<_>>()
+            })
             .map_err(|s| s.code());
-        format!("history {history}, decision {decision:?}, context {context:?}, rights requests {rights:?}")
+        let outbox = self.outbox().await.into_iter().filter(|e| e.subject_ref == subject_ref).count();
+        format!(
+            "history {history}, decision {decision:?}, context {context:?}, rights requests {rights:?}, challenges {outbox}"
+        )
+    }
+
+    /// A fresh subject of `jurisdiction` and the link of its one identifier.
+    async fn fresh_with_link(&mut self, jurisdiction: &str) -> (String, String) {
+        let email = self.next_email();
+        let reply = self
+            .admin
+            .register(node::RegisterRequest {
+                jurisdiction: jurisdiction.into(),
+                identifiers: vec![identifier("email", &email)],
+                ..Default::default()
+            })
+            .await
+            .expect("the operator registers a subject")
+            .into_inner();
+        (reply.subject_ref, reply.links[0].clone())
+    }
+
+    /// The operator opens an access request for a fresh subject of `jurisdiction`: the
+    /// subject, the request id and its challenge's code.
+    async fn opened(&mut self, jurisdiction: &str) -> (String, String, String) {
+        let (subject, link) = self.fresh_with_link(jurisdiction).await;
+        let id = self
+            .admin
+            .open_rights_request(node::OpenRightsRequestRequest {
+                subject: node_ref(&subject),
+                kind: "access".into(),
+                deliver_to_link: link,
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect("the operator opens a rights request")
+            .into_inner()
+            .active_request_id;
+        let code = self.outbox().await.into_iter().find(|e| e.request_id == id).expect("its challenge").code;
+        (subject, id, code)
+    }
+
+    async fn outbox(&mut self) -> Vec<node::ChallengeDelivery> {
+        let read = node::ReadChallengeOutboxRequest { limit: 1_000 };
+        self.admin.read_challenge_outbox(read).await.expect("the operator reads the outbox").into_inner().entries
     }
 
     async fn subjects(&mut self) -> u64 {
@@ -403,22 +470,36 @@ async fn call(
         }
         Method::Export => {
             let subject = subject_for(method, fx, &mut untouched).await;
-            client.export(node::ExportRequest { subject: node_ref(&subject) }).await.map(|r| {
-                let r = r.into_inner();
-                let document = String::from_utf8_lossy(&r.document).into_owned();
-                if r.subject_ref == subject && document.contains("@example.com") {
-                    Ok(())
-                } else {
-                    Err("export without the subject's identifiers".into())
-                }
-            })
+            client
+                .export(node::ExportRequest {
+                    subject: node_ref(&subject),
+                    override_reason: "test_fixture".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    let document = String::from_utf8_lossy(&r.document).into_owned();
+                    if r.subject_ref == subject && document.contains("@example.com") {
+                        Ok(())
+                    } else {
+                        Err("export without the subject's identifiers".into())
+                    }
+                })
         }
         Method::Erase => {
             let subject = subject_for(method, fx, &mut untouched).await;
-            client.erase(node::EraseRequest { subject: node_ref(&subject), ..Default::default() }).await.map(|r| {
-                let r = r.into_inner();
-                if r.subject_ref == subject && r.links.len() == 1 { Ok(()) } else { Err(format!("erased {r:?}")) }
-            })
+            client
+                .erase(node::EraseRequest {
+                    subject: node_ref(&subject),
+                    override_reason: "test_fixture".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    if r.subject_ref == subject && r.links.len() == 1 { Ok(()) } else { Err(format!("erased {r:?}")) }
+                })
         }
         Method::Watch => match client.watch(node::WatchRequest { after_sequence: None }).await {
             Err(status) => Err(status),
@@ -516,6 +597,7 @@ async fn call(
                     subject: node_ref(&subject),
                     set_profile: [("tier".to_owned(), "gold".to_owned())].into(),
                     caller_region: here.clone(),
+                    override_reason: "test_fixture".into(),
                     ..Default::default()
                 })
                 .await
@@ -546,6 +628,87 @@ async fn call(
                     if r.subject_ref == subject { Ok(()) } else { Err(format!("requests of {}", r.subject_ref)) }
                 },
             )
+        }
+        Method::OpenRightsRequest => {
+            let (subject, link) = fx.fresh_with_link("US").await;
+            untouched.push((subject.clone(), fx.state(&subject).await));
+            client
+                .open_rights_request(node::OpenRightsRequestRequest {
+                    subject: node_ref(&subject),
+                    kind: "access".into(),
+                    deliver_to_link: link,
+                    idempotency_key: String::new(),
+                })
+                .await
+                .map(|r| match r.into_inner().request {
+                    Some(q) if q.status == "verifying" => Ok(()),
+                    other => Err(format!("opened {other:?}")),
+                })
+        }
+        Method::VerifyRightsRequest => {
+            let (subject, id, code) = fx.opened("US").await;
+            untouched.push((subject.clone(), fx.state(&subject).await));
+            client
+                .verify_rights_request(node::VerifyRightsRequestRequest {
+                    subject: node_ref(&subject),
+                    request_id: id,
+                    code,
+                })
+                .await
+                .map(|r| if r.into_inner().verified { Ok(()) } else { Err("not verified".into()) })
+        }
+        Method::GetRightsRequest => {
+            let (subject, id, _) = fx.opened("US").await;
+            client
+                .get_rights_request(node::GetRightsRequestRequest {
+                    subject: node_ref(&subject),
+                    request_id: id.clone(),
+                })
+                .await
+                .map(|r| match r.into_inner().request {
+                    Some(q) if q.request_id == id && q.status == "verifying" => Ok(()),
+                    other => Err(format!("request {other:?}")),
+                })
+        }
+        Method::ExtendRightsRequest => {
+            // California's pack permits an extension (45 days + 45).
+            let (subject, id, _) = fx.opened("US-CA").await;
+            untouched.push((subject.clone(), fx.state(&subject).await));
+            client
+                .extend_rights_request(node::ExtendRightsRequestRequest { subject: node_ref(&subject), request_id: id })
+                .await
+                .map(|r| match r.into_inner().request {
+                    Some(q) if q.extended_at.is_some() => Ok(()),
+                    other => Err(format!("extended {other:?}")),
+                })
+        }
+        Method::ListOverdueRightsRequests => {
+            let as_of = Some(prost_types::Timestamp {
+                seconds: domicile_runtime::process::now_unix() + 400 * 86_400,
+                nanos: 0,
+            });
+            client.list_overdue_rights_requests(node::ListOverdueRightsRequestsRequest { as_of }).await.map(|r| {
+                let counts = r.into_inner().counts;
+                if counts.len() == 5 { Ok(()) } else { Err(format!("counts {counts:?}")) }
+            })
+        }
+        Method::ReadChallengeOutbox => {
+            let (_, id, code) = fx.opened("US").await;
+            client.read_challenge_outbox(node::ReadChallengeOutboxRequest { limit: 1_000 }).await.map(|r| {
+                if r.into_inner().entries.iter().any(|e| e.request_id == id && e.code == code) {
+                    Ok(())
+                } else {
+                    Err("the challenge is not listed".into())
+                }
+            })
+        }
+        Method::AckChallengeOutbox => {
+            let (subject, id, _) = fx.opened("US").await;
+            untouched.push((subject.clone(), fx.state(&subject).await));
+            client.ack_challenge_outbox(node::AckChallengeOutboxRequest { request_ids: vec![id] }).await.map(|r| {
+                let removed = r.into_inner().removed;
+                if removed == 1 { Ok(()) } else { Err(format!("removed {removed}")) }
+            })
         }
         Method::ClaimLinks => {
             // A valid claim for the calling node's region; for any other certificate the region
@@ -686,9 +849,9 @@ async fn every_node_method_serves_exactly_the_callers_its_rule_admits() {
 
     if !failures.is_empty() {
         // Columns abbreviated as in TABLE's comment; see the list below for each cell's detail.
-        const HEADS: [&str; 19] = [
+        const HEADS: [&str; 26] = [
             "Reg", "RecC", "Imp", "Dec", "DecB", "LstL", "Info", "Hist", "Expo", "Eras", "Wtch", "Merg", "Intr", "Ctx",
-            "Rect", "Rstr", "Rght", "Clm", "Rel",
+            "Rect", "Rstr", "Rght", "Open", "Vrfy", "GetR", "Extd", "Ovrd", "OutR", "OutA", "Clm", "Rel",
         ];
         let mut table = format!("{:<27}", "");
         for head in HEADS {

@@ -143,7 +143,14 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
-    let status = eu.export(node::ExportRequest { subject: key(&from) }).await.unwrap_err();
+    let status = eu
+        .export(node::ExportRequest {
+            subject: key(&from),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
     // The node's change events let any gateway end consistent: a fresh gateway, built from the
@@ -232,6 +239,8 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
             set_profile: [("preferred_name".to_owned(), "Anni".to_owned())].into(),
             remove_profile: vec![],
             idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
         })
         .await
         .expect("rectify")
@@ -260,19 +269,31 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
         .rectify(gw::RectifyRequest {
             subject: by("phone", phone),
             add_identifiers: vec![identifier("email", "someone.else@example.de")],
+            override_reason: "test_fixture".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(!status.message().contains("someone.else"));
-    let status = client.rectify(gw::RectifyRequest { subject: by("phone", phone), ..Default::default() }).await;
+    let status = client
+        .rectify(gw::RectifyRequest {
+            subject: by("phone", phone),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(status.unwrap_err().code(), Code::InvalidArgument, "an empty rectification is bad input");
 
     // Restriction: every decision denies, naming the restriction, until lifted.
     assert_eq!(decide(&mut client, by("phone", phone)).await.effect, common::Effect::Allow as i32);
     let restricted = client
-        .restrict(gw::RestrictRequest { subject: by("phone", phone), restricted: true, idempotency_key: String::new() })
+        .restrict(gw::RestrictRequest {
+            subject: by("phone", phone),
+            restricted: true,
+            idempotency_key: String::new(),
+            ..Default::default()
+        })
         .await
         .expect("restrict")
         .into_inner();
@@ -301,6 +322,8 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
             subject: by("phone", phone),
             restricted: false,
             idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -308,7 +331,15 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
 
     // Export stays in-region (node only) and is booked as an access request.
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
-    let export = eu.export(node::ExportRequest { subject: key(&subject) }).await.unwrap().into_inner();
+    let export = eu
+        .export(node::ExportRequest {
+            subject: key(&subject),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(export.rights_request.unwrap().kind, "access");
     let document = String::from_utf8(export.document).unwrap();
     assert!(document.contains(r#""preferred_name": "Anni""#), "{document}");
@@ -320,7 +351,12 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
     assert_eq!(kinds, ["rectification", "restriction", "restriction", "access"]);
 
     let erased = client
-        .erase(gw::EraseRequest { subject: by("phone", phone), idempotency_key: String::new() })
+        .erase(gw::EraseRequest {
+            subject: by("phone", phone),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -439,6 +475,8 @@ async fn where_the_law_fixes_no_period_the_request_says_so_and_invents_none() {
             set_profile: [("preferred_name".to_owned(), "Sam".to_owned())].into(),
             remove_profile: vec![],
             idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
         })
         .await
         .expect("rectify")

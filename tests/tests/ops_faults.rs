@@ -266,7 +266,12 @@ async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_an
         let subject_ref = register(&mut client, "DE", &[("email", &email), ("crm_account", &crm)]).await;
         record_consent(&mut client, &subject_ref, Grant, "marketing", &["email", "post"], granted_at).await.unwrap();
         let reply = client
-            .erase(gw::EraseRequest { subject: by("email", &email), idempotency_key: String::new() })
+            .erase(gw::EraseRequest {
+                subject: by("email", &email),
+                idempotency_key: String::new(),
+                override_reason: "test_fixture".into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -306,9 +311,14 @@ async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_an
 
     // While it is down, the nodes change: an erasure in us-east, a registration in sa-east.
     let mut us = cluster.node(&region("us-east")).await.unwrap();
-    us.erase(node::EraseRequest { subject: node_ref(&erased_offline.subject_ref), idempotency_key: String::new() })
-        .await
-        .unwrap();
+    us.erase(node::EraseRequest {
+        subject: node_ref(&erased_offline.subject_ref),
+        idempotency_key: String::new(),
+        override_reason: "test_fixture".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let newcomer_ids = [
         ("email", "newcomer.gw-restart@example.com.br"),
         ("crm_account", "gw-restart-BR-newcomer"),

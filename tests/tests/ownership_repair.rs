@@ -221,8 +221,7 @@ async fn identifiers_held_twice_are_reported_then_resolved_with_the_strictest_co
             status: "completed".into(),
             deadline_basis: "test".into(),
             completed_at: Some(now()),
-            extended_deadline_at: None,
-            citation: None,
+            ..Default::default()
         };
         store.set_restricted(&dora_us, true, &rights, None).await.unwrap();
         assert_eq!(store.claim_links(&eu, 1, &[carla_link]).await.unwrap(), vec![None]);

@@ -271,6 +271,7 @@ async fn a_region_cut_off_fails_closed_in_time_and_catches_up_after_the_heal_wit
         revocation_file: None,
         revocation_reload_ms: 1_000,
         erasure_journal_file: None,
+        rights: Default::default(),
     };
     let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

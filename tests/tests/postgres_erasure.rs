@@ -65,6 +65,7 @@ async fn after_erasure_and_the_purge_step_no_file_holds_the_subject_or_a_usable_
             subject: node_ref(&erased),
             set_profile: HashMap::from([("tier".to_owned(), PROFILE_VALUE.to_owned())]),
             caller_region: eu.to_string(),
+            override_reason: "test_fixture".into(),
             ..Default::default()
         })
         .await
@@ -99,7 +100,15 @@ async fn after_erasure_and_the_purge_step_no_file_holds_the_subject_or_a_usable_
         keys.push((SubjectId::from_slice(&subject).unwrap(), version, wrapped));
     }
 
-    gateway.erase(gw::EraseRequest { subject: select_ref(&erased), idempotency_key: String::new() }).await.unwrap();
+    gateway
+        .erase(gw::EraseRequest {
+            subject: select_ref(&erased),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let remaining = psql(&cluster, "SELECT count(*) FROM subject_keys");
     assert_eq!(remaining.trim(), "1", "the erased subject's key row is gone");
     let erased_key = {

@@ -381,9 +381,14 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
 
     // Restriction, and lifting it.
     for (restricted, expected) in [(true, deny), (false, allow)] {
-        a.restrict(node::RestrictRequest { subject: node_ref(&one.subject_ref), restricted, ..Default::default() })
-            .await
-            .unwrap();
+        a.restrict(node::RestrictRequest {
+            subject: node_ref(&one.subject_ref),
+            restricted,
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         assert_eq!(
             decided(&mut b, node_link(&link1)).await,
             Ok((expected, one.subject_ref.clone())),
@@ -415,6 +420,7 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
         subject: node_ref(&one.subject_ref),
         remove_identifiers: vec![identifier("email", "cache.two@example.de")],
         caller_region: "eu-central".into(),
+        override_reason: "test_fixture".into(),
         ..Default::default()
     })
     .await
@@ -423,7 +429,13 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
     assert_eq!(decided(&mut b, node_link(&link1)).await, Ok((deny, one.subject_ref.clone())));
 
     // Erasure.
-    a.erase(node::EraseRequest { subject: node_ref(&one.subject_ref), ..Default::default() }).await.unwrap();
+    a.erase(node::EraseRequest {
+        subject: node_ref(&one.subject_ref),
+        override_reason: "test_fixture".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert_eq!(decided(&mut b, node_link(&link1)).await, Err(tonic::Code::NotFound), "the erased subject's link");
     assert_eq!(decided(&mut b, node_ref(&one.subject_ref)).await, Err(tonic::Code::NotFound), "the erased subject");
 }

@@ -65,7 +65,12 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
     assert_eq!(history.entries[0].evidence.as_ref().unwrap().notice_version, "v7");
 
     let erased = client
-        .erase(gw::EraseRequest { subject: by_email(email), idempotency_key: String::new() })
+        .erase(gw::EraseRequest {
+            subject: by_email(email),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
         .await
         .expect("erase")
         .into_inner();
@@ -95,14 +100,26 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
     }
     assert_eq!(
         client
-            .erase(gw::EraseRequest { subject: by_email(email), idempotency_key: String::new() })
+            .erase(gw::EraseRequest {
+                subject: by_email(email),
+                idempotency_key: String::new(),
+                override_reason: "test_fixture".into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err()
             .code(),
         Code::NotFound
     );
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
-    let status = eu.export(node::ExportRequest { subject: by_ref(&subject.subject_ref) }).await.unwrap_err();
+    let status = eu
+        .export(node::ExportRequest {
+            subject: by_ref(&subject.subject_ref),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "exports fail for an erased subject");
     // Other subjects are untouched.
     let other = client
@@ -191,7 +208,15 @@ async fn a_watcher_that_reconnects_misses_no_event() {
     drop(stream);
     client.record_consent(consent(by_email(email), common::ConsentAction::Grant, "sms")).await.unwrap();
     client.record_consent(consent(by_email(email), common::ConsentAction::Withdraw, "sms")).await.unwrap();
-    client.erase(gw::EraseRequest { subject: by_email(email), idempotency_key: String::new() }).await.unwrap();
+    client
+        .erase(gw::EraseRequest {
+            subject: by_email(email),
+            idempotency_key: String::new(),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
     // Resume after the last sequence seen: exactly the three missed events, in order.
     let mut resumed =

@@ -226,6 +226,8 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
             subject: Some(common::SubjectKey {
                 key: Some(common::subject_key::Key::SubjectRef(registered.subject_ref.clone())),
             }),
+            override_reason: "test_fixture".into(),
+            ..Default::default()
         })
         .await
         .expect("export in-region")

@@ -39,14 +39,26 @@ impl RightsKind {
     }
 }
 
-/// Where a rights request stands.
+/// Where a rights request stands: received → verifying → verified → in_progress → completed, or
+/// refused (with a reason) from any open status; a second request of the same kind for the same
+/// subject while one is open is `linked` to it. Stored as text: variants are only ever added, so
+/// records written before the lifecycle (`received`, `extended`, `completed`) still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RightsStatus {
     Received,
-    /// The deadline was extended as the pack allows.
+    /// The deadline was extended as the pack allows (records before the tracked lifecycle; a
+    /// tracked request keeps its status and records the extension beside it).
     Extended,
     Completed,
     Refused,
+    /// A one-time challenge was sent through an identifier the subject holds; not yet answered.
+    Verifying,
+    /// The requester answered the challenge: the request may be carried out.
+    Verified,
+    /// Being carried out.
+    InProgress,
+    /// A duplicate of an open request of the same kind for the same subject, which answers it.
+    Linked,
 }
 
 impl RightsStatus {
@@ -56,11 +68,29 @@ impl RightsStatus {
             RightsStatus::Extended => "extended",
             RightsStatus::Completed => "completed",
             RightsStatus::Refused => "refused",
+            RightsStatus::Verifying => "verifying",
+            RightsStatus::Verified => "verified",
+            RightsStatus::InProgress => "in_progress",
+            RightsStatus::Linked => "linked",
         }
     }
 
-    pub const ALL: [RightsStatus; 4] =
-        [RightsStatus::Received, RightsStatus::Extended, RightsStatus::Completed, RightsStatus::Refused];
+    pub const ALL: [RightsStatus; 8] = [
+        RightsStatus::Received,
+        RightsStatus::Extended,
+        RightsStatus::Completed,
+        RightsStatus::Refused,
+        RightsStatus::Verifying,
+        RightsStatus::Verified,
+        RightsStatus::InProgress,
+        RightsStatus::Linked,
+    ];
+
+    /// Whether a request in this status is still open (neither answered nor refused; a linked
+    /// request is answered by the one it is linked to).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Received | Self::Extended | Self::Verifying | Self::Verified | Self::InProgress)
+    }
 
     /// The status named by [`RightsStatus::as_str`]'s text, as stored with a request.
     pub fn parse(text: &str) -> Option<Self> {

@@ -91,7 +91,8 @@ impl ClusterFiles {
         };
         let mut nodes = Vec::new();
         for region in &options.regions {
-            let config = writer.node_config(region)?;
+            let mut config = writer.node_config(region)?;
+            config.rights = options.node_rights.clone();
             let files = writer.process("node", Some(region.clone()), format!("node-{region}"), config.listen);
             write_toml(&files.config, &config)?;
             nodes.push(files);
@@ -221,6 +222,7 @@ impl Writer<'_> {
             // Outside the region's data directory, as in production (on storage that outlives the
             // data disk): a restore of a backup replays it (deploy/README.md, "Backup and restore").
             erasure_journal_file: Some(erasure_journal(self.dir, region)?),
+            rights: Default::default(),
         })
     }
 

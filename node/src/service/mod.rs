@@ -31,7 +31,7 @@ mod identity;
 mod import;
 mod repair;
 mod report;
-mod rights;
+pub(crate) mod rights;
 mod signals;
 #[cfg(test)]
 mod tests;
@@ -68,6 +68,13 @@ pub struct NodeService<S> {
     shutdown: Shutdown,
     commit: Arc<GroupCommit>,
     ownership: Arc<Ownership<S>>,
+    /// How rights requests are verified (`rights/track.rs`).
+    rights: crate::config::RightsConfig,
+    /// One step of a tracked rights request at a time on this node (they are rare; this keeps
+    /// a challenge from being answered twice at once).
+    rights_lock: tokio::sync::Mutex<()>,
+    /// Overdue rights requests per kind, as last counted (the `domicile.rights.overdue` gauge).
+    overdue: Arc<rights::OverdueCounts>,
 }
 
 /// How often a node over a shared store ([`Store::shared`]) looks for changes other replicas
@@ -150,7 +157,30 @@ impl<S: Store> NodeService<S> {
         if store.shared() {
             tokio::spawn(follow_other_writers(Arc::clone(&store), Arc::downgrade(&durable)));
         }
-        Ok(Self { region, store, packs, link_key, durable, shutdown: Shutdown::new(), commit, ownership })
+        Ok(Self {
+            region,
+            store,
+            packs,
+            link_key,
+            durable,
+            shutdown: Shutdown::new(),
+            commit,
+            ownership,
+            rights: crate::config::RightsConfig::default(),
+            rights_lock: tokio::sync::Mutex::new(()),
+            overdue: Arc::default(),
+        })
+    }
+
+    /// Verifies rights requests as `config` says (default: `RightsConfig::default`).
+    pub fn with_rights(mut self, config: crate::config::RightsConfig) -> Self {
+        self.rights = config;
+        self
+    }
+
+    /// The overdue rights requests per kind, as last counted (for the gauge).
+    pub fn overdue_counts(&self) -> Arc<rights::OverdueCounts> {
+        Arc::clone(&self.overdue)
     }
 
     /// Ends every open watch stream when `shutdown` begins, so a graceful stop is not held up by
@@ -370,6 +400,55 @@ impl<S: Store> RegionalNode for NodeService<S> {
         request: Request<pb::ListRightsRequestsRequest>,
     ) -> Result<Response<pb::ListRightsRequestsResponse>, Status> {
         respond(rights::wire::list_rights_requests(self, request.into_inner()).await)
+    }
+
+    async fn open_rights_request(
+        &self,
+        request: Request<pb::OpenRightsRequestRequest>,
+    ) -> Result<Response<pb::OpenRightsRequestResponse>, Status> {
+        respond(rights::track_wire::open(self, request).await)
+    }
+
+    async fn verify_rights_request(
+        &self,
+        request: Request<pb::VerifyRightsRequestRequest>,
+    ) -> Result<Response<pb::VerifyRightsRequestResponse>, Status> {
+        respond(rights::track_wire::verify(self, request.into_inner()).await)
+    }
+
+    async fn get_rights_request(
+        &self,
+        request: Request<pb::GetRightsRequestRequest>,
+    ) -> Result<Response<pb::GetRightsRequestResponse>, Status> {
+        respond(rights::track_wire::get(self, request.into_inner()).await)
+    }
+
+    async fn extend_rights_request(
+        &self,
+        request: Request<pb::ExtendRightsRequestRequest>,
+    ) -> Result<Response<pb::ExtendRightsRequestResponse>, Status> {
+        respond(rights::track_wire::extend(self, request.into_inner()).await)
+    }
+
+    async fn list_overdue_rights_requests(
+        &self,
+        request: Request<pb::ListOverdueRightsRequestsRequest>,
+    ) -> Result<Response<pb::ListOverdueRightsRequestsResponse>, Status> {
+        respond(rights::track_wire::overdue(self, request.into_inner()).await)
+    }
+
+    async fn read_challenge_outbox(
+        &self,
+        request: Request<pb::ReadChallengeOutboxRequest>,
+    ) -> Result<Response<pb::ReadChallengeOutboxResponse>, Status> {
+        respond(rights::track_wire::read_outbox(self, request.into_inner()).await)
+    }
+
+    async fn ack_challenge_outbox(
+        &self,
+        request: Request<pb::AckChallengeOutboxRequest>,
+    ) -> Result<Response<pb::AckChallengeOutboxResponse>, Status> {
+        respond(rights::track_wire::ack_outbox(self, request.into_inner()).await)
     }
 
     async fn claim_links(

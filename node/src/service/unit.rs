@@ -171,7 +171,7 @@ impl<S: Store> NodeService<S> {
     /// acknowledged (invariant 7). When that fails, a change already applied may still reach the
     /// disk (the store flushes on its own too): its outcome is unknown, and the status says so,
     /// so that a gateway tells its caller to retry with the write's idempotency key.
-    async fn make_durable(&self) -> Result<(), NodeError> {
+    pub(super) async fn make_durable(&self) -> Result<(), NodeError> {
         self.commit.commit().await.map_err(|e| {
             tracing::error!(error = %e, "write could not be made durable");
             NodeError::OutcomeUnknown

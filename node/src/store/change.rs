@@ -54,7 +54,8 @@ pub enum Recorded<'a> {
     /// Links a subject holds, announced again so followers map them to it (reasserted claims).
     /// Nothing changed, so nothing is audited.
     Announced { subject: SubjectId, links: &'a [Link] },
-    /// A rights request completed for `subject` (kept in the audit log even after an erasure).
+    /// A rights request recorded or moved on for `subject` (each step of its lifecycle; kept in
+    /// the audit log even after an erasure).
     RightsRequest { subject: SubjectId, request: &'a RightsRequestRecord },
     /// Everything of `subject` removed, its key destroyed; `links` were its links.
     Erasure { subject: SubjectId, links: &'a [Link] },
@@ -180,6 +181,8 @@ impl Recorded<'_> {
                     request_id: RequestId::parse(&request.request_id).map_err(|_| corrupt("id"))?,
                     deadline_at: request.deadline_at,
                     status: RightsStatus::parse(&request.status).ok_or_else(|| corrupt("status"))?,
+                    reason: request.reason.clone(),
+                    override_reason: request.override_reason.clone(),
                 };
                 Some((event, of(subject)))
             }

@@ -9,6 +9,7 @@ pub mod pg_store;
 mod read_cache;
 mod sled_store;
 pub mod split;
+mod tracked;
 pub mod vault;
 
 pub use change::{Change, ChangeEvent, Recorded};
@@ -18,6 +19,7 @@ pub use sled_store::backup::{
     Manifest as BackupManifest, StagedBackup, read_backup, read_erasure_journal, restore as restore_sled,
 };
 pub use sled_store::check::{CheckReport, check as check_sled};
+pub use tracked::{Challenge, Delivery, OutboxChange, OutboxEntry, TrackedRequest};
 
 use std::future::Future;
 
@@ -358,6 +360,45 @@ pub trait Store: Send + Sync + 'static {
         &self,
         subject: &SubjectId,
     ) -> impl Future<Output = Result<Vec<RightsRequestRecord>, StoreError>> + Send;
+
+    /// Stores a tracked rights request (`store/tracked.rs`; replacing the one with its id), its
+    /// audit entry (`Recorded::RightsRequest`: every step of a request is audited) and its
+    /// outbox change in one transaction, with the write's idempotency record (result: the
+    /// request's record). `expected` is the request as the step read it (`None`: a new one): if
+    /// the stored one differs (another step came first, in this process or another replica of
+    /// the region), nothing is written and the answer is [`StoreError::Retry`], so a challenge's
+    /// wrong answers are counted exactly however many replicas take them. An outbox entry is
+    /// sealed under the subject's key, so adding one needs a live subject; the other changes do
+    /// not (an erasure request is completed after its subject is gone).
+    fn track_request(
+        &self,
+        request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
+        outbox: OutboxChange<'_>,
+        at: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The tracked request with id `request_id`.
+    fn tracked_request(
+        &self,
+        request_id: &str,
+    ) -> impl Future<Output = Result<Option<TrackedRequest>, StoreError>> + Send;
+    /// Every tracked request of the region, in id order (PII-free: what the overdue listing
+    /// and its gauge read without unsealing a subject).
+    fn tracked_requests(&self) -> impl Future<Output = Result<Vec<TrackedRequest>, StoreError>> + Send;
+    /// The tracked requests of one subject. By default a scan of [`Store::tracked_requests`];
+    /// a store with an index by subject reads only the subject's.
+    fn tracked_requests_of(
+        &self,
+        subject: &SubjectId,
+    ) -> impl Future<Output = Result<Vec<TrackedRequest>, StoreError>> + Send {
+        async move { Ok(self.tracked_requests().await?.into_iter().filter(|t| t.subject == *subject).collect()) }
+    }
+    /// Up to `limit` outbox entries, oldest first, their deliveries opened; entries whose
+    /// subject's key is gone (erased) are skipped.
+    fn outbox(&self, limit: usize) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+    /// Removes the outbox entries of these requests; returns how many were there.
+    fn remove_outbox(&self, request_ids: &[String]) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Every (link, subject) pair whose link starts with a byte in `first_bytes`, in link order,
     /// for rebuilding gateway directories. Links are keyed hashes, so equal byte ranges hold about

@@ -396,7 +396,7 @@ pub struct Interaction {
 
 /// The bookkeeping of one rights request (export, rectification, restriction). Vocabulary values
 /// as text so the stored format does not depend on the audit module's enums.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RightsRequestRecord {
     pub request_id: String,
     pub kind: String,
@@ -414,6 +414,32 @@ pub struct RightsRequestRecord {
     /// The pack's citation for the deadline (or for the law fixing none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub citation: Option<String>,
+    /// Why the request was refused: a reason code (`verification_failed`, `challenge_expired`,
+    /// `subject_erased`), never free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A duplicate's open request of the same kind for the same subject, which answers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_to: Option<String>,
+    /// Carried out without a verified request, on an operator's override: its reason code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
+    /// When the requester answered the challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<i64>,
+    /// When the deadline was extended to `extended_deadline_at` (absent: not extended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_at: Option<i64>,
+}
+
+impl RightsRequestRecord {
+    /// The deadline in force: the extended one once extended, else the pack's.
+    pub fn due_at(&self) -> Option<i64> {
+        match self.extended_at {
+            Some(_) => self.extended_deadline_at.or(self.deadline_at),
+            None => self.deadline_at,
+        }
+    }
 }
 
 /// What a merge moved.

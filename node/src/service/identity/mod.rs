@@ -186,6 +186,7 @@ impl<S: Store> NodeService<S> {
         key: &SubjectKey,
         caller: &Caller,
         correction: Correction,
+        authority: &crate::service::rights::Authority,
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, Rectified), NodeError> {
         if let Some(done) = self.replayed::<(SubjectId, Rectified)>(tag).await? {
@@ -197,7 +198,10 @@ impl<S: Store> NodeService<S> {
             self.check_collection_for(&meta.jurisdiction, caller.region.as_ref())?;
         }
         let now = now_unix();
-        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Rectification, now)?;
+        // A verified rectification request (now in progress) or an operator's override.
+        let started =
+            self.start_request(&subject, &meta.jurisdiction, RightsKind::Rectification, authority, now).await?;
+        let rights_request = started.completed(now);
         let linked = |ids: Vec<NormalizedIdentifier>| -> Vec<(NormalizedIdentifier, Link)> {
             ids.into_iter()
                 .map(|id| {
@@ -223,6 +227,7 @@ impl<S: Store> NodeService<S> {
             Settled::Applied(rectified) => rectified,
             Settled::Replayed => return self.replayed_after_race(tag).await,
         };
+        self.finish_request(&subject, &started, &rights_request, now).await?;
         tracing::info!(region = %self.region, added = rectified.added.len(), removed = rectified.removed.len(), "subject rectified");
         Ok((subject, rectified))
     }

@@ -9,6 +9,8 @@ use domicile_proto::pb::node::v1 as pb;
 use domicile_types::{Link, NormalizedIdentifier, SubjectId};
 use tonic::Request;
 
+use crate::service::rights::Authority;
+
 use super::{Correction, Registration};
 use crate::error::NodeError;
 use crate::service::NodeService;
@@ -75,8 +77,9 @@ pub(in crate::service) async fn rectify<S: Store>(
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
     let correction = correction_from_pb(req)?;
+    let authority = Authority::from_fields(&req.request_id, &req.override_reason)?;
     let tag = node.idempotency("Rectify", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
-    let (subject, rectified) = node.rectify_subject(&key, &caller, correction, tag.as_ref()).await?;
+    let (subject, rectified) = node.rectify_subject(&key, &caller, correction, &authority, tag.as_ref()).await?;
     Ok(rectified_to_pb(node, subject, &rectified))
 }
 

@@ -1,7 +1,16 @@
 //! Data-subject rights: access (export), erasure, restriction, and the bookkeeping of every
-//! rights request with its deadline from the subject's pack.
+//! rights request with its deadline from the subject's pack. Requests are tracked from receipt
+//! (`track.rs`: open with a one-time challenge, verify, extend, overdue); an export, erasure,
+//! rectification or lifted restriction needs a verified one or an operator's override
+//! (`gate.rs`).
 
+mod gate;
+mod track;
+pub(super) mod track_wire;
 pub(super) mod wire;
+
+pub(crate) use gate::Authority;
+pub use track::{OverdueCounts, keep_counting_overdue};
 
 use domicile_policy::Deadline;
 use domicile_proto::convert::SubjectKey;
@@ -27,9 +36,9 @@ pub(crate) struct Export {
 pub(crate) type Restriction = (SubjectId, (bool, RightsRequestRecord));
 
 impl<S: Store> NodeService<S> {
-    /// A completed rights request with its deadline from the subject's pack. Where the pack
-    /// states none, the request has no deadline and `deadline_basis` declares the gap: no
-    /// default stands in for a law (the request is carried out at once either way).
+    /// A rights request with its deadline from the subject's pack, completed now (a tracked
+    /// request's caller sets where it stands instead). Where the pack states none, the request
+    /// has no deadline and `deadline_basis` declares the gap: no default stands in for a law.
     pub(super) fn rights_request(
         &self,
         jurisdiction: &Jurisdiction,
@@ -79,26 +88,36 @@ impl<S: Store> NodeService<S> {
             completed_at: Some(now),
             extended_deadline_at,
             citation,
+            ..Default::default()
         })
     }
 
     /// Everything the node keeps about a subject, for the subject. Exports are delivered in the
     /// home region only: a gateway serves callers of every region (the access layer refuses
     /// gateways already; this holds for every other entry too).
-    pub(crate) async fn export_subject(&self, key: &SubjectKey, caller: &Caller) -> Result<Export, NodeError> {
+    pub(crate) async fn export_subject(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        authority: &Authority,
+    ) -> Result<Export, NodeError> {
         if !caller.in_region {
             return Err(NodeError::PermissionDenied(
                 "exports are delivered in the home region: call this region's node as a service of the region",
             ));
         }
         let (subject, meta) = self.resolve_meta(key).await?;
+        let now = now_unix();
+        // A verified access request (now in progress) or an operator's override, before anything
+        // is read.
+        let started = self.start_request(&subject, &meta.jurisdiction, RightsKind::Access, authority, now).await?;
         let record = self.store.subject_record(&subject).await?.ok_or(StoreError::NotFound)?;
         let history = self.store.consent_history(&subject).await?;
-        let now = now_unix();
         // Bookkeeping first, so the document lists this request too.
-        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Access, now)?;
+        let rights_request = started.completed(now);
         // Durable (and audited) before the document leaves.
         self.settle_unkeyed(self.store.append_rights_request(&subject, &rights_request).await).await?;
+        self.finish_request(&subject, &started, &rights_request, now).await?;
         let mut interactions = self.store.interactions(&subject).await?;
         // Held for review after an unmerge (possibly the other person's): counted, not handed over.
         let under_review = interactions.iter().filter(|i| i.review).count();
@@ -130,6 +149,7 @@ impl<S: Store> NodeService<S> {
     pub(crate) async fn erase_subject(
         &self,
         key: &SubjectKey,
+        authority: &Authority,
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, Erased), NodeError> {
         // Before resolving: after the first erasure the subject is gone, its answer is not.
@@ -138,22 +158,30 @@ impl<S: Store> NodeService<S> {
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
+        // A verified erasure request (now in progress) or an operator's override; nothing is
+        // erased without one.
+        let started = self.start_request(&subject, &meta.jurisdiction, RightsKind::Erasure, authority, now).await?;
         // Not stored with the subject (it is about to go): the audit log and the response keep it.
-        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Erasure, now)?;
+        let rights_request = started.completed(now);
         let erased = match self.settle(self.store.erase(&subject, now, &rights_request, tag).await).await? {
             Settled::Applied(erased) => erased,
             Settled::Replayed => return self.replayed_after_race(tag).await,
         };
+        self.finish_request(&subject, &started, &rights_request, now).await?;
+        self.close_requests_of_erased(&subject, &rights_request.request_id, now).await?;
         tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
         Ok((subject, erased))
     }
 
     /// Sets or lifts the restriction of processing. Acknowledged only once durable: every later
     /// decision reflects it.
+    /// A restriction is honoured on receipt (it only narrows processing: fail closed); lifting
+    /// one needs a verified restriction request or an operator's override, as an export does.
     pub(crate) async fn restrict_subject(
         &self,
         key: &SubjectKey,
         restricted: bool,
+        authority: Option<&Authority>,
         tag: Option<&Idempotency>,
     ) -> Result<Restriction, NodeError> {
         if let Some(done) = self.replayed::<Restriction>(tag).await? {
@@ -161,21 +189,43 @@ impl<S: Store> NodeService<S> {
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
-        let rights_request = self.rights_request(&meta.jurisdiction, RightsKind::Restriction, now)?;
+        let started = match authority {
+            Some(authority) => {
+                Some(self.start_request(&subject, &meta.jurisdiction, RightsKind::Restriction, authority, now).await?)
+            }
+            None if restricted => None,
+            None => return Err(NodeError::Precondition(gate::NEEDS_AUTHORITY_TO_LIFT)),
+        };
+        let rights_request = match &started {
+            Some(started) => started.completed(now),
+            None => self.rights_request(&meta.jurisdiction, RightsKind::Restriction, now)?,
+        };
         let written = self.store.set_restricted(&subject, restricted, &rights_request, tag).await;
         if let Settled::Replayed = self.settle(written).await? {
             return self.replayed_after_race(tag).await;
+        }
+        if let Some(started) = &started {
+            self.finish_request(&subject, started, &rights_request, now).await?;
         }
         tracing::info!(region = %self.region, restricted, "restriction changed");
         Ok((subject, (restricted, rights_request)))
     }
 
-    /// A subject's rights requests, oldest first.
+    /// A subject's rights requests, oldest first: those recorded with the subject and, as they
+    /// now stand, its tracked ones (`track.rs`) that are not (open, linked or refused).
     pub(crate) async fn rights_requests_of(
         &self,
         key: &SubjectKey,
     ) -> Result<(SubjectId, Vec<RightsRequestRecord>), NodeError> {
         let subject = self.resolve(key).await?;
-        Ok((subject, self.store.rights_requests(&subject).await?))
+        let mut requests = self.store.rights_requests(&subject).await?;
+        for t in self.store.tracked_requests_of(&subject).await? {
+            if !requests.iter().any(|r| r.request_id == t.record.request_id) {
+                requests.push(t.record);
+            }
+        }
+        // Stable: requests recorded in one second keep their recording order.
+        requests.sort_by_key(|r| r.received_at);
+        Ok((subject, requests))
     }
 }

@@ -1,4 +1,5 @@
-//! `Export`, `Erase`, `Restrict` and `ListRightsRequests` on the wire: requests into domain
+//! `Export`, `Erase`, `Restrict` and `ListRightsRequests` on the wire (the tracked requests'
+//! methods are in `track_wire.rs`): requests into domain
 //! values, results into replies.
 
 use domicile_proto::convert;
@@ -7,7 +8,7 @@ use domicile_proto::pb::node::v1 as pb;
 use domicile_types::{Link, SubjectId};
 use tonic::Request;
 
-use super::Export;
+use super::{Authority, Export};
 use crate::error::NodeError;
 use crate::service::NodeService;
 use crate::store::{Erased, RightsRequestRecord, Store};
@@ -17,8 +18,10 @@ pub(in crate::service) async fn export<S: Store>(
     request: Request<pb::ExportRequest>,
 ) -> Result<pb::ExportResponse, NodeError> {
     let caller = node.caller(&request, "")?;
-    let key = convert::subject_key("subject", request.get_ref().subject.as_ref())?;
-    let export = node.export_subject(&key, &caller).await?;
+    let req = request.get_ref();
+    let key = convert::subject_key("subject", req.subject.as_ref())?;
+    let authority = Authority::from_fields(&req.request_id, &req.override_reason)?;
+    let export = node.export_subject(&key, &caller, &authority).await?;
     Ok(export_to_pb(node, export))
 }
 
@@ -28,8 +31,9 @@ pub(in crate::service) async fn erase<S: Store>(
 ) -> Result<pb::EraseResponse, NodeError> {
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
+    let authority = Authority::from_fields(&req.request_id, &req.override_reason)?;
     let tag = node.idempotency("Erase", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
-    let (subject, erased) = node.erase_subject(&key, tag.as_ref()).await?;
+    let (subject, erased) = node.erase_subject(&key, &authority, tag.as_ref()).await?;
     Ok(erased_to_pb(node, subject, &erased))
 }
 
@@ -39,8 +43,14 @@ pub(in crate::service) async fn restrict<S: Store>(
 ) -> Result<pb::RestrictResponse, NodeError> {
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
+    // Optional for a restriction, required to lift one (checked with the subject's state).
+    let authority = match (req.request_id.is_empty(), req.override_reason.is_empty()) {
+        (true, true) => None,
+        _ => Some(Authority::from_fields(&req.request_id, &req.override_reason)?),
+    };
     let tag = node.idempotency("Restrict", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
-    let (subject, (restricted, rights_request)) = node.restrict_subject(&key, req.restricted, tag.as_ref()).await?;
+    let (subject, (restricted, rights_request)) =
+        node.restrict_subject(&key, req.restricted, authority.as_ref(), tag.as_ref()).await?;
     Ok(pb::RestrictResponse {
         subject_ref: node.subject_ref(subject).to_string(),
         restricted,
@@ -91,5 +101,10 @@ pub(in crate::service) fn rights_to_pb(record: &RightsRequestRecord) -> common::
         completed_at: record.completed_at.map(convert::to_timestamp),
         extended_deadline_at: record.extended_deadline_at.map(convert::to_timestamp),
         citation: record.citation.clone().unwrap_or_default(),
+        reason: record.reason.clone().unwrap_or_default(),
+        linked_to: record.linked_to.clone().unwrap_or_default(),
+        override_reason: record.override_reason.clone().unwrap_or_default(),
+        verified_at: record.verified_at.map(convert::to_timestamp),
+        extended_at: record.extended_at.map(convert::to_timestamp),
     }
 }

@@ -32,6 +32,7 @@ mod identity;
 mod keys;
 mod records;
 mod store;
+mod tracked;
 mod unit;
 mod unmerge;
 

@@ -10,6 +10,7 @@ use crate::store::{
     Merged, NewConsent, NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
     Store, StoreError, SubjectMeta, SubjectRecord, Unmerged,
 };
+use crate::store::{OutboxChange, OutboxEntry, TrackedRequest};
 
 impl Store for PgStore {
     async fn register(
@@ -238,6 +239,37 @@ impl Store for PgStore {
 
     async fn rights_requests(&self, subject: &SubjectId) -> Result<Vec<RightsRequestRecord>, StoreError> {
         PgStore::rights_requests(self, subject).await
+    }
+
+    async fn track_request(
+        &self,
+        request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
+        outbox: OutboxChange<'_>,
+        at: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(), StoreError> {
+        PgStore::track_request(self, request, expected, outbox, at, idempotency).await
+    }
+
+    async fn tracked_request(&self, request_id: &str) -> Result<Option<TrackedRequest>, StoreError> {
+        PgStore::tracked_request(self, request_id).await
+    }
+
+    async fn tracked_requests(&self) -> Result<Vec<TrackedRequest>, StoreError> {
+        PgStore::tracked_requests(self).await
+    }
+
+    async fn tracked_requests_of(&self, subject: &SubjectId) -> Result<Vec<TrackedRequest>, StoreError> {
+        PgStore::tracked_requests_of(self, subject).await
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        PgStore::outbox(self, limit).await
+    }
+
+    async fn remove_outbox(&self, request_ids: &[String]) -> Result<usize, StoreError> {
+        PgStore::remove_outbox(self, request_ids).await
     }
 
     async fn links_page(

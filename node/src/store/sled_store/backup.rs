@@ -259,8 +259,7 @@ impl SledStore {
                 status: "completed".into(),
                 deadline_basis: "an erasure made after the restored backup, replayed from the erasure journal".into(),
                 completed_at: Some(now),
-                extended_deadline_at: None,
-                citation: None,
+                ..Default::default()
             };
             self.erase_subject(subject, now, &request, None)?;
             erased += 1;

@@ -288,3 +288,37 @@ impl SledStore {
         Ok(purged)
     }
 }
+
+/// `(link, subject)` pairs of `links` whose link starts with a byte in `first_bytes`, at most
+/// `limit` after `after`, in link order.
+pub(super) fn read_links(
+    links: &sled::Tree,
+    first_bytes: std::ops::RangeInclusive<u8>,
+    after: Option<Link>,
+    limit: usize,
+) -> Result<Vec<(Link, SubjectId)>, StoreError> {
+    let (first, last) = first_bytes.into_inner();
+    if first > last {
+        return Ok(Vec::new());
+    }
+    // Keys are 16-byte links: [first] sorts before every link starting with `first`, and
+    // [last + 1] after every link starting with `last`.
+    let start = match after {
+        Some(link) => std::ops::Bound::Excluded(link.as_bytes().to_vec()),
+        None => std::ops::Bound::Included(vec![first]),
+    };
+    let end = match last.checked_add(1) {
+        Some(end) => std::ops::Bound::Excluded(vec![end]),
+        None => std::ops::Bound::Unbounded,
+    };
+    links
+        .range::<Vec<u8>, _>((start, end))
+        .take(limit)
+        .map(|item| {
+            let (key, value) = item.map_err(backend)?;
+            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("link key".into()))?;
+            let subject = SubjectId::from_slice(&value).map_err(|_| StoreError::Corrupt("link entry".into()))?;
+            Ok((link, subject))
+        })
+        .collect()
+}

@@ -35,6 +35,7 @@ mod heads;
 mod identity;
 mod records;
 mod space;
+mod tracked;
 mod unit;
 mod unmerge;
 
@@ -43,8 +44,8 @@ use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
 use super::{
     ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
-    NewConsent, NewInteraction, Recorded, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
-    Store, StoreError, SubjectMeta, SubjectRecord, Unmerged,
+    NewConsent, NewInteraction, OutboxChange, OutboxEntry, Recorded, Rectification, Rectified, Registered, Release,
+    Replay, RightsRequestRecord, Store, StoreError, SubjectMeta, SubjectRecord, TrackedRequest, Unmerged,
 };
 use cache::WriteGuard;
 use domicile_types::RegionId;
@@ -62,6 +63,10 @@ pub struct SledStore {
     current: sled::Tree,
     interactions: sled::Tree,
     rights: sled::Tree,
+    /// Tracked rights requests (request id → PII-free record) and the challenge outbox
+    /// (`tracked.rs`).
+    tracked: sled::Tree,
+    outbox: sled::Tree,
     events: sled::Tree,
     counters: sled::Tree,
     claims: sled::Tree,
@@ -130,40 +135,6 @@ pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &
     }
 }
 
-/// `(link, subject)` pairs of `links` whose link starts with a byte in `first_bytes`, at most
-/// `limit` after `after`, in link order.
-fn read_links(
-    links: &sled::Tree,
-    first_bytes: std::ops::RangeInclusive<u8>,
-    after: Option<Link>,
-    limit: usize,
-) -> Result<Vec<(Link, SubjectId)>, StoreError> {
-    let (first, last) = first_bytes.into_inner();
-    if first > last {
-        return Ok(Vec::new());
-    }
-    // Keys are 16-byte links: [first] sorts before every link starting with `first`, and
-    // [last + 1] after every link starting with `last`.
-    let start = match after {
-        Some(link) => std::ops::Bound::Excluded(link.as_bytes().to_vec()),
-        None => std::ops::Bound::Included(vec![first]),
-    };
-    let end = match last.checked_add(1) {
-        Some(end) => std::ops::Bound::Excluded(vec![end]),
-        None => std::ops::Bound::Unbounded,
-    };
-    links
-        .range::<Vec<u8>, _>((start, end))
-        .take(limit)
-        .map(|item| {
-            let (key, value) = item.map_err(backend)?;
-            let link = Link::from_slice(&key).map_err(|_| StoreError::Corrupt("link key".into()))?;
-            let subject = SubjectId::from_slice(&value).map_err(|_| StoreError::Corrupt("link entry".into()))?;
-            Ok((link, subject))
-        })
-        .collect()
-}
-
 impl SledStore {
     /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit
     /// log (whose whole chain is verified first).
@@ -188,6 +159,8 @@ impl SledStore {
             current: db.open_tree("current").map_err(backend)?,
             interactions: db.open_tree("interactions").map_err(backend)?,
             rights: db.open_tree("rights").map_err(backend)?,
+            tracked: db.open_tree("rights_tracked").map_err(backend)?,
+            outbox: db.open_tree("rights_outbox").map_err(backend)?,
             events,
             counters: db.open_tree("counters").map_err(backend)?,
             claims: db.open_tree("claims").map_err(backend)?,
@@ -452,6 +425,33 @@ impl Store for SledStore {
         self.open_log(&self.rights, b"rights", subject)
     }
 
+    async fn track_request(
+        &self,
+        request: &TrackedRequest,
+        expected: Option<&TrackedRequest>,
+        outbox: OutboxChange<'_>,
+        at: i64,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(), StoreError> {
+        self.write_tracked(request, expected, outbox, at, idempotency)
+    }
+
+    async fn tracked_request(&self, request_id: &str) -> Result<Option<TrackedRequest>, StoreError> {
+        self.read_tracked(request_id)
+    }
+
+    async fn tracked_requests(&self) -> Result<Vec<TrackedRequest>, StoreError> {
+        self.read_all_tracked()
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.read_outbox(limit)
+    }
+
+    async fn remove_outbox(&self, request_ids: &[String]) -> Result<usize, StoreError> {
+        self.delete_outbox(request_ids)
+    }
+
     async fn links_page(
         &self,
         first_bytes: std::ops::RangeInclusive<u8>,
@@ -461,7 +461,9 @@ impl Store for SledStore {
         // sled pages its trees in from disk as it iterates: off the async workers (a gateway's
         // cold start scans parts of the key space side by side, each on a blocking thread).
         let links = self.links.clone();
-        tokio::task::spawn_blocking(move || read_links(&links, first_bytes, after, limit)).await.map_err(backend)?
+        tokio::task::spawn_blocking(move || claims::read_links(&links, first_bytes, after, limit))
+            .await
+            .map_err(backend)?
     }
 
     async fn events_page(&self, after: Option<u64>, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {

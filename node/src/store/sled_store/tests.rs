@@ -383,8 +383,7 @@ fn rights(kind: &str) -> RightsRequestRecord {
         status: "completed".into(),
         deadline_basis: "test".into(),
         completed_at: Some(1),
-        extended_deadline_at: None,
-        citation: None,
+        ..Default::default()
     }
 }
 
@@ -785,4 +784,87 @@ async fn reasserted_claims_are_recorded_and_announced_and_dropped_links_leave_as
     let again =
         store.drop_links(&s, std::slice::from_ref(&email), &RegionId::parse("us-east").unwrap(), 5).await.unwrap();
     assert_eq!((again.removed, again.left, again.event), (Vec::new(), 1, None));
+}
+
+#[tokio::test]
+async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasure() {
+    use crate::store::{Challenge, Delivery, OutboxChange, OutboxEntry, TrackedRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let email = "tracked.probe@example.de";
+    let code = "ZXCVBNM123";
+    let (s, tracked) = {
+        let store = SledStore::open(dir.path(), &home()).unwrap();
+        let s = subject(&store, email).await;
+        let mut record = rights("access");
+        record.request_id = "ab".repeat(16);
+        record.status = "verifying".into();
+        let tracked = TrackedRequest {
+            subject: s,
+            record,
+            challenge: Some(Challenge { digest: "00".repeat(32), expires_at: 100, failures: 0, max_failures: 5 }),
+        };
+        let entry = OutboxEntry {
+            request_id: tracked.record.request_id.clone(),
+            subject: s,
+            created_at: 1,
+            expires_at: 100,
+            delivery: Delivery { kind: "email".into(), value: email.into(), code: code.into() },
+        };
+        store.track_request(&tracked, None, OutboxChange::Put(&entry), 1, None).await.unwrap();
+        flush(&store).await;
+        (s, tracked)
+    };
+    let scan = |needle: &[u8]| {
+        walk(dir.path()).into_iter().any(|p| std::fs::read(p).unwrap().windows(needle.len()).any(|w| w == needle))
+    };
+    assert!(!scan(code.as_bytes()), "the code is sealed at rest");
+    assert!(!scan(email.as_bytes()), "the delivery's identifier is sealed at rest");
+
+    // Durable: read back after reopening, region-wide and by id; the delivery opens.
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    assert_eq!(store.tracked_request(&tracked.record.request_id).await.unwrap(), Some(tracked.clone()));
+    assert_eq!(store.tracked_requests().await.unwrap(), vec![tracked.clone()]);
+    let outbox = store.outbox(10).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!((outbox[0].delivery.value.as_str(), outbox[0].delivery.code.as_str()), (email, code));
+
+    // A step that removes the entry; the index keeps the request (PII-free).
+    let mut verified = tracked.clone();
+    verified.record.status = "verified".into();
+    verified.challenge = None;
+    // A step judged against a stale read is refused, and writes nothing.
+    let mut stale = tracked.clone();
+    stale.record.status = "verifying".into();
+    stale.challenge = None;
+    assert!(matches!(
+        store.track_request(&verified, Some(&stale), OutboxChange::Remove, 2, None).await,
+        Err(StoreError::Retry)
+    ));
+    assert_eq!(store.outbox(10).await.unwrap().len(), 1);
+    assert!(matches!(
+        store.track_request(&verified, None, OutboxChange::Remove, 2, None).await,
+        Err(StoreError::Retry)
+    ));
+    store.track_request(&verified, Some(&tracked), OutboxChange::Remove, 2, None).await.unwrap();
+    assert!(store.outbox(10).await.unwrap().is_empty());
+    assert_eq!(store.tracked_request(&tracked.record.request_id).await.unwrap(), Some(verified));
+
+    // After an erasure an entry left behind cannot be opened: it is skipped, then removed.
+    let mut again = tracked.clone();
+    again.record.request_id = "cd".repeat(16);
+    let entry = OutboxEntry {
+        request_id: again.record.request_id.clone(),
+        subject: s,
+        created_at: 3,
+        expires_at: 100,
+        delivery: Delivery { kind: "email".into(), value: email.into(), code: code.into() },
+    };
+    store.track_request(&again, None, OutboxChange::Put(&entry), 3, None).await.unwrap();
+    store.erase(&s, 4, &rights("erasure"), None).await.unwrap();
+    assert!(store.outbox(10).await.unwrap().is_empty(), "an erased subject's delivery is unreadable");
+    assert_eq!(store.remove_outbox(&[again.record.request_id.clone()]).await.unwrap(), 1);
+    // A step of a request of the erased subject needs no key (no delivery, no replay record).
+    let before = again.clone();
+    again.record.status = "refused".into();
+    store.track_request(&again, Some(&before), OutboxChange::Remove, 5, None).await.unwrap();
 }

@@ -1,0 +1,202 @@
+//! What an export, an erasure, a rectification or the lifting of a restriction needs (ARCHITECTURE.md, "Rights requests"): a verified request
+//! of the matching kind for the same subject, which the work moves to `in_progress` and then
+//! `completed`; or an operator's override with a reason code, audited as an override. With
+//! neither, nothing is read or erased.
+
+use domicile_proto::convert::FieldViolation;
+use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
+use domicile_types::{Jurisdiction, SubjectId};
+
+use super::super::NodeService;
+use crate::error::NodeError;
+use crate::store::{OutboxChange, RightsRequestRecord, Store};
+
+/// On what authority a right is carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Authority {
+    /// A verified request (its id).
+    Request(String),
+    /// An operator's override: a reason code.
+    Override(String),
+}
+
+pub(crate) const NEEDS_AUTHORITY: &str = "an export, erasure or rectification needs `request_id`, a verified rights request of the subject \
+     (OpenRightsRequest, VerifyRightsRequest), or `override_reason`, an operator's override";
+
+pub(crate) const NEEDS_AUTHORITY_TO_LIFT: &str = "lifting a restriction needs `request_id`, a verified restriction request \
+     of the subject, or `override_reason`, an operator's override (a restriction itself needs neither)";
+
+impl Authority {
+    /// From a request's `request_id` and `override_reason` fields: exactly one of them.
+    pub(crate) fn from_fields(request_id: &str, override_reason: &str) -> Result<Self, NodeError> {
+        match (request_id.is_empty(), override_reason.is_empty()) {
+            (true, true) => Err(NodeError::Precondition(NEEDS_AUTHORITY)),
+            (false, false) => {
+                Err(NodeError::InvalidArgument("give `request_id` or `override_reason`, not both".into()))
+            }
+            (false, true) => {
+                RequestId::parse(request_id).map_err(|e| FieldViolation::new("request_id", e))?;
+                Ok(Self::Request(request_id.to_owned()))
+            }
+            (true, false) => {
+                let b = override_reason.as_bytes();
+                let valid = (1..=40).contains(&b.len())
+                    && b[0].is_ascii_lowercase()
+                    && b.iter().all(|c| c.is_ascii_lowercase() || *c == b'_');
+                if !valid {
+                    return Err(FieldViolation::new(
+                        "override_reason",
+                        "must be a reason code: 1-40 of `a-z` and `_`, starting with a letter",
+                    )
+                    .into());
+                }
+                Ok(Self::Override(override_reason.to_owned()))
+            }
+        }
+    }
+}
+
+/// A right being carried out: its request as recorded, and the tracked request it answers
+/// (none on an override).
+pub(in crate::service) struct Started {
+    tracked: bool,
+    record: RightsRequestRecord,
+}
+
+impl Started {
+    /// The request as completed at `now`.
+    pub(in crate::service) fn completed(&self, now: i64) -> RightsRequestRecord {
+        let mut record = self.record.clone();
+        record.status = RightsStatus::Completed.as_str().to_owned();
+        record.completed_at = Some(now);
+        record
+    }
+}
+
+impl<S: Store> NodeService<S> {
+    /// Checks the authority for carrying out `kind` for the subject; a verified request moves to
+    /// `in_progress` (durable and audited) before the work begins.
+    pub(in crate::service) async fn start_request(
+        &self,
+        subject: &SubjectId,
+        jurisdiction: &Jurisdiction,
+        kind: RightsKind,
+        authority: &Authority,
+        now: i64,
+    ) -> Result<Started, NodeError> {
+        let id = match authority {
+            Authority::Override(reason) => {
+                let mut record = self.rights_request(jurisdiction, kind, now)?;
+                record.override_reason = Some(reason.clone());
+                tracing::warn!(region = %self.region, kind = kind.as_str(), reason = %reason, "rights request carried out on an operator's override");
+                return Ok(Started { tracked: false, record });
+            }
+            Authority::Request(id) => id,
+        };
+        let _one_at_a_time = self.rights_lock.lock().await;
+        let read = match self.store.tracked_request(id).await? {
+            Some(tracked) if tracked.subject == *subject => tracked,
+            _ => return Err(NodeError::Precondition("`request_id` names no rights request of this subject")),
+        };
+        let mut tracked = read.clone();
+        let matches = tracked.record.kind == kind.as_str()
+            || (kind == RightsKind::Access && tracked.record.kind == RightsKind::Portability.as_str());
+        if !matches {
+            return Err(NodeError::Precondition("`request_id` names a rights request of another kind"));
+        }
+        match RightsStatus::parse(&tracked.record.status) {
+            Some(RightsStatus::Verified) => {
+                tracked.record.status = RightsStatus::InProgress.as_str().to_owned();
+                self.track(&tracked, Some(&read), OutboxChange::Keep, now, None).await?;
+            }
+            // Begun before and interrupted: carried out again.
+            Some(RightsStatus::InProgress) => {}
+            Some(RightsStatus::Received | RightsStatus::Extended | RightsStatus::Verifying) => {
+                return Err(NodeError::Precondition(
+                    "the rights request is not verified: its requester has not answered the challenge (VerifyRightsRequest)",
+                ));
+            }
+            Some(RightsStatus::Completed | RightsStatus::Refused | RightsStatus::Linked) | None => {
+                return Err(NodeError::Precondition(
+                    "the rights request is closed (completed, refused, or linked to another): open a new one",
+                ));
+            }
+        }
+        Ok(Started { tracked: true, record: tracked.record })
+    }
+
+    /// Records a tracked request `completed` once its work is done.
+    pub(in crate::service) async fn finish_request(
+        &self,
+        subject: &SubjectId,
+        started: &Started,
+        completed: &RightsRequestRecord,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        if started.tracked {
+            self.track_step(&completed.request_id, now, |tracked| {
+                if tracked.subject != *subject {
+                    return false;
+                }
+                tracked.record = completed.clone();
+                tracked.challenge = None;
+                true
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// After an erasure: the subject's other open requests are refused (`subject_erased`) and its
+    /// challenges leave the outbox (their deliveries are unreadable already, the key is gone).
+    pub(super) async fn close_requests_of_erased(
+        &self,
+        subject: &SubjectId,
+        erasure: &str,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let _one_at_a_time = self.rights_lock.lock().await;
+        let theirs = self.store.tracked_requests_of(subject).await?;
+        let ids: Vec<String> = theirs.iter().map(|t| t.record.request_id.clone()).collect();
+        for id in ids.iter().filter(|id| id.as_str() != erasure) {
+            self.track_step(id, now, |tracked| {
+                if !RightsStatus::parse(&tracked.record.status).is_some_and(RightsStatus::is_open) {
+                    return false;
+                }
+                tracked.record.status = RightsStatus::Refused.as_str().to_owned();
+                tracked.record.reason = Some("subject_erased".to_owned());
+                tracked.record.completed_at = Some(now);
+                tracked.challenge = None;
+                true
+            })
+            .await?;
+        }
+        self.store.remove_outbox(&ids).await?;
+        self.make_durable().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_authority_and_reason_codes_only() {
+        let id = "ab".repeat(16);
+        assert!(matches!(Authority::from_fields(&id, ""), Ok(Authority::Request(r)) if r == id));
+        assert!(matches!(Authority::from_fields("", "court_order"), Ok(Authority::Override(o)) if o == "court_order"));
+        assert!(matches!(Authority::from_fields("", ""), Err(NodeError::Precondition(_))));
+        assert!(matches!(Authority::from_fields(&id, "court_order"), Err(NodeError::InvalidArgument(_))));
+        for bad in ["_x", "Court", "court order", "court-order", "x1", &"a".repeat(41), "anna@example.com"] {
+            let err = Authority::from_fields("", bad).unwrap_err();
+            assert!(
+                matches!(&err, NodeError::Invalid(v) if v.field == "override_reason" && !v.description.contains(bad)),
+                "{bad}"
+            );
+        }
+        assert!(
+            matches!(Authority::from_fields("not-an-id", ""), Err(NodeError::Invalid(v)) if v.field == "request_id")
+        );
+    }
+}

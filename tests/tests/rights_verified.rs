@@ -1,0 +1,447 @@
+//! Tracked rights requests (issue 22, item 2; ARCHITECTURE.md "Rights requests"), on real
+//! processes over mutual TLS: an export or erasure needs a request verified by a one-time
+//! challenge (delivered through the region's outbox) or an operator's override; duplicates are
+//! linked; wrong and late answers refuse; overdue requests are listed and counted; the clear code
+//! is in no file the cluster wrote (logs, audit log, database). Run on sled and on PostgreSQL.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use domicile_cli::cluster::ClusterStore;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::node::v1 as node;
+use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
+use domicile_cluster_tests::{
+    Cluster as _, TestCluster, TestOptions, files_containing, identifier, node_ref, region, select_email, select_ref,
+};
+use domicile_node::config::RightsConfig;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+/// Short enough to wait out in a test.
+const TTL_SECS: u64 = 3;
+const ATTEMPTS: u32 = 3;
+const DAY: i64 = 86_400;
+
+type Node = RegionalNodeClient<Channel>;
+
+fn now() -> i64 {
+    domicile_runtime::process::now_unix()
+}
+
+async fn register(client: &mut gw::domicile_client::DomicileClient<Channel>, email: &str) -> gw::RegisterResponse {
+    client
+        .register(gw::RegisterRequest {
+            jurisdiction: "FR".into(),
+            identifiers: vec![identifier("email", email)],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn open(eu: &mut Node, subject: &gw::RegisterResponse, kind: &str) -> node::OpenRightsRequestResponse {
+    eu.open_rights_request(node::OpenRightsRequestRequest {
+        subject: node_ref(&subject.subject_ref),
+        kind: kind.into(),
+        deliver_to_link: subject.links[0].clone(),
+        idempotency_key: String::new(),
+    })
+    .await
+    .expect("open")
+    .into_inner()
+}
+
+async fn outbox(eu: &mut Node) -> Vec<node::ChallengeDelivery> {
+    eu.read_challenge_outbox(node::ReadChallengeOutboxRequest { limit: 0 }).await.unwrap().into_inner().entries
+}
+
+async fn code_of(eu: &mut Node, request_id: &str, codes: &mut Vec<String>) -> String {
+    let entry =
+        outbox(eu).await.into_iter().find(|e| e.request_id == request_id).expect("the challenge is in the outbox");
+    codes.push(entry.code.clone());
+    entry.code
+}
+
+async fn verify(eu: &mut Node, subject: &str, request_id: &str, code: &str) -> node::VerifyRightsRequestResponse {
+    eu.verify_rights_request(node::VerifyRightsRequestRequest {
+        subject: node_ref(subject),
+        request_id: request_id.into(),
+        code: code.into(),
+    })
+    .await
+    .expect("verify")
+    .into_inner()
+}
+
+async fn export(eu: &mut Node, subject: &str, request_id: &str) -> Result<node::ExportResponse, tonic::Status> {
+    eu.export(node::ExportRequest { subject: node_ref(subject), request_id: request_id.into(), ..Default::default() })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn status_of(r: &node::VerifyRightsRequestResponse) -> (&str, &str) {
+    let request = r.request.as_ref().unwrap();
+    (request.status.as_str(), request.reason.as_str())
+}
+
+async fn lifecycle(store: ClusterStore) {
+    let store_is_postgres = matches!(store, ClusterStore::Postgres);
+    let options = TestOptions {
+        store,
+        node_rights: Some(RightsConfig { challenge_ttl_secs: TTL_SECS, challenge_attempts: ATTEMPTS }),
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let mut codes = Vec::new();
+    let anna = register(&mut client, "anna.rights@example.fr").await;
+    let bert = register(&mut client, "bert.rights@example.fr").await;
+
+    // Neither a request nor an override: refused, nothing served.
+    let refused = export(&mut eu, &anna.subject_ref, "").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("request_id"), "{}", refused.message());
+
+    // A challenge goes only to an identifier the subject holds.
+    let status = eu
+        .open_rights_request(node::OpenRightsRequestRequest {
+            subject: node_ref(&anna.subject_ref),
+            kind: "access".into(),
+            deliver_to_link: bert.links[0].clone(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // Opened: verifying, one challenge in the outbox, sent to the subject's own address.
+    let opened = open(&mut eu, &anna, "access").await;
+    let access = opened.request.clone().unwrap();
+    assert_eq!(access.status, "verifying");
+    assert_eq!(opened.active_request_id, access.request_id);
+    assert!(opened.challenge_expires_at.is_some());
+    // A deadline from the pack (GDPR: 1 month, extendable by 2).
+    assert!(access.deadline_at.is_some() && access.extended_deadline_at.is_some(), "{access:?}");
+
+    // The unverified request does not serve an export.
+    let refused = export(&mut eu, &anna.subject_ref, &access.request_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("not verified"), "{}", refused.message());
+
+    // A duplicate is linked to the open request, with no second challenge.
+    let duplicate = open(&mut eu, &anna, "access").await;
+    let linked = duplicate.request.unwrap();
+    assert_eq!(linked.status, "linked");
+    assert_eq!(linked.linked_to, access.request_id);
+    assert_eq!(duplicate.active_request_id, access.request_id);
+    let entries = outbox(&mut eu).await;
+    assert_eq!(entries.len(), 1, "one challenge for the two requests");
+    assert_eq!(entries[0].identifier_kind, "email");
+    assert_eq!(entries[0].identifier_value, "anna.rights@example.fr");
+    let code = code_of(&mut eu, &access.request_id, &mut codes).await;
+
+    // A wrong code counts; the right one verifies.
+    let wrong = verify(&mut eu, &anna.subject_ref, &access.request_id, "WRONGCODE0").await;
+    assert!(!wrong.verified);
+    assert_eq!(wrong.attempts_left, ATTEMPTS - 1);
+    let right = verify(&mut eu, &anna.subject_ref, &access.request_id, &code.to_lowercase()).await;
+    assert!(right.verified, "{right:?}");
+    assert_eq!(status_of(&right).0, "verified");
+    assert!(outbox(&mut eu).await.is_empty(), "an answered challenge leaves the outbox");
+
+    // Another subject's request, or another kind, does not serve.
+    let status = export(&mut eu, &bert.subject_ref, &access.request_id).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let status = eu
+        .erase(node::EraseRequest {
+            subject: node_ref(&anna.subject_ref),
+            request_id: access.request_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("another kind"), "{}", status.message());
+    // Nor is anyone erased without a request or an override.
+    let status =
+        eu.erase(node::EraseRequest { subject: node_ref(&anna.subject_ref), ..Default::default() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // A rectification and the lifting of a restriction need the same; a restriction itself is
+    // honoured on receipt (it only narrows processing).
+    let status = eu
+        .rectify(node::RectifyRequest {
+            subject: node_ref(&bert.subject_ref),
+            set_profile: [("tier".to_owned(), "gold".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let restrict = |restricted: bool, override_reason: &str| node::RestrictRequest {
+        subject: node_ref(&bert.subject_ref),
+        restricted,
+        override_reason: override_reason.into(),
+        ..Default::default()
+    };
+    eu.restrict(restrict(true, "")).await.expect("a restriction is honoured on receipt");
+    let status = eu.restrict(restrict(false, "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let lifted = eu.restrict(restrict(false, "identity_checked_in_person")).await.expect("lifted on override");
+    assert_eq!(lifted.into_inner().rights_request.unwrap().override_reason, "identity_checked_in_person");
+
+    // The verified request is served, and completed.
+    let served = export(&mut eu, &anna.subject_ref, &access.request_id).await.expect("served");
+    assert!(String::from_utf8_lossy(&served.document).contains("anna.rights@example.fr"));
+    let done = served.rights_request.unwrap();
+    assert_eq!((done.request_id.as_str(), done.status.as_str()), (access.request_id.as_str(), "completed"));
+    // A replayed answer does nothing; the request does not serve twice.
+    let replayed = verify(&mut eu, &anna.subject_ref, &access.request_id, &code).await;
+    assert_eq!(status_of(&replayed).0, "completed");
+    assert_eq!(
+        export(&mut eu, &anna.subject_ref, &access.request_id).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let got = eu
+        .get_rights_request(node::GetRightsRequestRequest {
+            subject: node_ref(&anna.subject_ref),
+            request_id: access.request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.request.unwrap().status, "completed");
+    // Another subject asking about it learns nothing.
+    let status = eu
+        .get_rights_request(node::GetRightsRequestRequest {
+            subject: node_ref(&bert.subject_ref),
+            request_id: access.request_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Wrong codes up to the limit refuse the request; the right code afterwards does nothing.
+    let erasure = open(&mut eu, &anna, "erasure").await.request.unwrap();
+    let erasure_code = code_of(&mut eu, &erasure.request_id, &mut codes).await;
+    for left in (0..ATTEMPTS).rev() {
+        let wrong = verify(&mut eu, &anna.subject_ref, &erasure.request_id, "0000000000").await;
+        assert_eq!(wrong.attempts_left, left);
+    }
+    let late = verify(&mut eu, &anna.subject_ref, &erasure.request_id, &erasure_code).await;
+    assert!(!late.verified);
+    assert_eq!(status_of(&late), ("refused", "verification_failed"));
+
+    // An expired challenge refuses the request.
+    let expiring = open(&mut eu, &bert, "access").await.request.unwrap();
+    let expiring_code = code_of(&mut eu, &expiring.request_id, &mut codes).await;
+    tokio::time::sleep(std::time::Duration::from_secs(TTL_SECS + 1)).await;
+    let expired = verify(&mut eu, &bert.subject_ref, &expiring.request_id, &expiring_code).await;
+    assert!(!expired.verified);
+    assert_eq!(status_of(&expired), ("refused", "challenge_expired"));
+
+    // Overdue: an open request past its deadline is listed and counted, until extended.
+    let pending = open(&mut eu, &bert, "portability").await.request.unwrap();
+    let overdue = |as_of: i64| node::ListOverdueRightsRequestsRequest {
+        as_of: Some(prost_types::Timestamp { seconds: as_of, nanos: 0 }),
+    };
+    let listed = eu.list_overdue_rights_requests(overdue(now() + 40 * DAY)).await.unwrap().into_inner();
+    assert!(listed.requests.iter().any(|o| o.request.as_ref().unwrap().request_id == pending.request_id));
+    let counted = listed.counts.iter().find(|c| c.kind == "portability").unwrap();
+    assert_eq!(counted.count, 1);
+    let today = eu.list_overdue_rights_requests(node::ListOverdueRightsRequestsRequest { as_of: None }).await.unwrap();
+    assert!(today.into_inner().requests.is_empty(), "nothing is overdue yet");
+    // Extended through the gateway (audited at the node), to the pack's permitted extension.
+    let extended = client
+        .extend_rights_request(gw::ExtendRightsRequestRequest {
+            subject: select_ref(&bert.subject_ref),
+            request_id: pending.request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert!(extended.extended_at.is_some());
+    let listed = eu.list_overdue_rights_requests(overdue(now() + 40 * DAY)).await.unwrap().into_inner();
+    assert!(listed.requests.is_empty(), "extended: not overdue at 40 days");
+    let listed = eu.list_overdue_rights_requests(overdue(now() + 100 * DAY)).await.unwrap().into_inner();
+    assert_eq!(listed.requests.len(), 1, "overdue past the extension");
+
+    // Through the gateway (routed to the home region; the delivery identifier named by value,
+    // turned into its link there): a verified erasure erases, and the subject's challenges leave
+    // the outbox with it.
+    let status = client
+        .open_rights_request(gw::OpenRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            kind: "erasure".into(),
+            deliver_to: select_email("bert.rights@example.fr"),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "another subject's address: {status:?}");
+    let opened = client
+        .open_rights_request(gw::OpenRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            kind: "erasure".into(),
+            deliver_to: select_email("anna.rights@example.fr"),
+            idempotency_key: "open-erasure-1".into(),
+        })
+        .await
+        .expect("opened through the gateway")
+        .into_inner();
+    let erasure = opened.request.unwrap();
+    assert_eq!(erasure.status, "verifying");
+    // Repeated with its idempotency key: answered as the first time, no second challenge.
+    let entries = outbox(&mut eu).await.len();
+    let again = client
+        .open_rights_request(gw::OpenRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            kind: "erasure".into(),
+            deliver_to: select_email("anna.rights@example.fr"),
+            idempotency_key: "open-erasure-1".into(),
+        })
+        .await
+        .expect("replayed")
+        .into_inner();
+    assert_eq!(again.request.unwrap().request_id, erasure.request_id);
+    assert_eq!(again.active_request_id, erasure.request_id);
+    assert_eq!(outbox(&mut eu).await.len(), entries);
+    let erasure_code = code_of(&mut eu, &erasure.request_id, &mut codes).await;
+    let other = open(&mut eu, &anna, "rectification").await.request.unwrap();
+    let _ = code_of(&mut eu, &other.request_id, &mut codes).await;
+    let verified = client
+        .verify_rights_request(gw::VerifyRightsRequestRequest {
+            subject: select_email("anna.rights@example.fr"),
+            request_id: erasure.request_id.clone(),
+            code: erasure_code.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.verified, "{verified:?}");
+    let got = client
+        .get_rights_request(gw::GetRightsRequestRequest {
+            subject: select_ref(&anna.subject_ref),
+            request_id: erasure.request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.request.unwrap().status, "verified");
+    let erased = client
+        .erase(gw::EraseRequest {
+            subject: select_ref(&anna.subject_ref),
+            request_id: erasure.request_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("erased through the gateway with the verified request")
+        .into_inner();
+    assert_eq!(erased.rights_request.unwrap().status, "completed");
+    let left = outbox(&mut eu).await;
+    assert!(left.iter().all(|e| e.subject_ref != anna.subject_ref), "{left:?}");
+
+    // No file the cluster wrote (logs, audit log, database) holds a code in clear; the override
+    // is in the audit log.
+    cluster.stop().await;
+    let audited = files_containing(cluster.dir(), b"\"override\":\"identity_checked_in_person\"");
+    assert!(audited.iter().any(|p| p.ends_with("audit.log")) || store_is_postgres, "{audited:?}");
+    for code in &codes {
+        assert!(files_containing(cluster.dir(), code.as_bytes()).is_empty(), "a challenge code is in a file");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rights_requests_are_verified_tracked_and_listed_when_overdue_on_sled() {
+    lifecycle(ClusterStore::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rights_requests_are_verified_tracked_and_listed_when_overdue_on_postgres() {
+    lifecycle(ClusterStore::Postgres).await;
+}
+
+/// An attacker guessing in parallel through two replicas of a PostgreSQL region gets exactly the
+/// configured number of wrong answers: each is counted once (a step overtaken by another
+/// replica's is refused, ABORTED, and writes nothing), then the request is refused and the right
+/// code does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_answers_are_counted_exactly_across_replicas_on_postgres() {
+    let options = TestOptions {
+        store: ClusterStore::Postgres,
+        node_rights: Some(RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 5 }),
+        ..Default::default()
+    };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = domicile_cluster_tests::Replica::start(&cluster, &eu).await.unwrap();
+    let mut first = cluster.node(&eu).await.unwrap();
+    let second = replica.client(&cluster).await.unwrap();
+    let mut client = cluster.gateway().await.unwrap();
+    let carl = register(&mut client, "carl.rights@example.fr").await;
+    let request = open(&mut first, &carl, "erasure").await.request.unwrap();
+    let code = code_of(&mut first, &request.request_id, &mut Vec::new()).await;
+
+    let mut counted = Vec::new();
+    let mut aborted = 0;
+    for _round in 0..20 {
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let mut node = if i % 2 == 0 { first.clone() } else { second.clone() };
+            let (subject, id) = (carl.subject_ref.clone(), request.request_id.clone());
+            tasks.push(tokio::spawn(async move {
+                node.verify_rights_request(node::VerifyRightsRequestRequest {
+                    subject: node_ref(&subject),
+                    request_id: id,
+                    code: format!("WRONG{i:05}"),
+                })
+                .await
+            }));
+        }
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    assert!(!answer.verified);
+                    if answer.request.as_ref().unwrap().status == "verifying" {
+                        counted.push(answer.attempts_left);
+                    }
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                    aborted += 1;
+                }
+            }
+        }
+        let now = first
+            .get_rights_request(node::GetRightsRequestRequest {
+                subject: node_ref(&carl.subject_ref),
+                request_id: request.request_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .request
+            .unwrap();
+        if now.status == "refused" {
+            assert_eq!(now.reason, "verification_failed");
+            break;
+        }
+    }
+    eprintln!("wrong answers counted {counted:?}, {aborted} overtaken");
+    counted.sort_unstable();
+    assert_eq!(counted, [1, 2, 3, 4], "each wrong answer counted once ({aborted} overtaken and refused)");
+    let late = verify(&mut first, &carl.subject_ref, &request.request_id, &code).await;
+    assert!(!late.verified);
+    assert_eq!(status_of(&late), ("refused", "verification_failed"));
+}
