@@ -18,3 +18,6 @@ CREATE TABLE rights_outbox (
     expires_at bigint NOT NULL,
     sealed     bytea  NOT NULL
 );
+-- Erasing, merging or unmerging a subject deletes its row, which cascades here: indexed so the
+-- cascade does not scan the outbox.
+CREATE INDEX rights_outbox_subject ON rights_outbox (subject);

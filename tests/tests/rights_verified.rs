@@ -247,6 +247,22 @@ async fn lifecycle(store: ClusterStore) {
     let expired = verify(&mut eu, &bert.subject_ref, &expiring.request_id, &expiring_code).await;
     assert!(!expired.verified);
     assert_eq!(status_of(&expired), ("refused", "challenge_expired"));
+    // A challenge left unanswered until it expired does not keep the subject from a new one: the
+    // next request of that kind is refused the old one and gets its own code.
+    let abandoned = open(&mut eu, &bert, "erasure").await.request.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(TTL_SECS + 1)).await;
+    let reopened = open(&mut eu, &bert, "erasure").await;
+    let fresh = reopened.request.unwrap();
+    assert_ne!(fresh.request_id, abandoned.request_id);
+    assert_eq!(fresh.status, "verifying", "a new challenge, not linked to the abandoned request");
+    let fresh_code = code_of(&mut eu, &fresh.request_id, &mut codes).await;
+    assert!(!fresh_code.is_empty());
+    // Closed again (wrong answers to the limit), so the overdue counts below see only theirs.
+    for _ in 0..ATTEMPTS {
+        verify(&mut eu, &bert.subject_ref, &fresh.request_id, "0000000000").await;
+    }
+    let closed = verify(&mut eu, &bert.subject_ref, &fresh.request_id, &fresh_code).await;
+    assert_eq!(status_of(&closed), ("refused", "verification_failed"));
 
     // Overdue: an open request past its deadline is listed and counted, until extended.
     let pending = open(&mut eu, &bert, "portability").await.request.unwrap();

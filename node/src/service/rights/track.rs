@@ -201,12 +201,25 @@ impl<S: Store> NodeService<S> {
         let now = now_unix();
         let mut request = self.rights_request(&meta.jurisdiction, kind, now)?;
         request.completed_at = None;
-        let open = self
+        let mut open = self
             .store
             .tracked_requests_of(&subject)
             .await?
             .into_iter()
             .find(|t| t.record.kind == kind.as_str() && is_open(&t.record));
+        // A challenge that expired unanswered is refused now, not linked to: otherwise one
+        // request opened and never answered would keep the subject from ever getting a code.
+        if let Some(read) = open.take_if(|t| {
+            RightsStatus::parse(&t.record.status) == Some(RightsStatus::Verifying)
+                && t.challenge.as_ref().is_some_and(|c| now >= c.expires_at)
+        }) {
+            let mut expired = read.clone();
+            expired.record.status = RightsStatus::Refused.as_str().to_owned();
+            expired.record.reason = Some("challenge_expired".to_owned());
+            expired.record.completed_at = Some(now);
+            expired.challenge = None;
+            self.track(&expired, Some(&read), OutboxChange::Remove, now, None).await?;
+        }
         let written = match open {
             Some(open) => {
                 request.status = RightsStatus::Linked.as_str().to_owned();

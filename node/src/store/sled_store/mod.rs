@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use domicile_audit::{AuditEvent, AuditLog, DecisionEntry};
 
-use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose, SUBJECT_ID_LEN, SubjectId};
+use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose, SubjectId};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -172,30 +172,6 @@ impl SledStore {
             db,
         }
         .with_ledger_counter()
-    }
-
-    /// Starts the consent ledger's position counter after every position already used: stores
-    /// written before the ledger had its own counter numbered records from the shared event
-    /// counter, and positions order a subject's records, so they only ever grow.
-    fn with_ledger_counter(self) -> Result<Self, StoreError> {
-        if self.counters.get(LEDGER_POSITION).map_err(backend)?.is_none() {
-            let mut last = 0u64;
-            for key in self.consent.iter().keys() {
-                let key = key.map_err(backend)?;
-                let tail = key.get(SUBJECT_ID_LEN..).and_then(|t| <[u8; 8]>::try_from(t).ok());
-                let position = tail.ok_or_else(|| StoreError::Corrupt("consent key".into()))?;
-                last = last.max(u64::from_be_bytes(position));
-            }
-            self.counters.insert(LEDGER_POSITION, &last.to_be_bytes()).map_err(backend)?;
-        }
-        Ok(self)
-    }
-
-    /// The consent ledger's last position; read under the write lock.
-    fn ledger_position(&self) -> Result<u64, StoreError> {
-        let bytes = self.counters.get(LEDGER_POSITION).map_err(backend)?;
-        let bytes = bytes.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok());
-        bytes.map(u64::from_be_bytes).ok_or_else(|| StoreError::Corrupt("ledger counter".into()))
     }
 
     /// The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`

@@ -868,3 +868,6 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
     again.record.status = "refused".into();
     store.track_request(&again, Some(&before), OutboxChange::Remove, 5, None).await.unwrap();
 }
+
+#[path = "unmerge_tests.rs"]
+mod unmerge_tests;
