@@ -96,8 +96,8 @@ struct Authority {
     /// The verified rights request this answers (`rights open`, then `rights verify`).
     #[arg(long = "request")]
     request: Option<String>,
-    /// An operator's override of the verification: a reason code (`[a-z_]`, e.g.
-    /// `court_order`), audited as an override.
+    /// An operator's override of the verification, audited as one: identity_checked_in_person,
+    /// court_order, regulator_order, legal_obligation or controller_correction.
     #[arg(long = "override")]
     override_reason: Option<String>,
 }

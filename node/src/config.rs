@@ -82,16 +82,29 @@ pub struct RightsConfig {
     #[serde(default = "default_challenge_attempts")]
     #[schemars(range(min = 1, max = 100))]
     pub challenge_attempts: u32,
+    /// How long an identifier added to an existing subject (by a later registration, a merge or a
+    /// rectification) is not used to deliver challenges, in seconds (default 604800, 7 days):
+    /// whoever attached it may not be the person. 0: no quarantine.
+    #[serde(default = "default_identifier_quarantine_secs")]
+    pub identifier_quarantine_secs: u64,
 }
 
 impl Default for RightsConfig {
     fn default() -> Self {
-        Self { challenge_ttl_secs: default_challenge_ttl_secs(), challenge_attempts: default_challenge_attempts() }
+        Self {
+            challenge_ttl_secs: default_challenge_ttl_secs(),
+            challenge_attempts: default_challenge_attempts(),
+            identifier_quarantine_secs: default_identifier_quarantine_secs(),
+        }
     }
 }
 
 fn default_challenge_ttl_secs() -> u64 {
     86_400
+}
+
+fn default_identifier_quarantine_secs() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_challenge_attempts() -> u32 {
@@ -210,7 +223,7 @@ mod tests {
             revocation_file: Some("/revoked.toml".into()),
             revocation_reload_ms: 1_000,
             erasure_journal_file: Some("/journal/erasures.log".into()),
-            rights: RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 3 },
+            rights: RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 3, ..RightsConfig::default() },
         };
         let value = serde_json::to_value(&config).unwrap();
         assert_eq!(check(&value, &schema_of::<NodeConfig>()), vec![]);

@@ -156,14 +156,17 @@ async fn a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable() {
         operator
             .export(node::ExportRequest {
                 subject: node_ref(&anna),
-                override_reason: "test_fixture".into(),
+                override_reason: "controller_correction".into(),
                 ..Default::default()
             })
             .await,
         "export",
     );
-    let erase =
-        node::EraseRequest { subject: node_ref(&anna), override_reason: "test_fixture".into(), ..Default::default() };
+    let erase = node::EraseRequest {
+        subject: node_ref(&anna),
+        override_reason: "controller_correction".into(),
+        ..Default::default()
+    };
     unavailable(operator.erase(erase.clone()).await, "erasure");
 
     // Nothing of them is stored: the ledger, the flag and what is in force are as before, the

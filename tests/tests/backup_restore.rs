@@ -181,7 +181,7 @@ async fn an_online_backup_restores_the_same_decisions_keeps_later_erasures_and_c
         .erase(gw::EraseRequest {
             subject: select_email(ERASED),
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

@@ -88,7 +88,7 @@ async fn callers_need_a_cluster_certificate_an_identity_and_the_scope() {
         .erase(gw::EraseRequest {
             subject: decide_request().subject,
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

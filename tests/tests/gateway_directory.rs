@@ -74,7 +74,7 @@ async fn a_second_gateway_learns_registrations_and_erasures_from_node_events() {
         a.erase(gw::EraseRequest {
             subject: Some(selector),
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

@@ -118,7 +118,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
         .rectify(gw::RectifyRequest {
             subject: select_ref(&ivan.subject_ref),
             set_profile: [("tier".to_owned(), SECRET_TIER.to_owned())].into(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -161,7 +161,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
             ("tier".to_owned(), SECRET_TIER.to_owned()),
         ]
         .into(),
-        override_reason: "test_fixture".into(),
+        override_reason: "controller_correction".into(),
         ..Default::default()
     })
     .await
@@ -253,7 +253,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
         RegionalNodeClient::new(channel(&addr, &gateway_tls, &eu_region.node_server_name()).await.unwrap());
     let export = node::ExportRequest {
         subject: node_ref(&lena.subject_ref),
-        override_reason: "test_fixture".into(),
+        override_reason: "controller_correction".into(),
         ..Default::default()
     };
     let refused = as_gateway.export(export.clone()).await.unwrap_err();

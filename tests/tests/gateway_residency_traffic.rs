@@ -146,7 +146,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
             .rectify(gw::RectifyRequest {
                 subject: selector(kind, value),
                 set_profile: [("tier".to_owned(), tier.to_owned()), ("language".to_owned(), "xx".to_owned())].into(),
-                override_reason: "test_fixture".into(),
+                override_reason: "controller_correction".into(),
                 ..Default::default()
             })
             .await
@@ -190,7 +190,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
                 subject: selector(kind, value),
                 restricted: false,
                 idempotency_key: String::new(),
-                override_reason: "test_fixture".into(),
+                override_reason: "controller_correction".into(),
                 ..Default::default()
             })
             .await
@@ -225,7 +225,7 @@ async fn no_identifier_crosses_to_a_node_of_another_region() {
         .erase(gw::EraseRequest {
             subject: selector("crm_account", "CRM-US-99173"),
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

@@ -179,7 +179,7 @@ async fn round(i: usize, gateways: Vec<DomicileClient<Channel>>, shared: Arc<Sha
     } else {
         let erase = gw::EraseRequest {
             subject: select_email(&value),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         };
         match other.erase(erase).await {

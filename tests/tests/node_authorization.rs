@@ -473,7 +473,7 @@ async fn call(
             client
                 .export(node::ExportRequest {
                     subject: node_ref(&subject),
-                    override_reason: "test_fixture".into(),
+                    override_reason: "controller_correction".into(),
                     ..Default::default()
                 })
                 .await
@@ -492,7 +492,7 @@ async fn call(
             client
                 .erase(node::EraseRequest {
                     subject: node_ref(&subject),
-                    override_reason: "test_fixture".into(),
+                    override_reason: "controller_correction".into(),
                     ..Default::default()
                 })
                 .await
@@ -597,7 +597,7 @@ async fn call(
                     subject: node_ref(&subject),
                     set_profile: [("tier".to_owned(), "gold".to_owned())].into(),
                     caller_region: here.clone(),
-                    override_reason: "test_fixture".into(),
+                    override_reason: "controller_correction".into(),
                     ..Default::default()
                 })
                 .await

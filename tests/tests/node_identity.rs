@@ -146,7 +146,7 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
     let status = eu
         .export(node::ExportRequest {
             subject: key(&from),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -239,7 +239,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
             set_profile: [("preferred_name".to_owned(), "Anni".to_owned())].into(),
             remove_profile: vec![],
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -269,7 +269,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
         .rectify(gw::RectifyRequest {
             subject: by("phone", phone),
             add_identifiers: vec![identifier("email", "someone.else@example.de")],
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -279,7 +279,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
     let status = client
         .rectify(gw::RectifyRequest {
             subject: by("phone", phone),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await;
@@ -322,7 +322,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
             subject: by("phone", phone),
             restricted: false,
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -334,7 +334,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
     let export = eu
         .export(node::ExportRequest {
             subject: key(&subject),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -354,7 +354,7 @@ async fn rectify_restrict_and_rights_requests_carry_the_pack_deadline() {
         .erase(gw::EraseRequest {
             subject: by("phone", phone),
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -475,7 +475,7 @@ async fn where_the_law_fixes_no_period_the_request_says_so_and_invents_none() {
             set_profile: [("preferred_name".to_owned(), "Sam".to_owned())].into(),
             remove_profile: vec![],
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

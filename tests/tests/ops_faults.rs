@@ -269,7 +269,7 @@ async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_an
             .erase(gw::EraseRequest {
                 subject: by("email", &email),
                 idempotency_key: String::new(),
-                override_reason: "test_fixture".into(),
+                override_reason: "controller_correction".into(),
                 ..Default::default()
             })
             .await
@@ -314,7 +314,7 @@ async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_an
     us.erase(node::EraseRequest {
         subject: node_ref(&erased_offline.subject_ref),
         idempotency_key: String::new(),
-        override_reason: "test_fixture".into(),
+        override_reason: "controller_correction".into(),
         ..Default::default()
     })
     .await

@@ -65,7 +65,7 @@ async fn after_erasure_and_the_purge_step_no_file_holds_the_subject_or_a_usable_
             subject: node_ref(&erased),
             set_profile: HashMap::from([("tier".to_owned(), PROFILE_VALUE.to_owned())]),
             caller_region: eu.to_string(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -104,7 +104,7 @@ async fn after_erasure_and_the_purge_step_no_file_holds_the_subject_or_a_usable_
         .erase(gw::EraseRequest {
             subject: select_ref(&erased),
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

@@ -384,7 +384,7 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
         a.restrict(node::RestrictRequest {
             subject: node_ref(&one.subject_ref),
             restricted,
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -420,7 +420,7 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
         subject: node_ref(&one.subject_ref),
         remove_identifiers: vec![identifier("email", "cache.two@example.de")],
         caller_region: "eu-central".into(),
-        override_reason: "test_fixture".into(),
+        override_reason: "controller_correction".into(),
         ..Default::default()
     })
     .await
@@ -431,7 +431,7 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
     // Erasure.
     a.erase(node::EraseRequest {
         subject: node_ref(&one.subject_ref),
-        override_reason: "test_fixture".into(),
+        override_reason: "controller_correction".into(),
         ..Default::default()
     })
     .await

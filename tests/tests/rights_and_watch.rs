@@ -68,7 +68,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
         .erase(gw::EraseRequest {
             subject: by_email(email),
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -103,7 +103,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
             .erase(gw::EraseRequest {
                 subject: by_email(email),
                 idempotency_key: String::new(),
-                override_reason: "test_fixture".into(),
+                override_reason: "controller_correction".into(),
                 ..Default::default()
             })
             .await
@@ -115,7 +115,7 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
     let status = eu
         .export(node::ExportRequest {
             subject: by_ref(&subject.subject_ref),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -212,7 +212,7 @@ async fn a_watcher_that_reconnects_misses_no_event() {
         .erase(gw::EraseRequest {
             subject: by_email(email),
             idempotency_key: String::new(),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

@@ -94,18 +94,18 @@ async fn operators_of_the_region_exercise_rights_from_the_command_line() {
     assert!(out.starts_with("restricted; restriction request"), "{out}");
     let d = client.decide(decide()).await.unwrap().into_inner().decision.unwrap();
     assert_eq!(d.effect, common::Effect::Deny as i32, "restricted: {}", d.explanation);
-    let (code, _, err) = run(&["lift", "--override", "test_fixture"]);
+    let (code, _, err) = run(&["lift", "--override", "controller_correction"]);
     assert_eq!(code, 0, "{err}");
     let d = client.decide(decide()).await.unwrap().into_inner().decision.unwrap();
     assert_eq!(d.effect, common::Effect::Allow as i32, "lifted: {}", d.explanation);
 
-    let (code, out, err) = run(&["--json", "rectify", "--override", "test_fixture", "--set", "tier=gold"]);
+    let (code, out, err) = run(&["--json", "rectify", "--override", "controller_correction", "--set", "tier=gold"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["rights_request"]["kind"], "rectification");
 
     let dir = tempfile::tempdir().unwrap();
     let document = dir.path().join("export.json");
-    let (code, out, err) = run(&["export", "--override", "test_fixture", "--out", document.to_str().unwrap()]);
+    let (code, out, err) = run(&["export", "--override", "controller_correction", "--out", document.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("access request") && out.contains("GDPR"), "the deadline's citation: {out}");
     let exported = std::fs::read_to_string(&document).unwrap();
@@ -123,11 +123,11 @@ async fn operators_of_the_region_exercise_rights_from_the_command_line() {
 
     // An operator of another region is refused: the subject's data stays in its region.
     let us = cluster.issue_caller("us-ops", "us-east", &[Scope::Rights, Scope::Context]).unwrap();
-    let (code, _, err) = rights(&eu, "eu-central", &us, &subject, &["export", "--override", "test_fixture"]);
+    let (code, _, err) = rights(&eu, "eu-central", &us, &subject, &["export", "--override", "controller_correction"]);
     assert_ne!(code, 0);
     assert!(err.contains("PermissionDenied"), "{err}");
 
-    let (code, out, err) = run(&["erase", "--override", "test_fixture"]);
+    let (code, out, err) = run(&["erase", "--override", "controller_correction"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("erased: 2 consent records") || out.starts_with("erased: 1 consent records"), "{out}");
     let (code, _, err) = run(&["history"]);

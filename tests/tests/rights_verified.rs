@@ -95,7 +95,11 @@ async fn lifecycle(store: ClusterStore) {
     let store_is_postgres = matches!(store, ClusterStore::Postgres);
     let options = TestOptions {
         store,
-        node_rights: Some(RightsConfig { challenge_ttl_secs: TTL_SECS, challenge_attempts: ATTEMPTS }),
+        node_rights: Some(RightsConfig {
+            challenge_ttl_secs: TTL_SECS,
+            challenge_attempts: ATTEMPTS,
+            ..RightsConfig::default()
+        }),
         ..Default::default()
     };
     let mut cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
@@ -264,6 +268,33 @@ async fn lifecycle(store: ClusterStore) {
     let closed = verify(&mut eu, &bert.subject_ref, &fresh.request_id, &fresh_code).await;
     assert_eq!(status_of(&closed), ("refused", "verification_failed"));
 
+    // An identifier attached to a subject since it was created (a registration naming it beside
+    // one of the subject's) is no way to reach the person yet: whoever attached it gets no code.
+    let attached = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "FR".into(),
+            identifiers: vec![identifier("email", "bert.rights@example.fr"), identifier("email", "mallory@example.fr")],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(attached.subject_ref, bert.subject_ref, "attached to Bert");
+    let mallory_link = attached.links.iter().find(|l| !bert.links.contains(l)).expect("a new link").clone();
+    let before = outbox(&mut eu).await.len();
+    let status = eu
+        .open_rights_request(node::OpenRightsRequestRequest {
+            subject: node_ref(&bert.subject_ref),
+            kind: "access".into(),
+            deliver_to_link: mallory_link,
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("quarantine") && !status.message().contains("mallory"), "{status:?}");
+    assert_eq!(outbox(&mut eu).await.len(), before, "no challenge for the attached identifier");
+
     // Overdue: an open request past its deadline is listed and counted, until extended.
     let pending = open(&mut eu, &bert, "portability").await.request.unwrap();
     let overdue = |as_of: i64| node::ListOverdueRightsRequestsRequest {
@@ -395,7 +426,7 @@ async fn rights_requests_are_verified_tracked_and_listed_when_overdue_on_postgre
 async fn wrong_answers_are_counted_exactly_across_replicas_on_postgres() {
     let options = TestOptions {
         store: ClusterStore::Postgres,
-        node_rights: Some(RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 5 }),
+        node_rights: Some(RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 5, ..RightsConfig::default() }),
         ..Default::default()
     };
     let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");

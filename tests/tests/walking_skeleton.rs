@@ -226,7 +226,7 @@ async fn consent_follows_the_person_across_identifiers_and_data_stays_home() {
             subject: Some(common::SubjectKey {
                 key: Some(common::subject_key::Key::SubjectRef(registered.subject_ref.clone())),
             }),
-            override_reason: "test_fixture".into(),
+            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await

@@ -30,6 +30,12 @@ pub struct SubjectRecord {
     /// so an unmerge can split it back out ([`crate::store::split`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<MergeLineage>,
+    /// When each identifier added after the subject was created (by a later registration, a
+    /// rectification or a merge) was added, by its link; identifiers the subject was created with
+    /// are absent. A rights challenge is not delivered through one added recently: whoever
+    /// attached it may not be the person.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub added_at: BTreeMap<Link, i64>,
 }
 
 /// What one merge brought into the subject that remains, kept (sealed with its record) so the
@@ -61,6 +67,9 @@ pub struct MergeLineage {
     /// The merged-away subject's own lineage (it may have been made by merges too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nested: Vec<MergeLineage>,
+    /// The merged-away subject's [`SubjectRecord::added_at`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub added_at: BTreeMap<Link, i64>,
 }
 
 /// Positions of a subject's entries in its three logs.

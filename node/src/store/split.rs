@@ -176,10 +176,18 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
     for field in lineage.added_fields.keys() {
         record.profile.remove(field);
     }
+    // When identifiers were attached (for the challenge quarantine): each half keeps its own.
+    record.added_at.retain(|link, _| kept_links.contains(link));
     let restored_record = SubjectRecord {
         identifiers: restored_identifiers,
         profile: lineage.profile.clone(),
         lineage: lineage.nested.clone(),
+        added_at: lineage
+            .added_at
+            .iter()
+            .filter(|(l, _)| restored_links.contains(l))
+            .map(|(l, at)| (*l, *at))
+            .collect(),
     };
     let kept_meta = SubjectMeta { created_at: lineage.into_created_at, ..meta.clone() };
     // Fail closed: a restriction in force stays on both halves, as does one the restored half

@@ -53,6 +53,7 @@ fn lineage(from_consent: Vec<u64>, into_consent: Vec<u64>) -> MergeLineage {
         from_positions: LogPositions { consent: from_consent, ..LogPositions::default() },
         into_positions: LogPositions { consent: into_consent, ..LogPositions::default() },
         nested: Vec::new(),
+        added_at: BTreeMap::from([(link(A), 5)]),
     }
 }
 
@@ -63,6 +64,7 @@ fn whole(ledger: Vec<ConsentRecord>, lineages: Vec<MergeLineage>) -> Whole {
             identifiers: vec![email("b"), email("a")],
             profile: BTreeMap::from([("name".to_owned(), "Ann".to_owned()), ("lang".to_owned(), "de".to_owned())]),
             lineage: lineages,
+            added_at: BTreeMap::from([(link(A), 1_000), (link(B), 15)]),
         },
         links: vec![link(B), link(A)],
         ledger,
@@ -94,6 +96,10 @@ fn entries_from_before_the_merge_go_back_to_their_half_with_identifiers_links_an
     assert_eq!(plan.restored.record.profile["name"], "Ann");
     assert!(plan.kept.record.lineage.is_empty());
     assert_eq!((plan.kept.meta.created_at, plan.restored.meta.created_at), (20, 10));
+    // Each half keeps when its identifiers were attached (the challenge quarantine): the
+    // restored one as it had them before the merge, not the merge's time.
+    assert_eq!(plan.kept.record.added_at, BTreeMap::from([(link(B), 15)]));
+    assert_eq!(plan.restored.record.added_at, BTreeMap::from([(link(A), 5)]));
     assert_eq!(plan.flagged, 0);
 }
 

@@ -26,6 +26,19 @@ pub(crate) const NEEDS_AUTHORITY: &str = "an export, erasure or rectification ne
 pub(crate) const NEEDS_AUTHORITY_TO_LIFT: &str = "lifting a restriction needs `request_id`, a verified restriction request \
      of the subject, or `override_reason`, an operator's override (a restriction itself needs neither)";
 
+/// Why an operator may carry out a right without a verified request:
+/// - `identity_checked_in_person`: the requester's identity was checked by other means (at a
+///   counter, by a signed letter);
+/// - `court_order`, `regulator_order`: an authority ordered it;
+/// - `legal_obligation`: the controller must, without a request (e.g. a retention period ran out);
+/// - `controller_correction`: the controller corrects or removes data on its own account (a
+///   wrong record, a test subject).
+pub(crate) const OVERRIDE_REASONS: &[&str] =
+    &["identity_checked_in_person", "court_order", "regulator_order", "legal_obligation", "controller_correction"];
+
+const OVERRIDE_REASONS_TEXT: &str = "must be one of identity_checked_in_person, court_order, regulator_order, \
+     legal_obligation, controller_correction";
+
 impl Authority {
     /// From a request's `request_id` and `override_reason` fields: exactly one of them.
     pub(crate) fn from_fields(request_id: &str, override_reason: &str) -> Result<Self, NodeError> {
@@ -39,16 +52,10 @@ impl Authority {
                 Ok(Self::Request(request_id.to_owned()))
             }
             (true, false) => {
-                let b = override_reason.as_bytes();
-                let valid = (1..=40).contains(&b.len())
-                    && b[0].is_ascii_lowercase()
-                    && b.iter().all(|c| c.is_ascii_lowercase() || *c == b'_');
-                if !valid {
-                    return Err(FieldViolation::new(
-                        "override_reason",
-                        "must be a reason code: 1-40 of `a-z` and `_`, starting with a letter",
-                    )
-                    .into());
+                // A closed list: the reason reaches the audit log, which outlives every erasure,
+                // so no caller text (a name, a ticket note) may ride in it.
+                if !OVERRIDE_REASONS.contains(&override_reason) {
+                    return Err(FieldViolation::new("override_reason", OVERRIDE_REASONS_TEXT).into());
                 }
                 Ok(Self::Override(override_reason.to_owned()))
             }
@@ -186,9 +193,22 @@ mod tests {
         let id = "ab".repeat(16);
         assert!(matches!(Authority::from_fields(&id, ""), Ok(Authority::Request(r)) if r == id));
         assert!(matches!(Authority::from_fields("", "court_order"), Ok(Authority::Override(o)) if o == "court_order"));
+        for reason in OVERRIDE_REASONS {
+            assert!(matches!(Authority::from_fields("", reason), Ok(Authority::Override(_))), "{reason}");
+        }
         assert!(matches!(Authority::from_fields("", ""), Err(NodeError::Precondition(_))));
         assert!(matches!(Authority::from_fields(&id, "court_order"), Err(NodeError::InvalidArgument(_))));
-        for bad in ["_x", "Court", "court order", "court-order", "x1", &"a".repeat(41), "anna@example.com"] {
+        // Only the closed list: also no well-formed code of the caller's own (a name would do).
+        for bad in [
+            "_x",
+            "Court",
+            "court order",
+            "court-order",
+            "x1",
+            &"a".repeat(41),
+            "anna@example.com",
+            "requested_by_anna",
+        ] {
             let err = Authority::from_fields("", bad).unwrap_err();
             assert!(
                 matches!(&err, NodeError::Invalid(v) if v.field == "override_reason" && !v.description.contains(bad)),

@@ -199,6 +199,15 @@ impl<S: Store> NodeService<S> {
             ));
         };
         let now = now_unix();
+        // An identifier attached to the subject recently (a registration naming it beside one of
+        // the subject's, a merge, a rectification) may be whoever attached it: not yet a way to
+        // reach the person.
+        let quarantine = i64::try_from(self.rights.identifier_quarantine_secs).unwrap_or(i64::MAX);
+        if record.added_at.get(deliver_to).is_some_and(|added| now < added.saturating_add(quarantine)) {
+            return Err(NodeError::Precondition(
+                "deliver_to_link names an identifier added to the subject recently: a challenge goes only to an identifier held longer than the region's quarantine ([rights] identifier_quarantine_secs)",
+            ));
+        }
         let mut request = self.rights_request(&meta.jurisdiction, kind, now)?;
         request.completed_at = None;
         let mut open = self

@@ -131,6 +131,9 @@ impl PgStore {
                 }
                 if !held.contains(link) && !added.contains(link) {
                     added.push(*link);
+                    if !created {
+                        record.added_at.insert(*link, now);
+                    }
                 }
             }
             self.save_record(w, &subject, &key, &record).await?;
@@ -227,7 +230,11 @@ impl PgStore {
                 from_positions: self.positions(w, from).await?,
                 into_positions: self.positions(w, into).await?,
                 nested: from_record.lineage.clone(),
+            added_at: from_record.added_at.clone(),
             };
+            for link in &lineage.links {
+                record.added_at.insert(*link, now);
+            }
             record.lineage.push(lineage);
             for identifier in from_record.identifiers {
                 if !record.identifiers.contains(&identifier) {
@@ -349,7 +356,7 @@ impl PgStore {
         self.write(now, async |w| {
             check_replay(w, idempotency).await?;
             let (added, removed, event) =
-                self.change_identifiers(w, subject, change, Cause::Rectification(rights_request), claimed).await?;
+                self.change_identifiers(w, subject, change, Cause::Rectification(rights_request), claimed, now).await?;
             let rectified = Rectified { added, removed, event, rights_request: rights_request.clone() };
             let key = self.live_key(w, subject).await?;
             record_replay(w, idempotency, Some((subject, &key)), &(*subject, &rectified)).await?;
@@ -375,7 +382,8 @@ impl PgStore {
                 return Ok(Dropped { left: links.len(), ..Dropped::default() });
             }
             let change = Rectification { remove, ..Rectification::default() };
-            let (_, removed, event) = self.change_identifiers(w, subject, &change, Cause::KeptBy(kept_by), &[]).await?;
+            let (_, removed, event) =
+                self.change_identifiers(w, subject, &change, Cause::KeptBy(kept_by), &[], now).await?;
             let left = self.links_of(w.tx(), subject).await?.len();
             Ok(Dropped { removed, left, event })
         })
@@ -392,6 +400,7 @@ impl PgStore {
         change: &Rectification,
         cause: Cause<'_>,
         claimed: &[Release],
+        now: i64,
     ) -> Result<(Vec<Link>, Vec<Link>, Option<u64>), StoreError> {
         let key = self.live_key(w, subject).await?;
         let mut links = self.links_of(w.tx(), subject).await?;
@@ -433,6 +442,7 @@ impl PgStore {
             if !links.contains(link) {
                 links.push(*link);
                 added.push(*link);
+                record.added_at.insert(*link, now);
             }
         }
         for field in &change.remove_profile {

@@ -107,6 +107,9 @@ impl SledStore {
                 if !entry.links.contains(link) {
                     entry.links.push(*link);
                     added.push(*link);
+                    if !created {
+                        record.added_at.insert(*link, now);
+                    }
                 }
                 links.insert(&link.as_bytes()[..], &subject.as_bytes()[..])?;
             }
@@ -293,6 +296,7 @@ impl SledStore {
             from_positions: self.positions(from)?,
             into_positions: self.positions(into)?,
             nested: from_record.lineage.clone(),
+            added_at: from_record.added_at.clone(),
         };
         for identifier in from_record.identifiers {
             if !record.identifiers.contains(&identifier) {
@@ -309,6 +313,7 @@ impl SledStore {
             if !into_entry.links.contains(link) {
                 into_entry.links.push(*link);
             }
+            record.added_at.insert(*link, now);
         }
         // Fail closed: a restriction on either half holds for the merged subject.
         into_entry.meta.restricted |= from_entry.meta.restricted;
@@ -476,6 +481,7 @@ impl SledStore {
             if !entry.links.contains(link) {
                 entry.links.push(*link);
                 added.push(*link);
+                record.added_at.insert(*link, now);
             }
         }
         for field in &change.remove_profile {
