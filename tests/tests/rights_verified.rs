@@ -202,8 +202,24 @@ async fn lifecycle(store: ClusterStore) {
     let lifted = eu.restrict(restrict(false, "identity_checked_in_person")).await.expect("lifted on override");
     assert_eq!(lifted.into_inner().rights_request.unwrap().override_reason, "identity_checked_in_person");
 
-    // The verified request is served, and completed.
-    let served = export(&mut eu, &anna.subject_ref, &access.request_id).await.expect("served");
+    // The verified request is served once, and completed: eight exports sent at once with it
+    // are served one time (the others find it being carried out, or completed).
+    let racing = (0..8).map(|_| {
+        let mut node = eu.clone();
+        let (subject, request) = (anna.subject_ref.clone(), access.request_id.clone());
+        tokio::spawn(async move { export(&mut node, &subject, &request).await })
+    });
+    let mut results = Vec::new();
+    for call in racing.collect::<Vec<_>>() {
+        results.push(call.await.unwrap());
+    }
+    let served: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let outcomes: Vec<_> = results.iter().map(|r| r.as_ref().map(|_| "served").map_err(tonic::Status::code)).collect();
+    assert_eq!(served.len(), 1, "one verification, one export: {outcomes:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(refused.code(), Code::Aborted | Code::FailedPrecondition), "{refused:?}");
+    }
+    let served = served[0].clone();
     assert!(String::from_utf8_lossy(&served.document).contains("anna.rights@example.fr"));
     let done = served.rights_request.unwrap();
     assert_eq!((done.request_id.as_str(), done.status.as_str()), (access.request_id.as_str(), "completed"));

@@ -80,6 +80,10 @@ pub struct NodeService<S> {
 /// How often a node over a shared store ([`Store::shared`]) looks for changes other replicas
 /// made: the bound on how late its watchers see them (a withdrawal through one replica reaches
 /// every replica's watchers within it). Decisions never wait for it: they read the store.
+/// How long a rights request's work (`in_progress`) is held by the call that began it before
+/// another call may take it over (it was interrupted): longer than any export or erasure takes.
+pub const RIGHTS_WORK_LEASE_SECS: i64 = 300;
+
 pub const SHARED_STORE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Raises `durable` to the last change event any writer of the shared store committed (every

@@ -439,6 +439,11 @@ pub struct RightsRequestRecord {
     /// When the deadline was extended to `extended_deadline_at` (absent: not extended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extended_at: Option<i64>,
+    /// When the work was last begun (`in_progress`): another call with the request may take it
+    /// over only once [`crate::service::RIGHTS_WORK_LEASE_SECS`] have passed (a crash between the
+    /// work and its completion), never while it may still be running (an export twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
 }
 
 impl RightsRequestRecord {

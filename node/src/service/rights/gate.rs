@@ -114,10 +114,21 @@ impl<S: Store> NodeService<S> {
         match RightsStatus::parse(&tracked.record.status) {
             Some(RightsStatus::Verified) => {
                 tracked.record.status = RightsStatus::InProgress.as_str().to_owned();
+                tracked.record.started_at = Some(now);
                 self.track(&tracked, Some(&read), OutboxChange::Keep, now, None).await?;
             }
-            // Begun before and interrupted: carried out again.
-            Some(RightsStatus::InProgress) => {}
+            // Begun before: perhaps still running (another call, another replica), so taken over
+            // only once its lease has run out (it was interrupted), never to do it twice at once.
+            Some(RightsStatus::InProgress) => {
+                let begun = tracked.record.started_at.or(tracked.record.verified_at).unwrap_or(0);
+                if now < begun.saturating_add(super::super::RIGHTS_WORK_LEASE_SECS) {
+                    // ABORTED: concurrent work on the same request; retried later, it finds the
+                    // request completed (and refused) or its lease run out.
+                    return Err(crate::store::StoreError::Retry.into());
+                }
+                tracked.record.started_at = Some(now);
+                self.track(&tracked, Some(&read), OutboxChange::Keep, now, None).await?;
+            }
             Some(RightsStatus::Received | RightsStatus::Extended | RightsStatus::Verifying) => {
                 return Err(NodeError::Precondition(
                     "the rights request is not verified: its requester has not answered the challenge (VerifyRightsRequest)",
