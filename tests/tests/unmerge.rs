@@ -87,6 +87,14 @@ fn effect_of(table: &[(String, i32, Vec<String>)], cell: &str) -> common::Effect
     common::Effect::try_from(*effect).expect("an effect")
 }
 
+fn unmerge_request(subject: &str, merged: &str, key: &str) -> gw::UnmergeRequest {
+    gw::UnmergeRequest {
+        subject: select_ref(subject),
+        merged_subject_ref: merged.to_owned(),
+        idempotency_key: key.to_owned(),
+    }
+}
+
 async fn resolve(client: &mut Client, email: &str) -> Option<(String, String)> {
     let reply = client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", email)) }).await.ok()?;
     let reply = reply.into_inner();
@@ -139,15 +147,7 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
 
     let mut watch = client.watch(gw::WatchRequest { resume_token: String::new() }).await.unwrap().into_inner();
 
-    let unmerged = client
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&bea),
-            merged_subject_ref: ann.clone(),
-            idempotency_key: "unmerge-1".into(),
-        })
-        .await
-        .expect("unmerge")
-        .into_inner();
+    let unmerged = client.unmerge(unmerge_request(&bea, &ann, "unmerge-1")).await.expect("unmerge").into_inner();
     // Both halves get new refs: the merged ref is retired, so a ref kept from before reaches
     // neither person.
     assert_ne!(unmerged.subject_ref, bea);
@@ -228,45 +228,16 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
     assert!(restored_consent.contains(&("marketing".into(), "granted".into(), vec!["email".into(), "voice".into()])));
 
     // A repeat with the same key answers as the first time; the merge is gone from the lineage.
-    let again = client
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&bea),
-            merged_subject_ref: ann.clone(),
-            idempotency_key: "unmerge-1".into(),
-        })
-        .await
-        .expect("replayed")
-        .into_inner();
+    let again = client.unmerge(unmerge_request(&bea, &ann, "unmerge-1")).await.expect("replayed").into_inner();
     assert_eq!(again.restored_subject_ref, restored);
-    let status = client
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&bea),
-            merged_subject_ref: ann.clone(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let status = client.unmerge(unmerge_request(&bea, &ann, "")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert!(!status.message().contains(&ann[ann.len() - 32..]), "no ref echoed: {}", status.message());
     // Never merged: nothing to undo. A ref of another region: refused before any node is called.
-    let status = client
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&control_bea),
-            merged_subject_ref: control_ann.clone(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let status = client.unmerge(unmerge_request(&control_bea, &control_ann, "")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let foreign = format!("us-east/{}", &control_ann[control_ann.len() - 32..]);
-    let status = client
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&control_bea),
-            merged_subject_ref: foreign,
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let status = client.unmerge(unmerge_request(&control_bea, &foreign, "")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
 
     // A merge of the restored half into the other is possible again, and undone again.
@@ -279,15 +250,7 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
         .await
         .expect("merge again");
     assert_eq!(merged.into_inner().subject_ref, kept);
-    let split_again = client
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&kept),
-            merged_subject_ref: restored.clone(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .expect("second unmerge")
-        .into_inner();
+    let split_again = client.unmerge(unmerge_request(&kept, &restored, "")).await.expect("second unmerge").into_inner();
     assert_eq!(split_again.flagged_for_review, 2, "entries flagged by the first unmerge stay flagged");
     assert_eq!(decisions(&mut client, select_email("ann@example.com")).await, ann_after);
     assert_eq!(decisions(&mut client, select_email("bea@example.com")).await, bea_after);
@@ -329,15 +292,7 @@ async fn a_withdrawal_racing_an_unmerge_holds_for_the_person_whose_identifier_it
             }));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let unmerged = client
-            .unmerge(gw::UnmergeRequest {
-                subject: select_ref(&bea),
-                merged_subject_ref: ann.clone(),
-                idempotency_key: String::new(),
-            })
-            .await
-            .expect("unmerge")
-            .into_inner();
+        let unmerged = client.unmerge(unmerge_request(&bea, &ann, "")).await.expect("unmerge").into_inner();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         for writer in writers {
             writer.await.expect("every withdrawal is acknowledged");
@@ -363,15 +318,7 @@ async fn a_merge_replayed_after_its_unmerge_routes_nobody_to_the_wrong_person() 
     consent(&mut client, select_email("replay-ann@example.com"), "marketing", "sms", Withdraw).await;
     let merge = gw::MergeRequest { into: select_ref(&bea), from: select_ref(&ann), idempotency_key: "m-1".into() };
     client.merge(merge.clone()).await.expect("merge");
-    let unmerged = client
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&bea),
-            merged_subject_ref: ann.clone(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .expect("unmerge")
-        .into_inner();
+    let unmerged = client.unmerge(unmerge_request(&bea, &ann, "")).await.expect("unmerge").into_inner();
     // Its answer was sealed with the merged subject's key, retired with it: the retry learns the
     // write was applied and its subject is gone, and nothing is routed anywhere.
     let status = client.merge(merge).await.expect_err("the merged subject is retired");
@@ -420,15 +367,7 @@ async fn a_flagged_transfer_consent_lets_no_half_s_data_leave_the_region() {
     .await
     .expect("transfer consent");
     assert!(sa.get_context(context(&bea)).await.is_ok(), "merged: the consent counts");
-    let unmerged = eu
-        .unmerge(gw::UnmergeRequest {
-            subject: select_ref(&bea),
-            merged_subject_ref: ann.clone(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .expect("unmerge")
-        .into_inner();
+    let unmerged = eu.unmerge(unmerge_request(&bea, &ann, "")).await.expect("unmerge").into_inner();
     assert_eq!(unmerged.flagged_for_review, 1);
     for half in [&unmerged.subject_ref, &unmerged.restored_subject_ref] {
         let status = sa.get_context(context(half)).await.expect_err("no transfer on a flagged consent");
