@@ -257,3 +257,15 @@ fn interactions_of_unknown_origin_are_held_for_review_on_both_halves() {
     assert!(plan.kept.interactions.iter().chain(&plan.restored.interactions).all(|i| i.review));
     assert_eq!((plan.kept.interactions.len(), plan.restored.interactions.len()), (1, 1));
 }
+
+#[test]
+fn what_a_rectification_removed_is_gone_from_the_lineage_and_never_comes_back() {
+    let mut merged = whole(Vec::new(), vec![lineage(vec![], vec![])]);
+    merged.record.forget_identifier(&email("a"));
+    merged.record.forget_field("name");
+    assert!(merged.record.lineage[0].identifiers.is_empty());
+    assert!(merged.record.lineage[0].profile.is_empty());
+    let plan = split(merged, &subject(9)).unwrap();
+    assert!(plan.restored.record.identifiers.is_empty());
+    assert!(!plan.restored.record.profile.contains_key("name"));
+}

@@ -410,7 +410,7 @@ impl PgStore {
             if !record.identifiers.contains(identifier) && !links.contains(link) {
                 return Err(StoreError::NotHeld);
             }
-            record.identifiers.retain(|i| i != identifier);
+            record.forget_identifier(identifier);
             if links.contains(link) {
                 links.retain(|l| l != link);
                 w.tx().execute("DELETE FROM links WHERE link = $1", &[&link_bytes(link)]).await.map_err(pg)?;
@@ -446,9 +446,11 @@ impl PgStore {
             }
         }
         for field in &change.remove_profile {
-            record.profile.remove(field);
+            record.forget_field(field);
         }
         for (field, value) in &change.set_profile {
+            // The old value goes from the merge lineage's copies too (it was corrected).
+            record.forget_field(field);
             record.profile.insert(field.clone(), value.clone());
         }
         self.save_record(w, subject, &key, &record).await?;

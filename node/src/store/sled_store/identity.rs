@@ -463,7 +463,7 @@ impl SledStore {
             if !held {
                 return Err(StoreError::NotHeld);
             }
-            record.identifiers.retain(|i| i != identifier);
+            record.forget_identifier(identifier);
             entry.links.retain(|l| l != link);
             if !removed.contains(link) {
                 removed.push(*link);
@@ -485,9 +485,11 @@ impl SledStore {
             }
         }
         for field in &change.remove_profile {
-            record.profile.remove(field);
+            record.forget_field(field);
         }
         for (field, value) in &change.set_profile {
+            // The old value goes from the merge lineage's copies too (it was corrected).
+            record.forget_field(field);
             record.profile.insert(field.clone(), value.clone());
         }
         let sealed = seal(&key, b"subjects", subject.as_bytes(), &record)?;
