@@ -38,34 +38,6 @@ pub struct SubjectRecord {
     pub added_at: BTreeMap<Link, i64>,
 }
 
-impl SubjectRecord {
-    /// Removes an identifier (rectification, ownership repair), also from the merge lineage's
-    /// copies: an unmerge must not bring it back, nor may it stay kept there.
-    pub fn forget_identifier(&mut self, identifier: &NormalizedIdentifier) {
-        self.identifiers.retain(|i| i != identifier);
-        fn from_lineage(lineage: &mut [MergeLineage], identifier: &NormalizedIdentifier) {
-            for merge in lineage {
-                merge.identifiers.retain(|i| i != identifier);
-                from_lineage(&mut merge.nested, identifier);
-            }
-        }
-        from_lineage(&mut self.lineage, identifier);
-    }
-
-    /// Removes a profile field (rectification), also from the merge lineage's copies.
-    pub fn forget_field(&mut self, field: &str) {
-        self.profile.remove(field);
-        fn from_lineage(lineage: &mut [MergeLineage], field: &str) {
-            for merge in lineage {
-                merge.profile.remove(field);
-                merge.added_fields.remove(field);
-                from_lineage(&mut merge.nested, field);
-            }
-        }
-        from_lineage(&mut self.lineage, field);
-    }
-}
-
 /// What one merge brought into the subject that remains, kept (sealed with its record) so the
 /// merge can be undone: the merged-away subject's identifiers, links, profile and metadata, and
 /// the positions of both halves' log entries at the time of the merge. An entry at a position

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use domicile_types::{Channel, ConsentState, Link, Purpose, SubjectId};
+use domicile_types::{Channel, ConsentState, Link, NormalizedIdentifier, Purpose, SubjectId};
 
 use super::{
     ConsentRecord, CurrentConsent, Interaction, LogPositions, MergeLineage, RightsRequestRecord, StoreError,
@@ -82,6 +82,87 @@ enum Side {
     Kept,
     Restored,
     Both,
+}
+
+/// One side of a merge as it stands before it.
+pub struct MergeSide<'a> {
+    pub id: SubjectId,
+    pub meta: &'a SubjectMeta,
+    pub links: Vec<Link>,
+    pub positions: LogPositions,
+}
+
+/// Joins `from`'s record into `into`'s (both engines' merge): identifiers, the profile fields only
+/// `from` had (the remaining subject's values win), the merged links' attach time (`at`: a
+/// challenge quarantine, `SubjectRecord::added_at`), and the lineage that undoes it.
+pub fn join_records(
+    into: &mut SubjectRecord,
+    from: SubjectRecord,
+    into_side: MergeSide<'_>,
+    from_side: MergeSide<'_>,
+    at: i64,
+) {
+    let added_fields = from
+        .profile
+        .iter()
+        .filter(|(field, _)| !into.profile.contains_key(*field))
+        .map(|(f, v)| (f.clone(), v.clone()))
+        .collect();
+    for link in &from_side.links {
+        into.added_at.insert(*link, at);
+    }
+    for identifier in &from.identifiers {
+        if !into.identifiers.contains(identifier) {
+            into.identifiers.push(identifier.clone());
+        }
+    }
+    for (field, value) in &from.profile {
+        into.profile.entry(field.clone()).or_insert_with(|| value.clone());
+    }
+    into.lineage.push(MergeLineage {
+        from: from_side.id,
+        merged_at: at,
+        identifiers: from.identifiers,
+        links: from_side.links,
+        into_links: into_side.links,
+        profile: from.profile,
+        added_fields,
+        from_created_at: from_side.meta.created_at,
+        into_created_at: into_side.meta.created_at,
+        from_restricted: from_side.meta.restricted,
+        from_positions: from_side.positions,
+        into_positions: into_side.positions,
+        nested: from.lineage,
+        added_at: from.added_at,
+    });
+}
+
+impl SubjectRecord {
+    /// Removes an identifier (rectification, ownership repair), also from the merge lineage's
+    /// copies: an unmerge must not bring it back, nor may it stay kept there.
+    pub fn forget_identifier(&mut self, identifier: &NormalizedIdentifier) {
+        self.identifiers.retain(|i| i != identifier);
+        fn from_lineage(lineage: &mut [MergeLineage], identifier: &NormalizedIdentifier) {
+            for merge in lineage {
+                merge.identifiers.retain(|i| i != identifier);
+                from_lineage(&mut merge.nested, identifier);
+            }
+        }
+        from_lineage(&mut self.lineage, identifier);
+    }
+
+    /// Removes a profile field (rectification), also from the merge lineage's copies.
+    pub fn forget_field(&mut self, field: &str) {
+        self.profile.remove(field);
+        fn from_lineage(lineage: &mut [MergeLineage], field: &str) {
+            for merge in lineage {
+                merge.profile.remove(field);
+                merge.added_fields.remove(field);
+                from_lineage(&mut merge.nested, field);
+            }
+        }
+        from_lineage(&mut self.lineage, field);
+    }
 }
 
 /// Splits `whole` along its merge with `from` (the id the merged-away subject had). `NotFound`

@@ -9,10 +9,11 @@ use super::claims::{check_replay, hold, record_replay, release_held};
 use super::unit::Write;
 use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
+use crate::store::split::{MergeSide, join_records};
 use crate::store::vault::SubjectKey;
 use crate::store::{
-    CurrentConsent, Dropped, Erased, Idempotency, MergeLineage, Merged, Recorded, Rectification, Rectified, Registered,
-    Release, RightsRequestRecord, StoreError, SubjectRecord,
+    CurrentConsent, Dropped, Erased, Idempotency, Merged, Recorded, Rectification, Rectified, Registered, Release,
+    RightsRequestRecord, StoreError, SubjectRecord,
 };
 
 fn bytes(subject: &SubjectId) -> &[u8] {
@@ -211,40 +212,19 @@ impl PgStore {
             let mut record = self.record_in(w, into, &into_key).await?;
             let from_record = self.record_in(w, from, &from_key).await?;
             // Kept so the merge can be undone (`store::split`).
-            let lineage = MergeLineage {
-                from: *from,
-                merged_at: now,
-                identifiers: from_record.identifiers.clone(),
-                links: self.links_of(w.tx(), from).await?,
-                into_links: self.links_of(w.tx(), into).await?,
-                profile: from_record.profile.clone(),
-                added_fields: from_record
-                    .profile
-                    .iter()
-                    .filter(|(field, _)| !record.profile.contains_key(*field))
-                    .map(|(f, v)| (f.clone(), v.clone()))
-                    .collect(),
-                from_created_at: from_meta.created_at,
-                into_created_at: into_meta.created_at,
-                from_restricted: from_meta.restricted,
-                from_positions: self.positions(w, from).await?,
-                into_positions: self.positions(w, into).await?,
-                nested: from_record.lineage.clone(),
-            added_at: from_record.added_at.clone(),
+            let into_side = MergeSide {
+                id: *into,
+                meta: &into_meta,
+                links: self.links_of(w.tx(), into).await?,
+                positions: self.positions(w, into).await?,
             };
-            for link in &lineage.links {
-                record.added_at.insert(*link, now);
-            }
-            record.lineage.push(lineage);
-            for identifier in from_record.identifiers {
-                if !record.identifiers.contains(&identifier) {
-                    record.identifiers.push(identifier);
-                }
-            }
-            // The remaining subject's values win; fields only `from` had are kept.
-            for (field, value) in from_record.profile {
-                record.profile.entry(field).or_insert(value);
-            }
+            let from_side = MergeSide {
+                id: *from,
+                meta: &from_meta,
+                links: self.links_of(w.tx(), from).await?,
+                positions: self.positions(w, from).await?,
+            };
+            join_records(&mut record, from_record, into_side, from_side, now);
             self.save_record(w, into, &into_key, &record).await?;
             // Fail closed: a restriction on either half holds for the merged subject.
             w.tx()

@@ -13,7 +13,8 @@ use super::{
     Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectKey, SubjectMeta, SubjectRecord, TxResult,
     abort, backend, consent_key, context, decode, encode, flatten, live_subject, number_events, open, or_abort, seal,
 };
-use crate::store::MergeLineage;
+use crate::store::LogPositions;
+use crate::store::split::{MergeSide, join_records};
 
 /// The claim of `claimed` for `link`: a link that no subject holds may become live only with one.
 fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {
@@ -276,44 +277,22 @@ impl SledStore {
 
         let mut record = self.subject_record_raw(into)?.unwrap_or_default();
         let from_record = self.subject_record_raw(from)?.unwrap_or_default();
+        let sides = [(into, &into_entry), (from, &from_entry)].map(|(id, entry)| MergeSide {
+            id: *id,
+            meta: &entry.meta,
+            links: entry.links.clone(),
+            positions: LogPositions::default(),
+        });
+        let [mut into_side, mut from_side] = sides;
+        into_side.positions = self.positions(into)?;
+        from_side.positions = self.positions(from)?;
         // Kept so the merge can be undone (`store::split`).
-        let lineage = MergeLineage {
-            from: *from,
-            merged_at: now,
-            identifiers: from_record.identifiers.clone(),
-            links: from_entry.links.clone(),
-            into_links: into_entry.links.clone(),
-            profile: from_record.profile.clone(),
-            added_fields: from_record
-                .profile
-                .iter()
-                .filter(|(field, _)| !record.profile.contains_key(*field))
-                .map(|(f, v)| (f.clone(), v.clone()))
-                .collect(),
-            from_created_at: from_entry.meta.created_at,
-            into_created_at: into_entry.meta.created_at,
-            from_restricted: from_entry.meta.restricted,
-            from_positions: self.positions(from)?,
-            into_positions: self.positions(into)?,
-            nested: from_record.lineage.clone(),
-            added_at: from_record.added_at.clone(),
-        };
-        for identifier in from_record.identifiers {
-            if !record.identifiers.contains(&identifier) {
-                record.identifiers.push(identifier);
-            }
-        }
-        // The remaining subject's values win; fields only `from` had are kept.
-        for (field, value) in from_record.profile {
-            record.profile.entry(field).or_insert(value);
-        }
-        record.lineage.push(lineage);
+        join_records(&mut record, from_record, into_side, from_side, now);
         let moved_links = from_entry.links.clone();
         for link in &moved_links {
             if !into_entry.links.contains(link) {
                 into_entry.links.push(*link);
             }
-            record.added_at.insert(*link, now);
         }
         // Fail closed: a restriction on either half holds for the merged subject.
         into_entry.meta.restricted |= from_entry.meta.restricted;
