@@ -96,8 +96,9 @@ struct Authority {
     /// The verified rights request this answers (`rights open`, then `rights verify`).
     #[arg(long = "request")]
     request: Option<String>,
-    /// An operator's override of the verification, audited as one: identity_checked_in_person,
-    /// court_order, regulator_order, legal_obligation or controller_correction.
+    /// An operator's override of the verification (needs the admin scope), audited as one:
+    /// identity_checked_in_person, court_order, regulator_order, legal_obligation or
+    /// controller_correction.
     #[arg(long = "override")]
     override_reason: Option<String>,
 }

@@ -259,6 +259,7 @@ impl Domicile for GatewayService {
         let caller = crate::auth::caller(&request)?;
         let write = WriteKey::new(&caller, &request.get_ref().idempotency_key)?;
         let (region, key) = self.gateway.target(request.get_ref().subject.as_ref())?;
+        override_by_operator(&caller, &request.get_ref().override_reason)?;
         let reply = self
             .gateway
             .nodes
@@ -501,6 +502,7 @@ impl Domicile for GatewayService {
         let remove = normalise("remove_identifiers", &req.remove_identifiers)?;
         let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.gateway.target(req.subject.as_ref())?;
+        override_by_operator(&caller, &req.override_reason)?;
         // As for registration: an identifier held in another region stays there, and its value
         // is not sent to this subject's region.
         let added: Vec<Link> = add.iter().map(|id| self.gateway.link_key.link(id)).collect();
@@ -572,6 +574,7 @@ impl Domicile for GatewayService {
         let req = request.into_inner();
         let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.gateway.target(req.subject.as_ref())?;
+        override_by_operator(&caller, &req.override_reason)?;
         let reply = self
             .gateway
             .nodes
@@ -595,4 +598,24 @@ impl Domicile for GatewayService {
             rights_request: reply.rights_request,
         }))
     }
+}
+
+/// An operator's override of a rights request's verification is forwarded only for a caller
+/// holding the `admin` scope (a rights service names a verified request), and logged here with
+/// the caller's name (a service's, not a person's), which the node does not see; the node audits
+/// the override.
+fn override_by_operator(
+    caller: &domicile_runtime::identity::CallerIdentity,
+    override_reason: &str,
+) -> Result<(), Status> {
+    if override_reason.is_empty() {
+        return Ok(());
+    }
+    if !caller.has(domicile_runtime::identity::Scope::Admin) {
+        return Err(Status::permission_denied(
+            "an operator's override needs the admin scope: a rights service names a verified request",
+        ));
+    }
+    tracing::warn!(caller = %caller.name, "rights request override forwarded");
+    Ok(())
 }

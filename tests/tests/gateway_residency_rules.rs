@@ -29,7 +29,8 @@ use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
 const REGIONS: &[&str] = &["eu-central", "us-east", "sa-east", "ru-central"];
-const SCOPES: &[Scope] = &[Scope::Decide, Scope::Capture, Scope::Context, Scope::Rights];
+// `admin` too: the rectifications below state an operator's override of the verification.
+const SCOPES: &[Scope] = &[Scope::Decide, Scope::Capture, Scope::Context, Scope::Rights, Scope::Admin];
 
 const RU_EMAIL: &str = "ivan.residency-probe@example.ru";
 const DE_EMAIL: &str = "lena.residency-probe@example.de";

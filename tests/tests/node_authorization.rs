@@ -303,6 +303,29 @@ impl Fixture {
         (subject, id, code)
     }
 
+    /// A fresh subject with a verified request of `kind` (opened, its code read from the outbox
+    /// and answered by the operator): what a rights service names to export, erase or rectify.
+    async fn verified(&mut self, kind: &str) -> (String, String) {
+        let (subject, link) = self.fresh_with_link("US").await;
+        let id = self
+            .admin
+            .open_rights_request(node::OpenRightsRequestRequest {
+                subject: node_ref(&subject),
+                kind: kind.into(),
+                deliver_to_link: link,
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect("the operator opens a rights request")
+            .into_inner()
+            .active_request_id;
+        let code = self.outbox().await.into_iter().find(|e| e.request_id == id).expect("its challenge").code;
+        let verify = node::VerifyRightsRequestRequest { subject: node_ref(&subject), request_id: id.clone(), code };
+        let answer = self.admin.verify_rights_request(verify).await.expect("verify").into_inner();
+        assert!(answer.verified);
+        (subject, id)
+    }
+
     async fn outbox(&mut self) -> Vec<node::ChallengeDelivery> {
         let read = node::ReadChallengeOutboxRequest { limit: 1_000 };
         self.admin.read_challenge_outbox(read).await.expect("the operator reads the outbox").into_inner().entries
@@ -323,6 +346,15 @@ async fn subject_for(method: Method, fx: &mut Fixture, untouched: &mut Vec<(Stri
     let before = fx.state(&subject).await;
     untouched.push((subject.clone(), before));
     subject
+}
+
+/// [`subject_for`] for a method that needs a verified request: a fresh subject with one of
+/// `kind`, its state noted after the request was verified.
+async fn verified_for(fx: &mut Fixture, kind: &str, untouched: &mut Vec<(String, String)>) -> (String, String) {
+    let (subject, request) = fx.verified(kind).await;
+    let before = fx.state(&subject).await;
+    untouched.push((subject.clone(), before));
+    (subject, request)
 }
 
 /// Calls `method` as `client` with a valid request and checks the answer. `peer` is the region
@@ -469,13 +501,9 @@ async fn call(
             })
         }
         Method::Export => {
-            let subject = subject_for(method, fx, &mut untouched).await;
+            let (subject, request_id) = verified_for(fx, "access", &mut untouched).await;
             client
-                .export(node::ExportRequest {
-                    subject: node_ref(&subject),
-                    override_reason: "controller_correction".into(),
-                    ..Default::default()
-                })
+                .export(node::ExportRequest { subject: node_ref(&subject), request_id, ..Default::default() })
                 .await
                 .map(|r| {
                     let r = r.into_inner();
@@ -488,13 +516,9 @@ async fn call(
                 })
         }
         Method::Erase => {
-            let subject = subject_for(method, fx, &mut untouched).await;
+            let (subject, request_id) = verified_for(fx, "erasure", &mut untouched).await;
             client
-                .erase(node::EraseRequest {
-                    subject: node_ref(&subject),
-                    override_reason: "controller_correction".into(),
-                    ..Default::default()
-                })
+                .erase(node::EraseRequest { subject: node_ref(&subject), request_id, ..Default::default() })
                 .await
                 .map(|r| {
                     let r = r.into_inner();
@@ -591,13 +615,13 @@ async fn call(
                 })
         }
         Method::Rectify => {
-            let subject = subject_for(method, fx, &mut untouched).await;
+            let (subject, request_id) = verified_for(fx, "rectification", &mut untouched).await;
             client
                 .rectify(node::RectifyRequest {
                     subject: node_ref(&subject),
                     set_profile: [("tier".to_owned(), "gold".to_owned())].into(),
                     caller_region: here.clone(),
-                    override_reason: "controller_correction".into(),
+                    request_id,
                     ..Default::default()
                 })
                 .await

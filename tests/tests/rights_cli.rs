@@ -74,7 +74,8 @@ async fn operators_of_the_region_exercise_rights_from_the_command_line() {
         .await
         .unwrap();
     let eu = cluster.node_addr(&region("eu-central")).unwrap().to_string();
-    let ops = cluster.issue_caller("rights-ops", "eu-central", &[Scope::Rights, Scope::Context]).unwrap();
+    // Operators of the region: an override of the verification needs `admin`.
+    let ops = cluster.issue_caller("rights-ops", "eu-central", &[Scope::Rights, Scope::Context, Scope::Admin]).unwrap();
     let run = |command: &[&str]| rights(&eu, "eu-central", &ops, &subject, command);
     let decide = || gw::DecideRequest {
         subject: select_ref(&subject),

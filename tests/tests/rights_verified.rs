@@ -508,3 +508,53 @@ async fn wrong_answers_are_counted_exactly_across_replicas_on_postgres() {
     assert!(!late.verified);
     assert_eq!(status_of(&late), ("refused", "verification_failed"));
 }
+
+/// An override is an operator's: a rights service (the `rights` scope without `admin`) names a
+/// verified request, directly at the node or through the gateway, and its override is refused
+/// with nothing erased; an operator's is carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_operator_overrides_the_verification() {
+    use domicile_runtime::identity::Scope;
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], TestOptions::default()).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let desk_tls = cluster.issue_caller("rights-desk", "eu-central", &[Scope::Rights]).unwrap();
+    let mut desk_gateway = cluster.gateway_as(&desk_tls).await.unwrap();
+    let addr = cluster.node_addr(&region("eu-central")).unwrap();
+    let desk_channel =
+        domicile_cluster_tests::channel(&addr.to_string(), &desk_tls, &region("eu-central").node_server_name())
+            .await
+            .unwrap();
+    let mut desk_node = RegionalNodeClient::new(desk_channel);
+    let carla = register(&mut client, "carla.rights@example.fr").await;
+
+    let status = desk_node
+        .erase(node::EraseRequest {
+            subject: node_ref(&carla.subject_ref),
+            override_reason: "court_order".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = desk_gateway
+        .erase(gw::EraseRequest {
+            subject: select_ref(&carla.subject_ref),
+            override_reason: "court_order".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let history = eu.consent_history(node::ConsentHistoryRequest { subject: node_ref(&carla.subject_ref) }).await;
+    assert!(history.is_ok(), "nothing was erased");
+
+    // The operator (every scope, this region) may.
+    eu.erase(node::EraseRequest {
+        subject: node_ref(&carla.subject_ref),
+        override_reason: "court_order".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("an operator's override");
+}

@@ -77,7 +77,7 @@ pub(in crate::service) async fn rectify<S: Store>(
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
     let correction = correction_from_pb(req)?;
-    let authority = Authority::from_fields(&req.request_id, &req.override_reason)?;
+    let authority = Authority::of_request(&request, &req.request_id, &req.override_reason)?;
     let tag = node.idempotency("Rectify", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
     let (subject, rectified) = node.rectify_subject(&key, &caller, correction, &authority, tag.as_ref()).await?;
     Ok(rectified_to_pb(node, subject, &rectified))

@@ -40,6 +40,32 @@ const OVERRIDE_REASONS_TEXT: &str = "must be one of identity_checked_in_person, 
      legal_obligation, controller_correction";
 
 impl Authority {
+    /// [`Authority::from_fields`] for `request`'s requester: an override is an operator's, so it
+    /// is taken only from a caller of this region holding the `admin` scope, or from a gateway
+    /// (which forwards one only for a caller holding it); anyone else: PERMISSION_DENIED.
+    pub(crate) fn of_request<T>(
+        request: &tonic::Request<T>,
+        request_id: &str,
+        override_reason: &str,
+    ) -> Result<Self, NodeError> {
+        let authority = Self::from_fields(request_id, override_reason)?;
+        if let Self::Override(_) = &authority {
+            let operator = match crate::access::Requester::of(request) {
+                Some(crate::access::Requester::InRegion(caller)) => {
+                    caller.has(domicile_runtime::identity::Scope::Admin)
+                }
+                Some(crate::access::Requester::Gateway) => true,
+                Some(crate::access::Requester::PeerNode(_)) | None => false,
+            };
+            if !operator {
+                return Err(NodeError::PermissionDenied(
+                    "an operator's override needs the admin scope: a rights service names a verified request",
+                ));
+            }
+        }
+        Ok(authority)
+    }
+
     /// From a request's `request_id` and `override_reason` fields: exactly one of them.
     pub(crate) fn from_fields(request_id: &str, override_reason: &str) -> Result<Self, NodeError> {
         match (request_id.is_empty(), override_reason.is_empty()) {

@@ -20,7 +20,7 @@ pub(in crate::service) async fn export<S: Store>(
     let caller = node.caller(&request, "")?;
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
-    let authority = Authority::from_fields(&req.request_id, &req.override_reason)?;
+    let authority = Authority::of_request(&request, &req.request_id, &req.override_reason)?;
     let export = node.export_subject(&key, &caller, &authority).await?;
     Ok(export_to_pb(node, export))
 }
@@ -31,7 +31,7 @@ pub(in crate::service) async fn erase<S: Store>(
 ) -> Result<pb::EraseResponse, NodeError> {
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
-    let authority = Authority::from_fields(&req.request_id, &req.override_reason)?;
+    let authority = Authority::of_request(&request, &req.request_id, &req.override_reason)?;
     let tag = node.idempotency("Erase", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
     let (subject, erased) = node.erase_subject(&key, &authority, tag.as_ref()).await?;
     Ok(erased_to_pb(node, subject, &erased))
@@ -46,7 +46,7 @@ pub(in crate::service) async fn restrict<S: Store>(
     // Optional for a restriction, required to lift one (checked with the subject's state).
     let authority = match (req.request_id.is_empty(), req.override_reason.is_empty()) {
         (true, true) => None,
-        _ => Some(Authority::from_fields(&req.request_id, &req.override_reason)?),
+        _ => Some(Authority::of_request(&request, &req.request_id, &req.override_reason)?),
     };
     let tag = node.idempotency("Restrict", &request, &req.idempotency_key, req, |r| r.idempotency_key.clear())?;
     let (subject, (restricted, rights_request)) =
