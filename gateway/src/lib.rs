@@ -24,6 +24,7 @@ mod route;
 mod service;
 pub mod stack;
 mod sync;
+mod unmerge;
 mod watch;
 
 use std::future::Future;

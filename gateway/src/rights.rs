@@ -120,3 +120,23 @@ pub(crate) async fn extend(
         .into_inner();
     Ok(pb::ExtendRightsRequestResponse { subject_ref: reply.subject_ref, request: reply.request })
 }
+
+/// An operator's override of a rights request's verification is forwarded only for a caller
+/// holding the `admin` scope (a rights service names a verified request), and logged here with
+/// the caller's name (a service's, not a person's), which the node does not see; the node audits
+/// the override.
+pub fn override_by_operator(
+    caller: &domicile_runtime::identity::CallerIdentity,
+    override_reason: &str,
+) -> Result<(), Status> {
+    if override_reason.is_empty() {
+        return Ok(());
+    }
+    if !caller.has(domicile_runtime::identity::Scope::Admin) {
+        return Err(Status::permission_denied(
+            "an operator's override needs the admin scope: a rights service names a verified request",
+        ));
+    }
+    tracing::warn!(caller = %caller.name, "rights request override forwarded");
+    Ok(())
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use domicile_policy::ResidencyError;
-use domicile_proto::convert::{self, FieldViolation, SubjectKey};
+use domicile_proto::convert::{self, FieldViolation};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_server::Domicile;
@@ -259,7 +259,7 @@ impl Domicile for GatewayService {
         let caller = crate::auth::caller(&request)?;
         let write = WriteKey::new(&caller, &request.get_ref().idempotency_key)?;
         let (region, key) = self.gateway.target(request.get_ref().subject.as_ref())?;
-        override_by_operator(&caller, &request.get_ref().override_reason)?;
+        crate::rights::override_by_operator(&caller, &request.get_ref().override_reason)?;
         let reply = self
             .gateway
             .nodes
@@ -339,56 +339,7 @@ impl Domicile for GatewayService {
 
     async fn unmerge(&self, request: Request<pb::UnmergeRequest>) -> Result<Response<pb::UnmergeResponse>, Status> {
         let caller = crate::auth::caller(&request)?;
-        let req = request.into_inner();
-        let write = WriteKey::new(&caller, &req.idempotency_key)?;
-        let (region, key) = self.gateway.target_field("subject", req.subject.as_ref())?;
-        let merged = SubjectRef::parse(&req.merged_subject_ref).map_err(|_| {
-            Status::invalid_argument("merged_subject_ref: must be `<region>/<32 lower-case hex digits>`")
-        })?;
-        // A merge never spans regions, so neither does its undoing.
-        if merged.region != region {
-            return Err(Status::failed_precondition("the merged subject ref names another region than the subject"));
-        }
-        let reply = self
-            .gateway
-            .nodes
-            .write(
-                &region,
-                node_pb::UnmergeRequest {
-                    subject: Some(key.to_pb()),
-                    merged_subject_ref: req.merged_subject_ref.clone(),
-                    idempotency_key: write.for_node(),
-                },
-                |mut node, request| async move { node.unmerge(request).await },
-            )
-            .await
-            .map_err(|s| write_status(&region, s, &write))?
-            .into_inner();
-        let restored = SubjectRef::parse(&reply.restored_subject_ref).map_err(|_| malformed_subject_ref())?;
-        let kept = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
-        if restored.region != region || kept.region != region {
-            return Err(Status::internal("home region returned a subject ref of another region"));
-        }
-        // Each half's links name its new ref from now on (the merged ref is retired); other
-        // gateways learn it from the change events.
-        let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
-        let kept_links: Vec<Link> = reply.kept_links.iter().filter_map(|l| Link::parse(l).ok()).collect();
-        // Only links that still name the merged subject here: a replayed reply must not bring
-        // back links a later write moved or erased.
-        if let SubjectKey::Ref(merged) = &key {
-            self.gateway.directory.move_links(merged, &restored, &links);
-            self.gateway.directory.move_links(merged, &kept, &kept_links);
-        }
-        tracing::info!(%region, links = links.len(), flagged = reply.flagged_for_review, "merge undone");
-        Ok(Response::new(pb::UnmergeResponse {
-            subject_ref: reply.subject_ref,
-            restored_subject_ref: reply.restored_subject_ref,
-            links_moved: links.len() as u64,
-            consent_records: reply.consent_records,
-            interactions: reply.interactions,
-            flagged_for_review: reply.flagged_for_review,
-            home_region: region.to_string(),
-        }))
+        crate::unmerge::unmerge(&self.gateway, &caller, request.into_inner()).await.map(Response::new)
     }
 
     async fn record_interaction(
@@ -502,7 +453,7 @@ impl Domicile for GatewayService {
         let remove = normalise("remove_identifiers", &req.remove_identifiers)?;
         let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.gateway.target(req.subject.as_ref())?;
-        override_by_operator(&caller, &req.override_reason)?;
+        crate::rights::override_by_operator(&caller, &req.override_reason)?;
         // As for registration: an identifier held in another region stays there, and its value
         // is not sent to this subject's region.
         let added: Vec<Link> = add.iter().map(|id| self.gateway.link_key.link(id)).collect();
@@ -574,7 +525,7 @@ impl Domicile for GatewayService {
         let req = request.into_inner();
         let write = WriteKey::new(&caller, &req.idempotency_key)?;
         let (region, key) = self.gateway.target(req.subject.as_ref())?;
-        override_by_operator(&caller, &req.override_reason)?;
+        crate::rights::override_by_operator(&caller, &req.override_reason)?;
         let reply = self
             .gateway
             .nodes
@@ -598,24 +549,4 @@ impl Domicile for GatewayService {
             rights_request: reply.rights_request,
         }))
     }
-}
-
-/// An operator's override of a rights request's verification is forwarded only for a caller
-/// holding the `admin` scope (a rights service names a verified request), and logged here with
-/// the caller's name (a service's, not a person's), which the node does not see; the node audits
-/// the override.
-fn override_by_operator(
-    caller: &domicile_runtime::identity::CallerIdentity,
-    override_reason: &str,
-) -> Result<(), Status> {
-    if override_reason.is_empty() {
-        return Ok(());
-    }
-    if !caller.has(domicile_runtime::identity::Scope::Admin) {
-        return Err(Status::permission_denied(
-            "an operator's override needs the admin scope: a rights service names a verified request",
-        ));
-    }
-    tracing::warn!(caller = %caller.name, "rights request override forwarded");
-    Ok(())
 }
