@@ -558,3 +558,51 @@ async fn only_an_operator_overrides_the_verification() {
     .await
     .expect("an operator's override");
 }
+
+/// A merge retires the merged-away subject's id: its open requests are refused
+/// (`subject_merged`) and their challenges leave the outbox, so none waits for ever, overdue, on
+/// an id no call can reach; the same for the merged subject an unmerge retires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_a_subject_a_merge_retires_are_closed_not_left_overdue() {
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], TestOptions::default()).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let dora = register(&mut client, "dora.rights@example.fr").await;
+    let emil = register(&mut client, "emil.rights@example.fr").await;
+    let overdue = |eu: &mut Node| {
+        let mut eu = eu.clone();
+        async move {
+            let far = Some(prost_types::Timestamp { seconds: now() + 400 * 86_400, nanos: 0 });
+            let listed = eu.list_overdue_rights_requests(node::ListOverdueRightsRequestsRequest { as_of: far });
+            listed.await.unwrap().into_inner().requests
+        }
+    };
+    let dora_request = open(&mut eu, &dora, "access").await.request.unwrap().request_id;
+    assert!(overdue(&mut eu).await.iter().any(|o| o.request.as_ref().unwrap().request_id == dora_request));
+
+    client
+        .merge(gw::MergeRequest {
+            into: select_ref(&emil.subject_ref),
+            from: select_ref(&dora.subject_ref),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("merge");
+    assert!(outbox(&mut eu).await.iter().all(|e| e.request_id != dora_request), "its challenge left the outbox");
+    assert!(overdue(&mut eu).await.is_empty(), "nothing left waiting on the retired id");
+
+    // The merged subject's own request, then the unmerge that retires it.
+    let merged =
+        gw::RegisterResponse { subject_ref: emil.subject_ref.clone(), links: emil.links.clone(), ..Default::default() };
+    let emil_request = open(&mut eu, &merged, "erasure").await.request.unwrap().request_id;
+    client
+        .unmerge(gw::UnmergeRequest {
+            subject: select_ref(&emil.subject_ref),
+            merged_subject_ref: dora.subject_ref.clone(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("unmerge");
+    assert!(outbox(&mut eu).await.iter().all(|e| e.request_id != emil_request));
+    assert!(overdue(&mut eu).await.is_empty());
+}

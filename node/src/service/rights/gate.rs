@@ -199,6 +199,30 @@ impl<S: Store> NodeService<S> {
         erasure: &str,
         now: i64,
     ) -> Result<(), NodeError> {
+        self.close_requests_of_gone(subject, erasure, "subject_erased", now).await
+    }
+
+    /// After a merge or an unmerge retired `subject` (its id names nobody now): its open requests
+    /// are refused (`subject_merged`), so none waits for ever on an id no call can reach; the
+    /// requester opens one for the subject it is now part of.
+    pub(in crate::service) async fn close_requests_of_merged(
+        &self,
+        subject: &SubjectId,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        self.close_requests_of_gone(subject, "", "subject_merged", now).await
+    }
+
+    /// The subject's open requests but `except` refused with `reason`, its challenges out of the
+    /// outbox.
+    async fn close_requests_of_gone(
+        &self,
+        subject: &SubjectId,
+        except: &str,
+        reason: &'static str,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let erasure = except;
         let _one_at_a_time = self.rights_lock.lock().await;
         let theirs = self.store.tracked_requests_of(subject).await?;
         let ids: Vec<String> = theirs.iter().map(|t| t.record.request_id.clone()).collect();
@@ -208,7 +232,7 @@ impl<S: Store> NodeService<S> {
                     return false;
                 }
                 tracked.record.status = RightsStatus::Refused.as_str().to_owned();
-                tracked.record.reason = Some("subject_erased".to_owned());
+                tracked.record.reason = Some(reason.to_owned());
                 tracked.record.completed_at = Some(now);
                 tracked.challenge = None;
                 true
