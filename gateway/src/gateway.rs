@@ -77,12 +77,7 @@ impl Gateway {
         field: &str,
         selector: Option<&pb::SubjectSelector>,
     ) -> Result<(RegionId, SubjectKey), Status> {
-        let selector = selector.and_then(|s| s.selector.as_ref()).map(|s| match s {
-            Selector::Identifier(id) => SelectorRef::Identifier { kind: &id.kind, value: &id.value },
-            Selector::Link(text) => SelectorRef::Link(text),
-            Selector::SubjectRef(text) => SelectorRef::SubjectRef(text),
-        });
-        self.target_of(field, selector)
+        self.target_of(field, selector_ref(selector))
     }
 
     /// [`Self::target`] for a capture (consent, signal, interaction, import): a subject selected by
@@ -90,19 +85,22 @@ impl Gateway {
     /// identifier it came through (an unmerge gives it to that identifier's half); by subject
     /// ref, by the ref.
     pub fn capture_target(&self, selector: Option<&pb::SubjectSelector>) -> Result<(RegionId, SubjectKey), Status> {
-        let (region, key) = self.target(selector)?;
-        let link = match selector.and_then(|s| s.selector.as_ref()) {
-            Some(Selector::Identifier(id)) => convert::identifier_parts("subject.identifier", &id.kind, &id.value)
-                .ok()
-                .map(|identifier| self.link_key.link(&identifier)),
-            Some(Selector::Link(text)) => convert::link("subject.link", text).ok(),
-            Some(Selector::SubjectRef(_)) | None => None,
-        };
-        Ok((region, link.map_or(key, SubjectKey::Link)))
+        let (subject, link) = self.resolve_selector("subject", selector_ref(selector))?;
+        Ok((subject.region.clone(), link.map_or(SubjectKey::Ref(subject), SubjectKey::Link)))
     }
 
     /// [`Self::target_field`] for a selector however it was read (`DecideStream` reads in place).
     pub fn target_of(&self, field: &str, selector: Option<SelectorRef<'_>>) -> Result<(RegionId, SubjectKey), Status> {
+        let (subject, _) = self.resolve_selector(field, selector)?;
+        Ok((subject.region.clone(), SubjectKey::Ref(subject)))
+    }
+
+    /// The subject a selector names, and the link it was named by (none for a subject ref).
+    fn resolve_selector(
+        &self,
+        field: &str,
+        selector: Option<SelectorRef<'_>>,
+    ) -> Result<(SubjectRef, Option<Link>), Status> {
         let selector =
             selector.ok_or_else(|| FieldViolation::new(field, "an identifier, a link or a subject ref is required"))?;
         // Field paths for errors; spelled out for the common `subject` so the batch path does not
@@ -115,20 +113,32 @@ impl Gateway {
                 _ => format!("{field}.{leaf}").into(),
             }
         };
-        let subject = match selector {
+        match selector {
             SelectorRef::Identifier { kind, value } => {
                 let identifier = convert::identifier_parts(&path("identifier"), kind, value).map_err(invalid)?;
-                self.lookup(&self.link_key.link(&identifier))?
+                let link = self.link_key.link(&identifier);
+                Ok((self.lookup(&link)?, Some(link)))
             }
-            SelectorRef::Link(text) => self.lookup(&convert::link(&path("link"), text).map_err(invalid)?)?,
+            SelectorRef::Link(text) => {
+                let link = convert::link(&path("link"), text).map_err(invalid)?;
+                Ok((self.lookup(&link)?, Some(link)))
+            }
             SelectorRef::SubjectRef(text) => {
                 let subject = convert::subject_ref(&path("subject_ref"), text).map_err(invalid)?;
                 if !self.nodes.contains(&subject.region) {
                     return Err(Status::not_found("subject ref names a region this deployment does not have"));
                 }
-                subject
+                Ok((subject, None))
             }
-        };
-        Ok((subject.region.clone(), SubjectKey::Ref(subject)))
+        }
     }
+}
+
+/// A generated selector as [`SelectorRef`], borrowed.
+fn selector_ref(selector: Option<&pb::SubjectSelector>) -> Option<SelectorRef<'_>> {
+    selector.and_then(|s| s.selector.as_ref()).map(|s| match s {
+        Selector::Identifier(id) => SelectorRef::Identifier { kind: &id.kind, value: &id.value },
+        Selector::Link(text) => SelectorRef::Link(text),
+        Selector::SubjectRef(text) => SelectorRef::SubjectRef(text),
+    })
 }

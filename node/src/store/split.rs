@@ -202,48 +202,14 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
         }
     };
 
-    let mut kept_ledger = Vec::new();
-    let mut restored_ledger = Vec::new();
-    let mut flagged = 0;
-    for mut entry in ledger {
-        match side_of(entry.sequence, Log::Consent, entry.evidence.captured_via.as_ref()) {
-            Side::Kept => kept_ledger.push(entry),
-            Side::Restored => restored_ledger.push(entry),
-            Side::Both => {
-                entry.review = true;
-                flagged += 1;
-                kept_ledger.push(entry.clone());
-                restored_ledger.push(entry);
-            }
-        }
-    }
-    let mut kept_interactions = Vec::new();
-    let mut restored_interactions = Vec::new();
-    for mut entry in interactions {
-        match side_of(entry.sequence, Log::Interactions, entry.via.as_ref()) {
-            Side::Kept => kept_interactions.push(entry),
-            Side::Restored => restored_interactions.push(entry),
-            Side::Both => {
-                entry.review = true;
-                kept_interactions.push(entry.clone());
-                restored_interactions.push(entry);
-            }
-        }
-    }
-    let mut kept_rights = Vec::new();
-    let mut restored_rights = Vec::new();
-    for (position, request) in rights {
-        // A request since the merge names no identifier: it concerned the person both halves
-        // were taken for, so both keep it.
-        match side_of(position, Log::Rights, None) {
-            Side::Kept => kept_rights.push((position, request)),
-            Side::Restored => restored_rights.push((position, request)),
-            Side::Both => {
-                kept_rights.push((position, request.clone()));
-                restored_rights.push((position, request));
-            }
-        }
-    }
+    let (kept_ledger, restored_ledger, flagged) =
+        apart(ledger, |e| side_of(e.sequence, Log::Consent, e.evidence.captured_via.as_ref()), |e| e.review = true);
+    let (kept_interactions, restored_interactions, _) =
+        apart(interactions, |e| side_of(e.sequence, Log::Interactions, e.via.as_ref()), |e| e.review = true);
+    // A request since the merge names no identifier: it concerned the person both halves were
+    // taken for, so both keep it.
+    let (kept_rights, restored_rights, _) =
+        apart(rights, |(position, _)| side_of(*position, Log::Rights, None), |_| {});
 
     // Identifiers and links: what the merge brought and the subject still holds goes back.
     let restored_links: Vec<Link> = links.iter().copied().filter(|l| lineage.links.contains(l)).collect();
@@ -297,6 +263,25 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
         rights: restored_rights,
     };
     Ok(Split { kept, restored, flagged, lineage })
+}
+
+/// Entries apart by side: (the remaining half's, the restored half's, how many went to both,
+/// each of those copies marked with `mark`).
+fn apart<T: Clone>(entries: Vec<T>, side: impl Fn(&T) -> Side, mark: impl Fn(&mut T)) -> (Vec<T>, Vec<T>, usize) {
+    let (mut kept, mut restored, mut both) = (Vec::new(), Vec::new(), 0);
+    for mut entry in entries {
+        match side(&entry) {
+            Side::Kept => kept.push(entry),
+            Side::Restored => restored.push(entry),
+            Side::Both => {
+                mark(&mut entry);
+                both += 1;
+                kept.push(entry.clone());
+                restored.push(entry);
+            }
+        }
+    }
+    (kept, restored, both)
 }
 
 /// A ledger's records in force, replayed in order as appends build them

@@ -141,12 +141,7 @@ impl<S: Store> NodeService<S> {
             Settled::Applied(merged) => merged,
             Settled::Replayed => return self.replayed_after_race(tag).await,
         };
-        // The merge is done whatever this answers: a failure leaves the requests open (listed as
-        // overdue) rather than failing a write that was applied.
-        if let Err(error) = self.close_requests_of_merged(&from, now_unix()).await {
-            let code = tonic::Status::from(error).code();
-            tracing::warn!(region = %self.region, ?code, "rights requests of a retired subject left open");
-        }
+        self.close_requests_of_merged(&from, now_unix()).await;
         tracing::info!(region = %self.region, links = merged.links.len(), consent_records = merged.consent_records, interactions = merged.interactions, "subjects merged");
         Ok((into, merged))
     }
@@ -182,12 +177,7 @@ impl<S: Store> NodeService<S> {
                 Settled::Replayed => return self.replayed_after_race(tag).await,
             },
         };
-        // The merge is done whatever this answers: a failure leaves the requests open (listed as
-        // overdue) rather than failing a write that was applied.
-        if let Err(error) = self.close_requests_of_merged(&subject, now_unix()).await {
-            let code = tonic::Status::from(error).code();
-            tracing::warn!(region = %self.region, ?code, "rights requests of a retired subject left open");
-        }
+        self.close_requests_of_merged(&subject, now_unix()).await;
         tracing::info!(region = %self.region, links = unmerged.links.len(), consent_records = unmerged.consent_records, flagged = unmerged.flagged, "merge undone");
         Ok((unmerged.kept, unmerged))
     }

@@ -19,6 +19,9 @@ use super::{Caller, NodeService};
 use crate::error::NodeError;
 use crate::store::{Idempotency, ImportEvidence, Store};
 
+/// A group's subject and its metadata, as read when the batch was grouped.
+type Resolved = Result<(domicile_types::SubjectId, crate::store::SubjectMeta), NodeError>;
+
 /// Subjects written at once within a batch.
 const SUBJECTS_IN_FLIGHT: usize = 32;
 
@@ -49,32 +52,37 @@ impl<S: Store> NodeService<S> {
     ) -> Vec<(u64, Imported)> {
         let mut outcomes: Vec<(u64, Option<Imported>)> = Vec::with_capacity(items.len());
         // A subject's entries stay in request order, whichever of its identifiers names them;
-        // each subject is one task. A key that names no subject is a group of its own (refused).
-        let mut subject_of: HashMap<String, String> = HashMap::new();
-        let mut groups: HashMap<String, Vec<(usize, ImportItem)>> = HashMap::new();
+        // each subject is one task, its subject read here once. A key that names no subject is a
+        // group of its own (refused).
+        let mut group_of: HashMap<String, String> = HashMap::new();
+        let mut groups: HashMap<String, (Resolved, Vec<(usize, ImportItem)>)> = HashMap::new();
         for (index, (id, item)) in items.into_iter().enumerate() {
             match item {
                 Ok(item) => {
                     outcomes.push((id, None));
                     let key = format!("{:?}", item.key.as_key_ref());
-                    let group = match subject_of.get(&key) {
+                    let group = match group_of.get(&key) {
                         Some(group) => group.clone(),
                         None => {
-                            let group = match self.resolve(&item.key).await {
-                                Ok(subject) => format!("subject {subject}"),
+                            let resolved = self.resolve_meta(&item.key).await;
+                            let group = match &resolved {
+                                Ok((subject, _)) => format!("subject {subject}"),
                                 Err(_) => format!("key {key}"),
                             };
-                            subject_of.insert(key, group.clone());
+                            group_of.insert(key, group.clone());
+                            groups.entry(group.clone()).or_insert_with(|| (resolved, Vec::new()));
                             group
                         }
                     };
-                    groups.entry(group).or_default().push((index, item));
+                    if let Some((_, entries)) = groups.get_mut(&group) {
+                        entries.push((index, item));
+                    }
                 }
                 Err(e) => outcomes.push((id, Some(Imported::Refused(e)))),
             }
         }
         let mut done = futures_util::stream::iter(groups.into_values())
-            .map(|group| self.import_subject(caller, group, dry_run))
+            .map(|(resolved, group)| self.import_subject(caller, resolved, group, dry_run))
             .buffer_unordered(SUBJECTS_IN_FLIGHT);
         while let Some(results) = done.next().await {
             for (index, imported) in results {
@@ -96,13 +104,12 @@ impl<S: Store> NodeService<S> {
     async fn import_subject(
         &self,
         caller: &Caller,
+        resolved: Resolved,
         group: Vec<(usize, ImportItem)>,
         dry_run: bool,
     ) -> Vec<(usize, Imported)> {
         let mut out = Vec::with_capacity(group.len());
-        let Some(first) = group.first() else { return out };
-        // The group's subject, read once: every entry of the group names it by the same key.
-        let (resolved, history) = match self.resolve_meta(&first.1.key).await {
+        let (resolved, history) = match resolved {
             Ok((subject, meta)) => {
                 let history = self.store.consent_history(&subject).await.map_err(NodeError::from);
                 (Some((subject, meta)), history)

@@ -332,17 +332,7 @@ impl SledStore {
             event: events_out.last().map_or(0, |(seq, _)| *seq),
         };
         let audited = self.audited(now)?;
-        let trees = [
-            &self.meta,
-            &self.subjects,
-            &self.links,
-            &self.consent,
-            &self.current,
-            &self.interactions,
-            &self.rights,
-            &self.events,
-            &self.idempotency,
-        ];
+        let trees = self.subject_trees();
         let result = trees.as_slice().transaction(|trees| {
             let [meta, subjects, links, ledger_tree, current, interaction_tree, rights_tree, events, replays] =
                 trees.as_slice()

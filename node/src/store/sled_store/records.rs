@@ -5,9 +5,9 @@ use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
 use super::{
-    ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, MetaEntry, NewConsent, NewInteraction,
-    Recorded, RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key,
-    decode, encode, flatten, open, or_abort, seal,
+    ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
+    RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode, flatten,
+    open, or_abort, seal,
 };
 
 /// A cell's candidates from one batch, in order, each with its sealed form.
@@ -40,9 +40,14 @@ impl SledStore {
     ) -> Result<Vec<(ConsentRecord, u64)>, StoreError> {
         let key = self.key(subject)?;
         let _serial = self.serialise_writes(&[*subject]);
-        // Read under the lock: the change event names the links the subject holds now (an
-        // unmerge may have moved some since the capture resolved its subject).
+        // Read under the lock every writer takes, so nothing moves them until this commits: the
+        // change event names the links the subject holds now, and an entry captured through a
+        // link it no longer holds (an unmerge moved it since the capture resolved its subject)
+        // belongs to another subject: resolve again.
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        if consents.iter().any(|(c, _)| c.evidence.captured_via.is_some_and(|l| !entry.links.contains(&l))) {
+            return Err(StoreError::Retry);
+        }
         let first = self.ledger_position()? + 1;
         let mut records = Vec::with_capacity(consents.len());
         let mut tags = Vec::with_capacity(consents.len());
@@ -95,16 +100,8 @@ impl SledStore {
                 }
                 // A merge or erasure that committed since the checks above took the subject away;
                 // a record written now would be sealed under a destroyed key.
-                let Some(stored) = meta.get(subject.as_bytes())? else {
+                if meta.get(subject.as_bytes())?.is_none() {
                     return abort(StoreError::NotFound);
-                };
-                // An entry captured through a link the subject no longer holds (an unmerge moved
-                // it since the link was resolved) belongs to another subject: resolve again.
-                if records.iter().any(|r| r.evidence.captured_via.is_some()) {
-                    let now_held: MetaEntry = or_abort(decode(&stored))?;
-                    if records.iter().any(|r| r.evidence.captured_via.is_some_and(|l| !now_held.links.contains(&l))) {
-                        return abort(StoreError::Retry);
-                    }
                 }
                 for (ledger_key, sealed) in &sealed_entries {
                     ledger.insert(&ledger_key[..], sealed.as_slice())?;
@@ -296,9 +293,7 @@ impl SledStore {
             let mut last = 0u64;
             for key in self.consent.iter().keys() {
                 let key = key.map_err(backend)?;
-                let tail = key.get(SUBJECT_ID_LEN..).and_then(|t| <[u8; 8]>::try_from(t).ok());
-                let position = tail.ok_or_else(|| StoreError::Corrupt("consent key".into()))?;
-                last = last.max(u64::from_be_bytes(position));
+                last = last.max(super::unmerge::position_of(&key)?);
             }
             self.counters.insert(LEDGER_POSITION, &last.to_be_bytes()).map_err(backend)?;
         }

@@ -13,7 +13,7 @@ use crate::store::split::{Half, Whole, split};
 use crate::store::{Idempotency, LogPositions, RightsRequestRecord, Unmerged};
 
 /// The position a per-subject log key ends with.
-fn position_of(key: &[u8]) -> Result<u64, StoreError> {
+pub(super) fn position_of(key: &[u8]) -> Result<u64, StoreError> {
     let tail = key.get(SUBJECT_ID_LEN..).and_then(|t| <[u8; 8]>::try_from(t).ok());
     tail.map(u64::from_be_bytes).ok_or_else(|| StoreError::Corrupt("log key".into()))
 }
@@ -57,6 +57,22 @@ fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Seale
 }
 
 impl SledStore {
+    /// Every tree a merge or an unmerge writes, in the order their transactions name them:
+    /// meta, subjects, links, consent, current, interactions, rights, events, idempotency.
+    pub(super) fn subject_trees(&self) -> [&sled::Tree; 9] {
+        [
+            &self.meta,
+            &self.subjects,
+            &self.links,
+            &self.consent,
+            &self.current,
+            &self.interactions,
+            &self.rights,
+            &self.events,
+            &self.idempotency,
+        ]
+    }
+
     /// The positions of a subject's entries in its three logs.
     pub(super) fn positions(&self, subject: &SubjectId) -> Result<LogPositions, StoreError> {
         let of = |tree: &sled::Tree| -> Result<Vec<u64>, StoreError> {
@@ -149,17 +165,7 @@ impl SledStore {
             event: events_out.last().map_or(0, |(seq, _)| *seq),
         };
         let audited = self.audited(now)?;
-        let trees = [
-            &self.meta,
-            &self.subjects,
-            &self.links,
-            &self.consent,
-            &self.current,
-            &self.interactions,
-            &self.rights,
-            &self.events,
-            &self.idempotency,
-        ];
+        let trees = self.subject_trees();
         let result = trees.as_slice().transaction(|trees| {
             let [meta, subjects, link_tree, consent, current, interactions, rights, events, replays] = trees.as_slice()
             else {
