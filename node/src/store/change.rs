@@ -109,12 +109,11 @@ impl Recorded<'_> {
             Recorded::Merge { into, from, links } => {
                 vec![(from, links.to_vec(), Change::Erased), (into, links.to_vec(), Change::Registered)]
             }
-            // The merged subject goes as an erased one does; each half's links are mapped afresh
-            // and its consent in force announced, so a follower keeps no state of the merged
-            // subject on either half (a grant only one half gave must not stay on the other's).
+            // Each half's links are mapped afresh and its consent in force announced (a link that
+            // moves to another subject carries none of its old state, so a grant only one half
+            // gave does not stay on the other's); then the merged subject goes as an erased one.
             Recorded::Unmerge { merged, kept, restored, links, kept_links, kept_consent, restored_consent, .. } => {
-                let all: Vec<Link> = kept_links.iter().chain(links).copied().collect();
-                let mut out = vec![(merged, all, Change::Erased)];
+                let mut out = Vec::new();
                 for (subject, held, consent) in [(kept, kept_links, kept_consent), (restored, links, restored_consent)]
                 {
                     out.extend(one(subject, held, Change::Registered));
@@ -128,6 +127,11 @@ impl Recorded<'_> {
                         out.push((subject, held.to_vec(), change));
                     }
                 }
+                // Last: by now every link names a half, so a follower that drops only links still
+                // naming the erased subject (as gateways do) never has an identifier unmapped in
+                // between, which would refuse a capture through it as unknown.
+                let all: Vec<Link> = kept_links.iter().chain(links).copied().collect();
+                out.push((merged, all, Change::Erased));
                 out
             }
         }
