@@ -135,13 +135,32 @@ pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &
     }
 }
 
+/// Opens the database, waiting a little for its file lock: a store of this process dropped just
+/// before (a reopen, a restore) releases it only when sled's flusher thread has stopped (sled
+/// waits for it itself only in its own tests; it reports the busy lock as an `Other` IO error).
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && waited < std::time::Duration::from_secs(2) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                waited += std::time::Duration::from_millis(20);
+            }
+            opened => return opened.map_err(backend),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit
     /// log (whose whole chain is verified first).
     pub fn open(dir: &Path, region: &domicile_types::RegionId) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let audit = Arc::new(AuditLog::open(dir, region).map_err(StoreError::Audit)?);
-        let db = sled::Config::new().path(dir.join("db")).open().map_err(backend)?;
+        let db = open_db(&dir.join("db"))?;
         let events = db.open_tree("events").map_err(backend)?;
         let (head_file, flushed) = heads::open_checked(dir, &events)?;
         Self {
