@@ -307,7 +307,10 @@ async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_an
     let addr = cluster.cluster.gateway_addr();
     cluster.cluster.kill_gateway().await.unwrap();
     let status = decide(&mut client, by("email", &live[0].email), "marketing", "post", None).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // UNAVAILABLE; or, when the kill cut the client's open connection under this very call, the
+    // transport's own error (tonic reports it as UNKNOWN "transport error"). Never an answer.
+    let cut = status.code() == Code::Unknown && status.message() == "transport error";
+    assert!(status.code() == Code::Unavailable || cut, "{status:?}");
 
     // While it is down, the nodes change: an erasure in us-east, a registration in sa-east.
     let mut us = cluster.node(&region("us-east")).await.unwrap();
