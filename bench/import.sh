@@ -7,8 +7,10 @@
 # Environment (defaults in brackets):
 #   IMPORT_ROWS [200000]      rows per file
 #   IMPORT_SUBJECTS [20000]   distinct subjects (spread over DE, US and BR: three regions)
-#   IMPORT_BATCH [2000]       rows per ImportConsent call
+#   IMPORT_BATCH [2000]       rows per batch (one ImportConsent call unless over 960 KiB)
 #   IMPORT_IN_FLIGHT [8]      calls in flight
+#   IMPORT_LONG_ROWS [5000000]      rows of the long file the importer's memory is measured over
+#   IMPORT_LONG_SUBJECTS [1000000]  its distinct subjects (new ones)
 #   LOAD_DURATION [10]        seconds of the one-call-per-record baseline
 #   LOAD_CONCURRENCY [256]    its concurrent callers
 #   CLUSTER_ARGS              extra `cluster up` arguments, e.g. `--store postgres`
@@ -63,17 +65,26 @@ echo "== baseline: one RecordConsent call per record through the gateway (domici
 "$domicile" load setup --cluster-dir "$dir" --subjects 10000 >/dev/null 2>&1
 "$domicile" load writes --cluster-dir "$dir" --subjects 10000 --duration "${LOAD_DURATION:-10}" \
   --concurrency "${LOAD_CONCURRENCY:-256}" 2>&1 | grep -iE "writes|/s" | tail -4
-echo "== memory: the importer's peak RSS, part 1 again (all duplicates) and a 5x longer file"
-python3 - "$work" <<'PY'
+echo "== memory: the importer's peak RSS over part 1 again (all duplicates) and over a long file"
+# The long file: IMPORT_LONG_ROWS rows over IMPORT_LONG_SUBJECTS new subjects (every subject's
+# entries spread over the file, as an export sorted by time has them), written as it is generated.
+python3 - "$work" "${IMPORT_LONG_ROWS:-5000000}" "${IMPORT_LONG_SUBJECTS:-1000000}" <<'PY'
 import sys
-work = sys.argv[1]
-with open(f"{work}/part1.ndjson") as src, open(f"{work}/long.ndjson", "w") as dst:
-    lines = src.readlines()
-    for rep in range(5):
-        for line in lines:
-            dst.write(line.replace('"p1-e', f'"r{rep}-e'))
+work, rows, subjects = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+places = ["DE", "US", "BR"]
+with open(f"{work}/long.ndjson", "w") as f:
+    for n in range(rows):
+        s = n % subjects
+        k = n // subjects
+        action = "withdraw" if k % 5 == 4 else "grant"
+        f.write('{"source_system":"bench","source_event_id":"l-e%d","identifiers":[{"kind":"email","value":"long%d@example.com"}],"jurisdiction":"%s","purpose":"marketing","channels":["email"],"action":"%s","captured_at":"2024-%02d-%02dT%02d:%02d:%02dZ"}\n'
+                % (n, s, places[s % 3], action, 1 + k % 12, 1 + k % 28, (s // 3600) % 24, (s // 60) % 60, s % 60))
 PY
+echo "long file: $(wc -l <"$work/long.ndjson") rows, $(du -h "$work/long.ndjson" | cut -f1)"
 for file in part1 long; do
   /usr/bin/time -f "$file: peak RSS %M KiB, %e s" "$domicile" import --cluster-dir "$dir" --format ndjson \
-    --mapping "$work/mapping.toml" --receipts "$work/mem-$file.ndjson" --quiet "$work/$file.ndjson" 2>&1 | tail -1
+    --mapping "$work/mapping.toml" --receipts "$work/mem-$file.ndjson" --batch "${IMPORT_BATCH:-2000}" \
+    --in-flight "${IMPORT_IN_FLIGHT:-8}" --quiet "$work/$file.ndjson" 2>&1 | tail -1
+  echo "  $(grep -c '"status":"accepted"' "$work/mem-$file.ndjson" || true) accepted, $(grep -c '"status":"duplicate"' "$work/mem-$file.ndjson" || true) duplicates"
 done
+echo "nodes' RSS after the long file (KiB): $(for p in $(pgrep -f 'domicile node'); do awk '/VmRSS/ {print $2}' /proc/$p/status; done | xargs)"

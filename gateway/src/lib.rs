@@ -47,6 +47,10 @@ pub use service::GatewayService;
 
 /// Largest request the gateway accepts from a caller.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest `ImportConsent` request: an import's batches are large, and every entry of a batch
+/// written in one store transaction per region is what makes bulk import fast (BENCHMARKS.md).
+/// Still bounded: the gateway holds the whole message, and a node takes at most 5,000 items.
+pub const MAX_IMPORT_REQUEST_BYTES: usize = 1024 * 1024;
 /// How long start-up waits for the first directory load before serving anyway; regions not
 /// loaded by then keep retrying and their subjects get UNAVAILABLE meanwhile.
 const INITIAL_SYNC_WAIT: Duration = Duration::from_secs(10);
@@ -165,7 +169,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         // The Domicile service, with DecideStream forwarding node-encoded decisions (`route.rs`).
-        .add_service(route::DecisionRoute::new(gateway, MAX_REQUEST_BYTES))
+        .add_service(route::DecisionRoute::new(gateway, MAX_REQUEST_BYTES, MAX_IMPORT_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown);
     match stopping.drain(server, DRAIN_TIMEOUT).await {
         Some(served) => served?,

@@ -40,9 +40,11 @@ pub struct DecisionRoute {
 }
 
 impl DecisionRoute {
-    pub fn new(gateway: Arc<Gateway>, max_request: usize) -> Self {
+    /// `max_request` bounds DecideStream's messages; the typed methods decode up to the larger
+    /// `max_typed` (the wire guard bounds each method's messages before they are decoded).
+    pub fn new(gateway: Arc<Gateway>, max_request: usize, max_typed: usize) -> Self {
         let service = GatewayService::new(Arc::clone(&gateway));
-        let typed = DomicileServer::new(service).max_decoding_message_size(max_request);
+        let typed = DomicileServer::new(service).max_decoding_message_size(max_typed.max(max_request));
         Self { typed, gateway, max_request }
     }
 }

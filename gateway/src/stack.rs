@@ -50,8 +50,9 @@ pub fn incoming(listener: TcpListener, tls: &TlsMaterial) -> Result<Incoming, Tl
 /// 5. caller identity (client certificate, else a signed token when `auth` accepts them) and
 ///    scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED;
 /// 6. the wire guard (`domicile_proto::wire`): a method the gateway does not serve is
-///    UNIMPLEMENTED naming what it serves; a request message over [`crate::MAX_REQUEST_BYTES`] is
-///    RESOURCE_EXHAUSTED, a broken gRPC frame INVALID_ARGUMENT (no input is buffered for it).
+///    UNIMPLEMENTED naming what it serves; a request message over [`crate::MAX_REQUEST_BYTES`]
+///    ([`crate::MAX_IMPORT_REQUEST_BYTES`] for `ImportConsent`) is RESOURCE_EXHAUSTED, a broken
+///    gRPC frame INVALID_ARGUMENT (no input is buffered for it).
 pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
     Server::builder()
         .timeout(REQUEST_TIMEOUT)
@@ -64,12 +65,15 @@ pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
                 .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
         )
         .layer(auth)
-        .layer(WireLayer::new(
-            "gateway",
-            crate::MAX_REQUEST_BYTES,
-            domicile_proto::GATEWAY_DESCRIPTOR_SET,
-            &crate::metrics::TONIC_SERVICES,
-        ))
+        .layer(
+            WireLayer::new(
+                "gateway",
+                crate::MAX_REQUEST_BYTES,
+                domicile_proto::GATEWAY_DESCRIPTOR_SET,
+                &crate::metrics::TONIC_SERVICES,
+            )
+            .with_limit("/domicile.gateway.v1.Domicile/ImportConsent", crate::MAX_IMPORT_REQUEST_BYTES),
+        )
 }
 
 /// Client stack to one region's node, outermost first:

@@ -148,6 +148,8 @@ struct Method {
     client_streaming: bool,
     /// Served with tonic's codec, not [`RequestCodec`] (health, reflection).
     foreign_codec: bool,
+    /// Its largest request message, where it is not the process's ([`WireLayer::with_limit`]).
+    limit: Option<usize>,
 }
 
 /// A server layer, innermost (after authentication, so only identified callers learn what a
@@ -179,8 +181,10 @@ impl WireLayer {
                     };
                     for method in &service.method {
                         let client_streaming = method.client_streaming();
-                        methods
-                            .insert(format!("/{name}/{}", method.name()), Method { client_streaming, foreign_codec });
+                        methods.insert(
+                            format!("/{name}/{}", method.name()),
+                            Method { client_streaming, foreign_codec, limit: None },
+                        );
                     }
                     services.push(name);
                 }
@@ -189,6 +193,18 @@ impl WireLayer {
         services.sort();
         services.dedup();
         Self { rules: Arc::new(Rules { role, limit, methods, services: services.join(", ") }) }
+    }
+
+    /// Gives `method` (`/package.Service/Method`) its own largest request message, e.g. a bulk
+    /// write whose callers send large batches; a method not served is left alone.
+    #[must_use]
+    pub fn with_limit(mut self, method: &str, limit: usize) -> Self {
+        if let Some(rules) = Arc::get_mut(&mut self.rules)
+            && let Some(served) = rules.methods.get_mut(method)
+        {
+            served.limit = Some(limit);
+        }
+        self
     }
 }
 
@@ -232,7 +248,7 @@ where
         // A compressed message is acceptable only if the request says how it is compressed
         // (and tonic then checks that it supports that).
         let announced = request.headers().get("grpc-encoding").is_some_and(|e| e.as_bytes() != b"identity");
-        let (role, limit) = (rules.role, rules.limit);
+        let (role, limit) = (rules.role, method.limit.unwrap_or(rules.limit));
         let unary = !method.client_streaming;
         let request = request.map(|inner| Body::new(FrameGuard::new(inner, role, limit, unary, announced)));
         WireFuture::Inner { future: self.inner.call(request), recode: method.foreign_codec }

@@ -192,6 +192,90 @@ async fn imported_entries_are_applied_once_keep_their_evidence_and_stay_quiet() 
     assert!(duplicate(&outcomes[1].result), "a repeat in one call takes the first copy's outcome: {outcomes:?}");
 }
 
+/// Several runs of one batch at once (a re-run started while the first still runs): a node
+/// writes a call's subjects together, so runs race over whole batches. Every event is written
+/// once whichever run gets there first, the others answer it as a duplicate, none refuses it,
+/// and each subject's ledger holds each event once, in both regions of the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_of_one_batch_write_each_event_once() {
+    const SUBJECTS: usize = 40;
+    const RUNS: usize = 4;
+    const ROUNDS: i64 = 6;
+    let cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut subjects = Vec::new();
+    for n in 0..SUBJECTS {
+        let jurisdiction = if n % 2 == 0 { "DE" } else { "US" };
+        let request = gw::RegisterRequest {
+            jurisdiction: jurisdiction.into(),
+            identifiers: vec![identifier("email", &format!("race{n}@example.com"))],
+            ..Default::default()
+        };
+        subjects.push(client.register(request).await.unwrap().into_inner().subject_ref);
+    }
+    let old = domicile_runtime::process::now_unix() - 400 * 86_400;
+    let batch = |events: &[i64]| {
+        let mut items = Vec::new();
+        for (n, subject) in subjects.iter().enumerate() {
+            for &e in events {
+                let action = if e % 2 == 0 { common::ConsentAction::Withdraw } else { common::ConsentAction::Grant };
+                items.push(item(items.len() as u64, subject, action, old + e, &format!("race-{n}-{e}")));
+            }
+        }
+        request(items)
+    };
+    // Event 0 is written first, so the racing runs carry written and new events alike.
+    let first = client.import_consent(batch(&[0])).await.unwrap().into_inner().outcomes;
+    assert!(first.iter().all(|o| accepted(&o.result)), "{first:?}");
+
+    for round in 0..ROUNDS {
+        let events = [0, 2 * round + 1, 2 * round + 2];
+        let runs: Vec<_> = (0..RUNS)
+            .map(|_| {
+                let mut client = client.clone();
+                let request = batch(&events);
+                tokio::spawn(async move { client.import_consent(request).await.map(|r| r.into_inner().outcomes) })
+            })
+            .collect();
+        let mut outcomes_per_run: Vec<Vec<gw::ImportConsentOutcome>> = Vec::new();
+        for run in runs {
+            outcomes_per_run.push(run.await.unwrap().expect("each run is answered"));
+        }
+        for position in 0..SUBJECTS * events.len() {
+            let outcomes: Vec<&Result> = outcomes_per_run.iter().map(|outcomes| &outcomes[position].result).collect();
+            let written = outcomes.iter().filter(|r| accepted(r)).count();
+            let repeated = outcomes.iter().filter(|r| duplicate(r)).count();
+            let expected = usize::from(position % events.len() != 0);
+            assert_eq!(
+                (written, repeated),
+                (expected, RUNS - expected),
+                "round {round}, item {position}: {outcomes:?}"
+            );
+        }
+    }
+    for subject in &subjects {
+        let history = client
+            .consent_history(gw::ConsentHistoryRequest { subject: select_ref(subject) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(history.entries.len(), 1 + 2 * ROUNDS as usize, "each event once in the ledger");
+        let decision = client
+            .decide(gw::DecideRequest {
+                subject: select_ref(subject),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap();
+        assert_eq!(decision.effect, common::Effect::Deny as i32, "the latest event withdrew: {}", decision.explanation);
+    }
+}
+
 fn domicile(args: &[String]) -> (i32, String, String) {
     let out = std::process::Command::new(BIN).args(args).output().unwrap();
     (

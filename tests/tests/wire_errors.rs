@@ -35,9 +35,11 @@ const PII: &str = "anna.wire-probe@example.de";
 
 const GATEWAY_LIMIT: usize = domicile_gateway::MAX_REQUEST_BYTES;
 const NODE_LIMIT: usize = domicile_node::MAX_REQUEST_BYTES;
+const IMPORT_LIMIT: usize = domicile_gateway::MAX_IMPORT_REQUEST_BYTES;
 
 const GW_REGISTER: &str = "/domicile.gateway.v1.Domicile/Register";
 const GW_DECIDE: &str = "/domicile.gateway.v1.Domicile/Decide";
+const GW_IMPORT: &str = "/domicile.gateway.v1.Domicile/ImportConsent";
 const GW_DECIDE_STREAM: &str = "/domicile.gateway.v1.Domicile/DecideStream";
 const NODE_REGISTER: &str = "/domicile.node.v1.RegionalNode/Register";
 const NODE_DECIDE_BATCH: &str = "/domicile.node.v1.RegionalNode/DecideBatch";
@@ -278,6 +280,12 @@ async fn malformed_and_oversized_requests_get_precise_codes_at_the_gateway_and_t
     probe_unary(&gateway, GW_REGISTER, GATEWAY_LIMIT, Some("invalid `jurisdiction`: is not UTF-8")).await;
     probe_unary(&gateway, GW_DECIDE, GATEWAY_LIMIT, None).await;
     probe_unary(&gateway, HEALTH_CHECK, GATEWAY_LIMIT, Some("invalid `service`: is not UTF-8")).await;
+    // ImportConsent alone has a larger limit of its own: a message over the general one is
+    // served (this one carries no items), one over its own is refused like any other.
+    probe_unary(&gateway, GW_IMPORT, IMPORT_LIMIT, None).await;
+    const { assert!(GATEWAY_LIMIT < IMPORT_LIMIT) };
+    let reply = unary(&gateway, GW_IMPORT, oversized(GATEWAY_LIMIT)).await.expect("an import over 64 KiB is served");
+    assert!(reply.is_empty(), "no items, no outcomes: {reply:?}");
     probe_unary(&node, NODE_REGISTER, NODE_LIMIT, Some("invalid `jurisdiction`: is not UTF-8")).await;
     probe_unary(&node, NODE_DECIDE_BATCH, NODE_LIMIT, None).await;
     probe_unary(&node, HEALTH_CHECK, NODE_LIMIT, Some("invalid `service`: is not UTF-8")).await;

@@ -38,8 +38,8 @@ use super::row::{ImportRow, RowError};
 /// Subjects remembered across batches (identifiers → subject ref); cleared when full, so memory
 /// stays bounded whatever the file holds.
 const SUBJECT_CACHE: usize = 200_000;
-/// Largest ImportConsent call sent: under the gateway's limit on a caller's request (64 KiB).
-const MAX_CALL_BYTES: usize = 56 * 1024;
+/// Largest ImportConsent call sent: under the gateway's limit on an import request (1 MiB).
+const MAX_CALL_BYTES: usize = 960 * 1024;
 /// Attempts for items a region answers with a transient status.
 const MAX_ATTEMPTS: u32 = 8;
 

@@ -79,10 +79,20 @@ impl StoreError {
             StoreError::OutcomeUnknown => StoreError::OutcomeUnknown,
             StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
             StoreError::StorageFull => StoreError::StorageFull,
+            StoreError::Replayed => StoreError::Replayed,
+            StoreError::Retry => StoreError::Retry,
+            StoreError::NotFound => StoreError::NotFound,
             other => StoreError::Backend(other.to_string()),
         }
     }
 }
+
+/// An import's batch of consent records: per subject, its entries in order, each with its
+/// idempotency record.
+pub type ConsentBatch = Vec<(SubjectId, Vec<(NewConsent, Option<Idempotency>)>)>;
+/// What became of each entry of a [`ConsentBatch`], in its shape: the record as stored and the
+/// sequence of its change event, or why it was not written.
+pub type AppendedConsents = Vec<Vec<Result<(ConsentRecord, u64), StoreError>>>;
 
 /// A region's durable state: subjects, consent, claims, change events and the audit log.
 ///
@@ -194,22 +204,26 @@ pub trait Store: Send + Sync + 'static {
         consent: NewConsent,
         idempotency: Option<&Idempotency>,
     ) -> impl Future<Output = Result<(ConsentRecord, u64), StoreError>> + Send;
-    /// Several records of one subject (an import's), each with its idempotency record: by
-    /// default one [`Store::append_consent`] each, so a key found recorded part-way fails the
-    /// call with [`StoreError::Replayed`] after the entries before it were written (a caller's
-    /// retry finds those as duplicates); a store may write them in one transaction, all or
-    /// nothing (the embedded store does).
+    /// Consent records of several subjects (an import's batch), each with its idempotency
+    /// record; one result per entry, in the batch's shape: an entry that cannot be written (its
+    /// subject gone, a link moved, [`StoreError::Replayed`] for an idempotency key already
+    /// recorded) gets its error. By default one [`Store::append_consent`] per entry, the subjects
+    /// concurrently and each subject's entries in order; a store may write the batch in one
+    /// transaction (the embedded store does, where a subject any of whose entries cannot be
+    /// written has none written). The outer error is for a batch that failed as a whole.
     fn append_consents(
         &self,
-        subject: &SubjectId,
-        consents: Vec<(NewConsent, Option<Idempotency>)>,
-    ) -> impl Future<Output = Result<Vec<(ConsentRecord, u64)>, StoreError>> + Send {
+        batch: ConsentBatch,
+    ) -> impl Future<Output = Result<AppendedConsents, StoreError>> + Send {
         async move {
-            let mut out = Vec::with_capacity(consents.len());
-            for (consent, tag) in consents {
-                out.push(self.append_consent(subject, consent, tag.as_ref()).await?);
-            }
-            Ok(out)
+            let subjects = batch.into_iter().map(|(subject, consents)| async move {
+                let mut out = Vec::with_capacity(consents.len());
+                for (consent, tag) in consents {
+                    out.push(self.append_consent(&subject, consent, tag.as_ref()).await);
+                }
+                out
+            });
+            Ok(futures_util::future::join_all(subjects).await)
         }
     }
     fn current_consent(
@@ -272,6 +286,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         subject: &SubjectId,
     ) -> impl Future<Output = Result<Vec<ConsentRecord>, StoreError>> + Send;
+    /// The source events of the subject's imported ledger entries, with their sequences: what an
+    /// import checks each entry against, so a store may read only that much of the ledger.
+    fn imported_events(
+        &self,
+        subject: &SubjectId,
+    ) -> impl Future<Output = Result<Vec<(ImportEvidence, u64)>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .consent_history(subject)
+                .await?
+                .into_iter()
+                .filter_map(|r| r.evidence.import.map(|i| (i, r.sequence)))
+                .collect())
+        }
+    }
     /// The record in force per purpose × channel (what decisions read), in purpose, channel order.
     fn consent_in_force(
         &self,

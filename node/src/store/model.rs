@@ -108,6 +108,14 @@ pub struct Evidence {
     pub captured_via: Option<Link>,
 }
 
+/// What an imported entry's idempotency record keeps: its ledger position, all an import
+/// answers a repeat with. A full [`ConsentRecord`] (the record of an entry written by the capture
+/// path) reads as one too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportedEntry {
+    pub sequence: u64,
+}
+
 /// Where an imported ledger entry came from. The entry keeps the source's capture time; the
 /// pair (source system, event id) is applied once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

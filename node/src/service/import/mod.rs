@@ -1,10 +1,9 @@
 //! Consent brought from another system (`domicile import`, issue 22): each entry applied once per
 //! source system and event id, with its original capture time, marked imported, and announced to
-//! watchers only when asked. A batch is written subject by subject: a subject's new entries in one
-//! store write (`Store::append_consents`; the embedded store makes it one transaction), subjects
-//! concurrently, so the writes share group commits. Every entry is a consent record like any
-//! other, checked as a capture is and with its own audit entry, so decisions name the imported
-//! evidence.
+//! watchers only when asked. A call's entries are checked subject by subject, then written in one
+//! store write (`Store::append_consents`; the embedded store makes it one transaction and one
+//! group commit for the whole call). Every entry is a consent record like any other, checked as a
+//! capture is and with its own audit entry, so decisions name the imported evidence.
 
 pub(super) mod wire;
 
@@ -17,10 +16,13 @@ use super::consent::{ConsentCapture, check_capture_fields};
 use super::unit::Settled;
 use super::{Caller, NodeService};
 use crate::error::NodeError;
-use crate::store::{Idempotency, ImportEvidence, Store};
+use crate::store::{ConsentBatch, Idempotency, ImportEvidence, ImportedEntry, NewConsent, Store, StoreError};
 
 /// A group's subject and its metadata, as read when the batch was grouped.
 type Resolved = Result<(domicile_types::SubjectId, crate::store::SubjectMeta), NodeError>;
+
+/// An imported entry's idempotency record: its subject, its ledger position and its change event.
+type ImportReplay = (domicile_types::SubjectId, (ImportedEntry, u64));
 
 /// Subjects written at once within a batch.
 const SUBJECTS_IN_FLIGHT: usize = 32;
@@ -30,6 +32,27 @@ pub(crate) struct ImportItem {
     pub key: SubjectKey,
     pub capture: ConsentCapture,
     pub source: ImportEvidence,
+}
+
+/// One subject's entries, checked: the outcomes known before writing, and the entries to write.
+struct Prepared {
+    subject: Option<domicile_types::SubjectId>,
+    out: Vec<(usize, Imported)>,
+    /// To write, in order; `fallback` holds the same entries as read, to write one by one.
+    ready: Vec<(NewConsent, Idempotency)>,
+    fallback: Vec<(usize, ImportItem, Idempotency)>,
+    /// Repeats of a source event within the call: (index, first copy's index).
+    repeats: Vec<(usize, usize)>,
+}
+
+/// What the batch's write said of one subject's entries.
+enum Written {
+    /// The store's answer for each of the subject's entries.
+    Store(Vec<Result<(crate::store::ConsentRecord, u64), StoreError>>),
+    /// The batch was not written as a whole: each entry on its own.
+    Alone,
+    /// The batch's write failed (or its durability is unknown).
+    Failed(tonic::Status),
 }
 
 /// What became of one entry.
@@ -81,11 +104,46 @@ impl<S: Store> NodeService<S> {
                 Err(e) => outcomes.push((id, Some(Imported::Refused(e)))),
             }
         }
-        let mut done = futures_util::stream::iter(groups.into_values())
-            .map(|(resolved, group)| self.import_subject(caller, resolved, group, dry_run))
-            .buffer_unordered(SUBJECTS_IN_FLIGHT);
-        while let Some(results) = done.next().await {
-            for (index, imported) in results {
+        // Each subject's entries checked (its ledger read once), the subjects concurrently; then
+        // every subject's new entries in one store write and one durable commit.
+        let mut prepared: Vec<Prepared> = futures_util::stream::iter(groups.into_values())
+            .map(|(resolved, group)| self.prepare_subject(caller, resolved, group, dry_run))
+            .buffer_unordered(SUBJECTS_IN_FLIGHT)
+            .collect()
+            .await;
+        let batch: ConsentBatch = prepared
+            .iter_mut()
+            .filter_map(|p| {
+                let subject = p.subject?;
+                let entries: Vec<_> = std::mem::take(&mut p.ready).into_iter().map(|(c, tag)| (c, Some(tag))).collect();
+                (!entries.is_empty()).then_some((subject, entries))
+            })
+            .collect();
+        let mut written = if batch.is_empty() {
+            Vec::new()
+        } else {
+            match self.settle(self.store.append_consents(batch).await).await {
+                Ok(Settled::Applied(results)) => results.into_iter().map(Written::Store).collect(),
+                // Only a store that writes the batch as a whole answers so: each entry on its own.
+                Ok(Settled::Replayed) => Vec::new(),
+                Err(e) => {
+                    let status = tonic::Status::from(e);
+                    prepared
+                        .iter()
+                        .filter(|p| !p.fallback.is_empty())
+                        .map(|_| Written::Failed(status.clone()))
+                        .collect()
+                }
+            }
+        }
+        .into_iter();
+        for mut subject in prepared {
+            if !subject.fallback.is_empty() {
+                let result = written.next().unwrap_or(Written::Alone);
+                self.settle_subject(caller, &mut subject, result).await;
+            }
+            copy_outcomes(&mut subject.out, subject.repeats);
+            for (index, imported) in subject.out {
                 if let Some(slot) = outcomes.get_mut(index) {
                     slot.1 = Some(imported);
                 }
@@ -98,67 +156,70 @@ impl<S: Store> NodeService<S> {
     }
 
     /// One subject's entries, in order: those whose source event its ledger already holds are
-    /// duplicates (however long ago they were imported); the others are written as consent
-    /// records, each under an idempotency key of its source event, so a concurrent run of the
-    /// same file cannot write one twice either.
-    async fn import_subject(
+    /// duplicates (however long ago they were imported); the others are checked as a capture
+    /// would be and made ready to write, each under an idempotency key of its source event, so a
+    /// concurrent run of the same file cannot write one twice either.
+    async fn prepare_subject(
         &self,
         caller: &Caller,
         resolved: Resolved,
         group: Vec<(usize, ImportItem)>,
         dry_run: bool,
-    ) -> Vec<(usize, Imported)> {
-        let mut out = Vec::with_capacity(group.len());
+    ) -> Prepared {
+        let mut prepared = Prepared {
+            subject: None,
+            out: Vec::with_capacity(group.len()),
+            ready: Vec::new(),
+            fallback: Vec::new(),
+            repeats: Vec::new(),
+        };
         let (resolved, history) = match resolved {
             Ok((subject, meta)) => {
-                let history = self.store.consent_history(&subject).await.map_err(NodeError::from);
+                let history = self.store.imported_events(&subject).await.map_err(NodeError::from);
                 (Some((subject, meta)), history)
             }
             Err(e) => (None, Err(e)),
         };
         let mut seen: HashMap<(String, String), u64> = match history {
-            Ok(entries) => entries
-                .into_iter()
-                .filter_map(|r| r.evidence.import.map(|i| ((i.source_system, i.source_event_id), r.sequence)))
-                .collect(),
+            Ok(entries) => {
+                entries.into_iter().map(|(i, sequence)| ((i.source_system, i.source_event_id), sequence)).collect()
+            }
             Err(e) => {
                 // The subject cannot be read: every entry of it fails alike.
                 let status = tonic::Status::from(e);
-                return group
+                prepared.out = group
                     .into_iter()
                     .map(|(index, _)| (index, Imported::Refused(NodeError::from_status(&status))))
                     .collect();
+                return prepared;
             }
         };
-        // The entries to write, checked as a write would: written together below.
-        let mut ready: Vec<(usize, domicile_types::SubjectId, crate::store::NewConsent, Idempotency)> = Vec::new();
-        let mut fallback: Vec<(usize, ImportItem, Idempotency)> = Vec::new();
+        prepared.subject = resolved.as_ref().map(|(subject, _)| *subject);
         // A source event repeated within the call gets the first copy's outcome, known only
         // once that copy is written (or refused).
         let mut pending: HashMap<(String, String), usize> = HashMap::new();
-        let mut repeats: Vec<(usize, usize)> = Vec::new();
         for (index, item) in group {
             let source = (item.source.source_system.clone(), item.source.source_event_id.clone());
             if let Some(sequence) = seen.get(&source) {
-                out.push((index, Imported::Duplicate(*sequence)));
+                prepared.out.push((index, Imported::Duplicate(*sequence)));
                 continue;
             }
             if let Some(first) = pending.get(&source) {
-                repeats.push((index, *first));
+                prepared.repeats.push((index, *first));
                 continue;
             }
             let Some((subject_id, meta)) = &resolved else { continue };
             let tag = self.import_tag(subject_id, &item.source, &item.capture);
             // Written by a run whose entry the ledger scan above raced with.
-            match self.replayed::<(domicile_types::SubjectId, (crate::store::ConsentRecord, u64))>(Some(&tag)).await {
-                Ok(Some((_, (record, _)))) => {
-                    seen.insert(source, record.sequence);
-                    out.push((index, Imported::Duplicate(record.sequence)));
+            match self.replayed::<ImportReplay>(Some(&tag)).await {
+                Ok(Some((_, (entry, _)))) => {
+                    seen.insert(source, entry.sequence);
+                    prepared.out.push((index, Imported::Duplicate(entry.sequence)));
                     continue;
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    out.push((index, Imported::Refused(e)));
+                    prepared.out.push((index, Imported::Refused(e)));
                     continue;
                 }
             }
@@ -166,60 +227,83 @@ impl<S: Store> NodeService<S> {
             let mut capture = item.capture;
             capture.evidence.import = Some(item.source.clone());
             capture.evidence.captured_via = item.key.link();
-            let prepared =
-                check_capture_fields(&capture).and_then(|()| self.consent_for(meta, caller, capture.clone()));
-            match prepared {
-                Ok(_) if dry_run => out.push((index, Imported::Accepted(0))),
+            let checked = check_capture_fields(&capture).and_then(|()| self.consent_for(meta, caller, capture.clone()));
+            match checked {
+                Ok(_) if dry_run => prepared.out.push((index, Imported::Accepted(0))),
                 Ok(consent) => {
-                    ready.push((index, *subject_id, consent, tag));
-                    fallback.push((index, ImportItem { key: item.key, capture, source: item.source }, tag));
+                    prepared.ready.push((consent, tag));
+                    prepared.fallback.push((index, ImportItem { key: item.key, capture, source: item.source }, tag));
                 }
-                Err(e) => out.push((index, Imported::Refused(e))),
+                Err(e) => prepared.out.push((index, Imported::Refused(e))),
             }
         }
-        let Some(subject) = ready.first().map(|(_, subject, _, _)| *subject) else {
-            copy_outcomes(&mut out, repeats);
-            return out;
-        };
-        let indices: Vec<usize> = ready.iter().map(|(index, ..)| *index).collect();
-        let batch = ready.into_iter().map(|(_, _, consent, tag)| (consent, Some(tag))).collect();
-        match self.settle(self.store.append_consents(&subject, batch).await).await {
-            Ok(Settled::Applied(results)) => {
-                for (index, (record, _)) in indices.into_iter().zip(results) {
-                    out.push((index, Imported::Accepted(record.sequence)));
+        prepared
+    }
+
+    /// The outcomes of a subject's entries sent to the store, from what the batch's write said of
+    /// each. An entry found written by a run racing this one (its idempotency key recorded) is a
+    /// duplicate of that write; one whose subject moved (an unmerge) or was not written with the
+    /// batch goes on its own ([`Self::import_one`]).
+    async fn settle_subject(&self, caller: &Caller, subject: &mut Prepared, result: Written) {
+        let fallback = std::mem::take(&mut subject.fallback);
+        let mut results = match result {
+            Written::Store(results) => results.into_iter().map(Some).collect(),
+            Written::Alone => Vec::new(),
+            Written::Failed(status) => {
+                for (index, ..) in fallback {
+                    subject.out.push((index, Imported::Refused(NodeError::from_status(&status))));
                 }
-            }
-            // A run writing the same events raced this one: each entry on its own, answered with
-            // the first write where there was one.
-            Ok(Settled::Replayed) => {
-                for (index, item, tag) in fallback {
-                    let replayed = self
-                        .replayed::<(domicile_types::SubjectId, (crate::store::ConsentRecord, u64))>(Some(&tag))
-                        .await;
-                    let outcome = match replayed {
-                        Ok(Some((_, (record, _)))) => Imported::Duplicate(record.sequence),
-                        Ok(None) => {
-                            let mut capture = item.capture;
-                            capture.evidence.import = Some(item.source);
-                            match self.capture_unlogged(&item.key, caller, capture, Some(&tag)).await {
-                                Ok((_, record)) => Imported::Accepted(record.sequence),
-                                Err(e) => Imported::Refused(e),
-                            }
-                        }
-                        Err(e) => Imported::Refused(e),
-                    };
-                    out.push((index, outcome));
-                }
-            }
-            Err(e) => {
-                let status = tonic::Status::from(e);
-                for index in indices {
-                    out.push((index, Imported::Refused(NodeError::from_status(&status))));
-                }
+                return;
             }
         }
-        copy_outcomes(&mut out, repeats);
-        out
+        .into_iter();
+        for (index, item, tag) in fallback {
+            let outcome = match results.next().flatten() {
+                Some(Ok((record, _))) => Imported::Accepted(record.sequence),
+                None | Some(Err(StoreError::Replayed | StoreError::Retry | StoreError::NotFound)) => {
+                    self.import_one(caller, item, &tag).await
+                }
+                Some(Err(e)) => Imported::Refused(NodeError::from(e)),
+            };
+            subject.out.push((index, outcome));
+        }
+    }
+
+    /// One entry on its own, as the batch would have written it: a duplicate if a run racing
+    /// this one wrote it first, else written for the subject its identifier names now (resolved
+    /// again if an unmerge moved it meanwhile).
+    async fn import_one(&self, caller: &Caller, item: ImportItem, tag: &Idempotency) -> Imported {
+        let mut attempt = 0;
+        loop {
+            match self.replayed::<ImportReplay>(Some(tag)).await {
+                Ok(Some((_, (entry, _)))) => return Imported::Duplicate(entry.sequence),
+                Ok(None) => {}
+                Err(e) => return Imported::Refused(e),
+            }
+            let (subject, meta) = match self.resolve_meta(&item.key).await {
+                Ok(resolved) => resolved,
+                Err(e) => return Imported::Refused(e),
+            };
+            let consent = match self.consent_for(&meta, caller, item.capture.clone()) {
+                Ok(consent) => consent,
+                Err(e) => return Imported::Refused(e),
+            };
+            let written = self.store.append_consents(vec![(subject, vec![(consent, Some(*tag))])]).await;
+            let written = match self.settle(written).await {
+                Ok(Settled::Applied(mut results)) => results.pop().and_then(|mut r| r.pop()),
+                Ok(Settled::Replayed) => Some(Err(StoreError::Replayed)),
+                Err(e) => return Imported::Refused(e),
+            };
+            match written {
+                Some(Ok((record, _))) => return Imported::Accepted(record.sequence),
+                // Written by a racing run since the check above: its entry, once more.
+                Some(Err(StoreError::Replayed)) if attempt < 2 => {}
+                Some(Err(StoreError::Retry | StoreError::NotFound)) if attempt < 2 && item.key.link().is_some() => {}
+                Some(Err(e)) => return Imported::Refused(NodeError::from(e)),
+                None => return Imported::Refused(NodeError::Internal("import outcome lost")),
+            }
+            attempt += 1;
+        }
     }
 
     /// The idempotency record of an imported entry: keyed by the subject and the source event

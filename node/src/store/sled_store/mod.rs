@@ -43,9 +43,10 @@ use super::codec::{backend, consent_key, context, current_key, decode, encode, o
 use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
 use super::{
-    ChangeEvent, Claim, ConsentRecord, CurrentConsent, Dropped, Erased, Held, Idempotency, Interaction, Merged,
-    NewConsent, NewInteraction, OutboxChange, OutboxEntry, Recorded, Rectification, Rectified, Registered, Release,
-    Replay, RightsRequestRecord, Store, StoreError, SubjectMeta, SubjectRecord, TrackedRequest, Unmerged,
+    AppendedConsents, ChangeEvent, Claim, ConsentBatch, ConsentRecord, CurrentConsent, Dropped, Erased, Held,
+    Idempotency, ImportEvidence, Interaction, Merged, NewConsent, NewInteraction, OutboxChange, OutboxEntry, Recorded,
+    Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord, Store, StoreError, SubjectMeta,
+    SubjectRecord, TrackedRequest, Unmerged,
 };
 use cache::WriteGuard;
 use domicile_types::RegionId;
@@ -388,6 +389,10 @@ impl Store for SledStore {
         self.open_log(&self.consent, b"consent", subject)
     }
 
+    async fn imported_events(&self, subject: &SubjectId) -> Result<Vec<(ImportEvidence, u64)>, StoreError> {
+        self.read_imported_events(subject)
+    }
+
     async fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {
         self.open_log(&self.interactions, b"interactions", subject)
     }
@@ -520,12 +525,8 @@ impl Store for SledStore {
         self.record_consent(subject, consent, idempotency)
     }
 
-    async fn append_consents(
-        &self,
-        subject: &SubjectId,
-        consents: Vec<(NewConsent, Option<Idempotency>)>,
-    ) -> Result<Vec<(ConsentRecord, u64)>, StoreError> {
-        self.record_consents(subject, consents)
+    async fn append_consents(&self, batch: ConsentBatch) -> Result<AppendedConsents, StoreError> {
+        self.record_consent_batch(batch)
     }
 
     async fn erase(

@@ -1,5 +1,7 @@
 //! What is recorded about a subject: consent, interactions, and the restriction of processing.
 
+use std::collections::HashMap;
+
 use domicile_types::{Channel, Purpose, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
@@ -9,9 +11,28 @@ use super::{
     RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode, flatten,
     open, or_abort, seal,
 };
+use crate::store::vault::SubjectKey;
+use crate::store::{AppendedConsents, ConsentBatch, ImportEvidence, ImportedEntry};
 
 /// A cell's candidates from one batch, in order, each with its sealed form.
-type SealedCandidates<'a> = Vec<(&'a CurrentConsent, Vec<u8>)>;
+type SealedCandidates = Vec<(CurrentConsent, Vec<u8>)>;
+
+/// What became of one subject's part of a batch: its records as stored with their change
+/// events' sequences, or why none was written.
+pub(super) type SubjectWritten = Result<Vec<(ConsentRecord, u64)>, StoreError>;
+
+/// One subject's part of a batch of consent records.
+struct SubjectWrite {
+    /// Its place in the batch.
+    slot: usize,
+    subject: SubjectId,
+    key: SubjectKey,
+    links: Vec<domicile_types::Link>,
+    /// Taken when its records are made.
+    consents: Vec<NewConsent>,
+    tags: Vec<Option<Idempotency>>,
+    records: Vec<ConsentRecord>,
+}
 
 impl SledStore {
     pub(super) fn record_consent(
@@ -22,101 +43,115 @@ impl SledStore {
     ) -> Result<(ConsentRecord, u64), StoreError> {
         // One record is a batch of one: one code path for the ledger, the cells, the event, the
         // audit entry and the idempotency record.
-        self.record_consents(subject, vec![(consent, idempotency.copied())])?
+        self.record_consents(vec![(*subject, vec![(consent, idempotency.copied())])])?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("one subject written, none returned".into()))??
             .pop()
             .ok_or_else(|| StoreError::Backend("one record written, none returned".into()))
     }
 
-    /// Consent records of one subject in one transaction (one capture, or an import's entries for
-    /// the subject): appended at the next ledger positions (the ledger's own, read under the
-    /// write lock every writer holds), each cell updated where the ledger's order puts a record of
-    /// the batch in force, one change event, one audit entry and the idempotency record of each,
-    /// with one write lock, one audit transaction and one commit for all. Any idempotency key
-    /// already recorded aborts the whole batch ([`StoreError::Replayed`]).
-    pub(super) fn record_consents(
-        &self,
-        subject: &SubjectId,
-        consents: Vec<(NewConsent, Option<Idempotency>)>,
-    ) -> Result<Vec<(ConsentRecord, u64)>, StoreError> {
-        let key = self.key(subject)?;
-        let _serial = self.serialise_writes(&[*subject]);
-        // Read under the lock every writer takes, so nothing moves them until this commits: the
-        // change event names the links the subject holds now, and an entry captured through a
-        // link it no longer holds (an unmerge moved it since the capture resolved its subject)
-        // belongs to another subject: resolve again.
-        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
-        if consents.iter().any(|(c, _)| c.evidence.captured_via.is_some_and(|l| !entry.links.contains(&l))) {
-            return Err(StoreError::Retry);
+    /// Consent records of several subjects in one transaction (one capture, or an import's
+    /// batch): appended at the next ledger positions (the ledger's own, read under the write
+    /// lock every writer holds), each cell updated where the ledger's order puts a record of the
+    /// batch in force, one change event, one audit entry and the idempotency record of each,
+    /// with one write lock, one audit transaction and one commit for all. A subject that cannot
+    /// be written (gone, its link moved, an idempotency key of its entries already recorded)
+    /// gets its error and nothing written; the others are written. The checks are exact: every
+    /// writer of these trees holds the write lock taken here.
+    pub(super) fn record_consents(&self, batch: ConsentBatch) -> Result<Vec<SubjectWritten>, StoreError> {
+        let subjects: Vec<SubjectId> = batch.iter().map(|(subject, _)| *subject).collect();
+        let _serial = self.serialise_writes(&subjects);
+        let mut outcomes: Vec<Option<SubjectWritten>> = Vec::with_capacity(batch.len());
+        let mut writes = Vec::with_capacity(batch.len());
+        for (slot, (subject, consents)) in batch.into_iter().enumerate() {
+            match self.writable(&subject, &consents) {
+                Ok((key, links)) => {
+                    outcomes.push(None);
+                    let (consents, tags) = consents.into_iter().unzip();
+                    writes.push(SubjectWrite { slot, subject, key, links, consents, tags, records: Vec::new() });
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
+            }
         }
-        let first = self.ledger_position()? + 1;
-        let mut records = Vec::with_capacity(consents.len());
-        let mut tags = Vec::with_capacity(consents.len());
-        let mut sealed_entries = Vec::with_capacity(consents.len());
-        let mut candidates = Vec::with_capacity(consents.len());
-        for (offset, (consent, tag)) in consents.into_iter().enumerate() {
-            let sequence = first + offset as u64;
-            let record = ConsentRecord {
-                sequence,
-                purpose: consent.purpose,
-                channels: consent.channels,
-                state: consent.state,
-                captured_at: consent.captured_at,
-                recorded_at: consent.recorded_at,
-                expires_at: consent.expires_at,
-                evidence: consent.evidence,
-                counted_at_ms: Some(consent.counted_at_ms),
-                review: false,
-            };
-            let ledger_key = consent_key(subject, sequence);
-            sealed_entries.push((ledger_key, seal(&key, b"consent", &ledger_key, &record)?));
-            candidates.push(CurrentConsent::of(&record, consent.counted_at_ms));
-            records.push(record);
-            tags.push(tag);
-        }
-        let Some(last) = records.last().map(|r| r.sequence) else { return Ok(Vec::new()) };
+        let mut position = self.ledger_position()?;
+        let mut sealed_entries = Vec::new();
         // Per cell, the batch's candidates in order, each sealed: in the transaction they are
         // applied one by one to the stored record, as single writes would be (the ledger's order
         // is not transitive across its re-grant rule, so no winner is picked beforehand).
-        let mut cells: Vec<(Vec<u8>, SealedCandidates<'_>)> = Vec::new();
-        for (record, candidate) in records.iter().zip(&candidates) {
-            for channel in &record.channels {
-                let k = current_key(subject, record.purpose, *channel);
-                let sealed = seal(&key, b"current", &k, candidate)?;
-                match cells.iter_mut().find(|(cell, _)| *cell == k) {
-                    Some((_, list)) => list.push((candidate, sealed)),
-                    None => cells.push((k, vec![(candidate, sealed)])),
+        let mut cells: Vec<(Vec<u8>, usize, SealedCandidates)> = Vec::new();
+        let mut cell_index: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (at, write) in writes.iter_mut().enumerate() {
+            for consent in std::mem::take(&mut write.consents) {
+                position += 1;
+                let record = ConsentRecord {
+                    sequence: position,
+                    purpose: consent.purpose,
+                    channels: consent.channels,
+                    state: consent.state,
+                    captured_at: consent.captured_at,
+                    recorded_at: consent.recorded_at,
+                    expires_at: consent.expires_at,
+                    evidence: consent.evidence,
+                    counted_at_ms: Some(consent.counted_at_ms),
+                    review: false,
+                };
+                let ledger_key = consent_key(&write.subject, position);
+                sealed_entries.push((ledger_key, seal(&write.key, b"consent", &ledger_key, &record)?));
+                let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
+                for channel in &record.channels {
+                    let k = current_key(&write.subject, record.purpose, *channel);
+                    let sealed = seal(&write.key, b"current", &k, &candidate)?;
+                    match cell_index.get(&k).and_then(|&cell| cells.get_mut(cell)) {
+                        Some((_, _, list)) => list.push((candidate.clone(), sealed)),
+                        None => {
+                            cell_index.insert(k.clone(), cells.len());
+                            cells.push((k, at, vec![(candidate.clone(), sealed)]));
+                        }
+                    }
                 }
+                write.records.push(record);
             }
         }
-        let recorded: Vec<Recorded<'_>> =
-            records.iter().map(|record| Recorded::Consent { subject: *subject, record, links: &entry.links }).collect();
-        let recorded_at = records.first().map_or(0, |r| r.recorded_at);
+        let recorded: Vec<Recorded<'_>> = writes
+            .iter()
+            .flat_map(|w| {
+                w.records.iter().map(|record| Recorded::Consent { subject: w.subject, record, links: &w.links })
+            })
+            .collect();
+        let Some(recorded_at) = writes.iter().flat_map(|w| w.records.first()).map(|r| r.recorded_at).next() else {
+            return Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Ok(Vec::new()))).collect());
+        };
         let events = self.events_of(&recorded, recorded_at)?;
         let audited = self.audited(recorded_at)?;
         let result = (&self.meta, &self.consent, &self.current, &self.events, &self.counters, &self.idempotency)
             .transaction(|(meta, ledger, current, event_tree, counters, replays)| {
-                for tag in &tags {
-                    check_replay(replays, tag.as_ref())?;
-                }
-                // A merge or erasure that committed since the checks above took the subject away;
-                // a record written now would be sealed under a destroyed key.
-                if meta.get(subject.as_bytes())?.is_none() {
-                    return abort(StoreError::NotFound);
+                // Checked above under the write lock; again here, so a write that got past it by
+                // mistake still cannot seal a record under a destroyed key or repeat a key.
+                for write in &writes {
+                    for tag in &write.tags {
+                        check_replay(replays, tag.as_ref())?;
+                    }
+                    if meta.get(write.subject.as_bytes())?.is_none() {
+                        return abort(StoreError::NotFound);
+                    }
                 }
                 for (ledger_key, sealed) in &sealed_entries {
                     ledger.insert(&ledger_key[..], sealed.as_slice())?;
                 }
-                counters.insert(LEDGER_POSITION, &last.to_be_bytes()[..])?;
-                for (k, list) in &cells {
+                counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
+                for (k, at, list) in &cells {
+                    let Some(key) = writes.get(*at).map(|w| &w.key) else {
+                        return abort(StoreError::Backend("a cell of no subject in the batch".into()));
+                    };
                     let stored = match current.get(k)? {
                         None => None,
-                        Some(bytes) => Some(or_abort(open::<CurrentConsent>(&key, b"current", k, &bytes))?),
+                        Some(bytes) => Some(or_abort(open::<CurrentConsent>(key, b"current", k, &bytes))?),
                     };
                     let mut in_force: Option<&CurrentConsent> = stored.as_ref();
                     let mut write: Option<&[u8]> = None;
                     for (candidate, sealed) in list {
                         if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
-                            in_force = Some(*candidate);
+                            in_force = Some(candidate);
                             write = Some(sealed.as_slice());
                         }
                     }
@@ -124,19 +159,95 @@ impl SledStore {
                         current.insert(k.as_slice(), sealed)?;
                     }
                 }
-                let mut results = Vec::with_capacity(records.len());
-                for ((record, (event_seq, event)), tag) in records.iter().zip(&events).zip(&tags) {
-                    event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
-                    let result = (record.clone(), *event_seq);
-                    record_replay(replays, tag.as_ref(), Some((subject, &key)), &(*subject, &result))?;
-                    results.push(result);
+                let mut events = events.iter();
+                let mut results = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    let mut written = Vec::with_capacity(write.records.len());
+                    for (record, tag) in write.records.iter().zip(&write.tags) {
+                        let Some((event_seq, event)) = events.next() else {
+                            return abort(StoreError::Backend("fewer change events than records".into()));
+                        };
+                        event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+                        let result = (record.clone(), *event_seq);
+                        let sealed_for = Some((&write.subject, &write.key));
+                        if record.evidence.import.is_some() {
+                            // An import's repeat needs the position alone: a smaller record.
+                            let kept = (ImportedEntry { sequence: record.sequence }, *event_seq);
+                            record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, kept))?;
+                        } else {
+                            record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, &result))?;
+                        }
+                        written.push(result);
+                    }
+                    results.push(written);
                 }
                 audited.append(&recorded)?;
                 Ok(results)
             });
-        let result = flatten(result)?;
+        let results = flatten(result)?;
         audited.commit();
-        Ok(result)
+        for (write, written) in writes.iter().zip(results) {
+            if let Some(slot) = outcomes.get_mut(write.slot) {
+                *slot = Some(Ok(written));
+            }
+        }
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Ok(Vec::new()))).collect())
+    }
+
+    /// [`crate::store::Store::append_consents`]: [`Self::record_consents`], whose answer per
+    /// subject stands for each of its entries (a subject is written whole or not at all).
+    pub(super) fn record_consent_batch(&self, batch: ConsentBatch) -> Result<AppendedConsents, StoreError> {
+        let sizes: Vec<usize> = batch.iter().map(|(_, consents)| consents.len()).collect();
+        let written = self.record_consents(batch)?;
+        Ok(written
+            .into_iter()
+            .zip(sizes)
+            .map(|(subject, size)| match subject {
+                Ok(records) => records.into_iter().map(Ok).collect(),
+                Err(e) => (0..size).map(|_| Err(e.for_each_caller())).collect(),
+            })
+            .collect())
+    }
+
+    /// [`crate::store::Store::imported_events`]: the ledger's entries with only the fields an
+    /// import checks decoded (serde skips the rest without building it).
+    pub(super) fn read_imported_events(&self, subject: &SubjectId) -> Result<Vec<(ImportEvidence, u64)>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            sequence: u64,
+            evidence: EntryEvidence,
+        }
+        #[derive(serde::Deserialize)]
+        struct EntryEvidence {
+            #[serde(default)]
+            import: Option<ImportEvidence>,
+        }
+        let entries: Vec<Entry> = self.open_log(&self.consent, b"consent", subject)?;
+        Ok(entries.into_iter().filter_map(|e| e.evidence.import.map(|i| (i, e.sequence))).collect())
+    }
+
+    /// Whether `consents` can be written for `subject` now (under the write lock): its key and
+    /// the links it holds, or why not. An entry captured through a link the subject no longer
+    /// holds (an unmerge moved it since the capture resolved its subject) belongs to another
+    /// subject: resolve again ([`StoreError::Retry`]). The change events name the links read here.
+    fn writable(
+        &self,
+        subject: &SubjectId,
+        consents: &[(NewConsent, Option<Idempotency>)],
+    ) -> Result<(SubjectKey, Vec<domicile_types::Link>), StoreError> {
+        let key = self.key(subject)?;
+        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        if consents.iter().any(|(c, _)| c.evidence.captured_via.is_some_and(|l| !entry.links.contains(&l))) {
+            return Err(StoreError::Retry);
+        }
+        for (_, tag) in consents {
+            if let Some(tag) = tag
+                && self.idempotency.contains_key(&tag.key[..]).map_err(backend)?
+            {
+                return Err(StoreError::Replayed);
+            }
+        }
+        Ok((key, entry.links))
     }
 
     pub(super) fn restrict_subject(
