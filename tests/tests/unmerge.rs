@@ -305,6 +305,74 @@ async fn a_withdrawal_racing_an_unmerge_holds_for_the_person_whose_identifier_it
     }
 }
 
+/// A merge seen by another gateway through its watch: every capture through the merged-away
+/// identifier at that gateway, before, during and after it learns of the merge, is acknowledged
+/// (none finds the identifier unknown while the gateway moves it to the remaining subject), and
+/// the withdrawals hold for the merged person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_seen_by_another_gateway_never_leaves_the_moved_identifier_unknown() {
+    use common::ConsentAction::{Grant, Withdraw};
+    let mut options = TestOptions { gateways: Some(2), ..TestOptions::default() };
+    apply_store_env(&mut options).expect("store from the environment");
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let other = cluster.gateway_at_index(1).await.unwrap();
+    for round in 0..15 {
+        let ann_email = format!("merge-seen-ann-{round}@example.com");
+        let bea_email = format!("merge-seen-bea-{round}@example.com");
+        let ann = register(&mut client, &ann_email).await;
+        let bea = register(&mut client, &bea_email).await;
+        consent(&mut client, select_email(&bea_email), "marketing", "email", Grant).await;
+        let mut watcher = other.clone();
+        let known = eventually(Duration::from_secs(10), || {
+            let mut watcher = watcher.clone();
+            let ann_email = ann_email.clone();
+            async move { resolve(&mut watcher, &ann_email).await.map(|_| ()) }
+        })
+        .await;
+        assert!(known.is_some(), "round {round}: the other gateway never learnt of Ann");
+        // Withdrawals through Ann's identifier at the other gateway, until it has moved her
+        // identifier to Bea (and a few after); a refusal panics its writer.
+        let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for _ in 0..3 {
+            let mut writer = other.clone();
+            let (selector, moved) = (select_email(&ann_email), moved.clone());
+            writers.push(tokio::spawn(async move {
+                let mut after = 0;
+                while after < 3 {
+                    consent(&mut writer, selector.clone(), "marketing", "email", Withdraw).await;
+                    if moved.load(std::sync::atomic::Ordering::SeqCst) {
+                        after += 1;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        client
+            .merge(gw::MergeRequest { into: select_ref(&bea), from: select_ref(&ann), idempotency_key: String::new() })
+            .await
+            .expect("merge");
+        let seen = eventually(Duration::from_secs(10), || {
+            let mut watcher = watcher.clone();
+            let (ann_email, bea) = (ann_email.clone(), bea.clone());
+            async move { resolve(&mut watcher, &ann_email).await.filter(|(_, subject)| *subject == bea).map(|_| ()) }
+        })
+        .await;
+        assert!(seen.is_some(), "round {round}: the other gateway never moved Ann's identifier to Bea");
+        moved.store(true, std::sync::atomic::Ordering::SeqCst);
+        for writer in writers {
+            writer.await.expect("every withdrawal through the other gateway is acknowledged");
+        }
+        let after = decisions(&mut watcher, select_email(&ann_email)).await;
+        assert_eq!(
+            effect_of(&after, "marketing/email"),
+            common::Effect::Deny,
+            "round {round}: the merged person withdrew"
+        );
+    }
+}
+
 /// A merge retried with its idempotency key after it was undone: the gateway must not map the
 /// identifiers back to the merged subject, and nobody is routed to the wrong person.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,9 +105,11 @@ impl Recorded<'_> {
             Recorded::LinksRemoved { subject, links, .. } => one(subject, links, Change::LinksRemoved),
             Recorded::RightsRequest { .. } => Vec::new(),
             Recorded::Erasure { subject, links } => vec![(subject, links.to_vec(), Change::Erased)],
-            // Followers drop `from`'s links, then map them to `into`.
+            // Followers map `from`'s links to `into`, then retire `from`: a follower that drops
+            // only links still naming an erased subject (as the proto asks, and gateways do)
+            // never has one of them unmapped in between, which would refuse a capture through it.
             Recorded::Merge { into, from, links } => {
-                vec![(from, links.to_vec(), Change::Erased), (into, links.to_vec(), Change::Registered)]
+                vec![(into, links.to_vec(), Change::Registered), (from, links.to_vec(), Change::Erased)]
             }
             // Each half's links are mapped afresh and its consent in force announced (a link that
             // moves to another subject carries none of its old state, so a grant only one half
@@ -203,5 +205,76 @@ impl Recorded<'_> {
                 of(merged),
             )),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn subject(n: u8) -> SubjectId {
+        SubjectId::from_slice(&[n; domicile_types::SUBJECT_ID_LEN]).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn link(n: u8) -> Link {
+        Link::from_slice(&[n; domicile_types::LINK_LEN]).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A follower as the proto describes one: REGISTERED maps the links to the subject; ERASED
+    /// drops those of its links that still name the subject. Checks after every event that each
+    /// of `watched` names some subject, and returns the final mapping.
+    fn follow(
+        changes: &[(SubjectId, Vec<Link>, Change)],
+        start: &[(Link, SubjectId)],
+        watched: &[Link],
+    ) -> HashMap<Link, SubjectId> {
+        let mut map: HashMap<Link, SubjectId> = start.iter().copied().collect();
+        for (at, (subject, links, change)) in changes.iter().enumerate() {
+            match change {
+                Change::Registered => {
+                    for l in links {
+                        map.insert(*l, *subject);
+                    }
+                }
+                Change::Erased => map.retain(|l, s| !(links.contains(l) && s == subject)),
+                _ => {}
+            }
+            for l in watched {
+                assert!(map.contains_key(l), "after event {at} a link names no subject");
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn a_merge_never_leaves_a_moved_link_unmapped_at_a_follower() {
+        let (into, from) = (subject(1), subject(2));
+        let (kept, moved) = (link(1), link(2));
+        let links = [moved];
+        let changes = Recorded::Merge { into, from, links: &links }.changes();
+        let map = follow(&changes, &[(kept, into), (moved, from)], &[kept, moved]);
+        assert_eq!((map.get(&kept), map.get(&moved)), (Some(&into), Some(&into)));
+    }
+
+    #[test]
+    fn an_unmerge_never_leaves_a_link_unmapped_at_a_follower() {
+        let (merged, kept, restored) = (subject(1), subject(3), subject(4));
+        let (a, b) = (link(1), link(2));
+        let (kept_links, links) = ([a], [b]);
+        let recorded = Recorded::Unmerge {
+            merged,
+            kept,
+            restored,
+            was: subject(2),
+            links: &links,
+            kept_links: &kept_links,
+            kept_consent: &[],
+            restored_consent: &[],
+            flagged: 0,
+        };
+        let map = follow(&recorded.changes(), &[(a, merged), (b, merged)], &[a, b]);
+        assert_eq!((map.get(&a), map.get(&b)), (Some(&kept), Some(&restored)));
     }
 }
