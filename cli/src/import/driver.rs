@@ -9,7 +9,7 @@
 //! Memory stays flat over any file size: rows are parsed on a blocking thread into a bounded
 //! channel, at most `--in-flight` batches are outstanding, and the subject cache is bounded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::SocketAddr;
@@ -24,6 +24,7 @@ use clap::Args;
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::domicile_client::DomicileClient;
+use domicile_proto::pb::gateway::v1::subject_selector::Selector;
 use domicile_runtime::tls::TlsFiles;
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -394,9 +395,36 @@ fn subject_key(row: &ImportRow) -> String {
     format!("{}\u{1e}{}", row.jurisdiction, ids.join("\u{1e}"))
 }
 
+/// What the gateway answered for one item.
+enum Sent {
+    Accepted(u64),
+    Duplicate(u64),
+    Refused(tonic::Code, String),
+}
+
+impl Sent {
+    fn receipt(self) -> Receipt {
+        match self {
+            Sent::Accepted(sequence) => Receipt::Accepted(sequence),
+            Sent::Duplicate(sequence) => Receipt::Duplicate(sequence),
+            Sent::Refused(_, reason) => Receipt::Refused { field: String::new(), reason },
+        }
+    }
+}
+
+fn refusal(field: &str, reason: String) -> Receipt {
+    Receipt::Refused { field: field.to_owned(), reason }
+}
+
 impl BatchJob {
-    /// Registers (or, in a dry run, resolves) the batch's subjects, sends its rows, writes their
-    /// receipts; returns the last line it covers.
+    /// Sends the batch's rows, registering (or, in a dry run, resolving) their subjects where
+    /// needed, writes their receipts; returns the last line it covers.
+    ///
+    /// A row names its subject by the subject ref cached for its identifiers; failing that, a
+    /// row with one identifier names it by that identifier, which the gateway resolves from its
+    /// directory, and only a row the gateway finds unregistered is registered and sent again, so
+    /// a file with more subjects than the cache holds costs no registration per row. A row with
+    /// several identifiers is registered first (registering attaches every one of them).
     async fn run(mut self, batch: Batch) -> anyhow::Result<usize> {
         let mut receipts: Vec<(usize, String, String, Receipt)> = batch
             .refused
@@ -411,160 +439,83 @@ impl BatchJob {
                 (e.line, String::new(), String::new(), receipt)
             })
             .collect();
-        // The subjects this batch needs that the cache does not hold.
-        let mut wanted: Vec<(String, String, Identifiers)> = Vec::new();
-        {
-            let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
-            for row in &batch.rows {
-                let key = subject_key(row);
-                if !cache.contains_key(&key) && !wanted.iter().any(|(k, _, _)| *k == key) {
-                    wanted.push((key, row.jurisdiction.clone(), row.identifiers.clone()));
-                }
-            }
-        }
-        let client = self.client.clone();
         let dry_run = self.dry_run;
-        let found: Vec<(String, Result<Option<String>, tonic::Status>)> = futures_util::stream::iter(wanted)
-            .map(move |(key, jurisdiction, identifiers)| {
-                let mut client = client.clone();
-                async move { (key, subject_of(&mut client, jurisdiction, identifiers, dry_run).await) }
-            })
-            .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
-            .collect()
-            .await;
-        let mut failed: HashMap<String, tonic::Status> = HashMap::new();
-        let mut unregistered: Vec<String> = Vec::new();
-        {
-            let mut cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
-            if cache.len() + found.len() > SUBJECT_CACHE {
-                cache.clear();
-            }
-            for (key, result) in found {
-                match result {
-                    Ok(Some(subject_ref)) => {
-                        cache.insert(key, subject_ref);
-                    }
-                    Ok(None) => unregistered.push(key),
-                    // Still "not now" after the retries: no receipts for this batch, so a re-run
-                    // sends it again rather than skipping rows refused for a passing reason.
-                    Err(status) if transient(status.code()) => anyhow::bail!(
-                        "registration kept failing ({:?}: {}); re-run to resume",
-                        status.code(),
-                        status.message()
-                    ),
-                    Err(status) => {
-                        failed.insert(key, status);
-                    }
-                }
-            }
-        }
+        let by_identifier = |row: &ImportRow| !dry_run && row.identifiers.len() == 1;
+        // The subjects this batch must register (or resolve) before sending.
+        let wanted: Vec<&ImportRow> = {
+            let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+            batch.rows.iter().filter(|row| !by_identifier(row) && !cache.contains_key(&subject_key(row))).collect()
+        };
+        let (failed, unregistered) = self.register(wanted).await?;
         let mut items = Vec::with_capacity(batch.rows.len());
         let mut sent: Vec<&ImportRow> = Vec::with_capacity(batch.rows.len());
         {
             let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
             for row in &batch.rows {
                 let key = subject_key(row);
-                let refuse = |field: &str, reason: String| {
-                    (
-                        row.line,
-                        row.source_system.clone(),
-                        row.source_event_id.clone(),
-                        Receipt::Refused { field: field.to_owned(), reason },
-                    )
-                };
+                let receipt =
+                    |receipt: Receipt| (row.line, row.source_system.clone(), row.source_event_id.clone(), receipt);
                 if let Some(status) = failed.get(&key) {
-                    receipts.push(refuse("identifiers", format!("registration refused: {}", status.message())));
-                    continue;
-                }
-                if unregistered.contains(&key) {
+                    receipts
+                        .push(receipt(refusal("identifiers", format!("registration refused: {}", status.message()))));
+                } else if unregistered.contains(&key) {
                     // Dry run: the subject would be registered first.
-                    receipts.push((
-                        row.line,
-                        row.source_system.clone(),
-                        row.source_event_id.clone(),
-                        Receipt::Accepted(0),
-                    ));
-                    continue;
+                    receipts.push(receipt(Receipt::Accepted(0)));
+                } else if let Some(subject_ref) = cache.get(&key) {
+                    items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
+                    sent.push(row);
+                } else if let (true, [(kind, value)]) = (by_identifier(row), row.identifiers.as_slice()) {
+                    let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
+                    items.push(item_of(items.len() as u64, Selector::Identifier(identifier), row));
+                    sent.push(row);
+                } else {
+                    receipts.push(receipt(refusal("identifiers", "the subject could not be resolved".to_owned())));
                 }
-                let Some(subject_ref) = cache.get(&key) else {
-                    receipts.push(refuse("identifiers", "the subject could not be resolved".to_owned()));
-                    continue;
-                };
-                items.push(item_of(items.len() as u64, subject_ref, row));
-                sent.push(row);
             }
         }
-        // Calls stay under the gateway's request size limit: a batch goes in as many as it needs.
-        let mut chunks: Vec<Vec<pb::ImportConsentItem>> = Vec::new();
-        let mut size = 0usize;
-        for item in items {
-            let len = domicile_proto::prost::Message::encoded_len(&item) + 8;
-            if chunks.last().is_none_or(|c| size + len > MAX_CALL_BYTES && !c.is_empty()) {
-                chunks.push(Vec::new());
-                size = 0;
-            }
-            size += len;
-            if let Some(chunk) = chunks.last_mut() {
-                chunk.push(item);
+        // Rows sent by identifier that the gateway found unregistered: registered, then sent by
+        // their subject ref.
+        let mut unknown: Vec<&ImportRow> = Vec::new();
+        for (id, outcome) in self.send(items).await? {
+            let Some(row) = sent.get(id as usize).copied() else { continue };
+            match outcome {
+                Sent::Refused(tonic::Code::NotFound, _) if by_identifier(row) => unknown.push(row),
+                outcome => {
+                    receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), outcome.receipt()))
+                }
             }
         }
-        for chunk in chunks {
-            // Items a region answered with a transient status (a conflict with a concurrent write
-            // to the subject, a region failing over) are sent again, never receipted as refused:
-            // a refusal before the checkpoint would not be retried by a re-run.
-            let mut pending = chunk;
-            let mut attempt = 0u32;
-            while !pending.is_empty() {
-                let request = pb::ImportConsentRequest {
-                    items: pending.clone(),
-                    broadcast: self.broadcast,
-                    mapping_version: self.mapping_version.clone(),
-                    dry_run: self.dry_run,
-                };
-                let reply = match self.client.import_consent(request).await {
-                    Ok(reply) => reply.into_inner(),
-                    Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
-                        attempt += 1;
-                        tokio::time::sleep(backoff(attempt)).await;
-                        continue;
-                    }
-                    // The outcome is unknown: no receipts, so the checkpoint does not pass the
-                    // batch and a re-run sends it again (the nodes apply each entry once).
-                    Err(status) => anyhow::bail!(
-                        "an ImportConsent call failed ({:?}: {}); re-run to resume",
-                        status.code(),
-                        status.message()
-                    ),
-                };
-                let mut again = Vec::new();
-                for outcome in reply.outcomes {
-                    let Some(row) = sent.get(outcome.id as usize) else { continue };
-                    let receipt = match outcome.result {
-                        Some(pb::import_consent_outcome::Result::Accepted(s)) => Receipt::Accepted(s),
-                        Some(pb::import_consent_outcome::Result::Duplicate(s)) => Receipt::Duplicate(s),
-                        Some(pb::import_consent_outcome::Result::Refused(e))
-                            if transient(tonic::Code::from_i32(e.code)) =>
-                        {
-                            if attempt >= MAX_ATTEMPTS {
-                                anyhow::bail!("a region kept refusing an item ({}); re-run to resume", e.message);
-                            }
-                            if let Some(item) = pending.iter().find(|i| i.id == outcome.id) {
-                                again.push(item.clone());
-                            }
-                            continue;
-                        }
-                        Some(pb::import_consent_outcome::Result::Refused(e)) => {
-                            Receipt::Refused { field: String::new(), reason: e.message }
-                        }
-                        None => Receipt::Refused { field: String::new(), reason: "no outcome".to_owned() },
-                    };
-                    receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), receipt));
+        if !unknown.is_empty() {
+            let (failed, _) = self.register(unknown.clone()).await?;
+            let cache: HashMap<String, String> = {
+                let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+                unknown
+                    .iter()
+                    .filter_map(|row| {
+                        let key = subject_key(row);
+                        cache.get(&key).map(|subject_ref| (key, subject_ref.clone()))
+                    })
+                    .collect()
+            };
+            let mut items = Vec::with_capacity(unknown.len());
+            let mut sent: Vec<&ImportRow> = Vec::with_capacity(unknown.len());
+            for row in unknown {
+                let key = subject_key(row);
+                let receipt =
+                    |receipt: Receipt| (row.line, row.source_system.clone(), row.source_event_id.clone(), receipt);
+                if let Some(status) = failed.get(&key) {
+                    receipts
+                        .push(receipt(refusal("identifiers", format!("registration refused: {}", status.message()))));
+                } else if let Some(subject_ref) = cache.get(&key) {
+                    items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
+                    sent.push(row);
+                } else {
+                    receipts.push(receipt(refusal("identifiers", "the subject could not be resolved".to_owned())));
                 }
-                if !again.is_empty() {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                pending = again;
+            }
+            for (id, outcome) in self.send(items).await? {
+                let Some(row) = sent.get(id as usize).copied() else { continue };
+                receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), outcome.receipt()));
             }
         }
         receipts.sort_by_key(|r| r.0);
@@ -591,6 +542,137 @@ impl BatchJob {
             writeln!(out, "{value}")?;
         }
         Ok(batch.last_line)
+    }
+
+    /// Registers (or, in a dry run, resolves) the subjects of `rows` the cache does not hold,
+    /// `REGISTRATIONS_IN_FLIGHT` at a time, and caches them: the registrations refused (by
+    /// subject key) and, in a dry run, the subjects not registered yet.
+    async fn register(
+        &self,
+        rows: Vec<&ImportRow>,
+    ) -> anyhow::Result<(HashMap<String, tonic::Status>, HashSet<String>)> {
+        let mut wanted: Vec<(String, String, Identifiers)> = Vec::new();
+        let mut keys: HashSet<String> = HashSet::new();
+        for row in rows {
+            let key = subject_key(row);
+            if keys.insert(key.clone()) {
+                wanted.push((key, row.jurisdiction.clone(), row.identifiers.clone()));
+            }
+        }
+        let client = self.client.clone();
+        let dry_run = self.dry_run;
+        let found: Vec<(String, Result<Option<String>, tonic::Status>)> = futures_util::stream::iter(wanted)
+            .map(move |(key, jurisdiction, identifiers)| {
+                let mut client = client.clone();
+                async move { (key, subject_of(&mut client, jurisdiction, identifiers, dry_run).await) }
+            })
+            .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut failed: HashMap<String, tonic::Status> = HashMap::new();
+        let mut unregistered: HashSet<String> = HashSet::new();
+        let mut cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+        if cache.len() + found.len() > SUBJECT_CACHE {
+            cache.clear();
+        }
+        for (key, result) in found {
+            match result {
+                Ok(Some(subject_ref)) => {
+                    cache.insert(key, subject_ref);
+                }
+                Ok(None) => {
+                    unregistered.insert(key);
+                }
+                // Still "not now" after the retries: no receipts for this batch, so a re-run
+                // sends it again rather than skipping rows refused for a passing reason.
+                Err(status) if transient(status.code()) => anyhow::bail!(
+                    "registration kept failing ({:?}: {}); re-run to resume",
+                    status.code(),
+                    status.message()
+                ),
+                Err(status) => {
+                    failed.insert(key, status);
+                }
+            }
+        }
+        Ok((failed, unregistered))
+    }
+
+    /// Sends `items` in calls under the gateway's request size limit; the outcome of each (by
+    /// item id). Items a region answered with a transient status (a conflict with a concurrent
+    /// write to the subject, a region failing over) are sent again, never receipted as refused:
+    /// a refusal before the checkpoint would not be retried by a re-run.
+    async fn send(&mut self, items: Vec<pb::ImportConsentItem>) -> anyhow::Result<Vec<(u64, Sent)>> {
+        let mut chunks: Vec<Vec<pb::ImportConsentItem>> = Vec::new();
+        let mut size = 0usize;
+        for item in items {
+            let len = domicile_proto::prost::Message::encoded_len(&item) + 8;
+            if chunks.last().is_none_or(|c| size + len > MAX_CALL_BYTES && !c.is_empty()) {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(item);
+            }
+        }
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let mut pending = chunk;
+            let mut attempt = 0u32;
+            while !pending.is_empty() {
+                let request = pb::ImportConsentRequest {
+                    items: pending.clone(),
+                    broadcast: self.broadcast,
+                    mapping_version: self.mapping_version.clone(),
+                    dry_run: self.dry_run,
+                };
+                let reply = match self.client.import_consent(request).await {
+                    Ok(reply) => reply.into_inner(),
+                    Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                    // The outcome is unknown: no receipts, so the checkpoint does not pass the
+                    // batch and a re-run sends it again (the nodes apply each entry once).
+                    Err(status) => anyhow::bail!(
+                        "an ImportConsent call failed ({:?}: {}); re-run to resume",
+                        status.code(),
+                        status.message()
+                    ),
+                };
+                let mut again = Vec::new();
+                for outcome in reply.outcomes {
+                    let sent = match outcome.result {
+                        Some(pb::import_consent_outcome::Result::Accepted(s)) => Sent::Accepted(s),
+                        Some(pb::import_consent_outcome::Result::Duplicate(s)) => Sent::Duplicate(s),
+                        Some(pb::import_consent_outcome::Result::Refused(e))
+                            if transient(tonic::Code::from_i32(e.code)) =>
+                        {
+                            if attempt >= MAX_ATTEMPTS {
+                                anyhow::bail!("a region kept refusing an item ({}); re-run to resume", e.message);
+                            }
+                            if let Some(item) = pending.iter().find(|i| i.id == outcome.id) {
+                                again.push(item.clone());
+                            }
+                            continue;
+                        }
+                        Some(pb::import_consent_outcome::Result::Refused(e)) => {
+                            Sent::Refused(tonic::Code::from_i32(e.code), e.message)
+                        }
+                        None => Sent::Refused(tonic::Code::Internal, "no outcome".to_owned()),
+                    };
+                    out.push((outcome.id, sent));
+                }
+                if !again.is_empty() {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                pending = again;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -641,8 +723,7 @@ async fn try_subject_of(
     Ok(Some(reply.into_inner().subject_ref))
 }
 
-fn item_of(id: u64, subject_ref: &str, row: &ImportRow) -> pb::ImportConsentItem {
-    use pb::subject_selector::Selector;
+fn item_of(id: u64, selector: Selector, row: &ImportRow) -> pb::ImportConsentItem {
     let action = match row.action {
         domicile_types::ConsentAction::Grant => common::ConsentAction::Grant,
         domicile_types::ConsentAction::Deny => common::ConsentAction::Deny,
@@ -650,7 +731,7 @@ fn item_of(id: u64, subject_ref: &str, row: &ImportRow) -> pb::ImportConsentItem
     };
     pb::ImportConsentItem {
         id,
-        subject: Some(pb::SubjectSelector { selector: Some(Selector::SubjectRef(subject_ref.to_owned())) }),
+        subject: Some(pb::SubjectSelector { selector: Some(selector) }),
         purpose: row.purpose.as_str().to_owned(),
         channels: row.channels.iter().map(|c| c.as_str().to_owned()).collect(),
         action: action as i32,
