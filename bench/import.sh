@@ -82,9 +82,12 @@ with open(f"{work}/long.ndjson", "w") as f:
 PY
 echo "long file: $(wc -l <"$work/long.ndjson") rows, $(du -h "$work/long.ndjson" | cut -f1)"
 for file in part1 long; do
-  /usr/bin/time -f "$file: peak RSS %M KiB, %e s" "$domicile" import --cluster-dir "$dir" --format ndjson \
-    --mapping "$work/mapping.toml" --receipts "$work/mem-$file.ndjson" --batch "${IMPORT_BATCH:-2000}" \
-    --in-flight "${IMPORT_IN_FLIGHT:-8}" --quiet "$work/$file.ndjson" 2>&1 | tail -1
-  echo "  $(grep -c '"status":"accepted"' "$work/mem-$file.ndjson" || true) accepted, $(grep -c '"status":"duplicate"' "$work/mem-$file.ndjson" || true) duplicates"
+  status=0
+  /usr/bin/time -o "$work/time-$file" -f "$file: peak RSS %M KiB, %e s" "$domicile" import --cluster-dir "$dir" \
+    --format ndjson --mapping "$work/mapping.toml" --receipts "$work/mem-$file.ndjson" \
+    --batch "${IMPORT_BATCH:-2000}" --in-flight "${IMPORT_IN_FLIGHT:-8}" --quiet "$work/$file.ndjson" \
+    2>"$work/mem-$file.log" || status=$?
+  cat "$work/time-$file"
+  echo "  exit $status: $(tail -1 "$work/mem-$file.log")"
 done
 echo "nodes' RSS after the long file (KiB): $(for p in $(pgrep -f 'domicile node'); do awk '/VmRSS/ {print $2}' /proc/$p/status; done | xargs)"

@@ -395,6 +395,10 @@ fn subject_key(row: &ImportRow) -> String {
     format!("{}\u{1e}{}", row.jurisdiction, ids.join("\u{1e}"))
 }
 
+/// What [`BatchJob::register`] found: registrations refused (by subject key), subjects not
+/// registered yet (a dry run), refs found.
+type Registered = (HashMap<String, tonic::Status>, HashSet<String>, HashMap<String, String>);
+
 /// What the gateway answered for one item.
 enum Sent {
     Accepted(u64),
@@ -441,16 +445,28 @@ impl BatchJob {
             .collect();
         let dry_run = self.dry_run;
         let by_identifier = |row: &ImportRow| !dry_run && row.identifiers.len() == 1;
-        // The subjects this batch must register (or resolve) before sending.
-        let wanted: Vec<&ImportRow> = {
-            let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
-            batch.rows.iter().filter(|row| !by_identifier(row) && !cache.contains_key(&subject_key(row))).collect()
-        };
-        let (failed, unregistered) = self.register(wanted).await?;
-        let mut items = Vec::with_capacity(batch.rows.len());
-        let mut sent: Vec<&ImportRow> = Vec::with_capacity(batch.rows.len());
+        // The refs the cache holds for this batch's rows (taken now: a concurrent batch may clear
+        // the cache), and the subjects this batch must register (or resolve) before sending.
+        let mut cached: HashMap<String, String> = HashMap::new();
+        let mut wanted: Vec<&ImportRow> = Vec::new();
         {
             let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+            for row in &batch.rows {
+                let key = subject_key(row);
+                match cache.get(&key) {
+                    Some(subject_ref) => {
+                        cached.insert(key, subject_ref.clone());
+                    }
+                    None if !by_identifier(row) => wanted.push(row),
+                    None => {}
+                }
+            }
+        }
+        let (failed, unregistered, found) = self.register(wanted).await?;
+        let mut items = Vec::with_capacity(batch.rows.len());
+        // Each row sent, and whether it was sent by its identifier.
+        let mut sent: Vec<(&ImportRow, bool)> = Vec::with_capacity(batch.rows.len());
+        {
             for row in &batch.rows {
                 let key = subject_key(row);
                 let receipt =
@@ -461,42 +477,34 @@ impl BatchJob {
                 } else if unregistered.contains(&key) {
                     // Dry run: the subject would be registered first.
                     receipts.push(receipt(Receipt::Accepted(0)));
-                } else if let Some(subject_ref) = cache.get(&key) {
+                } else if let Some(subject_ref) = found.get(&key).or_else(|| cached.get(&key)) {
                     items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
-                    sent.push(row);
+                    sent.push((row, false));
                 } else if let (true, [(kind, value)]) = (by_identifier(row), row.identifiers.as_slice()) {
                     let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
                     items.push(item_of(items.len() as u64, Selector::Identifier(identifier), row));
-                    sent.push(row);
+                    sent.push((row, true));
                 } else {
                     receipts.push(receipt(refusal("identifiers", "the subject could not be resolved".to_owned())));
                 }
             }
         }
         // Rows sent by identifier that the gateway found unregistered: registered, then sent by
-        // their subject ref.
+        // their subject ref. (A row sent by its cached ref and refused NOT_FOUND names a subject
+        // erased or merged away since: refused, never registered again.)
         let mut unknown: Vec<&ImportRow> = Vec::new();
         for (id, outcome) in self.send(items).await? {
-            let Some(row) = sent.get(id as usize).copied() else { continue };
+            let Some((row, by_identifier)) = sent.get(id as usize).copied() else { continue };
             match outcome {
-                Sent::Refused(tonic::Code::NotFound, _) if by_identifier(row) => unknown.push(row),
+                Sent::Refused(tonic::Code::NotFound, _) if by_identifier => unknown.push(row),
                 outcome => {
                     receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), outcome.receipt()))
                 }
             }
         }
         if !unknown.is_empty() {
-            let (failed, _) = self.register(unknown.clone()).await?;
-            let cache: HashMap<String, String> = {
-                let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
-                unknown
-                    .iter()
-                    .filter_map(|row| {
-                        let key = subject_key(row);
-                        cache.get(&key).map(|subject_ref| (key, subject_ref.clone()))
-                    })
-                    .collect()
-            };
+            // The refs as registered now, not as cached: another batch may clear the cache.
+            let (failed, _, found) = self.register(unknown.clone()).await?;
             let mut items = Vec::with_capacity(unknown.len());
             let mut sent: Vec<&ImportRow> = Vec::with_capacity(unknown.len());
             for row in unknown {
@@ -506,7 +514,7 @@ impl BatchJob {
                 if let Some(status) = failed.get(&key) {
                     receipts
                         .push(receipt(refusal("identifiers", format!("registration refused: {}", status.message()))));
-                } else if let Some(subject_ref) = cache.get(&key) {
+                } else if let Some(subject_ref) = found.get(&key) {
                     items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
                     sent.push(row);
                 } else {
@@ -544,13 +552,11 @@ impl BatchJob {
         Ok(batch.last_line)
     }
 
-    /// Registers (or, in a dry run, resolves) the subjects of `rows` the cache does not hold,
-    /// `REGISTRATIONS_IN_FLIGHT` at a time, and caches them: the registrations refused (by
-    /// subject key) and, in a dry run, the subjects not registered yet.
-    async fn register(
-        &self,
-        rows: Vec<&ImportRow>,
-    ) -> anyhow::Result<(HashMap<String, tonic::Status>, HashSet<String>)> {
+    /// Registers (or, in a dry run, resolves) the subjects of `rows`, `REGISTRATIONS_IN_FLIGHT`
+    /// at a time, and caches them: the registrations refused (by subject key), in a dry run the
+    /// subjects not registered yet, and the refs found (the caller uses these, not the cache,
+    /// which a concurrent batch may clear in between).
+    async fn register(&self, rows: Vec<&ImportRow>) -> anyhow::Result<Registered> {
         let mut wanted: Vec<(String, String, Identifiers)> = Vec::new();
         let mut keys: HashSet<String> = HashSet::new();
         for row in rows {
@@ -571,6 +577,7 @@ impl BatchJob {
             .await;
         let mut failed: HashMap<String, tonic::Status> = HashMap::new();
         let mut unregistered: HashSet<String> = HashSet::new();
+        let mut refs: HashMap<String, String> = HashMap::new();
         let mut cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
         if cache.len() + found.len() > SUBJECT_CACHE {
             cache.clear();
@@ -578,7 +585,8 @@ impl BatchJob {
         for (key, result) in found {
             match result {
                 Ok(Some(subject_ref)) => {
-                    cache.insert(key, subject_ref);
+                    cache.insert(key.clone(), subject_ref.clone());
+                    refs.insert(key, subject_ref);
                 }
                 Ok(None) => {
                     unregistered.insert(key);
@@ -595,7 +603,7 @@ impl BatchJob {
                 }
             }
         }
-        Ok((failed, unregistered))
+        Ok((failed, unregistered, refs))
     }
 
     /// Sends `items` in calls under the gateway's request size limit; the outcome of each (by
@@ -629,6 +637,18 @@ impl BatchJob {
                 };
                 let reply = match self.client.import_consent(request).await {
                     Ok(reply) => reply.into_inner(),
+                    // Too large for this gateway (one older than its 1 MiB import limit): the
+                    // same call would be refused every time.
+                    Err(status)
+                        if status.code() == tonic::Code::ResourceExhausted
+                            && status.message().starts_with("request message larger than") =>
+                    {
+                        anyhow::bail!(
+                            "the gateway refuses import calls of {} KiB ({}); is it older than this CLI?",
+                            MAX_CALL_BYTES / 1024,
+                            status.message()
+                        )
+                    }
                     Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
                         attempt += 1;
                         tokio::time::sleep(backoff(attempt)).await;

@@ -321,7 +321,8 @@ pub trait Store: Send + Sync + 'static {
     /// Moves everything of `from` (identifiers, profile, links, consent ledger, interactions,
     /// rights requests) into `into`, re-sealed with `into`'s key; the current state per purpose ×
     /// channel becomes whichever record `CurrentConsent::supersedes` the other; then `from` is
-    /// erased (key destroyed). Emits ERASED for `from`'s links, then REGISTERED for `into`.
+    /// erased (key destroyed). Emits REGISTERED for `into` with `from`'s links, then ERASED for
+    /// `from` (`Recorded::Merge`).
     fn merge(
         &self,
         into: &SubjectId,

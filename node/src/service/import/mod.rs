@@ -24,7 +24,11 @@ type Resolved = Result<(domicile_types::SubjectId, crate::store::SubjectMeta), N
 /// An imported entry's idempotency record: its subject, its ledger position and its change event.
 type ImportReplay = (domicile_types::SubjectId, (ImportedEntry, u64));
 
-/// Subjects written at once within a batch.
+/// Entries in one store write at most: on the embedded store this bounds how long an import holds
+/// the region's write lock at once, so a capture or withdrawal waits for one such write at most.
+const ENTRIES_PER_WRITE: usize = 512;
+
+/// Subjects checked at once within a batch.
 const SUBJECTS_IN_FLIGHT: usize = 32;
 
 /// One entry to import, as read from the request.
@@ -119,24 +123,18 @@ impl<S: Store> NodeService<S> {
                 (!entries.is_empty()).then_some((subject, entries))
             })
             .collect();
-        let mut written = if batch.is_empty() {
-            Vec::new()
-        } else {
-            match self.settle(self.store.append_consents(batch).await).await {
-                Ok(Settled::Applied(results)) => results.into_iter().map(Written::Store).collect(),
-                // Only a store that writes the batch as a whole answers so: each entry on its own.
-                Ok(Settled::Replayed) => Vec::new(),
-                Err(e) => {
-                    let status = tonic::Status::from(e);
-                    prepared
-                        .iter()
-                        .filter(|p| !p.fallback.is_empty())
-                        .map(|_| Written::Failed(status.clone()))
-                        .collect()
+        // A duplicate found in the ledger may be a racing run's entry not yet durable: answered
+        // only once it is (as a replayed idempotency record is).
+        let duplicates = prepared.iter().any(|p| p.out.iter().any(|(_, o)| matches!(o, Imported::Duplicate(_))));
+        if duplicates && let Err(e) = self.settle_replay().await {
+            let status = tonic::Status::from(e);
+            for (_, outcome) in prepared.iter_mut().flat_map(|p| p.out.iter_mut()) {
+                if matches!(outcome, Imported::Duplicate(_)) {
+                    *outcome = Imported::Refused(NodeError::from_status(&status));
                 }
             }
         }
-        .into_iter();
+        let mut written = if batch.is_empty() { Vec::new() } else { self.write_batch(batch).await }.into_iter();
         for mut subject in prepared {
             if !subject.fallback.is_empty() {
                 let result = written.next().unwrap_or(Written::Alone);
@@ -153,6 +151,68 @@ impl<S: Store> NodeService<S> {
             .into_iter()
             .map(|(id, outcome)| (id, outcome.unwrap_or(Imported::Refused(NodeError::Internal("import outcome lost")))))
             .collect()
+    }
+
+    /// Writes `batch` in store writes of at most [`ENTRIES_PER_WRITE`] entries (a subject's
+    /// entries together), so a large call holds the region's write lock (the embedded store's)
+    /// for a bounded time at once and other writers (a withdrawal) get in between; then one
+    /// durable commit for all of them. One answer per subject, in order.
+    async fn write_batch(&self, batch: ConsentBatch) -> Vec<Written> {
+        let mut writes: Vec<ConsentBatch> = Vec::new();
+        let mut size = 0;
+        for (subject, entries) in batch {
+            if writes.last().is_none_or(|w| size + entries.len() > ENTRIES_PER_WRITE && !w.is_empty()) {
+                writes.push(Vec::new());
+                size = 0;
+            }
+            size += entries.len();
+            if let Some(write) = writes.last_mut() {
+                write.push((subject, entries));
+            }
+        }
+        // Per write: how many subjects it applied, or why it failed as a whole.
+        let mut shape: Vec<Result<usize, (usize, StoreError)>> = Vec::with_capacity(writes.len());
+        let mut applied = Vec::new();
+        for write in writes {
+            let subjects = write.len();
+            match self.store.append_consents(write).await {
+                Ok(results) => {
+                    shape.push(Ok(results.len()));
+                    applied.extend(results);
+                }
+                Err(e) => shape.push(Err((subjects, e))),
+            }
+        }
+        let mut settled = if applied.is_empty() {
+            Ok(Vec::new().into_iter())
+        } else {
+            match self.settle(Ok(applied)).await {
+                Ok(Settled::Applied(results)) => Ok(results.into_iter()),
+                Ok(Settled::Replayed) => Err(tonic::Status::internal("import write answered as a replay")),
+                Err(e) => Err(tonic::Status::from(e)),
+            }
+        };
+        let mut out = Vec::new();
+        for part in shape {
+            match part {
+                Ok(subjects) => {
+                    for _ in 0..subjects {
+                        out.push(match &mut settled {
+                            Ok(results) => results.next().map_or(Written::Alone, Written::Store),
+                            Err(status) => Written::Failed(status.clone()),
+                        });
+                    }
+                }
+                // Only a store that writes a batch as a whole answers so: each entry on its own.
+                Err((subjects, StoreError::Replayed)) => out.extend((0..subjects).map(|_| Written::Alone)),
+                Err((subjects, e)) => {
+                    let e = if self.store.disk_full(&e) { StoreError::StorageFull } else { e };
+                    let status = tonic::Status::from(NodeError::from(e));
+                    out.extend((0..subjects).map(|_| Written::Failed(status.clone())));
+                }
+            }
+        }
+        out
     }
 
     /// One subject's entries, in order: those whose source event its ledger already holds are

@@ -430,11 +430,11 @@ async fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     assert!(matches!(store.consent_history(&from).await, Err(StoreError::NotFound)));
     assert!(store.current.scan_prefix(from.as_bytes()).next().is_none());
     assert!(store.interactions.scan_prefix(from.as_bytes()).next().is_none());
-    // Events: ERASED for `from`'s links, then REGISTERED for `into` with the same links.
+    // Events: REGISTERED for `into` with `from`'s links, then ERASED for `from` with the same.
     let events: Vec<_> = store.events_page(None, usize::MAX).await.unwrap();
     let tail = &events[events.len() - 2..];
-    assert_eq!((tail[0].subject, &tail[0].change, &tail[0].links), (from, &Change::Erased, &from_links));
-    assert_eq!((tail[1].subject, &tail[1].change, &tail[1].links), (into, &Change::Registered, &from_links));
+    assert_eq!((tail[0].subject, &tail[0].change, &tail[0].links), (into, &Change::Registered, &from_links));
+    assert_eq!((tail[1].subject, &tail[1].change, &tail[1].links), (from, &Change::Erased, &from_links));
     assert_eq!(tail[1].sequence, merged.event);
     assert!(matches!(store.merge(&into, &from, 401, None).await, Err(StoreError::NotFound)));
     assert!(matches!(store.merge(&into, &into, 401, None).await, Err(StoreError::Conflict)));
