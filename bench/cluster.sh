@@ -29,5 +29,9 @@ stop_release_cluster() {
     kill -INT "$cluster_pid" 2>/dev/null || true
     wait "$cluster_pid" 2>/dev/null || true
   fi
+  # BENCH_KEEP_LOGS=<dir>: the processes' logs are copied there first (to see why a run failed).
+  if [[ -n "${BENCH_KEEP_LOGS:-}" && -d "${dir:-}/logs" ]]; then
+    mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$dir/logs/." "$BENCH_KEEP_LOGS/"
+  fi
   rm -rf "${dir:-/nonexistent-bench-dir}"
 }

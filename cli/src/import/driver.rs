@@ -41,8 +41,9 @@ use super::row::{ImportRow, RowError};
 const SUBJECT_CACHE: usize = 200_000;
 /// Largest ImportConsent call sent: under the gateway's limit on an import request (1 MiB).
 const MAX_CALL_BYTES: usize = 960 * 1024;
-/// Attempts for items a region answers with a transient status.
-const MAX_ATTEMPTS: u32 = 8;
+/// Attempts for items a region answers with a transient status (with [`backoff`], about half a
+/// minute: a region whose gateway circuit opened under the load has time to close it).
+const MAX_ATTEMPTS: u32 = 12;
 
 /// A status that says "not now" rather than "never": the item is sent again.
 fn transient(code: tonic::Code) -> bool {
@@ -60,7 +61,8 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64 << attempt.min(6))
 }
 
-/// Registrations in flight within one batch.
+/// Registrations in flight, across all batches: each may claim its identifiers in other regions,
+/// and more at once only queue at the nodes, past the gateway's deadline for a node call.
 const REGISTRATIONS_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, Args)]
@@ -289,6 +291,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     });
 
     let started = Instant::now();
+    let registrations = Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_IN_FLIGHT));
     let subjects: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut tasks: JoinSet<anyhow::Result<(usize, usize)>> = JoinSet::new();
     // Batches done out of order: the checkpoint advances over the contiguous prefix only.
@@ -310,6 +313,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                         mapping_version: mapping_version.clone(),
                         dry_run: args.dry_run,
                         broadcast: args.broadcast,
+                        registrations: Arc::clone(&registrations),
                     };
                     let index = order;
                     order += 1;
@@ -386,6 +390,8 @@ struct BatchJob {
     mapping_version: String,
     dry_run: bool,
     broadcast: bool,
+    /// Shared by every batch: at most [`REGISTRATIONS_IN_FLIGHT`] registrations at once.
+    registrations: Arc<tokio::sync::Semaphore>,
 }
 
 /// A subject's cache key: its jurisdiction and identifiers, in a stable order.
@@ -567,10 +573,16 @@ impl BatchJob {
         }
         let client = self.client.clone();
         let dry_run = self.dry_run;
+        let permits = Arc::clone(&self.registrations);
         let found: Vec<(String, Result<Option<String>, tonic::Status>)> = futures_util::stream::iter(wanted)
             .map(move |(key, jurisdiction, identifiers)| {
                 let mut client = client.clone();
-                async move { (key, subject_of(&mut client, jurisdiction, identifiers, dry_run).await) }
+                let permits = Arc::clone(&permits);
+                async move {
+                    // Never closed: the semaphore lives as long as the run.
+                    let _permit = permits.acquire_owned().await.ok();
+                    (key, subject_of(&mut client, jurisdiction, identifiers, dry_run).await)
+                }
             })
             .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
             .collect()
