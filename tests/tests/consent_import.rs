@@ -496,3 +496,61 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
         assert_eq!(d.effect, common::Effect::Deny as i32, "subject {subject}: the withdrawal is in force");
     }
 }
+
+/// An erasure made while an import runs is not undone by it: a later row of the erased person,
+/// sent by the subject ref the run cached when it registered them, is refused (the subject is
+/// gone), never registered again. The file is a pipe, so the erasure falls between the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_during_an_import_is_not_undone_by_it() {
+    use std::io::Write as _;
+    let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
+    let tls = cluster
+        .issue_caller(
+            "importer",
+            "eu-central",
+            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("rows.ndjson");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
+    let receipts = dir.path().join("receipts.ndjson");
+    let args = import_args(&cluster, &tls, "ndjson", &fifo, &receipts, &["--batch", "1", "--in-flight", "1"]);
+    let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let row = |n: usize, action: &str| {
+        format!(
+            "{{\"source_system\":\"crm\",\"source_event_id\":\"erase-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"erased.midrun@example.com\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
+        )
+    };
+    // Opening the pipe waits for the importer to open it.
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    pipe.write_all(row(1, "grant").as_bytes()).unwrap();
+    pipe.flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receipts_of(&receipts).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first row got no receipt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(receipts_of(&receipts)[0]["status"], "accepted", "{:?}", receipts_of(&receipts));
+
+    // The person is erased between the rows.
+    let mut client = cluster.gateway().await.unwrap();
+    let email = || domicile_cluster_tests::select_email("erased.midrun@example.com");
+    client
+        .erase(gw::EraseRequest {
+            subject: email(),
+            override_reason: "controller_correction".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("erased");
+    pipe.write_all(row(2, "grant").as_bytes()).unwrap();
+    drop(pipe);
+    let output = child.wait_with_output().unwrap();
+    let all = receipts_of(&receipts);
+    assert_eq!(all.len(), 2, "{all:?} {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(all[1]["status"], "refused", "the erased person's later row: {all:?}");
+    let found =
+        client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", "erased.midrun@example.com")) }).await;
+    assert_eq!(found.map(|_| ()).unwrap_err().code(), Code::NotFound, "the import registered the erased person again");
+}
