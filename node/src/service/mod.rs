@@ -251,10 +251,16 @@ impl<S: Store> NodeService<S> {
 
     /// [`Self::resolve`], also returning the subject's metadata (read once).
     async fn resolve_meta(&self, key: &SubjectKey) -> Result<(SubjectId, SubjectMeta), NodeError> {
-        let id = self.resolve_key(key.as_key_ref()).await?;
-        match self.store.subject_meta(&id).await? {
-            Some(meta) => Ok((id, meta)),
-            None => Err(NodeError::NotFound("no such subject in this region")),
+        // By link, the subject may be retired between the two reads (an unmerge or a merge that
+        // moved the link committed in between, seen on PostgreSQL): the link is read again.
+        let mut attempt = 0;
+        loop {
+            let id = self.resolve_key(key.as_key_ref()).await?;
+            match self.store.subject_meta(&id).await? {
+                Some(meta) => return Ok((id, meta)),
+                None if attempt < 2 && key.link().is_some() => attempt += 1,
+                None => return Err(NodeError::NotFound("no such subject in this region")),
+            }
         }
     }
 
