@@ -426,6 +426,39 @@ fn refusal(field: &str, reason: String) -> Receipt {
     Receipt::Refused { field: field.to_owned(), reason }
 }
 
+/// A row's receipt, with what names the row in the receipts file.
+fn receipt_of(row: &ImportRow, receipt: Receipt) -> (usize, String, String, Receipt) {
+    (row.line, row.source_system.clone(), row.source_event_id.clone(), receipt)
+}
+
+/// How a row goes out: by its subject's ref (as `registered` found it, else as `cached`), by its
+/// one identifier where `by_identifier`, or not at all (its receipt; a dry run's row whose
+/// subject is not registered yet would be accepted).
+fn route(
+    row: &ImportRow,
+    registered: &Registered,
+    cached: &HashMap<String, String>,
+    by_identifier: bool,
+) -> Result<Selector, Receipt> {
+    let (failed, unregistered, found) = registered;
+    let key = subject_key(row);
+    if let Some(status) = failed.get(&key) {
+        return Err(refusal("identifiers", format!("registration refused: {}", status.message())));
+    }
+    if unregistered.contains(&key) {
+        return Err(Receipt::Accepted(0));
+    }
+    if let Some(subject_ref) = found.get(&key).or_else(|| cached.get(&key)) {
+        return Ok(Selector::SubjectRef(subject_ref.clone()));
+    }
+    match (by_identifier, row.identifiers.as_slice()) {
+        (true, [(kind, value)]) => {
+            Ok(Selector::Identifier(common::Identifier { kind: kind.clone(), value: value.clone() }))
+        }
+        _ => Err(refusal("identifiers", "the subject could not be resolved".to_owned())),
+    }
+}
+
 impl BatchJob {
     /// Sends the batch's rows, registering (or, in a dry run, resolving) their subjects where
     /// needed, writes their receipts; returns the last line it covers.
@@ -468,31 +501,18 @@ impl BatchJob {
                 }
             }
         }
-        let (failed, unregistered, found) = self.register(wanted).await?;
+        let registered = self.register(wanted).await?;
         let mut items = Vec::with_capacity(batch.rows.len());
         // Each row sent, and whether it was sent by its identifier.
         let mut sent: Vec<(&ImportRow, bool)> = Vec::with_capacity(batch.rows.len());
-        {
-            for row in &batch.rows {
-                let key = subject_key(row);
-                let receipt =
-                    |receipt: Receipt| (row.line, row.source_system.clone(), row.source_event_id.clone(), receipt);
-                if let Some(status) = failed.get(&key) {
-                    receipts
-                        .push(receipt(refusal("identifiers", format!("registration refused: {}", status.message()))));
-                } else if unregistered.contains(&key) {
-                    // Dry run: the subject would be registered first.
-                    receipts.push(receipt(Receipt::Accepted(0)));
-                } else if let Some(subject_ref) = found.get(&key).or_else(|| cached.get(&key)) {
-                    items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
-                    sent.push((row, false));
-                } else if let (true, [(kind, value)]) = (by_identifier(row), row.identifiers.as_slice()) {
-                    let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
-                    items.push(item_of(items.len() as u64, Selector::Identifier(identifier), row));
-                    sent.push((row, true));
-                } else {
-                    receipts.push(receipt(refusal("identifiers", "the subject could not be resolved".to_owned())));
+        for row in &batch.rows {
+            match route(row, &registered, &cached, by_identifier(row)) {
+                Ok(selector) => {
+                    let by_identifier = matches!(selector, Selector::Identifier(_));
+                    items.push(item_of(items.len() as u64, selector, row));
+                    sent.push((row, by_identifier));
                 }
+                Err(receipt) => receipts.push(receipt_of(row, receipt)),
             }
         }
         // Rows sent by identifier that the gateway found unregistered: registered, then sent by
@@ -503,33 +523,26 @@ impl BatchJob {
             let Some((row, by_identifier)) = sent.get(id as usize).copied() else { continue };
             match outcome {
                 Sent::Refused(tonic::Code::NotFound, _) if by_identifier => unknown.push(row),
-                outcome => {
-                    receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), outcome.receipt()))
-                }
+                outcome => receipts.push(receipt_of(row, outcome.receipt())),
             }
         }
         if !unknown.is_empty() {
             // The refs as registered now, not as cached: another batch may clear the cache.
-            let (failed, _, found) = self.register(unknown.clone()).await?;
+            let registered = self.register(unknown.clone()).await?;
             let mut items = Vec::with_capacity(unknown.len());
             let mut sent: Vec<&ImportRow> = Vec::with_capacity(unknown.len());
             for row in unknown {
-                let key = subject_key(row);
-                let receipt =
-                    |receipt: Receipt| (row.line, row.source_system.clone(), row.source_event_id.clone(), receipt);
-                if let Some(status) = failed.get(&key) {
-                    receipts
-                        .push(receipt(refusal("identifiers", format!("registration refused: {}", status.message()))));
-                } else if let Some(subject_ref) = found.get(&key) {
-                    items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
-                    sent.push(row);
-                } else {
-                    receipts.push(receipt(refusal("identifiers", "the subject could not be resolved".to_owned())));
+                match route(row, &registered, &HashMap::new(), false) {
+                    Ok(selector) => {
+                        items.push(item_of(items.len() as u64, selector, row));
+                        sent.push(row);
+                    }
+                    Err(receipt) => receipts.push(receipt_of(row, receipt)),
                 }
             }
             for (id, outcome) in self.send(items).await? {
                 let Some(row) = sent.get(id as usize).copied() else { continue };
-                receipts.push((row.line, row.source_system.clone(), row.source_event_id.clone(), outcome.receipt()));
+                receipts.push(receipt_of(row, outcome.receipt()));
             }
         }
         receipts.sort_by_key(|r| r.0);

@@ -47,12 +47,6 @@ impl Effects for (ConsentRecord, u64) {
     }
 }
 
-impl Effects for Vec<(ConsentRecord, u64)> {
-    fn last_event(&self) -> Option<u64> {
-        self.iter().map(|(_, event)| *event).max()
-    }
-}
-
 impl Effects for Vec<Vec<Result<(ConsentRecord, u64), StoreError>>> {
     fn last_event(&self) -> Option<u64> {
         self.iter().flatten().filter_map(|written| written.as_ref().ok().map(|(_, event)| *event)).max()

@@ -170,17 +170,24 @@ impl<S: Store> NodeService<S> {
                 write.push((subject, entries));
             }
         }
-        // Per write: how many subjects it applied, or why it failed as a whole.
-        let mut shape: Vec<Result<usize, (usize, StoreError)>> = Vec::with_capacity(writes.len());
+        // One answer per subject, in order: known now for a write that failed as a whole, else
+        // filled in once everything applied is durable.
+        let mut out: Vec<Option<Written>> = Vec::new();
         let mut applied = Vec::new();
         for write in writes {
             let subjects = write.len();
             match self.store.append_consents(write).await {
                 Ok(results) => {
-                    shape.push(Ok(results.len()));
+                    out.extend(results.iter().map(|_| None));
                     applied.extend(results);
                 }
-                Err(e) => shape.push(Err((subjects, e))),
+                // Only a store that writes a batch as a whole answers so: each entry on its own.
+                Err(StoreError::Replayed) => out.extend((0..subjects).map(|_| Some(Written::Alone))),
+                Err(e) => {
+                    let e = if self.store.disk_full(&e) { StoreError::StorageFull } else { e };
+                    let status = tonic::Status::from(NodeError::from(e));
+                    out.extend((0..subjects).map(|_| Some(Written::Failed(status.clone()))));
+                }
             }
         }
         let mut settled = if applied.is_empty() {
@@ -192,27 +199,13 @@ impl<S: Store> NodeService<S> {
                 Err(e) => Err(tonic::Status::from(e)),
             }
         };
-        let mut out = Vec::new();
-        for part in shape {
-            match part {
-                Ok(subjects) => {
-                    for _ in 0..subjects {
-                        out.push(match &mut settled {
-                            Ok(results) => results.next().map_or(Written::Alone, Written::Store),
-                            Err(status) => Written::Failed(status.clone()),
-                        });
-                    }
-                }
-                // Only a store that writes a batch as a whole answers so: each entry on its own.
-                Err((subjects, StoreError::Replayed)) => out.extend((0..subjects).map(|_| Written::Alone)),
-                Err((subjects, e)) => {
-                    let e = if self.store.disk_full(&e) { StoreError::StorageFull } else { e };
-                    let status = tonic::Status::from(NodeError::from(e));
-                    out.extend((0..subjects).map(|_| Written::Failed(status.clone())));
-                }
-            }
-        }
-        out
+        out.into_iter()
+            .map(|answer| match (answer, &mut settled) {
+                (Some(answer), _) => answer,
+                (None, Ok(results)) => results.next().map_or(Written::Alone, Written::Store),
+                (None, Err(status)) => Written::Failed(status.clone()),
+            })
+            .collect()
     }
 
     /// One subject's entries, in order: those whose source event its ledger already holds are

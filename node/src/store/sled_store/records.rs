@@ -123,18 +123,11 @@ impl SledStore {
         };
         let events = self.events_of(&recorded, recorded_at)?;
         let audited = self.audited(recorded_at)?;
-        let result = (&self.meta, &self.consent, &self.current, &self.events, &self.counters, &self.idempotency)
-            .transaction(|(meta, ledger, current, event_tree, counters, replays)| {
-                // Checked above under the write lock; again here, so a write that got past it by
-                // mistake still cannot seal a record under a destroyed key or repeat a key.
-                for write in &writes {
-                    for tag in &write.tags {
-                        check_replay(replays, tag.as_ref())?;
-                    }
-                    if meta.get(write.subject.as_bytes())?.is_none() {
-                        return abort(StoreError::NotFound);
-                    }
-                }
+        // No subject's presence or idempotency keys are read again in the transaction: `writable`
+        // read them under the write lock, which every writer that removes a subject or records a
+        // key holds until it commits.
+        let result = (&self.consent, &self.current, &self.events, &self.counters, &self.idempotency).transaction(
+            |(ledger, current, event_tree, counters, replays)| {
                 for (ledger_key, sealed) in &sealed_entries {
                     ledger.insert(&ledger_key[..], sealed.as_slice())?;
                 }
@@ -183,7 +176,8 @@ impl SledStore {
                 }
                 audited.append(&recorded)?;
                 Ok(results)
-            });
+            },
+        );
         let results = flatten(result)?;
         audited.commit();
         for (write, written) in writes.iter().zip(results) {
