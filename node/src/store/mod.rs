@@ -286,19 +286,23 @@ pub trait Store: Send + Sync + 'static {
         &self,
         subject: &SubjectId,
     ) -> impl Future<Output = Result<Vec<ConsentRecord>, StoreError>> + Send;
-    /// The source events of the subject's imported ledger entries, with their sequences: what an
-    /// import checks each entry against, so a store may read only that much of the ledger.
-    fn imported_events(
+    /// Where each of `sources` (source system, source event id) already is in the subject's
+    /// ledger: the position of its first entry, or `None`. What an import checks its entries
+    /// against; a store may answer from an index instead of reading the whole ledger (which
+    /// grows with every run, so reading it per call makes a long history quadratic).
+    fn imported_positions(
         &self,
         subject: &SubjectId,
-    ) -> impl Future<Output = Result<Vec<(ImportEvidence, u64)>, StoreError>> + Send {
+        sources: &[(String, String)],
+    ) -> impl Future<Output = Result<Vec<Option<u64>>, StoreError>> + Send {
         async move {
-            Ok(self
-                .consent_history(subject)
-                .await?
-                .into_iter()
-                .filter_map(|r| r.evidence.import.map(|i| (i, r.sequence)))
-                .collect())
+            let mut found: std::collections::HashMap<(String, String), u64> = std::collections::HashMap::new();
+            for record in self.consent_history(subject).await? {
+                if let Some(import) = record.evidence.import {
+                    found.entry((import.source_system, import.source_event_id)).or_insert(record.sequence);
+                }
+            }
+            Ok(sources.iter().map(|source| found.get(source).copied()).collect())
         }
     }
     /// The record in force per purpose × channel (what decisions read), in purpose, channel order.

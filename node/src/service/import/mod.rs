@@ -209,7 +209,7 @@ impl<S: Store> NodeService<S> {
     }
 
     /// One subject's entries, in order: those whose source event its ledger already holds are
-    /// duplicates (however long ago they were imported); the others are checked as a capture
+    /// duplicates (however long ago they were imported; `Store::imported_positions`); the others are checked as a capture
     /// would be and made ready to write, each under an idempotency key of its source event, so a
     /// concurrent run of the same file cannot write one twice either.
     async fn prepare_subject(
@@ -226,16 +226,20 @@ impl<S: Store> NodeService<S> {
             fallback: Vec::new(),
             repeats: Vec::new(),
         };
+        let sources: Vec<(String, String)> = group
+            .iter()
+            .map(|(_, item)| (item.source.source_system.clone(), item.source.source_event_id.clone()))
+            .collect();
         let (resolved, history) = match resolved {
             Ok((subject, meta)) => {
-                let history = self.store.imported_events(&subject).await.map_err(NodeError::from);
+                let history = self.store.imported_positions(&subject, &sources).await.map_err(NodeError::from);
                 (Some((subject, meta)), history)
             }
             Err(e) => (None, Err(e)),
         };
         let mut seen: HashMap<(String, String), u64> = match history {
-            Ok(entries) => {
-                entries.into_iter().map(|(i, sequence)| ((i.source_system, i.source_event_id), sequence)).collect()
+            Ok(positions) => {
+                sources.into_iter().zip(positions).filter_map(|(source, position)| Some((source, position?))).collect()
             }
             Err(e) => {
                 // The subject cannot be read: every entry of it fails alike.

@@ -165,6 +165,8 @@ impl SledStore {
             return Err(StoreError::Replayed);
         }
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        // Read while the subject's key can still open its ledger.
+        let index_keys = self.import_index_keys(subject)?;
         let recorded = [
             Recorded::RightsRequest { subject: *subject, request: rights_request },
             Recorded::Erasure { subject: *subject, links: &entry.links },
@@ -217,10 +219,23 @@ impl SledStore {
             &self.held,
             &self.releases,
             &self.idempotency,
+            &self.imports,
         ];
         let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, links, ledger, current, interactions, rights, events, held, releases, replays] =
-                trees.as_slice()
+            let [
+                meta,
+                subjects,
+                links,
+                ledger,
+                current,
+                interactions,
+                rights,
+                events,
+                held,
+                releases,
+                replays,
+                imports,
+            ] = trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
             };
@@ -243,6 +258,9 @@ impl SledStore {
             }
             for (seq, event) in &events_out {
                 events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
+            }
+            for key in &index_keys {
+                imports.remove(&key[..])?;
             }
             record_replay(replays, idempotency, None, &(*subject, &receipt))?;
             Ok(())

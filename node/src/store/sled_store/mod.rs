@@ -8,7 +8,8 @@
 //! (the consent ledger's last position). Identifier ownership (`claims.rs`): `claims` (link →
 //! the region holding it, for links this region arbitrates), `held` (link → generation of this
 //! region's claim on its own live links), `releases` (link ‖ generation → claims to give up).
-//! `idempotency` (key → a write's result, sealed with its subject's key). Sealed values are
+//! `idempotency` (key → a write's result, sealed with its subject's key). `imports` (digest of
+//! an imported entry's source event ‖ ledger position, `imports.rs`). Sealed values are
 //! AES-256-GCM under the subject's key from `vault`, with the tree, subject and key as associated
 //! data. Keys use vocabulary names, not enum indices, so the format survives reordering.
 //!
@@ -33,6 +34,7 @@ pub mod check;
 mod claims;
 mod heads;
 mod identity;
+mod imports;
 mod records;
 mod space;
 mod tracked;
@@ -44,9 +46,9 @@ use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
 use super::{
     AppendedConsents, ChangeEvent, Claim, ConsentBatch, ConsentRecord, CurrentConsent, Dropped, Erased, Held,
-    Idempotency, ImportEvidence, Interaction, Merged, NewConsent, NewInteraction, OutboxChange, OutboxEntry, Recorded,
-    Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord, Store, StoreError, SubjectMeta,
-    SubjectRecord, TrackedRequest, Unmerged,
+    Idempotency, Interaction, Merged, NewConsent, NewInteraction, OutboxChange, OutboxEntry, Recorded, Rectification,
+    Rectified, Registered, Release, Replay, RightsRequestRecord, Store, StoreError, SubjectMeta, SubjectRecord,
+    TrackedRequest, Unmerged,
 };
 use cache::WriteGuard;
 use domicile_types::RegionId;
@@ -74,6 +76,8 @@ pub struct SledStore {
     held: sled::Tree,
     releases: sled::Tree,
     idempotency: sled::Tree,
+    /// Which source events the ledger holds (`imports.rs`).
+    imports: sled::Tree,
     /// Serialises event allocation and insertion, so events appear in sequence order and a
     /// watcher that resumes after N can never miss a smaller sequence committed later.
     write_lock: std::sync::Mutex<()>,
@@ -187,11 +191,13 @@ impl SledStore {
             held: db.open_tree("held").map_err(backend)?,
             releases: db.open_tree("releases").map_err(backend)?,
             idempotency: db.open_tree("idempotency").map_err(backend)?,
+            imports: db.open_tree("imports").map_err(backend)?,
             write_lock: std::sync::Mutex::new(()),
             cache: ReadCache::default(),
             db,
         }
-        .with_ledger_counter()
+        .with_ledger_counter()?
+        .with_import_index()
     }
 
     /// The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
@@ -389,8 +395,12 @@ impl Store for SledStore {
         self.open_log(&self.consent, b"consent", subject)
     }
 
-    async fn imported_events(&self, subject: &SubjectId) -> Result<Vec<(ImportEvidence, u64)>, StoreError> {
-        self.read_imported_events(subject)
+    async fn imported_positions(
+        &self,
+        subject: &SubjectId,
+        sources: &[(String, String)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        self.indexed_positions(subject, sources)
     }
 
     async fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {

@@ -126,58 +126,65 @@ impl SledStore {
         // No subject's presence or idempotency keys are read again in the transaction: `writable`
         // read them under the write lock, which every writer that removes a subject or records a
         // key holds until it commits.
-        let result = (&self.consent, &self.current, &self.events, &self.counters, &self.idempotency).transaction(
-            |(ledger, current, event_tree, counters, replays)| {
-                for (ledger_key, sealed) in &sealed_entries {
-                    ledger.insert(&ledger_key[..], sealed.as_slice())?;
+        let indexed: Vec<super::imports::IndexKey> = writes
+            .iter()
+            .flat_map(|w| &w.records)
+            .filter_map(|r| r.evidence.import.as_ref().map(|source| super::imports::index_key(source, r.sequence)))
+            .collect();
+        let trees = (&self.consent, &self.current, &self.events, &self.counters, &self.idempotency, &self.imports);
+        let result = trees.transaction(|(ledger, current, event_tree, counters, replays, imports)| {
+            for (ledger_key, sealed) in &sealed_entries {
+                ledger.insert(&ledger_key[..], sealed.as_slice())?;
+            }
+            for key in &indexed {
+                imports.insert(&key[..], &[][..])?;
+            }
+            counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
+            for (k, at, list) in &cells {
+                let Some(key) = writes.get(*at).map(|w| &w.key) else {
+                    return abort(StoreError::Backend("a cell of no subject in the batch".into()));
+                };
+                let stored = match current.get(k)? {
+                    None => None,
+                    Some(bytes) => Some(or_abort(open::<CurrentConsent>(key, b"current", k, &bytes))?),
+                };
+                let mut in_force: Option<&CurrentConsent> = stored.as_ref();
+                let mut write: Option<&[u8]> = None;
+                for (candidate, sealed) in list {
+                    if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
+                        in_force = Some(candidate);
+                        write = Some(sealed.as_slice());
+                    }
                 }
-                counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
-                for (k, at, list) in &cells {
-                    let Some(key) = writes.get(*at).map(|w| &w.key) else {
-                        return abort(StoreError::Backend("a cell of no subject in the batch".into()));
+                if let Some(sealed) = write {
+                    current.insert(k.as_slice(), sealed)?;
+                }
+            }
+            let mut events = events.iter();
+            let mut results = Vec::with_capacity(writes.len());
+            for write in &writes {
+                let mut written = Vec::with_capacity(write.records.len());
+                for (record, tag) in write.records.iter().zip(&write.tags) {
+                    let Some((event_seq, event)) = events.next() else {
+                        return abort(StoreError::Backend("fewer change events than records".into()));
                     };
-                    let stored = match current.get(k)? {
-                        None => None,
-                        Some(bytes) => Some(or_abort(open::<CurrentConsent>(key, b"current", k, &bytes))?),
-                    };
-                    let mut in_force: Option<&CurrentConsent> = stored.as_ref();
-                    let mut write: Option<&[u8]> = None;
-                    for (candidate, sealed) in list {
-                        if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
-                            in_force = Some(candidate);
-                            write = Some(sealed.as_slice());
-                        }
+                    event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+                    let result = (record.clone(), *event_seq);
+                    let sealed_for = Some((&write.subject, &write.key));
+                    if record.evidence.import.is_some() {
+                        // An import's repeat needs the position alone: a smaller record.
+                        let kept = (ImportedEntry { sequence: record.sequence }, *event_seq);
+                        record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, kept))?;
+                    } else {
+                        record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, &result))?;
                     }
-                    if let Some(sealed) = write {
-                        current.insert(k.as_slice(), sealed)?;
-                    }
+                    written.push(result);
                 }
-                let mut events = events.iter();
-                let mut results = Vec::with_capacity(writes.len());
-                for write in &writes {
-                    let mut written = Vec::with_capacity(write.records.len());
-                    for (record, tag) in write.records.iter().zip(&write.tags) {
-                        let Some((event_seq, event)) = events.next() else {
-                            return abort(StoreError::Backend("fewer change events than records".into()));
-                        };
-                        event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
-                        let result = (record.clone(), *event_seq);
-                        let sealed_for = Some((&write.subject, &write.key));
-                        if record.evidence.import.is_some() {
-                            // An import's repeat needs the position alone: a smaller record.
-                            let kept = (ImportedEntry { sequence: record.sequence }, *event_seq);
-                            record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, kept))?;
-                        } else {
-                            record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, &result))?;
-                        }
-                        written.push(result);
-                    }
-                    results.push(written);
-                }
-                audited.append(&recorded)?;
-                Ok(results)
-            },
-        );
+                results.push(written);
+            }
+            audited.append(&recorded)?;
+            Ok(results)
+        });
         let results = flatten(result)?;
         audited.commit();
         for (write, written) in writes.iter().zip(results) {

@@ -871,3 +871,6 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
 
 #[path = "unmerge_tests.rs"]
 mod unmerge_tests;
+
+#[path = "imports_tests.rs"]
+mod imports_tests;

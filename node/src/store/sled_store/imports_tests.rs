@@ -1,0 +1,88 @@
+//! The import index (`imports.rs`): an imported entry is found by its source event for the
+//! subject whose ledger holds it, through a merge and an unmerge; an erasure takes its index
+//! entries; a store written before the index existed is indexed when it opens.
+
+use super::*;
+use crate::store::ImportEvidence;
+
+fn imported(state: ConsentState, captured_at: i64, event: &str) -> NewConsent {
+    let mut consent = consent(state, captured_at);
+    consent.evidence.import = Some(source(event));
+    consent
+}
+
+fn source(event: &str) -> ImportEvidence {
+    ImportEvidence {
+        source_system: "onetrust".into(),
+        source_event_id: event.into(),
+        mapping_version: "map-1".into(),
+        broadcast: false,
+    }
+}
+
+fn sources(events: &[&str]) -> Vec<(String, String)> {
+    events.iter().map(|e| ("onetrust".to_owned(), (*e).to_owned())).collect()
+}
+
+#[tokio::test]
+async fn imported_entries_are_found_for_the_subject_holding_them_through_merge_and_unmerge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let ann = subject(&store, "ann@example.de").await;
+    let bea = subject(&store, "bea.person@example.de").await;
+    let at = |r: (ConsentRecord, u64)| r.0.sequence;
+    let ann_e1 = at(store.append_consent(&ann, imported(ConsentState::Granted, 100, "e1"), None).await.unwrap());
+    let bea_e2 = at(store.append_consent(&bea, imported(ConsentState::Granted, 110, "e2"), None).await.unwrap());
+    // The same source event id imported for another subject is that subject's, not ann's.
+    let bea_e1 = at(store.append_consent(&bea, imported(ConsentState::Withdrawn, 120, "e1"), None).await.unwrap());
+    // A capture (not imported) is not in the index.
+    store.append_consent(&ann, consent(ConsentState::Granted, 130), None).await.unwrap();
+    let found = async |s: &SubjectId, events: &[&str]| store.imported_positions(s, &sources(events)).await.unwrap();
+    assert_eq!(found(&ann, &["e1", "e2", "e3"]).await, vec![Some(ann_e1), None, None]);
+    assert_eq!(found(&bea, &["e1", "e2"]).await, vec![Some(bea_e1), Some(bea_e2)]);
+
+    // Merged: bea's ledger holds ann's entries at their positions, so they are bea's now.
+    store.merge(&bea, &ann, 200, None).await.unwrap();
+    assert_eq!(found(&bea, &["e1", "e2"]).await, vec![Some(ann_e1.min(bea_e1)), Some(bea_e2)]);
+    assert_eq!(found(&ann, &["e1"]).await, vec![None], "ann is gone");
+
+    // Unmerged: each half finds the entries it took back, and only those.
+    let (kept, restored) = (SubjectId::from_bytes([7; 16]), SubjectId::from_bytes([8; 16]));
+    store.unmerge(&bea, &ann, &kept, &restored, 300, None).await.unwrap();
+    assert_eq!(found(&restored, &["e1", "e2"]).await, vec![Some(ann_e1), None]);
+    assert_eq!(found(&kept, &["e1", "e2"]).await, vec![Some(bea_e1), Some(bea_e2)]);
+
+    // Erased: the half's index entries go with its ledger; the other half's stay.
+    store.erase(&restored, 400, &rights("erasure"), None).await.unwrap();
+    assert!(!store.imports.contains_key(imports::index_key(&source("e1"), ann_e1)).unwrap());
+    assert!(store.imports.contains_key(imports::index_key(&source("e1"), bea_e1)).unwrap());
+    assert_eq!(found(&kept, &["e1", "e2"]).await, vec![Some(bea_e1), Some(bea_e2)]);
+    flush(&store).await;
+    drop(store);
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let positions = store.imported_positions(&kept, &sources(&["e1", "e2"])).await.unwrap();
+    assert_eq!(positions, vec![Some(bea_e1), Some(bea_e2)], "the index survives a reopen");
+}
+
+#[tokio::test]
+async fn a_store_written_before_the_index_is_indexed_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, positions) = {
+        let store = SledStore::open(dir.path(), &home()).unwrap();
+        let ann = subject(&store, "ann@example.de").await;
+        let mut positions = Vec::new();
+        for (n, event) in ["e1", "e2"].into_iter().enumerate() {
+            let written = store.append_consent(&ann, imported(ConsentState::Granted, 100 + n as i64, event), None);
+            positions.push(Some(written.await.unwrap().0.sequence));
+        }
+        // As a store written before the index: no index entries, no marker.
+        store.imports.clear().unwrap();
+        store.counters.remove(imports::IMPORT_INDEX_BUILT).unwrap();
+        assert_eq!(store.imported_positions(&ann, &sources(&["e1", "e2"])).await.unwrap(), vec![None, None]);
+        flush(&store).await;
+        (ann, positions)
+    };
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    assert_eq!(store.imported_positions(&ann, &sources(&["e1", "e2"])).await.unwrap(), positions);
+    assert!(store.counters.contains_key(imports::IMPORT_INDEX_BUILT).unwrap());
+}
