@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use domicile_types::{SUBJECT_ID_LEN, SubjectId};
 use hashbrown::HashMap;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::StoreError;
@@ -30,6 +31,8 @@ const FILE_NAME: &str = "subject-keys.bin";
 /// A subject's data key. Only ever held in memory.
 pub struct SubjectKey {
     key: LessSafeKey,
+    /// For [`Self::digest`] only: a key derived from the data key for that use alone.
+    digest_key: [u8; KEY_LEN],
 }
 
 impl std::fmt::Debug for SubjectKey {
@@ -41,7 +44,25 @@ impl std::fmt::Debug for SubjectKey {
 impl SubjectKey {
     pub(crate) fn from_bytes(bytes: &[u8; KEY_LEN]) -> Result<Self, StoreError> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StoreError::Corrupt("subject key".into()))?;
-        Ok(Self { key: LessSafeKey::new(unbound) })
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), b"domicile/subject-digest-key/v1");
+        let mut digest_key = [0u8; KEY_LEN];
+        digest_key.copy_from_slice(derived.as_ref());
+        Ok(Self { key: LessSafeKey::new(unbound), digest_key })
+    }
+
+    /// A keyed digest of `parts` (HMAC-SHA-256 under a key derived from this subject's key,
+    /// truncated to 16 bytes): an index key that cannot be tied to what it digests without the
+    /// subject's key, nor by anyone once erasure has destroyed it, copies in old files included.
+    pub fn digest(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+        let mut mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &self.digest_key));
+        mac.update(domain);
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&mac.sign().as_ref()[..16]);
+        out
     }
 
     /// `nonce ‖ ciphertext ‖ tag`. `context` (e.g. the subject id and record kind) is

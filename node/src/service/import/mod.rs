@@ -237,7 +237,7 @@ impl<S: Store> NodeService<S> {
             }
             Err(e) => (None, Err(e)),
         };
-        let mut seen: HashMap<(String, String), u64> = match history {
+        let seen: HashMap<(String, String), u64> = match history {
             Ok(positions) => {
                 sources.into_iter().zip(positions).filter_map(|(source, position)| Some((source, position?))).collect()
             }
@@ -266,20 +266,10 @@ impl<S: Store> NodeService<S> {
                 continue;
             }
             let Some((subject_id, meta)) = &resolved else { continue };
+            // A run racing this one may write the event after the lookup above: the store's
+            // write then refuses it (the tag, or on the embedded store the import index, checked
+            // under its write lock) and `import_one` answers it as that run's duplicate.
             let tag = self.import_tag(subject_id, &item.source, &item.capture);
-            // Written by a run whose entry the ledger scan above raced with.
-            match self.replayed::<ImportReplay>(Some(&tag)).await {
-                Ok(Some((_, (entry, _)))) => {
-                    seen.insert(source, entry.sequence);
-                    prepared.out.push((index, Imported::Duplicate(entry.sequence)));
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    prepared.out.push((index, Imported::Refused(e)));
-                    continue;
-                }
-            }
             pending.insert(source, index);
             let mut capture = item.capture;
             capture.evidence.import = Some(item.source.clone());
@@ -331,6 +321,7 @@ impl<S: Store> NodeService<S> {
     /// again if an unmerge moved it meanwhile).
     async fn import_one(&self, caller: &Caller, item: ImportItem, tag: &Idempotency) -> Imported {
         let mut attempt = 0;
+        let source = [(item.source.source_system.clone(), item.source.source_event_id.clone())];
         loop {
             match self.replayed::<ImportReplay>(Some(tag)).await {
                 Ok(Some((_, (entry, _)))) => return Imported::Duplicate(entry.sequence),
@@ -341,6 +332,19 @@ impl<S: Store> NodeService<S> {
                 Ok(resolved) => resolved,
                 Err(e) => return Imported::Refused(e),
             };
+            // In the subject's ledger already (the embedded store keeps no idempotency record
+            // for an imported entry: its import index answers instead).
+            match self.store.imported_positions(&subject, &source).await {
+                Ok(found) => {
+                    if let Some(Some(sequence)) = found.first() {
+                        return match self.settle_replay().await {
+                            Ok(()) => Imported::Duplicate(*sequence),
+                            Err(e) => Imported::Refused(e),
+                        };
+                    }
+                }
+                Err(e) => return Imported::Refused(NodeError::from(e)),
+            }
             let consent = match self.consent_for(&meta, caller, item.capture.clone()) {
                 Ok(consent) => consent,
                 Err(e) => return Imported::Refused(e),
@@ -366,10 +370,11 @@ impl<S: Store> NodeService<S> {
     /// The idempotency record of an imported entry: keyed by the subject and the source event
     /// (not by caller or request), so any run that carries the event again for the subject is
     /// answered with the first entry, and another subject's event of the same id is not this
-    /// one. Fingerprinted by what the entry says: two runs racing with the same event id but
-    /// other content get INVALID_ARGUMENT for the second, not a silent duplicate. (Once the
-    /// first is in the ledger, the event id alone makes a duplicate: the import is idempotent on
-    /// source system and event id.)
+    /// one. Fingerprinted by what the entry says: on a store that keeps the record, two runs
+    /// racing with the same event id but other content get INVALID_ARGUMENT for the second. (Once
+    /// the first is in the ledger, the event id alone makes a duplicate: the import is
+    /// idempotent on source system and event id. The embedded store keeps no record for an
+    /// imported entry: its import index, written with the ledger entry, is that check.)
     fn import_tag(
         &self,
         subject: &domicile_types::SubjectId,

@@ -12,7 +12,7 @@ use sled::transaction::TransactionalTree;
 
 use super::{
     Claim, Held, Idempotency, Recorded, Release, Replay, SledStore, StoreError, SubjectKey, TxResult, abort, backend,
-    decode, encode, flatten, live_subject, or_abort,
+    decode, encode, flatten, or_abort,
 };
 
 fn claim_value(region: &RegionId, generation: u64) -> Vec<u8> {
@@ -321,4 +321,15 @@ pub(super) fn read_links(
             Ok((link, subject))
         })
         .collect()
+}
+
+/// Inside a transaction: the subject a live link names.
+pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &Link) -> TxResult<Option<SubjectId>> {
+    match links.get(&link.as_bytes()[..])? {
+        None => Ok(None),
+        Some(value) => match SubjectId::from_slice(&value) {
+            Ok(id) => Ok(Some(id)),
+            Err(_) => abort(StoreError::Corrupt("link entry".into())),
+        },
+    }
 }

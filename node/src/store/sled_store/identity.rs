@@ -7,11 +7,11 @@
 use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
-use super::claims::{check_replay, hold, record_replay, release_held};
+use super::claims::{check_replay, hold, live_subject, record_replay, release_held};
 use super::{
     CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Move, Recorded, Rectification, Rectified,
     Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectKey, SubjectMeta, SubjectRecord, TxResult,
-    abort, backend, consent_key, context, decode, encode, flatten, live_subject, number_events, open, or_abort, seal,
+    abort, backend, consent_key, context, decode, encode, flatten, number_events, open, or_abort, seal,
 };
 use crate::store::LogPositions;
 use crate::store::split::{MergeSide, join_records};
@@ -165,8 +165,6 @@ impl SledStore {
             return Err(StoreError::Replayed);
         }
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
-        // Read while the subject's key can still open its ledger.
-        let index_keys = self.import_index_keys(subject)?;
         let recorded = [
             Recorded::RightsRequest { subject: *subject, request: rights_request },
             Recorded::Erasure { subject: *subject, links: &entry.links },
@@ -186,10 +184,11 @@ impl SledStore {
                 Self::prefix_keys(&self.current, subject)?,
                 Self::prefix_keys(&self.interactions, subject)?,
                 Self::prefix_keys(&self.rights, subject)?,
+                Self::prefix_keys(&self.imports, subject)?,
                 self.events_of(&recorded, now)?,
             ))
         })();
-        let (ledger_keys, current_keys, interaction_keys, rights_keys, events_out) = match scanned {
+        let (ledger_keys, current_keys, interaction_keys, rights_keys, index_keys, events_out) = match scanned {
             Ok(scanned) => scanned,
             Err(e) => {
                 // The key is gone: what the entries record has happened, whatever follows.
@@ -260,7 +259,7 @@ impl SledStore {
                 events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
             }
             for key in &index_keys {
-                imports.remove(&key[..])?;
+                imports.remove(key)?;
             }
             record_replay(replays, idempotency, None, &(*subject, &receipt))?;
             Ok(())
@@ -321,6 +320,7 @@ impl SledStore {
         let ledger = Self::reseal_log(&self.consent, b"consent", (from, &from_key), (into, &into_key))?;
         let interactions = Self::reseal_log(&self.interactions, b"interactions", (from, &from_key), (into, &into_key))?;
         let rights = Self::reseal_log(&self.rights, b"rights", (from, &from_key), (into, &into_key))?;
+        let (index_old, index_new) = self.index_moves((from, into), &into_key)?;
         // The record in force per purpose × channel is the one that supersedes the other, so an
         // older grant of one half never overrides a withdrawal or denial of the other.
         let mut current_writes = Vec::new();
@@ -352,7 +352,7 @@ impl SledStore {
         let audited = self.audited(now)?;
         let trees = self.subject_trees();
         let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, links, ledger_tree, current, interaction_tree, rights_tree, events, replays] =
+            let [meta, subjects, links, ledger_tree, current, interaction_tree, rights_tree, imports, events, replays] =
                 trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
@@ -374,6 +374,12 @@ impl SledStore {
             }
             for old in &from_current {
                 current.remove(old)?;
+            }
+            for old in &index_old {
+                imports.remove(old)?;
+            }
+            for new in &index_new {
+                imports.insert(&new[..], &[][..])?;
             }
             for (new, sealed) in &current_writes {
                 current.insert(new.as_slice(), sealed.as_slice())?;

@@ -1,5 +1,6 @@
 //! The import index (`imports.rs`): an imported entry is found by its source event for the
-//! subject whose ledger holds it, through a merge and an unmerge; an erasure takes its index
+//! subject whose ledger holds it, through a merge and an unmerge (an entry both halves keep is
+//! found for each, and stays for one when the other is erased); an erasure takes its index
 //! entries; a store written before the index existed is indexed when it opens.
 
 use super::*;
@@ -44,19 +45,24 @@ async fn imported_entries_are_found_for_the_subject_holding_them_through_merge_a
     // Merged: bea's ledger holds ann's entries at their positions, so they are bea's now.
     store.merge(&bea, &ann, 200, None).await.unwrap();
     assert_eq!(found(&bea, &["e1", "e2"]).await, vec![Some(ann_e1.min(bea_e1)), Some(bea_e2)]);
-    assert_eq!(found(&ann, &["e1"]).await, vec![None], "ann is gone");
+    let gone = store.imported_positions(&ann, &sources(&["e1"])).await;
+    assert!(matches!(gone, Err(StoreError::NotFound)), "ann is gone: {gone:?}");
+    assert!(store.imports.scan_prefix(ann.as_bytes()).next().is_none(), "ann's index entries moved");
+    // Imported after the merge, through no identifier: the unmerge cannot tell whose it is.
+    let both_e3 = at(store.append_consent(&bea, imported(ConsentState::Granted, 210, "e3"), None).await.unwrap());
 
     // Unmerged: each half finds the entries it took back, and only those.
     let (kept, restored) = (SubjectId::from_bytes([7; 16]), SubjectId::from_bytes([8; 16]));
     store.unmerge(&bea, &ann, &kept, &restored, 300, None).await.unwrap();
-    assert_eq!(found(&restored, &["e1", "e2"]).await, vec![Some(ann_e1), None]);
-    assert_eq!(found(&kept, &["e1", "e2"]).await, vec![Some(bea_e1), Some(bea_e2)]);
+    assert_eq!(found(&restored, &["e1", "e2", "e3"]).await, vec![Some(ann_e1), None, Some(both_e3)]);
+    assert_eq!(found(&kept, &["e1", "e2", "e3"]).await, vec![Some(bea_e1), Some(bea_e2), Some(both_e3)]);
+    assert!(store.imports.scan_prefix(bea.as_bytes()).next().is_none(), "the merged subject's entries went");
 
-    // Erased: the half's index entries go with its ledger; the other half's stay.
+    // Erased: the half's index entries go with its ledger; the other half's stay, the entry
+    // both kept included.
     store.erase(&restored, 400, &rights("erasure"), None).await.unwrap();
-    assert!(!store.imports.contains_key(imports::index_key(&source("e1"), ann_e1)).unwrap());
-    assert!(store.imports.contains_key(imports::index_key(&source("e1"), bea_e1)).unwrap());
-    assert_eq!(found(&kept, &["e1", "e2"]).await, vec![Some(bea_e1), Some(bea_e2)]);
+    assert!(store.imports.scan_prefix(restored.as_bytes()).next().is_none());
+    assert_eq!(found(&kept, &["e1", "e2", "e3"]).await, vec![Some(bea_e1), Some(bea_e2), Some(both_e3)]);
     flush(&store).await;
     drop(store);
     let store = SledStore::open(dir.path(), &home()).unwrap();
@@ -85,4 +91,28 @@ async fn a_store_written_before_the_index_is_indexed_when_it_opens() {
     let store = SledStore::open(dir.path(), &home()).unwrap();
     assert_eq!(store.imported_positions(&ann, &sources(&["e1", "e2"])).await.unwrap(), positions);
     assert!(store.counters.contains_key(imports::IMPORT_INDEX_BUILT).unwrap());
+}
+
+/// An import that resolved a subject before a merge moved its entry, and writes again for the
+/// subject its identifier names now, carries another idempotency key: the index, checked under
+/// the write lock, still refuses the second copy.
+#[tokio::test]
+async fn an_entry_moved_by_a_merge_is_not_written_again_for_the_subject_it_moved_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let ann = subject(&store, "ann@example.de").await;
+    let bea = subject(&store, "bea.person@example.de").await;
+    store.append_consent(&ann, imported(ConsentState::Granted, 100, "e1"), None).await.unwrap();
+    store.merge(&bea, &ann, 200, None).await.unwrap();
+    let tag = Idempotency { key: [1; 32], fingerprint: [2; 32], at: 0 };
+    let again = store.append_consents(vec![(bea, vec![(imported(ConsentState::Granted, 100, "e1"), Some(tag))])]).await;
+    assert!(
+        matches!(again.as_deref(), Ok([entries]) if matches!(entries.as_slice(), [Err(StoreError::Replayed)])),
+        "{again:?}"
+    );
+    // Another event of the same call's subject is written.
+    let tag = Idempotency { key: [3; 32], ..tag };
+    let other = store.append_consents(vec![(bea, vec![(imported(ConsentState::Granted, 110, "e2"), Some(tag))])]).await;
+    assert!(matches!(other.as_deref(), Ok([entries]) if matches!(entries.as_slice(), [Ok(_)])), "{other:?}");
+    assert_eq!(store.consent_history(&bea).await.unwrap().len(), 2);
 }

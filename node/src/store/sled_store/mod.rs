@@ -129,17 +129,6 @@ fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, Stor
     })
 }
 
-/// Inside a transaction: the subject a live link names.
-pub(super) fn live_subject(links: &sled::transaction::TransactionalTree, link: &Link) -> TxResult<Option<SubjectId>> {
-    match links.get(&link.as_bytes()[..])? {
-        None => Ok(None),
-        Some(value) => match SubjectId::from_slice(&value) {
-            Ok(id) => Ok(Some(id)),
-            Err(_) => abort(StoreError::Corrupt("link entry".into())),
-        },
-    }
-}
-
 /// Opens the database, waiting a little for its file lock: a store of this process dropped just
 /// before (a reopen, a restore) releases it only when sled's flusher thread has stopped (sled
 /// waits for it itself only in its own tests; it reports the busy lock as an `Other` IO error).
@@ -400,7 +389,7 @@ impl Store for SledStore {
         subject: &SubjectId,
         sources: &[(String, String)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        self.indexed_positions(subject, sources)
+        self.indexed_positions(subject, &self.key(subject)?, sources)
     }
 
     async fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {

@@ -12,7 +12,7 @@ use super::{
     open, or_abort, seal,
 };
 use crate::store::vault::SubjectKey;
-use crate::store::{AppendedConsents, ConsentBatch, ImportEvidence, ImportedEntry};
+use crate::store::{AppendedConsents, ConsentBatch, ImportEvidence};
 
 /// A cell's candidates from one batch, in order, each with its sealed form.
 type SealedCandidates = Vec<(CurrentConsent, Vec<u8>)>;
@@ -55,7 +55,8 @@ impl SledStore {
     /// lock every writer holds), each cell updated where the ledger's order puts a record of the
     /// batch in force, one change event, one audit entry and the idempotency record of each,
     /// with one write lock, one audit transaction and one commit for all. A subject that cannot
-    /// be written (gone, its link moved, an idempotency key of its entries already recorded)
+    /// be written (gone, its link moved, an idempotency key of its entries already recorded, an
+    /// imported entry's source event already in its ledger)
     /// gets its error and nothing written; the others are written. The checks are exact: every
     /// writer of these trees holds the write lock taken here.
     pub(super) fn record_consents(&self, batch: ConsentBatch) -> Result<Vec<SubjectWritten>, StoreError> {
@@ -128,8 +129,11 @@ impl SledStore {
         // key holds until it commits.
         let indexed: Vec<super::imports::IndexKey> = writes
             .iter()
-            .flat_map(|w| &w.records)
-            .filter_map(|r| r.evidence.import.as_ref().map(|source| super::imports::index_key(source, r.sequence)))
+            .flat_map(|w| w.records.iter().map(move |r| (w, r)))
+            .filter_map(|(w, r)| {
+                let source = r.evidence.import.as_ref()?;
+                Some(super::imports::index_key(&w.subject, &w.key, source, r.sequence))
+            })
             .collect();
         let trees = (&self.consent, &self.current, &self.events, &self.counters, &self.idempotency, &self.imports);
         let result = trees.transaction(|(ledger, current, event_tree, counters, replays, imports)| {
@@ -170,12 +174,10 @@ impl SledStore {
                     };
                     event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
                     let result = (record.clone(), *event_seq);
-                    let sealed_for = Some((&write.subject, &write.key));
-                    if record.evidence.import.is_some() {
-                        // An import's repeat needs the position alone: a smaller record.
-                        let kept = (ImportedEntry { sequence: record.sequence }, *event_seq);
-                        record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, kept))?;
-                    } else {
+                    // An imported entry's repeat is found by the import index written above
+                    // (permanent, unlike idempotency records): no record for it.
+                    if record.evidence.import.is_none() {
+                        let sealed_for = Some((&write.subject, &write.key));
                         record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, &result))?;
                     }
                     written.push(result);
@@ -241,10 +243,17 @@ impl SledStore {
         if consents.iter().any(|(c, _)| c.evidence.captured_via.is_some_and(|l| !entry.links.contains(&l))) {
             return Err(StoreError::Retry);
         }
-        for (_, tag) in consents {
-            if let Some(tag) = tag
-                && self.idempotency.contains_key(&tag.key[..]).map_err(backend)?
-            {
+        for (consent, tag) in consents {
+            let replayed = match (&consent.evidence.import, tag) {
+                // Imported: the index answers for the event (no idempotency record is kept).
+                (Some(source), _) => {
+                    let source = [(source.source_system.clone(), source.source_event_id.clone())];
+                    self.indexed_positions(subject, &key, &source)?.first().is_some_and(Option::is_some)
+                }
+                (None, Some(tag)) => self.idempotency.contains_key(&tag.key[..]).map_err(backend)?,
+                (None, None) => false,
+            };
+            if replayed {
                 return Err(StoreError::Replayed);
             }
         }

@@ -30,12 +30,20 @@ const CONSENT: usize = 0;
 const CURRENT: usize = 1;
 const INTERACTIONS: usize = 2;
 const RIGHTS: usize = 3;
+const IMPORTS: usize = 4;
 
 fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Sealed, StoreError> {
     let mut entries = Vec::new();
     for entry in &half.ledger {
         let k = consent_key(subject, entry.sequence);
         entries.push((CONSENT, k.to_vec(), seal(key, b"consent", &k, entry)?));
+        if let Some(source) = &entry.evidence.import {
+            entries.push((
+                IMPORTS,
+                super::imports::index_key(subject, key, source, entry.sequence).to_vec(),
+                Vec::new(),
+            ));
+        }
     }
     for ((purpose, channel), current) in &half.current {
         let k = current_key(subject, *purpose, *channel);
@@ -58,8 +66,9 @@ fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Seale
 
 impl SledStore {
     /// Every tree a merge or an unmerge writes, in the order their transactions name them:
-    /// meta, subjects, links, consent, current, interactions, rights, events, idempotency.
-    pub(super) fn subject_trees(&self) -> [&sled::Tree; 9] {
+    /// meta, subjects, links, consent, current, interactions, rights, imports, events,
+    /// idempotency.
+    pub(super) fn subject_trees(&self) -> [&sled::Tree; 10] {
         [
             &self.meta,
             &self.subjects,
@@ -68,6 +77,7 @@ impl SledStore {
             &self.current,
             &self.interactions,
             &self.rights,
+            &self.imports,
             &self.events,
             &self.idempotency,
         ]
@@ -132,7 +142,7 @@ impl SledStore {
         let back = seal_half(restored, &restored_key, &plan.restored)?;
         let old: Vec<(usize, sled::IVec)> = [(CONSENT, &self.consent), (CURRENT, &self.current)]
             .into_iter()
-            .chain([(INTERACTIONS, &self.interactions), (RIGHTS, &self.rights)])
+            .chain([(INTERACTIONS, &self.interactions), (RIGHTS, &self.rights), (IMPORTS, &self.imports)])
             .map(|(i, tree)| Ok(Self::prefix_keys(tree, subject)?.into_iter().map(move |k| (i, k))))
             .collect::<Result<Vec<_>, StoreError>>()?
             .into_iter()
@@ -167,12 +177,13 @@ impl SledStore {
         let audited = self.audited(now)?;
         let trees = self.subject_trees();
         let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, link_tree, consent, current, interactions, rights, events, replays] = trees.as_slice()
+            let [meta, subjects, link_tree, consent, current, interactions, rights, imports, events, replays] =
+                trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
             };
             check_replay(replays, idempotency)?;
-            let logs = [consent, current, interactions, rights];
+            let logs = [consent, current, interactions, rights, imports];
             for (tree, k) in &old {
                 logs[*tree].remove(k)?;
             }
