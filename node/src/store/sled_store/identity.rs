@@ -378,8 +378,8 @@ impl SledStore {
             for old in &index_old {
                 imports.remove(old)?;
             }
-            for new in &index_new {
-                imports.insert(&new[..], &[][..])?;
+            for (new, position) in &index_new {
+                imports.insert(&new[..], &position.to_be_bytes()[..])?;
             }
             for (new, sealed) in &current_writes {
                 current.insert(new.as_slice(), sealed.as_slice())?;

@@ -4,13 +4,13 @@
 //! a subject's history: a file spreads a subject's events over many calls, and each call read
 //! everything the earlier ones wrote.
 //!
-//! Tree `imports`: subject id ‖ digest of the source event under the subject's key ‖ ledger
-//! position → nothing. Written in the ledger entry's transaction; moved by a merge and split by
-//! an unmerge with the ledger entries (re-keyed under the new subject's key, in the same
-//! transaction); removed with the subject's other entries by an erasure, which needs no key to
-//! find them. The digest is keyed, because a source's event id may say something about a person:
-//! once the subject's key is destroyed, no copy of an entry left in sled's old segments can be
-//! tied to its event.
+//! Tree `imports`: subject id ‖ digest of the source event under the subject's key → the
+//! lowest ledger position of the subject holding that event (a merge can bring two). Written in
+//! the ledger entry's transaction; moved by a merge and split by an unmerge with the ledger
+//! entries (re-keyed under the new subject's key, in the same transaction); removed with the
+//! subject's other entries by an erasure, which needs no key to find them. The digest is keyed,
+//! because a source's event id may say something about a person: once the subject's key is
+//! destroyed, no copy of an entry left in sled's old segments can be tied to its event.
 
 use domicile_types::{SUBJECT_ID_LEN, SubjectId};
 
@@ -23,35 +23,45 @@ pub(super) const IMPORT_INDEX_BUILT: &[u8] = b"import_index_v1";
 
 const DIGEST_LEN: usize = 16;
 
-/// An index key: the subject, the source event's digest, the ledger position (big-endian).
-pub(super) type IndexKey = [u8; SUBJECT_ID_LEN + DIGEST_LEN + 8];
+/// An index key: the subject, then the source event's digest under the subject's key.
+pub(super) type IndexKey = [u8; SUBJECT_ID_LEN + DIGEST_LEN];
 
-/// The key prefix of a source event's entries for `subject`.
-fn event_prefix(subject: &SubjectId, key: &SubjectKey, source_system: &str, source_event_id: &str) -> Vec<u8> {
+/// The index key of `subject`'s entries imported from (`source_system`, `source_event_id`).
+fn event_key(subject: &SubjectId, key: &SubjectKey, source_system: &str, source_event_id: &str) -> IndexKey {
     let digest = key.digest(b"domicile/import-source/v1", &[source_system.as_bytes(), source_event_id.as_bytes()]);
-    let mut prefix = Vec::with_capacity(SUBJECT_ID_LEN + DIGEST_LEN);
-    prefix.extend_from_slice(subject.as_bytes());
-    prefix.extend_from_slice(&digest);
-    prefix
+    let mut out = [0u8; SUBJECT_ID_LEN + DIGEST_LEN];
+    out[..SUBJECT_ID_LEN].copy_from_slice(subject.as_bytes());
+    out[SUBJECT_ID_LEN..].copy_from_slice(&digest);
+    out
 }
 
-/// The index key of `subject`'s ledger entry at `position`, imported from `source`.
-pub(super) fn index_key(subject: &SubjectId, key: &SubjectKey, source: &ImportEvidence, position: u64) -> IndexKey {
-    let mut out = [0u8; SUBJECT_ID_LEN + DIGEST_LEN + 8];
-    out[..SUBJECT_ID_LEN + DIGEST_LEN].copy_from_slice(&event_prefix(
-        subject,
-        key,
-        &source.source_system,
-        &source.source_event_id,
-    ));
-    out[SUBJECT_ID_LEN + DIGEST_LEN..].copy_from_slice(&position.to_be_bytes());
-    out
+/// The index key of `subject`'s entries imported from `source`.
+pub(super) fn index_key(subject: &SubjectId, key: &SubjectKey, source: &ImportEvidence) -> IndexKey {
+    event_key(subject, key, &source.source_system, &source.source_event_id)
+}
+
+/// The index entries of a subject's imported ledger entries (in ledger order): one per source
+/// event, at its lowest position.
+pub(super) fn index_entries<'a>(
+    subject: &SubjectId,
+    key: &SubjectKey,
+    entries: impl IntoIterator<Item = (&'a ImportEvidence, u64)>,
+) -> Vec<(IndexKey, u64)> {
+    let mut lowest: std::collections::HashMap<IndexKey, u64> = std::collections::HashMap::new();
+    for (source, position) in entries {
+        let at = lowest.entry(index_key(subject, key, source)).or_insert(position);
+        *at = (*at).min(position);
+    }
+    lowest.into_iter().collect()
+}
+
+fn position_of(value: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("import index entry".into()))
 }
 
 impl SledStore {
     /// [`crate::store::Store::imported_positions`] from the index: per source, the lowest
-    /// position of its entries in the subject's ledger. NOT_FOUND for a subject that is gone
-    /// (merged away, split, erased): its identifier names another subject now.
+    /// position of its entries in the subject's ledger (one point read each).
     pub(super) fn indexed_positions(
         &self,
         subject: &SubjectId,
@@ -60,32 +70,32 @@ impl SledStore {
     ) -> Result<Vec<Option<u64>>, StoreError> {
         sources
             .iter()
-            .map(|(system, event)| {
-                let Some(found) = self.imports.scan_prefix(event_prefix(subject, key, system, event)).keys().next()
-                else {
-                    return Ok(None);
-                };
-                let found = found.map_err(backend)?;
-                let position = found
-                    .get(SUBJECT_ID_LEN + DIGEST_LEN..)
-                    .and_then(|p| <[u8; 8]>::try_from(p).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| StoreError::Corrupt("import index key".into()))?;
-                Ok(Some(position))
+            .map(|(system, event)| match self.imports.get(event_key(subject, key, system, event)).map_err(backend)? {
+                None => Ok(None),
+                Some(value) => position_of(&value).map(Some),
             })
             .collect()
     }
 
-    /// A merge's index change: `from`'s entries (removed) and the same entries keyed for `into`
-    /// (read from `from`'s ledger, so before its key goes).
+    /// A merge's index change: `from`'s entries (removed) and the same events keyed for `into`
+    /// (read from `from`'s ledger, so before its key goes), each to be kept at the lower of its
+    /// position and any `into` already has.
     pub(super) fn index_moves(
         &self,
         (from, into): (&SubjectId, &SubjectId),
         into_key: &SubjectKey,
-    ) -> Result<(Vec<sled::IVec>, Vec<IndexKey>), StoreError> {
+    ) -> Result<(Vec<sled::IVec>, Vec<(IndexKey, u64)>), StoreError> {
         let old = Self::prefix_keys(&self.imports, from)?;
-        let new = self.read_imported_events(from)?;
-        Ok((old, new.iter().map(|(source, position)| index_key(into, into_key, source, *position)).collect()))
+        let moved = self.read_imported_events(from)?;
+        let mut new = Vec::with_capacity(moved.len());
+        for (key, position) in index_entries(into, into_key, moved.iter().map(|(s, p)| (s, *p))) {
+            let kept = match self.imports.get(key).map_err(backend)? {
+                Some(value) => position_of(&value)?.min(position),
+                None => position,
+            };
+            new.push((key, kept));
+        }
+        Ok((old, new))
     }
 
     /// Indexes every imported entry of a store written before the index existed, once (a crash
@@ -110,8 +120,8 @@ impl SledStore {
                 }
             };
             let mut batch = sled::Batch::default();
-            for (source, position) in &events {
-                batch.insert(&index_key(&subject, &key, source, *position)[..], &[][..]);
+            for (k, position) in index_entries(&subject, &key, events.iter().map(|(s, p)| (s, *p))) {
+                batch.insert(&k[..], &position.to_be_bytes()[..]);
             }
             self.imports.apply_batch(batch).map_err(backend)?;
             indexed += 1;

@@ -127,12 +127,13 @@ impl SledStore {
         // No subject's presence or idempotency keys are read again in the transaction: `writable`
         // read them under the write lock, which every writer that removes a subject or records a
         // key holds until it commits.
-        let indexed: Vec<super::imports::IndexKey> = writes
+        // `writable` found none of these events in its subject's index (and `prepare_subject`
+        // sends an event once per subject), so each entry is its event's first.
+        let indexed: Vec<(super::imports::IndexKey, u64)> = writes
             .iter()
-            .flat_map(|w| w.records.iter().map(move |r| (w, r)))
-            .filter_map(|(w, r)| {
-                let source = r.evidence.import.as_ref()?;
-                Some(super::imports::index_key(&w.subject, &w.key, source, r.sequence))
+            .flat_map(|w| {
+                let imported = w.records.iter().filter_map(|r| Some((r.evidence.import.as_ref()?, r.sequence)));
+                super::imports::index_entries(&w.subject, &w.key, imported)
             })
             .collect();
         let trees = (&self.consent, &self.current, &self.events, &self.counters, &self.idempotency, &self.imports);
@@ -140,8 +141,8 @@ impl SledStore {
             for (ledger_key, sealed) in &sealed_entries {
                 ledger.insert(&ledger_key[..], sealed.as_slice())?;
             }
-            for key in &indexed {
-                imports.insert(&key[..], &[][..])?;
+            for (key, position) in &indexed {
+                imports.insert(&key[..], &position.to_be_bytes()[..])?;
             }
             counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
             for (k, at, list) in &cells {

@@ -37,13 +37,10 @@ fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Seale
     for entry in &half.ledger {
         let k = consent_key(subject, entry.sequence);
         entries.push((CONSENT, k.to_vec(), seal(key, b"consent", &k, entry)?));
-        if let Some(source) = &entry.evidence.import {
-            entries.push((
-                IMPORTS,
-                super::imports::index_key(subject, key, source, entry.sequence).to_vec(),
-                Vec::new(),
-            ));
-        }
+    }
+    let imported = half.ledger.iter().filter_map(|e| Some((e.evidence.import.as_ref()?, e.sequence)));
+    for (k, position) in super::imports::index_entries(subject, key, imported) {
+        entries.push((IMPORTS, k.to_vec(), position.to_be_bytes().to_vec()));
     }
     for ((purpose, channel), current) in &half.current {
         let k = current_key(subject, *purpose, *channel);
