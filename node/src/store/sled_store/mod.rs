@@ -8,8 +8,8 @@
 //! (the consent ledger's last position). Identifier ownership (`claims.rs`): `claims` (link →
 //! the region holding it, for links this region arbitrates), `held` (link → generation of this
 //! region's claim on its own live links), `releases` (link ‖ generation → claims to give up).
-//! `idempotency` (key → a write's result, sealed with its subject's key). `imports` (digest of
-//! an imported entry's source event ‖ ledger position, `imports.rs`). Sealed values are
+//! `idempotency` (key → a write's result, sealed with its subject's key). `imports` (subject id ‖
+//! keyed digest of an imported entry's source event → its position, `imports.rs`). Sealed values are
 //! AES-256-GCM under the subject's key from `vault`, with the tree, subject and key as associated
 //! data. Keys use vocabulary names, not enum indices, so the format survives reordering.
 //!
