@@ -17,9 +17,11 @@ use domicile_types::{SUBJECT_ID_LEN, SubjectId};
 use super::{SledStore, StoreError, SubjectKey, backend};
 use crate::store::ImportEvidence;
 
-/// `counters` key present once the index covers every imported entry (stores written before it
-/// existed are indexed once, at open).
-pub(super) const IMPORT_INDEX_BUILT: &[u8] = b"import_index_v1";
+/// `counters` key: the ledger position up to which the index covers every imported entry. Every
+/// consent write moves it with the ledger's own counter, so a store whose ledger is past it was
+/// last written by a binary that keeps no index (from before the index, or a rollback to one)
+/// and is indexed again when it opens.
+pub(super) const IMPORT_INDEX_COVERS: &[u8] = b"import_index_covers";
 
 const DIGEST_LEN: usize = 16;
 
@@ -98,14 +100,18 @@ impl SledStore {
         Ok((old, new))
     }
 
-    /// Indexes every imported entry of a store written before the index existed, once (a crash
-    /// part-way leaves the marker unset: the next open indexes again, which changes nothing). A
+    /// Indexes every imported entry of a store last written without the index, at open, before
+    /// any write (a crash part-way leaves the position behind: the next open indexes again, which
+    /// changes nothing). A
     /// subject whose ledger cannot be read is left out and counted in the log (`domicile node
     /// check` names what is damaged), rather than keeping the region down.
     pub(super) fn with_import_index(self) -> Result<Self, StoreError> {
-        if self.counters.contains_key(IMPORT_INDEX_BUILT).map_err(backend)? {
+        let ledger = self.ledger_position()?;
+        let covers = self.counters.get(IMPORT_INDEX_COVERS).map_err(backend)?;
+        if covers.as_deref().map(position_of).transpose()? == Some(ledger) {
             return Ok(self);
         }
+        tracing::info!("indexing imported consent entries (a store last written without the import index)");
         let (mut indexed, mut unreadable) = (0usize, 0usize);
         for subject in self.meta.iter().keys() {
             let subject = subject.map_err(backend)?;
@@ -132,7 +138,7 @@ impl SledStore {
         if unreadable > 0 {
             tracing::warn!(unreadable, "subjects whose ledger could not be read were left out of the import index");
         }
-        self.counters.insert(IMPORT_INDEX_BUILT, &[1u8][..]).map_err(backend)?;
+        self.counters.insert(IMPORT_INDEX_COVERS, &ledger.to_be_bytes()[..]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(self)
     }

@@ -71,7 +71,7 @@ async fn imported_entries_are_found_for_the_subject_holding_them_through_merge_a
 }
 
 #[tokio::test]
-async fn a_store_written_before_the_index_is_indexed_when_it_opens() {
+async fn a_store_written_before_the_index_or_by_a_binary_without_it_is_indexed_when_it_opens() {
     let dir = tempfile::tempdir().unwrap();
     let (ann, positions) = {
         let store = SledStore::open(dir.path(), &home()).unwrap();
@@ -81,16 +81,28 @@ async fn a_store_written_before_the_index_is_indexed_when_it_opens() {
             let written = store.append_consent(&ann, imported(ConsentState::Granted, 100 + n as i64, event), None);
             positions.push(Some(written.await.unwrap().0.sequence));
         }
-        // As a store written before the index: no index entries, no marker.
+        // As a store written before the index: no index entries, no position covered.
         store.imports.clear().unwrap();
-        store.counters.remove(imports::IMPORT_INDEX_BUILT).unwrap();
+        store.counters.remove(imports::IMPORT_INDEX_COVERS).unwrap();
         assert_eq!(store.imported_positions(&ann, &sources(&["e1", "e2"])).await.unwrap(), vec![None, None]);
         flush(&store).await;
         (ann, positions)
     };
     let store = SledStore::open(dir.path(), &home()).unwrap();
     assert_eq!(store.imported_positions(&ann, &sources(&["e1", "e2"])).await.unwrap(), positions);
-    assert!(store.counters.contains_key(imports::IMPORT_INDEX_BUILT).unwrap());
+
+    // A rollback to a binary without the index writes e3 (the ledger's counter moves, the
+    // index's does not); back on this one, the store is indexed again.
+    let e3 = store.append_consent(&ann, imported(ConsentState::Granted, 103, "e3"), None).await.unwrap().0.sequence;
+    let before_e3 = store.counters.get(imports::IMPORT_INDEX_COVERS).unwrap().unwrap();
+    assert_eq!(before_e3.as_ref(), e3.to_be_bytes(), "each write moves the index's position");
+    store.imports.clear().unwrap();
+    store.counters.insert(imports::IMPORT_INDEX_COVERS, &(e3 - 1).to_be_bytes()[..]).unwrap();
+    flush(&store).await;
+    drop(store);
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let found = store.imported_positions(&ann, &sources(&["e1", "e2", "e3"])).await.unwrap();
+    assert_eq!(found, [positions.clone(), vec![Some(e3)]].concat());
 }
 
 /// An import that resolved a subject before a merge moved its entry, and writes again for the

@@ -145,6 +145,7 @@ impl SledStore {
                 imports.insert(&key[..], &position.to_be_bytes()[..])?;
             }
             counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
+            counters.insert(super::imports::IMPORT_INDEX_COVERS, &position.to_be_bytes()[..])?;
             for (k, at, list) in &cells {
                 let Some(key) = writes.get(*at).map(|w| &w.key) else {
                     return abort(StoreError::Backend("a cell of no subject in the batch".into()));
