@@ -343,6 +343,11 @@ impl<S: Store> NodeService<S> {
                         };
                     }
                 }
+                // The subject went (merged, split, erased) since it was resolved: again.
+                Err(StoreError::NotFound | StoreError::Retry) if attempt < 2 && item.key.link().is_some() => {
+                    attempt += 1;
+                    continue;
+                }
                 Err(e) => return Imported::Refused(NodeError::from(e)),
             }
             let consent = match self.consent_for(&meta, caller, item.capture.clone()) {
@@ -357,8 +362,9 @@ impl<S: Store> NodeService<S> {
             };
             match written {
                 Some(Ok((record, _))) => return Imported::Accepted(record.sequence),
-                // Written by a racing run since the check above: its entry, once more.
-                Some(Err(StoreError::Replayed)) if attempt < 2 => {}
+                // Written by a racing run since the check above: its entry, once more (even after
+                // the retries for a moved subject, so a replay is answered as a duplicate).
+                Some(Err(StoreError::Replayed)) if attempt < 3 => {}
                 Some(Err(StoreError::Retry | StoreError::NotFound)) if attempt < 2 && item.key.link().is_some() => {}
                 Some(Err(e)) => return Imported::Refused(NodeError::from(e)),
                 None => return Imported::Refused(NodeError::Internal("import outcome lost")),

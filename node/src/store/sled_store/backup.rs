@@ -185,7 +185,8 @@ impl SledStore {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         let line = format!("{subject} {now}\n");
         journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
-        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
+        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))?;
+        self.index_saw_journal(&journal)
     }
 
     /// Appends a merge of `from` into `into` to the journal and syncs it, before `from`'s key is
@@ -195,7 +196,8 @@ impl SledStore {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         let line = format!("merge {from} {into} {now}\n");
         journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
-        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
+        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))?;
+        self.index_saw_journal(&journal)
     }
 
     /// Journals an unmerge (the merged subject, the merged-away id, the two new ids) before the
@@ -212,7 +214,8 @@ impl SledStore {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         let line = format!("unmerge {merged} {from} {kept} {restored} {now}\n");
         journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
-        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
+        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))?;
+        self.index_saw_journal(&journal)
     }
 
     /// Replays `journal` on this store (after a restore), in order: a merge whose two subjects

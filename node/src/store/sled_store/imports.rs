@@ -23,10 +23,19 @@ use crate::store::ImportEvidence;
 /// and is indexed again when it opens.
 pub(super) const IMPORT_INDEX_COVERS: &[u8] = b"import_index_covers";
 
+/// `counters` key: the length of the erasure journal when this binary last appended to it. Every
+/// merge, unmerge and erasure is journaled; one made by a binary without the index (which does
+/// not move the index's entries with it) leaves the journal longer than recorded here, so the
+/// index is built again at open. (A crash between an append and this record costs one rebuild.)
+pub(super) const IMPORT_INDEX_JOURNAL: &[u8] = b"import_index_journal";
+
 const DIGEST_LEN: usize = 16;
 
 /// An index key: the subject, then the source event's digest under the subject's key.
 pub(super) type IndexKey = [u8; SUBJECT_ID_LEN + DIGEST_LEN];
+
+/// A merge's index change: the keys removed, the entries written.
+pub(super) type IndexMoves = (Vec<sled::IVec>, Vec<(IndexKey, u64)>);
 
 /// The index key of `subject`'s entries imported from (`source_system`, `source_event_id`).
 fn event_key(subject: &SubjectId, key: &SubjectKey, source_system: &str, source_event_id: &str) -> IndexKey {
@@ -86,7 +95,7 @@ impl SledStore {
         &self,
         (from, into): (&SubjectId, &SubjectId),
         into_key: &SubjectKey,
-    ) -> Result<(Vec<sled::IVec>, Vec<(IndexKey, u64)>), StoreError> {
+    ) -> Result<IndexMoves, StoreError> {
         let old = Self::prefix_keys(&self.imports, from)?;
         let moved = self.read_imported_events(from)?;
         let mut new = Vec::with_capacity(moved.len());
@@ -101,17 +110,27 @@ impl SledStore {
     }
 
     /// Indexes every imported entry of a store last written without the index, at open, before
-    /// any write (a crash part-way leaves the position behind: the next open indexes again, which
-    /// changes nothing). A
-    /// subject whose ledger cannot be read is left out and counted in the log (`domicile node
-    /// check` names what is damaged), rather than keeping the region down.
+    /// any write (a crash part-way leaves the position behind: the next open indexes again). A
+    /// subject whose ledger cannot be decoded is left out and counted in the log (`domicile node
+    /// check` names what is damaged) rather than keeping the region down; the position is then
+    /// left behind too, so every open tries again until the damage is repaired. A read error of
+    /// the database itself stops the open.
     pub(super) fn with_import_index(self) -> Result<Self, StoreError> {
         let ledger = self.ledger_position()?;
+        let journal = self.journal_length()?;
         let covers = self.counters.get(IMPORT_INDEX_COVERS).map_err(backend)?;
-        if covers.as_deref().map(position_of).transpose()? == Some(ledger) {
+        let saw = self.counters.get(IMPORT_INDEX_JOURNAL).map_err(backend)?;
+        if covers.as_deref().map(position_of).transpose()? == Some(ledger)
+            && saw.as_deref().map(position_of).transpose()? == Some(journal)
+        {
             return Ok(self);
         }
-        tracing::info!("indexing imported consent entries (a store last written without the import index)");
+        if ledger > 0 {
+            tracing::info!("indexing imported consent entries (a store last written without the import index)");
+        }
+        // Built afresh: a binary without the index may have merged, split or erased subjects
+        // whose entries are still here.
+        self.imports.clear().map_err(backend)?;
         let (mut indexed, mut unreadable) = (0usize, 0usize);
         for subject in self.meta.iter().keys() {
             let subject = subject.map_err(backend)?;
@@ -120,6 +139,7 @@ impl SledStore {
             let Some(key) = self.vault.get(&subject)? else { continue };
             let events = match self.read_imported_events(&subject) {
                 Ok(events) => events,
+                Err(e @ StoreError::Backend(_)) => return Err(e),
                 Err(_) => {
                     unreadable += 1;
                     continue;
@@ -136,10 +156,27 @@ impl SledStore {
             }
         }
         if unreadable > 0 {
-            tracing::warn!(unreadable, "subjects whose ledger could not be read were left out of the import index");
+            tracing::warn!(
+                unreadable,
+                "subjects whose ledger could not be decoded were left out of the import index; it is built again at the next start"
+            );
+        } else {
+            self.counters.insert(IMPORT_INDEX_COVERS, &ledger.to_be_bytes()[..]).map_err(backend)?;
+            self.counters.insert(IMPORT_INDEX_JOURNAL, &journal.to_be_bytes()[..]).map_err(backend)?;
         }
-        self.counters.insert(IMPORT_INDEX_COVERS, &ledger.to_be_bytes()[..]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(self)
+    }
+
+    fn journal_length(&self) -> Result<u64, StoreError> {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.metadata().map(|m| m.len()).map_err(|e| backend(format!("erasure journal: {e}")))
+    }
+
+    /// Records the journal's length after this binary appended to it (`IMPORT_INDEX_JOURNAL`).
+    pub(super) fn index_saw_journal(&self, journal: &std::fs::File) -> Result<(), StoreError> {
+        let length = journal.metadata().map(|m| m.len()).map_err(|e| backend(format!("erasure journal: {e}")))?;
+        self.counters.insert(IMPORT_INDEX_JOURNAL, &length.to_be_bytes()[..]).map_err(backend)?;
+        Ok(())
     }
 }

@@ -102,7 +102,29 @@ async fn a_store_written_before_the_index_or_by_a_binary_without_it_is_indexed_w
     drop(store);
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let found = store.imported_positions(&ann, &sources(&["e1", "e2", "e3"])).await.unwrap();
-    assert_eq!(found, [positions.clone(), vec![Some(e3)]].concat());
+    let all = [positions.clone(), vec![Some(e3)]].concat();
+    assert_eq!(found, all);
+
+    // A rollback that only merged (or split, or erased): no consent written, but the journal
+    // every such change is written to grew behind this binary's back.
+    store.imports.clear().unwrap();
+    flush(&store).await;
+    drop(store);
+    let journal = dir.path().join(super::super::backup::ERASURE_JOURNAL_FILE);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    std::io::Write::write_all(&mut file, format!("{} 500\n", SubjectId::from_bytes([5; 16])).as_bytes()).unwrap();
+    drop(file);
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    assert_eq!(store.imported_positions(&ann, &sources(&["e1", "e2", "e3"])).await.unwrap(), all);
+    // This binary's own merges and erasures keep the record: no rebuild at the next open.
+    let bea = subject(&store, "bea.person@example.de").await;
+    store.erase(&bea, 600, &rights("erasure"), None).await.unwrap();
+    store.imports.clear().unwrap();
+    flush(&store).await;
+    drop(store);
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let kept = store.imported_positions(&ann, &sources(&["e1"])).await.unwrap();
+    assert_eq!(kept, vec![None], "not rebuilt: the cleared index stays cleared");
 }
 
 /// An import that resolved a subject before a merge moved its entry, and writes again for the
