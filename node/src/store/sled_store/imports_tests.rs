@@ -150,3 +150,30 @@ async fn an_entry_moved_by_a_merge_is_not_written_again_for_the_subject_it_moved
     assert!(matches!(other.as_deref(), Ok([entries]) if matches!(entries.as_slice(), [Ok(_)])), "{other:?}");
     assert_eq!(store.consent_history(&bea).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn node_check_finds_an_import_index_that_disagrees_with_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let ann = {
+        let store = SledStore::open(dir.path(), &home()).unwrap();
+        let ann = subject(&store, "ann@example.de").await;
+        for (n, event) in ["e1", "e2"].into_iter().enumerate() {
+            store.append_consent(&ann, imported(ConsentState::Granted, 100 + n as i64, event), None).await.unwrap();
+        }
+        flush(&store).await;
+        ann
+    };
+    let report = check::check(dir.path(), &home());
+    assert!(report.is_sound() && report.notes.is_empty(), "{report:?}");
+    {
+        // One entry lost, as a bug or damage would lose it.
+        let store = SledStore::open(dir.path(), &home()).unwrap();
+        let lost = imports::index_key(&ann, &store.key(&ann).unwrap(), &source("e1"));
+        assert!(store.imports.remove(lost).unwrap().is_some());
+        flush(&store).await;
+    }
+    let report = check::check(dir.path(), &home());
+    let found = report.problems.iter().any(|p| p.contains("tree imports") && p.contains(&ann.to_string()));
+    assert!(found && report.problems.len() == 1, "{:?}", report.problems);
+    assert!(report.problems[0].contains("1 imported source event(s) of its ledger missing"), "{:?}", report.problems);
+}
