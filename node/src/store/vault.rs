@@ -31,8 +31,10 @@ const FILE_NAME: &str = "subject-keys.bin";
 /// A subject's data key. Only ever held in memory.
 pub struct SubjectKey {
     key: LessSafeKey,
-    /// For [`Self::digest`] only: a key derived from the data key for that use alone.
-    digest_key: [u8; KEY_LEN],
+    /// The key's bytes, from which [`Self::digest`] derives its own key on first use (most
+    /// fetches of a key, a decision's or a history's, never make a digest).
+    secret: [u8; KEY_LEN],
+    digest_key: std::sync::OnceLock<hmac::Key>,
 }
 
 impl std::fmt::Debug for SubjectKey {
@@ -44,17 +46,20 @@ impl std::fmt::Debug for SubjectKey {
 impl SubjectKey {
     pub(crate) fn from_bytes(bytes: &[u8; KEY_LEN]) -> Result<Self, StoreError> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StoreError::Corrupt("subject key".into()))?;
-        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), b"domicile/subject-digest-key/v1");
-        let mut digest_key = [0u8; KEY_LEN];
-        digest_key.copy_from_slice(derived.as_ref());
-        Ok(Self { key: LessSafeKey::new(unbound), digest_key })
+        Ok(Self { key: LessSafeKey::new(unbound), secret: *bytes, digest_key: std::sync::OnceLock::new() })
     }
 
     /// A keyed digest of `parts` (HMAC-SHA-256 under a key derived from this subject's key,
     /// truncated to 16 bytes): an index key that cannot be tied to what it digests without the
     /// subject's key, nor by anyone once erasure has destroyed it, copies in old files included.
     pub fn digest(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-        let mut mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, &self.digest_key));
+        let key = self.digest_key.get_or_init(|| {
+            // A key for this use alone, derived from the data key.
+            let derived =
+                hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.secret), b"domicile/subject-digest-key/v1");
+            hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+        });
+        let mut mac = hmac::Context::with_key(key);
         mac.update(domain);
         for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());

@@ -209,9 +209,9 @@ impl<S: Store> NodeService<S> {
     }
 
     /// One subject's entries, in order: those whose source event its ledger already holds are
-    /// duplicates (however long ago they were imported; `Store::imported_positions`); the others are checked as a capture
-    /// would be and made ready to write, each under an idempotency key of its source event, so a
-    /// concurrent run of the same file cannot write one twice either.
+    /// duplicates (however long ago they were imported; `Store::imported_positions`); the others
+    /// are checked as a capture would be and made ready to write, each under an idempotency key
+    /// of its source event, so a concurrent run of the same file cannot write one twice either.
     async fn prepare_subject(
         &self,
         caller: &Caller,

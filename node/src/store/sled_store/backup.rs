@@ -182,22 +182,14 @@ impl SledStore {
 
     /// Appends `subject`'s erasure to the journal and syncs it, before its key is destroyed.
     pub(super) fn journal_erasure(&self, subject: &SubjectId, now: i64) -> Result<(), StoreError> {
-        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        let line = format!("{subject} {now}\n");
-        journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
-        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))?;
-        self.index_saw_journal(&journal)
+        self.append_journal(&format!("{subject} {now}\n"))
     }
 
     /// Appends a merge of `from` into `into` to the journal and syncs it, before `from`'s key is
     /// destroyed: replayed after a restore, so a subject merged and then erased after the backup
     /// does not come back through the half the backup still holds apart.
     pub(super) fn journal_merge(&self, from: &SubjectId, into: &SubjectId, now: i64) -> Result<(), StoreError> {
-        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        let line = format!("merge {from} {into} {now}\n");
-        journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
-        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))?;
-        self.index_saw_journal(&journal)
+        self.append_journal(&format!("merge {from} {into} {now}\n"))
     }
 
     /// Journals an unmerge (the merged subject, the merged-away id, the two new ids) before the
@@ -211,11 +203,18 @@ impl SledStore {
         restored: &SubjectId,
         now: i64,
     ) -> Result<(), StoreError> {
+        self.append_journal(&format!("unmerge {merged} {from} {kept} {restored} {now}\n"))
+    }
+
+    /// Appends `line` to the erasure journal and syncs it; then records the journal's length as
+    /// this binary left it (`imports.rs`: a binary without the import index that merges, splits
+    /// or erases grows the journal behind it, and the index is built again at the next open).
+    fn append_journal(&self, line: &str) -> Result<(), StoreError> {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        let line = format!("unmerge {merged} {from} {kept} {restored} {now}\n");
         journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
         journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))?;
-        self.index_saw_journal(&journal)
+        let length = journal.metadata().map(|m| m.len()).map_err(|e| backend(format!("erasure journal: {e}")))?;
+        self.index_saw_journal(length)
     }
 
     /// Replays `journal` on this store (after a restore), in order: a merge whose two subjects

@@ -262,17 +262,7 @@ fn check_imports(
     db_name: &str,
     report: &mut CheckReport,
 ) {
-    use super::imports::{IMPORT_INDEX_COVERS, IMPORT_INDEX_JOURNAL, IndexKey, index_key};
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        sequence: u64,
-        evidence: EntryEvidence,
-    }
-    #[derive(serde::Deserialize)]
-    struct EntryEvidence {
-        #[serde(default)]
-        import: Option<crate::store::ImportEvidence>,
-    }
+    use super::imports::{IMPORT_INDEX_COVERS, IMPORT_INDEX_JOURNAL, IndexKey, LedgerSource, index_key};
     let trees = (db.open_tree("counters"), db.open_tree("consent"), db.open_tree("imports"));
     let (Ok(counters), Ok(consent), Ok(imports)) = trees else {
         report.problems.push(format!("{db_name}: cannot open the counters, consent or imports tree"));
@@ -292,10 +282,8 @@ fn check_imports(
         let Some(Ok(subject_key)) = keys.get(&subject).map(SubjectKey::from_bytes) else { continue };
         // An entry that does not open is reported above, with its tree.
         let Ok(plain) = subject_key.open(&context(b"consent", &key), &value) else { continue };
-        let Ok(Entry { sequence, evidence: EntryEvidence { import: Some(source) } }) = serde_json::from_slice(&plain)
-        else {
-            continue;
-        };
+        let imported = serde_json::from_slice::<LedgerSource>(&plain).ok().and_then(LedgerSource::imported);
+        let Some((source, sequence)) = imported else { continue };
         let at = expected.entry(index_key(&subject, &subject_key, &source)).or_insert(sequence);
         *at = (*at).min(sequence);
     }

@@ -66,26 +66,60 @@ pub(super) fn index_entries<'a>(
     lowest.into_iter().collect()
 }
 
+/// A ledger entry with only what the index is built from decoded (serde skips the rest without
+/// building it): what the index's rebuild, a merge and `domicile node check` read.
+#[derive(serde::Deserialize)]
+pub(super) struct LedgerSource {
+    sequence: u64,
+    evidence: SourceEvidence,
+}
+
+#[derive(serde::Deserialize)]
+struct SourceEvidence {
+    #[serde(default)]
+    import: Option<ImportEvidence>,
+}
+
+impl LedgerSource {
+    /// An imported entry's source event and position.
+    pub(super) fn imported(self) -> Option<(ImportEvidence, u64)> {
+        Some((self.evidence.import?, self.sequence))
+    }
+}
+
 fn position_of(value: &[u8]) -> Result<u64, StoreError> {
     <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("import index entry".into()))
 }
 
 impl SledStore {
+    /// The source events of the subject's imported ledger entries, with their positions.
+    fn read_imported_events(&self, subject: &SubjectId) -> Result<Vec<(ImportEvidence, u64)>, StoreError> {
+        let entries: Vec<LedgerSource> = self.open_log(&self.consent, b"consent", subject)?;
+        Ok(entries.into_iter().filter_map(LedgerSource::imported).collect())
+    }
+
     /// [`crate::store::Store::imported_positions`] from the index: per source, the lowest
-    /// position of its entries in the subject's ledger (one point read each).
+    /// position of its entries in the subject's ledger.
     pub(super) fn indexed_positions(
         &self,
         subject: &SubjectId,
         key: &SubjectKey,
         sources: &[(String, String)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        sources
-            .iter()
-            .map(|(system, event)| match self.imports.get(event_key(subject, key, system, event)).map_err(backend)? {
-                None => Ok(None),
-                Some(value) => position_of(&value).map(Some),
-            })
-            .collect()
+        sources.iter().map(|(system, event)| self.indexed_position(subject, key, system, event)).collect()
+    }
+
+    /// The lowest position of the subject's entries imported from (`source_system`,
+    /// `source_event_id`): one point read.
+    pub(super) fn indexed_position(
+        &self,
+        subject: &SubjectId,
+        key: &SubjectKey,
+        source_system: &str,
+        source_event_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let value = self.imports.get(event_key(subject, key, source_system, source_event_id)).map_err(backend)?;
+        value.as_deref().map(position_of).transpose()
     }
 
     /// A merge's index change: `from`'s entries (removed) and the same events keyed for `into`
@@ -174,8 +208,7 @@ impl SledStore {
     }
 
     /// Records the journal's length after this binary appended to it (`IMPORT_INDEX_JOURNAL`).
-    pub(super) fn index_saw_journal(&self, journal: &std::fs::File) -> Result<(), StoreError> {
-        let length = journal.metadata().map(|m| m.len()).map_err(|e| backend(format!("erasure journal: {e}")))?;
+    pub(super) fn index_saw_journal(&self, length: u64) -> Result<(), StoreError> {
         self.counters.insert(IMPORT_INDEX_JOURNAL, &length.to_be_bytes()[..]).map_err(backend)?;
         Ok(())
     }

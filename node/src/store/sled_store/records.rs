@@ -12,7 +12,7 @@ use super::{
     open, or_abort, seal,
 };
 use crate::store::vault::SubjectKey;
-use crate::store::{AppendedConsents, ConsentBatch, ImportEvidence};
+use crate::store::{AppendedConsents, ConsentBatch};
 
 /// A cell's candidates from one batch, in order, each with its sealed form.
 type SealedCandidates = Vec<(CurrentConsent, Vec<u8>)>;
@@ -214,23 +214,6 @@ impl SledStore {
             .collect())
     }
 
-    /// [`crate::store::Store::imported_events`]: the ledger's entries with only the fields an
-    /// import checks decoded (serde skips the rest without building it).
-    pub(super) fn read_imported_events(&self, subject: &SubjectId) -> Result<Vec<(ImportEvidence, u64)>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Entry {
-            sequence: u64,
-            evidence: EntryEvidence,
-        }
-        #[derive(serde::Deserialize)]
-        struct EntryEvidence {
-            #[serde(default)]
-            import: Option<ImportEvidence>,
-        }
-        let entries: Vec<Entry> = self.open_log(&self.consent, b"consent", subject)?;
-        Ok(entries.into_iter().filter_map(|e| e.evidence.import.map(|i| (i, e.sequence))).collect())
-    }
-
     /// Whether `consents` can be written for `subject` now (under the write lock): its key and
     /// the links it holds, or why not. An entry captured through a link the subject no longer
     /// holds (an unmerge moved it since the capture resolved its subject) belongs to another
@@ -249,8 +232,7 @@ impl SledStore {
             let replayed = match (&consent.evidence.import, tag) {
                 // Imported: the index answers for the event (no idempotency record is kept).
                 (Some(source), _) => {
-                    let source = [(source.source_system.clone(), source.source_event_id.clone())];
-                    self.indexed_positions(subject, &key, &source)?.first().is_some_and(Option::is_some)
+                    self.indexed_position(subject, &key, &source.source_system, &source.source_event_id)?.is_some()
                 }
                 (None, Some(tag)) => self.idempotency.contains_key(&tag.key[..]).map_err(backend)?,
                 (None, None) => false,
