@@ -255,8 +255,18 @@ impl<S: Store> NodeService<S> {
         // moved the link committed in between, seen on PostgreSQL): the link is read again.
         let mut attempt = 0;
         loop {
-            let id = self.resolve_key(key.as_key_ref()).await?;
-            match self.store.subject_meta(&id).await? {
+            let (id, meta) = match key.as_key_ref() {
+                SubjectKeyRef::Link(link) => self
+                    .store
+                    .meta_by_link(&link)
+                    .await?
+                    .ok_or(NodeError::NotFound("no subject holds this link in this region"))?,
+                by_ref => {
+                    let id = self.resolve_key(by_ref).await?;
+                    (id, self.store.subject_meta(&id).await?)
+                }
+            };
+            match meta {
                 Some(meta) => return Ok((id, meta)),
                 None if attempt < 2 && key.link().is_some() => attempt += 1,
                 None => return Err(NodeError::NotFound("no such subject in this region")),

@@ -186,6 +186,19 @@ pub trait Store: Send + Sync + 'static {
 
     fn subject_by_link(&self, link: &Link) -> impl Future<Output = Result<Option<SubjectId>, StoreError>> + Send;
     fn subject_meta(&self, id: &SubjectId) -> impl Future<Output = Result<Option<SubjectMeta>, StoreError>> + Send;
+    /// The subject holding `link` and its metadata. `Ok(None)`: no subject holds the link;
+    /// `Some((id, None))`: the link named a subject that is gone by the second read (a store that
+    /// reads both at once never answers that). PostgreSQL reads both in one statement: a consent
+    /// write resolves its subject with it, one round trip instead of two.
+    fn meta_by_link(
+        &self,
+        link: &Link,
+    ) -> impl Future<Output = Result<Option<(SubjectId, Option<SubjectMeta>)>, StoreError>> + Send {
+        async move {
+            let Some(id) = self.subject_by_link(link).await? else { return Ok(None) };
+            Ok(Some((id, self.subject_meta(&id).await?)))
+        }
+    }
     /// Up to `limit` subject ids after `after` (from the first when `None`), in id order: a
     /// region-wide report pages through its subjects with it.
     fn subjects_after(

@@ -86,9 +86,29 @@ impl<S: Store> NodeService<S> {
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, ConsentRecord), NodeError> {
         check_capture_fields(&capture)?;
-        if let Some((subject, (record, _))) = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
-            return Ok((subject, record));
+        // A repeat under an idempotency key is found by the store's write itself, under its lock
+        // (`Settled::Replayed` below), so the record it left is not looked up first: on a shared
+        // store that would cost every write one more round trip. A repeat that the steps before
+        // the write refuse (its subject merged away since, its pack changed) is answered as the
+        // key's record says, as it was when the record was read first: the first answer, the key
+        // used for another request (INVALID_ARGUMENT), or its subject erased (ALREADY_EXISTS).
+        match self.capture_new(key, caller, capture, tag).await {
+            Err(refused) if tag.is_some() => match self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
+                Some((subject, (record, _))) => Ok((subject, record)),
+                None => Err(refused),
+            },
+            captured => captured,
         }
+    }
+
+    /// [`Self::capture_unlogged`] once no earlier write under its key is known.
+    async fn capture_new(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        capture: ConsentCapture,
+        tag: Option<&Idempotency>,
+    ) -> Result<(SubjectId, ConsentRecord), NodeError> {
         // Which half keeps the entry if a merge is ever undone (`store::split`).
         let mut capture = capture;
         capture.evidence.captured_via = key.link();

@@ -23,6 +23,7 @@ use domicile_types::{Channel, Link, Purpose, RegionId, SubjectId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::claims::replay_row;
+use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{Keks, int, pg, pool_error, subject_id};
 use crate::store::codec::{consent_key, current_key, open, seal};
@@ -221,7 +222,7 @@ impl Batcher {
             if consent_rows.0.is_empty() {
                 return Ok(0);
             }
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO consent (subject, position, sealed) SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])",
                 &[&consent_rows.0, &consent_rows.1, &consent_rows.2],
             )
@@ -231,7 +232,7 @@ impl Batcher {
             if cells.subjects.is_empty() {
                 return Ok(0);
             }
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO current_consent (subject, purpose, channel, sealed) \
                  SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bytea[]) \
                  ON CONFLICT (subject, purpose, channel) DO UPDATE SET sealed = EXCLUDED.sealed",
@@ -243,7 +244,7 @@ impl Batcher {
             if replay_rows.keys.is_empty() {
                 return Ok(0);
             }
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO idempotency (key, fingerprint, at, subject, result) \
                  SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bytea[], $5::bytea[])",
                 &[
@@ -292,18 +293,23 @@ impl Batcher {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            tx.query("SELECT key FROM idempotency WHERE key = ANY($1::bytea[])", &[&keys]).await
+            tx.query_cached("SELECT key FROM idempotency WHERE key = ANY($1::bytea[])", &[&keys]).await
         };
         let live = async {
-            tx.query(
+            tx.query_cached(
+            // One index lookup per subject of the batch, whatever plan the statement is given: as a
+            // plain join, the plan made once for the prepared statement (`prepared.rs`) scanned
+            // every subject key (`OFFSET 0` keeps the lateral part from being folded into a join).
             "SELECT q.id, k.kek, k.wrapped, ARRAY(SELECT l.link FROM links l WHERE l.subject = q.id ORDER BY l.link) \
-             FROM unnest($1::bytea[]) AS q(id) JOIN subjects s ON s.id = q.id JOIN subject_keys k ON k.subject = q.id",
+             FROM unnest($1::bytea[]) AS q(id) CROSS JOIN LATERAL \
+             (SELECT k.kek, k.wrapped FROM subject_keys k JOIN subjects s ON s.id = k.subject \
+              WHERE k.subject = q.id OFFSET 0) AS k",
             &[&ids],
         )
         .await
         };
         let in_force = async {
-            tx.query(
+            tx.query_cached(
                 "SELECT q.subject, q.purpose, q.channel, c.sealed \
              FROM unnest($1::bytea[], $2::text[], $3::text[]) AS q(subject, purpose, channel) \
              JOIN current_consent c ON c.subject = q.subject AND c.purpose = q.purpose AND c.channel = q.channel",

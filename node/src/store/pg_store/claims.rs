@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use domicile_types::{Link, RegionId, SubjectId};
 
+use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::{context, encode};
@@ -27,7 +28,8 @@ fn region_of(text: &str) -> Result<RegionId, StoreError> {
 /// replays the earlier result).
 pub(super) async fn check_replay(w: &Write<'_>, idempotency: Option<&Idempotency>) -> Result<(), StoreError> {
     let Some(i) = idempotency else { return Ok(()) };
-    let found = w.tx().query_opt("SELECT 1 FROM idempotency WHERE key = $1", &[&&i.key[..]]).await.map_err(pg)?;
+    let found =
+        w.tx().query_opt_cached("SELECT 1 FROM idempotency WHERE key = $1", &[&&i.key[..]]).await.map_err(pg)?;
     if found.is_some() { Err(StoreError::Replayed) } else { Ok(()) }
 }
 
@@ -42,7 +44,7 @@ pub(super) async fn record_replay<T: serde::Serialize>(
     let Some(i) = idempotency else { return Ok(()) };
     let (subject, stored) = replay_row(i, sealed_for, result)?;
     w.tx()
-        .execute(
+        .execute_cached(
             "INSERT INTO idempotency (key, fingerprint, at, subject, result) VALUES ($1, $2, $3, $4, $5)",
             &[&&i.key[..], &&i.fingerprint[..], &i.at, &subject, &stored],
         )
@@ -71,13 +73,13 @@ pub(super) fn replay_row<T: serde::Serialize>(
 pub(super) async fn release_held(w: &Write<'_>, link: &Link) -> Result<(), StoreError> {
     let row = w
         .tx()
-        .query_opt("DELETE FROM held WHERE link = $1 RETURNING generation", &[&link_bytes(link)])
+        .query_opt_cached("DELETE FROM held WHERE link = $1 RETURNING generation", &[&link_bytes(link)])
         .await
         .map_err(pg)?;
     if let Some(row) = row {
         let generation: i64 = row.get(0);
         w.tx()
-            .execute(
+            .execute_cached(
                 "INSERT INTO releases (link, generation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&link_bytes(link), &generation],
             )
@@ -91,7 +93,7 @@ pub(super) async fn release_held(w: &Write<'_>, link: &Link) -> Result<(), Store
 /// highest, should it have been claimed twice).
 pub(super) async fn hold(w: &Write<'_>, claim: &Release) -> Result<(), StoreError> {
     w.tx()
-        .execute(
+        .execute_cached(
             "INSERT INTO held (link, generation) VALUES ($1, $2) \
              ON CONFLICT (link) DO UPDATE SET generation = GREATEST(held.generation, EXCLUDED.generation)",
             &[&link_bytes(&claim.link), &int(claim.generation)],
@@ -105,7 +107,7 @@ impl PgStore {
     pub async fn replay(&self, key: &[u8; 32]) -> Result<Option<Replay>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT fingerprint, at, subject, result FROM idempotency WHERE key = $1", &[&&key[..]])
+            .query_opt_cached("SELECT fingerprint, at, subject, result FROM idempotency WHERE key = $1", &[&&key[..]])
             .await
             .map_err(pg)?;
         let Some(row) = row else { return Ok(None) };
@@ -114,7 +116,7 @@ impl PgStore {
         let stored: Vec<u8> = row.get(3);
         let result = match row.get::<_, Option<&[u8]>>(2) {
             None => Some(stored),
-            Some(subject) => match self.key(&**client, &subject_id(subject)?).await? {
+            Some(subject) => match self.key(&client, &subject_id(subject)?).await? {
                 Some(subject_key) => Some(subject_key.open(&context(b"idempotency", key), &stored)?),
                 // The subject was erased since: its result went with its key.
                 None => None,
@@ -125,7 +127,7 @@ impl PgStore {
 
     pub async fn purge_idempotency(&self, before: i64) -> Result<usize, StoreError> {
         let client = self.client().await?;
-        let purged = client.execute("DELETE FROM idempotency WHERE at < $1", &[&before]).await.map_err(pg)?;
+        let purged = client.execute_cached("DELETE FROM idempotency WHERE at < $1", &[&before]).await.map_err(pg)?;
         Ok(usize::try_from(purged).unwrap_or(usize::MAX))
     }
 
@@ -144,7 +146,7 @@ impl PgStore {
             for link in links {
                 let row = w
                     .tx()
-                    .query_opt("SELECT region, generation FROM claims WHERE link = $1", &[&link_bytes(link)])
+                    .query_opt_cached("SELECT region, generation FROM claims WHERE link = $1", &[&link_bytes(link)])
                     .await
                     .map_err(pg)?;
                 let existing = match &row {
@@ -158,7 +160,7 @@ impl PgStore {
                     other => {
                         let generation = other.map_or(generation, |(_, g)| g.max(generation));
                         w.tx()
-                            .execute(
+                            .execute_cached(
                                 "INSERT INTO claims (link, region, generation) VALUES ($1, $2, $3) \
                                  ON CONFLICT (link) DO UPDATE SET region = EXCLUDED.region, generation = \
                                  EXCLUDED.generation",
@@ -181,7 +183,7 @@ impl PgStore {
             for release in releases {
                 released += w
                     .tx()
-                    .execute(
+                    .execute_cached(
                         "DELETE FROM claims WHERE link = $1 AND region = $2 AND generation <= $3",
                         &[&link_bytes(&release.link), &region.as_str(), &int(release.generation)],
                     )
@@ -196,7 +198,7 @@ impl PgStore {
     pub async fn claim(&self, link: &Link) -> Result<Option<Claim>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT region, generation FROM claims WHERE link = $1", &[&link_bytes(link)])
+            .query_opt_cached("SELECT region, generation FROM claims WHERE link = $1", &[&link_bytes(link)])
             .await
             .map_err(pg)?;
         row.map(|row| Ok(Claim { region: region_of(row.get(0))?, generation: uint(row.get(1))? })).transpose()
@@ -207,7 +209,7 @@ impl PgStore {
         let client = self.client().await?;
         let after = after.map(|l| l.as_bytes().to_vec()).unwrap_or_default();
         let rows = client
-            .query(
+            .query_cached(
                 "SELECT link, region, generation FROM claims WHERE link > $1 ORDER BY link LIMIT $2",
                 &[&after, &limit],
             )
@@ -224,7 +226,7 @@ impl PgStore {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
-            .query("SELECT link, generation FROM releases ORDER BY link, generation LIMIT $1", &[&limit])
+            .query_cached("SELECT link, generation FROM releases ORDER BY link, generation LIMIT $1", &[&limit])
             .await
             .map_err(pg)?;
         rows.iter().map(|row| Ok(Release { link: link_of(row.get(0))?, generation: uint(row.get(1))? })).collect()
@@ -234,7 +236,7 @@ impl PgStore {
         self.write(0, async |w| {
             for release in releases {
                 w.tx()
-                    .execute(
+                    .execute_cached(
                         "INSERT INTO releases (link, generation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                         &[&link_bytes(&release.link), &int(release.generation)],
                     )
@@ -250,7 +252,7 @@ impl PgStore {
         self.write(0, async |w| {
             for release in releases {
                 w.tx()
-                    .execute(
+                    .execute_cached(
                         "DELETE FROM releases WHERE link = $1 AND generation = $2",
                         &[&link_bytes(&release.link), &int(release.generation)],
                     )
@@ -264,14 +266,16 @@ impl PgStore {
 
     pub async fn pending_release_count(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        let row = client.query_one("SELECT count(*) FROM releases", &[]).await.map_err(pg)?;
+        let row = client.query_one_cached("SELECT count(*) FROM releases", &[]).await.map_err(pg)?;
         uint(row.get(0))
     }
 
     pub async fn held_claim(&self, link: &Link) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let row =
-            client.query_opt("SELECT generation FROM held WHERE link = $1", &[&link_bytes(link)]).await.map_err(pg)?;
+        let row = client
+            .query_opt_cached("SELECT generation FROM held WHERE link = $1", &[&link_bytes(link)])
+            .await
+            .map_err(pg)?;
         row.map(|row| uint(row.get(0))).transpose()
     }
 
@@ -282,7 +286,7 @@ impl PgStore {
             for claim in claims {
                 let row = w
                     .tx()
-                    .query_opt("SELECT subject FROM links WHERE link = $1", &[&link_bytes(&claim.link)])
+                    .query_opt_cached("SELECT subject FROM links WHERE link = $1", &[&link_bytes(&claim.link)])
                     .await
                     .map_err(pg)?;
                 match row {
@@ -294,7 +298,7 @@ impl PgStore {
                     None => {
                         outcome.gone.push(*claim);
                         w.tx()
-                            .execute(
+                            .execute_cached(
                                 "INSERT INTO releases (link, generation) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                                 &[&link_bytes(&claim.link), &int(claim.generation)],
                             )

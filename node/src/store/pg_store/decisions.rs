@@ -18,6 +18,7 @@ use deadpool_postgres::Pool;
 use domicile_audit::DecisionEntry;
 use domicile_types::{Channel, Purpose, RegionId, SubjectId};
 
+use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{PgStore, pg, pool_error};
 use crate::store::StoreError;
@@ -199,7 +200,7 @@ pub(super) async fn chainer(pool: Pool, region: RegionId) {
 
 async fn chain_once(pool: &Pool, region: &RegionId) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    let waiting = client.query_one("SELECT EXISTS (SELECT 1 FROM decision_entries)", &[]).await.map_err(pg)?;
+    let waiting = client.query_one_cached("SELECT EXISTS (SELECT 1 FROM decision_entries)", &[]).await.map_err(pg)?;
     if !waiting.get::<_, bool>(0) {
         return Ok(());
     }

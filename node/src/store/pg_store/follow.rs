@@ -4,6 +4,7 @@
 use domicile_audit::AuditEvent;
 use domicile_types::{Link, SubjectId, SubjectRef};
 
+use super::prepared::Prepared as _;
 use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::decode;
 use crate::store::{ChangeEvent, StoreError};
@@ -27,7 +28,7 @@ impl PgStore {
         let end: Vec<u8> = std::iter::once(last).chain(std::iter::repeat_n(0xff, 16)).collect();
         let op = if after.is_some() { ">" } else { ">=" };
         let rows = client
-            .query(
+            .query_cached(
                 &format!("SELECT link, subject FROM links WHERE link {op} $1 AND link <= $2 ORDER BY link LIMIT $3"),
                 &[&start, &end, &limit],
             )
@@ -46,7 +47,7 @@ impl PgStore {
         let client = self.client().await?;
         let after = after.map_or(0, int);
         let rows = client
-            .query("SELECT body FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2", &[&after, &limit])
+            .query_cached("SELECT body FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2", &[&after, &limit])
             .await
             .map_err(pg)?;
         rows.iter().map(|row| decode(row.get(0))).collect()
@@ -54,7 +55,7 @@ impl PgStore {
 
     pub async fn last_event(&self) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let row = client.query_one("SELECT last_event FROM region_head WHERE id = 1", &[]).await.map_err(pg)?;
+        let row = client.query_one_cached("SELECT last_event FROM region_head WHERE id = 1", &[]).await.map_err(pg)?;
         let last = uint(row.get(0))?;
         Ok((last > 0).then_some(last))
     }
@@ -62,7 +63,7 @@ impl PgStore {
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT (SELECT count(*) FROM subjects), (SELECT count(*) FROM links)", &[])
+            .query_one_cached("SELECT (SELECT count(*) FROM subjects), (SELECT count(*) FROM links)", &[])
             .await
             .map_err(pg)?;
         Ok((uint(row.get(0))?, uint(row.get(1))?))
@@ -77,7 +78,7 @@ impl PgStore {
     pub async fn audit_lines(&self, after: u64, limit: i64) -> Result<Vec<(u64, String)>, StoreError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT seq, line FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2", &[&int(after), &limit])
+            .query_cached("SELECT seq, line FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2", &[&int(after), &limit])
             .await
             .map_err(pg)?;
         rows.iter().map(|row| Ok((uint(row.get(0))?, row.get(1)))).collect()

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use domicile_types::{Channel, Link, Purpose, SubjectId};
 
+use super::prepared::Prepared as _;
 use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::{DecisionInputs, StoreError};
 
@@ -70,7 +71,7 @@ impl PgStore {
         let client = self.client().await?;
         loop {
             let rows = client
-                .query(
+                .query_cached(
                     "SELECT h.touch_seq, t.seq, t.subject FROM region_head h LEFT JOIN LATERAL \
                      (SELECT seq, subject FROM touched WHERE seq > $1 ORDER BY seq LIMIT $2) t ON true WHERE h.id = 1",
                     &[&int(applied.seq), &CATCH_UP_PAGE],

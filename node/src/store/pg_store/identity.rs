@@ -6,6 +6,7 @@
 use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, SubjectId};
 
 use super::claims::{check_replay, hold, record_replay, release_held};
+use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
@@ -42,8 +43,11 @@ enum Cause<'a> {
 impl PgStore {
     /// The subject a live link names, inside a write.
     async fn live_subject(&self, w: &Write<'_>, link: &Link) -> Result<Option<SubjectId>, StoreError> {
-        let row =
-            w.tx().query_opt("SELECT subject FROM links WHERE link = $1", &[&link_bytes(link)]).await.map_err(pg)?;
+        let row = w
+            .tx()
+            .query_opt_cached("SELECT subject FROM links WHERE link = $1", &[&link_bytes(link)])
+            .await
+            .map_err(pg)?;
         row.map(|row| subject_id(row.get(0))).transpose()
     }
 
@@ -54,8 +58,11 @@ impl PgStore {
         subject: &SubjectId,
         key: &SubjectKey,
     ) -> Result<SubjectRecord, StoreError> {
-        let row =
-            w.tx().query_opt("SELECT record FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
+        let row = w
+            .tx()
+            .query_opt_cached("SELECT record FROM subjects WHERE id = $1", &[&bytes(subject)])
+            .await
+            .map_err(pg)?;
         match row.as_ref().and_then(|row| row.get::<_, Option<&[u8]>>(0)) {
             None => Ok(SubjectRecord::default()),
             Some(sealed) => open(key, b"subjects", subject.as_bytes(), sealed),
@@ -71,7 +78,7 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let sealed = seal(key, b"subjects", subject.as_bytes(), record)?;
         w.tx()
-            .execute("UPDATE subjects SET record = $2 WHERE id = $1", &[&bytes(subject), &sealed])
+            .execute_cached("UPDATE subjects SET record = $2 WHERE id = $1", &[&bytes(subject), &sealed])
             .await
             .map_err(pg)?;
         Ok(())
@@ -103,7 +110,7 @@ impl PgStore {
                 Some(_) => false,
                 None => {
                     w.tx()
-                        .execute(
+                        .execute_cached(
                             "INSERT INTO subjects (id, jurisdiction, created_at) VALUES ($1, $2, $3)",
                             &[&bytes(&subject), &jurisdiction.to_string(), &now],
                         )
@@ -120,7 +127,7 @@ impl PgStore {
                 if self.live_subject(w, link).await?.is_none() {
                     hold(w, claim_for(claimed, link)?).await?;
                     w.tx()
-                        .execute(
+                        .execute_cached(
                             "INSERT INTO links (link, subject) VALUES ($1, $2)",
                             &[&link_bytes(link), &bytes(&subject)],
                         )
@@ -167,15 +174,18 @@ impl PgStore {
             }
             let consent_records = w
                 .tx()
-                .query_one("SELECT count(*) FROM consent WHERE subject = $1", &[&bytes(subject)])
+                .query_one_cached("SELECT count(*) FROM consent WHERE subject = $1", &[&bytes(subject)])
                 .await
                 .map_err(pg)?;
             let consent_records = usize::try_from(uint(consent_records.get(0))?).unwrap_or(usize::MAX);
             // One transaction: the key row and every record go together (links, ledger, current
             // state, interactions and rights requests by cascade). Copies of the key left in old
             // row versions are covered by KEK rotation (keys.rs).
-            w.tx().execute("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(subject)]).await.map_err(pg)?;
-            w.tx().execute("DELETE FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
+            w.tx()
+                .execute_cached("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(subject)])
+                .await
+                .map_err(pg)?;
+            w.tx().execute_cached("DELETE FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
             let recorded = [
                 Recorded::RightsRequest { subject: *subject, request: rights_request },
                 Recorded::Erasure { subject: *subject, links: &links },
@@ -228,7 +238,7 @@ impl PgStore {
             self.save_record(w, into, &into_key, &record).await?;
             // Fail closed: a restriction on either half holds for the merged subject.
             w.tx()
-                .execute(
+                .execute_cached(
                     "UPDATE subjects SET restricted = restricted OR $2, created_at = LEAST(created_at, $3) WHERE id = $1",
                     &[&bytes(into), &from_meta.restricted, &from_meta.created_at],
                 )
@@ -237,7 +247,7 @@ impl PgStore {
             let moved_links = self.links_of(w.tx(), from).await?;
             // Links stay in this region, so their claims (and `held` generations) stay as they are.
             w.tx()
-                .execute("UPDATE links SET subject = $1 WHERE subject = $2", &[&bytes(into), &bytes(from)])
+                .execute_cached("UPDATE links SET subject = $1 WHERE subject = $2", &[&bytes(into), &bytes(from)])
                 .await
                 .map_err(pg)?;
             let keys = (from, &from_key, into, &into_key);
@@ -248,7 +258,7 @@ impl PgStore {
             // an older grant of one half never overrides a withdrawal or denial of the other.
             let cells = w
                 .tx()
-                .query("SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1", &[&bytes(from)])
+                .query_cached("SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1", &[&bytes(from)])
                 .await
                 .map_err(pg)?;
             for cell in &cells {
@@ -258,7 +268,7 @@ impl PgStore {
                 let into_cell = current_key(into, purpose, channel);
                 let existing = w
                     .tx()
-                    .query_opt(
+                    .query_opt_cached(
                         "SELECT sealed FROM current_consent WHERE subject = $1 AND purpose = $2 AND channel = $3",
                         &[&bytes(into), &purpose.as_str(), &channel.as_str()],
                     )
@@ -271,7 +281,7 @@ impl PgStore {
                 if replace {
                     let sealed = seal(&into_key, b"current", &into_cell, &candidate)?;
                     w.tx()
-                        .execute(
+                        .execute_cached(
                             "INSERT INTO current_consent (subject, purpose, channel, sealed) VALUES ($1, $2, $3, $4) \
                              ON CONFLICT (subject, purpose, channel) DO UPDATE SET sealed = EXCLUDED.sealed",
                             &[&bytes(into), &purpose.as_str(), &channel.as_str(), &sealed],
@@ -280,8 +290,8 @@ impl PgStore {
                         .map_err(pg)?;
                 }
             }
-            w.tx().execute("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(from)]).await.map_err(pg)?;
-            w.tx().execute("DELETE FROM subjects WHERE id = $1", &[&bytes(from)]).await.map_err(pg)?;
+            w.tx().execute_cached("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(from)]).await.map_err(pg)?;
+            w.tx().execute_cached("DELETE FROM subjects WHERE id = $1", &[&bytes(from)]).await.map_err(pg)?;
             let recorded = [Recorded::Merge { into: *into, from: *from, links: &moved_links }];
             let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("merge events".into()))?;
             let merged = Merged { from: *from, links: moved_links.clone(), consent_records, interactions, event };
@@ -303,7 +313,7 @@ impl PgStore {
     ) -> Result<usize, StoreError> {
         let rows = w
             .tx()
-            .query(&format!("DELETE FROM {table} WHERE subject = $1 RETURNING {order}, sealed"), &[&bytes(from)])
+            .query_cached(&format!("DELETE FROM {table} WHERE subject = $1 RETURNING {order}, sealed"), &[&bytes(from)])
             .await
             .map_err(pg)?;
         for row in &rows {
@@ -311,7 +321,7 @@ impl PgStore {
             let plain = from_key.open(&crate::store::codec::context(name, &consent_key(from, position)), row.get(1))?;
             let sealed = into_key.seal(&crate::store::codec::context(name, &consent_key(into, position)), &plain)?;
             w.tx()
-                .execute(
+                .execute_cached(
                     // An entry both halves hold (kept with both by an earlier unmerge) is kept once.
                     &format!(
                         "INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
@@ -393,7 +403,7 @@ impl PgStore {
             record.forget_identifier(identifier);
             if links.contains(link) {
                 links.retain(|l| l != link);
-                w.tx().execute("DELETE FROM links WHERE link = $1", &[&link_bytes(link)]).await.map_err(pg)?;
+                w.tx().execute_cached("DELETE FROM links WHERE link = $1", &[&link_bytes(link)]).await.map_err(pg)?;
                 release_held(w, link).await?;
             }
             if !removed.contains(link) {
@@ -408,7 +418,7 @@ impl PgStore {
                 None => {
                     hold(w, claim_for(claimed, link)?).await?;
                     w.tx()
-                        .execute(
+                        .execute_cached(
                             "INSERT INTO links (link, subject) VALUES ($1, $2)",
                             &[&link_bytes(link), &bytes(subject)],
                         )

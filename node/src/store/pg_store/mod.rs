@@ -30,6 +30,7 @@ mod follow;
 mod fresh;
 mod identity;
 mod keys;
+mod prepared;
 mod records;
 mod store;
 mod tracked;
@@ -42,6 +43,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use domicile_types::{RegionId, SubjectId};
 
 pub use keys::Keks;
+use prepared::Prepared as _;
 use unit::Write;
 
 use super::StoreError;
@@ -161,8 +163,12 @@ impl PgStore {
             fresh: fresh::Fresh::default(),
         };
         store.migrate().await?;
-        let head =
-            store.client().await?.query_one("SELECT touch_seq FROM region_head WHERE id = 1", &[]).await.map_err(pg)?;
+        let head = store
+            .client()
+            .await?
+            .query_one_cached("SELECT touch_seq FROM region_head WHERE id = 1", &[])
+            .await
+            .map_err(pg)?;
         store.fresh = fresh::Fresh::at(uint(head.get(0))?);
         tokio::spawn(decisions::chainer(store.pool.clone(), store.region.clone()));
         Ok(store)
@@ -194,13 +200,13 @@ impl PgStore {
         }
         let client = self.client().await?;
         client
-            .execute(
+            .execute_cached(
                 "INSERT INTO region_head (id, region, audit_hash) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
                 &[&self.region.as_str(), &domicile_audit::GENESIS],
             )
             .await
             .map_err(pg)?;
-        let row = client.query_one("SELECT region FROM region_head WHERE id = 1", &[]).await.map_err(pg)?;
+        let row = client.query_one_cached("SELECT region FROM region_head WHERE id = 1", &[]).await.map_err(pg)?;
         let found: String = row.get(0);
         if found != self.region.as_str() {
             return Err(StoreError::Backend(format!(
@@ -238,11 +244,14 @@ impl PgStore {
     /// The subject's data key, if it has one (it has none after erasure).
     async fn key(
         &self,
-        client: &impl tokio_postgres::GenericClient,
+        client: &impl deadpool_postgres::GenericClient,
         subject: &SubjectId,
     ) -> Result<Option<SubjectKey>, StoreError> {
         let row = client
-            .query_opt("SELECT kek, wrapped FROM subject_keys WHERE subject = $1", &[&subject.as_bytes().as_slice()])
+            .query_opt_cached(
+                "SELECT kek, wrapped FROM subject_keys WHERE subject = $1",
+                &[&subject.as_bytes().as_slice()],
+            )
             .await
             .map_err(pg)?;
         match row {
@@ -259,7 +268,7 @@ impl PgStore {
         let (key, version, wrapped) = self.keks.create(subject)?;
         write
             .tx()
-            .execute(
+            .execute_cached(
                 "INSERT INTO subject_keys (subject, kek, wrapped) VALUES ($1, $2, $3)",
                 &[&subject.as_bytes().as_slice(), &version, &wrapped],
             )
@@ -271,7 +280,7 @@ impl PgStore {
     /// How many stored subject keys each KEK version wraps.
     pub async fn keys_per_version(&self) -> Result<std::collections::BTreeMap<i32, u64>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query("SELECT kek, count(*) FROM subject_keys GROUP BY kek", &[]).await.map_err(pg)?;
+        let rows = client.query_cached("SELECT kek, count(*) FROM subject_keys GROUP BY kek", &[]).await.map_err(pg)?;
         rows.iter().map(|row| Ok((row.get::<_, i32>(0), uint(row.get(1))?))).collect()
     }
 
@@ -288,13 +297,13 @@ impl PgStore {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.build_transaction().start().await.map_err(pg)?;
         let rows = tx
-            .query("SELECT subject, kek, wrapped FROM subject_keys WHERE kek <> $1 FOR UPDATE", &[&current])
+            .query_cached("SELECT subject, kek, wrapped FROM subject_keys WHERE kek <> $1 FOR UPDATE", &[&current])
             .await
             .map_err(pg)?;
         for row in &rows {
             let subject = subject_id(row.get(0))?;
             let wrapped = self.keks.rewrap(&subject, row.get(1), row.get(2))?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE subject_keys SET kek = $2, wrapped = $3 WHERE subject = $1",
                 &[&subject.as_bytes().as_slice(), &current, &wrapped],
             )

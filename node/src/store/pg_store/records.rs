@@ -1,10 +1,11 @@
 //! What is recorded about a subject on PostgreSQL: consent, interactions, rights requests and the
 //! restriction of processing, and the reads decisions and histories make.
 
+use deadpool_postgres::GenericClient;
 use domicile_types::{Channel, Jurisdiction, Link, Purpose, SubjectId};
-use tokio_postgres::GenericClient;
 
 use super::claims::{check_replay, record_replay};
+use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
@@ -36,7 +37,10 @@ impl PgStore {
         subject: &SubjectId,
     ) -> Result<Option<SubjectMeta>, StoreError> {
         let row = client
-            .query_opt("SELECT jurisdiction, created_at, restricted FROM subjects WHERE id = $1", &[&bytes(subject)])
+            .query_opt_cached(
+                "SELECT jurisdiction, created_at, restricted FROM subjects WHERE id = $1",
+                &[&bytes(subject)],
+            )
             .await
             .map_err(pg)?;
         row.map(|row| meta_of(&row, 0)).transpose()
@@ -49,7 +53,7 @@ impl PgStore {
         subject: &SubjectId,
     ) -> Result<Vec<Link>, StoreError> {
         let rows = client
-            .query("SELECT link FROM links WHERE subject = $1 ORDER BY link", &[&bytes(subject)])
+            .query_cached("SELECT link FROM links WHERE subject = $1 ORDER BY link", &[&bytes(subject)])
             .await
             .map_err(pg)?;
         rows.iter().map(|row| Link::from_slice(row.get(0)).map_err(|_| StoreError::Corrupt("link".into()))).collect()
@@ -84,7 +88,7 @@ impl PgStore {
             check_replay(w, idempotency).await?;
             let key = self.live_key(w, subject).await?;
             w.tx()
-                .execute("UPDATE subjects SET restricted = $2 WHERE id = $1", &[&bytes(subject), &restricted])
+                .execute_cached("UPDATE subjects SET restricted = $2 WHERE id = $1", &[&bytes(subject), &restricted])
                 .await
                 .map_err(pg)?;
             self.insert_rights_request(w, subject, &key, rights_request).await?;
@@ -120,7 +124,7 @@ impl PgStore {
         let sequence = w.next_log_position();
         let sealed = seal(key, b"rights", &consent_key(subject, sequence), request)?;
         w.tx()
-            .execute(
+            .execute_cached(
                 "INSERT INTO rights_requests (subject, sequence, sealed) VALUES ($1, $2, $3)",
                 &[&bytes(subject), &int(sequence), &sealed],
             )
@@ -142,7 +146,7 @@ impl PgStore {
             let stored = interaction.numbered(sequence);
             let sealed = seal(&key, b"interactions", &consent_key(subject, sequence), &stored)?;
             w.tx()
-                .execute(
+                .execute_cached(
                     "INSERT INTO interactions (subject, sequence, sealed) VALUES ($1, $2, $3)",
                     &[&bytes(subject), &int(sequence), &sealed],
                 )
@@ -159,10 +163,30 @@ impl PgStore {
     pub async fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT subject FROM links WHERE link = $1", &[&link.as_bytes().as_slice()])
+            .query_opt_cached("SELECT subject FROM links WHERE link = $1", &[&link.as_bytes().as_slice()])
             .await
             .map_err(pg)?;
         row.map(|row| subject_id(row.get(0))).transpose()
+    }
+
+    /// The subject holding `link` with its metadata, from one snapshot (`Store::meta_by_link`).
+    pub async fn meta_by_link(&self, link: &Link) -> Result<Option<(SubjectId, Option<SubjectMeta>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt_cached(
+                "SELECT l.subject, s.jurisdiction, s.created_at, s.restricted \
+                 FROM links l LEFT JOIN subjects s ON s.id = l.subject WHERE l.link = $1",
+                &[&link.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(pg)?;
+        let Some(row) = row else { return Ok(None) };
+        let id = subject_id(row.get(0))?;
+        let meta = match row.get::<_, Option<&str>>(1) {
+            None => None,
+            Some(_) => Some(meta_of(&row, 1)?),
+        };
+        Ok(Some((id, meta)))
     }
 
     pub async fn subjects_after(&self, after: Option<SubjectId>, limit: usize) -> Result<Vec<SubjectId>, StoreError> {
@@ -170,7 +194,7 @@ impl PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let after: Vec<u8> = after.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
         let rows = client
-            .query("SELECT id FROM subjects WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &limit])
+            .query_cached("SELECT id FROM subjects WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &limit])
             .await
             .map_err(pg)?;
         rows.iter()
@@ -181,14 +205,16 @@ impl PgStore {
     }
 
     pub async fn subject_meta(&self, subject: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
-        self.meta_in(&**self.client().await?, subject).await
+        self.meta_in(&self.client().await?, subject).await
     }
 
     pub async fn subject_record(&self, subject: &SubjectId) -> Result<Option<crate::store::SubjectRecord>, StoreError> {
         let client = self.client().await?;
-        let Some(key) = self.key(&**client, subject).await? else { return Ok(None) };
-        let row =
-            client.query_opt("SELECT record FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
+        let Some(key) = self.key(&client, subject).await? else { return Ok(None) };
+        let row = client
+            .query_opt_cached("SELECT record FROM subjects WHERE id = $1", &[&bytes(subject)])
+            .await
+            .map_err(pg)?;
         match row.as_ref().and_then(|row| row.get::<_, Option<&[u8]>>(0)) {
             None => Ok(None),
             Some(sealed) => open(&key, b"subjects", subject.as_bytes(), sealed).map(Some),
@@ -213,7 +239,7 @@ impl PgStore {
     ) -> Result<Option<DecisionInputs>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
+            .query_opt_cached(
                 "SELECT s.jurisdiction, s.created_at, s.restricted, c.sealed, k.kek, k.wrapped FROM subjects s \
                  LEFT JOIN current_consent c ON c.subject = s.id AND c.purpose = $2 AND c.channel = $3 \
                  LEFT JOIN subject_keys k ON k.subject = s.id WHERE s.id = $1",
@@ -260,7 +286,7 @@ impl PgStore {
         let keys: Vec<&[u8]> = links.iter().map(|l| l.as_bytes().as_slice()).collect();
         let client = self.client().await?;
         let rows = client
-            .query(
+            .query_cached(
                 "SELECT l.subject FROM unnest($1::bytea[]) WITH ORDINALITY AS q(link, n) \
                  LEFT JOIN links l ON l.link = q.link ORDER BY q.n",
                 &[&keys],
@@ -286,7 +312,7 @@ impl PgStore {
         let channels: Vec<&str> = items.iter().map(|(_, _, c)| c.as_str()).collect();
         let client = self.client().await?;
         let rows = client
-            .query(
+            .query_cached(
                 "SELECT s.jurisdiction, s.created_at, s.restricted, c.sealed, k.kek, k.wrapped \
                  FROM unnest($1::bytea[], $2::text[], $3::text[]) WITH ORDINALITY AS q(id, purpose, channel, n) \
                  LEFT JOIN subjects s ON s.id = q.id \
@@ -322,9 +348,9 @@ impl PgStore {
         subject: &SubjectId,
     ) -> Result<Vec<(Purpose, Channel, CurrentConsent)>, StoreError> {
         let client = self.client().await?;
-        let key = self.key(&**client, subject).await?.ok_or(StoreError::NotFound)?;
+        let key = self.key(&client, subject).await?.ok_or(StoreError::NotFound)?;
         let rows = client
-            .query(
+            .query_cached(
                 "SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1 ORDER BY purpose, channel",
                 &[&bytes(subject)],
             )
@@ -350,9 +376,9 @@ impl PgStore {
         subject: &SubjectId,
     ) -> Result<Vec<T>, StoreError> {
         let client = self.client().await?;
-        let key = self.key(&**client, subject).await?.ok_or(StoreError::NotFound)?;
+        let key = self.key(&client, subject).await?.ok_or(StoreError::NotFound)?;
         let rows = client
-            .query(
+            .query_cached(
                 &format!("SELECT {order}, sealed FROM {table} WHERE subject = $1 ORDER BY {order}"),
                 &[&bytes(subject)],
             )

@@ -100,6 +100,10 @@ impl Store for PgStore {
         PgStore::subject_meta(self, id).await
     }
 
+    async fn meta_by_link(&self, link: &Link) -> Result<Option<(SubjectId, Option<SubjectMeta>)>, StoreError> {
+        PgStore::meta_by_link(self, link).await
+    }
+
     async fn subject_record(&self, id: &SubjectId) -> Result<Option<SubjectRecord>, StoreError> {
         PgStore::subject_record(self, id).await
     }

@@ -4,6 +4,7 @@
 use domicile_types::SubjectId;
 
 use super::claims::{check_replay, record_replay};
+use super::prepared::Prepared as _;
 use super::{PgStore, pg, subject_id};
 use crate::store::codec::{decode, encode, open, seal};
 use crate::store::{Delivery, Idempotency, OutboxChange, OutboxEntry, Recorded, StoreError, TrackedRequest};
@@ -33,7 +34,7 @@ impl PgStore {
             // Compare-and-set (every write holds the region head's lock: replicas take turns).
             let stored = w
                 .tx()
-                .query_opt("SELECT body FROM rights_tracked WHERE request_id = $1", &[&id])
+                .query_opt_cached("SELECT body FROM rights_tracked WHERE request_id = $1", &[&id])
                 .await
                 .map_err(pg)?
                 .map(|row| row.get::<_, Vec<u8>>(0));
@@ -45,7 +46,7 @@ impl PgStore {
                 _ => None,
             };
             w.tx()
-                .execute(
+                .execute_cached(
                     "INSERT INTO rights_tracked (request_id, subject, body) VALUES ($1, $2, $3) \
                      ON CONFLICT (request_id) DO UPDATE SET body = EXCLUDED.body",
                     &[&id, &bytes(subject), &body],
@@ -56,7 +57,7 @@ impl PgStore {
                 (OutboxChange::Put(entry), Some(key)) => {
                     let sealed = seal(key, OUTBOX, id.as_bytes(), &entry.delivery)?;
                     w.tx()
-                        .execute(
+                        .execute_cached(
                             "INSERT INTO rights_outbox (request_id, subject, created_at, expires_at, sealed) \
                              VALUES ($1, $2, $3, $4, $5)",
                             &[&id, &bytes(subject), &entry.created_at, &entry.expires_at, &sealed],
@@ -65,7 +66,10 @@ impl PgStore {
                         .map_err(pg)?;
                 }
                 (OutboxChange::Remove, _) => {
-                    w.tx().execute("DELETE FROM rights_outbox WHERE request_id = $1", &[&id]).await.map_err(pg)?;
+                    w.tx()
+                        .execute_cached("DELETE FROM rights_outbox WHERE request_id = $1", &[&id])
+                        .await
+                        .map_err(pg)?;
                 }
                 _ => {}
             }
@@ -79,7 +83,7 @@ impl PgStore {
     pub async fn tracked_request(&self, request_id: &str) -> Result<Option<TrackedRequest>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT body FROM rights_tracked WHERE request_id = $1", &[&request_id])
+            .query_opt_cached("SELECT body FROM rights_tracked WHERE request_id = $1", &[&request_id])
             .await
             .map_err(pg)?;
         row.map(|row| decode(row.get(0))).transpose()
@@ -87,7 +91,7 @@ impl PgStore {
 
     pub async fn tracked_requests(&self) -> Result<Vec<TrackedRequest>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query("SELECT body FROM rights_tracked ORDER BY request_id", &[]).await.map_err(pg)?;
+        let rows = client.query_cached("SELECT body FROM rights_tracked ORDER BY request_id", &[]).await.map_err(pg)?;
         rows.iter().map(|row| decode(row.get(0))).collect()
     }
 
@@ -95,7 +99,7 @@ impl PgStore {
     pub async fn tracked_requests_of(&self, subject: &SubjectId) -> Result<Vec<TrackedRequest>, StoreError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT body FROM rights_tracked WHERE subject = $1 ORDER BY request_id", &[&bytes(subject)])
+            .query_cached("SELECT body FROM rights_tracked WHERE subject = $1 ORDER BY request_id", &[&bytes(subject)])
             .await
             .map_err(pg)?;
         rows.iter().map(|row| decode(row.get(0))).collect()
@@ -105,7 +109,7 @@ impl PgStore {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
-            .query(
+            .query_cached(
                 "SELECT request_id, subject, created_at, expires_at, sealed FROM rights_outbox \
                  ORDER BY created_at, request_id LIMIT $1",
                 &[&limit],
@@ -117,7 +121,7 @@ impl PgStore {
             let request_id: String = row.get(0);
             let subject = subject_id(row.get(1))?;
             // Erased meanwhile: the row goes with the subject; its delivery cannot be opened.
-            let Some(key) = self.key(&**client, &subject).await? else { continue };
+            let Some(key) = self.key(&client, &subject).await? else { continue };
             let delivery: Delivery = open(&key, OUTBOX, request_id.as_bytes(), row.get(4))?;
             entries.push(OutboxEntry { request_id, subject, created_at: row.get(2), expires_at: row.get(3), delivery });
         }
@@ -127,7 +131,7 @@ impl PgStore {
     pub async fn remove_outbox(&self, request_ids: &[String]) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let removed = client
-            .execute("DELETE FROM rights_outbox WHERE request_id = ANY($1)", &[&request_ids])
+            .execute_cached("DELETE FROM rights_outbox WHERE request_id = ANY($1)", &[&request_ids])
             .await
             .map_err(pg)?;
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))

@@ -6,6 +6,7 @@ use deadpool_postgres::Transaction;
 use domicile_audit::{Chain, DecisionEntry};
 use domicile_types::{RegionId, SubjectId};
 
+use super::prepared::Prepared as _;
 use super::{int, pg, uint};
 use crate::store::codec::encode;
 use crate::store::{ChangeEvent, Recorded, StoreError};
@@ -35,14 +36,14 @@ impl<'c> Write<'c> {
         // transaction must take the head lock before any other lock, or two writes can deadlock
         // (sent pipelined, the second statement could reach the server first).
         let row = tx
-            .query_one(
+            .query_one_cached(
                 "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
                  FROM region_head WHERE id = 1 FOR UPDATE",
                 &[],
             )
             .await
             .map_err(pg)?;
-        let waiting = tx.query("DELETE FROM decision_entries RETURNING id, at, body", &[]).await.map_err(pg)?;
+        let waiting = tx.query_cached("DELETE FROM decision_entries RETURNING id, at, body", &[]).await.map_err(pg)?;
         let chain = Chain::after(region.clone(), uint(row.get(3))?, row.get(4));
         let mut write = Self {
             tx,
@@ -61,7 +62,7 @@ impl<'c> Write<'c> {
         Ok(write)
     }
 
-    pub(super) fn tx(&self) -> &tokio_postgres::Transaction<'c> {
+    pub(super) fn tx(&self) -> &Transaction<'c> {
         &self.tx
     }
 
@@ -165,10 +166,10 @@ impl<'c> Write<'c> {
                 return Ok(0);
             }
             if let Some(below) = prune_below {
-                self.tx.execute("DELETE FROM touched WHERE seq <= $1", &[&below]).await?;
+                self.tx.execute_cached("DELETE FROM touched WHERE seq <= $1", &[&below]).await?;
             }
             self.tx
-                .execute(
+                .execute_cached(
                     "INSERT INTO touched (seq, subject) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
                     &[&touch_seqs, &touched],
                 )
@@ -184,7 +185,7 @@ impl<'c> Write<'c> {
                 return Ok(0);
             }
             self.tx
-                .execute(
+                .execute_cached(
                     "INSERT INTO events (sequence, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
                     &[&event_seqs, &event_bodies],
                 )
@@ -195,7 +196,7 @@ impl<'c> Write<'c> {
                 return Ok(0);
             }
             self.tx
-                .execute(
+                .execute_cached(
                     "INSERT INTO audit (seq, line) SELECT * FROM unnest($1::bigint[], $2::text[])",
                     &[&audit_seqs, &audit_lines],
                 )
@@ -212,7 +213,7 @@ impl<'c> Write<'c> {
         let hash = self.chain.last_hash();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
             [&counters[0], &counters[1], &counters[2], &counters[3], &hash, &counters[4], &counters[5]];
-        let head = self.tx.execute(
+        let head = self.tx.execute_cached(
             "UPDATE region_head SET last_event = $1, ledger_position = $2, generation = $3, audit_seq = $4, \
              audit_hash = $5, log_position = $6, touch_seq = $7 WHERE id = 1",
             &params,

@@ -4,6 +4,7 @@
 use domicile_types::SubjectId;
 
 use super::claims::{check_replay, record_replay};
+use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{PgStore, int, pg, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
@@ -31,7 +32,10 @@ impl PgStore {
         for (i, (table, order, _)) in LOGS.iter().enumerate() {
             let rows = w
                 .tx()
-                .query(&format!("SELECT {order} FROM {table} WHERE subject = $1 ORDER BY {order}"), &[&bytes(subject)])
+                .query_cached(
+                    &format!("SELECT {order} FROM {table} WHERE subject = $1 ORDER BY {order}"),
+                    &[&bytes(subject)],
+                )
                 .await
                 .map_err(pg)?;
             out[i] = rows.iter().map(|row| uint(row.get(0))).collect::<Result<_, _>>()?;
@@ -51,7 +55,7 @@ impl PgStore {
         let (table, order, name) = LOGS[i];
         let rows = w
             .tx()
-            .query(
+            .query_cached(
                 &format!("SELECT {order}, sealed FROM {table} WHERE subject = $1 ORDER BY {order}"),
                 &[&bytes(subject)],
             )
@@ -76,7 +80,7 @@ impl PgStore {
         let insert = async |i: usize, position: u64, sealed: Vec<u8>| -> Result<(), StoreError> {
             let (table, order, _) = LOGS[i];
             w.tx()
-                .execute(
+                .execute_cached(
                     &format!("INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3)"),
                     &[&bytes(subject), &int(position), &sealed],
                 )
@@ -97,7 +101,7 @@ impl PgStore {
         for ((purpose, channel), current) in &half.current {
             let sealed = seal(key, b"current", &current_key(subject, *purpose, *channel), current)?;
             w.tx()
-                .execute(
+                .execute_cached(
                     "INSERT INTO current_consent (subject, purpose, channel, sealed) VALUES ($1, $2, $3, $4)",
                     &[&bytes(subject), &purpose.as_str(), &channel.as_str(), &sealed],
                 )
@@ -106,7 +110,7 @@ impl PgStore {
         }
         self.save_record(w, subject, key, &half.record).await?;
         w.tx()
-            .execute(
+            .execute_cached(
                 "UPDATE subjects SET restricted = $2, created_at = $3 WHERE id = $1",
                 &[&bytes(subject), &half.meta.restricted, &half.meta.created_at],
             )
@@ -154,7 +158,7 @@ impl PgStore {
             let mut keys = Vec::new();
             for (id, half) in [(kept, &plan.kept), (restored, &plan.restored)] {
                 w.tx()
-                    .execute(
+                    .execute_cached(
                         "INSERT INTO subjects (id, jurisdiction, created_at) VALUES ($1, $2, $3)",
                         &[&bytes(id), &half.meta.jurisdiction.to_string(), &half.meta.created_at],
                     )
@@ -166,7 +170,7 @@ impl PgStore {
                 // they are.
                 let moved: Vec<&[u8]> = half.links.iter().map(|l| l.as_bytes().as_slice()).collect();
                 w.tx()
-                    .execute("UPDATE links SET subject = $1 WHERE link = ANY($2)", &[&bytes(id), &moved])
+                    .execute_cached("UPDATE links SET subject = $1 WHERE link = ANY($2)", &[&bytes(id), &moved])
                     .await
                     .map_err(pg)?;
                 keys.push(id_key);
@@ -176,13 +180,19 @@ impl PgStore {
             // erasure).
             for (table, _, _) in LOGS {
                 w.tx()
-                    .execute(&format!("DELETE FROM {table} WHERE subject = $1"), &[&bytes(subject)])
+                    .execute_cached(&format!("DELETE FROM {table} WHERE subject = $1"), &[&bytes(subject)])
                     .await
                     .map_err(pg)?;
             }
-            w.tx().execute("DELETE FROM current_consent WHERE subject = $1", &[&bytes(subject)]).await.map_err(pg)?;
-            w.tx().execute("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(subject)]).await.map_err(pg)?;
-            w.tx().execute("DELETE FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
+            w.tx()
+                .execute_cached("DELETE FROM current_consent WHERE subject = $1", &[&bytes(subject)])
+                .await
+                .map_err(pg)?;
+            w.tx()
+                .execute_cached("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(subject)])
+                .await
+                .map_err(pg)?;
+            w.tx().execute_cached("DELETE FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
             let kept_consent = plan.kept.announced();
             let restored_consent = plan.restored.announced();
             let recorded = [Recorded::Unmerge {

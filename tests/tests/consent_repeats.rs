@@ -1,0 +1,119 @@
+//! A consent write repeated under its idempotency key, through the gateway, on either store
+//! (`DOMICILE_TEST_STORE=postgres` for PostgreSQL). The node finds a repeat inside the store's
+//! write, not by reading the key first (node/src/service/consent/mod.rs), so what the caller sees
+//! must stay what it was:
+//! - a repeat is answered with the first write's record and adds nothing to the ledger;
+//! - the key sent with another request is INVALID_ARGUMENT;
+//! - a repeat whose subject has been merged away since (and its key with it) is ALREADY_EXISTS and
+//!   writes nothing, whether it names the retired subject ref (the write itself can no longer
+//!   happen) or the identifier, which now leads to the remaining subject.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers: a failed call fails the test"
+)]
+
+use domicile_cluster_tests::pb::common::v1 as common;
+use domicile_cluster_tests::pb::gateway::v1 as gw;
+use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, identifier, select_email, select_ref};
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
+
+async fn register(gateway: &mut DomicileClient<Channel>, email: &str) -> String {
+    let request = gw::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![identifier("email", email)],
+        idempotency_key: String::new(),
+    };
+    gateway.register(request).await.unwrap().into_inner().subject_ref
+}
+
+fn grant(subject: Option<gw::SubjectSelector>, action: common::ConsentAction, key: &str) -> gw::RecordConsentRequest {
+    gw::RecordConsentRequest {
+        subject,
+        purpose: "marketing".into(),
+        channels: vec!["email".into()],
+        action: action as i32,
+        evidence: Some(common::Evidence {
+            notice_version: "privacy-notice-v3".into(),
+            capture_channel: "web".into(),
+            source_system: "web-shop".into(),
+            double_opt_in_confirmed: true,
+            ..Default::default()
+        }),
+        captured_at: None,
+        expires_at: None,
+        idempotency_key: key.into(),
+    }
+}
+
+async fn ledger_len(gateway: &mut DomicileClient<Channel>, email: &str) -> usize {
+    let history =
+        gateway.consent_history(gw::ConsentHistoryRequest { subject: select_email(email) }).await.unwrap().into_inner();
+    history.entries.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_consent_write_is_applied_once_and_answered_as_its_key_says_even_after_a_merge() {
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut gateway = cluster.gateway().await.unwrap();
+    let (kept, merged) = ("repeat.kept@example.de", "repeat.merged@example.de");
+    let kept_ref = register(&mut gateway, kept).await;
+    let merged_ref = register(&mut gateway, merged).await;
+
+    // By subject ref and by identifier, each under its own key.
+    let by_ref = grant(select_ref(&merged_ref), common::ConsentAction::Grant, "repeat-by-ref");
+    let by_email = grant(select_email(merged), common::ConsentAction::Withdraw, "repeat-by-email");
+    let first_by_ref = gateway.record_consent(by_ref.clone()).await.unwrap().into_inner();
+    let first_by_email = gateway.record_consent(by_email.clone()).await.unwrap().into_inner();
+    assert_ne!(first_by_ref.sequence, first_by_email.sequence);
+
+    // A plain repeat: the same record, nothing added.
+    for (request, first) in [(&by_ref, &first_by_ref), (&by_email, &first_by_email)] {
+        let again = gateway.record_consent(request.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            (again.sequence, &again.subject_ref),
+            (first.sequence, &first.subject_ref),
+            "answered as the first time"
+        );
+    }
+    assert_eq!(ledger_len(&mut gateway, merged).await, 2, "each key applied once");
+
+    // The key with another request: refused, and nothing written.
+    let mut other = by_ref.clone();
+    other.action = common::ConsentAction::Withdraw as i32;
+    let refused = gateway.record_consent(other).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("idempotency_key"), "names the field: {}", refused.message());
+    assert_eq!(ledger_len(&mut gateway, merged).await, 2, "a refused repeat writes nothing");
+
+    // Merged away: the subject ref no longer names a subject, the identifier now leads to `kept`.
+    gateway
+        .merge(gw::MergeRequest {
+            into: select_ref(&kept_ref),
+            from: select_ref(&merged_ref),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ledger_len(&mut gateway, kept).await, 2, "the merged ledger moved to the subject that remains");
+    for request in [&by_ref, &by_email] {
+        // The answer was sealed with the merged subject's key, erased by the merge.
+        let again = gateway.record_consent(request.clone()).await.unwrap_err();
+        assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    }
+    assert_eq!(ledger_len(&mut gateway, kept).await, 2, "no repeat wrote again after the merge");
+
+    // A new key after the merge is a new write, on the subject that remains.
+    let fresh = gateway
+        .record_consent(grant(select_email(merged), common::ConsentAction::Grant, "repeat-after-merge"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fresh.subject_ref, kept_ref);
+    assert_eq!(ledger_len(&mut gateway, kept).await, 3);
+}
