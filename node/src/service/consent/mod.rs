@@ -61,6 +61,20 @@ pub(in crate::service) fn check_capture_fields(capture: &ConsentCapture) -> Resu
     Ok(())
 }
 
+/// The answer to a keyed write that failed, given what its key's record says (`replayed`): the
+/// first attempt's result if there is one, or the key used for another request
+/// (INVALID_ARGUMENT), or its subject erased since (ALREADY_EXISTS). With no record, or none
+/// readable now, the write's own error stands. Above all an unknown outcome (a commit whose reply
+/// was lost, when the record cannot be read either): answered as anything else, the gateway would
+/// not tell its caller to retry with the key, and a retry under a new one would write twice.
+fn answer_refused<T>(refused: NodeError, replayed: Result<Option<T>, NodeError>) -> Result<T, NodeError> {
+    match replayed {
+        Ok(Some(first)) => Ok(first),
+        Err(said @ (NodeError::Invalid(_) | NodeError::AlreadyExists(_))) => Err(said),
+        Ok(None) | Err(_) => Err(refused),
+    }
+}
+
 impl<S: Store> NodeService<S> {
     /// Records `capture` in the subject's ledger; acknowledged only once durable (invariant 7),
     /// so every later decision reads this state. Returns the subject and the stored record (the
@@ -77,7 +91,7 @@ impl<S: Store> NodeService<S> {
         Ok((subject, record))
     }
 
-    /// [`Self::capture_consent`] without its log line: for imports, which log once per batch.
+    /// [`Self::capture_consent`] without its log line.
     pub(crate) async fn capture_unlogged(
         &self,
         key: &SubjectKey,
@@ -93,10 +107,10 @@ impl<S: Store> NodeService<S> {
         // key's record says, as it was when the record was read first: the first answer, the key
         // used for another request (INVALID_ARGUMENT), or its subject erased (ALREADY_EXISTS).
         match self.capture_new(key, caller, capture, tag).await {
-            Err(refused) if tag.is_some() => match self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await? {
-                Some((subject, (record, _))) => Ok((subject, record)),
-                None => Err(refused),
-            },
+            Err(refused) if tag.is_some() => {
+                let replayed = self.replayed::<(SubjectId, (ConsentRecord, u64))>(tag).await;
+                answer_refused(refused, replayed).map(|(subject, (record, _))| (subject, record))
+            }
             captured => captured,
         }
     }
@@ -191,5 +205,34 @@ impl<S: Store> NodeService<S> {
         let entries = self.store.consent_history(&subject).await?;
         let in_force = self.store.consent_in_force(&subject).await?;
         Ok(ConsentHistory { subject, jurisdiction: meta.jurisdiction, restricted: meta.restricted, entries, in_force })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_refused;
+    use crate::error::NodeError;
+    use crate::store::StoreError;
+    use domicile_proto::convert::FieldViolation;
+
+    #[test]
+    fn a_refused_keyed_write_keeps_an_unknown_outcome_when_its_record_cannot_be_read() {
+        let unreadable = || Err(NodeError::Store(StoreError::Backend("connection closed".into())));
+        let unknown = answer_refused::<u64>(NodeError::OutcomeUnknown, unreadable());
+        assert!(matches!(unknown, Err(NodeError::OutcomeUnknown)), "{unknown:?}");
+        let unknown = answer_refused::<u64>(NodeError::Store(StoreError::OutcomeUnknown), Ok(None));
+        assert!(matches!(unknown, Err(NodeError::Store(StoreError::OutcomeUnknown))), "{unknown:?}");
+        let gone = answer_refused::<u64>(NodeError::NotFound("no such subject"), unreadable());
+        assert!(matches!(gone, Err(NodeError::NotFound(_))), "{gone:?}");
+    }
+
+    #[test]
+    fn a_refused_keyed_write_is_answered_as_its_record_says() {
+        assert!(matches!(answer_refused(NodeError::NotFound("merged away"), Ok(Some(7u64))), Ok(7)));
+        let reused = Err(FieldViolation::new("idempotency_key", "was used before for a different request").into());
+        let answer = answer_refused::<u64>(NodeError::NotFound("merged away"), reused);
+        assert!(matches!(answer, Err(NodeError::Invalid(_))), "{answer:?}");
+        let erased = answer_refused::<u64>(NodeError::OutcomeUnknown, Err(NodeError::AlreadyExists("erased")));
+        assert!(matches!(erased, Err(NodeError::AlreadyExists(_))), "{erased:?}");
     }
 }
