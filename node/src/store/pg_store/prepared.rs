@@ -10,7 +10,10 @@
 //! What this asks of the deployment: named prepared statements live in the server session, so a
 //! pooler between node and database must keep sessions (PgBouncer in session mode, or transaction
 //! mode from 1.21 with `max_prepared_statements` set) — deploy/README.md says so.
-//! Statements whose text varies per call (a row count spelled into the SQL) are not cached here.
+//! The cache stays small: every statement text is one of a fixed set (the few built with
+//! `format!` vary only by a table name from a constant list). A cached statement that the server
+//! stops accepting (a migration that changed a selected column's type under a running node) keeps
+//! failing on its connection until the node restarts: migrations only add (node/migrations/).
 
 use std::future::Future;
 
