@@ -244,7 +244,7 @@ impl PgStore {
     /// The subject's data key, if it has one (it has none after erasure).
     async fn key(
         &self,
-        client: &impl deadpool_postgres::GenericClient,
+        client: &impl prepared::Prepared,
         subject: &SubjectId,
     ) -> Result<Option<SubjectKey>, StoreError> {
         let row = client

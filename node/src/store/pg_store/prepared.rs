@@ -11,13 +11,18 @@
 //! pooler between node and database must keep sessions (PgBouncer in session mode, or transaction
 //! mode from 1.21 with `max_prepared_statements` set) — deploy/README.md says so.
 //! The cache stays small: every statement text is one of a fixed set (the few built with
-//! `format!` vary only by a table name from a constant list). A cached statement that the server
-//! stops accepting (a migration that changed a selected column's type under a running node) keeps
-//! failing on its connection until the node restarts: migrations only add (node/migrations/).
+//! `format!` vary only by a table name from a constant list).
+//!
+//! A cached statement the server no longer accepts is dropped from its connection's cache when
+//! it fails, so that the next call prepares it again: a statement the session lost (a pooler that
+//! moved the node to another session, `DEALLOCATE`), or one whose result type a schema change
+//! altered under the running node ("cached plan must not change result type", during a rolling
+//! upgrade). The failing call itself fails (closed); the node heals without a restart.
 
 use std::future::Future;
 
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, StatementCache};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row};
 
@@ -25,6 +30,9 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// `query`, `query_opt`, `query_one` and `execute` through the connection's statement cache.
 pub(super) trait Prepared: GenericClient {
+    /// The cache of the connection this client or transaction runs on.
+    fn statements(&self) -> &StatementCache;
+
     fn query_cached<'a>(
         &'a self,
         sql: &'a str,
@@ -35,7 +43,7 @@ pub(super) trait Prepared: GenericClient {
     {
         async move {
             let statement = self.prepare_cached(sql).await?;
-            self.query(&statement, params).await
+            self.query(&statement, params).await.inspect_err(|e| forget_if_stale(self.statements(), sql, e))
         }
     }
 
@@ -49,7 +57,7 @@ pub(super) trait Prepared: GenericClient {
     {
         async move {
             let statement = self.prepare_cached(sql).await?;
-            self.query_opt(&statement, params).await
+            self.query_opt(&statement, params).await.inspect_err(|e| forget_if_stale(self.statements(), sql, e))
         }
     }
 
@@ -63,7 +71,7 @@ pub(super) trait Prepared: GenericClient {
     {
         async move {
             let statement = self.prepare_cached(sql).await?;
-            self.query_one(&statement, params).await
+            self.query_one(&statement, params).await.inspect_err(|e| forget_if_stale(self.statements(), sql, e))
         }
     }
 
@@ -77,9 +85,30 @@ pub(super) trait Prepared: GenericClient {
     {
         async move {
             let statement = self.prepare_cached(sql).await?;
-            self.execute(&statement, params).await
+            self.execute(&statement, params).await.inspect_err(|e| forget_if_stale(self.statements(), sql, e))
         }
     }
 }
 
-impl<T: GenericClient> Prepared for T {}
+impl Prepared for deadpool_postgres::Client {
+    fn statements(&self) -> &StatementCache {
+        &self.statement_cache
+    }
+}
+
+impl Prepared for deadpool_postgres::Transaction<'_> {
+    fn statements(&self) -> &StatementCache {
+        &self.statement_cache
+    }
+}
+
+/// Drops `sql`'s statement from `cache` when `error` says the server no longer knows it (26000)
+/// or no longer accepts its cached plan (0A000, "cached plan must not change result type").
+fn forget_if_stale(cache: &StatementCache, sql: &str, error: &Error) {
+    let stale = error
+        .code()
+        .is_some_and(|code| *code == SqlState::INVALID_SQL_STATEMENT_NAME || *code == SqlState::FEATURE_NOT_SUPPORTED);
+    if stale {
+        cache.remove(sql, &[]);
+    }
+}

@@ -1,11 +1,10 @@
 //! What is recorded about a subject on PostgreSQL: consent, interactions, rights requests and the
 //! restriction of processing, and the reads decisions and histories make.
 
-use deadpool_postgres::GenericClient;
 use domicile_types::{Channel, Jurisdiction, Link, Purpose, SubjectId};
 
 use super::claims::{check_replay, record_replay};
-use super::prepared::Prepared as _;
+use super::prepared::Prepared;
 use super::unit::Write;
 use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
@@ -33,7 +32,7 @@ impl PgStore {
     /// The subject's metadata, read in `client` (a write's transaction or a pooled connection).
     pub(super) async fn meta_in(
         &self,
-        client: &impl GenericClient,
+        client: &impl Prepared,
         subject: &SubjectId,
     ) -> Result<Option<SubjectMeta>, StoreError> {
         let row = client
@@ -47,11 +46,7 @@ impl PgStore {
     }
 
     /// The subject's links, in link order.
-    pub(super) async fn links_of(
-        &self,
-        client: &impl GenericClient,
-        subject: &SubjectId,
-    ) -> Result<Vec<Link>, StoreError> {
+    pub(super) async fn links_of(&self, client: &impl Prepared, subject: &SubjectId) -> Result<Vec<Link>, StoreError> {
         let rows = client
             .query_cached("SELECT link FROM links WHERE subject = $1 ORDER BY link", &[&bytes(subject)])
             .await
