@@ -90,7 +90,11 @@ async fn a_statement_the_server_refuses_after_a_schema_change_is_prepared_again(
     }
     let failed = outcomes.iter().filter(|ok| !**ok).count();
     assert!(outcomes[30..].iter().all(|ok| *ok), "the node heals without a restart: {outcomes:?}");
-    assert!(failed <= 20, "at most one failure per connection and statement: {failed} of {}", outcomes.len());
+    // The node's pool has 4 connections (`cluster up`'s default), each holding the statement once.
+    assert!(
+        (1..=8).contains(&failed),
+        "the schema change met the cached statement, about once per connection: {failed}"
+    );
 
     // Every acknowledged write is in the ledger once, and the decision reads it.
     let history = client

@@ -136,10 +136,8 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<(), StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     // Prepared first (cached per connection): executing a prepared statement sends it at once,
     // so the three below go out back to back, in order, and the insert is inside the transaction.
-    let insert = client
-        .prepare_cached("INSERT INTO decision_entries (at, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])")
-        .await
-        .map_err(pg)?;
+    const INSERT: &str = "INSERT INTO decision_entries (at, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])";
+    let insert = client.prepare_cached(INSERT).await.map_err(pg)?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&at, &bodies];
     let (begun, inserted, committed) = tokio::join!(
         client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
@@ -149,7 +147,8 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<(), StoreError> {
     // A failed insert aborts the transaction, and the COMMIT after it rolls back without an error:
     // the insert's own result says whether the entries are stored.
     begun.map_err(pg)?;
-    inserted.map_err(pg)?;
+    // A statement the session lost is prepared again next time (`prepared.rs`).
+    inserted.inspect_err(|e| super::prepared::forget_if_stale(&client.statement_cache, INSERT, e)).map_err(pg)?;
     committed.map_err(pg)
 }
 

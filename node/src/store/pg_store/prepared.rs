@@ -104,7 +104,7 @@ impl Prepared for deadpool_postgres::Transaction<'_> {
 
 /// Drops `sql`'s statement from `cache` when `error` says the server no longer knows it (26000)
 /// or no longer accepts its cached plan (0A000, "cached plan must not change result type").
-fn forget_if_stale(cache: &StatementCache, sql: &str, error: &Error) {
+pub(super) fn forget_if_stale(cache: &StatementCache, sql: &str, error: &Error) {
     let stale = error
         .code()
         .is_some_and(|code| *code == SqlState::INVALID_SQL_STATEMENT_NAME || *code == SqlState::FEATURE_NOT_SUPPORTED);
