@@ -176,12 +176,8 @@ impl PgStore {
             .await
             .map_err(pg)?;
         let Some(row) = row else { return Ok(None) };
-        let id = subject_id(row.get(0))?;
-        let meta = match row.get::<_, Option<&str>>(1) {
-            None => None,
-            Some(_) => Some(meta_of(&row, 1)?),
-        };
-        Ok(Some((id, meta)))
+        let meta = row.get::<_, Option<&str>>(1).map(|_| meta_of(&row, 1)).transpose()?;
+        Ok(Some((subject_id(row.get(0))?, meta)))
     }
 
     pub async fn subjects_after(&self, after: Option<SubjectId>, limit: usize) -> Result<Vec<SubjectId>, StoreError> {
