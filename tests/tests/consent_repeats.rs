@@ -2,7 +2,8 @@
 //! (`DOMICILE_TEST_STORE=postgres` for PostgreSQL). The node finds a repeat inside the store's
 //! write, not by reading the key first (node/src/service/consent/mod.rs), so what the caller sees
 //! must stay what it was:
-//! - a repeat is answered with the first write's record and adds nothing to the ledger;
+//! - a repeat is answered with the first write's record and adds nothing to the ledger, also when
+//!   copies race each other;
 //! - the key sent with another request is INVALID_ARGUMENT;
 //! - a repeat whose subject has been merged away since (and its key with it) is ALREADY_EXISTS and
 //!   writes nothing, whether it names the retired subject ref (the write itself can no longer
@@ -83,13 +84,27 @@ async fn a_repeated_consent_write_is_applied_once_and_answered_as_its_key_says_e
     }
     assert_eq!(ledger_len(&mut gateway, merged).await, 2, "each key applied once");
 
+    // Copies racing each other: no first record to read beforehand, the store's write decides.
+    let racing = grant(select_ref(&merged_ref), common::ConsentAction::Grant, "repeat-racing");
+    let mut copies = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut gateway, request) = (gateway.clone(), racing.clone());
+        copies.spawn(async move { gateway.record_consent(request).await.map(|r| r.into_inner().sequence) });
+    }
+    let mut sequences = std::collections::BTreeSet::new();
+    while let Some(copy) = copies.join_next().await {
+        sequences.insert(copy.unwrap().expect("every copy is answered"));
+    }
+    assert_eq!(sequences.len(), 1, "every copy answered with the one record: {sequences:?}");
+    assert_eq!(ledger_len(&mut gateway, merged).await, 3, "racing copies applied once");
+
     // The key with another request: refused, and nothing written.
     let mut other = by_ref.clone();
     other.action = common::ConsentAction::Withdraw as i32;
     let refused = gateway.record_consent(other).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("idempotency_key"), "names the field: {}", refused.message());
-    assert_eq!(ledger_len(&mut gateway, merged).await, 2, "a refused repeat writes nothing");
+    assert_eq!(ledger_len(&mut gateway, merged).await, 3, "a refused repeat writes nothing");
 
     // Merged away: the subject ref no longer names a subject, the identifier now leads to `kept`.
     gateway
@@ -100,13 +115,13 @@ async fn a_repeated_consent_write_is_applied_once_and_answered_as_its_key_says_e
         })
         .await
         .unwrap();
-    assert_eq!(ledger_len(&mut gateway, kept).await, 2, "the merged ledger moved to the subject that remains");
+    assert_eq!(ledger_len(&mut gateway, kept).await, 3, "the merged ledger moved to the subject that remains");
     for request in [&by_ref, &by_email] {
         // The answer was sealed with the merged subject's key, erased by the merge.
         let again = gateway.record_consent(request.clone()).await.unwrap_err();
         assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
     }
-    assert_eq!(ledger_len(&mut gateway, kept).await, 2, "no repeat wrote again after the merge");
+    assert_eq!(ledger_len(&mut gateway, kept).await, 3, "no repeat wrote again after the merge");
 
     // A new key after the merge is a new write, on the subject that remains.
     let fresh = gateway
@@ -115,5 +130,5 @@ async fn a_repeated_consent_write_is_applied_once_and_answered_as_its_key_says_e
         .unwrap()
         .into_inner();
     assert_eq!(fresh.subject_ref, kept_ref);
-    assert_eq!(ledger_len(&mut gateway, kept).await, 3);
+    assert_eq!(ledger_len(&mut gateway, kept).await, 4);
 }
