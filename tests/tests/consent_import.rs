@@ -1,7 +1,8 @@
 //! Bulk import of consent from other systems (issue 22, item 3), on a real cluster. Through the
 //! gateway's `ImportConsent`: each entry goes to its subject's home region, keeps its original
 //! capture time, is marked imported and names its source in the history; the same source event
-//! sent again is a duplicate (in one call, in a later call, after a kill); an opt-out wins over a
+//! sent again is a duplicate (in one call, in a later call, after a kill of the importer or of a
+//! region's node); an opt-out wins over a
 //! grant captured at the same time; a dry run writes nothing; watchers hear nothing unless asked;
 //! a bad item is refused alone, naming its field, never its value. Through `domicile import`: every
 //! supported format's sample file imported twice gives the state of one run, with a receipt per
@@ -426,32 +427,13 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // 12,000 events for 1,200 subjects of two regions: grants, then a withdrawal of one channel.
     let file = dir.path().join("big.ndjson");
-    let mut text = String::new();
-    let subjects = 1_200;
-    for n in 0..12_000usize {
-        let subject = n % subjects;
-        let jurisdiction = if subject % 2 == 0 { "DE" } else { "US" };
-        let action = if n / subjects == 9 { "withdraw" } else { "grant" };
-        let day = 1 + n / subjects;
-        text.push_str(&format!(
-            "{{\"source_system\":\"bulk\",\"source_event_id\":\"e{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"bulk{subject}@example.com\"}}],\"jurisdiction\":\"{jurisdiction}\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-{day:02}T10:00:00Z\"}}\n"
-        ));
-    }
-    std::fs::write(&file, text).unwrap();
+    bulk_file(&file);
     let receipts = dir.path().join("receipts.ndjson");
     let args = import_args(&cluster, &tls, "ndjson", &file, &receipts, &["--batch", "200", "--in-flight", "2"]);
     let mut child = std::process::Command::new(BIN).args(&args).spawn().unwrap();
     // Kill -9 once a part of the file has receipts.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while receipts_of(&receipts).len() < 2_000 {
-        assert!(std::time::Instant::now() < deadline, "the import made no progress");
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_receipts(&receipts, 2_000, &mut child);
     let _ = child.kill();
     let _ = child.wait();
     let partial = receipts_of(&receipts).len();
@@ -469,10 +451,93 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(resumed > 0, "the re-run did not resume from the checkpoint: {err}");
-    // Every event is in its subject's ledger exactly once, and the state is one clean run's:
-    // the tenth event (a withdrawal, the latest) is in force.
+    assert_bulk_state(&cluster).await;
+}
+
+/// kill -9 of a region's node in the middle of an import, then started again: calls whose reply
+/// was lost after the write are sent again and answered as duplicates, calls lost before their
+/// commit are written when sent again; the importer rides it out with its retries (or stops
+/// saying "re-run to resume", and the re-run finishes it). The end state is one clean run's, no
+/// row is receipted as refused, and the killed region's audit chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_killed_mid_import_ends_in_the_state_of_one_clean_run() {
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let eu = domicile_cluster_tests::region("eu-central");
+    let tls = cluster
+        .issue_caller(
+            "importer",
+            "eu-central",
+            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.ndjson");
+    bulk_file(&file);
+    let receipts = dir.path().join("receipts.ndjson");
+    let args = import_args(&cluster, &tls, "ndjson", &file, &receipts, &["--batch", "200", "--in-flight", "4"]);
+    let mut child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_for_receipts(&receipts, 3_000, &mut child);
+    assert!(child.try_wait().unwrap().is_none(), "the import ended before the node could be killed");
+    let before = receipts_of(&receipts).len();
+    cluster.cluster.kill_node(&eu).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.cluster.restart_node(&eu).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        // It gave up before the region came back: what a re-run is for.
+        assert!(stderr.contains("re-run to resume"), "{stderr}");
+        let (code, _, err) = domicile(&args);
+        assert_eq!(code, 0, "{err}");
+    }
+    let all = receipts_of(&receipts);
+    assert!(before < BULK_SUBJECTS * BULK_EVENTS, "the node was killed mid-run ({before} receipts before)");
+    let refused: Vec<_> = all.iter().filter(|r| r["status"] == "refused").take(3).collect();
+    assert!(refused.is_empty(), "no row is refused because a node was killed: {refused:?}");
+    let rows: std::collections::HashSet<String> = all.iter().map(|r| r["line"].to_string()).collect();
+    assert_eq!(rows.len(), BULK_SUBJECTS * BULK_EVENTS, "a receipt for every row");
+    assert_bulk_state(&cluster).await;
+    let verified = domicile_cluster_tests::RegionAudit::of(&cluster, &eu).verify(BIN, false).unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+}
+
+/// Subjects of [`bulk_file`], and events per subject.
+const BULK_SUBJECTS: usize = 1_200;
+const BULK_EVENTS: usize = 10;
+
+/// 12,000 events for 1,200 subjects of two regions (DE, US): nine grants each, then a withdrawal,
+/// spread over the file as an export sorted by time would.
+fn bulk_file(path: &std::path::Path) {
+    let mut text = String::new();
+    for n in 0..BULK_SUBJECTS * BULK_EVENTS {
+        let subject = n % BULK_SUBJECTS;
+        let jurisdiction = if subject % 2 == 0 { "DE" } else { "US" };
+        let action = if n / BULK_SUBJECTS == BULK_EVENTS - 1 { "withdraw" } else { "grant" };
+        let day = 1 + n / BULK_SUBJECTS;
+        text.push_str(&format!(
+            "{{\"source_system\":\"bulk\",\"source_event_id\":\"e{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"bulk{subject}@example.com\"}}],\"jurisdiction\":\"{jurisdiction}\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-{day:02}T10:00:00Z\"}}\n"
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Waits until `receipts` holds `rows` receipts (or the run ended).
+fn wait_for_receipts(receipts: &std::path::Path, rows: usize, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receipts_of(receipts).len() < rows {
+        assert!(std::time::Instant::now() < deadline, "the import made no progress");
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The state of one clean run of [`bulk_file`]: every event in its subject's ledger exactly once,
+/// and the last (a withdrawal) in force.
+async fn assert_bulk_state(cluster: &TestCluster) {
     let mut client = cluster.gateway().await.unwrap();
-    for subject in (0..subjects).step_by(7) {
+    for subject in 0..BULK_SUBJECTS {
         let reply = client
             .consent_history(gw::ConsentHistoryRequest {
                 subject: domicile_cluster_tests::select_email(&format!("bulk{subject}@example.com")),
@@ -480,7 +545,7 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(reply.entries.len(), 10, "subject {subject}: {} entries", reply.entries.len());
+        assert_eq!(reply.entries.len(), BULK_EVENTS, "subject {subject}: {} entries", reply.entries.len());
         let d = client
             .decide(gw::DecideRequest {
                 subject: domicile_cluster_tests::select_email(&format!("bulk{subject}@example.com")),
