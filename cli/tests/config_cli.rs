@@ -116,6 +116,7 @@ fn gateway_schema_matches_the_struct() {
         link_key_file: "/k".into(),
         tls: TlsFiles { ca: "ca".into(), cert: "c".into(), key: "k".into() },
         node_timeout_ms: 1,
+        bulk_timeout_ms: 1,
         regions: vec![RegionEndpoint {
             id: RegionId::parse("eu-central").unwrap(),
             endpoint: "h:1".into(),

@@ -85,7 +85,7 @@ pub async fn import_consent(
         let positions: Vec<usize> = request.items.iter().map(|item| item.id as usize).collect();
         let reply = gateway
             .nodes
-            .write(&region, request, |mut node, request| async move { node.import_consent(request).await })
+            .bulk_write(&region, request, |mut node, request| async move { node.import_consent(request).await })
             .await;
         (region, positions, reply)
     });

@@ -11,6 +11,7 @@ pub mod auth;
 mod batch;
 mod coalesce;
 pub mod config;
+mod deadline;
 mod decide;
 pub mod directory;
 mod error;
@@ -107,16 +108,23 @@ pub async fn serve(
     let auth = auth::AuthLayer::new(tokens, revocations, per_caller);
 
     let timeout = Duration::from_millis(config.node_timeout_ms);
+    let bulk_timeout = Duration::from_millis(config.bulk_timeout_ms);
     let mut channels = HashMap::new();
+    let mut bulk = HashMap::new();
     for region in &config.regions {
         let endpoints: Vec<&str> = region.endpoints().collect();
         let settings = guard::GuardSettings { replicas: endpoints.len(), ..guard::GuardSettings::default() };
-        let guard = guard::RegionState::new(region.id.clone(), settings);
-        let channel = stack::node_channel(&endpoints, tls.client(&region.id.node_server_name()), timeout, guard)
-            .with_context(|| format!("bad endpoint for region {}", region.id))?;
-        channels.insert(region.id.clone(), channel);
+        // Each channel with a guard of its own: a bulk call past its deadline counts against the
+        // bulk circuit only, never against the one decisions go through.
+        let channel = |timeout| {
+            let guard = guard::RegionState::new(region.id.clone(), settings);
+            stack::node_channel(&endpoints, tls.client(&region.id.node_server_name()), timeout, guard)
+                .with_context(|| format!("bad endpoint for region {}", region.id))
+        };
+        channels.insert(region.id.clone(), channel(timeout)?);
+        bulk.insert(region.id.clone(), channel(bulk_timeout)?);
     }
-    let nodes = node_client::Nodes::new(channels);
+    let nodes = node_client::Nodes::new(channels, bulk);
     let directory = Arc::new(Directory::new(config.regions.iter().map(|r| r.id.clone()).collect()));
 
     // One follower per region for the gateway's lifetime: snapshot, then change events.
@@ -165,7 +173,7 @@ pub async fn serve(
         tracing::info!("gateway stopping: ending watch streams, finishing requests in flight");
     });
     let incoming = stack::incoming(listener, &tls)?;
-    let server = stack::server(auth)
+    let server = stack::server(auth, bulk_timeout)
         .add_service(health_service)
         .add_service(reflection)
         // The Domicile service, with DecideStream forwarding node-encoded decisions (`route.rs`).

@@ -15,9 +15,11 @@ use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequest;
 
 use crate::auth::AuthLayer;
+use crate::deadline::{IMPORT_PATH, InteractiveDeadlineLayer};
 use crate::guard::{RegionGuard, RegionGuardLayer, RegionState};
 
-/// Deadline for a whole caller request (covers the node hop and directory work).
+/// Deadline for a whole interactive caller request (covers the node hop and directory work); bulk
+/// calls get the server's longer one (`deadline.rs`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests in flight per caller connection before new ones are shed.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
@@ -27,7 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 type InjectTrace = fn(http::Request<Body>) -> http::Request<Body>;
 
 /// The caller-facing server's own layers (see [`server`]).
-pub type ServerLayers = Stack<WireLayer, Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>>;
+pub type ServerLayers =
+    Stack<WireLayer, Stack<AuthLayer, Stack<RpcMetricsLayer, Stack<InteractiveDeadlineLayer, Identity>>>>;
 
 /// The client stack to one region's node.
 pub type NodeChannel = RegionGuard<MapRequest<Channel, InjectTrace>>;
@@ -43,23 +46,26 @@ pub fn incoming(listener: TcpListener, tls: &TlsMaterial) -> Result<Incoming, Tl
 
 /// Caller-facing server for the connections of [`incoming`], outermost first:
 /// 1. mutual TLS ([`incoming`]);
-/// 2. a request deadline that also honours the caller's `grpc-timeout`;
-/// 3. load shedding: overload answers RESOURCE_EXHAUSTED quickly instead of queueing;
-/// 4. RPC metrics (`domicile.rpc.duration` by method and code; failed unary decides also count
-///    as failed decisions), so (5)'s refusals are measured too;
-/// 5. caller identity (client certificate, else a signed token when `auth` accepts them) and
+/// 2. a request deadline that also honours the caller's `grpc-timeout`: `bulk` (at least
+///    [`REQUEST_TIMEOUT`]) for a bulk call, and within it (3);
+/// 3. [`REQUEST_TIMEOUT`] for every other call (`deadline.rs`);
+/// 4. load shedding: overload answers RESOURCE_EXHAUSTED quickly instead of queueing;
+/// 5. RPC metrics (`domicile.rpc.duration` by method and code; failed unary decides also count
+///    as failed decisions), so (6)'s refusals are measured too;
+/// 6. caller identity (client certificate, else a signed token when `auth` accepts them) and
 ///    scopes (`auth.rs`): UNAUTHENTICATED / PERMISSION_DENIED;
-/// 6. the wire guard (`domicile_proto::wire`): a method the gateway does not serve is
+/// 7. the wire guard (`domicile_proto::wire`): a method the gateway does not serve is
 ///    UNIMPLEMENTED naming what it serves; a request message over [`crate::MAX_REQUEST_BYTES`]
 ///    ([`crate::MAX_IMPORT_REQUEST_BYTES`] for `ImportConsent`) is RESOURCE_EXHAUSTED, a broken
 ///    gRPC frame INVALID_ARGUMENT (no input is buffered for it).
-pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
+pub fn server(auth: AuthLayer, bulk: Duration) -> Server<ServerLayers> {
     Server::builder()
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(bulk.max(REQUEST_TIMEOUT))
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .load_shed(true)
         // One span per request, continuing the caller's W3C trace if it sent one.
         .trace_fn(|request| domicile_runtime::telemetry::server_span("gateway", request))
+        .layer(InteractiveDeadlineLayer::new(REQUEST_TIMEOUT))
         .layer(
             RpcMetricsLayer::new(crate::metrics::served_methods(), &[])
                 .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
@@ -72,7 +78,7 @@ pub fn server(auth: AuthLayer) -> Server<ServerLayers> {
                 domicile_proto::GATEWAY_DESCRIPTOR_SET,
                 &crate::metrics::TONIC_SERVICES,
             )
-            .with_limit("/domicile.gateway.v1.Domicile/ImportConsent", crate::MAX_IMPORT_REQUEST_BYTES),
+            .with_limit(IMPORT_PATH, crate::MAX_IMPORT_REQUEST_BYTES),
         )
 }
 

@@ -108,6 +108,7 @@ async fn run(links: usize) {
         link_key_file: link_key_file.clone(),
         tls: pki.gateway().unwrap(),
         node_timeout_ms: 10_000,
+        bulk_timeout_ms: 10_000,
         regions: vec![RegionEndpoint { id: eu.clone(), endpoint: node_addr.to_string(), replicas: Vec::new() }],
         packs_trust: None,
         packs_reload_ms: 0,

@@ -501,6 +501,67 @@ async fn a_region_killed_mid_import_ends_in_the_state_of_one_clean_run() {
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
 }
 
+/// Import calls that run past the deadline the gateway gives decisions are neither cut off nor
+/// counted against the region: bulk calls go over connections with a deadline and a circuit
+/// breaker of their own (`bulk_timeout_ms`). Here the gateway's node deadline is cut to 50 ms and
+/// each call carries 1,000 entries for one region, which takes the node longer than that: every
+/// entry is written, and the region's next decision answers (three calls past the deadline on the
+/// decisions' own breaker would have opened it, and that decision would fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_calls_slower_than_the_decision_deadline_neither_fail_nor_open_the_regions_circuit() {
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut subjects = Vec::new();
+    for n in 0..10 {
+        let request = gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", &format!("slow-import-{n}@example.com"))],
+            ..Default::default()
+        };
+        subjects.push(client.register(request).await.unwrap().into_inner().subject_ref);
+    }
+    // Then the deadline cut, once the subjects are registered.
+    let deadline = Duration::from_millis(50);
+    let path = cluster.dir().join("config/gateway.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    config.insert("node_timeout_ms".into(), toml::Value::Integer(deadline.as_millis() as i64));
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    cluster.restart_gateway().await.unwrap();
+    let mut client = cluster.gateway().await.unwrap();
+    let now = domicile_runtime::process::now_unix();
+    let mut slow = 0;
+    for call in 0..3u64 {
+        let items: Vec<_> = (0..1_000u64)
+            .map(|n| {
+                let subject = &subjects[(n % 10) as usize];
+                let captured = now - 86_400 - (call * 1_000 + n) as i64;
+                item(n, subject, common::ConsentAction::Grant, captured, &format!("slow-{call}-{n}"))
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let outcomes = client.import_consent(request(items)).await.unwrap().into_inner().outcomes;
+        if started.elapsed() > deadline {
+            slow += 1;
+        }
+        let refused: Vec<_> = outcomes.iter().filter(|o| !accepted(&o.result)).take(3).collect();
+        assert!(refused.is_empty(), "call {call}: every entry is written: {refused:?}");
+    }
+    assert_eq!(slow, 3, "each call took longer than the decisions' deadline (else this shows nothing)");
+    let decision = client
+        .decide(gw::DecideRequest {
+            subject: select_ref(&subjects[0]),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the region's decisions still answer")
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(decision.effect, common::Effect::Allow as i32, "the imported grants are in force");
+}
+
 /// Subjects of [`bulk_file`], and events per subject.
 const BULK_SUBJECTS: usize = 1_200;
 const BULK_EVENTS: usize = 10;

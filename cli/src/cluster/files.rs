@@ -235,6 +235,7 @@ impl Writer<'_> {
             link_key_file: self.link_key_file.to_owned(),
             tls: self.pki.gateway()?,
             node_timeout_ms: 2_000,
+            bulk_timeout_ms: 30_000,
             regions: self
                 .options
                 .regions

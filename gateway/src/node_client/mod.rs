@@ -24,18 +24,22 @@ use crate::stack::NodeChannel;
 
 pub type NodeClient = RegionalNodeClient<NodeChannel>;
 
-/// Each region's node connection. Clients are made per call (`NodeClient::new` is free).
+/// Each region's node connections. Clients are made per call (`NodeClient::new` is free).
 pub struct Nodes {
     channels: HashMap<RegionId, NodeChannel>,
+    /// Bulk calls (imports): connections, deadline and circuit breaker of their own, so a bulk
+    /// call that saturates a node and runs past the interactive deadline cannot open the circuit
+    /// that the region's decisions go through (they would all fail closed until it closed).
+    bulk: HashMap<RegionId, NodeChannel>,
     /// The deployment's regions, sorted.
     regions: Vec<RegionId>,
 }
 
 impl Nodes {
-    pub fn new(channels: HashMap<RegionId, NodeChannel>) -> Self {
+    pub fn new(channels: HashMap<RegionId, NodeChannel>, bulk: HashMap<RegionId, NodeChannel>) -> Self {
         let mut regions: Vec<RegionId> = channels.keys().cloned().collect();
         regions.sort();
-        Self { channels, regions }
+        Self { channels, bulk, regions }
     }
 
     pub fn regions(&self) -> &[RegionId] {
@@ -73,17 +77,46 @@ impl Nodes {
         F: Fn(NodeClient, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let channel = self.channel(region)?;
-        let attempts = channel.state().replicas();
-        if attempts == 1 {
-            return call(NodeClient::new(channel), request).await;
-        }
-        let mut attempt = 1;
-        loop {
-            match call(NodeClient::new(channel.clone()), request.clone()).await {
-                Err(status) if status.code() == Code::Unavailable && attempt < attempts => attempt += 1,
-                answer => return answer,
-            }
+        write_on(self.channel(region)?, request, call).await
+    }
+
+    /// [`Nodes::write`] over the region's bulk connections (deadline and circuit of their own).
+    pub async fn bulk_write<Req, Resp, F, Fut>(
+        &self,
+        region: &RegionId,
+        request: Req,
+        call: F,
+    ) -> Result<tonic::Response<Resp>, Status>
+    where
+        Req: Clone,
+        F: Fn(NodeClient, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let channel = self.bulk.get(region).cloned().ok_or_else(|| unknown_region(region))?;
+        write_on(channel, request, call).await
+    }
+}
+
+/// [`Nodes::write`] on `channel`.
+async fn write_on<Req, Resp, F, Fut>(
+    channel: NodeChannel,
+    request: Req,
+    call: F,
+) -> Result<tonic::Response<Resp>, Status>
+where
+    Req: Clone,
+    F: Fn(NodeClient, Req) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let attempts = channel.state().replicas();
+    if attempts == 1 {
+        return call(NodeClient::new(channel), request).await;
+    }
+    let mut attempt = 1;
+    loop {
+        match call(NodeClient::new(channel.clone()), request.clone()).await {
+            Err(status) if status.code() == Code::Unavailable && attempt < attempts => attempt += 1,
+            answer => return answer,
         }
     }
 }
