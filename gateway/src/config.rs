@@ -27,11 +27,13 @@ pub struct GatewayConfig {
     pub tls: TlsFiles,
     /// Deadline for one call to a node, in milliseconds.
     #[serde(default = "default_node_timeout_ms")]
+    #[schemars(range(min = 1))]
     pub node_timeout_ms: u64,
     /// Deadline for one bulk call to a node (a batch of `ImportConsent`), in milliseconds. Bulk
     /// calls go over connections of their own, with a circuit breaker of their own: one that runs
     /// long never opens the circuit that the region's decisions and captures use.
     #[serde(default = "default_bulk_timeout_ms")]
+    #[schemars(range(min = 1))]
     pub bulk_timeout_ms: u64,
     /// The regions of the deployment and where their nodes listen.
     #[schemars(length(min = 1))]

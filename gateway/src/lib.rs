@@ -173,7 +173,14 @@ pub async fn serve(
         tracing::info!("gateway stopping: ending watch streams, finishing requests in flight");
     });
     let incoming = stack::incoming(listener, &tls)?;
-    let server = stack::server(auth, bulk_timeout)
+    // A bulk call's own deadline covers all of its node calls: one per replica at most (a write
+    // that got UNAVAILABLE is tried on the next), each with `bulk_timeout`, plus the interactive
+    // budget for reading and routing it. Shorter, it would cut a call whose node calls are still
+    // within theirs, and the bulk breaker would never see those calls fail.
+    let replicas = config.regions.iter().map(|r| r.endpoints().count()).max().unwrap_or(1);
+    let bulk_request =
+        bulk_timeout.saturating_mul(u32::try_from(replicas).unwrap_or(u32::MAX)) + stack::REQUEST_TIMEOUT;
+    let server = stack::server(auth, bulk_request)
         .add_service(health_service)
         .add_service(reflection)
         // The Domicile service, with DecideStream forwarding node-encoded decisions (`route.rs`).

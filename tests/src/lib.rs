@@ -19,6 +19,7 @@ mod churn;
 mod clients;
 pub mod files;
 mod inprocess;
+mod pause;
 mod replicas;
 mod scenario;
 
@@ -45,6 +46,7 @@ pub use churn::{Churn, consent_churn};
 pub use clients::Cluster;
 pub use domicile_proto::pb;
 pub use inprocess::{InProcessCluster, InProcessServer};
+pub use pause::Paused;
 pub use replicas::{Replica, gateway_over_replicas};
 pub use scenario::{HARNESS_ENV, STORE_ENV, ScenarioCluster, apply_store_env};
 

@@ -503,13 +503,14 @@ async fn a_region_killed_mid_import_ends_in_the_state_of_one_clean_run() {
 
 /// Import calls that run past the deadline the gateway gives decisions are neither cut off nor
 /// counted against the region: bulk calls go over connections with a deadline and a circuit
-/// breaker of their own (`bulk_timeout_ms`). Here the gateway's node deadline is cut to 50 ms and
-/// each call carries 1,000 entries for one region, which takes the node longer than that: every
-/// entry is written, and the region's next decision answers (three calls past the deadline on the
-/// decisions' own breaker would have opened it, and that decision would fail closed).
+/// breaker of their own (`bulk_timeout_ms`). Here the gateway's node deadline is 300 ms and the
+/// region's node is paused (SIGSTOP) for 800 ms under each of three import calls: every entry is
+/// written once it resumes, and the region's next decision answers (on a shared channel each call
+/// failed at 300 ms, and three such failures opened the circuit decisions go through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_calls_slower_than_the_decision_deadline_neither_fail_nor_open_the_regions_circuit() {
     let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let eu = domicile_cluster_tests::region("eu-central");
     let mut client = cluster.gateway().await.unwrap();
     let mut subjects = Vec::new();
     for n in 0..10 {
@@ -520,33 +521,34 @@ async fn import_calls_slower_than_the_decision_deadline_neither_fail_nor_open_th
         };
         subjects.push(client.register(request).await.unwrap().into_inner().subject_ref);
     }
-    // Then the deadline cut, once the subjects are registered.
-    let deadline = Duration::from_millis(50);
+    let deadline = Duration::from_millis(300);
     let path = cluster.dir().join("config/gateway.toml");
     let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
     config.insert("node_timeout_ms".into(), toml::Value::Integer(deadline.as_millis() as i64));
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     cluster.restart_gateway().await.unwrap();
-    let mut client = cluster.gateway().await.unwrap();
+    let client = cluster.gateway().await.unwrap();
     let now = domicile_runtime::process::now_unix();
-    let mut slow = 0;
     for call in 0..3u64 {
-        let items: Vec<_> = (0..1_000u64)
+        let items: Vec<_> = (0..200u64)
             .map(|n| {
                 let subject = &subjects[(n % 10) as usize];
-                let captured = now - 86_400 - (call * 1_000 + n) as i64;
+                let captured = now - 86_400 - (call * 200 + n) as i64;
                 item(n, subject, common::ConsentAction::Grant, captured, &format!("slow-{call}-{n}"))
             })
             .collect();
+        let paused = domicile_cluster_tests::Paused::node(&cluster, &eu).unwrap();
         let started = std::time::Instant::now();
-        let outcomes = client.import_consent(request(items)).await.unwrap().into_inner().outcomes;
-        if started.elapsed() > deadline {
-            slow += 1;
-        }
+        let mut importer = client.clone();
+        let call_task = tokio::spawn(async move { importer.import_consent(request(items)).await });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        drop(paused);
+        let outcomes = call_task.await.unwrap().expect("the import call answers").into_inner().outcomes;
+        assert!(started.elapsed() > deadline, "the call outlived the node deadline");
         let refused: Vec<_> = outcomes.iter().filter(|o| !accepted(&o.result)).take(3).collect();
         assert!(refused.is_empty(), "call {call}: every entry is written: {refused:?}");
     }
-    assert_eq!(slow, 3, "each call took longer than the decisions' deadline (else this shows nothing)");
+    let mut client = client;
     let decision = client
         .decide(gw::DecideRequest {
             subject: select_ref(&subjects[0]),
@@ -572,7 +574,7 @@ fn bulk_file(path: &std::path::Path) {
     let mut text = String::new();
     for n in 0..BULK_SUBJECTS * BULK_EVENTS {
         let subject = n % BULK_SUBJECTS;
-        let jurisdiction = if subject % 2 == 0 { "DE" } else { "US" };
+        let jurisdiction = if subject.is_multiple_of(2) { "DE" } else { "US" };
         let action = if n / BULK_SUBJECTS == BULK_EVENTS - 1 { "withdraw" } else { "grant" };
         let day = 1 + n / BULK_SUBJECTS;
         text.push_str(&format!(

@@ -17,10 +17,8 @@ use std::time::{Duration, Instant};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, region, select_email};
+use domicile_cluster_tests::{Cluster as _, Paused, TestCluster, identifier, region, select_email};
 use domicile_runtime::identity::Scope;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -29,15 +27,6 @@ const CONNECTIONS: usize = 4;
 const PER_CONNECTION: usize = 300;
 /// The gateway's default per-caller limit (`max_in_flight_per_caller`).
 const LIMIT: usize = 512;
-
-/// Resumes a paused process when dropped, so a failing assertion never leaves it stopped.
-struct Paused(Pid);
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = kill(self.0, Signal::SIGCONT);
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -77,8 +66,7 @@ async fn a_flooding_caller_is_shed_at_its_limit_while_others_are_served() {
     let steady = cluster.issue_caller("steady", "us-east", &[Scope::Decide]).unwrap();
     let node_pid =
         cluster.cluster.processes().find(|p| p.region == Some(region("eu-central"))).and_then(|p| p.pid()).unwrap();
-    let paused = Paused(Pid::from_raw(i32::try_from(node_pid).unwrap()));
-    kill(paused.0, Signal::SIGSTOP).unwrap();
+    let paused = Paused::process(node_pid).unwrap();
 
     // The flood: CONNECTIONS × PER_CONNECTION concurrent decisions from one caller.
     let mut flood_tasks = Vec::new();

@@ -285,6 +285,7 @@ async fn a_region_cut_off_fails_closed_in_time_and_catches_up_after_the_heal_wit
         link_key_file,
         tls: pki.gateway().unwrap(),
         node_timeout_ms: NODE_TIMEOUT_MS,
+        bulk_timeout_ms: 30_000,
         regions: vec![RegionEndpoint { id: eu.clone(), endpoint: relay_addr.to_string(), replicas: Vec::new() }],
         packs_trust: None,
         packs_reload_ms: 0,

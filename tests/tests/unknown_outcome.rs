@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient;
-use domicile_cluster_tests::{Cluster as _, TestCluster, eventually, identifier, region, select_ref};
-use domicile_types::RegionId;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use domicile_cluster_tests::{Cluster as _, Paused, TestCluster, eventually, identifier, region, select_ref};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -36,29 +33,6 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(CALLER_DEADLINE);
     request
-}
-
-/// Resumes a paused process when dropped, so a failing assertion never leaves it stopped.
-struct Paused(Pid);
-
-impl Paused {
-    fn node(cluster: &TestCluster, region: &RegionId) -> Self {
-        let pid = cluster
-            .cluster
-            .processes()
-            .find(|p| p.region.as_ref() == Some(region))
-            .and_then(|p| p.pid())
-            .expect("the node runs");
-        let pid = Pid::from_raw(i32::try_from(pid).unwrap());
-        kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
-        Self(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = kill(self.0, Signal::SIGCONT);
-    }
 }
 
 fn withdrawal(subject: &str, key: &str) -> gw::RecordConsentRequest {
@@ -132,7 +106,7 @@ async fn a_write_that_timed_out_is_unknown_and_its_retry_is_applied_once() {
     // Pause us-east and send two writes at once: a withdrawal with no key of the caller's, and a
     // registration with the caller's own key.
     let caller_key = "signup-form:4711";
-    let paused = Paused::node(&cluster, &us);
+    let paused = Paused::node(&cluster, &us).expect("SIGSTOP");
     let started = Instant::now();
     let (mut c1, mut c2) = (client.clone(), client.clone());
     let (withdrawn, registered) = tokio::join!(
