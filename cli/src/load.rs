@@ -498,6 +498,37 @@ fn status(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+/// A setup write made as the API asks of callers: one whose outcome is unknown (a deadline, a
+/// region that did not answer, a call the gateway cut) is sent again under the same idempotency
+/// key, which applies it at most once; up to 6 attempts, backing off from 100 ms. Before, a
+/// PostgreSQL region saturated by the setup left a few subjects of 20,000 unregistered, and each
+/// later scenario counted their decisions as errors.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match call().await {
+            Err(e)
+                if attempt < 5
+                    && matches!(
+                        e.code(),
+                        tonic::Code::DeadlineExceeded
+                            | tonic::Code::Unavailable
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Aborted
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
@@ -506,9 +537,11 @@ async fn setup(gw: &Gateway, args: &LoadArgs) -> anyhow::Result<Measured> {
     let progress = Progress::start(format!("setup: {total} subjects"), Some(total));
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    // Idempotency keys of this run (a setup run again over the same subjects sends new ones).
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let mut workers = Vec::new();
     for w in 0..args.setup_concurrency.max(1) {
-        let mut client = gw.client(w);
+        let client = gw.client(w);
         let next = next.clone();
         let done = progress.done.clone();
         let mut hist = histogram()?;
@@ -521,23 +554,32 @@ async fn setup(gw: &Gateway, args: &LoadArgs) -> anyhow::Result<Measured> {
                 }
                 let t0 = Instant::now();
                 let jurisdiction = JURISDICTIONS[(n % JURISDICTIONS.len() as u64) as usize];
-                let registered = client
-                    .register(pb::RegisterRequest {
-                        jurisdiction: jurisdiction.to_owned(),
-                        identifiers: vec![email(n)],
-                        ..Default::default()
-                    })
-                    .await;
+                let register = pb::RegisterRequest {
+                    jurisdiction: jurisdiction.to_owned(),
+                    identifiers: vec![email(n)],
+                    idempotency_key: format!("load-setup-{run}-{n}-register"),
+                };
+                let registered = retried(|| {
+                    let mut client = client.clone();
+                    let request = register.clone();
+                    async move { client.register(request).await }
+                })
+                .await;
                 // Consent by link: the gateway routes it without resolving the identifier again.
                 let result = match registered {
                     Ok(r) => {
                         let link = r.into_inner().links.into_iter().next().unwrap_or_default();
                         let selector =
                             Some(pb::SubjectSelector { selector: Some(pb::subject_selector::Selector::Link(link)) });
-                        client
-                            .record_consent(consent(selector, common::ConsentAction::Grant, &["email", "sms"]))
-                            .await
-                            .map(|_| ())
+                        let mut grant = consent(selector, common::ConsentAction::Grant, &["email", "sms"]);
+                        grant.idempotency_key = format!("load-setup-{run}-{n}-grant");
+                        retried(|| {
+                            let mut client = client.clone();
+                            let request = grant.clone();
+                            async move { client.record_consent(request).await }
+                        })
+                        .await
+                        .map(|_| ())
                     }
                     Err(e) => Err(e),
                 };
