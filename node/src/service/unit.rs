@@ -41,6 +41,8 @@ impl Effects for Registered {
     }
 }
 
+/// A consent record's change event; 0 for a record not announced (`store::announced`), which has
+/// none. (sled may number a first event 0 too: publishing up to 0 after the commit is harmless.)
 impl Effects for (ConsentRecord, u64) {
     fn last_event(&self) -> Option<u64> {
         Some(self.1)

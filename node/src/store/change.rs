@@ -28,14 +28,26 @@ pub enum Change {
         purpose: Purpose,
         channels: Vec<Channel>,
         state: ConsentState,
-        /// An imported grant written without broadcast (`domicile import`): stored like every
-        /// event (positions stay dense, caches follow it) but not sent to watchers.
+        /// An imported grant written without broadcast (`domicile import`). Such grants are no
+        /// longer stored as events at all ([`announced`]); an event stored so by an older binary
+        /// is still kept from watchers (`service/follow/wire.rs`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         quiet: bool,
     },
     Erased,
     /// Identifiers were removed from a subject that remains (rectification).
     LinksRemoved,
+}
+
+/// Whether a consent record is announced to watchers as a change event. An imported grant written
+/// without broadcast is not (issue 22: no propagation side effects of a migration unless asked),
+/// and it is not stored as an event either: nothing reads one (watchers were never sent it, and
+/// read caches are kept by the write lock on sled and by `touched` rows on PostgreSQL), and an
+/// import of a region's history would otherwise double its event log and have every watcher of
+/// the region read and drop each entry. Withdrawals and denials are always announced: a
+/// follower's suppression list must not keep a person granted whom an import has just opted out.
+pub fn announced(record: &ConsentRecord) -> bool {
+    record.state != ConsentState::Granted || record.evidence.import.as_ref().is_none_or(|i| i.broadcast)
 }
 
 /// One thing a write did.
@@ -89,19 +101,17 @@ impl Recorded<'_> {
                 one(subject, links, Change::Registered)
             }
             // A subject's consent changes are announced even while it holds no link.
-            Recorded::Consent { subject, record, links } => vec![(
+            Recorded::Consent { subject, record, links } if announced(record) => vec![(
                 subject,
                 links.to_vec(),
                 Change::Consent {
                     purpose: record.purpose,
                     channels: record.channels.clone(),
                     state: record.state,
-                    // Withdrawals and denials are always announced: a follower's suppression list
-                    // must not keep a person granted whom an import has just opted out.
-                    quiet: record.state == ConsentState::Granted
-                        && record.evidence.import.as_ref().is_some_and(|i| !i.broadcast),
+                    quiet: false,
                 },
             )],
+            Recorded::Consent { .. } => Vec::new(),
             Recorded::LinksRemoved { subject, links, .. } => one(subject, links, Change::LinksRemoved),
             Recorded::RightsRequest { .. } => Vec::new(),
             Recorded::Erasure { subject, links } => vec![(subject, links.to_vec(), Change::Erased)],

@@ -12,7 +12,7 @@ pub mod split;
 mod tracked;
 pub mod vault;
 
-pub use change::{Change, ChangeEvent, Recorded};
+pub use change::{Change, ChangeEvent, Recorded, announced};
 pub use model::*;
 pub use sled_store::SledStore;
 pub use sled_store::backup::{

@@ -194,7 +194,12 @@ impl Batcher {
             }
             w.set_at(consent.recorded_at);
             let recorded = [Recorded::Consent { subject: *subject, record: &record, links }];
-            let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("consent event".into()))?;
+            // A record not announced has no event (`change::announced`): 0 stands for none.
+            let event = match w.record(&recorded).await? {
+                Some(event) => event,
+                None if !crate::store::announced(&record) => 0,
+                None => return Err(StoreError::Backend("consent event".into())),
+            };
             let result = (record, event);
             if let Some(i) = idempotency {
                 let (sealed_for, stored) = replay_row(i, Some((subject, key)), &(*subject, &result))?;

@@ -177,3 +177,29 @@ async fn node_check_finds_an_import_index_that_disagrees_with_the_ledger() {
     assert!(found && report.problems.len() == 1, "{:?}", report.problems);
     assert!(report.problems[0].contains("1 imported source event(s) of its ledger missing"), "{:?}", report.problems);
 }
+
+/// An imported grant without broadcast is not a change event (`change::announced`): none is
+/// stored, yet it is in force for decisions at once. An imported withdrawal, and a grant imported
+/// with broadcast, are events.
+#[tokio::test]
+async fn an_imported_grant_without_broadcast_stores_no_change_event_but_is_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let ann = subject(&store, "ann@example.de").await;
+    let events = store.events.len();
+    let (_, event) = store.append_consent(&ann, imported(ConsentState::Granted, 100, "e1"), None).await.unwrap();
+    assert_eq!((event, store.events.len()), (0, events), "a quiet grant is no event");
+    let in_force = store.read_current_consent(&ann, Purpose::Marketing, Channel::Email).unwrap();
+    assert_eq!(in_force.map(|c| c.state), Some(ConsentState::Granted), "and yet in force");
+    let (_, event) = store.append_consent(&ann, imported(ConsentState::Withdrawn, 110, "e2"), None).await.unwrap();
+    assert_eq!(store.events.len(), events + 1, "an imported withdrawal is announced");
+    assert_eq!(store.last_event().await.unwrap(), Some(event));
+    let mut loud = imported(ConsentState::Granted, 120, "e3");
+    if let Some(import) = loud.evidence.import.as_mut() {
+        import.broadcast = true;
+    }
+    store.append_consent(&ann, loud, None).await.unwrap();
+    assert_eq!(store.events.len(), events + 2, "a grant imported with broadcast is announced");
+    let in_force = store.read_current_consent(&ann, Purpose::Marketing, Channel::Email).unwrap();
+    assert_eq!(in_force.map(|c| c.state), Some(ConsentState::Granted));
+}

@@ -171,11 +171,17 @@ impl SledStore {
             for write in &writes {
                 let mut written = Vec::with_capacity(write.records.len());
                 for (record, tag) in write.records.iter().zip(&write.tags) {
-                    let Some((event_seq, event)) = events.next() else {
-                        return abort(StoreError::Backend("fewer change events than records".into()));
+                    // A record not announced has no event (`change::announced`): 0 stands for none.
+                    let event_seq = if crate::store::announced(record) {
+                        let Some((event_seq, event)) = events.next() else {
+                            return abort(StoreError::Backend("fewer change events than records".into()));
+                        };
+                        event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
+                        *event_seq
+                    } else {
+                        0
                     };
-                    event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
-                    let result = (record.clone(), *event_seq);
+                    let result = (record.clone(), event_seq);
                     // An imported entry's repeat is found by the import index written above
                     // (permanent, unlike idempotency records): no record for it.
                     if record.evidence.import.is_none() {
