@@ -41,10 +41,11 @@ pub enum Change {
 
 /// Whether a consent record is announced to watchers as a change event. An imported grant written
 /// without broadcast is not (issue 22: no propagation side effects of a migration unless asked),
-/// and it is not stored as an event either: nothing reads one (watchers were never sent it, and
-/// read caches are kept by the write lock on sled and by `touched` rows on PostgreSQL), and an
-/// import of a region's history would otherwise double its event log and have every watcher of
-/// the region read and drop each entry. Withdrawals and denials are always announced: a
+/// and it is not stored as an event either: watchers were never sent one, read caches are kept by
+/// the write lock on sled and by `touched` rows on PostgreSQL, and sled's check that its database
+/// lost no flushed write reads the ledger position too (`ledger.head`), not only the last event;
+/// stored, such events doubled the event log of an imported region, and every watcher of the
+/// region read and dropped each. Withdrawals and denials are always announced: a
 /// follower's suppression list must not keep a person granted whom an import has just opted out.
 pub fn announced(record: &ConsentRecord) -> bool {
     record.state != ConsentState::Granted || record.evidence.import.as_ref().is_none_or(|i| i.broadcast)

@@ -91,7 +91,8 @@ impl StoreError {
 /// idempotency record.
 pub type ConsentBatch = Vec<(SubjectId, Vec<(NewConsent, Option<Idempotency>)>)>;
 /// What became of each entry of a [`ConsentBatch`], in its shape: the record as stored and the
-/// sequence of its change event, or why it was not written.
+/// sequence of its change event (0 for a record that has none: [`announced`]), or why it was not
+/// written.
 pub type AppendedConsents = Vec<Vec<Result<(ConsentRecord, u64), StoreError>>>;
 
 /// A region's durable state: subjects, consent, claims, change events and the audit log.
@@ -210,7 +211,8 @@ pub trait Store: Send + Sync + 'static {
     fn subject_record(&self, id: &SubjectId) -> impl Future<Output = Result<Option<SubjectRecord>, StoreError>> + Send;
 
     /// Appends to the ledger (at the next ledger position) and updates the current state;
-    /// returns the record as stored and the sequence of its change event.
+    /// returns the record as stored and the sequence of its change event (0 for a record that
+    /// has none: [`announced`]).
     fn append_consent(
         &self,
         subject: &SubjectId,

@@ -21,7 +21,8 @@ use crate::store::{ConsentBatch, Idempotency, ImportEvidence, ImportedEntry, New
 /// A group's subject and its metadata, as read when the batch was grouped.
 type Resolved = Result<(domicile_types::SubjectId, crate::store::SubjectMeta), NodeError>;
 
-/// An imported entry's idempotency record: its subject, its ledger position and its change event.
+/// An imported entry's idempotency record: its subject, its ledger position and its change event
+/// (0 for a quiet grant, which has none).
 type ImportReplay = (domicile_types::SubjectId, (ImportedEntry, u64));
 
 /// Entries in one store write at most: on the embedded store this bounds how long an import holds

@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 
 use domicile_types::{RegionId, SubjectId};
 
-use super::heads::STORE_HEAD_FILE;
-use super::heads::last_event;
+use super::heads::{LEDGER_HEAD_FILE, STORE_HEAD_FILE, last_event, ledger_position};
 use super::{SledStore, backend};
 use crate::store::vault::VaultScan;
 use crate::store::{RightsRequestRecord, StoreError};
@@ -413,6 +412,8 @@ pub fn restore(from: &Path, into: &Path, region: &RegionId) -> Result<Manifest, 
                 manifest.last_event
             )));
         }
+        let ledger = db.open_tree("counters").map_err(backend).and_then(|c| ledger_position(&c))?;
+        std::fs::write(into.join(LEDGER_HEAD_FILE), format!("{ledger:020}\n")).map_err(backend)?;
     }
     for name in [VaultScan::FILE_NAME, domicile_audit::FILE_NAME] {
         std::fs::copy(from.join(name), into.join(name)).map_err(backend)?;

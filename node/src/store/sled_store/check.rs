@@ -132,17 +132,11 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
             return;
         }
     };
-    match (
-        super::heads::read_store_head(dir),
-        db.open_tree("events").map_err(super::backend).and_then(|e| super::heads::last_event(&e)),
-    ) {
-        (Ok(flushed), Ok(last)) if last < flushed => report.problems.push(format!(
-            "{}: the last change event is {last}, but event {flushed} was flushed ({}): acknowledged writes lost",
-            path.display(),
-            super::heads::STORE_HEAD_FILE
-        )),
-        (Ok(_), Ok(_)) => {}
-        (Err(e), _) | (_, Err(e)) => report.problems.push(format!("{}: {e}", path.display())),
+    let lost = db.open_tree("events").and_then(|events| Ok((events, db.open_tree("counters")?)));
+    match lost.map_err(super::backend).and_then(|(events, counters)| super::heads::lost(dir, &events, &counters)) {
+        Ok(Some(lost)) => report.problems.push(format!("{}: {lost}: acknowledged writes lost", path.display())),
+        Ok(None) => {}
+        Err(e) => report.problems.push(format!("{}: {e}", path.display())),
     }
     let tree = |name: &str| db.open_tree(name);
     let (meta, links) = match (tree("meta"), tree("links")) {

@@ -13,16 +13,60 @@ use super::{SledStore, StoreError, backend};
 /// writes, and the node refuses it.
 pub const STORE_HEAD_FILE: &str = "store.head";
 
+/// Beside the database: the last consent-ledger position known flushed, for the same check as
+/// [`STORE_HEAD_FILE`]. Not every ledger entry is a change event (an imported grant without
+/// broadcast is none: `store::announced`), so a database cut after a run of such entries still
+/// ends at the event `store.head` names; this head sees that it lost them. A file of its own, so
+/// a binary from before it (a rollback) still reads `store.head`.
+pub const LEDGER_HEAD_FILE: &str = "ledger.head";
+
 /// The event sequence `store.head` in `dir` names (0 without one).
 pub fn read_store_head(dir: &Path) -> Result<u64, StoreError> {
-    match std::fs::read_to_string(dir.join(STORE_HEAD_FILE)) {
+    read_head(dir, STORE_HEAD_FILE)
+}
+
+/// The ledger position `ledger.head` in `dir` names (0 without one).
+pub fn read_ledger_head(dir: &Path) -> Result<u64, StoreError> {
+    read_head(dir, LEDGER_HEAD_FILE)
+}
+
+fn read_head(dir: &Path, name: &str) -> Result<u64, StoreError> {
+    match std::fs::read_to_string(dir.join(name)) {
         // NULs are a first write that never reached the disk (a crash right after it): nothing
         // was recorded, which only weakens the check.
         Ok(text) if text.trim_matches(|c: char| c == '\0' || c.is_whitespace()).is_empty() => Ok(0),
-        Ok(text) => text.trim().parse().map_err(|_| StoreError::Corrupt(format!("{STORE_HEAD_FILE} is damaged"))),
+        Ok(text) => text.trim().parse().map_err(|_| StoreError::Corrupt(format!("{name} is damaged"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(backend(e)),
     }
+}
+
+/// The consent ledger's last position in `counters` (0 when it has none yet).
+pub(super) fn ledger_position(counters: &sled::Tree) -> Result<u64, StoreError> {
+    match counters.get(super::LEDGER_POSITION).map_err(backend)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt("ledger counter".into())),
+    }
+}
+
+/// What a database that lost its end is missing, by its heads: `None` when it holds everything
+/// they say was flushed.
+pub(super) fn lost(dir: &Path, events: &sled::Tree, counters: &sled::Tree) -> Result<Option<String>, StoreError> {
+    let (flushed, last) = (read_store_head(dir)?, last_event(events)?);
+    if last < flushed {
+        return Ok(Some(format!(
+            "the last change event is {last}, but event {flushed} was flushed ({STORE_HEAD_FILE})"
+        )));
+    }
+    let (flushed, last) = (read_ledger_head(dir)?, ledger_position(counters)?);
+    if last < flushed {
+        return Ok(Some(format!(
+            "the consent ledger ends at position {last}, but position {flushed} was flushed ({LEDGER_HEAD_FILE})"
+        )));
+    }
+    Ok(None)
 }
 
 /// The last change event's sequence in `events` (0 when empty).
@@ -55,31 +99,49 @@ pub(super) fn open_journal(path: &Path) -> Result<std::fs::File, StoreError> {
         .map_err(|e| backend(format!("erasure journal {}: {e}", path.display())))
 }
 
+/// A head file and the value last written to it.
+pub(super) type Head = std::sync::Mutex<(std::fs::File, u64)>;
+
 /// At open: removes backups a stopped process staged and never streamed, refuses a database
-/// that lost change events `store.head` says were flushed, and opens `store.head`.
-pub(super) fn open_checked(dir: &Path, events: &sled::Tree) -> Result<(std::fs::File, u64), StoreError> {
+/// that lost change events or ledger entries its heads say were flushed, and opens the heads
+/// (`store.head`, `ledger.head`).
+pub(super) fn open_checked(dir: &Path, events: &sled::Tree, counters: &sled::Tree) -> Result<(Head, Head), StoreError> {
     for entry in std::fs::read_dir(dir).map_err(backend)?.flatten() {
         if entry.file_name().to_string_lossy().starts_with("backup-staging-") {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    let flushed = read_store_head(dir)?;
-    let last = last_event(events)?;
-    if last < flushed {
+    if let Some(lost) = lost(dir, events, counters)? {
         return Err(StoreError::Corrupt(format!(
-            "{}: the database's last change event is {last}, but event {flushed} was flushed ({STORE_HEAD_FILE}): \
-             it lost acknowledged writes (damaged or replaced files); restore the region from a backup",
+            "{}: {lost}: it lost acknowledged writes (damaged or replaced files); restore the region from a backup",
             dir.join("db").display()
         )));
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(STORE_HEAD_FILE))
-        .map_err(backend)?;
-    Ok((file, flushed))
+    let open = |name: &str, value: u64| -> Result<Head, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(name))
+            .map_err(backend)?;
+        Ok(std::sync::Mutex::new((file, value)))
+    };
+    Ok((open(STORE_HEAD_FILE, read_store_head(dir)?)?, open(LEDGER_HEAD_FILE, read_ledger_head(dir)?)?))
+}
+
+/// Writes `value` to `head` if newer. Not synced: it only ever names durable writes, so losing
+/// it weakens the check and never fools it; a failure is logged, not returned.
+fn record(head: &Head, value: u64) {
+    let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
+    if value <= head.1 {
+        return;
+    }
+    let line = format!("{value:020}\n");
+    match std::os::unix::fs::FileExt::write_all_at(&head.0, line.as_bytes(), 0) {
+        Ok(()) => head.1 = value,
+        Err(e) => tracing::warn!(error = %e, "cannot record a flushed store head"),
+    }
 }
 
 impl SledStore {
@@ -90,26 +152,19 @@ impl SledStore {
         Ok(self)
     }
 
-    /// Writes `seq` to `store.head` if newer. Not synced: it only ever names durable events, so
-    /// losing it weakens the check and never fools it; a failure is logged, not returned.
-    pub(super) fn record_flushed(&self, seq: u64) {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        if seq <= head.1 {
-            return;
-        }
-        let line = format!("{seq:020}\n");
-        match std::os::unix::fs::FileExt::write_all_at(&head.0, line.as_bytes(), 0) {
-            Ok(()) => head.1 = seq,
-            Err(e) => tracing::warn!(error = %e, "cannot record the flushed store head"),
-        }
+    /// Records the last event and ledger position a flush covered in the heads.
+    pub(super) fn record_flushed(&self, event: u64, ledger: u64) {
+        record(&self.head, event);
+        record(&self.ledger_head, ledger);
     }
     /// The group commit's flush (`Store::flush`): keys, database and audit log, then the heads.
     pub(super) async fn flush_files(&self) -> Result<(), StoreError> {
         let flushed = async {
             // Keys first: a sealed record must never be durable without the key that opens it.
             self.vault.sync()?;
-            // What this flush covers at least: every event committed before it starts.
-            let covered = last_event(&self.events)?;
+            // What this flush covers at least: every event and ledger entry committed before it
+            // starts.
+            let covered = (last_event(&self.events)?, ledger_position(&self.counters)?);
             // The audit log's fsync beside the database's: one wait for both.
             let audit = Arc::clone(&self.audit);
             let synced = tokio::task::spawn_blocking(move || audit.sync());
@@ -118,7 +173,7 @@ impl SledStore {
                 Ok(result) => result.map_err(StoreError::Audit)?,
                 Err(e) => return Err(backend(e)),
             }
-            self.record_flushed(covered);
+            self.record_flushed(covered.0, covered.1);
             Ok(())
         }
         .await;

@@ -203,3 +203,46 @@ async fn an_imported_grant_without_broadcast_stores_no_change_event_but_is_in_fo
     let in_force = store.read_current_consent(&ann, Purpose::Marketing, Channel::Email).unwrap();
     assert_eq!(in_force.map(|c| c.state), Some(ConsentState::Granted));
 }
+
+/// Quiet imported grants are no change events, so `store.head` does not move for them;
+/// `ledger.head` does. A database that lost them from its end (here: the files from before the
+/// import, with the heads a flush wrote after it) is refused at open, and `node check` would
+/// report it, where `store.head` alone let it start without them.
+#[tokio::test]
+async fn a_database_that_lost_quiet_imports_from_its_end_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, before) = (dir.path().join("live"), dir.path().join("before"));
+    let store = SledStore::open(&live, &home()).unwrap();
+    let ann = subject(&store, "ann@example.de").await;
+    store.flush().await.unwrap();
+    drop(store);
+    copy_dir(&live, &before);
+    let store = SledStore::open(&live, &home()).unwrap();
+    for (n, at) in [(1, 100), (2, 110)] {
+        store.append_consent(&ann, imported(ConsentState::Granted, at, &format!("e{n}")), None).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    drop(store);
+    let store_head = crate::store::sled_store::heads::read_store_head;
+    assert_eq!(store_head(&before).unwrap(), store_head(&live).unwrap(), "no event moved store.head");
+    for head in [super::heads::STORE_HEAD_FILE, super::heads::LEDGER_HEAD_FILE] {
+        std::fs::copy(live.join(head), before.join(head)).unwrap();
+    }
+    let Err(refused) = SledStore::open(&before, &home()) else {
+        panic!("a database without flushed entries is refused");
+    };
+    assert!(refused.to_string().contains("consent ledger ends at position"), "{refused}");
+    SledStore::open(&live, &home()).expect("the whole database opens");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -88,7 +88,9 @@ pub struct SledStore {
     audit: Arc<AuditLog>,
     region: domicile_types::RegionId,
     /// `store.head` and the highest event sequence written there (see [`STORE_HEAD_FILE`]).
-    head: std::sync::Mutex<(std::fs::File, u64)>,
+    head: heads::Head,
+    /// `ledger.head` and the highest ledger position written there (see [`heads::LEDGER_HEAD_FILE`]).
+    ledger_head: heads::Head,
     /// The data directory (backups are staged in it).
     dir: std::path::PathBuf,
     /// The erasure journal (`backup.rs`), appended and synced before a key is destroyed.
@@ -156,12 +158,14 @@ impl SledStore {
         let audit = Arc::new(AuditLog::open(dir, region).map_err(StoreError::Audit)?);
         let db = open_db(&dir.join("db"))?;
         let events = db.open_tree("events").map_err(backend)?;
-        let (head_file, flushed) = heads::open_checked(dir, &events)?;
+        let counters = db.open_tree("counters").map_err(backend)?;
+        let (head, ledger_head) = heads::open_checked(dir, &events, &counters)?;
         Self {
             space: space::Space::open(dir),
             journal: std::sync::Mutex::new(open_journal(&dir.join(backup::ERASURE_JOURNAL_FILE))?),
             dir: dir.to_owned(),
-            head: std::sync::Mutex::new((head_file, flushed)),
+            head,
+            ledger_head,
             audit,
             region: region.clone(),
             vault: KeyVault::open(dir)?,
@@ -175,7 +179,7 @@ impl SledStore {
             tracked: db.open_tree("rights_tracked").map_err(backend)?,
             outbox: db.open_tree("rights_outbox").map_err(backend)?,
             events,
-            counters: db.open_tree("counters").map_err(backend)?,
+            counters,
             claims: db.open_tree("claims").map_err(backend)?,
             held: db.open_tree("held").map_err(backend)?,
             releases: db.open_tree("releases").map_err(backend)?,
