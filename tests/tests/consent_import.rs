@@ -333,13 +333,7 @@ fn count(receipts: &[serde_json::Value], status: &str) -> usize {
 async fn every_format_imports_once_with_a_receipt_per_row_and_malformed_rows_named() {
     let cluster =
         TestCluster::start_on_env_store(BIN, &["eu-central", "us-east", "ap-northeast"]).await.expect("cluster starts");
-    let tls = cluster
-        .issue_caller(
-            "importer",
-            "eu-central",
-            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
-        )
-        .unwrap();
+    let tls = importer_tls(&cluster);
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/import-samples");
     let dir = tempfile::tempdir().unwrap();
     for (format, file) in [
@@ -419,18 +413,7 @@ async fn every_format_imports_once_with_a_receipt_per_row_and_malformed_rows_nam
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
     let cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
-    let tls = cluster
-        .issue_caller(
-            "importer",
-            "eu-central",
-            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
-        )
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.ndjson");
-    bulk_file(&file);
-    let receipts = dir.path().join("receipts.ndjson");
-    let args = import_args(&cluster, &tls, "ndjson", &file, &receipts, &["--batch", "200", "--in-flight", "2"]);
+    let (_dir, receipts, args) = bulk_import(&cluster, "2");
     let mut child = std::process::Command::new(BIN).args(&args).spawn().unwrap();
     // Kill -9 once a part of the file has receipts.
     wait_for_receipts(&receipts, 2_000, &mut child);
@@ -463,18 +446,7 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
 async fn a_region_killed_mid_import_ends_in_the_state_of_one_clean_run() {
     let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
     let eu = domicile_cluster_tests::region("eu-central");
-    let tls = cluster
-        .issue_caller(
-            "importer",
-            "eu-central",
-            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
-        )
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.ndjson");
-    bulk_file(&file);
-    let receipts = dir.path().join("receipts.ndjson");
-    let args = import_args(&cluster, &tls, "ndjson", &file, &receipts, &["--batch", "200", "--in-flight", "4"]);
+    let (_dir, receipts, args) = bulk_import(&cluster, "4");
     let mut child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_for_receipts(&receipts, 3_000, &mut child);
     assert!(child.try_wait().unwrap().is_none(), "the import ended before the node could be killed");
@@ -584,6 +556,30 @@ fn bulk_file(path: &std::path::Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A certificate for an importer of eu-central (capture and context scopes).
+fn importer_tls(cluster: &TestCluster) -> domicile_runtime::tls::TlsFiles {
+    cluster
+        .issue_caller(
+            "importer",
+            "eu-central",
+            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
+        )
+        .unwrap()
+}
+
+/// An importer's certificate, [`bulk_file`] and the `domicile import` arguments that import it in
+/// batches of 200 with `in_flight` calls at once: (the directory holding them, the receipts file,
+/// the arguments).
+fn bulk_import(cluster: &TestCluster, in_flight: &str) -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
+    let tls = importer_tls(cluster);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.ndjson");
+    bulk_file(&file);
+    let receipts = dir.path().join("receipts.ndjson");
+    let args = import_args(cluster, &tls, "ndjson", &file, &receipts, &["--batch", "200", "--in-flight", in_flight]);
+    (dir, receipts, args)
+}
+
 /// Waits until `receipts` holds `rows` receipts (or the run ended).
 fn wait_for_receipts(receipts: &std::path::Path, rows: usize, child: &mut std::process::Child) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -632,13 +628,7 @@ async fn assert_bulk_state(cluster: &TestCluster) {
 async fn an_erasure_during_an_import_is_not_undone_by_it() {
     use std::io::Write as _;
     let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
-    let tls = cluster
-        .issue_caller(
-            "importer",
-            "eu-central",
-            &[domicile_runtime::identity::Scope::Capture, domicile_runtime::identity::Scope::Context],
-        )
-        .unwrap();
+    let tls = importer_tls(&cluster);
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("rows.ndjson");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
