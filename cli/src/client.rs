@@ -17,6 +17,17 @@ use tonic::transport::{Channel, Endpoint};
 
 /// A value parser for a closed vocabulary of `domicile_types`: the help lists every term (so
 /// `--help` shows what the gateway accepts), and anything else is refused before a call is made.
+/// A status that says a keyed write may be sent again as it is: its outcome is unknown (a
+/// deadline; CANCELLED, the gateway's answer to a call it cut at its own deadline, tonic's
+/// "Timeout expired"; a region that did not answer) or it lost a race (ABORTED). Its idempotency
+/// key, or the source event id of an imported entry, applies it at most once.
+pub(crate) fn send_again(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    )
+}
+
 fn vocabulary<T: Copy + Send + Sync + 'static>(
     terms: &'static [T],
     name: fn(T) -> &'static str,

@@ -511,16 +511,7 @@ where
     let mut attempt = 0u32;
     loop {
         match call().await {
-            Err(e)
-                if attempt < 5
-                    && matches!(
-                        e.code(),
-                        tonic::Code::DeadlineExceeded
-                            | tonic::Code::Unavailable
-                            | tonic::Code::Cancelled
-                            | tonic::Code::Aborted
-                    ) =>
-            {
+            Err(e) if attempt < 5 && crate::client::send_again(e.code()) => {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 attempt += 1;
             }

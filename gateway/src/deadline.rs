@@ -19,8 +19,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `ImportConsent`, the one bulk call.
 pub const IMPORT_PATH: &str = "/domicile.gateway.v1.Domicile/ImportConsent";
-/// The paths of bulk calls.
-pub const BULK_PATHS: &[&str] = &[IMPORT_PATH];
 
 #[derive(Debug, Clone, Copy)]
 pub struct InteractiveDeadlineLayer {
@@ -62,7 +60,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let bulk = BULK_PATHS.contains(&request.uri().path());
+        let bulk = request.uri().path() == IMPORT_PATH;
         let call = self.inner.call(request);
         let deadline = self.deadline;
         Box::pin(async move {

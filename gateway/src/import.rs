@@ -12,6 +12,7 @@ use tonic::Status;
 
 use crate::error::invalid;
 use crate::gateway::Gateway;
+use crate::node_client::write_on;
 
 /// At most this many items per call (the node's own bound).
 const MAX_ITEMS: usize = 5_000;
@@ -83,10 +84,12 @@ pub async fn import_consent(
     }
     let calls = per_region.into_iter().map(|(region, request)| async move {
         let positions: Vec<usize> = request.items.iter().map(|item| item.id as usize).collect();
-        let reply = gateway
-            .nodes
-            .bulk_write(&region, request, |mut node, request| async move { node.import_consent(request).await })
-            .await;
+        let reply = match gateway.nodes.bulk_channel(&region) {
+            Ok(bulk) => {
+                write_on(bulk, request, |mut node, request| async move { node.import_consent(request).await }).await
+            }
+            Err(status) => Err(status),
+        };
         (region, positions, reply)
     });
     for (region, positions, reply) in futures_util::future::join_all(calls).await {

@@ -45,20 +45,11 @@ const MAX_CALL_BYTES: usize = 960 * 1024;
 /// minute: a region whose gateway circuit opened under the load has time to close it).
 const MAX_ATTEMPTS: u32 = 12;
 
-/// A status that says "not now" rather than "never": the item is sent again. CANCELLED is how
-/// the gateway answers a call it cut at its own deadline (tonic's "Timeout expired"): its outcome
-/// is unknown, like DEADLINE_EXCEEDED's, and sending it again is safe (a registration finds its
-/// subject, an entry is written once per source event). As a refusal it would be receipted and
+/// A status that says "not now" rather than "never": the item is sent again
+/// ([`crate::client::send_again`], or shed for load). As a refusal it would be receipted and
 /// skipped by every re-run.
 fn transient(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::Aborted
-            | tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::ResourceExhausted
-    )
+    crate::client::send_again(code) || code == tonic::Code::ResourceExhausted
 }
 
 /// 50 ms, doubling, at most 3.2 s.

@@ -80,25 +80,14 @@ impl Nodes {
         write_on(self.channel(region)?, request, call).await
     }
 
-    /// [`Nodes::write`] over the region's bulk connections (deadline and circuit of their own).
-    pub async fn bulk_write<Req, Resp, F, Fut>(
-        &self,
-        region: &RegionId,
-        request: Req,
-        call: F,
-    ) -> Result<tonic::Response<Resp>, Status>
-    where
-        Req: Clone,
-        F: Fn(NodeClient, Req) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
-    {
-        let channel = self.bulk.get(region).cloned().ok_or_else(|| unknown_region(region))?;
-        write_on(channel, request, call).await
+    /// The region's bulk connections (deadline and circuit of their own), for [`write_on`].
+    pub fn bulk_channel(&self, region: &RegionId) -> Result<NodeChannel, Status> {
+        self.bulk.get(region).cloned().ok_or_else(|| unknown_region(region))
     }
 }
 
-/// [`Nodes::write`] on `channel`.
-async fn write_on<Req, Resp, F, Fut>(
+/// [`Nodes::write`] on `channel` (a region's bulk channel, say).
+pub async fn write_on<Req, Resp, F, Fut>(
     channel: NodeChannel,
     request: Req,
     call: F,

@@ -132,8 +132,8 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
             return;
         }
     };
-    let lost = db.open_tree("events").and_then(|events| Ok((events, db.open_tree("counters")?)));
-    match lost.map_err(super::backend).and_then(|(events, counters)| super::heads::lost(dir, &events, &counters)) {
+    let trees = db.open_tree("events").and_then(|events| Ok((events, db.open_tree("counters")?)));
+    match trees.map_err(super::backend).and_then(|(events, counters)| super::heads::lost(dir, &events, &counters)) {
         Ok(Some(lost)) => report.problems.push(format!("{}: {lost}: acknowledged writes lost", path.display())),
         Ok(None) => {}
         Err(e) => report.problems.push(format!("{}: {e}", path.display())),
