@@ -2,7 +2,10 @@
 //! every capability as the embedded store has it, and one truth across two stores (two node
 //! replicas) over one database: a withdrawal written through one is what the other reads next,
 //! concurrent writers keep one event order and one audit chain, and a schema newer than the build
-//! or a database of another region is refused.
+//! or a database of another region is refused. The import index: imported entries are found by
+//! their source event through merge, unmerge and erasure, a repeat is refused inside the write
+//! (however long ago its idempotency record went), entries of an older binary are found and then
+//! classified, and a lookup reads the index, not the ledger.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test")]
 
@@ -10,7 +13,8 @@ use std::sync::Arc;
 
 use domicile_node::store::pg_store::{PgConfig, PgStore};
 use domicile_node::store::{
-    Change, ConsentRecord, Evidence, NewConsent, Rectification, Release, RightsRequestRecord, StoreError,
+    Change, ConsentRecord, Evidence, ImportEvidence, NewConsent, Rectification, Release, RightsRequestRecord,
+    StoreError,
 };
 use domicile_runtime::postgres::LocalPostgres;
 use domicile_types::{
@@ -266,4 +270,110 @@ async fn a_database_of_another_region_or_a_newer_schema_is_refused() {
     leaky.url = leaky.url.replace("domicile@", "domicile:secret@");
     let refused = PgStore::open(&leaky, &region()).await.expect_err("a password in the URL");
     assert!(!refused.to_string().contains("secret"), "{refused}");
+}
+
+fn imported(state: ConsentState, at: i64, event: &str) -> NewConsent {
+    let mut consent = consent(state, at);
+    consent.evidence.import = Some(ImportEvidence {
+        source_system: "onetrust".into(),
+        source_event_id: event.into(),
+        mapping_version: "map-1".into(),
+        broadcast: false,
+    });
+    consent
+}
+
+fn sources(events: &[&str]) -> Vec<(String, String)> {
+    events.iter().map(|e| ("onetrust".to_owned(), (*e).to_owned())).collect()
+}
+
+/// Rows of `sql` (one value per line), as psql prints them.
+fn psql_lines(db: &Db, name: &str, sql: &str) -> Vec<String> {
+    let out = db.server.psql(name, sql).unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_entries_are_found_by_their_source_through_merge_unmerge_and_erasure() {
+    let db = start();
+    let config = db.config("imports");
+    let store = PgStore::open(&config, &region()).await.unwrap();
+    let ann = register(&store, "ann@example.de").await;
+    let bea = register(&store, "bea.person@example.de").await;
+    let at = |r: (ConsentRecord, u64)| r.0.sequence;
+    let ann_e1 = at(store.append_consent(&ann, imported(ConsentState::Granted, 100, "e1"), None).await.unwrap());
+    let bea_e2 = at(store.append_consent(&bea, imported(ConsentState::Granted, 110, "e2"), None).await.unwrap());
+    // The same source event id imported for another subject is that subject's, not ann's.
+    let bea_e1 = at(store.append_consent(&bea, imported(ConsentState::Withdrawn, 120, "e1"), None).await.unwrap());
+    // A capture (not imported) is not in the index.
+    store.append_consent(&ann, consent(ConsentState::Granted, 130), None).await.unwrap();
+    store.append_consent(&bea, consent(ConsentState::Granted, 130), None).await.unwrap();
+    let found = async |s: &SubjectId, events: &[&str]| store.imported_positions(s, &sources(events)).await.unwrap();
+    assert_eq!(found(&ann, &["e1", "e2", "e3"]).await, vec![Some(ann_e1), None, None]);
+    assert_eq!(found(&bea, &["e1", "e2"]).await, vec![Some(bea_e1), Some(bea_e2)]);
+
+    // A repeat with no idempotency record (purged after 24 h, or never sent) is refused in the
+    // write itself, as is one of two copies written at once (one batch, or two in a row).
+    let again = store.append_consent(&ann, imported(ConsentState::Withdrawn, 140, "e1"), None).await;
+    assert!(matches!(again, Err(StoreError::Replayed)), "{again:?}");
+    let (one, two) = tokio::join!(
+        store.append_consent(&bea, imported(ConsentState::Granted, 150, "e4"), None),
+        store.append_consent(&bea, imported(ConsentState::Granted, 150, "e4"), None),
+    );
+    let refused = [&one, &two].iter().filter(|r| matches!(r, Err(StoreError::Replayed))).count();
+    assert!(refused == 1 && (one.is_ok() || two.is_ok()), "{one:?} {two:?}");
+    let bea_e4 = found(&bea, &["e4"]).await[0].expect("e4 written once");
+
+    // Merged: bea's ledger holds ann's entries at their positions, so they are bea's now.
+    store.merge(&bea, &ann, 200, None).await.unwrap();
+    assert_eq!(found(&bea, &["e1", "e2"]).await, vec![Some(ann_e1.min(bea_e1)), Some(bea_e2)]);
+    assert!(matches!(store.imported_positions(&ann, &sources(&["e1"])).await, Err(StoreError::NotFound)));
+    let again = store.append_consent(&bea, imported(ConsentState::Granted, 210, "e1"), None).await;
+    assert!(matches!(again, Err(StoreError::Replayed)), "the merged-in entry is bea's: {again:?}");
+    // Imported after the merge, through no identifier: the unmerge cannot tell whose it is.
+    let both_e3 = at(store.append_consent(&bea, imported(ConsentState::Granted, 210, "e3"), None).await.unwrap());
+
+    // Unmerged: each half finds the entries it took back, and only those.
+    let (kept, restored) = (SubjectId::from_bytes([7; 16]), SubjectId::from_bytes([8; 16]));
+    store.unmerge(&bea, &ann, &kept, &restored, 300, None).await.unwrap();
+    assert_eq!(found(&restored, &["e1", "e2", "e3"]).await, vec![Some(ann_e1), None, Some(both_e3)]);
+    let kept_positions = vec![Some(bea_e1), Some(bea_e2), Some(both_e3), Some(bea_e4)];
+    assert_eq!(found(&kept, &["e1", "e2", "e3", "e4"]).await, kept_positions);
+
+    // Erased: the half's entries go, digests included; the other half's stay.
+    store.erase(&restored, 400, &rights("erasure", 400), None).await.unwrap();
+    assert_eq!(found(&kept, &["e1", "e2", "e3", "e4"]).await, kept_positions);
+    let rows = psql_lines(&db, "imports", "SELECT count(*) FROM consent WHERE octet_length(import_source) > 0");
+    assert_eq!(rows, vec!["4"], "kept's four imported entries, each with its digest");
+    let empty = psql_lines(&db, "imports", "SELECT count(*) FROM consent WHERE import_source = ''::bytea");
+    assert_eq!(empty, vec!["1"], "bea's capture, now kept's, classified as not imported");
+
+    // Entries of a binary from before the column (NULL): found all the same, then classified
+    // by the next start, in the background.
+    drop(store);
+    db.server.psql("imports", "UPDATE consent SET import_source = NULL").unwrap();
+    let store = PgStore::open(&config, &region()).await.unwrap();
+    let found = async |s: &SubjectId, events: &[&str]| store.imported_positions(s, &sources(events)).await.unwrap();
+    assert_eq!(found(&kept, &["e1", "e2", "e3", "e4"]).await, kept_positions);
+    let again = store.append_consent(&kept, imported(ConsentState::Withdrawn, 500, "e2"), None).await;
+    assert!(matches!(again, Err(StoreError::Replayed)), "an unclassified entry is checked too: {again:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while psql_lines(&db, "imports", "SELECT count(*) FROM consent WHERE import_source IS NULL") != vec!["0"] {
+        assert!(std::time::Instant::now() < deadline, "entries left unclassified");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows = psql_lines(&db, "imports", "SELECT count(*) FROM consent WHERE octet_length(import_source) > 0");
+    assert_eq!(rows, vec!["4"], "classified as they were written");
+    assert_eq!(found(&kept, &["e1", "e2", "e3", "e4"]).await, kept_positions);
+
+    // A lookup is an index read, not a read of the subject's ledger.
+    let plan = psql_lines(
+        &db,
+        "imports",
+        "SET enable_seqscan = off; EXPLAIN SELECT import_source, min(position) FROM consent \
+         WHERE subject = '\\x07070707070707070707070707070707' AND octet_length(import_source) > 0 \
+         AND import_source = ANY(ARRAY['\\x00'::bytea]) GROUP BY import_source",
+    )
+    .join("\n");
+    assert!(plan.contains("consent_import_source"), "{plan}");
 }

@@ -4,6 +4,7 @@
 
 mod change;
 pub(crate) mod codec;
+pub(crate) mod import_source;
 mod model;
 pub mod pg_store;
 mod read_cache;

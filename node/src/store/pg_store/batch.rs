@@ -23,10 +23,12 @@ use domicile_types::{Channel, Link, Purpose, RegionId, SubjectId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::claims::replay_row;
+use super::imports;
 use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{Keks, int, pg, pool_error, subject_id};
 use crate::store::codec::{consent_key, current_key, open, seal};
+use crate::store::import_source::{DIGEST_LEN, digest_of};
 use crate::store::vault::SubjectKey;
 use crate::store::{ConsentRecord, CurrentConsent, Idempotency, NewConsent, Recorded, StoreError};
 
@@ -103,6 +105,16 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, batcher: Batcher) {
     }
 }
 
+/// Ledger entries of a batch, as the columns `unnest` takes.
+#[derive(Default)]
+struct ConsentColumns<'a> {
+    subjects: Vec<&'a [u8]>,
+    positions: Vec<i64>,
+    sealed: Vec<Vec<u8>>,
+    /// The import index's column (`imports.rs`).
+    sources: Vec<Vec<u8>>,
+}
+
 /// Idempotency rows of a batch, as the columns `unnest` takes.
 #[derive(Default)]
 struct ReplayColumns<'a> {
@@ -145,7 +157,9 @@ impl Batcher {
 
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut used_keys: HashSet<[u8; 32]> = HashSet::new();
-        let mut consent_rows: (Vec<&[u8]>, Vec<i64>, Vec<Vec<u8>>) = Default::default();
+        let mut consent_rows = ConsentColumns::default();
+        let held = self.held_sources(&w, writes, &subjects).await?;
+        let mut used_sources: HashSet<(SubjectId, [u8; DIGEST_LEN])> = HashSet::new();
         let mut replay_rows = ReplayColumns::default();
         let mut dirty: Vec<Cell> = Vec::new();
         for (subject, consent, idempotency) in writes {
@@ -159,6 +173,16 @@ impl Batcher {
                 outcomes.push(Err(StoreError::NotFound));
                 continue;
             };
+            // An imported entry whose source event the subject's ledger holds already (a racing
+            // run wrote it, or a merge or unmerge moved it here): refused as a replay, which the
+            // import answers as that entry's duplicate.
+            let source = consent.evidence.import.as_ref().map(|source| (*subject, digest_of(key, source)));
+            if let Some(source) = &source
+                && (held.contains(source) || used_sources.contains(source))
+            {
+                outcomes.push(Err(StoreError::Replayed));
+                continue;
+            }
             // Captured through a link the subject no longer holds (an unmerge moved it since the
             // link was resolved): it belongs to another subject, resolve again.
             if consent.evidence.captured_via.is_some_and(|l| !links.contains(&l)) {
@@ -178,9 +202,11 @@ impl Batcher {
                 counted_at_ms: Some(consent.counted_at_ms),
                 review: false,
             };
-            consent_rows.0.push(subject.as_bytes().as_slice());
-            consent_rows.1.push(int(sequence));
-            consent_rows.2.push(seal(key, b"consent", &consent_key(subject, sequence), &record)?);
+            consent_rows.subjects.push(subject.as_bytes().as_slice());
+            consent_rows.positions.push(int(sequence));
+            consent_rows.sealed.push(seal(key, b"consent", &consent_key(subject, sequence), &record)?);
+            consent_rows.sources.push(imports::column(key, &record));
+            used_sources.extend(source);
             let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
             for channel in &record.channels {
                 let cell = (*subject, record.purpose, *channel);
@@ -224,12 +250,13 @@ impl Batcher {
         }
         let tx = w.tx();
         let consent = async {
-            if consent_rows.0.is_empty() {
+            if consent_rows.subjects.is_empty() {
                 return Ok(0);
             }
             tx.execute_cached(
-                "INSERT INTO consent (subject, position, sealed) SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])",
-                &[&consent_rows.0, &consent_rows.1, &consent_rows.2],
+                "INSERT INTO consent (subject, position, sealed, import_source) \
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[], $4::bytea[])",
+                &[&consent_rows.subjects, &consent_rows.positions, &consent_rows.sealed, &consent_rows.sources],
             )
             .await
         };
@@ -265,6 +292,27 @@ impl Batcher {
         tokio::try_join!(consent, in_force, replays).map_err(pg)?;
         w.commit().await?;
         Ok(outcomes)
+    }
+
+    /// The source events of the batch's imported entries that their subjects' ledgers hold
+    /// already, read after the subjects' keys (the digests are keyed) in the transaction.
+    async fn held_sources(
+        &self,
+        w: &Write<'_>,
+        writes: &[(SubjectId, NewConsent, Option<Idempotency>)],
+        subjects: &Subjects,
+    ) -> Result<HashSet<(SubjectId, [u8; DIGEST_LEN])>, StoreError> {
+        let wanted: Vec<(SubjectId, [u8; DIGEST_LEN])> = writes
+            .iter()
+            .filter_map(|(subject, consent, _)| {
+                let (key, _) = subjects.get(subject)?;
+                Some((*subject, digest_of(key, consent.evidence.import.as_ref()?)))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(HashSet::new());
+        }
+        imports::held(w.tx(), &wanted, |subject| subjects.get(subject).map(|(key, _)| key)).await
     }
 
     /// The batch's idempotency keys already used, its live subjects (key and links), and the

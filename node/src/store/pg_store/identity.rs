@@ -320,16 +320,29 @@ impl PgStore {
             let position = uint(row.get(0))?;
             let plain = from_key.open(&crate::store::codec::context(name, &consent_key(from, position)), row.get(1))?;
             let sealed = into_key.seal(&crate::store::codec::context(name, &consent_key(into, position)), &plain)?;
-            w.tx()
-                .execute_cached(
-                    // An entry both halves hold (kept with both by an earlier unmerge) is kept once.
-                    &format!(
-                        "INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-                    ),
-                    &[&bytes(into), &int(position), &sealed],
-                )
-                .await
-                .map_err(pg)?;
+            // An entry both halves hold (kept with both by an earlier unmerge) is kept once.
+            if table == "consent" {
+                // The import index's digest, under the key of the subject now holding the entry.
+                let source = super::imports::column_of_plain(into_key, &plain)?;
+                w.tx()
+                    .execute_cached(
+                        "INSERT INTO consent (subject, position, sealed, import_source) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT DO NOTHING",
+                        &[&bytes(into), &int(position), &sealed, &source],
+                    )
+                    .await
+                    .map_err(pg)?;
+            } else {
+                w.tx()
+                    .execute_cached(
+                        &format!(
+                            "INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+                        ),
+                        &[&bytes(into), &int(position), &sealed],
+                    )
+                    .await
+                    .map_err(pg)?;
+            }
         }
         Ok(rows.len())
     }

@@ -29,6 +29,7 @@ mod decisions;
 mod follow;
 mod fresh;
 mod identity;
+mod imports;
 mod keys;
 mod prepared;
 mod records;
@@ -171,6 +172,7 @@ impl PgStore {
             .map_err(pg)?;
         store.fresh = fresh::Fresh::at(uint(head.get(0))?);
         tokio::spawn(decisions::chainer(store.pool.clone(), store.region.clone()));
+        tokio::spawn(imports::classify(store.pool.clone(), store.keks.clone()));
         Ok(store)
     }
 

@@ -159,6 +159,15 @@ impl Store for PgStore {
         PgStore::consent_history(self, subject).await
     }
 
+    async fn imported_positions(
+        &self,
+        subject: &SubjectId,
+        sources: &[(String, String)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        // From the index (`imports.rs`), not the whole ledger.
+        PgStore::imported_positions(self, subject, sources).await
+    }
+
     async fn consent_in_force(
         &self,
         subject: &SubjectId,

@@ -89,7 +89,14 @@ impl PgStore {
             Ok(())
         };
         for entry in &half.ledger {
-            insert(0, entry.sequence, seal(key, b"consent", &consent_key(subject, entry.sequence), entry)?).await?;
+            let sealed = seal(key, b"consent", &consent_key(subject, entry.sequence), entry)?;
+            w.tx()
+                .execute_cached(
+                    "INSERT INTO consent (subject, position, sealed, import_source) VALUES ($1, $2, $3, $4)",
+                    &[&bytes(subject), &int(entry.sequence), &sealed, &super::imports::column(key, entry)],
+                )
+                .await
+                .map_err(pg)?;
         }
         for entry in &half.interactions {
             insert(1, entry.sequence, seal(key, b"interactions", &consent_key(subject, entry.sequence), entry)?)

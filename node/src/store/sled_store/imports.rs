@@ -16,6 +16,8 @@ use domicile_types::{SUBJECT_ID_LEN, SubjectId};
 
 use super::{SledStore, StoreError, SubjectKey, backend};
 use crate::store::ImportEvidence;
+pub(super) use crate::store::import_source::LedgerSource;
+use crate::store::import_source::{DIGEST_LEN, source_digest};
 
 /// `counters` key: the ledger position up to which the index covers every imported entry. Every
 /// consent write moves it with the ledger's own counter, so a store whose ledger is past it was
@@ -29,8 +31,6 @@ pub(super) const IMPORT_INDEX_COVERS: &[u8] = b"import_index_covers";
 /// index is built again at open. (A crash between an append and this record costs one rebuild.)
 pub(super) const IMPORT_INDEX_JOURNAL: &[u8] = b"import_index_journal";
 
-const DIGEST_LEN: usize = 16;
-
 /// An index key: the subject, then the source event's digest under the subject's key.
 pub(super) type IndexKey = [u8; SUBJECT_ID_LEN + DIGEST_LEN];
 
@@ -39,7 +39,7 @@ pub(super) type IndexMoves = (Vec<sled::IVec>, Vec<(IndexKey, u64)>);
 
 /// The index key of `subject`'s entries imported from (`source_system`, `source_event_id`).
 fn event_key(subject: &SubjectId, key: &SubjectKey, source_system: &str, source_event_id: &str) -> IndexKey {
-    let digest = key.digest(b"domicile/import-source/v1", &[source_system.as_bytes(), source_event_id.as_bytes()]);
+    let digest = source_digest(key, source_system, source_event_id);
     let mut out = [0u8; SUBJECT_ID_LEN + DIGEST_LEN];
     out[..SUBJECT_ID_LEN].copy_from_slice(subject.as_bytes());
     out[SUBJECT_ID_LEN..].copy_from_slice(&digest);
@@ -64,27 +64,6 @@ pub(super) fn index_entries<'a>(
         *at = (*at).min(position);
     }
     lowest.into_iter().collect()
-}
-
-/// A ledger entry with only what the index is built from decoded (serde skips the rest without
-/// building it): what the index's rebuild, a merge and `domicile node check` read.
-#[derive(serde::Deserialize)]
-pub(super) struct LedgerSource {
-    sequence: u64,
-    evidence: SourceEvidence,
-}
-
-#[derive(serde::Deserialize)]
-struct SourceEvidence {
-    #[serde(default)]
-    import: Option<ImportEvidence>,
-}
-
-impl LedgerSource {
-    /// An imported entry's source event and position.
-    pub(super) fn imported(self) -> Option<(ImportEvidence, u64)> {
-        Some((self.evidence.import?, self.sequence))
-    }
 }
 
 fn position_of(value: &[u8]) -> Result<u64, StoreError> {
