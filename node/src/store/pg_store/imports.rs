@@ -2,16 +2,18 @@
 //! entry's source-event digest under the subject's key (`store::import_source`), empty for an entry
 //! not imported, NULL for one written before the column existed. Partial indexes make both a point
 //! lookup: `consent_import_source` (subject, digest) over imported entries, `consent_unclassified`
-//! (subject) over the NULL ones (none once classified).
+//! (subject, position) over the NULL ones (none once classified).
 //!
 //! - Every writer of `consent` fills it: the consent writer (`batch.rs`), a merge re-keying the
 //!   absorbed ledger (`identity.rs`), an unmerge storing each half (`unmerge.rs`); an erasure
 //!   deletes the rows, digests included.
 //! - [`PgStore::imported_positions`] reads the digests asked for and opens only unclassified
-//!   entries, so an entry written by an older binary (before the migration, or during a rolling
-//!   upgrade) is still found: a lookup never depends on the backfill having run.
+//!   entries (classifying them as it goes), so an entry written by an older binary (before the
+//!   migration, or during a rolling upgrade) is still found: a lookup never depends on the
+//!   background pass having run. Digests and unclassified entries are read in one statement, so
+//!   in one snapshot: an entry classified meanwhile cannot fall between two reads.
 //! - [`classify`] (started with the store) fills in unclassified entries in the background, a page
-//!   at a time; replicas may run it at once (each update keeps `import_source IS NULL`).
+//!   at a time.
 //! - The consent writer checks its imported entries against the index inside its transaction,
 //!   under the region head's lock ([`held`]), so two racing runs, or a run racing a merge or an
 //!   unmerge that moved the entry to another subject, write an event once however long ago its
@@ -62,32 +64,33 @@ pub(super) async fn held<'k>(
     let mut distinct = subjects.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    let indexed = async {
-        tx.query_cached(
-            "SELECT c.subject, c.import_source FROM consent c \
+    // One statement, so one snapshot: in two, an entry that `classify` filled in between them
+    // would be in neither (unclassified for the first read, classified for the second).
+    let rows = tx
+        .query_cached(
+            "SELECT c.subject, c.import_source, NULL::bigint, NULL::bytea FROM consent c \
              JOIN unnest($1::bytea[], $2::bytea[]) AS w (subject, source) \
                ON c.subject = w.subject AND c.import_source = w.source \
-             WHERE octet_length(c.import_source) > 0",
-            &[&subjects, &digests],
+             WHERE octet_length(c.import_source) > 0 \
+             UNION ALL \
+             SELECT subject, NULL, position, sealed FROM consent \
+             WHERE subject = ANY($3::bytea[]) AND import_source IS NULL",
+            &[&subjects, &digests, &distinct],
         )
         .await
-    };
-    let unclassified = async {
-        tx.query_cached(
-            "SELECT subject, position, sealed FROM consent WHERE subject = ANY($1::bytea[]) AND import_source IS NULL",
-            &[&distinct],
-        )
-        .await
-    };
-    let (indexed, unclassified) = tokio::try_join!(indexed, unclassified).map_err(pg)?;
-    for row in &indexed {
-        held.insert((subject_id(row.get(0))?, digest(row.get(1))?));
-    }
-    for row in &unclassified {
+        .map_err(pg)?;
+    for row in &rows {
         let subject = subject_id(row.get(0))?;
-        let Some(key) = key_of(&subject) else { continue };
-        if let Some((source, _)) = open_source(key, &subject, uint(row.get(1))?, row.get(2))? {
-            held.insert((subject, digest_of(key, &source)));
+        match row.get::<_, Option<&[u8]>>(1) {
+            Some(source) => {
+                held.insert((subject, digest(source)?));
+            }
+            None => {
+                let Some(key) = key_of(&subject) else { continue };
+                if let Some((source, _)) = open_source(key, &subject, uint(row.get(2))?, row.get(3))? {
+                    held.insert((subject, digest_of(key, &source)));
+                }
+            }
         }
     }
     Ok(held)
@@ -124,114 +127,161 @@ impl PgStore {
             sources.iter().map(|(system, event)| source_digest(&key, system, event)).collect();
         let digests: Vec<&[u8]> = wanted.iter().map(|d| d.as_slice()).collect();
         let id = subject.as_bytes().as_slice();
-        let indexed = async {
-            client
-                .query_cached(
-                    "SELECT import_source, min(position) FROM consent \
-                     WHERE subject = $1 AND octet_length(import_source) > 0 AND import_source = ANY($2::bytea[]) \
-                     GROUP BY import_source",
-                    &[&id, &digests],
-                )
-                .await
-        };
-        let unclassified = async {
-            client
-                .query_cached(
-                    "SELECT position, sealed FROM consent WHERE subject = $1 AND import_source IS NULL",
-                    &[&id],
-                )
-                .await
-        };
-        let (indexed, unclassified) = tokio::try_join!(indexed, unclassified).map_err(pg)?;
+        // One statement, one snapshot (as in `held`).
+        let rows = client
+            .query_cached(
+                "SELECT import_source, min(position), NULL::bytea FROM consent \
+                 WHERE subject = $1 AND octet_length(import_source) > 0 AND import_source = ANY($2::bytea[]) \
+                 GROUP BY import_source \
+                 UNION ALL \
+                 SELECT NULL, position, sealed FROM consent WHERE subject = $1 AND import_source IS NULL",
+                &[&id, &digests],
+            )
+            .await
+            .map_err(pg)?;
         let mut lowest: HashMap<[u8; DIGEST_LEN], u64> = HashMap::new();
         let mut keep = |digest: [u8; DIGEST_LEN], position: u64| {
             let at = lowest.entry(digest).or_insert(position);
             *at = (*at).min(position);
         };
-        for row in &indexed {
-            keep(digest(row.get(0))?, uint(row.get(1))?);
+        let mut classified: (Vec<i64>, Vec<Vec<u8>>) = Default::default();
+        for row in &rows {
+            let position = uint(row.get(1))?;
+            match row.get::<_, Option<&[u8]>>(0) {
+                Some(source) => keep(digest(source)?, position),
+                None => {
+                    let source = open_source(&key, subject, position, row.get(2))?;
+                    let column = source.as_ref().map_or_else(Vec::new, |(s, _)| digest_of(&key, s).to_vec());
+                    if let Some((source, _)) = source {
+                        keep(digest_of(&key, &source), position);
+                    }
+                    classified.0.push(int(position));
+                    classified.1.push(column);
+                }
+            }
         }
-        for row in &unclassified {
-            if let Some((source, position)) = open_source(&key, subject, uint(row.get(0))?, row.get(1))? {
-                keep(digest_of(&key, &source), position);
+        if !classified.0.is_empty() {
+            // Opened anyway: classified here, so the consent writer's check of this subject,
+            // under the region's write lock, finds them in the index rather than opening them.
+            // Best effort (the background pass does the rest).
+            let written = client.execute_cached(CLASSIFY_SUBJECT, &[&id, &classified.0, &classified.1]).await;
+            if let Err(e) = written {
+                tracing::debug!(error = %pg(e), "classifying a subject's ledger entries for the import index");
             }
         }
         Ok(wanted.iter().map(|d| lowest.get(d).copied()).collect())
     }
 }
 
+/// Sets the class of a subject's unclassified entries ($1 the subject, $2 positions, $3 values).
+/// It skips rows another transaction holds (a merge, an erasure, the background pass), so it
+/// never waits while holding row locks and cannot deadlock with them; what it skips stays
+/// unclassified for now.
+const CLASSIFY_SUBJECT: &str = "UPDATE consent c SET import_source = u.source \
+     FROM unnest($2::bigint[], $3::bytea[]) AS u (position, source) \
+     WHERE c.subject = $1 AND c.position = u.position AND c.import_source IS NULL \
+       AND c.position IN (SELECT position FROM consent \
+                          WHERE subject = $1 AND import_source IS NULL FOR UPDATE SKIP LOCKED)";
+
+/// Pause between pages of the background pass, so it leaves the database to the region's
+/// traffic.
+const CLASSIFY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Classifies the ledger entries written before the `import_source` column (or by a binary
-/// without it), a page at a time, until none is left; started with the store, in the background
-/// (lookups open unclassified entries meanwhile, so nothing waits for it). An entry whose subject
-/// has no key (erased between the read and the update: its rows are gone) or that cannot be
-/// opened is left unclassified and counted in the log; `domicile node check` names damage. Ends
-/// at the first database error (the next start tries again).
+/// without it) in the background, a page at a time in (subject, position) order, started with
+/// the store; lookups open unclassified entries meanwhile, so nothing waits for it. One node of
+/// the region works at a time (a transaction-level advisory lock per page; the others wait and
+/// then find less to do). Rows another transaction holds are skipped (`SKIP LOCKED`), never
+/// waited for. An entry that cannot be opened (no key, damaged) is passed over and counted in
+/// the log. A database error (a failover, say) is retried with backoff; ten in a row end the
+/// pass until the next start. Entries an older replica writes later are classified by the next
+/// start of any node, and found by lookups until then.
 pub(super) async fn classify(pool: Pool, keks: Arc<Keks>) {
-    let mut classified = 0u64;
-    let mut skipped: HashSet<(Vec<u8>, i64)> = HashSet::new();
+    let (mut classified, mut unreadable, mut failures) = (0u64, 0u64, 0u32);
+    let mut after: (Vec<u8>, i64) = (Vec::new(), -1);
     loop {
-        match classify_page(&pool, &keks, &mut skipped).await {
-            Ok(0) => break,
-            Ok(n) => classified += n,
+        match classify_page(&pool, &keks, &after).await {
+            Ok(Page::Done) => break,
+            Ok(Page::Busy) => tokio::time::sleep(CLASSIFY_PAUSE * 25).await,
+            Ok(Page::Read { last, done, skipped }) => {
+                (classified, unreadable, failures) = (classified + done, unreadable + skipped, 0);
+                after = last;
+                tokio::time::sleep(CLASSIFY_PAUSE).await;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "classifying imported ledger entries stopped; the next start resumes it");
-                return;
+                failures += 1;
+                if failures >= 10 {
+                    tracing::warn!(error = %e, "classifying ledger entries for the import index stopped; the next start resumes it");
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250) * 2u32.pow(failures.min(7))).await;
             }
         }
     }
-    if classified > 0 || !skipped.is_empty() {
-        tracing::info!(classified, unreadable = skipped.len(), "classified ledger entries for the import index");
+    if classified > 0 || unreadable > 0 {
+        tracing::info!(classified, unreadable, "classified ledger entries for the import index");
     }
 }
 
-/// One page: returns how many entries it classified (0: none left but those skipped).
-async fn classify_page(pool: &Pool, keks: &Keks, skipped: &mut HashSet<(Vec<u8>, i64)>) -> Result<u64, StoreError> {
-    let client = pool.get().await.map_err(pool_error)?;
-    let rows = client
+enum Page {
+    /// No unclassified entry after the cursor.
+    Done,
+    /// Another node holds the pass's lock.
+    Busy,
+    /// A page read: the cursor after it, entries classified, entries passed over.
+    Read { last: (Vec<u8>, i64), done: u64, skipped: u64 },
+}
+
+/// One page, in one transaction.
+async fn classify_page(pool: &Pool, keks: &Keks, (subject, position): &(Vec<u8>, i64)) -> Result<Page, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    let locked = tx.query_one_cached("SELECT pg_try_advisory_xact_lock(7002)", &[]).await.map_err(pg)?;
+    if !locked.get::<_, bool>(0) {
+        return Ok(Page::Busy);
+    }
+    let rows = tx
         .query_cached(
             "SELECT c.subject, c.position, c.sealed, k.kek, k.wrapped FROM consent c \
              LEFT JOIN subject_keys k ON k.subject = c.subject \
-             WHERE c.import_source IS NULL ORDER BY c.subject, c.position LIMIT $1",
-            &[&(CLASSIFY_PAGE + int(skipped.len() as u64))],
+             WHERE c.import_source IS NULL AND (c.subject, c.position) > ($1, $2) \
+             ORDER BY c.subject, c.position LIMIT $3 FOR UPDATE OF c SKIP LOCKED",
+            &[&subject.as_slice(), position, &CLASSIFY_PAGE],
         )
         .await
         .map_err(pg)?;
+    let Some(last) = rows.last().map(|row| (row.get::<_, &[u8]>(0).to_vec(), row.get::<_, i64>(1))) else {
+        return Ok(Page::Done);
+    };
     let (mut subjects, mut positions, mut sources): (Vec<&[u8]>, Vec<i64>, Vec<Vec<u8>>) = Default::default();
+    let mut skipped = 0;
     for row in &rows {
         let (id, position): (&[u8], i64) = (row.get(0), row.get(1));
-        if skipped.contains(&(id.to_vec(), position)) {
-            continue;
-        }
-        let source = classify_row(keks, id, position, row.get(2), row.get(3), row.get(4));
-        match source {
+        match classify_row(keks, id, position, row.get(2), row.get(3), row.get(4)) {
             Ok(source) => {
                 subjects.push(id);
                 positions.push(position);
                 sources.push(source);
             }
-            Err(_) => {
-                skipped.insert((id.to_vec(), position));
-            }
+            Err(_) => skipped += 1,
         }
     }
-    if subjects.is_empty() {
-        return Ok(0);
-    }
-    let updated = client
+    // The rows are locked by this transaction since the read: none changed meanwhile.
+    let done = tx
         .execute_cached(
             "UPDATE consent c SET import_source = u.source \
              FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) AS u (subject, position, source) \
-             WHERE c.subject = u.subject AND c.position = u.position AND c.import_source IS NULL",
+             WHERE c.subject = u.subject AND c.position = u.position",
             &[&subjects, &positions, &sources],
         )
         .await
         .map_err(pg)?;
-    // Another replica may have classified the page first: count what was read, so the loop ends.
-    Ok(updated.max(subjects.len() as u64))
+    tx.commit().await.map_err(pg)?;
+    Ok(Page::Read { last, done, skipped })
 }
 
 /// The `import_source` value of one unclassified entry, with the subject's wrapped key read
-/// beside it (none: the subject was erased meanwhile).
+/// beside it (none: a subject whose erasure left rows behind, which it does not).
 fn classify_row(
     keks: &Keks,
     id: &[u8],
