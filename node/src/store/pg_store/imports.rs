@@ -12,10 +12,14 @@
 //!   migration, or during a rolling upgrade) is still found: a lookup never depends on the
 //!   background pass having run. Digests and unclassified entries are read in one statement, so
 //!   in one snapshot: an entry classified meanwhile cannot fall between two reads.
+//! - The lookups are planned on every call (`prepared::Planned`, the unnamed statement), not prepared
+//!   once: a prepared statement's generic plan, made while `consent` was small (the start of a
+//!   first import), seq-scanned the table on every later call, as its estimated cost never grew
+//!   (one 60,000-row import: some 800 full scans of `consent`, twice PostgreSQL's CPU per row).
 //! - [`classify`] (started with the store) fills in unclassified entries in the background, a page
 //!   at a time.
 //! - The consent writer checks its imported entries against the index inside its transaction,
-//!   under the region head's lock ([`held`]), so two racing runs, or a run racing a merge or an
+//!   under the region head's lock ([`Sources::held`]), so two racing runs, or a run racing a merge or an
 //!   unmerge that moved the entry to another subject, write an event once however long ago its
 //!   idempotency record was purged.
 
@@ -24,13 +28,14 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use domicile_types::SubjectId;
+use tokio_postgres::types::Type;
 
-use super::prepared::Prepared;
+use super::prepared::{Planned, Prepared};
 use super::{Keks, PgStore, int, pg, pool_error, subject_id, uint};
 use crate::store::codec::{consent_key, context};
 use crate::store::import_source::{DIGEST_LEN, LedgerSource, digest_of, source_digest};
 use crate::store::vault::SubjectKey;
-use crate::store::{ConsentRecord, StoreError};
+use crate::store::{ConsentRecord, ImportEvidence, StoreError};
 
 /// Unclassified entries read per page by the backfill.
 const CLASSIFY_PAGE: i64 = 500;
@@ -47,53 +52,94 @@ pub(super) fn column_of_plain(key: &SubjectKey, plain: &[u8]) -> Result<Vec<u8>,
     Ok(entry.imported().map_or_else(Vec::new, |(source, _)| digest_of(key, &source).to_vec()))
 }
 
-/// Which of `wanted` (subject, source digest) the ledger holds already, read in the consent
-/// writer's transaction: one statement for the whole batch, through `consent_import_source`.
-/// Entries not yet classified are opened (`key_of` gives the batch's live subjects' keys).
-pub(super) async fn held<'k>(
-    tx: &impl Prepared,
-    wanted: &[(SubjectId, [u8; DIGEST_LEN])],
-    key_of: impl Fn(&SubjectId) -> Option<&'k SubjectKey>,
-) -> Result<HashSet<(SubjectId, [u8; DIGEST_LEN])>, StoreError> {
-    let mut held = HashSet::new();
-    if wanted.is_empty() {
-        return Ok(held);
+/// The source digests of a batch's imported entries and the keys they are under.
+pub(super) struct Sources {
+    wanted: Vec<(SubjectId, [u8; DIGEST_LEN])>,
+    keys: HashMap<SubjectId, SubjectKey>,
+}
+
+/// Reads the keys of the subjects of `imported` (subject, source) and digests the sources, on
+/// `client` before the consent writer takes the region's lock: a subject's data key never
+/// changes (a KEK rotation re-wraps it), and a subject gone by the write is refused by the
+/// write's own read. So [`Sources::held`] goes out together with the write's other reads.
+pub(super) async fn sources<'a>(
+    client: &impl Prepared,
+    keks: &Keks,
+    imported: impl Iterator<Item = (&'a SubjectId, &'a ImportEvidence)>,
+) -> Result<Sources, StoreError> {
+    let imported: Vec<_> = imported.collect();
+    let mut keys = HashMap::new();
+    if imported.is_empty() {
+        return Ok(Sources { wanted: Vec::new(), keys });
     }
-    let subjects: Vec<&[u8]> = wanted.iter().map(|(s, _)| s.as_bytes().as_slice()).collect();
-    let digests: Vec<&[u8]> = wanted.iter().map(|(_, d)| d.as_slice()).collect();
-    let mut distinct = subjects.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    // One statement, so one snapshot: in two, an entry that `classify` filled in between them
-    // would be in neither (unclassified for the first read, classified for the second).
-    let rows = tx
-        .query_cached(
-            "SELECT c.subject, c.import_source, NULL::bigint, NULL::bytea FROM consent c \
-             JOIN unnest($1::bytea[], $2::bytea[]) AS w (subject, source) \
-               ON c.subject = w.subject AND c.import_source = w.source \
-             WHERE octet_length(c.import_source) > 0 \
-             UNION ALL \
-             SELECT subject, NULL, position, sealed FROM consent \
-             WHERE subject = ANY($3::bytea[]) AND import_source IS NULL",
-            &[&subjects, &digests, &distinct],
-        )
+    let mut ids: Vec<&[u8]> = imported.iter().map(|(s, _)| s.as_bytes().as_slice()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = client
+        .query_cached("SELECT subject, kek, wrapped FROM subject_keys WHERE subject = ANY($1::bytea[])", &[&ids])
         .await
         .map_err(pg)?;
     for row in &rows {
         let subject = subject_id(row.get(0))?;
-        match row.get::<_, Option<&[u8]>>(1) {
-            Some(source) => {
-                held.insert((subject, digest(source)?));
-            }
-            None => {
-                let Some(key) = key_of(&subject) else { continue };
-                if let Some((source, _)) = open_source(key, &subject, uint(row.get(2))?, row.get(3))? {
-                    held.insert((subject, digest_of(key, &source)));
+        keys.insert(subject, keks.unwrap(&subject, row.get(1), row.get(2))?);
+    }
+    let wanted = imported
+        .into_iter()
+        .filter_map(|(subject, source)| Some((*subject, digest_of(keys.get(subject)?, source))))
+        .collect();
+    Ok(Sources { wanted, keys })
+}
+
+impl Sources {
+    /// Whether the subject's imported entries were checked (its key was read).
+    pub(super) fn checked(&self, subject: &SubjectId) -> bool {
+        self.keys.contains_key(subject)
+    }
+
+    /// Which of the batch's (subject, source digest) the ledger holds already, read in the
+    /// consent writer's transaction under the region's lock: one statement for the whole batch,
+    /// through `consent_import_source`; entries not yet classified are opened.
+    pub(super) async fn held(&self, tx: &impl Planned) -> Result<HashSet<(SubjectId, [u8; DIGEST_LEN])>, StoreError> {
+        let mut held = HashSet::new();
+        if self.wanted.is_empty() {
+            return Ok(held);
+        }
+        let subjects: Vec<&[u8]> = self.wanted.iter().map(|(s, _)| s.as_bytes().as_slice()).collect();
+        let digests: Vec<&[u8]> = self.wanted.iter().map(|(_, d)| d.as_slice()).collect();
+        let mut distinct = subjects.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // One statement, so one snapshot: in two, an entry that `classify` filled in between
+        // them would be in neither (unclassified for the first read, classified for the second).
+        let rows = tx
+            .query_planned(
+                "SELECT c.subject, c.import_source, NULL::bigint, NULL::bytea FROM consent c \
+                 JOIN unnest($1::bytea[], $2::bytea[]) AS w (subject, source) \
+                   ON c.subject = w.subject AND c.import_source = w.source \
+                 WHERE octet_length(c.import_source) > 0 \
+                 UNION ALL \
+                 SELECT subject, NULL, position, sealed FROM consent \
+                 WHERE subject = ANY($3::bytea[]) AND import_source IS NULL",
+                &[(&subjects, Type::BYTEA_ARRAY), (&digests, Type::BYTEA_ARRAY), (&distinct, Type::BYTEA_ARRAY)],
+            )
+            .await
+            .map_err(pg)?;
+        for row in &rows {
+            let subject = subject_id(row.get(0))?;
+            match row.get::<_, Option<&[u8]>>(1) {
+                Some(source) => {
+                    held.insert((subject, digest(source)?));
+                }
+                None => {
+                    let Some(key) = self.keys.get(&subject) else { continue };
+                    if let Some((source, _)) = open_source(key, &subject, uint(row.get(2))?, row.get(3))? {
+                        held.insert((subject, digest_of(key, &source)));
+                    }
                 }
             }
         }
+        Ok(held)
     }
-    Ok(held)
 }
 
 fn digest(bytes: &[u8]) -> Result<[u8; DIGEST_LEN], StoreError> {
@@ -106,7 +152,7 @@ fn open_source(
     subject: &SubjectId,
     position: u64,
     sealed: &[u8],
-) -> Result<Option<(crate::store::ImportEvidence, u64)>, StoreError> {
+) -> Result<Option<(ImportEvidence, u64)>, StoreError> {
     let plain = key.open(&context(b"consent", &consent_key(subject, position)), sealed)?;
     let entry: LedgerSource = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("ledger entry".into()))?;
     Ok(entry.imported())
@@ -129,13 +175,13 @@ impl PgStore {
         let id = subject.as_bytes().as_slice();
         // One statement, one snapshot (as in `held`).
         let rows = client
-            .query_cached(
+            .query_planned(
                 "SELECT import_source, min(position), NULL::bytea FROM consent \
                  WHERE subject = $1 AND octet_length(import_source) > 0 AND import_source = ANY($2::bytea[]) \
                  GROUP BY import_source \
                  UNION ALL \
                  SELECT NULL, position, sealed FROM consent WHERE subject = $1 AND import_source IS NULL",
-                &[&id, &digests],
+                &[(&id, Type::BYTEA), (&digests, Type::BYTEA_ARRAY)],
             )
             .await
             .map_err(pg)?;

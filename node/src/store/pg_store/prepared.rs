@@ -23,7 +23,7 @@ use std::future::Future;
 
 use deadpool_postgres::{GenericClient, StatementCache};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Error, Row};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -90,15 +90,49 @@ pub(super) trait Prepared: GenericClient {
     }
 }
 
+/// A query planned at each call: the unnamed statement with its parameters' types given, one
+/// round trip (`query_typed`). For a query whose best plan changes as its table grows: a cached
+/// statement's generic plan, once chosen, is never costed again, so one made while the table was
+/// small (a seq scan) stays after it has grown (`imports.rs`).
+pub(super) trait Planned {
+    fn query_planned<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a;
+}
+
 impl Prepared for deadpool_postgres::Client {
     fn statements(&self) -> &StatementCache {
         &self.statement_cache
     }
 }
 
+impl Planned for deadpool_postgres::Client {
+    fn query_planned<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a {
+        let client: &tokio_postgres::Client = self;
+        client.query_typed(sql, params)
+    }
+}
+
 impl Prepared for deadpool_postgres::Transaction<'_> {
     fn statements(&self) -> &StatementCache {
         &self.statement_cache
+    }
+}
+
+impl Planned for deadpool_postgres::Transaction<'_> {
+    fn query_planned<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a {
+        let tx: &tokio_postgres::Transaction<'_> = self;
+        tx.query_typed(sql, params)
     }
 }
 
