@@ -354,9 +354,13 @@ impl Batcher {
         };
         let in_force = async {
             tx.query_planned(
+                // One primary-key lookup per cell (as `live`): as a join, PostgreSQL's costs
+                // (random_page_cost) made a hash join over a seq scan of the whole table look
+                // cheaper, 2.3 ms a batch under the region's lock on a 6,000-row table.
                 "SELECT q.subject, q.purpose, q.channel, c.sealed \
-             FROM unnest($1::bytea[], $2::text[], $3::text[]) AS q(subject, purpose, channel) \
-             JOIN current_consent c ON c.subject = q.subject AND c.purpose = q.purpose AND c.channel = q.channel",
+             FROM unnest($1::bytea[], $2::text[], $3::text[]) AS q(subject, purpose, channel) CROSS JOIN LATERAL \
+             (SELECT c.sealed FROM current_consent c \
+              WHERE c.subject = q.subject AND c.purpose = q.purpose AND c.channel = q.channel OFFSET 0) AS c",
                 &[
                     (&cell_subjects, Type::BYTEA_ARRAY),
                     (&cell_purposes, Type::TEXT_ARRAY),
