@@ -4,7 +4,8 @@
 //! made one transaction each queue behind one another at one WAL flush (and, with a synchronous
 //! standby, one standby round trip) apiece. Instead, callers hand their write to one writer task
 //! per node, which takes every write queued meanwhile (up to [`MAX_BATCH`]) into one
-//! transaction: the state they need is read with three queries for the whole batch, each write is
+//! transaction: the state they need is read with three queries for the whole batch (four with
+//! imported entries: their source events, checked against the import index, `imports.rs`), each write is
 //! applied in order in memory exactly as it would be alone (its ledger position, the record in
 //! force per cell, its change event and audit entry, its idempotency row), everything is inserted
 //! with one statement per table, and one commit makes the whole batch durable. Only then is any

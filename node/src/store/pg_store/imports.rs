@@ -63,7 +63,7 @@ pub(super) struct Sources {
 /// changes (a KEK rotation re-wraps it), and a subject gone by the write is refused by the
 /// write's own read. So [`Sources::held`] goes out together with the write's other reads.
 pub(super) async fn sources<'a>(
-    client: &impl Prepared,
+    client: &impl Planned,
     keks: &Keks,
     imported: impl Iterator<Item = (&'a SubjectId, &'a ImportEvidence)>,
 ) -> Result<Sources, StoreError> {
@@ -76,7 +76,10 @@ pub(super) async fn sources<'a>(
     ids.sort_unstable();
     ids.dedup();
     let rows = client
-        .query_cached("SELECT subject, kek, wrapped FROM subject_keys WHERE subject = ANY($1::bytea[])", &[&ids])
+        .query_planned(
+            "SELECT subject, kek, wrapped FROM subject_keys WHERE subject = ANY($1::bytea[])",
+            &[(&ids, Type::BYTEA_ARRAY)],
+        )
         .await
         .map_err(pg)?;
     for row in &rows {
@@ -160,8 +163,9 @@ fn open_source(
 
 impl PgStore {
     /// [`crate::store::Store::imported_positions`] from the index: per source, the lowest
-    /// position of its entries in the subject's ledger. Two statements sent together: the
-    /// digests asked for, and the subject's unclassified entries (opened here).
+    /// position of its entries in the subject's ledger. The subject's key, then one statement
+    /// for the digests asked for and the subject's unclassified entries (opened here, and
+    /// classified on the way: [`CLASSIFY_SUBJECT`], best effort).
     pub async fn imported_positions(
         &self,
         subject: &SubjectId,
@@ -235,9 +239,10 @@ const CLASSIFY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20)
 
 /// Classifies the ledger entries written before the `import_source` column (or by a binary
 /// without it) in the background, a page at a time in (subject, position) order, started with
-/// the store; lookups open unclassified entries meanwhile, so nothing waits for it. One node of
-/// the region works at a time (a transaction-level advisory lock per page; the others wait and
-/// then find less to do). Rows another transaction holds are skipped (`SKIP LOCKED`), never
+/// the store; lookups open unclassified entries meanwhile, so nothing waits for it. One page is
+/// worked on at a time in the region (a transaction-level advisory lock per page: the passes of
+/// several nodes interleave page by page, each finding less to do), and a page's transaction
+/// ends itself if left idle (a node gone mid-page). Rows another transaction holds are skipped (`SKIP LOCKED`), never
 /// waited for. An entry that cannot be opened (no key, damaged) is passed over and counted in
 /// the log. A database error (a failover, say) is retried with backoff; ten in a row end the
 /// pass until the next start. Entries an older replica writes later are classified by the next
@@ -282,6 +287,9 @@ enum Page {
 async fn classify_page(pool: &Pool, keks: &Keks, (subject, position): &(Vec<u8>, i64)) -> Result<Page, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg)?;
+    // A node that stops mid-page (its host gone) must not hold the page's rows, which merges
+    // and erasures wait for, until PostgreSQL notices the connection is dead.
+    tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 10000").await.map_err(pg)?;
     let locked = tx.query_one_cached("SELECT pg_try_advisory_xact_lock(7002)", &[]).await.map_err(pg)?;
     if !locked.get::<_, bool>(0) {
         return Ok(Page::Busy);
