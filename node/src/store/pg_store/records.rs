@@ -278,10 +278,12 @@ impl PgStore {
         let keys: Vec<&[u8]> = links.iter().map(|l| l.as_bytes().as_slice()).collect();
         let client = self.client().await?;
         let rows = client
-            .query_cached(
+            // A primary-key lookup per link, planned at each call, as the decision inputs below.
+            .query_planned(
                 "SELECT l.subject FROM unnest($1::bytea[]) WITH ORDINALITY AS q(link, n) \
-                 LEFT JOIN links l ON l.link = q.link ORDER BY q.n",
-                &[&keys],
+                 LEFT JOIN LATERAL (SELECT l.subject FROM links l WHERE l.link = q.link OFFSET 0) l ON true \
+                 ORDER BY q.n",
+                &[(&keys, Type::BYTEA_ARRAY)],
             )
             .await
             .map_err(pg)?;
