@@ -15,8 +15,6 @@ use domicile_runtime::tls::{TlsFiles, TlsMaterial, install_crypto_provider};
 use domicile_types::{Channel as ContactChannel, ConsentAction, IdentifierKind, Purpose, UnknownTerm};
 use tonic::transport::{Channel, Endpoint};
 
-/// A value parser for a closed vocabulary of `domicile_types`: the help lists every term (so
-/// `--help` shows what the gateway accepts), and anything else is refused before a call is made.
 /// A status that says a keyed write may be sent again as it is: its outcome is unknown (a
 /// deadline; CANCELLED, the gateway's answer to a call it cut at its own deadline, tonic's
 /// "Timeout expired"; a region that did not answer) or it lost a race (ABORTED). Its idempotency
@@ -28,6 +26,8 @@ pub(crate) fn send_again(code: tonic::Code) -> bool {
     )
 }
 
+/// A value parser for a closed vocabulary of `domicile_types`: the help lists every term (so
+/// `--help` shows what the gateway accepts), and anything else is refused before a call is made.
 fn vocabulary<T: Copy + Send + Sync + 'static>(
     terms: &'static [T],
     name: fn(T) -> &'static str,

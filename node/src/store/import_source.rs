@@ -41,4 +41,11 @@ impl LedgerSource {
     pub(crate) fn imported(self) -> Option<(ImportEvidence, u64)> {
         Some((self.evidence.import?, self.sequence))
     }
+
+    /// [`Self::imported`] of a ledger entry's plaintext.
+    pub(crate) fn imported_of_plain(plain: &[u8]) -> Result<Option<(ImportEvidence, u64)>, super::StoreError> {
+        let entry: Self =
+            serde_json::from_slice(plain).map_err(|_| super::StoreError::Corrupt("ledger entry".into()))?;
+        Ok(entry.imported())
+    }
 }

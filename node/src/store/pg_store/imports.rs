@@ -40,16 +40,21 @@ use crate::store::{ConsentRecord, ImportEvidence, StoreError};
 /// Unclassified entries read per page by the backfill.
 const CLASSIFY_PAGE: i64 = 500;
 
-/// The `import_source` value of a ledger entry: its source digest, or empty when not imported.
+/// The `import_source` value of an entry imported from `source`, or of one not imported (empty).
+fn column_of(key: &SubjectKey, source: Option<&ImportEvidence>) -> Vec<u8> {
+    source.map_or_else(Vec::new, |source| digest_of(key, source).to_vec())
+}
+
+/// The `import_source` value of a ledger entry.
 pub(super) fn column(key: &SubjectKey, record: &ConsentRecord) -> Vec<u8> {
-    record.evidence.import.as_ref().map_or_else(Vec::new, |source| digest_of(key, source).to_vec())
+    column_of(key, record.evidence.import.as_ref())
 }
 
 /// The `import_source` value of a ledger entry from its plaintext (a merge re-keys entries as
 /// bytes, without decoding them otherwise).
 pub(super) fn column_of_plain(key: &SubjectKey, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let entry: LedgerSource = serde_json::from_slice(plain).map_err(|_| StoreError::Corrupt("ledger entry".into()))?;
-    Ok(entry.imported().map_or_else(Vec::new, |(source, _)| digest_of(key, &source).to_vec()))
+    let imported = LedgerSource::imported_of_plain(plain)?;
+    Ok(column_of(key, imported.as_ref().map(|(source, _)| source)))
 }
 
 /// The source digests of a batch's imported entries and the keys they are under.
@@ -157,8 +162,7 @@ fn open_source(
     sealed: &[u8],
 ) -> Result<Option<(ImportEvidence, u64)>, StoreError> {
     let plain = key.open(&context(b"consent", &consent_key(subject, position)), sealed)?;
-    let entry: LedgerSource = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("ledger entry".into()))?;
-    Ok(entry.imported())
+    LedgerSource::imported_of_plain(&plain)
 }
 
 impl PgStore {
@@ -200,10 +204,10 @@ impl PgStore {
             match row.get::<_, Option<&[u8]>>(0) {
                 Some(source) => keep(digest(source)?, position),
                 None => {
-                    let source = open_source(&key, subject, position, row.get(2))?;
-                    let column = source.as_ref().map_or_else(Vec::new, |(s, _)| digest_of(&key, s).to_vec());
-                    if let Some((source, _)) = source {
-                        keep(digest_of(&key, &source), position);
+                    let source = open_source(&key, subject, position, row.get(2))?.map(|(source, _)| source);
+                    let column = column_of(&key, source.as_ref());
+                    if let Ok(digest) = <[u8; DIGEST_LEN]>::try_from(column.as_slice()) {
+                        keep(digest, position);
                     }
                     classified.0.push(int(position));
                     classified.1.push(column);
@@ -348,5 +352,5 @@ fn classify_row(
     let (Some(version), Some(wrapped)) = (kek, wrapped) else { return Err(StoreError::NotFound) };
     let key = keks.unwrap(&subject, version, wrapped)?;
     let source = open_source(&key, &subject, uint(position)?, sealed)?;
-    Ok(source.map_or_else(Vec::new, |(source, _)| digest_of(&key, &source).to_vec()))
+    Ok(column_of(&key, source.as_ref().map(|(source, _)| source)))
 }

@@ -276,7 +276,7 @@ fn check_imports(
         let Some(Ok(subject_key)) = keys.get(&subject).map(SubjectKey::from_bytes) else { continue };
         // An entry that does not open is reported above, with its tree.
         let Ok(plain) = subject_key.open(&context(b"consent", &key), &value) else { continue };
-        let imported = serde_json::from_slice::<LedgerSource>(&plain).ok().and_then(LedgerSource::imported);
+        let imported = LedgerSource::imported_of_plain(&plain).ok().flatten();
         let Some((source, sequence)) = imported else { continue };
         let at = expected.entry(index_key(&subject, &subject_key, &source)).or_insert(sequence);
         *at = (*at).min(sequence);
