@@ -133,6 +133,18 @@ async fn serve_on<S: Store>(
         },
     );
 
+    // Decision batches made again because a subject they read through a replica's cache had
+    // just changed (a store shared by replicas): a measure of how often decisions race writes.
+    let redone = service.redone_decisions();
+    domicile_runtime::metrics::observe_count_u64(
+        "domicile.decisions.redone",
+        "{batch}",
+        "Decision batches made again after their audit write found a subject they read changed",
+        move |observer| {
+            observer.observe(redone.load(std::sync::atomic::Ordering::Relaxed), &[]);
+        },
+    );
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegionalNodeServer<NodeService<S>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

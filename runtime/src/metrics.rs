@@ -171,6 +171,25 @@ pub fn observe_u64(
     }
 }
 
+/// Registers an observable counter (a cumulative count) read at every export (nothing when
+/// metrics are off). Attributes must come from closed, non-personal sets.
+pub fn observe_count_u64(
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    callback: impl Fn(&dyn AsyncInstrument<u64>) + Send + Sync + 'static,
+) {
+    if let Some(m) = METRICS.get() {
+        let _ = m
+            .meter
+            .u64_observable_counter(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(callback)
+            .build();
+    }
+}
+
 /// [`observe_u64`] for floating-point values.
 pub fn observe_f64(
     name: &'static str,

@@ -75,6 +75,9 @@ pub struct NodeService<S> {
     rights_lock: tokio::sync::Mutex<()>,
     /// Overdue rights requests per kind, as last counted (the `domicile.rights.overdue` gauge).
     overdue: Arc<rights::OverdueCounts>,
+    /// Decision batches made again because a subject they read had just changed
+    /// (`decide::decide_items`; the `domicile.decisions.redone` counter).
+    redone: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How often a node over a shared store ([`Store::shared`]) looks for changes other replicas
@@ -173,6 +176,7 @@ impl<S: Store> NodeService<S> {
             rights: crate::config::RightsConfig::default(),
             rights_lock: tokio::sync::Mutex::new(()),
             overdue: Arc::default(),
+            redone: Arc::default(),
         })
     }
 
@@ -185,6 +189,11 @@ impl<S: Store> NodeService<S> {
     /// The overdue rights requests per kind, as last counted (for the gauge).
     pub fn overdue_counts(&self) -> Arc<rights::OverdueCounts> {
         Arc::clone(&self.overdue)
+    }
+
+    /// How many decision batches were made again (for the counter).
+    pub fn redone_decisions(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.redone)
     }
 
     /// Ends every open watch stream when `shutdown` begins, so a graceful stop is not held up by

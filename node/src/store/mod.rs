@@ -26,6 +26,15 @@ use std::future::Future;
 
 use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose, RegionId, SubjectId};
 
+/// What [`Store::audit_decisions_if_current`] did with decisions' audit entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audited {
+    /// Appended: the decisions may be served.
+    Stored,
+    /// Not appended: a subject they read changed after their mark; they must be made again.
+    Stale,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The identifiers of one request already belong to different subjects.
@@ -263,11 +272,17 @@ pub trait Store: Send + Sync + 'static {
         }
     }
     /// Makes the next [`Store::subjects_by_links`] and [`Store::decision_inputs_many`] see every
-    /// write acknowledged before this call, by this process or any other over the same store:
-    /// decisions call it once, first. The embedded store's cache is exact without it; a store
-    /// shared by replicas catches its cache up here.
+    /// write acknowledged before this call, by this process or any other over the same store.
+    /// The embedded store's cache is exact without it; a store shared by replicas catches its
+    /// cache up here. Decisions read without it first, and call it only when
+    /// [`Store::audit_decisions_if_current`] finds they read a value since changed.
     fn sync_reads(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
+    }
+    /// Where this process's reads stand in the store's stream of changes, taken before decisions
+    /// read, for [`Store::audit_decisions_if_current`]. An exact cache has one mark.
+    fn read_mark(&self) -> u64 {
+        0
     }
     /// The subjects holding `links`, in order (`None`: held by none here): what a batch of
     /// decisions resolves at once. By default one [`Store::subject_by_link`] each; a store over a
@@ -497,6 +512,22 @@ pub trait Store: Send + Sync + 'static {
         entries: &[domicile_audit::DecisionEntry<'_>],
         at: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// [`Store::audit_decisions`] for decisions that read at `mark` ([`Store::read_mark`]) without
+    /// [`Store::sync_reads`]: appends them only if no write committed before this call changed
+    /// one of their subjects after `mark`; otherwise appends nothing and answers
+    /// [`Audited::Stale`], and the caller decides again after `sync_reads`. A write acknowledged
+    /// before the decisions arrived is committed before this call, so no decision read from
+    /// before it is stored or served. By default the reads are exact (one process writes the
+    /// store) and the entries are appended.
+    fn audit_decisions_if_current(
+        &self,
+        entries: &[domicile_audit::DecisionEntry<'_>],
+        at: i64,
+        mark: u64,
+    ) -> impl Future<Output = Result<Audited, StoreError>> + Send {
+        let _ = mark;
+        async move { self.audit_decisions(entries, at).await.map(|()| Audited::Stored) }
+    }
 
     /// Makes every change so far durable, audit entries included. Called before acknowledging a
     /// write.

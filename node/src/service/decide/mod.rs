@@ -14,7 +14,7 @@ use domicile_types::{Channel, Link, Purpose, SubjectId};
 
 use super::NodeService;
 use crate::error::NodeError;
-use crate::store::{CurrentConsent, Store, StoreError, SubjectMeta};
+use crate::store::{Audited, CurrentConsent, Store, StoreError, SubjectMeta};
 
 /// What the caller asserted about one contact: the facts the pack may decide on, and the
 /// subject's time zone (`None`: every zone of the pack).
@@ -127,7 +127,7 @@ impl<S: Store> NodeService<S> {
 
     /// The subject of every readable item: links resolved with one store call for the batch,
     /// subject refs checked to be of this region.
-    async fn resolve_items<'k>(&self, items: Vec<BatchItem<'k>>) -> Vec<(u64, Result<Resolved, NodeError>)> {
+    async fn resolve_items(&self, items: &[BatchItem<'_>]) -> Vec<(u64, Result<Resolved, NodeError>)> {
         let links: Vec<Link> = items
             .iter()
             .filter_map(|(_, item)| match item {
@@ -140,10 +140,10 @@ impl<S: Store> NodeService<S> {
             false => self.store.subjects_by_links(&links).await.map(Vec::into_iter),
         };
         items
-            .into_iter()
+            .iter()
             .map(|(id, item)| {
                 let resolved = match item {
-                    Err(e) => Err(NodeError::from(e)),
+                    Err(e) => Err(NodeError::from(e.clone())),
                     Ok((key, purpose, channel, asserted)) => {
                         let subject = match key {
                             SubjectKeyRef::Link(_) => match &mut found {
@@ -153,15 +153,15 @@ impl<S: Store> NodeService<S> {
                                     .ok_or(NodeError::NotFound("no subject holds this link in this region")),
                                 Err(e) => Err(batch_read_failed(e)),
                             },
-                            SubjectKeyRef::Ref { region, id } if region == self.region.as_str() => Ok(id),
+                            SubjectKeyRef::Ref { region, id } if *region == self.region.as_str() => Ok(*id),
                             SubjectKeyRef::Ref { .. } => {
                                 Err(NodeError::Precondition("subject ref names another region"))
                             }
                         };
-                        subject.map(|subject| ((subject, purpose, channel), asserted))
+                        subject.map(|subject| ((subject, *purpose, *channel), asserted.clone()))
                     }
                 };
-                (id, resolved)
+                (*id, resolved)
             })
             .collect()
     }
@@ -170,27 +170,63 @@ impl<S: Store> NodeService<S> {
     /// write. An item may come refused already (its request could not be read): it is answered
     /// with that, in its place. The store is read once for the whole batch (links, then decision
     /// inputs), so a store over a network pays two round trips per batch, not two per item.
+    ///
+    /// The decisions read the store's cache as it stands, and the store checks, as it stores their
+    /// audit entries, that no write acknowledged meanwhile changed a subject they read
+    /// ([`Store::audit_decisions_if_current`]): a store shared by replicas pays one round trip for
+    /// that, not one to catch up before reading and another to store. Decisions found stale are
+    /// made again after [`Store::sync_reads`] and stored as they are.
     pub(crate) async fn decide_items<'k, 'p>(
         &self,
         loaded: &'p LoadedPacks,
         items: impl ExactSizeIterator<Item = BatchItem<'k>>,
         at: i64,
     ) -> Decided<'p> {
-        let count = items.len();
-        let resolved = match self.store.sync_reads().await {
-            Ok(()) => self.resolve_items(items.collect()).await,
-            Err(e) => {
-                items.map(|(id, item)| (id, item.map_err(NodeError::from).and(Err(batch_read_failed(&e))))).collect()
-            }
+        let items: Vec<BatchItem<'k>> = items.collect();
+        let mark = self.store.read_mark();
+        let (mut outcomes, mut decisions) = self.evaluate(loaded, self.resolve_items(&items).await, at).await;
+        let mut audited = self.audit(&decisions, Some(mark)).await;
+        if matches!(audited, Ok(Audited::Stale)) {
+            self.redone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let resolved = match self.store.sync_reads().await {
+                Ok(()) => self.resolve_items(&items).await,
+                Err(e) => items
+                    .into_iter()
+                    .map(|(id, item)| (id, item.map_err(NodeError::from).and(Err(batch_read_failed(&e)))))
+                    .collect(),
+            };
+            (outcomes, decisions) = self.evaluate(loaded, resolved, at).await;
+            audited = self.audit(&decisions, None).await;
+        }
+        let audited = match audited {
+            Ok(Audited::Stored) => Ok(()),
+            Ok(Audited::Stale) => Err(NodeError::Internal("decisions found stale after catching up")),
+            Err(e) => Err(NodeError::from(e)),
         };
+        if audited.is_ok() {
+            for decision in &decisions {
+                domicile_runtime::metrics::decided(&self.region, decision.parts.effect, decision.parts.pack);
+            }
+        }
+        Decided { outcomes, decisions, audited }
+    }
+
+    /// The decisions of resolved items, read from the store in one call for the batch: per item,
+    /// its id and the index of its decision or why it has none.
+    async fn evaluate<'p>(
+        &self,
+        loaded: &'p LoadedPacks,
+        resolved: Vec<(u64, Result<Resolved, NodeError>)>,
+        at: i64,
+    ) -> (Vec<(u64, Result<usize, NodeError>)>, Vec<SubjectDecision<'p>>) {
         let wanted: Vec<(SubjectId, Purpose, Channel)> =
             resolved.iter().filter_map(|(_, item)| item.as_ref().ok().map(|(wanted, _)| *wanted)).collect();
         let mut inputs = match wanted.is_empty() {
             true => Ok(Vec::new().into_iter()),
             false => self.store.decision_inputs_many(&wanted).await.map(Vec::into_iter),
         };
-        let mut decisions = Vec::with_capacity(count);
-        let mut outcomes = Vec::with_capacity(count);
+        let mut decisions = Vec::with_capacity(wanted.len());
+        let mut outcomes = Vec::with_capacity(resolved.len());
         for (id, item) in resolved {
             let evaluated = item.and_then(|item| match &mut inputs {
                 Ok(inputs) => match inputs.next().flatten() {
@@ -207,10 +243,16 @@ impl<S: Store> NodeService<S> {
                 Err(e) => outcomes.push((id, Err(e))),
             }
         }
+        (outcomes, decisions)
+    }
+
+    /// Stores the audit entries of `decisions` in one write: checked against `mark` when they
+    /// read without catching up first ([`Store::audit_decisions_if_current`]).
+    async fn audit(&self, decisions: &[SubjectDecision<'_>], mark: Option<u64>) -> Result<Audited, StoreError> {
         // Every reason of the batch in one list; each entry borrows its own slice of it.
         let mut reasons: Vec<&str> = Vec::with_capacity(decisions.len() * 2);
         let mut spans = Vec::with_capacity(decisions.len());
-        for decision in &decisions {
+        for decision in decisions {
             let start = reasons.len();
             reasons.extend(decision.parts.reasons());
             spans.push(start..reasons.len());
@@ -227,12 +269,9 @@ impl<S: Store> NodeService<S> {
                 pack: decision.parts.pack,
             })
             .collect();
-        let audited = self.store.audit_decisions(&entries, now_unix()).await.map_err(NodeError::from);
-        if audited.is_ok() {
-            for decision in &decisions {
-                domicile_runtime::metrics::decided(&self.region, decision.parts.effect, decision.parts.pack);
-            }
+        match mark {
+            Some(mark) => self.store.audit_decisions_if_current(&entries, now_unix(), mark).await,
+            None => self.store.audit_decisions(&entries, now_unix()).await.map(|()| Audited::Stored),
         }
-        Decided { outcomes, decisions, audited }
     }
 }

@@ -5,12 +5,14 @@
 //! region head (the chain's last hash), and the head is locked by every write through its commit's
 //! flush; so instead of taking it per decision batch, the entries of the decisions made meanwhile
 //! are inserted into `decision_entries` with one statement (pipelined with its `BEGIN` and
-//! `COMMIT`, one round trip, `synchronous_commit = off`: a decision changes nothing). Every write
-//! moves the waiting entries into the chain first, under the head lock, before its own entries
-//! (`unit.rs`), so the chain keeps the order in which decisions and changes became visible: a
-//! decision made after a write was acknowledged is chained after it. When no write comes, each
-//! replica's chainer does the same every [`CHAIN_EVERY`]. A crash may lose the last few decision
-//! entries (never a change's), as before.
+//! `COMMIT`, one round trip, `synchronous_commit = off`: a decision changes nothing). The same
+//! statement
+//! checks that the decisions read no value a write has changed since (`fresh.rs`): it inserts
+//! the entries of the others only. Every write moves the waiting entries into the chain first,
+//! under the head lock, before its own entries (`unit.rs`), so the chain keeps the order in which
+//! decisions and changes became visible: a decision made after a write was acknowledged is
+//! chained after it. When no write comes, each replica's chainer does the same every
+//! [`CHAIN_EVERY`]. A crash may lose the last few decision entries (never a change's), as before.
 
 use std::time::Duration;
 
@@ -18,11 +20,12 @@ use deadpool_postgres::Pool;
 use domicile_audit::DecisionEntry;
 use domicile_types::{Channel, Purpose, RegionId, SubjectId};
 
+use super::fresh::CATCH_UP_PAGE;
 use super::prepared::Prepared as _;
 use super::unit::Write;
-use super::{PgStore, pg, pool_error};
-use crate::store::StoreError;
+use super::{PgStore, int, pg, pool_error, subject_id, uint};
 use crate::store::codec::{decode, encode};
+use crate::store::{Audited, StoreError};
 
 /// How often a replica chains entries that no write has chained.
 pub(super) const CHAIN_EVERY: Duration = Duration::from_millis(20);
@@ -92,64 +95,183 @@ impl DecisionAudits {
 struct Pending {
     entries: Vec<OwnedDecision>,
     at: i64,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    /// For decisions that read through the cache: the mark they read at, and their subjects.
+    check: Option<(u64, Vec<SubjectId>)>,
+    /// Whether the entries were stored.
+    done: tokio::sync::oneshot::Sender<Result<bool, String>>,
 }
 
 impl PgStore {
-    /// Stores decisions' audit entries (see the module doc). Concurrent callers share one insert:
-    /// a caller leaves its entries in a queue; whoever holds the inserter inserts everything
-    /// queued by then, on a task of its own (so a caller that goes away cancels no one's insert),
-    /// and tells each caller how it went.
+    /// Stores decisions' audit entries (see the module doc).
     pub async fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
+        match self.store_decisions(entries, at, None).await? {
+            Audited::Stored => Ok(()),
+            Audited::Stale => Err(StoreError::Backend("decision entries without a check were not stored".into())),
         }
+    }
+
+    /// Stores decisions' audit entries unless one of their subjects changed after `mark`
+    /// (`Store::audit_decisions_if_current`, `fresh.rs`).
+    pub async fn audit_decisions_if_current(
+        &self,
+        entries: &[DecisionEntry<'_>],
+        at: i64,
+        mark: u64,
+    ) -> Result<Audited, StoreError> {
+        self.store_decisions(entries, at, Some(mark)).await
+    }
+
+    /// Concurrent callers share one statement: a caller leaves its entries in a queue; whoever
+    /// holds the inserter inserts everything queued by then, on a task of its own (so a caller
+    /// that goes away cancels no one's insert), tells each caller how it went, and then drops
+    /// from the cache what the statement found changed.
+    async fn store_decisions(
+        &self,
+        entries: &[DecisionEntry<'_>],
+        at: i64,
+        mark: Option<u64>,
+    ) -> Result<Audited, StoreError> {
+        if entries.is_empty() {
+            return Ok(Audited::Stored);
+        }
+        let check = mark.map(|mark| {
+            let mut subjects: Vec<SubjectId> = entries.iter().map(|e| e.subject).collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            (mark, subjects)
+        });
         let (done, written) = tokio::sync::oneshot::channel();
         let owned = entries.iter().map(OwnedDecision::from).collect();
-        self.decisions.queue().push(Pending { entries: owned, at, done });
-        {
+        self.decisions.queue().push(Pending { entries: owned, at, check, done });
+        let caught_up = {
             let _writer = self.decisions.writer.lock().await;
             let batch = std::mem::take(&mut *self.decisions.queue());
-            if !batch.is_empty() {
+            if batch.is_empty() {
+                None
+            } else {
+                // Rows after the oldest mark among the callers', and after the cache's own: so
+                // the statement reads every row this replica has not dropped yet.
+                let from =
+                    batch.iter().filter_map(|p| p.check.as_ref().map(|(m, _)| *m)).fold(self.read_mark(), u64::min);
                 let pool = self.pool.clone();
-                let _ = tokio::spawn(async move {
-                    let result = insert(&pool, &batch).await.map_err(|e| e.to_string());
-                    for pending in batch {
-                        let _ = pending.done.send(result.clone());
+                tokio::spawn(async move {
+                    let result = insert(&pool, &batch, from).await;
+                    match &result {
+                        Ok(outcome) => {
+                            for (i, pending) in batch.into_iter().enumerate() {
+                                let _ = pending.done.send(Ok(!outcome.stale.contains(&i)));
+                            }
+                        }
+                        Err(e) => {
+                            for pending in batch {
+                                let _ = pending.done.send(Err(e.to_string()));
+                            }
+                        }
                     }
+                    result.ok().and_then(|outcome| outcome.caught_up.map(|(head, touched)| (from, head, touched)))
                 })
-                .await;
+                .await
+                .ok()
+                .flatten()
             }
+        };
+        // After the inserter is free: dropping may wait for a `sync_reads` round in flight.
+        if let Some((from, head, touched)) = caught_up {
+            self.caught_up(from, head, &touched).await;
         }
         match written.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(true)) => Ok(Audited::Stored),
+            Ok(Ok(false)) => Ok(Audited::Stale),
             Ok(Err(message)) => Err(StoreError::Backend(message)),
             Err(_) => Err(StoreError::Backend("the decisions' audit write was abandoned".into())),
         }
     }
 }
 
-/// One row per caller's batch, in one statement between `BEGIN` and `COMMIT` sent together.
-async fn insert(pool: &Pool, batch: &[Pending]) -> Result<(), StoreError> {
+/// What the shared statement did.
+struct Outcome {
+    /// The callers (by their index in the batch) whose entries were not stored.
+    stale: Vec<usize>,
+    /// The head's last touched row and every row after `from` up to it, when the statement
+    /// could read them all.
+    caught_up: Option<(u64, Vec<(u64, SubjectId)>)>,
+}
+
+/// One statement, in one snapshot: the touched rows after `from` (`t`); whether they are all
+/// there (no more than a page, none pruned: `complete`); the callers whose subjects are among the
+/// rows after their own mark, or every checked caller when the rows are not complete (`stale`);
+/// one `decision_entries` row per other caller; and the rows, for the cache. `$2` bounds the
+/// rows read, so a replica long idle falls back to `sync_reads`' paging. A missing head reads as
+/// incomplete: nothing checked is stored.
+const INSERT: &str = "WITH h AS (SELECT touch_seq FROM region_head WHERE id = 1), \
+     t AS (SELECT seq, subject FROM touched WHERE seq > $1::bigint AND seq <= $1::bigint + $2::bigint), \
+     complete AS (SELECT coalesce((SELECT touch_seq FROM h) - $1 <= $2 AND ((SELECT touch_seq FROM h) <= $1 \
+       OR EXISTS (SELECT 1 FROM t WHERE t.seq = $1 + 1)), false) AS ok), \
+     stale AS (SELECT DISTINCT w.n FROM unnest($5::bigint[], $6::bytea[], $7::bigint[]) w(n, subject, mark) \
+       JOIN t ON t.subject = w.subject AND t.seq > w.mark \
+       UNION SELECT c.n FROM unnest($8::bigint[]) c(n) WHERE NOT (SELECT ok FROM complete)), \
+     ins AS (INSERT INTO decision_entries (at, body) \
+       SELECT r.at, r.body FROM unnest($3::bigint[], $4::bytea[]) WITH ORDINALITY r(at, body, n) \
+       WHERE r.n NOT IN (SELECT n FROM stale)) \
+     SELECT (SELECT touch_seq FROM h), (SELECT ok FROM complete), ARRAY(SELECT n FROM stale), t.seq, t.subject \
+     FROM (SELECT 1) one LEFT JOIN t ON (SELECT ok FROM complete) ORDER BY t.seq";
+
+/// The shared statement (see [`INSERT`]), sent together with its `BEGIN` and `COMMIT`.
+async fn insert(pool: &Pool, batch: &[Pending], from: u64) -> Result<Outcome, StoreError> {
     let at: Vec<i64> = batch.iter().map(|p| p.at).collect();
     let bodies = batch.iter().map(|p| encode(&p.entries)).collect::<Result<Vec<_>, _>>()?;
+    // Callers are numbered from 1, as `WITH ORDINALITY` numbers the rows.
+    let (mut numbers, mut subjects, mut marks, mut checked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, pending) in (1_i64..).zip(batch) {
+        if let Some((mark, of)) = &pending.check {
+            checked.push(n);
+            for subject in of {
+                numbers.push(n);
+                subjects.push(subject.as_bytes().as_slice());
+                marks.push(int(*mark));
+            }
+        }
+    }
     let client = pool.get().await.map_err(pool_error)?;
     // Prepared first (cached per connection): executing a prepared statement sends it at once,
-    // so the three below go out back to back, in order, and the insert is inside the transaction.
-    const INSERT: &str = "INSERT INTO decision_entries (at, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])";
-    let insert = client.prepare_cached(INSERT).await.map_err(pg)?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&at, &bodies];
-    let (begun, inserted, committed) = tokio::join!(
+    // so the three below go out back to back, in order, and the statement is inside the
+    // transaction. `SET LOCAL`, not a session setting: it reaches the server through any pooler.
+    let statement = client.prepare_cached(INSERT).await.map_err(pg)?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
+        [&int(from), &CATCH_UP_PAGE, &at, &bodies, &numbers, &subjects, &marks, &checked];
+    let (begun, rows, committed) = tokio::join!(
         client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-        client.execute(&insert, &params),
+        client.query(&statement, &params),
         client.batch_execute("COMMIT"),
     );
-    // A failed insert aborts the transaction, and the COMMIT after it rolls back without an error:
-    // the insert's own result says whether the entries are stored.
+    // A failed statement aborts the transaction, and the COMMIT after it rolls back without an
+    // error: the statement's own result says whether anything was stored.
     begun.map_err(pg)?;
     // A statement the session lost is prepared again next time (`prepared.rs`).
-    inserted.inspect_err(|e| super::prepared::forget_if_stale(&client.statement_cache, INSERT, e)).map_err(pg)?;
-    committed.map_err(pg)
+    let rows =
+        rows.inspect_err(|e| super::prepared::forget_if_stale(&client.statement_cache, INSERT, e)).map_err(pg)?;
+    committed.map_err(pg)?;
+    let first = rows.first().ok_or_else(|| StoreError::Corrupt("region head missing".into()))?;
+    let head = uint(first.get::<_, Option<i64>>(0).ok_or_else(|| StoreError::Corrupt("region head missing".into()))?)?;
+    let complete = first.get::<_, Option<bool>>(1) == Some(true);
+    let stale = first
+        .get::<_, Vec<i64>>(2)
+        .into_iter()
+        .map(|n| usize::try_from(n - 1).map_err(|_| StoreError::Corrupt("caller number".into())))
+        .collect::<Result<_, _>>()?;
+    let caught_up = match complete {
+        false => None,
+        true => {
+            let mut touched = Vec::new();
+            for row in &rows {
+                if let (Some(seq), Some(subject)) = (row.get::<_, Option<i64>>(3), row.get::<_, Option<&[u8]>>(4)) {
+                    touched.push((uint(seq)?, subject_id(subject)?));
+                }
+            }
+            Some((head, touched))
+        }
+    };
+    Ok(Outcome { stale, caught_up })
 }
 
 impl Write<'_> {

@@ -2,19 +2,26 @@
 //!
 //! Every write commits, with its change, one `touched` row per subject whose decision inputs it
 //! changed, numbered under the region head's lock (`unit.rs`), so rows become visible in number
-//! order. Before a decision reads the cache, [`PgStore::sync_reads`] reads the rows after the
-//! last one this replica applied, with a statement sent after the decision arrived, and drops
-//! those subjects (their inputs and their links) from the cache. A write acknowledged by any
-//! replica before a decision arrived is committed, hence visible to that statement, hence
-//! dropped before the decision reads: no stale allow from the cache, on any replica (tested by
-//! `tests/tests/postgres_replicas.rs`). Values missing from the cache are read in the same batch
-//! query as before and filled under the epoch rule of [`ReadCache`], so a value read before a
-//! concurrent write cannot land after that write's invalidation.
+//! order. A replica drops the subjects of those rows from its cache (their inputs and their
+//! links) as it reads them; its **mark** is the last row it dropped, and every value in the cache
+//! reflects every write numbered up to the mark (values missing from the cache are read in one
+//! batch query and filled under the epoch rule of [`ReadCache`], so a value read before a
+//! concurrent write cannot land after that write's invalidation).
 //!
-//! Concurrent decisions share rounds: a decision waits for the round in flight (which may have
-//! started before it arrived) and then starts one, or finds that another decision already
-//! finished one started after it arrived. So a decision costs at most two small queries' latency
-//! and the database sees about one such query per round trip, whatever the load.
+//! Decisions read the cache as it stands, after taking the mark, and are checked when their
+//! audit entries are stored (`decisions.rs`): the one statement that inserts the entries also
+//! reads the rows after the mark, inserts only the entries none of whose subjects is among them,
+//! and returns the rows, which the replica then drops ([`PgStore::caught_up`]). A write
+//! acknowledged by any replica before a decision arrived is committed before that statement is
+//! sent, hence visible to it: a decision that read a value it changed is not stored, and is made
+//! again after [`PgStore::sync_reads`], which reads the rows after the mark with a statement sent
+//! after the decision arrived. No stale allow from the cache, on any replica (tested by
+//! `tests/tests/postgres_replicas.rs`), and a decision costs one round trip to the database,
+//! shared by the decisions waiting, unless a subject it read has just changed.
+//!
+//! Concurrent `sync_reads` share rounds: a caller waits for the round in flight (which may have
+//! started before it arrived) and then starts one, or finds that another caller already finished
+//! one started after it arrived.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,12 +32,15 @@ use super::{PgStore, int, pg, subject_id, uint};
 use crate::store::{DecisionInputs, StoreError};
 
 /// Rows read per catch-up query.
-const CATCH_UP_PAGE: i64 = 4096;
+pub(super) const CATCH_UP_PAGE: i64 = 4096;
 
 #[derive(Debug, Default)]
 pub(super) struct Fresh {
     /// Rounds started so far.
     started: AtomicU64,
+    /// `Applied::seq`, readable without waiting for a round: set after the rows up to it were
+    /// dropped from the cache.
+    mark: AtomicU64,
     /// One round at a time; what the last completed one applied.
     applied: tokio::sync::Mutex<Applied>,
 }
@@ -47,11 +57,41 @@ impl Fresh {
     /// Starts following at the head's `touch_seq`: the cache is empty, so nothing before it
     /// matters.
     pub(super) fn at(seq: u64) -> Self {
-        Self { started: AtomicU64::new(0), applied: tokio::sync::Mutex::new(Applied { seq, round: 0 }) }
+        Self {
+            started: AtomicU64::new(0),
+            mark: AtomicU64::new(seq),
+            applied: tokio::sync::Mutex::new(Applied { seq, round: 0 }),
+        }
     }
 }
 
 impl PgStore {
+    /// The cache's mark (see the module doc).
+    pub fn read_mark(&self) -> u64 {
+        self.fresh.mark.load(Ordering::Acquire)
+    }
+
+    /// Drops the subjects of `touched` from the cache and moves the mark to `head`: `touched` are
+    /// the rows after `from` up to `head`, read in one snapshot. Rows this replica had not
+    /// dropped yet are all among them when `from` is at most its mark; those it had are skipped
+    /// (values read since are still good).
+    pub(super) async fn caught_up(&self, from: u64, head: u64, touched: &[(u64, SubjectId)]) {
+        let mut applied = self.fresh.applied.lock().await;
+        if head <= applied.seq || from > applied.seq {
+            return;
+        }
+        let subjects: Vec<SubjectId> =
+            touched.iter().filter(|(seq, _)| *seq > applied.seq).map(|(_, subject)| *subject).collect();
+        self.cache.invalidate(&subjects);
+        self.links.invalidate(&subjects);
+        self.advance(&mut applied, head);
+    }
+
+    fn advance(&self, applied: &mut Applied, seq: u64) {
+        applied.seq = seq;
+        self.fresh.mark.store(seq, Ordering::Release);
+    }
+
     /// Brings the read cache up to every write committed before this call (see the module doc).
     /// An error leaves the cache as it was and fails the decisions that needed it.
     pub async fn sync_reads(&self) -> Result<(), StoreError> {
@@ -92,14 +132,14 @@ impl PgStore {
                 // Rows this replica never read were pruned: it cannot tell what changed.
                 self.cache.clear();
                 self.links.clear();
-                applied.seq = head;
+                self.advance(applied, head);
                 return Ok(());
             }
             let subjects: Vec<SubjectId> = touched.iter().map(|(_, s)| *s).collect();
             self.cache.invalidate(&subjects);
             self.links.invalidate(&subjects);
             if let Some((last, _)) = touched.last() {
-                applied.seq = *last;
+                self.advance(applied, *last);
             }
             if (touched.len() as i64) < CATCH_UP_PAGE {
                 return Ok(());
@@ -107,8 +147,8 @@ impl PgStore {
         }
     }
 
-    /// The subjects holding `links`, in order: from the cache, the rest in one query. Call
-    /// [`Self::sync_reads`] first.
+    /// The subjects holding `links`, in order: from the cache, the rest in one query. Exact as
+    /// of the mark taken before (see the module doc).
     pub async fn subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
         let (mut found, epoch) = self.links.get_many(links);
         let missing: Vec<Link> = links.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(l, _)| *l).collect();
@@ -130,7 +170,7 @@ impl PgStore {
     }
 
     /// [`Self::decision_inputs`] of every item, in order: from the cache, the rest in one query.
-    /// Call [`Self::sync_reads`] first.
+    /// Exact as of the mark taken before (see the module doc).
     pub async fn decision_inputs_many(
         &self,
         items: &[(SubjectId, Purpose, Channel)],

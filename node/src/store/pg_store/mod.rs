@@ -12,16 +12,18 @@
 //! holds this link" holds until commit, change-event sequences and the audit chain follow commit
 //! order (a watcher resuming after N never misses a smaller sequence committed later), and the
 //! change, its events and its audit entries commit together (`unit.rs`). Decisions read through a
-//! cache that every decision first brings up to date with the subjects touched by writes
-//! committed before it arrived (`fresh.rs`): a withdrawal acknowledged through one replica is what
-//! the next decision on any replica reads. A commit is durable (`synchronous_commit = on`), so
-//! `flush` has nothing left to do.
+//! cache, and the statement that stores their audit entries checks them against the subjects
+//! touched by writes committed before it (`fresh.rs`): a decision that read a value a write
+//! acknowledged before it arrived has changed is made again, so a withdrawal acknowledged through
+//! one replica is what the next decision on any replica answers. A commit is durable
+//! (`synchronous_commit = on`), so `flush` has nothing left to do.
 //!
 //! The write methods live by capability as in the embedded store: `identity.rs` (register,
 //! rectify, merge, erase, dropped links), `records.rs` (consent, interactions, rights requests,
 //! restriction, and the reads decisions make), `claims.rs` (claims, releases, idempotency);
 //! `batch.rs` group-commits consent writes, `fresh.rs` keeps the decision cache exact,
-//! `decisions.rs` queues decisions' audit entries and chains them.
+//! `decisions.rs` stores decisions' audit entries (checking them against the cache's mark) and
+//! chains them.
 
 mod batch;
 mod claims;

@@ -5,12 +5,12 @@ use domicile_audit::{AuditEvent, DecisionEntry};
 use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose, RegionId, SubjectId};
 
 use super::PgStore;
+use crate::store::{Audited, OutboxChange, OutboxEntry, TrackedRequest};
 use crate::store::{
     ChangeEvent, Claim, ConsentRecord, CurrentConsent, DecisionInputs, Dropped, Erased, Held, Idempotency, Interaction,
     Merged, NewConsent, NewInteraction, Rectification, Rectified, Registered, Release, Replay, RightsRequestRecord,
     Store, StoreError, SubjectMeta, SubjectRecord, Unmerged,
 };
-use crate::store::{OutboxChange, OutboxEntry, TrackedRequest};
 
 impl Store for PgStore {
     async fn register(
@@ -132,6 +132,10 @@ impl Store for PgStore {
 
     async fn sync_reads(&self) -> Result<(), StoreError> {
         PgStore::sync_reads(self).await
+    }
+
+    fn read_mark(&self) -> u64 {
+        PgStore::read_mark(self)
     }
 
     async fn subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
@@ -316,6 +320,15 @@ impl Store for PgStore {
 
     async fn audit_decisions(&self, entries: &[DecisionEntry<'_>], at: i64) -> Result<(), StoreError> {
         PgStore::audit_decisions(self, entries, at).await
+    }
+
+    async fn audit_decisions_if_current(
+        &self,
+        entries: &[DecisionEntry<'_>],
+        at: i64,
+        mark: u64,
+    ) -> Result<Audited, StoreError> {
+        PgStore::audit_decisions_if_current(self, entries, at, mark).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
