@@ -5,7 +5,8 @@
 //! or a database of another region is refused. The import index: imported entries are found by
 //! their source event through merge, unmerge and erasure, a repeat is refused inside the write
 //! (however long ago its idempotency record went), entries of an older binary are found and then
-//! classified, and a lookup reads the index, not the ledger.
+//! classified, and a lookup reads the index, not the ledger. Decisions read through a replica's
+//! cache are stored only if no write has since changed what they read.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test")]
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use domicile_node::store::pg_store::{PgConfig, PgStore};
 use domicile_node::store::{
-    Change, ConsentRecord, Evidence, ImportEvidence, NewConsent, Rectification, Release, RightsRequestRecord,
+    Audited, Change, ConsentRecord, Evidence, ImportEvidence, NewConsent, Rectification, Release, RightsRequestRecord,
     StoreError,
 };
 use domicile_runtime::postgres::LocalPostgres;
@@ -384,4 +385,87 @@ async fn imported_entries_are_found_by_their_source_through_merge_unmerge_and_er
     )
     .join("\n");
     assert!(plan.contains("consent_import_source"), "{plan}");
+}
+
+/// One decision's audit entry about `subject`, as the node makes it.
+fn entry<'a>(subject: SubjectId, pack: &'a domicile_policy::PackRef) -> domicile_audit::DecisionEntry<'a> {
+    domicile_audit::DecisionEntry {
+        subject,
+        purpose: Purpose::Marketing,
+        channel: Channel::Email,
+        effect: domicile_policy::Effect::Allow,
+        reasons: &[],
+        pack,
+    }
+}
+
+/// Decisions' audit entries in the chain once the chainers have moved every waiting one.
+async fn chained(db: &Db, name: &str, store: &PgStore) -> u64 {
+    for _ in 0..200 {
+        if psql_lines(db, name, "SELECT count(*) FROM decision_entries") == ["0"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    audit_verifies(store).await
+}
+
+/// A replica reads its cache without catching up first; the statement that stores the
+/// decisions' audit entries is what checks them (`pg_store/fresh.rs`). Replica B holds a grant
+/// in its cache; A withdraws it; B's decision read at the mark before the withdrawal is not
+/// stored (the caller makes it again), one about an untouched subject is, the statement drops the
+/// withdrawn subject from B's cache and moves its mark, and rows B can no longer read (pruned
+/// past its mark) make every checked decision stale, then `sync_reads` starts B's cache over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_read_from_a_cache_a_write_has_since_changed_is_not_stored() {
+    let db = start();
+    let config = db.config("checked");
+    let a = PgStore::open(&config, &region()).await.unwrap();
+    let b = PgStore::open(&config, &region()).await.unwrap();
+    let pack = domicile_policy::PackRef { id: "de".into(), version: "test".into() };
+    let (eva, otto) = (register(&a, "eva.checked@example.de").await, register(&a, "otto.checked@example.de").await);
+    a.append_consent(&eva, consent(ConsentState::Granted, 1_700_000_000), None).await.unwrap();
+    let cells = [(eva, Purpose::Marketing, Channel::Email), (otto, Purpose::Marketing, Channel::Email)];
+    b.sync_reads().await.unwrap();
+    let state = |inputs: &[Option<domicile_node::store::DecisionInputs>]| {
+        inputs[0].as_ref().and_then(|(_, current)| current.as_ref().map(|c| c.state))
+    };
+    assert_eq!(state(&b.decision_inputs_many(&cells).await.unwrap()), Some(ConsentState::Granted));
+    let mark = b.read_mark();
+
+    a.append_consent(&eva, consent(ConsentState::Withdrawn, 1_700_000_001), None).await.unwrap();
+    let before = chained(&db, "checked", &b).await;
+    // The premise: B's cache still holds the grant; only the check stands between it and a
+    // stored (hence served) allow.
+    assert_eq!(state(&b.decision_inputs_many(&cells).await.unwrap()), Some(ConsentState::Granted));
+    let otto_entry = [entry(otto, &pack)];
+    assert_eq!(b.audit_decisions_if_current(&otto_entry, 1_700_000_002, mark).await.unwrap(), Audited::Stored);
+    let eva_entry = [entry(eva, &pack)];
+    assert_eq!(
+        b.audit_decisions_if_current(&eva_entry, 1_700_000_002, mark).await.unwrap(),
+        Audited::Stale,
+        "a decision read before an acknowledged withdrawal is not stored"
+    );
+    assert_eq!(chained(&db, "checked", &b).await, before + 1, "only the current decision is in the chain");
+    // The statement dropped what changed and moved the mark: the next read is the withdrawal,
+    // and a decision read at the new mark is stored.
+    assert!(b.read_mark() > mark);
+    assert_eq!(state(&b.decision_inputs_many(&cells).await.unwrap()), Some(ConsentState::Withdrawn));
+    assert_eq!(b.audit_decisions_if_current(&eva_entry, 1_700_000_003, b.read_mark()).await.unwrap(), Audited::Stored);
+    assert_eq!(chained(&db, "checked", &b).await, before + 2);
+
+    // Rows pruned past B's mark: B cannot tell what changed, so nothing checked is stored, not
+    // even about a subject no write touched; unchecked entries still are.
+    let mark = b.read_mark();
+    a.append_consent(&eva, consent(ConsentState::Granted, 1_700_000_004), None).await.unwrap();
+    let before = chained(&db, "checked", &b).await;
+    let _ = psql_lines(&db, "checked", "DELETE FROM touched");
+    assert_eq!(b.audit_decisions_if_current(&otto_entry, 1_700_000_005, mark).await.unwrap(), Audited::Stale);
+    assert_eq!(b.read_mark(), mark, "nothing read, nothing dropped");
+    b.audit_decisions(&otto_entry, 1_700_000_005).await.unwrap();
+    assert_eq!(chained(&db, "checked", &b).await, before + 1);
+    // `sync_reads` finds the gap and starts the cache over: the grant is read again.
+    b.sync_reads().await.unwrap();
+    assert_eq!(state(&b.decision_inputs_many(&cells).await.unwrap()), Some(ConsentState::Granted));
+    assert_eq!(b.audit_decisions_if_current(&eva_entry, 1_700_000_006, b.read_mark()).await.unwrap(), Audited::Stored);
 }
