@@ -137,7 +137,7 @@ async fn serve_on<S: Store>(
     // just changed (a store shared by replicas): a measure of how often decisions race writes.
     let redone = service.redone_decisions();
     domicile_runtime::metrics::observe_count_u64(
-        "domicile.decisions.redone",
+        "domicile.decision_batches.redone",
         "{batch}",
         "Decision batches made again after their audit write found a subject they read changed",
         move |observer| {

@@ -10,8 +10,9 @@
 //! - `domicile.rpc.duration` (histogram, seconds): every RPC a server answers, by `role`, `rpc`
 //!   (method path) and `code`, from request to the end of the response (for streams: the stream's
 //!   lifetime).
-//! - gauges registered by the gateway (`domicile.directory.links`, `domicile.watch.lag`) through
-//!   [`observe_u64`] and [`observe_f64`].
+//! - gauges registered by the gateway (`domicile.directory.links`, `domicile.watch.lag`) and the
+//!   node (`domicile.rights.overdue`) through [`observe_u64`] and [`observe_f64`], and the node's
+//!   counter `domicile.decision_batches.redone` through [`observe_count_u64`].
 //!
 //! No personal data: attribute values come from closed sets only (roles, effects, regions, pack
 //! ids and versions, the method paths of the services a process serves, gRPC code names). A

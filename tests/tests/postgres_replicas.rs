@@ -342,11 +342,20 @@ async fn register_de(client: &mut NodeClient, email: &str) -> node::RegisterResp
 /// The decision on `client` for `key` (marketing × email): the effect and the subject decided
 /// for, or the status code.
 async fn decided(client: &mut NodeClient, key: Option<common::SubjectKey>) -> Result<(i32, String), tonic::Code> {
+    decided_on(client, key, "email").await
+}
+
+/// [`decided`] for marketing on `channel`.
+async fn decided_on(
+    client: &mut NodeClient,
+    key: Option<common::SubjectKey>,
+    channel: &str,
+) -> Result<(i32, String), tonic::Code> {
     let decision = client
         .decide(node::DecideRequest {
             subject: key,
             purpose: "marketing".into(),
-            channel: "email".into(),
+            channel: channel.into(),
             at: None,
             ..Default::default()
         })
@@ -406,6 +415,13 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
     })
     .await
     .unwrap();
+    // A cell B never read for the merged subject: B's cache still holds the link as naming it,
+    // and its row is gone; the answer is the remaining subject's, not NOT_FOUND.
+    assert_eq!(
+        decided_on(&mut b, node_link(&link2), "sms").await.map(|(_, s)| s),
+        Ok(one.subject_ref.clone()),
+        "a link moved by a merge, through a cell not cached"
+    );
     let after_merge = decided(&mut b, node_link(&link2)).await;
     assert_eq!(
         after_merge.clone().map(|(_, s)| s),

@@ -76,7 +76,7 @@ pub struct NodeService<S> {
     /// Overdue rights requests per kind, as last counted (the `domicile.rights.overdue` gauge).
     overdue: Arc<rights::OverdueCounts>,
     /// Decision batches made again because a subject they read had just changed
-    /// (`decide::decide_items`; the `domicile.decisions.redone` counter).
+    /// (`decide::decide_items`; the `domicile.decision_batches.redone` counter).
     redone: Arc<std::sync::atomic::AtomicU64>,
 }
 

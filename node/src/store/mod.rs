@@ -31,7 +31,8 @@ use domicile_types::{Channel, Jurisdiction, Link, NormalizedIdentifier, Purpose,
 pub enum Audited {
     /// Appended: the decisions may be served.
     Stored,
-    /// Not appended: a subject they read changed after their mark; they must be made again.
+    /// Not appended: a subject they read changed after their mark, or the changes since it can
+    /// no longer all be read (pruned, or too many); they must be made again.
     Stale,
 }
 
@@ -512,20 +513,23 @@ pub trait Store: Send + Sync + 'static {
         entries: &[domicile_audit::DecisionEntry<'_>],
         at: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// [`Store::audit_decisions`] for decisions that read at `mark` ([`Store::read_mark`]) without
-    /// [`Store::sync_reads`]: appends them only if no write committed before this call changed
-    /// one of their subjects after `mark`; otherwise appends nothing and answers
-    /// [`Audited::Stale`], and the caller decides again after `sync_reads`. A write acknowledged
-    /// before the decisions arrived is committed before this call, so no decision read from
-    /// before it is stored or served. By default the reads are exact (one process writes the
-    /// store) and the entries are appended.
+    /// [`Store::audit_decisions`] for a batch of decisions that read at `mark`
+    /// ([`Store::read_mark`]) without [`Store::sync_reads`]: appends them only if no write
+    /// committed before this call changed a subject in `read` (every subject the batch read, the
+    /// entries' and those of items that ended without a decision) after `mark`, and the store can
+    /// still tell; otherwise appends nothing and answers [`Audited::Stale`], and the caller
+    /// answers the batch again after `sync_reads`. A write acknowledged before the decisions
+    /// arrived is committed before this call, so no answer read from before it is stored or
+    /// served. By default the reads are exact (one process writes the store) and the entries are
+    /// appended.
     fn audit_decisions_if_current(
         &self,
         entries: &[domicile_audit::DecisionEntry<'_>],
+        read: &[SubjectId],
         at: i64,
         mark: u64,
     ) -> impl Future<Output = Result<Audited, StoreError>> + Send {
-        let _ = mark;
+        let _ = (read, mark);
         async move { self.audit_decisions(entries, at).await.map(|()| Audited::Stored) }
     }
 

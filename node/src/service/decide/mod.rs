@@ -184,8 +184,13 @@ impl<S: Store> NodeService<S> {
     ) -> Decided<'p> {
         let items: Vec<BatchItem<'k>> = items.collect();
         let mark = self.store.read_mark();
-        let (mut outcomes, mut decisions) = self.evaluate(loaded, self.resolve_items(&items).await, at).await;
-        let mut audited = self.audit(&decisions, Some(mark)).await;
+        let resolved = self.resolve_items(&items).await;
+        // Every subject read, also those whose items end without a decision (a subject gone
+        // since its link was cached answers NOT_FOUND): each answer rests on what was read.
+        let read: Vec<SubjectId> =
+            resolved.iter().filter_map(|(_, item)| item.as_ref().ok().map(|((subject, _, _), _)| *subject)).collect();
+        let (mut outcomes, mut decisions) = self.evaluate(loaded, resolved, at).await;
+        let mut audited = self.audit(&decisions, Some((mark, &read))).await;
         if matches!(audited, Ok(Audited::Stale)) {
             self.redone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let resolved = match self.store.sync_reads().await {
@@ -246,9 +251,14 @@ impl<S: Store> NodeService<S> {
         (outcomes, decisions)
     }
 
-    /// Stores the audit entries of `decisions` in one write: checked against `mark` when they
-    /// read without catching up first ([`Store::audit_decisions_if_current`]).
-    async fn audit(&self, decisions: &[SubjectDecision<'_>], mark: Option<u64>) -> Result<Audited, StoreError> {
+    /// Stores the audit entries of `decisions` in one write: checked, with every subject the
+    /// batch read, against the mark they read at when they read without catching up first
+    /// ([`Store::audit_decisions_if_current`]).
+    async fn audit(
+        &self,
+        decisions: &[SubjectDecision<'_>],
+        check: Option<(u64, &[SubjectId])>,
+    ) -> Result<Audited, StoreError> {
         // Every reason of the batch in one list; each entry borrows its own slice of it.
         let mut reasons: Vec<&str> = Vec::with_capacity(decisions.len() * 2);
         let mut spans = Vec::with_capacity(decisions.len());
@@ -269,8 +279,8 @@ impl<S: Store> NodeService<S> {
                 pack: decision.parts.pack,
             })
             .collect();
-        match mark {
-            Some(mark) => self.store.audit_decisions_if_current(&entries, now_unix(), mark).await,
+        match check {
+            Some((mark, read)) => self.store.audit_decisions_if_current(&entries, read, now_unix(), mark).await,
             None => self.store.audit_decisions(&entries, now_unix()).await.map(|()| Audited::Stored),
         }
     }

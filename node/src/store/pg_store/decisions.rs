@@ -6,9 +6,8 @@
 //! flush; so instead of taking it per decision batch, the entries of the decisions made meanwhile
 //! are inserted into `decision_entries` with one statement (pipelined with its `BEGIN` and
 //! `COMMIT`, one round trip, `synchronous_commit = off`: a decision changes nothing). The same
-//! statement
-//! checks that the decisions read no value a write has changed since (`fresh.rs`): it inserts
-//! the entries of the others only. Every write moves the waiting entries into the chain first,
+//! statement checks that the decisions read no value a write has changed since (`fresh.rs`), and
+//! inserts the entries of the others only. Every write moves the waiting entries into the chain first,
 //! under the head lock, before its own entries (`unit.rs`), so the chain keeps the order in which
 //! decisions and changes became visible: a decision made after a write was acknowledged is
 //! chained after it. When no write comes, each replica's chainer does the same every
@@ -115,31 +114,34 @@ impl PgStore {
     pub async fn audit_decisions_if_current(
         &self,
         entries: &[DecisionEntry<'_>],
+        read: &[SubjectId],
         at: i64,
         mark: u64,
     ) -> Result<Audited, StoreError> {
-        self.store_decisions(entries, at, Some(mark)).await
+        self.store_decisions(entries, at, Some((mark, read))).await
     }
 
     /// Concurrent callers share one statement: a caller leaves its entries in a queue; whoever
     /// holds the inserter inserts everything queued by then, on a task of its own (so a caller
     /// that goes away cancels no one's insert), tells each caller how it went, and then drops
     /// from the cache what the statement found changed.
+    /// A batch with no entries but subjects to check still goes to the database: an answer
+    /// without a decision (a subject gone) rests on what was read too.
     async fn store_decisions(
         &self,
         entries: &[DecisionEntry<'_>],
         at: i64,
-        mark: Option<u64>,
+        check: Option<(u64, &[SubjectId])>,
     ) -> Result<Audited, StoreError> {
-        if entries.is_empty() {
-            return Ok(Audited::Stored);
-        }
-        let check = mark.map(|mark| {
-            let mut subjects: Vec<SubjectId> = entries.iter().map(|e| e.subject).collect();
+        let check = check.map(|(mark, read)| {
+            let mut subjects: Vec<SubjectId> = entries.iter().map(|e| e.subject).chain(read.iter().copied()).collect();
             subjects.sort_unstable();
             subjects.dedup();
             (mark, subjects)
         });
+        if entries.is_empty() && check.as_ref().is_none_or(|(_, subjects)| subjects.is_empty()) {
+            return Ok(Audited::Stored);
+        }
         let (done, written) = tokio::sync::oneshot::channel();
         let owned = entries.iter().map(OwnedDecision::from).collect();
         self.decisions.queue().push(Pending { entries: owned, at, check, done });
@@ -200,9 +202,9 @@ struct Outcome {
 /// One statement, in one snapshot: the touched rows after `from` (`t`); whether they are all
 /// there (no more than a page, none pruned: `complete`); the callers whose subjects are among the
 /// rows after their own mark, or every checked caller when the rows are not complete (`stale`);
-/// one `decision_entries` row per other caller; and the rows, for the cache. `$2` bounds the
-/// rows read, so a replica long idle falls back to `sync_reads`' paging. A missing head reads as
-/// incomplete: nothing checked is stored.
+/// one `decision_entries` row per other caller that has entries; and the rows, for the cache.
+/// `$2` bounds the rows read, so a replica long idle falls back to `sync_reads`' paging. A
+/// missing head reads as incomplete: nothing checked is stored.
 const INSERT: &str = "WITH h AS (SELECT touch_seq FROM region_head WHERE id = 1), \
      t AS (SELECT seq, subject FROM touched WHERE seq > $1::bigint AND seq <= $1::bigint + $2::bigint), \
      complete AS (SELECT coalesce((SELECT touch_seq FROM h) - $1 <= $2 AND ((SELECT touch_seq FROM h) <= $1 \
@@ -212,14 +214,18 @@ const INSERT: &str = "WITH h AS (SELECT touch_seq FROM region_head WHERE id = 1)
        UNION SELECT c.n FROM unnest($8::bigint[]) c(n) WHERE NOT (SELECT ok FROM complete)), \
      ins AS (INSERT INTO decision_entries (at, body) \
        SELECT r.at, r.body FROM unnest($3::bigint[], $4::bytea[]) WITH ORDINALITY r(at, body, n) \
-       WHERE r.n NOT IN (SELECT n FROM stale)) \
+       WHERE r.n NOT IN (SELECT n FROM stale) AND octet_length(r.body) > 0) \
      SELECT (SELECT touch_seq FROM h), (SELECT ok FROM complete), ARRAY(SELECT n FROM stale), t.seq, t.subject \
      FROM (SELECT 1) one LEFT JOIN t ON (SELECT ok FROM complete) ORDER BY t.seq";
 
 /// The shared statement (see [`INSERT`]), sent together with its `BEGIN` and `COMMIT`.
 async fn insert(pool: &Pool, batch: &[Pending], from: u64) -> Result<Outcome, StoreError> {
     let at: Vec<i64> = batch.iter().map(|p| p.at).collect();
-    let bodies = batch.iter().map(|p| encode(&p.entries)).collect::<Result<Vec<_>, _>>()?;
+    // A caller with subjects to check but no entries has an empty body: checked, nothing stored.
+    let bodies = batch
+        .iter()
+        .map(|p| if p.entries.is_empty() { Ok(Vec::new()) } else { encode(&p.entries) })
+        .collect::<Result<Vec<_>, _>>()?;
     // Callers are numbered from 1, as `WITH ORDINALITY` numbers the rows.
     let (mut numbers, mut subjects, mut marks, mut checked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, pending) in (1_i64..).zip(batch) {

@@ -325,10 +325,11 @@ impl Store for PgStore {
     async fn audit_decisions_if_current(
         &self,
         entries: &[DecisionEntry<'_>],
+        read: &[SubjectId],
         at: i64,
         mark: u64,
     ) -> Result<Audited, StoreError> {
-        PgStore::audit_decisions_if_current(self, entries, at, mark).await
+        PgStore::audit_decisions_if_current(self, entries, read, at, mark).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
