@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::{Equivalent, HashMap};
 use http_body::{Frame, SizeHint};
-use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{AsyncInstrumentBuilder, Histogram, Meter, MeterProvider as _};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -153,6 +153,17 @@ pub fn enabled() -> bool {
     METRICS.get().is_some()
 }
 
+/// An observable instrument's unit, description and callback: the part every `observe_*`
+/// registration shares (each then builds its own kind of instrument).
+fn described<'a, I, M>(
+    builder: AsyncInstrumentBuilder<'a, I, M>,
+    unit: &'static str,
+    description: &'static str,
+    callback: impl Fn(&dyn AsyncInstrument<M>) + Send + Sync + 'static,
+) -> AsyncInstrumentBuilder<'a, I, M> {
+    builder.with_unit(unit).with_description(description).with_callback(callback)
+}
+
 /// Registers an observable gauge read at every export (nothing when metrics are off).
 /// Attributes must come from closed, non-personal sets.
 pub fn observe_u64(
@@ -162,13 +173,7 @@ pub fn observe_u64(
     callback: impl Fn(&dyn AsyncInstrument<u64>) + Send + Sync + 'static,
 ) {
     if let Some(m) = METRICS.get() {
-        let _ = m
-            .meter
-            .u64_observable_gauge(name)
-            .with_unit(unit)
-            .with_description(description)
-            .with_callback(callback)
-            .build();
+        let _ = described(m.meter.u64_observable_gauge(name), unit, description, callback).build();
     }
 }
 
@@ -181,13 +186,7 @@ pub fn observe_count_u64(
     callback: impl Fn(&dyn AsyncInstrument<u64>) + Send + Sync + 'static,
 ) {
     if let Some(m) = METRICS.get() {
-        let _ = m
-            .meter
-            .u64_observable_counter(name)
-            .with_unit(unit)
-            .with_description(description)
-            .with_callback(callback)
-            .build();
+        let _ = described(m.meter.u64_observable_counter(name), unit, description, callback).build();
     }
 }
 
@@ -199,13 +198,7 @@ pub fn observe_f64(
     callback: impl Fn(&dyn AsyncInstrument<f64>) + Send + Sync + 'static,
 ) {
     if let Some(m) = METRICS.get() {
-        let _ = m
-            .meter
-            .f64_observable_gauge(name)
-            .with_unit(unit)
-            .with_description(description)
-            .with_callback(callback)
-            .build();
+        let _ = described(m.meter.f64_observable_gauge(name), unit, description, callback).build();
     }
 }
 
