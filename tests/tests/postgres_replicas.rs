@@ -4,9 +4,7 @@
 //! decision on the other one sees (no stale allow from a replica of its own); a watcher of one
 //! replica receives every change acknowledged by either, in one order, and resumes from its
 //! cursor on the other replica after its own was killed (kill -9); concurrent writers on both
-//! replicas leave one audit chain that `domicile audit verify` accepts from the database. A
-//! replica paused (SIGSTOP) while the other acknowledges a withdrawal answers a decision sent to
-//! it meanwhile with the withdrawal once it runs again.
+//! replicas leave one audit chain that `domicile audit verify` accepts from the database.
 
 #![allow(
     clippy::expect_used,
@@ -23,7 +21,7 @@ use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_cluster_tests::{
-    Churn, Cluster as _, Paused, RegionAudit, Replica, TestCluster, TestOptions, consent_churn, eventually,
+    Churn, Cluster as _, RegionAudit, Replica, TestCluster, TestOptions, consent_churn, eventually,
     gateway_over_replicas, identifier, node_ref, region,
 };
 use tonic::transport::Channel;
@@ -261,39 +259,6 @@ async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_ever
     );
     assert_eq!(stale, 0, "no stale allow after an acknowledged withdrawal");
     assert_eq!(unseen_grants, 0, "an acknowledged grant is the next decision on the other replica too");
-}
-
-/// A replica paused (SIGSTOP) with a grant in its read cache while the other acknowledges the
-/// withdrawal; a decision sent to the paused replica after that acknowledgement waits in its
-/// socket, and is answered when the replica runs again: with the withdrawal, every round (its
-/// cache and its mark are as old as the pause; the check where its audit entry is stored is what
-/// catches it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_paused_while_the_other_withdraws_answers_the_withdrawal_when_it_runs_again() {
-    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
-    let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await.unwrap();
-    let mut a = cluster.node(&eu).await.unwrap();
-    let b = replica.client(&cluster).await.unwrap();
-    let subject = register_de(&mut a, "paused.replica@example.de").await.subject_ref;
-    let (allow, deny) = (common::Effect::Allow as i32, common::Effect::Deny as i32);
-    for round in 0..ROUNDS {
-        record(&mut a, &subject, common::ConsentAction::Grant).await;
-        // Twice: the first decision's check drops what changed since B's mark (the grant among
-        // it), so the second is the one that leaves the grant in B's cache.
-        for _ in 0..2 {
-            assert_eq!(effect(&mut b.clone(), &subject).await, allow, "round {round}: the grant");
-        }
-        let paused = Paused::process(replica.pid().expect("the replica runs")).unwrap();
-        record(&mut a, &subject, common::ConsentAction::Withdraw).await;
-        let (mut late, who) = (b.clone(), subject.clone());
-        let decision = tokio::spawn(async move { effect(&mut late, &who).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!decision.is_finished(), "round {round}: a paused replica answered");
-        drop(paused);
-        assert_eq!(decision.await.unwrap(), deny, "round {round}: a stale allow after the pause");
-    }
 }
 
 /// kill -9 of one replica of a region while writes and decisions run through a gateway that
