@@ -27,7 +27,7 @@ use tokio_postgres::types::Type;
 use super::claims::replay_row;
 use super::imports;
 use super::prepared::{Planned as _, Prepared as _};
-use super::unit::Write;
+use super::unit::{Turns, Write};
 use super::{Keks, int, pg, pool_error, subject_id};
 use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::import_source::{DIGEST_LEN, digest_of};
@@ -53,9 +53,9 @@ pub(super) struct ConsentWriter {
 }
 
 impl ConsentWriter {
-    pub(super) fn start(pool: Pool, keks: Arc<Keks>, region: RegionId) -> Self {
+    pub(super) fn start(pool: Pool, keks: Arc<Keks>, region: RegionId, turns: Turns) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(queue, Batcher { pool, keks, region }));
+        tokio::spawn(run(queue, Batcher { pool, keks, region, turns }));
         Self { jobs }
     }
 
@@ -140,6 +140,7 @@ struct Batcher {
     pool: Pool,
     keks: Arc<Keks>,
     region: RegionId,
+    turns: Turns,
 }
 
 /// What a batch reads before applying its writes: the live subjects' keys and links.
@@ -151,12 +152,13 @@ impl Batcher {
         &self,
         writes: &[(SubjectId, NewConsent, Option<Idempotency>)],
     ) -> Result<Vec<Appended>, StoreError> {
+        let turn = self.turns.take().await;
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let imported = writes.iter().filter_map(|(s, c, _)| Some((s, c.evidence.import.as_ref()?)));
         let sources = imports::sources(&client, &self.keks, imported).await?;
         let tx = client.build_transaction().start().await.map_err(pg)?;
         let at = writes.first().map_or(0, |(_, c, _)| c.recorded_at);
-        let mut w = Write::begin(tx, &self.region, at).await?;
+        let mut w = Write::begin(turn, tx, &self.region, at).await?;
         let ((replayed, subjects, mut current), held) = tokio::try_join!(self.read(&w, writes), sources.held(w.tx()))?;
 
         let mut outcomes = Vec::with_capacity(writes.len());

@@ -21,7 +21,7 @@ use domicile_types::{Channel, Purpose, RegionId, SubjectId};
 
 use super::fresh::CATCH_UP_PAGE;
 use super::prepared::Prepared as _;
-use super::unit::Write;
+use super::unit::{Turns, Write};
 use super::{PgStore, int, pg, pool_error, subject_id, uint};
 use crate::store::codec::{decode, encode};
 use crate::store::{Audited, StoreError};
@@ -313,27 +313,28 @@ impl Write<'_> {
 
 /// Chains waiting decision entries when no write does (one replica's share; any replica's
 /// chainer or write may take them first). Runs until the pool is closed.
-pub(super) async fn chainer(pool: Pool, region: RegionId) {
+pub(super) async fn chainer(pool: Pool, region: RegionId, turns: Turns) {
     loop {
         tokio::time::sleep(CHAIN_EVERY).await;
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = chain_once(&pool, &region).await {
+        if let Err(e) = chain_once(&pool, &region, &turns).await {
             tracing::warn!(error = %e, "chaining decision entries failed; retried");
         }
     }
 }
 
-async fn chain_once(pool: &Pool, region: &RegionId) -> Result<(), StoreError> {
+async fn chain_once(pool: &Pool, region: &RegionId, turns: &Turns) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let waiting = client.query_one_cached("SELECT EXISTS (SELECT 1 FROM decision_entries)", &[]).await.map_err(pg)?;
     if !waiting.get::<_, bool>(0) {
         return Ok(());
     }
+    let turn = turns.take().await;
     let tx = client.build_transaction().start().await.map_err(pg)?;
     tx.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(pg)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let write = Write::begin(tx, region, i64::try_from(now).unwrap_or(i64::MAX)).await?;
+    let write = Write::begin(turn, tx, region, i64::try_from(now).unwrap_or(i64::MAX)).await?;
     write.commit().await
 }

@@ -128,6 +128,8 @@ pub struct PgStore {
     cache: super::read_cache::ReadCache,
     links: super::read_cache::LinkCache,
     fresh: fresh::Fresh,
+    /// This node's writes at the region head, one at a time (`unit.rs`).
+    turns: unit::Turns,
 }
 
 impl PgStore {
@@ -155,15 +157,17 @@ impl PgStore {
             .build()
             .map_err(|_| StoreError::Backend("postgres pool".into()))?;
         let keks = std::sync::Arc::new(Keks::load_or_create(&config.kek_file)?);
+        let turns = unit::Turns::default();
         let mut store = Self {
             pool: pool.clone(),
             region: region.clone(),
-            consents: batch::ConsentWriter::start(pool.clone(), keks.clone(), region.clone()),
+            consents: batch::ConsentWriter::start(pool.clone(), keks.clone(), region.clone(), turns.clone()),
             keks,
             decisions: decisions::DecisionAudits::default(),
             cache: super::read_cache::ReadCache::default(),
             links: super::read_cache::LinkCache::default(),
             fresh: fresh::Fresh::default(),
+            turns,
         };
         store.migrate().await?;
         let head = store
@@ -173,7 +177,7 @@ impl PgStore {
             .await
             .map_err(pg)?;
         store.fresh = fresh::Fresh::at(uint(head.get(0))?);
-        tokio::spawn(decisions::chainer(store.pool.clone(), store.region.clone()));
+        tokio::spawn(decisions::chainer(store.pool.clone(), store.region.clone(), store.turns.clone()));
         tokio::spawn(imports::classify(store.pool.clone(), store.keks.clone()));
         Ok(store)
     }
@@ -237,9 +241,10 @@ impl PgStore {
         at: i64,
         body: impl AsyncFnOnce(&mut Write<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let turn = self.turns.take().await;
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.build_transaction().start().await.map_err(pg)?;
-        let mut write = Write::begin(tx, &self.region, at).await?;
+        let mut write = Write::begin(turn, tx, &self.region, at).await?;
         let out = body(&mut write).await?;
         write.commit().await?;
         Ok(out)
@@ -300,10 +305,13 @@ impl PgStore {
         let current = self.keks.current();
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.build_transaction().start().await.map_err(pg)?;
-        let rows = tx
-            .query_cached("SELECT subject, kek, wrapped FROM subject_keys WHERE kek <> $1 FOR UPDATE", &[&current])
-            .await
-            .map_err(pg)?;
+        // The rows it locks are every write's to those subjects: not held by a stopped command.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&current];
+        let (_, rows) = tokio::try_join!(
+            tx.batch_execute(unit::IDLE_LIMIT),
+            tx.query_cached("SELECT subject, kek, wrapped FROM subject_keys WHERE kek <> $1 FOR UPDATE", &params)
+        )
+        .map_err(pg)?;
         for row in &rows {
             let subject = subject_id(row.get(0))?;
             let wrapped = self.keks.rewrap(&subject, row.get(1), row.get(2))?;

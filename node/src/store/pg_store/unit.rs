@@ -11,8 +11,44 @@ use super::{int, pg, uint};
 use crate::store::codec::encode;
 use crate::store::{ChangeEvent, Recorded, StoreError};
 
+/// How long the server lets a write transaction wait for its node's next statement before it
+/// ends the session (rolling the write back, so nothing is acknowledged). A write holds the
+/// region head from its first statement to its commit, so a node stopped in between (SIGSTOP, a
+/// VM frozen, a partition between node and database, where no TCP reset ever comes) would
+/// otherwise stall every write of every replica of the region until it ran again. Between two
+/// statements of a live write the node only computes (microseconds to a few milliseconds), so two
+/// seconds is far from a false kill yet bounds the stall a lost replica causes.
+pub(super) const IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = 2000";
+
+/// Turns at the region head for this node's writes: one at a time, taken before a write's
+/// connection and released with its commit (or its failure).
+///
+/// The head lock queues every write of the region in the database, and the idle limit ends a
+/// holder whose node stopped; but each of a stopped node's writes already queued for the lock
+/// would then hold it in turn for the whole limit, so a node with a dozen writes in flight
+/// would stall the region for a dozen limits. With turns, a node has at most one write at the
+/// head or waiting for it, and a stopped node stalls the region's writes for one limit at most.
+/// It costs nothing in throughput: the lock lets one write through at a time anyway, and consent
+/// writes already come one batch at a time from one writer task (`batch.rs`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Turns(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+/// A write's turn at the head (see [`Turns`]).
+pub(super) struct Turn {
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Turns {
+    /// Waits for this node's write before it to finish.
+    pub(super) async fn take(&self) -> Turn {
+        Turn { _held: self.0.clone().lock_owned().await }
+    }
+}
+
 /// A write in progress: its transaction and the region head it holds.
 pub(super) struct Write<'c> {
+    /// Released when the write ends.
+    _turn: Turn,
     tx: Transaction<'c>,
     at: i64,
     last_event: u64,
@@ -31,21 +67,24 @@ pub(super) struct Write<'c> {
 
 impl<'c> Write<'c> {
     /// Locks the region head: from here until commit, no other write of any replica runs.
-    pub(super) async fn begin(tx: Transaction<'c>, region: &RegionId, at: i64) -> Result<Self, StoreError> {
+    pub(super) async fn begin(turn: Turn, tx: Transaction<'c>, region: &RegionId, at: i64) -> Result<Self, StoreError> {
         // The head first, then the waiting decision entries, one after the other: every
         // transaction must take the head lock before any other lock, or two writes can deadlock
-        // (sent pipelined, the second statement could reach the server first).
-        let row = tx
-            .query_one_cached(
+        // (sent pipelined, the second statement could reach the server first). The idle limit
+        // takes no lock, so it goes out with the head's statement, in the same round trip.
+        let (_, row) = tokio::try_join!(
+            tx.batch_execute(IDLE_LIMIT),
+            tx.query_one_cached(
                 "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
                  FROM region_head WHERE id = 1 FOR UPDATE",
                 &[],
             )
-            .await
-            .map_err(pg)?;
+        )
+        .map_err(pg)?;
         let waiting = tx.query_cached("DELETE FROM decision_entries RETURNING id, at, body", &[]).await.map_err(pg)?;
         let chain = Chain::after(region.clone(), uint(row.get(3))?, row.get(4));
         let mut write = Self {
+            _turn: turn,
             tx,
             at,
             last_event: uint(row.get(0))?,
