@@ -79,6 +79,11 @@ impl Replica {
         Ok(RegionalNodeClient::new(channel))
     }
 
+    /// The replica's process id (to pause it: [`crate::Paused::process`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// kill -9.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         Ok(self.child.kill().await?)

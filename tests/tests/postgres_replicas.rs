@@ -4,7 +4,10 @@
 //! decision on the other one sees (no stale allow from a replica of its own); a watcher of one
 //! replica receives every change acknowledged by either, in one order, and resumes from its
 //! cursor on the other replica after its own was killed (kill -9); concurrent writers on both
-//! replicas leave one audit chain that `domicile audit verify` accepts from the database.
+//! replicas leave one audit chain that `domicile audit verify` accepts from the database. A
+//! replica paused (SIGSTOP) while the other acknowledges a withdrawal answers a decision sent to
+//! it meanwhile with the withdrawal once it runs again; one paused in the middle of a write holds
+//! up the region's other writes for one idle limit at most, not until it runs again.
 
 #![allow(
     clippy::expect_used,
@@ -13,15 +16,17 @@
     reason = "test helpers: a failed call fails the test"
 )]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use domicile_cli::cluster::ClusterStore;
+use domicile_cli::cluster::{ClusterStore, database_name};
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node;
 use domicile_cluster_tests::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_cluster_tests::{
-    Churn, Cluster as _, RegionAudit, Replica, TestCluster, TestOptions, consent_churn, eventually,
+    Churn, Cluster as _, Paused, RegionAudit, Replica, TestCluster, TestOptions, consent_churn, eventually,
     gateway_over_replicas, identifier, node_ref, region,
 };
 use tonic::transport::Channel;
@@ -259,6 +264,133 @@ async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_ever
     );
     assert_eq!(stale, 0, "no stale allow after an acknowledged withdrawal");
     assert_eq!(unseen_grants, 0, "an acknowledged grant is the next decision on the other replica too");
+}
+
+/// A replica paused (SIGSTOP) with a grant in its read cache while the other acknowledges the
+/// withdrawal; a decision sent to the paused replica after that acknowledgement waits in its
+/// socket, and is answered when the replica runs again: with the withdrawal, every round (its
+/// cache and its mark are as old as the pause; the check where its audit entry is stored is what
+/// catches it). Should the pause catch it in the middle of chaining decision entries (a write),
+/// the withdrawal waits for the idle limit (the next test), not for the pause to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_while_the_other_withdraws_answers_the_withdrawal_when_it_runs_again() {
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = Replica::start(&cluster, &eu).await.unwrap();
+    let mut a = cluster.node(&eu).await.unwrap();
+    let b = replica.client(&cluster).await.unwrap();
+    let subject = register_de(&mut a, "paused.replica@example.de").await.subject_ref;
+    let (allow, deny) = (common::Effect::Allow as i32, common::Effect::Deny as i32);
+    for round in 0..ROUNDS {
+        record(&mut a, &subject, common::ConsentAction::Grant).await;
+        // Twice: the first decision's check drops what changed since B's mark (the grant among
+        // it), so the second is the one that leaves the grant in B's cache.
+        for _ in 0..2 {
+            assert_eq!(effect(&mut b.clone(), &subject).await, allow, "round {round}: the grant");
+        }
+        let paused = Paused::process(replica.pid().expect("the replica runs")).unwrap();
+        let withdrawn =
+            tokio::time::timeout(Duration::from_secs(10), record(&mut a, &subject, common::ConsentAction::Withdraw))
+                .await;
+        let (mut late, who) = (b.clone(), subject.clone());
+        let decision = tokio::spawn(async move { effect(&mut late, &who).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!decision.is_finished(), "round {round}: a paused replica answered");
+        drop(paused);
+        assert!(withdrawn.is_ok(), "round {round}: the withdrawal waited for the paused replica");
+        assert_eq!(decision.await.unwrap(), deny, "round {round}: a stale allow after the pause");
+    }
+}
+
+/// A replica stopped (SIGSTOP) in the middle of a write keeps the region head it locked; the
+/// database ends that write after the idle limit (`node/src/store/pg_store/unit.rs`: rolled back,
+/// never acknowledged), so a write through the other replica waits about that long, not until
+/// the stopped one runs again. The stopped replica's other writes in flight wait for their turn
+/// inside it, not in the lock's queue, where each would hold the head for a limit of its own in
+/// turn (eight writers here: eight limits). Afterwards the stopped replica writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_mid_write_holds_up_the_regions_writes_for_one_idle_limit_at_most() {
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = Replica::start(&cluster, &eu).await.unwrap();
+    let mut a = cluster.node(&eu).await.unwrap();
+    let b = replica.client(&cluster).await.unwrap();
+    let subject = register_de(&mut a, "stopped.mid.write@example.de").await.subject_ref;
+    let server = cluster.database().expect("a PostgreSQL cluster").server();
+    let name = database_name(&eu);
+    // With A idle (no decisions, so no chaining either), a session idle in a transaction that
+    // holds the head is B's write, stopped there.
+    let head_held_by_a_stopped_write = || {
+        let out = server
+            .psql(
+                &name,
+                "SELECT count(*) FROM pg_stat_activity s JOIN pg_locks l ON l.pid = s.pid \
+                 JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = 'region_head' AND l.granted AND s.state = 'idle in transaction'",
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() != "0"
+    };
+    let interaction = |subject: &str| node::RecordInteractionRequest {
+        subject: node_ref(subject),
+        channel: "chat".into(),
+        kind: "message".into(),
+        intent: "billing".into(),
+        caller_region: "eu-central".into(),
+        ..Default::default()
+    };
+
+    // Eight writers on B, one transaction per interaction.
+    let running = Arc::new(AtomicBool::new(true));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut b, running, request) = (b.clone(), running.clone(), interaction(&subject));
+            tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    // Some fail: the writes the database ended.
+                    let _ = b.record_interaction(request.clone()).await;
+                }
+            })
+        })
+        .collect();
+
+    let pid = replica.pid().expect("the replica runs");
+    let mut caught = 0;
+    for attempt in 0..100 {
+        if caught == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let paused = Paused::process(pid).unwrap();
+        // Statements B had already sent finish; then its transaction is idle, if it is in one.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if !head_held_by_a_stopped_write() {
+            continue;
+        }
+        caught += 1;
+        let started = Instant::now();
+        let written =
+            tokio::time::timeout(Duration::from_secs(10), record(&mut a, &subject, common::ConsentAction::Grant)).await;
+        let waited = started.elapsed();
+        drop(paused);
+        assert!(written.is_ok(), "attempt {attempt}: A's write waited 10 s for the stopped replica");
+        assert!(waited < Duration::from_millis(4500), "attempt {attempt}: A's write waited {waited:?}");
+    }
+    assert_eq!(caught, 3, "B stopped in the middle of a write three times");
+    running.store(false, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut b = b.clone();
+    let again = eventually(Duration::from_secs(10), || {
+        let (mut b, request) = (b.clone(), interaction(&subject));
+        async move { b.record_interaction(request).await.ok() }
+    })
+    .await;
+    assert!(again.is_some(), "the stopped replica writes again");
+    assert_eq!(effect(&mut b, &subject).await, common::Effect::Allow as i32, "A's grant, on B");
 }
 
 /// kill -9 of one replica of a region while writes and decisions run through a gateway that
