@@ -6,11 +6,15 @@
 //! their source event through merge, unmerge and erasure, a repeat is refused inside the write
 //! (however long ago its idempotency record went), entries of an older binary are found and then
 //! classified, and a lookup reads the index, not the ledger. Decisions read through a replica's
-//! cache are stored only if no write has since changed what they read.
+//! cache are stored only if no write has since changed what they read. A store frozen while the
+//! server sends it a large result under the region head holds the other store's writes up for
+//! the stall limit, not for as long as it stays frozen.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test")]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use domicile_node::store::pg_store::{PgConfig, PgStore};
 use domicile_node::store::{
@@ -477,4 +481,135 @@ async fn a_decision_read_from_a_cache_a_write_has_since_changed_is_not_stored() 
         b.audit_decisions_if_current(&eva_entry, &[], 1_700_000_006, b.read_mark()).await.unwrap(),
         Audited::Stored
     );
+}
+
+/// A relay between a store and the database that stops moving bytes, both ways, once armed and
+/// past `after` bytes from the server: the store's host frozen in the middle of reading a result
+/// (a VM frozen, a process stopped once its socket buffers are full), the connections left open.
+struct Relay {
+    port: u16,
+    state: Arc<RelayState>,
+}
+
+struct RelayState {
+    after: usize,
+    armed: AtomicBool,
+    passed: AtomicUsize,
+    frozen: AtomicBool,
+}
+
+impl Relay {
+    async fn start(server_port: u16, after: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(RelayState {
+            after,
+            armed: AtomicBool::new(false),
+            passed: AtomicUsize::new(0),
+            frozen: AtomicBool::new(false),
+        });
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await.unwrap();
+                let ((client_in, client_out), (server_in, server_out)) = (client.into_split(), server.into_split());
+                tokio::spawn(relay(client_in, server_out, shared.clone(), false));
+                tokio::spawn(relay(server_in, client_out, shared.clone(), true));
+            }
+        });
+        Self { port, state }
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<RelayState>,
+    from_server: bool,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if from_server
+            && state.armed.load(Ordering::SeqCst)
+            && state.passed.fetch_add(n, Ordering::SeqCst) + n > state.after
+        {
+            state.frozen.store(true, Ordering::SeqCst);
+        }
+        if state.frozen.load(Ordering::SeqCst) {
+            // Frozen: nothing read or sent again; the sockets stay open.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Replica B reaches the database through a relay that freezes while the server sends B the
+/// 40 MiB of decision entries its chainer takes under the region head (more than the sockets
+/// buffer, so the server waits in `ClientWrite`, where no idle timer runs): the server ends B's
+/// transaction after `tcp_user_timeout` (`pg_store/unit.rs`), and A's write goes through, having
+/// chained the whole backlog itself, which takes this debug build longer than the 2 s idle limit
+/// (the write gives itself more time for a backlog); the chain verifies. Without the TCP limit,
+/// A waits as long as B stays frozen; without the backlog's time, A's write is ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_frozen_while_reading_a_large_result_under_the_head_holds_up_writes_for_the_stall_limit() {
+    let db = start();
+    let config = db.config("frozen");
+    let relay = Relay::start(db.server.port(), 1 << 20).await;
+    let direct = format!(":{}/", db.server.port());
+    let through_relay = PgConfig { url: config.url.replace(&direct, &format!(":{}/", relay.port)), ..config.clone() };
+    assert_ne!(through_relay.url, config.url);
+    let b = PgStore::open(&through_relay, &region()).await.unwrap();
+    let subject = register(&b, "frozen.reader@example.de").await;
+
+    // The head held by a session of the test while B stores 40 MiB of decision entries.
+    let mut holder_config: tokio_postgres::Config = config.url.parse().unwrap();
+    holder_config.password(std::fs::read_to_string(db.server.password_file()).unwrap().trim());
+    let (holder, connection) = holder_config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    holder.batch_execute("BEGIN; SELECT 1 FROM region_head WHERE id = 1 FOR UPDATE").await.unwrap();
+    let pack = domicile_policy::PackRef { id: "de".into(), version: "test".into() };
+    // Reasons are vocabulary tokens of at most 128 bytes: sixteen make an entry about 2 KiB.
+    let reasons: Vec<String> = (0..16).map(|n| format!("r{n}{}", "x".repeat(120))).collect();
+    let reasons: Vec<&str> = reasons.iter().map(String::as_str).collect();
+    let entries: Vec<_> =
+        (0..1000).map(|_| domicile_audit::DecisionEntry { reasons: &reasons, ..entry(subject, &pack) }).collect();
+    for n in 0..20 {
+        b.audit_decisions(&entries, 1_700_000_000 + n).await.unwrap();
+    }
+    relay.state.armed.store(true, Ordering::SeqCst);
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    // B's chainer takes the head and the backlog; the relay freezes in the middle of it.
+    let stuck = "SELECT count(*) FROM pg_stat_activity s JOIN pg_locks l ON l.pid = s.pid \
+                 JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = 'region_head' AND l.granted AND s.wait_event = 'ClientWrite'";
+    let mut waited = Duration::ZERO;
+    while psql_lines(&db, "frozen", stuck) != ["1"] {
+        assert!(waited < Duration::from_secs(10), "B's transaction never stuck sending under the head");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    assert!(relay.state.frozen.load(Ordering::SeqCst));
+
+    let a = PgStore::open(&config, &region()).await.unwrap();
+    let started = Instant::now();
+    let written = tokio::time::timeout(
+        Duration::from_secs(30),
+        a.append_consent(&subject, consent(ConsentState::Granted, 1_700_000_100), None),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(written.is_ok(), "A's write waited 30 s for the frozen store");
+    written.unwrap().unwrap();
+    assert!(took < Duration::from_secs(20), "A's write waited {took:?}");
+    eprintln!("A's write went through after {took:?}");
+    // Every waiting entry chained once (B's transaction rolled back), and the chain verifies.
+    assert!(chained(&db, "frozen", &a).await >= 20, "the backlog in the chain");
 }

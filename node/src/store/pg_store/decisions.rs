@@ -331,7 +331,10 @@ async fn chain_once(pool: &Pool, region: &RegionId, turns: &Turns) -> Result<(),
     if !waiting.get::<_, bool>(0) {
         return Ok(());
     }
-    let turn = turns.take().await;
+    // A write of this node under way chains the waiting entries itself.
+    let Some(turn) = turns.try_take() else {
+        return Ok(());
+    };
     let tx = client.build_transaction().start().await.map_err(pg)?;
     tx.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(pg)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -292,8 +292,9 @@ async fn classify_page(pool: &Pool, keks: &Keks, (subject, position): &(Vec<u8>,
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg)?;
     // A node that stops mid-page (its host gone) must not hold the page's rows, which merges
-    // and erasures wait for, until PostgreSQL notices the connection is dead.
-    tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 10000").await.map_err(pg)?;
+    // and erasures wait for holding the region head, until PostgreSQL notices the connection
+    // is dead: the limits of a write (a page is milliseconds of work).
+    tx.batch_execute(super::unit::STALL_LIMITS).await.map_err(pg)?;
     let locked = tx.query_one_cached("SELECT pg_try_advisory_xact_lock(7002)", &[]).await.map_err(pg)?;
     if !locked.get::<_, bool>(0) {
         return Ok(Page::Busy);

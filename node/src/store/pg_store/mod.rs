@@ -308,7 +308,7 @@ impl PgStore {
         // The rows it locks are every write's to those subjects: not held by a stopped command.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&current];
         let (_, rows) = tokio::try_join!(
-            tx.batch_execute(unit::IDLE_LIMIT),
+            tx.batch_execute(unit::STALL_LIMITS),
             tx.query_cached("SELECT subject, kek, wrapped FROM subject_keys WHERE kek <> $1 FOR UPDATE", &params)
         )
         .map_err(pg)?;

@@ -11,14 +11,26 @@ use super::{int, pg, uint};
 use crate::store::codec::encode;
 use crate::store::{ChangeEvent, Recorded, StoreError};
 
-/// How long the server lets a write transaction wait for its node's next statement before it
-/// ends the session (rolling the write back, so nothing is acknowledged). A write holds the
-/// region head from its first statement to its commit, so a node stopped in between (SIGSTOP, a
-/// VM frozen, a partition between node and database, where no TCP reset ever comes) would
-/// otherwise stall every write of every replica of the region until it ran again. Between two
-/// statements of a live write the node only computes (microseconds to a few milliseconds), so two
-/// seconds is far from a false kill yet bounds the stall a lost replica causes.
-pub(super) const IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = 2000";
+/// How long the server lets a write transaction stall on its node before it ends the session
+/// (rolling the write back, so nothing is acknowledged): 2 s waiting for the node's next
+/// statement (`idle_in_transaction_session_timeout`), and 2 s sending it a result it does not
+/// take (`tcp_user_timeout`: data unacknowledged, or a receive window the node keeps shut). A
+/// write holds the region head from its first statement to its commit, so a node stopped in
+/// between (SIGSTOP, a frozen VM, a partition with no TCP reset) would otherwise stall every
+/// write of every replica of the region until it ran again: a stopped node's kernel keeps
+/// acknowledging until its buffers fill, after which a server writing a large result (the
+/// decision entries a write chains, a long ledger) waits in `ClientWrite`, where no idle timer
+/// runs, for as long as the connection lives. Between two statements of a live write the node
+/// computes for milliseconds (chaining a large backlog of decision entries is given more time,
+/// [`Write::begin`]). `tcp_user_timeout` is ignored on Unix-domain sockets (nothing to wait for)
+/// and needs a Linux server.
+pub(super) const STALL_LIMITS: &str =
+    "SET LOCAL idle_in_transaction_session_timeout = 2000; SET LOCAL tcp_user_timeout = 2000";
+
+/// Waiting decision entries past which a write gives itself more time to chain them: a second
+/// per MiB on top of [`STALL_LIMITS`]'s two, far more than chaining takes (hashing and encoding,
+/// tens of MiB/s), so only a stopped node runs into it.
+const BACKLOG_STEP: usize = 1 << 20;
 
 /// Turns at the region head for this node's writes: one at a time, taken before a write's
 /// connection and released with its commit (or its failure).
@@ -28,8 +40,10 @@ pub(super) const IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeo
 /// would then hold it in turn for the whole limit, so a node with a dozen writes in flight
 /// would stall the region for a dozen limits. With turns, a node has at most one write at the
 /// head or waiting for it, and a stopped node stalls the region's writes for one limit at most.
-/// It costs nothing in throughput: the lock lets one write through at a time anyway, and consent
-/// writes already come one batch at a time from one writer task (`batch.rs`).
+/// What it costs: the lock lets one write through at a time anyway, and consent writes already
+/// come one batch at a time from one writer task (`batch.rs`); but a node's next write now
+/// starts its transaction after the one before it ends, instead of waiting at the server with
+/// its first statements sent (BENCHMARKS.md, "Writes bounded against a stopped node").
 #[derive(Debug, Clone, Default)]
 pub(super) struct Turns(std::sync::Arc<tokio::sync::Mutex<()>>);
 
@@ -42,6 +56,11 @@ impl Turns {
     /// Waits for this node's write before it to finish.
     pub(super) async fn take(&self) -> Turn {
         Turn { _held: self.0.clone().lock_owned().await }
+    }
+
+    /// The turn, if no write of this node has it.
+    pub(super) fn try_take(&self) -> Option<Turn> {
+        self.0.clone().try_lock_owned().ok().map(|held| Turn { _held: held })
     }
 }
 
@@ -73,7 +92,7 @@ impl<'c> Write<'c> {
         // (sent pipelined, the second statement could reach the server first). The idle limit
         // takes no lock, so it goes out with the head's statement, in the same round trip.
         let (_, row) = tokio::try_join!(
-            tx.batch_execute(IDLE_LIMIT),
+            tx.batch_execute(STALL_LIMITS),
             tx.query_one_cached(
                 "SELECT last_event, ledger_position, generation, audit_seq, audit_hash, log_position, touch_seq \
                  FROM region_head WHERE id = 1 FOR UPDATE",
@@ -82,6 +101,14 @@ impl<'c> Write<'c> {
         )
         .map_err(pg)?;
         let waiting = tx.query_cached("DELETE FROM decision_entries RETURNING id, at, body", &[]).await.map_err(pg)?;
+        // A backlog (decisions keep being stored while writes wait, e.g. behind a stopped node)
+        // takes the node longer to chain than the idle limit allows a healthy write; were the
+        // write ended for it, the backlog would only grow for the next one.
+        let backlog: usize = waiting.iter().map(|row| row.get::<_, &[u8]>(2).len()).sum();
+        if backlog >= BACKLOG_STEP {
+            let limit = 2000 + 1000 * (backlog / BACKLOG_STEP);
+            tx.batch_execute(&format!("SET LOCAL idle_in_transaction_session_timeout = {limit}")).await.map_err(pg)?;
+        }
         let chain = Chain::after(region.clone(), uint(row.get(3))?, row.get(4));
         let mut write = Self {
             _turn: turn,
