@@ -553,10 +553,11 @@ async fn relay(
 /// Replica B reaches the database through a relay that freezes while the server sends B the
 /// 40 MiB of decision entries its chainer takes under the region head (more than the sockets
 /// buffer, so the server waits in `ClientWrite`, where no idle timer runs): the server ends B's
-/// transaction after `tcp_user_timeout` (`pg_store/unit.rs`), and A's write goes through, having
-/// chained the whole backlog itself, which takes this debug build longer than the 2 s idle limit
-/// (the write gives itself more time for a backlog); the chain verifies. Without the TCP limit,
-/// A waits as long as B stays frozen; without the backlog's time, A's write is ended.
+/// transaction after `tcp_user_timeout` (`pg_store/unit.rs`), and A's write goes through once A
+/// (its chainer or the write) has chained the whole backlog, which takes this debug build longer
+/// than the 2 s idle limit (so it is chained in steps, each inserted as it is made); every
+/// decision is in the chain once, and the chain verifies. Without the TCP limit, A waits as long
+/// as B stays frozen; chained in one go, A's write is ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_frozen_while_reading_a_large_result_under_the_head_holds_up_writes_for_the_stall_limit() {
     let db = start();
@@ -586,17 +587,26 @@ async fn a_store_frozen_while_reading_a_large_result_under_the_head_holds_up_wri
     relay.state.armed.store(true, Ordering::SeqCst);
     holder.batch_execute("COMMIT").await.unwrap();
 
-    // B's chainer takes the head and the backlog; the relay freezes in the middle of it.
-    let stuck = "SELECT count(*) FROM pg_stat_activity s JOIN pg_locks l ON l.pid = s.pid \
+    // B's chainer takes the head and the backlog; the relay freezes in the middle of it, and
+    // B's backend waits to send the rest, holding the head.
+    let stuck = "SELECT s.pid FROM pg_stat_activity s JOIN pg_locks l ON l.pid = s.pid \
                  JOIN pg_class c ON c.oid = l.relation \
                  WHERE c.relname = 'region_head' AND l.granted AND s.wait_event = 'ClientWrite'";
-    let mut waited = Duration::ZERO;
-    while psql_lines(&db, "frozen", stuck) != ["1"] {
-        assert!(waited < Duration::from_secs(10), "B's transaction never stuck sending under the head");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
+    let seen = Instant::now();
+    let pid: i32 = loop {
+        if let Some(row) = holder.query_opt(stuck, &[]).await.unwrap() {
+            break row.get(0);
+        }
+        assert!(seen.elapsed() < Duration::from_secs(10), "B's transaction never stuck sending under the head");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(relay.state.frozen.load(Ordering::SeqCst));
+    let seen = Instant::now();
+    while holder.query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().is_some() {
+        assert!(seen.elapsed() < Duration::from_secs(5), "B's stuck transaction still there after 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("B's stuck transaction ended after {:?}", seen.elapsed());
 
     let a = PgStore::open(&config, &region()).await.unwrap();
     let started = Instant::now();
@@ -610,6 +620,13 @@ async fn a_store_frozen_while_reading_a_large_result_under_the_head_holds_up_wri
     written.unwrap().unwrap();
     assert!(took < Duration::from_secs(20), "A's write waited {took:?}");
     eprintln!("A's write went through after {took:?}");
-    // Every waiting entry chained once (B's transaction rolled back), and the chain verifies.
-    assert!(chained(&db, "frozen", &a).await >= 20, "the backlog in the chain");
+    // Every waiting decision chained once (B's transaction rolled back), and the chain verifies.
+    chained(&db, "frozen", &a).await;
+    let decisions = psql_lines(
+        &db,
+        "frozen",
+        "SELECT sum(substring(line from '\"count\":\"([0-9]+)\"')::bigint) FROM audit \
+         WHERE line LIKE '%\"kind\":\"decisions\"%'",
+    );
+    assert_eq!(decisions, ["20000"], "the whole backlog in the chain, once");
 }

@@ -152,7 +152,7 @@ impl Batcher {
         &self,
         writes: &[(SubjectId, NewConsent, Option<Idempotency>)],
     ) -> Result<Vec<Appended>, StoreError> {
-        let turn = self.turns.take().await;
+        let turn = self.turns.take().await?;
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let imported = writes.iter().filter_map(|(s, c, _)| Some((s, c.evidence.import.as_ref()?)));
         let sources = imports::sources(&client, &self.keks, imported).await?;

@@ -21,7 +21,7 @@ use domicile_types::{Channel, Purpose, RegionId, SubjectId};
 
 use super::fresh::CATCH_UP_PAGE;
 use super::prepared::Prepared as _;
-use super::unit::{Turns, Write};
+use super::unit::{CHAIN_STEP, Turns, Write};
 use super::{PgStore, int, pg, pool_error, subject_id, uint};
 use crate::store::codec::{decode, encode};
 use crate::store::{Audited, StoreError};
@@ -282,14 +282,16 @@ async fn insert(pool: &Pool, batch: &[Pending], from: u64) -> Result<Outcome, St
 
 impl Write<'_> {
     /// Moves every decision entry waiting in `decision_entries` into the chain (called under the
-    /// head lock, before the write's own entries), in the order they were stored.
-    pub(super) async fn chain_waiting_decisions(&mut self, rows: Vec<tokio_postgres::Row>) -> Result<(), StoreError> {
-        let mut rows: Vec<(i64, i64, Vec<OwnedDecision>)> = rows
-            .iter()
-            .map(|row| Ok((row.get(0), row.get(1), decode(row.get::<_, &[u8]>(2))?)))
-            .collect::<Result<_, StoreError>>()?;
-        rows.sort_by_key(|(id, _, _)| *id);
-        for (_, at, stored) in rows {
+    /// head lock, before the write's own entries), in the order they were stored: a row at a
+    /// time, the lines inserted whenever they reach [`CHAIN_STEP`], so a large backlog never
+    /// leaves the transaction idle long enough for the server's limit (`unit.rs`).
+    pub(super) async fn chain_waiting_decisions(
+        &mut self,
+        mut rows: Vec<tokio_postgres::Row>,
+    ) -> Result<(), StoreError> {
+        rows.sort_by_key(|row| row.get::<_, i64>(0));
+        for row in rows {
+            let (at, stored): (i64, Vec<OwnedDecision>) = (row.get(1), decode(row.get::<_, &[u8]>(2))?);
             let parsed = stored.into_iter().map(parse).collect::<Result<Vec<_>, _>>()?;
             let reasons: Vec<Vec<&str>> =
                 parsed.iter().map(|d| d.reasons.iter().map(String::as_str).collect()).collect();
@@ -306,6 +308,7 @@ impl Write<'_> {
                 })
                 .collect();
             self.audit_decisions(&entries, at).await?;
+            self.flush_audit_over(CHAIN_STEP).await?;
         }
         Ok(())
     }
@@ -332,7 +335,7 @@ async fn chain_once(pool: &Pool, region: &RegionId, turns: &Turns) -> Result<(),
         return Ok(());
     }
     // A write of this node under way chains the waiting entries itself.
-    let Some(turn) = turns.try_take() else {
+    let Some(turn) = turns.try_take_idle() else {
         return Ok(());
     };
     let tx = client.build_transaction().start().await.map_err(pg)?;

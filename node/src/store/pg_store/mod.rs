@@ -241,7 +241,7 @@ impl PgStore {
         at: i64,
         body: impl AsyncFnOnce(&mut Write<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let turn = self.turns.take().await;
+        let turn = self.turns.take().await?;
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.build_transaction().start().await.map_err(pg)?;
         let mut write = Write::begin(turn, tx, &self.region, at).await?;

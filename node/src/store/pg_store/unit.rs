@@ -21,46 +21,66 @@ use crate::store::{ChangeEvent, Recorded, StoreError};
 /// acknowledging until its buffers fill, after which a server writing a large result (the
 /// decision entries a write chains, a long ledger) waits in `ClientWrite`, where no idle timer
 /// runs, for as long as the connection lives. Between two statements of a live write the node
-/// computes for milliseconds (chaining a large backlog of decision entries is given more time,
-/// [`Write::begin`]). `tcp_user_timeout` is ignored on Unix-domain sockets (nothing to wait for)
-/// and needs a Linux server.
+/// computes for milliseconds, a large backlog of decision entries included (it is chained in
+/// steps, [`CHAIN_STEP`]). `tcp_user_timeout` is ignored on Unix-domain sockets (nothing to wait
+/// for); it needs a Linux server, and a kernel that applies it to a shut receive window too
+/// (Linux 5.11 and later, as we read the kernel's history; tested here on 6.18), which is what
+/// a stopped process whose buffers are full shows the server.
 pub(super) const STALL_LIMITS: &str =
     "SET LOCAL idle_in_transaction_session_timeout = 2000; SET LOCAL tcp_user_timeout = 2000";
 
-/// Waiting decision entries past which a write gives itself more time to chain them: a second
-/// per MiB on top of [`STALL_LIMITS`]'s two, far more than chaining takes (hashing and encoding,
-/// tens of MiB/s), so only a stopped node runs into it.
-const BACKLOG_STEP: usize = 1 << 20;
+/// Audit lines a write keeps before inserting them while it chains a backlog of decision
+/// entries ([`Write::flush_audit_over`]): each insert is a statement, which restarts the server's
+/// idle timer, so the limit holds at every step however large the backlog (decisions keep being
+/// stored while writes wait, e.g. behind a stopped node, and chaining 1 MiB takes milliseconds).
+pub(super) const CHAIN_STEP: usize = 1 << 20;
 
-/// Turns at the region head for this node's writes: one at a time, taken before a write's
-/// connection and released with its commit (or its failure).
+const INSERT_AUDIT: &str = "INSERT INTO audit (seq, line) SELECT * FROM unnest($1::bigint[], $2::text[])";
+
+/// A node's writes at the region head or waiting for it, at most: one holding the head lock, one
+/// queued behind it in the database, so the lock passes to this node's next write without a
+/// round trip to the node (with one, registrations under load ran a fifth slower and some timed
+/// out: BENCHMARKS.md, "Writes bounded against a stopped node").
+const TURNS: usize = 2;
+
+/// Turns at the region head for this node's writes ([`TURNS`] at a time), taken before a
+/// write's connection and released with its commit (or its failure).
 ///
-/// The head lock queues every write of the region in the database, and the idle limit ends a
+/// The head lock queues every write of the region in the database, and the stall limits end a
 /// holder whose node stopped; but each of a stopped node's writes already queued for the lock
-/// would then hold it in turn for the whole limit, so a node with a dozen writes in flight
-/// would stall the region for a dozen limits. With turns, a node has at most one write at the
-/// head or waiting for it, and a stopped node stalls the region's writes for one limit at most.
-/// What it costs: the lock lets one write through at a time anyway, and consent writes already
-/// come one batch at a time from one writer task (`batch.rs`); but a node's next write now
-/// starts its transaction after the one before it ends, instead of waiting at the server with
-/// its first statements sent (BENCHMARKS.md, "Writes bounded against a stopped node").
-#[derive(Debug, Clone, Default)]
-pub(super) struct Turns(std::sync::Arc<tokio::sync::Mutex<()>>);
+/// would then hold it in turn for a whole limit, so a node with its sixteen connections in writes
+/// would stall the region for sixteen limits. With turns, a stopped node stalls the region's
+/// writes for [`TURNS`] limits at most. The lock lets one write through at a time anyway, and
+/// consent writes come one batch at a time from one writer task (`batch.rs`).
+#[derive(Debug, Clone)]
+pub(super) struct Turns(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for Turns {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(TURNS)))
+    }
+}
 
 /// A write's turn at the head (see [`Turns`]).
 pub(super) struct Turn {
-    _held: tokio::sync::OwnedMutexGuard<()>,
+    _held: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Turns {
-    /// Waits for this node's write before it to finish.
-    pub(super) async fn take(&self) -> Turn {
-        Turn { _held: self.0.clone().lock_owned().await }
+    /// Waits for a turn: for one of this node's writes before it to finish.
+    pub(super) async fn take(&self) -> Result<Turn, StoreError> {
+        let held = self.0.clone().acquire_owned().await;
+        // The semaphore is never closed.
+        held.map(|held| Turn { _held: held }).map_err(|_| StoreError::Backend("write turns closed".into()))
     }
 
-    /// The turn, if no write of this node has it.
-    pub(super) fn try_take(&self) -> Option<Turn> {
-        self.0.clone().try_lock_owned().ok().map(|held| Turn { _held: held })
+    /// A turn, if no write of this node is under way (the chainer's: such a write chains what
+    /// waits itself).
+    pub(super) fn try_take_idle(&self) -> Option<Turn> {
+        if self.0.available_permits() < TURNS {
+            return None;
+        }
+        self.0.clone().try_acquire_owned().ok().map(|held| Turn { _held: held })
     }
 }
 
@@ -82,6 +102,8 @@ pub(super) struct Write<'c> {
     /// Change events and audit lines, inserted with the commit (one statement each).
     events: Vec<(i64, Vec<u8>)>,
     audit: Vec<(i64, String)>,
+    /// The bytes of `audit`.
+    audit_bytes: usize,
 }
 
 impl<'c> Write<'c> {
@@ -101,14 +123,6 @@ impl<'c> Write<'c> {
         )
         .map_err(pg)?;
         let waiting = tx.query_cached("DELETE FROM decision_entries RETURNING id, at, body", &[]).await.map_err(pg)?;
-        // A backlog (decisions keep being stored while writes wait, e.g. behind a stopped node)
-        // takes the node longer to chain than the idle limit allows a healthy write; were the
-        // write ended for it, the backlog would only grow for the next one.
-        let backlog: usize = waiting.iter().map(|row| row.get::<_, &[u8]>(2).len()).sum();
-        if backlog >= BACKLOG_STEP {
-            let limit = 2000 + 1000 * (backlog / BACKLOG_STEP);
-            tx.batch_execute(&format!("SET LOCAL idle_in_transaction_session_timeout = {limit}")).await.map_err(pg)?;
-        }
         let chain = Chain::after(region.clone(), uint(row.get(3))?, row.get(4));
         let mut write = Self {
             _turn: turn,
@@ -123,6 +137,7 @@ impl<'c> Write<'c> {
             touched: Vec::new(),
             events: Vec::new(),
             audit: Vec::new(),
+            audit_bytes: 0,
         };
         write.chain_waiting_decisions(waiting).await?;
         Ok(write)
@@ -206,7 +221,21 @@ impl<'c> Write<'c> {
         let first = self.chain.last_seq() + 1 - lines.len() as u64;
         for (i, line) in lines.iter().enumerate() {
             self.audit.push((int(first + i as u64), (*line).to_owned()));
+            self.audit_bytes += line.len();
         }
+        Ok(())
+    }
+
+    /// Inserts the audit lines kept so far once they reach `bytes` (see [`CHAIN_STEP`]); the
+    /// rest go with the commit.
+    pub(super) async fn flush_audit_over(&mut self, bytes: usize) -> Result<(), StoreError> {
+        if self.audit_bytes < bytes {
+            return Ok(());
+        }
+        let (seqs, lines): (Vec<i64>, Vec<&str>) = self.audit.iter().map(|(seq, line)| (*seq, line.as_str())).unzip();
+        self.tx.execute_cached(INSERT_AUDIT, &[&seqs, &lines]).await.map_err(pg)?;
+        self.audit.clear();
+        self.audit_bytes = 0;
         Ok(())
     }
 
@@ -261,12 +290,7 @@ impl<'c> Write<'c> {
             if audit_seqs.is_empty() {
                 return Ok(0);
             }
-            self.tx
-                .execute_cached(
-                    "INSERT INTO audit (seq, line) SELECT * FROM unnest($1::bigint[], $2::text[])",
-                    &[&audit_seqs, &audit_lines],
-                )
-                .await
+            self.tx.execute_cached(INSERT_AUDIT, &[&audit_seqs, &audit_lines]).await
         };
         let counters = [
             int(self.last_event),
