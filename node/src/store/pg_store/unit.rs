@@ -39,8 +39,8 @@ const INSERT_AUDIT: &str = "INSERT INTO audit (seq, line) SELECT * FROM unnest($
 
 /// A node's writes at the region head or waiting for it, at most: one holding the head lock, one
 /// queued behind it in the database, so the lock passes to this node's next write without a
-/// round trip to the node (with one, registrations under load ran a fifth slower and some timed
-/// out: BENCHMARKS.md, "Writes bounded against a stopped node").
+/// round trip to the node (with one, 41 writes under load failed in one of four runs, none with
+/// two: BENCHMARKS.md, "Writes bounded against a stopped node").
 const TURNS: usize = 2;
 
 /// Turns at the region head for this node's writes ([`TURNS`] at a time), taken before a
