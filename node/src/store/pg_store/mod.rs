@@ -189,8 +189,19 @@ impl PgStore {
         let migrated = tokio::spawn(async move {
             let mut client = pool.get().await.map_err(pool_error)?;
             let client: &mut tokio_postgres::Client = &mut client;
-            // Several replicas may start at once: one migrates, the others wait for its lock.
-            client.batch_execute("SELECT pg_advisory_lock(7001)").await.map_err(pg)?;
+            // Several replicas may start at once: one migrates, the others wait for its lock. A
+            // migration's transaction can lock whole tables: a node stopped in the middle of one
+            // must not hold them for longer than a write may (`unit.rs`); the session's limits
+            // are reset before the connection goes back to the pool. (Stopped between two
+            // migrations, it still holds the migration lock, which only other nodes starting
+            // wait for.)
+            client
+                .batch_execute(
+                    "SET idle_in_transaction_session_timeout = 2000; SET tcp_user_timeout = 2000; \
+                     SELECT pg_advisory_lock(7001)",
+                )
+                .await
+                .map_err(pg)?;
             let migrated = embedded::migrations::runner()
                 .set_abort_missing(true)
                 .set_abort_divergent(true)
@@ -198,7 +209,13 @@ impl PgStore {
                 .await
                 .map(|_| ())
                 .map_err(|e| StoreError::Backend(format!("schema migration refused: {}", e.kind())));
-            let unlocked = client.batch_execute("SELECT pg_advisory_unlock(7001)").await.map_err(pg);
+            let unlocked = client
+                .batch_execute(
+                    "SELECT pg_advisory_unlock(7001); RESET idle_in_transaction_session_timeout; \
+                     RESET tcp_user_timeout",
+                )
+                .await
+                .map_err(pg);
             migrated.and(unlocked)
         })
         .await;
