@@ -307,9 +307,10 @@ async fn a_replica_paused_while_the_other_withdraws_answers_the_withdrawal_when_
 /// database ends that write after the idle limit (`node/src/store/pg_store/unit.rs`: rolled back,
 /// never acknowledged), then the one queued behind it, so a write through the other replica
 /// waits two limits at most, not until the stopped one runs again. The stopped replica's other writes in flight wait for their turn
-/// inside it (two at the head or queued for it at most), not in the lock's queue, where each
-/// would hold the head for a limit of its own in turn (sixteen writers here, as many as its
-/// connections: sixteen limits). Afterwards the stopped replica writes again.
+/// inside it (two at the head or queued for it at most: checked in `pg_stat_activity`), not in
+/// the lock's queue, where each would hold the head for a limit of its own in turn (sixteen
+/// writers here, more than its four connections: four limits). Afterwards the stopped replica
+/// writes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_mid_write_holds_up_the_regions_writes_for_two_stall_limits_at_most() {
     let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
@@ -343,7 +344,7 @@ async fn a_replica_stopped_mid_write_holds_up_the_regions_writes_for_two_stall_l
         ..Default::default()
     };
 
-    // Sixteen writers on B, one transaction per interaction.
+    // Sixteen writers on B (more than its four connections), one transaction per interaction.
     let running = Arc::new(AtomicBool::new(true));
     let writers: Vec<_> = (0..16)
         .map(|_| {
@@ -371,6 +372,10 @@ async fn a_replica_stopped_mid_write_holds_up_the_regions_writes_for_two_stall_l
             continue;
         }
         caught += 1;
+        // Besides the write holding the head, at most one of B's waits for it (two turns).
+        let out = server.psql(&name, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").unwrap();
+        let queued = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(queued == "0" || queued == "1", "attempt {attempt}: {queued} of B's writes queued for the head");
         // Each a change (a repeat of the consent in force may need no write at all): grant,
         // withdraw, grant.
         let action = if caught % 2 == 1 { common::ConsentAction::Grant } else { common::ConsentAction::Withdraw };

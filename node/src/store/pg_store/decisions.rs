@@ -282,9 +282,9 @@ async fn insert(pool: &Pool, batch: &[Pending], from: u64) -> Result<Outcome, St
 
 impl Write<'_> {
     /// Moves every decision entry waiting in `decision_entries` into the chain (called under the
-    /// head lock, before the write's own entries), in the order they were stored: a row at a
-    /// time, the lines inserted whenever they reach [`CHAIN_STEP`], so a large backlog never
-    /// leaves the transaction idle long enough for the server's limit (`unit.rs`).
+    /// head lock, before the write's own entries), in the order they were stored: a slice of a
+    /// row at a time, the lines inserted whenever they reach [`CHAIN_STEP`], so a large backlog
+    /// never leaves the transaction idle long enough for the server's limit (`unit.rs`).
     pub(super) async fn chain_waiting_decisions(
         &mut self,
         mut rows: Vec<tokio_postgres::Row>,
@@ -307,12 +307,18 @@ impl Write<'_> {
                     pack: &d.pack,
                 })
                 .collect();
-            self.audit_decisions(&entries, at).await?;
-            self.flush_audit_over(CHAIN_STEP).await?;
+            // One row is one batch of decisions, up to 10,000: chained a slice at a time too.
+            for slice in entries.chunks(CHAIN_SLICE) {
+                self.audit_decisions(slice, at).await?;
+                self.flush_audit_over(CHAIN_STEP).await?;
+            }
         }
         Ok(())
     }
 }
+
+/// Decisions of one stored row chained before the lines are checked against [`CHAIN_STEP`].
+const CHAIN_SLICE: usize = 256;
 
 /// Chains waiting decision entries when no write does (one replica's share; any replica's
 /// chainer or write may take them first). Runs until the pool is closed.

@@ -187,12 +187,12 @@ impl PgStore {
         // be a refusal to start, not a crash.
         let pool = self.pool.clone();
         let migrated = tokio::spawn(async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
+            // Taken out of the pool: it carries session settings, and is closed when done.
+            let mut client = deadpool_postgres::Object::take(pool.get().await.map_err(pool_error)?);
             let client: &mut tokio_postgres::Client = &mut client;
             // Several replicas may start at once: one migrates, the others wait for its lock. A
             // migration's transaction can lock whole tables: a node stopped in the middle of one
-            // must not hold them for longer than a write may (`unit.rs`); the session's limits
-            // are reset before the connection goes back to the pool. (Stopped between two
+            // must not hold them for longer than a write may (`unit.rs`). (Stopped between two
             // migrations, it still holds the migration lock, which only other nodes starting
             // wait for.)
             client
@@ -209,13 +209,7 @@ impl PgStore {
                 .await
                 .map(|_| ())
                 .map_err(|e| StoreError::Backend(format!("schema migration refused: {}", e.kind())));
-            let unlocked = client
-                .batch_execute(
-                    "SELECT pg_advisory_unlock(7001); RESET idle_in_transaction_session_timeout; \
-                     RESET tcp_user_timeout",
-                )
-                .await
-                .map_err(pg);
+            let unlocked = client.batch_execute("SELECT pg_advisory_unlock(7001)").await.map_err(pg);
             migrated.and(unlocked)
         })
         .await;

@@ -50,7 +50,9 @@ const TURNS: usize = 2;
 /// holder whose node stopped; but each of a stopped node's writes already queued for the lock
 /// would then hold it in turn for a whole limit, so a node with its sixteen connections in writes
 /// would stall the region for sixteen limits. With turns, a stopped node stalls the region's
-/// writes for [`TURNS`] limits at most. The lock lets one write through at a time anyway, and
+/// writes for about [`TURNS`] limits (one more if it stopped in the middle of a page of the
+/// import index's classify pass, `imports.rs`, which takes no turn: merges and erasures wait for
+/// its rows while holding the head). The lock lets one write through at a time anyway, and
 /// consent writes come one batch at a time from one writer task (`batch.rs`).
 #[derive(Debug, Clone)]
 pub(super) struct Turns(std::sync::Arc<tokio::sync::Semaphore>);
