@@ -36,6 +36,18 @@ const ROUNDS: usize = 20;
 
 type NodeClient = RegionalNodeClient<Channel>;
 
+/// One region (eu-central) on PostgreSQL with a second node replica over its database: the
+/// cluster, the replica, a client of the cluster's own node and one of the replica.
+async fn two_replicas() -> (TestCluster, Replica, NodeClient, NodeClient) {
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let replica = Replica::start(&cluster, &eu).await.unwrap();
+    let own = cluster.node(&eu).await.unwrap();
+    let other = replica.client(&cluster).await.unwrap();
+    (cluster, replica, own, other)
+}
+
 async fn record(client: &mut NodeClient, subject: &str, action: common::ConsentAction) -> node::RecordConsentResponse {
     client
         .record_consent(node::RecordConsentRequest {
@@ -79,12 +91,8 @@ async fn next_event(stream: &mut tonic::Streaming<common::ChangeEvent>) -> commo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
-    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let (cluster, mut replica, mut first, mut second) = two_replicas().await;
     let eu = region("eu-central");
-    let mut replica = Replica::start(&cluster, &eu).await.unwrap();
-    let mut first = cluster.node(&eu).await.unwrap();
-    let mut second = replica.client(&cluster).await.unwrap();
 
     let mut gateway = cluster.gateway().await.unwrap();
     let registered = gateway
@@ -212,12 +220,7 @@ async fn replicas_over_one_database_decide_watch_and_audit_as_one_region() {
 async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_every_time() {
     let rounds: usize = std::env::var("DOMICILE_STALE_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10_000);
     const SUBJECTS: usize = 16;
-    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
-    let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await.unwrap();
-    let first = cluster.node(&eu).await.unwrap();
-    let second = replica.client(&cluster).await.unwrap();
+    let (cluster, _replica, first, second) = two_replicas().await;
     let mut gateway = cluster.gateway().await.unwrap();
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
@@ -274,12 +277,7 @@ async fn a_withdrawal_through_one_replica_is_the_next_decision_on_the_other_ever
 /// the withdrawal waits for the idle limit (the next test), not for the pause to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_while_the_other_withdraws_answers_the_withdrawal_when_it_runs_again() {
-    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
-    let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await.unwrap();
-    let mut a = cluster.node(&eu).await.unwrap();
-    let b = replica.client(&cluster).await.unwrap();
+    let (_cluster, replica, mut a, b) = two_replicas().await;
     let subject = register_de(&mut a, "paused.replica@example.de").await.subject_ref;
     let (allow, deny) = (common::Effect::Allow as i32, common::Effect::Deny as i32);
     for round in 0..ROUNDS {
@@ -313,12 +311,8 @@ async fn a_replica_paused_while_the_other_withdraws_answers_the_withdrawal_when_
 /// writes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_mid_write_holds_up_the_regions_writes_for_two_stall_limits_at_most() {
-    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let (cluster, replica, mut a, b) = two_replicas().await;
     let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await.unwrap();
-    let mut a = cluster.node(&eu).await.unwrap();
-    let b = replica.client(&cluster).await.unwrap();
     let subject = register_de(&mut a, "stopped.mid.write@example.de").await.subject_ref;
     let server = cluster.database().expect("a PostgreSQL cluster").server();
     let name = database_name(&eu);
@@ -514,12 +508,7 @@ async fn decided_on(
 /// The other replica's very next decision, by link and by subject ref, reflects each one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
-    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
-    let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await.unwrap();
-    let mut a = cluster.node(&eu).await.unwrap();
-    let mut b = replica.client(&cluster).await.unwrap();
+    let (_cluster, _replica, mut a, mut b) = two_replicas().await;
     let (one, two) =
         (register_de(&mut a, "cache.one@example.de").await, register_de(&mut a, "cache.two@example.de").await);
     let (link1, link2) = (one.links[0].clone(), two.links[0].clone());
@@ -603,12 +592,8 @@ async fn every_change_through_one_replica_is_the_next_decision_on_the_other() {
 /// chains are chained by the replicas themselves; the chain verifies throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_are_chained_in_the_order_they_were_made_around_writes() {
-    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
-    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let (cluster, _replica, mut a, mut b) = two_replicas().await;
     let eu = region("eu-central");
-    let replica = Replica::start(&cluster, &eu).await.unwrap();
-    let mut a = cluster.node(&eu).await.unwrap();
-    let mut b = replica.client(&cluster).await.unwrap();
     let subject = register_de(&mut a, "chained@example.de").await.subject_ref;
     let id = subject.split('/').nth(1).unwrap().to_owned();
     record(&mut a, &subject, common::ConsentAction::Grant).await;
