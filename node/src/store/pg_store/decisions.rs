@@ -21,7 +21,7 @@ use domicile_types::{Channel, Purpose, RegionId, SubjectId};
 
 use super::fresh::CATCH_UP_PAGE;
 use super::prepared::Prepared as _;
-use super::unit::{CHAIN_STEP, Turns, Write};
+use super::unit::{Turns, Write};
 use super::{PgStore, int, pg, pool_error, subject_id, uint};
 use crate::store::codec::{decode, encode};
 use crate::store::{Audited, StoreError};
@@ -283,7 +283,7 @@ async fn insert(pool: &Pool, batch: &[Pending], from: u64) -> Result<Outcome, St
 impl Write<'_> {
     /// Moves every decision entry waiting in `decision_entries` into the chain (called under the
     /// head lock, before the write's own entries), in the order they were stored: a slice of a
-    /// row at a time, the lines inserted whenever they reach [`CHAIN_STEP`], so a large backlog
+    /// row at a time, the lines inserted whenever they reach a MiB (`unit.rs`), so a large backlog
     /// never leaves the transaction idle long enough for the server's limit (`unit.rs`).
     pub(super) async fn chain_waiting_decisions(
         &mut self,
@@ -310,14 +310,15 @@ impl Write<'_> {
             // One row is one batch of decisions, up to 10,000: chained a slice at a time too.
             for slice in entries.chunks(CHAIN_SLICE) {
                 self.audit_decisions(slice, at).await?;
-                self.flush_audit_over(CHAIN_STEP).await?;
+                self.flush_audit_if_large().await?;
             }
         }
         Ok(())
     }
 }
 
-/// Decisions of one stored row chained before the lines are checked against [`CHAIN_STEP`].
+/// Decisions of one stored row chained before the lines kept are checked for size
+/// ([`Write::flush_audit_if_large`]).
 const CHAIN_SLICE: usize = 256;
 
 /// Chains waiting decision entries when no write does (one replica's share; any replica's

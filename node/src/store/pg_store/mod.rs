@@ -195,13 +195,8 @@ impl PgStore {
             // must not hold them for longer than a write may (`unit.rs`). (Stopped between two
             // migrations, it still holds the migration lock, which only other nodes starting
             // wait for.)
-            client
-                .batch_execute(
-                    "SET idle_in_transaction_session_timeout = 2000; SET tcp_user_timeout = 2000; \
-                     SELECT pg_advisory_lock(7001)",
-                )
-                .await
-                .map_err(pg)?;
+            client.batch_execute(unit::SESSION_STALL_LIMITS).await.map_err(pg)?;
+            client.batch_execute("SELECT pg_advisory_lock(7001)").await.map_err(pg)?;
             let migrated = embedded::migrations::runner()
                 .set_abort_missing(true)
                 .set_abort_divergent(true)

@@ -11,6 +11,13 @@ use super::{int, pg, uint};
 use crate::store::codec::encode;
 use crate::store::{ChangeEvent, Recorded, StoreError};
 
+/// The stall limits below, set with `$set` (one place for both forms).
+macro_rules! stall_limits {
+    ($set:literal) => {
+        concat!($set, " idle_in_transaction_session_timeout = 2000; ", $set, " tcp_user_timeout = 2000")
+    };
+}
+
 /// How long the server lets a write transaction stall on its node before it ends the session
 /// (rolling the write back, so nothing is acknowledged): 2 s waiting for the node's next
 /// statement (`idle_in_transaction_session_timeout`), and 2 s sending it a result it does not
@@ -26,14 +33,16 @@ use crate::store::{ChangeEvent, Recorded, StoreError};
 /// for); it needs a Linux server, and a kernel that applies it to a shut receive window too
 /// (Linux 5.11 and later, as we read the kernel's history; tested here on 6.18), which is what
 /// a stopped process whose buffers are full shows the server.
-pub(super) const STALL_LIMITS: &str =
-    "SET LOCAL idle_in_transaction_session_timeout = 2000; SET LOCAL tcp_user_timeout = 2000";
+pub(super) const STALL_LIMITS: &str = stall_limits!("SET LOCAL");
+
+/// [`STALL_LIMITS`] for a whole session (migrations, whose transactions refinery opens).
+pub(super) const SESSION_STALL_LIMITS: &str = stall_limits!("SET");
 
 /// Audit lines a write keeps before inserting them while it chains a backlog of decision
-/// entries ([`Write::flush_audit_over`]): each insert is a statement, which restarts the server's
+/// entries ([`Write::flush_audit_if_large`]): each insert is a statement, which restarts the server's
 /// idle timer, so the limit holds at every step however large the backlog (decisions keep being
 /// stored while writes wait, e.g. behind a stopped node, and chaining 1 MiB takes milliseconds).
-pub(super) const CHAIN_STEP: usize = 1 << 20;
+const CHAIN_STEP: usize = 1 << 20;
 
 const INSERT_AUDIT: &str = "INSERT INTO audit (seq, line) SELECT * FROM unnest($1::bigint[], $2::text[])";
 
@@ -228,10 +237,10 @@ impl<'c> Write<'c> {
         Ok(())
     }
 
-    /// Inserts the audit lines kept so far once they reach `bytes` (see [`CHAIN_STEP`]); the
-    /// rest go with the commit.
-    pub(super) async fn flush_audit_over(&mut self, bytes: usize) -> Result<(), StoreError> {
-        if self.audit_bytes < bytes {
+    /// Inserts the audit lines kept so far once they reach [`CHAIN_STEP`]; the rest go with the
+    /// commit.
+    pub(super) async fn flush_audit_if_large(&mut self) -> Result<(), StoreError> {
+        if self.audit_bytes < CHAIN_STEP {
             return Ok(());
         }
         let (seqs, lines): (Vec<i64>, Vec<&str>) = self.audit.iter().map(|(seq, line)| (*seq, line.as_str())).unzip();
