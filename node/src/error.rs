@@ -118,6 +118,9 @@ fn store_status(e: StoreError) -> Status {
             Status::failed_precondition("merging subjects of different jurisdictions is not allowed")
         }
         StoreError::NotHeld => Status::failed_precondition("an identifier to remove does not belong to the subject"),
+        StoreError::Unattributable => Status::failed_precondition(
+            "the subject holds identifiers attached since the merge, which cannot be told to belong to either half: remove them by a rectification, unmerge, then register each with its subject",
+        ),
         // Operations retry these themselves; one that still escapes was retried too often.
         StoreError::Retry | StoreError::Replayed => {
             Status::aborted("concurrent changes to the same subject or identifiers: retry")

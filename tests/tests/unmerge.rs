@@ -17,7 +17,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::{
-    Cluster as _, TestCluster, TestOptions, apply_store_env, eventually, identifier, select_email, select_ref,
+    Cluster as _, TestCluster, TestOptions, apply_store_env, eventually, identifier, select, select_email, select_ref,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -441,4 +441,78 @@ async fn a_flagged_transfer_consent_lets_no_half_s_data_leave_the_region() {
         let status = sa.get_context(context(half)).await.expect_err("no transfer on a flagged consent");
         assert_eq!(status.code(), Code::PermissionDenied);
     }
+}
+
+/// A phone attached to the merged subject since the merge, through the merged-away person's
+/// email: whose phone is it? Given to the remaining half, it would be allowed SMS on the other
+/// person's grant where the merged subject was refused. The unmerge is refused instead (no
+/// guess), decisions for the phone stay as they were, and once a rectification removed the
+/// phone, the unmerge goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_attached_since_the_merge_is_never_given_to_a_half_that_would_allow_it() {
+    use common::ConsentAction::{Deny, Grant};
+    let mut options = TestOptions::default();
+    apply_store_env(&mut options).expect("store from the environment");
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let cal = register(&mut client, "cal@example.com").await;
+    let dee = register(&mut client, "dee@example.com").await;
+    consent(&mut client, select_email("cal@example.com"), "marketing", "sms", Grant).await;
+    consent(&mut client, select_email("dee@example.com"), "marketing", "sms", Deny).await;
+    client
+        .merge(gw::MergeRequest { into: select_ref(&cal), from: select_ref(&dee), idempotency_key: String::new() })
+        .await
+        .expect("merge");
+    // Dee's phone, registered beside her email: attached to the merged subject.
+    let phone = identifier("phone", "+4915112345678");
+    let registered = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "dee@example.com"), phone.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("register the phone")
+        .into_inner();
+    assert_eq!(registered.subject_ref, cal, "the phone joins the merged subject");
+    async fn sms(client: &mut Client) -> common::Effect {
+        effect_of(&decisions(client, select("phone", "+4915112345678")).await, "marketing/sms")
+    }
+    assert_eq!(sms(&mut client).await, common::Effect::Deny, "merged: the later denial wins");
+
+    let status = client.unmerge(unmerge_request(&cal, &dee, "unmerge-phone")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    assert!(status.message().contains("attached since the merge"), "{}", status.message());
+    assert!(!status.message().contains("4915112345678"), "no identifier echoed: {}", status.message());
+    assert_eq!(sms(&mut client).await, common::Effect::Deny, "nothing was split");
+    assert_eq!(resolve(&mut client, "dee@example.com").await.map(|(_, s)| s), Some(cal.clone()));
+
+    // The operator takes the phone off, unmerges, and registers it where it belongs.
+    client
+        .rectify(gw::RectifyRequest {
+            subject: select_ref(&cal),
+            remove_identifiers: vec![phone.clone()],
+            override_reason: "controller_correction".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("rectify");
+    let unmerged = client.unmerge(unmerge_request(&cal, &dee, "unmerge-phone")).await.expect("unmerge").into_inner();
+    let dee_again = unmerged.restored_subject_ref;
+    let back = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "dee@example.com"), phone],
+            ..Default::default()
+        })
+        .await
+        .expect("register the phone with its person")
+        .into_inner();
+    assert_eq!(back.subject_ref, dee_again);
+    assert_eq!(sms(&mut client).await, common::Effect::Deny, "the phone decides as its person");
+    assert_eq!(
+        effect_of(&decisions(&mut client, select_email("cal@example.com")).await, "marketing/sms"),
+        common::Effect::Allow,
+        "the other half's own grant"
+    );
 }

@@ -52,6 +52,10 @@ pub enum StoreError {
     /// A rectification removes an identifier the subject does not hold.
     #[error("identifier does not belong to the subject")]
     NotHeld,
+    /// An unmerge found identifiers attached to the merged subject since the merge (a
+    /// registration or a rectification) whose half cannot be told: refused, never guessed.
+    #[error("identifiers added since the merge cannot be attributed")]
+    Unattributable,
     /// A concurrent change moved something this write relied on (a link it found held or free);
     /// nothing was written, and the write may be tried again from the start.
     #[error("a concurrent change interfered; retry")]

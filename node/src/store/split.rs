@@ -11,6 +11,8 @@
 //!   nobody knows whose it was, and a missing fact is never an allow. A denial or withdrawal
 //!   marked for review counts for both, so an unmerge never turns a refusal into an allow.
 //! - A restriction of the merged subject stays on both halves (it is lifted only by a request).
+//! - An identifier attached to the merged subject since the merge cannot be told to belong to
+//!   either half: the unmerge is refused until a rectification removes it (`Unattributable`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -179,6 +181,14 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
     for other in &record.lineage {
         others.add(&other.from_positions);
         kept_side.extend(other.links.iter().copied());
+    }
+    // An identifier attached since the merge (a registration naming it beside one of the merged
+    // subject's, a rectification) came through whichever person's identifier the caller named,
+    // which is not recorded: given to either half, it could carry that half's grants to the other
+    // person's address (a refusal turned into an allow). Refused instead; the operator removes it
+    // by a rectification first. (A lineage recorded before `into_links` was cannot tell.)
+    if !lineage.into_links.is_empty() && links.iter().any(|l| !lineage.links.contains(l) && !kept_side.contains(l)) {
+        return Err(StoreError::Unattributable);
     }
     let from_sets = LogSets::of(&lineage.from_positions);
     let into_sets = LogSets::of(&lineage.into_positions);

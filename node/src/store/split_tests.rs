@@ -198,12 +198,12 @@ fn an_entry_both_halves_held_at_the_merge_stays_with_both() {
 #[test]
 fn a_withdrawal_through_an_identifier_added_since_the_merge_holds_for_both() {
     use ConsentState::*;
-    // Ann granted before the merge; a phone added to the merged subject since; a withdrawal
-    // through it: whose phone? Both halves are withdrawn.
+    // Ann granted before the merge; a phone added to the merged subject since, a withdrawal
+    // through it, then the phone removed (the unmerge refuses while it is held): whose phone?
+    // Both halves are withdrawn.
     let ledger =
         vec![entry(1, Granted, Channel::Email, 100, Some(A)), entry(5, Withdrawn, Channel::Email, 500, Some(7))];
-    let mut merged = whole(ledger, vec![lineage(vec![1], vec![])]);
-    merged.links.push(link(7));
+    let merged = whole(ledger, vec![lineage(vec![1], vec![])]);
     let plan = split(merged, &subject(9)).unwrap();
     assert_eq!(plan.flagged, 1);
     assert_eq!(state(&plan.restored, Channel::Email), Some(Withdrawn));
@@ -268,4 +268,32 @@ fn what_a_rectification_removed_is_gone_from_the_lineage_and_never_comes_back() 
     let plan = split(merged, &subject(9)).unwrap();
     assert!(plan.restored.record.identifiers.is_empty());
     assert!(!plan.restored.record.profile.contains_key("name"));
+}
+
+#[test]
+fn an_identifier_attached_since_the_merge_refuses_the_unmerge_rather_than_go_to_either_half() {
+    use ConsentState::*;
+    // The remaining subject granted SMS before the merge, the merged-away one denied it; a phone
+    // attached since (a registration naming it beside the merged-away subject's email). Given to
+    // the remaining half, the phone would be allowed SMS on the other person's grant.
+    let ledger = vec![entry(1, Granted, Channel::Sms, 100, Some(B)), entry(2, Denied, Channel::Sms, 200, Some(A))];
+    let mut merged = whole(ledger.clone(), vec![lineage(vec![2], vec![1])]);
+    merged.links.push(link(7));
+    assert!(matches!(split(merged, &subject(9)), Err(StoreError::Unattributable)));
+    // Links another merge brought are the remaining subject's, not unattributable.
+    let mut other = lineage(vec![], vec![1, 2]);
+    other.from = subject(8);
+    other.links = vec![link(7)];
+    let mut merged = whole(ledger.clone(), vec![lineage(vec![2], vec![1]), other]);
+    merged.links.push(link(7));
+    let plan = split(merged, &subject(9)).unwrap();
+    assert!(plan.kept.links.contains(&link(7)));
+    assert_eq!(state(&plan.kept, Channel::Sms), Some(Granted));
+    assert_eq!(state(&plan.restored, Channel::Sms), Some(Denied));
+    // A lineage recorded before the remaining subject's links were cannot tell: split as before.
+    let mut old = lineage(vec![2], vec![1]);
+    old.into_links = Vec::new();
+    let mut merged = whole(ledger, vec![old]);
+    merged.links.push(link(7));
+    assert!(split(merged, &subject(9)).is_ok());
 }
