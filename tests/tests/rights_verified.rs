@@ -606,3 +606,71 @@ async fn requests_of_a_subject_a_merge_retires_are_closed_not_left_overdue() {
     assert!(outbox(&mut eu).await.iter().all(|e| e.request_id != emil_request));
     assert!(overdue(&mut eu).await.is_empty());
 }
+
+/// A request verified by one requester is never handed to another: a second desk opening the
+/// same kind for the subject gets a challenge of its own (not a link to the verified request,
+/// whose id would let it act without proving anything), and a wrong code sent to the verified
+/// request is refused rather than read as verified; its own requester's code, sent again (a reply
+/// lost), is still verified. Runs on PostgreSQL too in `.ci/run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_request_is_never_handed_to_another_requester() {
+    use domicile_runtime::identity::Scope;
+    let mut options = TestOptions::default();
+    domicile_cluster_tests::apply_store_env(&mut options).expect("store from the environment");
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let other_desk = cluster.issue_caller("other-desk", "us-east", &[Scope::Rights]).unwrap();
+    let mut other_desk = cluster.gateway_as(&other_desk).await.unwrap();
+    let dora = register(&mut client, "dora.rights@example.fr").await;
+    let mut codes = Vec::new();
+
+    let first = open(&mut eu, &dora, "erasure").await.request.unwrap();
+    let code = code_of(&mut eu, &first.request_id, &mut codes).await;
+    assert!(verify(&mut eu, &dora.subject_ref, &first.request_id, &code).await.verified);
+
+    // Another desk, another requester: not linked to the verified request.
+    let second = other_desk
+        .open_rights_request(gw::OpenRightsRequestRequest {
+            subject: select_email("dora.rights@example.fr"),
+            kind: "erasure".into(),
+            deliver_to: select_email("dora.rights@example.fr"),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("opened")
+        .into_inner();
+    let request = second.request.unwrap();
+    assert_eq!(request.status, "verifying", "{request:?}");
+    assert!(request.linked_to.is_empty(), "{request:?}");
+    assert_eq!(second.active_request_id, request.request_id);
+    assert_ne!(second.active_request_id, first.request_id, "the verified request's id is not handed out");
+    assert!(second.challenge_expires_at.is_some());
+    let second_code = code_of(&mut eu, &request.request_id, &mut codes).await;
+    assert_ne!(second_code, code);
+
+    // A wrong code to the verified request (its id learnt some other way) proves nothing.
+    for wrong in [second_code.as_str(), "WRONGCODE0"] {
+        let status = other_desk
+            .verify_rights_request(gw::VerifyRightsRequestRequest {
+                subject: select_email("dora.rights@example.fr"),
+                request_id: first.request_id.clone(),
+                code: wrong.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(!status.message().contains(wrong), "no code echoed: {}", status.message());
+    }
+    // Its own requester's code again: a repeated answer, still verified; and it serves.
+    let again = verify(&mut eu, &dora.subject_ref, &first.request_id, &code.to_lowercase()).await;
+    assert!(again.verified, "{again:?}");
+    assert_eq!(status_of(&again).0, "verified");
+    eu.erase(node::EraseRequest {
+        subject: node_ref(&dora.subject_ref),
+        request_id: first.request_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("the verified request serves its erasure");
+}

@@ -16,6 +16,11 @@ pub struct TrackedRequest {
     /// The one-time challenge while the request is being verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenge: Option<Challenge>,
+    /// The digest of the code that verified the request (`Challenge::digest`): an answer repeated
+    /// later is `verified` only with that code, so a request verified by one requester never
+    /// reads as verified to another who holds its id but not its code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
 }
 
 /// A one-time challenge: the code's keyed digest (hex), never the code.

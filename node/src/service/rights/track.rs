@@ -210,12 +210,13 @@ impl<S: Store> NodeService<S> {
         }
         let mut request = self.rights_request(&meta.jurisdiction, kind, now)?;
         request.completed_at = None;
-        let mut open = self
-            .store
-            .tracked_requests_of(&subject)
-            .await?
-            .into_iter()
-            .find(|t| t.record.kind == kind.as_str() && is_open(&t.record));
+        // Linked only to a request still waiting for its code: its code reaches the subject, and
+        // whoever answers it proves as much as a second challenge would. A request already
+        // verified is never handed to another requester (its id would let them act on it without
+        // proving anything): a new request then gets a challenge of its own.
+        let mut open = self.store.tracked_requests_of(&subject).await?.into_iter().find(|t| {
+            t.record.kind == kind.as_str() && RightsStatus::parse(&t.record.status) == Some(RightsStatus::Verifying)
+        });
         // A challenge that expired unanswered is refused now, not linked to: otherwise one
         // request opened and never answered would keep the subject from ever getting a code.
         if let Some(read) = open.take_if(|t| {
@@ -233,7 +234,7 @@ impl<S: Store> NodeService<S> {
             Some(open) => {
                 request.status = RightsStatus::Linked.as_str().to_owned();
                 request.linked_to = Some(open.record.request_id.clone());
-                let tracked = TrackedRequest { subject, record: request.clone(), challenge: None };
+                let tracked = TrackedRequest { subject, record: request.clone(), challenge: None, verified_by: None };
                 self.track(&tracked, None, OutboxChange::Keep, now, tag).await?
             }
             None => {
@@ -257,7 +258,8 @@ impl<S: Store> NodeService<S> {
                         code,
                     },
                 };
-                let tracked = TrackedRequest { subject, record: request.clone(), challenge: Some(challenge) };
+                let tracked =
+                    TrackedRequest { subject, record: request.clone(), challenge: Some(challenge), verified_by: None };
                 self.track(&tracked, None, OutboxChange::Put(&entry), now, tag).await?
             }
         };
@@ -290,11 +292,22 @@ impl<S: Store> NodeService<S> {
         let read = self.tracked_of(&subject, request_id).await?;
         let mut tracked = read.clone();
         let status = RightsStatus::parse(&tracked.record.status);
-        let verified =
+        let answered =
             matches!(status, Some(RightsStatus::Verified | RightsStatus::InProgress | RightsStatus::Completed));
-        // Answered, refused or linked already: a repeated answer changes nothing.
+        // Verified already: the same code again is a repeated answer (a reply lost, say); any
+        // other code proves nothing, and must not read as verified to whoever sent it. Refused or
+        // linked: a repeated answer changes nothing.
+        if answered {
+            let digest = self.challenge_digest(request_id, code);
+            if !tracked.verified_by.as_ref().is_some_and(|d| same_digest(digest.as_bytes(), d.as_bytes())) {
+                return Err(NodeError::Precondition(
+                    "the rights request was verified already, and not with this code: the code proves nothing",
+                ));
+            }
+            return Ok(Answered { request: tracked.record, verified: true, attempts_left: 0 });
+        }
         let (Some(RightsStatus::Verifying), Some(mut challenge)) = (status, tracked.challenge.clone()) else {
-            return Ok(Answered { request: tracked.record, verified, attempts_left: 0 });
+            return Ok(Answered { request: tracked.record, verified: false, attempts_left: 0 });
         };
         let now = now_unix();
         let refuse = |tracked: &mut TrackedRequest, reason: &str| {
@@ -309,6 +322,7 @@ impl<S: Store> NodeService<S> {
         } else if same_digest(self.challenge_digest(request_id, code).as_bytes(), challenge.digest.as_bytes()) {
             tracked.record.status = RightsStatus::Verified.as_str().to_owned();
             tracked.record.verified_at = Some(now);
+            tracked.verified_by = Some(challenge.digest.clone());
             tracked.challenge = None;
             OutboxChange::Remove
         } else {
@@ -403,6 +417,7 @@ mod tests {
 
     fn tracked(kind: RightsKind, status: RightsStatus, deadline: i64, extended: Option<i64>) -> TrackedRequest {
         TrackedRequest {
+            verified_by: None,
             subject: SubjectId::from_bytes([7; domicile_types::SUBJECT_ID_LEN]),
             record: RightsRequestRecord {
                 request_id: format!("{:032x}", deadline),

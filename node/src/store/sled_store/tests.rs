@@ -802,6 +802,7 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
             subject: s,
             record,
             challenge: Some(Challenge { digest: "00".repeat(32), expires_at: 100, failures: 0, max_failures: 5 }),
+            verified_by: None,
         };
         let entry = OutboxEntry {
             request_id: tracked.record.request_id.clone(),
