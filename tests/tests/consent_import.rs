@@ -54,6 +54,20 @@ fn request(items: Vec<gw::ImportConsentItem>) -> gw::ImportConsentRequest {
 
 type Result = Option<gw::import_consent_outcome::Result>;
 
+/// The next consent change event a watcher gets.
+async fn next_consent(watch: &mut tonic::Streaming<gw::WatchEvent>) -> common::ChangeEvent {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = watch.message().await.unwrap().unwrap().event.unwrap();
+            if event.kind == common::ChangeKind::Consent as i32 {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a consent event")
+}
+
 fn accepted(r: &Result) -> bool {
     matches!(r, Some(gw::import_consent_outcome::Result::Accepted(s)) if *s > 0)
 }
@@ -91,6 +105,9 @@ async fn imported_entries_are_applied_once_keep_their_evidence_and_stay_quiet() 
     bad.purpose = "jane@example.com".into();
     let mut no_source = item(6, &de, common::ConsentAction::Grant, old, "");
     no_source.source_event_id = String::new();
+    // No capture time: never taken as "now" (it would outrank every earlier withdrawal).
+    let mut no_time = item(7, &de, common::ConsentAction::Grant, old, "evt-no-time");
+    no_time.captured_at = None;
     let items = vec![
         item(1, &de, common::ConsentAction::Grant, older, "evt-1"),
         item(2, &us, common::ConsentAction::Grant, old, "evt-2"),
@@ -99,16 +116,17 @@ async fn imported_entries_are_applied_once_keep_their_evidence_and_stay_quiet() 
         item(4, &us, common::ConsentAction::Withdraw, old, "evt-4"),
         bad,
         no_source,
+        no_time,
     ];
     let outcomes = client.import_consent(request(items)).await.unwrap().into_inner().outcomes;
     let ids: Vec<u64> = outcomes.iter().map(|o| o.id).collect();
-    assert_eq!(ids, [1, 2, 3, 4, 5, 6], "one outcome per item, in order");
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7], "one outcome per item, in order");
     assert!(
         accepted(&outcomes[0].result) && accepted(&outcomes[1].result) && accepted(&outcomes[3].result),
         "{outcomes:?}"
     );
     assert!(duplicate(&outcomes[2].result), "the same event twice in one call: {outcomes:?}");
-    for (i, field) in [(4, "purpose"), (5, "source_event_id")] {
+    for (i, field) in [(4, "purpose"), (5, "source_event_id"), (6, "captured_at")] {
         match &outcomes[i].result {
             Some(gw::import_consent_outcome::Result::Refused(e)) => {
                 assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
@@ -170,6 +188,21 @@ async fn imported_entries_are_applied_once_keep_their_evidence_and_stay_quiet() 
     .await
     .expect("a broadcast import is announced");
     assert_eq!(event.state, "granted");
+    // A broadcast grant the ledger's order puts behind a later withdrawal (older history arriving
+    // late) changes no decision, and is not announced: a follower told "granted" would send
+    // where every decision refuses. The next consent event a watcher gets is the sentinel's.
+    let loud = |items| gw::ImportConsentRequest { broadcast: true, ..request(items) };
+    let withdrawal = loud(vec![item(11, &de, common::ConsentAction::Withdraw, now - 30, "evt-11")]);
+    assert!(accepted(&client.import_consent(withdrawal).await.unwrap().into_inner().outcomes[0].result));
+    assert_eq!(next_consent(&mut watch).await.state, "withdrawn");
+    let late_grant = loud(vec![item(12, &de, common::ConsentAction::Grant, now - 45, "evt-12")]);
+    assert!(accepted(&client.import_consent(late_grant).await.unwrap().into_inner().outcomes[0].result));
+    let sentinel = loud(vec![item(13, &us, common::ConsentAction::Withdraw, now - 30, "evt-13")]);
+    assert!(accepted(&client.import_consent(sentinel).await.unwrap().into_inner().outcomes[0].result));
+    let event = next_consent(&mut watch).await;
+    assert_eq!((event.subject_ref.as_str(), event.state.as_str()), (us.as_str(), "withdrawn"), "{event:?}");
+    let d = client.decide(decide(&de)).await.unwrap().into_inner().decision.unwrap();
+    assert_eq!(d.effect, common::Effect::Deny as i32, "the later withdrawal holds: {}", d.explanation);
 
     // The same event id under another subject is that subject's own event, not a duplicate; an
     // event repeated within one call is answered with its first copy's outcome.

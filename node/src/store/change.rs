@@ -47,8 +47,26 @@ pub enum Change {
 /// stored, such events doubled the event log of an imported region, and every watcher of the
 /// region read and dropped each. Withdrawals and denials are always announced: a
 /// follower's suppression list must not keep a person granted whom an import has just opted out.
-pub fn announced(record: &ConsentRecord) -> bool {
-    record.state != ConsentState::Granted || record.evidence.import.as_ref().is_none_or(|i| i.broadcast)
+///
+/// A grant is announced only on the channels where it became the record in force (`in_force`,
+/// as the write applied it): one the ledger's order puts behind a refusal already stored (an
+/// import of older history, a capture backdated past a later withdrawal) changes no decision, and
+/// announced as `granted` it would leave a follower granted where every decision refuses. A
+/// denial or withdrawal is announced on all its channels even where a later grant keeps force: a
+/// follower then errs toward suppression, never toward sending.
+pub fn announced(record: &ConsentRecord, in_force: &[Channel]) -> bool {
+    !announced_channels(record, in_force).is_empty()
+}
+
+/// The channels [`announced`] announces `record` on (none: no event).
+pub fn announced_channels(record: &ConsentRecord, in_force: &[Channel]) -> Vec<Channel> {
+    if record.state != ConsentState::Granted {
+        return record.channels.clone();
+    }
+    if record.evidence.import.as_ref().is_some_and(|i| !i.broadcast) {
+        return Vec::new();
+    }
+    record.channels.iter().copied().filter(|c| in_force.contains(c)).collect()
 }
 
 /// One thing a write did.
@@ -57,8 +75,9 @@ pub enum Recorded<'a> {
     /// Identifiers registered to `subject`: `identifiers` of the request, `added` the links new
     /// to the subject.
     Registration { subject: SubjectId, jurisdiction: &'a Jurisdiction, identifiers: usize, added: &'a [Link] },
-    /// A consent record appended to the subject's ledger; `links` are the subject's.
-    Consent { subject: SubjectId, record: &'a ConsentRecord, links: &'a [Link] },
+    /// A consent record appended to the subject's ledger; `links` are the subject's; `in_force`
+    /// the record's channels where it became the record in force ([`announced`]).
+    Consent { subject: SubjectId, record: &'a ConsentRecord, links: &'a [Link], in_force: &'a [Channel] },
     /// Links added to a subject by a rectification (audited as its rights request).
     LinksAdded { subject: SubjectId, links: &'a [Link] },
     /// Links removed from a subject that remains: by a rectification (`kept_by` is `None`; audited
@@ -102,17 +121,14 @@ impl Recorded<'_> {
                 one(subject, links, Change::Registered)
             }
             // A subject's consent changes are announced even while it holds no link.
-            Recorded::Consent { subject, record, links } if announced(record) => vec![(
-                subject,
-                links.to_vec(),
-                Change::Consent {
-                    purpose: record.purpose,
-                    channels: record.channels.clone(),
-                    state: record.state,
-                    quiet: false,
-                },
-            )],
-            Recorded::Consent { .. } => Vec::new(),
+            Recorded::Consent { subject, record, links, in_force } => {
+                let channels = announced_channels(record, in_force);
+                if channels.is_empty() {
+                    return Vec::new();
+                }
+                let change = Change::Consent { purpose: record.purpose, channels, state: record.state, quiet: false };
+                vec![(subject, links.to_vec(), change)]
+            }
             Recorded::LinksRemoved { subject, links, .. } => one(subject, links, Change::LinksRemoved),
             Recorded::RightsRequest { .. } => Vec::new(),
             Recorded::Erasure { subject, links } => vec![(subject, links.to_vec(), Change::Erased)],
@@ -257,6 +273,55 @@ mod tests {
             }
         }
         map
+    }
+
+    fn record(state: ConsentState, import: Option<bool>) -> ConsentRecord {
+        ConsentRecord {
+            sequence: 1,
+            purpose: Purpose::Marketing,
+            channels: vec![Channel::Email, Channel::Sms],
+            state,
+            captured_at: 1,
+            recorded_at: 1,
+            expires_at: None,
+            evidence: crate::store::Evidence {
+                import: import.map(|broadcast| crate::store::ImportEvidence {
+                    source_system: "crm".into(),
+                    source_event_id: "e1".into(),
+                    mapping_version: String::new(),
+                    broadcast,
+                }),
+                ..Default::default()
+            },
+            counted_at_ms: None,
+            review: false,
+        }
+    }
+
+    #[test]
+    fn a_grant_is_announced_where_it_takes_force_and_a_refusal_everywhere() {
+        let state = |changes: Vec<(SubjectId, Vec<Link>, Change)>| match changes.as_slice() {
+            [(_, _, Change::Consent { channels, state, .. })] => Some((channels.clone(), *state)),
+            [] => None,
+            other => panic!("one consent change expected: {other:?}"),
+        };
+        let (s, links) = (subject(1), [link(1)]);
+        let announce = |record: &ConsentRecord, in_force: &[Channel]| {
+            state(Recorded::Consent { subject: s, record, links: &links, in_force }.changes())
+        };
+        let grant = record(ConsentState::Granted, None);
+        assert_eq!(announce(&grant, &[Channel::Sms]), Some((vec![Channel::Sms], ConsentState::Granted)));
+        assert_eq!(announce(&grant, &[]), None, "behind a later refusal on every channel: no event");
+        assert!(!announced(&grant, &[]));
+        let loud = record(ConsentState::Granted, Some(true));
+        assert_eq!(announce(&loud, &[Channel::Email, Channel::Sms]).map(|(c, _)| c.len()), Some(2));
+        assert_eq!(announce(&record(ConsentState::Granted, Some(false)), &[Channel::Email]), None, "a quiet import");
+        let withdrawal = record(ConsentState::Withdrawn, Some(false));
+        assert_eq!(
+            announce(&withdrawal, &[]),
+            Some((vec![Channel::Email, Channel::Sms], ConsentState::Withdrawn)),
+            "a refusal is announced even where a later grant keeps force"
+        );
     }
 
     #[test]

@@ -27,6 +27,11 @@ fn source_token(field: &str, text: &str) -> Result<String, FieldViolation> {
 }
 
 fn item_of(item: &pb::ImportConsentItem, mapping_version: &str, broadcast: bool) -> Result<ImportItem, FieldViolation> {
+    // A live capture without a time was captured now; an imported entry was captured when its
+    // source says, and taken as now it would outrank every earlier withdrawal.
+    if item.captured_at.is_none() {
+        return Err(FieldViolation::new("captured_at", "required for an imported entry: its original capture time"));
+    }
     Ok(ImportItem {
         key: convert::subject_key("subject", item.subject.as_ref())?,
         capture: capture_of(

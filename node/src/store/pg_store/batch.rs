@@ -219,10 +219,13 @@ impl Batcher {
             consent_rows.sources.push(imports::column(key, &record));
             used_sources.extend(source);
             let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
+            // The channels where it becomes the record in force: a grant is announced on those.
+            let mut in_force = Vec::with_capacity(record.channels.len());
             for channel in &record.channels {
                 let cell = (*subject, record.purpose, *channel);
                 let replace = current.get(&cell).is_none_or(|existing| candidate.supersedes(existing));
                 if replace {
+                    in_force.push(*channel);
                     current.insert(cell, candidate.clone());
                     if !dirty.contains(&cell) {
                         dirty.push(cell);
@@ -230,11 +233,11 @@ impl Batcher {
                 }
             }
             w.set_at(consent.recorded_at);
-            let recorded = [Recorded::Consent { subject: *subject, record: &record, links }];
+            let recorded = [Recorded::Consent { subject: *subject, record: &record, links, in_force: &in_force }];
             // A record not announced has no event (`change::announced`): 0 stands for none.
             let event = match w.record(&recorded).await? {
                 Some(event) => event,
-                None if !crate::store::announced(&record) => 0,
+                None if !crate::store::announced(&record, &in_force) => 0,
                 None => return Err(StoreError::Backend("consent event".into())),
             };
             let result = (record, event);

@@ -14,8 +14,9 @@ use super::{
 use crate::store::vault::SubjectKey;
 use crate::store::{AppendedConsents, ConsentBatch};
 
-/// A cell's candidates from one batch, in order, each with its sealed form.
-type SealedCandidates = Vec<(CurrentConsent, Vec<u8>)>;
+/// A cell's candidates from one batch, in order, each with its sealed form and the index of its
+/// record among its write's records.
+type SealedCandidates = Vec<(CurrentConsent, Vec<u8>, usize)>;
 
 /// What became of one subject's part of a batch: its records as stored with their change
 /// events' sequences, or why none was written.
@@ -79,7 +80,7 @@ impl SledStore {
         // Per cell, the batch's candidates in order, each sealed: in the transaction they are
         // applied one by one to the stored record, as single writes would be (the ledger's order
         // is not transitive across its re-grant rule, so no winner is picked beforehand).
-        let mut cells: Vec<(Vec<u8>, usize, SealedCandidates)> = Vec::new();
+        let mut cells: Vec<(Vec<u8>, usize, Channel, SealedCandidates)> = Vec::new();
         let mut cell_index: HashMap<Vec<u8>, usize> = HashMap::new();
         for (at, write) in writes.iter_mut().enumerate() {
             for consent in std::mem::take(&mut write.consents) {
@@ -99,24 +100,32 @@ impl SledStore {
                 let ledger_key = consent_key(&write.subject, position);
                 sealed_entries.push((ledger_key, seal(&write.key, b"consent", &ledger_key, &record)?));
                 let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
+                let index = write.records.len();
                 for channel in &record.channels {
                     let k = current_key(&write.subject, record.purpose, *channel);
                     let sealed = seal(&write.key, b"current", &k, &candidate)?;
                     match cell_index.get(&k).and_then(|&cell| cells.get_mut(cell)) {
-                        Some((_, _, list)) => list.push((candidate.clone(), sealed)),
+                        Some((.., list)) => list.push((candidate.clone(), sealed, index)),
                         None => {
                             cell_index.insert(k.clone(), cells.len());
-                            cells.push((k, at, vec![(candidate.clone(), sealed)]));
+                            cells.push((k, at, *channel, vec![(candidate.clone(), sealed, index)]));
                         }
                     }
                 }
                 write.records.push(record);
             }
         }
+        let in_force = self.in_force_of(&writes, &cells)?;
         let recorded: Vec<Recorded<'_>> = writes
             .iter()
-            .flat_map(|w| {
-                w.records.iter().map(|record| Recorded::Consent { subject: w.subject, record, links: &w.links })
+            .zip(&in_force)
+            .flat_map(|(w, in_force)| {
+                w.records.iter().zip(in_force).map(|(record, in_force)| Recorded::Consent {
+                    subject: w.subject,
+                    record,
+                    links: &w.links,
+                    in_force,
+                })
             })
             .collect();
         let Some(recorded_at) = writes.iter().flat_map(|w| w.records.first()).map(|r| r.recorded_at).next() else {
@@ -146,7 +155,7 @@ impl SledStore {
             }
             counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
             counters.insert(super::imports::IMPORT_INDEX_COVERS, &position.to_be_bytes()[..])?;
-            for (k, at, list) in &cells {
+            for (k, at, _, list) in &cells {
                 let Some(key) = writes.get(*at).map(|w| &w.key) else {
                     return abort(StoreError::Backend("a cell of no subject in the batch".into()));
                 };
@@ -156,7 +165,7 @@ impl SledStore {
                 };
                 let mut in_force: Option<&CurrentConsent> = stored.as_ref();
                 let mut write: Option<&[u8]> = None;
-                for (candidate, sealed) in list {
+                for (candidate, sealed, _) in list {
                     if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
                         in_force = Some(candidate);
                         write = Some(sealed.as_slice());
@@ -168,11 +177,11 @@ impl SledStore {
             }
             let mut events = events.iter();
             let mut results = Vec::with_capacity(writes.len());
-            for write in &writes {
+            for (write, in_force) in writes.iter().zip(&in_force) {
                 let mut written = Vec::with_capacity(write.records.len());
-                for (record, tag) in write.records.iter().zip(&write.tags) {
+                for ((record, tag), in_force) in write.records.iter().zip(&write.tags).zip(in_force) {
                     // A record not announced has no event (`change::announced`): 0 stands for none.
-                    let event_seq = if crate::store::announced(record) {
+                    let event_seq = if crate::store::announced(record, in_force) {
                         let Some((event_seq, event)) = events.next() else {
                             return abort(StoreError::Backend("fewer change events than records".into()));
                         };
@@ -203,6 +212,44 @@ impl SledStore {
             }
         }
         Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Ok(Vec::new()))).collect())
+    }
+
+    /// Per write, per record, the channels where the record becomes the record in force as the
+    /// transaction applies the batch (each cell's candidates in order over what is stored), for
+    /// the grants that are announced ([`crate::store::announced`]): the others' events do not
+    /// depend on it, so their cells are not read. Read under the write lock, which every writer
+    /// of these cells holds: the transaction finds the same.
+    fn in_force_of(
+        &self,
+        writes: &[SubjectWrite],
+        cells: &[(Vec<u8>, usize, Channel, SealedCandidates)],
+    ) -> Result<Vec<Vec<Vec<Channel>>>, StoreError> {
+        let mut out: Vec<Vec<Vec<Channel>>> = writes.iter().map(|w| vec![Vec::new(); w.records.len()]).collect();
+        for (k, at, channel, list) in cells {
+            let Some(write) = writes.get(*at) else { continue };
+            let needed = list.iter().any(|(_, _, index)| {
+                write.records.get(*index).is_some_and(|r| {
+                    r.state == domicile_types::ConsentState::Granted && crate::store::announced(r, &r.channels)
+                })
+            });
+            if !needed {
+                continue;
+            }
+            let stored = match self.current.get(k).map_err(backend)? {
+                None => None,
+                Some(bytes) => Some(open::<CurrentConsent>(&write.key, b"current", k, &bytes)?),
+            };
+            let mut in_force = stored.as_ref();
+            for (candidate, _, index) in list {
+                if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
+                    in_force = Some(candidate);
+                    if let Some(channels) = out.get_mut(*at).and_then(|w| w.get_mut(*index)) {
+                        channels.push(*channel);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// [`crate::store::Store::append_consents`]: [`Self::record_consents`], whose answer per
