@@ -391,6 +391,60 @@ async fn imported_entries_are_found_by_their_source_through_merge_unmerge_and_er
     assert!(plan.contains("consent_import_source"), "{plan}");
 }
 
+/// A merge and an unmerge move a subject's whole history under the region head, which every
+/// write of the region waits for: its rows go a thousand to a statement, not one round trip each
+/// (2,500 entries were 2,500 statements, each restarting the idle limit). Counted from the
+/// server's own statement log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_and_an_unmerge_move_a_long_history_in_few_statements() {
+    const ENTRIES: usize = 2_500;
+    let db = start();
+    let config = db.config("moves");
+    let store = Arc::new(PgStore::open(&config, &region()).await.unwrap());
+    let ann = register(&store, "ann.long@example.de").await;
+    let bea = register(&store, "bea.long@example.de").await;
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 0..ENTRIES {
+        let (store, subject) = (store.clone(), if n % 25 == 0 { bea } else { ann });
+        let at = 1_700_000_000 + i64::try_from(n).unwrap();
+        writes.spawn(async move { store.append_consent(&subject, consent(ConsentState::Granted, at), None).await });
+    }
+    while let Some(written) = writes.join_next().await {
+        written.unwrap().unwrap();
+    }
+    drop(store);
+    // Connections opened from now on log every statement that changes data.
+    db.server.psql("moves", "ALTER DATABASE moves SET log_statement = 'mod'").unwrap();
+    let store = PgStore::open(&config, &region()).await.unwrap();
+    let log = db.server.data_dir().parent().unwrap().join("server.log");
+    let length = || usize::try_from(std::fs::metadata(&log).unwrap().len()).unwrap();
+    let inserts_since = |from: usize| {
+        let text = std::fs::read(&log).unwrap();
+        let text = String::from_utf8_lossy(&text[from..]).into_owned();
+        text.lines().filter(|l| l.contains("INSERT INTO consent ")).count()
+    };
+
+    let mark = length();
+    store.merge(&bea, &ann, 1_800_000_000, None).await.unwrap();
+    let merged = inserts_since(mark);
+    assert!((1..=3).contains(&merged), "a merge inserted {} entries in {merged} statements", ENTRIES * 24 / 25);
+    let (kept, restored) = (SubjectId::from_bytes([7; 16]), SubjectId::from_bytes([8; 16]));
+    let mark = length();
+    store.unmerge(&bea, &ann, &kept, &restored, 1_800_000_100, None).await.unwrap();
+    let unmerged = inserts_since(mark);
+    assert!((2..=4).contains(&unmerged), "an unmerge inserted {ENTRIES} entries in {unmerged} statements");
+    let count = |subject: &SubjectId| {
+        psql_lines(&db, "moves", &format!("SELECT count(*) FROM consent WHERE subject = '\\x{}'", hex(subject)))
+    };
+    assert_eq!(count(&restored), [(ENTRIES * 24 / 25).to_string()], "every entry back with its half");
+    assert_eq!(count(&kept), [(ENTRIES / 25).to_string()]);
+    audit_verifies(&store).await;
+}
+
+fn hex(subject: &SubjectId) -> String {
+    subject.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One decision's audit entry about `subject`, as the node makes it.
 fn entry<'a>(subject: SubjectId, pack: &'a domicile_policy::PackRef) -> domicile_audit::DecisionEntry<'a> {
     domicile_audit::DecisionEntry {

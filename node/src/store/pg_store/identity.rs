@@ -8,7 +8,7 @@ use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, Subject
 use super::claims::{check_replay, hold, record_replay, release_held};
 use super::prepared::Prepared as _;
 use super::unit::Write;
-use super::{PgStore, int, pg, subject_id, uint};
+use super::{PgStore, pg, subject_id, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::split::{MergeSide, join_records};
 use crate::store::vault::SubjectKey;
@@ -316,34 +316,18 @@ impl PgStore {
             .query_cached(&format!("DELETE FROM {table} WHERE subject = $1 RETURNING {order}, sealed"), &[&bytes(from)])
             .await
             .map_err(pg)?;
+        let mut moved = Vec::with_capacity(rows.len());
         for row in &rows {
             let position = uint(row.get(0))?;
             let plain = from_key.open(&crate::store::codec::context(name, &consent_key(from, position)), row.get(1))?;
             let sealed = into_key.seal(&crate::store::codec::context(name, &consent_key(into, position)), &plain)?;
-            // An entry both halves hold (kept with both by an earlier unmerge) is kept once.
-            if table == "consent" {
-                // The import index's digest, under the key of the subject now holding the entry.
-                let source = super::imports::column_of_plain(into_key, &plain)?;
-                w.tx()
-                    .execute_cached(
-                        "INSERT INTO consent (subject, position, sealed, import_source) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT DO NOTHING",
-                        &[&bytes(into), &int(position), &sealed, &source],
-                    )
-                    .await
-                    .map_err(pg)?;
-            } else {
-                w.tx()
-                    .execute_cached(
-                        &format!(
-                            "INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-                        ),
-                        &[&bytes(into), &int(position), &sealed],
-                    )
-                    .await
-                    .map_err(pg)?;
-            }
+            // The import index's digest, under the key of the subject now holding the entry.
+            let source =
+                if table == "consent" { super::imports::column_of_plain(into_key, &plain)? } else { Vec::new() };
+            moved.push((position, sealed, source));
         }
+        // An entry both halves hold (kept with both by an earlier unmerge) is kept once.
+        w.insert_log_rows((table, order), into, &moved, true).await?;
         Ok(rows.len())
     }
 

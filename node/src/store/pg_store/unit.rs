@@ -38,6 +38,9 @@ pub(super) const STALL_LIMITS: &str = stall_limits!("SET LOCAL");
 /// [`STALL_LIMITS`] for a whole session (migrations, whose transactions refinery opens).
 pub(super) const SESSION_STALL_LIMITS: &str = stall_limits!("SET");
 
+/// Rows of one subject's log a merge or unmerge inserts per statement ([`Write::insert_log_rows`]).
+const ROWS_PER_STATEMENT: usize = 1000;
+
 /// Audit lines a write keeps before inserting them while it chains a backlog of decision
 /// entries ([`Write::flush_audit_if_large`]): each insert is a statement, which restarts the server's
 /// idle timer, so the limit holds at every step however large the backlog (decisions keep being
@@ -247,6 +250,44 @@ impl<'c> Write<'c> {
         self.tx.execute_cached(INSERT_AUDIT, &[&seqs, &lines]).await.map_err(pg)?;
         self.audit.clear();
         self.audit_bytes = 0;
+        Ok(())
+    }
+
+    /// Inserts one subject's rows of a log table (`consent`, `interactions`, `rights_requests`):
+    /// (position, sealed, and for `consent` the import index's column), [`ROWS_PER_STATEMENT`] to
+    /// a statement. A merge or unmerge moves a subject's whole history under the region head;
+    /// one statement per row held every write of the region for a round trip per entry (twenty
+    /// thousand entries: seconds), each statement restarting the idle limit, so a stalled node
+    /// was not even ended. `keep_existing` leaves a row already there (an entry both halves held).
+    pub(super) async fn insert_log_rows(
+        &self,
+        (table, order): (&str, &str),
+        subject: &SubjectId,
+        rows: &[(u64, Vec<u8>, Vec<u8>)],
+        keep_existing: bool,
+    ) -> Result<(), StoreError> {
+        let conflict = if keep_existing { " ON CONFLICT DO NOTHING" } else { "" };
+        let sql = if table == "consent" {
+            format!(
+                "INSERT INTO consent (subject, position, sealed, import_source) \
+                 SELECT $1::bytea, * FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]){conflict}"
+            )
+        } else {
+            format!(
+                "INSERT INTO {table} (subject, {order}, sealed) SELECT $1::bytea, * FROM unnest($2::bigint[], $3::bytea[]){conflict}"
+            )
+        };
+        for slice in rows.chunks(ROWS_PER_STATEMENT) {
+            let positions: Vec<i64> = slice.iter().map(|(p, ..)| int(*p)).collect();
+            let sealed: Vec<&[u8]> = slice.iter().map(|(_, s, _)| s.as_slice()).collect();
+            let id = subject.as_bytes().as_slice();
+            if table == "consent" {
+                let sources: Vec<&[u8]> = slice.iter().map(|(.., source)| source.as_slice()).collect();
+                self.tx.execute_cached(&sql, &[&id, &positions, &sealed, &sources]).await.map_err(pg)?;
+            } else {
+                self.tx.execute_cached(&sql, &[&id, &positions, &sealed]).await.map_err(pg)?;
+            }
+        }
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use domicile_types::SubjectId;
 use super::claims::{check_replay, record_replay};
 use super::prepared::Prepared as _;
 use super::unit::Write;
-use super::{PgStore, int, pg, uint};
+use super::{PgStore, pg, uint};
 use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::split::{Half, Whole, split};
 use crate::store::vault::SubjectKey;
@@ -77,34 +77,29 @@ impl PgStore {
         key: &SubjectKey,
         half: &Half,
     ) -> Result<(), StoreError> {
-        let insert = async |i: usize, position: u64, sealed: Vec<u8>| -> Result<(), StoreError> {
-            let (table, order, _) = LOGS[i];
-            w.tx()
-                .execute_cached(
-                    &format!("INSERT INTO {table} (subject, {order}, sealed) VALUES ($1, $2, $3)"),
-                    &[&bytes(subject), &int(position), &sealed],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(())
-        };
-        for entry in &half.ledger {
-            let sealed = seal(key, b"consent", &consent_key(subject, entry.sequence), entry)?;
-            w.tx()
-                .execute_cached(
-                    "INSERT INTO consent (subject, position, sealed, import_source) VALUES ($1, $2, $3, $4)",
-                    &[&bytes(subject), &int(entry.sequence), &sealed, &super::imports::column(key, entry)],
-                )
-                .await
-                .map_err(pg)?;
-        }
-        for entry in &half.interactions {
-            insert(1, entry.sequence, seal(key, b"interactions", &consent_key(subject, entry.sequence), entry)?)
-                .await?;
-        }
-        for (position, request) in &half.rights {
-            insert(2, *position, seal(key, b"rights", &consent_key(subject, *position), request)?).await?;
-        }
+        let ledger = half
+            .ledger
+            .iter()
+            .map(|entry| {
+                let sealed = seal(key, b"consent", &consent_key(subject, entry.sequence), entry)?;
+                Ok((entry.sequence, sealed, super::imports::column(key, entry)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        w.insert_log_rows(("consent", "position"), subject, &ledger, false).await?;
+        let interactions = half
+            .interactions
+            .iter()
+            .map(|e| Ok((e.sequence, seal(key, b"interactions", &consent_key(subject, e.sequence), e)?, Vec::new())))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        w.insert_log_rows((LOGS[1].0, LOGS[1].1), subject, &interactions, false).await?;
+        let rights = half
+            .rights
+            .iter()
+            .map(|(position, r)| {
+                Ok((*position, seal(key, b"rights", &consent_key(subject, *position), r)?, Vec::new()))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        w.insert_log_rows((LOGS[2].0, LOGS[2].1), subject, &rights, false).await?;
         for ((purpose, channel), current) in &half.current {
             let sealed = seal(key, b"current", &current_key(subject, *purpose, *channel), current)?;
             w.tx()
