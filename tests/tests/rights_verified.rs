@@ -674,3 +674,113 @@ async fn a_verified_request_is_never_handed_to_another_requester() {
     .await
     .expect("the verified request serves its erasure");
 }
+
+/// An erasure made durable whose request could not then be recorded completed (the node stopped,
+/// or that step failed: here the database refuses it once, by a trigger): the caller retries with
+/// its idempotency key and is answered from the erasure's record, and that answer finishes the
+/// request too. Before, the replayed answer skipped it, and the request stayed `in_progress` for
+/// ever (listed as overdue, its other open requests never refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_answered_again_finishes_the_request_the_first_answer_left_in_progress() {
+    use domicile_cli::cluster::database_name;
+    let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let mut node = cluster.node(&eu).await.unwrap();
+    let mut client = cluster.gateway().await.unwrap();
+    let erin = register(&mut client, "erin.rights@example.fr").await;
+    let request = open(&mut node, &erin, "erasure").await.request.unwrap();
+    let code = code_of(&mut node, &request.request_id, &mut Vec::new()).await;
+    assert!(verify(&mut node, &erin.subject_ref, &request.request_id, &code).await.verified);
+    let other = open(&mut node, &erin, "access").await.request.unwrap();
+
+    let db = database_name(&eu);
+    let server = cluster.database().expect("a PostgreSQL cluster").server();
+    let sql = |sql: &str| {
+        let out = server.psql(&db, sql).unwrap();
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    sql("CREATE FUNCTION refuse_completed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF convert_from(NEW.body, 'UTF8') LIKE '%\"status\":\"completed\"%' THEN RAISE EXCEPTION 'injected'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_completed BEFORE INSERT OR UPDATE ON rights_tracked \
+         FOR EACH ROW EXECUTE FUNCTION refuse_completed()");
+    let status_of = |id: &str| {
+        sql(&format!(
+            "SELECT convert_from(body, 'UTF8')::json->'record'->>'status' FROM rights_tracked WHERE request_id = '{id}'"
+        ))
+    };
+    let erase = || node::EraseRequest {
+        subject: node_ref(&erin.subject_ref),
+        request_id: request.request_id.clone(),
+        idempotency_key: "erase-erin".into(),
+        ..Default::default()
+    };
+    let failed = node.erase(erase()).await.unwrap_err();
+    assert_ne!(failed.code(), Code::Ok);
+    assert_eq!(status_of(&request.request_id), "in_progress", "the erasure was made, its request not finished");
+    let gone = node.consent_history(node::ConsentHistoryRequest { subject: node_ref(&erin.subject_ref) }).await;
+    assert_eq!(gone.unwrap_err().code(), Code::NotFound, "the erasure itself is durable");
+
+    sql("DROP TRIGGER refuse_completed ON rights_tracked");
+    let answered = node.erase(erase()).await.expect("answered again from the erasure's record").into_inner();
+    assert_eq!(answered.rights_request.unwrap().status, "completed");
+    assert_eq!(status_of(&request.request_id), "completed");
+    assert_eq!(status_of(&other.request_id), "refused", "the subject's other open request is closed");
+    // A third time changes nothing.
+    node.erase(erase()).await.expect("answered again");
+    assert_eq!(status_of(&request.request_id), "completed");
+}
+
+/// A restriction only narrows processing: set on receipt even when the request it names cannot
+/// answer it (still waiting for its code), never refused (which would leave processing going on);
+/// and once set it answers every open restriction request of the subject, so a request verified
+/// before it (whichever way its requester meant it) cannot lift it: lifting needs a request
+/// verified after it, or an operator's override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restriction_is_always_set_and_an_earlier_request_cannot_lift_it() {
+    let mut options = TestOptions::default();
+    domicile_cluster_tests::apply_store_env(&mut options).expect("store from the environment");
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let fay = register(&mut client, "fay.rights@example.fr").await;
+    let mut codes = Vec::new();
+    let restrict = |restricted: bool, request_id: &str| node::RestrictRequest {
+        subject: node_ref(&fay.subject_ref),
+        restricted,
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let decide = || node::DecideRequest {
+        subject: node_ref(&fay.subject_ref),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    };
+
+    // A request verified now, then a restriction set without naming it.
+    let earlier = open(&mut eu, &fay, "restriction").await.request.unwrap();
+    let code = code_of(&mut eu, &earlier.request_id, &mut codes).await;
+    assert!(verify(&mut eu, &fay.subject_ref, &earlier.request_id, &code).await.verified);
+    eu.restrict(restrict(true, "")).await.expect("honoured on receipt");
+    let status = eu.restrict(restrict(false, &earlier.request_id)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "an earlier request lifted it: {status:?}");
+    let decision = eu.decide(decide()).await.unwrap().into_inner().decision.unwrap();
+    assert!(decision.reasons.iter().any(|r| r.contains("restrict")), "still restricted: {decision:?}");
+
+    // Lifted by a request verified after it.
+    let lift = open(&mut eu, &fay, "restriction").await.request.unwrap();
+    assert_ne!(lift.request_id, earlier.request_id);
+    let code = code_of(&mut eu, &lift.request_id, &mut codes).await;
+    assert!(verify(&mut eu, &fay.subject_ref, &lift.request_id, &code).await.verified);
+    eu.restrict(restrict(false, &lift.request_id)).await.expect("lifted by a request verified since");
+
+    // Set again naming a request still waiting for its code: set all the same.
+    let pending = open(&mut eu, &fay, "restriction").await.request.unwrap();
+    let set = eu.restrict(restrict(true, &pending.request_id)).await.expect("a restriction is never refused");
+    assert!(set.into_inner().restricted);
+    let decision = eu.decide(decide()).await.unwrap().into_inner().decision.unwrap();
+    assert!(decision.reasons.iter().any(|r| r.contains("restrict")), "restricted: {decision:?}");
+}

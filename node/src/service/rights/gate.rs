@@ -191,6 +191,63 @@ impl<S: Store> NodeService<S> {
         Ok(())
     }
 
+    /// After a restriction was set: every open restriction request of the subject is answered by
+    /// it (`completed`). A request does not say which way it goes, so one left open (verified
+    /// to restrict, say) could otherwise lift the restriction later; lifting it needs a request
+    /// opened, and verified, after it.
+    pub(super) async fn answer_restriction_requests(&self, subject: &SubjectId, now: i64) -> Result<(), NodeError> {
+        let open: Vec<String> = self
+            .store
+            .tracked_requests_of(subject)
+            .await?
+            .into_iter()
+            .filter(|t| {
+                t.record.kind == RightsKind::Restriction.as_str()
+                    && RightsStatus::parse(&t.record.status).is_some_and(RightsStatus::is_open)
+            })
+            .map(|t| t.record.request_id)
+            .collect();
+        let _one_at_a_time = self.rights_lock.lock().await;
+        for id in open {
+            self.track_step(&id, now, |tracked| {
+                if !RightsStatus::parse(&tracked.record.status).is_some_and(RightsStatus::is_open) {
+                    return false;
+                }
+                tracked.record.status = RightsStatus::Completed.as_str().to_owned();
+                tracked.record.completed_at = Some(now);
+                tracked.challenge = None;
+                true
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// After an erasure made with `erasure` (its completed record, as the erasure's answer keeps
+    /// it): the tracked request it answers recorded completed (an operator's override has none),
+    /// and the subject's other open requests refused. Changes nothing the second time.
+    pub(super) async fn finish_erasure(
+        &self,
+        subject: &SubjectId,
+        erasure: &RightsRequestRecord,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        if erasure.override_reason.is_none() {
+            self.track_step(&erasure.request_id, now, |tracked| {
+                if tracked.subject != *subject
+                    || RightsStatus::parse(&tracked.record.status) == Some(RightsStatus::Completed)
+                {
+                    return false;
+                }
+                tracked.record = erasure.clone();
+                tracked.challenge = None;
+                true
+            })
+            .await?;
+        }
+        self.close_requests_of_erased(subject, &erasure.request_id, now).await
+    }
+
     /// After an erasure: the subject's other open requests are refused (`subject_erased`) and its
     /// challenges leave the outbox (their deliveries are unreadable already, the key is gone).
     pub(super) async fn close_requests_of_erased(

@@ -152,9 +152,13 @@ impl<S: Store> NodeService<S> {
         authority: &Authority,
         tag: Option<&Idempotency>,
     ) -> Result<(SubjectId, Erased), NodeError> {
-        // Before resolving: after the first erasure the subject is gone, its answer is not.
-        if let Some(done) = self.replayed::<(SubjectId, Erased)>(tag).await? {
-            return Ok(done);
+        // Before resolving: after the first erasure the subject is gone, its answer is not. The
+        // first call may have stopped after the erasure was durable and before its request was
+        // recorded completed (a crash, a step that failed): finished now, as often as it is
+        // retried, or nothing would ever finish it.
+        if let Some((subject, erased)) = self.replayed::<(SubjectId, Erased)>(tag).await? {
+            self.finish_erasure(&subject, &erased.rights_request, now_unix()).await?;
+            return Ok((subject, erased));
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
@@ -167,8 +171,7 @@ impl<S: Store> NodeService<S> {
             Settled::Applied(erased) => erased,
             Settled::Replayed => return self.replayed_after_race(tag).await,
         };
-        self.finish_request(&subject, &started, &rights_request, now).await?;
-        self.close_requests_of_erased(&subject, &rights_request.request_id, now).await?;
+        self.finish_erasure(&subject, &rights_request, now).await?;
         tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
         Ok((subject, erased))
     }
@@ -191,7 +194,14 @@ impl<S: Store> NodeService<S> {
         let now = now_unix();
         let started = match authority {
             Some(authority) => {
-                Some(self.start_request(&subject, &meta.jurisdiction, RightsKind::Restriction, authority, now).await?)
+                match self.start_request(&subject, &meta.jurisdiction, RightsKind::Restriction, authority, now).await {
+                    Ok(started) => Some(started),
+                    // A restriction only narrows processing: honoured on receipt even when the
+                    // request it names cannot answer it (not verified yet, closed, of another
+                    // kind); refusing it would leave processing unrestricted (fail open).
+                    Err(NodeError::Precondition(_)) if restricted => None,
+                    Err(e) => return Err(e),
+                }
             }
             None if restricted => None,
             None => return Err(NodeError::Precondition(gate::NEEDS_AUTHORITY_TO_LIFT)),
@@ -206,6 +216,9 @@ impl<S: Store> NodeService<S> {
         }
         if let Some(started) = &started {
             self.finish_request(&subject, started, &rights_request, now).await?;
+        }
+        if restricted {
+            self.answer_restriction_requests(&subject, now).await?;
         }
         tracing::info!(region = %self.region, restricted, "restriction changed");
         Ok((subject, (restricted, rights_request)))
