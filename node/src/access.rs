@@ -88,7 +88,10 @@ pub fn rule(path: &str) -> Rule {
         "ListLinks" | "Info" => Rule::Scoped(Scope::Admin),
         "Export" => Rule::InRegionOnly(Scope::Rights),
         // The whole region's personal data: its operators only.
-        "Backup" | "ConsentReport" => Rule::InRegionOnly(Scope::Admin),
+        "Backup" => Rule::InRegionOnly(Scope::Admin),
+        // The region's consent with its evidence, by subject ref: its auditors (not `admin`,
+        // which also opens backups, keys and the repair functions), in region only.
+        "ConsentReport" => Rule::InRegionOnly(Scope::Audit),
         "ClaimLinks" | "ReleaseLinks" => Rule::Peer,
         // Ownership repair acts on the whole region: its operators only.
         "ClaimsOf" | "ListClaims" | "ReassertClaims" | "DropLinks" | "ReleaseOrphanClaims" => {
@@ -305,6 +308,28 @@ mod tests {
                 assert_eq!(admit(&eu, refused, &path).unwrap_err().code(), tonic::Code::PermissionDenied, "{method}");
             }
         }
+    }
+
+    #[test]
+    fn an_auditor_reads_the_consent_report_and_nothing_an_operator_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::open_or_create(dir.path()).unwrap();
+        let eu = RegionId::parse("eu-central").unwrap();
+        let caller =
+            |scopes: &[Scope]| der(&pki.caller(&CallerIdentity::new("c", eu.clone(), scopes).unwrap()).unwrap().cert);
+        let (auditor, admin) = (caller(&[Scope::Audit]), caller(&[Scope::Admin]));
+        let path = |method: &str| format!("/domicile.node.v1.RegionalNode/{method}");
+        assert!(matches!(admit(&eu, &auditor, &path("ConsentReport")).unwrap(), Requester::InRegion(_)));
+        assert_eq!(admit(&eu, &admin, &path("ConsentReport")).unwrap_err().code(), tonic::Code::PermissionDenied);
+        for method in ["Backup", "ListLinks", "DropLinks", "Export", "ConsentHistory", "Info"] {
+            assert_eq!(
+                admit(&eu, &auditor, &path(method)).unwrap_err().code(),
+                tonic::Code::PermissionDenied,
+                "{method}"
+            );
+        }
+        let gateway = der(&pki.gateway().unwrap().cert);
+        assert_eq!(admit(&eu, &gateway, &path("ConsentReport")).unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]

@@ -38,10 +38,15 @@ pub enum Scope {
     Rights,
     /// Operator functions.
     Admin,
+    /// The region's consent report for auditors (every consent in force with its evidence, or
+    /// the ledger of a period), in region only: apart from `admin`, so an auditor holds neither
+    /// backups nor keys nor the repair functions.
+    Audit,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [Scope::Decide, Scope::Capture, Scope::Context, Scope::Rights, Scope::Admin];
+    pub const ALL: [Scope; 6] =
+        [Scope::Decide, Scope::Capture, Scope::Context, Scope::Rights, Scope::Admin, Scope::Audit];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,6 +55,7 @@ impl Scope {
             Scope::Context => "context",
             Scope::Rights => "rights",
             Scope::Admin => "admin",
+            Scope::Audit => "audit",
         }
     }
 

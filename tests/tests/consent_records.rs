@@ -247,7 +247,7 @@ async fn the_consent_report_streams_what_is_in_force_or_the_ledger_of_a_period_i
     consent(&mut gateway, subjects[1], "profiling", &["web"], common::ConsentAction::Deny, now - 30, None).await;
 
     let eu_addr = cluster.node_addr(&region("eu-central")).unwrap().to_string();
-    let auditor = cluster.issue_caller("auditor", "eu-central", &[Scope::Admin]).unwrap();
+    let auditor = cluster.issue_caller("auditor", "eu-central", &[Scope::Audit]).unwrap();
     let report = |extra: &[&str], tls: &TlsFiles| {
         let mut args: Vec<String> = ["records", "report"].iter().map(|s| (*s).to_owned()).collect();
         args.extend(node_args(&eu_addr, "eu-central", tls));
@@ -260,6 +260,8 @@ async fn the_consent_report_streams_what_is_in_force_or_the_ledger_of_a_period_i
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("subject_ref,jurisdiction,sequence,purpose,channels,state"), "{out}");
+    assert!(lines[0].ends_with(",signal,consent_kind,hours,review"), "{out}");
+    assert!(lines[1..].iter().all(|l| l.ends_with(",false")), "nothing under review: {out}");
     assert_eq!(lines.len(), 4, "header + email, sms, web: {out}");
     assert!(lines.iter().any(|l| l.contains(",marketing,sms,granted,") && l.contains("web-shop")), "{out}");
     assert!(lines.iter().any(|l| l.contains(",profiling,web,denied,")), "{out}");
@@ -281,13 +283,13 @@ async fn the_consent_report_streams_what_is_in_force_or_the_ledger_of_a_period_i
     let (code, out, _) = report(&["--ledger", "--from", &tomorrow, "--format", "ndjson"], &auditor);
     assert_eq!((code, out.as_str()), (0, ""));
 
-    // In-region operators with `admin` only.
+    // In-region auditors (`audit`) only: not another region's, nor an operator's `admin`.
     let foreign = cluster.issue_caller("us-auditor", "us-east", &Scope::ALL).unwrap();
     let (code, _, err) = report(&[], &foreign);
     assert_ne!(code, 0);
     assert!(err.contains("another region"), "{err}");
-    let clerk = cluster.issue_caller("clerk", "eu-central", &[Scope::Rights, Scope::Context]).unwrap();
+    let clerk = cluster.issue_caller("clerk", "eu-central", &[Scope::Rights, Scope::Context, Scope::Admin]).unwrap();
     let (code, _, err) = report(&[], &clerk);
     assert_ne!(code, 0);
-    assert!(err.contains("`admin`"), "{err}");
+    assert!(err.contains("`audit`"), "{err}");
 }

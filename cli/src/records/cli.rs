@@ -254,7 +254,7 @@ fn entry_from_pb(entry: &common::ConsentEntry) -> anyhow::Result<Entry> {
 }
 
 /// Columns of the CSV report, in order (NDJSON objects use the same names).
-const REPORT_COLUMNS: [&str; 14] = [
+const REPORT_COLUMNS: [&str; 17] = [
     "subject_ref",
     "jurisdiction",
     "sequence",
@@ -269,6 +269,11 @@ const REPORT_COLUMNS: [&str; 14] = [
     "capture_channel",
     "double_opt_in_confirmed",
     "signal",
+    // After the columns of the first version, so a reader of those keeps working.
+    "consent_kind",
+    "hours",
+    // Kept with both halves of an unmerge for review: counted for neither as a grant.
+    "review",
 ];
 
 fn timestamp(text: Option<&str>, flag: &str) -> anyhow::Result<Option<prost_types::Timestamp>> {
@@ -328,6 +333,9 @@ async fn report(
             evidence.capture_channel,
             evidence.double_opt_in_confirmed.to_string(),
             evidence.signal.map(|s| s.kind).unwrap_or_default(),
+            evidence.consent_kind,
+            evidence.hours.join(" "),
+            entry.review.to_string(),
         ];
         match format {
             ReportFormat::Csv => {

@@ -44,9 +44,17 @@ pub(in crate::service) fn consent_report<S: Store>(
                     return;
                 }
             };
-            let Some(last) = page.last().copied() else { return };
+            let Some(last) = page.last().copied() else {
+                tracing::info!(region = %region, ledger = req.ledger, "consent report served");
+                return;
+            };
             after = Some(last);
             for subject in page {
+                // The auditor went away: no more reading and opening every subject's history.
+                if sender.is_closed() {
+                    tracing::info!(region = %region, "consent report abandoned by its reader");
+                    return;
+                }
                 // The view in force first, then the ledger: a write in between only adds
                 // entries, so every record in force is found in the history read after it.
                 let (meta, in_force, history) = match (
