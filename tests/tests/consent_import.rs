@@ -705,3 +705,79 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
         client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", "erased.midrun@example.com")) }).await;
     assert_eq!(found.map(|_| ()).unwrap_err().code(), Code::NotFound, "the import registered the erased person again");
 }
+
+/// A merge during an import: rows for the merged-away person, sent by the subject ref the
+/// importer cached, go to the subject the merge made (their identifiers resolved again), not
+/// refused and skipped for good; the withdrawal among them holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_during_an_import_loses_none_of_its_rows() {
+    use std::io::Write as _;
+    let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
+    let tls = importer_tls(&cluster);
+    let mut client = cluster.gateway().await.unwrap();
+    let kept = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "kept.midrun@example.com")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subject_ref;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("rows.ndjson");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
+    let receipts = dir.path().join("receipts.ndjson");
+    let args = import_args(&cluster, &tls, "ndjson", &fifo, &receipts, &["--batch", "1", "--in-flight", "1"]);
+    let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let row = |n: usize, action: &str| {
+        format!(
+            "{{\"source_system\":\"crm\",\"source_event_id\":\"merge-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"merged.midrun@example.com\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
+        )
+    };
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while receipts_of(&receipts).len() < n {
+            assert!(std::time::Instant::now() < deadline, "row {n} got no receipt");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Registered by the first row, then sent by the ref the importer cached.
+    pipe.write_all(row(1, "grant").as_bytes()).unwrap();
+    pipe.flush().unwrap();
+    wait_for(1);
+    pipe.write_all(row(2, "grant").as_bytes()).unwrap();
+    pipe.flush().unwrap();
+    wait_for(2);
+    assert!(receipts_of(&receipts).iter().all(|r| r["status"] == "accepted"), "{:?}", receipts_of(&receipts));
+
+    // Merged into another subject between two rows: the cached ref names nobody now.
+    let email = || domicile_cluster_tests::select_email("merged.midrun@example.com");
+    client
+        .merge(gw::MergeRequest { into: select_ref(&kept), from: email(), idempotency_key: String::new() })
+        .await
+        .expect("merged");
+    pipe.write_all(row(3, "withdraw").as_bytes()).unwrap();
+    drop(pipe);
+    let output = child.wait_with_output().unwrap();
+    let all = receipts_of(&receipts);
+    assert_eq!(all.len(), 3, "{all:?} {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(all[2]["status"], "accepted", "the withdrawal after the merge: {all:?}");
+    let decision = client
+        .decide(gw::DecideRequest {
+            subject: email(),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(decision.effect, common::Effect::Deny as i32, "the imported withdrawal holds: {}", decision.explanation);
+    let history = client.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kept) }).await.unwrap();
+    assert_eq!(history.into_inner().entries.len(), 3, "every row in the merged subject's ledger");
+}

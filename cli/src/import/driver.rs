@@ -512,15 +512,21 @@ impl BatchJob {
             }
         }
         // Rows sent by identifier that the gateway found unregistered: registered, then sent by
-        // their subject ref. (A row sent by its cached ref and refused NOT_FOUND names a subject
-        // erased or merged away since: refused, never registered again.)
+        // their subject ref. A row sent by its cached ref and refused NOT_FOUND names a subject
+        // merged away or erased since it was cached: its identifiers are resolved again (never
+        // registered again), `send_moved`.
         let mut unknown: Vec<&ImportRow> = Vec::new();
+        let mut moved: Vec<&ImportRow> = Vec::new();
         for (id, outcome) in self.send(items).await? {
             let Some((row, by_identifier)) = sent.get(id as usize).copied() else { continue };
             match outcome {
                 Sent::Refused(tonic::Code::NotFound, _) if by_identifier => unknown.push(row),
+                Sent::Refused(tonic::Code::NotFound, _) => moved.push(row),
                 outcome => receipts.push(receipt_of(row, outcome.receipt())),
             }
+        }
+        if !moved.is_empty() {
+            receipts.extend(self.send_moved(moved).await?);
         }
         if !unknown.is_empty() {
             // The refs as registered now, not as cached: another batch may clear the cache.
@@ -565,6 +571,53 @@ impl BatchJob {
             writeln!(out, "{value}")?;
         }
         Ok(batch.last_line)
+    }
+
+    /// Rows whose cached subject ref names nobody now: that subject was merged into another (its
+    /// rows go to the subject their identifiers name now) or erased (refused: an erased person is
+    /// not registered again by an import). Before, every such row was refused, a withdrawal
+    /// included, and the checkpoint moved past it, so a merge during an import lost rows for good.
+    async fn send_moved(&mut self, rows: Vec<&ImportRow>) -> anyhow::Result<Vec<(usize, String, String, Receipt)>> {
+        {
+            let mut cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+            for row in &rows {
+                cache.remove(&subject_key(row));
+            }
+        }
+        let mut now: HashMap<String, Result<Option<String>, tonic::Status>> = HashMap::new();
+        for row in &rows {
+            if let std::collections::hash_map::Entry::Vacant(slot) = now.entry(subject_key(row)) {
+                let mut client = self.client.clone();
+                slot.insert(resolved_now(&mut client, &row.identifiers).await);
+            }
+        }
+        let mut receipts = Vec::new();
+        let (mut items, mut sent) = (Vec::new(), Vec::new());
+        for row in rows {
+            match now.get(&subject_key(row)) {
+                Some(Ok(Some(subject_ref))) => {
+                    items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
+                    sent.push(row);
+                }
+                Some(Err(status)) if transient(status.code()) => anyhow::bail!(
+                    "resolving a merged subject kept failing ({:?}: {}); re-run to resume",
+                    status.code(),
+                    status.message()
+                ),
+                Some(Err(status)) => {
+                    receipts.push(receipt_of(row, refusal("identifiers", status.message().to_owned())))
+                }
+                Some(Ok(None)) | None => receipts.push(receipt_of(
+                    row,
+                    refusal("identifiers", "the subject was erased during the import: not registered again".to_owned()),
+                )),
+            }
+        }
+        for (id, outcome) in self.send(items).await? {
+            let Some(row) = sent.get(id as usize).copied() else { continue };
+            receipts.push(receipt_of(row, outcome.receipt()));
+        }
+        Ok(receipts)
     }
 
     /// Registers (or, in a dry run, resolves) the subjects of `rows`, `REGISTRATIONS_IN_FLIGHT`
@@ -762,6 +815,38 @@ async fn try_subject_of(
         })
         .await?;
     Ok(Some(reply.into_inner().subject_ref))
+}
+
+/// The subject a row's identifiers name now (resolved, never registered): `None` if none of them
+/// names one; FAILED_PRECONDITION if they name different subjects.
+async fn resolved_now(
+    client: &mut DomicileClient<Channel>,
+    identifiers: &Identifiers,
+) -> Result<Option<String>, tonic::Status> {
+    let mut found: Option<String> = None;
+    for (kind, value) in identifiers {
+        let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
+        let mut attempt = 0;
+        let reply = loop {
+            match client.resolve(pb::ResolveRequest { identifier: Some(identifier.clone()) }).await {
+                Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => break other,
+            }
+        };
+        let subject_ref = match reply {
+            Ok(reply) => reply.into_inner().subject_ref,
+            Err(status) if status.code() == tonic::Code::NotFound => continue,
+            Err(status) => return Err(status),
+        };
+        if found.as_ref().is_some_and(|f| *f != subject_ref) {
+            return Err(tonic::Status::failed_precondition("the row's identifiers name different subjects now"));
+        }
+        found = Some(subject_ref);
+    }
+    Ok(found)
 }
 
 fn item_of(id: u64, selector: Selector, row: &ImportRow) -> pb::ImportConsentItem {
