@@ -781,3 +781,49 @@ async fn a_merge_during_an_import_loses_none_of_its_rows() {
     let history = client.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kept) }).await.unwrap();
     assert_eq!(history.into_inner().entries.len(), 3, "every row in the merged subject's ledger");
 }
+
+/// The checkpoint next to the receipts is bound to the rows it covers: importing another file
+/// (or the same under another mapping) with the same receipts is refused, naming the checkpoint,
+/// rather than silently skipping as many of its first rows; the same file resumes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_resumes_only_the_file_it_was_written_for() {
+    let cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let tls = importer_tls(&cluster);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, prefix: &str| {
+        let path = dir.path().join(name);
+        let rows: String = (1..=3)
+            .map(|n| {
+                format!(
+                    "{{\"source_system\":\"crm\",\"source_event_id\":\"{prefix}-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"{prefix}.{n}@example.com\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"grant\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
+                )
+            })
+            .collect();
+        std::fs::write(&path, rows).unwrap();
+        path
+    };
+    let (first, second) = (file("first.ndjson", "first"), file("second.ndjson", "second"));
+    let receipts = dir.path().join("receipts.ndjson");
+    let (code, _, err) = domicile(&import_args(&cluster, &tls, "ndjson", &first, &receipts, &[]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(count(&receipts_of(&receipts), "accepted"), 3);
+
+    // The same file again: every row before the checkpoint, nothing sent.
+    let (code, _, err) = domicile(&import_args(&cluster, &tls, "ndjson", &first, &receipts, &[]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 before the checkpoint"), "{err}");
+    // Another file with the same receipts: refused, nothing skipped or written.
+    let (code, _, err) = domicile(&import_args(&cluster, &tls, "ndjson", &second, &receipts, &[]));
+    assert_ne!(code, 0);
+    assert!(err.contains("checkpoint") && err.contains("another --receipts"), "{err}");
+    assert_eq!(receipts_of(&receipts).len(), 3, "no receipt for the other file");
+    let mut client = cluster.gateway().await.unwrap();
+    let found =
+        client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", "second.1@example.com")) }).await;
+    assert_eq!(found.map(|_| ()).unwrap_err().code(), Code::NotFound, "nothing of the other file was imported");
+    // With receipts of its own it imports every row.
+    let (code, _, err) =
+        domicile(&import_args(&cluster, &tls, "ndjson", &second, &dir.path().join("second.receipts"), &[]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(count(&receipts_of(&dir.path().join("second.receipts")), "accepted"), 3);
+}

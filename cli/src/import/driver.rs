@@ -143,6 +143,8 @@ struct Batch {
     refused: Vec<RowError>,
     /// The last row (counted from 1 in reading order) this batch covers.
     last_line: usize,
+    /// The digest of every row up to `last_line` (`row::feed`), which the checkpoint keeps.
+    rows_digest: String,
 }
 
 pub async fn run(args: ImportArgs) -> ExitCode {
@@ -174,21 +176,33 @@ fn checkpoint_path(receipts: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The number of rows, in reading order, that all have their receipt (0: none).
-fn read_checkpoint(path: &Path) -> anyhow::Result<usize> {
+/// The number of rows, in reading order, that all have their receipt (0: none), and the digest
+/// of those rows (none in a checkpoint written before it was kept).
+fn read_checkpoint(path: &Path) -> anyhow::Result<(usize, Option<String>)> {
     match std::fs::read_to_string(path) {
-        Ok(text) => text.trim().parse().with_context(|| format!("{} is not a line number", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Ok(text) => {
+            let mut parts = text.split_whitespace();
+            let line = parts.next().unwrap_or_default();
+            let line = line.parse().with_context(|| format!("{} is not a checkpoint", path.display()))?;
+            Ok((line, parts.next().map(str::to_owned)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, None)),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
+/// The digest of the rows read so far, as the checkpoint keeps it.
+fn rows_digest(digest: &sha2::Sha256) -> String {
+    use sha2::Digest as _;
+    digest.clone().finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Replaces the checkpoint atomically (write, sync, rename), after the receipts it covers are
 /// synced.
-fn write_checkpoint(path: &Path, line: usize) -> anyhow::Result<()> {
+fn write_checkpoint(path: &Path, line: usize, rows_digest: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("checkpoint.tmp");
     let mut file = File::create(&tmp)?;
-    writeln!(file, "{line}")?;
+    writeln!(file, "{line} {rows_digest}")?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
@@ -236,7 +250,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
         std::fs::metadata(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?.len();
     let file = File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
     let checkpoint = checkpoint_path(&args.receipts);
-    let resume_after = if args.dry_run { 0 } else { read_checkpoint(&checkpoint)? };
+    let (resume_after, resume_digest) = if args.dry_run { (0, None) } else { read_checkpoint(&checkpoint)? };
     let client = connect(&args).await?;
     drop_partial_line(&args.receipts)?;
     let receipts = Arc::new(Mutex::new(BufWriter::new(
@@ -254,31 +268,56 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let counting = Counting { inner: file, read: Arc::clone(&read_bytes) };
     let tally = Arc::new(Tally::default());
     let reader_tally = Arc::clone(&tally);
+    let checkpoint_name = checkpoint.display().to_string();
+    let format_name = args.format.clone();
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut batch = Batch { rows: Vec::with_capacity(batch_size), refused: Vec::new(), last_line: 0 };
+        use sha2::Digest as _;
+        let empty = || Batch {
+            rows: Vec::with_capacity(batch_size),
+            refused: Vec::new(),
+            last_line: 0,
+            rows_digest: String::new(),
+        };
+        let mut batch = empty();
+        // Bound to the format and the mapping's version too: the same file read otherwise gives
+        // other rows.
+        let mut digest = sha2::Sha256::new();
+        digest.update(format!("{format_name}\u{1f}{}\u{1f}", mapping.version()).as_bytes());
+        let other_rows = || {
+            anyhow::anyhow!(
+                "{checkpoint_name} was written for other rows than the first {resume_after} of this file (another file, or this one under another mapping or format): import with another --receipts file, or remove the checkpoint to start from the first row (rows already imported are then answered as duplicates)"
+            )
+        };
         // Rows are counted in the order the reader yields them (the same for the same file and
         // mapping): the checkpoint is a row count, not a line, since a JSON array on one line
         // puts every record on line 1 and one record may yield several rows.
+        let mut read = 0;
         for (ordinal, row) in formats::rows(format, BufReader::with_capacity(1 << 20, counting), &mapping).enumerate() {
             let ordinal = ordinal + 1;
+            read = ordinal;
+            super::row::feed(&mut digest, &row);
             if ordinal <= resume_after {
                 reader_tally.skipped.fetch_add(1, Ordering::Relaxed);
+                if ordinal == resume_after && resume_digest.as_ref().is_some_and(|d| *d != rows_digest(&digest)) {
+                    return Err(other_rows());
+                }
                 continue;
             }
             batch.last_line = ordinal;
+            batch.rows_digest = rows_digest(&digest);
             match row {
                 Ok(row) => batch.rows.push(row),
                 Err(e) => batch.refused.push(e),
             }
             if batch.rows.len() + batch.refused.len() >= batch_size {
-                let full = std::mem::replace(
-                    &mut batch,
-                    Batch { rows: Vec::with_capacity(batch_size), refused: Vec::new(), last_line: 0 },
-                );
+                let full = std::mem::replace(&mut batch, empty());
                 if tx.blocking_send(full).is_err() {
                     return Ok(());
                 }
             }
+        }
+        if read < resume_after && resume_digest.is_some() {
+            return Err(other_rows());
         }
         if !batch.rows.is_empty() || !batch.refused.is_empty() {
             let _ = tx.blocking_send(batch);
@@ -293,6 +332,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     // Batches done out of order: the checkpoint advances over the contiguous prefix only.
     let mut order = 0usize;
     let mut finished: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut digests: HashMap<usize, String> = HashMap::new();
     let mut next_to_checkpoint = 0usize;
     let mut last_progress = Instant::now();
     let mut reading = true;
@@ -313,6 +353,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                     };
                     let index = order;
                     order += 1;
+                    digests.insert(index, batch.rows_digest.clone());
                     tasks.spawn(async move { job.run(batch).await.map(|last| (index, last)) });
                 }
                 None => reading = false,
@@ -323,10 +364,10 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
         finished.insert(index, last_line);
         let mut advanced = None;
         while let Some(line) = finished.remove(&next_to_checkpoint) {
-            advanced = Some(line);
+            advanced = Some((line, digests.remove(&next_to_checkpoint).unwrap_or_default()));
             next_to_checkpoint += 1;
         }
-        if let Some(line) = advanced
+        if let Some((line, rows_digest)) = advanced
             && !args.dry_run
         {
             {
@@ -334,7 +375,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                 out.flush()?;
                 out.get_ref().sync_data()?;
             }
-            write_checkpoint(&checkpoint, line)?;
+            write_checkpoint(&checkpoint, line, &rows_digest)?;
         }
         if !args.quiet && last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();

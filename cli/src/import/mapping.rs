@@ -188,7 +188,16 @@ impl Reader<'_> {
         self.known_keys(root, "the mapping", &["version", "jurisdiction", "identifiers", "purpose"]);
         let mut mapping = Mapping::default();
         match root.get("version") {
-            Some(v) => mapping.version = self.string(v, "version").unwrap_or_default().trim().to_owned(),
+            Some(v) => {
+                mapping.version = self.string(v, "version").unwrap_or_default().trim().to_owned();
+                // Kept with every imported entry by the node, which takes a token only: checked
+                // here, or the node would refuse every call of the run.
+                let token = (1..=128).contains(&mapping.version.len())
+                    && mapping.version.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b));
+                if !mapping.version.is_empty() && !token {
+                    self.error(v.span(), "`version` must be 1 to 128 letters, digits and `._:/#-`");
+                }
+            }
             None => self.error(0..0, "missing key `version`: a mapping is versioned, and receipts name the version"),
         }
         if let Some(table) = root.get("jurisdiction").and_then(|v| self.table(v, "jurisdiction")) {
@@ -371,6 +380,19 @@ channels = ["sms", "email"]
         for want in expected {
             assert!(err.problems.iter().any(|p| p.starts_with(want)), "{want} in {err}");
         }
+    }
+
+    #[test]
+    fn a_version_the_node_would_refuse_is_refused_here() {
+        for version in ["acme 2026", "v1+fix", &"v".repeat(129)] {
+            let text = format!(
+                "version = \"{version}\"\n[[purpose]]\nsource = \"*\"\nkey = \"k\"\nmaps_to = \"marketing\"\nchannels = [\"email\"]\n"
+            );
+            let err = Mapping::parse(&text, "v.toml").unwrap_err().to_string();
+            assert!(err.contains("v.toml:1:11: `version` must be 1 to 128 letters"), "{err}");
+        }
+        let ok = "version = \"crm/2026.1#a\"\n[[purpose]]\nsource = \"*\"\nkey = \"k\"\nmaps_to = \"marketing\"\nchannels = [\"email\"]\n";
+        assert!(Mapping::parse(ok, "ok.toml").is_ok());
     }
 
     #[test]

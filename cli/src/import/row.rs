@@ -37,6 +37,42 @@ pub struct ImportRow {
     pub notice_version: String,
 }
 
+/// Feeds what a row says (as read and mapped) to `digest`, each field length-prefixed: the
+/// checkpoint of a run is bound to the rows it covers (`driver.rs`), so a resume with another file,
+/// or the same file under another mapping or format, is refused rather than skipping rows.
+pub fn feed(digest: &mut sha2::Sha256, row: &Result<ImportRow, RowError>) {
+    use sha2::Digest as _;
+    let mut field = |bytes: &[u8]| {
+        digest.update((bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    };
+    match row {
+        Ok(row) => {
+            field(b"row");
+            field(row.source_system.as_bytes());
+            field(row.source_event_id.as_bytes());
+            for (kind, value) in &row.identifiers {
+                field(kind.as_bytes());
+                field(value.as_bytes());
+            }
+            field(row.jurisdiction.as_bytes());
+            field(row.purpose.as_str().as_bytes());
+            for channel in &row.channels {
+                field(channel.as_str().as_bytes());
+            }
+            field(format!("{:?}", row.action).as_bytes());
+            field(&row.captured_at_ms.to_be_bytes());
+            field(&row.expires_at.unwrap_or(i64::MIN).to_be_bytes());
+            field(row.notice_version.as_bytes());
+        }
+        Err(e) => {
+            field(b"error");
+            field(e.field.as_bytes());
+            field(e.reason.as_bytes());
+        }
+    }
+}
+
 /// Why a source record (or one of its fields) could not be imported. Names the line and the field, NEVER the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {

@@ -120,7 +120,7 @@ impl<R: BufRead> Iterator for Rows<'_, R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(item) = self.pending.pop_front() {
-                return Some(item);
+                return Some(item.and_then(accepted_by_the_node));
             }
             match &mut self.source {
                 Source::Csv(reader) => {
@@ -260,6 +260,26 @@ fn time_ms(value: &Value, epoch: Epoch, naive_utc: bool) -> Option<i64> {
     }
 }
 
+/// A row whose source system or event id the node would refuse (`node/src/service/import/
+/// wire.rs`: 1 to 128 of letters, digits and `._:/#-`), refused here with the field named: an id
+/// such as an e-mail address is then never sent, nor written back into its receipt.
+fn accepted_by_the_node(row: ImportRow) -> Result<ImportRow, RowError> {
+    let token = |text: &str| {
+        (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b))
+    };
+    if !token(&row.source_system) {
+        return Err(RowError::new(row.line, "source_system", "1 to 128 letters, digits and `._:/#-`"));
+    }
+    if !token(&row.source_event_id) {
+        return Err(RowError::new(
+            row.line,
+            "source_event_id",
+            "1 to 128 letters, digits and `._:/#-` (with `#<purpose key>` added where a record gives several rows)",
+        ));
+    }
+    Ok(row)
+}
+
 /// Whether `text` is a token: letters, digits, `.`, `_`, `:`, `-`, at most `max` bytes.
 fn is_token(text: &str, max: usize) -> bool {
     !text.is_empty() && text.len() <= max && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
@@ -354,6 +374,30 @@ fn target<'m>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_event_id_or_source_the_node_would_refuse_is_refused_by_field_never_echoed() {
+        let mapping = Mapping::parse(
+            "version = \"1\"\n[[purpose]]\nsource = \"*\"\nkey = \"k\"\nmaps_to = \"marketing\"\nchannels = [\"email\"]\n",
+            "m",
+        )
+        .unwrap();
+        let line = |system: &str, id: &str| {
+            format!(
+                "{{\"source_system\":\"{system}\",\"source_event_id\":\"{id}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"a@example.com\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"grant\",\"captured_at\":\"2026-01-01T10:00:00Z\"}}\n"
+            )
+        };
+        let text =
+            [line("crm", "jane@x.com"), line("crm", &"e".repeat(129)), line("crm+x", "e1"), line("crm", "ok/1:a")]
+                .concat();
+        let out: Vec<_> = rows(Format::Ndjson, text.as_bytes(), &mapping).collect();
+        let fields: Vec<&str> = out.iter().filter_map(|r| r.as_ref().err()).map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["source_event_id", "source_event_id", "source_system"]);
+        for e in out.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(!e.to_string().contains("jane") && !e.to_string().contains("crm+x"), "{e}");
+        }
+        assert_eq!(out[3].as_ref().map(|r| r.source_event_id.as_str()), Ok("ok/1:a"));
+    }
 
     #[test]
     fn formats_parse_by_name() {
