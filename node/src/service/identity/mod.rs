@@ -161,7 +161,17 @@ impl<S: Store> NodeService<S> {
         if let Some(done) = self.replayed::<(SubjectId, Unmerged)>(tag).await? {
             return Ok(done);
         }
-        let subject = self.resolve(key).await?;
+        // The same unmerge sent again while the first was under way finds the merged subject
+        // gone once the first commits: answered with the first's result, not NOT_FOUND.
+        let gone = async |e: NodeError| match self.replayed::<(SubjectId, Unmerged)>(tag).await? {
+            Some(done) => Ok(done),
+            None => Err(e),
+        };
+        let subject = match self.resolve(key).await {
+            Ok(subject) => subject,
+            Err(e @ NodeError::NotFound(_)) => return gone(e).await,
+            Err(e) => return Err(e),
+        };
         let fresh = || {
             domicile_runtime::process::random_bytes::<16>()
                 .map(SubjectId::from_bytes)
@@ -170,7 +180,7 @@ impl<S: Store> NodeService<S> {
         let (kept, restored) = (fresh()?, fresh()?);
         let unmerged = match self.store.unmerge(&subject, &merged.id, &kept, &restored, now_unix(), tag).await {
             Err(StoreError::NotFound) => {
-                return Err(NodeError::NotFound("no merge of that subject ref in this subject's lineage"));
+                return gone(NodeError::NotFound("no merge of that subject ref in this subject's lineage")).await;
             }
             written => match self.settle(written).await? {
                 Settled::Applied(unmerged) => unmerged,
