@@ -784,3 +784,40 @@ async fn a_restriction_is_always_set_and_an_earlier_request_cannot_lift_it() {
     let decision = eu.decide(decide()).await.unwrap().into_inner().decision.unwrap();
     assert!(decision.reasons.iter().any(|r| r.contains("restrict")), "restricted: {decision:?}");
 }
+
+/// A request linked to another is answered with it: refused with its reason when wrong codes
+/// (sent by anyone holding its id) refuse it, completed when it is carried out. Before, a linked
+/// request stayed `linked` for ever: its requester was never told, and it was never listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_request_is_answered_with_the_request_it_rides_on() {
+    let mut options = TestOptions {
+        node_rights: Some(RightsConfig { challenge_ttl_secs: 600, challenge_attempts: 2, ..RightsConfig::default() }),
+        ..Default::default()
+    };
+    domicile_cluster_tests::apply_store_env(&mut options).expect("store from the environment");
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let gus = register(&mut client, "gus.rights@example.fr").await;
+    let get = |id: &str| node::GetRightsRequestRequest { subject: node_ref(&gus.subject_ref), request_id: id.into() };
+
+    // Refused by wrong codes: the linked request with it.
+    let active = open(&mut eu, &gus, "access").await.request.unwrap();
+    let linked = open(&mut eu, &gus, "access").await.request.unwrap();
+    assert_eq!((linked.status.as_str(), linked.linked_to.as_str()), ("linked", active.request_id.as_str()));
+    for wrong in ["WRONGCODE0", "WRONGCODE1"] {
+        verify(&mut eu, &gus.subject_ref, &active.request_id, wrong).await;
+    }
+    let got = eu.get_rights_request(get(&linked.request_id)).await.unwrap().into_inner().request.unwrap();
+    assert_eq!((got.status.as_str(), got.reason.as_str()), ("refused", "verification_failed"), "{got:?}");
+
+    // Carried out: the linked request completed with it.
+    let active = open(&mut eu, &gus, "access").await.request.unwrap();
+    let linked = open(&mut eu, &gus, "access").await.request.unwrap();
+    assert_eq!(linked.linked_to, active.request_id);
+    let code = code_of(&mut eu, &active.request_id, &mut Vec::new()).await;
+    assert!(verify(&mut eu, &gus.subject_ref, &active.request_id, &code).await.verified);
+    export(&mut eu, &gus.subject_ref, &active.request_id).await.expect("exported");
+    let got = eu.get_rights_request(get(&linked.request_id)).await.unwrap().into_inner().request.unwrap();
+    assert_eq!(got.status, "completed", "{got:?}");
+}

@@ -187,6 +187,43 @@ impl<S: Store> NodeService<S> {
                 true
             })
             .await?;
+            self.answer_linked(subject, completed, now).await?;
+        }
+        Ok(())
+    }
+
+    /// The requests linked to `active` take its final answer (`completed`, or `refused` with its
+    /// reason): a linked request is answered by the one it is linked to, and would otherwise stay
+    /// `linked` for ever, its requester never told that the request it rode on was refused (a
+    /// challenge left to expire, wrong codes sent by someone else) and the request not listed.
+    pub(super) async fn answer_linked(
+        &self,
+        subject: &SubjectId,
+        active: &RightsRequestRecord,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let linked: Vec<String> = self
+            .store
+            .tracked_requests_of(subject)
+            .await?
+            .into_iter()
+            .filter(|t| {
+                t.record.linked_to.as_deref() == Some(active.request_id.as_str())
+                    && RightsStatus::parse(&t.record.status) == Some(RightsStatus::Linked)
+            })
+            .map(|t| t.record.request_id)
+            .collect();
+        for id in linked {
+            self.track_step(&id, now, |tracked| {
+                if RightsStatus::parse(&tracked.record.status) != Some(RightsStatus::Linked) {
+                    return false;
+                }
+                tracked.record.status = active.status.clone();
+                tracked.record.reason = active.reason.clone();
+                tracked.record.completed_at = Some(now);
+                true
+            })
+            .await?;
         }
         Ok(())
     }
@@ -201,16 +238,13 @@ impl<S: Store> NodeService<S> {
             .tracked_requests_of(subject)
             .await?
             .into_iter()
-            .filter(|t| {
-                t.record.kind == RightsKind::Restriction.as_str()
-                    && RightsStatus::parse(&t.record.status).is_some_and(RightsStatus::is_open)
-            })
+            .filter(|t| t.record.kind == RightsKind::Restriction.as_str() && open_or_linked(&t.record))
             .map(|t| t.record.request_id)
             .collect();
         let _one_at_a_time = self.rights_lock.lock().await;
         for id in open {
             self.track_step(&id, now, |tracked| {
-                if !RightsStatus::parse(&tracked.record.status).is_some_and(RightsStatus::is_open) {
+                if !open_or_linked(&tracked.record) {
                     return false;
                 }
                 tracked.record.status = RightsStatus::Completed.as_str().to_owned();
@@ -244,6 +278,7 @@ impl<S: Store> NodeService<S> {
                 true
             })
             .await?;
+            self.answer_linked(subject, erasure, now).await?;
         }
         self.close_requests_of_erased(subject, &erasure.request_id, now).await
     }
@@ -285,7 +320,7 @@ impl<S: Store> NodeService<S> {
         let ids: Vec<String> = theirs.iter().map(|t| t.record.request_id.clone()).collect();
         for id in ids.iter().filter(|id| id.as_str() != except) {
             self.track_step(id, now, |tracked| {
-                if !RightsStatus::parse(&tracked.record.status).is_some_and(RightsStatus::is_open) {
+                if !open_or_linked(&tracked.record) {
                     return false;
                 }
                 tracked.record.status = RightsStatus::Refused.as_str().to_owned();
@@ -337,4 +372,10 @@ mod tests {
             matches!(Authority::from_fields("not-an-id", ""), Err(NodeError::Invalid(v)) if v.field == "request_id")
         );
     }
+}
+
+/// Open, or linked to an open request (answered with it): what a step that answers every request
+/// of a subject (or of a kind) answers.
+fn open_or_linked(record: &RightsRequestRecord) -> bool {
+    RightsStatus::parse(&record.status).is_some_and(|s| s.is_open() || s == RightsStatus::Linked)
 }

@@ -229,6 +229,7 @@ impl<S: Store> NodeService<S> {
             expired.record.completed_at = Some(now);
             expired.challenge = None;
             self.track(&expired, Some(&read), OutboxChange::Remove, now, None).await?;
+            self.answer_linked(&subject, &expired.record, now).await?;
         }
         let written = match open {
             Some(open) => {
@@ -336,6 +337,9 @@ impl<S: Store> NodeService<S> {
             }
         };
         self.track(&tracked, Some(&read), outbox, now, None).await?;
+        if tracked.record.status == RightsStatus::Refused.as_str() {
+            self.answer_linked(&subject, &tracked.record, now).await?;
+        }
         let verified = tracked.record.status == RightsStatus::Verified.as_str();
         let attempts_left = tracked.challenge.as_ref().map_or(0, |c| c.max_failures.saturating_sub(c.failures));
         tracing::info!(region = %self.region, status = %tracked.record.status, "rights request challenge answered");
