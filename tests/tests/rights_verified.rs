@@ -140,12 +140,13 @@ async fn lifecycle(store: ClusterStore) {
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(refused.message().contains("not verified"), "{}", refused.message());
 
-    // A duplicate is linked to the open request, with no second challenge.
+    // A duplicate is linked to the open request, with no second challenge; its opener is not
+    // told the other request's id (it verifies through its own).
     let duplicate = open(&mut eu, &anna, "access").await;
     let linked = duplicate.request.unwrap();
     assert_eq!(linked.status, "linked");
-    assert_eq!(linked.linked_to, access.request_id);
-    assert_eq!(duplicate.active_request_id, access.request_id);
+    assert_eq!(linked.linked_to, "", "another opener's request id is not handed out");
+    assert_eq!(duplicate.active_request_id, linked.request_id);
     let entries = outbox(&mut eu).await;
     assert_eq!(entries.len(), 1, "one challenge for the two requests");
     assert_eq!(entries[0].identifier_kind, "email");
@@ -804,7 +805,7 @@ async fn a_linked_request_is_answered_with_the_request_it_rides_on() {
     // Refused by wrong codes: the linked request with it.
     let active = open(&mut eu, &gus, "access").await.request.unwrap();
     let linked = open(&mut eu, &gus, "access").await.request.unwrap();
-    assert_eq!((linked.status.as_str(), linked.linked_to.as_str()), ("linked", active.request_id.as_str()));
+    assert_eq!(linked.status, "linked");
     for wrong in ["WRONGCODE0", "WRONGCODE1"] {
         verify(&mut eu, &gus.subject_ref, &active.request_id, wrong).await;
     }
@@ -814,10 +815,112 @@ async fn a_linked_request_is_answered_with_the_request_it_rides_on() {
     // Carried out: the linked request completed with it.
     let active = open(&mut eu, &gus, "access").await.request.unwrap();
     let linked = open(&mut eu, &gus, "access").await.request.unwrap();
-    assert_eq!(linked.linked_to, active.request_id);
+    assert_eq!(linked.status, "linked");
     let code = code_of(&mut eu, &active.request_id, &mut Vec::new()).await;
     assert!(verify(&mut eu, &gus.subject_ref, &active.request_id, &code).await.verified);
     export(&mut eu, &gus.subject_ref, &active.request_id).await.expect("exported");
     let got = eu.get_rights_request(get(&linked.request_id)).await.unwrap().into_inner().request.unwrap();
     assert_eq!(got.status, "completed", "{got:?}");
+}
+
+/// Two desks, one subject, one code. Desk B's request is linked to desk A's (no second code), and
+/// B never learns A's request id. Whoever presents the code, through whichever request, verifies
+/// that request only: the one the code was presented through is verified, and the other desk's
+/// request cannot be acted on (it is linked to the verified one, answered with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_verifies_only_the_request_it_was_presented_through() {
+    use domicile_runtime::identity::Scope;
+    let mut options = TestOptions::default();
+    domicile_cluster_tests::apply_store_env(&mut options).expect("store from the environment");
+    let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut eu = cluster.node(&region("eu-central")).await.unwrap();
+    let desk_b = cluster.issue_caller("desk-b", "us-east", &[Scope::Rights]).unwrap();
+    let mut desk_b = cluster.gateway_as(&desk_b).await.unwrap();
+    let mut codes = Vec::new();
+    let open_b = |desk: &mut gw::domicile_client::DomicileClient<Channel>, kind: &str| {
+        let mut desk = desk.clone();
+        let kind = kind.to_owned();
+        async move {
+            desk.open_rights_request(gw::OpenRightsRequestRequest {
+                subject: select_email("hana.rights@example.fr"),
+                kind,
+                deliver_to: select_email("hana.rights@example.fr"),
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect("opened by desk B")
+            .into_inner()
+        }
+    };
+    let erase_b = |desk: &mut gw::domicile_client::DomicileClient<Channel>, request_id: &str| {
+        let mut desk = desk.clone();
+        let request_id = request_id.to_owned();
+        async move {
+            desk.erase(gw::EraseRequest {
+                subject: select_email("hana.rights@example.fr"),
+                request_id,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let hana = register(&mut client, "hana.rights@example.fr").await;
+
+    // Desk A's requester answers the code: A's request is verified; B's, linked, is not, and
+    // B holds no id it could act on.
+    let a = open(&mut eu, &hana, "erasure").await.request.unwrap();
+    let b = open_b(&mut desk_b, "erasure").await;
+    let b_request = b.request.unwrap();
+    assert_eq!((b_request.status.as_str(), b_request.linked_to.as_str()), ("linked", ""));
+    assert_eq!(b.active_request_id, b_request.request_id);
+    let code = code_of(&mut eu, &a.request_id, &mut codes).await;
+    assert!(verify(&mut eu, &hana.subject_ref, &a.request_id, &code).await.verified);
+    let refused = erase_b(&mut desk_b, &b_request.request_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "B acted on A's verification: {refused:?}");
+    let got = desk_b
+        .get_rights_request(gw::GetRightsRequestRequest {
+            subject: select_email("hana.rights@example.fr"),
+            request_id: b_request.request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_eq!(got.linked_to, "", "nor does reading its own request tell B the other's id");
+
+    // The other way round: B's requester presents the code through B's request. B's request is
+    // verified and serves B; A's, holding the same code's challenge, is now linked to it.
+    let a = open(&mut eu, &hana, "access").await.request.unwrap();
+    let b = open_b(&mut desk_b, "access").await.request.unwrap();
+    let code = code_of(&mut eu, &a.request_id, &mut codes).await;
+    let answered = desk_b
+        .verify_rights_request(gw::VerifyRightsRequestRequest {
+            subject: select_email("hana.rights@example.fr"),
+            request_id: b.request_id.clone(),
+            code: code.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answered.verified, "{answered:?}");
+    assert_eq!(answered.request.unwrap().status, "verified");
+    let status = export(&mut eu, &hana.subject_ref, &a.request_id).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "A acted on B's verification: {status:?}");
+    let a_now = verify(&mut eu, &hana.subject_ref, &a.request_id, &code).await;
+    assert!(!a_now.verified, "A's request is linked now, not verified: {a_now:?}");
+    assert!(outbox(&mut eu).await.iter().all(|e| e.request_id != a.request_id), "the spent challenge left the outbox");
+    export(&mut eu, &hana.subject_ref, &b.request_id).await.expect("B's verified request serves");
+    let a_done = eu
+        .get_rights_request(node::GetRightsRequestRequest {
+            subject: node_ref(&hana.subject_ref),
+            request_id: a.request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_eq!(a_done.status, "completed", "answered with B's: {a_done:?}");
 }

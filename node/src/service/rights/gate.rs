@@ -337,6 +337,12 @@ impl<S: Store> NodeService<S> {
     }
 }
 
+/// Open, or linked to an open request (answered with it): what a step that answers every request
+/// of a subject (or of a kind) answers.
+fn open_or_linked(record: &RightsRequestRecord) -> bool {
+    RightsStatus::parse(&record.status).is_some_and(|s| s.is_open() || s == RightsStatus::Linked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,10 +378,4 @@ mod tests {
             matches!(Authority::from_fields("not-an-id", ""), Err(NodeError::Invalid(v)) if v.field == "request_id")
         );
     }
-}
-
-/// Open, or linked to an open request (answered with it): what a step that answers every request
-/// of a subject (or of a kind) answers.
-fn open_or_linked(record: &RightsRequestRecord) -> bool {
-    RightsStatus::parse(&record.status).is_some_and(|s| s.is_open() || s == RightsStatus::Linked)
 }

@@ -7,6 +7,7 @@
 mod gate;
 mod track;
 pub(super) mod track_wire;
+mod verify;
 pub(super) mod wire;
 
 pub(crate) use gate::Authority;

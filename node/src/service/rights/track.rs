@@ -104,7 +104,7 @@ fn is_open(record: &RightsRequestRecord) -> bool {
 }
 
 /// Compares two digests in time independent of where they differ.
-fn same_digest(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_digest(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
@@ -114,7 +114,7 @@ fn normalise_code(code: &str) -> String {
 }
 
 impl<S: Store> NodeService<S> {
-    fn challenge_digest(&self, request_id: &str, code: &str) -> String {
+    pub(super) fn challenge_digest(&self, request_id: &str, code: &str) -> String {
         let digest = self.link_key.digest(
             CHALLENGE_DOMAIN,
             &[self.region.as_str().as_bytes(), request_id.as_bytes(), normalise_code(code).as_bytes()],
@@ -277,73 +277,11 @@ impl<S: Store> NodeService<S> {
             Some(TrackedRequest { challenge: Some(challenge), .. }) => Some(challenge.expires_at),
             _ => None,
         };
-        let active_request_id = request.linked_to.clone().unwrap_or_else(|| request.request_id.clone());
+        // Its own id, also for a linked request (verified through its own id with the code the
+        // subject received): the id of the request it is linked to is never handed to another
+        // opener, who could otherwise act on it once that request's own requester verified it.
+        let active_request_id = request.request_id.clone();
         Ok(Opened { subject, request, active_request_id, challenge_expires_at })
-    }
-
-    /// Answers a request's challenge with `code`.
-    pub(crate) async fn verify_rights_request(
-        &self,
-        key: &SubjectKey,
-        request_id: &str,
-        code: &str,
-    ) -> Result<Answered, NodeError> {
-        let _one_at_a_time = self.rights_lock.lock().await;
-        let subject = self.resolve(key).await?;
-        let read = self.tracked_of(&subject, request_id).await?;
-        let mut tracked = read.clone();
-        let status = RightsStatus::parse(&tracked.record.status);
-        let answered =
-            matches!(status, Some(RightsStatus::Verified | RightsStatus::InProgress | RightsStatus::Completed));
-        // Verified already: the same code again is a repeated answer (a reply lost, say); any
-        // other code proves nothing, and must not read as verified to whoever sent it. Refused or
-        // linked: a repeated answer changes nothing.
-        if answered {
-            let digest = self.challenge_digest(request_id, code);
-            if !tracked.verified_by.as_ref().is_some_and(|d| same_digest(digest.as_bytes(), d.as_bytes())) {
-                return Err(NodeError::Precondition(
-                    "the rights request was verified already, and not with this code: the code proves nothing",
-                ));
-            }
-            return Ok(Answered { request: tracked.record, verified: true, attempts_left: 0 });
-        }
-        let (Some(RightsStatus::Verifying), Some(mut challenge)) = (status, tracked.challenge.clone()) else {
-            return Ok(Answered { request: tracked.record, verified: false, attempts_left: 0 });
-        };
-        let now = now_unix();
-        let refuse = |tracked: &mut TrackedRequest, reason: &str| {
-            tracked.record.status = RightsStatus::Refused.as_str().to_owned();
-            tracked.record.reason = Some(reason.to_owned());
-            tracked.record.completed_at = Some(now);
-            tracked.challenge = None;
-        };
-        let outbox = if now >= challenge.expires_at {
-            refuse(&mut tracked, "challenge_expired");
-            OutboxChange::Remove
-        } else if same_digest(self.challenge_digest(request_id, code).as_bytes(), challenge.digest.as_bytes()) {
-            tracked.record.status = RightsStatus::Verified.as_str().to_owned();
-            tracked.record.verified_at = Some(now);
-            tracked.verified_by = Some(challenge.digest.clone());
-            tracked.challenge = None;
-            OutboxChange::Remove
-        } else {
-            challenge.failures = challenge.failures.saturating_add(1);
-            if challenge.failures >= challenge.max_failures {
-                refuse(&mut tracked, "verification_failed");
-                OutboxChange::Remove
-            } else {
-                tracked.challenge = Some(challenge.clone());
-                OutboxChange::Keep
-            }
-        };
-        self.track(&tracked, Some(&read), outbox, now, None).await?;
-        if tracked.record.status == RightsStatus::Refused.as_str() {
-            self.answer_linked(&subject, &tracked.record, now).await?;
-        }
-        let verified = tracked.record.status == RightsStatus::Verified.as_str();
-        let attempts_left = tracked.challenge.as_ref().map_or(0, |c| c.max_failures.saturating_sub(c.failures));
-        tracing::info!(region = %self.region, status = %tracked.record.status, "rights request challenge answered");
-        Ok(Answered { request: tracked.record, verified, attempts_left })
     }
 
     /// One request of the subject.

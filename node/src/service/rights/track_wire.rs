@@ -16,6 +16,13 @@ use crate::store::Store;
 /// The most entries one outbox read returns.
 const OUTBOX_PAGE: usize = 1_000;
 
+/// A request as its own opener sees it: without `linked_to`, the id of another opener's request
+/// (only the region's desk sees it, `ListRightsRequests`), which would let this one act on that
+/// request once its own requester verified it.
+fn to_opener(record: &crate::store::RightsRequestRecord) -> domicile_proto::pb::common::v1::RightsRequest {
+    domicile_proto::pb::common::v1::RightsRequest { linked_to: String::new(), ..rights_to_pb(record) }
+}
+
 fn request_id(text: &str) -> Result<String, FieldViolation> {
     RequestId::parse(text).map(|id| id.to_string()).map_err(|e| FieldViolation::new("request_id", e))
 }
@@ -39,7 +46,7 @@ pub(in crate::service) async fn open<S: Store>(
     let opened = node.open_rights_request(&key, kind, &link, tag.as_ref()).await?;
     Ok(pb::OpenRightsRequestResponse {
         subject_ref: node.subject_ref(opened.subject).to_string(),
-        request: Some(rights_to_pb(&opened.request)),
+        request: Some(to_opener(&opened.request)),
         active_request_id: opened.active_request_id,
         challenge_expires_at: opened.challenge_expires_at.map(convert::to_timestamp),
     })
@@ -56,7 +63,7 @@ pub(in crate::service) async fn verify<S: Store>(
     }
     let answered = node.verify_rights_request(&key, &id, &request.code).await?;
     Ok(pb::VerifyRightsRequestResponse {
-        request: Some(rights_to_pb(&answered.request)),
+        request: Some(to_opener(&answered.request)),
         verified: answered.verified,
         attempts_left: answered.attempts_left,
     })
@@ -70,7 +77,7 @@ pub(in crate::service) async fn get<S: Store>(
     let (subject, record) = node.rights_request_of(&key, &request_id(&request.request_id)?).await?;
     Ok(pb::GetRightsRequestResponse {
         subject_ref: node.subject_ref(subject).to_string(),
-        request: Some(rights_to_pb(&record)),
+        request: Some(to_opener(&record)),
     })
 }
 
@@ -82,7 +89,7 @@ pub(in crate::service) async fn extend<S: Store>(
     let (subject, record) = node.extend_rights_request(&key, &request_id(&request.request_id)?).await?;
     Ok(pb::ExtendRightsRequestResponse {
         subject_ref: node.subject_ref(subject).to_string(),
-        request: Some(rights_to_pb(&record)),
+        request: Some(to_opener(&record)),
     })
 }
 
