@@ -662,48 +662,63 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
     use std::io::Write as _;
     let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
     let tls = importer_tls(&cluster);
+    let mut client = cluster.gateway().await.unwrap();
+    // One person the import registers (its rows then go by the ref it cached), one registered
+    // before the run (its rows go by identifier, never cached).
+    let (fresh, known) = ("erased.midrun@example.com", "known.midrun@example.com");
+    client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", known)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("rows.ndjson");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
     let receipts = dir.path().join("receipts.ndjson");
     let args = import_args(&cluster, &tls, "ndjson", &fifo, &receipts, &["--batch", "1", "--in-flight", "1"]);
     let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let row = |n: usize, action: &str| {
+    let row = |n: usize, email: &str| {
         format!(
-            "{{\"source_system\":\"crm\",\"source_event_id\":\"erase-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"erased.midrun@example.com\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
+            "{{\"source_system\":\"crm\",\"source_event_id\":\"erase-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"{email}\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"grant\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
         )
     };
     // Opening the pipe waits for the importer to open it.
     let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    pipe.write_all(row(1, "grant").as_bytes()).unwrap();
+    pipe.write_all([row(1, fresh), row(2, known)].concat().as_bytes()).unwrap();
     pipe.flush().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while receipts_of(&receipts).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the first row got no receipt");
+    while receipts_of(&receipts).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the first rows got no receipt");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(receipts_of(&receipts)[0]["status"], "accepted", "{:?}", receipts_of(&receipts));
+    assert!(receipts_of(&receipts).iter().all(|r| r["status"] == "accepted"), "{:?}", receipts_of(&receipts));
 
-    // The person is erased between the rows.
-    let mut client = cluster.gateway().await.unwrap();
-    let email = || domicile_cluster_tests::select_email("erased.midrun@example.com");
-    client
-        .erase(gw::EraseRequest {
-            subject: email(),
-            override_reason: "controller_correction".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("erased");
-    pipe.write_all(row(2, "grant").as_bytes()).unwrap();
+    // Both are erased between the rows; each has two more rows after it.
+    for email in [fresh, known] {
+        client
+            .erase(gw::EraseRequest {
+                subject: domicile_cluster_tests::select_email(email),
+                override_reason: "controller_correction".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("erased");
+    }
+    pipe.write_all([row(3, fresh), row(4, known), row(5, fresh), row(6, known)].concat().as_bytes()).unwrap();
     drop(pipe);
     let output = child.wait_with_output().unwrap();
     let all = receipts_of(&receipts);
-    assert_eq!(all.len(), 2, "{all:?} {}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(all[1]["status"], "refused", "the erased person's later row: {all:?}");
-    let found =
-        client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", "erased.midrun@example.com")) }).await;
-    assert_eq!(found.map(|_| ()).unwrap_err().code(), Code::NotFound, "the import registered the erased person again");
+    assert_eq!(all.len(), 6, "{all:?} {}", String::from_utf8_lossy(&output.stderr));
+    for later in &all[2..] {
+        assert_eq!(later["status"], "refused", "an erased person's later row: {all:?}");
+    }
+    for email in [fresh, known] {
+        let found = client.resolve(gw::ResolveRequest { identifier: Some(identifier("email", email)) }).await;
+        assert_eq!(found.map(|_| ()).unwrap_err().code(), Code::NotFound, "the import registered {email} again");
+    }
 }
 
 /// A merge during an import: rows for the merged-away person, sent by the subject ref the
@@ -713,7 +728,9 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
 async fn a_merge_during_an_import_loses_none_of_its_rows() {
     use std::io::Write as _;
     let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
-    let tls = importer_tls(&cluster);
+    // What an import needs and no more: `capture` (no `context`, so no Resolve).
+    let tls =
+        cluster.issue_caller("capture-only", "eu-central", &[domicile_runtime::identity::Scope::Capture]).unwrap();
     let mut client = cluster.gateway().await.unwrap();
     let kept = client
         .register(gw::RegisterRequest {

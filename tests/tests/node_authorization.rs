@@ -420,6 +420,7 @@ async fn call(
                         purpose: "marketing".into(),
                         channels: vec!["email".into()],
                         action: common::ConsentAction::Withdraw as i32,
+                        captured_at: Some(domicile_proto::prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
                         source_system: "authz".into(),
                         source_event_id: event,
                         ..Default::default()

@@ -328,6 +328,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let started = Instant::now();
     let registrations = Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_IN_FLIGHT));
     let subjects: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    let gone: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+    let seen: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks: JoinSet<anyhow::Result<(usize, usize)>> = JoinSet::new();
     // Batches done out of order: the checkpoint advances over the contiguous prefix only.
     let mut order = 0usize;
@@ -344,6 +346,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                     let job = BatchJob {
                         client: client.clone(),
                         subjects: Arc::clone(&subjects),
+                        gone: Arc::clone(&gone),
+                        seen: Arc::clone(&seen),
                         receipts: Arc::clone(&receipts),
                         tally: Arc::clone(&tally),
                         mapping_version: mapping_version.clone(),
@@ -422,6 +426,12 @@ type Identifiers = Vec<(String, String)>;
 struct BatchJob {
     client: DomicileClient<Channel>,
     subjects: Arc<Mutex<HashMap<String, String>>>,
+    /// Subjects (by subject key) found erased during this run: their later rows are refused,
+    /// never registered again.
+    gone: Arc<Mutex<HashSet<String>>>,
+    /// Subjects an earlier row of this run found (digests of their subject keys): a later row that
+    /// finds none was erased meanwhile, not new.
+    seen: Arc<Mutex<HashSet<u64>>>,
     receipts: Arc<Mutex<BufWriter<File>>>,
     tally: Arc<Tally>,
     mapping_version: String,
@@ -457,6 +467,22 @@ impl Sent {
             Sent::Refused(_, reason) => Receipt::Refused { field: String::new(), reason },
         }
     }
+}
+
+/// Subjects [`BatchJob::saw`] remembers at most (about 40 MB).
+const SEEN_SUBJECTS: usize = 2_000_000;
+
+/// A digest of a row's subject key, for [`BatchJob::saw`] (random per run: collisions are not
+/// chosen by the file's author).
+fn seen_digest(row: &ImportRow) -> u64 {
+    use std::hash::BuildHasher as _;
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(std::collections::hash_map::RandomState::new).hash_one(subject_key(row))
+}
+
+/// The receipt of a row whose subject was erased during the run.
+fn erased_during_the_run() -> Receipt {
+    refusal("identifiers", "the subject was erased during the import: not registered again".to_owned())
 }
 
 fn refusal(field: &str, reason: String) -> Receipt {
@@ -525,9 +551,16 @@ impl BatchJob {
         // the cache), and the subjects this batch must register (or resolve) before sending.
         let mut cached: HashMap<String, String> = HashMap::new();
         let mut wanted: Vec<&ImportRow> = Vec::new();
+        let rows: Vec<&ImportRow> = {
+            let gone = self.gone.lock().map_err(|_| anyhow::anyhow!("erased subjects poisoned"))?;
+            let (erased, rows): (Vec<&ImportRow>, Vec<&ImportRow>) =
+                batch.rows.iter().partition(|row| gone.contains(&subject_key(row)));
+            receipts.extend(erased.into_iter().map(|row| receipt_of(row, erased_during_the_run())));
+            rows
+        };
         {
             let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
-            for row in &batch.rows {
+            for row in rows.iter().copied() {
                 let key = subject_key(row);
                 match cache.get(&key) {
                     Some(subject_ref) => {
@@ -541,8 +574,8 @@ impl BatchJob {
         let registered = self.register(wanted).await?;
         let mut items = Vec::with_capacity(batch.rows.len());
         // Each row sent, and whether it was sent by its identifier.
-        let mut sent: Vec<(&ImportRow, bool)> = Vec::with_capacity(batch.rows.len());
-        for row in &batch.rows {
+        let mut sent: Vec<(&ImportRow, bool)> = Vec::with_capacity(rows.len());
+        for row in rows.iter().copied() {
             match route(row, &registered, &cached, by_identifier(row)) {
                 Ok(selector) => {
                     let by_identifier = matches!(selector, Selector::Identifier(_));
@@ -553,19 +586,30 @@ impl BatchJob {
             }
         }
         // Rows sent by identifier that the gateway found unregistered: registered, then sent by
-        // their subject ref. A row sent by its cached ref and refused NOT_FOUND names a subject
-        // merged away or erased since it was cached: its identifiers are resolved again (never
-        // registered again), `send_moved`.
+        // their subject ref, unless an earlier row of the run found the subject (it was erased
+        // since: refused, never registered again). A row sent by its cached ref and refused
+        // NOT_FOUND names a subject merged away or erased since it was cached: `send_moved`.
         let mut unknown: Vec<&ImportRow> = Vec::new();
         let mut moved: Vec<&ImportRow> = Vec::new();
+        let mut erased = Vec::new();
         for (id, outcome) in self.send(items).await? {
             let Some((row, by_identifier)) = sent.get(id as usize).copied() else { continue };
             match outcome {
+                Sent::Refused(tonic::Code::NotFound, _) if by_identifier && self.seen_before(row)? => {
+                    erased.push(subject_key(row));
+                    receipts.push(receipt_of(row, erased_during_the_run()));
+                }
                 Sent::Refused(tonic::Code::NotFound, _) if by_identifier => unknown.push(row),
                 Sent::Refused(tonic::Code::NotFound, _) => moved.push(row),
-                outcome => receipts.push(receipt_of(row, outcome.receipt())),
+                outcome => {
+                    if matches!(outcome, Sent::Accepted(_) | Sent::Duplicate(_)) {
+                        self.saw(row)?;
+                    }
+                    receipts.push(receipt_of(row, outcome.receipt()));
+                }
             }
         }
+        self.gone.lock().map_err(|_| anyhow::anyhow!("erased subjects poisoned"))?.extend(erased);
         if !moved.is_empty() {
             receipts.extend(self.send_moved(moved).await?);
         }
@@ -614,10 +658,29 @@ impl BatchJob {
         Ok(batch.last_line)
     }
 
-    /// Rows whose cached subject ref names nobody now: that subject was merged into another (its
-    /// rows go to the subject their identifiers name now) or erased (refused: an erased person is
-    /// not registered again by an import). Before, every such row was refused, a withdrawal
-    /// included, and the checkpoint moved past it, so a merge during an import lost rows for good.
+    /// Whether an earlier row of this run found `row`'s subject (by a digest of its subject key).
+    fn seen_before(&self, row: &ImportRow) -> anyhow::Result<bool> {
+        let seen = self.seen.lock().map_err(|_| anyhow::anyhow!("seen subjects poisoned"))?;
+        Ok(seen.contains(&seen_digest(row)))
+    }
+
+    /// Remembers that `row`'s subject was found (a bounded set: past [`SEEN_SUBJECTS`] it starts
+    /// again, and a subject erased after that is told only by its cached ref).
+    fn saw(&self, row: &ImportRow) -> anyhow::Result<()> {
+        let mut seen = self.seen.lock().map_err(|_| anyhow::anyhow!("seen subjects poisoned"))?;
+        if seen.len() >= SEEN_SUBJECTS {
+            seen.clear();
+        }
+        seen.insert(seen_digest(row));
+        Ok(())
+    }
+
+    /// Rows whose cached subject ref names nobody now: that subject was merged into another, or
+    /// erased. Each is sent again by its first identifier, which the gateway resolves to the
+    /// subject it names now (the merged one: the capture scope an import has is enough); one it
+    /// finds nowhere was erased: refused, and the subject's later rows of this run with it, never
+    /// registered again. Before, every such row was refused, a withdrawal included, and the
+    /// checkpoint moved past it, so a merge during an import lost rows for good.
     async fn send_moved(&mut self, rows: Vec<&ImportRow>) -> anyhow::Result<Vec<(usize, String, String, Receipt)>> {
         {
             let mut cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
@@ -625,39 +688,30 @@ impl BatchJob {
                 cache.remove(&subject_key(row));
             }
         }
-        let mut now: HashMap<String, Result<Option<String>, tonic::Status>> = HashMap::new();
-        for row in &rows {
-            if let std::collections::hash_map::Entry::Vacant(slot) = now.entry(subject_key(row)) {
-                let mut client = self.client.clone();
-                slot.insert(resolved_now(&mut client, &row.identifiers).await);
-            }
-        }
         let mut receipts = Vec::new();
         let (mut items, mut sent) = (Vec::new(), Vec::new());
         for row in rows {
-            match now.get(&subject_key(row)) {
-                Some(Ok(Some(subject_ref))) => {
-                    items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
+            match row.identifiers.first() {
+                Some((kind, value)) => {
+                    let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
+                    items.push(item_of(items.len() as u64, Selector::Identifier(identifier), row));
                     sent.push(row);
                 }
-                Some(Err(status)) if transient(status.code()) => anyhow::bail!(
-                    "resolving a merged subject kept failing ({:?}: {}); re-run to resume",
-                    status.code(),
-                    status.message()
-                ),
-                Some(Err(status)) => {
-                    receipts.push(receipt_of(row, refusal("identifiers", status.message().to_owned())))
-                }
-                Some(Ok(None)) | None => receipts.push(receipt_of(
-                    row,
-                    refusal("identifiers", "the subject was erased during the import: not registered again".to_owned()),
-                )),
+                None => receipts.push(receipt_of(row, erased_during_the_run())),
             }
         }
+        let mut erased = Vec::new();
         for (id, outcome) in self.send(items).await? {
             let Some(row) = sent.get(id as usize).copied() else { continue };
-            receipts.push(receipt_of(row, outcome.receipt()));
+            match outcome {
+                Sent::Refused(tonic::Code::NotFound, _) => {
+                    erased.push(subject_key(row));
+                    receipts.push(receipt_of(row, erased_during_the_run()));
+                }
+                outcome => receipts.push(receipt_of(row, outcome.receipt())),
+            }
         }
+        self.gone.lock().map_err(|_| anyhow::anyhow!("erased subjects poisoned"))?.extend(erased);
         Ok(receipts)
     }
 
@@ -856,38 +910,6 @@ async fn try_subject_of(
         })
         .await?;
     Ok(Some(reply.into_inner().subject_ref))
-}
-
-/// The subject a row's identifiers name now (resolved, never registered): `None` if none of them
-/// names one; FAILED_PRECONDITION if they name different subjects.
-async fn resolved_now(
-    client: &mut DomicileClient<Channel>,
-    identifiers: &Identifiers,
-) -> Result<Option<String>, tonic::Status> {
-    let mut found: Option<String> = None;
-    for (kind, value) in identifiers {
-        let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
-        let mut attempt = 0;
-        let reply = loop {
-            match client.resolve(pb::ResolveRequest { identifier: Some(identifier.clone()) }).await {
-                Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                other => break other,
-            }
-        };
-        let subject_ref = match reply {
-            Ok(reply) => reply.into_inner().subject_ref,
-            Err(status) if status.code() == tonic::Code::NotFound => continue,
-            Err(status) => return Err(status),
-        };
-        if found.as_ref().is_some_and(|f| *f != subject_ref) {
-            return Err(tonic::Status::failed_precondition("the row's identifiers name different subjects now"));
-        }
-        found = Some(subject_ref);
-    }
-    Ok(found)
 }
 
 fn item_of(id: u64, selector: Selector, row: &ImportRow) -> pb::ImportConsentItem {
