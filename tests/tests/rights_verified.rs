@@ -682,7 +682,7 @@ async fn a_verified_request_is_never_handed_to_another_requester() {
 /// request too. Before, the replayed answer skipped it, and the request stayed `in_progress` for
 /// ever (listed as overdue, its other open requests never refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_erasure_answered_again_finishes_the_request_the_first_answer_left_in_progress() {
+async fn a_right_answered_again_finishes_the_request_the_first_answer_left_in_progress() {
     use domicile_cli::cluster::database_name;
     let options = TestOptions { store: ClusterStore::Postgres, ..Default::default() };
     let cluster = TestCluster::start_with(BIN, &["eu-central"], options).await.expect("cluster starts");
@@ -718,6 +718,30 @@ async fn an_erasure_answered_again_finishes_the_request_the_first_answer_left_in
         idempotency_key: "erase-erin".into(),
         ..Default::default()
     };
+    // A restriction the same way: set, its request left in progress; answered again, the request
+    // is completed, so it cannot lift the restriction later.
+    let ida = register(&mut client, "ida.rights@example.fr").await;
+    let restriction = open(&mut node, &ida, "restriction").await.request.unwrap();
+    let code = code_of(&mut node, &restriction.request_id, &mut Vec::new()).await;
+    assert!(verify(&mut node, &ida.subject_ref, &restriction.request_id, &code).await.verified);
+    let restrict = |restricted: bool| node::RestrictRequest {
+        subject: node_ref(&ida.subject_ref),
+        restricted,
+        request_id: restriction.request_id.clone(),
+        idempotency_key: if restricted { "restrict-ida".into() } else { String::new() },
+        ..Default::default()
+    };
+    node.restrict(restrict(true)).await.unwrap_err();
+    assert_eq!(status_of(&restriction.request_id), "in_progress");
+    sql("DROP TRIGGER refuse_completed ON rights_tracked");
+    let answered = node.restrict(restrict(true)).await.expect("answered again").into_inner();
+    assert!(answered.restricted);
+    assert_eq!(status_of(&restriction.request_id), "completed");
+    let status = node.restrict(restrict(false)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "the request that set it lifted it: {status:?}");
+    sql("CREATE TRIGGER refuse_completed BEFORE INSERT OR UPDATE ON rights_tracked \
+         FOR EACH ROW EXECUTE FUNCTION refuse_completed()");
+
     let failed = node.erase(erase()).await.unwrap_err();
     assert_ne!(failed.code(), Code::Ok);
     assert_eq!(status_of(&request.request_id), "in_progress", "the erasure was made, its request not finished");

@@ -66,6 +66,10 @@ pub fn announced_channels(record: &ConsentRecord, in_force: &[Channel]) -> Vec<C
     if record.evidence.import.as_ref().is_some_and(|i| !i.broadcast) {
         return Vec::new();
     }
+    // Lapsed before it was recorded (older history imported late): no decision allows on it.
+    if record.expires_at.is_some_and(|expires| expires <= record.recorded_at) {
+        return Vec::new();
+    }
     record.channels.iter().copied().filter(|c| in_force.contains(c)).collect()
 }
 
@@ -316,6 +320,8 @@ mod tests {
         let loud = record(ConsentState::Granted, Some(true));
         assert_eq!(announce(&loud, &[Channel::Email, Channel::Sms]).map(|(c, _)| c.len()), Some(2));
         assert_eq!(announce(&record(ConsentState::Granted, Some(false)), &[Channel::Email]), None, "a quiet import");
+        let lapsed = ConsentRecord { expires_at: Some(1), ..record(ConsentState::Granted, Some(true)) };
+        assert_eq!(announce(&lapsed, &[Channel::Email]), None, "lapsed before it was recorded");
         let withdrawal = record(ConsentState::Withdrawn, Some(false));
         assert_eq!(
             announce(&withdrawal, &[]),

@@ -54,6 +54,11 @@ pub struct MergeLineage {
     /// neither list (an identifier added since) cannot be attributed.
     #[serde(default)]
     pub into_links: Vec<Link>,
+    /// Whether `into_links` was recorded (every merge since it was): a lineage without it cannot
+    /// tell an identifier added since the merge from one the remaining subject held; one with it
+    /// can, even when the remaining subject held no link at the merge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub into_links_recorded: bool,
     /// The merged-away subject's profile as it was.
     pub profile: BTreeMap<String, String>,
     /// Profile fields only the merged-away subject had, which the merge added to the remaining

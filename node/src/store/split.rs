@@ -127,6 +127,7 @@ pub fn join_records(
         identifiers: from.identifiers,
         links: from_side.links,
         into_links: into_side.links,
+        into_links_recorded: true,
         profile: from.profile,
         added_fields,
         from_created_at: from_side.meta.created_at,
@@ -187,7 +188,8 @@ pub fn split(whole: Whole, from: &SubjectId) -> Result<Split, StoreError> {
     // which is not recorded: given to either half, it could carry that half's grants to the other
     // person's address (a refusal turned into an allow). Refused instead; the operator removes it
     // by a rectification first. (A lineage recorded before `into_links` was cannot tell.)
-    if !lineage.into_links.is_empty() && links.iter().any(|l| !lineage.links.contains(l) && !kept_side.contains(l)) {
+    let recorded = lineage.into_links_recorded || !lineage.into_links.is_empty();
+    if recorded && links.iter().any(|l| !lineage.links.contains(l) && !kept_side.contains(l)) {
         return Err(StoreError::Unattributable);
     }
     let from_sets = LogSets::of(&lineage.from_positions);

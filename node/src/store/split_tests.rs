@@ -45,6 +45,7 @@ fn lineage(from_consent: Vec<u64>, into_consent: Vec<u64>) -> MergeLineage {
         identifiers: vec![email("a")],
         links: vec![link(A)],
         into_links: vec![link(B)],
+        into_links_recorded: true,
         profile: BTreeMap::from([("name".to_owned(), "Ann".to_owned())]),
         added_fields: BTreeMap::from([("name".to_owned(), "Ann".to_owned())]),
         from_created_at: 10,
@@ -290,9 +291,17 @@ fn an_identifier_attached_since_the_merge_refuses_the_unmerge_rather_than_go_to_
     assert!(plan.kept.links.contains(&link(7)));
     assert_eq!(state(&plan.kept, Channel::Sms), Some(Granted));
     assert_eq!(state(&plan.restored, Channel::Sms), Some(Denied));
+    // A remaining subject that held no link at the merge (all removed before it): every link it
+    // holds now was attached since.
+    let mut linkless = lineage(vec![2], vec![1]);
+    linkless.into_links = Vec::new();
+    let mut merged = whole(ledger.clone(), vec![linkless.clone()]);
+    merged.links.retain(|l| *l != link(B));
+    merged.links.push(link(7));
+    assert!(matches!(split(merged, &subject(9)), Err(StoreError::Unattributable)));
     // A lineage recorded before the remaining subject's links were cannot tell: split as before.
-    let mut old = lineage(vec![2], vec![1]);
-    old.into_links = Vec::new();
+    let mut old = linkless;
+    old.into_links_recorded = false;
     let mut merged = whole(ledger, vec![old]);
     merged.links.push(link(7));
     assert!(split(merged, &subject(9)).is_ok());

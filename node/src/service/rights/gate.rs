@@ -257,6 +257,37 @@ impl<S: Store> NodeService<S> {
         Ok(())
     }
 
+    /// After a restriction set or lifted with `record` (its completed record, as its answer keeps
+    /// it): the tracked request it answers recorded completed (with the requests linked to it),
+    /// and, when set, every other open restriction request answered by it. Changes nothing the
+    /// second time.
+    pub(super) async fn finish_restriction(
+        &self,
+        subject: &SubjectId,
+        restricted: bool,
+        record: &RightsRequestRecord,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        if record.override_reason.is_none() {
+            self.track_step(&record.request_id, now, |tracked| {
+                if tracked.subject != *subject
+                    || RightsStatus::parse(&tracked.record.status) == Some(RightsStatus::Completed)
+                {
+                    return false;
+                }
+                tracked.record = record.clone();
+                tracked.challenge = None;
+                true
+            })
+            .await?;
+            self.answer_linked(subject, record, now).await?;
+        }
+        if restricted {
+            self.answer_restriction_requests(subject, now).await?;
+        }
+        Ok(())
+    }
+
     /// After an erasure made with `erasure` (its completed record, as the erasure's answer keeps
     /// it): the tracked request it answers recorded completed (an operator's override has none),
     /// and the subject's other open requests refused. Changes nothing the second time.

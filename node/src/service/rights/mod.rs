@@ -170,7 +170,12 @@ impl<S: Store> NodeService<S> {
         let rights_request = started.completed(now);
         let erased = match self.settle(self.store.erase(&subject, now, &rights_request, tag).await).await? {
             Settled::Applied(erased) => erased,
-            Settled::Replayed => return self.replayed_after_race(tag).await,
+            Settled::Replayed => {
+                // A racing call made it: finished here too, should that call have stopped.
+                let (subject, erased): (SubjectId, Erased) = self.replayed_after_race(tag).await?;
+                self.finish_erasure(&subject, &erased.rights_request, now).await?;
+                return Ok((subject, erased));
+            }
         };
         self.finish_erasure(&subject, &rights_request, now).await?;
         tracing::info!(region = %self.region, links = erased.links.len(), consent_records = erased.consent_records, "subject erased");
@@ -188,8 +193,11 @@ impl<S: Store> NodeService<S> {
         authority: Option<&Authority>,
         tag: Option<&Idempotency>,
     ) -> Result<Restriction, NodeError> {
-        if let Some(done) = self.replayed::<Restriction>(tag).await? {
-            return Ok(done);
+        // Answered again: finished again too (the first call may have stopped after the change
+        // was durable, leaving its request in progress, where it could later lift what it set).
+        if let Some((subject, (restricted, record))) = self.replayed::<Restriction>(tag).await? {
+            self.finish_restriction(&subject, restricted, &record, now_unix()).await?;
+            return Ok((subject, (restricted, record)));
         }
         let (subject, meta) = self.resolve_meta(key).await?;
         let now = now_unix();
@@ -215,12 +223,8 @@ impl<S: Store> NodeService<S> {
         if let Settled::Replayed = self.settle(written).await? {
             return self.replayed_after_race(tag).await;
         }
-        if let Some(started) = &started {
-            self.finish_request(&subject, started, &rights_request, now).await?;
-        }
-        if restricted {
-            self.answer_restriction_requests(&subject, now).await?;
-        }
+        // (A request that could not answer it, or an override, leaves no tracked request to finish.)
+        self.finish_restriction(&subject, restricted, &rights_request, now).await?;
         tracing::info!(region = %self.region, restricted, "restriction changed");
         Ok((subject, (restricted, rights_request)))
     }
