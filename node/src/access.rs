@@ -75,7 +75,10 @@ pub fn rule(path: &str) -> Rule {
         }
         "ConsentHistory" | "Watch" | "GetContext" => Rule::Scoped(Scope::Context),
         // Undoing a merge gives personal data back to a person: the rights scope, as a rectification.
-        "Erase" | "Rectify" | "Restrict" | "ListRightsRequests" | "Unmerge" => Rule::Scoped(Scope::Rights),
+        "Erase" | "Rectify" | "Restrict" | "Unmerge" => Rule::Scoped(Scope::Rights),
+        // Every request of a subject with its id: ids are handles only their openers hold, and
+        // the gateway routes this nowhere; the region's rights desk only.
+        "ListRightsRequests" => Rule::InRegionOnly(Scope::Rights),
         // Tracked rights requests of one subject: like the rights they lead to.
         "OpenRightsRequest" | "VerifyRightsRequest" | "GetRightsRequest" | "ExtendRightsRequest" => {
             Rule::Scoped(Scope::Rights)

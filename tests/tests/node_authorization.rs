@@ -140,9 +140,10 @@ const TABLE: &[(&str, [Cell; 27])] = &[
     ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,  Y,   N,   N,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,  N]),
     ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
     ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,  N]),
-    // Forwards for callers it authorised itself; never gets an export, the challenge outbox or
-    // the region's overdue queue, never claims.
-    ("gateway",              [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,  Y,   Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,   N,   N,   N,  N]),
+    // Forwards for callers it authorised itself; never gets an export, the challenge outbox, the
+    // region's overdue queue or a subject's whole list of requests (every request's id, which is
+    // a handle only its opener holds), never claims.
+    ("gateway",              [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   N,   Y,   Y,   Y,  Y,   Y,   Y,  Y,   Y,   N,   Y,   Y,   Y,   Y,   N,   N,   N,   N,  N]),
     // A caller of another region must go through a gateway, whatever its scopes.
     ("other region, every scope", [N, N, N, N, N,  N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
     // Another region's node may claim and release identifiers, nothing else.

@@ -808,6 +808,18 @@ async fn a_restriction_is_always_set_and_an_earlier_request_cannot_lift_it() {
     assert!(set.into_inner().restricted);
     let decision = eu.decide(decide()).await.unwrap().into_inner().decision.unwrap();
     assert!(decision.reasons.iter().any(|r| r.contains("restrict")), "restricted: {decision:?}");
+
+    // Answered again from its idempotency record, a restriction does not answer requests opened
+    // since it was first set (a request verified to lift it, say).
+    let keyed = node::RestrictRequest { idempotency_key: "restrict-fay".into(), ..restrict(true, "") };
+    eu.restrict(keyed.clone()).await.expect("restricted with a key");
+    let later = open(&mut eu, &fay, "restriction").await.request.unwrap();
+    let code = code_of(&mut eu, &later.request_id, &mut codes).await;
+    assert!(verify(&mut eu, &fay.subject_ref, &later.request_id, &code).await.verified);
+    eu.restrict(keyed).await.expect("answered again");
+    eu.restrict(restrict(false, &later.request_id)).await.expect("the later request still lifts it");
+    let decision = eu.decide(decide()).await.unwrap().into_inner().decision.unwrap();
+    assert!(!decision.reasons.iter().any(|r| r.contains("restrict")), "lifted: {decision:?}");
 }
 
 /// A request linked to another is answered with it: refused with its reason when wrong codes
@@ -930,6 +942,17 @@ async fn a_code_verifies_only_the_request_it_was_presented_through() {
         .into_inner();
     assert!(answered.verified, "{answered:?}");
     assert_eq!(answered.request.unwrap().status, "verified");
+    // Sent again through the same request (a reply lost): still verified.
+    let again = desk_b
+        .verify_rights_request(gw::VerifyRightsRequestRequest {
+            subject: select_email("hana.rights@example.fr"),
+            request_id: b.request_id.clone(),
+            code: code.clone(),
+        })
+        .await
+        .expect("the same code again")
+        .into_inner();
+    assert!(again.verified, "{again:?}");
     let status = export(&mut eu, &hana.subject_ref, &a.request_id).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "A acted on B's verification: {status:?}");
     let a_now = verify(&mut eu, &hana.subject_ref, &a.request_id, &code).await;
@@ -947,4 +970,27 @@ async fn a_code_verifies_only_the_request_it_was_presented_through() {
         .request
         .unwrap();
     assert_eq!(a_done.status, "completed", "answered with B's: {a_done:?}");
+
+    // Wrong codes sent through a linked request refuse it alone: its opener cannot refuse the
+    // other requester's request, which still takes its own code.
+    let a = open(&mut eu, &hana, "rectification").await.request.unwrap();
+    let b = open_b(&mut desk_b, "rectification").await.request.unwrap();
+    assert_eq!(b.status, "linked");
+    let mut last = None;
+    for n in 0..5 {
+        let answered = desk_b
+            .verify_rights_request(gw::VerifyRightsRequestRequest {
+                subject: select_email("hana.rights@example.fr"),
+                request_id: b.request_id.clone(),
+                code: format!("WRONGCODE{n}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        last = answered.request;
+    }
+    let last = last.unwrap();
+    assert_eq!((last.status.as_str(), last.reason.as_str()), ("refused", "verification_failed"), "{last:?}");
+    let code = code_of(&mut eu, &a.request_id, &mut codes).await;
+    assert!(verify(&mut eu, &hana.subject_ref, &a.request_id, &code).await.verified, "A's own code still verifies");
 }

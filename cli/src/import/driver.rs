@@ -469,6 +469,40 @@ impl Sent {
     }
 }
 
+/// The subject a row's identifiers name now (resolved, never registered): `None` if none of them
+/// names one; FAILED_PRECONDITION if they name different subjects (an unmerge split them).
+async fn resolved_now(
+    client: &mut DomicileClient<Channel>,
+    identifiers: &Identifiers,
+) -> Result<Option<String>, tonic::Status> {
+    let mut found: Option<String> = None;
+    for (kind, value) in identifiers {
+        let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
+        let mut attempt = 0;
+        let reply = loop {
+            match client.resolve(pb::ResolveRequest { identifier: Some(identifier.clone()) }).await {
+                Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => break other,
+            }
+        };
+        let subject_ref = match reply {
+            Ok(reply) => reply.into_inner().subject_ref,
+            Err(status) if status.code() == tonic::Code::NotFound => continue,
+            Err(status) => return Err(status),
+        };
+        if found.as_ref().is_some_and(|f| *f != subject_ref) {
+            return Err(tonic::Status::failed_precondition(
+                "the row's identifiers name different subjects now (split by an unmerge)",
+            ));
+        }
+        found = Some(subject_ref);
+    }
+    Ok(found)
+}
+
 /// Subjects [`BatchJob::saw`] remembers at most (about 40 MB).
 const SEEN_SUBJECTS: usize = 2_000_000;
 
@@ -482,7 +516,10 @@ fn seen_digest(row: &ImportRow) -> u64 {
 
 /// The receipt of a row whose subject was erased during the run.
 fn erased_during_the_run() -> Receipt {
-    refusal("identifiers", "the subject was erased during the import: not registered again".to_owned())
+    refusal(
+        "identifiers",
+        "the subject was erased (or its identifier removed) during the import: not registered again".to_owned(),
+    )
 }
 
 fn refusal(field: &str, reason: String) -> Receipt {
@@ -558,6 +595,9 @@ impl BatchJob {
             receipts.extend(erased.into_iter().map(|row| receipt_of(row, erased_during_the_run())));
             rows
         };
+        // Rows of a subject an earlier row found, no longer cached: not registered (it may have
+        // been erased since), followed like a moved subject's rows.
+        let mut moved: Vec<&ImportRow> = Vec::new();
         {
             let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
             for row in rows.iter().copied() {
@@ -566,11 +606,14 @@ impl BatchJob {
                     Some(subject_ref) => {
                         cached.insert(key, subject_ref.clone());
                     }
+                    None if !by_identifier(row) && self.seen_before(row)? => moved.push(row),
                     None if !by_identifier(row) => wanted.push(row),
                     None => {}
                 }
             }
         }
+        let rows: Vec<&ImportRow> =
+            rows.into_iter().filter(|row| !moved.iter().any(|m| std::ptr::eq(*m, *row))).collect();
         let registered = self.register(wanted).await?;
         let mut items = Vec::with_capacity(batch.rows.len());
         // Each row sent, and whether it was sent by its identifier.
@@ -590,7 +633,6 @@ impl BatchJob {
         // since: refused, never registered again). A row sent by its cached ref and refused
         // NOT_FOUND names a subject merged away or erased since it was cached: `send_moved`.
         let mut unknown: Vec<&ImportRow> = Vec::new();
-        let mut moved: Vec<&ImportRow> = Vec::new();
         let mut erased = Vec::new();
         for (id, outcome) in self.send(items).await? {
             let Some((row, by_identifier)) = sent.get(id as usize).copied() else { continue };
@@ -602,9 +644,7 @@ impl BatchJob {
                 Sent::Refused(tonic::Code::NotFound, _) if by_identifier => unknown.push(row),
                 Sent::Refused(tonic::Code::NotFound, _) => moved.push(row),
                 outcome => {
-                    if matches!(outcome, Sent::Accepted(_) | Sent::Duplicate(_)) {
-                        self.saw(row)?;
-                    }
+                    self.saw_if_found(row, &outcome)?;
                     receipts.push(receipt_of(row, outcome.receipt()));
                 }
             }
@@ -629,6 +669,7 @@ impl BatchJob {
             }
             for (id, outcome) in self.send(items).await? {
                 let Some(row) = sent.get(id as usize).copied() else { continue };
+                self.saw_if_found(row, &outcome)?;
                 receipts.push(receipt_of(row, outcome.receipt()));
             }
         }
@@ -664,6 +705,15 @@ impl BatchJob {
         Ok(seen.contains(&seen_digest(row)))
     }
 
+    /// [`Self::saw`] when `outcome` shows the row's subject was found (not in a dry run, whose
+    /// rows may name subjects not registered yet).
+    fn saw_if_found(&self, row: &ImportRow, outcome: &Sent) -> anyhow::Result<()> {
+        if !self.dry_run && matches!(outcome, Sent::Accepted(_) | Sent::Duplicate(_)) {
+            self.saw(row)?;
+        }
+        Ok(())
+    }
+
     /// Remembers that `row`'s subject was found (a bounded set: past [`SEEN_SUBJECTS`] it starts
     /// again, and a subject erased after that is told only by its cached ref).
     fn saw(&self, row: &ImportRow) -> anyhow::Result<()> {
@@ -689,18 +739,52 @@ impl BatchJob {
             }
         }
         let mut receipts = Vec::new();
+        let mut erased = Vec::new();
         let (mut items, mut sent) = (Vec::new(), Vec::new());
+        let mut now: HashMap<String, Result<Option<String>, tonic::Status>> = HashMap::new();
         for row in rows {
-            match row.identifiers.first() {
-                Some((kind, value)) => {
+            match row.identifiers.as_slice() {
+                [(kind, value)] => {
                     let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
                     items.push(item_of(items.len() as u64, Selector::Identifier(identifier), row));
                     sent.push(row);
                 }
-                None => receipts.push(receipt_of(row, erased_during_the_run())),
+                // Several identifiers may name several subjects now (an unmerge): resolved, each
+                // (the `context` scope), and sent only where they agree.
+                _ => {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = now.entry(subject_key(row)) {
+                        let mut client = self.client.clone();
+                        slot.insert(resolved_now(&mut client, &row.identifiers).await);
+                    }
+                    match now.get(&subject_key(row)) {
+                        Some(Ok(Some(subject_ref))) => {
+                            items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
+                            sent.push(row);
+                        }
+                        Some(Ok(None)) | None => {
+                            erased.push(subject_key(row));
+                            receipts.push(receipt_of(row, erased_during_the_run()));
+                        }
+                        Some(Err(status)) if transient(status.code()) => anyhow::bail!(
+                            "following a merged subject kept failing ({:?}: {}); re-run to resume",
+                            status.code(),
+                            status.message()
+                        ),
+                        Some(Err(status)) if status.code() == tonic::Code::PermissionDenied => receipts.push(receipt_of(
+                            row,
+                            refusal(
+                                "identifiers",
+                                "the row's subject was merged or split during the import; a certificate with the `context` scope lets the importer follow it"
+                                    .to_owned(),
+                            ),
+                        )),
+                        Some(Err(status)) => {
+                            receipts.push(receipt_of(row, refusal("identifiers", status.message().to_owned())));
+                        }
+                    }
+                }
             }
         }
-        let mut erased = Vec::new();
         for (id, outcome) in self.send(items).await? {
             let Some(row) = sent.get(id as usize).copied() else { continue };
             match outcome {

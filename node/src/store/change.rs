@@ -48,12 +48,12 @@ pub enum Change {
 /// region read and dropped each. Withdrawals and denials are always announced: a
 /// follower's suppression list must not keep a person granted whom an import has just opted out.
 ///
-/// A grant is announced only on the channels where it became the record in force (`in_force`,
-/// as the write applied it): one the ledger's order puts behind a refusal already stored (an
-/// import of older history, a capture backdated past a later withdrawal) changes no decision, and
-/// announced as `granted` it would leave a follower granted where every decision refuses. A
-/// denial or withdrawal is announced on all its channels even where a later grant keeps force: a
-/// follower then errs toward suppression, never toward sending.
+/// A grant is announced only on the channels where a grant is in force once the write applied
+/// it (`in_force`: itself, or a grant captured later): one the ledger's order puts behind a
+/// refusal that stays in force (an import of older history, a capture backdated past a later
+/// withdrawal) changes no decision, and announced as `granted` it would leave a follower granted
+/// where every decision refuses. A denial or withdrawal is announced on all its channels even
+/// where a later grant keeps force: a follower then errs toward suppression, never toward sending.
 pub fn announced(record: &ConsentRecord, in_force: &[Channel]) -> bool {
     !announced_channels(record, in_force).is_empty()
 }
@@ -80,7 +80,7 @@ pub enum Recorded<'a> {
     /// to the subject.
     Registration { subject: SubjectId, jurisdiction: &'a Jurisdiction, identifiers: usize, added: &'a [Link] },
     /// A consent record appended to the subject's ledger; `links` are the subject's; `in_force`
-    /// the record's channels where it became the record in force ([`announced`]).
+    /// the record's channels where a grant is in force once it is applied ([`announced`]).
     Consent { subject: SubjectId, record: &'a ConsentRecord, links: &'a [Link], in_force: &'a [Channel] },
     /// Links added to a subject by a rectification (audited as its rights request).
     LinksAdded { subject: SubjectId, links: &'a [Link] },

@@ -21,6 +21,15 @@ pub struct TrackedRequest {
     /// reads as verified to another who holds its id but not its code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_by: Option<String>,
+    /// Wrong codes sent through this request while it is linked to another (checked against that
+    /// one's challenge): counted here, so a linked request's opener refuses only its own request,
+    /// never the other requester's (`rights/verify.rs`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub linked_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A one-time challenge: the code's keyed digest (hex), never the code.

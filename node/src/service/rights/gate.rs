@@ -202,28 +202,32 @@ impl<S: Store> NodeService<S> {
         active: &RightsRequestRecord,
         now: i64,
     ) -> Result<(), NodeError> {
-        let linked: Vec<String> = self
-            .store
-            .tracked_requests_of(subject)
-            .await?
-            .into_iter()
-            .filter(|t| {
-                t.record.linked_to.as_deref() == Some(active.request_id.as_str())
+        let requests = self.store.tracked_requests_of(subject).await?;
+        // Chains too (a request linked to one linked to `active`: a verification through a link
+        // that stopped half-way leaves one), each request once.
+        let mut answered: Vec<String> = vec![active.request_id.clone()];
+        let mut next = 0;
+        while let Some(to) = answered.get(next).cloned() {
+            next += 1;
+            let linked = requests.iter().filter(|t| {
+                t.record.linked_to.as_deref() == Some(to.as_str())
                     && RightsStatus::parse(&t.record.status) == Some(RightsStatus::Linked)
-            })
-            .map(|t| t.record.request_id)
-            .collect();
-        for id in linked {
-            self.track_step(&id, now, |tracked| {
-                if RightsStatus::parse(&tracked.record.status) != Some(RightsStatus::Linked) {
-                    return false;
-                }
-                tracked.record.status = active.status.clone();
-                tracked.record.reason = active.reason.clone();
-                tracked.record.completed_at = Some(now);
-                true
-            })
-            .await?;
+                    && !answered.contains(&t.record.request_id)
+            });
+            let ids: Vec<String> = linked.map(|t| t.record.request_id.clone()).collect();
+            for id in &ids {
+                self.track_step(id, now, |tracked| {
+                    if RightsStatus::parse(&tracked.record.status) != Some(RightsStatus::Linked) {
+                        return false;
+                    }
+                    tracked.record.status = active.status.clone();
+                    tracked.record.reason = active.reason.clone();
+                    tracked.record.completed_at = Some(now);
+                    true
+                })
+                .await?;
+            }
+            answered.extend(ids);
         }
         Ok(())
     }
@@ -232,13 +236,21 @@ impl<S: Store> NodeService<S> {
     /// it (`completed`). A request does not say which way it goes, so one left open (verified
     /// to restrict, say) could otherwise lift the restriction later; lifting it needs a request
     /// opened, and verified, after it.
-    pub(super) async fn answer_restriction_requests(&self, subject: &SubjectId, now: i64) -> Result<(), NodeError> {
+    /// `opened_by`: only requests received before then (a restriction answered again from its record
+    /// answers none opened since it was first set, a request to lift it, say).
+    pub(super) async fn answer_restriction_requests(
+        &self,
+        subject: &SubjectId,
+        now: i64,
+        opened_by: Option<i64>,
+    ) -> Result<(), NodeError> {
         let open: Vec<String> = self
             .store
             .tracked_requests_of(subject)
             .await?
             .into_iter()
             .filter(|t| t.record.kind == RightsKind::Restriction.as_str() && open_or_linked(&t.record))
+            .filter(|t| opened_by.is_none_or(|by| t.record.received_at < by))
             .map(|t| t.record.request_id)
             .collect();
         let _one_at_a_time = self.rights_lock.lock().await;
@@ -267,6 +279,7 @@ impl<S: Store> NodeService<S> {
         restricted: bool,
         record: &RightsRequestRecord,
         now: i64,
+        replayed: bool,
     ) -> Result<(), NodeError> {
         if record.override_reason.is_none() {
             self.track_step(&record.request_id, now, |tracked| {
@@ -283,7 +296,8 @@ impl<S: Store> NodeService<S> {
             self.answer_linked(subject, record, now).await?;
         }
         if restricted {
-            self.answer_restriction_requests(subject, now).await?;
+            let opened_by = replayed.then_some(record.completed_at.unwrap_or(record.received_at));
+            self.answer_restriction_requests(subject, now, opened_by).await?;
         }
         Ok(())
     }

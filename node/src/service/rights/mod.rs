@@ -196,7 +196,7 @@ impl<S: Store> NodeService<S> {
         // Answered again: finished again too (the first call may have stopped after the change
         // was durable, leaving its request in progress, where it could later lift what it set).
         if let Some((subject, (restricted, record))) = self.replayed::<Restriction>(tag).await? {
-            self.finish_restriction(&subject, restricted, &record, now_unix()).await?;
+            self.finish_restriction(&subject, restricted, &record, now_unix(), true).await?;
             return Ok((subject, (restricted, record)));
         }
         let (subject, meta) = self.resolve_meta(key).await?;
@@ -224,7 +224,7 @@ impl<S: Store> NodeService<S> {
             return self.replayed_after_race(tag).await;
         }
         // (A request that could not answer it, or an override, leaves no tracked request to finish.)
-        self.finish_restriction(&subject, restricted, &rights_request, now).await?;
+        self.finish_restriction(&subject, restricted, &rights_request, now, false).await?;
         tracing::info!(region = %self.region, restricted, "restriction changed");
         Ok((subject, (restricted, rights_request)))
     }

@@ -235,7 +235,13 @@ impl<S: Store> NodeService<S> {
             Some(open) => {
                 request.status = RightsStatus::Linked.as_str().to_owned();
                 request.linked_to = Some(open.record.request_id.clone());
-                let tracked = TrackedRequest { subject, record: request.clone(), challenge: None, verified_by: None };
+                let tracked = TrackedRequest {
+                    subject,
+                    record: request.clone(),
+                    challenge: None,
+                    verified_by: None,
+                    linked_failures: 0,
+                };
                 self.track(&tracked, None, OutboxChange::Keep, now, tag).await?
             }
             None => {
@@ -259,8 +265,13 @@ impl<S: Store> NodeService<S> {
                         code,
                     },
                 };
-                let tracked =
-                    TrackedRequest { subject, record: request.clone(), challenge: Some(challenge), verified_by: None };
+                let tracked = TrackedRequest {
+                    subject,
+                    record: request.clone(),
+                    challenge: Some(challenge),
+                    verified_by: None,
+                    linked_failures: 0,
+                };
                 self.track(&tracked, None, OutboxChange::Put(&entry), now, tag).await?
             }
         };
@@ -360,6 +371,7 @@ mod tests {
     fn tracked(kind: RightsKind, status: RightsStatus, deadline: i64, extended: Option<i64>) -> TrackedRequest {
         TrackedRequest {
             verified_by: None,
+            linked_failures: 0,
             subject: SubjectId::from_bytes([7; domicile_types::SUBJECT_ID_LEN]),
             record: RightsRequestRecord {
                 request_id: format!("{:032x}", deadline),

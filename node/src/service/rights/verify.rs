@@ -70,12 +70,25 @@ impl<S: Store> NodeService<S> {
             challenge.digest.as_bytes(),
         );
         let mut verified = false;
+        let mut attempts_left = 0;
         if now >= challenge.expires_at {
             refused(&mut challenged, "challenge_expired");
             self.track(&challenged, Some(&challenged_read), OutboxChange::Remove, now, None).await?;
             self.answer_linked(&subject, &challenged.record, now).await?;
+        } else if !right && challenged.record.request_id != read.record.request_id {
+            // Through a linked request: counted against it alone (its opener must not be able to
+            // refuse the other requester's request by sending wrong codes through its own).
+            let mut linked = read.clone();
+            linked.linked_failures = linked.linked_failures.saturating_add(1);
+            attempts_left = challenge.max_failures.saturating_sub(linked.linked_failures);
+            if linked.linked_failures >= challenge.max_failures {
+                refused(&mut linked, "verification_failed");
+                linked.record.linked_to = None;
+            }
+            self.track(&linked, Some(&read), OutboxChange::Keep, now, None).await?;
         } else if !right {
             challenge.failures = challenge.failures.saturating_add(1);
+            attempts_left = challenge.max_failures.saturating_sub(challenge.failures);
             if challenge.failures >= challenge.max_failures {
                 refused(&mut challenged, "verification_failed");
                 self.track(&challenged, Some(&challenged_read), OutboxChange::Remove, now, None).await?;
@@ -91,7 +104,9 @@ impl<S: Store> NodeService<S> {
             answering.record.status = RightsStatus::Verified.as_str().to_owned();
             answering.record.verified_at = Some(now);
             answering.record.linked_to = None;
-            answering.verified_by = Some(challenge.digest.clone());
+            // Over the id the code was presented through: an answer sent again through it (a
+            // reply lost) is recognised.
+            answering.verified_by = Some(self.challenge_digest(&answering.record.request_id, code));
             answering.challenge = None;
             if answering.record.request_id == challenged.record.request_id {
                 self.track(&answering, Some(&challenged_read), OutboxChange::Remove, now, None).await?;
@@ -103,10 +118,11 @@ impl<S: Store> NodeService<S> {
             }
         }
         let answered = self.tracked_of(&subject, request_id).await?;
-        let attempts_left = match (verified, RightsStatus::parse(&challenged.record.status)) {
-            (false, Some(RightsStatus::Verifying)) => challenge.max_failures.saturating_sub(challenge.failures),
-            _ => 0,
-        };
+        if !RightsStatus::parse(&answered.record.status)
+            .is_some_and(|s| s == RightsStatus::Verifying || s == RightsStatus::Linked)
+        {
+            attempts_left = 0;
+        }
         tracing::info!(region = %self.region, status = %answered.record.status, "rights request challenge answered");
         Ok(Answered { request: answered.record, verified, attempts_left })
     }

@@ -219,17 +219,20 @@ impl Batcher {
             consent_rows.sources.push(imports::column(key, &record));
             used_sources.extend(source);
             let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
-            // The channels where it becomes the record in force: a grant is announced on those.
+            // The channels where a grant is in force once it is applied (itself, or one captured
+            // later): a grant is announced on those (`change::announced`).
             let mut in_force = Vec::with_capacity(record.channels.len());
             for channel in &record.channels {
                 let cell = (*subject, record.purpose, *channel);
                 let replace = current.get(&cell).is_none_or(|existing| candidate.supersedes(existing));
                 if replace {
-                    in_force.push(*channel);
                     current.insert(cell, candidate.clone());
                     if !dirty.contains(&cell) {
                         dirty.push(cell);
                     }
+                }
+                if current.get(&cell).is_some_and(|c| c.state == domicile_types::ConsentState::Granted) {
+                    in_force.push(*channel);
                 }
             }
             w.set_at(consent.recorded_at);

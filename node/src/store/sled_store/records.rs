@@ -214,10 +214,10 @@ impl SledStore {
         Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Ok(Vec::new()))).collect())
     }
 
-    /// Per write, per record, the channels where the record becomes the record in force as the
-    /// transaction applies the batch (each cell's candidates in order over what is stored), for
-    /// the grants that are announced ([`crate::store::announced`]): the others' events do not
-    /// depend on it, so their cells are not read. Read under the write lock, which every writer
+    /// Per write, per record, the channels where a grant is in force once the record is applied
+    /// as the transaction applies the batch (each cell's candidates in order over what is
+    /// stored), for the grants that are announced ([`crate::store::announced`]): the others'
+    /// events do not depend on it, so their cells are not read. Read under the write lock, which every writer
     /// of these cells holds: the transaction finds the same.
     fn in_force_of(
         &self,
@@ -243,9 +243,11 @@ impl SledStore {
             for (candidate, _, index) in list {
                 if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
                     in_force = Some(candidate);
-                    if let Some(channels) = out.get_mut(*at).and_then(|w| w.get_mut(*index)) {
-                        channels.push(*channel);
-                    }
+                }
+                if in_force.is_some_and(|c| c.state == domicile_types::ConsentState::Granted)
+                    && let Some(channels) = out.get_mut(*at).and_then(|w| w.get_mut(*index))
+                {
+                    channels.push(*channel);
                 }
             }
         }

@@ -803,6 +803,7 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
             record,
             challenge: Some(Challenge { digest: "00".repeat(32), expires_at: 100, failures: 0, max_failures: 5 }),
             verified_by: None,
+            linked_failures: 0,
         };
         let entry = OutboxEntry {
             request_id: tracked.record.request_id.clone(),
