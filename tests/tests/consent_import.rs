@@ -721,9 +721,10 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
     }
 }
 
-/// A merge during an import: rows for the merged-away person, sent by the subject ref the
-/// importer cached, go to the subject the merge made (their identifiers resolved again), not
-/// refused and skipped for good; the withdrawal among them holds.
+/// A merge during an import: rows for the merged-away person (two identifiers each, so
+/// registered first and then sent by the subject ref the importer cached) go to the subject the
+/// merge made, not refused and skipped for good, with a certificate of the `capture` scope only
+/// (no `context`, so no Resolve: sent by their first identifier); the withdrawal among them holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_during_an_import_loses_none_of_its_rows() {
     use std::io::Write as _;
@@ -750,7 +751,7 @@ async fn a_merge_during_an_import_loses_none_of_its_rows() {
     let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let row = |n: usize, action: &str| {
         format!(
-            "{{\"source_system\":\"crm\",\"source_event_id\":\"merge-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"merged.midrun@example.com\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
+            "{{\"source_system\":\"crm\",\"source_event_id\":\"merge-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"merged.midrun@example.com\"}},{{\"kind\":\"phone\",\"value\":\"+4915199988877\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
         )
     };
     let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();

@@ -813,6 +813,8 @@ async fn a_restriction_is_always_set_and_an_earlier_request_cannot_lift_it() {
     // since it was first set (a request verified to lift it, say).
     let keyed = node::RestrictRequest { idempotency_key: "restrict-fay".into(), ..restrict(true, "") };
     eu.restrict(keyed.clone()).await.expect("restricted with a key");
+    // (A request of the same second is answered too: seconds cannot tell which came first.)
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     let later = open(&mut eu, &fay, "restriction").await.request.unwrap();
     let code = code_of(&mut eu, &later.request_id, &mut codes).await;
     assert!(verify(&mut eu, &fay.subject_ref, &later.request_id, &code).await.verified);
@@ -857,6 +859,16 @@ async fn a_linked_request_is_answered_with_the_request_it_rides_on() {
     export(&mut eu, &gus.subject_ref, &active.request_id).await.expect("exported");
     let got = eu.get_rights_request(get(&linked.request_id)).await.unwrap().into_inner().request.unwrap();
     assert_eq!(got.status, "completed", "{got:?}");
+
+    // At most as many requests are linked to one as it allows wrong codes (two here), so one code
+    // faces a bounded number of guesses; the next gets a challenge of its own.
+    let active = open(&mut eu, &gus, "access").await.request.unwrap();
+    for _ in 0..2 {
+        assert_eq!(open(&mut eu, &gus, "access").await.request.unwrap().status, "linked");
+    }
+    let own = open(&mut eu, &gus, "access").await;
+    assert_eq!(own.request.unwrap().status, "verifying", "a third is not linked to {}", active.request_id);
+    assert!(own.challenge_expires_at.is_some());
 }
 
 /// Two desks, one subject, one code. Desk B's request is linked to desk A's (no second code), and

@@ -612,8 +612,11 @@ impl BatchJob {
                 }
             }
         }
+        // (Rows are told apart by line and event id: a record's rows share a line, not an id.)
+        let moved_rows: HashSet<(usize, &str)> =
+            moved.iter().map(|row| (row.line, row.source_event_id.as_str())).collect();
         let rows: Vec<&ImportRow> =
-            rows.into_iter().filter(|row| !moved.iter().any(|m| std::ptr::eq(*m, *row))).collect();
+            rows.into_iter().filter(|row| !moved_rows.contains(&(row.line, row.source_event_id.as_str()))).collect();
         let registered = self.register(wanted).await?;
         let mut items = Vec::with_capacity(batch.rows.len());
         // Each row sent, and whether it was sent by its identifier.
@@ -741,47 +744,63 @@ impl BatchJob {
         let mut receipts = Vec::new();
         let mut erased = Vec::new();
         let (mut items, mut sent) = (Vec::new(), Vec::new());
-        let mut now: HashMap<String, Result<Option<String>, tonic::Status>> = HashMap::new();
+        // Several identifiers may name several subjects now (an unmerge split them): resolved,
+        // each, where the certificate allows (`context`), at most REGISTRATIONS_IN_FLIGHT subjects
+        // at once, and sent only where they agree. Without `context`, by the first identifier.
+        let wanted: HashMap<String, Identifiers> = rows
+            .iter()
+            .filter(|row| row.identifiers.len() > 1)
+            .map(|row| (subject_key(row), row.identifiers.clone()))
+            .collect();
+        let client = self.client.clone();
+        let now: HashMap<String, Result<Option<String>, tonic::Status>> = futures_util::stream::iter(wanted)
+            .map(|(key, identifiers)| {
+                let mut client = client.clone();
+                async move { (key, resolved_now(&mut client, &identifiers).await) }
+            })
+            .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
+            .collect()
+            .await;
         for row in rows {
-            match row.identifiers.as_slice() {
-                [(kind, value)] => {
-                    let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
-                    items.push(item_of(items.len() as u64, Selector::Identifier(identifier), row));
+            let by_first = || {
+                row.identifiers.first().map(|(kind, value)| {
+                    Selector::Identifier(common::Identifier { kind: kind.clone(), value: value.clone() })
+                })
+            };
+            let selector = match now.get(&subject_key(row)) {
+                None => by_first(),
+                Some(Ok(Some(subject_ref))) => Some(Selector::SubjectRef(subject_ref.clone())),
+                Some(Ok(None)) => None,
+                Some(Err(status)) if status.code() == tonic::Code::PermissionDenied => by_first(),
+                Some(Err(status)) if transient(status.code()) => anyhow::bail!(
+                    "following a merged subject kept failing ({:?}: {}); re-run to resume",
+                    status.code(),
+                    status.message()
+                ),
+                Some(Err(status)) => {
+                    receipts.push(receipt_of(row, refusal("identifiers", status.message().to_owned())));
+                    continue;
+                }
+            };
+            match selector {
+                Some(selector) => {
+                    items.push(item_of(items.len() as u64, selector, row));
                     sent.push(row);
                 }
-                // Several identifiers may name several subjects now (an unmerge): resolved, each
-                // (the `context` scope), and sent only where they agree.
-                _ => {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = now.entry(subject_key(row)) {
-                        let mut client = self.client.clone();
-                        slot.insert(resolved_now(&mut client, &row.identifiers).await);
-                    }
-                    match now.get(&subject_key(row)) {
-                        Some(Ok(Some(subject_ref))) => {
-                            items.push(item_of(items.len() as u64, Selector::SubjectRef(subject_ref.clone()), row));
-                            sent.push(row);
-                        }
-                        Some(Ok(None)) | None => {
-                            erased.push(subject_key(row));
-                            receipts.push(receipt_of(row, erased_during_the_run()));
-                        }
-                        Some(Err(status)) if transient(status.code()) => anyhow::bail!(
-                            "following a merged subject kept failing ({:?}: {}); re-run to resume",
-                            status.code(),
-                            status.message()
-                        ),
-                        Some(Err(status)) if status.code() == tonic::Code::PermissionDenied => receipts.push(receipt_of(
-                            row,
-                            refusal(
-                                "identifiers",
-                                "the row's subject was merged or split during the import; a certificate with the `context` scope lets the importer follow it"
-                                    .to_owned(),
-                            ),
-                        )),
-                        Some(Err(status)) => {
-                            receipts.push(receipt_of(row, refusal("identifiers", status.message().to_owned())));
-                        }
-                    }
+                None => {
+                    erased.push(subject_key(row));
+                    receipts.push(receipt_of(row, erased_during_the_run()));
+                }
+            }
+        }
+        // The refs found go back in the cache: the subject's later rows need no resolving again.
+        {
+            let mut cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
+            for (key, found) in &now {
+                if let Ok(Some(subject_ref)) = found
+                    && cache.len() < SUBJECT_CACHE
+                {
+                    cache.insert(key.clone(), subject_ref.clone());
                 }
             }
         }

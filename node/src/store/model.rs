@@ -267,6 +267,12 @@ impl CurrentConsent {
     /// recorded or later, is a re-grant and wins, though its capture time in milliseconds may lie
     /// just before the restriction's recording. A grant captured in an earlier second (a replay,
     /// a clock further behind) still loses.
+    /// Whether this record in force is a grant not yet lapsed at `at` (seconds): what a change
+    /// event may announce as `granted` (`change::announced`).
+    pub fn grants_at(&self, at: i64) -> bool {
+        self.state == ConsentState::Granted && self.expires_at.is_none_or(|expires| expires > at)
+    }
+
     pub fn supersedes(&self, existing: &CurrentConsent) -> bool {
         let restrictiveness = |s: ConsentState| match s {
             ConsentState::Granted => 0,

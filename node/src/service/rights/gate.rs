@@ -236,8 +236,9 @@ impl<S: Store> NodeService<S> {
     /// it (`completed`). A request does not say which way it goes, so one left open (verified
     /// to restrict, say) could otherwise lift the restriction later; lifting it needs a request
     /// opened, and verified, after it.
-    /// `opened_by`: only requests received before then (a restriction answered again from its record
-    /// answers none opened since it was first set, a request to lift it, say).
+    /// `opened_by`: only requests received by then (a restriction answered again from its record
+    /// answers none opened since it was first set, a request to lift it, say; one of the same
+    /// second is answered: seconds cannot tell, and answering errs toward keeping it set).
     pub(super) async fn answer_restriction_requests(
         &self,
         subject: &SubjectId,
@@ -250,7 +251,7 @@ impl<S: Store> NodeService<S> {
             .await?
             .into_iter()
             .filter(|t| t.record.kind == RightsKind::Restriction.as_str() && open_or_linked(&t.record))
-            .filter(|t| opened_by.is_none_or(|by| t.record.received_at < by))
+            .filter(|t| opened_by.is_none_or(|by| t.record.received_at <= by))
             .map(|t| t.record.request_id)
             .collect();
         let _one_at_a_time = self.rights_lock.lock().await;

@@ -214,9 +214,20 @@ impl<S: Store> NodeService<S> {
         // whoever answers it proves as much as a second challenge would. A request already
         // verified is never handed to another requester (its id would let them act on it without
         // proving anything): a new request then gets a challenge of its own.
-        let mut open = self.store.tracked_requests_of(&subject).await?.into_iter().find(|t| {
-            t.record.kind == kind.as_str() && RightsStatus::parse(&t.record.status) == Some(RightsStatus::Verifying)
-        });
+        let theirs = self.store.tracked_requests_of(&subject).await?;
+        // Each linked request may send as many wrong codes as the request it is linked to: at
+        // most that many are linked to one (so one code faces a bounded number of guesses); past
+        // them, a new request gets a challenge, and a code, of its own.
+        let most = usize::try_from(self.rights.challenge_attempts).unwrap_or(usize::MAX);
+        let linked_to = |id: &str| theirs.iter().filter(|t| t.record.linked_to.as_deref() == Some(id)).count();
+        let mut open = theirs
+            .iter()
+            .find(|t| {
+                t.record.kind == kind.as_str()
+                    && RightsStatus::parse(&t.record.status) == Some(RightsStatus::Verifying)
+                    && linked_to(&t.record.request_id) < most
+            })
+            .cloned();
         // A challenge that expired unanswered is refused now, not linked to: otherwise one
         // request opened and never answered would keep the subject from ever getting a code.
         if let Some(read) = open.take_if(|t| {

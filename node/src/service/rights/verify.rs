@@ -82,8 +82,8 @@ impl<S: Store> NodeService<S> {
             linked.linked_failures = linked.linked_failures.saturating_add(1);
             attempts_left = challenge.max_failures.saturating_sub(linked.linked_failures);
             if linked.linked_failures >= challenge.max_failures {
+                // `linked_to` kept: the opening of further requests counts it (`track.rs`).
                 refused(&mut linked, "verification_failed");
-                linked.record.linked_to = None;
             }
             self.track(&linked, Some(&read), OutboxChange::Keep, now, None).await?;
         } else if !right {

@@ -231,7 +231,7 @@ impl Batcher {
                         dirty.push(cell);
                     }
                 }
-                if current.get(&cell).is_some_and(|c| c.state == domicile_types::ConsentState::Granted) {
+                if current.get(&cell).is_some_and(|c| c.grants_at(record.recorded_at)) {
                     in_force.push(*channel);
                 }
             }

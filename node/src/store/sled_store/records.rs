@@ -244,7 +244,7 @@ impl SledStore {
                 if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
                     in_force = Some(candidate);
                 }
-                if in_force.is_some_and(|c| c.state == domicile_types::ConsentState::Granted)
+                if in_force.is_some_and(|c| c.grants_at(candidate.recorded_at.unwrap_or(i64::MAX)))
                     && let Some(channels) = out.get_mut(*at).and_then(|w| w.get_mut(*index))
                 {
                     channels.push(*channel);
