@@ -178,16 +178,7 @@ impl<S: Store> NodeService<S> {
         now: i64,
     ) -> Result<(), NodeError> {
         if started.tracked {
-            self.track_step(&completed.request_id, now, |tracked| {
-                if tracked.subject != *subject {
-                    return false;
-                }
-                tracked.record = completed.clone();
-                tracked.challenge = None;
-                true
-            })
-            .await?;
-            self.answer_linked(subject, completed, now).await?;
+            self.complete_tracked(subject, completed, now).await?;
         }
         Ok(())
     }
@@ -270,6 +261,31 @@ impl<S: Store> NodeService<S> {
         Ok(())
     }
 
+    /// The tracked request `completed` (its completed record) answers, recorded so unless it is
+    /// already, with the requests linked to it; an operator's override has none.
+    async fn complete_tracked(
+        &self,
+        subject: &SubjectId,
+        completed: &RightsRequestRecord,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        if completed.override_reason.is_some() {
+            return Ok(());
+        }
+        self.track_step(&completed.request_id, now, |tracked| {
+            if tracked.subject != *subject
+                || RightsStatus::parse(&tracked.record.status) == Some(RightsStatus::Completed)
+            {
+                return false;
+            }
+            tracked.record = completed.clone();
+            tracked.challenge = None;
+            true
+        })
+        .await?;
+        self.answer_linked(subject, completed, now).await
+    }
+
     /// After a restriction set or lifted with `record` (its completed record, as its answer keeps
     /// it): the tracked request it answers recorded completed (with the requests linked to it),
     /// and, when set, every other open restriction request answered by it. Changes nothing the
@@ -282,20 +298,7 @@ impl<S: Store> NodeService<S> {
         now: i64,
         replayed: bool,
     ) -> Result<(), NodeError> {
-        if record.override_reason.is_none() {
-            self.track_step(&record.request_id, now, |tracked| {
-                if tracked.subject != *subject
-                    || RightsStatus::parse(&tracked.record.status) == Some(RightsStatus::Completed)
-                {
-                    return false;
-                }
-                tracked.record = record.clone();
-                tracked.challenge = None;
-                true
-            })
-            .await?;
-            self.answer_linked(subject, record, now).await?;
-        }
+        self.complete_tracked(subject, record, now).await?;
         if restricted {
             let opened_by = replayed.then_some(record.completed_at.unwrap_or(record.received_at));
             self.answer_restriction_requests(subject, now, opened_by).await?;
@@ -312,20 +315,7 @@ impl<S: Store> NodeService<S> {
         erasure: &RightsRequestRecord,
         now: i64,
     ) -> Result<(), NodeError> {
-        if erasure.override_reason.is_none() {
-            self.track_step(&erasure.request_id, now, |tracked| {
-                if tracked.subject != *subject
-                    || RightsStatus::parse(&tracked.record.status) == Some(RightsStatus::Completed)
-                {
-                    return false;
-                }
-                tracked.record = erasure.clone();
-                tracked.challenge = None;
-                true
-            })
-            .await?;
-            self.answer_linked(subject, erasure, now).await?;
-        }
+        self.complete_tracked(subject, erasure, now).await?;
         self.close_requests_of_erased(subject, &erasure.request_id, now).await
     }
 
