@@ -219,6 +219,11 @@ impl KeyVault {
         })
     }
 
+    /// The subjects that have a key.
+    pub fn subjects(&self) -> Vec<SubjectId> {
+        self.lock().slots.keys().copied().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().slots.len()
     }

@@ -131,9 +131,8 @@ fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, Stor
     })
 }
 
-/// Opens the database, waiting a little for its file lock: a store of this process dropped just
-/// before (a reopen, a restore) releases it only when sled's flusher thread has stopped (sled
-/// waits for it itself only in its own tests; it reports the busy lock as an `Other` IO error).
+/// Opens the database, waiting up to 2 s for its file lock: a store of this process dropped just
+/// before (a reopen, a restore) frees it only once sled's flusher thread stopped (`Other` IO error).
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     let mut waited = std::time::Duration::ZERO;
     loop {
@@ -190,7 +189,8 @@ impl SledStore {
             db,
         }
         .with_ledger_counter()?
-        .with_import_index()
+        .with_import_index()?
+        .without_orphan_keys()
     }
 
     /// The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`

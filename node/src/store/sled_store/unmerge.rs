@@ -213,4 +213,24 @@ impl SledStore {
         self.vault.destroy(subject)?;
         Ok(unmerged)
     }
+
+    /// Destroys, at open, every key whose subject the database does not hold: a merged or
+    /// unmerged subject retired by a write that committed but whose node stopped before it
+    /// destroyed the key (the key is destroyed after the commit, so the commit never names a
+    /// subject without one), or a key made for a registration or an unmerge's half whose write
+    /// never committed. Left, such a key keeps the retired subject's data readable in sled's old
+    /// segments and backups; nothing else would ever remove it.
+    pub(super) fn without_orphan_keys(self) -> Result<Self, StoreError> {
+        let mut destroyed = 0usize;
+        for subject in self.vault.subjects() {
+            if !self.meta.contains_key(subject.as_bytes()).map_err(backend)? && self.vault.destroy(&subject)? {
+                destroyed += 1;
+            }
+        }
+        if destroyed > 0 {
+            self.vault.sync()?;
+            tracing::warn!(destroyed, "keys of subjects the database does not hold destroyed at open");
+        }
+        Ok(self)
+    }
 }

@@ -66,3 +66,30 @@ async fn an_unmerge_retires_the_merged_key_and_replays_from_the_journal_before_l
     let ann_link = ident(IdentifierKind::Email, "ann@example.de").1;
     assert_eq!(store.subject_by_link(&ann_link).await.unwrap(), None);
 }
+
+/// A node stopped after a merge committed but before it destroyed the merged-away subject's key
+/// (or after making a key for a write that never committed) leaves a key no subject holds, which
+/// keeps that subject's data readable in sled's old segments: the next open destroys it, and only
+/// it.
+#[tokio::test]
+async fn a_key_no_subject_holds_is_destroyed_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let orphan = SubjectId::from_bytes([9; 16]);
+    let (kept, raw) = {
+        let store = SledStore::open(dir.path(), &home()).unwrap();
+        let kept = subject(&store, "kept.key@example.de").await;
+        store.vault.get_or_create(&orphan).unwrap();
+        store.vault.sync().unwrap();
+        let raw = store.raw_key(&orphan).unwrap();
+        (kept, raw)
+    };
+    let on_disk = |needle: &[u8; 32]| {
+        std::fs::read(dir.path().join("subject-keys.bin")).unwrap().windows(needle.len()).any(|w| w == needle)
+    };
+    assert!(on_disk(&raw), "the orphan key is on disk before the reopen");
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    assert!(store.vault.get(&orphan).unwrap().is_none());
+    assert!(!on_disk(&raw), "its slot is overwritten");
+    assert!(store.vault.get(&kept).unwrap().is_some(), "a subject's own key stays");
+    assert!(store.subject_record(&kept).await.unwrap().is_some());
+}
