@@ -6,6 +6,7 @@
 //! value: identifiers are personal data (invariant 8).
 
 mod identifier;
+mod import;
 mod jurisdiction;
 mod link;
 mod ownership;
@@ -15,6 +16,7 @@ mod subject;
 mod vocab;
 
 pub use identifier::{IdentifierError, IdentifierKind, NormalizedIdentifier};
+pub use import::{IMPORT_TOKEN_MAX, is_import_token};
 pub use jurisdiction::{Jurisdiction, JurisdictionError};
 pub use link::{LINK_LEN, Link, LinkError, LinkKey, LinkKeyError};
 pub use ownership::{ArbiterMap, ArbiterMapError};

@@ -472,22 +472,19 @@ impl Sent {
 /// The subject a row's identifiers name now (resolved, never registered): `None` if none of them
 /// names one; FAILED_PRECONDITION if they name different subjects (an unmerge split them).
 async fn resolved_now(
-    client: &mut DomicileClient<Channel>,
+    client: &DomicileClient<Channel>,
     identifiers: &Identifiers,
 ) -> Result<Option<String>, tonic::Status> {
     let mut found: Option<String> = None;
     for (kind, value) in identifiers {
         let identifier = common::Identifier { kind: kind.clone(), value: value.clone() };
-        let mut attempt = 0;
-        let reply = loop {
-            match client.resolve(pb::ResolveRequest { identifier: Some(identifier.clone()) }).await {
-                Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                other => break other,
-            }
-        };
+        let request = || pb::ResolveRequest { identifier: Some(identifier.clone()) };
+        let reply = retrying(|| {
+            let mut client = client.clone();
+            let request = request();
+            async move { client.resolve(request).await }
+        })
+        .await;
         let subject_ref = match reply {
             Ok(reply) => reply.into_inner().subject_ref,
             Err(status) if status.code() == tonic::Code::NotFound => continue,
@@ -598,30 +595,30 @@ impl BatchJob {
         // Rows of a subject an earlier row found, no longer cached: not registered (it may have
         // been erased since), followed like a moved subject's rows.
         let mut moved: Vec<&ImportRow> = Vec::new();
+        let mut routed: Vec<&ImportRow> = Vec::with_capacity(rows.len());
         {
             let cache = self.subjects.lock().map_err(|_| anyhow::anyhow!("subject cache poisoned"))?;
-            for row in rows.iter().copied() {
+            for row in rows {
                 let key = subject_key(row);
                 match cache.get(&key) {
                     Some(subject_ref) => {
                         cached.insert(key, subject_ref.clone());
                     }
-                    None if !by_identifier(row) && self.seen_before(row)? => moved.push(row),
+                    None if !by_identifier(row) && self.seen_before(row)? => {
+                        moved.push(row);
+                        continue;
+                    }
                     None if !by_identifier(row) => wanted.push(row),
                     None => {}
                 }
+                routed.push(row);
             }
         }
-        // (Rows are told apart by line and event id: a record's rows share a line, not an id.)
-        let moved_rows: HashSet<(usize, &str)> =
-            moved.iter().map(|row| (row.line, row.source_event_id.as_str())).collect();
-        let rows: Vec<&ImportRow> =
-            rows.into_iter().filter(|row| !moved_rows.contains(&(row.line, row.source_event_id.as_str()))).collect();
         let registered = self.register(wanted).await?;
         let mut items = Vec::with_capacity(batch.rows.len());
         // Each row sent, and whether it was sent by its identifier.
-        let mut sent: Vec<(&ImportRow, bool)> = Vec::with_capacity(rows.len());
-        for row in rows.iter().copied() {
+        let mut sent: Vec<(&ImportRow, bool)> = Vec::with_capacity(routed.len());
+        for row in routed {
             match route(row, &registered, &cached, by_identifier(row)) {
                 Ok(selector) => {
                     let by_identifier = matches!(selector, Selector::Identifier(_));
@@ -755,8 +752,8 @@ impl BatchJob {
         let client = self.client.clone();
         let now: HashMap<String, Result<Option<String>, tonic::Status>> = futures_util::stream::iter(wanted)
             .map(|(key, identifiers)| {
-                let mut client = client.clone();
-                async move { (key, resolved_now(&mut client, &identifiers).await) }
+                let client = client.clone();
+                async move { (key, resolved_now(&client, &identifiers).await) }
             })
             .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
             .collect()
@@ -836,12 +833,12 @@ impl BatchJob {
         let permits = Arc::clone(&self.registrations);
         let found: Vec<(String, Result<Option<String>, tonic::Status>)> = futures_util::stream::iter(wanted)
             .map(move |(key, jurisdiction, identifiers)| {
-                let mut client = client.clone();
+                let client = client.clone();
                 let permits = Arc::clone(&permits);
                 async move {
                     // Never closed: the semaphore lives as long as the run.
                     let _permit = permits.acquire_owned().await.ok();
-                    (key, subject_of(&mut client, jurisdiction, identifiers, dry_run).await)
+                    (key, subject_of(&client, jurisdiction, identifiers, dry_run).await)
                 }
             })
             .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
@@ -972,16 +969,29 @@ impl BatchJob {
 /// known identifiers returns their subject), or in a dry run resolved, `None` when it is not
 /// registered yet.
 async fn subject_of(
-    client: &mut DomicileClient<Channel>,
+    client: &DomicileClient<Channel>,
     jurisdiction: String,
     identifiers: Identifiers,
     dry_run: bool,
 ) -> Result<Option<String>, tonic::Status> {
     let identifiers: Vec<common::Identifier> =
         identifiers.into_iter().map(|(kind, value)| common::Identifier { kind, value }).collect();
+    let (jurisdiction, identifiers) = (&jurisdiction, &identifiers);
+    retrying(|| {
+        let mut client = client.clone();
+        async move { try_subject_of(&mut client, jurisdiction, identifiers, dry_run).await }
+    })
+    .await
+}
+
+/// `call`, made again after a transient failure (backing off), up to [`MAX_ATTEMPTS`] times.
+async fn retrying<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
+where
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
     let mut attempt = 0;
     loop {
-        match try_subject_of(client, &jurisdiction, &identifiers, dry_run).await {
+        match call().await {
             Err(status) if transient(status.code()) && attempt < MAX_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt)).await;

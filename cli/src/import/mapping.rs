@@ -192,9 +192,7 @@ impl Reader<'_> {
                 mapping.version = self.string(v, "version").unwrap_or_default().trim().to_owned();
                 // Kept with every imported entry by the node, which takes a token only: checked
                 // here, or the node would refuse every call of the run.
-                let token = (1..=128).contains(&mapping.version.len())
-                    && mapping.version.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b));
-                if !mapping.version.is_empty() && !token {
+                if !mapping.version.is_empty() && !domicile_types::is_import_token(&mapping.version) {
                     self.error(v.span(), "`version` must be 1 to 128 letters, digits and `._:/#-`");
                 }
             }

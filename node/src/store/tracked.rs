@@ -32,6 +32,21 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+impl TrackedRequest {
+    /// A request as opened: no answer yet.
+    pub fn new(subject: SubjectId, record: RightsRequestRecord, challenge: Option<Challenge>) -> Self {
+        Self { subject, record, challenge, verified_by: None, linked_failures: 0 }
+    }
+
+    /// Refused with `reason` (a reason code) at `now`: closed, its challenge gone.
+    pub fn refuse(&mut self, reason: &str, now: i64) {
+        self.record.status = domicile_types::rights::RightsStatus::Refused.as_str().to_owned();
+        self.record.reason = Some(reason.to_owned());
+        self.record.completed_at = Some(now);
+        self.challenge = None;
+    }
+}
+
 /// A one-time challenge: the code's keyed digest (hex), never the code.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Challenge {

@@ -260,13 +260,11 @@ fn time_ms(value: &Value, epoch: Epoch, naive_utc: bool) -> Option<i64> {
     }
 }
 
-/// A row whose source system or event id the node would refuse (`node/src/service/import/
-/// wire.rs`: 1 to 128 of letters, digits and `._:/#-`), refused here with the field named: an id
+/// A row whose source system or event id the node would refuse (`domicile_types::
+/// is_import_token`), refused here with the field named: an id
 /// such as an e-mail address is then never sent, nor written back into its receipt.
 fn accepted_by_the_node(row: ImportRow) -> Result<ImportRow, RowError> {
-    let token = |text: &str| {
-        (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b))
-    };
+    let token = domicile_types::is_import_token;
     if !token(&row.source_system) {
         return Err(RowError::new(row.line, "source_system", "1 to 128 letters, digits and `._:/#-`"));
     }

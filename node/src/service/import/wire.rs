@@ -17,9 +17,7 @@ pub const MAX_IMPORT_ITEMS: usize = 5_000;
 
 /// A source system or event id: a token, so nothing free-form is kept with an entry.
 fn source_token(field: &str, text: &str) -> Result<String, FieldViolation> {
-    let valid =
-        (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b));
-    if valid {
+    if domicile_types::is_import_token(text) {
         Ok(text.to_owned())
     } else {
         Err(FieldViolation::new(field, "must be 1-128 characters of `A-Z a-z 0-9 . _ : / # -`"))

@@ -359,10 +359,7 @@ impl<S: Store> NodeService<S> {
                 if !open_or_linked(&tracked.record) {
                     return false;
                 }
-                tracked.record.status = RightsStatus::Refused.as_str().to_owned();
-                tracked.record.reason = Some(reason.to_owned());
-                tracked.record.completed_at = Some(now);
-                tracked.challenge = None;
+                tracked.refuse(reason, now);
                 true
             })
             .await?;

@@ -235,10 +235,7 @@ impl<S: Store> NodeService<S> {
                 && t.challenge.as_ref().is_some_and(|c| now >= c.expires_at)
         }) {
             let mut expired = read.clone();
-            expired.record.status = RightsStatus::Refused.as_str().to_owned();
-            expired.record.reason = Some("challenge_expired".to_owned());
-            expired.record.completed_at = Some(now);
-            expired.challenge = None;
+            expired.refuse("challenge_expired", now);
             self.track(&expired, Some(&read), OutboxChange::Remove, now, None).await?;
             self.answer_linked(&subject, &expired.record, now).await?;
         }
@@ -246,13 +243,7 @@ impl<S: Store> NodeService<S> {
             Some(open) => {
                 request.status = RightsStatus::Linked.as_str().to_owned();
                 request.linked_to = Some(open.record.request_id.clone());
-                let tracked = TrackedRequest {
-                    subject,
-                    record: request.clone(),
-                    challenge: None,
-                    verified_by: None,
-                    linked_failures: 0,
-                };
+                let tracked = TrackedRequest::new(subject, request.clone(), None);
                 self.track(&tracked, None, OutboxChange::Keep, now, tag).await?
             }
             None => {
@@ -276,13 +267,7 @@ impl<S: Store> NodeService<S> {
                         code,
                     },
                 };
-                let tracked = TrackedRequest {
-                    subject,
-                    record: request.clone(),
-                    challenge: Some(challenge),
-                    verified_by: None,
-                    linked_failures: 0,
-                };
+                let tracked = TrackedRequest::new(subject, request.clone(), Some(challenge));
                 self.track(&tracked, None, OutboxChange::Put(&entry), now, tag).await?
             }
         };
@@ -380,11 +365,9 @@ mod tests {
     use super::*;
 
     fn tracked(kind: RightsKind, status: RightsStatus, deadline: i64, extended: Option<i64>) -> TrackedRequest {
-        TrackedRequest {
-            verified_by: None,
-            linked_failures: 0,
-            subject: SubjectId::from_bytes([7; domicile_types::SUBJECT_ID_LEN]),
-            record: RightsRequestRecord {
+        TrackedRequest::new(
+            SubjectId::from_bytes([7; domicile_types::SUBJECT_ID_LEN]),
+            RightsRequestRecord {
                 request_id: format!("{:032x}", deadline),
                 kind: kind.as_str().to_owned(),
                 status: status.as_str().to_owned(),
@@ -393,8 +376,8 @@ mod tests {
                 extended_at: extended,
                 ..Default::default()
             },
-            challenge: None,
-        }
+            None,
+        )
     }
 
     #[test]

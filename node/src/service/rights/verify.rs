@@ -59,12 +59,8 @@ impl<S: Store> NodeService<S> {
         let Some(mut challenge) = challenged_read.challenge.clone() else { return unanswerable(read) };
         let now = now_unix();
         let mut challenged = challenged_read.clone();
-        let refused = |tracked: &mut TrackedRequest, reason: &str| {
-            tracked.record.status = RightsStatus::Refused.as_str().to_owned();
-            tracked.record.reason = Some(reason.to_owned());
-            tracked.record.completed_at = Some(now);
-            tracked.challenge = None;
-        };
+        // Presented through a request linked to the one challenged.
+        let through_link = challenged_read.record.request_id != read.record.request_id;
         let right = same_digest(
             self.challenge_digest(&challenged.record.request_id, code).as_bytes(),
             challenge.digest.as_bytes(),
@@ -72,10 +68,10 @@ impl<S: Store> NodeService<S> {
         let mut verified = false;
         let mut attempts_left = 0;
         if now >= challenge.expires_at {
-            refused(&mut challenged, "challenge_expired");
+            challenged.refuse("challenge_expired", now);
             self.track(&challenged, Some(&challenged_read), OutboxChange::Remove, now, None).await?;
             self.answer_linked(&subject, &challenged.record, now).await?;
-        } else if !right && challenged.record.request_id != read.record.request_id {
+        } else if !right && through_link {
             // Through a linked request: counted against it alone (its opener must not be able to
             // refuse the other requester's request by sending wrong codes through its own).
             let mut linked = read.clone();
@@ -83,14 +79,14 @@ impl<S: Store> NodeService<S> {
             attempts_left = challenge.max_failures.saturating_sub(linked.linked_failures);
             if linked.linked_failures >= challenge.max_failures {
                 // `linked_to` kept: the opening of further requests counts it (`track.rs`).
-                refused(&mut linked, "verification_failed");
+                linked.refuse("verification_failed", now);
             }
             self.track(&linked, Some(&read), OutboxChange::Keep, now, None).await?;
         } else if !right {
             challenge.failures = challenge.failures.saturating_add(1);
             attempts_left = challenge.max_failures.saturating_sub(challenge.failures);
             if challenge.failures >= challenge.max_failures {
-                refused(&mut challenged, "verification_failed");
+                challenged.refuse("verification_failed", now);
                 self.track(&challenged, Some(&challenged_read), OutboxChange::Remove, now, None).await?;
                 self.answer_linked(&subject, &challenged.record, now).await?;
             } else {
@@ -99,8 +95,7 @@ impl<S: Store> NodeService<S> {
             }
         } else {
             verified = true;
-            let mut answering =
-                if challenged.record.request_id == read.record.request_id { challenged.clone() } else { read.clone() };
+            let mut answering = if through_link { read.clone() } else { challenged.clone() };
             answering.record.status = RightsStatus::Verified.as_str().to_owned();
             answering.record.verified_at = Some(now);
             answering.record.linked_to = None;
@@ -108,13 +103,13 @@ impl<S: Store> NodeService<S> {
             // reply lost) is recognised.
             answering.verified_by = Some(self.challenge_digest(&answering.record.request_id, code));
             answering.challenge = None;
-            if answering.record.request_id == challenged.record.request_id {
-                self.track(&answering, Some(&challenged_read), OutboxChange::Remove, now, None).await?;
-            } else {
+            if through_link {
                 // Verified first: a stop before the second step leaves the other request waiting
                 // for a code already spent, which only the code's holder could answer anyway.
                 self.track(&answering, Some(&read), OutboxChange::Keep, now, None).await?;
                 self.relink(&subject, &challenged_read, &answering.record.request_id, now).await?;
+            } else {
+                self.track(&answering, Some(&challenged_read), OutboxChange::Remove, now, None).await?;
             }
         }
         let answered = self.tracked_of(&subject, request_id).await?;

@@ -798,13 +798,8 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
         let mut record = rights("access");
         record.request_id = "ab".repeat(16);
         record.status = "verifying".into();
-        let tracked = TrackedRequest {
-            subject: s,
-            record,
-            challenge: Some(Challenge { digest: "00".repeat(32), expires_at: 100, failures: 0, max_failures: 5 }),
-            verified_by: None,
-            linked_failures: 0,
-        };
+        let challenge = Challenge { digest: "00".repeat(32), expires_at: 100, failures: 0, max_failures: 5 };
+        let tracked = TrackedRequest::new(s, record, Some(challenge));
         let entry = OutboxEntry {
             request_id: tracked.record.request_id.clone(),
             subject: s,

@@ -220,10 +220,17 @@ impl SledStore {
     /// subject without one), or a key made for a registration or an unmerge's half whose write
     /// never committed. Left, such a key keeps the retired subject's data readable in sled's old
     /// segments and backups; nothing else would ever remove it.
+    /// One pass over the subjects in key order (not a lookup per key: this runs at every start).
     pub(super) fn without_orphan_keys(self) -> Result<Self, StoreError> {
+        let mut orphans: std::collections::HashSet<SubjectId> = self.vault.subjects().into_iter().collect();
+        for held in self.meta.iter().keys() {
+            if let Ok(subject) = SubjectId::from_slice(&held.map_err(backend)?) {
+                orphans.remove(&subject);
+            }
+        }
         let mut destroyed = 0usize;
-        for subject in self.vault.subjects() {
-            if !self.meta.contains_key(subject.as_bytes()).map_err(backend)? && self.vault.destroy(&subject)? {
+        for subject in orphans {
+            if self.vault.destroy(&subject)? {
                 destroyed += 1;
             }
         }
