@@ -657,9 +657,55 @@ async fn assert_bulk_state(cluster: &TestCluster) {
 /// An erasure made while an import runs is not undone by it: a later row of the erased person,
 /// sent by the subject ref the run cached when it registered them, is refused (the subject is
 /// gone), never registered again. The file is a pipe, so the erasure falls between the rows.
+/// An import reading one row at a time from a pipe (`--batch 1 --in-flight 1`), so a test can act
+/// on the cluster between two rows.
+struct FifoImport {
+    child: std::process::Child,
+    pipe: Option<std::fs::File>,
+    receipts: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FifoImport {
+    fn start(cluster: &TestCluster, tls: &domicile_runtime::tls::TlsFiles) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("rows.ndjson");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
+        let receipts = dir.path().join("receipts.ndjson");
+        let args = import_args(cluster, tls, "ndjson", &fifo, &receipts, &["--batch", "1", "--in-flight", "1"]);
+        let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // Opening the pipe waits for the importer to open it.
+        let pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        Self { child, pipe: Some(pipe), receipts, _dir: dir }
+    }
+
+    /// Sends `rows` and waits until `receipts` rows have their receipt.
+    fn send(&mut self, rows: &[String], receipts: usize) {
+        use std::io::Write as _;
+        let pipe = self.pipe.as_mut().expect("the pipe is open");
+        pipe.write_all(rows.concat().as_bytes()).unwrap();
+        pipe.flush().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while receipts_of(&self.receipts).len() < receipts {
+            assert!(std::time::Instant::now() < deadline, "row {receipts} got no receipt");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends the last rows, closes the pipe and returns every receipt and the importer's stderr
+    /// once it ended.
+    fn finish(mut self, rows: &[String]) -> (Vec<serde_json::Value>, String) {
+        use std::io::Write as _;
+        let mut pipe = self.pipe.take().expect("the pipe is open");
+        pipe.write_all(rows.concat().as_bytes()).unwrap();
+        drop(pipe);
+        let output = self.child.wait_with_output().unwrap();
+        (receipts_of(&self.receipts), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_during_an_import_is_not_undone_by_it() {
-    use std::io::Write as _;
     let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
     let tls = importer_tls(&cluster);
     let mut client = cluster.gateway().await.unwrap();
@@ -674,27 +720,15 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
         })
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("rows.ndjson");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
-    let receipts = dir.path().join("receipts.ndjson");
-    let args = import_args(&cluster, &tls, "ndjson", &fifo, &receipts, &["--batch", "1", "--in-flight", "1"]);
-    let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut import = FifoImport::start(&cluster, &tls);
     let row = |n: usize, email: &str| {
         format!(
             "{{\"source_system\":\"crm\",\"source_event_id\":\"erase-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"{email}\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"grant\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
         )
     };
-    // Opening the pipe waits for the importer to open it.
-    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    pipe.write_all([row(1, fresh), row(2, known)].concat().as_bytes()).unwrap();
-    pipe.flush().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while receipts_of(&receipts).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the first rows got no receipt");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(receipts_of(&receipts).iter().all(|r| r["status"] == "accepted"), "{:?}", receipts_of(&receipts));
+    import.send(&[row(1, fresh), row(2, known)], 2);
+    let first = receipts_of(&import.receipts);
+    assert!(first.iter().all(|r| r["status"] == "accepted"), "{first:?}");
 
     // Both are erased between the rows; each has two more rows after it.
     for email in [fresh, known] {
@@ -707,11 +741,8 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
             .await
             .expect("erased");
     }
-    pipe.write_all([row(3, fresh), row(4, known), row(5, fresh), row(6, known)].concat().as_bytes()).unwrap();
-    drop(pipe);
-    let output = child.wait_with_output().unwrap();
-    let all = receipts_of(&receipts);
-    assert_eq!(all.len(), 6, "{all:?} {}", String::from_utf8_lossy(&output.stderr));
+    let (all, stderr) = import.finish(&[row(3, fresh), row(4, known), row(5, fresh), row(6, known)]);
+    assert_eq!(all.len(), 6, "{all:?} {stderr}");
     for later in &all[2..] {
         assert_eq!(later["status"], "refused", "an erased person's later row: {all:?}");
     }
@@ -727,7 +758,6 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
 /// (no `context`, so no Resolve: sent by their first identifier); the withdrawal among them holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_during_an_import_loses_none_of_its_rows() {
-    use std::io::Write as _;
     let cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
     // What an import needs and no more: `capture` (no `context`, so no Resolve).
     let tls =
@@ -743,33 +773,17 @@ async fn a_merge_during_an_import_loses_none_of_its_rows() {
         .unwrap()
         .into_inner()
         .subject_ref;
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("rows.ndjson");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
-    let receipts = dir.path().join("receipts.ndjson");
-    let args = import_args(&cluster, &tls, "ndjson", &fifo, &receipts, &["--batch", "1", "--in-flight", "1"]);
-    let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut import = FifoImport::start(&cluster, &tls);
     let row = |n: usize, action: &str| {
         format!(
             "{{\"source_system\":\"crm\",\"source_event_id\":\"merge-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"merged.midrun@example.com\"}},{{\"kind\":\"phone\",\"value\":\"+4915199988877\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"{action}\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
         )
     };
-    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    let wait_for = |n: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while receipts_of(&receipts).len() < n {
-            assert!(std::time::Instant::now() < deadline, "row {n} got no receipt");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
     // Registered by the first row, then sent by the ref the importer cached.
-    pipe.write_all(row(1, "grant").as_bytes()).unwrap();
-    pipe.flush().unwrap();
-    wait_for(1);
-    pipe.write_all(row(2, "grant").as_bytes()).unwrap();
-    pipe.flush().unwrap();
-    wait_for(2);
-    assert!(receipts_of(&receipts).iter().all(|r| r["status"] == "accepted"), "{:?}", receipts_of(&receipts));
+    import.send(&[row(1, "grant")], 1);
+    import.send(&[row(2, "grant")], 2);
+    let first = receipts_of(&import.receipts);
+    assert!(first.iter().all(|r| r["status"] == "accepted"), "{first:?}");
 
     // Merged into another subject between two rows: the cached ref names nobody now.
     let email = || domicile_cluster_tests::select_email("merged.midrun@example.com");
@@ -777,11 +791,8 @@ async fn a_merge_during_an_import_loses_none_of_its_rows() {
         .merge(gw::MergeRequest { into: select_ref(&kept), from: email(), idempotency_key: String::new() })
         .await
         .expect("merged");
-    pipe.write_all(row(3, "withdraw").as_bytes()).unwrap();
-    drop(pipe);
-    let output = child.wait_with_output().unwrap();
-    let all = receipts_of(&receipts);
-    assert_eq!(all.len(), 3, "{all:?} {}", String::from_utf8_lossy(&output.stderr));
+    let (all, stderr) = import.finish(&[row(3, "withdraw")]);
+    assert_eq!(all.len(), 3, "{all:?} {stderr}");
     assert_eq!(all[2]["status"], "accepted", "the withdrawal after the merge: {all:?}");
     let decision = client
         .decide(gw::DecideRequest {
