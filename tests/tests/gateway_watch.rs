@@ -93,8 +93,42 @@ async fn one_stream_merges_every_region_and_resumes_from_a_token() {
         ],
         "exactly the missed events, none replayed"
     );
+    assert!(
+        missed.iter().all(|e| e.event.as_ref().is_some_and(|e| !e.conditional && e.expires_at.is_none())),
+        "a refusal carries no grant terms"
+    );
     // Nothing else is pending.
     assert!(tokio::time::timeout(Duration::from_millis(300), resumed.message()).await.is_err());
+
+    // A grant reaches the watcher with the terms it holds under: a follower told only "granted"
+    // would keep sending after it lapsed, where every decision refuses.
+    let now = domicile_runtime::process::now_unix();
+    let timestamp = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    client
+        .record_consent(gw::RecordConsentRequest {
+            subject: Some(gw::SubjectSelector {
+                selector: Some(gw::subject_selector::Selector::Identifier(email("watch.us@example.com"))),
+            }),
+            purpose: "marketing".into(),
+            channels: vec!["sms".into()],
+            action: common::ConsentAction::Grant as i32,
+            captured_at: timestamp(now - 60),
+            expires_at: timestamp(now + 3_600),
+            evidence: Some(common::Evidence {
+                notice_version: "privacy-notice-v3".into(),
+                capture_channel: "web".into(),
+                source_system: "web-shop".into(),
+                double_opt_in_confirmed: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let grant = next(&mut resumed).await.event.unwrap();
+    assert_eq!((grant.state.as_str(), grant.channels.as_slice()), ("granted", ["sms".to_owned()].as_slice()));
+    assert_eq!(grant.expires_at.map(|t| t.seconds), Some(now + 3_600), "its expiry");
+    assert!(!grant.conditional, "express, any hour");
 
     let status = client.watch(gw::WatchRequest { resume_token: "v1:mars-north=1".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -33,10 +33,50 @@ pub enum Change {
         /// is still kept from watchers (`service/follow/wire.rs`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         quiet: bool,
+        /// What a grant holds under (empty for refusals, and in events stored before it was kept).
+        #[serde(default, skip_serializing_if = "GrantTerms::is_unconditional")]
+        terms: GrantTerms,
     },
     Erased,
     /// Identifiers were removed from a subject that remains (rectification).
     LinksRemoved,
+}
+
+/// The terms a grant holds under, as a follower needs them to keep a suppression list true: told
+/// only "granted", it would keep sending after the grant lapsed, where every decision refuses.
+/// A time and a flag, no more: events cross borders, and a grant's consent kind (a guardian's
+/// consent tells a minor), hours or capture time are consent facts that stay home.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct GrantTerms {
+    /// The grant's own expiry (Unix seconds): it lapses then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// The grant rests on a consent kind other than express, is limited to some hours, or its
+    /// double opt-in is unconfirmed: the subject's pack may end it sooner (a lifetime for its
+    /// kind), bound it (hour windows) or not count it (a rule that asks for double opt-in).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conditional: bool,
+}
+
+impl GrantTerms {
+    /// The terms of a grant with these facts; none for a refusal.
+    pub fn of(
+        state: ConsentState,
+        expires_at: Option<i64>,
+        kind: Option<&String>,
+        hours: &[String],
+        double_opt_in_confirmed: bool,
+    ) -> Self {
+        if state != ConsentState::Granted {
+            return Self::default();
+        }
+        let express = kind.is_none_or(|k| k == "express");
+        Self { expires_at, conditional: !express || !hours.is_empty() || !double_opt_in_confirmed }
+    }
+
+    fn is_unconditional(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Whether a consent record is announced to watchers as a change event. An imported grant written
@@ -73,6 +113,9 @@ pub fn announced_channels(record: &ConsentRecord, in_force: &[Channel]) -> Vec<C
     record.channels.iter().copied().filter(|c| in_force.contains(c)).collect()
 }
 
+/// Consent in force announced at an unmerge: (purpose, state, channels, terms).
+pub type Announced = (Purpose, ConsentState, Vec<Channel>, GrantTerms);
+
 /// One thing a write did.
 #[derive(Debug, Clone, Copy)]
 pub enum Recorded<'a> {
@@ -99,7 +142,8 @@ pub enum Recorded<'a> {
     Merge { into: SubjectId, from: SubjectId, links: &'a [Link] },
     /// A merge undone: `merged` is retired; `kept` (the remaining subject, new id) keeps
     /// `kept_links`, `restored` (once `was`, new id) gets `links`; each half's consent in force as
-    /// (purpose, state, channels); `flagged` entries were kept with both for review.
+    /// (purpose, state, channels, terms) (`split::Half::announced`); `flagged` entries were kept
+    /// with both for review.
     Unmerge {
         merged: SubjectId,
         kept: SubjectId,
@@ -107,8 +151,8 @@ pub enum Recorded<'a> {
         was: SubjectId,
         links: &'a [Link],
         kept_links: &'a [Link],
-        kept_consent: &'a [(Purpose, ConsentState, Vec<Channel>)],
-        restored_consent: &'a [(Purpose, ConsentState, Vec<Channel>)],
+        kept_consent: &'a [Announced],
+        restored_consent: &'a [Announced],
         flagged: usize,
     },
 }
@@ -130,7 +174,15 @@ impl Recorded<'_> {
                 if channels.is_empty() {
                     return Vec::new();
                 }
-                let change = Change::Consent { purpose: record.purpose, channels, state: record.state, quiet: false };
+                let terms = GrantTerms::of(
+                    record.state,
+                    record.expires_at,
+                    record.evidence.consent_kind.as_ref(),
+                    &record.evidence.hours,
+                    record.evidence.double_opt_in_confirmed,
+                );
+                let change =
+                    Change::Consent { purpose: record.purpose, channels, state: record.state, quiet: false, terms };
                 vec![(subject, links.to_vec(), change)]
             }
             Recorded::LinksRemoved { subject, links, .. } => one(subject, links, Change::LinksRemoved),
@@ -150,12 +202,13 @@ impl Recorded<'_> {
                 for (subject, held, consent) in [(kept, kept_links, kept_consent), (restored, links, restored_consent)]
                 {
                     out.extend(one(subject, held, Change::Registered));
-                    for (purpose, state, channels) in consent {
+                    for (purpose, state, channels, terms) in consent {
                         let change = Change::Consent {
                             purpose: *purpose,
                             channels: channels.clone(),
                             state: *state,
                             quiet: false,
+                            terms: terms.clone(),
                         };
                         out.push((subject, held.to_vec(), change));
                     }
@@ -328,6 +381,37 @@ mod tests {
             Some((vec![Channel::Email, Channel::Sms], ConsentState::Withdrawn)),
             "a refusal is announced even where a later grant keeps force"
         );
+    }
+
+    #[test]
+    fn a_grant_is_announced_with_the_terms_it_holds_under_and_a_refusal_with_none() {
+        let terms = |record: &ConsentRecord| {
+            let links = [link(1)];
+            let changes = Recorded::Consent { subject: subject(1), record, links: &links, in_force: &record.channels };
+            match changes.changes().as_slice() {
+                [(_, _, Change::Consent { terms, .. })] => terms.clone(),
+                other => panic!("one consent change expected: {other:?}"),
+            }
+        };
+        let mut grant = ConsentRecord { expires_at: Some(9_000), ..record(ConsentState::Granted, None) };
+        assert_eq!(
+            terms(&grant),
+            GrantTerms { expires_at: Some(9_000), conditional: true },
+            "double opt-in unconfirmed"
+        );
+        grant.evidence.double_opt_in_confirmed = true;
+        assert_eq!(terms(&grant), GrantTerms { expires_at: Some(9_000), conditional: false });
+        grant.evidence.consent_kind = Some("guardian".into());
+        assert_eq!(terms(&grant), GrantTerms { expires_at: Some(9_000), conditional: true }, "a kind, not named");
+        grant.evidence.consent_kind = Some("express".into());
+        grant.evidence.hours = vec!["business".into()];
+        assert_eq!(terms(&grant), GrantTerms { expires_at: Some(9_000), conditional: true }, "hours, not named");
+        let refusal = ConsentRecord { state: ConsentState::Withdrawn, ..grant };
+        assert_eq!(terms(&refusal), GrantTerms::default());
+        // Stored events written before terms were kept still read.
+        let old = r#"{"Consent":{"purpose":"marketing","channels":["email"],"state":"granted"}}"#;
+        let change: Change = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(change, Change::Consent { terms, .. } if terms == GrantTerms::default()));
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod split;
 mod tracked;
 pub mod vault;
 
-pub use change::{Change, ChangeEvent, Recorded, announced, announced_channels};
+pub use change::{Announced, Change, ChangeEvent, GrantTerms, Recorded, announced, announced_channels};
 pub use model::*;
 pub use sled_store::SledStore;
 pub use sled_store::backup::{

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use domicile_types::{Channel, ConsentState, Link, NormalizedIdentifier, Purpose, SubjectId};
 
+use super::change::{Announced, GrantTerms};
 use super::{
     ConsentRecord, CurrentConsent, Interaction, LogPositions, MergeLineage, RightsRequestRecord, StoreError,
     SubjectMeta, SubjectRecord,
@@ -50,18 +51,28 @@ pub struct Half {
 }
 
 impl Half {
-    /// The consent in force as watchers are told it: (purpose, state) → channels.
-    pub fn announced(&self) -> Vec<(Purpose, ConsentState, Vec<Channel>)> {
-        let mut grouped: BTreeMap<(Purpose, u8), (ConsentState, Vec<Channel>)> = BTreeMap::new();
+    /// The consent in force as watchers are told it at `at`: (purpose, state, terms) → channels.
+    /// A grant that has lapsed by then is not announced: the links come to this half afresh, so
+    /// a follower holds no grant for them, as every decision finds none.
+    pub fn announced(&self, at: i64) -> Vec<Announced> {
+        let mut grouped: BTreeMap<(Purpose, u8, GrantTerms), (ConsentState, Vec<Channel>)> = BTreeMap::new();
         for ((purpose, channel), current) in &self.current {
             let order = match current.state {
+                ConsentState::Granted if !current.grants_at(at) => continue,
                 ConsentState::Granted => 0,
                 ConsentState::Denied => 1,
                 ConsentState::Withdrawn => 2,
             };
-            grouped.entry((*purpose, order)).or_insert_with(|| (current.state, Vec::new())).1.push(*channel);
+            let terms = GrantTerms::of(
+                current.state,
+                current.expires_at,
+                current.kind.as_ref(),
+                &current.hours,
+                current.double_opt_in_confirmed,
+            );
+            grouped.entry((*purpose, order, terms)).or_insert_with(|| (current.state, Vec::new())).1.push(*channel);
         }
-        grouped.into_iter().map(|((purpose, _), (state, channels))| (purpose, state, channels)).collect()
+        grouped.into_iter().map(|((purpose, _, terms), (state, channels))| (purpose, state, channels, terms)).collect()
     }
 }
 

@@ -306,3 +306,49 @@ fn an_identifier_attached_since_the_merge_refuses_the_unmerge_rather_than_go_to_
     merged.links.push(link(7));
     assert!(split(merged, &subject(9)).is_ok());
 }
+
+#[test]
+fn an_unmerge_announces_each_grant_with_its_terms_and_no_grant_that_has_lapsed() {
+    use ConsentState::*;
+    // A: a grant on email that lapsed at 500, a grant on SMS until 5,000 of a kind limited to
+    // some hours, a plain grant on voice. B: a withdrawal on web. Announced at 1,000.
+    let lapsed = ConsentRecord { expires_at: Some(500), ..entry(1, Granted, Channel::Email, 100, Some(A)) };
+    let limited = ConsentRecord {
+        expires_at: Some(5_000),
+        evidence: Evidence {
+            captured_via: Some(link(A)),
+            consent_kind: Some("implied_purchase".into()),
+            hours: vec!["daytime".into()],
+            ..Evidence::default()
+        },
+        ..entry(2, Granted, Channel::Sms, 110, Some(A))
+    };
+    let mut plain = entry(3, Granted, Channel::Voice, 120, Some(A));
+    plain.evidence.double_opt_in_confirmed = true;
+    let refusal = entry(4, Withdrawn, Channel::Web, 130, Some(B));
+    let plan = split(whole(vec![lapsed, limited, plain, refusal], vec![lineage(vec![1, 2, 3], vec![4])]), &subject(9))
+        .unwrap();
+    let restored = plan.restored.announced(1_000);
+    let conditional = crate::store::GrantTerms { expires_at: Some(5_000), conditional: true };
+    let unconditional = crate::store::GrantTerms::default();
+    let mut expected = vec![
+        (Purpose::Marketing, Granted, vec![Channel::Sms], conditional),
+        (Purpose::Marketing, Granted, vec![Channel::Voice], unconditional),
+    ];
+    expected.sort();
+    let mut restored_sorted = restored.clone();
+    restored_sorted.sort();
+    assert_eq!(restored_sorted, expected, "the lapsed email grant is not announced; each grant keeps its terms");
+    // Before the email grant lapsed it is announced, with its expiry.
+    assert!(
+        plan.restored
+            .announced(400)
+            .iter()
+            .any(|(_, s, c, t)| { *s == Granted && c == &vec![Channel::Email] && t.expires_at == Some(500) })
+    );
+    // A refusal carries no terms.
+    assert_eq!(
+        plan.kept.announced(1_000),
+        vec![(Purpose::Marketing, Withdrawn, vec![Channel::Web], Default::default())]
+    );
+}

@@ -79,11 +79,13 @@ fn event_to_pb(region: &RegionId, event: &ChangeEvent) -> common::ChangeEvent {
         Change::Registered => pb.kind = common::ChangeKind::Registered as i32,
         Change::Erased => pb.kind = common::ChangeKind::Erased as i32,
         Change::LinksRemoved => pb.kind = common::ChangeKind::LinksRemoved as i32,
-        Change::Consent { purpose, channels, state, .. } => {
+        Change::Consent { purpose, channels, state, terms, .. } => {
             pb.kind = common::ChangeKind::Consent as i32;
             pb.purpose = purpose.to_string();
             pb.channels = channels.iter().map(ToString::to_string).collect();
             pb.state = state.to_string();
+            pb.expires_at = terms.expires_at.map(convert::to_timestamp);
+            pb.conditional = terms.conditional;
         }
     }
     pb

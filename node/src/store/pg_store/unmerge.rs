@@ -195,8 +195,8 @@ impl PgStore {
                 .await
                 .map_err(pg)?;
             w.tx().execute_cached("DELETE FROM subjects WHERE id = $1", &[&bytes(subject)]).await.map_err(pg)?;
-            let kept_consent = plan.kept.announced();
-            let restored_consent = plan.restored.announced();
+            let kept_consent = plan.kept.announced(now);
+            let restored_consent = plan.restored.announced(now);
             let recorded = [Recorded::Unmerge {
                 merged: *subject,
                 kept: *kept,

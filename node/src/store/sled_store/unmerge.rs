@@ -145,8 +145,8 @@ impl SledStore {
             .into_iter()
             .flatten()
             .collect();
-        let kept_consent = plan.kept.announced();
-        let restored_consent = plan.restored.announced();
+        let kept_consent = plan.kept.announced(now);
+        let restored_consent = plan.restored.announced(now);
         let links: &[Link] = &plan.restored.links;
         let recorded = [Recorded::Unmerge {
             merged: *subject,
