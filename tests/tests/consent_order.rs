@@ -228,3 +228,51 @@ async fn consent_order_holds_under_clock_skew_in_both_directions() {
     record(&mut client, &subject, Grant, Some(before)).await.expect("a grant stamped a second earlier");
     assert_effect(&mut client, &subject, Deny, &[1, 3600], "DE: a grant from the second before the withdrawal").await;
 }
+
+/// A decision answers with the consent in force now, so a time in the past is refused: evaluated
+/// then, a grant that has lapsed since allowed again (found by an attacker's review). A time
+/// within the skew allowance before now counts as now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_in_the_past_is_refused_and_a_lapsed_grant_never_allows() {
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let subject = register(&mut client, "DE", "lapsing@example.de").await;
+    let grant = gw::RecordConsentRequest {
+        subject: select_ref(&subject),
+        purpose: "marketing".into(),
+        channels: vec!["email".into()],
+        action: common::ConsentAction::Grant as i32,
+        evidence: Some(common::Evidence {
+            notice_version: "privacy-notice-v3".into(),
+            capture_channel: "web".into(),
+            source_system: "web-preference-centre".into(),
+            double_opt_in_confirmed: true,
+            ..Default::default()
+        }),
+        captured_at: Some(from_now(-60 * SECOND)),
+        expires_at: Some(from_now(2 * SECOND)),
+        ..Default::default()
+    };
+    client.record_consent(grant).await.unwrap();
+    assert_eq!(decide(&mut client, &subject, None).await.0, common::Effect::Allow, "before it lapses");
+    tokio::time::sleep(std::time::Duration::from_millis(3 * SECOND as u64)).await;
+    assert_eq!(decide(&mut client, &subject, None).await.0, common::Effect::Deny, "lapsed");
+    // Within the skew allowance: evaluated now, lapsed.
+    let (effect, why) = decide(&mut client, &subject, Some(from_now(-30 * SECOND))).await;
+    assert_eq!(effect, common::Effect::Deny, "30 s ago counts as now: {why}");
+    // Before the grant lapsed, beyond the allowance: refused, never an allow.
+    for (at, what) in [(from_now(-3600 * SECOND), "an hour ago"), (from_now(-301 * SECOND), "past the allowance")] {
+        let status = client
+            .decide(gw::DecideRequest {
+                subject: select_ref(&subject),
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                at: Some(at),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains("past"), "{}", status.message());
+    }
+}

@@ -12,7 +12,7 @@ use tonic::Status;
 use super::{Decided, SubjectDecision};
 use crate::error::NodeError;
 use crate::service::NodeService;
-use crate::store::Store;
+use crate::store::{CLOCK_SKEW_SECS, Store};
 
 /// Bounds one batch call's work; gateways split audiences into batches of this size or less.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
@@ -25,7 +25,7 @@ pub(in crate::service) async fn decide<S: Store>(
     let purpose = convert::purpose("purpose", &req.purpose)?;
     let channel = convert::channel("channel", &req.channel)?;
     let asserted = convert::decision_facts("facts", req.facts.as_ref())?;
-    let at = convert::timestamp("at", req.at.as_ref())?.unwrap_or_else(now_unix);
+    let at = decision_time(req.at.as_ref(), now_unix())?;
     let loaded = node.packs.current();
     let decided =
         node.decide_items(&loaded, std::iter::once((0, Ok((key.as_key_ref(), purpose, channel, asserted)))), at).await;
@@ -118,7 +118,22 @@ fn batch_time(items: usize, at: Option<&domicile_proto::prost_types::Timestamp>)
     if items > MAX_BATCH_ITEMS {
         return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")));
     }
-    Ok(convert::timestamp("at", at)?.unwrap_or_else(now_unix))
+    decision_time(at, now_unix())
+}
+
+/// The time a decision is evaluated at: now, or the later time the caller names (a send it
+/// schedules). A decision answers with the consent in force now, not the ledger's history, so a
+/// past time is refused: evaluated then, a grant that has since lapsed allowed again. A time
+/// within the clock-skew allowance before `now` counts as now.
+fn decision_time(at: Option<&domicile_proto::prost_types::Timestamp>, now: i64) -> Result<i64, FieldViolation> {
+    match convert::timestamp("at", at)? {
+        None => Ok(now),
+        Some(at) if at < now.saturating_sub(CLOCK_SKEW_SECS) => Err(FieldViolation::new(
+            "at",
+            "is in the past: a decision is evaluated with the consent in force now, at now or a later time",
+        )),
+        Some(at) => Ok(at.max(now)),
+    }
 }
 
 /// The generated response of an encoded batch, for in-process callers of the trait methods.
