@@ -43,11 +43,13 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     Some(match method {
         "Decide" | "DecideStream" => Scope::Decide,
         "Register" | "RecordConsent" | "RecordSignal" | "ImportConsent" => Scope::Capture,
-        "Merge" | "RecordInteraction" => Scope::Capture,
+        "RecordInteraction" => Scope::Capture,
         "Resolve" | "ConsentHistory" | "Watch" => Scope::Context,
         "GetContext" => Scope::Context,
         "Erase" => Scope::Rights,
-        "Rectify" | "Restrict" | "Unmerge" => Scope::Rights,
+        // A merge hands one person's data to another (whose holder could then export it): the
+        // rights scope, as a rectification, never a capture credential.
+        "Rectify" | "Restrict" | "Merge" | "Unmerge" => Scope::Rights,
         "OpenRightsRequest" | "VerifyRightsRequest" | "GetRightsRequest" | "ExtendRightsRequest" => Scope::Rights,
         // A method added later without a scope here needs admin until someone decides (fail closed).
         _ => Scope::Admin,

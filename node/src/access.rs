@@ -70,12 +70,14 @@ pub fn rule(path: &str) -> Rule {
     };
     match method {
         "Decide" | "DecideBatch" => Rule::Scoped(Scope::Decide),
-        "Register" | "RecordConsent" | "RecordSignal" | "Merge" | "RecordInteraction" | "ImportConsent" => {
+        "Register" | "RecordConsent" | "RecordSignal" | "RecordInteraction" | "ImportConsent" => {
             Rule::Scoped(Scope::Capture)
         }
         "ConsentHistory" | "Watch" | "GetContext" => Rule::Scoped(Scope::Context),
-        // Undoing a merge gives personal data back to a person: the rights scope, as a rectification.
-        "Erase" | "Rectify" | "Restrict" | "Unmerge" => Rule::Scoped(Scope::Rights),
+        // A merge hands one person's identifiers, profile and history to another (the holder of
+        // the other's identifiers could then have them exported), and undoing one gives personal
+        // data back to a person: the rights scope, as a rectification, never a capture credential.
+        "Erase" | "Rectify" | "Restrict" | "Merge" | "Unmerge" => Rule::Scoped(Scope::Rights),
         // Every request of a subject with its id: ids are handles only their openers hold, and
         // the gateway routes this nowhere; the region's rights desk only.
         "ListRightsRequests" => Rule::InRegionOnly(Scope::Rights),

@@ -101,6 +101,25 @@ async fn callers_need_a_cluster_certificate_an_identity_and_the_scope() {
     let capture = cluster.issue_caller("web-form", "us-east", &[Scope::Capture]).unwrap();
     let mut capture = cluster.gateway_as(&capture).await.unwrap();
     capture.register(register_request()).await.expect("capture scope registers");
+    // A merge hands one person's data to another, whose holder could then have it exported: a
+    // capture credential (a web form, a kiosk) may not merge (found by an attacker's review).
+    let status = capture
+        .merge(gw::MergeRequest {
+            into: register_request()
+                .identifiers
+                .into_iter()
+                .next()
+                .map(|i| gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(i)) }),
+            from: register_request()
+                .identifiers
+                .into_iter()
+                .next()
+                .map(|i| gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(i)) }),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let mut cli = cluster.gateway().await.unwrap();
     cli.decide(decide_request()).await.unwrap_err();
     cli.resolve(gw::ResolveRequest { identifier: register_request().identifiers.into_iter().next() })

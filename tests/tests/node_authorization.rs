@@ -135,9 +135,9 @@ const TABLE: &[(&str, [Cell; 27])] = &[
     //                        Reg RecC Imp Dec DecB LstL Info Hist Expo Eras Wtch Merg Unm Intr Ctx Rect Rstr Rght Open Vrfy GetR Extd Ovrd OutR OutA Clm Rel
     ("no scopes",            [N,  N, N,   N,  N,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
     ("decide only",          [N,  N, N,   Y,  Y,   N,   N,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
-    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   Y,  N,   Y,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
+    ("capture only",         [Y,  Y, Y,   N,  N,   N,   N,   N,   N,   N,   N,   N,  N,   Y,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
     ("context only",         [N,  N, N,   N,  N,   N,   N,   Y,   N,   N,   Y,   N,  N,   N,   Y,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
-    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   N,  Y,   N,   N,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,  N]),
+    ("rights only",          [N,  N, N,   N,  N,   N,   N,   N,   Y,   Y,   N,   Y,  Y,   N,   N,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,  N]),
     ("admin only",           [N,  N, N,   N,  N,   Y,   Y,   N,   N,   N,   N,   N,  N,   N,   N,  N,   N,   N,   N,   N,   N,   N,   N,   N,   N,   N,  N]),
     ("every scope",          [Y,  Y, Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,  Y,   Y,   Y,  Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   Y,   N,  N]),
     // Forwards for callers it authorised itself; never gets an export, the challenge outbox, the
