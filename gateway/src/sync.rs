@@ -139,7 +139,9 @@ fn apply(region: &RegionId, event: &common::ChangeEvent, directory: &Directory) 
             let removed = directory.remove_subject_links(&subject, &links);
             tracing::debug!(%region, links = removed, "links dropped after a rectification");
         }
-        Ok(common::ChangeKind::Consent | common::ChangeKind::Unspecified) | Err(_) => {}
+        // Consent and restrictions are decided by the node, which reads them itself.
+        Ok(common::ChangeKind::Consent | common::ChangeKind::Restricted | common::ChangeKind::Unspecified) | Err(_) => {
+        }
     }
 }
 

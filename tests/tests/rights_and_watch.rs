@@ -238,3 +238,109 @@ async fn a_watcher_that_reconnects_misses_no_event() {
     );
     assert_eq!(missed[2].links, registered.links, "the erasure event tells watchers which links to drop");
 }
+
+/// Found by a review: a merge changes the merged subject's consent in force (a withdrawal of one
+/// half outranks a grant of the other), and a restriction makes every decision refuse, yet a
+/// follower was told neither and kept sending. Now both reach it on every link of the subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_learns_what_a_merge_and_a_restriction_do_to_decisions() {
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut node_client = cluster.node(&region("eu-central")).await.unwrap();
+    let register = async |client: &mut domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient<
+        tonic::transport::Channel,
+    >,
+                          email: &str| {
+        client
+            .register(gw::RegisterRequest {
+                jurisdiction: "DE".into(),
+                identifiers: vec![identifier("email", email)],
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let (ann, bea) = ("merge.ann@example.de", "merge.bea@example.de");
+    let ann_registered = register(&mut client, ann).await;
+    let bea_registered = register(&mut client, bea).await;
+    let mut grant = consent(by_email(bea), common::ConsentAction::Grant, "email");
+    if let Some(evidence) = grant.evidence.as_mut() {
+        evidence.double_opt_in_confirmed = true;
+    }
+    client.record_consent(grant).await.unwrap();
+    client.record_consent(consent(by_email(ann), common::ConsentAction::Withdraw, "email")).await.unwrap();
+    let decide = async |client: &mut domicile_cluster_tests::pb::gateway::v1::domicile_client::DomicileClient<
+        tonic::transport::Channel,
+    >| {
+        let request = gw::DecideRequest {
+            subject: by_email(bea),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            ..Default::default()
+        };
+        client.decide(request).await.unwrap().into_inner().decision.unwrap().effect
+    };
+    assert_eq!(decide(&mut client).await, common::Effect::Allow as i32, "bea's grant, before the merge");
+
+    let mut stream = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let next = async |stream: &mut tonic::Streaming<common::ChangeEvent>| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("stream open")
+    };
+    // Read up to bea's grant: the follower holds bea granted, ann withdrawn.
+    loop {
+        let event = next(&mut stream).await;
+        if event.kind == common::ChangeKind::Consent as i32 && event.subject_ref == ann_registered.subject_ref {
+            break;
+        }
+    }
+    client
+        .merge(gw::MergeRequest { into: by_email(bea), from: by_email(ann), idempotency_key: String::new() })
+        .await
+        .unwrap();
+    assert_eq!(decide(&mut client).await, common::Effect::Deny as i32, "ann's withdrawal outranks bea's grant");
+    let both: Vec<String> = {
+        let mut l = vec![ann_registered.links[0].clone(), bea_registered.links[0].clone()];
+        l.sort();
+        l
+    };
+    let mut told_withdrawn = false;
+    loop {
+        let event = next(&mut stream).await;
+        if event.kind == common::ChangeKind::Consent as i32 && event.subject_ref == bea_registered.subject_ref {
+            let mut links = event.links.clone();
+            links.sort();
+            assert_eq!(links, both, "on every link of the merged subject");
+            assert_eq!(
+                (event.state.as_str(), event.channels.as_slice()),
+                ("withdrawn", ["email".to_owned()].as_slice())
+            );
+            told_withdrawn = true;
+        }
+        if event.kind == common::ChangeKind::Erased as i32 {
+            break;
+        }
+    }
+    assert!(told_withdrawn, "a follower applying the merge's events holds what decisions say");
+
+    // A restriction, set and lifted, is told on the subject's links.
+    let restrict = |restricted: bool| gw::RestrictRequest {
+        subject: by_email(bea),
+        restricted,
+        override_reason: if restricted { String::new() } else { "controller_correction".into() },
+        ..Default::default()
+    };
+    for restricted in [true, false] {
+        client.restrict(restrict(restricted)).await.unwrap();
+        let event = next(&mut stream).await;
+        assert_eq!(event.kind, common::ChangeKind::Restricted as i32, "{event:?}");
+        assert_eq!(event.restricted, restricted);
+        let mut links = event.links.clone();
+        links.sort();
+        assert_eq!((event.subject_ref.as_str(), links), (bea_registered.subject_ref.as_str(), both.clone()));
+    }
+}

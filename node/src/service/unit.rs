@@ -64,6 +64,12 @@ impl Effects for Erased {
     }
 }
 
+impl Effects for crate::store::RestrictionSet {
+    fn last_event(&self) -> Option<u64> {
+        self.event
+    }
+}
+
 impl Effects for Merged {
     fn last_event(&self) -> Option<u64> {
         Some(self.event)

@@ -8,7 +8,9 @@ use domicile_audit::{AuditEvent, erasure_proof};
 use domicile_types::rights::{RequestId, RightsKind, RightsStatus};
 use domicile_types::{Channel, ConsentState, Jurisdiction, Link, Purpose, RegionId, SubjectId, SubjectRef};
 
-use super::{ConsentRecord, RightsRequestRecord, StoreError};
+use std::collections::BTreeMap;
+
+use super::{ConsentRecord, CurrentConsent, RightsRequestRecord, StoreError};
 
 /// A pseudonymous change, as watchers see it. Carries links and vocabulary values only.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -40,6 +42,10 @@ pub enum Change {
     Erased,
     /// Identifiers were removed from a subject that remains (rectification).
     LinksRemoved,
+    /// The subject's processing is restricted (no decision allows anything for it) or no longer.
+    Restricted {
+        restricted: bool,
+    },
 }
 
 /// The terms a grant holds under, as a follower needs them to keep a suppression list true: told
@@ -113,8 +119,43 @@ pub fn announced_channels(record: &ConsentRecord, in_force: &[Channel]) -> Vec<C
     record.channels.iter().copied().filter(|c| in_force.contains(c)).collect()
 }
 
-/// Consent in force announced at an unmerge: (purpose, state, channels, terms).
+/// A restriction set or lifted: its rights request, and the change event that tells followers.
+#[derive(Debug, Clone)]
+pub struct RestrictionSet {
+    pub request: RightsRequestRecord,
+    pub event: Option<u64>,
+}
+
+/// Consent in force announced at a merge or an unmerge: (purpose, state, channels, terms).
 pub type Announced = (Purpose, ConsentState, Vec<Channel>, GrantTerms);
+
+/// A subject's consent in force (purpose × channel → record) as watchers are told it at `at`,
+/// grouped by purpose, state and terms. A grant that has lapsed by then is not announced: the
+/// links it is announced on come to the subject afresh or with a state this replaces, and no
+/// decision allows on a lapsed grant.
+pub fn announced_in_force<'c>(
+    cells: impl IntoIterator<Item = (&'c (Purpose, Channel), &'c CurrentConsent)>,
+    at: i64,
+) -> Vec<Announced> {
+    let mut grouped: BTreeMap<(Purpose, u8, GrantTerms), (ConsentState, Vec<Channel>)> = BTreeMap::new();
+    for ((purpose, channel), current) in cells {
+        let order = match current.state {
+            ConsentState::Granted if !current.grants_at(at) => continue,
+            ConsentState::Granted => 0,
+            ConsentState::Denied => 1,
+            ConsentState::Withdrawn => 2,
+        };
+        let terms = GrantTerms::of(
+            current.state,
+            current.expires_at,
+            current.kind.as_ref(),
+            &current.hours,
+            current.double_opt_in_confirmed,
+        );
+        grouped.entry((*purpose, order, terms)).or_insert_with(|| (current.state, Vec::new())).1.push(*channel);
+    }
+    grouped.into_iter().map(|((purpose, _, terms), (state, channels))| (purpose, state, channels, terms)).collect()
+}
 
 /// One thing a write did.
 #[derive(Debug, Clone, Copy)]
@@ -138,8 +179,18 @@ pub enum Recorded<'a> {
     RightsRequest { subject: SubjectId, request: &'a RightsRequestRecord },
     /// Everything of `subject` removed, its key destroyed; `links` were its links.
     Erasure { subject: SubjectId, links: &'a [Link] },
-    /// `from` merged into `into`; `links` moved with it.
-    Merge { into: SubjectId, from: SubjectId, links: &'a [Link] },
+    /// `from` merged into `into`; `links` moved with it; `all_links` are `into`'s now, `consent`
+    /// its consent in force and `restricted` its restriction, once merged.
+    Merge {
+        into: SubjectId,
+        from: SubjectId,
+        links: &'a [Link],
+        all_links: &'a [Link],
+        consent: &'a [Announced],
+        restricted: bool,
+    },
+    /// The subject's processing restricted or no longer (audited as its rights request).
+    Restriction { subject: SubjectId, links: &'a [Link], restricted: bool },
     /// A merge undone: `merged` is retired; `kept` (the remaining subject, new id) keeps
     /// `kept_links`, `restored` (once `was`, new id) gets `links`; each half's consent in force as
     /// (purpose, state, channels, terms) (`split::Half::announced`); `flagged` entries were kept
@@ -153,8 +204,39 @@ pub enum Recorded<'a> {
         kept_links: &'a [Link],
         kept_consent: &'a [Announced],
         restored_consent: &'a [Announced],
+        /// Each half's restriction (a restriction stays on both).
+        restricted: [bool; 2],
         flagged: usize,
     },
+}
+
+/// A subject's consent in force announced on `links`, then its restriction if it is restricted.
+fn consent_changes(
+    subject: SubjectId,
+    links: &[Link],
+    consent: &[Announced],
+    restricted: bool,
+) -> Vec<(SubjectId, Vec<Link>, Change)> {
+    if links.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<(SubjectId, Vec<Link>, Change)> = consent
+        .iter()
+        .map(|(purpose, state, channels, terms)| {
+            let change = Change::Consent {
+                purpose: *purpose,
+                channels: channels.clone(),
+                state: *state,
+                quiet: false,
+                terms: terms.clone(),
+            };
+            (subject, links.to_vec(), change)
+        })
+        .collect();
+    if restricted {
+        out.push((subject, links.to_vec(), Change::Restricted { restricted: true }));
+    }
+    out
 }
 
 impl Recorded<'_> {
@@ -191,27 +273,40 @@ impl Recorded<'_> {
             // Followers map `from`'s links to `into`, then retire `from`: a follower that drops
             // only links still naming an erased subject (as the proto asks, and gateways do)
             // never has one of them unmapped in between, which would refuse a capture through it.
-            Recorded::Merge { into, from, links } => {
-                vec![(into, links.to_vec(), Change::Registered), (from, links.to_vec(), Change::Erased)]
+            //
+            // Between the two, the merged subject's consent in force and its restriction on all
+            // its links: the merge may have changed both (a withdrawal of one half outranks a
+            // grant of the other), and a follower told nothing kept the grant.
+            Recorded::Merge { into, from, links, all_links, consent, restricted } => {
+                let mut out = one(into, links, Change::Registered);
+                out.extend(consent_changes(into, all_links, consent, restricted));
+                out.push((from, links.to_vec(), Change::Erased));
+                out
+            }
+            Recorded::Restriction { subject, links, restricted } => {
+                one(subject, links, Change::Restricted { restricted })
             }
             // Each half's links are mapped afresh and its consent in force announced (a link that
             // moves to another subject carries none of its old state, so a grant only one half
             // gave does not stay on the other's); then the merged subject goes as an erased one.
-            Recorded::Unmerge { merged, kept, restored, links, kept_links, kept_consent, restored_consent, .. } => {
+            Recorded::Unmerge {
+                merged,
+                kept,
+                restored,
+                links,
+                kept_links,
+                kept_consent,
+                restored_consent,
+                restricted: [kept_restricted, restored_restricted],
+                ..
+            } => {
                 let mut out = Vec::new();
-                for (subject, held, consent) in [(kept, kept_links, kept_consent), (restored, links, restored_consent)]
-                {
+                for (subject, held, consent, restricted) in [
+                    (kept, kept_links, kept_consent, kept_restricted),
+                    (restored, links, restored_consent, restored_restricted),
+                ] {
                     out.extend(one(subject, held, Change::Registered));
-                    for (purpose, state, channels, terms) in consent {
-                        let change = Change::Consent {
-                            purpose: *purpose,
-                            channels: channels.clone(),
-                            state: *state,
-                            quiet: false,
-                            terms: terms.clone(),
-                        };
-                        out.push((subject, held.to_vec(), change));
-                    }
+                    out.extend(consent_changes(subject, held, consent, restricted));
                 }
                 // Last: by now every link names a half, so a follower that drops only links still
                 // naming the erased subject (as gateways do) never has an identifier unmapped in
@@ -233,6 +328,7 @@ impl Recorded<'_> {
             | Recorded::LinksAdded { subject, .. }
             | Recorded::LinksRemoved { subject, .. }
             | Recorded::RightsRequest { subject, .. }
+            | Recorded::Restriction { subject, .. }
             | Recorded::Erasure { subject, .. } => [Some(subject), None, None],
             Recorded::Merge { into, from, .. } => [Some(into), Some(from), None],
             Recorded::Unmerge { merged, kept, restored, .. } => [Some(merged), Some(kept), Some(restored)],
@@ -258,7 +354,8 @@ impl Recorded<'_> {
                 },
                 of(subject),
             )),
-            Recorded::LinksAdded { .. } | Recorded::Announced { .. } => None,
+            // A restriction is audited as the rights request that set or lifted it.
+            Recorded::LinksAdded { .. } | Recorded::Announced { .. } | Recorded::Restriction { .. } => None,
             Recorded::LinksRemoved { kept_by: None, .. } => None,
             Recorded::LinksRemoved { subject, links, kept_by: Some(kept_by) } => Some((
                 AuditEvent::OwnershipRepair { links_removed: links.len(), kept_by: kept_by.clone() },
@@ -418,10 +515,61 @@ mod tests {
     fn a_merge_never_leaves_a_moved_link_unmapped_at_a_follower() {
         let (into, from) = (subject(1), subject(2));
         let (kept, moved) = (link(1), link(2));
-        let links = [moved];
-        let changes = Recorded::Merge { into, from, links: &links }.changes();
-        let map = follow(&changes, &[(kept, into), (moved, from)], &[kept, moved]);
+        let (links, all_links) = ([moved], [kept, moved]);
+        let consent = [(Purpose::Marketing, ConsentState::Withdrawn, vec![Channel::Email], GrantTerms::default())];
+        let merge =
+            Recorded::Merge { into, from, links: &links, all_links: &all_links, consent: &consent, restricted: true };
+        let map = follow(&merge.changes(), &[(kept, into), (moved, from)], &[kept, moved]);
         assert_eq!((map.get(&kept), map.get(&moved)), (Some(&into), Some(&into)));
+    }
+
+    /// Found by a review: a merge changes the merged subject's consent in force (a withdrawal of
+    /// one half outranks a grant of the other) and its restriction, and told only REGISTERED and
+    /// ERASED, a follower kept the grant on the remaining subject's links.
+    #[test]
+    fn a_follower_of_a_merge_holds_the_merged_consent_and_restriction_on_every_link() {
+        let (into, from) = (subject(1), subject(2));
+        let (own, moved) = (link(1), link(2));
+        let (links, all_links) = ([moved], [own, moved]);
+        let consent = [(Purpose::Marketing, ConsentState::Withdrawn, vec![Channel::Email], GrantTerms::default())];
+        let merge =
+            Recorded::Merge { into, from, links: &links, all_links: &all_links, consent: &consent, restricted: true };
+        // Before: `own` granted (into's grant), `moved` withdrawn (from's withdrawal).
+        let mut state: HashMap<(Link, Channel), ConsentState> = HashMap::from([
+            ((own, Channel::Email), ConsentState::Granted),
+            ((moved, Channel::Email), ConsentState::Withdrawn),
+        ]);
+        let mut restricted: HashMap<Link, bool> = HashMap::new();
+        for (_, event_links, change) in merge.changes() {
+            match change {
+                Change::Consent { channels, state: s, .. } => {
+                    for l in &event_links {
+                        for c in &channels {
+                            state.insert((*l, *c), s);
+                        }
+                    }
+                }
+                Change::Restricted { restricted: r } => {
+                    for l in &event_links {
+                        restricted.insert(*l, r);
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            state.get(&(own, Channel::Email)),
+            Some(&ConsentState::Withdrawn),
+            "the merged state on its own link"
+        );
+        assert_eq!(restricted.get(&own), Some(&true));
+        assert_eq!(restricted.get(&moved), Some(&true));
+        // A restriction set or lifted is an event on the subject's links; audited as its request.
+        let lifted = Recorded::Restriction { subject: into, links: &all_links, restricted: false };
+        assert!(
+            matches!(lifted.changes().as_slice(), [(_, l, Change::Restricted { restricted: false })] if l.len() == 2)
+        );
+        assert!(matches!(lifted.audit(&"eu-central".parse().unwrap(), 1), Ok(None)));
     }
 
     #[test]
@@ -438,9 +586,17 @@ mod tests {
             kept_links: &kept_links,
             kept_consent: &[],
             restored_consent: &[],
+            restricted: [false, true],
             flagged: 0,
         };
         let map = follow(&recorded.changes(), &[(a, merged), (b, merged)], &[a, b]);
         assert_eq!((map.get(&a), map.get(&b)), (Some(&kept), Some(&restored)));
+        // A restriction stays on a half: told on its links only.
+        let restrictions: Vec<(SubjectId, Vec<Link>)> = recorded
+            .changes()
+            .into_iter()
+            .filter_map(|(s, l, c)| matches!(c, Change::Restricted { restricted: true }).then_some((s, l)))
+            .collect();
+        assert_eq!(restrictions, vec![(restored, vec![b])]);
     }
 }

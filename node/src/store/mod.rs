@@ -13,7 +13,10 @@ pub mod split;
 mod tracked;
 pub mod vault;
 
-pub use change::{Announced, Change, ChangeEvent, GrantTerms, Recorded, announced, announced_channels};
+pub use change::{
+    Announced, Change, ChangeEvent, GrantTerms, Recorded, RestrictionSet, announced, announced_channels,
+    announced_in_force,
+};
 pub use model::*;
 pub use sled_store::SledStore;
 pub use sled_store::backup::{
@@ -409,7 +412,7 @@ pub trait Store: Send + Sync + 'static {
         restricted: bool,
         rights_request: &RightsRequestRecord,
         idempotency: Option<&Idempotency>,
-    ) -> impl Future<Output = Result<RightsRequestRecord, StoreError>> + Send;
+    ) -> impl Future<Output = Result<RestrictionSet, StoreError>> + Send;
 
     fn append_interaction(
         &self,

@@ -484,7 +484,7 @@ pub struct Merged {
     pub links: Vec<Link>,
     pub consent_records: usize,
     pub interactions: usize,
-    /// Sequence of the last change event (the REGISTERED one for `into`).
+    /// Sequence of the last change event (the ERASED one for `from`).
     pub event: u64,
 }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use domicile_types::{Channel, ConsentState, Link, NormalizedIdentifier, Purpose, SubjectId};
 
-use super::change::{Announced, GrantTerms};
+use super::change::{Announced, announced_in_force};
 use super::{
     ConsentRecord, CurrentConsent, Interaction, LogPositions, MergeLineage, RightsRequestRecord, StoreError,
     SubjectMeta, SubjectRecord,
@@ -51,28 +51,9 @@ pub struct Half {
 }
 
 impl Half {
-    /// The consent in force as watchers are told it at `at`: (purpose, state, terms) → channels.
-    /// A grant that has lapsed by then is not announced: the links come to this half afresh, so
-    /// a follower holds no grant for them, as every decision finds none.
+    /// The consent in force as watchers are told it at `at` ([`announced_in_force`]).
     pub fn announced(&self, at: i64) -> Vec<Announced> {
-        let mut grouped: BTreeMap<(Purpose, u8, GrantTerms), (ConsentState, Vec<Channel>)> = BTreeMap::new();
-        for ((purpose, channel), current) in &self.current {
-            let order = match current.state {
-                ConsentState::Granted if !current.grants_at(at) => continue,
-                ConsentState::Granted => 0,
-                ConsentState::Denied => 1,
-                ConsentState::Withdrawn => 2,
-            };
-            let terms = GrantTerms::of(
-                current.state,
-                current.expires_at,
-                current.kind.as_ref(),
-                &current.hours,
-                current.double_opt_in_confirmed,
-            );
-            grouped.entry((*purpose, order, terms)).or_insert_with(|| (current.state, Vec::new())).1.push(*channel);
-        }
-        grouped.into_iter().map(|((purpose, _, terms), (state, channels))| (purpose, state, channels, terms)).collect()
+        announced_in_force(&self.current, at)
     }
 }
 

@@ -79,6 +79,10 @@ fn event_to_pb(region: &RegionId, event: &ChangeEvent) -> common::ChangeEvent {
         Change::Registered => pb.kind = common::ChangeKind::Registered as i32,
         Change::Erased => pb.kind = common::ChangeKind::Erased as i32,
         Change::LinksRemoved => pb.kind = common::ChangeKind::LinksRemoved as i32,
+        Change::Restricted { restricted } => {
+            pb.kind = common::ChangeKind::Restricted as i32;
+            pb.restricted = *restricted;
+        }
         Change::Consent { purpose, channels, state, terms, .. } => {
             pb.kind = common::ChangeKind::Consent as i32;
             pb.purpose = purpose.to_string();

@@ -3,12 +3,15 @@
 //! a link becomes live only if the subject holds it already or with this region's granted claim,
 //! and every link removed queues the release of its claim, in the same transaction.
 
+use std::collections::BTreeMap;
+
 use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, SubjectId};
 
 use super::claims::{check_replay, hold, record_replay, release_held};
 use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{PgStore, pg, subject_id, uint};
+use crate::store::announced_in_force;
 use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::split::{MergeSide, join_records};
 use crate::store::vault::SubjectKey;
@@ -256,30 +259,29 @@ impl PgStore {
             self.reseal(w, "rights_requests", "sequence", b"rights", keys).await?;
             // The record in force per purpose × channel is the one that supersedes the other, so
             // an older grant of one half never overrides a withdrawal or denial of the other.
-            let cells = w
-                .tx()
-                .query_cached("SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1", &[&bytes(from)])
-                .await
-                .map_err(pg)?;
-            for cell in &cells {
-                let (purpose, channel) = parse_cell(cell.get(0), cell.get(1))?;
-                let candidate: CurrentConsent =
-                    open(&from_key, b"current", &current_key(from, purpose, channel), cell.get(2))?;
-                let into_cell = current_key(into, purpose, channel);
-                let existing = w
+            // Both halves' cells in one read each; `in_force` ends as the merged subject's consent
+            // in force, announced to watchers.
+            let cells_of = async |subject: &SubjectId, key: &SubjectKey| {
+                let rows = w
                     .tx()
-                    .query_opt_cached(
-                        "SELECT sealed FROM current_consent WHERE subject = $1 AND purpose = $2 AND channel = $3",
-                        &[&bytes(into), &purpose.as_str(), &channel.as_str()],
+                    .query_cached(
+                        "SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1",
+                        &[&bytes(subject)],
                     )
                     .await
                     .map_err(pg)?;
-                let replace = match existing {
-                    None => true,
-                    Some(row) => candidate.supersedes(&open::<CurrentConsent>(&into_key, b"current", &into_cell, row.get(0))?),
-                };
-                if replace {
-                    let sealed = seal(&into_key, b"current", &into_cell, &candidate)?;
+                rows.iter()
+                    .map(|row| {
+                        let (purpose, channel) = parse_cell(row.get(0), row.get(1))?;
+                        let cell = open::<CurrentConsent>(key, b"current", &current_key(subject, purpose, channel), row.get(2))?;
+                        Ok(((purpose, channel), cell))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+            };
+            let mut in_force: BTreeMap<_, _> = cells_of(into, &into_key).await?.into_iter().collect();
+            for ((purpose, channel), candidate) in cells_of(from, &from_key).await? {
+                if in_force.get(&(purpose, channel)).is_none_or(|existing: &CurrentConsent| candidate.supersedes(existing)) {
+                    let sealed = seal(&into_key, b"current", &current_key(into, purpose, channel), &candidate)?;
                     w.tx()
                         .execute_cached(
                             "INSERT INTO current_consent (subject, purpose, channel, sealed) VALUES ($1, $2, $3, $4) \
@@ -288,11 +290,21 @@ impl PgStore {
                         )
                         .await
                         .map_err(pg)?;
+                    in_force.insert((purpose, channel), candidate);
                 }
             }
+            let consent = announced_in_force(&in_force, now);
             w.tx().execute_cached("DELETE FROM subject_keys WHERE subject = $1", &[&bytes(from)]).await.map_err(pg)?;
             w.tx().execute_cached("DELETE FROM subjects WHERE id = $1", &[&bytes(from)]).await.map_err(pg)?;
-            let recorded = [Recorded::Merge { into: *into, from: *from, links: &moved_links }];
+            let all_links = self.links_of(w.tx(), into).await?;
+            let recorded = [Recorded::Merge {
+                into: *into,
+                from: *from,
+                links: &moved_links,
+                all_links: &all_links,
+                consent: &consent,
+                restricted: into_meta.restricted || from_meta.restricted,
+            }];
             let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("merge events".into()))?;
             let merged = Merged { from: *from, links: moved_links.clone(), consent_records, interactions, event };
             record_replay(w, idempotency, Some((into, &into_key)), &(*into, &merged)).await?;

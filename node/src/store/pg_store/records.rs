@@ -12,7 +12,7 @@ use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::vault::SubjectKey;
 use crate::store::{
     ConsentRecord, CurrentConsent, DecisionInputs, Idempotency, Interaction, NewConsent, NewInteraction, Recorded,
-    RightsRequestRecord, StoreError, SubjectMeta,
+    RestrictionSet, RightsRequestRecord, StoreError, SubjectMeta,
 };
 
 fn bytes(subject: &SubjectId) -> &[u8] {
@@ -79,7 +79,7 @@ impl PgStore {
         restricted: bool,
         rights_request: &RightsRequestRecord,
         idempotency: Option<&Idempotency>,
-    ) -> Result<RightsRequestRecord, StoreError> {
+    ) -> Result<RestrictionSet, StoreError> {
         self.write(rights_request.received_at, async |w| {
             check_replay(w, idempotency).await?;
             let key = self.live_key(w, subject).await?;
@@ -88,9 +88,16 @@ impl PgStore {
                 .await
                 .map_err(pg)?;
             self.insert_rights_request(w, subject, &key, rights_request).await?;
-            w.record(&[Recorded::RightsRequest { subject: *subject, request: rights_request }]).await?;
+            // Followers are told (`Change::Restricted`): while it holds, every decision refuses.
+            let links = self.links_of(w.tx(), subject).await?;
+            let event = w
+                .record(&[
+                    Recorded::RightsRequest { subject: *subject, request: rights_request },
+                    Recorded::Restriction { subject: *subject, links: &links, restricted },
+                ])
+                .await?;
             record_replay(w, idempotency, Some((subject, &key)), &(*subject, (restricted, rights_request))).await?;
-            Ok(rights_request.clone())
+            Ok(RestrictionSet { request: rights_request.clone(), event })
         })
         .await
     }

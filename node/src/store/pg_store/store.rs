@@ -229,7 +229,7 @@ impl Store for PgStore {
         restricted: bool,
         rights_request: &RightsRequestRecord,
         idempotency: Option<&Idempotency>,
-    ) -> Result<RightsRequestRecord, StoreError> {
+    ) -> Result<crate::store::RestrictionSet, StoreError> {
         PgStore::set_restricted(self, subject, restricted, rights_request, idempotency).await
     }
 

@@ -206,6 +206,7 @@ impl PgStore {
                 kept_links: &plan.kept.links,
                 kept_consent: &kept_consent,
                 restored_consent: &restored_consent,
+                restricted: [plan.kept.meta.restricted, plan.restored.meta.restricted],
                 flagged: plan.flagged,
             }];
             let event = w.record(&recorded).await?.ok_or_else(|| StoreError::Backend("unmerge events".into()))?;

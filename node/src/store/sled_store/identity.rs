@@ -9,9 +9,9 @@ use sled::Transactional;
 
 use super::claims::{check_replay, hold, live_subject, record_replay, release_held};
 use super::{
-    CurrentConsent, Dropped, Erased, Idempotency, Merged, MetaEntry, Move, Recorded, Rectification, Rectified,
-    Registered, Release, RightsRequestRecord, SledStore, StoreError, SubjectKey, SubjectMeta, SubjectRecord, TxResult,
-    abort, backend, consent_key, context, decode, encode, flatten, number_events, open, or_abort, seal,
+    Dropped, Erased, Idempotency, Merged, MetaEntry, Move, Recorded, Rectification, Rectified, Registered, Release,
+    RightsRequestRecord, SledStore, StoreError, SubjectKey, SubjectMeta, SubjectRecord, TxResult, abort, backend,
+    consent_key, context, decode, encode, flatten, number_events, open, or_abort, seal,
 };
 use crate::store::LogPositions;
 use crate::store::split::{MergeSide, join_records};
@@ -323,24 +323,16 @@ impl SledStore {
         let (index_old, index_new) = self.index_moves((from, into), &into_key)?;
         // The record in force per purpose × channel is the one that supersedes the other, so an
         // older grant of one half never overrides a withdrawal or denial of the other.
-        let mut current_writes = Vec::new();
         let from_current = Self::prefix_keys(&self.current, from)?;
-        for old in &from_current {
-            let Some(bytes) = self.current.get(old).map_err(backend)? else { continue };
-            let candidate: CurrentConsent = open(&from_key, b"current", old, &bytes)?;
-            let mut new = Vec::with_capacity(old.len());
-            new.extend_from_slice(into.as_bytes());
-            new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
-            let replace = match self.current.get(&new).map_err(backend)? {
-                None => true,
-                Some(bytes) => candidate.supersedes(&open::<CurrentConsent>(&into_key, b"current", &new, &bytes)?),
-            };
-            if replace {
-                let sealed = seal(&into_key, b"current", &new, &candidate)?;
-                current_writes.push((new, sealed));
-            }
-        }
-        let recorded = [Recorded::Merge { into: *into, from: *from, links: &moved_links }];
+        let (current_writes, consent) = self.merged_in_force((into, &into_key), from, now)?;
+        let recorded = [Recorded::Merge {
+            into: *into,
+            from: *from,
+            links: &moved_links,
+            all_links: &into_entry.links,
+            consent: &consent,
+            restricted: into_entry.meta.restricted,
+        }];
         let events_out = self.events_of(&recorded, now)?;
         let merged = Merged {
             from: *from,

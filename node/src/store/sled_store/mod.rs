@@ -582,7 +582,7 @@ impl Store for SledStore {
         restricted: bool,
         rights_request: &RightsRequestRecord,
         idempotency: Option<&Idempotency>,
-    ) -> Result<RightsRequestRecord, StoreError> {
+    ) -> Result<crate::store::RestrictionSet, StoreError> {
         self.restrict_subject(subject, restricted, rights_request, idempotency)
     }
 

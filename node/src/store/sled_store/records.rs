@@ -12,11 +12,14 @@ use super::{
     open, or_abort, seal,
 };
 use crate::store::vault::SubjectKey;
-use crate::store::{AppendedConsents, ConsentBatch};
+use crate::store::{AppendedConsents, ConsentBatch, RestrictionSet};
 
 /// A cell's candidates from one batch, in order, each with its sealed form and the index of its
 /// record among its write's records.
 type SealedCandidates = Vec<(CurrentConsent, Vec<u8>, usize)>;
+
+/// A current-consent cell's key and its sealed record.
+type SealedCell = (Vec<u8>, Vec<u8>);
 
 /// What became of one subject's part of a batch: its records as stored with their change
 /// events' sequences, or why none was written.
@@ -305,7 +308,7 @@ impl SledStore {
         restricted: bool,
         rights_request: &RightsRequestRecord,
         idempotency: Option<&Idempotency>,
-    ) -> Result<RightsRequestRecord, StoreError> {
+    ) -> Result<RestrictionSet, StoreError> {
         let key = self.key(subject)?;
         let _serial = self.serialise_writes(&[*subject]);
         let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
@@ -313,21 +316,30 @@ impl SledStore {
         let meta_bytes = encode(&entry)?;
         let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
         let sealed_rights = seal(&key, b"rights", &rights_key, rights_request)?;
-        let recorded = [Recorded::RightsRequest { subject: *subject, request: rights_request }];
+        // Followers are told (`Change::Restricted`): while it holds, every decision refuses.
+        let recorded = [
+            Recorded::RightsRequest { subject: *subject, request: rights_request },
+            Recorded::Restriction { subject: *subject, links: &entry.links, restricted },
+        ];
+        let events_out = self.events_of(&recorded, rights_request.received_at)?;
         let audited = self.audited(rights_request.received_at)?;
-        let result = (&self.meta, &self.rights, &self.idempotency).transaction(|(meta, rights, replays)| {
+        let trees = (&self.meta, &self.rights, &self.idempotency, &self.events);
+        let result = trees.transaction(|(meta, rights, replays, events)| {
             check_replay(replays, idempotency)?;
             if meta.get(subject.as_bytes())?.is_none() {
                 return abort(StoreError::NotFound);
             }
             meta.insert(&subject.as_bytes()[..], meta_bytes.as_slice())?;
             rights.insert(&rights_key[..], sealed_rights.as_slice())?;
+            for (seq, event) in &events_out {
+                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
+            }
             record_replay(replays, idempotency, Some((subject, &key)), &(*subject, (restricted, rights_request)))?;
             audited.append(&recorded)
         });
         flatten(result)?;
         audited.commit();
-        Ok(rights_request.clone())
+        Ok(RestrictionSet { request: rights_request.clone(), event: events_out.last().map(|(seq, _)| *seq) })
     }
 
     pub(super) fn record_interaction(
@@ -401,6 +413,29 @@ impl SledStore {
         }
         let Some(meta) = self.read_subject_meta(subject)? else { return Ok(None) };
         Ok(Some((meta, self.read_current_consent(subject, purpose, channel)?)))
+    }
+
+    /// For a merge of `from` into `into`: the cells of `into` to write (sealed under its key),
+    /// where `from`'s record supersedes `into`'s (so an older grant of one half never overrides
+    /// a withdrawal or denial of the other), and the merged subject's consent in force as
+    /// watchers are told it at `now`.
+    pub(super) fn merged_in_force(
+        &self,
+        (into, into_key): (&SubjectId, &SubjectKey),
+        from: &SubjectId,
+        now: i64,
+    ) -> Result<(Vec<SealedCell>, Vec<crate::store::Announced>), StoreError> {
+        let mut writes = Vec::new();
+        let mut in_force: std::collections::BTreeMap<(Purpose, Channel), CurrentConsent> =
+            self.read_consent_in_force(into)?.into_iter().map(|(p, c, v)| ((p, c), v)).collect();
+        for (purpose, channel, candidate) in self.read_consent_in_force(from)? {
+            if in_force.get(&(purpose, channel)).is_none_or(|existing| candidate.supersedes(existing)) {
+                let new = current_key(into, purpose, channel);
+                writes.push((new.clone(), seal(into_key, b"current", &new, &candidate)?));
+                in_force.insert((purpose, channel), candidate);
+            }
+        }
+        Ok((writes, crate::store::announced_in_force(&in_force, now)))
     }
 
     pub(super) fn read_consent_in_force(

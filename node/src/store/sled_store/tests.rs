@@ -430,12 +430,31 @@ async fn merge_moves_everything_and_never_lets_an_older_grant_win() {
     assert!(matches!(store.consent_history(&from).await, Err(StoreError::NotFound)));
     assert!(store.current.scan_prefix(from.as_bytes()).next().is_none());
     assert!(store.interactions.scan_prefix(from.as_bytes()).next().is_none());
-    // Events: REGISTERED for `into` with `from`'s links, then ERASED for `from` with the same.
+    // Events: REGISTERED for `into` with `from`'s links; the merged consent in force and the
+    // restriction on all of `into`'s links; then ERASED for `from` with its links.
     let events: Vec<_> = store.events_page(None, usize::MAX).await.unwrap();
-    let tail = &events[events.len() - 2..];
+    let start = events.iter().rposition(|e| e.change == Change::Registered).unwrap();
+    let tail = &events[start..];
     assert_eq!((tail[0].subject, &tail[0].change, &tail[0].links), (into, &Change::Registered, &from_links));
-    assert_eq!((tail[1].subject, &tail[1].change, &tail[1].links), (from, &Change::Erased, &from_links));
-    assert_eq!(tail[1].sequence, merged.event);
+    let last = tail.last().unwrap();
+    assert_eq!((last.subject, &last.change, &last.links), (from, &Change::Erased, &from_links));
+    assert_eq!(last.sequence, merged.event);
+    let all_links = store.meta_entry(&into).unwrap().unwrap().links;
+    let mut told = std::collections::BTreeMap::new();
+    for event in &tail[1..tail.len() - 1] {
+        assert_eq!((event.subject, &event.links), (into, &all_links), "on every link of the merged subject");
+        match &event.change {
+            Change::Consent { channels, state, .. } => channels.iter().for_each(|c| {
+                told.insert(c.as_str(), *state);
+            }),
+            Change::Restricted { restricted } => assert!(*restricted),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected =
+        [("email", ConsentState::Withdrawn), ("post", ConsentState::Granted), ("sms", ConsentState::Withdrawn)];
+    assert_eq!(told, expected.into_iter().collect(), "what decisions now read");
+    assert!(tail.iter().any(|e| e.change == Change::Restricted { restricted: true }));
     assert!(matches!(store.merge(&into, &from, 401, None).await, Err(StoreError::NotFound)));
     assert!(matches!(store.merge(&into, &into, 401, None).await, Err(StoreError::Conflict)));
     // Survives a reopen: everything moved was flushed.

@@ -157,6 +157,7 @@ impl SledStore {
             kept_links: &plan.kept.links,
             kept_consent: &kept_consent,
             restored_consent: &restored_consent,
+            restricted: [plan.kept.meta.restricted, plan.restored.meta.restricted],
             flagged: plan.flagged,
         }];
         let events_out = self.events_of(&recorded, now)?;
