@@ -15,6 +15,7 @@ use domicile_types::{Link, SubjectRef};
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::directory::Update;
 use crate::gateway::Gateway;
 
 use crate::error::{invalid, malformed_subject_ref, no_decision, node_status};
@@ -99,7 +100,9 @@ impl Domicile for GatewayService {
             tracing::error!(region = %home, "link key or region mismatch between gateway and node");
             return Err(Status::internal("gateway and node disagree on links: check the deployment's link key"));
         }
-        self.gateway.directory.insert(&subject, &links);
+        // Read-your-writes before the change event arrives; a replayed reply older than the
+        // events applied here changes nothing (`Directory::apply_reply`).
+        self.gateway.directory.apply_reply(&home, Some(reply.event_sequence), Update::Map(&subject, &links));
         tracing::info!(region = %home, %jurisdiction, created = reply.created, "subject registered");
         Ok(Response::new(pb::RegisterResponse {
             subject_ref: subject.to_string(),
@@ -281,8 +284,11 @@ impl Domicile for GatewayService {
         // The node has erased; drop the links here at once so no later lookup finds the subject.
         // Other gateways learn it from the node's ERASED change event.
         let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
-        let removed = self.gateway.directory.remove(&links);
-        tracing::info!(%region, links = removed, "subject erased");
+        if let Ok(erased) = SubjectRef::parse(&reply.subject_ref) {
+            let update = Update::Unmap(&erased, &links);
+            self.gateway.directory.apply_reply(&region, Some(reply.event_sequence), update);
+        }
+        tracing::info!(%region, links = links.len(), "subject erased");
         Ok(Response::new(pb::EraseResponse {
             subject_ref: reply.subject_ref,
             links_removed: reply.links.len() as u64,
@@ -325,7 +331,8 @@ impl Domicile for GatewayService {
         // Only links that still name `from` here: a replayed reply must not undo a later unmerge.
         let links: Vec<Link> = reply.links.iter().filter_map(|l| Link::parse(l).ok()).collect();
         if let Ok(from) = SubjectRef::parse(&reply.merged_subject_ref) {
-            self.gateway.directory.move_links(&from, &into, &links);
+            let update = Update::Move { from: &from, to: &into, links: &links };
+            self.gateway.directory.apply_reply(&into_region, Some(reply.event_sequence), update);
         }
         tracing::info!(region = %into_region, links = links.len(), "subjects merged");
         Ok(Response::new(pb::MergeResponse {
@@ -481,8 +488,11 @@ impl Domicile for GatewayService {
             .into_inner();
         let subject = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
         let parse = |links: &[String]| links.iter().filter_map(|l| Link::parse(l).ok()).collect::<Vec<Link>>();
-        self.gateway.directory.remove_subject_links(&subject, &parse(&reply.links_removed));
-        self.gateway.directory.insert(&subject, &parse(&reply.links_added));
+        let (removed, added) = (parse(&reply.links_removed), parse(&reply.links_added));
+        let directory = &self.gateway.directory;
+        if directory.apply_reply(&region, Some(reply.event_sequence), Update::Unmap(&subject, &removed)) {
+            directory.apply_reply(&region, Some(reply.event_sequence), Update::Map(&subject, &added));
+        }
         tracing::info!(%region, added = reply.links_added.len(), removed = reply.links_removed.len(), "subject rectified");
         Ok(Response::new(pb::RectifyResponse {
             subject_ref: reply.subject_ref,

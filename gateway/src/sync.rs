@@ -15,7 +15,7 @@ use domicile_proto::pb::node::v1 as node_pb;
 use domicile_types::{Link, RegionId, SubjectId, SubjectRef};
 use tokio::sync::oneshot;
 
-use crate::directory::Directory;
+use crate::directory::{Directory, Update};
 use crate::metrics::RegionLag;
 use crate::node_client::NodeClient;
 
@@ -60,6 +60,7 @@ pub(crate) async fn follow_region(
         match snapshot(&region, client.clone(), &directory).await {
             Ok((count, as_of)) => {
                 cursor = as_of;
+                directory.set_applied(&region, as_of);
                 directory.mark_synced(&region);
                 lag.following();
                 tracing::info!(%region, links = count, "region directory loaded");
@@ -128,19 +129,21 @@ fn apply(region: &RegionId, event: &common::ChangeEvent, directory: &Directory) 
     };
     match common::ChangeKind::try_from(event.kind) {
         Ok(common::ChangeKind::Registered) => {
-            directory.insert(&subject, &links);
+            directory.apply_event(region, event.sequence, Update::Map(&subject, &links));
         }
         Ok(common::ChangeKind::Erased) => {
-            let removed = directory.remove_subject_links(&subject, &links);
+            let removed = directory.apply_event(region, event.sequence, Update::Unmap(&subject, &links));
             tracing::debug!(%region, links = removed, "links dropped after an erasure");
         }
         Ok(common::ChangeKind::LinksRemoved) => {
             // Rectification: the subject stays, only these links stop naming it.
-            let removed = directory.remove_subject_links(&subject, &links);
+            let removed = directory.apply_event(region, event.sequence, Update::Unmap(&subject, &links));
             tracing::debug!(%region, links = removed, "links dropped after a rectification");
         }
-        // Consent and restrictions are decided by the node, which reads them itself.
+        // Consent and restrictions are decided by the node, which reads them itself; the event
+        // counts as applied all the same (a reply older than it is not applied after it).
         Ok(common::ChangeKind::Consent | common::ChangeKind::Restricted | common::ChangeKind::Unspecified) | Err(_) => {
+            directory.apply_event(region, event.sequence, Update::Map(&subject, &[]));
         }
     }
 }

@@ -9,6 +9,7 @@ use domicile_runtime::identity::CallerIdentity;
 use domicile_types::{Link, SubjectRef};
 use tonic::Status;
 
+use crate::directory::Update;
 use crate::error::malformed_subject_ref;
 use crate::gateway::Gateway;
 use crate::node_client::writes::{WriteKey, write_status};
@@ -52,8 +53,15 @@ pub async fn unmerge(
     // Only links that still name the merged subject here: a replayed reply must not bring
     // back links a later write moved or erased.
     if let SubjectKey::Ref(merged) = &key {
-        gateway.directory.move_links(merged, &restored, &links);
-        gateway.directory.move_links(merged, &kept, &kept_links);
+        let sequence = Some(reply.event_sequence);
+        let restore = Update::Move { from: merged, to: &restored, links: &links };
+        if gateway.directory.apply_reply(&region, sequence, restore) {
+            gateway.directory.apply_reply(
+                &region,
+                sequence,
+                Update::Move { from: merged, to: &kept, links: &kept_links },
+            );
+        }
     }
     tracing::info!(%region, links = links.len(), flagged = reply.flagged_for_review, "merge undone");
     Ok(pb::UnmergeResponse {

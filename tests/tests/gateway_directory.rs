@@ -87,3 +87,84 @@ async fn a_second_gateway_learns_registrations_and_erasures_from_node_events() {
         assert!(gone.is_some(), "gateway B forgets an erased subject");
     }
 }
+
+/// Found by a review: a write retried after its reply was lost is answered again from its
+/// idempotency record, and that reply may be older than what the change events said since. A
+/// replayed registration mapped an identifier back to the subject a rectification had taken it
+/// from, so this gateway decided with another person's consent (an allow where every other
+/// gateway refused). A reply is now applied only if the gateway has not applied the region's
+/// events that far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_registration_never_maps_an_identifier_back_to_a_subject_that_lost_it() {
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut g = cluster.gateway().await.unwrap();
+    let (mail, phone) = ("moved.dir@example.de", "+4915112345678");
+    let phone_id = || common::Identifier { kind: "phone".into(), value: phone.into() };
+    let registration = gw::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![email(mail), phone_id()],
+        idempotency_key: "reg-lost-reply-1".into(),
+    };
+    let first = g.register(registration.clone()).await.unwrap().into_inner();
+    let by = |identifier: common::Identifier| {
+        Some(gw::SubjectSelector { selector: Some(gw::subject_selector::Selector::Identifier(identifier)) })
+    };
+    // The first subject grants marketing email.
+    g.record_consent(gw::RecordConsentRequest {
+        subject: by(phone_id()),
+        purpose: "marketing".into(),
+        channels: vec!["email".into()],
+        action: common::ConsentAction::Grant as i32,
+        evidence: Some(common::Evidence {
+            notice_version: "v3".into(),
+            capture_channel: "web".into(),
+            source_system: "shop".into(),
+            double_opt_in_confirmed: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The email was not theirs: removed from them, then registered to its owner.
+    g.rectify(gw::RectifyRequest {
+        subject: by(phone_id()),
+        remove_identifiers: vec![email(mail)],
+        override_reason: "controller_correction".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let owner = g
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![email(mail)],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(owner.subject_ref, first.subject_ref);
+    let decide = async |g: &mut DomicileClient<Channel>| {
+        let request = gw::DecideRequest {
+            subject: by(email(mail)),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            ..Default::default()
+        };
+        g.decide(request).await.unwrap().into_inner().decision.unwrap()
+    };
+    // This gateway has applied the region's events that far.
+    let until = tokio::time::Instant::now() + PROPAGATION;
+    while decide(&mut g).await.subject_ref != owner.subject_ref {
+        assert!(tokio::time::Instant::now() < until, "the email names its owner in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The caller whose first reply was lost retries with its key: answered as the first time.
+    let replay = g.register(registration).await.unwrap().into_inner();
+    assert_eq!(replay.subject_ref, first.subject_ref, "a replay answers as the first time");
+    let d = decide(&mut g).await;
+    assert_eq!(d.subject_ref, owner.subject_ref, "the email still names its owner");
+    assert_eq!(d.effect, common::Effect::Deny as i32, "never the first subject's grant: {}", d.explanation);
+    assert_eq!(resolve(&mut g, mail).await.unwrap().subject_ref, owner.subject_ref);
+}

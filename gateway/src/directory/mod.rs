@@ -24,6 +24,19 @@ pub enum Miss {
     Incomplete,
 }
 
+/// A change to the directory, as a change event or a write's reply states it.
+#[derive(Debug, Clone, Copy)]
+pub enum Update<'a> {
+    /// These links name the subject (REGISTERED; a registration's or rectification's reply).
+    Map(&'a SubjectRef, &'a [Link]),
+    /// These links stop naming the subject, where they still do (ERASED, LINKS_REMOVED; an
+    /// erasure's or a rectification's reply).
+    Unmap(&'a SubjectRef, &'a [Link]),
+    /// These links, where they name `from` now or nothing, name `to` (a merge's or an unmerge's
+    /// reply).
+    Move { from: &'a SubjectRef, to: &'a SubjectRef, links: &'a [Link] },
+}
+
 #[derive(Debug)]
 pub struct Directory {
     regions: Vec<RegionId>,
@@ -48,6 +61,9 @@ struct Inner {
     /// region is marked synced (its lookups answer "incomplete" meanwhile, which fails closed).
     staging: HashMap<u16, Vec<Vec<(Link, Entry)>>>,
     synced: HashSet<u16>,
+    /// Per region, the last change event applied (or the snapshot's): a write's reply that says
+    /// no more than that is not applied again (`Directory::apply_reply`).
+    applied: HashMap<u16, u64>,
 }
 
 impl Inner {
@@ -195,11 +211,66 @@ impl Directory {
     /// Records links of one subject. Returns false if the region is not part of the topology.
     pub fn insert(&self, subject: &SubjectRef, links: &[Link]) -> bool {
         let Some(region) = self.region_index(&subject.region) else { return false };
-        let mut inner = self.write();
+        Self::map_in(&mut self.write(), region, subject, links);
+        true
+    }
+
+    fn map_in(inner: &mut Inner, region: u16, subject: &SubjectRef, links: &[Link]) {
         for link in links {
             inner.set(*link, Some(Entry { region, subject: subject.id }));
         }
+    }
+
+    /// Applies `update` under the lock already held; returns how many links changed.
+    fn update_in(&self, inner: &mut Inner, update: Update<'_>) -> usize {
+        match update {
+            Update::Map(subject, links) => match self.region_index(&subject.region) {
+                Some(region) => {
+                    Self::map_in(inner, region, subject, links);
+                    links.len()
+                }
+                None => 0,
+            },
+            Update::Unmap(subject, links) => self.unmap_in(inner, subject, links),
+            Update::Move { from, to, links } => self.move_in(inner, from, to, links),
+        }
+    }
+
+    /// Applies change event `sequence` of `region` (its sync task, in order) and notes it applied.
+    pub fn apply_event(&self, region: &RegionId, sequence: u64, update: Update<'_>) -> usize {
+        let Some(index) = self.region_index(region) else { return 0 };
+        let mut inner = self.write();
+        let changed = self.update_in(&mut inner, update);
+        let applied = inner.applied.entry(index).or_default();
+        *applied = (*applied).max(sequence);
+        changed
+    }
+
+    /// Applies what a write's reply says, for read-your-writes before its change events arrive,
+    /// unless this directory has applied `region`'s events up to the write's (`sequence`): they
+    /// said the same or something newer. A reply is a replay when its write was retried, and a
+    /// replayed registration would otherwise map a link back to a subject that has lost it since
+    /// (a rectification, an erasure), so decisions through this gateway would go to the wrong
+    /// person. A reply with no event changes nothing here. Returns whether it was applied.
+    pub fn apply_reply(&self, region: &RegionId, sequence: Option<u64>, update: Update<'_>) -> bool {
+        let (Some(index), Some(sequence)) = (self.region_index(region), sequence.filter(|s| *s > 0)) else {
+            return false;
+        };
+        let mut inner = self.write();
+        if inner.applied.get(&index).is_some_and(|applied| *applied >= sequence) {
+            return false;
+        }
+        self.update_in(&mut inner, update);
         true
+    }
+
+    /// The region's snapshot reflects its events up to `as_of`.
+    pub fn set_applied(&self, region: &RegionId, as_of: Option<u64>) {
+        if let (Some(index), Some(as_of)) = (self.region_index(region), as_of) {
+            let mut inner = self.write();
+            let applied = inner.applied.entry(index).or_default();
+            *applied = (*applied).max(as_of);
+        }
     }
 
     /// Forgets links (after an erasure). Returns how many were present.
@@ -218,9 +289,12 @@ impl Directory {
     /// Forgets links that still name `subject` (an ERASED change event). A link that names
     /// someone else by now was re-registered after the erasure and stays.
     pub fn remove_subject_links(&self, subject: &SubjectRef, links: &[Link]) -> usize {
+        self.unmap_in(&mut self.write(), subject, links)
+    }
+
+    fn unmap_in(&self, inner: &mut Inner, subject: &SubjectRef, links: &[Link]) -> usize {
         let Some(region) = self.region_index(&subject.region) else { return 0 };
         let wanted = Entry { region, subject: subject.id };
-        let mut inner = self.write();
         let mut removed = 0;
         for link in links {
             if inner.get(link) == Some(wanted) {
@@ -236,12 +310,15 @@ impl Directory {
     /// replay of a write whose effect a later one (an unmerge, an erasure) has undone. Returns
     /// how many were mapped.
     pub fn move_links(&self, from: &SubjectRef, to: &SubjectRef, links: &[Link]) -> usize {
+        self.move_in(&mut self.write(), from, to, links)
+    }
+
+    fn move_in(&self, inner: &mut Inner, from: &SubjectRef, to: &SubjectRef, links: &[Link]) -> usize {
         let (Some(from_region), Some(to_region)) = (self.region_index(&from.region), self.region_index(&to.region))
         else {
             return 0;
         };
         let expected = Entry { region: from_region, subject: from.id };
-        let mut inner = self.write();
         let mut moved = 0;
         for link in links {
             if inner.get(link).is_none_or(|current| current == expected) {

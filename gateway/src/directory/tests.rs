@@ -178,3 +178,29 @@ fn a_million_links_cost_under_64_bytes_each_and_changes_fold_in() {
     assert_eq!(dir.lookup(&link(999_999)).map(|s| s.id), Ok(SubjectId::from_bytes([1; 16])));
     assert!(dir.table_bytes() / dir.len() <= 64);
 }
+
+#[test]
+fn a_reply_no_newer_than_the_events_applied_changes_nothing() {
+    let eu = region("eu-central");
+    let subject = |n: u8| SubjectId::from_bytes([n; 16]);
+    let link = |n: u8| Link::from_bytes([n; 16]);
+    let dir = Directory::new(vec![eu.clone()]);
+    let (first, owner) =
+        (SubjectRef { region: eu.clone(), id: subject(1) }, SubjectRef { region: eu.clone(), id: subject(2) });
+    let l = link(7);
+    // Events: registered to `first` (5), removed from it (6), registered to `owner` (7).
+    dir.apply_event(&eu, 5, Update::Map(&first, &[l]));
+    dir.apply_event(&eu, 6, Update::Unmap(&first, &[l]));
+    dir.apply_event(&eu, 7, Update::Map(&owner, &[l]));
+    // A replayed reply of the registration at 5 is older than what the events said since.
+    assert!(!dir.apply_reply(&eu, Some(5), Update::Map(&first, &[l])));
+    assert_eq!(dir.lookup(&l).unwrap(), owner);
+    // A reply with no event changes nothing; a reply newer than the events applied does.
+    assert!(!dir.apply_reply(&eu, Some(0), Update::Map(&first, &[l])));
+    assert!(!dir.apply_reply(&eu, None, Update::Map(&first, &[l])));
+    assert!(dir.apply_reply(&eu, Some(8), Update::Unmap(&owner, &[l])));
+    assert_eq!(dir.lookup(&l), Err(Miss::Incomplete), "not synced yet: unknown links are incomplete");
+    // A snapshot as of 20 counts as applied.
+    dir.set_applied(&eu, Some(20));
+    assert!(!dir.apply_reply(&eu, Some(19), Update::Map(&first, &[l])));
+}

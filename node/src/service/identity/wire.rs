@@ -66,6 +66,7 @@ pub(in crate::service) async fn unmerge<S: Store>(
         consent_records: unmerged.consent_records as u64,
         interactions: unmerged.interactions as u64,
         flagged_for_review: unmerged.flagged as u64,
+        event_sequence: unmerged.event,
     })
 }
 
@@ -123,6 +124,7 @@ fn registered_to_pb<S: Store>(node: &NodeService<S>, registered: &Registered) ->
         subject_ref: node.subject_ref(registered.subject).to_string(),
         links: registered.links.iter().map(Link::to_string).collect(),
         created: registered.created,
+        event_sequence: registered.event.unwrap_or_default(),
     }
 }
 
@@ -134,6 +136,7 @@ fn merged_to_pb<S: Store>(node: &NodeService<S>, into: SubjectId, merged: &Merge
         links: merged.links.iter().map(Link::to_string).collect(),
         interactions_moved: merged.interactions as u64,
         merged_subject_ref: node.subject_ref(merged.from).to_string(),
+        event_sequence: merged.event,
     }
 }
 
@@ -143,5 +146,6 @@ fn rectified_to_pb<S: Store>(node: &NodeService<S>, subject: SubjectId, rectifie
         links_added: rectified.added.iter().map(Link::to_string).collect(),
         links_removed: rectified.removed.iter().map(Link::to_string).collect(),
         rights_request: Some(rights_to_pb(&rectified.rights_request)),
+        event_sequence: rectified.event.unwrap_or_default(),
     }
 }

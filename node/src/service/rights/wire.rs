@@ -86,6 +86,7 @@ fn erased_to_pb<S: Store>(node: &NodeService<S>, subject: SubjectId, erased: &Er
         consent_records_erased: erased.consent_records as u64,
         erased_at: Some(convert::to_timestamp(erased.at)),
         rights_request: Some(rights_to_pb(&erased.rights_request)),
+        event_sequence: erased.event,
     }
 }
 
