@@ -618,7 +618,10 @@ impl Cluster {
     async fn history(&self, holder: &Holder) -> anyhow::Result<History> {
         let reply = self
             .node(&holder.region)?
-            .consent_history(pb::ConsentHistoryRequest { subject: Some(subject_key(&holder.subject_ref)) })
+            .consent_history(pb::ConsentHistoryRequest {
+                subject: Some(subject_key(&holder.subject_ref)),
+                ..Default::default()
+            })
             .await
             .with_context(|| format!("ConsentHistory at {}", holder.region))?
             .into_inner();

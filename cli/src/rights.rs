@@ -326,7 +326,11 @@ async fn rights(args: RightsArgs) -> anyhow::Result<()> {
             )
         }
         RightsCommand::History => {
-            let reply = node.consent_history(pb::ConsentHistoryRequest { subject }).await.map_err(status)?.into_inner();
+            let reply = node
+                .consent_history(pb::ConsentHistoryRequest { subject, ..Default::default() })
+                .await
+                .map_err(status)?
+                .into_inner();
             let entries: Vec<Value> = reply
                 .entries
                 .iter()

@@ -70,6 +70,7 @@ fn needs_caller(path: &str) -> bool {
                 | "RecordInteraction"
                 | "Rectify"
                 | "GetContext"
+                | "ConsentHistory"
                 | "Erase"
                 | "Merge"
                 | "Unmerge"

@@ -246,12 +246,19 @@ impl Domicile for GatewayService {
         &self,
         request: Request<pb::ConsentHistoryRequest>,
     ) -> Result<Response<pb::ConsentHistoryResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
         let (region, key) = self.gateway.target(request.get_ref().subject.as_ref())?;
+        // The node applies the subject's residency to the caller's region (a transfer, minimised).
+        let node_request = node_pb::ConsentHistoryRequest {
+            subject: Some(key.to_pb()),
+            purpose: request.get_ref().purpose.clone(),
+            caller_region: caller.region.to_string(),
+        };
         let reply = self
             .gateway
             .nodes
             .client(&region)?
-            .consent_history(node_pb::ConsentHistoryRequest { subject: Some(key.to_pb()) })
+            .consent_history(node_request)
             .await
             .map_err(|s| node_status(&region, s))?
             .into_inner();

@@ -108,6 +108,30 @@ pub trait Cluster {
         Ok(issue_caller_cert(&self.dir().join("pki"), &format!("client-{name}"), &caller)?)
     }
 
+    /// A subject's consent history read through the first gateway as a caller of its home
+    /// region: the ledger is personal data, which a caller of another region reads only under a
+    /// transfer of the subject's pack, minimised. The home region comes from the subject's ref,
+    /// or from resolving its identifier.
+    async fn history_at_home(
+        &self,
+        subject: Option<domicile_proto::pb::gateway::v1::SubjectSelector>,
+    ) -> anyhow::Result<domicile_proto::pb::gateway::v1::ConsentHistoryResponse> {
+        use domicile_proto::pb::gateway::v1 as gw;
+        let home = match subject.as_ref().and_then(|s| s.selector.as_ref()) {
+            Some(gw::subject_selector::Selector::SubjectRef(r)) => {
+                domicile_types::SubjectRef::parse(r).context("subject ref")?.region.to_string()
+            }
+            Some(gw::subject_selector::Selector::Identifier(identifier)) => {
+                let request = gw::ResolveRequest { identifier: Some(identifier.clone()) };
+                self.gateway().await?.resolve(request).await?.into_inner().home_region
+            }
+            _ => anyhow::bail!("history_at_home needs a subject ref or an identifier"),
+        };
+        let tls = self.issue_caller(&format!("home-reader-{home}"), &home, &[Scope::Context])?;
+        let request = gw::ConsentHistoryRequest { subject, purpose: String::new() };
+        Ok(self.gateway_as(&tls).await?.consent_history(request).await?.into_inner())
+    }
+
     /// A client of the first gateway presenting `tls` (which need not be from this cluster's CA).
     async fn gateway_as(&self, tls: &TlsFiles) -> anyhow::Result<DomicileClient<Channel>> {
         self.gateway_at_as(self.gateway_addr(), tls).await

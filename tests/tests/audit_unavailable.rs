@@ -119,7 +119,11 @@ async fn a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable() {
 
     let history = |h: node::ConsentHistoryResponse| (h.entries, h.restricted, h.in_force);
     let before = history(
-        operator.consent_history(node::ConsentHistoryRequest { subject: node_ref(&anna) }).await.unwrap().into_inner(),
+        operator
+            .consent_history(node::ConsentHistoryRequest { subject: node_ref(&anna), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner(),
     );
     let last_event = {
         let mut all = operator.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
@@ -172,7 +176,11 @@ async fn a_write_that_cannot_be_audited_leaves_no_trace_and_is_unavailable() {
     // Nothing of them is stored: the ledger, the flag and what is in force are as before, the
     // subject's data is still readable (its key was not destroyed).
     let after = history(
-        operator.consent_history(node::ConsentHistoryRequest { subject: node_ref(&anna) }).await.unwrap().into_inner(),
+        operator
+            .consent_history(node::ConsentHistoryRequest { subject: node_ref(&anna), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner(),
     );
     assert_eq!(after, before, "a refused write changed the subject");
     // A decision cannot be audited either (the reserve is on the database's file system, not

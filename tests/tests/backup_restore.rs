@@ -70,7 +70,10 @@ async fn decide(cluster: &TestCluster, email: &str) -> Result<i32, Code> {
 
 async fn history(cluster: &TestCluster, email: &str) -> Vec<(u64, String)> {
     let mut gateway = cluster.gateway().await.unwrap();
-    let response = gateway.consent_history(gw::ConsentHistoryRequest { subject: select_email(email) }).await.unwrap();
+    let response = gateway
+        .consent_history(gw::ConsentHistoryRequest { subject: select_email(email), ..Default::default() })
+        .await
+        .unwrap();
     response.into_inner().entries.into_iter().map(|e| (e.sequence, e.state)).collect()
 }
 

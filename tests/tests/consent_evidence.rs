@@ -2,8 +2,8 @@
 //! version and the source system are tokens, so an email address, a phone number (with or
 //! without its `+`) or free text with spaces is INVALID_ARGUMENT, at the gateway and directly at
 //! the node, with a message that does not echo it, and nothing is stored; legal tokens round-trip
-//! byte for byte; and a caller of another region reading the history through the gateway gets
-//! exactly those tokens, nothing free-form.
+//! byte for byte; and a caller of another region reads the history only under a transfer, without
+//! evidence.
 
 #![allow(
     clippy::expect_used,
@@ -62,7 +62,7 @@ fn assert_refused_without_echo(status: &tonic::Status, field: &str, bad: &str, a
 
 async fn ledger(client: &mut Client, subject: &str) -> gw::ConsentHistoryResponse {
     client
-        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(subject) })
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(subject), ..Default::default() })
         .await
         .expect("history")
         .into_inner()
@@ -136,15 +136,17 @@ async fn evidence_is_tokens_refused_without_echo_and_only_tokens_cross() {
     assert_eq!(at_home.entries.iter().map(|e| e.evidence.clone().unwrap()).collect::<Vec<_>>(), seeded);
 
     // A caller of another region (context scope, certificate of us-east) reads the DE subject's
-    // history through the gateway: exactly the seeded tokens, and none of the refused values
-    // anywhere in the encoded reply.
+    // history through the gateway only under the pack's transfer for a purpose (the EU baseline's
+    // DPF transfer, for service): that purpose's entries, without evidence; for marketing, no
+    // transfer, refused. None of the refused values anywhere in the encoded replies.
     let foreign = cluster.issue_caller("us-agent-desk", "us-east", &[Scope::Context]).unwrap();
     let mut foreign = cluster.gateway_as(&foreign).await.unwrap();
-    let abroad = ledger(&mut foreign, &subject).await;
-    assert_eq!(abroad, at_home, "the same ledger, whoever reads it");
-    let evidence_abroad: Vec<_> = abroad.entries.iter().map(|e| e.evidence.clone().unwrap()).collect();
-    assert_eq!(evidence_abroad, seeded);
-    let bytes = abroad.encode_to_vec();
+    let abroad = |purpose: &str| gw::ConsentHistoryRequest { subject: select_ref(&subject), purpose: purpose.into() };
+    let refused = foreign.consent_history(abroad("marketing")).await.expect_err("no transfer for marketing");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let served = foreign.consent_history(abroad("service")).await.expect("under the DPF transfer").into_inner();
+    assert!(served.entries.iter().all(|e| e.purpose == "service" && e.evidence.is_none()), "{served:?}");
+    let bytes = served.encode_to_vec();
     for needle in BAD.iter().chain(&["example.de", "Anna"]).map(|b| b.as_bytes()) {
         assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{:?} crossed", String::from_utf8_lossy(needle));
     }

@@ -97,8 +97,7 @@ async fn imported_entries_are_applied_once_keep_their_evidence_and_stay_quiet() 
     dry.dry_run = true;
     let outcomes = client.import_consent(dry).await.unwrap().into_inner().outcomes;
     assert!(matches!(outcomes[0].result, Some(gw::import_consent_outcome::Result::Accepted(0))), "{outcomes:?}");
-    let history = |subject: &str| gw::ConsentHistoryRequest { subject: select_ref(subject) };
-    assert!(client.consent_history(history(&de)).await.unwrap().into_inner().entries.is_empty(), "a dry run wrote");
+    assert!(cluster.history_at_home(select_ref(&de)).await.unwrap().entries.is_empty(), "a dry run wrote");
 
     // One call with entries for two regions, a repeat of one event, and a bad item.
     let mut bad = item(5, &de, common::ConsentAction::Grant, old, "evt-bad");
@@ -143,12 +142,12 @@ async fn imported_entries_are_applied_once_keep_their_evidence_and_stay_quiet() 
     ];
     let outcomes = client.import_consent(request(again)).await.unwrap().into_inner().outcomes;
     assert!(outcomes.iter().all(|o| duplicate(&o.result)), "{outcomes:?}");
-    let de_history = client.consent_history(history(&de)).await.unwrap().into_inner();
+    let de_history = cluster.history_at_home(select_ref(&de)).await.unwrap();
     assert_eq!(de_history.entries.len(), 1, "one entry per source event");
     let entry = &de_history.entries[0];
     assert_eq!(entry.captured_at.as_ref().map(|t| t.seconds), Some(older), "the original capture time is kept");
     assert_eq!(entry.evidence.as_ref().map(|e| e.notice_version.as_str()), Some("legacy-notice-7"));
-    assert_eq!(client.consent_history(history(&us)).await.unwrap().into_inner().entries.len(), 2);
+    assert_eq!(cluster.history_at_home(select_ref(&us)).await.unwrap().entries.len(), 2);
 
     // Decisions follow: DE (opt-in) allows on the imported grant, US withdrew at the same instant.
     let decide = |subject: &str| gw::DecideRequest {
@@ -288,11 +287,7 @@ async fn concurrent_runs_of_one_batch_write_each_event_once() {
         }
     }
     for subject in &subjects {
-        let history = client
-            .consent_history(gw::ConsentHistoryRequest { subject: select_ref(subject) })
-            .await
-            .unwrap()
-            .into_inner();
+        let history = cluster.history_at_home(select_ref(subject)).await.unwrap();
         assert_eq!(history.entries.len(), 1 + 2 * ROUNDS as usize, "each event once in the ledger");
         let decision = client
             .decide(gw::DecideRequest {
@@ -430,11 +425,7 @@ async fn every_format_imports_once_with_a_receipt_per_row_and_malformed_rows_nam
         .await
         .expect("imported subject registered")
         .into_inner();
-    let history = client
-        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&anna.subject_ref) })
-        .await
-        .unwrap()
-        .into_inner();
+    let history = cluster.history_at_home(select_ref(&anna.subject_ref)).await.unwrap();
     // (She is in the Domicile NDJSON and the OneTrust samples: each entry names its source.)
     let sources: Vec<&str> =
         history.entries.iter().map(|e| e.evidence.as_ref().map_or("", |ev| ev.source_system.as_str())).collect();
@@ -630,13 +621,8 @@ fn wait_for_receipts(receipts: &std::path::Path, rows: usize, child: &mut std::p
 async fn assert_bulk_state(cluster: &TestCluster) {
     let mut client = cluster.gateway().await.unwrap();
     for subject in 0..BULK_SUBJECTS {
-        let reply = client
-            .consent_history(gw::ConsentHistoryRequest {
-                subject: domicile_cluster_tests::select_email(&format!("bulk{subject}@example.com")),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let email = format!("bulk{subject}@example.com");
+        let reply = cluster.history_at_home(domicile_cluster_tests::select_email(&email)).await.unwrap();
         assert_eq!(reply.entries.len(), BULK_EVENTS, "subject {subject}: {} entries", reply.entries.len());
         let d = client
             .decide(gw::DecideRequest {
@@ -807,8 +793,8 @@ async fn a_merge_during_an_import_loses_none_of_its_rows() {
         .decision
         .unwrap();
     assert_eq!(decision.effect, common::Effect::Deny as i32, "the imported withdrawal holds: {}", decision.explanation);
-    let history = client.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kept) }).await.unwrap();
-    assert_eq!(history.into_inner().entries.len(), 3, "every row in the merged subject's ledger");
+    let history = cluster.history_at_home(select_ref(&kept)).await.unwrap();
+    assert_eq!(history.entries.len(), 3, "every row in the merged subject's ledger");
 }
 
 /// The checkpoint next to the receipts is bound to the rows it covers: importing another file

@@ -107,13 +107,9 @@ async fn decide(client: &mut Client, subject: &str, at: Option<Timestamp>) -> (c
     (common::Effect::try_from(decision.effect).unwrap(), decision.explanation)
 }
 
-async fn history(client: &mut Client, subject: &str) -> Vec<common::ConsentEntry> {
-    client
-        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(subject) })
-        .await
-        .expect("consent history")
-        .into_inner()
-        .entries
+/// The ledger, read as a caller of the subject's home region (it stays home).
+async fn history(cluster: &impl domicile_cluster_tests::Cluster, subject: &str) -> Vec<common::ConsentEntry> {
+    cluster.history_at_home(select_ref(subject)).await.expect("consent history").entries
 }
 
 /// Asserts the decision now and at each of `later_s` seconds from now.
@@ -144,7 +140,7 @@ async fn consent_order_holds_under_clock_skew_in_both_directions() {
         record(&mut client, &subject, Withdraw, None).await.expect("the withdrawal is acknowledged");
         assert_effect(&mut client, &subject, Deny, LATER, &format!("{jurisdiction}: clock ahead, then withdrawn"))
             .await;
-        let ledger = history(&mut client, &subject).await;
+        let ledger = history(&cluster, &subject).await;
         assert_eq!(
             ledger.iter().map(|e| e.state.as_str()).collect::<Vec<_>>(),
             ["granted", "withdrawn"],
@@ -173,7 +169,7 @@ async fn consent_order_holds_under_clock_skew_in_both_directions() {
     record(&mut client, &subject, Grant, None).await.expect("grant");
     record(&mut client, &subject, Withdraw, Some(from_now(-2 * 86_400 * SECOND))).await.expect("an old withdrawal");
     assert_effect(&mut client, &subject, Allow, &[60, 3600], "DE: granted after an old withdrawal entered late").await;
-    assert_eq!(history(&mut client, &subject).await.len(), 2, "the late withdrawal is on record all the same");
+    assert_eq!(history(&cluster, &subject).await.len(), 2, "the late withdrawal is on record all the same");
 
     // (d) A grant stamped more than 300 s ahead is a client bug: INVALID_ARGUMENT naming the
     // field, and nothing is written: DE stays without consent, at any time.
@@ -184,7 +180,7 @@ async fn consent_order_holds_under_clock_skew_in_both_directions() {
         assert_eq!(status.code(), Code::InvalidArgument, "{ahead_s} s ahead: {status:?}");
         assert!(status.message().contains("captured_at"), "names the field: {}", status.message());
     }
-    assert!(history(&mut client, &subject).await.is_empty(), "nothing recorded");
+    assert!(history(&cluster, &subject).await.is_empty(), "nothing recorded");
     assert_effect(&mut client, &subject, Deny, &[310, 3600, 86_400], "DE: a refused future grant").await;
 
     // (e) A re-grant right after a withdrawal, recorded in the same second, is in force: the

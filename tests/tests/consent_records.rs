@@ -87,8 +87,11 @@ async fn consent(
 
 /// The consent in force per purpose × channel, and the decisions on a fixed grid.
 async fn state_of(gateway: &mut DomicileClient<Channel>, email: &str) -> (Vec<(String, String)>, Vec<i32>) {
-    let history =
-        gateway.consent_history(gw::ConsentHistoryRequest { subject: select_email(email) }).await.unwrap().into_inner();
+    let history = gateway
+        .consent_history(gw::ConsentHistoryRequest { subject: select_email(email), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     // Each entry with its kind and hours, so an implied consent or one for some hours that came
     // back as plain express consent would show.
     let mut in_force: Vec<(String, String)> = history
@@ -205,7 +208,7 @@ async fn a_ledger_exported_as_27560_or_kantara_and_imported_elsewhere_decides_th
         assert_eq!(state_of(&mut gateway, target).await, expected, "{format}: the same consent state and decisions");
         // Again: nothing changes (each entry carries an idempotency key derived from the record).
         let entries_before = gateway
-            .consent_history(gw::ConsentHistoryRequest { subject: select_email(target) })
+            .consent_history(gw::ConsentHistoryRequest { subject: select_email(target), ..Default::default() })
             .await
             .unwrap()
             .into_inner()
@@ -214,7 +217,7 @@ async fn a_ledger_exported_as_27560_or_kantara_and_imported_elsewhere_decides_th
         let (code, _, err) = domicile(&import);
         assert_eq!(code, 0, "{err}");
         let entries_after = gateway
-            .consent_history(gw::ConsentHistoryRequest { subject: select_email(target) })
+            .consent_history(gw::ConsentHistoryRequest { subject: select_email(target), ..Default::default() })
             .await
             .unwrap()
             .into_inner()

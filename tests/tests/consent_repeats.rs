@@ -53,8 +53,11 @@ fn grant(subject: Option<gw::SubjectSelector>, action: common::ConsentAction, ke
 }
 
 async fn ledger_len(gateway: &mut DomicileClient<Channel>, email: &str) -> usize {
-    let history =
-        gateway.consent_history(gw::ConsentHistoryRequest { subject: select_email(email) }).await.unwrap().into_inner();
+    let history = gateway
+        .consent_history(gw::ConsentHistoryRequest { subject: select_email(email), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     history.entries.len()
 }
 

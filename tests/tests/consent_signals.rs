@@ -161,7 +161,11 @@ async fn a_tc_string_for_a_cookie_follows_the_person_to_email_and_a_withdrawal_f
     assert!(!allowed(&decide(&mut second, email(), "marketing", "email").await));
 
     // The ledger keeps every signal as evidence; what leaves the node names it, not its bytes.
-    let history = first.consent_history(gw::ConsentHistoryRequest { subject: email() }).await.unwrap().into_inner();
+    let history = first
+        .consent_history(gw::ConsentHistoryRequest { subject: email(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let from_signals =
         history.entries.iter().filter(|e| e.evidence.as_ref().is_some_and(|ev| ev.signal.is_some())).count();
     assert!(from_signals >= 3, "{history:?}");

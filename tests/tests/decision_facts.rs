@@ -131,8 +131,11 @@ async fn facts_and_consent_scope_reach_the_pack_through_every_door() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(!status.message().contains("Night Time"), "{status:?}");
     let entries = |history: gw::ConsentHistoryResponse| history.entries.len();
-    let ledger =
-        client.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kr) }).await.unwrap().into_inner();
+    let ledger = client
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kr), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(entries(ledger), 1, "a refused write reached the ledger");
     // A time zone the caller names must be one of the subject's pack: a caller that could name
     // any zone could move the night to its own afternoon.
@@ -164,8 +167,11 @@ async fn facts_and_consent_scope_reach_the_pack_through_every_door() {
     let night = decide(&mut client, &kr, "marketing", "sms", KR_NIGHT, None).await;
     assert!(allowed(&night), "{}", night.explanation);
     // The history shows the hours it was given for.
-    let history =
-        client.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kr) }).await.unwrap().into_inner();
+    let history = client
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&kr), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let last = history.entries.last().and_then(|e| e.evidence.clone()).expect("evidence");
     assert_eq!(last.hours, ["night"]);
     // A withdrawal is never refused over hours it repeats (here of a window the pack no longer

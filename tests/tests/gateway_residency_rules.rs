@@ -126,7 +126,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
         .unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["ru@"]);
     let history = ru
-        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&ivan.subject_ref) })
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&ivan.subject_ref), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -151,6 +151,18 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     let refused = eu.get_context(context(&ivan.subject_ref, "service")).await.unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["ru@", "no transfer", "eu-central"]);
     ru.get_context(context(&ivan.subject_ref, "")).await.expect("in-country context");
+    // The consent ledger is personal data too (found by an attacker's review: any context caller
+    // read it from anywhere): it stays home as the context does.
+    let history = |subject: &str, purpose: &str| gw::ConsentHistoryRequest {
+        subject: select_ref(subject),
+        purpose: purpose.into(),
+    };
+    let refused = eu.consent_history(history(&ivan.subject_ref, "service")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["ru@", "no transfer", "eu-central"]);
+    let refused = eu.consent_history(history(&ivan.subject_ref, "")).await.unwrap_err();
+    assert_refused(&refused, Code::InvalidArgument, &["purpose"]);
+    let home = ru.consent_history(history(&ivan.subject_ref, "")).await.expect("in-country history").into_inner();
+    assert!(home.entries.iter().all(|e| e.evidence.is_some()), "in full at home");
 
     // --- Context under the DE pack (EU baseline: DPF transfer to us-east for service) -------
     let lena = eu.register(register("DE", DE_EMAIL)).await.unwrap().into_inner();
@@ -187,6 +199,19 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     }
     let refused = us.get_context(context(&lena.subject_ref, "marketing")).await.unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["de@", "us-east", "marketing"]);
+    // The ledger under the same transfer: that purpose's entries only, without their evidence.
+    eu.record_consent(gw::RecordConsentRequest { purpose: "service".into(), ..grant(&lena.subject_ref) })
+        .await
+        .expect("a service grant");
+    eu.record_consent(grant(&lena.subject_ref)).await.expect("a marketing grant");
+    let abroad = us.consent_history(history(&lena.subject_ref, "service")).await.expect("DPF transfer").into_inner();
+    assert!(
+        !abroad.entries.is_empty() && abroad.entries.iter().all(|e| e.purpose == "service" && e.evidence.is_none())
+    );
+    let home = eu.consent_history(history(&lena.subject_ref, "")).await.unwrap().into_inner();
+    assert!(home.entries.iter().any(|e| e.purpose == "marketing") && home.entries.iter().all(|e| e.evidence.is_some()));
+    let refused = us.consent_history(history(&lena.subject_ref, "marketing")).await.unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, &["de@", "us-east", "marketing"]);
     let refused = sa.get_context(context(&lena.subject_ref, "service")).await.unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east", "explicit_transfer"]);
 
@@ -221,7 +246,7 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     let refused = sa.get_context(context(&lena.subject_ref, "marketing")).await.unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, &["de@", "sa-east", "marketing"]);
     let history = eu
-        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&lena.subject_ref) })
+        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(&lena.subject_ref), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -278,12 +303,15 @@ async fn captures_context_and_exports_follow_the_subjects_pack() {
     let audit = RegionAudit::of(&cluster, &eu_region);
     let log = audit.lines().unwrap();
     let transfers: Vec<&str> = log.iter().map(String::as_str).filter(|l| l.contains("\"kind\":\"transfer\"")).collect();
-    assert_eq!(transfers.len(), 2, "two served transfers, refusals move nothing");
+    assert_eq!(transfers.len(), 3, "three served transfers, refusals move nothing");
     for field in ["\"transfer\":\"us-dpf\"", "\"to\":\"us-east\"", "\"purpose\":\"service\"", "\"pack\":\"de@"] {
         assert!(transfers[0].contains(field), "{field} in {}", transfers[0]);
-    }
-    for field in ["\"transfer\":\"explicit-consent\"", "\"to\":\"sa-east\"", "\"purpose\":\"service\""] {
         assert!(transfers[1].contains(field), "{field} in {}", transfers[1]);
+    }
+    assert!(transfers[0].contains("\"what\":\"context.minimised\""), "{}", transfers[0]);
+    assert!(transfers[1].contains("\"what\":\"consent.history\""), "the ledger's transfer too: {}", transfers[1]);
+    for field in ["\"transfer\":\"explicit-consent\"", "\"to\":\"sa-east\"", "\"purpose\":\"service\""] {
+        assert!(transfers[2].contains(field), "{field} in {}", transfers[2]);
     }
     let verify = audit.verify(BIN, false).unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));

@@ -140,8 +140,11 @@ async fn web_to_chat_to_phone_honours_the_withdrawal_and_hands_off_the_context()
     assert!(decision.reasons.iter().any(|r| r.starts_with("de.")), "{decision:?}");
 
     // The ledger shows where each record was captured.
-    let history =
-        client.consent_history(gw::ConsentHistoryRequest { subject: by("phone", PHONE) }).await.unwrap().into_inner();
+    let history = client
+        .consent_history(gw::ConsentHistoryRequest { subject: by("phone", PHONE), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let captured: Vec<(&str, &str)> = history
         .entries
         .iter()

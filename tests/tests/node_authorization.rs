@@ -229,7 +229,11 @@ impl Fixture {
     async fn state(&mut self, subject_ref: &str) -> String {
         let subject_ref = subject_ref.to_owned();
         let subject = node_ref(&subject_ref);
-        let history = match self.admin.consent_history(node::ConsentHistoryRequest { subject: subject.clone() }).await {
+        let history = match self
+            .admin
+            .consent_history(node::ConsentHistoryRequest { subject: subject.clone(), ..Default::default() })
+            .await
+        {
             Ok(h) => h.into_inner().entries.len(),
             Err(status) => return format!("history: {:?}", status.code()),
         };
@@ -497,10 +501,18 @@ async fn call(
         }),
         Method::ConsentHistory => {
             let subject = subject_for(method, fx, &mut untouched).await;
-            client.consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject) }).await.map(|r| {
-                let r = r.into_inner();
-                if r.subject_ref == subject { Ok(()) } else { Err(format!("history of {}", r.subject_ref)) }
-            })
+            client
+                .consent_history(node::ConsentHistoryRequest {
+                    subject: node_ref(&subject),
+                    // What a gateway sends for a caller of the home region (ignored from others).
+                    caller_region: fx.home.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    if r.subject_ref == subject { Ok(()) } else { Err(format!("history of {}", r.subject_ref)) }
+                })
         }
         Method::Export => {
             let (subject, request_id) = verified_for(fx, "access", &mut untouched).await;

@@ -117,7 +117,10 @@ async fn a_full_disk_refuses_writes_keeps_deciding_loses_nothing_and_recovers() 
     cluster.cluster.restart_node(&eu).await.unwrap();
     cluster.restart_gateway().await.unwrap();
     let mut gateway = cluster.gateway().await.unwrap();
-    let history = gateway.consent_history(gw::ConsentHistoryRequest { subject: select_email(EMAIL) }).await.unwrap();
+    let history = gateway
+        .consent_history(gw::ConsentHistoryRequest { subject: select_email(EMAIL), ..Default::default() })
+        .await
+        .unwrap();
     let surveys = history.get_ref().entries.iter().filter(|e| e.purpose == "survey").count();
     assert!(surveys >= acknowledged, "acknowledged {acknowledged}, stored {surveys}");
     assert_eq!(decide(&cluster, "marketing").await.unwrap(), common::Effect::Allow as i32);

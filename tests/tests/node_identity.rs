@@ -118,7 +118,10 @@ async fn merge_keeps_a_withdrawal_over_an_older_grant_and_moves_everything() {
     let d = decide(&mut client, by("phone", phone)).await;
     assert_eq!(d.subject_ref, into);
     assert_eq!(d.effect, common::Effect::Deny as i32, "an older grant never overrides a withdrawal: {d:?}");
-    let history = client.consent_history(gw::ConsentHistoryRequest { subject: by("email", email) }).await.unwrap();
+    let history = client
+        .consent_history(gw::ConsentHistoryRequest { subject: by("email", email), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(history.into_inner().entries.len(), 2, "both ledgers are kept");
     let context = client
         .get_context(gw::GetContextRequest { subject: by("email", email), ..Default::default() })
@@ -448,7 +451,11 @@ async fn concurrent_acknowledged_writes_survive_kill_9_of_the_node() {
     for (subject, expected) in by_subject {
         let history = eventually(Duration::from_secs(30), || {
             let mut c = client.clone();
-            async move { c.consent_history(gw::ConsentHistoryRequest { subject: by_ref(subject) }).await.ok() }
+            async move {
+                c.consent_history(gw::ConsentHistoryRequest { subject: by_ref(subject), ..Default::default() })
+                    .await
+                    .ok()
+            }
         })
         .await
         .expect("history after restart")

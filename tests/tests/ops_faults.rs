@@ -652,8 +652,7 @@ async fn a_rolling_restart_of_every_node_under_load_loses_no_acknowledged_write_
             by_subject.entry(&ack.subject).or_default().push(ack);
         }
         for (subject, expected) in by_subject {
-            let history =
-                c.consent_history(gw::ConsentHistoryRequest { subject: by_ref(subject) }).await.unwrap().into_inner();
+            let history = cluster.history_at_home(by_ref(subject)).await.unwrap();
             for ack in &expected {
                 let entry = history.entries.iter().find(|e| e.sequence == ack.sequence);
                 let entry = entry.unwrap_or_else(|| panic!("acknowledged write {ack:?} lost in the rolling restart"));
@@ -760,14 +759,13 @@ async fn a_node_followed_by_watch_streams_stops_promptly_on_sigterm_and_keeps_ac
 
     // Started again on its data: the acknowledged write is there.
     cluster.cluster.restart_node(&us_east).await.expect("node restarts on its data");
+    let home_cluster = &cluster;
     let history = eventually(Duration::from_secs(10), || {
-        let mut c = client.clone();
         let subject = by_ref(&subject_ref);
-        async move { c.consent_history(gw::ConsentHistoryRequest { subject }).await.ok() }
+        async move { home_cluster.history_at_home(subject).await.ok() }
     })
     .await
-    .expect("us-east is served again")
-    .into_inner();
+    .expect("us-east is served again");
     let entry = history.entries.iter().find(|e| e.sequence == ack.sequence);
     let entry = entry.unwrap_or_else(|| panic!("acknowledged write {ack:?} lost over a graceful stop: {history:?}"));
     assert_eq!(entry.state, "denied");

@@ -403,7 +403,10 @@ async fn a_region_cut_off_fails_closed_in_time_and_catches_up_after_the_heal_wit
     client.record_consent(withdraw("part-withdraw-1")).await.unwrap();
     assert_eq!(decide(&mut client).await.unwrap(), common::Effect::Deny as i32);
     let _ = effect;
-    let history = client.consent_history(gw::ConsentHistoryRequest { subject: select_email(EMAIL) }).await.unwrap();
+    let history = client
+        .consent_history(gw::ConsentHistoryRequest { subject: select_email(EMAIL), ..Default::default() })
+        .await
+        .unwrap();
     let withdrawals = history.get_ref().entries.iter().filter(|e| e.state == "withdrawn").count();
     assert_eq!(withdrawals, 1, "the write of unknown outcome was applied once: {:?}", history.get_ref().entries);
     let denied_by_voice = history.get_ref().entries.iter().any(|e| e.purpose == "survey" && e.state == "denied");

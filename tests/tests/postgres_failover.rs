@@ -112,7 +112,7 @@ async fn the_database_fails_over_under_load_without_losing_a_write_or_allowing_a
         let Churn { subject, acknowledged, stale, failed, .. } = task.await.unwrap().unwrap();
         assert_eq!(stale, 0, "no allow after an acknowledged withdrawal, also in the gap");
         let history = node_client
-            .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject) })
+            .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject), ..Default::default() })
             .await
             .unwrap()
             .into_inner();

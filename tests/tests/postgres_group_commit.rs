@@ -124,7 +124,7 @@ async fn consent_writes_sharing_a_transaction_keep_the_rules_of_a_single_write()
     let mut in_ledger = BTreeSet::new();
     for subject in &subjects {
         let history = client
-            .consent_history(node::ConsentHistoryRequest { subject: node_ref(subject) })
+            .consent_history(node::ConsentHistoryRequest { subject: node_ref(subject), ..Default::default() })
             .await
             .unwrap()
             .into_inner();

@@ -441,7 +441,7 @@ async fn a_replica_killed_under_load_loses_no_write_and_never_allows_a_withdrawn
         assert_eq!(stale, 0, "no allow after an acknowledged withdrawal");
         assert_eq!(late_failures, 0, "the region keeps serving through the surviving replica");
         let history = node
-            .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject) })
+            .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject), ..Default::default() })
             .await
             .unwrap()
             .into_inner();

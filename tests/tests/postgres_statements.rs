@@ -99,7 +99,7 @@ async fn a_statement_the_server_refuses_after_a_schema_change_is_prepared_again(
     // Every acknowledged write is in the ledger once, and the decision reads it.
     let history = client
         .clone()
-        .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject) })
+        .consent_history(node::ConsentHistoryRequest { subject: node_ref(&subject), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

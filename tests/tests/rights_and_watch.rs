@@ -58,8 +58,11 @@ async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
     client.record_consent(consent(by_email(email), common::ConsentAction::Grant, "email")).await.unwrap();
     client.record_consent(consent(by_email(email), common::ConsentAction::Withdraw, "email")).await.unwrap();
 
-    let history =
-        client.consent_history(gw::ConsentHistoryRequest { subject: by_email(email) }).await.unwrap().into_inner();
+    let history = client
+        .consent_history(gw::ConsentHistoryRequest { subject: by_email(email), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let states: Vec<&str> = history.entries.iter().map(|e| e.state.as_str()).collect();
     assert_eq!(states, ["granted", "withdrawn"], "the ledger keeps every record in order");
     assert_eq!(history.entries[0].evidence.as_ref().unwrap().notice_version, "v7");

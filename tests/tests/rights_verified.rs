@@ -547,7 +547,9 @@ async fn only_an_operator_overrides_the_verification() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let mut eu = cluster.node(&region("eu-central")).await.unwrap();
-    let history = eu.consent_history(node::ConsentHistoryRequest { subject: node_ref(&carla.subject_ref) }).await;
+    let history = eu
+        .consent_history(node::ConsentHistoryRequest { subject: node_ref(&carla.subject_ref), ..Default::default() })
+        .await;
     assert!(history.is_ok(), "nothing was erased");
 
     // The operator (every scope, this region) may.
@@ -745,7 +747,9 @@ async fn a_right_answered_again_finishes_the_request_the_first_answer_left_in_pr
     let failed = node.erase(erase()).await.unwrap_err();
     assert_ne!(failed.code(), Code::Ok);
     assert_eq!(status_of(&request.request_id), "in_progress", "the erasure was made, its request not finished");
-    let gone = node.consent_history(node::ConsentHistoryRequest { subject: node_ref(&erin.subject_ref) }).await;
+    let gone = node
+        .consent_history(node::ConsentHistoryRequest { subject: node_ref(&erin.subject_ref), ..Default::default() })
+        .await;
     assert_eq!(gone.unwrap_err().code(), Code::NotFound, "the erasure itself is durable");
 
     sql("DROP TRIGGER refuse_completed ON rights_tracked");

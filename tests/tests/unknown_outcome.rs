@@ -71,13 +71,9 @@ async fn effect(client: &mut Client, subject: &str) -> common::Effect {
     common::Effect::try_from(decision.effect).unwrap()
 }
 
-async fn history(client: &mut Client, subject: &str) -> Vec<common::ConsentEntry> {
-    client
-        .consent_history(gw::ConsentHistoryRequest { subject: select_ref(subject) })
-        .await
-        .expect("history")
-        .into_inner()
-        .entries
+/// The ledger, read as a caller of the subject's home region (it stays home).
+async fn history(cluster: &impl domicile_cluster_tests::Cluster, subject: &str) -> Vec<common::ConsentEntry> {
+    cluster.history_at_home(select_ref(subject)).await.expect("history").entries
 }
 
 /// The outcome is unknown: DEADLINE_EXCEEDED, with the key to retry with and nothing personal.
@@ -124,9 +120,10 @@ async fn a_write_that_timed_out_is_unknown_and_its_retry_is_applied_once() {
 
     // Whether or not the node applied them on resuming, the retries with the keys are applied
     // once. Informational: did the paused withdrawal get applied on resume?
+    let reader = &cluster;
     let applied = eventually(Duration::from_millis(500), || {
-        let (mut c, s) = (client.clone(), subject.clone());
-        async move { (!history(&mut c, &s).await.is_empty()).then_some(()) }
+        let s = subject.clone();
+        async move { (!history(reader, &s).await.is_empty()).then_some(()) }
     })
     .await;
     println!(
@@ -136,7 +133,7 @@ async fn a_write_that_timed_out_is_unknown_and_its_retry_is_applied_once() {
     let first = client.record_consent(withdrawal(&subject, &key)).await.expect("retry with the key").into_inner();
     let again = client.record_consent(withdrawal(&subject, &key)).await.expect("and again").into_inner();
     assert_eq!(again, first, "a repeat is answered as the first time");
-    let ledger = history(&mut client, &subject).await;
+    let ledger = history(&cluster, &subject).await;
     assert_eq!(ledger.len(), 1, "exactly one withdrawal in the ledger: {ledger:?}");
     assert_eq!((ledger[0].sequence, ledger[0].state.as_str()), (first.sequence, "withdrawn"));
     assert_eq!(effect(&mut client, &subject).await, common::Effect::Deny);
@@ -147,7 +144,7 @@ async fn a_write_that_timed_out_is_unknown_and_its_retry_is_applied_once() {
     let status = client.record_consent(grant).await.expect_err("another request under the key");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("idempotency_key"), "{}", status.message());
-    assert_eq!(history(&mut client, &subject).await.len(), 1);
+    assert_eq!(history(&cluster, &subject).await.len(), 1);
     assert_eq!(effect(&mut client, &subject).await, common::Effect::Deny);
 
     // Register under the caller's key: one subject, the identical answer each time (`created`
@@ -191,12 +188,13 @@ async fn a_write_that_timed_out_is_unknown_and_its_retry_is_applied_once() {
     assert_eq!(status.code(), Code::Unavailable, "never sent, so not an unknown outcome: {status:?}");
     assert!(status.metadata().get(KEY_METADATA).is_none(), "nothing to retry with a key: {status:?}");
     cluster.cluster.restart_node(&us).await.unwrap();
+    let reader = &cluster;
     let served = eventually(Duration::from_secs(10), || {
-        let (mut c, s) = (client.clone(), other.clone());
-        async move { c.consent_history(gw::ConsentHistoryRequest { subject: select_ref(&s) }).await.ok() }
+        let s = other.clone();
+        async move { reader.history_at_home(select_ref(&s)).await.ok() }
     })
     .await
     .expect("us-east is served again");
-    assert!(served.into_inner().entries.is_empty(), "the refused write was not applied");
+    assert!(served.entries.is_empty(), "the refused write was not applied");
     assert_eq!(effect(&mut client, &other).await, common::Effect::Allow);
 }

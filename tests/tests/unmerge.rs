@@ -174,7 +174,7 @@ async fn an_unmerge_gives_each_half_the_decisions_it_would_have_had_without_the_
 
     // Each half's history shows the flagged entries; the restored one names its new ref.
     let history = client
-        .consent_history(gw::ConsentHistoryRequest { subject: select_email("ann@example.com") })
+        .consent_history(gw::ConsentHistoryRequest { subject: select_email("ann@example.com"), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

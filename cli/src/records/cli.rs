@@ -149,7 +149,7 @@ async fn export(
 ) -> anyhow::Result<()> {
     let mut client = node.connect().await?;
     let history = client
-        .consent_history(pb::ConsentHistoryRequest { subject: Some(subject_key(subject_ref)) })
+        .consent_history(pb::ConsentHistoryRequest { subject: Some(subject_key(subject_ref)), ..Default::default() })
         .await
         .context("the node refused the ledger")?
         .into_inner();

@@ -377,7 +377,7 @@ impl<S: Store> RegionalNode for NodeService<S> {
         &self,
         request: Request<pb::ConsentHistoryRequest>,
     ) -> Result<Response<pb::ConsentHistoryResponse>, Status> {
-        respond(consent::wire::consent_history(self, request.into_inner()).await)
+        respond(consent::wire::consent_history(self, request).await)
     }
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {

@@ -33,6 +33,8 @@ pub(crate) struct ConsentHistory {
     pub restricted: bool,
     pub entries: Vec<ConsentRecord>,
     pub in_force: Vec<(Purpose, Channel, CurrentConsent)>,
+    /// Sent out of the home regions under a transfer: one purpose's entries, without evidence.
+    pub minimised: bool,
 }
 
 /// Evidence names a notice and a system as tokens, never free text (see
@@ -200,11 +202,36 @@ impl<S: Store> NodeService<S> {
         Ok(consent)
     }
 
-    pub(crate) async fn consent_history_of(&self, key: &SubjectKey) -> Result<ConsentHistory, NodeError> {
+    /// A subject's ledger and consent in force for `caller`. The ledger is personal data
+    /// (invariant 2): outside the subject's home regions it goes only under a pack transfer for
+    /// `purpose` (audited), minimised to that purpose's entries without their evidence.
+    pub(crate) async fn consent_history_of(
+        &self,
+        key: &SubjectKey,
+        caller: &Caller,
+        purpose: Option<Purpose>,
+    ) -> Result<ConsentHistory, NodeError> {
         let (subject, meta) = self.resolve_meta(key).await?;
-        let entries = self.store.consent_history(&subject).await?;
-        let in_force = self.store.consent_in_force(&subject).await?;
-        Ok(ConsentHistory { subject, jurisdiction: meta.jurisdiction, restricted: meta.restricted, entries, in_force })
+        let transfer = {
+            let loaded = self.packs.current();
+            let pack = Self::pack_of(&loaded, &meta.jurisdiction)?;
+            self.transfer_to(pack, &subject, caller, purpose, "consent.history").await?
+        };
+        let mut entries = self.store.consent_history(&subject).await?;
+        let mut in_force = self.store.consent_in_force(&subject).await?;
+        let minimised = transfer.is_some();
+        if let (true, Some(purpose)) = (minimised, purpose) {
+            entries.retain(|e| e.purpose == purpose);
+            in_force.retain(|(p, ..)| *p == purpose);
+        }
+        Ok(ConsentHistory {
+            subject,
+            jurisdiction: meta.jurisdiction,
+            restricted: meta.restricted,
+            entries,
+            in_force,
+            minimised,
+        })
     }
 }
 

@@ -27,10 +27,25 @@ pub(in crate::service) async fn record_consent<S: Store>(
 
 pub(in crate::service) async fn consent_history<S: Store>(
     node: &NodeService<S>,
-    request: pb::ConsentHistoryRequest,
+    request: Request<pb::ConsentHistoryRequest>,
 ) -> Result<pb::ConsentHistoryResponse, NodeError> {
-    let key = convert::subject_key("subject", request.subject.as_ref())?;
-    Ok(history_to_pb(node, node.consent_history_of(&key).await?))
+    let caller = node.caller(&request, &request.get_ref().caller_region)?;
+    let req = request.into_inner();
+    let key = convert::subject_key("subject", req.subject.as_ref())?;
+    let purpose = match req.purpose.as_str() {
+        "" => None,
+        purpose => Some(convert::purpose("purpose", purpose)?),
+    };
+    let history = node.consent_history_of(&key, &caller, purpose).await?;
+    let minimised = history.minimised;
+    let mut reply = history_to_pb(node, history);
+    if minimised {
+        // Only what a decision or a change event would tell: no evidence leaves the home regions.
+        for entry in &mut reply.entries {
+            entry.evidence = None;
+        }
+    }
+    Ok(reply)
 }
 
 fn capture_from_pb(req: &pb::RecordConsentRequest) -> Result<ConsentCapture, FieldViolation> {

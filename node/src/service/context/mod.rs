@@ -156,6 +156,37 @@ impl<S: Store> NodeService<S> {
         }))
     }
 
+    /// Whether data of `subject` (of `pack`) may go to `caller`: from a home region, yes (`None`);
+    /// from outside them (invariant 2), only under the pack's transfer for `purpose` (required)
+    /// to the caller's region, whose id is returned, audited as `what` before anything is read.
+    pub(super) async fn transfer_to(
+        &self,
+        pack: &domicile_policy::Pack,
+        subject: &SubjectId,
+        caller: &Caller,
+        purpose: Option<Purpose>,
+        what: &'static str,
+    ) -> Result<Option<String>, NodeError> {
+        let caller_region = caller.region.as_ref();
+        if self.at_home(pack, caller_region) {
+            return Ok(None);
+        }
+        let purpose = purpose.ok_or_else(|| {
+            FieldViolation::new("purpose", "is required when the caller is outside the subject's home regions")
+        })?;
+        // Only packs with transfers that need a recorded consent cost a ledger read.
+        let consent = match pack.residency().needs_consent() {
+            true => self.transfer_consent(subject, purpose).await?,
+            false => None,
+        };
+        let transfer = pack.check_transfer(caller_region, purpose, consent.as_ref(), now_unix())?;
+        // `check_transfer` never permits an unknown region.
+        let (Some(transfer), Some(to)) = (transfer, caller_region.cloned()) else { return Ok(None) };
+        let event = AuditEvent::Transfer { what, to, purpose, transfer: transfer.id.clone(), pack: pack.pack_ref() };
+        self.settle_unkeyed(self.store.audit(event, subject, now_unix()).await).await?;
+        Ok(Some(transfer.id.clone()))
+    }
+
     /// A subject's hand-off context for `caller`. Residency (invariant 2): a caller outside the
     /// home regions needs a transfer of the pack for its region and purpose, gets the minimised
     /// form only, and the transfer is audited before anything is read.
@@ -175,32 +206,7 @@ impl<S: Store> NodeService<S> {
         let (subject, meta) = self.resolve_meta(key).await?;
         let loaded = self.packs.current();
         let pack = Self::pack_of(&loaded, &meta.jurisdiction)?;
-        let caller_region = caller.region.as_ref();
-        let transfer = if self.at_home(pack, caller_region) {
-            None
-        } else {
-            let purpose = query.purpose.ok_or_else(|| {
-                FieldViolation::new("purpose", "is required when the caller is outside the subject's home regions")
-            })?;
-            // Only packs with transfers that need a recorded consent cost a ledger read.
-            let consent = match pack.residency().needs_consent() {
-                true => self.transfer_consent(&subject, purpose).await?,
-                false => None,
-            };
-            let transfer = pack.check_transfer(caller_region, purpose, consent.as_ref(), now_unix())?;
-            // `check_transfer` never permits an unknown region.
-            if let (Some(transfer), Some(to)) = (transfer, caller_region.cloned()) {
-                let event = AuditEvent::Transfer {
-                    what: "context.minimised",
-                    to,
-                    purpose,
-                    transfer: transfer.id.clone(),
-                    pack: pack.pack_ref(),
-                };
-                self.settle_unkeyed(self.store.audit(event, &subject, now_unix()).await).await?;
-            }
-            transfer
-        };
+        let transfer = self.transfer_to(pack, &subject, caller, query.purpose, "context.minimised").await?;
         let minimised = query.minimised || transfer.is_some();
         let record = self.store.subject_record(&subject).await?.ok_or(StoreError::NotFound)?;
         let mut profile = record.profile;
@@ -218,8 +224,8 @@ impl<S: Store> NodeService<S> {
                 interaction.reference.clear();
             }
         }
-        if let Some(transfer) = transfer {
-            tracing::info!(region = %self.region, transfer = %transfer.id, pack = %pack.pack_ref(), "minimised context transferred");
+        if let Some(transfer) = &transfer {
+            tracing::info!(region = %self.region, %transfer, pack = %pack.pack_ref(), "minimised context transferred");
         }
         Ok(Context {
             subject,
@@ -228,7 +234,7 @@ impl<S: Store> NodeService<S> {
             recent,
             minimised,
             profile,
-            transfer: transfer.map(|t| t.id.clone()),
+            transfer,
             pack: pack.pack_ref(),
         })
     }
