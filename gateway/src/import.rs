@@ -2,10 +2,10 @@
 //! (one node call per region, concurrently), outcomes back in the caller's order. The node
 //! applies each entry once per source event, so a call retried on another replica is safe.
 
-use domicile_proto::convert;
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::node::v1 as node_pb;
+use domicile_proto::{convert, limits};
 use domicile_runtime::identity::CallerIdentity;
 use domicile_types::RegionId;
 use tonic::Status;
@@ -13,9 +13,6 @@ use tonic::Status;
 use crate::error::invalid;
 use crate::gateway::Gateway;
 use crate::node_client::write_on;
-
-/// At most this many items per call (the node's own bound).
-const MAX_ITEMS: usize = 5_000;
 
 /// The outcome of an item refused before any node saw it.
 fn refused(id: u64, status: &Status) -> pb::ImportConsentOutcome {
@@ -33,9 +30,8 @@ pub async fn import_consent(
     caller: &CallerIdentity,
     req: pb::ImportConsentRequest,
 ) -> Result<pb::ImportConsentResponse, Status> {
-    if req.items.len() > MAX_ITEMS {
-        return Err(invalid(convert::FieldViolation::new("items", format!("at most {MAX_ITEMS} items per call"))));
-    }
+    // Counted before decoding too (`wire::RequestCodec`): this is the node's own bound.
+    limits::IMPORT_ITEMS.check("items", req.items.len()).map_err(invalid)?;
     let ids: Vec<u64> = req.items.iter().map(|item| item.id).collect();
     let mut outcomes: Vec<Option<pb::ImportConsentOutcome>> = vec![None; req.items.len()];
     // Per region: the node request, whose items carry their position in the caller's request.

@@ -50,7 +50,8 @@ pub use service::GatewayService;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest `ImportConsent` request: an import's batches are large, and every entry of a batch
 /// written in one store transaction per region is what makes bulk import fast (BENCHMARKS.md).
-/// Still bounded: the gateway holds the whole message, and a node takes at most 5,000 items.
+/// Still bounded: the gateway holds the whole message, and takes at most 5,000 items
+/// (`domicile_proto::limits::IMPORT_ITEMS`), counted in its bytes before any is decoded.
 pub const MAX_IMPORT_REQUEST_BYTES: usize = 1024 * 1024;
 /// How long start-up waits for the first directory load before serving anyway; regions not
 /// loaded by then keep retrying and their subjects get UNAVAILABLE meanwhile.

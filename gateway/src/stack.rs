@@ -57,7 +57,9 @@ pub fn incoming(listener: TcpListener, tls: &TlsMaterial) -> Result<Incoming, Tl
 /// 7. the wire guard (`domicile_proto::wire`): a method the gateway does not serve is
 ///    UNIMPLEMENTED naming what it serves; a request message over [`crate::MAX_REQUEST_BYTES`]
 ///    ([`crate::MAX_IMPORT_REQUEST_BYTES`] for `ImportConsent`) is RESOURCE_EXHAUSTED, a broken
-///    gRPC frame INVALID_ARGUMENT (no input is buffered for it).
+///    gRPC frame INVALID_ARGUMENT (no input is buffered for it). Past the stack, the codec
+///    (`wire::RequestCodec`) counts a request's bounded lists (`ImportConsent` items, …) in its
+///    bytes before decoding it: too many is INVALID_ARGUMENT before any entry is built.
 pub fn server(auth: AuthLayer, bulk: Duration) -> Server<ServerLayers> {
     Server::builder()
         .timeout(bulk.max(REQUEST_TIMEOUT))

@@ -137,14 +137,9 @@ pub fn identifiers(field: &str, pbs: &[common::Identifier]) -> Result<Vec<Normal
     if pbs.is_empty() {
         return Err(FieldViolation::new(field, "at least one identifier is required"));
     }
-    if pbs.len() > MAX_IDENTIFIERS {
-        return Err(FieldViolation::new(field, format!("at most {MAX_IDENTIFIERS} identifiers per request")));
-    }
+    crate::limits::IDENTIFIERS.check(field, pbs.len())?;
     pbs.iter().enumerate().map(|(i, pb)| identifier(&format!("{field}[{i}]"), Some(pb))).collect()
 }
-
-/// Bounds the work and storage one registration can cause.
-pub const MAX_IDENTIFIERS: usize = 32;
 
 pub fn link(field: &str, text: &str) -> Result<Link, FieldViolation> {
     Link::parse(text).map_err(|e| FieldViolation::new(field, e))

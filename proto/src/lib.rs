@@ -5,6 +5,7 @@
 //! never echo its value (invariant 8).
 
 pub mod convert;
+pub mod limits;
 pub mod raw;
 pub mod wire;
 

@@ -12,6 +12,11 @@
 //!   `OUT_OF_RANGE`). Nothing is buffered: the layer keeps the 5-byte header and a count.
 //! - A broken gRPC frame (the body ends inside a message, a compression flag the request did not
 //!   announce, no message at all in a unary call): `INVALID_ARGUMENT`, also from [`WireLayer`].
+//! - More entries in a list than its handler takes (`ImportConsent` items, `DecideBatch` items,
+//!   identifiers, links, …; the limits are in [`crate::limits`]): the handler's own
+//!   `INVALID_ARGUMENT` ("invalid `items`: at most 5000 items per call"), from [`RequestCodec`],
+//!   which counts them in the message's bytes before prost decodes it ([`decode_request`]). Only
+//!   request types with such lists are counted; the others are decoded as before.
 //! - A method the process does not serve: `UNIMPLEMENTED` naming the services it does serve.
 //!
 //! Messages name fields and limits, never a byte of the request (invariant 8).
@@ -19,6 +24,7 @@
 //! Replies read by a client keep tonic's codec: a reply that is not valid protobuf is the
 //! server's fault, and `INTERNAL` is right there.
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -27,11 +33,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http_body::{Frame, SizeHint};
-use prost::bytes::Bytes;
+use prost::bytes::{Buf, Bytes};
+use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::codegen::http;
+
+use crate::limits::{self, MaxItems};
+use crate::pb::gateway::v1 as gateway;
+use crate::pb::node::v1 as node;
+use crate::raw::RawDecideBatchRequest;
 
 /// What prost's `DecodeError` says first (`Display`), also in tonic's `INTERNAL` statuses.
 const DECODE_PREFIX: &str = "failed to decode Protobuf message: ";
@@ -119,13 +131,147 @@ pub struct RequestDecoder<D> {
     _type: PhantomData<fn() -> D>,
 }
 
-impl<D: prost::Message + Default> Decoder for RequestDecoder<D> {
+impl<D: prost::Message + Default + 'static> Decoder for RequestDecoder<D> {
     type Item = D;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(buf).map(Some).map_err(|e| decode_error_status(&e))
+        decode_request(buf).map(Some)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists counted before decoding.
+// ---------------------------------------------------------------------------------------------
+
+/// A list of a request (a repeated field, or several fields counted together) and its limit.
+#[derive(Debug, Clone, Copy)]
+struct BoundedList {
+    /// Its field numbers, each length-delimited on the wire (a message, string, bytes or map
+    /// entry): any other wire type there is malformed, as prost finds too.
+    tags: &'static [u32],
+    /// The field the refusal names (the handler's name for it).
+    field: &'static str,
+    limit: MaxItems,
+}
+
+const fn list(tags: &'static [u32], field: &'static str, limit: MaxItems) -> BoundedList {
+    BoundedList { tags, field, limit }
+}
+
+/// The most lists one request type has here.
+const MAX_LISTS: usize = 4;
+
+/// Declares the request types whose lists are bounded: [`bounded_lists`] (by type, for the
+/// decoder) and, for tests, the same table by protobuf name.
+macro_rules! bounded_requests {
+    ($($ty:ty = $name:literal => [$($list:expr),+ $(,)?]),+ $(,)?) => {
+        /// The bounded lists of request type `D`; none for most. Each comparison is of two
+        /// constants, so for a type without lists (`Decide`, say) this folds to nothing.
+        fn bounded_lists<D: 'static>() -> &'static [BoundedList] {
+            let id = TypeId::of::<D>();
+            $(
+                if id == TypeId::of::<$ty>() {
+                    const LISTS: &[BoundedList] = &[$($list),+];
+                    const { assert!(LISTS.len() <= MAX_LISTS) };
+                    return LISTS;
+                }
+            )+
+            &[]
+        }
+
+        /// `(protobuf message name, its bounded lists)`, as [`bounded_lists`] knows them.
+        #[cfg(test)]
+        const BOUNDED_REQUESTS: &[(&str, &[BoundedList])] = &[$(($name, &[$($list),+])),+];
+    };
+}
+
+bounded_requests! {
+    gateway::ImportConsentRequest = "domicile.gateway.v1.ImportConsentRequest" => [
+        list(&[1], "items", limits::IMPORT_ITEMS),
+    ],
+    gateway::RegisterRequest = "domicile.gateway.v1.RegisterRequest" => [
+        list(&[2], "identifiers", limits::IDENTIFIERS),
+    ],
+    gateway::RectifyRequest = "domicile.gateway.v1.RectifyRequest" => [
+        list(&[2], "add_identifiers", limits::IDENTIFIERS),
+        list(&[3], "remove_identifiers", limits::IDENTIFIERS),
+        list(&[4, 5], "set_profile", limits::PROFILE_FIELDS),
+    ],
+    node::ImportConsentRequest = "domicile.node.v1.ImportConsentRequest" => [
+        list(&[1], "items", limits::IMPORT_ITEMS),
+    ],
+    node::DecideBatchRequest = "domicile.node.v1.DecideBatchRequest" => [
+        list(&[1], "items", limits::DECIDE_BATCH_ITEMS),
+    ],
+    // The node's `DecideBatch` as served (`raw.rs`): the same message.
+    RawDecideBatchRequest = "domicile.node.v1.DecideBatchRequest" => [
+        list(&[1], "items", limits::DECIDE_BATCH_ITEMS),
+    ],
+    node::RegisterRequest = "domicile.node.v1.RegisterRequest" => [
+        list(&[2], "identifiers", limits::IDENTIFIERS),
+    ],
+    node::RectifyRequest = "domicile.node.v1.RectifyRequest" => [
+        list(&[2], "add_identifiers", limits::IDENTIFIERS),
+        list(&[3], "remove_identifiers", limits::IDENTIFIERS),
+        list(&[4, 5], "set_profile", limits::PROFILE_FIELDS),
+    ],
+    node::ClaimLinksRequest = "domicile.node.v1.ClaimLinksRequest" => [list(&[4], "links", limits::LINKS)],
+    node::ReleaseLinksRequest = "domicile.node.v1.ReleaseLinksRequest" => [list(&[3], "releases", limits::LINKS)],
+    node::ClaimsOfRequest = "domicile.node.v1.ClaimsOfRequest" => [list(&[1], "links", limits::LINKS)],
+    node::ReassertClaimsRequest = "domicile.node.v1.ReassertClaimsRequest" => [list(&[3], "links", limits::LINKS)],
+    node::DropLinksRequest = "domicile.node.v1.DropLinksRequest" => [list(&[2], "links", limits::LINKS)],
+    node::ReleaseOrphanClaimsRequest = "domicile.node.v1.ReleaseOrphanClaimsRequest" => [
+        list(&[1], "links", limits::LINKS),
+    ],
+    node::AckChallengeOutboxRequest = "domicile.node.v1.AckChallengeOutboxRequest" => [
+        list(&[1], "request_ids", limits::CHALLENGE_OUTBOX_PAGE),
+    ],
+}
+
+/// Reads a request message of type `D`: its bounded lists, if it has any, are counted in the
+/// bytes first (`check_lists`), so a request with too many entries is refused before prost
+/// builds any; then prost decodes it. Every error is a status of the error contract.
+pub fn decode_request<D: prost::Message + Default + 'static>(mut buf: impl Buf) -> Result<D, Status> {
+    let lists = bounded_lists::<D>();
+    if !lists.is_empty() {
+        if buf.chunk().len() < buf.remaining() {
+            // Not one slice (tonic's request buffer always is): made one, at most the message.
+            let bytes = buf.copy_to_bytes(buf.remaining());
+            check_lists(&bytes, lists)?;
+            return D::decode(bytes).map_err(|e| decode_error_status(&e));
+        }
+        check_lists(buf.chunk(), lists)?;
+    }
+    D::decode(buf).map_err(|e| decode_error_status(&e))
+}
+
+/// Counts the entries of `lists` among the top-level fields of the encoded message `bytes`,
+/// following keys, varints and lengths exactly as prost does (its own readers) but building
+/// nothing and reading nothing inside a field. The first list found longer than its limit is
+/// refused with its handler's own status (`INVALID_ARGUMENT "invalid `items`: at most …"`); bytes
+/// that cannot be followed are refused as not valid protobuf (prost would fail there too).
+fn check_lists(mut bytes: &[u8], lists: &[BoundedList]) -> Result<(), Status> {
+    let mut counts = [0usize; MAX_LISTS];
+    while !bytes.is_empty() {
+        let (tag, wire_type) = decode_key(&mut bytes).map_err(|e| decode_error_status(&e))?;
+        let counted = lists.iter().zip(counts.iter_mut()).find(|(list, _)| list.tags.contains(&tag));
+        let Some((list, count)) = counted else {
+            skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|e| decode_error_status(&e))?;
+            continue;
+        };
+        let malformed =
+            || Status::invalid_argument(format!("malformed request: not a valid protobuf message at `{}`", list.field));
+        if wire_type != WireType::LengthDelimited {
+            return Err(malformed());
+        }
+        *count += 1;
+        if *count > list.limit.max {
+            return Err(list.limit.violation(list.field).into());
+        }
+        skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|_| malformed())?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,6 +676,244 @@ mod tests {
             "no such method on this gateway; it serves domicile.gateway.v1.Domicile, domicile.node.v1.RegionalNode \
              (list them with gRPC reflection)"
         );
+    }
+
+    // === lists counted before decoding ===
+
+    /// `n` empty entries of field `tag` (key, then length 0).
+    fn empty_entries(tag: u32, n: usize) -> Vec<u8> {
+        let mut entry = Vec::new();
+        prost::encoding::encode_key(tag, WireType::LengthDelimited, &mut entry);
+        entry.push(0);
+        entry.repeat(n)
+    }
+
+    fn refused<D: prost::Message + Default + 'static>(bytes: &[u8]) -> Status {
+        decode_request::<D>(bytes).err().unwrap_or_else(|| panic!("{} read", std::any::type_name::<D>()))
+    }
+
+    #[test]
+    fn lists_longer_than_their_handler_takes_are_refused_before_decoding_with_its_status() {
+        let max = limits::IMPORT_ITEMS.max;
+        let read = decode_request::<gateway::ImportConsentRequest>(&empty_entries(1, max)[..]).unwrap();
+        assert_eq!(read.items.len(), max);
+        let status = refused::<gateway::ImportConsentRequest>(&empty_entries(1, max + 1));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "invalid `items`: at most 5000 items per call");
+        // The very status the handlers give.
+        let handler = Status::from(limits::IMPORT_ITEMS.check("items", max + 1).unwrap_err());
+        assert_eq!((handler.code(), handler.message()), (status.code(), status.message()));
+        assert_eq!(refused::<node::ImportConsentRequest>(&empty_entries(1, max + 1)).message(), status.message());
+
+        // Counted wherever they are among the other fields, known or not.
+        let mut mixed =
+            node::ImportConsentRequest { broadcast: true, mapping_version: "v1".into(), ..Default::default() }
+                .encode_to_vec();
+        mixed.extend(empty_entries(1, max / 2));
+        mixed.extend(empty_entries(1000, 3));
+        // Unknown groups (field 992), one holding an entry of field 1.
+        mixed.extend([0x83, 0x3e, 0x0a, 0x00, 0x84, 0x3e, 0x83, 0x3e, 0x84, 0x3e]);
+        // An unknown varint (field 20).
+        mixed.extend([0xa0, 0x01, 0x01]);
+        mixed.extend(empty_entries(1, max - max / 2));
+        assert_eq!(decode_request::<node::ImportConsentRequest>(&mixed[..]).unwrap().items.len(), max);
+        mixed.extend(empty_entries(1, 1));
+        assert_eq!(refused::<node::ImportConsentRequest>(&mixed).message(), status.message());
+
+        // Decision batches, generated and as the node reads them.
+        let max = limits::DECIDE_BATCH_ITEMS.max;
+        let too_many = empty_entries(1, max + 1);
+        let expected = "invalid `items`: at most 10000 items per batch";
+        assert_eq!(refused::<node::DecideBatchRequest>(&too_many).message(), expected);
+        assert_eq!(refused::<RawDecideBatchRequest>(&too_many).message(), expected);
+        assert_eq!(decode_request::<RawDecideBatchRequest>(&empty_entries(1, max)[..]).unwrap().items.len(), max);
+
+        // Several lists of one request, and two fields counted as one list.
+        let mut rectify = empty_entries(2, 32);
+        rectify.extend(empty_entries(3, 32));
+        rectify.extend(empty_entries(4, 40));
+        rectify.extend(empty_entries(5, 24));
+        let read = decode_request::<gateway::RectifyRequest>(&rectify[..]).unwrap();
+        assert_eq!((read.add_identifiers.len(), read.remove_identifiers.len()), (32, 32));
+        rectify.extend(empty_entries(5, 1));
+        let expected = "invalid `set_profile`: at most 64 profile fields per request";
+        assert_eq!(refused::<gateway::RectifyRequest>(&rectify).message(), expected);
+        assert_eq!(refused::<node::RectifyRequest>(&rectify).message(), expected);
+        let expected = "invalid `remove_identifiers`: at most 32 identifiers per request";
+        assert_eq!(refused::<node::RectifyRequest>(&empty_entries(3, 33)).message(), expected);
+        let expected = "invalid `identifiers`: at most 32 identifiers per request";
+        assert_eq!(refused::<gateway::RegisterRequest>(&empty_entries(2, 33)).message(), expected);
+        assert_eq!(refused::<node::RegisterRequest>(&empty_entries(2, 33)).message(), expected);
+        let expected = "invalid `releases`: at most 10000 links per call";
+        assert_eq!(refused::<node::ReleaseLinksRequest>(&empty_entries(3, 10_001)).message(), expected);
+        let expected = "invalid `request_ids`: at most 1000";
+        assert_eq!(refused::<node::AckChallengeOutboxRequest>(&empty_entries(1, 1_001)).message(), expected);
+
+        // Requests without bounded lists are decoded as they were, with no count.
+        assert!(bounded_lists::<gateway::DecideRequest>().is_empty());
+        assert!(bounded_lists::<gateway::DecideStreamItem>().is_empty());
+        assert!(bounded_lists::<crate::raw::RawDecideStreamItem>().is_empty());
+    }
+
+    #[test]
+    fn entries_inside_a_field_are_not_counted() {
+        let max = limits::IMPORT_ITEMS.max;
+        // Field 1 entries inside an unknown field, inside an unknown group, and an item's own
+        // repeated field: none is an item.
+        let mut inner = empty_entries(1, max + 1);
+        let mut bytes = Vec::new();
+        prost::encoding::encode_key(1000, WireType::LengthDelimited, &mut bytes);
+        prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
+        bytes.append(&mut inner);
+        prost::encoding::encode_key(1001, WireType::StartGroup, &mut bytes);
+        bytes.extend(empty_entries(1, max + 1));
+        prost::encoding::encode_key(1001, WireType::EndGroup, &mut bytes);
+        let item = gateway::ImportConsentItem { channels: vec![String::new(); max + 1], ..Default::default() };
+        prost::encoding::message::encode(1, &item, &mut bytes);
+        let read = decode_request::<gateway::ImportConsentRequest>(&bytes[..]).unwrap();
+        assert_eq!(read.items.len(), 1);
+        assert_eq!(read.items[0].channels.len(), max + 1);
+    }
+
+    /// The bounded lists of the gateway's `ImportConsentRequest`, with a limit of 3.
+    const THREE_ITEMS: &[BoundedList] = &[list(&[1], "items", MaxItems::new(3, "items"))];
+
+    #[test]
+    fn bytes_the_count_cannot_follow_are_refused_as_prost_refuses_them() {
+        let malformed = "malformed request: not a valid protobuf message";
+        let at_items = "malformed request: not a valid protobuf message at `items`";
+        // Groups of field 992 (start `83 3e`, end `84 3e`) inside each other.
+        let mut deep = [0x83, 0x3e].repeat(150);
+        deep.extend([0x84, 0x3e].repeat(150));
+        let cases: [(&str, Vec<u8>, &str); 11] = [
+            ("a key cut short", vec![0x0a, 0x00, 0x80], malformed),
+            ("a key of 11 bytes", [vec![0x80; 10], vec![0x01]].concat(), malformed),
+            ("a key beyond 32 bits", vec![0x80, 0x80, 0x80, 0x80, 0x20], malformed),
+            ("field 0", vec![0x00, 0x00], malformed),
+            ("wire type 7", vec![0x0f], malformed),
+            ("an end group never started", vec![0x14], malformed),
+            ("an unknown field longer than the message", vec![0x82, 0x3e, 0x05, 0x01], malformed),
+            ("an item's length cut short", vec![0x0a, 0x00, 0x0a, 0x80], at_items),
+            ("an item longer than the message", vec![0x0a, 0x05, 0x01, 0x02], at_items),
+            ("an item that is a varint", vec![0x08, 0x01], at_items),
+            ("unknown groups nested too deeply", deep, "malformed request: nested too deeply"),
+        ];
+        for (name, bytes, expected) in cases {
+            let status = check_lists(&bytes, THREE_ITEMS).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{name}");
+            assert_eq!(status.message(), expected, "{name}");
+            assert!(gateway::ImportConsentRequest::decode(&bytes[..]).is_err(), "{name}: prost reads it");
+        }
+        // Too many items before the bytes break: refused for the items.
+        let mut bytes = empty_entries(1, 4);
+        bytes.push(0x80);
+        assert_eq!(check_lists(&bytes, THREE_ITEMS).unwrap_err().message(), "invalid `items`: at most 3 items");
+    }
+
+    /// One top-level field of an `ImportConsentRequest`-like message, for the property below.
+    fn field() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            // An item, empty or with fields of its own: most fields, so lists are often too long.
+            6 => (0u64..3, proptest::collection::vec(0u8..2, 0..3)).prop_map(|(id, channels)| {
+                let item = gateway::ImportConsentItem {
+                    id,
+                    channels: channels.iter().map(|c| c.to_string()).collect(),
+                    ..Default::default()
+                };
+                let mut out = Vec::new();
+                prost::encoding::message::encode(1, &item, &mut out);
+                out
+            }),
+            1 => Just(vec![0x10, 0x01]),
+            1 => Just(vec![0x1a, 0x02, b'v', b'1']),
+            1 => Just(vec![0x82, 0x3e, 0x02, 0x0a, 0x00]),
+            1 => Just(vec![0x85, 0x3e, 1, 2, 3, 4]),
+            1 => Just(vec![0x81, 0x3e, 1, 2, 3, 4, 5, 6, 7, 8]),
+            1 => Just(vec![0x83, 0x3e, 0x0a, 0x00, 0x84, 0x3e]),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against prost on the same bytes, well-formed or damaged: whatever prost reads, the
+        /// count refuses exactly when prost reads too many items; and the count never calls
+        /// malformed what prost reads.
+        #[test]
+        fn the_count_agrees_with_prost(
+            fields in proptest::collection::vec(field(), 0..10),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::option::of((proptest::prelude::any::<proptest::sample::Index>(), 0u8..=255)),
+        ) {
+            let mut bytes = fields.concat();
+            if let Some((at, value)) = flip && !bytes.is_empty() {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let counted = check_lists(&bytes, THREE_ITEMS);
+            match gateway::ImportConsentRequest::decode(&bytes[..]) {
+                Ok(read) if read.items.len() > 3 => {
+                    let status = counted.unwrap_err();
+                    proptest::prop_assert_eq!(status.message(), "invalid `items`: at most 3 items");
+                }
+                Ok(_) => proptest::prop_assert!(counted.is_ok(), "{:?}", counted),
+                Err(_) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn every_bounded_list_is_a_repeated_field_of_its_request_and_every_other_list_is_named() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        let set = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).unwrap();
+        let messages: HashMap<String, &prost_types::DescriptorProto> = set
+            .file
+            .iter()
+            .flat_map(|file| file.message_type.iter().map(move |m| (format!("{}.{}", file.package(), m.name()), m)))
+            .collect();
+        for (name, lists) in BOUNDED_REQUESTS {
+            let message = messages[*name];
+            assert!(lists.len() <= MAX_LISTS, "{name}");
+            for list in *lists {
+                assert!(!list.tags.is_empty(), "{name}");
+                for tag in list.tags {
+                    let field = message.field.iter().find(|f| f.number() == *tag as i32);
+                    let field = field.unwrap_or_else(|| panic!("{name} has no field {tag}"));
+                    assert_eq!(field.label(), Label::Repeated, "{name}.{}", field.name());
+                    // Length-delimited on the wire: never packed.
+                    assert!(
+                        matches!(field.r#type(), Type::Message | Type::String | Type::Bytes),
+                        "{name}.{}",
+                        field.name()
+                    );
+                }
+                let first = message.field.iter().find(|f| f.number() == list.tags[0] as i32).unwrap();
+                assert_eq!(first.name(), list.field, "{name}: the refusal names the field");
+            }
+        }
+        // Every request of either service with a list: bounded above, or open here on purpose.
+        let open = [
+            // Channels of the closed vocabulary, each at most once (checked after decoding).
+            "domicile.gateway.v1.RecordConsentRequest.channels",
+            "domicile.node.v1.RecordConsentRequest.channels",
+        ];
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let name = method.input_type().trim_start_matches('.');
+                    let bounded = BOUNDED_REQUESTS.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, l)| *l);
+                    for field in &messages[name].field {
+                        if field.label() != Label::Repeated {
+                            continue;
+                        }
+                        let tag = field.number() as u32;
+                        let listed = bounded.iter().any(|l| l.tags.contains(&tag));
+                        let path = format!("{name}.{}", field.name());
+                        assert!(listed || open.contains(&path.as_str()), "{path}: a list without a bound here");
+                    }
+                }
+            }
+        }
     }
 
     fn guard(limit: usize, unary: bool) -> FrameGuard {

@@ -3,7 +3,9 @@
 //! INTERNAL (which operators alert on as the server's fault) nor OUT_OF_RANGE, and no message
 //! repeats what was sent (invariant 8). A `DecideStream` with a bad item answers every item
 //! before it, then ends with the bad item's status. Reflection lists only what each process
-//! serves, and a method it does not serve is UNIMPLEMENTED naming what it does.
+//! serves, and a method it does not serve is UNIMPLEMENTED naming what it does. A request with
+//! more items than its method takes is refused before they are built: a few such requests at
+//! once leave the gateway's and the node's peak memory where it was.
 
 #![allow(
     clippy::expect_used,
@@ -18,10 +20,12 @@ use std::task::{Context, Poll};
 
 use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
-use domicile_cluster_tests::{Cluster as _, ScenarioCluster, identifier, region, select_ref};
+use domicile_cluster_tests::{Cluster as _, ScenarioCluster, TestCluster, identifier, region, select_ref};
 use domicile_proto::prost::Message as _;
 use domicile_proto::prost::bytes::{Buf, BufMut, Bytes};
 use domicile_proto::prost::encoding::{WireType, encode_key, encode_varint};
+use domicile_runtime::identity::Scope;
+use domicile_runtime::pki::GATEWAY_SERVER_NAME;
 use http_body::Body as _;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -43,6 +47,7 @@ const GW_IMPORT: &str = "/domicile.gateway.v1.Domicile/ImportConsent";
 const GW_DECIDE_STREAM: &str = "/domicile.gateway.v1.Domicile/DecideStream";
 const NODE_REGISTER: &str = "/domicile.node.v1.RegionalNode/Register";
 const NODE_DECIDE_BATCH: &str = "/domicile.node.v1.RegionalNode/DecideBatch";
+const NODE_IMPORT: &str = "/domicile.node.v1.RegionalNode/ImportConsent";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 // === a client that sends any bytes as a message ===
@@ -553,4 +558,111 @@ async fn each_process_lists_and_serves_only_its_own_services() {
         assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
         assert!(status.message().contains("domicile.node.v1.RegionalNode"), "{path}: {status:?}");
     }
+}
+
+// === too many items ===
+
+/// Hostile requests of each kind sent at once.
+const AT_ONCE: usize = 4;
+/// How much a process's peak resident memory may grow while it refuses them all: a few times
+/// their bytes (each is buffered whole), never their items.
+const GROWTH_ALLOWED_KIB: u64 = 64 * 1024;
+
+/// The peak resident memory of process `pid` so far (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `bytes` bytes of empty items in field 1 (`0a 00` repeated): valid protobuf for every request
+/// whose field 1 is its list of items, one item per two bytes.
+fn empty_items(bytes: usize) -> Vec<u8> {
+    [0x0a, 0x00].repeat(bytes / 2)
+}
+
+/// Sends `message` to `path` `AT_ONCE` times at once, each on a connection of its own, and
+/// asserts that every one is refused with `code` and exactly `expected`.
+async fn refused_at_once(channels: &[Channel], path: &'static str, message: &[u8], code: Code, expected: &str) {
+    let calls = channels.iter().map(|channel| {
+        let (channel, message) = (channel.clone(), message.to_vec());
+        tokio::spawn(async move { unary(&channel, path, message).await })
+    });
+    let calls: Vec<_> = calls.collect();
+    for call in calls {
+        let status = call.await.unwrap().expect_err("too many items are refused");
+        assert_eq!((status.code(), status.message()), (code, expected), "{path}: {status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_items_are_refused_before_they_are_built_at_the_gateway_and_the_node() {
+    let cluster = TestCluster::start(BIN, &[REGION]).await.expect("cluster starts");
+    let pid = |in_region: bool| {
+        cluster.cluster.processes().find(|p| p.region.is_some() == in_region).and_then(|p| p.pid()).unwrap()
+    };
+    let (gateway_pid, node_pid) = (pid(false), pid(true));
+    // What the attacker held: a capture credential (and, in the region, a decide one).
+    let caller = cluster.issue_caller("bulk-importer", REGION, &[Scope::Capture, Scope::Decide]).unwrap();
+    let gateway_addr = cluster.gateway_addr().to_string();
+    let node_addr = cluster.node_addr(&region(REGION)).unwrap().to_string();
+    let node_name = region(REGION).node_server_name();
+    let mut gateways = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..AT_ONCE {
+        gateways.push(domicile_cluster_tests::channel(&gateway_addr, &caller, GATEWAY_SERVER_NAME).await.unwrap());
+        nodes.push(domicile_cluster_tests::channel(&node_addr, &caller, &node_name).await.unwrap());
+    }
+
+    // Warm-up: requests as large as the hostile ones, but without items, on every connection,
+    // so the baseline includes buffers for messages of that size.
+    for channel in &gateways {
+        let reply = unary(channel, GW_IMPORT, oversized(IMPORT_LIMIT - 1)).await.expect("an import without items");
+        assert!(reply.is_empty(), "no items, no outcomes");
+    }
+    for channel in &nodes {
+        unary(channel, NODE_IMPORT, oversized(NODE_LIMIT - 1)).await.expect("an import without items");
+        unary(channel, NODE_DECIDE_BATCH, oversized(NODE_LIMIT - 1)).await.expect("a batch without items");
+    }
+    let (gateway_before, node_before) = (peak_kib(gateway_pid), peak_kib(node_pid));
+
+    // 524,288 empty items in 1 MiB at the gateway; 2,097,152 in 4 MiB at the node: within the
+    // size limits, far beyond the item limits (5,000 per import, 10,000 per decision batch).
+    let import_limit = domicile_proto::limits::IMPORT_ITEMS.max;
+    let batch_limit = domicile_proto::limits::DECIDE_BATCH_ITEMS.max;
+    let too_many_imports = format!("invalid `items`: at most {import_limit} items per call");
+    let too_many_decisions = format!("invalid `items`: at most {batch_limit} items per batch");
+    let gateway_items = empty_items(IMPORT_LIMIT);
+    let node_items = empty_items(NODE_LIMIT);
+    refused_at_once(&gateways, GW_IMPORT, &gateway_items, Code::InvalidArgument, &too_many_imports).await;
+    refused_at_once(&nodes, NODE_IMPORT, &node_items, Code::InvalidArgument, &too_many_imports).await;
+    refused_at_once(&nodes, NODE_DECIDE_BATCH, &node_items, Code::InvalidArgument, &too_many_decisions).await;
+    // One item over the limit is refused alike (the limit itself is served, below).
+    let over = empty_items(2 * (import_limit + 1));
+    refused_at_once(&gateways[..1], GW_IMPORT, &over, Code::InvalidArgument, &too_many_imports).await;
+
+    let (gateway_after, node_after) = (peak_kib(gateway_pid), peak_kib(node_pid));
+    eprintln!(
+        "peak resident memory around {AT_ONCE} requests of each kind: gateway {gateway_before} → {gateway_after} \
+         KiB, node {node_before} → {node_after} KiB"
+    );
+    assert!(
+        gateway_after < gateway_before + GROWTH_ALLOWED_KIB,
+        "the gateway built the items: peak {gateway_before} → {gateway_after} KiB"
+    );
+    assert!(
+        node_after < node_before + GROWTH_ALLOWED_KIB,
+        "the node built the items: peak {node_before} → {node_after} KiB"
+    );
+
+    // Both still serve, and an import of as many empty items as allowed is read at each (every
+    // item refused on its own, for what it lacks).
+    let at_limit = empty_items(2 * import_limit);
+    let reply = unary(&gateways[0], GW_IMPORT, at_limit.clone()).await.expect("an import at the limit is served");
+    let reply = gw::ImportConsentResponse::decode(reply.as_slice()).unwrap();
+    assert_eq!(reply.outcomes.len(), import_limit);
+    assert!(reply.outcomes.iter().all(|o| matches!(o.result, Some(gw::import_consent_outcome::Result::Refused(_)))));
+    let reply = unary(&nodes[0], NODE_IMPORT, at_limit).await.expect("an import at the limit is served");
+    let reply = domicile_cluster_tests::pb::node::v1::ImportConsentResponse::decode(reply.as_slice()).unwrap();
+    assert_eq!(reply.outcomes.len(), import_limit);
 }

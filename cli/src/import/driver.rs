@@ -264,7 +264,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     // Rows are parsed on a blocking thread; the channel bounds how many wait.
     let read_bytes = Arc::new(AtomicU64::new(0));
     let (tx, mut batches) = mpsc::channel::<Batch>(args.in_flight.max(1) * 2);
-    let batch_size = args.batch.clamp(1, 5_000);
+    let batch_size = args.batch.clamp(1, domicile_proto::limits::IMPORT_ITEMS.max);
     let counting = Counting { inner: file, read: Arc::clone(&read_bytes) };
     let tally = Arc::new(Tally::default());
     let reader_tally = Arc::clone(&tally);

@@ -1,5 +1,6 @@
 //! `ClaimLinks` and `ReleaseLinks` on the wire, and the link lists every ownership method reads.
 
+use domicile_proto::limits;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_types::{Link, RegionId};
 use tonic::Request;
@@ -9,16 +10,13 @@ use crate::error::NodeError;
 use crate::service::NodeService;
 use crate::store::{Release, Store};
 
-/// Links per claim or release call.
-const MAX_CLAIMS: usize = 10_000;
-
 pub(in crate::service) async fn claim_links<S: Store>(
     node: &NodeService<S>,
     request: Request<pb::ClaimLinksRequest>,
 ) -> Result<pb::ClaimLinksResponse, NodeError> {
     let claimant = claimant(&request, &request.get_ref().region)?;
     let req = request.into_inner();
-    let links = links_of(&req.links)?;
+    let links = links_of("links", &req.links)?;
     let holders = node.grant_claims(&claimant, &req.map_digest, req.generation, &links).await?;
     Ok(pb::ClaimLinksResponse {
         results: holders
@@ -34,7 +32,7 @@ pub(in crate::service) async fn release_links<S: Store>(
 ) -> Result<pb::ReleaseLinksResponse, NodeError> {
     let claimant = claimant(&request, &request.get_ref().region)?;
     let req = request.into_inner();
-    let links = links_of(&req.releases.iter().map(|r| r.link.clone()).collect::<Vec<_>>())?;
+    let links = links_of("releases", &req.releases.iter().map(|r| r.link.clone()).collect::<Vec<_>>())?;
     let releases: Vec<Release> =
         links.into_iter().zip(&req.releases).map(|(link, r)| Release { link, generation: r.generation }).collect();
     let released = node.give_up_claims(&claimant, &req.map_digest, &releases).await?;
@@ -52,11 +50,10 @@ fn claimant<T>(request: &Request<T>, stated: &str) -> Result<RegionId, NodeError
     }
 }
 
-/// Links sent as bytes, at most [`MAX_CLAIMS`] of them.
-pub(in crate::service) fn links_of(bytes: &[Vec<u8>]) -> Result<Vec<Link>, NodeError> {
-    if bytes.len() > MAX_CLAIMS {
-        return Err(NodeError::InvalidArgument(format!("at most {MAX_CLAIMS} links per call").into()));
-    }
+/// Links sent as bytes in the list `field`, at most [`limits::LINKS`] of them (counted before
+/// decoding too, `wire::RequestCodec`).
+pub(in crate::service) fn links_of(field: &str, bytes: &[Vec<u8>]) -> Result<Vec<Link>, NodeError> {
+    limits::LINKS.check(field, bytes.len())?;
     bytes
         .iter()
         .map(|b| {

@@ -4,6 +4,7 @@
 //! those same bytes, so every form answers alike.
 
 use domicile_proto::convert::{self, FieldViolation};
+use domicile_proto::limits;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::raw::{EncodedDecideBatch, RawDecideBatchRequest};
 use domicile_runtime::process::now_unix;
@@ -13,9 +14,6 @@ use super::{Decided, SubjectDecision};
 use crate::error::NodeError;
 use crate::service::NodeService;
 use crate::store::{CLOCK_SKEW_SECS, Store};
-
-/// Bounds one batch call's work; gateways split audiences into batches of this size or less.
-pub const MAX_BATCH_ITEMS: usize = 10_000;
 
 pub(in crate::service) async fn decide<S: Store>(
     node: &NodeService<S>,
@@ -115,9 +113,9 @@ fn push_decision<S: Store>(
 
 /// A batch's size check and evaluation time (default now), for both forms of `DecideBatch`.
 fn batch_time(items: usize, at: Option<&domicile_proto::prost_types::Timestamp>) -> Result<i64, FieldViolation> {
-    if items > MAX_BATCH_ITEMS {
-        return Err(FieldViolation::new("items", format!("at most {MAX_BATCH_ITEMS} items per batch")));
-    }
+    // Bounds one batch call's work (gateways send batches of this size or less); counted before
+    // decoding too (`wire::RequestCodec`).
+    limits::DECIDE_BATCH_ITEMS.check("items", items)?;
     decision_time(at, now_unix())
 }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use domicile_proto::convert::{self, FieldViolation};
+use domicile_proto::limits;
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_types::{Link, NormalizedIdentifier, SubjectId};
@@ -18,7 +19,6 @@ use crate::service::rights::wire::rights_to_pb;
 use crate::service::wire::token;
 use crate::store::{Merged, Rectified, Registered, Store};
 
-const MAX_PROFILE_FIELDS: usize = 64;
 const MAX_PROFILE_NAME: usize = 64;
 const MAX_PROFILE_VALUE: usize = 256;
 
@@ -93,12 +93,7 @@ fn correction_from_pb(req: &pb::RectifyRequest) -> Result<Correction, FieldViola
     if add.iter().any(|a| remove.contains(a)) {
         return Err(FieldViolation::new("remove_identifiers", "names an identifier also in `add_identifiers`"));
     }
-    if req.set_profile.len() + req.remove_profile.len() > MAX_PROFILE_FIELDS {
-        return Err(FieldViolation::new(
-            "set_profile",
-            format!("at most {MAX_PROFILE_FIELDS} profile fields per request"),
-        ));
-    }
+    limits::PROFILE_FIELDS.check("set_profile", req.set_profile.len() + req.remove_profile.len())?;
     let mut set_profile = BTreeMap::new();
     for (name, value) in &req.set_profile {
         let name = token("set_profile.key", name, MAX_PROFILE_NAME)?;

@@ -2,6 +2,7 @@
 //! naming its field), outcomes in request order.
 
 use domicile_proto::convert::{self, FieldViolation};
+use domicile_proto::limits;
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use tonic::{Request, Status};
@@ -11,9 +12,6 @@ use crate::error::NodeError;
 use crate::service::NodeService;
 use crate::service::consent::wire::capture_of;
 use crate::store::{ImportEvidence, Store};
-
-/// Bounds one call's work; `domicile import` sends batches of this size or less.
-pub const MAX_IMPORT_ITEMS: usize = 5_000;
 
 /// A source system or event id: a token, so nothing free-form is kept with an entry.
 fn source_token(field: &str, text: &str) -> Result<String, FieldViolation> {
@@ -55,9 +53,9 @@ pub(in crate::service) async fn import_consent<S: Store>(
 ) -> Result<pb::ImportConsentResponse, NodeError> {
     let caller = node.caller(&request, &request.get_ref().caller_region)?;
     let req = request.into_inner();
-    if req.items.len() > MAX_IMPORT_ITEMS {
-        return Err(FieldViolation::new("items", format!("at most {MAX_IMPORT_ITEMS} items per call")).into());
-    }
+    // Bounds one call's work (`domicile import` sends batches of this size or less); counted
+    // before decoding too (`wire::RequestCodec`).
+    limits::IMPORT_ITEMS.check("items", req.items.len())?;
     let mapping_version = if req.mapping_version.is_empty() {
         String::new()
     } else {

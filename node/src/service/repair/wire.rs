@@ -26,7 +26,7 @@ pub(in crate::service) async fn claims_of<S: Store>(
     request: Request<pb::ClaimsOfRequest>,
 ) -> Result<pb::ClaimsOfResponse, NodeError> {
     operator_only(&request)?;
-    let links = links_of(&request.get_ref().links)?;
+    let links = links_of("links", &request.get_ref().links)?;
     let claims = node.arbitrated_claims(&links).await?;
     Ok(pb::ClaimsOfResponse {
         claims: claims.iter().map(|claim| claim.as_ref().map(claim_to_pb).unwrap_or_default()).collect(),
@@ -56,8 +56,12 @@ pub(in crate::service) async fn reassert_claims<S: Store>(
 ) -> Result<pb::ReassertClaimsResponse, NodeError> {
     operator_only(&request)?;
     let req = request.into_inner();
-    let scope =
-        ReassertScope { links: links_of(&req.links)?, all: req.all, dry_run: req.dry_run, announce: req.announce };
+    let scope = ReassertScope {
+        links: links_of("links", &req.links)?,
+        all: req.all,
+        dry_run: req.dry_run,
+        announce: req.announce,
+    };
     Ok(reassert_to_pb(node.reassert(scope).await?))
 }
 
@@ -68,7 +72,7 @@ pub(in crate::service) async fn drop_links<S: Store>(
     operator_only(&request)?;
     let req = request.get_ref();
     let key = convert::subject_key("subject", req.subject.as_ref())?;
-    let links = links_of(&req.links)?;
+    let links = links_of("links", &req.links)?;
     if links.is_empty() {
         return Err(FieldViolation::new("links", "names no link").into());
     }
@@ -86,7 +90,7 @@ pub(in crate::service) async fn release_orphan_claims<S: Store>(
     request: Request<pb::ReleaseOrphanClaimsRequest>,
 ) -> Result<pb::ReleaseOrphanClaimsResponse, NodeError> {
     operator_only(&request)?;
-    let links = links_of(&request.get_ref().links)?;
+    let links = links_of("links", &request.get_ref().links)?;
     let OrphansReleased { released, queued, held_here } = node.release_orphans(links).await?;
     Ok(pb::ReleaseOrphanClaimsResponse { released: released as u64, queued: queued as u64, held_here })
 }

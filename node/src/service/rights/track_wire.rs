@@ -3,6 +3,7 @@
 //! `ListOverdueRightsRequests`, `ReadChallengeOutbox`, `AckChallengeOutbox`.
 
 use domicile_proto::convert::{self, FieldViolation};
+use domicile_proto::limits;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_types::Link;
 use domicile_types::rights::{RequestId, RightsKind};
@@ -13,8 +14,8 @@ use crate::error::NodeError;
 use crate::service::NodeService;
 use crate::store::Store;
 
-/// The most entries one outbox read returns.
-const OUTBOX_PAGE: usize = 1_000;
+/// The most entries one outbox read returns, and one acknowledgement names.
+const OUTBOX_PAGE: usize = limits::CHALLENGE_OUTBOX_PAGE.max;
 
 /// A request as its own opener sees it: without `linked_to`, the id of another opener's request
 /// (only the region's desk sees it, `ListRightsRequests`), which would let this one act on that
@@ -146,9 +147,7 @@ pub(in crate::service) async fn ack_outbox<S: Store>(
     node: &NodeService<S>,
     request: pb::AckChallengeOutboxRequest,
 ) -> Result<pb::AckChallengeOutboxResponse, NodeError> {
-    if request.request_ids.len() > OUTBOX_PAGE {
-        return Err(FieldViolation::new("request_ids", format!("at most {OUTBOX_PAGE}")).into());
-    }
+    limits::CHALLENGE_OUTBOX_PAGE.check("request_ids", request.request_ids.len())?;
     let ids = request.request_ids.iter().map(|id| request_id(id)).collect::<Result<Vec<_>, _>>()?;
     let removed = node.ack_challenges(&ids).await?;
     Ok(pb::AckChallengeOutboxResponse { removed: removed as u64 })
