@@ -61,12 +61,13 @@ pub fn incoming(listener: TcpListener, tls: &TlsMaterial) -> Result<Incoming, Tl
 ///    (`wire::RequestCodec`) counts a request's bounded lists (`ImportConsent` items, …) in its
 ///    bytes before decoding it: too many is INVALID_ARGUMENT before any entry is built.
 pub fn server(auth: AuthLayer, bulk: Duration) -> Server<ServerLayers> {
+    let span_methods = domicile_runtime::telemetry::SpanMethods::new(crate::metrics::served_methods());
     Server::builder()
         .timeout(bulk.max(REQUEST_TIMEOUT))
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .load_shed(true)
         // One span per request, continuing the caller's W3C trace if it sent one.
-        .trace_fn(|request| domicile_runtime::telemetry::server_span("gateway", request))
+        .trace_fn(move |request| domicile_runtime::telemetry::server_span("gateway", request, &span_methods))
         .layer(InteractiveDeadlineLayer::new(REQUEST_TIMEOUT))
         .layer(
             RpcMetricsLayer::new(crate::metrics::served_methods(), &[])

@@ -173,9 +173,10 @@ async fn serve_on<S: Store>(
     // Mutual TLS with a client certificate required; accepted by the runtime rather than tonic
     // so that replies completing together share one write (see `tls::incoming`).
     let incoming = domicile_runtime::tls::incoming(listener, tls.acceptor(ClientAuth::Required)?);
+    let span_methods = domicile_runtime::telemetry::SpanMethods::new(served_methods());
     let server = Server::builder()
         // One span per request, continuing the gateway's W3C trace.
-        .trace_fn(|request| domicile_runtime::telemetry::server_span("node", request))
+        .trace_fn(move |request| domicile_runtime::telemetry::server_span("node", request, &span_methods))
         // Duration and code of every call, refusals by the access layer included.
         .layer(RpcMetricsLayer::new(served_methods(), &[("region", config.region.to_string())]))
         .layer(access::AccessLayer::new(config.region.clone(), revocations))

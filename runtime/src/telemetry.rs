@@ -194,21 +194,56 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// The method paths a server serves, for its spans: any other path is recorded as `other`, so
+/// a caller cannot put text (an email address, say) into an exported trace by asking for it as a
+/// path (the metrics do the same, `metrics::RpcMetricsLayer`).
+#[derive(Debug, Clone)]
+pub struct SpanMethods(std::sync::Arc<std::collections::HashSet<Box<str>>>);
+
+impl SpanMethods {
+    pub fn new(paths: impl IntoIterator<Item = String>) -> Self {
+        Self(std::sync::Arc::new(paths.into_iter().map(String::into_boxed_str).collect()))
+    }
+
+    /// `path` if served, else `other`.
+    pub fn label<'a>(&self, path: &'a str) -> &'a str {
+        if self.0.contains(path) { path } else { "other" }
+    }
+}
+
 /// The span of one inbound RPC, a child of the caller's W3C `traceparent` if it sent one. Only
-/// the method path is recorded: request contents may be personal data.
+/// the method path is recorded, and only a served one: request contents may be personal data.
 ///
 /// With export off and debug logging off there is no span at all: a span per request costs the
 /// subscriber a few microseconds (field formatting, span storage) that only traces and debug
 /// logs use, on a path that serves tens of thousands of requests per second per core.
-pub fn server_span<B>(role: &'static str, request: &http::Request<B>) -> tracing::Span {
+pub fn server_span<B>(role: &'static str, request: &http::Request<B>, methods: &SpanMethods) -> tracing::Span {
     if !spans_wanted() {
         return tracing::Span::none();
     }
-    let span = tracing::info_span!("rpc", otel.kind = "server", role, rpc = %request.uri().path());
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let span = tracing::info_span!("rpc", otel.kind = "server", role, rpc = %methods.label(request.uri().path()));
     // Fails only when no OpenTelemetry layer is installed, i.e. export is off.
-    let _ = span.set_parent(parent);
+    let _ = span.set_parent(caller_parent(request.headers()));
     span
+}
+
+/// The caller's trace context from its W3C headers, without its `tracestate`: that is free text
+/// of the caller's, which the span would carry on to the nodes this request calls, in other
+/// regions too, and to the trace collector. The trace and span ids and flags are kept.
+fn caller_parent(headers: &http::HeaderMap) -> Context {
+    let extracted = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let remote = extracted.span().span_context().clone();
+    if !remote.is_valid() {
+        return Context::new();
+    }
+    let bare = opentelemetry::trace::SpanContext::new(
+        remote.trace_id(),
+        remote.span_id(),
+        remote.trace_flags(),
+        true,
+        opentelemetry::trace::TraceState::default(),
+    );
+    Context::new().with_remote_span_context(bare)
 }
 
 /// Whether per-request spans are worth making: traces are exported, or debug logs are on.
@@ -242,4 +277,25 @@ pub fn trace_parent() -> TraceParent {
 pub fn continue_trace(span: &tracing::Span, parent: TraceParent) {
     // Fails only when no OpenTelemetry layer is installed, i.e. export is off.
     let _ = span.set_parent(parent.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_name_only_served_methods_and_drop_the_callers_tracestate() {
+        let methods = SpanMethods::new(["/domicile.node.v1.RegionalNode/Decide".to_owned()]);
+        assert_eq!(methods.label("/domicile.node.v1.RegionalNode/Decide"), "/domicile.node.v1.RegionalNode/Decide");
+        assert_eq!(methods.label("/anna@example.com"), "other");
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        headers.insert("tracestate", "x=anna@example.com".parse().unwrap());
+        let parent = caller_parent(&headers);
+        let context = parent.span().span_context().clone();
+        assert_eq!(context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736", "the trace continues");
+        assert_eq!(context.trace_state().header(), "", "the caller's tracestate goes no further");
+        assert!(!caller_parent(&http::HeaderMap::new()).span().span_context().is_valid());
+    }
 }
