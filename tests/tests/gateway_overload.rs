@@ -136,3 +136,62 @@ async fn a_flooding_caller_is_shed_at_its_limit_while_others_are_served() {
     let effect = client.decide(decide_request("flooded@example.de")).await.unwrap().into_inner();
     assert_eq!(effect.decision.unwrap().effect, common::Effect::Deny as i32, "no consent recorded: deny");
 }
+
+/// Found by an attacker's review: a stream holds up to 8 node calls of a region for as long as
+/// it runs, so one caller's DecideStreams, within its limit of requests in flight, could take
+/// every node-call slot of a region and starve everyone's decisions. A caller may now have 32
+/// streams open; the next is refused at once, and other callers (and its own unary decisions)
+/// are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_hold_more_than_its_share_of_streams() {
+    const STREAMS: usize = 32;
+    let cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut admin = cluster.gateway().await.unwrap();
+    register(&mut admin, "DE", "streamed@example.de").await;
+    let hog = cluster.issue_caller("stream-hog", "eu-central", &[Scope::Decide, Scope::Context]).unwrap();
+    let other = cluster.issue_caller("other-desk", "eu-central", &[Scope::Decide]).unwrap();
+    let hog = cluster.gateway_as(&hog).await.unwrap();
+    let item = |id: u64| gw::DecideStreamItem {
+        id,
+        subject: select_email("streamed@example.de"),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    };
+    // Streams left open: each answers its first item and keeps its slot.
+    let mut open = Vec::new();
+    for n in 0..STREAMS {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = hog.clone();
+        let mut results = client
+            .decide_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("within the limit")
+            .into_inner();
+        tx.send(item(n as u64)).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), results.message()).await.unwrap().unwrap();
+        assert!(first.is_some(), "stream {n} serves");
+        open.push((tx, results));
+    }
+    let (_tx, rx) = tokio::sync::mpsc::channel::<gw::DecideStreamItem>(1);
+    let status = hog.clone().decide_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("streams"), "{status:?}");
+    let status = hog.clone().watch(gw::WatchRequest { resume_token: String::new() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "a Watch counts as a stream: {status:?}");
+    // Unary decisions, its own and another caller's, are served meanwhile.
+    hog.clone().decide(decide_request("streamed@example.de")).await.expect("its unary decisions");
+    let mut other = cluster.gateway_as(&other).await.unwrap();
+    other.decide(decide_request("streamed@example.de")).await.expect("another caller's decisions");
+    // A stream closed returns its slot.
+    drop(open.pop());
+    let reopened = domicile_cluster_tests::eventually(Duration::from_secs(5), || {
+        let mut client = hog.clone();
+        async move {
+            let (_tx, rx) = tokio::sync::mpsc::channel::<gw::DecideStreamItem>(1);
+            client.decide_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.ok().map(|_| ())
+        }
+    })
+    .await;
+    assert!(reopened.is_some(), "a closed stream's slot is returned");
+}
