@@ -15,7 +15,8 @@ use domicile_runtime::process::now_unix;
 use domicile_types::LinkKey;
 
 /// Longest key a node accepts (a gateway's scoped keys are `<caller>/<key>`).
-const MAX_KEY: usize = 128;
+/// Room for a gateway's key: the caller's name (63) and region, then the caller's key (64).
+const MAX_KEY: usize = 192;
 /// How long a write's result is kept for a repeat.
 pub const RETENTION_SECS: i64 = 24 * 3600;
 

@@ -135,3 +135,30 @@ async fn a_repeated_consent_write_is_applied_once_and_answered_as_its_key_says_e
     assert_eq!(fresh.subject_ref, kept_ref);
     assert_eq!(ledger_len(&mut gateway, kept).await, 4);
 }
+
+/// Found by an attacker's review: write keys were scoped by the caller's name alone, so a caller
+/// of one name in another region could answer or refuse another's write with the same key (a
+/// different request: INVALID_ARGUMENT; the same: the other's recorded answer). Two callers of
+/// one name in two regions are two callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_a_caller_of_the_same_name_in_another_region_is_not_its_key() {
+    use domicile_runtime::identity::Scope;
+    let cluster = ScenarioCluster::start(BIN, &["eu-central", "us-east"]).await.expect("cluster starts");
+    let mut admin = cluster.gateway().await.unwrap();
+    let (first, second) = ("same.key.one@example.de", "same.key.two@example.de");
+    register(&mut admin, first).await;
+    register(&mut admin, second).await;
+    let scopes = [Scope::Capture, Scope::Context];
+    // (Issued one after the other into the same file names: each client reads its own first.)
+    let mut us = cluster.gateway_as(&cluster.issue_caller("agent", "us-east", &scopes).unwrap()).await.unwrap();
+    let mut eu = cluster.gateway_as(&cluster.issue_caller("agent", "eu-central", &scopes).unwrap()).await.unwrap();
+    let key = "shared-key-1";
+    let a = us.record_consent(grant(select_email(first), common::ConsentAction::Grant, key)).await.unwrap();
+    let b = eu.record_consent(grant(select_email(second), common::ConsentAction::Grant, key)).await;
+    let b = b.expect("another caller's key: its own write, not INVALID_ARGUMENT");
+    assert_ne!(a.get_ref().sequence, b.get_ref().sequence, "two writes, not one answered twice");
+    assert_eq!(ledger_len(&mut eu, second).await, 1);
+    // The same request under the same key by the other caller is its own write too.
+    let c = eu.record_consent(grant(select_email(first), common::ConsentAction::Grant, key)).await;
+    assert!(c.is_err() || c.as_ref().is_ok_and(|c| c.get_ref().sequence != a.get_ref().sequence), "{c:?}");
+}

@@ -44,7 +44,9 @@ impl WriteKey {
             )
             .into());
         };
-        Ok(Self { node: format!("{}/{key}", caller.name), caller: key })
+        // Scoped by the caller's name and region, as its identity is: two callers of one name in
+        // two regions are two callers, and one's key must not answer (or refuse) the other's write.
+        Ok(Self { node: format!("{}:{}/{key}", caller.name, caller.region), caller: key })
     }
 
     /// The key the node gets.
@@ -90,9 +92,9 @@ mod tests {
     #[test]
     fn keys_are_the_callers_scoped_or_made_up_and_checked() {
         let given = WriteKey::new(&caller(), "order-17:consent").unwrap();
-        assert_eq!(given.for_node(), "shop/order-17:consent");
+        assert_eq!(given.for_node(), "shop:eu-central/order-17:consent");
         let made = WriteKey::new(&caller(), "").unwrap();
-        assert!(made.caller.starts_with("gw-") && made.for_node().starts_with("shop/gw-"));
+        assert!(made.caller.starts_with("gw-") && made.for_node().starts_with("shop:eu-central/gw-"));
         assert_ne!(made.caller, WriteKey::new(&caller(), "").unwrap().caller);
         for bad in ["a b", "x@y", &"k".repeat(65)] {
             let err = WriteKey::new(&caller(), bad).unwrap_err();
