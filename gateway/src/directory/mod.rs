@@ -64,9 +64,30 @@ struct Inner {
     /// Per region, the last change event applied (or the snapshot's): a write's reply that says
     /// no more than that is not applied again (`Directory::apply_reply`).
     applied: HashMap<u16, u64>,
+    /// Links two regions' snapshots disagree on (one region dropped it in an ownership repair
+    /// after the other's snapshot was taken, or a duplicate awaiting repair): looked up as
+    /// incomplete (fail closed) until a change event for the link settles it; the entry kept is
+    /// the one loaded first, the other is held here. Without this, the region loaded last won,
+    /// and decisions went to a copy its own next event removed.
+    contested: HashMap<Link, Entry>,
 }
 
 impl Inner {
+    /// A region's snapshot merged into the base: where the base maps a link to another region,
+    /// the base stays and the link is contested.
+    fn merge_snapshot(&mut self, staged: Vec<(Link, Entry)>) {
+        let mut newer = Vec::with_capacity(staged.len());
+        for (link, entry) in staged {
+            match self.position(&link).and_then(|i| self.base.get(i)) {
+                Some((_, existing)) if existing.region != entry.region => {
+                    self.contested.insert(link, entry);
+                }
+                _ => newer.push((link, Some(entry))),
+            }
+        }
+        self.merge(newer);
+    }
+
     fn get(&self, link: &Link) -> Option<Entry> {
         match self.delta.get(link) {
             Some(change) => *change,
@@ -198,6 +219,9 @@ impl Directory {
 
     pub fn lookup(&self, link: &Link) -> Result<SubjectRef, Miss> {
         let inner = self.read();
+        if !inner.contested.is_empty() && inner.contested.contains_key(link) {
+            return Err(Miss::Incomplete);
+        }
         match inner.get(link) {
             Some(entry) => match self.regions.get(usize::from(entry.region)) {
                 Some(region) => Ok(SubjectRef { region: region.clone(), id: entry.subject }),
@@ -240,7 +264,28 @@ impl Directory {
     pub fn apply_event(&self, region: &RegionId, sequence: u64, update: Update<'_>) -> usize {
         let Some(index) = self.region_index(region) else { return 0 };
         let mut inner = self.write();
+        // An event about a contested link settles it: applied as any other, over the entry the
+        // first snapshot kept; if that leaves the link to nobody, the other snapshot's entry
+        // holds, unless the event removed that very entry.
+        let mut settled = Vec::new();
+        if !inner.contested.is_empty() {
+            let links = match update {
+                Update::Map(_, links) | Update::Unmap(_, links) | Update::Move { links, .. } => links,
+            };
+            settled.extend(links.iter().filter_map(|l| inner.contested.remove(l).map(|other| (*l, other))));
+        }
         let changed = self.update_in(&mut inner, update);
+        for (link, other) in settled {
+            let removed = match update {
+                Update::Unmap(subject, _) => {
+                    self.region_index(&subject.region) == Some(other.region) && subject.id == other.subject
+                }
+                _ => false,
+            };
+            if inner.get(&link).is_none() && !removed {
+                inner.set(link, Some(other));
+            }
+        }
         let applied = inner.applied.entry(index).or_default();
         *applied = (*applied).max(sequence);
         changed
@@ -358,7 +403,7 @@ impl Directory {
                 inner.base = staged;
                 inner.index_base();
             } else {
-                inner.merge(staged.into_iter().map(|(l, e)| (l, Some(e))).collect());
+                inner.merge_snapshot(staged);
             }
         }
         inner.synced.insert(index);

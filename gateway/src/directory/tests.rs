@@ -204,3 +204,35 @@ fn a_reply_no_newer_than_the_events_applied_changes_nothing() {
     dir.set_applied(&eu, Some(20));
     assert!(!dir.apply_reply(&eu, Some(19), Update::Map(&first, &[l])));
 }
+
+/// Found by a review: two regions' snapshots that disagree on a link (one dropped it in an
+/// ownership repair after the other's was taken) left the link to the region loaded last, so
+/// decisions went to the copy that region's next event removed, and once it did, the link named
+/// nobody. Now the link is incomplete (fail closed) until an event for it settles which holds.
+#[test]
+fn a_link_two_snapshots_disagree_on_is_settled_by_the_next_event_for_it() {
+    let (eu, us) = (region("eu-central"), region("us-east"));
+    let link = Link::from_bytes([9; 16]);
+    let dropped = SubjectRef { region: eu.clone(), id: SubjectId::from_bytes([1; 16]) };
+    let kept = SubjectRef { region: us.clone(), id: SubjectId::from_bytes([2; 16]) };
+    let load = |dir: &Directory, subject: &SubjectRef| {
+        dir.begin_load(&subject.region);
+        dir.load_batch(&subject.region, [(link, subject.id)]);
+        dir.mark_synced(&subject.region);
+    };
+    for settled_by_eu in [true, false] {
+        let dir = Directory::new(vec![eu.clone(), us.clone()]);
+        load(&dir, &kept);
+        load(&dir, &dropped);
+        assert_eq!(dir.lookup(&link), Err(Miss::Incomplete), "contested: neither region's copy is used");
+        if settled_by_eu {
+            // The region that dropped the link says so: the other's copy holds.
+            dir.apply_event(&eu, 101, Update::Unmap(&dropped, &[link]));
+            assert_eq!(dir.lookup(&link), Ok(kept.clone()));
+        } else {
+            // The other way round: the copy loaded first is the one removed.
+            dir.apply_event(&us, 7, Update::Unmap(&kept, &[link]));
+            assert_eq!(dir.lookup(&link), Ok(dropped.clone()));
+        }
+    }
+}
