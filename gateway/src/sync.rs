@@ -140,10 +140,9 @@ fn apply(region: &RegionId, event: &common::ChangeEvent, directory: &Directory) 
             let removed = directory.apply_event(region, event.sequence, Update::Unmap(&subject, &links));
             tracing::debug!(%region, links = removed, "links dropped after a rectification");
         }
-        // Consent and restrictions are decided by the node, which reads them itself; the event
-        // counts as applied all the same (a reply older than it is not applied after it).
+        // Consent and restrictions are decided by the node, which reads them itself. Not noted as
+        // applied either: a reply is stale only behind an event that changed a link's mapping.
         Ok(common::ChangeKind::Consent | common::ChangeKind::Restricted | common::ChangeKind::Unspecified) | Err(_) => {
-            directory.apply_event(region, event.sequence, Update::Map(&subject, &[]));
         }
     }
 }

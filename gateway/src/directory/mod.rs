@@ -75,14 +75,26 @@ struct Inner {
 impl Inner {
     /// A region's snapshot merged into the base: where the base maps a link to another region,
     /// the base stays and the link is contested.
+    ///
+    /// What the directory holds for a link when a region's snapshot merges came, in the gateway,
+    /// from other regions (the region's own events are applied only after its snapshot, and
+    /// replies only once it is synced): another region's mapping contests the link; a removal (a
+    /// tombstone in `delta`, whose region it does not say) gives way to the snapshot, which would
+    /// otherwise stay hidden behind it and leave the link to nobody; a change of this region's
+    /// own in `delta` stays newer.
     fn merge_snapshot(&mut self, staged: Vec<(Link, Entry)>) {
         let mut newer = Vec::with_capacity(staged.len());
         for (link, entry) in staged {
-            match self.position(&link).and_then(|i| self.base.get(i)) {
-                Some((_, existing)) if existing.region != entry.region => {
+            match self.get(&link) {
+                Some(existing) if existing.region != entry.region => {
                     self.contested.insert(link, entry);
                 }
-                _ => newer.push((link, Some(entry))),
+                // A change of this region's own recorded since stays newer.
+                Some(_) if self.delta.contains_key(&link) => {}
+                _ => {
+                    self.delta.remove(&link);
+                    newer.push((link, Some(entry)));
+                }
             }
         }
         self.merge(newer);
@@ -302,7 +314,9 @@ impl Directory {
             return false;
         };
         let mut inner = self.write();
-        if inner.applied.get(&index).is_some_and(|applied| *applied >= sequence) {
+        // Not before the region is synced: its snapshot, taken later, would give way to a
+        // replayed reply applied meanwhile (`mark_synced`), and the stale mapping would stay.
+        if !inner.synced.contains(&index) || inner.applied.get(&index).is_some_and(|applied| *applied >= sequence) {
             return false;
         }
         self.update_in(&mut inner, update);
@@ -398,7 +412,7 @@ impl Directory {
         let staged = self.write().staging.remove(&index).map(sorted_snapshot);
         let mut inner = self.write();
         if let Some(staged) = staged {
-            if inner.base.is_empty() {
+            if inner.base.is_empty() && inner.delta.is_empty() {
                 // The usual cold start: the first region's snapshot becomes the array as it is.
                 inner.base = staged;
                 inner.index_base();

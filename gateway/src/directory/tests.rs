@@ -188,6 +188,7 @@ fn a_reply_no_newer_than_the_events_applied_changes_nothing() {
     let (first, owner) =
         (SubjectRef { region: eu.clone(), id: subject(1) }, SubjectRef { region: eu.clone(), id: subject(2) });
     let l = link(7);
+    dir.mark_synced(&eu);
     // Events: registered to `first` (5), removed from it (6), registered to `owner` (7).
     dir.apply_event(&eu, 5, Update::Map(&first, &[l]));
     dir.apply_event(&eu, 6, Update::Unmap(&first, &[l]));
@@ -199,7 +200,7 @@ fn a_reply_no_newer_than_the_events_applied_changes_nothing() {
     assert!(!dir.apply_reply(&eu, Some(0), Update::Map(&first, &[l])));
     assert!(!dir.apply_reply(&eu, None, Update::Map(&first, &[l])));
     assert!(dir.apply_reply(&eu, Some(8), Update::Unmap(&owner, &[l])));
-    assert_eq!(dir.lookup(&l), Err(Miss::Incomplete), "not synced yet: unknown links are incomplete");
+    assert_eq!(dir.lookup(&l), Err(Miss::Unknown));
     // A snapshot as of 20 counts as applied.
     dir.set_applied(&eu, Some(20));
     assert!(!dir.apply_reply(&eu, Some(19), Update::Map(&first, &[l])));
@@ -235,4 +236,42 @@ fn a_link_two_snapshots_disagree_on_is_settled_by_the_next_event_for_it() {
             assert_eq!(dir.lookup(&link), Ok(dropped.clone()));
         }
     }
+}
+
+/// Found by a second review: a replayed reply applied while its region was still loading won
+/// over the snapshot taken after it; and a link another region's event had already removed hid
+/// the next region's snapshot entry behind its tombstone (or left it contested for ever).
+#[test]
+fn replies_wait_for_the_region_and_a_removal_elsewhere_never_hides_a_snapshot() {
+    let (eu, us) = (region("eu-central"), region("us-east"));
+    let link = Link::from_bytes([5; 16]);
+    let subject = |region: &RegionId, n: u8| SubjectRef { region: region.clone(), id: SubjectId::from_bytes([n; 16]) };
+    let load = |dir: &Directory, subject: &SubjectRef, as_of: u64| {
+        dir.begin_load(&subject.region);
+        dir.load_batch(&subject.region, [(link, subject.id)]);
+        dir.set_applied(&subject.region, Some(as_of));
+        dir.mark_synced(&subject.region);
+    };
+    // A replayed registration (event 5) arrives while eu loads; its snapshot (as of 20) holds.
+    let dir = Directory::new(vec![eu.clone(), us.clone()]);
+    assert!(!dir.apply_reply(&eu, Some(5), Update::Map(&subject(&eu, 1), &[link])), "not before eu is synced");
+    load(&dir, &subject(&eu, 2), 20);
+    assert_eq!(dir.lookup(&link), Ok(subject(&eu, 2)));
+
+    // eu's copy is removed before us's snapshot (holding the link) merges: us's holds.
+    let dir = Directory::new(vec![eu.clone(), us.clone()]);
+    load(&dir, &subject(&eu, 1), 100);
+    dir.apply_event(&eu, 101, Update::Unmap(&subject(&eu, 1), &[link]));
+    load(&dir, &subject(&us, 3), 7);
+    assert_eq!(dir.lookup(&link), Ok(subject(&us, 3)));
+
+    // eu maps the link by an event (in `delta`), then us's snapshot holds it too: contested,
+    // until eu's removal settles it for us.
+    let dir = Directory::new(vec![eu.clone(), us.clone()]);
+    load(&dir, &subject(&eu, 1), 100);
+    dir.apply_event(&eu, 101, Update::Map(&subject(&eu, 4), &[link]));
+    load(&dir, &subject(&us, 3), 7);
+    assert_eq!(dir.lookup(&link), Err(Miss::Incomplete));
+    dir.apply_event(&eu, 102, Update::Unmap(&subject(&eu, 4), &[link]));
+    assert_eq!(dir.lookup(&link), Ok(subject(&us, 3)));
 }
