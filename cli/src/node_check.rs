@@ -59,8 +59,10 @@ pub enum NodeCommand {
     },
     /// Rebuild a region's data directory from a backup (offline, into a new directory), replay
     /// the erasure journal (every subject erased after the backup is erased again), and check
-    /// the result. Then point the node's `data_dir` at it, start it, restart the gateways, and
-    /// run `domicile cluster repair-ownership` (claims made after the backup are gone).
+    /// the result. A restore that fails leaves a directory no node opens (`restore.pending`):
+    /// delete it and restore again. Then point the node's `data_dir` at it, start it, restart the
+    /// gateways, and run `domicile cluster repair-ownership` (claims made after the backup are
+    /// gone).
     Restore {
         /// The backup directory (`node backup --out`).
         #[arg(long)]
@@ -194,15 +196,14 @@ async fn restore(
     region: &RegionId,
     journals: &[PathBuf],
 ) -> anyhow::Result<usize> {
-    use domicile_node::store::Store as _;
     let mut erased = Vec::new();
     for journal in journals {
         erased.extend(domicile_node::store::read_erasure_journal(journal)?);
     }
-    domicile_node::store::restore_sled(from, into, region)?;
-    let store = domicile_node::store::SledStore::open(into, region)?;
-    let replayed = store.replay_erasures(&erased, domicile_runtime::process::now_unix())?;
-    store.flush().await?;
+    // Until the journal is replayed and flushed, `into` is marked as a restore in progress and
+    // no node opens it: a failure here leaves nothing to serve.
+    let now = domicile_runtime::process::now_unix();
+    let (_, replayed) = domicile_node::store::restore_sled(from, into, region, &erased, now).await?;
     Ok(replayed)
 }
 

@@ -6,14 +6,15 @@
 //! it copies every sled tree into `db.export`, the key slots and the audit log's committed
 //! prefix, so the three are of one instant; the id generator's next value and the heads go into
 //! `manifest.json` with each file's SHA-256. Restore is offline: it checks the manifest, rebuilds
-//! the database, copies the rest, writes `audit.head` and `store.head` from the manifest, and
-//! moves the id generator past every id the backup holds.
+//! the database, copies the rest, writes `audit.head` and `store.head` from the manifest, starts
+//! new ids far above the backup's next one (`ids.rs`: above whatever the lost machine handed out
+//! since), and replays the erasure journal (`replay.rs`), all under `restore.pending`, which only
+//! a restore that finished removes.
 //!
 //! The erasure journal (`erasures.log`, or `erasure_journal_file` on another disk) gets one line
-//! per erasure, `<subject id> <unix seconds>`, and per merge, `merge <from> <into> <unix
-//! seconds>` (a merge destroys `from`'s key), each synced before the key is destroyed. Subject
-//! ids are random and pseudonymous. Replaying the journal after a restore makes every merge again
-//! and erases every subject it names that the backup still holds, in order.
+//! per erasure, `<subject id> <unix seconds>`, per merge, `merge <from> <into> <unix seconds>` (a
+//! merge destroys `from`'s key), and per unmerge, each synced before the key is destroyed.
+//! Subject ids are random and pseudonymous.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -22,9 +23,10 @@ use std::path::{Path, PathBuf};
 use domicile_types::{RegionId, SubjectId};
 
 use super::heads::{LEDGER_HEAD_FILE, STORE_HEAD_FILE, last_event, ledger_position};
-use super::{SledStore, backend};
+pub use super::replay::{JournalEntry, read_erasure_journal};
+use super::{SledStore, backend, ids};
+use crate::store::StoreError;
 use crate::store::vault::VaultScan;
-use crate::store::{RightsRequestRecord, StoreError};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const DB_EXPORT_FILE: &str = "db.export";
@@ -157,7 +159,7 @@ impl SledStore {
             }
             write_chunk(&mut out, b'E', &[]).map_err(backend)?;
             out.into_inner().map_err(|e| backend(e.error()))?.sync_all().map_err(backend)?;
-            manifest.next_id = self.db.generate_id().map_err(backend)?;
+            manifest.next_id = self.next_id()?;
             manifest.last_event = last_event(&self.events)?;
             manifest.subjects = self.meta.len() as u64;
             self.vault.sync()?;
@@ -215,58 +217,6 @@ impl SledStore {
         let length = journal.metadata().map(|m| m.len()).map_err(|e| backend(format!("erasure journal: {e}")))?;
         self.index_saw_journal(length)
     }
-
-    /// Replays `journal` on this store (after a restore), in order: a merge whose two subjects
-    /// it holds is made again, a subject it holds that was erased is erased; returns how many
-    /// entries changed something. Audited like any merge and erasure (erasures as completed
-    /// requests replayed from the journal).
-    pub fn replay_erasures(&self, journal: &[JournalEntry], now: i64) -> Result<usize, StoreError> {
-        let mut erased = 0;
-        for entry in journal {
-            let (subject, at) = match entry {
-                JournalEntry::Merge { from, into } => {
-                    let held = |id: &SubjectId| self.meta.get(id.as_bytes()).map(|m| m.is_some());
-                    if held(from).map_err(backend)? && held(into).map_err(backend)? {
-                        self.merge_subjects(into, from, now, None)?;
-                        erased += 1;
-                    }
-                    continue;
-                }
-                JournalEntry::Unmerge { merged, from, kept, restored } => {
-                    let held = self.meta.get(merged.as_bytes()).map_err(backend)?.is_some();
-                    if held {
-                        match self.unmerge_subject(merged, from, kept, restored, now, None) {
-                            Ok(_) => erased += 1,
-                            // The backup predates the merge: nothing to split.
-                            Err(StoreError::NotFound) => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    continue;
-                }
-                JournalEntry::Erasure { subject, at } => (subject, at),
-            };
-            if self.meta.get(subject.as_bytes()).map_err(backend)?.is_none() {
-                continue;
-            }
-            let mut id = [0u8; domicile_types::rights::REQUEST_ID_LEN];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-                .map_err(|_| backend("random source failed"))?;
-            let request = RightsRequestRecord {
-                request_id: domicile_types::rights::RequestId::from_bytes(id).to_string(),
-                kind: domicile_types::rights::RightsKind::Erasure.as_str().into(),
-                received_at: *at,
-                deadline_at: None,
-                status: "completed".into(),
-                deadline_basis: "an erasure made after the restored backup, replayed from the erasure journal".into(),
-                completed_at: Some(now),
-                ..Default::default()
-            };
-            self.erase_subject(subject, now, &request, None)?;
-            erased += 1;
-        }
-        Ok(erased)
-    }
 }
 
 impl Manifest {
@@ -283,60 +233,6 @@ impl Manifest {
             files: Vec::new(),
         }
     }
-}
-
-/// One line of the erasure journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JournalEntry {
-    /// `<subject> <unix seconds>`
-    Erasure { subject: SubjectId, at: i64 },
-    /// `merge <from> <into> <unix seconds>`
-    Merge { from: SubjectId, into: SubjectId },
-    /// `unmerge <merged> <from> <kept> <restored> <unix seconds>`
-    Unmerge { merged: SubjectId, from: SubjectId, kept: SubjectId, restored: SubjectId },
-}
-
-/// Reads an erasure journal, line by line. A damaged line is an error naming its number: a
-/// journal that cannot be read whole must not be replayed in part.
-pub fn read_erasure_journal(path: &Path) -> Result<Vec<JournalEntry>, StoreError> {
-    let text = std::fs::read_to_string(path).map_err(|e| backend(format!("{}: {e}", path.display())))?;
-    let subject = |id: &str| hex::decode(id).ok().and_then(|id| SubjectId::from_slice(&id).ok());
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let parsed = match fields.as_slice() {
-            ["merge", from, into, at] => match (subject(from), subject(into), at.parse::<i64>()) {
-                (Some(from), Some(into), Ok(_)) => Some(JournalEntry::Merge { from, into }),
-                _ => None,
-            },
-            ["unmerge", merged, from, kept, restored, at] => {
-                match (subject(merged), subject(from), subject(kept), subject(restored), at.parse::<i64>()) {
-                    (Some(merged), Some(from), Some(kept), Some(restored), Ok(_)) => {
-                        Some(JournalEntry::Unmerge { merged, from, kept, restored })
-                    }
-                    _ => None,
-                }
-            }
-            [id, at] => match (subject(id), at.parse::<i64>()) {
-                (Some(subject), Ok(at)) => Some(JournalEntry::Erasure { subject, at }),
-                _ => None,
-            },
-            _ => None,
-        };
-        match parsed {
-            Some(entry) => out.push(entry),
-            // A last line cut by a crash was never followed by its key's destruction.
-            None if n + 1 == text.lines().count() && !text.ends_with('\n') => {}
-            None => {
-                return Err(StoreError::Corrupt(format!(
-                    "{} line {}: not `<subject id> <time>`",
-                    path.display(),
-                    n + 1
-                )));
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Reads a backup's manifest and checks every file against it (size and SHA-256).
@@ -365,18 +261,84 @@ pub fn read_backup(from: &Path) -> Result<Manifest, StoreError> {
     Ok(manifest)
 }
 
+/// Beside a restored store until its erasure journal was replayed on it and the result flushed:
+/// while it is there, [`SledStore::open`] (so the node) and `node check` refuse the directory,
+/// so a restore that failed or stopped half-way never serves a subject erased since the backup.
+pub const RESTORE_PENDING_FILE: &str = "restore.pending";
+
+/// Why a directory holding [`RESTORE_PENDING_FILE`] is refused.
+pub(crate) fn unfinished_restore(dir: &Path) -> String {
+    format!(
+        "{}: a restore into this directory did not finish ({RESTORE_PENDING_FILE}): subjects erased since the \
+         backup may be in it; delete the directory and restore again into an empty one",
+        dir.display()
+    )
+}
+
+/// Refuses `dir` while a restore into it has not finished (or when that cannot be told).
+pub(super) fn refuse_unfinished_restore(dir: &Path) -> Result<(), StoreError> {
+    match dir.join(RESTORE_PENDING_FILE).try_exists() {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(StoreError::Corrupt(unfinished_restore(dir))),
+        Err(e) => Err(backend(format!("{}: {e}", dir.join(RESTORE_PENDING_FILE).display()))),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(backend)
+}
+
+/// Restores the backup in `from` into `into` (absent or empty) and replays `journal` (the
+/// region's erasure journal as it is now: [`read_erasure_journal`]) on it at `now`: returns the
+/// manifest and how many journal lines changed something. `into` holds [`RESTORE_PENDING_FILE`]
+/// from before its first file is written until the replay is flushed: an error on the way (a
+/// damaged backup, a journal line that cannot be applied, a crash) leaves a directory no node
+/// opens.
+pub async fn restore(
+    from: &Path,
+    into: &Path,
+    region: &RegionId,
+    journal: &[JournalEntry],
+    now: i64,
+) -> Result<(Manifest, usize), StoreError> {
+    let restored = async {
+        let manifest = rebuild(from, into, region, now)?;
+        let store = SledStore::open_restoring(into, region)?;
+        let replayed = store.replay_erasures(journal, now)?;
+        crate::store::Store::flush(&store).await?;
+        drop(store);
+        std::fs::remove_file(into.join(RESTORE_PENDING_FILE)).map_err(backend)?;
+        sync_dir(into)?;
+        Ok((manifest, replayed))
+    };
+    restored.await.map_err(|e| match into.join(RESTORE_PENDING_FILE).exists() {
+        true => StoreError::Backend(format!("{e}; {}", unfinished_restore(into))),
+        false => e,
+    })
+}
+
 /// Rebuilds a region's files in `into` (absent or empty) from the backup in `from`, checking
-/// every file against the manifest first.
-pub fn restore(from: &Path, into: &Path, region: &RegionId) -> Result<Manifest, StoreError> {
+/// every file against the manifest first, under [`RESTORE_PENDING_FILE`].
+fn rebuild(from: &Path, into: &Path, region: &RegionId, now: i64) -> Result<Manifest, StoreError> {
     let damaged = |what: String| StoreError::Corrupt(format!("backup {}: {what}", from.display()));
     let manifest = read_backup(from)?;
     if manifest.region != region.as_str() {
         return Err(damaged(format!("a backup of region `{}`, not `{region}`", manifest.region)));
     }
+    // A next id that leaves no room is refused before anything is written; checked again against
+    // the ids the export holds once it is read.
+    ids::restored_base(manifest.next_id, None, manifest.created_at, now)
+        .map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
     if into.exists() && std::fs::read_dir(into).map_err(backend)?.next().is_some() {
         return Err(StoreError::Backend(format!("{} is not empty: restore into a new directory", into.display())));
     }
     std::fs::create_dir_all(into).map_err(backend)?;
+    {
+        let mut pending = File::create(into.join(RESTORE_PENDING_FILE)).map_err(backend)?;
+        pending.write_all(b"a restore into this directory has not finished\n").map_err(backend)?;
+        pending.sync_all().map_err(backend)?;
+        sync_dir(into)?;
+    }
     {
         let db = sled::Config::new().path(into.join("db")).open().map_err(backend)?;
         let mut input = BufReader::new(File::open(from.join(DB_EXPORT_FILE)).map_err(backend)?);
@@ -385,25 +347,36 @@ pub fn restore(from: &Path, into: &Path, region: &RegionId) -> Result<Manifest, 
         if magic != EXPORT_MAGIC {
             return Err(damaged(format!("{DB_EXPORT_FILE} is not a database export")));
         }
-        let mut tree: Option<sled::Tree> = None;
+        let mut tree: Option<(Vec<u8>, sled::Tree)> = None;
+        // The highest event sequence, interaction or rights position the export holds.
+        let mut highest: Option<u64> = None;
         loop {
             let mut tag = [0u8; 1];
             input.read_exact(&mut tag).map_err(|e| damaged(format!("{DB_EXPORT_FILE}: {e}")))?;
             match tag[0] {
-                b'T' => tree = Some(db.open_tree(read_part(&mut input).map_err(backend)?).map_err(backend)?),
+                b'T' => {
+                    let name = read_part(&mut input).map_err(backend)?;
+                    tree = Some((name.clone(), db.open_tree(name).map_err(backend)?));
+                }
                 b'K' => {
                     let key = read_part(&mut input).map_err(backend)?;
                     let value = read_part(&mut input).map_err(backend)?;
-                    let tree =
+                    let (name, tree) =
                         tree.as_ref().ok_or_else(|| damaged(format!("{DB_EXPORT_FILE}: a record before a tree")))?;
+                    if let Some(id) = ids::held_id(name, &key) {
+                        highest = highest.max(Some(id));
+                    }
                     tree.insert(key, value).map_err(backend)?;
                 }
                 b'E' => break,
                 _ => return Err(damaged(format!("{DB_EXPORT_FILE}: unknown record"))),
             }
         }
-        // Ids are events, interaction and rights keys: new ones must come after the backup's.
-        while db.generate_id().map_err(backend)? < manifest.next_id {}
+        // New ids (events, interaction and rights positions, generations) come after every id
+        // the lost machine may have handed out since the backup (`ids.rs`).
+        let base = ids::restored_base(manifest.next_id, highest, manifest.created_at, now)
+            .map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
+        ids::write_base(&db.open_tree("counters").map_err(backend)?, base)?;
         db.flush().map_err(backend)?;
         let last = db.open_tree("events").map_err(backend).and_then(|e| last_event(&e))?;
         if last != manifest.last_event {

@@ -12,7 +12,9 @@
 //!   subject's metadata decodes and its links point back to it; every sealed record opens
 //!   (AES-GCM authenticates it with its tree and key) under its subject's key and decodes; the
 //!   import index holds exactly the source events of each subject's ledger (`imports.rs`: an
-//!   entry missing would let a re-import write an event again).
+//!   entry missing would let a re-import write an event again);
+//! - `restore.pending`: a restore into the directory that did not finish (its erasure journal
+//!   not replayed) is damage too.
 
 use std::path::Path;
 
@@ -48,6 +50,9 @@ const SEALED_TREES: [&str; 5] = ["subjects", "consent", "current", "interactions
 /// lock on its database while a node runs).
 pub fn check(dir: &Path, region: &RegionId) -> CheckReport {
     let mut report = CheckReport::default();
+    if dir.join(super::backup::RESTORE_PENDING_FILE).exists() {
+        report.problems.push(super::backup::unfinished_restore(dir));
+    }
     check_audit(dir, region, &mut report);
     let keys = check_vault(dir, &mut report);
     check_db(dir, keys.as_ref(), &mut report);

@@ -91,6 +91,24 @@ fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
+/// Opens the database, waiting up to 2 s for its file lock: a store of this process dropped just
+/// before (a reopen, a restore) frees it only once sled's flusher thread stopped (`Other` IO error).
+pub(super) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && waited < std::time::Duration::from_secs(2) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                waited += std::time::Duration::from_millis(20);
+            }
+            opened => return opened.map_err(backend),
+        }
+    }
+}
+
 pub(super) fn open_journal(path: &Path) -> Result<std::fs::File, StoreError> {
     std::fs::OpenOptions::new()
         .create(true)

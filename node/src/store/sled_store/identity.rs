@@ -61,7 +61,7 @@ impl SledStore {
         let key = self.vault.get_or_create(&candidate)?;
         let mut serial = self.serialise_writes(&[candidate]);
         // Allocated here: sled's ids cannot be taken inside a transaction.
-        let event_seq = [self.db.generate_id().map_err(backend)?];
+        let event_seq = [self.next_id()?];
         let audited = self.audited(now)?;
         let trees = (&self.meta, &self.subjects, &self.links, &self.events, &self.held, &self.idempotency);
         let result = trees.transaction(|(meta, subjects, links, events, held, replays)| {
@@ -271,11 +271,14 @@ impl SledStore {
         Ok(erased)
     }
 
+    /// Merges `from` into `into` at `now`; the lineage records `merged_at` (`now`, except when a
+    /// restore replays a journaled merge: its own time).
     pub(super) fn merge_subjects(
         &self,
         into: &SubjectId,
         from: &SubjectId,
         now: i64,
+        merged_at: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<Merged, StoreError> {
         if into == from {
@@ -304,7 +307,7 @@ impl SledStore {
         into_side.positions = self.positions(into)?;
         from_side.positions = self.positions(from)?;
         // Kept so the merge can be undone (`store::split`).
-        join_records(&mut record, from_record, into_side, from_side, now);
+        join_records(&mut record, from_record, into_side, from_side, merged_at);
         let moved_links = from_entry.links.clone();
         for link in &moved_links {
             if !into_entry.links.contains(link) {
@@ -493,7 +496,7 @@ impl SledStore {
         let events_out = self.events_of(&recorded, now)?;
         let rights = match rights_request {
             Some(request) => {
-                let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
+                let rights_key = consent_key(subject, self.next_id()?);
                 let sealed = seal(&key, b"rights", &rights_key, request)?;
                 let rectified = Rectified {
                     added: added.clone(),

@@ -34,8 +34,10 @@ pub mod check;
 mod claims;
 mod heads;
 mod identity;
+mod ids;
 mod imports;
 mod records;
+mod replay;
 mod space;
 mod tracked;
 mod unit;
@@ -97,6 +99,8 @@ pub struct SledStore {
     journal: std::sync::Mutex<std::fs::File>,
     /// Full-disk mode and its reserve (`space.rs`).
     space: space::Space,
+    /// Added to sled's ids (`ids.rs`): a restore moves every later id past the lost machine's.
+    id_base: u64,
 }
 
 /// Stored beside the sealed record: what routing, decisions and watchers need.
@@ -131,31 +135,20 @@ fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, Stor
     })
 }
 
-/// Opens the database, waiting up to 2 s for its file lock: a store of this process dropped just
-/// before (a reopen, a restore) frees it only once sled's flusher thread stopped (`Other` IO error).
-fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
-    let mut waited = std::time::Duration::ZERO;
-    loop {
-        match sled::Config::new().path(path).open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock")
-                    && waited < std::time::Duration::from_secs(2) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                waited += std::time::Duration::from_millis(20);
-            }
-            opened => return opened.map_err(backend),
-        }
-    }
-}
-
 impl SledStore {
     /// Opens (or creates) the region's store in `dir`: the database, the key vault and the audit
-    /// log (whose whole chain is verified first).
+    /// log (whose whole chain is verified first). Refuses a directory a restore has not finished
+    /// (`backup::RESTORE_PENDING_FILE`).
     pub fn open(dir: &Path, region: &domicile_types::RegionId) -> Result<Self, StoreError> {
+        backup::refuse_unfinished_restore(dir)?;
+        Self::open_restoring(dir, region)
+    }
+
+    /// [`SledStore::open`] without the check for an unfinished restore: for the restore itself.
+    fn open_restoring(dir: &Path, region: &domicile_types::RegionId) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let audit = Arc::new(AuditLog::open(dir, region).map_err(StoreError::Audit)?);
-        let db = open_db(&dir.join("db"))?;
+        let db = heads::open_db(&dir.join("db"))?;
         let events = db.open_tree("events").map_err(backend)?;
         let counters = db.open_tree("counters").map_err(backend)?;
         let (head, ledger_head) = heads::open_checked(dir, &events, &counters)?;
@@ -177,6 +170,7 @@ impl SledStore {
             rights: db.open_tree("rights").map_err(backend)?,
             tracked: db.open_tree("rights_tracked").map_err(backend)?,
             outbox: db.open_tree("rights_outbox").map_err(backend)?,
+            id_base: ids::read_base(&counters)?,
             events,
             counters,
             claims: db.open_tree("claims").map_err(backend)?,
@@ -283,7 +277,7 @@ impl Store for SledStore {
 
     async fn next_generation(&self) -> Result<u64, StoreError> {
         // sled's ids grow across restarts too (recovery skips ahead of any id handed out).
-        self.db.generate_id().map_err(backend)
+        self.next_id()
     }
 
     async fn claim_links(
@@ -407,7 +401,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let key = self.key(subject)?;
         let _serial = self.serialise_writes(&[*subject]);
-        let sequence = self.db.generate_id().map_err(backend)?;
+        let sequence = self.next_id()?;
         let k = consent_key(subject, sequence);
         let sealed = seal(&key, b"rights", &k, request)?;
         let recorded = [Recorded::RightsRequest { subject: *subject, request }];
@@ -549,7 +543,7 @@ impl Store for SledStore {
         now: i64,
         idempotency: Option<&Idempotency>,
     ) -> Result<Merged, StoreError> {
-        self.merge_subjects(into, from, now, idempotency)
+        self.merge_subjects(into, from, now, now, idempotency)
     }
 
     async fn unmerge(

@@ -314,7 +314,7 @@ impl SledStore {
         let mut entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         entry.meta.restricted = restricted;
         let meta_bytes = encode(&entry)?;
-        let rights_key = consent_key(subject, self.db.generate_id().map_err(backend)?);
+        let rights_key = consent_key(subject, self.next_id()?);
         let sealed_rights = seal(&key, b"rights", &rights_key, rights_request)?;
         // Followers are told (`Change::Restricted`): while it holds, every decision refuses.
         let recorded = [
@@ -350,7 +350,7 @@ impl SledStore {
     ) -> Result<Interaction, StoreError> {
         let key = self.key(subject)?;
         let _serial = self.serialise_writes(&[*subject]);
-        let sequence = self.db.generate_id().map_err(backend)?;
+        let sequence = self.next_id()?;
         let stored = interaction.numbered(sequence);
         let k = consent_key(subject, sequence);
         let sealed = seal(&key, b"interactions", &k, &stored)?;

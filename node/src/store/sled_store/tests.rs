@@ -890,3 +890,6 @@ mod unmerge_tests;
 
 #[path = "imports_tests.rs"]
 mod imports_tests;
+
+#[path = "replay_tests.rs"]
+mod replay_tests;

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use domicile_audit::AuditTxn;
 
-use super::{ChangeEvent, Recorded, SledStore, StoreError, TxResult, backend, encode, or_abort};
+use super::{ChangeEvent, Recorded, SledStore, StoreError, TxResult, encode, or_abort};
 
 /// The audit entries of one write (ARCHITECTURE.md, "Unit of work"). The write takes them under
 /// its write lock, before its transaction starts, holding the audit log; the transaction appends
@@ -69,7 +69,7 @@ impl SledStore {
     /// Not inside a transaction: sled's ids take the lock a transaction holds.
     pub(super) fn events_of(&self, recorded: &[Recorded<'_>], at: i64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let count = recorded.iter().map(|fact| fact.changes().len()).sum();
-        let sequences = (0..count).map(|_| self.db.generate_id().map_err(backend)).collect::<Result<Vec<_>, _>>()?;
+        let sequences = (0..count).map(|_| self.next_id()).collect::<Result<Vec<_>, _>>()?;
         number_events(recorded, at, &sequences)
     }
 

@@ -1,0 +1,274 @@
+//! Restores of a real staged backup with the erasure journal (found by a review): subjects made on
+//! the lost machine after the backup are not in it, yet they may hold what it holds (a subject of
+//! the backup merged into one of them), and their erasures must erase that; events written after
+//! a restore are numbered above those the lost machine wrote; a forged manifest or a journal that
+//! cannot be applied leaves nothing to serve.
+
+use super::*;
+use crate::store::{BackupManifest, JournalEntry, read_erasure_journal, restore_sled};
+
+/// The lost machine: its store in `live`, and a backup of it (in `backup`, as the operator keeps
+/// it) taken while it held `x` (with a marketing-email grant) and `keep`.
+struct Lost {
+    dir: tempfile::TempDir,
+    live: Option<SledStore>,
+    manifest: BackupManifest,
+    x: SubjectId,
+    x_key: [u8; 32],
+    keep: SubjectId,
+}
+
+const X: &str = "x@example.de";
+const Y: &str = "yusuf.y@example.de";
+
+async fn lost_machine(also_y: bool) -> (Lost, Option<SubjectId>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("live"), &home()).unwrap();
+    let x = subject(&store, X).await;
+    let keep = subject(&store, "keep.kept@example.de").await;
+    let y = if also_y { Some(subject(&store, Y).await) } else { None };
+    for s in [Some(x), Some(keep), y].into_iter().flatten() {
+        store.append_consent(&s, consent(ConsentState::Granted, 100), None).await.unwrap();
+    }
+    flush(&store).await;
+    let staged = store.stage_backup(150).unwrap();
+    let backup = dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    for file in staged.files() {
+        std::fs::copy(&file, backup.join(file.file_name().unwrap())).unwrap();
+    }
+    let x_key = store.raw_key(&x).unwrap();
+    (Lost { dir, live: Some(store), manifest: staged.manifest.clone(), x, x_key, keep }, y)
+}
+
+impl Lost {
+    fn store(&self) -> &SledStore {
+        self.live.as_ref().unwrap()
+    }
+
+    /// The lost machine's node restarts (sled skips its ids ahead at every open).
+    fn restart(&mut self) {
+        self.live = None;
+        self.live = Some(SledStore::open(&self.dir.path().join("live"), &home()).unwrap());
+    }
+
+    fn journal(&self) -> Vec<JournalEntry> {
+        read_erasure_journal(&self.dir.path().join("live").join(super::super::backup::ERASURE_JOURNAL_FILE)).unwrap()
+    }
+
+    /// Restores the backup into `name` with `journal` and opens it.
+    async fn restore(&self, name: &str, journal: &[JournalEntry]) -> SledStore {
+        let into = self.dir.path().join(name);
+        restore_sled(&self.dir.path().join("backup"), &into, &home(), journal, 500).await.unwrap();
+        SledStore::open(&into, &home()).unwrap()
+    }
+
+    /// Whether anything of `subject` (registered with `email`) is back in `restored`.
+    async fn back(&self, restored: &SledStore, subject: &SubjectId, email: &str) -> Vec<&'static str> {
+        let mut back = Vec::new();
+        if restored.subject_meta(subject).await.unwrap().is_some() {
+            back.push("metadata");
+        }
+        if restored.subject_record(subject).await.unwrap().is_some() {
+            back.push("identifiers and profile");
+        }
+        if restored.subject_by_link(&ident(IdentifierKind::Email, email).1).await.unwrap().is_some() {
+            back.push("link");
+        }
+        if matches!(restored.current_consent(subject, Purpose::Marketing, Channel::Email).await, Ok(Some(_))) {
+            back.push("consent in force");
+        }
+        if matches!(restored.consent_history(subject).await, Ok(h) if !h.is_empty()) {
+            back.push("consent ledger");
+        }
+        if restored.raw_key(subject).is_some() {
+            back.push("key");
+        }
+        back
+    }
+
+    /// Whether `x`'s key is anywhere in the restored directory `name`.
+    fn x_key_on_disk(&self, name: &str) -> bool {
+        let needle = self.x_key;
+        walk(&self.dir.path().join(name))
+            .into_iter()
+            .any(|p| std::fs::read(p).unwrap().windows(needle.len()).any(|w| w == needle))
+    }
+}
+
+#[tokio::test]
+async fn a_backup_subject_merged_into_a_later_one_that_was_then_erased_stays_erased() {
+    let (lost, _) = lost_machine(false).await;
+    let n = subject(lost.store(), "nora@example.de").await;
+    lost.store().merge(&n, &lost.x, 200, None).await.unwrap();
+    lost.store().erase(&n, 300, &rights("erasure"), None).await.unwrap();
+    flush(lost.store()).await;
+
+    let restored = lost.restore("restored", &lost.journal()).await;
+    assert_eq!(lost.back(&restored, &lost.x, X).await, Vec::<&str>::new(), "merged into N, erased with N");
+    assert!(!lost.x_key_on_disk("restored"), "its key is destroyed");
+    assert!(restored.subject_record(&lost.keep).await.unwrap().is_some(), "others are untouched");
+}
+
+#[tokio::test]
+async fn a_chain_of_merges_into_later_subjects_carries_the_erasure_through() {
+    let (lost, _) = lost_machine(false).await;
+    let n = subject(lost.store(), "nora@example.de").await;
+    let m = subject(lost.store(), "marta.mm@example.de").await;
+    lost.store().merge(&n, &lost.x, 200, None).await.unwrap();
+    lost.store().merge(&m, &n, 210, None).await.unwrap();
+    lost.store().erase(&m, 300, &rights("erasure"), None).await.unwrap();
+    flush(lost.store()).await;
+
+    let restored = lost.restore("restored", &lost.journal()).await;
+    assert_eq!(lost.back(&restored, &lost.x, X).await, Vec::<&str>::new());
+    assert!(!lost.x_key_on_disk("restored"));
+    assert!(restored.subject_record(&lost.keep).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn the_restored_half_of_a_later_unmerge_erased_stays_erased_and_the_other_half_erases_nothing_of_it() {
+    let (lost, _) = lost_machine(false).await;
+    let n = subject(lost.store(), "nora@example.de").await;
+    lost.store().merge(&n, &lost.x, 200, None).await.unwrap();
+    let (kept, back) = (SubjectId::from_bytes([7; 16]), SubjectId::from_bytes([8; 16]));
+    lost.store().unmerge(&n, &lost.x, &kept, &back, 250, None).await.unwrap();
+    lost.store().erase(&kept, 300, &rights("erasure"), None).await.unwrap();
+    lost.store().erase(&back, 310, &rights("erasure"), None).await.unwrap();
+    flush(lost.store()).await;
+    let journal = lost.journal();
+    assert!(matches!(journal.last(), Some(JournalEntry::Erasure { subject, .. }) if *subject == back));
+
+    // Erasing N's own half (nothing of the backup) leaves X as the backup held it.
+    let partial = lost.restore("partial", &journal[..journal.len() - 1]).await;
+    let in_force = partial.current_consent(&lost.x, Purpose::Marketing, Channel::Email).await.unwrap();
+    assert_eq!(in_force.map(|c| c.state), Some(ConsentState::Granted));
+    assert_eq!(partial.subject_by_link(&ident(IdentifierKind::Email, X).1).await.unwrap(), Some(lost.x));
+    // Erasing the half that holds X's data erases X.
+    let restored = lost.restore("restored", &journal).await;
+    assert_eq!(lost.back(&restored, &lost.x, X).await, Vec::<&str>::new());
+    assert!(!lost.x_key_on_disk("restored"));
+}
+
+#[tokio::test]
+async fn a_later_unmerge_gives_each_half_what_the_backup_held_of_it() {
+    // X and Y in the backup; both merged into N, made after it; N split from X: K holds N's own
+    // and Y's data, R X's.
+    let (lost, y) = lost_machine(true).await;
+    let y = y.unwrap();
+    let n = subject(lost.store(), "nora@example.de").await;
+    lost.store().merge(&n, &lost.x, 200, None).await.unwrap();
+    lost.store().merge(&n, &y, 210, None).await.unwrap();
+    let (kept, back) = (SubjectId::from_bytes([7; 16]), SubjectId::from_bytes([8; 16]));
+    lost.store().unmerge(&n, &lost.x, &kept, &back, 250, None).await.unwrap();
+    lost.store().erase(&kept, 300, &rights("erasure"), None).await.unwrap();
+    flush(lost.store()).await;
+    let journal = lost.journal();
+
+    let split = lost.restore("split", &journal[..journal.len() - 1]).await;
+    let link = |email| ident(IdentifierKind::Email, email).1;
+    assert_eq!(split.subject_by_link(&link(X)).await.unwrap(), Some(back));
+    assert_eq!(split.subject_by_link(&link(Y)).await.unwrap(), Some(kept));
+    // K erased: Y's data goes with it, X's (R) stays.
+    let restored = lost.restore("restored", &journal).await;
+    assert_eq!(lost.back(&restored, &y, Y).await, Vec::<&str>::new());
+    assert_eq!(restored.subject_by_link(&link(Y)).await.unwrap(), None);
+    assert_eq!(restored.subject_by_link(&link(X)).await.unwrap(), Some(back));
+    assert!(restored.subject_record(&back).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn events_after_a_restore_are_numbered_above_those_the_lost_machine_wrote() {
+    let (mut lost, _) = lost_machine(false).await;
+    let at_backup = lost.manifest.last_event;
+    // The lost tail: events a watcher saw before the machine was lost, some after a restart of
+    // its node.
+    lost.restart();
+    for t in 0..5 {
+        let state = if t % 2 == 0 { ConsentState::Withdrawn } else { ConsentState::Granted };
+        lost.store().append_consent(&lost.x, consent(state, 200 + t), None).await.unwrap();
+    }
+    let cursor = lost.store().last_event().await.unwrap().unwrap();
+    assert!(cursor >= at_backup + 5);
+
+    let restored = lost.restore("restored", &lost.journal()).await;
+    assert_eq!(restored.last_event().await.unwrap(), Some(at_backup));
+    let (_, sequence) = restored.append_consent(&lost.x, consent(ConsentState::Withdrawn, 400), None).await.unwrap();
+    assert!(sequence > cursor, "event {sequence} after the restore, the watcher's cursor is {cursor}");
+    // A watcher resuming with its cursor from before the loss gets the withdrawal.
+    let resumed = restored.events_page(Some(cursor), usize::MAX).await.unwrap();
+    assert_eq!(resumed.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![sequence]);
+    // And a reopen keeps numbering above it.
+    drop(restored);
+    let reopened = SledStore::open(&lost.dir.path().join("restored"), &home()).unwrap();
+    let (_, next) = reopened.append_consent(&lost.x, consent(ConsentState::Granted, 401), None).await.unwrap();
+    assert!(next > sequence);
+}
+
+/// Restores `backup` into `into` on a thread of its own: `None` if it has not finished in 30 s.
+fn restore_within(backup: &std::path::Path, into: &std::path::Path) -> Option<Result<(), StoreError>> {
+    let (backup, into) = (backup.to_owned(), into.to_owned());
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _ = done.send(runtime.block_on(restore_sled(&backup, &into, &home(), &[], 500)).map(|_| ()));
+    });
+    wait.recv_timeout(std::time::Duration::from_secs(30)).ok()
+}
+
+#[tokio::test]
+async fn a_manifest_naming_a_next_id_it_cannot_have_is_refused_promptly() {
+    let (lost, _) = lost_machine(false).await;
+    for (next_id, refusal) in [(u64::MAX - 1, "leaves no room"), (1 << 60, "more than 2^56"), (1, "not above id")] {
+        let forged = lost.dir.path().join(format!("forged-{next_id}"));
+        std::fs::create_dir(&forged).unwrap();
+        for file in std::fs::read_dir(lost.dir.path().join("backup")).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), forged.join(file.file_name())).unwrap();
+        }
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(forged.join("manifest.json")).unwrap()).unwrap();
+        manifest["next_id"] = next_id.into();
+        std::fs::write(forged.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+        let into = lost.dir.path().join(format!("into-{next_id}"));
+        let refused = restore_within(&forged, &into).expect("refused promptly, not a loop");
+        let error = refused.expect_err("a forged next id is refused").to_string();
+        assert!(error.contains("next id") && error.contains(refusal), "{error}");
+        assert!(!into.exists() || SledStore::open(&into, &home()).is_err(), "nothing to serve: {next_id}");
+    }
+}
+
+#[tokio::test]
+async fn a_restore_whose_journal_cannot_be_applied_leaves_a_directory_no_node_opens() {
+    let (lost, _) = lost_machine(false).await;
+    // A subject of another jurisdiction, in the backup: a merge with it cannot be made again.
+    let fr = Jurisdiction::parse("FR").unwrap();
+    let other = ident(IdentifierKind::Email, "other.fr@example.fr");
+    let z = SubjectId::from_bytes([5; 16]);
+    lost.store()
+        .register(&fr, std::slice::from_ref(&other), z, 0, &claim_all(std::slice::from_ref(&other)), None)
+        .await
+        .unwrap();
+    flush(lost.store()).await;
+    let backup = lost.store().stage_backup(160).unwrap();
+    let journal = [
+        JournalEntry::Erasure { subject: lost.keep, at: 200 },
+        JournalEntry::Merge { from: z, into: lost.x, at: 210 },
+        JournalEntry::Erasure { subject: lost.x, at: 220 },
+    ];
+    let into = lost.dir.path().join("restored");
+    let error = restore_sled(&backup.dir, &into, &home(), &journal, 500).await.unwrap_err().to_string();
+    assert!(error.contains("did not finish"), "{error}");
+    let refused = SledStore::open(&into, &home()).unwrap_err().to_string();
+    assert!(refused.contains("restore.pending") && refused.contains("did not finish"), "{refused}");
+    let report = crate::store::check_sled(&into, &home());
+    assert!(!report.is_sound() && report.problems.iter().any(|p| p.contains("did not finish")), "{report:?}");
+    // A restore that finishes opens.
+    let fine = lost.dir.path().join("fine");
+    restore_sled(&backup.dir, &fine, &home(), &journal[..1], 500).await.unwrap();
+    let restored = SledStore::open(&fine, &home()).unwrap();
+    assert!(restored.subject_meta(&lost.keep).await.unwrap().is_none());
+    drop(restored);
+    assert!(crate::store::check_sled(&fine, &home()).is_sound());
+}
