@@ -346,4 +346,30 @@ async fn a_follower_learns_what_a_merge_and_a_restriction_do_to_decisions() {
         links.sort();
         assert_eq!((event.subject_ref.as_str(), links), (bea_registered.subject_ref.as_str(), both.clone()));
     }
+
+    // An identifier added to a subject that withdrew and is restricted: its link comes with
+    // what the subject holds (a follower held nothing for it, and in an opt-out country sent).
+    client.restrict(restrict(true)).await.unwrap();
+    assert_eq!(next(&mut stream).await.kind, common::ChangeKind::Restricted as i32);
+    let added = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", bea), identifier("phone", "+4915155544433")],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let phone_link = added.links[1].clone();
+    let registered = next(&mut stream).await;
+    assert_eq!(
+        (registered.kind, registered.links.clone()),
+        (common::ChangeKind::Registered as i32, vec![phone_link.clone()])
+    );
+    let consent = next(&mut stream).await;
+    assert_eq!(consent.kind, common::ChangeKind::Consent as i32, "{consent:?}");
+    assert_eq!((consent.state.as_str(), consent.links.clone()), ("withdrawn", vec![phone_link.clone()]));
+    let restriction = next(&mut stream).await;
+    assert_eq!((restriction.kind, restriction.restricted), (common::ChangeKind::Restricted as i32, true));
+    assert_eq!(restriction.links, vec![phone_link]);
 }

@@ -129,6 +129,16 @@ pub struct RestrictionSet {
 /// Consent in force announced at a merge or an unmerge: (purpose, state, channels, terms).
 pub type Announced = (Purpose, ConsentState, Vec<Channel>, GrantTerms);
 
+/// What a subject holds that links new to it must be told with (their REGISTERED carries no
+/// state over): its consent in force, announced, and its restriction. Without it a follower held
+/// nothing for an identifier added to a subject that had withdrawn, or was restricted, and in an
+/// opt-out country sent where every decision refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Holding<'a> {
+    pub consent: &'a [Announced],
+    pub restricted: bool,
+}
+
 /// A subject's consent in force (purpose × channel → record) as watchers are told it at `at`,
 /// grouped by purpose, state and terms. A grant that has lapsed by then is not announced: the
 /// links it is announced on come to the subject afresh or with a state this replaces, and no
@@ -161,13 +171,20 @@ pub fn announced_in_force<'c>(
 #[derive(Debug, Clone, Copy)]
 pub enum Recorded<'a> {
     /// Identifiers registered to `subject`: `identifiers` of the request, `added` the links new
-    /// to the subject.
-    Registration { subject: SubjectId, jurisdiction: &'a Jurisdiction, identifiers: usize, added: &'a [Link] },
+    /// to the subject; `holding` its consent in force and restriction (of a subject that existed).
+    Registration {
+        subject: SubjectId,
+        jurisdiction: &'a Jurisdiction,
+        identifiers: usize,
+        added: &'a [Link],
+        holding: Holding<'a>,
+    },
     /// A consent record appended to the subject's ledger; `links` are the subject's; `in_force`
     /// the record's channels where a grant is in force once it is applied ([`announced`]).
     Consent { subject: SubjectId, record: &'a ConsentRecord, links: &'a [Link], in_force: &'a [Channel] },
-    /// Links added to a subject by a rectification (audited as its rights request).
-    LinksAdded { subject: SubjectId, links: &'a [Link] },
+    /// Links added to a subject by a rectification (audited as its rights request); `holding` its
+    /// consent in force and restriction.
+    LinksAdded { subject: SubjectId, links: &'a [Link], holding: Holding<'a> },
     /// Links removed from a subject that remains: by a rectification (`kept_by` is `None`; audited
     /// as its rights request), or because region `kept_by` keeps them (ownership repair).
     LinksRemoved { subject: SubjectId, links: &'a [Link], kept_by: Option<&'a RegionId> },
@@ -246,10 +263,13 @@ impl Recorded<'_> {
             if links.is_empty() { Vec::new() } else { vec![(subject, links.to_vec(), change)] }
         };
         match *self {
-            Recorded::Registration { subject, added, .. } => one(subject, added, Change::Registered),
-            Recorded::LinksAdded { subject, links } | Recorded::Announced { subject, links } => {
-                one(subject, links, Change::Registered)
+            Recorded::Registration { subject, added: links, holding, .. }
+            | Recorded::LinksAdded { subject, links, holding } => {
+                let mut out = one(subject, links, Change::Registered);
+                out.extend(consent_changes(subject, links, holding.consent, holding.restricted));
+                out
             }
+            Recorded::Announced { subject, links } => one(subject, links, Change::Registered),
             // A subject's consent changes are announced even while it holds no link.
             Recorded::Consent { subject, record, links, in_force } => {
                 let channels = announced_channels(record, in_force);
@@ -390,213 +410,5 @@ impl Recorded<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    fn subject(n: u8) -> SubjectId {
-        SubjectId::from_slice(&[n; domicile_types::SUBJECT_ID_LEN]).unwrap_or_else(|_| unreachable!())
-    }
-
-    fn link(n: u8) -> Link {
-        Link::from_slice(&[n; domicile_types::LINK_LEN]).unwrap_or_else(|_| unreachable!())
-    }
-
-    /// A follower as the proto describes one: REGISTERED maps the links to the subject; ERASED
-    /// drops those of its links that still name the subject. Checks after every event that each
-    /// of `watched` names some subject, and returns the final mapping.
-    fn follow(
-        changes: &[(SubjectId, Vec<Link>, Change)],
-        start: &[(Link, SubjectId)],
-        watched: &[Link],
-    ) -> HashMap<Link, SubjectId> {
-        let mut map: HashMap<Link, SubjectId> = start.iter().copied().collect();
-        for (at, (subject, links, change)) in changes.iter().enumerate() {
-            match change {
-                Change::Registered => {
-                    for l in links {
-                        map.insert(*l, *subject);
-                    }
-                }
-                Change::Erased => map.retain(|l, s| !(links.contains(l) && s == subject)),
-                _ => {}
-            }
-            for l in watched {
-                assert!(map.contains_key(l), "after event {at} a link names no subject");
-            }
-        }
-        map
-    }
-
-    fn record(state: ConsentState, import: Option<bool>) -> ConsentRecord {
-        ConsentRecord {
-            sequence: 1,
-            purpose: Purpose::Marketing,
-            channels: vec![Channel::Email, Channel::Sms],
-            state,
-            captured_at: 1,
-            recorded_at: 1,
-            expires_at: None,
-            evidence: crate::store::Evidence {
-                import: import.map(|broadcast| crate::store::ImportEvidence {
-                    source_system: "crm".into(),
-                    source_event_id: "e1".into(),
-                    mapping_version: String::new(),
-                    broadcast,
-                }),
-                ..Default::default()
-            },
-            counted_at_ms: None,
-            review: false,
-        }
-    }
-
-    #[test]
-    fn a_grant_is_announced_where_it_takes_force_and_a_refusal_everywhere() {
-        let state = |changes: Vec<(SubjectId, Vec<Link>, Change)>| match changes.as_slice() {
-            [(_, _, Change::Consent { channels, state, .. })] => Some((channels.clone(), *state)),
-            [] => None,
-            other => panic!("one consent change expected: {other:?}"),
-        };
-        let (s, links) = (subject(1), [link(1)]);
-        let announce = |record: &ConsentRecord, in_force: &[Channel]| {
-            state(Recorded::Consent { subject: s, record, links: &links, in_force }.changes())
-        };
-        let grant = record(ConsentState::Granted, None);
-        assert_eq!(announce(&grant, &[Channel::Sms]), Some((vec![Channel::Sms], ConsentState::Granted)));
-        assert_eq!(announce(&grant, &[]), None, "behind a later refusal on every channel: no event");
-        assert!(!announced(&grant, &[]));
-        let loud = record(ConsentState::Granted, Some(true));
-        assert_eq!(announce(&loud, &[Channel::Email, Channel::Sms]).map(|(c, _)| c.len()), Some(2));
-        assert_eq!(announce(&record(ConsentState::Granted, Some(false)), &[Channel::Email]), None, "a quiet import");
-        let lapsed = ConsentRecord { expires_at: Some(1), ..record(ConsentState::Granted, Some(true)) };
-        assert_eq!(announce(&lapsed, &[Channel::Email]), None, "lapsed before it was recorded");
-        let withdrawal = record(ConsentState::Withdrawn, Some(false));
-        assert_eq!(
-            announce(&withdrawal, &[]),
-            Some((vec![Channel::Email, Channel::Sms], ConsentState::Withdrawn)),
-            "a refusal is announced even where a later grant keeps force"
-        );
-    }
-
-    #[test]
-    fn a_grant_is_announced_with_the_terms_it_holds_under_and_a_refusal_with_none() {
-        let terms = |record: &ConsentRecord| {
-            let links = [link(1)];
-            let changes = Recorded::Consent { subject: subject(1), record, links: &links, in_force: &record.channels };
-            match changes.changes().as_slice() {
-                [(_, _, Change::Consent { terms, .. })] => terms.clone(),
-                other => panic!("one consent change expected: {other:?}"),
-            }
-        };
-        let mut grant = ConsentRecord { expires_at: Some(9_000), ..record(ConsentState::Granted, None) };
-        assert_eq!(
-            terms(&grant),
-            GrantTerms { expires_at: Some(9_000), conditional: true },
-            "double opt-in unconfirmed"
-        );
-        grant.evidence.double_opt_in_confirmed = true;
-        assert_eq!(terms(&grant), GrantTerms { expires_at: Some(9_000), conditional: false });
-        grant.evidence.consent_kind = Some("guardian".into());
-        assert_eq!(terms(&grant), GrantTerms { expires_at: Some(9_000), conditional: true }, "a kind, not named");
-        grant.evidence.consent_kind = Some("express".into());
-        grant.evidence.hours = vec!["business".into()];
-        assert_eq!(terms(&grant), GrantTerms { expires_at: Some(9_000), conditional: true }, "hours, not named");
-        let refusal = ConsentRecord { state: ConsentState::Withdrawn, ..grant };
-        assert_eq!(terms(&refusal), GrantTerms::default());
-        // Stored events written before terms were kept still read.
-        let old = r#"{"Consent":{"purpose":"marketing","channels":["email"],"state":"granted"}}"#;
-        let change: Change = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(change, Change::Consent { terms, .. } if terms == GrantTerms::default()));
-    }
-
-    #[test]
-    fn a_merge_never_leaves_a_moved_link_unmapped_at_a_follower() {
-        let (into, from) = (subject(1), subject(2));
-        let (kept, moved) = (link(1), link(2));
-        let (links, all_links) = ([moved], [kept, moved]);
-        let consent = [(Purpose::Marketing, ConsentState::Withdrawn, vec![Channel::Email], GrantTerms::default())];
-        let merge =
-            Recorded::Merge { into, from, links: &links, all_links: &all_links, consent: &consent, restricted: true };
-        let map = follow(&merge.changes(), &[(kept, into), (moved, from)], &[kept, moved]);
-        assert_eq!((map.get(&kept), map.get(&moved)), (Some(&into), Some(&into)));
-    }
-
-    /// Found by a review: a merge changes the merged subject's consent in force (a withdrawal of
-    /// one half outranks a grant of the other) and its restriction, and told only REGISTERED and
-    /// ERASED, a follower kept the grant on the remaining subject's links.
-    #[test]
-    fn a_follower_of_a_merge_holds_the_merged_consent_and_restriction_on_every_link() {
-        let (into, from) = (subject(1), subject(2));
-        let (own, moved) = (link(1), link(2));
-        let (links, all_links) = ([moved], [own, moved]);
-        let consent = [(Purpose::Marketing, ConsentState::Withdrawn, vec![Channel::Email], GrantTerms::default())];
-        let merge =
-            Recorded::Merge { into, from, links: &links, all_links: &all_links, consent: &consent, restricted: true };
-        // Before: `own` granted (into's grant), `moved` withdrawn (from's withdrawal).
-        let mut state: HashMap<(Link, Channel), ConsentState> = HashMap::from([
-            ((own, Channel::Email), ConsentState::Granted),
-            ((moved, Channel::Email), ConsentState::Withdrawn),
-        ]);
-        let mut restricted: HashMap<Link, bool> = HashMap::new();
-        for (_, event_links, change) in merge.changes() {
-            match change {
-                Change::Consent { channels, state: s, .. } => {
-                    for l in &event_links {
-                        for c in &channels {
-                            state.insert((*l, *c), s);
-                        }
-                    }
-                }
-                Change::Restricted { restricted: r } => {
-                    for l in &event_links {
-                        restricted.insert(*l, r);
-                    }
-                }
-                _ => {}
-            }
-        }
-        assert_eq!(
-            state.get(&(own, Channel::Email)),
-            Some(&ConsentState::Withdrawn),
-            "the merged state on its own link"
-        );
-        assert_eq!(restricted.get(&own), Some(&true));
-        assert_eq!(restricted.get(&moved), Some(&true));
-        // A restriction set or lifted is an event on the subject's links; audited as its request.
-        let lifted = Recorded::Restriction { subject: into, links: &all_links, restricted: false };
-        assert!(
-            matches!(lifted.changes().as_slice(), [(_, l, Change::Restricted { restricted: false })] if l.len() == 2)
-        );
-        assert!(matches!(lifted.audit(&"eu-central".parse().unwrap(), 1), Ok(None)));
-    }
-
-    #[test]
-    fn an_unmerge_never_leaves_a_link_unmapped_at_a_follower() {
-        let (merged, kept, restored) = (subject(1), subject(3), subject(4));
-        let (a, b) = (link(1), link(2));
-        let (kept_links, links) = ([a], [b]);
-        let recorded = Recorded::Unmerge {
-            merged,
-            kept,
-            restored,
-            was: subject(2),
-            links: &links,
-            kept_links: &kept_links,
-            kept_consent: &[],
-            restored_consent: &[],
-            restricted: [false, true],
-            flagged: 0,
-        };
-        let map = follow(&recorded.changes(), &[(a, merged), (b, merged)], &[a, b]);
-        assert_eq!((map.get(&a), map.get(&b)), (Some(&kept), Some(&restored)));
-        // A restriction stays on a half: told on its links only.
-        let restrictions: Vec<(SubjectId, Vec<Link>)> = recorded
-            .changes()
-            .into_iter()
-            .filter_map(|(s, l, c)| matches!(c, Change::Restricted { restricted: true }).then_some((s, l)))
-            .collect();
-        assert_eq!(restrictions, vec![(restored, vec![b])]);
-    }
-}
+#[path = "change_tests.rs"]
+mod tests;

@@ -14,7 +14,7 @@ mod tracked;
 pub mod vault;
 
 pub use change::{
-    Announced, Change, ChangeEvent, GrantTerms, Recorded, RestrictionSet, announced, announced_channels,
+    Announced, Change, ChangeEvent, GrantTerms, Holding, Recorded, RestrictionSet, announced, announced_channels,
     announced_in_force,
 };
 pub use model::*;

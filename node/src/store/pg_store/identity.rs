@@ -11,7 +11,6 @@ use super::claims::{check_replay, hold, record_replay, release_held};
 use super::prepared::Prepared as _;
 use super::unit::Write;
 use super::{PgStore, pg, subject_id, uint};
-use crate::store::announced_in_force;
 use crate::store::codec::{consent_key, current_key, open, seal};
 use crate::store::split::{MergeSide, join_records};
 use crate::store::vault::SubjectKey;
@@ -19,6 +18,7 @@ use crate::store::{
     CurrentConsent, Dropped, Erased, Idempotency, Merged, Recorded, Rectification, Rectified, Registered, Release,
     RightsRequestRecord, StoreError, SubjectRecord,
 };
+use crate::store::{Holding, announced_in_force};
 
 fn bytes(subject: &SubjectId) -> &[u8] {
     subject.as_bytes().as_slice()
@@ -148,8 +148,19 @@ impl PgStore {
                 }
             }
             self.save_record(w, &subject, &key, &record).await?;
-            let recorded =
-                [Recorded::Registration { subject, jurisdiction, identifiers: identifiers.len(), added: &added }];
+            // A subject that existed tells links new to it what it holds (`Holding`).
+            let (consent, restricted) = match created || added.is_empty() {
+                true => (Vec::new(), false),
+                false => self.holding_in(w, &subject, &key, now).await?,
+            };
+            let holding = Holding { consent: &consent, restricted };
+            let recorded = [Recorded::Registration {
+                subject,
+                jurisdiction,
+                identifiers: identifiers.len(),
+                added: &added,
+                holding,
+            }];
             let event = w.record(&recorded).await?;
             let registered =
                 Registered { subject, links: identifiers.iter().map(|(_, l)| *l).collect(), created, event };
@@ -261,25 +272,8 @@ impl PgStore {
             // an older grant of one half never overrides a withdrawal or denial of the other.
             // Both halves' cells in one read each; `in_force` ends as the merged subject's consent
             // in force, announced to watchers.
-            let cells_of = async |subject: &SubjectId, key: &SubjectKey| {
-                let rows = w
-                    .tx()
-                    .query_cached(
-                        "SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1",
-                        &[&bytes(subject)],
-                    )
-                    .await
-                    .map_err(pg)?;
-                rows.iter()
-                    .map(|row| {
-                        let (purpose, channel) = parse_cell(row.get(0), row.get(1))?;
-                        let cell = open::<CurrentConsent>(key, b"current", &current_key(subject, purpose, channel), row.get(2))?;
-                        Ok(((purpose, channel), cell))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-            };
-            let mut in_force: BTreeMap<_, _> = cells_of(into, &into_key).await?.into_iter().collect();
-            for ((purpose, channel), candidate) in cells_of(from, &from_key).await? {
+            let mut in_force: BTreeMap<_, _> = self.cells_in(w, into, &into_key).await?.into_iter().collect();
+            for ((purpose, channel), candidate) in self.cells_in(w, from, &from_key).await? {
                 if in_force.get(&(purpose, channel)).is_none_or(|existing: &CurrentConsent| candidate.supersedes(existing)) {
                     let sealed = seal(&into_key, b"current", &current_key(into, purpose, channel), &candidate)?;
                     w.tx()
@@ -460,15 +454,61 @@ impl PgStore {
         if let Some(request) = rights_request {
             self.insert_rights_request(w, subject, &key, request).await?;
         }
+        let (consent, restricted) = match added.is_empty() {
+            true => (Vec::new(), false),
+            false => self.holding_in(w, subject, &key, now).await?,
+        };
         let mut recorded = vec![
             Recorded::LinksRemoved { subject: *subject, links: &removed, kept_by },
-            Recorded::LinksAdded { subject: *subject, links: &added },
+            Recorded::LinksAdded {
+                subject: *subject,
+                links: &added,
+                holding: Holding { consent: &consent, restricted },
+            },
         ];
         if let Some(request) = rights_request {
             recorded.push(Recorded::RightsRequest { subject: *subject, request });
         }
         let event = w.record(&recorded).await?;
         Ok((added, removed, event))
+    }
+}
+
+impl PgStore {
+    /// A subject's consent in force, cell by cell, read in the write.
+    async fn cells_in(
+        &self,
+        w: &Write<'_>,
+        subject: &SubjectId,
+        key: &SubjectKey,
+    ) -> Result<Vec<((domicile_types::Purpose, domicile_types::Channel), CurrentConsent)>, StoreError> {
+        let rows = w
+            .tx()
+            .query_cached("SELECT purpose, channel, sealed FROM current_consent WHERE subject = $1", &[&bytes(subject)])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let (purpose, channel) = parse_cell(row.get(0), row.get(1))?;
+                let cell =
+                    open::<CurrentConsent>(key, b"current", &current_key(subject, purpose, channel), row.get(2))?;
+                Ok(((purpose, channel), cell))
+            })
+            .collect()
+    }
+
+    /// What `subject` holds that links new to it are told with (`Holding`): its consent in force
+    /// as watchers are told it at `at`, and its restriction.
+    async fn holding_in(
+        &self,
+        w: &Write<'_>,
+        subject: &SubjectId,
+        key: &SubjectKey,
+        at: i64,
+    ) -> Result<(Vec<crate::store::Announced>, bool), StoreError> {
+        let cells: BTreeMap<_, _> = self.cells_in(w, subject, key).await?.into_iter().collect();
+        let restricted = self.meta_in(w.tx(), subject).await?.is_some_and(|m| m.restricted);
+        Ok((announced_in_force(&cells, at), restricted))
     }
 }
 

@@ -1,20 +1,19 @@
-//! Who a subject is: registration, rectification, merge and erasure.
+//! Who a subject is: registration, rectification and erasure (a merge: `merge.rs`).
 //!
 //! Every link made live here must be held by the subject already or come with this region's
 //! granted claim (`claimed`, ARCHITECTURE.md "Identifier ownership"); every link removed queues
 //! the release of its claim in the same transaction.
 
-use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, SUBJECT_ID_LEN, SubjectId};
+use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, hold, live_subject, record_replay, release_held};
 use super::{
-    Dropped, Erased, Idempotency, Merged, MetaEntry, Move, Recorded, Rectification, Rectified, Registered, Release,
-    RightsRequestRecord, SledStore, StoreError, SubjectKey, SubjectMeta, SubjectRecord, TxResult, abort, backend,
-    consent_key, context, decode, encode, flatten, number_events, open, or_abort, seal,
+    Dropped, Erased, Idempotency, MetaEntry, Recorded, Rectification, Rectified, Registered, Release,
+    RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend, consent_key,
+    decode, encode, flatten, number_events, open, or_abort, seal,
 };
-use crate::store::LogPositions;
-use crate::store::split::{MergeSide, join_records};
+use crate::store::Holding;
 
 /// The claim of `claimed` for `link`: a link that no subject holds may become live only with one.
 fn claim_for<'a>(claimed: &'a [Release], link: &Link) -> TxResult<&'a Release> {
@@ -60,8 +59,12 @@ impl SledStore {
         // Created before any sealed value refers to it; durable at the next flush.
         let key = self.vault.get_or_create(&candidate)?;
         let mut serial = self.serialise_writes(&[candidate]);
+        // A subject that exists tells links new to it what it holds (`Holding`); read under the
+        // write lock, so the transaction finds the same.
+        let (consent, restricted) = self.holding_of(&candidate, now)?;
         // Allocated here: sled's ids cannot be taken inside a transaction.
-        let event_seq = [self.next_id()?];
+        let event_seq =
+            (0..1 + consent.len() + usize::from(restricted)).map(|_| self.next_id()).collect::<Result<Vec<_>, _>>()?;
         let audited = self.audited(now)?;
         let trees = (&self.meta, &self.subjects, &self.links, &self.events, &self.held, &self.idempotency);
         let result = trees.transaction(|(meta, subjects, links, events, held, replays)| {
@@ -117,8 +120,15 @@ impl SledStore {
             subjects
                 .insert(&subject.as_bytes()[..], or_abort(seal(&key, b"subjects", subject.as_bytes(), &record))?)?;
             meta.insert(&subject.as_bytes()[..], or_abort(encode(&entry))?)?;
-            let recorded =
-                [Recorded::Registration { subject, jurisdiction, identifiers: identifiers.len(), added: &added }];
+            // (Nothing for a subject created here: `holding_of` found none.)
+            let holding = Holding { consent: &consent, restricted };
+            let recorded = [Recorded::Registration {
+                subject,
+                jurisdiction,
+                identifiers: identifiers.len(),
+                added: &added,
+                holding,
+            }];
             let mut last_event = None;
             for (sequence, event) in or_abort(number_events(&recorded, now, &event_seq))? {
                 events.insert(&sequence.to_be_bytes()[..], event)?;
@@ -271,131 +281,6 @@ impl SledStore {
         Ok(erased)
     }
 
-    /// Merges `from` into `into` at `now`; the lineage records `merged_at` (`now`, except when a
-    /// restore replays a journaled merge: its own time).
-    pub(super) fn merge_subjects(
-        &self,
-        into: &SubjectId,
-        from: &SubjectId,
-        now: i64,
-        merged_at: i64,
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Merged, StoreError> {
-        if into == from {
-            return Err(StoreError::Conflict);
-        }
-        // Held throughout: every writer takes this lock, so nothing is written to either subject
-        // between reading their data and replacing it.
-        let _serial = self.serialise_writes(&[*into, *from]);
-        let mut into_entry = self.meta_entry(into)?.ok_or(StoreError::NotFound)?;
-        let from_entry = self.meta_entry(from)?.ok_or(StoreError::NotFound)?;
-        if into_entry.meta.jurisdiction != from_entry.meta.jurisdiction {
-            return Err(StoreError::MergeJurisdictionMismatch);
-        }
-        let into_key = self.key(into)?;
-        let from_key = self.key(from)?;
-
-        let mut record = self.subject_record_raw(into)?.unwrap_or_default();
-        let from_record = self.subject_record_raw(from)?.unwrap_or_default();
-        let sides = [(into, &into_entry), (from, &from_entry)].map(|(id, entry)| MergeSide {
-            id: *id,
-            meta: &entry.meta,
-            links: entry.links.clone(),
-            positions: LogPositions::default(),
-        });
-        let [mut into_side, mut from_side] = sides;
-        into_side.positions = self.positions(into)?;
-        from_side.positions = self.positions(from)?;
-        // Kept so the merge can be undone (`store::split`).
-        join_records(&mut record, from_record, into_side, from_side, merged_at);
-        let moved_links = from_entry.links.clone();
-        for link in &moved_links {
-            if !into_entry.links.contains(link) {
-                into_entry.links.push(*link);
-            }
-        }
-        // Fail closed: a restriction on either half holds for the merged subject.
-        into_entry.meta.restricted |= from_entry.meta.restricted;
-        into_entry.meta.created_at = into_entry.meta.created_at.min(from_entry.meta.created_at);
-        let sealed_record = seal(&into_key, b"subjects", into.as_bytes(), &record)?;
-        let meta_bytes = encode(&into_entry)?;
-
-        let ledger = Self::reseal_log(&self.consent, b"consent", (from, &from_key), (into, &into_key))?;
-        let interactions = Self::reseal_log(&self.interactions, b"interactions", (from, &from_key), (into, &into_key))?;
-        let rights = Self::reseal_log(&self.rights, b"rights", (from, &from_key), (into, &into_key))?;
-        let (index_old, index_new) = self.index_moves((from, into), &into_key)?;
-        // The record in force per purpose × channel is the one that supersedes the other, so an
-        // older grant of one half never overrides a withdrawal or denial of the other.
-        let from_current = Self::prefix_keys(&self.current, from)?;
-        let (current_writes, consent) = self.merged_in_force((into, &into_key), from, now)?;
-        let recorded = [Recorded::Merge {
-            into: *into,
-            from: *from,
-            links: &moved_links,
-            all_links: &into_entry.links,
-            consent: &consent,
-            restricted: into_entry.meta.restricted,
-        }];
-        let events_out = self.events_of(&recorded, now)?;
-        let merged = Merged {
-            from: *from,
-            links: moved_links.clone(),
-            consent_records: ledger.len(),
-            interactions: interactions.len(),
-            event: events_out.last().map_or(0, |(seq, _)| *seq),
-        };
-        let audited = self.audited(now)?;
-        let trees = self.subject_trees();
-        let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, links, ledger_tree, current, interaction_tree, rights_tree, imports, events, replays] =
-                trees.as_slice()
-            else {
-                return abort(StoreError::Backend("transaction trees".into()));
-            };
-            check_replay(replays, idempotency)?;
-            meta.insert(&into.as_bytes()[..], meta_bytes.as_slice())?;
-            meta.remove(&from.as_bytes()[..])?;
-            subjects.insert(&into.as_bytes()[..], sealed_record.as_slice())?;
-            subjects.remove(&from.as_bytes()[..])?;
-            // Links stay in this region, so their claims (and `held` generations) stay as they are.
-            for link in &moved_links {
-                links.insert(&link.as_bytes()[..], &into.as_bytes()[..])?;
-            }
-            for (tree, moves) in [(ledger_tree, &ledger), (interaction_tree, &interactions), (rights_tree, &rights)] {
-                for (old, new, sealed) in moves {
-                    tree.remove(old)?;
-                    tree.insert(new.as_slice(), sealed.as_slice())?;
-                }
-            }
-            for old in &from_current {
-                current.remove(old)?;
-            }
-            for old in &index_old {
-                imports.remove(old)?;
-            }
-            for (new, position) in &index_new {
-                imports.insert(&new[..], &position.to_be_bytes()[..])?;
-            }
-            for (new, sealed) in &current_writes {
-                current.insert(new.as_slice(), sealed.as_slice())?;
-            }
-            for (seq, event) in &events_out {
-                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
-            }
-            record_replay(replays, idempotency, Some((into, &into_key)), &(*into, &merged))?;
-            audited.append(&recorded)
-        });
-        flatten(result)?;
-        audited.commit();
-        // The moved data must be durable before `from`'s key can go: destroyed first, a crash
-        // could bring back the pre-merge state with `from`'s records sealed under no key.
-        self.db.flush().map_err(backend)?;
-        // Journaled before `from`'s key goes, so a restore of an earlier backup merges again.
-        self.journal_merge(from, into, now)?;
-        self.vault.destroy(from)?;
-        Ok(merged)
-    }
-
     pub(super) fn rectify_subject(
         &self,
         subject: &SubjectId,
@@ -486,9 +371,14 @@ impl SledStore {
             Cause::Rectification(request) => (Some(request), None),
             Cause::KeptBy(region) => (None, Some(region)),
         };
+        let (consent, restricted) = self.holding_of(subject, now)?;
         let mut recorded = vec![
             Recorded::LinksRemoved { subject: *subject, links: &removed, kept_by },
-            Recorded::LinksAdded { subject: *subject, links: &added },
+            Recorded::LinksAdded {
+                subject: *subject,
+                links: &added,
+                holding: Holding { consent: &consent, restricted },
+            },
         ];
         if let Some(request) = rights_request {
             recorded.push(Recorded::RightsRequest { subject: *subject, request });
@@ -566,28 +456,5 @@ impl SledStore {
             None => Ok(None),
             Some(sealed) => open(&key, b"subjects", id.as_bytes(), &sealed).map(Some),
         }
-    }
-}
-
-impl SledStore {
-    /// Re-seals every entry of `from`'s log in `tree` under `into`'s key, keeping the sequence
-    /// part of each key. Returns (old key, new key, new sealed value) triples.
-    pub(super) fn reseal_log(
-        tree: &sled::Tree,
-        name: &[u8],
-        from: (&SubjectId, &SubjectKey),
-        into: (&SubjectId, &SubjectKey),
-    ) -> Result<Vec<Move>, StoreError> {
-        tree.scan_prefix(from.0.as_bytes())
-            .map(|item| {
-                let (old, value) = item.map_err(backend)?;
-                let plain = from.1.open(&context(name, &old), &value)?;
-                let mut new = Vec::with_capacity(old.len());
-                new.extend_from_slice(into.0.as_bytes());
-                new.extend_from_slice(&old[SUBJECT_ID_LEN..]);
-                let sealed = into.1.seal(&context(name, &new), &plain)?;
-                Ok((old, new, sealed))
-            })
-            .collect()
     }
 }

@@ -36,6 +36,7 @@ mod heads;
 mod identity;
 mod ids;
 mod imports;
+mod merge;
 mod records;
 mod replay;
 mod space;

@@ -438,6 +438,20 @@ impl SledStore {
         Ok((writes, crate::store::announced_in_force(&in_force, now)))
     }
 
+    /// What `subject` holds that links new to it are told with (`Holding`): its consent in
+    /// force as watchers are told it at `at`, and its restriction; nothing for a subject that
+    /// does not exist (yet). Read under the write lock.
+    pub(super) fn holding_of(
+        &self,
+        subject: &SubjectId,
+        at: i64,
+    ) -> Result<(Vec<crate::store::Announced>, bool), StoreError> {
+        let Some(entry) = self.meta_entry(subject)? else { return Ok((Vec::new(), false)) };
+        let cells: std::collections::BTreeMap<(Purpose, Channel), CurrentConsent> =
+            self.read_consent_in_force(subject)?.into_iter().map(|(p, c, v)| ((p, c), v)).collect();
+        Ok((crate::store::announced_in_force(&cells, at), entry.meta.restricted))
+    }
+
     pub(super) fn read_consent_in_force(
         &self,
         subject: &SubjectId,
