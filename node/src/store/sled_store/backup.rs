@@ -376,7 +376,23 @@ fn rebuild(from: &Path, into: &Path, region: &RegionId, now: i64) -> Result<Mani
         // the lost machine may have handed out since the backup (`ids.rs`).
         let base = ids::restored_base(manifest.next_id, highest, manifest.created_at, now)
             .map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
-        ids::write_base(&db.open_tree("counters").map_err(backend)?, base)?;
+        let counters = db.open_tree("counters").map_err(backend)?;
+        ids::write_base(&counters, base)?;
+        // Consent ledger positions too (they leave the node as `ConsentInForce.sequence` and in
+        // import receipts): the lost tail used positions above the backup's, so new entries start
+        // the same gap above them; the import index, if it covered the ledger, is moved with it
+        // (not rebuilt at open). Found by a review: positions repeated after a restore.
+        let position = ledger_position(&counters)?;
+        let moved = base
+            .checked_sub(manifest.next_id)
+            .and_then(|gap| position.checked_add(gap))
+            .filter(|moved| *moved <= ids::MAX_ID_BASE)
+            .ok_or_else(|| damaged(format!("{MANIFEST_FILE}: its ledger position leaves no room")))?;
+        let covered = counters.get(super::imports::IMPORT_INDEX_COVERS).map_err(backend)?;
+        counters.insert(super::LEDGER_POSITION, &moved.to_be_bytes()[..]).map_err(backend)?;
+        if covered.as_deref() == Some(&position.to_be_bytes()[..]) {
+            counters.insert(super::imports::IMPORT_INDEX_COVERS, &moved.to_be_bytes()[..]).map_err(backend)?;
+        }
         db.flush().map_err(backend)?;
         let last = db.open_tree("events").map_err(backend).and_then(|e| last_event(&e))?;
         if last != manifest.last_event {
