@@ -196,10 +196,11 @@ async fn restore(
     region: &RegionId,
     journals: &[PathBuf],
 ) -> anyhow::Result<usize> {
-    let mut erased = Vec::new();
+    let mut read = Vec::new();
     for journal in journals {
-        erased.extend(domicile_node::store::read_erasure_journal(journal)?);
+        read.push((journal.display().to_string(), domicile_node::store::read_erasure_journal(journal)?));
     }
+    let erased = domicile_node::store::combine_journals(read)?;
     // Until the journal is replayed and flushed, `into` is marked as a restore in progress and
     // no node opens it: a failure here leaves nothing to serve.
     let now = domicile_runtime::process::now_unix();

@@ -20,7 +20,8 @@ pub use change::{
 pub use model::*;
 pub use sled_store::SledStore;
 pub use sled_store::backup::{
-    JournalEntry, Manifest as BackupManifest, StagedBackup, read_backup, read_erasure_journal, restore as restore_sled,
+    JournalEntry, Manifest as BackupManifest, StagedBackup, combine_journals, read_backup, read_erasure_journal,
+    restore as restore_sled,
 };
 pub use sled_store::check::{CheckReport, check as check_sled};
 pub use tracked::{Challenge, Delivery, OutboxChange, OutboxEntry, TrackedRequest};

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use domicile_types::{RegionId, SubjectId};
 
 use super::heads::{LEDGER_HEAD_FILE, STORE_HEAD_FILE, last_event, ledger_position};
-pub use super::replay::{JournalEntry, read_erasure_journal};
+pub use super::replay::{JournalEntry, combine_journals, read_erasure_journal};
 use super::{SledStore, backend, ids};
 use crate::store::StoreError;
 use crate::store::vault::VaultScan;

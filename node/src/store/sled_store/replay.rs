@@ -51,7 +51,44 @@ pub enum JournalEntry {
     /// `merge <from> <into> <unix seconds>`
     Merge { from: SubjectId, into: SubjectId, at: i64 },
     /// `unmerge <merged> <from> <kept> <restored> <unix seconds>`
-    Unmerge { merged: SubjectId, from: SubjectId, kept: SubjectId, restored: SubjectId },
+    Unmerge { merged: SubjectId, from: SubjectId, kept: SubjectId, restored: SubjectId, at: i64 },
+}
+
+impl JournalEntry {
+    fn at(&self) -> i64 {
+        match self {
+            Self::Erasure { at, .. } | Self::Merge { at, .. } | Self::Unmerge { at, .. } => *at,
+        }
+    }
+}
+
+/// Several journals (say, one per disk the journal moved to) as one, in the order given, which
+/// must be the order they were written in: a journal that starts before the one before it ends
+/// is refused (replayed out of order, an erasure would run before the merge that gave it what
+/// the backup holds, and the erased person would come back). A line found again (an overlapping
+/// copy) is replayed once. Found by a review.
+pub fn combine_journals(journals: Vec<(String, Vec<JournalEntry>)>) -> Result<Vec<JournalEntry>, StoreError> {
+    let mut out: Vec<JournalEntry> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut previous: Option<(String, i64)> = None;
+    for (name, entries) in journals {
+        if let (Some((before, ended)), Some(first)) = (&previous, entries.first())
+            && first.at() < *ended
+        {
+            return Err(StoreError::Corrupt(format!(
+                "{name} starts before {before} ends: give the erasure journals oldest first"
+            )));
+        }
+        if let Some(last) = entries.iter().map(JournalEntry::at).max() {
+            previous = Some((name.clone(), last.max(previous.as_ref().map_or(i64::MIN, |(_, t)| *t))));
+        }
+        for entry in entries {
+            if seen.insert(format!("{entry:?}")) {
+                out.push(entry);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads an erasure journal, line by line. A damaged line is an error naming its number: a
@@ -69,8 +106,8 @@ pub fn read_erasure_journal(path: &Path) -> Result<Vec<JournalEntry>, StoreError
             },
             ["unmerge", merged, from, kept, restored, at] => {
                 match (subject(merged), subject(from), subject(kept), subject(restored), at.parse::<i64>()) {
-                    (Some(merged), Some(from), Some(kept), Some(restored), Ok(_)) => {
-                        Some(JournalEntry::Unmerge { merged, from, kept, restored })
+                    (Some(merged), Some(from), Some(kept), Some(restored), Ok(at)) => {
+                        Some(JournalEntry::Unmerge { merged, from, kept, restored, at })
                     }
                     _ => None,
                 }
@@ -249,7 +286,7 @@ impl SledStore {
         for entry in journal {
             match entry {
                 JournalEntry::Merge { from, into, at } => replay.merge(from, into, *at)?,
-                JournalEntry::Unmerge { merged, from, kept, restored } => {
+                JournalEntry::Unmerge { merged, from, kept, restored, .. } => {
                     replay.unmerge([merged, from, kept, restored])?
                 }
                 JournalEntry::Erasure { subject, at } => replay.erase(subject, *at)?,

@@ -294,3 +294,22 @@ async fn a_restore_whose_journal_cannot_be_applied_leaves_a_directory_no_node_op
     drop(restored);
     assert!(crate::store::check_sled(&fine, &home()).is_sound());
 }
+
+/// Found by a review: journals given in the wrong order replayed an erasure before the merge that
+/// gave the erased subject what the backup holds (the person came back), and an overlapping copy
+/// of a merge line was refused as damage.
+#[test]
+fn journals_are_replayed_oldest_first_and_a_line_found_again_once() {
+    let (x, n) = (SubjectId::from_bytes([1; 16]), SubjectId::from_bytes([2; 16]));
+    let older = vec![JournalEntry::Merge { from: x, into: n, at: 100 }];
+    let newer = vec![JournalEntry::Merge { from: x, into: n, at: 100 }, JournalEntry::Erasure { subject: n, at: 200 }];
+    let refused =
+        super::replay::combine_journals(vec![("new.log".into(), newer.clone()), ("old.log".into(), older.clone())]);
+    assert!(matches!(&refused, Err(StoreError::Corrupt(m)) if m.contains("oldest first")), "{refused:?}");
+    let combined = super::replay::combine_journals(vec![("old.log".into(), older), ("new.log".into(), newer)]).unwrap();
+    assert_eq!(
+        combined,
+        vec![JournalEntry::Merge { from: x, into: n, at: 100 }, JournalEntry::Erasure { subject: n, at: 200 }],
+        "the overlapping merge line once, then the erasure"
+    );
+}
