@@ -73,10 +73,8 @@ struct Inner {
 }
 
 impl Inner {
-    /// A region's snapshot merged into the base: where the base maps a link to another region,
-    /// the base stays and the link is contested.
-    ///
-    /// What the directory holds for a link when a region's snapshot merges came, in the gateway,
+    /// A region's snapshot merged into the base. What the directory holds for a link when a
+    /// region's snapshot merges came, in the gateway,
     /// from other regions (the region's own events are applied only after its snapshot, and
     /// replies only once it is synced): another region's mapping contests the link; a removal (a
     /// tombstone in `delta`, whose region it does not say) gives way to the snapshot, which would

@@ -59,9 +59,9 @@ impl SledStore {
         // Created before any sealed value refers to it; durable at the next flush.
         let key = self.vault.get_or_create(&candidate)?;
         let mut serial = self.serialise_writes(&[candidate]);
-        // A subject that exists tells links new to it what it holds (`Holding`); read under the
-        // write lock, so the transaction finds the same.
-        let (consent, restricted) = self.holding_of(&candidate, now)?;
+        // A subject that exists tells links new to it what it holds (`Holding`).
+        let named: Vec<Link> = identifiers.iter().map(|(_, l)| *l).collect();
+        let (consent, restricted) = self.holding_of(&candidate, &named, now)?;
         // Allocated here: sled's ids cannot be taken inside a transaction.
         let event_seq =
             (0..1 + consent.len() + usize::from(restricted)).map(|_| self.next_id()).collect::<Result<Vec<_>, _>>()?;
@@ -120,7 +120,7 @@ impl SledStore {
             subjects
                 .insert(&subject.as_bytes()[..], or_abort(seal(&key, b"subjects", subject.as_bytes(), &record))?)?;
             meta.insert(&subject.as_bytes()[..], or_abort(encode(&entry))?)?;
-            // (Nothing for a subject created here: `holding_of` found none.)
+            // (Nothing for a subject created here, or for no new link: `holding_of` read none.)
             let holding = Holding { consent: &consent, restricted };
             let recorded = [Recorded::Registration {
                 subject,
@@ -134,12 +134,7 @@ impl SledStore {
                 events.insert(&sequence.to_be_bytes()[..], event)?;
                 last_event = Some(sequence);
             }
-            let registered = Registered {
-                subject,
-                links: identifiers.iter().map(|(_, l)| *l).collect(),
-                created,
-                event: last_event,
-            };
+            let registered = Registered { subject, links: named.clone(), created, event: last_event };
             record_replay(replays, idempotency, Some((&subject, &key)), &(subject, &registered))?;
             audited.append(&recorded)?;
             Ok(registered)
@@ -371,7 +366,7 @@ impl SledStore {
             Cause::Rectification(request) => (Some(request), None),
             Cause::KeptBy(region) => (None, Some(region)),
         };
-        let (consent, restricted) = self.holding_of(subject, now)?;
+        let (consent, restricted) = self.holding_of(subject, &added, now)?;
         let mut recorded = vec![
             Recorded::LinksRemoved { subject: *subject, links: &removed, kept_by },
             Recorded::LinksAdded {

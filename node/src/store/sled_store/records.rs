@@ -426,8 +426,7 @@ impl SledStore {
         now: i64,
     ) -> Result<(Vec<SealedCell>, Vec<crate::store::Announced>), StoreError> {
         let mut writes = Vec::new();
-        let mut in_force: std::collections::BTreeMap<(Purpose, Channel), CurrentConsent> =
-            self.read_consent_in_force(into)?.into_iter().map(|(p, c, v)| ((p, c), v)).collect();
+        let mut in_force = self.in_force_cells(into)?;
         for (purpose, channel, candidate) in self.read_consent_in_force(from)? {
             if in_force.get(&(purpose, channel)).is_none_or(|existing| candidate.supersedes(existing)) {
                 let new = current_key(into, purpose, channel);
@@ -438,18 +437,31 @@ impl SledStore {
         Ok((writes, crate::store::announced_in_force(&in_force, now)))
     }
 
-    /// What `subject` holds that links new to it are told with (`Holding`): its consent in
-    /// force as watchers are told it at `at`, and its restriction; nothing for a subject that
-    /// does not exist (yet). Read under the write lock.
+    /// What `subject` holds that `links` new to it are told with (`Holding`): its consent in
+    /// force as watchers are told it at `at`, and its restriction. Nothing (and nothing read but
+    /// its metadata) for a subject that does not exist (yet) or already holds every one of
+    /// `links`. Read under the write lock, so the write that adds them finds the same.
     pub(super) fn holding_of(
         &self,
         subject: &SubjectId,
+        links: &[domicile_types::Link],
         at: i64,
     ) -> Result<(Vec<crate::store::Announced>, bool), StoreError> {
-        let Some(entry) = self.meta_entry(subject)? else { return Ok((Vec::new(), false)) };
-        let cells: std::collections::BTreeMap<(Purpose, Channel), CurrentConsent> =
-            self.read_consent_in_force(subject)?.into_iter().map(|(p, c, v)| ((p, c), v)).collect();
-        Ok((crate::store::announced_in_force(&cells, at), entry.meta.restricted))
+        match self.meta_entry(subject)? {
+            Some(entry) if links.iter().any(|l| !entry.links.contains(l)) => {
+                let cells = self.in_force_cells(subject)?;
+                Ok((crate::store::announced_in_force(&cells, at), entry.meta.restricted))
+            }
+            _ => Ok((Vec::new(), false)),
+        }
+    }
+
+    /// A subject's consent in force by cell ([`Self::read_consent_in_force`]).
+    fn in_force_cells(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<std::collections::BTreeMap<(Purpose, Channel), CurrentConsent>, StoreError> {
+        Ok(self.read_consent_in_force(subject)?.into_iter().map(|(p, c, v)| ((p, c), v)).collect())
     }
 
     pub(super) fn read_consent_in_force(
