@@ -684,3 +684,68 @@ async fn a_store_frozen_while_reading_a_large_result_under_the_head_holds_up_wri
     );
     assert_eq!(decisions, ["20000"], "the whole backlog in the chain, once");
 }
+
+/// The kinds of the events that name `subject`, in order.
+async fn kinds_of(store: &PgStore, subject: &SubjectId) -> Vec<&'static str> {
+    let events = store.events_page(None, 100_000).await.unwrap();
+    events
+        .iter()
+        .filter(|e| &e.subject == subject)
+        .map(|e| match e.change {
+            Change::Registered => "registered",
+            Change::Consent { .. } => "consent",
+            Change::Erased => "erased",
+            Change::LinksRemoved => "links removed",
+            Change::Restricted { .. } => "restricted",
+        })
+        .collect()
+}
+
+/// Invariant 6: a retired subject's earlier change events go with it (`retire.rs`), here by an
+/// erasure and by a merge. Events an older binary wrote (without their subject), among them the
+/// earlier events of a subject it erased, are filled in by the pass a store starts, which removes
+/// those; a later erasure finds the older binary's events of its subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_subjects_events_go_with_it_and_an_older_binarys_are_cleaned_up() {
+    let db = start();
+    let config = db.config("retire");
+    let (gone, older, stays) = {
+        let store = PgStore::open(&config, &region()).await.unwrap();
+        let gone = register(&store, "gone.pg@example.de").await;
+        let older = register(&store, "older.pg@example.de").await;
+        let stays = register(&store, "stays.pg@example.de").await;
+        let alias = register(&store, "alias.pg@example.de").await;
+        store.append_consent(&gone, consent(ConsentState::Granted, 100), None).await.unwrap();
+        store.append_consent(&older, consent(ConsentState::Granted, 100), None).await.unwrap();
+        store.append_consent(&alias, consent(ConsentState::Denied, 100), None).await.unwrap();
+        store.merge(&older, &alias, 150, None).await.unwrap();
+        assert_eq!(kinds_of(&store, &alias).await, ["erased"], "the merge retired the merged-away half's events");
+        psql_lines(&db, "retire", "CREATE TABLE saved AS SELECT sequence, body FROM events");
+        store.erase(&gone, 200, &rights("erasure", 200), None).await.unwrap();
+        assert_eq!(kinds_of(&store, &gone).await, ["erased"]);
+        assert_eq!(kinds_of(&store, &stays).await, ["registered"]);
+        // What an older binary's erasure left: the erased subject's earlier events, and no
+        // event's subject filled in.
+        psql_lines(
+            &db,
+            "retire",
+            "INSERT INTO events (sequence, body) SELECT sequence, body FROM saved \
+             WHERE sequence NOT IN (SELECT sequence FROM events); \
+             UPDATE events SET subject = NULL; DELETE FROM retired_subjects; DROP TABLE saved",
+        );
+        assert_eq!(kinds_of(&store, &gone).await, ["registered", "consent", "erased"]);
+        (gone, older, stays)
+    };
+    let store = PgStore::open(&config, &region()).await.unwrap();
+    let started = Instant::now();
+    while psql_lines(&db, "retire", "SELECT count(*) FROM events WHERE subject IS NULL") != ["0"] {
+        assert!(started.elapsed() < Duration::from_secs(30), "the pass fills every event in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kinds_of(&store, &gone).await, ["erased"], "the pass removed what the older binary kept");
+    assert_eq!(kinds_of(&store, &older).await.first(), Some(&"registered"));
+    assert_eq!(kinds_of(&store, &stays).await, ["registered"]);
+    store.erase(&older, 300, &rights("erasure", 300), None).await.unwrap();
+    assert_eq!(kinds_of(&store, &older).await, ["erased"], "events from before the column are found");
+    assert_eq!(kinds_of(&store, &stays).await, ["registered"]);
+}

@@ -207,15 +207,16 @@ async fn a_watcher_that_reconnects_misses_no_event() {
     assert_eq!(live.links, registered.links, "events carry links, never identifiers");
     let last_seen = live.sequence;
 
-    // Disconnect; changes keep happening.
+    // Disconnect; changes keep happening. (An erasure would take the person's earlier events
+    // with it: `an_erased_subjects_change_events_go_with_it_and_followers_still_agree`.)
     drop(stream);
     client.record_consent(consent(by_email(email), common::ConsentAction::Grant, "sms")).await.unwrap();
     client.record_consent(consent(by_email(email), common::ConsentAction::Withdraw, "sms")).await.unwrap();
     client
-        .erase(gw::EraseRequest {
+        .restrict(gw::RestrictRequest {
             subject: by_email(email),
+            restricted: true,
             idempotency_key: String::new(),
-            override_reason: "controller_correction".into(),
             ..Default::default()
         })
         .await
@@ -236,10 +237,11 @@ async fn a_watcher_that_reconnects_misses_no_event() {
         [
             (common::ChangeKind::Consent as i32, "granted"),
             (common::ChangeKind::Consent as i32, "withdrawn"),
-            (common::ChangeKind::Erased as i32, ""),
+            (common::ChangeKind::Restricted as i32, ""),
         ]
     );
-    assert_eq!(missed[2].links, registered.links, "the erasure event tells watchers which links to drop");
+    assert!(missed[2].restricted);
+    assert_eq!(missed[2].links, registered.links, "the restriction reaches every link of the subject");
 }
 
 /// Found by a review: a merge changes the merged subject's consent in force (a withdrawal of one
@@ -372,4 +374,241 @@ async fn a_follower_learns_what_a_merge_and_a_restriction_do_to_decisions() {
     let restriction = next(&mut stream).await;
     assert_eq!((restriction.kind, restriction.restricted), (common::ChangeKind::Restricted as i32, true));
     assert_eq!(restriction.links, vec![phone_link]);
+}
+
+/// What a follower keeps from the change events: which subject each link names, and the consent
+/// state per link, purpose and channel. It drops a link (and its consent) when told that the
+/// subject it names is gone or no longer holds it, as the proto asks.
+#[derive(Debug, Default, PartialEq)]
+struct Follower {
+    links: std::collections::BTreeMap<String, String>,
+    consent: std::collections::BTreeMap<(String, String, String), String>,
+}
+
+impl Follower {
+    fn apply(&mut self, event: &common::ChangeEvent) {
+        let kind = common::ChangeKind::try_from(event.kind).unwrap();
+        for link in &event.links {
+            match kind {
+                common::ChangeKind::Registered => {
+                    self.links.insert(link.clone(), event.subject_ref.clone());
+                }
+                common::ChangeKind::Consent => {
+                    for channel in &event.channels {
+                        let key = (link.clone(), event.purpose.clone(), channel.clone());
+                        self.consent.insert(key, event.state.clone());
+                    }
+                }
+                common::ChangeKind::Erased | common::ChangeKind::LinksRemoved
+                    if self.links.get(link) == Some(&event.subject_ref) =>
+                {
+                    self.links.remove(link);
+                    self.consent.retain(|(l, ..), _| l != link);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Invariant 6, found by a review: an erased person's earlier change events stayed in the
+/// region's event log, so any watcher starting from the beginning read their links (which the
+/// region's link key turns back into identifiers with a dictionary) and their consent history.
+/// Now a write that retires a subject (an erasure, a merge's merged-away half) removes its
+/// earlier events with it; only the `ERASED` events stay, and a follower that starts afresh ends
+/// holding what one that read everything live holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subjects_change_events_go_with_it_and_followers_still_agree() {
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut node_client = cluster.node(&region("eu-central")).await.unwrap();
+    let mut live = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+
+    let mut register = async |identifiers: Vec<common::Identifier>| {
+        let request = gw::RegisterRequest { jurisdiction: "DE".into(), identifiers, idempotency_key: String::new() };
+        client.register(request).await.unwrap().into_inner()
+    };
+    let gone =
+        register(vec![identifier("email", "gone.person@example.de"), identifier("phone", "+4915112340001")]).await;
+    let merged = register(vec![identifier("email", "gone.alias@example.de")]).await;
+    let stays = register(vec![identifier("email", "stays.person@example.de")]).await;
+    for (email, action, channel) in [
+        ("gone.person@example.de", common::ConsentAction::Grant, "email"),
+        ("gone.person@example.de", common::ConsentAction::Withdraw, "sms"),
+        ("gone.alias@example.de", common::ConsentAction::Deny, "email"),
+        ("stays.person@example.de", common::ConsentAction::Grant, "email"),
+    ] {
+        client.record_consent(consent(by_email(email), action, channel)).await.unwrap();
+    }
+    // Events of every kind of write name the person: a restriction, a rectification's new link.
+    let restrict =
+        gw::RestrictRequest { subject: by_email("gone.person@example.de"), restricted: true, ..Default::default() };
+    client.restrict(restrict).await.unwrap();
+    client
+        .rectify(gw::RectifyRequest {
+            subject: by_email("gone.person@example.de"),
+            add_identifiers: vec![identifier("phone", "+4915112340009")],
+            override_reason: "controller_correction".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .merge(gw::MergeRequest {
+            into: by_email("gone.person@example.de"),
+            from: by_email("gone.alias@example.de"),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap();
+    client
+        .erase(gw::EraseRequest {
+            subject: by_email("gone.person@example.de"),
+            idempotency_key: String::new(),
+            override_reason: "controller_correction".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Every event up to the erasure's, from a stream.
+    let until_erased = async |stream: &mut tonic::Streaming<common::ChangeEvent>| {
+        let mut events = Vec::new();
+        loop {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .expect("stream open");
+            let done = event.kind == common::ChangeKind::Erased as i32 && event.subject_ref == gone.subject_ref;
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    };
+    let read_live = until_erased(&mut live).await;
+    let mut fresh = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let read_fresh = until_erased(&mut fresh).await;
+
+    let added = read_live.iter().find(|e| {
+        e.kind == common::ChangeKind::Registered as i32 && e.subject_ref == gone.subject_ref && e.links.len() == 1
+    });
+    let added = added.expect("the rectification's link announced").links.clone();
+    let erased_links: Vec<&String> = gone.links.iter().chain(&merged.links).chain(&added).collect();
+    let carrying: Vec<(i32, &str)> = read_fresh
+        .iter()
+        .filter(|e| e.links.iter().any(|l| erased_links.contains(&l)))
+        .map(|e| (e.kind, e.subject_ref.as_str()))
+        .collect();
+    assert_eq!(
+        carrying,
+        [
+            (common::ChangeKind::Erased as i32, merged.subject_ref.as_str()),
+            (common::ChangeKind::Erased as i32, gone.subject_ref.as_str()),
+        ],
+        "only the ERASED events carry the erased person's links: {read_fresh:?}"
+    );
+    for subject in [&gone.subject_ref, &merged.subject_ref] {
+        let kinds: Vec<i32> = read_fresh.iter().filter(|e| &e.subject_ref == subject).map(|e| e.kind).collect();
+        assert_eq!(kinds, [common::ChangeKind::Erased as i32], "nothing else of the erased person stays");
+    }
+    let live_kinds: std::collections::BTreeSet<i32> =
+        read_live.iter().filter(|e| e.subject_ref == gone.subject_ref).map(|e| e.kind).collect();
+    assert_eq!(
+        live_kinds.len(),
+        4,
+        "a watcher that was there read registrations, consent, the restriction and the erasure: {live_kinds:?}"
+    );
+    let stays_kinds: Vec<i32> =
+        read_fresh.iter().filter(|e| e.subject_ref == stays.subject_ref).map(|e| e.kind).collect();
+    assert_eq!(
+        stays_kinds,
+        [common::ChangeKind::Registered as i32, common::ChangeKind::Consent as i32],
+        "another subject's events stay"
+    );
+
+    // A follower that read everything live and one that starts now hold the same.
+    let (mut was_there, mut starts_now) = (Follower::default(), Follower::default());
+    read_live.iter().for_each(|e| was_there.apply(e));
+    read_fresh.iter().for_each(|e| starts_now.apply(e));
+    assert_eq!(was_there, starts_now);
+    assert_eq!(starts_now.links.keys().collect::<Vec<_>>(), [&stays.links[0]]);
+    assert_eq!(starts_now.consent.len(), 1);
+}
+
+/// Found by the review of the change above: a follower that read a person's two identifiers and
+/// a grant, then was away while one identifier was removed (a rectification) and the person was
+/// erased, found on its return only the `ERASED`, naming the one link left, and kept the other
+/// mapped and granted: the rectification's `LINKS_REMOVED` had gone with the person's events.
+/// The `ERASED` now names every link the removed events named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_resumes_across_a_rectification_and_an_erasure_drops_every_link() {
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let mut client = cluster.gateway().await.unwrap();
+    let mut node_client = cluster.node(&region("eu-central")).await.unwrap();
+    let (email, phone) = ("away.follower@example.de", "+4915112340002");
+    let person = client
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", email), identifier("phone", phone)],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client.record_consent(consent(by_email(email), common::ConsentAction::Grant, "email")).await.unwrap();
+
+    let next = async |stream: &mut tonic::Streaming<common::ChangeEvent>| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("stream open")
+    };
+    let mut follower = Follower::default();
+    let mut stream = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let cursor = loop {
+        let event = next(&mut stream).await;
+        follower.apply(&event);
+        if event.kind == common::ChangeKind::Consent as i32 {
+            break event.sequence;
+        }
+    };
+    assert_eq!(follower.links.len(), 2, "{follower:?}");
+    assert_eq!(follower.consent.len(), 2, "granted on both links");
+    drop(stream);
+
+    client
+        .rectify(gw::RectifyRequest {
+            subject: by_email(email),
+            remove_identifiers: vec![identifier("phone", phone)],
+            override_reason: "controller_correction".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .erase(gw::EraseRequest {
+            subject: by_email(email),
+            override_reason: "controller_correction".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut resumed =
+        node_client.watch(node::WatchRequest { after_sequence: Some(cursor) }).await.unwrap().into_inner();
+    let erased = loop {
+        let event = next(&mut resumed).await;
+        follower.apply(&event);
+        if event.kind == common::ChangeKind::Erased as i32 {
+            break event;
+        }
+    };
+    let (mut named, mut held) = (erased.links.clone(), person.links.clone());
+    named.sort();
+    held.sort();
+    assert_eq!(named, held, "the ERASED names the link the person lost before it too");
+    assert_eq!(follower, Follower::default(), "nothing of the person stays with the follower");
 }

@@ -338,6 +338,39 @@ impl Recorded<'_> {
         }
     }
 
+    /// [`Recorded::changes`], the `ERASED` of the subject this retires also naming `dropped`:
+    /// the links its removed events named (`retires`). A follower that resumes from before them
+    /// may still map a link the subject lost earlier (a rectification's `LINKS_REMOVED` goes with
+    /// them); told here, it drops it if it still names the subject, as for the links it holds.
+    pub fn changes_dropping(&self, dropped: &[Link]) -> Vec<(SubjectId, Vec<Link>, Change)> {
+        let mut changes = self.changes();
+        if let Some(retired) = self.retires() {
+            for (subject, links, change) in &mut changes {
+                if *subject == retired && *change == Change::Erased {
+                    for link in dropped {
+                        if !links.contains(link) {
+                            links.push(*link);
+                        }
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// The subject this write retires, whose earlier change events go with it (invariant 6):
+    /// the one erased, the merged-away half of a merge, the merged subject of an unmerge (each
+    /// announced by the `ERASED` event that stays). Every store removes them in the write's
+    /// transaction.
+    pub fn retires(&self) -> Option<SubjectId> {
+        match *self {
+            Recorded::Erasure { subject, .. } => Some(subject),
+            Recorded::Merge { from, .. } => Some(from),
+            Recorded::Unmerge { merged, .. } => Some(merged),
+            _ => None,
+        }
+    }
+
     /// The subjects whose decision inputs (metadata, consent in force, key, links) this may
     /// have changed: what a read cache must drop. A rights request is included, as a restriction
     /// is recorded as one; a re-announcement changes nothing.

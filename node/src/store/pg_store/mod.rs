@@ -3,8 +3,9 @@
 //!
 //! Tables (`node/migrations/`): `region_head` (one row that every write locks first), `subjects`,
 //! `subject_keys` (data keys wrapped under the region's KEK, `keys.rs`), `links`, `consent`,
-//! `current_consent`, `interactions`, `rights_requests`, `events`, `claims`, `held`, `releases`,
-//! `idempotency`, `audit`. Sealed values are those of the embedded store (`store::codec`), so a
+//! `current_consent`, `interactions`, `rights_requests`, `events` (and `retired_subjects`: a gone
+//! subject's events go with it, `retire.rs`), `claims`, `held`, `releases`, `idempotency`, `audit`.
+//! Sealed values are those of the embedded store (`store::codec`), so a
 //! value means the same in either engine.
 //!
 //! **One truth across replicas.** Every write is one transaction that first locks `region_head`
@@ -35,6 +36,7 @@ mod imports;
 mod keys;
 mod prepared;
 mod records;
+mod retire;
 mod store;
 mod tracked;
 mod unit;
@@ -179,6 +181,7 @@ impl PgStore {
         store.fresh = fresh::Fresh::at(uint(head.get(0))?);
         tokio::spawn(decisions::chainer(store.pool.clone(), store.region.clone(), store.turns.clone()));
         tokio::spawn(imports::classify(store.pool.clone(), store.keks.clone()));
+        tokio::spawn(retire::index_events(store.pool.clone()));
         Ok(store)
     }
 

@@ -113,8 +113,9 @@ pub(super) struct Write<'c> {
     touch_seq: u64,
     /// Subjects whose decision inputs this write changed, for every replica's read cache.
     touched: Vec<SubjectId>,
-    /// Change events and audit lines, inserted with the commit (one statement each).
-    events: Vec<(i64, Vec<u8>)>,
+    /// Change events (sequence, body, subject) and audit lines, inserted with the commit (one
+    /// statement each).
+    events: Vec<(i64, Vec<u8>, Vec<u8>)>,
     audit: Vec<(i64, String)>,
     /// The bytes of `audit`.
     audit_bytes: usize,
@@ -189,10 +190,18 @@ impl<'c> Write<'c> {
                     self.touched.push(subject);
                 }
             }
-            for (subject, links, change) in fact.changes() {
+            // A retired subject's earlier events go with it (`retire.rs`); every write holds the
+            // region head, so none of them is being written meanwhile.
+            let changes = match fact.retires() {
+                Some(subject) => {
+                    fact.changes_dropping(&super::retire::retire(&self.tx, &subject, self.last_event + 1).await?)
+                }
+                None => fact.changes(),
+            };
+            for (subject, links, change) in changes {
                 let sequence = self.last_event + 1;
                 let body = encode(&ChangeEvent { sequence, at: self.at, subject, links, change })?;
-                self.events.push((int(sequence), body));
+                self.events.push((int(sequence), body, subject.as_bytes().to_vec()));
                 self.last_event = sequence;
                 last = Some(sequence);
             }
@@ -323,8 +332,9 @@ impl<'c> Write<'c> {
                 .await
         };
         // Sent together (the connection pipelines them), so a write pays one round trip here.
-        let (event_seqs, event_bodies): (Vec<i64>, Vec<&[u8]>) =
-            self.events.iter().map(|(seq, body)| (*seq, body.as_slice())).unzip();
+        let event_seqs: Vec<i64> = self.events.iter().map(|(seq, ..)| *seq).collect();
+        let event_bodies: Vec<&[u8]> = self.events.iter().map(|(_, body, _)| body.as_slice()).collect();
+        let event_subjects: Vec<&[u8]> = self.events.iter().map(|(.., subject)| subject.as_slice()).collect();
         let (audit_seqs, audit_lines): (Vec<i64>, Vec<&str>) =
             self.audit.iter().map(|(seq, line)| (*seq, line.as_str())).unzip();
         let events = async {
@@ -333,8 +343,9 @@ impl<'c> Write<'c> {
             }
             self.tx
                 .execute_cached(
-                    "INSERT INTO events (sequence, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                    &[&event_seqs, &event_bodies],
+                    "INSERT INTO events (sequence, body, subject) \
+                     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])",
+                    &[&event_seqs, &event_bodies, &event_subjects],
                 )
                 .await
         };

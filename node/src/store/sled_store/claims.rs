@@ -214,8 +214,8 @@ impl SledStore {
         };
         // Nothing is audited: no subject changes (`Recorded::Announced`).
         let events = self.events_of(&recorded, now)?;
-        let result = (&self.links, &self.held, &self.releases, &self.events).transaction(
-            |(links, held, releases, events_tree)| {
+        let result = (&self.links, &self.held, &self.releases, &self.events, &self.event_index).transaction(
+            |(links, held, releases, events_tree, event_index)| {
                 for claim in claims {
                     if live_subject(links, &claim.link)?.is_some() {
                         hold(held, claim)?;
@@ -223,15 +223,12 @@ impl SledStore {
                         releases.insert(&release_key(claim)[..], &[][..])?;
                     }
                 }
-                for (sequence, event) in &events {
-                    events_tree.insert(&sequence.to_be_bytes()[..], event.as_slice())?;
-                }
-                Ok(())
+                super::retire::put_events(events_tree, event_index, &events)
             },
         );
         flatten(result)?;
         outcome.announced = events.len();
-        outcome.event = events.last().map(|(sequence, _)| *sequence);
+        outcome.event = events.last().map(|e| e.sequence);
         Ok(outcome)
     }
 

@@ -8,6 +8,7 @@ use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, Subject
 use sled::Transactional;
 
 use super::claims::{check_replay, hold, live_subject, record_replay, release_held};
+use super::retire::{mark_retiring, put_event, put_events};
 use super::{
     Dropped, Erased, Idempotency, MetaEntry, Recorded, Rectification, Rectified, Registered, Release,
     RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend, consent_key,
@@ -66,8 +67,9 @@ impl SledStore {
         let event_seq =
             (0..1 + consent.len() + usize::from(restricted)).map(|_| self.next_id()).collect::<Result<Vec<_>, _>>()?;
         let audited = self.audited(now)?;
-        let trees = (&self.meta, &self.subjects, &self.links, &self.events, &self.held, &self.idempotency);
-        let result = trees.transaction(|(meta, subjects, links, events, held, replays)| {
+        let trees =
+            (&self.meta, &self.subjects, &self.links, &self.events, &self.event_index, &self.held, &self.idempotency);
+        let result = trees.transaction(|(meta, subjects, links, events, event_index, held, replays)| {
             check_replay(replays, idempotency)?;
             let mut existing: Option<SubjectId> = None;
             for (_, link) in identifiers {
@@ -130,9 +132,10 @@ impl SledStore {
                 holding,
             }];
             let mut last_event = None;
-            for (sequence, event) in or_abort(number_events(&recorded, now, &event_seq))? {
-                events.insert(&sequence.to_be_bytes()[..], event)?;
-                last_event = Some(sequence);
+            // (A registration retires no subject: nothing dropped.)
+            for event in or_abort(number_events(&recorded, now, &event_seq, &Default::default()))? {
+                put_event(events, event_index, &event)?;
+                last_event = Some(event.sequence);
             }
             let registered = Registered { subject, links: named.clone(), created, event: last_event };
             record_replay(replays, idempotency, Some((&subject, &key)), &(subject, &registered))?;
@@ -201,7 +204,7 @@ impl SledStore {
                 return Err(e);
             }
         };
-        let event_seq = events_out.last().map_or(0, |(seq, _)| *seq);
+        let event_seq = events_out.last().map_or(0, |e| e.sequence);
         let erased = Erased {
             links: entry.links.clone(),
             consent_records: ledger_keys.len(),
@@ -220,6 +223,8 @@ impl SledStore {
             &self.interactions,
             &self.rights,
             &self.events,
+            &self.event_index,
+            &self.retiring,
             &self.held,
             &self.releases,
             &self.idempotency,
@@ -235,6 +240,8 @@ impl SledStore {
                 interactions,
                 rights,
                 events,
+                event_index,
+                retiring,
                 held,
                 releases,
                 replays,
@@ -260,9 +267,8 @@ impl SledStore {
                     tree.remove(k)?;
                 }
             }
-            for (seq, event) in &events_out {
-                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
-            }
+            put_events(events, event_index, &events_out)?;
+            mark_retiring(retiring, &events_out)?;
             for key in &index_keys {
                 imports.remove(key)?;
             }
@@ -386,7 +392,7 @@ impl SledStore {
                 let rectified = Rectified {
                     added: added.clone(),
                     removed: removed.clone(),
-                    event: events_out.last().map(|(seq, _)| *seq),
+                    event: events_out.last().map(|e| e.sequence),
                     rights_request: request.clone(),
                 };
                 Some((rights_key, sealed, rectified))
@@ -399,13 +405,15 @@ impl SledStore {
             &self.subjects,
             &self.links,
             &self.events,
+            &self.event_index,
             &self.rights,
             &self.held,
             &self.releases,
             &self.idempotency,
         ];
         let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, links, events, rights_tree, held, releases, replays] = trees.as_slice() else {
+            let [meta, subjects, links, events, event_index, rights_tree, held, releases, replays] = trees.as_slice()
+            else {
                 return abort(StoreError::Backend("transaction trees".into()));
             };
             check_replay(replays, idempotency)?;
@@ -429,9 +437,7 @@ impl SledStore {
             }
             subjects.insert(&subject.as_bytes()[..], sealed.as_slice())?;
             meta.insert(&subject.as_bytes()[..], meta_bytes.as_slice())?;
-            for (seq, bytes) in &events_out {
-                events.insert(&seq.to_be_bytes()[..], bytes.as_slice())?;
-            }
+            put_events(events, event_index, &events_out)?;
             if let Some((rights_key, sealed_rights, rectified)) = &rights {
                 rights_tree.insert(&rights_key[..], sealed_rights.as_slice())?;
                 record_replay(replays, idempotency, Some((subject, &key)), &(*subject, rectified))?;
@@ -440,7 +446,7 @@ impl SledStore {
         });
         flatten(result)?;
         audited.commit();
-        let event = events_out.last().map(|(seq, _)| *seq);
+        let event = events_out.last().map(|e| e.sequence);
         Ok((added, removed, event))
     }
 

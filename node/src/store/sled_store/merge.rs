@@ -84,13 +84,25 @@ impl SledStore {
             links: moved_links.clone(),
             consent_records: ledger.len(),
             interactions: interactions.len(),
-            event: events_out.last().map_or(0, |(seq, _)| *seq),
+            event: events_out.last().map_or(0, |e| e.sequence),
         };
         let audited = self.audited(now)?;
         let trees = self.subject_trees();
         let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, links, ledger_tree, current, interaction_tree, rights_tree, imports, events, replays] =
-                trees.as_slice()
+            let [
+                meta,
+                subjects,
+                links,
+                ledger_tree,
+                current,
+                interaction_tree,
+                rights_tree,
+                imports,
+                events,
+                event_index,
+                retiring,
+                replays,
+            ] = trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
             };
@@ -121,9 +133,8 @@ impl SledStore {
             for (new, sealed) in &current_writes {
                 current.insert(new.as_slice(), sealed.as_slice())?;
             }
-            for (seq, event) in &events_out {
-                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
-            }
+            super::retire::put_events(events, event_index, &events_out)?;
+            super::retire::mark_retiring(retiring, &events_out)?;
             record_replay(replays, idempotency, Some((into, &into_key)), &(*into, &merged))?;
             audited.append(&recorded)
         });

@@ -4,12 +4,13 @@
 //! (subject id → sealed identifiers and profile), `links` (link → subject id), `consent`
 //! (subject id ‖ ledger position → sealed ledger entry), `current` (subject id ‖ purpose ‖
 //! channel → sealed record in force), `interactions` and `rights` (subject id ‖ sequence → sealed
-//! interaction / rights request), `events` (sequence → pseudonymous change event), `counters`
-//! (the consent ledger's last position). Identifier ownership (`claims.rs`): `claims` (link →
-//! the region holding it, for links this region arbitrates), `held` (link → generation of this
-//! region's claim on its own live links), `releases` (link ‖ generation → claims to give up).
-//! `idempotency` (key → a write's result, sealed with its subject's key). `imports` (subject id ‖
-//! keyed digest of an imported entry's source event → its position, `imports.rs`). Sealed values are
+//! interaction / rights request), `events` (sequence → pseudonymous change event; by subject in
+//! `event_subjects`, and `retiring` while a retired subject's go: `retire.rs`), `counters` (the
+//! consent ledger's last position). Identifier ownership (`claims.rs`): `claims` (link → the region
+//! holding it, for links this region arbitrates), `held` (link → generation of this region's
+//! claim on its own live links), `releases` (link ‖ generation → claims to give up). `idempotency`
+//! (key → a write's result, sealed with its subject's key). `imports` (subject id ‖ keyed digest
+//! of an imported entry's source event → its position, `imports.rs`). Sealed values are
 //! AES-256-GCM under the subject's key from `vault`, with the tree, subject and key as associated
 //! data. Keys use vocabulary names, not enum indices, so the format survives reordering.
 //!
@@ -39,6 +40,7 @@ mod imports;
 mod merge;
 mod records;
 mod replay;
+mod retire;
 mod space;
 mod tracked;
 mod unit;
@@ -69,8 +71,7 @@ pub struct SledStore {
     current: sled::Tree,
     interactions: sled::Tree,
     rights: sled::Tree,
-    /// Tracked rights requests (request id → PII-free record) and the challenge outbox
-    /// (`tracked.rs`).
+    /// Tracked rights requests (request id → PII-free record), challenge outbox (`tracked.rs`).
     tracked: sled::Tree,
     outbox: sled::Tree,
     events: sled::Tree,
@@ -81,13 +82,14 @@ pub struct SledStore {
     idempotency: sled::Tree,
     /// Which source events the ledger holds (`imports.rs`).
     imports: sled::Tree,
-    /// Serialises event allocation and insertion, so events appear in sequence order and a
-    /// watcher that resumes after N can never miss a smaller sequence committed later.
+    /// Events by subject, and the subjects whose events are to go (`retire.rs`).
+    event_index: sled::Tree,
+    retiring: sled::Tree,
+    /// Serialises writes: events appear in sequence order (a watcher resuming after N never
+    /// misses a smaller sequence committed later), and a scan under it holds until commit.
     write_lock: std::sync::Mutex<()>,
-    /// Decision inputs already read (see [`ReadCache`]).
     cache: ReadCache,
-    /// The region's audit log, `audit.log` beside the database: every write appends its entries
-    /// inside its transaction ([`Audited`]).
+    /// `audit.log` beside the database: every write appends its entries in its transaction.
     audit: Arc<AuditLog>,
     region: domicile_types::RegionId,
     /// `store.head` and the highest event sequence written there (see [`STORE_HEAD_FILE`]).
@@ -179,12 +181,15 @@ impl SledStore {
             releases: db.open_tree("releases").map_err(backend)?,
             idempotency: db.open_tree("idempotency").map_err(backend)?,
             imports: db.open_tree("imports").map_err(backend)?,
+            event_index: db.open_tree("event_subjects").map_err(backend)?,
+            retiring: db.open_tree("retiring").map_err(backend)?,
             write_lock: std::sync::Mutex::new(()),
             cache: ReadCache::default(),
             db,
         }
         .with_ledger_counter()?
         .with_import_index()?
+        .with_event_index()?
         .without_orphan_keys()
     }
 

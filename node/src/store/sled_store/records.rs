@@ -148,8 +148,16 @@ impl SledStore {
                 super::imports::index_entries(&w.subject, &w.key, imported)
             })
             .collect();
-        let trees = (&self.consent, &self.current, &self.events, &self.counters, &self.idempotency, &self.imports);
-        let result = trees.transaction(|(ledger, current, event_tree, counters, replays, imports)| {
+        let trees = (
+            &self.consent,
+            &self.current,
+            &self.events,
+            &self.event_index,
+            &self.counters,
+            &self.idempotency,
+            &self.imports,
+        );
+        let result = trees.transaction(|(ledger, current, event_tree, event_index, counters, replays, imports)| {
             for (ledger_key, sealed) in &sealed_entries {
                 ledger.insert(&ledger_key[..], sealed.as_slice())?;
             }
@@ -185,11 +193,11 @@ impl SledStore {
                 for ((record, tag), in_force) in write.records.iter().zip(&write.tags).zip(in_force) {
                     // A record not announced has no event (`change::announced`): 0 stands for none.
                     let event_seq = if crate::store::announced(record, in_force) {
-                        let Some((event_seq, event)) = events.next() else {
+                        let Some(event) = events.next() else {
                             return abort(StoreError::Backend("fewer change events than records".into()));
                         };
-                        event_tree.insert(&event_seq.to_be_bytes()[..], event.as_slice())?;
-                        *event_seq
+                        super::retire::put_event(event_tree, event_index, event)?;
+                        event.sequence
                     } else {
                         0
                     };
@@ -323,23 +331,21 @@ impl SledStore {
         ];
         let events_out = self.events_of(&recorded, rights_request.received_at)?;
         let audited = self.audited(rights_request.received_at)?;
-        let trees = (&self.meta, &self.rights, &self.idempotency, &self.events);
-        let result = trees.transaction(|(meta, rights, replays, events)| {
+        let trees = (&self.meta, &self.rights, &self.idempotency, &self.events, &self.event_index);
+        let result = trees.transaction(|(meta, rights, replays, events, event_index)| {
             check_replay(replays, idempotency)?;
             if meta.get(subject.as_bytes())?.is_none() {
                 return abort(StoreError::NotFound);
             }
             meta.insert(&subject.as_bytes()[..], meta_bytes.as_slice())?;
             rights.insert(&rights_key[..], sealed_rights.as_slice())?;
-            for (seq, event) in &events_out {
-                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
-            }
+            super::retire::put_events(events, event_index, &events_out)?;
             record_replay(replays, idempotency, Some((subject, &key)), &(*subject, (restricted, rights_request)))?;
             audited.append(&recorded)
         });
         flatten(result)?;
         audited.commit();
-        Ok(RestrictionSet { request: rights_request.clone(), event: events_out.last().map(|(seq, _)| *seq) })
+        Ok(RestrictionSet { request: rights_request.clone(), event: events_out.last().map(|e| e.sequence) })
     }
 
     pub(super) fn record_interaction(

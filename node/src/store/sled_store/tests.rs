@@ -893,3 +893,6 @@ mod imports_tests;
 
 #[path = "replay_tests.rs"]
 mod replay_tests;
+
+#[path = "retire_tests.rs"]
+mod retire_tests;

@@ -6,7 +6,9 @@ use std::cell::RefCell;
 
 use domicile_audit::AuditTxn;
 
+use super::retire::{Dropped, NumberedEvent};
 use super::{ChangeEvent, Recorded, SledStore, StoreError, TxResult, encode, or_abort};
+use crate::store::Change;
 
 /// The audit entries of one write (ARCHITECTURE.md, "Unit of work"). The write takes them under
 /// its write lock, before its transaction starts, holding the audit log; the transaction appends
@@ -47,30 +49,41 @@ impl Audited<'_> {
 }
 
 /// The change events of `recorded`, numbered with `sequences` (allocated beforehand, one per
-/// event at most; [`SledStore::events_of`]): (sequence, encoded).
+/// event at most; [`SledStore::events_of`]); the `ERASED` of a subject a fact retires also names
+/// the links its removed events named (`dropped`, `retire.rs`).
 pub(super) fn number_events(
     recorded: &[Recorded<'_>],
     at: i64,
     sequences: &[u64],
-) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let changes = recorded.iter().flat_map(Recorded::changes);
+    dropped: &Dropped,
+) -> Result<Vec<NumberedEvent>, StoreError> {
+    let mut sequences = sequences.iter();
     let mut out = Vec::new();
-    for ((subject, links, change), &sequence) in changes.zip(sequences) {
-        out.push((sequence, encode(&ChangeEvent { sequence, at, subject, links, change })?));
-    }
-    if out.len() < recorded.iter().map(|fact| fact.changes().len()).sum() {
-        return Err(StoreError::Backend("fewer event sequences than change events".into()));
+    for fact in recorded {
+        let retired = fact.retires();
+        let changes = match retired.and_then(|s| dropped.get(&s)) {
+            Some(links) => fact.changes_dropping(links),
+            None => fact.changes(),
+        };
+        for (subject, links, change) in changes {
+            let Some(&sequence) = sequences.next() else {
+                return Err(StoreError::Backend("fewer event sequences than change events".into()));
+            };
+            let retires = retired == Some(subject) && change == Change::Erased;
+            let bytes = encode(&ChangeEvent { sequence, at, subject, links, change })?;
+            out.push(NumberedEvent { sequence, subject, bytes, retires });
+        }
     }
     Ok(out)
 }
 
 impl SledStore {
-    /// The change events of `recorded` ([`Recorded::changes`]), numbered: (sequence, encoded).
+    /// The change events of `recorded` ([`Recorded::changes`]), numbered.
     /// Not inside a transaction: sled's ids take the lock a transaction holds.
-    pub(super) fn events_of(&self, recorded: &[Recorded<'_>], at: i64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    pub(super) fn events_of(&self, recorded: &[Recorded<'_>], at: i64) -> Result<Vec<NumberedEvent>, StoreError> {
         let count = recorded.iter().map(|fact| fact.changes().len()).sum();
         let sequences = (0..count).map(|_| self.next_id()).collect::<Result<Vec<_>, _>>()?;
-        number_events(recorded, at, &sequences)
+        number_events(recorded, at, &sequences, &self.dropped_links(recorded)?)
     }
 
     /// Starts the audit of a write at `at`; taken after the write lock (lock order: write lock,

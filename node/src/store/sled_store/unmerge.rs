@@ -64,8 +64,8 @@ fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Seale
 impl SledStore {
     /// Every tree a merge or an unmerge writes, in the order their transactions name them:
     /// meta, subjects, links, consent, current, interactions, rights, imports, events,
-    /// idempotency.
-    pub(super) fn subject_trees(&self) -> [&sled::Tree; 10] {
+    /// event_subjects, retiring, idempotency.
+    pub(super) fn subject_trees(&self) -> [&sled::Tree; 12] {
         [
             &self.meta,
             &self.subjects,
@@ -76,6 +76,8 @@ impl SledStore {
             &self.rights,
             &self.imports,
             &self.events,
+            &self.event_index,
+            &self.retiring,
             &self.idempotency,
         ]
     }
@@ -170,13 +172,25 @@ impl SledStore {
             consent_records: plan.restored.ledger.len(),
             interactions: plan.restored.interactions.len(),
             flagged: plan.flagged,
-            event: events_out.last().map_or(0, |(seq, _)| *seq),
+            event: events_out.last().map_or(0, |e| e.sequence),
         };
         let audited = self.audited(now)?;
         let trees = self.subject_trees();
         let result = trees.as_slice().transaction(|trees| {
-            let [meta, subjects, link_tree, consent, current, interactions, rights, imports, events, replays] =
-                trees.as_slice()
+            let [
+                meta,
+                subjects,
+                link_tree,
+                consent,
+                current,
+                interactions,
+                rights,
+                imports,
+                events,
+                event_index,
+                retiring,
+                replays,
+            ] = trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
             };
@@ -199,9 +213,8 @@ impl SledStore {
                     link_tree.insert(&link.as_bytes()[..], &id.as_bytes()[..])?;
                 }
             }
-            for (seq, event) in &events_out {
-                events.insert(&seq.to_be_bytes()[..], event.as_slice())?;
-            }
+            super::retire::put_events(events, event_index, &events_out)?;
+            super::retire::mark_retiring(retiring, &events_out)?;
             record_replay(replays, idempotency, Some((kept, &kept_key)), &(*kept, &unmerged))?;
             audited.append(&recorded)
         });
