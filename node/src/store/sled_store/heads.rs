@@ -194,7 +194,7 @@ impl SledStore {
             self.record_flushed(covered.0, covered.1);
             // A retired subject's earlier events go once its `ERASED` is durable (`retire.rs`).
             // The flush itself succeeded: a failure here leaves the marks for the next one.
-            if let Err(e) = self.retire_pending(covered.0) {
+            if let Err(e) = self.after_flush(covered.0) {
                 tracing::warn!(error = %e, "removing retired subjects' change events failed; retried at the next flush");
             }
             Ok(())

@@ -13,12 +13,13 @@
 //!
 //! The removal waits until the `ERASED` is durable: the write marks the subject in `retiring`
 //! (subject id → the `ERASED` sequence) in its transaction, and the flush that makes that event
-//! durable removes the earlier ones ([`SledStore::retire_pending`]). Removed at once, a watcher
+//! durable removes the earlier ones ([`SledStore::after_flush`]). Removed at once, a watcher
 //! could page past them, and a crash before the flush bring them back with the write undone, the
 //! watcher past one it never read (a withdrawal).
 //!
 //! `event_subjects` indexes events by subject (subject id ‖ sequence → empty), written with each
-//! event; its `COVERS` entry is the last sequence written by a binary that keeps it. At open, the
+//! event; its `COVERS` entry is a sequence up to which every event is indexed (noted at each
+//! flush). At open, the
 //! events after it (written by an older binary) are indexed and the `ERASED` events among them
 //! marked, and every marked subject's earlier events removed: a store from before this index is
 //! cleaned up at its first start.
@@ -63,8 +64,7 @@ fn sequence_of(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError::Corrupt("event index".into()))
 }
 
-/// Inside a write's transaction: its events and their index entries (in sequence order: the
-/// last is what the index covers).
+/// Inside a write's transaction: its events and their index entries.
 pub(super) fn put_events(
     events: &TransactionalTree,
     index: &TransactionalTree,
@@ -77,12 +77,11 @@ pub(super) fn put_events(
 pub(super) fn put_event(events: &TransactionalTree, index: &TransactionalTree, event: &NumberedEvent) -> TxResult<()> {
     events.insert(&event.sequence.to_be_bytes()[..], event.bytes.as_slice())?;
     index.insert(&index_key(&event.subject, event.sequence)[..], &[][..])?;
-    index.insert(COVERS, &event.sequence.to_be_bytes()[..])?;
     Ok(())
 }
 
 /// Inside the transaction of a write that retires a subject (the only writes whose events
-/// include such an `ERASED`): marks it, for [`SledStore::retire_pending`].
+/// include such an `ERASED`): marks it, for [`SledStore::after_flush`].
 pub(super) fn mark_retiring(retiring: &TransactionalTree, numbered: &[NumberedEvent]) -> TxResult<()> {
     for event in numbered.iter().filter(|e| e.retires) {
         retiring.insert(event.subject.as_bytes().as_slice(), &event.sequence.to_be_bytes()[..])?;
@@ -110,11 +109,20 @@ impl SledStore {
         Ok(out)
     }
 
+    /// After a flush that made every event up to `durable` durable: notes that the index covers
+    /// them (this binary indexes each event in its write's transaction; noted once per flush, not
+    /// per write, and a note lost in a crash only makes the next open index a few again), then
+    /// [`Self::retire_pending`].
+    pub(super) fn after_flush(&self, durable: u64) -> Result<(), StoreError> {
+        self.event_index.insert(COVERS, &durable.to_be_bytes()[..]).map_err(backend)?;
+        self.retire_pending(durable)
+    }
+
     /// Removes the earlier events of every subject marked retiring whose `ERASED` is at or below
-    /// `durable` (the last event a flush made durable), one transaction per subject. Takes the
-    /// write lock: no event of the subject is written meanwhile (it is gone). Lost in a crash
-    /// before the next flush, the marks are still there at the next open.
-    pub(super) fn retire_pending(&self, durable: u64) -> Result<(), StoreError> {
+    /// `durable`, one transaction per subject, under the write lock (no event of a gone subject
+    /// is written meanwhile). Marks lost in a crash before the next flush are there at the next
+    /// open.
+    fn retire_pending(&self, durable: u64) -> Result<(), StoreError> {
         if self.retiring.is_empty() {
             return Ok(());
         }
@@ -172,7 +180,7 @@ impl SledStore {
         }
         if let Some(last) = last {
             self.event_index.insert(COVERS, &last.to_be_bytes()[..]).map_err(backend)?;
-            tracing::info!(after = covers.unwrap_or(0), "indexed change events an older version wrote by subject");
+            tracing::info!(after = covers.unwrap_or(0), "indexed change events by subject");
         }
         self.retire_pending(u64::MAX)?;
         self.db.flush().map_err(backend)?;
