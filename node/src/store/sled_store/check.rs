@@ -13,6 +13,8 @@
 //!   (AES-GCM authenticates it with its tree and key) under its subject's key and decodes; the
 //!   import index holds exactly the source events of each subject's ledger (`imports.rs`: an
 //!   entry missing would let a re-import write an event again);
+//!   the events index holds every event it covers, and no retired subject's earlier event
+//!   remains (`retire.rs`);
 //! - `restore.pending`: a restore into the directory that did not finish (its erasure journal
 //!   not replayed) is damage too.
 
@@ -143,6 +145,7 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
         Ok(None) => {}
         Err(e) => report.problems.push(format!("{}: {e}", path.display())),
     }
+    super::retire::check(&db, &path.display().to_string(), &mut report.problems, &mut report.notes);
     let tree = |name: &str| db.open_tree(name);
     let (meta, links) = match (tree("meta"), tree("links")) {
         (Ok(meta), Ok(links)) => (meta, links),

@@ -187,3 +187,63 @@ impl SledStore {
         Ok(self)
     }
 }
+
+/// `domicile node check` (`check.rs`): every event up to what the index covers has its index
+/// entry (one without would stay after its subject's erasure), and no retired subject's earlier
+/// event remains unless its removal is still pending. Problems name subject ids only.
+pub(super) fn check(db: &sled::Db, db_name: &str, problems: &mut Vec<String>, notes: &mut Vec<String>) {
+    let trees = (db.open_tree("events"), db.open_tree("event_subjects"), db.open_tree("retiring"));
+    let (Ok(events), Ok(index), Ok(retiring)) = trees else {
+        problems.push(format!("{db_name}: cannot open the events, event_subjects or retiring tree"));
+        return;
+    };
+    let Some(covers) = index.get(COVERS).ok().flatten().and_then(|v| sequence_of(&v, 0).ok()) else {
+        if !events.is_empty() {
+            notes.push(format!("{db_name} tree event_subjects: not checked; the node builds it at its next start"));
+        }
+        return;
+    };
+    let mut erased: HashMap<SubjectId, u64> = HashMap::new();
+    let mut named: Vec<(SubjectId, u64)> = Vec::new();
+    let (mut undecodable, mut unindexed) = (0usize, HashMap::<SubjectId, usize>::new());
+    for (key, value) in events.range(..=covers.to_be_bytes()).flatten() {
+        let Ok(event) = decode::<ChangeEvent>(&value) else {
+            undecodable += 1;
+            continue;
+        };
+        if key.as_ref() != event.sequence.to_be_bytes() {
+            undecodable += 1;
+            continue;
+        }
+        if !matches!(index.contains_key(index_key(&event.subject, event.sequence)), Ok(true)) {
+            *unindexed.entry(event.subject).or_default() += 1;
+        }
+        if event.change == Change::Erased {
+            erased.insert(event.subject, event.sequence);
+        } else {
+            named.push((event.subject, event.sequence));
+        }
+    }
+    if undecodable > 0 {
+        problems.push(format!("{db_name} tree events: {undecodable} event(s) that do not decode under their sequence"));
+    }
+    let mut unindexed: Vec<_> = unindexed.into_iter().collect();
+    unindexed.sort();
+    for (subject, count) in unindexed {
+        problems.push(format!(
+            "{db_name} tree event_subjects: {count} event(s) of subject {subject} not indexed (its erasure would leave them)"
+        ));
+    }
+    let mut remaining: HashMap<SubjectId, usize> = HashMap::new();
+    for (subject, sequence) in named {
+        let pending = matches!(retiring.contains_key(subject.as_bytes()), Ok(true));
+        if erased.get(&subject).is_some_and(|at| sequence < *at) && !pending {
+            *remaining.entry(subject).or_default() += 1;
+        }
+    }
+    let mut remaining: Vec<_> = remaining.into_iter().collect();
+    remaining.sort();
+    for (subject, count) in remaining {
+        problems.push(format!("{db_name} tree events: {count} event(s) of retired subject {subject} remain"));
+    }
+}

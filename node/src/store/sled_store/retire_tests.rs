@@ -109,3 +109,50 @@ async fn a_store_from_before_the_index_is_cleaned_up_at_its_first_open() {
     let store = SledStore::open(dir.path(), &home()).unwrap();
     assert_eq!(named(&store).await, events, "reopened: nothing else goes");
 }
+
+/// `domicile node check` finds an event the index misses (its subject's erasure would leave it)
+/// and a retired subject's event that remains; a pending removal is not damage.
+#[tokio::test]
+async fn node_check_finds_an_unindexed_event_and_a_retired_subjects_event_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let problems = || super::super::check::check(dir.path(), &home()).problems;
+    let (gone, stays, earlier) = {
+        let store = SledStore::open(dir.path(), &home()).unwrap();
+        let gone = subject(&store, "gone.check@example.de").await;
+        let stays = subject(&store, "stays.checked@example.de").await;
+        store.append_consent(&gone, consent(ConsentState::Granted, 100), None).await.unwrap();
+        let earlier: Vec<(sled::IVec, sled::IVec)> = store.events.iter().collect::<Result<_, _>>().unwrap();
+        store.erase(&gone, 200, &rights("erasure"), None).await.unwrap();
+        store.flush().await.unwrap();
+        (gone, stays, earlier)
+    };
+    assert_eq!(problems(), Vec::<String>::new());
+
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let events = db.open_tree("events").unwrap();
+        for (key, value) in &earlier {
+            events.insert(key, value).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let found = problems();
+    assert!(found.iter().any(|p| p.contains(&format!("retired subject {gone} remain"))), "{found:?}");
+
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let events = db.open_tree("events").unwrap();
+        for (key, value) in &earlier {
+            if decode::<ChangeEvent>(value).unwrap().subject == gone {
+                events.remove(key).unwrap();
+            }
+        }
+        let index = db.open_tree("event_subjects").unwrap();
+        let entry = index.scan_prefix(stays.as_bytes()).keys().next().unwrap().unwrap();
+        index.remove(entry).unwrap();
+        db.flush().unwrap();
+    }
+    let found = problems();
+    assert!(found.iter().any(|p| p.contains(&format!("subject {stays} not indexed"))), "{found:?}");
+    assert!(!found.iter().any(|p| p.contains("remain")), "{found:?}");
+}
