@@ -101,6 +101,7 @@ pub fn channels(field: &str, texts: &[String]) -> Result<Vec<Channel>, FieldViol
     if texts.is_empty() {
         return Err(FieldViolation::required(field));
     }
+    crate::limits::CHANNELS.check(field, texts.len())?;
     let mut out = Vec::with_capacity(texts.len());
     for (i, text) in texts.iter().enumerate() {
         let c = channel(&format!("{field}[{i}]"), text)?;
@@ -419,9 +420,7 @@ pub fn record_shape(channels: &[String], evidence: Option<&common::Evidence>) ->
 /// `evidence.hours`: ids of calling windows (`a-z`, `0-9`, `_`, `-`; at most 8, each at most 64
 /// characters, no repeats). Whether the subject's pack defines them is the node's check.
 pub fn consent_hours(field: &str, hours: &[String]) -> Result<Vec<String>, FieldViolation> {
-    if hours.len() > 8 {
-        return Err(FieldViolation::new(field, "names at most 8 windows"));
-    }
+    crate::limits::HOURS.check(field, hours.len())?;
     for (i, id) in hours.iter().enumerate() {
         let valid = (1..=64).contains(&id.len())
             && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');

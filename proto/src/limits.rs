@@ -45,3 +45,9 @@ pub const PROFILE_FIELDS: MaxItems = MaxItems::new(64, "profile fields per reque
 pub const LINKS: MaxItems = MaxItems::new(10_000, "links per call");
 /// Node `AckChallengeOutbox`: `request_ids`; also the most `ReadChallengeOutbox` returns.
 pub const CHALLENGE_OUTBOX_PAGE: MaxItems = MaxItems::new(1_000, "");
+/// Channels of one consent record (`RecordConsent`, an import's item): the closed vocabulary,
+/// each at most once, fits many times over; counted before decoding, it bounds what a request
+/// of empty strings makes the decoder build.
+pub const CHANNELS: MaxItems = MaxItems::new(16, "channels per consent");
+/// `evidence.hours`: calling windows a consent covers.
+pub const HOURS: MaxItems = MaxItems::new(8, "windows");

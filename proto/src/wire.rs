@@ -147,16 +147,25 @@ impl<D: prost::Message + Default + 'static> Decoder for RequestDecoder<D> {
 /// A list of a request (a repeated field, or several fields counted together) and its limit.
 #[derive(Debug, Clone, Copy)]
 struct BoundedList {
+    /// The fields of the message messages it is in, from the request down (none: the request's
+    /// own); counted per message it is in.
+    within: &'static [u32],
     /// Its field numbers, each length-delimited on the wire (a message, string, bytes or map
     /// entry): any other wire type there is malformed, as prost finds too.
     tags: &'static [u32],
-    /// The field the refusal names (the handler's name for it).
+    /// The field the refusal names (the handler's name for it); in a nested list, each `[]`
+    /// is the index of the repeated message it is in.
     field: &'static str,
     limit: MaxItems,
 }
 
 const fn list(tags: &'static [u32], field: &'static str, limit: MaxItems) -> BoundedList {
-    BoundedList { tags, field, limit }
+    BoundedList { within: &[], tags, field, limit }
+}
+
+/// A list inside messages of the request (`within`: their fields, from the request down).
+const fn nested(within: &'static [u32], tags: &'static [u32], field: &'static str, limit: MaxItems) -> BoundedList {
+    BoundedList { within, tags, field, limit }
 }
 
 /// The most lists one request type has here.
@@ -189,6 +198,16 @@ macro_rules! bounded_requests {
 bounded_requests! {
     gateway::ImportConsentRequest = "domicile.gateway.v1.ImportConsentRequest" => [
         list(&[1], "items", limits::IMPORT_ITEMS),
+        nested(&[1], &[4], "items[].channels", limits::CHANNELS),
+        nested(&[1, 6], &[7], "items[].evidence.hours", limits::HOURS),
+    ],
+    gateway::RecordConsentRequest = "domicile.gateway.v1.RecordConsentRequest" => [
+        list(&[3], "channels", limits::CHANNELS),
+        nested(&[5], &[7], "evidence.hours", limits::HOURS),
+    ],
+    node::RecordConsentRequest = "domicile.node.v1.RecordConsentRequest" => [
+        list(&[3], "channels", limits::CHANNELS),
+        nested(&[5], &[7], "evidence.hours", limits::HOURS),
     ],
     gateway::RegisterRequest = "domicile.gateway.v1.RegisterRequest" => [
         list(&[2], "identifiers", limits::IDENTIFIERS),
@@ -200,6 +219,8 @@ bounded_requests! {
     ],
     node::ImportConsentRequest = "domicile.node.v1.ImportConsentRequest" => [
         list(&[1], "items", limits::IMPORT_ITEMS),
+        nested(&[1], &[4], "items[].channels", limits::CHANNELS),
+        nested(&[1, 6], &[7], "items[].evidence.hours", limits::HOURS),
     ],
     node::DecideBatchRequest = "domicile.node.v1.DecideBatchRequest" => [
         list(&[1], "items", limits::DECIDE_BATCH_ITEMS),
@@ -246,32 +267,84 @@ pub fn decode_request<D: prost::Message + Default + 'static>(mut buf: impl Buf) 
     D::decode(buf).map_err(|e| decode_error_status(&e))
 }
 
-/// Counts the entries of `lists` among the top-level fields of the encoded message `bytes`,
-/// following keys, varints and lengths exactly as prost does (its own readers) but building
-/// nothing and reading nothing inside a field. The first list found longer than its limit is
-/// refused with its handler's own status (`INVALID_ARGUMENT "invalid `items`: at most …"`); bytes
-/// that cannot be followed are refused as not valid protobuf (prost would fail there too).
-fn check_lists(mut bytes: &[u8], lists: &[BoundedList]) -> Result<(), Status> {
+/// Counts the entries of `lists` in the encoded message `bytes`, following keys, varints and
+/// lengths exactly as prost does (its own readers) but building nothing and reading inside a
+/// field only where a nested list is. The first list found longer than its limit is refused
+/// with its handler's own status (`INVALID_ARGUMENT "invalid `items`: at most …"`); bytes that
+/// cannot be followed are refused as not valid protobuf (prost would fail there too).
+fn check_lists(bytes: &[u8], lists: &[BoundedList]) -> Result<(), Status> {
+    check_level(bytes, lists, &[], &[])
+}
+
+/// The deepest a nested list is here.
+const MAX_DEPTH: usize = 3;
+
+/// One message at `path` (the fields leading to it from the request; `indexes`, the index of
+/// each among its repeated siblings).
+fn check_level(mut bytes: &[u8], lists: &[BoundedList], path: &[u32], indexes: &[usize]) -> Result<(), Status> {
     let mut counts = [0usize; MAX_LISTS];
+    // Instances seen of each field leading to a nested list (their indexes in its name).
+    let mut seen: [(u32, usize); MAX_LISTS] = [(0, 0); MAX_LISTS];
     while !bytes.is_empty() {
         let (tag, wire_type) = decode_key(&mut bytes).map_err(|e| decode_error_status(&e))?;
-        let counted = lists.iter().zip(counts.iter_mut()).find(|(list, _)| list.tags.contains(&tag));
-        let Some((list, count)) = counted else {
+        let counted =
+            lists.iter().zip(counts.iter_mut()).find(|(list, _)| list.within == path && list.tags.contains(&tag));
+        let parent = lists
+            .iter()
+            .find(|l| l.within.len() > path.len() && l.within.starts_with(path) && l.within[path.len()] == tag);
+        let named = counted.as_ref().map(|(l, _)| l.field).or(parent.map(|l| l.field));
+        let Some(field) = named else {
             skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|e| decode_error_status(&e))?;
             continue;
         };
-        let malformed =
-            || Status::invalid_argument(format!("malformed request: not a valid protobuf message at `{}`", list.field));
+        let malformed = || {
+            Status::invalid_argument(format!(
+                "malformed request: not a valid protobuf message at `{}`",
+                field_name(field, indexes)
+            ))
+        };
         if wire_type != WireType::LengthDelimited {
             return Err(malformed());
         }
-        *count += 1;
-        if *count > list.limit.max {
-            return Err(list.limit.violation(list.field).into());
+        if let Some((list, count)) = counted {
+            *count += 1;
+            if *count > list.limit.max {
+                return Err(list.limit.violation(&field_name(list.field, indexes)).into());
+            }
         }
-        skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|_| malformed())?;
+        if parent.is_some() && path.len() < MAX_DEPTH {
+            let len = prost::encoding::decode_varint(&mut bytes).map_err(|_| malformed())?;
+            let len = usize::try_from(len).map_err(|_| malformed())?;
+            let (inner, rest) = bytes.split_at_checked(len).ok_or_else(malformed)?;
+            let slot = seen.iter_mut().find(|(t, _)| *t == tag || *t == 0).ok_or_else(malformed)?;
+            *slot = (tag, slot.1 + usize::from(slot.0 == tag));
+            let index = slot.1;
+            let (mut deeper, mut at) = ([0u32; MAX_DEPTH], [0usize; MAX_DEPTH]);
+            deeper[..path.len()].copy_from_slice(path);
+            deeper[path.len()] = tag;
+            at[..indexes.len()].copy_from_slice(indexes);
+            at[indexes.len()] = index;
+            check_level(inner, lists, &deeper[..=path.len()], &at[..=indexes.len()])?;
+            bytes = rest;
+        } else {
+            skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|_| malformed())?;
+        }
     }
     Ok(())
+}
+
+/// `field` with each `[]` the index of the message it is in (`items[3].channels`).
+fn field_name(field: &str, indexes: &[usize]) -> String {
+    let mut out = String::with_capacity(field.len() + 8);
+    let mut indexes = indexes.iter();
+    let mut parts = field.split("[]").peekable();
+    while let Some(part) = parts.next() {
+        out.push_str(part);
+        if parts.peek().is_some() {
+            out.push_str(&format!("[{}]", indexes.next().copied().unwrap_or(0)));
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -768,15 +841,70 @@ mod tests {
         prost::encoding::encode_key(1001, WireType::StartGroup, &mut bytes);
         bytes.extend(empty_entries(1, max + 1));
         prost::encoding::encode_key(1001, WireType::EndGroup, &mut bytes);
-        let item = gateway::ImportConsentItem { channels: vec![String::new(); max + 1], ..Default::default() };
+        let channels = limits::CHANNELS.max;
+        let item = gateway::ImportConsentItem { channels: vec![String::new(); channels], ..Default::default() };
         prost::encoding::message::encode(1, &item, &mut bytes);
         let read = decode_request::<gateway::ImportConsentRequest>(&bytes[..]).unwrap();
         assert_eq!(read.items.len(), 1);
-        assert_eq!(read.items[0].channels.len(), max + 1);
+        assert_eq!(read.items[0].channels.len(), channels);
+    }
+
+    #[test]
+    fn lists_inside_messages_are_counted_per_message_and_named_by_its_index() {
+        let item = |channels: usize, hours: usize| gateway::ImportConsentItem {
+            channels: vec![String::new(); channels],
+            evidence: Some(crate::pb::common::v1::Evidence { hours: vec![String::new(); hours], ..Default::default() }),
+            ..Default::default()
+        };
+        let (channels, hours) = (limits::CHANNELS.max, limits::HOURS.max);
+        // Each item at the limit: read, however many items.
+        let request = gateway::ImportConsentRequest { items: vec![item(channels, hours); 3], ..Default::default() };
+        let read = decode_request::<gateway::ImportConsentRequest>(&request.encode_to_vec()[..]).unwrap();
+        assert_eq!(read.items.len(), 3);
+        // One over, in the third item: refused naming it, at the gateway and the node alike.
+        let mut over = request.clone();
+        over.items[2] = item(channels + 1, 0);
+        let expected = "invalid `items[2].channels`: at most 16 channels per consent";
+        assert_eq!(refused::<gateway::ImportConsentRequest>(&over.encode_to_vec()).message(), expected);
+        assert_eq!(refused::<node::ImportConsentRequest>(&over.encode_to_vec()).message(), expected);
+        over.items[2] = item(1, hours + 1);
+        let expected = "invalid `items[2].evidence.hours`: at most 8 windows";
+        assert_eq!(refused::<gateway::ImportConsentRequest>(&over.encode_to_vec()).message(), expected);
+        // A consent record's own, with the handler's status.
+        let record =
+            gateway::RecordConsentRequest { channels: vec![String::new(); channels + 1], ..Default::default() };
+        let status = refused::<gateway::RecordConsentRequest>(&record.encode_to_vec());
+        let handler = Status::from(crate::convert::channels("channels", &record.channels).unwrap_err());
+        assert_eq!((status.code(), status.message()), (handler.code(), handler.message()));
+        assert_eq!(refused::<node::RecordConsentRequest>(&record.encode_to_vec()).message(), handler.message());
+        let record = gateway::RecordConsentRequest {
+            evidence: Some(crate::pb::common::v1::Evidence {
+                hours: vec![String::new(); hours + 1],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = refused::<gateway::RecordConsentRequest>(&record.encode_to_vec());
+        let handler =
+            Status::from(crate::convert::consent_hours("evidence.hours", &vec![String::new(); 9]).unwrap_err());
+        assert_eq!(status.message(), handler.message());
+        // A nested message that is not length-delimited, or longer than its parent: malformed.
+        assert_eq!(
+            check_lists(&[0x0a, 0x02, 0x20, 0x01], bounded_lists::<gateway::ImportConsentRequest>())
+                .unwrap_err()
+                .message(),
+            "malformed request: not a valid protobuf message at `items[0].channels`"
+        );
+        assert!(check_lists(&[0x0a, 0x03, 0x22, 0x00], bounded_lists::<gateway::ImportConsentRequest>()).is_err());
     }
 
     /// The bounded lists of the gateway's `ImportConsentRequest`, with a limit of 3.
     const THREE_ITEMS: &[BoundedList] = &[list(&[1], "items", MaxItems::new(3, "items"))];
+    /// The same, and at most 2 channels per item.
+    const TWO_CHANNELS: &[BoundedList] = &[
+        list(&[1], "items", MaxItems::new(3, "items")),
+        nested(&[1], &[4], "items[].channels", MaxItems::new(2, "channels")),
+    ];
 
     #[test]
     fn bytes_the_count_cannot_follow_are_refused_as_prost_refuses_them() {
@@ -859,6 +987,21 @@ mod tests {
                 Ok(_) => proptest::prop_assert!(counted.is_ok(), "{:?}", counted),
                 Err(_) => {}
             }
+            // With the items' channels counted too: the first list too long in the bytes' order
+            // (an item is counted before its channels).
+            if let Ok(read) = gateway::ImportConsentRequest::decode(&bytes[..]) {
+                let expected = read.items.iter().enumerate().find_map(|(k, item)| {
+                    if k >= 3 {
+                        Some("invalid `items`: at most 3 items".to_owned())
+                    } else if item.channels.len() > 2 {
+                        Some(format!("invalid `items[{k}].channels`: at most 2 channels"))
+                    } else {
+                        None
+                    }
+                });
+                let nested = check_lists(&bytes, TWO_CHANNELS);
+                proptest::prop_assert_eq!(nested.err().map(|s| s.message().to_owned()), expected);
+            }
         }
     }
 
@@ -872,9 +1015,16 @@ mod tests {
             .flat_map(|file| file.message_type.iter().map(move |m| (format!("{}.{}", file.package(), m.name()), m)))
             .collect();
         for (name, lists) in BOUNDED_REQUESTS {
-            let message = messages[*name];
             assert!(lists.len() <= MAX_LISTS, "{name}");
             for list in *lists {
+                // The message the list is in: down `within` from the request.
+                let mut message = messages[*name];
+                assert!(list.within.len() < MAX_DEPTH, "{name}");
+                for tag in list.within {
+                    let field = message.field.iter().find(|f| f.number() == *tag as i32).unwrap();
+                    assert_eq!(field.r#type(), Type::Message, "{name}: within a message");
+                    message = messages[field.type_name().trim_start_matches('.')];
+                }
                 assert!(!list.tags.is_empty(), "{name}");
                 for tag in list.tags {
                     let field = message.field.iter().find(|f| f.number() == *tag as i32);
@@ -888,15 +1038,12 @@ mod tests {
                     );
                 }
                 let first = message.field.iter().find(|f| f.number() == list.tags[0] as i32).unwrap();
-                assert_eq!(first.name(), list.field, "{name}: the refusal names the field");
+                let last = list.field.rsplit('.').next().unwrap();
+                assert_eq!(first.name(), last, "{name}: the refusal names the field");
             }
         }
         // Every request of either service with a list: bounded above, or open here on purpose.
-        let open = [
-            // Channels of the closed vocabulary, each at most once (checked after decoding).
-            "domicile.gateway.v1.RecordConsentRequest.channels",
-            "domicile.node.v1.RecordConsentRequest.channels",
-        ];
+        let open: [&str; 0] = [];
         for file in &set.file {
             for service in &file.service {
                 for method in &service.method {
@@ -907,7 +1054,7 @@ mod tests {
                             continue;
                         }
                         let tag = field.number() as u32;
-                        let listed = bounded.iter().any(|l| l.tags.contains(&tag));
+                        let listed = bounded.iter().any(|l| l.within.is_empty() && l.tags.contains(&tag));
                         let path = format!("{name}.{}", field.name());
                         assert!(listed || open.contains(&path.as_str()), "{path}: a list without a bound here");
                     }

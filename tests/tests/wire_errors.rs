@@ -581,6 +581,16 @@ fn empty_items(bytes: usize) -> Vec<u8> {
     [0x0a, 0x00].repeat(bytes / 2)
 }
 
+/// About `bytes` bytes holding one item whose channels (field 4) are empty strings (`22 00`
+/// repeated): a list inside an item, two bytes an entry.
+fn one_item_of_empty_channels(bytes: usize) -> Vec<u8> {
+    let payload = [0x22, 0x00].repeat((bytes - 8) / 2);
+    let mut out = vec![0x0a];
+    encode_varint(payload.len() as u64, &mut out);
+    out.extend(payload);
+    out
+}
+
 /// Sends `message` to `path` `AT_ONCE` times at once, each on a connection of its own, and
 /// asserts that every one is refused with `code` and exactly `expected`.
 async fn refused_at_once(channels: &[Channel], path: &'static str, message: &[u8], code: Code, expected: &str) {
@@ -640,6 +650,14 @@ async fn too_many_items_are_refused_before_they_are_built_at_the_gateway_and_the
     // One item over the limit is refused alike (the limit itself is served, below).
     let over = empty_items(2 * (import_limit + 1));
     refused_at_once(&gateways[..1], GW_IMPORT, &over, Code::InvalidArgument, &too_many_imports).await;
+    // A list inside an item: one item whose channels fill the request (2,097,148 empty strings
+    // at the node, some 50 MB built each before they were counted there too).
+    let channels_limit = domicile_proto::limits::CHANNELS.max;
+    let too_many_channels = format!("invalid `items[0].channels`: at most {channels_limit} channels per consent");
+    let gateway_channels = one_item_of_empty_channels(IMPORT_LIMIT);
+    let node_channels = one_item_of_empty_channels(NODE_LIMIT);
+    refused_at_once(&gateways, GW_IMPORT, &gateway_channels, Code::InvalidArgument, &too_many_channels).await;
+    refused_at_once(&nodes, NODE_IMPORT, &node_channels, Code::InvalidArgument, &too_many_channels).await;
 
     let (gateway_after, node_after) = (peak_kib(gateway_pid), peak_kib(node_pid));
     eprintln!(
