@@ -273,62 +273,84 @@ pub fn decode_request<D: prost::Message + Default + 'static>(mut buf: impl Buf) 
 /// with its handler's own status (`INVALID_ARGUMENT "invalid `items`: at most …"`); bytes that
 /// cannot be followed are refused as not valid protobuf (prost would fail there too).
 fn check_lists(bytes: &[u8], lists: &[BoundedList]) -> Result<(), Status> {
-    check_level(bytes, lists, &[], &[])
+    check_level(bytes, lists, &[], &[], &mut [0; MAX_LISTS])
 }
 
 /// The deepest a nested list is here.
 const MAX_DEPTH: usize = 3;
 
+/// The name of the message field at `depth` on the way to `list` (`items[]`, `evidence`): its
+/// segment of the list's name.
+fn parent_name(list: &BoundedList, depth: usize) -> String {
+    list.field.split('.').take(depth + 1).collect::<Vec<_>>().join(".")
+}
+
 /// One message at `path` (the fields leading to it from the request; `indexes`, the index of
-/// each among its repeated siblings).
-fn check_level(mut bytes: &[u8], lists: &[BoundedList], path: &[u32], indexes: &[usize]) -> Result<(), Status> {
-    let mut counts = [0usize; MAX_LISTS];
-    // Instances seen of each field leading to a nested list (their indexes in its name).
+/// each among its repeated siblings). `counts` (per list, by its place in `lists`) are those of
+/// the nearest repeated message it is in: prost merges every occurrence of a message field that
+/// is not repeated (`evidence` sent twice is one evidence with both lists), so its lists are
+/// counted across occurrences; each entry of a repeated one (`items[]`) counts afresh.
+fn check_level(
+    mut bytes: &[u8],
+    lists: &[BoundedList],
+    path: &[u32],
+    indexes: &[usize],
+    counts: &mut [usize; MAX_LISTS],
+) -> Result<(), Status> {
+    // Instances seen of each repeated field leading to a nested list (their indexes in its name).
     let mut seen: [(u32, usize); MAX_LISTS] = [(0, 0); MAX_LISTS];
     while !bytes.is_empty() {
         let (tag, wire_type) = decode_key(&mut bytes).map_err(|e| decode_error_status(&e))?;
-        let counted =
-            lists.iter().zip(counts.iter_mut()).find(|(list, _)| list.within == path && list.tags.contains(&tag));
+        let counted = lists.iter().position(|list| list.within == path && list.tags.contains(&tag));
         let parent = lists
             .iter()
             .find(|l| l.within.len() > path.len() && l.within.starts_with(path) && l.within[path.len()] == tag);
-        let named = counted.as_ref().map(|(l, _)| l.field).or(parent.map(|l| l.field));
-        let Some(field) = named else {
-            skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|e| decode_error_status(&e))?;
-            continue;
+        let named = match (counted.and_then(|at| lists.get(at)), parent) {
+            (Some(list), _) => list.field.to_owned(),
+            (None, Some(parent)) => parent_name(parent, path.len()),
+            (None, None) => {
+                skip_field(wire_type, tag, &mut bytes, DecodeContext::default())
+                    .map_err(|e| decode_error_status(&e))?;
+                continue;
+            }
         };
         let malformed = || {
             Status::invalid_argument(format!(
                 "malformed request: not a valid protobuf message at `{}`",
-                field_name(field, indexes)
+                field_name(&named, indexes)
             ))
         };
         if wire_type != WireType::LengthDelimited {
             return Err(malformed());
         }
-        if let Some((list, count)) = counted {
+        if let Some(at) = counted
+            && let (Some(list), Some(count)) = (lists.get(at), counts.get_mut(at))
+        {
             *count += 1;
             if *count > list.limit.max {
                 return Err(list.limit.violation(&field_name(list.field, indexes)).into());
             }
         }
-        if parent.is_some() && path.len() < MAX_DEPTH {
-            let len = prost::encoding::decode_varint(&mut bytes).map_err(|_| malformed())?;
-            let len = usize::try_from(len).map_err(|_| malformed())?;
-            let (inner, rest) = bytes.split_at_checked(len).ok_or_else(malformed)?;
+        let Some(parent) = parent.filter(|_| path.len() < MAX_DEPTH) else {
+            skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|_| malformed())?;
+            continue;
+        };
+        let len = prost::encoding::decode_varint(&mut bytes).map_err(|_| malformed())?;
+        let len = usize::try_from(len).map_err(|_| malformed())?;
+        let (inner, rest) = bytes.split_at_checked(len).ok_or_else(malformed)?;
+        let (mut deeper, mut at) = ([0u32; MAX_DEPTH], [0usize; MAX_DEPTH]);
+        deeper[..path.len()].copy_from_slice(path);
+        deeper[path.len()] = tag;
+        at[..indexes.len()].copy_from_slice(indexes);
+        if parent_name(parent, path.len()).ends_with("[]") {
             let slot = seen.iter_mut().find(|(t, _)| *t == tag || *t == 0).ok_or_else(malformed)?;
             *slot = (tag, slot.1 + usize::from(slot.0 == tag));
-            let index = slot.1;
-            let (mut deeper, mut at) = ([0u32; MAX_DEPTH], [0usize; MAX_DEPTH]);
-            deeper[..path.len()].copy_from_slice(path);
-            deeper[path.len()] = tag;
-            at[..indexes.len()].copy_from_slice(indexes);
-            at[indexes.len()] = index;
-            check_level(inner, lists, &deeper[..=path.len()], &at[..=indexes.len()])?;
-            bytes = rest;
+            at[indexes.len()] = slot.1;
+            check_level(inner, lists, &deeper[..=path.len()], &at[..=indexes.len()], &mut [0; MAX_LISTS])?;
         } else {
-            skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).map_err(|_| malformed())?;
+            check_level(inner, lists, &deeper[..=path.len()], &at[..=indexes.len()], counts)?;
         }
+        bytes = rest;
     }
     Ok(())
 }
@@ -888,22 +910,46 @@ mod tests {
         let handler =
             Status::from(crate::convert::consent_hours("evidence.hours", &vec![String::new(); 9]).unwrap_err());
         assert_eq!(status.message(), handler.message());
-        // A nested message that is not length-delimited, or longer than its parent: malformed.
+        // A message field that is not repeated, sent twice, is one message with both lists
+        // (prost merges them): counted together.
+        let mut twice = Vec::new();
+        let evidence = crate::pb::common::v1::Evidence { hours: vec![String::new(); hours], ..Default::default() };
+        prost::encoding::message::encode(5, &evidence, &mut twice);
+        prost::encoding::message::encode(5, &evidence, &mut twice);
+        assert_eq!(gateway::RecordConsentRequest::decode(&twice[..]).unwrap().evidence.unwrap().hours.len(), 2 * hours);
         assert_eq!(
-            check_lists(&[0x0a, 0x02, 0x20, 0x01], bounded_lists::<gateway::ImportConsentRequest>())
-                .unwrap_err()
-                .message(),
+            refused::<node::RecordConsentRequest>(&twice).message(),
+            "invalid `evidence.hours`: at most 8 windows"
+        );
+        let mut item = Vec::new();
+        prost::encoding::message::encode(6, &evidence, &mut item);
+        prost::encoding::message::encode(6, &evidence, &mut item);
+        let mut request = Vec::new();
+        prost::encoding::bytes::encode(1, &item, &mut request);
+        let expected = "invalid `items[0].evidence.hours`: at most 8 windows";
+        assert_eq!(refused::<gateway::ImportConsentRequest>(&request).message(), expected);
+        // A nested list or a message on the way to one that is not length-delimited, or longer
+        // than the message it is in: malformed, named.
+        let lists = bounded_lists::<gateway::ImportConsentRequest>();
+        let at = |bytes: &[u8]| check_lists(bytes, lists).unwrap_err().message().to_owned();
+        assert_eq!(
+            at(&[0x0a, 0x02, 0x20, 0x01]),
             "malformed request: not a valid protobuf message at `items[0].channels`"
+        );
+        assert_eq!(
+            at(&[0x0a, 0x02, 0x30, 0x01]),
+            "malformed request: not a valid protobuf message at `items[0].evidence`"
         );
         assert!(check_lists(&[0x0a, 0x03, 0x22, 0x00], bounded_lists::<gateway::ImportConsentRequest>()).is_err());
     }
 
     /// The bounded lists of the gateway's `ImportConsentRequest`, with a limit of 3.
     const THREE_ITEMS: &[BoundedList] = &[list(&[1], "items", MaxItems::new(3, "items"))];
-    /// The same, and at most 2 channels per item.
+    /// The same, and at most 2 channels and 2 hours per item.
     const TWO_CHANNELS: &[BoundedList] = &[
         list(&[1], "items", MaxItems::new(3, "items")),
         nested(&[1], &[4], "items[].channels", MaxItems::new(2, "channels")),
+        nested(&[1, 6], &[7], "items[].evidence.hours", MaxItems::new(2, "hours")),
     ];
 
     #[test]
@@ -943,16 +989,24 @@ mod tests {
         use proptest::prelude::*;
         prop_oneof![
             // An item, empty or with fields of its own: most fields, so lists are often too long.
-            6 => (0u64..3, proptest::collection::vec(0u8..2, 0..3)).prop_map(|(id, channels)| {
-                let item = gateway::ImportConsentItem {
-                    id,
-                    channels: channels.iter().map(|c| c.to_string()).collect(),
-                    ..Default::default()
-                };
-                let mut out = Vec::new();
-                prost::encoding::message::encode(1, &item, &mut out);
-                out
-            }),
+            // Its evidence sent up to twice (prost merges them), with hours.
+            6 => (0u64..3, proptest::collection::vec(0u8..2, 0..3), proptest::collection::vec(0usize..3, 0..3))
+                .prop_map(|(id, channels, evidences)| {
+                    let item = gateway::ImportConsentItem {
+                        id,
+                        channels: channels.iter().map(|c| c.to_string()).collect(),
+                        ..Default::default()
+                    };
+                    let mut inner = item.encode_to_vec();
+                    for hours in evidences {
+                        let evidence =
+                            crate::pb::common::v1::Evidence { hours: vec![String::new(); hours], ..Default::default() };
+                        prost::encoding::message::encode(6, &evidence, &mut inner);
+                    }
+                    let mut out = Vec::new();
+                    prost::encoding::bytes::encode(1, &inner, &mut out);
+                    out
+                }),
             1 => Just(vec![0x10, 0x01]),
             1 => Just(vec![0x1a, 0x02, b'v', b'1']),
             1 => Just(vec![0x82, 0x3e, 0x02, 0x0a, 0x00]),
@@ -990,11 +1044,15 @@ mod tests {
             // With the items' channels counted too: the first list too long in the bytes' order
             // (an item is counted before its channels).
             if let Ok(read) = gateway::ImportConsentRequest::decode(&bytes[..]) {
+                // Within an item, channels come first in these bytes, then its evidences.
                 let expected = read.items.iter().enumerate().find_map(|(k, item)| {
+                    let hours = item.evidence.as_ref().map_or(0, |e| e.hours.len());
                     if k >= 3 {
                         Some("invalid `items`: at most 3 items".to_owned())
                     } else if item.channels.len() > 2 {
                         Some(format!("invalid `items[{k}].channels`: at most 2 channels"))
+                    } else if hours > 2 {
+                        Some(format!("invalid `items[{k}].evidence.hours`: at most 2 hours"))
                     } else {
                         None
                     }
@@ -1020,9 +1078,19 @@ mod tests {
                 // The message the list is in: down `within` from the request.
                 let mut message = messages[*name];
                 assert!(list.within.len() < MAX_DEPTH, "{name}");
-                for tag in list.within {
+                let segments: Vec<&str> = list.field.split('.').collect();
+                assert_eq!(
+                    segments.len(),
+                    list.within.len() + 1,
+                    "{name}: {} names each message on the way",
+                    list.field
+                );
+                for (tag, segment) in list.within.iter().zip(&segments) {
                     let field = message.field.iter().find(|f| f.number() == *tag as i32).unwrap();
                     assert_eq!(field.r#type(), Type::Message, "{name}: within a message");
+                    assert_eq!(field.name(), segment.trim_end_matches("[]"), "{name}: {}", list.field);
+                    // `[]` marks a repeated one: each entry counts afresh, others add up.
+                    assert_eq!(field.label() == Label::Repeated, segment.ends_with("[]"), "{name}: {}", list.field);
                     message = messages[field.type_name().trim_start_matches('.')];
                 }
                 assert!(!list.tags.is_empty(), "{name}");
