@@ -1,6 +1,8 @@
 //! Mutual TLS for every hop (rustls with the ring provider only).
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -20,6 +23,18 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// How long a new connection may take to complete its TLS handshake before it is dropped, so
 /// half-open connections cannot pile up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in flight from one source address; a connection beyond is closed at once. A peer
+/// needs no certificate to open connections that never finish their handshake: without a bound
+/// each holds a task and its buffers for [`HANDSHAKE_TIMEOUT`], as many as it opens. A legitimate
+/// client's handshakes take milliseconds, so even a proxy in front of many clients rarely
+/// reaches this.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+/// Handshakes in flight in all (many source addresses): beyond, new connections are closed.
+pub const MAX_HANDSHAKES: usize = 4096;
+/// Open connections in all, each holding TLS and HTTP/2 buffers; beyond, new ones are closed at
+/// once (and counted against no one: the caller retries).
+pub const MAX_CONNECTIONS: usize = 16_384;
 
 /// Installs ring as the process-wide rustls provider. Must run before any TLS config is built;
 /// repeated calls are harmless. Without it, a second provider pulled in by some dependency would
@@ -147,15 +162,56 @@ pub struct TlsAcceptor(tokio_rustls::TlsAcceptor);
 /// [`HANDSHAKE_TIMEOUT`]; failed ones are dropped (and logged at debug) without stopping the
 /// server. Accepted sockets get `TCP_NODELAY` (without it small replies wait ~40 ms for the
 /// peer's delayed ACK).
+/// Connections beyond the bounds ([`MAX_HANDSHAKES_PER_ADDRESS`], [`MAX_HANDSHAKES`],
+/// [`MAX_CONNECTIONS`]) are closed as soon as they are accepted.
 pub fn incoming(listener: TcpListener, acceptor: TlsAcceptor) -> Incoming {
-    Incoming { listener, acceptor, handshakes: JoinSet::new() }
+    Incoming {
+        listener,
+        acceptor,
+        handshakes: JoinSet::new(),
+        pending: HashMap::new(),
+        open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    }
 }
 
 /// See [`incoming`].
 pub struct Incoming {
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<TlsConn>>,
+    handshakes: JoinSet<(IpAddr, Option<TlsConn>)>,
+    /// Handshakes in flight per source address.
+    pending: HashMap<IpAddr, usize>,
+    /// One permit per open connection, held by its [`TlsConn`].
+    open: Arc<Semaphore>,
+}
+
+impl Incoming {
+    /// Starts the handshake of a connection just accepted, or closes it (dropped) if it is over
+    /// a bound.
+    fn admit(&mut self, tcp: TcpStream, from: IpAddr) {
+        let pending = self.pending.get(&from).copied().unwrap_or(0);
+        if pending >= MAX_HANDSHAKES_PER_ADDRESS || self.handshakes.len() >= MAX_HANDSHAKES {
+            tracing::debug!("connection closed: too many handshakes in flight");
+            return;
+        }
+        let Ok(permit) = Arc::clone(&self.open).try_acquire_owned() else {
+            tracing::debug!("connection closed: too many open connections");
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        self.pending.insert(from, pending + 1);
+        let acceptor = self.acceptor.0.clone();
+        self.handshakes.spawn(async move { (from, handshake(acceptor, tcp, permit).await) });
+    }
+
+    fn finished(&mut self, from: IpAddr) {
+        if let Some(count) = self.pending.get_mut(&from) {
+            *count -= 1;
+            if *count == 0 {
+                self.pending.remove(&from);
+            }
+        }
+    }
 }
 
 impl tokio_stream::Stream for Incoming {
@@ -166,11 +222,7 @@ impl tokio_stream::Stream for Incoming {
         // registered this task for wake-up.
         loop {
             match self.listener.poll_accept(cx) {
-                Poll::Ready(Ok((tcp, _))) => {
-                    let _ = tcp.set_nodelay(true);
-                    let acceptor = self.acceptor.0.clone();
-                    self.handshakes.spawn(handshake(acceptor, tcp));
-                }
+                Poll::Ready(Ok((tcp, peer))) => self.admit(tcp, peer.ip()),
                 // The peer went away between SYN and accept: nothing to serve, keep accepting.
                 Poll::Ready(Err(e)) if transient(&e) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
@@ -179,9 +231,17 @@ impl tokio_stream::Stream for Incoming {
         }
         loop {
             match self.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
-                // A failed or timed-out handshake (already logged), or a cancelled task.
-                Poll::Ready(Some(_)) => {}
+                Poll::Ready(Some(Ok((from, conn)))) => {
+                    self.finished(from);
+                    if let Some(conn) = conn {
+                        return Poll::Ready(Some(Ok(conn)));
+                    }
+                    // A failed or timed-out handshake (already logged).
+                }
+                // A cancelled or panicked task: its address's count cannot be known, so the
+                // bound is rebuilt from the tasks left (none is lost for long: each ends within
+                // the handshake timeout).
+                Poll::Ready(Some(Err(_))) => self.pending.clear(),
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
@@ -200,9 +260,13 @@ fn transient(e: &io::Error) -> bool {
     )
 }
 
-async fn handshake(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream) -> Option<TlsConn> {
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    permit: OwnedSemaphorePermit,
+) -> Option<TlsConn> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(TlsConn(tls)),
+        Ok(Ok(tls)) => Some(TlsConn { tls, _open: permit }),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
             None
@@ -216,33 +280,37 @@ async fn handshake(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream) -> Optio
 
 /// One accepted mutual-TLS connection (see [`incoming`]). Its connect info is tonic's
 /// [`TlsConnectInfo`], so the peer's certificates reach request extensions as with tonic's TLS.
-pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
+pub struct TlsConn {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    /// Its place among the open connections ([`MAX_CONNECTIONS`]), given back when it closes.
+    _open: OwnedSemaphorePermit,
+}
 
 impl Connected for TlsConn {
     type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.tls.connect_info()
     }
 }
 
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.tls).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -250,7 +318,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
 
     /// Plain writes on purpose: see [`incoming`].

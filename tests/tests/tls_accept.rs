@@ -14,7 +14,7 @@ use std::time::Duration;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::pb::node::v1 as node_pb;
 use domicile_cluster_tests::{Cluster as _, ScenarioCluster, region, select_email};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::{ClientTlsConfig, Endpoint};
@@ -128,4 +128,77 @@ async fn tls_below_1_2_and_non_aead_suites_are_refused() {
         let (ok, text) = handshake(&["-tls1_3"]);
         assert!(ok && text.contains("TLSv1.3"), "{addr}: TLS 1.3 is accepted: {text}");
     }
+}
+
+/// A TLS connection to the gateway from `local` (an address of the loopback network), without a
+/// client certificate: served (its calls are answered, UNAUTHENTICATED) or closed by the server.
+async fn anonymous_from(cluster: &ScenarioCluster, local: &str) -> Result<Code, tonic::transport::Error> {
+    let ca = std::fs::read(&cluster.client_tls().ca).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name(domicile_runtime::pki::GATEWAY_SERVER_NAME);
+    let channel = Endpoint::from_shared(format!("https://{}", cluster.gateway_addr()))
+        .unwrap()
+        .local_address(Some(local.parse().unwrap()))
+        .connect_timeout(Duration::from_secs(2))
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await?;
+    let request = gw::DecideRequest {
+        subject: select_email("nobody.bounded@example.com"),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    };
+    let answer = gw::domicile_client::DomicileClient::new(channel).decide(request).await;
+    Ok(answer.map_or_else(|s| s.code(), |_| Code::Ok))
+}
+
+/// Found by a review: a peer needs no certificate to open connections that never finish their
+/// handshake, and each held a task and its buffers for the handshake timeout, as many as it
+/// opened. Now one source address holds at most `MAX_HANDSHAKES_PER_ADDRESS` handshakes: the
+/// connections beyond are closed at once, callers from other addresses are served meanwhile, and
+/// once the stalled connections go the address is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_a_bounded_number_of_handshakes() {
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let limit = domicile_runtime::tls::MAX_HANDSHAKES_PER_ADDRESS;
+    let mut held = Vec::new();
+    for _ in 0..limit + 16 {
+        held.push(TcpStream::connect(cluster.gateway_addr()).await.unwrap());
+    }
+    // Which the server closed (a read ends) and which it keeps waiting for a ClientHello.
+    let mut reads = tokio::task::JoinSet::new();
+    for (i, mut tcp) in held.into_iter().enumerate() {
+        reads.spawn(async move {
+            let mut byte = [0u8; 1];
+            let closed =
+                matches!(tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut byte)).await, Ok(Ok(0) | Err(_)));
+            (i, closed, tcp)
+        });
+    }
+    let mut results: Vec<(usize, bool, TcpStream)> = reads.join_all().await;
+    results.sort_by_key(|(i, ..)| *i);
+    let closed: Vec<usize> = results.iter().filter(|(_, closed, _)| *closed).map(|(i, ..)| *i).collect();
+    assert_eq!(closed, (limit..limit + 16).collect::<Vec<_>>(), "exactly the connections beyond the bound are closed");
+
+    assert_eq!(
+        anonymous_from(&cluster, "127.0.0.2").await.unwrap(),
+        Code::Unauthenticated,
+        "another address is served"
+    );
+    assert!(anonymous_from(&cluster, "127.0.0.1").await.is_err(), "the address holding the stalled handshakes is not");
+    drop(results);
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(code) = anonymous_from(&cluster, "127.0.0.1").await {
+                return code;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("served again once the stalled connections are gone");
+    assert_eq!(served, Code::Unauthenticated);
 }
