@@ -120,13 +120,18 @@ impl SledStore {
 
     /// Removes the earlier events of every subject marked retiring whose `ERASED` is at or below
     /// `durable`, one transaction per subject, under the write lock (no event of a gone subject
-    /// is written meanwhile). Marks lost in a crash before the next flush are there at the next
-    /// open.
+    /// is written meanwhile). Not waiting for it: held by a backup for its whole export, it would
+    /// hold up the flush and every write acknowledged by it; the marks stay for the next flush.
+    /// Marks lost in a crash before the next flush are there at the next open.
     fn retire_pending(&self, durable: u64) -> Result<(), StoreError> {
         if self.retiring.is_empty() {
             return Ok(());
         }
-        let _serial = self.serialise_writes(&[]);
+        let _serial = match self.write_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
         for item in self.retiring.iter() {
             let (subject, value) = item.map_err(backend)?;
             let erased = sequence_of(&value, 0)?;
@@ -197,32 +202,52 @@ pub(super) fn check(db: &sled::Db, db_name: &str, problems: &mut Vec<String>, no
         problems.push(format!("{db_name}: cannot open the events, event_subjects or retiring tree"));
         return;
     };
-    let Some(covers) = index.get(COVERS).ok().flatten().and_then(|v| sequence_of(&v, 0).ok()) else {
-        if !events.is_empty() {
-            notes.push(format!("{db_name} tree event_subjects: not checked; the node builds it at its next start"));
+    let covers = match index.get(COVERS) {
+        Ok(Some(bytes)) => match sequence_of(&bytes, 0) {
+            Ok(covers) => covers,
+            Err(_) => return problems.push(format!("{db_name} tree event_subjects: what it covers does not decode")),
+        },
+        Ok(None) => {
+            if !events.is_empty() {
+                notes.push(format!("{db_name} tree event_subjects: not checked; the node builds it at its next start"));
+            }
+            return;
         }
-        return;
+        Err(e) => return problems.push(format!("{db_name} tree event_subjects: unreadable: {e}")),
     };
+    // Two passes, holding only the retired subjects: every ERASED first, then the others.
     let mut erased: HashMap<SubjectId, u64> = HashMap::new();
-    let mut named: Vec<(SubjectId, u64)> = Vec::new();
-    let (mut undecodable, mut unindexed) = (0usize, HashMap::<SubjectId, usize>::new());
-    for (key, value) in events.range(..=covers.to_be_bytes()).flatten() {
-        let Ok(event) = decode::<ChangeEvent>(&value) else {
-            undecodable += 1;
-            continue;
-        };
-        if key.as_ref() != event.sequence.to_be_bytes() {
-            undecodable += 1;
-            continue;
+    let (mut undecodable, mut unreadable) = (0usize, 0usize);
+    let mut unindexed: HashMap<SubjectId, usize> = HashMap::new();
+    let mut remaining: HashMap<SubjectId, usize> = HashMap::new();
+    for pass in [0, 1] {
+        for item in events.range(..=covers.to_be_bytes()) {
+            let Ok((key, value)) = item else {
+                unreadable += usize::from(pass == 0);
+                continue;
+            };
+            let event = decode::<ChangeEvent>(&value).ok().filter(|e| key.as_ref() == e.sequence.to_be_bytes());
+            let Some(event) = event else {
+                undecodable += usize::from(pass == 0);
+                continue;
+            };
+            if pass == 0 {
+                if event.change == Change::Erased {
+                    erased.insert(event.subject, event.sequence);
+                }
+                if !matches!(index.contains_key(index_key(&event.subject, event.sequence)), Ok(true)) {
+                    *unindexed.entry(event.subject).or_default() += 1;
+                }
+            } else if event.change != Change::Erased
+                && erased.get(&event.subject).is_some_and(|at| event.sequence < *at)
+                && !matches!(retiring.contains_key(event.subject.as_bytes()), Ok(true))
+            {
+                *remaining.entry(event.subject).or_default() += 1;
+            }
         }
-        if !matches!(index.contains_key(index_key(&event.subject, event.sequence)), Ok(true)) {
-            *unindexed.entry(event.subject).or_default() += 1;
-        }
-        if event.change == Change::Erased {
-            erased.insert(event.subject, event.sequence);
-        } else {
-            named.push((event.subject, event.sequence));
-        }
+    }
+    if unreadable > 0 {
+        problems.push(format!("{db_name} tree events: {unreadable} entr(ies) unreadable"));
     }
     if undecodable > 0 {
         problems.push(format!("{db_name} tree events: {undecodable} event(s) that do not decode under their sequence"));
@@ -233,13 +258,6 @@ pub(super) fn check(db: &sled::Db, db_name: &str, problems: &mut Vec<String>, no
         problems.push(format!(
             "{db_name} tree event_subjects: {count} event(s) of subject {subject} not indexed (its erasure would leave them)"
         ));
-    }
-    let mut remaining: HashMap<SubjectId, usize> = HashMap::new();
-    for (subject, sequence) in named {
-        let pending = matches!(retiring.contains_key(subject.as_bytes()), Ok(true));
-        if erased.get(&subject).is_some_and(|at| sequence < *at) && !pending {
-            *remaining.entry(subject).or_default() += 1;
-        }
     }
     let mut remaining: Vec<_> = remaining.into_iter().collect();
     remaining.sort();
