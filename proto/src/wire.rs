@@ -279,10 +279,12 @@ fn check_lists(bytes: &[u8], lists: &[BoundedList]) -> Result<(), Status> {
 /// The deepest a nested list is here.
 const MAX_DEPTH: usize = 3;
 
-/// The name of the message field at `depth` on the way to `list` (`items[]`, `evidence`): its
-/// segment of the list's name.
-fn parent_name(list: &BoundedList, depth: usize) -> String {
-    list.field.split('.').take(depth + 1).collect::<Vec<_>>().join(".")
+/// The name of the message field at `depth` on the way to `list` (`items[]`, `items[].evidence`):
+/// the list's name up to that field (no allocation: this runs for every message on the way).
+fn parent_name(list: &BoundedList, depth: usize) -> &'static str {
+    let field = list.field;
+    let end = field.match_indices('.').nth(depth).map_or(field.len(), |(at, _)| at);
+    field.get(..end).unwrap_or(field)
 }
 
 /// One message at `path` (the fields leading to it from the request; `indexes`, the index of
@@ -306,7 +308,7 @@ fn check_level(
             .iter()
             .find(|l| l.within.len() > path.len() && l.within.starts_with(path) && l.within[path.len()] == tag);
         let named = match (counted.and_then(|at| lists.get(at)), parent) {
-            (Some(list), _) => list.field.to_owned(),
+            (Some(list), _) => list.field,
             (None, Some(parent)) => parent_name(parent, path.len()),
             (None, None) => {
                 skip_field(wire_type, tag, &mut bytes, DecodeContext::default())
@@ -317,7 +319,7 @@ fn check_level(
         let malformed = || {
             Status::invalid_argument(format!(
                 "malformed request: not a valid protobuf message at `{}`",
-                field_name(&named, indexes)
+                field_name(named, indexes)
             ))
         };
         if wire_type != WireType::LengthDelimited {

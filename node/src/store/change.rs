@@ -22,6 +22,18 @@ pub struct ChangeEvent {
     pub change: Change,
 }
 
+/// Every link `events` name, each once, in order: what the `ERASED` of a retired subject names
+/// besides its own (`Recorded::changes_dropping`), from its removed events.
+pub fn links_named(events: &[ChangeEvent]) -> Vec<Link> {
+    let mut links: Vec<Link> = Vec::new();
+    for link in events.iter().flat_map(|e| &e.links) {
+        if !links.contains(link) {
+            links.push(*link);
+        }
+    }
+    links
+}
+
 /// The kind of a [`ChangeEvent`] (stored as it is: variants are only ever added).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {

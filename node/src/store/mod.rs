@@ -15,7 +15,7 @@ pub mod vault;
 
 pub use change::{
     Announced, Change, ChangeEvent, GrantTerms, Holding, Recorded, RestrictionSet, announced, announced_channels,
-    announced_in_force,
+    announced_in_force, links_named,
 };
 pub use model::*;
 pub use sled_store::SledStore;

@@ -21,32 +21,25 @@ const PAGE: i64 = 500;
 /// Between pages: the pass holds the region head while it writes a page, as a write does.
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Records subjects as retired at sequences (`$1` ids, `$2` sequences), each once.
+const RECORD_RETIRED: &str = "INSERT INTO retired_subjects (subject, sequence) \
+     SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT (subject) DO NOTHING";
+
 /// Inside a write holding the region head: deletes `subject`'s events (all earlier than `at`,
 /// the sequence of the event that retires it), records it as retired at `at`, and returns the
 /// links the deleted events named, which its `ERASED` names too (`Recorded::changes_dropping`).
 pub(super) async fn retire(tx: &Transaction<'_>, subject: &SubjectId, at: u64) -> Result<Vec<Link>, StoreError> {
     let id = subject.as_bytes().as_slice();
-    let at = int(at);
-    let (delete, record): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 2]) = ([&id], [&id, &at]);
+    let (ids, ats) = (vec![id], vec![int(at)]);
+    let (delete, record): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 2]) = ([&id], [&ids, &ats]);
     // Sent together (the connection pipelines them): one round trip.
     let (deleted, _) = tokio::try_join!(
         tx.query_cached("DELETE FROM events WHERE subject = $1 RETURNING body", &delete),
-        tx.execute_cached(
-            "INSERT INTO retired_subjects (subject, sequence) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING",
-            &record,
-        ),
+        tx.execute_cached(RECORD_RETIRED, &record),
     )
     .map_err(pg)?;
-    let mut links = Vec::new();
-    for row in &deleted {
-        let event: ChangeEvent = decode(row.get(0))?;
-        for link in event.links {
-            if !links.contains(&link) {
-                links.push(link);
-            }
-        }
-    }
-    Ok(links)
+    let events = deleted.iter().map(|row| decode::<ChangeEvent>(row.get(0))).collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::store::links_named(&events))
 }
 
 /// Fills in the subject of every event written without it, a page at a time, each page under
@@ -101,13 +94,7 @@ async fn index_page(pool: &Pool) -> Result<Option<(u64, u64)>, StoreError> {
         sequences.push(row.get(0));
         subjects.push(event.subject.as_bytes().to_vec());
     }
-    tx.execute_cached(
-        "INSERT INTO retired_subjects (subject, sequence) SELECT * FROM unnest($1::bytea[], $2::bigint[]) \
-         ON CONFLICT (subject) DO NOTHING",
-        &[&erased, &erased_at],
-    )
-    .await
-    .map_err(pg)?;
+    tx.execute_cached(RECORD_RETIRED, &[&erased, &erased_at]).await.map_err(pg)?;
     let indexed = tx
         .execute_cached(
             "UPDATE events e SET subject = u.subject FROM unnest($1::bigint[], $2::bytea[]) AS u (sequence, subject) \

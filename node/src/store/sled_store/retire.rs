@@ -94,17 +94,13 @@ impl SledStore {
     pub(super) fn dropped_links(&self, recorded: &[Recorded<'_>]) -> Result<Dropped, StoreError> {
         let mut out = Dropped::new();
         for subject in recorded.iter().filter_map(Recorded::retires) {
-            let links = out.entry(subject).or_default();
+            let mut events = Vec::new();
             for key in self.event_index.scan_prefix(subject.as_bytes()).keys() {
                 let sequence = sequence_of(&key.map_err(backend)?, SUBJECT_ID_LEN)?;
                 let Some(bytes) = self.events.get(sequence.to_be_bytes()).map_err(backend)? else { continue };
-                let event: ChangeEvent = decode(&bytes)?;
-                for link in event.links {
-                    if !links.contains(&link) {
-                        links.push(link);
-                    }
-                }
+                events.push(decode::<ChangeEvent>(&bytes)?);
             }
+            out.insert(subject, crate::store::links_named(&events));
         }
         Ok(out)
     }
