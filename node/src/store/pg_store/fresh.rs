@@ -16,7 +16,7 @@
 //! sent, hence visible to it: a decision that read a value it changed is not stored, and is made
 //! again after [`PgStore::sync_reads`], which reads the rows after the mark with a statement sent
 //! after the decision arrived. No stale allow from the cache, on any replica (tested by
-//! `tests/tests/postgres_replicas.rs`), and a decision costs one round trip to the database,
+//! `tests/tests/e2e/postgres_replicas.rs`), and a decision costs one round trip to the database,
 //! shared by the decisions waiting, unless a subject it read has just changed.
 //!
 //! Concurrent `sync_reads` share rounds: a caller waits for the round in flight (which may have
