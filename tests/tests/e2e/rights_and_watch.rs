@@ -612,3 +612,221 @@ async fn a_follower_that_resumes_across_a_rectification_and_an_erasure_drops_eve
     assert_eq!(named, held, "the ERASED names the link the person lost before it too");
     assert_eq!(follower, Follower::default(), "nothing of the person stays with the follower");
 }
+
+/// An erasure through one gateway racing consent writes for the same person through another (a
+/// caller that resolved the person before the erasure, writing by the subject's ref and by
+/// identifier). Each write is applied before the erasure, and goes with it, or refused as
+/// NOT_FOUND; once one is refused, every later one is too (nothing brings the person back). After
+/// the race every decision through either gateway, by identifier or by ref, is NOT_FOUND, the
+/// history is gone, and a follower that read the region's change events live holds nothing of
+/// the person: no event of the person follows its `ERASED` (a consent event after it would leave
+/// the follower holding consent on the erased link); the region's log keeps only the `ERASED`.
+/// Four writers per person, twelve people: about a hundred writes run beside an erasure each
+/// time. On the embedded store a write whose checks passed before an erasure and committed after
+/// it would leave only ciphertext under the destroyed key and an event the erasure's clean-up
+/// removes (the write lock keeps it from happening at all); what the caller and followers see is
+/// what is asserted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing_of_the_person() {
+    const ROUNDS: usize = 12;
+    /// Writers per person, each writing until refused.
+    const WRITERS: usize = 4;
+    let cluster = ScenarioCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let second = cluster.start_gateway("second", &[]).await.unwrap();
+    let mut first = cluster.gateway().await.unwrap();
+    let other = cluster.gateway_at(second.addr).await.unwrap();
+    let mut node_client = cluster.node(&region("eu-central")).await.unwrap();
+    // Read as the events come (a watcher that stops reading is paged from the log later, after
+    // the erased people's earlier events are gone).
+    let mut live = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let (events, mut live_events) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(event)) = live.message().await {
+            if events.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    let stays = first
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "race.stays@example.de")],
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    first
+        .record_consent(consent(by_email("race.stays@example.de"), common::ConsentAction::Grant, "email"))
+        .await
+        .unwrap();
+
+    let mut people = Vec::new();
+    let mut raced = 0;
+    for round in 0..ROUNDS {
+        let email = format!("race.erase.{round}@example.de");
+        let person = first
+            .register(gw::RegisterRequest {
+                jurisdiction: "DE".into(),
+                identifiers: vec![identifier("email", &email)],
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // The second gateway learns the person from the region's change events: wait for it, so
+        // a write by identifier is refused only for the erasure.
+        let known = domicile_cluster_tests::eventually(std::time::Duration::from_secs(10), || {
+            let mut gateway = other.clone();
+            let request = gw::ResolveRequest { identifier: Some(identifier("email", &email)) };
+            async move { gateway.resolve(request).await.ok() }
+        })
+        .await;
+        assert!(known.is_some(), "round {round}: the second gateway never learned the person");
+        // Each writer writes until it is refused, then twice more; the erasure is sent once every
+        // writer's first write is acknowledged, so writes are in flight while it runs.
+        let (started, mut has_started) = tokio::sync::watch::channel(0usize);
+        let started = std::sync::Arc::new(started);
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (mut gateway, email, subject_ref) = (other.clone(), email.clone(), person.subject_ref.clone());
+                let started = started.clone();
+                tokio::spawn(async move {
+                    let (mut outcomes, mut spans) = (Vec::new(), Vec::new());
+                    let mut refused = 0;
+                    for n in w..400usize + w {
+                        let action =
+                            if n % 2 == 0 { common::ConsentAction::Grant } else { common::ConsentAction::Withdraw };
+                        let subject = if n % 3 == 1 {
+                            by_email(&email)
+                        } else {
+                            domicile_cluster_tests::select_ref(&subject_ref)
+                        };
+                        let channel = ["email", "sms", "voice"][(n / 3) % 3];
+                        let sent = std::time::Instant::now();
+                        let outcome = gateway
+                            .record_consent(consent(subject, action, channel))
+                            .await
+                            .map(|_| ())
+                            .map_err(|s| s.code());
+                        spans.push((sent, std::time::Instant::now()));
+                        if outcomes.is_empty() {
+                            started.send_modify(|n| *n += 1);
+                        }
+                        refused += usize::from(outcome.is_err());
+                        outcomes.push(outcome);
+                        if refused == 3 {
+                            break;
+                        }
+                    }
+                    (outcomes, spans)
+                })
+            })
+            .collect();
+        has_started.wait_for(|n| *n == WRITERS).await.unwrap();
+        let erase_sent = std::time::Instant::now();
+        first
+            .erase(gw::EraseRequest {
+                subject: by_email(&email),
+                override_reason: "controller_correction".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let erased = std::time::Instant::now();
+        for writer in writers {
+            let (outcomes, spans) = writer.await.unwrap();
+            let codes_ok = outcomes.iter().all(|o| matches!(o, Ok(()) | Err(Code::NotFound)));
+            assert!(codes_ok, "round {round}: {outcomes:?}");
+            let refused = outcomes.iter().filter(|o| o.is_err()).count();
+            assert_eq!(refused, 3, "round {round}: a writer was still applied after 400 writes: {outcomes:?}");
+            let applied = outcomes.iter().take_while(|o| o.is_ok()).count();
+            assert!(
+                applied >= 1 && applied + 3 == outcomes.len(),
+                "round {round}: refused, then applied again: {outcomes:?}"
+            );
+            // A write in flight while the erasure was: sent before its answer, answered after it
+            // was sent.
+            raced += spans.iter().filter(|(sent, answered)| *sent < erased && *answered > erase_sent).count();
+        }
+        people.push((email, person));
+    }
+    eprintln!("{raced} writes ran beside an erasure");
+    assert!(raced > 0, "in no round did a write run beside the erasure");
+
+    for (email, person) in &people {
+        for gateway in [&mut first, &mut other.clone()] {
+            for subject in [by_email(email), domicile_cluster_tests::select_ref(&person.subject_ref)] {
+                let request = gw::DecideRequest {
+                    subject,
+                    purpose: "marketing".into(),
+                    channel: "email".into(),
+                    ..Default::default()
+                };
+                let status = gateway.decide(request).await.map(|r| r.into_inner().decision).unwrap_err();
+                assert_eq!(status.code(), Code::NotFound, "{email}: decided after the erasure: {status:?}");
+            }
+        }
+        let history = cluster.history_at_home(domicile_cluster_tests::select_ref(&person.subject_ref)).await;
+        let code = history.unwrap_err().downcast::<tonic::Status>().unwrap().code();
+        assert_eq!(code, Code::NotFound, "{email}: the history outlived the erasure");
+    }
+
+    // Every event up to the last person's ERASED, then whatever follows within half a second.
+    let last = &people.last().unwrap().1.subject_ref;
+    let mut follower = Follower::default();
+    let mut seen = Vec::new();
+    loop {
+        let wait = if seen
+            .iter()
+            .any(|e: &common::ChangeEvent| e.kind == common::ChangeKind::Erased as i32 && &e.subject_ref == last)
+        {
+            std::time::Duration::from_millis(500)
+        } else {
+            std::time::Duration::from_secs(10)
+        };
+        match tokio::time::timeout(wait, live_events.recv()).await {
+            Ok(event) => {
+                let event = event.expect("stream open");
+                follower.apply(&event);
+                seen.push(event);
+            }
+            Err(_) if wait < std::time::Duration::from_secs(1) => break,
+            Err(_) => panic!("the last erasure's event never came"),
+        }
+    }
+    for (email, person) in &people {
+        let kinds: Vec<i32> = seen.iter().filter(|e| e.subject_ref == person.subject_ref).map(|e| e.kind).collect();
+        assert_eq!(kinds.last(), Some(&(common::ChangeKind::Erased as i32)), "{email}: an event after its erasure");
+    }
+    assert_eq!(follower.links.keys().collect::<Vec<_>>(), [&stays.links[0]], "{follower:?}");
+    assert_eq!(follower.consent.len(), 1, "only the person who stays holds consent: {follower:?}");
+    reader.abort();
+
+    // And the region's log keeps nothing of them but their ERASED (invariant 6): a write that
+    // landed after the erasure, under the gone subject, would stay behind with its event. The
+    // embedded store removes the earlier events once the erasure is durable: eventually.
+    let erased_refs: Vec<&String> = people.iter().map(|(_, person)| &person.subject_ref).collect();
+    let left = domicile_cluster_tests::eventually(std::time::Duration::from_secs(10), || {
+        let mut node_client = node_client.clone();
+        let erased_refs = erased_refs.clone();
+        async move {
+            let events = node_client.watch(node::WatchRequest { after_sequence: None }).await.ok()?.into_inner();
+            let mut events = events;
+            let mut kept = Vec::new();
+            let mut erasures = 0;
+            while erasures < erased_refs.len() {
+                let event =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), events.message()).await.ok()?.ok()??;
+                if erased_refs.contains(&&event.subject_ref) {
+                    erasures += usize::from(event.kind == common::ChangeKind::Erased as i32);
+                    kept.push((event.subject_ref.clone(), event.kind));
+                }
+            }
+            let only_erased = kept.iter().all(|(_, kind)| *kind == common::ChangeKind::Erased as i32);
+            only_erased.then_some(kept)
+        }
+    })
+    .await;
+    assert!(left.is_some(), "events of erased people other than their ERASED stayed in the region's log");
+}
