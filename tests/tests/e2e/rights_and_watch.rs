@@ -830,3 +830,92 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
     .await;
     assert!(left.is_some(), "events of erased people other than their ERASED stayed in the region's log");
 }
+
+/// A node killed (-9) the moment its erasure is acknowledged, then started again, several rounds:
+/// the crash brings back neither the person nor their earlier change events. A watcher reading
+/// the region's log from the start finds only each person's `ERASED`, and every decision is
+/// NOT_FOUND. The removal runs after the flush that makes the `ERASED` durable; a crash that undoes
+/// it undoes the mark with it, and the node removes them again when it starts
+/// (`with_event_index`). In this flow the removal was already durable when the reply came (the
+/// test passes with the clean-up at start disabled, and fails with both disabled): what it holds
+/// is the outcome, whichever path gives it. Real processes; sled, and PostgreSQL, whose removal
+/// is in the erasure's own transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_right_after_an_erasure_keeps_nothing_of_the_person_in_its_log() {
+    let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
+    let eu = region("eu-central");
+    let mut erased = Vec::new();
+    for round in 0..4 {
+        let email = format!("killed.erasure.{round}@example.de");
+        let mut client = cluster.gateway().await.unwrap();
+        let request = gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", &email), identifier("phone", &format!("+49151123450{round:02}"))],
+            idempotency_key: format!("killed-erasure-{round}"),
+        };
+        // The gateway reconnects to the node restarted in the round before: retried (under one
+        // idempotency key) while the region is unavailable, nothing else.
+        let started = std::time::Instant::now();
+        let person = loop {
+            match client.register(request.clone()).await {
+                Ok(reply) => break reply.into_inner(),
+                Err(status) if status.code() == Code::Unavailable && started.elapsed().as_secs() < 20 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("round {round}: {status:?}"),
+            }
+        };
+        client.record_consent(consent(by_email(&email), common::ConsentAction::Grant, "email")).await.unwrap();
+        client.record_consent(consent(by_email(&email), common::ConsentAction::Withdraw, "sms")).await.unwrap();
+        client
+            .erase(gw::EraseRequest {
+                subject: by_email(&email),
+                override_reason: "controller_correction".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        cluster.cluster.kill_node(&eu).await.unwrap();
+        cluster.cluster.restart_node(&eu).await.unwrap();
+        erased.push(person);
+    }
+
+    let mut node_client = cluster.node(&eu).await.unwrap();
+    let mut log = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let mut kinds: std::collections::BTreeMap<String, Vec<i32>> = std::collections::BTreeMap::new();
+    let mut erasures = 0;
+    while erasures < erased.len() {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), log.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("stream open");
+        if erased.iter().any(|p| p.subject_ref == event.subject_ref) {
+            erasures += usize::from(event.kind == common::ChangeKind::Erased as i32);
+            kinds.entry(event.subject_ref.clone()).or_default().push(event.kind);
+        }
+        let linked = erased.iter().any(|p| p.links.iter().any(|l| event.links.contains(l)));
+        assert!(
+            !linked || event.kind == common::ChangeKind::Erased as i32,
+            "an event other than an ERASED names an erased person's link after the restart: {event:?}"
+        );
+    }
+    for person in &erased {
+        assert_eq!(
+            kinds.get(&person.subject_ref).map(Vec::as_slice),
+            Some(&[common::ChangeKind::Erased as i32][..]),
+            "the killed node kept the person's earlier events"
+        );
+    }
+    let mut client = cluster.gateway().await.unwrap();
+    for round in 0..erased.len() {
+        let request = gw::DecideRequest {
+            subject: by_email(&format!("killed.erasure.{round}@example.de")),
+            purpose: "marketing".into(),
+            channel: "email".into(),
+            ..Default::default()
+        };
+        let status = client.decide(request).await.map(|r| r.into_inner().decision).unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "round {round}: the erasure did not hold: {status:?}");
+    }
+}
