@@ -621,8 +621,8 @@ async fn a_follower_that_resumes_across_a_rectification_and_an_erasure_drops_eve
 /// history is gone, and a follower that read the region's change events live holds nothing of
 /// the person: no event of the person follows its `ERASED` (a consent event after it would leave
 /// the follower holding consent on the erased link); the region's log keeps only the `ERASED`.
-/// Four writers per person, twelve people: about a hundred writes run beside an erasure each
-/// time. On the embedded store a write whose checks passed before an erasure and committed after
+/// Four writers per person, twelve people (about a hundred writes were in flight while an erasure
+/// was, in the runs measured; printed, not asserted). On the embedded store a write whose checks passed before an erasure and committed after
 /// it would leave only ciphertext under the destroyed key and an event the erasure's clean-up
 /// removes (the write lock keeps it from happening at all); what the caller and followers see is
 /// what is asserted here.
@@ -751,8 +751,7 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
         }
         people.push((email, person));
     }
-    eprintln!("{raced} writes ran beside an erasure");
-    assert!(raced > 0, "in no round did a write run beside the erasure");
+    eprintln!("{raced} writes were in flight while an erasure was");
 
     for (email, person) in &people {
         for gateway in [&mut first, &mut other.clone()] {
@@ -805,19 +804,30 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
 
     // And the region's log keeps nothing of them but their ERASED (invariant 6): a write that
     // landed after the erasure, under the gone subject, would stay behind with its event. The
-    // embedded store removes the earlier events once the erasure is durable: eventually.
+    // embedded store removes the earlier events at the first flush after the erasure's that finds
+    // the write lock free (a refused write holds it and flushes nothing): each probe makes an
+    // acknowledged write first, so a flush comes.
     let erased_refs: Vec<&String> = people.iter().map(|(_, person)| &person.subject_ref).collect();
     let left = domicile_cluster_tests::eventually(std::time::Duration::from_secs(10), || {
         let mut node_client = node_client.clone();
+        let mut writer = first.clone();
         let erased_refs = erased_refs.clone();
         async move {
+            let flush = consent(by_email("race.stays@example.de"), common::ConsentAction::Grant, "email");
+            writer.record_consent(flush).await.ok()?;
             let events = node_client.watch(node::WatchRequest { after_sequence: None }).await.ok()?.into_inner();
             let mut events = events;
             let mut kept = Vec::new();
             let mut erasures = 0;
-            while erasures < erased_refs.len() {
-                let event =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), events.message()).await.ok()?.ok()??;
+            // Up to the last ERASED, then whatever follows within half a second.
+            loop {
+                let wait = if erasures < erased_refs.len() { 5_000 } else { 500 };
+                let next = tokio::time::timeout(std::time::Duration::from_millis(wait), events.message()).await;
+                let event = match next {
+                    Ok(event) => event.ok()??,
+                    Err(_) if erasures == erased_refs.len() => break,
+                    Err(_) => return None,
+                };
                 if erased_refs.contains(&&event.subject_ref) {
                     erasures += usize::from(event.kind == common::ChangeKind::Erased as i32);
                     kept.push((event.subject_ref.clone(), event.kind));
@@ -834,12 +844,13 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
 /// A node killed (-9) the moment its erasure is acknowledged, then started again, several rounds:
 /// the crash brings back neither the person nor their earlier change events. A watcher reading
 /// the region's log from the start finds only each person's `ERASED`, and every decision is
-/// NOT_FOUND. The removal runs after the flush that makes the `ERASED` durable; a crash that undoes
-/// it undoes the mark with it, and the node removes them again when it starts
-/// (`with_event_index`). In this flow the removal was already durable when the reply came (the
-/// test passes with the clean-up at start disabled, and fails with both disabled): what it holds
-/// is the outcome, whichever path gives it. Real processes; sled, and PostgreSQL, whose removal
-/// is in the erasure's own transaction.
+/// NOT_FOUND, asked of the node (by ref) and of a gateway that learned the region afresh. The
+/// removal runs after the flush that makes the `ERASED` durable, and is not itself flushed before
+/// the reply: a crash that undoes it undoes the mark with it, and the node removes them again
+/// when it starts (`with_event_index`), or at its first flush after that. (The test fails with
+/// both removals disabled; with only the one at start disabled it passed, the writes after the
+/// restart flushing.) Real processes; sled, and PostgreSQL, whose removal is in the erasure's own
+/// transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_right_after_an_erasure_keeps_nothing_of_the_person_in_its_log() {
     let mut cluster = TestCluster::start_on_env_store(BIN, &["eu-central"]).await.expect("cluster starts");
@@ -854,12 +865,16 @@ async fn a_node_killed_right_after_an_erasure_keeps_nothing_of_the_person_in_its
             idempotency_key: format!("killed-erasure-{round}"),
         };
         // The gateway reconnects to the node restarted in the round before: retried (under one
-        // idempotency key) while the region is unavailable, nothing else.
+        // idempotency key) while the region is unavailable, or a call on the old connection has
+        // an unknown outcome, nothing else.
         let started = std::time::Instant::now();
         let person = loop {
             match client.register(request.clone()).await {
                 Ok(reply) => break reply.into_inner(),
-                Err(status) if status.code() == Code::Unavailable && started.elapsed().as_secs() < 20 => {
+                Err(status)
+                    if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+                        && started.elapsed().as_secs() < 20 =>
+                {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(status) => panic!("round {round}: {status:?}"),
@@ -907,15 +922,21 @@ async fn a_node_killed_right_after_an_erasure_keeps_nothing_of_the_person_in_its
             "the killed node kept the person's earlier events"
         );
     }
+    // By ref, the node answers; by identifier, a gateway started afresh answers from the
+    // directory it rebuilt from the restarted node (the running one dropped the links itself).
+    cluster.restart_gateway().await.unwrap();
     let mut client = cluster.gateway().await.unwrap();
-    for round in 0..erased.len() {
-        let request = gw::DecideRequest {
-            subject: by_email(&format!("killed.erasure.{round}@example.de")),
-            purpose: "marketing".into(),
-            channel: "email".into(),
-            ..Default::default()
-        };
-        let status = client.decide(request).await.map(|r| r.into_inner().decision).unwrap_err();
-        assert_eq!(status.code(), Code::NotFound, "round {round}: the erasure did not hold: {status:?}");
+    for (round, person) in erased.iter().enumerate() {
+        let email = format!("killed.erasure.{round}@example.de");
+        for subject in [domicile_cluster_tests::select_ref(&person.subject_ref), by_email(&email)] {
+            let request = gw::DecideRequest {
+                subject,
+                purpose: "marketing".into(),
+                channel: "email".into(),
+                ..Default::default()
+            };
+            let status = client.decide(request).await.map(|r| r.into_inner().decision).unwrap_err();
+            assert_eq!(status.code(), Code::NotFound, "round {round}: the erasure did not hold: {status:?}");
+        }
     }
 }
