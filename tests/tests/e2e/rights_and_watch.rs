@@ -32,6 +32,11 @@ fn consent(
     }
 }
 
+/// An erasure of the person `email` identifies, by the operator (no verified request).
+fn erasure(email: &str) -> gw::EraseRequest {
+    gw::EraseRequest { subject: by_email(email), override_reason: "controller_correction".into(), ..Default::default() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_destroys_the_subject_everywhere_and_keeps_others() {
     let mut cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
@@ -588,14 +593,7 @@ async fn a_follower_that_resumes_across_a_rectification_and_an_erasure_drops_eve
         })
         .await
         .unwrap();
-    client
-        .erase(gw::EraseRequest {
-            subject: by_email(email),
-            override_reason: "controller_correction".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    client.erase(erasure(email)).await.unwrap();
 
     let mut resumed =
         node_client.watch(node::WatchRequest { after_sequence: Some(cursor) }).await.unwrap().into_inner();
@@ -725,14 +723,7 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
             .collect();
         has_started.wait_for(|n| *n == WRITERS).await.unwrap();
         let erase_sent = std::time::Instant::now();
-        first
-            .erase(gw::EraseRequest {
-                subject: by_email(&email),
-                override_reason: "controller_correction".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        first.erase(erasure(&email)).await.unwrap();
         let erased = std::time::Instant::now();
         for writer in writers {
             let (outcomes, spans) = writer.await.unwrap();
@@ -882,14 +873,7 @@ async fn a_node_killed_right_after_an_erasure_keeps_nothing_of_the_person_in_its
         };
         client.record_consent(consent(by_email(&email), common::ConsentAction::Grant, "email")).await.unwrap();
         client.record_consent(consent(by_email(&email), common::ConsentAction::Withdraw, "sms")).await.unwrap();
-        client
-            .erase(gw::EraseRequest {
-                subject: by_email(&email),
-                override_reason: "controller_correction".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        client.erase(erasure(&email)).await.unwrap();
         cluster.cluster.kill_node(&eu).await.unwrap();
         cluster.cluster.restart_node(&eu).await.unwrap();
         erased.push(person);
