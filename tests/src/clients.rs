@@ -127,9 +127,16 @@ pub trait Cluster {
             }
             _ => anyhow::bail!("history_at_home needs a subject ref or an identifier"),
         };
-        let tls = self.issue_caller(&format!("home-reader-{home}"), &home, &[Scope::Context])?;
         let request = gw::ConsentHistoryRequest { subject, purpose: String::new() };
-        Ok(self.gateway_as(&tls).await?.consent_history(request).await?.into_inner())
+        Ok(self.home_reader(&home).await?.consent_history(request).await?.into_inner())
+    }
+
+    /// A client of the first gateway as a caller of `home` with the context scope: what reads a
+    /// subject's history there ([`Cluster::history_at_home`]). A test reading many histories
+    /// keeps one per region rather than a certificate and a connection per read.
+    async fn home_reader(&self, home: &str) -> anyhow::Result<DomicileClient<Channel>> {
+        let tls = self.issue_caller(&format!("home-reader-{home}"), home, &[Scope::Context])?;
+        self.gateway_as(&tls).await
     }
 
     /// A client of the first gateway presenting `tls` (which need not be from this cluster's CA).

@@ -21,7 +21,6 @@ use domicile_cluster_tests::pb::common::v1 as common;
 use domicile_cluster_tests::pb::gateway::v1 as gw;
 use domicile_cluster_tests::{Cluster as _, TestCluster, identifier, select_ref};
 use domicile_proto::prost_types::Timestamp;
-use domicile_runtime::identity::Scope;
 use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_domicile-e2e");
@@ -627,8 +626,7 @@ async fn assert_bulk_state(cluster: &TestCluster) {
     let client = cluster.gateway().await.unwrap();
     let mut readers = std::collections::BTreeMap::new();
     for home in cluster.regions() {
-        let tls = cluster.issue_caller(&format!("home-reader-{home}"), home.as_str(), &[Scope::Context]).unwrap();
-        readers.insert(home.to_string(), cluster.gateway_as(&tls).await.unwrap());
+        readers.insert(home.to_string(), cluster.home_reader(home.as_str()).await.unwrap());
     }
     let mut checks = tokio::task::JoinSet::new();
     for first in 0..AT_ONCE {

@@ -611,6 +611,39 @@ async fn a_follower_that_resumes_across_a_rectification_and_an_erasure_drops_eve
     assert_eq!(follower, Follower::default(), "nothing of the person stays with the follower");
 }
 
+/// Change events from `next` until each of `erased` (subject refs) has had its `ERASED`, then
+/// those that follow within half a second; `None` if an event takes over 10 s to come before
+/// that, or the stream ends.
+async fn until_erased(
+    mut next: impl AsyncFnMut() -> Option<common::ChangeEvent>,
+    erased: &[&String],
+) -> Option<Vec<common::ChangeEvent>> {
+    let mut events = Vec::new();
+    let mut erasures = 0;
+    loop {
+        let wait = if erasures < erased.len() { 10_000 } else { 500 };
+        match tokio::time::timeout(std::time::Duration::from_millis(wait), next()).await {
+            Ok(event) => {
+                let event = event?;
+                let counted = event.kind == common::ChangeKind::Erased as i32 && erased.contains(&&event.subject_ref);
+                erasures += usize::from(counted);
+                events.push(event);
+            }
+            Err(_) if erasures == erased.len() => return Some(events),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A DE person reachable by `email` alone.
+fn de_person(email: &str) -> gw::RegisterRequest {
+    gw::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![identifier("email", email)],
+        idempotency_key: String::new(),
+    }
+}
+
 /// An erasure through one gateway racing consent writes for the same person through another (a
 /// caller that resolved the person before the erasure, writing by the subject's ref and by
 /// identifier). Each write is applied before the erasure, and goes with it, or refused as
@@ -620,10 +653,10 @@ async fn a_follower_that_resumes_across_a_rectification_and_an_erasure_drops_eve
 /// the person: no event of the person follows its `ERASED` (a consent event after it would leave
 /// the follower holding consent on the erased link); the region's log keeps only the `ERASED`.
 /// Four writers per person, twelve people (about a hundred writes were in flight while an erasure
-/// was, in the runs measured; printed, not asserted). On the embedded store a write whose checks passed before an erasure and committed after
-/// it would leave only ciphertext under the destroyed key and an event the erasure's clean-up
-/// removes (the write lock keeps it from happening at all); what the caller and followers see is
-/// what is asserted here.
+/// was, in the runs measured; printed, not asserted). On the embedded store a write whose checks
+/// passed before an erasure and committed after it would leave only ciphertext under the
+/// destroyed key and an event the erasure's clean-up removes (the write lock keeps it from
+/// happening at all); what the caller and followers see is what is asserted here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing_of_the_person() {
     const ROUNDS: usize = 12;
@@ -645,15 +678,7 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
             }
         }
     });
-    let stays = first
-        .register(gw::RegisterRequest {
-            jurisdiction: "DE".into(),
-            identifiers: vec![identifier("email", "race.stays@example.de")],
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stays = first.register(de_person("race.stays@example.de")).await.unwrap().into_inner();
     first
         .record_consent(consent(by_email("race.stays@example.de"), common::ConsentAction::Grant, "email"))
         .await
@@ -663,15 +688,7 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
     let mut raced = 0;
     for round in 0..ROUNDS {
         let email = format!("race.erase.{round}@example.de");
-        let person = first
-            .register(gw::RegisterRequest {
-                jurisdiction: "DE".into(),
-                identifiers: vec![identifier("email", &email)],
-                idempotency_key: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let person = first.register(de_person(&email)).await.unwrap().into_inner();
         // The second gateway learns the person from the region's change events: wait for it, so
         // a write by identifier is refused only for the erasure.
         let known = domicile_cluster_tests::eventually(std::time::Duration::from_secs(10), || {
@@ -684,7 +701,6 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
         // Each writer writes until it is refused, then twice more; the erasure is sent once every
         // writer's first write is acknowledged, so writes are in flight while it runs.
         let (started, mut has_started) = tokio::sync::watch::channel(0usize);
-        let started = std::sync::Arc::new(started);
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let (mut gateway, email, subject_ref) = (other.clone(), email.clone(), person.subject_ref.clone());
@@ -763,28 +779,10 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
     }
 
     // Every event up to the last person's ERASED, then whatever follows within half a second.
-    let last = &people.last().unwrap().1.subject_ref;
+    let erased_refs: Vec<&String> = people.iter().map(|(_, person)| &person.subject_ref).collect();
+    let seen = until_erased(async || live_events.recv().await, &erased_refs).await.expect("every erasure's event came");
     let mut follower = Follower::default();
-    let mut seen = Vec::new();
-    loop {
-        let wait = if seen
-            .iter()
-            .any(|e: &common::ChangeEvent| e.kind == common::ChangeKind::Erased as i32 && &e.subject_ref == last)
-        {
-            std::time::Duration::from_millis(500)
-        } else {
-            std::time::Duration::from_secs(10)
-        };
-        match tokio::time::timeout(wait, live_events.recv()).await {
-            Ok(event) => {
-                let event = event.expect("stream open");
-                follower.apply(&event);
-                seen.push(event);
-            }
-            Err(_) if wait < std::time::Duration::from_secs(1) => break,
-            Err(_) => panic!("the last erasure's event never came"),
-        }
-    }
+    seen.iter().for_each(|e| follower.apply(e));
     for (email, person) in &people {
         let kinds: Vec<i32> = seen.iter().filter(|e| e.subject_ref == person.subject_ref).map(|e| e.kind).collect();
         assert_eq!(kinds.last(), Some(&(common::ChangeKind::Erased as i32)), "{email}: an event after its erasure");
@@ -798,7 +796,6 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
     // embedded store removes the earlier events at the first flush after the erasure's that finds
     // the write lock free (a refused write holds it and flushes nothing): each probe makes an
     // acknowledged write first, so a flush comes.
-    let erased_refs: Vec<&String> = people.iter().map(|(_, person)| &person.subject_ref).collect();
     let left = domicile_cluster_tests::eventually(std::time::Duration::from_secs(10), || {
         let mut node_client = node_client.clone();
         let mut writer = first.clone();
@@ -806,26 +803,11 @@ async fn an_erasure_racing_consent_writes_through_another_gateway_leaves_nothing
         async move {
             let flush = consent(by_email("race.stays@example.de"), common::ConsentAction::Grant, "email");
             writer.record_consent(flush).await.ok()?;
-            let events = node_client.watch(node::WatchRequest { after_sequence: None }).await.ok()?.into_inner();
-            let mut events = events;
-            let mut kept = Vec::new();
-            let mut erasures = 0;
-            // Up to the last ERASED, then whatever follows within half a second.
-            loop {
-                let wait = if erasures < erased_refs.len() { 5_000 } else { 500 };
-                let next = tokio::time::timeout(std::time::Duration::from_millis(wait), events.message()).await;
-                let event = match next {
-                    Ok(event) => event.ok()??,
-                    Err(_) if erasures == erased_refs.len() => break,
-                    Err(_) => return None,
-                };
-                if erased_refs.contains(&&event.subject_ref) {
-                    erasures += usize::from(event.kind == common::ChangeKind::Erased as i32);
-                    kept.push((event.subject_ref.clone(), event.kind));
-                }
-            }
-            let only_erased = kept.iter().all(|(_, kind)| *kind == common::ChangeKind::Erased as i32);
-            only_erased.then_some(kept)
+            let mut events = node_client.watch(node::WatchRequest { after_sequence: None }).await.ok()?.into_inner();
+            let events = until_erased(async || events.message().await.ok()?, &erased_refs).await?;
+            let kept: Vec<_> =
+                events.iter().filter(|e| erased_refs.contains(&&e.subject_ref)).map(|e| e.kind).collect();
+            kept.iter().all(|kind| *kind == common::ChangeKind::Erased as i32).then_some(kept)
         }
     })
     .await;
@@ -881,16 +863,12 @@ async fn a_node_killed_right_after_an_erasure_keeps_nothing_of_the_person_in_its
 
     let mut node_client = cluster.node(&eu).await.unwrap();
     let mut log = node_client.watch(node::WatchRequest { after_sequence: None }).await.unwrap().into_inner();
+    let erased_refs: Vec<&String> = erased.iter().map(|p| &p.subject_ref).collect();
+    let events =
+        until_erased(async || log.message().await.ok()?, &erased_refs).await.expect("every erasure's event came");
     let mut kinds: std::collections::BTreeMap<String, Vec<i32>> = std::collections::BTreeMap::new();
-    let mut erasures = 0;
-    while erasures < erased.len() {
-        let event = tokio::time::timeout(std::time::Duration::from_secs(10), log.message())
-            .await
-            .expect("an event in time")
-            .unwrap()
-            .expect("stream open");
-        if erased.iter().any(|p| p.subject_ref == event.subject_ref) {
-            erasures += usize::from(event.kind == common::ChangeKind::Erased as i32);
+    for event in &events {
+        if erased_refs.contains(&&event.subject_ref) {
             kinds.entry(event.subject_ref.clone()).or_default().push(event.kind);
         }
         let linked = erased.iter().any(|p| p.links.iter().any(|l| event.links.contains(l)));
