@@ -238,9 +238,9 @@ impl tokio_stream::Stream for Incoming {
                     }
                     // A failed or timed-out handshake (already logged).
                 }
-                // A cancelled or panicked task: its address's count cannot be known, so the
-                // bound is rebuilt from the tasks left (none is lost for long: each ends within
-                // the handshake timeout).
+                // A cancelled or panicked task: its address is not known, so every address's
+                // count starts afresh. The tasks left then go uncounted, which loosens the bound
+                // for at most the handshake timeout (each ends by then).
                 Poll::Ready(Some(Err(_))) => self.pending.clear(),
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }

@@ -26,12 +26,17 @@ pub struct ChangeEvent {
 /// besides its own (`Recorded::changes_dropping`), from its removed events.
 pub fn links_named(events: &[ChangeEvent]) -> Vec<Link> {
     let mut links: Vec<Link> = Vec::new();
-    for link in events.iter().flat_map(|e| &e.links) {
+    add_new_links(&mut links, events.iter().flat_map(|e| &e.links));
+    links
+}
+
+/// Appends to `links` each of `more` it does not hold yet, in order.
+fn add_new_links<'a>(links: &mut Vec<Link>, more: impl IntoIterator<Item = &'a Link>) {
+    for link in more {
         if !links.contains(link) {
             links.push(*link);
         }
     }
-    links
 }
 
 /// The kind of a [`ChangeEvent`] (stored as it is: variants are only ever added).
@@ -359,11 +364,7 @@ impl Recorded<'_> {
         if let Some(retired) = self.retires() {
             for (subject, links, change) in &mut changes {
                 if *subject == retired && *change == Change::Erased {
-                    for link in dropped {
-                        if !links.contains(link) {
-                            links.push(*link);
-                        }
-                    }
+                    add_new_links(links, dropped);
                 }
             }
         }
