@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces every figure in BENCHMARKS.md: the policy evaluation bench (vs Cedar), the regional
-# node bench (durable writes, decision latency) and the load tool against a release-built local
-# cluster (echo baseline, decide, batch, writes, withdrawal -> watcher, dataset setup).
+# node bench (durable writes, decision latency), the import floor (a region's import vs sled
+# alone) and the load tool against a release-built local cluster (echo baseline, decide, batch,
+# writes, withdrawal -> watcher, dataset setup).
 #
 # Usage (from anywhere in the repository):
 #   bench/run-all.sh
@@ -35,6 +36,8 @@ if [[ "${SKIP_COMPONENT_BENCHES:-0}" != 1 ]]; then
   cargo bench -p domicile-policy --bench decide
   echo "== regional node: durable writes and decision latency"
   BENCH_SUBJECTS="${BENCH_SUBJECTS:-1000000}" cargo bench -p domicile-node --bench node
+  echo "== import into one region vs sled's own floor for the same rows"
+  cargo bench -p domicile-node --bench import_floor
   echo "== gateway cold start with a large directory"
   BENCH_LINKS="${BENCH_LINKS:-1000000}" cargo bench -p domicile-cluster-tests --bench gateway_cold_start
   echo "== gateway directory memory per link"
