@@ -389,8 +389,11 @@ impl RecordShape {
 
 /// A consent record's channels and `evidence.consent_kind` / `evidence.hours`, checked together:
 /// a transfer consent (`explicit_transfer`, `separate_transfer`) names no channel and no hours;
-/// any other record names at least one channel.
+/// any other record names at least one channel. A caller's `evidence.signal` is refused
+/// ([`crate::limits::SIGNAL_EVIDENCE`]).
 pub fn record_shape(channels: &[String], evidence: Option<&common::Evidence>) -> Result<RecordShape, FieldViolation> {
+    crate::limits::SIGNAL_EVIDENCE
+        .check("evidence.signal", usize::from(evidence.is_some_and(|e| e.signal.is_some())))?;
     let (kind, hours) = evidence.map_or(("", &[][..]), |e| (e.consent_kind.as_str(), &e.hours[..]));
     if let Some(kind) = domicile_policy::TransferConsent::parse(kind) {
         if !channels.is_empty() {

@@ -49,5 +49,10 @@ pub const CHALLENGE_OUTBOX_PAGE: MaxItems = MaxItems::new(1_000, "");
 /// each at most once, fits many times over; counted before decoding, it bounds what a request
 /// of empty strings makes the decoder build.
 pub const CHANNELS: MaxItems = MaxItems::new(16, "channels per consent");
+/// `evidence.signal` on a consent write (`RecordConsent`, an import's item): none. Only
+/// `RecordSignal` records signal evidence, from the signal it decodes itself; a caller's own would
+/// be evidence nobody checked. Counted before decoding too, so its lists (`gpp_sections`, packed
+/// numbers that decode to four times their bytes) are never built.
+pub const SIGNAL_EVIDENCE: MaxItems = MaxItems::new(0, "(only RecordSignal records signal evidence)");
 /// `evidence.hours`: calling windows a consent covers.
 pub const HOURS: MaxItems = MaxItems::new(8, "windows");

@@ -144,7 +144,8 @@ impl<D: prost::Message + Default + 'static> Decoder for RequestDecoder<D> {
 // Lists counted before decoding.
 // ---------------------------------------------------------------------------------------------
 
-/// A list of a request (a repeated field, or several fields counted together) and its limit.
+/// A list of a request (a repeated field, or several fields counted together) and its limit; or,
+/// with a limit of 0, a field the request may not carry at all (its contents never decoded).
 #[derive(Debug, Clone, Copy)]
 struct BoundedList {
     /// The fields of the message messages it is in, from the request down (none: the request's
@@ -200,14 +201,17 @@ bounded_requests! {
         list(&[1], "items", limits::IMPORT_ITEMS),
         nested(&[1], &[4], "items[].channels", limits::CHANNELS),
         nested(&[1, 6], &[7], "items[].evidence.hours", limits::HOURS),
+        nested(&[1, 6], &[5], "items[].evidence.signal", limits::SIGNAL_EVIDENCE),
     ],
     gateway::RecordConsentRequest = "domicile.gateway.v1.RecordConsentRequest" => [
         list(&[3], "channels", limits::CHANNELS),
         nested(&[5], &[7], "evidence.hours", limits::HOURS),
+        nested(&[5], &[5], "evidence.signal", limits::SIGNAL_EVIDENCE),
     ],
     node::RecordConsentRequest = "domicile.node.v1.RecordConsentRequest" => [
         list(&[3], "channels", limits::CHANNELS),
         nested(&[5], &[7], "evidence.hours", limits::HOURS),
+        nested(&[5], &[5], "evidence.signal", limits::SIGNAL_EVIDENCE),
     ],
     gateway::RegisterRequest = "domicile.gateway.v1.RegisterRequest" => [
         list(&[2], "identifiers", limits::IDENTIFIERS),
@@ -221,6 +225,7 @@ bounded_requests! {
         list(&[1], "items", limits::IMPORT_ITEMS),
         nested(&[1], &[4], "items[].channels", limits::CHANNELS),
         nested(&[1, 6], &[7], "items[].evidence.hours", limits::HOURS),
+        nested(&[1, 6], &[5], "items[].evidence.signal", limits::SIGNAL_EVIDENCE),
     ],
     node::DecideBatchRequest = "domicile.node.v1.DecideBatchRequest" => [
         list(&[1], "items", limits::DECIDE_BATCH_ITEMS),
@@ -945,6 +950,49 @@ mod tests {
         assert!(check_lists(&[0x0a, 0x03, 0x22, 0x00], bounded_lists::<gateway::ImportConsentRequest>()).is_err());
     }
 
+    #[test]
+    fn signal_evidence_on_a_consent_write_is_refused_before_its_lists_are_built() {
+        use crate::pb::common::v1::{Evidence, SignalEvidence};
+        // 4 MiB of packed section ids decode to 4,194,304 numbers (16 MiB): refused unread.
+        let signal = SignalEvidence { gpp_sections: vec![1; 4 << 20], ..Default::default() };
+        let evidence = Evidence { signal: Some(signal), ..Default::default() };
+        let record = gateway::RecordConsentRequest {
+            channels: vec!["email".into()],
+            evidence: Some(evidence.clone()),
+            ..Default::default()
+        };
+        let bytes = record.encode_to_vec();
+        assert!(bytes.len() > 4 << 20);
+        let handler =
+            Status::from(crate::convert::record_shape(&record.channels, record.evidence.as_ref()).unwrap_err());
+        let expected = "invalid `evidence.signal`: at most 0 (only RecordSignal records signal evidence)";
+        assert_eq!((handler.code(), handler.message()), (tonic::Code::InvalidArgument, expected));
+        for status in [refused::<gateway::RecordConsentRequest>(&bytes), refused::<node::RecordConsentRequest>(&bytes)]
+        {
+            assert_eq!((status.code(), status.message()), (handler.code(), handler.message()));
+        }
+        // An empty one is refused alike: the field itself is the caller's claim.
+        let empty = Evidence { signal: Some(SignalEvidence::default()), ..Default::default() };
+        let record = gateway::RecordConsentRequest { evidence: Some(empty.clone()), ..Default::default() };
+        assert_eq!(refused::<node::RecordConsentRequest>(&record.encode_to_vec()).message(), expected);
+        // In an import, named by its item, wherever the item is.
+        let item = |evidence: Evidence| gateway::ImportConsentItem { evidence: Some(evidence), ..Default::default() };
+        let import = gateway::ImportConsentRequest {
+            items: vec![item(Evidence::default()), item(Evidence::default()), item(evidence)],
+            ..Default::default()
+        };
+        let expected = "invalid `items[2].evidence.signal`: at most 0 (only RecordSignal records signal evidence)";
+        for status in [
+            refused::<gateway::ImportConsentRequest>(&import.encode_to_vec()),
+            refused::<node::ImportConsentRequest>(&import.encode_to_vec()),
+        ] {
+            assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, expected));
+        }
+        // Evidence without a signal is read as before.
+        let plain = gateway::ImportConsentRequest { items: vec![item(Evidence::default()); 3], ..Default::default() };
+        assert_eq!(decode_request::<node::ImportConsentRequest>(&plain.encode_to_vec()[..]).unwrap().items.len(), 3);
+    }
+
     /// The bounded lists of the gateway's `ImportConsentRequest`, with a limit of 3.
     const THREE_ITEMS: &[BoundedList] = &[list(&[1], "items", MaxItems::new(3, "items"))];
     /// The same, and at most 2 channels and 2 hours per item.
@@ -1099,7 +1147,9 @@ mod tests {
                 for tag in list.tags {
                     let field = message.field.iter().find(|f| f.number() == *tag as i32);
                     let field = field.unwrap_or_else(|| panic!("{name} has no field {tag}"));
-                    assert_eq!(field.label(), Label::Repeated, "{name}.{}", field.name());
+                    // A list, or a field no request may carry (a limit of 0: any occurrence is
+                    // one too many, `evidence.signal`).
+                    assert!(field.label() == Label::Repeated || list.limit.max == 0, "{name}.{}", field.name());
                     // Length-delimited on the wire: never packed.
                     assert!(
                         matches!(field.r#type(), Type::Message | Type::String | Type::Bytes),

@@ -48,6 +48,8 @@ const GW_DECIDE_STREAM: &str = "/domicile.gateway.v1.Domicile/DecideStream";
 const NODE_REGISTER: &str = "/domicile.node.v1.RegionalNode/Register";
 const NODE_DECIDE_BATCH: &str = "/domicile.node.v1.RegionalNode/DecideBatch";
 const NODE_IMPORT: &str = "/domicile.node.v1.RegionalNode/ImportConsent";
+const GW_RECORD: &str = "/domicile.gateway.v1.Domicile/RecordConsent";
+const NODE_RECORD: &str = "/domicile.node.v1.RegionalNode/RecordConsent";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 // === a client that sends any bytes as a message ===
@@ -591,6 +593,23 @@ fn one_item_of_empty_channels(bytes: usize) -> Vec<u8> {
     out
 }
 
+/// `payload` as length-delimited field `tag`.
+fn delimited(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(tag << 3) | 2];
+    encode_varint(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// About `bytes` bytes holding one import item (or, with `item: false`, a consent record) whose
+/// `evidence.signal.gpp_sections` (packed numbers, one byte each) fill the request: each byte
+/// decodes to a 4-byte number, so a decoder would build four times the request.
+fn signal_sections(bytes: usize, item: bool) -> Vec<u8> {
+    let signal = delimited(5, &delimited(6, &vec![0x01; bytes - 24]));
+    // An import item's `evidence` is its field 6; a consent record's, its field 5.
+    if item { delimited(1, &delimited(6, &signal)) } else { delimited(5, &signal) }
+}
+
 /// Sends `message` to `path` `AT_ONCE` times at once, each on a connection of its own, and
 /// asserts that every one is refused with `code` and exactly `expected`.
 async fn refused_at_once(channels: &[Channel], path: &'static str, message: &[u8], code: Code, expected: &str) {
@@ -659,6 +678,15 @@ async fn too_many_items_are_refused_before_they_are_built_at_the_gateway_and_the
     refused_at_once(&gateways, GW_IMPORT, &gateway_channels, Code::InvalidArgument, &too_many_channels).await;
     refused_at_once(&nodes, NODE_IMPORT, &node_channels, Code::InvalidArgument, &too_many_channels).await;
 
+    // A consent write carrying signal evidence of its own (only RecordSignal records any),
+    // whose packed section ids would decode to four bytes per byte sent: refused unread.
+    let no_signal = |field: &str| format!("invalid `{field}`: at most 0 (only RecordSignal records signal evidence)");
+    let (in_item, in_record) = (no_signal("items[0].evidence.signal"), no_signal("evidence.signal"));
+    let code = Code::InvalidArgument;
+    refused_at_once(&gateways, GW_IMPORT, &signal_sections(IMPORT_LIMIT, true), code, &in_item).await;
+    refused_at_once(&nodes, NODE_IMPORT, &signal_sections(NODE_LIMIT, true), code, &in_item).await;
+    refused_at_once(&gateways, GW_RECORD, &signal_sections(GATEWAY_LIMIT, false), code, &in_record).await;
+    refused_at_once(&nodes, NODE_RECORD, &signal_sections(NODE_LIMIT, false), code, &in_record).await;
     let (gateway_after, node_after) = (peak_kib(gateway_pid), peak_kib(node_pid));
     eprintln!(
         "peak resident memory around {AT_ONCE} requests of each kind: gateway {gateway_before} → {gateway_after} \

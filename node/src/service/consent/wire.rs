@@ -101,7 +101,8 @@ fn evidence_from_pb(pb: Option<&common::Evidence>) -> Result<Evidence, FieldViol
         },
         source_system: e.source_system.clone(),
         double_opt_in_confirmed: e.double_opt_in_confirmed,
-        // Only `RecordSignal` sets it, from the signal it decoded itself.
+        // Only `RecordSignal` sets it, from the signal it decoded itself; a caller's own was
+        // refused by `convert::record_shape`.
         signal: None,
         // Set from the record's shape (`convert::record_shape`) by the caller.
         consent_kind: None,
