@@ -14,7 +14,8 @@
 //!   import index holds exactly the source events of each subject's ledger (`imports.rs`: an
 //!   entry missing would let a re-import write an event again);
 //!   the events index holds every event it covers, and no retired subject's earlier event
-//!   remains (`retire.rs`);
+//!   remains (`retire.rs`); a sealed record of a subject with neither metadata nor a key (one its
+//!   erasure or merge left behind) is noted;
 //! - `restore.pending`: a restore into the directory that did not finish (its erasure journal
 //!   not replayed) is damage too.
 
@@ -222,6 +223,7 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
             }
         };
         let mut failed: HashMap<SubjectId, u64> = HashMap::new();
+        let mut orphaned: HashMap<SubjectId, u64> = HashMap::new();
         for item in tree.iter() {
             let (key, value) = match item {
                 Ok(kv) => kv,
@@ -235,7 +237,14 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
                 continue;
             };
             report.sealed_records += 1;
-            let Some(key_bytes) = keys.get(&subject) else { continue };
+            let Some(key_bytes) = keys.get(&subject) else {
+                // Without metadata either, the subject is gone (a subject with metadata but no key
+                // is damage, reported above).
+                if !subjects.contains(&subject) {
+                    *orphaned.entry(subject).or_default() += 1;
+                }
+                continue;
+            };
             let opened = SubjectKey::from_bytes(key_bytes)
                 .and_then(|k| k.open(&context(name.as_bytes(), &key), &value))
                 .ok()
@@ -243,6 +252,18 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
             if opened.is_none() {
                 *failed.entry(subject).or_default() += 1;
             }
+        }
+        // An erasure or merge removes every record of the subject whose key it destroys, in the
+        // transaction that removes its metadata, and every writer checks its subject under the
+        // write lock: none should be left. One that is cannot be read (its key is gone), so it
+        // is a note, not damage, named for the operator.
+        let mut orphaned: Vec<_> = orphaned.into_iter().collect();
+        orphaned.sort();
+        for (subject, count) in orphaned {
+            report.notes.push(format!(
+                "{db_name} tree {name}: {count} record(s) of subject {subject}, which has neither metadata nor a key: \
+                 left behind by its erasure or merge (unreadable: its key is destroyed)"
+            ));
         }
         let mut failed: Vec<_> = failed.into_iter().collect();
         failed.sort();

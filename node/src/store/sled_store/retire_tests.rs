@@ -156,3 +156,42 @@ async fn node_check_finds_an_unindexed_event_and_a_retired_subjects_event_left_b
     assert!(found.iter().any(|p| p.contains(&format!("subject {stays} not indexed"))), "{found:?}");
     assert!(!found.iter().any(|p| p.contains("remain")), "{found:?}");
 }
+
+/// A record left under an erased subject (as a capture that checked its subject before the
+/// erasure and committed after it would leave, were it not under the write lock) is unreadable,
+/// its key destroyed; `domicile node check` names it as a note, not as damage, and says nothing
+/// of the subjects that are whole.
+#[tokio::test]
+async fn node_check_notes_a_record_left_under_an_erased_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = || super::super::check::check(dir.path(), &home());
+    let (gone, stays, late) = {
+        let store = SledStore::open(dir.path(), &home()).unwrap();
+        let gone = subject(&store, "gone.late@example.de").await;
+        let stays = subject(&store, "stays.whole@example.de").await;
+        store.append_consent(&gone, consent(ConsentState::Granted, 100), None).await.unwrap();
+        store.append_consent(&stays, consent(ConsentState::Granted, 110), None).await.unwrap();
+        let late: Vec<(sled::IVec, sled::IVec)> =
+            store.consent.scan_prefix(gone.as_bytes()).collect::<Result<_, _>>().unwrap();
+        store.erase(&gone, 200, &rights("erasure"), None).await.unwrap();
+        store.flush().await.unwrap();
+        (gone, stays, late)
+    };
+    assert_eq!(late.len(), 1, "the record the late capture writes");
+    let report = check();
+    assert_eq!((report.problems.clone(), report.notes.clone()), (Vec::new(), Vec::new()));
+
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let ledger = db.open_tree("consent").unwrap();
+        for (key, value) in &late {
+            ledger.insert(key, value).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let report = check();
+    assert!(report.is_sound(), "unreadable leftovers are not damage: {:?}", report.problems);
+    let expected = format!("tree consent: 1 record(s) of subject {gone}, which has neither metadata nor a key");
+    assert!(report.notes.iter().any(|n| n.contains(&expected)), "{:?}", report.notes);
+    assert!(!report.notes.iter().any(|n| n.contains(&stays.to_string())), "{:?}", report.notes);
+}
