@@ -1,18 +1,23 @@
 //! What an imported row costs a sled region, against the least sled itself costs for one, in
-//! the same run (issue 22's import target; BENCHMARKS.md, "What bounds the import rate").
+//! the same run (issue 22's import target; BENCHMARKS.md, "What bounds the two open targets on
+//! this machine").
 //!
 //! - **node**: `ImportConsent` into an in-process `NodeService` over real sled files (no gRPC
-//!   transport): rows of known subjects, every row a different subject as in `bench/import.sh`'s
-//!   second file, calls of 667 rows (what a gateway forwards to each of three regions of a
-//!   2,000-row batch), each durable before it returns.
-//! - **floor**: the same number of rows written straight into sled trees of the same sizes, in
-//!   the shape of the store's layout, with nothing else: one transaction per 512 rows (the
-//!   node's most per write), per row the record in force read and overwritten and two new keys
-//!   (ledger entry, import index entry), one flush per transaction; values of the sizes the node
-//!   stored. No sealing, audit, identity or checks. Then the layouts a redesign could choose:
-//!   one new key per row, none, and the ledger and index entries appended to per-subject chunks.
+//!   transport, subjects named by ref): rows of known subjects, every row a different subject as
+//!   in `bench/import.sh`'s second file, a fifth of them withdrawals, calls of 667 rows (what a
+//!   gateway forwards to each of three regions of a 2,000-row batch), each durable before the
+//!   next is sent.
+//! - **floor**: the same rows written straight into sled trees of the same sizes, with nothing
+//!   but sled's own work: one transaction per 512 rows (the node's most per write), a flush after
+//!   each, values of the sizes the node stored. Every layout reads and overwrites the record in
+//!   force and writes each withdrawal's change event and events-index entry, as the store does;
+//!   the store's layout adds two new keys per row (ledger entry, import index entry). Then what a
+//!   redesign could choose: one new key per row, none, and the ledger and index entries appended
+//!   to per-subject chunks (whose index could no longer be looked up by event: a lower bound).
+//!   No sealing, audit, identity or checks.
 //!
-//! CPU is the process's (`/proc/self/stat`, every thread, sled's own included), per row.
+//! CPU is the process's (`/proc/self/stat`, every thread, sled's own included, in 10 ms ticks:
+//! ±1 tick is ±10 % of the smallest figure), per row.
 //! `cargo bench -p domicile-node --bench import_floor` (env: IMPORT_FLOOR_ROWS,
 //! IMPORT_FLOOR_SUBJECTS; the defaults, 66,667 rows over 6,667 subjects, are one region's share
 //! of `bench/import.sh`'s second file).
@@ -115,21 +120,22 @@ enum Layout {
 /// transactions of 512 rows with a flush after each.
 fn floor_pass(
     db: &sled::Db,
-    trees: &[sled::Tree; 4],
+    trees: &[sled::Tree; 6],
     pass: usize,
     rows: usize,
     subjects: usize,
     layout: Layout,
-    sizes: (usize, usize),
+    sizes: Sizes,
 ) -> f64 {
-    let ledger_value = vec![0x5a_u8; sizes.0];
-    let current_value = vec![0xa5_u8; sizes.1];
+    let ledger_value = vec![0x5a_u8; sizes.ledger];
+    let current_value = vec![0xa5_u8; sizes.current];
+    let event_value = vec![0x3c_u8; sizes.event];
     let cpu = cpu_micros();
     let position = (pass * rows) as u64;
     for chunk in (0..rows).collect::<Vec<_>>().chunks(512) {
-        let [ledger, current, imports, counters] = trees;
-        (ledger, current, imports, counters)
-            .transaction(|(ledger, current, imports, counters)| {
+        let [ledger, current, imports, counters, events, event_subjects] = trees;
+        (ledger, current, imports, counters, events, event_subjects)
+            .transaction(|(ledger, current, imports, counters, events, event_subjects)| {
                 for &n in chunk {
                     let subject = subject_bytes(n % subjects);
                     let mut cell = subject.to_vec();
@@ -137,6 +143,14 @@ fn floor_pass(
                     let _stored = current.get(&cell)?;
                     current.insert(cell, current_value.as_slice())?;
                     let at = position + n as u64;
+                    // A withdrawal (a fifth of the rows, as in the node's pass) is announced: its
+                    // change event, keyed by sequence, and its entry in the events index.
+                    if (n / subjects) % 5 == 4 {
+                        events.insert(&at.to_be_bytes()[..], event_value.as_slice())?;
+                        let mut key = subject.to_vec();
+                        key.extend_from_slice(&at.to_be_bytes());
+                        event_subjects.insert(key, &[][..])?;
+                    }
                     match layout {
                         Keys(new) => {
                             if new >= 1 {
@@ -151,8 +165,10 @@ fn floor_pass(
                             }
                         }
                         Chunked(size) => {
-                            // The subject's entries so far: `rows / subjects` per earlier pass.
-                            let ordinal = (pass - 1) * (rows / subjects) + n / subjects;
+                            // The subject's entries before this one: as many per earlier pass
+                            // as in this one (the first `rows % subjects` subjects get one more).
+                            let per_pass = rows / subjects + usize::from(n % subjects < rows % subjects);
+                            let ordinal = (pass - 1) * per_pass + n / subjects;
                             let mut key = subject.to_vec();
                             key.extend_from_slice(&((ordinal / size) as u32).to_be_bytes());
                             let mut entries = ledger.get(&key)?.map(|v| v.to_vec()).unwrap_or_default();
@@ -218,10 +234,17 @@ async fn node_fixture(subjects: usize, dir: &std::path::Path) -> (NodeService<Sl
     (NodeService::new(region, store, packs, key, ownership).await.unwrap(), refs)
 }
 
-/// The mean size of the sealed ledger entries and records in force the node stored: the floor
-/// writes values of these sizes. Opened once the node's store is closed (sled's flusher thread
-/// lets go of the files shortly after).
-fn stored_value_sizes(dir: &std::path::Path) -> (usize, usize) {
+/// The mean sizes of the values the node stored, in bytes: the floor writes values of these sizes.
+#[derive(Clone, Copy)]
+struct Sizes {
+    ledger: usize,
+    current: usize,
+    event: usize,
+}
+
+/// [`Sizes`], read once the node's store is closed (sled's flusher thread lets go of the files
+/// shortly after).
+fn stored_value_sizes(dir: &std::path::Path) -> Sizes {
     let db = (0..100)
         .find_map(|_| {
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -234,7 +257,7 @@ fn stored_value_sizes(dir: &std::path::Path) -> (usize, usize) {
         assert!(count > 0, "the node stored entries in {name}");
         bytes / count
     };
-    (mean("consent"), mean("current"))
+    Sizes { ledger: mean("consent"), current: mean("current"), event: mean("events") }
 }
 
 fn main() {
@@ -252,20 +275,24 @@ fn main() {
     // The node's background tasks hold its store until their runtime stops.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     let sizes = stored_value_sizes(node_dir.path());
-    println!("the node's sealed values: ledger entry {} bytes, record in force {} bytes (means)", sizes.0, sizes.1);
+    println!(
+        "the node's values: ledger entry {} bytes, record in force {}, change event {} (means)",
+        sizes.ledger, sizes.current, sizes.event
+    );
 
     // Each layout on sled files of its own: a first pass as the node had, then the measured one.
     let mut floors = Vec::new();
     for (label, layout) in [
-        ("record in force + ledger entry + index entry (the store's layout)", Keys(2)),
-        ("record in force + ledger entry", Keys(1)),
-        ("record in force only", Keys(0)),
-        ("record in force + chunks of 8 (ledger, index)", Chunked(8)),
-        ("record in force + chunks of 32 (ledger, index)", Chunked(32)),
+        ("the store's layout: ledger entry and index entry, two new keys", Keys(2)),
+        ("one new key (the ledger entry)", Keys(1)),
+        ("no new key", Keys(0)),
+        ("ledger and index entries appended to per-subject chunks of 8", Chunked(8)),
+        ("chunks of 32", Chunked(32)),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let trees = ["consent", "current", "imports", "counters"].map(|name| db.open_tree(name).unwrap());
+        let trees = ["consent", "current", "imports", "counters", "events", "event_subjects"]
+            .map(|name| db.open_tree(name).unwrap());
         floor_pass(&db, &trees, 1, rows, subjects, layout, sizes);
         let floor = floor_pass(&db, &trees, 2, rows, subjects, layout, sizes);
         println!("sled floor, {label}: {floor:.1} µs CPU per row; node / floor {:.2}", node / floor);
@@ -273,7 +300,7 @@ fn main() {
     }
     println!(
         "50,000 rows/s on 2 cores leaves 40 µs of CPU per row for importer, gateway and node together; \
-         the store's layout's floor takes {:.0} % of it",
+         the store's layout's floor is {:.0} % of it",
         floors[0] / 40.0 * 100.0
     );
 }
