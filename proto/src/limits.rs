@@ -5,7 +5,8 @@
 
 use crate::convert::FieldViolation;
 
-/// At most `max` entries in a list (`at most <max> <what>`).
+/// At most `max` entries in a list (`at most <max> <what>`); 0: a field that must not be set
+/// (`must not be set <what>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxItems {
     pub max: usize,
@@ -20,9 +21,11 @@ impl MaxItems {
 
     /// The refusal of a list `field` holding more than [`max`](Self::max) entries.
     pub fn violation(&self, field: &str) -> FieldViolation {
-        match self.what {
-            "" => FieldViolation::new(field, format!("at most {}", self.max)),
-            what => FieldViolation::new(field, format!("at most {} {what}", self.max)),
+        match (self.max, self.what) {
+            // A field the request may not carry at all.
+            (0, what) => FieldViolation::new(field, format!("must not be set {what}").trim_end().to_owned()),
+            (max, "") => FieldViolation::new(field, format!("at most {max}")),
+            (max, what) => FieldViolation::new(field, format!("at most {max} {what}")),
         }
     }
 

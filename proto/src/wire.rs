@@ -965,7 +965,7 @@ mod tests {
         assert!(bytes.len() > 4 << 20);
         let handler =
             Status::from(crate::convert::record_shape(&record.channels, record.evidence.as_ref()).unwrap_err());
-        let expected = "invalid `evidence.signal`: at most 0 (only RecordSignal records signal evidence)";
+        let expected = "invalid `evidence.signal`: must not be set (only RecordSignal records signal evidence)";
         assert_eq!((handler.code(), handler.message()), (tonic::Code::InvalidArgument, expected));
         for status in [refused::<gateway::RecordConsentRequest>(&bytes), refused::<node::RecordConsentRequest>(&bytes)]
         {
@@ -981,7 +981,8 @@ mod tests {
             items: vec![item(Evidence::default()), item(Evidence::default()), item(evidence)],
             ..Default::default()
         };
-        let expected = "invalid `items[2].evidence.signal`: at most 0 (only RecordSignal records signal evidence)";
+        let expected =
+            "invalid `items[2].evidence.signal`: must not be set (only RecordSignal records signal evidence)";
         for status in [
             refused::<gateway::ImportConsentRequest>(&import.encode_to_vec()),
             refused::<node::ImportConsentRequest>(&import.encode_to_vec()),

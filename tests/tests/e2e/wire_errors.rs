@@ -680,7 +680,8 @@ async fn too_many_items_are_refused_before_they_are_built_at_the_gateway_and_the
 
     // A consent write carrying signal evidence of its own (only RecordSignal records any),
     // whose packed section ids would decode to four bytes per byte sent: refused unread.
-    let no_signal = |field: &str| format!("invalid `{field}`: at most 0 (only RecordSignal records signal evidence)");
+    let no_signal =
+        |field: &str| format!("invalid `{field}`: must not be set (only RecordSignal records signal evidence)");
     let (in_item, in_record) = (no_signal("items[0].evidence.signal"), no_signal("evidence.signal"));
     let code = Code::InvalidArgument;
     refused_at_once(&gateways, GW_IMPORT, &signal_sections(IMPORT_LIMIT, true), code, &in_item).await;
