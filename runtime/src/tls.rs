@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +35,50 @@ pub const MAX_HANDSHAKES: usize = 4096;
 /// Open connections in all, each holding TLS and HTTP/2 buffers; beyond, new ones are closed at
 /// once (and counted against no one: the caller retries).
 pub const MAX_CONNECTIONS: usize = 16_384;
+/// Connections open or handshaking from one source ([`source_of`]: an IPv4 address, or an IPv6
+/// /64, which one peer holds whole); beyond, new ones are closed at once. Without it, one peer
+/// could hold all [`MAX_CONNECTIONS`] and shut every other caller out, and it needs no
+/// certificate to (the gateway serves callers with tokens and without one). A proxy or NAT in
+/// front of many clients holds a few per client.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
+
+/// The source a connection is counted against: an IPv4 address (also one mapped into IPv6), or
+/// the /64 an IPv6 address is in.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
+/// Connections open or handshaking per source, shared with each connection's [`SourceSlot`].
+type OpenPerSource = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+fn counts(open: &OpenPerSource) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A connection's place among its source's ([`MAX_CONNECTIONS_PER_ADDRESS`]), given back when it
+/// closes (or its handshake fails).
+struct SourceSlot {
+    open: OpenPerSource,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = counts(&self.open);
+        if let Some(count) = open.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// Installs ring as the process-wide rustls provider. Must run before any TLS config is built;
 /// repeated calls are harmless. Without it, a second provider pulled in by some dependency would
@@ -163,7 +207,7 @@ pub struct TlsAcceptor(tokio_rustls::TlsAcceptor);
 /// server. Accepted sockets get `TCP_NODELAY` (without it small replies wait ~40 ms for the
 /// peer's delayed ACK).
 /// Connections beyond the bounds ([`MAX_HANDSHAKES_PER_ADDRESS`], [`MAX_HANDSHAKES`],
-/// [`MAX_CONNECTIONS`]) are closed as soon as they are accepted.
+/// [`MAX_CONNECTIONS_PER_ADDRESS`], [`MAX_CONNECTIONS`]) are closed as soon as they are accepted.
 pub fn incoming(listener: TcpListener, acceptor: TlsAcceptor) -> Incoming {
     Incoming {
         listener,
@@ -171,6 +215,7 @@ pub fn incoming(listener: TcpListener, acceptor: TlsAcceptor) -> Incoming {
         handshakes: JoinSet::new(),
         pending: HashMap::new(),
         open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        per_source: OpenPerSource::default(),
     }
 }
 
@@ -179,16 +224,19 @@ pub struct Incoming {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshakes: JoinSet<(IpAddr, Option<TlsConn>)>,
-    /// Handshakes in flight per source address.
+    /// Handshakes in flight per source ([`source_of`]).
     pending: HashMap<IpAddr, usize>,
     /// One permit per open connection, held by its [`TlsConn`].
     open: Arc<Semaphore>,
+    /// Connections open or handshaking per source, each counted by its [`SourceSlot`].
+    per_source: OpenPerSource,
 }
 
 impl Incoming {
     /// Starts the handshake of a connection just accepted, or closes it (dropped) if it is over
     /// a bound.
     fn admit(&mut self, tcp: TcpStream, from: IpAddr) {
+        let from = source_of(from);
         let pending = self.pending.get(&from).copied().unwrap_or(0);
         if pending >= MAX_HANDSHAKES_PER_ADDRESS || self.handshakes.len() >= MAX_HANDSHAKES {
             tracing::debug!("connection closed: too many handshakes in flight");
@@ -198,10 +246,20 @@ impl Incoming {
             tracing::debug!("connection closed: too many open connections");
             return;
         };
+        let slot = {
+            let mut open = counts(&self.per_source);
+            let count = open.entry(from).or_insert(0);
+            if *count >= MAX_CONNECTIONS_PER_ADDRESS {
+                tracing::debug!("connection closed: too many open connections from its address");
+                return;
+            }
+            *count += 1;
+            SourceSlot { open: Arc::clone(&self.per_source), source: from }
+        };
         let _ = tcp.set_nodelay(true);
         self.pending.insert(from, pending + 1);
         let acceptor = self.acceptor.0.clone();
-        self.handshakes.spawn(async move { (from, handshake(acceptor, tcp, permit).await) });
+        self.handshakes.spawn(async move { (from, handshake(acceptor, tcp, permit, slot).await) });
     }
 
     fn finished(&mut self, from: IpAddr) {
@@ -264,9 +322,10 @@ async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     permit: OwnedSemaphorePermit,
+    slot: SourceSlot,
 ) -> Option<TlsConn> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(TlsConn { tls, _open: permit }),
+        Ok(Ok(tls)) => Some(TlsConn { tls, _open: permit, _source: slot }),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
             None
@@ -284,6 +343,8 @@ pub struct TlsConn {
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     /// Its place among the open connections ([`MAX_CONNECTIONS`]), given back when it closes.
     _open: OwnedSemaphorePermit,
+    /// Its place among its source's ([`MAX_CONNECTIONS_PER_ADDRESS`]), given back likewise.
+    _source: SourceSlot,
 }
 
 impl Connected for TlsConn {
@@ -324,5 +385,24 @@ impl AsyncWrite for TlsConn {
     /// Plain writes on purpose: see [`incoming`].
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::source_of;
+
+    #[test]
+    fn an_ipv6_peer_is_counted_by_its_64_and_an_ipv4_one_by_its_address() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        // One /64, whatever its interface part.
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+        assert_eq!(source_of(ip("2001:db8:1:2::1")), source_of(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(source_of(ip("2001:db8:1:2::1")), source_of(ip("2001:db8:1:3::1")));
+        // An IPv4 peer on a dual-stack socket is the IPv4 address it is.
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
     }
 }

@@ -133,18 +133,7 @@ async fn tls_below_1_2_and_non_aead_suites_are_refused() {
 /// A TLS connection to the gateway from `local` (an address of the loopback network), without a
 /// client certificate: served (its calls are answered, UNAUTHENTICATED) or closed by the server.
 async fn anonymous_from(cluster: &ScenarioCluster, local: &str) -> Result<Code, tonic::transport::Error> {
-    let ca = std::fs::read(&cluster.client_tls().ca).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .domain_name(domicile_runtime::pki::GATEWAY_SERVER_NAME);
-    let channel = Endpoint::from_shared(format!("https://{}", cluster.gateway_addr()))
-        .unwrap()
-        .local_address(Some(local.parse().unwrap()))
-        .connect_timeout(Duration::from_secs(2))
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await?;
+    let channel = anonymous_connection(cluster, local).await?;
     let request = gw::DecideRequest {
         subject: select_email("nobody.bounded@example.com"),
         purpose: "marketing".into(),
@@ -153,6 +142,26 @@ async fn anonymous_from(cluster: &ScenarioCluster, local: &str) -> Result<Code, 
     };
     let answer = gw::domicile_client::DomicileClient::new(channel).decide(request).await;
     Ok(answer.map_or_else(|s| s.code(), |_| Code::Ok))
+}
+
+/// An anonymous TLS connection to the gateway from `local`, its HTTP/2 handshake done: held open
+/// by the caller, or refused (closed at once by the server).
+async fn anonymous_connection(
+    cluster: &ScenarioCluster,
+    local: &str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let ca = std::fs::read(&cluster.client_tls().ca).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name(domicile_runtime::pki::GATEWAY_SERVER_NAME);
+    Endpoint::from_shared(format!("https://{}", cluster.gateway_addr()))
+        .unwrap()
+        .local_address(Some(local.parse().unwrap()))
+        .connect_timeout(Duration::from_secs(2))
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
 }
 
 /// Found by a review: a peer needs no certificate to open connections that never finish their
@@ -201,4 +210,51 @@ async fn one_address_holds_a_bounded_number_of_handshakes() {
     .await
     .expect("served again once the stalled connections are gone");
     assert_eq!(served, Code::Unauthenticated);
+}
+
+/// A peer needs no certificate for a connection to the gateway (token callers have none), and
+/// the per-address bound held only its handshakes: from one address, as many finished
+/// connections as the server's whole bound, shutting every other caller out. Now one source
+/// holds at most `MAX_CONNECTIONS_PER_ADDRESS` connections: the ones beyond are closed at once,
+/// another address is served meanwhile, and once some close the address is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_a_bounded_number_of_open_connections() {
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let limit = domicile_runtime::tls::MAX_CONNECTIONS_PER_ADDRESS;
+    // An address nothing else in the test connects from.
+    let flood = "127.0.0.3";
+    let mut held = Vec::with_capacity(limit);
+    for n in 0..limit {
+        let channel = anonymous_connection(&cluster, flood).await;
+        held.push(channel.unwrap_or_else(|e| panic!("connection {n} of {limit} is accepted: {e:?}")));
+    }
+    for _ in 0..8 {
+        assert!(anonymous_connection(&cluster, flood).await.is_err(), "a connection beyond the bound is closed");
+    }
+    // The ones held are still served, and so is another address.
+    let request = || gw::DecideRequest {
+        subject: select_email("nobody.flooding@example.com"),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    };
+    let answer = gw::domicile_client::DomicileClient::new(held[limit - 1].clone()).decide(request()).await;
+    assert_eq!(answer.unwrap_err().code(), Code::Unauthenticated, "a held connection is answered");
+    assert_eq!(
+        anonymous_from(&cluster, "127.0.0.2").await.unwrap(),
+        Code::Unauthenticated,
+        "another address is served"
+    );
+    // Closing some frees their places.
+    held.truncate(limit - 4);
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if anonymous_connection(&cluster, flood).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "served again once connections of the address close");
 }
