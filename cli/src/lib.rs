@@ -102,6 +102,7 @@ struct ServerArgs {
 /// Entry point shared by the `domicile` binary and the test harness's copy of it.
 pub fn main() -> ExitCode {
     no_transparent_huge_pages();
+    open_files_up_to_the_hard_limit();
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -137,6 +138,18 @@ pub fn main() -> ExitCode {
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);
+}
+
+/// Raises the soft limit of open files to the hard one, for `domicile` and the processes it
+/// starts: each connection a node or gateway holds is a file, and a soft limit of 1,024 (a common
+/// default outside systemd, whose units here set 65,536) is below one source's connection bound.
+fn open_files_up_to_the_hard_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 /// Nodes and gateways run without Tokio's LIFO slot. With it, a task woken by another runs right

@@ -63,6 +63,9 @@ pub fn incoming(listener: TcpListener, tls: &TlsMaterial) -> Result<Incoming, Tl
 pub fn server(auth: AuthLayer, bulk: Duration) -> Server<ServerLayers> {
     let span_methods = domicile_runtime::telemetry::SpanMethods::new(crate::metrics::served_methods());
     Server::builder()
+        // A peer gone without a word gives back its connection (`tls::KEEPALIVE_INTERVAL`).
+        .http2_keepalive_interval(Some(domicile_runtime::tls::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(domicile_runtime::tls::KEEPALIVE_TIMEOUT))
         .timeout(bulk.max(REQUEST_TIMEOUT))
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .load_shed(true)

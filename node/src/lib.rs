@@ -175,6 +175,9 @@ async fn serve_on<S: Store>(
     let incoming = domicile_runtime::tls::incoming(listener, tls.acceptor(ClientAuth::Required)?);
     let span_methods = domicile_runtime::telemetry::SpanMethods::new(served_methods());
     let server = Server::builder()
+        // A peer gone without a word gives back its connection (`tls::KEEPALIVE_INTERVAL`).
+        .http2_keepalive_interval(Some(domicile_runtime::tls::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(domicile_runtime::tls::KEEPALIVE_TIMEOUT))
         // One span per request, continuing the gateway's W3C trace.
         .trace_fn(move |request| domicile_runtime::telemetry::server_span("node", request, &span_methods))
         // Duration and code of every call, refusals by the access layer included.

@@ -24,11 +24,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// half-open connections cannot pile up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handshakes in flight from one source address; a connection beyond is closed at once. A peer
-/// needs no certificate to open connections that never finish their handshake: without a bound
-/// each holds a task and its buffers for [`HANDSHAKE_TIMEOUT`], as many as it opens. A legitimate
-/// client's handshakes take milliseconds, so even a proxy in front of many clients rarely
-/// reaches this.
+/// Handshakes in flight from one source ([`source_of`]); a connection beyond is closed at once. A
+/// peer needs no certificate to open connections that never finish their handshake: without a
+/// bound each holds a task and its buffers for [`HANDSHAKE_TIMEOUT`], as many as it opens. A
+/// legitimate client's handshakes take milliseconds, so even a proxy in front of many clients
+/// rarely reaches this.
 pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 /// Handshakes in flight in all (many source addresses): beyond, new connections are closed.
 pub const MAX_HANDSHAKES: usize = 4096;
@@ -39,8 +39,18 @@ pub const MAX_CONNECTIONS: usize = 16_384;
 /// /64, which one peer holds whole); beyond, new ones are closed at once. Without it, one peer
 /// could hold all [`MAX_CONNECTIONS`] and shut every other caller out, and it needs no
 /// certificate to (the gateway serves callers with tokens and without one). A proxy or NAT in
-/// front of many clients holds a few per client.
+/// front of many clients holds a few per client. Sixteen sources together still reach
+/// [`MAX_CONNECTIONS`]: this bounds one peer, not many.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
+
+/// How often a server pings a connection's peer over HTTP/2 when the connection is idle, and how
+/// long it waits for the answer before closing it: a peer gone without a word (a NAT or firewall
+/// that dropped the flow, a host switched off) gives back its connection and its place in its
+/// source's bound ([`MAX_CONNECTIONS_PER_ADDRESS`]) within a minute, instead of holding them until
+/// the server restarts. Applied by the gateway's and the node's servers.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The source a connection is counted against: an IPv4 address (also one mapped into IPv6), or
 /// the /64 an IPv6 address is in.

@@ -219,8 +219,17 @@ async fn one_address_holds_a_bounded_number_of_handshakes() {
 /// another address is served meanwhile, and once some close the address is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_a_bounded_number_of_open_connections() {
-    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
     let limit = domicile_runtime::tls::MAX_CONNECTIONS_PER_ADDRESS;
+    // Both ends of each connection may be in this process (the in-process cluster), and other
+    // tests run beside it: as `domicile` does, the soft limit of open files goes up to the hard.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    let needed = 4 * limit as u64;
+    assert!(hard >= needed, "this test holds about {needed} open files; the hard limit is {hard} (raise `ulimit -Hn`)");
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
     // An address nothing else in the test connects from.
     let flood = "127.0.0.3";
     let mut held = Vec::with_capacity(limit);
