@@ -267,3 +267,52 @@ async fn one_address_holds_a_bounded_number_of_open_connections() {
     .await;
     assert!(served.is_ok(), "served again once connections of the address close");
 }
+
+/// A peer that finishes its TLS and HTTP/2 handshakes and then goes silent (a host switched off,
+/// a NAT that dropped the flow: nothing answers the server's pings) loses its connection, and
+/// with it its place among its source's connections, once a keepalive ping goes unanswered:
+/// `KEEPALIVE_INTERVAL` of silence, then `KEEPALIVE_TIMEOUT`. Without keepalive it would stay
+/// open for as long as the server runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gone_silent_loses_its_connection_to_an_unanswered_keepalive_ping() {
+    use rustls_pki_types::pem::PemObject;
+    let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&cluster.client_tls().ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let name = rustls_pki_types::ServerName::try_from(domicile_runtime::pki::GATEWAY_SERVER_NAME).unwrap();
+    let tcp = TcpStream::connect(cluster.gateway_addr()).await.unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the TLS handshake");
+    // The HTTP/2 preface and an empty SETTINGS frame; then the server's own SETTINGS arrive.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut frame = [0u8; 9];
+    tls.read_exact(&mut frame).await.expect("the server's first frame");
+    assert_eq!(frame[3], 0x04, "a SETTINGS frame");
+    // Silent from here on: nothing read, nothing answered.
+    let silent = std::time::Instant::now();
+    let interval = domicile_runtime::tls::KEEPALIVE_INTERVAL;
+    let limit = interval + domicile_runtime::tls::KEEPALIVE_TIMEOUT + Duration::from_secs(15);
+    tokio::time::sleep(interval.saturating_sub(Duration::from_secs(5))).await;
+    // Then read what the server sent meanwhile, until it closes the connection.
+    let closed = tokio::time::timeout(limit.saturating_sub(silent.elapsed()), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return silent.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the server closes a connection whose peer answers no ping");
+    assert!(closed >= interval, "closed by the unanswered ping, not before it: after {closed:?}");
+}
