@@ -143,7 +143,8 @@ fn no_transparent_huge_pages() {
 /// Raises the soft limit of open files to the hard one, for `domicile` and the processes it
 /// starts: each connection a node or gateway holds is a file, and a soft limit of 1,024 (a common
 /// default outside systemd, whose units here set 65,536) is below one source's connection bound.
-fn open_files_up_to_the_hard_limit() {
+/// Public for the test harness, whose in-process servers need the same.
+pub fn open_files_up_to_the_hard_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
         && soft < hard

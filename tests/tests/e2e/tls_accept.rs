@@ -133,7 +133,11 @@ async fn tls_below_1_2_and_non_aead_suites_are_refused() {
 /// A TLS connection to the gateway from `local` (an address of the loopback network), without a
 /// client certificate: served (its calls are answered, UNAUTHENTICATED) or closed by the server.
 async fn anonymous_from(cluster: &ScenarioCluster, local: &str) -> Result<Code, tonic::transport::Error> {
-    let channel = anonymous_connection(cluster, local).await?;
+    Ok(decided(anonymous_connection(cluster, local).await?).await)
+}
+
+/// The code of a decision asked for on `channel` (UNAUTHENTICATED without a credential).
+async fn decided(channel: tonic::transport::Channel) -> Code {
     let request = gw::DecideRequest {
         subject: select_email("nobody.bounded@example.com"),
         purpose: "marketing".into(),
@@ -141,7 +145,7 @@ async fn anonymous_from(cluster: &ScenarioCluster, local: &str) -> Result<Code, 
         ..Default::default()
     };
     let answer = gw::domicile_client::DomicileClient::new(channel).decide(request).await;
-    Ok(answer.map_or_else(|s| s.code(), |_| Code::Ok))
+    answer.map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
 /// An anonymous TLS connection to the gateway from `local`, its HTTP/2 handshake done: held open
@@ -222,11 +226,8 @@ async fn one_address_holds_a_bounded_number_of_open_connections() {
     let limit = domicile_runtime::tls::MAX_CONNECTIONS_PER_ADDRESS;
     // Both ends of each connection may be in this process (the in-process cluster), and other
     // tests run beside it: as `domicile` does, the soft limit of open files goes up to the hard.
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    }
+    domicile_cli::open_files_up_to_the_hard_limit();
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let needed = 4 * limit as u64;
     assert!(hard >= needed, "this test holds about {needed} open files; the hard limit is {hard} (raise `ulimit -Hn`)");
     let cluster = ScenarioCluster::start(BIN, &["us-east"]).await.expect("cluster starts");
@@ -241,14 +242,7 @@ async fn one_address_holds_a_bounded_number_of_open_connections() {
         assert!(anonymous_connection(&cluster, flood).await.is_err(), "a connection beyond the bound is closed");
     }
     // The ones held are still served, and so is another address.
-    let request = || gw::DecideRequest {
-        subject: select_email("nobody.flooding@example.com"),
-        purpose: "marketing".into(),
-        channel: "email".into(),
-        ..Default::default()
-    };
-    let answer = gw::domicile_client::DomicileClient::new(held[limit - 1].clone()).decide(request()).await;
-    assert_eq!(answer.unwrap_err().code(), Code::Unauthenticated, "a held connection is answered");
+    assert_eq!(decided(held[limit - 1].clone()).await, Code::Unauthenticated, "a held connection is answered");
     assert_eq!(
         anonymous_from(&cluster, "127.0.0.2").await.unwrap(),
         Code::Unauthenticated,

@@ -586,11 +586,7 @@ fn empty_items(bytes: usize) -> Vec<u8> {
 /// About `bytes` bytes holding one item whose channels (field 4) are empty strings (`22 00`
 /// repeated): a list inside an item, two bytes an entry.
 fn one_item_of_empty_channels(bytes: usize) -> Vec<u8> {
-    let payload = [0x22, 0x00].repeat((bytes - 8) / 2);
-    let mut out = vec![0x0a];
-    encode_varint(payload.len() as u64, &mut out);
-    out.extend(payload);
-    out
+    delimited(1, &[0x22, 0x00].repeat((bytes - 8) / 2))
 }
 
 /// `payload` as length-delimited field `tag`.
