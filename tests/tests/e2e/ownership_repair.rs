@@ -131,7 +131,20 @@ async fn store_subject(
 /// Forgets that this region claimed `links` (`held`), as in a store written before claims
 /// existed; the node must be stopped.
 fn forget_held(data_dir: &Path, links: &[Link]) {
-    let db = sled::open(data_dir.join("db")).unwrap();
+    // A stopped store's flusher thread lets go of sled's lock shortly after the store is gone
+    // (as `SledStore::open` waits for too): tried again for up to 2 s.
+    let path = data_dir.join("db");
+    let mut tries = 0;
+    let db = loop {
+        match sled::open(&path) {
+            Ok(db) => break db,
+            Err(e) if tries < 40 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot open the stopped node's sled files: {e}"),
+        }
+    };
     let held = db.open_tree("held").unwrap();
     for link in links {
         held.remove(link.as_bytes()).unwrap();
