@@ -212,15 +212,11 @@ impl SledStore {
         self.append_journal(&format!("unmerge {merged} {from} {kept} {restored} {now}\n"))
     }
 
-    /// Appends `line` to the erasure journal and syncs it; then records the journal's length as
-    /// this binary left it (`imports.rs`: a binary without the import index that merges, splits
-    /// or erases grows the journal behind it, and the index is built again at the next open).
+    /// Appends `line` to the erasure journal and syncs it.
     fn append_journal(&self, line: &str) -> Result<(), StoreError> {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         journal.write_all(line.as_bytes()).map_err(|e| backend(format!("erasure journal: {e}")))?;
-        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))?;
-        let length = journal.metadata().map(|m| m.len()).map_err(|e| backend(format!("erasure journal: {e}")))?;
-        self.index_saw_journal(length)
+        journal.sync_data().map_err(|e| backend(format!("erasure journal: {e}")))
     }
 }
 
@@ -385,19 +381,14 @@ fn rebuild(from: &Path, into: &Path, region: &RegionId, now: i64) -> Result<Mani
         ids::write_base(&counters, base)?;
         // Consent ledger positions too (they leave the node as `ConsentInForce.sequence` and in
         // import receipts): the lost tail used positions above the backup's, so new entries start
-        // the same gap above them; the import index, if it covered the ledger, is moved with it
-        // (not rebuilt at open). Found by a review: positions repeated after a restore.
+        // the same gap above them. Found by a review: positions repeated after a restore.
         let position = ledger_position(&counters)?;
         let moved = base
             .checked_sub(manifest.next_id)
             .and_then(|gap| position.checked_add(gap))
             .filter(|moved| *moved <= ids::MAX_ID_BASE)
             .ok_or_else(|| damaged(format!("{MANIFEST_FILE}: its ledger position leaves no room")))?;
-        let covered = counters.get(super::imports::IMPORT_INDEX_COVERS).map_err(backend)?;
         counters.insert(super::LEDGER_POSITION, &moved.to_be_bytes()[..]).map_err(backend)?;
-        if covered.as_deref() == Some(&position.to_be_bytes()[..]) {
-            counters.insert(super::imports::IMPORT_INDEX_COVERS, &moved.to_be_bytes()[..]).map_err(backend)?;
-        }
         db.flush().map_err(backend)?;
         let last = db.open_tree("events").map_err(backend).and_then(|e| last_event(&e))?;
         if last != manifest.last_event {

@@ -10,9 +10,10 @@
 //!   cutting it at the damage): still holds every change event `store.head` says was flushed;
 //!   every tree readable; each
 //!   subject's metadata decodes and its links point back to it; every sealed record opens
-//!   (AES-GCM authenticates it with its tree and key) under its subject's key and decodes; the
-//!   import index holds exactly the source events of each subject's ledger (`imports.rs`: an
-//!   entry missing would let a re-import write an event again);
+//!   (AES-GCM authenticates it with its tree and key) under its subject's key and decodes; each
+//!   live subject's ledger directory lists exactly its ledger entries, each imported one with its
+//!   source event's digest (`ledger.rs`: an entry not listed is not read, a digest missing would
+//!   let a re-import write an event again);
 //!   the events index holds every event it covers, and no retired subject's earlier event
 //!   remains (`retire.rs`); a sealed record of a subject with neither metadata nor a key (one its
 //!   erasure or merge left behind) is noted;
@@ -46,8 +47,19 @@ impl CheckReport {
     }
 }
 
-/// Trees whose values are sealed under the subject whose id starts their key.
-const SEALED_TREES: [&str; 5] = ["subjects", "consent", "current", "interactions", "rights"];
+/// Trees whose values are sealed under the subject their key names (after the position in
+/// `ledger`, first in the others).
+const SEALED_TREES: [&str; 5] = ["subjects", "ledger", "current", "interactions", "rights"];
+
+/// The subject a key of tree `name` names, and the associated data its value is sealed with.
+fn sealed_for(name: &str, key: &[u8]) -> Option<(SubjectId, Vec<u8>)> {
+    if name == "ledger" {
+        let (position, subject) = super::ledger::parse_entry_key(key).ok()?;
+        return Some((subject, super::ledger::entry_context(&subject, position)));
+    }
+    let subject = SubjectId::from_slice(key.get(..SUBJECT_ID_LEN)?).ok()?;
+    Some((subject, context(name.as_bytes(), key)))
+}
 
 /// Checks the embedded-store files of `region` in `dir` (the node must be stopped: sled holds a
 /// lock on its database while a node runs).
@@ -213,7 +225,7 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
 
     // Every sealed record, opened as the node would.
     let Some(keys) = keys else { return };
-    check_imports(dir, &db, keys, &db_name, report);
+    check_directory(&db, keys, &db_name, report);
     for name in SEALED_TREES {
         let tree = match db.open_tree(name) {
             Ok(tree) => tree,
@@ -232,8 +244,8 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
                     break;
                 }
             };
-            let Some(Ok(subject)) = key.get(..SUBJECT_ID_LEN).map(SubjectId::from_slice) else {
-                report.problems.push(format!("{db_name} tree {name}: a key that does not start with a subject id"));
+            let Some((subject, sealed_with)) = sealed_for(name, &key) else {
+                report.problems.push(format!("{db_name} tree {name}: a key that names no subject"));
                 continue;
             };
             report.sealed_records += 1;
@@ -246,7 +258,7 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
                 continue;
             };
             let opened = SubjectKey::from_bytes(key_bytes)
-                .and_then(|k| k.open(&context(name.as_bytes(), &key), &value))
+                .and_then(|k| k.open(&sealed_with, &value))
                 .ok()
                 .filter(|plain| serde_json::from_slice::<serde::de::IgnoredAny>(plain).is_ok());
             if opened.is_none() {
@@ -275,66 +287,60 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
     }
 }
 
-/// The import index against the ledgers it is built from: per live subject, every imported
-/// entry's source event at its lowest position, and nothing else. Skipped, with a note, where the
-/// node rebuilds the index at its next start anyway (last written by a binary without it).
-fn check_imports(
-    dir: &Path,
-    db: &sled::Db,
-    keys: &HashMap<SubjectId, [u8; 32]>,
-    db_name: &str,
-    report: &mut CheckReport,
-) {
-    use super::imports::{IMPORT_INDEX_COVERS, IMPORT_INDEX_JOURNAL, IndexKey, LedgerSource, index_key};
-    let trees = (db.open_tree("counters"), db.open_tree("consent"), db.open_tree("imports"));
-    let (Ok(counters), Ok(consent), Ok(imports)) = trees else {
-        report.problems.push(format!("{db_name}: cannot open the counters, consent or imports tree"));
+/// Each live subject's ledger directory against its ledger entries: every entry listed once,
+/// with its source event's digest if it was imported, and nothing else listed. Entries of
+/// subjects without a key are noted with the sealed trees above.
+fn check_directory(db: &sled::Db, keys: &HashMap<SubjectId, [u8; 32]>, db_name: &str, report: &mut CheckReport) {
+    use super::ledger::{Listed, entry_context, parse_entry_key, read_directory, scan_directory};
+    use crate::store::import_source::{LedgerSource, digest_of};
+    let (Ok(ledger), Ok(directory)) = (db.open_tree("ledger"), db.open_tree("ledger_dir")) else {
+        report.problems.push(format!("{db_name}: cannot open the ledger or ledger_dir tree"));
         return;
     };
-    let counter = |key: &[u8]| counters.get(key).ok().flatten().map(|v| v.to_vec());
-    let journal = std::fs::metadata(dir.join(super::backup::ERASURE_JOURNAL_FILE)).map_or(0, |m| m.len());
-    let current = counter(IMPORT_INDEX_COVERS) == counter(super::LEDGER_POSITION)
-        && counter(IMPORT_INDEX_JOURNAL) == Some(journal.to_be_bytes().to_vec());
-    if !current {
-        report.notes.push(format!("{db_name} tree imports: not checked; the node builds it again at its next start"));
-        return;
-    }
-    let mut expected: HashMap<IndexKey, u64> = HashMap::new();
-    for (key, value) in consent.iter().flatten() {
-        let Some(Ok(subject)) = key.get(..SUBJECT_ID_LEN).map(SubjectId::from_slice) else { continue };
+    let mut expected: HashMap<SubjectId, Vec<Listed>> = HashMap::new();
+    for (key, value) in ledger.iter().flatten() {
+        let Ok((position, subject)) = parse_entry_key(&key) else { continue };
         let Some(Ok(subject_key)) = keys.get(&subject).map(SubjectKey::from_bytes) else { continue };
-        // An entry that does not open is reported above, with its tree.
-        let Ok(plain) = subject_key.open(&context(b"consent", &key), &value) else { continue };
-        let imported = LedgerSource::imported_of_plain(&plain).ok().flatten();
-        let Some((source, sequence)) = imported else { continue };
-        let at = expected.entry(index_key(&subject, &subject_key, &source)).or_insert(sequence);
-        *at = (*at).min(sequence);
+        // An entry that does not open is reported with its tree.
+        let Ok(plain) = subject_key.open(&entry_context(&subject, position), &value) else { continue };
+        let source = LedgerSource::imported_of_plain(&plain).ok().flatten().map(|(s, _)| digest_of(&subject_key, &s));
+        expected.entry(subject).or_default().push(Listed { position, source });
     }
-    let mut wrong: HashMap<SubjectId, (u64, u64)> = HashMap::new();
-    for (key, value) in imports.iter().flatten() {
-        let parsed = (<IndexKey>::try_from(key.as_ref()), <[u8; 8]>::try_from(value.as_ref()));
-        let (Ok(index), Ok(position)) = parsed else {
-            report.problems.push(format!("{db_name} tree imports: an entry of the wrong shape"));
-            continue;
+    let mut listed_subjects: HashSet<SubjectId> = HashSet::new();
+    for key in directory.iter().keys().flatten() {
+        if let Some(Ok(subject)) = key.get(..SUBJECT_ID_LEN).map(SubjectId::from_slice) {
+            listed_subjects.insert(subject);
+        }
+    }
+    let mut subjects: Vec<SubjectId> =
+        expected.keys().copied().chain(listed_subjects.into_iter().filter(|s| keys.contains_key(s))).collect();
+    subjects.sort();
+    subjects.dedup();
+    for subject in subjects {
+        let listed = match (read_directory(&directory, &subject), scan_directory(&directory, &subject)) {
+            (Ok(read), Ok(scanned)) if read == scanned => read.listed(),
+            (Ok(_), Ok(_)) => {
+                report.problems.push(format!(
+                    "{db_name} tree ledger_dir: subject {subject}: chunks not numbered from 0 or not full before the last (the node reads only up to the first not full)"
+                ));
+                continue;
+            }
+            _ => {
+                report
+                    .problems
+                    .push(format!("{db_name} tree ledger_dir: subject {subject}: a chunk that does not decode"));
+                continue;
+            }
         };
-        let Some(Ok(subject)) = index.get(..SUBJECT_ID_LEN).map(SubjectId::from_slice) else { continue };
-        if !keys.contains_key(&subject) {
-            continue;
+        let mut want = expected.remove(&subject).unwrap_or_default();
+        want.sort_by_key(|l| l.position);
+        if listed != want {
+            let missing = want.iter().filter(|w| !listed.contains(w)).count();
+            let other = listed.iter().filter(|l| !want.contains(l)).count();
+            report.problems.push(format!(
+                "{db_name} tree ledger_dir: subject {subject}: {missing} ledger entr(ies) not listed as they are \
+                 (unread, or a re-import would write them again), {other} listing(s) no entry backs"
+            ));
         }
-        if expected.remove(&index) != Some(u64::from_be_bytes(position)) {
-            wrong.entry(subject).or_default().1 += 1;
-        }
-    }
-    for index in expected.keys() {
-        if let Some(Ok(subject)) = index.get(..SUBJECT_ID_LEN).map(SubjectId::from_slice) {
-            wrong.entry(subject).or_default().0 += 1;
-        }
-    }
-    let mut wrong: Vec<_> = wrong.into_iter().collect();
-    wrong.sort();
-    for (subject, (missing, other)) in wrong {
-        report.problems.push(format!(
-            "{db_name} tree imports: subject {subject}: {missing} imported source event(s) of its ledger missing (a re-import would write them again), {other} entr(ies) its ledger does not back"
-        ));
     }
 }

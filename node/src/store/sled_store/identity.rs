@@ -8,6 +8,7 @@ use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, Subject
 use sled::Transactional;
 
 use super::claims::{check_replay, hold, live_subject, record_replay, release_held};
+use super::ledger::entry_key;
 use super::retire::{mark_retiring, put_event, put_events};
 use super::{
     Dropped, Erased, Idempotency, MetaEntry, Recorded, Rectification, Rectified, Registered, Release,
@@ -188,11 +189,15 @@ impl SledStore {
         self.vault.destroy(subject)?;
         let scanned = (|| {
             Ok::<_, StoreError>((
-                Self::prefix_keys(&self.consent, subject)?,
+                self.directory(subject)?
+                    .positions()
+                    .into_iter()
+                    .map(|p| sled::IVec::from(&entry_key(subject, p)[..]))
+                    .collect::<Vec<_>>(),
                 Self::prefix_keys(&self.current, subject)?,
                 Self::prefix_keys(&self.interactions, subject)?,
                 Self::prefix_keys(&self.rights, subject)?,
-                Self::prefix_keys(&self.imports, subject)?,
+                self.directory(subject)?.chunk_keys(subject),
                 self.events_of(&recorded, now)?,
             ))
         })();
@@ -218,7 +223,7 @@ impl SledStore {
             &self.meta,
             &self.subjects,
             &self.links,
-            &self.consent,
+            &self.ledger,
             &self.current,
             &self.interactions,
             &self.rights,
@@ -228,7 +233,7 @@ impl SledStore {
             &self.held,
             &self.releases,
             &self.idempotency,
-            &self.imports,
+            &self.directory,
         ];
         let result = trees.as_slice().transaction(|trees| {
             let [
@@ -245,7 +250,7 @@ impl SledStore {
                 held,
                 releases,
                 replays,
-                imports,
+                directory,
             ] = trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
@@ -270,7 +275,7 @@ impl SledStore {
             put_events(events, event_index, &events_out)?;
             mark_retiring(retiring, &events_out)?;
             for key in &index_keys {
-                imports.remove(key)?;
+                directory.remove(key.as_slice())?;
             }
             record_replay(replays, idempotency, None, &(*subject, &receipt))?;
             Ok(())

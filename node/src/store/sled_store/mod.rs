@@ -1,16 +1,16 @@
 //! The embedded default: sled, one database per node, plus the key vault beside it.
 //!
 //! Trees: `meta` (subject id → jurisdiction, links, flags; no personal data), `subjects`
-//! (subject id → sealed identifiers and profile), `links` (link → subject id), `consent`
-//! (subject id ‖ ledger position → sealed ledger entry), `current` (subject id ‖ purpose ‖
+//! (subject id → sealed identifiers and profile), `links` (link → subject id), `ledger`
+//! (ledger position ‖ subject id → sealed ledger entry) and `ledger_dir` (each subject's
+//! positions, with its imported entries' source digests: `ledger.rs`), `current` (subject id ‖ purpose ‖
 //! channel → sealed record in force), `interactions` and `rights` (subject id ‖ sequence → sealed
 //! interaction / rights request), `events` (sequence → pseudonymous change event; by subject in
 //! `event_subjects`, and `retiring` while a retired subject's go: `retire.rs`), `counters` (the
 //! consent ledger's last position). Identifier ownership (`claims.rs`): `claims` (link → the region
 //! holding it, for links this region arbitrates), `held` (link → generation of this region's
 //! claim on its own live links), `releases` (link ‖ generation → claims to give up). `idempotency`
-//! (key → a write's result, sealed with its subject's key). `imports` (subject id ‖ keyed digest
-//! of an imported entry's source event → its position, `imports.rs`). Sealed values are
+//! (key → a write's result, sealed with its subject's key). Sealed values are
 //! AES-256-GCM under the subject's key from `vault`, with the tree, subject and key as associated
 //! data. Keys use vocabulary names, not enum indices, so the format survives reordering.
 //!
@@ -36,7 +36,7 @@ mod claims;
 mod heads;
 mod identity;
 mod ids;
-mod imports;
+mod ledger;
 mod merge;
 mod records;
 mod replay;
@@ -67,7 +67,9 @@ pub struct SledStore {
     meta: sled::Tree,
     subjects: sled::Tree,
     links: sled::Tree,
-    consent: sled::Tree,
+    /// The consent ledger and each subject's directory of it (`ledger.rs`).
+    ledger: sled::Tree,
+    directory: sled::Tree,
     current: sled::Tree,
     interactions: sled::Tree,
     rights: sled::Tree,
@@ -80,8 +82,6 @@ pub struct SledStore {
     held: sled::Tree,
     releases: sled::Tree,
     idempotency: sled::Tree,
-    /// Which source events the ledger holds (`imports.rs`).
-    imports: sled::Tree,
     /// Events by subject, and the subjects whose events are to go (`retire.rs`).
     event_index: sled::Tree,
     retiring: sled::Tree,
@@ -167,7 +167,8 @@ impl SledStore {
             meta: db.open_tree("meta").map_err(backend)?,
             subjects: db.open_tree("subjects").map_err(backend)?,
             links: db.open_tree("links").map_err(backend)?,
-            consent: db.open_tree("consent").map_err(backend)?,
+            ledger: db.open_tree("ledger").map_err(backend)?,
+            directory: db.open_tree("ledger_dir").map_err(backend)?,
             current: db.open_tree("current").map_err(backend)?,
             interactions: db.open_tree("interactions").map_err(backend)?,
             rights: db.open_tree("rights").map_err(backend)?,
@@ -180,7 +181,6 @@ impl SledStore {
             held: db.open_tree("held").map_err(backend)?,
             releases: db.open_tree("releases").map_err(backend)?,
             idempotency: db.open_tree("idempotency").map_err(backend)?,
-            imports: db.open_tree("imports").map_err(backend)?,
             event_index: db.open_tree("event_subjects").map_err(backend)?,
             retiring: db.open_tree("retiring").map_err(backend)?,
             write_lock: std::sync::Mutex::new(()),
@@ -188,7 +188,7 @@ impl SledStore {
             db,
         }
         .with_ledger_counter()?
-        .with_import_index()?
+        .with_ledger_by_position()?
         .with_event_index()?
         .without_orphan_keys()
     }
@@ -385,7 +385,7 @@ impl Store for SledStore {
     }
 
     async fn consent_history(&self, subject: &SubjectId) -> Result<Vec<ConsentRecord>, StoreError> {
-        self.open_log(&self.consent, b"consent", subject)
+        self.read_ledger(subject)
     }
 
     async fn imported_positions(
@@ -393,7 +393,7 @@ impl Store for SledStore {
         subject: &SubjectId,
         sources: &[(String, String)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        self.indexed_positions(subject, &self.key(subject)?, sources)
+        self.imported_in(subject, &self.key(subject)?, sources)
     }
 
     async fn interactions(&self, subject: &SubjectId) -> Result<Vec<Interaction>, StoreError> {

@@ -6,17 +6,22 @@ use domicile_types::{Channel, Purpose, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
+use super::ledger::{ChunkWrites, Directory, Listed, entry_key};
 use super::{
     ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
     RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode, flatten,
     open, or_abort, seal,
 };
+use crate::store::import_source::{DIGEST_LEN, digest_of};
 use crate::store::vault::SubjectKey;
 use crate::store::{AppendedConsents, ConsentBatch, RestrictionSet};
 
 /// A cell's candidates from one batch, in order, each with its sealed form and the index of its
 /// record among its write's records.
 type SealedCandidates = Vec<(CurrentConsent, Vec<u8>, usize)>;
+
+/// Per consent of a write, its source event's digest if it is imported.
+type Sources = Vec<Option<[u8; DIGEST_LEN]>>;
 
 /// A current-consent cell's key and its sealed record.
 type SealedCell = (Vec<u8>, Vec<u8>);
@@ -32,6 +37,10 @@ struct SubjectWrite {
     subject: SubjectId,
     key: SubjectKey,
     links: Vec<domicile_types::Link>,
+    /// Its ledger directory, read under the write lock (`ledger.rs`).
+    directory: Directory,
+    /// Per consent, its source event's digest if it is imported (made once, by `writable`).
+    sources: Sources,
     /// Taken when its records are made.
     consents: Vec<NewConsent>,
     tags: Vec<Option<Idempotency>>,
@@ -70,10 +79,21 @@ impl SledStore {
         let mut writes = Vec::with_capacity(batch.len());
         for (slot, (subject, consents)) in batch.into_iter().enumerate() {
             match self.writable(&subject, &consents) {
-                Ok((key, links)) => {
+                Ok((key, links, directory, sources)) => {
                     outcomes.push(None);
                     let (consents, tags) = consents.into_iter().unzip();
-                    writes.push(SubjectWrite { slot, subject, key, links, consents, tags, records: Vec::new() });
+                    let records = Vec::new();
+                    writes.push(SubjectWrite {
+                        slot,
+                        subject,
+                        key,
+                        links,
+                        directory,
+                        sources,
+                        consents,
+                        tags,
+                        records,
+                    });
                 }
                 Err(e) => outcomes.push(Some(Err(e))),
             }
@@ -100,8 +120,8 @@ impl SledStore {
                     counted_at_ms: Some(consent.counted_at_ms),
                     review: false,
                 };
-                let ledger_key = consent_key(&write.subject, position);
-                sealed_entries.push((ledger_key, seal(&write.key, b"consent", &ledger_key, &record)?));
+                let sealed = seal(&write.key, b"consent", &consent_key(&write.subject, position), &record)?;
+                sealed_entries.push((entry_key(&write.subject, position), sealed));
                 let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
                 let index = write.records.len();
                 for channel in &record.channels {
@@ -139,33 +159,38 @@ impl SledStore {
         // No subject's presence or idempotency keys are read again in the transaction: `writable`
         // read them under the write lock, which every writer that removes a subject or records a
         // key holds until it commits.
-        // `writable` found none of these events in its subject's index (and `prepare_subject`
-        // sends an event once per subject), so each entry is its event's first.
-        let indexed: Vec<(super::imports::IndexKey, u64)> = writes
+        // Each subject's directory lists its new entries after the ones `writable` read (each
+        // imported one with its source digest: `writable` found none of these events listed,
+        // and `prepare_subject` sends an event once per subject).
+        let listings: Vec<ChunkWrites> = writes
             .iter()
-            .flat_map(|w| {
-                let imported = w.records.iter().filter_map(|r| Some((r.evidence.import.as_ref()?, r.sequence)));
-                super::imports::index_entries(&w.subject, &w.key, imported)
+            .map(|w| {
+                let listed: Vec<Listed> = w
+                    .records
+                    .iter()
+                    .zip(&w.sources)
+                    .map(|(r, s)| Listed { position: r.sequence, source: *s })
+                    .collect();
+                w.directory.appending(&w.subject, &listed)
             })
             .collect();
         let trees = (
-            &self.consent,
+            &self.ledger,
             &self.current,
             &self.events,
             &self.event_index,
             &self.counters,
             &self.idempotency,
-            &self.imports,
+            &self.directory,
         );
-        let result = trees.transaction(|(ledger, current, event_tree, event_index, counters, replays, imports)| {
+        let result = trees.transaction(|(ledger, current, event_tree, event_index, counters, replays, directory)| {
             for (ledger_key, sealed) in &sealed_entries {
                 ledger.insert(&ledger_key[..], sealed.as_slice())?;
             }
-            for (key, position) in &indexed {
-                imports.insert(&key[..], &position.to_be_bytes()[..])?;
+            for (chunk, listing) in listings.iter().flatten() {
+                directory.insert(chunk.as_slice(), listing.as_slice())?;
             }
             counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
-            counters.insert(super::imports::IMPORT_INDEX_COVERS, &position.to_be_bytes()[..])?;
             for (k, at, _, list) in &cells {
                 let Some(key) = writes.get(*at).map(|w| &w.key) else {
                     return abort(StoreError::Backend("a cell of no subject in the batch".into()));
@@ -202,7 +227,7 @@ impl SledStore {
                         0
                     };
                     let result = (record.clone(), event_seq);
-                    // An imported entry's repeat is found by the import index written above
+                    // An imported entry's repeat is found by its directory listing written above
                     // (permanent, unlike idempotency records): no record for it.
                     if record.evidence.import.is_none() {
                         let sealed_for = Some((&write.subject, &write.key));
@@ -288,18 +313,19 @@ impl SledStore {
         &self,
         subject: &SubjectId,
         consents: &[(NewConsent, Option<Idempotency>)],
-    ) -> Result<(SubjectKey, Vec<domicile_types::Link>), StoreError> {
+    ) -> Result<(SubjectKey, Vec<domicile_types::Link>, Directory, Sources), StoreError> {
         let key = self.key(subject)?;
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         if consents.iter().any(|(c, _)| c.evidence.captured_via.is_some_and(|l| !entry.links.contains(&l))) {
             return Err(StoreError::Retry);
         }
-        for (consent, tag) in consents {
-            let replayed = match (&consent.evidence.import, tag) {
-                // Imported: the index answers for the event (no idempotency record is kept).
-                (Some(source), _) => {
-                    self.indexed_position(subject, &key, &source.source_system, &source.source_event_id)?.is_some()
-                }
+        let directory = self.directory(subject)?;
+        let sources: Vec<_> =
+            consents.iter().map(|(c, _)| c.evidence.import.as_ref().map(|s| digest_of(&key, s))).collect();
+        for ((_, tag), source) in consents.iter().zip(&sources) {
+            let replayed = match (source, tag) {
+                // Imported: the directory answers for the event (no idempotency record is kept).
+                (Some(digest), _) => directory.imported_at(digest).is_some(),
                 (None, Some(tag)) => self.idempotency.contains_key(&tag.key[..]).map_err(backend)?,
                 (None, None) => false,
             };
@@ -307,7 +333,7 @@ impl SledStore {
                 return Err(StoreError::Replayed);
             }
         }
-        Ok((key, entry.links))
+        Ok((key, entry.links, directory, sources))
     }
 
     pub(super) fn restrict_subject(
@@ -517,8 +543,9 @@ impl SledStore {
     /// counter, and positions order a subject's records, so they only ever grow.
     pub(super) fn with_ledger_counter(self) -> Result<Self, StoreError> {
         if self.counters.get(LEDGER_POSITION).map_err(backend)?.is_none() {
+            // Only a store of the earlier layout (`ledger.rs`) can be this old.
             let mut last = 0u64;
-            for key in self.consent.iter().keys() {
+            for key in self.db.open_tree("consent").map_err(backend)?.iter().keys() {
                 let key = key.map_err(backend)?;
                 last = last.max(super::unmerge::position_of(&key)?);
             }

@@ -171,8 +171,7 @@ async fn node_check_notes_a_record_left_under_an_erased_subject() {
         let stays = subject(&store, "stays.whole@example.de").await;
         store.append_consent(&gone, consent(ConsentState::Granted, 100), None).await.unwrap();
         store.append_consent(&stays, consent(ConsentState::Granted, 110), None).await.unwrap();
-        let late: Vec<(sled::IVec, sled::IVec)> =
-            store.consent.scan_prefix(gone.as_bytes()).collect::<Result<_, _>>().unwrap();
+        let late: Vec<(u64, sled::IVec)> = store.sealed_ledger(&gone).unwrap();
         store.erase(&gone, 200, &rights("erasure"), None).await.unwrap();
         store.flush().await.unwrap();
         (gone, stays, late)
@@ -183,15 +182,15 @@ async fn node_check_notes_a_record_left_under_an_erased_subject() {
 
     {
         let db = sled::open(dir.path().join("db")).unwrap();
-        let ledger = db.open_tree("consent").unwrap();
-        for (key, value) in &late {
-            ledger.insert(key, value).unwrap();
+        let ledger = db.open_tree("ledger").unwrap();
+        for (position, value) in &late {
+            ledger.insert(super::super::ledger::entry_key(&gone, *position), value).unwrap();
         }
         db.flush().unwrap();
     }
     let report = check();
     assert!(report.is_sound(), "unreadable leftovers are not damage: {:?}", report.problems);
-    let expected = format!("tree consent: 1 record(s) of subject {gone}, which has neither metadata nor a key");
+    let expected = format!("tree ledger: 1 record(s) of subject {gone}, which has neither metadata nor a key");
     assert!(report.notes.iter().any(|n| n.contains(&expected)), "{:?}", report.notes);
     assert!(!report.notes.iter().any(|n| n.contains(&stays.to_string())), "{:?}", report.notes);
 }

@@ -681,7 +681,8 @@ async fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() 
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &home()).unwrap();
     let a = subject(&store, "legacy@example.de").await;
-    // As a store written before the ledger had its own counter: a record at position 40.
+    // As a store written before the ledger had its own counter (and before its position-ordered
+    // layout, `ledger.rs`): a record at position 40 in tree `consent`.
     let key = store.key(&a).unwrap();
     let record = ConsentRecord {
         sequence: 40,
@@ -696,7 +697,7 @@ async fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() 
         review: false,
     };
     let k = consent_key(&a, 40);
-    store.consent.insert(k, seal(&key, b"consent", &k, &record).unwrap()).unwrap();
+    store.db.open_tree("consent").unwrap().insert(k, seal(&key, b"consent", &k, &record).unwrap()).unwrap();
     store.counters.remove(LEDGER_POSITION).unwrap();
     flush(&store).await;
     drop(store);
@@ -888,8 +889,8 @@ async fn tracked_requests_are_pii_free_and_outbox_deliveries_sealed_until_erasur
 #[path = "unmerge_tests.rs"]
 mod unmerge_tests;
 
-#[path = "imports_tests.rs"]
-mod imports_tests;
+#[path = "ledger_tests.rs"]
+mod ledger_tests;
 
 #[path = "replay_tests.rs"]
 mod replay_tests;

@@ -5,6 +5,7 @@ use domicile_types::{Link, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
+use super::ledger::{Directory, Listed, entry_key};
 use super::{
     MetaEntry, Recorded, SledStore, StoreError, SubjectKey, abort, backend, consent_key, current_key, encode, flatten,
     open, seal,
@@ -30,17 +31,18 @@ const CONSENT: usize = 0;
 const CURRENT: usize = 1;
 const INTERACTIONS: usize = 2;
 const RIGHTS: usize = 3;
-const IMPORTS: usize = 4;
+const DIRECTORY: usize = 4;
 
 fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Sealed, StoreError> {
     let mut entries = Vec::new();
     for entry in &half.ledger {
-        let k = consent_key(subject, entry.sequence);
-        entries.push((CONSENT, k.to_vec(), seal(key, b"consent", &k, entry)?));
+        let sealed = seal(key, b"consent", &consent_key(subject, entry.sequence), entry)?;
+        entries.push((CONSENT, entry_key(subject, entry.sequence).to_vec(), sealed));
     }
-    let imported = half.ledger.iter().filter_map(|e| Some((e.evidence.import.as_ref()?, e.sequence)));
-    for (k, position) in super::imports::index_entries(subject, key, imported) {
-        entries.push((IMPORTS, k.to_vec(), position.to_be_bytes().to_vec()));
+    let listed: Vec<Listed> =
+        half.ledger.iter().map(|e| Listed::of(key, e.sequence, e.evidence.import.as_ref())).collect();
+    for (k, listing) in Directory::fresh(subject, &listed) {
+        entries.push((DIRECTORY, k, listing));
     }
     for ((purpose, channel), current) in &half.current {
         let k = current_key(subject, *purpose, *channel);
@@ -63,18 +65,18 @@ fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Seale
 
 impl SledStore {
     /// Every tree a merge or an unmerge writes, in the order their transactions name them:
-    /// meta, subjects, links, consent, current, interactions, rights, imports, events,
+    /// meta, subjects, links, ledger, current, interactions, rights, ledger_dir, events,
     /// event_subjects, retiring, idempotency.
     pub(super) fn subject_trees(&self) -> [&sled::Tree; 12] {
         [
             &self.meta,
             &self.subjects,
             &self.links,
-            &self.consent,
+            &self.ledger,
             &self.current,
             &self.interactions,
             &self.rights,
-            &self.imports,
+            &self.directory,
             &self.events,
             &self.event_index,
             &self.retiring,
@@ -88,7 +90,7 @@ impl SledStore {
             Self::prefix_keys(tree, subject)?.iter().map(|k| position_of(k)).collect()
         };
         Ok(LogPositions {
-            consent: of(&self.consent)?,
+            consent: self.directory(subject)?.positions(),
             interactions: of(&self.interactions)?,
             rights: of(&self.rights)?,
         })
@@ -128,7 +130,7 @@ impl SledStore {
             meta: entry.meta.clone(),
             record,
             links: entry.links.clone(),
-            ledger: self.open_log(&self.consent, b"consent", subject)?,
+            ledger: self.read_ledger(subject)?,
             interactions: self.open_log(&self.interactions, b"interactions", subject)?,
             rights,
         };
@@ -139,14 +141,17 @@ impl SledStore {
         self.vault.sync()?;
         let kept_half = seal_half(kept, &kept_key, &plan.kept)?;
         let back = seal_half(restored, &restored_key, &plan.restored)?;
-        let old: Vec<(usize, sled::IVec)> = [(CONSENT, &self.consent), (CURRENT, &self.current)]
+        let mut old: Vec<(usize, sled::IVec)> = [(CURRENT, &self.current)]
             .into_iter()
-            .chain([(INTERACTIONS, &self.interactions), (RIGHTS, &self.rights), (IMPORTS, &self.imports)])
+            .chain([(INTERACTIONS, &self.interactions), (RIGHTS, &self.rights)])
             .map(|(i, tree)| Ok(Self::prefix_keys(tree, subject)?.into_iter().map(move |k| (i, k))))
             .collect::<Result<Vec<_>, StoreError>>()?
             .into_iter()
             .flatten()
             .collect();
+        let directory = self.directory(subject)?;
+        old.extend(directory.positions().into_iter().map(|p| (CONSENT, sled::IVec::from(&entry_key(subject, p)[..]))));
+        old.extend(directory.chunk_keys(subject).into_iter().map(|k| (DIRECTORY, sled::IVec::from(k))));
         let kept_consent = plan.kept.announced(now);
         let restored_consent = plan.restored.announced(now);
         let links: &[Link] = &plan.restored.links;
@@ -185,7 +190,7 @@ impl SledStore {
                 current,
                 interactions,
                 rights,
-                imports,
+                directory,
                 events,
                 event_index,
                 retiring,
@@ -195,7 +200,7 @@ impl SledStore {
                 return abort(StoreError::Backend("transaction trees".into()));
             };
             check_replay(replays, idempotency)?;
-            let logs = [consent, current, interactions, rights, imports];
+            let logs = [consent, current, interactions, rights, directory];
             for (tree, k) in &old {
                 logs[*tree].remove(k)?;
             }

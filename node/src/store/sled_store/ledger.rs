@@ -1,0 +1,355 @@
+//! The consent ledger's layout on sled: entries in ledger order, and a directory per subject.
+//!
+//! Tree `ledger`: ledger position ‖ subject id → the sealed entry. New entries take the next
+//! position, so every write appends at the tree's end. Keyed by subject first (the layout before
+//! this one, tree `consent`), each entry was a new key at a random place: sled splits a leaf at
+//! 16 entries and writes every split leaf whole, which cost an import 10–15 µs of CPU per row,
+//! a third of what the node may spend per row at 50,000 rows/s (BENCHMARKS.md). The entry is
+//! sealed with subject id ‖ position as associated data (`codec::consent_key`), as before, so the
+//! same ciphertext is valid under both layouts. The subject is in the key too: an entry an
+//! unmerge cannot attribute stays with both halves, at one position.
+//!
+//! Tree `ledger_dir`: subject id ‖ chunk number → the subject's entries, [`CHUNK_ITEMS`] to a
+//! chunk: each its position and, for an imported entry, the keyed digest of its source event
+//! (`store::import_source`), so an import finds a subject's earlier copy of an event without
+//! opening its ledger. A write rewrites the subject's last chunk (a value replaced in place)
+//! and starts a new one every [`CHUNK_ITEMS`] entries. Every writer of a subject reads its
+//! directory under the write lock and writes it in the transaction that writes the entries; a
+//! merge moves the entries and their listing, an unmerge lists each half afresh, an erasure
+//! removes both.
+//!
+//! A store written with the earlier layout (trees `consent` and `imports`) is moved to this one
+//! when it opens ([`SledStore::with_ledger_by_position`]), one subject per transaction.
+
+use std::collections::BTreeMap;
+
+use domicile_types::{SUBJECT_ID_LEN, SubjectId};
+use sled::Transactional;
+
+use super::{SledStore, StoreError, SubjectKey, backend, consent_key, context, open};
+use crate::store::import_source::{DIGEST_LEN, LedgerSource, digest_of, source_digest};
+
+/// Entries listed in one directory chunk: a write rewrites at most this many, and a subject
+/// with a long history is read in few values.
+pub(super) const CHUNK_ITEMS: usize = 32;
+
+/// A ledger key: the position, then the subject.
+pub(super) type EntryKey = [u8; 8 + SUBJECT_ID_LEN];
+
+/// The `ledger` key of `subject`'s entry at `position`.
+pub(super) fn entry_key(subject: &SubjectId, position: u64) -> EntryKey {
+    let mut key = [0u8; 8 + SUBJECT_ID_LEN];
+    key[..8].copy_from_slice(&position.to_be_bytes());
+    key[8..].copy_from_slice(subject.as_bytes());
+    key
+}
+
+/// The position and subject of a `ledger` key.
+pub(super) fn parse_entry_key(key: &[u8]) -> Result<(u64, SubjectId), StoreError> {
+    let corrupt = || StoreError::Corrupt("ledger key".into());
+    let position = key.get(..8).and_then(|p| <[u8; 8]>::try_from(p).ok()).ok_or_else(corrupt)?;
+    let subject = key.get(8..).filter(|s| s.len() == SUBJECT_ID_LEN).ok_or_else(corrupt)?;
+    Ok((u64::from_be_bytes(position), SubjectId::from_slice(subject).map_err(|_| corrupt())?))
+}
+
+/// Associated data of `subject`'s entry at `position`: the same under both layouts.
+pub(super) fn entry_context(subject: &SubjectId, position: u64) -> Vec<u8> {
+    context(b"consent", &consent_key(subject, position))
+}
+
+/// One entry of a subject's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Listed {
+    pub(super) position: u64,
+    /// The keyed digest of an imported entry's source event.
+    pub(super) source: Option<[u8; DIGEST_LEN]>,
+}
+
+impl Listed {
+    /// The listing of a ledger entry with `source` (imported from it) at `position`.
+    pub(super) fn of(key: &SubjectKey, position: u64, source: Option<&crate::store::ImportEvidence>) -> Self {
+        Self { position, source: source.map(|s| digest_of(key, s)) }
+    }
+}
+
+fn chunk_key(subject: &SubjectId, chunk: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(SUBJECT_ID_LEN + 4);
+    key.extend_from_slice(subject.as_bytes());
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn encode_chunk(items: &[Listed]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(items.len() * (9 + DIGEST_LEN));
+    for item in items {
+        out.extend_from_slice(&item.position.to_be_bytes());
+        match item.source {
+            Some(digest) => {
+                out.push(1);
+                out.extend_from_slice(&digest);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+fn decode_chunk(mut bytes: &[u8]) -> Result<Vec<Listed>, StoreError> {
+    let corrupt = || StoreError::Corrupt("ledger directory".into());
+    let mut items = Vec::new();
+    while !bytes.is_empty() {
+        let (position, rest) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
+        let (tag, rest) = rest.split_first().ok_or_else(corrupt)?;
+        let (source, rest) = match tag {
+            0 => (None, rest),
+            1 => {
+                let (digest, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(corrupt)?;
+                (Some(*digest), rest)
+            }
+            _ => return Err(corrupt()),
+        };
+        items.push(Listed { position: u64::from_be_bytes(*position), source });
+        bytes = rest;
+    }
+    Ok(items)
+}
+
+/// A subject's directory as read under the write lock: its chunks, in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Directory {
+    chunks: Vec<(u32, Vec<Listed>)>,
+}
+
+/// A directory's writes: (chunk key, its new value).
+pub(super) type ChunkWrites = Vec<(Vec<u8>, Vec<u8>)>;
+
+impl Directory {
+    /// Every entry listed, in position order.
+    pub(super) fn listed(&self) -> Vec<Listed> {
+        let mut all: Vec<Listed> = self.chunks.iter().flat_map(|(_, items)| items.iter().copied()).collect();
+        all.sort_by_key(|l| l.position);
+        all
+    }
+
+    pub(super) fn positions(&self) -> Vec<u64> {
+        self.listed().into_iter().map(|l| l.position).collect()
+    }
+
+    /// The lowest position of the entries imported from the source event with `digest` (a merge
+    /// can bring two).
+    pub(super) fn imported_at(&self, digest: &[u8; DIGEST_LEN]) -> Option<u64> {
+        let items = self.chunks.iter().flat_map(|(_, items)| items);
+        items.filter(|l| l.source.as_ref() == Some(digest)).map(|l| l.position).min()
+    }
+
+    /// The keys of its chunks (what an erasure, a merge or an unmerge removes).
+    pub(super) fn chunk_keys(&self, subject: &SubjectId) -> Vec<Vec<u8>> {
+        self.chunks.iter().map(|(chunk, _)| chunk_key(subject, *chunk)).collect()
+    }
+
+    /// The writes that list `added` after what it lists: its last chunk filled up, then new ones.
+    pub(super) fn appending(&self, subject: &SubjectId, added: &[Listed]) -> ChunkWrites {
+        if added.is_empty() {
+            return Vec::new();
+        }
+        let (mut chunk, mut items) = match self.chunks.last() {
+            Some((chunk, items)) if items.len() < CHUNK_ITEMS => (*chunk, items.clone()),
+            Some((chunk, _)) => (chunk.saturating_add(1), Vec::new()),
+            None => (0, Vec::new()),
+        };
+        let mut writes = Vec::new();
+        for item in added {
+            if items.len() == CHUNK_ITEMS {
+                writes.push((chunk_key(subject, chunk), encode_chunk(&items)));
+                chunk = chunk.saturating_add(1);
+                items.clear();
+            }
+            items.push(*item);
+        }
+        writes.push((chunk_key(subject, chunk), encode_chunk(&items)));
+        writes
+    }
+
+    /// The writes of a directory listing `items` for a subject that has none.
+    pub(super) fn fresh(subject: &SubjectId, items: &[Listed]) -> ChunkWrites {
+        Self::default().appending(subject, items)
+    }
+}
+
+impl SledStore {
+    /// `subject`'s directory.
+    pub(super) fn directory(&self, subject: &SubjectId) -> Result<Directory, StoreError> {
+        read_directory(&self.directory, subject)
+    }
+
+    /// `subject`'s ledger entries, sealed, in position order.
+    pub(super) fn sealed_ledger(&self, subject: &SubjectId) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
+        let mut entries = Vec::new();
+        for position in self.directory(subject)?.positions() {
+            let value = self.ledger.get(entry_key(subject, position)).map_err(backend)?;
+            // Listed but absent: the directory and the ledger are written in one transaction.
+            entries.push((position, value.ok_or_else(|| StoreError::Corrupt("a listed ledger entry".into()))?));
+        }
+        Ok(entries)
+    }
+
+    /// `subject`'s ledger entries, opened, in position order.
+    pub(super) fn read_ledger<T: serde::de::DeserializeOwned>(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<T>, StoreError> {
+        let key = self.key(subject)?;
+        self.sealed_ledger(subject)?
+            .into_iter()
+            .map(|(position, sealed)| open_entry(&key, subject, position, &sealed))
+            .collect()
+    }
+
+    /// [`crate::store::Store::imported_positions`]: per source event, the lowest position of
+    /// the subject's entries imported from it.
+    pub(super) fn imported_in(
+        &self,
+        subject: &SubjectId,
+        key: &SubjectKey,
+        sources: &[(String, String)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let directory = self.directory(subject)?;
+        Ok(sources.iter().map(|(system, event)| directory.imported_at(&source_digest(key, system, event))).collect())
+    }
+
+    /// A merge's ledger change: `from`'s entries re-sealed for `into` at their positions (old
+    /// key, new key, sealed) and their listing for `into`'s directory (each imported entry's
+    /// digest made again under `into`'s key).
+    pub(super) fn ledger_moves(
+        &self,
+        from: (&SubjectId, &SubjectKey),
+        into: (&SubjectId, &SubjectKey),
+    ) -> Result<(Vec<super::Move>, Vec<Listed>), StoreError> {
+        let mut moves = Vec::new();
+        let mut listed = Vec::new();
+        for (position, sealed) in self.sealed_ledger(from.0)? {
+            let plain = from.1.open(&entry_context(from.0, position), &sealed)?;
+            let source = LedgerSource::imported_of_plain(&plain)?.map(|(source, _)| source);
+            listed.push(Listed::of(into.1, position, source.as_ref()));
+            let resealed = into.1.seal(&entry_context(into.0, position), &plain)?;
+            moves.push((
+                sled::IVec::from(&entry_key(from.0, position)[..]),
+                entry_key(into.0, position).to_vec(),
+                resealed,
+            ));
+        }
+        Ok((moves, listed))
+    }
+
+    /// Moves a store written with the earlier layout (trees `consent`, subject id ‖ position →
+    /// entry, and `imports`) to this one, at open, before any write: per subject, in one
+    /// transaction, its entries (the same sealed bytes) at their positions and its directory,
+    /// with each imported entry's digest read from the entry itself (the old index may be behind:
+    /// a binary from before it wrote the store). A crash part-way leaves whole subjects moved or
+    /// not; the next open moves the rest. Entries of a subject whose key is gone (unreadable:
+    /// an erasure interrupted part-way) are moved without digests.
+    pub(super) fn with_ledger_by_position(self) -> Result<Self, StoreError> {
+        let old = self.db.open_tree("consent").map_err(backend)?;
+        if old.first().map_err(backend)?.is_some() {
+            tracing::info!(
+                "moving the consent ledger to its position-ordered layout (a store written by an earlier version)"
+            );
+            let mut moved = 0usize;
+            while let Some((first, _)) = old.first().map_err(backend)? {
+                let subject = first.get(..SUBJECT_ID_LEN).map(SubjectId::from_slice);
+                let Some(Ok(subject)) = subject else { return Err(StoreError::Corrupt("consent ledger key".into())) };
+                self.move_subject_ledger(&old, &subject)?;
+                moved += 1;
+                if moved.is_multiple_of(100_000) {
+                    tracing::info!(subjects = moved, "moving the consent ledger");
+                }
+            }
+            tracing::info!(subjects = moved, "consent ledger moved");
+        }
+        // The index the earlier layout kept beside the ledger; the directory replaces it.
+        let index = self.db.open_tree("imports").map_err(backend)?;
+        if index.first().map_err(backend)?.is_some() {
+            index.clear().map_err(backend)?;
+        }
+        self.db.flush().map_err(backend)?;
+        Ok(self)
+    }
+
+    fn move_subject_ledger(&self, old: &sled::Tree, subject: &SubjectId) -> Result<(), StoreError> {
+        let key = self.vault.get(subject)?;
+        let mut entries = BTreeMap::new();
+        for item in old.scan_prefix(subject.as_bytes()) {
+            let (k, sealed) = item.map_err(backend)?;
+            entries.insert(super::unmerge::position_of(&k)?, (k, sealed));
+        }
+        let mut listed = Vec::with_capacity(entries.len());
+        for (position, (_, sealed)) in &entries {
+            let source = match &key {
+                Some(key) => {
+                    let plain = key.open(&entry_context(subject, *position), sealed)?;
+                    LedgerSource::imported_of_plain(&plain)?.map(|(source, _)| digest_of(key, &source))
+                }
+                None => None,
+            };
+            listed.push(Listed { position: *position, source });
+        }
+        // Already partly in this layout (written by this version, then by an earlier one).
+        let known = self.directory(subject)?;
+        let held: std::collections::HashSet<u64> = known.positions().into_iter().collect();
+        let listed: Vec<Listed> = listed.into_iter().filter(|l| !held.contains(&l.position)).collect();
+        let chunks = known.appending(subject, &listed);
+        let result = (old, &self.ledger, &self.directory).transaction(|(old, ledger, directory)| {
+            for (position, (k, sealed)) in &entries {
+                ledger.insert(&entry_key(subject, *position)[..], sealed.clone())?;
+                old.remove(k)?;
+            }
+            for (k, v) in &chunks {
+                directory.insert(k.as_slice(), v.as_slice())?;
+            }
+            Ok(())
+        });
+        super::flatten(result)
+    }
+}
+
+/// `subject`'s directory in `tree`: its chunks are numbered from 0, and every one but the last
+/// is full (what [`Directory::appending`] writes), so it is read with a point lookup per chunk
+/// up to the first that is not full. A range scan costs sled a descent of the tree per item and
+/// one more to find the end: twice a lookup for the usual subject, whose directory is one chunk.
+/// `domicile node check` finds a directory that breaks the rule.
+pub(super) fn read_directory(tree: &sled::Tree, subject: &SubjectId) -> Result<Directory, StoreError> {
+    let mut chunks = Vec::new();
+    for chunk in 0u32.. {
+        let Some(value) = tree.get(chunk_key(subject, chunk)).map_err(backend)? else { break };
+        let items = decode_chunk(&value)?;
+        let full = items.len() >= CHUNK_ITEMS;
+        chunks.push((chunk, items));
+        if !full {
+            break;
+        }
+    }
+    Ok(Directory { chunks })
+}
+
+/// Every chunk of `subject`'s directory in `tree`, by a range scan (for `domicile node check`,
+/// which compares it with what [`read_directory`] reads).
+pub(super) fn scan_directory(tree: &sled::Tree, subject: &SubjectId) -> Result<Directory, StoreError> {
+    let mut chunks = Vec::new();
+    for item in tree.scan_prefix(subject.as_bytes()) {
+        let (k, v) = item.map_err(backend)?;
+        let chunk = k.get(SUBJECT_ID_LEN..).and_then(|c| <[u8; 4]>::try_from(c).ok());
+        let chunk = chunk.ok_or_else(|| StoreError::Corrupt("ledger directory key".into()))?;
+        chunks.push((u32::from_be_bytes(chunk), decode_chunk(&v)?));
+    }
+    Ok(Directory { chunks })
+}
+
+/// Opens `subject`'s entry at `position`.
+pub(super) fn open_entry<T: serde::de::DeserializeOwned>(
+    key: &SubjectKey,
+    subject: &SubjectId,
+    position: u64,
+    sealed: &[u8],
+) -> Result<T, StoreError> {
+    open(key, b"consent", &consent_key(subject, position), sealed)
+}
