@@ -819,6 +819,36 @@ fn a_write_that_does_not_commit_leaves_no_entry_and_the_chain_continues_from_bef
     assert_eq!(verify_file(&path).unwrap().entries, 3);
 }
 
+/// A write's entries appended together (`AuditTxn::append_all`): chained in order as single
+/// appends would be, kept or removed with the write; one entry the log refuses (another region's
+/// subject) refuses them all and writes nothing.
+#[test]
+fn entries_appended_together_chain_as_single_appends_and_go_all_or_nothing() {
+    let (dir, path) = log_with(1);
+    let log = AuditLog::open(dir.path(), &region()).unwrap();
+    let before = log.head();
+    let foreign = SubjectRef { region: RegionId::parse("us-east").unwrap(), ..subject(2) };
+    let mut txn = log.begin().unwrap();
+    let refused = txn.append_all([(consent(9), Some(subject(1))), (consent(10), Some(foreign))], 1_700_000_010);
+    assert!(matches!(refused, Err(AuditError::ForeignSubject)), "{refused:?}");
+    txn.append_all([(consent(10), Some(subject(1))), (consent(11), Some(subject(2)))], 1_700_000_010).unwrap();
+    txn.append_all([], 1_700_000_010).unwrap();
+    txn.commit();
+    assert_eq!(log.head().seq, before.seq + 2);
+    {
+        let mut txn = log.begin().unwrap();
+        txn.append_all([(consent(12), Some(subject(1)))], 1_700_000_011).unwrap();
+        // Dropped without commit: removed.
+    }
+    log.append(consent(13), Some(&subject(1)), 1_700_000_012).unwrap();
+    drop(log);
+    let report = verify_file(&path).unwrap();
+    assert_eq!((report.entries, report.torn_tail), (4, None));
+    let sequences: Vec<String> =
+        lines(&path).iter().map(|l| record(l).detail.get("sequence").cloned().unwrap_or_default()).collect();
+    assert_eq!(sequences[1..], ["10", "11", "13"]);
+}
+
 #[test]
 fn a_transaction_body_run_again_leaves_only_its_last_run_s_entries() {
     let (dir, path) = log_with(1);

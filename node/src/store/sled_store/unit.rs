@@ -34,12 +34,13 @@ impl Audited<'_> {
     pub(super) fn append_now(&self, recorded: &[Recorded<'_>]) -> Result<(), StoreError> {
         let mut txn = self.txn.borrow_mut();
         txn.rollback().map_err(StoreError::Audit)?;
+        let mut entries = Vec::with_capacity(recorded.len());
         for fact in recorded {
             if let Some((event, subject)) = fact.audit(self.region, self.at)? {
-                txn.append(event, Some(&subject), self.at).map_err(StoreError::Audit)?;
+                entries.push((event, Some(subject)));
             }
         }
-        Ok(())
+        txn.append_all(entries, self.at).map_err(StoreError::Audit)
     }
 
     /// The write committed: its entries stay.
