@@ -31,12 +31,14 @@ use crate::store::vault::VaultScan;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const DB_EXPORT_FILE: &str = "db.export";
 pub const ERASURE_JOURNAL_FILE: &str = "erasures.log";
-const FORMAT: u32 = 2;
-/// The formats this build restores: 1, written before a store's ids had a base (`ids.rs`), and 2.
-/// A backup of a restored store is format 2, so a build from before the base refuses it rather
-/// than step sled's id generator up to its next id, a loop of up to 2^40 steps (found by a
-/// review).
-const RESTORES: [u32; 2] = [1, 2];
+const FORMAT: u32 = 3;
+/// The formats this build restores: 1, written before a store's ids had a base (`ids.rs`); 2,
+/// before the ledger's position-ordered layout (`ledger.rs`; moved when the restored store
+/// opens); and 3. A backup of a restored store is format 2, so a build from before the base
+/// refuses it rather than step sled's id generator up to its next id, a loop of up to 2^40 steps
+/// (found by a review); a format 3 backup, so a build of the earlier layout refuses it rather
+/// than serve its ledgers as empty.
+const RESTORES: [u32; 3] = [1, 2, 3];
 const EXPORT_MAGIC: &[u8] = b"domicile-sled-export-1\n";
 
 /// One file of a backup.
@@ -242,7 +244,7 @@ pub fn read_backup(from: &Path) -> Result<Manifest, StoreError> {
     let text = std::fs::read(from.join(MANIFEST_FILE)).map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| damaged(format!("{MANIFEST_FILE}: {e}")))?;
     if !RESTORES.contains(&manifest.format) {
-        return Err(damaged(format!("format {} (this build reads 1 and {FORMAT})", manifest.format)));
+        return Err(damaged(format!("format {} (this build reads 1 to {FORMAT})", manifest.format)));
     }
     // Exactly the files a backup holds, by plain name: nothing unverified is restored, and
     // nothing outside the backup directory is read.

@@ -8,7 +8,6 @@ use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, Subject
 use sled::Transactional;
 
 use super::claims::{check_replay, hold, live_subject, record_replay, release_held};
-use super::ledger::entry_key;
 use super::retire::{mark_retiring, put_event, put_events};
 use super::{
     Dropped, Erased, Idempotency, MetaEntry, Recorded, Rectification, Rectified, Registered, Release,
@@ -189,15 +188,11 @@ impl SledStore {
         self.vault.destroy(subject)?;
         let scanned = (|| {
             Ok::<_, StoreError>((
-                self.directory(subject)?
-                    .positions()
-                    .into_iter()
-                    .map(|p| sled::IVec::from(&entry_key(subject, p)[..]))
-                    .collect::<Vec<_>>(),
+                self.erased_ledger_keys(subject)?,
                 Self::prefix_keys(&self.current, subject)?,
                 Self::prefix_keys(&self.interactions, subject)?,
                 Self::prefix_keys(&self.rights, subject)?,
-                self.directory(subject)?.chunk_keys(subject),
+                Self::prefix_keys(&self.directory, subject)?,
                 self.events_of(&recorded, now)?,
             ))
         })();
@@ -275,7 +270,7 @@ impl SledStore {
             put_events(events, event_index, &events_out)?;
             mark_retiring(retiring, &events_out)?;
             for key in &index_keys {
-                directory.remove(key.as_slice())?;
+                directory.remove(key)?;
             }
             record_replay(replays, idempotency, None, &(*subject, &receipt))?;
             Ok(())

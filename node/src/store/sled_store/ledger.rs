@@ -21,13 +21,19 @@
 //! A store written with the earlier layout (trees `consent` and `imports`) is moved to this one
 //! when it opens ([`SledStore::with_ledger_by_position`]), one subject per transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use domicile_types::{SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
 use super::{SledStore, StoreError, SubjectKey, backend, consent_key, context, open};
 use crate::store::import_source::{DIGEST_LEN, LedgerSource, digest_of, source_digest};
+
+/// `counters` key and value that fence off binaries of the earlier layout: they read this key as
+/// the ledger position their import index covers, refuse a value that is not 8 bytes as corrupt,
+/// and so do not open a store whose ledger they would find empty (and whose subjects their merges
+/// and erasures would lose). Going back means restoring a backup taken before the upgrade.
+pub(super) const EARLIER_LAYOUT_FENCE: (&[u8], &[u8]) = (b"import_index_covers", b"ledger in position order");
 
 /// Entries listed in one directory chunk: a write rewrites at most this many, and a subject
 /// with a long history is read in few values.
@@ -58,7 +64,7 @@ pub(super) fn entry_context(subject: &SubjectId, position: u64) -> Vec<u8> {
 }
 
 /// One entry of a subject's directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Listed {
     pub(super) position: u64,
     /// The keyed digest of an imported entry's source event.
@@ -77,6 +83,11 @@ fn chunk_key(subject: &SubjectId, chunk: u32) -> Vec<u8> {
     key.extend_from_slice(subject.as_bytes());
     key.extend_from_slice(&chunk.to_be_bytes());
     key
+}
+
+fn chunk_number(key: &[u8]) -> Result<u32, StoreError> {
+    let chunk = key.get(SUBJECT_ID_LEN..).and_then(|c| <[u8; 4]>::try_from(c).ok());
+    chunk.map(u32::from_be_bytes).ok_or_else(|| StoreError::Corrupt("ledger directory key".into()))
 }
 
 fn encode_chunk(items: &[Listed]) -> Vec<u8> {
@@ -135,25 +146,47 @@ impl Directory {
         self.listed().into_iter().map(|l| l.position).collect()
     }
 
-    /// The lowest position of the entries imported from the source event with `digest` (a merge
-    /// can bring two).
-    pub(super) fn imported_at(&self, digest: &[u8; DIGEST_LEN]) -> Option<u64> {
-        let items = self.chunks.iter().flat_map(|(_, items)| items);
-        items.filter(|l| l.source.as_ref() == Some(digest)).map(|l| l.position).min()
+    /// Per source digest, the lowest position of the entries imported from that event (a merge
+    /// can bring two): built once per read, so checking a call's rows costs one lookup each.
+    pub(super) fn sources(&self) -> HashMap<[u8; DIGEST_LEN], u64> {
+        let mut lowest = HashMap::new();
+        for item in self.chunks.iter().flat_map(|(_, items)| items) {
+            if let Some(digest) = item.source {
+                let at = lowest.entry(digest).or_insert(item.position);
+                *at = (*at).min(item.position);
+            }
+        }
+        lowest
     }
 
-    /// The keys of its chunks (what an erasure, a merge or an unmerge removes).
-    pub(super) fn chunk_keys(&self, subject: &SubjectId) -> Vec<Vec<u8>> {
-        self.chunks.iter().map(|(chunk, _)| chunk_key(subject, *chunk)).collect()
+    /// Its last chunk, which the next entries go to.
+    pub(super) fn tail(&self) -> Tail {
+        Tail { last: self.chunks.last().cloned() }
     }
 
-    /// The writes that list `added` after what it lists: its last chunk filled up, then new ones.
-    pub(super) fn appending(&self, subject: &SubjectId, added: &[Listed]) -> ChunkWrites {
+    /// The writes of a directory listing `items` for a subject that has none.
+    pub(super) fn fresh(subject: &SubjectId, items: &[Listed]) -> ChunkWrites {
+        Tail::default().append(subject, items)
+    }
+}
+
+/// The last chunk of a subject's directory (none if it has none): all a write needs to list its
+/// entries after the others.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Tail {
+    last: Option<(u32, Vec<Listed>)>,
+}
+
+impl Tail {
+    /// The writes that list `added` after what the directory lists: its last chunk filled up,
+    /// then new ones. `self` becomes the directory's tail after them (a batch that writes one
+    /// subject twice lists the second part after the first).
+    pub(super) fn append(&mut self, subject: &SubjectId, added: &[Listed]) -> ChunkWrites {
         if added.is_empty() {
             return Vec::new();
         }
-        let (mut chunk, mut items) = match self.chunks.last() {
-            Some((chunk, items)) if items.len() < CHUNK_ITEMS => (*chunk, items.clone()),
+        let (mut chunk, mut items) = match self.last.take() {
+            Some((chunk, items)) if items.len() < CHUNK_ITEMS => (chunk, items),
             Some((chunk, _)) => (chunk.saturating_add(1), Vec::new()),
             None => (0, Vec::new()),
         };
@@ -167,12 +200,8 @@ impl Directory {
             items.push(*item);
         }
         writes.push((chunk_key(subject, chunk), encode_chunk(&items)));
+        self.last = Some((chunk, items));
         writes
-    }
-
-    /// The writes of a directory listing `items` for a subject that has none.
-    pub(super) fn fresh(subject: &SubjectId, items: &[Listed]) -> ChunkWrites {
-        Self::default().appending(subject, items)
     }
 }
 
@@ -182,15 +211,55 @@ impl SledStore {
         read_directory(&self.directory, subject)
     }
 
-    /// `subject`'s ledger entries, sealed, in position order.
+    /// The tail of `subject`'s directory (its last chunk, found from the end of its keys): what
+    /// a write that does not check source events reads, whatever the history's length.
+    pub(super) fn directory_tail(&self, subject: &SubjectId) -> Result<Tail, StoreError> {
+        let Some(item) = self.directory.scan_prefix(subject.as_bytes()).next_back() else {
+            return Ok(Tail::default());
+        };
+        let (k, v) = item.map_err(backend)?;
+        Ok(Tail { last: Some((chunk_number(&k)?, decode_chunk(&v)?)) })
+    }
+
+    /// `subject`'s ledger entries, sealed, in position order. Read outside the write lock: a
+    /// merge, unmerge or erasure committed between reading the directory and an entry moves or
+    /// removes what it listed, so the read starts again (the subject gone: `NotFound`). Writers
+    /// write an entry and its listing in one transaction, so a listing whose entry stays absent
+    /// is damage.
     pub(super) fn sealed_ledger(&self, subject: &SubjectId) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
-        let mut entries = Vec::new();
-        for position in self.directory(subject)?.positions() {
-            let value = self.ledger.get(entry_key(subject, position)).map_err(backend)?;
-            // Listed but absent: the directory and the ledger are written in one transaction.
-            entries.push((position, value.ok_or_else(|| StoreError::Corrupt("a listed ledger entry".into()))?));
+        for _ in 0..3 {
+            let positions = self.directory(subject)?.positions();
+            let mut entries = Vec::with_capacity(positions.len());
+            for position in positions {
+                match self.ledger.get(entry_key(subject, position)).map_err(backend)? {
+                    Some(value) => entries.push((position, value)),
+                    None => break,
+                }
+            }
+            if entries.len() == entries.capacity() {
+                return Ok(entries);
+            }
+            if self.meta.get(subject.as_bytes()).map_err(backend)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
         }
-        Ok(entries)
+        Err(StoreError::Corrupt("a ledger entry its directory lists".into()))
+    }
+
+    /// The `ledger` keys an erasure of `subject` removes, from its directory. The subject's key is
+    /// gone by then, so the erasure has happened in substance: a directory that does not decode
+    /// (damage) leaves its entries, unreadable, for `domicile node check` to name, rather than
+    /// failing every retry and keeping the subject's metadata and links.
+    pub(super) fn erased_ledger_keys(&self, subject: &SubjectId) -> Result<Vec<sled::IVec>, StoreError> {
+        let positions = match self.directory(subject) {
+            Ok(directory) => directory.positions(),
+            Err(StoreError::Corrupt(_)) => {
+                tracing::warn!(%subject, "erasure: the ledger directory does not decode; its entries stay, unreadable");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(positions.into_iter().map(|p| sled::IVec::from(&entry_key(subject, p)[..])).collect())
     }
 
     /// `subject`'s ledger entries, opened, in position order.
@@ -213,8 +282,8 @@ impl SledStore {
         key: &SubjectKey,
         sources: &[(String, String)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let directory = self.directory(subject)?;
-        Ok(sources.iter().map(|(system, event)| directory.imported_at(&source_digest(key, system, event))).collect())
+        let held = self.directory(subject)?.sources();
+        Ok(sources.iter().map(|(system, event)| held.get(&source_digest(key, system, event)).copied()).collect())
     }
 
     /// A merge's ledger change: `from`'s entries re-sealed for `into` at their positions (old
@@ -246,8 +315,12 @@ impl SledStore {
     /// transaction, its entries (the same sealed bytes) at their positions and its directory,
     /// with each imported entry's digest read from the entry itself (the old index may be behind:
     /// a binary from before it wrote the store). A crash part-way leaves whole subjects moved or
-    /// not; the next open moves the rest. Entries of a subject whose key is gone (unreadable:
-    /// an erasure interrupted part-way) are moved without digests.
+    /// not; the next open moves the rest. An entry that cannot be opened (its subject's key gone
+    /// with an erasure interrupted part-way, or damage `domicile node check` names) is moved
+    /// without a digest, counted in the log, rather than keeping the region down.
+    ///
+    /// One way: a binary of the earlier layout would find every moved ledger empty, so the move
+    /// leaves a value in `counters` that such a binary refuses to open on ([`EARLIER_LAYOUT_FENCE`]).
     pub(super) fn with_ledger_by_position(self) -> Result<Self, StoreError> {
         let old = self.db.open_tree("consent").map_err(backend)?;
         if old.first().map_err(backend)?.is_some() {
@@ -271,6 +344,9 @@ impl SledStore {
         if index.first().map_err(backend)?.is_some() {
             index.clear().map_err(backend)?;
         }
+        if self.counters.get(EARLIER_LAYOUT_FENCE.0).map_err(backend)?.as_deref() != Some(EARLIER_LAYOUT_FENCE.1) {
+            self.counters.insert(EARLIER_LAYOUT_FENCE.0, EARLIER_LAYOUT_FENCE.1).map_err(backend)?;
+        }
         self.db.flush().map_err(backend)?;
         Ok(self)
     }
@@ -283,21 +359,26 @@ impl SledStore {
             entries.insert(super::unmerge::position_of(&k)?, (k, sealed));
         }
         let mut listed = Vec::with_capacity(entries.len());
+        let mut unreadable = 0usize;
         for (position, (_, sealed)) in &entries {
-            let source = match &key {
-                Some(key) => {
-                    let plain = key.open(&entry_context(subject, *position), sealed)?;
-                    LedgerSource::imported_of_plain(&plain)?.map(|(source, _)| digest_of(key, &source))
+            let source = key.as_ref().and_then(|key| {
+                let plain = key.open(&entry_context(subject, *position), sealed).ok();
+                let imported = plain.and_then(|plain| LedgerSource::imported_of_plain(&plain).ok());
+                if imported.is_none() {
+                    unreadable += 1;
                 }
-                None => None,
-            };
+                Some(digest_of(key, &imported??.0))
+            });
             listed.push(Listed { position: *position, source });
+        }
+        if unreadable > 0 {
+            tracing::warn!(%subject, unreadable, "ledger entries that do not open were moved without their source digests");
         }
         // Already partly in this layout (written by this version, then by an earlier one).
         let known = self.directory(subject)?;
         let held: std::collections::HashSet<u64> = known.positions().into_iter().collect();
         let listed: Vec<Listed> = listed.into_iter().filter(|l| !held.contains(&l.position)).collect();
-        let chunks = known.appending(subject, &listed);
+        let chunks = known.tail().append(subject, &listed);
         let result = (old, &self.ledger, &self.directory).transaction(|(old, ledger, directory)| {
             for (position, (k, sealed)) in &entries {
                 ledger.insert(&entry_key(subject, *position)[..], sealed.clone())?;
@@ -337,9 +418,7 @@ pub(super) fn scan_directory(tree: &sled::Tree, subject: &SubjectId) -> Result<D
     let mut chunks = Vec::new();
     for item in tree.scan_prefix(subject.as_bytes()) {
         let (k, v) = item.map_err(backend)?;
-        let chunk = k.get(SUBJECT_ID_LEN..).and_then(|c| <[u8; 4]>::try_from(c).ok());
-        let chunk = chunk.ok_or_else(|| StoreError::Corrupt("ledger directory key".into()))?;
-        chunks.push((u32::from_be_bytes(chunk), decode_chunk(&v)?));
+        chunks.push((chunk_number(&k)?, decode_chunk(&v)?));
     }
     Ok(Directory { chunks })
 }

@@ -6,7 +6,7 @@ use domicile_types::{Channel, Purpose, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
-use super::ledger::{ChunkWrites, Directory, Listed, entry_key};
+use super::ledger::{ChunkWrites, Listed, Tail, entry_key};
 use super::{
     ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
     RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode, flatten,
@@ -37,8 +37,8 @@ struct SubjectWrite {
     subject: SubjectId,
     key: SubjectKey,
     links: Vec<domicile_types::Link>,
-    /// Its ledger directory, read under the write lock (`ledger.rs`).
-    directory: Directory,
+    /// The tail of its ledger directory, read under the write lock (`ledger.rs`).
+    tail: Tail,
     /// Per consent, its source event's digest if it is imported (made once, by `writable`).
     sources: Sources,
     /// Taken when its records are made.
@@ -79,21 +79,11 @@ impl SledStore {
         let mut writes = Vec::with_capacity(batch.len());
         for (slot, (subject, consents)) in batch.into_iter().enumerate() {
             match self.writable(&subject, &consents) {
-                Ok((key, links, directory, sources)) => {
+                Ok((key, links, tail, sources)) => {
                     outcomes.push(None);
                     let (consents, tags) = consents.into_iter().unzip();
                     let records = Vec::new();
-                    writes.push(SubjectWrite {
-                        slot,
-                        subject,
-                        key,
-                        links,
-                        directory,
-                        sources,
-                        consents,
-                        tags,
-                        records,
-                    });
+                    writes.push(SubjectWrite { slot, subject, key, links, tail, sources, consents, tags, records });
                 }
                 Err(e) => outcomes.push(Some(Err(e))),
             }
@@ -162,6 +152,8 @@ impl SledStore {
         // Each subject's directory lists its new entries after the ones `writable` read (each
         // imported one with its source digest: `writable` found none of these events listed,
         // and `prepare_subject` sends an event once per subject).
+        // A subject written twice in one batch lists its second part after the first.
+        let mut tails: HashMap<SubjectId, Tail> = HashMap::new();
         let listings: Vec<ChunkWrites> = writes
             .iter()
             .map(|w| {
@@ -171,7 +163,7 @@ impl SledStore {
                     .zip(&w.sources)
                     .map(|(r, s)| Listed { position: r.sequence, source: *s })
                     .collect();
-                w.directory.appending(&w.subject, &listed)
+                tails.entry(w.subject).or_insert_with(|| w.tail.clone()).append(&w.subject, &listed)
             })
             .collect();
         let trees = (
@@ -313,19 +305,26 @@ impl SledStore {
         &self,
         subject: &SubjectId,
         consents: &[(NewConsent, Option<Idempotency>)],
-    ) -> Result<(SubjectKey, Vec<domicile_types::Link>, Directory, Sources), StoreError> {
+    ) -> Result<(SubjectKey, Vec<domicile_types::Link>, Tail, Sources), StoreError> {
         let key = self.key(subject)?;
         let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
         if consents.iter().any(|(c, _)| c.evidence.captured_via.is_some_and(|l| !entry.links.contains(&l))) {
             return Err(StoreError::Retry);
         }
-        let directory = self.directory(subject)?;
-        let sources: Vec<_> =
+        let sources: Sources =
             consents.iter().map(|(c, _)| c.evidence.import.as_ref().map(|s| digest_of(&key, s))).collect();
+        // Imported entries are checked against every source event the directory lists; other
+        // writes read only its last chunk, whatever the history's length.
+        let (tail, held) = if sources.iter().any(Option::is_some) {
+            let directory = self.directory(subject)?;
+            (directory.tail(), directory.sources())
+        } else {
+            (self.directory_tail(subject)?, HashMap::new())
+        };
         for ((_, tag), source) in consents.iter().zip(&sources) {
             let replayed = match (source, tag) {
                 // Imported: the directory answers for the event (no idempotency record is kept).
-                (Some(digest), _) => directory.imported_at(digest).is_some(),
+                (Some(digest), _) => held.contains_key(digest),
                 (None, Some(tag)) => self.idempotency.contains_key(&tag.key[..]).map_err(backend)?,
                 (None, None) => false,
             };
@@ -333,7 +332,7 @@ impl SledStore {
                 return Err(StoreError::Replayed);
             }
         }
-        Ok((key, entry.links, directory, sources))
+        Ok((key, entry.links, tail, sources))
     }
 
     pub(super) fn restrict_subject(

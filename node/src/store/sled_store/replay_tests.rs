@@ -220,7 +220,7 @@ async fn ledger_positions_after_a_restore_are_above_those_the_lost_machine_hande
     let restored = lost.restore("restored", &lost.journal()).await;
     let (record, _) = restored.append_consent(&lost.x, consent(ConsentState::Granted, 400), None).await.unwrap();
     assert!(record.sequence > handed_out, "position {} after the restore, {handed_out} before", record.sequence);
-    // The import index still covers the ledger: it is not rebuilt at the next open.
+    // And after the next open.
     drop(restored);
     let reopened = SledStore::open(&lost.dir.path().join("restored"), &home()).unwrap();
     let (next, _) = reopened.append_consent(&lost.x, consent(ConsentState::Withdrawn, 401), None).await.unwrap();
@@ -261,15 +261,16 @@ async fn a_manifest_naming_a_next_id_it_cannot_have_is_refused_promptly() {
     }
 }
 
-/// A backup says format 2 since ids have a base: a build from before refuses it (it would step
-/// sled's generator up to the next id, 2^40 steps); this build still restores format 1.
+/// A backup says format 3 since the ledger's position-ordered layout (format 2 since ids have a
+/// base): a build from before either refuses it (it would serve the ledgers as empty, or step
+/// sled's generator up to the next id, 2^40 steps); this build still restores formats 1 and 2.
 #[tokio::test]
-async fn backups_are_format_2_and_format_1_still_restores() {
+async fn backups_are_format_3_and_formats_1_and_2_still_restore() {
     let (lost, _) = lost_machine(false).await;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lost.dir.path().join("backup").join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format"], 2);
-    for (format, restores) in [(1, true), (3, false)] {
+    assert_eq!(manifest["format"], 3);
+    for (format, restores) in [(1, true), (2, true), (4, false)] {
         let copy = lost.dir.path().join(format!("format-{format}"));
         std::fs::create_dir(&copy).unwrap();
         for file in std::fs::read_dir(lost.dir.path().join("backup")).unwrap() {

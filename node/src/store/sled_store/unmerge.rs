@@ -149,9 +149,9 @@ impl SledStore {
             .into_iter()
             .flatten()
             .collect();
-        let directory = self.directory(subject)?;
-        old.extend(directory.positions().into_iter().map(|p| (CONSENT, sled::IVec::from(&entry_key(subject, p)[..]))));
-        old.extend(directory.chunk_keys(subject).into_iter().map(|k| (DIRECTORY, sled::IVec::from(k))));
+        let positions = self.directory(subject)?.positions();
+        old.extend(positions.into_iter().map(|p| (CONSENT, sled::IVec::from(&entry_key(subject, p)[..]))));
+        old.extend(Self::prefix_keys(&self.directory, subject)?.into_iter().map(|k| (DIRECTORY, k)));
         let kept_consent = plan.kept.announced(now);
         let restored_consent = plan.restored.announced(now);
         let links: &[Link] = &plan.restored.links;
