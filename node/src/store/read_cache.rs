@@ -41,6 +41,10 @@ pub(in crate::store) struct CacheInner {
 pub(in crate::store) struct Cached {
     pub(in crate::store) meta: Option<SubjectMeta>,
     pub(in crate::store) current: Vec<((Purpose, Channel), Option<CurrentConsent>)>,
+    /// The embedded store's ledger directory where it is one chunk not full (`sled_store/
+    /// ledger.rs`), as stored: an import's check reads it before the write, and the write, under
+    /// the write lock, finds it here instead of reading it again.
+    pub(in crate::store) directory: Option<sled::IVec>,
 }
 
 impl Cached {
@@ -71,6 +75,11 @@ impl ReadCache {
     pub(in crate::store) fn get<T>(&self, id: &SubjectId, read: impl FnOnce(&Cached) -> Option<T>) -> Result<T, u64> {
         let inner = self.shard(id);
         inner.subjects.get(id).and_then(read).ok_or(inner.epoch)
+    }
+
+    /// The epoch to fill `id`'s entry under, noted before reading the store.
+    pub(in crate::store) fn epoch(&self, id: &SubjectId) -> u64 {
+        self.shard(id).epoch
     }
 
     /// Stores a value read from the store at `epoch`, unless a write has happened since.

@@ -146,17 +146,20 @@ impl Directory {
         self.listed().into_iter().map(|l| l.position).collect()
     }
 
-    /// Per source digest, the lowest position of the entries imported from that event (a merge
-    /// can bring two): built once per read, so checking a call's rows costs one lookup each.
-    pub(super) fn sources(&self) -> HashMap<[u8; DIGEST_LEN], u64> {
+    /// The source events it lists, to look the rows of a call up in.
+    pub(super) fn sources(&self) -> Sources<'_> {
+        let items = || self.chunks.iter().flat_map(|(_, items)| items);
+        if self.chunks.len() <= 1 {
+            return Sources::Few(self.chunks.first().map_or(&[], |(_, items)| items.as_slice()));
+        }
         let mut lowest = HashMap::new();
-        for item in self.chunks.iter().flat_map(|(_, items)| items) {
+        for item in items() {
             if let Some(digest) = item.source {
                 let at = lowest.entry(digest).or_insert(item.position);
                 *at = (*at).min(item.position);
             }
         }
-        lowest
+        Sources::Many(lowest)
     }
 
     /// Its last chunk, which the next entries go to.
@@ -167,6 +170,25 @@ impl Directory {
     /// The writes of a directory listing `items` for a subject that has none.
     pub(super) fn fresh(subject: &SubjectId, items: &[Listed]) -> ChunkWrites {
         Tail::default().append(subject, items)
+    }
+}
+
+/// The source events a directory lists: scanned where it is one chunk (the usual subject; a map
+/// built per read cost more than the scan), else a map built once, so the rows of a call against
+/// a long history cost one lookup each.
+pub(super) enum Sources<'a> {
+    Few(&'a [Listed]),
+    Many(HashMap<[u8; DIGEST_LEN], u64>),
+}
+
+impl Sources<'_> {
+    /// The lowest position of the entries imported from the event with `digest` (a merge can
+    /// bring two).
+    pub(super) fn get(&self, digest: &[u8; DIGEST_LEN]) -> Option<u64> {
+        match self {
+            Self::Few(items) => items.iter().filter(|l| l.source.as_ref() == Some(digest)).map(|l| l.position).min(),
+            Self::Many(map) => map.get(digest).copied(),
+        }
     }
 }
 
@@ -209,6 +231,34 @@ impl SledStore {
     /// `subject`'s directory.
     pub(super) fn directory(&self, subject: &SubjectId) -> Result<Directory, StoreError> {
         read_directory(&self.directory, subject)
+    }
+
+    /// `subject`'s directory for a check before a write (outside the write lock): kept in the
+    /// read cache where it is one chunk not full, for the write to find
+    /// ([`Self::directory_for_write`]). The cache is exact: every writer of a directory holds the
+    /// write lock and drops its subjects' entries before releasing it, and a fill is refused if
+    /// any write to the shard came between the read and the fill (`read_cache.rs`).
+    pub(super) fn directory_to_write(&self, subject: &SubjectId) -> Result<Directory, StoreError> {
+        let epoch = self.cache.epoch(subject);
+        let first = self.directory.get(chunk_key(subject, 0)).map_err(backend)?;
+        let items = first.as_deref().map(decode_chunk).transpose()?;
+        match (first, items) {
+            (Some(raw), Some(items)) if items.len() < CHUNK_ITEMS => {
+                self.cache.fill(subject, epoch, |c| c.directory = Some(raw));
+                Ok(Directory { chunks: vec![(0, items)] })
+            }
+            (None, _) => Ok(Directory::default()),
+            _ => self.directory(subject),
+        }
+    }
+
+    /// `subject`'s directory under the write lock: from the read cache if an import's check
+    /// left it there and no write has touched the subject since, else read.
+    pub(super) fn directory_for_write(&self, subject: &SubjectId) -> Result<Directory, StoreError> {
+        match self.cache.get(subject, |c| c.directory.clone()) {
+            Ok(raw) => Ok(Directory { chunks: vec![(0, decode_chunk(&raw)?)] }),
+            Err(_) => self.directory(subject),
+        }
     }
 
     /// The tail of `subject`'s directory (its last chunk, found from the end of its keys): what
@@ -282,8 +332,9 @@ impl SledStore {
         key: &SubjectKey,
         sources: &[(String, String)],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let held = self.directory(subject)?.sources();
-        Ok(sources.iter().map(|(system, event)| held.get(&source_digest(key, system, event)).copied()).collect())
+        let directory = self.directory_to_write(subject)?;
+        let held = directory.sources();
+        Ok(sources.iter().map(|(system, event)| held.get(&source_digest(key, system, event))).collect())
     }
 
     /// A merge's ledger change: `from`'s entries re-sealed for `into` at their positions (old

@@ -483,3 +483,28 @@ async fn a_history_read_racing_merges_is_never_corrupt() {
         reader.join().unwrap();
     }
 }
+
+/// An import's check keeps the subject's directory in the read cache for its write to find; a
+/// write in between (this import's own earlier call, or a merge bringing the event) drops it, so
+/// the write checks what is stored and refuses the event it holds.
+#[tokio::test]
+async fn a_directory_kept_by_an_imports_check_is_dropped_by_any_write_of_its_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let ann = subject(&store, "ann@example.de").await;
+    let bea = subject(&store, "bea.person@example.de").await;
+    let refused = async |events: &[&str]| {
+        let rows = events.iter().map(|e| (imported(ConsentState::Granted, 100, e), None)).collect();
+        let again = store.append_consents(vec![(ann, rows)]).await.unwrap();
+        matches!(again.as_slice(), [entries] if entries.iter().all(|e| matches!(e, Err(StoreError::Replayed))))
+    };
+    assert_eq!(store.imported_positions(&ann, &sources(&["e1"])).await.unwrap(), vec![None]);
+    store.append_consent(&ann, imported(ConsentState::Granted, 100, "e1"), None).await.unwrap();
+    assert!(refused(&["e1"]).await, "written after the check: refused");
+
+    store.append_consent(&bea, imported(ConsentState::Granted, 110, "e2"), None).await.unwrap();
+    assert_eq!(store.imported_positions(&ann, &sources(&["e2"])).await.unwrap(), vec![None]);
+    store.merge(&ann, &bea, 200, None).await.unwrap();
+    assert!(refused(&["e2"]).await, "brought by a merge after the check: refused");
+    assert_eq!(store.consent_history(&ann).await.unwrap().len(), 2);
+}

@@ -315,16 +315,16 @@ impl SledStore {
             consents.iter().map(|(c, _)| c.evidence.import.as_ref().map(|s| digest_of(&key, s))).collect();
         // Imported entries are checked against every source event the directory lists; other
         // writes read only its last chunk, whatever the history's length.
-        let (tail, held) = if sources.iter().any(Option::is_some) {
-            let directory = self.directory(subject)?;
-            (directory.tail(), directory.sources())
-        } else {
-            (self.directory_tail(subject)?, HashMap::new())
+        let whole = if sources.iter().any(Option::is_some) { Some(self.directory_for_write(subject)?) } else { None };
+        let held = whole.as_ref().map(|directory| directory.sources());
+        let tail = match &whole {
+            Some(directory) => directory.tail(),
+            None => self.directory_tail(subject)?,
         };
         for ((_, tag), source) in consents.iter().zip(&sources) {
             let replayed = match (source, tag) {
                 // Imported: the directory answers for the event (no idempotency record is kept).
-                (Some(digest), _) => held.contains_key(digest),
+                (Some(digest), _) => held.as_ref().is_some_and(|held| held.get(digest).is_some()),
                 (None, Some(tag)) => self.idempotency.contains_key(&tag.key[..]).map_err(backend)?,
                 (None, None) => false,
             };
