@@ -631,27 +631,33 @@ impl BatchJob {
         let registered = self.register(wanted).await?;
         let mut items = Vec::with_capacity(batch.rows.len());
         // Each row sent, and whether it was sent by its identifier.
-        let mut sent: Vec<(&ImportRow, bool)> = Vec::with_capacity(routed.len());
+        // Each row sent, whether it was sent by its identifier, and whether its subject had been
+        // found by then (noted before the call: another batch may find it while this one is out).
+        let mut sent: Vec<(&ImportRow, bool, bool)> = Vec::with_capacity(routed.len());
         for row in routed {
             match route(row, &registered, &cached, by_identifier(row)) {
                 Ok(selector) => {
                     let by_identifier = matches!(selector, Selector::Identifier(_));
+                    let found_before = by_identifier && self.seen_before(row)?;
                     items.push(item_of(items.len() as u64, selector, row));
-                    sent.push((row, by_identifier));
+                    sent.push((row, by_identifier, found_before));
                 }
                 Err(receipt) => receipts.push(receipt_of(row, receipt)),
             }
         }
         // Rows sent by identifier that the gateway found unregistered: registered, then sent by
-        // their subject ref, unless an earlier row of the run found the subject (it was erased
-        // since: refused, never registered again). A row sent by its cached ref and refused
-        // NOT_FOUND names a subject merged away or erased since it was cached: `send_moved`.
+        // their subject ref, unless a row of the run had found the subject before this one was
+        // sent (it was erased since: refused, never registered again). Found only while this
+        // call was out, it may have been registered meanwhile by another batch: registering finds
+        // it (told after the call, such a subject would look erased). A row sent by its cached
+        // ref and refused NOT_FOUND names a subject merged away or erased since it was cached:
+        // `send_moved`.
         let mut unknown: Vec<&ImportRow> = Vec::new();
         let mut erased = Vec::new();
         for (id, outcome) in self.send(items).await? {
-            let Some((row, by_identifier)) = sent.get(id as usize).copied() else { continue };
+            let Some((row, by_identifier, found_before)) = sent.get(id as usize).copied() else { continue };
             match outcome {
-                Sent::Refused(tonic::Code::NotFound, _) if by_identifier && self.seen_before(row)? => {
+                Sent::Refused(tonic::Code::NotFound, _) if found_before => {
                     erased.push(subject_key(row));
                     receipts.push(receipt_of(row, erased_during_the_run()));
                 }
