@@ -11,9 +11,11 @@
 //!   but sled's own work: one transaction per 512 rows (the node's most per write), a flush after
 //!   each, values of the sizes the node stored. Every layout reads and overwrites the record in
 //!   force and writes each withdrawal's change event and events-index entry, as the store does;
-//!   the store's layout adds two new keys per row (ledger entry, import index entry). Then what a
-//!   redesign could choose: one new key per row, none, and the ledger and index entries appended
-//!   to per-subject chunks (whose index could no longer be looked up by event: a lower bound).
+//!   the store's layout (`sled_store/ledger.rs`) appends the ledger entry at the end of a tree in
+//!   position order and rewrites the subject's directory chunk (its position and source digest
+//!   appended). Then the layouts compared with it: the earlier one, two new keys at random places
+//!   per row (ledger entry keyed by subject first, import index entry); one new key; none; and
+//!   the ledger and index entries appended to per-subject chunks (a lower bound).
 //!   No sealing, audit, identity or checks.
 //!
 //! CPU is the process's (`/proc/self/stat`, every thread, sled's own included, in 10 ms ticks:
@@ -26,7 +28,7 @@
 
 use std::sync::Arc;
 
-use Layout::{Chunked, Keys};
+use Layout::{Chunked, Keys, Positioned};
 use domicile_node::NodeService;
 use domicile_node::store::{SledStore, Store};
 use domicile_proto::pb::common::v1 as common;
@@ -114,6 +116,9 @@ enum Layout {
     /// subject's open chunk of `n` entries (read, extended, written back: a new key only when a
     /// chunk fills).
     Chunked(usize),
+    /// The store's: the ledger entry keyed position ‖ subject (appended at the tree's end), the
+    /// subject's directory chunk of 32 read, extended by position and digest, written back.
+    Positioned,
 }
 
 /// CPU µs per row of a pass of `rows` rows (row n names subject n % subjects) in `layout`, in
@@ -163,6 +168,20 @@ fn floor_pass(
                                 key.extend_from_slice(&digest(pass, n));
                                 imports.insert(key, &at.to_be_bytes()[..])?;
                             }
+                        }
+                        Positioned => {
+                            let mut key = at.to_be_bytes().to_vec();
+                            key.extend_from_slice(&subject);
+                            ledger.insert(key, ledger_value.as_slice())?;
+                            let per_pass = rows / subjects + usize::from(n % subjects < rows % subjects);
+                            let ordinal = (pass - 1) * per_pass + n / subjects;
+                            let mut chunk_key = subject.to_vec();
+                            chunk_key.extend_from_slice(&((ordinal / 32) as u32).to_be_bytes());
+                            let mut listing = imports.get(&chunk_key)?.map(|v| v.to_vec()).unwrap_or_default();
+                            listing.extend_from_slice(&at.to_be_bytes());
+                            listing.push(1);
+                            listing.extend_from_slice(&digest(pass, n));
+                            imports.insert(chunk_key, listing)?;
                         }
                         Chunked(size) => {
                             // The subject's entries before this one: as many per earlier pass
@@ -257,7 +276,7 @@ fn stored_value_sizes(dir: &std::path::Path) -> Sizes {
         assert!(count > 0, "the node stored entries in {name}");
         bytes / count
     };
-    Sizes { ledger: mean("consent"), current: mean("current"), event: mean("events") }
+    Sizes { ledger: mean("ledger"), current: mean("current"), event: mean("events") }
 }
 
 fn main() {
@@ -283,7 +302,8 @@ fn main() {
     // Each layout on sled files of its own: a first pass as the node had, then the measured one.
     let mut floors = Vec::new();
     for (label, layout) in [
-        ("the store's layout: ledger entry and index entry, two new keys", Keys(2)),
+        ("the store's layout: ledger appended in position order, directory chunk rewritten", Positioned),
+        ("the earlier layout: ledger entry and index entry, two new keys", Keys(2)),
         ("one new key (the ledger entry)", Keys(1)),
         ("no new key", Keys(0)),
         ("ledger and index entries appended to per-subject chunks of 8", Chunked(8)),

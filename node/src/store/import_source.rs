@@ -1,6 +1,7 @@
-//! The source event of an imported ledger entry, as both stores index it: a keyed digest of
-//! (source system, source event id) under the subject's key, so an import checks an entry with a
-//! point lookup instead of reading the subject's whole ledger (quadratic in a long history: a file
+//! The source event of an imported ledger entry, as both stores keep it (sled in each subject's
+//! ledger directory, `sled_store/ledger.rs`; PostgreSQL in its import index): a keyed digest of
+//! (source system, source event id) under the subject's key, so an import checks an entry without
+//! opening the subject's ledger (quadratic in a long history: a file
 //! spreads a subject's events over many calls, and each call read everything the earlier ones
 //! wrote). The digest is keyed because a source's event id may say something about a person:
 //! once erasure destroys the subject's key, no copy left in old files (sled's segments,

@@ -268,7 +268,7 @@ impl<S: Store> NodeService<S> {
             }
             let Some((subject_id, meta)) = &resolved else { continue };
             // A run racing this one may write the event after the lookup above: the store's
-            // write then refuses it (the tag, or on the embedded store the import index, checked
+            // write then refuses it (the tag, or on the embedded store the ledger directory, checked
             // under its write lock) and `import_one` answers it as that run's duplicate.
             let tag = self.import_tag(subject_id, &item.source, &item.capture);
             pending.insert(source, index);
@@ -334,7 +334,7 @@ impl<S: Store> NodeService<S> {
                 Err(e) => return Imported::Refused(e),
             };
             // In the subject's ledger already (the embedded store keeps no idempotency record
-            // for an imported entry: its import index answers instead).
+            // for an imported entry: its ledger directory answers instead).
             match self.store.imported_positions(&subject, &source).await {
                 Ok(found) => {
                     if let Some(Some(sequence)) = found.first() {
@@ -381,7 +381,7 @@ impl<S: Store> NodeService<S> {
     /// racing with the same event id but other content get INVALID_ARGUMENT for the second. (Once
     /// the first is in the ledger, the event id alone makes a duplicate: the import is
     /// idempotent on source system and event id. The embedded store keeps no record for an
-    /// imported entry: its import index, written with the ledger entry, is that check.)
+    /// imported entry: its ledger directory, written with the ledger entry, is that check.)
     fn import_tag(
         &self,
         subject: &domicile_types::SubjectId,
