@@ -648,11 +648,13 @@ impl BatchJob {
         // Rows sent by identifier that the gateway found unregistered: registered, then sent by
         // their subject ref, unless a row of the run had found the subject before this one was
         // sent (it was erased since: refused, never registered again). Found only while this
-        // call was out, it may have been registered meanwhile by another batch: registering finds
-        // it (told after the call, such a subject would look erased). A row sent by its cached
-        // ref and refused NOT_FOUND names a subject merged away or erased since it was cached:
-        // `send_moved`.
+        // call was out, it was registered meanwhile by another batch, or found and erased since:
+        // sent once more by identifier, which tells the two apart (told after the call, a subject
+        // registered meanwhile looked erased: 1,944 rows of a first run refused). A row sent by
+        // its cached ref and refused NOT_FOUND names a subject merged away or erased since it was
+        // cached: `send_moved`.
         let mut unknown: Vec<&ImportRow> = Vec::new();
+        let mut again: Vec<&ImportRow> = Vec::new();
         let mut erased = Vec::new();
         for (id, outcome) in self.send(items).await? {
             let Some((row, by_identifier, found_before)) = sent.get(id as usize).copied() else { continue };
@@ -661,11 +663,40 @@ impl BatchJob {
                     erased.push(subject_key(row));
                     receipts.push(receipt_of(row, erased_during_the_run()));
                 }
+                Sent::Refused(tonic::Code::NotFound, _) if by_identifier && self.seen_before(row)? => again.push(row),
                 Sent::Refused(tonic::Code::NotFound, _) if by_identifier => unknown.push(row),
                 Sent::Refused(tonic::Code::NotFound, _) => moved.push(row),
                 outcome => {
                     self.saw_if_found(row, &outcome)?;
                     receipts.push(receipt_of(row, outcome.receipt()));
+                }
+            }
+        }
+        if !again.is_empty() {
+            let nothing: Registered = Default::default();
+            let mut items = Vec::with_capacity(again.len());
+            let mut resent: Vec<&ImportRow> = Vec::with_capacity(again.len());
+            for row in again {
+                match route(row, &nothing, &HashMap::new(), true) {
+                    Ok(selector) => {
+                        items.push(item_of(items.len() as u64, selector, row));
+                        resent.push(row);
+                    }
+                    Err(receipt) => receipts.push(receipt_of(row, receipt)),
+                }
+            }
+            for (id, outcome) in self.send(items).await? {
+                let Some(row) = resent.get(id as usize).copied() else { continue };
+                match outcome {
+                    // Found before this call by another batch, not found now: erased.
+                    Sent::Refused(tonic::Code::NotFound, _) => {
+                        erased.push(subject_key(row));
+                        receipts.push(receipt_of(row, erased_during_the_run()));
+                    }
+                    outcome => {
+                        self.saw_if_found(row, &outcome)?;
+                        receipts.push(receipt_of(row, outcome.receipt()));
+                    }
                 }
             }
         }
