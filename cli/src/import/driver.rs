@@ -673,20 +673,7 @@ impl BatchJob {
             }
         }
         if !again.is_empty() {
-            let nothing: Registered = Default::default();
-            let mut items = Vec::with_capacity(again.len());
-            let mut resent: Vec<&ImportRow> = Vec::with_capacity(again.len());
-            for row in again {
-                match route(row, &nothing, &HashMap::new(), true) {
-                    Ok(selector) => {
-                        items.push(item_of(items.len() as u64, selector, row));
-                        resent.push(row);
-                    }
-                    Err(receipt) => receipts.push(receipt_of(row, receipt)),
-                }
-            }
-            for (id, outcome) in self.send(items).await? {
-                let Some(row) = resent.get(id as usize).copied() else { continue };
+            for (row, outcome) in self.send_routed(again, &Registered::default(), true, &mut receipts).await? {
                 match outcome {
                     // Found before this call by another batch, not found now: erased.
                     Sent::Refused(tonic::Code::NotFound, _) => {
@@ -707,19 +694,7 @@ impl BatchJob {
         if !unknown.is_empty() {
             // The refs as registered now, not as cached: another batch may clear the cache.
             let registered = self.register(unknown.clone()).await?;
-            let mut items = Vec::with_capacity(unknown.len());
-            let mut sent: Vec<&ImportRow> = Vec::with_capacity(unknown.len());
-            for row in unknown {
-                match route(row, &registered, &HashMap::new(), false) {
-                    Ok(selector) => {
-                        items.push(item_of(items.len() as u64, selector, row));
-                        sent.push(row);
-                    }
-                    Err(receipt) => receipts.push(receipt_of(row, receipt)),
-                }
-            }
-            for (id, outcome) in self.send(items).await? {
-                let Some(row) = sent.get(id as usize).copied() else { continue };
+            for (row, outcome) in self.send_routed(unknown, &registered, false, &mut receipts).await? {
                 self.saw_if_found(row, &outcome)?;
                 receipts.push(receipt_of(row, outcome.receipt()));
             }
@@ -930,6 +905,30 @@ impl BatchJob {
     /// item id). Items a region answered with a transient status (a conflict with a concurrent
     /// write to the subject, a region failing over) are sent again, never receipted as refused:
     /// a refusal before the checkpoint would not be retried by a re-run.
+    /// Sends `rows` again, each as [`route`] routes it with `registered` and no cached ref: each
+    /// row sent with what the gateway answered; a row that cannot be routed gets its receipt.
+    async fn send_routed<'r>(
+        &mut self,
+        rows: Vec<&'r ImportRow>,
+        registered: &Registered,
+        by_identifier: bool,
+        receipts: &mut Vec<(usize, String, String, Receipt)>,
+    ) -> anyhow::Result<Vec<(&'r ImportRow, Sent)>> {
+        let mut items = Vec::with_capacity(rows.len());
+        let mut sent: Vec<&ImportRow> = Vec::with_capacity(rows.len());
+        for row in rows {
+            match route(row, registered, &HashMap::new(), by_identifier) {
+                Ok(selector) => {
+                    items.push(item_of(items.len() as u64, selector, row));
+                    sent.push(row);
+                }
+                Err(receipt) => receipts.push(receipt_of(row, receipt)),
+            }
+        }
+        let answered = self.send(items).await?;
+        Ok(answered.into_iter().filter_map(|(id, outcome)| Some((*sent.get(id as usize)?, outcome))).collect())
+    }
+
     async fn send(&mut self, items: Vec<pb::ImportConsentItem>) -> anyhow::Result<Vec<(u64, Sent)>> {
         let mut chunks: Vec<Vec<pb::ImportConsentItem>> = Vec::new();
         let mut size = 0usize;

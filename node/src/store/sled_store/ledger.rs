@@ -148,12 +148,11 @@ impl Directory {
 
     /// The source events it lists, to look the rows of a call up in.
     pub(super) fn sources(&self) -> Sources<'_> {
-        let items = || self.chunks.iter().flat_map(|(_, items)| items);
         if self.chunks.len() <= 1 {
             return Sources::Few(self.chunks.first().map_or(&[], |(_, items)| items.as_slice()));
         }
         let mut lowest = HashMap::new();
-        for item in items() {
+        for item in self.chunks.iter().flat_map(|(_, items)| items) {
             if let Some(digest) = item.source {
                 let at = lowest.entry(digest).or_insert(item.position);
                 *at = (*at).min(item.position);
@@ -165,6 +164,15 @@ impl Directory {
     /// Its last chunk, which the next entries go to.
     pub(super) fn tail(&self) -> Tail {
         Tail { last: self.chunks.last().cloned() }
+    }
+
+    /// The writes that list those of `added` it does not list yet after what it lists: an entry
+    /// both of a merge's halves hold (kept by both halves of an unmerge that could not attribute
+    /// it) is listed once, and so is an entry both layouts hold when a store is moved.
+    pub(super) fn appending_unlisted(&self, subject: &SubjectId, added: Vec<Listed>) -> ChunkWrites {
+        let held: std::collections::HashSet<u64> = self.positions().into_iter().collect();
+        let added: Vec<Listed> = added.into_iter().filter(|l| !held.contains(&l.position)).collect();
+        self.tail().append(subject, &added)
     }
 
     /// The writes of a directory listing `items` for a subject that has none.
@@ -240,16 +248,13 @@ impl SledStore {
     /// any write to the shard came between the read and the fill (`read_cache.rs`).
     pub(super) fn directory_to_write(&self, subject: &SubjectId) -> Result<Directory, StoreError> {
         let epoch = self.cache.epoch(subject);
-        let first = self.directory.get(chunk_key(subject, 0)).map_err(backend)?;
-        let items = first.as_deref().map(decode_chunk).transpose()?;
-        match (first, items) {
-            (Some(raw), Some(items)) if items.len() < CHUNK_ITEMS => {
-                self.cache.fill(subject, epoch, |c| c.directory = Some(raw));
-                Ok(Directory { chunks: vec![(0, items)] })
-            }
-            (None, _) => Ok(Directory::default()),
-            _ => self.directory(subject),
+        let (directory, first) = read_chunks(&self.directory, subject)?;
+        if let (Some(raw), [(_, items)]) = (first, directory.chunks.as_slice())
+            && items.len() < CHUNK_ITEMS
+        {
+            self.cache.fill(subject, epoch, |c| c.directory = Some(raw));
         }
+        Ok(directory)
     }
 
     /// `subject`'s directory under the write lock: from the read cache if an import's check
@@ -279,14 +284,15 @@ impl SledStore {
     pub(super) fn sealed_ledger(&self, subject: &SubjectId) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
         for _ in 0..3 {
             let positions = self.directory(subject)?.positions();
-            let mut entries = Vec::with_capacity(positions.len());
+            let listed = positions.len();
+            let mut entries = Vec::with_capacity(listed);
             for position in positions {
                 match self.ledger.get(entry_key(subject, position)).map_err(backend)? {
                     Some(value) => entries.push((position, value)),
                     None => break,
                 }
             }
-            if entries.len() == entries.capacity() {
+            if entries.len() == listed {
                 return Ok(entries);
             }
             if self.meta.get(subject.as_bytes()).map_err(backend)?.is_none() {
@@ -426,10 +432,7 @@ impl SledStore {
             tracing::warn!(%subject, unreadable, "ledger entries that do not open were moved without their source digests");
         }
         // Already partly in this layout (written by this version, then by an earlier one).
-        let known = self.directory(subject)?;
-        let held: std::collections::HashSet<u64> = known.positions().into_iter().collect();
-        let listed: Vec<Listed> = listed.into_iter().filter(|l| !held.contains(&l.position)).collect();
-        let chunks = known.tail().append(subject, &listed);
+        let chunks = self.directory(subject)?.appending_unlisted(subject, listed);
         let result = (old, &self.ledger, &self.directory).transaction(|(old, ledger, directory)| {
             for (position, (k, sealed)) in &entries {
                 ledger.insert(&entry_key(subject, *position)[..], sealed.clone())?;
@@ -445,22 +448,29 @@ impl SledStore {
 }
 
 /// `subject`'s directory in `tree`: its chunks are numbered from 0, and every one but the last
-/// is full (what [`Directory::appending`] writes), so it is read with a point lookup per chunk
-/// up to the first that is not full. A range scan costs sled a descent of the tree per item and
-/// one more to find the end: twice a lookup for the usual subject, whose directory is one chunk.
+/// is full (what [`Tail::append`] writes), so it is read with a point lookup per chunk up to the
+/// first that is not full. A range scan costs sled a descent of the tree per item and one more
+/// to find the end: twice a lookup for the usual subject, whose directory is one chunk.
 /// `domicile node check` finds a directory that breaks the rule.
 pub(super) fn read_directory(tree: &sled::Tree, subject: &SubjectId) -> Result<Directory, StoreError> {
+    read_chunks(tree, subject).map(|(directory, _)| directory)
+}
+
+/// [`read_directory`], with its first chunk as stored (what the read cache keeps).
+fn read_chunks(tree: &sled::Tree, subject: &SubjectId) -> Result<(Directory, Option<sled::IVec>), StoreError> {
     let mut chunks = Vec::new();
+    let mut first = None;
     for chunk in 0u32.. {
         let Some(value) = tree.get(chunk_key(subject, chunk)).map_err(backend)? else { break };
         let items = decode_chunk(&value)?;
         let full = items.len() >= CHUNK_ITEMS;
         chunks.push((chunk, items));
+        first.get_or_insert(value);
         if !full {
             break;
         }
     }
-    Ok(Directory { chunks })
+    Ok((Directory { chunks }, first))
 }
 
 /// Every chunk of `subject`'s directory in `tree`, by a range scan (for `domicile node check`,

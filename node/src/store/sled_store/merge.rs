@@ -66,12 +66,8 @@ impl SledStore {
         let interactions = Self::reseal_log(&self.interactions, b"interactions", (from, &from_key), (into, &into_key))?;
         let rights = Self::reseal_log(&self.rights, b"rights", (from, &from_key), (into, &into_key))?;
         let index_old = Self::prefix_keys(&self.directory, from)?;
-        // An entry both hold (kept by both halves of an unmerge that could not attribute it) is
-        // one entry again: `from`'s copy replaces `into`'s at the same key, listed once.
-        let into_directory = self.directory(into)?;
-        let held: std::collections::HashSet<u64> = into_directory.positions().into_iter().collect();
-        let listed: Vec<_> = listed.into_iter().filter(|l| !held.contains(&l.position)).collect();
-        let index_new = into_directory.tail().append(into, &listed);
+        // An entry both hold is one entry again: `from`'s copy replaces `into`'s at the same key.
+        let index_new = self.directory(into)?.appending_unlisted(into, listed);
         // The record in force per purpose × channel is the one that supersedes the other, so an
         // older grant of one half never overrides a withdrawal or denial of the other.
         let from_current = Self::prefix_keys(&self.current, from)?;
