@@ -11,11 +11,12 @@
 //!   but sled's own work: one transaction per 512 rows (the node's most per write), a flush after
 //!   each, values of the sizes the node stored. Every layout reads and overwrites the record in
 //!   force and writes each withdrawal's change event and events-index entry, as the store does;
-//!   the store's layout (`sled_store/ledger.rs`) appends the ledger entry at the end of a tree in
-//!   position order and rewrites the subject's directory chunk (its position and source digest
-//!   appended). Then the layouts compared with it: the earlier one, two new keys at random places
-//!   per row (ledger entry keyed by subject first, import index entry); one new key; none; and
-//!   the ledger and index entries appended to per-subject chunks (a lower bound).
+//!   the store's layout (`sled_store/segments.rs`, `ledger.rs`) appends the transaction's ledger
+//!   entries in segments of 32 at the end of a tree in position order and rewrites each subject's
+//!   directory chunk (its position and source digest appended). Then the layouts compared with
+//!   it: the one before segments (an entry per key, appended); the earlier one, two new keys at
+//!   random places per row (ledger entry keyed by subject first, import index entry); one new key;
+//!   none; and the ledger and index entries appended to per-subject chunks (a lower bound).
 //!   No sealing, audit, identity or checks.
 //!
 //! CPU is the process's (`/proc/self/stat`, every thread, sled's own included, in 10 ms ticks:
@@ -28,7 +29,7 @@
 
 use std::sync::Arc;
 
-use Layout::{Chunked, Keys, Positioned};
+use Layout::{Chunked, Keys, Positioned, Segmented};
 use domicile_node::NodeService;
 use domicile_node::store::{SledStore, Store};
 use domicile_proto::pb::common::v1 as common;
@@ -116,9 +117,13 @@ enum Layout {
     /// subject's open chunk of `n` entries (read, extended, written back: a new key only when a
     /// chunk fills).
     Chunked(usize),
-    /// The store's: the ledger entry keyed position ‖ subject (appended at the tree's end), the
-    /// subject's directory chunk of 32 read, extended by position and digest, written back.
+    /// The layout before segments: the ledger entry keyed position ‖ subject (appended at the
+    /// tree's end), the subject's directory chunk of 32 read, extended by position and digest,
+    /// written back.
     Positioned,
+    /// The store's (`sled_store/segments.rs`): as [`Positioned`], but the ledger entries of a
+    /// transaction in segments of `n`, one key per segment at the tree's end.
+    Segmented(usize),
 }
 
 /// CPU µs per row of a pass of `rows` rows (row n names subject n % subjects) in `layout`, in
@@ -169,10 +174,12 @@ fn floor_pass(
                                 imports.insert(key, &at.to_be_bytes()[..])?;
                             }
                         }
-                        Positioned => {
-                            let mut key = at.to_be_bytes().to_vec();
-                            key.extend_from_slice(&subject);
-                            ledger.insert(key, ledger_value.as_slice())?;
+                        Positioned | Segmented(_) => {
+                            if let Positioned = layout {
+                                let mut key = at.to_be_bytes().to_vec();
+                                key.extend_from_slice(&subject);
+                                ledger.insert(key, ledger_value.as_slice())?;
+                            }
                             let per_pass = rows / subjects + usize::from(n % subjects < rows % subjects);
                             let ordinal = (pass - 1) * per_pass + n / subjects;
                             let mut chunk_key = subject.to_vec();
@@ -198,6 +205,20 @@ fn floor_pass(
                             index.extend_from_slice(&at.to_be_bytes());
                             imports.insert(key, index)?;
                         }
+                    }
+                }
+                if let Segmented(per) = layout {
+                    for group in chunk.chunks(per) {
+                        let mut segment = Vec::with_capacity(2 + group.len() * (20 + ledger_value.len()));
+                        segment.extend_from_slice(&(group.len() as u16).to_be_bytes());
+                        for (slot, &n) in group.iter().enumerate() {
+                            segment.extend_from_slice(&subject_bytes(n % subjects));
+                            segment.extend_from_slice(&(((slot + 1) * ledger_value.len()) as u32).to_be_bytes());
+                        }
+                        for _ in group {
+                            segment.extend_from_slice(&ledger_value);
+                        }
+                        ledger.insert(&(position + group[0] as u64).to_be_bytes()[..], segment)?;
                     }
                 }
                 let last = chunk.last().map_or(0, |&n| n as u64 + 1);
@@ -276,7 +297,15 @@ fn stored_value_sizes(dir: &std::path::Path) -> Sizes {
         assert!(count > 0, "the node stored entries in {name}");
         bytes / count
     };
-    Sizes { ledger: mean("ledger"), current: mean("current"), event: mean("events") }
+    // Ledger entries are stored in segments: count (2 bytes), per slot subject and end (20), then
+    // the sealed entries.
+    let (entries, bytes) = db.open_tree("ledger_segments").unwrap().iter().values().fold((0, 0), |(e, b), v| {
+        let v = v.unwrap();
+        let count = usize::from(u16::from_be_bytes([v[0], v[1]]));
+        (e + count, b + v.len() - 2 - 20 * count)
+    });
+    assert!(entries > 0, "the node stored ledger segments");
+    Sizes { ledger: bytes / entries, current: mean("current"), event: mean("events") }
 }
 
 fn main() {
@@ -302,7 +331,8 @@ fn main() {
     // Each layout on sled files of its own: a first pass as the node had, then the measured one.
     let mut floors = Vec::new();
     for (label, layout) in [
-        ("the store's layout: ledger appended in position order, directory chunk rewritten", Positioned),
+        ("the store's layout: ledger in segments of 32 appended in position order, directory chunk rewritten", Segmented(32)),
+        ("the layout before segments: an entry per key, appended in position order", Positioned),
         ("the earlier layout: ledger entry and index entry, two new keys", Keys(2)),
         ("one new key (the ledger entry)", Keys(1)),
         ("no new key", Keys(0)),

@@ -31,14 +31,16 @@ use crate::store::vault::VaultScan;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const DB_EXPORT_FILE: &str = "db.export";
 pub const ERASURE_JOURNAL_FILE: &str = "erasures.log";
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 /// The formats this build restores: 1, written before a store's ids had a base (`ids.rs`); 2,
 /// before the ledger's position-ordered layout (`ledger.rs`; moved when the restored store
-/// opens); and 3. A backup of a restored store is format 2, so a build from before the base
-/// refuses it rather than step sled's id generator up to its next id, a loop of up to 2^40 steps
-/// (found by a review); a format 3 backup, so a build of the earlier layout refuses it rather
-/// than serve its ledgers as empty.
-const RESTORES: [u32; 3] = [1, 2, 3];
+/// opens); 3, before ledger segments (`segments.rs`; read as they are); and 4. A backup of a
+/// restored store is format 2, so a build from before the base refuses it rather than step
+/// sled's id generator up to its next id, a loop of up to 2^40 steps (found by a review); a
+/// format 3 backup, so a build of the earlier layout refuses it rather than serve its ledgers as
+/// empty; a format 4 backup, so a build without segments refuses it rather than answer that its
+/// ledgers are corrupt.
+const RESTORES: [u32; 4] = [1, 2, 3, 4];
 const EXPORT_MAGIC: &[u8] = b"domicile-sled-export-1\n";
 
 /// One file of a backup.

@@ -50,7 +50,9 @@ impl CheckReport {
 /// Trees whose values are sealed under the subject their key names (after the position in
 /// `ledger`, first in the others). `consent` is the ledger's earlier layout (`ledger.rs`), empty
 /// once a node of this version has opened the files; until then its entries are checked too.
-const SEALED_TREES: [&str; 6] = ["subjects", "ledger", "consent", "current", "interactions", "rights"];
+/// `ledger_segments` holds several per value (`segments.rs`).
+const SEALED_TREES: [&str; 7] =
+    ["subjects", "ledger", "ledger_segments", "consent", "current", "interactions", "rights"];
 
 /// The subject a key of tree `name` names, and the associated data its value is sealed with.
 fn sealed_for(name: &str, key: &[u8]) -> Option<(SubjectId, Vec<u8>)> {
@@ -60,6 +62,42 @@ fn sealed_for(name: &str, key: &[u8]) -> Option<(SubjectId, Vec<u8>)> {
     }
     let subject = SubjectId::from_slice(key.get(..SUBJECT_ID_LEN)?).ok()?;
     Some((subject, context(name.as_bytes(), key)))
+}
+
+/// Calls `each` with every sealed value of tree `name`: the subject it is sealed for, its
+/// associated data and its bytes, one at a time (a region's ledger does not fit in memory).
+/// What cannot be read goes to `problems` (and ends the tree's reading, if sled fails).
+fn each_sealed(
+    tree: &sled::Tree,
+    name: &str,
+    db_name: &str,
+    problems: &mut Vec<String>,
+    mut each: impl FnMut(SubjectId, &[u8], &[u8]),
+) {
+    for item in tree.iter() {
+        let (key, value) = match item {
+            Ok(kv) => kv,
+            Err(e) => {
+                problems.push(format!("{db_name} tree {name}: unreadable: {e}"));
+                break;
+            }
+        };
+        if name == "ledger_segments" {
+            match super::segments::segment_entries(&key, &value) {
+                Ok(entries) => {
+                    for (position, subject, sealed) in entries {
+                        each(subject, &super::ledger::entry_context(&subject, position), &sealed);
+                    }
+                }
+                Err(_) => problems.push(format!("{db_name} tree {name}: a segment that does not decode")),
+            }
+            continue;
+        }
+        match sealed_for(name, &key) {
+            Some((subject, sealed_with)) => each(subject, &sealed_with, &value),
+            None => problems.push(format!("{db_name} tree {name}: a key that names no subject")),
+        }
+    }
 }
 
 /// Checks the embedded-store files of `region` in `dir` (the node must be stopped: sled holds a
@@ -237,35 +275,26 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
         };
         let mut failed: HashMap<SubjectId, u64> = HashMap::new();
         let mut orphaned: HashMap<SubjectId, u64> = HashMap::new();
-        for item in tree.iter() {
-            let (key, value) = match item {
-                Ok(kv) => kv,
-                Err(e) => {
-                    report.problems.push(format!("{db_name} tree {name}: unreadable: {e}"));
-                    break;
-                }
-            };
-            let Some((subject, sealed_with)) = sealed_for(name, &key) else {
-                report.problems.push(format!("{db_name} tree {name}: a key that names no subject"));
-                continue;
-            };
-            report.sealed_records += 1;
+        let mut sealed_records = 0;
+        each_sealed(&tree, name, &db_name, &mut report.problems, |subject, sealed_with, value| {
+            sealed_records += 1;
             let Some(key_bytes) = keys.get(&subject) else {
                 // Without metadata either, the subject is gone (a subject with metadata but no key
                 // is damage, reported above).
                 if !subjects.contains(&subject) {
                     *orphaned.entry(subject).or_default() += 1;
                 }
-                continue;
+                return;
             };
             let opened = SubjectKey::from_bytes(key_bytes)
-                .and_then(|k| k.open(&sealed_with, &value))
+                .and_then(|k| k.open(sealed_with, value))
                 .ok()
                 .filter(|plain| serde_json::from_slice::<serde::de::IgnoredAny>(plain).is_ok());
             if opened.is_none() {
                 *failed.entry(subject).or_default() += 1;
             }
-        }
+        });
+        report.sealed_records += sealed_records;
         // An erasure or merge removes every record of the subject whose key it destroys, in the
         // transaction that removes its metadata, and every writer checks its subject under the
         // write lock: none should be left. One that is cannot be read (its key is gone), so it
@@ -294,8 +323,9 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
 fn check_directory(db: &sled::Db, keys: &HashMap<SubjectId, [u8; 32]>, db_name: &str, report: &mut CheckReport) {
     use super::ledger::{Listed, entry_context, parse_entry_key, read_directory, scan_directory};
     use crate::store::import_source::{LedgerSource, digest_of};
-    let (Ok(ledger), Ok(directory)) = (db.open_tree("ledger"), db.open_tree("ledger_dir")) else {
-        report.problems.push(format!("{db_name}: cannot open the ledger or ledger_dir tree"));
+    let trees = (db.open_tree("ledger"), db.open_tree("ledger_segments"), db.open_tree("ledger_dir"));
+    let (Ok(ledger), Ok(segments), Ok(directory)) = trees else {
+        report.problems.push(format!("{db_name}: cannot open the ledger, ledger_segments or ledger_dir tree"));
         return;
     };
     if let Ok(earlier) = db.open_tree("consent")
@@ -307,8 +337,16 @@ fn check_directory(db: &sled::Db, keys: &HashMap<SubjectId, [u8; 32]>, db_name: 
         ));
     }
     let mut expected: HashMap<SubjectId, Vec<Listed>> = HashMap::new();
-    for (key, value) in ledger.iter().flatten() {
-        let Ok((position, subject)) = parse_entry_key(&key) else { continue };
+    let singles = ledger.iter().flatten().filter_map(|(key, value)| {
+        let (position, subject) = parse_entry_key(&key).ok()?;
+        Some((position, subject, value))
+    });
+    // Segments that do not decode are reported with the sealed trees.
+    let in_segments = segments
+        .iter()
+        .flatten()
+        .flat_map(|(key, value)| super::segments::segment_entries(&key, &value).unwrap_or_default());
+    for (position, subject, value) in singles.chain(in_segments) {
         let Some(Ok(subject_key)) = keys.get(&subject).map(SubjectKey::from_bytes) else { continue };
         // An entry that does not open is reported with its tree.
         let Ok(plain) = subject_key.open(&entry_context(&subject, position), &value) else { continue };

@@ -43,13 +43,29 @@ fn read_head(dir: &Path, name: &str) -> Result<u64, StoreError> {
 
 /// The consent ledger's last position in `counters` (0 when it has none yet).
 pub(super) fn ledger_position(counters: &sled::Tree) -> Result<u64, StoreError> {
-    match counters.get(super::LEDGER_POSITION).map_err(backend)? {
-        None => Ok(0),
-        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StoreError::Corrupt("ledger counter".into())),
-    }
+    Ok(stored_ledger_position(counters)?.unwrap_or(0))
 }
+
+/// The consent ledger's last position in `counters`, if it has one: under
+/// [`super::LEDGER_POSITION`], or, in a store no node of the segmented ledger has opened yet,
+/// under the key earlier versions kept it at ([`EARLIER_LEDGER_POSITION`]).
+pub(super) fn stored_ledger_position(counters: &sled::Tree) -> Result<Option<u64>, StoreError> {
+    let stored = match counters.get(super::LEDGER_POSITION).map_err(backend)? {
+        Some(bytes) => Some(bytes),
+        None => counters.get(EARLIER_LEDGER_POSITION.0).map_err(backend)?,
+    };
+    stored
+        .map(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).map(u64::from_be_bytes))
+        .transpose()
+        .map_err(|_| StoreError::Corrupt("ledger counter".into()))
+}
+
+/// `counters` key where earlier versions kept the ledger's last position, and the value that
+/// replaces it once a node of the segmented ledger (`segments.rs`) has opened the store: those
+/// versions read the key at every open and refuse a value that is not 8 bytes, so they do not
+/// run on a ledger whose segments they cannot read. Going back means restoring a backup taken
+/// before the upgrade.
+pub(super) const EARLIER_LEDGER_POSITION: (&[u8], &[u8]) = (b"consent_ledger", b"segmented: see ledger_position");
 
 /// What a database that lost its end is missing, by its heads: `None` when it holds everything
 /// they say was flushed.

@@ -188,7 +188,7 @@ impl SledStore {
         self.vault.destroy(subject)?;
         let scanned = (|| {
             Ok::<_, StoreError>((
-                self.erased_ledger_keys(subject)?,
+                self.erased_ledger_entries(subject)?,
                 Self::prefix_keys(&self.current, subject)?,
                 Self::prefix_keys(&self.interactions, subject)?,
                 Self::prefix_keys(&self.rights, subject)?,
@@ -196,7 +196,7 @@ impl SledStore {
                 self.events_of(&recorded, now)?,
             ))
         })();
-        let (ledger_keys, current_keys, interaction_keys, rights_keys, index_keys, events_out) = match scanned {
+        let (ledger_entries, current_keys, interaction_keys, rights_keys, index_keys, events_out) = match scanned {
             Ok(scanned) => scanned,
             Err(e) => {
                 // The key is gone: what the entries record has happened, whatever follows.
@@ -207,7 +207,7 @@ impl SledStore {
         let event_seq = events_out.last().map_or(0, |e| e.sequence);
         let erased = Erased {
             links: entry.links.clone(),
-            consent_records: ledger_keys.len(),
+            consent_records: ledger_entries.len(),
             event: event_seq,
             at: now,
             rights_request: rights_request.clone(),
@@ -219,6 +219,7 @@ impl SledStore {
             &self.subjects,
             &self.links,
             &self.ledger,
+            &self.segments,
             &self.current,
             &self.interactions,
             &self.rights,
@@ -236,6 +237,7 @@ impl SledStore {
                 subjects,
                 links,
                 ledger,
+                segments,
                 current,
                 interactions,
                 rights,
@@ -257,12 +259,8 @@ impl SledStore {
                 links.remove(&link.as_bytes()[..])?;
                 release_held(held, releases, link)?;
             }
-            for (tree, keys) in [
-                (ledger, &ledger_keys),
-                (current, &current_keys),
-                (interactions, &interaction_keys),
-                (rights, &rights_keys),
-            ] {
+            super::segments::remove_entries(ledger, segments, &ledger_entries)?;
+            for (tree, keys) in [(current, &current_keys), (interactions, &interaction_keys), (rights, &rights_keys)] {
                 for k in keys {
                     tree.remove(k)?;
                 }

@@ -1,13 +1,16 @@
 //! The consent ledger's layout on sled: entries in ledger order, and a directory per subject.
 //!
-//! Tree `ledger`: ledger position ‖ subject id → the sealed entry. New entries take the next
-//! position, so every write appends at the tree's end. Keyed by subject first (the layout before
-//! this one, tree `consent`), each entry was a new key at a random place: sled splits a leaf at
-//! 16 entries and writes every split leaf whole, which cost an import 10–15 µs of CPU per row,
-//! a third of what the node may spend per row at 50,000 rows/s (BENCHMARKS.md). The entry is
-//! sealed with subject id ‖ position as associated data (`codec::consent_key`), as before, so the
-//! same ciphertext is valid under both layouts. The subject is in the key too: an entry an
-//! unmerge cannot attribute stays with both halves, at one position.
+//! Entries are in position order: new entries take the next positions, so every write appends
+//! at the end. A write stores its entries in segments (tree `ledger_segments`, `segments.rs`);
+//! an entry that moves (a merge, an unmerge, the move from the earlier layout) has a key of its
+//! own in tree `ledger`: ledger position ‖ subject id → the sealed entry. Keyed by subject first
+//! (the layout before this one, tree `consent`), each entry was a new key at a random place:
+//! sled splits a leaf at 16 entries and writes every split leaf whole, which cost an import
+//! 10–15 µs of CPU per row, a third of what the node may spend per row at 50,000 rows/s
+//! (BENCHMARKS.md). The entry is sealed with subject id ‖ position as associated data
+//! (`codec::consent_key`), as before, so the same ciphertext is valid in every layout. The
+//! subject is in the key too: an entry an unmerge cannot attribute stays with both halves, at one
+//! position.
 //!
 //! Tree `ledger_dir`: subject id ‖ chunk number → the subject's entries, [`CHUNK_ITEMS`] to a
 //! chunk: each its position and, for an imported entry, the keyed digest of its source event
@@ -26,6 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use domicile_types::{SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
+use super::segments::EntryAt;
 use super::{SledStore, StoreError, SubjectKey, backend, consent_key, context, open};
 use crate::store::import_source::{DIGEST_LEN, LedgerSource, digest_of, source_digest};
 
@@ -62,6 +66,10 @@ pub(super) fn parse_entry_key(key: &[u8]) -> Result<(u64, SubjectId), StoreError
 pub(super) fn entry_context(subject: &SubjectId, position: u64) -> Vec<u8> {
     context(b"consent", &consent_key(subject, position))
 }
+
+/// A merge's move of one ledger entry: where it is, its new key, its value sealed for the
+/// subject it joins.
+pub(super) type LedgerMove = (EntryAt, EntryKey, Vec<u8>);
 
 /// One entry of a subject's directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -276,19 +284,19 @@ impl SledStore {
         Ok(Tail { last: Some((chunk_number(&k)?, decode_chunk(&v)?)) })
     }
 
-    /// `subject`'s ledger entries, sealed, in position order. Read outside the write lock: a
-    /// merge, unmerge or erasure committed between reading the directory and an entry moves or
-    /// removes what it listed, so the read starts again (the subject gone: `NotFound`). Writers
-    /// write an entry and its listing in one transaction, so a listing whose entry stays absent
-    /// is damage.
-    pub(super) fn sealed_ledger(&self, subject: &SubjectId) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
+    /// `subject`'s ledger entries, sealed, in position order, each with where it is stored
+    /// (`segments.rs`). Read outside the write lock: a merge, unmerge or erasure committed
+    /// between reading the directory and an entry moves or removes what it listed, so the read
+    /// starts again (the subject gone: `NotFound`). Writers write an entry and its listing in one
+    /// transaction, so a listing whose entry stays absent is damage.
+    pub(super) fn located_ledger(&self, subject: &SubjectId) -> Result<Vec<(u64, EntryAt, sled::IVec)>, StoreError> {
         for _ in 0..3 {
             let positions = self.directory(subject)?.positions();
             let listed = positions.len();
             let mut entries = Vec::with_capacity(listed);
             for position in positions {
-                match self.ledger.get(entry_key(subject, position)).map_err(backend)? {
-                    Some(value) => entries.push((position, value)),
+                match self.find_entry(subject, position)? {
+                    Some((at, value)) => entries.push((position, at, value)),
                     None => break,
                 }
             }
@@ -302,11 +310,17 @@ impl SledStore {
         Err(StoreError::Corrupt("a ledger entry its directory lists".into()))
     }
 
-    /// The `ledger` keys an erasure of `subject` removes, from its directory. The subject's key is
-    /// gone by then, so the erasure has happened in substance: a directory that does not decode
-    /// (damage) leaves its entries, unreadable, for `domicile node check` to name, rather than
-    /// failing every retry and keeping the subject's metadata and links.
-    pub(super) fn erased_ledger_keys(&self, subject: &SubjectId) -> Result<Vec<sled::IVec>, StoreError> {
+    /// [`Self::located_ledger`] without the places.
+    pub(super) fn sealed_ledger(&self, subject: &SubjectId) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
+        Ok(self.located_ledger(subject)?.into_iter().map(|(position, _, sealed)| (position, sealed)).collect())
+    }
+
+    /// Where the entries an erasure of `subject` removes are, from its directory (read under the
+    /// write lock). The subject's key is gone by then, so the erasure has happened in substance:
+    /// a directory that does not decode (damage) leaves its entries, unreadable, for
+    /// `domicile node check` to name, rather than failing every retry and keeping the subject's
+    /// metadata and links.
+    pub(super) fn erased_ledger_entries(&self, subject: &SubjectId) -> Result<Vec<EntryAt>, StoreError> {
         let positions = match self.directory(subject) {
             Ok(directory) => directory.positions(),
             Err(StoreError::Corrupt(_)) => {
@@ -315,7 +329,13 @@ impl SledStore {
             }
             Err(e) => return Err(e),
         };
-        Ok(positions.into_iter().map(|p| sled::IVec::from(&entry_key(subject, p)[..])).collect())
+        let mut at = Vec::with_capacity(positions.len());
+        for position in positions {
+            if let Some((place, _)) = self.find_entry(subject, position)? {
+                at.push(place);
+            }
+        }
+        Ok(at)
     }
 
     /// `subject`'s ledger entries, opened, in position order.
@@ -343,26 +363,22 @@ impl SledStore {
         Ok(sources.iter().map(|(system, event)| held.get(&source_digest(key, system, event))).collect())
     }
 
-    /// A merge's ledger change: `from`'s entries re-sealed for `into` at their positions (old
-    /// key, new key, sealed) and their listing for `into`'s directory (each imported entry's
-    /// digest made again under `into`'s key).
+    /// A merge's ledger change: `from`'s entries re-sealed for `into` at their positions (where
+    /// each is, its new key, sealed) and their listing for `into`'s directory (each imported
+    /// entry's digest made again under `into`'s key).
     pub(super) fn ledger_moves(
         &self,
         from: (&SubjectId, &SubjectKey),
         into: (&SubjectId, &SubjectKey),
-    ) -> Result<(Vec<super::Move>, Vec<Listed>), StoreError> {
+    ) -> Result<(Vec<LedgerMove>, Vec<Listed>), StoreError> {
         let mut moves = Vec::new();
         let mut listed = Vec::new();
-        for (position, sealed) in self.sealed_ledger(from.0)? {
+        for (position, at, sealed) in self.located_ledger(from.0)? {
             let plain = from.1.open(&entry_context(from.0, position), &sealed)?;
             let source = LedgerSource::imported_of_plain(&plain)?.map(|(source, _)| source);
             listed.push(Listed::of(into.1, position, source.as_ref()));
             let resealed = into.1.seal(&entry_context(into.0, position), &plain)?;
-            moves.push((
-                sled::IVec::from(&entry_key(from.0, position)[..]),
-                entry_key(into.0, position).to_vec(),
-                resealed,
-            ));
+            moves.push((at, entry_key(into.0, position), resealed));
         }
         Ok((moves, listed))
     }

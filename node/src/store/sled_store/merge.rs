@@ -6,11 +6,13 @@ use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
 use super::{
-    Idempotency, Merged, Move, Recorded, SledStore, StoreError, SubjectKey, abort, backend, context, encode, flatten,
-    seal,
+    Idempotency, Merged, Recorded, SledStore, StoreError, SubjectKey, abort, backend, context, encode, flatten, seal,
 };
 use crate::store::LogPositions;
 use crate::store::split::{MergeSide, join_records};
+
+/// One entry moved between subjects: old key, new key, value sealed for the new subject.
+type Move = (sled::IVec, Vec<u8>, Vec<u8>);
 
 impl SledStore {
     /// Merges `from` into `into` at `now`; the lineage records `merged_at` (`now`, except when a
@@ -63,6 +65,7 @@ impl SledStore {
         let meta_bytes = encode(&into_entry)?;
 
         let (ledger, listed) = self.ledger_moves((from, &from_key), (into, &into_key))?;
+        let ledger_from: Vec<_> = ledger.iter().map(|(at, ..)| *at).collect();
         let interactions = Self::reseal_log(&self.interactions, b"interactions", (from, &from_key), (into, &into_key))?;
         let rights = Self::reseal_log(&self.rights, b"rights", (from, &from_key), (into, &into_key))?;
         let index_old = Self::prefix_keys(&self.directory, from)?;
@@ -104,6 +107,7 @@ impl SledStore {
                 event_index,
                 retiring,
                 replays,
+                segment_tree,
             ] = trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
@@ -117,7 +121,11 @@ impl SledStore {
             for link in &moved_links {
                 links.insert(&link.as_bytes()[..], &into.as_bytes()[..])?;
             }
-            for (tree, moves) in [(ledger_tree, &ledger), (interaction_tree, &interactions), (rights_tree, &rights)] {
+            super::segments::remove_entries(ledger_tree, segment_tree, &ledger_from)?;
+            for (_, new, sealed) in &ledger {
+                ledger_tree.insert(&new[..], sealed.as_slice())?;
+            }
+            for (tree, moves) in [(interaction_tree, &interactions), (rights_tree, &rights)] {
                 for (old, new, sealed) in moves {
                     tree.remove(old)?;
                     tree.insert(new.as_slice(), sealed.as_slice())?;

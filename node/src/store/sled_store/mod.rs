@@ -1,9 +1,9 @@
 //! The embedded default: sled, one database per node, plus the key vault beside it.
 //!
 //! Trees: `meta` (subject id → jurisdiction, links, flags; no personal data), `subjects`
-//! (subject id → sealed identifiers and profile), `links` (link → subject id), `ledger`
-//! (ledger position ‖ subject id → sealed ledger entry) and `ledger_dir` (each subject's
-//! positions, with its imported entries' source digests: `ledger.rs`), `current` (subject id ‖ purpose ‖
+//! (subject id → sealed identifiers and profile), `links` (link → subject id), `ledger_segments`
+//! and `ledger` (the consent ledger in position order: `segments.rs`) and `ledger_dir` (each
+//! subject's positions, with its imported entries' source digests: `ledger.rs`), `current` (subject id ‖ purpose ‖
 //! channel → sealed record in force), `interactions` and `rights` (subject id ‖ sequence → sealed
 //! interaction / rights request), `events` (sequence → pseudonymous change event; by subject in
 //! `event_subjects`, and `retiring` while a retired subject's go: `retire.rs`), `counters` (the
@@ -41,6 +41,7 @@ mod merge;
 mod records;
 mod replay;
 mod retire;
+mod segments;
 mod space;
 mod tracked;
 mod unit;
@@ -67,8 +68,9 @@ pub struct SledStore {
     meta: sled::Tree,
     subjects: sled::Tree,
     links: sled::Tree,
-    /// The consent ledger and each subject's directory of it (`ledger.rs`).
+    /// The consent ledger (`segments.rs`), and each subject's directory of it (`ledger.rs`).
     ledger: sled::Tree,
+    segments: sled::Tree,
     directory: sled::Tree,
     current: sled::Tree,
     interactions: sled::Tree,
@@ -114,11 +116,8 @@ struct MetaEntry {
     links: Vec<Link>,
 }
 
-/// One entry moved between subjects: old key, new key, value sealed for the new subject.
-type Move = (sled::IVec, Vec<u8>, Vec<u8>);
-
-/// `counters` key of the consent ledger's last position.
-const LEDGER_POSITION: &[u8] = b"consent_ledger";
+/// `counters` key of the consent ledger's last position (`heads::ledger_position`).
+const LEDGER_POSITION: &[u8] = b"ledger_position";
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -168,6 +167,7 @@ impl SledStore {
             subjects: db.open_tree("subjects").map_err(backend)?,
             links: db.open_tree("links").map_err(backend)?,
             ledger: db.open_tree("ledger").map_err(backend)?,
+            segments: db.open_tree("ledger_segments").map_err(backend)?,
             directory: db.open_tree("ledger_dir").map_err(backend)?,
             current: db.open_tree("current").map_err(backend)?,
             interactions: db.open_tree("interactions").map_err(backend)?,

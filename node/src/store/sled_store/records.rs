@@ -6,7 +6,8 @@ use domicile_types::{Channel, Purpose, SUBJECT_ID_LEN, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, record_replay};
-use super::ledger::{ChunkWrites, Listed, Tail, entry_key};
+use super::ledger::{ChunkWrites, Listed, Tail};
+use super::segments::{SEGMENT_ENTRIES, encode_segment, segment_key};
 use super::{
     ConsentRecord, CurrentConsent, Idempotency, Interaction, LEDGER_POSITION, NewConsent, NewInteraction, Recorded,
     RightsRequestRecord, SledStore, StoreError, SubjectMeta, abort, backend, consent_key, current_key, encode, flatten,
@@ -89,7 +90,9 @@ impl SledStore {
             }
         }
         let mut position = self.ledger_position()?;
-        let mut sealed_entries = Vec::new();
+        let start = position;
+        // Each subject and sealed entry, at positions from `start + 1` on.
+        let mut sealed_entries: Vec<(SubjectId, Vec<u8>)> = Vec::new();
         // Per cell, the batch's candidates in order, each sealed: in the transaction they are
         // applied one by one to the stored record, as single writes would be (the ledger's order
         // is not transitive across its re-grant rule, so no winner is picked beforehand).
@@ -111,7 +114,7 @@ impl SledStore {
                     review: false,
                 };
                 let sealed = seal(&write.key, b"consent", &consent_key(&write.subject, position), &record)?;
-                sealed_entries.push((entry_key(&write.subject, position), sealed));
+                sealed_entries.push((write.subject, sealed));
                 let candidate = CurrentConsent::of(&record, consent.counted_at_ms);
                 let index = write.records.len();
                 for channel in &record.channels {
@@ -166,8 +169,17 @@ impl SledStore {
                 tails.entry(w.subject).or_insert_with(|| w.tail.clone()).append(&w.subject, &listed)
             })
             .collect();
+        // The entries in segments (`segments.rs`): one new key per SEGMENT_ENTRIES entries.
+        let segments: Vec<([u8; 8], Vec<u8>)> = sealed_entries
+            .chunks(SEGMENT_ENTRIES)
+            .zip((start + 1..).step_by(SEGMENT_ENTRIES))
+            .map(|(group, first)| {
+                let entries = group.iter().map(|(subject, sealed)| (&subject.as_bytes()[..], sealed.as_slice()));
+                (segment_key(first), encode_segment(entries))
+            })
+            .collect();
         let trees = (
-            &self.ledger,
+            &self.segments,
             &self.current,
             &self.events,
             &self.event_index,
@@ -175,63 +187,64 @@ impl SledStore {
             &self.idempotency,
             &self.directory,
         );
-        let result = trees.transaction(|(ledger, current, event_tree, event_index, counters, replays, directory)| {
-            for (ledger_key, sealed) in &sealed_entries {
-                ledger.insert(&ledger_key[..], sealed.as_slice())?;
-            }
-            for (chunk, listing) in listings.iter().flatten() {
-                directory.insert(chunk.as_slice(), listing.as_slice())?;
-            }
-            counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
-            for (k, at, _, list) in &cells {
-                let Some(key) = writes.get(*at).map(|w| &w.key) else {
-                    return abort(StoreError::Backend("a cell of no subject in the batch".into()));
-                };
-                let stored = match current.get(k)? {
-                    None => None,
-                    Some(bytes) => Some(or_abort(open::<CurrentConsent>(key, b"current", k, &bytes))?),
-                };
-                let mut in_force: Option<&CurrentConsent> = stored.as_ref();
-                let mut write: Option<&[u8]> = None;
-                for (candidate, sealed, _) in list {
-                    if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
-                        in_force = Some(candidate);
-                        write = Some(sealed.as_slice());
-                    }
+        let result =
+            trees.transaction(|(segment_tree, current, event_tree, event_index, counters, replays, directory)| {
+                for (first, segment) in &segments {
+                    segment_tree.insert(&first[..], segment.as_slice())?;
                 }
-                if let Some(sealed) = write {
-                    current.insert(k.as_slice(), sealed)?;
+                for (chunk, listing) in listings.iter().flatten() {
+                    directory.insert(chunk.as_slice(), listing.as_slice())?;
                 }
-            }
-            let mut events = events.iter();
-            let mut results = Vec::with_capacity(writes.len());
-            for (write, in_force) in writes.iter().zip(&in_force) {
-                let mut written = Vec::with_capacity(write.records.len());
-                for ((record, tag), in_force) in write.records.iter().zip(&write.tags).zip(in_force) {
-                    // A record not announced has no event (`change::announced`): 0 stands for none.
-                    let event_seq = if crate::store::announced(record, in_force) {
-                        let Some(event) = events.next() else {
-                            return abort(StoreError::Backend("fewer change events than records".into()));
-                        };
-                        super::retire::put_event(event_tree, event_index, event)?;
-                        event.sequence
-                    } else {
-                        0
+                counters.insert(LEDGER_POSITION, &position.to_be_bytes()[..])?;
+                for (k, at, _, list) in &cells {
+                    let Some(key) = writes.get(*at).map(|w| &w.key) else {
+                        return abort(StoreError::Backend("a cell of no subject in the batch".into()));
                     };
-                    let result = (record.clone(), event_seq);
-                    // An imported entry's repeat is found by its directory listing written above
-                    // (permanent, unlike idempotency records): no record for it.
-                    if record.evidence.import.is_none() {
-                        let sealed_for = Some((&write.subject, &write.key));
-                        record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, &result))?;
+                    let stored = match current.get(k)? {
+                        None => None,
+                        Some(bytes) => Some(or_abort(open::<CurrentConsent>(key, b"current", k, &bytes))?),
+                    };
+                    let mut in_force: Option<&CurrentConsent> = stored.as_ref();
+                    let mut write: Option<&[u8]> = None;
+                    for (candidate, sealed, _) in list {
+                        if in_force.is_none_or(|existing| candidate.supersedes(existing)) {
+                            in_force = Some(candidate);
+                            write = Some(sealed.as_slice());
+                        }
                     }
-                    written.push(result);
+                    if let Some(sealed) = write {
+                        current.insert(k.as_slice(), sealed)?;
+                    }
                 }
-                results.push(written);
-            }
-            audited.append(&recorded)?;
-            Ok(results)
-        });
+                let mut events = events.iter();
+                let mut results = Vec::with_capacity(writes.len());
+                for (write, in_force) in writes.iter().zip(&in_force) {
+                    let mut written = Vec::with_capacity(write.records.len());
+                    for ((record, tag), in_force) in write.records.iter().zip(&write.tags).zip(in_force) {
+                        // A record not announced has no event (`change::announced`): 0 stands for none.
+                        let event_seq = if crate::store::announced(record, in_force) {
+                            let Some(event) = events.next() else {
+                                return abort(StoreError::Backend("fewer change events than records".into()));
+                            };
+                            super::retire::put_event(event_tree, event_index, event)?;
+                            event.sequence
+                        } else {
+                            0
+                        };
+                        let result = (record.clone(), event_seq);
+                        // An imported entry's repeat is found by its directory listing written above
+                        // (permanent, unlike idempotency records): no record for it.
+                        if record.evidence.import.is_none() {
+                            let sealed_for = Some((&write.subject, &write.key));
+                            record_replay(replays, tag.as_ref(), sealed_for, &(write.subject, &result))?;
+                        }
+                        written.push(result);
+                    }
+                    results.push(written);
+                }
+                audited.append(&recorded)?;
+                Ok(results)
+            });
         let results = flatten(result)?;
         audited.commit();
         for (write, written) in writes.iter().zip(results) {
@@ -537,18 +550,34 @@ impl SledStore {
 
 /// The consent ledger's own position counter (`counters` tree).
 impl SledStore {
-    /// Starts the consent ledger's position counter after every position already used: stores
-    /// written before the ledger had its own counter numbered records from the shared event
-    /// counter, and positions order a subject's records, so they only ever grow.
+    /// Starts the consent ledger's position counter after every position already used, at its
+    /// key, with the fence against earlier versions ([`super::heads::EARLIER_LEDGER_POSITION`])
+    /// in the same batch. Stores written before the ledger had its own counter numbered records
+    /// from the shared event counter, and positions order a subject's records, so they only ever
+    /// grow.
     pub(super) fn with_ledger_counter(self) -> Result<Self, StoreError> {
-        if self.counters.get(LEDGER_POSITION).map_err(backend)?.is_none() {
-            // Only a store of the earlier layout (`ledger.rs`) can be this old.
-            let mut last = 0u64;
-            for key in self.db.open_tree("consent").map_err(backend)?.iter().keys() {
-                let key = key.map_err(backend)?;
-                last = last.max(super::unmerge::position_of(&key)?);
+        let fence = super::heads::EARLIER_LEDGER_POSITION;
+        let last = match super::heads::stored_ledger_position(&self.counters)? {
+            Some(last) => last,
+            None => {
+                // Only a store of the layout before the ledger in position order (`ledger.rs`)
+                // can be this old.
+                let mut last = 0u64;
+                for key in self.db.open_tree("consent").map_err(backend)?.iter().keys() {
+                    let key = key.map_err(backend)?;
+                    last = last.max(super::unmerge::position_of(&key)?);
+                }
+                last
             }
-            self.counters.insert(LEDGER_POSITION, &last.to_be_bytes()).map_err(backend)?;
+        };
+        let at = self.counters.get(LEDGER_POSITION).map_err(backend)?;
+        let fenced = self.counters.get(fence.0).map_err(backend)?;
+        if at.as_deref() != Some(&last.to_be_bytes()[..]) || fenced.as_deref() != Some(fence.1) {
+            let mut batch = sled::Batch::default();
+            batch.insert(LEDGER_POSITION, &last.to_be_bytes()[..]);
+            batch.insert(fence.0, fence.1);
+            self.counters.apply_batch(batch).map_err(backend)?;
+            self.db.flush().map_err(backend)?;
         }
         Ok(self)
     }

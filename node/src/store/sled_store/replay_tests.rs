@@ -261,16 +261,17 @@ async fn a_manifest_naming_a_next_id_it_cannot_have_is_refused_promptly() {
     }
 }
 
-/// A backup says format 3 since the ledger's position-ordered layout (format 2 since ids have a
-/// base): a build from before either refuses it (it would serve the ledgers as empty, or step
-/// sled's generator up to the next id, 2^40 steps); this build still restores formats 1 and 2.
+/// A backup says format 4 since ledger segments (3 since the ledger's position-ordered layout, 2
+/// since ids have a base): a build from before any of them refuses it (it would find the
+/// segments' entries missing, serve the ledgers as empty, or step sled's generator up to the next
+/// id, 2^40 steps); this build still restores formats 1 to 3.
 #[tokio::test]
-async fn backups_are_format_3_and_formats_1_and_2_still_restore() {
+async fn backups_are_format_4_and_formats_1_to_3_still_restore() {
     let (lost, _) = lost_machine(false).await;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lost.dir.path().join("backup").join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format"], 3);
-    for (format, restores) in [(1, true), (2, true), (4, false)] {
+    assert_eq!(manifest["format"], 4);
+    for (format, restores) in [(1, true), (2, true), (3, true), (5, false)] {
         let copy = lost.dir.path().join(format!("format-{format}"));
         std::fs::create_dir(&copy).unwrap();
         for file in std::fs::read_dir(lost.dir.path().join("backup")).unwrap() {

@@ -699,6 +699,7 @@ async fn a_store_numbered_by_the_shared_counter_continues_above_its_positions() 
     let k = consent_key(&a, 40);
     store.db.open_tree("consent").unwrap().insert(k, seal(&key, b"consent", &k, &record).unwrap()).unwrap();
     store.counters.remove(LEDGER_POSITION).unwrap();
+    store.counters.remove(heads::EARLIER_LEDGER_POSITION.0).unwrap();
     flush(&store).await;
     drop(store);
     let store = SledStore::open(dir.path(), &home()).unwrap();
@@ -897,3 +898,6 @@ mod replay_tests;
 
 #[path = "retire_tests.rs"]
 mod retire_tests;
+
+#[path = "segments_tests.rs"]
+mod segments_tests;

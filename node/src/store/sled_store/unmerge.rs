@@ -66,8 +66,8 @@ fn seal_half(subject: &SubjectId, key: &SubjectKey, half: &Half) -> Result<Seale
 impl SledStore {
     /// Every tree a merge or an unmerge writes, in the order their transactions name them:
     /// meta, subjects, links, ledger, current, interactions, rights, ledger_dir, events,
-    /// event_subjects, retiring, idempotency.
-    pub(super) fn subject_trees(&self) -> [&sled::Tree; 12] {
+    /// event_subjects, retiring, idempotency, ledger_segments.
+    pub(super) fn subject_trees(&self) -> [&sled::Tree; 13] {
         [
             &self.meta,
             &self.subjects,
@@ -81,6 +81,7 @@ impl SledStore {
             &self.event_index,
             &self.retiring,
             &self.idempotency,
+            &self.segments,
         ]
     }
 
@@ -149,8 +150,7 @@ impl SledStore {
             .into_iter()
             .flatten()
             .collect();
-        let positions = self.directory(subject)?.positions();
-        old.extend(positions.into_iter().map(|p| (CONSENT, sled::IVec::from(&entry_key(subject, p)[..]))));
+        let old_entries: Vec<_> = self.located_ledger(subject)?.into_iter().map(|(_, at, _)| at).collect();
         old.extend(Self::prefix_keys(&self.directory, subject)?.into_iter().map(|k| (DIRECTORY, k)));
         let kept_consent = plan.kept.announced(now);
         let restored_consent = plan.restored.announced(now);
@@ -195,6 +195,7 @@ impl SledStore {
                 event_index,
                 retiring,
                 replays,
+                segments,
             ] = trees.as_slice()
             else {
                 return abort(StoreError::Backend("transaction trees".into()));
@@ -204,6 +205,7 @@ impl SledStore {
             for (tree, k) in &old {
                 logs[*tree].remove(k)?;
             }
+            super::segments::remove_entries(consent, segments, &old_entries)?;
             meta.remove(&subject.as_bytes()[..])?;
             subjects.remove(&subject.as_bytes()[..])?;
             for (id, half, held) in [(kept, &kept_half, &plan.kept.links), (restored, &back, &plan.restored.links)] {
