@@ -331,7 +331,10 @@ fn main() {
     // Each layout on sled files of its own: a first pass as the node had, then the measured one.
     let mut floors = Vec::new();
     for (label, layout) in [
-        ("the store's layout: ledger in segments of 32 appended in position order, directory chunk rewritten", Segmented(32)),
+        (
+            "the store's layout: ledger in segments of 32 appended in position order, directory chunk rewritten",
+            Segmented(32),
+        ),
         ("the layout before segments: an entry per key, appended in position order", Positioned),
         ("the earlier layout: ledger entry and index entry, two new keys", Keys(2)),
         ("one new key (the ledger entry)", Keys(1)),

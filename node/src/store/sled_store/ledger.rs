@@ -317,7 +317,7 @@ impl SledStore {
 
     /// Where the entries an erasure of `subject` removes are, from its directory (read under the
     /// write lock). The subject's key is gone by then, so the erasure has happened in substance:
-    /// a directory that does not decode (damage) leaves its entries, unreadable, for
+    /// a directory or a segment that does not decode (damage) leaves its entries, unreadable, for
     /// `domicile node check` to name, rather than failing every retry and keeping the subject's
     /// metadata and links.
     pub(super) fn erased_ledger_entries(&self, subject: &SubjectId) -> Result<Vec<EntryAt>, StoreError> {
@@ -330,10 +330,17 @@ impl SledStore {
             Err(e) => return Err(e),
         };
         let mut at = Vec::with_capacity(positions.len());
+        let mut damaged = 0usize;
         for position in positions {
-            if let Some((place, _)) = self.find_entry(subject, position)? {
-                at.push(place);
+            match self.find_entry(subject, position) {
+                Ok(Some((place, _))) => at.push(place),
+                Ok(None) => {}
+                Err(StoreError::Corrupt(_)) => damaged += 1,
+                Err(e) => return Err(e),
             }
+        }
+        if damaged > 0 {
+            tracing::warn!(%subject, damaged, "erasure: ledger entries in segments that do not decode stay, unreadable");
         }
         Ok(at)
     }

@@ -170,14 +170,17 @@ impl SledStore {
             })
             .collect();
         // The entries in segments (`segments.rs`): one new key per SEGMENT_ENTRIES entries.
-        let segments: Vec<([u8; 8], Vec<u8>)> = sealed_entries
+        if !sealed_entries.is_empty() {
+            self.check_positions_free(start)?;
+        }
+        let segments = sealed_entries
             .chunks(SEGMENT_ENTRIES)
             .zip((start + 1..).step_by(SEGMENT_ENTRIES))
             .map(|(group, first)| {
                 let entries = group.iter().map(|(subject, sealed)| (&subject.as_bytes()[..], sealed.as_slice()));
-                (segment_key(first), encode_segment(entries))
+                Ok((segment_key(first), encode_segment(entries)?))
             })
-            .collect();
+            .collect::<Result<Vec<([u8; 8], Vec<u8>)>, StoreError>>()?;
         let trees = (
             &self.segments,
             &self.current,

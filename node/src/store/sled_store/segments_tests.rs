@@ -1,7 +1,8 @@
 //! Ledger segments (`segments.rs`): a write's entries share values, and every way an entry
 //! leaves one (erasure, merge, unmerge) empties only its own slot, even when subjects sharing a
 //! segment are erased at once; stores written before segments open with their ledger position and
-//! fence earlier versions off; a damaged segment is refused, never misread.
+//! fence earlier versions off; a damaged segment is refused, never misread, and blocks neither an
+//! erasure nor another subject's reads; a counter behind the entries refuses writes.
 
 use super::*;
 
@@ -95,9 +96,9 @@ async fn an_erasure_empties_only_its_subjects_slots_and_the_last_takes_the_segme
     assert!(report.is_sound() && report.notes.is_empty(), "{report:?}");
 }
 
-/// Subjects sharing segments erased at once: each erasure rewrites the segments it finds its
-/// entries in, so one that read a segment before another's rewrite must not write back the other's
-/// entries (sled runs transactions one at a time; the rewrite reads the segment in its own).
+/// Subjects sharing segments erased at once: each erasure rewrites the segments its entries are
+/// in, and none writes back another's emptied slots or takes a kept subject's (the store's write
+/// lock orders the erasures; this checks what they leave).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn erasures_of_subjects_sharing_segments_at_once_each_take_only_their_own() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,4 +263,84 @@ async fn a_damaged_segment_is_refused_and_named_by_node_check() {
         report.problems.iter().any(|p| p.contains("tree ledger_segments: a segment that does not decode")),
         "{report:?}"
     );
+}
+
+/// A damaged segment fails closed for its own entries only: a subject whose entries were moved to
+/// keys of their own at positions after it still reads them, a merge of the damaged subject is
+/// refused with nothing changed, and its erasure completes (its entries stay, unreadable under
+/// the destroyed key, for `node check`), where it failed every retry before (found by a review).
+#[tokio::test]
+async fn a_damaged_segment_blocks_neither_an_erasure_nor_other_subjects_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let [w, x, y] = subjects(&store, 3).await[..] else { panic!("three subjects") };
+    for person in [w, x, y] {
+        write(&store, &[person], 2, 100).await;
+    }
+    store.merge(&y, &x, 200, None).await.unwrap();
+    let y_history = store.consent_history(&y).await.unwrap();
+    assert_eq!(positions(&y_history), [3, 4, 5, 6]);
+    assert_eq!(store.ledger.len(), 2, "x's entries, re-sealed for y, on keys of their own at 3 and 4");
+    let (key, value) = store.segments.first().unwrap().unwrap();
+    assert_eq!(key.as_ref(), &segments::segment_key(1)[..], "w's segment, before them");
+    // Its slot count damaged so that it seems to reach past x's old positions: it no longer
+    // decodes, and a read of position 3 or 4 cannot tell from it alone whose they are.
+    let mut damaged = value.to_vec();
+    damaged[..2].copy_from_slice(&[0xff, 0xff]);
+    store.segments.insert(&key, damaged).unwrap();
+    assert_eq!(store.consent_history(&y).await.unwrap(), y_history, "read past w's damaged segment");
+    assert!(matches!(store.consent_history(&w).await, Err(StoreError::Corrupt(_))));
+    let merged = store.merge(&y, &w, 300, None).await;
+    assert!(matches!(merged, Err(StoreError::Corrupt(_))), "{merged:?}");
+    assert_eq!(store.consent_history(&y).await.unwrap(), y_history, "nothing changed");
+    let erased = store.erase(&w, 400, &rights("erasure"), None).await.expect("the erasure completes");
+    assert_eq!(erased.consent_records, 0, "its entries could not be found in the damaged segment");
+    assert!(matches!(store.consent_history(&w).await, Err(StoreError::NotFound)), "w is gone");
+    flush(&store).await;
+    drop(store);
+    let report = check::check(dir.path(), &home());
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(report.problems[0].contains("tree ledger_segments: a segment that does not decode"), "{report:?}");
+}
+
+/// A ledger counter behind the entries stored (damage, a hand edit) refuses every consent write
+/// rather than let a new segment replace or hide other subjects' entries (found by a review).
+#[tokio::test]
+async fn a_ledger_counter_behind_its_entries_refuses_writes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let people = subjects(&store, 2).await;
+    write(&store, &people, 3, 100).await;
+    let before = store.consent_history(&people[1]).await.unwrap();
+    for behind in [0u64, 2, 5] {
+        store.counters.insert(LEDGER_POSITION, &behind.to_be_bytes()[..]).unwrap();
+        let written = store.append_consent(&people[0], consent(ConsentState::Granted, 300), None).await;
+        assert!(matches!(written, Err(StoreError::Corrupt(_))), "counter at {behind}: {written:?}");
+        assert_eq!(store.consent_history(&people[1]).await.unwrap(), before);
+    }
+    store.counters.insert(LEDGER_POSITION, &6u64.to_be_bytes()[..]).unwrap();
+    let (next, _) = store.append_consent(&people[0], consent(ConsentState::Granted, 300), None).await.unwrap();
+    assert_eq!(next.sequence, 7, "at its place again, writes go on");
+}
+
+/// Emptying a slot names the subject it is expected to hold: a place that names another subject
+/// is refused, nothing emptied.
+#[tokio::test]
+async fn a_slot_is_emptied_only_for_the_subject_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let people = subjects(&store, 2).await;
+    write(&store, &people, 1, 100).await;
+    let (at, _) = store.find_entry(&people[1], 2).unwrap().expect("bea's entry");
+    let segments::EntryAt::Segment { first, slot, .. } = at else { panic!("in a segment: {at:?}") };
+    let wrong = segments::EntryAt::Segment { first, slot, subject: people[0] };
+    let result = (&store.ledger, &store.segments)
+        .transaction(|(ledger, segments)| segments::remove_entries(ledger, segments, &[wrong]));
+    assert!(matches!(result, Err(sled::transaction::TransactionError::Abort(StoreError::Corrupt(_)))), "{result:?}");
+    assert_eq!(store.consent_history(&people[1]).await.unwrap().len(), 1, "nothing emptied");
+    (&store.ledger, &store.segments)
+        .transaction(|(ledger, segments)| segments::remove_entries(ledger, segments, &[at]))
+        .unwrap();
+    assert!(store.find_entry(&people[1], 2).unwrap().is_none(), "its own place empties it");
+    assert!(store.find_entry(&people[0], 1).unwrap().is_some(), "and only it");
 }

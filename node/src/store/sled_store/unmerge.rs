@@ -127,11 +127,17 @@ impl SledStore {
                 Ok((position_of(&k)?, open::<RightsRequestRecord>(&key, b"rights", &k, &value)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        // Read once: what the halves get, and where the merged subject's entries are removed from.
+        let located = self.located_ledger(subject)?;
+        let ledger = located
+            .iter()
+            .map(|(position, _, sealed)| super::ledger::open_entry(&key, subject, *position, sealed))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let whole = Whole {
             meta: entry.meta.clone(),
             record,
             links: entry.links.clone(),
-            ledger: self.read_ledger(subject)?,
+            ledger,
             interactions: self.open_log(&self.interactions, b"interactions", subject)?,
             rights,
         };
@@ -150,7 +156,7 @@ impl SledStore {
             .into_iter()
             .flatten()
             .collect();
-        let old_entries: Vec<_> = self.located_ledger(subject)?.into_iter().map(|(_, at, _)| at).collect();
+        let old_entries: Vec<_> = located.into_iter().map(|(_, at, _)| at).collect();
         old.extend(Self::prefix_keys(&self.directory, subject)?.into_iter().map(|k| (DIRECTORY, k)));
         let kept_consent = plan.kept.announced(now);
         let restored_consent = plan.restored.announced(now);
