@@ -45,6 +45,9 @@ pub(in crate::store) struct Cached {
     /// ledger.rs`), as stored: an import's check reads it before the write, and the write, under
     /// the write lock, finds it here instead of reading it again.
     pub(in crate::store) directory: Option<sled::IVec>,
+    /// The embedded store's links of the subject, read with its metadata under the write lock by
+    /// a consent write (`sled_store/cache.rs`), which keeps both: it changes neither.
+    pub(in crate::store) links: Option<Vec<domicile_types::Link>>,
 }
 
 impl Cached {
@@ -99,6 +102,20 @@ impl ReadCache {
             let mut inner = self.shard(id);
             inner.epoch += 1;
             inner.subjects.remove(id);
+        }
+    }
+
+    /// [`Self::invalidate`] after a write that changed only consent (the records in force and the
+    /// ledger): the subjects' metadata and links stay, everything else goes. The epoch moves all
+    /// the same, so no read from before the write fills anything after it.
+    pub(in crate::store) fn invalidate_consent(&self, ids: &[SubjectId]) {
+        for id in ids {
+            let mut inner = self.shard(id);
+            inner.epoch += 1;
+            if let Some(cached) = inner.subjects.get_mut(id) {
+                cached.current.clear();
+                cached.directory = None;
+            }
         }
     }
 }

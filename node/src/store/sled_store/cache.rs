@@ -3,6 +3,7 @@
 use domicile_types::SubjectId;
 
 use super::super::read_cache::ReadCache;
+use super::{MetaEntry, SledStore, StoreError};
 
 /// The write lock, held for one write; releasing it invalidates the cached inputs of the subjects
 /// the write touched (see [`ReadCache`]).
@@ -10,6 +11,8 @@ pub(super) struct WriteGuard<'a> {
     pub(super) _lock: std::sync::MutexGuard<'a, ()>,
     pub(super) cache: &'a ReadCache,
     pub(super) touched: Vec<SubjectId>,
+    /// The write changes consent only: the touched subjects' metadata and links stay cached.
+    pub(super) consent_only: bool,
 }
 
 impl WriteGuard<'_> {
@@ -17,10 +20,52 @@ impl WriteGuard<'_> {
     pub(super) fn touch(&mut self, id: SubjectId) {
         self.touched.push(id);
     }
+
+    /// For a write that changes no subject's metadata or links (consent records): they stay
+    /// cached, so an import's next call for the subject reads neither again.
+    pub(super) fn consent_only(mut self) -> Self {
+        self.consent_only = true;
+        self
+    }
 }
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        self.cache.invalidate(&self.touched);
+        if self.consent_only {
+            self.cache.invalidate_consent(&self.touched);
+        } else {
+            self.cache.invalidate(&self.touched);
+        }
+    }
+}
+
+impl SledStore {
+    /// Takes the write lock for a write to `subjects` (their cached inputs go when it is released).
+    pub(super) fn serialise_writes(&self, subjects: &[SubjectId]) -> WriteGuard<'_> {
+        WriteGuard {
+            _lock: self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            cache: &self.cache,
+            touched: subjects.to_vec(),
+            consent_only: false,
+        }
+    }
+
+    /// The subject's metadata and links, read under the write lock (which makes a cached copy
+    /// exact: every writer that changes them invalidates it before letting go of the lock), from
+    /// the read cache when it holds both, else from the store, kept for the next write.
+    pub(super) fn meta_entry_under_lock(&self, id: &SubjectId) -> Result<Option<MetaEntry>, StoreError> {
+        let cached = self.cache.get(id, |c| Some(MetaEntry { meta: c.meta.clone()?, links: c.links.clone()? }));
+        let epoch = match cached {
+            Ok(entry) => return Ok(Some(entry)),
+            Err(epoch) => epoch,
+        };
+        let entry = self.meta_entry(id)?;
+        if let Some(entry) = &entry {
+            self.cache.fill(id, epoch, |c| {
+                c.meta = Some(entry.meta.clone());
+                c.links = Some(entry.links.clone());
+            });
+        }
+        Ok(entry)
     }
 }

@@ -56,7 +56,6 @@ use super::{
     Rectified, Registered, Release, Replay, RightsRequestRecord, Store, StoreError, SubjectMeta, SubjectRecord,
     TrackedRequest, Unmerged,
 };
-use cache::WriteGuard;
 use domicile_types::RegionId;
 use heads::open_journal;
 use unit::number_events;
@@ -222,15 +221,6 @@ impl SledStore {
 
     fn key(&self, id: &SubjectId) -> Result<SubjectKey, StoreError> {
         self.vault.get(id)?.ok_or(StoreError::NotFound)
-    }
-
-    /// Takes the write lock for a write to `subjects` (their cached inputs go when it is released).
-    fn serialise_writes(&self, subjects: &[SubjectId]) -> WriteGuard<'_> {
-        WriteGuard {
-            _lock: self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
-            cache: &self.cache,
-            touched: subjects.to_vec(),
-        }
     }
 
     fn prefix_keys(tree: &sled::Tree, subject: &SubjectId) -> Result<Vec<sled::IVec>, StoreError> {

@@ -75,7 +75,7 @@ impl SledStore {
     /// writer of these trees holds the write lock taken here.
     pub(super) fn record_consents(&self, batch: ConsentBatch) -> Result<Vec<SubjectWritten>, StoreError> {
         let subjects: Vec<SubjectId> = batch.iter().map(|(subject, _)| *subject).collect();
-        let _serial = self.serialise_writes(&subjects);
+        let _serial = self.serialise_writes(&subjects).consent_only();
         let mut outcomes: Vec<Option<SubjectWritten>> = Vec::with_capacity(batch.len());
         let mut writes = Vec::with_capacity(batch.len());
         for (slot, (subject, consents)) in batch.into_iter().enumerate() {
@@ -323,7 +323,7 @@ impl SledStore {
         consents: &[(NewConsent, Option<Idempotency>)],
     ) -> Result<(SubjectKey, Vec<domicile_types::Link>, Tail, Sources), StoreError> {
         let key = self.key(subject)?;
-        let entry = self.meta_entry(subject)?.ok_or(StoreError::NotFound)?;
+        let entry = self.meta_entry_under_lock(subject)?.ok_or(StoreError::NotFound)?;
         if consents.iter().any(|(c, _)| c.evidence.captured_via.is_some_and(|l| !entry.links.contains(&l))) {
             return Err(StoreError::Retry);
         }

@@ -485,6 +485,40 @@ async fn merge_refuses_subjects_of_different_jurisdictions() {
     assert!(store.subject_meta(&other).await.unwrap().is_some(), "nothing changed");
 }
 
+/// A consent write keeps the subject's metadata and links cached (it changes neither; an
+/// import's next call for the subject reads neither again) and drops its records in force; a
+/// write that changes links drops them, so the next consent write checks its entries against
+/// the links the subject holds now: one captured through a link rectified away is refused
+/// (`Retry`), never written to the subject that lost it.
+#[tokio::test]
+async fn consent_writes_keep_metadata_and_links_cached_and_a_rectification_drops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &home()).unwrap();
+    let s = subject(&store, "kept@example.de").await;
+    let old = ident(IdentifierKind::Email, "kept@example.de");
+    let through = |state, at: i64| {
+        let mut c = consent(state, at);
+        c.evidence.captured_via = Some(old.1);
+        c
+    };
+    store.append_consent(&s, through(ConsentState::Granted, 100), None).await.unwrap();
+    store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap();
+    store.append_consent(&s, through(ConsentState::Withdrawn, 200), None).await.unwrap();
+    let cached =
+        |store: &SledStore| store.cache.get(&s, |c| Some((c.meta.is_some(), c.links.clone(), c.current.len()))).ok();
+    assert_eq!(cached(&store), Some((true, Some(vec![old.1]), 0)), "metadata and links stay, records in force go");
+    let state = store.current_consent(&s, Purpose::Marketing, Channel::Email).await.unwrap().map(|c| c.state);
+    assert_eq!(state, Some(ConsentState::Withdrawn), "read again, as written");
+
+    let new = ident(IdentifierKind::Email, "moved@example.de");
+    let change = Rectification { add: vec![new.clone()], remove: vec![old.clone()], ..Default::default() };
+    store.rectify(&s, &change, 300, &rights("rectification"), &claims_for(&change), None).await.unwrap();
+    assert_eq!(cached(&store), None, "a change of links drops everything cached of the subject");
+    let refused = store.append_consent(&s, through(ConsentState::Granted, 400), None).await;
+    assert!(matches!(refused, Err(StoreError::Retry)), "{refused:?}");
+    assert_eq!(store.consent_history(&s).await.unwrap().len(), 2, "nothing written");
+}
+
 #[tokio::test]
 async fn rectify_relinks_identifiers_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
