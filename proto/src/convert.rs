@@ -51,7 +51,7 @@ impl From<FieldViolation> for tonic::Status {
 }
 
 /// A subject named pseudonymously: what may travel to a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SubjectKey {
     Link(Link),
     Ref(SubjectRef),

@@ -32,6 +32,14 @@ const ENTRIES_PER_WRITE: usize = 512;
 /// Subjects checked at once within a batch.
 const SUBJECTS_IN_FLIGHT: usize = 32;
 
+/// The entries of a call that go together: a subject's (whichever of its identifiers names
+/// them), or, for a key that names no subject, that key's (refused alike).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Group {
+    Subject(domicile_types::SubjectId),
+    Unresolved(SubjectKey),
+}
+
 /// One entry to import, as read from the request.
 pub(crate) struct ImportItem {
     pub key: SubjectKey,
@@ -82,22 +90,21 @@ impl<S: Store> NodeService<S> {
         // A subject's entries stay in request order, whichever of its identifiers names them;
         // each subject is one task, its subject read here once. A key that names no subject is a
         // group of its own (refused).
-        let mut group_of: HashMap<String, String> = HashMap::new();
-        let mut groups: HashMap<String, (Resolved, Vec<(usize, ImportItem)>)> = HashMap::new();
+        let mut group_of: HashMap<SubjectKey, Group> = HashMap::new();
+        let mut groups: HashMap<Group, (Resolved, Vec<(usize, ImportItem)>)> = HashMap::new();
         for (index, (id, item)) in items.into_iter().enumerate() {
             match item {
                 Ok(item) => {
                     outcomes.push((id, None));
-                    let key = format!("{:?}", item.key.as_key_ref());
-                    let group = match group_of.get(&key) {
+                    let group = match group_of.get(&item.key) {
                         Some(group) => group.clone(),
                         None => {
                             let resolved = self.resolve_meta(&item.key).await;
                             let group = match &resolved {
-                                Ok((subject, _)) => format!("subject {subject}"),
-                                Err(_) => format!("key {key}"),
+                                Ok((subject, _)) => Group::Subject(*subject),
+                                Err(_) => Group::Unresolved(item.key.clone()),
                             };
-                            group_of.insert(key, group.clone());
+                            group_of.insert(item.key.clone(), group.clone());
                             groups.entry(group.clone()).or_insert_with(|| (resolved, Vec::new()));
                             group
                         }

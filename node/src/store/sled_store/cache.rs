@@ -41,6 +41,8 @@ impl Drop for WriteGuard<'_> {
 
 impl SledStore {
     /// Takes the write lock for a write to `subjects` (their cached inputs go when it is released).
+    /// A write that changes a subject's metadata or links names it here (or [`WriteGuard::touch`]es
+    /// it): consent writes trust the cached copies under the lock ([`Self::meta_entry_under_lock`]).
     pub(super) fn serialise_writes(&self, subjects: &[SubjectId]) -> WriteGuard<'_> {
         WriteGuard {
             _lock: self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
@@ -56,7 +58,16 @@ impl SledStore {
     pub(super) fn meta_entry_under_lock(&self, id: &SubjectId) -> Result<Option<MetaEntry>, StoreError> {
         let cached = self.cache.get(id, |c| Some(MetaEntry { meta: c.meta.clone()?, links: c.links.clone()? }));
         let epoch = match cached {
-            Ok(entry) => return Ok(Some(entry)),
+            Ok(entry) => {
+                // Every test run checks the rule above: a cached copy is what the store holds.
+                #[cfg(debug_assertions)]
+                {
+                    let stored = self.meta_entry(id)?;
+                    let same = stored.as_ref().is_some_and(|s| s.links == entry.links && s.meta == entry.meta);
+                    debug_assert!(same, "a cached subject's metadata or links differ from the store's");
+                }
+                return Ok(Some(entry));
+            }
             Err(epoch) => epoch,
         };
         let entry = self.meta_entry(id)?;

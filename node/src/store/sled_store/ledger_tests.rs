@@ -207,6 +207,29 @@ async fn a_long_history_spans_directory_chunks_and_reads_in_order() {
     let all: Vec<&str> = events.iter().map(String::as_str).collect();
     let found = store.imported_positions(&ann, &sources(&all)).await.unwrap();
     assert_eq!(found, history.iter().map(|r| Some(r.sequence)).collect::<Vec<_>>());
+    // A few events sought (compared with each listed entry, not hashed), in every chunk, one
+    // twice, one never imported.
+    let last = total - 1;
+    let few = [format!("e{last}"), "e0".to_owned(), "nope".to_owned(), "e40".to_owned(), "e0".to_owned()];
+    let few: Vec<&str> = few.iter().map(String::as_str).collect();
+    let at = |n: usize| Some(history[n].sequence);
+    assert_eq!(store.imported_positions(&ann, &sources(&few)).await.unwrap(), [at(last), at(0), None, at(40), at(0)]);
+    // A write of an event listed in the first chunk, with new ones after it: refused whole.
+    let again = store
+        .append_consents(vec![(
+            ann,
+            vec![
+                (imported(ConsentState::Withdrawn, 900, "new-1"), None),
+                (imported(ConsentState::Withdrawn, 901, "e3"), None),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert!(
+        matches!(again.as_slice(), [entries] if entries.iter().all(|e| matches!(e, Err(StoreError::Replayed)))),
+        "{again:?}"
+    );
+    assert_eq!(store.consent_history(&ann).await.unwrap().len(), total, "nothing written");
     let keys = ledger_entries(&store);
     assert!(keys.windows(2).all(|w| w[0].1 <= w[1].1), "the tree is in position order");
     flush(&store).await;

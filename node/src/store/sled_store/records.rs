@@ -332,15 +332,15 @@ impl SledStore {
         // Imported entries are checked against every source event the directory lists; other
         // writes read only its last chunk, whatever the history's length.
         let whole = if sources.iter().any(Option::is_some) { Some(self.directory_for_write(subject)?) } else { None };
-        let held = whole.as_ref().map(|directory| directory.sources());
+        let found = whole.as_ref().map(|directory| directory.find_sources(&sources)).unwrap_or_default();
         let tail = match &whole {
             Some(directory) => directory.tail(),
             None => self.directory_tail(subject)?,
         };
-        for ((_, tag), source) in consents.iter().zip(&sources) {
+        for (at, ((_, tag), source)) in consents.iter().zip(&sources).enumerate() {
             let replayed = match (source, tag) {
                 // Imported: the directory answers for the event (no idempotency record is kept).
-                (Some(digest), _) => held.as_ref().is_some_and(|held| held.get(digest).is_some()),
+                (Some(_), _) => found.get(at).copied().flatten().is_some(),
                 (None, Some(tag)) => self.idempotency.contains_key(&tag.key[..]).map_err(backend)?,
                 (None, None) => false,
             };

@@ -517,6 +517,26 @@ async fn consent_writes_keep_metadata_and_links_cached_and_a_rectification_drops
     let refused = store.append_consent(&s, through(ConsentState::Granted, 400), None).await;
     assert!(matches!(refused, Err(StoreError::Retry)), "{refused:?}");
     assert_eq!(store.consent_history(&s).await.unwrap().len(), 2, "nothing written");
+
+    // A restriction changes the metadata: the cached copy goes, and decisions see it.
+    store.append_consent(&s, consent(ConsentState::Granted, 500), None).await.unwrap();
+    store.set_restricted(&s, true, &rights("restriction"), None).await.unwrap();
+    assert!(store.subject_meta(&s).await.unwrap().unwrap().restricted);
+    store.append_consent(&s, consent(ConsentState::Granted, 600), None).await.unwrap();
+    assert!(store.cache.get(&s, |c| c.meta.clone()).unwrap().restricted, "cached as it is now");
+
+    // Merged into another subject: a consent write for the one merged away finds no subject,
+    // cached or not.
+    let other = subject(&store, "the.other.one@example.de").await;
+    store.append_consent(&other, consent(ConsentState::Granted, 700), None).await.unwrap();
+    store.merge(&s, &other, 800, None).await.unwrap();
+    let gone = store.append_consent(&other, consent(ConsentState::Granted, 900), None).await;
+    assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
+    let links = store.cache.get(&s, |c| c.links.clone()).ok();
+    assert!(links.is_none(), "the merge dropped the joined subject's cached links");
+    store.append_consent(&s, consent(ConsentState::Granted, 1000), None).await.unwrap();
+    let links = store.cache.get(&s, |c| c.links.clone()).unwrap();
+    assert_eq!(links.len(), 2, "read again after the merge: both subjects' links");
 }
 
 #[tokio::test]
