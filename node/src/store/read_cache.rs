@@ -16,9 +16,10 @@ pub(in crate::store) const CACHED_SUBJECTS: usize = 1 << 20;
 /// Never stale, by construction: every write's subjects are removed with [`ReadCache::invalidate`]
 /// (which bumps the epoch of their shards) before anything can read the cache expecting that
 /// write; a write of consent only ([`ReadCache::invalidate_consent`]) keeps their metadata and
-/// links, which it does not change, and removes the rest. A read that missed notes its subject's shard epoch before reading the store and fills
-/// the cache only if that epoch is unchanged when it takes the shard's lock, so a value read
-/// before a concurrent write can never land after that write's removal. Erasure removes the
+/// links, which it does not change, and removes the rest. A read that missed notes its subject's
+/// shard epoch before reading the store and fills the cache only if that epoch is unchanged when
+/// it takes the shard's lock, so a value read before a concurrent write can never land after that
+/// write's removal. Erasure removes the
 /// decrypted values with the subject.
 ///
 /// Sharded by subject so that concurrent decisions (two node threads deciding batches, say) do

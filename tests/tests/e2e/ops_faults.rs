@@ -308,8 +308,10 @@ async fn a_gateway_killed_and_restarted_rebuilds_its_directory_from_the_nodes_an
     cluster.cluster.kill_gateway().await.unwrap();
     let status = decide(&mut client, by("email", &live[0].email), "marketing", "post", None).await.unwrap_err();
     // UNAVAILABLE; or, when the kill cut the client's open connection under this very call, the
-    // transport's own error (tonic reports it as UNKNOWN "transport error"). Never an answer.
-    let cut = status.code() == Code::Unknown && status.message() == "transport error";
+    // transport's own error (tonic reports it as UNKNOWN "transport error", or as CANCELLED when
+    // hyper saw the connection close with the call in flight: a CI run met it). Never an answer.
+    let cut = (status.code() == Code::Unknown && status.message() == "transport error")
+        || (status.code() == Code::Cancelled && status.message() == "operation was canceled");
     assert!(status.code() == Code::Unavailable || cut, "{status:?}");
 
     // While it is down, the nodes change: an erasure in us-east, a registration in sa-east.

@@ -61,8 +61,7 @@ impl SledStore {
             Ok(entry) => {
                 // Every test run checks the rule above: a cached copy is what the store holds.
                 #[cfg(debug_assertions)]
-                {
-                    let stored = self.meta_entry(id)?;
+                if let Ok(stored) = self.meta_entry(id) {
                     let same = stored.as_ref().is_some_and(|s| s.links == entry.links && s.meta == entry.meta);
                     debug_assert!(same, "a cached subject's metadata or links differ from the store's");
                 }

@@ -167,11 +167,13 @@ impl Directory {
             }
         };
         let items = self.chunks.iter().flat_map(|(_, items)| items);
-        if sought.iter().flatten().count() <= FEW_SOUGHT {
+        let few: Vec<(usize, [u8; DIGEST_LEN])> =
+            sought.iter().enumerate().filter_map(|(at, digest)| Some((at, (*digest)?))).collect();
+        if few.len() <= FEW_SOUGHT {
             for item in items {
                 let Some(digest) = item.source else { continue };
-                for (at, _) in sought.iter().enumerate().filter(|(_, s)| **s == Some(digest)) {
-                    note(at, item.position);
+                for (at, _) in few.iter().filter(|(_, d)| *d == digest) {
+                    note(*at, item.position);
                 }
             }
         } else {
@@ -521,4 +523,46 @@ pub(super) fn open_entry<T: serde::de::DeserializeOwned>(
     sealed: &[u8],
 ) -> Result<T, StoreError> {
     open(key, b"consent", &consent_key(subject, position), sealed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `find_sources` against the plain rule (per digest sought, the lowest position of the
+    /// entries listed with it), on both of its paths: up to [`FEW_SOUGHT`] digests compared, more
+    /// hashed; with digests sought twice, entries not imported, and events imported twice (a
+    /// merge brings both copies).
+    #[test]
+    fn find_sources_gives_the_lowest_position_per_digest_sought_on_both_paths() {
+        let digest = |n: u8| [n; DIGEST_LEN];
+        // 3 chunks; events 0..20, each imported at two positions, some entries not imported.
+        let mut listed = Vec::new();
+        for position in 1..=90u64 {
+            let source = (position % 7 != 0).then(|| digest((position % 20) as u8));
+            listed.push(Listed { position, source });
+        }
+        let directory =
+            Directory { chunks: listed.chunks(CHUNK_ITEMS).enumerate().map(|(n, c)| (n as u32, c.to_vec())).collect() };
+        let plain = |sought: &[Option<[u8; DIGEST_LEN]>]| -> Vec<Option<u64>> {
+            sought
+                .iter()
+                .map(|d| listed.iter().filter(|l| d.is_some() && l.source == *d).map(|l| l.position).min())
+                .collect()
+        };
+        for count in [0, 1, FEW_SOUGHT - 1, FEW_SOUGHT, FEW_SOUGHT + 1, 30] {
+            let sought: Vec<Option<[u8; DIGEST_LEN]>> = (0..count)
+                .map(|n| match n % 4 {
+                    0 => None,
+                    1 => Some(digest(99)),
+                    _ => Some(digest((n * 3 % 20) as u8)),
+                })
+                .chain([Some(digest(5)), Some(digest(5)), None])
+                .collect();
+            let found = directory.find_sources(&sought);
+            assert_eq!(found, plain(&sought), "{count} sought");
+            assert!(found.iter().any(Option::is_some), "the test finds something: {count}");
+        }
+        assert_eq!(Directory::default().find_sources(&[Some(digest(1)), None]), [None, None]);
+    }
 }
