@@ -167,21 +167,19 @@ impl Directory {
             }
         };
         let items = self.chunks.iter().flat_map(|(_, items)| items);
-        let few: Vec<(usize, [u8; DIGEST_LEN])> =
+        let wanted: Vec<(usize, [u8; DIGEST_LEN])> =
             sought.iter().enumerate().filter_map(|(at, digest)| Some((at, (*digest)?))).collect();
-        if few.len() <= FEW_SOUGHT {
+        if wanted.len() <= FEW_SOUGHT {
             for item in items {
                 let Some(digest) = item.source else { continue };
-                for (at, _) in few.iter().filter(|(_, d)| *d == digest) {
+                for (at, _) in wanted.iter().filter(|(_, d)| *d == digest) {
                     note(*at, item.position);
                 }
             }
         } else {
             let mut by_digest: HashMap<[u8; DIGEST_LEN], Vec<usize>> = HashMap::new();
-            for (at, digest) in sought.iter().enumerate() {
-                if let Some(digest) = digest {
-                    by_digest.entry(*digest).or_default().push(at);
-                }
+            for (at, digest) in wanted {
+                by_digest.entry(digest).or_default().push(at);
             }
             for item in items {
                 for at in item.source.and_then(|d| by_digest.get(&d)).into_iter().flatten() {

@@ -22,6 +22,13 @@ fn source(event: &str) -> ImportEvidence {
     }
 }
 
+/// Grants imported for `subject` from events e1 and e2, captured at 100 and 101.
+async fn import_e1_e2(store: &SledStore, subject: &SubjectId) {
+    for (n, event) in ["e1", "e2"].into_iter().enumerate() {
+        store.append_consent(subject, imported(ConsentState::Granted, 100 + n as i64, event), None).await.unwrap();
+    }
+}
+
 fn sources(events: &[&str]) -> Vec<(String, String)> {
     events.iter().map(|e| ("onetrust".to_owned(), (*e).to_owned())).collect()
 }
@@ -118,9 +125,7 @@ async fn a_store_of_the_earlier_layout_is_moved_to_the_position_ordered_one_when
         let store = SledStore::open(dir.path(), &home()).unwrap();
         let ann = subject(&store, "ann@example.de").await;
         let bea = subject(&store, "bea.person@example.de").await;
-        for (n, event) in ["e1", "e2"].into_iter().enumerate() {
-            store.append_consent(&ann, imported(ConsentState::Granted, 100 + n as i64, event), None).await.unwrap();
-        }
+        import_e1_e2(&store, &ann).await;
         store.append_consent(&ann, consent(ConsentState::Withdrawn, 110), None).await.unwrap();
         store.append_consent(&bea, imported(ConsentState::Granted, 120, "e1"), None).await.unwrap();
         let ann_history = store.consent_history(&ann).await.unwrap();
@@ -146,9 +151,7 @@ async fn a_store_of_the_earlier_layout_is_moved_to_the_position_ordered_one_when
     let (next, _) = store.append_consent(&ann, consent(ConsentState::Granted, 130), None).await.unwrap();
     assert!(next.sequence > ann_history.last().unwrap().sequence);
     assert_eq!(store.consent_history(&ann).await.unwrap().len(), 4);
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(report.is_sound() && report.notes.is_empty(), "{report:?}");
 }
 
@@ -232,9 +235,7 @@ async fn a_long_history_spans_directory_chunks_and_reads_in_order() {
     assert_eq!(store.consent_history(&ann).await.unwrap().len(), total, "nothing written");
     let keys = ledger_entries(&store);
     assert!(keys.windows(2).all(|w| w[0].1 <= w[1].1), "the tree is in position order");
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(report.is_sound() && report.notes.is_empty(), "{report:?}");
 }
 
@@ -268,9 +269,7 @@ async fn node_check_finds_a_directory_that_disagrees_with_the_ledger() {
     let ann = {
         let store = SledStore::open(dir.path(), &home()).unwrap();
         let ann = subject(&store, "ann@example.de").await;
-        for (n, event) in ["e1", "e2"].into_iter().enumerate() {
-            store.append_consent(&ann, imported(ConsentState::Granted, 100 + n as i64, event), None).await.unwrap();
-        }
+        import_e1_e2(&store, &ann).await;
         flush(&store).await;
         ann
     };
@@ -365,18 +364,6 @@ async fn a_database_that_lost_quiet_imports_from_its_end_is_refused() {
     SledStore::open(&live, &home()).expect("the whole database opens");
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// An entry both halves of an unmerge kept (imported after the merge, through no identifier) is
 /// one entry again when they are merged once more: read once, listed once.
 #[tokio::test]
@@ -398,9 +385,7 @@ async fn an_entry_both_halves_kept_is_one_entry_after_they_merge_again() {
     assert_eq!(history.iter().filter(|p| **p == both).count(), 1, "{history:?}");
     assert_eq!(store.directory(&kept).unwrap().positions(), history);
     assert_eq!(store.imported_positions(&kept, &sources(&["e2"])).await.unwrap(), vec![Some(both)]);
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(report.is_sound(), "{report:?}");
 }
 
@@ -413,9 +398,7 @@ async fn an_entry_that_does_not_open_is_moved_and_named_by_node_check_not_fatal(
     let ann = {
         let store = SledStore::open(dir.path(), &home()).unwrap();
         let ann = subject(&store, "ann@example.de").await;
-        for (n, event) in ["e1", "e2"].into_iter().enumerate() {
-            store.append_consent(&ann, imported(ConsentState::Granted, 100 + n as i64, event), None).await.unwrap();
-        }
+        import_e1_e2(&store, &ann).await;
         to_earlier_layout(&store, &[ann]);
         let old = store.db.open_tree("consent").unwrap();
         let (k, v) = old.first().unwrap().unwrap();
@@ -437,9 +420,7 @@ async fn an_entry_that_does_not_open_is_moved_and_named_by_node_check_not_fatal(
     assert_eq!(store.directory(&ann).unwrap().positions().len(), 2, "both moved");
     let fence = store.counters.get(ledger::EARLIER_LAYOUT_FENCE.0).unwrap().unwrap();
     assert_ne!(fence.len(), 8, "earlier binaries read an 8-byte position here and refuse anything else");
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(
         report.problems.iter().any(|p| p.contains("tree ledger: 1 record(s)") && p.contains("fail authentication"))
     );
@@ -459,9 +440,7 @@ async fn an_erasure_completes_when_the_directory_does_not_decode() {
     store.erase(&ann, 200, &rights("erasure"), None).await.expect("erased");
     assert!(matches!(store.consent_history(&ann).await, Err(StoreError::NotFound)));
     assert!(store.directory.scan_prefix(ann.as_bytes()).next().is_none(), "its chunks go, decoded or not");
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(report.is_sound(), "{report:?}");
     assert!(
         report.notes.iter().any(|n| n.contains("tree ledger_segments: 1 record(s)") && n.contains(&ann.to_string()))

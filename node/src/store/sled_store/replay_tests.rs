@@ -31,14 +31,20 @@ async fn lost_machine(also_y: bool) -> (Lost, Option<SubjectId>) {
         store.append_consent(&s, consent(ConsentState::Granted, 100), None).await.unwrap();
     }
     flush(&store).await;
-    let staged = store.stage_backup(150).unwrap();
-    let backup = dir.path().join("backup");
+    let (_, manifest) = keep_backup(&store, dir.path(), 150);
+    let x_key = store.raw_key(&x).unwrap();
+    (Lost { dir, live: Some(store), manifest, x, x_key, keep }, y)
+}
+
+/// Stages a backup of `store` at `now` and copies it to `dir`/backup, as an operator keeps it.
+fn keep_backup(store: &SledStore, dir: &std::path::Path, now: i64) -> (std::path::PathBuf, BackupManifest) {
+    let staged = store.stage_backup(now).unwrap();
+    let backup = dir.join("backup");
     std::fs::create_dir(&backup).unwrap();
     for file in staged.files() {
         std::fs::copy(&file, backup.join(file.file_name().unwrap())).unwrap();
     }
-    let x_key = store.raw_key(&x).unwrap();
-    (Lost { dir, live: Some(store), manifest: staged.manifest.clone(), x, x_key, keep }, y)
+    (backup, staged.manifest.clone())
 }
 
 impl Lost {
@@ -354,29 +360,14 @@ async fn a_format_3_backup_from_before_segments_restores_with_its_ledger_and_pos
         store.append_consent(&s, consent(ConsentState::Granted, 100 + n as i64), None).await.unwrap();
     }
     let histories = [store.consent_history(&x).await.unwrap(), store.consent_history(&keep).await.unwrap()];
-    // As an earlier version left it.
-    for s in [x, keep] {
-        for (position, sealed) in store.sealed_ledger(&s).unwrap() {
-            store.ledger.insert(ledger::entry_key(&s, position), sealed).unwrap();
-        }
-    }
-    store.segments.clear().unwrap();
-    let position = store.counters.remove(LEDGER_POSITION).unwrap().unwrap();
-    assert_eq!(position.as_ref(), &3u64.to_be_bytes()[..]);
-    store.counters.insert(heads::EARLIER_LEDGER_POSITION.0, position).unwrap();
+    assert_eq!(to_layout_before_segments(&store, &[x, keep]), 3);
     flush(&store).await;
-    let staged = store.stage_backup(150).unwrap();
-    let backup = dir.path().join("backup");
-    std::fs::create_dir(&backup).unwrap();
-    for file in staged.files() {
-        std::fs::copy(&file, backup.join(file.file_name().unwrap())).unwrap();
-    }
+    let (backup, kept) = keep_backup(&store, dir.path(), 150);
     let manifest_path = backup.join("manifest.json");
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     manifest["format"] = 3.into();
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let next_id = staged.manifest.next_id;
-    drop(staged);
+    let next_id = kept.next_id;
 
     let into = dir.path().join("restored");
     restore_sled(&backup, &into, &home(), &[], 500).await.expect("a format 3 backup restores");

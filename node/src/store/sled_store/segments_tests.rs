@@ -63,9 +63,7 @@ async fn a_writes_entries_share_segments_and_each_reads_back_for_its_subject() {
     }
     // A position held by another subject's slot is not this subject's.
     assert!(store.find_entry(&people[0], 41).unwrap().is_none());
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(report.is_sound() && report.notes.is_empty(), "{report:?}");
     assert_eq!(report.sealed_records, 120 + 3 * 2, "every entry opened (and the subjects' records, cells)");
 }
@@ -90,9 +88,7 @@ async fn an_erasure_empties_only_its_subjects_slots_and_the_last_takes_the_segme
     assert!(!value.windows(16).any(|w| w == people[0].as_bytes()), "not even the erased subject's id stays");
     store.erase(&people[1], 600, &rights("erasure"), None).await.unwrap();
     assert_eq!(segment_count(&store), 0, "the segment goes with its last entry");
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(report.is_sound() && report.notes.is_empty(), "{report:?}");
 }
 
@@ -137,9 +133,7 @@ async fn erasures_of_subjects_sharing_segments_at_once_each_take_only_their_own(
     }
     kept.sort();
     assert_eq!(left, kept, "the segments hold the kept subjects' entries and nothing else");
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(Arc::into_inner(store).expect("the erasures are done"), dir.path()).await;
     assert!(report.is_sound() && report.notes.is_empty(), "{report:?}");
 }
 
@@ -171,9 +165,7 @@ async fn a_merge_and_an_unmerge_move_entries_out_of_segments_and_keep_the_rest()
     let left: Vec<SubjectId> =
         segments::segment_entries(&key, &value).unwrap().into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(left, vec![other; 4], "only the third subject's entries stay in the segment");
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(report.is_sound(), "{report:?}");
 }
 
@@ -188,14 +180,7 @@ async fn a_store_from_before_segments_opens_with_its_position_and_fences_earlier
         let person = subjects(&store, 1).await[0];
         write(&store, &[person], 3, 100).await;
         let history = store.consent_history(&person).await.unwrap();
-        // As the earlier version left it: each entry a key of its own, no segment, the position
-        // at the earlier key.
-        for (position, sealed) in store.sealed_ledger(&person).unwrap() {
-            store.ledger.insert(ledger::entry_key(&person, position), sealed).unwrap();
-        }
-        store.segments.clear().unwrap();
-        let position = store.counters.remove(LEDGER_POSITION).unwrap().unwrap();
-        store.counters.insert(heads::EARLIER_LEDGER_POSITION.0, position).unwrap();
+        to_layout_before_segments(&store, &[person]);
         flush(&store).await;
         (person, history)
     };
@@ -236,11 +221,7 @@ async fn a_damaged_segment_is_refused_and_named_by_node_check() {
         2,
         "the other subject's slots read as they were"
     );
-    flush(&store).await;
-    let report = {
-        drop(store);
-        check::check(dir.path(), &home())
-    };
+    let report = checked(store, dir.path()).await;
     assert!(
         report
             .problems
@@ -256,9 +237,7 @@ async fn a_damaged_segment_is_refused_and_named_by_node_check() {
         let read = store.consent_history(person).await;
         assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
     }
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert!(
         report.problems.iter().any(|p| p.contains("tree ledger_segments: a segment that does not decode")),
         "{report:?}"
@@ -296,9 +275,7 @@ async fn a_damaged_segment_blocks_neither_an_erasure_nor_other_subjects_reads() 
     let erased = store.erase(&w, 400, &rights("erasure"), None).await.expect("the erasure completes");
     assert_eq!(erased.consent_records, 0, "its entries could not be found in the damaged segment");
     assert!(matches!(store.consent_history(&w).await, Err(StoreError::NotFound)), "w is gone");
-    flush(&store).await;
-    drop(store);
-    let report = check::check(dir.path(), &home());
+    let report = checked(store, dir.path()).await;
     assert_eq!(report.problems.len(), 1, "{report:?}");
     assert!(report.problems[0].contains("tree ledger_segments: a segment that does not decode"), "{report:?}");
 }

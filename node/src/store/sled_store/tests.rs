@@ -40,6 +40,41 @@ async fn flush(store: &SledStore) {
     store.flush().await.unwrap();
 }
 
+/// Copies a closed store's directory (a backup as the file system sees it).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// What `domicile node check` says of `store`'s files in `dir` once it is flushed and closed.
+async fn checked(store: SledStore, dir: &std::path::Path) -> check::CheckReport {
+    flush(&store).await;
+    drop(store);
+    check::check(dir, &home())
+}
+
+/// Puts `subjects`' ledger back as a version before ledger segments left it: every entry on a key
+/// of its own, no segment, the ledger position at the key those versions kept it at (returned).
+fn to_layout_before_segments(store: &SledStore, subjects: &[SubjectId]) -> u64 {
+    for subject in subjects {
+        for (position, sealed) in store.sealed_ledger(subject).unwrap() {
+            store.ledger.insert(ledger::entry_key(subject, position), sealed).unwrap();
+        }
+    }
+    store.segments.clear().unwrap();
+    let position = store.counters.remove(LEDGER_POSITION).unwrap().unwrap();
+    store.counters.insert(heads::EARLIER_LEDGER_POSITION.0, position.clone()).unwrap();
+    u64::from_be_bytes(<[u8; 8]>::try_from(position.as_ref()).unwrap())
+}
+
 async fn subject(store: &SledStore, email: &str) -> SubjectId {
     let de = Jurisdiction::parse("DE").unwrap();
     let fresh = SubjectId::from_bytes(*b"0123456789abcdef");

@@ -5,20 +5,6 @@
 use super::*;
 use crate::store::read_erasure_journal;
 
-/// Copies a closed store's directory (a backup as the file system sees it).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_unmerge_retires_the_merged_key_and_replays_from_the_journal_before_later_erasures() {
     let dir = tempfile::tempdir().unwrap();
