@@ -42,7 +42,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     };
     Some(match method {
         "Decide" | "DecideStream" => Scope::Decide,
-        "Register" | "RecordConsent" | "RecordSignal" | "ImportConsent" => Scope::Capture,
+        "Register" | "RegisterBatch" | "RecordConsent" | "RecordSignal" | "ImportConsent" => Scope::Capture,
         "RecordInteraction" => Scope::Capture,
         "Resolve" | "ConsentHistory" | "Watch" => Scope::Context,
         "GetContext" => Scope::Context,
@@ -64,6 +64,7 @@ fn needs_caller(path: &str) -> bool {
         matches!(
             method,
             "Register"
+                | "RegisterBatch"
                 | "RecordConsent"
                 | "RecordSignal"
                 | "ImportConsent"

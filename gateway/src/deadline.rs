@@ -1,5 +1,6 @@
 //! The caller-facing deadline of a request, by kind: interactive calls (decisions, captures,
-//! rights, reads) get [`crate::stack::REQUEST_TIMEOUT`]; a bulk call (`ImportConsent`, whose node
+//! rights, reads) get [`crate::stack::REQUEST_TIMEOUT`]; a bulk call (`ImportConsent` and
+//! `RegisterBatch`, whose node
 //! calls have a deadline of their own, the gateway's `bulk_timeout_ms`) gets the server's own,
 //! longer deadline, so a batch a loaded region takes seconds to write is not cut off halfway by
 //! the interactive one (an import cut off is sent again by the CLI, every time).
@@ -17,8 +18,12 @@ use tonic::codegen::http;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `ImportConsent`, the one bulk call.
+/// `ImportConsent`, a bulk call.
 pub const IMPORT_PATH: &str = "/domicile.gateway.v1.Domicile/ImportConsent";
+/// `RegisterBatch`, the other bulk call (up to 1,000 registrations, each claimed and stored).
+pub const REGISTER_BATCH_PATH: &str = "/domicile.gateway.v1.Domicile/RegisterBatch";
+/// The bulk calls: the server's longer deadline, the larger request limit.
+pub const BULK_PATHS: [&str; 2] = [IMPORT_PATH, REGISTER_BATCH_PATH];
 
 #[derive(Debug, Clone, Copy)]
 pub struct InteractiveDeadlineLayer {
@@ -60,7 +65,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let bulk = request.uri().path() == IMPORT_PATH;
+        let bulk = BULK_PATHS.contains(&request.uri().path());
         let call = self.inner.call(request);
         let deadline = self.deadline;
         Box::pin(async move {
@@ -100,8 +105,10 @@ mod tests {
         let cut = service.ready().await.unwrap().call(request("/domicile.gateway.v1.Domicile/Decide")).await;
         let error = cut.expect_err("an interactive call past the deadline is cut");
         assert!(error.downcast_ref::<tonic::TimeoutExpired>().is_some(), "answered as tonic's own deadline: {error}");
-        let bulk = service.ready().await.unwrap().call(request(IMPORT_PATH)).await;
-        assert!(bulk.is_ok(), "a bulk call runs on to the server's deadline");
+        for path in BULK_PATHS {
+            let bulk = service.ready().await.unwrap().call(request(path)).await;
+            assert!(bulk.is_ok(), "a bulk call runs on to the server's deadline: {path}");
+        }
         let mut quick = layer.layer(slow(Duration::from_millis(1)));
         assert!(quick.ready().await.unwrap().call(request("/domicile.gateway.v1.Domicile/Decide")).await.is_ok());
     }

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
+use domicile_policy::ResidencyError;
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::subject_selector::Selector;
 use domicile_proto::raw::SelectorRef;
+use domicile_runtime::identity::CallerIdentity;
 use domicile_runtime::packs::PackReloader;
 use domicile_runtime::process::Shutdown;
-use domicile_types::{Link, LinkKey, RegionId, SubjectRef};
+use domicile_types::{Jurisdiction, Link, LinkKey, RegionId, SubjectRef};
 use tonic::Status;
 
 use crate::coalesce::Coalescer;
@@ -39,6 +41,23 @@ impl Gateway {
     ) -> Self {
         let coalescer = Coalescer::start(&nodes);
         Self { packs, link_key, directory, nodes, coalescer, shutdown }
+    }
+
+    /// The home region of a new subject of `jurisdiction` registered by `caller`: its pack's
+    /// first region this deployment has. In-country collection is refused here, before any
+    /// identifier is sent anywhere.
+    pub fn registration_home(&self, caller: &CallerIdentity, jurisdiction: &Jurisdiction) -> Result<RegionId, Status> {
+        let loaded = self.packs.current();
+        let home = loaded.packs.home_region(jurisdiction, self.nodes.regions()).map_err(|e| match e {
+            ResidencyError::NoPack => Status::failed_precondition("no policy pack covers this jurisdiction"),
+            ResidencyError::NoAllowedRegion => {
+                Status::failed_precondition("no region of this deployment may hold subjects of this jurisdiction")
+            }
+        })?;
+        if let Some(pack) = loaded.packs.get(jurisdiction) {
+            pack.check_collection(Some(&caller.region)).map_err(convert::residency_refused)?;
+        }
+        Ok(home)
     }
 
     /// Refuses links this gateway knows to be held in a region other than `home`, before any

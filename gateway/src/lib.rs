@@ -20,6 +20,7 @@ pub mod guard;
 mod import;
 mod metrics;
 mod node_client;
+mod register_batch;
 mod rights;
 mod route;
 mod service;
@@ -48,7 +49,7 @@ pub use service::GatewayService;
 
 /// Largest request the gateway accepts from a caller.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Largest `ImportConsent` request: an import's batches are large, and every entry of a batch
+/// Largest `ImportConsent` (and `RegisterBatch`) request: an import's batches are large, and every entry of a batch
 /// written in one store transaction per region is what makes bulk import fast (BENCHMARKS.md).
 /// Still bounded: the gateway holds the whole message, and takes at most 5,000 items
 /// (`domicile_proto::limits::IMPORT_ITEMS`), counted in its bytes before any is decoded.

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use domicile_policy::ResidencyError;
 use domicile_proto::convert::{self, FieldViolation};
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
@@ -62,20 +61,7 @@ impl Domicile for GatewayService {
         let req = request.into_inner();
         let jurisdiction = convert::jurisdiction("jurisdiction", &req.jurisdiction).map_err(invalid)?;
         let identifiers = convert::identifiers("identifiers", &req.identifiers).map_err(invalid)?;
-        let home = {
-            let loaded = self.gateway.packs.current();
-            let home = loaded.packs.home_region(&jurisdiction, self.gateway.nodes.regions()).map_err(|e| match e {
-                ResidencyError::NoPack => Status::failed_precondition("no policy pack covers this jurisdiction"),
-                ResidencyError::NoAllowedRegion => {
-                    Status::failed_precondition("no region of this deployment may hold subjects of this jurisdiction")
-                }
-            })?;
-            // In-country collection is refused here, before any identifier is sent anywhere.
-            if let Some(pack) = loaded.packs.get(&jurisdiction) {
-                pack.check_collection(Some(&caller.region)).map_err(convert::residency_refused)?;
-            }
-            home
-        };
+        let home = self.gateway.registration_home(&caller, &jurisdiction)?;
         let key = WriteKey::new(&caller, &req.idempotency_key)?;
         let links: Vec<Link> = identifiers.iter().map(|id| self.gateway.link_key.link(id)).collect();
         self.gateway.refuse_links_held_elsewhere(&links, &home)?;
@@ -110,6 +96,14 @@ impl Domicile for GatewayService {
             links: node_links,
             created: reply.created,
         }))
+    }
+
+    async fn register_batch(
+        &self,
+        request: Request<pb::RegisterBatchRequest>,
+    ) -> Result<Response<pb::RegisterBatchResponse>, Status> {
+        let caller = crate::auth::caller(&request)?;
+        crate::register_batch::register_batch(&self.gateway, &caller, request.into_inner()).await.map(Response::new)
     }
 
     async fn record_consent(

@@ -15,7 +15,7 @@ use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequest;
 
 use crate::auth::AuthLayer;
-use crate::deadline::{IMPORT_PATH, InteractiveDeadlineLayer};
+use crate::deadline::{IMPORT_PATH, InteractiveDeadlineLayer, REGISTER_BATCH_PATH};
 use crate::guard::{RegionGuard, RegionGuardLayer, RegionState};
 
 /// Deadline for a whole interactive caller request (covers the node hop and directory work); bulk
@@ -84,7 +84,8 @@ pub fn server(auth: AuthLayer, bulk: Duration) -> Server<ServerLayers> {
                 domicile_proto::GATEWAY_DESCRIPTOR_SET,
                 &crate::metrics::TONIC_SERVICES,
             )
-            .with_limit(IMPORT_PATH, crate::MAX_IMPORT_REQUEST_BYTES),
+            .with_limit(IMPORT_PATH, crate::MAX_IMPORT_REQUEST_BYTES)
+            .with_limit(REGISTER_BATCH_PATH, crate::MAX_IMPORT_REQUEST_BYTES),
         )
 }
 

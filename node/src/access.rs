@@ -70,7 +70,7 @@ pub fn rule(path: &str) -> Rule {
     };
     match method {
         "Decide" | "DecideBatch" => Rule::Scoped(Scope::Decide),
-        "Register" | "RecordConsent" | "RecordSignal" | "RecordInteraction" | "ImportConsent" => {
+        "Register" | "RegisterBatch" | "RecordConsent" | "RecordSignal" | "RecordInteraction" | "ImportConsent" => {
             Rule::Scoped(Scope::Capture)
         }
         "ConsentHistory" | "Watch" | "GetContext" => Rule::Scoped(Scope::Context),

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use domicile_proto::limits;
 use domicile_proto::pb::node::v1 as pb;
 use domicile_proto::pb::node::v1::regional_node_client::RegionalNodeClient;
 use domicile_runtime::tls::TlsMaterial;
@@ -143,30 +144,8 @@ impl<S: Store> Ownership<S> {
     /// its arbiter, all under one new generation. Either every claim is granted and returned, or
     /// none is kept: claims granted before a refusal or a failure are released.
     pub async fn claim(&self, links: &[Link]) -> Result<Vec<Release>, ClaimError> {
-        let outcomes = self.claim_each(links).await?;
-        let mut granted = Vec::new();
-        let mut error = None;
-        for (_, outcome) in outcomes {
-            match outcome {
-                ClaimOutcome::Granted(claim) => granted.push(claim),
-                ClaimOutcome::HeldBy(_) => error = error.or(Some(ClaimError::HeldElsewhere)),
-                ClaimOutcome::Unanswered { arbiter, cause, claim } => {
-                    // The claim may have been granted with the answer lost: release it too (a
-                    // release only ever undoes this generation's claim or an older one).
-                    granted.push(claim);
-                    let e = match cause {
-                        AskError::Unreachable => ClaimError::Unreachable(arbiter),
-                        AskError::MapMismatch => ClaimError::MapMismatch(arbiter),
-                        AskError::Store(e) => ClaimError::Store(e),
-                    };
-                    // An unreachable arbiter is the most useful thing to report.
-                    error = match (error, e) {
-                        (Some(ClaimError::Unreachable(r)), _) => Some(ClaimError::Unreachable(r)),
-                        (_, e) => Some(e),
-                    };
-                }
-            }
-        }
+        let outcomes: Vec<ClaimOutcome> = self.claim_each(links).await?.into_iter().map(|(_, o)| o).collect();
+        let (granted, error) = settle_claims(&outcomes);
         match error {
             None => Ok(granted),
             Some(e) => {
@@ -189,10 +168,17 @@ impl<S: Store> Ownership<S> {
         for link in links {
             by_arbiter.entry(self.map.arbiter(link)).or_default().push(*link);
         }
-        let asks = by_arbiter.into_iter().map(|(arbiter, links)| async move {
-            let outcome = self.ask(arbiter, generation, &links).await;
-            (arbiter.clone(), links, outcome)
-        });
+        // A batch of registrations may claim more links of one arbiter than one call carries.
+        let asks = by_arbiter
+            .into_iter()
+            .flat_map(|(arbiter, links)| {
+                let chunks: Vec<Vec<Link>> = links.chunks(limits::LINKS.max).map(<[Link]>::to_vec).collect();
+                chunks.into_iter().map(move |links| (arbiter, links))
+            })
+            .map(|(arbiter, links)| async move {
+                let outcome = self.ask(arbiter, generation, &links).await;
+                (arbiter.clone(), links, outcome)
+            });
         let answers = futures_join_all(asks).await;
         let mut outcomes = Vec::with_capacity(links.len());
         for (arbiter, links, outcome) in answers {
@@ -383,6 +369,34 @@ impl<S: Store> Ownership<S> {
             }
         }
     }
+}
+
+/// What the outcomes of one write's claims come to: the claims to pass to its store write or,
+/// if one was not granted, to give up (an unanswered one may have been granted with the answer
+/// lost: a release only ever undoes this generation's claim or an older one), and why the write
+/// cannot go ahead. An unreachable arbiter is the most useful thing to report.
+pub fn settle_claims<'o>(outcomes: impl IntoIterator<Item = &'o ClaimOutcome>) -> (Vec<Release>, Option<ClaimError>) {
+    let mut granted = Vec::new();
+    let mut error = None;
+    for outcome in outcomes {
+        match outcome {
+            ClaimOutcome::Granted(claim) => granted.push(*claim),
+            ClaimOutcome::HeldBy(_) => error = error.or(Some(ClaimError::HeldElsewhere)),
+            ClaimOutcome::Unanswered { arbiter, cause, claim } => {
+                granted.push(*claim);
+                let e = match cause {
+                    AskError::Unreachable => ClaimError::Unreachable(arbiter.clone()),
+                    AskError::MapMismatch => ClaimError::MapMismatch(arbiter.clone()),
+                    AskError::Store(e) => ClaimError::Store(e.clone()),
+                };
+                error = match (error, e) {
+                    (Some(ClaimError::Unreachable(r)), _) => Some(ClaimError::Unreachable(r)),
+                    (_, e) => Some(e),
+                };
+            }
+        }
+    }
+    (granted, error)
 }
 
 /// What became of one link's claim ([`Ownership::claim_each`]).

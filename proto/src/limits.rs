@@ -37,6 +37,8 @@ impl MaxItems {
 
 /// `ImportConsent` (gateway and node): `items`.
 pub const IMPORT_ITEMS: MaxItems = MaxItems::new(5_000, "items per call");
+/// `RegisterBatch` (gateway and node): `items`.
+pub const REGISTER_BATCH_ITEMS: MaxItems = MaxItems::new(1_000, "items per call");
 /// Node `DecideBatch`: `items`.
 pub const DECIDE_BATCH_ITEMS: MaxItems = MaxItems::new(10_000, "items per batch");
 /// Identifiers of a registration, and those a rectification adds or removes: bounds the work and

@@ -216,6 +216,10 @@ bounded_requests! {
     gateway::RegisterRequest = "domicile.gateway.v1.RegisterRequest" => [
         list(&[2], "identifiers", limits::IDENTIFIERS),
     ],
+    gateway::RegisterBatchRequest = "domicile.gateway.v1.RegisterBatchRequest" => [
+        list(&[1], "items", limits::REGISTER_BATCH_ITEMS),
+        nested(&[1], &[3], "items[].identifiers", limits::IDENTIFIERS),
+    ],
     gateway::RectifyRequest = "domicile.gateway.v1.RectifyRequest" => [
         list(&[2], "add_identifiers", limits::IDENTIFIERS),
         list(&[3], "remove_identifiers", limits::IDENTIFIERS),
@@ -236,6 +240,10 @@ bounded_requests! {
     ],
     node::RegisterRequest = "domicile.node.v1.RegisterRequest" => [
         list(&[2], "identifiers", limits::IDENTIFIERS),
+    ],
+    node::RegisterBatchRequest = "domicile.node.v1.RegisterBatchRequest" => [
+        list(&[1], "items", limits::REGISTER_BATCH_ITEMS),
+        nested(&[1], &[3], "items[].identifiers", limits::IDENTIFIERS),
     ],
     node::RectifyRequest = "domicile.node.v1.RectifyRequest" => [
         list(&[2], "add_identifiers", limits::IDENTIFIERS),

@@ -43,17 +43,17 @@ const SUBJECT_CACHE: usize = 200_000;
 const MAX_CALL_BYTES: usize = 960 * 1024;
 /// Attempts for items a region answers with a transient status (with [`backoff`], about half a
 /// minute: a region whose gateway circuit opened under the load has time to close it).
-const MAX_ATTEMPTS: u32 = 12;
+pub(super) const MAX_ATTEMPTS: u32 = 12;
 
 /// A status that says "not now" rather than "never": the item is sent again
 /// ([`crate::client::send_again`], or shed for load). As a refusal it would be receipted and
 /// skipped by every re-run.
-fn transient(code: tonic::Code) -> bool {
+pub(super) fn transient(code: tonic::Code) -> bool {
     crate::client::send_again(code) || code == tonic::Code::ResourceExhausted
 }
 
 /// 50 ms, doubling, at most 3.2 s.
-fn backoff(attempt: u32) -> Duration {
+pub(super) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64 << attempt.min(6))
 }
 
@@ -841,8 +841,8 @@ impl BatchJob {
         Ok(receipts)
     }
 
-    /// Registers (or, in a dry run, resolves) the subjects of `rows`, `REGISTRATIONS_IN_FLIGHT`
-    /// at a time, and caches them: the registrations refused (by subject key), in a dry run the
+    /// Registers (in `RegisterBatch` calls: `register.rs`) or, in a dry run, resolves (one call
+    /// each, `REGISTRATIONS_IN_FLIGHT` at a time) the subjects of `rows`, and caches them: the registrations refused (by subject key), in a dry run the
     /// subjects not registered yet, and the refs found (the caller uses these, not the cache,
     /// which a concurrent batch may clear in between).
     async fn register(&self, rows: Vec<&ImportRow>) -> anyhow::Result<Registered> {
@@ -855,21 +855,24 @@ impl BatchJob {
             }
         }
         let client = self.client.clone();
-        let dry_run = self.dry_run;
         let permits = Arc::clone(&self.registrations);
-        let found: Vec<(String, Result<Option<String>, tonic::Status>)> = futures_util::stream::iter(wanted)
-            .map(move |(key, jurisdiction, identifiers)| {
-                let client = client.clone();
-                let permits = Arc::clone(&permits);
-                async move {
-                    // Never closed: the semaphore lives as long as the run.
-                    let _permit = permits.acquire_owned().await.ok();
-                    (key, subject_of(&client, jurisdiction, identifiers, dry_run).await)
-                }
-            })
-            .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
-            .collect()
-            .await;
+        let found: Vec<(String, Result<Option<String>, tonic::Status>)> = if self.dry_run {
+            futures_util::stream::iter(wanted)
+                .map(move |(key, jurisdiction, identifiers)| {
+                    let client = client.clone();
+                    let permits = Arc::clone(&permits);
+                    async move {
+                        // Never closed: the semaphore lives as long as the run.
+                        let _permit = permits.acquire_owned().await.ok();
+                        (key, subject_of(&client, jurisdiction, identifiers, true).await)
+                    }
+                })
+                .buffer_unordered(REGISTRATIONS_IN_FLIGHT)
+                .collect()
+                .await
+        } else {
+            super::register::register_all(&client, wanted, &permits).await
+        };
         let mut failed: HashMap<String, tonic::Status> = HashMap::new();
         let mut unregistered: HashSet<String> = HashSet::new();
         let mut refs: HashMap<String, String> = HashMap::new();
@@ -1018,7 +1021,7 @@ impl BatchJob {
 /// The subject a row names: registered (the gateway routes it to its home region; registering
 /// known identifiers returns their subject), or in a dry run resolved, `None` when it is not
 /// registered yet.
-async fn subject_of(
+pub(super) async fn subject_of(
     client: &DomicileClient<Channel>,
     jurisdiction: String,
     identifiers: Identifiers,

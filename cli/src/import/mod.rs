@@ -6,4 +6,5 @@
 pub mod driver;
 pub mod formats;
 pub mod mapping;
+mod register;
 pub mod row;

@@ -333,6 +333,13 @@ impl<S: Store> RegionalNode for NodeService<S> {
         respond(identity::wire::register(self, request).await)
     }
 
+    async fn register_batch(
+        &self,
+        request: Request<pb::RegisterBatchRequest>,
+    ) -> Result<Response<pb::RegisterBatchResponse>, Status> {
+        respond(identity::wire::register_batch(self, request).await)
+    }
+
     async fn record_consent(
         &self,
         request: Request<pb::RecordConsentRequest>,

@@ -41,6 +41,13 @@ impl Effects for Registered {
     }
 }
 
+/// Registrations made together (`RegisterBatch`): the last of their events.
+impl Effects for Vec<Registered> {
+    fn last_event(&self) -> Option<u64> {
+        self.iter().filter_map(|r| r.event).max()
+    }
+}
+
 /// A consent record's change event; 0 for a record not announced (`store::announced`), which has
 /// none. (sled may number a first event 0 too: publishing up to 0 after the commit is harmless.)
 impl Effects for (ConsentRecord, u64) {

@@ -8,6 +8,7 @@ pub(crate) mod import_source;
 mod model;
 pub mod pg_store;
 mod read_cache;
+mod registered;
 mod sled_store;
 pub mod split;
 mod tracked;
@@ -18,6 +19,7 @@ pub use change::{
     announced_in_force, links_named,
 };
 pub use model::*;
+pub use registered::{NewRegistration, Registered, RegisteredEach};
 pub use sled_store::SledStore;
 pub use sled_store::backup::{
     JournalEntry, Manifest as BackupManifest, StagedBackup, combine_journals, read_backup, read_erasure_journal,
@@ -135,6 +137,26 @@ pub trait Store: Send + Sync + 'static {
         claimed: &[Release],
         idempotency: Option<&Idempotency>,
     ) -> impl Future<Output = Result<Registered, StoreError>> + Send;
+
+    /// Registers each of `items` as [`Store::register`] would: one outcome per item, in order;
+    /// an item refused leaves the others to be written. A store that can writes them at once
+    /// (sled: one transaction); by default, one after the other. The outer error: none written.
+    fn register_many(
+        &self,
+        items: &[NewRegistration],
+        now: i64,
+    ) -> impl Future<Output = Result<RegisteredEach, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                let registered = self
+                    .register(&item.jurisdiction, &item.identifiers, item.new_subject, now, &item.claimed, None)
+                    .await;
+                out.push(registered);
+            }
+            Ok(out)
+        }
+    }
 
     /// The result of an earlier write made with idempotency key `key`, if one was recorded.
     fn replay(&self, key: &[u8; 32]) -> impl Future<Output = Result<Option<Replay>, StoreError>> + Send;

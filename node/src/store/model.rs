@@ -288,16 +288,6 @@ impl CurrentConsent {
     }
 }
 
-/// Outcome of a registration.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Registered {
-    pub subject: SubjectId,
-    pub links: Vec<Link>,
-    pub created: bool,
-    /// Sequence of the change event, if new links were added.
-    pub event: Option<u64>,
-}
-
 /// A new consent record before the store assigns its sequence number.
 #[derive(Debug, Clone)]
 pub struct NewConsent {

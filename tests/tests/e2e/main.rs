@@ -40,6 +40,7 @@ mod postgres_failover;
 mod postgres_group_commit;
 mod postgres_replicas;
 mod postgres_statements;
+mod register_batch;
 mod revocation;
 mod rights_and_watch;
 mod rights_cli;

@@ -1,6 +1,7 @@
 //! Who a subject is: registration, merge and rectification. Links are made live here only with
 //! this region's granted claim (`crate::ownership`), so no identifier is held in two regions.
 
+mod batch;
 pub(super) mod wire;
 
 use std::collections::BTreeMap;
@@ -79,26 +80,13 @@ impl<S: Store> NodeService<S> {
         tag: Option<&Idempotency>,
     ) -> Result<Registered, NodeError> {
         let Registration { jurisdiction, identifiers } = registration;
-        // Defence in depth for residency (invariant 1): even a misrouted request cannot make this
-        // node store a subject its pack does not allow here.
-        {
-            let loaded = self.packs.current();
-            let pack = Self::pack_of(&loaded, &jurisdiction)?;
-            if !pack.is_home(Some(&self.region)) {
-                return Err(NodeError::Precondition("this region may not hold subjects of this jurisdiction"));
-            }
-            self.check_collection(pack, caller.region.as_ref())?;
-        }
+        self.check_registration(caller, &jurisdiction)?;
         if let Some((_, registered)) = self.replayed::<(SubjectId, Registered)>(tag).await? {
             return Ok(registered);
         }
-        let linked: Vec<(NormalizedIdentifier, Link)> =
-            identifiers.into_iter().map(|id| (self.link_key.link(&id), id)).map(|(l, id)| (id, l)).collect();
+        let linked = self.linked(identifiers);
         let links: Vec<Link> = linked.iter().map(|(_, l)| *l).collect();
-        let new_subject = SubjectId::from_bytes(
-            domicile_runtime::process::random_bytes::<16>()
-                .map_err(|_| NodeError::Unavailable("random source unavailable"))?,
-        );
+        let new_subject = fresh_subject()?;
         let written = self
             .with_claims(&links, |claimed| {
                 let (jurisdiction, linked) = (&jurisdiction, &linked);
@@ -111,6 +99,22 @@ impl<S: Store> NodeService<S> {
         };
         tracing::info!(region = %self.region, %jurisdiction, created = registered.created, identifiers = linked.len(), "subject registered");
         Ok(registered)
+    }
+
+    /// Defence in depth for residency (invariant 1): even a misrouted request cannot make this
+    /// node store a subject its pack does not allow here, nor one its caller may not collect.
+    fn check_registration(&self, caller: &Caller, jurisdiction: &Jurisdiction) -> Result<(), NodeError> {
+        let loaded = self.packs.current();
+        let pack = Self::pack_of(&loaded, jurisdiction)?;
+        if !pack.is_home(Some(&self.region)) {
+            return Err(NodeError::Precondition("this region may not hold subjects of this jurisdiction"));
+        }
+        self.check_collection(pack, caller.region.as_ref())
+    }
+
+    /// Identifiers with their links (this region's link key).
+    fn linked(&self, identifiers: Vec<NormalizedIdentifier>) -> Vec<(NormalizedIdentifier, Link)> {
+        identifiers.into_iter().map(|id| (self.link_key.link(&id), id)).map(|(l, id)| (id, l)).collect()
     }
 
     /// Merges subject `from` into `into`, both of this region. Returns `into` and what moved.
@@ -172,12 +176,7 @@ impl<S: Store> NodeService<S> {
             Err(e @ NodeError::NotFound(_)) => return gone(e).await,
             Err(e) => return Err(e),
         };
-        let fresh = || {
-            domicile_runtime::process::random_bytes::<16>()
-                .map(SubjectId::from_bytes)
-                .map_err(|_| NodeError::Unavailable("random source unavailable"))
-        };
-        let (kept, restored) = (fresh()?, fresh()?);
+        let (kept, restored) = (fresh_subject()?, fresh_subject()?);
         let unmerged = match self.store.unmerge(&subject, &merged.id, &kept, &restored, now_unix(), tag).await {
             Err(StoreError::NotFound) => {
                 return gone(NodeError::NotFound("no merge of that subject ref in this subject's lineage")).await;
@@ -243,4 +242,11 @@ impl<S: Store> NodeService<S> {
         tracing::info!(region = %self.region, added = rectified.added.len(), removed = rectified.removed.len(), "subject rectified");
         Ok((subject, rectified))
     }
+}
+
+/// A new subject id (random: ids say nothing of who or when).
+fn fresh_subject() -> Result<SubjectId, NodeError> {
+    domicile_runtime::process::random_bytes::<16>()
+        .map(SubjectId::from_bytes)
+        .map_err(|_| NodeError::Unavailable("random source unavailable"))
 }

@@ -37,6 +37,42 @@ pub(in crate::service) async fn register<S: Store>(
     Ok(registered_to_pb(node, &registered))
 }
 
+pub(in crate::service) async fn register_batch<S: Store>(
+    node: &NodeService<S>,
+    request: Request<pb::RegisterBatchRequest>,
+) -> Result<pb::RegisterBatchResponse, NodeError> {
+    let caller = node.caller(&request, &request.get_ref().caller_region)?;
+    let req = request.into_inner();
+    limits::REGISTER_BATCH_ITEMS.check("items", req.items.len())?;
+    let ids: Vec<u64> = req.items.iter().map(|item| item.id).collect();
+    let items = req
+        .items
+        .iter()
+        .map(|item| {
+            Ok(Registration {
+                jurisdiction: convert::jurisdiction("jurisdiction", &item.jurisdiction)?,
+                identifiers: convert::identifiers("identifiers", &item.identifiers)?,
+            })
+        })
+        .collect();
+    let outcomes = node.register_subjects(&caller, items).await;
+    let outcomes = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(id, outcome)| pb::RegisterBatchOutcome {
+            id,
+            result: Some(match outcome {
+                Ok(registered) => pb::register_batch_outcome::Result::Registered(registered_to_pb(node, &registered)),
+                Err(status) => pb::register_batch_outcome::Result::Refused(common::ItemError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }),
+            }),
+        })
+        .collect();
+    Ok(pb::RegisterBatchResponse { outcomes })
+}
+
 pub(in crate::service) async fn merge<S: Store>(
     node: &NodeService<S>,
     request: Request<pb::MergeRequest>,

@@ -4,15 +4,14 @@
 //! granted claim (`claimed`, ARCHITECTURE.md "Identifier ownership"); every link removed queues
 //! the release of its claim in the same transaction.
 
-use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, RegionId, SubjectId};
+use domicile_types::{Link, NormalizedIdentifier, RegionId, SubjectId};
 use sled::Transactional;
 
 use super::claims::{check_replay, hold, live_subject, record_replay, release_held};
-use super::retire::{mark_retiring, put_event, put_events};
+use super::retire::{mark_retiring, put_events};
 use super::{
-    Dropped, Erased, Idempotency, MetaEntry, Recorded, Rectification, Rectified, Registered, Release,
-    RightsRequestRecord, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, abort, backend, consent_key,
-    decode, encode, flatten, number_events, open, or_abort, seal,
+    Dropped, Erased, Idempotency, Recorded, Rectification, Rectified, Release, RightsRequestRecord, SledStore,
+    StoreError, SubjectRecord, TxResult, abort, backend, consent_key, encode, flatten, open, seal,
 };
 use crate::store::Holding;
 
@@ -39,115 +38,6 @@ enum Cause<'a> {
 type IdentifierChanges = (Vec<Link>, Vec<Link>, Option<u64>);
 
 impl SledStore {
-    pub(super) fn register_subject(
-        &self,
-        jurisdiction: &Jurisdiction,
-        identifiers: &[(NormalizedIdentifier, Link)],
-        new_subject: SubjectId,
-        now: i64,
-        claimed: &[Release],
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Registered, StoreError> {
-        // Find the existing subject (outside the transaction only to pick the key; the
-        // transaction re-checks every link).
-        let mut candidate = new_subject;
-        for (_, link) in identifiers {
-            if let Some(id) = self.subject_by_link_raw(link)? {
-                candidate = id;
-                break;
-            }
-        }
-        // Created before any sealed value refers to it; durable at the next flush.
-        let key = self.vault.get_or_create(&candidate)?;
-        let mut serial = self.serialise_writes(&[candidate]);
-        // A subject that exists tells links new to it what it holds (`Holding`).
-        let named: Vec<Link> = identifiers.iter().map(|(_, l)| *l).collect();
-        let (consent, restricted) = self.holding_of(&candidate, &named, now)?;
-        // Allocated here: sled's ids cannot be taken inside a transaction.
-        let event_seq =
-            (0..1 + consent.len() + usize::from(restricted)).map(|_| self.next_id()).collect::<Result<Vec<_>, _>>()?;
-        let audited = self.audited(now)?;
-        let trees =
-            (&self.meta, &self.subjects, &self.links, &self.events, &self.event_index, &self.held, &self.idempotency);
-        let result = trees.transaction(|(meta, subjects, links, events, event_index, held, replays)| {
-            check_replay(replays, idempotency)?;
-            let mut existing: Option<SubjectId> = None;
-            for (_, link) in identifiers {
-                if let Some(id) = live_subject(links, link)? {
-                    match existing {
-                        Some(other) if other != id => return abort(StoreError::Conflict),
-                        _ => existing = Some(id),
-                    }
-                }
-            }
-            let subject = existing.unwrap_or(new_subject);
-            if subject != candidate {
-                // A concurrent write moved the links since the candidate was picked.
-                return abort(StoreError::Retry);
-            }
-            let (mut entry, mut record, created) = match meta.get(subject.as_bytes())? {
-                Some(bytes) => {
-                    let entry: MetaEntry = or_abort(decode(&bytes))?;
-                    if &entry.meta.jurisdiction != jurisdiction {
-                        return abort(StoreError::JurisdictionMismatch);
-                    }
-                    let record: SubjectRecord = match subjects.get(subject.as_bytes())? {
-                        Some(sealed) => or_abort(open(&key, b"subjects", subject.as_bytes(), &sealed))?,
-                        None => SubjectRecord::default(),
-                    };
-                    (entry, record, false)
-                }
-                None => {
-                    let meta = SubjectMeta { jurisdiction: jurisdiction.clone(), created_at: now, restricted: false };
-                    (MetaEntry { meta, links: Vec::new() }, SubjectRecord::default(), true)
-                }
-            };
-            let mut added = Vec::new();
-            for (identifier, link) in identifiers {
-                if live_subject(links, link)?.is_none() {
-                    hold(held, claim_for(claimed, link)?)?;
-                }
-                if !record.identifiers.contains(identifier) {
-                    record.identifiers.push(identifier.clone());
-                }
-                if !entry.links.contains(link) {
-                    entry.links.push(*link);
-                    added.push(*link);
-                    if !created {
-                        record.added_at.insert(*link, now);
-                    }
-                }
-                links.insert(&link.as_bytes()[..], &subject.as_bytes()[..])?;
-            }
-            subjects
-                .insert(&subject.as_bytes()[..], or_abort(seal(&key, b"subjects", subject.as_bytes(), &record))?)?;
-            meta.insert(&subject.as_bytes()[..], or_abort(encode(&entry))?)?;
-            // (Nothing for a subject created here, or for no new link: `holding_of` read none.)
-            let holding = Holding { consent: &consent, restricted };
-            let recorded = [Recorded::Registration {
-                subject,
-                jurisdiction,
-                identifiers: identifiers.len(),
-                added: &added,
-                holding,
-            }];
-            let mut last_event = None;
-            // (A registration retires no subject: nothing dropped.)
-            for event in or_abort(number_events(&recorded, now, &event_seq, &Default::default()))? {
-                put_event(events, event_index, &event)?;
-                last_event = Some(event.sequence);
-            }
-            let registered = Registered { subject, links: named.clone(), created, event: last_event };
-            record_replay(replays, idempotency, Some((&subject, &key)), &(subject, &registered))?;
-            audited.append(&recorded)?;
-            Ok(registered)
-        });
-        let registered = flatten(result)?;
-        audited.commit();
-        serial.touch(registered.subject);
-        Ok(registered)
-    }
-
     /// The subject a link names, read outside any transaction.
     pub(super) fn subject_by_link_raw(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
         match self.links.get(link.as_bytes()).map_err(backend)? {

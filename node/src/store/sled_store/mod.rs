@@ -39,6 +39,7 @@ mod ids;
 mod ledger;
 mod merge;
 mod records;
+mod registration;
 mod replay;
 mod retire;
 mod segments;
@@ -52,12 +53,13 @@ use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
 use super::{
     AppendedConsents, ChangeEvent, Claim, ConsentBatch, ConsentRecord, CurrentConsent, Dropped, Erased, Held,
-    Idempotency, Interaction, Merged, NewConsent, NewInteraction, OutboxChange, OutboxEntry, Recorded, Rectification,
-    Rectified, Registered, Release, Replay, RightsRequestRecord, Store, StoreError, SubjectMeta, SubjectRecord,
-    TrackedRequest, Unmerged,
+    Idempotency, Interaction, Merged, NewConsent, NewInteraction, NewRegistration, OutboxChange, OutboxEntry, Recorded,
+    Rectification, Rectified, Registered, RegisteredEach, Release, Replay, RightsRequestRecord, Store, StoreError,
+    SubjectMeta, SubjectRecord, TrackedRequest, Unmerged,
 };
 use domicile_types::RegionId;
 use heads::open_journal;
+use registration::Registering;
 use unit::number_events;
 
 #[derive(Debug)]
@@ -260,7 +262,11 @@ impl Store for SledStore {
         claimed: &[Release],
         idempotency: Option<&Idempotency>,
     ) -> Result<Registered, StoreError> {
-        self.register_subject(jurisdiction, identifiers, new_subject, now, claimed, idempotency)
+        self.register_subject(&Registering { jurisdiction, identifiers, new_subject, claimed, idempotency }, now)
+    }
+
+    async fn register_many(&self, items: &[NewRegistration], now: i64) -> Result<RegisteredEach, StoreError> {
+        self.register_subjects(&items.iter().map(Registering::of).collect::<Vec<_>>(), now)
     }
 
     async fn replay(&self, key: &[u8; 32]) -> Result<Option<Replay>, StoreError> {

@@ -1,0 +1,29 @@
+//! What a registration takes and gives ([`super::Store::register`] and
+//! [`super::Store::register_many`]).
+
+use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, SubjectId};
+
+use super::{Release, StoreError};
+
+/// Outcome of a registration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Registered {
+    pub subject: SubjectId,
+    pub links: Vec<Link>,
+    pub created: bool,
+    /// Sequence of the change event, if new links were added.
+    pub event: Option<u64>,
+}
+
+/// What became of each item of [`super::Store::register_many`], in order.
+pub type RegisteredEach = Vec<Result<Registered, StoreError>>;
+
+/// One subject of a batch to register ([`super::Store::register_many`]): as
+/// [`super::Store::register`] takes it, without an idempotency key.
+#[derive(Debug, Clone)]
+pub struct NewRegistration {
+    pub jurisdiction: Jurisdiction,
+    pub identifiers: Vec<(NormalizedIdentifier, Link)>,
+    pub new_subject: SubjectId,
+    pub claimed: Vec<Release>,
+}
