@@ -105,7 +105,8 @@ pub async fn register_batch(
             if positions.binary_search(&position).is_err() {
                 continue;
             }
-            let (Some(&id), Some(slot), Some(links)) =
+            // Once: an item answered twice keeps its first answer.
+            let (Some(&id), Some(slot @ None), Some(links)) =
                 (ids.get(position), outcomes.get_mut(position), links_of.get(position))
             else {
                 continue;

@@ -330,6 +330,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
 
     let started = Instant::now();
     let registrations = Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_IN_FLIGHT));
+    let one_by_one_only = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let subjects: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let gone: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let seen: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
@@ -357,6 +358,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                         dry_run: args.dry_run,
                         broadcast: args.broadcast,
                         registrations: Arc::clone(&registrations),
+                        one_by_one_only: Arc::clone(&one_by_one_only),
                     };
                     let index = order;
                     order += 1;
@@ -442,6 +444,8 @@ struct BatchJob {
     broadcast: bool,
     /// Shared by every batch: at most [`REGISTRATIONS_IN_FLIGHT`] registrations at once.
     registrations: Arc<tokio::sync::Semaphore>,
+    /// Set once the gateway is found to serve no `RegisterBatch` (`register.rs`).
+    one_by_one_only: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A subject's cache key: its jurisdiction and identifiers, in a stable order.
@@ -871,7 +875,7 @@ impl BatchJob {
                 .collect()
                 .await
         } else {
-            super::register::register_all(&client, wanted, &permits).await
+            super::register::register_all(&client, wanted, &permits, &self.one_by_one_only).await
         };
         let mut failed: HashMap<String, tonic::Status> = HashMap::new();
         let mut unregistered: HashSet<String> = HashSet::new();

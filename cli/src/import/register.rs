@@ -4,6 +4,10 @@
 //! [`ITEMS_PER_CALL`] those are paid once per call and region.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+
+use domicile_proto::limits;
 
 use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
@@ -20,6 +24,8 @@ pub(super) type Found = (String, Result<Option<String>, tonic::Status>);
 /// Items per `RegisterBatch` call (the gateway takes up to 1,000): a node registers a call's
 /// subjects under one set of identifier locks, so smaller calls let other writes in between.
 const ITEMS_PER_CALL: usize = 250;
+/// Largest call sent: under the gateway's limit on a bulk request (1 MiB), as ImportConsent's.
+const MAX_CALL_BYTES: usize = 960 * 1024;
 /// Permits of the importer's registration semaphore one call takes: with 64, four calls at once,
 /// each spread over the regions.
 const PERMITS_PER_CALL: u32 = 16;
@@ -29,34 +35,57 @@ const PERMITS_PER_CALL: u32 = 16;
 /// status (an arbiter unreachable for a moment, a region shedding load) is sent again, backing
 /// off, as a whole call would be; one refused for good keeps its status. A gateway that serves
 /// no `RegisterBatch` (an older one: UNIMPLEMENTED, or PERMISSION_DENIED where it asks `admin`
-/// of a method it does not know) gets one `Register` per subject instead.
+/// of a method it does not know) gets one `Register` per subject instead, for the rest of the run.
+/// A subject with more identifiers than a registration takes, or a call refused whole, is sent
+/// alone, so it is refused alone.
 pub(super) async fn register_all(
     client: &DomicileClient<Channel>,
     wanted: Vec<Wanted>,
     permits: &Arc<Semaphore>,
+    one_by_one_only: &Arc<AtomicBool>,
 ) -> Vec<Found> {
+    // A subject with more identifiers than a registration takes is sent alone: refused alone, as
+    // `Register` refuses it, not with the whole call.
+    let (alone, batched): (Vec<Wanted>, Vec<Wanted>) = wanted
+        .into_iter()
+        .partition(|(_, _, identifiers)| identifiers.len() > limits::IDENTIFIERS.max || one_by_one_only.load(Relaxed));
     let mut calls: Vec<Vec<Wanted>> = Vec::new();
-    let mut wanted = wanted.into_iter().peekable();
-    while wanted.peek().is_some() {
-        calls.push(wanted.by_ref().take(ITEMS_PER_CALL).collect());
+    let mut size = 0usize;
+    for item in batched {
+        let len = item.1.len() + item.2.iter().map(|(kind, value)| kind.len() + value.len() + 8).sum::<usize>() + 16;
+        if calls.last().is_none_or(|c| c.len() == ITEMS_PER_CALL || size + len > MAX_CALL_BYTES) {
+            calls.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(call) = calls.last_mut() {
+            call.push(item);
+        }
     }
-    futures_util::stream::iter(calls)
+    let mut found = one_by_one(client, alone).await;
+    let batched: Vec<Found> = futures_util::stream::iter(calls)
         .map(|items| {
-            let (client, permits) = (client.clone(), Arc::clone(permits));
+            let (client, permits, one_by_one_only) = (client.clone(), Arc::clone(permits), Arc::clone(one_by_one_only));
             async move {
                 // Never closed: the semaphore lives as long as the run.
                 let _permits = permits.acquire_many_owned(PERMITS_PER_CALL).await.ok();
-                register_call(client, items).await
+                register_call(client, items, &one_by_one_only).await
             }
         })
         .buffer_unordered(usize::MAX)
         .flat_map(futures_util::stream::iter)
         .collect()
-        .await
+        .await;
+    found.extend(batched);
+    found
 }
 
 /// One call's items, sent until each has an answer that is not "not now".
-async fn register_call(mut client: DomicileClient<Channel>, mut pending: Vec<Wanted>) -> Vec<Found> {
+async fn register_call(
+    mut client: DomicileClient<Channel>,
+    mut pending: Vec<Wanted>,
+    one_by_one_only: &AtomicBool,
+) -> Vec<Found> {
     let mut out = Vec::with_capacity(pending.len());
     let mut attempt = 0u32;
     while !pending.is_empty() {
@@ -104,7 +133,15 @@ async fn register_call(mut client: DomicileClient<Channel>, mut pending: Vec<Wan
                 }
                 pending = again;
             }
+            // A gateway without the method: every later call of this run goes one by one too.
             Err(status) if matches!(status.code(), tonic::Code::Unimplemented | tonic::Code::PermissionDenied) => {
+                one_by_one_only.store(true, Relaxed);
+                out.extend(one_by_one(&client, pending).await);
+                return out;
+            }
+            // The call refused as a whole (an item the gateway's limits refuse before decoding):
+            // each subject sent alone gets its own answer.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 out.extend(one_by_one(&client, pending).await);
                 return out;
             }

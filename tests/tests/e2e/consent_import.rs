@@ -859,3 +859,57 @@ async fn a_checkpoint_resumes_only_the_file_it_was_written_for() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(count(&receipts_of(&dir.path().join("second.receipts")), "accepted"), 3);
 }
+
+/// New subjects are registered in `RegisterBatch` calls: a row the batch cannot carry (more
+/// identifiers than a registration takes) or a subject another region holds is refused alone,
+/// with its reason and never its values, and every other new subject of the file is registered
+/// and imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_refused_at_registration_is_refused_alone() {
+    let cluster =
+        TestCluster::start_on_env_store(BIN, &["eu-central", "us-east", "ap-northeast"]).await.expect("cluster starts");
+    let tls = importer_tls(&cluster);
+    let mut gateway = cluster.gateway().await.unwrap();
+    gateway
+        .register(gw::RegisterRequest {
+            jurisdiction: "US".into(),
+            identifiers: vec![identifier("email", "lives.in.us@example.org")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let row = |n: usize, jurisdiction: &str, identifiers: &[String]| {
+        let identifiers: Vec<String> =
+            identifiers.iter().map(|v| format!(r#"{{"kind":"email","value":"{v}"}}"#)).collect();
+        format!(
+            r#"{{"source_system":"batch-test","source_event_id":"e{n}","identifiers":[{}],"jurisdiction":"{jurisdiction}","purpose":"marketing","channels":["email"],"action":"grant","captured_at":"2025-03-01T10:00:00Z"}}"#,
+            identifiers.join(",")
+        )
+    };
+    let mut lines: Vec<String> = (0..40).map(|n| row(n, "DE", &[format!("new.{n}@example.org")])).collect();
+    let many: Vec<String> = (0..33).map(|n| format!("many.{n}@example.org")).collect();
+    lines.insert(10, row(100, "DE", &many));
+    // (A row naming only a known identifier is written to its subject wherever it lives; one that
+    // brings a new identifier beside it registers them together, which that region refuses.)
+    lines.insert(20, row(101, "DE", &["joins.us@example.org".to_owned(), "lives.in.us@example.org".to_owned()]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rows.ndjson");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let receipts = dir.path().join("receipts.ndjson");
+    let (code, _, err) = domicile(&import_args(&cluster, &tls, "ndjson", &file, &receipts, &[]));
+    assert_eq!(code, 1, "rows refused: exit 1: {err}");
+    let all = receipts_of(&receipts);
+    assert_eq!(all.len(), 42, "{all:?}");
+    assert_eq!(count(&all, "accepted"), 40, "{all:?}");
+    let refused: std::collections::BTreeMap<u64, String> = all
+        .iter()
+        .filter(|r| r["status"] == "refused")
+        .map(|r| (r["line"].as_u64().unwrap(), r["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(refused.keys().copied().collect::<Vec<_>>(), [11, 21], "{refused:?}");
+    assert!(refused[&11].contains("identifiers"), "{}", refused[&11]);
+    assert!(refused[&21].contains("another region"), "{}", refused[&21]);
+    for reason in refused.values() {
+        assert!(!reason.contains("@example"), "a reason carries a value: {reason}");
+    }
+}

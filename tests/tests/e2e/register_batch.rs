@@ -74,7 +74,7 @@ async fn census(cluster: &TestCluster) -> BTreeMap<Vec<u8>, Vec<&'static str>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_item_is_answered_as_register_would_and_a_batch_sent_again_changes_nothing() {
-    let cluster = TestCluster::start(BIN, &REGIONS).await.expect("cluster starts");
+    let cluster = TestCluster::start_on_env_store(BIN, &REGIONS).await.expect("cluster starts");
     let mut gateway = cluster.gateway().await.unwrap();
     // Before the batch: a US subject (held in us-east) and a DE subject.
     let us = gateway
@@ -152,6 +152,46 @@ async fn each_item_is_answered_as_register_would_and_a_batch_sent_again_changes_
     let held = gateway.resolve(gw::ResolveRequest { identifier: Some(identifier("email", "held.in.us@example.org")) });
     assert_eq!(held.await.unwrap().into_inner().subject_ref, us.subject_ref);
 
+    // An item refused at the arbiter (sent to the node directly, past the gateway's directory):
+    // the claim its other, new identifier got is given up, so another region can have it.
+    let mut node = cluster.node(&region("eu-central")).await.unwrap();
+    let direct = node
+        .register_batch(node_pb::RegisterBatchRequest {
+            items: vec![node_pb::RegisterBatchItem {
+                id: 1,
+                jurisdiction: "DE".into(),
+                identifiers: vec![
+                    identifier("email", "given.up@example.org"),
+                    identifier("email", "held.in.us@example.org"),
+                ],
+            }],
+            caller_region: "eu-central".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match direct.outcomes.as_slice() {
+        [
+            node_pb::RegisterBatchOutcome { id: 1, result: Some(node_pb::register_batch_outcome::Result::Refused(e)) },
+        ] => {
+            assert_eq!(Code::from(e.code), Code::FailedPrecondition, "{}", e.message);
+        }
+        other => panic!("refused at the arbiter: {other:?}"),
+    }
+    let elsewhere = eventually(Duration::from_secs(10), || {
+        let mut gateway = gateway.clone();
+        async move {
+            let request = gw::RegisterRequest {
+                jurisdiction: "BR".into(),
+                identifiers: vec![identifier("email", "given.up@example.org")],
+                ..Default::default()
+            };
+            gateway.register(request).await.ok().map(|r| r.into_inner().home_region)
+        }
+    })
+    .await;
+    assert_eq!(elsewhere.as_deref(), Some("sa-east"), "the refused item's claim was given up");
+
     // The same batch again: the same subjects, none created, the same refusals.
     let before = census(&cluster).await;
     let again = batch(&mut gateway, items).await;
@@ -180,7 +220,7 @@ async fn each_item_is_answered_as_register_would_and_a_batch_sent_again_changes_
 async fn identifiers_batched_into_three_regions_at_once_land_in_one() {
     const IDENTIFIERS: usize = 240;
     const PER_CALL: usize = 60;
-    let cluster = TestCluster::start(BIN, &REGIONS).await.expect("cluster starts");
+    let cluster = TestCluster::start_on_env_store(BIN, &REGIONS).await.expect("cluster starts");
     let second = cluster.start_gateway("second", &[]).await.expect("second gateway");
     let third = cluster.start_gateway("third", &[]).await.expect("third gateway");
     let gateways = [

@@ -13,6 +13,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures_util::StreamExt as _;
+
 use domicile_runtime::process::now_unix;
 use domicile_types::{Jurisdiction, Link, NormalizedIdentifier};
 use tonic::Status;
@@ -23,6 +25,10 @@ use crate::ownership::{ClaimOutcome, settle_claims};
 use crate::service::unit::Settled;
 use crate::service::{Caller, NodeService};
 use crate::store::{NewRegistration, Registered, Store, StoreError};
+
+/// Items of a call registered on their own at once (sharing an identifier with an earlier item,
+/// or upset by a concurrent change).
+const ALONE_IN_FLIGHT: usize = 8;
 
 /// What became of one item: as `Register` would have answered it.
 pub(crate) type ItemOutcome = Result<Registered, Status>;
@@ -74,8 +80,17 @@ impl<S: Store> NodeService<S> {
         for (position, outcome) in registered.into_iter().chain(refused) {
             out[position] = Some(outcome);
         }
-        for (position, registration) in alone {
-            out[position] = Some(self.register_subject(caller, registration, None).await.map_err(Status::from));
+        // Each on its own, as `Register` would (its own locks: those sharing a link wait on each
+        // other), a few at once.
+        let alone: Vec<(usize, ItemOutcome)> = futures_util::stream::iter(alone)
+            .map(|(position, registration)| async move {
+                (position, self.register_subject(caller, registration, None).await.map_err(Status::from))
+            })
+            .buffer_unordered(ALONE_IN_FLIGHT)
+            .collect()
+            .await;
+        for (position, outcome) in alone {
+            out[position] = Some(outcome);
         }
         let (mut created, mut found, mut failed) = (0usize, 0usize, 0usize);
         let outcomes: Vec<ItemOutcome> = out
@@ -104,7 +119,7 @@ impl<S: Store> NodeService<S> {
             return (Vec::new(), refused, upset);
         }
         let every: Vec<Link> = items.iter().flat_map(|item| item.linked.iter().map(|(_, link)| *link)).collect();
-        let _locks = self.ownership.lock(&every).await;
+        let locks = self.ownership.lock(&every).await;
         let fail_all = |items: Vec<Pending>, status: Status| -> Vec<(usize, ItemOutcome)> {
             items.into_iter().map(|item| (item.position, Err(status.clone()))).collect()
         };
@@ -152,7 +167,17 @@ impl<S: Store> NodeService<S> {
             return (Vec::new(), refused, upset);
         }
         let written = match self.store.register_many(&registrations, now_unix()).await {
-            Ok(written) => written,
+            Ok(written) if written.len() == registrations.len() => written,
+            Ok(_) => {
+                // Nothing can be matched to its item: none answered as stored.
+                tracing::error!(region = %self.region, "the store answered a batch of registrations out of shape");
+                for registration in &registrations {
+                    self.ownership.abandon(&registration.claimed).await;
+                }
+                let status = Status::internal("registration outcome lost");
+                refused.extend(ready.into_iter().map(|item| (item.position, Err(status.clone()))));
+                return (Vec::new(), refused, upset);
+            }
             Err(e) => {
                 let e = if self.store.disk_full(&e) { StoreError::StorageFull } else { e };
                 let status = Status::from(NodeError::from(e));
@@ -184,6 +209,9 @@ impl<S: Store> NodeService<S> {
                 }
             }
         }
+        // As `with_claims` does: the links stay locked from their claims until their store write
+        // (and the give-up of what was not used), not through the durable commit.
+        drop(locks);
         let (positions, written): (Vec<usize>, Vec<Registered>) = applied.into_iter().unzip();
         if written.is_empty() {
             return (Vec::new(), refused, upset);

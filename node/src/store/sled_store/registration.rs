@@ -198,20 +198,14 @@ fn apply(
         Err(other) => return Err(other),
     }
     let mut existing: Option<SubjectId> = None;
-    let mut claims = Vec::new();
+    let mut free = Vec::new();
     for (_, link) in item.identifiers {
         match live_subject(links, link)? {
             Some(id) => match existing {
                 Some(other) if other != id => return Ok(Err(StoreError::Conflict)),
                 _ => existing = Some(id),
             },
-            // A link no subject holds may become live only with this region's claim. Free now
-            // but not claimed by this write: it was held when the write looked, and a concurrent
-            // erasure or rectification freed it. Start over.
-            None => match item.claimed.iter().find(|c| c.link == *link) {
-                Some(claim) => claims.push(claim),
-                None => return Ok(Err(StoreError::Retry)),
-            },
+            None => free.push(link),
         }
     }
     let subject = existing.unwrap_or(item.new_subject);
@@ -236,6 +230,16 @@ fn apply(
             (MetaEntry { meta, links: Vec::new() }, SubjectRecord::default(), true)
         }
     };
+    // A link no subject holds may become live only with this region's claim. Free now but not
+    // claimed by this write: it was held when the write looked, and a concurrent erasure or
+    // rectification freed it. Start over.
+    let mut claims = Vec::with_capacity(free.len());
+    for link in free {
+        match item.claimed.iter().find(|c| c.link == *link) {
+            Some(claim) => claims.push(claim),
+            None => return Ok(Err(StoreError::Retry)),
+        }
+    }
     // Checked: from here on the item is written.
     for claim in claims {
         hold(held, claim)?;
