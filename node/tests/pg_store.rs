@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use domicile_node::store::pg_store::{PgConfig, PgStore};
 use domicile_node::store::{
-    Audited, Change, ConsentRecord, Evidence, ImportEvidence, NewConsent, Rectification, Release, RightsRequestRecord,
-    StoreError,
+    Audited, Change, ConsentRecord, Evidence, ImportEvidence, NewConsent, NewRegistration, Rectification, Release,
+    RightsRequestRecord, StoreError,
 };
 use domicile_runtime::postgres::LocalPostgres;
 use domicile_types::{
@@ -751,4 +751,58 @@ async fn a_retired_subjects_events_go_with_it_and_an_older_binarys_are_cleaned_u
     store.erase(&older, 300, &rights("erasure", 300), None).await.unwrap();
     assert_eq!(kinds_of(&store, &older).await, ["erased"], "events from before the column are found");
     assert_eq!(kinds_of(&store, &stays).await, ["registered"]);
+}
+
+/// Registrations written together (`RegisterBatch`): one transaction, a savepoint per item. An
+/// item refused after it wrote (its first link held and made live, its second free and not
+/// claimed) is rolled back whole, the items around it are written, and the write's events and
+/// audit chain are those of the written items only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_written_together_roll_a_refused_item_back_alone() {
+    let db = start();
+    let store = PgStore::open(&db.config("batch"), &region()).await.unwrap();
+    let de = Jurisdiction::parse("DE").unwrap();
+    let known = register(&store, "known@example.de").await;
+    let events_before = store.last_event().await.unwrap().unwrap();
+    let audited_before = audit_verifies(&store).await;
+    let (first, half, unclaimed, last) =
+        (ident("first@example.de"), ident("half@example.de"), ident("unclaimed@example.de"), ident("last@example.de"));
+    let item = |identifiers: &[(NormalizedIdentifier, Link)], claimed: Vec<Release>, id: u8| NewRegistration {
+        jurisdiction: de.clone(),
+        identifiers: identifiers.to_vec(),
+        new_subject: SubjectId::from_bytes([id; 16]),
+        claimed,
+    };
+    let items = [
+        item(std::slice::from_ref(&first), claims(std::slice::from_ref(&first)), 1),
+        // Claimed for `half` only: `half` is held and linked, then `unclaimed` refuses the item.
+        item(&[half.clone(), unclaimed.clone()], claims(std::slice::from_ref(&half)), 2),
+        // Another jurisdiction's subject.
+        NewRegistration {
+            jurisdiction: Jurisdiction::parse("FR").unwrap(),
+            ..item(&[ident("known@example.de")], vec![], 3)
+        },
+        item(std::slice::from_ref(&last), claims(std::slice::from_ref(&last)), 4),
+    ];
+    let outcomes = store.register_many(&items, 1_700_000_100).await.unwrap();
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes[0].as_ref().is_ok_and(|r| r.created && r.subject == SubjectId::from_bytes([1; 16])));
+    assert!(matches!(outcomes[1], Err(StoreError::Retry)), "{:?}", outcomes[1]);
+    assert!(matches!(outcomes[2], Err(StoreError::JurisdictionMismatch)), "{:?}", outcomes[2]);
+    assert!(outcomes[3].as_ref().is_ok_and(|r| r.created && r.subject == SubjectId::from_bytes([4; 16])));
+    for (link, holder) in [
+        (&first.1, Some(SubjectId::from_bytes([1; 16]))),
+        (&half.1, None),
+        (&unclaimed.1, None),
+        (&last.1, Some(SubjectId::from_bytes([4; 16]))),
+        (&ident("known@example.de").1, Some(known)),
+    ] {
+        assert_eq!(store.subject_by_link(link).await.unwrap(), holder);
+    }
+    assert!(store.subject_meta(&SubjectId::from_bytes([2; 16])).await.unwrap().is_none(), "the refused item's subject");
+    // One REGISTERED event and one audit entry per item written.
+    let events = store.events_page(Some(events_before), 100).await.unwrap();
+    let subjects: Vec<SubjectId> = events.iter().map(|e| e.subject).collect();
+    assert_eq!(subjects, [SubjectId::from_bytes([1; 16]), SubjectId::from_bytes([4; 16])]);
+    assert_eq!(audit_verifies(&store).await, audited_before + 2);
 }

@@ -152,19 +152,33 @@ async fn each_item_is_answered_as_register_would_and_a_batch_sent_again_changes_
     let held = gateway.resolve(gw::ResolveRequest { identifier: Some(identifier("email", "held.in.us@example.org")) });
     assert_eq!(held.await.unwrap().into_inner().subject_ref, us.subject_ref);
 
-    // An item refused at the arbiter (sent to the node directly, past the gateway's directory):
-    // the claim its other, new identifier got is given up, so another region can have it.
+    // Items refused past the gateway (sent to the node directly): one at the arbiter, whose
+    // other, new identifier's claim is given up, so another region can have it; one by the store
+    // (the DE subject's identifier under FR, with a new phone), rolled back alone while the item
+    // beside it is written.
     let mut node = cluster.node(&region("eu-central")).await.unwrap();
     let direct = node
         .register_batch(node_pb::RegisterBatchRequest {
-            items: vec![node_pb::RegisterBatchItem {
-                id: 1,
-                jurisdiction: "DE".into(),
-                identifiers: vec![
-                    identifier("email", "given.up@example.org"),
-                    identifier("email", "held.in.us@example.org"),
-                ],
-            }],
+            items: vec![
+                node_pb::RegisterBatchItem {
+                    id: 1,
+                    jurisdiction: "DE".into(),
+                    identifiers: vec![
+                        identifier("email", "given.up@example.org"),
+                        identifier("email", "held.in.us@example.org"),
+                    ],
+                },
+                node_pb::RegisterBatchItem {
+                    id: 2,
+                    jurisdiction: "FR".into(),
+                    identifiers: vec![identifier("email", "known@example.org"), identifier("phone", "+33612345678")],
+                },
+                node_pb::RegisterBatchItem {
+                    id: 3,
+                    jurisdiction: "DE".into(),
+                    identifiers: vec![identifier("email", "beside.them@example.org")],
+                },
+            ],
             caller_region: "eu-central".into(),
         })
         .await
@@ -172,12 +186,28 @@ async fn each_item_is_answered_as_register_would_and_a_batch_sent_again_changes_
         .into_inner();
     match direct.outcomes.as_slice() {
         [
-            node_pb::RegisterBatchOutcome { id: 1, result: Some(node_pb::register_batch_outcome::Result::Refused(e)) },
+            node_pb::RegisterBatchOutcome {
+                id: 1,
+                result: Some(node_pb::register_batch_outcome::Result::Refused(at_arbiter)),
+            },
+            node_pb::RegisterBatchOutcome {
+                id: 2,
+                result: Some(node_pb::register_batch_outcome::Result::Refused(in_store)),
+            },
+            node_pb::RegisterBatchOutcome {
+                id: 3,
+                result: Some(node_pb::register_batch_outcome::Result::Registered(beside)),
+            },
         ] => {
-            assert_eq!(Code::from(e.code), Code::FailedPrecondition, "{}", e.message);
+            assert_eq!(Code::from(at_arbiter.code), Code::FailedPrecondition, "{}", at_arbiter.message);
+            assert_eq!(Code::from(in_store.code), Code::FailedPrecondition, "{}", in_store.message);
+            assert!(in_store.message.contains("jurisdiction"), "{}", in_store.message);
+            assert!(beside.created && beside.subject_ref.starts_with("eu-central/"), "{beside:?}");
         }
-        other => panic!("refused at the arbiter: {other:?}"),
+        other => panic!("refused at the arbiter, refused by the store, registered: {other:?}"),
     }
+    let phone = gw::ResolveRequest { identifier: Some(identifier("phone", "+33612345678")) };
+    assert_eq!(gateway.resolve(phone).await.unwrap_err().code(), Code::NotFound, "the refused item left nothing");
     let elsewhere = eventually(Duration::from_secs(10), || {
         let mut gateway = gateway.clone();
         async move {

@@ -97,77 +97,121 @@ impl PgStore {
         idempotency: Option<&Idempotency>,
     ) -> Result<Registered, StoreError> {
         self.write(now, async |w| {
-            check_replay(w, idempotency).await?;
-            let mut existing: Option<SubjectId> = None;
-            for (_, link) in identifiers {
-                if let Some(id) = self.live_subject(w, link).await? {
-                    match existing {
-                        Some(other) if other != id => return Err(StoreError::Conflict),
-                        _ => existing = Some(id),
-                    }
-                }
-            }
-            let subject = existing.unwrap_or(new_subject);
-            let created = match self.meta_in(w.tx(), &subject).await? {
-                Some(meta) if &meta.jurisdiction != jurisdiction => return Err(StoreError::JurisdictionMismatch),
-                Some(_) => false,
-                None => {
-                    w.tx()
-                        .execute_cached(
-                            "INSERT INTO subjects (id, jurisdiction, created_at) VALUES ($1, $2, $3)",
-                            &[&bytes(&subject), &jurisdiction.to_string(), &now],
-                        )
-                        .await
-                        .map_err(pg)?;
-                    true
-                }
-            };
-            let key = self.key_or_create(w, &subject).await?;
-            let mut record = self.record_in(w, &subject, &key).await?;
-            let held = self.links_of(w.tx(), &subject).await?;
-            let mut added = Vec::new();
-            for (identifier, link) in identifiers {
-                if self.live_subject(w, link).await?.is_none() {
-                    hold(w, claim_for(claimed, link)?).await?;
-                    w.tx()
-                        .execute_cached(
-                            "INSERT INTO links (link, subject) VALUES ($1, $2)",
-                            &[&link_bytes(link), &bytes(&subject)],
-                        )
-                        .await
-                        .map_err(pg)?;
-                }
-                if !record.identifiers.contains(identifier) {
-                    record.identifiers.push(identifier.clone());
-                }
-                if !held.contains(link) && !added.contains(link) {
-                    added.push(*link);
-                    if !created {
-                        record.added_at.insert(*link, now);
-                    }
-                }
-            }
-            self.save_record(w, &subject, &key, &record).await?;
-            // A subject that existed tells links new to it what it holds (`Holding`).
-            let (consent, restricted) = match created || added.is_empty() {
-                true => (Vec::new(), false),
-                false => self.holding_in(w, &subject, &key, now).await?,
-            };
-            let holding = Holding { consent: &consent, restricted };
-            let recorded = [Recorded::Registration {
-                subject,
-                jurisdiction,
-                identifiers: identifiers.len(),
-                added: &added,
-                holding,
-            }];
-            let event = w.record(&recorded).await?;
-            let registered =
-                Registered { subject, links: identifiers.iter().map(|(_, l)| *l).collect(), created, event };
-            record_replay(w, idempotency, Some((&subject, &key)), &(subject, &registered)).await?;
-            Ok(registered)
+            self.register_in(w, jurisdiction, identifiers, new_subject, now, claimed, idempotency).await
         })
         .await
+    }
+
+    /// Registers each of `items` in one transaction (one hold of the region head, one WAL flush:
+    /// registered one transaction each, an import's new subjects waited for a flush apiece). Each
+    /// item runs under a savepoint: one refused for itself (links of two subjects, another
+    /// jurisdiction's subject, a free link it holds no claim for) is rolled back alone, and the
+    /// others are written. Its refusal comes before anything of it reaches the write's events
+    /// or audit lines, which only [`Write::record`], its last step, adds.
+    pub async fn register_many(
+        &self,
+        items: &[crate::store::NewRegistration],
+        now: i64,
+    ) -> Result<crate::store::RegisteredEach, StoreError> {
+        self.write(now, async |w| {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                w.tx().batch_execute("SAVEPOINT registration").await.map_err(pg)?;
+                let registered = self
+                    .register_in(w, &item.jurisdiction, &item.identifiers, item.new_subject, now, &item.claimed, None)
+                    .await;
+                match registered {
+                    Ok(registered) => {
+                        w.tx().batch_execute("RELEASE SAVEPOINT registration").await.map_err(pg)?;
+                        out.push(Ok(registered));
+                    }
+                    Err(e @ (StoreError::Conflict | StoreError::JurisdictionMismatch | StoreError::Retry)) => {
+                        w.tx().batch_execute("ROLLBACK TO SAVEPOINT registration").await.map_err(pg)?;
+                        out.push(Err(e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One registration inside `w` ([`Self::register`]).
+    #[allow(clippy::too_many_arguments, reason = "Store::register's arguments and the write it runs in")]
+    async fn register_in(
+        &self,
+        w: &mut Write<'_>,
+        jurisdiction: &Jurisdiction,
+        identifiers: &[(NormalizedIdentifier, Link)],
+        new_subject: SubjectId,
+        now: i64,
+        claimed: &[Release],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Registered, StoreError> {
+        check_replay(w, idempotency).await?;
+        let mut existing: Option<SubjectId> = None;
+        for (_, link) in identifiers {
+            if let Some(id) = self.live_subject(w, link).await? {
+                match existing {
+                    Some(other) if other != id => return Err(StoreError::Conflict),
+                    _ => existing = Some(id),
+                }
+            }
+        }
+        let subject = existing.unwrap_or(new_subject);
+        let created = match self.meta_in(w.tx(), &subject).await? {
+            Some(meta) if &meta.jurisdiction != jurisdiction => return Err(StoreError::JurisdictionMismatch),
+            Some(_) => false,
+            None => {
+                w.tx()
+                    .execute_cached(
+                        "INSERT INTO subjects (id, jurisdiction, created_at) VALUES ($1, $2, $3)",
+                        &[&bytes(&subject), &jurisdiction.to_string(), &now],
+                    )
+                    .await
+                    .map_err(pg)?;
+                true
+            }
+        };
+        let key = self.key_or_create(w, &subject).await?;
+        let mut record = self.record_in(w, &subject, &key).await?;
+        let held = self.links_of(w.tx(), &subject).await?;
+        let mut added = Vec::new();
+        for (identifier, link) in identifiers {
+            if self.live_subject(w, link).await?.is_none() {
+                hold(w, claim_for(claimed, link)?).await?;
+                w.tx()
+                    .execute_cached(
+                        "INSERT INTO links (link, subject) VALUES ($1, $2)",
+                        &[&link_bytes(link), &bytes(&subject)],
+                    )
+                    .await
+                    .map_err(pg)?;
+            }
+            if !record.identifiers.contains(identifier) {
+                record.identifiers.push(identifier.clone());
+            }
+            if !held.contains(link) && !added.contains(link) {
+                added.push(*link);
+                if !created {
+                    record.added_at.insert(*link, now);
+                }
+            }
+        }
+        self.save_record(w, &subject, &key, &record).await?;
+        // A subject that existed tells links new to it what it holds (`Holding`).
+        let (consent, restricted) = match created || added.is_empty() {
+            true => (Vec::new(), false),
+            false => self.holding_in(w, &subject, &key, now).await?,
+        };
+        let holding = Holding { consent: &consent, restricted };
+        let recorded =
+            [Recorded::Registration { subject, jurisdiction, identifiers: identifiers.len(), added: &added, holding }];
+        let event = w.record(&recorded).await?;
+        let registered = Registered { subject, links: identifiers.iter().map(|(_, l)| *l).collect(), created, event };
+        record_replay(w, idempotency, Some((&subject, &key)), &(subject, &registered)).await?;
+        Ok(registered)
     }
 
     pub async fn erase(

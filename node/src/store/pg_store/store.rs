@@ -25,6 +25,14 @@ impl Store for PgStore {
         PgStore::register(self, jurisdiction, identifiers, new_subject, now, claimed, idempotency).await
     }
 
+    async fn register_many(
+        &self,
+        items: &[crate::store::NewRegistration],
+        now: i64,
+    ) -> Result<crate::store::RegisteredEach, StoreError> {
+        PgStore::register_many(self, items, now).await
+    }
+
     async fn replay(&self, key: &[u8; 32]) -> Result<Option<Replay>, StoreError> {
         PgStore::replay(self, key).await
     }
