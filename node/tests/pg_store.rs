@@ -753,12 +753,12 @@ async fn a_retired_subjects_events_go_with_it_and_an_older_binarys_are_cleaned_u
     assert_eq!(kinds_of(&store, &stays).await, ["registered"]);
 }
 
-/// Registrations written together (`RegisterBatch`): one transaction, a savepoint per item. An
-/// item refused after it wrote (its first link held and made live, its second free and not
-/// claimed) is rolled back whole, the items around it are written, and the write's events and
+/// Registrations written together (`RegisterBatch`): one transaction. An item refused for a
+/// link it holds no claim for, named after one it does, writes nothing (neither link is live,
+/// its subject does not exist), the items around it are written, and the write's events and
 /// audit chain are those of the written items only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registrations_written_together_roll_a_refused_item_back_alone() {
+async fn registrations_written_together_leave_nothing_of_a_refused_item() {
     let db = start();
     let store = PgStore::open(&db.config("batch"), &region()).await.unwrap();
     let de = Jurisdiction::parse("DE").unwrap();
@@ -775,7 +775,7 @@ async fn registrations_written_together_roll_a_refused_item_back_alone() {
     };
     let items = [
         item(std::slice::from_ref(&first), claims(std::slice::from_ref(&first)), 1),
-        // Claimed for `half` only: `half` is held and linked, then `unclaimed` refuses the item.
+        // Claimed for `half` only: `unclaimed` refuses the item, `half` must not be left live.
         item(&[half.clone(), unclaimed.clone()], claims(std::slice::from_ref(&half)), 2),
         // Another jurisdiction's subject.
         NewRegistration {
@@ -805,4 +805,107 @@ async fn registrations_written_together_roll_a_refused_item_back_alone() {
     let subjects: Vec<SubjectId> = events.iter().map(|e| e.subject).collect();
     assert_eq!(subjects, [SubjectId::from_bytes([1; 16]), SubjectId::from_bytes([4; 16])]);
     assert_eq!(audit_verifies(&store).await, audited_before + 2);
+}
+
+/// A relay that passes everything until a connection's client sends a COMMIT after it sent
+/// `INSERT INTO links` (a registration's transaction): the server gets the COMMIT and commits, and
+/// its answer is never delivered; both sides of that connection are closed.
+async fn commit_cut_relay(server_port: u16) -> (u16, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let shared = Arc::clone(&cut);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await.unwrap();
+            let ((mut client_in, mut client_out), (mut server_in, mut server_out)) =
+                (client.into_split(), server.into_split());
+            // Set once this connection sent its COMMIT: the server's answer is dropped.
+            let committing = Arc::new(AtomicBool::new(false));
+            let (to_server, cut) = (Arc::clone(&committing), Arc::clone(&shared));
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut linking = false;
+                loop {
+                    let n = match client_in.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    linking |= chunk.windows(17).any(|w| w == b"INSERT INTO links");
+                    let commit = linking && chunk.windows(6).any(|w| w == b"COMMIT");
+                    if server_out.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                    if commit && !cut.swap(true, Ordering::SeqCst) {
+                        to_server.store(true, Ordering::SeqCst);
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_in.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if committing.load(Ordering::SeqCst) {
+                        // The COMMIT's answer, or what follows it: never delivered.
+                        let _ = client_out.shutdown().await;
+                        return;
+                    }
+                    if client_out.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, cut)
+}
+
+/// Invariant 9 across a lost commit answer: a registration whose COMMIT reached the server but
+/// whose answer did not come back may have made its links live, so the node keeps their claims
+/// (an orphan claim is safe; a release would let the arbiter grant the link to another region
+/// while this one holds it). The caller is told the outcome is unknown, never that nothing
+/// happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_whose_commit_answer_is_lost_keeps_its_claims() {
+    use domicile_proto::pb::node::v1 as pb;
+    use domicile_proto::pb::node::v1::regional_node_server::RegionalNode as _;
+    let db = start();
+    let config = db.config("lost");
+    let (port, cut) = commit_cut_relay(db.server.port()).await;
+    let direct = format!(":{}/", db.server.port());
+    let through = PgConfig { url: config.url.replace(&direct, &format!(":{port}/")), ..config.clone() };
+    let store = Arc::new(PgStore::open(&through, &region()).await.unwrap());
+    let ownership = Arc::new(domicile_node::ownership::Ownership::single_region(region(), Arc::clone(&store)).unwrap());
+    let packs = Arc::new(
+        domicile_runtime::packs::PackReloader::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-packs"),
+            None,
+        )
+        .unwrap(),
+    );
+    let key = LinkKey::from_bytes(&[9; 32]).unwrap();
+    let node = domicile_node::NodeService::new(region(), Arc::clone(&store), packs, key, ownership).await.unwrap();
+    let request = pb::RegisterRequest {
+        jurisdiction: "DE".into(),
+        identifiers: vec![domicile_proto::pb::common::v1::Identifier {
+            kind: "email".into(),
+            value: "lost.answer@example.de".into(),
+        }],
+        ..Default::default()
+    };
+    let status = node.register(tonic::Request::new(request)).await.expect_err("the commit's answer was lost");
+    assert!(cut.load(Ordering::SeqCst), "the relay cut a registration's COMMIT");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // Read past the relay: the server committed; the claim is this region's and stays.
+    let reader = PgStore::open(&config, &region()).await.unwrap();
+    let link = ident("lost.answer@example.de").1;
+    assert!(reader.subject_by_link(&link).await.unwrap().is_some(), "the COMMIT went through");
+    let claim = reader.claim(&link).await.unwrap().expect("claimed");
+    assert_eq!(claim.region, region());
+    assert_eq!(reader.pending_releases(100).await.unwrap(), Vec::new(), "no release queued for a live link");
 }

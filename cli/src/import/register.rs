@@ -62,7 +62,13 @@ pub(super) async fn register_all(
             call.push(item);
         }
     }
-    let mut found = one_by_one(client, alone).await;
+    let mut found = if alone.is_empty() {
+        Vec::new()
+    } else {
+        // Never closed: the semaphore lives as long as the run.
+        let _permits = permits.acquire_many(PERMITS_PER_CALL).await.ok();
+        one_by_one(client, alone).await
+    };
     let batched: Vec<Found> = futures_util::stream::iter(calls)
         .map(|items| {
             let (client, permits, one_by_one_only) = (client.clone(), Arc::clone(permits), Arc::clone(one_by_one_only));

@@ -140,8 +140,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers each of `items` as [`Store::register`] would: one outcome per item, in order;
     /// an item refused leaves the others to be written. A store that can writes them at once
-    /// (sled: one transaction; PostgreSQL: one, a savepoint per item); by default, one after the
-    /// other. The outer error: none written.
+    /// (sled: one transaction; PostgreSQL: one); by default, one after the other. The outer error: none written.
     fn register_many(
         &self,
         items: &[NewRegistration],

@@ -169,21 +169,23 @@ impl<S: Store> NodeService<S> {
         let written = match self.store.register_many(&registrations, now_unix()).await {
             Ok(written) if written.len() == registrations.len() => written,
             Ok(_) => {
-                // Nothing can be matched to its item: none answered as stored.
+                // Nothing can be matched to its item: none answered as stored. The claims stay
+                // (some items may be live): orphans at worst, found by the repair command.
                 tracing::error!(region = %self.region, "the store answered a batch of registrations out of shape");
-                for registration in &registrations {
-                    self.ownership.abandon(&registration.claimed).await;
-                }
                 let status = Status::internal("registration outcome lost");
                 refused.extend(ready.into_iter().map(|item| (item.position, Err(status.clone()))));
                 return (Vec::new(), refused, upset);
             }
             Err(e) => {
                 let e = if self.store.disk_full(&e) { StoreError::StorageFull } else { e };
-                let status = Status::from(NodeError::from(e));
-                for registration in &registrations {
-                    self.ownership.abandon(&registration.claimed).await;
+                // A commit whose answer was lost may have made the links live: their claims stay
+                // (an orphan claim is safe, a second owner is not).
+                if !matches!(e, StoreError::OutcomeUnknown) {
+                    for registration in &registrations {
+                        self.ownership.abandon(&registration.claimed).await;
+                    }
                 }
+                let status = Status::from(NodeError::from(e));
                 refused.extend(ready.into_iter().map(|item| (item.position, Err(status.clone()))));
                 return (Vec::new(), refused, upset);
             }

@@ -59,6 +59,9 @@ impl<S: Store> NodeService<S> {
             let claimed = self.ownership.claim(&free).await?;
             match write(claimed.clone()).await {
                 Ok(done) => return Ok(Ok(done)),
+                // A commit whose answer was lost may have made the links live: their claims stay
+                // (an orphan claim is safe, a second owner is not; the repair command finds it).
+                Err(e @ StoreError::OutcomeUnknown) => return Ok(Err(e)),
                 Err(e) => {
                     // Nothing of the write is stored: under the locks, no other write made these
                     // links live meanwhile, so their claims can go.

@@ -103,11 +103,11 @@ impl PgStore {
     }
 
     /// Registers each of `items` in one transaction (one hold of the region head, one WAL flush:
-    /// registered one transaction each, an import's new subjects waited for a flush apiece). Each
-    /// item runs under a savepoint: one refused for itself (links of two subjects, another
-    /// jurisdiction's subject, a free link it holds no claim for) is rolled back alone, and the
-    /// others are written. Its refusal comes before anything of it reaches the write's events
-    /// or audit lines, which only [`Write::record`], its last step, adds.
+    /// registered one transaction each, an import's new subjects waited for a flush apiece). An
+    /// item refused for itself (links of two subjects, another jurisdiction's subject, a free link
+    /// it holds no claim for) is refused by [`Self::register_in`] before it writes anything, so
+    /// the others are written and nothing of it is; no savepoints (a subtransaction per item,
+    /// hundreds per call, would overflow each backend's cache of them and slow every snapshot).
     pub async fn register_many(
         &self,
         items: &[crate::store::NewRegistration],
@@ -116,17 +116,12 @@ impl PgStore {
         self.write(now, async |w| {
             let mut out = Vec::with_capacity(items.len());
             for item in items {
-                w.tx().batch_execute("SAVEPOINT registration").await.map_err(pg)?;
                 let registered = self
                     .register_in(w, &item.jurisdiction, &item.identifiers, item.new_subject, now, &item.claimed, None)
                     .await;
                 match registered {
-                    Ok(registered) => {
-                        w.tx().batch_execute("RELEASE SAVEPOINT registration").await.map_err(pg)?;
-                        out.push(Ok(registered));
-                    }
+                    Ok(registered) => out.push(Ok(registered)),
                     Err(e @ (StoreError::Conflict | StoreError::JurisdictionMismatch | StoreError::Retry)) => {
-                        w.tx().batch_execute("ROLLBACK TO SAVEPOINT registration").await.map_err(pg)?;
                         out.push(Err(e));
                     }
                     Err(e) => return Err(e),
@@ -151,17 +146,27 @@ impl PgStore {
     ) -> Result<Registered, StoreError> {
         check_replay(w, idempotency).await?;
         let mut existing: Option<SubjectId> = None;
+        let mut free = Vec::new();
         for (_, link) in identifiers {
-            if let Some(id) = self.live_subject(w, link).await? {
-                match existing {
+            match self.live_subject(w, link).await? {
+                Some(id) => match existing {
                     Some(other) if other != id => return Err(StoreError::Conflict),
                     _ => existing = Some(id),
-                }
+                },
+                None => free.push(link),
             }
         }
         let subject = existing.unwrap_or(new_subject);
-        let created = match self.meta_in(w.tx(), &subject).await? {
-            Some(meta) if &meta.jurisdiction != jurisdiction => return Err(StoreError::JurisdictionMismatch),
+        let meta = self.meta_in(w.tx(), &subject).await?;
+        if meta.as_ref().is_some_and(|meta| &meta.jurisdiction != jurisdiction) {
+            return Err(StoreError::JurisdictionMismatch);
+        }
+        // Every refusal comes before the first statement that writes: a batch's refused item
+        // leaves nothing behind (`register_many`).
+        for link in free {
+            claim_for(claimed, link)?;
+        }
+        let created = match meta {
             Some(_) => false,
             None => {
                 w.tx()
