@@ -348,3 +348,63 @@ async fn identifiers_batched_into_three_regions_at_once_land_in_one() {
         }
     }
 }
+
+/// A region down (kill -9) mid-deployment: the items of a batch whose identifiers it arbitrates
+/// fail closed (UNAVAILABLE naming it, nothing stored, no claim kept by them), the others are
+/// registered; the same batch once it is back registers the rest and finds the others again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_whose_arbiter_is_down_fail_closed_alone_and_register_once_it_is_back() {
+    let mut cluster = TestCluster::start_on_env_store(BIN, &REGIONS).await.expect("cluster starts");
+    let mut gateway = cluster.gateway().await.unwrap();
+    let link_key = domicile_runtime::process::read_link_key(&cluster.dir().join("pki").join("link.key")).unwrap();
+    let map = domicile_types::ArbiterMap::new(REGIONS.map(region)).unwrap();
+    let down = region("sa-east");
+    let email = |i: usize| format!("arbiter.down.{i}@example.org");
+    let arbitrated_by_down: Vec<bool> = (0..60)
+        .map(|i| {
+            let id = domicile_types::NormalizedIdentifier::normalize(domicile_types::IdentifierKind::Email, &email(i))
+                .unwrap();
+            map.arbiter(&link_key.link(&id)) == &down
+        })
+        .collect();
+    assert!(arbitrated_by_down.iter().any(|d| *d) && arbitrated_by_down.iter().any(|d| !*d));
+    let items = || (0..60).map(|i| item(i as u64, "DE", &[("email", &email(i))])).collect::<Vec<_>>();
+
+    cluster.cluster.kill_node(&down).await.unwrap();
+    let first = batch(&mut gateway, items()).await;
+    for (outcome, down_arbitrates) in first.iter().zip(&arbitrated_by_down) {
+        if *down_arbitrates {
+            let (code, message) = refused(outcome).unwrap_or_else(|| panic!("item {}: {outcome:?}", outcome.id));
+            assert_eq!(code, Code::Unavailable, "item {}: {message}", outcome.id);
+            assert!(message.contains("sa-east"), "names the arbiter: {message}");
+        } else {
+            let registered = registered(outcome).unwrap_or_else(|| panic!("item {}: {outcome:?}", outcome.id));
+            assert!(registered.created && registered.home_region == "eu-central", "{registered:?}");
+        }
+    }
+    let refused_count = arbitrated_by_down.iter().filter(|d| **d).count();
+
+    cluster.cluster.restart_node(&down).await.expect("the region comes back on its data");
+    // What the first call left: the registered items' links only.
+    let held = census(&cluster).await.len();
+    assert_eq!(held, 60 - refused_count, "a refused item stored nothing");
+    let second = eventually(Duration::from_secs(20), || {
+        let (mut gateway, items) = (gateway.clone(), items());
+        async move {
+            let outcomes = gateway.register_batch(gw::RegisterBatchRequest { items }).await.ok()?.into_inner().outcomes;
+            outcomes.iter().all(|o| registered(o).is_some()).then_some(outcomes)
+        }
+    })
+    .await
+    .expect("every item registered once the arbiter is back");
+    for ((before, after), down_arbitrates) in first.iter().zip(&second).zip(&arbitrated_by_down) {
+        let after = registered(after).unwrap();
+        match registered(before) {
+            Some(before) => assert_eq!((&after.subject_ref, after.created), (&before.subject_ref, false)),
+            None => assert!(*down_arbitrates && after.created && after.home_region == "eu-central", "{after:?}"),
+        }
+    }
+    let holders = census(&cluster).await;
+    assert_eq!(holders.len(), held + refused_count, "each link once, the refused ones added");
+    assert!(holders.values().all(|h| h.len() == 1));
+}
