@@ -1,6 +1,7 @@
 //! Mutual TLS for every hop (rustls with the ring provider only).
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -226,6 +227,8 @@ pub fn incoming(listener: TcpListener, acceptor: TlsAcceptor) -> Incoming {
         pending: HashMap::new(),
         open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         per_source: OpenPerSource::default(),
+        paused: None,
+        pauses: 0,
     }
 }
 
@@ -240,7 +243,17 @@ pub struct Incoming {
     open: Arc<Semaphore>,
     /// Connections open or handshaking per source, each counted by its [`SourceSlot`].
     per_source: OpenPerSource,
+    /// Accepting paused until then: the process is out of file descriptors (or memory for a
+    /// socket). Accepting again at once would fail again at once, a loop at full CPU until one
+    /// frees (tonic accepts again after any error of its incoming stream).
+    paused: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Pauses since the last connection accepted: the first is logged as a warning.
+    pauses: u64,
 }
+
+/// How long accepting pauses when the process is out of descriptors: handshakes and connections
+/// that end meanwhile give theirs back.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 impl Incoming {
     /// Starts the handshake of a connection just accepted, or closes it (dropped) if it is over
@@ -288,11 +301,30 @@ impl tokio_stream::Stream for Incoming {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Start a handshake for every connection waiting; each poll returning Pending below has
         // registered this task for wake-up.
-        loop {
+        if let Some(pause) = self.paused.as_mut()
+            && pause.as_mut().poll(cx).is_ready()
+        {
+            self.paused = None;
+        }
+        while self.paused.is_none() {
             match self.listener.poll_accept(cx) {
-                Poll::Ready(Ok((tcp, peer))) => self.admit(tcp, peer.ip()),
+                Poll::Ready(Ok((tcp, peer))) => {
+                    self.pauses = 0;
+                    self.admit(tcp, peer.ip());
+                }
                 // The peer went away between SYN and accept: nothing to serve, keep accepting.
                 Poll::Ready(Err(e)) if transient(&e) => {}
+                Poll::Ready(Err(e)) if out_of_resources(&e) => {
+                    if self.pauses == 0 {
+                        tracing::warn!(error = %e, "accepting paused: out of file descriptors or socket memory");
+                    }
+                    self.pauses += 1;
+                    let mut pause = Box::pin(tokio::time::sleep(ACCEPT_PAUSE));
+                    // Registers this task for the wake-up.
+                    if pause.as_mut().poll(cx).is_pending() {
+                        self.paused = Some(pause);
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => break,
             }
@@ -314,6 +346,13 @@ impl tokio_stream::Stream for Incoming {
             }
         }
     }
+}
+
+/// The process (or the system) is out of descriptors, or of memory for a socket: accepting again
+/// at once would fail again.
+fn out_of_resources(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
 fn transient(e: &io::Error) -> bool {

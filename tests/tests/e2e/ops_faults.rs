@@ -791,3 +791,66 @@ async fn a_node_followed_by_watch_streams_stops_promptly_on_sigterm_and_keeps_ac
         assert_graceful(r, &stopped);
     }
 }
+
+/// A node out of file descriptors (its limit lowered with `prlimit` to a few more than it holds,
+/// then filled by connections that never finish their TLS handshake): it pauses accepting
+/// instead of retrying at full CPU, keeps serving the connections it has, and accepts again once
+/// the handshakes time out and give their descriptors back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_out_of_descriptors_pauses_accepting_and_recovers() {
+    let cluster = TestCluster::start(BIN, &["eu-central"]).await.expect("cluster starts");
+    let home = region("eu-central");
+    let mut gateway = cluster.gateway().await.unwrap();
+    gateway
+        .register(gw::RegisterRequest {
+            jurisdiction: "DE".into(),
+            identifiers: vec![identifier("email", "fd@example.de")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pid = cluster.cluster.processes().find(|p| p.region.as_ref() == Some(&home)).and_then(|p| p.pid()).unwrap();
+    let held = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = held + 16;
+    let status = std::process::Command::new("prlimit")
+        .args([format!("--pid={pid}"), format!("--nofile={limit}:{limit}")])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success(), "prlimit");
+    let addr = cluster.node_addr(&home).unwrap();
+    // Connections that say nothing: each holds a descriptor in the node for the handshake timeout.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(addr).await {
+            idle.push(tcp);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticks = cpu() - before;
+    // 2 s at full CPU is 200 ticks; a paused accept takes next to none.
+    assert!(ticks < 40, "the node spent {ticks} CPU ticks in 2 s out of descriptors");
+    // The gateway's connection, open before, is served meanwhile.
+    let decide = || gw::DecideRequest {
+        subject: by("email", "fd@example.de"),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    };
+    let decided = gateway.decide(decide()).await.unwrap().into_inner();
+    assert_eq!(decided.decision.unwrap().effect, common::Effect::Deny as i32);
+    // Once the idle connections are gone, new connections are accepted again.
+    drop(idle);
+    let fresh = eventually(Duration::from_secs(20), || async {
+        let mut node = cluster.node(&home).await.ok()?;
+        node.info(node::InfoRequest {}).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(fresh.is_some(), "a new connection is served once descriptors are free");
+}
