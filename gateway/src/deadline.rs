@@ -18,12 +18,10 @@ use tonic::codegen::http;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `ImportConsent`, a bulk call.
-pub const IMPORT_PATH: &str = "/domicile.gateway.v1.Domicile/ImportConsent";
-/// `RegisterBatch`, the other bulk call (up to 1,000 registrations, each claimed and stored).
-pub const REGISTER_BATCH_PATH: &str = "/domicile.gateway.v1.Domicile/RegisterBatch";
-/// The bulk calls: the server's longer deadline, the larger request limit.
-pub const BULK_PATHS: [&str; 2] = [IMPORT_PATH, REGISTER_BATCH_PATH];
+/// The bulk calls (`ImportConsent`; `RegisterBatch`, up to 1,000 registrations, each claimed and
+/// stored): the server's longer deadline, the larger request limit.
+pub const BULK_PATHS: [&str; 2] =
+    ["/domicile.gateway.v1.Domicile/ImportConsent", "/domicile.gateway.v1.Domicile/RegisterBatch"];
 
 #[derive(Debug, Clone, Copy)]
 pub struct InteractiveDeadlineLayer {

@@ -8,6 +8,7 @@ use domicile_policy::ResidencyError;
 use domicile_proto::convert::{self, FieldViolation, SubjectKey};
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::gateway::v1::subject_selector::Selector;
+use domicile_proto::pb::node::v1 as node_pb;
 use domicile_proto::raw::SelectorRef;
 use domicile_runtime::identity::CallerIdentity;
 use domicile_runtime::packs::PackReloader;
@@ -16,8 +17,8 @@ use domicile_types::{Jurisdiction, Link, LinkKey, RegionId, SubjectRef};
 use tonic::Status;
 
 use crate::coalesce::Coalescer;
-use crate::directory::{Directory, Miss};
-use crate::error::{directory_loading, held_elsewhere, invalid, not_registered};
+use crate::directory::{Directory, Miss, Update};
+use crate::error::{directory_loading, held_elsewhere, invalid, malformed_subject_ref, not_registered};
 use crate::node_client::Nodes;
 
 pub struct Gateway {
@@ -58,6 +59,34 @@ impl Gateway {
             pack.check_collection(Some(&caller.region)).map_err(convert::residency_refused)?;
         }
         Ok(home)
+    }
+
+    /// A node's answer to a registration the gateway sent to `home` with `links`: checked (the
+    /// node must have computed the same links and placed the subject in that region) and applied
+    /// to the directory, then answered as the caller sees it.
+    pub fn registered(
+        &self,
+        home: &RegionId,
+        links: &[Link],
+        reply: node_pb::RegisterResponse,
+    ) -> Result<pb::RegisterResponse, Status> {
+        let subject = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
+        let node_links: Vec<String> = links.iter().map(Link::to_string).collect();
+        if reply.links != node_links || &subject.region != home {
+            // Gateway and node disagree on the link key or the region: a deployment fault that
+            // would split identities, so refuse loudly.
+            tracing::error!(region = %home, "link key or region mismatch between gateway and node");
+            return Err(Status::internal("gateway and node disagree on links: check the deployment's link key"));
+        }
+        // Read-your-writes before the change event arrives; a replayed reply older than the
+        // events applied here changes nothing (`Directory::apply_reply`).
+        self.directory.apply_reply(home, Some(reply.event_sequence), Update::Map(&subject, links));
+        Ok(pb::RegisterResponse {
+            subject_ref: subject.to_string(),
+            home_region: home.to_string(),
+            links: node_links,
+            created: reply.created,
+        })
     }
 
     /// Refuses links this gateway knows to be held in a region other than `home`, before any

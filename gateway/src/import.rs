@@ -2,7 +2,6 @@
 //! (one node call per region, concurrently), outcomes back in the caller's order. The node
 //! applies each entry once per source event, so a call retried on another replica is safe.
 
-use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::node::v1 as node_pb;
 use domicile_proto::{convert, limits};
@@ -18,10 +17,7 @@ use crate::node_client::write_on;
 fn refused(id: u64, status: &Status) -> pb::ImportConsentOutcome {
     pb::ImportConsentOutcome {
         id,
-        result: Some(pb::import_consent_outcome::Result::Refused(common::ItemError {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        })),
+        result: Some(pb::import_consent_outcome::Result::Refused(convert::item_error(status))),
     }
 }
 

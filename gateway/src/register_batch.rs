@@ -5,26 +5,21 @@
 //! identifiers, residency, in-country collection, links this gateway knows to be held in another
 //! region), so a refused item's identifiers are sent nowhere.
 
-use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::gateway::v1 as pb;
 use domicile_proto::pb::node::v1 as node_pb;
 use domicile_proto::{convert, limits};
 use domicile_runtime::identity::CallerIdentity;
-use domicile_types::{Link, RegionId, SubjectRef};
+use domicile_types::{Link, RegionId};
 use tonic::Status;
 
-use crate::directory::Update;
-use crate::error::{invalid, malformed_subject_ref, node_status};
+use crate::error::{invalid, node_status};
 use crate::gateway::Gateway;
 use crate::node_client::write_on;
 
 fn refused(id: u64, status: &Status) -> pb::RegisterBatchOutcome {
     pb::RegisterBatchOutcome {
         id,
-        result: Some(pb::register_batch_outcome::Result::Refused(common::ItemError {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        })),
+        result: Some(pb::register_batch_outcome::Result::Refused(convert::item_error(status))),
     }
 }
 
@@ -113,12 +108,9 @@ pub async fn register_batch(
             };
             let result = match answer.result {
                 Some(node_pb::register_batch_outcome::Result::Registered(registered)) => {
-                    match registered_here(gateway, &region, links, registered) {
+                    match gateway.registered(&region, links, registered) {
                         Ok(registered) => pb::register_batch_outcome::Result::Registered(registered),
-                        Err(status) => pb::register_batch_outcome::Result::Refused(common::ItemError {
-                            code: status.code() as i32,
-                            message: status.message().to_owned(),
-                        }),
+                        Err(status) => pb::register_batch_outcome::Result::Refused(convert::item_error(&status)),
                     }
                 }
                 Some(node_pb::register_batch_outcome::Result::Refused(e)) => {
@@ -137,28 +129,5 @@ pub async fn register_batch(
             .zip(ids)
             .map(|(outcome, id)| outcome.unwrap_or_else(|| refused(id, &lost)))
             .collect(),
-    })
-}
-
-/// A node's registration, checked as `Register` checks it (the links this gateway computed, the
-/// region it asked) and applied to the directory (read-your-writes before the change event).
-fn registered_here(
-    gateway: &Gateway,
-    home: &RegionId,
-    links: &[Link],
-    reply: node_pb::RegisterResponse,
-) -> Result<pb::RegisterResponse, Status> {
-    let subject = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
-    let node_links: Vec<String> = links.iter().map(Link::to_string).collect();
-    if reply.links != node_links || &subject.region != home {
-        tracing::error!(region = %home, "link key or region mismatch between gateway and node");
-        return Err(Status::internal("gateway and node disagree on links: check the deployment's link key"));
-    }
-    gateway.directory.apply_reply(home, Some(reply.event_sequence), Update::Map(&subject, links));
-    Ok(pb::RegisterResponse {
-        subject_ref: subject.to_string(),
-        home_region: home.to_string(),
-        links: node_links,
-        created: reply.created,
     })
 }

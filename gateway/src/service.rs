@@ -78,24 +78,9 @@ impl Domicile for GatewayService {
             .await
             .map_err(|s| write_status(&home, s, &key))?
             .into_inner();
-        let subject = SubjectRef::parse(&reply.subject_ref).map_err(|_| malformed_subject_ref())?;
-        let node_links: Vec<String> = links.iter().map(Link::to_string).collect();
-        if reply.links != node_links || subject.region != home {
-            // Gateway and node disagree on the link key or the region: a deployment fault that
-            // would split identities, so refuse loudly.
-            tracing::error!(region = %home, "link key or region mismatch between gateway and node");
-            return Err(Status::internal("gateway and node disagree on links: check the deployment's link key"));
-        }
-        // Read-your-writes before the change event arrives; a replayed reply older than the
-        // events applied here changes nothing (`Directory::apply_reply`).
-        self.gateway.directory.apply_reply(&home, Some(reply.event_sequence), Update::Map(&subject, &links));
-        tracing::info!(region = %home, %jurisdiction, created = reply.created, "subject registered");
-        Ok(Response::new(pb::RegisterResponse {
-            subject_ref: subject.to_string(),
-            home_region: home.to_string(),
-            links: node_links,
-            created: reply.created,
-        }))
+        let registered = self.gateway.registered(&home, &links, reply)?;
+        tracing::info!(region = %home, %jurisdiction, created = registered.created, "subject registered");
+        Ok(Response::new(registered))
     }
 
     async fn register_batch(

@@ -15,7 +15,7 @@ use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequest;
 
 use crate::auth::AuthLayer;
-use crate::deadline::{IMPORT_PATH, InteractiveDeadlineLayer, REGISTER_BATCH_PATH};
+use crate::deadline::{BULK_PATHS, InteractiveDeadlineLayer};
 use crate::guard::{RegionGuard, RegionGuardLayer, RegionState};
 
 /// Deadline for a whole interactive caller request (covers the node hop and directory work); bulk
@@ -77,16 +77,15 @@ pub fn server(auth: AuthLayer, bulk: Duration) -> Server<ServerLayers> {
                 .counting_failures_as_decisions(crate::metrics::DECIDE_METHOD),
         )
         .layer(auth)
-        .layer(
+        .layer(BULK_PATHS.into_iter().fold(
             WireLayer::new(
                 "gateway",
                 crate::MAX_REQUEST_BYTES,
                 domicile_proto::GATEWAY_DESCRIPTOR_SET,
                 &crate::metrics::TONIC_SERVICES,
-            )
-            .with_limit(IMPORT_PATH, crate::MAX_IMPORT_REQUEST_BYTES)
-            .with_limit(REGISTER_BATCH_PATH, crate::MAX_IMPORT_REQUEST_BYTES),
-        )
+            ),
+            |layer, path| layer.with_limit(path, crate::MAX_IMPORT_REQUEST_BYTES),
+        ))
 }
 
 /// Client stack to one region's node, outermost first:

@@ -38,6 +38,12 @@ pub fn pack_ref_to_pb(pack: domicile_policy::PackRef) -> common::PackRef {
     common::PackRef { id: pack.id, version: pack.version }
 }
 
+/// A batch item's refusal as its outcome carries it: the status's code and its message (PII-free,
+/// as every status of the error contract).
+pub fn item_error(status: &tonic::Status) -> common::ItemError {
+    common::ItemError { code: status.code() as i32, message: status.message().to_owned() }
+}
+
 /// A request the subject's pack does not allow from the caller's region. The refusal names the
 /// pack and regions only, so it is safe for any caller.
 pub fn residency_refused(refusal: domicile_policy::ResidencyRefusal) -> tonic::Status {

@@ -362,7 +362,7 @@ impl EncodedDecideBatch {
 
     /// Appends the outcome of item `id`: the error `status` (its code and PII-free message).
     pub fn push_error(&mut self, id: u64, status: &tonic::Status) {
-        let error = common::ItemError { code: status.code() as i32, message: status.message().to_owned() };
+        let error = crate::convert::item_error(status);
         self.scratch.clear();
         prost::Message::encode_raw(&error, &mut self.scratch);
         self.push_outcome(id, OUTCOME_ERROR, |buf, scratch| buf.extend_from_slice(scratch));

@@ -19,7 +19,7 @@ pub use change::{
     announced_in_force, links_named,
 };
 pub use model::*;
-pub use registered::{NewRegistration, Registered, RegisteredEach};
+pub use registered::{NewRegistration, Registered, RegisteredEach, Registering};
 pub use sled_store::SledStore;
 pub use sled_store::backup::{
     JournalEntry, Manifest as BackupManifest, StagedBackup, combine_journals, read_backup, read_erasure_journal,

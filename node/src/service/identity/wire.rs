@@ -63,10 +63,7 @@ pub(in crate::service) async fn register_batch<S: Store>(
             id,
             result: Some(match outcome {
                 Ok(registered) => pb::register_batch_outcome::Result::Registered(registered_to_pb(node, &registered)),
-                Err(status) => pb::register_batch_outcome::Result::Refused(common::ItemError {
-                    code: status.code() as i32,
-                    message: status.message().to_owned(),
-                }),
+                Err(status) => pb::register_batch_outcome::Result::Refused(convert::item_error(&status)),
             }),
         })
         .collect();

@@ -3,7 +3,6 @@
 
 use domicile_proto::convert::{self, FieldViolation};
 use domicile_proto::limits;
-use domicile_proto::pb::common::v1 as common;
 use domicile_proto::pb::node::v1 as pb;
 use tonic::{Request, Status};
 
@@ -82,11 +81,7 @@ pub(in crate::service) async fn import_consent<S: Store>(
                 }
                 Imported::Refused(e) => {
                     refused += 1;
-                    let status = Status::from(e);
-                    pb::import_consent_outcome::Result::Refused(common::ItemError {
-                        code: status.code() as i32,
-                        message: status.message().to_owned(),
-                    })
+                    pb::import_consent_outcome::Result::Refused(convert::item_error(&Status::from(e)))
                 }
             };
             pb::ImportConsentOutcome { id, result: Some(result) }

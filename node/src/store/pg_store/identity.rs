@@ -18,7 +18,7 @@ use crate::store::{
     CurrentConsent, Dropped, Erased, Idempotency, Merged, Recorded, Rectification, Rectified, Registered, Release,
     RightsRequestRecord, StoreError, SubjectRecord,
 };
-use crate::store::{Holding, announced_in_force};
+use crate::store::{Holding, NewRegistration, RegisteredEach, Registering, announced_in_force};
 
 fn bytes(subject: &SubjectId) -> &[u8] {
     subject.as_bytes().as_slice()
@@ -96,10 +96,8 @@ impl PgStore {
         claimed: &[Release],
         idempotency: Option<&Idempotency>,
     ) -> Result<Registered, StoreError> {
-        self.write(now, async |w| {
-            self.register_in(w, jurisdiction, identifiers, new_subject, now, claimed, idempotency).await
-        })
-        .await
+        let item = Registering { jurisdiction, identifiers, new_subject, claimed, idempotency };
+        self.write(now, async |w| self.register_in(w, &item, now).await).await
     }
 
     /// Registers each of `items` in one transaction (one hold of the region head, one WAL flush:
@@ -108,18 +106,11 @@ impl PgStore {
     /// it holds no claim for) is refused by [`Self::register_in`] before it writes anything, so
     /// the others are written and nothing of it is; no savepoints (a subtransaction per item,
     /// hundreds per call, would overflow each backend's cache of them and slow every snapshot).
-    pub async fn register_many(
-        &self,
-        items: &[crate::store::NewRegistration],
-        now: i64,
-    ) -> Result<crate::store::RegisteredEach, StoreError> {
+    pub async fn register_many(&self, items: &[NewRegistration], now: i64) -> Result<RegisteredEach, StoreError> {
         self.write(now, async |w| {
             let mut out = Vec::with_capacity(items.len());
             for item in items {
-                let registered = self
-                    .register_in(w, &item.jurisdiction, &item.identifiers, item.new_subject, now, &item.claimed, None)
-                    .await;
-                match registered {
+                match self.register_in(w, &Registering::of(item), now).await {
                     Ok(registered) => out.push(Ok(registered)),
                     Err(e @ (StoreError::Conflict | StoreError::JurisdictionMismatch | StoreError::Retry)) => {
                         out.push(Err(e));
@@ -133,17 +124,8 @@ impl PgStore {
     }
 
     /// One registration inside `w` ([`Self::register`]).
-    #[allow(clippy::too_many_arguments, reason = "Store::register's arguments and the write it runs in")]
-    async fn register_in(
-        &self,
-        w: &mut Write<'_>,
-        jurisdiction: &Jurisdiction,
-        identifiers: &[(NormalizedIdentifier, Link)],
-        new_subject: SubjectId,
-        now: i64,
-        claimed: &[Release],
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Registered, StoreError> {
+    async fn register_in(&self, w: &mut Write<'_>, item: &Registering<'_>, now: i64) -> Result<Registered, StoreError> {
+        let Registering { jurisdiction, identifiers, new_subject, claimed, idempotency } = *item;
         check_replay(w, idempotency).await?;
         let mut existing: Option<SubjectId> = None;
         let mut free = Vec::new();

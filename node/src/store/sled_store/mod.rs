@@ -48,6 +48,7 @@ mod tracked;
 mod unit;
 mod unmerge;
 
+use super::Registering;
 use super::codec::{backend, consent_key, context, current_key, decode, encode, open, seal};
 use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
@@ -59,7 +60,6 @@ use super::{
 };
 use domicile_types::RegionId;
 use heads::open_journal;
-use registration::Registering;
 use unit::number_events;
 
 #[derive(Debug)]

@@ -13,42 +13,18 @@
 //! item naming a link an earlier item made live finds it held by a subject it did not pick its
 //! key for, and is refused with `Retry` (the node then registers it on its own).
 
-use domicile_types::{Jurisdiction, Link, NormalizedIdentifier, SubjectId};
+use domicile_types::{Link, SubjectId};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::claims::{check_replay, hold, live_subject, record_replay};
 use super::retire::put_event;
 use super::{
-    Idempotency, MetaEntry, Recorded, Registered, Release, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult,
-    decode, encode, flatten, number_events, open, or_abort, seal,
+    MetaEntry, Recorded, Registered, SledStore, StoreError, SubjectMeta, SubjectRecord, TxResult, decode, encode,
+    flatten, number_events, open, or_abort, seal,
 };
 use crate::store::vault::SubjectKey;
-use crate::store::{Announced, Holding, NewRegistration};
-
-/// One subject to register (or to find by its identifiers, adding the new ones).
-pub(super) struct Registering<'a> {
-    pub jurisdiction: &'a Jurisdiction,
-    pub identifiers: &'a [(NormalizedIdentifier, Link)],
-    /// The id a new subject gets.
-    pub new_subject: SubjectId,
-    /// This region's granted claims for the links no subject holds.
-    pub claimed: &'a [Release],
-    pub idempotency: Option<&'a Idempotency>,
-}
-
-impl<'a> Registering<'a> {
-    /// An item of a batch (no idempotency key).
-    pub(super) fn of(item: &'a NewRegistration) -> Self {
-        Self {
-            jurisdiction: &item.jurisdiction,
-            identifiers: &item.identifiers,
-            new_subject: item.new_subject,
-            claimed: &item.claimed,
-            idempotency: None,
-        }
-    }
-}
+use crate::store::{Announced, Holding, RegisteredEach, Registering};
 
 /// What an item needs that is read or allocated before the transaction.
 struct Prepared {
@@ -91,11 +67,7 @@ impl SledStore {
     /// Registers `items` in one transaction: one outcome per item, in order. The outer error
     /// fails them all (nothing written); an item's own error (`Retry`, `Conflict`,
     /// `JurisdictionMismatch`, `Replayed`) leaves only it out.
-    pub(super) fn register_subjects(
-        &self,
-        items: &[Registering<'_>],
-        now: i64,
-    ) -> Result<Vec<Result<Registered, StoreError>>, StoreError> {
+    pub(super) fn register_subjects(&self, items: &[Registering<'_>], now: i64) -> Result<RegisteredEach, StoreError> {
         let mut candidates = Vec::with_capacity(items.len());
         for item in items {
             let mut candidate = item.new_subject;
@@ -171,7 +143,7 @@ impl SledStore {
             audited.append(&recorded)?;
             Ok(outcomes)
         });
-        let outcomes: Vec<Result<Registered, StoreError>> = flatten(result)?
+        let outcomes: RegisteredEach = flatten(result)?
             .into_iter()
             .map(|outcome| outcome?.ok_or_else(|| StoreError::Backend("registration outcome lost".into())))
             .collect();
