@@ -144,8 +144,8 @@ impl<S: Store> Ownership<S> {
     /// its arbiter, all under one new generation. Either every claim is granted and returned, or
     /// none is kept: claims granted before a refusal or a failure are released.
     pub async fn claim(&self, links: &[Link]) -> Result<Vec<Release>, ClaimError> {
-        let outcomes: Vec<ClaimOutcome> = self.claim_each(links).await?.into_iter().map(|(_, o)| o).collect();
-        let (granted, error) = settle_claims(&outcomes);
+        let outcomes = self.claim_each(links).await?;
+        let (granted, error) = settle_claims(outcomes.iter().map(|(_, outcome)| outcome));
         match error {
             None => Ok(granted),
             Some(e) => {

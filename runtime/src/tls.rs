@@ -228,7 +228,7 @@ pub fn incoming(listener: TcpListener, acceptor: TlsAcceptor) -> Incoming {
         open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         per_source: OpenPerSource::default(),
         paused: None,
-        pauses: 0,
+        warned: false,
     }
 }
 
@@ -247,8 +247,8 @@ pub struct Incoming {
     /// socket). Accepting again at once would fail again at once, a loop at full CPU until one
     /// frees (tonic accepts again after any error of its incoming stream).
     paused: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Pauses since the last connection accepted: the first is logged as a warning.
-    pauses: u64,
+    /// Whether the pause since the last connection accepted was logged (once, as a warning).
+    warned: bool,
 }
 
 /// How long accepting pauses when the process is out of descriptors: handshakes and connections
@@ -299,26 +299,26 @@ impl tokio_stream::Stream for Incoming {
     type Item = io::Result<TlsConn>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // Start a handshake for every connection waiting; each poll returning Pending below has
-        // registered this task for wake-up.
+        // A pause (out of descriptors) ends when its timer fires.
         if let Some(pause) = self.paused.as_mut()
             && pause.as_mut().poll(cx).is_ready()
         {
             self.paused = None;
         }
+        // Start a handshake for every connection waiting; each poll returning Pending below has
+        // registered this task for wake-up.
         while self.paused.is_none() {
             match self.listener.poll_accept(cx) {
                 Poll::Ready(Ok((tcp, peer))) => {
-                    self.pauses = 0;
+                    self.warned = false;
                     self.admit(tcp, peer.ip());
                 }
                 // The peer went away between SYN and accept: nothing to serve, keep accepting.
                 Poll::Ready(Err(e)) if transient(&e) => {}
                 Poll::Ready(Err(e)) if out_of_resources(&e) => {
-                    if self.pauses == 0 {
+                    if !std::mem::replace(&mut self.warned, true) {
                         tracing::warn!(error = %e, "accepting paused: out of file descriptors or socket memory");
                     }
-                    self.pauses += 1;
                     let mut pause = Box::pin(tokio::time::sleep(ACCEPT_PAUSE));
                     // Registers this task for the wake-up.
                     if pause.as_mut().poll(cx).is_pending() {
