@@ -408,3 +408,53 @@ async fn items_whose_arbiter_is_down_fail_closed_alone_and_register_once_it_is_b
     assert_eq!(holders.len(), held + refused_count, "each link once, the refused ones added");
     assert!(holders.values().all(|h| h.len() == 1));
 }
+
+/// The home node paused (SIGSTOP) with a batch in its socket: the gateway answers each item
+/// UNAVAILABLE once the bulk deadline passes (never registered), the node registers the batch
+/// when it runs again with nobody to tell, and the same batch sent again finds every subject it
+/// stored and registers the rest, each identifier held once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_answer_is_lost_to_a_paused_node_is_found_when_sent_again() {
+    let mut cluster = TestCluster::start_on_env_store(BIN, &REGIONS).await.expect("cluster starts");
+    let path = cluster.dir().join("config/gateway.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    config.insert("bulk_timeout_ms".into(), toml::Value::Integer(500));
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    cluster.restart_gateway().await.unwrap();
+    let mut gateway = cluster.gateway().await.unwrap();
+    let items = || (0..40u64).map(|i| item(i, "DE", &[("email", &format!("paused.{i}@example.org"))])).collect();
+
+    // The bulk connection made first (a gateway in service has it; a connection still to be made
+    // to a paused node waits for its TLS handshake until the caller's own deadline instead).
+    let warm = batch(&mut gateway, vec![item(99, "DE", &[("email", "warm@example.org")])]).await;
+    assert!(registered(&warm[0]).is_some());
+    let paused = domicile_cluster_tests::Paused::node(&cluster, &region("eu-central")).unwrap();
+    let first = batch(&mut gateway, items()).await;
+    for outcome in &first {
+        let (code, message) = refused(outcome).unwrap_or_else(|| panic!("item {}: {outcome:?}", outcome.id));
+        assert_eq!(code, Code::Unavailable, "item {}: {message}", outcome.id);
+    }
+    drop(paused);
+
+    let second = eventually(Duration::from_secs(20), || {
+        let (mut gateway, items) = (gateway.clone(), items());
+        async move {
+            let outcomes = gateway.register_batch(gw::RegisterBatchRequest { items }).await.ok()?.into_inner().outcomes;
+            outcomes.iter().all(|o| registered(o).is_some()).then_some(outcomes)
+        }
+    })
+    .await
+    .expect("every item registered once the node runs again");
+    let refs: BTreeSet<&str> = second.iter().filter_map(registered).map(|r| r.subject_ref.as_str()).collect();
+    assert_eq!(refs.len(), 40, "one subject per identifier");
+    assert!(refs.iter().all(|r| r.starts_with("eu-central/")));
+    let holders = census(&cluster).await;
+    assert_eq!(holders.len(), 41, "each link held once (and the first call's)");
+    assert!(holders.values().all(|h| h == &["eu-central"]));
+    // Sent a third time: the same subjects, none created.
+    let third = batch(&mut gateway, items()).await;
+    for (a, b) in second.iter().zip(&third) {
+        let (a, b) = (registered(a).unwrap(), registered(b).unwrap());
+        assert_eq!((&a.subject_ref, false), (&b.subject_ref, b.created));
+    }
+}
