@@ -288,7 +288,7 @@ fn stored_value_sizes(dir: &std::path::Path) -> Sizes {
     let db = (0..100)
         .find_map(|_| {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            sled::Config::new().path(dir.join("db")).open().ok()
+            domicile_node::store::sled_config(&dir.join("db")).ok()?.open().ok()
         })
         .expect("the node's sled files, once closed");
     let mean = |name: &str| {
@@ -343,7 +343,8 @@ fn main() {
         ("chunks of 32", Chunked(32)),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        // The node's segment size, so the floor pays what the store's sled does.
+        let db = domicile_node::store::sled_config(dir.path()).unwrap().open().unwrap();
         let trees = ["consent", "current", "imports", "counters", "events", "event_subjects"]
             .map(|name| db.open_tree(name).unwrap());
         floor_pass(&db, &trees, 1, rows, subjects, layout, sizes);

@@ -26,6 +26,7 @@ pub use sled_store::backup::{
     restore as restore_sled,
 };
 pub use sled_store::check::{CheckReport, check as check_sled};
+pub use sled_store::heads::sled_config;
 pub use tracked::{Challenge, Delivery, OutboxChange, OutboxEntry, TrackedRequest};
 
 use std::future::Future;

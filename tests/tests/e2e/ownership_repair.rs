@@ -136,7 +136,7 @@ fn forget_held(data_dir: &Path, links: &[Link]) {
     let path = data_dir.join("db");
     let mut tries = 0;
     let db = loop {
-        match sled::open(&path) {
+        match domicile_node::store::sled_config(&path).unwrap().open() {
             Ok(db) => break db,
             Err(e) if tries < 40 && e.to_string().contains("could not acquire lock") => {
                 tries += 1;

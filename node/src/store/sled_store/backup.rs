@@ -345,7 +345,7 @@ fn rebuild(from: &Path, into: &Path, region: &RegionId, now: i64) -> Result<Mani
         sync_dir(into)?;
     }
     {
-        let db = sled::Config::new().path(into.join("db")).open().map_err(backend)?;
+        let db = super::heads::sled_config(&into.join("db"))?.open().map_err(backend)?;
         let mut input = BufReader::new(File::open(from.join(DB_EXPORT_FILE)).map_err(backend)?);
         let mut magic = vec![0u8; EXPORT_MAGIC.len()];
         input.read_exact(&mut magic).map_err(backend)?;

@@ -184,7 +184,7 @@ fn check_db(dir: &Path, keys: Option<&HashMap<SubjectId, [u8; 32]>>, report: &mu
         report.problems.push(format!("{}: missing", path.display()));
         return;
     }
-    let db = match sled::Config::new().path(&path).open() {
+    let db = match super::heads::sled_config(&path).and_then(|config| config.open().map_err(super::backend)) {
         Ok(db) => db,
         Err(e) => {
             report.problems.push(format!("{}: cannot open (is the node still running?): {e}", path.display()));

@@ -107,12 +107,44 @@ fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
+/// sled's log segment (and IO buffer) size for a new database: 2 MiB, four times sled's default.
+/// sled writes a log item larger than a quarter of a segment to a file of its own (a "blob":
+/// created, written, deleted once its segment is cleaned), and a leaf of `ledger_segments` holds
+/// up to 17 values of 32 entries (about 14 KB each), so with 512 KiB segments most rewrites of a
+/// full leaf became a new file. Under an import of known subjects a region created about 230 a
+/// second, and ext4's inode allocation for them (scanning past the ones deleted just before) took
+/// a fifth of the machine's kernel time (BENCHMARKS.md, "sled segments of 2 MiB").
+pub const SEGMENT_SIZE: usize = 2 << 20;
+
+/// sled's configuration for the database at `path`: the segment size it was created with, which
+/// sled refuses to open it with any other (a database written before [`SEGMENT_SIZE`] has sled's
+/// default, 512 KiB), or [`SEGMENT_SIZE`] for a new one. Every opener of a region's database
+/// (the node, `node check`, a restore, tests) goes through here.
+pub fn sled_config(path: &Path) -> Result<sled::Config, StoreError> {
+    let config = sled::Config::new().path(path);
+    // sled's own file: "segment_size: N" on its first line, a CRC after the last; sled treats a
+    // file of 8 bytes or fewer as absent and writes its own.
+    match std::fs::read(path.join("conf")) {
+        Ok(bytes) if bytes.len() > 8 => {
+            let size = std::str::from_utf8(&bytes[..bytes.len() - 4])
+                .ok()
+                .and_then(|text| text.lines().find_map(|line| line.strip_prefix("segment_size: ")))
+                .and_then(|size| size.trim().parse::<usize>().ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("{}: sled's segment size", path.join("conf").display())))?;
+            Ok(config.segment_size(size))
+        }
+        Ok(_) => Ok(config.segment_size(SEGMENT_SIZE)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(config.segment_size(SEGMENT_SIZE)),
+        Err(e) => Err(backend(e)),
+    }
+}
+
 /// Opens the database, waiting up to 2 s for its file lock: a store of this process dropped just
 /// before (a reopen, a restore) frees it only once sled's flusher thread stopped (`Other` IO error).
 pub(super) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     let mut waited = std::time::Duration::ZERO;
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled_config(path)?.open() {
             Err(sled::Error::Io(e))
                 if e.to_string().starts_with("could not acquire lock")
                     && waited < std::time::Duration::from_secs(2) =>
@@ -221,5 +253,59 @@ impl SledStore {
             self.space.on_error(e);
         }
         flushed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(dir: &Path) -> String {
+        let bytes = std::fs::read(dir.join("conf")).unwrap();
+        String::from_utf8_lossy(&bytes[..bytes.len() - 4]).into_owned()
+    }
+
+    #[test]
+    fn a_new_database_gets_segments_of_two_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_db(&path).unwrap());
+        assert!(conf(&path).contains(&format!("segment_size: {SEGMENT_SIZE}\n")), "{}", conf(&path));
+    }
+
+    /// A database sled created with its default segments (every store before `SEGMENT_SIZE`)
+    /// opens with them and keeps them: sled refuses any other size for it.
+    #[test]
+    fn a_database_of_sleds_default_segments_opens_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let db = sled::Config::new().path(&path).open().unwrap();
+            db.insert(b"written before", b"kept").unwrap();
+            db.flush().unwrap();
+        }
+        let default = conf(&path);
+        assert!(default.contains("segment_size: 524288\n"), "{default}");
+        let refused = (0..100).find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            match sled::Config::new().path(&path).segment_size(SEGMENT_SIZE).open() {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => None,
+                other => Some(other),
+            }
+        });
+        assert!(matches!(refused, Some(Err(sled::Error::Unsupported(_)))), "sled took another segment size");
+        let db = open_db(&path).unwrap();
+        assert_eq!(db.get(b"written before").unwrap().as_deref(), Some(&b"kept"[..]));
+        drop(db);
+        assert_eq!(conf(&path), default);
+    }
+
+    #[test]
+    fn a_damaged_configuration_is_refused_not_guessed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("conf"), b"segment_size: many\nuse_compression: false\n\0\0\0\0").unwrap();
+        assert!(matches!(sled_config(&path), Err(StoreError::Corrupt(_))));
     }
 }

@@ -33,7 +33,7 @@ pub mod backup;
 mod cache;
 pub mod check;
 mod claims;
-mod heads;
+pub(super) mod heads;
 mod identity;
 mod ids;
 mod ledger;

@@ -129,7 +129,7 @@ async fn node_check_finds_an_unindexed_event_and_a_retired_subjects_event_left_b
     assert_eq!(problems(), Vec::<String>::new());
 
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = super::heads::sled_config(&dir.path().join("db")).unwrap().open().unwrap();
         let events = db.open_tree("events").unwrap();
         for (key, value) in &earlier {
             events.insert(key, value).unwrap();
@@ -140,7 +140,7 @@ async fn node_check_finds_an_unindexed_event_and_a_retired_subjects_event_left_b
     assert!(found.iter().any(|p| p.contains(&format!("retired subject {gone} remain"))), "{found:?}");
 
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = super::heads::sled_config(&dir.path().join("db")).unwrap().open().unwrap();
         let events = db.open_tree("events").unwrap();
         for (key, value) in &earlier {
             if decode::<ChangeEvent>(value).unwrap().subject == gone {
@@ -181,7 +181,7 @@ async fn node_check_notes_a_record_left_under_an_erased_subject() {
     assert_eq!((report.problems.clone(), report.notes.clone()), (Vec::new(), Vec::new()));
 
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = super::heads::sled_config(&dir.path().join("db")).unwrap().open().unwrap();
         let ledger = db.open_tree("ledger").unwrap();
         for (position, value) in &late {
             ledger.insert(super::super::ledger::entry_key(&gone, *position), value).unwrap();
