@@ -89,7 +89,11 @@ impl SubjectKey {
     /// `nonce ‖ ciphertext ‖ tag`. `context` (e.g. the subject id and record kind) is
     /// authenticated, so a ciphertext cannot be moved to another subject or record.
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let nonce = fresh_nonce()?;
+        // From the operating system for every seal: a nonce drawn ahead and kept in memory would
+        // be handed out twice by two copies of a cloned VM or a restored snapshot, and a repeated
+        // nonce under AES-GCM gives away both plaintexts and the key's authenticity.
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).map_err(|_| StoreError::Backend("random source failed".into()))?;
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
@@ -118,34 +122,7 @@ impl SubjectKey {
     }
 }
 
-/// Nonces drawn from the operating system per thread this many at a time: one `getrandom` call
-/// per 64 seals rather than one per seal (the calls were 1–2 % of a node's CPU under an import,
-/// which seals two values per row). Each nonce is taken once, in order, by the thread that drew
-/// it; nothing here forks.
-const NONCES_PER_DRAW: usize = 64;
-
-/// A fresh random 96-bit nonce (AES-GCM's random-nonce construction, as before the pool).
-fn fresh_nonce() -> Result<[u8; NONCE_LEN], StoreError> {
-    thread_local! {
-        static POOL: std::cell::RefCell<([u8; NONCE_LEN * NONCES_PER_DRAW], usize)> =
-            const { std::cell::RefCell::new(([0; NONCE_LEN * NONCES_PER_DRAW], NONCES_PER_DRAW)) };
-    }
-    POOL.with_borrow_mut(|(bytes, taken)| {
-        if *taken == NONCES_PER_DRAW {
-            SystemRandom::new().fill(bytes).map_err(|_| StoreError::Backend("random source failed".into()))?;
-            *taken = 0;
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        let at = *taken * NONCE_LEN;
-        nonce.copy_from_slice(&bytes[at..at + NONCE_LEN]);
-        // Not handed out again: overwritten, and counted as taken.
-        bytes[at..at + NONCE_LEN].fill(0);
-        *taken += 1;
-        Ok(nonce)
-    })
-}
-
-#[derive(Debug)]
+/// Holds every raw key: its `Debug` shows counts only.
 struct Inner {
     file: File,
     slots: HashMap<SubjectId, (u64, [u8; KEY_LEN])>,
@@ -256,8 +233,12 @@ impl KeyVault {
     pub fn destroy(&self, subject: &SubjectId) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         inner.expanded.remove(subject);
-        let Some((index, _)) = inner.slots.remove(subject) else { return Ok(false) };
+        let Some(&(index, _)) = inner.slots.get(subject) else { return Ok(false) };
+        // Forgotten only once the zeros are written: a failed write leaves the key in place, so
+        // the erasure fails and a retry writes them, rather than finding no key and reporting
+        // the erasure done while the key is still on disk.
         write_slot(&mut inner.file, index, &[0u8; SLOT_LEN])?;
+        inner.slots.remove(subject);
         inner.dirty = true;
         inner.free.push(index);
         Ok(true)
@@ -301,8 +282,9 @@ impl KeyVault {
     }
 }
 
-/// What the key file holds, read without opening it for writing (`domicile node check`).
-#[derive(Debug, Default)]
+/// What the key file holds, read without opening it for writing (`domicile node check`). Its
+/// `Debug` shows counts, not keys.
+#[derive(Default)]
 pub struct VaultScan {
     /// Live slots: index, subject, key.
     pub slots: Vec<(u64, SubjectId, [u8; KEY_LEN])>,
@@ -330,6 +312,28 @@ impl VaultScan {
             }
         }
         Ok(scan)
+    }
+}
+
+impl std::fmt::Debug for VaultScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultScan")
+            .field("slots", &self.slots.len())
+            .field("unreadable", &self.unreadable)
+            .field("trailing", &self.trailing)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("keys", &self.slots.len())
+            .field("expanded", &self.expanded.len())
+            .field("free", &self.free.len())
+            .field("next", &self.next)
+            .field("dirty", &self.dirty)
+            .finish_non_exhaustive()
     }
 }
 
@@ -389,19 +393,20 @@ mod tests {
         );
     }
 
-    /// Nonces from the per-thread pool are never handed out twice, within a thread and across
-    /// threads.
+    /// The vault and a scan of its file print no key, kept expanded or not.
     #[test]
-    fn nonces_are_never_repeated() {
-        let per_thread = |_| (0..NONCES_PER_DRAW * 5 + 3).map(|_| fresh_nonce().unwrap()).collect::<Vec<_>>();
-        let threads: Vec<_> = (0..4).map(|n| std::thread::spawn(move || per_thread(n))).collect();
-        let mut all: Vec<[u8; NONCE_LEN]> = per_thread(4);
-        for t in threads {
-            all.extend(t.join().unwrap());
-        }
-        let distinct: std::collections::HashSet<_> = all.iter().collect();
-        assert_eq!(distinct.len(), all.len());
-        assert!(!all.contains(&[0; NONCE_LEN]));
+    fn debug_output_holds_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = KeyVault::open(dir.path()).unwrap();
+        let s = SubjectId::from_bytes([9; 16]);
+        let key = vault.get_or_create(&s).unwrap();
+        vault.sync().unwrap();
+        let raw = vault.raw_key(&s).unwrap();
+        let printed = format!("{vault:?} {key:?} {:?}", VaultScan::read(dir.path()).unwrap());
+        let bytes = format!("{raw:?}");
+        let inner = bytes.trim_start_matches('[').trim_end_matches(']');
+        assert!(!printed.contains(inner), "{printed}");
+        assert!(!printed.contains(&hex::encode(raw)), "{printed}");
     }
 
     #[test]

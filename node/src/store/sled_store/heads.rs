@@ -120,23 +120,48 @@ pub const SEGMENT_SIZE: usize = 2 << 20;
 /// sled refuses to open it with any other (a database written before [`SEGMENT_SIZE`] has sled's
 /// default, 512 KiB), or [`SEGMENT_SIZE`] for a new one. Every opener of a region's database
 /// (the node, `node check`, a restore, tests) goes through here.
+///
+/// A database with data but no readable `conf` is refused, not opened with a guess: sled would
+/// write a `conf` of the guessed size and read its log with the wrong segment boundaries, which
+/// can cut the log where it thinks a segment ends, and the node would then destroy the keys of
+/// every subject the cut log no longer holds.
 pub fn sled_config(path: &Path) -> Result<sled::Config, StoreError> {
     let config = sled::Config::new().path(path);
+    let conf = path.join("conf");
     // sled's own file: "segment_size: N" on its first line, a CRC after the last; sled treats a
     // file of 8 bytes or fewer as absent and writes its own.
-    match std::fs::read(path.join("conf")) {
-        Ok(bytes) if bytes.len() > 8 => {
-            let size = std::str::from_utf8(&bytes[..bytes.len() - 4])
-                .ok()
-                .and_then(|text| text.lines().find_map(|line| line.strip_prefix("segment_size: ")))
-                .and_then(|size| size.trim().parse::<usize>().ok())
-                .ok_or_else(|| StoreError::Corrupt(format!("{}: sled's segment size", path.join("conf").display())))?;
-            Ok(config.segment_size(size))
-        }
-        Ok(_) => Ok(config.segment_size(SEGMENT_SIZE)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(config.segment_size(SEGMENT_SIZE)),
-        Err(e) => Err(backend(e)),
+    let bytes = match std::fs::read(&conf) {
+        Ok(bytes) if bytes.len() > 8 => bytes,
+        Ok(_) => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(backend(e)),
+    };
+    if bytes.is_empty() {
+        // New only if sled never wrote its log here (a first open cut short may leave it empty).
+        return match std::fs::metadata(path.join("db")) {
+            Ok(db) if db.len() > 0 => Err(StoreError::Corrupt(format!(
+                "{}: missing or empty while the database holds data; restore it (its first line is \
+                 `segment_size: 524288` for a database created before 2026-12-07, evening) or restore a backup",
+                conf.display()
+            ))),
+            Ok(_) => Ok(config.segment_size(SEGMENT_SIZE)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(config.segment_size(SEGMENT_SIZE)),
+            Err(e) => Err(backend(e)),
+        };
     }
+    let size = std::str::from_utf8(&bytes[..bytes.len() - 4])
+        .ok()
+        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("segment_size: ")))
+        .and_then(|size| size.trim().parse::<usize>().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("{}: sled's segment size", conf.display())))?;
+    Ok(config.segment_size(size))
+}
+
+/// Makes sled's `conf` durable: sled writes it at a database's first open without a sync, and a
+/// database whose `conf` is lost is refused ([`sled_config`]).
+fn sync_conf(path: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(path.join("conf")).and_then(|f| f.sync_all()).map_err(backend)?;
+    std::fs::File::open(path).and_then(|d| d.sync_all()).map_err(backend)
 }
 
 /// Opens the database, waiting up to 2 s for its file lock: a store of this process dropped just
@@ -152,7 +177,11 @@ pub(super) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 waited += std::time::Duration::from_millis(20);
             }
-            opened => return opened.map_err(backend),
+            Ok(db) => {
+                sync_conf(path)?;
+                return Ok(db);
+            }
+            Err(e) => return Err(backend(e)),
         }
     }
 }
@@ -298,6 +327,24 @@ mod tests {
         assert_eq!(db.get(b"written before").unwrap().as_deref(), Some(&b"kept"[..]));
         drop(db);
         assert_eq!(conf(&path), default);
+    }
+
+    /// A database that holds data but lost its `conf` is refused, and left as it was (sled
+    /// writes a `conf` of its own at an open).
+    #[test]
+    fn a_database_without_its_configuration_is_refused_not_guessed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let db = sled::Config::new().path(&path).open().unwrap();
+            db.insert(b"written before", b"kept").unwrap();
+            db.flush().unwrap();
+        }
+        std::fs::remove_file(path.join("conf")).unwrap();
+        assert!(matches!(open_db(&path), Err(StoreError::Corrupt(_))));
+        assert!(!path.join("conf").exists(), "nothing written in its place");
+        std::fs::write(path.join("conf"), b"").unwrap();
+        assert!(matches!(open_db(&path), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
