@@ -147,6 +147,7 @@ impl TraceService for Receiver {
                             Some(Value::StringValue(s)) => format!("{}={s}", a.key),
                             other => format!("{}={other:?}", a.key),
                         })
+                        .chain(span.links.iter().map(|l| format!("link={}", hex(&l.trace_id))))
                         .collect();
                     spans.push((service.clone(), span.trace_id, attributes));
                 }
@@ -154,6 +155,10 @@ impl TraceService for Receiver {
         }
         Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn root() -> PathBuf {
@@ -209,6 +214,13 @@ async fn start_cluster(dir: &Path, endpoint: &str, extra: &[(&str, &str)]) -> Lo
     LocalCluster::start(options).await.unwrap()
 }
 
+/// A service's own trace id, sent with `traceparent` (flags: not sampled).
+const CALLERS_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// One decide is one trace across gateway and node; a service's `traceparent` starts none of it.
+/// The gateway's span links to the service's, but every span, the node's in another process
+/// included, is in a trace of the gateway's own, and is exported though the service marked its
+/// trace not sampled: a caller's 16 bytes do not travel to the nodes, nor decide what is traced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_decide_is_one_trace_across_gateway_and_node() {
     let (receiver, endpoint) = start_receiver().await;
@@ -217,9 +229,18 @@ async fn one_decide_is_one_trace_across_gateway_and_node() {
     let cluster_dir = cluster.dir().to_owned();
     let cluster_dir = cluster_dir.to_str().unwrap();
     cli(Path::new(cluster_dir), &["register", "--jurisdiction", "DE", "--email", EMAIL]).await;
-    cli(Path::new(cluster_dir), &["decide", "--email", EMAIL, "--purpose", "marketing", "--channel", "email"]).await;
+    let mut client = domicile_cli::client::connect_to_cluster(Path::new(cluster_dir)).await.unwrap();
+    let mut request = Request::new(gw::DecideRequest {
+        subject: select("email", EMAIL),
+        purpose: "marketing".into(),
+        channel: "email".into(),
+        ..Default::default()
+    });
+    let traceparent = format!("00-{CALLERS_TRACE}-b7ad6b7169203331-00");
+    request.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
+    client.decide(request).await.unwrap();
 
-    // The decide's gateway span, then a node span in the same trace.
+    // The decide's gateway span, linked to the service's, then a node span in the same trace.
     let deadline = Instant::now() + Duration::from_secs(20);
     let shared = loop {
         {
@@ -227,7 +248,9 @@ async fn one_decide_is_one_trace_across_gateway_and_node() {
             let decides: Vec<&Vec<u8>> = spans
                 .iter()
                 .filter(|(service, _, attrs)| {
-                    service == "domicile-gateway" && attrs.iter().any(|a| a.ends_with("/Decide"))
+                    service == "domicile-gateway"
+                        && attrs.iter().any(|a| a.ends_with("/Decide"))
+                        && attrs.contains(&format!("link={CALLERS_TRACE}"))
                 })
                 .map(|(_, trace, _)| trace)
                 .collect();
@@ -245,7 +268,10 @@ async fn one_decide_is_one_trace_across_gateway_and_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(shared.0.len(), 16);
+    assert_ne!(hex(&shared.0), CALLERS_TRACE);
     assert!(shared.1.iter().any(|a| a.starts_with("rpc=/domicile.node.v1.")), "{:?}", shared.1);
+    let in_callers_trace = receiver.spans.lock().unwrap().iter().filter(|(_, t, _)| hex(t) == CALLERS_TRACE).count();
+    assert_eq!(in_callers_trace, 0, "no span continues the service's trace");
 
     cluster.stop().await;
     // Nothing personal in any span: the identifier and its parts appear nowhere.

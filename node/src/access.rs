@@ -114,8 +114,6 @@ enum Peer {
     Node(RegionId),
 }
 
-const NODE_NAME_SUFFIX: &str = ".node.domicile.internal";
-
 /// Reads who a leaf certificate names, unless `revoked` refuses it.
 fn identify(leaf_der: &[u8], revoked: &RevocationList) -> Result<Peer, Status> {
     let names = peer_names(leaf_der).map_err(Status::unauthenticated)?;
@@ -131,7 +129,7 @@ fn identify(leaf_der: &[u8], revoked: &RevocationList) -> Result<Peer, Status> {
         Some(Err(reason)) => return Err(Status::unauthenticated(reason)),
         None => {}
     }
-    let node = names.dns.iter().find_map(|d| d.strip_suffix(NODE_NAME_SUFFIX).and_then(|r| RegionId::parse(r).ok()));
+    let node = names.dns.iter().find_map(|d| RegionId::of_node_server_name(d));
     node.map(Peer::Node)
         .ok_or_else(|| Status::permission_denied("only gateways, nodes and services of this region may call a node"))
 }

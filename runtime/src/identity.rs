@@ -167,6 +167,14 @@ impl PeerNames {
     pub fn has_dns(&self, name: &str) -> bool {
         self.dns.iter().any(|d| d == name)
     }
+
+    /// Whether the certificate is a Domicile component's (a gateway's or a node's, by its DNS
+    /// names) rather than a service's: it names no caller identity.
+    pub fn is_component(&self) -> bool {
+        self.caller.is_none()
+            && (self.has_dns(crate::pki::GATEWAY_SERVER_NAME)
+                || self.dns.iter().any(|d| RegionId::of_node_server_name(d).is_some()))
+    }
 }
 
 /// Reads the DNS names and the caller identity of a DER certificate.
@@ -234,6 +242,31 @@ mod tests {
         ] {
             assert!(CallerIdentity::parse_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Gateways and nodes are components (their trace context is continued); a service's
+    /// certificate, which names a caller, is not, whatever DNS names it also carries.
+    #[test]
+    fn components_are_told_from_services_by_their_certificates() {
+        use rustls_pki_types::pem::PemObject as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::open_or_create(dir.path()).unwrap();
+        let names = |files: TlsFiles| {
+            let der = rustls_pki_types::CertificateDer::from_pem_file(&files.cert).unwrap();
+            peer_names(der.as_ref()).unwrap()
+        };
+        let region = RegionId::parse("eu-central").unwrap();
+        assert!(names(pki.gateway().unwrap()).is_component());
+        assert!(names(pki.node(&region).unwrap()).is_component());
+        let caller = CallerIdentity::new("web-shop", region.clone(), &[Scope::Decide]).unwrap();
+        assert!(!names(pki.caller(&caller).unwrap()).is_component());
+        let pretending = PeerNames {
+            dns: vec![crate::pki::GATEWAY_SERVER_NAME.to_owned(), region.node_server_name()],
+            caller: Some(Ok(caller)),
+        };
+        assert!(!pretending.is_component(), "a caller identity makes a service");
+        let odd = PeerNames { dns: vec!["Not A Region.node.domicile.internal".to_owned()], caller: None };
+        assert!(!odd.is_component());
     }
 
     #[test]

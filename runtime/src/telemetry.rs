@@ -211,8 +211,16 @@ impl SpanMethods {
     }
 }
 
-/// The span of one inbound RPC, a child of the caller's W3C `traceparent` if it sent one. Only
-/// the method path is recorded, and only a served one: request contents may be personal data.
+/// The span of one inbound RPC. Only the method path is recorded, and only a served one: request
+/// contents may be personal data.
+///
+/// It continues the caller's W3C `traceparent` only when the caller is another Domicile
+/// component (a gateway or a node, by its certificate: [`crate::identity::PeerNames::is_component`]).
+/// A service's trace id is 16 bytes of its own choosing that the span would carry verbatim to the
+/// nodes this request calls, in other regions too, past every rule about what crosses a border;
+/// and its sampled flag would decide whether the request is traced at all. So a service's
+/// request starts a trace of this process's own, with a link to the service's span (kept in the
+/// span this process exports, sent to no node).
 ///
 /// With export off and debug logging off there is no span at all: a span per request costs the
 /// subscriber a few microseconds (field formatting, span storage) that only traces and debug
@@ -222,28 +230,35 @@ pub fn server_span<B>(role: &'static str, request: &http::Request<B>, methods: &
         return tracing::Span::none();
     }
     let span = tracing::info_span!("rpc", otel.kind = "server", role, rpc = %methods.label(request.uri().path()));
-    // Fails only when no OpenTelemetry layer is installed, i.e. export is off.
-    let _ = span.set_parent(caller_parent(request.headers()));
+    if let Some(remote) = caller_context(request.headers()) {
+        let component = crate::identity::peer_certs(request)
+            .and_then(|certs| crate::identity::peer_names(certs.leaf()).ok())
+            .is_some_and(|names| names.is_component());
+        if component {
+            // Fails only when no OpenTelemetry layer is installed, i.e. export is off.
+            let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+        } else {
+            span.add_link(remote);
+        }
+    }
     span
 }
 
 /// The caller's trace context from its W3C headers, without its `tracestate`: that is free text
-/// of the caller's, which the span would carry on to the nodes this request calls, in other
-/// regions too, and to the trace collector. The trace and span ids and flags are kept.
-fn caller_parent(headers: &http::HeaderMap) -> Context {
+/// of the caller's, which would go on to the nodes this request calls and to the trace
+/// collector. The trace and span ids and flags are kept.
+fn caller_context(headers: &http::HeaderMap) -> Option<opentelemetry::trace::SpanContext> {
     let extracted = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let remote = extracted.span().span_context().clone();
-    if !remote.is_valid() {
-        return Context::new();
-    }
-    let bare = opentelemetry::trace::SpanContext::new(
-        remote.trace_id(),
-        remote.span_id(),
-        remote.trace_flags(),
-        true,
-        opentelemetry::trace::TraceState::default(),
-    );
-    Context::new().with_remote_span_context(bare)
+    remote.is_valid().then(|| {
+        opentelemetry::trace::SpanContext::new(
+            remote.trace_id(),
+            remote.span_id(),
+            remote.trace_flags(),
+            true,
+            opentelemetry::trace::TraceState::default(),
+        )
+    })
 }
 
 /// Whether per-request spans are worth making: traces are exported, or debug logs are on.
@@ -292,10 +307,9 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
         headers.insert("tracestate", "x=anna@example.com".parse().unwrap());
-        let parent = caller_parent(&headers);
-        let context = parent.span().span_context().clone();
-        assert_eq!(context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736", "the trace continues");
+        let context = caller_context(&headers).unwrap();
+        assert_eq!(context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736", "the trace is read");
         assert_eq!(context.trace_state().header(), "", "the caller's tracestate goes no further");
-        assert!(!caller_parent(&http::HeaderMap::new()).span().span_context().is_valid());
+        assert!(caller_context(&http::HeaderMap::new()).is_none());
     }
 }

@@ -9,6 +9,9 @@ pub struct RegionError;
 /// Longest region id.
 const MAX_LEN: usize = 32;
 
+/// The DNS suffix of a node's certificate name, after its region.
+const NODE_NAME_SUFFIX: &str = ".node.domicile.internal";
+
 /// A validated region id: `[a-z][a-z0-9-]{1,31}`.
 ///
 /// Held inline (no heap): every routed decision names its region, and the gateway's batch path
@@ -53,7 +56,12 @@ impl RegionId {
     /// The DNS name a node of this region presents in its certificate. The gateway dials nodes
     /// by this name, so TLS itself refuses a node certificate issued for another region.
     pub fn node_server_name(&self) -> String {
-        format!("{}.node.domicile.internal", self.as_str())
+        format!("{}{NODE_NAME_SUFFIX}", self.as_str())
+    }
+
+    /// The region whose node presents `name` ([`Self::node_server_name`]), if it is one.
+    pub fn of_node_server_name(name: &str) -> Option<Self> {
+        name.strip_suffix(NODE_NAME_SUFFIX).and_then(|region| Self::parse(region).ok())
     }
 }
 
