@@ -190,9 +190,22 @@ impl SledStore {
         Ok(staged)
     }
 
-    /// Appends `subject`'s erasure to the journal and syncs it, before its key is destroyed.
-    pub(super) fn journal_erasure(&self, subject: &SubjectId, now: i64) -> Result<(), StoreError> {
-        self.append_journal(&format!("{subject} {now}\n"))
+    /// Appends `subject`'s erasure to the journal and syncs it, before its key is destroyed,
+    /// with an erasure line first for each subject merged into it (`merged_in`, from its
+    /// lineage). A merge's own line is written after its commit, so a node that dies in between
+    /// loses it; a restore of a backup from before that merge then holds the merged-away subject
+    /// apart, and without these lines the erasure of the subject it went into would leave it
+    /// there. Replayed, each erases what the backup holds of that id, and nothing when the merge
+    /// was replayed too (the id is then held by no one).
+    pub(super) fn journal_erasure(
+        &self,
+        subject: &SubjectId,
+        merged_in: &[SubjectId],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut lines: String = merged_in.iter().map(|id| format!("{id} {now}\n")).collect();
+        lines.push_str(&format!("{subject} {now}\n"));
+        self.append_journal(&lines)
     }
 
     /// Appends a merge of `from` into `into` to the journal and syncs it, before `from`'s key is

@@ -71,8 +71,12 @@ impl SledStore {
         // nothing.
         let audited = self.audited(now)?;
         audited.append_now(&recorded)?;
-        // Journaled before the key goes, so a restore of an earlier backup erases it again.
-        self.journal_erasure(subject, now)?;
+        // Journaled before the key goes, so a restore of an earlier backup erases it again, with
+        // every subject merged into it. A record that does not open names none: the erasure
+        // goes on (its merges' own lines are in the journal unless a crash lost one).
+        let merged_in =
+            self.subject_record_raw(subject).ok().flatten().map(|r| merged_ids(&r.lineage)).unwrap_or_default();
+        self.journal_erasure(subject, &merged_in, now)?;
         // Crypto-shredding first: from here on nothing sealed for this subject can be read, even
         // if the rest of the clean-up were interrupted.
         self.vault.destroy(subject)?;
@@ -346,4 +350,9 @@ impl SledStore {
             Some(sealed) => open(&key, b"subjects", id.as_bytes(), &sealed).map(Some),
         }
     }
+}
+
+/// Every subject id a lineage merged in, nested merges included.
+fn merged_ids(lineage: &[crate::store::MergeLineage]) -> Vec<SubjectId> {
+    lineage.iter().flat_map(|l| std::iter::once(l.from).chain(merged_ids(&l.nested))).collect()
 }

@@ -27,7 +27,11 @@
 //!     later one with a fresh id merged into K), and what is left gets the id R;
 //!   - otherwise (F brought nothing of the backup): K is an alias of `m`, R of `f` if held.
 //! - an erasure of `S`: `resolve(S)` erased if the store holds it (erasing an alias erases its
-//!   target, with everything merged into it).
+//!   target, with everything merged into it). An erasure is journaled as one line for each
+//!   subject merged into `S` (its lineage), then `S`'s own: a merge's line, written after its
+//!   commit, may be lost with a node that died in between, and the backup then holds the
+//!   merged-away subject apart; its line erases it (after a replayed merge it is held by no one,
+//!   and changes nothing).
 //!
 //! Lines from before the backup name retired subjects (a merge's `F`, an unmerge's `M`), which
 //! the store does not hold: they change nothing. An alias made for an id that is later retired

@@ -116,6 +116,31 @@ async fn a_backup_subject_merged_into_a_later_one_that_was_then_erased_stays_era
     assert!(restored.subject_record(&lost.keep).await.unwrap().is_some(), "others are untouched");
 }
 
+/// A merge's journal line is written after its commit: a node that dies in between loses it. The
+/// erasure of the subject that remains still names the one merged into it, so a restore of a
+/// backup that holds the two apart erases both.
+#[tokio::test]
+async fn an_erasure_after_a_merge_whose_journal_line_was_lost_erases_what_was_merged_in() {
+    let (lost, y) = lost_machine(true).await;
+    lost.store().merge(&lost.keep, &lost.x, 200, None).await.unwrap();
+    // The merge's line, lost with the node that died after the commit.
+    let path = lost.dir.path().join("live").join(super::super::backup::ERASURE_JOURNAL_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without: String = text.lines().filter(|l| !l.starts_with("merge ")).map(|l| format!("{l}\n")).collect();
+    assert_ne!(without, text, "the merge was journaled");
+    std::fs::write(&path, without).unwrap();
+    lost.store().erase(&lost.keep, 300, &rights("erasure"), None).await.unwrap();
+    flush(lost.store()).await;
+    let journal = lost.journal();
+    assert!(journal.iter().all(|e| !matches!(e, JournalEntry::Merge { .. })));
+
+    let restored = lost.restore("restored", &journal).await;
+    assert_eq!(lost.back(&restored, &lost.x, X).await, Vec::<&str>::new(), "merged into the erased subject");
+    assert!(!lost.x_key_on_disk("restored"), "its key is destroyed");
+    assert!(restored.subject_record(&lost.keep).await.unwrap().is_none(), "the erased subject itself");
+    assert!(restored.subject_record(&y.unwrap()).await.unwrap().is_some(), "others are untouched");
+}
+
 #[tokio::test]
 async fn a_chain_of_merges_into_later_subjects_carries_the_erasure_through() {
     let (lost, _) = lost_machine(false).await;
@@ -170,8 +195,10 @@ async fn a_later_unmerge_gives_each_half_what_the_backup_held_of_it() {
     lost.store().erase(&kept, 300, &rights("erasure"), None).await.unwrap();
     flush(lost.store()).await;
     let journal = lost.journal();
+    // Up to the erasure (whose lines name K and Y, merged into it).
+    let erasure = journal.iter().position(|e| matches!(e, JournalEntry::Erasure { .. })).unwrap();
 
-    let split = lost.restore("split", &journal[..journal.len() - 1]).await;
+    let split = lost.restore("split", &journal[..erasure]).await;
     let link = |email| ident(IdentifierKind::Email, email).1;
     assert_eq!(split.subject_by_link(&link(X)).await.unwrap(), Some(back));
     assert_eq!(split.subject_by_link(&link(Y)).await.unwrap(), Some(kept));
