@@ -141,17 +141,9 @@ const CACHED_LINKS: usize = 1 << 22;
 /// beside, so that invalidating a subject drops every link that pointed to it: a link moved by a
 /// merge, removed by a rectification or gone with an erasure is read again. Epoch-checked like
 /// [`ReadCache`]; one lock, taken once per batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(in crate::store) struct LinkCache {
     inner: std::sync::Mutex<LinkInner>,
-    /// Links cached before the map starts over.
-    capacity: usize,
-}
-
-impl Default for LinkCache {
-    fn default() -> Self {
-        Self::with_capacity(CACHED_LINKS)
-    }
 }
 
 #[derive(Debug, Default)]
@@ -162,10 +154,6 @@ struct LinkInner {
 }
 
 impl LinkCache {
-    pub(in crate::store) fn with_capacity(capacity: usize) -> Self {
-        Self { inner: std::sync::Mutex::default(), capacity }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkInner> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -182,7 +170,7 @@ impl LinkCache {
         if inner.epoch != epoch || found.is_empty() {
             return;
         }
-        if inner.by_link.len() + found.len() > self.capacity {
+        if inner.by_link.len() + found.len() > CACHED_LINKS {
             inner.by_link.clear();
             inner.by_subject.clear();
         }

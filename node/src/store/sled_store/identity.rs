@@ -37,54 +37,24 @@ enum Cause<'a> {
 /// change event.
 type IdentifierChanges = (Vec<Link>, Vec<Link>, Option<u64>);
 
-/// Links a sled region keeps cached (its `LinkCache`) before the map starts over: a quarter of
-/// what a PostgreSQL region keeps, as many as the read cache's subjects, at most about 200 MB.
-pub(super) const CACHED_LINKS: usize = 1 << 20;
-
 impl SledStore {
-    /// The subject a link names, read outside any transaction ([`Self::subjects_by_links_raw`]).
+    /// The subject a link names, read outside any transaction: from the link cache when it
+    /// holds the link (exact under the write lock, as `cache.rs` keeps it), else from the store.
+    /// An import resolves every row sent by identifier here; read from sled each time it was 3 %
+    /// of a node's CPU.
     pub(super) fn subject_by_link_raw(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
-        Ok(self.subjects_by_links_raw(std::slice::from_ref(link))?.pop().flatten())
-    }
-
-    /// The subjects `links` name: from the link cache where it holds them (exact under the write
-    /// lock, as `cache.rs` keeps it; one lock for the whole batch), else from the store, and
-    /// those found held cached. An import resolves every row sent by identifier here; read
-    /// from sled each time it was 3 % of a node's CPU.
-    pub(super) fn subjects_by_links_raw(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
-        let (mut found, epoch) = self.link_cache.get_many(links);
-        let mut read = Vec::new();
-        for (link, holder) in links.iter().zip(found.iter_mut()).filter(|(_, holder)| holder.is_none()) {
-            if let Some(v) = self.links.get(link.as_bytes()).map_err(backend)? {
-                let subject = SubjectId::from_slice(&v).map_err(|_| StoreError::Corrupt("link entry".into()))?;
-                *holder = Some(subject);
-                read.push((*link, subject));
-            }
+        let (cached, epoch) = self.link_cache.get_many(std::slice::from_ref(link));
+        if let Some(Some(subject)) = cached.first() {
+            return Ok(Some(*subject));
         }
-        self.link_cache.fill(epoch, &read);
-        Ok(found)
-    }
-
-    /// The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
-    /// directly (unknown members such as `links` are skipped, not built), from the read cache
-    /// when it holds it.
-    pub(super) fn read_subject_meta(&self, id: &SubjectId) -> Result<Option<crate::store::SubjectMeta>, StoreError> {
-        let epoch = match self.cache.get(id, |c| c.meta.clone()) {
-            Ok(meta) => return Ok(Some(meta)),
-            Err(epoch) => epoch,
+        let found = match self.links.get(link.as_bytes()).map_err(backend)? {
+            None => None,
+            Some(v) => Some(SubjectId::from_slice(&v).map_err(|_| StoreError::Corrupt("link entry".into()))?),
         };
-        let meta: Option<crate::store::SubjectMeta> = self.meta_as(id)?;
-        if let Some(meta) = &meta {
-            self.cache.fill(id, epoch, |c| c.meta = Some(meta.clone()));
+        if let Some(subject) = found {
+            self.link_cache.fill(epoch, &[(*link, subject)]);
         }
-        Ok(meta)
-    }
-
-    /// After a write that moved or freed `subjects`' links has committed: their cached links go
-    /// at once, not only when the write lock is let go (a merge still flushes, journals and
-    /// destroys a key before then, and a lookup meanwhile would name the old holder).
-    pub(super) fn links_moved(&self, subjects: &[SubjectId]) {
-        self.link_cache.invalidate(subjects);
+        Ok(found)
     }
 
     pub(super) fn erase_subject(

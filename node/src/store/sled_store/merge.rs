@@ -149,7 +149,6 @@ impl SledStore {
             audited.append(&recorded)
         });
         flatten(result)?;
-        self.links_moved(&[*into, *from]);
         audited.commit();
         // The moved data must be durable before `from`'s key can go: destroyed first, a crash
         // could bring back the pre-merge state with `from`'s records sealed under no key.

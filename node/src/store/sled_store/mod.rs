@@ -188,13 +188,28 @@ impl SledStore {
             retiring: db.open_tree("retiring").map_err(backend)?,
             write_lock: std::sync::Mutex::new(()),
             cache: ReadCache::default(),
-            link_cache: LinkCache::with_capacity(identity::CACHED_LINKS),
+            link_cache: LinkCache::default(),
             db,
         }
         .with_ledger_counter()?
         .with_ledger_by_position()?
         .with_event_index()?
         .without_orphan_keys()
+    }
+
+    /// The hot path of every decision: decode the flattened `MetaEntry` as `SubjectMeta`
+    /// directly (unknown members such as `links` are skipped, not built), from the read cache
+    /// when it holds it.
+    fn read_subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {
+        let epoch = match self.cache.get(id, |c| c.meta.clone()) {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(epoch) => epoch,
+        };
+        let meta: Option<SubjectMeta> = self.meta_as(id)?;
+        if let Some(meta) = &meta {
+            self.cache.fill(id, epoch, |c| c.meta = Some(meta.clone()));
+        }
+        Ok(meta)
     }
 
     fn meta_entry(&self, id: &SubjectId) -> Result<Option<MetaEntry>, StoreError> {
@@ -329,10 +344,6 @@ impl Store for SledStore {
 
     async fn subject_by_link(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
         self.subject_by_link_raw(link)
-    }
-
-    async fn subjects_by_links(&self, links: &[Link]) -> Result<Vec<Option<SubjectId>>, StoreError> {
-        self.subjects_by_links_raw(links)
     }
 
     async fn subject_meta(&self, id: &SubjectId) -> Result<Option<SubjectMeta>, StoreError> {

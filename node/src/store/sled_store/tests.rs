@@ -612,8 +612,6 @@ async fn a_cached_link_follows_every_change_of_holder() {
     let lineage_from = s;
     let (kept, back) = (SubjectId::from_bytes([0x51; 16]), SubjectId::from_bytes([0x52; 16]));
     assert_eq!(holder(a.1).await, Some(t));
-    assert_eq!(holder(b.1).await, Some(t));
-    assert_eq!(cached(b.1), Some(t));
     store.unmerge(&t, &lineage_from, &kept, &back, 300, None).await.unwrap();
     assert_eq!(holder(a.1).await, Some(back), "back with its half");
     assert_eq!(holder(b.1).await, Some(kept));
@@ -625,16 +623,6 @@ async fn a_cached_link_follows_every_change_of_holder() {
     assert_eq!(holder(b.1).await, Some(kept));
     store.erase(&kept, 500, &rights("erasure"), None).await.unwrap();
     assert_eq!(holder(b.1).await, None, "gone with an erasure");
-
-    // A lookup that read the old holder before a merge committed fills nothing after it.
-    let c = ident(IdentifierKind::Email, "carla.cache.race@example.de");
-    let d = subject(&store, "dora.race@example.de").await;
-    let e = subject(&store, "carla.cache.race@example.de").await;
-    let (_, epoch) = store.link_cache.get_many(&[c.1]);
-    store.merge(&d, &e, 600, None).await.unwrap();
-    store.link_cache.fill(epoch, &[(c.1, e)]);
-    assert_eq!(cached(c.1), None, "the late fill is dropped");
-    assert_eq!(holder(c.1).await, Some(d));
 }
 
 #[tokio::test]

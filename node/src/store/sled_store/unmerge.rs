@@ -232,7 +232,6 @@ impl SledStore {
             audited.append(&recorded)
         });
         flatten(result)?;
-        self.links_moved(&[*subject, *kept, *restored]);
         audited.commit();
         // Durable before the merged subject's key goes (as in a merge), and journaled first, so a
         // restore of an earlier backup splits it again before it replays later erasures.
