@@ -2,7 +2,7 @@
 
 use domicile_types::SubjectId;
 
-use super::super::read_cache::{LinkCache, ReadCache};
+use super::super::read_cache::ReadCache;
 use super::{MetaEntry, SledStore, StoreError};
 
 /// The write lock, held for one write; releasing it invalidates the cached inputs of the subjects
@@ -10,10 +10,6 @@ use super::{MetaEntry, SledStore, StoreError};
 pub(super) struct WriteGuard<'a> {
     pub(super) _lock: std::sync::MutexGuard<'a, ()>,
     pub(super) cache: &'a ReadCache,
-    /// The links held by the touched subjects go too, unless the write is of consent only (no
-    /// link changes holder without its old and new holders touched: registration, merge,
-    /// unmerge, rectification and erasure name them).
-    pub(super) links: &'a LinkCache,
     pub(super) touched: Vec<SubjectId>,
     /// The write changes consent only: the touched subjects' metadata and links stay cached.
     pub(super) consent_only: bool,
@@ -35,13 +31,10 @@ impl WriteGuard<'_> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        // Before the lock is let go (fields drop after this body): a write waiting on the lock
-        // reads what this one wrote.
         if self.consent_only {
             self.cache.invalidate_consent(&self.touched);
         } else {
             self.cache.invalidate(&self.touched);
-            self.links.invalidate(&self.touched);
         }
     }
 }
@@ -54,7 +47,6 @@ impl SledStore {
         WriteGuard {
             _lock: self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
             cache: &self.cache,
-            links: &self.link_cache,
             touched: subjects.to_vec(),
             consent_only: false,
         }

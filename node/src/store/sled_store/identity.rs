@@ -38,23 +38,12 @@ enum Cause<'a> {
 type IdentifierChanges = (Vec<Link>, Vec<Link>, Option<u64>);
 
 impl SledStore {
-    /// The subject a link names, read outside any transaction: from the link cache when it
-    /// holds the link (exact under the write lock, as `cache.rs` keeps it), else from the store.
-    /// An import resolves every row sent by identifier here; read from sled each time it was 3 %
-    /// of a node's CPU.
+    /// The subject a link names, read outside any transaction.
     pub(super) fn subject_by_link_raw(&self, link: &Link) -> Result<Option<SubjectId>, StoreError> {
-        let (cached, epoch) = self.link_cache.get_many(std::slice::from_ref(link));
-        if let Some(Some(subject)) = cached.first() {
-            return Ok(Some(*subject));
+        match self.links.get(link.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => SubjectId::from_slice(&v).map(Some).map_err(|_| StoreError::Corrupt("link entry".into())),
         }
-        let found = match self.links.get(link.as_bytes()).map_err(backend)? {
-            None => None,
-            Some(v) => Some(SubjectId::from_slice(&v).map_err(|_| StoreError::Corrupt("link entry".into()))?),
-        };
-        if let Some(subject) = found {
-            self.link_cache.fill(epoch, &[(*link, subject)]);
-        }
-        Ok(found)
     }
 
     pub(super) fn erase_subject(

@@ -50,7 +50,7 @@ mod unmerge;
 
 use super::Registering;
 use super::codec::{backend, consent_key, context, current_key, decode, encode, open, seal};
-use super::read_cache::{LinkCache, ReadCache};
+use super::read_cache::ReadCache;
 use super::vault::{KeyVault, SubjectKey};
 use super::{
     AppendedConsents, ChangeEvent, Claim, ConsentBatch, ConsentRecord, CurrentConsent, Dropped, Erased, Held,
@@ -92,8 +92,6 @@ pub struct SledStore {
     /// misses a smaller sequence committed later), and a scan under it holds until commit.
     write_lock: std::sync::Mutex<()>,
     cache: ReadCache,
-    /// Which subject holds a link, for links found held; kept exact like `cache` (`cache.rs`).
-    link_cache: LinkCache,
     /// `audit.log` beside the database: every write appends its entries in its transaction.
     audit: Arc<AuditLog>,
     region: domicile_types::RegionId,
@@ -188,7 +186,6 @@ impl SledStore {
             retiring: db.open_tree("retiring").map_err(backend)?,
             write_lock: std::sync::Mutex::new(()),
             cache: ReadCache::default(),
-            link_cache: LinkCache::default(),
             db,
         }
         .with_ledger_counter()?

@@ -583,48 +583,6 @@ async fn consent_writes_keep_metadata_and_links_cached_and_a_rectification_drops
     assert_eq!(links.len(), 2, "read again after the merge: both subjects' links");
 }
 
-/// A link found held is cached; every write that moves it to another subject or frees it
-/// (merge, unmerge, rectification, erasure) drops it under the write lock, so the next lookup
-/// reads the store: no lookup ever names a subject that no longer holds the link.
-#[tokio::test]
-async fn a_cached_link_follows_every_change_of_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path(), &home()).unwrap();
-    let a = ident(IdentifierKind::Email, "anna.cache@example.de");
-    let b = ident(IdentifierKind::Email, "bertram.cache@example.de");
-    let s = subject(&store, "anna.cache@example.de").await;
-    let t = subject(&store, "bertram.cache@example.de").await;
-    let holder = |link| {
-        let store = &store;
-        async move { store.subject_by_link(&link).await.unwrap() }
-    };
-    let cached = |link: Link| store.link_cache.get_many(&[link]).0[0];
-    assert_eq!(holder(a.1).await, Some(s));
-    assert_eq!(cached(a.1), Some(s), "found held: cached");
-    // A consent write changes no link: the cache keeps it.
-    store.append_consent(&s, consent(ConsentState::Granted, 100), None).await.unwrap();
-    assert_eq!(cached(a.1), Some(s));
-
-    store.merge(&t, &s, 200, None).await.unwrap();
-    assert_eq!(cached(a.1), None, "the merge dropped it");
-    assert_eq!(holder(a.1).await, Some(t), "moved with the merge");
-
-    let lineage_from = s;
-    let (kept, back) = (SubjectId::from_bytes([0x51; 16]), SubjectId::from_bytes([0x52; 16]));
-    assert_eq!(holder(a.1).await, Some(t));
-    store.unmerge(&t, &lineage_from, &kept, &back, 300, None).await.unwrap();
-    assert_eq!(holder(a.1).await, Some(back), "back with its half");
-    assert_eq!(holder(b.1).await, Some(kept));
-
-    let change = Rectification { remove: vec![a.clone()], ..Default::default() };
-    store.rectify(&back, &change, 400, &rights("rectification"), &claims_for(&change), None).await.unwrap();
-    assert_eq!(holder(a.1).await, None, "removed by a rectification");
-
-    assert_eq!(holder(b.1).await, Some(kept));
-    store.erase(&kept, 500, &rights("erasure"), None).await.unwrap();
-    assert_eq!(holder(b.1).await, None, "gone with an erasure");
-}
-
 #[tokio::test]
 async fn rectify_relinks_identifiers_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
