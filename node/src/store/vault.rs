@@ -182,16 +182,7 @@ impl KeyVault {
 
     /// The subject's key, if it exists (it does not after erasure).
     pub fn get(&self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
-        let mut inner = self.lock();
-        if let Some(key) = inner.expanded.get(subject) {
-            return Ok(Some(key.clone()));
-        }
-        // Expanded under the lock: a `destroy` between reading the slot and caching its key
-        // would leave an erased subject's key in the cache.
-        let Some((_, bytes)) = inner.slots.get(subject) else { return Ok(None) };
-        let key = SubjectKey::from_bytes(bytes)?;
-        inner.keep(subject, &key);
-        Ok(Some(key))
+        self.lock().existing(subject)
     }
 
     /// Returns the subject's key, creating a new one if needed. The new slot is written but not
@@ -199,12 +190,7 @@ impl KeyVault {
     /// so many registrations share one fsync.
     pub fn get_or_create(&self, subject: &SubjectId) -> Result<SubjectKey, StoreError> {
         let mut inner = self.lock();
-        if let Some(key) = inner.expanded.get(subject) {
-            return Ok(key.clone());
-        }
-        if let Some((_, bytes)) = inner.slots.get(subject) {
-            let key = SubjectKey::from_bytes(bytes)?;
-            inner.keep(subject, &key);
+        if let Some(key) = inner.existing(subject)? {
             return Ok(key);
         }
         let mut key = [0u8; KEY_LEN];
@@ -338,6 +324,19 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Inner {
+    /// The subject's key if it has a slot: the kept expanded one, else expanded now and kept.
+    /// Called under the vault's lock, so a `destroy` cannot fall between reading the slot and
+    /// keeping its key (which would leave an erased subject's key kept).
+    fn existing(&mut self, subject: &SubjectId) -> Result<Option<SubjectKey>, StoreError> {
+        if let Some(key) = self.expanded.get(subject) {
+            return Ok(Some(key.clone()));
+        }
+        let Some((_, bytes)) = self.slots.get(subject) else { return Ok(None) };
+        let key = SubjectKey::from_bytes(bytes)?;
+        self.keep(subject, &key);
+        Ok(Some(key))
+    }
+
     fn keep(&mut self, subject: &SubjectId, key: &SubjectKey) {
         if self.expanded.len() >= KEY_CACHE {
             self.expanded.clear();

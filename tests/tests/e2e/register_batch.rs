@@ -57,6 +57,21 @@ async fn batch(
     outcomes
 }
 
+/// The outcomes of `items()` sent again until every item is registered (up to 20 s), or `None`.
+async fn all_registered(
+    gateway: &DomicileClient<Channel>,
+    items: impl Fn() -> Vec<gw::RegisterBatchItem>,
+) -> Option<Vec<gw::RegisterBatchOutcome>> {
+    eventually(Duration::from_secs(20), || {
+        let (mut gateway, items) = (gateway.clone(), items());
+        async move {
+            let outcomes = gateway.register_batch(gw::RegisterBatchRequest { items }).await.ok()?.into_inner().outcomes;
+            outcomes.iter().all(|o| registered(o).is_some()).then_some(outcomes)
+        }
+    })
+    .await
+}
+
 /// Every link each region's node holds, with the regions holding it.
 async fn census(cluster: &TestCluster) -> BTreeMap<Vec<u8>, Vec<&'static str>> {
     let mut holders: BTreeMap<Vec<u8>, Vec<&'static str>> = BTreeMap::new();
@@ -388,15 +403,7 @@ async fn items_whose_arbiter_is_down_fail_closed_alone_and_register_once_it_is_b
     // What the first call left: the registered items' links only.
     let held = census(&cluster).await.len();
     assert_eq!(held, 60 - refused_count, "a refused item stored nothing");
-    let second = eventually(Duration::from_secs(20), || {
-        let (mut gateway, items) = (gateway.clone(), items());
-        async move {
-            let outcomes = gateway.register_batch(gw::RegisterBatchRequest { items }).await.ok()?.into_inner().outcomes;
-            outcomes.iter().all(|o| registered(o).is_some()).then_some(outcomes)
-        }
-    })
-    .await
-    .expect("every item registered once the arbiter is back");
+    let second = all_registered(&gateway, items).await.expect("every item registered once the arbiter is back");
     for ((before, after), down_arbitrates) in first.iter().zip(&second).zip(&arbitrated_by_down) {
         let after = registered(after).unwrap();
         match registered(before) {
@@ -422,7 +429,8 @@ async fn a_batch_whose_answer_is_lost_to_a_paused_node_is_found_when_sent_again(
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     cluster.restart_gateway().await.unwrap();
     let mut gateway = cluster.gateway().await.unwrap();
-    let items = || (0..40u64).map(|i| item(i, "DE", &[("email", &format!("paused.{i}@example.org"))])).collect();
+    let items =
+        || (0..40u64).map(|i| item(i, "DE", &[("email", &format!("paused.{i}@example.org"))])).collect::<Vec<_>>();
 
     // The bulk connection made first (a gateway in service has it; a connection still to be made
     // to a paused node waits for its TLS handshake until the caller's own deadline instead).
@@ -436,15 +444,7 @@ async fn a_batch_whose_answer_is_lost_to_a_paused_node_is_found_when_sent_again(
     }
     drop(paused);
 
-    let second = eventually(Duration::from_secs(20), || {
-        let (mut gateway, items) = (gateway.clone(), items());
-        async move {
-            let outcomes = gateway.register_batch(gw::RegisterBatchRequest { items }).await.ok()?.into_inner().outcomes;
-            outcomes.iter().all(|o| registered(o).is_some()).then_some(outcomes)
-        }
-    })
-    .await
-    .expect("every item registered once the node runs again");
+    let second = all_registered(&gateway, items).await.expect("every item registered once the node runs again");
     let refs: BTreeSet<&str> = second.iter().filter_map(registered).map(|r| r.subject_ref.as_str()).collect();
     assert_eq!(refs.len(), 40, "one subject per identifier");
     assert!(refs.iter().all(|r| r.starts_with("eu-central/")));

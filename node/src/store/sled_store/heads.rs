@@ -130,13 +130,13 @@ pub fn sled_config(path: &Path) -> Result<sled::Config, StoreError> {
     let conf = path.join("conf");
     // sled's own file: "segment_size: N" on its first line, a CRC after the last; sled treats a
     // file of 8 bytes or fewer as absent and writes its own.
-    let bytes = match std::fs::read(&conf) {
-        Ok(bytes) if bytes.len() > 8 => bytes,
-        Ok(_) => Vec::new(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    let stored = match std::fs::read(&conf) {
+        Ok(bytes) if bytes.len() > 8 => Some(bytes),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(backend(e)),
     };
-    if bytes.is_empty() {
+    let Some(bytes) = stored else {
         // New only if sled never wrote its log here (a first open cut short may leave it empty).
         return match std::fs::metadata(path.join("db")) {
             Ok(db) if db.len() > 0 => Err(StoreError::Corrupt(format!(
@@ -148,7 +148,7 @@ pub fn sled_config(path: &Path) -> Result<sled::Config, StoreError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(config.segment_size(SEGMENT_SIZE)),
             Err(e) => Err(backend(e)),
         };
-    }
+    };
     let size = std::str::from_utf8(&bytes[..bytes.len() - 4])
         .ok()
         .and_then(|text| text.lines().find_map(|line| line.strip_prefix("segment_size: ")))
@@ -294,6 +294,14 @@ mod tests {
         String::from_utf8_lossy(&bytes[..bytes.len() - 4]).into_owned()
     }
 
+    /// A database at `path` as sled's defaults make it (every store before `SEGMENT_SIZE`),
+    /// holding one key.
+    fn database_of_sleds_defaults(path: &Path) {
+        let db = sled::Config::new().path(path).open().unwrap();
+        db.insert(b"written before", b"kept").unwrap();
+        db.flush().unwrap();
+    }
+
     #[test]
     fn a_new_database_gets_segments_of_two_mib() {
         let dir = tempfile::tempdir().unwrap();
@@ -308,11 +316,7 @@ mod tests {
     fn a_database_of_sleds_default_segments_opens_with_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        {
-            let db = sled::Config::new().path(&path).open().unwrap();
-            db.insert(b"written before", b"kept").unwrap();
-            db.flush().unwrap();
-        }
+        database_of_sleds_defaults(&path);
         let default = conf(&path);
         assert!(default.contains("segment_size: 524288\n"), "{default}");
         let refused = (0..100).find_map(|_| {
@@ -335,11 +339,7 @@ mod tests {
     fn a_database_without_its_configuration_is_refused_not_guessed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        {
-            let db = sled::Config::new().path(&path).open().unwrap();
-            db.insert(b"written before", b"kept").unwrap();
-            db.flush().unwrap();
-        }
+        database_of_sleds_defaults(&path);
         std::fs::remove_file(path.join("conf")).unwrap();
         assert!(matches!(open_db(&path), Err(StoreError::Corrupt(_))));
         assert!(!path.join("conf").exists(), "nothing written in its place");
