@@ -44,9 +44,12 @@ struct Material {
 /// Subject keys the vault keeps expanded (AES key schedule, and the digest key once derived),
 /// about 1 KB each: an import writes each subject's rows in every call that carries some, and
 /// expanding its key again each time (the AES schedule, then three HMAC computations for the
-/// digest key) was 4 % of a node's CPU. Past this many the set starts again (a file cycling
-/// through more subjects than this gains nothing, and pays nothing more than before). The raw
-/// keys are in memory anyway (`Inner::slots`); erasure drops a subject's entry with its slot.
+/// digest key) was 4 % of a node's CPU. Past this many, each key kept evicts the one kept
+/// longest ago (`Inner::order`). Emptying the whole set at once instead, as a first version did,
+/// freed 16,384 keys under the vault's lock each time it filled: a region of more subjects than
+/// this, decided for at random, made batch decisions 10–20 % slower than expanding every key
+/// afresh (BENCHMARKS.md). The raw keys are in memory anyway (`Inner::slots`); erasure drops a
+/// subject's entry with its slot.
 const KEY_CACHE: usize = 16_384;
 
 impl std::fmt::Debug for SubjectKey {
@@ -128,6 +131,12 @@ struct Inner {
     slots: HashMap<SubjectId, (u64, [u8; KEY_LEN])>,
     /// Expanded keys of recently used subjects ([`KEY_CACHE`]); an entry never outlives its slot.
     expanded: HashMap<SubjectId, SubjectKey>,
+    /// The subjects of `expanded` in the order they were kept, a ring of at most [`KEY_CACHE`]:
+    /// once full, keeping a key evicts the subject in the slot at `hand` and takes its place.
+    /// A slot whose subject was dropped since (erased) evicts nothing; every subject in
+    /// `expanded` has a slot, so `expanded` never holds more than the ring.
+    order: Vec<SubjectId>,
+    hand: usize,
     free: Vec<u64>,
     next: u64,
     /// Slots written since the last sync; consent writes never touch keys, so most flushes
@@ -172,7 +181,16 @@ impl KeyVault {
             slots.insert(id, (index as u64, key));
         }
         Ok(Self {
-            inner: Mutex::new(Inner { file, slots, expanded: HashMap::new(), free, next: whole as u64, dirty: false }),
+            inner: Mutex::new(Inner {
+                file,
+                slots,
+                expanded: HashMap::new(),
+                order: Vec::new(),
+                hand: 0,
+                free,
+                next: whole as u64,
+                dirty: false,
+            }),
         })
     }
 
@@ -337,9 +355,15 @@ impl Inner {
         Ok(Some(key))
     }
 
+    /// Keeps `subject`'s expanded key (not kept yet), evicting the one kept longest ago once
+    /// [`KEY_CACHE`] are.
     fn keep(&mut self, subject: &SubjectId, key: &SubjectKey) {
-        if self.expanded.len() >= KEY_CACHE {
-            self.expanded.clear();
+        if self.order.len() < KEY_CACHE {
+            self.order.push(*subject);
+        } else if let Some(slot) = self.order.get_mut(self.hand) {
+            let evicted = std::mem::replace(slot, *subject);
+            self.expanded.remove(&evicted);
+            self.hand = (self.hand + 1) % KEY_CACHE;
         }
         self.expanded.insert(*subject, key.clone());
     }
@@ -372,7 +396,8 @@ mod tests {
         assert!(again.open(b"ctx", &sealed).is_err(), "a new key, not the destroyed one");
     }
 
-    /// Past `KEY_CACHE` subjects the kept keys start again, and every subject still gets its own.
+    /// Past `KEY_CACHE` subjects each key kept evicts the one kept longest ago (the set is never
+    /// emptied at once), and every subject still gets its own key.
     #[test]
     fn more_subjects_than_kept_keys_each_get_their_own() {
         let dir = tempfile::tempdir().unwrap();
@@ -381,7 +406,12 @@ mod tests {
             (0..KEY_CACHE as u32 + 10).map(|n| SubjectId::from_bytes(u128::from(n + 1).to_be_bytes())).collect();
         let sealed: Vec<Vec<u8>> =
             subjects.iter().map(|s| vault.get_or_create(s).unwrap().seal(b"ctx", s.as_bytes()).unwrap()).collect();
-        assert!(vault.lock().expanded.len() <= KEY_CACHE);
+        {
+            let inner = vault.lock();
+            assert_eq!(inner.expanded.len(), KEY_CACHE, "full, not emptied");
+            assert!(subjects[..10].iter().all(|s| !inner.expanded.contains_key(s)), "the ten kept first are evicted");
+            assert!(subjects[10..].iter().all(|s| inner.expanded.contains_key(s)), "the later ones stay");
+        }
         for (s, sealed) in subjects.iter().zip(&sealed).step_by(97) {
             assert_eq!(vault.get(s).unwrap().unwrap().open(b"ctx", sealed).unwrap(), s.as_bytes());
         }
@@ -390,6 +420,32 @@ mod tests {
             vault.get(&first).unwrap().unwrap().open(b"ctx", &sealed[sealed.len() - 1]).is_err(),
             "one key for two subjects"
         );
+    }
+
+    /// An erased subject's place in the eviction order evicts nothing when its turn comes, and
+    /// the kept keys stay within `KEY_CACHE` however many subjects are erased and created.
+    #[test]
+    fn erasures_between_kept_keys_keep_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = KeyVault::open(dir.path()).unwrap();
+        let id = |n: u32| SubjectId::from_bytes(u128::from(n + 1).to_be_bytes());
+        for n in 0..KEY_CACHE as u32 {
+            vault.get_or_create(&id(n)).unwrap();
+            if n % 3 == 0 {
+                assert!(vault.destroy(&id(n)).unwrap());
+                // Created again: a second place in the order for the same subject.
+                vault.get_or_create(&id(n)).unwrap();
+            }
+        }
+        for n in KEY_CACHE as u32..3 * KEY_CACHE as u32 {
+            vault.get_or_create(&id(n)).unwrap();
+            let inner = vault.lock();
+            assert!(inner.expanded.len() <= KEY_CACHE && inner.order.len() <= KEY_CACHE);
+            if n % 4096 == 0 {
+                assert!(inner.expanded.keys().all(|s| inner.slots.contains_key(s)), "a kept key outlived its slot");
+            }
+        }
+        assert_eq!(vault.lock().expanded.len(), KEY_CACHE);
     }
 
     /// The vault and a scan of its file print no key, kept expanded or not.
