@@ -6,10 +6,11 @@
 //! has its receipt, so a run killed at any point resumes there; rows after it are sent again and
 //! the nodes answer those already written as duplicates.
 //!
-//! Memory stays flat over any file size: rows are parsed on a blocking thread into a bounded
-//! channel, at most `--in-flight` batches are outstanding, and the subject cache is bounded.
+//! Memory stays flat over any file size: rows are parsed on a blocking thread, at most one
+//! window of `--group` batches ahead (`window.rs`), into a bounded channel, at most `--in-flight`
+//! batches are outstanding, and the subject cache is bounded.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::SocketAddr;
@@ -91,6 +92,12 @@ pub struct ImportArgs {
     /// Batches in flight.
     #[arg(long, default_value_t = 4)]
     in_flight: usize,
+    /// Rows of this many batches are read ahead and each subject's rows put together (in file
+    /// order) before they are cut into batches: a region pays for a subject once per call, not
+    /// once per row. A re-run after a kill starts at the first row of such a group. 1 sends the
+    /// rows in file order (e.g. a pipe whose rows must go out as they come).
+    #[arg(long, default_value_t = 16)]
+    group: usize,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
@@ -138,13 +145,13 @@ enum Receipt {
 }
 
 /// A batch: the rows read (with their file position) and the rows refused while reading.
-struct Batch {
-    rows: Vec<ImportRow>,
-    refused: Vec<RowError>,
-    /// The last row (counted from 1 in reading order) this batch covers.
-    last_line: usize,
-    /// The digest of every row up to `last_line` (`row::feed`), which the checkpoint keeps.
-    rows_digest: String,
+pub(super) struct Batch {
+    pub(super) rows: Vec<ImportRow>,
+    pub(super) refused: Vec<RowError>,
+    /// On the last batch of a window (`window.rs`): the window's last row (counted from 1 in
+    /// reading order) and the digest of every row up to it (`row::feed`), which the checkpoint
+    /// keeps once this batch and every one before it are done.
+    pub(super) checkpoint: Option<(usize, String)>,
 }
 
 pub async fn run(args: ImportArgs) -> ExitCode {
@@ -265,6 +272,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let read_bytes = Arc::new(AtomicU64::new(0));
     let (tx, mut batches) = mpsc::channel::<Batch>(args.in_flight.max(1) * 2);
     let batch_size = args.batch.clamp(1, domicile_proto::limits::IMPORT_ITEMS.max);
+    let group = args.group.max(1);
     let counting = Counting { inner: file, read: Arc::clone(&read_bytes) };
     let tally = Arc::new(Tally::default());
     let reader_tally = Arc::clone(&tally);
@@ -272,13 +280,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let format_name = args.format.clone();
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         use sha2::Digest as _;
-        let empty = || Batch {
-            rows: Vec::with_capacity(batch_size),
-            refused: Vec::new(),
-            last_line: 0,
-            rows_digest: String::new(),
-        };
-        let mut batch = empty();
+        let mut window = super::window::Window::new(batch_size, group);
         // Bound to the format and the mapping's version too: the same file read otherwise gives
         // other rows.
         let mut digest = sha2::Sha256::new();
@@ -303,27 +305,26 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                 }
                 continue;
             }
-            batch.last_line = ordinal;
-            match row {
-                Ok(row) => batch.rows.push(row),
-                Err(e) => batch.refused.push(e),
-            }
-            if batch.rows.len() + batch.refused.len() >= batch_size {
-                // The digest of the rows up to the batch's last, made once per batch (a SHA-256
+            window.push(row);
+            if window.is_full() {
+                // The digest of the rows up to the window's last, made once per window (a SHA-256
                 // finished and written in hex per row was a sixth of the importer's CPU).
-                batch.rows_digest = rows_digest(&digest);
-                let full = std::mem::replace(&mut batch, empty());
-                if tx.blocking_send(full).is_err() {
-                    return Ok(());
+                for batch in window.cut((ordinal, rows_digest(&digest))) {
+                    if tx.blocking_send(batch).is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }
         if read < resume_after && resume_digest.is_some() {
             return Err(other_rows());
         }
-        if !batch.rows.is_empty() || !batch.refused.is_empty() {
-            batch.rows_digest = rows_digest(&digest);
-            let _ = tx.blocking_send(batch);
+        if !window.is_empty() {
+            for batch in window.cut((read, rows_digest(&digest))) {
+                if tx.blocking_send(batch).is_err() {
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     });
@@ -334,11 +335,12 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let subjects: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let gone: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let seen: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
-    let mut tasks: JoinSet<anyhow::Result<(usize, usize)>> = JoinSet::new();
-    // Batches done out of order: the checkpoint advances over the contiguous prefix only.
+    let mut tasks: JoinSet<anyhow::Result<usize>> = JoinSet::new();
+    // Batches done out of order: the checkpoint advances over the contiguous prefix only, to the
+    // last window whose batches are all in it.
     let mut order = 0usize;
-    let mut finished: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut digests: HashMap<usize, String> = HashMap::new();
+    let mut finished: BTreeSet<usize> = BTreeSet::new();
+    let mut checkpoints: HashMap<usize, Option<(usize, String)>> = HashMap::new();
     let mut next_to_checkpoint = 0usize;
     let mut last_progress = Instant::now();
     let mut reading = true;
@@ -362,18 +364,20 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                     };
                     let index = order;
                     order += 1;
-                    digests.insert(index, batch.rows_digest.clone());
-                    tasks.spawn(async move { job.run(batch).await.map(|last| (index, last)) });
+                    checkpoints.insert(index, batch.checkpoint.clone());
+                    tasks.spawn(async move { job.run(batch).await.map(|()| index) });
                 }
                 None => reading = false,
             }
         }
         let Some(done) = tasks.join_next().await else { break };
-        let (index, last_line) = done.context("an import batch task failed")??;
-        finished.insert(index, last_line);
+        let index = done.context("an import batch task failed")??;
+        finished.insert(index);
         let mut advanced = None;
-        while let Some(line) = finished.remove(&next_to_checkpoint) {
-            advanced = Some((line, digests.remove(&next_to_checkpoint).unwrap_or_default()));
+        while finished.remove(&next_to_checkpoint) {
+            if let Some(Some(checkpoint)) = checkpoints.remove(&next_to_checkpoint) {
+                advanced = Some(checkpoint);
+            }
             next_to_checkpoint += 1;
         }
         if let Some((line, rows_digest)) = advanced
@@ -451,7 +455,7 @@ struct BatchJob {
 /// A subject's cache key: its jurisdiction and identifiers, in a stable order.
 /// Built in one allocation: it is made several times per row (a formatted string per identifier,
 /// joined, cost the importer a tenth of its CPU).
-fn subject_key(row: &ImportRow) -> String {
+pub(super) fn subject_key(row: &ImportRow) -> String {
     let mut ids: Vec<&(String, String)> = row.identifiers.iter().collect();
     ids.sort_unstable();
     let length = ids.iter().map(|(kind, value)| kind.len() + value.len() + 2).sum::<usize>();
@@ -583,7 +587,7 @@ impl BatchJob {
     /// directory, and only a row the gateway finds unregistered is registered and sent again, so
     /// a file with more subjects than the cache holds costs no registration per row. A row with
     /// several identifiers is registered first (registering attaches every one of them).
-    async fn run(mut self, batch: Batch) -> anyhow::Result<usize> {
+    async fn run(mut self, batch: Batch) -> anyhow::Result<()> {
         let mut receipts: Vec<(usize, String, String, Receipt)> = batch
             .refused
             .into_iter()
@@ -726,7 +730,7 @@ impl BatchJob {
             };
             writeln!(out, "{value}")?;
         }
-        Ok(batch.last_line)
+        Ok(())
     }
 
     /// Whether an earlier row of this run found `row`'s subject (by a digest of its subject key).

@@ -8,3 +8,4 @@ pub mod formats;
 pub mod mapping;
 mod register;
 pub mod row;
+mod window;

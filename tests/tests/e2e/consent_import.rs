@@ -445,6 +445,13 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
     let _ = child.wait();
     let partial = receipts_of(&receipts).len();
     assert!(partial < BULK_SUBJECTS * BULK_EVENTS, "the run finished before it could be killed ({partial} receipts)");
+    // Rows of a window go out grouped by subject, out of file order: the checkpoint is at the
+    // end of a window, never inside one (where rows before it could still be unsent).
+    let mut name = receipts.clone().into_os_string();
+    name.push(".checkpoint");
+    let checkpoint = std::fs::read_to_string(&name).unwrap_or_default();
+    let at: usize = checkpoint.lines().next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    assert!(at.is_multiple_of(BULK_WINDOW), "a checkpoint inside a window: {checkpoint:?}");
     let (code, _, err) = domicile(&args);
     assert_eq!(code, 0, "{err}");
     // The re-run resumed: rows before the checkpoint were not sent again.
@@ -563,6 +570,8 @@ async fn import_calls_slower_than_the_decision_deadline_neither_fail_nor_open_th
 /// Subjects of [`bulk_file`], and events per subject.
 const BULK_SUBJECTS: usize = 600;
 const BULK_EVENTS: usize = 10;
+/// Rows read ahead and grouped by subject in [`bulk_import`] (4 batches of 200).
+const BULK_WINDOW: usize = 800;
 
 /// 6,000 events for 600 subjects of two regions (DE, US): nine grants each, then a withdrawal,
 /// spread over the file as an export sorted by time would.
@@ -592,15 +601,23 @@ fn importer_tls(cluster: &TestCluster) -> domicile_runtime::tls::TlsFiles {
 }
 
 /// An importer's certificate, [`bulk_file`] and the `domicile import` arguments that import it in
-/// batches of 200 with `in_flight` calls at once: (the directory holding them, the receipts file,
-/// the arguments).
+/// batches of 200 with `in_flight` calls at once, each subject's rows grouped over windows of
+/// [`BULK_WINDOW`] rows (`--group 4`): (the directory holding them, the receipts file, the
+/// arguments).
 fn bulk_import(cluster: &TestCluster, in_flight: &str) -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
     let tls = importer_tls(cluster);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.ndjson");
     bulk_file(&file);
     let receipts = dir.path().join("receipts.ndjson");
-    let args = import_args(cluster, &tls, "ndjson", &file, &receipts, &["--batch", "200", "--in-flight", in_flight]);
+    let args = import_args(
+        cluster,
+        &tls,
+        "ndjson",
+        &file,
+        &receipts,
+        &["--batch", "200", "--in-flight", in_flight, "--group", "4"],
+    );
     (dir, receipts, args)
 }
 
@@ -660,8 +677,8 @@ async fn assert_bulk_state(cluster: &TestCluster) {
 /// An erasure made while an import runs is not undone by it: a later row of the erased person,
 /// sent by the subject ref the run cached when it registered them, is refused (the subject is
 /// gone), never registered again. The file is a pipe, so the erasure falls between the rows.
-/// An import reading one row at a time from a pipe (`--batch 1 --in-flight 1`), so a test can act
-/// on the cluster between two rows.
+/// An import reading one row at a time from a pipe (`--batch 1 --in-flight 1 --group 1`), so a
+/// test can act on the cluster between two rows.
 struct FifoImport {
     child: std::process::Child,
     pipe: Option<std::fs::File>,
@@ -675,7 +692,14 @@ impl FifoImport {
         let fifo = dir.path().join("rows.ndjson");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
         let receipts = dir.path().join("receipts.ndjson");
-        let args = import_args(cluster, tls, "ndjson", &fifo, &receipts, &["--batch", "1", "--in-flight", "1"]);
+        let args = import_args(
+            cluster,
+            tls,
+            "ndjson",
+            &fifo,
+            &receipts,
+            &["--batch", "1", "--in-flight", "1", "--group", "1"],
+        );
         let child = std::process::Command::new(BIN).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
         // Opening the pipe waits for the importer to open it.
         let pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();

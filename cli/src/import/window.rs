@@ -1,0 +1,192 @@
+//! Rows read ahead and grouped by subject before they are cut into calls (`--group`).
+//!
+//! Why: most of what a region's node spends on a row is spent per subject and call: resolving
+//! the subject, reading and rewriting its ledger directory, reading and rewriting each record in
+//! force. A subject's rows sent in one call pay those once. A file sorted by time, as exports
+//! are, has a person's rows far apart, so calls of consecutive rows almost never hold two rows
+//! of one subject. Reading ahead the rows of several batches and putting each subject's together
+//! made `bench/import.sh`'s file of known subjects 25–40 % faster (BENCHMARKS.md).
+//!
+//! Order: a subject's rows stay in file order, and in one call unless they are more than a
+//! batch (a node applies a call's rows of one subject in the call's order). Subjects follow in
+//! the order the window first names them. Rows of one subject in two windows go in two calls,
+//! as rows in two batches did before.
+//!
+//! Resume: a window's rows are spread over its batches out of file order, so only its last batch
+//! carries a checkpoint (the window's last row): no checkpoint falls inside a window, and a
+//! re-run after a kill starts at the first row of a window.
+
+use std::collections::HashMap;
+
+use super::driver::{Batch, subject_key};
+use super::row::{ImportRow, RowError};
+
+/// Rows read and not yet cut into batches.
+pub(super) struct Window {
+    rows: Vec<ImportRow>,
+    refused: Vec<RowError>,
+    /// Rows per batch.
+    batch: usize,
+    /// Batches per window; 1 keeps the rows in file order (one batch, as read).
+    batches: usize,
+}
+
+impl Window {
+    pub(super) fn new(batch: usize, batches: usize) -> Self {
+        let batch = batch.max(1);
+        let batches = batches.max(1);
+        Self { rows: Vec::with_capacity(batch.saturating_mul(batches)), refused: Vec::new(), batch, batches }
+    }
+
+    pub(super) fn push(&mut self, row: Result<ImportRow, RowError>) {
+        match row {
+            Ok(row) => self.rows.push(row),
+            Err(e) => self.refused.push(e),
+        }
+    }
+
+    /// Whether the window holds a window's rows (refused ones count, as they did in a batch).
+    pub(super) fn is_full(&self) -> bool {
+        self.rows.len() + self.refused.len() >= self.batch.saturating_mul(self.batches)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.refused.is_empty()
+    }
+
+    /// The window's rows as batches (the rows refused while reading with the first), emptying
+    /// it; the last batch carries `checkpoint`: the window's last row, counted from 1 in reading
+    /// order, and the digest of every row up to it.
+    pub(super) fn cut(&mut self, checkpoint: (usize, String)) -> Vec<Batch> {
+        let rows = std::mem::take(&mut self.rows);
+        let refused = std::mem::take(&mut self.refused);
+        let groups = if self.batches == 1 { vec![rows] } else { by_subject(rows) };
+        let mut batches: Vec<Batch> = Vec::new();
+        for group in groups {
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                // A subject's rows start a batch of their own where they would not fit in the one
+                // being filled; more than a batch fill whole ones.
+                let room = batches.last().map_or(0, |b| self.batch.saturating_sub(b.rows.len()));
+                let left = group.len();
+                if room == 0 || (left > room && left <= self.batch) {
+                    batches.push(Batch { rows: Vec::with_capacity(self.batch), refused: Vec::new(), checkpoint: None });
+                }
+                if let Some(batch) = batches.last_mut() {
+                    let take = self.batch - batch.rows.len();
+                    batch.rows.extend(group.by_ref().take(take));
+                }
+            }
+        }
+        if batches.is_empty() {
+            batches.push(Batch { rows: Vec::new(), refused: Vec::new(), checkpoint: None });
+        }
+        if let Some(first) = batches.first_mut() {
+            first.refused = refused;
+        }
+        if let Some(last) = batches.last_mut() {
+            last.checkpoint = Some(checkpoint);
+        }
+        batches
+    }
+}
+
+/// `rows` grouped by subject key: each group in file order, the groups in the order of their
+/// first rows.
+fn by_subject(rows: Vec<ImportRow>) -> Vec<Vec<ImportRow>> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<Vec<ImportRow>> = Vec::new();
+    for row in rows {
+        let at = *index.entry(subject_key(&row)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        if let Some(group) = groups.get_mut(at) {
+            group.push(row);
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(line: usize, subject: usize) -> ImportRow {
+        ImportRow {
+            line,
+            source_system: "test".into(),
+            source_event_id: format!("e{line}"),
+            identifiers: vec![("email".into(), format!("s{subject}@example.com"))],
+            jurisdiction: "DE".into(),
+            purpose: domicile_types::Purpose::Marketing,
+            channels: vec![domicile_types::Channel::Email],
+            action: domicile_types::ConsentAction::Grant,
+            captured_at_ms: 0,
+            expires_at: None,
+            notice_version: String::new(),
+        }
+    }
+
+    fn lines(batch: &Batch) -> Vec<usize> {
+        batch.rows.iter().map(|r| r.line).collect()
+    }
+
+    /// Rows of 4 subjects, each every 4th line: grouped, each subject's rows in one batch in
+    /// file order, every row once, only the last batch with the checkpoint, the refused row kept.
+    #[test]
+    fn a_window_puts_each_subjects_rows_together_in_file_order() {
+        let mut window = Window::new(3, 4);
+        for line in 1..=12 {
+            window.push(Ok(row(line, line % 4)));
+        }
+        window.push(Err(RowError { line: 13, field: "action".into(), reason: "unknown".into() }));
+        assert!(window.is_full());
+        let batches = window.cut((13, "digest".into()));
+        assert!(window.is_empty());
+        let cut: Vec<Vec<usize>> = batches.iter().map(lines).collect();
+        assert_eq!(cut, vec![vec![1, 5, 9], vec![2, 6, 10], vec![3, 7, 11], vec![4, 8, 12]]);
+        assert_eq!(batches[0].refused.len(), 1);
+        let checkpoints: Vec<_> = batches.iter().map(|b| b.checkpoint.clone()).collect();
+        assert_eq!(checkpoints, vec![None, None, None, Some((13, "digest".to_owned()))]);
+    }
+
+    /// A subject's rows that do not fit in the batch being filled start the next one; more than
+    /// a batch of one subject fill whole batches; no batch holds more than a batch's rows.
+    #[test]
+    fn a_subjects_rows_are_split_only_when_more_than_a_batch() {
+        let mut window = Window::new(4, 3);
+        // Subject 0: lines 1, 2; subject 1: lines 3, 4, 5; subject 2: six rows.
+        for (line, subject) in
+            [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 2), (7, 2), (8, 2), (9, 2), (10, 2), (11, 2)]
+        {
+            window.push(Ok(row(line, subject)));
+        }
+        let batches = window.cut((11, String::new()));
+        let cut: Vec<Vec<usize>> = batches.iter().map(lines).collect();
+        assert_eq!(cut, vec![vec![1, 2], vec![3, 4, 5, 6], vec![7, 8, 9, 10], vec![11]]);
+    }
+
+    /// One batch per window keeps the rows as read.
+    #[test]
+    fn one_batch_per_window_keeps_file_order() {
+        let mut window = Window::new(4, 1);
+        for line in 1..=4 {
+            window.push(Ok(row(line, line % 2)));
+        }
+        assert!(window.is_full());
+        let batches = window.cut((4, String::new()));
+        assert_eq!(batches.iter().map(lines).collect::<Vec<_>>(), vec![vec![1, 2, 3, 4]]);
+    }
+
+    /// A window of refused rows only is one batch, with the checkpoint.
+    #[test]
+    fn refused_rows_alone_still_carry_the_checkpoint() {
+        let mut window = Window::new(2, 2);
+        window.push(Err(RowError { line: 1, field: "captured_at".into(), reason: "not a time".into() }));
+        let batches = window.cut((1, "d".into()));
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].refused.len(), 1);
+        assert_eq!(batches[0].checkpoint, Some((1, "d".to_owned())));
+    }
+}
