@@ -92,12 +92,13 @@ pub struct ImportArgs {
     /// Batches in flight.
     #[arg(long, default_value_t = 4)]
     in_flight: usize,
-    /// Rows of this many batches are read ahead and each subject's rows put together (in file
-    /// order) before they are cut into batches: a region pays for a subject once per call, not
-    /// once per row. A re-run after a kill starts at the first row of such a group. 1 sends the
-    /// rows in file order (e.g. a pipe whose rows must go out as they come).
-    #[arg(long, default_value_t = 16)]
-    group: usize,
+    /// Rows of this many batches (1–64) are read ahead and the rows that share an identifier
+    /// put together, in file order, before they are cut into batches: a region pays for a
+    /// subject once per call, not once per row. A re-run after a kill starts at the first row of
+    /// such a group. 1 keeps every batch a run of consecutive rows (with `--batch 1`, a pipe's
+    /// rows go out as they come).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    group: u16,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
@@ -272,7 +273,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let read_bytes = Arc::new(AtomicU64::new(0));
     let (tx, mut batches) = mpsc::channel::<Batch>(args.in_flight.max(1) * 2);
     let batch_size = args.batch.clamp(1, domicile_proto::limits::IMPORT_ITEMS.max);
-    let group = args.group.max(1);
+    let group = usize::from(args.group);
     let counting = Counting { inner: file, read: Arc::clone(&read_bytes) };
     let tally = Arc::new(Tally::default());
     let reader_tally = Arc::clone(&tally);
@@ -455,7 +456,7 @@ struct BatchJob {
 /// A subject's cache key: its jurisdiction and identifiers, in a stable order.
 /// Built in one allocation: it is made several times per row (a formatted string per identifier,
 /// joined, cost the importer a tenth of its CPU).
-pub(super) fn subject_key(row: &ImportRow) -> String {
+fn subject_key(row: &ImportRow) -> String {
     let mut ids: Vec<&(String, String)> = row.identifiers.iter().collect();
     ids.sort_unstable();
     let length = ids.iter().map(|(kind, value)| kind.len() + value.len() + 2).sum::<usize>();
@@ -580,7 +581,7 @@ fn route(
 
 impl BatchJob {
     /// Sends the batch's rows, registering (or, in a dry run, resolving) their subjects where
-    /// needed, writes their receipts; returns the last line it covers.
+    /// needed, and writes their receipts.
     ///
     /// A row names its subject by the subject ref cached for its identifiers; failing that, a
     /// row with one identifier names it by that identifier, which the gateway resolves from its

@@ -1,16 +1,19 @@
-//! Rows read ahead and grouped by subject before they are cut into calls (`--group`).
+//! Rows read ahead and grouped by person before they are cut into calls (`--group`).
 //!
 //! Why: most of what a region's node spends on a row is spent per subject and call: resolving
 //! the subject, reading and rewriting its ledger directory, reading and rewriting each record in
 //! force. A subject's rows sent in one call pay those once. A file sorted by time, as exports
 //! are, has a person's rows far apart, so calls of consecutive rows almost never hold two rows
-//! of one subject. Reading ahead the rows of several batches and putting each subject's together
-//! made `bench/import.sh`'s file of known subjects 25–40 % faster (BENCHMARKS.md).
+//! of one subject. Reading ahead the rows of several batches and putting each person's together
+//! made `bench/import.sh`'s files 18–48 % faster in same-hour pairs (BENCHMARKS.md).
 //!
-//! Order: a subject's rows stay in file order, and in one call unless they are more than a
-//! batch (a node applies a call's rows of one subject in the call's order). Subjects follow in
-//! the order the window first names them. Rows of one subject in two windows go in two calls,
-//! as rows in two batches did before.
+//! Order: rows that share an identifier, directly or through other rows of the window (whatever
+//! their jurisdictions), are one group, kept in file order and in one call unless they are more
+//! than a batch (a node applies a call's rows of one subject in the call's order, and the ledger's
+//! order breaks ties between records captured at the same time). Groups follow in the order of
+//! their first rows. Rows of one person that share no identifier within the window (an email in
+//! one, a phone in the other) cannot be told apart from two people's here and may go in either
+//! order, as rows in two batches in flight at once always could.
 //!
 //! Resume: a window's rows are spread over its batches out of file order, so only its last batch
 //! carries a checkpoint (the window's last row): no checkpoint falls inside a window, and a
@@ -18,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use super::driver::{Batch, subject_key};
+use super::driver::Batch;
 use super::row::{ImportRow, RowError};
 
 /// Rows read and not yet cut into batches.
@@ -35,7 +38,7 @@ impl Window {
     pub(super) fn new(batch: usize, batches: usize) -> Self {
         let batch = batch.max(1);
         let batches = batches.max(1);
-        Self { rows: Vec::with_capacity(batch.saturating_mul(batches)), refused: Vec::new(), batch, batches }
+        Self { rows: Vec::new(), refused: Vec::new(), batch, batches }
     }
 
     pub(super) fn push(&mut self, row: Result<ImportRow, RowError>) {
@@ -60,7 +63,7 @@ impl Window {
     pub(super) fn cut(&mut self, checkpoint: (usize, String)) -> Vec<Batch> {
         let rows = std::mem::take(&mut self.rows);
         let refused = std::mem::take(&mut self.refused);
-        let groups = if self.batches == 1 { vec![rows] } else { by_subject(rows) };
+        let groups = if self.batches == 1 { vec![rows] } else { by_person(rows) };
         let mut batches: Vec<Batch> = Vec::new();
         for group in groups {
             let mut group = group.into_iter().peekable();
@@ -91,13 +94,31 @@ impl Window {
     }
 }
 
-/// `rows` grouped by subject key: each group in file order, the groups in the order of their
-/// first rows.
-fn by_subject(rows: Vec<ImportRow>) -> Vec<Vec<ImportRow>> {
-    let mut index: HashMap<String, usize> = HashMap::new();
+/// `rows` grouped by person as far as the window shows: rows that share an identifier (kind and
+/// value), directly or through other rows, are one group. Each group in file order, the groups
+/// in the order of their first rows.
+fn by_person(rows: Vec<ImportRow>) -> Vec<Vec<ImportRow>> {
+    // Union-find over rows: each identifier joins the row to the first row that named it.
+    let mut parent: Vec<usize> = (0..rows.len()).collect();
+    let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(rows.len());
+    for (at, row) in rows.iter().enumerate() {
+        for (kind, value) in &row.identifiers {
+            match first.get(&(kind.as_str(), value.as_str())) {
+                Some(&other) => union(&mut parent, at, other),
+                None => {
+                    first.insert((kind.as_str(), value.as_str()), at);
+                }
+            }
+        }
+    }
+    drop(first);
+    // The root is always a group's first row (`union` keeps the smaller), so groups come out in
+    // the order of their first rows.
+    let roots: Vec<usize> = (0..rows.len()).map(|at| find(&mut parent, at)).collect();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
     let mut groups: Vec<Vec<ImportRow>> = Vec::new();
-    for row in rows {
-        let at = *index.entry(subject_key(&row)).or_insert_with(|| {
+    for (row, root) in rows.into_iter().zip(roots) {
+        let at = *group_of.entry(root).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
@@ -106,6 +127,27 @@ fn by_subject(rows: Vec<ImportRow>) -> Vec<Vec<ImportRow>> {
         }
     }
     groups
+}
+
+fn find(parent: &mut [usize], mut at: usize) -> usize {
+    let mut root = at;
+    while let Some(&up) = parent.get(root).filter(|&&up| up != root) {
+        root = up;
+    }
+    // Path compression: every row on the way points at the root.
+    while let Some(slot) = parent.get_mut(at).filter(|slot| **slot != root) {
+        at = std::mem::replace(slot, root);
+    }
+    root
+}
+
+/// Joins the groups of rows `a` and `b` under the smaller root (the earlier row).
+fn union(parent: &mut [usize], a: usize, b: usize) {
+    let (ra, rb) = (find(parent, a), find(parent, b));
+    let (keep, join) = if ra < rb { (ra, rb) } else { (rb, ra) };
+    if let Some(slot) = parent.get_mut(join) {
+        *slot = keep;
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +207,36 @@ mod tests {
         let batches = window.cut((11, String::new()));
         let cut: Vec<Vec<usize>> = batches.iter().map(lines).collect();
         assert_eq!(cut, vec![vec![1, 2], vec![3, 4, 5, 6], vec![7, 8, 9, 10], vec![11]]);
+    }
+
+    /// Rows that share an identifier, directly or through another row, stay together and in
+    /// file order whatever their jurisdictions and other identifiers: one person's rows under
+    /// two subject keys are not reordered against each other.
+    #[test]
+    fn rows_linked_by_an_identifier_stay_in_file_order() {
+        let with = |line: usize, jurisdiction: &str, ids: &[(&str, &str)]| ImportRow {
+            jurisdiction: jurisdiction.into(),
+            identifiers: ids.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..row(line, 0)
+        };
+        let mut window = Window::new(10, 2);
+        window.push(Ok(with(1, "DE", &[("email", "a@example.com")])));
+        window.push(Ok(with(2, "DE", &[("phone", "+49301234567")])));
+        window.push(Ok(with(3, "US", &[("email", "b@example.com")])));
+        // Joins line 2's phone to line 1's email: lines 1, 2 and 5 are one person.
+        window.push(Ok(with(4, "FR", &[("phone", "+49301234567"), ("email", "a@example.com")])));
+        window.push(Ok(with(5, "DE", &[("email", "a@example.com")])));
+        window.push(Ok(with(6, "US", &[("email", "b@example.com")])));
+        let batches = window.cut((6, String::new()));
+        assert_eq!(batches.iter().map(lines).collect::<Vec<_>>(), vec![vec![1, 2, 4, 5, 3, 6]]);
+        let mut window = Window::new(3, 2);
+        for line in [1, 2, 3, 4, 5, 6] {
+            window.push(Ok(with(line, "DE", &[("email", if line % 2 == 1 { "a@x.example" } else { "b@x.example" })])));
+        }
+        assert_eq!(
+            window.cut((6, String::new())).iter().map(lines).collect::<Vec<_>>(),
+            vec![vec![1, 3, 5], vec![2, 4, 6]]
+        );
     }
 
     /// One batch per window keeps the rows as read.

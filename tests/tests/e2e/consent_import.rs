@@ -445,12 +445,16 @@ async fn an_import_killed_mid_run_resumes_to_the_state_of_one_clean_run() {
     let _ = child.wait();
     let partial = receipts_of(&receipts).len();
     assert!(partial < BULK_SUBJECTS * BULK_EVENTS, "the run finished before it could be killed ({partial} receipts)");
-    // Rows of a window go out grouped by subject, out of file order: the checkpoint is at the
-    // end of a window, never inside one (where rows before it could still be unsent).
+    // Rows of a window go out grouped by subject, out of file order: the checkpoint covers only
+    // rows that all have their receipt (one row per line here), and ends a window.
     let mut name = receipts.clone().into_os_string();
     name.push(".checkpoint");
     let checkpoint = std::fs::read_to_string(&name).unwrap_or_default();
     let at: usize = checkpoint.lines().next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    let receipted: std::collections::HashSet<u64> =
+        receipts_of(&receipts).iter().filter_map(|r| r["line"].as_u64()).collect();
+    let missing = (1..=at as u64).filter(|line| !receipted.contains(line)).count();
+    assert_eq!(missing, 0, "rows before the checkpoint ({at}) without a receipt");
     assert!(at.is_multiple_of(BULK_WINDOW), "a checkpoint inside a window: {checkpoint:?}");
     let (code, _, err) = domicile(&args);
     assert_eq!(code, 0, "{err}");
