@@ -97,7 +97,7 @@ pub struct ImportArgs {
     /// subject once per call, not once per row. A re-run after a kill starts at the first row of
     /// such a group. 1 keeps every batch a run of consecutive rows (with `--batch 1`, a pipe's
     /// rows go out as they come).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=64))]
     group: u16,
     /// No progress line on stderr.
     #[arg(long)]

@@ -5,7 +5,7 @@
 //! force. A subject's rows sent in one call pay those once. A file sorted by time, as exports
 //! are, has a person's rows far apart, so calls of consecutive rows almost never hold two rows
 //! of one subject. Reading ahead the rows of several batches and putting each person's together
-//! made `bench/import.sh`'s files 18–48 % faster in same-hour pairs (BENCHMARKS.md).
+//! made `bench/import.sh`'s files 20–60 % faster in same-hour runs (BENCHMARKS.md).
 //!
 //! Order: rows that share an identifier, directly or through other rows of the window (whatever
 //! their jurisdictions), are one group, kept in file order and in one call unless they are more

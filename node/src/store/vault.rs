@@ -47,7 +47,7 @@ struct Material {
 /// digest key) was 4 % of a node's CPU. Past this many, each key kept evicts the one kept
 /// longest ago (`Inner::order`). Emptying the whole set at once instead, as a first version did,
 /// freed 16,384 keys under the vault's lock each time it filled: a region of more subjects than
-/// this, decided for at random, made batch decisions 10–20 % slower than expanding every key
+/// this, decided for at random, made batch decisions 13–23 % slower than expanding every key
 /// afresh (BENCHMARKS.md). The raw keys are in memory anyway (`Inner::slots`); erasure drops a
 /// subject's entry with its slot.
 const KEY_CACHE: usize = 16_384;
