@@ -436,11 +436,11 @@ type Identifiers = Vec<(String, String)>;
 struct BatchJob {
     client: DomicileClient<Channel>,
     subjects: Arc<Mutex<HashMap<String, String>>>,
-    /// Subjects (by subject key) found erased during this run: their later rows are refused,
-    /// never registered again.
+    /// Subjects (by identity key: whatever a row's jurisdiction) found erased during this run:
+    /// their later rows are refused, never registered again.
     gone: Arc<Mutex<HashSet<String>>>,
-    /// Subjects an earlier row of this run found (digests of their subject keys): a later row that
-    /// finds none was erased meanwhile, not new.
+    /// Subjects an earlier row of this run found (digests of their identity keys): a later row
+    /// that finds none was erased meanwhile, not new.
     seen: Arc<Mutex<HashSet<u64>>>,
     receipts: Arc<Mutex<BufWriter<File>>>,
     tally: Arc<Tally>,
@@ -526,12 +526,30 @@ async fn resolved_now(
 /// Subjects [`BatchJob::saw`] remembers at most (about 40 MB).
 const SEEN_SUBJECTS: usize = 2_000_000;
 
-/// A digest of a row's subject key, for [`BatchJob::saw`] (random per run: collisions are not
+/// A row's identifiers, in a stable order, without its jurisdiction: what `seen` and `gone` are
+/// keyed by. A person's rows may carry other jurisdictions (Fides and Ketch records carry their
+/// own): keyed by the subject key, a row of a person erased during the run under another
+/// jurisdiction than the rows that found them was neither known as found nor as erased, and was
+/// registered again.
+fn identity_key(row: &ImportRow) -> String {
+    let mut ids: Vec<&(String, String)> = row.identifiers.iter().collect();
+    ids.sort_unstable();
+    let mut key = String::with_capacity(ids.iter().map(|(kind, value)| kind.len() + value.len() + 2).sum());
+    for (kind, value) in ids {
+        key.push('\u{1e}');
+        key.push_str(kind);
+        key.push('\u{1f}');
+        key.push_str(value);
+    }
+    key
+}
+
+/// A digest of a row's identity key, for [`BatchJob::saw`] (random per run: collisions are not
 /// chosen by the file's author).
 fn seen_digest(row: &ImportRow) -> u64 {
     use std::hash::BuildHasher as _;
     static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-    STATE.get_or_init(std::collections::hash_map::RandomState::new).hash_one(subject_key(row))
+    STATE.get_or_init(std::collections::hash_map::RandomState::new).hash_one(identity_key(row))
 }
 
 /// The receipt of a row whose subject was erased during the run.
@@ -611,7 +629,7 @@ impl BatchJob {
         let rows: Vec<&ImportRow> = {
             let gone = self.gone.lock().map_err(|_| anyhow::anyhow!("erased subjects poisoned"))?;
             let (erased, rows): (Vec<&ImportRow>, Vec<&ImportRow>) =
-                batch.rows.iter().partition(|row| gone.contains(&subject_key(row)));
+                batch.rows.iter().partition(|row| gone.contains(&identity_key(row)));
             receipts.extend(erased.into_iter().map(|row| receipt_of(row, erased_during_the_run())));
             rows
         };
@@ -669,7 +687,7 @@ impl BatchJob {
             let Some((row, by_identifier, found_before)) = sent.get(id as usize).copied() else { continue };
             match outcome {
                 Sent::Refused(tonic::Code::NotFound, _) if found_before => {
-                    erased.push(subject_key(row));
+                    erased.push(identity_key(row));
                     receipts.push(receipt_of(row, erased_during_the_run()));
                 }
                 Sent::Refused(tonic::Code::NotFound, _) if by_identifier && self.seen_before(row)? => again.push(row),
@@ -686,7 +704,7 @@ impl BatchJob {
                 match outcome {
                     // Found before this call by another batch, not found now: erased.
                     Sent::Refused(tonic::Code::NotFound, _) => {
-                        erased.push(subject_key(row));
+                        erased.push(identity_key(row));
                         receipts.push(receipt_of(row, erased_during_the_run()));
                     }
                     outcome => {
@@ -734,7 +752,7 @@ impl BatchJob {
         Ok(())
     }
 
-    /// Whether an earlier row of this run found `row`'s subject (by a digest of its subject key).
+    /// Whether an earlier row of this run found `row`'s subject (by a digest of its identity key).
     fn seen_before(&self, row: &ImportRow) -> anyhow::Result<bool> {
         let seen = self.seen.lock().map_err(|_| anyhow::anyhow!("seen subjects poisoned"))?;
         Ok(seen.contains(&seen_digest(row)))
@@ -820,7 +838,7 @@ impl BatchJob {
                     sent.push(row);
                 }
                 None => {
-                    erased.push(subject_key(row));
+                    erased.push(identity_key(row));
                     receipts.push(receipt_of(row, erased_during_the_run()));
                 }
             }
@@ -840,7 +858,7 @@ impl BatchJob {
             let Some(row) = sent.get(id as usize).copied() else { continue };
             match outcome {
                 Sent::Refused(tonic::Code::NotFound, _) => {
-                    erased.push(subject_key(row));
+                    erased.push(identity_key(row));
                     receipts.push(receipt_of(row, erased_during_the_run()));
                 }
                 outcome => receipts.push(receipt_of(row, outcome.receipt())),

@@ -752,16 +752,19 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
         .await
         .unwrap();
     let mut import = FifoImport::start(&cluster, &tls);
-    let row = |n: usize, email: &str| {
+    let row_in = |n: usize, email: &str, jurisdiction: &str| {
         format!(
-            "{{\"source_system\":\"crm\",\"source_event_id\":\"erase-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"{email}\"}}],\"jurisdiction\":\"DE\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"grant\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
+            "{{\"source_system\":\"crm\",\"source_event_id\":\"erase-{n}\",\"identifiers\":[{{\"kind\":\"email\",\"value\":\"{email}\"}}],\"jurisdiction\":\"{jurisdiction}\",\"purpose\":\"marketing\",\"channels\":[\"email\"],\"action\":\"grant\",\"captured_at\":\"2026-01-0{n}T10:00:00Z\"}}\n"
         )
     };
+    let row = |n: usize, email: &str| row_in(n, email, "DE");
     import.send(&[row(1, fresh), row(2, known)], 2);
     let first = receipts_of(&import.receipts);
     assert!(first.iter().all(|r| r["status"] == "accepted"), "{first:?}");
 
-    // Both are erased between the rows; each has two more rows after it.
+    // Both are erased between the rows; each has three more rows after it, the first of them
+    // under another jurisdiction (a source that records each event's own geography): the run
+    // still knows them as found before, not as new people.
     for email in [fresh, known] {
         client
             .erase(gw::EraseRequest {
@@ -772,8 +775,15 @@ async fn an_erasure_during_an_import_is_not_undone_by_it() {
             .await
             .expect("erased");
     }
-    let (all, stderr) = import.finish(&[row(3, fresh), row(4, known), row(5, fresh), row(6, known)]);
-    assert_eq!(all.len(), 6, "{all:?} {stderr}");
+    let (all, stderr) = import.finish(&[
+        row_in(3, fresh, "FR"),
+        row_in(4, known, "FR"),
+        row(5, fresh),
+        row(6, known),
+        row(7, fresh),
+        row(8, known),
+    ]);
+    assert_eq!(all.len(), 8, "{all:?} {stderr}");
     for later in &all[2..] {
         assert_eq!(later["status"], "refused", "an erased person's later row: {all:?}");
     }
