@@ -457,11 +457,16 @@ struct BatchJob {
 /// Built in one allocation: it is made several times per row (a formatted string per identifier,
 /// joined, cost the importer a tenth of its CPU).
 fn subject_key(row: &ImportRow) -> String {
+    keyed_by_identifiers(row, &row.jurisdiction)
+}
+
+/// `prefix`, then `row`'s identifiers in a stable order, each as kind and value.
+fn keyed_by_identifiers(row: &ImportRow, prefix: &str) -> String {
     let mut ids: Vec<&(String, String)> = row.identifiers.iter().collect();
     ids.sort_unstable();
     let length = ids.iter().map(|(kind, value)| kind.len() + value.len() + 2).sum::<usize>();
-    let mut key = String::with_capacity(row.jurisdiction.len() + length);
-    key.push_str(&row.jurisdiction);
+    let mut key = String::with_capacity(prefix.len() + length);
+    key.push_str(prefix);
     for (kind, value) in ids {
         key.push('\u{1e}');
         key.push_str(kind);
@@ -532,16 +537,7 @@ const SEEN_SUBJECTS: usize = 2_000_000;
 /// jurisdiction than the rows that found them was neither known as found nor as erased, and was
 /// registered again.
 fn identity_key(row: &ImportRow) -> String {
-    let mut ids: Vec<&(String, String)> = row.identifiers.iter().collect();
-    ids.sort_unstable();
-    let mut key = String::with_capacity(ids.iter().map(|(kind, value)| kind.len() + value.len() + 2).sum());
-    for (kind, value) in ids {
-        key.push('\u{1e}');
-        key.push_str(kind);
-        key.push('\u{1f}');
-        key.push_str(value);
-    }
-    key
+    keyed_by_identifiers(row, "")
 }
 
 /// A digest of a row's identity key, for [`BatchJob::saw`] (random per run: collisions are not
