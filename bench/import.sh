@@ -9,6 +9,7 @@
 #   IMPORT_SUBJECTS [20000]   distinct subjects (spread over DE, US and BR: three regions)
 #   IMPORT_BATCH [2000]       rows per batch (one ImportConsent call unless over 960 KiB)
 #   IMPORT_IN_FLIGHT [8]      calls in flight
+#   IMPORT_GROUP [32]         batches read ahead and grouped by person (`--group`)
 #   IMPORT_LONG_ROWS [5000000]      rows of the long file the importer's memory is measured over
 #   IMPORT_LONG_SUBJECTS [1000000]  its distinct subjects (new ones)
 #   LOAD_DURATION [10]        seconds of the one-call-per-record baseline
@@ -48,7 +49,7 @@ run_import() {
   local start end
   start=$(date +%s.%N)
   "$domicile" import --cluster-dir "$dir" --format ndjson --mapping "$work/mapping.toml" \
-    --receipts "$work/receipts$part.ndjson" --batch "${IMPORT_BATCH:-2000}" --in-flight "${IMPORT_IN_FLIGHT:-8}" \
+    --receipts "$work/receipts$part.ndjson" --batch "${IMPORT_BATCH:-2000}" --in-flight "${IMPORT_IN_FLIGHT:-8}" --group "${IMPORT_GROUP:-32}" \
     --quiet "$work/part$part.ndjson" 2>"$work/import$part.log" || { cat "$work/import$part.log"; exit 1; }
   end=$(date +%s.%N)
   local accepted
@@ -85,7 +86,7 @@ for file in part1 long; do
   status=0
   /usr/bin/time -o "$work/time-$file" -f "$file: peak RSS %M KiB, %e s" "$domicile" import --cluster-dir "$dir" \
     --format ndjson --mapping "$work/mapping.toml" --receipts "$work/mem-$file.ndjson" \
-    --batch "${IMPORT_BATCH:-2000}" --in-flight "${IMPORT_IN_FLIGHT:-8}" --quiet "$work/$file.ndjson" \
+    --batch "${IMPORT_BATCH:-2000}" --in-flight "${IMPORT_IN_FLIGHT:-8}" --group "${IMPORT_GROUP:-32}" --quiet "$work/$file.ndjson" \
     2>"$work/mem-$file.log" || status=$?
   cat "$work/time-$file"
   echo "  exit $status: $(tail -1 "$work/mem-$file.log")"
