@@ -1007,6 +1007,16 @@ impl BatchJob {
                         status.message()
                     ),
                 };
+                // An item the reply leaves unanswered has an unknown outcome: receipted as anything,
+                // or left without a receipt while the batch counts as done, the checkpoint would
+                // pass a row that may never have been written.
+                let missing = unanswered(&pending, &reply.outcomes);
+                if missing > 0 {
+                    anyhow::bail!(
+                        "the gateway answered no outcome for {missing} of {} items; re-run to resume",
+                        pending.len()
+                    );
+                }
                 let mut again = Vec::new();
                 for outcome in reply.outcomes {
                     let sent = match outcome.result {
@@ -1026,7 +1036,8 @@ impl BatchJob {
                         Some(pb::import_consent_outcome::Result::Refused(e)) => {
                             Sent::Refused(tonic::Code::from_i32(e.code), e.message)
                         }
-                        None => Sent::Refused(tonic::Code::Internal, "no outcome".to_owned()),
+                        // Counted by `unanswered` above, which failed the call.
+                        None => continue,
                     };
                     out.push((outcome.id, sent));
                 }
@@ -1039,6 +1050,12 @@ impl BatchJob {
         }
         Ok(out)
     }
+}
+
+/// How many of `pending` the `outcomes` of their call leave without a result.
+fn unanswered(pending: &[pb::ImportConsentItem], outcomes: &[pb::ImportConsentOutcome]) -> usize {
+    let answered: HashSet<u64> = outcomes.iter().filter(|o| o.result.is_some()).map(|o| o.id).collect();
+    pending.iter().filter(|item| !answered.contains(&item.id)).count()
 }
 
 /// The subject a row names: registered (the gateway routes it to its home region; registering
@@ -1125,5 +1142,29 @@ fn item_of(id: u64, selector: Selector, row: &ImportRow) -> pb::ImportConsentIte
         expires_at: row.expires_at.map(domicile_proto::convert::to_timestamp),
         source_system: row.source_system.clone(),
         source_event_id: row.source_event_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every item of a call must come back with a result: one left out, or answered without
+    /// one, is counted (and fails the call), whatever else the reply holds.
+    #[test]
+    fn items_a_reply_leaves_unanswered_are_counted() {
+        let item = |id| pb::ImportConsentItem { id, ..Default::default() };
+        let outcome = |id, result| pb::ImportConsentOutcome { id, result };
+        let accepted = Some(pb::import_consent_outcome::Result::Accepted(7));
+        let pending = [item(0), item(1), item(2)];
+        let all = [outcome(0, accepted.clone()), outcome(1, accepted.clone()), outcome(2, accepted.clone())];
+        assert_eq!(unanswered(&pending, &all), 0);
+        let one_left_out = [outcome(0, accepted.clone()), outcome(2, accepted.clone())];
+        assert_eq!(unanswered(&pending, &one_left_out), 1);
+        let without_result = [outcome(0, accepted.clone()), outcome(1, None), outcome(2, accepted.clone())];
+        assert_eq!(unanswered(&pending, &without_result), 1);
+        // An answer for an item not sent stands for none of those sent.
+        let other_ids = [outcome(0, accepted.clone()), outcome(1, accepted.clone()), outcome(9, accepted)];
+        assert_eq!(unanswered(&pending, &other_ids), 1);
     }
 }
