@@ -10,7 +10,7 @@
 //! window of `--group` batches ahead (`window.rs`), into a bounded channel, at most `--in-flight`
 //! batches are outstanding, and the subject cache is bounded.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::SocketAddr;
@@ -145,14 +145,17 @@ enum Receipt {
     },
 }
 
+/// Where a checkpoint puts a re-run: how many rows, counted from 1 in reading order, all have
+/// their receipt, and the digest of every row up to there (`row::feed`).
+pub(super) type Checkpoint = (usize, String);
+
 /// A batch: the rows read (with their file position) and the rows refused while reading.
 pub(super) struct Batch {
     pub(super) rows: Vec<ImportRow>,
     pub(super) refused: Vec<RowError>,
-    /// On the last batch of a window (`window.rs`): the window's last row (counted from 1 in
-    /// reading order) and the digest of every row up to it (`row::feed`), which the checkpoint
+    /// On the last batch of a window (`window.rs`): the window's end, which the checkpoint
     /// keeps once this batch and every one before it are done.
-    pub(super) checkpoint: Option<(usize, String)>,
+    pub(super) checkpoint: Option<Checkpoint>,
 }
 
 pub async fn run(args: ImportArgs) -> ExitCode {
@@ -282,6 +285,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         use sha2::Digest as _;
         let mut window = super::window::Window::new(batch_size, group);
+        // Whether every batch went out (else the import has stopped).
+        let sent = |batches: Vec<Batch>| batches.into_iter().all(|batch| tx.blocking_send(batch).is_ok());
         // Bound to the format and the mapping's version too: the same file read otherwise gives
         // other rows.
         let mut digest = sha2::Sha256::new();
@@ -307,25 +312,17 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                 continue;
             }
             window.push(row);
-            if window.is_full() {
-                // The digest of the rows up to the window's last, made once per window (a SHA-256
-                // finished and written in hex per row was a sixth of the importer's CPU).
-                for batch in window.cut((ordinal, rows_digest(&digest))) {
-                    if tx.blocking_send(batch).is_err() {
-                        return Ok(());
-                    }
-                }
+            // The digest of the rows up to the window's last, made once per window (a SHA-256
+            // finished and written in hex per row was a sixth of the importer's CPU).
+            if window.is_full() && !sent(window.cut((ordinal, rows_digest(&digest)))) {
+                return Ok(());
             }
         }
         if read < resume_after && resume_digest.is_some() {
             return Err(other_rows());
         }
         if !window.is_empty() {
-            for batch in window.cut((read, rows_digest(&digest))) {
-                if tx.blocking_send(batch).is_err() {
-                    return Ok(());
-                }
-            }
+            sent(window.cut((read, rows_digest(&digest))));
         }
         Ok(())
     });
@@ -336,12 +333,11 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
     let subjects: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let gone: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let seen: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
-    let mut tasks: JoinSet<anyhow::Result<usize>> = JoinSet::new();
-    // Batches done out of order: the checkpoint advances over the contiguous prefix only, to the
-    // last window whose batches are all in it.
+    let mut tasks: JoinSet<anyhow::Result<(usize, Option<Checkpoint>)>> = JoinSet::new();
+    // Batches done out of order, each with its checkpoint if it ends a window: the checkpoint
+    // advances over the contiguous prefix only, to the last window whose batches are all in it.
     let mut order = 0usize;
-    let mut finished: BTreeSet<usize> = BTreeSet::new();
-    let mut checkpoints: HashMap<usize, Option<(usize, String)>> = HashMap::new();
+    let mut finished: BTreeMap<usize, Option<Checkpoint>> = BTreeMap::new();
     let mut next_to_checkpoint = 0usize;
     let mut last_progress = Instant::now();
     let mut reading = true;
@@ -349,7 +345,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
         // Keep `in_flight` batches outstanding.
         while reading && tasks.len() < args.in_flight.max(1) {
             match batches.recv().await {
-                Some(batch) => {
+                Some(mut batch) => {
                     let job = BatchJob {
                         client: client.clone(),
                         subjects: Arc::clone(&subjects),
@@ -365,20 +361,18 @@ async fn import(args: ImportArgs) -> anyhow::Result<Tally> {
                     };
                     let index = order;
                     order += 1;
-                    checkpoints.insert(index, batch.checkpoint.clone());
-                    tasks.spawn(async move { job.run(batch).await.map(|()| index) });
+                    let window_end = batch.checkpoint.take();
+                    tasks.spawn(async move { job.run(batch).await.map(|()| (index, window_end)) });
                 }
                 None => reading = false,
             }
         }
         let Some(done) = tasks.join_next().await else { break };
-        let index = done.context("an import batch task failed")??;
-        finished.insert(index);
+        let (index, window_end) = done.context("an import batch task failed")??;
+        finished.insert(index, window_end);
         let mut advanced = None;
-        while finished.remove(&next_to_checkpoint) {
-            if let Some(Some(checkpoint)) = checkpoints.remove(&next_to_checkpoint) {
-                advanced = Some(checkpoint);
-            }
+        while let Some(window_end) = finished.remove(&next_to_checkpoint) {
+            advanced = window_end.or(advanced);
             next_to_checkpoint += 1;
         }
         if let Some((line, rows_digest)) = advanced

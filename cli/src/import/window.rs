@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use super::driver::Batch;
+use super::driver::{Batch, Checkpoint};
 use super::row::{ImportRow, RowError};
 
 /// Rows read and not yet cut into batches.
@@ -58,9 +58,8 @@ impl Window {
     }
 
     /// The window's rows as batches (the rows refused while reading with the first), emptying
-    /// it; the last batch carries `checkpoint`: the window's last row, counted from 1 in reading
-    /// order, and the digest of every row up to it.
-    pub(super) fn cut(&mut self, checkpoint: (usize, String)) -> Vec<Batch> {
+    /// it; the last batch carries `checkpoint`, the window's end.
+    pub(super) fn cut(&mut self, checkpoint: Checkpoint) -> Vec<Batch> {
         let rows = std::mem::take(&mut self.rows);
         let refused = std::mem::take(&mut self.refused);
         let groups = if self.batches == 1 { vec![rows] } else { by_person(rows) };
@@ -115,15 +114,18 @@ fn by_person(rows: Vec<ImportRow>) -> Vec<Vec<ImportRow>> {
     // The root is always a group's first row (`union` keeps the smaller), so groups come out in
     // the order of their first rows.
     let roots: Vec<usize> = (0..rows.len()).map(|at| find(&mut parent, at)).collect();
-    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    // Per root (a row index), its group's place in `groups`.
+    let mut group_of: Vec<Option<usize>> = vec![None; rows.len()];
     let mut groups: Vec<Vec<ImportRow>> = Vec::new();
     for (row, root) in rows.into_iter().zip(roots) {
-        let at = *group_of.entry(root).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        if let Some(group) = groups.get_mut(at) {
-            group.push(row);
+        match group_of.get_mut(root).and_then(|slot| slot.and_then(|at| groups.get_mut(at))) {
+            Some(group) => group.push(row),
+            None => {
+                if let Some(slot) = group_of.get_mut(root) {
+                    *slot = Some(groups.len());
+                }
+                groups.push(vec![row]);
+            }
         }
     }
     groups
